@@ -1,0 +1,3 @@
+//! One module per CLI noun; each exposes `run`.
+
+pub mod check;

@@ -1,0 +1,1 @@
+//! `airlock check` end-to-end tests.

@@ -1,0 +1,3 @@
+//! Integration tests: spawn the real `airlock` binary (and real `terraform`).
+
+mod check;
