@@ -1,1 +1,15 @@
-//! placeholder
+//! airlock's domain model: stack names, the Terraform state v4 reader, roles and permissions,
+//! glob matching, lock info and the audit hash chain. Pure: no I/O, never panics on input.
+
+#![deny(missing_docs)]
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+pub mod audit;
+pub mod glob;
+pub mod lockinfo;
+pub mod role;
+pub mod stack;
+pub mod state;
+
+pub use role::{Permission, PrincipalKind, Role};
+pub use stack::StackName;
