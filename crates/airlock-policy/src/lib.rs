@@ -1,1 +1,10 @@
-//! placeholder
+//! airlock's plan gate: reads a Terraform/OpenTofu plan (`terraform show -json`) as a stream,
+//! classifies every resource change, applies the built-in rules, the repository's `airlock.hcl`
+//! and optional Rego policies, and returns a `Decision` as data.
+//!
+//! Pure: no I/O, never panics on any input (the plan reader is fuzzed).
+
+#![deny(missing_docs)]
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+pub mod catalogue;
