@@ -13,3 +13,5 @@ pub mod state;
 
 pub use role::{Permission, PrincipalKind, Role};
 pub use stack::StackName;
+pub mod refusal;
+pub mod time;
