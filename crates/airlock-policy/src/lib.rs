@@ -8,3 +8,4 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 pub mod catalogue;
+pub mod plan;
