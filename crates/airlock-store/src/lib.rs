@@ -1,1 +1,126 @@
-//! placeholder
+//! airlock storage. One [`Store`] trait, implemented by SQLite (the embedded default) and
+//! PostgreSQL (scale-out). Every mutation that matters appends its audit event in the same
+//! transaction, and the state-write path runs the caller's firewall check inside that
+//! transaction, so check and write are atomic on either engine.
+//!
+//! **Invariant:** no method deletes or rewrites a state version or an audit record; the SQLite
+//! schema enforces it with triggers as well.
+
+#![deny(missing_docs)]
+
+pub mod blob;
+pub mod conformance;
+mod model;
+mod sqlite;
+
+use std::fmt;
+
+pub use model::*;
+pub use sqlite::SqliteStore;
+
+use airlock_core::audit::AuditRecord;
+
+/// Errors from a store.
+#[derive(Debug)]
+pub enum StoreError {
+    /// The named thing does not exist.
+    NotFound(String),
+    /// It exists already, or conflicts with what is stored.
+    Conflict(String),
+    /// Stored data does not match its hash.
+    Corrupt(String),
+    /// The database failed.
+    Backend(String),
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::NotFound(m) => write!(f, "not found: {m}"),
+            StoreError::Conflict(m) => write!(f, "conflict: {m}"),
+            StoreError::Corrupt(m) => write!(f, "stored data is corrupt: {m}"),
+            StoreError::Backend(m) => write!(f, "database error: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// Result alias.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The firewall callback run inside a state-write transaction.
+pub type WriteCheck<'a> =
+    dyn FnMut(&WriteContext<'_>) -> Result<WriteDecision, airlock_core::refusal::Refusal> + 'a;
+
+/// Everything airlock persists. Methods block; async callers use `spawn_blocking`.
+pub trait Store: Send + Sync {
+    /// Engine name, for logs and `/healthz`.
+    fn engine(&self) -> &'static str;
+
+    // --- tokens ---
+    /// Number of tokens ever created (0 on a fresh store).
+    fn token_count(&self) -> Result<u64>;
+    /// Creates a token.
+    fn create_token(&self, token: NewToken, audit: NewAudit) -> Result<TokenRecord>;
+    /// Finds a token by the SHA-256 of its secret.
+    fn token_by_hash(&self, secret_hash: &[u8; 32]) -> Result<Option<TokenRecord>>;
+    /// Lists all tokens.
+    fn list_tokens(&self) -> Result<Vec<TokenRecord>>;
+    /// Revokes a token; `NotFound` if there is none.
+    fn revoke_token(&self, id: &str, audit: NewAudit) -> Result<TokenRecord>;
+
+    // --- stacks ---
+    /// Creates a stack; `Conflict` if it exists.
+    fn create_stack(&self, name: &str, production: bool, settings: StackSettings, audit: NewAudit) -> Result<StackRecord>;
+    /// Looks a stack up.
+    fn stack(&self, name: &str) -> Result<Option<StackRecord>>;
+    /// Lists stacks by name.
+    fn list_stacks(&self) -> Result<Vec<StackRecord>>;
+    /// Replaces a stack's settings.
+    fn update_stack_settings(&self, name: &str, settings: StackSettings, audit: NewAudit) -> Result<StackRecord>;
+
+    // --- locks ---
+    /// Takes the stack's lock if it is free.
+    fn lock(&self, stack: &str, lock: NewLock, audit: NewAudit) -> Result<LockOutcome>;
+    /// Releases the stack's lock. The audit event is recorded only when a lock is released.
+    fn unlock(&self, stack: &str, by: UnlockBy, audit: NewAudit) -> Result<UnlockOutcome>;
+    /// The stack's lock, if held.
+    fn current_lock(&self, stack: &str) -> Result<Option<LockRecord>>;
+
+    // --- state ---
+    /// Metadata of the newest version.
+    fn current_version(&self, stack: &str) -> Result<Option<VersionMeta>>;
+    /// Metadata of one version.
+    fn version(&self, stack: &str, serial: u64) -> Result<Option<VersionMeta>>;
+    /// All versions, oldest first.
+    fn versions(&self, stack: &str) -> Result<Vec<VersionMeta>>;
+    /// The exact bytes of one version, verified against its hash.
+    fn version_bytes(&self, stack: &str, serial: u64) -> Result<Vec<u8>>;
+    /// Runs `check` inside a transaction and stores the attempt if it says so.
+    fn write_state(&self, stack: &str, attempt: WriteAttempt, check: &mut WriteCheck<'_>) -> Result<WriteResult>;
+    /// Re-hashes every stored version (of one stack, or all).
+    fn verify(&self, stack: Option<&str>) -> Result<VerifyReport>;
+    /// Bytes stored for state content (compressed chunks), for the history-size benchmark.
+    fn stored_state_bytes(&self) -> Result<u64>;
+
+    // --- removal grants ---
+    /// Creates a removal grant.
+    fn create_grant(&self, stack: &str, grant: NewGrant, audit: NewAudit) -> Result<GrantRecord>;
+    /// Lists a stack's grants, newest first.
+    fn grants(&self, stack: &str) -> Result<Vec<GrantRecord>>;
+
+    // --- audit ---
+    /// Appends an event on its own (denials, reads worth recording).
+    fn append_audit(&self, event: NewAudit) -> Result<AuditRecord>;
+    /// Events with `seq > after`, at most `limit`, in order.
+    fn audit_events(&self, after: i64, limit: u32) -> Result<Vec<AuditRecord>>;
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

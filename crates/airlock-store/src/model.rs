@@ -1,0 +1,330 @@
+//! Records the store reads and writes. Times are Unix milliseconds.
+
+use airlock_core::Role;
+use serde::{Deserialize, Serialize};
+
+/// Per-stack settings, stored as JSON so new settings need no migration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StackSettings {
+    /// Roles that may write state outside a run (never agent or reader).
+    pub direct_writes: Vec<Role>,
+    /// Approvals a run needs before it may be applied.
+    pub required_approvals: u32,
+    /// Resource types protected in this stack on top of the built-in catalogue.
+    pub protect_types: Vec<String>,
+    /// Address globs protected in this stack.
+    pub protect_addresses: Vec<String>,
+}
+
+impl StackSettings {
+    /// Defaults: production stacks take direct writes from admins only and need two approvals.
+    pub fn defaults(production: bool) -> StackSettings {
+        StackSettings {
+            direct_writes: if production {
+                vec![Role::Admin]
+            } else {
+                vec![Role::Admin, Role::Approver, Role::Ci]
+            },
+            required_approvals: if production { 2 } else { 1 },
+            protect_types: Vec::new(),
+            protect_addresses: Vec::new(),
+        }
+    }
+}
+
+impl Default for StackSettings {
+    fn default() -> Self {
+        StackSettings::defaults(false)
+    }
+}
+
+/// A stack.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StackRecord {
+    /// Stack name.
+    pub name: String,
+    /// Whether the stack is marked production.
+    pub production: bool,
+    /// Lineage set by the first state write.
+    pub lineage: Option<String>,
+    /// Settings.
+    pub settings: StackSettings,
+    /// Creation time.
+    pub created_at: i64,
+}
+
+/// Metadata of one immutable state version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VersionMeta {
+    /// Stack name.
+    pub stack: String,
+    /// Serial (unique within the stack).
+    pub serial: u64,
+    /// Lineage.
+    pub lineage: String,
+    /// SHA-256 of the exact bytes, hex.
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Token name and id of the writer.
+    pub author: String,
+    /// Lock ID the write was made under.
+    pub lock_id: Option<String>,
+    /// Run that produced it, if any.
+    pub run_id: Option<String>,
+    /// Why it was written, for restores.
+    pub reason: Option<String>,
+    /// Serial this version restores, for restores.
+    pub restored_from: Option<u64>,
+    /// Write time.
+    pub created_at: i64,
+}
+
+/// A held lock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LockRecord {
+    /// Lock ID chosen by the client.
+    pub id: String,
+    /// The lock-info body exactly as sent.
+    #[serde(skip)]
+    pub info: Vec<u8>,
+    /// Operation from the lock info.
+    pub operation: String,
+    /// Token id of the holder.
+    pub owner_token: String,
+    /// Display name of the holder.
+    pub owner: String,
+    /// When it was taken.
+    pub created_at: i64,
+}
+
+/// A new lock request.
+#[derive(Debug, Clone)]
+pub struct NewLock {
+    /// Lock ID.
+    pub id: String,
+    /// Verbatim lock-info body.
+    pub info: Vec<u8>,
+    /// Operation.
+    pub operation: String,
+    /// Token id of the requester.
+    pub owner_token: String,
+    /// Display name of the requester.
+    pub owner: String,
+}
+
+/// Result of a lock request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LockOutcome {
+    /// The lock is now held by the requester.
+    Acquired,
+    /// Someone holds it already.
+    Held(LockRecord),
+}
+
+/// How an unlock identifies the lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnlockBy {
+    /// The holder releases its lock by ID.
+    Id(String),
+    /// Unconditional release (force-unlock).
+    Force,
+}
+
+/// Result of an unlock request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnlockOutcome {
+    /// The lock was released.
+    Released(LockRecord),
+    /// There was no lock.
+    NotLocked,
+    /// A different lock is held.
+    Mismatch(LockRecord),
+}
+
+/// An API token (the secret itself is never stored).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TokenRecord {
+    /// Public identifier.
+    pub id: String,
+    /// Human name.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// Stack globs it is scoped to; empty = all stacks.
+    pub stacks: Vec<String>,
+    /// Creation time.
+    pub created_at: i64,
+    /// Expiry time.
+    pub expires_at: Option<i64>,
+    /// Revocation time.
+    pub revoked_at: Option<i64>,
+    /// Who created it.
+    pub created_by: String,
+    /// Run the token is bound to (run-bound apply tokens).
+    pub run_id: Option<String>,
+}
+
+/// A token to create.
+#[derive(Debug, Clone)]
+pub struct NewToken {
+    /// Public identifier.
+    pub id: String,
+    /// SHA-256 of the secret.
+    pub secret_hash: [u8; 32],
+    /// Human name.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// Stack globs.
+    pub stacks: Vec<String>,
+    /// Expiry time.
+    pub expires_at: Option<i64>,
+    /// Creator.
+    pub created_by: String,
+    /// Bound run.
+    pub run_id: Option<String>,
+}
+
+/// A removal grant: permission for one state write to drop specific instances.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GrantRecord {
+    /// Identifier.
+    pub id: String,
+    /// Stack.
+    pub stack: String,
+    /// Exact instance addresses the grant covers.
+    pub addresses: Vec<String>,
+    /// Why.
+    pub reason: String,
+    /// Who created it.
+    pub created_by: String,
+    /// Creation time.
+    pub created_at: i64,
+    /// Expiry time.
+    pub expires_at: i64,
+    /// When a write consumed it.
+    pub consumed_at: Option<i64>,
+    /// Run it was created from.
+    pub run_id: Option<String>,
+}
+
+/// A grant to create.
+#[derive(Debug, Clone)]
+pub struct NewGrant {
+    /// Identifier.
+    pub id: String,
+    /// Instance addresses.
+    pub addresses: Vec<String>,
+    /// Why.
+    pub reason: String,
+    /// Creator.
+    pub created_by: String,
+    /// Expiry time.
+    pub expires_at: i64,
+    /// Run.
+    pub run_id: Option<String>,
+}
+
+/// An audit event to append (the store assigns seq, time and hashes).
+#[derive(Debug, Clone)]
+pub struct NewAudit {
+    /// Who acted.
+    pub actor: String,
+    /// What happened.
+    pub action: String,
+    /// Stack concerned.
+    pub stack: Option<String>,
+    /// `ok` or `denied`.
+    pub outcome: String,
+    /// Detail (no secrets).
+    pub detail: serde_json::Value,
+}
+
+impl NewAudit {
+    /// A successful action.
+    pub fn ok(actor: &str, action: &str, stack: Option<&str>, detail: serde_json::Value) -> NewAudit {
+        NewAudit {
+            actor: actor.to_owned(),
+            action: action.to_owned(),
+            stack: stack.map(str::to_owned),
+            outcome: "ok".into(),
+            detail,
+        }
+    }
+
+    /// A refused action.
+    pub fn denied(actor: &str, action: &str, stack: Option<&str>, detail: serde_json::Value) -> NewAudit {
+        NewAudit { outcome: "denied".into(), ..NewAudit::ok(actor, action, stack, detail) }
+    }
+}
+
+/// A state write the firewall is asked to judge.
+#[derive(Debug, Clone)]
+pub struct WriteAttempt {
+    /// Exact bytes.
+    pub body: Vec<u8>,
+    /// Serial read from the body.
+    pub serial: u64,
+    /// Lineage read from the body.
+    pub lineage: String,
+    /// Writer (token name and id).
+    pub author: String,
+    /// `?ID=` of the request.
+    pub lock_id: Option<String>,
+    /// Run the write belongs to.
+    pub run_id: Option<String>,
+    /// Reason (restores).
+    pub reason: Option<String>,
+    /// Restored serial (restores).
+    pub restored_from: Option<u64>,
+}
+
+/// What the firewall sees, read inside the write transaction.
+pub struct WriteContext<'a> {
+    /// The stack.
+    pub stack: &'a StackRecord,
+    /// Its lock, if held.
+    pub lock: Option<&'a LockRecord>,
+    /// Its current version.
+    pub current: Option<&'a VersionMeta>,
+    /// Unconsumed, unexpired grants of the stack.
+    pub grants: &'a [GrantRecord],
+    /// Loads the current version's bytes (only if the firewall needs them).
+    pub load_current: &'a dyn Fn() -> Result<Vec<u8>, crate::StoreError>,
+}
+
+/// The firewall's verdict on a write.
+#[derive(Debug, Clone)]
+pub enum WriteDecision {
+    /// Store it as a new version, consuming these grants, recording this audit event.
+    Store {
+        /// Grants consumed by the write.
+        consume_grants: Vec<String>,
+        /// Audit event for the write.
+        audit: NewAudit,
+    },
+    /// Identical re-send of the current version: store nothing.
+    Unchanged,
+}
+
+/// Result of a write.
+#[derive(Debug, Clone)]
+pub enum WriteResult {
+    /// Stored as a new version.
+    Stored(VersionMeta),
+    /// Nothing stored (identical re-send).
+    Unchanged,
+    /// Refused by the firewall.
+    Refused(airlock_core::refusal::Refusal),
+}
+
+/// Outcome of re-hashing stored versions.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct VerifyReport {
+    /// Versions checked.
+    pub checked: u64,
+    /// Versions whose bytes do not match their hash, or could not be read.
+    pub failures: Vec<String>,
+}

@@ -1,0 +1,595 @@
+//! The embedded SQLite engine: one file under the data dir, WAL, `synchronous=FULL`, foreign
+//! keys on. One writer connection (SQLite serializes writers anyway; `BEGIN IMMEDIATE` makes
+//! the firewall check and the write one atomic step) and a small pool of reader connections.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use airlock_core::audit::{chain_hash, AuditRecord, GENESIS};
+use airlock_core::time::rfc3339;
+use airlock_core::Role;
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+
+use crate::blob;
+use crate::*;
+
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/sqlite/0001_init.sql"))];
+const MAX_IDLE_READERS: usize = 8;
+
+/// SQLite-backed [`Store`].
+pub struct SqliteStore {
+    path: std::path::PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+fn backend(e: rusqlite::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        backend(e)
+    }
+}
+
+fn open_conn(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and applies pending migrations.
+    pub fn open(path: &Path) -> Result<SqliteStore> {
+        let mut writer = open_conn(path)?;
+        migrate(&mut writer)?;
+        Ok(SqliteStore { path: path.to_owned(), writer: Mutex::new(writer), readers: Mutex::new(Vec::new()) })
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let conn = match self.readers.lock().map_err(|_| poisoned())?.pop() {
+            Some(c) => c,
+            None => open_conn(&self.path)?,
+        };
+        let out = f(&conn);
+        let mut pool = self.readers.lock().map_err(|_| poisoned())?;
+        if pool.len() < MAX_IDLE_READERS {
+            pool.push(conn);
+        }
+        out
+    }
+
+    fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
+        let mut conn = self.writer.lock().map_err(|_| poisoned())?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+}
+
+fn poisoned() -> StoreError {
+    StoreError::Backend("a database connection lock was poisoned by an earlier panic".into())
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)")?;
+    for (version, sql) in MIGRATIONS {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let done: bool = tx.query_row("SELECT EXISTS(SELECT 1 FROM schema_migrations WHERE version = ?1)", [version], |r| r.get(0))?;
+        if !done {
+            tx.execute_batch(sql)?;
+            tx.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)", params![version, now_ms()])?;
+        }
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+// ---- row mapping ----
+
+fn json_col<T: serde::de::DeserializeOwned>(s: &str, what: &str) -> Result<T> {
+    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+fn stack_row(conn: &Connection, name: &str) -> Result<Option<(i64, StackRecord)>> {
+    let row = conn
+        .query_row(
+            "SELECT id, name, production, lineage, settings, created_at FROM stacks WHERE name = ?1",
+            [name],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, bool>(2)?, r.get::<_, Option<String>>(3)?, r.get::<_, String>(4)?, r.get::<_, i64>(5)?)),
+        )
+        .optional()?;
+    row.map(|(id, name, production, lineage, settings, created_at)| {
+        Ok((id, StackRecord { name, production, lineage, settings: json_col(&settings, "stack settings")?, created_at }))
+    })
+    .transpose()
+}
+
+fn require_stack(conn: &Connection, name: &str) -> Result<(i64, StackRecord)> {
+    stack_row(conn, name)?.ok_or_else(|| StoreError::NotFound(format!("stack {name}")))
+}
+
+const VERSION_COLS: &str = "serial, lineage, sha256, size, author, lock_id, run_id, reason, restored_from, created_at";
+
+fn version_from_row(stack: &str, r: &rusqlite::Row<'_>) -> rusqlite::Result<VersionMeta> {
+    Ok(VersionMeta {
+        stack: stack.to_owned(),
+        serial: r.get::<_, i64>(0)? as u64,
+        lineage: r.get(1)?,
+        sha256: hex::encode(r.get::<_, Vec<u8>>(2)?),
+        size: r.get::<_, i64>(3)? as u64,
+        author: r.get(4)?,
+        lock_id: r.get(5)?,
+        run_id: r.get(6)?,
+        reason: r.get(7)?,
+        restored_from: r.get::<_, Option<i64>>(8)?.map(|v| v as u64),
+        created_at: r.get(9)?,
+    })
+}
+
+fn current_version_of(conn: &Connection, stack_id: i64, stack: &str) -> Result<Option<VersionMeta>> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {VERSION_COLS} FROM versions WHERE stack_id = ?1 ORDER BY serial DESC LIMIT 1"),
+            [stack_id],
+            |r| version_from_row(stack, r),
+        )
+        .optional()?)
+}
+
+fn lock_of(conn: &Connection, stack_id: i64) -> Result<Option<LockRecord>> {
+    Ok(conn
+        .query_row(
+            "SELECT lock_id, info, operation, owner_token, owner, created_at FROM locks WHERE stack_id = ?1",
+            [stack_id],
+            |r| Ok(LockRecord { id: r.get(0)?, info: r.get(1)?, operation: r.get(2)?, owner_token: r.get(3)?, owner: r.get(4)?, created_at: r.get(5)? }),
+        )
+        .optional()?)
+}
+
+fn token_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(TokenRecord, String, String)> {
+    Ok((
+        TokenRecord {
+            id: r.get(0)?,
+            name: r.get(1)?,
+            role: Role::Reader, // replaced below once the text is parsed
+            stacks: Vec::new(),
+            created_at: r.get(4)?,
+            expires_at: r.get(5)?,
+            revoked_at: r.get(6)?,
+            created_by: r.get(7)?,
+            run_id: r.get(8)?,
+        },
+        r.get(2)?,
+        r.get(3)?,
+    ))
+}
+
+fn finish_token((mut t, role, stacks): (TokenRecord, String, String)) -> Result<TokenRecord> {
+    t.role = role.parse().map_err(StoreError::Corrupt)?;
+    t.stacks = json_col(&stacks, "token stacks")?;
+    Ok(t)
+}
+
+const TOKEN_COLS: &str = "id, name, role, stacks, created_at, expires_at, revoked_at, created_by, run_id";
+
+fn grant_from_row(stack: &str, r: &rusqlite::Row<'_>) -> rusqlite::Result<(GrantRecord, String)> {
+    Ok((
+        GrantRecord {
+            id: r.get(0)?,
+            stack: stack.to_owned(),
+            addresses: Vec::new(),
+            reason: r.get(2)?,
+            created_by: r.get(3)?,
+            created_at: r.get(4)?,
+            expires_at: r.get(5)?,
+            consumed_at: r.get(6)?,
+            run_id: r.get(7)?,
+        },
+        r.get(1)?,
+    ))
+}
+
+const GRANT_COLS: &str = "id, addresses, reason, created_by, created_at, expires_at, consumed_at, run_id";
+
+fn grants_of(conn: &Connection, stack_id: i64, stack: &str, active_only: bool) -> Result<Vec<GrantRecord>> {
+    let sql = if active_only {
+        format!("SELECT {GRANT_COLS} FROM grants WHERE stack_id = ?1 AND consumed_at IS NULL AND expires_at > ?2 ORDER BY created_at DESC, id")
+    } else {
+        format!("SELECT {GRANT_COLS} FROM grants WHERE stack_id = ?1 AND ?2 = ?2 ORDER BY created_at DESC, id")
+    };
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map(params![stack_id, now_ms()], |r| grant_from_row(stack, r))?;
+    rows.map(|row| {
+        let (mut g, addrs) = row?;
+        g.addresses = json_col(&addrs, "grant addresses")?;
+        Ok(g)
+    })
+    .collect()
+}
+
+fn append_audit_tx(conn: &Connection, e: &NewAudit) -> Result<AuditRecord> {
+    let (prev_seq, prev_hash): (i64, String) = conn
+        .query_row("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?
+        .unwrap_or((0, GENESIS.to_owned()));
+    let seq = prev_seq + 1;
+    let at = rfc3339(now_ms());
+    let hash = chain_hash(&prev_hash, seq, &at, &e.actor, &e.action, e.stack.as_deref(), &e.outcome, &e.detail);
+    conn.execute(
+        "INSERT INTO audit (seq, at, actor, action, stack, outcome, detail, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![seq, at, e.actor, e.action, e.stack, e.outcome, e.detail.to_string(), prev_hash, hash],
+    )?;
+    Ok(AuditRecord {
+        seq,
+        at,
+        actor: e.actor.clone(),
+        action: e.action.clone(),
+        stack: e.stack.clone(),
+        outcome: e.outcome.clone(),
+        detail: e.detail.clone(),
+        prev_hash,
+        hash,
+    })
+}
+
+fn version_bytes_of(conn: &Connection, stack_id: i64, serial: u64) -> Result<Vec<u8>> {
+    let (sha, size, list): (Vec<u8>, i64, Vec<u8>) = conn
+        .query_row(
+            "SELECT sha256, size, chunks FROM versions WHERE stack_id = ?1 AND serial = ?2",
+            params![stack_id, serial as i64],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?
+        .ok_or_else(|| StoreError::NotFound(format!("version {serial}")))?;
+    let mut out = Vec::with_capacity(size.max(0) as usize);
+    let mut stmt = conn.prepare_cached("SELECT data, raw_len FROM chunks WHERE hash = ?1")?;
+    for h in blob::parse_chunk_list(&list) {
+        let (data, raw_len): (Vec<u8>, i64) = stmt
+            .query_row([&h[..]], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?
+            .ok_or_else(|| StoreError::Corrupt(format!("version {serial}: chunk {} is missing", hex::encode(h))))?;
+        let raw = blob::decompress(&data, raw_len.max(0) as usize)
+            .map_err(|e| StoreError::Corrupt(format!("version {serial}: chunk {}: {e}", hex::encode(h))))?;
+        out.extend_from_slice(&raw);
+    }
+    if blob::sha256(&out)[..] != sha[..] {
+        return Err(StoreError::Corrupt(format!("version {serial}: content does not match its SHA-256")));
+    }
+    Ok(out)
+}
+
+impl Store for SqliteStore {
+    fn engine(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn token_count(&self) -> Result<u64> {
+        self.read(|c| Ok(c.query_row("SELECT COUNT(*) FROM tokens", [], |r| r.get::<_, i64>(0))? as u64))
+    }
+
+    fn create_token(&self, t: NewToken, audit: NewAudit) -> Result<TokenRecord> {
+        self.write(|tx| {
+            let now = now_ms();
+            tx.execute(
+                "INSERT INTO tokens (id, secret_hash, name, role, stacks, created_at, expires_at, created_by, run_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![t.id, &t.secret_hash[..], t.name, t.role.as_str(), serde_json::to_string(&t.stacks).unwrap_or_default(), now, t.expires_at, t.created_by, t.run_id],
+            )?;
+            append_audit_tx(tx, &audit)?;
+            Ok(TokenRecord {
+                id: t.id,
+                name: t.name,
+                role: t.role,
+                stacks: t.stacks,
+                created_at: now,
+                expires_at: t.expires_at,
+                revoked_at: None,
+                created_by: t.created_by,
+                run_id: t.run_id,
+            })
+        })
+    }
+
+    fn token_by_hash(&self, secret_hash: &[u8; 32]) -> Result<Option<TokenRecord>> {
+        self.read(|c| {
+            c.prepare_cached(&format!("SELECT {TOKEN_COLS} FROM tokens WHERE secret_hash = ?1"))?
+                .query_row([&secret_hash[..]], token_from_row)
+                .optional()?
+                .map(finish_token)
+                .transpose()
+        })
+    }
+
+    fn list_tokens(&self) -> Result<Vec<TokenRecord>> {
+        self.read(|c| {
+            let mut stmt = c.prepare(&format!("SELECT {TOKEN_COLS} FROM tokens ORDER BY created_at, id"))?;
+            let rows = stmt.query_map([], token_from_row)?;
+            rows.map(|r| finish_token(r?)).collect()
+        })
+    }
+
+    fn revoke_token(&self, id: &str, audit: NewAudit) -> Result<TokenRecord> {
+        self.write(|tx| {
+            let n = tx.execute("UPDATE tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL", params![id, now_ms()])?;
+            let t = tx
+                .query_row(&format!("SELECT {TOKEN_COLS} FROM tokens WHERE id = ?1"), [id], token_from_row)
+                .optional()?
+                .ok_or_else(|| StoreError::NotFound(format!("token {id}")))
+                .and_then(finish_token)?;
+            if n == 1 {
+                append_audit_tx(tx, &audit)?;
+            }
+            Ok(t)
+        })
+    }
+
+    fn create_stack(&self, name: &str, production: bool, settings: StackSettings, audit: NewAudit) -> Result<StackRecord> {
+        self.write(|tx| {
+            if stack_row(tx, name)?.is_some() {
+                return Err(StoreError::Conflict(format!("stack {name} already exists")));
+            }
+            let now = now_ms();
+            tx.execute(
+                "INSERT INTO stacks (name, production, settings, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![name, production, serde_json::to_string(&settings).unwrap_or_default(), now],
+            )?;
+            append_audit_tx(tx, &audit)?;
+            Ok(StackRecord { name: name.to_owned(), production, lineage: None, settings, created_at: now })
+        })
+    }
+
+    fn stack(&self, name: &str) -> Result<Option<StackRecord>> {
+        self.read(|c| Ok(stack_row(c, name)?.map(|(_, s)| s)))
+    }
+
+    fn list_stacks(&self) -> Result<Vec<StackRecord>> {
+        self.read(|c| {
+            let names: Vec<String> = c
+                .prepare("SELECT name FROM stacks ORDER BY name")?
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            names.iter().map(|n| require_stack(c, n).map(|(_, s)| s)).collect()
+        })
+    }
+
+    fn update_stack_settings(&self, name: &str, settings: StackSettings, audit: NewAudit) -> Result<StackRecord> {
+        self.write(|tx| {
+            let (id, mut s) = require_stack(tx, name)?;
+            tx.execute("UPDATE stacks SET settings = ?2 WHERE id = ?1", params![id, serde_json::to_string(&settings).unwrap_or_default()])?;
+            append_audit_tx(tx, &audit)?;
+            s.settings = settings;
+            Ok(s)
+        })
+    }
+
+    fn lock(&self, stack: &str, lock: NewLock, audit: NewAudit) -> Result<LockOutcome> {
+        self.write(|tx| {
+            let (id, _) = require_stack(tx, stack)?;
+            if let Some(held) = lock_of(tx, id)? {
+                return Ok(LockOutcome::Held(held));
+            }
+            tx.execute(
+                "INSERT INTO locks (stack_id, lock_id, info, operation, owner_token, owner, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![id, lock.id, lock.info, lock.operation, lock.owner_token, lock.owner, now_ms()],
+            )?;
+            append_audit_tx(tx, &audit)?;
+            Ok(LockOutcome::Acquired)
+        })
+    }
+
+    fn unlock(&self, stack: &str, by: UnlockBy, audit: NewAudit) -> Result<UnlockOutcome> {
+        self.write(|tx| {
+            let (id, _) = require_stack(tx, stack)?;
+            let Some(held) = lock_of(tx, id)? else { return Ok(UnlockOutcome::NotLocked) };
+            if let UnlockBy::Id(want) = &by {
+                if *want != held.id {
+                    return Ok(UnlockOutcome::Mismatch(held));
+                }
+            }
+            tx.execute("DELETE FROM locks WHERE stack_id = ?1", [id])?;
+            append_audit_tx(tx, &audit)?;
+            Ok(UnlockOutcome::Released(held))
+        })
+    }
+
+    fn current_lock(&self, stack: &str) -> Result<Option<LockRecord>> {
+        self.read(|c| {
+            let (id, _) = require_stack(c, stack)?;
+            lock_of(c, id)
+        })
+    }
+
+    fn current_version(&self, stack: &str) -> Result<Option<VersionMeta>> {
+        self.read(|c| {
+            let (id, _) = require_stack(c, stack)?;
+            current_version_of(c, id, stack)
+        })
+    }
+
+    fn version(&self, stack: &str, serial: u64) -> Result<Option<VersionMeta>> {
+        self.read(|c| {
+            let (id, _) = require_stack(c, stack)?;
+            Ok(c.query_row(
+                &format!("SELECT {VERSION_COLS} FROM versions WHERE stack_id = ?1 AND serial = ?2"),
+                params![id, serial as i64],
+                |r| version_from_row(stack, r),
+            )
+            .optional()?)
+        })
+    }
+
+    fn versions(&self, stack: &str) -> Result<Vec<VersionMeta>> {
+        self.read(|c| {
+            let (id, _) = require_stack(c, stack)?;
+            let mut stmt = c.prepare(&format!("SELECT {VERSION_COLS} FROM versions WHERE stack_id = ?1 ORDER BY serial"))?;
+            let rows = stmt.query_map([id], |r| version_from_row(stack, r))?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+    }
+
+    fn version_bytes(&self, stack: &str, serial: u64) -> Result<Vec<u8>> {
+        self.read(|c| {
+            let (id, _) = require_stack(c, stack)?;
+            version_bytes_of(c, id, serial)
+        })
+    }
+
+    fn write_state(&self, stack: &str, attempt: WriteAttempt, check: &mut WriteCheck<'_>) -> Result<WriteResult> {
+        // Chunk, hash and compress before taking the write lock: it is the expensive part.
+        let chunks = blob::split(&attempt.body);
+        let compressed: Vec<Vec<u8>> = chunks.iter().map(|c| blob::compress(c.raw)).collect();
+        let sha = blob::sha256(&attempt.body);
+        self.write(|tx| {
+            let (stack_id, record) = require_stack(tx, stack)?;
+            let lock = lock_of(tx, stack_id)?;
+            let current = current_version_of(tx, stack_id, stack)?;
+            let grants = grants_of(tx, stack_id, stack, true)?;
+            let load_current = || match &current {
+                Some(v) => version_bytes_of(tx, stack_id, v.serial),
+                None => Err(StoreError::NotFound("no current version".into())),
+            };
+            let ctx = WriteContext { stack: &record, lock: lock.as_ref(), current: current.as_ref(), grants: &grants, load_current: &load_current };
+            let (consume, audit) = match check(&ctx) {
+                Err(refusal) => return Ok(WriteResult::Refused(refusal)),
+                Ok(WriteDecision::Unchanged) => return Ok(WriteResult::Unchanged),
+                Ok(WriteDecision::Store { consume_grants, audit }) => (consume_grants, audit),
+            };
+            let mut put = tx.prepare_cached("INSERT OR IGNORE INTO chunks (hash, data, raw_len) VALUES (?1, ?2, ?3)")?;
+            for (c, z) in chunks.iter().zip(&compressed) {
+                put.execute(params![&c.hash[..], z, c.raw.len() as i64])?;
+            }
+            let now = now_ms();
+            tx.execute(
+                "INSERT INTO versions (stack_id, serial, lineage, sha256, size, chunks, author, lock_id, run_id, reason, restored_from, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                params![
+                    stack_id,
+                    attempt.serial as i64,
+                    attempt.lineage,
+                    &sha[..],
+                    attempt.body.len() as i64,
+                    blob::chunk_list(&chunks),
+                    attempt.author,
+                    attempt.lock_id,
+                    attempt.run_id,
+                    attempt.reason,
+                    attempt.restored_from.map(|v| v as i64),
+                    now
+                ],
+            )
+            .map_err(|e| match e {
+                rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+                    StoreError::Conflict(format!("serial {} already exists", attempt.serial))
+                }
+                e => backend(e),
+            })?;
+            if record.lineage.is_none() {
+                tx.execute("UPDATE stacks SET lineage = ?2 WHERE id = ?1", params![stack_id, attempt.lineage])?;
+            }
+            for g in &consume {
+                tx.execute("UPDATE grants SET consumed_at = ?2 WHERE id = ?1 AND consumed_at IS NULL", params![g, now])?;
+            }
+            append_audit_tx(tx, &audit)?;
+            Ok(WriteResult::Stored(VersionMeta {
+                stack: stack.to_owned(),
+                serial: attempt.serial,
+                lineage: attempt.lineage.clone(),
+                sha256: hex::encode(sha),
+                size: attempt.body.len() as u64,
+                author: attempt.author.clone(),
+                lock_id: attempt.lock_id.clone(),
+                run_id: attempt.run_id.clone(),
+                reason: attempt.reason.clone(),
+                restored_from: attempt.restored_from,
+                created_at: now,
+            }))
+        })
+    }
+
+    fn verify(&self, stack: Option<&str>) -> Result<VerifyReport> {
+        let stacks = match stack {
+            Some(s) => vec![s.to_owned()],
+            None => self.list_stacks()?.into_iter().map(|s| s.name).collect(),
+        };
+        let mut report = VerifyReport::default();
+        for s in stacks {
+            for v in self.versions(&s)? {
+                report.checked += 1;
+                if let Err(e) = self.version_bytes(&s, v.serial) {
+                    report.failures.push(format!("{s} serial {}: {e}", v.serial));
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    fn stored_state_bytes(&self) -> Result<u64> {
+        self.read(|c| {
+            let chunks: i64 = c.query_row("SELECT COALESCE(SUM(LENGTH(data) + 40), 0) FROM chunks", [], |r| r.get(0))?;
+            let lists: i64 = c.query_row("SELECT COALESCE(SUM(LENGTH(chunks) + 120), 0) FROM versions", [], |r| r.get(0))?;
+            Ok((chunks + lists) as u64)
+        })
+    }
+
+    fn create_grant(&self, stack: &str, g: NewGrant, audit: NewAudit) -> Result<GrantRecord> {
+        self.write(|tx| {
+            let (stack_id, _) = require_stack(tx, stack)?;
+            let now = now_ms();
+            tx.execute(
+                "INSERT INTO grants (id, stack_id, addresses, reason, created_by, created_at, expires_at, run_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![g.id, stack_id, serde_json::to_string(&g.addresses).unwrap_or_default(), g.reason, g.created_by, now, g.expires_at, g.run_id],
+            )?;
+            append_audit_tx(tx, &audit)?;
+            Ok(GrantRecord {
+                id: g.id,
+                stack: stack.to_owned(),
+                addresses: g.addresses,
+                reason: g.reason,
+                created_by: g.created_by,
+                created_at: now,
+                expires_at: g.expires_at,
+                consumed_at: None,
+                run_id: g.run_id,
+            })
+        })
+    }
+
+    fn grants(&self, stack: &str) -> Result<Vec<GrantRecord>> {
+        self.read(|c| {
+            let (id, _) = require_stack(c, stack)?;
+            grants_of(c, id, stack, false)
+        })
+    }
+
+    fn append_audit(&self, event: NewAudit) -> Result<AuditRecord> {
+        self.write(|tx| append_audit_tx(tx, &event))
+    }
+
+    fn audit_events(&self, after: i64, limit: u32) -> Result<Vec<AuditRecord>> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT seq, at, actor, action, stack, outcome, detail, prev_hash, hash FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![after, limit], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, Option<String>>(4)?,
+                    r.get::<_, String>(5)?,
+                    r.get::<_, String>(6)?,
+                    r.get::<_, String>(7)?,
+                    r.get::<_, String>(8)?,
+                ))
+            })?;
+            rows.map(|row| {
+                let (seq, at, actor, action, stack, outcome, detail, prev_hash, hash) = row?;
+                Ok(AuditRecord { seq, at, actor, action, stack, outcome, detail: json_col(&detail, "audit detail")?, prev_hash, hash })
+            })
+            .collect()
+        })
+    }
+}
