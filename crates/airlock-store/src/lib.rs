@@ -124,3 +124,13 @@ pub fn now_ms() -> i64 {
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
 }
+
+/// Opens the store a server was configured with: a `postgres://` / `postgresql://` URL, or a
+/// SQLite database file path (`sqlite://PATH` or a bare path).
+pub fn open(location: &str) -> Result<std::sync::Arc<dyn Store>> {
+    if location.starts_with("postgres://") || location.starts_with("postgresql://") {
+        return Err(StoreError::Backend("PostgreSQL support is not built yet".into()));
+    }
+    let path = location.strip_prefix("sqlite://").unwrap_or(location);
+    Ok(std::sync::Arc::new(SqliteStore::open(std::path::Path::new(path))?))
+}
