@@ -210,7 +210,11 @@ mod tests {
     fn no_type_is_listed_twice() {
         let mut seen = std::collections::HashSet::new();
         for e in entries() {
-            assert!(seen.insert(e.resource_type), "{} listed twice", e.resource_type);
+            assert!(
+                seen.insert(e.resource_type),
+                "{} listed twice",
+                e.resource_type
+            );
         }
     }
 
@@ -246,8 +250,9 @@ mod tests {
             rule: ProtectRule::False,
             blocks_delete: false
         }));
-        assert!(db.iter().any(|p| p.attribute == "backup_retention_period"
-            && p.rule == ProtectRule::Positive));
+        assert!(db
+            .iter()
+            .any(|p| p.attribute == "backup_retention_period" && p.rule == ProtectRule::Positive));
     }
 
     #[test]

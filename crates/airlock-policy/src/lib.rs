@@ -5,7 +5,12 @@
 //! Pure: no I/O, never panics on any input (the plan reader is fuzzed).
 
 #![deny(missing_docs)]
-#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 pub mod catalogue;
 pub mod plan;

@@ -7,7 +7,6 @@
 use std::fmt;
 use std::io::{BufRead, Read};
 
-use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -155,7 +154,10 @@ impl ResourceChange {
 
     /// Whether the change imports an existing object.
     pub fn is_import(&self) -> bool {
-        self.change.importing.as_ref().is_some_and(|r| r.get() != "null")
+        self.change
+            .importing
+            .as_ref()
+            .is_some_and(|r| r.get() != "null")
     }
 
     /// The previous address when a `moved` block changed it.
@@ -207,7 +209,9 @@ pub enum ReadWarning {
 impl fmt::Display for ReadWarning {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ReadWarning::Utf16(order) => write!(f, "input is UTF-16 ({order}); transcoded to UTF-8"),
+            ReadWarning::Utf16(order) => {
+                write!(f, "input is UTF-16 ({order}); transcoded to UTF-8")
+            }
             ReadWarning::NoiseBefore { lines } => write!(
                 f,
                 "skipped {lines} non-JSON line(s) before the plan JSON (CI wrapper output?)"
@@ -235,11 +239,9 @@ pub enum PlanError {
     NoJsonObject,
     /// The JSON is malformed or has a value of the wrong type.
     Syntax {
-        /// 1-based line within the JSON (after skipped noise).
-        line: usize,
-        /// 1-based column.
-        column: usize,
-        /// What the JSON parser said.
+        /// Byte offset in the JSON text (after a byte-order mark and skipped noise).
+        offset: u64,
+        /// What is wrong.
         message: String,
     },
     /// Valid JSON, but not a plan; says what it looks like instead.
@@ -262,13 +264,9 @@ impl fmt::Display for PlanError {
                 f,
                 "no JSON object found at the start of the input; {EXPECTED}"
             ),
-            PlanError::Syntax {
-                line,
-                column,
-                message,
-            } => write!(
+            PlanError::Syntax { offset, message } => write!(
                 f,
-                "malformed plan JSON at line {line} column {column}: {message}; {EXPECTED}"
+                "malformed plan JSON at byte {offset}: {message}; {EXPECTED}"
             ),
             PlanError::NotAPlan(what) => write!(f, "not a plan: {what}; {EXPECTED}"),
             PlanError::Io(e) => write!(f, "reading the plan failed: {e}"),
@@ -277,25 +275,6 @@ impl fmt::Display for PlanError {
 }
 
 impl std::error::Error for PlanError {}
-
-impl From<serde_json::Error> for PlanError {
-    fn from(e: serde_json::Error) -> Self {
-        if e.is_io() {
-            return PlanError::Io(e.to_string());
-        }
-        // serde_json appends " at line L column C"; keep the message without it.
-        let full = e.to_string();
-        let message = match full.rfind(" at line ") {
-            Some(i) => full.get(..i).unwrap_or(&full).to_string(),
-            None => full,
-        };
-        PlanError::Syntax {
-            line: e.line(),
-            column: e.column(),
-            message,
-        }
-    }
-}
 
 /// Reads a plan, calling `on_change` once per resource change in document order.
 pub fn read_plan<R, F>(mut input: R, on_change: F) -> Result<PlanInfo, PlanError>
@@ -362,13 +341,9 @@ where
     if noise > 0 {
         warnings.push(ReadWarning::NoiseBefore { lines: noise });
     }
-    let mut de = serde_json::Deserializer::from_reader(&mut input);
-    let top = TopLevel {
-        on_change: &mut on_change,
-    };
-    let seen = top.deserialize(&mut de)?;
-    drop(de);
-    let trailing = count_trailing(&mut input)?;
+    let mut stream = Stream::new(input);
+    let seen = read_top_level(&mut stream, &mut on_change)?;
+    let trailing = stream.count_trailing()?;
     if trailing > 0 {
         warnings.push(ReadWarning::NoiseAfter { bytes: trailing });
     }
@@ -422,17 +397,360 @@ fn skip_noise<R: BufRead>(input: &mut R) -> Result<usize, PlanError> {
     }
 }
 
-/// Counts non-whitespace bytes left after the JSON document.
-fn count_trailing<R: BufRead>(input: &mut R) -> Result<u64, PlanError> {
-    let mut count = 0u64;
-    loop {
-        let buf = input.fill_buf().map_err(io_err)?;
-        if buf.is_empty() {
-            return Ok(count);
+/// Nesting deeper than this is refused (Terraform's own plans stay far below it).
+const MAX_DEPTH: usize = 10_000;
+
+/// A window over the input. Values the reader keeps (one resource change, a top-level scalar)
+/// are held whole in `buf`; everything else is scanned and dropped chunk by chunk, so memory is
+/// bounded by the largest kept value plus one input chunk.
+struct Stream<R> {
+    input: R,
+    buf: Vec<u8>,
+    /// Start of the unconsumed bytes in `buf`.
+    pos: usize,
+    /// Input offset of `buf[0]`.
+    base: u64,
+    eof: bool,
+}
+
+impl<R: BufRead> Stream<R> {
+    fn new(input: R) -> Self {
+        Stream {
+            input,
+            buf: Vec::new(),
+            pos: 0,
+            base: 0,
+            eof: false,
         }
-        count += buf.iter().filter(|b| !b.is_ascii_whitespace()).count() as u64;
-        let n = buf.len();
-        input.consume(n);
+    }
+
+    fn offset(&self) -> u64 {
+        self.base + self.pos as u64
+    }
+
+    fn syntax(&self, message: impl Into<String>) -> PlanError {
+        PlanError::Syntax {
+            offset: self.offset(),
+            message: message.into(),
+        }
+    }
+
+    /// Drops `buf[..keep_from]` and appends the next input chunk. False at end of input.
+    fn fill(&mut self, keep_from: usize) -> Result<bool, PlanError> {
+        if keep_from > 0 {
+            self.buf.drain(..keep_from);
+            self.base += keep_from as u64;
+            self.pos = self.pos.saturating_sub(keep_from);
+        }
+        if self.eof {
+            return Ok(false);
+        }
+        let chunk = self.input.fill_buf().map_err(io_err)?;
+        if chunk.is_empty() {
+            self.eof = true;
+            return Ok(false);
+        }
+        self.buf.extend_from_slice(chunk);
+        let n = chunk.len();
+        self.input.consume(n);
+        Ok(true)
+    }
+
+    /// The next non-whitespace byte, without consuming it.
+    fn peek(&mut self) -> Result<Option<u8>, PlanError> {
+        loop {
+            while let Some(&b) = self.buf.get(self.pos) {
+                if b.is_ascii_whitespace() {
+                    self.pos += 1;
+                } else {
+                    return Ok(Some(b));
+                }
+            }
+            if !self.fill(self.pos)? {
+                return Ok(None);
+            }
+        }
+    }
+
+    fn expect(&mut self, want: u8, what: &str) -> Result<(), PlanError> {
+        match self.peek()? {
+            Some(b) if b == want => {
+                self.pos += 1;
+                Ok(())
+            }
+            Some(_) => Err(self.syntax(format!("expected {what}"))),
+            None => Err(self.syntax(format!("unexpected end of input, expected {what}"))),
+        }
+    }
+
+    /// Scans one JSON value starting at the next non-whitespace byte. With `keep`, the value's
+    /// bytes stay in `buf` and their range is returned (valid until the next call); otherwise
+    /// they are dropped as the scan goes.
+    fn value(&mut self, keep: bool) -> Result<std::ops::Range<usize>, PlanError> {
+        if self.peek()?.is_none() {
+            return Err(self.syntax("unexpected end of input, expected a value"));
+        }
+        let mut start = self.pos;
+        let mut scan = Scanner::default();
+        let mut at = start;
+        loop {
+            match scan.feed(self.buf.get(at..).unwrap_or(&[])) {
+                Err(msg) => {
+                    self.pos = at + scan.error_at;
+                    return Err(self.syntax(msg));
+                }
+                Ok(Some(len)) => {
+                    self.pos = at + len;
+                    return Ok(start..self.pos);
+                }
+                Ok(None) => {
+                    // Keep the value's bytes only when asked; drop everything before it.
+                    let keep_from = if keep { start } else { self.buf.len() };
+                    at = self.buf.len() - keep_from;
+                    start -= keep_from.min(start);
+                    self.pos = self.buf.len();
+                    if !self.fill(keep_from)? {
+                        return if scan.at_end() {
+                            Ok(start..self.pos)
+                        } else {
+                            Err(self.syntax("unexpected end of input: the plan JSON is truncated"))
+                        };
+                    }
+                }
+            }
+        }
+    }
+
+    /// Parses a kept value with serde, reporting errors at their input offset.
+    fn parse<'a, T: Deserialize<'a>>(
+        &'a self,
+        range: std::ops::Range<usize>,
+        context: &dyn Fn() -> String,
+    ) -> Result<T, PlanError> {
+        let bytes = self.buf.get(range.clone()).unwrap_or(&[]);
+        serde_json::from_slice(bytes).map_err(|e| {
+            let within = offset_of(bytes, e.line(), e.column());
+            let message = e.to_string();
+            let message = match message.rfind(" at line ") {
+                Some(i) => message.get(..i).unwrap_or(&message).to_string(),
+                None => message,
+            };
+            PlanError::Syntax {
+                offset: self.base + (range.start + within) as u64,
+                message: format!("{}: {message}", context()),
+            }
+        })
+    }
+
+    /// Counts non-whitespace bytes left after the JSON document.
+    fn count_trailing(&mut self) -> Result<u64, PlanError> {
+        let mut count = 0u64;
+        loop {
+            count += self
+                .buf
+                .get(self.pos..)
+                .unwrap_or(&[])
+                .iter()
+                .filter(|b| !b.is_ascii_whitespace())
+                .count() as u64;
+            self.pos = self.buf.len();
+            if !self.fill(self.pos)? {
+                return Ok(count);
+            }
+        }
+    }
+}
+
+/// Byte offset of serde_json's 1-based (line, column) within `bytes`.
+fn offset_of(bytes: &[u8], line: usize, column: usize) -> usize {
+    let mut offset = 0usize;
+    for _ in 1..line {
+        match memchr::memchr(b'\n', bytes.get(offset..).unwrap_or(&[])) {
+            Some(p) => offset += p + 1,
+            None => break,
+        }
+    }
+    (offset + column.saturating_sub(1)).min(bytes.len())
+}
+
+/// A resumable scanner that finds where one JSON value ends. It checks strings and bracket
+/// nesting; the full grammar is checked only for values that are then parsed.
+#[derive(Default)]
+struct Scanner {
+    /// Open brackets, `true` for `{`.
+    stack: Vec<bool>,
+    in_string: bool,
+    escape: bool,
+    started: bool,
+    /// A scalar (number or literal) outside any bracket.
+    bare: bool,
+    /// Offset of the error within the last fed slice.
+    error_at: usize,
+}
+
+impl Scanner {
+    /// Feeds the next bytes; returns how much of `data` the value still takes if it ends in
+    /// `data`, or `None` if it continues past it.
+    fn feed(&mut self, data: &[u8]) -> Result<Option<usize>, &'static str> {
+        let mut i = 0usize;
+        while i < data.len() {
+            if self.escape {
+                self.escape = false;
+                i += 1;
+                continue;
+            }
+            if self.in_string {
+                match memchr::memchr2(b'"', b'\\', data.get(i..).unwrap_or(&[])) {
+                    None => return Ok(None),
+                    Some(p) => {
+                        i += p;
+                        if data.get(i) == Some(&b'\\') {
+                            self.escape = true;
+                        } else {
+                            self.in_string = false;
+                            if self.stack.is_empty() {
+                                return Ok(Some(i + 1));
+                            }
+                        }
+                        i += 1;
+                    }
+                }
+                continue;
+            }
+            let b = data.get(i).copied().unwrap_or(b' ');
+            if self.bare {
+                if matches!(b, b',' | b'}' | b']') || b.is_ascii_whitespace() {
+                    return Ok(Some(i));
+                }
+                i += 1;
+                continue;
+            }
+            match b {
+                b'"' => self.in_string = true,
+                b'{' | b'[' => {
+                    if self.stack.len() >= MAX_DEPTH {
+                        self.error_at = i;
+                        return Err("nesting is too deep");
+                    }
+                    self.stack.push(b == b'{');
+                }
+                b'}' | b']' => match self.stack.pop() {
+                    Some(open) if open == (b == b'}') => {
+                        if self.stack.is_empty() {
+                            return Ok(Some(i + 1));
+                        }
+                    }
+                    _ => {
+                        self.error_at = i;
+                        return Err("mismatched bracket");
+                    }
+                },
+                _ if !self.started => self.bare = true,
+                _ => {}
+            }
+            self.started = true;
+            i += 1;
+        }
+        Ok(None)
+    }
+
+    /// At end of input: a bare scalar ends there; anything else is truncated.
+    fn at_end(&self) -> bool {
+        self.bare
+    }
+}
+
+fn read_top_level<R: BufRead, F: FnMut(ResourceChange)>(
+    s: &mut Stream<R>,
+    on_change: &mut F,
+) -> Result<Seen, PlanError> {
+    let mut seen = Seen::default();
+    s.expect(b'{', "`{` at the start of the plan")?;
+    if s.peek()? == Some(b'}') {
+        s.pos += 1;
+        return Ok(seen);
+    }
+    loop {
+        if s.peek()? != Some(b'"') {
+            return Err(s.syntax("expected a key string"));
+        }
+        let r = s.value(true)?;
+        let key: String = s.parse(r, &|| "object key".to_string())?;
+        s.expect(b':', "`:` after a key")?;
+        match key.as_str() {
+            "format_version" | "terraform_version" | "errored" | "applyable" | "complete" => {
+                let r = s.value(true)?;
+                let v: Value = s.parse(r, &|| format!("`{key}`"))?;
+                match key.as_str() {
+                    "format_version" => seen.format_version = v.as_str().map(str::to_string),
+                    "terraform_version" => seen.terraform_version = v.as_str().map(str::to_string),
+                    "errored" => seen.errored = v.as_bool(),
+                    "applyable" => seen.applyable = v.as_bool(),
+                    _ => seen.complete = v.as_bool(),
+                }
+            }
+            "resource_changes" => {
+                seen.has_resource_changes = true;
+                read_changes(s, &mut seen.resource_changes, on_change)?;
+            }
+            _ => {
+                if key == "planned_values" {
+                    seen.has_planned_values = true;
+                }
+                s.value(false)?;
+            }
+        }
+        if seen.keys.len() < 64 {
+            seen.keys.push(key);
+        }
+        match s.peek()? {
+            Some(b',') => s.pos += 1,
+            Some(b'}') => {
+                s.pos += 1;
+                return Ok(seen);
+            }
+            Some(_) => return Err(s.syntax("expected `,` or `}` after a top-level value")),
+            None => return Err(s.syntax("unexpected end of input: the plan JSON is truncated")),
+        }
+    }
+}
+
+fn read_changes<R: BufRead, F: FnMut(ResourceChange)>(
+    s: &mut Stream<R>,
+    count: &mut usize,
+    on_change: &mut F,
+) -> Result<(), PlanError> {
+    match s.peek()? {
+        Some(b'n') => {
+            let r = s.value(true)?;
+            let _: () = s.parse(r, &|| "`resource_changes`".to_string())?;
+            return Ok(());
+        }
+        Some(b'[') => s.pos += 1,
+        _ => return Err(s.syntax("`resource_changes` must be an array")),
+    }
+    if s.peek()? == Some(b']') {
+        s.pos += 1;
+        return Ok(());
+    }
+    loop {
+        let r = s.value(true)?;
+        let n = *count + 1;
+        let rc: ResourceChange = s.parse(r, &|| format!("resource change #{n}"))?;
+        if rc.address.is_empty() {
+            return Err(s.syntax(format!("resource change #{n} has no `address`")));
+        }
+        *count = n;
+        on_change(rc);
+        match s.peek()? {
+            Some(b',') => s.pos += 1,
+            Some(b']') => {
+                s.pos += 1;
+                return Ok(());
+            }
+            Some(_) => return Err(s.syntax("expected `,` or `]` in `resource_changes`")),
+            None => return Err(s.syntax("unexpected end of input: the plan JSON is truncated")),
+        }
     }
 }
 
@@ -488,105 +806,6 @@ impl Seen {
             resource_changes: self.resource_changes,
             warnings,
         })
-    }
-}
-
-struct TopLevel<'a, F> {
-    on_change: &'a mut F,
-}
-
-impl<'de, F: FnMut(ResourceChange)> DeserializeSeed<'de> for TopLevel<'_, F> {
-    type Value = Seen;
-
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Seen, D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de, F: FnMut(ResourceChange)> Visitor<'de> for TopLevel<'_, F> {
-    type Value = Seen;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a JSON object (a plan)")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Seen, A::Error> {
-        let mut seen = Seen::default();
-        while let Some(key) = map.next_key::<String>()? {
-            match key.as_str() {
-                "format_version" => seen.format_version = map.next_value::<Option<String>>()?,
-                "terraform_version" => {
-                    seen.terraform_version = map.next_value::<Option<String>>()?
-                }
-                "errored" => seen.errored = map.next_value::<Option<bool>>()?,
-                "applyable" => seen.applyable = map.next_value::<Option<bool>>()?,
-                "complete" => seen.complete = map.next_value::<Option<bool>>()?,
-                "planned_values" => {
-                    seen.has_planned_values = true;
-                    map.next_value::<IgnoredAny>()?;
-                }
-                "resource_changes" => {
-                    seen.has_resource_changes = true;
-                    seen.resource_changes += map.next_value_seed(Changes {
-                        on_change: &mut *self.on_change,
-                    })?;
-                }
-                _ => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-            if seen.keys.len() < 64 {
-                seen.keys.push(key);
-            }
-        }
-        Ok(seen)
-    }
-}
-
-struct Changes<'a, F> {
-    on_change: &'a mut F,
-}
-
-impl<'de, F: FnMut(ResourceChange)> DeserializeSeed<'de> for Changes<'_, F> {
-    type Value = usize;
-
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<usize, D::Error> {
-        d.deserialize_option(self)
-    }
-}
-
-impl<'de, F: FnMut(ResourceChange)> Visitor<'de> for Changes<'_, F> {
-    type Value = usize;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("an array of resource changes")
-    }
-
-    fn visit_none<E>(self) -> Result<usize, E> {
-        Ok(0)
-    }
-
-    fn visit_unit<E>(self) -> Result<usize, E> {
-        Ok(0)
-    }
-
-    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<usize, D::Error> {
-        d.deserialize_seq(self)
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<usize, A::Error> {
-        let mut n = 0usize;
-        while let Some(rc) = seq.next_element::<ResourceChange>()? {
-            if rc.address.is_empty() {
-                return Err(serde::de::Error::custom(format!(
-                    "resource change #{} has no `address`",
-                    n + 1
-                )));
-            }
-            n += 1;
-            (self.on_change)(rc);
-        }
-        Ok(n)
     }
 }
 
@@ -646,7 +865,8 @@ impl<R: BufRead> Utf16Reader<R> {
         for c in char::decode_utf16(units) {
             let c = c.unwrap_or(char::REPLACEMENT_CHARACTER);
             let mut b = [0u8; 4];
-            self.pending.extend_from_slice(c.encode_utf8(&mut b).as_bytes());
+            self.pending
+                .extend_from_slice(c.encode_utf8(&mut b).as_bytes());
         }
         Ok(())
     }
@@ -722,7 +942,11 @@ mod tests {
         for (bom, big) in [([0xFFu8, 0xFE], false), ([0xFE, 0xFF], true)] {
             let mut bytes = bom.to_vec();
             for unit in SMALL.encode_utf16() {
-                let b = if big { unit.to_be_bytes() } else { unit.to_le_bytes() };
+                let b = if big {
+                    unit.to_be_bytes()
+                } else {
+                    unit.to_le_bytes()
+                };
                 bytes.extend_from_slice(&b);
             }
             let (info, changes) = read(&bytes).unwrap();
@@ -753,9 +977,15 @@ mod tests {
         assert_eq!(read(b"  \n\n ").unwrap_err(), PlanError::Empty);
         assert_eq!(read(b"PK\x03\x04rest").unwrap_err(), PlanError::BinaryPlan);
         assert_eq!(read(b"[1,2,3]").unwrap_err(), PlanError::NoJsonObject);
-        assert!(matches!(read(b"{\"format_version\":").unwrap_err(), PlanError::Syntax { .. }));
+        assert!(matches!(
+            read(b"{\"format_version\":").unwrap_err(),
+            PlanError::Syntax { .. }
+        ));
         let truncated = &SMALL.as_bytes()[..SMALL.len() / 2];
-        assert!(matches!(read(truncated).unwrap_err(), PlanError::Syntax { .. }));
+        assert!(matches!(
+            read(truncated).unwrap_err(),
+            PlanError::Syntax { .. }
+        ));
         let deep = format!("{{\"x\":{}{}}}", "[".repeat(100_000), "]".repeat(100_000));
         assert!(read(deep.as_bytes()).is_err());
         let deep_change = format!(
@@ -766,7 +996,10 @@ mod tests {
         // Kept raw (not recursed into) until a rule needs it: no stack overflow either way.
         let _ = read(deep_change.as_bytes());
         let huge = r#"{"planned_values":{},"resource_changes":[{"address":"a","index":1e999999}]}"#;
-        assert!(matches!(read(huge.as_bytes()).unwrap_err(), PlanError::Syntax { .. }));
+        assert!(matches!(
+            read(huge.as_bytes()).unwrap_err(),
+            PlanError::Syntax { .. }
+        ));
         let big_int = r#"{"planned_values":{},"resource_changes":[{"address":"a","index":123456789012345678901234567890}]}"#;
         assert!(read(big_int.as_bytes()).is_ok());
         let wrong = r#"{"planned_values":{},"resource_changes":[{"address":"a","change":{"actions":"delete"}}]}"#;
@@ -775,12 +1008,16 @@ mod tests {
         let not_array = r#"{"resource_changes":{"a":1}}"#;
         assert!(read(not_array.as_bytes()).is_err());
         let no_address = r#"{"resource_changes":[{"change":{}}]}"#;
-        assert!(read(no_address.as_bytes()).unwrap_err().to_string().contains("no `address`"));
+        assert!(read(no_address.as_bytes())
+            .unwrap_err()
+            .to_string()
+            .contains("no `address`"));
     }
 
     #[test]
     fn non_plans_say_what_they_are() {
-        let state = r#"{"version":4,"terraform_version":"1.11.4","serial":3,"lineage":"x","resources":[]}"#;
+        let state =
+            r#"{"version":4,"terraform_version":"1.11.4","serial":3,"lineage":"x","resources":[]}"#;
         let e = read(state.as_bytes()).unwrap_err().to_string();
         assert!(e.contains("state file"), "{e}");
         let shown_state = r#"{"format_version":"1.0","values":{}}"#;
