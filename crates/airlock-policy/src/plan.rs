@@ -850,7 +850,7 @@ impl<R: BufRead> Utf16Reader<R> {
                 break;
             }
             have += n;
-            if have % 2 == 0 {
+            if have.is_multiple_of(2) {
                 break;
             }
         }

@@ -1,0 +1,695 @@
+//! The repository configuration, `airlock.hcl`: stacks, extra protection, declared removals,
+//! phase credentials and mass-destruction thresholds. It is reviewed like code, so the parser
+//! is strict: an unknown block or attribute is an error naming its line, never ignored.
+
+use std::fmt;
+
+use hcl_edit::expr::Expression;
+use hcl_edit::structure::{Attribute, Block, BlockLabel, Body, Structure};
+use hcl_edit::Span;
+
+/// A parsed `airlock.hcl`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Config {
+    /// `stack "NAME" { ... }` blocks, in file order.
+    pub stacks: Vec<StackConfig>,
+    /// Every `protect { ... }` block, merged.
+    pub protect: Protect,
+    /// `allow_destroy "ADDRESS" { reason = ... }` declarations.
+    pub allow_destroy: Vec<AllowDestroy>,
+    /// `credentials "plan" | "apply" { env_from = [...] }`.
+    pub credentials: Vec<Credentials>,
+    /// `mass_destruction { ... }`, or the defaults.
+    pub mass_destruction: MassDestruction,
+}
+
+/// One stack (one Terraform root module's state).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StackConfig {
+    /// Stack name, e.g. `prod/app`.
+    pub name: String,
+    /// Root module directory, relative to the repository.
+    pub dir: Option<String>,
+    /// A production stack: every destroy needs review.
+    pub production: bool,
+    /// Approvals a run of this stack needs.
+    pub required_approvals: u32,
+    /// Line of the block in the file.
+    pub line: usize,
+}
+
+/// Extra protection on top of the built-in catalogue.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Protect {
+    /// Resource types treated as critical.
+    pub types: Vec<String>,
+    /// Address globs (`*` matches any run of characters) treated as critical.
+    pub addresses: Vec<String>,
+}
+
+/// A destruction the reviewed code declares on purpose.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowDestroy {
+    /// Address or glob; a resource address also covers its instances (`x.y` covers `x.y[0]`).
+    pub address: String,
+    /// Why, shown in the report.
+    pub reason: String,
+    /// Line of the block in the file.
+    pub line: usize,
+}
+
+/// Which credentials a phase's process receives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// `plan` or `apply`.
+    pub phase: Phase,
+    /// Environment variables passed through to that phase.
+    pub env_from: Vec<String>,
+}
+
+/// A phase of a governed run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// `terraform plan`.
+    Plan,
+    /// `terraform apply`.
+    Apply,
+}
+
+/// When destruction counts as mass destruction.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MassDestruction {
+    /// More than this many destroyed instances is mass destruction.
+    pub max_count: u64,
+    /// More than this percentage of the stack's instances is mass destruction...
+    pub max_percent: f64,
+    /// ...when the stack has at least this many instances.
+    pub min_instances: u64,
+}
+
+impl Default for MassDestruction {
+    fn default() -> Self {
+        MassDestruction {
+            max_count: 20,
+            max_percent: 25.0,
+            min_instances: 10,
+        }
+    }
+}
+
+impl Config {
+    /// The stack of this name.
+    pub fn stack(&self, name: &str) -> Option<&StackConfig> {
+        self.stacks.iter().find(|s| s.name == name)
+    }
+
+    /// Environment variables for a phase (empty when not configured).
+    pub fn credentials_for(&self, phase: Phase) -> &[String] {
+        self.credentials
+            .iter()
+            .find(|c| c.phase == phase)
+            .map(|c| c.env_from.as_slice())
+            .unwrap_or(&[])
+    }
+
+    /// The `allow_destroy` declaration covering an address, if any.
+    pub fn allowed_destroy(&self, address: &str) -> Option<&AllowDestroy> {
+        self.allow_destroy
+            .iter()
+            .find(|a| address_matches(&a.address, address))
+    }
+
+    /// Whether `protect` makes this resource critical.
+    pub fn protects(&self, resource_type: &str, address: &str) -> bool {
+        self.protect.types.iter().any(|t| t == resource_type)
+            || self
+                .protect
+                .addresses
+                .iter()
+                .any(|p| address_matches(p, address))
+    }
+}
+
+/// Whether `pattern` (an address, optionally with `*` globs) covers `address`. A pattern
+/// without an index also covers every instance: `aws_s3_bucket.b` covers `aws_s3_bucket.b["x"]`,
+/// and a module address covers everything inside it.
+pub fn address_matches(pattern: &str, address: &str) -> bool {
+    if glob(pattern, address) {
+        return true;
+    }
+    // Strip a trailing instance key from the address, then try prefixes at `.` boundaries.
+    let without_key = match address.strip_suffix(']') {
+        Some(a) => a.rfind('[').and_then(|i| a.get(..i)).unwrap_or(address),
+        None => address,
+    };
+    if glob(pattern, without_key) {
+        return true;
+    }
+    // `module.x` covers `module.x.aws_y.z` and `module.x.module.w...`.
+    pattern.starts_with("module.")
+        && address
+            .char_indices()
+            .filter(|&(_, c)| c == '.')
+            .filter_map(|(i, _)| address.get(..i))
+            .any(|prefix| glob(pattern, prefix))
+}
+
+/// `*` matches any run of characters (including none); everything else literally.
+fn glob(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    let (mut pi, mut ti) = (0usize, 0usize);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        match p.get(pi) {
+            Some('*') => {
+                star = Some((pi, ti));
+                pi += 1;
+            }
+            Some(c) if Some(c) == t.get(ti) => {
+                pi += 1;
+                ti += 1;
+            }
+            _ => match star {
+                Some((sp, st)) => {
+                    pi = sp + 1;
+                    ti = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    p.get(pi..).unwrap_or(&[]).iter().all(|&c| c == '*')
+}
+
+/// Why `airlock.hcl` could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// File name as given by the caller.
+    pub file: String,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{}: {}", self.file, line, self.message),
+            None => write!(f, "{}: {}", self.file, self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Parses `airlock.hcl` source; `file` names it in errors.
+pub fn parse(source: &str, file: &str) -> Result<Config, ConfigError> {
+    let body = hcl_edit::parser::parse_body(source).map_err(|e| ConfigError {
+        file: file.to_string(),
+        line: Some(e.location().line()),
+        message: format!("invalid HCL: {}", e.message()),
+    })?;
+    Parser { source, file }.config(&body)
+}
+
+struct Parser<'a> {
+    source: &'a str,
+    file: &'a str,
+}
+
+impl Parser<'_> {
+    fn line_of(&self, span: Option<std::ops::Range<usize>>) -> Option<usize> {
+        let start = span?.start;
+        let before = self.source.get(..start)?;
+        Some(before.bytes().filter(|&b| b == b'\n').count() + 1)
+    }
+
+    fn err(&self, span: Option<std::ops::Range<usize>>, message: String) -> ConfigError {
+        ConfigError {
+            file: self.file.to_string(),
+            line: self.line_of(span),
+            message,
+        }
+    }
+
+    fn config(&self, body: &Body) -> Result<Config, ConfigError> {
+        let mut config = Config::default();
+        let mut saw_mass = false;
+        for structure in body.iter() {
+            let block = match structure {
+                Structure::Block(b) => b,
+                Structure::Attribute(a) => {
+                    return Err(self.err(
+                        a.span(),
+                        format!(
+                            "unexpected top-level attribute `{}`; expected blocks: stack, protect, \
+                             allow_destroy, credentials, mass_destruction",
+                            a.key.as_str()
+                        ),
+                    ))
+                }
+            };
+            match block.ident.as_str() {
+                "stack" => {
+                    let stack = self.stack(block)?;
+                    if config.stack(&stack.name).is_some() {
+                        return Err(self.err(
+                            block.span(),
+                            format!("stack \"{}\" is declared twice", stack.name),
+                        ));
+                    }
+                    config.stacks.push(stack);
+                }
+                "protect" => {
+                    self.labels(block, 0)?;
+                    for attr in self.attributes(block, &["types", "addresses"])? {
+                        let list = self.string_list(attr)?;
+                        match attr.key.as_str() {
+                            "types" => config.protect.types.extend(list),
+                            _ => config.protect.addresses.extend(list),
+                        }
+                    }
+                }
+                "allow_destroy" => {
+                    let address = self.labels(block, 1)?.unwrap_or_default();
+                    let mut reason = None;
+                    for attr in self.attributes(block, &["reason"])? {
+                        reason = Some(self.string(attr)?);
+                    }
+                    let reason = reason.filter(|r| !r.trim().is_empty()).ok_or_else(|| {
+                        self.err(
+                            block.span(),
+                            format!(
+                                "allow_destroy \"{address}\" needs a non-empty `reason`: it is \
+                                 shown to the reviewers"
+                            ),
+                        )
+                    })?;
+                    config.allow_destroy.push(AllowDestroy {
+                        address,
+                        reason,
+                        line: self.line_of(block.span()).unwrap_or(0),
+                    });
+                }
+                "credentials" => {
+                    let label = self.labels(block, 1)?.unwrap_or_default();
+                    let phase = match label.as_str() {
+                        "plan" => Phase::Plan,
+                        "apply" => Phase::Apply,
+                        other => return Err(self.err(
+                            block.span(),
+                            format!(
+                                "credentials \"{other}\": the phase must be \"plan\" or \"apply\""
+                            ),
+                        )),
+                    };
+                    if config.credentials.iter().any(|c| c.phase == phase) {
+                        return Err(self.err(
+                            block.span(),
+                            format!("credentials \"{label}\" is declared twice"),
+                        ));
+                    }
+                    let mut env_from = Vec::new();
+                    for attr in self.attributes(block, &["env_from"])? {
+                        env_from = self.string_list(attr)?;
+                    }
+                    config.credentials.push(Credentials { phase, env_from });
+                }
+                "mass_destruction" => {
+                    if saw_mass {
+                        return Err(
+                            self.err(block.span(), "mass_destruction is declared twice".into())
+                        );
+                    }
+                    saw_mass = true;
+                    self.labels(block, 0)?;
+                    let m = &mut config.mass_destruction;
+                    for attr in
+                        self.attributes(block, &["max_count", "max_percent", "min_instances"])?
+                    {
+                        match attr.key.as_str() {
+                            "max_count" => m.max_count = self.count(attr)?,
+                            "min_instances" => m.min_instances = self.count(attr)?,
+                            _ => {
+                                let p = self.number(attr)?;
+                                if !(0.0..=100.0).contains(&p) {
+                                    return Err(self.err(
+                                        attr.span(),
+                                        "max_percent must be between 0 and 100".into(),
+                                    ));
+                                }
+                                m.max_percent = p;
+                            }
+                        }
+                    }
+                }
+                other => {
+                    return Err(self.err(
+                        block.span(),
+                        format!(
+                            "unknown block `{other}`; expected stack, protect, allow_destroy, \
+                             credentials or mass_destruction"
+                        ),
+                    ))
+                }
+            }
+        }
+        Ok(config)
+    }
+
+    fn stack(&self, block: &Block) -> Result<StackConfig, ConfigError> {
+        let name = self.labels(block, 1)?.unwrap_or_default();
+        if !valid_stack_name(&name) {
+            return Err(self.err(
+                block.span(),
+                format!(
+                    "invalid stack name \"{name}\": use 1 to 4 segments of [a-z0-9._-] separated \
+                     by `/`, e.g. \"prod/app\""
+                ),
+            ));
+        }
+        let mut stack = StackConfig {
+            name,
+            dir: None,
+            production: false,
+            required_approvals: 1,
+            line: self.line_of(block.span()).unwrap_or(0),
+        };
+        for attr in self.attributes(block, &["dir", "production", "required_approvals"])? {
+            match attr.key.as_str() {
+                "dir" => stack.dir = Some(self.string(attr)?),
+                "production" => stack.production = self.boolean(attr)?,
+                _ => {
+                    let n = self.count(attr)?;
+                    stack.required_approvals = u32::try_from(n)
+                        .ok()
+                        .filter(|n| (1..=10).contains(n))
+                        .ok_or_else(|| {
+                            self.err(
+                                attr.span(),
+                                "required_approvals must be between 1 and 10".into(),
+                            )
+                        })?;
+                }
+            }
+        }
+        Ok(stack)
+    }
+
+    /// Checks the label count; returns the single label when `want == 1`.
+    fn labels(&self, block: &Block, want: usize) -> Result<Option<String>, ConfigError> {
+        let ident = block.ident.as_str();
+        if block.labels.len() != want {
+            let shape = if want == 0 {
+                format!("`{ident} {{ ... }}` takes no label")
+            } else {
+                format!("`{ident} \"LABEL\" {{ ... }}` takes exactly one label")
+            };
+            return Err(self.err(block.span(), shape));
+        }
+        Ok(block.labels.first().map(|l| match l {
+            BlockLabel::Ident(i) => i.as_str().to_string(),
+            BlockLabel::String(s) => s.value().to_string(),
+        }))
+    }
+
+    /// The block's attributes, refusing nested blocks and unknown or repeated keys.
+    fn attributes<'b>(
+        &self,
+        block: &'b Block,
+        allowed: &[&str],
+    ) -> Result<Vec<&'b Attribute>, ConfigError> {
+        let mut out: Vec<&Attribute> = Vec::new();
+        for s in block.body.iter() {
+            match s {
+                Structure::Attribute(a) => {
+                    let key = a.key.as_str();
+                    if !allowed.contains(&key) {
+                        return Err(self.err(
+                            a.span(),
+                            format!(
+                                "unknown attribute `{key}` in `{}`; expected {}",
+                                block.ident.as_str(),
+                                allowed.join(", ")
+                            ),
+                        ));
+                    }
+                    if out.iter().any(|o| o.key.as_str() == key) {
+                        return Err(self.err(a.span(), format!("`{key}` is set twice")));
+                    }
+                    out.push(a);
+                }
+                Structure::Block(b) => {
+                    return Err(self.err(
+                        b.span(),
+                        format!(
+                            "unexpected block `{}` inside `{}`",
+                            b.ident.as_str(),
+                            block.ident.as_str()
+                        ),
+                    ))
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn string(&self, attr: &Attribute) -> Result<String, ConfigError> {
+        match &attr.value {
+            Expression::String(s) => Ok(s.value().to_string()),
+            _ => Err(self.err(
+                attr.span(),
+                format!("`{}` must be a string literal", attr.key.as_str()),
+            )),
+        }
+    }
+
+    fn string_list(&self, attr: &Attribute) -> Result<Vec<String>, ConfigError> {
+        let bad = || {
+            self.err(
+                attr.span(),
+                format!(
+                    "`{}` must be a list of string literals, e.g. [\"a\", \"b\"]",
+                    attr.key.as_str()
+                ),
+            )
+        };
+        match &attr.value {
+            Expression::Array(items) => items
+                .iter()
+                .map(|e| match e {
+                    Expression::String(s) => Ok(s.value().to_string()),
+                    _ => Err(bad()),
+                })
+                .collect(),
+            _ => Err(bad()),
+        }
+    }
+
+    fn boolean(&self, attr: &Attribute) -> Result<bool, ConfigError> {
+        match &attr.value {
+            Expression::Bool(b) => Ok(*b.value()),
+            _ => Err(self.err(
+                attr.span(),
+                format!("`{}` must be true or false", attr.key.as_str()),
+            )),
+        }
+    }
+
+    fn number(&self, attr: &Attribute) -> Result<f64, ConfigError> {
+        match &attr.value {
+            Expression::Number(n) => n.value().as_f64().ok_or_else(|| {
+                self.err(
+                    attr.span(),
+                    format!("`{}` is not a number", attr.key.as_str()),
+                )
+            }),
+            _ => Err(self.err(
+                attr.span(),
+                format!("`{}` must be a number", attr.key.as_str()),
+            )),
+        }
+    }
+
+    fn count(&self, attr: &Attribute) -> Result<u64, ConfigError> {
+        match &attr.value {
+            Expression::Number(n) => n.value().as_u64().ok_or_else(|| {
+                self.err(
+                    attr.span(),
+                    format!("`{}` must be a whole number ≥ 0", attr.key.as_str()),
+                )
+            }),
+            _ => Err(self.err(
+                attr.span(),
+                format!("`{}` must be a whole number", attr.key.as_str()),
+            )),
+        }
+    }
+}
+
+/// 1 to 4 `/`-separated segments of `[a-z0-9._-]`.
+fn valid_stack_name(name: &str) -> bool {
+    let segments: Vec<&str> = name.split('/').collect();
+    (1..=4).contains(&segments.len())
+        && segments.iter().all(|s| {
+            !s.is_empty()
+                && *s != "."
+                && *s != ".."
+                && s.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+                })
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = r#"
+stack "prod/app" {
+  dir                = "stacks/prod/app"
+  production         = true
+  required_approvals = 2
+}
+stack "dev" {
+  dir = "stacks/dev"
+}
+protect {
+  types     = ["aws_elasticsearch_domain"]     # added to the built-in critical list
+  addresses = ["module.network.*"]
+}
+allow_destroy "module.legacy.aws_db_instance.old" {
+  reason = "decommissioned; final snapshot taken"
+}
+credentials "plan"  { env_from = ["AWS_PLAN_ROLE_ARN"] }
+credentials "apply" { env_from = ["AWS_APPLY_ROLE_ARN"] }
+mass_destruction {
+  max_count     = 5
+  max_percent   = 10.5
+  min_instances = 4
+}
+"#;
+
+    #[test]
+    fn parses_the_design_sample() {
+        let c = parse(SAMPLE, "airlock.hcl").unwrap();
+        let prod = c.stack("prod/app").unwrap();
+        assert!(prod.production);
+        assert_eq!(prod.required_approvals, 2);
+        assert_eq!(prod.dir.as_deref(), Some("stacks/prod/app"));
+        assert_eq!(prod.line, 2);
+        assert_eq!(c.stack("dev").unwrap().required_approvals, 1);
+        assert_eq!(c.protect.types, vec!["aws_elasticsearch_domain"]);
+        assert_eq!(
+            c.allow_destroy[0].reason,
+            "decommissioned; final snapshot taken"
+        );
+        assert_eq!(c.allow_destroy[0].line, 14);
+        assert_eq!(c.credentials_for(Phase::Plan), ["AWS_PLAN_ROLE_ARN"]);
+        assert_eq!(c.credentials_for(Phase::Apply), ["AWS_APPLY_ROLE_ARN"]);
+        assert_eq!(c.mass_destruction.max_count, 5);
+        assert_eq!(c.mass_destruction.max_percent, 10.5);
+        assert_eq!(c.mass_destruction.min_instances, 4);
+    }
+
+    #[test]
+    fn empty_config_has_defaults() {
+        let c = parse("", "airlock.hcl").unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.mass_destruction.max_count, 20);
+    }
+
+    #[test]
+    fn errors_name_file_and_line() {
+        let cases = [
+            (
+                "stack \"a\" {\n  dri = \"x\"\n}\n",
+                2,
+                "unknown attribute `dri`",
+            ),
+            (
+                "\n\nalow_destroy \"x\" {}\n",
+                3,
+                "unknown block `alow_destroy`",
+            ),
+            ("allow_destroy \"x\" {\n}\n", 1, "non-empty `reason`"),
+            ("stack \"Prod\" {}\n", 1, "invalid stack name"),
+            ("stack \"a\" {}\nstack \"a\" {}\n", 2, "declared twice"),
+            ("credentials \"deploy\" {}\n", 1, "\"plan\" or \"apply\""),
+            (
+                "protect {\n types = \"aws_x\"\n}\n",
+                2,
+                "list of string literals",
+            ),
+            (
+                "stack \"a\" {\n production = \"yes\"\n}\n",
+                2,
+                "true or false",
+            ),
+            (
+                "stack \"a\" {\n required_approvals = 0\n}\n",
+                2,
+                "between 1 and 10",
+            ),
+            (
+                "mass_destruction {\n max_percent = 300\n}\n",
+                2,
+                "between 0 and 100",
+            ),
+            (
+                "stack \"a\" {\n dir = \"x\"\n dir = \"y\"\n}\n",
+                3,
+                "redefined attribute",
+            ),
+            ("stack \"a\" {\n", 1, "invalid HCL"),
+            ("x = 1\n", 1, "top-level attribute"),
+            ("protect \"x\" {}\n", 1, "takes no label"),
+        ];
+        for (src, line, text) in cases {
+            let e = parse(src, "repo/airlock.hcl").unwrap_err();
+            assert_eq!(e.line, Some(line), "{src:?}: {e}");
+            let shown = e.to_string();
+            assert!(
+                shown.starts_with(&format!("repo/airlock.hcl:{line}: ")),
+                "{shown}"
+            );
+            assert!(shown.contains(text), "{src:?}: {shown}");
+        }
+    }
+
+    #[test]
+    fn address_patterns() {
+        assert!(address_matches("aws_s3_bucket.b", "aws_s3_bucket.b"));
+        assert!(address_matches("aws_s3_bucket.b", "aws_s3_bucket.b[0]"));
+        assert!(address_matches("aws_s3_bucket.b", "aws_s3_bucket.b[\"x\"]"));
+        assert!(!address_matches("aws_s3_bucket.b", "aws_s3_bucket.bb"));
+        assert!(address_matches(
+            "module.network.*",
+            "module.network.aws_vpc.main"
+        ));
+        assert!(address_matches(
+            "module.network",
+            "module.network.aws_vpc.main"
+        ));
+        assert!(address_matches(
+            "module.network",
+            "module.network.module.x.aws_vpc.y[1]"
+        ));
+        assert!(!address_matches(
+            "module.network",
+            "module.network2.aws_vpc.main"
+        ));
+        assert!(address_matches(
+            "*.aws_db_instance.*",
+            "module.a.aws_db_instance.b"
+        ));
+        assert!(!address_matches(
+            "aws_db_instance.old[1]",
+            "aws_db_instance.old[0]"
+        ));
+        assert!(address_matches("*", "anything"));
+    }
+}
