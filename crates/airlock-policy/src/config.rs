@@ -299,12 +299,14 @@ impl Parser<'_> {
                     let phase = match label.as_str() {
                         "plan" => Phase::Plan,
                         "apply" => Phase::Apply,
-                        other => return Err(self.err(
-                            block.span(),
-                            format!(
+                        other => {
+                            return Err(self.err(
+                                block.span(),
+                                format!(
                                 "credentials \"{other}\": the phase must be \"plan\" or \"apply\""
                             ),
-                        )),
+                            ))
+                        }
                     };
                     if config.credentials.iter().any(|c| c.phase == phase) {
                         return Err(self.err(

@@ -21,6 +21,7 @@
     )
 )]
 
+pub mod analysis;
 pub mod catalogue;
 pub mod config;
 pub mod plan;
