@@ -23,6 +23,8 @@ pub enum RefusalKind {
     Conflict,
     /// The stack does not exist (422 on the state backend, where 404 would mean "empty").
     UnknownStack,
+    /// The route exists but not with this method (405).
+    MethodNotAllowed,
 }
 
 /// A refused request.

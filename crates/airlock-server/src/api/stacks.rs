@@ -1,0 +1,202 @@
+//! Stacks: create, list, show, settings, protection rules and removal grants.
+
+use std::sync::Arc;
+
+use airlock_core::refusal::RefusalKind;
+use airlock_core::state::StateSummary;
+use airlock_core::time::parse_duration_ms;
+use airlock_core::{Role, StackName};
+use airlock_store::{now_ms, NewAudit, NewGrant, StackSettings};
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::{Extension, Json};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{parse_body, store_call};
+use crate::auth::{Principal, RequestStack};
+use crate::error::{ApiError, ApiResult};
+use crate::firewall::protection_reason;
+use crate::state_backend::existing_stack;
+use crate::{tokens, AppState};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateStack {
+    name: String,
+    #[serde(default)]
+    production: bool,
+}
+
+/// `POST /api/v1/stacks`.
+pub async fn create(State(state): State<Arc<AppState>>, Extension(p): Extension<Principal>, body: Bytes) -> ApiResult<(StatusCode, Json<Value>)> {
+    let req: CreateStack = parse_body(&body)?;
+    let name = StackName::parse(&req.name).map_err(|e| ApiError::new(RefusalKind::BadRequest, e.to_string()))?;
+    if !p.may_access(name.as_str()) {
+        return Err(ApiError::new(RefusalKind::Forbidden, format!("token {} is not scoped to stack {name}", p.name)));
+    }
+    let audit = NewAudit::ok(&p.display(), "stack.create", Some(name.as_str()), json!({"production": req.production}));
+    let n = name.to_string();
+    let record = store_call(&state, move |st| st.create_stack(&n, req.production, StackSettings::defaults(req.production), audit)).await?;
+    Ok((StatusCode::CREATED, Json(json!({ "stack": record }))))
+}
+
+/// `GET /api/v1/stacks`: the stacks the token's scope covers.
+pub async fn list(State(state): State<Arc<AppState>>, Extension(p): Extension<Principal>) -> ApiResult<Json<Value>> {
+    let stacks = store_call(&state, |st| st.list_stacks()).await?;
+    let visible: Vec<_> = stacks.into_iter().filter(|s| p.may_access(&s.name)).collect();
+    Ok(Json(json!({ "stacks": visible })))
+}
+
+/// `GET /api/v1/stacks/{stack}`: settings, lock, current version and protected instances.
+pub async fn show(State(state): State<Arc<AppState>>, Extension(p): Extension<Principal>, Extension(RequestStack(stack)): Extension<RequestStack>) -> ApiResult<Json<Value>> {
+    let record = existing_stack(&state, &p, stack.as_str()).await?;
+    let s = stack.to_string();
+    let (lock, current, bytes) = store_call(&state, move |st| {
+        let lock = st.current_lock(&s)?;
+        let current = st.current_version(&s)?;
+        let bytes = match &current {
+            Some(v) => Some(st.version_bytes(&s, v.serial)?),
+            None => None,
+        };
+        Ok((lock, current, bytes))
+    })
+    .await?;
+    let mut instances = 0usize;
+    let mut protected = Vec::new();
+    if let Some(summary) = bytes.as_deref().and_then(|b| StateSummary::parse(b).ok()) {
+        for i in summary.instances.iter().filter(|i| i.mode == airlock_core::state::Mode::Managed && i.deposed.is_none()) {
+            instances += 1;
+            if let Some(reason) = protection_reason(i, &record.settings) {
+                protected.push(json!({"address": i.address, "reason": reason}));
+            }
+        }
+    }
+    Ok(Json(json!({ "stack": record, "lock": lock, "current": current, "instances": instances, "protected": protected })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SettingsPatch {
+    direct_writes: Option<Vec<String>>,
+    required_approvals: Option<u32>,
+}
+
+/// `PATCH /api/v1/stacks/{stack}/settings`.
+pub async fn settings(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Extension(RequestStack(stack)): Extension<RequestStack>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let req: SettingsPatch = parse_body(&body)?;
+    let mut settings = existing_stack(&state, &p, stack.as_str()).await?.settings;
+    if let Some(roles) = &req.direct_writes {
+        let mut parsed = Vec::new();
+        for r in roles {
+            let role: Role = r.parse().map_err(|e: String| ApiError::new(RefusalKind::BadRequest, e))?;
+            if !role.may_be_granted_direct_writes() {
+                return Err(ApiError::new(RefusalKind::BadRequest, format!("{role} tokens can never write state: not by configuration, not by an admin")));
+            }
+            if !parsed.contains(&role) {
+                parsed.push(role);
+            }
+        }
+        settings.direct_writes = parsed;
+    }
+    if let Some(n) = req.required_approvals {
+        if !(1..=10).contains(&n) {
+            return Err(ApiError::new(RefusalKind::BadRequest, "required_approvals must be between 1 and 10"));
+        }
+        settings.required_approvals = n;
+    }
+    save_settings(&state, &p, stack.as_str(), settings, "stack.settings").await
+}
+
+async fn save_settings(state: &Arc<AppState>, p: &Principal, stack: &str, settings: StackSettings, action: &str) -> ApiResult<Json<Value>> {
+    let audit = NewAudit::ok(&p.display(), action, Some(stack), json!({"settings": settings}));
+    let s = stack.to_owned();
+    let record = store_call(state, move |st| st.update_stack_settings(&s, settings, audit)).await?;
+    Ok(Json(json!({ "stack": record })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Protect {
+    #[serde(default)]
+    types: Vec<String>,
+    #[serde(default)]
+    addresses: Vec<String>,
+}
+
+fn valid_rule(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 1000 && !s.chars().any(char::is_control)
+}
+
+/// `POST /api/v1/stacks/{stack}/protect`: adds protected types or address globs.
+pub async fn protect(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Extension(RequestStack(stack)): Extension<RequestStack>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let req: Protect = parse_body(&body)?;
+    if req.types.is_empty() && req.addresses.is_empty() {
+        return Err(ApiError::new(RefusalKind::BadRequest, "give at least one type or address to protect"));
+    }
+    if let Some(bad) = req.types.iter().chain(&req.addresses).find(|s| !valid_rule(s)) {
+        return Err(ApiError::new(RefusalKind::BadRequest, format!("invalid protection rule {bad:?}")));
+    }
+    let mut settings = existing_stack(&state, &p, stack.as_str()).await?.settings;
+    for t in req.types {
+        if !settings.protect_types.contains(&t) {
+            settings.protect_types.push(t);
+        }
+    }
+    for a in req.addresses {
+        if !settings.protect_addresses.contains(&a) {
+            settings.protect_addresses.push(a);
+        }
+    }
+    save_settings(&state, &p, stack.as_str(), settings, "stack.protect").await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateGrant {
+    addresses: Vec<String>,
+    ttl: String,
+    reason: String,
+}
+
+/// `POST /api/v1/stacks/{stack}/grants`: a one-off removal grant (approvers and admins).
+pub async fn create_grant(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Extension(RequestStack(stack)): Extension<RequestStack>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let req: CreateGrant = parse_body(&body)?;
+    if req.addresses.is_empty() || req.addresses.len() > 1000 || req.addresses.iter().any(|a| !valid_rule(a)) {
+        return Err(ApiError::new(RefusalKind::BadRequest, "give 1-1000 resource instance addresses"));
+    }
+    if req.reason.trim().is_empty() || req.reason.len() > 2000 {
+        return Err(ApiError::new(RefusalKind::BadRequest, "a reason (1-2000 characters) is required"));
+    }
+    let ttl = parse_duration_ms(&req.ttl).map_err(|e| ApiError::new(RefusalKind::BadRequest, e))?;
+    existing_stack(&state, &p, stack.as_str()).await?;
+    let grant = NewGrant { id: tokens::random_id("grant_"), addresses: req.addresses.clone(), reason: req.reason.clone(), created_by: p.display(), expires_at: now_ms() + ttl, run_id: None };
+    let audit = NewAudit::ok(&p.display(), "grant.create", Some(stack.as_str()), json!({"grant": grant.id, "addresses": req.addresses, "reason": req.reason, "expires_at": grant.expires_at}));
+    let s = stack.to_string();
+    let record = store_call(&state, move |st| st.create_grant(&s, grant, audit)).await?;
+    Ok((StatusCode::CREATED, Json(json!({ "grant": record }))))
+}
+
+/// `GET /api/v1/stacks/{stack}/grants`.
+pub async fn grants(State(state): State<Arc<AppState>>, Extension(p): Extension<Principal>, Extension(RequestStack(stack)): Extension<RequestStack>) -> ApiResult<Json<Value>> {
+    existing_stack(&state, &p, stack.as_str()).await?;
+    let s = stack.to_string();
+    let grants = store_call(&state, move |st| st.grants(&s)).await?;
+    Ok(Json(json!({ "grants": grants })))
+}

@@ -1,0 +1,176 @@
+//! State history: list, show, raw bytes, diff, restore and verify.
+
+use std::sync::Arc;
+
+use airlock_core::refusal::RefusalKind;
+use airlock_core::state::{Mode, StateDiff, StateSummary};
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{parse_body, store_call};
+use crate::auth::{Principal, RequestStack};
+use crate::error::{ApiError, ApiResult};
+use crate::firewall::protection_reason;
+use crate::state_backend::{existing_stack, firewalled_write, WriteKindOwned};
+use crate::AppState;
+
+/// `GET /api/v1/stacks/{stack}/versions`.
+pub async fn history(State(state): State<Arc<AppState>>, Extension(p): Extension<Principal>, Extension(RequestStack(stack)): Extension<RequestStack>) -> ApiResult<Json<Value>> {
+    existing_stack(&state, &p, stack.as_str()).await?;
+    let s = stack.to_string();
+    let versions = store_call(&state, move |st| st.versions(&s)).await?;
+    Ok(Json(json!({ "versions": versions })))
+}
+
+/// A version reference: a serial, or `current`.
+fn parse_serial(v: &str) -> ApiResult<Option<u64>> {
+    if v == "current" {
+        return Ok(None);
+    }
+    v.parse::<u64>().map(Some).map_err(|_| ApiError::new(RefusalKind::BadRequest, format!("version {v:?} is not a serial number or `current`")))
+}
+
+async fn load(state: &Arc<AppState>, p: &Principal, stack: &str, version: &str) -> ApiResult<(airlock_store::VersionMeta, Vec<u8>)> {
+    existing_stack(state, p, stack).await?;
+    let serial = parse_serial(version)?;
+    let s = stack.to_owned();
+    store_call(state, move |st| {
+        let meta = match serial {
+            Some(n) => st.version(&s, n)?,
+            None => st.current_version(&s)?,
+        }
+        .ok_or_else(|| airlock_store::StoreError::NotFound(format!("stack {s} has no version {}", serial.map_or("yet".into(), |n| n.to_string()))))?;
+        let bytes = st.version_bytes(&s, meta.serial)?;
+        Ok((meta, bytes))
+    })
+    .await
+}
+
+fn summarize(bytes: &[u8]) -> ApiResult<StateSummary> {
+    StateSummary::parse(bytes).map_err(|e| ApiError::Internal(format!("stored version unreadable: {e}")))
+}
+
+/// `GET /api/v1/stacks/{stack}/versions/{serial}`: metadata, instances and outputs (names only).
+pub async fn show(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Extension(RequestStack(stack)): Extension<RequestStack>,
+    Path((_, version)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let record = existing_stack(&state, &p, stack.as_str()).await?;
+    let (meta, bytes) = load(&state, &p, stack.as_str(), &version).await?;
+    let summary = summarize(&bytes)?;
+    let instances: Vec<Value> = summary
+        .instances
+        .iter()
+        .map(|i| {
+            json!({
+                "address": i.address,
+                "type": i.resource_type,
+                "mode": if i.mode == Mode::Managed { "managed" } else { "data" },
+                "deposed": i.deposed,
+                "tainted": i.tainted,
+                "protected": if i.mode == Mode::Managed { protection_reason(i, &record.settings) } else { None },
+            })
+        })
+        .collect();
+    let outputs: Vec<Value> = summary.outputs.iter().map(|o| json!({"name": o.name, "sensitive": o.sensitive})).collect();
+    Ok(Json(json!({ "version": meta, "terraform_version": summary.terraform_version, "instances": instances, "outputs": outputs })))
+}
+
+/// `GET /api/v1/stacks/{stack}/versions/{serial}/raw`: the byte-exact original.
+pub async fn raw(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Extension(RequestStack(stack)): Extension<RequestStack>,
+    Path((_, version)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let (meta, bytes) = load(&state, &p, stack.as_str(), &version).await?;
+    Ok(([(header::CONTENT_TYPE, "application/json".to_owned()), (header::ETAG, format!("\"{}\"", meta.sha256))], Body::from(bytes)).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct DiffQuery {
+    from: String,
+    to: String,
+}
+
+/// `GET /api/v1/stacks/{stack}/diff?from=V1&to=V2`.
+pub async fn diff(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Extension(RequestStack(stack)): Extension<RequestStack>,
+    Query(q): Query<DiffQuery>,
+) -> ApiResult<Json<Value>> {
+    let (a, ab) = load(&state, &p, stack.as_str(), &q.from).await?;
+    let (b, bb) = load(&state, &p, stack.as_str(), &q.to).await?;
+    let d = StateDiff::between(&summarize(&ab)?, &summarize(&bb)?);
+    Ok(Json(json!({ "from": a.serial, "to": b.serial, "diff": d })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestoreRequest {
+    serial: u64,
+    reason: String,
+}
+
+/// Rewrites a stored state's serial, keeping everything else.
+fn with_serial(bytes: &[u8], serial: u64) -> ApiResult<Vec<u8>> {
+    let mut v: Value = serde_json::from_slice(bytes).map_err(|e| ApiError::Internal(format!("stored version unreadable: {e}")))?;
+    let obj = v.as_object_mut().ok_or_else(|| ApiError::Internal("stored version is not an object".into()))?;
+    obj.insert("serial".into(), json!(serial));
+    let mut out = serde_json::to_vec_pretty(&v).map_err(|e| ApiError::Internal(e.to_string()))?;
+    out.push(b'\n');
+    Ok(out)
+}
+
+/// `POST /api/v1/stacks/{stack}/restore`: writes an old version again as a NEW version.
+pub async fn restore(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Extension(RequestStack(stack)): Extension<RequestStack>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let req: RestoreRequest = parse_body(&body)?;
+    if req.reason.trim().is_empty() || req.reason.len() > 2000 {
+        return Err(ApiError::new(RefusalKind::BadRequest, "a reason (1-2000 characters) is required for a restore"));
+    }
+    let (old, bytes) = load(&state, &p, stack.as_str(), &req.serial.to_string()).await?;
+    let s = stack.to_string();
+    let current = store_call(&state, move |st| st.current_version(&s)).await?.ok_or_else(|| ApiError::new(RefusalKind::Conflict, "stack has no versions"))?;
+    if current.sha256 == old.sha256 {
+        return Err(ApiError::new(RefusalKind::Conflict, format!("version {} is already the current version", old.serial)));
+    }
+    let new_bytes = with_serial(&bytes, current.serial + 1)?;
+    let result = firewalled_write(&state, &p, stack.as_str(), new_bytes, WriteKindOwned::Restore { from_serial: old.serial }, Some(req.reason)).await?;
+    match result {
+        airlock_store::WriteResult::Stored(v) => Ok(Json(json!({ "version": v }))),
+        _ => Err(ApiError::new(RefusalKind::Conflict, "nothing was restored: the state changed meanwhile; retry")),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct VerifyRequest {
+    stack: Option<String>,
+}
+
+/// `POST /api/v1/verify`: re-hashes stored versions.
+pub async fn verify(State(state): State<Arc<AppState>>, Extension(p): Extension<Principal>, body: Bytes) -> ApiResult<Json<Value>> {
+    let req: VerifyRequest = if body.is_empty() { VerifyRequest::default() } else { parse_body(&body)? };
+    if let Some(s) = &req.stack {
+        airlock_core::StackName::parse(s).map_err(|e| ApiError::new(RefusalKind::BadRequest, e.to_string()))?;
+        if !p.may_access(s) {
+            return Err(ApiError::new(RefusalKind::Forbidden, format!("token {} is not scoped to stack {s}", p.name)));
+        }
+        existing_stack(&state, &p, s).await?;
+    }
+    let report = store_call(&state, move |st| st.verify(req.stack.as_deref())).await?;
+    Ok(Json(json!({ "report": report })))
+}

@@ -1,0 +1,72 @@
+//! Token management (admin only): create (secret shown once), list, revoke.
+
+use std::sync::Arc;
+
+use airlock_core::refusal::RefusalKind;
+use airlock_core::time::parse_duration_ms;
+use airlock_core::Role;
+use airlock_store::{now_ms, NewAudit, NewToken};
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::{Extension, Json};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{parse_body, store_call};
+use crate::auth::Principal;
+use crate::error::{ApiError, ApiResult};
+use crate::{tokens, AppState};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateToken {
+    name: String,
+    role: String,
+    #[serde(default)]
+    stacks: Vec<String>,
+    ttl: Option<String>,
+}
+
+/// Validates a stack glob: stack-name characters plus `*` and `?`.
+pub fn valid_glob(g: &str) -> bool {
+    !g.is_empty() && g.len() <= 200 && g.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-/*?".contains(&b))
+}
+
+/// `POST /api/v1/tokens`.
+pub async fn create(State(state): State<Arc<AppState>>, Extension(p): Extension<Principal>, body: Bytes) -> ApiResult<(StatusCode, Json<Value>)> {
+    let req: CreateToken = parse_body(&body)?;
+    let name = req.name.trim().to_owned();
+    if name.is_empty() || name.len() > 100 || name.chars().any(char::is_control) {
+        return Err(ApiError::new(RefusalKind::BadRequest, "token name must be 1-100 printable characters"));
+    }
+    let role: Role = req.role.parse().map_err(|e: String| ApiError::new(RefusalKind::BadRequest, e))?;
+    if let Some(bad) = req.stacks.iter().find(|g| !valid_glob(g)) {
+        return Err(ApiError::new(RefusalKind::BadRequest, format!("invalid stack glob {bad:?}: use stack-name characters and *, e.g. prod/*")));
+    }
+    let expires_at = req
+        .ttl
+        .as_deref()
+        .map(parse_duration_ms)
+        .transpose()
+        .map_err(|e| ApiError::new(RefusalKind::BadRequest, e))?
+        .map(|d| now_ms() + d);
+    let generated = tokens::generate();
+    let new = NewToken { id: generated.id.clone(), secret_hash: generated.hash, name: name.clone(), role, stacks: req.stacks.clone(), expires_at, created_by: p.display(), run_id: None };
+    let audit = NewAudit::ok(&p.display(), "token.create", None, json!({"token": generated.id, "name": name, "role": role, "stacks": req.stacks, "expires_at": expires_at}));
+    let record = store_call(&state, move |st| st.create_token(new, audit)).await?;
+    Ok((StatusCode::CREATED, Json(json!({ "token": record, "secret": generated.secret }))))
+}
+
+/// `GET /api/v1/tokens` (hashes never leave the store).
+pub async fn list(State(state): State<Arc<AppState>>) -> ApiResult<Json<Value>> {
+    let tokens = store_call(&state, |st| st.list_tokens()).await?;
+    Ok(Json(json!({ "tokens": tokens })))
+}
+
+/// `DELETE /api/v1/tokens/{id}`.
+pub async fn revoke(State(state): State<Arc<AppState>>, Extension(p): Extension<Principal>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let audit = NewAudit::ok(&p.display(), "token.revoke", None, json!({"token": id}));
+    let record = store_call(&state, move |st| st.revoke_token(&id, audit)).await?;
+    Ok(Json(json!({ "token": record })))
+}

@@ -1,0 +1,79 @@
+//! In-memory caches keyed by content hash. Versions are immutable, so an entry can never be
+//! stale: this is safe with several replicas on one database.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use airlock_core::state::StateSummary;
+
+/// Bounded map with first-in-first-out eviction by total weight.
+struct Fifo<V> {
+    map: HashMap<String, (V, usize)>,
+    order: VecDeque<String>,
+    weight: usize,
+    max_weight: usize,
+}
+
+impl<V: Clone> Fifo<V> {
+    fn new(max_weight: usize) -> Self {
+        Fifo { map: HashMap::new(), order: VecDeque::new(), weight: 0, max_weight }
+    }
+
+    fn get(&self, key: &str) -> Option<V> {
+        self.map.get(key).map(|(v, _)| v.clone())
+    }
+
+    fn put(&mut self, key: String, value: V, weight: usize) {
+        if weight > self.max_weight / 4 || self.map.contains_key(&key) {
+            return;
+        }
+        while self.weight + weight > self.max_weight {
+            let Some(old) = self.order.pop_front() else { break };
+            if let Some((_, w)) = self.map.remove(&old) {
+                self.weight -= w;
+            }
+        }
+        self.weight += weight;
+        self.order.push_back(key.clone());
+        self.map.insert(key, (value, weight));
+    }
+}
+
+/// The server's caches.
+pub struct Caches {
+    bytes: Mutex<Fifo<Arc<Vec<u8>>>>,
+    summaries: Mutex<Fifo<Arc<StateSummary>>>,
+}
+
+impl Default for Caches {
+    fn default() -> Self {
+        Caches { bytes: Mutex::new(Fifo::new(256 << 20)), summaries: Mutex::new(Fifo::new(4096)) }
+    }
+}
+
+impl Caches {
+    /// Cached bytes of the version with this SHA-256.
+    pub fn bytes(&self, sha: &str) -> Option<Arc<Vec<u8>>> {
+        self.bytes.lock().ok()?.get(sha)
+    }
+
+    /// Remembers a version's bytes.
+    pub fn put_bytes(&self, sha: &str, bytes: Arc<Vec<u8>>) {
+        if let Ok(mut c) = self.bytes.lock() {
+            let len = bytes.len();
+            c.put(sha.to_owned(), bytes, len);
+        }
+    }
+
+    /// Cached summary of the version with this SHA-256.
+    pub fn summary(&self, sha: &str) -> Option<Arc<StateSummary>> {
+        self.summaries.lock().ok()?.get(sha)
+    }
+
+    /// Remembers a version's summary.
+    pub fn put_summary(&self, sha: &str, summary: Arc<StateSummary>) {
+        if let Ok(mut c) = self.summaries.lock() {
+            c.put(sha.to_owned(), summary, 1);
+        }
+    }
+}
