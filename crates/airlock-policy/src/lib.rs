@@ -25,3 +25,4 @@ pub mod analysis;
 pub mod catalogue;
 pub mod config;
 pub mod plan;
+pub mod report;
