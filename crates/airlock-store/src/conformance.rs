@@ -230,3 +230,165 @@ pub fn audit_chain_verifies(s: &dyn Store) {
     let page = s.audit_events(3, 2).unwrap();
     assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), [4, 5]);
 }
+
+// ---- two stores on one database (replicas) ----
+
+/// Runs every two-replica check. `a` and `b` are separate store instances (as two server
+/// processes would hold) on the same fresh, empty database.
+pub fn run_replicas(a: &Arc<dyn Store>, b: &Arc<dyn Store>) {
+    replicas_share_everything(a.as_ref(), b.as_ref());
+    replicas_race_for_locks(a, b);
+    replicas_locked_writes_are_linear(a, b);
+    replicas_unlocked_writes_are_serialized(a, b);
+    replicas_audit_chain_verifies(a.as_ref(), b.as_ref());
+}
+
+/// What one replica writes, the other reads at once: no replica caches anything.
+pub fn replicas_share_everything(a: &dyn Store, b: &dyn Store) {
+    let stack = "rep/shared";
+    a.create_stack(stack, false, StackSettings::default(), audit("stack.create")).unwrap();
+    assert!(matches!(b.create_stack(stack, false, StackSettings::default(), audit("x")), Err(StoreError::Conflict(_))));
+    assert_eq!(a.lock(stack, new_lock("ra"), audit("lock")).unwrap(), LockOutcome::Acquired);
+    assert!(matches!(b.lock(stack, new_lock("rb"), audit("lock")).unwrap(), LockOutcome::Held(h) if h.id == "ra"));
+    assert!(matches!(b.unlock(stack, UnlockBy::Id("ra".into()), audit("unlock")).unwrap(), UnlockOutcome::Released(_)));
+    assert!(a.current_lock(stack).unwrap().is_none());
+    let body = state(1, "lin", 2);
+    assert!(matches!(b.write_state(stack, attempt(body.clone(), 1), &mut store_it).unwrap(), WriteResult::Stored(_)));
+    assert_eq!(a.version_bytes(stack, 1).unwrap(), body);
+    assert_eq!(a.stack(stack).unwrap().unwrap().lineage.as_deref(), Some("lin"));
+    assert!(matches!(a.write_state(stack, attempt(state(1, "lin", 5), 1), &mut store_it), Err(StoreError::Conflict(_))));
+}
+
+/// Clients on both replicas LOCK one stack at once: exactly one wins each round, and both
+/// replicas then report that winner.
+pub fn replicas_race_for_locks(a: &Arc<dyn Store>, b: &Arc<dyn Store>) {
+    let stack = "rep/race";
+    a.create_stack(stack, false, StackSettings::default(), audit("stack.create")).unwrap();
+    for round in 0..10 {
+        let winners = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let start = Arc::new(std::sync::Barrier::new(12));
+        let threads: Vec<_> = (0..12)
+            .map(|i| {
+                let s = Arc::clone([a, b][i % 2]);
+                let (winners, start) = (Arc::clone(&winners), Arc::clone(&start));
+                std::thread::spawn(move || {
+                    let id = format!("r{round}-{i}");
+                    start.wait();
+                    if s.lock(stack, new_lock(&id), audit("lock")).unwrap() == LockOutcome::Acquired {
+                        winners.lock().unwrap().push(id);
+                    }
+                })
+            })
+            .collect();
+        threads.into_iter().for_each(|t| t.join().unwrap());
+        let winners = winners.lock().unwrap().clone();
+        assert_eq!(winners.len(), 1, "round {round}: winners {winners:?}");
+        assert_eq!(a.current_lock(stack).unwrap().unwrap().id, winners[0]);
+        assert_eq!(b.current_lock(stack).unwrap().unwrap().id, winners[0]);
+        let loser = [b, a][round % 2];
+        assert!(matches!(loser.unlock(stack, UnlockBy::Id(winners[0].clone()), audit("unlock")).unwrap(), UnlockOutcome::Released(_)));
+    }
+}
+
+/// Terraform's cycle (LOCK, read, write serial+1 under the lock, UNLOCK) from many clients
+/// alternating between replicas: every write lands, serials are consecutive, the last state
+/// holds the last change, and both replicas serve identical history.
+pub fn replicas_locked_writes_are_linear(a: &Arc<dyn Store>, b: &Arc<dyn Store>) {
+    let stack = "rep/applies";
+    a.create_stack(stack, false, StackSettings::default(), audit("stack.create")).unwrap();
+    const CLIENTS: usize = 8;
+    const WRITES: usize = 4;
+    let threads: Vec<_> = (0..CLIENTS)
+        .map(|client| {
+            let (a, b) = (Arc::clone(a), Arc::clone(b));
+            std::thread::spawn(move || {
+                for n in 0..WRITES {
+                    // Alternate replicas between requests, as a load balancer would.
+                    let pick = |k: usize| Arc::clone([&a, &b][(client + n + k) % 2]);
+                    let id = format!("c{client}-{n}");
+                    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+                    while pick(0).lock(stack, new_lock(&id), audit("lock")).unwrap() != LockOutcome::Acquired {
+                        assert!(std::time::Instant::now() < deadline, "client {client} never got the lock");
+                        std::thread::sleep(std::time::Duration::from_millis(2));
+                    }
+                    let next = pick(1).current_version(stack).unwrap().map_or(1, |v| v.serial + 1);
+                    let body = String::from_utf8(state(next, "lin", 20)).unwrap().replace("\"id\": \"7\"", &format!("\"id\": \"{id}\"")).into_bytes();
+                    let r = pick(2)
+                        .write_state(stack, attempt(body, next), &mut |ctx: &WriteContext<'_>| {
+                            if ctx.lock.map(|l| l.id.as_str()) != Some(id.as_str()) {
+                                return Err(Refusal::new(RefusalKind::Conflict, "not the lock holder"));
+                            }
+                            if ctx.current.map_or(0, |v| v.serial) + 1 != next {
+                                return Err(Refusal::new(RefusalKind::Conflict, "stale serial"));
+                            }
+                            store_it(ctx)
+                        })
+                        .unwrap();
+                    assert!(matches!(r, WriteResult::Stored(_)), "client {client} write {n}: {r:?}");
+                    assert!(matches!(pick(3).unlock(stack, UnlockBy::Id(id), audit("unlock")).unwrap(), UnlockOutcome::Released(_)));
+                }
+            })
+        })
+        .collect();
+    threads.into_iter().for_each(|t| t.join().unwrap());
+    let total = (CLIENTS * WRITES) as u64;
+    let from_a = a.versions(stack).unwrap();
+    assert_eq!(from_a.iter().map(|v| v.serial).collect::<Vec<_>>(), (1..=total).collect::<Vec<_>>());
+    assert_eq!(from_a, b.versions(stack).unwrap());
+    for v in &from_a {
+        assert_eq!(a.version_bytes(stack, v.serial).unwrap(), b.version_bytes(stack, v.serial).unwrap());
+    }
+    let report = b.verify(Some(stack)).unwrap();
+    assert_eq!((report.checked, report.failures.len()), (total, 0));
+    assert!(a.current_lock(stack).unwrap().is_none());
+}
+
+/// Writers without locks on both replicas, each judging "current + 1" inside the write
+/// transaction: no serial is lost or stored twice.
+pub fn replicas_unlocked_writes_are_serialized(a: &Arc<dyn Store>, b: &Arc<dyn Store>) {
+    let stack = "rep/serial";
+    a.create_stack(stack, false, StackSettings::default(), audit("stack.create")).unwrap();
+    let stored = Arc::new(AtomicUsize::new(0));
+    let threads: Vec<_> = (0..8)
+        .map(|i| {
+            let s = Arc::clone([a, b][i % 2]);
+            let stored = Arc::clone(&stored);
+            std::thread::spawn(move || {
+                for _ in 0..5 {
+                    let next = s.current_version(stack).unwrap().map_or(1, |v| v.serial + 1);
+                    let r = s.write_state(stack, attempt(state(next, "lin", 1), next), &mut |ctx: &WriteContext<'_>| {
+                        if ctx.current.map_or(0, |v| v.serial) >= next {
+                            return Err(Refusal::new(RefusalKind::Conflict, "stale"));
+                        }
+                        store_it(ctx)
+                    });
+                    if matches!(r.unwrap(), WriteResult::Stored(_)) {
+                        stored.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            })
+        })
+        .collect();
+    threads.into_iter().for_each(|t| t.join().unwrap());
+    let serials: Vec<u64> = b.versions(stack).unwrap().iter().map(|v| v.serial).collect();
+    assert_eq!(serials, (1..=stored.load(Ordering::SeqCst) as u64).collect::<Vec<_>>());
+}
+
+/// Audit appends from both replicas at once, on top of everything above: one chain, no fork,
+/// no gap, identical from either replica.
+pub fn replicas_audit_chain_verifies(a: &dyn Store, b: &dyn Store) {
+    std::thread::scope(|scope| {
+        for (i, s) in [a, b, a, b].into_iter().enumerate() {
+            scope.spawn(move || {
+                for n in 0..10 {
+                    s.append_audit(NewAudit::denied("test", "denied", None, json!({"writer": i, "n": n}))).unwrap();
+                }
+            });
+        }
+    });
+    let events = a.audit_events(0, 1_000_000).unwrap();
+    assert_eq!(events, b.audit_events(0, 1_000_000).unwrap());
+    assert_eq!(events.first().map(|e| e.seq), Some(1));
+    verify_chain(&events, GENESIS.to_owned()).unwrap();
+    assert_eq!(events.iter().filter(|e| e.action == "denied").count(), 40);
+}

@@ -11,11 +11,13 @@
 pub mod blob;
 pub mod conformance;
 mod model;
+mod postgres;
 mod sqlite;
 
 use std::fmt;
 
 pub use model::*;
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 use airlock_core::audit::AuditRecord;
@@ -129,7 +131,7 @@ pub fn now_ms() -> i64 {
 /// SQLite database file path (`sqlite://PATH` or a bare path).
 pub fn open(location: &str) -> Result<std::sync::Arc<dyn Store>> {
     if location.starts_with("postgres://") || location.starts_with("postgresql://") {
-        return Err(StoreError::Backend("PostgreSQL support is not built yet".into()));
+        return Ok(std::sync::Arc::new(PostgresStore::open(location)?));
     }
     let path = location.strip_prefix("sqlite://").unwrap_or(location);
     Ok(std::sync::Arc::new(SqliteStore::open(std::path::Path::new(path))?))
