@@ -29,6 +29,8 @@ const MAX_CONNECTIONS: usize = 16;
 /// How long a caller waits for a free connection before giving up.
 const POOL_WAIT: Duration = Duration::from_secs(30);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection suspected dead gets to answer a no-op query.
+const LIVENESS_PROBE: Duration = Duration::from_secs(2);
 
 /// PostgreSQL-backed [`Store`].
 pub struct PostgresStore {
@@ -37,8 +39,32 @@ pub struct PostgresStore {
 
 impl From<::postgres::Error> for StoreError {
     fn from(e: ::postgres::Error) -> Self {
-        StoreError::Backend(e.to_string())
+        StoreError::Backend(describe(&e))
     }
+}
+
+/// The server's own message and SQLSTATE for database errors (the client's `Display` says only
+/// "db error"), the cause chain for the rest.
+fn describe(e: &::postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut s = format!(
+            "{}: {} (SQLSTATE {})",
+            db.severity(),
+            db.message(),
+            db.code().code()
+        );
+        if let Some(detail) = db.detail() {
+            s.push_str(&format!("; {detail}"));
+        }
+        return s;
+    }
+    let mut s = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        s.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    s
 }
 
 fn poisoned() -> StoreError {
@@ -133,7 +159,8 @@ impl Pool {
                 self.lock_state().open -= 1;
                 self.freed.notify_one();
                 Err(StoreError::Backend(format!(
-                    "cannot connect to PostgreSQL: {e}"
+                    "cannot connect to PostgreSQL: {}",
+                    describe(&e)
                 )))
             }
         }
@@ -151,6 +178,20 @@ impl Pooled<'_> {
         self.conn
             .as_mut()
             .expect("a pooled connection is present until it is dropped")
+    }
+
+    /// After an error: whether the connection itself is gone (checked with a round trip).
+    fn is_dead(&mut self) -> bool {
+        let client = &mut self.conn().client;
+        client.is_closed() || client.is_valid(LIVENESS_PROBE).is_err()
+    }
+
+    /// Closes a dead connection instead of returning it to the pool.
+    fn discard(mut self) {
+        if self.conn.take().is_some() {
+            self.pool.lock_state().open -= 1;
+            self.pool.freed.notify_one();
+        }
     }
 }
 
@@ -224,9 +265,9 @@ impl PostgresStore {
     /// migrations.
     pub fn open(url: &str) -> Result<PostgresStore> {
         // The parser's message never repeats the URL, which may hold a password.
-        let config: Config = url
-            .parse()
-            .map_err(|e| StoreError::Backend(format!("invalid PostgreSQL URL: {e}")))?;
+        let config: Config = url.parse().map_err(|e: ::postgres::Error| {
+            StoreError::Backend(format!("invalid PostgreSQL URL: {}", describe(&e)))
+        })?;
         PostgresStore::connect(config)
     }
 
@@ -256,29 +297,77 @@ impl PostgresStore {
     }
 
     /// Runs `f` outside a transaction (one statement is one snapshot).
-    fn read<T>(&self, f: impl FnOnce(&mut Db<'_, Client>) -> Result<T>) -> Result<T> {
-        let mut pooled = self.pool.get()?;
-        let Conn { client, statements } = pooled.conn();
-        f(&mut Db {
-            c: client,
-            statements,
-        })
+    fn read<T>(&self, f: impl Fn(&mut Db<'_, Client>) -> Result<T>) -> Result<T> {
+        let mut retries = 0;
+        loop {
+            let mut pooled = self.pool.get()?;
+            let Conn { client, statements } = pooled.conn();
+            match f(&mut Db {
+                c: client,
+                statements,
+            }) {
+                // Reads are idempotent: one that failed on a connection the server dropped
+                // (restart, failover, idle timeout) is run again on another.
+                Err(StoreError::Backend(_)) if retries < MAX_CONNECTIONS && pooled.is_dead() => {
+                    pooled.discard();
+                    retries += 1;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Runs `f` in a READ COMMITTED transaction and commits if it returns `Ok`. Mutations take
     /// their row locks first (see `lock_stack`), so each statement after that sees every write
     /// committed before the lock was granted.
-    fn write<T>(&self, f: impl FnOnce(&mut Db<'_, Transaction<'_>>) -> Result<T>) -> Result<T> {
-        let mut pooled = self.pool.get()?;
-        let Conn { client, statements } = pooled.conn();
-        let mut tx = client.transaction()?;
-        let out = f(&mut Db {
-            c: &mut tx,
-            statements,
-        })?;
-        tx.commit()?;
-        Ok(out)
+    fn write<T, F>(&self, mut f: F) -> Result<T>
+    where
+        F: FnOnce(&mut Db<'_, Transaction<'_>>) -> Result<T>,
+    {
+        let mut retries = 0;
+        loop {
+            let mut pooled = self.pool.get()?;
+            match in_transaction(pooled.conn(), f) {
+                Ok(result) => return result,
+                // A connection that died while idle fails at BEGIN, before anything of this
+                // write was sent: take another. (Once BEGIN succeeded, a lost connection is an
+                // error for the caller: the server rolls the transaction back, except when
+                // COMMIT itself was in flight, whose outcome only a re-read can tell.)
+                Err((e, unused)) => {
+                    if retries < MAX_CONNECTIONS && pooled.is_dead() {
+                        pooled.discard();
+                        retries += 1;
+                        f = unused;
+                        continue;
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
     }
+}
+
+/// Runs `f` in a transaction on `conn`; if BEGIN fails, hands `f` back with the error.
+fn in_transaction<T, F>(
+    conn: &mut Conn,
+    f: F,
+) -> std::result::Result<Result<T>, (::postgres::Error, F)>
+where
+    F: FnOnce(&mut Db<'_, Transaction<'_>>) -> Result<T>,
+{
+    let Conn { client, statements } = conn;
+    let mut tx = match client.transaction() {
+        Ok(tx) => tx,
+        Err(e) => return Err((e, f)),
+    };
+    let out = match f(&mut Db {
+        c: &mut tx,
+        statements,
+    }) {
+        Ok(out) => out,
+        Err(e) => return Ok(Err(e)),
+    };
+    Ok(tx.commit().map(|()| out).map_err(StoreError::from))
 }
 
 fn migrate(client: &mut Client) -> Result<()> {

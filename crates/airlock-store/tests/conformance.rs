@@ -196,5 +196,36 @@ fn postgres_bad_url_is_a_clear_error_without_the_password() {
         Err(e) => e.to_string(),
     };
     assert!(err.contains("cannot connect to PostgreSQL"), "{err}");
+    assert!(err.contains("refused"), "the cause is named: {err}");
     assert!(!err.contains("s3cret"), "{err}");
+    let err = match airlock_store::open("postgres://user:s3cret@127.0.0.1:notaport/db") {
+        Ok(_) => panic!("accepted a bad port"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("invalid PostgreSQL URL"), "{err}");
+    assert!(!err.contains("s3cret"), "{err}");
+}
+
+#[test]
+fn postgres_survives_connections_dropped_by_the_server() {
+    let db = TestDatabase::new("reconnect");
+    let store: Arc<dyn Store> = Arc::new(PostgresStore::open(&db.url).unwrap());
+    conformance::stacks(store.as_ref());
+    // Fill the pool with idle connections, then have the server end every one of them, as a
+    // restart or failover would.
+    conformance::concurrent_locks_have_one_winner(&store);
+    let mut admin = db.client();
+    let killed = admin
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .unwrap()
+        .len();
+    assert!(killed >= 2, "only {killed} connections were open");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    // Reads and writes go on, on fresh connections.
+    assert!(store.stack("conf/stacks").unwrap().is_some());
+    conformance::locks(store.as_ref());
+    conformance::writes_and_history(store.as_ref());
 }
