@@ -77,7 +77,10 @@ pub fn verify_chain<'a>(
         }
         expected_seq = Some(r.seq + 1);
         if r.prev_hash != prev {
-            return Err((r.seq, "prev_hash does not match the previous record's hash".into()));
+            return Err((
+                r.seq,
+                "prev_hash does not match the previous record's hash".into(),
+            ));
         }
         if r.expected_hash() != r.hash {
             return Err((r.seq, "record content does not match its hash".into()));

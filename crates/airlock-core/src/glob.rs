@@ -29,7 +29,8 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
             },
         }
     }
-    p.get(pi..).is_some_and(|rest| rest.iter().all(|&c| c == '*'))
+    p.get(pi..)
+        .is_some_and(|rest| rest.iter().all(|&c| c == '*'))
 }
 
 #[cfg(test)]
@@ -42,8 +43,14 @@ mod tests {
         assert!(glob_match("prod/*", "prod/a/b"));
         assert!(!glob_match("prod/*", "production/app"));
         assert!(glob_match("*", "anything"));
-        assert!(glob_match("module.network.*", "module.network.aws_vpc.main"));
-        assert!(glob_match("aws_db_instance.*", "aws_db_instance.main[\"a\"]"));
+        assert!(glob_match(
+            "module.network.*",
+            "module.network.aws_vpc.main"
+        ));
+        assert!(glob_match(
+            "aws_db_instance.*",
+            "aws_db_instance.main[\"a\"]"
+        ));
         assert!(glob_match("a?c", "abc"));
         assert!(!glob_match("abc", "abcd"));
         assert!(glob_match("a*b*c", "aXXbYYc"));

@@ -2,7 +2,12 @@
 //! glob matching, lock info and the audit hash chain. Pure: no I/O, never panics on input.
 
 #![deny(missing_docs)]
-#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 pub mod audit;
 pub mod glob;

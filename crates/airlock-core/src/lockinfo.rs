@@ -35,7 +35,9 @@ impl LockInfo {
     /// Parses a lock-info body. The ID must be non-empty printable ASCII of at most 256 bytes.
     pub fn parse(body: &[u8]) -> Result<LockInfo, String> {
         if body.len() > MAX_LOCK_INFO_LEN {
-            return Err(format!("lock info is larger than {MAX_LOCK_INFO_LEN} bytes"));
+            return Err(format!(
+                "lock info is larger than {MAX_LOCK_INFO_LEN} bytes"
+            ));
         }
         let wire: Wire = serde_json::from_slice(body)
             .map_err(|e| format!("lock info is not valid JSON lock info: {e}"))?;
@@ -73,8 +75,20 @@ mod tests {
 
     #[test]
     fn refuses_bad_lock_info() {
-        for bad in [&b""[..], b"{", b"[]", b"{}", br#"{"ID":""}"#, br#"{"ID":"a b"}"#, br#"{"ID":5}"#] {
-            assert!(LockInfo::parse(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        for bad in [
+            &b""[..],
+            b"{",
+            b"[]",
+            b"{}",
+            br#"{"ID":""}"#,
+            br#"{"ID":"a b"}"#,
+            br#"{"ID":5}"#,
+        ] {
+            assert!(
+                LockInfo::parse(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 }

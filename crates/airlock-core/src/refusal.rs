@@ -39,7 +39,10 @@ pub struct Refusal {
 impl Refusal {
     /// Builds a refusal.
     pub fn new(kind: RefusalKind, message: impl Into<String>) -> Refusal {
-        Refusal { kind, message: message.into() }
+        Refusal {
+            kind,
+            message: message.into(),
+        }
     }
 }
 

@@ -78,7 +78,13 @@ impl Permission {
 
 impl Role {
     /// Every role, in matrix order.
-    pub const ALL: [Role; 5] = [Role::Admin, Role::Approver, Role::Ci, Role::Agent, Role::Reader];
+    pub const ALL: [Role; 5] = [
+        Role::Admin,
+        Role::Approver,
+        Role::Ci,
+        Role::Agent,
+        Role::Reader,
+    ];
 
     /// Does this role carry `permission`? This is the DESIGN.md matrix, verbatim.
     pub fn has(self, permission: Permission) -> bool {
@@ -132,7 +138,9 @@ impl FromStr for Role {
         Role::ALL
             .into_iter()
             .find(|r| r.as_str() == s)
-            .ok_or_else(|| format!("unknown role {s:?}: expected one of admin, approver, ci, agent, reader"))
+            .ok_or_else(|| {
+                format!("unknown role {s:?}: expected one of admin, approver, ci, agent, reader")
+            })
     }
 }
 

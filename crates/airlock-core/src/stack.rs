@@ -58,7 +58,9 @@ impl StackName {
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
             {
-                return Err(refuse("only lowercase letters, digits, '.', '_' and '-' are allowed"));
+                return Err(refuse(
+                    "only lowercase letters, digits, '.', '_' and '-' are allowed",
+                ));
             }
         }
         Ok(StackName(input.to_owned()))
@@ -90,8 +92,21 @@ mod tests {
     #[test]
     fn refuses_invalid_names() {
         for bad in [
-            "", "/", "prod/", "/prod", "a//b", "..", "a/../b", ".", "Prod", "a/b/c/d/e", "a b",
-            "%2e%2e", "a\\b", "ä", "a/b?c",
+            "",
+            "/",
+            "prod/",
+            "/prod",
+            "a//b",
+            "..",
+            "a/../b",
+            ".",
+            "Prod",
+            "a/b/c/d/e",
+            "a b",
+            "%2e%2e",
+            "a\\b",
+            "ä",
+            "a/b?c",
         ] {
             assert!(StackName::parse(bad).is_err(), "{bad:?} should be refused");
         }

@@ -157,7 +157,8 @@ impl StateSummary {
             return Err(err("the body is empty".into()));
         }
         let text = std::str::from_utf8(body).map_err(|e| err(format!("not UTF-8: {e}")))?;
-        let sniff: Sniff = serde_json::from_str(text).map_err(|e| err(format!("not a JSON object: {e}")))?;
+        let sniff: Sniff =
+            serde_json::from_str(text).map_err(|e| err(format!("not a JSON object: {e}")))?;
         match sniff.version.as_ref().and_then(serde_json::Value::as_u64) {
             None => return Err(err("the \"version\" field is missing or not a number".into())),
             Some(4) => {}
@@ -168,11 +169,18 @@ impl StateSummary {
             }
         }
         if !sniff.serial.as_ref().is_some_and(serde_json::Value::is_u64) {
-            return Err(err("the \"serial\" field must be a non-negative integer below 2^64".into()));
+            return Err(err(
+                "the \"serial\" field must be a non-negative integer below 2^64".into(),
+            ));
         }
         let file: FileV4<'_> = serde_json::from_str(text).map_err(|e| err(e.to_string()))?;
-        if file.lineage.is_empty() || file.lineage.len() > MAX_LINEAGE_LEN || !valid_name(&file.lineage) {
-            return Err(err("lineage must be a non-empty string without spaces (a UUID)".into()));
+        if file.lineage.is_empty()
+            || file.lineage.len() > MAX_LINEAGE_LEN
+            || !valid_name(&file.lineage)
+        {
+            return Err(err(
+                "lineage must be a non-empty string without spaces (a UUID)".into(),
+            ));
         }
         if !file.terraform_version.is_empty()
             && !file
@@ -181,7 +189,10 @@ impl StateSummary {
                 .next()
                 .is_some_and(|major| !major.is_empty() && major.bytes().all(|b| b.is_ascii_digit()))
         {
-            return Err(err(format!("terraform_version {:?} is not a version", truncate(&file.terraform_version))));
+            return Err(err(format!(
+                "terraform_version {:?} is not a version",
+                truncate(&file.terraform_version)
+            )));
         }
 
         let mut instances = Vec::new();
@@ -190,7 +201,12 @@ impl StateSummary {
             let mode = match r.mode.as_str() {
                 "managed" => Mode::Managed,
                 "data" => Mode::Data,
-                other => return Err(err(format!("resource mode {:?} is neither managed nor data", truncate(other)))),
+                other => {
+                    return Err(err(format!(
+                        "resource mode {:?} is neither managed nor data",
+                        truncate(other)
+                    )))
+                }
             };
             if !valid_name(&r.resource_type) || !valid_name(&r.name) {
                 return Err(err("a resource has an empty or invalid type or name".into()));
@@ -214,12 +230,22 @@ impl StateSummary {
                     None | Some(serde_json::Value::Null) => base.clone(),
                     Some(serde_json::Value::Number(n)) if n.is_u64() => format!("{base}[{n}]"),
                     Some(k @ serde_json::Value::String(_)) => format!("{base}[{k}]"),
-                    Some(_) => return Err(err(format!("{}: index_key must be an integer or a string", truncate(&base)))),
+                    Some(_) => {
+                        return Err(err(format!(
+                            "{}: index_key must be an integer or a string",
+                            truncate(&base)
+                        )))
+                    }
                 };
                 let tainted = match inst.status.as_deref() {
                     None | Some("") => false,
                     Some("tainted") => true,
-                    Some(other) => return Err(err(format!("{address}: unknown status {:?}", truncate(other)))),
+                    Some(other) => {
+                        return Err(err(format!(
+                            "{address}: unknown status {:?}",
+                            truncate(other)
+                        )))
+                    }
                 };
                 if let Some(d) = &inst.deposed {
                     if d.len() != 8 {
@@ -231,7 +257,11 @@ impl StateSummary {
                 }
                 let attrs = inst.attributes.or(inst.attributes_flat).map(RawValue::get);
                 instances.push(Instance {
-                    fingerprint: fingerprint(&[attrs, inst.private.map(RawValue::get), inst.status.as_deref()]),
+                    fingerprint: fingerprint(&[
+                        attrs,
+                        inst.private.map(RawValue::get),
+                        inst.status.as_deref(),
+                    ]),
                     address,
                     resource_type: r.resource_type.clone(),
                     mode,
@@ -274,7 +304,9 @@ impl StateSummary {
         let kept = next.managed_addresses();
         self.instances
             .iter()
-            .filter(|i| i.mode == Mode::Managed && i.deposed.is_none() && !kept.contains(i.address.as_str()))
+            .filter(|i| {
+                i.mode == Mode::Managed && i.deposed.is_none() && !kept.contains(i.address.as_str())
+            })
             .collect()
     }
 }
@@ -303,8 +335,16 @@ impl StateDiff {
             Some(d) => format!("{} (deposed {d})", i.address),
             None => i.address.clone(),
         };
-        let old_map: BTreeMap<String, u64> = old.instances.iter().map(|i| (key(i), i.fingerprint)).collect();
-        let new_map: BTreeMap<String, u64> = new.instances.iter().map(|i| (key(i), i.fingerprint)).collect();
+        let old_map: BTreeMap<String, u64> = old
+            .instances
+            .iter()
+            .map(|i| (key(i), i.fingerprint))
+            .collect();
+        let new_map: BTreeMap<String, u64> = new
+            .instances
+            .iter()
+            .map(|i| (key(i), i.fingerprint))
+            .collect();
         let mut d = StateDiff::default();
         for (k, fp) in &new_map {
             match old_map.get(k) {
@@ -313,9 +353,21 @@ impl StateDiff {
                 Some(_) => {}
             }
         }
-        d.removed = old_map.keys().filter(|k| !new_map.contains_key(*k)).cloned().collect();
-        let old_out: BTreeMap<&str, u64> = old.outputs.iter().map(|o| (o.name.as_str(), o.fingerprint)).collect();
-        let new_out: BTreeMap<&str, u64> = new.outputs.iter().map(|o| (o.name.as_str(), o.fingerprint)).collect();
+        d.removed = old_map
+            .keys()
+            .filter(|k| !new_map.contains_key(*k))
+            .cloned()
+            .collect();
+        let old_out: BTreeMap<&str, u64> = old
+            .outputs
+            .iter()
+            .map(|o| (o.name.as_str(), o.fingerprint))
+            .collect();
+        let new_out: BTreeMap<&str, u64> = new
+            .outputs
+            .iter()
+            .map(|o| (o.name.as_str(), o.fingerprint))
+            .collect();
         let names: BTreeSet<&str> = old_out.keys().chain(new_out.keys()).copied().collect();
         d.outputs_changed = names
             .into_iter()
@@ -375,15 +427,36 @@ mod tests {
             (r#"{"version":4,"serial":-1,"lineage":"x"}"#, "serial"),
             (r#"{"version":4,"serial":1.5,"lineage":"x"}"#, "serial"),
             (r#"{"version":4,"serial":1e40,"lineage":"x"}"#, "serial"),
-            (r#"{"version":4,"serial":99999999999999999999999,"lineage":"x"}"#, ""),
+            (
+                r#"{"version":4,"serial":99999999999999999999999,"lineage":"x"}"#,
+                "",
+            ),
             (r#"{"version":4,"serial":1,"lineage":""}"#, "lineage"),
             (r#"{"version":4,"serial":1}"#, "lineage"),
-            (r#"{"version":4,"serial":1,"lineage":"x","bogus":1}"#, "unknown field"),
-            (r#"{"version":4,"serial":1,"lineage":"x","resources":[{"mode":"weird","type":"t","name":"n"}]}"#, "mode"),
-            (r#"{"version":4,"serial":1,"lineage":"x","resources":[{"mode":"managed","type":"t","name":"n","instances":[{"status":"bad"}]}]}"#, "status"),
-            (r#"{"version":4,"serial":1,"lineage":"x","resources":[{"mode":"managed","type":"t","name":"n","instances":[{"deposed":"abc"}]}]}"#, "deposed"),
-            (r#"{"version":4,"serial":1,"lineage":"x","resources":[{"mode":"managed","type":"t","name":"n","instances":[{},{}]}]}"#, "multiple"),
-            (r#"{"version":4,"serial":1,"lineage":"x","resources":[{"mode":"managed","type":"t","name":"n","instances":[{"index_key":1.5}]}]}"#, "index_key"),
+            (
+                r#"{"version":4,"serial":1,"lineage":"x","bogus":1}"#,
+                "unknown field",
+            ),
+            (
+                r#"{"version":4,"serial":1,"lineage":"x","resources":[{"mode":"weird","type":"t","name":"n"}]}"#,
+                "mode",
+            ),
+            (
+                r#"{"version":4,"serial":1,"lineage":"x","resources":[{"mode":"managed","type":"t","name":"n","instances":[{"status":"bad"}]}]}"#,
+                "status",
+            ),
+            (
+                r#"{"version":4,"serial":1,"lineage":"x","resources":[{"mode":"managed","type":"t","name":"n","instances":[{"deposed":"abc"}]}]}"#,
+                "deposed",
+            ),
+            (
+                r#"{"version":4,"serial":1,"lineage":"x","resources":[{"mode":"managed","type":"t","name":"n","instances":[{},{}]}]}"#,
+                "multiple",
+            ),
+            (
+                r#"{"version":4,"serial":1,"lineage":"x","resources":[{"mode":"managed","type":"t","name":"n","instances":[{"index_key":1.5}]}]}"#,
+                "index_key",
+            ),
         ];
         for (body, want) in cases {
             let e = StateSummary::parse(body.as_bytes()).expect_err(body);
@@ -392,19 +465,30 @@ mod tests {
         assert!(StateSummary::parse(b"\xff\xfe").is_err());
         let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
         // Deep nesting inside a value must not overflow the stack, whatever the verdict.
-        let _ = StateSummary::parse(format!(r#"{{"version":4,"serial":1,"lineage":"x","outputs":{{"o":{{"value":{deep}}}}}}}"#).as_bytes());
+        let _ = StateSummary::parse(
+            format!(
+                r#"{{"version":4,"serial":1,"lineage":"x","outputs":{{"o":{{"value":{deep}}}}}}}"#
+            )
+            .as_bytes(),
+        );
         let _ = StateSummary::parse(deep.as_bytes());
     }
 
     #[test]
     fn diff_and_removed() {
         let old = StateSummary::parse(STATE.as_bytes()).unwrap();
-        let new_text = STATE.replace(r#""attributes": { "id": "1" }"#, r#""attributes": { "id": "9" }"#).replace(
-            r#"{ "index_key": "k", "attributes": {"id": "2"} }, "#,
-            "",
-        );
+        let new_text = STATE
+            .replace(
+                r#""attributes": { "id": "1" }"#,
+                r#""attributes": { "id": "9" }"#,
+            )
+            .replace(r#"{ "index_key": "k", "attributes": {"id": "2"} }, "#, "");
         let new = StateSummary::parse(new_text.as_bytes()).unwrap();
-        let removed: Vec<_> = old.removed_in(&new).iter().map(|i| i.address.clone()).collect();
+        let removed: Vec<_> = old
+            .removed_in(&new)
+            .iter()
+            .map(|i| i.address.clone())
+            .collect();
         assert_eq!(removed, ["module.m[0].aws_db_instance.db[\"k\"]"]);
         let d = StateDiff::between(&old, &new);
         assert_eq!(d.changed, ["terraform_data.a"]);

@@ -46,7 +46,13 @@ impl Principal {
     }
 
     fn from_record(t: TokenRecord) -> Principal {
-        Principal { token_id: t.id, name: t.name, role: t.role, stacks: t.stacks, run_id: t.run_id }
+        Principal {
+            token_id: t.id,
+            name: t.name,
+            role: t.role,
+            stacks: t.stacks,
+            run_id: t.run_id,
+        }
     }
 }
 
@@ -55,14 +61,20 @@ impl Principal {
 pub struct RequestStack(pub StackName);
 
 fn credential(req: &Request) -> Result<Option<String>, ApiError> {
-    let Some(value) = req.headers().get(AUTHORIZATION) else { return Ok(None) };
-    let bad = || ApiError::new(RefusalKind::Unauthenticated, "malformed Authorization header: use Bearer TOKEN or Basic auth with the token as password");
+    let Some(value) = req.headers().get(AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let bad = || {
+        ApiError::new(RefusalKind::Unauthenticated, "malformed Authorization header: use Bearer TOKEN or Basic auth with the token as password")
+    };
     let value = value.to_str().map_err(|_| bad())?;
     if let Some(token) = value.strip_prefix("Bearer ") {
         return Ok(Some(token.trim().to_owned()));
     }
     if let Some(b64) = value.strip_prefix("Basic ") {
-        let decoded = base64::engine::general_purpose::STANDARD.decode(b64.trim()).map_err(|_| bad())?;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .map_err(|_| bad())?;
         let decoded = String::from_utf8(decoded).map_err(|_| bad())?;
         let (_user, password) = decoded.split_once(':').ok_or_else(bad)?;
         return Ok(Some(password.to_owned()));
@@ -78,7 +90,9 @@ fn stack_of(req: &Request, route: &str) -> Result<Option<StackName>, ApiError> {
         // API routes carry the stack percent-encoded in one segment: /api/v1/stacks/prod%2Fapp/...
         let segs: Vec<&str> = req.uri().path().split('/').collect();
         let pos = route.split('/').position(|s| s == "{stack}");
-        pos.and_then(|p| segs.get(p)).map(|s| percent_decode(s)).transpose()?
+        pos.and_then(|p| segs.get(p))
+            .map(|s| percent_decode(s))
+            .transpose()?
     } else {
         None
     };
@@ -95,10 +109,17 @@ fn percent_decode(s: &str) -> Result<String, ApiError> {
     while i < bytes.len() {
         match bytes.get(i) {
             Some(b'%') => {
-                let hexpair = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+                let hexpair = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok());
                 let v = hexpair
                     .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .ok_or_else(|| ApiError::new(RefusalKind::BadRequest, "bad percent-encoding in the stack name"))?;
+                    .ok_or_else(|| {
+                        ApiError::new(
+                            RefusalKind::BadRequest,
+                            "bad percent-encoding in the stack name",
+                        )
+                    })?;
                 out.push(v);
                 i += 3;
             }
@@ -109,12 +130,21 @@ fn percent_decode(s: &str) -> Result<String, ApiError> {
             None => break,
         }
     }
-    String::from_utf8(out).map_err(|_| ApiError::new(RefusalKind::BadRequest, "stack name is not UTF-8"))
+    String::from_utf8(out)
+        .map_err(|_| ApiError::new(RefusalKind::BadRequest, "stack name is not UTF-8"))
 }
 
-async fn audit_denial(state: &Arc<AppState>, actor: String, stack: Option<String>, detail: serde_json::Value) {
+async fn audit_denial(
+    state: &Arc<AppState>,
+    actor: String,
+    stack: Option<String>,
+    detail: serde_json::Value,
+) {
     let store = Arc::clone(&state.store);
-    let _ = tokio::task::spawn_blocking(move || store.append_audit(NewAudit::denied(&actor, "denied", stack.as_deref(), detail))).await;
+    let _ = tokio::task::spawn_blocking(move || {
+        store.append_audit(NewAudit::denied(&actor, "denied", stack.as_deref(), detail))
+    })
+    .await;
 }
 
 /// Looks the secret up and checks expiry and revocation.
@@ -125,19 +155,35 @@ pub async fn authenticate(state: &Arc<AppState>, secret: String) -> Result<Princ
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??;
     let Some(t) = record else {
-        return Err(ApiError::new(RefusalKind::Unauthenticated, "unknown token: check AIRLOCK_TOKEN / TF_HTTP_PASSWORD"));
+        return Err(ApiError::new(
+            RefusalKind::Unauthenticated,
+            "unknown token: check AIRLOCK_TOKEN / TF_HTTP_PASSWORD",
+        ));
     };
     if t.revoked_at.is_some() {
-        return Err(ApiError::new(RefusalKind::Unauthenticated, format!("token {} ({}) has been revoked", t.name, t.id)));
+        return Err(ApiError::new(
+            RefusalKind::Unauthenticated,
+            format!("token {} ({}) has been revoked", t.name, t.id),
+        ));
     }
     if t.expires_at.is_some_and(|e| e <= now_ms()) {
-        return Err(ApiError::new(RefusalKind::Unauthenticated, format!("token {} ({}) has expired; ask an admin for a new one", t.name, t.id)));
+        return Err(ApiError::new(
+            RefusalKind::Unauthenticated,
+            format!(
+                "token {} ({}) has expired; ask an admin for a new one",
+                t.name, t.id
+            ),
+        ));
     }
     Ok(Principal::from_record(t))
 }
 
 /// Middleware: authenticate, find the route's permission, check role and stack scope.
-pub async fn authorize(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
+pub async fn authorize(
+    State(state): State<Arc<AppState>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     match check(&state, &mut req).await {
         Ok(()) => next.run(req).await,
         Err(e) => {
@@ -148,7 +194,11 @@ pub async fn authorize(State(state): State<Arc<AppState>>, mut req: Request, nex
 }
 
 async fn check(state: &Arc<AppState>, req: &mut Request) -> Result<(), ApiError> {
-    let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned()).unwrap_or_default();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+        .unwrap_or_default();
     let method = req.method().as_str().to_owned();
     let secret = credential(req)?.ok_or_else(|| {
         ApiError::new(RefusalKind::Unauthenticated, "authentication required: send the token as Bearer, or as the Basic-auth password (TF_HTTP_PASSWORD)")
@@ -156,13 +206,22 @@ async fn check(state: &Arc<AppState>, req: &mut Request) -> Result<(), ApiError>
     let principal = match authenticate(state, secret).await {
         Ok(p) => p,
         Err(e) => {
-            audit_denial(state, "unauthenticated".into(), None, serde_json::json!({"method": method, "route": route, "reason": "invalid token"})).await;
+            audit_denial(
+                state,
+                "unauthenticated".into(),
+                None,
+                serde_json::json!({"method": method, "route": route, "reason": "invalid token"}),
+            )
+            .await;
             return Err(e);
         }
     };
     let stack = stack_of(req, &route)?;
     let Some(needed) = crate::router::permission_for(&method, &route) else {
-        return Err(ApiError::new(RefusalKind::MethodNotAllowed, format!("{method} is not supported on {route}")));
+        return Err(ApiError::new(
+            RefusalKind::MethodNotAllowed,
+            format!("{method} is not supported on {route}"),
+        ));
     };
     let refusal = match needed {
         p if !principal.role.has(p) => Some(format!(

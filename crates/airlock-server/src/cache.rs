@@ -16,7 +16,12 @@ struct Fifo<V> {
 
 impl<V: Clone> Fifo<V> {
     fn new(max_weight: usize) -> Self {
-        Fifo { map: HashMap::new(), order: VecDeque::new(), weight: 0, max_weight }
+        Fifo {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            weight: 0,
+            max_weight,
+        }
     }
 
     fn get(&self, key: &str) -> Option<V> {
@@ -28,7 +33,9 @@ impl<V: Clone> Fifo<V> {
             return;
         }
         while self.weight + weight > self.max_weight {
-            let Some(old) = self.order.pop_front() else { break };
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
             if let Some((_, w)) = self.map.remove(&old) {
                 self.weight -= w;
             }
@@ -47,7 +54,10 @@ pub struct Caches {
 
 impl Default for Caches {
     fn default() -> Self {
-        Caches { bytes: Mutex::new(Fifo::new(256 << 20)), summaries: Mutex::new(Fifo::new(4096)) }
+        Caches {
+            bytes: Mutex::new(Fifo::new(256 << 20)),
+            summaries: Mutex::new(Fifo::new(4096)),
+        }
     }
 }
 

@@ -83,7 +83,11 @@ impl IntoResponse for ApiError {
             ApiError::Refused(r) => error_response(status_of(r.kind), code_of(r.kind), &r.message),
             ApiError::Internal(detail) => {
                 eprintln!("airlock: internal error: {detail}");
-                error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal server error; see the server log")
+                error_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal server error; see the server log",
+                )
             }
         }
     }

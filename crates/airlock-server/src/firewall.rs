@@ -47,8 +47,15 @@ pub fn protection_reason(instance: &Instance, settings: &StackSettings) -> Optio
     if airlock_policy::catalogue::is_critical_type(&instance.resource_type) {
         return Some(format!("critical type {}", instance.resource_type));
     }
-    if settings.protect_types.iter().any(|t| *t == instance.resource_type) {
-        return Some(format!("type {} is protected in this stack", instance.resource_type));
+    if settings
+        .protect_types
+        .iter()
+        .any(|t| *t == instance.resource_type)
+    {
+        return Some(format!(
+            "type {} is protected in this stack",
+            instance.resource_type
+        ));
     }
     settings
         .protect_addresses
@@ -59,7 +66,8 @@ pub fn protection_reason(instance: &Instance, settings: &StackSettings) -> Optio
 
 /// May `principal` write state of this stack outside a run?
 pub fn may_write_directly(principal: &Principal, settings: &StackSettings) -> bool {
-    principal.role.may_be_granted_direct_writes() && settings.direct_writes.contains(&principal.role)
+    principal.role.may_be_granted_direct_writes()
+        && settings.direct_writes.contains(&principal.role)
 }
 
 fn refuse(kind: RefusalKind, message: String) -> Refusal {
@@ -76,7 +84,13 @@ pub fn check_write(
     match c.kind {
         WriteKind::Backend { lock_id } => {
             if !may_write_directly(c.principal, &ctx.stack.settings) {
-                let allowed: Vec<&str> = ctx.stack.settings.direct_writes.iter().map(|r| r.as_str()).collect();
+                let allowed: Vec<&str> = ctx
+                    .stack
+                    .settings
+                    .direct_writes
+                    .iter()
+                    .map(|r| r.as_str())
+                    .collect();
                 return Err(refuse(
                     RefusalKind::Forbidden,
                     format!(
@@ -95,7 +109,13 @@ pub fn check_write(
             match lock_id {
                 Some(id) if id == lock.id && lock.owner_token == c.principal.token_id => {}
                 Some(id) if id == lock.id => {
-                    return Err(refuse(RefusalKind::Locked, format!("the lock on {stack} belongs to {}, not to this token", lock.owner)));
+                    return Err(refuse(
+                        RefusalKind::Locked,
+                        format!(
+                            "the lock on {stack} belongs to {}, not to this token",
+                            lock.owner
+                        ),
+                    ));
                 }
                 _ => {
                     return Err(refuse(
@@ -109,7 +129,10 @@ pub fn check_write(
             if let Some(lock) = ctx.lock.filter(|l| l.owner_token != c.principal.token_id) {
                 return Err(refuse(
                     RefusalKind::Locked,
-                    format!("stack {stack} is locked by {} (lock {}, {}); restore when it is released", lock.owner, lock.id, lock.operation),
+                    format!(
+                        "stack {stack} is locked by {} (lock {}, {}); restore when it is released",
+                        lock.owner, lock.id, lock.operation
+                    ),
                 ));
             }
         }
@@ -145,14 +168,21 @@ pub fn check_write(
         let old = current_summary(ctx)?;
         let mut uncovered = Vec::new();
         for inst in old.removed_in(c.summary) {
-            let Some(reason) = protection_reason(inst, &ctx.stack.settings) else { continue };
-            let grant = ctx.grants.iter().find(|g| g.addresses.iter().any(|a| glob_match(a, &inst.address)));
+            let Some(reason) = protection_reason(inst, &ctx.stack.settings) else {
+                continue;
+            };
+            let grant = ctx
+                .grants
+                .iter()
+                .find(|g| g.addresses.iter().any(|a| glob_match(a, &inst.address)));
             match grant {
                 Some(g) => {
                     if !consumed.contains(&g.id) {
                         consumed.push(g.id.clone());
                     }
-                    removed_report.push(json!({"address": inst.address, "protection": reason, "grant": g.id}));
+                    removed_report.push(
+                        json!({"address": inst.address, "protection": reason, "grant": g.id}),
+                    );
                 }
                 None => uncovered.push(format!("{} ({reason})", inst.address)),
             }
@@ -174,7 +204,9 @@ pub fn check_write(
 
     let (action, extra) = match c.kind {
         WriteKind::Backend { lock_id } => ("state.write", json!({ "lock_id": lock_id })),
-        WriteKind::Restore { from_serial } => ("state.restore", json!({ "restored_from": from_serial })),
+        WriteKind::Restore { from_serial } => {
+            ("state.restore", json!({ "restored_from": from_serial }))
+        }
     };
     let detail = json!({
         "serial": c.summary.serial,
@@ -184,5 +216,8 @@ pub fn check_write(
         "grants_consumed": consumed,
         "via": extra,
     });
-    Ok(WriteDecision::Store { consume_grants: consumed, audit: NewAudit::ok(&c.principal.display(), action, Some(stack), detail) })
+    Ok(WriteDecision::Store {
+        consume_grants: consumed,
+        audit: NewAudit::ok(&c.principal.display(), action, Some(stack), detail),
+    })
 }

@@ -36,7 +36,11 @@ pub struct ServerConfig {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { max_state_bytes: 256 * 1024 * 1024, auto_create_stacks: false, public_url: None }
+        ServerConfig {
+            max_state_bytes: 256 * 1024 * 1024,
+            auto_create_stacks: false,
+            public_url: None,
+        }
     }
 }
 
@@ -53,7 +57,12 @@ pub struct AppState {
 impl AppState {
     /// Builds the shared state.
     pub fn new(store: Arc<dyn Store>, config: ServerConfig) -> Arc<AppState> {
-        Arc::new(AppState { store, config, cache: cache::Caches::default(), metrics: metrics::Metrics::default() })
+        Arc::new(AppState {
+            store,
+            config,
+            cache: cache::Caches::default(),
+            metrics: metrics::Metrics::default(),
+        })
     }
 }
 
@@ -75,9 +84,14 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let app = router::build(state);
     match tls {
-        None => axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        None => {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
             .with_graceful_shutdown(shutdown)
-            .await,
+            .await
+        }
         Some(files) => tls_serve(listener, app, &files, shutdown).await,
     }
 }
@@ -92,12 +106,15 @@ async fn tls_serve(
     use tokio_rustls::rustls::pki_types::pem::PemObject;
     use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-    let invalid = |what: &str, e: &dyn std::fmt::Display| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{what}: {e}"));
+    let invalid = |what: &str, e: &dyn std::fmt::Display| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{what}: {e}"))
+    };
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
         .map_err(|e| invalid("reading --tls-cert", &e))?
         .collect::<Result<_, _>>()
         .map_err(|e| invalid("reading --tls-cert", &e))?;
-    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| invalid("reading --tls-key", &e))?;
+    let key =
+        PrivateKeyDer::from_pem_file(&files.key).map_err(|e| invalid("reading --tls-key", &e))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -116,15 +133,23 @@ async fn tls_serve(
         let acceptor = acceptor.clone();
         let app = app.clone();
         tokio::spawn(async move {
-            let Ok(stream) = tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await else { return };
+            let Ok(stream) =
+                tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp))
+                    .await
+            else {
+                return;
+            };
             let Ok(stream) = stream else { return };
-            let svc = hyper_util::service::TowerToHyperService::new(
-                tower::ServiceExt::map_request(app, move |req: hyper::Request<hyper::body::Incoming>| {
-                    let mut req = req.map(axum::body::Body::new);
-                    req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
-                    req
-                }),
-            );
+            let svc =
+                hyper_util::service::TowerToHyperService::new(tower::ServiceExt::map_request(
+                    app,
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let mut req = req.map(axum::body::Body::new);
+                        req.extensions_mut()
+                            .insert(axum::extract::ConnectInfo(peer));
+                        req
+                    },
+                ));
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
                 .await;

@@ -34,16 +34,39 @@ impl Metrics {
 
     pub fn render(&self) -> String {
         let rows = [
-            ("airlock_state_reads_total", "State reads served.", &self.state_reads),
-            ("airlock_state_writes_total", "State versions stored.", &self.state_writes),
-            ("airlock_state_write_refusals_total", "State writes refused by the firewall.", &self.state_write_refusals),
+            (
+                "airlock_state_reads_total",
+                "State reads served.",
+                &self.state_reads,
+            ),
+            (
+                "airlock_state_writes_total",
+                "State versions stored.",
+                &self.state_writes,
+            ),
+            (
+                "airlock_state_write_refusals_total",
+                "State writes refused by the firewall.",
+                &self.state_write_refusals,
+            ),
             ("airlock_locks_total", "Locks acquired.", &self.locks),
-            ("airlock_lock_conflicts_total", "Lock requests refused because the stack was locked.", &self.lock_conflicts),
-            ("airlock_requests_denied_total", "Requests refused by authentication or authorization.", &self.denied),
+            (
+                "airlock_lock_conflicts_total",
+                "Lock requests refused because the stack was locked.",
+                &self.lock_conflicts,
+            ),
+            (
+                "airlock_requests_denied_total",
+                "Requests refused by authentication or authorization.",
+                &self.denied,
+            ),
         ];
         let mut out = String::new();
         for (name, help, v) in rows {
-            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n", v.load(Relaxed)));
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
+                v.load(Relaxed)
+            ));
         }
         out
     }

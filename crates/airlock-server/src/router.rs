@@ -23,15 +23,31 @@ pub const ROUTE_PERMISSIONS: &[(&str, &str, Permission)] = &[
     ("POST", "/api/v1/stacks", Permission::Admin),
     ("GET", "/api/v1/stacks", Permission::Read),
     ("GET", "/api/v1/stacks/{stack}", Permission::Read),
-    ("PATCH", "/api/v1/stacks/{stack}/settings", Permission::Admin),
+    (
+        "PATCH",
+        "/api/v1/stacks/{stack}/settings",
+        Permission::Admin,
+    ),
     ("POST", "/api/v1/stacks/{stack}/protect", Permission::Admin),
     ("POST", "/api/v1/stacks/{stack}/grants", Permission::Approve),
     ("GET", "/api/v1/stacks/{stack}/grants", Permission::Read),
     ("GET", "/api/v1/stacks/{stack}/versions", Permission::Read),
-    ("GET", "/api/v1/stacks/{stack}/versions/{serial}", Permission::Read),
-    ("GET", "/api/v1/stacks/{stack}/versions/{serial}/raw", Permission::Read),
+    (
+        "GET",
+        "/api/v1/stacks/{stack}/versions/{serial}",
+        Permission::Read,
+    ),
+    (
+        "GET",
+        "/api/v1/stacks/{stack}/versions/{serial}/raw",
+        Permission::Read,
+    ),
     ("GET", "/api/v1/stacks/{stack}/diff", Permission::Read),
-    ("POST", "/api/v1/stacks/{stack}/restore", Permission::Restore),
+    (
+        "POST",
+        "/api/v1/stacks/{stack}/restore",
+        Permission::Restore,
+    ),
     ("POST", "/api/v1/verify", Permission::Read),
     ("GET", "/api/v1/audit", Permission::Read),
     ("GET", "/api/v1/audit/verify", Permission::Read),
@@ -39,7 +55,10 @@ pub const ROUTE_PERMISSIONS: &[(&str, &str, Permission)] = &[
 
 /// The permission `method` on `route` needs, if the pair is allowed at all.
 pub fn permission_for(method: &str, route: &str) -> Option<Permission> {
-    ROUTE_PERMISSIONS.iter().find(|(m, r, _)| *m == method && *r == route).map(|(_, _, p)| *p)
+    ROUTE_PERMISSIONS
+        .iter()
+        .find(|(m, r, _)| *m == method && *r == route)
+        .map(|(_, _, p)| *p)
 }
 
 /// Builds the application.
@@ -47,22 +66,43 @@ pub fn build(state: Arc<AppState>) -> Router {
     let authed = Router::new()
         .route("/state/{*stack}", any(state_backend::handle))
         .route("/api/v1/whoami", get(api::whoami))
-        .route("/api/v1/tokens", post(api::tokens::create).get(api::tokens::list))
+        .route(
+            "/api/v1/tokens",
+            post(api::tokens::create).get(api::tokens::list),
+        )
         .route("/api/v1/tokens/{id}", delete(api::tokens::revoke))
-        .route("/api/v1/stacks", post(api::stacks::create).get(api::stacks::list))
+        .route(
+            "/api/v1/stacks",
+            post(api::stacks::create).get(api::stacks::list),
+        )
         .route("/api/v1/stacks/{stack}", get(api::stacks::show))
-        .route("/api/v1/stacks/{stack}/settings", patch(api::stacks::settings))
+        .route(
+            "/api/v1/stacks/{stack}/settings",
+            patch(api::stacks::settings),
+        )
         .route("/api/v1/stacks/{stack}/protect", post(api::stacks::protect))
-        .route("/api/v1/stacks/{stack}/grants", post(api::stacks::create_grant).get(api::stacks::grants))
+        .route(
+            "/api/v1/stacks/{stack}/grants",
+            post(api::stacks::create_grant).get(api::stacks::grants),
+        )
         .route("/api/v1/stacks/{stack}/versions", get(api::state::history))
-        .route("/api/v1/stacks/{stack}/versions/{serial}", get(api::state::show))
-        .route("/api/v1/stacks/{stack}/versions/{serial}/raw", get(api::state::raw))
+        .route(
+            "/api/v1/stacks/{stack}/versions/{serial}",
+            get(api::state::show),
+        )
+        .route(
+            "/api/v1/stacks/{stack}/versions/{serial}/raw",
+            get(api::state::raw),
+        )
         .route("/api/v1/stacks/{stack}/diff", get(api::state::diff))
         .route("/api/v1/stacks/{stack}/restore", post(api::state::restore))
         .route("/api/v1/verify", post(api::state::verify))
         .route("/api/v1/audit", get(api::audit::list))
         .route("/api/v1/audit/verify", get(api::audit::verify))
-        .route_layer(axum::middleware::from_fn_with_state(Arc::clone(&state), auth::authorize));
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            auth::authorize,
+        ));
     Router::new()
         .merge(authed)
         .route("/healthz", get(api::healthz))

@@ -9,7 +9,10 @@ use airlock_core::lockinfo::{LockInfo, MAX_LOCK_INFO_LEN};
 use airlock_core::refusal::{Refusal, RefusalKind};
 use airlock_core::state::StateSummary;
 use airlock_core::Permission;
-use airlock_store::{LockOutcome, NewAudit, NewLock, StackRecord, StackSettings, Store, UnlockBy, UnlockOutcome, WriteAttempt, WriteResult};
+use airlock_store::{
+    LockOutcome, NewAudit, NewLock, StackRecord, StackSettings, Store, UnlockBy, UnlockOutcome,
+    WriteAttempt, WriteResult,
+};
 use axum::body::Body;
 use axum::extract::{Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -31,11 +34,17 @@ pub async fn blocking<T: Send + 'static>(
     f: impl FnOnce(&dyn Store) -> T + Send + 'static,
 ) -> ApiResult<T> {
     let store = Arc::clone(&state.store);
-    tokio::task::spawn_blocking(move || f(store.as_ref())).await.map_err(|e| ApiError::Internal(format!("store task failed: {e}")))
+    tokio::task::spawn_blocking(move || f(store.as_ref()))
+        .await
+        .map_err(|e| ApiError::Internal(format!("store task failed: {e}")))
 }
 
 /// Loads the stack, creating it when the server runs with `--auto-create-stacks`.
-pub async fn existing_stack(state: &Arc<AppState>, principal: &Principal, name: &str) -> ApiResult<StackRecord> {
+pub async fn existing_stack(
+    state: &Arc<AppState>,
+    principal: &Principal,
+    name: &str,
+) -> ApiResult<StackRecord> {
     let n = name.to_owned();
     if let Some(s) = blocking(state, move |st| st.stack(&n)).await?? {
         return Ok(s);
@@ -48,7 +57,17 @@ pub async fn existing_stack(state: &Arc<AppState>, principal: &Principal, name: 
     }
     let (n, actor) = (name.to_owned(), principal.display());
     let created = blocking(state, move |st| {
-        st.create_stack(&n, false, StackSettings::defaults(false), NewAudit::ok(&actor, "stack.create", Some(&n), json!({"auto_created": true})))
+        st.create_stack(
+            &n,
+            false,
+            StackSettings::defaults(false),
+            NewAudit::ok(
+                &actor,
+                "stack.create",
+                Some(&n),
+                json!({"auto_created": true}),
+            ),
+        )
     })
     .await?;
     match created {
@@ -56,15 +75,36 @@ pub async fn existing_stack(state: &Arc<AppState>, principal: &Principal, name: 
         // Another request created it first.
         Err(airlock_store::StoreError::Conflict(_)) => {
             let n = name.to_owned();
-            blocking(state, move |st| st.stack(&n)).await??.ok_or_else(|| ApiError::Internal("stack vanished".into()))
+            blocking(state, move |st| st.stack(&n))
+                .await??
+                .ok_or_else(|| ApiError::Internal("stack vanished".into()))
         }
         Err(e) => Err(e.into()),
     }
 }
 
-async fn deny(state: &Arc<AppState>, principal: &Principal, stack: &str, action: &str, r: Refusal) -> ApiError {
-    let (actor, stack_name, action, msg) = (principal.display(), stack.to_owned(), action.to_owned(), r.message.clone());
-    let _ = blocking(state, move |st| st.append_audit(NewAudit::denied(&actor, &action, Some(&stack_name), json!({ "reason": msg })))).await;
+async fn deny(
+    state: &Arc<AppState>,
+    principal: &Principal,
+    stack: &str,
+    action: &str,
+    r: Refusal,
+) -> ApiError {
+    let (actor, stack_name, action, msg) = (
+        principal.display(),
+        stack.to_owned(),
+        action.to_owned(),
+        r.message.clone(),
+    );
+    let _ = blocking(state, move |st| {
+        st.append_audit(NewAudit::denied(
+            &actor,
+            &action,
+            Some(&stack_name),
+            json!({ "reason": msg }),
+        ))
+    })
+    .await;
     ApiError::Refused(r)
 }
 
@@ -80,10 +120,23 @@ pub async fn handle(
     let headers = req.headers().clone();
     let result = match method.as_str() {
         "GET" => read(&state, &principal, stack.as_str()).await,
-        "POST" | "PUT" => write(&state, &principal, stack.as_str(), query.get("ID").map(String::as_str), &headers, req.into_body()).await,
+        "POST" | "PUT" => {
+            write(
+                &state,
+                &principal,
+                stack.as_str(),
+                query.get("ID").map(String::as_str),
+                &headers,
+                req.into_body(),
+            )
+            .await
+        }
         "LOCK" => lock(&state, &principal, stack.as_str(), req.into_body()).await,
         "UNLOCK" => unlock(&state, &principal, stack.as_str(), req.into_body()).await,
-        _ => Err(ApiError::new(RefusalKind::MethodNotAllowed, format!("{method} is not supported on /state"))),
+        _ => Err(ApiError::new(
+            RefusalKind::MethodNotAllowed,
+            format!("{method} is not supported on /state"),
+        )),
     };
     result.unwrap_or_else(IntoResponse::into_response)
 }
@@ -91,10 +144,19 @@ pub async fn handle(
 async fn read_body(body: Body, limit: usize) -> ApiResult<Vec<u8>> {
     match http_body_util::Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes().to_vec()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-            Err(ApiError::new(RefusalKind::TooLarge, format!("request body is larger than the {limit}-byte limit")))
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(ApiError::new(
+                RefusalKind::TooLarge,
+                format!("request body is larger than the {limit}-byte limit"),
+            ))
         }
-        Err(e) => Err(ApiError::new(RefusalKind::BadRequest, format!("could not read the request body: {e}"))),
+        Err(e) => Err(ApiError::new(
+            RefusalKind::BadRequest,
+            format!("could not read the request body: {e}"),
+        )),
     }
 }
 
@@ -114,16 +176,31 @@ async fn read(state: &Arc<AppState>, principal: &Principal, stack: &str) -> ApiR
         }
     };
     state.metrics.read();
-    Ok(([(header::CONTENT_TYPE, "application/json")], Body::from(Vec::clone(&bytes))).into_response())
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from(Vec::clone(&bytes)),
+    )
+        .into_response())
 }
 
 fn check_md5(headers: &HeaderMap, body: &[u8]) -> ApiResult<()> {
-    let Some(v) = headers.get("content-md5") else { return Ok(()) };
+    let Some(v) = headers.get("content-md5") else {
+        return Ok(());
+    };
     let sent = v
         .to_str()
         .ok()
-        .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s.trim()).ok())
-        .ok_or_else(|| ApiError::new(RefusalKind::BadRequest, "Content-MD5 header is not valid base64"))?;
+        .and_then(|s| {
+            base64::engine::general_purpose::STANDARD
+                .decode(s.trim())
+                .ok()
+        })
+        .ok_or_else(|| {
+            ApiError::new(
+                RefusalKind::BadRequest,
+                "Content-MD5 header is not valid base64",
+            )
+        })?;
     if sent[..] != Md5::digest(body)[..] {
         return Err(ApiError::new(RefusalKind::BadRequest, "Content-MD5 does not match the body: the request was corrupted in transit; nothing was stored"));
     }
@@ -131,14 +208,26 @@ fn check_md5(headers: &HeaderMap, body: &[u8]) -> ApiResult<()> {
 }
 
 /// Parses (or fetches from cache) the summary of the version with this hash.
-fn summary_for(state: &AppState, sha: &str, load: &dyn Fn() -> Result<Vec<u8>, airlock_store::StoreError>) -> Result<Arc<StateSummary>, Refusal> {
+fn summary_for(
+    state: &AppState,
+    sha: &str,
+    load: &dyn Fn() -> Result<Vec<u8>, airlock_store::StoreError>,
+) -> Result<Arc<StateSummary>, Refusal> {
     if let Some(s) = state.cache.summary(sha) {
         return Ok(s);
     }
-    let bytes = load().map_err(|e| Refusal::new(RefusalKind::Conflict, format!("could not read the current version: {e}")))?;
-    let summary = StateSummary::parse(&bytes)
-        .map(Arc::new)
-        .map_err(|e| Refusal::new(RefusalKind::Conflict, format!("the stored current version is unreadable: {e}")))?;
+    let bytes = load().map_err(|e| {
+        Refusal::new(
+            RefusalKind::Conflict,
+            format!("could not read the current version: {e}"),
+        )
+    })?;
+    let summary = StateSummary::parse(&bytes).map(Arc::new).map_err(|e| {
+        Refusal::new(
+            RefusalKind::Conflict,
+            format!("the stored current version is unreadable: {e}"),
+        )
+    })?;
     state.cache.put_summary(sha, Arc::clone(&summary));
     Ok(summary)
 }
@@ -152,7 +241,9 @@ pub async fn firewalled_write(
     kind: WriteKindOwned,
     reason: Option<String>,
 ) -> ApiResult<WriteResult> {
-    let summary = Arc::new(StateSummary::parse(&body).map_err(|e| ApiError::new(RefusalKind::BadRequest, format!("state write refused: {e}")))?);
+    let summary = Arc::new(StateSummary::parse(&body).map_err(|e| {
+        ApiError::new(RefusalKind::BadRequest, format!("state write refused: {e}"))
+    })?);
     let sha = hex::encode(airlock_store::blob::sha256(&body));
     let size = body.len();
     let attempt = WriteAttempt {
@@ -171,18 +262,36 @@ pub async fn firewalled_write(
         },
         body,
     };
-    let (st, p, s, sum, sha2) = (Arc::clone(state), principal.clone(), stack.to_owned(), Arc::clone(&summary), sha.clone());
+    let (st, p, s, sum, sha2) = (
+        Arc::clone(state),
+        principal.clone(),
+        stack.to_owned(),
+        Arc::clone(&summary),
+        sha.clone(),
+    );
     let result = blocking(state, move |store| {
         let k = match &kind {
-            WriteKindOwned::Backend { lock_id } => WriteKind::Backend { lock_id: lock_id.as_deref() },
-            WriteKindOwned::Restore { from_serial } => WriteKind::Restore { from_serial: *from_serial },
+            WriteKindOwned::Backend { lock_id } => WriteKind::Backend {
+                lock_id: lock_id.as_deref(),
+            },
+            WriteKindOwned::Restore { from_serial } => WriteKind::Restore {
+                from_serial: *from_serial,
+            },
         };
-        let candidate = Candidate { principal: &p, kind: k, summary: &sum, sha256: &sha2, size };
+        let candidate = Candidate {
+            principal: &p,
+            kind: k,
+            summary: &sum,
+            sha256: &sha2,
+            size,
+        };
         let current = |ctx: &airlock_store::WriteContext<'_>| match ctx.current {
             Some(v) => summary_for(&st, &v.sha256, ctx.load_current),
             None => Err(Refusal::new(RefusalKind::Conflict, "no current version")),
         };
-        store.write_state(&s, attempt, &mut |ctx| firewall::check_write(ctx, &candidate, &current))
+        store.write_state(&s, attempt, &mut |ctx| {
+            firewall::check_write(ctx, &candidate, &current)
+        })
     })
     .await??;
     match &result {
@@ -213,25 +322,49 @@ pub enum WriteKindOwned {
     },
 }
 
-async fn write(state: &Arc<AppState>, principal: &Principal, stack: &str, lock_id: Option<&str>, headers: &HeaderMap, body: Body) -> ApiResult<Response> {
+async fn write(
+    state: &Arc<AppState>,
+    principal: &Principal,
+    stack: &str,
+    lock_id: Option<&str>,
+    headers: &HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
     existing_stack(state, principal, stack).await?;
     let body = read_body(body, state.config.max_state_bytes).await?;
     check_md5(headers, &body)?;
-    let kind = WriteKindOwned::Backend { lock_id: lock_id.map(str::to_owned) };
+    let kind = WriteKindOwned::Backend {
+        lock_id: lock_id.map(str::to_owned),
+    };
     match firewalled_write(state, principal, stack, body, kind, None).await? {
-        WriteResult::Stored(v) => Ok((StatusCode::OK, axum::Json(json!({"serial": v.serial, "sha256": v.sha256}))).into_response()),
+        WriteResult::Stored(v) => Ok((
+            StatusCode::OK,
+            axum::Json(json!({"serial": v.serial, "sha256": v.sha256})),
+        )
+            .into_response()),
         _ => Ok(StatusCode::OK.into_response()),
     }
 }
 
 fn locked_response(info: Vec<u8>) -> Response {
-    (StatusCode::LOCKED, [(header::CONTENT_TYPE, "application/json")], Body::from(info)).into_response()
+    (
+        StatusCode::LOCKED,
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from(info),
+    )
+        .into_response()
 }
 
-async fn lock(state: &Arc<AppState>, principal: &Principal, stack: &str, body: Body) -> ApiResult<Response> {
+async fn lock(
+    state: &Arc<AppState>,
+    principal: &Principal,
+    stack: &str,
+    body: Body,
+) -> ApiResult<Response> {
     let record = existing_stack(state, principal, stack).await?;
     let body = read_body(body, MAX_LOCK_INFO_LEN).await?;
-    let info = LockInfo::parse(&body).map_err(|e| ApiError::new(RefusalKind::BadRequest, format!("lock refused: {e}")))?;
+    let info = LockInfo::parse(&body)
+        .map_err(|e| ApiError::new(RefusalKind::BadRequest, format!("lock refused: {e}")))?;
     if !info.is_plan_only() && !firewall::may_write_directly(principal, &record.settings) {
         let r = Refusal::new(
             RefusalKind::Forbidden,
@@ -242,9 +375,26 @@ async fn lock(state: &Arc<AppState>, principal: &Principal, stack: &str, body: B
         );
         return Err(deny(state, principal, stack, "lock", r).await);
     }
-    let new = NewLock { id: info.id.clone(), info: body, operation: info.operation.clone(), owner_token: principal.token_id.clone(), owner: if info.who.is_empty() { principal.display() } else { format!("{} via {}", info.who, principal.display()) } };
-    let (s, actor, detail) = (stack.to_owned(), principal.display(), json!({"lock_id": info.id, "operation": info.operation, "who": info.who}));
-    let outcome = blocking(state, move |st| st.lock(&s, new, NewAudit::ok(&actor, "lock", Some(&s), detail))).await??;
+    let new = NewLock {
+        id: info.id.clone(),
+        info: body,
+        operation: info.operation.clone(),
+        owner_token: principal.token_id.clone(),
+        owner: if info.who.is_empty() {
+            principal.display()
+        } else {
+            format!("{} via {}", info.who, principal.display())
+        },
+    };
+    let (s, actor, detail) = (
+        stack.to_owned(),
+        principal.display(),
+        json!({"lock_id": info.id, "operation": info.operation, "who": info.who}),
+    );
+    let outcome = blocking(state, move |st| {
+        st.lock(&s, new, NewAudit::ok(&actor, "lock", Some(&s), detail))
+    })
+    .await??;
     match outcome {
         LockOutcome::Acquired => {
             state.metrics.lock();
@@ -257,7 +407,12 @@ async fn lock(state: &Arc<AppState>, principal: &Principal, stack: &str, body: B
     }
 }
 
-async fn unlock(state: &Arc<AppState>, principal: &Principal, stack: &str, body: Body) -> ApiResult<Response> {
+async fn unlock(
+    state: &Arc<AppState>,
+    principal: &Principal,
+    stack: &str,
+    body: Body,
+) -> ApiResult<Response> {
     existing_stack(state, principal, stack).await?;
     let body = read_body(body, MAX_LOCK_INFO_LEN).await?;
     let may_force = principal.role.has(Permission::ForceUnlock);
@@ -272,7 +427,8 @@ async fn unlock(state: &Arc<AppState>, principal: &Principal, stack: &str, body:
         }
         UnlockBy::Force
     } else {
-        let info = LockInfo::parse(&body).map_err(|e| ApiError::new(RefusalKind::BadRequest, format!("unlock refused: {e}")))?;
+        let info = LockInfo::parse(&body)
+            .map_err(|e| ApiError::new(RefusalKind::BadRequest, format!("unlock refused: {e}")))?;
         let s = stack.to_owned();
         if let Some(held) = blocking(state, move |st| st.current_lock(&s)).await?? {
             if held.id == info.id && held.owner_token != principal.token_id && !may_force {
@@ -282,9 +438,16 @@ async fn unlock(state: &Arc<AppState>, principal: &Principal, stack: &str, body:
         }
         UnlockBy::Id(info.id)
     };
-    let action = if by == UnlockBy::Force { "lock.force_unlock" } else { "unlock" };
+    let action = if by == UnlockBy::Force {
+        "lock.force_unlock"
+    } else {
+        "unlock"
+    };
     let (s, actor) = (stack.to_owned(), principal.display());
-    let outcome = blocking(state, move |st| st.unlock(&s, by, NewAudit::ok(&actor, action, Some(&s), json!({})))).await??;
+    let outcome = blocking(state, move |st| {
+        st.unlock(&s, by, NewAudit::ok(&actor, action, Some(&s), json!({})))
+    })
+    .await??;
     match outcome {
         UnlockOutcome::Released(_) | UnlockOutcome::NotLocked => Ok(StatusCode::OK.into_response()),
         UnlockOutcome::Mismatch(holder) => Ok(locked_response(holder.info)),

@@ -32,7 +32,11 @@ pub fn random_id(prefix: &str) -> String {
 /// Generates a new token.
 pub fn generate() -> Generated {
     let secret = format!("{SECRET_PREFIX}{}", hex::encode(random_bytes::<32>()));
-    Generated { id: random_id("tok_"), hash: hash_secret(&secret), secret }
+    Generated {
+        id: random_id("tok_"),
+        hash: hash_secret(&secret),
+        secret,
+    }
 }
 
 /// The stored hash of a secret.

@@ -15,8 +15,256 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the airlock server (state backend and API).
+    Server(ServerArgs),
+    /// Create, list and revoke API tokens (admin).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Create, inspect and protect stacks.
+    #[command(subcommand)]
+    Stack(StackCommand),
+    /// Print the `backend "http"` block that points Terraform at a stack.
+    BackendConfig(BackendConfigArgs),
+    /// Read, compare, restore and verify state history.
+    #[command(subcommand)]
+    State(StateCommand),
+    /// List audit events, or verify the audit hash chain.
+    Audit(AuditArgs),
+    /// Show who the configured token belongs to.
+    Whoami(ClientArgs),
     /// Check a plan for destructive or dangerous changes and apply policy.
     Check(CheckArgs),
+}
+
+/// Output format of client commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
+}
+
+/// How client commands reach the server.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// Server URL.
+    #[arg(long, env = "AIRLOCK_URL", default_value = "http://127.0.0.1:8750")]
+    pub url: String,
+    /// API token.
+    #[arg(long, env = "AIRLOCK_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub format: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Address to listen on (`127.0.0.1:0` picks a free port).
+    #[arg(long, env = "AIRLOCK_LISTEN", default_value = "127.0.0.1:8750")]
+    pub listen: String,
+    /// Directory of the embedded SQLite database.
+    #[arg(
+        long,
+        env = "AIRLOCK_DATA_DIR",
+        default_value = ".airlock",
+        conflicts_with = "database_url"
+    )]
+    pub data_dir: PathBuf,
+    /// PostgreSQL URL (postgres://...) instead of the embedded SQLite database.
+    #[arg(long, env = "AIRLOCK_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// TLS certificate chain (PEM).
+    #[arg(long, env = "AIRLOCK_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "AIRLOCK_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Create unknown stacks on first use (sandboxes only: a typo then looks like an empty stack).
+    #[arg(long, env = "AIRLOCK_AUTO_CREATE_STACKS")]
+    pub auto_create_stacks: bool,
+    /// Largest accepted state body, in MiB.
+    #[arg(long, env = "AIRLOCK_MAX_STATE_MIB", default_value_t = 256)]
+    pub max_state_mib: usize,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token; the secret is shown once.
+    Create {
+        /// Who or what the token is for.
+        #[arg(long)]
+        name: String,
+        /// admin, approver, ci, agent or reader.
+        #[arg(long)]
+        role: String,
+        /// Limit the token to stacks matching this glob (repeatable), e.g. 'prod/*'.
+        #[arg(long = "stack")]
+        stacks: Vec<String>,
+        /// Lifetime, e.g. 12h, 30d.
+        #[arg(long)]
+        ttl: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List tokens (never their secrets).
+    List(ClientArgs),
+    /// Revoke a token by id.
+    Revoke {
+        /// Token id (tok_...).
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StackCommand {
+    /// Create a stack.
+    Create {
+        /// Stack name, e.g. prod/network.
+        stack: String,
+        /// Mark the stack as production (direct writes admins only, 2 approvals).
+        #[arg(long)]
+        production: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List stacks.
+    List(ClientArgs),
+    /// Show a stack: settings, lock, current version, protected instances.
+    Show {
+        /// Stack name.
+        stack: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Protect resource types or address globs in a stack (on top of the built-in catalogue).
+    Protect {
+        /// Stack name.
+        stack: String,
+        /// Resource type to protect (repeatable).
+        #[arg(long = "type")]
+        types: Vec<String>,
+        /// Address glob to protect (repeatable), e.g. 'module.network.*'.
+        #[arg(long = "address")]
+        addresses: Vec<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Change a stack's settings.
+    Settings {
+        /// Stack name.
+        stack: String,
+        /// Roles that may write state outside a run, comma-separated (admin, approver, ci).
+        #[arg(long, value_delimiter = ',')]
+        direct_writes: Option<Vec<String>>,
+        /// Approvals a run needs.
+        #[arg(long)]
+        required_approvals: Option<u32>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Allow one state write to remove specific protected instances (single use, audited).
+    AllowRemoval {
+        /// Stack name.
+        stack: String,
+        /// Instance address (repeatable).
+        #[arg(long = "address", required = true)]
+        addresses: Vec<String>,
+        /// How long the grant stays usable, e.g. 1h.
+        #[arg(long)]
+        ttl: String,
+        /// Why the removal is intended.
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct BackendConfigArgs {
+    /// Stack name.
+    pub stack: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StateCommand {
+    /// List a stack's versions.
+    History {
+        /// Stack name.
+        stack: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show a version: instances, outputs, serial, lineage, author, run, time.
+    Show {
+        /// Stack name.
+        stack: String,
+        /// Serial (default: current).
+        #[arg(long)]
+        version: Option<u64>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print a version's exact bytes.
+    Pull {
+        /// Stack name.
+        stack: String,
+        /// Serial (default: current).
+        #[arg(long)]
+        version: Option<u64>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Instances added, removed and changed between two versions.
+    Diff {
+        /// Stack name.
+        stack: String,
+        /// Older serial.
+        from: u64,
+        /// Newer serial.
+        to: u64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Write an old version again as a new version (audited).
+    Restore {
+        /// Stack name.
+        stack: String,
+        /// Serial to restore.
+        #[arg(long)]
+        version: u64,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Re-hash every stored version (of one stack, or all).
+    Verify {
+        /// Stack name (default: all).
+        stack: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Verify the hash chain instead of listing events.
+    #[arg(long)]
+    pub verify: bool,
+    /// Show events after this sequence number.
+    #[arg(long, default_value_t = 0)]
+    pub after: i64,
+    /// How many events to show.
+    #[arg(long, default_value_t = 100)]
+    pub limit: u32,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 /// Output format of `airlock check`.

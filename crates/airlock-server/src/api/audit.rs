@@ -20,7 +20,10 @@ pub struct Page {
 }
 
 /// `GET /api/v1/audit?after=SEQ&limit=N`.
-pub async fn list(State(state): State<Arc<AppState>>, Query(q): Query<Page>) -> ApiResult<Json<Value>> {
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    Query(q): Query<Page>,
+) -> ApiResult<Json<Value>> {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let events = store_call(&state, move |st| st.audit_events(q.after, limit)).await?;
     Ok(Json(json!({ "events": events })))

@@ -21,20 +21,34 @@ use crate::AppState;
 
 /// `GET /api/v1/whoami`.
 pub async fn whoami(Extension(p): Extension<Principal>) -> Json<Value> {
-    Json(json!({ "id": p.token_id, "name": p.name, "role": p.role, "kind": p.role.kind(), "stacks": p.stacks, "run_id": p.run_id }))
+    Json(
+        json!({ "id": p.token_id, "name": p.name, "role": p.role, "kind": p.role.kind(), "stacks": p.stacks, "run_id": p.run_id }),
+    )
 }
 
 /// `GET /healthz`: the store answers.
 pub async fn healthz(State(state): State<Arc<AppState>>) -> Response {
     match blocking(&state, |st| st.token_count()).await {
-        Ok(Ok(_)) => (StatusCode::OK, Json(json!({"status": "ok", "engine": state.store.engine()}))).into_response(),
-        _ => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "unavailable"}))).into_response(),
+        Ok(Ok(_)) => (
+            StatusCode::OK,
+            Json(json!({"status": "ok", "engine": state.store.engine()})),
+        )
+            .into_response(),
+        _ => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unavailable"})),
+        )
+            .into_response(),
     }
 }
 
 /// `GET /metrics` in the Prometheus text format.
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
 }
 
 /// Anything else.
@@ -44,7 +58,12 @@ pub async fn not_found() -> ApiError {
 
 /// Parses a JSON request body into `T` with a clear error (axum's `Json` rejection is terse).
 pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
-    serde_json::from_slice(body).map_err(|e| ApiError::new(RefusalKind::BadRequest, format!("invalid request body: {e}")))
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            RefusalKind::BadRequest,
+            format!("invalid request body: {e}"),
+        )
+    })
 }
 
 /// Runs a store call and converts both error layers.

@@ -30,27 +30,58 @@ struct CreateStack {
 }
 
 /// `POST /api/v1/stacks`.
-pub async fn create(State(state): State<Arc<AppState>>, Extension(p): Extension<Principal>, body: Bytes) -> ApiResult<(StatusCode, Json<Value>)> {
+pub async fn create(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
     let req: CreateStack = parse_body(&body)?;
-    let name = StackName::parse(&req.name).map_err(|e| ApiError::new(RefusalKind::BadRequest, e.to_string()))?;
+    let name = StackName::parse(&req.name)
+        .map_err(|e| ApiError::new(RefusalKind::BadRequest, e.to_string()))?;
     if !p.may_access(name.as_str()) {
-        return Err(ApiError::new(RefusalKind::Forbidden, format!("token {} is not scoped to stack {name}", p.name)));
+        return Err(ApiError::new(
+            RefusalKind::Forbidden,
+            format!("token {} is not scoped to stack {name}", p.name),
+        ));
     }
-    let audit = NewAudit::ok(&p.display(), "stack.create", Some(name.as_str()), json!({"production": req.production}));
+    let audit = NewAudit::ok(
+        &p.display(),
+        "stack.create",
+        Some(name.as_str()),
+        json!({"production": req.production}),
+    );
     let n = name.to_string();
-    let record = store_call(&state, move |st| st.create_stack(&n, req.production, StackSettings::defaults(req.production), audit)).await?;
+    let record = store_call(&state, move |st| {
+        st.create_stack(
+            &n,
+            req.production,
+            StackSettings::defaults(req.production),
+            audit,
+        )
+    })
+    .await?;
     Ok((StatusCode::CREATED, Json(json!({ "stack": record }))))
 }
 
 /// `GET /api/v1/stacks`: the stacks the token's scope covers.
-pub async fn list(State(state): State<Arc<AppState>>, Extension(p): Extension<Principal>) -> ApiResult<Json<Value>> {
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+) -> ApiResult<Json<Value>> {
     let stacks = store_call(&state, |st| st.list_stacks()).await?;
-    let visible: Vec<_> = stacks.into_iter().filter(|s| p.may_access(&s.name)).collect();
+    let visible: Vec<_> = stacks
+        .into_iter()
+        .filter(|s| p.may_access(&s.name))
+        .collect();
     Ok(Json(json!({ "stacks": visible })))
 }
 
 /// `GET /api/v1/stacks/{stack}`: settings, lock, current version and protected instances.
-pub async fn show(State(state): State<Arc<AppState>>, Extension(p): Extension<Principal>, Extension(RequestStack(stack)): Extension<RequestStack>) -> ApiResult<Json<Value>> {
+pub async fn show(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Extension(RequestStack(stack)): Extension<RequestStack>,
+) -> ApiResult<Json<Value>> {
     let record = existing_stack(&state, &p, stack.as_str()).await?;
     let s = stack.to_string();
     let (lock, current, bytes) = store_call(&state, move |st| {
@@ -66,14 +97,20 @@ pub async fn show(State(state): State<Arc<AppState>>, Extension(p): Extension<Pr
     let mut instances = 0usize;
     let mut protected = Vec::new();
     if let Some(summary) = bytes.as_deref().and_then(|b| StateSummary::parse(b).ok()) {
-        for i in summary.instances.iter().filter(|i| i.mode == airlock_core::state::Mode::Managed && i.deposed.is_none()) {
+        for i in summary
+            .instances
+            .iter()
+            .filter(|i| i.mode == airlock_core::state::Mode::Managed && i.deposed.is_none())
+        {
             instances += 1;
             if let Some(reason) = protection_reason(i, &record.settings) {
                 protected.push(json!({"address": i.address, "reason": reason}));
             }
         }
     }
-    Ok(Json(json!({ "stack": record, "lock": lock, "current": current, "instances": instances, "protected": protected })))
+    Ok(Json(
+        json!({ "stack": record, "lock": lock, "current": current, "instances": instances, "protected": protected }),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -95,7 +132,9 @@ pub async fn settings(
     if let Some(roles) = &req.direct_writes {
         let mut parsed = Vec::new();
         for r in roles {
-            let role: Role = r.parse().map_err(|e: String| ApiError::new(RefusalKind::BadRequest, e))?;
+            let role: Role = r
+                .parse()
+                .map_err(|e: String| ApiError::new(RefusalKind::BadRequest, e))?;
             if !role.may_be_granted_direct_writes() {
                 return Err(ApiError::new(RefusalKind::BadRequest, format!("{role} tokens can never write state: not by configuration, not by an admin")));
             }
@@ -107,17 +146,34 @@ pub async fn settings(
     }
     if let Some(n) = req.required_approvals {
         if !(1..=10).contains(&n) {
-            return Err(ApiError::new(RefusalKind::BadRequest, "required_approvals must be between 1 and 10"));
+            return Err(ApiError::new(
+                RefusalKind::BadRequest,
+                "required_approvals must be between 1 and 10",
+            ));
         }
         settings.required_approvals = n;
     }
     save_settings(&state, &p, stack.as_str(), settings, "stack.settings").await
 }
 
-async fn save_settings(state: &Arc<AppState>, p: &Principal, stack: &str, settings: StackSettings, action: &str) -> ApiResult<Json<Value>> {
-    let audit = NewAudit::ok(&p.display(), action, Some(stack), json!({"settings": settings}));
+async fn save_settings(
+    state: &Arc<AppState>,
+    p: &Principal,
+    stack: &str,
+    settings: StackSettings,
+    action: &str,
+) -> ApiResult<Json<Value>> {
+    let audit = NewAudit::ok(
+        &p.display(),
+        action,
+        Some(stack),
+        json!({"settings": settings}),
+    );
     let s = stack.to_owned();
-    let record = store_call(state, move |st| st.update_stack_settings(&s, settings, audit)).await?;
+    let record = store_call(state, move |st| {
+        st.update_stack_settings(&s, settings, audit)
+    })
+    .await?;
     Ok(Json(json!({ "stack": record })))
 }
 
@@ -143,10 +199,21 @@ pub async fn protect(
 ) -> ApiResult<Json<Value>> {
     let req: Protect = parse_body(&body)?;
     if req.types.is_empty() && req.addresses.is_empty() {
-        return Err(ApiError::new(RefusalKind::BadRequest, "give at least one type or address to protect"));
+        return Err(ApiError::new(
+            RefusalKind::BadRequest,
+            "give at least one type or address to protect",
+        ));
     }
-    if let Some(bad) = req.types.iter().chain(&req.addresses).find(|s| !valid_rule(s)) {
-        return Err(ApiError::new(RefusalKind::BadRequest, format!("invalid protection rule {bad:?}")));
+    if let Some(bad) = req
+        .types
+        .iter()
+        .chain(&req.addresses)
+        .find(|s| !valid_rule(s))
+    {
+        return Err(ApiError::new(
+            RefusalKind::BadRequest,
+            format!("invalid protection rule {bad:?}"),
+        ));
     }
     let mut settings = existing_stack(&state, &p, stack.as_str()).await?.settings;
     for t in req.types {
@@ -178,23 +245,48 @@ pub async fn create_grant(
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let req: CreateGrant = parse_body(&body)?;
-    if req.addresses.is_empty() || req.addresses.len() > 1000 || req.addresses.iter().any(|a| !valid_rule(a)) {
-        return Err(ApiError::new(RefusalKind::BadRequest, "give 1-1000 resource instance addresses"));
+    if req.addresses.is_empty()
+        || req.addresses.len() > 1000
+        || req.addresses.iter().any(|a| !valid_rule(a))
+    {
+        return Err(ApiError::new(
+            RefusalKind::BadRequest,
+            "give 1-1000 resource instance addresses",
+        ));
     }
     if req.reason.trim().is_empty() || req.reason.len() > 2000 {
-        return Err(ApiError::new(RefusalKind::BadRequest, "a reason (1-2000 characters) is required"));
+        return Err(ApiError::new(
+            RefusalKind::BadRequest,
+            "a reason (1-2000 characters) is required",
+        ));
     }
     let ttl = parse_duration_ms(&req.ttl).map_err(|e| ApiError::new(RefusalKind::BadRequest, e))?;
     existing_stack(&state, &p, stack.as_str()).await?;
-    let grant = NewGrant { id: tokens::random_id("grant_"), addresses: req.addresses.clone(), reason: req.reason.clone(), created_by: p.display(), expires_at: now_ms() + ttl, run_id: None };
-    let audit = NewAudit::ok(&p.display(), "grant.create", Some(stack.as_str()), json!({"grant": grant.id, "addresses": req.addresses, "reason": req.reason, "expires_at": grant.expires_at}));
+    let grant = NewGrant {
+        id: tokens::random_id("grant_"),
+        addresses: req.addresses.clone(),
+        reason: req.reason.clone(),
+        created_by: p.display(),
+        expires_at: now_ms() + ttl,
+        run_id: None,
+    };
+    let audit = NewAudit::ok(
+        &p.display(),
+        "grant.create",
+        Some(stack.as_str()),
+        json!({"grant": grant.id, "addresses": req.addresses, "reason": req.reason, "expires_at": grant.expires_at}),
+    );
     let s = stack.to_string();
     let record = store_call(&state, move |st| st.create_grant(&s, grant, audit)).await?;
     Ok((StatusCode::CREATED, Json(json!({ "grant": record }))))
 }
 
 /// `GET /api/v1/stacks/{stack}/grants`.
-pub async fn grants(State(state): State<Arc<AppState>>, Extension(p): Extension<Principal>, Extension(RequestStack(stack)): Extension<RequestStack>) -> ApiResult<Json<Value>> {
+pub async fn grants(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Extension(RequestStack(stack)): Extension<RequestStack>,
+) -> ApiResult<Json<Value>> {
     existing_stack(&state, &p, stack.as_str()).await?;
     let s = stack.to_string();
     let grants = store_call(&state, move |st| st.grants(&s)).await?;

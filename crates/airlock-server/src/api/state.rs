@@ -20,7 +20,11 @@ use crate::state_backend::{existing_stack, firewalled_write, WriteKindOwned};
 use crate::AppState;
 
 /// `GET /api/v1/stacks/{stack}/versions`.
-pub async fn history(State(state): State<Arc<AppState>>, Extension(p): Extension<Principal>, Extension(RequestStack(stack)): Extension<RequestStack>) -> ApiResult<Json<Value>> {
+pub async fn history(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Extension(RequestStack(stack)): Extension<RequestStack>,
+) -> ApiResult<Json<Value>> {
     existing_stack(&state, &p, stack.as_str()).await?;
     let s = stack.to_string();
     let versions = store_call(&state, move |st| st.versions(&s)).await?;
@@ -32,10 +36,20 @@ fn parse_serial(v: &str) -> ApiResult<Option<u64>> {
     if v == "current" {
         return Ok(None);
     }
-    v.parse::<u64>().map(Some).map_err(|_| ApiError::new(RefusalKind::BadRequest, format!("version {v:?} is not a serial number or `current`")))
+    v.parse::<u64>().map(Some).map_err(|_| {
+        ApiError::new(
+            RefusalKind::BadRequest,
+            format!("version {v:?} is not a serial number or `current`"),
+        )
+    })
 }
 
-async fn load(state: &Arc<AppState>, p: &Principal, stack: &str, version: &str) -> ApiResult<(airlock_store::VersionMeta, Vec<u8>)> {
+async fn load(
+    state: &Arc<AppState>,
+    p: &Principal,
+    stack: &str,
+    version: &str,
+) -> ApiResult<(airlock_store::VersionMeta, Vec<u8>)> {
     existing_stack(state, p, stack).await?;
     let serial = parse_serial(version)?;
     let s = stack.to_owned();
@@ -44,7 +58,12 @@ async fn load(state: &Arc<AppState>, p: &Principal, stack: &str, version: &str) 
             Some(n) => st.version(&s, n)?,
             None => st.current_version(&s)?,
         }
-        .ok_or_else(|| airlock_store::StoreError::NotFound(format!("stack {s} has no version {}", serial.map_or("yet".into(), |n| n.to_string()))))?;
+        .ok_or_else(|| {
+            airlock_store::StoreError::NotFound(format!(
+                "stack {s} has no version {}",
+                serial.map_or("yet".into(), |n| n.to_string())
+            ))
+        })?;
         let bytes = st.version_bytes(&s, meta.serial)?;
         Ok((meta, bytes))
     })
@@ -52,7 +71,8 @@ async fn load(state: &Arc<AppState>, p: &Principal, stack: &str, version: &str) 
 }
 
 fn summarize(bytes: &[u8]) -> ApiResult<StateSummary> {
-    StateSummary::parse(bytes).map_err(|e| ApiError::Internal(format!("stored version unreadable: {e}")))
+    StateSummary::parse(bytes)
+        .map_err(|e| ApiError::Internal(format!("stored version unreadable: {e}")))
 }
 
 /// `GET /api/v1/stacks/{stack}/versions/{serial}`: metadata, instances and outputs (names only).
@@ -79,8 +99,14 @@ pub async fn show(
             })
         })
         .collect();
-    let outputs: Vec<Value> = summary.outputs.iter().map(|o| json!({"name": o.name, "sensitive": o.sensitive})).collect();
-    Ok(Json(json!({ "version": meta, "terraform_version": summary.terraform_version, "instances": instances, "outputs": outputs })))
+    let outputs: Vec<Value> = summary
+        .outputs
+        .iter()
+        .map(|o| json!({"name": o.name, "sensitive": o.sensitive}))
+        .collect();
+    Ok(Json(
+        json!({ "version": meta, "terraform_version": summary.terraform_version, "instances": instances, "outputs": outputs }),
+    ))
 }
 
 /// `GET /api/v1/stacks/{stack}/versions/{serial}/raw`: the byte-exact original.
@@ -91,7 +117,14 @@ pub async fn raw(
     Path((_, version)): Path<(String, String)>,
 ) -> ApiResult<Response> {
     let (meta, bytes) = load(&state, &p, stack.as_str(), &version).await?;
-    Ok(([(header::CONTENT_TYPE, "application/json".to_owned()), (header::ETAG, format!("\"{}\"", meta.sha256))], Body::from(bytes)).into_response())
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/json".to_owned()),
+            (header::ETAG, format!("\"{}\"", meta.sha256)),
+        ],
+        Body::from(bytes),
+    )
+        .into_response())
 }
 
 #[derive(Deserialize)]
@@ -122,8 +155,11 @@ struct RestoreRequest {
 
 /// Rewrites a stored state's serial, keeping everything else.
 fn with_serial(bytes: &[u8], serial: u64) -> ApiResult<Vec<u8>> {
-    let mut v: Value = serde_json::from_slice(bytes).map_err(|e| ApiError::Internal(format!("stored version unreadable: {e}")))?;
-    let obj = v.as_object_mut().ok_or_else(|| ApiError::Internal("stored version is not an object".into()))?;
+    let mut v: Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::Internal(format!("stored version unreadable: {e}")))?;
+    let obj = v
+        .as_object_mut()
+        .ok_or_else(|| ApiError::Internal("stored version is not an object".into()))?;
     obj.insert("serial".into(), json!(serial));
     let mut out = serde_json::to_vec_pretty(&v).map_err(|e| ApiError::Internal(e.to_string()))?;
     out.push(b'\n');
@@ -139,19 +175,40 @@ pub async fn restore(
 ) -> ApiResult<Json<Value>> {
     let req: RestoreRequest = parse_body(&body)?;
     if req.reason.trim().is_empty() || req.reason.len() > 2000 {
-        return Err(ApiError::new(RefusalKind::BadRequest, "a reason (1-2000 characters) is required for a restore"));
+        return Err(ApiError::new(
+            RefusalKind::BadRequest,
+            "a reason (1-2000 characters) is required for a restore",
+        ));
     }
     let (old, bytes) = load(&state, &p, stack.as_str(), &req.serial.to_string()).await?;
     let s = stack.to_string();
-    let current = store_call(&state, move |st| st.current_version(&s)).await?.ok_or_else(|| ApiError::new(RefusalKind::Conflict, "stack has no versions"))?;
+    let current = store_call(&state, move |st| st.current_version(&s))
+        .await?
+        .ok_or_else(|| ApiError::new(RefusalKind::Conflict, "stack has no versions"))?;
     if current.sha256 == old.sha256 {
-        return Err(ApiError::new(RefusalKind::Conflict, format!("version {} is already the current version", old.serial)));
+        return Err(ApiError::new(
+            RefusalKind::Conflict,
+            format!("version {} is already the current version", old.serial),
+        ));
     }
     let new_bytes = with_serial(&bytes, current.serial + 1)?;
-    let result = firewalled_write(&state, &p, stack.as_str(), new_bytes, WriteKindOwned::Restore { from_serial: old.serial }, Some(req.reason)).await?;
+    let result = firewalled_write(
+        &state,
+        &p,
+        stack.as_str(),
+        new_bytes,
+        WriteKindOwned::Restore {
+            from_serial: old.serial,
+        },
+        Some(req.reason),
+    )
+    .await?;
     match result {
         airlock_store::WriteResult::Stored(v) => Ok(Json(json!({ "version": v }))),
-        _ => Err(ApiError::new(RefusalKind::Conflict, "nothing was restored: the state changed meanwhile; retry")),
+        _ => Err(ApiError::new(
+            RefusalKind::Conflict,
+            "nothing was restored: the state changed meanwhile; retry",
+        )),
     }
 }
 
@@ -162,12 +219,24 @@ struct VerifyRequest {
 }
 
 /// `POST /api/v1/verify`: re-hashes stored versions.
-pub async fn verify(State(state): State<Arc<AppState>>, Extension(p): Extension<Principal>, body: Bytes) -> ApiResult<Json<Value>> {
-    let req: VerifyRequest = if body.is_empty() { VerifyRequest::default() } else { parse_body(&body)? };
+pub async fn verify(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let req: VerifyRequest = if body.is_empty() {
+        VerifyRequest::default()
+    } else {
+        parse_body(&body)?
+    };
     if let Some(s) = &req.stack {
-        airlock_core::StackName::parse(s).map_err(|e| ApiError::new(RefusalKind::BadRequest, e.to_string()))?;
+        airlock_core::StackName::parse(s)
+            .map_err(|e| ApiError::new(RefusalKind::BadRequest, e.to_string()))?;
         if !p.may_access(s) {
-            return Err(ApiError::new(RefusalKind::Forbidden, format!("token {} is not scoped to stack {s}", p.name)));
+            return Err(ApiError::new(
+                RefusalKind::Forbidden,
+                format!("token {} is not scoped to stack {s}", p.name),
+            ));
         }
         existing_stack(&state, &p, s).await?;
     }

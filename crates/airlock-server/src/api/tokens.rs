@@ -30,19 +30,35 @@ struct CreateToken {
 
 /// Validates a stack glob: stack-name characters plus `*` and `?`.
 pub fn valid_glob(g: &str) -> bool {
-    !g.is_empty() && g.len() <= 200 && g.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-/*?".contains(&b))
+    !g.is_empty()
+        && g.len() <= 200
+        && g.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-/*?".contains(&b))
 }
 
 /// `POST /api/v1/tokens`.
-pub async fn create(State(state): State<Arc<AppState>>, Extension(p): Extension<Principal>, body: Bytes) -> ApiResult<(StatusCode, Json<Value>)> {
+pub async fn create(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
     let req: CreateToken = parse_body(&body)?;
     let name = req.name.trim().to_owned();
     if name.is_empty() || name.len() > 100 || name.chars().any(char::is_control) {
-        return Err(ApiError::new(RefusalKind::BadRequest, "token name must be 1-100 printable characters"));
+        return Err(ApiError::new(
+            RefusalKind::BadRequest,
+            "token name must be 1-100 printable characters",
+        ));
     }
-    let role: Role = req.role.parse().map_err(|e: String| ApiError::new(RefusalKind::BadRequest, e))?;
+    let role: Role = req
+        .role
+        .parse()
+        .map_err(|e: String| ApiError::new(RefusalKind::BadRequest, e))?;
     if let Some(bad) = req.stacks.iter().find(|g| !valid_glob(g)) {
-        return Err(ApiError::new(RefusalKind::BadRequest, format!("invalid stack glob {bad:?}: use stack-name characters and *, e.g. prod/*")));
+        return Err(ApiError::new(
+            RefusalKind::BadRequest,
+            format!("invalid stack glob {bad:?}: use stack-name characters and *, e.g. prod/*"),
+        ));
     }
     let expires_at = req
         .ttl
@@ -52,10 +68,27 @@ pub async fn create(State(state): State<Arc<AppState>>, Extension(p): Extension<
         .map_err(|e| ApiError::new(RefusalKind::BadRequest, e))?
         .map(|d| now_ms() + d);
     let generated = tokens::generate();
-    let new = NewToken { id: generated.id.clone(), secret_hash: generated.hash, name: name.clone(), role, stacks: req.stacks.clone(), expires_at, created_by: p.display(), run_id: None };
-    let audit = NewAudit::ok(&p.display(), "token.create", None, json!({"token": generated.id, "name": name, "role": role, "stacks": req.stacks, "expires_at": expires_at}));
+    let new = NewToken {
+        id: generated.id.clone(),
+        secret_hash: generated.hash,
+        name: name.clone(),
+        role,
+        stacks: req.stacks.clone(),
+        expires_at,
+        created_by: p.display(),
+        run_id: None,
+    };
+    let audit = NewAudit::ok(
+        &p.display(),
+        "token.create",
+        None,
+        json!({"token": generated.id, "name": name, "role": role, "stacks": req.stacks, "expires_at": expires_at}),
+    );
     let record = store_call(&state, move |st| st.create_token(new, audit)).await?;
-    Ok((StatusCode::CREATED, Json(json!({ "token": record, "secret": generated.secret }))))
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "token": record, "secret": generated.secret })),
+    ))
 }
 
 /// `GET /api/v1/tokens` (hashes never leave the store).
@@ -65,7 +98,11 @@ pub async fn list(State(state): State<Arc<AppState>>) -> ApiResult<Json<Value>> 
 }
 
 /// `DELETE /api/v1/tokens/{id}`.
-pub async fn revoke(State(state): State<Arc<AppState>>, Extension(p): Extension<Principal>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn revoke(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     let audit = NewAudit::ok(&p.display(), "token.revoke", None, json!({"token": id}));
     let record = store_call(&state, move |st| st.revoke_token(&id, audit)).await?;
     Ok(Json(json!({ "token": record })))

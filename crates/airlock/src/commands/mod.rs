@@ -1,3 +1,9 @@
 //! One module per CLI noun; each exposes `run`.
 
+pub mod audit;
 pub mod check;
+pub mod client;
+pub mod server;
+pub mod stack;
+pub mod state;
+pub mod token;

@@ -1,0 +1,92 @@
+//! `airlock server`: opens the store, bootstraps the first admin token, serves HTTP(S).
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use airlock_core::Role;
+use airlock_server::{tokens, AppState, ServerConfig, TlsFiles};
+use airlock_store::{NewAudit, NewToken, Store};
+use anyhow::Context;
+
+use crate::cli::ServerArgs;
+
+pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
+    let store: Arc<dyn Store> = match &args.database_url {
+        Some(url) => airlock_store::open(url).context("opening the database")?,
+        None => {
+            std::fs::create_dir_all(&args.data_dir)
+                .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
+            let path = args.data_dir.join("airlock.db");
+            airlock_store::open(&path.to_string_lossy())
+                .with_context(|| format!("opening {}", path.display()))?
+        }
+    };
+    bootstrap_admin(store.as_ref())?;
+    let config = ServerConfig {
+        max_state_bytes: args.max_state_mib.saturating_mul(1024 * 1024),
+        auto_create_stacks: args.auto_create_stacks,
+        public_url: None,
+    };
+    let tls = match (args.tls_cert, args.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+        _ => None,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .with_context(|| format!("listening on {}", args.listen))?;
+        let addr = listener.local_addr()?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        crate::out(&format!("listening on {scheme}://{addr}\n"));
+        let state = AppState::new(store, config);
+        airlock_server::serve(state, listener, tls, shutdown_signal())
+            .await
+            .context("serving")?;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// On an empty store, mints the first admin token and prints it once.
+fn bootstrap_admin(store: &dyn Store) -> anyhow::Result<()> {
+    if store.token_count()? > 0 {
+        return Ok(());
+    }
+    let g = tokens::generate();
+    let token = NewToken {
+        id: g.id.clone(),
+        secret_hash: g.hash,
+        name: "bootstrap-admin".into(),
+        role: Role::Admin,
+        stacks: vec![],
+        expires_at: None,
+        created_by: "system".into(),
+        run_id: None,
+    };
+    store.create_token(token, NewAudit::ok("system", "token.create", None, serde_json::json!({"token": g.id, "name": "bootstrap-admin", "role": "admin", "bootstrap": true})))?;
+    crate::out(&format!(
+        "created the first admin token {} (shown once; store it in a secret manager):\nadmin token: {}\nuse it with: export AIRLOCK_TOKEN={}\n",
+        g.id, g.secret, g.secret
+    ));
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { () = ctrl_c => {}, () = term => {} }
+}

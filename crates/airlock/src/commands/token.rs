@@ -1,0 +1,85 @@
+//! `airlock token create|list|revoke`.
+
+use std::process::ExitCode;
+
+use serde_json::json;
+
+use super::client::{s, table, time, Client};
+use crate::cli::TokenCommand;
+
+pub fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        TokenCommand::Create {
+            name,
+            role,
+            stacks,
+            ttl,
+            client,
+        } => {
+            let c = Client::new(&client)?;
+            let v = c.send(
+                "POST",
+                "/api/v1/tokens",
+                &json!({"name": name, "role": role, "stacks": stacks, "ttl": ttl}),
+            )?;
+            c.print(&v, |v| {
+                format!(
+                    "created token {} ({}, role {}, expires {})\nsecret (shown once): {}\n",
+                    s(v, "/token/name"),
+                    s(v, "/token/id"),
+                    s(v, "/token/role"),
+                    time(v, "/token/expires_at"),
+                    s(v, "/secret")
+                )
+            });
+        }
+        TokenCommand::List(client) => {
+            let c = Client::new(&client)?;
+            let v = c.get("/api/v1/tokens")?;
+            c.print(&v, |v| {
+                let rows = v["tokens"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|t| {
+                        let status = if !t["revoked_at"].is_null() {
+                            "revoked"
+                        } else {
+                            "active"
+                        };
+                        vec![
+                            s(t, "/id"),
+                            s(t, "/name"),
+                            s(t, "/role"),
+                            t["stacks"].as_array().map_or("*".into(), |a| {
+                                if a.is_empty() {
+                                    "*".into()
+                                } else {
+                                    a.iter()
+                                        .map(|x| x.as_str().unwrap_or(""))
+                                        .collect::<Vec<_>>()
+                                        .join(",")
+                                }
+                            }),
+                            time(t, "/expires_at"),
+                            status.into(),
+                        ]
+                    })
+                    .collect();
+                table(&["ID", "NAME", "ROLE", "STACKS", "EXPIRES", "STATUS"], rows)
+            });
+        }
+        TokenCommand::Revoke { id, client } => {
+            let c = Client::new(&client)?;
+            let v = c.send("DELETE", &format!("/api/v1/tokens/{id}"), &json!({}))?;
+            c.print(&v, |v| {
+                format!(
+                    "revoked token {} ({})\n",
+                    s(v, "/token/name"),
+                    s(v, "/token/id")
+                )
+            });
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
