@@ -25,4 +25,5 @@ pub mod analysis;
 pub mod catalogue;
 pub mod config;
 pub mod plan;
+pub mod rego;
 pub mod report;

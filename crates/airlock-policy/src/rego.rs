@@ -1,0 +1,227 @@
+//! Custom rules in Rego, evaluated in-process with regorus, following conftest's conventions:
+//! rules live in `package main`; `deny`, `violation` (and `deny_*`, `violation_*`) produce a
+//! `deny` finding, `warn` (and `warn_*`) a `review` finding; each rule yields strings or
+//! objects with a `msg` (optionally `address`/`resource`). The input is the whole plan JSON,
+//! so this path holds the plan in memory; the built-in rules do not.
+
+use std::fmt;
+
+use serde_json::Value;
+
+use crate::analysis::{one_line, Finding, Severity};
+
+/// Rego policies loaded and ready to evaluate.
+pub struct RegoPolicies {
+    engine: regorus::Engine,
+    namespace: String,
+}
+
+/// Why Rego policies could not be loaded or evaluated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegoError {
+    /// A policy file does not parse (under either Rego v1 or v0 syntax).
+    Parse {
+        /// The file name given by the caller.
+        file: String,
+        /// The parser's message.
+        message: String,
+    },
+    /// No policy files were given.
+    NoPolicies,
+    /// Evaluation failed.
+    Eval(String),
+}
+
+impl fmt::Display for RegoError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RegoError::Parse { file, message } => {
+                write!(f, "Rego policy {file} does not parse: {message}")
+            }
+            RegoError::NoPolicies => write!(f, "no .rego files found in the policy directory"),
+            RegoError::Eval(m) => write!(f, "evaluating the Rego policies failed: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for RegoError {}
+
+impl RegoPolicies {
+    /// Loads `(file name, source)` pairs. Rego v1 syntax is tried first, then v0 (the syntax
+    /// of older conftest policies).
+    pub fn load(files: &[(String, String)]) -> Result<Self, RegoError> {
+        if files.is_empty() {
+            return Err(RegoError::NoPolicies);
+        }
+        match Self::load_as(files, false) {
+            Ok(p) => Ok(p),
+            Err(v1_error) => Self::load_as(files, true).map_err(|_| v1_error),
+        }
+    }
+
+    fn load_as(files: &[(String, String)], v0: bool) -> Result<Self, RegoError> {
+        let mut engine = regorus::Engine::new();
+        engine.set_rego_v0(v0);
+        for (name, source) in files {
+            engine
+                .add_policy(name.clone(), source.clone())
+                .map_err(|e| RegoError::Parse {
+                    file: name.clone(),
+                    message: e.to_string(),
+                })?;
+        }
+        Ok(RegoPolicies {
+            engine,
+            namespace: "main".into(),
+        })
+    }
+
+    /// Evaluates the rules of `package main` against the plan JSON.
+    pub fn evaluate(&mut self, plan_json: &str) -> Result<Vec<Finding>, RegoError> {
+        self.engine
+            .set_input_json(plan_json)
+            .map_err(|e| RegoError::Eval(format!("the plan is not valid JSON for Rego: {e}")))?;
+        let query = format!("data.{}", self.namespace);
+        let results = self
+            .engine
+            .eval_query(query, false)
+            .map_err(|e| RegoError::Eval(e.to_string()))?;
+        let package = results
+            .result
+            .first()
+            .and_then(|r| r.expressions.first())
+            .map(|e| e.value.to_json_str())
+            .transpose()
+            .map_err(|e| RegoError::Eval(e.to_string()))?;
+        let package: Value = match package {
+            Some(s) => serde_json::from_str(&s).map_err(|e| RegoError::Eval(e.to_string()))?,
+            None => return Ok(Vec::new()),
+        };
+        let mut findings = Vec::new();
+        if let Value::Object(rules) = package {
+            for (name, value) in rules {
+                let severity = match rule_kind(&name) {
+                    Some(s) => s,
+                    None => continue,
+                };
+                for item in items(&value) {
+                    let (message, address) = match item {
+                        Value::String(s) => (s.clone(), None),
+                        Value::Object(o) => (
+                            o.get("msg")
+                                .and_then(Value::as_str)
+                                .map(str::to_string)
+                                .unwrap_or_else(|| format!("{name} (no msg)")),
+                            o.get("address")
+                                .or_else(|| o.get("resource"))
+                                .and_then(Value::as_str)
+                                .map(str::to_string),
+                        ),
+                        Value::Bool(true) => (format!("rule {name} matched"), None),
+                        _ => continue,
+                    };
+                    findings.push(Finding {
+                        rule: format!("rego:{}.{name}", self.namespace),
+                        severity,
+                        address,
+                        message: one_line(&message),
+                    });
+                }
+            }
+        }
+        Ok(findings)
+    }
+}
+
+/// conftest's rule-name conventions.
+fn rule_kind(name: &str) -> Option<Severity> {
+    let is = |prefix: &str| name == prefix || name.starts_with(&format!("{prefix}_"));
+    if is("deny") || is("violation") {
+        Some(Severity::Deny)
+    } else if is("warn") {
+        Some(Severity::Review)
+    } else {
+        None
+    }
+}
+
+fn items(v: &Value) -> Vec<&Value> {
+    match v {
+        Value::Array(a) => a.iter().collect(),
+        other => vec![other],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PLAN: &str = r#"{"resource_changes":[{"address":"aws_s3_bucket.logs","type":"aws_s3_bucket","change":{"actions":["delete"]}},{"address":"terraform_data.a","type":"terraform_data","change":{"actions":["create"]}}]}"#;
+
+    #[test]
+    fn v1_rules_with_strings_and_objects() {
+        let policy = r#"
+package main
+
+deny contains msg if {
+  some rc in input.resource_changes
+  "delete" in rc.change.actions
+  msg := sprintf("%s is deleted", [rc.address])
+}
+
+warn_creates contains {"msg": "creates something", "address": rc.address} if {
+  some rc in input.resource_changes
+  rc.change.actions == ["create"]
+}
+
+helper := 1
+"#;
+        let mut p = RegoPolicies::load(&[("p.rego".into(), policy.into())]).unwrap();
+        let mut f = p.evaluate(PLAN).unwrap();
+        f.sort_by(|a, b| a.rule.cmp(&b.rule));
+        assert_eq!(f.len(), 2);
+        assert_eq!(f[0].rule, "rego:main.deny");
+        assert_eq!(f[0].severity, Severity::Deny);
+        assert_eq!(f[0].message, "aws_s3_bucket.logs is deleted");
+        assert_eq!(f[1].rule, "rego:main.warn_creates");
+        assert_eq!(f[1].severity, Severity::Review);
+        assert_eq!(f[1].address.as_deref(), Some("terraform_data.a"));
+    }
+
+    #[test]
+    fn v0_conftest_syntax() {
+        let policy = r#"
+package main
+
+violation[msg] {
+  rc := input.resource_changes[_]
+  rc.change.actions[_] == "delete"
+  msg := sprintf("no deletes: %s", [rc.address])
+}
+"#;
+        let mut p = RegoPolicies::load(&[("p.rego".into(), policy.into())]).unwrap();
+        let f = p.evaluate(PLAN).unwrap();
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].severity, Severity::Deny);
+        assert_eq!(f[0].message, "no deletes: aws_s3_bucket.logs");
+    }
+
+    #[test]
+    fn other_packages_and_empty_sets_give_nothing() {
+        let policy = "package other\n\ndeny contains \"x\" if { true }\n";
+        let mut p = RegoPolicies::load(&[("p.rego".into(), policy.into())]).unwrap();
+        assert!(p.evaluate(PLAN).unwrap().is_empty());
+        let policy = "package main\n\ndeny contains \"x\" if { false }\n";
+        let mut p = RegoPolicies::load(&[("p.rego".into(), policy.into())]).unwrap();
+        assert!(p.evaluate(PLAN).unwrap().is_empty());
+    }
+
+    #[test]
+    fn errors_name_the_file() {
+        let e = RegoPolicies::load(&[("bad.rego".into(), "package main\n deny {{{".into())])
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("bad.rego"), "{e}");
+        assert_eq!(RegoPolicies::load(&[]).err(), Some(RegoError::NoPolicies));
+    }
+}
