@@ -41,7 +41,11 @@ if [ "$(id -u)" -eq 0 ]; then
     if ! id postgres >/dev/null 2>&1; then
         useradd --system --no-create-home --shell /usr/sbin/nologin postgres
     fi
-    as_pg() { runuser -u postgres -- "$@"; }
+    if command -v runuser >/dev/null 2>&1; then
+        as_pg() { runuser -u postgres -- "$@"; }
+    else
+        as_pg() { su -s /bin/sh postgres -c "$(printf '%q ' "$@")"; }
+    fi
     pg_user=postgres
 else
     as_pg() { "$@"; }
@@ -106,8 +110,17 @@ fi
 export AIRLOCK_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$port/airlock_test"
 log "PostgreSQL $(pg_ctl --version | awk '{print $3}') on 127.0.0.1:$port (data in $tmp)"
 
+# CMD runs as a child we wait for, so that a TERM or INT sent to this script (a CI timeout,
+# say) is passed on to it at once and the cluster is still stopped afterwards.
 set +e
-"$@"
+"$@" <&0 &
+child=$!
+trap 'kill -TERM "$child" 2>/dev/null' TERM
+trap 'kill -INT "$child" 2>/dev/null' INT
+wait "$child"
 status=$?
-set -e
+while kill -0 "$child" 2>/dev/null; do
+    wait "$child"
+    status=$?
+done
 exit "$status"
