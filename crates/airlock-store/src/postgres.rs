@@ -44,19 +44,16 @@ impl From<::postgres::Error> for StoreError {
 }
 
 /// The server's own message and SQLSTATE for database errors (the client's `Display` says only
-/// "db error"), the cause chain for the rest.
+/// "db error"), the cause chain for the rest. The server's DETAIL is left out: it can echo key
+/// values, such as a token's secret hash.
 fn describe(e: &::postgres::Error) -> String {
     if let Some(db) = e.as_db_error() {
-        let mut s = format!(
+        return format!(
             "{}: {} (SQLSTATE {})",
             db.severity(),
             db.message(),
             db.code().code()
         );
-        if let Some(detail) = db.detail() {
-            s.push_str(&format!("; {detail}"));
-        }
-        return s;
     }
     let mut s = e.to_string();
     let mut source = std::error::Error::source(e);
@@ -65,10 +62,6 @@ fn describe(e: &::postgres::Error) -> String {
         source = cause.source();
     }
     s
-}
-
-fn poisoned() -> StoreError {
-    StoreError::Backend("the connection pool lock was poisoned by an earlier panic".into())
 }
 
 /// Maps a unique violation to `Conflict` with `what`, anything else to `Backend`.
@@ -143,7 +136,7 @@ impl Pool {
             st = self
                 .freed
                 .wait_timeout(st, deadline - now)
-                .map_err(|_| poisoned())?
+                .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
         drop(st);
