@@ -1,3 +1,5 @@
 //! Integration tests: spawn the real `airlock` binary (and real `terraform`).
 
 mod check;
+mod state_server;
+mod support;

@@ -1,0 +1,236 @@
+//! Shared test harness: a real `airlock server` on a free loopback port, the real CLI, and the
+//! real `terraform` binary in temp directories.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+pub const AIRLOCK: &str = env!("CARGO_BIN_EXE_airlock");
+
+/// Fails (never skips) when terraform is missing.
+pub fn terraform_bin() -> String {
+    let bin = std::env::var("AIRLOCK_TEST_TERRAFORM").unwrap_or_else(|_| "terraform".into());
+    match Command::new(&bin).arg("version").stdout(Stdio::null()).stderr(Stdio::null()).status() {
+        Ok(s) if s.success() => bin,
+        _ => panic!("`{bin}` was not found or does not run: these tests need the real Terraform binary (1.11.x) on PATH"),
+    }
+}
+
+pub struct TestServer {
+    pub url: String,
+    pub admin: String,
+    pub dir: tempfile::TempDir,
+    child: Child,
+    _stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl TestServer {
+    pub fn start() -> TestServer {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let mut child = Command::new(AIRLOCK)
+            .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data)
+            .args(extra)
+            .env_remove("AIRLOCK_DATABASE_URL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawning airlock server");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let (mut url, mut admin) = (None, None);
+        let mut line = String::new();
+        while url.is_none() {
+            line.clear();
+            if stdout.read_line(&mut line).unwrap() == 0 {
+                panic!("airlock server exited before listening");
+            }
+            if let Some(t) = line.strip_prefix("admin token: ") {
+                admin = Some(t.trim().to_owned());
+            }
+            if let Some(u) = line.strip_prefix("listening on ") {
+                url = Some(u.trim().to_owned());
+            }
+        }
+        TestServer {
+            url: url.unwrap(),
+            admin: admin.expect("bootstrap admin token printed"),
+            dir,
+            child,
+            _stdout: stdout,
+        }
+    }
+
+    /// Runs the CLI with `token`.
+    pub fn cli(&self, token: &str, args: &[&str]) -> Output {
+        Command::new(AIRLOCK)
+            .args(args)
+            .env("AIRLOCK_URL", &self.url)
+            .env("AIRLOCK_TOKEN", token)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// Runs the CLI and asserts success; returns stdout.
+    pub fn ok(&self, token: &str, args: &[&str]) -> String {
+        let out = self.cli(token, args);
+        assert!(
+            out.status.success(),
+            "airlock {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Creates a token and returns its secret.
+    pub fn token(&self, name: &str, role: &str) -> String {
+        let out = self.ok(
+            &self.admin,
+            &[
+                "token", "create", "--name", name, "--role", role, "--format", "json",
+            ],
+        );
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["secret"].as_str().unwrap().to_owned()
+    }
+
+    pub fn state_url(&self, stack: &str) -> String {
+        format!("{}/state/{stack}", self.url)
+    }
+
+    /// Number of versions of a stack.
+    pub fn version_count(&self, stack: &str) -> usize {
+        let out = self.ok(
+            &self.admin,
+            &["state", "history", stack, "--format", "json"],
+        );
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["versions"].as_array().unwrap().len()
+    }
+
+    pub fn serials(&self, stack: &str) -> Vec<u64> {
+        let out = self.ok(
+            &self.admin,
+            &["state", "history", stack, "--format", "json"],
+        );
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["serial"].as_u64().unwrap())
+            .collect()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A Terraform working directory wired to a stack.
+pub struct Workspace {
+    pub dir: PathBuf,
+    _tmp: tempfile::TempDir,
+    cli_config: PathBuf,
+}
+
+impl Workspace {
+    pub fn new(server: &TestServer, stack: &str, main_tf: &str) -> Workspace {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("tf");
+        std::fs::create_dir_all(&dir).unwrap();
+        let backend = server.ok(&server.admin, &["backend-config", stack]);
+        std::fs::write(dir.join("backend.tf"), backend).unwrap();
+        std::fs::write(dir.join("main.tf"), main_tf).unwrap();
+        let cli_config = tmp.path().join("terraformrc");
+        std::fs::write(&cli_config, "").unwrap();
+        Workspace {
+            dir,
+            _tmp: tmp,
+            cli_config,
+        }
+    }
+
+    pub fn write_main(&self, main_tf: &str) {
+        std::fs::write(self.dir.join("main.tf"), main_tf).unwrap();
+    }
+
+    /// Runs terraform with `token` as the http backend password.
+    pub fn tf(&self, token: &str, args: &[&str]) -> Output {
+        Command::new(terraform_bin())
+            .args(args)
+            .current_dir(&self.dir)
+            .env("CHECKPOINT_DISABLE", "1")
+            .env("TF_IN_AUTOMATION", "1")
+            .env("TF_INPUT", "0")
+            .env("TF_CLI_CONFIG_FILE", &self.cli_config)
+            .env("TF_HTTP_USERNAME", "airlock")
+            .env("TF_HTTP_PASSWORD", token)
+            .env("TF_HTTP_RETRY_MAX", "0")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    pub fn tf_ok(&self, token: &str, args: &[&str]) -> String {
+        let out = self.tf(token, args);
+        assert!(
+            out.status.success(),
+            "terraform {args:?} failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn tf_err(&self, token: &str, args: &[&str]) -> String {
+        let out = self.tf(token, args);
+        assert!(
+            !out.status.success(),
+            "terraform {args:?} unexpectedly succeeded:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+pub fn data_resources(n: usize) -> String {
+    format!("resource \"terraform_data\" \"r\" {{\n  count = {n}\n  input = \"v-${{count.index}}\"\n}}\n")
+}
+
+/// Raw HTTP request to the server (for lock/unlock scenarios Terraform cannot set up).
+pub fn raw(method: &str, url: &str, token: &str, body: &[u8]) -> (u16, String) {
+    let agent = ureq::AgentBuilder::new().build();
+    let req = agent
+        .request(method, url)
+        .set("Authorization", &format!("Bearer {token}"));
+    match req.send_bytes(body) {
+        Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
+        Err(e) => panic!("{method} {url}: {e}"),
+    }
+}
+
+pub fn exists(p: &Path) -> bool {
+    p.exists()
+}
