@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The whole test suite, exactly as CI runs it: every crate's unit and integration tests,
+# with a throwaway PostgreSQL cluster for the PostgreSQL engine (scripts/with-postgres.sh) and
+# the real terraform binary on PATH.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CHECKPOINT_DISABLE=1
+if ! command -v terraform >/dev/null 2>&1; then
+    echo "test.sh: terraform (1.11.x) must be on PATH; the end-to-end tests use the real binary" >&2
+    exit 1
+fi
+if cargo nextest --version >/dev/null 2>&1; then
+    runner=(cargo nextest run --workspace --no-fail-fast)
+else
+    runner=(cargo test --workspace --no-fail-fast)
+fi
+exec scripts/with-postgres.sh "${runner[@]}" "$@"
