@@ -11,12 +11,14 @@
 pub mod blob;
 pub mod conformance;
 mod model;
+mod runs;
 mod postgres;
 mod sqlite;
 
 use std::fmt;
 
 pub use model::*;
+pub use runs::*;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
@@ -117,6 +119,66 @@ pub trait Store: Send + Sync {
     fn append_audit(&self, event: NewAudit) -> Result<AuditRecord>;
     /// Events with `seq > after`, at most `limit`, in order.
     fn audit_events(&self, after: i64, limit: u32) -> Result<Vec<AuditRecord>>;
+
+    // --- governed runs ---
+    /// Stores a new run and its artifacts (name, bytes).
+    fn create_run(&self, run: &RunRecord, artifacts: &[(&str, &[u8])], audit: NewAudit) -> Result<()> {
+        let _ = (run, artifacts, audit);
+        Err(runs_unsupported(self.engine()))
+    }
+    /// Looks a run up.
+    fn run(&self, id: &str) -> Result<Option<RunRecord>> {
+        let _ = id;
+        Err(runs_unsupported(self.engine()))
+    }
+    /// Runs, newest first, of one stack or all, at most `limit`.
+    fn runs(&self, stack: Option<&str>, limit: u32) -> Result<Vec<RunRecord>> {
+        let _ = (stack, limit);
+        Err(runs_unsupported(self.engine()))
+    }
+    /// One artifact of a run, verified against its SHA-256.
+    fn run_artifact(&self, id: &str, name: &str) -> Result<Option<Vec<u8>>> {
+        let _ = (id, name);
+        Err(runs_unsupported(self.engine()))
+    }
+    /// Adds an artifact to a run (e.g. the apply log); artifacts are never replaced.
+    fn put_run_artifact(&self, id: &str, name: &str, bytes: &[u8]) -> Result<()> {
+        let _ = (id, name, bytes);
+        Err(runs_unsupported(self.engine()))
+    }
+    /// Judges and records a transition atomically (the run and its stack are locked).
+    fn update_run(&self, id: &str, update: &mut RunUpdate<'_>) -> Result<RunTransition> {
+        let _ = (id, update);
+        Err(runs_unsupported(self.engine()))
+    }
+
+    // --- backup import ---
+    // `airlock backup` reads everything through the methods above plus `tokens_with_hashes`,
+    // and restores into an empty store with the `import_*` methods, which insert records
+    // verbatim (same serials, hashes, authors, times) and record no audit event of their own:
+    // the imported audit chain is the history. The server never calls them.
+
+    /// Every token with the SHA-256 of its secret (never the secret, which is not stored).
+    fn tokens_with_hashes(&self) -> Result<Vec<(TokenRecord, [u8; 32])>>;
+    /// Inserts a stack as exported (lineage and creation time included); `Conflict` if it exists.
+    fn import_stack(&self, stack: &StackRecord) -> Result<()>;
+    /// Inserts one state version verbatim. `Corrupt` if `bytes` do not match `meta`'s SHA-256
+    /// and size; `Conflict` if the serial exists.
+    fn import_version(&self, meta: &VersionMeta, bytes: &[u8]) -> Result<()>;
+    /// Re-creates a held lock verbatim; `Conflict` if the stack is locked.
+    fn import_lock(&self, stack: &str, lock: &LockRecord) -> Result<()>;
+    /// Inserts a token verbatim (expiry and revocation included) under its secret's hash.
+    fn import_token(&self, token: &TokenRecord, secret_hash: &[u8; 32]) -> Result<()>;
+    /// Inserts a removal grant verbatim (consumption included).
+    fn import_grant(&self, grant: &GrantRecord) -> Result<()>;
+    /// Appends an audit record verbatim. `Conflict` unless it extends the stored chain: its
+    /// `seq` follows the last one and its `prev_hash` is the last one's hash.
+    fn import_audit(&self, record: &AuditRecord) -> Result<()>;
+    // --- end backup import ---
+}
+
+fn runs_unsupported(engine: &str) -> StoreError {
+    StoreError::Backend(format!("governed runs are not implemented for the {engine} engine yet"))
 }
 
 /// Milliseconds since the Unix epoch.

@@ -13,7 +13,10 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBe
 use crate::blob;
 use crate::*;
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/sqlite/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/sqlite/0001_init.sql")),
+    (2, include_str!("../migrations/sqlite/0002_runs.sql")),
+];
 const MAX_IDLE_READERS: usize = 8;
 
 /// SQLite-backed [`Store`].
@@ -234,6 +237,11 @@ fn append_audit_tx(conn: &Connection, e: &NewAudit) -> Result<AuditRecord> {
         prev_hash,
         hash,
     })
+}
+
+fn run_of(conn: &Connection, id: &str) -> Result<Option<RunRecord>> {
+    let record: Option<String> = conn.query_row("SELECT record FROM runs WHERE id = ?1", [id], |r| r.get(0)).optional()?;
+    record.map(|r| json_col(&r, "run record")).transpose()
 }
 
 fn version_bytes_of(conn: &Connection, stack_id: i64, serial: u64) -> Result<Vec<u8>> {
@@ -592,4 +600,216 @@ impl Store for SqliteStore {
             .collect()
         })
     }
+
+    // --- governed runs ---
+    fn create_run(&self, run: &RunRecord, artifacts: &[(&str, &[u8])], audit: NewAudit) -> Result<()> {
+        let record = serde_json::to_string(run).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let compressed: Vec<(&str, [u8; 32], usize, Vec<u8>)> =
+            artifacts.iter().map(|(n, b)| (*n, blob::sha256(b), b.len(), blob::compress(b))).collect();
+        self.write(|tx| {
+            let (stack_id, _) = require_stack(tx, &run.stack)?;
+            tx.execute(
+                "INSERT INTO runs (id, stack_id, status, created_at, record) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![run.id, stack_id, run.status.as_str(), run.created_at, record],
+            )?;
+            for (name, sha, len, data) in &compressed {
+                tx.execute(
+                    "INSERT INTO run_artifacts (run_id, name, sha256, raw_len, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![run.id, name, &sha[..], *len as i64, data],
+                )?;
+            }
+            append_audit_tx(tx, &audit)?;
+            Ok(())
+        })
+    }
+
+    fn run(&self, id: &str) -> Result<Option<RunRecord>> {
+        self.read(|c| run_of(c, id))
+    }
+
+    fn runs(&self, stack: Option<&str>, limit: u32) -> Result<Vec<RunRecord>> {
+        self.read(|c| {
+            let records: Vec<String> = match stack {
+                Some(name) => {
+                    let (stack_id, _) = require_stack(c, name)?;
+                    c.prepare("SELECT record FROM runs WHERE stack_id = ?1 ORDER BY created_at DESC, id LIMIT ?2")?
+                        .query_map(params![stack_id, limit], |r| r.get(0))?
+                        .collect::<rusqlite::Result<_>>()?
+                }
+                None => c
+                    .prepare("SELECT record FROM runs ORDER BY created_at DESC, id LIMIT ?1")?
+                    .query_map(params![limit], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?,
+            };
+            records.iter().map(|r| json_col(r, "run record")).collect()
+        })
+    }
+
+    fn run_artifact(&self, id: &str, name: &str) -> Result<Option<Vec<u8>>> {
+        self.read(|c| {
+            let row: Option<(Vec<u8>, i64, Vec<u8>)> = c
+                .query_row("SELECT sha256, raw_len, data FROM run_artifacts WHERE run_id = ?1 AND name = ?2", params![id, name], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .optional()?;
+            row.map(|(sha, len, data)| {
+                let raw = blob::decompress(&data, len.max(0) as usize).map_err(|e| StoreError::Corrupt(format!("run {id} artifact {name}: {e}")))?;
+                if blob::sha256(&raw)[..] != sha[..] {
+                    return Err(StoreError::Corrupt(format!("run {id} artifact {name} does not match its SHA-256")));
+                }
+                Ok(raw)
+            })
+            .transpose()
+        })
+    }
+
+    fn put_run_artifact(&self, id: &str, name: &str, bytes: &[u8]) -> Result<()> {
+        let (sha, data) = (blob::sha256(bytes), blob::compress(bytes));
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO run_artifacts (run_id, name, sha256, raw_len, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![id, name, &sha[..], bytes.len() as i64, data],
+            )
+            .map_err(|e| match e {
+                rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+                    StoreError::Conflict(format!("run {id} already has an artifact named {name}"))
+                }
+                e => backend(e),
+            })?;
+            Ok(())
+        })
+    }
+
+    fn update_run(&self, id: &str, update: &mut RunUpdate<'_>) -> Result<RunTransition> {
+        self.write(|tx| {
+            let run = run_of(tx, id)?.ok_or_else(|| StoreError::NotFound(format!("run {id}")))?;
+            let (stack_id, stack) = require_stack(tx, &run.stack)?;
+            let current = current_version_of(tx, stack_id, &run.stack)?;
+            let (record, result) = match update(&run, &stack, current.as_ref()) {
+                Ok((new, audit)) => (Some((new.clone(), audit)), Ok(new)),
+                Err(RunRefusal { refusal, record }) => (record, Err(refusal)),
+            };
+            if let Some((new, audit)) = record {
+                let json = serde_json::to_string(&new).map_err(|e| StoreError::Backend(e.to_string()))?;
+                tx.execute("UPDATE runs SET status = ?2, record = ?3 WHERE id = ?1", params![id, new.status.as_str(), json])?;
+                append_audit_tx(tx, &audit)?;
+            }
+            Ok(result)
+        })
+    }
+
+    // --- backup import ---
+    fn tokens_with_hashes(&self) -> Result<Vec<(TokenRecord, [u8; 32])>> {
+        self.read(|c| {
+            let mut stmt = c.prepare(&format!("SELECT {TOKEN_COLS}, secret_hash FROM tokens ORDER BY created_at, id"))?;
+            let rows = stmt.query_map([], |r| Ok((token_from_row(r)?, r.get::<_, Vec<u8>>(9)?)))?;
+            rows.map(|row| {
+                let (t, hash) = row?;
+                let hash = <[u8; 32]>::try_from(hash.as_slice()).map_err(|_| StoreError::Corrupt("a token's secret hash is not 32 bytes".into()))?;
+                Ok((finish_token(t)?, hash))
+            })
+            .collect()
+        })
+    }
+
+    fn import_stack(&self, s: &StackRecord) -> Result<()> {
+        self.write(|tx| {
+            if stack_row(tx, &s.name)?.is_some() {
+                return Err(StoreError::Conflict(format!("stack {} already exists", s.name)));
+            }
+            tx.execute(
+                "INSERT INTO stacks (name, production, lineage, settings, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![s.name, s.production, s.lineage, serde_json::to_string(&s.settings).unwrap_or_default(), s.created_at],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn import_version(&self, meta: &VersionMeta, bytes: &[u8]) -> Result<()> {
+        let sha = blob::sha256(bytes);
+        if hex::encode(sha) != meta.sha256 || bytes.len() as u64 != meta.size {
+            return Err(StoreError::Corrupt(format!("stack {} serial {}: the bytes do not match the recorded SHA-256 and size", meta.stack, meta.serial)));
+        }
+        let serial = i64::try_from(meta.serial).map_err(|_| StoreError::Conflict(format!("serial {} is too large to store", meta.serial)))?;
+        let restored_from = meta.restored_from.map(i64::try_from).transpose().map_err(|_| StoreError::Conflict("restored_from is too large to store".into()))?;
+        let chunks = blob::split(bytes);
+        let compressed: Vec<Vec<u8>> = chunks.iter().map(|c| blob::compress(c.raw)).collect();
+        self.write(|tx| {
+            let (stack_id, _) = require_stack(tx, &meta.stack)?;
+            let mut put = tx.prepare_cached("INSERT OR IGNORE INTO chunks (hash, data, raw_len) VALUES (?1, ?2, ?3)")?;
+            for (c, z) in chunks.iter().zip(&compressed) {
+                put.execute(params![&c.hash[..], z, c.raw.len() as i64])?;
+            }
+            tx.execute(
+                "INSERT INTO versions (stack_id, serial, lineage, sha256, size, chunks, author, lock_id, run_id, reason, restored_from, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                params![stack_id, serial, meta.lineage, &sha[..], bytes.len() as i64, blob::chunk_list(&chunks), meta.author, meta.lock_id, meta.run_id, meta.reason, restored_from, meta.created_at],
+            )
+            .map_err(|e| match e {
+                rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+                    StoreError::Conflict(format!("stack {} serial {} already exists", meta.stack, meta.serial))
+                }
+                e => backend(e),
+            })?;
+            Ok(())
+        })
+    }
+
+    fn import_lock(&self, stack: &str, l: &LockRecord) -> Result<()> {
+        self.write(|tx| {
+            let (id, _) = require_stack(tx, stack)?;
+            if lock_of(tx, id)?.is_some() {
+                return Err(StoreError::Conflict(format!("stack {stack} is locked already")));
+            }
+            tx.execute(
+                "INSERT INTO locks (stack_id, lock_id, info, operation, owner_token, owner, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![id, l.id, l.info, l.operation, l.owner_token, l.owner, l.created_at],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn import_token(&self, t: &TokenRecord, secret_hash: &[u8; 32]) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO tokens (id, secret_hash, name, role, stacks, created_at, expires_at, revoked_at, created_by, run_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![t.id, &secret_hash[..], t.name, t.role.as_str(), serde_json::to_string(&t.stacks).unwrap_or_default(), t.created_at, t.expires_at, t.revoked_at, t.created_by, t.run_id],
+            )
+            .map_err(|e| match e {
+                rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+                    StoreError::Conflict(format!("token {} already exists", t.id))
+                }
+                e => backend(e),
+            })?;
+            Ok(())
+        })
+    }
+
+    fn import_grant(&self, g: &GrantRecord) -> Result<()> {
+        self.write(|tx| {
+            let (stack_id, _) = require_stack(tx, &g.stack)?;
+            tx.execute(
+                "INSERT INTO grants (id, stack_id, addresses, reason, created_by, created_at, expires_at, consumed_at, run_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![g.id, stack_id, serde_json::to_string(&g.addresses).unwrap_or_default(), g.reason, g.created_by, g.created_at, g.expires_at, g.consumed_at, g.run_id],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn import_audit(&self, r: &AuditRecord) -> Result<()> {
+        self.write(|tx| {
+            let (head_seq, head_hash): (i64, String) = tx
+                .query_row("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", [], |row| Ok((row.get(0)?, row.get(1)?)))
+                .optional()?
+                .unwrap_or((0, GENESIS.to_owned()));
+            if r.seq != head_seq + 1 || r.prev_hash != head_hash {
+                return Err(StoreError::Conflict(format!("audit record {} does not extend the stored chain (head is {head_seq})", r.seq)));
+            }
+            tx.execute(
+                "INSERT INTO audit (seq, at, actor, action, stack, outcome, detail, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![r.seq, r.at, r.actor, r.action, r.stack, r.outcome, r.detail.to_string(), r.prev_hash, r.hash],
+            )?;
+            Ok(())
+        })
+    }
+    // --- end backup import ---
 }

@@ -1,0 +1,161 @@
+//! Governed runs as the store keeps them: the record is JSON (so adding a field needs no
+//! migration); status, stack and time are also columns for listing. Artifacts (binary plan,
+//! plan JSON, lock file, apply log) are immutable, zstd-compressed, addressed by run and name.
+
+use airlock_core::refusal::Refusal;
+use serde::{Deserialize, Serialize};
+
+use crate::{NewAudit, StackRecord, VersionMeta};
+
+/// Where a run is in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Planned, waiting for approvals.
+    NeedsApproval,
+    /// Approved by enough approvers.
+    Approved,
+    /// An apply is in progress.
+    Applying,
+    /// Applied.
+    Applied,
+    /// The apply failed.
+    Failed,
+    /// Rejected by an approver.
+    Rejected,
+    /// The stack changed after planning; a new plan is needed.
+    Superseded,
+    /// Too old to apply.
+    Expired,
+}
+
+impl RunStatus {
+    /// Lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::NeedsApproval => "needs_approval",
+            RunStatus::Approved => "approved",
+            RunStatus::Applying => "applying",
+            RunStatus::Applied => "applied",
+            RunStatus::Failed => "failed",
+            RunStatus::Rejected => "rejected",
+            RunStatus::Superseded => "superseded",
+            RunStatus::Expired => "expired",
+        }
+    }
+
+    /// Whether the run can still move towards an apply.
+    pub fn is_open(self) -> bool {
+        matches!(self, RunStatus::NeedsApproval | RunStatus::Approved)
+    }
+}
+
+/// One approval.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    /// Approver (token name and id).
+    pub by: String,
+    /// Approver's token id.
+    pub by_token: String,
+    /// When.
+    pub at: i64,
+    /// SHA-256 of the binary plan that was approved.
+    pub plan_sha256: String,
+}
+
+/// A rejection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejection {
+    /// Who.
+    pub by: String,
+    /// When.
+    pub at: i64,
+    /// Why.
+    pub reason: String,
+}
+
+/// A run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// Identifier (`run_` + hex).
+    pub id: String,
+    /// Stack.
+    pub stack: String,
+    /// Lifecycle position.
+    pub status: RunStatus,
+    /// Who planned it (token name and id).
+    pub author: String,
+    /// Author's token id (never allowed to approve).
+    pub author_token: String,
+    /// Author's role name (agent, ci, ...).
+    pub author_role: String,
+    /// Created.
+    pub created_at: i64,
+    /// Last transition.
+    pub updated_at: i64,
+    /// Not applicable after this time.
+    pub expires_at: i64,
+    /// SHA-256 over the stack's inputs.
+    pub fingerprint: String,
+    /// Terraform version that planned it.
+    pub terraform_version: String,
+    /// Lineage of the state planned against (None: empty stack).
+    pub planned_lineage: Option<String>,
+    /// Serial of the state planned against (None: empty stack).
+    pub planned_serial: Option<u64>,
+    /// Git commit of the checkout, when known.
+    pub git_head: Option<String>,
+    /// Git base commit, when known.
+    pub git_base: Option<String>,
+    /// SHA-256 of the binary plan artifact.
+    pub plan_sha256: String,
+    /// SHA-256 of the `airlock.hcl` the plan was judged with, if any.
+    pub config_sha256: Option<String>,
+    /// The gate's verdict: allow, review, deny.
+    pub decision: String,
+    /// The gate's JSON report (summary, changes, findings).
+    pub report: serde_json::Value,
+    /// Managed instances the plan destroys or forgets.
+    pub destroys: Vec<String>,
+    /// Approvals needed.
+    pub required_approvals: u32,
+    /// Approvals given.
+    pub approvals: Vec<Approval>,
+    /// Rejection, if rejected.
+    pub rejection: Option<Rejection>,
+    /// Who applied it.
+    pub applied_by: Option<String>,
+    /// Run-bound apply token id (revoked when the apply ends).
+    pub apply_token: Option<String>,
+    /// When the apply started.
+    pub apply_started_at: Option<i64>,
+    /// When the apply ended.
+    pub finished_at: Option<i64>,
+    /// Why it was superseded, failed or expired.
+    pub note: Option<String>,
+}
+
+/// A transition, judged inside the store's transaction: given the run, its stack and the
+/// stack's current version, return the new record and its audit event, or a refusal (which the
+/// store may still record when the refusal says the run must change status, see
+/// [`RunTransition`]).
+pub type RunUpdate<'a> = dyn FnMut(&RunRecord, &StackRecord, Option<&VersionMeta>) -> Result<(RunRecord, NewAudit), RunRefusal> + 'a;
+
+/// A refused transition, optionally with a status change to record anyway (e.g. a stale run
+/// becomes `superseded` while its apply is refused).
+#[derive(Debug, Clone)]
+pub struct RunRefusal {
+    /// What to tell the caller.
+    pub refusal: Refusal,
+    /// Record this instead (status change and its audit event), if any.
+    pub record: Option<(RunRecord, NewAudit)>,
+}
+
+impl From<Refusal> for RunRefusal {
+    fn from(refusal: Refusal) -> Self {
+        RunRefusal { refusal, record: None }
+    }
+}
+
+/// Outcome of [`crate::Store::update_run`].
+pub type RunTransition = Result<RunRecord, Refusal>;
