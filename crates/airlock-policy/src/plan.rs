@@ -324,6 +324,83 @@ where
     }
 }
 
+/// The plan's JSON text alone, for consumers that need the whole document (Rego): byte-order
+/// marks and UTF-16 are decoded and wrapper noise before and after the JSON is cut off, with
+/// the same warnings [`read_plan`] gives. This holds the whole plan in memory.
+pub fn plan_text(bytes: &[u8]) -> Result<(String, Vec<ReadWarning>), PlanError> {
+    let mut warnings = Vec::new();
+    let decoded: std::borrow::Cow<'_, [u8]> =
+        if let Some(rest) = bytes.strip_prefix(&[0xEF, 0xBB, 0xBF]) {
+            rest.into()
+        } else if bytes.starts_with(&[0xFF, 0xFE])
+            || bytes.starts_with(&[0xFE, 0xFF])
+            || (bytes.len() >= 2 && (bytes.get(1) == Some(&0)) != (bytes.first() == Some(&0)))
+        {
+            let mut out = Vec::with_capacity(bytes.len() / 2);
+            let mut r = read_plan_transcoder(bytes);
+            r.read_to_end(&mut out).map_err(io_err)?;
+            warnings.push(ReadWarning::Utf16(
+                if bytes.starts_with(&[0xFE, 0xFF]) || bytes.first() == Some(&0) {
+                    "big-endian"
+                } else {
+                    "little-endian"
+                },
+            ));
+            out.into()
+        } else {
+            bytes.into()
+        };
+    let mut input: &[u8] = &decoded;
+    let noise = skip_noise(&mut input)?;
+    if noise > 0 {
+        warnings.push(ReadWarning::NoiseBefore { lines: noise });
+    }
+    let mut scan = Scanner::default();
+    let end = match scan.feed(input) {
+        Ok(Some(end)) => end,
+        Ok(None) => {
+            return Err(PlanError::Syntax {
+                offset: input.len() as u64,
+                message: "unexpected end of input: the plan JSON is truncated".into(),
+            })
+        }
+        Err(message) => {
+            return Err(PlanError::Syntax {
+                offset: scan.error_at as u64,
+                message: message.into(),
+            })
+        }
+    };
+    let (json, rest) = input.split_at(end.min(input.len()));
+    let trailing = rest.iter().filter(|b| !b.is_ascii_whitespace()).count() as u64;
+    if trailing > 0 {
+        warnings.push(ReadWarning::NoiseAfter { bytes: trailing });
+    }
+    let text = String::from_utf8(json.to_vec()).map_err(|e| PlanError::Syntax {
+        offset: e.utf8_error().valid_up_to() as u64,
+        message: "invalid UTF-8".into(),
+    })?;
+    Ok((text, warnings))
+}
+
+fn read_plan_transcoder(bytes: &[u8]) -> Utf16Reader<&[u8]> {
+    let (order, body) = if let Some(rest) = bytes.strip_prefix(&[0xFF, 0xFE]) {
+        (Utf16Order::Little, rest)
+    } else if let Some(rest) = bytes.strip_prefix(&[0xFE, 0xFF]) {
+        (Utf16Order::Big, rest)
+    } else if bytes.first() == Some(&0) {
+        (Utf16Order::Big, bytes)
+    } else {
+        (Utf16Order::Little, bytes)
+    };
+    Utf16Reader {
+        inner: body,
+        order,
+        pending: Vec::new(),
+        pos: 0,
+    }
+}
+
 fn io_err(e: std::io::Error) -> PlanError {
     PlanError::Io(e.to_string())
 }
@@ -1027,6 +1104,22 @@ mod tests {
         let e = read(other.as_bytes()).unwrap_err().to_string();
         assert!(e.contains("name, version"), "{e}");
         assert!(e.contains("terraform show -json"), "{e}");
+    }
+
+    #[test]
+    fn plan_text_strips_encoding_and_noise() {
+        let input =
+            format!("[command]terraform show -json\n{SMALL}\n::set-output name=exitcode::0\n");
+        let (text, warnings) = plan_text(input.as_bytes()).unwrap();
+        assert_eq!(text, SMALL);
+        assert_eq!(warnings.len(), 2);
+        let mut utf16 = vec![0xFF, 0xFE];
+        for unit in SMALL.encode_utf16() {
+            utf16.extend_from_slice(&unit.to_le_bytes());
+        }
+        assert_eq!(plan_text(&utf16).unwrap().0, SMALL);
+        assert!(plan_text(&SMALL.as_bytes()[..40]).is_err());
+        assert_eq!(plan_text(b"").unwrap_err(), PlanError::Empty);
     }
 
     #[test]
