@@ -1101,4 +1101,142 @@ impl Store for PostgresStore {
             .collect()
         })
     }
+
+    // --- backup import ---
+    fn tokens_with_hashes(&self) -> Result<Vec<(TokenRecord, [u8; 32])>> {
+        self.read(|db| {
+            db.query(
+                concat!("SELECT ", token_cols!(), ", secret_hash FROM tokens ORDER BY created_at, id"),
+                &[],
+            )?
+            .iter()
+            .map(|r| {
+                let hash: Vec<u8> = r.try_get(9)?;
+                let hash = <[u8; 32]>::try_from(hash.as_slice()).map_err(|_| {
+                    StoreError::Corrupt("a token's secret hash is not 32 bytes".into())
+                })?;
+                Ok((token_from_row(r)?, hash))
+            })
+            .collect()
+        })
+    }
+
+    fn import_stack(&self, s: &StackRecord) -> Result<()> {
+        self.write(|tx| {
+            let exists = || format!("stack {} already exists", s.name);
+            tx.execute_raw(
+                "INSERT INTO stacks (name, production, lineage, settings, created_at) VALUES ($1, $2, $3, $4, $5)",
+                &[&s.name, &s.production, &s.lineage, &to_json(&s.settings), &s.created_at],
+            )?
+            .map_err(|e| unique_is_conflict(e, exists))?;
+            Ok(())
+        })
+    }
+
+    fn import_version(&self, meta: &VersionMeta, bytes: &[u8]) -> Result<()> {
+        let sha = blob::sha256(bytes);
+        if hex::encode(sha) != meta.sha256 || bytes.len() as u64 != meta.size {
+            return Err(StoreError::Corrupt(format!(
+                "stack {} serial {}: the bytes do not match the recorded SHA-256 and size",
+                meta.stack, meta.serial
+            )));
+        }
+        let too_large = || StoreError::Conflict(format!("serial {} is too large to store", meta.serial));
+        let serial = bigint(meta.serial).ok_or_else(too_large)?;
+        let restored_from = match meta.restored_from {
+            Some(v) => Some(bigint(v).ok_or_else(too_large)?),
+            None => None,
+        };
+        let chunks = blob::split(bytes);
+        let compressed: Vec<Vec<u8>> = chunks.iter().map(|c| blob::compress(c.raw)).collect();
+        let size = bytes.len() as i64;
+        self.write(|tx| {
+            let (stack_id, _) = lock_stack(tx, &meta.stack)?;
+            put_chunks(tx, &chunks, &compressed)?;
+            tx.execute_raw(
+                "INSERT INTO versions (stack_id, serial, lineage, sha256, size, chunks, author, lock_id, run_id, reason, restored_from, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                &[
+                    &stack_id,
+                    &serial,
+                    &meta.lineage,
+                    &&sha[..],
+                    &size,
+                    &blob::chunk_list(&chunks),
+                    &meta.author,
+                    &meta.lock_id,
+                    &meta.run_id,
+                    &meta.reason,
+                    &restored_from,
+                    &meta.created_at,
+                ],
+            )?
+            .map_err(|e| {
+                unique_is_conflict(e, || {
+                    format!("stack {} serial {} already exists", meta.stack, meta.serial)
+                })
+            })?;
+            Ok(())
+        })
+    }
+
+    fn import_lock(&self, stack: &str, l: &LockRecord) -> Result<()> {
+        self.write(|tx| {
+            let (id, _) = lock_stack(tx, stack)?;
+            if lock_of(tx, id)?.is_some() {
+                return Err(StoreError::Conflict(format!("stack {stack} is locked already")));
+            }
+            tx.execute(
+                "INSERT INTO locks (stack_id, lock_id, info, operation, owner_token, owner, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                &[&id, &l.id, &l.info, &l.operation, &l.owner_token, &l.owner, &l.created_at],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn import_token(&self, t: &TokenRecord, secret_hash: &[u8; 32]) -> Result<()> {
+        self.write(|tx| {
+            tx.execute_raw(
+                "INSERT INTO tokens (id, secret_hash, name, role, stacks, created_at, expires_at, revoked_at, created_by, run_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                &[&t.id, &&secret_hash[..], &t.name, &t.role.as_str(), &to_json(&t.stacks), &t.created_at, &t.expires_at, &t.revoked_at, &t.created_by, &t.run_id],
+            )?
+            .map_err(|e| unique_is_conflict(e, || format!("token {} already exists", t.id)))?;
+            Ok(())
+        })
+    }
+
+    fn import_grant(&self, g: &GrantRecord) -> Result<()> {
+        self.write(|tx| {
+            let (stack_id, _) = lock_stack(tx, &g.stack)?;
+            tx.execute_raw(
+                "INSERT INTO grants (id, stack_id, addresses, reason, created_by, created_at, expires_at, consumed_at, run_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                &[&g.id, &stack_id, &to_json(&g.addresses), &g.reason, &g.created_by, &g.created_at, &g.expires_at, &g.consumed_at, &g.run_id],
+            )?
+            .map_err(|e| unique_is_conflict(e, || format!("grant {} already exists", g.id)))?;
+            Ok(())
+        })
+    }
+
+    fn import_audit(&self, r: &AuditRecord) -> Result<()> {
+        self.write(|tx| {
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK])?;
+            let (head_seq, head_hash): (i64, String) =
+                match tx.query_opt("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", &[])? {
+                    Some(row) => (row.try_get(0)?, row.try_get(1)?),
+                    None => (0, GENESIS.to_owned()),
+                };
+            if r.seq != head_seq + 1 || r.prev_hash != head_hash {
+                return Err(StoreError::Conflict(format!(
+                    "audit record {} does not extend the stored chain (head is {head_seq})",
+                    r.seq
+                )));
+            }
+            let detail = r.detail.to_string();
+            tx.execute(
+                "INSERT INTO audit (seq, at, actor, action, stack, outcome, detail, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                &[&r.seq, &r.at, &r.actor, &r.action, &r.stack, &r.outcome, &detail, &r.prev_hash, &r.hash],
+            )?;
+            Ok(())
+        })
+    }
+    // --- end backup import ---
 }

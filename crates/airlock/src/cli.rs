@@ -34,6 +34,11 @@ pub enum Command {
     Whoami(ClientArgs),
     /// Check a plan for destructive or dangerous changes and apply policy.
     Check(CheckArgs),
+    /// Export, verify and import full backups (works on the database directly).
+    #[command(subcommand)]
+    Backup(BackupCommand),
+    /// Apply pending database migrations and exit.
+    Migrate(DatabaseArgs),
 }
 
 /// Output format of client commands.
@@ -301,4 +306,57 @@ pub struct CheckArgs {
     /// Terraform binary used to read a binary plan file (e.g. `tofu`).
     #[arg(long, env = "AIRLOCK_TERRAFORM_BIN", default_value = "terraform")]
     pub terraform_bin: String,
+}
+
+/// Where a command that works on the database directly (not through a server) finds it:
+/// the same flags and environment as `airlock server`.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// Directory of the embedded SQLite database.
+    #[arg(
+        long,
+        env = "AIRLOCK_DATA_DIR",
+        default_value = ".airlock",
+        conflicts_with = "database_url"
+    )]
+    pub data_dir: PathBuf,
+    /// PostgreSQL URL (postgres://...) instead of the embedded SQLite database.
+    #[arg(long, env = "AIRLOCK_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Write every stack's full history, the locks, tokens (secret hashes only), removal grants
+    /// and the audit chain to DIR as plain files with a SHA-256 manifest. Reads the database
+    /// directly; servers may keep running.
+    Export {
+        /// Directory to create (must not exist or be empty).
+        dir: PathBuf,
+        #[command(flatten)]
+        db: DatabaseArgs,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
+    /// Re-hash every file against the manifest, check every version and the audit chain,
+    /// replay the backup into a scratch SQLite store and compare. Needs no server or database.
+    Verify {
+        /// Backup directory.
+        dir: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
+    /// Restore a verified backup into an EMPTY store (SQLite or PostgreSQL), losslessly: same
+    /// serials, hashes, authors, times, tokens and audit records. Run it before any server.
+    Import {
+        /// Backup directory.
+        dir: PathBuf,
+        #[command(flatten)]
+        db: DatabaseArgs,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
 }

@@ -37,6 +37,8 @@ fn main() -> ExitCode {
         cli::Command::Audit(args) => commands::audit::run(args),
         cli::Command::Whoami(args) => commands::audit::whoami(args),
         cli::Command::Check(args) => commands::check::run(args),
+        cli::Command::Backup(cmd) => commands::backup::run(cmd),
+        cli::Command::Migrate(args) => commands::migrate::run(args),
     };
     match result {
         Ok(code) => code,

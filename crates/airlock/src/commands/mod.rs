@@ -1,8 +1,10 @@
 //! One module per CLI noun; each exposes `run`.
 
 pub mod audit;
+pub mod backup;
 pub mod check;
 pub mod client;
+pub mod migrate;
 pub mod server;
 pub mod stack;
 pub mod state;

@@ -1,0 +1,863 @@
+//! `airlock backup export|verify|import`: full, independently checkable backups.
+//!
+//! Export and import work on the database directly (`--data-dir` / `--database-url`, like
+//! `airlock server`), not through the HTTP API: a disaster-recovery tool has to work when no
+//! server runs, and a backup that restores working tokens needs their secret hashes, which the
+//! API never serves. Verify needs neither a server nor a database.
+//!
+//! A backup directory (format `airlock-backup/1`) holds plain files:
+//!
+//! ```text
+//! manifest.json                        format, time, source engine, counts, audit head, and
+//!                                      the SHA-256 and size of every other file
+//! tokens.json                          every token with the SHA-256 of its secret (no secrets)
+//! audit.jsonl                          the audit chain, one record per line, in order
+//! stacks/NNNN/stack.json               the stack, its version metadata, grants and lock
+//! stacks/NNNN/versions/SERIAL.tfstate  each version's exact bytes
+//! stacks/NNNN/lock-info.json           the held lock's info body, verbatim (if locked)
+//! ```
+//!
+//! History is append-only, so an export taken while servers run is consistent per stack; the
+//! audit chain is read last and covers at least everything exported.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use airlock_core::audit::{verify_chain, AuditRecord, GENESIS};
+use airlock_store::{
+    blob, GrantRecord, LockRecord, SqliteStore, StackRecord, StackSettings, Store, TokenRecord,
+    VersionMeta,
+};
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::migrate::{open_store, Missing};
+use crate::cli::{BackupCommand, OutputFormat};
+
+const FORMAT: &str = "airlock-backup/1";
+const AUDIT_PAGE: u32 = 1000;
+
+pub fn run(cmd: BackupCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        BackupCommand::Export { dir, db, format } => {
+            let store = open_store(&db, Missing::Refuse)?;
+            let summary = export(store.as_ref(), &dir)?;
+            let manifest_sha = hex(&blob::sha256(&std::fs::read(dir.join("manifest.json"))?));
+            print(format, &json!({"dir": dir, "summary": summary, "manifest_sha256": manifest_sha}), || {
+                format!(
+                    "exported {} stack(s), {} version(s), {} token(s), {} grant(s), {} lock(s), {} audit event(s) to {}\nmanifest.json SHA-256: {manifest_sha} (record it elsewhere to detect a replaced manifest)\n",
+                    summary.stacks, summary.versions, summary.tokens, summary.grants, summary.locks, summary.audit_events, dir.display()
+                )
+            });
+            Ok(ExitCode::SUCCESS)
+        }
+        BackupCommand::Verify { dir, format } => {
+            let (backup, mut problems) = Backup::load(&dir)?;
+            if problems.is_empty() {
+                problems = replay_into_scratch(&backup)?;
+            }
+            let ok = problems.is_empty();
+            print(format, &json!({"ok": ok, "summary": backup.manifest.summary, "problems": problems}), || {
+                let s = &backup.manifest.summary;
+                if ok {
+                    format!(
+                        "backup OK: {} stack(s), {} version(s), {} token(s), {} grant(s), {} lock(s), {} audit event(s), audit head {}; every file matches the manifest, every version its SHA-256, the audit chain verifies, and a replay into a scratch SQLite store compares equal\n",
+                        s.stacks, s.versions, s.tokens, s.grants, s.locks, s.audit_events, s.audit_head
+                    )
+                } else {
+                    let mut out = format!("backup BROKEN: {} problem(s)\n", problems.len());
+                    for p in &problems {
+                        out.push_str(&format!("  {p}\n"));
+                    }
+                    out
+                }
+            });
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        BackupCommand::Import { dir, db, format } => {
+            let (backup, problems) = Backup::load(&dir)?;
+            if !problems.is_empty() {
+                bail!(
+                    "refusing to import a backup that does not verify ({} problem(s)), first: {}",
+                    problems.len(),
+                    problems[0]
+                );
+            }
+            let store = open_store(&db, Missing::Create)?;
+            ensure_empty(store.as_ref())?;
+            replay(store.as_ref(), &backup).context(
+                "import failed part-way; the target store is now partly filled: drop it (or use a fresh data dir) before trying again",
+            )?;
+            let problems = compare(store.as_ref(), &backup)?;
+            if !problems.is_empty() {
+                bail!(
+                    "imported, but the store does not compare equal to the backup: {}",
+                    problems.join("; ")
+                );
+            }
+            let s = &backup.manifest.summary;
+            print(format, &json!({"ok": true, "engine": store.engine(), "summary": s}), || {
+                format!(
+                    "imported {} stack(s), {} version(s), {} token(s), {} grant(s), {} lock(s), {} audit event(s) into the {} store; it compares equal to the backup (audit head {})\n",
+                    s.stacks, s.versions, s.tokens, s.grants, s.locks, s.audit_events, store.engine(), s.audit_head
+                )
+            });
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn print(format: OutputFormat, value: &serde_json::Value, text: impl FnOnce() -> String) {
+    match format {
+        OutputFormat::Json => crate::out(&format!(
+            "{}\n",
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        )),
+        OutputFormat::Text => crate::out(&text()),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex32(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, slot) in out.iter_mut().enumerate() {
+        *slot = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+// ---- the format ----
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Manifest {
+    format: String,
+    created_at: String,
+    source_engine: String,
+    summary: Summary,
+    /// Relative path (always `/`-separated) -> hash and size.
+    files: BTreeMap<String, FileEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+struct Summary {
+    stacks: u64,
+    versions: u64,
+    tokens: u64,
+    grants: u64,
+    locks: u64,
+    audit_events: u64,
+    audit_head: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct FileEntry {
+    sha256: String,
+    size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct StackFile {
+    name: String,
+    production: bool,
+    lineage: Option<String>,
+    settings: StackSettings,
+    created_at: i64,
+    versions: Vec<VersionEntry>,
+    grants: Vec<GrantEntry>,
+    lock: Option<LockEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct VersionEntry {
+    serial: u64,
+    lineage: String,
+    sha256: String,
+    size: u64,
+    author: String,
+    lock_id: Option<String>,
+    run_id: Option<String>,
+    reason: Option<String>,
+    restored_from: Option<u64>,
+    created_at: i64,
+    file: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct GrantEntry {
+    id: String,
+    addresses: Vec<String>,
+    reason: String,
+    created_by: String,
+    created_at: i64,
+    expires_at: i64,
+    consumed_at: Option<i64>,
+    run_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct LockEntry {
+    id: String,
+    operation: String,
+    owner_token: String,
+    owner: String,
+    created_at: i64,
+    info_file: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct TokenEntry {
+    id: String,
+    name: String,
+    role: String,
+    stacks: Vec<String>,
+    created_at: i64,
+    expires_at: Option<i64>,
+    revoked_at: Option<i64>,
+    created_by: String,
+    run_id: Option<String>,
+    /// SHA-256 of the secret, as the store keeps it: enough to restore working tokens, never
+    /// enough to use one.
+    secret_sha256: String,
+}
+
+impl VersionEntry {
+    fn from_meta(v: &VersionMeta, file: String) -> VersionEntry {
+        VersionEntry {
+            serial: v.serial,
+            lineage: v.lineage.clone(),
+            sha256: v.sha256.clone(),
+            size: v.size,
+            author: v.author.clone(),
+            lock_id: v.lock_id.clone(),
+            run_id: v.run_id.clone(),
+            reason: v.reason.clone(),
+            restored_from: v.restored_from,
+            created_at: v.created_at,
+            file,
+        }
+    }
+
+    fn to_meta(&self, stack: &str) -> VersionMeta {
+        VersionMeta {
+            stack: stack.to_owned(),
+            serial: self.serial,
+            lineage: self.lineage.clone(),
+            sha256: self.sha256.clone(),
+            size: self.size,
+            author: self.author.clone(),
+            lock_id: self.lock_id.clone(),
+            run_id: self.run_id.clone(),
+            reason: self.reason.clone(),
+            restored_from: self.restored_from,
+            created_at: self.created_at,
+        }
+    }
+}
+
+impl GrantEntry {
+    fn from_record(g: &GrantRecord) -> GrantEntry {
+        GrantEntry {
+            id: g.id.clone(),
+            addresses: g.addresses.clone(),
+            reason: g.reason.clone(),
+            created_by: g.created_by.clone(),
+            created_at: g.created_at,
+            expires_at: g.expires_at,
+            consumed_at: g.consumed_at,
+            run_id: g.run_id.clone(),
+        }
+    }
+
+    fn to_record(&self, stack: &str) -> GrantRecord {
+        GrantRecord {
+            id: self.id.clone(),
+            stack: stack.to_owned(),
+            addresses: self.addresses.clone(),
+            reason: self.reason.clone(),
+            created_by: self.created_by.clone(),
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+            consumed_at: self.consumed_at,
+            run_id: self.run_id.clone(),
+        }
+    }
+}
+
+impl TokenEntry {
+    fn from_record(t: &TokenRecord, hash: &[u8; 32]) -> TokenEntry {
+        TokenEntry {
+            id: t.id.clone(),
+            name: t.name.clone(),
+            role: t.role.as_str().to_owned(),
+            stacks: t.stacks.clone(),
+            created_at: t.created_at,
+            expires_at: t.expires_at,
+            revoked_at: t.revoked_at,
+            created_by: t.created_by.clone(),
+            run_id: t.run_id.clone(),
+            secret_sha256: hex(hash),
+        }
+    }
+
+    fn to_record(&self) -> anyhow::Result<(TokenRecord, [u8; 32])> {
+        let role = self
+            .role
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("token {}: {e}", self.id))?;
+        let hash = unhex32(&self.secret_sha256)
+            .with_context(|| format!("token {}: secret_sha256 is not 64 hex digits", self.id))?;
+        Ok((
+            TokenRecord {
+                id: self.id.clone(),
+                name: self.name.clone(),
+                role,
+                stacks: self.stacks.clone(),
+                created_at: self.created_at,
+                expires_at: self.expires_at,
+                revoked_at: self.revoked_at,
+                created_by: self.created_by.clone(),
+                run_id: self.run_id.clone(),
+            },
+            hash,
+        ))
+    }
+}
+
+impl StackFile {
+    fn record(&self) -> StackRecord {
+        StackRecord {
+            name: self.name.clone(),
+            production: self.production,
+            lineage: self.lineage.clone(),
+            settings: self.settings.clone(),
+            created_at: self.created_at,
+        }
+    }
+}
+
+// ---- export ----
+
+/// Writes files under the backup directory and remembers their hashes for the manifest.
+struct Writer {
+    root: PathBuf,
+    files: BTreeMap<String, FileEntry>,
+}
+
+impl Writer {
+    fn put(&mut self, rel: &str, bytes: &[u8]) -> anyhow::Result<()> {
+        use std::io::Write;
+        let path = self.root.join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        let mut f = std::fs::File::create(&path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        f.write_all(bytes)
+            .and_then(|()| f.sync_all())
+            .with_context(|| format!("writing {}", path.display()))?;
+        self.files.insert(
+            rel.to_owned(),
+            FileEntry {
+                sha256: hex(&blob::sha256(bytes)),
+                size: bytes.len() as u64,
+            },
+        );
+        Ok(())
+    }
+
+    fn put_json<T: Serialize>(&mut self, rel: &str, value: &T) -> anyhow::Result<()> {
+        let mut bytes = serde_json::to_vec_pretty(value)?;
+        bytes.push(b'\n');
+        self.put(rel, &bytes)
+    }
+}
+
+fn all_audit(store: &dyn Store) -> anyhow::Result<Vec<AuditRecord>> {
+    let mut out: Vec<AuditRecord> = Vec::new();
+    loop {
+        let after = out.last().map_or(0, |r| r.seq);
+        let page = store.audit_events(after, AUDIT_PAGE)?;
+        if page.is_empty() {
+            return Ok(out);
+        }
+        out.extend(page);
+    }
+}
+
+fn export(store: &dyn Store, dir: &Path) -> anyhow::Result<Summary> {
+    if dir.exists() {
+        let mut entries =
+            std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
+        if entries.next().is_some() {
+            bail!(
+                "{} is not empty; export into a new directory so files of two backups never mix",
+                dir.display()
+            );
+        }
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut w = Writer {
+        root: dir.to_owned(),
+        files: BTreeMap::new(),
+    };
+    let mut summary = Summary::default();
+
+    let tokens: Vec<TokenEntry> = store
+        .tokens_with_hashes()?
+        .iter()
+        .map(|(t, h)| TokenEntry::from_record(t, h))
+        .collect();
+    summary.tokens = tokens.len() as u64;
+    w.put_json("tokens.json", &tokens)?;
+
+    for (i, s) in store.list_stacks()?.iter().enumerate() {
+        let base = format!("stacks/{:04}", i + 1);
+        let mut versions = Vec::new();
+        for v in store.versions(&s.name)? {
+            let bytes = store.version_bytes(&s.name, v.serial)?;
+            let file = format!("{base}/versions/{}.tfstate", v.serial);
+            w.put(&file, &bytes)?;
+            versions.push(VersionEntry::from_meta(&v, file));
+        }
+        let grants: Vec<GrantEntry> = store
+            .grants(&s.name)?
+            .iter()
+            .map(GrantEntry::from_record)
+            .collect();
+        let lock = match store.current_lock(&s.name)? {
+            Some(l) => {
+                let info_file = format!("{base}/lock-info.json");
+                w.put(&info_file, &l.info)?;
+                Some(LockEntry {
+                    id: l.id,
+                    operation: l.operation,
+                    owner_token: l.owner_token,
+                    owner: l.owner,
+                    created_at: l.created_at,
+                    info_file,
+                })
+            }
+            None => None,
+        };
+        summary.stacks += 1;
+        summary.versions += versions.len() as u64;
+        summary.grants += grants.len() as u64;
+        summary.locks += u64::from(lock.is_some());
+        let file = StackFile {
+            name: s.name.clone(),
+            production: s.production,
+            lineage: s.lineage.clone(),
+            settings: s.settings.clone(),
+            created_at: s.created_at,
+            versions,
+            grants,
+            lock,
+        };
+        w.put_json(&format!("{base}/stack.json"), &file)?;
+    }
+
+    // Last: the chain then covers at least every write exported above.
+    let audit = all_audit(store)?;
+    let mut lines = Vec::new();
+    for r in &audit {
+        serde_json::to_writer(&mut lines, r)?;
+        lines.push(b'\n');
+    }
+    w.put("audit.jsonl", &lines)?;
+    summary.audit_events = audit.len() as u64;
+    summary.audit_head = audit
+        .last()
+        .map_or_else(|| GENESIS.to_owned(), |r| r.hash.clone());
+
+    let manifest = Manifest {
+        format: FORMAT.into(),
+        created_at: airlock_core::time::rfc3339(airlock_store::now_ms()),
+        source_engine: store.engine().into(),
+        summary: summary.clone(),
+        files: std::mem::take(&mut w.files),
+    };
+    // Written last, under a temporary name first: a directory with a manifest is complete.
+    let mut bytes = serde_json::to_vec_pretty(&manifest)?;
+    bytes.push(b'\n');
+    w.put("manifest.json.tmp", &bytes)?;
+    std::fs::rename(dir.join("manifest.json.tmp"), dir.join("manifest.json"))
+        .context("renaming the manifest into place")?;
+    Ok(summary)
+}
+
+// ---- load and check ----
+
+/// A backup read back and checked against itself. Version bytes stay on disk.
+struct Backup {
+    root: PathBuf,
+    manifest: Manifest,
+    tokens: Vec<TokenEntry>,
+    stacks: Vec<StackFile>,
+    audit: Vec<AuditRecord>,
+}
+
+impl Backup {
+    fn read(&self, rel: &str) -> anyhow::Result<Vec<u8>> {
+        std::fs::read(self.root.join(rel)).with_context(|| format!("reading {rel}"))
+    }
+
+    /// Reads and checks everything that needs no store: every file against the manifest,
+    /// every version against its recorded SHA-256, the audit chain, the counts. Returns the
+    /// backup and the problems found; an error means it could not be read at all.
+    fn load(dir: &Path) -> anyhow::Result<(Backup, Vec<String>)> {
+        let manifest_bytes = std::fs::read(dir.join("manifest.json")).with_context(|| {
+            format!(
+                "reading {}/manifest.json (is this an airlock backup directory?)",
+                dir.display()
+            )
+        })?;
+        let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
+            .context("manifest.json is not a valid airlock backup manifest")?;
+        if manifest.format != FORMAT {
+            bail!(
+                "unsupported backup format {:?} (this airlock reads {FORMAT})",
+                manifest.format
+            );
+        }
+        let mut problems = Vec::new();
+
+        // 1. Every listed file is present and re-hashes; nothing unlisted is there.
+        for (rel, entry) in &manifest.files {
+            if rel.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") {
+                problems.push(format!("manifest lists an unsafe path {rel:?}"));
+                continue;
+            }
+            match std::fs::read(dir.join(rel)) {
+                Ok(bytes) => {
+                    if bytes.len() as u64 != entry.size || hex(&blob::sha256(&bytes)) != entry.sha256 {
+                        problems.push(format!("{rel}: content does not match the manifest's SHA-256 and size"));
+                    }
+                }
+                Err(e) => problems.push(format!("{rel}: listed in the manifest but unreadable: {e}")),
+            }
+        }
+        let mut on_disk = BTreeSet::new();
+        list_files(dir, dir, &mut on_disk)?;
+        for rel in on_disk {
+            if rel != "manifest.json" && !manifest.files.contains_key(&rel) {
+                problems.push(format!("{rel}: present but not listed in the manifest"));
+            }
+        }
+
+        // 2. Parse the listed records.
+        let parse = |rel: &str| -> anyhow::Result<Vec<u8>> {
+            if !manifest.files.contains_key(rel) {
+                bail!("{rel} is not listed in the manifest");
+            }
+            std::fs::read(dir.join(rel)).with_context(|| format!("reading {rel}"))
+        };
+        let tokens: Vec<TokenEntry> = serde_json::from_slice(&parse("tokens.json")?)
+            .context("tokens.json is not valid")?;
+        let mut audit = Vec::new();
+        for (n, line) in parse("audit.jsonl")?.split(|b| *b == b'\n').enumerate() {
+            if line.is_empty() {
+                continue;
+            }
+            let r: AuditRecord = serde_json::from_slice(line)
+                .with_context(|| format!("audit.jsonl line {} is not an audit record", n + 1))?;
+            audit.push(r);
+        }
+        let mut stacks = Vec::new();
+        for rel in manifest.files.keys().filter(|k| k.starts_with("stacks/") && k.ends_with("/stack.json")) {
+            let s: StackFile = serde_json::from_slice(&parse(rel)?)
+                .with_context(|| format!("{rel} is not valid"))?;
+            stacks.push(s);
+        }
+        let backup = Backup {
+            root: dir.to_owned(),
+            manifest,
+            tokens,
+            stacks,
+            audit,
+        };
+
+        // 3. Every version's bytes match its recorded SHA-256 and size; serials increase.
+        for s in &backup.stacks {
+            let mut last: Option<u64> = None;
+            for v in &s.versions {
+                if last.is_some_and(|l| v.serial <= l) {
+                    problems.push(format!("{} serial {}: serials are not increasing", s.name, v.serial));
+                }
+                last = Some(v.serial);
+                if !backup.manifest.files.contains_key(&v.file) {
+                    problems.push(format!("{} serial {}: {} is not listed in the manifest", s.name, v.serial, v.file));
+                    continue;
+                }
+                match backup.read(&v.file) {
+                    Ok(bytes) if bytes.len() as u64 == v.size && hex(&blob::sha256(&bytes)) == v.sha256 => {}
+                    Ok(_) => problems.push(format!("{} serial {}: bytes do not match the version's recorded SHA-256", s.name, v.serial)),
+                    Err(e) => problems.push(format!("{} serial {}: {e:#}", s.name, v.serial)),
+                }
+            }
+            if let Some(l) = &s.lock {
+                if !backup.manifest.files.contains_key(&l.info_file) {
+                    problems.push(format!("{}: lock info file {} is not listed in the manifest", s.name, l.info_file));
+                }
+            }
+        }
+
+        // 4. The audit chain verifies from genesis and ends at the recorded head.
+        if backup.audit.first().is_some_and(|r| r.seq != 1) {
+            problems.push("audit chain does not start at event 1".into());
+        }
+        if let Err((seq, why)) = verify_chain(&backup.audit, GENESIS.to_owned()) {
+            problems.push(format!("audit chain broken at event {seq}: {why}"));
+        }
+
+        // 5. The counts match the manifest.
+        let actual = backup.computed_summary();
+        if actual != backup.manifest.summary {
+            problems.push(format!(
+                "the manifest's summary {:?} does not match the files {:?}",
+                backup.manifest.summary, actual
+            ));
+        }
+        Ok((backup, problems))
+    }
+
+    fn computed_summary(&self) -> Summary {
+        Summary {
+            stacks: self.stacks.len() as u64,
+            versions: self.stacks.iter().map(|s| s.versions.len() as u64).sum(),
+            tokens: self.tokens.len() as u64,
+            grants: self.stacks.iter().map(|s| s.grants.len() as u64).sum(),
+            locks: self.stacks.iter().filter(|s| s.lock.is_some()).count() as u64,
+            audit_events: self.audit.len() as u64,
+            audit_head: self
+                .audit
+                .last()
+                .map_or_else(|| GENESIS.to_owned(), |r| r.hash.clone()),
+        }
+    }
+}
+
+fn list_files(root: &Path, dir: &Path, out: &mut BTreeSet<String>) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            list_files(root, &path, out)?;
+        } else {
+            let rel = path.strip_prefix(root).unwrap_or(&path);
+            let rel: Vec<String> = rel
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect();
+            out.insert(rel.join("/"));
+        }
+    }
+    Ok(())
+}
+
+// ---- replay and compare ----
+
+fn ensure_empty(store: &dyn Store) -> anyhow::Result<()> {
+    let stacks = store.list_stacks()?.len();
+    let tokens = store.token_count()?;
+    let events = store.audit_events(0, 1)?.len();
+    if stacks + events > 0 || tokens > 0 {
+        bail!(
+            "refusing to import into a store that is not empty ({stacks} stack(s), {tokens} token(s), audit events: {}); import restores a whole installation into a fresh store: point --data-dir at a new directory or --database-url at a new database, and run the import before starting any server (a server mints a bootstrap token on an empty store)",
+            if events > 0 { "yes" } else { "none" }
+        );
+    }
+    Ok(())
+}
+
+/// Inserts everything in the backup into `store` verbatim.
+fn replay(store: &dyn Store, b: &Backup) -> anyhow::Result<()> {
+    for t in &b.tokens {
+        let (record, hash) = t.to_record()?;
+        store
+            .import_token(&record, &hash)
+            .with_context(|| format!("importing token {}", t.id))?;
+    }
+    for s in &b.stacks {
+        store
+            .import_stack(&s.record())
+            .with_context(|| format!("importing stack {}", s.name))?;
+        for v in &s.versions {
+            let bytes = b.read(&v.file)?;
+            store
+                .import_version(&v.to_meta(&s.name), &bytes)
+                .with_context(|| format!("importing {} serial {}", s.name, v.serial))?;
+        }
+        for g in &s.grants {
+            store
+                .import_grant(&g.to_record(&s.name))
+                .with_context(|| format!("importing grant {} of {}", g.id, s.name))?;
+        }
+        if let Some(l) = &s.lock {
+            let lock = LockRecord {
+                id: l.id.clone(),
+                info: b.read(&l.info_file)?,
+                operation: l.operation.clone(),
+                owner_token: l.owner_token.clone(),
+                owner: l.owner.clone(),
+                created_at: l.created_at,
+            };
+            store
+                .import_lock(&s.name, &lock)
+                .with_context(|| format!("importing the lock of {}", s.name))?;
+        }
+    }
+    for r in &b.audit {
+        store
+            .import_audit(r)
+            .with_context(|| format!("importing audit event {}", r.seq))?;
+    }
+    Ok(())
+}
+
+/// Differences between what `store` holds and the backup (empty: equal). Version bytes are
+/// compared through their hashes, after the store re-hashed every version it holds.
+fn compare(store: &dyn Store, b: &Backup) -> anyhow::Result<Vec<String>> {
+    let mut problems = Vec::new();
+    let mut tokens: Vec<TokenEntry> = store
+        .tokens_with_hashes()?
+        .iter()
+        .map(|(t, h)| TokenEntry::from_record(t, h))
+        .collect();
+    let mut want_tokens = b.tokens.clone();
+    tokens.sort_by(|x, y| x.id.cmp(&y.id));
+    want_tokens.sort_by(|x, y| x.id.cmp(&y.id));
+    if tokens != want_tokens {
+        problems.push(format!(
+            "tokens differ ({} stored, {} in the backup)",
+            tokens.len(),
+            want_tokens.len()
+        ));
+    }
+    let stored: BTreeMap<String, StackRecord> = store
+        .list_stacks()?
+        .into_iter()
+        .map(|s| (s.name.clone(), s))
+        .collect();
+    if stored.len() != b.stacks.len() {
+        problems.push(format!(
+            "{} stack(s) stored, {} in the backup",
+            stored.len(),
+            b.stacks.len()
+        ));
+    }
+    for s in &b.stacks {
+        let Some(rec) = stored.get(&s.name) else {
+            problems.push(format!("stack {} is missing", s.name));
+            continue;
+        };
+        if *rec != s.record() {
+            problems.push(format!("stack {}: record differs", s.name));
+        }
+        let versions = store.versions(&s.name)?;
+        let want: Vec<VersionMeta> = s.versions.iter().map(|v| v.to_meta(&s.name)).collect();
+        if versions != want {
+            problems.push(format!(
+                "stack {}: versions differ ({} stored, {} in the backup)",
+                s.name,
+                versions.len(),
+                want.len()
+            ));
+        }
+        let mut grants: Vec<GrantEntry> = store
+            .grants(&s.name)?
+            .iter()
+            .map(GrantEntry::from_record)
+            .collect();
+        let mut want_grants = s.grants.clone();
+        grants.sort_by(|x, y| x.id.cmp(&y.id));
+        want_grants.sort_by(|x, y| x.id.cmp(&y.id));
+        if grants != want_grants {
+            problems.push(format!("stack {}: grants differ", s.name));
+        }
+        let lock = store.current_lock(&s.name)?;
+        let same_lock = match (&lock, &s.lock) {
+            (None, None) => true,
+            (Some(l), Some(w)) => {
+                l.id == w.id
+                    && l.operation == w.operation
+                    && l.owner_token == w.owner_token
+                    && l.owner == w.owner
+                    && l.created_at == w.created_at
+                    && l.info == b.read(&w.info_file)?
+            }
+            _ => false,
+        };
+        if !same_lock {
+            problems.push(format!("stack {}: lock differs", s.name));
+        }
+    }
+    let audit = all_audit(store)?;
+    if audit != b.audit {
+        problems.push(format!(
+            "audit records differ ({} stored, {} in the backup)",
+            audit.len(),
+            b.audit.len()
+        ));
+    }
+    if let Err((seq, why)) = verify_chain(&audit, GENESIS.to_owned()) {
+        problems.push(format!("stored audit chain broken at event {seq}: {why}"));
+    }
+    let head = audit
+        .last()
+        .map_or_else(|| GENESIS.to_owned(), |r| r.hash.clone());
+    if head != b.manifest.summary.audit_head {
+        problems.push(format!(
+            "stored audit head {head} differs from the backup's {}",
+            b.manifest.summary.audit_head
+        ));
+    }
+    let report = store.verify(None)?;
+    for f in report.failures {
+        problems.push(format!("stored version does not re-hash: {f}"));
+    }
+    Ok(problems)
+}
+
+/// A SQLite store in a temporary directory, removed when dropped.
+struct Scratch {
+    dir: PathBuf,
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn replay_into_scratch(b: &Backup) -> anyhow::Result<Vec<String>> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let scratch = Scratch {
+        dir: std::env::temp_dir().join(format!(
+            "airlock-backup-verify-{}-{nanos}",
+            std::process::id()
+        )),
+    };
+    std::fs::create_dir(&scratch.dir)
+        .with_context(|| format!("creating scratch dir {}", scratch.dir.display()))?;
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(&scratch.dir.join("airlock.db")).context("opening the scratch store")?,
+    );
+    if let Err(e) = replay(store.as_ref(), b) {
+        return Ok(vec![format!("replay into a scratch store failed: {e:#}")]);
+    }
+    let problems = compare(store.as_ref(), b)?;
+    drop(store);
+    Ok(problems)
+}
