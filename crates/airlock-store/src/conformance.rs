@@ -40,8 +40,10 @@ pub fn run_all(store: &Arc<dyn Store>) {
     writes_and_history(store.as_ref());
     grants(store.as_ref());
     big_history_dedups(store.as_ref());
+    runs(store.as_ref());
     concurrent_locks_have_one_winner(store);
     concurrent_writes_are_serialized(store);
+    concurrent_run_transitions_have_one_winner(store);
     audit_chain_verifies(store.as_ref());
 }
 
@@ -231,6 +233,405 @@ pub fn audit_chain_verifies(s: &dyn Store) {
     assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), [4, 5]);
 }
 
+// ---- governed runs ----
+
+fn run_record(id: &str, stack: &str, created_at: i64) -> RunRecord {
+    RunRecord {
+        id: id.into(),
+        stack: stack.into(),
+        status: RunStatus::NeedsApproval,
+        author: "agent (tok-agent)".into(),
+        author_token: "tok-agent".into(),
+        author_role: "agent".into(),
+        created_at,
+        updated_at: created_at,
+        expires_at: created_at + 3_600_000,
+        fingerprint: "f".repeat(64),
+        terraform_version: "1.11.4".into(),
+        planned_lineage: Some("lin".into()),
+        planned_serial: Some(1),
+        git_head: Some("abc123".into()),
+        git_base: None,
+        plan_sha256: "0".repeat(64),
+        config_sha256: None,
+        decision: "review".into(),
+        report: json!({"summary": {"add": 1, "destroy": 1}, "findings": [{"rule": "protected", "address": "aws_db_instance.main"}]}),
+        destroys: vec!["aws_db_instance.main".into()],
+        required_approvals: 1,
+        approvals: vec![],
+        rejection: None,
+        applied_by: None,
+        apply_token: None,
+        apply_started_at: None,
+        finished_at: None,
+        note: None,
+    }
+}
+
+fn audit_len(s: &dyn Store) -> usize {
+    s.audit_events(0, u32::MAX).unwrap().len()
+}
+
+// The closures return `RunUpdate`'s result, whose refusal carries a whole record.
+#[allow(clippy::result_large_err)]
+pub fn runs(s: &dyn Store) {
+    let stack = "conf/runs";
+    s.create_stack(
+        stack,
+        false,
+        StackSettings::default(),
+        audit("stack.create"),
+    )
+    .unwrap();
+    s.write_state(stack, attempt(state(1, "lin", 2), 1), &mut store_it)
+        .unwrap();
+    // Artifacts are binary and byte-exact: every byte value, larger than one compression block.
+    let plan: Vec<u8> = (0..300_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let plan_json = br#"{"format_version":"1.2","resource_changes":[]}"#.to_vec();
+    let base = now_ms();
+    let run = run_record("run_conf1", stack, base - 2000);
+    let before = audit_len(s);
+    s.create_run(
+        &run,
+        &[("plan.bin", &plan), ("plan.json", &plan_json)],
+        NewAudit::ok("agent", "run.create", Some(stack), json!({"run": run.id})),
+    )
+    .unwrap();
+    assert_eq!(
+        audit_len(s),
+        before + 1,
+        "create_run appends its audit event"
+    );
+    assert_eq!(s.run("run_conf1").unwrap().as_ref(), Some(&run));
+    assert!(s.run("run_none").unwrap().is_none());
+    assert!(
+        matches!(
+            s.create_run(&run, &[], audit("x")),
+            Err(StoreError::Conflict(_))
+        ),
+        "a run id is never reused"
+    );
+    assert!(matches!(
+        s.create_run(
+            &run_record("run_nostack", "conf/none", base),
+            &[],
+            audit("x")
+        ),
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(s.run("run_nostack").unwrap().is_none());
+
+    // Listing: newest first, per stack or across stacks, limit respected.
+    let (r2, r3) = (
+        run_record("run_conf2", stack, base - 1000),
+        run_record("run_conf3", stack, base),
+    );
+    s.create_run(&r2, &[], audit("run.create")).unwrap();
+    s.create_run(&r3, &[], audit("run.create")).unwrap();
+    let ids = |v: Vec<RunRecord>| v.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(s.runs(Some(stack), 10).unwrap()),
+        ["run_conf3", "run_conf2", "run_conf1"]
+    );
+    assert_eq!(
+        ids(s.runs(Some(stack), 2).unwrap()),
+        ["run_conf3", "run_conf2"]
+    );
+    let all = s.runs(None, 1000).unwrap();
+    assert!(
+        all.windows(2).all(|w| w[0].created_at >= w[1].created_at),
+        "newest first"
+    );
+    assert_eq!(
+        ids(all.iter().filter(|r| r.stack == stack).cloned().collect()),
+        ["run_conf3", "run_conf2", "run_conf1"]
+    );
+    assert_eq!(s.runs(None, 2).unwrap(), all[..2]);
+    assert!(s.runs(Some("conf/none"), 10).is_err());
+
+    // Artifacts: exact bytes back, none for an unknown name or run, never replaced.
+    assert_eq!(
+        s.run_artifact("run_conf1", "plan.bin").unwrap().as_deref(),
+        Some(&plan[..])
+    );
+    assert_eq!(
+        s.run_artifact("run_conf1", "plan.json").unwrap(),
+        Some(plan_json)
+    );
+    assert_eq!(s.run_artifact("run_conf1", "apply.log").unwrap(), None);
+    assert_eq!(s.run_artifact("run_none", "plan.bin").unwrap(), None);
+    s.put_run_artifact("run_conf1", "apply.log", b"").unwrap();
+    assert_eq!(
+        s.run_artifact("run_conf1", "apply.log").unwrap(),
+        Some(vec![]),
+        "an empty artifact is stored"
+    );
+    s.put_run_artifact("run_conf1", "lock.hcl", b"provider \"x\" {}\n")
+        .unwrap();
+    assert!(matches!(
+        s.put_run_artifact("run_conf1", "plan.bin", b"other"),
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        s.put_run_artifact("run_conf1", "apply.log", b"later"),
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        s.run_artifact("run_conf1", "plan.bin").unwrap().as_deref(),
+        Some(&plan[..])
+    );
+    assert_eq!(
+        s.run_artifact("run_conf1", "apply.log").unwrap(),
+        Some(vec![])
+    );
+    assert!(matches!(
+        s.put_run_artifact("run_none", "plan.bin", b"x"),
+        Err(StoreError::NotFound(_))
+    ));
+
+    // A transition that is allowed: judged on the locked run, its stack and current version.
+    let before = audit_len(s);
+    let mut seen = None;
+    let t = s
+        .update_run(
+            "run_conf1",
+            &mut |r: &RunRecord, st: &StackRecord, current: Option<&VersionMeta>| {
+                seen = Some((r.status, st.name.clone(), current.map(|v| v.serial)));
+                let mut new = r.clone();
+                new.status = RunStatus::Approved;
+                new.approvals.push(Approval {
+                    by: "bob (tok-bob)".into(),
+                    by_token: "tok-bob".into(),
+                    at: base,
+                    plan_sha256: r.plan_sha256.clone(),
+                });
+                new.updated_at = base + 1;
+                Ok((
+                    new,
+                    NewAudit::ok("bob", "run.approve", Some(stack), json!({"run": r.id})),
+                ))
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        seen,
+        Some((RunStatus::NeedsApproval, stack.to_owned(), Some(1)))
+    );
+    let approved = t.unwrap();
+    assert_eq!(approved.status, RunStatus::Approved);
+    assert_eq!(s.run("run_conf1").unwrap().unwrap(), approved);
+    assert_eq!(
+        s.runs(Some(stack), 10)
+            .unwrap()
+            .iter()
+            .find(|r| r.id == "run_conf1")
+            .unwrap()
+            .status,
+        RunStatus::Approved
+    );
+    let events = s.audit_events(0, u32::MAX).unwrap();
+    assert_eq!(events.len(), before + 1);
+    assert_eq!(
+        (
+            events[before].action.as_str(),
+            events[before].stack.as_deref()
+        ),
+        ("run.approve", Some(stack))
+    );
+
+    // A refusal without a record changes nothing, not even the audit log.
+    let before = audit_len(s);
+    let t = s
+        .update_run(
+            "run_conf1",
+            &mut |_: &RunRecord, _: &StackRecord, _: Option<&VersionMeta>| {
+                Err(Refusal::new(RefusalKind::Forbidden, "approver is the author").into())
+            },
+        )
+        .unwrap();
+    assert_eq!(t.unwrap_err().message, "approver is the author");
+    assert_eq!(s.run("run_conf1").unwrap().unwrap(), approved);
+    assert_eq!(audit_len(s), before);
+
+    // A refusal with a record is refused, and its status change is recorded all the same.
+    let t = s
+        .update_run(
+            "run_conf1",
+            &mut |r: &RunRecord, _: &StackRecord, _: Option<&VersionMeta>| {
+                let mut new = r.clone();
+                new.status = RunStatus::Superseded;
+                new.note = Some("the stack changed after planning".into());
+                Err(RunRefusal {
+                    refusal: Refusal::new(RefusalKind::Conflict, "stale plan"),
+                    record: Some((
+                        new,
+                        NewAudit::denied(
+                            "carol",
+                            "run.supersede",
+                            Some(stack),
+                            json!({"run": r.id}),
+                        ),
+                    )),
+                })
+            },
+        )
+        .unwrap();
+    assert_eq!(t.unwrap_err().kind, RefusalKind::Conflict);
+    let superseded = s.run("run_conf1").unwrap().unwrap();
+    assert_eq!(
+        (superseded.status, superseded.note.as_deref()),
+        (
+            RunStatus::Superseded,
+            Some("the stack changed after planning")
+        )
+    );
+    let events = s.audit_events(0, u32::MAX).unwrap();
+    assert_eq!(events.len(), before + 1);
+    assert_eq!(
+        (
+            events[before].action.as_str(),
+            events[before].outcome.as_str()
+        ),
+        ("run.supersede", "denied")
+    );
+    // The other runs were not touched.
+    assert_eq!(s.run("run_conf2").unwrap().unwrap(), r2);
+
+    let mut called = false;
+    let r = s.update_run(
+        "run_none",
+        &mut |r: &RunRecord, _: &StackRecord, _: Option<&VersionMeta>| {
+            called = true;
+            Ok((r.clone(), audit("x")))
+        },
+    );
+    assert!(matches!(r, Err(StoreError::NotFound(_))), "{r:?}");
+    assert!(!called);
+}
+
+/// `threads` clients, spread over `stores`, each move one run from NeedsApproval to Applying
+/// only if it is still NeedsApproval; exactly one of them must win each round. Meanwhile the
+/// stack gets a state write and the run an artifact, which take the same row locks.
+// The closures return `RunUpdate`'s result, whose refusal carries a whole record.
+#[allow(clippy::result_large_err)]
+fn race_for_run(stores: &[&Arc<dyn Store>], stack: &str, rounds: usize, threads: usize) {
+    let s0 = stores[0];
+    s0.create_stack(
+        stack,
+        false,
+        StackSettings::default(),
+        audit("stack.create"),
+    )
+    .unwrap();
+    for round in 0..rounds {
+        let id = format!("run_race_{}_{round}", stack.replace('/', "_"));
+        s0.create_run(
+            &run_record(&id, stack, now_ms()),
+            &[("plan.bin", b"plan")],
+            audit("run.create"),
+        )
+        .unwrap();
+        let winners = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let start = Arc::new(std::sync::Barrier::new(threads + 2));
+        let mut handles: Vec<_> = (0..threads)
+            .map(|i| {
+                let s = Arc::clone(stores[i % stores.len()]);
+                let (winners, start, id) = (Arc::clone(&winners), Arc::clone(&start), id.clone());
+                let stack = stack.to_owned();
+                std::thread::spawn(move || {
+                    let me = format!("client-{i}");
+                    start.wait();
+                    let t = s
+                        .update_run(
+                            &id,
+                            &mut |r: &RunRecord, _: &StackRecord, _: Option<&VersionMeta>| {
+                                if r.status != RunStatus::NeedsApproval {
+                                    return Err(Refusal::new(
+                                        RefusalKind::Conflict,
+                                        format!("run is {}", r.status.as_str()),
+                                    )
+                                    .into());
+                                }
+                                let mut new = r.clone();
+                                new.status = RunStatus::Applying;
+                                new.applied_by = Some(me.clone());
+                                Ok((
+                                    new,
+                                    NewAudit::ok(
+                                        &me,
+                                        "run.apply",
+                                        Some(stack.as_str()),
+                                        json!({"run": r.id}),
+                                    ),
+                                ))
+                            },
+                        )
+                        .unwrap();
+                    if let Ok(r) = t {
+                        winners.lock().unwrap().push((me, r));
+                    }
+                })
+            })
+            .collect();
+        let (s, start2, id2) = (
+            Arc::clone(stores[round % stores.len()]),
+            Arc::clone(&start),
+            id.clone(),
+        );
+        handles.push(std::thread::spawn(move || {
+            start2.wait();
+            s.put_run_artifact(&id2, "apply.log", b"applying").unwrap();
+        }));
+        let (s, start3, stack3) = (
+            Arc::clone(stores[(round + 1) % stores.len()]),
+            Arc::clone(&start),
+            stack.to_owned(),
+        );
+        handles.push(std::thread::spawn(move || {
+            start3.wait();
+            let serial = round as u64 + 1;
+            let r = s
+                .write_state(
+                    &stack3,
+                    attempt(state(serial, "lin", 1), serial),
+                    &mut store_it,
+                )
+                .unwrap();
+            assert!(matches!(r, WriteResult::Stored(_)), "{r:?}");
+        }));
+        handles.into_iter().for_each(|t| t.join().unwrap());
+        let winners = winners.lock().unwrap().clone();
+        assert_eq!(
+            winners.len(),
+            1,
+            "round {round}: winners {:?}",
+            winners.iter().map(|w| &w.0).collect::<Vec<_>>()
+        );
+        let (who, record) = &winners[0];
+        assert_eq!(record.applied_by.as_ref(), Some(who));
+        for s in stores {
+            assert_eq!(s.run(&id).unwrap().as_ref(), Some(record), "round {round}");
+            assert_eq!(
+                s.run_artifact(&id, "apply.log").unwrap().as_deref(),
+                Some(&b"applying"[..])
+            );
+        }
+        let applies = s0
+            .audit_events(0, u32::MAX)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.action == "run.apply" && e.detail["run"] == id.as_str())
+            .count();
+        assert_eq!(applies, 1, "round {round}: one transition, one audit event");
+    }
+}
+
+pub fn concurrent_run_transitions_have_one_winner(s: &Arc<dyn Store>) {
+    race_for_run(&[s], "conf/run-race", 5, 8);
+}
+
 // ---- two stores on one database (replicas) ----
 
 /// Runs every two-replica check. `a` and `b` are separate store instances (as two server
@@ -240,6 +641,7 @@ pub fn run_replicas(a: &Arc<dyn Store>, b: &Arc<dyn Store>) {
     replicas_race_for_locks(a, b);
     replicas_locked_writes_are_linear(a, b);
     replicas_unlocked_writes_are_serialized(a, b);
+    replicas_race_for_run_transitions(a, b);
     replicas_audit_chain_verifies(a.as_ref(), b.as_ref());
 }
 
@@ -391,4 +793,10 @@ pub fn replicas_audit_chain_verifies(a: &dyn Store, b: &dyn Store) {
     assert_eq!(events.first().map(|e| e.seq), Some(1));
     verify_chain(&events, GENESIS.to_owned()).unwrap();
     assert_eq!(events.iter().filter(|e| e.action == "denied").count(), 40);
+}
+
+/// Clients on both replicas move one run at once (approval races, double applies): exactly
+/// one transition wins each round, and both replicas then serve the winner's record.
+pub fn replicas_race_for_run_transitions(a: &Arc<dyn Store>, b: &Arc<dyn Store>) {
+    race_for_run(&[a, b], "rep/run-race", 5, 8);
 }

@@ -121,36 +121,25 @@ pub trait Store: Send + Sync {
     fn audit_events(&self, after: i64, limit: u32) -> Result<Vec<AuditRecord>>;
 
     // --- governed runs ---
-    /// Stores a new run and its artifacts (name, bytes).
-    fn create_run(&self, run: &RunRecord, artifacts: &[(&str, &[u8])], audit: NewAudit) -> Result<()> {
-        let _ = (run, artifacts, audit);
-        Err(runs_unsupported(self.engine()))
-    }
+    /// Stores a new run and its artifacts (name, bytes); `NotFound` if its stack does not
+    /// exist, `Conflict` if the run or an artifact name exists already.
+    fn create_run(
+        &self,
+        run: &RunRecord,
+        artifacts: &[(&str, &[u8])],
+        audit: NewAudit,
+    ) -> Result<()>;
     /// Looks a run up.
-    fn run(&self, id: &str) -> Result<Option<RunRecord>> {
-        let _ = id;
-        Err(runs_unsupported(self.engine()))
-    }
+    fn run(&self, id: &str) -> Result<Option<RunRecord>>;
     /// Runs, newest first, of one stack or all, at most `limit`.
-    fn runs(&self, stack: Option<&str>, limit: u32) -> Result<Vec<RunRecord>> {
-        let _ = (stack, limit);
-        Err(runs_unsupported(self.engine()))
-    }
+    fn runs(&self, stack: Option<&str>, limit: u32) -> Result<Vec<RunRecord>>;
     /// One artifact of a run, verified against its SHA-256.
-    fn run_artifact(&self, id: &str, name: &str) -> Result<Option<Vec<u8>>> {
-        let _ = (id, name);
-        Err(runs_unsupported(self.engine()))
-    }
-    /// Adds an artifact to a run (e.g. the apply log); artifacts are never replaced.
-    fn put_run_artifact(&self, id: &str, name: &str, bytes: &[u8]) -> Result<()> {
-        let _ = (id, name, bytes);
-        Err(runs_unsupported(self.engine()))
-    }
+    fn run_artifact(&self, id: &str, name: &str) -> Result<Option<Vec<u8>>>;
+    /// Adds an artifact to a run (e.g. the apply log); artifacts are never replaced: `Conflict`
+    /// if the run has one of that name, `NotFound` if there is no such run.
+    fn put_run_artifact(&self, id: &str, name: &str, bytes: &[u8]) -> Result<()>;
     /// Judges and records a transition atomically (the run and its stack are locked).
-    fn update_run(&self, id: &str, update: &mut RunUpdate<'_>) -> Result<RunTransition> {
-        let _ = (id, update);
-        Err(runs_unsupported(self.engine()))
-    }
+    fn update_run(&self, id: &str, update: &mut RunUpdate<'_>) -> Result<RunTransition>;
 
     // --- backup import ---
     // `airlock backup` reads everything through the methods above plus `tokens_with_hashes`,
@@ -175,10 +164,6 @@ pub trait Store: Send + Sync {
     /// `seq` follows the last one and its `prev_hash` is the last one's hash.
     fn import_audit(&self, record: &AuditRecord) -> Result<()>;
     // --- end backup import ---
-}
-
-fn runs_unsupported(engine: &str) -> StoreError {
-    StoreError::Backend(format!("governed runs are not implemented for the {engine} engine yet"))
 }
 
 /// Milliseconds since the Unix epoch.

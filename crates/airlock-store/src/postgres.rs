@@ -17,7 +17,10 @@ use airlock_core::time::rfc3339;
 use crate::blob;
 use crate::*;
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/postgres/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/postgres/0001_init.sql")),
+    (2, include_str!("../migrations/postgres/0002_runs.sql")),
+];
 
 /// Transaction-scoped advisory lock keys ("airlock" in ASCII, then a number). Being
 /// transaction-scoped, a replica that dies mid-transaction never leaves one held.
@@ -1101,6 +1104,153 @@ impl Store for PostgresStore {
             .collect()
         })
     }
+
+    // --- governed runs ---
+    fn create_run(
+        &self,
+        run: &RunRecord,
+        artifacts: &[(&str, &[u8])],
+        audit: NewAudit,
+    ) -> Result<()> {
+        let record = serde_json::to_string(run).map_err(|e| StoreError::Backend(e.to_string()))?;
+        // Hash and compress before taking any lock: it is the expensive part.
+        let compressed: Vec<(&str, [u8; 32], i64, Vec<u8>)> = artifacts
+            .iter()
+            .map(|(n, b)| (*n, blob::sha256(b), b.len() as i64, blob::compress(b)))
+            .collect();
+        self.write(|tx| {
+            let (stack_id, _) = lock_stack(tx, &run.stack)?;
+            tx.execute_raw(
+                "INSERT INTO runs (id, stack_id, status, created_at, record) VALUES ($1, $2, $3, $4, $5)",
+                &[&run.id, &stack_id, &run.status.as_str(), &run.created_at, &record],
+            )?
+            .map_err(|e| unique_is_conflict(e, || format!("run {} already exists", run.id)))?;
+            for (name, sha, len, data) in &compressed {
+                tx.execute_raw(
+                    "INSERT INTO run_artifacts (run_id, name, sha256, raw_len, data) VALUES ($1, $2, $3, $4, $5)",
+                    &[&run.id, name, &&sha[..], len, data],
+                )?
+                .map_err(|e| {
+                    unique_is_conflict(e, || format!("run {} has two artifacts named {name}", run.id))
+                })?;
+            }
+            append_audit_tx(tx, &audit)?;
+            Ok(())
+        })
+    }
+
+    fn run(&self, id: &str) -> Result<Option<RunRecord>> {
+        self.read(|db| {
+            db.query_opt("SELECT record FROM runs WHERE id = $1", &[&id])?
+                .map(|r| json_col(&r.try_get::<_, String>(0)?, "run record"))
+                .transpose()
+        })
+    }
+
+    fn runs(&self, stack: Option<&str>, limit: u32) -> Result<Vec<RunRecord>> {
+        let limit = i64::from(limit);
+        self.read(|db| {
+            let rows = match stack {
+                Some(name) => {
+                    let (stack_id, _) = require_stack(db, name)?;
+                    db.query(
+                        "SELECT record FROM runs WHERE stack_id = $1 ORDER BY created_at DESC, id LIMIT $2",
+                        &[&stack_id, &limit],
+                    )?
+                }
+                None => db.query(
+                    "SELECT record FROM runs ORDER BY created_at DESC, id LIMIT $1",
+                    &[&limit],
+                )?,
+            };
+            rows.iter()
+                .map(|r| json_col(&r.try_get::<_, String>(0)?, "run record"))
+                .collect()
+        })
+    }
+
+    fn run_artifact(&self, id: &str, name: &str) -> Result<Option<Vec<u8>>> {
+        self.read(|db| {
+            let Some(row) = db.query_opt(
+                "SELECT sha256, raw_len, data FROM run_artifacts WHERE run_id = $1 AND name = $2",
+                &[&id, &name],
+            )?
+            else {
+                return Ok(None);
+            };
+            let (sha, raw_len, data): (Vec<u8>, i64, Vec<u8>) =
+                (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+            let raw = blob::decompress(&data, raw_len.max(0) as usize)
+                .map_err(|e| StoreError::Corrupt(format!("run {id} artifact {name}: {e}")))?;
+            if blob::sha256(&raw)[..] != sha[..] {
+                return Err(StoreError::Corrupt(format!(
+                    "run {id} artifact {name} does not match its SHA-256"
+                )));
+            }
+            Ok(Some(raw))
+        })
+    }
+
+    fn put_run_artifact(&self, id: &str, name: &str, bytes: &[u8]) -> Result<()> {
+        let (sha, data) = (blob::sha256(bytes), blob::compress(bytes));
+        let raw_len = bytes.len() as i64;
+        self.write(|tx| {
+            // The foreign key waits for a transition holding the run's row, then checks.
+            tx.execute_raw(
+                "INSERT INTO run_artifacts (run_id, name, sha256, raw_len, data) VALUES ($1, $2, $3, $4, $5)",
+                &[&id, &name, &&sha[..], &raw_len, &data],
+            )?
+            .map_err(|e| {
+                if e.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) {
+                    StoreError::NotFound(format!("run {id}"))
+                } else {
+                    unique_is_conflict(e, || {
+                        format!("run {id} already has an artifact named {name}")
+                    })
+                }
+            })?;
+            Ok(())
+        })
+    }
+
+    fn update_run(&self, id: &str, update: &mut RunUpdate<'_>) -> Result<RunTransition> {
+        self.write(|tx| {
+            let not_found = || StoreError::NotFound(format!("run {id}"));
+            // Same lock order as every stack mutation: the stack's row, then the run's (then the
+            // audit lock). A run never moves to another stack, so its stack can be looked up
+            // before either lock is held.
+            let stack_name: String = tx
+                .query_opt(
+                    "SELECT s.name FROM runs r JOIN stacks s ON s.id = r.stack_id WHERE r.id = $1",
+                    &[&id],
+                )?
+                .ok_or_else(not_found)?
+                .try_get(0)?;
+            let (stack_id, stack) = lock_stack(tx, &stack_name)?;
+            // FOR UPDATE reads the newest committed record, whatever was read before the wait.
+            let record: String = tx
+                .query_opt("SELECT record FROM runs WHERE id = $1 FOR UPDATE", &[&id])?
+                .ok_or_else(not_found)?
+                .try_get(0)?;
+            let run: RunRecord = json_col(&record, "run record")?;
+            let current = current_version_of(tx, stack_id, &stack.name)?;
+            let (record, result) = match update(&run, &stack, current.as_ref()) {
+                Ok((new, audit)) => (Some((new.clone(), audit)), Ok(new)),
+                Err(RunRefusal { refusal, record }) => (record, Err(refusal)),
+            };
+            if let Some((new, audit)) = record {
+                let json =
+                    serde_json::to_string(&new).map_err(|e| StoreError::Backend(e.to_string()))?;
+                tx.execute(
+                    "UPDATE runs SET status = $2, record = $3 WHERE id = $1",
+                    &[&id, &new.status.as_str(), &json],
+                )?;
+                append_audit_tx(tx, &audit)?;
+            }
+            Ok(result)
+        })
+    }
+    // --- end governed runs ---
 
     // --- backup import ---
     fn tokens_with_hashes(&self) -> Result<Vec<(TokenRecord, [u8; 32])>> {

@@ -244,6 +244,14 @@ fn run_of(conn: &Connection, id: &str) -> Result<Option<RunRecord>> {
     record.map(|r| json_col(&r, "run record")).transpose()
 }
 
+/// Maps a constraint violation (unique key, foreign key) to `Conflict` with `what`.
+fn constraint_is_conflict(e: rusqlite::Error, what: impl FnOnce() -> String) -> StoreError {
+    match e {
+        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => StoreError::Conflict(what()),
+        e => backend(e),
+    }
+}
+
 fn version_bytes_of(conn: &Connection, stack_id: i64, serial: u64) -> Result<Vec<u8>> {
     let (sha, size, list): (Vec<u8>, i64, Vec<u8>) = conn
         .query_row(
@@ -611,12 +619,14 @@ impl Store for SqliteStore {
             tx.execute(
                 "INSERT INTO runs (id, stack_id, status, created_at, record) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![run.id, stack_id, run.status.as_str(), run.created_at, record],
-            )?;
+            )
+            .map_err(|e| constraint_is_conflict(e, || format!("run {} already exists", run.id)))?;
             for (name, sha, len, data) in &compressed {
                 tx.execute(
                     "INSERT INTO run_artifacts (run_id, name, sha256, raw_len, data) VALUES (?1, ?2, ?3, ?4, ?5)",
                     params![run.id, name, &sha[..], *len as i64, data],
-                )?;
+                )
+                .map_err(|e| constraint_is_conflict(e, || format!("run {} has two artifacts named {name}", run.id)))?;
             }
             append_audit_tx(tx, &audit)?;
             Ok(())
@@ -671,10 +681,10 @@ impl Store for SqliteStore {
                 params![id, name, &sha[..], bytes.len() as i64, data],
             )
             .map_err(|e| match e {
-                rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
-                    StoreError::Conflict(format!("run {id} already has an artifact named {name}"))
+                rusqlite::Error::SqliteFailure(f, _) if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY => {
+                    StoreError::NotFound(format!("run {id}"))
                 }
-                e => backend(e),
+                e => constraint_is_conflict(e, || format!("run {id} already has an artifact named {name}")),
             })?;
             Ok(())
         })

@@ -18,12 +18,15 @@ fn sqlite_history_is_immutable_in_the_schema() {
     let path = dir.path().join("airlock.db");
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).unwrap());
     conformance::writes_and_history(store.as_ref());
+    conformance::runs(store.as_ref());
     let conn = rusqlite::Connection::open(&path).unwrap();
     for sql in [
         "DELETE FROM versions",
         "UPDATE versions SET serial = 99",
         "DELETE FROM audit",
         "UPDATE audit SET actor = 'x'",
+        "DELETE FROM run_artifacts",
+        "UPDATE run_artifacts SET data = x'00'",
     ] {
         let err = conn.execute(sql, []).unwrap_err().to_string();
         assert!(err.contains("immutable"), "{sql}: {err}");
@@ -161,7 +164,7 @@ fn postgres_replicas_migrate_at_once() {
         .unwrap();
     assert_eq!(
         rows.iter().map(|r| r.get::<_, i64>(0)).collect::<Vec<_>>(),
-        [1]
+        [1, 2]
     );
 }
 
@@ -170,6 +173,7 @@ fn postgres_history_is_immutable_in_the_schema() {
     let db = TestDatabase::new("immutable");
     let store: Arc<dyn Store> = Arc::new(PostgresStore::open(&db.url).unwrap());
     conformance::writes_and_history(store.as_ref());
+    conformance::runs(store.as_ref());
     let mut conn = db.client();
     for sql in [
         "DELETE FROM versions",
@@ -178,6 +182,10 @@ fn postgres_history_is_immutable_in_the_schema() {
         "DELETE FROM audit",
         "UPDATE audit SET actor = 'x'",
         "TRUNCATE audit",
+        "DELETE FROM run_artifacts",
+        "UPDATE run_artifacts SET data = '\\x00'",
+        "TRUNCATE run_artifacts",
+        "TRUNCATE runs CASCADE",
     ] {
         let err = conn.batch_execute(sql).unwrap_err();
         let msg = err
@@ -187,6 +195,10 @@ fn postgres_history_is_immutable_in_the_schema() {
         assert!(msg.contains("immutable"), "{sql}: {msg}");
     }
     assert_eq!(store.versions("conf/writes").unwrap().len(), 2);
+    assert!(store
+        .run_artifact("run_conf1", "plan.bin")
+        .unwrap()
+        .is_some());
 }
 
 #[test]
