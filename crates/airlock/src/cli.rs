@@ -306,6 +306,9 @@ pub struct CheckArgs {
     /// Terraform binary used to read a binary plan file (e.g. `tofu`).
     #[arg(long, env = "AIRLOCK_TERRAFORM_BIN", default_value = "terraform")]
     pub terraform_bin: String,
+    /// Stack (a `stack` block of airlock.hcl) the plan belongs to; defaults to the only one.
+    #[arg(long)]
+    pub stack: Option<String>,
 }
 
 /// Where a command that works on the database directly (not through a server) finds it:
