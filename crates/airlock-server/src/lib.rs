@@ -82,7 +82,7 @@ pub async fn serve(
     tls: Option<TlsFiles>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router::build(state);
+    let app = router::build(state).layer(axum::middleware::from_fn(request_deadline));
     match tls {
         None => {
             axum::serve(
@@ -93,6 +93,45 @@ pub async fn serve(
             .await
         }
         Some(files) => tls_serve(listener, app, &files, shutdown).await,
+    }
+}
+
+/// How long one request may take from its headers to its response, in seconds, unless
+/// `AIRLOCK_REQUEST_TIMEOUT_SECS` says otherwise. It bounds what a client that sends headers
+/// and then stalls (or trickles its body) can hold; each connection is its own task, so such a
+/// client never delays anyone else meanwhile.
+const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 300;
+
+fn request_timeout() -> std::time::Duration {
+    static TIMEOUT: std::sync::OnceLock<std::time::Duration> = std::sync::OnceLock::new();
+    *TIMEOUT.get_or_init(|| {
+        let secs = std::env::var("AIRLOCK_REQUEST_TIMEOUT_SECS")
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|s| *s > 0)
+            .unwrap_or(DEFAULT_REQUEST_TIMEOUT_SECS);
+        std::time::Duration::from_secs(secs)
+    })
+}
+
+/// Answers 408 when a request (reading its body included) outlives [`request_timeout`].
+/// Dropping the handler's future abandons the work; a store call already running finishes or
+/// rolls back on its own, atomically.
+async fn request_deadline(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let limit = request_timeout();
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => error::error_response(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            &format!(
+                "the server gave up on this request after {} s (a stalled or very slow client?)",
+                limit.as_secs()
+            ),
+        ),
     }
 }
 

@@ -49,6 +49,15 @@ pub const ROUTE_PERMISSIONS: &[(&str, &str, Permission)] = &[
         Permission::Restore,
     ),
     ("POST", "/api/v1/verify", Permission::Read),
+    ("POST", "/api/v1/stacks/{stack}/plan-token", Permission::CreateRun),
+    ("POST", "/api/v1/stacks/{stack}/runs", Permission::CreateRun),
+    ("GET", "/api/v1/runs", Permission::Read),
+    ("GET", "/api/v1/runs/{id}", Permission::Read),
+    ("GET", "/api/v1/runs/{id}/artifacts/{name}", Permission::Read),
+    ("POST", "/api/v1/runs/{id}/approve", Permission::Approve),
+    ("POST", "/api/v1/runs/{id}/reject", Permission::Approve),
+    ("POST", "/api/v1/runs/{id}/apply", Permission::ApplyRun),
+    ("POST", "/api/v1/runs/{id}/finish", Permission::ApplyRun),
     ("GET", "/api/v1/audit", Permission::Read),
     ("GET", "/api/v1/audit/verify", Permission::Read),
 ];
@@ -63,6 +72,8 @@ pub fn permission_for(method: &str, route: &str) -> Option<Permission> {
 
 /// Builds the application.
 pub fn build(state: Arc<AppState>) -> Router {
+    // Run uploads carry the binary plan and its JSON (base64): allow up to the state size limit.
+    let max_upload = state.config.max_state_bytes.saturating_mul(3);
     let authed = Router::new()
         .route("/state/{*stack}", any(state_backend::handle))
         .route("/api/v1/whoami", get(api::whoami))
@@ -97,6 +108,21 @@ pub fn build(state: Arc<AppState>) -> Router {
         .route("/api/v1/stacks/{stack}/diff", get(api::state::diff))
         .route("/api/v1/stacks/{stack}/restore", post(api::state::restore))
         .route("/api/v1/verify", post(api::state::verify))
+        .route("/api/v1/stacks/{stack}/plan-token", post(api::runs::plan_token))
+        .route(
+            "/api/v1/stacks/{stack}/runs",
+            post(api::runs::create).layer(axum::extract::DefaultBodyLimit::max(max_upload)),
+        )
+        .route("/api/v1/runs", get(api::runs::list))
+        .route("/api/v1/runs/{id}", get(api::runs::show))
+        .route("/api/v1/runs/{id}/artifacts/{name}", get(api::runs::artifact))
+        .route("/api/v1/runs/{id}/approve", post(api::runs::approve))
+        .route("/api/v1/runs/{id}/reject", post(api::runs::reject))
+        .route(
+            "/api/v1/runs/{id}/finish",
+            post(api::runs::finish).layer(axum::extract::DefaultBodyLimit::max(max_upload)),
+        )
+        .route("/api/v1/runs/{id}/apply", post(api::runs::apply))
         .route("/api/v1/audit", get(api::audit::list))
         .route("/api/v1/audit/verify", get(api::audit::verify))
         .route_layer(axum::middleware::from_fn_with_state(

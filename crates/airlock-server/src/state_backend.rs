@@ -241,6 +241,12 @@ pub async fn firewalled_write(
     kind: WriteKindOwned,
     reason: Option<String>,
 ) -> ApiResult<WriteResult> {
+    let record = existing_stack(state, principal, stack).await?;
+    let run_authorized = principal.run_id.is_some() && may_write(state, principal, &record).await?;
+    if principal.run_id.is_some() && !run_authorized {
+        let r = Refusal::new(RefusalKind::Forbidden, "state write refused: this run-bound token may write only while its run is applying".to_owned());
+        return Err(deny(state, principal, stack, "state.write", r).await);
+    }
     let summary = Arc::new(StateSummary::parse(&body).map_err(|e| {
         ApiError::new(RefusalKind::BadRequest, format!("state write refused: {e}"))
     })?);
@@ -365,7 +371,7 @@ async fn lock(
     let body = read_body(body, MAX_LOCK_INFO_LEN).await?;
     let info = LockInfo::parse(&body)
         .map_err(|e| ApiError::new(RefusalKind::BadRequest, format!("lock refused: {e}")))?;
-    if !info.is_plan_only() && !firewall::may_write_directly(principal, &record.settings) {
+    if !info.is_plan_only() && !may_write(state, principal, &record).await? {
         let r = Refusal::new(
             RefusalKind::Forbidden,
             format!(

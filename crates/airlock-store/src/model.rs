@@ -15,6 +15,8 @@ pub struct StackSettings {
     pub protect_types: Vec<String>,
     /// Address globs protected in this stack.
     pub protect_addresses: Vec<String>,
+    /// Roles that may apply approved runs (production default: CI only).
+    pub apply_from: Vec<Role>,
 }
 
 impl StackSettings {
@@ -29,6 +31,7 @@ impl StackSettings {
             required_approvals: if production { 2 } else { 1 },
             protect_types: Vec::new(),
             protect_addresses: Vec::new(),
+            apply_from: if production { vec![Role::Ci] } else { vec![Role::Ci, Role::Admin] },
         }
     }
 }

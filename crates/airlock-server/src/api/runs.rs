@@ -1,0 +1,558 @@
+//! Governed runs: plan-phase tokens, run upload (the server judges the plan itself), review,
+//! and the apply handshake that issues a run-bound token. Every transition is decided inside
+//! `Store::update_run`, so two approvers or two appliers racing see one consistent run.
+//!
+//! **Invariant (DESIGN.md 3):** a run is applied only if approved by enough approvers, none of
+//! them its author; not expired; the stack's (lineage, serial) equals the planned one; the plan
+//! artifact's hash equals the approved one; the caller may apply; and, when the caller sends its
+//! checkout's fingerprint, it equals the run's.
+
+use std::sync::Arc;
+
+use airlock_core::refusal::{Refusal, RefusalKind};
+use airlock_core::time::rfc3339;
+use airlock_core::Role;
+use airlock_policy::analysis::{Analyzer, Verdict};
+use airlock_policy::{config, plan, report};
+use airlock_store::{
+    now_ms, Approval, NewAudit, NewGrant, NewToken, Rejection, RunRecord, RunRefusal, RunStatus, StackRecord, VersionMeta,
+};
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{parse_body, store_call};
+use crate::auth::{Principal, RequestStack};
+use crate::error::{ApiError, ApiResult};
+use crate::state_backend::existing_stack;
+use crate::{tokens, AppState};
+
+/// How long a planned run stays applicable.
+const RUN_TTL_MS: i64 = 7 * 86_400_000;
+/// Lifetime of plan-phase and run-bound apply tokens.
+const PHASE_TOKEN_TTL_MS: i64 = 3_600_000;
+/// Artifact names.
+pub const PLAN_ARTIFACT: &str = "plan.tfplan";
+const PLAN_JSON_ARTIFACT: &str = "plan.json";
+const LOCKFILE_ARTIFACT: &str = "terraform.lock.hcl";
+const SUMMARY_ARTIFACT: &str = "summary.md";
+const LOG_ARTIFACT: &str = "apply.log";
+
+fn b64(s: &str, what: &str) -> ApiResult<Vec<u8>> {
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .map_err(|e| ApiError::new(RefusalKind::BadRequest, format!("{what} is not valid base64: {e}")))
+}
+
+fn refuse(kind: RefusalKind, msg: impl Into<String>) -> RunRefusal {
+    Refusal::new(kind, msg).into()
+}
+
+/// `POST /api/v1/stacks/{stack}/plan-token`: a short-lived token that can read and lock the
+/// stack for planning, and nothing else (it holds the agent role, scoped to this stack).
+pub async fn plan_token(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Extension(RequestStack(stack)): Extension<RequestStack>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    existing_stack(&state, &p, stack.as_str()).await?;
+    let g = tokens::generate();
+    let expires_at = now_ms() + PHASE_TOKEN_TTL_MS;
+    let token = NewToken {
+        id: g.id.clone(),
+        secret_hash: g.hash,
+        name: format!("plan for {}", p.name),
+        role: Role::Agent,
+        stacks: vec![stack.to_string()],
+        expires_at: Some(expires_at),
+        created_by: p.display(),
+        run_id: None,
+    };
+    let audit = NewAudit::ok(&p.display(), "token.plan_phase", Some(stack.as_str()), json!({"token": g.id, "expires_at": expires_at}));
+    store_call(&state, move |st| st.create_token(token, audit)).await?;
+    Ok((StatusCode::CREATED, Json(json!({ "token_id": g.id, "secret": g.secret, "expires_at": expires_at }))))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateRun {
+    fingerprint: String,
+    terraform_version: String,
+    planned_lineage: Option<String>,
+    planned_serial: Option<u64>,
+    git_head: Option<String>,
+    git_base: Option<String>,
+    /// Text of the repository's airlock.hcl, judged with the plan.
+    config: Option<String>,
+    plan_b64: String,
+    plan_json_b64: String,
+    lockfile_b64: Option<String>,
+}
+
+struct Judged {
+    verdict: Verdict,
+    report: Value,
+    markdown: String,
+    destroys: Vec<String>,
+    required_approvals: u32,
+}
+
+/// Runs the plan gate over the uploaded plan JSON.
+fn judge(plan_json: &[u8], config_text: Option<&str>, stack: &StackRecord) -> ApiResult<Judged> {
+    let cfg = match config_text {
+        Some(text) => config::parse(text, "airlock.hcl").map_err(|e| ApiError::new(RefusalKind::BadRequest, format!("airlock.hcl: {e}")))?,
+        None => config::Config::default(),
+    };
+    let stack_cfg = cfg.stack(&stack.name);
+    let mut analyzer = Analyzer::new(&cfg, stack_cfg);
+    let mut json_changes = String::new();
+    let mut md = report::Markdown::new();
+    let mut destroys = Vec::new();
+    let mut first = true;
+    let info = plan::read_plan(plan_json, |rc| {
+        let c = analyzer.change(&rc);
+        if c.mode == "managed" && c.is_destructive() && c.deposed.is_none() {
+            destroys.push(c.address.clone());
+        }
+        json_changes.push_str(&report::json::change(&c, first));
+        first = false;
+        md.change(&c);
+    })
+    .map_err(|e| ApiError::new(RefusalKind::BadRequest, format!("plan JSON: {e}")))?;
+    let mut decision = analyzer.finish(info);
+    if stack.production && !destroys.is_empty() && decision.verdict == Verdict::Allow {
+        // The server knows the stack is production even if the uploaded airlock.hcl does not.
+        decision.verdict = Verdict::Review;
+    }
+    let text = format!("{}{}{}", report::json::open(), json_changes, report::json::close(&decision, &[]));
+    let report: Value = serde_json::from_str(&text).map_err(|e| ApiError::Internal(format!("report JSON: {e}")))?;
+    let required = stack.settings.required_approvals.max(stack_cfg.map_or(1, |s| s.required_approvals)).max(1);
+    Ok(Judged { verdict: decision.verdict, markdown: md.finish(&decision, &[]), report, destroys, required_approvals: required })
+}
+
+/// `POST /api/v1/stacks/{stack}/runs`: uploads a planned run.
+pub async fn create(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Extension(RequestStack(stack)): Extension<RequestStack>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let req: CreateRun = parse_body(&body)?;
+    drop(body);
+    let record = existing_stack(&state, &p, stack.as_str()).await?;
+    let plan_bin = b64(&req.plan_b64, "plan_b64")?;
+    let plan_json = b64(&req.plan_json_b64, "plan_json_b64")?;
+    let lockfile = req.lockfile_b64.as_deref().map(|l| b64(l, "lockfile_b64")).transpose()?;
+    if plan_bin.is_empty() || plan_json.is_empty() {
+        return Err(ApiError::new(RefusalKind::BadRequest, "the binary plan and its JSON are both required"));
+    }
+    if req.fingerprint.len() != 64 || !req.fingerprint.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::new(RefusalKind::BadRequest, "fingerprint must be a hex SHA-256"));
+    }
+    let judged = {
+        let (json_bytes, cfg, rec) = (plan_json.clone(), req.config.clone(), record.clone());
+        tokio::task::spawn_blocking(move || judge(&json_bytes, cfg.as_deref(), &rec)).await.map_err(|e| ApiError::Internal(e.to_string()))??
+    };
+    let now = now_ms();
+    let run = RunRecord {
+        id: tokens::random_id("run_"),
+        stack: stack.to_string(),
+        status: RunStatus::NeedsApproval,
+        author: p.display(),
+        author_token: p.token_id.clone(),
+        author_role: p.role.as_str().into(),
+        created_at: now,
+        updated_at: now,
+        expires_at: now + RUN_TTL_MS,
+        fingerprint: req.fingerprint.to_ascii_lowercase(),
+        terraform_version: req.terraform_version,
+        planned_lineage: req.planned_lineage,
+        planned_serial: req.planned_serial,
+        git_head: req.git_head,
+        git_base: req.git_base,
+        plan_sha256: hex::encode(airlock_store::blob::sha256(&plan_bin)),
+        config_sha256: req.config.as_deref().map(|c| hex::encode(airlock_store::blob::sha256(c.as_bytes()))),
+        decision: judged.verdict.as_str().into(),
+        report: judged.report,
+        destroys: judged.destroys,
+        required_approvals: judged.required_approvals,
+        approvals: Vec::new(),
+        rejection: None,
+        applied_by: None,
+        apply_token: None,
+        apply_started_at: None,
+        finished_at: None,
+        note: None,
+    };
+    let audit = NewAudit::ok(
+        &p.display(),
+        "run.create",
+        Some(stack.as_str()),
+        json!({"run": run.id, "decision": run.decision, "destroys": run.destroys.len(), "plan_sha256": run.plan_sha256, "fingerprint": run.fingerprint}),
+    );
+    let markdown = judged.markdown;
+    let (r, md) = (run.clone(), markdown.clone());
+    store_call(&state, move |st| {
+        let mut artifacts: Vec<(&str, &[u8])> = vec![(PLAN_ARTIFACT, &plan_bin), (PLAN_JSON_ARTIFACT, &plan_json), (SUMMARY_ARTIFACT, md.as_bytes())];
+        if let Some(l) = &lockfile {
+            artifacts.push((LOCKFILE_ARTIFACT, l));
+        }
+        st.create_run(&r, &artifacts, audit)
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(json!({ "run": run, "summary_markdown": markdown, "next": next_step(&run) }))))
+}
+
+/// What has to happen next, in words.
+fn next_step(run: &RunRecord) -> String {
+    match run.status {
+        RunStatus::NeedsApproval if run.decision == "deny" => {
+            "denied by policy: this run cannot be approved; change the code (e.g. an allow_destroy declaration, itself reviewed) and plan again".into()
+        }
+        RunStatus::NeedsApproval => {
+            let confirm = if run.destroys.is_empty() { String::new() } else { format!(" --confirm-destroy {}", run.destroys.len()) };
+            format!(
+                "needs {} more approval(s) from approvers other than {}: airlock approve {}{confirm}",
+                run.required_approvals as usize - run.approvals.len().min(run.required_approvals as usize),
+                run.author,
+                run.id
+            )
+        }
+        RunStatus::Approved => format!("approved: a CI pipeline applies it with `airlock apply {}`", run.id),
+        RunStatus::Applying => "an apply is in progress".into(),
+        other => format!("{}: nothing more can happen to this run", other.as_str()),
+    }
+}
+
+fn is_current(run: &RunRecord, stack: &StackRecord, current: Option<&VersionMeta>) -> bool {
+    match (current, &run.planned_serial) {
+        (None, None) => true,
+        (Some(v), Some(serial)) => v.serial == *serial && stack.lineage.as_deref() == run.planned_lineage.as_deref(),
+        _ => false,
+    }
+}
+
+async fn load_run(state: &Arc<AppState>, p: &Principal, id: &str) -> ApiResult<RunRecord> {
+    let i = id.to_owned();
+    let run = store_call(state, move |st| st.run(&i)).await?.ok_or_else(|| ApiError::new(RefusalKind::NotFound, format!("no run {id}")))?;
+    if !p.may_access(&run.stack) {
+        return Err(ApiError::new(RefusalKind::Forbidden, format!("token {} is not scoped to stack {}", p.name, run.stack)));
+    }
+    Ok(run)
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    stack: Option<String>,
+    limit: Option<u32>,
+}
+
+/// `GET /api/v1/runs?stack=S`.
+pub async fn list(State(state): State<Arc<AppState>>, Extension(p): Extension<Principal>, Query(q): Query<ListQuery>) -> ApiResult<Json<Value>> {
+    if let Some(s) = &q.stack {
+        airlock_core::StackName::parse(s).map_err(|e| ApiError::new(RefusalKind::BadRequest, e.to_string()))?;
+    }
+    let limit = q.limit.unwrap_or(50).clamp(1, 500);
+    let runs = store_call(&state, move |st| st.runs(q.stack.as_deref(), limit)).await?;
+    let visible: Vec<Value> = runs
+        .into_iter()
+        .filter(|r| p.may_access(&r.stack))
+        .map(|r| json!({"id": r.id, "stack": r.stack, "status": r.status, "decision": r.decision, "author": r.author, "created_at": r.created_at, "destroys": r.destroys.len(), "approvals": r.approvals.len(), "required_approvals": r.required_approvals}))
+        .collect();
+    Ok(Json(json!({ "runs": visible })))
+}
+
+/// `GET /api/v1/runs/{id}`: the run, and whether it is still current.
+pub async fn show(State(state): State<Arc<AppState>>, Extension(p): Extension<Principal>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let run = load_run(&state, &p, &id).await?;
+    let s = run.stack.clone();
+    let (stack, current) = store_call(&state, move |st| Ok((st.stack(&s)?, st.current_version(&s)?))).await?;
+    let current_ok = stack.as_ref().is_some_and(|st| is_current(&run, st, current.as_ref()));
+    let next = next_step(&run);
+    Ok(Json(json!({ "run": run, "current": current_ok, "stack_serial": current.map(|v| v.serial), "next": next })))
+}
+
+/// `GET /api/v1/runs/{id}/artifacts/{name}`.
+pub async fn artifact(State(state): State<Arc<AppState>>, Extension(p): Extension<Principal>, Path((id, name)): Path<(String, String)>) -> ApiResult<Response> {
+    load_run(&state, &p, &id).await?;
+    let (i, n) = (id.clone(), name.clone());
+    let bytes = store_call(&state, move |st| st.run_artifact(&i, &n)).await?.ok_or_else(|| ApiError::new(RefusalKind::NotFound, format!("run {id} has no artifact {name}")))?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream".to_owned()), (header::ETAG, format!("\"{}\"", hex::encode(airlock_store::blob::sha256(&bytes))))], Body::from(bytes)).into_response())
+}
+
+/// Marks a run superseded or expired (recorded even though the request is refused).
+fn stale(run: &RunRecord, actor: &str, status: RunStatus, note: String) -> RunRefusal {
+    let mut new = run.clone();
+    new.status = status;
+    new.updated_at = now_ms();
+    new.note = Some(note.clone());
+    let audit = NewAudit::ok(actor, &format!("run.{}", status.as_str()), Some(&run.stack), json!({"run": run.id, "note": note}));
+    RunRefusal { refusal: Refusal::new(RefusalKind::Conflict, note), record: Some((new, audit)) }
+}
+
+/// Expiry and staleness, shared by approve and apply.
+fn check_fresh(run: &RunRecord, stack: &StackRecord, current: Option<&VersionMeta>, actor: &str) -> Result<(), RunRefusal> {
+    if now_ms() > run.expires_at {
+        return Err(stale(run, actor, RunStatus::Expired, format!("run {} expired at {}; plan again", run.id, rfc3339(run.expires_at))));
+    }
+    if !is_current(run, stack, current) {
+        return Err(stale(
+            run,
+            actor,
+            RunStatus::Superseded,
+            format!(
+                "run {} was planned against serial {} but stack {} is now at serial {}: the plan is stale; a re-plan and a new review are needed",
+                run.id,
+                run.planned_serial.map_or("none".into(), |s| s.to_string()),
+                run.stack,
+                current.map_or("none".into(), |v| v.serial.to_string())
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ApproveRequest {
+    confirm_destroy: Option<u64>,
+}
+
+/// `POST /api/v1/runs/{id}/approve`.
+pub async fn approve(State(state): State<Arc<AppState>>, Extension(p): Extension<Principal>, Path(id): Path<String>, body: Bytes) -> ApiResult<Json<Value>> {
+    let req: ApproveRequest = if body.is_empty() { ApproveRequest::default() } else { parse_body(&body)? };
+    load_run(&state, &p, &id).await?;
+    let principal = p.clone();
+    let result = store_call(&state, move |st| {
+        st.update_run(&id, &mut |run, stack, current| {
+            let actor = principal.display();
+            if run.status != RunStatus::NeedsApproval {
+                return Err(refuse(RefusalKind::Conflict, format!("run {} is {}, not waiting for approval", run.id, run.status.as_str())));
+            }
+            if run.author_token == principal.token_id {
+                return Err(refuse(RefusalKind::Forbidden, format!("approval refused: {actor} planned run {} and cannot approve it; another approver must", run.id)));
+            }
+            if run.approvals.iter().any(|a| a.by_token == principal.token_id) {
+                return Err(refuse(RefusalKind::Conflict, format!("{actor} has already approved run {}", run.id)));
+            }
+            if run.decision == "deny" {
+                return Err(refuse(
+                    RefusalKind::Forbidden,
+                    format!("approval refused: the plan gate denied run {}; a deny cannot be approved: change the code (e.g. an allow_destroy declaration, itself reviewed) and plan again", run.id),
+                ));
+            }
+            let n = run.destroys.len() as u64;
+            if n > 0 && req.confirm_destroy != Some(n) {
+                return Err(refuse(
+                    RefusalKind::BadRequest,
+                    format!("run {} destroys {n} instance(s) ({}); confirm with --confirm-destroy {n}", run.id, run.destroys.iter().take(5).cloned().collect::<Vec<_>>().join(", ")),
+                ));
+            }
+            check_fresh(run, stack, current, &actor)?;
+            let mut new = run.clone();
+            new.approvals.push(Approval { by: actor.clone(), by_token: principal.token_id.clone(), at: now_ms(), plan_sha256: run.plan_sha256.clone() });
+            if new.approvals.len() >= new.required_approvals as usize {
+                new.status = RunStatus::Approved;
+            }
+            new.updated_at = now_ms();
+            let audit = NewAudit::ok(&actor, "run.approve", Some(&run.stack), json!({"run": run.id, "plan_sha256": run.plan_sha256, "approvals": new.approvals.len(), "required": new.required_approvals}));
+            Ok((new, audit))
+        })
+    })
+    .await?;
+    let run = result.map_err(ApiError::Refused)?;
+    let next = next_step(&run);
+    Ok(Json(json!({ "run": run, "next": next })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RejectRequest {
+    reason: String,
+}
+
+/// `POST /api/v1/runs/{id}/reject`.
+pub async fn reject(State(state): State<Arc<AppState>>, Extension(p): Extension<Principal>, Path(id): Path<String>, body: Bytes) -> ApiResult<Json<Value>> {
+    let req: RejectRequest = parse_body(&body)?;
+    if req.reason.trim().is_empty() || req.reason.len() > 2000 {
+        return Err(ApiError::new(RefusalKind::BadRequest, "a reason (1-2000 characters) is required"));
+    }
+    load_run(&state, &p, &id).await?;
+    let principal = p.clone();
+    let result = store_call(&state, move |st| {
+        st.update_run(&id, &mut |run, _, _| {
+            if !run.status.is_open() {
+                return Err(refuse(RefusalKind::Conflict, format!("run {} is {} and can no longer be rejected", run.id, run.status.as_str())));
+            }
+            let mut new = run.clone();
+            new.status = RunStatus::Rejected;
+            new.updated_at = now_ms();
+            new.rejection = Some(Rejection { by: principal.display(), at: now_ms(), reason: req.reason.clone() });
+            let audit = NewAudit::ok(&principal.display(), "run.reject", Some(&run.stack), json!({"run": run.id, "reason": req.reason}));
+            Ok((new, audit))
+        })
+    })
+    .await?;
+    Ok(Json(json!({ "run": result.map_err(ApiError::Refused)? })))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ApplyRequest {
+    /// The applying checkout's input fingerprint, when it runs in one.
+    fingerprint: Option<String>,
+}
+
+/// `POST /api/v1/runs/{id}/apply`: checks invariant 3, moves the run to `applying`, and issues
+/// a run-bound token (write this stack while the run applies; expires quickly) plus a removal
+/// grant for exactly the instances the plan destroys.
+pub async fn apply(State(state): State<Arc<AppState>>, Extension(p): Extension<Principal>, Path(id): Path<String>, body: Bytes) -> ApiResult<Json<Value>> {
+    let req: ApplyRequest = if body.is_empty() { ApplyRequest::default() } else { parse_body(&body)? };
+    let run = load_run(&state, &p, &id).await?;
+    let stack = existing_stack(&state, &p, &run.stack).await?;
+    if !stack.settings.apply_from.contains(&p.role) {
+        let allowed: Vec<&str> = stack.settings.apply_from.iter().map(|r| r.as_str()).collect();
+        return Err(ApiError::new(RefusalKind::Forbidden, format!("apply refused: stack {} takes applies from {} only, not {} tokens", run.stack, allowed.join(", "), p.role)));
+    }
+    // The artifact as stored must still be the one that was planned and approved.
+    let (i, name) = (id.clone(), PLAN_ARTIFACT);
+    let artifact = store_call(&state, move |st| st.run_artifact(&i, name)).await;
+    let artifact_ok = matches!(&artifact, Ok(Some(b)) if hex::encode(airlock_store::blob::sha256(b)) == run.plan_sha256);
+    if !artifact_ok {
+        return Err(ApiError::new(RefusalKind::Conflict, format!("apply refused: the stored plan artifact of run {id} does not match the approved plan (SHA-256 {}); it may have been tampered with", run.plan_sha256)));
+    }
+    let token = tokens::generate();
+    let principal = p.clone();
+    let token_id = token.id.clone();
+    let result = store_call(&state, move |st| {
+        st.update_run(&id, &mut |run, stack, current| {
+            let actor = principal.display();
+            match run.status {
+                RunStatus::Approved => {}
+                RunStatus::NeedsApproval => {
+                    return Err(refuse(RefusalKind::Forbidden, format!("apply refused: run {} has {} of {} required approval(s)", run.id, run.approvals.len(), run.required_approvals)));
+                }
+                other => return Err(refuse(RefusalKind::Conflict, format!("apply refused: run {} is {}", run.id, other.as_str()))),
+            }
+            let valid: Vec<&Approval> = run.approvals.iter().filter(|a| a.by_token != run.author_token && a.plan_sha256 == run.plan_sha256).collect();
+            if valid.len() < run.required_approvals as usize {
+                return Err(refuse(RefusalKind::Forbidden, format!("apply refused: run {} lacks {} valid approval(s) of its plan by someone other than its author", run.id, run.required_approvals)));
+            }
+            check_fresh(run, stack, current, &actor)?;
+            if let Some(fp) = &req.fingerprint {
+                if !fp.eq_ignore_ascii_case(&run.fingerprint) {
+                    return Err(refuse(
+                        RefusalKind::Conflict,
+                        format!("apply refused: this checkout's inputs (fingerprint {fp}) differ from the reviewed run's ({}); the merged code is not what was reviewed: plan again", run.fingerprint),
+                    ));
+                }
+            }
+            let mut new = run.clone();
+            new.status = RunStatus::Applying;
+            new.applied_by = Some(actor.clone());
+            new.apply_token = Some(token_id.clone());
+            new.apply_started_at = Some(now_ms());
+            new.updated_at = now_ms();
+            let audit = NewAudit::ok(&actor, "run.apply_start", Some(&run.stack), json!({"run": run.id, "plan_sha256": run.plan_sha256, "apply_token": token_id}));
+            Ok((new, audit))
+        })
+    })
+    .await?;
+    let run = result.map_err(ApiError::Refused)?;
+    let expires_at = now_ms() + PHASE_TOKEN_TTL_MS;
+    let new_token = NewToken {
+        id: token.id.clone(),
+        secret_hash: token.hash,
+        name: format!("apply {}", run.id),
+        role: Role::Ci,
+        stacks: vec![run.stack.clone()],
+        expires_at: Some(expires_at),
+        created_by: p.display(),
+        run_id: Some(run.id.clone()),
+    };
+    let grant = (!run.destroys.is_empty()).then(|| NewGrant {
+        id: tokens::random_id("grant_"),
+        addresses: run.destroys.clone(),
+        reason: format!("run {} approved by {}", run.id, run.approvals.iter().map(|a| a.by.as_str()).collect::<Vec<_>>().join(", ")),
+        created_by: p.display(),
+        expires_at,
+        run_id: Some(run.id.clone()),
+    });
+    let (actor, r) = (p.display(), run.clone());
+    store_call(&state, move |st| {
+        st.create_token(new_token, NewAudit::ok(&actor, "token.run_bound", Some(&r.stack), json!({"run": r.id, "expires_at": expires_at})))?;
+        if let Some(g) = grant {
+            let audit = NewAudit::ok(&actor, "grant.create", Some(&r.stack), json!({"grant": g.id, "run": r.id, "addresses": g.addresses}));
+            st.create_grant(&r.stack, g, audit)?;
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(Json(json!({ "run": run, "token": token.secret, "plan_sha256": run.plan_sha256 })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FinishRequest {
+    success: bool,
+    log_b64: Option<String>,
+}
+
+/// `POST /api/v1/runs/{id}/finish`: records the outcome and log, revokes the run-bound token,
+/// and supersedes every other open run of the stack.
+pub async fn finish(State(state): State<Arc<AppState>>, Extension(p): Extension<Principal>, Path(id): Path<String>, body: Bytes) -> ApiResult<Json<Value>> {
+    let req: FinishRequest = parse_body(&body)?;
+    let run = load_run(&state, &p, &id).await?;
+    let own = p.run_id.as_deref() == Some(run.id.as_str()) || run.applied_by.as_deref() == Some(p.display().as_str());
+    if !own {
+        return Err(ApiError::new(RefusalKind::Forbidden, format!("only the principal applying run {id} may finish it")));
+    }
+    if let Some(log) = &req.log_b64 {
+        let bytes = b64(log, "log_b64")?;
+        let i = id.clone();
+        // A second finish must not replace the first log.
+        let _ = store_call(&state, move |st| st.put_run_artifact(&i, LOG_ARTIFACT, &bytes)).await;
+    }
+    let actor = p.display();
+    let (i, a) = (id.clone(), actor.clone());
+    let result = store_call(&state, move |st| {
+        st.update_run(&i, &mut |run, _, current| {
+            if run.status != RunStatus::Applying {
+                return Err(refuse(RefusalKind::Conflict, format!("run {} is {}, not applying", run.id, run.status.as_str())));
+            }
+            let mut new = run.clone();
+            new.status = if req.success { RunStatus::Applied } else { RunStatus::Failed };
+            new.finished_at = Some(now_ms());
+            new.updated_at = now_ms();
+            let audit = NewAudit::ok(&a, &format!("run.{}", new.status.as_str()), Some(&run.stack), json!({"run": run.id, "serial": current.map(|v| v.serial)}));
+            Ok((new, audit))
+        })
+    })
+    .await?;
+    let run = result.map_err(ApiError::Refused)?;
+    if let Some(t) = run.apply_token.clone() {
+        let audit = NewAudit::ok(&actor, "token.revoke", Some(&run.stack), json!({"token": t, "run": run.id}));
+        store_call(&state, move |st| st.revoke_token(&t, audit)).await?;
+    }
+    let (stack, this, a) = (run.stack.clone(), run.id.clone(), actor.clone());
+    store_call(&state, move |st| {
+        for other in st.runs(Some(&stack), 500)?.into_iter().filter(|r| r.status.is_open() && r.id != this) {
+            let note = format!("stack {stack} changed: run {this} was applied; plan again");
+            let _ = st.update_run(&other.id, &mut |r, _, _| {
+                if !r.status.is_open() {
+                    return Err(refuse(RefusalKind::Conflict, "no longer open"));
+                }
+                let s = stale(r, &a, RunStatus::Superseded, note.clone());
+                s.record.ok_or_else(|| refuse(RefusalKind::Conflict, "unreachable"))
+            });
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(Json(json!({ "run": run })))
+}

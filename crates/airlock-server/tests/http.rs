@@ -1,0 +1,18 @@
+//! In-process protocol, firewall and authorization tests of the state server: the real router
+//! on a real SQLite store, driven with `tower::ServiceExt::oneshot`.
+//!
+//! - `protocol`: every status code of the Terraform `http` backend contract and malformed input;
+//! - `auth`: Bearer, Basic, and every way a credential can be bad;
+//! - `firewall`: invariant 2, the lock rules by operation, grants and protection;
+//! - `matrix`: every route × every role against DESIGN.md's matrix, default deny, token scope.
+
+#[path = "http/auth.rs"]
+mod auth;
+#[path = "http/firewall.rs"]
+mod firewall;
+#[path = "http/matrix.rs"]
+mod matrix;
+#[path = "http/protocol.rs"]
+mod protocol;
+#[path = "http/support.rs"]
+mod support;
