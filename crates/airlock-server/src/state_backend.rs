@@ -83,6 +83,16 @@ pub async fn existing_stack(
     }
 }
 
+/// May `principal` take a write lock on / write `stack`? Run-bound tokens: only while their run
+/// is applying, on its stack. Everyone else: the stack's direct-write settings.
+pub async fn may_write(state: &Arc<AppState>, principal: &Principal, stack: &StackRecord) -> ApiResult<bool> {
+    let Some(run_id) = principal.run_id.clone() else {
+        return Ok(firewall::may_write_directly(principal, &stack.settings));
+    };
+    let run = blocking(state, move |st| st.run(&run_id)).await??;
+    Ok(run.is_some_and(|r| r.stack == stack.name && r.status == airlock_store::RunStatus::Applying))
+}
+
 async fn deny(
     state: &Arc<AppState>,
     principal: &Principal,
@@ -290,6 +300,7 @@ pub async fn firewalled_write(
             summary: &sum,
             sha256: &sha2,
             size,
+            run_authorized,
         };
         let current = |ctx: &airlock_store::WriteContext<'_>| match ctx.current {
             Some(v) => summary_for(&st, &v.sha256, ctx.load_current),

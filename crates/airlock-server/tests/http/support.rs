@@ -327,11 +327,13 @@ pub fn lock_info(id: &str, op: &str) -> String {
 pub const LINEAGE: &str = "5b0c1a52-6c1e-4d4a-9d8f-0a1b2c3d4e5f";
 
 /// A state v4 document with one instance per `(type, name)`, pretty-printed like Terraform.
+/// A type may carry a module prefix: `module.net.aws_vpc`.
 pub fn state(serial: u64, lineage: &str, resources: &[(&str, &str)]) -> Vec<u8> {
     let resources: Vec<Value> = resources
         .iter()
         .map(|(t, n)| {
-            json!({
+            let (module, t) = t.rsplit_once('.').unwrap_or(("", t));
+            let mut r = json!({
                 "mode": "managed",
                 "type": t,
                 "name": n,
@@ -341,7 +343,11 @@ pub fn state(serial: u64, lineage: &str, resources: &[(&str, &str)]) -> Vec<u8> 
                     "attributes": {"id": format!("{t}-{n}")},
                     "sensitive_attributes": []
                 }]
-            })
+            });
+            if !module.is_empty() {
+                r["module"] = json!(module);
+            }
+            r
         })
         .collect();
     let doc = json!({
