@@ -1,0 +1,221 @@
+//! Runs terraform on behalf of `airlock plan` and `airlock apply`.
+//!
+//! - [`fingerprint`]: SHA-256 over a stack's inputs, independent of git, so a plan reviewed on a
+//!   pull request can be applied after merge only if the merged content is the same.
+//! - [`phase_env`]: the child environment of one phase. **Invariant (DESIGN.md 4):** the plan
+//!   process never sees the apply profile's variables nor an apply token, and the apply process
+//!   never sees the plan profile's variables; neither sees the caller's own airlock token.
+//! - [`run_streaming`]: runs a command, echoing its output live and keeping a copy for the log.
+
+#![deny(missing_docs)]
+
+use std::collections::BTreeSet;
+use std::io::{self, Read, Write};
+use std::path::{Component, Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+
+use sha2::{Digest, Sha256};
+
+/// Which phase a child process belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// `terraform init` + `plan`: read and lock only.
+    Plan,
+    /// `terraform apply` of an approved run.
+    Apply,
+}
+
+/// Variables that carry airlock or backend credentials; never inherited by a child.
+const CREDENTIAL_VARS: &[&str] = &["AIRLOCK_TOKEN", "TF_HTTP_PASSWORD", "TF_HTTP_USERNAME"];
+
+/// Builds a child environment: everything in `base` except credential variables and the other
+/// phase's profile, plus the backend credentials of this phase.
+pub fn phase_env(
+    base: impl IntoIterator<Item = (String, String)>,
+    other_profile: &[String],
+    token: &str,
+) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = base
+        .into_iter()
+        .filter(|(k, _)| !CREDENTIAL_VARS.contains(&k.as_str()) && !other_profile.iter().any(|o| o == k))
+        .collect();
+    env.push(("TF_HTTP_USERNAME".into(), "airlock".into()));
+    env.push(("TF_HTTP_PASSWORD".into(), token.into()));
+    env.push(("TF_INPUT".into(), "0".into()));
+    env.push(("TF_IN_AUTOMATION".into(), "1".into()));
+    env
+}
+
+/// Files of a module directory that are inputs: configuration, variable files, the lock file.
+fn is_input_file(name: &str) -> bool {
+    name.ends_with(".tf")
+        || name.ends_with(".tf.json")
+        || name.ends_with(".tfvars")
+        || name.ends_with(".tfvars.json")
+        || name == ".terraform.lock.hcl"
+}
+
+/// Lexically normalizes a path (no symlink resolution): `a/./b/../c` -> `a/c`.
+fn normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                // Pop a real directory; keep leading `..` (a module outside the root).
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) {
+                    out.pop();
+                } else {
+                    out.push("..");
+                }
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+/// Local module sources (`source = "./x"` or `"../x"`) called from a `.tf` file's text.
+fn local_module_sources(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let t = line.trim_start();
+        let Some(rest) = t.strip_prefix("source") else { continue };
+        let Some(rest) = rest.trim_start().strip_prefix('=') else { continue };
+        let rest = rest.trim();
+        let Some(rest) = rest.strip_prefix('"') else { continue };
+        let Some(end) = rest.find('"') else { continue };
+        let src = &rest[..end];
+        if src.starts_with("./") || src.starts_with("../") {
+            out.push(src.to_owned());
+        }
+    }
+    out
+}
+
+/// SHA-256 over the root module at `dir`, the local modules it calls (transitively), its
+/// `.terraform.lock.hcl` and variable files, and the Terraform version, in a canonical order
+/// (sorted paths relative to `dir`). Independent of git and of file times.
+pub fn fingerprint(dir: &Path, terraform_version: &str) -> io::Result<String> {
+    let mut files: BTreeSet<PathBuf> = BTreeSet::new();
+    let mut pending = vec![PathBuf::new()];
+    let mut seen_dirs: BTreeSet<PathBuf> = BTreeSet::new();
+    while let Some(rel) = pending.pop() {
+        if !seen_dirs.insert(rel.clone()) || seen_dirs.len() > 1000 {
+            continue;
+        }
+        let abs = dir.join(&rel);
+        let mut entries: Vec<_> = std::fs::read_dir(&abs)?.collect::<Result<_, _>>()?;
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !e.file_type()?.is_file() || !is_input_file(&name) {
+                continue;
+            }
+            let file_rel = normalize(&rel.join(&name));
+            if name.ends_with(".tf") {
+                let text = std::fs::read_to_string(e.path())?;
+                for src in local_module_sources(&text) {
+                    pending.push(normalize(&rel.join(src)));
+                }
+            }
+            files.insert(file_rel);
+        }
+    }
+    let mut h = Sha256::new();
+    h.update(b"airlock-fingerprint-v1\0terraform\0");
+    h.update(terraform_version.as_bytes());
+    h.update(b"\0");
+    for rel in &files {
+        let content = std::fs::read(dir.join(rel))?;
+        h.update(rel.to_string_lossy().replace('\\', "/").as_bytes());
+        h.update(b"\0");
+        h.update((content.len() as u64).to_be_bytes());
+        h.update(&content);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// What a finished child process did.
+pub struct Finished {
+    /// Exit status.
+    pub status: ExitStatus,
+    /// Everything it printed (stdout and stderr, interleaved by arrival).
+    pub log: Vec<u8>,
+}
+
+/// Runs `cmd` with exactly `env`, echoing its stdout and stderr live (to our stderr, so a
+/// caller's stdout stays machine-readable) and keeping a copy.
+pub fn run_streaming(mut cmd: Command, env: &[(String, String)]) -> io::Result<Finished> {
+    cmd.env_clear().envs(env.iter().map(|(k, v)| (k, v))).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn()?;
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let pump = |mut r: Box<dyn Read + Send>, log: std::sync::Arc<std::sync::Mutex<Vec<u8>>>| {
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = r.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let chunk = buf.get(..n).unwrap_or_default();
+                let _ = io::stderr().write_all(chunk);
+                if let Ok(mut l) = log.lock() {
+                    l.extend_from_slice(chunk);
+                }
+            }
+        })
+    };
+    let out = child.stdout.take().map(|o| pump(Box::new(o), log.clone()));
+    let err = child.stderr.take().map(|e| pump(Box::new(e), log.clone()));
+    let status = child.wait()?;
+    for t in [out, err].into_iter().flatten() {
+        let _ = t.join();
+    }
+    let log = std::mem::take(&mut *log.lock().map_err(|_| io::Error::other("log lock poisoned"))?);
+    Ok(Finished { status, log })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprint_covers_inputs_and_local_modules_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("stacks/app");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(tmp.path().join("modules/net")).unwrap();
+        std::fs::write(root.join("main.tf"), "module \"net\" {\n  source = \"../../modules/net\"\n}\n").unwrap();
+        std::fs::write(tmp.path().join("modules/net/main.tf"), "resource \"terraform_data\" \"x\" {}\n").unwrap();
+        let a = fingerprint(&root, "1.11.4").unwrap();
+        // Non-input files and terraform's working dir do not count.
+        std::fs::write(root.join("README.md"), "docs").unwrap();
+        std::fs::create_dir_all(root.join(".terraform")).unwrap();
+        std::fs::write(root.join("plan.tfplan"), "x").unwrap();
+        assert_eq!(fingerprint(&root, "1.11.4").unwrap(), a);
+        // A change in a called local module does.
+        std::fs::write(tmp.path().join("modules/net/main.tf"), "resource \"terraform_data\" \"y\" {}\n").unwrap();
+        let b = fingerprint(&root, "1.11.4").unwrap();
+        assert_ne!(a, b);
+        // So do the terraform version, var files and the lock file.
+        assert_ne!(fingerprint(&root, "1.11.5").unwrap(), b);
+        std::fs::write(root.join("prod.tfvars"), "x = 1").unwrap();
+        let c = fingerprint(&root, "1.11.4").unwrap();
+        assert_ne!(c, b);
+        std::fs::write(root.join(".terraform.lock.hcl"), "# lock").unwrap();
+        assert_ne!(fingerprint(&root, "1.11.4").unwrap(), c);
+    }
+
+    #[test]
+    fn phase_env_drops_credentials_and_the_other_profile() {
+        let base = [("PATH", "/bin"), ("AIRLOCK_TOKEN", "secret"), ("AWS_APPLY_ROLE_ARN", "arn:apply"), ("AWS_PLAN_ROLE_ARN", "arn:plan"), ("TF_HTTP_PASSWORD", "old")]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let env = phase_env(base, &["AWS_APPLY_ROLE_ARN".into()], "plan-token");
+        let get = |k: &str| env.iter().filter(|(n, _)| n == k).map(|(_, v)| v.as_str()).collect::<Vec<_>>();
+        assert_eq!(get("PATH"), ["/bin"]);
+        assert_eq!(get("AWS_PLAN_ROLE_ARN"), ["arn:plan"]);
+        assert!(get("AWS_APPLY_ROLE_ARN").is_empty());
+        assert!(get("AIRLOCK_TOKEN").is_empty());
+        assert_eq!(get("TF_HTTP_PASSWORD"), ["plan-token"]);
+    }
+}
