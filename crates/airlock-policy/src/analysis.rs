@@ -202,8 +202,12 @@ pub struct Analyzer<'c> {
     findings: Vec<Finding>,
     omitted: u64,
     verdict: Verdict,
-    removed_modules: BTreeMap<String, u64>,
+    /// Per module address (and each ancestor): (instances removed from config, other changes).
+    modules: BTreeMap<String, (u64, u64)>,
 }
+
+/// Module paths tracked for the module-removed rule; beyond this the rule stays silent.
+const MAX_TRACKED_MODULES: usize = 100_000;
 
 const ALL_KINDS: [ChangeKind; 10] = [
     ChangeKind::Create,
@@ -235,7 +239,7 @@ impl<'c> Analyzer<'c> {
             findings: Vec::new(),
             omitted: 0,
             verdict: Verdict::Allow,
-            removed_modules: BTreeMap::new(),
+            modules: BTreeMap::new(),
         }
     }
 
@@ -347,14 +351,8 @@ impl<'c> Analyzer<'c> {
         }
 
         // Provider-independent signals.
+        self.track_module(rc, kind);
         match rc.action_reason.as_deref() {
-            Some("delete_because_no_module") => {
-                let module = rc
-                    .module_address
-                    .clone()
-                    .unwrap_or_else(|| module_of(&rc.address));
-                *self.removed_modules.entry(module).or_insert(0) += 1;
-            }
             Some(r @ ("delete_because_count_index" | "delete_because_each_key")) => {
                 found.push(Finding {
                     rule: rules::INSTANCE_KEY_REMOVED.into(),
@@ -424,6 +422,40 @@ impl<'c> Analyzer<'c> {
         report
     }
 
+    /// Terraform 1.x reports a removed module call's instances as
+    /// `delete_because_no_resource_config` (older versions and OpenTofu may say
+    /// `delete_because_no_module`), so a module counts as removed when every change inside it
+    /// deletes an instance whose configuration is gone.
+    fn track_module(&mut self, rc: &ResourceChange, kind: ChangeKind) {
+        let Some(module) = rc.module_address.as_deref().filter(|m| !m.is_empty()) else {
+            return;
+        };
+        let gone = kind == ChangeKind::Delete
+            && matches!(
+                rc.action_reason.as_deref(),
+                Some("delete_because_no_module" | "delete_because_no_resource_config")
+            );
+        let mut end = 0usize;
+        let bytes = module.as_bytes();
+        while end < bytes.len() {
+            // Ancestors end before each `.module.` separator.
+            end = match module.get(end + 1..).and_then(|rest| rest.find(".module.")) {
+                Some(i) => end + 1 + i,
+                None => bytes.len(),
+            };
+            let Some(path) = module.get(..end) else { break };
+            if !self.modules.contains_key(path) && self.modules.len() >= MAX_TRACKED_MODULES {
+                continue;
+            }
+            let entry = self.modules.entry(path.to_string()).or_insert((0, 0));
+            if gone {
+                entry.0 += 1;
+            } else {
+                entry.1 += 1;
+            }
+        }
+    }
+
     fn count(&mut self, rc: &ResourceChange, kind: ChangeKind) {
         let s = &mut self.summary;
         s.total += 1;
@@ -451,16 +483,29 @@ impl<'c> Analyzer<'c> {
 
     /// Plan-level rules, then the verdict.
     pub fn finish(mut self, plan: PlanInfo) -> Decision {
-        let modules = std::mem::take(&mut self.removed_modules);
-        for (module, n) in modules {
-            self.add_finding(Finding {
-                rule: rules::MODULE_REMOVED.into(),
-                severity: Severity::Info,
-                address: Some(module),
-                message: format!(
-                    "the module call was removed: {n} instance(s) in it are destroyed"
-                ),
-            });
+        let modules = std::mem::take(&mut self.modules);
+        let removed = |m: &str| {
+            modules
+                .get(m)
+                .is_some_and(|&(gone, other)| gone > 0 && other == 0)
+        };
+        for (module, (gone, _)) in &modules {
+            // Report the outermost removed module only.
+            let parent_removed = module
+                .rfind(".module.")
+                .and_then(|i| module.get(..i))
+                .is_some_and(removed);
+            if removed(module) && !parent_removed {
+                self.add_finding(Finding {
+                    rule: rules::MODULE_REMOVED.into(),
+                    severity: Severity::Info,
+                    address: Some(module.clone()),
+                    message: format!(
+                        "every instance in the module is destroyed ({gone}): its module call was \
+                         removed or emptied"
+                    ),
+                });
+            }
         }
         let limits = self.config.mass_destruction;
         let (destroyed, existing) = (self.summary.destroyed, self.summary.existing);
@@ -575,16 +620,6 @@ pub fn one_line(s: &str) -> String {
         out.push('…');
     }
     out
-}
-
-fn module_of(address: &str) -> String {
-    // `module.a.module.b.type.name` -> `module.a.module.b`
-    let parts: Vec<&str> = address.split('.').collect();
-    let mut end = 0;
-    while parts.get(end) == Some(&"module") && end + 1 < parts.len() {
-        end += 2;
-    }
-    parts.get(..end).map(|p| p.join(".")).unwrap_or_default()
 }
 
 /// The parsed values a protection rule needs (only built for catalogue types).
@@ -1326,8 +1361,36 @@ mod tests {
     }
 
     #[test]
-    fn module_of_address() {
-        assert_eq!(module_of("module.a.module.b.aws_x.y"), "module.a.module.b");
-        assert_eq!(module_of("aws_x.y"), "");
+    fn outermost_removed_module_is_reported_once() {
+        let gone = |addr: &str, module: &str| {
+            let mut c = rc(addr, "terraform_data", &["delete"], json!({}), Value::Null);
+            c.action_reason = Some("delete_because_no_resource_config".into());
+            c.module_address = Some(module.into());
+            c
+        };
+        let mut kept = rc(
+            "module.keep.terraform_data.z",
+            "terraform_data",
+            &["no-op"],
+            json!({}),
+            json!({}),
+        );
+        kept.module_address = Some("module.keep".into());
+        let d = run(
+            &Config::default(),
+            &[
+                gone("module.a.terraform_data.x", "module.a"),
+                gone("module.a.module.b.terraform_data.y", "module.a.module.b"),
+                gone("module.keep.terraform_data.w", "module.keep"),
+                kept,
+            ],
+        );
+        let removed: Vec<_> = d
+            .findings
+            .iter()
+            .filter(|f| f.rule == rules::MODULE_REMOVED)
+            .map(|f| f.address.clone().unwrap_or_default())
+            .collect();
+        assert_eq!(removed, vec!["module.a"]);
     }
 }
