@@ -34,6 +34,22 @@ pub enum Command {
     Whoami(ClientArgs),
     /// Check a plan for destructive or dangerous changes and apply policy.
     Check(CheckArgs),
+    /// Plan a stack with plan-phase credentials and upload the run for review.
+    Plan(PlanArgs),
+    /// List runs.
+    Runs(RunsArgs),
+    /// Inspect a run.
+    #[command(subcommand)]
+    Run(RunCommand),
+    /// Approve a run (approvers; never one's own).
+    Approve(ApproveArgs),
+    /// Reject a run.
+    Reject(RejectArgs),
+    /// Apply exactly the approved plan of a run (CI).
+    Apply(ApplyArgs),
+    /// Install the agent guard: a `terraform` shim that allows read-only subcommands only.
+    #[command(subcommand)]
+    Guard(GuardCommand),
     /// Export, verify and import full backups (works on the database directly).
     #[command(subcommand)]
     Backup(BackupCommand),
@@ -361,5 +377,97 @@ pub enum BackupCommand {
         /// Output format.
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         format: OutputFormat,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Root module directory (default: the current directory).
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+    /// Stack to plan (default: the `stack` block of airlock.hcl whose `dir` is DIR).
+    #[arg(long)]
+    pub stack: Option<String>,
+    /// Repository configuration (default: the nearest airlock.hcl in DIR or a parent).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Write the markdown summary (for a pull-request comment) to this file.
+    #[arg(long)]
+    pub summary_file: Option<PathBuf>,
+    /// Terraform binary (e.g. `tofu`).
+    #[arg(long, env = "AIRLOCK_TERRAFORM_BIN", default_value = "terraform")]
+    pub terraform_bin: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RunsArgs {
+    /// Only runs of this stack.
+    #[arg(long)]
+    pub stack: Option<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunCommand {
+    /// Summary, findings, approvals, the state it was planned against, and whether it is current.
+    Show {
+        /// Run id.
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ApproveArgs {
+    /// Run id.
+    pub id: String,
+    /// Required when the run destroys anything: the number of instances it destroys.
+    #[arg(long)]
+    pub confirm_destroy: Option<u64>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RejectArgs {
+    /// Run id.
+    pub id: String,
+    /// Why.
+    #[arg(long)]
+    pub reason: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// Run id.
+    pub id: String,
+    /// The checkout's root module directory (default: the current directory).
+    #[arg(long, default_value = ".")]
+    pub dir: PathBuf,
+    /// Repository configuration (for the apply credential profile).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Terraform binary.
+    #[arg(long, env = "AIRLOCK_TERRAFORM_BIN", default_value = "terraform")]
+    pub terraform_bin: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GuardCommand {
+    /// Write DIR/terraform; put DIR first on the agent's PATH.
+    Install {
+        /// Directory for the shim.
+        dir: PathBuf,
+        /// The real terraform binary (default: the first `terraform` on PATH outside DIR).
+        #[arg(long)]
+        terraform_bin: Option<PathBuf>,
     },
 }

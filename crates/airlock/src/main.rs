@@ -37,6 +37,13 @@ fn main() -> ExitCode {
         cli::Command::Audit(args) => commands::audit::run(args),
         cli::Command::Whoami(args) => commands::audit::whoami(args),
         cli::Command::Check(args) => commands::check::run(args),
+        cli::Command::Plan(args) => commands::run::plan(args),
+        cli::Command::Runs(args) => commands::run::list(args),
+        cli::Command::Run(cli::RunCommand::Show { id, client }) => commands::run::show(&id, &client),
+        cli::Command::Approve(args) => commands::run::approve(args),
+        cli::Command::Reject(args) => commands::run::reject(args),
+        cli::Command::Apply(args) => commands::run::apply(args),
+        cli::Command::Guard(cmd) => commands::guard::run(cmd),
         cli::Command::Backup(cmd) => commands::backup::run(cmd),
         cli::Command::Migrate(args) => commands::migrate::run(args),
     };
