@@ -266,10 +266,10 @@ pub fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     let dir = args.dir.canonicalize().with_context(|| format!("{} is not a directory", args.dir.display()))?;
     let run = c.get(&format!("/api/v1/runs/{}", args.id))?;
     let stack = run["run"]["stack"].as_str().context("run has no stack")?.to_owned();
-    let version = {
-        let env = phase_env(std::env::vars(), &[], "");
-        terraform_version(&args.terraform_bin, &dir, &env)?
-    };
+    // Every child of the apply phase, even `terraform version`, runs without the plan profile.
+    let cfg = find_config(&dir, args.config.as_deref())?;
+    let plan_profile: Vec<String> = cfg.as_ref().map(|(_, _, c)| c.credentials_for(Phase::Plan).to_vec()).unwrap_or_default();
+    let version = terraform_version(&args.terraform_bin, &dir, &phase_env(std::env::vars(), &plan_profile, ""))?;
     let fp = fingerprint(&dir, &version).context("computing the checkout's input fingerprint")?;
     let started = c.send("POST", &format!("/api/v1/runs/{}/apply", args.id), &json!({"fingerprint": fp}))?;
     let token = started["token"].as_str().context("the server sent no run token")?.to_owned();
@@ -284,8 +284,6 @@ pub fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         finish(false, msg.as_bytes())?;
         bail!(msg);
     }
-    let cfg = find_config(&dir, args.config.as_deref())?;
-    let plan_profile: Vec<String> = cfg.as_ref().map(|(_, _, c)| c.credentials_for(Phase::Plan).to_vec()).unwrap_or_default();
     let env = phase_env(std::env::vars(), &plan_profile, &token);
     let work = tempfile_dir()?;
     let plan_path = work.join("plan.tfplan");
