@@ -1,5 +1,6 @@
 //! Integration tests: spawn the real `airlock` binary (and real `terraform`).
 
 mod check;
+mod runs;
 mod state_server;
 mod support;
