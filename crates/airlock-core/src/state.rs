@@ -137,6 +137,38 @@ struct InstanceV4<'a> {
 /// Longest lineage accepted (Terraform's are 36-character UUIDs).
 const MAX_LINEAGE_LEN: usize = 128;
 
+/// Deepest JSON nesting accepted. Terraform reads state with Go's `encoding/json`, which gives
+/// up beyond 10,000 levels: a deeper state could be stored but never loaded again.
+pub const MAX_NESTING: usize = 10_000;
+
+/// Whether brackets nest deeper than `max` (outside strings). Linear, no recursion.
+fn nests_deeper_than(body: &[u8], max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in body {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 fn fingerprint(parts: &[Option<&str>]) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     for p in parts {
@@ -157,6 +189,11 @@ impl StateSummary {
             return Err(err("the body is empty".into()));
         }
         let text = std::str::from_utf8(body).map_err(|e| err(format!("not UTF-8: {e}")))?;
+        if nests_deeper_than(body, MAX_NESTING) {
+            return Err(err(format!(
+                "JSON nests deeper than {MAX_NESTING} levels, which Terraform cannot read back"
+            )));
+        }
         let sniff: Sniff =
             serde_json::from_str(text).map_err(|e| err(format!("not a JSON object: {e}")))?;
         match sniff.version.as_ref().and_then(serde_json::Value::as_u64) {
@@ -381,6 +418,20 @@ impl StateDiff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refuses_nesting_terraform_cannot_read() {
+        let state = |depth: usize| {
+            let value = format!(r#"{}"{{[\"]"{}"#, "[".repeat(depth), "]".repeat(depth));
+            format!(
+                r#"{{"version":4,"serial":1,"lineage":"l","outputs":{{"o":{{"value":{value}}}}}}}"#
+            )
+        };
+        // Brackets inside strings (escaped quotes included) do not count.
+        assert!(StateSummary::parse(state(MAX_NESTING - 4).as_bytes()).is_ok());
+        let e = StateSummary::parse(state(MAX_NESTING + 1).as_bytes()).unwrap_err();
+        assert!(e.0.contains("nests deeper"), "{e:?}");
+    }
 
     const STATE: &str = r#"{ "version": 4, "terraform_version": "1.11.4", "serial": 3, "lineage": "af8aa642-5371-9a05-1ee1-019d13b4a349",
       "outputs": { "o": { "value": "hello", "type": "string" }, "s": {"value": "x", "type": "string", "sensitive": true} },

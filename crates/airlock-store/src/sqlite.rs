@@ -458,6 +458,10 @@ impl Store for SqliteStore {
         let chunks = blob::split(&attempt.body);
         let compressed: Vec<Vec<u8>> = chunks.iter().map(|c| blob::compress(c.raw)).collect();
         let sha = blob::sha256(&attempt.body);
+        // SQLite integers are i64: a larger serial would be stored negative and sort first,
+        // hiding the version it names. Refused, as on PostgreSQL.
+        let serial = i64::try_from(attempt.serial)
+            .map_err(|_| StoreError::Conflict(format!("serial {} is too large to store", attempt.serial)))?;
         self.write(|tx| {
             let (stack_id, record) = require_stack(tx, stack)?;
             let lock = lock_of(tx, stack_id)?;
@@ -482,7 +486,7 @@ impl Store for SqliteStore {
                 "INSERT INTO versions (stack_id, serial, lineage, sha256, size, chunks, author, lock_id, run_id, reason, restored_from, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
                 params![
                     stack_id,
-                    attempt.serial as i64,
+                    serial,
                     attempt.lineage,
                     &sha[..],
                     attempt.body.len() as i64,

@@ -1,6 +1,7 @@
 //! Integration tests: spawn the real `airlock` binary (and real `terraform`).
 
 mod check;
+mod reliability;
 mod runs;
 mod state_server;
 mod support;

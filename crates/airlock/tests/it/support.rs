@@ -234,3 +234,154 @@ pub fn raw(method: &str, url: &str, token: &str, body: &[u8]) -> (u16, String) {
 pub fn exists(p: &Path) -> bool {
     p.exists()
 }
+
+// ---- servers on a given store (replicas, restarts), PostgreSQL databases ----
+
+/// Where a test server keeps its data, so that a second replica or a restart can use it.
+#[derive(Debug, Clone)]
+pub enum Backing {
+    /// An embedded SQLite database in this directory.
+    Dir(PathBuf),
+    /// A PostgreSQL database.
+    Url(String),
+}
+
+impl TestServer {
+    /// Starts a server on `backing`. Pass `admin` when the store was bootstrapped already (a
+    /// second replica, a restart): the server then prints no token. `env` is added to the
+    /// server's environment.
+    pub fn start_on(
+        backing: &Backing,
+        admin: Option<&str>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(AIRLOCK);
+        cmd.args(["server", "--listen", "127.0.0.1:0"]);
+        match backing {
+            Backing::Dir(d) => cmd.arg("--data-dir").arg(d),
+            Backing::Url(u) => cmd.args(["--database-url", u]),
+        };
+        cmd.args(extra)
+            .env_remove("AIRLOCK_DATABASE_URL")
+            .env_remove("AIRLOCK_DATA_DIR")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("spawning airlock server");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let (mut url, mut printed_admin) = (None, None);
+        let mut line = String::new();
+        while url.is_none() {
+            line.clear();
+            if stdout.read_line(&mut line).unwrap() == 0 {
+                let _ = child.wait();
+                panic!("airlock server on {backing:?} exited before listening");
+            }
+            if let Some(t) = line.strip_prefix("admin token: ") {
+                printed_admin = Some(t.trim().to_owned());
+            }
+            if let Some(u) = line.strip_prefix("listening on ") {
+                url = Some(u.trim().to_owned());
+            }
+        }
+        let admin = match (admin, printed_admin) {
+            (Some(a), _) => a.to_owned(),
+            (None, Some(a)) => a,
+            (None, None) => panic!("the store on {backing:?} was bootstrapped already: pass its admin token"),
+        };
+        TestServer {
+            url: url.unwrap(),
+            admin,
+            dir,
+            child,
+            _stdout: stdout,
+        }
+    }
+
+    /// SIGKILLs the server (no graceful shutdown, nothing flushed) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// `host:port` the server listens on.
+    pub fn addr(&self) -> String {
+        self.url
+            .trim_start_matches("http://")
+            .trim_start_matches("https://")
+            .to_owned()
+    }
+}
+
+/// AIRLOCK_TEST_DATABASE_URL, or a failure that says how to get one (never a skip).
+pub fn test_database_url() -> String {
+    match std::env::var("AIRLOCK_TEST_DATABASE_URL") {
+        Ok(url) if !url.is_empty() => url,
+        _ => panic!(
+            "AIRLOCK_TEST_DATABASE_URL is not set: the PostgreSQL tests need a database. Run the suite through \
+             scripts/test.sh (or scripts/with-postgres.sh cargo nextest run ...), which starts a throwaway PostgreSQL 15 \
+             cluster, or set AIRLOCK_TEST_DATABASE_URL to a database you may create databases from"
+        ),
+    }
+}
+
+/// A fresh PostgreSQL database for one test (created with the real `psql`), dropped at the end.
+pub struct TestDatabase {
+    admin_url: String,
+    name: String,
+    /// URL of the fresh database.
+    pub url: String,
+}
+
+fn psql(url: &str, sql: &str) -> Output {
+    Command::new("psql")
+        .args([url, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .stdin(Stdio::null())
+        .output()
+        .expect("running psql (the PostgreSQL client must be on PATH)")
+}
+
+impl TestDatabase {
+    pub fn new(test: &str) -> TestDatabase {
+        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let admin_url = test_database_url();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let name = format!("airlock_it_{test}_{}_{n}_{nanos}", std::process::id());
+        let out = psql(&admin_url, &format!("CREATE DATABASE \"{name}\""));
+        assert!(
+            out.status.success(),
+            "creating database {name} through AIRLOCK_TEST_DATABASE_URL failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (base, query) = match admin_url.split_once('?') {
+            Some((b, q)) => (b, format!("?{q}")),
+            None => (admin_url.as_str(), String::new()),
+        };
+        let authority = base.find("://").map_or(0, |i| i + 3);
+        let path = base[authority..]
+            .find('/')
+            .map_or(base.len(), |i| authority + i);
+        let url = format!("{}/{name}{query}", &base[..path]);
+        TestDatabase {
+            admin_url,
+            name,
+            url,
+        }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let _ = psql(
+            &self.admin_url,
+            &format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name),
+        );
+    }
+}
