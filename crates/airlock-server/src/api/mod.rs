@@ -52,8 +52,15 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-/// Anything else.
-pub async fn not_found() -> ApiError {
+/// Anything else. Under `/state` a 404 would read to Terraform as "no state yet" (an address
+/// with an empty stack name would plan to create everything), so there it is a 400.
+pub async fn not_found(uri: axum::http::Uri) -> ApiError {
+    if uri.path() == "/state" || uri.path().starts_with("/state/") {
+        return ApiError::new(
+            RefusalKind::BadRequest,
+            "invalid stack name: the state backend address is /state/STACK, e.g. /state/prod/network",
+        );
+    }
     ApiError::new(RefusalKind::NotFound, "no such route")
 }
 

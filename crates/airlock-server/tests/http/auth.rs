@@ -24,9 +24,7 @@ async fn bearer_and_basic_with_any_username_authenticate() {
     ] {
         let r = s.call("GET", "/state/dev/app", auth, Body::empty()).await;
         r.expect(204);
-        let who = s
-            .call("GET", "/api/v1/whoami", auth, Body::empty())
-            .await;
+        let who = s.call("GET", "/api/v1/whoami", auth, Body::empty()).await;
         who.expect(200);
         assert_eq!(who.json()["role"], "ci");
         assert_eq!(who.json()["id"], ci.id.as_str());
@@ -57,10 +55,7 @@ async fn missing_token_is_401_with_a_challenge() {
 async fn malformed_authorization_headers_are_401() {
     let s = Server::new();
     s.stack("dev/app", false);
-    let no_colon = format!(
-        "Basic {}",
-        base64_encode(s.admin.secret.as_bytes())
-    );
+    let no_colon = format!("Basic {}", base64_encode(s.admin.secret.as_bytes()));
     let not_utf8 = format!("Basic {}", base64_encode(&[0xff, b':', 0xfe]));
     let cases = [
         "Bearer",
@@ -132,7 +127,17 @@ async fn wrong_expired_and_revoked_tokens_are_401() {
             r.expect(401);
             assert!(r.message().contains(why), "{}", r.message());
             assert!(!r.text().contains(secret), "the secret is echoed: {r:?}");
-            let r = s.tf("LOCK", "/state/dev/app", &Tok { id: String::new(), secret: secret.to_owned() }, lock_info("x", "OperationTypePlan").as_bytes()).await;
+            let r = s
+                .tf(
+                    "LOCK",
+                    "/state/dev/app",
+                    &Tok {
+                        id: String::new(),
+                        secret: secret.to_owned(),
+                    },
+                    lock_info("x", "OperationTypePlan").as_bytes(),
+                )
+                .await;
             r.expect(401);
         }
     }
@@ -169,16 +174,28 @@ async fn secrets_never_appear_in_token_listings_audit_or_error_bodies() {
         id: created.json()["token"]["id"].as_str().unwrap().to_owned(),
         secret: created.json()["secret"].as_str().unwrap().to_owned(),
     };
-    assert!(bot.secret.starts_with(airlock_server::tokens::SECRET_PREFIX));
+    assert!(bot
+        .secret
+        .starts_with(airlock_server::tokens::SECRET_PREFIX));
     // The new secret works once shown…
     let who = s
-        .call("GET", "/api/v1/whoami", Auth::Bearer(&bot.secret), Body::empty())
+        .call(
+            "GET",
+            "/api/v1/whoami",
+            Auth::Bearer(&bot.secret),
+            Body::empty(),
+        )
         .await;
     who.expect(200);
     assert_eq!(who.json()["role"], "agent");
     // …and is never shown again, nor is its hash.
     let list = s
-        .call("GET", "/api/v1/tokens", Auth::Bearer(&s.admin.secret), Body::empty())
+        .call(
+            "GET",
+            "/api/v1/tokens",
+            Auth::Bearer(&s.admin.secret),
+            Body::empty(),
+        )
         .await;
     list.expect(200);
     let text = list.text();

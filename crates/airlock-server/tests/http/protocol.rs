@@ -23,7 +23,10 @@ async fn get_is_204_before_the_first_write_then_200_with_the_exact_bytes() {
 
     let r = s.get_state("dev/app", &s.admin).await;
     r.expect(200);
-    assert_eq!(r.body, body, "GET serves the bytes Terraform sent, verbatim");
+    assert_eq!(
+        r.body, body,
+        "GET serves the bytes Terraform sent, verbatim"
+    );
     assert_eq!(r.headers[header::CONTENT_TYPE], "application/json");
 }
 
@@ -35,9 +38,14 @@ async fn put_is_accepted_as_update_method() {
     s.lock("dev/app", &s.admin, &id, "OperationTypeApply")
         .await
         .expect(200);
-    s.tf("PUT", &format!("/state/dev/app?ID={id}"), &s.admin, &plain(1))
-        .await
-        .expect(200);
+    s.tf(
+        "PUT",
+        &format!("/state/dev/app?ID={id}"),
+        &s.admin,
+        &plain(1),
+    )
+    .await
+    .expect(200);
     assert_eq!(s.versions("dev/app"), [1]);
 }
 
@@ -98,7 +106,9 @@ async fn lock_conflict_is_423_with_the_holders_lock_json_verbatim() {
     s.tf("LOCK", "/state/dev/app", &alice, holder)
         .await
         .expect(200);
-    let r = s.lock("dev/app", &bob, "other-5678", "OperationTypeApply").await;
+    let r = s
+        .lock("dev/app", &bob, "other-5678", "OperationTypeApply")
+        .await;
     r.expect(423);
     assert_eq!(r.body, holder.to_vec());
     assert_eq!(r.headers[header::CONTENT_TYPE], "application/json");
@@ -390,15 +400,34 @@ async fn bad_lock_info_is_400_and_huge_lock_info_is_413() {
         r#"{{"ID":"x","Operation":"OperationTypePlan","Info":"{}"}}"#,
         "a".repeat(20_000)
     );
-    let long_id = format!(r#"{{"ID":"{}","Operation":"OperationTypePlan"}}"#, "i".repeat(300));
+    let long_id = format!(
+        r#"{{"ID":"{}","Operation":"OperationTypePlan"}}"#,
+        "i".repeat(300)
+    );
     let cases: Vec<(&str, Vec<u8>, u16)> = vec![
         ("empty", Vec::new(), 400),
         ("not JSON", b"lock please".to_vec(), 400),
         ("JSON array", b"[1]".to_vec(), 400),
-        ("no ID", br#"{"Operation":"OperationTypePlan"}"#.to_vec(), 400),
-        ("empty ID", br#"{"ID":"","Operation":"OperationTypePlan"}"#.to_vec(), 400),
-        ("ID not a string", br#"{"ID":7,"Operation":"OperationTypePlan"}"#.to_vec(), 400),
-        ("ID with spaces", br#"{"ID":"a b","Operation":"OperationTypePlan"}"#.to_vec(), 400),
+        (
+            "no ID",
+            br#"{"Operation":"OperationTypePlan"}"#.to_vec(),
+            400,
+        ),
+        (
+            "empty ID",
+            br#"{"ID":"","Operation":"OperationTypePlan"}"#.to_vec(),
+            400,
+        ),
+        (
+            "ID not a string",
+            br#"{"ID":7,"Operation":"OperationTypePlan"}"#.to_vec(),
+            400,
+        ),
+        (
+            "ID with spaces",
+            br#"{"ID":"a b","Operation":"OperationTypePlan"}"#.to_vec(),
+            400,
+        ),
         ("ID too long", long_id.into_bytes(), 400),
         ("huge", huge.into_bytes(), 413),
     ];
@@ -441,7 +470,11 @@ async fn bad_stack_names_are_400_on_state_and_api() {
         for method in ["GET", "POST", "LOCK", "UNLOCK"] {
             let r = s.tf(method, path, &s.admin, b"").await;
             assert_eq!(r.status, 400, "{method} {path}: {r:?}");
-            assert!(r.message().contains("stack name"), "{path}: {}", r.message());
+            assert!(
+                r.message().contains("stack name"),
+                "{path}: {}",
+                r.message()
+            );
         }
     }
     let api_names = [

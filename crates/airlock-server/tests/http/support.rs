@@ -174,7 +174,13 @@ impl Server {
     }
 
     /// Sends `method uri` with `body` (no extra headers but auth).
-    pub async fn call(&self, method: &str, uri: &str, auth: Auth<'_>, body: impl Into<Body>) -> Resp {
+    pub async fn call(
+        &self,
+        method: &str,
+        uri: &str,
+        auth: Auth<'_>,
+        body: impl Into<Body>,
+    ) -> Resp {
         self.send(request(method, uri, auth).body(body.into()).unwrap())
             .await
     }
@@ -291,7 +297,11 @@ impl Server {
 /// A lock ID unique within the test binary.
 pub fn fresh_id(what: &str) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(1);
-    format!("{what}-{}-{}", now_ms(), NEXT.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{what}-{}-{}",
+        now_ms(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 pub fn request(method: &str, uri: &str, auth: Auth<'_>) -> axum::http::request::Builder {
@@ -366,7 +376,11 @@ pub fn state(serial: u64, lineage: &str, resources: &[(&str, &str)]) -> Vec<u8> 
 
 /// A small state with a few plain resources.
 pub fn plain(serial: u64) -> Vec<u8> {
-    state(serial, LINEAGE, &[("terraform_data", "a"), ("terraform_data", "b")])
+    state(
+        serial,
+        LINEAGE,
+        &[("terraform_data", "a"), ("terraform_data", "b")],
+    )
 }
 
 /// Asserts that no secret occurs in `haystack`.
@@ -382,17 +396,20 @@ pub fn assert_no_secret(haystack: &str, secrets: &[&Tok]) {
             .secret
             .strip_prefix(airlock_server::tokens::SECRET_PREFIX)
             .unwrap_or(&t.secret);
-        assert!(!haystack.contains(hexpart), "a token secret leaked into: {haystack}");
+        assert!(
+            !haystack.contains(hexpart),
+            "a token secret leaked into: {haystack}"
+        );
     }
 }
 
 /// A streaming body of these chunks, with no length known up front (what hyper sends as
 /// `Transfer-Encoding: chunked`).
 pub async fn chunked(chunks: &[&[u8]]) -> Body {
-    let (mut tx, body) =
-        http_body_util::channel::Channel::<axum::body::Bytes, std::convert::Infallible>::new(
-            chunks.len().max(1),
-        );
+    let (mut tx, body) = http_body_util::channel::Channel::<
+        axum::body::Bytes,
+        std::convert::Infallible,
+    >::new(chunks.len().max(1));
     for c in chunks {
         tx.send_data(axum::body::Bytes::copy_from_slice(c))
             .await
