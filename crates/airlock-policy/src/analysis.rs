@@ -296,8 +296,12 @@ impl<'c> Analyzer<'c> {
             || self.config.protects(&rc.resource_type, &rc.address);
         report.critical = critical;
         let mut found: Vec<Finding> = Vec::new();
+        // Values are parsed only for catalogue types whose change can weaken or hit a
+        // protection: most changes in a big plan are no-ops and creates and skip this.
+        let may_matter = kind.destroys()
+            || matches!(kind, ChangeKind::Update | ChangeKind::ForgetReplace);
         let values = entry
-            .filter(|e| !e.protections.is_empty())
+            .filter(|e| may_matter && !e.protections.is_empty())
             .map(|e| (e, Values::of(rc)));
 
         // Destruction of a critical resource.
