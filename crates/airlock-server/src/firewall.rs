@@ -176,7 +176,8 @@ pub fn check_write(
             let grant = ctx
                 .grants
                 .iter()
-                .find(|g| g.addresses.iter().any(|a| glob_match(a, &inst.address)));
+                // Grant addresses are literal: `*` and `?` are legal in for_each keys.
+                .find(|g| g.addresses.iter().any(|a| *a == inst.address));
             match grant {
                 Some(g) => {
                     if !consumed.contains(&g.id) {

@@ -155,8 +155,7 @@ async fn removing_a_critical_instance_needs_a_single_use_grant_even_for_an_admin
         .audit()
         .await
         .into_iter()
-        .filter(|e| e["action"] == "state.write" && e["outcome"] == "ok")
-        .last()
+        .rfind(|e| e["action"] == "state.write" && e["outcome"] == "ok")
         .unwrap();
     assert_eq!(write["detail"]["grants_consumed"], json!([grant_id]));
 
@@ -546,4 +545,68 @@ async fn every_refused_write_is_audited_as_denied_and_leaves_history_alone() {
     assert_eq!(s.versions("dev/app"), [1]);
     let verify = s.api_get("/api/v1/audit/verify").await;
     assert_eq!(verify["ok"], true, "{verify}");
+}
+
+/// A state whose one resource has `for_each` instances with these keys.
+fn for_each_state(serial: u64, ty: &str, keys: &[&str]) -> Vec<u8> {
+    let instances: Vec<Value> = keys
+        .iter()
+        .map(|k| json!({"index_key": k, "schema_version": 0, "attributes": {"id": k}}))
+        .collect();
+    let doc = json!({
+        "version": 4, "terraform_version": "1.11.4", "serial": serial, "lineage": LINEAGE,
+        "outputs": {},
+        "resources": [{"mode": "managed", "type": ty, "name": "db",
+            "provider": "provider[\"registry.terraform.io/hashicorp/aws\"]",
+            "instances": instances}]
+    });
+    serde_json::to_vec_pretty(&doc).unwrap()
+}
+
+#[tokio::test]
+async fn a_grant_address_is_literal_not_a_pattern() {
+    // `for_each` keys are arbitrary strings: `*` and `?` are legal in them. A grant for the
+    // instance keyed "*" must not cover every instance of the resource.
+    let s = Server::new();
+    s.stack("dev/app", false);
+    s.locked_write(
+        "dev/app",
+        &s.admin,
+        &for_each_state(1, "aws_db_instance", &["*", "prod", "a"]),
+    )
+    .await
+    .expect(200);
+    for address in [r#"aws_db_instance.db["*"]"#, r#"aws_db_instance.db["?"]"#] {
+        s.api(
+            "POST",
+            "/api/v1/stacks/dev%2Fapp/grants",
+            &s.admin,
+            json!({"addresses": [address], "ttl": "1h", "reason": "drop one key"}),
+        )
+        .await
+        .expect(201);
+    }
+    let r = s
+        .locked_write(
+            "dev/app",
+            &s.admin,
+            &for_each_state(2, "aws_db_instance", &[]),
+        )
+        .await;
+    r.expect(403);
+    assert!(
+        r.message().contains(r#"aws_db_instance.db["prod"]"#)
+            && r.message().contains(r#"aws_db_instance.db["a"]"#),
+        "{}",
+        r.message()
+    );
+    assert_eq!(s.versions("dev/app"), [1]);
+    // Exactly the granted instance may go.
+    s.locked_write(
+        "dev/app",
+        &s.admin,
+        &for_each_state(2, "aws_db_instance", &["prod", "a"]),
+    )
+    .await
+    .expect(200);
 }
