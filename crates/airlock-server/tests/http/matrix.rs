@@ -398,3 +398,63 @@ async fn a_token_scoped_to_dev_is_refused_on_prod() {
     assert!(s.store.stack("prod/new").unwrap().is_none());
     assert_eq!(s.versions("prod/app"), [1]);
 }
+
+/// `(method, path)` pairs registered by `.route(...)` calls in `text` (`ANY` for `any(...)`).
+fn registered_routes(text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for call in text.split(".route(").skip(1) {
+        let Some(path) = call.split('"').nth(1) else {
+            continue;
+        };
+        for method in ["get", "post", "put", "patch", "delete", "any"] {
+            let pat = format!("{method}(");
+            let mut from = 0;
+            while let Some(i) = call[from..].find(&pat) {
+                let at = from + i;
+                let before = call[..at].chars().next_back();
+                if !before.is_some_and(|c| c == ':' || c == '_' || c.is_ascii_alphanumeric()) {
+                    out.push((method.to_ascii_uppercase(), path.to_owned()));
+                }
+                from = at + pat.len();
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn every_route_the_router_registers_is_in_the_table_and_behind_the_middleware() {
+    let source = include_str!("../../src/router.rs");
+    let build = &source[source.find("pub fn build").expect("router::build")..];
+    let (authed, public) = build
+        .split_once(".route_layer(")
+        .expect("the authorization middleware is a route_layer");
+    let authed_routes = registered_routes(authed);
+    assert!(!authed_routes.is_empty());
+    for (method, path) in &authed_routes {
+        let listed = if method == "ANY" {
+            ROUTE_PERMISSIONS.iter().any(|(_, r, _)| r == path)
+        } else {
+            permission_for(method, path).is_some()
+        };
+        assert!(
+            listed,
+            "{method} {path} is routed but has no entry in ROUTE_PERMISSIONS"
+        );
+    }
+    for &(method, route, _) in ROUTE_PERMISSIONS {
+        assert!(
+            authed_routes
+                .iter()
+                .any(|(m, p)| p == route && (m == method || m == "ANY")),
+            "{method} {route} is in the table but not routed behind the middleware"
+        );
+    }
+    // Outside the middleware: only health and metrics.
+    for (method, path) in registered_routes(public) {
+        assert!(
+            path == "/healthz" || path == "/metrics",
+            "{method} {path} is routed without authorization"
+        );
+    }
+}

@@ -534,3 +534,32 @@ async fn health_and_metrics_need_no_token_and_unknown_routes_are_404() {
     .await
     .expect(404);
 }
+
+#[tokio::test]
+async fn only_the_holder_or_a_force_unlocker_may_release_a_lock_by_its_id() {
+    let s = Server::new();
+    s.stack("dev/app", false);
+    let alice = s.token("alice", Role::Ci, &[], None);
+    let mallory = s.token("mallory", Role::Ci, &[], None);
+    let agent = s.role_token(Role::Agent);
+    s.lock("dev/app", &alice, "L-alice", "OperationTypeApply")
+        .await
+        .expect(200);
+    // The exact bytes of alice's lock, sent by someone else.
+    for t in [&mallory, &agent] {
+        let r = s
+            .unlock("dev/app", t, "L-alice", "OperationTypeApply")
+            .await;
+        r.expect(403);
+        assert!(r.message().contains("alice"), "{}", r.message());
+        assert_eq!(
+            s.store.current_lock("dev/app").unwrap().unwrap().id,
+            "L-alice"
+        );
+    }
+    let approver = s.role_token(Role::Approver);
+    s.unlock("dev/app", &approver, "L-alice", "OperationTypeApply")
+        .await
+        .expect(200);
+    assert!(s.store.current_lock("dev/app").unwrap().is_none());
+}
