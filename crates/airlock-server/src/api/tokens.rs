@@ -36,6 +36,23 @@ pub fn valid_glob(g: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-/*?".contains(&b))
 }
 
+/// Does every stack `requested` covers fall inside `scope`? An empty list means all stacks.
+/// Conservative: a requested glob must be one of the scope's globs, or be matched as text by a
+/// scope glob without `?` (a `*` there covers whatever the requested glob's wildcards can).
+fn within_scope(scope: &[String], requested: &[String]) -> bool {
+    if scope.is_empty() {
+        return true;
+    }
+    !requested.is_empty()
+        && requested.iter().all(|g| {
+            scope.iter().any(|c| {
+                c == g
+                    || (airlock_core::glob::glob_match(c, g)
+                        && (!c.contains('?') || !g.contains(['*', '?'])))
+            })
+        })
+}
+
 /// `POST /api/v1/tokens`.
 pub async fn create(
     State(state): State<Arc<AppState>>,
@@ -58,6 +75,15 @@ pub async fn create(
         return Err(ApiError::new(
             RefusalKind::BadRequest,
             format!("invalid stack glob {bad:?}: use stack-name characters and *, e.g. prod/*"),
+        ));
+    }
+    if !within_scope(&p.stacks, &req.stacks) {
+        return Err(ApiError::new(
+            RefusalKind::Forbidden,
+            format!(
+                "token {} is scoped to stacks {:?}; it cannot create a token beyond that scope (requested: {:?}, where none means all stacks)",
+                p.name, p.stacks, req.stacks
+            ),
         ));
     }
     let expires_at = req

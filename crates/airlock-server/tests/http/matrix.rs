@@ -458,3 +458,44 @@ fn every_route_the_router_registers_is_in_the_table_and_behind_the_middleware() 
         );
     }
 }
+
+#[tokio::test]
+async fn a_scoped_admin_cannot_mint_a_token_beyond_its_scope() {
+    let (s, _) = fixture().await;
+    let dev_admin = s.token("dev-admin", Role::Admin, &["dev/*"], None);
+    for stacks in [
+        json!([]),
+        json!(["*"]),
+        json!(["prod/*"]),
+        json!(["dev/*", "prod/app"]),
+        json!(["d*"]),
+        json!(["dev*"]),
+    ] {
+        let r = s
+            .api(
+                "POST",
+                "/api/v1/tokens",
+                &dev_admin,
+                json!({"name": "escape", "role": "admin", "stacks": stacks}),
+            )
+            .await;
+        assert_eq!(r.status, 403, "stacks {stacks}: {r:?}");
+        assert!(r.message().contains("scope"), "{}", r.message());
+    }
+    for stacks in [json!(["dev/*"]), json!(["dev/app"]), json!(["dev/a*", "dev/x"])] {
+        let r = s
+            .api(
+                "POST",
+                "/api/v1/tokens",
+                &dev_admin,
+                json!({"name": "within", "role": "ci", "stacks": stacks}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "stacks {stacks}: {r:?}");
+    }
+    let listed = s.store.list_tokens().unwrap();
+    assert!(
+        listed.iter().all(|t| t.name != "escape"),
+        "no token escaped the scope"
+    );
+}
