@@ -163,6 +163,10 @@ pub trait Store: Send + Sync {
     /// Appends an audit record verbatim. `Conflict` unless it extends the stored chain: its
     /// `seq` follows the last one and its `prev_hash` is the last one's hash.
     fn import_audit(&self, record: &AuditRecord) -> Result<()>;
+    /// Names of a run's artifacts, sorted.
+    fn run_artifact_names(&self, id: &str) -> Result<Vec<String>>;
+    /// Inserts a run and its artifacts verbatim (status, approvals, times included).
+    fn import_run(&self, run: &RunRecord, artifacts: &[(&str, &[u8])]) -> Result<()>;
     // --- end backup import ---
 }
 

@@ -825,5 +825,41 @@ impl Store for SqliteStore {
             Ok(())
         })
     }
+
+    fn run_artifact_names(&self, id: &str) -> Result<Vec<String>> {
+        self.read(|c| {
+            let names = c
+                .prepare("SELECT name FROM run_artifacts WHERE run_id = ?1 ORDER BY name")?
+                .query_map([id], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(names)
+        })
+    }
+
+    fn import_run(&self, run: &RunRecord, artifacts: &[(&str, &[u8])]) -> Result<()> {
+        let record = serde_json::to_string(run).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let compressed: Vec<(&str, [u8; 32], i64, Vec<u8>)> =
+            artifacts.iter().map(|(n, b)| (*n, blob::sha256(b), b.len() as i64, blob::compress(b))).collect();
+        self.write(|tx| {
+            let (stack_id, _) = require_stack(tx, &run.stack)?;
+            let conflict = |e: rusqlite::Error, what: String| match e {
+                rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => StoreError::Conflict(what),
+                e => backend(e),
+            };
+            tx.execute(
+                "INSERT INTO runs (id, stack_id, status, created_at, record) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![run.id, stack_id, run.status.as_str(), run.created_at, record],
+            )
+            .map_err(|e| conflict(e, format!("run {} already exists", run.id)))?;
+            for (name, sha, len, data) in &compressed {
+                tx.execute(
+                    "INSERT INTO run_artifacts (run_id, name, sha256, raw_len, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![run.id, name, &sha[..], len, data],
+                )
+                .map_err(|e| conflict(e, format!("run {} has two artifacts named {name}", run.id)))?;
+            }
+            Ok(())
+        })
+    }
     // --- end backup import ---
 }

@@ -15,6 +15,8 @@
 //! stacks/NNNN/stack.json               the stack, its version metadata, grants and lock
 //! stacks/NNNN/versions/SERIAL.tfstate  each version's exact bytes
 //! stacks/NNNN/lock-info.json           the held lock's info body, verbatim (if locked)
+//! runs/NNNN/run.json                   a governed run's record and its artifact list
+//! runs/NNNN/artifacts/NN.bin           each artifact's exact bytes (plan, plan JSON, logs)
 //! ```
 //!
 //! History is append-only, so an export taken while servers run is consistent per stack; the
@@ -27,8 +29,8 @@ use std::sync::Arc;
 
 use airlock_core::audit::{verify_chain, AuditRecord, GENESIS};
 use airlock_store::{
-    blob, GrantRecord, LockRecord, SqliteStore, StackRecord, StackSettings, Store, TokenRecord,
-    VersionMeta,
+    blob, GrantRecord, LockRecord, RunRecord, SqliteStore, StackRecord, StackSettings, Store,
+    TokenRecord, VersionMeta,
 };
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
@@ -46,12 +48,16 @@ pub fn run(cmd: BackupCommand) -> anyhow::Result<ExitCode> {
             let store = open_store(&db, Missing::Refuse)?;
             let summary = export(store.as_ref(), &dir)?;
             let manifest_sha = hex(&blob::sha256(&std::fs::read(dir.join("manifest.json"))?));
-            print(format, &json!({"dir": dir, "summary": summary, "manifest_sha256": manifest_sha}), || {
-                format!(
-                    "exported {} stack(s), {} version(s), {} token(s), {} grant(s), {} lock(s), {} audit event(s) to {}\nmanifest.json SHA-256: {manifest_sha} (record it elsewhere to detect a replaced manifest)\n",
-                    summary.stacks, summary.versions, summary.tokens, summary.grants, summary.locks, summary.audit_events, dir.display()
+            print(
+                format,
+                &json!({"dir": dir, "summary": summary, "manifest_sha256": manifest_sha}),
+                || {
+                    format!(
+                    "exported {} stack(s), {} version(s), {} token(s), {} grant(s), {} lock(s), {} run(s), {} audit event(s) to {}\nmanifest.json SHA-256: {manifest_sha} (record it elsewhere to detect a replaced manifest)\n",
+                    summary.stacks, summary.versions, summary.tokens, summary.grants, summary.locks, summary.runs, summary.audit_events, dir.display()
                 )
-            });
+                },
+            );
             Ok(ExitCode::SUCCESS)
         }
         BackupCommand::Verify { dir, format } => {
@@ -60,22 +66,30 @@ pub fn run(cmd: BackupCommand) -> anyhow::Result<ExitCode> {
                 problems = replay_into_scratch(&backup)?;
             }
             let ok = problems.is_empty();
-            print(format, &json!({"ok": ok, "summary": backup.manifest.summary, "problems": problems}), || {
-                let s = &backup.manifest.summary;
-                if ok {
-                    format!(
-                        "backup OK: {} stack(s), {} version(s), {} token(s), {} grant(s), {} lock(s), {} audit event(s), audit head {}; every file matches the manifest, every version its SHA-256, the audit chain verifies, and a replay into a scratch SQLite store compares equal\n",
-                        s.stacks, s.versions, s.tokens, s.grants, s.locks, s.audit_events, s.audit_head
+            print(
+                format,
+                &json!({"ok": ok, "summary": backup.manifest.summary, "problems": problems}),
+                || {
+                    let s = &backup.manifest.summary;
+                    if ok {
+                        format!(
+                        "backup OK: {} stack(s), {} version(s), {} token(s), {} grant(s), {} lock(s), {} run(s), {} audit event(s), audit head {}; every file matches the manifest, every version its SHA-256, the audit chain verifies, and a replay into a scratch SQLite store compares equal\n",
+                        s.stacks, s.versions, s.tokens, s.grants, s.locks, s.runs, s.audit_events, s.audit_head
                     )
-                } else {
-                    let mut out = format!("backup BROKEN: {} problem(s)\n", problems.len());
-                    for p in &problems {
-                        out.push_str(&format!("  {p}\n"));
+                    } else {
+                        let mut out = format!("backup BROKEN: {} problem(s)\n", problems.len());
+                        for p in &problems {
+                            out.push_str(&format!("  {p}\n"));
+                        }
+                        out
                     }
-                    out
-                }
-            });
-            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+                },
+            );
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         BackupCommand::Import { dir, db, format } => {
             let (backup, problems) = Backup::load(&dir)?;
@@ -99,12 +113,16 @@ pub fn run(cmd: BackupCommand) -> anyhow::Result<ExitCode> {
                 );
             }
             let s = &backup.manifest.summary;
-            print(format, &json!({"ok": true, "engine": store.engine(), "summary": s}), || {
-                format!(
-                    "imported {} stack(s), {} version(s), {} token(s), {} grant(s), {} lock(s), {} audit event(s) into the {} store; it compares equal to the backup (audit head {})\n",
-                    s.stacks, s.versions, s.tokens, s.grants, s.locks, s.audit_events, store.engine(), s.audit_head
+            print(
+                format,
+                &json!({"ok": true, "engine": store.engine(), "summary": s}),
+                || {
+                    format!(
+                    "imported {} stack(s), {} version(s), {} token(s), {} grant(s), {} lock(s), {} run(s), {} audit event(s) into the {} store; it compares equal to the backup (audit head {})\n",
+                    s.stacks, s.versions, s.tokens, s.grants, s.locks, s.runs, s.audit_events, store.engine(), s.audit_head
                 )
-            });
+                },
+            );
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -154,6 +172,7 @@ struct Summary {
     tokens: u64,
     grants: u64,
     locks: u64,
+    runs: u64,
     audit_events: u64,
     audit_head: String,
 }
@@ -211,6 +230,20 @@ struct LockEntry {
     owner: String,
     created_at: i64,
     info_file: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct RunFile {
+    record: RunRecord,
+    artifacts: Vec<ArtifactEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct ArtifactEntry {
+    name: String,
+    file: String,
+    sha256: String,
+    size: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -360,8 +393,8 @@ impl Writer {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("creating {}", parent.display()))?;
         }
-        let mut f = std::fs::File::create(&path)
-            .with_context(|| format!("creating {}", path.display()))?;
+        let mut f =
+            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
         f.write_all(bytes)
             .and_then(|()| f.sync_all())
             .with_context(|| format!("writing {}", path.display()))?;
@@ -466,6 +499,35 @@ fn export(store: &dyn Store, dir: &Path) -> anyhow::Result<Summary> {
         w.put_json(&format!("{base}/stack.json"), &file)?;
     }
 
+    // Governed runs, oldest first (a run names its stack, so stacks come first on import).
+    let mut runs = store.runs(None, u32::MAX)?;
+    runs.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+    for (i, run) in runs.into_iter().enumerate() {
+        let base = format!("runs/{:04}", i + 1);
+        let mut artifacts = Vec::new();
+        for (j, name) in store.run_artifact_names(&run.id)?.into_iter().enumerate() {
+            let bytes = store
+                .run_artifact(&run.id, &name)?
+                .with_context(|| format!("run {} artifact {name} vanished", run.id))?;
+            let file = format!("{base}/artifacts/{:02}.bin", j + 1);
+            w.put(&file, &bytes)?;
+            artifacts.push(ArtifactEntry {
+                name,
+                file,
+                sha256: hex(&blob::sha256(&bytes)),
+                size: bytes.len() as u64,
+            });
+        }
+        w.put_json(
+            &format!("{base}/run.json"),
+            &RunFile {
+                record: run,
+                artifacts,
+            },
+        )?;
+        summary.runs += 1;
+    }
+
     // Last: the chain then covers at least every write exported above.
     let audit = all_audit(store)?;
     let mut lines = Vec::new();
@@ -503,6 +565,7 @@ struct Backup {
     manifest: Manifest,
     tokens: Vec<TokenEntry>,
     stacks: Vec<StackFile>,
+    runs: Vec<RunFile>,
     audit: Vec<AuditRecord>,
 }
 
@@ -533,17 +596,26 @@ impl Backup {
 
         // 1. Every listed file is present and re-hashes; nothing unlisted is there.
         for (rel, entry) in &manifest.files {
-            if rel.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") {
+            if rel
+                .split('/')
+                .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+            {
                 problems.push(format!("manifest lists an unsafe path {rel:?}"));
                 continue;
             }
             match std::fs::read(dir.join(rel)) {
                 Ok(bytes) => {
-                    if bytes.len() as u64 != entry.size || hex(&blob::sha256(&bytes)) != entry.sha256 {
-                        problems.push(format!("{rel}: content does not match the manifest's SHA-256 and size"));
+                    if bytes.len() as u64 != entry.size
+                        || hex(&blob::sha256(&bytes)) != entry.sha256
+                    {
+                        problems.push(format!(
+                            "{rel}: content does not match the manifest's SHA-256 and size"
+                        ));
                     }
                 }
-                Err(e) => problems.push(format!("{rel}: listed in the manifest but unreadable: {e}")),
+                Err(e) => {
+                    problems.push(format!("{rel}: listed in the manifest but unreadable: {e}"))
+                }
             }
         }
         let mut on_disk = BTreeSet::new();
@@ -561,8 +633,8 @@ impl Backup {
             }
             std::fs::read(dir.join(rel)).with_context(|| format!("reading {rel}"))
         };
-        let tokens: Vec<TokenEntry> = serde_json::from_slice(&parse("tokens.json")?)
-            .context("tokens.json is not valid")?;
+        let tokens: Vec<TokenEntry> =
+            serde_json::from_slice(&parse("tokens.json")?).context("tokens.json is not valid")?;
         let mut audit = Vec::new();
         for (n, line) in parse("audit.jsonl")?.split(|b| *b == b'\n').enumerate() {
             if line.is_empty() {
@@ -573,16 +645,31 @@ impl Backup {
             audit.push(r);
         }
         let mut stacks = Vec::new();
-        for rel in manifest.files.keys().filter(|k| k.starts_with("stacks/") && k.ends_with("/stack.json")) {
+        for rel in manifest
+            .files
+            .keys()
+            .filter(|k| k.starts_with("stacks/") && k.ends_with("/stack.json"))
+        {
             let s: StackFile = serde_json::from_slice(&parse(rel)?)
                 .with_context(|| format!("{rel} is not valid"))?;
             stacks.push(s);
+        }
+        let mut runs = Vec::new();
+        for rel in manifest
+            .files
+            .keys()
+            .filter(|k| k.starts_with("runs/") && k.ends_with("/run.json"))
+        {
+            let r: RunFile = serde_json::from_slice(&parse(rel)?)
+                .with_context(|| format!("{rel} is not valid"))?;
+            runs.push(r);
         }
         let backup = Backup {
             root: dir.to_owned(),
             manifest,
             tokens,
             stacks,
+            runs,
             audit,
         };
 
@@ -591,22 +678,60 @@ impl Backup {
             let mut last: Option<u64> = None;
             for v in &s.versions {
                 if last.is_some_and(|l| v.serial <= l) {
-                    problems.push(format!("{} serial {}: serials are not increasing", s.name, v.serial));
+                    problems.push(format!(
+                        "{} serial {}: serials are not increasing",
+                        s.name, v.serial
+                    ));
                 }
                 last = Some(v.serial);
                 if !backup.manifest.files.contains_key(&v.file) {
-                    problems.push(format!("{} serial {}: {} is not listed in the manifest", s.name, v.serial, v.file));
+                    problems.push(format!(
+                        "{} serial {}: {} is not listed in the manifest",
+                        s.name, v.serial, v.file
+                    ));
                     continue;
                 }
                 match backup.read(&v.file) {
-                    Ok(bytes) if bytes.len() as u64 == v.size && hex(&blob::sha256(&bytes)) == v.sha256 => {}
-                    Ok(_) => problems.push(format!("{} serial {}: bytes do not match the version's recorded SHA-256", s.name, v.serial)),
+                    Ok(bytes)
+                        if bytes.len() as u64 == v.size
+                            && hex(&blob::sha256(&bytes)) == v.sha256 => {}
+                    Ok(_) => problems.push(format!(
+                        "{} serial {}: bytes do not match the version's recorded SHA-256",
+                        s.name, v.serial
+                    )),
                     Err(e) => problems.push(format!("{} serial {}: {e:#}", s.name, v.serial)),
                 }
             }
             if let Some(l) = &s.lock {
                 if !backup.manifest.files.contains_key(&l.info_file) {
-                    problems.push(format!("{}: lock info file {} is not listed in the manifest", s.name, l.info_file));
+                    problems.push(format!(
+                        "{}: lock info file {} is not listed in the manifest",
+                        s.name, l.info_file
+                    ));
+                }
+            }
+        }
+
+        for r in &backup.runs {
+            for a in &r.artifacts {
+                if !backup.manifest.files.contains_key(&a.file) {
+                    problems.push(format!(
+                        "run {}: artifact {} is not listed in the manifest",
+                        r.record.id, a.file
+                    ));
+                    continue;
+                }
+                match backup.read(&a.file) {
+                    Ok(bytes)
+                        if bytes.len() as u64 == a.size
+                            && hex(&blob::sha256(&bytes)) == a.sha256 => {}
+                    Ok(_) => problems.push(format!(
+                        "run {} artifact {}: bytes do not match its recorded SHA-256",
+                        r.record.id, a.name
+                    )),
+                    Err(e) => {
+                        problems.push(format!("run {} artifact {}: {e:#}", r.record.id, a.name))
+                    }
                 }
             }
         }
@@ -637,6 +762,7 @@ impl Backup {
             tokens: self.tokens.len() as u64,
             grants: self.stacks.iter().map(|s| s.grants.len() as u64).sum(),
             locks: self.stacks.iter().filter(|s| s.lock.is_some()).count() as u64,
+            runs: self.runs.len() as u64,
             audit_events: self.audit.len() as u64,
             audit_head: self
                 .audit
@@ -715,6 +841,16 @@ fn replay(store: &dyn Store, b: &Backup) -> anyhow::Result<()> {
                 .import_lock(&s.name, &lock)
                 .with_context(|| format!("importing the lock of {}", s.name))?;
         }
+    }
+    for r in &b.runs {
+        let mut artifacts = Vec::new();
+        for a in &r.artifacts {
+            artifacts.push((a.name.as_str(), b.read(&a.file)?));
+        }
+        let refs: Vec<(&str, &[u8])> = artifacts.iter().map(|(n, d)| (*n, d.as_slice())).collect();
+        store
+            .import_run(&r.record, &refs)
+            .with_context(|| format!("importing run {}", r.record.id))?;
     }
     for r in &b.audit {
         store
@@ -799,6 +935,33 @@ fn compare(store: &dyn Store, b: &Backup) -> anyhow::Result<Vec<String>> {
         };
         if !same_lock {
             problems.push(format!("stack {}: lock differs", s.name));
+        }
+    }
+    let mut runs = store.runs(None, u32::MAX)?;
+    runs.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+    let want_runs: Vec<&RunRecord> = b.runs.iter().map(|r| &r.record).collect();
+    if runs.iter().collect::<Vec<_>>() != want_runs {
+        problems.push(format!(
+            "runs differ ({} stored, {} in the backup)",
+            runs.len(),
+            want_runs.len()
+        ));
+    }
+    for r in &b.runs {
+        let names = store.run_artifact_names(&r.record.id)?;
+        let want: Vec<&str> = r.artifacts.iter().map(|a| a.name.as_str()).collect();
+        if names.iter().map(String::as_str).collect::<Vec<_>>() != want {
+            problems.push(format!("run {}: artifact names differ", r.record.id));
+            continue;
+        }
+        for a in &r.artifacts {
+            let stored = store.run_artifact(&r.record.id, &a.name)?;
+            if stored.as_deref().map(|d| hex(&blob::sha256(d))) != Some(a.sha256.clone()) {
+                problems.push(format!(
+                    "run {} artifact {}: content differs",
+                    r.record.id, a.name
+                ));
+            }
         }
     }
     let audit = all_audit(store)?;

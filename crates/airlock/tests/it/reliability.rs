@@ -1157,6 +1157,21 @@ fn backup_round_trips_sqlite_to_postgres_and_back_and_verify_catches_tampering()
             "test",
         ],
     );
+    // A governed run (record and artifacts) proposed by an agent.
+    let agent = s.token("bot", "agent");
+    let planned = std::process::Command::new(AIRLOCK)
+        .args(["plan", ".", "--stack", "dev/app", "--format", "json"])
+        .current_dir(&ws.dir)
+        .env("AIRLOCK_URL", &s.url)
+        .env("AIRLOCK_TOKEN", &agent)
+        .env("CHECKPOINT_DISABLE", "1")
+        .env("TF_CLI_CONFIG_FILE", "/dev/null")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let planned: Value = serde_json::from_slice(&planned.stdout)
+        .unwrap_or_else(|_| panic!("airlock plan: {}", String::from_utf8_lossy(&planned.stderr)));
+    let run_id = planned["run"]["id"].as_str().unwrap().to_owned();
     let (code, _) = raw(
         "LOCK",
         &s.state_url("prod/db"),
@@ -1178,7 +1193,9 @@ fn backup_round_trips_sqlite_to_postgres_and_back_and_verify_catches_tampering()
     ]);
     assert!(ok, "{out}");
     assert!(
-        out.contains("exported 2 stack(s), 3 version(s), 3 token(s), 1 grant(s), 1 lock(s)"),
+        out.contains(
+            "exported 2 stack(s), 3 version(s), 5 token(s), 1 grant(s), 1 lock(s), 1 run(s)"
+        ),
         "{out}"
     );
     let (ok, out) = backup_cli(&["backup", "verify", dir_arg(&bk)]);
@@ -1216,6 +1233,14 @@ fn backup_round_trips_sqlite_to_postgres_and_back_and_verify_catches_tampering()
     let (code, _) = raw("GET", &pg.state_url("dev/app"), &reader, b"");
     assert_eq!(code, 401, "the revoked token stays revoked");
     assert_verified(&pg);
+    let shown: Value =
+        serde_json::from_str(&pg.ok(&admin, &["run", "show", &run_id, "--format", "json"]))
+            .unwrap();
+    assert_eq!(
+        shown["run"]["id"],
+        run_id.as_str(),
+        "the run came along: {shown}"
+    );
     let pulled = pg.cli(&admin, &["state", "pull", "dev/app", "--version", "2"]);
     assert!(pulled.status.success());
     assert_eq!(sha256_hex(&pulled.stdout), before[1].1);
