@@ -37,7 +37,9 @@ pub fn phase_env(
 ) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = base
         .into_iter()
-        .filter(|(k, _)| !CREDENTIAL_VARS.contains(&k.as_str()) && !other_profile.iter().any(|o| o == k))
+        .filter(|(k, _)| {
+            !CREDENTIAL_VARS.contains(&k.as_str()) && !other_profile.iter().any(|o| o == k)
+        })
         .collect();
     env.push(("TF_HTTP_USERNAME".into(), "airlock".into()));
     env.push(("TF_HTTP_PASSWORD".into(), token.into()));
@@ -80,10 +82,16 @@ fn local_module_sources(text: &str) -> Vec<String> {
     let mut out = Vec::new();
     for line in text.lines() {
         let t = line.trim_start();
-        let Some(rest) = t.strip_prefix("source") else { continue };
-        let Some(rest) = rest.trim_start().strip_prefix('=') else { continue };
+        let Some(rest) = t.strip_prefix("source") else {
+            continue;
+        };
+        let Some(rest) = rest.trim_start().strip_prefix('=') else {
+            continue;
+        };
         let rest = rest.trim();
-        let Some(rest) = rest.strip_prefix('"') else { continue };
+        let Some(rest) = rest.strip_prefix('"') else {
+            continue;
+        };
         let Some(end) = rest.find('"') else { continue };
         let src = &rest[..end];
         if src.starts_with("./") || src.starts_with("../") {
@@ -147,7 +155,11 @@ pub struct Finished {
 /// Runs `cmd` with exactly `env`, echoing its stdout and stderr live (to our stderr, so a
 /// caller's stdout stays machine-readable) and keeping a copy.
 pub fn run_streaming(mut cmd: Command, env: &[(String, String)]) -> io::Result<Finished> {
-    cmd.env_clear().envs(env.iter().map(|(k, v)| (k, v))).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn()?;
     let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let pump = |mut r: Box<dyn Read + Send>, log: std::sync::Arc<std::sync::Mutex<Vec<u8>>>| {
@@ -171,7 +183,11 @@ pub fn run_streaming(mut cmd: Command, env: &[(String, String)]) -> io::Result<F
     for t in [out, err].into_iter().flatten() {
         let _ = t.join();
     }
-    let log = std::mem::take(&mut *log.lock().map_err(|_| io::Error::other("log lock poisoned"))?);
+    let log = std::mem::take(
+        &mut *log
+            .lock()
+            .map_err(|_| io::Error::other("log lock poisoned"))?,
+    );
     Ok(Finished { status, log })
 }
 
@@ -185,8 +201,16 @@ mod tests {
         let root = tmp.path().join("stacks/app");
         std::fs::create_dir_all(&root).unwrap();
         std::fs::create_dir_all(tmp.path().join("modules/net")).unwrap();
-        std::fs::write(root.join("main.tf"), "module \"net\" {\n  source = \"../../modules/net\"\n}\n").unwrap();
-        std::fs::write(tmp.path().join("modules/net/main.tf"), "resource \"terraform_data\" \"x\" {}\n").unwrap();
+        std::fs::write(
+            root.join("main.tf"),
+            "module \"net\" {\n  source = \"../../modules/net\"\n}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            tmp.path().join("modules/net/main.tf"),
+            "resource \"terraform_data\" \"x\" {}\n",
+        )
+        .unwrap();
         let a = fingerprint(&root, "1.11.4").unwrap();
         // Non-input files and terraform's working dir do not count.
         std::fs::write(root.join("README.md"), "docs").unwrap();
@@ -194,7 +218,11 @@ mod tests {
         std::fs::write(root.join("plan.tfplan"), "x").unwrap();
         assert_eq!(fingerprint(&root, "1.11.4").unwrap(), a);
         // A change in a called local module does.
-        std::fs::write(tmp.path().join("modules/net/main.tf"), "resource \"terraform_data\" \"y\" {}\n").unwrap();
+        std::fs::write(
+            tmp.path().join("modules/net/main.tf"),
+            "resource \"terraform_data\" \"y\" {}\n",
+        )
+        .unwrap();
         let b = fingerprint(&root, "1.11.4").unwrap();
         assert_ne!(a, b);
         // So do the terraform version, var files and the lock file.
@@ -208,10 +236,21 @@ mod tests {
 
     #[test]
     fn phase_env_drops_credentials_and_the_other_profile() {
-        let base = [("PATH", "/bin"), ("AIRLOCK_TOKEN", "secret"), ("AWS_APPLY_ROLE_ARN", "arn:apply"), ("AWS_PLAN_ROLE_ARN", "arn:plan"), ("TF_HTTP_PASSWORD", "old")]
-            .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let base = [
+            ("PATH", "/bin"),
+            ("AIRLOCK_TOKEN", "secret"),
+            ("AWS_APPLY_ROLE_ARN", "arn:apply"),
+            ("AWS_PLAN_ROLE_ARN", "arn:plan"),
+            ("TF_HTTP_PASSWORD", "old"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
         let env = phase_env(base, &["AWS_APPLY_ROLE_ARN".into()], "plan-token");
-        let get = |k: &str| env.iter().filter(|(n, _)| n == k).map(|(_, v)| v.as_str()).collect::<Vec<_>>();
+        let get = |k: &str| {
+            env.iter()
+                .filter(|(n, _)| n == k)
+                .map(|(_, v)| v.as_str())
+                .collect::<Vec<_>>()
+        };
         assert_eq!(get("PATH"), ["/bin"]);
         assert_eq!(get("AWS_PLAN_ROLE_ARN"), ["arn:plan"]);
         assert!(get("AWS_APPLY_ROLE_ARN").is_empty());

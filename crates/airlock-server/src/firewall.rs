@@ -49,11 +49,7 @@ pub fn protection_reason(instance: &Instance, settings: &StackSettings) -> Optio
     if airlock_policy::catalogue::is_critical_type(&instance.resource_type) {
         return Some(format!("critical type {}", instance.resource_type));
     }
-    if settings
-        .protect_types
-        .iter()
-        .any(|t| *t == instance.resource_type)
-    {
+    if settings.protect_types.contains(&instance.resource_type) {
         return Some(format!(
             "type {} is protected in this stack",
             instance.resource_type
@@ -177,7 +173,7 @@ pub fn check_write(
                 .grants
                 .iter()
                 // Grant addresses are literal: `*` and `?` are legal in for_each keys.
-                .find(|g| g.addresses.iter().any(|a| *a == inst.address));
+                .find(|g| g.addresses.contains(&inst.address));
             match grant {
                 Some(g) => {
                     if !consumed.contains(&g.id) {

@@ -465,7 +465,7 @@ pub fn runs(s: &dyn Store) {
                 new.note = Some("the stack changed after planning".into());
                 Err(RunRefusal {
                     refusal: Refusal::new(RefusalKind::Conflict, "stale plan"),
-                    record: Some((
+                    record: Some(Box::new((
                         new,
                         NewAudit::denied(
                             "carol",
@@ -473,7 +473,7 @@ pub fn runs(s: &dyn Store) {
                             Some(stack),
                             json!({"run": r.id}),
                         ),
-                    )),
+                    ))),
                 })
             },
         )

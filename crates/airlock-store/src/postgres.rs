@@ -1236,7 +1236,7 @@ impl Store for PostgresStore {
             let current = current_version_of(tx, stack_id, &stack.name)?;
             let (record, result) = match update(&run, &stack, current.as_ref()) {
                 Ok((new, audit)) => (Some((new.clone(), audit)), Ok(new)),
-                Err(RunRefusal { refusal, record }) => (record, Err(refusal)),
+                Err(RunRefusal { refusal, record }) => (record.map(|b| *b), Err(refusal)),
             };
             if let Some((new, audit)) = record {
                 let json =

@@ -148,7 +148,7 @@ pub struct RunRefusal {
     /// What to tell the caller.
     pub refusal: Refusal,
     /// Record this instead (status change and its audit event), if any.
-    pub record: Option<(RunRecord, NewAudit)>,
+    pub record: Option<Box<(RunRecord, NewAudit)>>,
 }
 
 impl From<Refusal> for RunRefusal {

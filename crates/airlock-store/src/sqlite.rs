@@ -701,7 +701,7 @@ impl Store for SqliteStore {
             let current = current_version_of(tx, stack_id, &run.stack)?;
             let (record, result) = match update(&run, &stack, current.as_ref()) {
                 Ok((new, audit)) => (Some((new.clone(), audit)), Ok(new)),
-                Err(RunRefusal { refusal, record }) => (record, Err(refusal)),
+                Err(RunRefusal { refusal, record }) => (record.map(|b| *b), Err(refusal)),
             };
             if let Some((new, audit)) = record {
                 let json = serde_json::to_string(&new).map_err(|e| StoreError::Backend(e.to_string()))?;

@@ -15,7 +15,8 @@ use airlock_core::Role;
 use airlock_policy::analysis::{Analyzer, Verdict};
 use airlock_policy::{config, plan, report};
 use airlock_store::{
-    now_ms, Approval, NewAudit, NewGrant, NewToken, Rejection, RunRecord, RunRefusal, RunStatus, StackRecord, VersionMeta,
+    now_ms, Approval, NewAudit, NewGrant, NewToken, Rejection, RunRecord, RunRefusal, RunStatus,
+    StackRecord, VersionMeta,
 };
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
@@ -46,7 +47,12 @@ const LOG_ARTIFACT: &str = "apply.log";
 fn b64(s: &str, what: &str) -> ApiResult<Vec<u8>> {
     base64::engine::general_purpose::STANDARD
         .decode(s)
-        .map_err(|e| ApiError::new(RefusalKind::BadRequest, format!("{what} is not valid base64: {e}")))
+        .map_err(|e| {
+            ApiError::new(
+                RefusalKind::BadRequest,
+                format!("{what} is not valid base64: {e}"),
+            )
+        })
 }
 
 fn refuse(kind: RefusalKind, msg: impl Into<String>) -> RunRefusal {
@@ -73,9 +79,17 @@ pub async fn plan_token(
         created_by: p.display(),
         run_id: None,
     };
-    let audit = NewAudit::ok(&p.display(), "token.plan_phase", Some(stack.as_str()), json!({"token": g.id, "expires_at": expires_at}));
+    let audit = NewAudit::ok(
+        &p.display(),
+        "token.plan_phase",
+        Some(stack.as_str()),
+        json!({"token": g.id, "expires_at": expires_at}),
+    );
     store_call(&state, move |st| st.create_token(token, audit)).await?;
-    Ok((StatusCode::CREATED, Json(json!({ "token_id": g.id, "secret": g.secret, "expires_at": expires_at }))))
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "token_id": g.id, "secret": g.secret, "expires_at": expires_at })),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -105,7 +119,8 @@ struct Judged {
 /// Runs the plan gate over the uploaded plan JSON.
 fn judge(plan_json: &[u8], config_text: Option<&str>, stack: &StackRecord) -> ApiResult<Judged> {
     let cfg = match config_text {
-        Some(text) => config::parse(text, "airlock.hcl").map_err(|e| ApiError::new(RefusalKind::BadRequest, format!("airlock.hcl: {e}")))?,
+        Some(text) => config::parse(text, "airlock.hcl")
+            .map_err(|e| ApiError::new(RefusalKind::BadRequest, format!("airlock.hcl: {e}")))?,
         None => config::Config::default(),
     };
     let stack_cfg = cfg.stack(&stack.name);
@@ -129,10 +144,26 @@ fn judge(plan_json: &[u8], config_text: Option<&str>, stack: &StackRecord) -> Ap
         // The server knows the stack is production even if the uploaded airlock.hcl does not.
         decision.verdict = Verdict::Review;
     }
-    let text = format!("{}{}{}", report::json::open(), json_changes, report::json::close(&decision, &[]));
-    let report: Value = serde_json::from_str(&text).map_err(|e| ApiError::Internal(format!("report JSON: {e}")))?;
-    let required = stack.settings.required_approvals.max(stack_cfg.map_or(1, |s| s.required_approvals)).max(1);
-    Ok(Judged { verdict: decision.verdict, markdown: md.finish(&decision, &[]), report, destroys, required_approvals: required })
+    let text = format!(
+        "{}{}{}",
+        report::json::open(),
+        json_changes,
+        report::json::close(&decision, &[])
+    );
+    let report: Value =
+        serde_json::from_str(&text).map_err(|e| ApiError::Internal(format!("report JSON: {e}")))?;
+    let required = stack
+        .settings
+        .required_approvals
+        .max(stack_cfg.map_or(1, |s| s.required_approvals))
+        .max(1);
+    Ok(Judged {
+        verdict: decision.verdict,
+        markdown: md.finish(&decision, &[]),
+        report,
+        destroys,
+        required_approvals: required,
+    })
 }
 
 /// `POST /api/v1/stacks/{stack}/runs`: uploads a planned run.
@@ -147,16 +178,28 @@ pub async fn create(
     let record = existing_stack(&state, &p, stack.as_str()).await?;
     let plan_bin = b64(&req.plan_b64, "plan_b64")?;
     let plan_json = b64(&req.plan_json_b64, "plan_json_b64")?;
-    let lockfile = req.lockfile_b64.as_deref().map(|l| b64(l, "lockfile_b64")).transpose()?;
+    let lockfile = req
+        .lockfile_b64
+        .as_deref()
+        .map(|l| b64(l, "lockfile_b64"))
+        .transpose()?;
     if plan_bin.is_empty() || plan_json.is_empty() {
-        return Err(ApiError::new(RefusalKind::BadRequest, "the binary plan and its JSON are both required"));
+        return Err(ApiError::new(
+            RefusalKind::BadRequest,
+            "the binary plan and its JSON are both required",
+        ));
     }
     if req.fingerprint.len() != 64 || !req.fingerprint.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(ApiError::new(RefusalKind::BadRequest, "fingerprint must be a hex SHA-256"));
+        return Err(ApiError::new(
+            RefusalKind::BadRequest,
+            "fingerprint must be a hex SHA-256",
+        ));
     }
     let judged = {
         let (json_bytes, cfg, rec) = (plan_json.clone(), req.config.clone(), record.clone());
-        tokio::task::spawn_blocking(move || judge(&json_bytes, cfg.as_deref(), &rec)).await.map_err(|e| ApiError::Internal(e.to_string()))??
+        tokio::task::spawn_blocking(move || judge(&json_bytes, cfg.as_deref(), &rec))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))??
     };
     let now = now_ms();
     let run = RunRecord {
@@ -176,7 +219,10 @@ pub async fn create(
         git_head: req.git_head,
         git_base: req.git_base,
         plan_sha256: hex::encode(airlock_store::blob::sha256(&plan_bin)),
-        config_sha256: req.config.as_deref().map(|c| hex::encode(airlock_store::blob::sha256(c.as_bytes()))),
+        config_sha256: req
+            .config
+            .as_deref()
+            .map(|c| hex::encode(airlock_store::blob::sha256(c.as_bytes()))),
         decision: judged.verdict.as_str().into(),
         report: judged.report,
         destroys: judged.destroys,
@@ -198,14 +244,21 @@ pub async fn create(
     let markdown = judged.markdown;
     let (r, md) = (run.clone(), markdown.clone());
     store_call(&state, move |st| {
-        let mut artifacts: Vec<(&str, &[u8])> = vec![(PLAN_ARTIFACT, &plan_bin), (PLAN_JSON_ARTIFACT, &plan_json), (SUMMARY_ARTIFACT, md.as_bytes())];
+        let mut artifacts: Vec<(&str, &[u8])> = vec![
+            (PLAN_ARTIFACT, &plan_bin),
+            (PLAN_JSON_ARTIFACT, &plan_json),
+            (SUMMARY_ARTIFACT, md.as_bytes()),
+        ];
         if let Some(l) = &lockfile {
             artifacts.push((LOCKFILE_ARTIFACT, l));
         }
         st.create_run(&r, &artifacts, audit)
     })
     .await?;
-    Ok((StatusCode::CREATED, Json(json!({ "run": run, "summary_markdown": markdown, "next": next_step(&run) }))))
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "run": run, "summary_markdown": markdown, "next": next_step(&run) })),
+    ))
 }
 
 /// What has to happen next, in words.
@@ -232,16 +285,23 @@ fn next_step(run: &RunRecord) -> String {
 fn is_current(run: &RunRecord, stack: &StackRecord, current: Option<&VersionMeta>) -> bool {
     match (current, &run.planned_serial) {
         (None, None) => true,
-        (Some(v), Some(serial)) => v.serial == *serial && stack.lineage.as_deref() == run.planned_lineage.as_deref(),
+        (Some(v), Some(serial)) => {
+            v.serial == *serial && stack.lineage.as_deref() == run.planned_lineage.as_deref()
+        }
         _ => false,
     }
 }
 
 async fn load_run(state: &Arc<AppState>, p: &Principal, id: &str) -> ApiResult<RunRecord> {
     let i = id.to_owned();
-    let run = store_call(state, move |st| st.run(&i)).await?.ok_or_else(|| ApiError::new(RefusalKind::NotFound, format!("no run {id}")))?;
+    let run = store_call(state, move |st| st.run(&i))
+        .await?
+        .ok_or_else(|| ApiError::new(RefusalKind::NotFound, format!("no run {id}")))?;
     if !p.may_access(&run.stack) {
-        return Err(ApiError::new(RefusalKind::Forbidden, format!("token {} is not scoped to stack {}", p.name, run.stack)));
+        return Err(ApiError::new(
+            RefusalKind::Forbidden,
+            format!("token {} is not scoped to stack {}", p.name, run.stack),
+        ));
     }
     Ok(run)
 }
@@ -253,9 +313,14 @@ pub struct ListQuery {
 }
 
 /// `GET /api/v1/runs?stack=S`.
-pub async fn list(State(state): State<Arc<AppState>>, Extension(p): Extension<Principal>, Query(q): Query<ListQuery>) -> ApiResult<Json<Value>> {
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Value>> {
     if let Some(s) = &q.stack {
-        airlock_core::StackName::parse(s).map_err(|e| ApiError::new(RefusalKind::BadRequest, e.to_string()))?;
+        airlock_core::StackName::parse(s)
+            .map_err(|e| ApiError::new(RefusalKind::BadRequest, e.to_string()))?;
     }
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
     let runs = store_call(&state, move |st| st.runs(q.stack.as_deref(), limit)).await?;
@@ -268,21 +333,53 @@ pub async fn list(State(state): State<Arc<AppState>>, Extension(p): Extension<Pr
 }
 
 /// `GET /api/v1/runs/{id}`: the run, and whether it is still current.
-pub async fn show(State(state): State<Arc<AppState>>, Extension(p): Extension<Principal>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn show(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     let run = load_run(&state, &p, &id).await?;
     let s = run.stack.clone();
-    let (stack, current) = store_call(&state, move |st| Ok((st.stack(&s)?, st.current_version(&s)?))).await?;
-    let current_ok = stack.as_ref().is_some_and(|st| is_current(&run, st, current.as_ref()));
+    let (stack, current) = store_call(&state, move |st| {
+        Ok((st.stack(&s)?, st.current_version(&s)?))
+    })
+    .await?;
+    let current_ok = stack
+        .as_ref()
+        .is_some_and(|st| is_current(&run, st, current.as_ref()));
     let next = next_step(&run);
-    Ok(Json(json!({ "run": run, "current": current_ok, "stack_serial": current.map(|v| v.serial), "next": next })))
+    Ok(Json(
+        json!({ "run": run, "current": current_ok, "stack_serial": current.map(|v| v.serial), "next": next }),
+    ))
 }
 
 /// `GET /api/v1/runs/{id}/artifacts/{name}`.
-pub async fn artifact(State(state): State<Arc<AppState>>, Extension(p): Extension<Principal>, Path((id, name)): Path<(String, String)>) -> ApiResult<Response> {
+pub async fn artifact(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path((id, name)): Path<(String, String)>,
+) -> ApiResult<Response> {
     load_run(&state, &p, &id).await?;
     let (i, n) = (id.clone(), name.clone());
-    let bytes = store_call(&state, move |st| st.run_artifact(&i, &n)).await?.ok_or_else(|| ApiError::new(RefusalKind::NotFound, format!("run {id} has no artifact {name}")))?;
-    Ok(([(header::CONTENT_TYPE, "application/octet-stream".to_owned()), (header::ETAG, format!("\"{}\"", hex::encode(airlock_store::blob::sha256(&bytes))))], Body::from(bytes)).into_response())
+    let bytes = store_call(&state, move |st| st.run_artifact(&i, &n))
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                RefusalKind::NotFound,
+                format!("run {id} has no artifact {name}"),
+            )
+        })?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (
+                header::ETAG,
+                format!("\"{}\"", hex::encode(airlock_store::blob::sha256(&bytes))),
+            ),
+        ],
+        Body::from(bytes),
+    )
+        .into_response())
 }
 
 /// Marks a run superseded or expired (recorded even though the request is refused).
@@ -291,14 +388,36 @@ fn stale(run: &RunRecord, actor: &str, status: RunStatus, note: String) -> RunRe
     new.status = status;
     new.updated_at = now_ms();
     new.note = Some(note.clone());
-    let audit = NewAudit::ok(actor, &format!("run.{}", status.as_str()), Some(&run.stack), json!({"run": run.id, "note": note}));
-    RunRefusal { refusal: Refusal::new(RefusalKind::Conflict, note), record: Some((new, audit)) }
+    let audit = NewAudit::ok(
+        actor,
+        &format!("run.{}", status.as_str()),
+        Some(&run.stack),
+        json!({"run": run.id, "note": note}),
+    );
+    RunRefusal {
+        refusal: Refusal::new(RefusalKind::Conflict, note),
+        record: Some(Box::new((new, audit))),
+    }
 }
 
 /// Expiry and staleness, shared by approve and apply.
-fn check_fresh(run: &RunRecord, stack: &StackRecord, current: Option<&VersionMeta>, actor: &str) -> Result<(), RunRefusal> {
+fn check_fresh(
+    run: &RunRecord,
+    stack: &StackRecord,
+    current: Option<&VersionMeta>,
+    actor: &str,
+) -> Result<(), RunRefusal> {
     if now_ms() > run.expires_at {
-        return Err(stale(run, actor, RunStatus::Expired, format!("run {} expired at {}; plan again", run.id, rfc3339(run.expires_at))));
+        return Err(stale(
+            run,
+            actor,
+            RunStatus::Expired,
+            format!(
+                "run {} expired at {}; plan again",
+                run.id,
+                rfc3339(run.expires_at)
+            ),
+        ));
     }
     if !is_current(run, stack, current) {
         return Err(stale(
@@ -324,8 +443,17 @@ struct ApproveRequest {
 }
 
 /// `POST /api/v1/runs/{id}/approve`.
-pub async fn approve(State(state): State<Arc<AppState>>, Extension(p): Extension<Principal>, Path(id): Path<String>, body: Bytes) -> ApiResult<Json<Value>> {
-    let req: ApproveRequest = if body.is_empty() { ApproveRequest::default() } else { parse_body(&body)? };
+pub async fn approve(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let req: ApproveRequest = if body.is_empty() {
+        ApproveRequest::default()
+    } else {
+        parse_body(&body)?
+    };
     load_run(&state, &p, &id).await?;
     let principal = p.clone();
     let result = store_call(&state, move |st| {
@@ -377,23 +505,47 @@ struct RejectRequest {
 }
 
 /// `POST /api/v1/runs/{id}/reject`.
-pub async fn reject(State(state): State<Arc<AppState>>, Extension(p): Extension<Principal>, Path(id): Path<String>, body: Bytes) -> ApiResult<Json<Value>> {
+pub async fn reject(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
     let req: RejectRequest = parse_body(&body)?;
     if req.reason.trim().is_empty() || req.reason.len() > 2000 {
-        return Err(ApiError::new(RefusalKind::BadRequest, "a reason (1-2000 characters) is required"));
+        return Err(ApiError::new(
+            RefusalKind::BadRequest,
+            "a reason (1-2000 characters) is required",
+        ));
     }
     load_run(&state, &p, &id).await?;
     let principal = p.clone();
     let result = store_call(&state, move |st| {
         st.update_run(&id, &mut |run, _, _| {
             if !run.status.is_open() {
-                return Err(refuse(RefusalKind::Conflict, format!("run {} is {} and can no longer be rejected", run.id, run.status.as_str())));
+                return Err(refuse(
+                    RefusalKind::Conflict,
+                    format!(
+                        "run {} is {} and can no longer be rejected",
+                        run.id,
+                        run.status.as_str()
+                    ),
+                ));
             }
             let mut new = run.clone();
             new.status = RunStatus::Rejected;
             new.updated_at = now_ms();
-            new.rejection = Some(Rejection { by: principal.display(), at: now_ms(), reason: req.reason.clone() });
-            let audit = NewAudit::ok(&principal.display(), "run.reject", Some(&run.stack), json!({"run": run.id, "reason": req.reason}));
+            new.rejection = Some(Rejection {
+                by: principal.display(),
+                at: now_ms(),
+                reason: req.reason.clone(),
+            });
+            let audit = NewAudit::ok(
+                &principal.display(),
+                "run.reject",
+                Some(&run.stack),
+                json!({"run": run.id, "reason": req.reason}),
+            );
             Ok((new, audit))
         })
     })
@@ -411,13 +563,35 @@ struct ApplyRequest {
 /// `POST /api/v1/runs/{id}/apply`: checks invariant 3, moves the run to `applying`, and issues
 /// a run-bound token (write this stack while the run applies; expires quickly) plus a removal
 /// grant for exactly the instances the plan destroys.
-pub async fn apply(State(state): State<Arc<AppState>>, Extension(p): Extension<Principal>, Path(id): Path<String>, body: Bytes) -> ApiResult<Json<Value>> {
-    let req: ApplyRequest = if body.is_empty() { ApplyRequest::default() } else { parse_body(&body)? };
+pub async fn apply(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let req: ApplyRequest = if body.is_empty() {
+        ApplyRequest::default()
+    } else {
+        parse_body(&body)?
+    };
     let run = load_run(&state, &p, &id).await?;
     let stack = existing_stack(&state, &p, &run.stack).await?;
     if !stack.settings.apply_from.contains(&p.role) {
-        let allowed: Vec<&str> = stack.settings.apply_from.iter().map(|r| r.as_str()).collect();
-        return Err(ApiError::new(RefusalKind::Forbidden, format!("apply refused: stack {} takes applies from {} only, not {} tokens", run.stack, allowed.join(", "), p.role)));
+        let allowed: Vec<&str> = stack
+            .settings
+            .apply_from
+            .iter()
+            .map(|r| r.as_str())
+            .collect();
+        return Err(ApiError::new(
+            RefusalKind::Forbidden,
+            format!(
+                "apply refused: stack {} takes applies from {} only, not {} tokens",
+                run.stack,
+                allowed.join(", "),
+                p.role
+            ),
+        ));
     }
     // The artifact as stored must still be the one that was planned and approved.
     let (i, name) = (id.clone(), PLAN_ARTIFACT);
@@ -478,22 +652,45 @@ pub async fn apply(State(state): State<Arc<AppState>>, Extension(p): Extension<P
     let grant = (!run.destroys.is_empty()).then(|| NewGrant {
         id: tokens::random_id("grant_"),
         addresses: run.destroys.clone(),
-        reason: format!("run {} approved by {}", run.id, run.approvals.iter().map(|a| a.by.as_str()).collect::<Vec<_>>().join(", ")),
+        reason: format!(
+            "run {} approved by {}",
+            run.id,
+            run.approvals
+                .iter()
+                .map(|a| a.by.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
         created_by: p.display(),
         expires_at,
         run_id: Some(run.id.clone()),
     });
     let (actor, r) = (p.display(), run.clone());
     store_call(&state, move |st| {
-        st.create_token(new_token, NewAudit::ok(&actor, "token.run_bound", Some(&r.stack), json!({"run": r.id, "expires_at": expires_at})))?;
+        st.create_token(
+            new_token,
+            NewAudit::ok(
+                &actor,
+                "token.run_bound",
+                Some(&r.stack),
+                json!({"run": r.id, "expires_at": expires_at}),
+            ),
+        )?;
         if let Some(g) = grant {
-            let audit = NewAudit::ok(&actor, "grant.create", Some(&r.stack), json!({"grant": g.id, "run": r.id, "addresses": g.addresses}));
+            let audit = NewAudit::ok(
+                &actor,
+                "grant.create",
+                Some(&r.stack),
+                json!({"grant": g.id, "run": r.id, "addresses": g.addresses}),
+            );
             st.create_grant(&r.stack, g, audit)?;
         }
         Ok(())
     })
     .await?;
-    Ok(Json(json!({ "run": run, "token": token.secret, "plan_sha256": run.plan_sha256 })))
+    Ok(Json(
+        json!({ "run": run, "token": token.secret, "plan_sha256": run.plan_sha256 }),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -505,50 +702,85 @@ struct FinishRequest {
 
 /// `POST /api/v1/runs/{id}/finish`: records the outcome and log, revokes the run-bound token,
 /// and supersedes every other open run of the stack.
-pub async fn finish(State(state): State<Arc<AppState>>, Extension(p): Extension<Principal>, Path(id): Path<String>, body: Bytes) -> ApiResult<Json<Value>> {
+pub async fn finish(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
     let req: FinishRequest = parse_body(&body)?;
     let run = load_run(&state, &p, &id).await?;
-    let own = p.run_id.as_deref() == Some(run.id.as_str()) || run.applied_by.as_deref() == Some(p.display().as_str());
+    let own = p.run_id.as_deref() == Some(run.id.as_str())
+        || run.applied_by.as_deref() == Some(p.display().as_str());
     if !own {
-        return Err(ApiError::new(RefusalKind::Forbidden, format!("only the principal applying run {id} may finish it")));
+        return Err(ApiError::new(
+            RefusalKind::Forbidden,
+            format!("only the principal applying run {id} may finish it"),
+        ));
     }
     if let Some(log) = &req.log_b64 {
         let bytes = b64(log, "log_b64")?;
         let i = id.clone();
         // A second finish must not replace the first log.
-        let _ = store_call(&state, move |st| st.put_run_artifact(&i, LOG_ARTIFACT, &bytes)).await;
+        let _ = store_call(&state, move |st| {
+            st.put_run_artifact(&i, LOG_ARTIFACT, &bytes)
+        })
+        .await;
     }
     let actor = p.display();
     let (i, a) = (id.clone(), actor.clone());
     let result = store_call(&state, move |st| {
         st.update_run(&i, &mut |run, _, current| {
             if run.status != RunStatus::Applying {
-                return Err(refuse(RefusalKind::Conflict, format!("run {} is {}, not applying", run.id, run.status.as_str())));
+                return Err(refuse(
+                    RefusalKind::Conflict,
+                    format!("run {} is {}, not applying", run.id, run.status.as_str()),
+                ));
             }
             let mut new = run.clone();
-            new.status = if req.success { RunStatus::Applied } else { RunStatus::Failed };
+            new.status = if req.success {
+                RunStatus::Applied
+            } else {
+                RunStatus::Failed
+            };
             new.finished_at = Some(now_ms());
             new.updated_at = now_ms();
-            let audit = NewAudit::ok(&a, &format!("run.{}", new.status.as_str()), Some(&run.stack), json!({"run": run.id, "serial": current.map(|v| v.serial)}));
+            let audit = NewAudit::ok(
+                &a,
+                &format!("run.{}", new.status.as_str()),
+                Some(&run.stack),
+                json!({"run": run.id, "serial": current.map(|v| v.serial)}),
+            );
             Ok((new, audit))
         })
     })
     .await?;
     let run = result.map_err(ApiError::Refused)?;
     if let Some(t) = run.apply_token.clone() {
-        let audit = NewAudit::ok(&actor, "token.revoke", Some(&run.stack), json!({"token": t, "run": run.id}));
+        let audit = NewAudit::ok(
+            &actor,
+            "token.revoke",
+            Some(&run.stack),
+            json!({"token": t, "run": run.id}),
+        );
         store_call(&state, move |st| st.revoke_token(&t, audit)).await?;
     }
     let (stack, this, a) = (run.stack.clone(), run.id.clone(), actor.clone());
     store_call(&state, move |st| {
-        for other in st.runs(Some(&stack), 500)?.into_iter().filter(|r| r.status.is_open() && r.id != this) {
+        for other in st
+            .runs(Some(&stack), 500)?
+            .into_iter()
+            .filter(|r| r.status.is_open() && r.id != this)
+        {
             let note = format!("stack {stack} changed: run {this} was applied; plan again");
             let _ = st.update_run(&other.id, &mut |r, _, _| {
                 if !r.status.is_open() {
                     return Err(refuse(RefusalKind::Conflict, "no longer open"));
                 }
                 let s = stale(r, &a, RunStatus::Superseded, note.clone());
-                s.record.ok_or_else(|| refuse(RefusalKind::Conflict, "unreachable"))
+                s.record
+                    .map(|b| *b)
+                    .ok_or_else(|| refuse(RefusalKind::Conflict, "unreachable"))
             });
         }
         Ok(())

@@ -28,9 +28,13 @@ pub fn run(cmd: GuardCommand) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let real = match terraform_bin {
         Some(p) => p,
-        None => find_terraform(&dir).context("no terraform found on PATH outside the guard directory; pass --terraform-bin")?,
+        None => find_terraform(&dir).context(
+            "no terraform found on PATH outside the guard directory; pass --terraform-bin",
+        )?,
     };
-    let real = real.canonicalize().with_context(|| format!("{} does not exist", real.display()))?;
+    let real = real
+        .canonicalize()
+        .with_context(|| format!("{} does not exist", real.display()))?;
     if real.starts_with(dir.canonicalize()?) {
         bail!("the real terraform cannot live inside the guard directory");
     }

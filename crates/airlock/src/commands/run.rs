@@ -21,24 +21,38 @@ use crate::cli::{ApplyArgs, ApproveArgs, ClientArgs, PlanArgs, RejectArgs, RunsA
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
 /// The nearest airlock.hcl in `dir` or a parent, with its parsed content.
-fn find_config(dir: &Path, explicit: Option<&Path>) -> anyhow::Result<Option<(PathBuf, String, Config)>> {
+fn find_config(
+    dir: &Path,
+    explicit: Option<&Path>,
+) -> anyhow::Result<Option<(PathBuf, String, Config)>> {
     let path = match explicit {
         Some(p) => Some(p.to_path_buf()),
-        None => dir.ancestors().map(|d| d.join("airlock.hcl")).find(|p| p.is_file()),
+        None => dir
+            .ancestors()
+            .map(|d| d.join("airlock.hcl"))
+            .find(|p| p.is_file()),
     };
     let Some(path) = path else { return Ok(None) };
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let cfg = config::parse(&text, &path.display().to_string())?;
     Ok(Some((path, text, cfg)))
 }
 
 /// `--stack`, else the config's stack whose `dir` is `dir`.
-fn resolve_stack(dir: &Path, explicit: Option<&str>, cfg: Option<&(PathBuf, String, Config)>) -> anyhow::Result<String> {
+fn resolve_stack(
+    dir: &Path,
+    explicit: Option<&str>,
+    cfg: Option<&(PathBuf, String, Config)>,
+) -> anyhow::Result<String> {
     if let Some(s) = explicit {
         return Ok(s.to_owned());
     }
     let Some((path, _, cfg)) = cfg else {
-        bail!("no --stack given and no airlock.hcl found in {} or its parents", dir.display());
+        bail!(
+            "no --stack given and no airlock.hcl found in {} or its parents",
+            dir.display()
+        );
     };
     let base = path.parent().unwrap_or(Path::new(".")).canonicalize()?;
     for st in &cfg.stacks {
@@ -48,13 +62,19 @@ fn resolve_stack(dir: &Path, explicit: Option<&str>, cfg: Option<&(PathBuf, Stri
             }
         }
     }
-    bail!("no stack block in {} has dir = {}; pass --stack", path.display(), dir.display())
+    bail!(
+        "no stack block in {} has dir = {}; pass --stack",
+        path.display(),
+        dir.display()
+    )
 }
 
 fn has_http_backend(dir: &Path) -> anyhow::Result<bool> {
     for e in std::fs::read_dir(dir)? {
         let p = e?.path();
-        if p.extension().is_some_and(|x| x == "tf") && std::fs::read_to_string(&p)?.contains("backend \"http\"") {
+        if p.extension().is_some_and(|x| x == "tf")
+            && std::fs::read_to_string(&p)?.contains("backend \"http\"")
+        {
             return Ok(true);
         }
     }
@@ -72,9 +92,14 @@ fn init(bin: &str, dir: &Path, state_url: &str, env: &[(String, String)]) -> any
     let args: Vec<String> = ["init", "-input=false", "-reconfigure"]
         .iter()
         .map(|s| s.to_string())
-        .chain(["address", "lock_address", "unlock_address"].iter().map(|k| format!("-backend-config={k}={state_url}")))
+        .chain(
+            ["address", "lock_address", "unlock_address"]
+                .iter()
+                .map(|k| format!("-backend-config={k}={state_url}")),
+        )
         .collect();
-    let done = run_streaming(terraform(bin, dir, &args), env).with_context(|| format!("running {bin}"))?;
+    let done =
+        run_streaming(terraform(bin, dir, &args), env).with_context(|| format!("running {bin}"))?;
     if !done.status.success() {
         bail!("terraform init failed ({})", done.status);
     }
@@ -83,18 +108,36 @@ fn init(bin: &str, dir: &Path, state_url: &str, env: &[(String, String)]) -> any
 
 fn stack_position(c: &Client, stack: &str) -> anyhow::Result<(Option<String>, Option<u64>)> {
     let v = c.get(&format!("/api/v1/stacks/{}", stack_segment(stack)))?;
-    Ok((v["stack"]["lineage"].as_str().map(str::to_owned), v["current"]["serial"].as_u64()))
+    Ok((
+        v["stack"]["lineage"].as_str().map(str::to_owned),
+        v["current"]["serial"].as_u64(),
+    ))
 }
 
 fn git(dir: &Path, args: &[&str]) -> Option<String> {
-    let out = Command::new("git").arg("-C").arg(dir).args(args).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned()).filter(|s| !s.is_empty())
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        .filter(|s| !s.is_empty())
 }
 
 fn terraform_version(bin: &str, dir: &Path, env: &[(String, String)]) -> anyhow::Result<String> {
-    let out = terraform(bin, dir, &["version".into(), "-json".into()]).env_clear().envs(env.iter().map(|(k, v)| (k, v))).output()?;
-    let v: Value = serde_json::from_slice(&out.stdout).context("reading `terraform version -json`")?;
-    Ok(v["terraform_version"].as_str().unwrap_or("unknown").to_owned())
+    let out = terraform(bin, dir, &["version".into(), "-json".into()])
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()?;
+    let v: Value =
+        serde_json::from_slice(&out.stdout).context("reading `terraform version -json`")?;
+    Ok(v["terraform_version"]
+        .as_str()
+        .unwrap_or("unknown")
+        .to_owned())
 }
 
 /// Renders a run for the terminal: destructive changes first.
@@ -111,14 +154,34 @@ fn run_text(v: &Value) -> String {
         s(run, "/planned_serial"),
     );
     if let Some(current) = v.get("current").and_then(Value::as_bool) {
-        out.push_str(if current { "still current: the stack has not changed since the plan\n" } else { "STALE: the stack changed since the plan; it cannot be applied\n" });
+        out.push_str(if current {
+            "still current: the stack has not changed since the plan\n"
+        } else {
+            "STALE: the stack changed since the plan; it cannot be applied\n"
+        });
     }
-    let changes: Vec<&Value> = run["report"]["changes"].as_array().into_iter().flatten().collect();
-    let destructive: Vec<&&Value> = changes.iter().filter(|c| c["destructive"].as_bool() == Some(true)).collect();
+    let changes: Vec<&Value> = run["report"]["changes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .collect();
+    let destructive: Vec<&&Value> = changes
+        .iter()
+        .filter(|c| c["destructive"].as_bool() == Some(true))
+        .collect();
     if !destructive.is_empty() {
         out.push_str(&format!("\nDESTROYS {} instance(s):\n", destructive.len()));
         for c in &destructive {
-            out.push_str(&format!("  - {} ({}){}\n", s(c, "/address"), s(c, "/kind"), if c["critical"].as_bool() == Some(true) { "  CRITICAL" } else { "" }));
+            out.push_str(&format!(
+                "  - {} ({}){}\n",
+                s(c, "/address"),
+                s(c, "/kind"),
+                if c["critical"].as_bool() == Some(true) {
+                    "  CRITICAL"
+                } else {
+                    ""
+                }
+            ));
         }
     }
     let other: Vec<String> = changes
@@ -127,16 +190,51 @@ fn run_text(v: &Value) -> String {
         .map(|c| format!("  ~ {} ({})", s(c, "/address"), s(c, "/kind")))
         .collect();
     if !other.is_empty() {
-        out.push_str(&format!("\nother changes ({}):\n{}\n", other.len(), other.join("\n")));
+        out.push_str(&format!(
+            "\nother changes ({}):\n{}\n",
+            other.len(),
+            other.join("\n")
+        ));
     }
-    let findings: Vec<String> = run["report"]["findings"].as_array().into_iter().flatten().map(|f| format!("  [{}] {} {}: {}", s(f, "/severity"), s(f, "/rule"), s(f, "/address"), s(f, "/message"))).collect();
+    let findings: Vec<String> = run["report"]["findings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|f| {
+            format!(
+                "  [{}] {} {}: {}",
+                s(f, "/severity"),
+                s(f, "/rule"),
+                s(f, "/address"),
+                s(f, "/message")
+            )
+        })
+        .collect();
     if !findings.is_empty() {
         out.push_str(&format!("\nfindings:\n{}\n", findings.join("\n")));
     }
-    let approvals: Vec<String> = run["approvals"].as_array().into_iter().flatten().map(|a| format!("{} at {}", s(a, "/by"), time(a, "/at"))).collect();
-    out.push_str(&format!("\napprovals: {}/{}{}\n", approvals.len(), s(run, "/required_approvals"), if approvals.is_empty() { String::new() } else { format!(" ({})", approvals.join(", ")) }));
+    let approvals: Vec<String> = run["approvals"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| format!("{} at {}", s(a, "/by"), time(a, "/at")))
+        .collect();
+    out.push_str(&format!(
+        "\napprovals: {}/{}{}\n",
+        approvals.len(),
+        s(run, "/required_approvals"),
+        if approvals.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", approvals.join(", "))
+        }
+    ));
     if let Some(r) = run.get("rejection").filter(|r| !r.is_null()) {
-        out.push_str(&format!("rejected by {}: {}\n", s(r, "/by"), s(r, "/reason")));
+        out.push_str(&format!(
+            "rejected by {}: {}\n",
+            s(r, "/by"),
+            s(r, "/reason")
+        ));
     }
     if let Some(n) = run.get("note").and_then(Value::as_str) {
         out.push_str(&format!("note: {n}\n"));
@@ -150,34 +248,62 @@ fn run_text(v: &Value) -> String {
 /// `airlock plan [DIR] [--stack S]`.
 pub fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
     let c = Client::new(&args.client)?;
-    let dir = args.dir.canonicalize().with_context(|| format!("{} is not a directory", args.dir.display()))?;
+    let dir = args
+        .dir
+        .canonicalize()
+        .with_context(|| format!("{} is not a directory", args.dir.display()))?;
     let cfg = find_config(&dir, args.config.as_deref())?;
     let stack = resolve_stack(&dir, args.stack.as_deref(), cfg.as_ref())?;
     if !has_http_backend(&dir)? {
         bail!("{} has no `backend \"http\"` block; add the block printed by `airlock backend-config {stack}`", dir.display());
     }
     let (lineage, serial) = stack_position(&c, &stack)?;
-    let plan_token = c.send("POST", &format!("/api/v1/stacks/{}/plan-token", stack_segment(&stack)), &json!({}))?;
-    let token = plan_token["secret"].as_str().context("the server sent no plan token")?;
-    let apply_profile: Vec<String> = cfg.as_ref().map(|(_, _, c)| c.credentials_for(Phase::Apply).to_vec()).unwrap_or_default();
+    let plan_token = c.send(
+        "POST",
+        &format!("/api/v1/stacks/{}/plan-token", stack_segment(&stack)),
+        &json!({}),
+    )?;
+    let token = plan_token["secret"]
+        .as_str()
+        .context("the server sent no plan token")?;
+    let apply_profile: Vec<String> = cfg
+        .as_ref()
+        .map(|(_, _, c)| c.credentials_for(Phase::Apply).to_vec())
+        .unwrap_or_default();
     let env = phase_env(std::env::vars(), &apply_profile, token);
     let state_url = format!("{}/state/{stack}", c.base());
 
     init(&args.terraform_bin, &dir, &state_url, &env)?;
     let work = tempfile_dir()?;
     let plan_path = work.join("plan.tfplan");
-    let plan_args: Vec<String> = vec!["plan".into(), "-input=false".into(), "-lock-timeout=120s".into(), format!("-out={}", plan_path.display())];
+    let plan_args: Vec<String> = vec![
+        "plan".into(),
+        "-input=false".into(),
+        "-lock-timeout=120s".into(),
+        format!("-out={}", plan_path.display()),
+    ];
     let done = run_streaming(terraform(&args.terraform_bin, &dir, &plan_args), &env)?;
     if !done.status.success() && !plan_path.is_file() {
         bail!("terraform plan failed ({}) and wrote no plan", done.status);
     }
-    let show = terraform(&args.terraform_bin, &dir, &["show".into(), "-json".into(), plan_path.display().to_string()])
-        .env_clear()
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .output()
-        .context("running terraform show -json")?;
+    let show = terraform(
+        &args.terraform_bin,
+        &dir,
+        &[
+            "show".into(),
+            "-json".into(),
+            plan_path.display().to_string(),
+        ],
+    )
+    .env_clear()
+    .envs(env.iter().map(|(k, v)| (k, v)))
+    .output()
+    .context("running terraform show -json")?;
     if !show.status.success() {
-        bail!("terraform show -json failed: {}", String::from_utf8_lossy(&show.stderr));
+        bail!(
+            "terraform show -json failed: {}",
+            String::from_utf8_lossy(&show.stderr)
+        );
     }
     let version = terraform_version(&args.terraform_bin, &dir, &env)?;
     if stack_position(&c, &stack)? != (lineage.clone(), serial) {
@@ -199,13 +325,26 @@ pub fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
         "plan_json_b64": B64.encode(&show.stdout),
         "lockfile_b64": lockfile.map(|l| B64.encode(l)),
     });
-    let v = c.send("POST", &format!("/api/v1/stacks/{}/runs", stack_segment(&stack)), &body)?;
+    let v = c.send(
+        "POST",
+        &format!("/api/v1/stacks/{}/runs", stack_segment(&stack)),
+        &body,
+    )?;
     if let Some(path) = &args.summary_file {
-        let md = format!("**airlock run `{}`** on `{stack}`\n\n{}\n\nNext: {}\n", s(&v, "/run/id"), v["summary_markdown"].as_str().unwrap_or_default(), s(&v, "/next"));
+        let md = format!(
+            "**airlock run `{}`** on `{stack}`\n\n{}\n\nNext: {}\n",
+            s(&v, "/run/id"),
+            v["summary_markdown"].as_str().unwrap_or_default(),
+            s(&v, "/next")
+        );
         std::fs::write(path, md).with_context(|| format!("writing {}", path.display()))?;
     }
     c.print(&v, run_text);
-    Ok(if v["run"]["decision"].as_str() == Some("deny") { ExitCode::from(2) } else { ExitCode::SUCCESS })
+    Ok(if v["run"]["decision"].as_str() == Some("deny") {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// A private scratch directory for plan files, outside the checkout (so it never changes the
@@ -229,9 +368,32 @@ pub fn list(args: RunsArgs) -> anyhow::Result<ExitCode> {
             .as_array()
             .into_iter()
             .flatten()
-            .map(|r| vec![s(r, "/id"), s(r, "/stack"), s(r, "/status"), s(r, "/decision"), s(r, "/destroys"), format!("{}/{}", s(r, "/approvals"), s(r, "/required_approvals")), s(r, "/author"), time(r, "/created_at")])
+            .map(|r| {
+                vec![
+                    s(r, "/id"),
+                    s(r, "/stack"),
+                    s(r, "/status"),
+                    s(r, "/decision"),
+                    s(r, "/destroys"),
+                    format!("{}/{}", s(r, "/approvals"), s(r, "/required_approvals")),
+                    s(r, "/author"),
+                    time(r, "/created_at"),
+                ]
+            })
             .collect();
-        table(&["RUN", "STACK", "STATUS", "DECISION", "DESTROYS", "APPROVALS", "AUTHOR", "CREATED"], rows)
+        table(
+            &[
+                "RUN",
+                "STACK",
+                "STATUS",
+                "DECISION",
+                "DESTROYS",
+                "APPROVALS",
+                "AUTHOR",
+                "CREATED",
+            ],
+            rows,
+        )
     });
     Ok(ExitCode::SUCCESS)
 }
@@ -247,15 +409,30 @@ pub fn show(id: &str, client: &ClientArgs) -> anyhow::Result<ExitCode> {
 /// `airlock approve ID [--confirm-destroy N]`.
 pub fn approve(args: ApproveArgs) -> anyhow::Result<ExitCode> {
     let c = Client::new(&args.client)?;
-    let v = c.send("POST", &format!("/api/v1/runs/{}/approve", args.id), &json!({"confirm_destroy": args.confirm_destroy}))?;
-    c.print(&v, |v| format!("approved run {} ({})\nnext: {}\n", s(v, "/run/id"), s(v, "/run/status"), s(v, "/next")));
+    let v = c.send(
+        "POST",
+        &format!("/api/v1/runs/{}/approve", args.id),
+        &json!({"confirm_destroy": args.confirm_destroy}),
+    )?;
+    c.print(&v, |v| {
+        format!(
+            "approved run {} ({})\nnext: {}\n",
+            s(v, "/run/id"),
+            s(v, "/run/status"),
+            s(v, "/next")
+        )
+    });
     Ok(ExitCode::SUCCESS)
 }
 
 /// `airlock reject ID --reason T`.
 pub fn reject(args: RejectArgs) -> anyhow::Result<ExitCode> {
     let c = Client::new(&args.client)?;
-    let v = c.send("POST", &format!("/api/v1/runs/{}/reject", args.id), &json!({"reason": args.reason}))?;
+    let v = c.send(
+        "POST",
+        &format!("/api/v1/runs/{}/reject", args.id),
+        &json!({"reason": args.reason}),
+    )?;
     c.print(&v, |v| format!("rejected run {}\n", s(v, "/run/id")));
     Ok(ExitCode::SUCCESS)
 }
@@ -263,21 +440,55 @@ pub fn reject(args: RejectArgs) -> anyhow::Result<ExitCode> {
 /// `airlock apply ID`: exactly the approved plan, with the run-bound token only.
 pub fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     let c = Client::new(&args.client)?;
-    let dir = args.dir.canonicalize().with_context(|| format!("{} is not a directory", args.dir.display()))?;
+    let dir = args
+        .dir
+        .canonicalize()
+        .with_context(|| format!("{} is not a directory", args.dir.display()))?;
     let run = c.get(&format!("/api/v1/runs/{}", args.id))?;
-    let stack = run["run"]["stack"].as_str().context("run has no stack")?.to_owned();
+    let stack = run["run"]["stack"]
+        .as_str()
+        .context("run has no stack")?
+        .to_owned();
     // Every child of the apply phase, even `terraform version`, runs without the plan profile.
     let cfg = find_config(&dir, args.config.as_deref())?;
-    let plan_profile: Vec<String> = cfg.as_ref().map(|(_, _, c)| c.credentials_for(Phase::Plan).to_vec()).unwrap_or_default();
-    let version = terraform_version(&args.terraform_bin, &dir, &phase_env(std::env::vars(), &plan_profile, ""))?;
+    let plan_profile: Vec<String> = cfg
+        .as_ref()
+        .map(|(_, _, c)| c.credentials_for(Phase::Plan).to_vec())
+        .unwrap_or_default();
+    let version = terraform_version(
+        &args.terraform_bin,
+        &dir,
+        &phase_env(std::env::vars(), &plan_profile, ""),
+    )?;
     let fp = fingerprint(&dir, &version).context("computing the checkout's input fingerprint")?;
-    let started = c.send("POST", &format!("/api/v1/runs/{}/apply", args.id), &json!({"fingerprint": fp}))?;
-    let token = started["token"].as_str().context("the server sent no run token")?.to_owned();
-    let approved = started["plan_sha256"].as_str().context("the server sent no plan hash")?.to_owned();
+    let started = c.send(
+        "POST",
+        &format!("/api/v1/runs/{}/apply", args.id),
+        &json!({"fingerprint": fp}),
+    )?;
+    let token = started["token"]
+        .as_str()
+        .context("the server sent no run token")?
+        .to_owned();
+    let approved = started["plan_sha256"]
+        .as_str()
+        .context("the server sent no plan hash")?
+        .to_owned();
     // From here on, every outcome is reported to the server with the run-bound token.
-    let run_client = Client::new(&ClientArgs { url: c.base().to_owned(), token: Some(token.clone()), format: args.client.format })?;
-    let finish = |success: bool, log: &[u8]| run_client.send("POST", &format!("/api/v1/runs/{}/finish", args.id), &json!({"success": success, "log_b64": B64.encode(log)}));
-    let plan_bin = run_client.get_bytes(&format!("/api/v1/runs/{}/artifacts/plan.tfplan", args.id))?;
+    let run_client = Client::new(&ClientArgs {
+        url: c.base().to_owned(),
+        token: Some(token.clone()),
+        format: args.client.format,
+    })?;
+    let finish = |success: bool, log: &[u8]| {
+        run_client.send(
+            "POST",
+            &format!("/api/v1/runs/{}/finish", args.id),
+            &json!({"success": success, "log_b64": B64.encode(log)}),
+        )
+    };
+    let plan_bin =
+        run_client.get_bytes(&format!("/api/v1/runs/{}/artifacts/plan.tfplan", args.id))?;
     let got = hex::encode(Sha256::digest(&plan_bin));
     if got != approved {
         let msg = format!("the downloaded plan (SHA-256 {got}) is not the approved plan ({approved}); refusing to apply");
@@ -292,7 +503,12 @@ pub fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     let mut log = Vec::new();
     let outcome = (|| -> anyhow::Result<bool> {
         init(&args.terraform_bin, &dir, &state_url, &env)?;
-        let apply_args: Vec<String> = vec!["apply".into(), "-input=false".into(), "-lock-timeout=120s".into(), plan_path.display().to_string()];
+        let apply_args: Vec<String> = vec![
+            "apply".into(),
+            "-input=false".into(),
+            "-lock-timeout=120s".into(),
+            plan_path.display().to_string(),
+        ];
         let done = run_streaming(terraform(&args.terraform_bin, &dir, &apply_args), &env)?;
         log = done.log;
         Ok(done.status.success())
@@ -300,7 +516,9 @@ pub fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     let _ = std::fs::remove_dir_all(&work);
     let success = matches!(outcome, Ok(true));
     let v = finish(success, &log)?;
-    c.print(&v, |v| format!("run {} {}\n", s(v, "/run/id"), s(v, "/run/status")));
+    c.print(&v, |v| {
+        format!("run {} {}\n", s(v, "/run/id"), s(v, "/run/status"))
+    });
     match outcome {
         Ok(true) => Ok(ExitCode::SUCCESS),
         Ok(false) => Ok(ExitCode::from(1)),

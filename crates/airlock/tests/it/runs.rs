@@ -21,7 +21,13 @@ fn team(stack: &str) -> Team {
     let approver = s.token("alice", "approver");
     let approver2 = s.token("bob", "approver");
     let ci = s.token("pipeline", "ci");
-    Team { s, agent, approver, approver2, ci }
+    Team {
+        s,
+        agent,
+        approver,
+        approver2,
+        ci,
+    }
 }
 
 /// Runs the CLI in `dir` with extra environment.
@@ -40,14 +46,29 @@ fn cli_in(s: &TestServer, token: &str, dir: &Path, args: &[&str], env: &[(&str, 
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 /// `airlock plan` as `token`; returns the run id.
 fn plan(t: &Team, ws: &Workspace, token: &str, stack: &str) -> String {
-    let out = cli_in(&t.s, token, &ws.dir, &["plan", ".", "--stack", stack, "--format", "json"], &[]);
-    assert!(out.status.success() || out.status.code() == Some(2), "plan failed: {}", text(&out));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("plan output: {}", text(&out)));
+    let out = cli_in(
+        &t.s,
+        token,
+        &ws.dir,
+        &["plan", ".", "--stack", stack, "--format", "json"],
+        &[],
+    );
+    assert!(
+        out.status.success() || out.status.code() == Some(2),
+        "plan failed: {}",
+        text(&out)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("plan output: {}", text(&out)));
     v["run"]["id"].as_str().unwrap().to_owned()
 }
 
@@ -60,7 +81,8 @@ fn run_json(t: &Team, run: &str) -> serde_json::Value {
 }
 
 fn history_json(t: &Team, stack: &str) -> serde_json::Value {
-    serde_json::from_str(&t.s.ok(&t.s.admin, &["state", "history", stack, "--format", "json"])).unwrap()
+    serde_json::from_str(&t.s.ok(&t.s.admin, &["state", "history", stack, "--format", "json"]))
+        .unwrap()
 }
 
 #[test]
@@ -73,7 +95,11 @@ fn agent_plans_approver_approves_ci_applies() {
     assert_eq!(t.s.cli(&t.agent, &["approve", &run]).status.code(), Some(2));
     assert_eq!(t.s.cli(&t.ci, &["approve", &run]).status.code(), Some(2));
     let out = apply(&t, &ws, &t.ci, &run);
-    assert!(!out.status.success() && text(&out).contains("approval"), "{}", text(&out));
+    assert!(
+        !out.status.success() && text(&out).contains("approval"),
+        "{}",
+        text(&out)
+    );
     t.s.ok(&t.approver, &["approve", &run]);
     // Agents cannot apply even an approved run.
     assert_eq!(apply(&t, &ws, &t.agent, &run).status.code(), Some(2));
@@ -82,16 +108,30 @@ fn agent_plans_approver_approves_ci_applies() {
     let v = run_json(&t, &run);
     assert_eq!(v["run"]["status"], "applied");
     let h = history_json(&t, "dev/app");
-    assert_eq!(h["versions"][0]["run_id"], run.as_str(), "the state version carries the run id");
+    assert_eq!(
+        h["versions"][0]["run_id"],
+        run.as_str(),
+        "the state version carries the run id"
+    );
     // The run-bound token is revoked once the apply ends.
     let tokens = t.s.ok(&t.s.admin, &["token", "list", "--format", "json"]);
     let tokens: serde_json::Value = serde_json::from_str(&tokens).unwrap();
-    let bound: Vec<_> = tokens["tokens"].as_array().unwrap().iter().filter(|x| x["run_id"] == run.as_str()).collect();
+    let bound: Vec<_> = tokens["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["run_id"] == run.as_str())
+        .collect();
     assert_eq!(bound.len(), 1);
     assert!(!bound[0]["revoked_at"].is_null());
     // The apply log is kept with the run.
     let audit = t.s.ok(&t.s.admin, &["audit", "--limit", "1000"]);
-    for action in ["run.create", "run.approve", "run.apply_start", "run.applied"] {
+    for action in [
+        "run.create",
+        "run.approve",
+        "run.apply_start",
+        "run.applied",
+    ] {
         assert!(audit.contains(action), "{action} missing from audit");
     }
 }
@@ -99,13 +139,25 @@ fn agent_plans_approver_approves_ci_applies() {
 #[test]
 fn self_approval_and_approval_counts() {
     let t = team("prod/app");
-    t.s.ok(&t.s.admin, &["stack", "settings", "prod/app", "--required-approvals", "2"]);
+    t.s.ok(
+        &t.s.admin,
+        &["stack", "settings", "prod/app", "--required-approvals", "2"],
+    );
     let ws = Workspace::new(&t.s, "prod/app", &data_resources(1));
     let run = plan(&t, &ws, &t.approver, "prod/app");
     let out = t.s.cli(&t.approver, &["approve", &run]);
-    assert_eq!(out.status.code(), Some(2), "self-approval refused: {}", text(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "self-approval refused: {}",
+        text(&out)
+    );
     t.s.ok(&t.approver2, &["approve", &run]);
-    assert_eq!(run_json(&t, &run)["run"]["status"], "needs_approval", "one of two approvals");
+    assert_eq!(
+        run_json(&t, &run)["run"]["status"],
+        "needs_approval",
+        "one of two approvals"
+    );
     let out = apply(&t, &ws, &t.ci, &run);
     assert!(!out.status.success());
     t.s.ok(&t.s.admin, &["approve", &run]);
@@ -134,7 +186,11 @@ fn stale_plan_is_refused_and_superseded() {
     ws.tf_ok(&t.s.admin, &["apply", "-auto-approve"]);
     ws.write_main(&data_resources(1));
     let out = apply(&t, &ws, &t.ci, &third);
-    assert!(!out.status.success() && text(&out).contains("stale"), "{}", text(&out));
+    assert!(
+        !out.status.success() && text(&out).contains("stale"),
+        "{}",
+        text(&out)
+    );
     let v = run_json(&t, &third);
     assert_eq!(v["run"]["status"], "superseded");
     assert_eq!(v["current"], false);
@@ -151,21 +207,49 @@ fn destroys_need_confirmation_and_deny_cannot_be_approved() {
     let v = run_json(&t, &run);
     assert_eq!(v["run"]["destroys"].as_array().unwrap().len(), 2);
     let out = t.s.cli(&t.approver, &["approve", &run]);
-    assert!(!out.status.success() && text(&out).contains("--confirm-destroy 2"), "{}", text(&out));
-    assert!(!t.s.cli(&t.approver, &["approve", &run, "--confirm-destroy", "1"]).status.success());
+    assert!(
+        !out.status.success() && text(&out).contains("--confirm-destroy 2"),
+        "{}",
+        text(&out)
+    );
+    assert!(!t
+        .s
+        .cli(&t.approver, &["approve", &run, "--confirm-destroy", "1"])
+        .status
+        .success());
     t.s.ok(&t.approver, &["approve", &run, "--confirm-destroy", "2"]);
     assert!(apply(&t, &ws, &t.ci, &run).status.success());
 
     // A protected type destroyed without an allow_destroy declaration is denied: not approvable.
-    std::fs::write(ws.path("airlock.hcl"), "protect {\n  types = [\"terraform_data\"]\n}\n").unwrap();
+    std::fs::write(
+        ws.path("airlock.hcl"),
+        "protect {\n  types = [\"terraform_data\"]\n}\n",
+    )
+    .unwrap();
     ws.write_main(&data_resources(0));
-    let out = cli_in(&t.s, &t.agent, &ws.dir, &["plan", ".", "--stack", "dev/destroy", "--format", "json"], &[]);
-    assert_eq!(out.status.code(), Some(2), "plan exits 2 on deny: {}", text(&out));
+    let out = cli_in(
+        &t.s,
+        &t.agent,
+        &ws.dir,
+        &["plan", ".", "--stack", "dev/destroy", "--format", "json"],
+        &[],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "plan exits 2 on deny: {}",
+        text(&out)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["run"]["decision"], "deny");
     let denied = v["run"]["id"].as_str().unwrap();
-    let out = t.s.cli(&t.approver, &["approve", denied, "--confirm-destroy", "1"]);
-    assert!(!out.status.success() && text(&out).contains("cannot be approved"), "{}", text(&out));
+    let out =
+        t.s.cli(&t.approver, &["approve", denied, "--confirm-destroy", "1"]);
+    assert!(
+        !out.status.success() && text(&out).contains("cannot be approved"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]
@@ -177,12 +261,17 @@ fn tampered_artifact_and_changed_checkout_are_refused() {
     // A checkout whose inputs differ from the reviewed run's is refused.
     ws.write_main(&data_resources(5));
     let out = apply(&t, &ws, &t.ci, &run);
-    assert!(!out.status.success() && text(&out).contains("fingerprint"), "{}", text(&out));
+    assert!(
+        !out.status.success() && text(&out).contains("fingerprint"),
+        "{}",
+        text(&out)
+    );
     ws.write_main(&data_resources(2));
     // Someone with database access swaps the stored plan: the apply refuses it.
     let db = t.s.dir.path().join("data/airlock.db");
     let conn = rusqlite::Connection::open(&db).unwrap();
-    conn.execute_batch("DROP TRIGGER run_artifacts_no_update").unwrap();
+    conn.execute_batch("DROP TRIGGER run_artifacts_no_update")
+        .unwrap();
     let forged = b"not the reviewed plan";
     let sha = {
         use sha2::Digest;
@@ -194,8 +283,19 @@ fn tampered_artifact_and_changed_checkout_are_refused() {
     )
     .unwrap();
     let out = apply(&t, &ws, &t.ci, &run);
-    assert!(!out.status.success() && text(&out).contains("does not match the approved plan"), "{}", text(&out));
-    assert_eq!(history_json(&t, "dev/tamper")["versions"].as_array().unwrap().len(), 0, "nothing applied");
+    assert!(
+        !out.status.success() && text(&out).contains("does not match the approved plan"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        history_json(&t, "dev/tamper")["versions"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0,
+        "nothing applied"
+    );
 }
 
 fn zstd_compress(b: &[u8]) -> Vec<u8> {
@@ -214,21 +314,51 @@ fn phase_credentials_never_cross() {
     // A terraform wrapper that records the environment of every invocation.
     let rec = ws.dir.parent().unwrap().join("env-record");
     let wrapper = ws.dir.parent().unwrap().join("tf-wrapper.sh");
-    std::fs::write(&wrapper, format!("#!/bin/sh\n{{ echo \"=== $1\"; env; }} >> '{}'\nexec '{}' \"$@\"\n", rec.display(), terraform_bin_path())).unwrap();
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\n{{ echo \"=== $1\"; env; }} >> '{}'\nexec '{}' \"$@\"\n",
+            rec.display(),
+            terraform_bin_path()
+        ),
+    )
+    .unwrap();
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
-    let env = [("PLAN_ROLE", "arn:plan"), ("APPLY_ROLE", "arn:apply"), ("AIRLOCK_TERRAFORM_BIN", wrapper.to_str().unwrap())];
-    let out = cli_in(&t.s, &t.agent, &ws.dir, &["plan", ".", "--stack", "dev/creds", "--format", "json"], &env);
+    let env = [
+        ("PLAN_ROLE", "arn:plan"),
+        ("APPLY_ROLE", "arn:apply"),
+        ("AIRLOCK_TERRAFORM_BIN", wrapper.to_str().unwrap()),
+    ];
+    let out = cli_in(
+        &t.s,
+        &t.agent,
+        &ws.dir,
+        &["plan", ".", "--stack", "dev/creds", "--format", "json"],
+        &env,
+    );
     assert!(out.status.success(), "{}", text(&out));
-    let run = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["run"]["id"].as_str().unwrap().to_owned();
+    let run = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["run"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let planned = std::fs::read_to_string(&rec).unwrap();
     assert!(planned.contains("=== plan"), "{planned}");
     assert!(planned.contains("PLAN_ROLE=arn:plan"));
-    assert!(!planned.contains("APPLY_ROLE"), "the plan process saw the apply profile");
-    assert!(!planned.contains("AIRLOCK_TOKEN"), "the plan process saw the caller's token");
-    assert!(!planned.contains(&t.agent), "the plan process saw the caller's token value");
+    assert!(
+        !planned.contains("APPLY_ROLE"),
+        "the plan process saw the apply profile"
+    );
+    assert!(
+        !planned.contains("AIRLOCK_TOKEN"),
+        "the plan process saw the caller's token"
+    );
+    assert!(
+        !planned.contains(&t.agent),
+        "the plan process saw the caller's token value"
+    );
     std::fs::remove_file(&rec).unwrap();
     t.s.ok(&t.approver, &["approve", &run]);
     let out = cli_in(&t.s, &t.ci, &ws.dir, &["apply", &run], &env);
@@ -236,24 +366,47 @@ fn phase_credentials_never_cross() {
     let applied = std::fs::read_to_string(&rec).unwrap();
     assert!(applied.contains("=== apply"), "{applied}");
     assert!(applied.contains("APPLY_ROLE=arn:apply"));
-    assert!(!applied.contains("PLAN_ROLE"), "the apply process saw the plan profile");
-    assert!(!applied.contains(&t.ci), "the apply process saw the caller's own token");
+    assert!(
+        !applied.contains("PLAN_ROLE"),
+        "the apply process saw the plan profile"
+    );
+    assert!(
+        !applied.contains(&t.ci),
+        "the apply process saw the caller's own token"
+    );
     // The plan process's backend token is a plan-phase token: it cannot write.
-    let plan_pw = planned.lines().find_map(|l| l.strip_prefix("TF_HTTP_PASSWORD=")).unwrap().to_owned();
+    let plan_pw = planned
+        .lines()
+        .find_map(|l| l.strip_prefix("TF_HTTP_PASSWORD="))
+        .unwrap()
+        .to_owned();
     let who = t.s.ok(&plan_pw, &["whoami"]);
     assert!(who.contains("role agent"), "{who}");
 }
 
 fn terraform_bin_path() -> String {
     let bin = terraform_bin();
-    let out = Command::new("sh").arg("-c").arg(format!("command -v {bin}")).output().unwrap();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {bin}"))
+        .output()
+        .unwrap();
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 #[test]
 fn run_bound_token_cannot_remove_protected_instances_outside_the_plan() {
     let t = team("dev/bound");
-    t.s.ok(&t.s.admin, &["stack", "protect", "dev/bound", "--address", "terraform_data.db"]);
+    t.s.ok(
+        &t.s.admin,
+        &[
+            "stack",
+            "protect",
+            "dev/bound",
+            "--address",
+            "terraform_data.db",
+        ],
+    );
     let ws = Workspace::new(&t.s, "dev/bound", "resource \"terraform_data\" \"db\" {\n  input = 1\n}\nresource \"terraform_data\" \"web\" {\n  input = 1\n}\n");
     ws.tf_ok(&t.s.admin, &["init"]);
     ws.tf_ok(&t.s.admin, &["apply", "-auto-approve"]);
@@ -261,18 +414,40 @@ fn run_bound_token_cannot_remove_protected_instances_outside_the_plan() {
     let run = plan(&t, &ws, &t.agent, "dev/bound");
     t.s.ok(&t.approver, &["approve", &run]);
     // Start the apply by hand to hold the run-bound token.
-    let (code, body) = raw("POST", &format!("{}/api/v1/runs/{run}/apply", t.s.url), &t.ci, b"{}");
+    let (code, body) = raw(
+        "POST",
+        &format!("{}/api/v1/runs/{run}/apply", t.s.url),
+        &t.ci,
+        b"{}",
+    );
     assert_eq!(code, 200, "{body}");
-    let token = serde_json::from_str::<serde_json::Value>(&body).unwrap()["token"].as_str().unwrap().to_owned();
+    let token = serde_json::from_str::<serde_json::Value>(&body).unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     // With it, a state that drops the protected db (not in the plan) is refused.
     let err = ws.tf_err(&token, &["state", "rm", "terraform_data.db"]);
     assert!(err.contains("403"), "{err}");
     // It cannot write other stacks, or after the run ends.
-    let (code, _) = raw("POST", &format!("{}/api/v1/runs/{run}/finish", t.s.url), &token, br#"{"success":false}"#);
+    let (code, _) = raw(
+        "POST",
+        &format!("{}/api/v1/runs/{run}/finish", t.s.url),
+        &token,
+        br#"{"success":false}"#,
+    );
     assert_eq!(code, 200);
     let err = ws.tf_err(&token, &["state", "rm", "terraform_data.web"]);
-    assert!(err.contains("401") || err.contains("403") || err.contains("lock"), "{err}");
-    assert_eq!(history_json(&t, "dev/bound")["versions"].as_array().unwrap().len(), 1);
+    assert!(
+        err.contains("401") || err.contains("403") || err.contains("lock"),
+        "{err}"
+    );
+    assert_eq!(
+        history_json(&t, "dev/bound")["versions"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 #[test]
@@ -282,7 +457,10 @@ fn guard_shim_allows_reading_and_refuses_changes() {
     ws.tf_ok(&t.s.admin, &["init"]);
     ws.tf_ok(&t.s.admin, &["apply", "-auto-approve"]);
     let guard_dir = ws.dir.parent().unwrap().join("guard");
-    t.s.ok(&t.s.admin, &["guard", "install", guard_dir.to_str().unwrap()]);
+    t.s.ok(
+        &t.s.admin,
+        &["guard", "install", guard_dir.to_str().unwrap()],
+    );
     let path = format!("{}:{}", guard_dir.display(), std::env::var("PATH").unwrap());
     let tf = |args: &[&str]| {
         Command::new("terraform")
@@ -301,13 +479,33 @@ fn guard_shim_allows_reading_and_refuses_changes() {
     assert!(tf(&["plan", "-input=false"]).status.success());
     assert!(tf(&["-chdir=.", "validate"]).status.success());
     let listed = tf(&["state", "list"]);
-    assert!(listed.status.success() && text(&listed).contains("terraform_data.r[0]"), "{}", text(&listed));
-    for args in [&["apply", "-auto-approve"][..], &["destroy", "-auto-approve"], &["state", "rm", "x"], &["state", "push", "f"], &["import", "a", "b"], &["taint", "x"], &["force-unlock", "-force", "x"], &["-chdir=.", "apply"]] {
+    assert!(
+        listed.status.success() && text(&listed).contains("terraform_data.r[0]"),
+        "{}",
+        text(&listed)
+    );
+    for args in [
+        &["apply", "-auto-approve"][..],
+        &["destroy", "-auto-approve"],
+        &["state", "rm", "x"],
+        &["state", "push", "f"],
+        &["import", "a", "b"],
+        &["taint", "x"],
+        &["force-unlock", "-force", "x"],
+        &["-chdir=.", "apply"],
+    ] {
         let out = tf(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
-        assert!(text(&out).contains("airlock plan"), "{args:?}: {}", text(&out));
+        assert!(
+            text(&out).contains("airlock plan"),
+            "{args:?}: {}",
+            text(&out)
+        );
     }
     // The shim is courtesy; the server is the wall: the real binary with the agent token fails too.
     let err = ws.tf_err(&t.agent, &["apply", "-auto-approve"]);
-    assert!(err.contains("403") || err.contains("Error acquiring the state lock"), "{err}");
+    assert!(
+        err.contains("403") || err.contains("Error acquiring the state lock"),
+        "{err}"
+    );
 }
