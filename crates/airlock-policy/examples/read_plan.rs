@@ -1,13 +1,22 @@
-//! Reads a plan and prints how many changes of each kind it has (a quick reader benchmark).
+//! The `airlock check --format json` pipeline without the CLI: read, judge, render (to a sink).
+//! A quick way to profile the policy crate alone: `read_plan PLAN.json`.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let path = std::env::args()
-        .nth(1)
-        .ok_or("usage: read_plan PLAN.json")?;
+    use airlock_policy::{analysis::Analyzer, config::Config, plan, report};
+    let path = std::env::args().nth(1).ok_or("usage: read_plan PLAN.json")?;
     let file = std::io::BufReader::with_capacity(256 * 1024, std::fs::File::open(path)?);
-    let mut counts = std::collections::BTreeMap::new();
-    let info = airlock_policy::plan::read_plan(file, |rc| {
-        *counts.entry(rc.kind().as_str()).or_insert(0u64) += 1;
+    let config = Config::default();
+    let mut analyzer = Analyzer::new(&config, None);
+    let mut out = report::json::open().len();
+    let mut first = true;
+    let info = plan::read_plan(file, |rc| {
+        let r = analyzer.change(&rc);
+        if r.is_interesting() {
+            out += report::json::change(&r, first).len();
+            first = false;
+        }
     })?;
-    println!("{info:?}\n{counts:?}");
+    let decision = analyzer.finish(info);
+    out += report::json::close(&decision, &[]).len();
+    println!("{} bytes of JSON; decision {}", out, decision.verdict);
     Ok(())
 }
