@@ -482,7 +482,11 @@ async fn a_scoped_admin_cannot_mint_a_token_beyond_its_scope() {
         assert_eq!(r.status, 403, "stacks {stacks}: {r:?}");
         assert!(r.message().contains("scope"), "{}", r.message());
     }
-    for stacks in [json!(["dev/*"]), json!(["dev/app"]), json!(["dev/a*", "dev/x"])] {
+    for stacks in [
+        json!(["dev/*"]),
+        json!(["dev/app"]),
+        json!(["dev/a*", "dev/x"]),
+    ] {
         let r = s
             .api(
                 "POST",
