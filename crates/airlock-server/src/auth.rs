@@ -68,10 +68,13 @@ fn credential(req: &Request) -> Result<Option<String>, ApiError> {
         ApiError::new(RefusalKind::Unauthenticated, "malformed Authorization header: use Bearer TOKEN or Basic auth with the token as password")
     };
     let value = value.to_str().map_err(|_| bad())?;
-    if let Some(token) = value.strip_prefix("Bearer ") {
-        return Ok(Some(token.trim().to_owned()));
+    // Auth schemes are case-insensitive (RFC 7235 §2.1).
+    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+    if scheme.eq_ignore_ascii_case("Bearer") {
+        return Ok(Some(rest.trim().to_owned()));
     }
-    if let Some(b64) = value.strip_prefix("Basic ") {
+    if scheme.eq_ignore_ascii_case("Basic") {
+        let b64 = rest;
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(b64.trim())
             .map_err(|_| bad())?;

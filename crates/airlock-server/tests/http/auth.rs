@@ -14,7 +14,15 @@ async fn bearer_and_basic_with_any_username_authenticate() {
     s.stack("dev/app", false);
     let ci = s.role_token(Role::Ci);
     let spaced = format!("Bearer  {} ", ci.secret);
+    // Schemes are case-insensitive (RFC 7235).
+    let lower = format!("bearer {}", ci.secret);
+    let upper_basic = format!(
+        "BASIC {}",
+        base64_encode(format!("u:{}", ci.secret).as_bytes())
+    );
     for auth in [
+        Auth::Raw(&lower),
+        Auth::Raw(&upper_basic),
         Auth::Bearer(&ci.secret),
         Auth::Basic("terraform", &ci.secret),
         Auth::Basic("anyone at all", &ci.secret),
