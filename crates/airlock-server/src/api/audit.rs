@@ -4,11 +4,12 @@ use std::sync::Arc;
 
 use airlock_core::audit::{verify_chain, GENESIS};
 use axum::extract::{Query, State};
-use axum::Json;
+use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::store_call;
+use crate::auth::Principal;
 use crate::error::ApiResult;
 use crate::AppState;
 
@@ -19,14 +20,25 @@ pub struct Page {
     limit: Option<u32>,
 }
 
-/// `GET /api/v1/audit?after=SEQ&limit=N`.
+/// `GET /api/v1/audit?after=SEQ&limit=N`. A token scoped to some stacks sees only the events
+/// of those stacks; `next_after` is where the next page starts either way.
 pub async fn list(
     State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
     Query(q): Query<Page>,
 ) -> ApiResult<Json<Value>> {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let events = store_call(&state, move |st| st.audit_events(q.after, limit)).await?;
-    Ok(Json(json!({ "events": events })))
+    let next_after = events.last().map_or(q.after, |e| e.seq);
+    let visible: Vec<_> = if p.stacks.is_empty() {
+        events
+    } else {
+        events
+            .into_iter()
+            .filter(|e| e.stack.as_deref().is_some_and(|s| p.may_access(s)))
+            .collect()
+    };
+    Ok(Json(json!({ "events": visible, "next_after": next_after })))
 }
 
 /// `GET /api/v1/audit/verify`: walks the whole chain.

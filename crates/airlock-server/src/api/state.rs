@@ -240,6 +240,24 @@ pub async fn verify(
         }
         existing_stack(&state, &p, s).await?;
     }
-    let report = store_call(&state, move |st| st.verify(req.stack.as_deref())).await?;
+    // A scoped token without --stack verifies the stacks of its scope only.
+    let scoped = !p.stacks.is_empty() && req.stack.is_none();
+    let report = store_call(&state, move |st| {
+        if !scoped {
+            return st.verify(req.stack.as_deref());
+        }
+        let mut total = airlock_store::VerifyReport::default();
+        for s in st
+            .list_stacks()?
+            .into_iter()
+            .filter(|s| p.may_access(&s.name))
+        {
+            let r = st.verify(Some(&s.name))?;
+            total.checked += r.checked;
+            total.failures.extend(r.failures);
+        }
+        Ok(total)
+    })
+    .await?;
     Ok(Json(json!({ "report": report })))
 }

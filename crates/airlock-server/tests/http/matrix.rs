@@ -7,7 +7,7 @@ use airlock_core::{Permission, Role};
 use airlock_server::router::{permission_for, ROUTE_PERMISSIONS};
 use axum::body::Body;
 use axum::http::header;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::support::*;
 
@@ -502,4 +502,38 @@ async fn a_scoped_admin_cannot_mint_a_token_beyond_its_scope() {
         listed.iter().all(|t| t.name != "escape"),
         "no token escaped the scope"
     );
+}
+
+#[tokio::test]
+async fn scoped_tokens_see_and_verify_only_their_stacks() {
+    let s = Server::new();
+    s.stack("dev/app", false);
+    s.stack("prod/app", true);
+    let admin = s.role_token(Role::Admin);
+    for stack in ["dev/app", "prod/app"] {
+        s.lock(stack, &admin, &fresh_id("lock"), "OperationTypeApply")
+            .await
+            .expect(200);
+    }
+    let dev_reader = s.token("dev-reader", Role::Reader, &["dev/*"], None);
+    let r = s
+        .api("GET", "/api/v1/audit?limit=1000", &dev_reader, Value::Null)
+        .await;
+    r.expect(200);
+    let events = r.json()["events"].as_array().unwrap().clone();
+    assert!(events.iter().any(|e| e["stack"] == "dev/app"), "{events:?}");
+    assert!(
+        events.iter().all(|e| e["stack"] == "dev/app"),
+        "a dev/* token saw other stacks' events: {events:?}"
+    );
+    assert!(r.json()["next_after"].as_i64().unwrap() > 0);
+    // The unscoped admin sees everything.
+    let all = s
+        .api("GET", "/api/v1/audit?limit=1000", &admin, Value::Null)
+        .await;
+    assert!(all.json()["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["stack"] == "prod/app"));
 }
