@@ -2,7 +2,9 @@
 //! A quick way to profile the policy crate alone: `read_plan PLAN.json`.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     use airlock_policy::{analysis::Analyzer, config::Config, plan, report};
-    let path = std::env::args().nth(1).ok_or("usage: read_plan PLAN.json")?;
+    let path = std::env::args()
+        .nth(1)
+        .ok_or("usage: read_plan PLAN.json")?;
     let file = std::io::BufReader::with_capacity(256 * 1024, std::fs::File::open(path)?);
     let config = Config::default();
     let mut analyzer = Analyzer::new(&config, None);

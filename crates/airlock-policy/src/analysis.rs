@@ -298,8 +298,8 @@ impl<'c> Analyzer<'c> {
         let mut found: Vec<Finding> = Vec::new();
         // Values are parsed only for catalogue types whose change can weaken or hit a
         // protection: most changes in a big plan are no-ops and creates and skip this.
-        let may_matter = kind.destroys()
-            || matches!(kind, ChangeKind::Update | ChangeKind::ForgetReplace);
+        let may_matter =
+            kind.destroys() || matches!(kind, ChangeKind::Update | ChangeKind::ForgetReplace);
         let values = entry
             .filter(|e| may_matter && !e.protections.is_empty())
             .map(|e| (e, Values::of(rc)));
