@@ -290,7 +290,9 @@ impl TestServer {
         let admin = match (admin, printed_admin) {
             (Some(a), _) => a.to_owned(),
             (None, Some(a)) => a,
-            (None, None) => panic!("the store on {backing:?} was bootstrapped already: pass its admin token"),
+            (None, None) => {
+                panic!("the store on {backing:?} was bootstrapped already: pass its admin token")
+            }
         };
         TestServer {
             url: url.unwrap(),
