@@ -675,6 +675,9 @@ impl Backup {
 
         // 3. Every version's bytes match its recorded SHA-256 and size; serials increase.
         for s in &backup.stacks {
+            if let Err(e) = airlock_core::StackName::parse(&s.name) {
+                problems.push(format!("stack name {:?} is not valid: {e}", s.name));
+            }
             let mut last: Option<u64> = None;
             for v in &s.versions {
                 if last.is_some_and(|l| v.serial <= l) {
