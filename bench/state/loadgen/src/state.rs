@@ -201,7 +201,7 @@ fn instance_json(rng: &mut Rng, r: &Resource, index: usize, revision: u64) -> St
     let private = {
         // Terraform's `private` is base64 of provider JSON; random bytes look the same.
         use base64::Engine;
-        let bytes: Vec<u8> = (0..72).map(|_| rng.next() as u8).collect();
+        let bytes: Vec<u8> = (0..48).map(|_| rng.next() as u8).collect();
         base64::engine::general_purpose::STANDARD.encode(bytes)
     };
     format!(
@@ -212,21 +212,14 @@ fn instance_json(rng: &mut Rng, r: &Resource, index: usize, revision: u64) -> St
             "ami": "ami-{ami}",
             "arn": "arn:aws:ec2:eu-west-1:{account}:{rt}/{id}",
             "availability_zone": "{zone}",
-            "ebs_optimized": true,
             "id": "{id}",
             "instance_type": "{size}",
-            "monitoring": false,
             "private_ip": "{ip}",
             "root_block_device": [
               {{
-                "delete_on_termination": true,
                 "encrypted": true,
-                "iops": 3000,
-                "kms_key_id": "arn:aws:kms:eu-west-1:{account}:key/{kms}",
-                "throughput": 125,
                 "volume_id": "vol-{vol}",
-                "volume_size": {gb},
-                "volume_type": "gp3"
+                "volume_size": {gb}
               }}
             ],
             "subnet_id": "subnet-{subnet}",
@@ -243,13 +236,11 @@ fn instance_json(rng: &mut Rng, r: &Resource, index: usize, revision: u64) -> St
           "sensitive_attributes": [],
           "private": "{private}",
           "dependencies": [
-            "aws_security_group.web",
             "aws_subnet.main"
           ]
         }}"#,
         ami = rng.hex(17),
         rt = r.resource_type,
-        kms = rng.uuid(),
         vol = rng.hex(17),
         gb = 20 + rng.below(200),
         subnet = rng.hex(17),
