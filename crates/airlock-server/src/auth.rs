@@ -152,11 +152,20 @@ async fn audit_denial(
 
 /// Looks the secret up and checks expiry and revocation.
 pub async fn authenticate(state: &Arc<AppState>, secret: String) -> Result<Principal, ApiError> {
-    let store = Arc::clone(&state.store);
     let hash = tokens::hash_secret(&secret);
-    let record = tokio::task::spawn_blocking(move || store.token_by_hash(&hash))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let record = match state.cache.token(&hash) {
+        Some(t) => Some(t),
+        None => {
+            let store = Arc::clone(&state.store);
+            let found = tokio::task::spawn_blocking(move || store.token_by_hash(&hash))
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))??;
+            if let Some(t) = found.as_ref().filter(|t| t.revoked_at.is_none()) {
+                state.cache.put_token(hash, t.clone());
+            }
+            found
+        }
+    };
     let Some(t) = record else {
         return Err(ApiError::new(
             RefusalKind::Unauthenticated,

@@ -3,8 +3,11 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use airlock_core::state::StateSummary;
+use airlock_store::TokenRecord;
+use axum::body::Bytes;
 
 /// Bounded map with first-in-first-out eviction by total weight.
 struct Fifo<V> {
@@ -48,27 +51,35 @@ impl<V: Clone> Fifo<V> {
 
 /// The server's caches.
 pub struct Caches {
-    bytes: Mutex<Fifo<Arc<Vec<u8>>>>,
+    bytes: Mutex<Fifo<Bytes>>,
     summaries: Mutex<Fifo<Arc<StateSummary>>>,
+    tokens: Mutex<HashMap<[u8; 32], (Instant, TokenRecord)>>,
 }
+
+/// How long a token lookup is reused. Revocations on this replica clear the cache at once;
+/// other replicas see a revocation within this time.
+pub const TOKEN_CACHE_TTL: Duration = Duration::from_secs(1);
+/// Entries kept at most (the cache is cleared when full).
+const TOKEN_CACHE_MAX: usize = 10_000;
 
 impl Default for Caches {
     fn default() -> Self {
         Caches {
             bytes: Mutex::new(Fifo::new(256 << 20)),
             summaries: Mutex::new(Fifo::new(4096)),
+            tokens: Mutex::new(HashMap::new()),
         }
     }
 }
 
 impl Caches {
     /// Cached bytes of the version with this SHA-256.
-    pub fn bytes(&self, sha: &str) -> Option<Arc<Vec<u8>>> {
+    pub fn bytes(&self, sha: &str) -> Option<Bytes> {
         self.bytes.lock().ok()?.get(sha)
     }
 
     /// Remembers a version's bytes.
-    pub fn put_bytes(&self, sha: &str, bytes: Arc<Vec<u8>>) {
+    pub fn put_bytes(&self, sha: &str, bytes: Bytes) {
         if let Ok(mut c) = self.bytes.lock() {
             let len = bytes.len();
             c.put(sha.to_owned(), bytes, len);
@@ -84,6 +95,31 @@ impl Caches {
     pub fn put_summary(&self, sha: &str, summary: Arc<StateSummary>) {
         if let Ok(mut c) = self.summaries.lock() {
             c.put(sha.to_owned(), summary, 1);
+        }
+    }
+
+    /// A recent lookup of the token with this secret hash.
+    pub fn token(&self, hash: &[u8; 32]) -> Option<TokenRecord> {
+        let c = self.tokens.lock().ok()?;
+        c.get(hash)
+            .filter(|(at, _)| at.elapsed() < TOKEN_CACHE_TTL)
+            .map(|(_, t)| t.clone())
+    }
+
+    /// Remembers a successful lookup.
+    pub fn put_token(&self, hash: [u8; 32], token: TokenRecord) {
+        if let Ok(mut c) = self.tokens.lock() {
+            if c.len() >= TOKEN_CACHE_MAX {
+                c.clear();
+            }
+            c.insert(hash, (Instant::now(), token));
+        }
+    }
+
+    /// Forgets every cached token (after a revocation).
+    pub fn forget_tokens(&self) {
+        if let Ok(mut c) = self.tokens.lock() {
+            c.clear();
         }
     }
 }

@@ -85,12 +85,20 @@ pub async fn existing_stack(
 
 /// May `principal` take a write lock on / write `stack`? Run-bound tokens: only while their run
 /// is applying, on its stack. Everyone else: the stack's direct-write settings.
-pub async fn may_write(state: &Arc<AppState>, principal: &Principal, stack: &StackRecord) -> ApiResult<bool> {
+pub async fn may_write(
+    state: &Arc<AppState>,
+    principal: &Principal,
+    stack: &StackRecord,
+) -> ApiResult<bool> {
     let Some(run_id) = principal.run_id.clone() else {
         return Ok(firewall::may_write_directly(principal, &stack.settings));
     };
     let run = blocking(state, move |st| st.run(&run_id)).await??;
-    Ok(run.is_some_and(|r| r.stack == stack.name && r.status == airlock_store::RunStatus::Applying))
+    Ok(
+        run.is_some_and(|r| {
+            r.stack == stack.name && r.status == airlock_store::RunStatus::Applying
+        }),
+    )
 }
 
 async fn deny(
@@ -171,24 +179,39 @@ async fn read_body(body: Body, limit: usize) -> ApiResult<Vec<u8>> {
 }
 
 async fn read(state: &Arc<AppState>, principal: &Principal, stack: &str) -> ApiResult<Response> {
-    existing_stack(state, principal, stack).await?;
+    // One trip to the store: the stack must exist, then its current version.
     let s = stack.to_owned();
-    let Some(current) = blocking(state, move |st| st.current_version(&s)).await?? else {
+    let found = blocking(state, move |st| match st.stack(&s)? {
+        Some(_) => st.current_version(&s).map(Some),
+        None => Ok(None),
+    })
+    .await??;
+    let current = match found {
+        Some(current) => current,
+        // Unknown stack: refused, or created with --auto-create-stacks.
+        None => {
+            existing_stack(state, principal, stack).await?;
+            None
+        }
+    };
+    let Some(current) = current else {
         return Ok(StatusCode::NO_CONTENT.into_response());
     };
     let bytes = match state.cache.bytes(&current.sha256) {
         Some(b) => b,
         None => {
             let (s, serial) = (stack.to_owned(), current.serial);
-            let b = Arc::new(blocking(state, move |st| st.version_bytes(&s, serial)).await??);
-            state.cache.put_bytes(&current.sha256, Arc::clone(&b));
+            let b = axum::body::Bytes::from(
+                blocking(state, move |st| st.version_bytes(&s, serial)).await??,
+            );
+            state.cache.put_bytes(&current.sha256, b.clone());
             b
         }
     };
     state.metrics.read();
     Ok((
         [(header::CONTENT_TYPE, "application/json")],
-        Body::from(Vec::clone(&bytes)),
+        Body::from(bytes),
     )
         .into_response())
 }
@@ -254,7 +277,11 @@ pub async fn firewalled_write(
     let record = existing_stack(state, principal, stack).await?;
     let run_authorized = principal.run_id.is_some() && may_write(state, principal, &record).await?;
     if principal.run_id.is_some() && !run_authorized {
-        let r = Refusal::new(RefusalKind::Forbidden, "state write refused: this run-bound token may write only while its run is applying".to_owned());
+        let r = Refusal::new(
+            RefusalKind::Forbidden,
+            "state write refused: this run-bound token may write only while its run is applying"
+                .to_owned(),
+        );
         return Err(deny(state, principal, stack, "state.write", r).await);
     }
     let summary = Arc::new(StateSummary::parse(&body).map_err(|e| {

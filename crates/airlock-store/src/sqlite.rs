@@ -17,7 +17,8 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/sqlite/0001_init.sql")),
     (2, include_str!("../migrations/sqlite/0002_runs.sql")),
 ];
-const MAX_IDLE_READERS: usize = 8;
+// Enough idle readers for a burst of concurrent GETs without reopening connections.
+const MAX_IDLE_READERS: usize = 32;
 
 /// SQLite-backed [`Store`].
 pub struct SqliteStore {

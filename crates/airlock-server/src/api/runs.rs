@@ -764,6 +764,7 @@ pub async fn finish(
             json!({"token": t, "run": run.id}),
         );
         store_call(&state, move |st| st.revoke_token(&t, audit)).await?;
+        state.cache.forget_tokens();
     }
     let (stack, this, a) = (run.stack.clone(), run.id.clone(), actor.clone());
     store_call(&state, move |st| {

@@ -131,5 +131,6 @@ pub async fn revoke(
 ) -> ApiResult<Json<Value>> {
     let audit = NewAudit::ok(&p.display(), "token.revoke", None, json!({"token": id}));
     let record = store_call(&state, move |st| st.revoke_token(&id, audit)).await?;
+    state.cache.forget_tokens();
     Ok(Json(json!({ "token": record })))
 }

@@ -35,7 +35,10 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(async move {
+    // Keep one handle to the store outside the runtime: the last one must be dropped after the
+    // runtime is gone, because closing a sync PostgreSQL client inside it panics.
+    let keep_store = Arc::clone(&store);
+    let served = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await
             .with_context(|| format!("listening on {}", args.listen))?;
@@ -47,7 +50,10 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
             .await
             .context("serving")?;
         anyhow::Ok(())
-    })?;
+    });
+    drop(runtime);
+    drop(keep_store);
+    served?;
     Ok(ExitCode::SUCCESS)
 }
 
