@@ -31,7 +31,11 @@ impl StackSettings {
             required_approvals: if production { 2 } else { 1 },
             protect_types: Vec::new(),
             protect_addresses: Vec::new(),
-            apply_from: if production { vec![Role::Ci] } else { vec![Role::Ci, Role::Admin] },
+            apply_from: if production {
+                vec![Role::Ci]
+            } else {
+                vec![Role::Ci, Role::Admin]
+            },
         }
     }
 }
@@ -247,7 +251,12 @@ pub struct NewAudit {
 
 impl NewAudit {
     /// A successful action.
-    pub fn ok(actor: &str, action: &str, stack: Option<&str>, detail: serde_json::Value) -> NewAudit {
+    pub fn ok(
+        actor: &str,
+        action: &str,
+        stack: Option<&str>,
+        detail: serde_json::Value,
+    ) -> NewAudit {
         NewAudit {
             actor: actor.to_owned(),
             action: action.to_owned(),
@@ -258,8 +267,16 @@ impl NewAudit {
     }
 
     /// A refused action.
-    pub fn denied(actor: &str, action: &str, stack: Option<&str>, detail: serde_json::Value) -> NewAudit {
-        NewAudit { outcome: "denied".into(), ..NewAudit::ok(actor, action, stack, detail) }
+    pub fn denied(
+        actor: &str,
+        action: &str,
+        stack: Option<&str>,
+        detail: serde_json::Value,
+    ) -> NewAudit {
+        NewAudit {
+            outcome: "denied".into(),
+            ..NewAudit::ok(actor, action, stack, detail)
+        }
     }
 }
 
@@ -330,4 +347,59 @@ pub struct VerifyReport {
     pub checked: u64,
     /// Versions whose bytes do not match their hash, or could not be read.
     pub failures: Vec<String>,
+}
+
+// The records a store returns for what it just created: one place for both engines.
+
+impl NewToken {
+    /// The record of this token as created at `now`.
+    pub fn into_record(self, now: i64) -> TokenRecord {
+        TokenRecord {
+            id: self.id,
+            name: self.name,
+            role: self.role,
+            stacks: self.stacks,
+            created_at: now,
+            expires_at: self.expires_at,
+            revoked_at: None,
+            created_by: self.created_by,
+            run_id: self.run_id,
+        }
+    }
+}
+
+impl NewGrant {
+    /// The record of this grant on `stack` as created at `now`.
+    pub fn into_record(self, stack: &str, now: i64) -> GrantRecord {
+        GrantRecord {
+            id: self.id,
+            stack: stack.to_owned(),
+            addresses: self.addresses,
+            reason: self.reason,
+            created_by: self.created_by,
+            created_at: now,
+            expires_at: self.expires_at,
+            consumed_at: None,
+            run_id: self.run_id,
+        }
+    }
+}
+
+impl WriteAttempt {
+    /// The metadata of this attempt stored as a version of `stack` at `now`.
+    pub fn version_meta(&self, stack: &str, sha256: &[u8; 32], now: i64) -> VersionMeta {
+        VersionMeta {
+            stack: stack.to_owned(),
+            serial: self.serial,
+            lineage: self.lineage.clone(),
+            sha256: hex::encode(sha256),
+            size: self.body.len() as u64,
+            author: self.author.clone(),
+            lock_id: self.lock_id.clone(),
+            run_id: self.run_id.clone(),
+            reason: self.reason.clone(),
+            restored_from: self.restored_from,
+            created_at: now,
+        }
+    }
 }

@@ -717,17 +717,7 @@ impl Store for PostgresStore {
             )?
             .map_err(|e| unique_is_conflict(e, || format!("token {} already exists", t.id)))?;
             append_audit_tx(tx, &audit)?;
-            Ok(TokenRecord {
-                id: t.id,
-                name: t.name,
-                role: t.role,
-                stacks: t.stacks,
-                created_at: now,
-                expires_at: t.expires_at,
-                revoked_at: None,
-                created_by: t.created_by,
-                run_id: t.run_id,
-            })
+            Ok(t.into_record(now))
         })
     }
 
@@ -991,19 +981,7 @@ impl Store for PostgresStore {
                 tx.execute("UPDATE grants SET consumed_at = $2 WHERE id = $1 AND consumed_at IS NULL", &[g, &now])?;
             }
             append_audit_tx(tx, &audit)?;
-            Ok(WriteResult::Stored(VersionMeta {
-                stack: stack.to_owned(),
-                serial: attempt.serial,
-                lineage: attempt.lineage.clone(),
-                sha256: hex::encode(sha),
-                size: attempt.body.len() as u64,
-                author: attempt.author.clone(),
-                lock_id: attempt.lock_id.clone(),
-                run_id: attempt.run_id.clone(),
-                reason: attempt.reason.clone(),
-                restored_from: attempt.restored_from,
-                created_at: now,
-            }))
+            Ok(WriteResult::Stored(attempt.version_meta(stack, &sha, now)))
         })
     }
 
@@ -1055,17 +1033,7 @@ impl Store for PostgresStore {
             )?
             .map_err(|e| unique_is_conflict(e, || format!("grant {} already exists", g.id)))?;
             append_audit_tx(tx, &audit)?;
-            Ok(GrantRecord {
-                id: g.id,
-                stack: stack.to_owned(),
-                addresses: g.addresses,
-                reason: g.reason,
-                created_by: g.created_by,
-                created_at: now,
-                expires_at: g.expires_at,
-                consumed_at: None,
-                run_id: g.run_id,
-            })
+            Ok(g.into_record(stack, now))
         })
     }
 

@@ -296,17 +296,7 @@ impl Store for SqliteStore {
                 params![t.id, &t.secret_hash[..], t.name, t.role.as_str(), serde_json::to_string(&t.stacks).unwrap_or_default(), now, t.expires_at, t.created_by, t.run_id],
             )?;
             append_audit_tx(tx, &audit)?;
-            Ok(TokenRecord {
-                id: t.id,
-                name: t.name,
-                role: t.role,
-                stacks: t.stacks,
-                created_at: now,
-                expires_at: t.expires_at,
-                revoked_at: None,
-                created_by: t.created_by,
-                run_id: t.run_id,
-            })
+            Ok(t.into_record(now))
         })
     }
 
@@ -513,19 +503,7 @@ impl Store for SqliteStore {
                 tx.execute("UPDATE grants SET consumed_at = ?2 WHERE id = ?1 AND consumed_at IS NULL", params![g, now])?;
             }
             append_audit_tx(tx, &audit)?;
-            Ok(WriteResult::Stored(VersionMeta {
-                stack: stack.to_owned(),
-                serial: attempt.serial,
-                lineage: attempt.lineage.clone(),
-                sha256: hex::encode(sha),
-                size: attempt.body.len() as u64,
-                author: attempt.author.clone(),
-                lock_id: attempt.lock_id.clone(),
-                run_id: attempt.run_id.clone(),
-                reason: attempt.reason.clone(),
-                restored_from: attempt.restored_from,
-                created_at: now,
-            }))
+            Ok(WriteResult::Stored(attempt.version_meta(stack, &sha, now)))
         })
     }
 
@@ -563,17 +541,7 @@ impl Store for SqliteStore {
                 params![g.id, stack_id, serde_json::to_string(&g.addresses).unwrap_or_default(), g.reason, g.created_by, now, g.expires_at, g.run_id],
             )?;
             append_audit_tx(tx, &audit)?;
-            Ok(GrantRecord {
-                id: g.id,
-                stack: stack.to_owned(),
-                addresses: g.addresses,
-                reason: g.reason,
-                created_by: g.created_by,
-                created_at: now,
-                expires_at: g.expires_at,
-                consumed_at: None,
-                run_id: g.run_id,
-            })
+            Ok(g.into_record(stack, now))
         })
     }
 
