@@ -87,8 +87,27 @@ fn terraform(bin: &str, dir: &Path, args: &[String]) -> Command {
     c
 }
 
-/// `terraform init` pointed at the stack on this server.
+/// Whether `dir` is already initialised with the http backend at exactly `state_url` (then a
+/// second `terraform init` would change nothing; terraform itself says if providers are missing).
+fn initialized_for(dir: &Path, state_url: &str) -> bool {
+    let Ok(text) = std::fs::read_to_string(dir.join(".terraform/terraform.tfstate")) else {
+        return false;
+    };
+    let Ok(v) = serde_json::from_str::<Value>(&text) else {
+        return false;
+    };
+    let cfg = &v["backend"]["config"];
+    v["backend"]["type"] == "http"
+        && ["address", "lock_address", "unlock_address"]
+            .iter()
+            .all(|k| cfg[*k] == state_url)
+}
+
+/// `terraform init` pointed at the stack on this server, unless already done.
 fn init(bin: &str, dir: &Path, state_url: &str, env: &[(String, String)]) -> anyhow::Result<()> {
+    if initialized_for(dir, state_url) {
+        return Ok(());
+    }
     let args: Vec<String> = ["init", "-input=false", "-reconfigure"]
         .iter()
         .map(|s| s.to_string())
@@ -127,17 +146,9 @@ fn git(dir: &Path, args: &[&str]) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-fn terraform_version(bin: &str, dir: &Path, env: &[(String, String)]) -> anyhow::Result<String> {
-    let out = terraform(bin, dir, &["version".into(), "-json".into()])
-        .env_clear()
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .output()?;
-    let v: Value =
-        serde_json::from_slice(&out.stdout).context("reading `terraform version -json`")?;
-    Ok(v["terraform_version"]
-        .as_str()
-        .unwrap_or("unknown")
-        .to_owned())
+#[derive(serde::Deserialize)]
+struct PlanVersion {
+    terraform_version: String,
 }
 
 /// Renders a run for the terminal: destructive changes first.
@@ -305,7 +316,10 @@ pub fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
             String::from_utf8_lossy(&show.stderr)
         );
     }
-    let version = terraform_version(&args.terraform_bin, &dir, &env)?;
+    // The version that made the plan is in the plan itself.
+    let version = serde_json::from_slice::<PlanVersion>(&show.stdout)
+        .map(|v| v.terraform_version)
+        .context("reading terraform_version from the plan JSON")?;
     if stack_position(&c, &stack)? != (lineage.clone(), serial) {
         bail!("the state of {stack} changed while planning; plan again");
     }
@@ -449,17 +463,18 @@ pub fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         .as_str()
         .context("run has no stack")?
         .to_owned();
-    // Every child of the apply phase, even `terraform version`, runs without the plan profile.
+    // Every child of the apply phase runs without the plan profile.
     let cfg = find_config(&dir, args.config.as_deref())?;
     let plan_profile: Vec<String> = cfg
         .as_ref()
         .map(|(_, _, c)| c.credentials_for(Phase::Plan).to_vec())
         .unwrap_or_default();
-    let version = terraform_version(
-        &args.terraform_bin,
-        &dir,
-        &phase_env(std::env::vars(), &plan_profile, ""),
-    )?;
+    // The fingerprint covers the Terraform version the run was planned with; `terraform apply`
+    // itself refuses a plan file made by a different version.
+    let version = run["run"]["terraform_version"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     let fp = fingerprint(&dir, &version).context("computing the checkout's input fingerprint")?;
     let started = c.send(
         "POST",
