@@ -49,11 +49,19 @@ pub const ROUTE_PERMISSIONS: &[(&str, &str, Permission)] = &[
         Permission::Restore,
     ),
     ("POST", "/api/v1/verify", Permission::Read),
-    ("POST", "/api/v1/stacks/{stack}/plan-token", Permission::CreateRun),
+    (
+        "POST",
+        "/api/v1/stacks/{stack}/plan-token",
+        Permission::CreateRun,
+    ),
     ("POST", "/api/v1/stacks/{stack}/runs", Permission::CreateRun),
     ("GET", "/api/v1/runs", Permission::Read),
     ("GET", "/api/v1/runs/{id}", Permission::Read),
-    ("GET", "/api/v1/runs/{id}/artifacts/{name}", Permission::Read),
+    (
+        "GET",
+        "/api/v1/runs/{id}/artifacts/{name}",
+        Permission::Read,
+    ),
     ("POST", "/api/v1/runs/{id}/approve", Permission::Approve),
     ("POST", "/api/v1/runs/{id}/reject", Permission::Approve),
     ("POST", "/api/v1/runs/{id}/apply", Permission::ApplyRun),
@@ -108,14 +116,20 @@ pub fn build(state: Arc<AppState>) -> Router {
         .route("/api/v1/stacks/{stack}/diff", get(api::state::diff))
         .route("/api/v1/stacks/{stack}/restore", post(api::state::restore))
         .route("/api/v1/verify", post(api::state::verify))
-        .route("/api/v1/stacks/{stack}/plan-token", post(api::runs::plan_token))
+        .route(
+            "/api/v1/stacks/{stack}/plan-token",
+            post(api::runs::plan_token),
+        )
         .route(
             "/api/v1/stacks/{stack}/runs",
             post(api::runs::create).layer(axum::extract::DefaultBodyLimit::max(max_upload)),
         )
         .route("/api/v1/runs", get(api::runs::list))
         .route("/api/v1/runs/{id}", get(api::runs::show))
-        .route("/api/v1/runs/{id}/artifacts/{name}", get(api::runs::artifact))
+        .route(
+            "/api/v1/runs/{id}/artifacts/{name}",
+            get(api::runs::artifact),
+        )
         .route("/api/v1/runs/{id}/approve", post(api::runs::approve))
         .route("/api/v1/runs/{id}/reject", post(api::runs::reject))
         .route(

@@ -66,7 +66,10 @@ pub fn split(data: &[u8]) -> Vec<Chunk<'_>> {
             cut
         };
         let (raw, tail) = rest.split_at(len);
-        chunks.push(Chunk { hash: sha256(raw), raw });
+        chunks.push(Chunk {
+            hash: sha256(raw),
+            raw,
+        });
         rest = tail;
     }
     chunks
@@ -106,7 +109,11 @@ mod tests {
     fn pseudo_json(n: usize, changed: Option<usize>) -> Vec<u8> {
         let mut s = String::from("{\"version\":4,\"resources\":[");
         for i in 0..n {
-            let v = if Some(i) == changed { "CHANGED" } else { "same" };
+            let v = if Some(i) == changed {
+                "CHANGED"
+            } else {
+                "same"
+            };
             s.push_str(&format!("{{\"name\":\"r{i}\",\"attributes\":{{\"id\":\"{i:08}\",\"value\":\"{v}\",\"pad\":\"{}\"}}}},", "x".repeat(i % 97)));
         }
         s.push_str("]}");
@@ -115,7 +122,12 @@ mod tests {
 
     #[test]
     fn chunks_reassemble_exactly() {
-        for data in [Vec::new(), b"x".to_vec(), pseudo_json(10, None), pseudo_json(20_000, None)] {
+        for data in [
+            Vec::new(),
+            b"x".to_vec(),
+            pseudo_json(10, None),
+            pseudo_json(20_000, None),
+        ] {
             let chunks = split(&data);
             let joined: Vec<u8> = chunks.iter().flat_map(|c| c.raw.iter().copied()).collect();
             assert_eq!(joined, data);

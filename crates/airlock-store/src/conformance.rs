@@ -25,11 +25,23 @@ fn state(serial: u64, lineage: &str, n: usize) -> Vec<u8> {
 }
 
 fn attempt(body: Vec<u8>, serial: u64) -> WriteAttempt {
-    WriteAttempt { body, serial, lineage: "lin".into(), author: "t".into(), lock_id: None, run_id: None, reason: None, restored_from: None }
+    WriteAttempt {
+        body,
+        serial,
+        lineage: "lin".into(),
+        author: "t".into(),
+        lock_id: None,
+        run_id: None,
+        reason: None,
+        restored_from: None,
+    }
 }
 
 fn store_it(_: &WriteContext<'_>) -> Result<WriteDecision, Refusal> {
-    Ok(WriteDecision::Store { consume_grants: vec![], audit: audit("state.write") })
+    Ok(WriteDecision::Store {
+        consume_grants: vec![],
+        audit: audit("state.write"),
+    })
 }
 
 /// Every check, in order. Each gets its own stacks, so they may share one store.
@@ -48,25 +60,53 @@ pub fn run_all(store: &Arc<dyn Store>) {
 }
 
 pub fn stacks(s: &dyn Store) {
-    let st = s.create_stack("conf/stacks", true, StackSettings::defaults(true), audit("stack.create")).unwrap();
+    let st = s
+        .create_stack(
+            "conf/stacks",
+            true,
+            StackSettings::defaults(true),
+            audit("stack.create"),
+        )
+        .unwrap();
     assert!(st.production);
     assert_eq!(st.settings.direct_writes, vec![Role::Admin]);
-    assert!(matches!(s.create_stack("conf/stacks", false, StackSettings::default(), audit("x")), Err(StoreError::Conflict(_))));
+    assert!(matches!(
+        s.create_stack("conf/stacks", false, StackSettings::default(), audit("x")),
+        Err(StoreError::Conflict(_))
+    ));
     assert_eq!(s.stack("conf/stacks").unwrap().unwrap().name, "conf/stacks");
     assert!(s.stack("conf/none").unwrap().is_none());
     let mut settings = st.settings.clone();
     settings.protect_types.push("aws_s3_bucket".into());
-    let updated = s.update_stack_settings("conf/stacks", settings, audit("stack.settings")).unwrap();
+    let updated = s
+        .update_stack_settings("conf/stacks", settings, audit("stack.settings"))
+        .unwrap();
     assert_eq!(updated.settings.protect_types, ["aws_s3_bucket"]);
-    assert!(s.list_stacks().unwrap().iter().any(|x| x.name == "conf/stacks"));
-    assert!(matches!(s.current_version("conf/none"), Err(StoreError::NotFound(_))));
+    assert!(s
+        .list_stacks()
+        .unwrap()
+        .iter()
+        .any(|x| x.name == "conf/stacks"));
+    assert!(matches!(
+        s.current_version("conf/none"),
+        Err(StoreError::NotFound(_))
+    ));
 }
 
 pub fn tokens(s: &dyn Store) {
     let hash = [7u8; 32];
     let t = s
         .create_token(
-            NewToken { id: "tok-conf".into(), secret_hash: hash, name: "alice".into(), role: Role::Approver, stacks: vec!["prod/*".into()], expires_at: Some(now_ms() + 60_000), created_by: "test".into(), run_id: None },
+            NewToken {
+                id: "tok-conf".into(),
+                secret_hash: hash,
+                name: "alice".into(),
+                role: Role::Approver,
+                stacks: vec!["prod/*".into()],
+                expires_at: Some(now_ms() + 60_000),
+                created_by: "test".into(),
+                run_id: None,
+            },
             audit("token.create"),
         )
         .unwrap();
@@ -76,18 +116,41 @@ pub fn tokens(s: &dyn Store) {
     assert!(s.token_by_hash(&[8u8; 32]).unwrap().is_none());
     let revoked = s.revoke_token("tok-conf", audit("token.revoke")).unwrap();
     assert!(revoked.revoked_at.is_some());
-    assert!(s.token_by_hash(&hash).unwrap().unwrap().revoked_at.is_some());
-    assert!(matches!(s.revoke_token("nope", audit("x")), Err(StoreError::NotFound(_))));
+    assert!(s
+        .token_by_hash(&hash)
+        .unwrap()
+        .unwrap()
+        .revoked_at
+        .is_some());
+    assert!(matches!(
+        s.revoke_token("nope", audit("x")),
+        Err(StoreError::NotFound(_))
+    ));
     assert!(s.list_tokens().unwrap().iter().any(|x| x.id == "tok-conf"));
 }
 
 fn new_lock(id: &str) -> NewLock {
-    NewLock { id: id.into(), info: format!(r#"{{"ID":"{id}"}}"#).into_bytes(), operation: "OperationTypeApply".into(), owner_token: "t".into(), owner: "alice".into() }
+    NewLock {
+        id: id.into(),
+        info: format!(r#"{{"ID":"{id}"}}"#).into_bytes(),
+        operation: "OperationTypeApply".into(),
+        owner_token: "t".into(),
+        owner: "alice".into(),
+    }
 }
 
 pub fn locks(s: &dyn Store) {
-    s.create_stack("conf/locks", false, StackSettings::default(), audit("stack.create")).unwrap();
-    assert_eq!(s.lock("conf/locks", new_lock("a"), audit("lock")).unwrap(), LockOutcome::Acquired);
+    s.create_stack(
+        "conf/locks",
+        false,
+        StackSettings::default(),
+        audit("stack.create"),
+    )
+    .unwrap();
+    assert_eq!(
+        s.lock("conf/locks", new_lock("a"), audit("lock")).unwrap(),
+        LockOutcome::Acquired
+    );
     match s.lock("conf/locks", new_lock("b"), audit("lock")).unwrap() {
         LockOutcome::Held(h) => {
             assert_eq!(h.id, "a");
@@ -95,27 +158,60 @@ pub fn locks(s: &dyn Store) {
         }
         other => panic!("second lock: {other:?}"),
     }
-    assert!(matches!(s.unlock("conf/locks", UnlockBy::Id("b".into()), audit("unlock")).unwrap(), UnlockOutcome::Mismatch(_)));
-    assert!(matches!(s.unlock("conf/locks", UnlockBy::Id("a".into()), audit("unlock")).unwrap(), UnlockOutcome::Released(_)));
-    assert_eq!(s.unlock("conf/locks", UnlockBy::Force, audit("unlock")).unwrap(), UnlockOutcome::NotLocked);
+    assert!(matches!(
+        s.unlock("conf/locks", UnlockBy::Id("b".into()), audit("unlock"))
+            .unwrap(),
+        UnlockOutcome::Mismatch(_)
+    ));
+    assert!(matches!(
+        s.unlock("conf/locks", UnlockBy::Id("a".into()), audit("unlock"))
+            .unwrap(),
+        UnlockOutcome::Released(_)
+    ));
+    assert_eq!(
+        s.unlock("conf/locks", UnlockBy::Force, audit("unlock"))
+            .unwrap(),
+        UnlockOutcome::NotLocked
+    );
     s.lock("conf/locks", new_lock("c"), audit("lock")).unwrap();
-    assert!(matches!(s.unlock("conf/locks", UnlockBy::Force, audit("unlock")).unwrap(), UnlockOutcome::Released(_)));
+    assert!(matches!(
+        s.unlock("conf/locks", UnlockBy::Force, audit("unlock"))
+            .unwrap(),
+        UnlockOutcome::Released(_)
+    ));
     assert!(s.current_lock("conf/locks").unwrap().is_none());
-    assert!(matches!(s.lock("conf/none", new_lock("x"), audit("lock")), Err(StoreError::NotFound(_))));
+    assert!(matches!(
+        s.lock("conf/none", new_lock("x"), audit("lock")),
+        Err(StoreError::NotFound(_))
+    ));
 }
 
 pub fn writes_and_history(s: &dyn Store) {
     let stack = "conf/writes";
-    s.create_stack(stack, false, StackSettings::default(), audit("stack.create")).unwrap();
+    s.create_stack(
+        stack,
+        false,
+        StackSettings::default(),
+        audit("stack.create"),
+    )
+    .unwrap();
     let b1 = state(1, "lin", 3);
-    let Ok(WriteResult::Stored(v1)) = s.write_state(stack, attempt(b1.clone(), 1), &mut store_it) else { panic!("first write") };
+    let Ok(WriteResult::Stored(v1)) = s.write_state(stack, attempt(b1.clone(), 1), &mut store_it)
+    else {
+        panic!("first write")
+    };
     assert_eq!(v1.serial, 1);
-    assert_eq!(s.stack(stack).unwrap().unwrap().lineage.as_deref(), Some("lin"));
+    assert_eq!(
+        s.stack(stack).unwrap().unwrap().lineage.as_deref(),
+        Some("lin")
+    );
     // The firewall sees the current version and can load its bytes.
     let b2 = state(2, "lin", 2);
     let mut seen = None;
     let r = s
-        .write_state(stack, attempt(b2.clone(), 2), &mut |ctx: &WriteContext<'_>| {
+        .write_state(stack, attempt(b2.clone(), 2), &mut |ctx: &WriteContext<
+            '_,
+        >| {
             seen = Some((ctx.current.map(|v| v.serial), (ctx.load_current)().unwrap()));
             store_it(ctx)
         })
@@ -123,70 +219,165 @@ pub fn writes_and_history(s: &dyn Store) {
     assert!(matches!(r, WriteResult::Stored(_)));
     assert_eq!(seen, Some((Some(1), b1.clone())));
     // Refusals and no-ops store nothing.
-    let r = s.write_state(stack, attempt(state(3, "lin", 1), 3), &mut |_: &WriteContext<'_>| Err(Refusal::new(RefusalKind::Forbidden, "no"))).unwrap();
+    let r = s
+        .write_state(
+            stack,
+            attempt(state(3, "lin", 1), 3),
+            &mut |_: &WriteContext<'_>| Err(Refusal::new(RefusalKind::Forbidden, "no")),
+        )
+        .unwrap();
     assert!(matches!(r, WriteResult::Refused(_)));
-    let r = s.write_state(stack, attempt(b2.clone(), 2), &mut |_: &WriteContext<'_>| Ok(WriteDecision::Unchanged)).unwrap();
+    let r = s
+        .write_state(stack, attempt(b2.clone(), 2), &mut |_: &WriteContext<
+            '_,
+        >| {
+            Ok(WriteDecision::Unchanged)
+        })
+        .unwrap();
     assert!(matches!(r, WriteResult::Unchanged));
     // A duplicate serial is a conflict, never an overwrite.
-    assert!(matches!(s.write_state(stack, attempt(state(2, "lin", 9), 2), &mut store_it), Err(StoreError::Conflict(_))));
+    assert!(matches!(
+        s.write_state(stack, attempt(state(2, "lin", 9), 2), &mut store_it),
+        Err(StoreError::Conflict(_))
+    ));
     let history = s.versions(stack).unwrap();
     assert_eq!(history.iter().map(|v| v.serial).collect::<Vec<_>>(), [1, 2]);
     assert_eq!(s.current_version(stack).unwrap().unwrap().serial, 2);
     assert_eq!(s.version_bytes(stack, 1).unwrap(), b1);
     assert_eq!(s.version_bytes(stack, 2).unwrap(), b2);
-    assert!(matches!(s.version_bytes(stack, 3), Err(StoreError::NotFound(_))));
-    assert_eq!(s.version(stack, 1).unwrap().unwrap().sha256, hex::encode(crate::blob::sha256(&b1)));
+    assert!(matches!(
+        s.version_bytes(stack, 3),
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(
+        s.version(stack, 1).unwrap().unwrap().sha256,
+        hex::encode(crate::blob::sha256(&b1))
+    );
     let report = s.verify(Some(stack)).unwrap();
     assert_eq!((report.checked, report.failures.len()), (2, 0));
 }
 
 pub fn grants(s: &dyn Store) {
     let stack = "conf/grants";
-    s.create_stack(stack, false, StackSettings::default(), audit("stack.create")).unwrap();
-    let g = s
-        .create_grant(stack, NewGrant { id: "g1".into(), addresses: vec!["aws_db_instance.main".into()], reason: "r".into(), created_by: "a".into(), expires_at: now_ms() + 60_000, run_id: None }, audit("grant.create"))
-        .unwrap();
-    s.create_grant(stack, NewGrant { id: "g-expired".into(), addresses: vec!["x".into()], reason: "r".into(), created_by: "a".into(), expires_at: now_ms() - 1, run_id: None }, audit("grant.create")).unwrap();
-    let mut active = Vec::new();
-    s.write_state(stack, attempt(state(1, "lin", 1), 1), &mut |ctx: &WriteContext<'_>| {
-        active = ctx.grants.iter().map(|g| g.id.clone()).collect();
-        Ok(WriteDecision::Store { consume_grants: vec![g.id.clone()], audit: audit("state.write") })
-    })
+    s.create_stack(
+        stack,
+        false,
+        StackSettings::default(),
+        audit("stack.create"),
+    )
     .unwrap();
-    assert_eq!(active, ["g1"], "only unexpired, unconsumed grants are offered");
+    let g = s
+        .create_grant(
+            stack,
+            NewGrant {
+                id: "g1".into(),
+                addresses: vec!["aws_db_instance.main".into()],
+                reason: "r".into(),
+                created_by: "a".into(),
+                expires_at: now_ms() + 60_000,
+                run_id: None,
+            },
+            audit("grant.create"),
+        )
+        .unwrap();
+    s.create_grant(
+        stack,
+        NewGrant {
+            id: "g-expired".into(),
+            addresses: vec!["x".into()],
+            reason: "r".into(),
+            created_by: "a".into(),
+            expires_at: now_ms() - 1,
+            run_id: None,
+        },
+        audit("grant.create"),
+    )
+    .unwrap();
+    let mut active = Vec::new();
+    s.write_state(
+        stack,
+        attempt(state(1, "lin", 1), 1),
+        &mut |ctx: &WriteContext<'_>| {
+            active = ctx.grants.iter().map(|g| g.id.clone()).collect();
+            Ok(WriteDecision::Store {
+                consume_grants: vec![g.id.clone()],
+                audit: audit("state.write"),
+            })
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        active,
+        ["g1"],
+        "only unexpired, unconsumed grants are offered"
+    );
     let after = s.grants(stack).unwrap();
-    assert!(after.iter().find(|x| x.id == "g1").unwrap().consumed_at.is_some());
-    s.write_state(stack, attempt(state(2, "lin", 1), 2), &mut |ctx: &WriteContext<'_>| {
-        assert!(ctx.grants.is_empty(), "a consumed grant is single use");
-        store_it(ctx)
-    })
+    assert!(after
+        .iter()
+        .find(|x| x.id == "g1")
+        .unwrap()
+        .consumed_at
+        .is_some());
+    s.write_state(
+        stack,
+        attempt(state(2, "lin", 1), 2),
+        &mut |ctx: &WriteContext<'_>| {
+            assert!(ctx.grants.is_empty(), "a consumed grant is single use");
+            store_it(ctx)
+        },
+    )
     .unwrap();
 }
 
 pub fn big_history_dedups(s: &dyn Store) {
     let stack = "conf/dedup";
-    s.create_stack(stack, false, StackSettings::default(), audit("stack.create")).unwrap();
+    s.create_stack(
+        stack,
+        false,
+        StackSettings::default(),
+        audit("stack.create"),
+    )
+    .unwrap();
     let before = s.stored_state_bytes().unwrap();
     let base = state(1, "lin", 3000);
     let raw = base.len() as u64;
     for serial in 1..=10u64 {
-        let body = String::from_utf8(state(serial, "lin", 3000)).unwrap().replace("\"id\": \"1500\"", &format!("\"id\": \"changed-{serial}\"")).into_bytes();
-        assert!(matches!(s.write_state(stack, attempt(body, serial), &mut store_it).unwrap(), WriteResult::Stored(_)));
+        let body = String::from_utf8(state(serial, "lin", 3000))
+            .unwrap()
+            .replace("\"id\": \"1500\"", &format!("\"id\": \"changed-{serial}\""))
+            .into_bytes();
+        assert!(matches!(
+            s.write_state(stack, attempt(body, serial), &mut store_it)
+                .unwrap(),
+            WriteResult::Stored(_)
+        ));
     }
     let grown = s.stored_state_bytes().unwrap() - before;
-    assert!(grown < raw, "10 versions of a {raw}-byte state took {grown} bytes");
+    assert!(
+        grown < raw,
+        "10 versions of a {raw}-byte state took {grown} bytes"
+    );
 }
 
 pub fn concurrent_locks_have_one_winner(s: &Arc<dyn Store>) {
     let stack = "conf/race";
-    s.create_stack(stack, false, StackSettings::default(), audit("stack.create")).unwrap();
+    s.create_stack(
+        stack,
+        false,
+        StackSettings::default(),
+        audit("stack.create"),
+    )
+    .unwrap();
     for round in 0..5 {
         let wins = Arc::new(AtomicUsize::new(0));
         let threads: Vec<_> = (0..8)
             .map(|i| {
                 let (s, wins) = (Arc::clone(s), Arc::clone(&wins));
                 std::thread::spawn(move || {
-                    if s.lock(stack, new_lock(&format!("r{round}-{i}")), audit("lock")).unwrap() == LockOutcome::Acquired {
+                    if s.lock(stack, new_lock(&format!("r{round}-{i}")), audit("lock"))
+                        .unwrap()
+                        == LockOutcome::Acquired
+                    {
                         wins.fetch_add(1, Ordering::SeqCst);
                     }
                 })
@@ -200,32 +391,56 @@ pub fn concurrent_locks_have_one_winner(s: &Arc<dyn Store>) {
 
 pub fn concurrent_writes_are_serialized(s: &Arc<dyn Store>) {
     let stack = "conf/serial";
-    s.create_stack(stack, false, StackSettings::default(), audit("stack.create")).unwrap();
+    s.create_stack(
+        stack,
+        false,
+        StackSettings::default(),
+        audit("stack.create"),
+    )
+    .unwrap();
     // Each writer stores current+1 as judged inside the transaction: no serial is lost or doubled.
     let threads: Vec<_> = (0..8)
         .map(|_| {
             let s = Arc::clone(s);
             std::thread::spawn(move || {
                 for _ in 0..5 {
-                    let next = s.current_version(stack).unwrap().map_or(1, |v| v.serial + 1);
-                    let _ = s.write_state(stack, attempt(state(next, "lin", 1), next), &mut |ctx: &WriteContext<'_>| {
-                        if ctx.current.map_or(0, |v| v.serial) >= next {
-                            return Err(Refusal::new(RefusalKind::Conflict, "stale"));
-                        }
-                        store_it(ctx)
-                    });
+                    let next = s
+                        .current_version(stack)
+                        .unwrap()
+                        .map_or(1, |v| v.serial + 1);
+                    let _ = s.write_state(
+                        stack,
+                        attempt(state(next, "lin", 1), next),
+                        &mut |ctx: &WriteContext<'_>| {
+                            if ctx.current.map_or(0, |v| v.serial) >= next {
+                                return Err(Refusal::new(RefusalKind::Conflict, "stale"));
+                            }
+                            store_it(ctx)
+                        },
+                    );
                 }
             })
         })
         .collect();
     threads.into_iter().for_each(|t| t.join().unwrap());
-    let serials: Vec<u64> = s.versions(stack).unwrap().iter().map(|v| v.serial).collect();
+    let serials: Vec<u64> = s
+        .versions(stack)
+        .unwrap()
+        .iter()
+        .map(|v| v.serial)
+        .collect();
     let expected: Vec<u64> = (1..=serials.len() as u64).collect();
     assert_eq!(serials, expected);
 }
 
 pub fn audit_chain_verifies(s: &dyn Store) {
-    s.append_audit(NewAudit::denied("test", "denied", Some("conf/x"), json!({"why": "test"}))).unwrap();
+    s.append_audit(NewAudit::denied(
+        "test",
+        "denied",
+        Some("conf/x"),
+        json!({"why": "test"}),
+    ))
+    .unwrap();
     let events = s.audit_events(0, 100_000).unwrap();
     assert!(events.len() > 10);
     verify_chain(&events, GENESIS.to_owned()).unwrap();
@@ -648,24 +863,58 @@ pub fn run_replicas(a: &Arc<dyn Store>, b: &Arc<dyn Store>) {
 /// What one replica writes, the other reads at once: no replica caches anything.
 pub fn replicas_share_everything(a: &dyn Store, b: &dyn Store) {
     let stack = "rep/shared";
-    a.create_stack(stack, false, StackSettings::default(), audit("stack.create")).unwrap();
-    assert!(matches!(b.create_stack(stack, false, StackSettings::default(), audit("x")), Err(StoreError::Conflict(_))));
-    assert_eq!(a.lock(stack, new_lock("ra"), audit("lock")).unwrap(), LockOutcome::Acquired);
-    assert!(matches!(b.lock(stack, new_lock("rb"), audit("lock")).unwrap(), LockOutcome::Held(h) if h.id == "ra"));
-    assert!(matches!(b.unlock(stack, UnlockBy::Id("ra".into()), audit("unlock")).unwrap(), UnlockOutcome::Released(_)));
+    a.create_stack(
+        stack,
+        false,
+        StackSettings::default(),
+        audit("stack.create"),
+    )
+    .unwrap();
+    assert!(matches!(
+        b.create_stack(stack, false, StackSettings::default(), audit("x")),
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        a.lock(stack, new_lock("ra"), audit("lock")).unwrap(),
+        LockOutcome::Acquired
+    );
+    assert!(
+        matches!(b.lock(stack, new_lock("rb"), audit("lock")).unwrap(), LockOutcome::Held(h) if h.id == "ra")
+    );
+    assert!(matches!(
+        b.unlock(stack, UnlockBy::Id("ra".into()), audit("unlock"))
+            .unwrap(),
+        UnlockOutcome::Released(_)
+    ));
     assert!(a.current_lock(stack).unwrap().is_none());
     let body = state(1, "lin", 2);
-    assert!(matches!(b.write_state(stack, attempt(body.clone(), 1), &mut store_it).unwrap(), WriteResult::Stored(_)));
+    assert!(matches!(
+        b.write_state(stack, attempt(body.clone(), 1), &mut store_it)
+            .unwrap(),
+        WriteResult::Stored(_)
+    ));
     assert_eq!(a.version_bytes(stack, 1).unwrap(), body);
-    assert_eq!(a.stack(stack).unwrap().unwrap().lineage.as_deref(), Some("lin"));
-    assert!(matches!(a.write_state(stack, attempt(state(1, "lin", 5), 1), &mut store_it), Err(StoreError::Conflict(_))));
+    assert_eq!(
+        a.stack(stack).unwrap().unwrap().lineage.as_deref(),
+        Some("lin")
+    );
+    assert!(matches!(
+        a.write_state(stack, attempt(state(1, "lin", 5), 1), &mut store_it),
+        Err(StoreError::Conflict(_))
+    ));
 }
 
 /// Clients on both replicas LOCK one stack at once: exactly one wins each round, and both
 /// replicas then report that winner.
 pub fn replicas_race_for_locks(a: &Arc<dyn Store>, b: &Arc<dyn Store>) {
     let stack = "rep/race";
-    a.create_stack(stack, false, StackSettings::default(), audit("stack.create")).unwrap();
+    a.create_stack(
+        stack,
+        false,
+        StackSettings::default(),
+        audit("stack.create"),
+    )
+    .unwrap();
     for round in 0..10 {
         let winners = Arc::new(std::sync::Mutex::new(Vec::new()));
         let start = Arc::new(std::sync::Barrier::new(12));
@@ -676,7 +925,8 @@ pub fn replicas_race_for_locks(a: &Arc<dyn Store>, b: &Arc<dyn Store>) {
                 std::thread::spawn(move || {
                     let id = format!("r{round}-{i}");
                     start.wait();
-                    if s.lock(stack, new_lock(&id), audit("lock")).unwrap() == LockOutcome::Acquired {
+                    if s.lock(stack, new_lock(&id), audit("lock")).unwrap() == LockOutcome::Acquired
+                    {
                         winners.lock().unwrap().push(id);
                     }
                 })
@@ -688,7 +938,12 @@ pub fn replicas_race_for_locks(a: &Arc<dyn Store>, b: &Arc<dyn Store>) {
         assert_eq!(a.current_lock(stack).unwrap().unwrap().id, winners[0]);
         assert_eq!(b.current_lock(stack).unwrap().unwrap().id, winners[0]);
         let loser = [b, a][round % 2];
-        assert!(matches!(loser.unlock(stack, UnlockBy::Id(winners[0].clone()), audit("unlock")).unwrap(), UnlockOutcome::Released(_)));
+        assert!(matches!(
+            loser
+                .unlock(stack, UnlockBy::Id(winners[0].clone()), audit("unlock"))
+                .unwrap(),
+            UnlockOutcome::Released(_)
+        ));
     }
 }
 
@@ -697,7 +952,13 @@ pub fn replicas_race_for_locks(a: &Arc<dyn Store>, b: &Arc<dyn Store>) {
 /// holds the last change, and both replicas serve identical history.
 pub fn replicas_locked_writes_are_linear(a: &Arc<dyn Store>, b: &Arc<dyn Store>) {
     let stack = "rep/applies";
-    a.create_stack(stack, false, StackSettings::default(), audit("stack.create")).unwrap();
+    a.create_stack(
+        stack,
+        false,
+        StackSettings::default(),
+        audit("stack.create"),
+    )
+    .unwrap();
     const CLIENTS: usize = 8;
     const WRITES: usize = 4;
     let threads: Vec<_> = (0..CLIENTS)
@@ -709,16 +970,30 @@ pub fn replicas_locked_writes_are_linear(a: &Arc<dyn Store>, b: &Arc<dyn Store>)
                     let pick = |k: usize| Arc::clone([&a, &b][(client + n + k) % 2]);
                     let id = format!("c{client}-{n}");
                     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-                    while pick(0).lock(stack, new_lock(&id), audit("lock")).unwrap() != LockOutcome::Acquired {
-                        assert!(std::time::Instant::now() < deadline, "client {client} never got the lock");
+                    while pick(0).lock(stack, new_lock(&id), audit("lock")).unwrap()
+                        != LockOutcome::Acquired
+                    {
+                        assert!(
+                            std::time::Instant::now() < deadline,
+                            "client {client} never got the lock"
+                        );
                         std::thread::sleep(std::time::Duration::from_millis(2));
                     }
-                    let next = pick(1).current_version(stack).unwrap().map_or(1, |v| v.serial + 1);
-                    let body = String::from_utf8(state(next, "lin", 20)).unwrap().replace("\"id\": \"7\"", &format!("\"id\": \"{id}\"")).into_bytes();
+                    let next = pick(1)
+                        .current_version(stack)
+                        .unwrap()
+                        .map_or(1, |v| v.serial + 1);
+                    let body = String::from_utf8(state(next, "lin", 20))
+                        .unwrap()
+                        .replace("\"id\": \"7\"", &format!("\"id\": \"{id}\""))
+                        .into_bytes();
                     let r = pick(2)
                         .write_state(stack, attempt(body, next), &mut |ctx: &WriteContext<'_>| {
                             if ctx.lock.map(|l| l.id.as_str()) != Some(id.as_str()) {
-                                return Err(Refusal::new(RefusalKind::Conflict, "not the lock holder"));
+                                return Err(Refusal::new(
+                                    RefusalKind::Conflict,
+                                    "not the lock holder",
+                                ));
                             }
                             if ctx.current.map_or(0, |v| v.serial) + 1 != next {
                                 return Err(Refusal::new(RefusalKind::Conflict, "stale serial"));
@@ -726,8 +1001,16 @@ pub fn replicas_locked_writes_are_linear(a: &Arc<dyn Store>, b: &Arc<dyn Store>)
                             store_it(ctx)
                         })
                         .unwrap();
-                    assert!(matches!(r, WriteResult::Stored(_)), "client {client} write {n}: {r:?}");
-                    assert!(matches!(pick(3).unlock(stack, UnlockBy::Id(id), audit("unlock")).unwrap(), UnlockOutcome::Released(_)));
+                    assert!(
+                        matches!(r, WriteResult::Stored(_)),
+                        "client {client} write {n}: {r:?}"
+                    );
+                    assert!(matches!(
+                        pick(3)
+                            .unlock(stack, UnlockBy::Id(id), audit("unlock"))
+                            .unwrap(),
+                        UnlockOutcome::Released(_)
+                    ));
                 }
             })
         })
@@ -735,10 +1018,16 @@ pub fn replicas_locked_writes_are_linear(a: &Arc<dyn Store>, b: &Arc<dyn Store>)
     threads.into_iter().for_each(|t| t.join().unwrap());
     let total = (CLIENTS * WRITES) as u64;
     let from_a = a.versions(stack).unwrap();
-    assert_eq!(from_a.iter().map(|v| v.serial).collect::<Vec<_>>(), (1..=total).collect::<Vec<_>>());
+    assert_eq!(
+        from_a.iter().map(|v| v.serial).collect::<Vec<_>>(),
+        (1..=total).collect::<Vec<_>>()
+    );
     assert_eq!(from_a, b.versions(stack).unwrap());
     for v in &from_a {
-        assert_eq!(a.version_bytes(stack, v.serial).unwrap(), b.version_bytes(stack, v.serial).unwrap());
+        assert_eq!(
+            a.version_bytes(stack, v.serial).unwrap(),
+            b.version_bytes(stack, v.serial).unwrap()
+        );
     }
     let report = b.verify(Some(stack)).unwrap();
     assert_eq!((report.checked, report.failures.len()), (total, 0));
@@ -749,7 +1038,13 @@ pub fn replicas_locked_writes_are_linear(a: &Arc<dyn Store>, b: &Arc<dyn Store>)
 /// transaction: no serial is lost or stored twice.
 pub fn replicas_unlocked_writes_are_serialized(a: &Arc<dyn Store>, b: &Arc<dyn Store>) {
     let stack = "rep/serial";
-    a.create_stack(stack, false, StackSettings::default(), audit("stack.create")).unwrap();
+    a.create_stack(
+        stack,
+        false,
+        StackSettings::default(),
+        audit("stack.create"),
+    )
+    .unwrap();
     let stored = Arc::new(AtomicUsize::new(0));
     let threads: Vec<_> = (0..8)
         .map(|i| {
@@ -757,13 +1052,20 @@ pub fn replicas_unlocked_writes_are_serialized(a: &Arc<dyn Store>, b: &Arc<dyn S
             let stored = Arc::clone(&stored);
             std::thread::spawn(move || {
                 for _ in 0..5 {
-                    let next = s.current_version(stack).unwrap().map_or(1, |v| v.serial + 1);
-                    let r = s.write_state(stack, attempt(state(next, "lin", 1), next), &mut |ctx: &WriteContext<'_>| {
-                        if ctx.current.map_or(0, |v| v.serial) >= next {
-                            return Err(Refusal::new(RefusalKind::Conflict, "stale"));
-                        }
-                        store_it(ctx)
-                    });
+                    let next = s
+                        .current_version(stack)
+                        .unwrap()
+                        .map_or(1, |v| v.serial + 1);
+                    let r = s.write_state(
+                        stack,
+                        attempt(state(next, "lin", 1), next),
+                        &mut |ctx: &WriteContext<'_>| {
+                            if ctx.current.map_or(0, |v| v.serial) >= next {
+                                return Err(Refusal::new(RefusalKind::Conflict, "stale"));
+                            }
+                            store_it(ctx)
+                        },
+                    );
                     if matches!(r.unwrap(), WriteResult::Stored(_)) {
                         stored.fetch_add(1, Ordering::SeqCst);
                     }
@@ -772,8 +1074,16 @@ pub fn replicas_unlocked_writes_are_serialized(a: &Arc<dyn Store>, b: &Arc<dyn S
         })
         .collect();
     threads.into_iter().for_each(|t| t.join().unwrap());
-    let serials: Vec<u64> = b.versions(stack).unwrap().iter().map(|v| v.serial).collect();
-    assert_eq!(serials, (1..=stored.load(Ordering::SeqCst) as u64).collect::<Vec<_>>());
+    let serials: Vec<u64> = b
+        .versions(stack)
+        .unwrap()
+        .iter()
+        .map(|v| v.serial)
+        .collect();
+    assert_eq!(
+        serials,
+        (1..=stored.load(Ordering::SeqCst) as u64).collect::<Vec<_>>()
+    );
 }
 
 /// Audit appends from both replicas at once, on top of everything above: one chain, no fork,
@@ -783,7 +1093,13 @@ pub fn replicas_audit_chain_verifies(a: &dyn Store, b: &dyn Store) {
         for (i, s) in [a, b, a, b].into_iter().enumerate() {
             scope.spawn(move || {
                 for n in 0..10 {
-                    s.append_audit(NewAudit::denied("test", "denied", None, json!({"writer": i, "n": n}))).unwrap();
+                    s.append_audit(NewAudit::denied(
+                        "test",
+                        "denied",
+                        None,
+                        json!({"writer": i, "n": n}),
+                    ))
+                    .unwrap();
                 }
             });
         }

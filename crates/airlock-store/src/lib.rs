@@ -11,15 +11,15 @@
 pub mod blob;
 pub mod conformance;
 mod model;
-mod runs;
 mod postgres;
+mod runs;
 mod sqlite;
 
 use std::fmt;
 
 pub use model::*;
-pub use runs::*;
 pub use postgres::PostgresStore;
+pub use runs::*;
 pub use sqlite::SqliteStore;
 
 use airlock_core::audit::AuditRecord;
@@ -76,13 +76,24 @@ pub trait Store: Send + Sync {
 
     // --- stacks ---
     /// Creates a stack; `Conflict` if it exists.
-    fn create_stack(&self, name: &str, production: bool, settings: StackSettings, audit: NewAudit) -> Result<StackRecord>;
+    fn create_stack(
+        &self,
+        name: &str,
+        production: bool,
+        settings: StackSettings,
+        audit: NewAudit,
+    ) -> Result<StackRecord>;
     /// Looks a stack up.
     fn stack(&self, name: &str) -> Result<Option<StackRecord>>;
     /// Lists stacks by name.
     fn list_stacks(&self) -> Result<Vec<StackRecord>>;
     /// Replaces a stack's settings.
-    fn update_stack_settings(&self, name: &str, settings: StackSettings, audit: NewAudit) -> Result<StackRecord>;
+    fn update_stack_settings(
+        &self,
+        name: &str,
+        settings: StackSettings,
+        audit: NewAudit,
+    ) -> Result<StackRecord>;
 
     // --- locks ---
     /// Takes the stack's lock if it is free.
@@ -102,7 +113,12 @@ pub trait Store: Send + Sync {
     /// The exact bytes of one version, verified against its hash.
     fn version_bytes(&self, stack: &str, serial: u64) -> Result<Vec<u8>>;
     /// Runs `check` inside a transaction and stores the attempt if it says so.
-    fn write_state(&self, stack: &str, attempt: WriteAttempt, check: &mut WriteCheck<'_>) -> Result<WriteResult>;
+    fn write_state(
+        &self,
+        stack: &str,
+        attempt: WriteAttempt,
+        check: &mut WriteCheck<'_>,
+    ) -> Result<WriteResult>;
     /// Re-hashes every stored version (of one stack, or all).
     fn verify(&self, stack: Option<&str>) -> Result<VerifyReport>;
     /// Bytes stored for state content (compressed chunks), for the history-size benchmark.
@@ -185,5 +201,7 @@ pub fn open(location: &str) -> Result<std::sync::Arc<dyn Store>> {
         return Ok(std::sync::Arc::new(PostgresStore::open(location)?));
     }
     let path = location.strip_prefix("sqlite://").unwrap_or(location);
-    Ok(std::sync::Arc::new(SqliteStore::open(std::path::Path::new(path))?))
+    Ok(std::sync::Arc::new(SqliteStore::open(
+        std::path::Path::new(path),
+    )?))
 }

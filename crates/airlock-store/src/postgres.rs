@@ -1224,7 +1224,11 @@ impl Store for PostgresStore {
     fn tokens_with_hashes(&self) -> Result<Vec<(TokenRecord, [u8; 32])>> {
         self.read(|db| {
             db.query(
-                concat!("SELECT ", token_cols!(), ", secret_hash FROM tokens ORDER BY created_at, id"),
+                concat!(
+                    "SELECT ",
+                    token_cols!(),
+                    ", secret_hash FROM tokens ORDER BY created_at, id"
+                ),
                 &[],
             )?
             .iter()
@@ -1259,7 +1263,8 @@ impl Store for PostgresStore {
                 meta.stack, meta.serial
             )));
         }
-        let too_large = || StoreError::Conflict(format!("serial {} is too large to store", meta.serial));
+        let too_large =
+            || StoreError::Conflict(format!("serial {} is too large to store", meta.serial));
         let serial = bigint(meta.serial).ok_or_else(too_large)?;
         let restored_from = match meta.restored_from {
             Some(v) => Some(bigint(v).ok_or_else(too_large)?),
@@ -1359,10 +1364,13 @@ impl Store for PostgresStore {
 
     fn run_artifact_names(&self, id: &str) -> Result<Vec<String>> {
         self.read(|db| {
-            db.query("SELECT name FROM run_artifacts WHERE run_id = $1 ORDER BY name", &[&id])?
-                .iter()
-                .map(|r| Ok(r.try_get(0)?))
-                .collect()
+            db.query(
+                "SELECT name FROM run_artifacts WHERE run_id = $1 ORDER BY name",
+                &[&id],
+            )?
+            .iter()
+            .map(|r| Ok(r.try_get(0)?))
+            .collect()
         })
     }
 

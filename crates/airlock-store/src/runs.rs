@@ -139,7 +139,12 @@ pub struct RunRecord {
 /// stack's current version, return the new record and its audit event, or a refusal (which the
 /// store may still record when the refusal says the run must change status, see
 /// [`RunTransition`]).
-pub type RunUpdate<'a> = dyn FnMut(&RunRecord, &StackRecord, Option<&VersionMeta>) -> Result<(RunRecord, NewAudit), RunRefusal> + 'a;
+pub type RunUpdate<'a> = dyn FnMut(
+        &RunRecord,
+        &StackRecord,
+        Option<&VersionMeta>,
+    ) -> Result<(RunRecord, NewAudit), RunRefusal>
+    + 'a;
 
 /// A refused transition, optionally with a status change to record anyway (e.g. a stale run
 /// becomes `superseded` while its apply is refused).
@@ -153,7 +158,10 @@ pub struct RunRefusal {
 
 impl From<Refusal> for RunRefusal {
     fn from(refusal: Refusal) -> Self {
-        RunRefusal { refusal, record: None }
+        RunRefusal {
+            refusal,
+            record: None,
+        }
     }
 }
 

@@ -40,7 +40,9 @@ impl From<rusqlite::Error> for StoreError {
 fn open_conn(path: &Path) -> Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
-    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")?;
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
+    )?;
     Ok(conn)
 }
 
@@ -49,7 +51,11 @@ impl SqliteStore {
     pub fn open(path: &Path) -> Result<SqliteStore> {
         let mut writer = open_conn(path)?;
         migrate(&mut writer)?;
-        Ok(SqliteStore { path: path.to_owned(), writer: Mutex::new(writer), readers: Mutex::new(Vec::new()) })
+        Ok(SqliteStore {
+            path: path.to_owned(),
+            writer: Mutex::new(writer),
+            readers: Mutex::new(Vec::new()),
+        })
     }
 
     fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
@@ -82,10 +88,17 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)")?;
     for (version, sql) in MIGRATIONS {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let done: bool = tx.query_row("SELECT EXISTS(SELECT 1 FROM schema_migrations WHERE version = ?1)", [version], |r| r.get(0))?;
+        let done: bool = tx.query_row(
+            "SELECT EXISTS(SELECT 1 FROM schema_migrations WHERE version = ?1)",
+            [version],
+            |r| r.get(0),
+        )?;
         if !done {
             tx.execute_batch(sql)?;
-            tx.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)", params![version, now_ms()])?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
+                params![version, now_ms()],
+            )?;
         }
         tx.commit()?;
     }
@@ -107,7 +120,16 @@ fn stack_row(conn: &Connection, name: &str) -> Result<Option<(i64, StackRecord)>
         )
         .optional()?;
     row.map(|(id, name, production, lineage, settings, created_at)| {
-        Ok((id, StackRecord { name, production, lineage, settings: json_col(&settings, "stack settings")?, created_at }))
+        Ok((
+            id,
+            StackRecord {
+                name,
+                production,
+                lineage,
+                settings: json_col(&settings, "stack settings")?,
+                created_at,
+            },
+        ))
     })
     .transpose()
 }
@@ -116,7 +138,8 @@ fn require_stack(conn: &Connection, name: &str) -> Result<(i64, StackRecord)> {
     stack_row(conn, name)?.ok_or_else(|| StoreError::NotFound(format!("stack {name}")))
 }
 
-const VERSION_COLS: &str = "serial, lineage, sha256, size, author, lock_id, run_id, reason, restored_from, created_at";
+const VERSION_COLS: &str =
+    "serial, lineage, sha256, size, author, lock_id, run_id, reason, restored_from, created_at";
 
 fn version_from_row(stack: &str, r: &rusqlite::Row<'_>) -> rusqlite::Result<VersionMeta> {
     Ok(VersionMeta {
@@ -134,7 +157,11 @@ fn version_from_row(stack: &str, r: &rusqlite::Row<'_>) -> rusqlite::Result<Vers
     })
 }
 
-fn current_version_of(conn: &Connection, stack_id: i64, stack: &str) -> Result<Option<VersionMeta>> {
+fn current_version_of(
+    conn: &Connection,
+    stack_id: i64,
+    stack: &str,
+) -> Result<Option<VersionMeta>> {
     Ok(conn
         .query_row(
             &format!("SELECT {VERSION_COLS} FROM versions WHERE stack_id = ?1 ORDER BY serial DESC LIMIT 1"),
@@ -178,7 +205,8 @@ fn finish_token((mut t, role, stacks): (TokenRecord, String, String)) -> Result<
     Ok(t)
 }
 
-const TOKEN_COLS: &str = "id, name, role, stacks, created_at, expires_at, revoked_at, created_by, run_id";
+const TOKEN_COLS: &str =
+    "id, name, role, stacks, created_at, expires_at, revoked_at, created_by, run_id";
 
 fn grant_from_row(stack: &str, r: &rusqlite::Row<'_>) -> rusqlite::Result<(GrantRecord, String)> {
     Ok((
@@ -197,9 +225,15 @@ fn grant_from_row(stack: &str, r: &rusqlite::Row<'_>) -> rusqlite::Result<(Grant
     ))
 }
 
-const GRANT_COLS: &str = "id, addresses, reason, created_by, created_at, expires_at, consumed_at, run_id";
+const GRANT_COLS: &str =
+    "id, addresses, reason, created_by, created_at, expires_at, consumed_at, run_id";
 
-fn grants_of(conn: &Connection, stack_id: i64, stack: &str, active_only: bool) -> Result<Vec<GrantRecord>> {
+fn grants_of(
+    conn: &Connection,
+    stack_id: i64,
+    stack: &str,
+    active_only: bool,
+) -> Result<Vec<GrantRecord>> {
     let sql = if active_only {
         format!("SELECT {GRANT_COLS} FROM grants WHERE stack_id = ?1 AND consumed_at IS NULL AND expires_at > ?2 ORDER BY created_at DESC, id")
     } else {
@@ -217,12 +251,25 @@ fn grants_of(conn: &Connection, stack_id: i64, stack: &str, active_only: bool) -
 
 fn append_audit_tx(conn: &Connection, e: &NewAudit) -> Result<AuditRecord> {
     let (prev_seq, prev_hash): (i64, String) = conn
-        .query_row("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row(
+            "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
         .optional()?
         .unwrap_or((0, GENESIS.to_owned()));
     let seq = prev_seq + 1;
     let at = rfc3339(now_ms());
-    let hash = chain_hash(&prev_hash, seq, &at, &e.actor, &e.action, e.stack.as_deref(), &e.outcome, &e.detail);
+    let hash = chain_hash(
+        &prev_hash,
+        seq,
+        &at,
+        &e.actor,
+        &e.action,
+        e.stack.as_deref(),
+        &e.outcome,
+        &e.detail,
+    );
     conn.execute(
         "INSERT INTO audit (seq, at, actor, action, stack, outcome, detail, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         params![seq, at, e.actor, e.action, e.stack, e.outcome, e.detail.to_string(), prev_hash, hash],
@@ -241,14 +288,20 @@ fn append_audit_tx(conn: &Connection, e: &NewAudit) -> Result<AuditRecord> {
 }
 
 fn run_of(conn: &Connection, id: &str) -> Result<Option<RunRecord>> {
-    let record: Option<String> = conn.query_row("SELECT record FROM runs WHERE id = ?1", [id], |r| r.get(0)).optional()?;
+    let record: Option<String> = conn
+        .query_row("SELECT record FROM runs WHERE id = ?1", [id], |r| r.get(0))
+        .optional()?;
     record.map(|r| json_col(&r, "run record")).transpose()
 }
 
 /// Maps a constraint violation (unique key, foreign key) to `Conflict` with `what`.
 fn constraint_is_conflict(e: rusqlite::Error, what: impl FnOnce() -> String) -> StoreError {
     match e {
-        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => StoreError::Conflict(what()),
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            StoreError::Conflict(what())
+        }
         e => backend(e),
     }
 }
@@ -268,13 +321,21 @@ fn version_bytes_of(conn: &Connection, stack_id: i64, serial: u64) -> Result<Vec
         let (data, raw_len): (Vec<u8>, i64) = stmt
             .query_row([&h[..]], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?
-            .ok_or_else(|| StoreError::Corrupt(format!("version {serial}: chunk {} is missing", hex::encode(h))))?;
-        let raw = blob::decompress(&data, raw_len.max(0) as usize)
-            .map_err(|e| StoreError::Corrupt(format!("version {serial}: chunk {}: {e}", hex::encode(h))))?;
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "version {serial}: chunk {} is missing",
+                    hex::encode(h)
+                ))
+            })?;
+        let raw = blob::decompress(&data, raw_len.max(0) as usize).map_err(|e| {
+            StoreError::Corrupt(format!("version {serial}: chunk {}: {e}", hex::encode(h)))
+        })?;
         out.extend_from_slice(&raw);
     }
     if blob::sha256(&out)[..] != sha[..] {
-        return Err(StoreError::Corrupt(format!("version {serial}: content does not match its SHA-256")));
+        return Err(StoreError::Corrupt(format!(
+            "version {serial}: content does not match its SHA-256"
+        )));
     }
     Ok(out)
 }
@@ -285,7 +346,9 @@ impl Store for SqliteStore {
     }
 
     fn token_count(&self) -> Result<u64> {
-        self.read(|c| Ok(c.query_row("SELECT COUNT(*) FROM tokens", [], |r| r.get::<_, i64>(0))? as u64))
+        self.read(|c| {
+            Ok(c.query_row("SELECT COUNT(*) FROM tokens", [], |r| r.get::<_, i64>(0))? as u64)
+        })
     }
 
     fn create_token(&self, t: NewToken, audit: NewAudit) -> Result<TokenRecord> {
@@ -302,17 +365,21 @@ impl Store for SqliteStore {
 
     fn token_by_hash(&self, secret_hash: &[u8; 32]) -> Result<Option<TokenRecord>> {
         self.read(|c| {
-            c.prepare_cached(&format!("SELECT {TOKEN_COLS} FROM tokens WHERE secret_hash = ?1"))?
-                .query_row([&secret_hash[..]], token_from_row)
-                .optional()?
-                .map(finish_token)
-                .transpose()
+            c.prepare_cached(&format!(
+                "SELECT {TOKEN_COLS} FROM tokens WHERE secret_hash = ?1"
+            ))?
+            .query_row([&secret_hash[..]], token_from_row)
+            .optional()?
+            .map(finish_token)
+            .transpose()
         })
     }
 
     fn list_tokens(&self) -> Result<Vec<TokenRecord>> {
         self.read(|c| {
-            let mut stmt = c.prepare(&format!("SELECT {TOKEN_COLS} FROM tokens ORDER BY created_at, id"))?;
+            let mut stmt = c.prepare(&format!(
+                "SELECT {TOKEN_COLS} FROM tokens ORDER BY created_at, id"
+            ))?;
             let rows = stmt.query_map([], token_from_row)?;
             rows.map(|r| finish_token(r?)).collect()
         })
@@ -320,9 +387,16 @@ impl Store for SqliteStore {
 
     fn revoke_token(&self, id: &str, audit: NewAudit) -> Result<TokenRecord> {
         self.write(|tx| {
-            let n = tx.execute("UPDATE tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL", params![id, now_ms()])?;
+            let n = tx.execute(
+                "UPDATE tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+                params![id, now_ms()],
+            )?;
             let t = tx
-                .query_row(&format!("SELECT {TOKEN_COLS} FROM tokens WHERE id = ?1"), [id], token_from_row)
+                .query_row(
+                    &format!("SELECT {TOKEN_COLS} FROM tokens WHERE id = ?1"),
+                    [id],
+                    token_from_row,
+                )
                 .optional()?
                 .ok_or_else(|| StoreError::NotFound(format!("token {id}")))
                 .and_then(finish_token)?;
@@ -333,7 +407,13 @@ impl Store for SqliteStore {
         })
     }
 
-    fn create_stack(&self, name: &str, production: bool, settings: StackSettings, audit: NewAudit) -> Result<StackRecord> {
+    fn create_stack(
+        &self,
+        name: &str,
+        production: bool,
+        settings: StackSettings,
+        audit: NewAudit,
+    ) -> Result<StackRecord> {
         self.write(|tx| {
             if stack_row(tx, name)?.is_some() {
                 return Err(StoreError::Conflict(format!("stack {name} already exists")));
@@ -358,14 +438,25 @@ impl Store for SqliteStore {
                 .prepare("SELECT name FROM stacks ORDER BY name")?
                 .query_map([], |r| r.get(0))?
                 .collect::<rusqlite::Result<_>>()?;
-            names.iter().map(|n| require_stack(c, n).map(|(_, s)| s)).collect()
+            names
+                .iter()
+                .map(|n| require_stack(c, n).map(|(_, s)| s))
+                .collect()
         })
     }
 
-    fn update_stack_settings(&self, name: &str, settings: StackSettings, audit: NewAudit) -> Result<StackRecord> {
+    fn update_stack_settings(
+        &self,
+        name: &str,
+        settings: StackSettings,
+        audit: NewAudit,
+    ) -> Result<StackRecord> {
         self.write(|tx| {
             let (id, mut s) = require_stack(tx, name)?;
-            tx.execute("UPDATE stacks SET settings = ?2 WHERE id = ?1", params![id, serde_json::to_string(&settings).unwrap_or_default()])?;
+            tx.execute(
+                "UPDATE stacks SET settings = ?2 WHERE id = ?1",
+                params![id, serde_json::to_string(&settings).unwrap_or_default()],
+            )?;
             append_audit_tx(tx, &audit)?;
             s.settings = settings;
             Ok(s)
@@ -390,7 +481,9 @@ impl Store for SqliteStore {
     fn unlock(&self, stack: &str, by: UnlockBy, audit: NewAudit) -> Result<UnlockOutcome> {
         self.write(|tx| {
             let (id, _) = require_stack(tx, stack)?;
-            let Some(held) = lock_of(tx, id)? else { return Ok(UnlockOutcome::NotLocked) };
+            let Some(held) = lock_of(tx, id)? else {
+                return Ok(UnlockOutcome::NotLocked);
+            };
             if let UnlockBy::Id(want) = &by {
                 if *want != held.id {
                     return Ok(UnlockOutcome::Mismatch(held));
@@ -431,7 +524,9 @@ impl Store for SqliteStore {
     fn versions(&self, stack: &str) -> Result<Vec<VersionMeta>> {
         self.read(|c| {
             let (id, _) = require_stack(c, stack)?;
-            let mut stmt = c.prepare(&format!("SELECT {VERSION_COLS} FROM versions WHERE stack_id = ?1 ORDER BY serial"))?;
+            let mut stmt = c.prepare(&format!(
+                "SELECT {VERSION_COLS} FROM versions WHERE stack_id = ?1 ORDER BY serial"
+            ))?;
             let rows = stmt.query_map([id], |r| version_from_row(stack, r))?;
             Ok(rows.collect::<rusqlite::Result<_>>()?)
         })
@@ -444,15 +539,21 @@ impl Store for SqliteStore {
         })
     }
 
-    fn write_state(&self, stack: &str, attempt: WriteAttempt, check: &mut WriteCheck<'_>) -> Result<WriteResult> {
+    fn write_state(
+        &self,
+        stack: &str,
+        attempt: WriteAttempt,
+        check: &mut WriteCheck<'_>,
+    ) -> Result<WriteResult> {
         // Chunk, hash and compress before taking the write lock: it is the expensive part.
         let chunks = blob::split(&attempt.body);
         let compressed: Vec<Vec<u8>> = chunks.iter().map(|c| blob::compress(c.raw)).collect();
         let sha = blob::sha256(&attempt.body);
         // SQLite integers are i64: a larger serial would be stored negative and sort first,
         // hiding the version it names. Refused, as on PostgreSQL.
-        let serial = i64::try_from(attempt.serial)
-            .map_err(|_| StoreError::Conflict(format!("serial {} is too large to store", attempt.serial)))?;
+        let serial = i64::try_from(attempt.serial).map_err(|_| {
+            StoreError::Conflict(format!("serial {} is too large to store", attempt.serial))
+        })?;
         self.write(|tx| {
             let (stack_id, record) = require_stack(tx, stack)?;
             let lock = lock_of(tx, stack_id)?;
@@ -517,7 +618,9 @@ impl Store for SqliteStore {
             for v in self.versions(&s)? {
                 report.checked += 1;
                 if let Err(e) = self.version_bytes(&s, v.serial) {
-                    report.failures.push(format!("{s} serial {}: {e}", v.serial));
+                    report
+                        .failures
+                        .push(format!("{s} serial {}: {e}", v.serial));
                 }
             }
         }
@@ -526,8 +629,16 @@ impl Store for SqliteStore {
 
     fn stored_state_bytes(&self) -> Result<u64> {
         self.read(|c| {
-            let chunks: i64 = c.query_row("SELECT COALESCE(SUM(LENGTH(data) + 40), 0) FROM chunks", [], |r| r.get(0))?;
-            let lists: i64 = c.query_row("SELECT COALESCE(SUM(LENGTH(chunks) + 120), 0) FROM versions", [], |r| r.get(0))?;
+            let chunks: i64 = c.query_row(
+                "SELECT COALESCE(SUM(LENGTH(data) + 40), 0) FROM chunks",
+                [],
+                |r| r.get(0),
+            )?;
+            let lists: i64 = c.query_row(
+                "SELECT COALESCE(SUM(LENGTH(chunks) + 120), 0) FROM versions",
+                [],
+                |r| r.get(0),
+            )?;
             Ok((chunks + lists) as u64)
         })
     }
@@ -583,10 +694,17 @@ impl Store for SqliteStore {
     }
 
     // --- governed runs ---
-    fn create_run(&self, run: &RunRecord, artifacts: &[(&str, &[u8])], audit: NewAudit) -> Result<()> {
+    fn create_run(
+        &self,
+        run: &RunRecord,
+        artifacts: &[(&str, &[u8])],
+        audit: NewAudit,
+    ) -> Result<()> {
         let record = serde_json::to_string(run).map_err(|e| StoreError::Backend(e.to_string()))?;
-        let compressed: Vec<(&str, [u8; 32], usize, Vec<u8>)> =
-            artifacts.iter().map(|(n, b)| (*n, blob::sha256(b), b.len(), blob::compress(b))).collect();
+        let compressed: Vec<(&str, [u8; 32], usize, Vec<u8>)> = artifacts
+            .iter()
+            .map(|(n, b)| (*n, blob::sha256(b), b.len(), blob::compress(b)))
+            .collect();
         self.write(|tx| {
             let (stack_id, _) = require_stack(tx, &run.stack)?;
             tx.execute(
@@ -673,8 +791,12 @@ impl Store for SqliteStore {
                 Err(RunRefusal { refusal, record }) => (record.map(|b| *b), Err(refusal)),
             };
             if let Some((new, audit)) = record {
-                let json = serde_json::to_string(&new).map_err(|e| StoreError::Backend(e.to_string()))?;
-                tx.execute("UPDATE runs SET status = ?2, record = ?3 WHERE id = ?1", params![id, new.status.as_str(), json])?;
+                let json =
+                    serde_json::to_string(&new).map_err(|e| StoreError::Backend(e.to_string()))?;
+                tx.execute(
+                    "UPDATE runs SET status = ?2, record = ?3 WHERE id = ?1",
+                    params![id, new.status.as_str(), json],
+                )?;
                 append_audit_tx(tx, &audit)?;
             }
             Ok(result)
@@ -684,11 +806,15 @@ impl Store for SqliteStore {
     // --- backup import ---
     fn tokens_with_hashes(&self) -> Result<Vec<(TokenRecord, [u8; 32])>> {
         self.read(|c| {
-            let mut stmt = c.prepare(&format!("SELECT {TOKEN_COLS}, secret_hash FROM tokens ORDER BY created_at, id"))?;
+            let mut stmt = c.prepare(&format!(
+                "SELECT {TOKEN_COLS}, secret_hash FROM tokens ORDER BY created_at, id"
+            ))?;
             let rows = stmt.query_map([], |r| Ok((token_from_row(r)?, r.get::<_, Vec<u8>>(9)?)))?;
             rows.map(|row| {
                 let (t, hash) = row?;
-                let hash = <[u8; 32]>::try_from(hash.as_slice()).map_err(|_| StoreError::Corrupt("a token's secret hash is not 32 bytes".into()))?;
+                let hash = <[u8; 32]>::try_from(hash.as_slice()).map_err(|_| {
+                    StoreError::Corrupt("a token's secret hash is not 32 bytes".into())
+                })?;
                 Ok((finish_token(t)?, hash))
             })
             .collect()
@@ -711,10 +837,19 @@ impl Store for SqliteStore {
     fn import_version(&self, meta: &VersionMeta, bytes: &[u8]) -> Result<()> {
         let sha = blob::sha256(bytes);
         if hex::encode(sha) != meta.sha256 || bytes.len() as u64 != meta.size {
-            return Err(StoreError::Corrupt(format!("stack {} serial {}: the bytes do not match the recorded SHA-256 and size", meta.stack, meta.serial)));
+            return Err(StoreError::Corrupt(format!(
+                "stack {} serial {}: the bytes do not match the recorded SHA-256 and size",
+                meta.stack, meta.serial
+            )));
         }
-        let serial = i64::try_from(meta.serial).map_err(|_| StoreError::Conflict(format!("serial {} is too large to store", meta.serial)))?;
-        let restored_from = meta.restored_from.map(i64::try_from).transpose().map_err(|_| StoreError::Conflict("restored_from is too large to store".into()))?;
+        let serial = i64::try_from(meta.serial).map_err(|_| {
+            StoreError::Conflict(format!("serial {} is too large to store", meta.serial))
+        })?;
+        let restored_from = meta
+            .restored_from
+            .map(i64::try_from)
+            .transpose()
+            .map_err(|_| StoreError::Conflict("restored_from is too large to store".into()))?;
         let chunks = blob::split(bytes);
         let compressed: Vec<Vec<u8>> = chunks.iter().map(|c| blob::compress(c.raw)).collect();
         self.write(|tx| {
@@ -807,8 +942,10 @@ impl Store for SqliteStore {
 
     fn import_run(&self, run: &RunRecord, artifacts: &[(&str, &[u8])]) -> Result<()> {
         let record = serde_json::to_string(run).map_err(|e| StoreError::Backend(e.to_string()))?;
-        let compressed: Vec<(&str, [u8; 32], i64, Vec<u8>)> =
-            artifacts.iter().map(|(n, b)| (*n, blob::sha256(b), b.len() as i64, blob::compress(b))).collect();
+        let compressed: Vec<(&str, [u8; 32], i64, Vec<u8>)> = artifacts
+            .iter()
+            .map(|(n, b)| (*n, blob::sha256(b), b.len() as i64, blob::compress(b)))
+            .collect();
         self.write(|tx| {
             let (stack_id, _) = require_stack(tx, &run.stack)?;
             let conflict = |e: rusqlite::Error, what: String| match e {

@@ -39,7 +39,9 @@ fn main() -> ExitCode {
         cli::Command::Check(args) => commands::check::run(args),
         cli::Command::Plan(args) => commands::run::plan(args),
         cli::Command::Runs(args) => commands::run::list(args),
-        cli::Command::Run(cli::RunCommand::Show { id, client }) => commands::run::show(&id, &client),
+        cli::Command::Run(cli::RunCommand::Show { id, client }) => {
+            commands::run::show(&id, &client)
+        }
         cli::Command::Approve(args) => commands::run::approve(args),
         cli::Command::Reject(args) => commands::run::reject(args),
         cli::Command::Apply(args) => commands::run::apply(args),
