@@ -119,8 +119,26 @@ pub trait Store: Send + Sync {
         attempt: WriteAttempt,
         check: &mut WriteCheck<'_>,
     ) -> Result<WriteResult>;
-    /// Re-hashes every stored version (of one stack, or all).
-    fn verify(&self, stack: Option<&str>) -> Result<VerifyReport>;
+    /// Re-hashes every stored version (of one stack, or all). Engines share this: it only
+    /// reads through the trait, and `version_bytes` checks each version against its hash.
+    fn verify(&self, stack: Option<&str>) -> Result<VerifyReport> {
+        let stacks = match stack {
+            Some(s) => vec![s.to_owned()],
+            None => self.list_stacks()?.into_iter().map(|s| s.name).collect(),
+        };
+        let mut report = VerifyReport::default();
+        for s in stacks {
+            for v in self.versions(&s)? {
+                report.checked += 1;
+                if let Err(e) = self.version_bytes(&s, v.serial) {
+                    report
+                        .failures
+                        .push(format!("{s} serial {}: {e}", v.serial));
+                }
+            }
+        }
+        Ok(report)
+    }
     /// Bytes stored for state content (compressed chunks), for the history-size benchmark.
     fn stored_state_bytes(&self) -> Result<u64>;
 

@@ -608,25 +608,6 @@ impl Store for SqliteStore {
         })
     }
 
-    fn verify(&self, stack: Option<&str>) -> Result<VerifyReport> {
-        let stacks = match stack {
-            Some(s) => vec![s.to_owned()],
-            None => self.list_stacks()?.into_iter().map(|s| s.name).collect(),
-        };
-        let mut report = VerifyReport::default();
-        for s in stacks {
-            for v in self.versions(&s)? {
-                report.checked += 1;
-                if let Err(e) = self.version_bytes(&s, v.serial) {
-                    report
-                        .failures
-                        .push(format!("{s} serial {}: {e}", v.serial));
-                }
-            }
-        }
-        Ok(report)
-    }
-
     fn stored_state_bytes(&self) -> Result<u64> {
         self.read(|c| {
             let chunks: i64 = c.query_row(
