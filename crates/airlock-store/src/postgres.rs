@@ -257,6 +257,43 @@ impl<C: GenericClient> Db<'_, C> {
 type Tx<'a, 't> = Db<'a, Transaction<'t>>;
 
 impl PostgresStore {
+    /// Inserts a run and its artifacts; `audit` is `None` for a backup import, whose history
+    /// is the imported audit chain.
+    fn insert_run(
+        &self,
+        run: &RunRecord,
+        artifacts: &[(&str, &[u8])],
+        audit: Option<&NewAudit>,
+    ) -> Result<()> {
+        let record = serde_json::to_string(run).map_err(|e| StoreError::Backend(e.to_string()))?;
+        // Hash and compress before taking any lock: it is the expensive part.
+        let compressed: Vec<(&str, [u8; 32], i64, Vec<u8>)> = artifacts
+            .iter()
+            .map(|(n, b)| (*n, blob::sha256(b), b.len() as i64, blob::compress(b)))
+            .collect();
+        self.write(|tx| {
+            let (stack_id, _) = lock_stack(tx, &run.stack)?;
+            tx.execute_raw(
+                "INSERT INTO runs (id, stack_id, status, created_at, record) VALUES ($1, $2, $3, $4, $5)",
+                &[&run.id, &stack_id, &run.status.as_str(), &run.created_at, &record],
+            )?
+            .map_err(|e| unique_is_conflict(e, || format!("run {} already exists", run.id)))?;
+            for (name, sha, len, data) in &compressed {
+                tx.execute_raw(
+                    "INSERT INTO run_artifacts (run_id, name, sha256, raw_len, data) VALUES ($1, $2, $3, $4, $5)",
+                    &[&run.id, name, &&sha[..], len, data],
+                )?
+                .map_err(|e| {
+                    unique_is_conflict(e, || format!("run {} has two artifacts named {name}", run.id))
+                })?;
+            }
+            if let Some(audit) = audit {
+                append_audit_tx(tx, audit)?;
+            }
+            Ok(())
+        })
+    }
+
     /// Connects to the database at `url` (`postgres://` or `postgresql://`) and applies pending
     /// migrations.
     pub fn open(url: &str) -> Result<PostgresStore> {
@@ -1061,31 +1098,7 @@ impl Store for PostgresStore {
         artifacts: &[(&str, &[u8])],
         audit: NewAudit,
     ) -> Result<()> {
-        let record = serde_json::to_string(run).map_err(|e| StoreError::Backend(e.to_string()))?;
-        // Hash and compress before taking any lock: it is the expensive part.
-        let compressed: Vec<(&str, [u8; 32], i64, Vec<u8>)> = artifacts
-            .iter()
-            .map(|(n, b)| (*n, blob::sha256(b), b.len() as i64, blob::compress(b)))
-            .collect();
-        self.write(|tx| {
-            let (stack_id, _) = lock_stack(tx, &run.stack)?;
-            tx.execute_raw(
-                "INSERT INTO runs (id, stack_id, status, created_at, record) VALUES ($1, $2, $3, $4, $5)",
-                &[&run.id, &stack_id, &run.status.as_str(), &run.created_at, &record],
-            )?
-            .map_err(|e| unique_is_conflict(e, || format!("run {} already exists", run.id)))?;
-            for (name, sha, len, data) in &compressed {
-                tx.execute_raw(
-                    "INSERT INTO run_artifacts (run_id, name, sha256, raw_len, data) VALUES ($1, $2, $3, $4, $5)",
-                    &[&run.id, name, &&sha[..], len, data],
-                )?
-                .map_err(|e| {
-                    unique_is_conflict(e, || format!("run {} has two artifacts named {name}", run.id))
-                })?;
-            }
-            append_audit_tx(tx, &audit)?;
-            Ok(())
-        })
+        self.insert_run(run, artifacts, Some(&audit))
     }
 
     fn run(&self, id: &str) -> Result<Option<RunRecord>> {
@@ -1356,29 +1369,7 @@ impl Store for PostgresStore {
     }
 
     fn import_run(&self, run: &RunRecord, artifacts: &[(&str, &[u8])]) -> Result<()> {
-        let record = serde_json::to_string(run).map_err(|e| StoreError::Backend(e.to_string()))?;
-        let compressed: Vec<(&str, [u8; 32], i64, Vec<u8>)> = artifacts
-            .iter()
-            .map(|(n, b)| (*n, blob::sha256(b), b.len() as i64, blob::compress(b)))
-            .collect();
-        self.write(|tx| {
-            let (stack_id, _) = lock_stack(tx, &run.stack)?;
-            tx.execute_raw(
-                "INSERT INTO runs (id, stack_id, status, created_at, record) VALUES ($1, $2, $3, $4, $5)",
-                &[&run.id, &stack_id, &run.status.as_str(), &run.created_at, &record],
-            )?
-            .map_err(|e| unique_is_conflict(e, || format!("run {} already exists", run.id)))?;
-            for (name, sha, len, data) in &compressed {
-                tx.execute_raw(
-                    "INSERT INTO run_artifacts (run_id, name, sha256, raw_len, data) VALUES ($1, $2, $3, $4, $5)",
-                    &[&run.id, name, &&sha[..], len, data],
-                )?
-                .map_err(|e| {
-                    unique_is_conflict(e, || format!("run {} has two artifacts named {name}", run.id))
-                })?;
-            }
-            Ok(())
-        })
+        self.insert_run(run, artifacts, None)
     }
     // --- end backup import ---
 }

@@ -47,6 +47,40 @@ fn open_conn(path: &Path) -> Result<Connection> {
 }
 
 impl SqliteStore {
+    /// Inserts a run and its artifacts; `audit` is `None` for a backup import, whose history
+    /// is the imported audit chain.
+    fn insert_run(
+        &self,
+        run: &RunRecord,
+        artifacts: &[(&str, &[u8])],
+        audit: Option<&NewAudit>,
+    ) -> Result<()> {
+        let record = serde_json::to_string(run).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let compressed: Vec<(&str, [u8; 32], usize, Vec<u8>)> = artifacts
+            .iter()
+            .map(|(n, b)| (*n, blob::sha256(b), b.len(), blob::compress(b)))
+            .collect();
+        self.write(|tx| {
+            let (stack_id, _) = require_stack(tx, &run.stack)?;
+            tx.execute(
+                "INSERT INTO runs (id, stack_id, status, created_at, record) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![run.id, stack_id, run.status.as_str(), run.created_at, record],
+            )
+            .map_err(|e| constraint_is_conflict(e, || format!("run {} already exists", run.id)))?;
+            for (name, sha, len, data) in &compressed {
+                tx.execute(
+                    "INSERT INTO run_artifacts (run_id, name, sha256, raw_len, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![run.id, name, &sha[..], *len as i64, data],
+                )
+                .map_err(|e| constraint_is_conflict(e, || format!("run {} has two artifacts named {name}", run.id)))?;
+            }
+            if let Some(audit) = audit {
+                append_audit_tx(tx, audit)?;
+            }
+            Ok(())
+        })
+    }
+
     /// Opens (creating if needed) the database file and applies pending migrations.
     pub fn open(path: &Path) -> Result<SqliteStore> {
         let mut writer = open_conn(path)?;
@@ -681,28 +715,7 @@ impl Store for SqliteStore {
         artifacts: &[(&str, &[u8])],
         audit: NewAudit,
     ) -> Result<()> {
-        let record = serde_json::to_string(run).map_err(|e| StoreError::Backend(e.to_string()))?;
-        let compressed: Vec<(&str, [u8; 32], usize, Vec<u8>)> = artifacts
-            .iter()
-            .map(|(n, b)| (*n, blob::sha256(b), b.len(), blob::compress(b)))
-            .collect();
-        self.write(|tx| {
-            let (stack_id, _) = require_stack(tx, &run.stack)?;
-            tx.execute(
-                "INSERT INTO runs (id, stack_id, status, created_at, record) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![run.id, stack_id, run.status.as_str(), run.created_at, record],
-            )
-            .map_err(|e| constraint_is_conflict(e, || format!("run {} already exists", run.id)))?;
-            for (name, sha, len, data) in &compressed {
-                tx.execute(
-                    "INSERT INTO run_artifacts (run_id, name, sha256, raw_len, data) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![run.id, name, &sha[..], *len as i64, data],
-                )
-                .map_err(|e| constraint_is_conflict(e, || format!("run {} has two artifacts named {name}", run.id)))?;
-            }
-            append_audit_tx(tx, &audit)?;
-            Ok(())
-        })
+        self.insert_run(run, artifacts, Some(&audit))
     }
 
     fn run(&self, id: &str) -> Result<Option<RunRecord>> {
@@ -922,31 +935,7 @@ impl Store for SqliteStore {
     }
 
     fn import_run(&self, run: &RunRecord, artifacts: &[(&str, &[u8])]) -> Result<()> {
-        let record = serde_json::to_string(run).map_err(|e| StoreError::Backend(e.to_string()))?;
-        let compressed: Vec<(&str, [u8; 32], i64, Vec<u8>)> = artifacts
-            .iter()
-            .map(|(n, b)| (*n, blob::sha256(b), b.len() as i64, blob::compress(b)))
-            .collect();
-        self.write(|tx| {
-            let (stack_id, _) = require_stack(tx, &run.stack)?;
-            let conflict = |e: rusqlite::Error, what: String| match e {
-                rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => StoreError::Conflict(what),
-                e => backend(e),
-            };
-            tx.execute(
-                "INSERT INTO runs (id, stack_id, status, created_at, record) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![run.id, stack_id, run.status.as_str(), run.created_at, record],
-            )
-            .map_err(|e| conflict(e, format!("run {} already exists", run.id)))?;
-            for (name, sha, len, data) in &compressed {
-                tx.execute(
-                    "INSERT INTO run_artifacts (run_id, name, sha256, raw_len, data) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![run.id, name, &sha[..], len, data],
-                )
-                .map_err(|e| conflict(e, format!("run {} has two artifacts named {name}", run.id)))?;
-            }
-            Ok(())
-        })
+        self.insert_run(run, artifacts, None)
     }
     // --- end backup import ---
 }
