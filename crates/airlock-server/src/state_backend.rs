@@ -90,15 +90,17 @@ pub async fn may_write(
     principal: &Principal,
     stack: &StackRecord,
 ) -> ApiResult<bool> {
-    let Some(run_id) = principal.run_id.clone() else {
-        return Ok(firewall::may_write_directly(principal, &stack.settings));
-    };
-    let run = blocking(state, move |st| st.run(&run_id)).await??;
-    Ok(
-        run.is_some_and(|r| {
-            r.stack == stack.name && r.status == airlock_store::RunStatus::Applying
-        }),
-    )
+    match &principal.run_id {
+        None => Ok(firewall::may_write_directly(principal, &stack.settings)),
+        Some(run_id) => run_is_applying(state, run_id, &stack.name).await,
+    }
+}
+
+/// Whether `run_id` is a run of `stack` that is applying right now.
+async fn run_is_applying(state: &Arc<AppState>, run_id: &str, stack: &str) -> ApiResult<bool> {
+    let (id, s) = (run_id.to_owned(), stack.to_owned());
+    let run = blocking(state, move |st| st.run(&id)).await??;
+    Ok(run.is_some_and(|r| r.stack == s && r.status == airlock_store::RunStatus::Applying))
 }
 
 async fn deny(
@@ -274,8 +276,11 @@ pub async fn firewalled_write(
     kind: WriteKindOwned,
     reason: Option<String>,
 ) -> ApiResult<WriteResult> {
-    let record = existing_stack(state, principal, stack).await?;
-    let run_authorized = principal.run_id.is_some() && may_write(state, principal, &record).await?;
+    // Callers have refused unknown stacks; the store reads the stack again in its transaction.
+    let run_authorized = match &principal.run_id {
+        Some(run_id) => run_is_applying(state, run_id, stack).await?,
+        None => false,
+    };
     if principal.run_id.is_some() && !run_authorized {
         let r = Refusal::new(
             RefusalKind::Forbidden,
