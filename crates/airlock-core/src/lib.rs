@@ -20,10 +20,12 @@
 
 pub mod audit;
 pub mod glob;
+pub mod inputs;
 pub mod lockinfo;
 pub mod role;
 pub mod stack;
 pub mod state;
+pub mod state_serial;
 
 pub use role::{Permission, PrincipalKind, Role};
 pub use stack::StackName;

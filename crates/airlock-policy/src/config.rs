@@ -130,6 +130,60 @@ impl Config {
     }
 }
 
+/// How `new` loosens `old` for `stack`: each entry says, in words, one protection removed or
+/// one destruction newly declared. Approvers see these first: a change that weakens the policy
+/// it is judged by must be visible as such.
+pub fn weakening(old: &Config, new: &Config, stack: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for t in old
+        .protect
+        .types
+        .iter()
+        .filter(|t| !new.protect.types.contains(t))
+    {
+        out.push(format!("removes protect for type {t}"));
+    }
+    for a in old
+        .protect
+        .addresses
+        .iter()
+        .filter(|a| !new.protect.addresses.contains(a))
+    {
+        out.push(format!("removes protect for {a}"));
+    }
+    for a in new
+        .allow_destroy
+        .iter()
+        .filter(|a| !old.allow_destroy.iter().any(|o| o.address == a.address))
+    {
+        out.push(format!("adds allow_destroy for {}", a.address));
+    }
+    if let Some(o) = old.stack(stack) {
+        match new.stack(stack) {
+            None => out.push(format!("removes the stack block of {stack}")),
+            Some(n) => {
+                if o.production && !n.production {
+                    out.push(format!("marks {stack} as no longer production"));
+                }
+                if n.required_approvals < o.required_approvals {
+                    out.push(format!(
+                        "lowers required_approvals of {stack} from {} to {}",
+                        o.required_approvals, n.required_approvals
+                    ));
+                }
+            }
+        }
+    }
+    let (om, nm) = (old.mass_destruction, new.mass_destruction);
+    if nm.max_count > om.max_count
+        || nm.max_percent > om.max_percent
+        || nm.min_instances > om.min_instances
+    {
+        out.push("raises the mass_destruction thresholds".into());
+    }
+    out
+}
+
 /// Whether `pattern` (an address, optionally with `*` globs) covers `address`. A pattern
 /// without an index also covers every instance: `aws_s3_bucket.b` covers `aws_s3_bucket.b["x"]`,
 /// and a module address covers everything inside it.
@@ -574,6 +628,33 @@ mass_destruction {
   min_instances = 4
 }
 "#;
+
+    #[test]
+    fn weakening_names_each_loosened_rule() {
+        let old = parse(SAMPLE, "airlock.hcl").unwrap();
+        assert!(weakening(&old, &old, "prod/app").is_empty());
+        let loose = SAMPLE
+            .replace("production         = true", "production = false")
+            .replace("required_approvals = 2", "required_approvals = 1")
+            .replace(r#"addresses = ["module.network.*"]"#, "addresses = []")
+            .replace("max_count     = 5", "max_count = 50")
+            + "allow_destroy \"aws_db_instance.main\" {\n  reason = \"x\"\n}\n";
+        let new = parse(&loose, "airlock.hcl").unwrap();
+        assert_eq!(
+            weakening(&old, &new, "prod/app"),
+            [
+                "removes protect for module.network.*",
+                "adds allow_destroy for aws_db_instance.main",
+                "marks prod/app as no longer production",
+                "lowers required_approvals of prod/app from 2 to 1",
+                "raises the mass_destruction thresholds"
+            ]
+        );
+        // Tightening is not weakening.
+        assert!(weakening(&new, &old, "prod/app")
+            .iter()
+            .all(|w| w.starts_with("removes protect for type") || w.contains("allow_destroy")));
+    }
 
     #[test]
     fn parses_the_design_sample() {

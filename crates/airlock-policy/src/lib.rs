@@ -25,5 +25,6 @@ pub mod analysis;
 pub mod catalogue;
 pub mod config;
 pub mod plan;
+pub mod planfile;
 pub mod rego;
 pub mod report;

@@ -1,7 +1,8 @@
 //! Runs terraform on behalf of `airlock plan` and `airlock apply`.
 //!
-//! - [`fingerprint`]: SHA-256 over a stack's inputs, independent of git, so a plan reviewed on a
-//!   pull request can be applied after merge only if the merged content is the same.
+//! - [`input_files`]: a stack's input files with their SHA-256s (the fingerprint's material,
+//!   `airlock_core::inputs`), independent of git, so a plan reviewed on a pull request can be
+//!   applied after merge only if the merged content, `airlock.hcl` and policies included, is the same.
 //! - [`phase_env`]: the child environment of one phase. **Invariant (DESIGN.md 4):** the plan
 //!   process never sees the apply profile's variables nor an apply token, and the apply process
 //!   never sees the plan profile's variables; neither sees the caller's own airlock token.
@@ -14,7 +15,7 @@ use std::io::{self, Read, Write};
 use std::path::{Component, Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 
-use sha2::{Digest, Sha256};
+use airlock_core::inputs::{self, InputFile};
 
 /// Which phase a child process belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,18 +102,27 @@ fn local_module_sources(text: &str) -> Vec<String> {
     out
 }
 
-/// SHA-256 over the root module at `dir`, the local modules it calls (transitively), its
-/// `.terraform.lock.hcl` and variable files, and the Terraform version, in a canonical order
-/// (sorted paths relative to `dir`). Independent of git and of file times.
-pub fn fingerprint(dir: &Path, terraform_version: &str) -> io::Result<String> {
+/// The input files of the stack at `dir` inside the repository `root` (the directory of
+/// `airlock.hcl`, or `dir` itself when there is none): the root module's configuration, the
+/// local modules it calls (transitively), its variable files and `.terraform.lock.hcl`, plus
+/// `airlock.hcl` and every `policy/**.rego` of the root. Paths are relative to `root`, sorted.
+/// Independent of git and of file times.
+pub fn input_files(root: &Path, dir: &Path) -> io::Result<Vec<InputFile>> {
+    let start = dir.strip_prefix(root).map_err(|_| {
+        io::Error::other(format!(
+            "{} is not inside the repository root {}",
+            dir.display(),
+            root.display()
+        ))
+    })?;
     let mut files: BTreeSet<PathBuf> = BTreeSet::new();
-    let mut pending = vec![PathBuf::new()];
+    let mut pending = vec![normalize(start)];
     let mut seen_dirs: BTreeSet<PathBuf> = BTreeSet::new();
     while let Some(rel) = pending.pop() {
         if !seen_dirs.insert(rel.clone()) || seen_dirs.len() > 1000 {
             continue;
         }
-        let abs = dir.join(&rel);
+        let abs = root.join(&rel);
         let mut entries: Vec<_> = std::fs::read_dir(&abs)?.collect::<Result<_, _>>()?;
         entries.sort_by_key(|e| e.file_name());
         for e in entries {
@@ -130,18 +140,34 @@ pub fn fingerprint(dir: &Path, terraform_version: &str) -> io::Result<String> {
             files.insert(file_rel);
         }
     }
-    let mut h = Sha256::new();
-    h.update(b"airlock-fingerprint-v1\0terraform\0");
-    h.update(terraform_version.as_bytes());
-    h.update(b"\0");
-    for rel in &files {
-        let content = std::fs::read(dir.join(rel))?;
-        h.update(rel.to_string_lossy().replace('\\', "/").as_bytes());
-        h.update(b"\0");
-        h.update((content.len() as u64).to_be_bytes());
-        h.update(&content);
+    if root.join(inputs::CONFIG_PATH).is_file() {
+        files.insert(PathBuf::from(inputs::CONFIG_PATH));
     }
-    Ok(hex::encode(h.finalize()))
+    let policy_root = root.join(inputs::POLICY_DIR);
+    let mut pending = vec![policy_root.clone()];
+    while let Some(d) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries {
+            let e = e?;
+            if e.file_type()?.is_dir() {
+                pending.push(e.path());
+            } else if let Ok(rel) = e.path().strip_prefix(root) {
+                files.insert(rel.to_path_buf());
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(files.len());
+    for rel in &files {
+        let path = rel.to_string_lossy().replace('\\', "/");
+        if path.starts_with(inputs::POLICY_DIR) && !inputs::is_policy_path(&path) {
+            continue;
+        }
+        out.push(InputFile::of(&path, &std::fs::read(root.join(rel))?));
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// What a finished child process did.
@@ -196,42 +222,70 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fingerprint_covers_inputs_and_local_modules_only() {
+    fn inputs_cover_modules_config_and_policies_only() {
         let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().join("stacks/app");
+        let repo = tmp.path();
+        let root = repo.join("stacks/app");
         std::fs::create_dir_all(&root).unwrap();
-        std::fs::create_dir_all(tmp.path().join("modules/net")).unwrap();
+        std::fs::create_dir_all(repo.join("modules/net")).unwrap();
         std::fs::write(
             root.join("main.tf"),
             "module \"net\" {\n  source = \"../../modules/net\"\n}\n",
         )
         .unwrap();
         std::fs::write(
-            tmp.path().join("modules/net/main.tf"),
+            repo.join("modules/net/main.tf"),
             "resource \"terraform_data\" \"x\" {}\n",
         )
         .unwrap();
-        let a = fingerprint(&root, "1.11.4").unwrap();
+        let fp = |v: &str| airlock_core::inputs::fingerprint(v, &input_files(repo, &root).unwrap());
+        let a = fp("1.11.4");
         // Non-input files and terraform's working dir do not count.
         std::fs::write(root.join("README.md"), "docs").unwrap();
         std::fs::create_dir_all(root.join(".terraform")).unwrap();
         std::fs::write(root.join("plan.tfplan"), "x").unwrap();
-        assert_eq!(fingerprint(&root, "1.11.4").unwrap(), a);
+        assert_eq!(fp("1.11.4"), a);
         // A change in a called local module does.
         std::fs::write(
-            tmp.path().join("modules/net/main.tf"),
+            repo.join("modules/net/main.tf"),
             "resource \"terraform_data\" \"y\" {}\n",
         )
         .unwrap();
-        let b = fingerprint(&root, "1.11.4").unwrap();
+        let b = fp("1.11.4");
         assert_ne!(a, b);
-        // So do the terraform version, var files and the lock file.
-        assert_ne!(fingerprint(&root, "1.11.5").unwrap(), b);
+        // So do the terraform version, var files, the lock file, airlock.hcl and policies.
+        assert_ne!(fp("1.11.5"), b);
         std::fs::write(root.join("prod.tfvars"), "x = 1").unwrap();
-        let c = fingerprint(&root, "1.11.4").unwrap();
+        let c = fp("1.11.4");
         assert_ne!(c, b);
         std::fs::write(root.join(".terraform.lock.hcl"), "# lock").unwrap();
-        assert_ne!(fingerprint(&root, "1.11.4").unwrap(), c);
+        let d = fp("1.11.4");
+        assert_ne!(d, c);
+        std::fs::write(repo.join("airlock.hcl"), "").unwrap();
+        let e = fp("1.11.4");
+        assert_ne!(e, d);
+        std::fs::create_dir_all(repo.join("policy/sub")).unwrap();
+        std::fs::write(repo.join("policy/sub/deny.rego"), "package main").unwrap();
+        let f = fp("1.11.4");
+        assert_ne!(f, e);
+        std::fs::write(repo.join("policy/sub/deny_test.rego"), "package main").unwrap();
+        assert_eq!(fp("1.11.4"), f);
+        let paths: Vec<String> = input_files(repo, &root)
+            .unwrap()
+            .into_iter()
+            .map(|f| f.path)
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                "airlock.hcl",
+                "modules/net/main.tf",
+                "policy/sub/deny.rego",
+                "stacks/app/.terraform.lock.hcl",
+                "stacks/app/main.tf",
+                "stacks/app/prod.tfvars"
+            ]
+        );
     }
 
     #[test]

@@ -42,25 +42,39 @@ pub struct Candidate<'a> {
     pub size: usize,
     /// The write belongs to a run that is applying (checked by the caller for run-bound tokens).
     pub run_authorized: bool,
+    /// The run the writing token is bound to, if any.
+    pub run_id: Option<&'a str>,
 }
 
-/// Why an instance is protected, if it is.
-pub fn protection_reason(instance: &Instance, settings: &StackSettings) -> Option<String> {
-    if airlock_policy::catalogue::is_critical_type(&instance.resource_type) {
-        return Some(format!("critical type {}", instance.resource_type));
+/// Why an instance of `resource_type` at `address` is protected on the server, if it is: the
+/// built-in catalogue, and the stack's `protect_types` / `protect_addresses` (a resource address
+/// covers its instances, a module address everything inside it). The plan gate uses the same
+/// function, so it announces every removal the firewall will ask a grant for.
+pub fn protection_reason(
+    resource_type: &str,
+    address: &str,
+    settings: &StackSettings,
+) -> Option<String> {
+    if airlock_policy::catalogue::is_critical_type(resource_type) {
+        return Some(format!("critical type {resource_type}"));
     }
-    if settings.protect_types.contains(&instance.resource_type) {
-        return Some(format!(
-            "type {} is protected in this stack",
-            instance.resource_type
-        ));
+    if settings.protect_types.iter().any(|t| t == resource_type) {
+        return Some(format!("type {resource_type} is protected in this stack"));
     }
     settings
         .protect_addresses
         .iter()
-        .find(|g| glob_match(g, &instance.address))
+        .find(|g| glob_match(g, address) || airlock_policy::config::address_matches(g, address))
         .map(|g| format!("address matches protected pattern {g}"))
 }
+
+/// The largest serial step one write may take. Terraform adds 1 per persisted snapshot; the
+/// bound keeps a hostile write from pushing the serial to 2^63 and bricking the stack (every
+/// later write must be greater, and restores write current + 1).
+pub const MAX_SERIAL_STEP: u64 = 1_000_000;
+/// The largest serial a stack's first version may carry (state migrated from elsewhere keeps
+/// its serial).
+pub const MAX_FIRST_SERIAL: u64 = 1 << 40;
 
 /// May `principal` write state of this stack outside a run?
 pub fn may_write_directly(principal: &Principal, settings: &StackSettings) -> bool {
@@ -150,54 +164,46 @@ pub fn check_write(
 
     let mut removed_report = Vec::new();
     let mut consumed = Vec::new();
-    if let Some(current) = ctx.current {
-        if current.sha256 == c.sha256 {
-            return Ok(WriteDecision::Unchanged);
-        }
-        if c.summary.serial <= current.serial {
+    match ctx.current {
+        None if c.summary.serial > MAX_FIRST_SERIAL => {
             return Err(refuse(
                 RefusalKind::Conflict,
                 format!(
-                    "serial {} is not greater than the stored serial {} of stack {stack}; pull the latest state and re-plan",
-                    c.summary.serial, current.serial
+                    "serial {} is above {MAX_FIRST_SERIAL}, the largest first serial of a stack",
+                    c.summary.serial
                 ),
             ));
         }
-        let old = current_summary(ctx)?;
-        let mut uncovered = Vec::new();
-        for inst in old.removed_in(c.summary) {
-            let Some(reason) = protection_reason(inst, &ctx.stack.settings) else {
-                continue;
-            };
-            let grant = ctx
-                .grants
-                .iter()
-                // Grant addresses are literal: `*` and `?` are legal in for_each keys.
-                .find(|g| g.addresses.contains(&inst.address));
-            match grant {
-                Some(g) => {
-                    if !consumed.contains(&g.id) {
-                        consumed.push(g.id.clone());
-                    }
-                    removed_report.push(
-                        json!({"address": inst.address, "protection": reason, "grant": g.id}),
-                    );
-                }
-                None => uncovered.push(format!("{} ({reason})", inst.address)),
+        None => {}
+        Some(current) => {
+            if current.sha256 == c.sha256 {
+                return Ok(WriteDecision::Unchanged);
             }
-        }
-        if !uncovered.is_empty() {
-            let shown: Vec<&String> = uncovered.iter().take(20).collect();
-            let more = uncovered.len().saturating_sub(shown.len());
-            return Err(refuse(
-                RefusalKind::Forbidden,
-                format!(
-                    "it would remove {} protected instance(s) from stack {stack} without a removal grant: {}{}. Removing protected instances needs an approved run, or `airlock stack allow-removal {stack} --address ADDR --ttl 1h --reason TEXT` by an approver",
-                    uncovered.len(),
-                    shown.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
-                    if more > 0 { format!(" and {more} more") } else { String::new() }
-                ),
-            ));
+            if c.summary.serial <= current.serial {
+                return Err(refuse(
+                    RefusalKind::Conflict,
+                    format!(
+                        "serial {} is not greater than the stored serial {} of stack {stack}; pull the latest state and re-plan",
+                        c.summary.serial, current.serial
+                    ),
+                ));
+            }
+            if c.summary.serial - current.serial > MAX_SERIAL_STEP {
+                return Err(refuse(
+                    RefusalKind::Conflict,
+                    format!(
+                        "serial {} jumps more than {MAX_SERIAL_STEP} past the stored serial {} of stack {stack}; Terraform adds 1 per write",
+                        c.summary.serial, current.serial
+                    ),
+                ));
+            }
+            let old = current_summary(ctx)?;
+            let removed = old.removed_in(c.summary);
+            if c.run_authorized {
+                removed_report = check_run_removals(ctx, c, &removed)?;
+            } else {
+                (removed_report, consumed) = check_direct_removals(ctx, &removed)?;
+            }
         }
     }
 
@@ -219,4 +225,104 @@ pub fn check_write(
         consume_grants: consumed,
         audit: NewAudit::ok(&c.principal.display(), action, Some(stack), detail),
     })
+}
+
+/// A run's writes may drop only what its plan deletes, forgets or moves away from: exactly the
+/// addresses of the run's grant (protected or not). The grant covers every write of the run
+/// (Terraform persists intermediate snapshots during a long apply) and is never consumed; it
+/// ends with the run (`finish` closes it, and the run-bound token stops writing).
+fn check_run_removals(
+    ctx: &WriteContext<'_>,
+    c: &Candidate<'_>,
+    removed: &[&Instance],
+) -> Result<Vec<serde_json::Value>, Refusal> {
+    let stack = &ctx.stack.name;
+    let grant = ctx
+        .grants
+        .iter()
+        .find(|g| g.run_id.is_some() && g.run_id.as_deref() == c.run_id);
+    let mut report = Vec::new();
+    let mut outside = Vec::new();
+    for inst in removed {
+        match grant.filter(|g| g.addresses.contains(&inst.address)) {
+            Some(g) => report.push(json!({
+                "address": inst.address,
+                "protection": protection_reason(&inst.resource_type, &inst.address, &ctx.stack.settings),
+                "grant": g.id,
+            })),
+            None => outside.push(inst.address.as_str()),
+        }
+    }
+    if outside.is_empty() {
+        return Ok(report);
+    }
+    Err(refuse(
+        RefusalKind::Forbidden,
+        format!(
+            "run {} may remove only the instances its reviewed plan deletes, forgets or moves, and this write removes {} other(s) from stack {stack}: {}",
+            c.run_id.unwrap_or("?"),
+            outside.len(),
+            list(&outside)
+        ),
+    ))
+}
+
+/// A write outside a run may drop a protected instance only under a grant made for it by an
+/// approver (`airlock stack allow-removal`); such a grant is consumed by the write. Grants made
+/// for runs are never usable here.
+#[allow(clippy::type_complexity)]
+fn check_direct_removals(
+    ctx: &WriteContext<'_>,
+    removed: &[&Instance],
+) -> Result<(Vec<serde_json::Value>, Vec<String>), Refusal> {
+    let stack = &ctx.stack.name;
+    let (mut report, mut consumed, mut uncovered) = (Vec::new(), Vec::new(), Vec::new());
+    for inst in removed {
+        let Some(reason) =
+            protection_reason(&inst.resource_type, &inst.address, &ctx.stack.settings)
+        else {
+            continue;
+        };
+        let grant = ctx
+            .grants
+            .iter()
+            // Grant addresses are literal: `*` and `?` are legal in for_each keys.
+            .find(|g| g.run_id.is_none() && g.addresses.contains(&inst.address));
+        match grant {
+            Some(g) => {
+                if !consumed.contains(&g.id) {
+                    consumed.push(g.id.clone());
+                }
+                report.push(json!({"address": inst.address, "protection": reason, "grant": g.id}));
+            }
+            None => uncovered.push(format!("{} ({reason})", inst.address)),
+        }
+    }
+    if uncovered.is_empty() {
+        return Ok((report, consumed));
+    }
+    let shown: Vec<&str> = uncovered.iter().map(String::as_str).collect();
+    Err(refuse(
+        RefusalKind::Forbidden,
+        format!(
+            "it would remove {} protected instance(s) from stack {stack} without a removal grant: {}. Removing protected instances needs an approved run, or `airlock stack allow-removal {stack} --address ADDR --ttl 1h --reason TEXT` by an approver",
+            uncovered.len(),
+            list(&shown)
+        ),
+    ))
+}
+
+/// At most 20 items, then "and N more".
+fn list(items: &[&str]) -> String {
+    let shown: Vec<&str> = items.iter().take(20).copied().collect();
+    let more = items.len().saturating_sub(shown.len());
+    format!(
+        "{}{}",
+        shown.join(", "),
+        if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        }
+    )
 }

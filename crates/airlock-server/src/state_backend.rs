@@ -333,6 +333,7 @@ pub async fn firewalled_write(
             sha256: &sha2,
             size,
             run_authorized,
+            run_id: p.run_id.as_deref(),
         };
         let current = |ctx: &airlock_store::WriteContext<'_>| match ctx.current {
             Some(v) => summary_for(&st, &v.sha256, ctx.load_current),

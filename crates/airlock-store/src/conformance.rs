@@ -480,6 +480,11 @@ fn run_record(id: &str, stack: &str, created_at: i64) -> RunRecord {
         apply_started_at: None,
         finished_at: None,
         note: None,
+        inputs: Vec::new(),
+        planned_dir: None,
+        moved_from: Vec::new(),
+        policy_changes: Vec::new(),
+        checks: Vec::new(),
     }
 }
 

@@ -133,6 +133,21 @@ pub struct RunRecord {
     pub finished_at: Option<i64>,
     /// Why it was superseded, failed or expired.
     pub note: Option<String>,
+    /// The input files the fingerprint covers (paths relative to the repository root).
+    #[serde(default)]
+    pub inputs: Vec<airlock_core::inputs::InputFile>,
+    /// Directory of the stack's root module, relative to the repository root.
+    #[serde(default)]
+    pub planned_dir: Option<String>,
+    /// Addresses the plan moves instances away from (`moved` blocks): the run's writes may drop them.
+    #[serde(default)]
+    pub moved_from: Vec<String>,
+    /// How the reviewed change loosens the policy it is judged by (shown to approvers first).
+    #[serde(default)]
+    pub policy_changes: Vec<String>,
+    /// The checks that tied what is applied to what was reviewed, in words, as they were made.
+    #[serde(default)]
+    pub checks: Vec<String>,
 }
 
 /// A transition, judged inside the store's transaction: given the run, its stack and the

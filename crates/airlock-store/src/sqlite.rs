@@ -792,6 +792,13 @@ impl Store for SqliteStore {
                     params![id, new.status.as_str(), json],
                 )?;
                 append_audit_tx(tx, &audit)?;
+                if run.status == RunStatus::Applying && new.status != RunStatus::Applying {
+                    // A run's removal grant ends with its apply.
+                    tx.execute(
+                        "UPDATE grants SET consumed_at = ?2 WHERE run_id = ?1 AND consumed_at IS NULL",
+                        params![id, crate::now_ms()],
+                    )?;
+                }
             }
             Ok(result)
         })

@@ -382,15 +382,14 @@ pub enum BackupCommand {
 
 #[derive(Debug, Args)]
 pub struct PlanArgs {
-    /// Root module directory (default: the current directory).
+    /// Root module directory (default: the current directory). The repository root is the
+    /// nearest directory at or above it holding airlock.hcl; its airlock.hcl and policy/**.rego
+    /// are the policy the run is judged by, and part of the run's inputs.
     #[arg(default_value = ".")]
     pub dir: PathBuf,
     /// Stack to plan (default: the `stack` block of airlock.hcl whose `dir` is DIR).
     #[arg(long)]
     pub stack: Option<String>,
-    /// Repository configuration (default: the nearest airlock.hcl in DIR or a parent).
-    #[arg(long)]
-    pub config: Option<PathBuf>,
     /// Write the markdown summary (for a pull-request comment) to this file.
     #[arg(long)]
     pub summary_file: Option<PathBuf>,
@@ -447,12 +446,11 @@ pub struct RejectArgs {
 pub struct ApplyArgs {
     /// Run id.
     pub id: String,
-    /// The checkout's root module directory (default: the current directory).
-    #[arg(long, default_value = ".")]
-    pub dir: PathBuf,
-    /// Repository configuration (for the apply credential profile).
+    /// The stack's root module directory (default: the directory the run was planned in,
+    /// relative to the repository root, i.e. the nearest directory above the current one that
+    /// holds airlock.hcl).
     #[arg(long)]
-    pub config: Option<PathBuf>,
+    pub dir: Option<PathBuf>,
     /// Terraform binary.
     #[arg(long, env = "AIRLOCK_TERRAFORM_BIN", default_value = "terraform")]
     pub terraform_bin: String,

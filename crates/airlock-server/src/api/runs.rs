@@ -9,10 +9,13 @@
 
 use std::sync::Arc;
 
+use airlock_core::inputs::{self, InputFile};
 use airlock_core::refusal::{Refusal, RefusalKind};
 use airlock_core::time::rfc3339;
 use airlock_core::Role;
-use airlock_policy::analysis::{Analyzer, Verdict};
+use airlock_policy::analysis::{Analyzer, Finding, Severity, Verdict};
+use airlock_policy::planfile::{BinaryChange, PlanFile};
+use airlock_policy::rego::RegoPolicies;
 use airlock_policy::{config, plan, report};
 use airlock_store::{
     now_ms, Approval, NewAudit, NewGrant, NewToken, Rejection, RunRecord, RunRefusal, RunStatus,
@@ -31,7 +34,7 @@ use super::{parse_body, store_call};
 use crate::auth::{Principal, RequestStack};
 use crate::error::{ApiError, ApiResult};
 use crate::state_backend::existing_stack;
-use crate::{tokens, AppState};
+use crate::{firewall, tokens, AppState};
 
 /// How long a planned run stays applicable.
 const RUN_TTL_MS: i64 = 7 * 86_400_000;
@@ -39,7 +42,9 @@ const RUN_TTL_MS: i64 = 7 * 86_400_000;
 const PHASE_TOKEN_TTL_MS: i64 = 3_600_000;
 /// Artifact names.
 pub const PLAN_ARTIFACT: &str = "plan.tfplan";
-const PLAN_JSON_ARTIFACT: &str = "plan.json";
+pub const PLAN_JSON_ARTIFACT: &str = "plan.json";
+const CONFIG_ARTIFACT: &str = "airlock.hcl";
+const POLICIES_ARTIFACT: &str = "policies.json";
 const LOCKFILE_ARTIFACT: &str = "terraform.lock.hcl";
 const SUMMARY_ARTIFACT: &str = "summary.md";
 const LOG_ARTIFACT: &str = "apply.log";
@@ -96,16 +101,42 @@ pub async fn plan_token(
 #[serde(deny_unknown_fields)]
 struct CreateRun {
     fingerprint: String,
+    /// The files the fingerprint covers; the server recomputes the fingerprint from them.
+    inputs: Vec<InputFile>,
     terraform_version: String,
     planned_lineage: Option<String>,
     planned_serial: Option<u64>,
+    /// The stack's directory relative to the repository root.
+    planned_dir: Option<String>,
     git_head: Option<String>,
     git_base: Option<String>,
     /// Text of the repository's airlock.hcl, judged with the plan.
     config: Option<String>,
+    /// The repository's Rego policies (`policy/**.rego`), judged with the plan.
+    #[serde(default)]
+    policies: Vec<PolicyFile>,
     plan_b64: String,
     plan_json_b64: String,
     lockfile_b64: Option<String>,
+}
+
+#[derive(Deserialize, serde::Serialize, Clone)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    path: String,
+    text: String,
+}
+
+/// What the run is judged against besides the plan: the repository's policy as uploaded (and
+/// tied to the fingerprint) and, for the policy-change report, the last applied run's.
+struct JudgeInput {
+    plan_json: Vec<u8>,
+    plan_bin: Vec<u8>,
+    config: Option<String>,
+    policies: Vec<PolicyFile>,
+    previous: Option<(Option<String>, Vec<PolicyFile>)>,
+    stack: StackRecord,
+    planned: (Option<String>, Option<u64>),
 }
 
 struct Judged {
@@ -113,37 +144,180 @@ struct Judged {
     report: Value,
     markdown: String,
     destroys: Vec<String>,
+    moved_from: Vec<String>,
+    policy_changes: Vec<String>,
     required_approvals: u32,
+    checks: Vec<String>,
 }
 
-/// Runs the plan gate over the uploaded plan JSON.
-fn judge(plan_json: &[u8], config_text: Option<&str>, stack: &StackRecord) -> ApiResult<Judged> {
-    let cfg = match config_text {
-        Some(text) => config::parse(text, "airlock.hcl")
-            .map_err(|e| ApiError::new(RefusalKind::BadRequest, format!("airlock.hcl: {e}")))?,
-        None => config::Config::default(),
+fn bad(msg: impl Into<String>) -> ApiError {
+    ApiError::new(RefusalKind::BadRequest, msg)
+}
+
+/// The plan JSON's `output_changes`: name and actions (values are not read).
+fn json_outputs(plan_json: &[u8]) -> ApiResult<Vec<(String, Vec<String>)>> {
+    #[derive(Deserialize)]
+    struct Actions {
+        actions: Vec<String>,
+    }
+    #[derive(Deserialize)]
+    struct Out {
+        change: Actions,
+    }
+    #[derive(Deserialize)]
+    struct Plan {
+        #[serde(default)]
+        output_changes: std::collections::BTreeMap<String, Out>,
+    }
+    let p: Plan = serde_json::from_slice(plan_json).map_err(|e| bad(format!("plan JSON: {e}")))?;
+    Ok(p.output_changes
+        .into_iter()
+        .map(|(name, o)| (name, o.change.actions))
+        .collect())
+}
+
+fn parse_config(text: Option<&str>) -> ApiResult<config::Config> {
+    match text {
+        Some(text) => {
+            config::parse(text, "airlock.hcl").map_err(|e| bad(format!("airlock.hcl: {e}")))
+        }
+        None => Ok(config::Config::default()),
+    }
+}
+
+/// Runs the plan gate over the uploaded plan JSON, after proving that the JSON describes the
+/// binary plan that will be applied. The stack's server-side protections, its production flag
+/// and the repository's Rego policies all take part; nothing in the upload can lower them.
+fn judge(input: JudgeInput) -> ApiResult<Judged> {
+    let stack = &input.stack;
+    let binary = PlanFile::parse(&input.plan_bin).map_err(|e| bad(e.to_string()))?;
+    if binary.errored {
+        return Err(bad("the binary plan is from a plan that errored; it cannot be applied: fix the error and plan again"));
+    }
+    let prior = match (binary.prior_lineage.as_deref(), binary.prior_serial) {
+        (None | Some(""), _) => (None, None),
+        (Some(l), s) => (Some(l.to_owned()), s),
     };
+    if prior != input.planned {
+        return Err(bad(format!(
+            "the binary plan was made against lineage {:?} serial {:?}, not the planned_lineage/planned_serial sent with it ({:?} {:?})",
+            prior.0, prior.1, input.planned.0, input.planned.1
+        )));
+    }
+    let cfg = parse_config(input.config.as_deref())?;
     let stack_cfg = cfg.stack(&stack.name);
     let mut analyzer = Analyzer::new(&cfg, stack_cfg);
     let mut json_changes = String::new();
     let mut md = report::Markdown::new();
-    let mut destroys = Vec::new();
+    let (mut destroys, mut moved_from, mut listed) = (Vec::new(), Vec::new(), Vec::new());
+    let mut server_protected = Vec::new();
     let mut first = true;
-    let info = plan::read_plan(plan_json, |rc| {
+    let info = plan::read_plan(&input.plan_json[..], |rc| {
+        listed.push(BinaryChange {
+            address: rc.address.clone(),
+            deposed: rc.deposed.clone(),
+            actions: rc.change.actions.clone(),
+        });
         let c = analyzer.change(&rc);
-        if c.mode == "managed" && c.is_destructive() && c.deposed.is_none() {
-            destroys.push(c.address.clone());
+        if c.mode == "managed" && c.is_destructive() {
+            if let Some(reason) =
+                firewall::protection_reason(&c.resource_type, &c.address, &stack.settings)
+            {
+                server_protected.push((c.address.clone(), reason));
+            }
+            if c.deposed.is_none() {
+                destroys.push(c.address.clone());
+            }
         }
-        json_changes.push_str(&report::json::change(&c, first));
-        first = false;
+        if let Some(from) = &c.moved_from {
+            if let Some(reason) =
+                firewall::protection_reason(&c.resource_type, from, &stack.settings)
+            {
+                server_protected.push((from.clone(), format!("{reason}; moved to {}", c.address)));
+            }
+            moved_from.push(from.clone());
+        }
+        if c.is_interesting() {
+            json_changes.push_str(&report::json::change(&c, first));
+            first = false;
+        }
         md.change(&c);
     })
-    .map_err(|e| ApiError::new(RefusalKind::BadRequest, format!("plan JSON: {e}")))?;
-    let mut decision = analyzer.finish(info);
-    if stack.production && !destroys.is_empty() && decision.verdict == Verdict::Allow {
-        // The server knows the stack is production even if the uploaded airlock.hcl does not.
-        decision.verdict = Verdict::Review;
+    .map_err(|e| bad(format!("plan JSON: {e}")))?;
+    listed.sort();
+    binary
+        .matches_json(&listed, &json_outputs(&input.plan_json)?)
+        .map_err(|e| {
+            bad(format!(
+                "the plan JSON does not describe the binary plan it was uploaded with: {e}"
+            ))
+        })?;
+    let mut checks = vec![format!(
+        "server: the judged plan JSON lists exactly the resource and output changes of the binary plan (SHA-256 tfplan protobuf), made by terraform {} against serial {}",
+        binary.terraform_version,
+        prior.1.map_or("none (empty stack)".into(), |s| s.to_string())
+    )];
+    for (address, reason) in server_protected {
+        analyzer.add_finding(Finding {
+            rule: "server-protected".into(),
+            severity: Severity::Review,
+            address: Some(address),
+            message: format!("removes an instance the server protects ({reason}); the apply gets a removal grant only through this run's approvals"),
+        });
     }
+    if !input.policies.is_empty() {
+        let files: Vec<(String, String)> = input
+            .policies
+            .iter()
+            .map(|p| (p.path.clone(), p.text.clone()))
+            .collect();
+        let mut rego = RegoPolicies::load(&files).map_err(|e| bad(e.to_string()))?;
+        let text =
+            std::str::from_utf8(&input.plan_json).map_err(|_| bad("plan JSON is not UTF-8"))?;
+        for f in rego.evaluate(text).map_err(|e| bad(e.to_string()))? {
+            analyzer.add_finding(f);
+        }
+        checks.push(format!(
+            "server: {} repository Rego policy file(s) evaluated",
+            files.len()
+        ));
+    }
+    let mut policy_changes = Vec::new();
+    if let Some((old_text, old_policies)) = &input.previous {
+        let old = parse_config(old_text.as_deref()).unwrap_or_default();
+        policy_changes.extend(config::weakening(&old, &cfg, &stack.name));
+        for p in old_policies {
+            match input.policies.iter().find(|n| n.path == p.path) {
+                None => policy_changes.push(format!("removes policy file {}", p.path)),
+                Some(n) if n.text != p.text => {
+                    policy_changes.push(format!("changes policy file {}", p.path))
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    for change in &policy_changes {
+        analyzer.add_finding(Finding {
+            rule: "policy-weakened".into(),
+            severity: Severity::Review,
+            address: None,
+            message: format!("this change {change} (compared with the last applied run)"),
+        });
+    }
+    if stack.production && !destroys.is_empty() {
+        // The server knows the stack is production even if the uploaded airlock.hcl does not.
+        analyzer.add_finding(Finding {
+            rule: "production-destroy".into(),
+            severity: Severity::Review,
+            address: None,
+            message: format!(
+                "destroys {} instance(s) on production stack {}",
+                destroys.len(),
+                stack.name
+            ),
+        });
+    }
+    let decision = analyzer.finish(info);
     let text = format!(
         "{}{}{}",
         report::json::open(),
@@ -162,8 +336,74 @@ fn judge(plan_json: &[u8], config_text: Option<&str>, stack: &StackRecord) -> Ap
         markdown: md.finish(&decision, &[]),
         report,
         destroys,
+        moved_from,
+        policy_changes,
         required_approvals: required,
+        checks,
     })
+}
+
+/// Checks that the upload's inputs are consistent: the fingerprint is the digest of the listed
+/// files, and the airlock.hcl and policies sent are exactly the listed ones.
+fn check_inputs(req: &CreateRun) -> ApiResult<()> {
+    inputs::validate(&req.inputs).map_err(|e| bad(format!("inputs: {e}")))?;
+    if inputs::fingerprint(&req.terraform_version, &req.inputs)
+        != req.fingerprint.to_ascii_lowercase()
+    {
+        return Err(bad(
+            "the fingerprint is not the digest of the listed inputs",
+        ));
+    }
+    let listed_config = req.inputs.iter().find(|f| f.path == inputs::CONFIG_PATH);
+    let sent_config = req
+        .config
+        .as_deref()
+        .map(|c| InputFile::of(inputs::CONFIG_PATH, c.as_bytes()));
+    if listed_config != sent_config.as_ref() {
+        return Err(bad("the airlock.hcl sent is not the airlock.hcl listed in the inputs: the run must be judged by the repository's own configuration"));
+    }
+    let listed: Vec<&InputFile> = req
+        .inputs
+        .iter()
+        .filter(|f| inputs::is_policy_path(&f.path))
+        .collect();
+    let mut sent: Vec<InputFile> = req
+        .policies
+        .iter()
+        .map(|p| InputFile::of(&p.path, p.text.as_bytes()))
+        .collect();
+    sent.sort();
+    if listed.len() != sent.len() || listed.iter().zip(&sent).any(|(a, b)| *a != b) {
+        return Err(bad("the policy files sent are not the policy/**.rego files listed in the inputs: the run must be judged by all of the repository's policies"));
+    }
+    if let Some(d) = &req.planned_dir {
+        if d.len() > 1024 || d.starts_with('/') || d.chars().any(char::is_control) {
+            return Err(bad("planned_dir must be a relative path"));
+        }
+    }
+    Ok(())
+}
+
+/// The configuration and policies of the stack's last applied run, if any.
+fn previous_policy(
+    st: &dyn airlock_store::Store,
+    stack: &str,
+) -> airlock_store::Result<Option<(Option<String>, Vec<PolicyFile>)>> {
+    let Some(last) = st
+        .runs(Some(stack), 200)?
+        .into_iter()
+        .find(|r| r.status == RunStatus::Applied)
+    else {
+        return Ok(None);
+    };
+    let config = st
+        .run_artifact(&last.id, CONFIG_ARTIFACT)?
+        .map(|b| String::from_utf8_lossy(&b).into_owned());
+    let policies = st
+        .run_artifact(&last.id, POLICIES_ARTIFACT)?
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    Ok(Some((config, policies)))
 }
 
 /// `POST /api/v1/stacks/{stack}/runs`: uploads a planned run.
@@ -184,20 +424,25 @@ pub async fn create(
         .map(|l| b64(l, "lockfile_b64"))
         .transpose()?;
     if plan_bin.is_empty() || plan_json.is_empty() {
-        return Err(ApiError::new(
-            RefusalKind::BadRequest,
-            "the binary plan and its JSON are both required",
-        ));
+        return Err(bad("the binary plan and its JSON are both required"));
     }
     if req.fingerprint.len() != 64 || !req.fingerprint.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(ApiError::new(
-            RefusalKind::BadRequest,
-            "fingerprint must be a hex SHA-256",
-        ));
+        return Err(bad("fingerprint must be a hex SHA-256"));
     }
+    check_inputs(&req)?;
+    let s = stack.to_string();
+    let previous = store_call(&state, move |st| previous_policy(st, &s)).await?;
     let judged = {
-        let (json_bytes, cfg, rec) = (plan_json.clone(), req.config.clone(), record.clone());
-        tokio::task::spawn_blocking(move || judge(&json_bytes, cfg.as_deref(), &rec))
+        let input = JudgeInput {
+            plan_json: plan_json.clone(),
+            plan_bin: plan_bin.clone(),
+            config: req.config.clone(),
+            policies: req.policies.clone(),
+            previous,
+            stack: record.clone(),
+            planned: (req.planned_lineage.clone(), req.planned_serial),
+        };
+        tokio::task::spawn_blocking(move || judge(input))
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))??
     };
@@ -234,15 +479,24 @@ pub async fn create(
         apply_started_at: None,
         finished_at: None,
         note: None,
+        inputs: req.inputs,
+        planned_dir: req.planned_dir,
+        moved_from: judged.moved_from,
+        policy_changes: judged.policy_changes,
+        checks: judged.checks,
     };
     let audit = NewAudit::ok(
         &p.display(),
         "run.create",
         Some(stack.as_str()),
-        json!({"run": run.id, "decision": run.decision, "destroys": run.destroys.len(), "plan_sha256": run.plan_sha256, "fingerprint": run.fingerprint}),
+        json!({"run": run.id, "decision": run.decision, "destroys": run.destroys.len(), "plan_sha256": run.plan_sha256, "fingerprint": run.fingerprint, "policy_changes": run.policy_changes}),
     );
     let markdown = judged.markdown;
-    let (r, md) = (run.clone(), markdown.clone());
+    let policies_json = (!req.policies.is_empty())
+        .then(|| serde_json::to_vec(&req.policies))
+        .transpose()
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let (r, md, config_text) = (run.clone(), markdown.clone(), req.config);
     store_call(&state, move |st| {
         let mut artifacts: Vec<(&str, &[u8])> = vec![
             (PLAN_ARTIFACT, &plan_bin),
@@ -251,6 +505,12 @@ pub async fn create(
         ];
         if let Some(l) = &lockfile {
             artifacts.push((LOCKFILE_ARTIFACT, l));
+        }
+        if let Some(c) = &config_text {
+            artifacts.push((CONFIG_ARTIFACT, c.as_bytes()));
+        }
+        if let Some(p) = &policies_json {
+            artifacts.push((POLICIES_ARTIFACT, p));
         }
         st.create_run(&r, &artifacts, audit)
     })
@@ -553,11 +813,14 @@ pub async fn reject(
     Ok(Json(json!({ "run": result.map_err(ApiError::Refused)? })))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ApplyRequest {
-    /// The applying checkout's input fingerprint, when it runs in one.
-    fingerprint: Option<String>,
+    /// The applying checkout's input fingerprint: the merged code must be the reviewed code.
+    fingerprint: String,
+    /// The checkout's input files, so that a mismatch can name the files that differ.
+    #[serde(default)]
+    inputs: Vec<InputFile>,
 }
 
 /// `POST /api/v1/runs/{id}/apply`: checks invariant 3, moves the run to `applying`, and issues
@@ -569,11 +832,10 @@ pub async fn apply(
     Path(id): Path<String>,
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
-    let req: ApplyRequest = if body.is_empty() {
-        ApplyRequest::default()
-    } else {
-        parse_body(&body)?
-    };
+    if body.is_empty() {
+        return Err(bad("apply needs the checkout's input fingerprint: {\"fingerprint\": ..., \"inputs\": [...]} (airlock apply sends it)"));
+    }
+    let req: ApplyRequest = parse_body(&body)?;
     let run = load_run(&state, &p, &id).await?;
     let stack = existing_stack(&state, &p, &run.stack).await?;
     if !stack.settings.apply_from.contains(&p.role) {
@@ -618,13 +880,17 @@ pub async fn apply(
                 return Err(refuse(RefusalKind::Forbidden, format!("apply refused: run {} lacks {} valid approval(s) of its plan by someone other than its author", run.id, run.required_approvals)));
             }
             check_fresh(run, stack, current, &actor)?;
-            if let Some(fp) = &req.fingerprint {
-                if !fp.eq_ignore_ascii_case(&run.fingerprint) {
-                    return Err(refuse(
-                        RefusalKind::Conflict,
-                        format!("apply refused: this checkout's inputs (fingerprint {fp}) differ from the reviewed run's ({}); the merged code is not what was reviewed: plan again", run.fingerprint),
-                    ));
-                }
+            if !req.fingerprint.eq_ignore_ascii_case(&run.fingerprint) {
+                let differing = inputs::differences(&run.inputs, &req.inputs);
+                let files = if req.inputs.is_empty() || differing.is_empty() {
+                    String::new()
+                } else {
+                    format!("; files that differ: {}", differing.iter().take(20).cloned().collect::<Vec<_>>().join(", "))
+                };
+                return Err(refuse(
+                    RefusalKind::Conflict,
+                    format!("apply refused: this checkout's inputs (fingerprint {}) differ from the reviewed run's ({}){files}; the merged code, airlock.hcl or policies are not what was reviewed: plan again", req.fingerprint, run.fingerprint),
+                ));
             }
             let mut new = run.clone();
             new.status = RunStatus::Applying;
@@ -649,9 +915,19 @@ pub async fn apply(
         created_by: p.display(),
         run_id: Some(run.id.clone()),
     };
-    let grant = (!run.destroys.is_empty()).then(|| NewGrant {
+    // What the run's writes may drop: what the plan deletes or forgets, and where it moves
+    // instances from. Used by the run-bound token only, for every write until the run finishes.
+    let mut may_remove: Vec<String> = run
+        .destroys
+        .iter()
+        .chain(&run.moved_from)
+        .cloned()
+        .collect();
+    may_remove.sort();
+    may_remove.dedup();
+    let grant = (!may_remove.is_empty()).then(|| NewGrant {
         id: tokens::random_id("grant_"),
-        addresses: run.destroys.clone(),
+        addresses: may_remove,
         reason: format!(
             "run {} approved by {}",
             run.id,
@@ -698,6 +974,8 @@ pub async fn apply(
 struct FinishRequest {
     success: bool,
     log_b64: Option<String>,
+    /// The check `airlock apply` made before applying, in words.
+    plan_check: Option<String>,
 }
 
 /// `POST /api/v1/runs/{id}/finish`: records the outcome and log, revokes the run-bound token,
@@ -745,6 +1023,16 @@ pub async fn finish(
             };
             new.finished_at = Some(now_ms());
             new.updated_at = now_ms();
+            if let Some(check) = &req.plan_check {
+                new.checks.push(format!(
+                    "apply: {}",
+                    check
+                        .chars()
+                        .filter(|c| !c.is_control())
+                        .take(500)
+                        .collect::<String>()
+                ));
+            }
             let audit = NewAudit::ok(
                 &a,
                 &format!("run.{}", new.status.as_str()),

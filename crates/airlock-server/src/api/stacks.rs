@@ -103,7 +103,8 @@ pub async fn show(
             .filter(|i| i.mode == airlock_core::state::Mode::Managed && i.deposed.is_none())
         {
             instances += 1;
-            if let Some(reason) = protection_reason(i, &record.settings) {
+            if let Some(reason) = protection_reason(&i.resource_type, &i.address, &record.settings)
+            {
                 protected.push(json!({"address": i.address, "reason": reason}));
             }
         }

@@ -95,7 +95,7 @@ pub async fn show(
                 "mode": if i.mode == Mode::Managed { "managed" } else { "data" },
                 "deposed": i.deposed,
                 "tainted": i.tainted,
-                "protected": if i.mode == Mode::Managed { protection_reason(i, &record.settings) } else { None },
+                "protected": if i.mode == Mode::Managed { protection_reason(&i.resource_type, &i.address, &record.settings) } else { None },
             })
         })
         .collect();
@@ -155,15 +155,8 @@ struct RestoreRequest {
 
 /// Rewrites a stored state's serial, keeping everything else.
 fn with_serial(bytes: &[u8], serial: u64) -> ApiResult<Vec<u8>> {
-    let mut v: Value = serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::Internal(format!("stored version unreadable: {e}")))?;
-    let obj = v
-        .as_object_mut()
-        .ok_or_else(|| ApiError::Internal("stored version is not an object".into()))?;
-    obj.insert("serial".into(), json!(serial));
-    let mut out = serde_json::to_vec_pretty(&v).map_err(|e| ApiError::Internal(e.to_string()))?;
-    out.push(b'\n');
-    Ok(out)
+    airlock_core::state_serial::replace_serial(bytes, serial)
+        .map_err(|e| ApiError::Internal(format!("stored version unreadable: {e}")))
 }
 
 /// `POST /api/v1/stacks/{stack}/restore`: writes an old version again as a NEW version.

@@ -8,8 +8,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
+use airlock_core::inputs::{self, InputFile, CONFIG_PATH};
 use airlock_policy::config::{self, Config, Phase};
-use airlock_runner::{fingerprint, phase_env, run_streaming};
+use airlock_runner::{input_files, phase_env, run_streaming};
 use anyhow::{bail, Context};
 use base64::Engine;
 use serde_json::{json, Value};
@@ -20,23 +21,48 @@ use crate::cli::{ApplyArgs, ApproveArgs, ClientArgs, PlanArgs, RejectArgs, RunsA
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
-/// The nearest airlock.hcl in `dir` or a parent, with its parsed content.
-fn find_config(
-    dir: &Path,
-    explicit: Option<&Path>,
-) -> anyhow::Result<Option<(PathBuf, String, Config)>> {
-    let path = match explicit {
-        Some(p) => Some(p.to_path_buf()),
-        None => dir
-            .ancestors()
-            .map(|d| d.join("airlock.hcl"))
-            .find(|p| p.is_file()),
+/// The repository around `dir`: the nearest directory at or above it holding airlock.hcl (its
+/// root), with the file's text and parsed content; or `dir` itself when there is none.
+struct Repo {
+    root: PathBuf,
+    config: Option<(PathBuf, String, Config)>,
+}
+
+fn find_repo(dir: &Path) -> anyhow::Result<Repo> {
+    let Some(root) = dir.ancestors().find(|d| d.join(CONFIG_PATH).is_file()) else {
+        return Ok(Repo {
+            root: dir.to_path_buf(),
+            config: None,
+        });
     };
-    let Some(path) = path else { return Ok(None) };
+    let path = root.join(CONFIG_PATH);
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let cfg = config::parse(&text, &path.display().to_string())?;
-    Ok(Some((path, text, cfg)))
+    Ok(Repo {
+        root: root.to_path_buf(),
+        config: Some((path, text, cfg)),
+    })
+}
+
+impl Repo {
+    fn profile(&self, phase: Phase) -> Vec<String> {
+        self.config
+            .as_ref()
+            .map(|(_, _, c)| c.credentials_for(phase).to_vec())
+            .unwrap_or_default()
+    }
+}
+
+/// `dir` relative to the repository root, `/`-separated (`.` for the root itself).
+fn relative_dir(root: &Path, dir: &Path) -> String {
+    let rel = dir.strip_prefix(root).unwrap_or(Path::new(""));
+    let s = rel.to_string_lossy().replace('\\', "/");
+    if s.is_empty() {
+        ".".into()
+    } else {
+        s
+    }
 }
 
 /// `--stack`, else the config's stack whose `dir` is `dir`.
@@ -171,6 +197,18 @@ fn run_text(v: &Value) -> String {
             "STALE: the stack changed since the plan; it cannot be applied\n"
         });
     }
+    let policy: Vec<&str> = run["policy_changes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    if !policy.is_empty() {
+        out.push_str("\nPOLICY WEAKENED by this change (compared with the last applied run):\n");
+        for p in policy {
+            out.push_str(&format!("  ! {p}\n"));
+        }
+    }
     let changes: Vec<&Value> = run["report"]["changes"]
         .as_array()
         .into_iter()
@@ -250,6 +288,14 @@ fn run_text(v: &Value) -> String {
     if let Some(n) = run.get("note").and_then(Value::as_str) {
         out.push_str(&format!("note: {n}\n"));
     }
+    for c in run["checks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+    {
+        out.push_str(&format!("checked: {c}\n"));
+    }
     if let Some(next) = v.get("next").and_then(Value::as_str) {
         out.push_str(&format!("next: {next}\n"));
     }
@@ -263,8 +309,8 @@ pub fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
         .dir
         .canonicalize()
         .with_context(|| format!("{} is not a directory", args.dir.display()))?;
-    let cfg = find_config(&dir, args.config.as_deref())?;
-    let stack = resolve_stack(&dir, args.stack.as_deref(), cfg.as_ref())?;
+    let repo = find_repo(&dir)?;
+    let stack = resolve_stack(&dir, args.stack.as_deref(), repo.config.as_ref())?;
     if !has_http_backend(&dir)? {
         bail!("{} has no `backend \"http\"` block; add the block printed by `airlock backend-config {stack}`", dir.display());
     }
@@ -277,10 +323,17 @@ pub fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
     let token = plan_token["secret"]
         .as_str()
         .context("the server sent no plan token")?;
-    let apply_profile: Vec<String> = cfg
-        .as_ref()
-        .map(|(_, _, c)| c.credentials_for(Phase::Apply).to_vec())
-        .unwrap_or_default();
+    let apply_profile = repo.profile(Phase::Apply);
+    let held: Vec<&String> = apply_profile
+        .iter()
+        .filter(|v| std::env::var_os(v).is_some())
+        .collect();
+    if !held.is_empty() {
+        eprintln!(
+            "warning: this environment holds the apply profile's credentials ({}). airlock plan does not pass them to terraform, but whoever holds them can change the cloud without airlock: planning environments (and agents) must hold only plan-phase, read-only credentials",
+            held.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+        );
+    }
     let env = phase_env(std::env::vars(), &apply_profile, token);
     let state_url = format!("{}/state/{stack}", c.base());
 
@@ -323,18 +376,31 @@ pub fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
     if stack_position(&c, &stack)? != (lineage.clone(), serial) {
         bail!("the state of {stack} changed while planning; plan again");
     }
-    let fp = fingerprint(&dir, &version).context("computing the input fingerprint")?;
+    let files = input_files(&repo.root, &dir).context("listing the run's input files")?;
+    let fp = inputs::fingerprint(&version, &files);
+    let policies: Vec<Value> = files
+        .iter()
+        .filter(|f| inputs::is_policy_path(&f.path))
+        .map(|f| -> anyhow::Result<Value> {
+            let text = std::fs::read_to_string(repo.root.join(&f.path))
+                .with_context(|| format!("reading the policy {}", f.path))?;
+            Ok(json!({"path": f.path, "text": text}))
+        })
+        .collect::<anyhow::Result<_>>()?;
     let plan_bin = std::fs::read(&plan_path)?;
     let lockfile = std::fs::read(dir.join(".terraform.lock.hcl")).ok();
     let _ = std::fs::remove_dir_all(&work);
     let body = json!({
         "fingerprint": fp,
+        "inputs": files,
         "terraform_version": version,
         "planned_lineage": lineage,
         "planned_serial": serial,
+        "planned_dir": relative_dir(&repo.root, &dir),
+        "policies": policies,
         "git_head": git(&dir, &["rev-parse", "HEAD"]),
         "git_base": std::env::var("AIRLOCK_GIT_BASE").ok(),
-        "config": cfg.as_ref().map(|(_, text, _)| text.clone()),
+        "config": repo.config.as_ref().map(|(_, text, _)| text.clone()),
         "plan_b64": B64.encode(&plan_bin),
         "plan_json_b64": B64.encode(&show.stdout),
         "lockfile_b64": lockfile.map(|l| B64.encode(l)),
@@ -451,35 +517,74 @@ pub fn reject(args: RejectArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The parts of a plan JSON that say what an apply does: every resource and output change
+/// (with values), and the prior state it applies to.
+const PLAN_PARTS: &[&str] = &[
+    "terraform_version",
+    "resource_changes",
+    "output_changes",
+    "prior_state",
+];
+
+/// Compares what `terraform show -json` says of the plan about to be applied with the plan JSON
+/// the server judged and the reviewers read. `None` when they agree; else the parts that differ.
+fn plan_difference(shown: &[u8], judged: &[u8]) -> anyhow::Result<Option<String>> {
+    let shown: Value = serde_json::from_slice(shown).context("reading terraform show -json")?;
+    let judged: Value = serde_json::from_slice(judged).context("reading the judged plan JSON")?;
+    let differing: Vec<&str> = PLAN_PARTS
+        .iter()
+        .copied()
+        .filter(|k| shown.get(k) != judged.get(k))
+        .collect();
+    Ok((!differing.is_empty()).then(|| differing.join(", ")))
+}
+
 /// `airlock apply ID`: exactly the approved plan, with the run-bound token only.
 pub fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     let c = Client::new(&args.client)?;
-    let dir = args
-        .dir
-        .canonicalize()
-        .with_context(|| format!("{} is not a directory", args.dir.display()))?;
     let run = c.get(&format!("/api/v1/runs/{}", args.id))?;
     let stack = run["run"]["stack"]
         .as_str()
         .context("run has no stack")?
         .to_owned();
+    // The stack's directory: --dir, else where the run was planned, under this checkout's root.
+    let (repo, dir) = match &args.dir {
+        Some(d) => {
+            let dir = d
+                .canonicalize()
+                .with_context(|| format!("{} is not a directory", d.display()))?;
+            (find_repo(&dir)?, dir)
+        }
+        None => {
+            let cwd = std::env::current_dir()?.canonicalize()?;
+            let repo = find_repo(&cwd)?;
+            let planned = run["run"]["planned_dir"].as_str().unwrap_or(".");
+            let dir = repo.root.join(planned);
+            let dir = dir.canonicalize().with_context(|| {
+                format!(
+                    "run {} was planned in {planned} (relative to the repository root {}), which does not exist here; pass --dir",
+                    args.id,
+                    repo.root.display()
+                )
+            })?;
+            (repo, dir)
+        }
+    };
     // Every child of the apply phase runs without the plan profile.
-    let cfg = find_config(&dir, args.config.as_deref())?;
-    let plan_profile: Vec<String> = cfg
-        .as_ref()
-        .map(|(_, _, c)| c.credentials_for(Phase::Plan).to_vec())
-        .unwrap_or_default();
+    let plan_profile = repo.profile(Phase::Plan);
     // The fingerprint covers the Terraform version the run was planned with; `terraform apply`
     // itself refuses a plan file made by a different version.
     let version = run["run"]["terraform_version"]
         .as_str()
         .unwrap_or_default()
         .to_owned();
-    let fp = fingerprint(&dir, &version).context("computing the checkout's input fingerprint")?;
+    let files: Vec<InputFile> =
+        input_files(&repo.root, &dir).context("listing the checkout's input files")?;
+    let fp = inputs::fingerprint(&version, &files);
     let started = c.send(
         "POST",
         &format!("/api/v1/runs/{}/apply", args.id),
-        &json!({"fingerprint": fp}),
+        &json!({"fingerprint": fp, "inputs": files}),
     )?;
     let token = started["token"]
         .as_str()
@@ -495,11 +600,11 @@ pub fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         token: Some(token.clone()),
         format: args.client.format,
     })?;
-    let finish = |success: bool, log: &[u8]| {
+    let finish = |success: bool, log: &[u8], check: &str| {
         run_client.send(
             "POST",
             &format!("/api/v1/runs/{}/finish", args.id),
-            &json!({"success": success, "log_b64": B64.encode(log)}),
+            &json!({"success": success, "log_b64": B64.encode(log), "plan_check": check}),
         )
     };
     let plan_bin =
@@ -507,17 +612,47 @@ pub fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     let got = hex::encode(Sha256::digest(&plan_bin));
     if got != approved {
         let msg = format!("the downloaded plan (SHA-256 {got}) is not the approved plan ({approved}); refusing to apply");
-        finish(false, msg.as_bytes())?;
+        finish(false, msg.as_bytes(), "plan hash mismatch: not applied")?;
         bail!(msg);
     }
+    let judged = run_client.get_bytes(&format!("/api/v1/runs/{}/artifacts/plan.json", args.id))?;
     let env = phase_env(std::env::vars(), &plan_profile, &token);
     let work = tempfile_dir()?;
     let plan_path = work.join("plan.tfplan");
     std::fs::write(&plan_path, &plan_bin)?;
     let state_url = format!("{}/state/{stack}", c.base());
     let mut log = Vec::new();
+    let mut check = String::new();
     let outcome = (|| -> anyhow::Result<bool> {
         init(&args.terraform_bin, &dir, &state_url, &env)?;
+        // Terraform itself reads the binary about to be applied; it must say what was reviewed.
+        let show = terraform(
+            &args.terraform_bin,
+            &dir,
+            &[
+                "show".into(),
+                "-json".into(),
+                plan_path.display().to_string(),
+            ],
+        )
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .context("running terraform show -json on the approved plan")?;
+        if !show.status.success() {
+            check = "terraform show -json of the approved plan failed: not applied".into();
+            log = show.stderr;
+            return Ok(false);
+        }
+        if let Some(parts) = plan_difference(&show.stdout, &judged)? {
+            check = format!("terraform show -json of the approved plan differs from the reviewed plan JSON in {parts}: not applied");
+            log = check.clone().into_bytes();
+            return Ok(false);
+        }
+        check = format!(
+            "terraform show -json of the approved plan equals the reviewed plan JSON ({})",
+            PLAN_PARTS.join(", ")
+        );
         let apply_args: Vec<String> = vec![
             "apply".into(),
             "-input=false".into(),
@@ -530,12 +665,16 @@ pub fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     })();
     let _ = std::fs::remove_dir_all(&work);
     let success = matches!(outcome, Ok(true));
-    let v = finish(success, &log)?;
+    let v = finish(success, &log, &check)?;
     c.print(&v, |v| {
         format!("run {} {}\n", s(v, "/run/id"), s(v, "/run/status"))
     });
     match outcome {
         Ok(true) => Ok(ExitCode::SUCCESS),
+        Ok(false) if check.ends_with("not applied") => {
+            eprintln!("error: {check}");
+            Ok(ExitCode::from(2))
+        }
         Ok(false) => Ok(ExitCode::from(1)),
         Err(e) => Err(e),
     }

@@ -1,5 +1,6 @@
 //! Integration tests: spawn the real `airlock` binary (and real `terraform`).
 
+mod attacks;
 mod check;
 mod reliability;
 mod runs;

@@ -6,15 +6,15 @@ use std::process::{Command, Output, Stdio};
 
 use crate::support::*;
 
-struct Team {
-    s: TestServer,
-    agent: String,
-    approver: String,
-    approver2: String,
-    ci: String,
+pub(crate) struct Team {
+    pub s: TestServer,
+    pub agent: String,
+    pub approver: String,
+    pub approver2: String,
+    pub ci: String,
 }
 
-fn team(stack: &str) -> Team {
+pub(crate) fn team(stack: &str) -> Team {
     let s = TestServer::start();
     s.ok(&s.admin, &["stack", "create", stack]);
     let agent = s.token("bot", "agent");
@@ -31,7 +31,13 @@ fn team(stack: &str) -> Team {
 }
 
 /// Runs the CLI in `dir` with extra environment.
-fn cli_in(s: &TestServer, token: &str, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+pub(crate) fn cli_in(
+    s: &TestServer,
+    token: &str,
+    dir: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Output {
     Command::new(AIRLOCK)
         .args(args)
         .current_dir(dir)
@@ -45,7 +51,7 @@ fn cli_in(s: &TestServer, token: &str, dir: &Path, args: &[&str], env: &[(&str, 
         .unwrap()
 }
 
-fn text(o: &Output) -> String {
+pub(crate) fn text(o: &Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&o.stdout),
@@ -54,7 +60,7 @@ fn text(o: &Output) -> String {
 }
 
 /// `airlock plan` as `token`; returns the run id.
-fn plan(t: &Team, ws: &Workspace, token: &str, stack: &str) -> String {
+pub(crate) fn plan(t: &Team, ws: &Workspace, token: &str, stack: &str) -> String {
     let out = cli_in(
         &t.s,
         token,
@@ -72,15 +78,15 @@ fn plan(t: &Team, ws: &Workspace, token: &str, stack: &str) -> String {
     v["run"]["id"].as_str().unwrap().to_owned()
 }
 
-fn apply(t: &Team, ws: &Workspace, token: &str, run: &str) -> Output {
+pub(crate) fn apply(t: &Team, ws: &Workspace, token: &str, run: &str) -> Output {
     cli_in(&t.s, token, &ws.dir, &["apply", run, "--dir", "."], &[])
 }
 
-fn run_json(t: &Team, run: &str) -> serde_json::Value {
+pub(crate) fn run_json(t: &Team, run: &str) -> serde_json::Value {
     serde_json::from_str(&t.s.ok(&t.s.admin, &["run", "show", run, "--format", "json"])).unwrap()
 }
 
-fn history_json(t: &Team, stack: &str) -> serde_json::Value {
+pub(crate) fn history_json(t: &Team, stack: &str) -> serde_json::Value {
     serde_json::from_str(&t.s.ok(&t.s.admin, &["state", "history", stack, "--format", "json"]))
         .unwrap()
 }
@@ -298,7 +304,7 @@ fn tampered_artifact_and_changed_checkout_are_refused() {
     );
 }
 
-fn zstd_compress(b: &[u8]) -> Vec<u8> {
+pub(crate) fn zstd_compress(b: &[u8]) -> Vec<u8> {
     airlock_store::blob::compress(b)
 }
 
@@ -413,12 +419,17 @@ fn run_bound_token_cannot_remove_protected_instances_outside_the_plan() {
     ws.write_main("resource \"terraform_data\" \"db\" {\n  input = 1\n}\nresource \"terraform_data\" \"web\" {\n  input = 2\n}\n");
     let run = plan(&t, &ws, &t.agent, "dev/bound");
     t.s.ok(&t.approver, &["approve", &run]);
-    // Start the apply by hand to hold the run-bound token.
+    // Start the apply by hand (as CI would, with the checkout's fingerprint) to hold the
+    // run-bound token.
+    let fp = run_json(&t, &run)["run"]["fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let (code, body) = raw(
         "POST",
         &format!("{}/api/v1/runs/{run}/apply", t.s.url),
         &t.ci,
-        b"{}",
+        format!(r#"{{"fingerprint":"{fp}"}}"#).as_bytes(),
     );
     assert_eq!(code, 200, "{body}");
     let token = serde_json::from_str::<serde_json::Value>(&body).unwrap()["token"]
@@ -427,6 +438,9 @@ fn run_bound_token_cannot_remove_protected_instances_outside_the_plan() {
         .to_owned();
     // With it, a state that drops the protected db (not in the plan) is refused.
     let err = ws.tf_err(&token, &["state", "rm", "terraform_data.db"]);
+    assert!(err.contains("403"), "{err}");
+    // Nor may it drop an unprotected instance the plan does not delete (it only updates web).
+    let err = ws.tf_err(&token, &["state", "rm", "terraform_data.web"]);
     assert!(err.contains("403"), "{err}");
     // It cannot write other stacks, or after the run ends.
     let (code, _) = raw(

@@ -1,0 +1,502 @@
+//! Reader for Terraform's binary plan file (`terraform plan -out`), enough to tie a plan JSON to
+//! the binary that will be applied.
+//!
+//! A plan file is a zip archive. Its `tfplan` member is a protobuf message (`tfplan.Plan`,
+//! Terraform's `internal/plans/planproto/planfile.proto`); its `tfstate` member is the prior
+//! state (state v4 JSON). This module reads, from those two members only, what decides what an
+//! apply does to managed objects: every resource instance change (address, deposed key, action),
+//! every output change, the planning mode, whether planning errored, and the lineage and serial
+//! of the prior state. Attribute values are never decoded.
+//!
+//! **Invariant:** no I/O, bounded memory (members are inflated with a size limit), never panics
+//! on input. The server judges a run's plan JSON only after [`PlanFile::matches_json`] says the
+//! JSON lists exactly the changes of the binary it stores.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+/// Largest inflated `tfplan` or `tfstate` member accepted.
+pub const MAX_MEMBER_BYTES: usize = 512 * 1024 * 1024;
+
+/// The plan file format versions this reader understands (Terraform 1.x writes 3).
+const PLAN_FORMAT_VERSION: u64 = 3;
+
+/// Why a body is not a readable plan file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanFileError(pub String);
+
+impl fmt::Display for PlanFileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "binary plan: {}", self.0)
+    }
+}
+
+impl std::error::Error for PlanFileError {}
+
+fn err<T>(m: impl Into<String>) -> Result<T, PlanFileError> {
+    Err(PlanFileError(m.into()))
+}
+
+/// One resource instance change of the binary plan.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct BinaryChange {
+    /// Instance address as Terraform renders it.
+    pub address: String,
+    /// Deposed key, for a change to a deposed object.
+    pub deposed: Option<String>,
+    /// Actions as the plan JSON spells them (`["delete","create"]`, ...).
+    pub actions: Vec<String>,
+}
+
+/// What the binary plan says an apply will do.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlanFile {
+    /// Terraform version that wrote the plan.
+    pub terraform_version: String,
+    /// Planning mode was `-destroy`.
+    pub destroy_mode: bool,
+    /// Planning failed part-way (such a plan cannot be applied).
+    pub errored: bool,
+    /// Every resource instance change, no-ops included, sorted.
+    pub changes: Vec<BinaryChange>,
+    /// Root output changes: name and actions, sorted.
+    pub outputs: Vec<(String, Vec<String>)>,
+    /// Lineage of the prior state (None when the plan holds no prior state).
+    pub prior_lineage: Option<String>,
+    /// Serial of the prior state.
+    pub prior_serial: Option<u64>,
+}
+
+impl PlanFile {
+    /// Reads a plan file.
+    pub fn parse(bytes: &[u8]) -> Result<PlanFile, PlanFileError> {
+        let members = zip_members(bytes)?;
+        let Some(tfplan) = members.iter().find(|m| m.name == "tfplan") else {
+            return err("the archive has no tfplan member: not a Terraform plan file");
+        };
+        let mut plan = decode_plan(&tfplan.inflate(bytes)?)?;
+        if let Some(state) = members.iter().find(|m| m.name == "tfstate") {
+            let body = state.inflate(bytes)?;
+            #[derive(serde::Deserialize)]
+            struct Prior {
+                serial: u64,
+                lineage: String,
+            }
+            let prior: Prior = serde_json::from_slice(&body)
+                .map_err(|e| PlanFileError(format!("its prior state is not readable: {e}")))?;
+            plan.prior_lineage = Some(prior.lineage);
+            plan.prior_serial = Some(prior.serial);
+        }
+        Ok(plan)
+    }
+
+    /// Checks that `json_changes` (the `resource_changes` of a plan JSON: address, deposed key,
+    /// actions) and `json_outputs` (`output_changes`: name, actions) are exactly this binary
+    /// plan's. Returns the first differences found, in words.
+    pub fn matches_json(
+        &self,
+        json_changes: &[BinaryChange],
+        json_outputs: &[(String, Vec<String>)],
+    ) -> Result<(), String> {
+        let ours: BTreeSet<&BinaryChange> = self.changes.iter().collect();
+        let theirs: BTreeSet<&BinaryChange> = json_changes.iter().collect();
+        let mut problems: Vec<String> = Vec::new();
+        for c in ours.difference(&theirs).take(5) {
+            problems.push(format!(
+                "the binary plan has {} {} that the JSON does not list",
+                c.actions.join("+"),
+                describe(c)
+            ));
+        }
+        for c in theirs.difference(&ours).take(5) {
+            problems.push(format!(
+                "the JSON lists {} {} that the binary plan does not have",
+                c.actions.join("+"),
+                describe(c)
+            ));
+        }
+        let ours: BTreeSet<&(String, Vec<String>)> = self.outputs.iter().collect();
+        let theirs: BTreeSet<&(String, Vec<String>)> = json_outputs.iter().collect();
+        for (name, actions) in ours.symmetric_difference(&theirs).take(5) {
+            problems.push(format!(
+                "output {name} ({}) differs between the binary plan and the JSON",
+                actions.join("+")
+            ));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+}
+
+fn describe(c: &BinaryChange) -> String {
+    match &c.deposed {
+        Some(d) => format!("{} (deposed {d})", c.address),
+        None => c.address.clone(),
+    }
+}
+
+// --- zip (only what Terraform's archive/zip writer produces: stored or deflated, no zip64) ---
+
+struct Member {
+    name: String,
+    method: u16,
+    compressed: usize,
+    uncompressed: usize,
+    local_offset: usize,
+}
+
+fn u16_at(b: &[u8], at: usize) -> Result<u16, PlanFileError> {
+    match b.get(at..at + 2) {
+        Some(&[x, y]) => Ok(u16::from_le_bytes([x, y])),
+        _ => err("the zip archive is truncated"),
+    }
+}
+
+fn u32_at(b: &[u8], at: usize) -> Result<u32, PlanFileError> {
+    match b.get(at..at + 4) {
+        Some(&[w, x, y, z]) => Ok(u32::from_le_bytes([w, x, y, z])),
+        _ => err("the zip archive is truncated"),
+    }
+}
+
+fn usize_at(b: &[u8], at: usize) -> Result<usize, PlanFileError> {
+    usize::try_from(u32_at(b, at)?).or_else(|_| err("a zip size does not fit"))
+}
+
+const EOCD_SIG: u32 = 0x0605_4b50;
+const CENTRAL_SIG: u32 = 0x0201_4b50;
+const LOCAL_SIG: u32 = 0x0403_4b50;
+
+fn zip_members(b: &[u8]) -> Result<Vec<Member>, PlanFileError> {
+    if !b.starts_with(b"PK\x03\x04") {
+        return err("not a zip archive (a binary plan from `terraform plan -out` is one)");
+    }
+    // The end-of-central-directory record is the last 22 bytes plus an optional comment.
+    let last = b.len().saturating_sub(22);
+    let first = last.saturating_sub(65_535);
+    let eocd = (first..=last)
+        .rev()
+        .find(|&i| u32_at(b, i).ok() == Some(EOCD_SIG))
+        .ok_or_else(|| PlanFileError("the zip archive has no central directory".into()))?;
+    let count = usize::from(u16_at(b, eocd + 10)?);
+    let mut at = usize_at(b, eocd + 16)?;
+    if count > 10_000 {
+        return err("the zip archive lists too many members");
+    }
+    let mut members = Vec::with_capacity(count);
+    for _ in 0..count {
+        if u32_at(b, at)? != CENTRAL_SIG {
+            return err("the zip central directory is malformed");
+        }
+        let name_len = usize::from(u16_at(b, at + 28)?);
+        let extra_len = usize::from(u16_at(b, at + 30)?);
+        let comment_len = usize::from(u16_at(b, at + 32)?);
+        let name = b
+            .get(at + 46..at + 46 + name_len)
+            .ok_or_else(|| PlanFileError("the zip archive is truncated".into()))?;
+        let compressed = usize_at(b, at + 20)?;
+        let uncompressed = usize_at(b, at + 24)?;
+        if compressed == 0xFFFF_FFFF || uncompressed == 0xFFFF_FFFF {
+            return err("zip64 members are not supported (a plan member over 4 GiB)");
+        }
+        let name = String::from_utf8_lossy(name).into_owned();
+        if members.iter().any(|m: &Member| m.name == name) {
+            return err(format!("the zip archive has member {name:?} twice"));
+        }
+        members.push(Member {
+            name,
+            method: u16_at(b, at + 10)?,
+            compressed,
+            uncompressed,
+            local_offset: usize_at(b, at + 42)?,
+        });
+        at += 46 + name_len + extra_len + comment_len;
+    }
+    Ok(members)
+}
+
+impl Member {
+    fn inflate(&self, b: &[u8]) -> Result<Vec<u8>, PlanFileError> {
+        let at = self.local_offset;
+        if u32_at(b, at)? != LOCAL_SIG {
+            return err(format!("zip member {} has no local header", self.name));
+        }
+        let start = at + 30 + usize::from(u16_at(b, at + 26)?) + usize::from(u16_at(b, at + 28)?);
+        let data = b
+            .get(start..start.saturating_add(self.compressed))
+            .ok_or_else(|| PlanFileError(format!("zip member {} is truncated", self.name)))?;
+        if self.uncompressed > MAX_MEMBER_BYTES {
+            return err(format!("zip member {} is too large", self.name));
+        }
+        let out = match self.method {
+            0 => data.to_vec(),
+            8 => miniz_oxide::inflate::decompress_to_vec_with_limit(data, MAX_MEMBER_BYTES)
+                .map_err(|e| {
+                    PlanFileError(format!("zip member {} does not inflate: {e:?}", self.name))
+                })?,
+            m => {
+                return err(format!(
+                    "zip member {} uses compression method {m}",
+                    self.name
+                ))
+            }
+        };
+        if out.len() != self.uncompressed {
+            return err(format!("zip member {} has the wrong size", self.name));
+        }
+        Ok(out)
+    }
+}
+
+// --- protobuf (wire format only; field numbers from planfile.proto) ---
+
+enum Field<'a> {
+    Varint(u64),
+    Bytes(&'a [u8]),
+    Fixed,
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn new(b: &'a [u8]) -> Self {
+        Reader { b, at: 0 }
+    }
+
+    fn varint(&mut self) -> Result<u64, PlanFileError> {
+        let mut v: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            let Some(&byte) = self.b.get(self.at) else {
+                return err("the tfplan message is truncated");
+            };
+            self.at += 1;
+            v |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        err("the tfplan message has an overlong varint")
+    }
+
+    /// The next field number and value, or None at the end.
+    fn next(&mut self) -> Result<Option<(u64, Field<'a>)>, PlanFileError> {
+        if self.at >= self.b.len() {
+            return Ok(None);
+        }
+        let key = self.varint()?;
+        let field = match key & 7 {
+            0 => Field::Varint(self.varint()?),
+            1 => self.skip(8)?,
+            5 => self.skip(4)?,
+            2 => {
+                let len = usize::try_from(self.varint()?)
+                    .or_else(|_| err("a tfplan length does not fit"))?;
+                let end = self.at.checked_add(len).filter(|&e| e <= self.b.len());
+                let Some(end) = end else {
+                    return err("the tfplan message is truncated");
+                };
+                let bytes = self.b.get(self.at..end).unwrap_or_default();
+                self.at = end;
+                Field::Bytes(bytes)
+            }
+            w => return err(format!("the tfplan message uses wire type {w}")),
+        };
+        Ok(Some((key >> 3, field)))
+    }
+
+    fn skip(&mut self, n: usize) -> Result<Field<'a>, PlanFileError> {
+        if self.at + n > self.b.len() {
+            return err("the tfplan message is truncated");
+        }
+        self.at += n;
+        Ok(Field::Fixed)
+    }
+}
+
+fn text(b: &[u8], what: &str) -> Result<String, PlanFileError> {
+    String::from_utf8(b.to_vec()).or_else(|_| err(format!("{what} is not UTF-8")))
+}
+
+/// `tfplan.Action` as the plan JSON spells it.
+fn actions(code: u64) -> Result<Vec<String>, PlanFileError> {
+    let names: &[&str] = match code {
+        0 => &["no-op"],
+        1 => &["create"],
+        2 => &["read"],
+        3 => &["update"],
+        5 => &["delete"],
+        6 => &["delete", "create"],
+        7 => &["create", "delete"],
+        8 => &["forget"],
+        9 => &["create", "forget"],
+        other => return err(format!("unknown planned action {other}")),
+    };
+    Ok(names.iter().map(|s| (*s).to_owned()).collect())
+}
+
+/// The action of a `tfplan.Change` message (field 1; absent means NOOP).
+fn change_action(b: &[u8]) -> Result<Vec<String>, PlanFileError> {
+    let mut r = Reader::new(b);
+    let mut action = 0;
+    while let Some((n, f)) = r.next()? {
+        if let (1, Field::Varint(v)) = (n, f) {
+            action = v;
+        }
+    }
+    actions(action)
+}
+
+fn decode_plan(b: &[u8]) -> Result<PlanFile, PlanFileError> {
+    let mut plan = PlanFile::default();
+    let mut version = None;
+    let mut r = Reader::new(b);
+    while let Some((n, f)) = r.next()? {
+        match (n, f) {
+            (1, Field::Varint(v)) => version = Some(v),
+            (3, Field::Bytes(m)) => plan.changes.push(decode_resource_change(m)?),
+            (4, Field::Bytes(m)) => plan.outputs.push(decode_output_change(m)?),
+            (14, Field::Bytes(s)) => plan.terraform_version = text(s, "terraform_version")?,
+            (17, Field::Varint(v)) => plan.destroy_mode = v == 1,
+            (20, Field::Varint(v)) => plan.errored = v != 0,
+            // Deferred changes (27) are applied in a later plan; everything else is context.
+            _ => {}
+        }
+    }
+    if version != Some(PLAN_FORMAT_VERSION) {
+        return err(format!(
+            "plan format version {} is not supported (Terraform 1.x writes {PLAN_FORMAT_VERSION})",
+            version.map_or("missing".into(), |v| v.to_string())
+        ));
+    }
+    plan.changes.sort();
+    plan.outputs.sort();
+    Ok(plan)
+}
+
+fn decode_resource_change(b: &[u8]) -> Result<BinaryChange, PlanFileError> {
+    let (mut address, mut deposed, mut action) = (String::new(), None, None);
+    let mut r = Reader::new(b);
+    while let Some((n, f)) = r.next()? {
+        match (n, f) {
+            (13, Field::Bytes(s)) => address = text(s, "a change address")?,
+            (7, Field::Bytes(s)) if !s.is_empty() => deposed = Some(text(s, "a deposed key")?),
+            (9, Field::Bytes(m)) => action = Some(change_action(m)?),
+            _ => {}
+        }
+    }
+    if address.is_empty() {
+        return err("a resource change has no address");
+    }
+    Ok(BinaryChange {
+        address,
+        deposed,
+        actions: action.unwrap_or(actions(0)?),
+    })
+}
+
+fn decode_output_change(b: &[u8]) -> Result<(String, Vec<String>), PlanFileError> {
+    let (mut name, mut action) = (String::new(), None);
+    let mut r = Reader::new(b);
+    while let Some((n, f)) = r.next()? {
+        match (n, f) {
+            (1, Field::Bytes(s)) => name = text(s, "an output name")?,
+            (2, Field::Bytes(m)) => action = Some(change_action(m)?),
+            _ => {}
+        }
+    }
+    Ok((name, action.unwrap_or(actions(0)?)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn varint(mut v: u64, out: &mut Vec<u8>) {
+        loop {
+            let byte = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+
+    fn bytes_field(n: u64, b: &[u8], out: &mut Vec<u8>) {
+        varint(n << 3 | 2, out);
+        varint(b.len() as u64, out);
+        out.extend_from_slice(b);
+    }
+
+    fn varint_field(n: u64, v: u64, out: &mut Vec<u8>) {
+        varint(n << 3, out);
+        varint(v, out);
+    }
+
+    fn change(addr: &str, action: u64) -> Vec<u8> {
+        let mut c = Vec::new();
+        varint_field(1, action, &mut c);
+        let mut rc = Vec::new();
+        bytes_field(13, addr.as_bytes(), &mut rc);
+        bytes_field(9, &c, &mut rc);
+        rc
+    }
+
+    #[test]
+    fn decodes_changes_and_refuses_garbage() {
+        let mut p = Vec::new();
+        varint_field(1, 3, &mut p);
+        bytes_field(3, &change("terraform_data.db", 5), &mut p);
+        bytes_field(3, &change("terraform_data.a", 6), &mut p);
+        bytes_field(14, b"1.11.4", &mut p);
+        let plan = decode_plan(&p).unwrap();
+        assert_eq!(plan.terraform_version, "1.11.4");
+        assert_eq!(
+            plan.changes
+                .iter()
+                .map(|c| (c.address.as_str(), c.actions.join("+")))
+                .collect::<Vec<_>>(),
+            [
+                ("terraform_data.a", "delete+create".to_owned()),
+                ("terraform_data.db", "delete".to_owned())
+            ]
+        );
+        // Truncations anywhere are errors, never panics.
+        for cut in 0..p.len() {
+            let _ = decode_plan(p.get(..cut).unwrap());
+        }
+        assert!(decode_plan(&[]).is_err(), "no version");
+        assert!(PlanFile::parse(b"PK\x03\x04garbage").is_err());
+        assert!(PlanFile::parse(b"{}").is_err());
+    }
+
+    #[test]
+    fn json_must_list_exactly_the_binary_changes() {
+        let c = |a: &str, acts: &[&str]| BinaryChange {
+            address: a.into(),
+            deposed: None,
+            actions: acts.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        let plan = PlanFile {
+            changes: vec![c("terraform_data.db", &["delete"])],
+            ..PlanFile::default()
+        };
+        assert!(plan
+            .matches_json(&[c("terraform_data.db", &["delete"])], &[])
+            .is_ok());
+        let e = plan
+            .matches_json(&[c("terraform_data.db", &["update"])], &[])
+            .unwrap_err();
+        assert!(
+            e.contains("binary plan has delete terraform_data.db"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,420 @@
+//! The adversarial review's attacks on governed runs, each replayed with the real server and
+//! real terraform: the applied plan is the reviewed plan, the repository's policy is the one
+//! enforced, a run's grant is that run's only and lasts its whole apply, a run writes only what
+//! its plan changes, serials cannot brick a stack, restores are exact.
+
+use std::path::Path;
+
+use airlock_core::inputs::{self, InputFile};
+use base64::Engine;
+use serde_json::{json, Value};
+
+use crate::runs::*;
+use crate::support::*;
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+const DB_AND_WEB: &str = "resource \"terraform_data\" \"db\" {\n  input = 1\n}\nresource \"terraform_data\" \"web\" {\n  input = 1\n}\n";
+const WEB_CHANGED: &str = "resource \"terraform_data\" \"db\" {\n  input = 1\n}\nresource \"terraform_data\" \"web\" {\n  input = 2\n}\n";
+
+/// A stack holding `db` and `web`, applied directly by the admin.
+fn applied_stack(stack: &str) -> (Team, Workspace) {
+    let t = team(stack);
+    let ws = Workspace::new(&t.s, stack, DB_AND_WEB);
+    ws.tf_ok(&t.s.admin, &["init"]);
+    ws.tf_ok(&t.s.admin, &["apply", "-auto-approve"]);
+    (t, ws)
+}
+
+fn stack_serial(t: &Team, stack: &str) -> Option<u64> {
+    let v: Value =
+        serde_json::from_str(&t.s.ok(&t.s.admin, &["stack", "show", stack, "--format", "json"]))
+            .unwrap();
+    v["current"]["serial"].as_u64()
+}
+
+/// The upload `airlock plan` would make from `ws`, with the binary of one plan file and the
+/// JSON of another.
+fn forged_upload(t: &Team, ws: &Workspace, stack: &str, bin: &str, json_of: &str) -> Value {
+    let show = ws.tf_ok(&t.s.admin, &["show", "-json", json_of]);
+    let version: Value = serde_json::from_str(&show).unwrap();
+    let version = version["terraform_version"].as_str().unwrap().to_owned();
+    let mut files: Vec<InputFile> = ["backend.tf", "main.tf", ".terraform.lock.hcl"]
+        .iter()
+        .filter(|f| ws.path(f).is_file())
+        .map(|f| InputFile::of(f, &std::fs::read(ws.path(f)).unwrap()))
+        .collect();
+    files.sort();
+    json!({
+        "fingerprint": inputs::fingerprint(&version, &files),
+        "inputs": files,
+        "terraform_version": version,
+        "planned_lineage": history_json(t, stack)["versions"][0]["lineage"],
+        "planned_serial": stack_serial(t, stack),
+        "plan_b64": B64.encode(std::fs::read(ws.path(bin)).unwrap()),
+        "plan_json_b64": B64.encode(show.as_bytes()),
+    })
+}
+
+fn upload(t: &Team, token: &str, stack: &str, body: &Value) -> (u16, String) {
+    raw(
+        "POST",
+        &format!(
+            "{}/api/v1/stacks/{}/runs",
+            t.s.url,
+            stack.replace('/', "%2F")
+        ),
+        token,
+        body.to_string().as_bytes(),
+    )
+}
+
+/// Item 1: the JSON of a harmless update uploaded with the binary of `plan -destroy`.
+#[test]
+fn json_of_one_plan_with_the_binary_of_another_is_refused() {
+    let (t, ws) = applied_stack("dev/swap");
+    ws.write_main(WEB_CHANGED);
+    ws.tf_ok(&t.s.admin, &["plan", "-out=harmless.tfplan"]);
+    ws.tf_ok(&t.s.admin, &["plan", "-destroy", "-out=destroy.tfplan"]);
+    let forged = forged_upload(&t, &ws, "dev/swap", "destroy.tfplan", "harmless.tfplan");
+    let (code, body) = upload(&t, &t.agent, "dev/swap", &forged);
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("does not describe the binary plan"), "{body}");
+    // The honest pair is accepted, and the run records the check that tied them.
+    let honest = forged_upload(&t, &ws, "dev/swap", "harmless.tfplan", "harmless.tfplan");
+    let (code, body) = upload(&t, &t.agent, "dev/swap", &honest);
+    assert_eq!(code, 201, "{body}");
+    let run: Value = serde_json::from_str(&body).unwrap();
+    assert!(run["run"]["checks"][0]
+        .as_str()
+        .unwrap()
+        .contains("binary plan"));
+    // A binary planned against another serial than the one claimed is refused too.
+    let mut stale = honest.clone();
+    stale["planned_serial"] = json!(stack_serial(&t, "dev/swap").unwrap() + 1);
+    let (code, body) = upload(&t, &t.agent, "dev/swap", &stale);
+    assert_eq!(code, 400, "{body}");
+}
+
+/// Item 1, apply side: the stored plan JSON is swapped for another plan's (someone with
+/// database access); `airlock apply` asks terraform what the binary does and refuses.
+#[test]
+fn apply_refuses_a_binary_that_is_not_the_reviewed_json() {
+    let (t, ws) = applied_stack("dev/showcheck");
+    ws.write_main(WEB_CHANGED);
+    let run = plan(&t, &ws, &t.agent, "dev/showcheck");
+    t.s.ok(&t.approver, &["approve", &run]);
+    ws.tf_ok(&t.s.admin, &["plan", "-out=other.tfplan", "-refresh=false"]);
+    std::fs::remove_file(ws.path("other.tfplan")).unwrap();
+    let other = ws.tf_ok(&t.s.admin, &["show", "-json"]);
+    let db = t.s.dir.path().join("data/airlock.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch("DROP TRIGGER run_artifacts_no_update")
+        .unwrap();
+    let sha = {
+        use sha2::Digest;
+        sha2::Sha256::digest(other.as_bytes()).to_vec()
+    };
+    conn.execute(
+        "UPDATE run_artifacts SET data = ?1, raw_len = ?2, sha256 = ?3 WHERE run_id = ?4 AND name = 'plan.json'",
+        rusqlite::params![zstd_compress(other.as_bytes()), other.len() as i64, sha, run],
+    )
+    .unwrap();
+    let out = apply(&t, &ws, &t.ci, &run);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("differs from the reviewed plan JSON"),
+        "{}",
+        text(&out)
+    );
+    let v = run_json(&t, &run);
+    assert_eq!(v["run"]["status"], "failed");
+    assert_eq!(
+        history_json(&t, "dev/showcheck")["versions"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+fn write_repo_file(ws: &Workspace, rel: &str, text: &str) {
+    let root = ws.dir.parent().unwrap();
+    let p = root.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, text).unwrap();
+}
+
+const STRICT: &str = "stack \"dev/policy\" {\n  dir = \"tf\"\n}\nprotect {\n  addresses = [\"terraform_data.db\"]\n}\n";
+
+/// Item 2: the policy judged is the repository's. The stack lives in `tf/` under the repository
+/// root (where airlock.hcl is); CI applies from the root.
+#[test]
+fn the_repository_policy_is_the_enforced_policy() {
+    let (t, ws) = applied_stack("dev/policy");
+    let root = ws.dir.parent().unwrap().to_path_buf();
+    write_repo_file(&ws, "airlock.hcl", STRICT);
+    // A first reviewed run under the strict policy, applied from the checkout root.
+    ws.write_main(WEB_CHANGED);
+    let run = plan(&t, &ws, &t.agent, "dev/policy");
+    t.s.ok(&t.approver, &["approve", &run]);
+    let out = cli_in(&t.s, &t.ci, &root, &["apply", &run], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    // The agent weakens airlock.hcl in its checkout and plans the destruction of db.
+    write_repo_file(
+        &ws,
+        "airlock.hcl",
+        &format!("{STRICT}allow_destroy \"terraform_data.db\" {{\n  reason = \"cleanup\"\n}}\n"),
+    );
+    ws.write_main("resource \"terraform_data\" \"web\" {\n  input = 2\n}\n");
+    let run = plan(&t, &ws, &t.agent, "dev/policy");
+    let v = run_json(&t, &run);
+    assert_eq!(v["run"]["decision"], "review");
+    assert_eq!(
+        v["run"]["policy_changes"],
+        json!(["adds allow_destroy for terraform_data.db"])
+    );
+    let shown = t.s.ok(&t.approver, &["run", "show", &run]);
+    assert!(shown.contains("POLICY"), "{shown}");
+    t.s.ok(&t.approver, &["approve", &run, "--confirm-destroy", "1"]);
+    // CI's checkout holds the repository's strict airlock.hcl: the apply is refused, naming it.
+    write_repo_file(&ws, "airlock.hcl", STRICT);
+    let out = cli_in(&t.s, &t.ci, &root, &["apply", &run], &[]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("airlock.hcl (changed)"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        history_json(&t, "dev/policy")["versions"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    // An upload whose airlock.hcl is not the one its inputs list is refused.
+    let mut body = forged_upload_with_config(&t, &ws, "dev/policy");
+    body["config"] = json!("stack \"dev/policy\" {\n  dir = \"tf\"\n}\n");
+    let (code, msg) = upload(&t, &t.agent, "dev/policy", &body);
+    assert_eq!(code, 400, "{msg}");
+    assert!(msg.contains("airlock.hcl"), "{msg}");
+}
+
+fn forged_upload_with_config(t: &Team, ws: &Workspace, stack: &str) -> Value {
+    ws.tf_ok(&t.s.admin, &["plan", "-out=p.tfplan"]);
+    let mut body = forged_upload(t, ws, stack, "p.tfplan", "p.tfplan");
+    body["config"] = json!(STRICT);
+    body
+}
+
+/// Item 2: the repository's Rego policies judge governed runs, and server-side protection
+/// (`airlock stack protect`) makes a destroy at least `review`, whatever the repository says.
+#[test]
+fn repository_rego_and_server_protection_judge_runs() {
+    let (t, ws) = applied_stack("dev/rego");
+    t.s.ok(
+        &t.s.admin,
+        &[
+            "stack",
+            "protect",
+            "dev/rego",
+            "--address",
+            "terraform_data.db",
+        ],
+    );
+    ws.write_main("resource \"terraform_data\" \"web\" {\n  input = 1\n}\n");
+    let run = plan(&t, &ws, &t.agent, "dev/rego");
+    let v = run_json(&t, &run);
+    assert_eq!(v["run"]["decision"], "review", "{v}");
+    assert!(v.to_string().contains("server-protected"), "{v}");
+    write_repo_file(
+        &ws,
+        "policy/no_web_change.rego",
+        "package main\n\ndeny contains msg if {\n  some rc in input.resource_changes\n  rc.change.actions[_] == \"delete\"\n  msg := sprintf(\"%s may not be deleted\", [rc.address])\n}\n",
+    );
+    write_repo_file(
+        &ws,
+        "airlock.hcl",
+        "stack \"dev/rego\" {\n  dir = \"tf\"\n}\n",
+    );
+    let run = plan(&t, &ws, &t.agent, "dev/rego");
+    let v = run_json(&t, &run);
+    assert_eq!(v["run"]["decision"], "deny", "{v}");
+    assert!(v.to_string().contains("may not be deleted"), "{v}");
+}
+
+/// Items 5 and 6: a run's grant covers every write of that run during a long apply (Terraform
+/// persists intermediate snapshots) and nobody else's write, during or after the run.
+#[test]
+fn a_runs_grant_is_that_runs_only_and_lasts_its_whole_apply() {
+    let stack = "dev/long";
+    let t = team(stack);
+    t.s.ok(
+        &t.s.admin,
+        &["stack", "protect", stack, "--address", "terraform_data.db*"],
+    );
+    // db_slow depends on db_fast, so it is destroyed first and slowly (longer than Terraform's
+    // 20 s persist interval); db_fast's destroy then triggers an intermediate snapshot without
+    // db_slow, and the final write removes db_fast.
+    let slow = "resource \"terraform_data\" \"db_slow\" {\n  input = terraform_data.db_fast.id\n  provisioner \"local-exec\" {\n    when    = destroy\n    command = \"sleep 22\"\n  }\n}\nresource \"terraform_data\" \"db_fast\" {\n  input = 1\n}\nresource \"terraform_data\" \"web\" {\n  input = 1\n}\n";
+    let ws = Workspace::new(&t.s, stack, slow);
+    ws.tf_ok(&t.s.admin, &["init"]);
+    ws.tf_ok(&t.s.admin, &["apply", "-auto-approve"]);
+    // Destroy-time provisioners of removed resources run from a `removed` block.
+    // web's quick update starts Terraform's persist clock (its first state update).
+    ws.write_main("resource \"terraform_data\" \"web\" {\n  input = 2\n}\nremoved {\n  from = terraform_data.db_slow\n  lifecycle {\n    destroy = true\n  }\n  provisioner \"local-exec\" {\n    when    = destroy\n    command = \"sleep 22\"\n  }\n}\n");
+    let run = plan(&t, &ws, &t.agent, stack);
+    t.s.ok(&t.approver, &["approve", &run, "--confirm-destroy", "2"]);
+    let out = apply(&t, &ws, &t.ci, &run);
+    assert!(out.status.success(), "{}", text(&out));
+    let h = history_json(&t, stack);
+    let by_run = h["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v["run_id"] == run.as_str())
+        .count();
+    assert!(
+        by_run >= 2,
+        "an intermediate snapshot was written during the apply: {h}"
+    );
+    // After the run, its grant is closed: no later write can use it.
+    let (code, grants) = raw(
+        "GET",
+        &format!("{}/api/v1/stacks/dev%2Flong/grants", t.s.url),
+        &t.s.admin,
+        b"",
+    );
+    assert_eq!(code, 200, "{grants}");
+    let grants: Value = serde_json::from_str(&grants).unwrap();
+    let grants = grants["grants"].as_array().unwrap();
+    assert_eq!(grants.len(), 1);
+    assert!(
+        !grants[0]["consumed_at"].is_null(),
+        "the run's grant is closed: {grants:?}"
+    );
+}
+
+/// Item 5: an admin's plain `state rm` cannot use a run's grant while the run applies.
+#[test]
+fn a_direct_write_cannot_use_a_runs_grant() {
+    let (t, ws) = applied_stack("dev/steal");
+    t.s.ok(
+        &t.s.admin,
+        &[
+            "stack",
+            "protect",
+            "dev/steal",
+            "--address",
+            "terraform_data.db",
+        ],
+    );
+    ws.write_main("resource \"terraform_data\" \"web\" {\n  input = 1\n}\n");
+    let run = plan(&t, &ws, &t.agent, "dev/steal");
+    t.s.ok(&t.approver, &["approve", &run, "--confirm-destroy", "1"]);
+    let fp = run_json(&t, &run)["run"]["fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (code, body) = raw(
+        "POST",
+        &format!("{}/api/v1/runs/{run}/apply", t.s.url),
+        &t.ci,
+        format!(r#"{{"fingerprint":"{fp}"}}"#).as_bytes(),
+    );
+    assert_eq!(code, 200, "{body}");
+    let err = ws.tf_err(&t.s.admin, &["state", "rm", "terraform_data.db"]);
+    assert!(err.contains("403"), "{err}");
+    assert_eq!(
+        history_json(&t, "dev/steal")["versions"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+fn locked_write(t: &Team, stack: &str, body: &str) -> (u16, String) {
+    let url = t.s.state_url(stack);
+    let lock = r#"{"ID":"l-1","Operation":"OperationTypeApply","Info":"","Who":"t","Version":"1.11.4","Created":"2026-01-01T00:00:00Z","Path":""}"#;
+    let (code, msg) = raw("LOCK", &url, &t.s.admin, lock.as_bytes());
+    assert_eq!(code, 200, "{msg}");
+    let out = raw(
+        "POST",
+        &format!("{url}?ID=l-1"),
+        &t.s.admin,
+        body.as_bytes(),
+    );
+    raw("UNLOCK", &url, &t.s.admin, lock.as_bytes());
+    out
+}
+
+/// Item 11: one write with serial 2^63-1 made every later write and every restore fail.
+#[test]
+fn serial_jumps_are_bounded() {
+    let t = team("dev/serial");
+    let state = |serial: u64| {
+        format!(
+            r#"{{"version":4,"terraform_version":"1.11.4","serial":{serial},"lineage":"00000000-0000-0000-0000-000000000001","outputs":{{}},"resources":[]}}"#
+        )
+    };
+    let (code, msg) = locked_write(&t, "dev/serial", &state(i64::MAX as u64));
+    assert_eq!(code, 409, "{msg}");
+    let (code, msg) = locked_write(&t, "dev/serial", &state(5));
+    assert_eq!(code, 200, "{msg}");
+    let (code, msg) = locked_write(&t, "dev/serial", &state(i64::MAX as u64));
+    assert_eq!(code, 409, "{msg}");
+    let (code, msg) = locked_write(&t, "dev/serial", &state(6));
+    assert_eq!(code, 200, "{msg}");
+}
+
+/// Item 12: a restore reproduces the old version's bytes except the serial.
+#[test]
+fn restore_is_byte_exact() {
+    let t = team("dev/restore");
+    let body = |serial: u64| {
+        format!("{{\"version\":4,\"terraform_version\":\"1.11.4\",\"serial\":{serial},\"lineage\":\"00000000-0000-0000-0000-000000000002\",\n \"outputs\":{{\"big\":{{\"value\":123456789012345678901234567890.12345678901234567890,\"type\":\"number\"}},\"e\":{{\"value\":1e400,\"type\":\"number\"}}}},\"resources\":[]}}\n")
+    };
+    assert_eq!(locked_write(&t, "dev/restore", &body(1)).0, 200);
+    assert_eq!(
+        locked_write(&t, "dev/restore", &body(2).replace("1e400", "2")).0,
+        200
+    );
+    t.s.ok(
+        &t.s.admin,
+        &[
+            "state",
+            "restore",
+            "dev/restore",
+            "--version",
+            "1",
+            "--reason",
+            "undo",
+        ],
+    );
+    let (code, current) = raw("GET", &t.s.state_url("dev/restore"), &t.s.admin, b"");
+    assert_eq!(code, 200);
+    assert_eq!(current, body(3));
+}
+
+/// Not an attack: a stack in a subdirectory is applied from the checkout root by default.
+#[test]
+fn apply_defaults_to_the_planned_directory() {
+    let (t, ws) = applied_stack("dev/subdir");
+    write_repo_file(
+        &ws,
+        "airlock.hcl",
+        "stack \"dev/subdir\" {\n  dir = \"tf\"\n}\n",
+    );
+    ws.write_main(WEB_CHANGED);
+    let run = plan(&t, &ws, &t.agent, "dev/subdir");
+    assert_eq!(run_json(&t, &run)["run"]["planned_dir"], "tf");
+    t.s.ok(&t.approver, &["approve", &run]);
+    let root: &Path = ws.dir.parent().unwrap();
+    let out = cli_in(&t.s, &t.ci, root, &["apply", &run], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(run_json(&t, &run)["run"]["checks"]
+        .to_string()
+        .contains("terraform show -json of the approved plan equals"));
+}
