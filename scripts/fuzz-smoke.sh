@@ -7,7 +7,7 @@
 #   FUZZ_SECONDS=3600 scripts/fuzz-smoke.sh state_reader   # a longer run (the way to fuzz for real)
 #   FUZZ_JOBS=2 FUZZ_SECONDS=3600 scripts/fuzz-smoke.sh    # one libFuzzer worker per core
 #
-# Targets (fuzz/fuzz_targets/): plan_reader, config_parser (airlock.hcl), state_reader,
+# Targets (fuzz/fuzz_targets/): plan_reader, planfile_reader (binary plans), config_parser (airlock.hcl), state_reader,
 # lockinfo_reader. New inputs libFuzzer finds are kept in fuzz/corpus/TARGET/ (git-ignored;
 # the checked-in seeds are the hand-written files there), so later runs start further along.
 # Reproduce a crash with: cargo +nightly fuzz run TARGET fuzz/artifacts/TARGET/crash-...

@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 /// Largest inflated `tfplan` or `tfstate` member accepted.
-pub const MAX_MEMBER_BYTES: usize = 512 * 1024 * 1024;
+pub const MAX_MEMBER_BYTES: usize = 256 * 1024 * 1024;
 
 /// The plan file format versions this reader understands (Terraform 1.x writes 3).
 const PLAN_FORMAT_VERSION: u64 = 3;

@@ -53,6 +53,7 @@ pub fn run_all(store: &Arc<dyn Store>) {
     grants(store.as_ref());
     big_history_dedups(store.as_ref());
     runs(store.as_ref());
+    run_grants_end_with_the_apply(store.as_ref());
     concurrent_locks_have_one_winner(store);
     concurrent_writes_are_serialized(store);
     concurrent_run_transitions_have_one_winner(store);
@@ -327,6 +328,68 @@ pub fn grants(s: &dyn Store) {
         },
     )
     .unwrap();
+}
+
+/// A run's removal grant lasts while the run applies and is closed, in the same transaction,
+/// when the run leaves `applying`; other runs' grants and one-off grants are untouched.
+pub fn run_grants_end_with_the_apply(s: &dyn Store) {
+    let stack = "conf/rungrants";
+    s.create_stack(
+        stack,
+        false,
+        StackSettings::default(),
+        audit("stack.create"),
+    )
+    .unwrap();
+    let grant = |id: &str, run: Option<&str>| NewGrant {
+        id: id.into(),
+        addresses: vec!["aws_db_instance.main".into()],
+        reason: "r".into(),
+        created_by: "a".into(),
+        expires_at: now_ms() + 60_000,
+        run_id: run.map(str::to_owned),
+    };
+    let mut run = run_record("run_grants1", stack, now_ms());
+    run.status = RunStatus::Applying;
+    s.create_run(&run, &[], audit("run.create")).unwrap();
+    s.create_grant(
+        stack,
+        grant("g-run", Some("run_grants1")),
+        audit("grant.create"),
+    )
+    .unwrap();
+    s.create_grant(
+        stack,
+        grant("g-other", Some("run_other")),
+        audit("grant.create"),
+    )
+    .unwrap();
+    s.create_grant(stack, grant("g-direct", None), audit("grant.create"))
+        .unwrap();
+    let open = |s: &dyn Store| {
+        let mut ids: Vec<String> = s
+            .grants(stack)
+            .unwrap()
+            .into_iter()
+            .filter(|g| g.consumed_at.is_none())
+            .map(|g| g.id)
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(open(s), ["g-direct", "g-other", "g-run"]);
+    s.update_run("run_grants1", &mut |r, _, _| {
+        let mut new = r.clone();
+        new.status = RunStatus::Failed;
+        Ok((new, audit("run.failed")))
+    })
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        open(s),
+        ["g-direct", "g-other"],
+        "the finished run's grant is closed"
+    );
 }
 
 pub fn big_history_dedups(s: &dyn Store) {

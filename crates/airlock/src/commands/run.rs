@@ -679,3 +679,21 @@ pub fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         Err(e) => Err(e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::plan_difference;
+
+    #[test]
+    fn plan_difference_compares_what_an_apply_does() {
+        let judged = br#"{"terraform_version":"1.11.4","timestamp":"a","resource_changes":[{"address":"x","change":{"actions":["update"]}}],"output_changes":{},"prior_state":{"values":{}}}"#;
+        let same_but_time = br#"{"timestamp":"b","terraform_version":"1.11.4","resource_changes":[{"change":{"actions":["update"]},"address":"x"}],"output_changes":{},"prior_state":{"values":{}}}"#;
+        assert_eq!(plan_difference(same_but_time, judged).unwrap(), None);
+        let destroy = br#"{"terraform_version":"1.11.4","resource_changes":[{"address":"x","change":{"actions":["delete"]}}],"output_changes":{},"prior_state":{"values":{}}}"#;
+        assert_eq!(
+            plan_difference(destroy, judged).unwrap().as_deref(),
+            Some("resource_changes")
+        );
+        assert!(plan_difference(b"not json", judged).is_err());
+    }
+}
