@@ -263,3 +263,28 @@ pub fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printable_escapes_control_and_bidi_characters_only() {
+        assert_eq!(printable("plain text, tabs\tand é"), "plain text, tabs\\u{9}and é");
+        assert_eq!(printable("a\u{1b}[2Jb\u{7}\r\n\u{9b}"), "a\\u{1b}[2Jb\\u{7}\\u{d}\\u{a}\\u{9b}");
+        assert_eq!(printable("x\u{202e}y"), "x\\u{202e}y");
+        assert!(matches!(printable("ok"), Cow::Borrowed(_)));
+        let v = serde_json::json!({"k\u{1b}": ["\u{1b}", 1, {"n": "\u{7}"}]});
+        assert_eq!(
+            printable_value(&v),
+            serde_json::json!({"k\\u{1b}": ["\\u{1b}", 1, {"n": "\\u{7}"}]})
+        );
+        assert_eq!(s(&v, "/k\u{1b}/0"), "\\u{1b}");
+        assert!(!table(&["A"], vec![vec!["\u{1b}x".into()]]).contains('\u{1b}'));
+        let refused = ServerRefused {
+            status: 423,
+            message: "locked by root\u{1b}[2J".into(),
+        };
+        assert_eq!(refused.to_string(), "locked by root\\u{1b}[2J (HTTP 423)");
+    }
+}
