@@ -135,7 +135,10 @@ mod tests {
             (br#"{"ID":"x","Info":"line\nbreak"}"#, "Info"),
             (br#"{"ID":"x","Info":"\u009b31m"}"#, "Info"),
             (br#"{"ID":"x","Path":"\u0007"}"#, "Path"),
-            (br#"{"ID":"x","Extra":{"deep":["ok","\u007f"]}}"#, "Extra.deep[1]"),
+            (
+                br#"{"ID":"x","Extra":{"deep":["ok","\u007f"]}}"#,
+                "Extra.deep[1]",
+            ),
             (br#"{"ID":"x","\u001bkey":"v"}"#, r"\u{1b}key"),
         ] {
             let err = LockInfo::parse(bad).unwrap_err();

@@ -88,9 +88,7 @@ pub fn permission_for(method: &str, route: &str) -> Option<Permission> {
 pub fn build(state: Arc<AppState>) -> Router {
     // Run uploads and apply logs are bounded by the uploader's role, after authorization and
     // before a byte of the body is read (`bounded_upload`); the extractor's own limit is then moot.
-    let upload = || {
-        axum::middleware::from_fn_with_state(Arc::clone(&state), bounded_upload)
-    };
+    let upload = || axum::middleware::from_fn_with_state(Arc::clone(&state), bounded_upload);
     let authed = Router::new()
         .route("/state/{*stack}", any(state_backend::handle))
         .route("/api/v1/whoami", get(api::whoami))

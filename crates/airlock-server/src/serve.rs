@@ -71,7 +71,8 @@ pub(crate) async fn run(
         };
         let _ = tcp.set_nodelay(true);
         let conn = registry.open();
-        let (app, tls, registry, stop) = (app.clone(), tls.clone(), registry.clone(), stop_rx.clone());
+        let (app, tls, registry, stop) =
+            (app.clone(), tls.clone(), registry.clone(), stop_rx.clone());
         tokio::spawn(async move {
             let _permit = permit;
             let _open = Open {

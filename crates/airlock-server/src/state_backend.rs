@@ -419,7 +419,12 @@ async fn refuse_before_reading(
     let name = stack.name.clone();
     // The messages are the firewall's, so a refusal reads the same whichever check made it.
     if !may_write(state, principal, stack).await? {
-        let allowed: Vec<&str> = stack.settings.direct_writes.iter().map(|r| r.as_str()).collect();
+        let allowed: Vec<&str> = stack
+            .settings
+            .direct_writes
+            .iter()
+            .map(|r| r.as_str())
+            .collect();
         let r = Refusal::new(
             RefusalKind::Forbidden,
             format!(

@@ -140,7 +140,9 @@ async fn slowloris_cannot_take_the_server_down() {
     for i in 0..300 {
         let mut tcp = TcpStream::connect(l.addr).await.unwrap();
         let _ = tcp
-            .write_all(format!("POST /state/dev/app HTTP/1.1\r\nHost: t\r\nX-Slow-{i}: ").as_bytes())
+            .write_all(
+                format!("POST /state/dev/app HTTP/1.1\r\nHost: t\r\nX-Slow-{i}: ").as_bytes(),
+            )
             .await;
         half_open.push(tcp);
     }
@@ -195,7 +197,11 @@ async fn the_connection_cap_keeps_only_the_newest_waiting_connections() {
     let last = conns.last_mut().unwrap();
     last.write_all(b"\r\n").await.unwrap();
     let r = read_response(last, Duration::from_secs(3)).await;
-    assert_eq!(r.map(|r| r.status), Some(200), "the newest connection was served");
+    assert_eq!(
+        r.map(|r| r.status),
+        Some(200),
+        "the newest connection was served"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -215,7 +221,10 @@ async fn a_stalled_body_fails_the_request() {
         .await
         .expect("the server gave up on the stalled body");
     assert_eq!(r.status, 400, "{r:?}");
-    assert!(r.message().contains("no request body data for 1 s"), "{r:?}");
+    assert!(
+        r.message().contains("no request body data for 1 s"),
+        "{r:?}"
+    );
 }
 
 /// 100 MiB announced, 16 KiB sent: a refused writer's body must not be waited for.
@@ -263,7 +272,9 @@ async fn a_refused_write_is_answered_before_its_body_is_read() {
     assert_eq!(r.status, 423, "{r:?}");
     assert!(r.message().contains("not to this token"), "{r:?}");
     // The holder itself is let through to read its body: it waits for the rest (no answer yet).
-    assert!(write_with_huge_body(&l, &holder, "?ID=held").await.is_none());
+    assert!(write_with_huge_body(&l, &holder, "?ID=held")
+        .await
+        .is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -289,7 +300,11 @@ async fn run_uploads_are_bounded_by_role() {
         .await
         .expect("413 before the body");
     assert_eq!(r.status, 413, "{r:?}");
-    assert!(r.message().contains("agent tokens may upload at most 1 MiB"), "{r:?}");
+    assert!(
+        r.message()
+            .contains("agent tokens may upload at most 1 MiB"),
+        "{r:?}"
+    );
     // Chunked, no length: 413 as soon as the agent's limit is passed.
     let mut chunked = Vec::new();
     for _ in 0..3 {
@@ -297,7 +312,12 @@ async fn run_uploads_are_bounded_by_role() {
         chunked.extend(std::iter::repeat_n(b' ', 1024 * 1024));
         chunked.extend_from_slice(b"\r\n");
     }
-    let mut tcp = send_partial(l.addr, &head(&agent, "Transfer-Encoding: chunked"), &chunked).await;
+    let mut tcp = send_partial(
+        l.addr,
+        &head(&agent, "Transfer-Encoding: chunked"),
+        &chunked,
+    )
+    .await;
     let r = read_response(&mut tcp, Duration::from_secs(5))
         .await
         .expect("413 once past the limit");
@@ -317,10 +337,13 @@ async fn lock_info_with_control_characters_is_refused_and_verbatim_otherwise() {
     s.stack("dev/app", false);
     let admin = s.admin.clone();
     let evil = r#"{"ID":"l1","Operation":"OperationTypeApply","Info":"","Who":"root@vm\u001b]0;pwned\u0007\u001b[2J","Version":"1.11.4","Created":"2026-11-24T03:09:07Z","Path":""}"#;
-    let r = s.tf("LOCK", "/state/dev/app", &admin, evil.as_bytes()).await;
+    let r = s
+        .tf("LOCK", "/state/dev/app", &admin, evil.as_bytes())
+        .await;
     r.expect(400);
     assert!(
-        r.message().contains("field Who contains the control character U+001B"),
+        r.message()
+            .contains("field Who contains the control character U+001B"),
         "{}",
         r.message()
     );

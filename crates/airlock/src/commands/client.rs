@@ -139,13 +139,21 @@ fn tls_config(ca_cert: Option<&Path>) -> anyhow::Result<Arc<rustls::ClientConfig
     let (_added, _ignored) =
         roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
     if let Some(path) = ca_cert {
-        let what = || format!("reading the CA certificate {} (--ca-cert / AIRLOCK_CA_CERT)", path.display());
+        let what = || {
+            format!(
+                "reading the CA certificate {} (--ca-cert / AIRLOCK_CA_CERT)",
+                path.display()
+            )
+        };
         let pem = std::fs::read(path).with_context(what)?;
         let certs = CertificateDer::pem_slice_iter(&pem)
             .collect::<Result<Vec<_>, _>>()
             .with_context(what)?;
         if certs.is_empty() {
-            anyhow::bail!("{}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it", what());
+            anyhow::bail!(
+                "{}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it",
+                what()
+            );
         }
         for cert in certs {
             roots.add(cert).with_context(what)?;
@@ -270,8 +278,14 @@ mod tests {
 
     #[test]
     fn printable_escapes_control_and_bidi_characters_only() {
-        assert_eq!(printable("plain text, tabs\tand é"), "plain text, tabs\\u{9}and é");
-        assert_eq!(printable("a\u{1b}[2Jb\u{7}\r\n\u{9b}"), "a\\u{1b}[2Jb\\u{7}\\u{d}\\u{a}\\u{9b}");
+        assert_eq!(
+            printable("plain text, tabs\tand é"),
+            "plain text, tabs\\u{9}and é"
+        );
+        assert_eq!(
+            printable("a\u{1b}[2Jb\u{7}\r\n\u{9b}"),
+            "a\\u{1b}[2Jb\\u{7}\\u{d}\\u{a}\\u{9b}"
+        );
         assert_eq!(printable("x\u{202e}y"), "x\\u{202e}y");
         assert!(matches!(printable("ok"), Cow::Borrowed(_)));
         let v = serde_json::json!({"k\u{1b}": ["\u{1b}", 1, {"n": "\u{7}"}]});

@@ -35,8 +35,8 @@ fn text(o: &Output) -> String {
 /// A self-signed certificate for 127.0.0.1 and localhost: (dir, cert.pem, key.pem).
 fn self_signed() -> (tempfile::TempDir, PathBuf, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
-        .unwrap();
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
     let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     std::fs::write(&cert, ck.cert.pem()).unwrap();
     std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
@@ -55,7 +55,12 @@ fn the_cli_and_terraform_talk_to_a_tls_server() {
     let url = server.url.clone();
     assert!(url.starts_with("https://127.0.0.1:"), "{url}");
 
-    let ok = airlock(&url, &server.admin, Some(&cert), &["stack", "create", "dev/tls"]);
+    let ok = airlock(
+        &url,
+        &server.admin,
+        Some(&cert),
+        &["stack", "create", "dev/tls"],
+    );
     assert!(ok.status.success(), "{}", text(&ok));
     let ok = airlock(&url, &server.admin, Some(&cert), &["whoami"]);
     assert!(ok.status.success(), "{}", text(&ok));
@@ -80,7 +85,12 @@ fn the_cli_and_terraform_talk_to_a_tls_server() {
     );
 
     // Terraform trusts the certificate through SSL_CERT_FILE (README: "HTTPS").
-    let backend = airlock(&url, &server.admin, Some(&cert), &["backend-config", "dev/tls"]);
+    let backend = airlock(
+        &url,
+        &server.admin,
+        Some(&cert),
+        &["backend-config", "dev/tls"],
+    );
     assert!(backend.status.success(), "{}", text(&backend));
     let work = tempfile::tempdir().unwrap();
     std::fs::write(work.path().join("backend.tf"), &backend.stdout).unwrap();
@@ -113,7 +123,10 @@ fn the_cli_and_terraform_talk_to_a_tls_server() {
     let refused = tf(&["init", "-no-color"], None);
     assert!(!refused.status.success(), "{}", text(&refused));
     assert!(text(&refused).contains("certificate"), "{}", text(&refused));
-    for args in [&["init", "-no-color"][..], &["apply", "-auto-approve", "-no-color"]] {
+    for args in [
+        &["init", "-no-color"][..],
+        &["apply", "-auto-approve", "-no-color"],
+    ] {
         let out = tf(args, Some(&cert));
         assert!(out.status.success(), "terraform {args:?}: {}", text(&out));
     }
@@ -135,7 +148,9 @@ fn wrong_urls_and_missing_servers_say_what_to_do() {
     let out = airlock(&tls_url, &server.admin, None, &["whoami"]);
     assert!(!out.status.success());
     assert!(
-        text(&out).contains("does not answer in TLS: if the server runs without --tls-cert, use an http:// URL"),
+        text(&out).contains(
+            "does not answer in TLS: if the server runs without --tls-cert, use an http:// URL"
+        ),
         "{}",
         text(&out)
     );
@@ -151,7 +166,12 @@ fn wrong_urls_and_missing_servers_say_what_to_do() {
         text(&out)
     );
     // An unreadable --ca-cert is named.
-    let out = airlock(&tls_url, &server.admin, Some(Path::new("/nonexistent/ca.pem")), &["whoami"]);
+    let out = airlock(
+        &tls_url,
+        &server.admin,
+        Some(Path::new("/nonexistent/ca.pem")),
+        &["whoami"],
+    );
     assert!(!out.status.success());
     assert!(text(&out).contains("/nonexistent/ca.pem"), "{}", text(&out));
 }
@@ -162,9 +182,17 @@ fn control_characters_from_the_server_never_reach_the_terminal() {
     server.ok(&server.admin, &["stack", "create", "dev/app"]);
     // Input: Terraform lock info with an escape sequence in `Who` is refused.
     let evil = r#"{"ID":"l1","Operation":"OperationTypeApply","Info":"","Who":"root@vm\u001b]0;pwned\u0007\u001b[2J","Version":"1.11.4","Created":"2026-11-24T03:09:07Z","Path":""}"#;
-    let (status, body) = raw("LOCK", &server.state_url("dev/app"), &server.admin, evil.as_bytes());
+    let (status, body) = raw(
+        "LOCK",
+        &server.state_url("dev/app"),
+        &server.admin,
+        evil.as_bytes(),
+    );
     assert_eq!(status, 400, "{body}");
-    assert!(body.contains("field Who contains the control character U+001B"), "{body}");
+    assert!(
+        body.contains("field Who contains the control character U+001B"),
+        "{body}"
+    );
 
     // Output: a lock stored before that check (an older server) is still shown escaped.
     let db = rusqlite::Connection::open(server.dir.path().join("data").join("airlock.db")).unwrap();
@@ -176,13 +204,22 @@ fn control_characters_from_the_server_never_reach_the_terminal() {
     )
     .unwrap();
     let shown = server.ok(&server.admin, &["stack", "show", "dev/app"]);
-    assert!(!shown.contains('\u{1b}') && !shown.contains('\u{7}'), "{shown:?}");
+    assert!(
+        !shown.contains('\u{1b}') && !shown.contains('\u{7}'),
+        "{shown:?}"
+    );
     assert!(
         shown.contains(r"root@vm\u{1b}]0;pwned\u{7}\u{1b}[2J via someone"),
         "{shown}"
     );
 
     // JSON output stays JSON (its escaping is JSON's).
-    let json = server.ok(&server.admin, &["stack", "show", "dev/app", "--format", "json"]);
-    assert!(json.contains(r"root@vm\u001b]0;pwned\u0007\u001b[2J"), "{json}");
+    let json = server.ok(
+        &server.admin,
+        &["stack", "show", "dev/app", "--format", "json"],
+    );
+    assert!(
+        json.contains(r"root@vm\u001b]0;pwned\u0007\u001b[2J"),
+        "{json}"
+    );
 }
