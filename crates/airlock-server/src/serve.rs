@@ -89,18 +89,17 @@ pub(crate) async fn run(
             match tls {
                 None => served.connection(tcp, stop).await,
                 Some(acceptor) => {
+                    // One deadline for the first byte and the whole handshake.
                     let handshake = async {
-                        if !speaks_tls(&tcp, limits.header_read_timeout).await {
+                        if !speaks_tls(&tcp).await {
                             answer_plain_http_on_tls_port(tcp).await;
                             return None;
                         }
-                        tokio::time::timeout(limits.header_read_timeout, acceptor.accept(tcp))
-                            .await
-                            .ok()?
-                            .ok()
+                        acceptor.accept(tcp).await.ok()
                     };
+                    let handshake = tokio::time::timeout(limits.header_read_timeout, handshake);
                     let stream = tokio::select! {
-                        s = handshake => s,
+                        s = handshake => s.ok().flatten(),
                         () = conn.evict.notified() => None,
                     };
                     if let Some(stream) = stream {
@@ -148,11 +147,11 @@ fn refuse(tcp: &TcpStream, tls: bool) {
 }
 
 /// Whether the client opened with a TLS handshake record (0x16) rather than plain HTTP.
-async fn speaks_tls(tcp: &TcpStream, patience: Duration) -> bool {
+async fn speaks_tls(tcp: &TcpStream) -> bool {
     let mut first = [0u8; 1];
-    match tokio::time::timeout(patience, tcp.peek(&mut first)).await {
-        Ok(Ok(1)) => first[0] == 0x16,
-        // Closed, failed or silent: let the handshake fail on its own.
+    match tcp.peek(&mut first).await {
+        Ok(1) => first[0] == 0x16,
+        // Closed or failed: let the handshake fail on its own.
         _ => true,
     }
 }
