@@ -419,20 +419,27 @@ async fn refuse_before_reading(
     let name = stack.name.clone();
     // The messages are the firewall's, so a refusal reads the same whichever check made it.
     if !may_write(state, principal, stack).await? {
-        let allowed: Vec<&str> = stack
-            .settings
-            .direct_writes
-            .iter()
-            .map(|r| r.as_str())
-            .collect();
-        let r = Refusal::new(
-            RefusalKind::Forbidden,
-            format!(
-                "state write refused: {} tokens may not write state of stack {name} directly (direct writes allowed to: {}); propose the change with `airlock plan` for review",
-                principal.role,
-                if allowed.is_empty() { "nobody".to_owned() } else { allowed.join(", ") }
-            ),
-        );
+        let r = if principal.run_id.is_some() {
+            Refusal::new(
+                RefusalKind::Forbidden,
+                "state write refused: this run-bound token may write only while its run is applying",
+            )
+        } else {
+            let allowed: Vec<&str> = stack
+                .settings
+                .direct_writes
+                .iter()
+                .map(|r| r.as_str())
+                .collect();
+            Refusal::new(
+                RefusalKind::Forbidden,
+                format!(
+                    "state write refused: {} tokens may not write state of stack {name} directly (direct writes allowed to: {}); propose the change with `airlock plan` for review",
+                    principal.role,
+                    if allowed.is_empty() { "nobody".to_owned() } else { allowed.join(", ") }
+                ),
+            )
+        };
         return Err(deny(state, principal, &name, "state.write", r).await);
     }
     let n = name.clone();
