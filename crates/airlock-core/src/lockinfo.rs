@@ -1,5 +1,8 @@
 //! Terraform's lock-info JSON (`statemgr.LockInfo`). The server stores the bytes verbatim and
-//! reads only `ID` and `Operation` from them.
+//! reads only `ID` and `Operation` from them. Because those bytes are shown to people later
+//! (`airlock stack show`, refusal messages, Terraform's "Lock Info:" block), no string in them
+//! may carry a control character: an escape sequence in `Who` or `Info` would otherwise reach
+//! an admin's terminal.
 
 use serde::Deserialize;
 
@@ -39,6 +42,15 @@ impl LockInfo {
                 "lock info is larger than {MAX_LOCK_INFO_LEN} bytes"
             ));
         }
+        let value: serde_json::Value = serde_json::from_slice(body)
+            .map_err(|e| format!("lock info is not valid JSON lock info: {e}"))?;
+        if let Some((field, c)) = control_character(&value, "") {
+            return Err(format!(
+                "lock info field {field} contains the control character U+{:04X}; lock info is shown on terminals, so it may hold printable text and tabs only",
+                u32::from(c)
+            ));
+        }
+        // Parsed again as the typed form: it refuses duplicate fields, which a `Value` hides.
         let wire: Wire = serde_json::from_slice(body)
             .map_err(|e| format!("lock info is not valid JSON lock info: {e}"))?;
         let id = wire.id.unwrap_or_default();
@@ -59,6 +71,30 @@ impl LockInfo {
     pub fn is_plan_only(&self) -> bool {
         self.operation == OPERATION_PLAN
     }
+}
+
+/// The first control character (other than tab) in any string of `v`, keys included, with
+/// the JSON path of the field that holds it.
+fn control_character(v: &serde_json::Value, path: &str) -> Option<(String, char)> {
+    let bad = |s: &str| s.chars().find(|c| c.is_control() && *c != '\t');
+    match v {
+        serde_json::Value::String(s) => bad(s).map(|c| (display_path(path), c)),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, x)| control_character(x, &format!("{path}[{i}]"))),
+        serde_json::Value::Object(map) => map.iter().find_map(|(k, x)| {
+            let here = format!("{path}.{}", k.escape_debug());
+            bad(k)
+                .map(|c| (display_path(&here), c))
+                .or_else(|| control_character(x, &here))
+        }),
+        _ => None,
+    }
+}
+
+fn display_path(path: &str) -> String {
+    path.strip_prefix('.').unwrap_or(path).to_owned()
 }
 
 #[cfg(test)]
@@ -90,5 +126,33 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    #[test]
+    fn refuses_control_characters_in_any_string() {
+        for (bad, field) in [
+            (&br#"{"ID":"x","Who":"root\u001b[2J@vm"}"#[..], "Who"),
+            (br#"{"ID":"x","Info":"line\nbreak"}"#, "Info"),
+            (br#"{"ID":"x","Info":"\u009b31m"}"#, "Info"),
+            (br#"{"ID":"x","Path":"\u0007"}"#, "Path"),
+            (
+                br#"{"ID":"x","Extra":{"deep":["ok","\u007f"]}}"#,
+                "Extra.deep[1]",
+            ),
+            (br#"{"ID":"x","\u001bkey":"v"}"#, r"\u{1b}key"),
+        ] {
+            let err = LockInfo::parse(bad).unwrap_err();
+            assert!(
+                err.contains(&format!("field {field} ")) && err.contains("control character"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn accepts_tabs_and_non_ascii_text() {
+        let body = "{\"ID\":\"x\",\"Who\":\"jos\u{e9}@h\u{f6}st\",\"Info\":\"a\\tb\"}";
+        let info = LockInfo::parse(body.as_bytes()).unwrap();
+        assert_eq!(info.who, "jos\u{e9}@h\u{f6}st");
     }
 }

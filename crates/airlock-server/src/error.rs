@@ -19,6 +19,11 @@ impl ApiError {
     pub fn new(kind: RefusalKind, message: impl Into<String>) -> ApiError {
         ApiError::Refused(Refusal::new(kind, message))
     }
+
+    /// Whether this is a body-size refusal (413).
+    pub fn is_too_large(&self) -> bool {
+        matches!(self, ApiError::Refused(r) if r.kind == RefusalKind::TooLarge)
+    }
 }
 
 impl From<Refusal> for ApiError {

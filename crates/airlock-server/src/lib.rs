@@ -12,13 +12,15 @@ mod error;
 pub mod firewall;
 mod metrics;
 pub mod router;
+mod serve;
 mod state_backend;
 pub mod tokens;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
+use airlock_core::Role;
 use airlock_store::Store;
 
 pub use auth::Principal;
@@ -28,6 +30,21 @@ pub use auth::Principal;
 pub struct ServerConfig {
     /// Largest accepted state body, in bytes.
     pub max_state_bytes: usize,
+    /// Largest run upload (binary plan and plan JSON, base64) from an agent token, in bytes.
+    /// Agents are the least trusted uploaders, and every run is stored for good.
+    pub max_agent_run_upload_bytes: usize,
+    /// Largest run upload or apply log from any other role, in bytes.
+    pub max_run_upload_bytes: usize,
+    /// How long a connection may take to deliver a complete request header (idle keep-alive
+    /// connections and the TLS handshake included) before the server closes it.
+    pub header_read_timeout: Duration,
+    /// How long a request body may stall (no data at all) before the request fails.
+    pub body_read_timeout: Duration,
+    /// How long one request may take, from its header to its response.
+    pub request_timeout: Duration,
+    /// Most connections open at once; past it, the connection that has waited longest for a
+    /// request header is closed to make room.
+    pub max_connections: usize,
     /// Create unknown stacks on first use (sandboxes only).
     pub auto_create_stacks: bool,
     /// The externally visible base URL, used in `backend-config` output.
@@ -38,8 +55,24 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             max_state_bytes: 256 * 1024 * 1024,
+            max_agent_run_upload_bytes: 64 * 1024 * 1024,
+            max_run_upload_bytes: 768 * 1024 * 1024,
+            header_read_timeout: Duration::from_secs(15),
+            body_read_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(300),
+            max_connections: 1024,
             auto_create_stacks: false,
             public_url: None,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Largest run upload (or apply log) a token of `role` may send, in bytes.
+    pub fn run_upload_limit(&self, role: Role) -> usize {
+        match role {
+            Role::Agent => self.max_agent_run_upload_bytes,
+            _ => self.max_run_upload_bytes,
         }
     }
 }
@@ -76,52 +109,39 @@ pub struct TlsFiles {
 }
 
 /// Serves the router on `listener` until `shutdown` resolves. Plain HTTP unless `tls` is given.
+/// Connections are bounded in number and in patience (see `serve.rs`).
 pub async fn serve(
     state: Arc<AppState>,
     listener: tokio::net::TcpListener,
     tls: Option<TlsFiles>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router::build(state).layer(axum::middleware::from_fn(request_deadline));
-    match tls {
-        None => {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(shutdown)
-            .await
-        }
-        Some(files) => tls_serve(listener, app, &files, shutdown).await,
-    }
+    let c = &state.config;
+    let limits = serve::Limits {
+        header_read_timeout: c.header_read_timeout,
+        body_read_timeout: c.body_read_timeout,
+        request_timeout: c.request_timeout,
+        max_connections: c.max_connections,
+    };
+    let app = router::build(Arc::clone(&state)).layer(axum::middleware::from_fn_with_state(
+        c.request_timeout,
+        request_deadline,
+    ));
+    let tls = match tls {
+        None => None,
+        Some(files) => Some(tls_acceptor(&files)?),
+    };
+    serve::run(listener, app, tls, limits, shutdown).await
 }
 
-/// How long one request may take from its headers to its response, in seconds, unless
-/// `AIRLOCK_REQUEST_TIMEOUT_SECS` says otherwise. It bounds what a client that sends headers
-/// and then stalls (or trickles its body) can hold; each connection is its own task, so such a
-/// client never delays anyone else meanwhile.
-const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 300;
-
-fn request_timeout() -> std::time::Duration {
-    static TIMEOUT: std::sync::OnceLock<std::time::Duration> = std::sync::OnceLock::new();
-    *TIMEOUT.get_or_init(|| {
-        let secs = std::env::var("AIRLOCK_REQUEST_TIMEOUT_SECS")
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .filter(|s| *s > 0)
-            .unwrap_or(DEFAULT_REQUEST_TIMEOUT_SECS);
-        std::time::Duration::from_secs(secs)
-    })
-}
-
-/// Answers 408 when a request (reading its body included) outlives [`request_timeout`].
+/// Answers 408 when a request (reading its body included) outlives the request timeout.
 /// Dropping the handler's future abandons the work; a store call already running finishes or
 /// rolls back on its own, atomically.
 async fn request_deadline(
+    axum::extract::State(limit): axum::extract::State<Duration>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    let limit = request_timeout();
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(resp) => resp,
         Err(_) => error::error_response(
@@ -135,12 +155,7 @@ async fn request_deadline(
     }
 }
 
-async fn tls_serve(
-    listener: tokio::net::TcpListener,
-    app: axum::Router,
-    files: &TlsFiles,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+fn tls_acceptor(files: &TlsFiles) -> std::io::Result<tokio_rustls::TlsAcceptor> {
     use tokio_rustls::rustls;
     use tokio_rustls::rustls::pki_types::pem::PemObject;
     use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -162,36 +177,5 @@ async fn tls_serve(
         .with_single_cert(certs, key)
         .map_err(|e| invalid("TLS certificate/key", &e))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            conn = listener.accept() => match conn { Ok(c) => c, Err(_) => continue },
-            () = &mut shutdown => return Ok(()),
-        };
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        tokio::spawn(async move {
-            let Ok(stream) =
-                tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp))
-                    .await
-            else {
-                return;
-            };
-            let Ok(stream) = stream else { return };
-            let svc =
-                hyper_util::service::TowerToHyperService::new(tower::ServiceExt::map_request(
-                    app,
-                    move |req: hyper::Request<hyper::body::Incoming>| {
-                        let mut req = req.map(axum::body::Body::new);
-                        req.extensions_mut()
-                            .insert(axum::extract::ConnectInfo(peer));
-                        req
-                    },
-                ));
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                .await;
-        });
-    }
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }

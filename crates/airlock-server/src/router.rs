@@ -2,10 +2,16 @@
 
 use std::sync::Arc;
 
+use airlock_core::refusal::RefusalKind;
 use airlock_core::Permission;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{any, delete, get, patch, post};
-use axum::Router;
+use axum::{Extension, Router};
 
+use crate::auth::Principal;
+use crate::error::ApiError;
 use crate::{api, auth, state_backend, AppState};
 
 /// (method, route, permission). A route/method pair missing here is refused (default deny).
@@ -80,8 +86,9 @@ pub fn permission_for(method: &str, route: &str) -> Option<Permission> {
 
 /// Builds the application.
 pub fn build(state: Arc<AppState>) -> Router {
-    // Run uploads carry the binary plan and its JSON (base64): allow up to the state size limit.
-    let max_upload = state.config.max_state_bytes.saturating_mul(3);
+    // Run uploads and apply logs are bounded by the uploader's role, after authorization and
+    // before a byte of the body is read (`bounded_upload`); the extractor's own limit is then moot.
+    let upload = || axum::middleware::from_fn_with_state(Arc::clone(&state), bounded_upload);
     let authed = Router::new()
         .route("/state/{*stack}", any(state_backend::handle))
         .route("/api/v1/whoami", get(api::whoami))
@@ -122,7 +129,9 @@ pub fn build(state: Arc<AppState>) -> Router {
         )
         .route(
             "/api/v1/stacks/{stack}/runs",
-            post(api::runs::create).layer(axum::extract::DefaultBodyLimit::max(max_upload)),
+            post(api::runs::create)
+                .layer::<_, std::convert::Infallible>(upload())
+                .layer(axum::extract::DefaultBodyLimit::disable()),
         )
         .route("/api/v1/runs", get(api::runs::list))
         .route("/api/v1/runs/{id}", get(api::runs::show))
@@ -134,7 +143,9 @@ pub fn build(state: Arc<AppState>) -> Router {
         .route("/api/v1/runs/{id}/reject", post(api::runs::reject))
         .route(
             "/api/v1/runs/{id}/finish",
-            post(api::runs::finish).layer(axum::extract::DefaultBodyLimit::max(max_upload)),
+            post(api::runs::finish)
+                .layer::<_, std::convert::Infallible>(upload())
+                .layer(axum::extract::DefaultBodyLimit::disable()),
         )
         .route("/api/v1/runs/{id}/apply", post(api::runs::apply))
         .route("/api/v1/audit", get(api::audit::list))
@@ -149,4 +160,35 @@ pub fn build(state: Arc<AppState>) -> Router {
         .route("/metrics", get(api::metrics))
         .fallback(api::not_found)
         .with_state(state)
+}
+
+/// Reads a run upload (or apply log) only up to the limit of the caller's role: a declared
+/// `Content-Length` over it is refused before anything is read, a chunked body as soon as it
+/// passes it. Runs after [`auth::authorize`], so an unauthorized body is never read at all.
+async fn bounded_upload(
+    State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let limit = state.config.run_upload_limit(principal.role);
+    let (parts, body) = req.into_parts();
+    let too_large = || {
+        ApiError::new(
+            RefusalKind::TooLarge,
+            format!(
+                "upload refused: {} tokens may upload at most {} MiB here (--max-agent-run-upload-mib / --max-run-upload-mib); a plan this large is better applied by CI from its own checkout",
+                principal.role,
+                limit / (1024 * 1024)
+            ),
+        )
+        .into_response()
+    };
+    let bytes = match state_backend::read_body(body, limit).await {
+        Ok(b) => b,
+        Err(e) if e.is_too_large() => return too_large(),
+        Err(e) => return e.into_response(),
+    };
+    next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+        .await
 }

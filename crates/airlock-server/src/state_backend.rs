@@ -161,17 +161,26 @@ pub async fn handle(
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn read_body(body: Body, limit: usize) -> ApiResult<Vec<u8>> {
+/// Reads a request body of at most `limit` bytes. A declared `Content-Length` over the limit is
+/// refused before anything is read.
+pub(crate) async fn read_body(body: Body, limit: usize) -> ApiResult<Vec<u8>> {
+    use axum::body::HttpBody;
+    let too_large = || {
+        ApiError::new(
+            RefusalKind::TooLarge,
+            format!("request body is larger than the {limit}-byte limit"),
+        )
+    };
+    if body.size_hint().lower() > u64::try_from(limit).unwrap_or(u64::MAX) {
+        return Err(too_large());
+    }
     match http_body_util::Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes().to_vec()),
         Err(e)
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some() =>
         {
-            Err(ApiError::new(
-                RefusalKind::TooLarge,
-                format!("request body is larger than the {limit}-byte limit"),
-            ))
+            Err(too_large())
         }
         Err(e) => Err(ApiError::new(
             RefusalKind::BadRequest,
@@ -380,7 +389,8 @@ async fn write(
     headers: &HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    existing_stack(state, principal, stack).await?;
+    let record = existing_stack(state, principal, stack).await?;
+    refuse_before_reading(state, principal, &record, lock_id).await?;
     let body = read_body(body, state.config.max_state_bytes).await?;
     check_md5(headers, &body)?;
     let kind = WriteKindOwned::Backend {
@@ -394,6 +404,70 @@ async fn write(
             .into_response()),
         _ => Ok(StatusCode::OK.into_response()),
     }
+}
+
+/// Authorize before work: what can be refused without the body (may this token write this
+/// stack at all; does it hold the lock it names) is refused before a byte of the body is read,
+/// parsed or hashed. The firewall decides again inside the write transaction; this only spares
+/// the server the work of a write that cannot succeed.
+async fn refuse_before_reading(
+    state: &Arc<AppState>,
+    principal: &Principal,
+    stack: &StackRecord,
+    lock_id: Option<&str>,
+) -> ApiResult<()> {
+    let name = stack.name.clone();
+    // The messages are the firewall's, so a refusal reads the same whichever check made it.
+    if !may_write(state, principal, stack).await? {
+        let r = if principal.run_id.is_some() {
+            Refusal::new(
+                RefusalKind::Forbidden,
+                "state write refused: this run-bound token may write only while its run is applying",
+            )
+        } else {
+            let allowed: Vec<&str> = stack
+                .settings
+                .direct_writes
+                .iter()
+                .map(|r| r.as_str())
+                .collect();
+            Refusal::new(
+                RefusalKind::Forbidden,
+                format!(
+                    "state write refused: {} tokens may not write state of stack {name} directly (direct writes allowed to: {}); propose the change with `airlock plan` for review",
+                    principal.role,
+                    if allowed.is_empty() { "nobody".to_owned() } else { allowed.join(", ") }
+                ),
+            )
+        };
+        return Err(deny(state, principal, &name, "state.write", r).await);
+    }
+    let n = name.clone();
+    let held = blocking(state, move |st| st.current_lock(&n)).await??;
+    let refusal = match held {
+        None => Refusal::new(
+            RefusalKind::Conflict,
+            format!("state write refused: stack {name} is not locked; writes must hold the lock (configure lock_address and unlock_address: `airlock backend-config {name}` prints them)"),
+        ),
+        Some(l) if lock_id == Some(l.id.as_str()) && l.owner_token == principal.token_id => {
+            return Ok(())
+        }
+        Some(l) if lock_id == Some(l.id.as_str()) => Refusal::new(
+            RefusalKind::Locked,
+            format!(
+                "state write refused: the lock on {name} belongs to {}, not to this token",
+                l.owner
+            ),
+        ),
+        Some(l) => Refusal::new(
+            RefusalKind::Locked,
+            format!(
+                "state write refused: stack {name} is locked by {} (lock {}), and this write does not carry that lock ID",
+                l.owner, l.id
+            ),
+        ),
+    };
+    Err(deny(state, principal, &name, "state.write", refusal).await)
 }
 
 fn locked_response(info: Vec<u8>) -> Response {

@@ -76,6 +76,9 @@ pub struct ClientArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub format: OutputFormat,
+    /// Extra CA certificate(s) to trust for an https:// server (PEM), besides the system's.
+    #[arg(long, env = "AIRLOCK_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -106,6 +109,30 @@ pub struct ServerArgs {
     /// Largest accepted state body, in MiB.
     #[arg(long, env = "AIRLOCK_MAX_STATE_MIB", default_value_t = 256)]
     pub max_state_mib: usize,
+    /// Largest run upload (plan and plan JSON) from an agent token, in MiB.
+    #[arg(long, env = "AIRLOCK_MAX_AGENT_RUN_UPLOAD_MIB", default_value_t = 64)]
+    pub max_agent_run_upload_mib: usize,
+    /// Largest run upload or apply log from any other role, in MiB.
+    #[arg(long, env = "AIRLOCK_MAX_RUN_UPLOAD_MIB", default_value_t = 768)]
+    pub max_run_upload_mib: usize,
+    /// Seconds a connection may take to send a complete request header (idle keep-alive and
+    /// the TLS handshake included) before it is closed.
+    #[arg(long, env = "AIRLOCK_HEADER_READ_TIMEOUT_SECS", default_value_t = 15,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_read_timeout_secs: u64,
+    /// Seconds a request body may stall (no data at all) before the request fails.
+    #[arg(long, env = "AIRLOCK_BODY_READ_TIMEOUT_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_read_timeout_secs: u64,
+    /// Seconds one request may take, from its header to its response.
+    #[arg(long, env = "AIRLOCK_REQUEST_TIMEOUT_SECS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_timeout_secs: u64,
+    /// Most connections open at once; past it, the connection that has waited longest for a
+    /// request header is closed to make room.
+    #[arg(long, env = "AIRLOCK_MAX_CONNECTIONS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_connections: u64,
 }
 
 #[derive(Debug, Subcommand)]

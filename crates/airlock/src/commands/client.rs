@@ -1,8 +1,13 @@
-//! The HTTP client the CLI commands share: finds the server and token, turns server refusals
-//! into errors that carry their status (403 becomes exit code 2).
+//! The HTTP client the CLI commands share: finds the server and token, speaks HTTPS with the
+//! system's roots plus `--ca-cert`, turns server refusals into errors that carry their status
+//! (403 becomes exit code 2), and makes every server-supplied string safe for a terminal
+//! ([`printable`]) before text output shows it.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::io::Read;
+use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::Context;
 use serde_json::Value;
@@ -18,7 +23,7 @@ pub struct ServerRefused {
 
 impl fmt::Display for ServerRefused {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} (HTTP {})", self.message, self.status)
+        write!(f, "{} (HTTP {})", printable(&self.message), self.status)
     }
 }
 
@@ -42,9 +47,11 @@ impl Client {
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             anyhow::bail!("AIRLOCK_URL / --url must start with http:// or https://, got {base:?}");
         }
-        let agent = ureq::AgentBuilder::new()
-            .timeout(std::time::Duration::from_secs(300))
-            .build();
+        let mut agent = ureq::AgentBuilder::new().timeout(std::time::Duration::from_secs(300));
+        if base.starts_with("https://") {
+            agent = agent.tls_config(tls_config(args.ca_cert.as_deref())?);
+        }
+        let agent = agent.build();
         Ok(Client {
             base,
             token: args.token.clone(),
@@ -86,10 +93,7 @@ impl Client {
                     .unwrap_or(body);
                 Err(ServerRefused { status, message }.into())
             }
-            Err(e) => Err(anyhow::Error::new(e).context(format!(
-                "could not reach the airlock server at {}",
-                self.base
-            ))),
+            Err(e) => Err(unreachable(&self.base, e)),
         }
     }
 
@@ -119,16 +123,118 @@ impl Client {
                 "{}\n",
                 serde_json::to_string_pretty(value).unwrap_or_default()
             )),
-            OutputFormat::Text => crate::out(&text(value)),
+            OutputFormat::Text => crate::out(&text(&printable_value(value))),
         }
     }
 }
 
-/// A JSON field as display text.
+/// The rustls configuration of an https:// server: the system's roots (which honour
+/// `SSL_CERT_FILE` / `SSL_CERT_DIR`) plus the PEM certificates of `ca_cert`.
+fn tls_config(ca_cert: Option<&Path>) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+
+    let mut roots = rustls::RootCertStore::empty();
+    // Unreadable or odd system certificates are skipped: --ca-cert may be all that is needed.
+    let (_added, _ignored) =
+        roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    if let Some(path) = ca_cert {
+        let what = || {
+            format!(
+                "reading the CA certificate {} (--ca-cert / AIRLOCK_CA_CERT)",
+                path.display()
+            )
+        };
+        let pem = std::fs::read(path).with_context(what)?;
+        let certs = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(what)?;
+        if certs.is_empty() {
+            anyhow::bail!(
+                "{}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it",
+                what()
+            );
+        }
+        for cert in certs {
+            roots.add(cert).with_context(what)?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS setup")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// A transport failure, with what to do about it.
+fn unreachable(base: &str, e: ureq::Error) -> anyhow::Error {
+    let mut refused = false;
+    let mut tls: Option<&rustls::Error> = None;
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            refused |= io.kind() == std::io::ErrorKind::ConnectionRefused;
+            tls = tls.or_else(|| io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()));
+        }
+        tls = tls.or_else(|| err.downcast_ref::<rustls::Error>());
+        source = err.source();
+    }
+    let hint = match tls {
+        Some(rustls::Error::InvalidCertificate(_)) => format!(
+            "the TLS certificate of {base} is not trusted: pass its CA certificate with --ca-cert FILE or AIRLOCK_CA_CERT (PEM)"
+        ),
+        Some(rustls::Error::InvalidMessage(_)) => format!(
+            "{base} does not answer in TLS: if the server runs without --tls-cert, use an http:// URL"
+        ),
+        _ if refused => format!(
+            "nothing is listening at {base}: is `airlock server` running at AIRLOCK_URL (or --url)?"
+        ),
+        _ => format!("could not reach the airlock server at {base}: is `airlock server` running at AIRLOCK_URL (or --url)?"),
+    };
+    anyhow::Error::new(e).context(hint)
+}
+
+/// Server-supplied text made safe for a terminal: control characters (escape sequences, bells,
+/// carriage returns, newlines) and bidirectional overrides are shown escaped (`\u{1b}`) rather
+/// than interpreted. Every text output of a server string goes through it.
+pub fn printable(text: &str) -> Cow<'_, str> {
+    let unsafe_char =
+        |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !text.chars().any(unsafe_char) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// `v` with [`printable`] applied to every string and key, for text renderers.
+fn printable_value(v: &Value) -> Value {
+    match v {
+        Value::String(x) => Value::String(printable(x).into_owned()),
+        Value::Array(items) => Value::Array(items.iter().map(printable_value).collect()),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, x)| (printable(k).into_owned(), printable_value(x)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// A JSON field as display text, made [`printable`].
 pub fn s(v: &Value, ptr: &str) -> String {
     match v.pointer(ptr) {
         None | Some(Value::Null) => "-".into(),
-        Some(Value::String(x)) => x.clone(),
+        Some(Value::String(x)) => printable(x).into_owned(),
         Some(other) => other.to_string(),
     }
 }
@@ -142,6 +248,10 @@ pub fn time(v: &Value, ptr: &str) -> String {
 
 /// Lays rows out in aligned columns.
 pub fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .into_iter()
+        .map(|r| r.iter().map(|c| printable(c).into_owned()).collect())
+        .collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in &rows {
         for (w, c) in widths.iter_mut().zip(r) {
@@ -160,4 +270,35 @@ pub fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printable_escapes_control_and_bidi_characters_only() {
+        assert_eq!(
+            printable("plain text, tabs\tand é"),
+            "plain text, tabs\\u{9}and é"
+        );
+        assert_eq!(
+            printable("a\u{1b}[2Jb\u{7}\r\n\u{9b}"),
+            "a\\u{1b}[2Jb\\u{7}\\u{d}\\u{a}\\u{9b}"
+        );
+        assert_eq!(printable("x\u{202e}y"), "x\\u{202e}y");
+        assert!(matches!(printable("ok"), Cow::Borrowed(_)));
+        let v = serde_json::json!({"k\u{1b}": ["\u{1b}", 1, {"n": "\u{7}"}]});
+        assert_eq!(
+            printable_value(&v),
+            serde_json::json!({"k\\u{1b}": ["\\u{1b}", 1, {"n": "\\u{7}"}]})
+        );
+        assert_eq!(s(&v, "/k\u{1b}/0"), "\\u{1b}");
+        assert!(!table(&["A"], vec![vec!["\u{1b}x".into()]]).contains('\u{1b}'));
+        let refused = ServerRefused {
+            status: 423,
+            message: "locked by root\u{1b}[2J".into(),
+        };
+        assert_eq!(refused.to_string(), "locked by root\\u{1b}[2J (HTTP 423)");
+    }
 }

@@ -598,6 +598,7 @@ pub fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     let run_client = Client::new(&ClientArgs {
         url: c.base().to_owned(),
         token: Some(token.clone()),
+        ca_cert: args.client.ca_cert.clone(),
         format: args.client.format,
     })?;
     let finish = |success: bool, log: &[u8], check: &str| {

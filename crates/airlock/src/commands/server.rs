@@ -22,8 +22,16 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         }
     };
     bootstrap_admin(store.as_ref())?;
+    const MIB: usize = 1024 * 1024;
+    let secs = std::time::Duration::from_secs;
     let config = ServerConfig {
-        max_state_bytes: args.max_state_mib.saturating_mul(1024 * 1024),
+        max_state_bytes: args.max_state_mib.saturating_mul(MIB),
+        max_agent_run_upload_bytes: args.max_agent_run_upload_mib.saturating_mul(MIB),
+        max_run_upload_bytes: args.max_run_upload_mib.saturating_mul(MIB),
+        header_read_timeout: secs(args.header_read_timeout_secs),
+        body_read_timeout: secs(args.body_read_timeout_secs),
+        request_timeout: secs(args.request_timeout_secs),
+        max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
         auto_create_stacks: args.auto_create_stacks,
         public_url: None,
     };

@@ -2,6 +2,7 @@
 
 mod attacks;
 mod check;
+mod client;
 mod reliability;
 mod runs;
 mod state_server;
