@@ -42,6 +42,26 @@ pub fn is_policy_path(path: &str) -> bool {
     path.starts_with(POLICY_DIR) && path.ends_with(".rego") && !path.ends_with("_test.rego")
 }
 
+/// `rel` joined to `base` (both `/`-separated and relative) and normalized: `.` segments
+/// dropped, `..` popping a real segment (leading `..` are kept: a module outside the root).
+pub fn join(base: &str, rel: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    for seg in base.split('/').chain(rel.split('/')) {
+        match seg {
+            "" | "." => {}
+            ".." if out.last().is_some_and(|l| *l != "..") => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    if out.is_empty() {
+        ".".into()
+    } else {
+        out.join("/")
+    }
+}
+
 /// The fingerprint over `files` (sorted, unique) and the Terraform version.
 pub fn fingerprint(terraform_version: &str, files: &[InputFile]) -> String {
     let mut h = Sha256::new();
@@ -138,5 +158,12 @@ mod tests {
         }])
         .is_err());
         assert!(is_policy_path("policy/deny.rego") && !is_policy_path("policy/deny_test.rego"));
+        assert_eq!(
+            join("stacks/app", "../../modules/net/main.tf"),
+            "modules/net/main.tf"
+        );
+        assert_eq!(join(".", "main.tf"), "main.tf");
+        assert_eq!(join("app", "../../shared/x.tf"), "../shared/x.tf");
+        assert_eq!(join("a/./b", ""), "a/b");
     }
 }

@@ -65,6 +65,13 @@ pub struct PlanFile {
     pub prior_lineage: Option<String>,
     /// Serial of the prior state.
     pub prior_serial: Option<u64>,
+    /// The configuration `terraform apply PLAN` will use (it never reads the checkout's): each
+    /// file of a local module with its path relative to the root module's directory, plus the
+    /// embedded `.terraform.lock.hcl`. Sorted by path.
+    pub config_files: Vec<(String, Vec<u8>)>,
+    /// Modules whose source is not a local directory (registry, git, ...): their files are in the
+    /// plan but are not part of any checkout.
+    pub remote_modules: Vec<String>,
 }
 
 impl PlanFile {
@@ -87,6 +94,7 @@ impl PlanFile {
             plan.prior_lineage = Some(prior.lineage);
             plan.prior_serial = Some(prior.serial);
         }
+        read_config(bytes, &members, &mut plan)?;
         Ok(plan)
     }
 
@@ -136,6 +144,57 @@ fn describe(c: &BinaryChange) -> String {
         Some(d) => format!("{} (deposed {d})", c.address),
         None => c.address.clone(),
     }
+}
+
+/// Fills `config_files` and `remote_modules` from the `tfconfig/` members: `modules.json` maps
+/// each module key to its directory, relative to the root module's; `tfconfig/m-KEY/FILE` holds
+/// the files Terraform loaded for that module.
+fn read_config(bytes: &[u8], members: &[Member], plan: &mut PlanFile) -> Result<(), PlanFileError> {
+    #[derive(serde::Deserialize)]
+    struct Module {
+        #[serde(rename = "Key")]
+        key: String,
+        #[serde(rename = "Dir")]
+        dir: String,
+        #[serde(rename = "Source", default)]
+        source: String,
+    }
+    let Some(manifest) = members.iter().find(|m| m.name == "tfconfig/modules.json") else {
+        return err("the plan holds no configuration snapshot (tfconfig/modules.json)");
+    };
+    let modules: Vec<Module> = serde_json::from_slice(&manifest.inflate(bytes)?)
+        .map_err(|e| PlanFileError(format!("tfconfig/modules.json: {e}")))?;
+    for m in members {
+        if m.name == ".terraform.lock.hcl" {
+            plan.config_files.push((m.name.clone(), m.inflate(bytes)?));
+            continue;
+        }
+        let Some(rest) = m.name.strip_prefix("tfconfig/m-") else {
+            continue;
+        };
+        let Some((key, file)) = rest.split_once('/') else {
+            continue;
+        };
+        let Some(module) = modules.iter().find(|x| x.key == key) else {
+            return err(format!(
+                "{} belongs to no module of tfconfig/modules.json",
+                m.name
+            ));
+        };
+        let local = module.key.is_empty()
+            || module.source.starts_with("./")
+            || module.source.starts_with("../");
+        if !local {
+            if !plan.remote_modules.contains(&module.key) {
+                plan.remote_modules.push(module.key.clone());
+            }
+            continue;
+        }
+        let path = airlock_core::inputs::join(&module.dir, file);
+        plan.config_files.push((path, m.inflate(bytes)?));
+    }
+    plan.config_files.sort();
+    Ok(())
 }
 
 // --- zip (only what Terraform's archive/zip writer produces: stored or deflated, no zip64) ---

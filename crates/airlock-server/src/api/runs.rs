@@ -137,6 +137,52 @@ struct JudgeInput {
     previous: Option<(Option<String>, Vec<PolicyFile>)>,
     stack: StackRecord,
     planned: (Option<String>, Option<u64>),
+    inputs: Vec<InputFile>,
+    planned_dir: String,
+}
+
+/// The configuration embedded in the binary plan (what `terraform apply PLAN` runs, whatever
+/// the checkout holds) must be the reviewed inputs: every embedded file of a local module is an
+/// input with the same content, and every `.tf`/`.tf.json` input in those modules' directories
+/// is embedded. The apply's fingerprint check then ties the inputs to CI's checkout.
+fn check_embedded_config(binary: &PlanFile, input: &JudgeInput) -> ApiResult<()> {
+    let listed: std::collections::BTreeMap<&str, &str> = input
+        .inputs
+        .iter()
+        .map(|f| (f.path.as_str(), f.sha256.as_str()))
+        .collect();
+    let mut dirs = std::collections::BTreeSet::new();
+    let mut embedded = std::collections::BTreeSet::new();
+    for (path, content) in &binary.config_files {
+        let repo_path = inputs::join(&input.planned_dir, path);
+        let sha = InputFile::of(&repo_path, content).sha256;
+        // Terraform embeds a lock file even when the checkout has none (no providers locked).
+        let empty_lock = path == ".terraform.lock.hcl"
+            && !listed.contains_key(repo_path.as_str())
+            && !content.windows(10).any(|w| w == b"provider \"");
+        if !empty_lock && listed.get(repo_path.as_str()) != Some(&sha.as_str()) {
+            return Err(bad(format!(
+                "the binary plan's embedded configuration file {repo_path} is not the one listed in the run's inputs: terraform apply would run configuration nobody reviewed"
+            )));
+        }
+        if let Some((dir, _)) = repo_path.rsplit_once('/') {
+            dirs.insert(dir.to_owned());
+        } else {
+            dirs.insert(String::new());
+        }
+        embedded.insert(repo_path);
+    }
+    for f in &input.inputs {
+        let (dir, name) = f.path.rsplit_once('/').unwrap_or(("", &f.path));
+        let is_config = name.ends_with(".tf") || name.ends_with(".tf.json");
+        if is_config && dirs.contains(dir) && !embedded.contains(&f.path) {
+            return Err(bad(format!(
+                "input {} is not in the binary plan's embedded configuration: the plan was not made from the listed inputs",
+                f.path
+            )));
+        }
+    }
+    Ok(())
 }
 
 struct Judged {
@@ -204,6 +250,7 @@ fn judge(input: JudgeInput) -> ApiResult<Judged> {
             prior.0, prior.1, input.planned.0, input.planned.1
         )));
     }
+    check_embedded_config(&binary, &input)?;
     let cfg = parse_config(input.config.as_deref())?;
     let stack_cfg = cfg.stack(&stack.name);
     let mut analyzer = Analyzer::new(&cfg, stack_cfg);
@@ -253,9 +300,14 @@ fn judge(input: JudgeInput) -> ApiResult<Judged> {
             ))
         })?;
     let mut checks = vec![format!(
-        "server: the judged plan JSON lists exactly the resource and output changes of the binary plan (SHA-256 tfplan protobuf), made by terraform {} against serial {}",
+        "server: the judged plan JSON lists exactly the resource and output changes of the binary plan (tfplan protobuf), made by terraform {} against serial {}; its embedded configuration is the listed inputs{}",
         binary.terraform_version,
-        prior.1.map_or("none (empty stack)".into(), |s| s.to_string())
+        prior.1.map_or("none (empty stack)".into(), |s| s.to_string()),
+        if binary.remote_modules.is_empty() {
+            String::new()
+        } else {
+            format!(" (remote modules, pinned by their source and version only: {})", binary.remote_modules.join(", "))
+        }
     )];
     for (address, reason) in server_protected {
         analyzer.add_finding(Finding {
@@ -441,6 +493,8 @@ pub async fn create(
             previous,
             stack: record.clone(),
             planned: (req.planned_lineage.clone(), req.planned_serial),
+            inputs: req.inputs.clone(),
+            planned_dir: req.planned_dir.clone().unwrap_or_else(|| ".".into()),
         };
         tokio::task::spawn_blocking(move || judge(input))
             .await

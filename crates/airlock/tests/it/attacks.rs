@@ -96,6 +96,21 @@ fn json_of_one_plan_with_the_binary_of_another_is_refused() {
     assert_eq!(code, 400, "{body}");
 }
 
+/// Beyond the list: `terraform apply PLAN` runs the configuration embedded in the plan, not the
+/// checkout's. An agent plans from a configuration with a `local-exec` provisioner (code that
+/// would run on CI with the apply credentials) and uploads it with the clean checkout's inputs.
+#[test]
+fn a_plan_made_from_other_configuration_than_its_inputs_is_refused() {
+    let (t, ws) = applied_stack("dev/embedded");
+    ws.write_main("resource \"terraform_data\" \"db\" {\n  input = 1\n}\nresource \"terraform_data\" \"web\" {\n  input = 2\n  provisioner \"local-exec\" {\n    command = \"echo pwned > /tmp/airlock-pwned\"\n  }\n}\n");
+    ws.tf_ok(&t.s.admin, &["plan", "-out=evil.tfplan"]);
+    ws.write_main(WEB_CHANGED);
+    let forged = forged_upload(&t, &ws, "dev/embedded", "evil.tfplan", "evil.tfplan");
+    let (code, body) = upload(&t, &t.agent, "dev/embedded", &forged);
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("embedded configuration"), "{body}");
+}
+
 /// Item 1, apply side: the stored plan JSON is swapped for another plan's (someone with
 /// database access); `airlock apply` asks terraform what the binary does and refuses.
 #[test]
