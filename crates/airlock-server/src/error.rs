@@ -32,6 +32,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound(m) => ApiError::new(RefusalKind::NotFound, m),
             StoreError::Conflict(m) => ApiError::new(RefusalKind::Conflict, m),
+            StoreError::LimitReached(m) => ApiError::new(RefusalKind::TooManyRequests, m),
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -48,6 +49,7 @@ pub fn status_of(kind: RefusalKind) -> StatusCode {
         RefusalKind::Conflict => StatusCode::CONFLICT,
         RefusalKind::UnknownStack => StatusCode::UNPROCESSABLE_ENTITY,
         RefusalKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        RefusalKind::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
     }
 }
 
@@ -62,6 +64,7 @@ fn code_of(kind: RefusalKind) -> &'static str {
         RefusalKind::Conflict => "conflict",
         RefusalKind::UnknownStack => "unknown_stack",
         RefusalKind::MethodNotAllowed => "method_not_allowed",
+        RefusalKind::TooManyRequests => "too_many_requests",
     }
 }
 

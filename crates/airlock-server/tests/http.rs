@@ -4,12 +4,15 @@
 //! - `protocol`: every status code of the Terraform `http` backend contract and malformed input;
 //! - `auth`: Bearer, Basic, and every way a credential can be bad;
 //! - `firewall`: invariant 2, the lock rules by operation, grants and protection;
-//! - `matrix`: every route × every role against DESIGN.md's matrix, default deny, token scope.
+//! - `matrix`: every route × every role against DESIGN.md's matrix, default deny, token scope;
+//! - `identity`: users own tokens; phase tokens die with their parent; scoped admins stay inside.
 
 #[path = "http/auth.rs"]
 mod auth;
 #[path = "http/firewall.rs"]
 mod firewall;
+#[path = "http/identity.rs"]
+mod identity;
 #[path = "http/matrix.rs"]
 mod matrix;
 #[path = "http/protocol.rs"]

@@ -267,7 +267,8 @@ pub struct MintContext<'a> {
     pub parent: Option<&'a TokenRecord>,
     /// Whether the new token's user exists as a user record.
     pub user_exists: bool,
-    /// Derived tokens of the (parent's) user created within the mint limit's window.
+    /// Plan-phase tokens (derived, not run-bound) of the parent's user created within the mint
+    /// limit's window.
     pub recent_derived: u64,
     /// The transaction's time.
     pub now: i64,

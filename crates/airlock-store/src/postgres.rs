@@ -788,7 +788,7 @@ impl Store for PostgresStore {
                 Some(l) => {
                     tx.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", &[&USER_MINT_LOCK_CLASS, &user])?;
                     tx.query_one(
-                        "SELECT COUNT(*) FROM tokens WHERE user_name = $1 AND parent_id IS NOT NULL AND created_at > $2",
+                        "SELECT COUNT(*) FROM tokens WHERE user_name = $1 AND parent_id IS NOT NULL AND run_id IS NULL AND created_at > $2",
                         &[&user, &(now - l.window_ms)],
                     )?
                     .try_get::<_, i64>(0)? as u64

@@ -422,7 +422,7 @@ impl Store for SqliteStore {
             let user = parent.as_ref().map_or(t.user.as_str(), |p| p.user.as_str());
             let recent_derived = match t.mint_limit {
                 Some(l) => tx.query_row(
-                    "SELECT COUNT(*) FROM tokens WHERE user_name = ?1 AND parent_id IS NOT NULL AND created_at > ?2",
+                    "SELECT COUNT(*) FROM tokens WHERE user_name = ?1 AND parent_id IS NOT NULL AND run_id IS NULL AND created_at > ?2",
                     params![user, now - l.window_ms],
                     |r| r.get::<_, i64>(0),
                 )? as u64,
