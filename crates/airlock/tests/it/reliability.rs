@@ -1196,7 +1196,7 @@ fn backup_round_trips_sqlite_to_postgres_and_back_and_verify_catches_tampering()
     assert!(ok, "{out}");
     assert!(
         out.contains(
-            "exported 2 stack(s), 3 version(s), 5 token(s), 1 grant(s), 1 lock(s), 1 run(s)"
+            "exported 2 stack(s), 3 version(s), 1 user(s), 5 token(s), 1 grant(s), 1 lock(s), 1 run(s)"
         ),
         "{out}"
     );
