@@ -182,6 +182,16 @@ impl RunRecord {
         }
     }
 
+    /// This run with its author's user set, if it was stored before users existed (the
+    /// server looks the author token's user up: for a phase token, its minter's user).
+    pub fn with_author_user(&self, user: &str) -> RunRecord {
+        let mut run = self.clone();
+        if run.author_user.is_empty() {
+            run.author_user = user.to_owned();
+        }
+        run
+    }
+
     /// Distinct users other than the author who approved exactly this run's plan: what
     /// "N approvals" counts.
     pub fn valid_approvers(&self) -> Vec<&str> {

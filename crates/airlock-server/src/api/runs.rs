@@ -708,6 +708,17 @@ struct ApproveRequest {
     confirm_destroy: Option<u64>,
 }
 
+/// The user who planned `run`. Runs stored before users existed name only the author's token;
+/// its user, as migration 0003 assigned it (a phase token has its minter's), is the author.
+async fn author_user(state: &Arc<AppState>, run: &RunRecord) -> ApiResult<String> {
+    if !run.author_user.is_empty() {
+        return Ok(run.author_user.clone());
+    }
+    let t = run.author_token.clone();
+    let found = store_call(state, move |st| st.token(&t)).await?;
+    Ok(found.map_or_else(|| run.author_token.clone(), |t| t.user))
+}
+
 /// `POST /api/v1/runs/{id}/approve`.
 pub async fn approve(
     State(state): State<Arc<AppState>>,
@@ -720,10 +731,11 @@ pub async fn approve(
     } else {
         parse_body(&body)?
     };
-    load_run(&state, &p, &id).await?;
+    let author_user = author_user(&state, &load_run(&state, &p, &id).await?).await?;
     let principal = p.clone();
     let result = store_call(&state, move |st| {
         st.update_run(&id, &mut |run, stack, current| {
+            let run = &run.with_author_user(&author_user);
             let actor = principal.display();
             if run.status != RunStatus::NeedsApproval {
                 return Err(refuse(RefusalKind::Conflict, format!("run {} is {}, not waiting for approval", run.id, run.status.as_str())));
@@ -874,8 +886,10 @@ pub async fn apply(
     let token = tokens::generate();
     let principal = p.clone();
     let token_id = token.id.clone();
+    let author_user = author_user(&state, &run).await?;
     let result = store_call(&state, move |st| {
         st.update_run(&id, &mut |run, stack, current| {
+            let run = &run.with_author_user(&author_user);
             let actor = principal.display();
             match run.status {
                 RunStatus::Approved => {}

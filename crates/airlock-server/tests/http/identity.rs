@@ -242,3 +242,45 @@ async fn users_are_created_by_admins_with_printable_names_and_audited() {
         .iter()
         .any(|e| e["action"] == "token.create" && e["detail"]["user"] == "alice"));
 }
+
+#[tokio::test]
+async fn a_run_stored_before_users_existed_is_judged_by_its_author_tokens_user() {
+    let s = Server::new();
+    s.stack("dev/app", false);
+    s.user("alice");
+    s.user("bob");
+    let alice = s.token_of(Some("alice"), "alice", Role::Approver, &[], None);
+    let bob = s.token_of(Some("bob"), "bob", Role::Approver, &[], None);
+    let r = s.api("POST", PLAN_TOKEN, &alice, Value::Null).await;
+    r.expect(201);
+    let phase = tok(&r);
+    // A run as stored before upgrade: no author_user, authored by alice's plan-phase token.
+    let now = now_ms();
+    let run: airlock_store::RunRecord = serde_json::from_value(json!({
+        "id": "run_legacy", "stack": "dev/app", "status": "needs_approval",
+        "author": format!("plan for alice ({})", phase.id), "author_token": phase.id,
+        "author_role": "agent", "created_at": now, "updated_at": now,
+        "expires_at": now + 3_600_000, "fingerprint": "f".repeat(64),
+        "terraform_version": "1.11.4", "plan_sha256": "0".repeat(64), "decision": "allow",
+        "report": {}, "destroys": [], "required_approvals": 1, "approvals": [],
+    }))
+    .expect("a run record without the identity fields still loads");
+    s.store
+        .create_run(
+            &run,
+            &[("plan.tfplan", b"plan")],
+            airlock_store::NewAudit::ok("test", "run.create", Some("dev/app"), json!({})),
+        )
+        .unwrap();
+    let r = s
+        .api("POST", "/api/v1/runs/run_legacy/approve", &alice, json!({}))
+        .await;
+    r.expect(403);
+    assert!(r.message().contains("user alice planned"), "{}", r.message());
+    s.api("POST", "/api/v1/runs/run_legacy/approve", &bob, json!({}))
+        .await
+        .expect(200);
+    let stored = s.store.run("run_legacy").unwrap().unwrap();
+    assert_eq!(stored.author_user, "alice");
+    assert_eq!(stored.approvals[0].by_user, "bob");
+}
