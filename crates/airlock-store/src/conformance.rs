@@ -104,12 +104,20 @@ fn new_token(id: &str, user: &str, parent: Option<&str>, expires_at: Option<i64>
         id: id.into(),
         secret_hash,
         name: id.into(),
-        role: if parent.is_some() { Role::Agent } else { Role::Approver },
+        role: if parent.is_some() {
+            Role::Agent
+        } else {
+            Role::Approver
+        },
         stacks: vec!["conf/*".into()],
         expires_at,
         created_by: "test".into(),
         run_id: None,
-        user: if user.is_empty() && parent.is_none() { id.into() } else { user.into() },
+        user: if user.is_empty() && parent.is_none() {
+            id.into()
+        } else {
+            user.into()
+        },
         parent_id: parent.map(str::to_owned),
         mint_limit: None,
     }
@@ -173,7 +181,12 @@ pub fn users(s: &dyn Store) {
                 name: "conf.carol".into(),
                 created_by: "admin (tok-a)".into(),
             },
-            NewAudit::ok("admin (tok-a)", "user.create", None, json!({"user": "conf.carol"})),
+            NewAudit::ok(
+                "admin (tok-a)",
+                "user.create",
+                None,
+                json!({"user": "conf.carol"}),
+            ),
         )
         .unwrap();
     assert_eq!(u.name, "conf.carol");
@@ -193,21 +206,33 @@ pub fn users(s: &dyn Store) {
     ));
     // A token of a user that does not exist is refused; one of an existing user is stored.
     assert!(matches!(
-        s.create_token(new_token("tok-conf-u1", "conf.nobody", None, None), audit("token.create")),
+        s.create_token(
+            new_token("tok-conf-u1", "conf.nobody", None, None),
+            audit("token.create")
+        ),
         Err(StoreError::NotFound(_))
     ));
     let t = s
-        .create_token(new_token("tok-conf-u2", "conf.carol", None, None), audit("token.create"))
+        .create_token(
+            new_token("tok-conf-u2", "conf.carol", None, None),
+            audit("token.create"),
+        )
         .unwrap();
     assert_eq!(t.user, "conf.carol");
     // A token without a user is its own identity: its user is its id.
     let own = s
-        .create_token(new_token("tok-conf-u3", "", None, None), audit("token.create"))
+        .create_token(
+            new_token("tok-conf-u3", "", None, None),
+            audit("token.create"),
+        )
         .unwrap();
     assert_eq!(own.user, "tok-conf-u3");
     // ... and no token may borrow another token's id as its user.
     assert!(matches!(
-        s.create_token(new_token("tok-conf-u4", "tok-conf-u3", None, None), audit("token.create")),
+        s.create_token(
+            new_token("tok-conf-u4", "tok-conf-u3", None, None),
+            audit("token.create")
+        ),
         Err(StoreError::NotFound(_))
     ));
     s.import_user(&UserRecord {
@@ -229,8 +254,11 @@ pub fn derived_tokens(s: &dyn Store) {
     )
     .unwrap();
     let soon = now_ms() + 60_000;
-    s.create_token(new_token("tok-dv-p", "conf.erin", None, Some(soon)), audit("token.create"))
-        .unwrap();
+    s.create_token(
+        new_token("tok-dv-p", "conf.erin", None, Some(soon)),
+        audit("token.create"),
+    )
+    .unwrap();
     // A derived token belongs to its parent's user: asking for another user is refused.
     let other = new_token("tok-dv-x", "conf.carol", Some("tok-dv-p"), None);
     assert!(matches!(
@@ -239,52 +267,95 @@ pub fn derived_tokens(s: &dyn Store) {
     ));
     let child = new_token("tok-dv-c", "", Some("tok-dv-p"), Some(soon + 3_600_000));
     let c = s.create_token(child, audit("token.plan_phase")).unwrap();
-    assert_eq!(c.user, "conf.erin", "a derived token carries its parent's user");
+    assert_eq!(
+        c.user, "conf.erin",
+        "a derived token carries its parent's user"
+    );
     assert_eq!(c.parent_id.as_deref(), Some("tok-dv-p"));
     assert_eq!(c.expires_at, Some(soon), "expiry clamped to the parent's");
     assert_eq!(s.token("tok-dv-c").unwrap().unwrap(), c);
     // A derived token cannot mint.
     assert!(matches!(
-        s.create_token(new_token("tok-dv-g", "", Some("tok-dv-c"), None), audit("token.plan_phase")),
+        s.create_token(
+            new_token("tok-dv-g", "", Some("tok-dv-c"), None),
+            audit("token.plan_phase")
+        ),
         Err(StoreError::Conflict(_))
     ));
     // A missing parent, and a revoked one, cannot mint.
     assert!(matches!(
-        s.create_token(new_token("tok-dv-m", "", Some("tok-dv-none"), None), audit("x")),
+        s.create_token(
+            new_token("tok-dv-m", "", Some("tok-dv-none"), None),
+            audit("x")
+        ),
         Err(StoreError::NotFound(_))
     ));
     s.revoke_token("tok-dv-p", audit("token.revoke")).unwrap();
     assert!(matches!(
-        s.create_token(new_token("tok-dv-r", "", Some("tok-dv-p"), None), audit("x")),
+        s.create_token(
+            new_token("tok-dv-r", "", Some("tok-dv-p"), None),
+            audit("x")
+        ),
         Err(StoreError::Conflict(_))
     ));
     // An expired parent cannot mint either.
-    s.create_token(new_token("tok-dv-e", "", None, Some(now_ms() - 1)), audit("token.create"))
-        .unwrap();
+    s.create_token(
+        new_token("tok-dv-e", "", None, Some(now_ms() - 1)),
+        audit("token.create"),
+    )
+    .unwrap();
     assert!(matches!(
-        s.create_token(new_token("tok-dv-e1", "", Some("tok-dv-e"), None), audit("x")),
+        s.create_token(
+            new_token("tok-dv-e1", "", Some("tok-dv-e"), None),
+            audit("x")
+        ),
         Err(StoreError::Conflict(_))
     ));
 }
 
 pub fn revocation_cascades(s: &dyn Store) {
-    s.create_token(new_token("tok-rc-root", "", None, None), audit("token.create"))
-        .unwrap();
+    s.create_token(
+        new_token("tok-rc-root", "", None, None),
+        audit("token.create"),
+    )
+    .unwrap();
     for c in ["tok-rc-a", "tok-rc-b"] {
-        s.create_token(new_token(c, "", Some("tok-rc-root"), None), audit("token.plan_phase"))
-            .unwrap();
-    }
-    s.create_token(new_token("tok-rc-other", "", None, None), audit("token.create"))
+        s.create_token(
+            new_token(c, "", Some("tok-rc-root"), None),
+            audit("token.plan_phase"),
+        )
         .unwrap();
+    }
+    s.create_token(
+        new_token("tok-rc-other", "", None, None),
+        audit("token.create"),
+    )
+    .unwrap();
     let before = s.audit_events(0, 100_000).unwrap().len();
     let r = s
-        .revoke_token("tok-rc-root", NewAudit::ok("boss (tok-b)", "token.revoke", None, json!({"token": "tok-rc-root"})))
+        .revoke_token(
+            "tok-rc-root",
+            NewAudit::ok(
+                "boss (tok-b)",
+                "token.revoke",
+                None,
+                json!({"token": "tok-rc-root"}),
+            ),
+        )
         .unwrap();
     assert!(r.revoked_at.is_some());
     for c in ["tok-rc-a", "tok-rc-b"] {
-        assert!(s.token(c).unwrap().unwrap().revoked_at.is_some(), "{c} dies with its parent");
+        assert!(
+            s.token(c).unwrap().unwrap().revoked_at.is_some(),
+            "{c} dies with its parent"
+        );
     }
-    assert!(s.token("tok-rc-other").unwrap().unwrap().revoked_at.is_none());
+    assert!(s
+        .token("tok-rc-other")
+        .unwrap()
+        .unwrap()
+        .revoked_at
+        .is_none());
     let events = s.audit_events(0, 100_000).unwrap();
     let new: Vec<_> = events.get(before..).unwrap().to_vec();
     assert_eq!(new.len(), 2, "the revocation and its cascade: {new:?}");
@@ -292,7 +363,8 @@ pub fn revocation_cascades(s: &dyn Store) {
     assert_eq!(new[1].actor, "boss (tok-b)");
     assert_eq!(new[1].detail["tokens"], json!(["tok-rc-a", "tok-rc-b"]));
     // Revoking again changes nothing and records nothing.
-    s.revoke_token("tok-rc-root", audit("token.revoke")).unwrap();
+    s.revoke_token("tok-rc-root", audit("token.revoke"))
+        .unwrap();
     assert_eq!(s.audit_events(0, 100_000).unwrap().len(), before + 2);
     verify_chain(&s.audit_events(0, 100_000).unwrap(), GENESIS.to_owned()).unwrap();
 }

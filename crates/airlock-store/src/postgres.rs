@@ -550,7 +550,11 @@ fn token_by_id<C: GenericClient>(
     for_update: bool,
 ) -> Result<Option<TokenRecord>> {
     let sql = if for_update {
-        concat!("SELECT ", token_cols!(), " FROM tokens WHERE id = $1 FOR UPDATE")
+        concat!(
+            "SELECT ",
+            token_cols!(),
+            " FROM tokens WHERE id = $1 FOR UPDATE"
+        )
     } else {
         concat!("SELECT ", token_cols!(), " FROM tokens WHERE id = $1")
     };
@@ -882,24 +886,34 @@ impl Store for PostgresStore {
             )?
             .map_err(|e| unique_is_conflict(e, || format!("user {} already exists", u.name)))?;
             append_audit_tx(tx, &audit)?;
-            Ok(UserRecord { name: u.name, created_at: now, created_by: u.created_by })
+            Ok(UserRecord {
+                name: u.name,
+                created_at: now,
+                created_by: u.created_by,
+            })
         })
     }
 
     fn user(&self, name: &str) -> Result<Option<UserRecord>> {
         self.read(|db| {
-            db.query_opt("SELECT name, created_at, created_by FROM users WHERE name = $1", &[&name])?
-                .map(|r| user_from_row(&r))
-                .transpose()
+            db.query_opt(
+                "SELECT name, created_at, created_by FROM users WHERE name = $1",
+                &[&name],
+            )?
+            .map(|r| user_from_row(&r))
+            .transpose()
         })
     }
 
     fn list_users(&self) -> Result<Vec<UserRecord>> {
         self.read(|db| {
-            db.query("SELECT name, created_at, created_by FROM users ORDER BY name", &[])?
-                .iter()
-                .map(user_from_row)
-                .collect()
+            db.query(
+                "SELECT name, created_at, created_by FROM users ORDER BY name",
+                &[],
+            )?
+            .iter()
+            .map(user_from_row)
+            .collect()
         })
     }
 

@@ -501,7 +501,11 @@ impl Store for SqliteStore {
             )
             .map_err(|e| constraint_is_conflict(e, || format!("user {} already exists", u.name)))?;
             append_audit_tx(tx, &audit)?;
-            Ok(UserRecord { name: u.name, created_at: now, created_by: u.created_by })
+            Ok(UserRecord {
+                name: u.name,
+                created_at: now,
+                created_by: u.created_by,
+            })
         })
     }
 
@@ -518,7 +522,8 @@ impl Store for SqliteStore {
 
     fn list_users(&self) -> Result<Vec<UserRecord>> {
         self.read(|c| {
-            let mut stmt = c.prepare("SELECT name, created_at, created_by FROM users ORDER BY name")?;
+            let mut stmt =
+                c.prepare("SELECT name, created_at, created_by FROM users ORDER BY name")?;
             let rows = stmt.query_map([], user_from_row)?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
@@ -893,7 +898,8 @@ impl Store for SqliteStore {
             let mut stmt = c.prepare(&format!(
                 "SELECT {TOKEN_COLS}, secret_hash FROM tokens ORDER BY created_at, id"
             ))?;
-            let rows = stmt.query_map([], |r| Ok((token_from_row(r)?, r.get::<_, Vec<u8>>(11)?)))?;
+            let rows =
+                stmt.query_map([], |r| Ok((token_from_row(r)?, r.get::<_, Vec<u8>>(11)?)))?;
             rows.map(|row| {
                 let (t, hash) = row?;
                 let hash = <[u8; 32]>::try_from(hash.as_slice()).map_err(|_| {

@@ -33,7 +33,12 @@ async fn a_phase_token_cannot_mint_and_dies_with_its_parent() {
     assert!(r.message().contains("phase token"), "{}", r.message());
     s.get_state("dev/app", &phase).await.expect(204);
     let who = s
-        .call("GET", "/api/v1/whoami", Auth::Bearer(&phase.secret), Body::empty())
+        .call(
+            "GET",
+            "/api/v1/whoami",
+            Auth::Bearer(&phase.secret),
+            Body::empty(),
+        )
         .await;
     assert_eq!(who.json()["parent"], agent.id.as_str());
     // The attack: the agent's token is revoked, its plan-phase token keeps working.
@@ -116,7 +121,10 @@ async fn a_scoped_admin_sees_and_revokes_only_tokens_within_its_scope() {
         .iter()
         .map(|t| t["id"].as_str().unwrap().to_owned())
         .collect();
-    assert!(ids.contains(&dev_ci.id) && ids.contains(&dev_admin.id), "{ids:?}");
+    assert!(
+        ids.contains(&dev_ci.id) && ids.contains(&dev_admin.id),
+        "{ids:?}"
+    );
     for hidden in [&s.admin, &prod_ci, &everywhere_reader] {
         assert!(!ids.contains(&hidden.id), "{} listed: {ids:?}", hidden.id);
     }
@@ -276,7 +284,11 @@ async fn a_run_stored_before_users_existed_is_judged_by_its_author_tokens_user()
         .api("POST", "/api/v1/runs/run_legacy/approve", &alice, json!({}))
         .await;
     r.expect(403);
-    assert!(r.message().contains("user alice planned"), "{}", r.message());
+    assert!(
+        r.message().contains("user alice planned"),
+        "{}",
+        r.message()
+    );
     s.api("POST", "/api/v1/runs/run_legacy/approve", &bob, json!({}))
         .await
         .expect(200);

@@ -182,9 +182,7 @@ fn concrete(s: &Server, method: &str, route: &str, stack: &str, n: usize) -> (St
         ("POST", "/api/v1/tokens") => json!({"name": format!("m{n}"), "role": "reader"})
             .to_string()
             .into_bytes(),
-        ("POST", "/api/v1/users") => json!({"name": format!("m{n}")})
-            .to_string()
-            .into_bytes(),
+        ("POST", "/api/v1/users") => json!({"name": format!("m{n}")}).to_string().into_bytes(),
         ("POST", "/api/v1/stacks") => json!({"name": format!("{stack}-new-{n}")})
             .to_string()
             .into_bytes(),

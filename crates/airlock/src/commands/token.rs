@@ -105,13 +105,7 @@ pub fn run_user(cmd: UserCommand) -> anyhow::Result<ExitCode> {
                     .as_array()
                     .into_iter()
                     .flatten()
-                    .map(|u| {
-                        vec![
-                            s(u, "/name"),
-                            time(u, "/created_at"),
-                            s(u, "/created_by"),
-                        ]
-                    })
+                    .map(|u| vec![s(u, "/name"), time(u, "/created_at"), s(u, "/created_by")])
                     .collect();
                 table(&["NAME", "CREATED", "CREATED BY"], rows)
             });

@@ -1327,7 +1327,13 @@ fn backup_in_format_1_without_users_still_imports() {
     };
     let tokens = serde_json::to_vec(&json!([
         token(admin, "bootstrap-admin", "admin", "system", None),
-        token(bot, "bot", "agent", &format!("bootstrap-admin ({admin})"), Some(5000)),
+        token(
+            bot,
+            "bot",
+            "agent",
+            &format!("bootstrap-admin ({admin})"),
+            Some(5000)
+        ),
         token(plan, "plan for bot", "agent", &format!("bot ({bot})"), None),
     ]))
     .unwrap();
@@ -1348,13 +1354,26 @@ fn backup_in_format_1_without_users_still_imports() {
     let (ok, out) = backup_cli(&["backup", "verify", dir_arg(&bk)]);
     assert!(ok && out.contains("backup OK"), "{out}");
     let data = tmp.path().join("data");
-    let (ok, out) = backup_cli(&["backup", "import", dir_arg(&bk), "--data-dir", dir_arg(&data)]);
+    let (ok, out) = backup_cli(&[
+        "backup",
+        "import",
+        dir_arg(&bk),
+        "--data-dir",
+        dir_arg(&data),
+    ]);
     assert!(ok, "{out}");
     // Read back through a format-2 export.
     let bk2 = tmp.path().join("v2");
-    let (ok, out) = backup_cli(&["backup", "export", dir_arg(&bk2), "--data-dir", dir_arg(&data)]);
+    let (ok, out) = backup_cli(&[
+        "backup",
+        "export",
+        dir_arg(&bk2),
+        "--data-dir",
+        dir_arg(&data),
+    ]);
     assert!(ok, "{out}");
-    let users: Value = serde_json::from_slice(&std::fs::read(bk2.join("users.json")).unwrap()).unwrap();
+    let users: Value =
+        serde_json::from_slice(&std::fs::read(bk2.join("users.json")).unwrap()).unwrap();
     assert_eq!(users[0]["name"], "admin", "{users}");
     let tokens: Value =
         serde_json::from_slice(&std::fs::read(bk2.join("tokens.json")).unwrap()).unwrap();
@@ -1370,9 +1389,14 @@ fn backup_in_format_1_without_users_still_imports() {
     assert_eq!(by_id(admin)["user"], "admin");
     assert_eq!(by_id(bot)["user"], bot, "each old token is its own user");
     assert_eq!(by_id(plan)["parent_id"], bot);
-    assert_eq!(by_id(plan)["user"], bot, "a phase token belongs to its root's user");
     assert_eq!(
-        by_id(plan)["revoked_at"], 5000,
+        by_id(plan)["user"],
+        bot,
+        "a phase token belongs to its root's user"
+    );
+    assert_eq!(
+        by_id(plan)["revoked_at"],
+        5000,
         "a phase token of a revoked token is revoked with it"
     );
 }
