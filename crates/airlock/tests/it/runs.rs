@@ -563,6 +563,8 @@ fn upload_copy(t: &Team, token: &str, template: &str) -> String {
     let run = &run_json(t, template)["run"];
     let body = serde_json::json!({
         "fingerprint": run["fingerprint"],
+        "inputs": run["inputs"],
+        "planned_dir": run["planned_dir"],
         "terraform_version": run["terraform_version"],
         "planned_lineage": run["planned_lineage"],
         "planned_serial": run["planned_serial"],
