@@ -25,6 +25,8 @@ pub enum RefusalKind {
     UnknownStack,
     /// The route exists but not with this method (405).
     MethodNotAllowed,
+    /// A rate limit is reached, e.g. phase tokens minted per user (429).
+    TooManyRequests,
 }
 
 /// A refused request.

@@ -32,6 +32,10 @@ pub struct Principal {
     pub stacks: Vec<String>,
     /// Run the token is bound to.
     pub run_id: Option<String>,
+    /// The user the token belongs to: the identity that authors runs and approves them.
+    pub user: String,
+    /// The token that minted this one (phase tokens, which cannot mint tokens themselves).
+    pub parent_id: Option<String>,
 }
 
 impl Principal {
@@ -52,6 +56,23 @@ impl Principal {
             role: t.role,
             stacks: t.stacks,
             run_id: t.run_id,
+            user: t.user,
+            parent_id: t.parent_id,
+        }
+    }
+
+    /// Refuses phase tokens (those minted by another token): they cannot mint tokens, so a
+    /// revoked or expired token's access ends with its own.
+    pub fn may_mint(&self) -> Result<(), ApiError> {
+        match &self.parent_id {
+            None => Ok(()),
+            Some(parent) => Err(ApiError::new(
+                RefusalKind::Forbidden,
+                format!(
+                    "token {} is a phase token (minted by {parent}) and cannot mint tokens; use the token that started the run",
+                    self.token_id
+                ),
+            )),
         }
     }
 }

@@ -37,6 +37,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound(m) => ApiError::new(RefusalKind::NotFound, m),
             StoreError::Conflict(m) => ApiError::new(RefusalKind::Conflict, m),
+            StoreError::LimitReached(m) => ApiError::new(RefusalKind::TooManyRequests, m),
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -53,6 +54,7 @@ pub fn status_of(kind: RefusalKind) -> StatusCode {
         RefusalKind::Conflict => StatusCode::CONFLICT,
         RefusalKind::UnknownStack => StatusCode::UNPROCESSABLE_ENTITY,
         RefusalKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        RefusalKind::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
     }
 }
 
@@ -67,6 +69,7 @@ fn code_of(kind: RefusalKind) -> &'static str {
         RefusalKind::Conflict => "conflict",
         RefusalKind::UnknownStack => "unknown_stack",
         RefusalKind::MethodNotAllowed => "method_not_allowed",
+        RefusalKind::TooManyRequests => "too_many_requests",
     }
 }
 

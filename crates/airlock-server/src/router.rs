@@ -26,6 +26,8 @@ pub const ROUTE_PERMISSIONS: &[(&str, &str, Permission)] = &[
     ("POST", "/api/v1/tokens", Permission::Admin),
     ("GET", "/api/v1/tokens", Permission::Admin),
     ("DELETE", "/api/v1/tokens/{id}", Permission::Admin),
+    ("POST", "/api/v1/users", Permission::Admin),
+    ("GET", "/api/v1/users", Permission::Admin),
     ("POST", "/api/v1/stacks", Permission::Admin),
     ("GET", "/api/v1/stacks", Permission::Read),
     ("GET", "/api/v1/stacks/{stack}", Permission::Read),
@@ -97,6 +99,10 @@ pub fn build(state: Arc<AppState>) -> Router {
             post(api::tokens::create).get(api::tokens::list),
         )
         .route("/api/v1/tokens/{id}", delete(api::tokens::revoke))
+        .route(
+            "/api/v1/users",
+            post(api::users::create).get(api::users::list),
+        )
         .route(
             "/api/v1/stacks",
             post(api::stacks::create).get(api::stacks::list),

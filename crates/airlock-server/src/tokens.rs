@@ -1,6 +1,16 @@
 //! Token secrets: 256 random bits shown once; the store keeps only their SHA-256.
 
+use airlock_store::MintLimit;
 use sha2::{Digest, Sha256};
+
+/// Plan-phase tokens one user may mint per hour, across all replicas (counted in the
+/// database). A plan takes one: 60 an hour is far more than a team's real rate, and keeps a
+/// runaway or hostile agent from minting without bound. Run-bound apply tokens are not
+/// limited: each needs an approved run.
+pub const PHASE_TOKEN_LIMIT: MintLimit = MintLimit {
+    max: 60,
+    window_ms: 3_600_000,
+};
 
 /// Prefix that makes airlock secrets recognisable to secret scanners.
 pub const SECRET_PREFIX: &str = "airlock_";

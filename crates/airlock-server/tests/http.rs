@@ -7,11 +7,14 @@
 //! - `matrix`: every route × every role against DESIGN.md's matrix, default deny, token scope;
 //! - `serving`: the real listener over TCP: slow clients, the connection cap, bodies read only
 //!   after authorization and within the caller's role's limit, lock info with control characters.
+//! - `identity`: users own tokens; phase tokens die with their parent; scoped admins stay inside.
 
 #[path = "http/auth.rs"]
 mod auth;
 #[path = "http/firewall.rs"]
 mod firewall;
+#[path = "http/identity.rs"]
+mod identity;
 #[path = "http/matrix.rs"]
 mod matrix;
 #[path = "http/protocol.rs"]

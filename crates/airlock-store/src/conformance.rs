@@ -48,6 +48,10 @@ fn store_it(_: &WriteContext<'_>) -> Result<WriteDecision, Refusal> {
 pub fn run_all(store: &Arc<dyn Store>) {
     stacks(store.as_ref());
     tokens(store.as_ref());
+    users(store.as_ref());
+    derived_tokens(store.as_ref());
+    revocation_cascades(store.as_ref());
+    mint_limit(store.as_ref());
     locks(store.as_ref());
     writes_and_history(store.as_ref());
     grants(store.as_ref());
@@ -94,8 +98,42 @@ pub fn stacks(s: &dyn Store) {
     ));
 }
 
+/// A token with a fresh random-ish hash: `user` empty means "its own identity".
+fn new_token(id: &str, user: &str, parent: Option<&str>, expires_at: Option<i64>) -> NewToken {
+    let secret_hash = crate::blob::sha256(id.as_bytes());
+    NewToken {
+        id: id.into(),
+        secret_hash,
+        name: id.into(),
+        role: if parent.is_some() {
+            Role::Agent
+        } else {
+            Role::Approver
+        },
+        stacks: vec!["conf/*".into()],
+        expires_at,
+        created_by: "test".into(),
+        run_id: None,
+        user: if user.is_empty() && parent.is_none() {
+            id.into()
+        } else {
+            user.into()
+        },
+        parent_id: parent.map(str::to_owned),
+        mint_limit: None,
+    }
+}
+
 pub fn tokens(s: &dyn Store) {
     let hash = [7u8; 32];
+    s.create_user(
+        NewUser {
+            name: "alice".into(),
+            created_by: "test".into(),
+        },
+        audit("user.create"),
+    )
+    .unwrap();
     let t = s
         .create_token(
             NewToken {
@@ -107,10 +145,16 @@ pub fn tokens(s: &dyn Store) {
                 expires_at: Some(now_ms() + 60_000),
                 created_by: "test".into(),
                 run_id: None,
+                user: "alice".into(),
+                parent_id: None,
+                mint_limit: None,
             },
             audit("token.create"),
         )
         .unwrap();
+    assert_eq!(t.user, "alice");
+    assert_eq!(s.token("tok-conf").unwrap().unwrap(), t);
+    assert!(s.token("tok-none").unwrap().is_none());
     assert!(s.token_count().unwrap() >= 1);
     let found = s.token_by_hash(&hash).unwrap().unwrap();
     assert_eq!(found, t);
@@ -128,6 +172,223 @@ pub fn tokens(s: &dyn Store) {
         Err(StoreError::NotFound(_))
     ));
     assert!(s.list_tokens().unwrap().iter().any(|x| x.id == "tok-conf"));
+}
+
+pub fn users(s: &dyn Store) {
+    let before = audit_len(s);
+    let u = s
+        .create_user(
+            NewUser {
+                name: "conf.carol".into(),
+                created_by: "admin (tok-a)".into(),
+            },
+            NewAudit::ok(
+                "admin (tok-a)",
+                "user.create",
+                None,
+                json!({"user": "conf.carol"}),
+            ),
+        )
+        .unwrap();
+    assert_eq!(u.name, "conf.carol");
+    assert_eq!(s.user("conf.carol").unwrap(), Some(u.clone()));
+    assert!(s.user("conf.nobody").unwrap().is_none());
+    assert!(s.list_users().unwrap().contains(&u));
+    assert_eq!(audit_len(s), before + 1, "user.create is audited");
+    assert!(matches!(
+        s.create_user(
+            NewUser {
+                name: "conf.carol".into(),
+                created_by: "x".into()
+            },
+            audit("user.create")
+        ),
+        Err(StoreError::Conflict(_))
+    ));
+    // A token of a user that does not exist is refused; one of an existing user is stored.
+    assert!(matches!(
+        s.create_token(
+            new_token("tok-conf-u1", "conf.nobody", None, None),
+            audit("token.create")
+        ),
+        Err(StoreError::NotFound(_))
+    ));
+    let t = s
+        .create_token(
+            new_token("tok-conf-u2", "conf.carol", None, None),
+            audit("token.create"),
+        )
+        .unwrap();
+    assert_eq!(t.user, "conf.carol");
+    // A token without a user is its own identity: its user is its id.
+    let own = s
+        .create_token(
+            new_token("tok-conf-u3", "", None, None),
+            audit("token.create"),
+        )
+        .unwrap();
+    assert_eq!(own.user, "tok-conf-u3");
+    // ... and no token may borrow another token's id as its user.
+    assert!(matches!(
+        s.create_token(
+            new_token("tok-conf-u4", "tok-conf-u3", None, None),
+            audit("token.create")
+        ),
+        Err(StoreError::NotFound(_))
+    ));
+    s.import_user(&UserRecord {
+        name: "conf.dave".into(),
+        created_at: 5,
+        created_by: "imported".into(),
+    })
+    .unwrap();
+    assert_eq!(s.user("conf.dave").unwrap().unwrap().created_at, 5);
+}
+
+pub fn derived_tokens(s: &dyn Store) {
+    s.create_user(
+        NewUser {
+            name: "conf.erin".into(),
+            created_by: "t".into(),
+        },
+        audit("user.create"),
+    )
+    .unwrap();
+    let soon = now_ms() + 60_000;
+    s.create_token(
+        new_token("tok-dv-p", "conf.erin", None, Some(soon)),
+        audit("token.create"),
+    )
+    .unwrap();
+    // A derived token belongs to its parent's user: asking for another user is refused.
+    let other = new_token("tok-dv-x", "conf.carol", Some("tok-dv-p"), None);
+    assert!(matches!(
+        s.create_token(other, audit("token.plan_phase")),
+        Err(StoreError::Conflict(_))
+    ));
+    let child = new_token("tok-dv-c", "", Some("tok-dv-p"), Some(soon + 3_600_000));
+    let c = s.create_token(child, audit("token.plan_phase")).unwrap();
+    assert_eq!(
+        c.user, "conf.erin",
+        "a derived token carries its parent's user"
+    );
+    assert_eq!(c.parent_id.as_deref(), Some("tok-dv-p"));
+    assert_eq!(c.expires_at, Some(soon), "expiry clamped to the parent's");
+    assert_eq!(s.token("tok-dv-c").unwrap().unwrap(), c);
+    // A derived token cannot mint.
+    assert!(matches!(
+        s.create_token(
+            new_token("tok-dv-g", "", Some("tok-dv-c"), None),
+            audit("token.plan_phase")
+        ),
+        Err(StoreError::Conflict(_))
+    ));
+    // A missing parent, and a revoked one, cannot mint.
+    assert!(matches!(
+        s.create_token(
+            new_token("tok-dv-m", "", Some("tok-dv-none"), None),
+            audit("x")
+        ),
+        Err(StoreError::NotFound(_))
+    ));
+    s.revoke_token("tok-dv-p", audit("token.revoke")).unwrap();
+    assert!(matches!(
+        s.create_token(
+            new_token("tok-dv-r", "", Some("tok-dv-p"), None),
+            audit("x")
+        ),
+        Err(StoreError::Conflict(_))
+    ));
+    // An expired parent cannot mint either.
+    s.create_token(
+        new_token("tok-dv-e", "", None, Some(now_ms() - 1)),
+        audit("token.create"),
+    )
+    .unwrap();
+    assert!(matches!(
+        s.create_token(
+            new_token("tok-dv-e1", "", Some("tok-dv-e"), None),
+            audit("x")
+        ),
+        Err(StoreError::Conflict(_))
+    ));
+}
+
+pub fn revocation_cascades(s: &dyn Store) {
+    s.create_token(
+        new_token("tok-rc-root", "", None, None),
+        audit("token.create"),
+    )
+    .unwrap();
+    for c in ["tok-rc-a", "tok-rc-b"] {
+        s.create_token(
+            new_token(c, "", Some("tok-rc-root"), None),
+            audit("token.plan_phase"),
+        )
+        .unwrap();
+    }
+    s.create_token(
+        new_token("tok-rc-other", "", None, None),
+        audit("token.create"),
+    )
+    .unwrap();
+    let before = s.audit_events(0, 100_000).unwrap().len();
+    let r = s
+        .revoke_token(
+            "tok-rc-root",
+            NewAudit::ok(
+                "boss (tok-b)",
+                "token.revoke",
+                None,
+                json!({"token": "tok-rc-root"}),
+            ),
+        )
+        .unwrap();
+    assert!(r.revoked_at.is_some());
+    for c in ["tok-rc-a", "tok-rc-b"] {
+        assert!(
+            s.token(c).unwrap().unwrap().revoked_at.is_some(),
+            "{c} dies with its parent"
+        );
+    }
+    assert!(s
+        .token("tok-rc-other")
+        .unwrap()
+        .unwrap()
+        .revoked_at
+        .is_none());
+    let events = s.audit_events(0, 100_000).unwrap();
+    let new: Vec<_> = events.get(before..).unwrap().to_vec();
+    assert_eq!(new.len(), 2, "the revocation and its cascade: {new:?}");
+    assert_eq!(new[1].action, "token.revoke_cascade");
+    assert_eq!(new[1].actor, "boss (tok-b)");
+    assert_eq!(new[1].detail["tokens"], json!(["tok-rc-a", "tok-rc-b"]));
+    // Revoking again changes nothing and records nothing.
+    s.revoke_token("tok-rc-root", audit("token.revoke"))
+        .unwrap();
+    assert_eq!(s.audit_events(0, 100_000).unwrap().len(), before + 2);
+    verify_chain(&s.audit_events(0, 100_000).unwrap(), GENESIS.to_owned()).unwrap();
+}
+
+pub fn mint_limit(s: &dyn Store) {
+    s.create_token(new_token("tok-ml-p", "", None, None), audit("token.create"))
+        .unwrap();
+    let limit = MintLimit {
+        max: 3,
+        window_ms: 3_600_000,
+    };
+    for i in 0..3 {
+        let mut t = new_token(&format!("tok-ml-{i}"), "", Some("tok-ml-p"), None);
+        t.mint_limit = Some(limit);
+        s.create_token(t, audit("token.plan_phase")).unwrap();
+    }
+    let mut t = new_token("tok-ml-3", "", Some("tok-ml-p"), None);
+    t.mint_limit = Some(limit);
+    assert!(matches!(
+        s.create_token(t, audit("token.plan_phase")),
+        Err(StoreError::LimitReached(_))
+    ));
+    assert!(s.token("tok-ml-3").unwrap().is_none());
 }
 
 fn new_lock(id: &str) -> NewLock {
@@ -520,6 +781,7 @@ fn run_record(id: &str, stack: &str, created_at: i64) -> RunRecord {
         status: RunStatus::NeedsApproval,
         author: "agent (tok-agent)".into(),
         author_token: "tok-agent".into(),
+        author_user: "tok-agent".into(),
         author_role: "agent".into(),
         created_at,
         updated_at: created_at,
@@ -687,6 +949,7 @@ pub fn runs(s: &dyn Store) {
                 new.approvals.push(Approval {
                     by: "bob (tok-bob)".into(),
                     by_token: "tok-bob".into(),
+                    by_user: "bob".into(),
                     at: base,
                     plan_sha256: r.plan_sha256.clone(),
                 });

@@ -33,6 +33,8 @@ pub enum StoreError {
     Conflict(String),
     /// Stored data does not match its hash.
     Corrupt(String),
+    /// A rate limit counted in the database is reached (e.g. phase tokens per user).
+    LimitReached(String),
     /// The database failed.
     Backend(String),
 }
@@ -43,6 +45,7 @@ impl fmt::Display for StoreError {
             StoreError::NotFound(m) => write!(f, "not found: {m}"),
             StoreError::Conflict(m) => write!(f, "conflict: {m}"),
             StoreError::Corrupt(m) => write!(f, "stored data is corrupt: {m}"),
+            StoreError::LimitReached(m) => write!(f, "limit reached: {m}"),
             StoreError::Backend(m) => write!(f, "database error: {m}"),
         }
     }
@@ -65,14 +68,27 @@ pub trait Store: Send + Sync {
     // --- tokens ---
     /// Number of tokens ever created (0 on a fresh store).
     fn token_count(&self) -> Result<u64>;
-    /// Creates a token.
+    /// Creates a token after [`NewToken::judge`] accepts it, inside the same transaction
+    /// (the parent and the user's recent derived tokens are read there, so replicas agree).
     fn create_token(&self, token: NewToken, audit: NewAudit) -> Result<TokenRecord>;
     /// Finds a token by the SHA-256 of its secret.
     fn token_by_hash(&self, secret_hash: &[u8; 32]) -> Result<Option<TokenRecord>>;
+    /// Finds a token by id.
+    fn token(&self, id: &str) -> Result<Option<TokenRecord>>;
     /// Lists all tokens.
     fn list_tokens(&self) -> Result<Vec<TokenRecord>>;
-    /// Revokes a token; `NotFound` if there is none.
+    /// Revokes a token and, in the same transaction, every token derived from it (directly or
+    /// not); `NotFound` if there is none. Records `audit` when the token itself is revoked now,
+    /// and a `token.revoke_cascade` event naming the descendants revoked with it, if any.
     fn revoke_token(&self, id: &str, audit: NewAudit) -> Result<TokenRecord>;
+
+    // --- users ---
+    /// Creates a user; `Conflict` if the name is taken.
+    fn create_user(&self, user: NewUser, audit: NewAudit) -> Result<UserRecord>;
+    /// Looks a user up.
+    fn user(&self, name: &str) -> Result<Option<UserRecord>>;
+    /// Lists users by name.
+    fn list_users(&self) -> Result<Vec<UserRecord>>;
 
     // --- stacks ---
     /// Creates a stack; `Conflict` if it exists.
@@ -192,6 +208,8 @@ pub trait Store: Send + Sync {
     fn import_lock(&self, stack: &str, lock: &LockRecord) -> Result<()>;
     /// Inserts a token verbatim (expiry and revocation included) under its secret's hash.
     fn import_token(&self, token: &TokenRecord, secret_hash: &[u8; 32]) -> Result<()>;
+    /// Inserts a user verbatim; `Conflict` if it exists.
+    fn import_user(&self, user: &UserRecord) -> Result<()>;
     /// Inserts a removal grant verbatim (consumption included).
     fn import_grant(&self, grant: &GrantRecord) -> Result<()>;
     /// Appends an audit record verbatim. `Conflict` unless it extends the stored chain: its

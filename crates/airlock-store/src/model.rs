@@ -171,6 +171,11 @@ pub struct TokenRecord {
     pub created_by: String,
     /// Run the token is bound to (run-bound apply tokens).
     pub run_id: Option<String>,
+    /// The user the token belongs to: approvals and authorship count users, not tokens. A
+    /// token created without a user is its own identity (user = its id, `tok_…`).
+    pub user: String,
+    /// The token that minted this one (phase tokens); revoking the parent revokes it.
+    pub parent_id: Option<String>,
 }
 
 /// A token to create.
@@ -192,6 +197,81 @@ pub struct NewToken {
     pub created_by: String,
     /// Bound run.
     pub run_id: Option<String>,
+    /// Owner: an existing user, or the token's own id for a machine token without one. A
+    /// derived token always belongs to its parent's user (the store enforces it).
+    pub user: String,
+    /// Parent token (phase tokens): the derived token dies with it and expires no later.
+    pub parent_id: Option<String>,
+    /// Limit on derived tokens per user, counted in the database so replicas agree.
+    pub mint_limit: Option<MintLimit>,
+}
+
+/// At most `max` derived tokens per user within `window_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MintLimit {
+    /// Tokens allowed in the window.
+    pub max: u64,
+    /// Window length.
+    pub window_ms: i64,
+}
+
+/// A person that tokens belong to, created by an admin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    /// Unique name.
+    pub name: String,
+    /// Creation time.
+    pub created_at: i64,
+    /// Who created it (token name and id).
+    pub created_by: String,
+}
+
+/// A user to create.
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    /// Name, validated with [`valid_user_name`].
+    pub name: String,
+    /// Creator.
+    pub created_by: String,
+}
+
+/// Prefix of token ids, and so of the implicit user of a token created without one; no
+/// explicit user may take a name with it.
+pub const TOKEN_ID_PREFIX: &str = "tok_";
+
+/// Checks a user name: 1-64 characters of `a-z A-Z 0-9 . _ - @`, not starting with `tok_`
+/// (reserved for tokens that are their own identity). Printable by construction.
+pub fn valid_user_name(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b))
+    {
+        return Err(format!(
+            "invalid user name {name:?}: use 1-64 characters of a-z, A-Z, 0-9, '.', '_', '-', '@'"
+        ));
+    }
+    if name.starts_with(TOKEN_ID_PREFIX) {
+        return Err(format!(
+            "invalid user name {name:?}: names starting with {TOKEN_ID_PREFIX} are reserved for token ids"
+        ));
+    }
+    Ok(())
+}
+
+/// What a store reads inside the token-creating transaction, for [`NewToken::judge`].
+#[derive(Debug, Clone, Copy)]
+pub struct MintContext<'a> {
+    /// The parent token, if the new token names one and it exists.
+    pub parent: Option<&'a TokenRecord>,
+    /// Whether the new token's user exists as a user record.
+    pub user_exists: bool,
+    /// Plan-phase tokens (derived, not run-bound) of the parent's user created within the mint
+    /// limit's window.
+    pub recent_derived: u64,
+    /// The transaction's time.
+    pub now: i64,
 }
 
 /// A removal grant: permission for one state write to drop specific instances.
@@ -264,6 +344,17 @@ impl NewAudit {
             outcome: "ok".into(),
             detail,
         }
+    }
+
+    /// The `token.revoke_cascade` event a store records with a revocation that also revoked
+    /// the tokens derived from it: same actor, naming each revoked descendant.
+    pub fn cascade(&self, parent: &str, revoked: &[String]) -> NewAudit {
+        NewAudit::ok(
+            &self.actor,
+            "token.revoke_cascade",
+            None,
+            serde_json::json!({"parent": parent, "tokens": revoked}),
+        )
     }
 
     /// A refused action.
@@ -364,7 +455,62 @@ impl NewToken {
             revoked_at: None,
             created_by: self.created_by,
             run_id: self.run_id,
+            user: self.user,
+            parent_id: self.parent_id,
         }
+    }
+
+    /// The one home of the ownership and derivation rules, run by every engine inside the
+    /// transaction that stores the token. A derived token must have a live parent that is not
+    /// itself derived, belongs to the parent's user, expires no later than the parent, and
+    /// counts against the user's mint limit. Any other token belongs to an existing user or is
+    /// its own identity (user = its id).
+    pub fn judge(mut self, ctx: MintContext<'_>) -> Result<NewToken, crate::StoreError> {
+        use crate::StoreError;
+        let Some(parent_id) = self.parent_id.clone() else {
+            if self.user == self.id || ctx.user_exists {
+                return Ok(self);
+            }
+            return Err(StoreError::NotFound(format!(
+                "user {:?}; create it first with `airlock user create {}`",
+                self.user, self.user
+            )));
+        };
+        let parent = ctx
+            .parent
+            .ok_or_else(|| StoreError::NotFound(format!("parent token {parent_id}")))?;
+        if parent.revoked_at.is_some() || parent.expires_at.is_some_and(|e| e <= ctx.now) {
+            return Err(StoreError::Conflict(format!(
+                "token {parent_id} is revoked or expired and cannot mint tokens"
+            )));
+        }
+        if parent.parent_id.is_some() {
+            return Err(StoreError::Conflict(format!(
+                "token {parent_id} is a phase token; phase tokens cannot mint tokens"
+            )));
+        }
+        if !self.user.is_empty() && self.user != parent.user {
+            return Err(StoreError::Conflict(format!(
+                "a token derived from {parent_id} belongs to its user {}, not {}",
+                parent.user, self.user
+            )));
+        }
+        self.user = parent.user.clone();
+        self.expires_at = match (self.expires_at, parent.expires_at) {
+            (Some(own), Some(p)) => Some(own.min(p)),
+            (own, p) => own.or(p),
+        };
+        if let Some(limit) = self.mint_limit {
+            if ctx.recent_derived >= limit.max {
+                return Err(StoreError::LimitReached(format!(
+                    "user {} has minted {} phase tokens in the last {} minutes, the limit; wait, or ask why so many plans are being started",
+                    self.user,
+                    ctx.recent_derived,
+                    limit.window_ms / 60_000
+                )));
+            }
+        }
+        Ok(self)
     }
 }
 

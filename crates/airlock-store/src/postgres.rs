@@ -20,12 +20,16 @@ use crate::*;
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
     (2, include_str!("../migrations/postgres/0002_runs.sql")),
+    (3, include_str!("../migrations/postgres/0003_users.sql")),
 ];
 
 /// Transaction-scoped advisory lock keys ("airlock" in ASCII, then a number). Being
 /// transaction-scoped, a replica that dies mid-transaction never leaves one held.
 const MIGRATION_LOCK: i64 = 0x6169_726c_6f63_6b01;
 const AUDIT_LOCK: i64 = 0x6169_726c_6f63_6b02;
+/// Class of the two-key advisory lock that serializes one user's token mints (the second key
+/// is a hash of the user name), so a mint limit counted in the database holds across replicas.
+const USER_MINT_LOCK_CLASS: i32 = 0x6169_726c;
 
 /// Connections one store opens at most; callers beyond that wait for a free one.
 const MAX_CONNECTIONS: usize = 16;
@@ -536,8 +540,35 @@ fn lock_of<C: GenericClient>(db: &mut Db<'_, C>, stack_id: i64) -> Result<Option
 
 macro_rules! token_cols {
     () => {
-        "id, name, role, stacks, created_at, expires_at, revoked_at, created_by, run_id"
+        "id, name, role, stacks, created_at, expires_at, revoked_at, created_by, run_id, user_name, parent_id"
     };
+}
+
+fn token_by_id<C: GenericClient>(
+    db: &mut Db<'_, C>,
+    id: &str,
+    for_update: bool,
+) -> Result<Option<TokenRecord>> {
+    let sql = if for_update {
+        concat!(
+            "SELECT ",
+            token_cols!(),
+            " FROM tokens WHERE id = $1 FOR UPDATE"
+        )
+    } else {
+        concat!("SELECT ", token_cols!(), " FROM tokens WHERE id = $1")
+    };
+    db.query_opt(sql, &[&id])?
+        .map(|r| token_from_row(&r))
+        .transpose()
+}
+
+fn user_from_row(r: &Row) -> Result<UserRecord> {
+    Ok(UserRecord {
+        name: r.try_get(0)?,
+        created_at: r.try_get(1)?,
+        created_by: r.try_get(2)?,
+    })
 }
 
 fn token_from_row(r: &Row) -> Result<TokenRecord> {
@@ -553,6 +584,8 @@ fn token_from_row(r: &Row) -> Result<TokenRecord> {
         revoked_at: r.try_get(6)?,
         created_by: r.try_get(7)?,
         run_id: r.try_get(8)?,
+        user: r.try_get(9)?,
+        parent_id: r.try_get(10)?,
     })
 }
 
@@ -747,10 +780,32 @@ impl Store for PostgresStore {
 
     fn create_token(&self, t: NewToken, audit: NewAudit) -> Result<TokenRecord> {
         self.write(|tx| {
+            // Lock order: the parent's row (so a concurrent revocation either sees this token
+            // or makes this mint fail), then the user's mint lock, then audit.
+            let parent = match t.parent_id.as_deref() {
+                Some(p) => token_by_id(tx, p, true)?,
+                None => None,
+            };
+            let user = parent.as_ref().map_or(t.user.clone(), |p| p.user.clone());
             let now = now_ms();
+            let recent_derived = match t.mint_limit {
+                Some(l) => {
+                    tx.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", &[&USER_MINT_LOCK_CLASS, &user])?;
+                    tx.query_one(
+                        "SELECT COUNT(*) FROM tokens WHERE user_name = $1 AND parent_id IS NOT NULL AND run_id IS NULL AND created_at > $2",
+                        &[&user, &(now - l.window_ms)],
+                    )?
+                    .try_get::<_, i64>(0)? as u64
+                }
+                None => 0,
+            };
+            let user_exists: bool = tx
+                .query_one("SELECT EXISTS(SELECT 1 FROM users WHERE name = $1)", &[&user])?
+                .try_get(0)?;
+            let t = t.judge(MintContext { parent: parent.as_ref(), user_exists, recent_derived, now })?;
             tx.execute_raw(
-                "INSERT INTO tokens (id, secret_hash, name, role, stacks, created_at, expires_at, created_by, run_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                &[&t.id, &&t.secret_hash[..], &t.name, &t.role.as_str(), &to_json(&t.stacks), &now, &t.expires_at, &t.created_by, &t.run_id],
+                "INSERT INTO tokens (id, secret_hash, name, role, stacks, created_at, expires_at, created_by, run_id, user_name, parent_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                &[&t.id, &&t.secret_hash[..], &t.name, &t.role.as_str(), &to_json(&t.stacks), &now, &t.expires_at, &t.created_by, &t.run_id, &t.user, &t.parent_id],
             )?
             .map_err(|e| unique_is_conflict(e, || format!("token {} already exists", t.id)))?;
             append_audit_tx(tx, &audit)?;
@@ -789,23 +844,76 @@ impl Store for PostgresStore {
         })
     }
 
+    fn token(&self, id: &str) -> Result<Option<TokenRecord>> {
+        self.read(|db| token_by_id(db, id, false))
+    }
+
     fn revoke_token(&self, id: &str, audit: NewAudit) -> Result<TokenRecord> {
         self.write(|tx| {
+            let now = now_ms();
             let n = tx.execute(
                 "UPDATE tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
-                &[&id, &now_ms()],
+                &[&id, &now],
             )?;
-            let t = tx
-                .query_opt(
-                    concat!("SELECT ", token_cols!(), " FROM tokens WHERE id = $1"),
-                    &[&id],
-                )?
-                .ok_or_else(|| StoreError::NotFound(format!("token {id}")))
-                .and_then(|r| token_from_row(&r))?;
+            let t = token_by_id(tx, id, false)?
+                .ok_or_else(|| StoreError::NotFound(format!("token {id}")))?;
             if n == 1 {
                 append_audit_tx(tx, &audit)?;
             }
+            let mut cascaded: Vec<String> = tx
+                .query(
+                    "WITH RECURSIVE d(id) AS (SELECT id FROM tokens WHERE parent_id = $1 UNION SELECT t.id FROM tokens t JOIN d ON t.parent_id = d.id) \
+                     UPDATE tokens SET revoked_at = $2 WHERE revoked_at IS NULL AND id IN (SELECT id FROM d) RETURNING id",
+                    &[&id, &now],
+                )?
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<std::result::Result<_, _>>()?;
+            if !cascaded.is_empty() {
+                cascaded.sort();
+                append_audit_tx(tx, &audit.cascade(id, &cascaded))?;
+            }
             Ok(t)
+        })
+    }
+
+    fn create_user(&self, u: NewUser, audit: NewAudit) -> Result<UserRecord> {
+        self.write(|tx| {
+            let now = now_ms();
+            tx.execute_raw(
+                "INSERT INTO users (name, created_at, created_by) VALUES ($1, $2, $3)",
+                &[&u.name, &now, &u.created_by],
+            )?
+            .map_err(|e| unique_is_conflict(e, || format!("user {} already exists", u.name)))?;
+            append_audit_tx(tx, &audit)?;
+            Ok(UserRecord {
+                name: u.name,
+                created_at: now,
+                created_by: u.created_by,
+            })
+        })
+    }
+
+    fn user(&self, name: &str) -> Result<Option<UserRecord>> {
+        self.read(|db| {
+            db.query_opt(
+                "SELECT name, created_at, created_by FROM users WHERE name = $1",
+                &[&name],
+            )?
+            .map(|r| user_from_row(&r))
+            .transpose()
+        })
+    }
+
+    fn list_users(&self) -> Result<Vec<UserRecord>> {
+        self.read(|db| {
+            db.query(
+                "SELECT name, created_at, created_by FROM users ORDER BY name",
+                &[],
+            )?
+            .iter()
+            .map(user_from_row)
+            .collect()
         })
     }
 
@@ -1234,7 +1342,7 @@ impl Store for PostgresStore {
             )?
             .iter()
             .map(|r| {
-                let hash: Vec<u8> = r.try_get(9)?;
+                let hash: Vec<u8> = r.try_get(11)?;
                 let hash = <[u8; 32]>::try_from(hash.as_slice()).map_err(|_| {
                     StoreError::Corrupt("a token's secret hash is not 32 bytes".into())
                 })?;
@@ -1320,10 +1428,21 @@ impl Store for PostgresStore {
     fn import_token(&self, t: &TokenRecord, secret_hash: &[u8; 32]) -> Result<()> {
         self.write(|tx| {
             tx.execute_raw(
-                "INSERT INTO tokens (id, secret_hash, name, role, stacks, created_at, expires_at, revoked_at, created_by, run_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-                &[&t.id, &&secret_hash[..], &t.name, &t.role.as_str(), &to_json(&t.stacks), &t.created_at, &t.expires_at, &t.revoked_at, &t.created_by, &t.run_id],
+                "INSERT INTO tokens (id, secret_hash, name, role, stacks, created_at, expires_at, revoked_at, created_by, run_id, user_name, parent_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                &[&t.id, &&secret_hash[..], &t.name, &t.role.as_str(), &to_json(&t.stacks), &t.created_at, &t.expires_at, &t.revoked_at, &t.created_by, &t.run_id, &t.user, &t.parent_id],
             )?
             .map_err(|e| unique_is_conflict(e, || format!("token {} already exists", t.id)))?;
+            Ok(())
+        })
+    }
+
+    fn import_user(&self, u: &UserRecord) -> Result<()> {
+        self.write(|tx| {
+            tx.execute_raw(
+                "INSERT INTO users (name, created_at, created_by) VALUES ($1, $2, $3)",
+                &[&u.name, &u.created_at, &u.created_by],
+            )?
+            .map_err(|e| unique_is_conflict(e, || format!("user {} already exists", u.name)))?;
             Ok(())
         })
     }

@@ -57,6 +57,10 @@ pub struct Approval {
     pub by: String,
     /// Approver's token id.
     pub by_token: String,
+    /// Approver's user: one user is one approver, however many tokens it holds. Empty in
+    /// runs stored before users existed (see [`Approval::user`]).
+    #[serde(default)]
+    pub by_user: String,
     /// When.
     pub at: i64,
     /// SHA-256 of the binary plan that was approved.
@@ -87,6 +91,10 @@ pub struct RunRecord {
     pub author: String,
     /// Author's token id (never allowed to approve).
     pub author_token: String,
+    /// Author's user (the user of the token that planned it, phase tokens included), never
+    /// allowed to approve. Empty in runs stored before users existed (see [`RunRecord::author_identity`]).
+    #[serde(default)]
+    pub author_user: String,
     /// Author's role name (agent, ci, ...).
     pub author_role: String,
     /// Created.
@@ -148,6 +156,55 @@ pub struct RunRecord {
     /// The checks that tied what is applied to what was reviewed, in words, as they were made.
     #[serde(default)]
     pub checks: Vec<String>,
+}
+
+// Identities for runs stored before users existed: each token was its own user then, and the
+// migration named each such user after its token's id, so the token id stands in for the user.
+
+impl Approval {
+    /// The user who gave this approval.
+    pub fn user(&self) -> &str {
+        if self.by_user.is_empty() {
+            &self.by_token
+        } else {
+            &self.by_user
+        }
+    }
+}
+
+impl RunRecord {
+    /// The user who planned the run.
+    pub fn author_identity(&self) -> &str {
+        if self.author_user.is_empty() {
+            &self.author_token
+        } else {
+            &self.author_user
+        }
+    }
+
+    /// This run with its author's user set, if it was stored before users existed (the
+    /// server looks the author token's user up: for a phase token, its minter's user).
+    pub fn with_author_user(&self, user: &str) -> RunRecord {
+        let mut run = self.clone();
+        if run.author_user.is_empty() {
+            run.author_user = user.to_owned();
+        }
+        run
+    }
+
+    /// Distinct users other than the author who approved exactly this run's plan: what
+    /// "N approvals" counts.
+    pub fn valid_approvers(&self) -> Vec<&str> {
+        let mut users: Vec<&str> = self
+            .approvals
+            .iter()
+            .filter(|a| a.plan_sha256 == self.plan_sha256 && a.user() != self.author_identity())
+            .map(Approval::user)
+            .collect();
+        users.sort_unstable();
+        users.dedup();
+        users
+    }
 }
 
 /// A transition, judged inside the store's transaction: given the run, its stack and the

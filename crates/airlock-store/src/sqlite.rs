@@ -16,6 +16,7 @@ use crate::*;
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/sqlite/0001_init.sql")),
     (2, include_str!("../migrations/sqlite/0002_runs.sql")),
+    (3, include_str!("../migrations/sqlite/0003_users.sql")),
 ];
 // Enough idle readers for a burst of concurrent GETs without reopening connections.
 const MAX_IDLE_READERS: usize = 32;
@@ -227,10 +228,39 @@ fn token_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(TokenRecord, Strin
             revoked_at: r.get(6)?,
             created_by: r.get(7)?,
             run_id: r.get(8)?,
+            user: r.get(9)?,
+            parent_id: r.get(10)?,
         },
         r.get(2)?,
         r.get(3)?,
     ))
+}
+
+fn token_by_id(conn: &Connection, id: &str) -> Result<Option<TokenRecord>> {
+    conn.query_row(
+        &format!("SELECT {TOKEN_COLS} FROM tokens WHERE id = ?1"),
+        [id],
+        token_from_row,
+    )
+    .optional()?
+    .map(finish_token)
+    .transpose()
+}
+
+fn user_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UserRecord> {
+    Ok(UserRecord {
+        name: r.get(0)?,
+        created_at: r.get(1)?,
+        created_by: r.get(2)?,
+    })
+}
+
+fn user_exists(conn: &Connection, name: &str) -> Result<bool> {
+    Ok(conn.query_row(
+        "SELECT EXISTS(SELECT 1 FROM users WHERE name = ?1)",
+        [name],
+        |r| r.get(0),
+    )?)
 }
 
 fn finish_token((mut t, role, stacks): (TokenRecord, String, String)) -> Result<TokenRecord> {
@@ -240,7 +270,7 @@ fn finish_token((mut t, role, stacks): (TokenRecord, String, String)) -> Result<
 }
 
 const TOKEN_COLS: &str =
-    "id, name, role, stacks, created_at, expires_at, revoked_at, created_by, run_id";
+    "id, name, role, stacks, created_at, expires_at, revoked_at, created_by, run_id, user_name, parent_id";
 
 fn grant_from_row(stack: &str, r: &rusqlite::Row<'_>) -> rusqlite::Result<(GrantRecord, String)> {
     Ok((
@@ -388,10 +418,23 @@ impl Store for SqliteStore {
     fn create_token(&self, t: NewToken, audit: NewAudit) -> Result<TokenRecord> {
         self.write(|tx| {
             let now = now_ms();
+            let parent = t.parent_id.as_deref().map(|p| token_by_id(tx, p)).transpose()?.flatten();
+            let user = parent.as_ref().map_or(t.user.as_str(), |p| p.user.as_str());
+            let recent_derived = match t.mint_limit {
+                Some(l) => tx.query_row(
+                    "SELECT COUNT(*) FROM tokens WHERE user_name = ?1 AND parent_id IS NOT NULL AND run_id IS NULL AND created_at > ?2",
+                    params![user, now - l.window_ms],
+                    |r| r.get::<_, i64>(0),
+                )? as u64,
+                None => 0,
+            };
+            let ctx = MintContext { parent: parent.as_ref(), user_exists: user_exists(tx, user)?, recent_derived, now };
+            let t = t.judge(ctx)?;
             tx.execute(
-                "INSERT INTO tokens (id, secret_hash, name, role, stacks, created_at, expires_at, created_by, run_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                params![t.id, &t.secret_hash[..], t.name, t.role.as_str(), serde_json::to_string(&t.stacks).unwrap_or_default(), now, t.expires_at, t.created_by, t.run_id],
-            )?;
+                "INSERT INTO tokens (id, secret_hash, name, role, stacks, created_at, expires_at, created_by, run_id, user_name, parent_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                params![t.id, &t.secret_hash[..], t.name, t.role.as_str(), serde_json::to_string(&t.stacks).unwrap_or_default(), now, t.expires_at, t.created_by, t.run_id, t.user, t.parent_id],
+            )
+            .map_err(|e| constraint_is_conflict(e, || format!("token {} already exists", t.id)))?;
             append_audit_tx(tx, &audit)?;
             Ok(t.into_record(now))
         })
@@ -409,6 +452,10 @@ impl Store for SqliteStore {
         })
     }
 
+    fn token(&self, id: &str) -> Result<Option<TokenRecord>> {
+        self.read(|c| token_by_id(c, id))
+    }
+
     fn list_tokens(&self) -> Result<Vec<TokenRecord>> {
         self.read(|c| {
             let mut stmt = c.prepare(&format!(
@@ -421,23 +468,64 @@ impl Store for SqliteStore {
 
     fn revoke_token(&self, id: &str, audit: NewAudit) -> Result<TokenRecord> {
         self.write(|tx| {
+            let now = now_ms();
             let n = tx.execute(
                 "UPDATE tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
-                params![id, now_ms()],
+                params![id, now],
             )?;
-            let t = tx
-                .query_row(
-                    &format!("SELECT {TOKEN_COLS} FROM tokens WHERE id = ?1"),
-                    [id],
-                    token_from_row,
-                )
-                .optional()?
-                .ok_or_else(|| StoreError::NotFound(format!("token {id}")))
-                .and_then(finish_token)?;
+            let t = token_by_id(tx, id)?.ok_or_else(|| StoreError::NotFound(format!("token {id}")))?;
             if n == 1 {
                 append_audit_tx(tx, &audit)?;
             }
+            let mut stmt = tx.prepare(
+                "WITH RECURSIVE d(id) AS (SELECT id FROM tokens WHERE parent_id = ?1 UNION SELECT t.id FROM tokens t JOIN d ON t.parent_id = d.id) \
+                 UPDATE tokens SET revoked_at = ?2 WHERE revoked_at IS NULL AND id IN (SELECT id FROM d) RETURNING id",
+            )?;
+            let mut cascaded = stmt
+                .query_map(params![id, now], |r| r.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()?;
+            if !cascaded.is_empty() {
+                cascaded.sort();
+                append_audit_tx(tx, &audit.cascade(id, &cascaded))?;
+            }
             Ok(t)
+        })
+    }
+
+    fn create_user(&self, u: NewUser, audit: NewAudit) -> Result<UserRecord> {
+        self.write(|tx| {
+            let now = now_ms();
+            tx.execute(
+                "INSERT INTO users (name, created_at, created_by) VALUES (?1, ?2, ?3)",
+                params![u.name, now, u.created_by],
+            )
+            .map_err(|e| constraint_is_conflict(e, || format!("user {} already exists", u.name)))?;
+            append_audit_tx(tx, &audit)?;
+            Ok(UserRecord {
+                name: u.name,
+                created_at: now,
+                created_by: u.created_by,
+            })
+        })
+    }
+
+    fn user(&self, name: &str) -> Result<Option<UserRecord>> {
+        self.read(|c| {
+            Ok(c.query_row(
+                "SELECT name, created_at, created_by FROM users WHERE name = ?1",
+                [name],
+                user_from_row,
+            )
+            .optional()?)
+        })
+    }
+
+    fn list_users(&self) -> Result<Vec<UserRecord>> {
+        self.read(|c| {
+            let mut stmt =
+                c.prepare("SELECT name, created_at, created_by FROM users ORDER BY name")?;
+            let rows = stmt.query_map([], user_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
     }
 
@@ -810,7 +898,8 @@ impl Store for SqliteStore {
             let mut stmt = c.prepare(&format!(
                 "SELECT {TOKEN_COLS}, secret_hash FROM tokens ORDER BY created_at, id"
             ))?;
-            let rows = stmt.query_map([], |r| Ok((token_from_row(r)?, r.get::<_, Vec<u8>>(9)?)))?;
+            let rows =
+                stmt.query_map([], |r| Ok((token_from_row(r)?, r.get::<_, Vec<u8>>(11)?)))?;
             rows.map(|row| {
                 let (t, hash) = row?;
                 let hash = <[u8; 32]>::try_from(hash.as_slice()).map_err(|_| {
@@ -890,15 +979,21 @@ impl Store for SqliteStore {
     fn import_token(&self, t: &TokenRecord, secret_hash: &[u8; 32]) -> Result<()> {
         self.write(|tx| {
             tx.execute(
-                "INSERT INTO tokens (id, secret_hash, name, role, stacks, created_at, expires_at, revoked_at, created_by, run_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                params![t.id, &secret_hash[..], t.name, t.role.as_str(), serde_json::to_string(&t.stacks).unwrap_or_default(), t.created_at, t.expires_at, t.revoked_at, t.created_by, t.run_id],
+                "INSERT INTO tokens (id, secret_hash, name, role, stacks, created_at, expires_at, revoked_at, created_by, run_id, user_name, parent_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                params![t.id, &secret_hash[..], t.name, t.role.as_str(), serde_json::to_string(&t.stacks).unwrap_or_default(), t.created_at, t.expires_at, t.revoked_at, t.created_by, t.run_id, t.user, t.parent_id],
             )
-            .map_err(|e| match e {
-                rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
-                    StoreError::Conflict(format!("token {} already exists", t.id))
-                }
-                e => backend(e),
-            })?;
+            .map_err(|e| constraint_is_conflict(e, || format!("token {} already exists", t.id)))?;
+            Ok(())
+        })
+    }
+
+    fn import_user(&self, u: &UserRecord) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO users (name, created_at, created_by) VALUES (?1, ?2, ?3)",
+                params![u.name, u.created_at, u.created_by],
+            )
+            .map_err(|e| constraint_is_conflict(e, || format!("user {} already exists", u.name)))?;
             Ok(())
         })
     }

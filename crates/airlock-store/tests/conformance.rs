@@ -164,7 +164,7 @@ fn postgres_replicas_migrate_at_once() {
         .unwrap();
     assert_eq!(
         rows.iter().map(|r| r.get::<_, i64>(0)).collect::<Vec<_>>(),
-        [1, 2]
+        [1, 2, 3]
     );
 }
 
@@ -240,4 +240,144 @@ fn postgres_survives_connections_dropped_by_the_server() {
     assert!(store.stack("conf/stacks").unwrap().is_some());
     conformance::locks(store.as_ref());
     conformance::writes_and_history(store.as_ref());
+}
+
+// ---- migration 0003 on a store that already holds tokens ----
+
+/// Tokens as a store before users held them: the bootstrap admin, a revoked agent whose
+/// plan-phase token minted another one, and an approver's run-bound token.
+fn legacy_tokens_sql(hash: impl Fn(u8) -> String) -> String {
+    let rows = [
+        (
+            "tok_00000000000000a1",
+            "bootstrap-admin",
+            "admin",
+            "system",
+            "NULL",
+            "NULL",
+            "NULL",
+        ),
+        (
+            "tok_00000000000000b2",
+            "bot",
+            "agent",
+            "bootstrap-admin (tok_00000000000000a1)",
+            "9000",
+            "5000",
+            "NULL",
+        ),
+        (
+            "tok_00000000000000c3",
+            "plan for bot",
+            "agent",
+            "bot (tok_00000000000000b2)",
+            "20000",
+            "NULL",
+            "NULL",
+        ),
+        (
+            "tok_00000000000000d4",
+            "plan for plan for bot",
+            "agent",
+            "plan for bot (tok_00000000000000c3)",
+            "30000",
+            "NULL",
+            "NULL",
+        ),
+        (
+            "tok_00000000000000e5",
+            "alice",
+            "approver",
+            "bootstrap-admin (tok_00000000000000a1)",
+            "NULL",
+            "NULL",
+            "NULL",
+        ),
+        (
+            "tok_00000000000000f6",
+            "apply run_x",
+            "ci",
+            "alice (tok_00000000000000e5)",
+            "40000",
+            "NULL",
+            "'run_x'",
+        ),
+    ];
+    rows.iter()
+        .enumerate()
+        .map(|(i, (id, name, role, by, exp, rev, run))| {
+            format!(
+                "INSERT INTO tokens (id, secret_hash, name, role, stacks, created_at, expires_at, revoked_at, created_by, run_id) VALUES ('{id}', {}, '{name}', '{role}', '[]', 1000, {exp}, {rev}, '{by}', {run});\n",
+                hash(i as u8)
+            )
+        })
+        .collect()
+}
+
+fn check_legacy_tokens_migrated(s: &dyn Store) {
+    let t = |id: &str| s.token(id).unwrap().unwrap();
+    let admin = t("tok_00000000000000a1");
+    assert_eq!(
+        (admin.user.as_str(), admin.parent_id.as_deref()),
+        ("admin", None)
+    );
+    assert!(s.user("admin").unwrap().is_some());
+    assert_eq!(t("tok_00000000000000b2").user, "tok_00000000000000b2");
+    for (id, parent) in [
+        ("tok_00000000000000c3", "tok_00000000000000b2"),
+        ("tok_00000000000000d4", "tok_00000000000000c3"),
+    ] {
+        let phase = t(id);
+        assert_eq!(phase.parent_id.as_deref(), Some(parent), "{id}");
+        assert_eq!(
+            phase.user, "tok_00000000000000b2",
+            "{id} belongs to its root's user"
+        );
+        assert_eq!(phase.expires_at, Some(9000), "{id} expires with its root");
+        assert_eq!(
+            phase.revoked_at,
+            Some(5000),
+            "{id} is revoked with its root"
+        );
+    }
+    assert_eq!(t("tok_00000000000000e5").user, "tok_00000000000000e5");
+    let bound = t("tok_00000000000000f6");
+    assert_eq!(bound.parent_id.as_deref(), Some("tok_00000000000000e5"));
+    assert_eq!(bound.user, "tok_00000000000000e5");
+    assert_eq!((bound.expires_at, bound.revoked_at), (Some(40000), None));
+}
+
+#[test]
+fn sqlite_migration_gives_existing_tokens_users_and_parents() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("airlock.db");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(include_str!("../migrations/sqlite/0001_init.sql"))
+        .unwrap();
+    conn.execute_batch(include_str!("../migrations/sqlite/0002_runs.sql"))
+        .unwrap();
+    conn.execute_batch("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL); INSERT INTO schema_migrations VALUES (1, 0), (2, 0);").unwrap();
+    conn.execute_batch(&legacy_tokens_sql(|i| {
+        format!("X'{}'", format!("{i:02x}").repeat(32))
+    }))
+    .unwrap();
+    drop(conn);
+    check_legacy_tokens_migrated(&SqliteStore::open(&path).unwrap());
+}
+
+#[test]
+fn postgres_migration_gives_existing_tokens_users_and_parents() {
+    let db = TestDatabase::new("legacy");
+    let mut c = db.client();
+    c.batch_execute(include_str!("../migrations/postgres/0001_init.sql"))
+        .unwrap();
+    c.batch_execute(include_str!("../migrations/postgres/0002_runs.sql"))
+        .unwrap();
+    c.batch_execute("CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL); INSERT INTO schema_migrations VALUES (1, 0), (2, 0);").unwrap();
+    c.batch_execute(&legacy_tokens_sql(|i| {
+        format!("'\\x{}'::bytea", format!("{i:02x}").repeat(32))
+    }))
+    .unwrap();
+    drop(c);
+    check_legacy_tokens_migrated(&PostgresStore::open(&db.url).unwrap());
 }

@@ -20,6 +20,9 @@ pub enum Command {
     /// Create, list and revoke API tokens (admin).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Create and list users, the people tokens belong to (admin).
+    #[command(subcommand)]
+    User(UserCommand),
     /// Create, inspect and protect stacks.
     #[command(subcommand)]
     Stack(StackCommand),
@@ -136,6 +139,19 @@ pub struct ServerArgs {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create a user: 1-64 characters of a-z, A-Z, 0-9, '.', '_', '-', '@'.
+    Create {
+        /// The user's name, e.g. alice.
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List users.
+    List(ClientArgs),
+}
+
+#[derive(Debug, Subcommand)]
 pub enum TokenCommand {
     /// Create a token; the secret is shown once.
     Create {
@@ -151,6 +167,10 @@ pub enum TokenCommand {
         /// Lifetime, e.g. 12h, 30d.
         #[arg(long)]
         ttl: Option<String>,
+        /// The user the token belongs to (see `airlock user create`); required for admin and
+        /// approver tokens. A ci, agent or reader token without one is its own identity.
+        #[arg(long)]
+        user: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },

@@ -31,6 +31,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         cli::Command::Server(args) => commands::server::run(args),
         cli::Command::Token(cmd) => commands::token::run(cmd),
+        cli::Command::User(cmd) => commands::token::run_user(cmd),
         cli::Command::Stack(cmd) => commands::stack::run(cmd),
         cli::Command::BackendConfig(args) => commands::stack::backend_config(args),
         cli::Command::State(cmd) => commands::state::run(cmd),

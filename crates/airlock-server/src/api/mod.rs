@@ -5,6 +5,7 @@ pub mod runs;
 pub mod stacks;
 pub mod state;
 pub mod tokens;
+pub mod users;
 
 use std::sync::Arc;
 
@@ -23,7 +24,7 @@ use crate::AppState;
 /// `GET /api/v1/whoami`.
 pub async fn whoami(Extension(p): Extension<Principal>) -> Json<Value> {
     Json(
-        json!({ "id": p.token_id, "name": p.name, "role": p.role, "kind": p.role.kind(), "stacks": p.stacks, "run_id": p.run_id }),
+        json!({ "id": p.token_id, "name": p.name, "role": p.role, "kind": p.role.kind(), "stacks": p.stacks, "run_id": p.run_id, "user": p.user, "parent": p.parent_id }),
     )
 }
 

@@ -71,29 +71,34 @@ pub async fn plan_token(
     Extension(p): Extension<Principal>,
     Extension(RequestStack(stack)): Extension<RequestStack>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
+    p.may_mint()?;
     existing_stack(&state, &p, stack.as_str()).await?;
     let g = tokens::generate();
-    let expires_at = now_ms() + PHASE_TOKEN_TTL_MS;
+    // Carries the caller's user, dies with the caller's token, and expires no later (the store
+    // clamps it); counted against the user's phase-token limit.
     let token = NewToken {
         id: g.id.clone(),
         secret_hash: g.hash,
         name: format!("plan for {}", p.name),
         role: Role::Agent,
         stacks: vec![stack.to_string()],
-        expires_at: Some(expires_at),
+        expires_at: Some(now_ms() + PHASE_TOKEN_TTL_MS),
         created_by: p.display(),
         run_id: None,
+        user: p.user.clone(),
+        parent_id: Some(p.token_id.clone()),
+        mint_limit: Some(tokens::PHASE_TOKEN_LIMIT),
     };
     let audit = NewAudit::ok(
         &p.display(),
         "token.plan_phase",
         Some(stack.as_str()),
-        json!({"token": g.id, "expires_at": expires_at}),
+        json!({"token": g.id, "user": p.user, "parent": p.token_id}),
     );
-    store_call(&state, move |st| st.create_token(token, audit)).await?;
+    let record = store_call(&state, move |st| st.create_token(token, audit)).await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "token_id": g.id, "secret": g.secret, "expires_at": expires_at })),
+        Json(json!({ "token_id": g.id, "secret": g.secret, "expires_at": record.expires_at })),
     ))
 }
 
@@ -507,6 +512,7 @@ pub async fn create(
         status: RunStatus::NeedsApproval,
         author: p.display(),
         author_token: p.token_id.clone(),
+        author_user: p.user.clone(),
         author_role: p.role.as_str().into(),
         created_at: now,
         updated_at: now,
@@ -756,6 +762,17 @@ struct ApproveRequest {
     confirm_destroy: Option<u64>,
 }
 
+/// The user who planned `run`. Runs stored before users existed name only the author's token;
+/// its user, as migration 0003 assigned it (a phase token has its minter's), is the author.
+async fn author_user(state: &Arc<AppState>, run: &RunRecord) -> ApiResult<String> {
+    if !run.author_user.is_empty() {
+        return Ok(run.author_user.clone());
+    }
+    let t = run.author_token.clone();
+    let found = store_call(state, move |st| st.token(&t)).await?;
+    Ok(found.map_or_else(|| run.author_token.clone(), |t| t.user))
+}
+
 /// `POST /api/v1/runs/{id}/approve`.
 pub async fn approve(
     State(state): State<Arc<AppState>>,
@@ -768,19 +785,22 @@ pub async fn approve(
     } else {
         parse_body(&body)?
     };
-    load_run(&state, &p, &id).await?;
+    let author_user = author_user(&state, &load_run(&state, &p, &id).await?).await?;
     let principal = p.clone();
     let result = store_call(&state, move |st| {
         st.update_run(&id, &mut |run, stack, current| {
+            let run = &run.with_author_user(&author_user);
             let actor = principal.display();
             if run.status != RunStatus::NeedsApproval {
                 return Err(refuse(RefusalKind::Conflict, format!("run {} is {}, not waiting for approval", run.id, run.status.as_str())));
             }
-            if run.author_token == principal.token_id {
-                return Err(refuse(RefusalKind::Forbidden, format!("approval refused: {actor} planned run {} and cannot approve it; another approver must", run.id)));
+            // Identities, not tokens: the author's user (whichever token, phase tokens included,
+            // planned it) cannot approve, and each user approves once.
+            if run.author_token == principal.token_id || run.author_identity() == principal.user {
+                return Err(refuse(RefusalKind::Forbidden, format!("approval refused: user {} planned run {} and cannot approve it; another approver must", principal.user, run.id)));
             }
-            if run.approvals.iter().any(|a| a.by_token == principal.token_id) {
-                return Err(refuse(RefusalKind::Conflict, format!("{actor} has already approved run {}", run.id)));
+            if run.approvals.iter().any(|a| a.by_token == principal.token_id || a.user() == principal.user) {
+                return Err(refuse(RefusalKind::Conflict, format!("user {} has already approved run {}; another approver must", principal.user, run.id)));
             }
             if run.decision == "deny" {
                 return Err(refuse(
@@ -797,8 +817,8 @@ pub async fn approve(
             }
             check_fresh(run, stack, current, &actor)?;
             let mut new = run.clone();
-            new.approvals.push(Approval { by: actor.clone(), by_token: principal.token_id.clone(), at: now_ms(), plan_sha256: run.plan_sha256.clone() });
-            if new.approvals.len() >= new.required_approvals as usize {
+            new.approvals.push(Approval { by: actor.clone(), by_token: principal.token_id.clone(), by_user: principal.user.clone(), at: now_ms(), plan_sha256: run.plan_sha256.clone() });
+            if new.valid_approvers().len() >= new.required_approvals as usize {
                 new.status = RunStatus::Approved;
             }
             new.updated_at = now_ms();
@@ -890,6 +910,7 @@ pub async fn apply(
         return Err(bad("apply needs the checkout's input fingerprint: {\"fingerprint\": ..., \"inputs\": [...]} (airlock apply sends it)"));
     }
     let req: ApplyRequest = parse_body(&body)?;
+    p.may_mint()?;
     let run = load_run(&state, &p, &id).await?;
     let stack = existing_stack(&state, &p, &run.stack).await?;
     if !stack.settings.apply_from.contains(&p.role) {
@@ -919,8 +940,10 @@ pub async fn apply(
     let token = tokens::generate();
     let principal = p.clone();
     let token_id = token.id.clone();
+    let author_user = author_user(&state, &run).await?;
     let result = store_call(&state, move |st| {
         st.update_run(&id, &mut |run, stack, current| {
+            let run = &run.with_author_user(&author_user);
             let actor = principal.display();
             match run.status {
                 RunStatus::Approved => {}
@@ -929,9 +952,9 @@ pub async fn apply(
                 }
                 other => return Err(refuse(RefusalKind::Conflict, format!("apply refused: run {} is {}", run.id, other.as_str()))),
             }
-            let valid: Vec<&Approval> = run.approvals.iter().filter(|a| a.by_token != run.author_token && a.plan_sha256 == run.plan_sha256).collect();
+            let valid = run.valid_approvers();
             if valid.len() < run.required_approvals as usize {
-                return Err(refuse(RefusalKind::Forbidden, format!("apply refused: run {} lacks {} valid approval(s) of its plan by someone other than its author", run.id, run.required_approvals)));
+                return Err(refuse(RefusalKind::Forbidden, format!("apply refused: run {} has {} valid approval(s) of its plan by distinct users other than its author; {} required", run.id, valid.len(), run.required_approvals)));
             }
             check_fresh(run, stack, current, &actor)?;
             if !req.fingerprint.eq_ignore_ascii_case(&run.fingerprint) {
@@ -968,6 +991,10 @@ pub async fn apply(
         expires_at: Some(expires_at),
         created_by: p.display(),
         run_id: Some(run.id.clone()),
+        user: p.user.clone(),
+        parent_id: Some(p.token_id.clone()),
+        // Not rate-limited: each needs an approved run, and failing here would strand the run.
+        mint_limit: None,
     };
     // What the run's writes may drop: what the plan deletes or forgets, and where it moves
     // instances from. Used by the run-bound token only, for every write until the run finishes.

@@ -1,11 +1,15 @@
 //! Token management (admin only): create (secret shown once), list, revoke.
+//!
+//! **Invariant:** a stack-scoped admin sees and revokes only tokens whose scope lies within
+//! its own ([`within_scope`]; a token for all stacks is outside every scoped admin's scope).
+//! Every human token belongs to a user, so approvals count people, not tokens.
 
 use std::sync::Arc;
 
 use airlock_core::refusal::RefusalKind;
 use airlock_core::time::parse_duration_ms;
 use airlock_core::Role;
-use airlock_store::{now_ms, NewAudit, NewToken};
+use airlock_store::{now_ms, valid_user_name, NewAudit, NewToken};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -26,6 +30,9 @@ struct CreateToken {
     #[serde(default)]
     stacks: Vec<String>,
     ttl: Option<String>,
+    /// The user the token belongs to; required for admin and approver tokens. A ci, agent or
+    /// reader token without one is its own identity.
+    user: Option<String>,
 }
 
 /// Validates a stack glob: stack-name characters plus `*` and `?`.
@@ -39,7 +46,7 @@ pub fn valid_glob(g: &str) -> bool {
 /// Does every stack `requested` covers fall inside `scope`? An empty list means all stacks.
 /// Conservative: a requested glob must be one of the scope's globs, or be matched as text by a
 /// scope glob without `?` (a `*` there covers whatever the requested glob's wildcards can).
-fn within_scope(scope: &[String], requested: &[String]) -> bool {
+pub fn within_scope(scope: &[String], requested: &[String]) -> bool {
     if scope.is_empty() {
         return true;
     }
@@ -59,6 +66,7 @@ pub async fn create(
     Extension(p): Extension<Principal>,
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
+    p.may_mint()?;
     let req: CreateToken = parse_body(&body)?;
     let name = req.name.trim().to_owned();
     if name.is_empty() || name.len() > 100 || name.chars().any(char::is_control) {
@@ -94,6 +102,19 @@ pub async fn create(
         .map_err(|e| ApiError::new(RefusalKind::BadRequest, e))?
         .map(|d| now_ms() + d);
     let generated = tokens::generate();
+    let user = match (req.user, role) {
+        (Some(u), _) => {
+            valid_user_name(&u).map_err(|e| ApiError::new(RefusalKind::BadRequest, e))?;
+            u
+        }
+        (None, Role::Admin | Role::Approver) => {
+            return Err(ApiError::new(
+                RefusalKind::BadRequest,
+                format!("a {role} token must belong to a user, so that one person counts as one approver: add --user NAME (create it with `airlock user create NAME`)"),
+            ))
+        }
+        (None, _) => generated.id.clone(),
+    };
     let new = NewToken {
         id: generated.id.clone(),
         secret_hash: generated.hash,
@@ -103,12 +124,15 @@ pub async fn create(
         expires_at,
         created_by: p.display(),
         run_id: None,
+        user: user.clone(),
+        parent_id: None,
+        mint_limit: None,
     };
     let audit = NewAudit::ok(
         &p.display(),
         "token.create",
         None,
-        json!({"token": generated.id, "name": name, "role": role, "stacks": req.stacks, "expires_at": expires_at}),
+        json!({"token": generated.id, "name": name, "role": role, "stacks": req.stacks, "expires_at": expires_at, "user": user, "by_user": p.user}),
     );
     let record = store_call(&state, move |st| st.create_token(new, audit)).await?;
     Ok((
@@ -117,18 +141,38 @@ pub async fn create(
     ))
 }
 
-/// `GET /api/v1/tokens` (hashes never leave the store).
-pub async fn list(State(state): State<Arc<AppState>>) -> ApiResult<Json<Value>> {
-    let tokens = store_call(&state, |st| st.list_tokens()).await?;
+/// `GET /api/v1/tokens` (hashes never leave the store): only tokens within the caller's scope.
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+) -> ApiResult<Json<Value>> {
+    let mut tokens = store_call(&state, |st| st.list_tokens()).await?;
+    tokens.retain(|t| within_scope(&p.stacks, &t.stacks));
     Ok(Json(json!({ "tokens": tokens })))
 }
 
-/// `DELETE /api/v1/tokens/{id}`.
+/// `DELETE /api/v1/tokens/{id}`: revokes the token and every token derived from it. A
+/// scoped admin may revoke only tokens within its scope; others look absent to it.
 pub async fn revoke(
     State(state): State<Arc<AppState>>,
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
+    let lookup = id.clone();
+    let target = store_call(&state, move |st| st.token(&lookup)).await?;
+    match target {
+        Some(t) if within_scope(&p.stacks, &t.stacks) => {}
+        Some(_) => {
+            return Err(ApiError::new(
+                RefusalKind::Forbidden,
+                format!(
+                    "token {} is scoped to stacks {:?}; it cannot revoke token {id}, whose scope lies outside that",
+                    p.name, p.stacks
+                ),
+            ))
+        }
+        None => return Err(ApiError::new(RefusalKind::NotFound, format!("token {id}"))),
+    }
     let audit = NewAudit::ok(&p.display(), "token.revoke", None, json!({"token": id}));
     let record = store_call(&state, move |st| st.revoke_token(&id, audit)).await?;
     state.cache.forget_tokens();

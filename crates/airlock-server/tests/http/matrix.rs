@@ -63,7 +63,7 @@ fn design_allows(method: &str, route: &str) -> Option<[bool; 5]> {
         // checked by the firewall (never agents or readers).
         ("POST" | "PUT" | "LOCK" | "UNLOCK", STATE) => LOCKERS,
         ("GET", "/api/v1/whoami") => ALL,
-        (_, "/api/v1/tokens" | "/api/v1/tokens/{id}") => ADMIN,
+        (_, "/api/v1/tokens" | "/api/v1/tokens/{id}" | "/api/v1/users") => ADMIN,
         ("POST", "/api/v1/stacks") => ADMIN,
         ("PATCH", "/api/v1/stacks/{stack}/settings") => ADMIN,
         ("POST", "/api/v1/stacks/{stack}/protect") => ADMIN,
@@ -182,6 +182,7 @@ fn concrete(s: &Server, method: &str, route: &str, stack: &str, n: usize) -> (St
         ("POST", "/api/v1/tokens") => json!({"name": format!("m{n}"), "role": "reader"})
             .to_string()
             .into_bytes(),
+        ("POST", "/api/v1/users") => json!({"name": format!("m{n}")}).to_string().into_bytes(),
         ("POST", "/api/v1/stacks") => json!({"name": format!("{stack}-new-{n}")})
             .to_string()
             .into_bytes(),
@@ -214,7 +215,7 @@ fn expected_ok(method: &str, route: &str, role: Role) -> Option<u16> {
         ("POST" | "PUT", STATE) if role == Role::Agent => 403,
         ("POST" | "PUT", STATE) => 409,
         ("LOCK" | "UNLOCK", STATE) => 200,
-        ("POST", "/api/v1/tokens" | "/api/v1/stacks") => 201,
+        ("POST", "/api/v1/tokens" | "/api/v1/stacks" | "/api/v1/users") => 201,
         ("POST", "/api/v1/stacks/{stack}/grants") => 201,
         // serial 1 is already current.
         ("POST", "/api/v1/stacks/{stack}/restore") => 409,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use airlock_core::Role;
 use airlock_server::{router, AppState, ServerConfig};
-use airlock_store::{now_ms, NewAudit, NewToken, SqliteStore, StackSettings, Store};
+use airlock_store::{now_ms, NewAudit, NewToken, NewUser, SqliteStore, StackSettings, Store};
 use axum::body::Body;
 use axum::http::{header, HeaderMap, Method, Request, StatusCode};
 use axum::Router;
@@ -111,8 +111,33 @@ impl Server {
         s
     }
 
-    /// Mints a token directly through the store.
+    /// Mints a token directly through the store; it is its own identity (user = its id).
     pub fn token(&self, name: &str, role: Role, stacks: &[&str], expires_at: Option<i64>) -> Tok {
+        self.token_of(None, name, role, stacks, expires_at)
+    }
+
+    /// Creates a user directly through the store.
+    pub fn user(&self, name: &str) {
+        self.store
+            .create_user(
+                NewUser {
+                    name: name.to_owned(),
+                    created_by: "test".into(),
+                },
+                NewAudit::ok("test", "user.create", None, json!({"user": name})),
+            )
+            .expect("create user");
+    }
+
+    /// Mints a token of `user` (None: its own identity) directly through the store.
+    pub fn token_of(
+        &self,
+        user: Option<&str>,
+        name: &str,
+        role: Role,
+        stacks: &[&str],
+        expires_at: Option<i64>,
+    ) -> Tok {
         let g = airlock_server::tokens::generate();
         let rec = self
             .store
@@ -126,6 +151,9 @@ impl Server {
                     expires_at,
                     created_by: "test".into(),
                     run_id: None,
+                    user: user.map_or_else(|| g.id.clone(), str::to_owned),
+                    parent_id: None,
+                    mint_limit: None,
                 },
                 NewAudit::ok("test", "token.create", None, json!({"token": g.id})),
             )

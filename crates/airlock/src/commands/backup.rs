@@ -5,12 +5,14 @@
 //! server runs, and a backup that restores working tokens needs their secret hashes, which the
 //! API never serves. Verify needs neither a server nor a database.
 //!
-//! A backup directory (format `airlock-backup/1`) holds plain files:
+//! A backup directory (format `airlock-backup/2`) holds plain files:
 //!
 //! ```text
 //! manifest.json                        format, time, source engine, counts, audit head, and
 //!                                      the SHA-256 and size of every other file
-//! tokens.json                          every token with the SHA-256 of its secret (no secrets)
+//! users.json                           every user (format 2)
+//! tokens.json                          every token with the SHA-256 of its secret (no secrets),
+//!                                      its user and its parent token (format 2)
 //! audit.jsonl                          the audit chain, one record per line, in order
 //! stacks/NNNN/stack.json               the stack, its version metadata, grants and lock
 //! stacks/NNNN/versions/SERIAL.tfstate  each version's exact bytes
@@ -18,6 +20,9 @@
 //! runs/NNNN/run.json                   a governed run's record and its artifact list
 //! runs/NNNN/artifacts/NN.bin           each artifact's exact bytes (plan, plan JSON, logs)
 //! ```
+//!
+//! Format 1 (before users) is still read: its tokens get users and parents exactly as the
+//! store's migration 0003 gives them (see `upgrade_v1_tokens`), after the files are checked.
 //!
 //! History is append-only, so an export taken while servers run is consistent per stack; the
 //! audit chain is read last and covers at least everything exported.
@@ -30,7 +35,7 @@ use std::sync::Arc;
 use airlock_core::audit::{verify_chain, AuditRecord, GENESIS};
 use airlock_store::{
     blob, GrantRecord, LockRecord, RunRecord, SqliteStore, StackRecord, StackSettings, Store,
-    TokenRecord, VersionMeta,
+    TokenRecord, UserRecord, VersionMeta,
 };
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
@@ -39,7 +44,9 @@ use serde_json::json;
 use super::migrate::{open_store, Missing};
 use crate::cli::{BackupCommand, OutputFormat};
 
-const FORMAT: &str = "airlock-backup/1";
+const FORMAT: &str = "airlock-backup/2";
+/// The format before users; read and upgraded, never written.
+const FORMAT_V1: &str = "airlock-backup/1";
 const AUDIT_PAGE: u32 = 1000;
 
 pub fn run(cmd: BackupCommand) -> anyhow::Result<ExitCode> {
@@ -53,8 +60,8 @@ pub fn run(cmd: BackupCommand) -> anyhow::Result<ExitCode> {
                 &json!({"dir": dir, "summary": summary, "manifest_sha256": manifest_sha}),
                 || {
                     format!(
-                    "exported {} stack(s), {} version(s), {} token(s), {} grant(s), {} lock(s), {} run(s), {} audit event(s) to {}\nmanifest.json SHA-256: {manifest_sha} (record it elsewhere to detect a replaced manifest)\n",
-                    summary.stacks, summary.versions, summary.tokens, summary.grants, summary.locks, summary.runs, summary.audit_events, dir.display()
+                    "exported {} stack(s), {} version(s), {} user(s), {} token(s), {} grant(s), {} lock(s), {} run(s), {} audit event(s) to {}\nmanifest.json SHA-256: {manifest_sha} (record it elsewhere to detect a replaced manifest)\n",
+                    summary.stacks, summary.versions, summary.users, summary.tokens, summary.grants, summary.locks, summary.runs, summary.audit_events, dir.display()
                 )
                 },
             );
@@ -73,8 +80,8 @@ pub fn run(cmd: BackupCommand) -> anyhow::Result<ExitCode> {
                     let s = &backup.manifest.summary;
                     if ok {
                         format!(
-                        "backup OK: {} stack(s), {} version(s), {} token(s), {} grant(s), {} lock(s), {} run(s), {} audit event(s), audit head {}; every file matches the manifest, every version its SHA-256, the audit chain verifies, and a replay into a scratch SQLite store compares equal\n",
-                        s.stacks, s.versions, s.tokens, s.grants, s.locks, s.runs, s.audit_events, s.audit_head
+                        "backup OK: {} stack(s), {} version(s), {} user(s), {} token(s), {} grant(s), {} lock(s), {} run(s), {} audit event(s), audit head {}; every file matches the manifest, every version its SHA-256, the audit chain verifies, and a replay into a scratch SQLite store compares equal\n",
+                        s.stacks, s.versions, s.users, s.tokens, s.grants, s.locks, s.runs, s.audit_events, s.audit_head
                     )
                     } else {
                         let mut out = format!("backup BROKEN: {} problem(s)\n", problems.len());
@@ -118,8 +125,8 @@ pub fn run(cmd: BackupCommand) -> anyhow::Result<ExitCode> {
                 &json!({"ok": true, "engine": store.engine(), "summary": s}),
                 || {
                     format!(
-                    "imported {} stack(s), {} version(s), {} token(s), {} grant(s), {} lock(s), {} run(s), {} audit event(s) into the {} store; it compares equal to the backup (audit head {})\n",
-                    s.stacks, s.versions, s.tokens, s.grants, s.locks, s.runs, s.audit_events, store.engine(), s.audit_head
+                    "imported {} stack(s), {} version(s), {} user(s), {} token(s), {} grant(s), {} lock(s), {} run(s), {} audit event(s) into the {} store; it compares equal to the backup (audit head {})\n",
+                    s.stacks, s.versions, s.users, s.tokens, s.grants, s.locks, s.runs, s.audit_events, store.engine(), s.audit_head
                 )
                 },
             );
@@ -169,6 +176,9 @@ struct Manifest {
 struct Summary {
     stacks: u64,
     versions: u64,
+    /// Absent in format 1.
+    #[serde(default)]
+    users: u64,
     tokens: u64,
     grants: u64,
     locks: u64,
@@ -257,9 +267,95 @@ struct TokenEntry {
     revoked_at: Option<i64>,
     created_by: String,
     run_id: Option<String>,
+    /// Absent in format 1 (see `upgrade_v1_tokens`).
+    #[serde(default)]
+    user: String,
+    #[serde(default)]
+    parent_id: Option<String>,
     /// SHA-256 of the secret, as the store keeps it: enough to restore working tokens, never
     /// enough to use one.
     secret_sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct UserEntry {
+    name: String,
+    created_at: i64,
+    created_by: String,
+}
+
+impl UserEntry {
+    fn from_record(u: &UserRecord) -> UserEntry {
+        UserEntry {
+            name: u.name.clone(),
+            created_at: u.created_at,
+            created_by: u.created_by.clone(),
+        }
+    }
+
+    fn to_record(&self) -> UserRecord {
+        UserRecord {
+            name: self.name.clone(),
+            created_at: self.created_at,
+            created_by: self.created_by.clone(),
+        }
+    }
+}
+
+/// Gives format-1 tokens what the store's migration 0003 gives stored ones (keep the two
+/// alike): plan-phase and run-bound tokens get the token named in their `created_by` as
+/// parent; every token belongs to its own user (its id), the first-start admin token to
+/// `admin`, a derived token to its root's user; derived tokens expire no later than, and are
+/// revoked with, their ancestors. Returns the users to create (`admin`, if it is used).
+fn upgrade_v1_tokens(tokens: &mut [TokenEntry]) -> Vec<UserEntry> {
+    let ids: BTreeSet<String> = tokens.iter().map(|t| t.id.clone()).collect();
+    for t in tokens.iter_mut() {
+        let derived = t.name.starts_with("plan for ") || t.run_id.is_some();
+        let named = t
+            .created_by
+            .strip_suffix(')')
+            .and_then(|s| s.get(s.len().saturating_sub(20)..))
+            .filter(|id| id.starts_with("tok_") && ids.contains(*id));
+        t.parent_id = named.filter(|_| derived).map(str::to_owned);
+        t.user = if t.created_by == "system" && t.name == "bootstrap-admin" && t.parent_id.is_none()
+        {
+            "admin".into()
+        } else {
+            t.id.clone()
+        };
+    }
+    let by_id: BTreeMap<String, TokenEntry> =
+        tokens.iter().map(|t| (t.id.clone(), t.clone())).collect();
+    for t in tokens.iter_mut() {
+        let mut cursor = t.parent_id.clone();
+        let mut seen = BTreeSet::new();
+        while let Some(p) = cursor.and_then(|id| by_id.get(&id)) {
+            if !seen.insert(p.id.clone()) {
+                break;
+            }
+            t.user = p.user.clone();
+            t.expires_at = match (t.expires_at, p.expires_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            if t.revoked_at.is_none() {
+                t.revoked_at = p.revoked_at;
+            }
+            cursor = p.parent_id.clone();
+        }
+    }
+    tokens
+        .iter()
+        .filter(|t| t.user == "admin")
+        .map(|t| t.created_at)
+        .min()
+        .map(|created_at| UserEntry {
+            name: "admin".into(),
+            created_at,
+            created_by: "migration".into(),
+        })
+        .into_iter()
+        .collect()
 }
 
 impl VersionEntry {
@@ -337,6 +433,8 @@ impl TokenEntry {
             revoked_at: t.revoked_at,
             created_by: t.created_by.clone(),
             run_id: t.run_id.clone(),
+            user: t.user.clone(),
+            parent_id: t.parent_id.clone(),
             secret_sha256: hex(hash),
         }
     }
@@ -359,6 +457,8 @@ impl TokenEntry {
                 revoked_at: self.revoked_at,
                 created_by: self.created_by.clone(),
                 run_id: self.run_id.clone(),
+                user: self.user.clone(),
+                parent_id: self.parent_id.clone(),
             },
             hash,
         ))
@@ -452,6 +552,13 @@ fn export(store: &dyn Store, dir: &Path) -> anyhow::Result<Summary> {
         .collect();
     summary.tokens = tokens.len() as u64;
     w.put_json("tokens.json", &tokens)?;
+    let users: Vec<UserEntry> = store
+        .list_users()?
+        .iter()
+        .map(UserEntry::from_record)
+        .collect();
+    summary.users = users.len() as u64;
+    w.put_json("users.json", &users)?;
 
     for (i, s) in store.list_stacks()?.iter().enumerate() {
         let base = format!("stacks/{:04}", i + 1);
@@ -563,6 +670,7 @@ fn export(store: &dyn Store, dir: &Path) -> anyhow::Result<Summary> {
 struct Backup {
     root: PathBuf,
     manifest: Manifest,
+    users: Vec<UserEntry>,
     tokens: Vec<TokenEntry>,
     stacks: Vec<StackFile>,
     runs: Vec<RunFile>,
@@ -586,9 +694,10 @@ impl Backup {
         })?;
         let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
             .context("manifest.json is not a valid airlock backup manifest")?;
-        if manifest.format != FORMAT {
+        let v1 = manifest.format == FORMAT_V1;
+        if manifest.format != FORMAT && !v1 {
             bail!(
-                "unsupported backup format {:?} (this airlock reads {FORMAT})",
+                "unsupported backup format {:?} (this airlock reads {FORMAT} and {FORMAT_V1})",
                 manifest.format
             );
         }
@@ -635,6 +744,11 @@ impl Backup {
         };
         let tokens: Vec<TokenEntry> =
             serde_json::from_slice(&parse("tokens.json")?).context("tokens.json is not valid")?;
+        let users: Vec<UserEntry> = if v1 {
+            Vec::new()
+        } else {
+            serde_json::from_slice(&parse("users.json")?).context("users.json is not valid")?
+        };
         let mut audit = Vec::new();
         for (n, line) in parse("audit.jsonl")?.split(|b| *b == b'\n').enumerate() {
             if line.is_empty() {
@@ -667,6 +781,7 @@ impl Backup {
         let backup = Backup {
             root: dir.to_owned(),
             manifest,
+            users,
             tokens,
             stacks,
             runs,
@@ -755,6 +870,10 @@ impl Backup {
                 backup.manifest.summary, actual
             ));
         }
+        let mut backup = backup;
+        if v1 {
+            backup.users = upgrade_v1_tokens(&mut backup.tokens);
+        }
         Ok((backup, problems))
     }
 
@@ -762,6 +881,7 @@ impl Backup {
         Summary {
             stacks: self.stacks.len() as u64,
             versions: self.stacks.iter().map(|s| s.versions.len() as u64).sum(),
+            users: self.users.len() as u64,
             tokens: self.tokens.len() as u64,
             grants: self.stacks.iter().map(|s| s.grants.len() as u64).sum(),
             locks: self.stacks.iter().filter(|s| s.lock.is_some()).count() as u64,
@@ -810,6 +930,11 @@ fn ensure_empty(store: &dyn Store) -> anyhow::Result<()> {
 
 /// Inserts everything in the backup into `store` verbatim.
 fn replay(store: &dyn Store, b: &Backup) -> anyhow::Result<()> {
+    for u in &b.users {
+        store
+            .import_user(&u.to_record())
+            .with_context(|| format!("importing user {}", u.name))?;
+    }
     for t in &b.tokens {
         let (record, hash) = t.to_record()?;
         store
@@ -880,6 +1005,20 @@ fn compare(store: &dyn Store, b: &Backup) -> anyhow::Result<Vec<String>> {
             "tokens differ ({} stored, {} in the backup)",
             tokens.len(),
             want_tokens.len()
+        ));
+    }
+    let users: Vec<UserEntry> = store
+        .list_users()?
+        .iter()
+        .map(UserEntry::from_record)
+        .collect();
+    let mut want_users = b.users.clone();
+    want_users.sort_by(|x, y| x.name.cmp(&y.name));
+    if users != want_users {
+        problems.push(format!(
+            "users differ ({} stored, {} in the backup)",
+            users.len(),
+            want_users.len()
         ));
     }
     let stored: BTreeMap<String, StackRecord> = store

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use airlock_core::Role;
 use airlock_server::{tokens, AppState, ServerConfig, TlsFiles};
-use airlock_store::{NewAudit, NewToken, Store};
+use airlock_store::{NewAudit, NewToken, NewUser, Store};
 use anyhow::Context;
 
 use crate::cli::ServerArgs;
@@ -70,6 +70,22 @@ fn bootstrap_admin(store: &dyn Store) -> anyhow::Result<()> {
     if store.token_count()? > 0 {
         return Ok(());
     }
+    // The first admin is a user like any other, so its approvals count as one person.
+    match store.create_user(
+        NewUser {
+            name: "admin".into(),
+            created_by: "system".into(),
+        },
+        NewAudit::ok(
+            "system",
+            "user.create",
+            None,
+            serde_json::json!({"user": "admin", "bootstrap": true}),
+        ),
+    ) {
+        Ok(_) | Err(airlock_store::StoreError::Conflict(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
     let g = tokens::generate();
     let token = NewToken {
         id: g.id.clone(),
@@ -80,6 +96,9 @@ fn bootstrap_admin(store: &dyn Store) -> anyhow::Result<()> {
         expires_at: None,
         created_by: "system".into(),
         run_id: None,
+        user: "admin".into(),
+        parent_id: None,
+        mint_limit: None,
     };
     store.create_token(token, NewAudit::ok("system", "token.create", None, serde_json::json!({"token": g.id, "name": "bootstrap-admin", "role": "admin", "bootstrap": true})))?;
     crate::out(&format!(

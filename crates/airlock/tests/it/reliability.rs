@@ -1196,7 +1196,7 @@ fn backup_round_trips_sqlite_to_postgres_and_back_and_verify_catches_tampering()
     assert!(ok, "{out}");
     assert!(
         out.contains(
-            "exported 2 stack(s), 3 version(s), 5 token(s), 1 grant(s), 1 lock(s), 1 run(s)"
+            "exported 2 stack(s), 3 version(s), 1 user(s), 5 token(s), 1 grant(s), 1 lock(s), 1 run(s)"
         ),
         "{out}"
     );
@@ -1308,4 +1308,95 @@ fn backup_round_trips_sqlite_to_postgres_and_back_and_verify_catches_tampering()
     std::fs::remove_file(bk.join("stray.txt")).unwrap();
     let (ok, out) = backup_cli(&["backup", "verify", dir_arg(&bk)]);
     assert!(ok, "{out}");
+}
+
+/// A backup written before users existed (format `airlock-backup/1`) still verifies and
+/// imports; its tokens get users and parents exactly as the store's migration gives them.
+#[test]
+fn backup_in_format_1_without_users_still_imports() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bk = tmp.path().join("v1");
+    std::fs::create_dir_all(&bk).unwrap();
+    let admin = "tok_00000000000000a1";
+    let bot = "tok_00000000000000b2";
+    let plan = "tok_00000000000000c3";
+    let token = |id: &str, name: &str, role: &str, by: &str, revoked: Option<i64>| {
+        json!({"id": id, "name": name, "role": role, "stacks": [], "created_at": 1000,
+               "expires_at": null, "revoked_at": revoked, "created_by": by, "run_id": null,
+               "secret_sha256": sha256_hex(id.as_bytes())})
+    };
+    let tokens = serde_json::to_vec(&json!([
+        token(admin, "bootstrap-admin", "admin", "system", None),
+        token(
+            bot,
+            "bot",
+            "agent",
+            &format!("bootstrap-admin ({admin})"),
+            Some(5000)
+        ),
+        token(plan, "plan for bot", "agent", &format!("bot ({bot})"), None),
+    ]))
+    .unwrap();
+    std::fs::write(bk.join("tokens.json"), &tokens).unwrap();
+    std::fs::write(bk.join("audit.jsonl"), b"").unwrap();
+    let manifest = json!({
+        "format": "airlock-backup/1",
+        "created_at": "2026-01-01T00:00:00Z",
+        "source_engine": "sqlite",
+        "summary": {"stacks": 0, "versions": 0, "tokens": 3, "grants": 0, "locks": 0, "runs": 0,
+                    "audit_events": 0, "audit_head": "0".repeat(64)},
+        "files": {
+            "tokens.json": {"sha256": sha256_hex(&tokens), "size": tokens.len()},
+            "audit.jsonl": {"sha256": sha256_hex(b""), "size": 0},
+        },
+    });
+    std::fs::write(bk.join("manifest.json"), manifest.to_string()).unwrap();
+    let (ok, out) = backup_cli(&["backup", "verify", dir_arg(&bk)]);
+    assert!(ok && out.contains("backup OK"), "{out}");
+    let data = tmp.path().join("data");
+    let (ok, out) = backup_cli(&[
+        "backup",
+        "import",
+        dir_arg(&bk),
+        "--data-dir",
+        dir_arg(&data),
+    ]);
+    assert!(ok, "{out}");
+    // Read back through a format-2 export.
+    let bk2 = tmp.path().join("v2");
+    let (ok, out) = backup_cli(&[
+        "backup",
+        "export",
+        dir_arg(&bk2),
+        "--data-dir",
+        dir_arg(&data),
+    ]);
+    assert!(ok, "{out}");
+    let users: Value =
+        serde_json::from_slice(&std::fs::read(bk2.join("users.json")).unwrap()).unwrap();
+    assert_eq!(users[0]["name"], "admin", "{users}");
+    let tokens: Value =
+        serde_json::from_slice(&std::fs::read(bk2.join("tokens.json")).unwrap()).unwrap();
+    let by_id = |id: &str| {
+        tokens
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["id"] == id)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(by_id(admin)["user"], "admin");
+    assert_eq!(by_id(bot)["user"], bot, "each old token is its own user");
+    assert_eq!(by_id(plan)["parent_id"], bot);
+    assert_eq!(
+        by_id(plan)["user"],
+        bot,
+        "a phase token belongs to its root's user"
+    );
+    assert_eq!(
+        by_id(plan)["revoked_at"],
+        5000,
+        "a phase token of a revoked token is revoked with it"
+    );
 }

@@ -523,3 +523,145 @@ fn guard_shim_allows_reading_and_refuses_changes() {
         "{err}"
     );
 }
+
+// ---- identities: one person is one approver (issue 8, item 7) ----
+
+/// An artifact's bytes, as `token` downloads them.
+fn artifact(t: &Team, token: &str, run: &str, name: &str) -> Vec<u8> {
+    let r = ureq::get(&format!("{}/api/v1/runs/{run}/artifacts/{name}", t.s.url))
+        .set("Authorization", &format!("Bearer {token}"))
+        .call()
+        .unwrap();
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut r.into_reader(), &mut bytes).unwrap();
+    bytes
+}
+
+/// Mints a plan-phase token for `stack` with `token`: (status, secret).
+fn plan_token(t: &Team, token: &str, stack: &str) -> (u16, String) {
+    let (code, body) = raw(
+        "POST",
+        &format!(
+            "{}/api/v1/stacks/{}/plan-token",
+            t.s.url,
+            stack.replace('/', "%2F")
+        ),
+        token,
+        b"{}",
+    );
+    let secret = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["secret"].as_str().map(str::to_owned))
+        .unwrap_or(body);
+    (code, secret)
+}
+
+/// Uploads `template`'s genuine artifacts again as a new run authored by `token`.
+fn upload_copy(t: &Team, token: &str, template: &str) -> String {
+    use base64::Engine;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let run = &run_json(t, template)["run"];
+    let body = serde_json::json!({
+        "fingerprint": run["fingerprint"],
+        "inputs": run["inputs"],
+        "planned_dir": run["planned_dir"],
+        "terraform_version": run["terraform_version"],
+        "planned_lineage": run["planned_lineage"],
+        "planned_serial": run["planned_serial"],
+        "plan_b64": b64(&artifact(t, &t.s.admin, template, "plan.tfplan")),
+        "plan_json_b64": b64(&artifact(t, &t.s.admin, template, "plan.json")),
+    });
+    let (code, out) = raw(
+        "POST",
+        &format!(
+            "{}/api/v1/stacks/{}/runs",
+            t.s.url,
+            run["stack"].as_str().unwrap().replace('/', "%2F")
+        ),
+        token,
+        body.to_string().as_bytes(),
+    );
+    assert_eq!(code, 201, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["run"]["id"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn an_approver_cannot_approve_a_run_she_uploaded_with_her_own_plan_token() {
+    let t = team("dev/app");
+    let ws = Workspace::new(&t.s, "dev/app", &data_resources(1));
+    let genuine = plan(&t, &ws, &t.agent, "dev/app");
+    // The attack: alice mints a plan-phase token, uploads a run with it (so the run's author is
+    // that new token), then approves it with her own token.
+    let (code, phase) = plan_token(&t, &t.approver, "dev/app");
+    assert_eq!(code, 201, "{phase}");
+    let run = upload_copy(&t, &phase, &genuine);
+    assert_eq!(run_json(&t, &run)["run"]["author_user"], "alice");
+    let out = t.s.cli(&t.approver, &["approve", &run]);
+    assert_eq!(out.status.code(), Some(2), "self-approval: {}", text(&out));
+    assert!(text(&out).contains("user alice planned"), "{}", text(&out));
+    assert_eq!(run_json(&t, &run)["run"]["status"], "needs_approval");
+    // Nor can the phase token mint another one to launder the authorship further.
+    let (code, msg) = plan_token(&t, &phase, "dev/app");
+    assert_eq!(code, 403, "{msg}");
+    let out = cli_in(
+        &t.s,
+        &phase,
+        &ws.dir,
+        &["plan", ".", "--stack", "dev/app"],
+        &[],
+    );
+    assert!(
+        !out.status.success() && text(&out).contains("phase token"),
+        "{}",
+        text(&out)
+    );
+    // Another person may approve it.
+    t.s.ok(&t.approver2, &["approve", &run]);
+    assert_eq!(run_json(&t, &run)["run"]["status"], "approved");
+}
+
+#[test]
+fn one_person_with_two_approver_tokens_is_one_approver() {
+    let t = team("prod/app");
+    t.s.ok(
+        &t.s.admin,
+        &["stack", "settings", "prod/app", "--required-approvals", "2"],
+    );
+    // The attack: an admin creates two approver tokens for herself and approves twice.
+    let mint = |name: &str| {
+        let out = t.s.ok(
+            &t.s.admin,
+            &[
+                "token", "create", "--name", name, "--role", "approver", "--user", "admin",
+                "--format", "json",
+            ],
+        );
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["token"]["user"], "admin");
+        v["secret"].as_str().unwrap().to_owned()
+    };
+    let (first, second) = (mint("me-1"), mint("me-2"));
+    let ws = Workspace::new(&t.s, "prod/app", &data_resources(1));
+    let run = plan(&t, &ws, &t.agent, "prod/app");
+    t.s.ok(&first, &["approve", &run]);
+    for same_person in [&second, &t.s.admin] {
+        let out = t.s.cli(same_person, &["approve", &run]);
+        assert!(!out.status.success(), "second approval: {}", text(&out));
+        assert!(
+            text(&out).contains("user admin has already approved"),
+            "{}",
+            text(&out)
+        );
+    }
+    let shown = run_json(&t, &run);
+    assert_eq!(shown["run"]["status"], "needs_approval");
+    assert_eq!(shown["run"]["approvals"][0]["by_user"], "admin");
+    let out = apply(&t, &ws, &t.ci, &run);
+    assert!(!out.status.success(), "{}", text(&out));
+    // A second person completes it.
+    t.s.ok(&t.approver, &["approve", &run]);
+    assert_eq!(run_json(&t, &run)["run"]["status"], "approved");
+    let out = apply(&t, &ws, &t.ci, &run);
+    assert!(out.status.success(), "{}", text(&out));
+}

@@ -92,13 +92,17 @@ impl TestServer {
     }
 
     /// Creates a token and returns its secret.
+    /// A token named `name`; admin and approver tokens belong to the user `name` (created
+    /// here if it does not exist yet), others are their own identity.
     pub fn token(&self, name: &str, role: &str) -> String {
-        let out = self.ok(
-            &self.admin,
-            &[
-                "token", "create", "--name", name, "--role", role, "--format", "json",
-            ],
-        );
+        let mut args = vec![
+            "token", "create", "--name", name, "--role", role, "--format", "json",
+        ];
+        if matches!(role, "admin" | "approver") {
+            let _ = self.cli(&self.admin, &["user", "create", name]);
+            args.extend(["--user", name]);
+        }
+        let out = self.ok(&self.admin, &args);
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         v["secret"].as_str().unwrap().to_owned()
     }
