@@ -536,6 +536,33 @@ fn valid_name(s: &str) -> bool {
     !s.is_empty() && s.len() <= 256 && !s.chars().any(|c| c.is_control() || c.is_whitespace())
 }
 
+/// Explains a body whose `version` or `serial` is missing or wrong (a full pass, so only called
+/// once the body is already refused).
+fn check_version_and_serial(text: &str) -> Result<(), StateError> {
+    let err = |m: String| StateError(m);
+    let sniff: Sniff = match serde_json::from_str(text) {
+        Ok(sniff) => sniff,
+        // A duplicate or mistyped key: the main reader's message says which.
+        Err(e) if e.classify() == serde_json::error::Category::Data => return Ok(()),
+        Err(e) => return Err(err(format!("not a JSON object: {e}"))),
+    };
+    match sniff.version.as_ref().and_then(serde_json::Value::as_u64) {
+        None => return Err(err("the \"version\" field is missing or not a number".into())),
+        Some(4) => {}
+        Some(v) => {
+            return Err(err(format!(
+                "state format version {v} is not supported; airlock stores format 4 (Terraform >= 0.12)"
+            )))
+        }
+    }
+    if !sniff.serial.as_ref().is_some_and(serde_json::Value::is_u64) {
+        return Err(err(
+            "the \"serial\" field must be a non-negative integer below 2^64".into(),
+        ));
+    }
+    Ok(())
+}
+
 impl StateSummary {
     /// Parses and validates a state v4 document.
     pub fn parse(body: &[u8]) -> Result<StateSummary, StateError> {
@@ -549,24 +576,16 @@ impl StateSummary {
                 "JSON nests deeper than {MAX_NESTING} levels, which Terraform cannot read back"
             )));
         }
-        let sniff: Sniff =
-            serde_json::from_str(text).map_err(|e| err(format!("not a JSON object: {e}")))?;
-        match sniff.version.as_ref().and_then(serde_json::Value::as_u64) {
-            None => return Err(err("the \"version\" field is missing or not a number".into())),
-            Some(4) => {}
-            Some(v) => {
-                return Err(err(format!(
-                    "state format version {v} is not supported; airlock stores format 4 (Terraform >= 0.12)"
-                )))
+        // One pass when the body is good; on error, the version and serial explain it first.
+        let file: FileV4<'_> = match serde_json::from_str(text) {
+            Ok(file) => file,
+            Err(e) => {
+                check_version_and_serial(text)?;
+                return Err(err(e.to_string()));
             }
-        }
-        if !sniff.serial.as_ref().is_some_and(serde_json::Value::is_u64) {
-            return Err(err(
-                "the \"serial\" field must be a non-negative integer below 2^64".into(),
-            ));
-        }
-        let file: FileV4<'_> = serde_json::from_str(text).map_err(|e| err(e.to_string()))?;
-        let (Some(version), Some(serial)) = (file.version, file.serial) else {
+        };
+        let (Some(version @ 4), Some(serial)) = (file.version, file.serial) else {
+            check_version_and_serial(text)?;
             return Err(err(
                 "the \"version\" and \"serial\" fields are required".into()
             ));
@@ -1330,6 +1349,19 @@ mod tests {
         // The limit: with neither id nor identity, a replacement looks like an update.
         let no_id = |v: &str| doc(&[db(&format!(r#"{{"attributes":{{"name":"{v}"}}}}"#))]);
         assert!(removed(&no_id("a"), &no_id("b")).is_empty());
+        // Keys and values decode as JSON: escapes change nothing, nested ids are not the id.
+        assert!(removed(&v1, &doc(&[db(r#"{"attributes":{"\u0069d":"\u0061"}}"#)])).is_empty());
+        assert_eq!(
+            removed(&v1, &doc(&[db(r#"{"attributes":{"\u0069d":"b"}}"#)])),
+            ["aws_db_instance.main"]
+        );
+        assert!(removed(
+            &v1,
+            &doc(&[db(
+                r#"{"attributes":{"x":{"id":"z"},"y":["id"],"id" : "a" ,"z":"id"}}"#
+            )])
+        )
+        .is_empty());
         // Legacy flatmap attributes carry the id too.
         let flat = |v: &str| doc(&[db(&format!(r#"{{"attributes_flat":{{"id":"{v}"}}}}"#))]);
         assert_eq!(removed(&flat("a"), &flat("b")), ["aws_db_instance.main"]);
