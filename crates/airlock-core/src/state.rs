@@ -1222,7 +1222,7 @@ mod tests {
         // count, for_each with odd keys, modules with for_each and count, data sources in
         // modules, sensitive outputs, a tainted object and a deposed one (create_before_destroy
         // whose new object's provisioner failed).
-        let s = StateSummary::parse(include_bytes!("testdata/terraform-1.11.tfstate")).unwrap();
+        let s = StateSummary::parse(include_bytes!("testdata/terraform-1.11.json")).unwrap();
         let addrs: Vec<String> = s
             .instances
             .iter()
