@@ -681,14 +681,14 @@ async fn keys_terraform_reads_differently_are_refused() {
     ];
     for (i, r) in cases.iter().enumerate() {
         let resp = s
-            .locked_write("dev/app", &s.admin, &raw_state(2 + i as u64, &[r.clone()]))
+            .locked_write(
+                "dev/app",
+                &s.admin,
+                &raw_state(2 + i as u64, std::slice::from_ref(r)),
+            )
             .await;
         resp.expect(400);
-        assert!(
-            resp.message().contains("key"),
-            "{r}: {}",
-            resp.message()
-        );
+        assert!(resp.message().contains("key"), "{r}: {}", resp.message());
     }
     // At the top level: "reſources" is `resources` to Go, and empties the state.
     let db = raw_resource("aws_db_instance", "main", "", inst);
@@ -698,12 +698,15 @@ async fn keys_terraform_reads_differently_are_refused() {
         .await
         .expect(400);
     // In an output: "Value" replaces `value`.
-    let body = String::from_utf8(raw_state(20, &[raw_resource("aws_db_instance", "main", "", inst)]))
-        .unwrap()
-        .replace(
-            r#""outputs":{}"#,
-            r#""outputs":{"o":{"value":"a","type":"string","Value":"b"}}"#,
-        );
+    let body = String::from_utf8(raw_state(
+        20,
+        &[raw_resource("aws_db_instance", "main", "", inst)],
+    ))
+    .unwrap()
+    .replace(
+        r#""outputs":{}"#,
+        r#""outputs":{"o":{"value":"a","type":"string","Value":"b"}}"#,
+    );
     s.locked_write("dev/app", &s.admin, body.as_bytes())
         .await
         .expect(400);
@@ -731,7 +734,9 @@ async fn a_resource_named_like_an_instance_key_is_refused() {
         "",
         r#"{"schema_version":0,"attributes":{"id":"db-1"}}"#,
     );
-    let r = s.locked_write("dev/app", &s.admin, &raw_state(2, &[odd])).await;
+    let r = s
+        .locked_write("dev/app", &s.admin, &raw_state(2, &[odd]))
+        .await;
     r.expect(400);
     assert!(r.message().contains("name"), "{}", r.message());
     for module in [
@@ -740,12 +745,15 @@ async fn a_resource_named_like_an_instance_key_is_refused() {
         r#""module":"module.a[01]","#,
         r#""module":"module.a.aws_db_instance","#,
     ] {
-        let body = String::from_utf8(raw_state(2, &[raw_resource(
-            "aws_db_instance",
-            "main",
-            "",
-            r#"{"index_key":"k","schema_version":0,"attributes":{"id":"db-1"}}"#,
-        )]))
+        let body = String::from_utf8(raw_state(
+            2,
+            &[raw_resource(
+                "aws_db_instance",
+                "main",
+                "",
+                r#"{"index_key":"k","schema_version":0,"attributes":{"id":"db-1"}}"#,
+            )],
+        ))
         .unwrap()
         .replacen(r#"{"mode""#, &format!(r#"{{{module}"mode""#), 1);
         let r = s.locked_write("dev/app", &s.admin, body.as_bytes()).await;
@@ -761,13 +769,25 @@ async fn providers_terraform_would_drop_or_merge_are_refused_and_a_changed_provi
     with_raw_db(&s).await;
     let inst = r#"{"schema_version":0,"attributes":{"id":"db-1"}}"#;
     // Terraform silently skips a resource whose provider address does not parse.
-    for provider in ["", "aws", "provider.aws", r#"provider[\"a b\"]"#, r#"provider[\"registry.terraform.io/hashicorp/aws\"].x.y"#] {
+    for provider in [
+        "",
+        "aws",
+        "provider.aws",
+        r#"provider[\"a b\"]"#,
+        r#"provider[\"registry.terraform.io/hashicorp/aws\"].x.y"#,
+    ] {
         let r = format!(
             r#"{{"mode":"managed","type":"aws_db_instance","name":"main","provider":"{provider}","instances":[{inst}]}}"#
         );
-        let resp = s.locked_write("dev/app", &s.admin, &raw_state(2, &[r])).await;
+        let resp = s
+            .locked_write("dev/app", &s.admin, &raw_state(2, &[r]))
+            .await;
         resp.expect(400);
-        assert!(resp.message().contains("provider"), "{provider}: {}", resp.message());
+        assert!(
+            resp.message().contains("provider"),
+            "{provider}: {}",
+            resp.message()
+        );
     }
     // Two entries for one resource: Terraform keeps the last entry's provider for both.
     let west = format!(
@@ -777,7 +797,10 @@ async fn providers_terraform_would_drop_or_merge_are_refused_and_a_changed_provi
         .locked_write(
             "dev/app",
             &s.admin,
-            &raw_state(2, &[raw_resource("aws_db_instance", "main", "", inst), west]),
+            &raw_state(
+                2,
+                &[raw_resource("aws_db_instance", "main", "", inst), west],
+            ),
         )
         .await;
     r.expect(400);
@@ -786,9 +809,15 @@ async fn providers_terraform_would_drop_or_merge_are_refused_and_a_changed_provi
     let moved = format!(
         r#"{{"mode":"managed","type":"aws_db_instance","name":"main","provider":"{AWS}.west","instances":[{inst}]}}"#
     );
-    let r = s.locked_write("dev/app", &s.admin, &raw_state(2, &[moved])).await;
+    let r = s
+        .locked_write("dev/app", &s.admin, &raw_state(2, &[moved]))
+        .await;
     r.expect(403);
-    assert!(r.message().contains("aws_db_instance.main"), "{}", r.message());
+    assert!(
+        r.message().contains("aws_db_instance.main"),
+        "{}",
+        r.message()
+    );
     assert_eq!(s.versions("dev/app"), [1]);
 }
 
@@ -801,7 +830,12 @@ async fn a_replaced_or_deposed_protected_object_is_a_removal() {
     s.locked_write(
         "dev/app",
         &s.admin,
-        &raw_state(2, &[db(r#"{"schema_version":0,"attributes":{"id":"db-1","size":2}}"#)]),
+        &raw_state(
+            2,
+            &[db(
+                r#"{"schema_version":0,"attributes":{"id":"db-1","size":2}}"#,
+            )],
+        ),
     )
     .await
     .expect(200);
@@ -810,18 +844,29 @@ async fn a_replaced_or_deposed_protected_object_is_a_removal() {
         .locked_write(
             "dev/app",
             &s.admin,
-            &raw_state(3, &[db(r#"{"schema_version":0,"attributes":{"id":"db-2"}}"#)]),
+            &raw_state(
+                3,
+                &[db(r#"{"schema_version":0,"attributes":{"id":"db-2"}}"#)],
+            ),
         )
         .await;
     r.expect(403);
-    assert!(r.message().contains("aws_db_instance.main"), "{}", r.message());
+    assert!(
+        r.message().contains("aws_db_instance.main"),
+        "{}",
+        r.message()
+    );
     // create_before_destroy: the old object is deposed, a new one is current.
     let deposed = db(
         r#"{"schema_version":0,"attributes":{"id":"db-2"}},{"deposed":"0a1b2c3d","schema_version":0,"attributes":{"id":"db-1"}}"#,
     );
-    s.locked_write("dev/app", &s.admin, &raw_state(3, &[deposed.clone()]))
-        .await
-        .expect(403);
+    s.locked_write(
+        "dev/app",
+        &s.admin,
+        &raw_state(3, std::slice::from_ref(&deposed)),
+    )
+    .await
+    .expect(403);
     // A resource identity (Terraform 1.12) that changes is a new object too.
     let with_identity = |serial, ident: &str| {
         raw_state(
@@ -853,12 +898,20 @@ async fn a_replaced_or_deposed_protected_object_is_a_removal() {
         .expect(200);
     let done = raw_state(
         5,
-        &[db(r#"{"schema_version":0,"attributes":{"id":"db-2"},"identity_schema_version":0,"identity":{"arn":"c"}}"#)],
+        &[db(
+            r#"{"schema_version":0,"attributes":{"id":"db-2"},"identity_schema_version":0,"identity":{"arn":"c"}}"#,
+        )],
     );
     let r = s.locked_write("dev/app", &s.admin, &done).await;
     r.expect(403);
-    assert!(r.message().contains("aws_db_instance.main"), "{}", r.message());
-    s.api("POST", grants_path, &s.admin, grant).await.expect(201);
+    assert!(
+        r.message().contains("aws_db_instance.main"),
+        "{}",
+        r.message()
+    );
+    s.api("POST", grants_path, &s.admin, grant)
+        .await
+        .expect(201);
     s.locked_write("dev/app", &s.admin, &done).await.expect(200);
     assert_eq!(s.versions("dev/app"), [1, 2, 3, 4, 5]);
 }
