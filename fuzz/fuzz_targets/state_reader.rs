@@ -2,6 +2,8 @@
 //! never panic, on any bytes; what it accepts must survive the firewall's own comparisons.
 #![no_main]
 
+use std::collections::HashSet;
+
 use airlock_core::state::{StateDiff, StateSummary};
 use libfuzzer_sys::fuzz_target;
 
@@ -9,7 +11,17 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(summary) = StateSummary::parse(data) {
         assert_eq!(summary.version, 4);
         let _ = summary.managed_addresses();
-        let _ = summary.removed_in(&summary);
+        // A state compared with itself loses nothing.
+        assert!(summary.removed_in(&summary).is_empty());
         let _ = StateDiff::between(&summary, &summary);
+        // Renderings are unambiguous: one (address, deposed) per structured identity.
+        let mut rendered = HashSet::new();
+        let mut structured = HashSet::new();
+        for i in &summary.instances {
+            assert_eq!(
+                rendered.insert((i.address.clone(), i.deposed.clone())),
+                structured.insert((i.addr.clone(), i.deposed.clone()))
+            );
+        }
     }
 });

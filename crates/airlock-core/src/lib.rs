@@ -18,6 +18,7 @@
     )
 )]
 
+pub mod address;
 pub mod audit;
 pub mod glob;
 pub mod inputs;

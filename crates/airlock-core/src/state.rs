@@ -2,12 +2,17 @@
 //! reader validates and extracts what the firewall and history need (serial, lineage, the set
 //! of resource instances, outputs). Attribute values are never kept, only fingerprints.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::hash::{Hash, Hasher};
 
-use serde::Deserialize;
+use serde::de::{self, IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+
+use crate::address::{self, InstanceKey, ModuleStep};
 
 /// Why a body is not an acceptable state file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,11 +26,40 @@ impl fmt::Display for StateError {
 
 impl std::error::Error for StateError {}
 
+/// The structured identity of a resource instance: what Terraform keys it by. Two instances are
+/// the same instance exactly when these are equal; `Instance::address` is only its rendering.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct InstanceAddr {
+    /// Module instance path, empty for the root module.
+    pub module: Vec<ModuleStep>,
+    /// Managed resource or data source.
+    pub mode: Mode,
+    /// Resource type, e.g. `aws_db_instance`.
+    pub resource_type: String,
+    /// Resource name (an identifier).
+    pub name: String,
+    /// Instance key, for resources with count or for_each.
+    pub key: Option<InstanceKey>,
+}
+
+/// What tells one remote object from its replacement: SHA-256 digests (never the values) of
+/// the object's `id` attribute and of its resource identity (Terraform 1.12), when it has them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ObjectIdentity {
+    /// Digest of `attributes.id` (or `attributes_flat.id` in legacy states).
+    pub id: Option<[u8; 32]>,
+    /// Digest of the `identity` object, whitespace removed.
+    pub identity: Option<[u8; 32]>,
+}
+
 /// One resource instance object in a state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Instance {
-    /// Absolute address, e.g. `module.net.aws_vpc.main["a"]`.
+    /// Absolute address as Terraform renders it, e.g. `module.net.aws_vpc.main["a"]`:
+    /// unambiguous, because names are identifiers and keys are quoted.
     pub address: String,
+    /// The structured identity `address` renders.
+    pub addr: InstanceAddr,
     /// Resource type, e.g. `aws_db_instance`.
     pub resource_type: String,
     /// `managed` or `data`.
@@ -34,12 +68,16 @@ pub struct Instance {
     pub deposed: Option<String>,
     /// Whether the object is tainted.
     pub tainted: bool,
+    /// Provider configuration address, e.g. `provider["registry.terraform.io/hashicorp/aws"]`.
+    pub provider: String,
+    /// What tells this object from a replacement at the same address.
+    pub object: ObjectIdentity,
     /// Fingerprint of the object's content (attributes, private data, status).
     pub fingerprint: u64,
 }
 
 /// Resource mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Mode {
     /// A managed resource.
     Managed,
@@ -81,57 +119,374 @@ struct Sniff {
     serial: Option<serde_json::Value>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileV4<'a> {
-    version: u64,
-    #[serde(default)]
-    terraform_version: String,
-    serial: u64,
-    lineage: String,
-    #[serde(default, borrow)]
-    outputs: BTreeMap<String, OutputV4<'a>>,
-    #[serde(default, borrow)]
-    resources: Vec<ResourceV4<'a>>,
-    #[serde(default, borrow)]
-    #[allow(dead_code)]
-    check_results: Option<&'a RawValue>,
+// Terraform reads state with Go's encoding/json, which matches object keys to struct fields
+// case-insensitively (with Unicode simple folding: "ſ" is "s", "K" (Kelvin) is "k"), lets the
+// last duplicate win and ignores unknown keys. So at every level the firewall reads, every key
+// must be exactly one of the keys below, once: then Go and airlock read the same fields.
+// The lists are Terraform 1.11/1.12's `internal/states/statefile/version4.go`, plus the keys
+// OpenTofu adds that Terraform ignores (`deprecated`, `depends_on`, `skip_destroy`).
+
+const TOP_KEYS: &[&str] = &[
+    "version",
+    "terraform_version",
+    "serial",
+    "lineage",
+    "outputs",
+    "resources",
+    "check_results",
+];
+const OUTPUT_KEYS: &[&str] = &["value", "type", "sensitive", "deprecated"];
+const RESOURCE_KEYS: &[&str] = &[
+    "module",
+    "mode",
+    "type",
+    "name",
+    "each",
+    "provider",
+    "instances",
+];
+const INSTANCE_KEYS: &[&str] = &[
+    "index_key",
+    "status",
+    "deposed",
+    "schema_version",
+    "attributes",
+    "attributes_flat",
+    "sensitive_attributes",
+    "identity_schema_version",
+    "identity",
+    "private",
+    "dependencies",
+    "create_before_destroy",
+    "depends_on",
+    "skip_destroy",
+];
+
+/// Go's simple case folding, for the characters that fold onto the ASCII letters of known keys.
+fn go_fold(c: char) -> char {
+    match c {
+        '\u{17f}' => 's',
+        '\u{212a}' => 'k',
+        c => c.to_ascii_lowercase(),
+    }
 }
 
-#[derive(Deserialize)]
+/// Which of `known` `key` is; refuses unknown keys, duplicates and variants Go would match.
+fn known_key<E: de::Error>(
+    key: &str,
+    known: &[&str],
+    seen: &mut u64,
+    what: &str,
+) -> Result<usize, E> {
+    if let Some(i) = known.iter().position(|k| *k == key) {
+        let bit = 1u64 << i;
+        if *seen & bit != 0 {
+            return Err(E::custom(format!(
+                "duplicate key {key:?} in {what}: Terraform would read only the last one"
+            )));
+        }
+        *seen |= bit;
+        return Ok(i);
+    }
+    let shown = truncate(key);
+    match known
+        .iter()
+        .find(|k| k.chars().map(go_fold).eq(key.chars().map(go_fold)))
+    {
+        Some(k) => Err(E::custom(format!(
+            "key {shown:?} in {what} is a case variant of {k:?}, which Terraform would read as {k:?}"
+        ))),
+        None => Err(E::custom(format!(
+            "unknown key {shown:?} in {what} (Terraform state v4 has: {})",
+            known.join(", ")
+        ))),
+    }
+}
+
+/// An object key, borrowed from the body when it has no escapes.
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// Implements `Deserialize` for a struct read key by key through `known_key`.
+macro_rules! strict_object {
+    ($ty:ident, $keys:expr, $what:literal, |$map:ident, $out:ident, $i:ident| $body:block) => {
+        impl<'de> Deserialize<'de> for $ty<'de> {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl<'de> Visitor<'de> for V {
+                    type Value = $ty<'de>;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str(concat!($what, " (a JSON object)"))
+                    }
+                    fn visit_map<A: MapAccess<'de>>(
+                        self,
+                        mut $map: A,
+                    ) -> Result<$ty<'de>, A::Error> {
+                        let mut $out = $ty::default();
+                        let mut seen = 0u64;
+                        while let Some(key) = $map.next_key::<Key<'de>>()? {
+                            let $i = known_key(&key.0, $keys, &mut seen, $what)?;
+                            $body
+                        }
+                        Ok($out)
+                    }
+                }
+                d.deserialize_map(V)
+            }
+        }
+    };
+}
+
+#[derive(Default)]
+struct FileV4<'a> {
+    version: Option<u64>,
+    terraform_version: Option<String>,
+    serial: Option<u64>,
+    lineage: Option<String>,
+    outputs: Vec<(String, OutputV4<'a>)>,
+    resources: Vec<ResourceV4<'a>>,
+}
+
+strict_object!(FileV4, TOP_KEYS, "the state", |map, out, i| {
+    match i {
+        0 => out.version = map.next_value()?,
+        1 => out.terraform_version = map.next_value()?,
+        2 => out.serial = map.next_value()?,
+        3 => out.lineage = map.next_value()?,
+        4 => {
+            out.outputs = map
+                .next_value::<Option<Outputs<'de>>>()?
+                .map(|o| o.0)
+                .unwrap_or_default()
+        }
+        5 => {
+            out.resources = map
+                .next_value::<Option<Vec<ResourceV4<'de>>>>()?
+                .unwrap_or_default()
+        }
+        _ => {
+            map.next_value::<Option<&'de RawValue>>()?;
+        }
+    }
+});
+
+/// Root outputs in file order; a name twice is refused (Go's map would keep the last).
+struct Outputs<'a>(Vec<(String, OutputV4<'a>)>);
+
+impl<'de> Deserialize<'de> for Outputs<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Outputs<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("outputs (a JSON object)")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Outputs<'de>, A::Error> {
+                let mut out: Vec<(String, OutputV4<'de>)> = Vec::new();
+                let mut names = HashSet::new();
+                while let Some(key) = map.next_key::<Key<'de>>()? {
+                    let name = key.0.into_owned();
+                    if !names.insert(name.clone()) {
+                        return Err(de::Error::custom(format!(
+                            "output {:?} appears twice: Terraform would read only the last one",
+                            truncate(&name)
+                        )));
+                    }
+                    out.push((name, map.next_value()?));
+                }
+                Ok(Outputs(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+#[derive(Default)]
 struct OutputV4<'a> {
-    #[serde(borrow)]
     value: Option<&'a RawValue>,
-    #[serde(default)]
     sensitive: bool,
 }
 
-#[derive(Deserialize)]
+strict_object!(OutputV4, OUTPUT_KEYS, "an output", |map, out, i| {
+    match i {
+        0 => out.value = Some(map.next_value()?),
+        2 => out.sensitive = map.next_value::<Option<bool>>()?.unwrap_or_default(),
+        3 => {
+            map.next_value::<Option<String>>()?;
+        }
+        _ => {
+            map.next_value::<&'de RawValue>()?;
+        }
+    }
+});
+
+#[derive(Default)]
 struct ResourceV4<'a> {
-    #[serde(default)]
-    module: String,
-    mode: String,
-    #[serde(rename = "type")]
-    resource_type: String,
-    name: String,
-    #[serde(default, borrow)]
+    module: Option<String>,
+    mode: Option<String>,
+    resource_type: Option<String>,
+    name: Option<String>,
+    each: Option<String>,
+    provider: Option<String>,
     instances: Vec<InstanceV4<'a>>,
 }
 
-#[derive(Deserialize)]
+strict_object!(ResourceV4, RESOURCE_KEYS, "a resource", |map, out, i| {
+    match i {
+        0 => out.module = map.next_value()?,
+        1 => out.mode = map.next_value()?,
+        2 => out.resource_type = map.next_value()?,
+        3 => out.name = map.next_value()?,
+        4 => out.each = map.next_value()?,
+        5 => out.provider = map.next_value()?,
+        _ => {
+            out.instances = map
+                .next_value::<Option<Vec<InstanceV4<'de>>>>()?
+                .unwrap_or_default()
+        }
+    }
+});
+
+#[derive(Default)]
 struct InstanceV4<'a> {
-    #[serde(default)]
     index_key: Option<serde_json::Value>,
-    #[serde(default)]
     status: Option<String>,
-    #[serde(default)]
     deposed: Option<String>,
-    #[serde(default, borrow)]
     attributes: Option<&'a RawValue>,
-    #[serde(default, borrow)]
     attributes_flat: Option<&'a RawValue>,
-    #[serde(default, borrow)]
+    identity: Option<&'a RawValue>,
     private: Option<&'a RawValue>,
+}
+
+strict_object!(
+    InstanceV4,
+    INSTANCE_KEYS,
+    "a resource instance",
+    |map, out, i| {
+        match i {
+            0 => out.index_key = map.next_value()?,
+            1 => out.status = map.next_value()?,
+            2 => out.deposed = map.next_value()?,
+            // Go keeps a JSON null here as the raw text `null`.
+            4 => out.attributes = Some(map.next_value()?),
+            5 => out.attributes_flat = map.next_value()?,
+            8 => out.identity = map.next_value()?,
+            9 => out.private = map.next_value()?,
+            3 | 7 => {
+                map.next_value::<Option<u64>>()?;
+            }
+            11 | 13 => {
+                map.next_value::<Option<bool>>()?;
+            }
+            _ => {
+                map.next_value::<&'de RawValue>()?;
+            }
+        }
+    }
+);
+
+/// The top-level `id` of an attributes object, read without keeping anything else.
+struct IdOf(Option<serde_json::Value>);
+
+impl<'de> Deserialize<'de> for IdOf {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = IdOf;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("attributes (a JSON object)")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<IdOf, A::Error> {
+                let mut id = None;
+                while let Some(key) = map.next_key::<Key<'de>>()? {
+                    if key.0 == "id" {
+                        if id.is_some() {
+                            return Err(de::Error::custom(
+                                "attribute \"id\" appears twice in one object",
+                            ));
+                        }
+                        id = Some(map.next_value::<serde_json::Value>()?);
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(IdOf(id))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+fn digest(parts: &[&[u8]]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p);
+    }
+    h.finalize().into()
+}
+
+/// The object identity of one instance object: digests of its `id` and of its `identity`.
+fn object_identity(inst: &InstanceV4<'_>) -> Result<ObjectIdentity, String> {
+    let attrs = match inst.attributes {
+        Some(a) => Some(a),
+        None => inst.attributes_flat,
+    }
+    .map(RawValue::get)
+    .filter(|a| a.trim_start().starts_with('{'));
+    let id = match attrs {
+        None => None,
+        Some(text) => serde_json::from_str::<IdOf>(text)
+            .map_err(|e| format!("attributes: {e}"))?
+            .0
+            .filter(|v| !v.is_null())
+            .map(|v| match v {
+                serde_json::Value::String(s) => digest(&[b"s", s.as_bytes()]),
+                other => digest(&[b"j", other.to_string().as_bytes()]),
+            }),
+    };
+    let identity = inst
+        .identity
+        .map(RawValue::get)
+        .filter(|t| *t != "null")
+        .map(|t| {
+            let mut h = Sha256::new();
+            let (mut in_string, mut escaped) = (false, false);
+            for &b in t.as_bytes() {
+                if in_string {
+                    match b {
+                        _ if escaped => escaped = false,
+                        b'\\' => escaped = true,
+                        b'"' => in_string = false,
+                        _ => {}
+                    }
+                } else if b.is_ascii_whitespace() {
+                    continue;
+                } else if b == b'"' {
+                    in_string = true;
+                }
+                h.update([b]);
+            }
+            h.finalize().into()
+        });
+    Ok(ObjectIdentity { id, identity })
 }
 
 /// Longest lineage accepted (Terraform's are 36-character UUIDs).
@@ -181,6 +536,33 @@ fn valid_name(s: &str) -> bool {
     !s.is_empty() && s.len() <= 256 && !s.chars().any(|c| c.is_control() || c.is_whitespace())
 }
 
+/// Explains a body whose `version` or `serial` is missing or wrong (a full pass, so only called
+/// once the body is already refused).
+fn check_version_and_serial(text: &str) -> Result<(), StateError> {
+    let err = |m: String| StateError(m);
+    let sniff: Sniff = match serde_json::from_str(text) {
+        Ok(sniff) => sniff,
+        // A duplicate or mistyped key: the main reader's message says which.
+        Err(e) if e.classify() == serde_json::error::Category::Data => return Ok(()),
+        Err(e) => return Err(err(format!("not a JSON object: {e}"))),
+    };
+    match sniff.version.as_ref().and_then(serde_json::Value::as_u64) {
+        None => return Err(err("the \"version\" field is missing or not a number".into())),
+        Some(4) => {}
+        Some(v) => {
+            return Err(err(format!(
+                "state format version {v} is not supported; airlock stores format 4 (Terraform >= 0.12)"
+            )))
+        }
+    }
+    if !sniff.serial.as_ref().is_some_and(serde_json::Value::is_u64) {
+        return Err(err(
+            "the \"serial\" field must be a non-negative integer below 2^64".into(),
+        ));
+    }
+    Ok(())
+}
+
 impl StateSummary {
     /// Parses and validates a state v4 document.
     pub fn parse(body: &[u8]) -> Result<StateSummary, StateError> {
@@ -194,48 +576,45 @@ impl StateSummary {
                 "JSON nests deeper than {MAX_NESTING} levels, which Terraform cannot read back"
             )));
         }
-        let sniff: Sniff =
-            serde_json::from_str(text).map_err(|e| err(format!("not a JSON object: {e}")))?;
-        match sniff.version.as_ref().and_then(serde_json::Value::as_u64) {
-            None => return Err(err("the \"version\" field is missing or not a number".into())),
-            Some(4) => {}
-            Some(v) => {
-                return Err(err(format!(
-                    "state format version {v} is not supported; airlock stores format 4 (Terraform >= 0.12)"
-                )))
+        // One pass when the body is good; on error, the version and serial explain it first.
+        let file: FileV4<'_> = match serde_json::from_str(text) {
+            Ok(file) => file,
+            Err(e) => {
+                check_version_and_serial(text)?;
+                return Err(err(e.to_string()));
             }
-        }
-        if !sniff.serial.as_ref().is_some_and(serde_json::Value::is_u64) {
+        };
+        let (Some(version @ 4), Some(serial)) = (file.version, file.serial) else {
+            check_version_and_serial(text)?;
             return Err(err(
-                "the \"serial\" field must be a non-negative integer below 2^64".into(),
+                "the \"version\" and \"serial\" fields are required".into()
             ));
-        }
-        let file: FileV4<'_> = serde_json::from_str(text).map_err(|e| err(e.to_string()))?;
-        if file.lineage.is_empty()
-            || file.lineage.len() > MAX_LINEAGE_LEN
-            || !valid_name(&file.lineage)
-        {
+        };
+        let lineage = file.lineage.unwrap_or_default();
+        if lineage.is_empty() || lineage.len() > MAX_LINEAGE_LEN || !valid_name(&lineage) {
             return Err(err(
                 "lineage must be a non-empty string without spaces (a UUID)".into(),
             ));
         }
-        if !file.terraform_version.is_empty()
-            && !file
-                .terraform_version
+        let terraform_version = file.terraform_version.unwrap_or_default();
+        if !terraform_version.is_empty()
+            && !terraform_version
                 .split(['.', '-', '+'])
                 .next()
                 .is_some_and(|major| !major.is_empty() && major.bytes().all(|b| b.is_ascii_digit()))
         {
             return Err(err(format!(
                 "terraform_version {:?} is not a version",
-                truncate(&file.terraform_version)
+                truncate(&terraform_version)
             )));
         }
 
         let mut instances = Vec::new();
-        let mut seen: HashSet<(String, Option<String>)> = HashSet::new();
-        for r in &file.resources {
-            let mode = match r.mode.as_str() {
+        let mut resources_seen: HashSet<(Vec<ModuleStep>, Mode, String, String)> = HashSet::new();
+        for r in file.resources {
+            let resource_type = r.resource_type.unwrap_or_default();
+            let name = r.name.unwrap_or_default();
+            let mode = match r.mode.as_deref().unwrap_or_default() {
                 "managed" => Mode::Managed,
                 "data" => Mode::Data,
                 other => {
@@ -245,82 +624,134 @@ impl StateSummary {
                     )))
                 }
             };
-            if !valid_name(&r.resource_type) || !valid_name(&r.name) {
-                return Err(err("a resource has an empty or invalid type or name".into()));
+            if !address::is_identifier(&resource_type) || !address::is_identifier(&name) {
+                return Err(err(format!(
+                    "resource type {:?} or name {:?} is not an identifier (a letter or _, then letters, digits, _ or -)",
+                    truncate(&resource_type),
+                    truncate(&name)
+                )));
             }
-            if r.module.len() > 4096 || r.module.chars().any(char::is_control) {
-                return Err(err("a resource has an invalid module address".into()));
-            }
-            let mut base = String::new();
-            if !r.module.is_empty() {
-                base.push_str(&r.module);
+            let module = match r.module.as_deref().unwrap_or_default() {
+                "" => Vec::new(),
+                m => address::parse_module_path(m).map_err(err)?,
+            };
+            let mut base = address::render_module_path(&module);
+            if !base.is_empty() {
                 base.push('.');
             }
             if mode == Mode::Data {
                 base.push_str("data.");
             }
-            base.push_str(&r.resource_type);
+            base.push_str(&resource_type);
             base.push('.');
-            base.push_str(&r.name);
+            base.push_str(&name);
+            if !matches!(r.each.as_deref(), None | Some("" | "list" | "map")) {
+                return Err(err(format!(
+                    "{}: \"each\" must be \"list\" or \"map\"",
+                    truncate(&base)
+                )));
+            }
+            let provider = r.provider.unwrap_or_default();
+            address::validate_provider(&provider)
+                .map_err(|e| err(format!("{}: {e}", truncate(&base))))?;
+            // Terraform merges two entries for one resource and keeps the last one's provider.
+            if !resources_seen.insert((module.clone(), mode, resource_type.clone(), name.clone())) {
+                return Err(err(format!(
+                    "{}: the resource appears more than once",
+                    truncate(&base)
+                )));
+            }
+            let mut seen: HashSet<(Option<InstanceKey>, Option<&str>)> = HashSet::new();
             for inst in &r.instances {
-                let address = match &inst.index_key {
-                    None | Some(serde_json::Value::Null) => base.clone(),
-                    Some(serde_json::Value::Number(n)) if n.is_u64() => format!("{base}[{n}]"),
-                    Some(k @ serde_json::Value::String(_)) => format!("{base}[{k}]"),
+                let key = match &inst.index_key {
+                    None | Some(serde_json::Value::Null) => None,
+                    Some(serde_json::Value::Number(n))
+                        if n.as_u64().is_some_and(|n| n <= address::MAX_INT_KEY) =>
+                    {
+                        n.as_u64().map(InstanceKey::Int)
+                    }
+                    Some(serde_json::Value::String(s)) => Some(InstanceKey::Str(s.clone())),
                     Some(_) => {
                         return Err(err(format!(
-                            "{}: index_key must be an integer or a string",
+                            "{}: index_key must be an integer (at most 2^53) or a string",
                             truncate(&base)
                         )))
                     }
                 };
+                let mut address = base.clone();
+                if let Some(k) = &key {
+                    k.render_into(&mut address);
+                }
                 let tainted = match inst.status.as_deref() {
                     None | Some("") => false,
                     Some("tainted") => true,
                     Some(other) => {
                         return Err(err(format!(
-                            "{address}: unknown status {:?}",
+                            "{}: unknown status {:?}",
+                            truncate(&address),
                             truncate(other)
                         )))
                     }
                 };
-                if let Some(d) = &inst.deposed {
-                    if d.len() != 8 {
-                        return Err(err(format!("{address}: deposed key must be 8 characters")));
+                let deposed = inst.deposed.clone().filter(|d| !d.is_empty());
+                if let Some(d) = &deposed {
+                    if d.len() != 8 || !d.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        return Err(err(format!(
+                            "{}: deposed key must be 8 hexadecimal digits",
+                            truncate(&address)
+                        )));
                     }
                 }
-                if !seen.insert((address.clone(), inst.deposed.clone())) {
-                    return Err(err(format!("{address}: instance appears multiple times")));
+                if !seen.insert((
+                    key.clone(),
+                    inst.deposed.as_deref().filter(|d| !d.is_empty()),
+                )) {
+                    return Err(err(format!(
+                        "{}: instance appears multiple times",
+                        truncate(&address)
+                    )));
                 }
+                let object = object_identity(inst)
+                    .map_err(|e| err(format!("{}: {e}", truncate(&address))))?;
                 let attrs = inst.attributes.or(inst.attributes_flat).map(RawValue::get);
                 instances.push(Instance {
                     fingerprint: fingerprint(&[
                         attrs,
                         inst.private.map(RawValue::get),
                         inst.status.as_deref(),
+                        inst.identity.map(RawValue::get),
                     ]),
                     address,
-                    resource_type: r.resource_type.clone(),
+                    addr: InstanceAddr {
+                        module: module.clone(),
+                        mode,
+                        resource_type: resource_type.clone(),
+                        name: name.clone(),
+                        key,
+                    },
+                    resource_type: resource_type.clone(),
                     mode,
-                    deposed: inst.deposed.clone(),
+                    deposed,
                     tainted,
+                    provider: provider.clone(),
+                    object,
                 });
             }
         }
         let outputs = file
             .outputs
-            .iter()
+            .into_iter()
             .map(|(name, o)| Output {
-                name: name.clone(),
-                sensitive: o.sensitive,
                 fingerprint: fingerprint(&[o.value.map(RawValue::get)]),
+                name,
+                sensitive: o.sensitive,
             })
             .collect();
         Ok(StateSummary {
-            version: file.version,
-            terraform_version: file.terraform_version,
-            serial: file.serial,
-            lineage: file.lineage,
+            version,
+            terraform_version,
+            serial,
+            lineage,
             instances,
             outputs,
         })
@@ -335,16 +766,49 @@ impl StateSummary {
             .collect()
     }
 
-    /// Current managed instances present in `self` but absent from `next`: what a write of
-    /// `next` would drop from the state.
+    /// Managed instance objects of `self` that a write of `next` would destroy or drop from
+    /// Terraform's view (data sources are never counted). An object of `self` is removed when
+    /// `next` has no object with the same structured identity (module path, mode, type, name,
+    /// key) and the same deposed key, which covers:
+    /// - an instance dropped from state (`destroy`, `state rm`), moved elsewhere (`state mv`,
+    ///   another module path or key), or whose type or mode changed;
+    /// - a current object that became deposed (create_before_destroy: Terraform destroys
+    ///   deposed objects), and a deposed object that then disappears;
+    ///
+    /// or when `next` has such an object but it is not the same remote object:
+    /// - its provider configuration address changed (Terraform would manage it through another
+    ///   provider configuration, e.g. another account or region);
+    /// - its `id` attribute changed or vanished (`-replace`, taint and apply), when the old
+    ///   object had one;
+    /// - its resource identity (Terraform 1.12 `identity`) changed, when both have one.
+    ///
+    /// Limit: an object with neither an `id` attribute nor an identity cannot be told from its
+    /// replacement.
     pub fn removed_in<'a>(&'a self, next: &StateSummary) -> Vec<&'a Instance> {
-        let kept = next.managed_addresses();
+        let kept: HashMap<(&InstanceAddr, Option<&str>), &Instance> = next
+            .instances
+            .iter()
+            .filter(|i| i.mode == Mode::Managed)
+            .map(|i| ((&i.addr, i.deposed.as_deref()), i))
+            .collect();
         self.instances
             .iter()
-            .filter(|i| {
-                i.mode == Mode::Managed && i.deposed.is_none() && !kept.contains(i.address.as_str())
+            .filter(|i| i.mode == Mode::Managed)
+            .filter(|i| match kept.get(&(&i.addr, i.deposed.as_deref())) {
+                None => true,
+                Some(n) => !i.same_object(n),
             })
             .collect()
+    }
+}
+
+impl Instance {
+    /// Whether `next` (at the same address) is still this remote object (see `removed_in`).
+    fn same_object(&self, next: &Instance) -> bool {
+        let (old, new) = (&self.object, &next.object);
+        self.provider == next.provider
+            && (old.id.is_none() || old.id == new.id)
+            && (old.identity.is_none() || new.identity.is_none() || old.identity == new.identity)
     }
 }
 
@@ -440,10 +904,10 @@ mod tests {
       "resources": [
         { "mode": "managed", "type": "terraform_data", "name": "a", "provider": "provider[\"terraform.io/builtin/terraform\"]",
           "instances": [ { "schema_version": 0, "attributes": { "id": "1" }, "sensitive_attributes": [] } ] },
-        { "module": "module.m[0]", "mode": "managed", "type": "aws_db_instance", "name": "db", "provider": "p",
+        { "module": "module.m[0]", "mode": "managed", "type": "aws_db_instance", "name": "db", "provider": "module.m.provider[\"registry.terraform.io/hashicorp/aws\"]",
           "instances": [ { "index_key": "k", "attributes": {"id": "2"} }, { "index_key": 1, "status": "tainted", "attributes": {} },
-                         { "index_key": 1, "deposed": "00000001", "attributes": {} } ] },
-        { "mode": "data", "type": "aws_ami", "name": "x", "provider": "p", "instances": [ { "attributes": {} } ] }
+                         { "index_key": 1, "deposed": "0000000a", "attributes": {} } ] },
+        { "mode": "data", "type": "aws_ami", "name": "x", "provider": "provider[\"registry.terraform.io/hashicorp/aws\"]", "instances": [ { "attributes": {} } ] }
       ],
       "check_results": null }"#;
 
@@ -488,26 +952,30 @@ mod tests {
             (r#"{"version":4,"serial":1}"#, "lineage"),
             (
                 r#"{"version":4,"serial":1,"lineage":"x","bogus":1}"#,
-                "unknown field",
+                "unknown key",
             ),
             (
                 r#"{"version":4,"serial":1,"lineage":"x","resources":[{"mode":"weird","type":"t","name":"n"}]}"#,
                 "mode",
             ),
             (
-                r#"{"version":4,"serial":1,"lineage":"x","resources":[{"mode":"managed","type":"t","name":"n","instances":[{"status":"bad"}]}]}"#,
+                r#"{"version":4,"serial":1,"lineage":"x","resources":[{"mode":"managed","type":"t","name":"n","provider":"provider[\"registry.terraform.io/hashicorp/aws\"]","instances":[{"status":"bad"}]}]}"#,
                 "status",
             ),
             (
-                r#"{"version":4,"serial":1,"lineage":"x","resources":[{"mode":"managed","type":"t","name":"n","instances":[{"deposed":"abc"}]}]}"#,
+                r#"{"version":4,"serial":1,"lineage":"x","resources":[{"mode":"managed","type":"t","name":"n","provider":"provider[\"registry.terraform.io/hashicorp/aws\"]","instances":[{"deposed":"abc"}]}]}"#,
                 "deposed",
             ),
             (
-                r#"{"version":4,"serial":1,"lineage":"x","resources":[{"mode":"managed","type":"t","name":"n","instances":[{},{}]}]}"#,
+                r#"{"version":4,"serial":1,"lineage":"x","resources":[{"mode":"managed","type":"t","name":"n","provider":"provider[\"registry.terraform.io/hashicorp/aws\"]","instances":[{"deposed":"0000000g"}]}]}"#,
+                "deposed",
+            ),
+            (
+                r#"{"version":4,"serial":1,"lineage":"x","resources":[{"mode":"managed","type":"t","name":"n","provider":"provider[\"registry.terraform.io/hashicorp/aws\"]","instances":[{},{}]}]}"#,
                 "multiple",
             ),
             (
-                r#"{"version":4,"serial":1,"lineage":"x","resources":[{"mode":"managed","type":"t","name":"n","instances":[{"index_key":1.5}]}]}"#,
+                r#"{"version":4,"serial":1,"lineage":"x","resources":[{"mode":"managed","type":"t","name":"n","provider":"provider[\"registry.terraform.io/hashicorp/aws\"]","instances":[{"index_key":1.5}]}]}"#,
                 "index_key",
             ),
         ];
@@ -533,7 +1001,7 @@ mod tests {
         let new_text = STATE
             .replace(
                 r#""attributes": { "id": "1" }"#,
-                r#""attributes": { "id": "9" }"#,
+                r#""attributes": { "id": "1", "input": 2 }"#,
             )
             .replace(r#"{ "index_key": "k", "attributes": {"id": "2"} }, "#, "");
         let new = StateSummary::parse(new_text.as_bytes()).unwrap();
@@ -547,5 +1015,358 @@ mod tests {
         assert_eq!(d.changed, ["terraform_data.a"]);
         assert_eq!(d.removed, ["module.m[0].aws_db_instance.db[\"k\"]"]);
         assert!(d.added.is_empty());
+    }
+
+    const AWS: &str = r#"provider[\"registry.terraform.io/hashicorp/aws\"]"#;
+
+    /// A state with the given resources (JSON text).
+    fn doc(resources: &[String]) -> String {
+        format!(
+            r#"{{"version":4,"serial":1,"lineage":"x","resources":[{}]}}"#,
+            resources.join(",")
+        )
+    }
+
+    /// A managed resource `aws_db_instance.main` with the given instances (JSON text).
+    fn db(instances: &str) -> String {
+        format!(
+            r#"{{"mode":"managed","type":"aws_db_instance","name":"main","provider":"{AWS}","instances":[{instances}]}}"#
+        )
+    }
+
+    fn removed(old: &str, new: &str) -> Vec<String> {
+        let old = StateSummary::parse(old.as_bytes()).unwrap_or_else(|e| panic!("{old}: {e}"));
+        let new = StateSummary::parse(new.as_bytes()).unwrap_or_else(|e| panic!("{new}: {e}"));
+        old.removed_in(&new)
+            .iter()
+            .map(|i| match &i.deposed {
+                Some(d) => format!("{} deposed {d}", i.address),
+                None => i.address.clone(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn refuses_keys_go_reads_differently_at_every_level() {
+        let inst = r#"{"attributes":{"id":"a"}}"#;
+        let cases = [
+            // top level
+            (
+                r#"{"version":4,"serial":1,"lineage":"x","Lineage":"y"}"#.to_owned(),
+                r#"key "Lineage" in the state is a case variant of "lineage""#,
+            ),
+            (
+                r#"{"version":4,"serial":1,"lineage":"x","resources":[],"reſources":[]}"#
+                    .to_owned(),
+                r#"key "reſources" in the state is a case variant of "resources""#,
+            ),
+            (
+                r#"{"version":4,"serial":1,"lineage":"x","lineage":"y"}"#.to_owned(),
+                r#"duplicate key "lineage" in the state"#,
+            ),
+            (
+                r#"{"version":4,"serial":1,"lineage":"x","bogus":1}"#.to_owned(),
+                r#"unknown key "bogus" in the state"#,
+            ),
+            // outputs
+            (
+                r#"{"version":4,"serial":1,"lineage":"x","outputs":{"o":{"value":1,"Value":2}}}"#
+                    .to_owned(),
+                r#"key "Value" in an output is a case variant of "value""#,
+            ),
+            (
+                r#"{"version":4,"serial":1,"lineage":"x","outputs":{"o":{"value":1,"value":2}}}"#
+                    .to_owned(),
+                r#"duplicate key "value" in an output"#,
+            ),
+            (
+                r#"{"version":4,"serial":1,"lineage":"x","outputs":{"o":{"value":1},"o":{"value":2}}}"#
+                    .to_owned(),
+                r#"output "o" appears twice"#,
+            ),
+            (
+                r#"{"version":4,"serial":1,"lineage":"x","outputs":{"o":{"valu":1}}}"#.to_owned(),
+                r#"unknown key "valu" in an output"#,
+            ),
+            // resources
+            (
+                doc(&[db(inst).replace(r#""name":"main""#, r#""name":"main","Name":"orphan""#)]),
+                r#"key "Name" in a resource is a case variant of "name""#,
+            ),
+            (
+                doc(&[db(inst).replace(r#""name":"main""#, r#""name":"main","name":"orphan""#)]),
+                r#"duplicate key "name" in a resource"#,
+            ),
+            (
+                doc(&[db(inst).replace(r#""type""#, r#""TYPE""#)]),
+                r#"key "TYPE" in a resource is a case variant of "type""#,
+            ),
+            (
+                doc(&[db(inst).replace(r#""name":"main""#, r#""name":"main","count":2"#)]),
+                r#"unknown key "count" in a resource"#,
+            ),
+            // instances
+            (
+                doc(&[db(r#"{"attributes":{"id":"a"},"index_\u212aey":1}"#)]),
+                "key \"index_\u{212a}ey\" in a resource instance is a case variant of \"index_key\"",
+            ),
+            (
+                doc(&[db(r#"{"attributes":{"id":"a"},"ſtatus":"tainted"}"#)]),
+                r#"key "ſtatus" in a resource instance is a case variant of "status""#,
+            ),
+            (
+                doc(&[db(r#"{"attributes":{"id":"a"},"attributes":{"id":"b"}}"#)]),
+                r#"duplicate key "attributes" in a resource instance"#,
+            ),
+            (
+                doc(&[db(r#"{"attributes":{"id":"a"},"provider":"x"}"#)]),
+                r#"unknown key "provider" in a resource instance"#,
+            ),
+            // the object's id, which tells an object from its replacement
+            (
+                doc(&[db(r#"{"attributes":{"id":"a","x":1,"id":"b"}}"#)]),
+                r#"attribute "id" appears twice"#,
+            ),
+        ];
+        for (body, want) in cases {
+            let e = StateSummary::parse(body.as_bytes()).expect_err(&body);
+            assert!(e.0.contains(want), "{body}:\n  {e}\n  wanted {want}");
+        }
+        // Escapes decode to the same key, as in Go.
+        let escaped = doc(&[db(r#"{"\u0061ttributes":{"id":"a"}}"#)]);
+        assert_eq!(
+            StateSummary::parse(escaped.as_bytes())
+                .unwrap()
+                .instances
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn refuses_addresses_outside_terraforms_grammar() {
+        let inst = r#"{"attributes":{"id":"a"}}"#;
+        let with = |from: &str, to: &str| doc(&[db(inst).replacen(from, to, 1)]);
+        let cases = [
+            (
+                with(r#""name":"main""#, r#""name":"main[\"k\"]""#),
+                "is not an identifier",
+            ),
+            (
+                with(r#""name":"main""#, r#""name":"a.b""#),
+                "is not an identifier",
+            ),
+            (
+                with(r#""name":"main""#, r#""name":"1a""#),
+                "is not an identifier",
+            ),
+            (
+                with(r#""name":"main""#, r#""name":"""#),
+                "is not an identifier",
+            ),
+            (
+                with(r#""type":"aws_db_instance""#, r#""type":"aws db""#),
+                "is not an identifier",
+            ),
+            (
+                with(r#""mode""#, r#""module":"module.a.b","mode""#),
+                "module address",
+            ),
+            (
+                with(r#""mode""#, r#""module":"module.a[\"k\"]x","mode""#),
+                "module address",
+            ),
+            (
+                with(r#""mode""#, r#""module":"module.a[01]","mode""#),
+                "module address",
+            ),
+            (
+                with(r#""mode""#, r#""module":"module.a[\"\\u0041\"]","mode""#),
+                "module address",
+            ),
+            (
+                with(r#""mode""#, r#""each":"set","mode""#),
+                "\"each\" must be",
+            ),
+            (with(AWS, ""), "provider address"),
+            (with(AWS, "aws"), "provider address"),
+            (with(AWS, "provider.aws"), "provider address"),
+            (
+                with(AWS, r#"provider[\"hashicorp/aws\"]"#),
+                "provider address",
+            ),
+            (
+                with(
+                    AWS,
+                    r#"module.a[0].provider[\"registry.terraform.io/hashicorp/aws\"]"#,
+                ),
+                "provider address",
+            ),
+            (doc(&[db(r#"{"index_key":9007199254740993}"#)]), "index_key"),
+            (doc(&[db(r#"{"index_key":-1}"#)]), "index_key"),
+            (doc(&[db(r#"{"index_key":true}"#)]), "index_key"),
+            (doc(&[db(inst), db(inst)]), "appears more than once"),
+            (
+                doc(&[db(inst), db("").replace(AWS, &format!("{AWS}.west"))]),
+                "appears more than once",
+            ),
+        ];
+        for (body, want) in cases {
+            let e = StateSummary::parse(body.as_bytes()).expect_err(&body);
+            assert!(e.0.contains(want), "{body}:\n  {e}\n  wanted {want}");
+        }
+    }
+
+    #[test]
+    fn reads_a_state_terraform_1_11_wrote() {
+        // count, for_each with odd keys, modules with for_each and count, data sources in
+        // modules, sensitive outputs, a tainted object and a deposed one (create_before_destroy
+        // whose new object's provisioner failed).
+        let s = StateSummary::parse(include_bytes!("testdata/terraform-1.11.json")).unwrap();
+        let addrs: Vec<String> = s
+            .instances
+            .iter()
+            .map(|i| {
+                format!(
+                    "{}{}",
+                    i.address,
+                    if i.deposed.is_some() {
+                        " (deposed)"
+                    } else {
+                        ""
+                    }
+                )
+            })
+            .collect();
+        assert_eq!(
+            addrs,
+            [
+                "terraform_data.cbd",
+                "terraform_data.cbd (deposed)",
+                "terraform_data.counted[0]",
+                "terraform_data.counted[1]",
+                "terraform_data.keyed[\"a\"]",
+                "terraform_data.keyed[\"b c\"]",
+                "terraform_data.keyed[\"x.y[\\\"z\\\"]\"]",
+                "terraform_data.single",
+                "module.m[\"one\"].data.terraform_remote_state.self",
+                "module.m[\"one\"].terraform_data.inner",
+                "module.m[\"tw\\\"o\"].data.terraform_remote_state.self",
+                "module.m[\"tw\\\"o\"].terraform_data.inner",
+                "module.n[0].data.terraform_remote_state.self",
+                "module.n[0].terraform_data.inner",
+            ]
+        );
+        assert!(s.instances.first().unwrap().tainted);
+        assert!(s
+            .instances
+            .iter()
+            .filter(|i| i.mode == Mode::Managed)
+            .all(|i| i.object.id.is_some()));
+        assert_eq!(s.outputs.iter().filter(|o| o.sensitive).count(), 1);
+        assert!(s.removed_in(&s).is_empty());
+    }
+
+    #[test]
+    fn removed_in_counts_every_way_an_object_goes() {
+        let v1 = doc(&[db(r#"{"attributes":{"id":"a","size":1}}"#)]);
+        // An in-place update keeps the object.
+        assert!(removed(&v1, &doc(&[db(r#"{"attributes":{"id":"a","size":2}}"#)])).is_empty());
+        // Dropped, replaced (id changes or vanishes), deposed.
+        assert_eq!(removed(&v1, &doc(&[])), ["aws_db_instance.main"]);
+        assert_eq!(
+            removed(&v1, &doc(&[db(r#"{"attributes":{"id":"b"}}"#)])),
+            ["aws_db_instance.main"]
+        );
+        assert_eq!(
+            removed(&v1, &doc(&[db(r#"{"attributes":{}}"#)])),
+            ["aws_db_instance.main"]
+        );
+        assert_eq!(
+            removed(&v1, &doc(&[db(r#"{"attributes":{"id":null}}"#)])),
+            ["aws_db_instance.main"]
+        );
+        assert_eq!(
+            removed(
+                &v1,
+                &doc(&[db(
+                    r#"{"attributes":{"id":"b"}},{"deposed":"0a0b0c0d","attributes":{"id":"a"}}"#
+                )])
+            ),
+            ["aws_db_instance.main"]
+        );
+        assert_eq!(
+            removed(
+                &v1,
+                &doc(&[db(r#"{"deposed":"0a0b0c0d","attributes":{"id":"a"}}"#)])
+            ),
+            ["aws_db_instance.main"]
+        );
+        // A deposed object that disappears.
+        let deposed = doc(&[db(
+            r#"{"attributes":{"id":"b"}},{"deposed":"0a0b0c0d","attributes":{"id":"a"}}"#,
+        )]);
+        assert_eq!(
+            removed(&deposed, &doc(&[db(r#"{"attributes":{"id":"b"}}"#)])),
+            ["aws_db_instance.main deposed 0a0b0c0d"]
+        );
+        // Another provider configuration, type, mode, key or module is another instance.
+        assert_eq!(
+            removed(
+                &v1,
+                &doc(&[db(r#"{"attributes":{"id":"a"}}"#).replace(AWS, &format!("{AWS}.west"))])
+            ),
+            ["aws_db_instance.main"]
+        );
+        for (from, to) in [
+            (r#""type":"aws_db_instance""#, r#""type":"aws_rds_cluster""#),
+            (r#""mode":"managed""#, r#""mode":"data""#),
+            (r#""mode""#, r#""module":"module.m","mode""#),
+        ] {
+            let moved = doc(&[db(r#"{"attributes":{"id":"a","size":1}}"#).replace(from, to)]);
+            assert_eq!(removed(&v1, &moved), ["aws_db_instance.main"], "{to}");
+        }
+        assert_eq!(
+            removed(
+                &v1,
+                &doc(&[db(r#"{"index_key":0,"attributes":{"id":"a","size":1}}"#)])
+            ),
+            ["aws_db_instance.main"]
+        );
+        // Resource identity (Terraform 1.12): compared when both sides have one.
+        let ident = |i: &str| {
+            doc(&[db(&format!(
+                r#"{{"attributes":{{"id":"a"}},"identity_schema_version":0,"identity":{i}}}"#
+            ))])
+        };
+        assert!(removed(&v1, &ident(r#"{"arn":"x"}"#)).is_empty());
+        assert!(removed(&ident(r#"{"arn":"x"}"#), &ident(r#"{ "arn" : "x" }"#)).is_empty());
+        assert!(removed(&ident(r#"{"arn":"x"}"#), &v1).is_empty());
+        assert_eq!(
+            removed(&ident(r#"{"arn":"x"}"#), &ident(r#"{"arn":"y"}"#)),
+            ["aws_db_instance.main"]
+        );
+        // The limit: with neither id nor identity, a replacement looks like an update.
+        let no_id = |v: &str| doc(&[db(&format!(r#"{{"attributes":{{"name":"{v}"}}}}"#))]);
+        assert!(removed(&no_id("a"), &no_id("b")).is_empty());
+        // Keys and values decode as JSON: escapes change nothing, nested ids are not the id.
+        assert!(removed(&v1, &doc(&[db(r#"{"attributes":{"\u0069d":"\u0061"}}"#)])).is_empty());
+        assert_eq!(
+            removed(&v1, &doc(&[db(r#"{"attributes":{"\u0069d":"b"}}"#)])),
+            ["aws_db_instance.main"]
+        );
+        assert!(removed(
+            &v1,
+            &doc(&[db(
+                r#"{"attributes":{"x":{"id":"z"},"y":["id"],"id" : "a" ,"z":"id"}}"#
+            )])
+        )
+        .is_empty());
+        // Legacy flatmap attributes carry the id too.
+        let flat = |v: &str| doc(&[db(&format!(r#"{{"attributes_flat":{{"id":"{v}"}}}}"#))]);
+        assert_eq!(removed(&flat("a"), &flat("b")), ["aws_db_instance.main"]);
+        // Data sources are never removals.
+        let data = doc(&[db(r#"{"attributes":{"id":"a"}}"#).replace("managed", "data")]);
+        assert!(removed(&data, &doc(&[])).is_empty());
     }
 }

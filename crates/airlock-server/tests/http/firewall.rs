@@ -610,3 +610,308 @@ async fn a_grant_address_is_literal_not_a_pattern() {
     .await
     .expect(200);
 }
+
+// The firewall must see the state Terraform sees (issue 8, items 3 and 4). Terraform reads state
+// with Go's encoding/json: keys match case-insensitively (with Unicode folding) and the last
+// duplicate wins; so these bodies are written by hand.
+
+const AWS: &str = r#"provider[\"registry.terraform.io/hashicorp/aws\"]"#;
+
+/// A state whose `resources` array is the given JSON text.
+fn raw_state(serial: u64, resources: &[String]) -> Vec<u8> {
+    format!(
+        r#"{{"version":4,"terraform_version":"1.11.4","serial":{serial},"lineage":"{LINEAGE}","outputs":{{}},"resources":[{}],"check_results":null}}"#,
+        resources.join(",")
+    )
+    .into_bytes()
+}
+
+/// One managed resource; `extra` is spliced into the resource object, `instances` is JSON.
+fn raw_resource(ty: &str, name: &str, extra: &str, instances: &str) -> String {
+    format!(
+        r#"{{"mode":"managed","type":"{ty}","name":"{name}"{extra},"provider":"{AWS}","instances":[{instances}]}}"#
+    )
+}
+
+/// `dev/app` at serial 1 holding the protected `aws_db_instance.main` (id `db-1`).
+async fn with_raw_db(s: &Server) {
+    s.stack("dev/app", false);
+    let db = raw_resource(
+        "aws_db_instance",
+        "main",
+        "",
+        r#"{"schema_version":0,"attributes":{"id":"db-1"}}"#,
+    );
+    s.locked_write("dev/app", &s.admin, &raw_state(1, &[db]))
+        .await
+        .expect(200);
+}
+
+#[tokio::test]
+async fn keys_terraform_reads_differently_are_refused() {
+    let s = Server::new();
+    with_raw_db(&s).await;
+    let inst = r#"{"schema_version":0,"attributes":{"id":"db-1"}}"#;
+    let cases = [
+        // Go: "Name" matches `name`, the last one wins: Terraform sees aws_db_instance.orphan.
+        raw_resource("aws_db_instance", "main", r#","Name":"orphan""#, inst),
+        raw_resource("aws_db_instance", "main", r#","NAME":"orphan""#, inst),
+        raw_resource("aws_db_instance", "main", r#","name":"orphan""#, inst),
+        // U+212A KELVIN SIGN folds to "k"; U+017F LONG S folds to "s".
+        raw_resource(
+            "aws_db_instance",
+            "main",
+            "",
+            r#"{"schema_version":0,"attributes":{"id":"db-1"},"index_\u212aey":"x"}"#,
+        ),
+        raw_resource(
+            "aws_db_instance",
+            "main",
+            "",
+            r#"{"schema_version":0,"attributes":{"id":"db-1"},"ſtatus":"tainted"}"#,
+        ),
+        raw_resource("aws_db_instance", "main", r#","Mode":"data""#, inst),
+        raw_resource("aws_db_instance", "main", r#","whatever":1"#, inst),
+        raw_resource(
+            "aws_db_instance",
+            "main",
+            "",
+            r#"{"schema_version":0,"attributes":{"id":"db-1"},"Deposed":"00000001"}"#,
+        ),
+    ];
+    for (i, r) in cases.iter().enumerate() {
+        let resp = s
+            .locked_write(
+                "dev/app",
+                &s.admin,
+                &raw_state(2 + i as u64, std::slice::from_ref(r)),
+            )
+            .await;
+        resp.expect(400);
+        assert!(resp.message().contains("key"), "{r}: {}", resp.message());
+    }
+    // At the top level: "reſources" is `resources` to Go, and empties the state.
+    let db = raw_resource("aws_db_instance", "main", "", inst);
+    let mut body = String::from_utf8(raw_state(20, &[db])).unwrap();
+    body.insert_str(body.len() - 1, r#","reſources":[]"#);
+    s.locked_write("dev/app", &s.admin, body.as_bytes())
+        .await
+        .expect(400);
+    // In an output: "Value" replaces `value`.
+    let body = String::from_utf8(raw_state(
+        20,
+        &[raw_resource("aws_db_instance", "main", "", inst)],
+    ))
+    .unwrap()
+    .replace(
+        r#""outputs":{}"#,
+        r#""outputs":{"o":{"value":"a","type":"string","Value":"b"}}"#,
+    );
+    s.locked_write("dev/app", &s.admin, body.as_bytes())
+        .await
+        .expect(400);
+    assert_eq!(s.versions("dev/app"), [1]);
+}
+
+#[tokio::test]
+async fn a_resource_named_like_an_instance_key_is_refused() {
+    let s = Server::new();
+    s.stack("dev/app", false);
+    let keyed = raw_resource(
+        "aws_db_instance",
+        "main",
+        r#","each":"map""#,
+        r#"{"index_key":"k","schema_version":0,"attributes":{"id":"db-1"}}"#,
+    );
+    s.locked_write("dev/app", &s.admin, &raw_state(1, &[keyed]))
+        .await
+        .expect(200);
+    // Rendered as a string, this is `aws_db_instance.main["k"]` too; to Terraform it is
+    // another resource, and the keyed database is gone.
+    let odd = raw_resource(
+        "aws_db_instance",
+        r#"main[\"k\"]"#,
+        "",
+        r#"{"schema_version":0,"attributes":{"id":"db-1"}}"#,
+    );
+    let r = s
+        .locked_write("dev/app", &s.admin, &raw_state(2, &[odd]))
+        .await;
+    r.expect(400);
+    assert!(r.message().contains("name"), "{}", r.message());
+    for module in [
+        r#""module":"module.a.b","#,
+        r#""module":"module.a[\"k\"]x","#,
+        r#""module":"module.a[01]","#,
+        r#""module":"module.a.aws_db_instance","#,
+    ] {
+        let body = String::from_utf8(raw_state(
+            2,
+            &[raw_resource(
+                "aws_db_instance",
+                "main",
+                "",
+                r#"{"index_key":"k","schema_version":0,"attributes":{"id":"db-1"}}"#,
+            )],
+        ))
+        .unwrap()
+        .replacen(r#"{"mode""#, &format!(r#"{{{module}"mode""#), 1);
+        let r = s.locked_write("dev/app", &s.admin, body.as_bytes()).await;
+        r.expect(400);
+        assert!(r.message().contains("module"), "{module}: {}", r.message());
+    }
+    assert_eq!(s.versions("dev/app"), [1]);
+}
+
+#[tokio::test]
+async fn providers_terraform_would_drop_or_merge_are_refused_and_a_changed_provider_is_a_removal() {
+    let s = Server::new();
+    with_raw_db(&s).await;
+    let inst = r#"{"schema_version":0,"attributes":{"id":"db-1"}}"#;
+    // Terraform silently skips a resource whose provider address does not parse.
+    for provider in [
+        "",
+        "aws",
+        "provider.aws",
+        r#"provider[\"a b\"]"#,
+        r#"provider[\"registry.terraform.io/hashicorp/aws\"].x.y"#,
+    ] {
+        let r = format!(
+            r#"{{"mode":"managed","type":"aws_db_instance","name":"main","provider":"{provider}","instances":[{inst}]}}"#
+        );
+        let resp = s
+            .locked_write("dev/app", &s.admin, &raw_state(2, &[r]))
+            .await;
+        resp.expect(400);
+        assert!(
+            resp.message().contains("provider"),
+            "{provider}: {}",
+            resp.message()
+        );
+    }
+    // Two entries for one resource: Terraform keeps the last entry's provider for both.
+    let west = format!(
+        r#"{{"mode":"managed","type":"aws_db_instance","name":"main","provider":"{AWS}.west","instances":[]}}"#
+    );
+    let r = s
+        .locked_write(
+            "dev/app",
+            &s.admin,
+            &raw_state(
+                2,
+                &[raw_resource("aws_db_instance", "main", "", inst), west],
+            ),
+        )
+        .await;
+    r.expect(400);
+    assert!(r.message().contains("more than once"), "{}", r.message());
+    // The same object under another provider configuration is a removal.
+    let moved = format!(
+        r#"{{"mode":"managed","type":"aws_db_instance","name":"main","provider":"{AWS}.west","instances":[{inst}]}}"#
+    );
+    let r = s
+        .locked_write("dev/app", &s.admin, &raw_state(2, &[moved]))
+        .await;
+    r.expect(403);
+    assert!(
+        r.message().contains("aws_db_instance.main"),
+        "{}",
+        r.message()
+    );
+    assert_eq!(s.versions("dev/app"), [1]);
+}
+
+#[tokio::test]
+async fn a_replaced_or_deposed_protected_object_is_a_removal() {
+    let s = Server::new();
+    with_raw_db(&s).await;
+    let db = |insts: &str| raw_resource("aws_db_instance", "main", "", insts);
+    // An in-place update keeps the object: no grant needed.
+    s.locked_write(
+        "dev/app",
+        &s.admin,
+        &raw_state(
+            2,
+            &[db(
+                r#"{"schema_version":0,"attributes":{"id":"db-1","size":2}}"#,
+            )],
+        ),
+    )
+    .await
+    .expect(200);
+    // `-replace`: the address stays, the object is new.
+    let r = s
+        .locked_write(
+            "dev/app",
+            &s.admin,
+            &raw_state(
+                3,
+                &[db(r#"{"schema_version":0,"attributes":{"id":"db-2"}}"#)],
+            ),
+        )
+        .await;
+    r.expect(403);
+    assert!(
+        r.message().contains("aws_db_instance.main"),
+        "{}",
+        r.message()
+    );
+    // create_before_destroy: the old object is deposed, a new one is current.
+    let deposed = db(
+        r#"{"schema_version":0,"attributes":{"id":"db-2"}},{"deposed":"0a1b2c3d","schema_version":0,"attributes":{"id":"db-1"}}"#,
+    );
+    s.locked_write(
+        "dev/app",
+        &s.admin,
+        &raw_state(3, std::slice::from_ref(&deposed)),
+    )
+    .await
+    .expect(403);
+    // A resource identity (Terraform 1.12) that changes is a new object too.
+    let with_identity = |serial, ident: &str| {
+        raw_state(
+            serial,
+            &[db(&format!(
+                r#"{{"schema_version":0,"attributes":{{"id":"db-1"}},"identity_schema_version":0,"identity":{ident}}}"#
+            ))],
+        )
+    };
+    s.locked_write("dev/app", &s.admin, &with_identity(3, r#"{"arn":"a"}"#))
+        .await
+        .expect(200);
+    s.locked_write("dev/app", &s.admin, &with_identity(4, r#"{"arn":"b"}"#))
+        .await
+        .expect(403);
+    assert_eq!(s.versions("dev/app"), [1, 2, 3]);
+
+    // With a grant the deposing write passes; the deposed object then vanishing is a removal too.
+    let grant = json!({"addresses": ["aws_db_instance.main"], "ttl": "1h", "reason": "replace"});
+    let grants_path = "/api/v1/stacks/dev%2Fapp/grants";
+    s.api("POST", grants_path, &s.admin, grant.clone())
+        .await
+        .expect(201);
+    let deposed = db(
+        r#"{"schema_version":0,"attributes":{"id":"db-2"},"identity_schema_version":0,"identity":{"arn":"c"}},{"deposed":"0a1b2c3d","schema_version":0,"attributes":{"id":"db-1"},"identity_schema_version":0,"identity":{"arn":"a"}}"#,
+    );
+    s.locked_write("dev/app", &s.admin, &raw_state(4, &[deposed]))
+        .await
+        .expect(200);
+    let done = raw_state(
+        5,
+        &[db(
+            r#"{"schema_version":0,"attributes":{"id":"db-2"},"identity_schema_version":0,"identity":{"arn":"c"}}"#,
+        )],
+    );
+    let r = s.locked_write("dev/app", &s.admin, &done).await;
+    r.expect(403);
+    assert!(
+        r.message().contains("aws_db_instance.main"),
+        "{}",
+        r.message()
+    );
+    s.api("POST", grants_path, &s.admin, grant)
+        .await
+        .expect(201);
+    s.locked_write("dev/app", &s.admin, &done).await.expect(200);
+    assert_eq!(s.versions("dev/app"), [1, 2, 3, 4, 5]);
+}

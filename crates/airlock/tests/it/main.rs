@@ -3,6 +3,7 @@
 mod attacks;
 mod check;
 mod client;
+mod firewall_identity;
 mod reliability;
 mod runs;
 mod state_server;
