@@ -65,6 +65,8 @@ pub struct PlanFile {
     pub prior_lineage: Option<String>,
     /// Serial of the prior state.
     pub prior_serial: Option<u64>,
+    /// The prior state as embedded (state v4 JSON, refreshed: what the apply starts from).
+    pub prior_state: Vec<u8>,
     /// The configuration `terraform apply PLAN` will use (it never reads the checkout's): each
     /// file of a local module with its path relative to the root module's directory, plus the
     /// embedded `.terraform.lock.hcl`. Sorted by path.
@@ -93,6 +95,7 @@ impl PlanFile {
                 .map_err(|e| PlanFileError(format!("its prior state is not readable: {e}")))?;
             plan.prior_lineage = Some(prior.lineage);
             plan.prior_serial = Some(prior.serial);
+            plan.prior_state = body;
         }
         read_config(bytes, &members, &mut plan)?;
         Ok(plan)

@@ -243,11 +243,18 @@ fn check_run_removals(
         .find(|g| g.run_id.is_some() && g.run_id.as_deref() == c.run_id);
     let mut report = Vec::new();
     let mut outside = Vec::new();
+    let kept = c.summary.managed_addresses();
     for inst in removed {
+        let protection = protection_reason(&inst.resource_type, &inst.address, &ctx.stack.settings);
+        // An unprotected instance that keeps its address was replaced or re-identified (a
+        // provider may change an id in an update): only protected objects count by identity.
+        if protection.is_none() && kept.contains(inst.address.as_str()) {
+            continue;
+        }
         match grant.filter(|g| g.addresses.contains(&inst.address)) {
             Some(g) => report.push(json!({
                 "address": inst.address,
-                "protection": protection_reason(&inst.resource_type, &inst.address, &ctx.stack.settings),
+                "protection": protection,
                 "grant": g.id,
             })),
             None => outside.push(inst.address.as_str()),

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use airlock_core::inputs::{self, InputFile};
 use airlock_core::refusal::{Refusal, RefusalKind};
+use airlock_core::state::StateSummary;
 use airlock_core::time::rfc3339;
 use airlock_core::Role;
 use airlock_policy::analysis::{Analyzer, Finding, Severity, Verdict};
@@ -144,6 +145,8 @@ struct JudgeInput {
     planned: (Option<String>, Option<u64>),
     inputs: Vec<InputFile>,
     planned_dir: String,
+    /// The stack's current state, when it has one (to see what changed outside Terraform).
+    current_state: Option<Arc<StateSummary>>,
 }
 
 /// The configuration embedded in the binary plan (what `terraform apply PLAN` runs, whatever
@@ -277,7 +280,9 @@ fn judge(input: JudgeInput) -> ApiResult<Judged> {
             {
                 server_protected.push((c.address.clone(), reason));
             }
-            if c.deposed.is_none() {
+            // A deposed object's delete destroys a real object too (left over from a failed
+            // create_before_destroy): the run's grant must cover its address.
+            if !destroys.contains(&c.address) {
                 destroys.push(c.address.clone());
             }
         }
@@ -314,6 +319,28 @@ fn judge(input: JudgeInput) -> ApiResult<Judged> {
             format!(" (remote modules, pinned by their source and version only: {})", binary.remote_modules.join(", "))
         }
     )];
+    // A protected object that the refresh found replaced or re-identified outside Terraform:
+    // the apply's state write will drop the stored object, so reviewers must know and the run's
+    // grant must cover it.
+    if let Some(stored) = &input.current_state {
+        if let Ok(prior) = StateSummary::parse(&binary.prior_state) {
+            for inst in stored.removed_in(&prior) {
+                if let Some(reason) =
+                    firewall::protection_reason(&inst.resource_type, &inst.address, &stack.settings)
+                {
+                    analyzer.add_finding(Finding {
+                        rule: "changed-outside-terraform".into(),
+                        severity: Severity::Review,
+                        address: Some(inst.address.clone()),
+                        message: format!("the stored object of this protected instance ({reason}) is gone or was replaced outside Terraform; applying records that it no longer exists"),
+                    });
+                    if !destroys.contains(&inst.address) {
+                        destroys.push(inst.address.clone());
+                    }
+                }
+            }
+        }
+    }
     for (address, reason) in server_protected {
         analyzer.add_finding(Finding {
             rule: "server-protected".into(),
@@ -489,6 +516,16 @@ pub async fn create(
     check_inputs(&req)?;
     let s = stack.to_string();
     let previous = store_call(&state, move |st| previous_policy(st, &s)).await?;
+    let s = stack.to_string();
+    let current_state = store_call(&state, move |st| {
+        Ok(match st.current_version(&s)? {
+            Some(v) => Some(st.version_bytes(&s, v.serial)?),
+            None => None,
+        })
+    })
+    .await?
+    .and_then(|b| StateSummary::parse(&b).ok())
+    .map(Arc::new);
     let judged = {
         let input = JudgeInput {
             plan_json: plan_json.clone(),
@@ -500,6 +537,7 @@ pub async fn create(
             planned: (req.planned_lineage.clone(), req.planned_serial),
             inputs: req.inputs.clone(),
             planned_dir: req.planned_dir.clone().unwrap_or_else(|| ".".into()),
+            current_state,
         };
         tokio::task::spawn_blocking(move || judge(input))
             .await

@@ -113,6 +113,24 @@ fn terraform(bin: &str, dir: &Path, args: &[String]) -> Command {
     c
 }
 
+/// `terraform show -json PLAN` in `dir` with exactly `env`, output captured.
+fn show_json(
+    bin: &str,
+    dir: &Path,
+    plan: &Path,
+    env: &[(String, String)],
+) -> anyhow::Result<std::process::Output> {
+    terraform(
+        bin,
+        dir,
+        &["show".into(), "-json".into(), plan.display().to_string()],
+    )
+    .env_clear()
+    .envs(env.iter().map(|(k, v)| (k, v)))
+    .output()
+    .with_context(|| format!("running {bin} show -json {}", plan.display()))
+}
+
 /// Whether `dir` is already initialised with the http backend at exactly `state_url` (then a
 /// second `terraform init` would change nothing; terraform itself says if providers are missing).
 fn initialized_for(dir: &Path, state_url: &str) -> bool {
@@ -350,19 +368,7 @@ pub fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
     if !done.status.success() && !plan_path.is_file() {
         bail!("terraform plan failed ({}) and wrote no plan", done.status);
     }
-    let show = terraform(
-        &args.terraform_bin,
-        &dir,
-        &[
-            "show".into(),
-            "-json".into(),
-            plan_path.display().to_string(),
-        ],
-    )
-    .env_clear()
-    .envs(env.iter().map(|(k, v)| (k, v)))
-    .output()
-    .context("running terraform show -json")?;
+    let show = show_json(&args.terraform_bin, &dir, &plan_path, &env)?;
     if !show.status.success() {
         bail!(
             "terraform show -json failed: {}",
@@ -627,19 +633,7 @@ pub fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     let outcome = (|| -> anyhow::Result<bool> {
         init(&args.terraform_bin, &dir, &state_url, &env)?;
         // Terraform itself reads the binary about to be applied; it must say what was reviewed.
-        let show = terraform(
-            &args.terraform_bin,
-            &dir,
-            &[
-                "show".into(),
-                "-json".into(),
-                plan_path.display().to_string(),
-            ],
-        )
-        .env_clear()
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .output()
-        .context("running terraform show -json on the approved plan")?;
+        let show = show_json(&args.terraform_bin, &dir, &plan_path, &env)?;
         if !show.status.success() {
             check = "terraform show -json of the approved plan failed: not applied".into();
             log = show.stderr;

@@ -328,17 +328,7 @@ fn a_direct_write_cannot_use_a_runs_grant() {
     ws.write_main("resource \"terraform_data\" \"web\" {\n  input = 1\n}\n");
     let run = plan(&t, &ws, &t.agent, "dev/steal");
     t.s.ok(&t.approver, &["approve", &run, "--confirm-destroy", "1"]);
-    let fp = run_json(&t, &run)["run"]["fingerprint"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let (code, body) = raw(
-        "POST",
-        &format!("{}/api/v1/runs/{run}/apply", t.s.url),
-        &t.ci,
-        format!(r#"{{"fingerprint":"{fp}"}}"#).as_bytes(),
-    );
-    assert_eq!(code, 200, "{body}");
+    start_apply(&t, &run);
     let err = ws.tf_err(&t.s.admin, &["state", "rm", "terraform_data.db"]);
     assert!(err.contains("403"), "{err}");
     assert_eq!(

@@ -82,6 +82,26 @@ pub(crate) fn apply(t: &Team, ws: &Workspace, token: &str, run: &str) -> Output 
     cli_in(&t.s, token, &ws.dir, &["apply", run, "--dir", "."], &[])
 }
 
+/// Starts the apply by hand, as CI would (with the checkout's fingerprint), and returns the
+/// run-bound token.
+pub(crate) fn start_apply(t: &Team, run: &str) -> String {
+    let fp = run_json(t, run)["run"]["fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (code, body) = raw(
+        "POST",
+        &format!("{}/api/v1/runs/{run}/apply", t.s.url),
+        &t.ci,
+        format!(r#"{{"fingerprint":"{fp}"}}"#).as_bytes(),
+    );
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str::<serde_json::Value>(&body).unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 pub(crate) fn run_json(t: &Team, run: &str) -> serde_json::Value {
     serde_json::from_str(&t.s.ok(&t.s.admin, &["run", "show", run, "--format", "json"])).unwrap()
 }
@@ -419,23 +439,7 @@ fn run_bound_token_cannot_remove_protected_instances_outside_the_plan() {
     ws.write_main("resource \"terraform_data\" \"db\" {\n  input = 1\n}\nresource \"terraform_data\" \"web\" {\n  input = 2\n}\n");
     let run = plan(&t, &ws, &t.agent, "dev/bound");
     t.s.ok(&t.approver, &["approve", &run]);
-    // Start the apply by hand (as CI would, with the checkout's fingerprint) to hold the
-    // run-bound token.
-    let fp = run_json(&t, &run)["run"]["fingerprint"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let (code, body) = raw(
-        "POST",
-        &format!("{}/api/v1/runs/{run}/apply", t.s.url),
-        &t.ci,
-        format!(r#"{{"fingerprint":"{fp}"}}"#).as_bytes(),
-    );
-    assert_eq!(code, 200, "{body}");
-    let token = serde_json::from_str::<serde_json::Value>(&body).unwrap()["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = start_apply(&t, &run);
     // With it, a state that drops the protected db (not in the plan) is refused.
     let err = ws.tf_err(&token, &["state", "rm", "terraform_data.db"]);
     assert!(err.contains("403"), "{err}");
