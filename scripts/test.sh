@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite, exactly as CI runs it: every crate's unit and integration tests,
+# The whole test suite, exactly as CI runs it: format and lint checks, then every crate's unit
+# and integration tests,
 # with a throwaway PostgreSQL cluster for the PostgreSQL engine (scripts/with-postgres.sh) and
 # the real terraform binary on PATH.
 set -euo pipefail
@@ -9,6 +10,10 @@ if ! command -v terraform >/dev/null 2>&1; then
     echo "test.sh: terraform (1.11.x) must be on PATH; the end-to-end tests use the real binary" >&2
     exit 1
 fi
+# The code's own claims first: formatting, and clippy with warnings as errors (it also keeps
+# `rust-version` honest through `incompatible_msrv`, and the library crates deny printing).
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
 if cargo nextest --version >/dev/null 2>&1; then
     runner=(cargo nextest run --workspace --no-fail-fast)
 else

@@ -92,3 +92,35 @@ pub fn verify_chain<'a>(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The canonical form is part of every stored chain: if this hash changes (a serde_json
+    /// feature such as `preserve_order` unified in by a dependency, a field order change), every
+    /// existing audit log stops verifying. Never update the constant; fix the cause. The values
+    /// were cross-checked outside Rust: SHA-256 of the JSON array with sorted keys, no spaces,
+    /// UTF-8 unescaped (Python: `json.dumps(v, separators=(',', ':'), sort_keys=True,
+    /// ensure_ascii=False)`).
+    #[test]
+    fn canonical_form_is_pinned() {
+        let detail = serde_json::json!({"z": 1, "a": {"y": [1, "two", null], "b": true}, "m": "é\u{1}"});
+        let h = chain_hash(
+            GENESIS,
+            7,
+            "2026-11-30T21:00:00Z",
+            "alice (tok_0123456789abcdef)",
+            "state.write",
+            Some("prod/app"),
+            "ok",
+            &detail,
+        );
+        assert_eq!(h, GOLDEN);
+        let none = chain_hash(&h, 8, "t", "system", "x", None, "denied", &serde_json::Value::Null);
+        assert_eq!(none, GOLDEN_NONE);
+    }
+
+    const GOLDEN: &str = "ca60cf9a1522f3a1daebb5543158dced27f90242554996e2e46bdd90a84e6407";
+    const GOLDEN_NONE: &str = "64cf2b21ce91526b5d933ed163a6da17e2b81c71074fd63814f6614e508c03a0";
+}

@@ -1,6 +1,7 @@
 //! airlock's domain model: stack names, the Terraform state v4 reader, roles and permissions,
 //! glob matching, lock info and the audit hash chain. Pure: no I/O, never panics on input.
 
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 #![deny(missing_docs)]
 #![deny(
     clippy::unwrap_used,

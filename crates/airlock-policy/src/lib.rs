@@ -4,6 +4,7 @@
 //!
 //! Pure: no I/O, never panics on any input (the plan reader is fuzzed).
 
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 #![deny(missing_docs)]
 #![deny(
     clippy::unwrap_used,

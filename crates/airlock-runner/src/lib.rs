@@ -8,6 +8,7 @@
 //!   never sees the plan profile's variables; neither sees the caller's own airlock token.
 //! - [`run_streaming`]: runs a command, echoing its output live and keeping a copy for the log.
 
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 #![deny(missing_docs)]
 
 use std::collections::BTreeSet;

@@ -6,6 +6,7 @@
 //! **Invariant:** no method deletes or rewrites a state version or an audit record; the SQLite
 //! schema enforces it with triggers as well.
 
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 #![deny(missing_docs)]
 
 pub mod blob;
