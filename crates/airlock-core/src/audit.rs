@@ -105,7 +105,8 @@ mod tests {
     /// ensure_ascii=False)`).
     #[test]
     fn canonical_form_is_pinned() {
-        let detail = serde_json::json!({"z": 1, "a": {"y": [1, "two", null], "b": true}, "m": "é\u{1}"});
+        let detail =
+            serde_json::json!({"z": 1, "a": {"y": [1, "two", null], "b": true}, "m": "é\u{1}"});
         let h = chain_hash(
             GENESIS,
             7,
@@ -117,7 +118,16 @@ mod tests {
             &detail,
         );
         assert_eq!(h, GOLDEN);
-        let none = chain_hash(&h, 8, "t", "system", "x", None, "denied", &serde_json::Value::Null);
+        let none = chain_hash(
+            &h,
+            8,
+            "t",
+            "system",
+            "x",
+            None,
+            "denied",
+            &serde_json::Value::Null,
+        );
         assert_eq!(none, GOLDEN_NONE);
     }
 

@@ -184,58 +184,7 @@ pub fn weakening(old: &Config, new: &Config, stack: &str) -> Vec<String> {
     out
 }
 
-/// Whether `pattern` (an address, optionally with `*` globs) covers `address`. A pattern
-/// without an index also covers every instance: `aws_s3_bucket.b` covers `aws_s3_bucket.b["x"]`,
-/// and a module address covers everything inside it.
-pub fn address_matches(pattern: &str, address: &str) -> bool {
-    if glob(pattern, address) {
-        return true;
-    }
-    // Strip a trailing instance key from the address, then try prefixes at `.` boundaries.
-    let without_key = match address.strip_suffix(']') {
-        Some(a) => a.rfind('[').and_then(|i| a.get(..i)).unwrap_or(address),
-        None => address,
-    };
-    if glob(pattern, without_key) {
-        return true;
-    }
-    // `module.x` covers `module.x.aws_y.z` and `module.x.module.w...`.
-    pattern.starts_with("module.")
-        && address
-            .char_indices()
-            .filter(|&(_, c)| c == '.')
-            .filter_map(|(i, _)| address.get(..i))
-            .any(|prefix| glob(pattern, prefix))
-}
-
-/// `*` matches any run of characters (including none); everything else literally.
-fn glob(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
-    let (mut pi, mut ti) = (0usize, 0usize);
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        match p.get(pi) {
-            Some('*') => {
-                star = Some((pi, ti));
-                pi += 1;
-            }
-            Some(c) if Some(c) == t.get(ti) => {
-                pi += 1;
-                ti += 1;
-            }
-            _ => match star {
-                Some((sp, st)) => {
-                    pi = sp + 1;
-                    ti = st + 1;
-                    star = Some((sp, st + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    p.get(pi..).unwrap_or(&[]).iter().all(|&c| c == '*')
-}
+pub use airlock_core::glob::address_matches;
 
 /// Why `airlock.hcl` could not be read.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use airlock_core::glob::glob_match;
+use airlock_core::glob::address_matches;
 use airlock_core::refusal::{Refusal, RefusalKind};
 use airlock_core::state::{Instance, StateSummary};
 use airlock_store::{NewAudit, StackSettings, WriteContext, WriteDecision};
@@ -64,7 +64,7 @@ pub fn protection_reason(
     settings
         .protect_addresses
         .iter()
-        .find(|g| glob_match(g, address) || airlock_policy::config::address_matches(g, address))
+        .find(|g| address_matches(g, address))
         .map(|g| format!("address matches protected pattern {g}"))
 }
 
