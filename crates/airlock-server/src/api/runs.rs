@@ -41,6 +41,9 @@ use crate::{firewall, tokens, AppState};
 const RUN_TTL_MS: i64 = 7 * 86_400_000;
 /// Lifetime of plan-phase and run-bound apply tokens.
 const PHASE_TOKEN_TTL_MS: i64 = 3_600_000;
+/// Bounds on the repository policies one run makes the server evaluate.
+const MAX_POLICY_FILES: usize = 200;
+const MAX_POLICY_BYTES: usize = 1024 * 1024;
 /// Artifact names.
 pub const PLAN_ARTIFACT: &str = "plan.tfplan";
 pub const PLAN_JSON_ARTIFACT: &str = "plan.json";
@@ -445,6 +448,14 @@ fn check_inputs(req: &CreateRun) -> ApiResult<()> {
         .map(|c| InputFile::of(inputs::CONFIG_PATH, c.as_bytes()));
     if listed_config != sent_config.as_ref() {
         return Err(bad("the airlock.hcl sent is not the airlock.hcl listed in the inputs: the run must be judged by the repository's own configuration"));
+    }
+    // Policies run on the server: bound what an uploader can make it evaluate.
+    let policy_bytes: usize = req.policies.iter().map(|p| p.text.len()).sum();
+    if req.policies.len() > MAX_POLICY_FILES || policy_bytes > MAX_POLICY_BYTES {
+        return Err(bad(format!(
+            "at most {MAX_POLICY_FILES} policy files of {} KiB in all are evaluated by the server",
+            MAX_POLICY_BYTES / 1024
+        )));
     }
     let listed: Vec<&InputFile> = req
         .inputs

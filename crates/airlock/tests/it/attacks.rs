@@ -423,3 +423,77 @@ fn apply_defaults_to_the_planned_directory() {
         .to_string()
         .contains("terraform show -json of the approved plan equals"));
 }
+
+/// Malformed and hostile run uploads: each gets a 400 that says what is wrong, and no run is
+/// stored.
+#[test]
+fn hostile_run_uploads_get_a_clear_400() {
+    let (t, ws) = applied_stack("dev/hostile");
+    ws.write_main(WEB_CHANGED);
+    ws.tf_ok(&t.s.admin, &["plan", "-out=p.tfplan"]);
+    let good = forged_upload(&t, &ws, "dev/hostile", "p.tfplan", "p.tfplan");
+    let mutate = |f: &dyn Fn(&mut Value)| {
+        let mut b = good.clone();
+        f(&mut b);
+        b
+    };
+    let cases: Vec<(Value, &str)> = vec![
+        (
+            mutate(&|b| b["plan_b64"] = json!(B64.encode(b"not a zip"))),
+            "not a zip archive",
+        ),
+        (
+            mutate(&|b| b["plan_b64"] = json!(B64.encode(b"PK\x03\x04\x00\x00"))),
+            "binary plan",
+        ),
+        (mutate(&|b| b["plan_b64"] = json!("%%%")), "base64"),
+        (
+            mutate(&|b| b["plan_json_b64"] = json!(B64.encode(b"{\"resource_changes\": 5}"))),
+            "plan JSON",
+        ),
+        (
+            mutate(&|b| b["fingerprint"] = json!("0".repeat(64))),
+            "digest of the listed inputs",
+        ),
+        (
+            mutate(&|b| {
+                let mut files = b["inputs"].as_array().unwrap().clone();
+                files.reverse();
+                b["inputs"] = json!(files);
+            }),
+            "sorted",
+        ),
+        (
+            mutate(&|b| b["inputs"][0]["path"] = json!("/etc/passwd")),
+            "relative path",
+        ),
+        (
+            mutate(&|b| {
+                b["policies"] = json!((0..201)
+                    .map(|i| json!({"path": format!("policy/p{i}.rego"), "text": "package main"}))
+                    .collect::<Vec<_>>());
+            }),
+            "policy files",
+        ),
+        (
+            mutate(&|b| b["policies"] = json!([{"path": "policy/x.rego", "text": "package main"}])),
+            "policy files sent are not",
+        ),
+        (
+            mutate(&|b| b["planned_dir"] = json!("/abs")),
+            "relative path",
+        ),
+        (mutate(&|b| b["surprise"] = json!(1)), "unknown field"),
+    ];
+    for (body, want) in cases {
+        let (code, msg) = upload(&t, &t.agent, "dev/hostile", &body);
+        assert_eq!(code, 400, "{want}: {msg}");
+        assert!(msg.contains(want), "{want}: {msg}");
+    }
+    let runs = t.s.ok(
+        &t.s.admin,
+        &["runs", "--stack", "dev/hostile", "--format", "json"],
+    );
+    let runs: Value = serde_json::from_str(&runs).unwrap();
+    assert_eq!(runs["runs"].as_array().unwrap().len(), 0, "nothing stored");
+}
