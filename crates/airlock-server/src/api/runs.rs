@@ -472,8 +472,14 @@ fn check_inputs(req: &CreateRun) -> ApiResult<()> {
         return Err(bad("the policy files sent are not the policy/**.rego files listed in the inputs: the run must be judged by all of the repository's policies"));
     }
     if let Some(d) = &req.planned_dir {
-        if d.len() > 1024 || d.starts_with('/') || d.chars().any(char::is_control) {
-            return Err(bad("planned_dir must be a relative path"));
+        if d.len() > 1024
+            || d.starts_with('/')
+            || d.chars().any(char::is_control)
+            || d.split('/').any(|seg| seg == "..")
+        {
+            return Err(bad(
+                "planned_dir must be a relative path inside the repository",
+            ));
         }
     }
     Ok(())
