@@ -4,6 +4,7 @@ mod attacks;
 mod check;
 mod client;
 mod firewall_identity;
+mod readme;
 mod reliability;
 mod runs;
 mod state_server;
