@@ -25,8 +25,9 @@ server_pid=$!
 for _ in $(seq 100); do grep -q '^listening on' "$work/server.out" 2>/dev/null && break; sleep 0.1; done
 export AIRLOCK_URL="$(sed -n 's/^listening on //p' "$work/server.out")"
 admin="$(sed -n 's/^admin token: //p' "$work/server.out")"
-token() { AIRLOCK_TOKEN="$admin" "$bin" token create --name "$1" --role "$2" --format json | python3 -c 'import json,sys; print(json.load(sys.stdin)["secret"])'; }
-agent="$(token bench-agent agent)"; approver="$(token bench-approver approver)"; ci="$(token bench-ci ci)"
+token() { AIRLOCK_TOKEN="$admin" "$bin" token create --name "$1" --role "$2" "${@:3}" --format json | python3 -c 'import json,sys; print(json.load(sys.stdin)["secret"])'; }
+AIRLOCK_TOKEN="$admin" "$bin" user create bench-approver >/dev/null
+agent="$(token bench-agent agent)"; approver="$(token bench-approver approver --user bench-approver)"; ci="$(token bench-ci ci)"
 
 setup() { # stack dir
     AIRLOCK_TOKEN="$admin" "$bin" stack create "$1" >/dev/null

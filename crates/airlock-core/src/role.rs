@@ -1,4 +1,4 @@
-//! Roles and the fixed permission matrix of DESIGN.md. Authorization decisions are made from
+//! Roles and the fixed permission matrix of docs/design.md. Authorization decisions are made from
 //! this table only; per-stack settings may narrow or widen direct writes, but never for agents
 //! or readers.
 
@@ -86,7 +86,7 @@ impl Role {
         Role::Reader,
     ];
 
-    /// Does this role carry `permission`? This is the DESIGN.md matrix, verbatim.
+    /// Does this role carry `permission`? This is the docs/design.md matrix, verbatim.
     pub fn has(self, permission: Permission) -> bool {
         use Permission as P;
         use Role as R;

@@ -3,7 +3,7 @@
 //! - [`input_files`]: a stack's input files with their SHA-256s (the fingerprint's material,
 //!   `airlock_core::inputs`), independent of git, so a plan reviewed on a pull request can be
 //!   applied after merge only if the merged content, `airlock.hcl` and policies included, is the same.
-//! - [`phase_env`]: the child environment of one phase. **Invariant (DESIGN.md 4):** the plan
+//! - [`phase_env`]: the child environment of one phase. **Invariant (docs/design.md 4):** the plan
 //!   process never sees the apply profile's variables nor an apply token, and the apply process
 //!   never sees the plan profile's variables; neither sees the caller's own airlock token.
 //! - [`run_streaming`]: runs a command, echoing its output live and keeping a copy for the log.

@@ -1,4 +1,4 @@
-//! The state firewall (DESIGN.md invariant 2): the checks every state write passes, run inside
+//! The state firewall (docs/design.md invariant 2): the checks every state write passes, run inside
 //! the store's write transaction so that what is checked is what is written.
 //!
 //! Order matters for the messages users see: who may write, then the lock, then the content

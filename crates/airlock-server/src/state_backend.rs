@@ -1,5 +1,5 @@
 //! `/state/{stack}`: Terraform's `http` backend (GET, POST/PUT, LOCK, UNLOCK), exactly as
-//! `shared/reference/terraform-protocols.md` describes. Every write goes through
+//! Terraform's http backend protocol describes (see docs/design.md). Every write goes through
 //! [`crate::firewall::check_write`] inside the store's write transaction.
 
 use std::collections::HashMap;

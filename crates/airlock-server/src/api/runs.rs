@@ -2,7 +2,7 @@
 //! and the apply handshake that issues a run-bound token. Every transition is decided inside
 //! `Store::update_run`, so two approvers or two appliers racing see one consistent run.
 //!
-//! **Invariant (DESIGN.md 3):** a run is applied only if approved by enough approvers, none of
+//! **Invariant (docs/design.md 3):** a run is applied only if approved by enough approvers, none of
 //! them its author; not expired; the stack's (lineage, serial) equals the planned one; the plan
 //! artifact's hash equals the approved one; the caller may apply; and, when the caller sends its
 //! checkout's fingerprint, it equals the run's.

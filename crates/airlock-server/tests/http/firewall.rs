@@ -1,4 +1,4 @@
-//! The state firewall (DESIGN.md invariant 2) and the lock rules by operation.
+//! The state firewall (docs/design.md invariant 2) and the lock rules by operation.
 
 use airlock_core::Role;
 use airlock_store::{now_ms, NewAudit, NewGrant};

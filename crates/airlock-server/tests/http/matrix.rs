@@ -1,4 +1,4 @@
-//! Every route × every role against DESIGN.md's matrix, the table itself, default deny, and
+//! Every route × every role against docs/design.md's matrix, the table itself, default deny, and
 //! token scope.
 
 use std::collections::BTreeSet;
@@ -13,7 +13,7 @@ use crate::support::*;
 
 const STATE: &str = "/state/{*stack}";
 
-/// DESIGN.md's roles matrix, verbatim: (permission, [admin, approver, ci, agent, reader]).
+/// docs/design.md's roles matrix, verbatim: (permission, [admin, approver, ci, agent, reader]).
 /// "apply approved run" and "write state outside a run" carry footnote 1 (per-stack settings
 /// may switch them off); the lock row carries footnote 2 (agents: planning only).
 const DESIGN_MATRIX: [(Permission, [bool; 5]); 9] = [
@@ -50,7 +50,7 @@ fn roles_carry_exactly_the_design_matrix() {
     assert!(!Role::Reader.may_be_granted_direct_writes());
 }
 
-/// Who may call each route of the state backend and the admin/API surface, per DESIGN.md.
+/// Who may call each route of the state backend and the admin/API surface, per docs/design.md.
 fn design_allows(method: &str, route: &str) -> Option<[bool; 5]> {
     const ALL: [bool; 5] = [true; 5];
     const LOCKERS: [bool; 5] = [true, true, true, true, false];
@@ -117,7 +117,7 @@ fn the_route_table_matches_the_design_matrix() {
             assert!(!Role::Agent.has(perm), "{method} {route}");
         }
     }
-    // Every route DESIGN.md's state backend and admin surface needs is in the table.
+    // Every route docs/design.md's state backend and admin surface needs is in the table.
     for (method, route) in [
         ("GET", STATE),
         ("POST", STATE),
