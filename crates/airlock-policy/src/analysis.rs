@@ -8,7 +8,7 @@ use std::fmt;
 use serde_json::Value;
 
 use crate::catalogue::{self, Class, ProtectRule, Protection};
-use crate::config::{Config, StackConfig};
+use crate::config::{self, Config, StackConfig};
 use crate::plan::{ChangeKind, PlanInfo, ResourceChange};
 
 /// At most this many findings are kept in detail; the rest are counted per rule.
@@ -78,6 +78,8 @@ pub mod rules {
     pub const CRITICAL_DESTROY: &str = "critical-destroy";
     /// A critical resource is destroyed, as declared by `allow_destroy`.
     pub const DECLARED_DESTROY: &str = "declared-destroy";
+    /// An `allow_destroy` declaration matches nothing the plan destroys.
+    pub const UNUSED_DECLARATION: &str = "unused-allow-destroy";
     /// A protection attribute is turned off or weakened.
     pub const PROTECTION_WEAKENED: &str = "protection-weakened";
     /// A resource is deleted while its protection is on: the apply will fail.
@@ -204,6 +206,8 @@ pub struct Analyzer<'c> {
     verdict: Verdict,
     /// Per module address (and each ancestor): (instances removed from config, other changes).
     modules: BTreeMap<String, (u64, u64)>,
+    /// Which `allow_destroy` declarations matched something the plan destroys (by index).
+    declared_used: Vec<bool>,
 }
 
 /// Module paths tracked for the module-removed rule; beyond this the rule stays silent.
@@ -240,6 +244,7 @@ impl<'c> Analyzer<'c> {
             omitted: 0,
             verdict: Verdict::Allow,
             modules: BTreeMap::new(),
+            declared_used: vec![false; config.allow_destroy.len()],
         }
     }
 
@@ -306,6 +311,15 @@ impl<'c> Analyzer<'c> {
 
         // Destruction of a critical resource.
         let destroys = kind.destroys() || kind == ChangeKind::ForgetReplace;
+        if destroys {
+            for (used, a) in self
+                .declared_used
+                .iter_mut()
+                .zip(&self.config.allow_destroy)
+            {
+                *used = *used || config::address_matches(&a.address, &rc.address);
+            }
+        }
         if critical && destroys {
             let what = match entry {
                 Some(e) => format!("critical {} ({})", rc.resource_type, e.category),
@@ -487,6 +501,25 @@ impl<'c> Analyzer<'c> {
 
     /// Plan-level rules, then the verdict.
     pub fn finish(mut self, plan: PlanInfo) -> Decision {
+        // A declaration that matches nothing is a typo or a leftover: say so (it changes nothing).
+        let unused: Vec<(String, usize)> = self
+            .config
+            .allow_destroy
+            .iter()
+            .zip(&self.declared_used)
+            .filter(|(_, used)| !**used)
+            .map(|(a, _)| (a.address.clone(), a.line))
+            .collect();
+        for (address, line) in unused {
+            self.add_finding(Finding {
+                rule: rules::UNUSED_DECLARATION.into(),
+                severity: Severity::Info,
+                address: Some(address.clone()),
+                message: format!(
+                    "allow_destroy \"{address}\" (airlock.hcl line {line}) matches nothing this plan destroys: a typo, or a declaration left over from an earlier change"
+                ),
+            });
+        }
         let modules = std::mem::take(&mut self.modules);
         let removed = |m: &str| {
             modules
@@ -922,6 +955,33 @@ mod tests {
         );
         assert_eq!(d.verdict, Verdict::Allow);
         assert_eq!(rules_of(&d), vec![rules::FORGET]);
+    }
+
+    #[test]
+    fn an_allow_destroy_that_matches_nothing_is_reported() {
+        let c = config::parse(
+            "allow_destroy \"aws_db_instance.typo\" {\n  reason = \"r\"\n}\nallow_destroy \"aws_db_instance.old\" {\n  reason = \"r\"\n}\n",
+            "airlock.hcl",
+        )
+        .unwrap();
+        let d = run(
+            &c,
+            &[rc(
+                "aws_db_instance.old",
+                "aws_db_instance",
+                &["delete"],
+                json!({}),
+                Value::Null,
+            )],
+        );
+        assert_eq!(d.verdict, Verdict::Review);
+        let unused: Vec<_> = d
+            .findings
+            .iter()
+            .filter(|f| f.rule == rules::UNUSED_DECLARATION)
+            .map(|f| f.address.clone().unwrap_or_default())
+            .collect();
+        assert_eq!(unused, ["aws_db_instance.typo"]);
     }
 
     #[test]
