@@ -370,6 +370,13 @@ fn phase_credentials_never_cross() {
         .as_str()
         .unwrap()
         .to_owned();
+    // The planning environment holds the apply profile: airlock plan says so.
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("holds the apply profile's credentials (APPLY_ROLE)"),
+        "{}",
+        text(&out)
+    );
     let planned = std::fs::read_to_string(&rec).unwrap();
     assert!(planned.contains("=== plan"), "{planned}");
     assert!(planned.contains("PLAN_ROLE=arn:plan"));
