@@ -29,6 +29,54 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
+/// Parses an RFC 3339 time (`2026-11-30T12:00:00Z`, `2026-11-30T14:00:00.5+02:00`) or a date
+/// (`2026-11-30`, midnight UTC) into milliseconds since the epoch.
+pub fn parse_rfc3339_ms(s: &str) -> Result<i64, String> {
+    let bad = || format!("invalid time {s:?}: expected RFC 3339, e.g. 2026-11-30T12:00:00Z or 2026-11-30");
+    let s = s.trim();
+    let (date, rest) = s.split_at(s.len().min(10));
+    let num = |x: Option<&str>| x.and_then(|x| x.parse::<i64>().ok()).ok_or_else(bad);
+    let mut d = date.split('-');
+    let (y, m, day) = (num(d.next())?, num(d.next())?, num(d.next())?);
+    if date.len() != 10 || !(1..=12).contains(&m) || !(1..=31).contains(&day) {
+        return Err(bad());
+    }
+    let days = days_from_civil(y, m, day);
+    if rest.is_empty() {
+        return Ok(days * 86_400_000);
+    }
+    let rest = rest.strip_prefix(['T', 't', ' ']).ok_or_else(bad)?;
+    let (clock, offset_ms) = if let Some(c) = rest.strip_suffix(['Z', 'z']) {
+        (c, 0)
+    } else {
+        let at = rest.rfind(['+', '-']).ok_or_else(bad)?;
+        let (c, off) = rest.split_at(at);
+        let sign = if off.starts_with('-') { -1 } else { 1 };
+        let mut hm = off.get(1..).ok_or_else(bad)?.split(':');
+        let (oh, om) = (num(hm.next())?, num(hm.next())?);
+        (c, sign * (oh * 3_600_000 + om * 60_000))
+    };
+    let (hms, frac) = clock.split_once('.').unwrap_or((clock, ""));
+    let mut t = hms.split(':');
+    let (h, mi, sec) = (num(t.next())?, num(t.next())?, num(t.next())?);
+    if hms.len() != 8 || h > 23 || mi > 59 || sec > 60 || !frac.chars().all(|c| c.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let ms: i64 = format!("{:0<3}", frac).get(..3).and_then(|x| x.parse().ok()).unwrap_or(0);
+    Ok(days * 86_400_000 + ((h * 60 + mi) * 60 + sec) * 1000 + ms - offset_ms)
+}
+
+// Howard Hinnant's days-from-civil algorithm, the inverse of `civil_from_days`.
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// Parses a duration such as `30m`, `12h`, `7d`, `90s` into milliseconds.
 pub fn parse_duration_ms(s: &str) -> Result<i64, String> {
     let s = s.trim();
@@ -56,6 +104,18 @@ mod tests {
     fn formats() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339(1_795_000_000_123), "2026-11-18T11:06:40.123Z");
+    }
+
+    #[test]
+    fn parses_rfc3339() {
+        for ms in [0, 1_795_000_000_123, 951_782_400_000, -86_400_000] {
+            assert_eq!(parse_rfc3339_ms(&rfc3339(ms)), Ok(ms));
+        }
+        assert_eq!(parse_rfc3339_ms("2026-11-18T13:06:40.123+02:00"), Ok(1_795_000_000_123));
+        assert_eq!(parse_rfc3339_ms("2026-11-18"), Ok(1_795_000_000_123 - 11 * 3_600_000 - 6 * 60_000 - 40_123));
+        for bad in ["", "yesterday", "2026-13-01", "2026-11-18T25:00:00Z", "2026-11-18T10:00Z", "2026-11-18T10:00:00"] {
+            assert!(parse_rfc3339_ms(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

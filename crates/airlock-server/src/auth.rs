@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 
 use crate::error::ApiError;
+use crate::log::Caller;
 use crate::{tokens, AppState};
 
 /// The authenticated caller.
@@ -212,44 +213,63 @@ pub async fn authenticate(state: &Arc<AppState>, secret: String) -> Result<Princ
 }
 
 /// Middleware: authenticate, find the route's permission, check role and stack scope.
+///
+/// Unknown, expired and revoked tokens (and requests without one) get 401; a valid token that
+/// lacks the permission or the stack gets 403. Every refusal is audited with its reason.
 pub async fn authorize(
     State(state): State<Arc<AppState>>,
     mut req: Request,
     next: Next,
 ) -> Response {
-    match check(&state, &mut req).await {
+    let mut caller = Caller::default();
+    let mut resp = match check(&state, &mut req, &mut caller).await {
         Ok(()) => next.run(req).await,
         Err(e) => {
             state.metrics.denied();
             e.into_response()
         }
-    }
+    };
+    resp.extensions_mut().insert(caller);
+    resp
 }
 
-async fn check(state: &Arc<AppState>, req: &mut Request) -> Result<(), ApiError> {
+async fn check(
+    state: &Arc<AppState>,
+    req: &mut Request,
+    caller: &mut Caller,
+) -> Result<(), ApiError> {
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_owned())
         .unwrap_or_default();
     let method = req.method().as_str().to_owned();
-    let secret = credential(req)?.ok_or_else(|| {
-        ApiError::new(RefusalKind::Unauthenticated, "authentication required: send the token as Bearer, or as the Basic-auth password (TF_HTTP_PASSWORD)")
-    })?;
-    let principal = match authenticate(state, secret).await {
+    let stack = stack_of(req, &route);
+    caller.stack = stack.as_ref().ok().and_then(|s| s.as_ref()).map(|s| s.to_string());
+    let principal = match credential(req) {
+        Ok(Some(secret)) => authenticate(state, secret).await,
+        Ok(None) => Err(ApiError::new(RefusalKind::Unauthenticated, "authentication required: send the token as Bearer, or as the Basic-auth password (TF_HTTP_PASSWORD)")),
+        Err(e) => Err(e),
+    };
+    let principal = match principal {
         Ok(p) => p,
         Err(e) => {
+            let reason = match &e {
+                ApiError::Refused(r) => r.message.clone(),
+                ApiError::Internal(_) => "the token could not be checked".into(),
+            };
             audit_denial(
                 state,
                 "unauthenticated".into(),
-                None,
-                serde_json::json!({"method": method, "route": route, "reason": "invalid token"}),
+                caller.stack.clone(),
+                serde_json::json!({"method": method, "route": route, "status": 401, "reason": reason}),
             )
             .await;
             return Err(e);
         }
     };
-    let stack = stack_of(req, &route)?;
+    caller.actor = Some(principal.display());
+    let stack = stack?;
     let Some(needed) = crate::router::permission_for(&method, &route) else {
         return Err(ApiError::new(
             RefusalKind::MethodNotAllowed,
@@ -275,7 +295,7 @@ async fn check(state: &Arc<AppState>, req: &mut Request) -> Result<(), ApiError>
             state,
             principal.display(),
             stack.as_ref().map(|s| s.to_string()),
-            serde_json::json!({"method": method, "route": route, "reason": message}),
+            serde_json::json!({"method": method, "route": route, "status": 403, "reason": message}),
         )
         .await;
         return Err(ApiError::new(RefusalKind::Forbidden, message));

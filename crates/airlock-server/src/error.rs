@@ -6,6 +6,8 @@ use airlock_store::StoreError;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
+use crate::log::RefusalNote;
+
 /// A handler error.
 #[derive(Debug)]
 pub enum ApiError {
@@ -58,7 +60,7 @@ pub fn status_of(kind: RefusalKind) -> StatusCode {
     }
 }
 
-fn code_of(kind: RefusalKind) -> &'static str {
+pub(crate) fn code_of(kind: RefusalKind) -> &'static str {
     match kind {
         RefusalKind::Unauthenticated => "unauthenticated",
         RefusalKind::Forbidden => "forbidden",
@@ -88,9 +90,21 @@ pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match self {
-            ApiError::Refused(r) => error_response(status_of(r.kind), code_of(r.kind), &r.message),
+            ApiError::Refused(r) => {
+                let code = code_of(r.kind);
+                let mut resp = error_response(status_of(r.kind), code, &r.message);
+                resp.extensions_mut().insert(RefusalNote {
+                    code,
+                    reason: r.message,
+                });
+                resp
+            }
             ApiError::Internal(detail) => {
-                eprintln!("airlock: internal error: {detail}");
+                eprintln!(
+                    "{} level=error event=internal detail={}",
+                    airlock_core::time::rfc3339(airlock_store::now_ms()),
+                    crate::log::quote(&detail)
+                );
                 error_response(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "internal",

@@ -10,6 +10,7 @@ mod auth;
 mod cache;
 mod error;
 pub mod firewall;
+mod log;
 mod metrics;
 pub mod router;
 mod serve;
@@ -24,6 +25,7 @@ use airlock_core::Role;
 use airlock_store::Store;
 
 pub use auth::Principal;
+pub use log::LogLevel;
 
 /// Server settings, already merged from defaults, environment and flags by the binary.
 #[derive(Debug, Clone)]
@@ -49,6 +51,8 @@ pub struct ServerConfig {
     pub auto_create_stacks: bool,
     /// The externally visible base URL, used in `backend-config` output.
     pub public_url: Option<String>,
+    /// What the server logs on stderr (refusals by default).
+    pub log_level: LogLevel,
 }
 
 impl Default for ServerConfig {
@@ -63,6 +67,7 @@ impl Default for ServerConfig {
             max_connections: 1024,
             auto_create_stacks: false,
             public_url: None,
+            log_level: LogLevel::Warn,
         }
     }
 }
@@ -108,12 +113,24 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
+/// A loaded TLS certificate and key, ready to serve: loaded before the server creates anything,
+/// so a bad certificate fails the start before the first admin token is minted.
+#[derive(Clone)]
+pub struct Tls(tokio_rustls::TlsAcceptor);
+
+impl TlsFiles {
+    /// Reads and checks the certificate chain and key.
+    pub fn load(&self) -> std::io::Result<Tls> {
+        tls_acceptor(self).map(Tls)
+    }
+}
+
 /// Serves the router on `listener` until `shutdown` resolves. Plain HTTP unless `tls` is given.
 /// Connections are bounded in number and in patience (see `serve.rs`).
 pub async fn serve(
     state: Arc<AppState>,
     listener: tokio::net::TcpListener,
-    tls: Option<TlsFiles>,
+    tls: Option<Tls>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let c = &state.config;
@@ -127,10 +144,7 @@ pub async fn serve(
         c.request_timeout,
         request_deadline,
     ));
-    let tls = match tls {
-        None => None,
-        Some(files) => Some(tls_acceptor(&files)?),
-    };
+    let tls = tls.map(|t| t.0);
     serve::run(listener, app, tls, limits, shutdown).await
 }
 

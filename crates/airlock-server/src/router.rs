@@ -165,6 +165,10 @@ pub fn build(state: Arc<AppState>) -> Router {
         .route("/healthz", get(api::healthz))
         .route("/metrics", get(api::metrics))
         .fallback(api::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            crate::log::log_requests,
+        ))
         .with_state(state)
 }
 

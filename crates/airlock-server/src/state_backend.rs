@@ -50,10 +50,11 @@ pub async fn existing_stack(
         return Ok(s);
     }
     if !state.config.auto_create_stacks {
-        return Err(ApiError::new(
+        let r = Refusal::new(
             RefusalKind::UnknownStack,
             format!("stack {name} does not exist; create it with `airlock stack create {name}` (airlock never creates stacks implicitly, so a typo cannot look like an empty stack)"),
-        ));
+        );
+        return Err(deny(state, principal, name, "stack.unknown", r).await);
     }
     let (n, actor) = (name.to_owned(), principal.display());
     let created = blocking(state, move |st| {
@@ -526,7 +527,25 @@ async fn lock(
         }
         LockOutcome::Held(holder) => {
             state.metrics.lock_conflict();
-            Ok(locked_response(holder.info))
+            // Terraform prints the holder's lock info from the body; the audit and the server
+            // log say who holds it too.
+            let reason = format!(
+                "lock refused: stack {stack} is locked by {} (lock {}, {}, since {}); wait for it, or `terraform force-unlock {}` if its holder is gone",
+                holder.owner,
+                holder.id,
+                holder.operation,
+                airlock_core::time::rfc3339(holder.created_at),
+                holder.id
+            );
+            let denied = deny(state, principal, stack, "lock", Refusal::new(RefusalKind::Locked, reason)).await;
+            let mut resp = locked_response(holder.info);
+            if let ApiError::Refused(r) = denied {
+                resp.extensions_mut().insert(crate::log::RefusalNote {
+                    code: crate::error::code_of(r.kind),
+                    reason: r.message,
+                });
+            }
+            Ok(resp)
         }
     }
 }

@@ -170,6 +170,10 @@ pub trait Store: Send + Sync {
     fn append_audit(&self, event: NewAudit) -> Result<AuditRecord>;
     /// Events with `seq > after`, at most `limit`, in order.
     fn audit_events(&self, after: i64, limit: u32) -> Result<Vec<AuditRecord>>;
+    /// Events matching `filter`, newest first, at most `limit`.
+    fn audit_search(&self, filter: &AuditFilter, limit: u32) -> Result<Vec<AuditRecord>>;
+    /// How many events match `filter`.
+    fn audit_count(&self, filter: &AuditFilter) -> Result<u64>;
 
     // --- governed runs ---
     /// Stores a new run and its artifacts (name, bytes); `NotFound` if its stack does not

@@ -371,6 +371,25 @@ impl NewAudit {
     }
 }
 
+/// Which audit events `Store::audit_search` returns; every field set narrows the result.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    /// Only events with `seq < before`.
+    pub before: Option<i64>,
+    /// Only events of this stack.
+    pub stack: Option<String>,
+    /// Only events with this action, e.g. `state.write`, `denied`.
+    pub action: Option<String>,
+    /// Only `ok` or `denied` events.
+    pub outcome: Option<String>,
+    /// Only events whose actor contains this text (a token name, id or user).
+    pub actor: Option<String>,
+    /// Only events at or after this RFC 3339 time (as `rfc3339` formats it).
+    pub since: Option<String>,
+    /// Only events before this RFC 3339 time.
+    pub until: Option<String>,
+}
+
 /// A state write the firewall is asked to judge.
 #[derive(Debug, Clone)]
 pub struct WriteAttempt {

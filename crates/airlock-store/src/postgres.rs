@@ -1199,6 +1199,44 @@ impl Store for PostgresStore {
         })
     }
 
+    fn audit_search(&self, filter: &AuditFilter, limit: u32) -> Result<Vec<AuditRecord>> {
+        let f = filter;
+        self.read(|db| {
+            db.query(
+                &format!("SELECT seq, at, actor, action, stack, outcome, detail, prev_hash, hash FROM audit WHERE {POSTGRES_AUDIT_FILTER} ORDER BY seq DESC LIMIT $8"),
+                &[&f.before, &f.stack, &f.action, &f.outcome, &f.actor, &f.since, &f.until, &i64::from(limit)],
+            )?
+            .iter()
+            .map(|r| {
+                let detail: String = r.try_get(6)?;
+                Ok(AuditRecord {
+                    seq: r.try_get(0)?,
+                    at: r.try_get(1)?,
+                    actor: r.try_get(2)?,
+                    action: r.try_get(3)?,
+                    stack: r.try_get(4)?,
+                    outcome: r.try_get(5)?,
+                    detail: json_col(&detail, "audit detail")?,
+                    prev_hash: r.try_get(7)?,
+                    hash: r.try_get(8)?,
+                })
+            })
+            .collect()
+        })
+    }
+
+    fn audit_count(&self, filter: &AuditFilter) -> Result<u64> {
+        let f = filter;
+        self.read(|db| {
+            let row = db.query_one(
+                &format!("SELECT COUNT(*) FROM audit WHERE {POSTGRES_AUDIT_FILTER}"),
+                &[&f.before, &f.stack, &f.action, &f.outcome, &f.actor, &f.since, &f.until],
+            )?;
+            let n: i64 = row.try_get(0)?;
+            Ok(u64::try_from(n).unwrap_or(0))
+        })
+    }
+
     // --- governed runs ---
     fn create_run(
         &self,
@@ -1499,3 +1537,7 @@ impl Store for PostgresStore {
     }
     // --- end backup import ---
 }
+
+/// The `WHERE` clause of an [`AuditFilter`]: parameters $1..$7 in the struct's field order, a
+/// NULL parameter matching everything.
+const POSTGRES_AUDIT_FILTER: &str = "($1::bigint IS NULL OR seq < $1) AND ($2::text IS NULL OR stack = $2) AND ($3::text IS NULL OR action = $3) AND ($4::text IS NULL OR outcome = $4) AND ($5::text IS NULL OR strpos(actor, $5) > 0) AND ($6::text IS NULL OR at >= $6) AND ($7::text IS NULL OR at < $7)";

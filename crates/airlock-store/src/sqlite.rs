@@ -796,6 +796,48 @@ impl Store for SqliteStore {
         })
     }
 
+    fn audit_search(&self, filter: &AuditFilter, limit: u32) -> Result<Vec<AuditRecord>> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT seq, at, actor, action, stack, outcome, detail, prev_hash, hash FROM audit WHERE {SQLITE_AUDIT_FILTER} ORDER BY seq DESC LIMIT ?8"
+            ))?;
+            let f = filter;
+            let rows = stmt.query_map(
+                params![f.before, f.stack, f.action, f.outcome, f.actor, f.since, f.until, limit],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, Option<String>>(4)?,
+                        r.get::<_, String>(5)?,
+                        r.get::<_, String>(6)?,
+                        r.get::<_, String>(7)?,
+                        r.get::<_, String>(8)?,
+                    ))
+                },
+            )?;
+            rows.map(|row| {
+                let (seq, at, actor, action, stack, outcome, detail, prev_hash, hash) = row?;
+                Ok(AuditRecord { seq, at, actor, action, stack, outcome, detail: json_col(&detail, "audit detail")?, prev_hash, hash })
+            })
+            .collect()
+        })
+    }
+
+    fn audit_count(&self, filter: &AuditFilter) -> Result<u64> {
+        self.read(|c| {
+            let f = filter;
+            let n: i64 = c.query_row(
+                &format!("SELECT COUNT(*) FROM audit WHERE {SQLITE_AUDIT_FILTER}"),
+                params![f.before, f.stack, f.action, f.outcome, f.actor, f.since, f.until],
+                |r| r.get(0),
+            )?;
+            Ok(u64::try_from(n).unwrap_or(0))
+        })
+    }
+
     // --- governed runs ---
     fn create_run(
         &self,
@@ -1041,3 +1083,7 @@ impl Store for SqliteStore {
     }
     // --- end backup import ---
 }
+
+/// The `WHERE` clause of an [`AuditFilter`]: parameters ?1..?7 in the struct's field order, a
+/// NULL parameter matching everything.
+const SQLITE_AUDIT_FILTER: &str = "(?1 IS NULL OR seq < ?1) AND (?2 IS NULL OR stack = ?2) AND (?3 IS NULL OR action = ?3) AND (?4 IS NULL OR outcome = ?4) AND (?5 IS NULL OR instr(actor, ?5) > 0) AND (?6 IS NULL OR at >= ?6) AND (?7 IS NULL OR at < ?7)";

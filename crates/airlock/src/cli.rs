@@ -136,6 +136,20 @@ pub struct ServerArgs {
     #[arg(long, env = "AIRLOCK_MAX_CONNECTIONS", default_value_t = 1024,
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_connections: u64,
+    /// What the server logs on stderr: `warn` (default) logs every refused request with its
+    /// reason, stack and actor (Terraform shows only the status code); `info` adds one line per
+    /// request; `error` only internal errors.
+    #[arg(long, env = "AIRLOCK_LOG", value_enum, default_value_t = LogLevelArg::Warn)]
+    pub log_level: LogLevelArg,
+}
+
+/// `airlock server --log-level`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogLevelArg {
+    Off,
+    Error,
+    Warn,
+    Info,
 }
 
 #[derive(Debug, Subcommand)]

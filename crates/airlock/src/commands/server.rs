@@ -1,26 +1,41 @@
-//! `airlock server`: opens the store, bootstraps the first admin token, serves HTTP(S).
+//! `airlock server`: binds the port and loads the certificate, then opens the store,
+//! bootstraps the first admin token and serves HTTP(S).
 
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use airlock_core::Role;
-use airlock_server::{tokens, AppState, ServerConfig, TlsFiles};
+use airlock_server::{tokens, AppState, LogLevel, ServerConfig, TlsFiles};
 use airlock_store::{NewAudit, NewToken, NewUser, Store};
 use anyhow::Context;
 
-use crate::cli::ServerArgs;
+use crate::cli::{DatabaseArgs, LogLevelArg, ServerArgs};
 
 pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
-    let store: Arc<dyn Store> = match &args.database_url {
-        Some(url) => airlock_store::open(url).context("opening the database")?,
-        None => {
-            std::fs::create_dir_all(&args.data_dir)
-                .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
-            let path = args.data_dir.join("airlock.db");
-            airlock_store::open(&path.to_string_lossy())
-                .with_context(|| format!("opening {}", path.display()))?
-        }
+    // Everything that can fail for reasons outside the store (the port, the certificate) is
+    // done first: a failed first start must not mint, and so burn, the only admin token.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(&args.listen))
+        .with_context(|| format!("cannot listen on {} (--listen / AIRLOCK_LISTEN): is another server running there?", args.listen))?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }
+            .load()
+            .context("loading the TLS certificate and key (--tls-cert, --tls-key)")?,
+        ),
+        _ => None,
     };
+    let store = open_store(&DatabaseArgs {
+        data_dir: args.data_dir.clone(),
+        database_url: args.database_url.clone(),
+    })?;
     bootstrap_admin(store.as_ref())?;
     const MIB: usize = 1024 * 1024;
     let secs = std::time::Duration::from_secs;
@@ -34,35 +49,43 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
         auto_create_stacks: args.auto_create_stacks,
         public_url: None,
+        log_level: match args.log_level {
+            LogLevelArg::Off => LogLevel::Off,
+            LogLevelArg::Error => LogLevel::Error,
+            LogLevelArg::Warn => LogLevel::Warn,
+            LogLevelArg::Info => LogLevel::Info,
+        },
     };
-    let tls = match (args.tls_cert, args.tls_key) {
-        (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
-        _ => None,
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let addr = listener.local_addr()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    crate::out(&format!("listening on {scheme}://{addr}\n"));
     // Keep one handle to the store outside the runtime: the last one must be dropped after the
     // runtime is gone, because closing a sync PostgreSQL client inside it panics.
     let keep_store = Arc::clone(&store);
     let served = runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(&args.listen)
-            .await
-            .with_context(|| format!("listening on {}", args.listen))?;
-        let addr = listener.local_addr()?;
-        let scheme = if tls.is_some() { "https" } else { "http" };
-        crate::out(&format!("listening on {scheme}://{addr}\n"));
         let state = AppState::new(store, config);
         airlock_server::serve(state, listener, tls, shutdown_signal())
             .await
-            .context("serving")?;
-        anyhow::Ok(())
+            .context("serving")
     });
     drop(runtime);
     drop(keep_store);
     served?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Opens (creating if needed) the store named by `--data-dir` or `--database-url`.
+pub fn open_store(db: &DatabaseArgs) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match &db.database_url {
+        Some(url) => airlock_store::open(url).context("opening the database")?,
+        None => {
+            std::fs::create_dir_all(&db.data_dir)
+                .with_context(|| format!("creating data dir {}", db.data_dir.display()))?;
+            let path = db.data_dir.join("airlock.db");
+            airlock_store::open(&path.to_string_lossy())
+                .with_context(|| format!("opening {}", path.display()))?
+        }
+    })
 }
 
 /// On an empty store, mints the first admin token and prints it once.
