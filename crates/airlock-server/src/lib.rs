@@ -24,6 +24,7 @@ use std::time::Duration;
 use airlock_core::Role;
 use airlock_store::Store;
 
+pub use api::tokens::valid_glob;
 pub use auth::Principal;
 pub use log::LogLevel;
 

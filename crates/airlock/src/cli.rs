@@ -167,7 +167,9 @@ pub enum UserCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
-    /// Create a token; the secret is shown once.
+    /// Create a token; the secret is shown once. With --data-dir or --database-url, works on
+    /// the database directly, with no server and no token: the recovery when the first admin
+    /// token is lost.
     Create {
         /// Who or what the token is for.
         #[arg(long)]
@@ -185,6 +187,13 @@ pub enum TokenCommand {
         /// approver tokens. A ci, agent or reader token without one is its own identity.
         #[arg(long)]
         user: Option<String>,
+        /// Offline recovery: create the token directly in this data directory (SQLite), with
+        /// no server running and no token needed; audited as `offline (uid N on HOST)`.
+        #[arg(long, conflicts_with = "database_url")]
+        data_dir: Option<PathBuf>,
+        /// Offline recovery on PostgreSQL: create the token directly in this database.
+        #[arg(long, hide_env_values = true)]
+        database_url: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },

@@ -1,5 +1,4 @@
-//! The airlock binary: CLI entry point. Exit codes: 0 success, 1 error, 2 denied by policy or
-//! firewall (and 3 from `check --fail-on review`).
+//! The airlock binary: CLI entry point, and the one place exit codes are decided ([`exit`]).
 
 mod cli;
 mod commands;
@@ -7,7 +6,30 @@ mod commands;
 use std::io::Write;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
+
+/// The exit codes, one per class of outcome. Documented in `--help` ([`EXIT_CODES_HELP`]) and
+/// the README; tests run the real binary against each.
+pub mod exit {
+    /// Success.
+    pub const OK: u8 = 0;
+    /// An error: bad input, not found, the server unreachable, Terraform failed.
+    pub const ERROR: u8 = 1;
+    /// Refused: the server said no for a reason of policy (HTTP 403 permission or firewall,
+    /// 409 conflict with the stored state or a run, 423 locked), `check`/`plan` decided `deny`,
+    /// or `apply` refused a plan that is not the reviewed one.
+    pub const DENIED: u8 = 2;
+    /// `check --fail-on review`: the plan needs human review.
+    pub const REVIEW: u8 = 3;
+    /// Not authenticated: no token, or the server does not accept it (HTTP 401: unknown,
+    /// expired or revoked).
+    pub const UNAUTHENTICATED: u8 = 4;
+    /// The command line is wrong (unknown flag, missing argument): EX_USAGE.
+    pub const USAGE: u8 = 64;
+}
+
+/// The `--help` footer listing [`exit`].
+const EXIT_CODES_HELP: &str = "Exit codes: 0 ok, 1 error, 2 refused (permission, firewall, lock, conflict, policy deny), 3 review needed (check --fail-on review), 4 not authenticated (no, unknown, expired or revoked token), 64 usage error.";
 
 /// Writes to stdout; a closed pipe (`airlock state pull | head`) is not an error.
 pub fn out(text: &str) {
@@ -27,7 +49,24 @@ pub fn out_bytes(bytes: &[u8]) {
 }
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let matches = match cli::Cli::command()
+        .after_help(EXIT_CODES_HELP)
+        .try_get_matches()
+    {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { exit::USAGE } else { exit::OK });
+        }
+    };
+    let json = json_requested(&matches);
+    let cli = match cli::Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(exit::USAGE);
+        }
+    };
     let result = match cli.command {
         cli::Command::Server(args) => commands::server::run(args),
         cli::Command::Token(cmd) => commands::token::run(cmd),
@@ -53,11 +92,43 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
-            match err.downcast_ref::<commands::client::ServerRefused>() {
-                Some(r) if r.status == 403 => ExitCode::from(2),
-                _ => ExitCode::from(1),
+            let (code, class) = classify(&err);
+            if json {
+                let message = format!("{err:#}");
+                let body = serde_json::json!({"error": {"code": class, "message": message}});
+                eprintln!("{body}");
+            } else {
+                eprintln!("error: {err:#}");
             }
+            ExitCode::from(code)
         }
     }
+}
+
+/// Whether the (sub)command was asked for `--format json`: its errors are JSON too.
+fn json_requested(matches: &clap::ArgMatches) -> bool {
+    let mut m = matches;
+    while let Some((_, sub)) = m.subcommand() {
+        m = sub;
+    }
+    m.try_get_raw("format")
+        .ok()
+        .flatten()
+        .is_some_and(|mut v| v.any(|x| x == "json"))
+}
+
+/// The exit code and the JSON error code of a failed command.
+fn classify(err: &anyhow::Error) -> (u8, String) {
+    if let Some(r) = err.downcast_ref::<commands::client::ServerRefused>() {
+        let code = match r.status {
+            401 => exit::UNAUTHENTICATED,
+            403 | 409 | 423 => exit::DENIED,
+            _ => exit::ERROR,
+        };
+        return (code, r.code.clone());
+    }
+    if err.downcast_ref::<commands::client::NoToken>().is_some() {
+        return (exit::UNAUTHENTICATED, "unauthenticated".into());
+    }
+    (exit::ERROR, "error".into())
 }

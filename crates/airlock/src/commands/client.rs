@@ -1,6 +1,6 @@
 //! The HTTP client the CLI commands share: finds the server and token, speaks HTTPS with the
 //! system's roots plus `--ca-cert`, turns server refusals into errors that carry their status
-//! (403 becomes exit code 2), and makes every server-supplied string safe for a terminal
+//! (their status decides the exit code, see `main.rs`), and makes every server-supplied string safe for a terminal
 //! ([`printable`]) before text output shows it.
 
 use std::borrow::Cow;
@@ -18,8 +18,22 @@ use crate::cli::{ClientArgs, OutputFormat};
 #[derive(Debug)]
 pub struct ServerRefused {
     pub status: u16,
+    /// The server's error code (`forbidden`, `locked`, ...), or `http_STATUS` without one.
+    pub code: String,
     pub message: String,
 }
+
+/// No token was given.
+#[derive(Debug)]
+pub struct NoToken;
+
+impl fmt::Display for NoToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("no token: set AIRLOCK_TOKEN or pass --token")
+    }
+}
+
+impl std::error::Error for NoToken {}
 
 impl fmt::Display for ServerRefused {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -68,7 +82,7 @@ impl Client {
         let token = self
             .token
             .as_deref()
-            .context("no token: set AIRLOCK_TOKEN or pass --token")?;
+            .ok_or(NoToken)?;
         Ok(self
             .agent
             .request(method, &format!("{}{path}", self.base))
@@ -83,15 +97,22 @@ impl Client {
             Ok(r) => Ok(r),
             Err(ureq::Error::Status(status, resp)) => {
                 let body = resp.into_string().unwrap_or_default();
-                let message = serde_json::from_str::<Value>(&body)
-                    .ok()
-                    .and_then(|v| {
-                        v.pointer("/error/message")
-                            .and_then(Value::as_str)
-                            .map(str::to_owned)
-                    })
-                    .unwrap_or(body);
-                Err(ServerRefused { status, message }.into())
+                let parsed = serde_json::from_str::<Value>(&body).ok();
+                let field = |name: &str| {
+                    parsed
+                        .as_ref()
+                        .and_then(|v| v.pointer(&format!("/error/{name}")))
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                };
+                let code = field("code").unwrap_or_else(|| format!("http_{status}"));
+                let message = field("message").unwrap_or(body);
+                Err(ServerRefused {
+                    status,
+                    code,
+                    message,
+                }
+                .into())
             }
             Err(e) => Err(unreachable(&self.base, e)),
         }
@@ -118,13 +139,66 @@ impl Client {
 
     /// Prints `value` as JSON when `--format json`, otherwise runs `text`.
     pub fn print(&self, value: &Value, text: impl FnOnce(&Value) -> String) {
-        match self.format {
-            OutputFormat::Json => crate::out(&format!(
+        print_as(self.format, value, text);
+    }
+}
+
+/// Prints `value` as JSON (with [`with_rfc3339`] times and [`all_stacks_as_star`]) when
+/// `format` is JSON, otherwise runs `text` on it made [`printable`].
+pub fn print_as(format: OutputFormat, value: &Value, text: impl FnOnce(&Value) -> String) {
+    match format {
+        OutputFormat::Json => {
+            let mut v = value.clone();
+            with_rfc3339(&mut v);
+            all_stacks_as_star(&mut v);
+            crate::out(&format!(
                 "{}\n",
-                serde_json::to_string_pretty(value).unwrap_or_default()
-            )),
-            OutputFormat::Text => crate::out(&text(&printable_value(value))),
+                serde_json::to_string_pretty(&v).unwrap_or_default()
+            ))
         }
+        OutputFormat::Text => crate::out(&text(&printable_value(value))),
+    }
+}
+
+/// Next to every epoch-milliseconds time field (`*_at` with an integer value) adds the same
+/// time in RFC 3339 as `*_at_rfc3339`, which people and `jq` can read.
+pub fn with_rfc3339(v: &mut Value) {
+    match v {
+        Value::Array(items) => items.iter_mut().for_each(with_rfc3339),
+        Value::Object(map) => {
+            let times: Vec<(String, String)> = map
+                .iter()
+                .filter(|(k, _)| k.ends_with("_at"))
+                .filter_map(|(k, x)| {
+                    x.as_i64()
+                        .map(|ms| (format!("{k}_rfc3339"), airlock_core::time::rfc3339(ms)))
+                })
+                .collect();
+            map.values_mut().for_each(with_rfc3339);
+            for (k, t) in times {
+                map.insert(k, Value::String(t));
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A token's `stacks: []` means all stacks; JSON output says `["*"]`, as text output says `*`
+/// (the glob `*` matches every stack name, so the two mean the same to the server).
+pub fn all_stacks_as_star(v: &mut Value) {
+    match v {
+        Value::Array(items) => items.iter_mut().for_each(all_stacks_as_star),
+        Value::Object(map) => {
+            if map.contains_key("role") {
+                if let Some(Value::Array(a)) = map.get_mut("stacks") {
+                    if a.is_empty() {
+                        a.push(Value::String("*".into()));
+                    }
+                }
+            }
+            map.values_mut().for_each(all_stacks_as_star);
+        }
+        _ => {}
     }
 }
 
@@ -297,6 +371,7 @@ mod tests {
         assert!(!table(&["A"], vec![vec!["\u{1b}x".into()]]).contains('\u{1b}'));
         let refused = ServerRefused {
             status: 423,
+            code: "locked".into(),
             message: "locked by root\u{1b}[2J".into(),
         };
         assert_eq!(refused.to_string(), "locked by root\\u{1b}[2J (HTTP 423)");
