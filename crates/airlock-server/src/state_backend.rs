@@ -117,12 +117,13 @@ async fn deny(
         action.to_owned(),
         r.message.clone(),
     );
+    let status = crate::error::status_of(r.kind).as_u16();
     let _ = blocking(state, move |st| {
         st.append_audit(NewAudit::denied(
             &actor,
             &action,
             Some(&stack_name),
-            json!({ "reason": msg }),
+            json!({ "reason": msg, "status": status }),
         ))
     })
     .await;

@@ -26,13 +26,17 @@ pub enum Command {
     /// Create, inspect and protect stacks.
     #[command(subcommand)]
     Stack(StackCommand),
-    /// Print the `backend "http"` block that points Terraform at a stack.
+    /// Print the `backend "http"` block that points Terraform at a stack (`--format json`: a
+    /// `backend.tf.json` document).
     BackendConfig(BackendConfigArgs),
     /// Read, compare, restore and verify state history.
     #[command(subcommand)]
     State(StateCommand),
-    /// List audit events, or verify the audit hash chain.
+    /// List audit events (newest first, filtered), or verify the audit hash chain.
     Audit(AuditArgs),
+    /// Why did the server refuse the last request on a stack? Terraform shows only a status
+    /// code ("HTTP error: 403"); this prints the latest refusal with its reason and actor.
+    Why(WhyArgs),
     /// Show who the configured token belongs to.
     Whoami(ClientArgs),
     /// Check a plan for destructive or dangerous changes and apply policy.
@@ -348,12 +352,50 @@ pub struct AuditArgs {
     /// Verify the hash chain instead of listing events.
     #[arg(long)]
     pub verify: bool,
-    /// Show events after this sequence number.
-    #[arg(long, default_value_t = 0)]
-    pub after: i64,
-    /// How many events to show.
-    #[arg(long, default_value_t = 100)]
+    /// How many events to show (the newest first; at most 1000).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub limit: u32,
+    /// Only events older than this sequence number (the next page: the hint prints it).
+    #[arg(long, conflicts_with = "after")]
+    pub before: Option<i64>,
+    /// Only events of this stack.
+    #[arg(long)]
+    pub stack: Option<String>,
+    /// Only events with this action, e.g. state.write, lock, denied, token.create.
+    #[arg(long)]
+    pub action: Option<String>,
+    /// Only accepted (ok) or refused (denied) requests.
+    #[arg(long, value_enum)]
+    pub outcome: Option<AuditOutcome>,
+    /// Only events whose actor contains this text (a token name or id).
+    #[arg(long)]
+    pub actor: Option<String>,
+    /// Only events at or after this time: RFC 3339 (2026-11-30T12:00:00Z), a date, or a
+    /// duration ago (30m, 1h, 7d).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only events before this time (same forms as --since).
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Instead: the events after this sequence number, oldest first, unfiltered (to follow
+    /// the chain in order).
+    #[arg(long, conflicts_with_all = ["stack", "action", "outcome", "actor", "since", "until"])]
+    pub after: Option<i64>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `airlock audit --outcome`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuditOutcome {
+    Ok,
+    Denied,
+}
+
+#[derive(Debug, Args)]
+pub struct WhyArgs {
+    /// Stack name.
+    pub stack: String,
     #[command(flatten)]
     pub client: ClientArgs,
 }

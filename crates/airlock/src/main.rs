@@ -75,6 +75,7 @@ fn main() -> ExitCode {
         cli::Command::BackendConfig(args) => commands::stack::backend_config(args),
         cli::Command::State(cmd) => commands::state::run(cmd),
         cli::Command::Audit(args) => commands::audit::run(args),
+        cli::Command::Why(args) => commands::audit::why(args),
         cli::Command::Whoami(args) => commands::audit::whoami(args),
         cli::Command::Check(args) => commands::check::run(args),
         cli::Command::Plan(args) => commands::run::plan(args),

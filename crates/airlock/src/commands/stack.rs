@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use serde_json::{json, Value};
 
 use super::client::{s, stack_segment, table, time, Client};
-use crate::cli::{BackendConfigArgs, StackCommand};
+use crate::cli::{BackendConfigArgs, OutputFormat, StackCommand};
 
 fn settings_text(v: &Value) -> String {
     let st = &v["stack"];
@@ -186,6 +186,19 @@ pub fn backend_config(args: BackendConfigArgs) -> anyhow::Result<ExitCode> {
     let c = Client::new(&args.client)?;
     c.get(&format!("/api/v1/stacks/{}", stack_segment(&args.stack)))?;
     let address = format!("{}/state/{}", c.base(), args.stack);
+    if c.format == OutputFormat::Json {
+        // A `backend.tf.json` document: Terraform's JSON syntax of the block below.
+        let doc = serde_json::json!({"terraform": {"backend": {"http": {
+            "address": address,
+            "lock_address": address,
+            "unlock_address": address,
+        }}}});
+        crate::out(&format!(
+            "{}\n",
+            serde_json::to_string_pretty(&doc).unwrap_or_default()
+        ));
+        return Ok(ExitCode::SUCCESS);
+    }
     crate::out(&format!(
         r#"terraform {{
   backend "http" {{
