@@ -95,8 +95,10 @@ fn main() -> ExitCode {
         Err(err) => {
             let (code, class) = classify(&err);
             if json {
-                let message = format!("{err:#}");
-                let body = serde_json::json!({"error": {"code": class, "message": message}});
+                let body = match err.downcast_ref::<commands::client::ServerRefused>() {
+                    Some(r) => serde_json::json!({"error": {"code": class, "message": r.message, "status": r.status}}),
+                    None => serde_json::json!({"error": {"code": class, "message": format!("{err:#}")}}),
+                };
                 eprintln!("{body}");
             } else {
                 eprintln!("error: {err:#}");

@@ -527,7 +527,7 @@ async fn scoped_tokens_see_and_verify_only_their_stacks() {
         events.iter().all(|e| e["stack"] == "dev/app"),
         "a dev/* token saw other stacks' events: {events:?}"
     );
-    assert!(r.json()["next_after"].as_i64().unwrap() > 0);
+    assert!(r.json()["next_before"].as_i64().unwrap() > 0);
     // The unscoped admin sees everything.
     let all = s
         .api("GET", "/api/v1/audit?limit=1000", &admin, Value::Null)

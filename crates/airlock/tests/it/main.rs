@@ -9,3 +9,4 @@ mod reliability;
 mod runs;
 mod state_server;
 mod support;
+mod ux;

@@ -32,6 +32,11 @@ impl TestServer {
     }
 
     pub fn start_with(extra: &[&str]) -> TestServer {
+        Self::start_logging(extra, Stdio::inherit())
+    }
+
+    /// A server whose stderr (its log) goes to `log`.
+    pub fn start_logging(extra: &[&str], log: impl Into<Stdio>) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let mut child = Command::new(AIRLOCK)
@@ -39,9 +44,10 @@ impl TestServer {
             .arg(&data)
             .args(extra)
             .env_remove("AIRLOCK_DATABASE_URL")
+            .env_remove("AIRLOCK_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(log)
             .spawn()
             .expect("spawning airlock server");
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
