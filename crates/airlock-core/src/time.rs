@@ -32,7 +32,9 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
 /// Parses an RFC 3339 time (`2026-11-30T12:00:00Z`, `2026-11-30T14:00:00.5+02:00`) or a date
 /// (`2026-11-30`, midnight UTC) into milliseconds since the epoch.
 pub fn parse_rfc3339_ms(s: &str) -> Result<i64, String> {
-    let bad = || format!("invalid time {s:?}: expected RFC 3339, e.g. 2026-11-30T12:00:00Z or 2026-11-30");
+    let bad = || {
+        format!("invalid time {s:?}: expected RFC 3339, e.g. 2026-11-30T12:00:00Z or 2026-11-30")
+    };
     let s = s.trim();
     let (date, rest) = s.split_at(s.len().min(10));
     let num = |x: Option<&str>| x.and_then(|x| x.parse::<i64>().ok()).ok_or_else(bad);
@@ -59,10 +61,14 @@ pub fn parse_rfc3339_ms(s: &str) -> Result<i64, String> {
     let (hms, frac) = clock.split_once('.').unwrap_or((clock, ""));
     let mut t = hms.split(':');
     let (h, mi, sec) = (num(t.next())?, num(t.next())?, num(t.next())?);
-    if hms.len() != 8 || h > 23 || mi > 59 || sec > 60 || !frac.chars().all(|c| c.is_ascii_digit()) {
+    if hms.len() != 8 || h > 23 || mi > 59 || sec > 60 || !frac.chars().all(|c| c.is_ascii_digit())
+    {
         return Err(bad());
     }
-    let ms: i64 = format!("{:0<3}", frac).get(..3).and_then(|x| x.parse().ok()).unwrap_or(0);
+    let ms: i64 = format!("{:0<3}", frac)
+        .get(..3)
+        .and_then(|x| x.parse().ok())
+        .unwrap_or(0);
     Ok(days * 86_400_000 + ((h * 60 + mi) * 60 + sec) * 1000 + ms - offset_ms)
 }
 
@@ -111,9 +117,22 @@ mod tests {
         for ms in [0, 1_795_000_000_123, 951_782_400_000, -86_400_000] {
             assert_eq!(parse_rfc3339_ms(&rfc3339(ms)), Ok(ms));
         }
-        assert_eq!(parse_rfc3339_ms("2026-11-18T13:06:40.123+02:00"), Ok(1_795_000_000_123));
-        assert_eq!(parse_rfc3339_ms("2026-11-18"), Ok(1_795_000_000_123 - 11 * 3_600_000 - 6 * 60_000 - 40_123));
-        for bad in ["", "yesterday", "2026-13-01", "2026-11-18T25:00:00Z", "2026-11-18T10:00Z", "2026-11-18T10:00:00"] {
+        assert_eq!(
+            parse_rfc3339_ms("2026-11-18T13:06:40.123+02:00"),
+            Ok(1_795_000_000_123)
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2026-11-18"),
+            Ok(1_795_000_000_123 - 11 * 3_600_000 - 6 * 60_000 - 40_123)
+        );
+        for bad in [
+            "",
+            "yesterday",
+            "2026-13-01",
+            "2026-11-18T25:00:00Z",
+            "2026-11-18T10:00Z",
+            "2026-11-18T10:00:00",
+        ] {
             assert!(parse_rfc3339_ms(bad).is_err(), "{bad}");
         }
     }

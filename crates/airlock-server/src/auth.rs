@@ -245,7 +245,11 @@ async fn check(
         .unwrap_or_default();
     let method = req.method().as_str().to_owned();
     let stack = stack_of(req, &route);
-    caller.stack = stack.as_ref().ok().and_then(|s| s.as_ref()).map(|s| s.to_string());
+    caller.stack = stack
+        .as_ref()
+        .ok()
+        .and_then(|s| s.as_ref())
+        .map(|s| s.to_string());
     let principal = match credential(req) {
         Ok(Some(secret)) => authenticate(state, secret).await,
         Ok(None) => Err(ApiError::new(RefusalKind::Unauthenticated, "authentication required: send the token as Bearer, or as the Basic-auth password (TF_HTTP_PASSWORD)")),

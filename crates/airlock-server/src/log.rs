@@ -61,7 +61,11 @@ pub(crate) async fn log_requests(
     if !refused && level < LogLevel::Info {
         return resp;
     }
-    let caller = resp.extensions().get::<Caller>().cloned().unwrap_or_default();
+    let caller = resp
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .unwrap_or_default();
     let mut line = format!(
         "{} level={} event={} status={} method={} path={}",
         airlock_core::time::rfc3339(airlock_store::now_ms()),

@@ -538,7 +538,14 @@ async fn lock(
                 airlock_core::time::rfc3339(holder.created_at),
                 holder.id
             );
-            let denied = deny(state, principal, stack, "lock", Refusal::new(RefusalKind::Locked, reason)).await;
+            let denied = deny(
+                state,
+                principal,
+                stack,
+                "lock",
+                Refusal::new(RefusalKind::Locked, reason),
+            )
+            .await;
             let mut resp = locked_response(holder.info);
             if let ApiError::Refused(r) = denied {
                 resp.extensions_mut().insert(crate::log::RefusalNote {

@@ -61,7 +61,100 @@ pub fn run_all(store: &Arc<dyn Store>) {
     concurrent_locks_have_one_winner(store);
     concurrent_writes_are_serialized(store);
     concurrent_run_transitions_have_one_winner(store);
+    audit_search_filters_newest_first(store.as_ref());
     audit_chain_verifies(store.as_ref());
+}
+
+/// `audit_search` and `audit_count`: newest first, every filter narrowing, `before` paging.
+pub fn audit_search_filters_newest_first(s: &dyn Store) {
+    let mut seqs = vec![];
+    for (actor, action, stack, denied) in [
+        (
+            "alice (tok_a)",
+            "conf.search.write",
+            Some("conf/search"),
+            false,
+        ),
+        (
+            "bob-conf-search (tok_b)",
+            "conf.search.write",
+            Some("conf/search"),
+            true,
+        ),
+        (
+            "alice (tok_a)",
+            "conf.search.lock",
+            Some("conf/search2"),
+            false,
+        ),
+        (
+            "alice (tok_a)",
+            "conf.search.write",
+            Some("conf/search"),
+            false,
+        ),
+    ] {
+        let e = if denied {
+            NewAudit::denied(actor, action, stack, json!({"reason": "r"}))
+        } else {
+            NewAudit::ok(actor, action, stack, json!({}))
+        };
+        seqs.push(s.append_audit(e).unwrap().seq);
+    }
+    let of = |f: AuditFilter, limit: u32| -> Vec<i64> {
+        s.audit_search(&f, limit)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect()
+    };
+    let stack = |st: &str| AuditFilter {
+        stack: Some(st.into()),
+        ..AuditFilter::default()
+    };
+    assert_eq!(
+        of(stack("conf/search"), 10),
+        [seqs[3], seqs[1], seqs[0]],
+        "newest first"
+    );
+    assert_eq!(of(stack("conf/search"), 2), [seqs[3], seqs[1]], "limit");
+    let older = AuditFilter {
+        before: Some(seqs[1]),
+        ..stack("conf/search")
+    };
+    assert_eq!(of(older.clone(), 10), [seqs[0]], "before");
+    assert_eq!(s.audit_count(&older).unwrap(), 1);
+    assert_eq!(s.audit_count(&stack("conf/search")).unwrap(), 3);
+    let f = AuditFilter {
+        outcome: Some("denied".into()),
+        ..stack("conf/search")
+    };
+    assert_eq!(of(f, 10), [seqs[1]], "outcome");
+    let f = AuditFilter {
+        action: Some("conf.search.lock".into()),
+        ..AuditFilter::default()
+    };
+    assert_eq!(of(f, 10), [seqs[2]], "action");
+    let f = AuditFilter {
+        actor: Some("bob-conf-search".into()),
+        ..AuditFilter::default()
+    };
+    assert_eq!(of(f, 10), [seqs[1]], "actor contains");
+    let f = AuditFilter {
+        actor: Some("%".into()),
+        ..AuditFilter::default()
+    };
+    assert!(of(f, 10).is_empty(), "actor is text, not a pattern");
+    let f = AuditFilter {
+        until: Some("2000-01-01T00:00:00.000Z".into()),
+        ..stack("conf/search")
+    };
+    assert!(of(f, 10).is_empty(), "until");
+    let f = AuditFilter {
+        since: Some("2000-01-01T00:00:00.000Z".into()),
+        ..stack("conf/search")
+    };
+    assert_eq!(of(f, 10).len(), 3, "since");
 }
 
 pub fn stacks(s: &dyn Store) {

@@ -1230,7 +1230,9 @@ impl Store for PostgresStore {
         self.read(|db| {
             let row = db.query_one(
                 &format!("SELECT COUNT(*) FROM audit WHERE {POSTGRES_AUDIT_FILTER}"),
-                &[&f.before, &f.stack, &f.action, &f.outcome, &f.actor, &f.since, &f.until],
+                &[
+                    &f.before, &f.stack, &f.action, &f.outcome, &f.actor, &f.since, &f.until,
+                ],
             )?;
             let n: i64 = row.try_get(0)?;
             Ok(u64::try_from(n).unwrap_or(0))

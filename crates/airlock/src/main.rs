@@ -56,7 +56,11 @@ fn main() -> ExitCode {
         Ok(m) => m,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { exit::USAGE } else { exit::OK });
+            return ExitCode::from(if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            });
         }
     };
     let json = json_requested(&matches);
@@ -96,8 +100,12 @@ fn main() -> ExitCode {
             let (code, class) = classify(&err);
             if json {
                 let body = match err.downcast_ref::<commands::client::ServerRefused>() {
-                    Some(r) => serde_json::json!({"error": {"code": class, "message": r.message, "status": r.status}}),
-                    None => serde_json::json!({"error": {"code": class, "message": format!("{err:#}")}}),
+                    Some(r) => {
+                        serde_json::json!({"error": {"code": class, "message": r.message, "status": r.status}})
+                    }
+                    None => {
+                        serde_json::json!({"error": {"code": class, "message": format!("{err:#}")}})
+                    }
                 };
                 eprintln!("{body}");
             } else {

@@ -93,8 +93,20 @@ fn list_query(args: &AuditArgs) -> anyhow::Result<String> {
         ("action", args.action.clone()),
         ("outcome", outcome),
         ("actor", args.actor.clone()),
-        ("since", args.since.as_deref().map(|t| time_arg(t, now, "--since")).transpose()?),
-        ("until", args.until.as_deref().map(|t| time_arg(t, now, "--until")).transpose()?),
+        (
+            "since",
+            args.since
+                .as_deref()
+                .map(|t| time_arg(t, now, "--since"))
+                .transpose()?,
+        ),
+        (
+            "until",
+            args.until
+                .as_deref()
+                .map(|t| time_arg(t, now, "--until"))
+                .transpose()?,
+        ),
     ];
     for (k, v) in params {
         if let Some(v) = v {
@@ -108,9 +120,8 @@ fn list_query(args: &AuditArgs) -> anyhow::Result<String> {
 fn time_arg(t: &str, now: i64, flag: &str) -> anyhow::Result<String> {
     let ms = match parse_duration_ms(t) {
         Ok(d) => now - d,
-        Err(_) => parse_rfc3339_ms(t).map_err(|e| {
-            anyhow::anyhow!("{flag}: {e}, or a duration ago such as 30m, 1h, 7d")
-        })?,
+        Err(_) => parse_rfc3339_ms(t)
+            .map_err(|e| anyhow::anyhow!("{flag}: {e}, or a duration ago such as 30m, 1h, 7d"))?,
     };
     Ok(rfc3339(ms))
 }

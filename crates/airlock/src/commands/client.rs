@@ -79,10 +79,7 @@ impl Client {
     }
 
     fn request(&self, method: &str, path: &str) -> anyhow::Result<ureq::Request> {
-        let token = self
-            .token
-            .as_deref()
-            .ok_or(NoToken)?;
+        let token = self.token.as_deref().ok_or(NoToken)?;
         Ok(self
             .agent
             .request(method, &format!("{}{path}", self.base))

@@ -20,7 +20,12 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         .context("starting the async runtime")?;
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind(&args.listen))
-        .with_context(|| format!("cannot listen on {} (--listen / AIRLOCK_LISTEN); nothing was created", args.listen))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (--listen / AIRLOCK_LISTEN); nothing was created",
+                args.listen
+            )
+        })?;
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(
             TlsFiles {

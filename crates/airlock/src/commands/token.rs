@@ -174,7 +174,12 @@ fn create_offline(
                 name: user.clone(),
                 created_by: actor.clone(),
             },
-            NewAudit::ok(&actor, "user.create", None, json!({"user": user, "offline": true})),
+            NewAudit::ok(
+                &actor,
+                "user.create",
+                None,
+                json!({"user": user, "offline": true}),
+            ),
         ) {
             Ok(_) | Err(airlock_store::StoreError::Conflict(_)) => {}
             Err(e) => return Err(e.into()),

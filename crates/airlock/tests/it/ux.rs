@@ -16,7 +16,10 @@ fn settings() -> insta::Settings {
     s.add_filter(r"127\.0\.0\.1:\d+", "127.0.0.1:[port]");
     s.add_filter(r"audit event \d+", "audit event [seq]");
     s.add_filter(r"uid \d+ on [^)]+", "uid [uid] on [host]");
-    s.add_filter(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", "[lock-id]");
+    s.add_filter(
+        r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
+        "[lock-id]",
+    );
     s
 }
 
@@ -48,21 +51,42 @@ fn a_failed_first_start_creates_nothing_and_a_lost_admin_token_is_recovered_offl
     let port = taken.local_addr().unwrap().to_string();
     let out = airlock(&["server", "--listen", &port, "--data-dir", data_arg], &[]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(!text(&out.stdout).contains("admin token"), "{}", text(&out.stdout));
+    assert!(
+        !text(&out.stdout).contains("admin token"),
+        "{}",
+        text(&out.stdout)
+    );
     assert!(!text(&out.stdout).contains("listening on"));
     settings().bind(|| {
-        insta::assert_snapshot!("first_start_port_taken", text(&out.stderr).lines().next().unwrap_or_default());
+        insta::assert_snapshot!(
+            "first_start_port_taken",
+            text(&out.stderr).lines().next().unwrap_or_default()
+        );
     });
     assert!(!data.exists(), "a failed start created the data directory");
     // So does a certificate that cannot be loaded.
     let missing = tmp.path().join("missing.pem");
     let missing = missing.to_str().unwrap();
     let out = airlock(
-        &["server", "--listen", "127.0.0.1:0", "--data-dir", data_arg, "--tls-cert", missing, "--tls-key", missing],
+        &[
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data_arg,
+            "--tls-cert",
+            missing,
+            "--tls-key",
+            missing,
+        ],
         &[],
     );
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("--tls-cert"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("--tls-cert"),
+        "{}",
+        text(&out.stderr)
+    );
     assert!(!data.exists());
     drop(taken);
 
@@ -74,7 +98,18 @@ fn a_failed_first_start_creates_nothing_and_a_lost_admin_token_is_recovered_offl
 
     // The admin token is lost: recover offline, with no server running.
     let out = airlock(
-        &["token", "create", "--data-dir", data_arg, "--role", "admin", "--name", "rescue", "--user", "admin"],
+        &[
+            "token",
+            "create",
+            "--data-dir",
+            data_arg,
+            "--role",
+            "admin",
+            "--name",
+            "rescue",
+            "--user",
+            "admin",
+        ],
         &[],
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -88,7 +123,18 @@ fn a_failed_first_start_creates_nothing_and_a_lost_admin_token_is_recovered_offl
     // A wrong data directory is an error, not a new empty database.
     let wrong = tmp.path().join("nowhere");
     let out = airlock(
-        &["token", "create", "--data-dir", wrong.to_str().unwrap(), "--role", "admin", "--name", "x", "--user", "admin"],
+        &[
+            "token",
+            "create",
+            "--data-dir",
+            wrong.to_str().unwrap(),
+            "--role",
+            "admin",
+            "--name",
+            "x",
+            "--user",
+            "admin",
+        ],
         &[],
     );
     assert_eq!(out.status.code(), Some(1));
@@ -99,7 +145,18 @@ fn a_failed_first_start_creates_nothing_and_a_lost_admin_token_is_recovered_offl
     let who = server.ok(&rescue, &["whoami"]);
     assert!(who.starts_with("rescue (tok_"), "{who}");
     assert!(who.contains("role admin"), "{who}");
-    let audit = server.ok(&rescue, &["audit", "--action", "token.create", "--limit", "1", "--format", "json"]);
+    let audit = server.ok(
+        &rescue,
+        &[
+            "audit",
+            "--action",
+            "token.create",
+            "--limit",
+            "1",
+            "--format",
+            "json",
+        ],
+    );
     let v: Value = serde_json::from_str(&audit).unwrap();
     let actor = v["events"][0]["actor"].as_str().unwrap();
     assert!(actor.starts_with("offline (uid "), "{actor}");
@@ -120,13 +177,24 @@ fn exit_codes_are_one_per_class() {
     // 0 ok; 1 error (not found, unreachable).
     assert_eq!(code(&server.admin, &["stack", "create", "app"]), Some(0));
     assert_eq!(code(&server.admin, &["run", "show", "run_nosuch"]), Some(1));
-    let unreachable = airlock(&["whoami"], &[("AIRLOCK_URL", "http://127.0.0.1:1"), ("AIRLOCK_TOKEN", "x")]);
+    let unreachable = airlock(
+        &["whoami"],
+        &[
+            ("AIRLOCK_URL", "http://127.0.0.1:1"),
+            ("AIRLOCK_TOKEN", "x"),
+        ],
+    );
     assert_eq!(unreachable.status.code(), Some(1));
     // 2 refused: permission (403) and conflict (409) alike.
     assert_eq!(code(&reader, &["stack", "create", "other"]), Some(2));
     assert_eq!(code(&server.admin, &["stack", "create", "app"]), Some(2));
     // 4 not authenticated: no token, an unknown one, a revoked one.
-    assert_eq!(airlock(&["whoami"], &[("AIRLOCK_URL", &server.url)]).status.code(), Some(4));
+    assert_eq!(
+        airlock(&["whoami"], &[("AIRLOCK_URL", &server.url)])
+            .status
+            .code(),
+        Some(4)
+    );
     assert_eq!(code("airlock_bogus", &["whoami"]), Some(4));
 }
 
@@ -138,12 +206,21 @@ fn json_errors_when_json_was_asked_for() {
     assert_eq!(refused.status.code(), Some(2));
     assert!(refused.stdout.is_empty());
     let unknown = server.cli("airlock_bogus", &["audit", "--format", "json"]);
-    let missing = server.cli(&server.admin, &["state", "history", "nosuch", "--format", "json"]);
-    let bad_time = server.cli(&server.admin, &["audit", "--since", "yesterday", "--format", "json"]);
+    let missing = server.cli(
+        &server.admin,
+        &["state", "history", "nosuch", "--format", "json"],
+    );
+    let bad_time = server.cli(
+        &server.admin,
+        &["audit", "--since", "yesterday", "--format", "json"],
+    );
     for out in [&refused, &unknown, &missing, &bad_time] {
         let v: Value = serde_json::from_slice(&out.stderr)
             .unwrap_or_else(|e| panic!("{e}: {}", text(&out.stderr)));
-        assert!(v["error"]["code"].is_string() && v["error"]["message"].is_string(), "{v}");
+        assert!(
+            v["error"]["code"].is_string() && v["error"]["message"].is_string(),
+            "{v}"
+        );
     }
     settings().bind(|| {
         insta::assert_snapshot!(
@@ -164,10 +241,21 @@ fn json_errors_when_json_was_asked_for() {
 #[test]
 fn json_output_has_rfc3339_times_and_all_stacks_as_a_star() {
     let server = TestServer::start();
-    server.ok(&server.admin, &["token", "create", "--name", "ci", "--role", "ci", "--ttl", "1h"]);
+    server.ok(
+        &server.admin,
+        &[
+            "token", "create", "--name", "ci", "--role", "ci", "--ttl", "1h",
+        ],
+    );
     let v: Value =
-        serde_json::from_str(&server.ok(&server.admin, &["token", "list", "--format", "json"])).unwrap();
-    let ci = v["tokens"].as_array().unwrap().iter().find(|t| t["name"] == "ci").unwrap();
+        serde_json::from_str(&server.ok(&server.admin, &["token", "list", "--format", "json"]))
+            .unwrap();
+    let ci = v["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "ci")
+        .unwrap();
     let ms = ci["expires_at"].as_i64().unwrap();
     assert_eq!(ci["expires_at_rfc3339"], airlock_core_rfc3339(ms));
     assert_eq!(ci["stacks"], serde_json::json!(["*"]));
@@ -199,7 +287,12 @@ fn audit_lists_the_newest_first_with_filters_and_a_hint() {
         serde_json::from_str(&server.ok(&server.admin, &a)).unwrap()
     };
     let stacks = |v: &Value| -> Vec<String> {
-        v["events"].as_array().unwrap().iter().map(|e| e["stack"].as_str().unwrap_or("-").to_owned()).collect()
+        v["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["stack"].as_str().unwrap_or("-").to_owned())
+            .collect()
     };
     // Newest first.
     let v = events(&["--action", "stack.create"]);
@@ -209,26 +302,67 @@ fn audit_lists_the_newest_first_with_filters_and_a_hint() {
     assert_eq!(stacks(&v), ["d", "c"]);
     assert_eq!(v["more"], 2);
     let before = v["next_before"].as_i64().unwrap().to_string();
-    let v = events(&["--action", "stack.create", "--limit", "2", "--before", &before]);
+    let v = events(&[
+        "--action",
+        "stack.create",
+        "--limit",
+        "2",
+        "--before",
+        &before,
+    ]);
     assert_eq!(stacks(&v), ["b", "a"]);
     assert_eq!(v["more"], 0);
     // Filters by stack, outcome, actor and time, applied by the server.
     assert_eq!(stacks(&events(&["--stack", "b"])), ["b"]);
     let denied = events(&["--outcome", "denied"]);
     assert_eq!(denied["events"].as_array().unwrap().len(), 1);
-    assert!(denied["events"][0]["actor"].as_str().unwrap().starts_with("reader (tok_"));
-    assert_eq!(events(&["--actor", "reader"])["events"].as_array().unwrap().len(), 1);
-    assert_eq!(stacks(&events(&["--action", "stack.create", "--since", "1h"])).len(), 4);
-    assert_eq!(stacks(&events(&["--since", "2000-01-01", "--until", "2000-01-02T00:00:00+02:00"])).len(), 0);
+    assert!(denied["events"][0]["actor"]
+        .as_str()
+        .unwrap()
+        .starts_with("reader (tok_"));
+    assert_eq!(
+        events(&["--actor", "reader"])["events"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        stacks(&events(&["--action", "stack.create", "--since", "1h"])).len(),
+        4
+    );
+    assert_eq!(
+        stacks(&events(&[
+            "--since",
+            "2000-01-01",
+            "--until",
+            "2000-01-02T00:00:00+02:00"
+        ]))
+        .len(),
+        0
+    );
     // The text listing says what is hidden and how to see it.
-    let out = server.cli(&server.admin, &["audit", "--action", "stack.create", "--limit", "1"]);
+    let out = server.cli(
+        &server.admin,
+        &["audit", "--action", "stack.create", "--limit", "1"],
+    );
     settings().bind(|| insta::assert_snapshot!("audit_more_hint", text(&out.stderr)));
     // A stack-scoped token sees only its stacks' events.
     let scoped = {
-        let out = server.ok(&server.admin, &["token", "create", "--name", "s", "--role", "reader", "--stack", "b", "--format", "json"]);
-        serde_json::from_str::<Value>(&out).unwrap()["secret"].as_str().unwrap().to_owned()
+        let out = server.ok(
+            &server.admin,
+            &[
+                "token", "create", "--name", "s", "--role", "reader", "--stack", "b", "--format",
+                "json",
+            ],
+        );
+        serde_json::from_str::<Value>(&out).unwrap()["secret"]
+            .as_str()
+            .unwrap()
+            .to_owned()
     };
-    let v: Value = serde_json::from_str(&server.ok(&scoped, &["audit", "--format", "json"])).unwrap();
+    let v: Value =
+        serde_json::from_str(&server.ok(&scoped, &["audit", "--format", "json"])).unwrap();
     assert_eq!(stacks(&v), ["b"]);
     assert_eq!(v["more"], Value::Null);
 }
@@ -244,17 +378,28 @@ fn terraform_refusals_are_explained_by_why_and_the_server_log() {
     ws.tf_ok(&reader, &["init", "-input=false", "-no-color"]);
     // A valid token lacking the permission: 403, which Terraform calls "invalid auth".
     let err = ws.tf_err(&reader, &["apply", "-auto-approve", "-no-color"]);
-    assert!(err.contains("HTTP remote state endpoint invalid auth"), "{err}");
+    assert!(
+        err.contains("HTTP remote state endpoint invalid auth"),
+        "{err}"
+    );
     let why = server.ok(&server.admin, &["why", "app"]);
     settings().bind(|| insta::assert_snapshot!("why_permission", why));
     // An unknown token: 401, "requires auth"; the refusal is recorded for the stack too.
     let err = ws.tf_err("airlock_bogus", &["plan", "-lock=false", "-no-color"]);
-    assert!(err.contains("HTTP remote state endpoint requires auth"), "{err}");
+    assert!(
+        err.contains("HTTP remote state endpoint requires auth"),
+        "{err}"
+    );
     let why = server.ok(&server.admin, &["why", "app"]);
     settings().bind(|| insta::assert_snapshot!("why_unauthenticated", why));
     // A lock held by someone else: 423.
     let lock = r#"{"ID":"11111111-2222-3333-4444-555555555555","Operation":"OperationTypeApply","Who":"alice@laptop","Version":"1.11.0","Created":"2026-11-30T00:00:00Z","Path":"","Info":""}"#;
-    let (status, _) = crate::support::raw("LOCK", &server.state_url("app"), &server.admin, lock.as_bytes());
+    let (status, _) = crate::support::raw(
+        "LOCK",
+        &server.state_url("app"),
+        &server.admin,
+        lock.as_bytes(),
+    );
     assert_eq!(status, 200);
     let ci = server.token("ci", "ci");
     let err = ws.tf_err(&ci, &["plan", "-no-color"]);
@@ -262,21 +407,37 @@ fn terraform_refusals_are_explained_by_why_and_the_server_log() {
     let why = server.ok(&server.admin, &["why", "app", "--format", "json"]);
     let v: Value = serde_json::from_str(&why).unwrap();
     assert_eq!(v["refusal"]["detail"]["status"], 423);
-    assert!(v["refusal"]["detail"]["reason"].as_str().unwrap().contains("locked by alice@laptop"));
+    assert!(v["refusal"]["detail"]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("locked by alice@laptop"));
     // No refusal on a stack: said so.
     server.ok(&server.admin, &["stack", "create", "quiet"]);
     let none = server.ok(&server.admin, &["why", "quiet"]);
     settings().bind(|| insta::assert_snapshot!("why_none", none));
     // The server logged one structured line per refusal, with stack, actor, status and reason.
     let log = std::fs::read_to_string(&log).unwrap();
-    let refused: Vec<&str> = log.lines().filter(|l| l.contains("event=refused")).collect();
+    let refused: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("event=refused"))
+        .collect();
     assert!(
         refused.iter().any(|l| l.contains("status=403 method=LOCK path=/state/app stack=app actor=\"reader (tok_")
             && l.contains("code=forbidden reason=\"permission denied: reader tokens do not have the lock permission")),
         "{log}"
     );
-    assert!(refused.iter().any(|l| l.contains("status=401") && l.contains("reason=\"unknown token")), "{log}");
-    assert!(refused.iter().any(|l| l.contains("status=423") && l.contains("locked by alice@laptop")), "{log}");
+    assert!(
+        refused
+            .iter()
+            .any(|l| l.contains("status=401") && l.contains("reason=\"unknown token")),
+        "{log}"
+    );
+    assert!(
+        refused
+            .iter()
+            .any(|l| l.contains("status=423") && l.contains("locked by alice@laptop")),
+        "{log}"
+    );
     // Accepted requests are not logged at the default level.
     assert!(!log.contains("event=request"), "{log}");
 }
@@ -285,7 +446,10 @@ fn terraform_refusals_are_explained_by_why_and_the_server_log() {
 fn log_level_info_logs_every_request() {
     let tmp = tempfile::tempdir().unwrap();
     let log = tmp.path().join("server.log");
-    let server = TestServer::start_logging(&["--log-level", "info"], std::fs::File::create(&log).unwrap());
+    let server = TestServer::start_logging(
+        &["--log-level", "info"],
+        std::fs::File::create(&log).unwrap(),
+    );
     server.ok(&server.admin, &["whoami"]);
     let log = std::fs::read_to_string(&log).unwrap();
     assert!(
@@ -298,7 +462,10 @@ fn log_level_info_logs_every_request() {
 fn backend_config_json_is_a_backend_tf_json_terraform_reads() {
     let server = TestServer::start();
     server.ok(&server.admin, &["stack", "create", "app"]);
-    let doc = server.ok(&server.admin, &["backend-config", "app", "--format", "json"]);
+    let doc = server.ok(
+        &server.admin,
+        &["backend-config", "app", "--format", "json"],
+    );
     settings().bind(|| insta::assert_snapshot!("backend_config_json", doc));
     let ws = Workspace::new(&server, "app", "resource \"terraform_data\" \"x\" {}\n");
     std::fs::remove_file(ws.dir.join("backend.tf")).unwrap();
