@@ -100,11 +100,11 @@ impl IntoResponse for ApiError {
                 resp
             }
             ApiError::Internal(detail) => {
-                eprintln!(
+                crate::log::emit(&format!(
                     "{} level=error event=internal detail={}",
                     airlock_core::time::rfc3339(airlock_store::now_ms()),
                     crate::log::quote(&detail)
-                );
+                ));
                 error_response(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "internal",

@@ -4,6 +4,7 @@
 //! **API boundary:** [`router::build`] is the whole HTTP surface; [`serve`] runs it.
 
 #![deny(missing_docs)]
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 
 mod api;
 mod auth;

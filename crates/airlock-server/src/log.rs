@@ -85,8 +85,14 @@ pub(crate) async fn log_requests(
         line.push_str(&format!(" code={} reason={}", n.code, quote(&n.reason)));
     }
     line.push_str(&format!(" ms={}", started.elapsed().as_millis()));
-    eprintln!("{line}");
+    emit(&line);
     resp
+}
+
+/// Writes one log line. The server's log is its stderr; this is the only place it prints.
+#[allow(clippy::print_stderr)]
+pub(crate) fn emit(line: &str) {
+    eprintln!("{line}");
 }
 
 /// A logfmt value: bare when it is plain, otherwise quoted with every quote, backslash and
