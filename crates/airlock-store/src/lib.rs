@@ -11,9 +11,11 @@
 
 pub mod blob;
 pub mod conformance;
+mod core;
 mod model;
 mod postgres;
 mod runs;
+mod sql;
 mod sqlite;
 
 use std::fmt;
@@ -156,9 +158,6 @@ pub trait Store: Send + Sync {
         }
         Ok(report)
     }
-    /// Bytes stored for state content (compressed chunks), for the history-size benchmark.
-    fn stored_state_bytes(&self) -> Result<u64>;
-
     // --- removal grants ---
     /// Creates a removal grant.
     fn create_grant(&self, stack: &str, grant: NewGrant, audit: NewAudit) -> Result<GrantRecord>;
@@ -191,12 +190,14 @@ pub trait Store: Send + Sync {
     fn put_run_artifact(&self, id: &str, name: &str, bytes: &[u8]) -> Result<()>;
     /// Judges and records a transition atomically (the run and its stack are locked).
     fn update_run(&self, id: &str, update: &mut RunUpdate<'_>) -> Result<RunTransition>;
+}
 
-    // --- backup import ---
-    // `airlock backup` reads everything through the methods above plus `tokens_with_hashes`,
-    // and restores into an empty store with the `import_*` methods, which insert records
-    // verbatim (same serials, hashes, authors, times) and record no audit event of their own:
-    // the imported audit chain is the history. The server never calls them.
+/// Backup import: `airlock backup` reads everything through [`Store`] plus
+/// `tokens_with_hashes` and `run_artifact_names`, and restores into an empty store with the
+/// `import_*` methods, which insert records verbatim (same serials, hashes, authors, times) and
+/// record no audit event of their own: the imported audit chain is the history. The server
+/// never sees this trait.
+pub trait StoreImport: Store {
 
     /// Every token with the SHA-256 of its secret (never the secret, which is not stored).
     fn tokens_with_hashes(&self) -> Result<Vec<(TokenRecord, [u8; 32])>>;
@@ -220,7 +221,13 @@ pub trait Store: Send + Sync {
     fn run_artifact_names(&self, id: &str) -> Result<Vec<String>>;
     /// Inserts a run and its artifacts verbatim (status, approvals, times included).
     fn import_run(&self, run: &RunRecord, artifacts: &[(&str, &[u8])]) -> Result<()>;
-    // --- end backup import ---
+}
+
+/// Storage statistics, for the history-size benchmark; the server never sees this trait.
+pub trait StoreStats {
+    /// Bytes stored for state content: compressed chunks and chunk lists, each with a fixed
+    /// per-row overhead.
+    fn stored_state_bytes(&self) -> Result<u64>;
 }
 
 /// Milliseconds since the Unix epoch.
@@ -234,6 +241,17 @@ pub fn now_ms() -> i64 {
 /// Opens the store a server was configured with: a `postgres://` / `postgresql://` URL, or a
 /// SQLite database file path (`sqlite://PATH` or a bare path).
 pub fn open(location: &str) -> Result<std::sync::Arc<dyn Store>> {
+    if location.starts_with("postgres://") || location.starts_with("postgresql://") {
+        return Ok(std::sync::Arc::new(PostgresStore::open(location)?));
+    }
+    let path = location.strip_prefix("sqlite://").unwrap_or(location);
+    Ok(std::sync::Arc::new(SqliteStore::open(
+        std::path::Path::new(path),
+    )?))
+}
+
+/// Opens a store like [`open`], with the backup import methods.
+pub fn open_for_import(location: &str) -> Result<std::sync::Arc<dyn StoreImport>> {
     if location.starts_with("postgres://") || location.starts_with("postgresql://") {
         return Ok(std::sync::Arc::new(PostgresStore::open(location)?));
     }
