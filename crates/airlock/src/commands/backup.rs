@@ -34,7 +34,7 @@ use std::sync::Arc;
 
 use airlock_core::audit::{verify_chain, AuditRecord, GENESIS};
 use airlock_store::{
-    blob, GrantRecord, LockRecord, RunRecord, SqliteStore, StackRecord, StackSettings, Store,
+    blob, GrantRecord, LockRecord, RunRecord, SqliteStore, StackRecord, StackSettings, StoreImport,
     TokenRecord, UserRecord, VersionMeta,
 };
 use anyhow::{bail, Context};
@@ -515,7 +515,7 @@ impl Writer {
     }
 }
 
-fn all_audit(store: &dyn Store) -> anyhow::Result<Vec<AuditRecord>> {
+fn all_audit(store: &dyn StoreImport) -> anyhow::Result<Vec<AuditRecord>> {
     let mut out: Vec<AuditRecord> = Vec::new();
     loop {
         let after = out.last().map_or(0, |r| r.seq);
@@ -527,7 +527,7 @@ fn all_audit(store: &dyn Store) -> anyhow::Result<Vec<AuditRecord>> {
     }
 }
 
-fn export(store: &dyn Store, dir: &Path) -> anyhow::Result<Summary> {
+fn export(store: &dyn StoreImport, dir: &Path) -> anyhow::Result<Summary> {
     if dir.exists() {
         let mut entries =
             std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
@@ -915,7 +915,7 @@ fn list_files(root: &Path, dir: &Path, out: &mut BTreeSet<String>) -> anyhow::Re
 
 // ---- replay and compare ----
 
-fn ensure_empty(store: &dyn Store) -> anyhow::Result<()> {
+fn ensure_empty(store: &dyn StoreImport) -> anyhow::Result<()> {
     let stacks = store.list_stacks()?.len();
     let tokens = store.token_count()?;
     let events = store.audit_events(0, 1)?.len();
@@ -929,7 +929,7 @@ fn ensure_empty(store: &dyn Store) -> anyhow::Result<()> {
 }
 
 /// Inserts everything in the backup into `store` verbatim.
-fn replay(store: &dyn Store, b: &Backup) -> anyhow::Result<()> {
+fn replay(store: &dyn StoreImport, b: &Backup) -> anyhow::Result<()> {
     for u in &b.users {
         store
             .import_user(&u.to_record())
@@ -990,7 +990,7 @@ fn replay(store: &dyn Store, b: &Backup) -> anyhow::Result<()> {
 
 /// Differences between what `store` holds and the backup (empty: equal). Version bytes are
 /// compared through their hashes, after the store re-hashed every version it holds.
-fn compare(store: &dyn Store, b: &Backup) -> anyhow::Result<Vec<String>> {
+fn compare(store: &dyn StoreImport, b: &Backup) -> anyhow::Result<Vec<String>> {
     let mut problems = Vec::new();
     let mut tokens: Vec<TokenEntry> = store
         .tokens_with_hashes()?
@@ -1156,7 +1156,7 @@ fn replay_into_scratch(b: &Backup) -> anyhow::Result<Vec<String>> {
     };
     std::fs::create_dir(&scratch.dir)
         .with_context(|| format!("creating scratch dir {}", scratch.dir.display()))?;
-    let store: Arc<dyn Store> = Arc::new(
+    let store: Arc<dyn StoreImport> = Arc::new(
         SqliteStore::open(&scratch.dir.join("airlock.db")).context("opening the scratch store")?,
     );
     if let Err(e) = replay(store.as_ref(), b) {
