@@ -529,8 +529,13 @@ pub fn writes_and_history(s: &dyn Store) {
 /// Where the engines used to disagree, each now behaves the safe way on both.
 pub fn engines_agree(s: &dyn StoreImport) {
     let stack = "conf/agree";
-    s.create_stack(stack, false, StackSettings::default(), audit("stack.create"))
-        .unwrap();
+    s.create_stack(
+        stack,
+        false,
+        StackSettings::default(),
+        audit("stack.create"),
+    )
+    .unwrap();
     let grant = |id: &str| NewGrant {
         id: id.into(),
         addresses: vec!["x".into()],
@@ -549,9 +554,17 @@ pub fn engines_agree(s: &dyn StoreImport) {
         s.create_grant(stack, grant("g-dup"), audit("grant.create")),
         Err(StoreError::Conflict(_))
     ));
-    assert!(matches!(s.import_grant(&first), Err(StoreError::Conflict(_))));
     assert!(matches!(
-        s.create_stack(stack, false, StackSettings::default(), audit("stack.create")),
+        s.import_grant(&first),
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        s.create_stack(
+            stack,
+            false,
+            StackSettings::default(),
+            audit("stack.create")
+        ),
         Err(StoreError::Conflict(_))
     ));
     assert!(matches!(
@@ -574,7 +587,10 @@ pub fn engines_agree(s: &dyn StoreImport) {
     ));
     assert!(s.versions(stack).unwrap().is_empty());
     assert!(s.version(stack, too_big).unwrap().is_none());
-    assert!(matches!(s.version_bytes(stack, too_big), Err(StoreError::NotFound(_))));
+    assert!(matches!(
+        s.version_bytes(stack, too_big),
+        Err(StoreError::NotFound(_))
+    ));
     let body = state(1, "lin", 1);
     let meta = |serial: u64, restored_from: Option<u64>| VersionMeta {
         stack: stack.into(),

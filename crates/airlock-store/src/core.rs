@@ -98,7 +98,9 @@ pub fn current_version_of(
     stack: &str,
 ) -> Result<Option<VersionMeta>> {
     db.query_opt(
-        &format!("SELECT {VERSION_COLS} FROM versions WHERE stack_id = $1 ORDER BY serial DESC LIMIT 1"),
+        &format!(
+            "SELECT {VERSION_COLS} FROM versions WHERE stack_id = $1 ORDER BY serial DESC LIMIT 1"
+        ),
         params![stack_id],
     )?
     .map(|r| version_from_row(stack, &r))
@@ -292,7 +294,9 @@ pub fn write_state(
         )?;
     }
     append_audit(db, &audit)?;
-    Ok(WriteResult::Stored(attempt.version_meta(stack, &p.sha, now)))
+    Ok(WriteResult::Stored(
+        attempt.version_meta(stack, &p.sha, now),
+    ))
 }
 
 /// Inserts one exported version verbatim, after checking its bytes against its metadata.
@@ -363,7 +367,9 @@ pub fn grants_of(
         )?
     } else {
         db.query(
-            &format!("SELECT {GRANT_COLS} FROM grants WHERE stack_id = $1 ORDER BY created_at DESC, id"),
+            &format!(
+                "SELECT {GRANT_COLS} FROM grants WHERE stack_id = $1 ORDER BY created_at DESC, id"
+            ),
             params![stack_id],
         )?
     };
@@ -505,7 +511,13 @@ pub fn insert_run(
     let (stack_id, _) = lock_stack(db, &run.stack)?;
     db.execute(
         "INSERT INTO runs (id, stack_id, status, created_at, record) VALUES ($1, $2, $3, $4, $5)",
-        params![&run.id, stack_id, run.status.as_str(), run.created_at, record],
+        params![
+            &run.id,
+            stack_id,
+            run.status.as_str(),
+            run.created_at,
+            record
+        ],
     )
     .map_err(|e| unique_is_conflict(e, || format!("run {} already exists", run.id)))?;
     for (name, sha, len, data) in artifacts {
@@ -536,9 +548,12 @@ pub fn put_run_artifact(db: &mut dyn Sql, id: &str, name: &str, bytes: &[u8]) ->
 
 pub fn run_of(db: &mut dyn Sql, id: &str, for_update: bool) -> Result<Option<RunRecord>> {
     let lock = if for_update { db.for_update() } else { "" };
-    db.query_opt(&format!("SELECT record FROM runs WHERE id = $1{lock}"), params![id])?
-        .map(|r| json_col(&r.text(0)?, "run record"))
-        .transpose()
+    db.query_opt(
+        &format!("SELECT record FROM runs WHERE id = $1{lock}"),
+        params![id],
+    )?
+    .map(|r| json_col(&r.text(0)?, "run record"))
+    .transpose()
 }
 
 pub fn runs(db: &mut dyn Sql, stack: Option<&str>, limit: u32) -> Result<Vec<RunRecord>> {
@@ -592,11 +607,7 @@ pub fn run_artifact_names(db: &mut dyn Sql, id: &str) -> Result<Vec<String>> {
 
 /// Judges and records a run transition: the stack's row, then the run's, are locked; the
 /// judgement sees the newest committed run and the stack's current version.
-pub fn update_run(
-    db: &mut dyn Sql,
-    id: &str,
-    update: &mut RunUpdate<'_>,
-) -> Result<RunTransition> {
+pub fn update_run(db: &mut dyn Sql, id: &str, update: &mut RunUpdate<'_>) -> Result<RunTransition> {
     let not_found = || StoreError::NotFound(format!("run {id}"));
     // A run never moves to another stack, so its stack can be looked up before either lock.
     let stack_name = db
@@ -1077,7 +1088,9 @@ impl<E: Engine> StoreImport for E {
         self.write(|db| {
             let (id, _) = lock_stack(db, stack)?;
             if lock_of(db, id)?.is_some() {
-                return Err(StoreError::Conflict(format!("stack {stack} is locked already")));
+                return Err(StoreError::Conflict(format!(
+                    "stack {stack} is locked already"
+                )));
             }
             insert_lock(db, id, l)
         })
@@ -1126,8 +1139,16 @@ impl<E: Engine> StoreImport for E {
 impl<E: Engine> StoreStats for E {
     fn stored_state_bytes(&self) -> Result<u64> {
         self.read(|db| {
-            let chunks = count(db, "SELECT CAST(COALESCE(SUM(octet_length(data) + 40), 0) AS BIGINT) FROM chunks", &[])?;
-            let lists = count(db, "SELECT CAST(COALESCE(SUM(octet_length(chunks) + 120), 0) AS BIGINT) FROM versions", &[])?;
+            let chunks = count(
+                db,
+                "SELECT CAST(COALESCE(SUM(octet_length(data) + 40), 0) AS BIGINT) FROM chunks",
+                &[],
+            )?;
+            let lists = count(
+                db,
+                "SELECT CAST(COALESCE(SUM(octet_length(chunks) + 120), 0) AS BIGINT) FROM versions",
+                &[],
+            )?;
             Ok(chunks + lists)
         })
     }

@@ -14,6 +14,7 @@ pub mod conformance;
 mod core;
 mod model;
 mod postgres;
+pub mod private;
 mod runs;
 mod sql;
 mod sqlite;
@@ -198,7 +199,6 @@ pub trait Store: Send + Sync {
 /// record no audit event of their own: the imported audit chain is the history. The server
 /// never sees this trait.
 pub trait StoreImport: Store {
-
     /// Every token with the SHA-256 of its secret (never the secret, which is not stored).
     fn tokens_with_hashes(&self) -> Result<Vec<(TokenRecord, [u8; 32])>>;
     /// Inserts a stack as exported (lineage and creation time included); `Conflict` if it exists.
@@ -238,25 +238,36 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+enum Opened {
+    Postgres(PostgresStore),
+    Sqlite(SqliteStore),
+}
+
+/// The engine picked by the location's scheme: a `postgres://` / `postgresql://` URL, or a
+/// SQLite database file path (`sqlite://PATH` or a bare path).
+fn open_engine(location: &str) -> Result<Opened> {
+    if location.starts_with("postgres://") || location.starts_with("postgresql://") {
+        return Ok(Opened::Postgres(PostgresStore::open(location)?));
+    }
+    let path = location.strip_prefix("sqlite://").unwrap_or(location);
+    Ok(Opened::Sqlite(SqliteStore::open(std::path::Path::new(
+        path,
+    ))?))
+}
+
 /// Opens the store a server was configured with: a `postgres://` / `postgresql://` URL, or a
 /// SQLite database file path (`sqlite://PATH` or a bare path).
 pub fn open(location: &str) -> Result<std::sync::Arc<dyn Store>> {
-    if location.starts_with("postgres://") || location.starts_with("postgresql://") {
-        return Ok(std::sync::Arc::new(PostgresStore::open(location)?));
-    }
-    let path = location.strip_prefix("sqlite://").unwrap_or(location);
-    Ok(std::sync::Arc::new(SqliteStore::open(
-        std::path::Path::new(path),
-    )?))
+    Ok(match open_engine(location)? {
+        Opened::Postgres(s) => std::sync::Arc::new(s),
+        Opened::Sqlite(s) => std::sync::Arc::new(s),
+    })
 }
 
 /// Opens a store like [`open`], with the backup import methods.
 pub fn open_for_import(location: &str) -> Result<std::sync::Arc<dyn StoreImport>> {
-    if location.starts_with("postgres://") || location.starts_with("postgresql://") {
-        return Ok(std::sync::Arc::new(PostgresStore::open(location)?));
-    }
-    let path = location.strip_prefix("sqlite://").unwrap_or(location);
-    Ok(std::sync::Arc::new(SqliteStore::open(
-        std::path::Path::new(path),
-    )?))
+    Ok(match open_engine(location)? {
+        Opened::Postgres(s) => std::sync::Arc::new(s),
+        Opened::Sqlite(s) => std::sync::Arc::new(s),
+    })
 }

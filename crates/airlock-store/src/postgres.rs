@@ -238,16 +238,20 @@ impl ToSql for Value {
 fn column(r: &::postgres::Row, i: usize) -> Result<Value> {
     let ty = r.columns()[i].type_();
     Ok(if *ty == Type::INT8 {
-        r.try_get::<_, Option<i64>>(i)?.map_or(Value::Null, Value::Int)
+        r.try_get::<_, Option<i64>>(i)?
+            .map_or(Value::Null, Value::Int)
     } else if *ty == Type::INT4 {
         r.try_get::<_, Option<i32>>(i)?
             .map_or(Value::Null, |v| Value::Int(v.into()))
     } else if *ty == Type::BOOL {
-        r.try_get::<_, Option<bool>>(i)?.map_or(Value::Null, Value::Bool)
+        r.try_get::<_, Option<bool>>(i)?
+            .map_or(Value::Null, Value::Bool)
     } else if *ty == Type::BYTEA {
-        r.try_get::<_, Option<Vec<u8>>>(i)?.map_or(Value::Null, Value::Bytes)
+        r.try_get::<_, Option<Vec<u8>>>(i)?
+            .map_or(Value::Null, Value::Bytes)
     } else {
-        r.try_get::<_, Option<String>>(i)?.map_or(Value::Null, Value::Text)
+        r.try_get::<_, Option<String>>(i)?
+            .map_or(Value::Null, Value::Text)
     })
 }
 
@@ -272,7 +276,11 @@ impl<C: GenericClient> Sql for Db<'_, C> {
         self.c
             .query(&s, &refs(params))?
             .iter()
-            .map(|r| Ok(Row((0..r.len()).map(|i| column(r, i)).collect::<Result<_>>()?)))
+            .map(|r| {
+                Ok(Row((0..r.len())
+                    .map(|i| column(r, i))
+                    .collect::<Result<_>>()?))
+            })
             .collect()
     }
 
@@ -302,11 +310,7 @@ impl<C: GenericClient> Sql for Db<'_, C> {
     }
 
     /// One round trip for the lookup and one for the insert, whatever the number of chunks.
-    fn put_chunks(
-        &mut self,
-        chunks: &[blob::Chunk<'_>],
-        compressed: &[Vec<u8>],
-    ) -> Result<()> {
+    fn put_chunks(&mut self, chunks: &[blob::Chunk<'_>], compressed: &[Vec<u8>]) -> Result<()> {
         let mut all: Vec<(&[u8; 32], &[u8], i64)> = chunks
             .iter()
             .zip(compressed)
@@ -488,7 +492,6 @@ fn migrate(client: &mut Client) -> Result<()> {
     tx.commit()?;
     Ok(())
 }
-
 
 impl Engine for PostgresStore {
     const NAME: &'static str = "postgres";

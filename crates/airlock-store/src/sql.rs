@@ -182,7 +182,11 @@ pub trait Sql {
     }
 
     /// Stores content chunks that are not stored yet.
-    fn put_chunks(&mut self, chunks: &[crate::blob::Chunk<'_>], compressed: &[Vec<u8>]) -> Result<()> {
+    fn put_chunks(
+        &mut self,
+        chunks: &[crate::blob::Chunk<'_>],
+        compressed: &[Vec<u8>],
+    ) -> Result<()> {
         for (c, z) in chunks.iter().zip(compressed) {
             self.execute(
                 "INSERT INTO chunks (hash, data, raw_len) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",

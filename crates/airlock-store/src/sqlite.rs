@@ -110,7 +110,10 @@ impl Sql for Lite<'_> {
     }
 
     fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, DbError> {
-        let mut stmt = self.0.prepare_cached(&placeholders(sql)).map_err(classify)?;
+        let mut stmt = self
+            .0
+            .prepare_cached(&placeholders(sql))
+            .map_err(classify)?;
         stmt.execute(rusqlite::params_from_iter(params))
             .map(|n| n as u64)
             .map_err(classify)
@@ -131,7 +134,11 @@ impl Sql for Lite<'_> {
 
 impl SqliteStore {
     /// Opens (creating if needed) the database file and applies pending migrations.
+    /// The file (and its `-wal` and `-shm` files) is made 0600, its directory 0700 if this
+    /// creates it: it holds the full state, secrets included.
     pub fn open(path: &Path) -> Result<SqliteStore> {
+        crate::private::private_database(path)
+            .map_err(|e| StoreError::Backend(format!("making {} private: {e}", path.display())))?;
         let mut writer = open_conn(path)?;
         migrate(&mut writer)?;
         Ok(SqliteStore {

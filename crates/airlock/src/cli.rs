@@ -410,6 +410,10 @@ pub enum BackupCommand {
     Verify {
         /// Backup directory.
         dir: PathBuf,
+        /// The manifest.json SHA-256 printed by `backup export`: also check the manifest is
+        /// the one exported (a replaced manifest could describe replaced files consistently).
+        #[arg(long, value_name = "HASH")]
+        manifest_sha256: Option<String>,
         /// Output format.
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         format: OutputFormat,

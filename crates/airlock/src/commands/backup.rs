@@ -34,8 +34,8 @@ use std::sync::Arc;
 
 use airlock_core::audit::{verify_chain, AuditRecord, GENESIS};
 use airlock_store::{
-    blob, GrantRecord, LockRecord, RunRecord, SqliteStore, StackRecord, StackSettings, StoreImport,
-    TokenRecord, UserRecord, VersionMeta,
+    blob, private, GrantRecord, LockRecord, RunRecord, SqliteStore, StackRecord, StackSettings,
+    StoreImport, TokenRecord, UserRecord, VersionMeta,
 };
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
@@ -67,8 +67,15 @@ pub fn run(cmd: BackupCommand) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        BackupCommand::Verify { dir, format } => {
+        BackupCommand::Verify {
+            dir,
+            manifest_sha256,
+            format,
+        } => {
             let (backup, mut problems) = Backup::load(&dir)?;
+            if let Some(want) = manifest_sha256 {
+                problems.extend(check_manifest_hash(&dir, &want)?);
+            }
             if problems.is_empty() {
                 problems = replay_into_scratch(&backup)?;
             }
@@ -490,11 +497,12 @@ impl Writer {
         use std::io::Write;
         let path = self.root.join(rel);
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)
+            private::create_private_dir_all(parent)
                 .with_context(|| format!("creating {}", parent.display()))?;
         }
-        let mut f =
-            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        // A backup holds the full state, secrets included: owner-only, whatever the umask.
+        let mut f = private::create_private_file(&path)
+            .with_context(|| format!("creating {}", path.display()))?;
         f.write_all(bytes)
             .and_then(|()| f.sync_all())
             .with_context(|| format!("writing {}", path.display()))?;
@@ -538,7 +546,7 @@ fn export(store: &dyn StoreImport, dir: &Path) -> anyhow::Result<Summary> {
             );
         }
     }
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    private::create_private_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut w = Writer {
         root: dir.to_owned(),
         files: BTreeMap::new(),
@@ -1144,6 +1152,18 @@ impl Drop for Scratch {
     }
 }
 
+/// The problem, if any, with `manifest.json` against the SHA-256 printed at export.
+fn check_manifest_hash(dir: &Path, want: &str) -> anyhow::Result<Option<String>> {
+    let want = want.trim().to_ascii_lowercase();
+    if want.len() != 64 || !want.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!("--manifest-sha256 must be the 64 hex digits `airlock backup export` printed, not {want:?}");
+    }
+    let got = hex(&blob::sha256(&std::fs::read(dir.join("manifest.json"))?));
+    Ok((got != want).then(|| {
+        format!("manifest.json has SHA-256 {got}, not the {want} recorded at export: the manifest was replaced (or this is another backup)")
+    }))
+}
+
 fn replay_into_scratch(b: &Backup) -> anyhow::Result<Vec<String>> {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -1154,7 +1174,7 @@ fn replay_into_scratch(b: &Backup) -> anyhow::Result<Vec<String>> {
             std::process::id()
         )),
     };
-    std::fs::create_dir(&scratch.dir)
+    private::create_private_dir(&scratch.dir)
         .with_context(|| format!("creating scratch dir {}", scratch.dir.display()))?;
     let store: Arc<dyn StoreImport> = Arc::new(
         SqliteStore::open(&scratch.dir.join("airlock.db")).context("opening the scratch store")?,

@@ -24,7 +24,7 @@ pub fn open_store(args: &DatabaseArgs, missing: Missing) -> anyhow::Result<Arc<d
     }
     let path = args.data_dir.join("airlock.db");
     match missing {
-        Missing::Create => std::fs::create_dir_all(&args.data_dir)
+        Missing::Create => airlock_store::private::create_private_dir_all(&args.data_dir)
             .with_context(|| format!("creating data dir {}", args.data_dir.display()))?,
         Missing::Refuse => {
             if !path.is_file() {

@@ -14,7 +14,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     let store: Arc<dyn Store> = match &args.database_url {
         Some(url) => airlock_store::open(url).context("opening the database")?,
         None => {
-            std::fs::create_dir_all(&args.data_dir)
+            airlock_store::private::create_private_dir_all(&args.data_dir)
                 .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
             let path = args.data_dir.join("airlock.db");
             airlock_store::open(&path.to_string_lossy())
