@@ -52,6 +52,7 @@ pub fn run_all<S: StoreImport + StoreStats + 'static>(engine: &Arc<S>) {
     users(store.as_ref());
     import_user(engine.as_ref());
     engines_agree(engine.as_ref());
+    archived_stacks(engine.as_ref());
     derived_tokens(store.as_ref());
     revocation_cascades(store.as_ref());
     mint_limit(store.as_ref());
@@ -615,6 +616,115 @@ pub fn engines_agree(s: &dyn StoreImport) {
     ));
     assert!(s.versions(stack).unwrap().is_empty());
     assert_eq!(audit_len(s), audited);
+}
+
+/// Deleting a stack archives it: refused while locked or applying; afterwards its history
+/// stays readable, every change is refused, the name stays taken, and an import keeps it.
+pub fn archived_stacks(s: &dyn StoreImport) {
+    let stack = "conf/archived";
+    s.create_stack(
+        stack,
+        false,
+        StackSettings::default(),
+        audit("stack.create"),
+    )
+    .unwrap();
+    let body = state(1, "lin", 2);
+    s.write_state(stack, attempt(body.clone(), 1), &mut store_it)
+        .unwrap();
+    let delete = || s.archive_stack(stack, "admin", "decommissioned", audit("stack.delete"));
+    // Refused while locked ...
+    assert_eq!(
+        s.lock(stack, new_lock("l1"), audit("lock")).unwrap(),
+        LockOutcome::Acquired
+    );
+    assert!(matches!(delete(), Err(StoreError::Conflict(m)) if m.contains("locked")));
+    s.unlock(stack, UnlockBy::Force, audit("unlock")).unwrap();
+    // ... and while a run is applying.
+    let mut applying = run_record("run-archived-1", stack, 1);
+    applying.status = RunStatus::Applying;
+    s.create_run(&applying, &[], audit("run.create")).unwrap();
+    assert!(matches!(delete(), Err(StoreError::Conflict(m)) if m.contains("applying")));
+    s.update_run(
+        "run-archived-1",
+        &mut |r: &RunRecord, _: &StackRecord, _: Option<&VersionMeta>| {
+            let mut done = r.clone();
+            done.status = RunStatus::Failed;
+            Ok((done, audit("run.finish")))
+        },
+    )
+    .unwrap()
+    .unwrap();
+    s.create_run(
+        &run_record("run-archived-2", stack, 2),
+        &[],
+        audit("run.create"),
+    )
+    .unwrap();
+
+    let before = audit_len(s);
+    let archived = delete().unwrap();
+    assert_eq!(archived.archived.as_ref().unwrap().reason, "decommissioned");
+    assert_eq!(audit_len(s), before + 1, "the deletion is audited");
+    assert_eq!(s.stack(stack).unwrap().unwrap(), archived);
+    assert!(s.list_stacks().unwrap().contains(&archived));
+    // History stays readable.
+    assert_eq!(s.versions(stack).unwrap().len(), 1);
+    assert_eq!(s.version_bytes(stack, 1).unwrap(), body);
+    assert_eq!(s.runs(Some(stack), 10).unwrap().len(), 2);
+    // Every change is refused, with the reason.
+    let refused = |r: Result<(), StoreError>| {
+        assert!(
+            matches!(&r, Err(StoreError::Conflict(m)) if m.contains("was deleted")),
+            "{r:?}"
+        )
+    };
+    assert!(matches!(
+        s.write_state(stack, attempt(state(2, "lin", 2), 2), &mut store_it),
+        Ok(WriteResult::Refused(r)) if r.message.contains("was deleted")
+    ));
+    refused(s.lock(stack, new_lock("l2"), audit("lock")).map(|_| ()));
+    refused(s.create_run(
+        &run_record("run-archived-3", stack, 3),
+        &[],
+        audit("run.create"),
+    ));
+    refused(
+        s.create_grant(
+            stack,
+            NewGrant {
+                id: "g-archived".into(),
+                addresses: vec!["x".into()],
+                reason: "r".into(),
+                created_by: "a".into(),
+                expires_at: now_ms() + 60_000,
+                run_id: None,
+            },
+            audit("grant.create"),
+        )
+        .map(|_| ()),
+    );
+    refused(
+        s.update_stack_settings(stack, StackSettings::default(), audit("settings"))
+            .map(|_| ()),
+    );
+    refused(delete().map(|_| ()));
+    let transition = s
+        .update_run(
+            "run-archived-2",
+            &mut |r: &RunRecord, _: &StackRecord, _: Option<&VersionMeta>| {
+                Ok((r.clone(), audit("run.approve")))
+            },
+        )
+        .unwrap();
+    assert!(matches!(transition, Err(r) if r.message.contains("was deleted")));
+    // The name stays with its history.
+    assert!(matches!(
+        s.create_stack(stack, false, StackSettings::default(), audit("stack.create")),
+        Err(StoreError::Conflict(m)) if m.contains("deleted")
+    ));
+    assert_eq!(audit_len(s), before + 1, "refusals change nothing");
+    assert_eq!(s.versions(stack).unwrap().len(), 1);
 }
 
 pub fn grants(s: &dyn Store) {

@@ -29,7 +29,8 @@ pub fn bigint(v: u64, what: &str) -> Result<i64> {
 
 // ---- stacks ----
 
-pub const STACK_COLS: &str = "id, name, production, lineage, settings, created_at";
+pub const STACK_COLS: &str =
+    "id, name, production, lineage, settings, created_at, archived_at, archived_by, archive_reason";
 
 pub fn stack_from_row(r: &Row) -> Result<(i64, StackRecord)> {
     Ok((
@@ -40,6 +41,14 @@ pub fn stack_from_row(r: &Row) -> Result<(i64, StackRecord)> {
             lineage: r.opt_text(3)?,
             settings: json_col(&r.text(4)?, "stack settings")?,
             created_at: r.i64(5)?,
+            archived: match r.opt_i64(6)? {
+                Some(at) => Some(Archive {
+                    at,
+                    by: r.opt_text(7)?.unwrap_or_default(),
+                    reason: r.opt_text(8)?.unwrap_or_default(),
+                }),
+                None => None,
+            },
         },
     ))
 }
@@ -69,6 +78,15 @@ pub fn lock_stack(db: &mut dyn Sql, name: &str) -> Result<(i64, StackRecord)> {
         .map(|r| stack_from_row(&r))
         .transpose()?
         .ok_or_else(|| StoreError::NotFound(format!("stack {name}")))
+}
+
+/// Like [`lock_stack`], for a change that an archived stack refuses: `Conflict` saying so.
+pub fn lock_live_stack(db: &mut dyn Sql, name: &str) -> Result<(i64, StackRecord)> {
+    let (id, stack) = lock_stack(db, name)?;
+    match stack.refuse_if_archived() {
+        Some(refusal) => Err(StoreError::Conflict(refusal.message)),
+        None => Ok((id, stack)),
+    }
 }
 
 // ---- versions ----
@@ -240,6 +258,9 @@ pub fn write_state(
 ) -> Result<WriteResult> {
     let (serial, restored_from) = check_attempt(attempt)?;
     let (stack_id, record) = lock_stack(db, stack)?;
+    if let Some(refusal) = record.refuse_if_archived() {
+        return Ok(WriteResult::Refused(refusal));
+    }
     let lock = lock_of(db, stack_id)?;
     let current = current_version_of(db, stack_id, stack)?;
     let grants = grants_of(db, stack_id, stack, true)?;
@@ -391,8 +412,12 @@ pub fn grants_of(
 }
 
 /// Inserts a grant; `consumed_at` is `None` for a new one. A duplicate id is a `Conflict`.
-pub fn insert_grant(db: &mut dyn Sql, g: &GrantRecord) -> Result<()> {
-    let (stack_id, _) = lock_stack(db, &g.stack)?;
+pub fn insert_grant(db: &mut dyn Sql, g: &GrantRecord, live: bool) -> Result<()> {
+    let (stack_id, _) = if live {
+        lock_live_stack(db, &g.stack)?
+    } else {
+        lock_stack(db, &g.stack)?
+    };
     db.execute(
         "INSERT INTO grants (id, stack_id, addresses, reason, created_by, created_at, expires_at, consumed_at, run_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         params![&g.id, stack_id, to_json(&g.addresses), &g.reason, &g.created_by, g.created_at, g.expires_at, g.consumed_at, &g.run_id],
@@ -508,7 +533,12 @@ pub fn insert_run(
     audit: Option<&NewAudit>,
 ) -> Result<()> {
     let record = serde_json::to_string(run).map_err(|e| StoreError::Backend(e.to_string()))?;
-    let (stack_id, _) = lock_stack(db, &run.stack)?;
+    // A backup import (no audit of its own) restores runs of archived stacks too.
+    let (stack_id, _) = if audit.is_some() {
+        lock_live_stack(db, &run.stack)?
+    } else {
+        lock_stack(db, &run.stack)?
+    };
     db.execute(
         "INSERT INTO runs (id, stack_id, status, created_at, record) VALUES ($1, $2, $3, $4, $5)",
         params![
@@ -618,6 +648,9 @@ pub fn update_run(db: &mut dyn Sql, id: &str, update: &mut RunUpdate<'_>) -> Res
         .ok_or_else(not_found)?
         .text(0)?;
     let (stack_id, stack) = lock_stack(db, &stack_name)?;
+    if let Some(refusal) = stack.refuse_if_archived() {
+        return Ok(Err(refusal));
+    }
     let run = run_of(db, id, true)?.ok_or_else(not_found)?;
     let current = current_version_of(db, stack_id, &stack.name)?;
     let (record, result) = match update(&run, &stack, current.as_ref()) {
@@ -856,6 +889,12 @@ impl<E: Engine> Store for E {
         audit: NewAudit,
     ) -> Result<StackRecord> {
         self.write(|db| {
+            if let Some((_, old)) = stack_row(db, name)? {
+                return Err(StoreError::Conflict(match old.archived {
+                    Some(_) => format!("stack {name} was deleted (archived) and its name stays with its history; choose another name"),
+                    None => format!("stack {name} already exists"),
+                }));
+            }
             let now = now_ms();
             let stack = StackRecord {
                 name: name.to_owned(),
@@ -863,6 +902,7 @@ impl<E: Engine> Store for E {
                 lineage: None,
                 settings,
                 created_at: now,
+                archived: None,
             };
             insert_stack(db, &stack)?;
             append_audit(db, &audit)?;
@@ -893,7 +933,7 @@ impl<E: Engine> Store for E {
         audit: NewAudit,
     ) -> Result<StackRecord> {
         self.write(|db| {
-            let (id, mut s) = lock_stack(db, name)?;
+            let (id, mut s) = lock_live_stack(db, name)?;
             db.execute(
                 "UPDATE stacks SET settings = $2 WHERE id = $1",
                 params![id, to_json(&settings)],
@@ -904,10 +944,45 @@ impl<E: Engine> Store for E {
         })
     }
 
+    fn archive_stack(
+        &self,
+        name: &str,
+        by: &str,
+        reason: &str,
+        audit: NewAudit,
+    ) -> Result<StackRecord> {
+        self.write(|db| {
+            let (id, mut s) = lock_live_stack(db, name)?;
+            if let Some(held) = lock_of(db, id)? {
+                return Err(StoreError::Conflict(format!(
+                    "stack {name} is locked by {} (lock {}); a locked stack is in use and is not deleted: unlock it first",
+                    held.owner, held.id
+                )));
+            }
+            if let Some(r) = db.query_opt(
+                "SELECT id FROM runs WHERE stack_id = $1 AND status = $2 LIMIT 1",
+                params![id, RunStatus::Applying.as_str()],
+            )? {
+                return Err(StoreError::Conflict(format!(
+                    "stack {name} has run {} applying; wait for it to finish before deleting the stack",
+                    r.text(0)?
+                )));
+            }
+            let archive = Archive { at: now_ms(), by: by.to_owned(), reason: reason.to_owned() };
+            db.execute(
+                "UPDATE stacks SET archived_at = $2, archived_by = $3, archive_reason = $4 WHERE id = $1",
+                params![id, archive.at, by, reason],
+            )?;
+            append_audit(db, &audit)?;
+            s.archived = Some(archive);
+            Ok(s)
+        })
+    }
+
     // --- locks ---
     fn lock(&self, stack: &str, lock: NewLock, audit: NewAudit) -> Result<LockOutcome> {
         self.write(|db| {
-            let (id, _) = lock_stack(db, stack)?;
+            let (id, _) = lock_live_stack(db, stack)?;
             if let Some(held) = lock_of(db, id)? {
                 return Ok(LockOutcome::Held(held));
             }
@@ -985,7 +1060,7 @@ impl<E: Engine> Store for E {
     fn create_grant(&self, stack: &str, g: NewGrant, audit: NewAudit) -> Result<GrantRecord> {
         self.write(|db| {
             let record = g.into_record(stack, now_ms());
-            insert_grant(db, &record)?;
+            insert_grant(db, &record, true)?;
             append_audit(db, &audit)?;
             Ok(record)
         })
@@ -1040,10 +1115,12 @@ impl<E: Engine> Store for E {
 }
 
 fn insert_stack(db: &mut dyn Sql, s: &StackRecord) -> Result<()> {
+    let a = s.archived.as_ref();
     db.execute(
-        "INSERT INTO stacks (name, production, lineage, settings, created_at) VALUES ($1, $2, $3, $4, $5)",
-        params![&s.name, s.production, &s.lineage, to_json(&s.settings), s.created_at],
+        "INSERT INTO stacks (name, production, lineage, settings, created_at, archived_at, archived_by, archive_reason) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        params![&s.name, s.production, &s.lineage, to_json(&s.settings), s.created_at, a.map(|a| a.at), a.map(|a| a.by.as_str()), a.map(|a| a.reason.as_str())],
     )
+    // A replica creating the same stack at the same moment makes this a unique violation.
     .map_err(|e| unique_is_conflict(e, || format!("stack {} already exists", s.name)))?;
     Ok(())
 }
@@ -1119,7 +1196,7 @@ impl<E: Engine> StoreImport for E {
     }
 
     fn import_grant(&self, g: &GrantRecord) -> Result<()> {
-        self.write(|db| insert_grant(db, g))
+        self.write(|db| insert_grant(db, g, false))
     }
 
     fn import_audit(&self, record: &AuditRecord) -> Result<()> {

@@ -115,8 +115,19 @@ pub trait Store: Send + Sync {
         audit: NewAudit,
     ) -> Result<StackRecord>;
 
+    /// Deletes a stack by archiving it: its history stays, it refuses new state writes,
+    /// locks, runs, grants and settings, and its name stays taken. `Conflict` if it is
+    /// archived already, locked, or has a run applying.
+    fn archive_stack(
+        &self,
+        name: &str,
+        by: &str,
+        reason: &str,
+        audit: NewAudit,
+    ) -> Result<StackRecord>;
+
     // --- locks ---
-    /// Takes the stack's lock if it is free.
+    /// Takes the stack's lock if it is free; `Conflict` if the stack is archived.
     fn lock(&self, stack: &str, lock: NewLock, audit: NewAudit) -> Result<LockOutcome>;
     /// Releases the stack's lock. The audit event is recorded only when a lock is released.
     fn unlock(&self, stack: &str, by: UnlockBy, audit: NewAudit) -> Result<UnlockOutcome>;

@@ -21,6 +21,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
     (2, include_str!("../migrations/postgres/0002_runs.sql")),
     (3, include_str!("../migrations/postgres/0003_users.sql")),
+    (
+        4,
+        include_str!("../migrations/postgres/0004_archived_stacks.sql"),
+    ),
 ];
 
 /// Transaction-scoped advisory lock keys ("airlock" in ASCII, then a number). Being

@@ -17,6 +17,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/sqlite/0001_init.sql")),
     (2, include_str!("../migrations/sqlite/0002_runs.sql")),
     (3, include_str!("../migrations/sqlite/0003_users.sql")),
+    (
+        4,
+        include_str!("../migrations/sqlite/0004_archived_stacks.sql"),
+    ),
 ];
 // Enough idle readers for a burst of concurrent GETs without reopening connections.
 const MAX_IDLE_READERS: usize = 32;

@@ -34,8 +34,8 @@ use std::sync::Arc;
 
 use airlock_core::audit::{verify_chain, AuditRecord, GENESIS};
 use airlock_store::{
-    blob, private, GrantRecord, LockRecord, RunRecord, SqliteStore, StackRecord, StackSettings,
-    StoreImport, TokenRecord, UserRecord, VersionMeta,
+    blob, private, Archive, GrantRecord, LockRecord, RunRecord, SqliteStore, StackRecord,
+    StackSettings, StoreImport, TokenRecord, UserRecord, VersionMeta,
 };
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
@@ -210,6 +210,16 @@ struct StackFile {
     versions: Vec<VersionEntry>,
     grants: Vec<GrantEntry>,
     lock: Option<LockEntry>,
+    /// Set for a deleted (archived) stack; absent before stacks could be deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    archived: Option<ArchiveEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct ArchiveEntry {
+    at: i64,
+    by: String,
+    reason: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -480,6 +490,11 @@ impl StackFile {
             lineage: self.lineage.clone(),
             settings: self.settings.clone(),
             created_at: self.created_at,
+            archived: self.archived.as_ref().map(|a| Archive {
+                at: a.at,
+                by: a.by.clone(),
+                reason: a.reason.clone(),
+            }),
         }
     }
 }
@@ -610,6 +625,11 @@ fn export(store: &dyn StoreImport, dir: &Path) -> anyhow::Result<Summary> {
             versions,
             grants,
             lock,
+            archived: s.archived.as_ref().map(|a| ArchiveEntry {
+                at: a.at,
+                by: a.by.clone(),
+                reason: a.reason.clone(),
+            }),
         };
         w.put_json(&format!("{base}/stack.json"), &file)?;
     }
