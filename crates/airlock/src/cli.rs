@@ -219,6 +219,32 @@ pub enum StackCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Remove protection rules added with `stack protect` (admins; audited). The built-in
+    /// catalogue of critical types is not a rule of the stack and stays.
+    Unprotect {
+        /// Stack name.
+        stack: String,
+        /// Resource type to unprotect (repeatable).
+        #[arg(long = "type")]
+        types: Vec<String>,
+        /// Address glob to unprotect (repeatable), exactly as it was added.
+        #[arg(long = "address")]
+        addresses: Vec<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete a stack (admins; audited). It is archived, never erased: its versions, runs and
+    /// audit stay readable, it refuses new state writes, locks and runs, and its name stays
+    /// taken. Refused while the stack is locked or a run is applying.
+    Delete {
+        /// Stack name.
+        stack: String,
+        /// Why the stack is deleted (recorded in the audit log).
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Change a stack's settings.
     Settings {
         /// Stack name.
