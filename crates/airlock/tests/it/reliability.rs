@@ -1465,6 +1465,23 @@ fn data_dir_database_and_backups_are_private_whatever_the_umask() {
         }
     }
 
+    // A deleted (archived) stack, to see the backup keep it.
+    {
+        use airlock_store::{NewAudit, StackSettings, Store};
+        let store = airlock_store::SqliteStore::open(&db).unwrap();
+        let audit = |a: &str| NewAudit::ok("test", a, Some("old/app"), json!({}));
+        store
+            .create_stack(
+                "old/app",
+                false,
+                StackSettings::default(),
+                audit("stack.create"),
+            )
+            .unwrap();
+        store
+            .archive_stack("old/app", "test", "gone", audit("stack.delete"))
+            .unwrap();
+    }
     let bk = tmp.path().join("backups/b1");
     let (ok, out) = cli_with_umask_022(&[
         "backup",
@@ -1519,4 +1536,21 @@ fn data_dir_database_and_backups_are_private_whatever_the_umask() {
         !ok && out.contains("--manifest-sha256 must be the 64 hex digits"),
         "{out}"
     );
+
+    // Import keeps the deletion.
+    let restored = tmp.path().join("restored");
+    let (ok, out) = cli_with_umask_022(&[
+        "backup",
+        "import",
+        dir_arg(&bk),
+        "--data-dir",
+        dir_arg(&restored),
+    ]);
+    assert!(ok, "{out}");
+    assert_eq!(mode(&restored), 0o700);
+    let store = airlock_store::SqliteStore::open(&restored.join("airlock.db")).unwrap();
+    let old = airlock_store::Store::stack(&store, "old/app")
+        .unwrap()
+        .unwrap();
+    assert_eq!(old.archived.unwrap().reason, "gone");
 }
