@@ -346,7 +346,7 @@ impl<C: GenericClient> Sql for Db<'_, C> {
     }
 
     /// One round trip for all the chunks of a version.
-    fn load_chunks(&mut self, hashes: &[[u8; 32]]) -> Result<HashMap<Vec<u8>, (Vec<u8>, i64)>> {
+    fn load_chunks(&mut self, hashes: &[[u8; 32]]) -> Result<crate::sql::StoredChunks> {
         let wanted: Vec<&[u8]> = hashes
             .iter()
             .map(|h| &h[..])

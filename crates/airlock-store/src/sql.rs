@@ -160,6 +160,9 @@ pub fn unique_is_conflict(e: DbError, what: impl FnOnce() -> String) -> StoreErr
     }
 }
 
+/// Stored chunks by hash: (compressed data, raw length).
+pub type StoredChunks = std::collections::HashMap<Vec<u8>, (Vec<u8>, i64)>;
+
 /// A connection or transaction of one engine.
 pub trait Sql {
     /// Runs a query and returns every row.
@@ -197,10 +200,7 @@ pub trait Sql {
     }
 
     /// The stored (compressed data, raw length) of each distinct chunk hash that exists.
-    fn load_chunks(
-        &mut self,
-        hashes: &[[u8; 32]],
-    ) -> Result<std::collections::HashMap<Vec<u8>, (Vec<u8>, i64)>> {
+    fn load_chunks(&mut self, hashes: &[[u8; 32]]) -> Result<StoredChunks> {
         let mut out = std::collections::HashMap::with_capacity(hashes.len());
         for h in hashes {
             if out.contains_key(&h[..]) {
