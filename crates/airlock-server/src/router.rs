@@ -37,6 +37,12 @@ pub const ROUTE_PERMISSIONS: &[(&str, &str, Permission)] = &[
         Permission::Admin,
     ),
     ("POST", "/api/v1/stacks/{stack}/protect", Permission::Admin),
+    (
+        "POST",
+        "/api/v1/stacks/{stack}/unprotect",
+        Permission::Admin,
+    ),
+    ("POST", "/api/v1/stacks/{stack}/archive", Permission::Admin),
     ("POST", "/api/v1/stacks/{stack}/grants", Permission::Approve),
     ("GET", "/api/v1/stacks/{stack}/grants", Permission::Read),
     ("GET", "/api/v1/stacks/{stack}/versions", Permission::Read),
@@ -113,6 +119,11 @@ pub fn build(state: Arc<AppState>) -> Router {
             patch(api::stacks::settings),
         )
         .route("/api/v1/stacks/{stack}/protect", post(api::stacks::protect))
+        .route(
+            "/api/v1/stacks/{stack}/unprotect",
+            post(api::stacks::unprotect),
+        )
+        .route("/api/v1/stacks/{stack}/archive", post(api::stacks::archive))
         .route(
             "/api/v1/stacks/{stack}/grants",
             post(api::stacks::create_grant).get(api::stacks::grants),

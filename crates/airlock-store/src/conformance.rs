@@ -45,17 +45,21 @@ fn store_it(_: &WriteContext<'_>) -> Result<WriteDecision, Refusal> {
 }
 
 /// Every check, in order. Each gets its own stacks, so they may share one store.
-pub fn run_all(store: &Arc<dyn Store>) {
+pub fn run_all<S: StoreImport + StoreStats + 'static>(engine: &Arc<S>) {
+    let store: &Arc<dyn Store> = &(engine.clone() as Arc<dyn Store>);
     stacks(store.as_ref());
     tokens(store.as_ref());
     users(store.as_ref());
+    import_user(engine.as_ref());
+    engines_agree(engine.as_ref());
+    archived_stacks(engine.as_ref());
     derived_tokens(store.as_ref());
     revocation_cascades(store.as_ref());
     mint_limit(store.as_ref());
     locks(store.as_ref());
     writes_and_history(store.as_ref());
     grants(store.as_ref());
-    big_history_dedups(store.as_ref());
+    big_history_dedups(engine.as_ref());
     runs(store.as_ref());
     run_grants_end_with_the_apply(store.as_ref());
     concurrent_locks_have_one_winner(store);
@@ -329,6 +333,10 @@ pub fn users(s: &dyn Store) {
         ),
         Err(StoreError::NotFound(_))
     ));
+}
+
+/// Backup import inserts a user verbatim.
+pub fn import_user(s: &dyn StoreImport) {
     s.import_user(&UserRecord {
         name: "conf.dave".into(),
         created_at: 5,
@@ -612,6 +620,206 @@ pub fn writes_and_history(s: &dyn Store) {
     assert_eq!((report.checked, report.failures.len()), (2, 0));
 }
 
+/// Where the engines used to disagree, each now behaves the safe way on both.
+pub fn engines_agree(s: &dyn StoreImport) {
+    let stack = "conf/agree";
+    s.create_stack(
+        stack,
+        false,
+        StackSettings::default(),
+        audit("stack.create"),
+    )
+    .unwrap();
+    let grant = |id: &str| NewGrant {
+        id: id.into(),
+        addresses: vec!["x".into()],
+        reason: "r".into(),
+        created_by: "a".into(),
+        expires_at: now_ms() + 60_000,
+        run_id: None,
+    };
+    // A duplicate id is a conflict (409), never a database error (500): it was one on
+    // PostgreSQL and the other on SQLite.
+    let first = s
+        .create_grant(stack, grant("g-dup"), audit("grant.create"))
+        .unwrap();
+    let audited = audit_len(s);
+    assert!(matches!(
+        s.create_grant(stack, grant("g-dup"), audit("grant.create")),
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        s.import_grant(&first),
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        s.create_stack(
+            stack,
+            false,
+            StackSettings::default(),
+            audit("stack.create")
+        ),
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        s.import_stack(&s.stack(stack).unwrap().unwrap()),
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(audit_len(s), audited, "a refused duplicate is not audited");
+    // `restored_from` and serials a BIGINT cannot hold are refused before anything is stored
+    // (SQLite stored them wrapped negative, PostgreSQL dropped `restored_from`, import refused).
+    let too_big = u64::MAX - 1;
+    let mut restore = attempt(state(1, "lin", 1), 1);
+    restore.restored_from = Some(too_big);
+    assert!(matches!(
+        s.write_state(stack, restore, &mut store_it),
+        Err(StoreError::Conflict(m)) if m.contains("restored_from")
+    ));
+    assert!(matches!(
+        s.write_state(stack, attempt(state(1, "lin", 1), too_big), &mut store_it),
+        Err(StoreError::Conflict(m)) if m.contains("serial")
+    ));
+    assert!(s.versions(stack).unwrap().is_empty());
+    assert!(s.version(stack, too_big).unwrap().is_none());
+    assert!(matches!(
+        s.version_bytes(stack, too_big),
+        Err(StoreError::NotFound(_))
+    ));
+    let body = state(1, "lin", 1);
+    let meta = |serial: u64, restored_from: Option<u64>| VersionMeta {
+        stack: stack.into(),
+        serial,
+        lineage: "lin".into(),
+        sha256: hex::encode(crate::blob::sha256(&body)),
+        size: body.len() as u64,
+        author: "a".into(),
+        lock_id: None,
+        run_id: None,
+        reason: None,
+        restored_from,
+        created_at: 1,
+    };
+    assert!(matches!(
+        s.import_version(&meta(1, Some(too_big)), &body),
+        Err(StoreError::Conflict(m)) if m.contains("restored_from")
+    ));
+    assert!(matches!(
+        s.import_version(&meta(too_big, None), &body),
+        Err(StoreError::Conflict(m)) if m.contains("serial")
+    ));
+    assert!(s.versions(stack).unwrap().is_empty());
+    assert_eq!(audit_len(s), audited);
+}
+
+/// Deleting a stack archives it: refused while locked or applying; afterwards its history
+/// stays readable, every change is refused, the name stays taken, and an import keeps it.
+pub fn archived_stacks(s: &dyn StoreImport) {
+    let stack = "conf/archived";
+    s.create_stack(
+        stack,
+        false,
+        StackSettings::default(),
+        audit("stack.create"),
+    )
+    .unwrap();
+    let body = state(1, "lin", 2);
+    s.write_state(stack, attempt(body.clone(), 1), &mut store_it)
+        .unwrap();
+    let delete = || s.archive_stack(stack, "admin", "decommissioned", audit("stack.delete"));
+    // Refused while locked ...
+    assert_eq!(
+        s.lock(stack, new_lock("l1"), audit("lock")).unwrap(),
+        LockOutcome::Acquired
+    );
+    assert!(matches!(delete(), Err(StoreError::Conflict(m)) if m.contains("locked")));
+    s.unlock(stack, UnlockBy::Force, audit("unlock")).unwrap();
+    // ... and while a run is applying.
+    let mut applying = run_record("run-archived-1", stack, 1);
+    applying.status = RunStatus::Applying;
+    s.create_run(&applying, &[], audit("run.create")).unwrap();
+    assert!(matches!(delete(), Err(StoreError::Conflict(m)) if m.contains("applying")));
+    s.update_run(
+        "run-archived-1",
+        &mut |r: &RunRecord, _: &StackRecord, _: Option<&VersionMeta>| {
+            let mut done = r.clone();
+            done.status = RunStatus::Failed;
+            Ok((done, audit("run.finish")))
+        },
+    )
+    .unwrap()
+    .unwrap();
+    s.create_run(
+        &run_record("run-archived-2", stack, 2),
+        &[],
+        audit("run.create"),
+    )
+    .unwrap();
+
+    let before = audit_len(s);
+    let archived = delete().unwrap();
+    assert_eq!(archived.archived.as_ref().unwrap().reason, "decommissioned");
+    assert_eq!(audit_len(s), before + 1, "the deletion is audited");
+    assert_eq!(s.stack(stack).unwrap().unwrap(), archived);
+    assert!(s.list_stacks().unwrap().contains(&archived));
+    // History stays readable.
+    assert_eq!(s.versions(stack).unwrap().len(), 1);
+    assert_eq!(s.version_bytes(stack, 1).unwrap(), body);
+    assert_eq!(s.runs(Some(stack), 10).unwrap().len(), 2);
+    // Every change is refused, with the reason.
+    let refused = |r: Result<(), StoreError>| {
+        assert!(
+            matches!(&r, Err(StoreError::Conflict(m)) if m.contains("was deleted")),
+            "{r:?}"
+        )
+    };
+    assert!(matches!(
+        s.write_state(stack, attempt(state(2, "lin", 2), 2), &mut store_it),
+        Ok(WriteResult::Refused(r)) if r.message.contains("was deleted")
+    ));
+    refused(s.lock(stack, new_lock("l2"), audit("lock")).map(|_| ()));
+    refused(s.create_run(
+        &run_record("run-archived-3", stack, 3),
+        &[],
+        audit("run.create"),
+    ));
+    refused(
+        s.create_grant(
+            stack,
+            NewGrant {
+                id: "g-archived".into(),
+                addresses: vec!["x".into()],
+                reason: "r".into(),
+                created_by: "a".into(),
+                expires_at: now_ms() + 60_000,
+                run_id: None,
+            },
+            audit("grant.create"),
+        )
+        .map(|_| ()),
+    );
+    refused(
+        s.update_stack_settings(stack, StackSettings::default(), audit("settings"))
+            .map(|_| ()),
+    );
+    refused(delete().map(|_| ()));
+    let transition = s
+        .update_run(
+            "run-archived-2",
+            &mut |r: &RunRecord, _: &StackRecord, _: Option<&VersionMeta>| {
+                Ok((r.clone(), audit("run.approve")))
+            },
+        )
+        .unwrap();
+    assert!(matches!(transition, Err(r) if r.message.contains("was deleted")));
+    // The name stays with its history.
+    assert!(matches!(
+        s.create_stack(stack, false, StackSettings::default(), audit("stack.create")),
+        Err(StoreError::Conflict(m)) if m.contains("deleted")
+    ));
+    assert_eq!(audit_len(s), before + 1, "refusals change nothing");
+    assert_eq!(s.versions(stack).unwrap().len(), 1);
+}
+
 pub fn grants(s: &dyn Store) {
     let stack = "conf/grants";
     s.create_stack(
@@ -746,7 +954,7 @@ pub fn run_grants_end_with_the_apply(s: &dyn Store) {
     );
 }
 
-pub fn big_history_dedups(s: &dyn Store) {
+pub fn big_history_dedups<S: Store + StoreStats + ?Sized>(s: &S) {
     let stack = "conf/dedup";
     s.create_stack(
         stack,
@@ -906,7 +1114,7 @@ fn run_record(id: &str, stack: &str, created_at: i64) -> RunRecord {
     }
 }
 
-fn audit_len(s: &dyn Store) -> usize {
+fn audit_len<S: Store + ?Sized>(s: &S) -> usize {
     s.audit_events(0, u32::MAX).unwrap().len()
 }
 

@@ -11,9 +11,12 @@
 
 pub mod blob;
 pub mod conformance;
+mod core;
 mod model;
 mod postgres;
+pub mod private;
 mod runs;
+mod sql;
 mod sqlite;
 
 use std::fmt;
@@ -112,8 +115,19 @@ pub trait Store: Send + Sync {
         audit: NewAudit,
     ) -> Result<StackRecord>;
 
+    /// Deletes a stack by archiving it: its history stays, it refuses new state writes,
+    /// locks, runs, grants and settings, and its name stays taken. `Conflict` if it is
+    /// archived already, locked, or has a run applying.
+    fn archive_stack(
+        &self,
+        name: &str,
+        by: &str,
+        reason: &str,
+        audit: NewAudit,
+    ) -> Result<StackRecord>;
+
     // --- locks ---
-    /// Takes the stack's lock if it is free.
+    /// Takes the stack's lock if it is free; `Conflict` if the stack is archived.
     fn lock(&self, stack: &str, lock: NewLock, audit: NewAudit) -> Result<LockOutcome>;
     /// Releases the stack's lock. The audit event is recorded only when a lock is released.
     fn unlock(&self, stack: &str, by: UnlockBy, audit: NewAudit) -> Result<UnlockOutcome>;
@@ -156,9 +170,6 @@ pub trait Store: Send + Sync {
         }
         Ok(report)
     }
-    /// Bytes stored for state content (compressed chunks), for the history-size benchmark.
-    fn stored_state_bytes(&self) -> Result<u64>;
-
     // --- removal grants ---
     /// Creates a removal grant.
     fn create_grant(&self, stack: &str, grant: NewGrant, audit: NewAudit) -> Result<GrantRecord>;
@@ -195,13 +206,14 @@ pub trait Store: Send + Sync {
     fn put_run_artifact(&self, id: &str, name: &str, bytes: &[u8]) -> Result<()>;
     /// Judges and records a transition atomically (the run and its stack are locked).
     fn update_run(&self, id: &str, update: &mut RunUpdate<'_>) -> Result<RunTransition>;
+}
 
-    // --- backup import ---
-    // `airlock backup` reads everything through the methods above plus `tokens_with_hashes`,
-    // and restores into an empty store with the `import_*` methods, which insert records
-    // verbatim (same serials, hashes, authors, times) and record no audit event of their own:
-    // the imported audit chain is the history. The server never calls them.
-
+/// Backup import: `airlock backup` reads everything through [`Store`] plus
+/// `tokens_with_hashes` and `run_artifact_names`, and restores into an empty store with the
+/// `import_*` methods, which insert records verbatim (same serials, hashes, authors, times) and
+/// record no audit event of their own: the imported audit chain is the history. The server
+/// never sees this trait.
+pub trait StoreImport: Store {
     /// Every token with the SHA-256 of its secret (never the secret, which is not stored).
     fn tokens_with_hashes(&self) -> Result<Vec<(TokenRecord, [u8; 32])>>;
     /// Inserts a stack as exported (lineage and creation time included); `Conflict` if it exists.
@@ -224,7 +236,13 @@ pub trait Store: Send + Sync {
     fn run_artifact_names(&self, id: &str) -> Result<Vec<String>>;
     /// Inserts a run and its artifacts verbatim (status, approvals, times included).
     fn import_run(&self, run: &RunRecord, artifacts: &[(&str, &[u8])]) -> Result<()>;
-    // --- end backup import ---
+}
+
+/// Storage statistics, for the history-size benchmark; the server never sees this trait.
+pub trait StoreStats {
+    /// Bytes stored for state content: compressed chunks and chunk lists, each with a fixed
+    /// per-row overhead.
+    fn stored_state_bytes(&self) -> Result<u64>;
 }
 
 /// Milliseconds since the Unix epoch.
@@ -235,14 +253,36 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+enum Opened {
+    Postgres(PostgresStore),
+    Sqlite(SqliteStore),
+}
+
+/// The engine picked by the location's scheme: a `postgres://` / `postgresql://` URL, or a
+/// SQLite database file path (`sqlite://PATH` or a bare path).
+fn open_engine(location: &str) -> Result<Opened> {
+    if location.starts_with("postgres://") || location.starts_with("postgresql://") {
+        return Ok(Opened::Postgres(PostgresStore::open(location)?));
+    }
+    let path = location.strip_prefix("sqlite://").unwrap_or(location);
+    Ok(Opened::Sqlite(SqliteStore::open(std::path::Path::new(
+        path,
+    ))?))
+}
+
 /// Opens the store a server was configured with: a `postgres://` / `postgresql://` URL, or a
 /// SQLite database file path (`sqlite://PATH` or a bare path).
 pub fn open(location: &str) -> Result<std::sync::Arc<dyn Store>> {
-    if location.starts_with("postgres://") || location.starts_with("postgresql://") {
-        return Ok(std::sync::Arc::new(PostgresStore::open(location)?));
-    }
-    let path = location.strip_prefix("sqlite://").unwrap_or(location);
-    Ok(std::sync::Arc::new(SqliteStore::open(
-        std::path::Path::new(path),
-    )?))
+    Ok(match open_engine(location)? {
+        Opened::Postgres(s) => std::sync::Arc::new(s),
+        Opened::Sqlite(s) => std::sync::Arc::new(s),
+    })
+}
+
+/// Opens a store like [`open`], with the backup import methods.
+pub fn open_for_import(location: &str) -> Result<std::sync::Arc<dyn StoreImport>> {
+    Ok(match open_engine(location)? {
+        Opened::Postgres(s) => std::sync::Arc::new(s),
+        Opened::Sqlite(s) => std::sync::Arc::new(s),
+    })
 }

@@ -59,6 +59,41 @@ pub struct StackRecord {
     pub settings: StackSettings,
     /// Creation time.
     pub created_at: i64,
+    /// Set when the stack was deleted: it is archived, never removed. Its history stays
+    /// readable; it takes no new state writes, locks, runs, grants or settings; its name
+    /// stays taken, so a new stack can never be mistaken for the old one's history.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub archived: Option<Archive>,
+}
+
+/// When, by whom and why a stack was deleted (archived).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Archive {
+    /// Time of the deletion (ms since the epoch).
+    pub at: i64,
+    /// Who deleted it.
+    pub by: String,
+    /// Why.
+    pub reason: String,
+}
+
+impl StackRecord {
+    /// The refusal for a change to an archived stack, if this one is.
+    pub fn refuse_if_archived(&self) -> Option<airlock_core::refusal::Refusal> {
+        self.archived.as_ref().map(|a| {
+            airlock_core::refusal::Refusal::new(
+                airlock_core::refusal::RefusalKind::Conflict,
+                format!(
+                    "stack {} was deleted on {} by {} ({}): it is archived, its history stays readable (`airlock state history {}`), but it takes no new state writes, locks or runs; use another stack name",
+                    self.name,
+                    airlock_core::time::rfc3339(a.at),
+                    a.by,
+                    a.reason,
+                    self.name
+                ),
+            )
+        })
+    }
 }
 
 /// Metadata of one immutable state version.

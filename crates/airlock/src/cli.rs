@@ -246,6 +246,32 @@ pub enum StackCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Remove protection rules added with `stack protect` (admins; audited). The built-in
+    /// catalogue of critical types is not a rule of the stack and stays.
+    Unprotect {
+        /// Stack name.
+        stack: String,
+        /// Resource type to unprotect (repeatable).
+        #[arg(long = "type")]
+        types: Vec<String>,
+        /// Address glob to unprotect (repeatable), exactly as it was added.
+        #[arg(long = "address")]
+        addresses: Vec<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete a stack (admins; audited). It is archived, never erased: its versions, runs and
+    /// audit stay readable, it refuses new state writes, locks and runs, and its name stays
+    /// taken. Refused while the stack is locked or a run is applying.
+    Delete {
+        /// Stack name.
+        stack: String,
+        /// Why the stack is deleted (recorded in the audit log).
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Change a stack's settings.
     Settings {
         /// Stack name.
@@ -475,6 +501,10 @@ pub enum BackupCommand {
     Verify {
         /// Backup directory.
         dir: PathBuf,
+        /// The manifest.json SHA-256 printed by `backup export`: also check the manifest is
+        /// the one exported (a replaced manifest could describe replaced files consistently).
+        #[arg(long, value_name = "HASH")]
+        manifest_sha256: Option<String>,
         /// Output format.
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         format: OutputFormat,

@@ -441,9 +441,9 @@ fn history(f: &Flags) -> Res<()> {
 
 fn stored_bytes(f: &Flags) -> Res<()> {
     let db = f.str("db")?;
-    let store = airlock_store::open(db).map_err(|e| format!("opening {db}: {e}"))?;
-    let n = store
-        .stored_state_bytes()
+    let store = airlock_store::SqliteStore::open(std::path::Path::new(db))
+        .map_err(|e| format!("opening {db}: {e}"))?;
+    let n = airlock_store::StoreStats::stored_state_bytes(&store)
         .map_err(|e| format!("stored_state_bytes: {e}"))?;
     emit(&f.tag(), "stored_bytes", n);
     Ok(())

@@ -225,7 +225,7 @@ pub fn run(path: &str) -> Result<(), String> {
         r.text("hist.instances")
     ));
     p(format!(
-        "    raw {} MB, stored {} MB = {} % of raw (Store::stored_state_bytes on the SQLite file; versions written over HTTP)",
+        "    raw {} MB, stored {} MB = {} % of raw (StoreStats::stored_state_bytes on the SQLite file; versions written over HTTP)",
         f(raw.map(|b| b / 1e6), 1),
         f(stored.map(|b| b / 1e6), 2),
         f(share, 2)

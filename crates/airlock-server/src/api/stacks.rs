@@ -1,4 +1,5 @@
-//! Stacks: create, list, show, settings, protection rules and removal grants.
+//! Stacks: create, list, show, settings, protection rules, removal grants and deletion
+//! (archiving).
 
 use std::sync::Arc;
 
@@ -63,7 +64,8 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(json!({ "stack": record }))))
 }
 
-/// `GET /api/v1/stacks`: the stacks the token's scope covers.
+/// `GET /api/v1/stacks`: the stacks the token's scope covers; deleted (archived) ones only
+/// for admins.
 pub async fn list(
     State(state): State<Arc<AppState>>,
     Extension(p): Extension<Principal>,
@@ -71,7 +73,7 @@ pub async fn list(
     let stacks = store_call(&state, |st| st.list_stacks()).await?;
     let visible: Vec<_> = stacks
         .into_iter()
-        .filter(|s| p.may_access(&s.name))
+        .filter(|s| p.may_access(&s.name) && (s.archived.is_none() || p.role == Role::Admin))
         .collect();
     Ok(Json(json!({ "stacks": visible })))
 }
@@ -228,6 +230,87 @@ pub async fn protect(
         }
     }
     save_settings(&state, &p, stack.as_str(), settings, "stack.protect").await
+}
+
+/// `POST /api/v1/stacks/{stack}/unprotect`: removes server-side protection rules (types or
+/// address globs added with `protect`). The built-in catalogue is not a rule of the stack and
+/// cannot be removed here.
+pub async fn unprotect(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Extension(RequestStack(stack)): Extension<RequestStack>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let req: Protect = parse_body(&body)?;
+    if req.types.is_empty() && req.addresses.is_empty() {
+        return Err(ApiError::new(
+            RefusalKind::BadRequest,
+            "give at least one type or address to unprotect",
+        ));
+    }
+    let mut settings = existing_stack(&state, &p, stack.as_str()).await?.settings;
+    let missing: Vec<&String> = req
+        .types
+        .iter()
+        .filter(|t| !settings.protect_types.contains(t))
+        .chain(
+            req.addresses
+                .iter()
+                .filter(|a| !settings.protect_addresses.contains(a)),
+        )
+        .collect();
+    if !missing.is_empty() {
+        return Err(ApiError::new(
+            RefusalKind::NotFound,
+            format!(
+                "{missing:?} {} not a protection rule of stack {stack} (its rules: types {:?}, addresses {:?}); only rules added with `airlock stack protect` can be removed, the built-in catalogue stays",
+                if missing.len() == 1 { "is" } else { "are" },
+                settings.protect_types,
+                settings.protect_addresses
+            ),
+        ));
+    }
+    settings.protect_types.retain(|t| !req.types.contains(t));
+    settings
+        .protect_addresses
+        .retain(|a| !req.addresses.contains(a));
+    save_settings(&state, &p, stack.as_str(), settings, "stack.unprotect").await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Archive {
+    reason: String,
+}
+
+/// `POST /api/v1/stacks/{stack}/archive`: deletes a stack by archiving it (`airlock stack
+/// delete`). Refused while it is locked or a run is applying; see `Store::archive_stack`.
+pub async fn archive(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Extension(RequestStack(stack)): Extension<RequestStack>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let req: Archive = parse_body(&body)?;
+    if req.reason.trim().is_empty() || req.reason.len() > 2000 {
+        return Err(ApiError::new(
+            RefusalKind::BadRequest,
+            "a reason (1-2000 characters) is required to delete a stack",
+        ));
+    }
+    existing_stack(&state, &p, stack.as_str()).await?;
+    let audit = NewAudit::ok(
+        &p.display(),
+        "stack.delete",
+        Some(stack.as_str()),
+        json!({"reason": req.reason, "archived": true}),
+    );
+    let (s, by) = (stack.to_string(), p.display());
+    let record = store_call(&state, move |st| {
+        st.archive_stack(&s, &by, &req.reason, audit)
+    })
+    .await?;
+    Ok(Json(json!({ "stack": record })))
 }
 
 #[derive(Deserialize)]

@@ -66,7 +66,9 @@ fn design_allows(method: &str, route: &str) -> Option<[bool; 5]> {
         (_, "/api/v1/tokens" | "/api/v1/tokens/{id}" | "/api/v1/users") => ADMIN,
         ("POST", "/api/v1/stacks") => ADMIN,
         ("PATCH", "/api/v1/stacks/{stack}/settings") => ADMIN,
-        ("POST", "/api/v1/stacks/{stack}/protect") => ADMIN,
+        ("POST", "/api/v1/stacks/{stack}/protect" | "/api/v1/stacks/{stack}/unprotect") => ADMIN,
+        // Deleting (archiving) a stack.
+        ("POST", "/api/v1/stacks/{stack}/archive") => ADMIN,
         ("POST", "/api/v1/stacks/{stack}/grants") => REVIEWERS,
         ("POST", "/api/v1/stacks/{stack}/restore") => REVIEWERS,
         ("GET", "/api/v1/stacks" | "/api/v1/stacks/{stack}") => ALL,
@@ -130,6 +132,8 @@ fn the_route_table_matches_the_design_matrix() {
         ("POST", "/api/v1/stacks"),
         ("PATCH", "/api/v1/stacks/{stack}/settings"),
         ("POST", "/api/v1/stacks/{stack}/protect"),
+        ("POST", "/api/v1/stacks/{stack}/unprotect"),
+        ("POST", "/api/v1/stacks/{stack}/archive"),
         ("POST", "/api/v1/stacks/{stack}/grants"),
         ("POST", "/api/v1/stacks/{stack}/restore"),
         ("GET", "/api/v1/audit"),
@@ -187,9 +191,13 @@ fn concrete(s: &Server, method: &str, route: &str, stack: &str, n: usize) -> (St
             .to_string()
             .into_bytes(),
         ("PATCH", _) => json!({"required_approvals": 1}).to_string().into_bytes(),
-        ("POST", r) if r.ends_with("/protect") => {
+        // The admin protects x_type, then unprotects it.
+        ("POST", r) if r.ends_with("/protect") || r.ends_with("/unprotect") => {
             json!({"types": ["x_type"]}).to_string().into_bytes()
         }
+        // An empty reason: authorized, then refused, so dev/app stays live for the other rows
+        // (deletion itself is tested in stacks.rs).
+        ("POST", r) if r.ends_with("/archive") => json!({"reason": ""}).to_string().into_bytes(),
         ("POST", r) if r.ends_with("/grants") => {
             json!({"addresses": ["a.b"], "ttl": "1h", "reason": "matrix"})
                 .to_string()
@@ -219,6 +227,7 @@ fn expected_ok(method: &str, route: &str, role: Role) -> Option<u16> {
         ("POST", "/api/v1/stacks/{stack}/grants") => 201,
         // serial 1 is already current.
         ("POST", "/api/v1/stacks/{stack}/restore") => 409,
+        ("POST", "/api/v1/stacks/{stack}/archive") => 400,
         // Run routes get placeholder ids and bodies: only authorization is checked for them.
         (_, r) if r.contains("/runs") || r.ends_with("/plan-token") => return None,
         (m, r) if design_allows(m, r).is_some() => 200,

@@ -34,8 +34,8 @@ use std::sync::Arc;
 
 use airlock_core::audit::{verify_chain, AuditRecord, GENESIS};
 use airlock_store::{
-    blob, GrantRecord, LockRecord, RunRecord, SqliteStore, StackRecord, StackSettings, Store,
-    TokenRecord, UserRecord, VersionMeta,
+    blob, private, Archive, GrantRecord, LockRecord, RunRecord, SqliteStore, StackRecord,
+    StackSettings, StoreImport, TokenRecord, UserRecord, VersionMeta,
 };
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
@@ -67,8 +67,15 @@ pub fn run(cmd: BackupCommand) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        BackupCommand::Verify { dir, format } => {
+        BackupCommand::Verify {
+            dir,
+            manifest_sha256,
+            format,
+        } => {
             let (backup, mut problems) = Backup::load(&dir)?;
+            if let Some(want) = manifest_sha256 {
+                problems.extend(check_manifest_hash(&dir, &want)?);
+            }
             if problems.is_empty() {
                 problems = replay_into_scratch(&backup)?;
             }
@@ -203,6 +210,16 @@ struct StackFile {
     versions: Vec<VersionEntry>,
     grants: Vec<GrantEntry>,
     lock: Option<LockEntry>,
+    /// Set for a deleted (archived) stack; absent before stacks could be deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    archived: Option<ArchiveEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct ArchiveEntry {
+    at: i64,
+    by: String,
+    reason: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -473,6 +490,11 @@ impl StackFile {
             lineage: self.lineage.clone(),
             settings: self.settings.clone(),
             created_at: self.created_at,
+            archived: self.archived.as_ref().map(|a| Archive {
+                at: a.at,
+                by: a.by.clone(),
+                reason: a.reason.clone(),
+            }),
         }
     }
 }
@@ -490,11 +512,12 @@ impl Writer {
         use std::io::Write;
         let path = self.root.join(rel);
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)
+            private::create_private_dir_all(parent)
                 .with_context(|| format!("creating {}", parent.display()))?;
         }
-        let mut f =
-            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        // A backup holds the full state, secrets included: owner-only, whatever the umask.
+        let mut f = private::create_private_file(&path)
+            .with_context(|| format!("creating {}", path.display()))?;
         f.write_all(bytes)
             .and_then(|()| f.sync_all())
             .with_context(|| format!("writing {}", path.display()))?;
@@ -515,7 +538,7 @@ impl Writer {
     }
 }
 
-fn all_audit(store: &dyn Store) -> anyhow::Result<Vec<AuditRecord>> {
+fn all_audit(store: &dyn StoreImport) -> anyhow::Result<Vec<AuditRecord>> {
     let mut out: Vec<AuditRecord> = Vec::new();
     loop {
         let after = out.last().map_or(0, |r| r.seq);
@@ -527,7 +550,7 @@ fn all_audit(store: &dyn Store) -> anyhow::Result<Vec<AuditRecord>> {
     }
 }
 
-fn export(store: &dyn Store, dir: &Path) -> anyhow::Result<Summary> {
+fn export(store: &dyn StoreImport, dir: &Path) -> anyhow::Result<Summary> {
     if dir.exists() {
         let mut entries =
             std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
@@ -538,7 +561,7 @@ fn export(store: &dyn Store, dir: &Path) -> anyhow::Result<Summary> {
             );
         }
     }
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    private::create_private_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut w = Writer {
         root: dir.to_owned(),
         files: BTreeMap::new(),
@@ -602,6 +625,11 @@ fn export(store: &dyn Store, dir: &Path) -> anyhow::Result<Summary> {
             versions,
             grants,
             lock,
+            archived: s.archived.as_ref().map(|a| ArchiveEntry {
+                at: a.at,
+                by: a.by.clone(),
+                reason: a.reason.clone(),
+            }),
         };
         w.put_json(&format!("{base}/stack.json"), &file)?;
     }
@@ -915,7 +943,7 @@ fn list_files(root: &Path, dir: &Path, out: &mut BTreeSet<String>) -> anyhow::Re
 
 // ---- replay and compare ----
 
-fn ensure_empty(store: &dyn Store) -> anyhow::Result<()> {
+fn ensure_empty(store: &dyn StoreImport) -> anyhow::Result<()> {
     let stacks = store.list_stacks()?.len();
     let tokens = store.token_count()?;
     let events = store.audit_events(0, 1)?.len();
@@ -929,7 +957,7 @@ fn ensure_empty(store: &dyn Store) -> anyhow::Result<()> {
 }
 
 /// Inserts everything in the backup into `store` verbatim.
-fn replay(store: &dyn Store, b: &Backup) -> anyhow::Result<()> {
+fn replay(store: &dyn StoreImport, b: &Backup) -> anyhow::Result<()> {
     for u in &b.users {
         store
             .import_user(&u.to_record())
@@ -990,7 +1018,7 @@ fn replay(store: &dyn Store, b: &Backup) -> anyhow::Result<()> {
 
 /// Differences between what `store` holds and the backup (empty: equal). Version bytes are
 /// compared through their hashes, after the store re-hashed every version it holds.
-fn compare(store: &dyn Store, b: &Backup) -> anyhow::Result<Vec<String>> {
+fn compare(store: &dyn StoreImport, b: &Backup) -> anyhow::Result<Vec<String>> {
     let mut problems = Vec::new();
     let mut tokens: Vec<TokenEntry> = store
         .tokens_with_hashes()?
@@ -1144,6 +1172,18 @@ impl Drop for Scratch {
     }
 }
 
+/// The problem, if any, with `manifest.json` against the SHA-256 printed at export.
+fn check_manifest_hash(dir: &Path, want: &str) -> anyhow::Result<Option<String>> {
+    let want = want.trim().to_ascii_lowercase();
+    if want.len() != 64 || !want.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!("--manifest-sha256 must be the 64 hex digits `airlock backup export` printed, not {want:?}");
+    }
+    let got = hex(&blob::sha256(&std::fs::read(dir.join("manifest.json"))?));
+    Ok((got != want).then(|| {
+        format!("manifest.json has SHA-256 {got}, not the {want} recorded at export: the manifest was replaced (or this is another backup)")
+    }))
+}
+
 fn replay_into_scratch(b: &Backup) -> anyhow::Result<Vec<String>> {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -1154,9 +1194,9 @@ fn replay_into_scratch(b: &Backup) -> anyhow::Result<Vec<String>> {
             std::process::id()
         )),
     };
-    std::fs::create_dir(&scratch.dir)
+    private::create_private_dir(&scratch.dir)
         .with_context(|| format!("creating scratch dir {}", scratch.dir.display()))?;
-    let store: Arc<dyn Store> = Arc::new(
+    let store: Arc<dyn StoreImport> = Arc::new(
         SqliteStore::open(&scratch.dir.join("airlock.db")).context("opening the scratch store")?,
     );
     if let Err(e) = replay(store.as_ref(), b) {

@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use airlock_store::Store;
+use airlock_store::StoreImport;
 use anyhow::Context;
 
 use crate::cli::DatabaseArgs;
@@ -18,13 +18,13 @@ pub enum Missing {
 }
 
 /// Opens (and migrates) the store `args` names, as `airlock server` does.
-pub fn open_store(args: &DatabaseArgs, missing: Missing) -> anyhow::Result<Arc<dyn Store>> {
+pub fn open_store(args: &DatabaseArgs, missing: Missing) -> anyhow::Result<Arc<dyn StoreImport>> {
     if let Some(url) = &args.database_url {
-        return airlock_store::open(url).context("opening the database");
+        return airlock_store::open_for_import(url).context("opening the database");
     }
     let path = args.data_dir.join("airlock.db");
     match missing {
-        Missing::Create => std::fs::create_dir_all(&args.data_dir)
+        Missing::Create => airlock_store::private::create_private_dir_all(&args.data_dir)
             .with_context(|| format!("creating data dir {}", args.data_dir.display()))?,
         Missing::Refuse => {
             if !path.is_file() {
@@ -35,7 +35,7 @@ pub fn open_store(args: &DatabaseArgs, missing: Missing) -> anyhow::Result<Arc<d
             }
         }
     }
-    airlock_store::open(&path.to_string_lossy())
+    airlock_store::open_for_import(&path.to_string_lossy())
         .with_context(|| format!("opening {}", path.display()))
 }
 

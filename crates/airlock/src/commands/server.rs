@@ -84,7 +84,7 @@ pub fn open_store(db: &DatabaseArgs) -> anyhow::Result<Arc<dyn Store>> {
     Ok(match &db.database_url {
         Some(url) => airlock_store::open(url).context("opening the database")?,
         None => {
-            std::fs::create_dir_all(&db.data_dir)
+            airlock_store::private::create_private_dir_all(&db.data_dir)
                 .with_context(|| format!("creating data dir {}", db.data_dir.display()))?;
             let path = db.data_dir.join("airlock.db");
             airlock_store::open(&path.to_string_lossy())

@@ -76,7 +76,11 @@ pub fn run(cmd: StackCommand) -> anyhow::Result<ExitCode> {
                     .flatten()
                     .map(|st| {
                         vec![
-                            s(st, "/name"),
+                            if st.get("archived").is_some_and(|a| !a.is_null()) {
+                                format!("{} (deleted)", s(st, "/name"))
+                            } else {
+                                s(st, "/name")
+                            },
                             s(st, "/production"),
                             s(st, "/lineage"),
                             time(st, "/created_at"),
@@ -91,6 +95,14 @@ pub fn run(cmd: StackCommand) -> anyhow::Result<ExitCode> {
             let v = c.get(&format!("/api/v1/stacks/{}", stack_segment(&stack)))?;
             c.print(&v, |v| {
                 let mut out = settings_text(v);
+                if v["stack"].get("archived").is_some_and(|a| !a.is_null()) {
+                    out.push_str(&format!(
+                        "deleted:            {} by {} ({}); archived: history only, no new writes, locks or runs\n",
+                        time(v, "/stack/archived/at"),
+                        s(v, "/stack/archived/by"),
+                        s(v, "/stack/archived/reason")
+                    ));
+                }
                 out.push_str(&match v.get("lock").filter(|l| !l.is_null()) {
                     Some(l) => format!(
                         "lock:               {} by {} for {} since {}\n",
@@ -139,6 +151,39 @@ pub fn run(cmd: StackCommand) -> anyhow::Result<ExitCode> {
                 &json!({"types": types, "addresses": addresses}),
             )?;
             c.print(&v, settings_text);
+        }
+        StackCommand::Unprotect {
+            stack,
+            types,
+            addresses,
+            client,
+        } => {
+            let c = Client::new(&client)?;
+            let v = c.send(
+                "POST",
+                &format!("/api/v1/stacks/{}/unprotect", stack_segment(&stack)),
+                &json!({"types": types, "addresses": addresses}),
+            )?;
+            c.print(&v, settings_text);
+        }
+        StackCommand::Delete {
+            stack,
+            reason,
+            client,
+        } => {
+            let c = Client::new(&client)?;
+            let v = c.send(
+                "POST",
+                &format!("/api/v1/stacks/{}/archive", stack_segment(&stack)),
+                &json!({"reason": reason}),
+            )?;
+            c.print(&v, |v| {
+                format!(
+                    "deleted stack {stack}: archived by {} at {}; its history stays readable (airlock state history {stack}), it takes no new writes, locks or runs, and its name stays taken\n",
+                    s(v, "/stack/archived/by"),
+                    time(v, "/stack/archived/at"),
+                )
+            });
         }
         StackCommand::Settings {
             stack,

@@ -7,6 +7,7 @@ mod firewall_identity;
 mod readme;
 mod reliability;
 mod runs;
+mod stack_undo;
 mod state_server;
 mod support;
 mod ux;

@@ -1,0 +1,1314 @@
+//! The store's invariants, written once against [`Sql`]: the audit hash chain (append, and
+//! import only extending it), version assembly and verification, the state-write orchestration
+//! around the caller's firewall, run creation and transitions, and row mapping for the tables
+//! they touch. Engines call these inside their own transactions and add nothing of their own.
+
+use std::cell::RefCell;
+
+use airlock_core::audit::{chain_hash, AuditRecord, GENESIS};
+use airlock_core::time::rfc3339;
+
+use crate::blob;
+use crate::sql::{params, unique_is_conflict, DbError, Row, Sql};
+use crate::*;
+
+pub fn json_col<T: serde::de::DeserializeOwned>(s: &str, what: &str) -> Result<T> {
+    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+pub fn to_json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+/// A u64 of the API as a BIGINT. Both engines store signed 64-bit integers; a larger value
+/// would wrap negative (and sort first) or be dropped, so it is refused before anything is
+/// written, on every path (state writes and backup import alike).
+pub fn bigint(v: u64, what: &str) -> Result<i64> {
+    i64::try_from(v).map_err(|_| StoreError::Conflict(format!("{what} {v} is too large to store")))
+}
+
+// ---- stacks ----
+
+pub const STACK_COLS: &str =
+    "id, name, production, lineage, settings, created_at, archived_at, archived_by, archive_reason";
+
+pub fn stack_from_row(r: &Row) -> Result<(i64, StackRecord)> {
+    Ok((
+        r.i64(0)?,
+        StackRecord {
+            name: r.text(1)?,
+            production: r.bool(2)?,
+            lineage: r.opt_text(3)?,
+            settings: json_col(&r.text(4)?, "stack settings")?,
+            created_at: r.i64(5)?,
+            archived: match r.opt_i64(6)? {
+                Some(at) => Some(Archive {
+                    at,
+                    by: r.opt_text(7)?.unwrap_or_default(),
+                    reason: r.opt_text(8)?.unwrap_or_default(),
+                }),
+                None => None,
+            },
+        },
+    ))
+}
+
+pub fn stack_row(db: &mut dyn Sql, name: &str) -> Result<Option<(i64, StackRecord)>> {
+    db.query_opt(
+        &format!("SELECT {STACK_COLS} FROM stacks WHERE name = $1"),
+        params![name],
+    )?
+    .map(|r| stack_from_row(&r))
+    .transpose()
+}
+
+pub fn require_stack(db: &mut dyn Sql, name: &str) -> Result<(i64, StackRecord)> {
+    stack_row(db, name)?.ok_or_else(|| StoreError::NotFound(format!("stack {name}")))
+}
+
+/// Locks the stack's row for the rest of the transaction: every transaction that changes a
+/// stack (its lock, versions, settings, grants or runs) starts here, so they run one at a time
+/// per stack whichever replica they come from.
+pub fn lock_stack(db: &mut dyn Sql, name: &str) -> Result<(i64, StackRecord)> {
+    let sql = format!(
+        "SELECT {STACK_COLS} FROM stacks WHERE name = $1{}",
+        db.for_update()
+    );
+    db.query_opt(&sql, params![name])?
+        .map(|r| stack_from_row(&r))
+        .transpose()?
+        .ok_or_else(|| StoreError::NotFound(format!("stack {name}")))
+}
+
+/// Like [`lock_stack`], for a change that an archived stack refuses: `Conflict` saying so.
+pub fn lock_live_stack(db: &mut dyn Sql, name: &str) -> Result<(i64, StackRecord)> {
+    let (id, stack) = lock_stack(db, name)?;
+    match stack.refuse_if_archived() {
+        Some(refusal) => Err(StoreError::Conflict(refusal.message)),
+        None => Ok((id, stack)),
+    }
+}
+
+// ---- versions ----
+
+pub const VERSION_COLS: &str =
+    "serial, lineage, sha256, size, author, lock_id, run_id, reason, restored_from, created_at";
+
+pub fn version_from_row(stack: &str, r: &Row) -> Result<VersionMeta> {
+    Ok(VersionMeta {
+        stack: stack.to_owned(),
+        serial: r.i64(0)? as u64,
+        lineage: r.text(1)?,
+        sha256: hex::encode(r.bytes(2)?),
+        size: r.i64(3)? as u64,
+        author: r.text(4)?,
+        lock_id: r.opt_text(5)?,
+        run_id: r.opt_text(6)?,
+        reason: r.opt_text(7)?,
+        restored_from: r.opt_i64(8)?.map(|v| v as u64),
+        created_at: r.i64(9)?,
+    })
+}
+
+pub fn current_version_of(
+    db: &mut dyn Sql,
+    stack_id: i64,
+    stack: &str,
+) -> Result<Option<VersionMeta>> {
+    db.query_opt(
+        &format!(
+            "SELECT {VERSION_COLS} FROM versions WHERE stack_id = $1 ORDER BY serial DESC LIMIT 1"
+        ),
+        params![stack_id],
+    )?
+    .map(|r| version_from_row(stack, &r))
+    .transpose()
+}
+
+pub fn version(db: &mut dyn Sql, stack: &str, serial: u64) -> Result<Option<VersionMeta>> {
+    let (id, _) = require_stack(db, stack)?;
+    let Ok(serial) = i64::try_from(serial) else {
+        return Ok(None);
+    };
+    db.query_opt(
+        &format!("SELECT {VERSION_COLS} FROM versions WHERE stack_id = $1 AND serial = $2"),
+        params![id, serial],
+    )?
+    .map(|r| version_from_row(stack, &r))
+    .transpose()
+}
+
+pub fn versions(db: &mut dyn Sql, stack: &str) -> Result<Vec<VersionMeta>> {
+    let (id, _) = require_stack(db, stack)?;
+    db.query(
+        &format!("SELECT {VERSION_COLS} FROM versions WHERE stack_id = $1 ORDER BY serial"),
+        params![id],
+    )?
+    .iter()
+    .map(|r| version_from_row(stack, r))
+    .collect()
+}
+
+/// Reassembles a version from its chunks and checks it against its SHA-256.
+pub fn version_bytes_of(db: &mut dyn Sql, stack_id: i64, serial: u64) -> Result<Vec<u8>> {
+    let not_found = || StoreError::NotFound(format!("version {serial}"));
+    let serial_i = i64::try_from(serial).map_err(|_| not_found())?;
+    let row = db
+        .query_opt(
+            "SELECT sha256, size, chunks FROM versions WHERE stack_id = $1 AND serial = $2",
+            params![stack_id, serial_i],
+        )?
+        .ok_or_else(not_found)?;
+    let (sha, size, list) = (row.bytes(0)?, row.i64(1)?, row.bytes(2)?);
+    let hashes = blob::parse_chunk_list(&list);
+    let stored = db.load_chunks(&hashes)?;
+    let mut out = Vec::with_capacity(size.max(0) as usize);
+    for h in &hashes {
+        let (data, raw_len) = stored.get(&h[..]).ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "version {serial}: chunk {} is missing",
+                hex::encode(h)
+            ))
+        })?;
+        let raw = blob::decompress(data, (*raw_len).max(0) as usize).map_err(|e| {
+            StoreError::Corrupt(format!("version {serial}: chunk {}: {e}", hex::encode(h)))
+        })?;
+        out.extend_from_slice(&raw);
+    }
+    if blob::sha256(&out)[..] != sha[..] {
+        return Err(StoreError::Corrupt(format!(
+            "version {serial}: content does not match its SHA-256"
+        )));
+    }
+    Ok(out)
+}
+
+pub fn version_bytes(db: &mut dyn Sql, stack: &str, serial: u64) -> Result<Vec<u8>> {
+    let (id, _) = require_stack(db, stack)?;
+    version_bytes_of(db, id, serial)
+}
+
+/// A state body chunked, hashed and compressed: the expensive part of a write, done before
+/// any transaction starts.
+pub struct Prepared<'b> {
+    chunks: Vec<blob::Chunk<'b>>,
+    compressed: Vec<Vec<u8>>,
+    sha: [u8; 32],
+    size: i64,
+}
+
+pub fn prepare(body: &[u8]) -> Prepared<'_> {
+    let chunks = blob::split(body);
+    let compressed = chunks.iter().map(|c| blob::compress(c.raw)).collect();
+    Prepared {
+        chunks,
+        compressed,
+        sha: blob::sha256(body),
+        size: body.len() as i64,
+    }
+}
+
+/// The version row both state writes and imports insert.
+struct VersionRow<'a> {
+    serial: i64,
+    lineage: &'a str,
+    author: &'a str,
+    lock_id: &'a Option<String>,
+    run_id: &'a Option<String>,
+    reason: &'a Option<String>,
+    restored_from: Option<i64>,
+    created_at: i64,
+}
+
+fn insert_version(
+    db: &mut dyn Sql,
+    stack_id: i64,
+    p: &Prepared<'_>,
+    v: VersionRow<'_>,
+    duplicate: impl FnOnce() -> String,
+) -> Result<()> {
+    db.put_chunks(&p.chunks, &p.compressed)?;
+    db.execute(
+        "INSERT INTO versions (stack_id, serial, lineage, sha256, size, chunks, author, lock_id, run_id, reason, restored_from, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        params![stack_id, v.serial, v.lineage, &p.sha[..], p.size, blob::chunk_list(&p.chunks), v.author, v.lock_id, v.run_id, v.reason, v.restored_from, v.created_at],
+    )
+    .map_err(|e| unique_is_conflict(e, duplicate))?;
+    Ok(())
+}
+
+/// Checked before any transaction: a serial or `restored_from` a BIGINT cannot hold.
+pub fn check_attempt(attempt: &WriteAttempt) -> Result<(i64, Option<i64>)> {
+    Ok((
+        bigint(attempt.serial, "serial")?,
+        attempt
+            .restored_from
+            .map(|v| bigint(v, "restored_from"))
+            .transpose()?,
+    ))
+}
+
+/// Runs the caller's firewall against the stack's locked state and, if it says so, stores the
+/// attempt, consumes the grants it used and appends its audit event, all in `db`'s transaction.
+pub fn write_state(
+    db: &mut dyn Sql,
+    stack: &str,
+    attempt: &WriteAttempt,
+    p: &Prepared<'_>,
+    check: &mut WriteCheck<'_>,
+) -> Result<WriteResult> {
+    let (serial, restored_from) = check_attempt(attempt)?;
+    let (stack_id, record) = lock_stack(db, stack)?;
+    if let Some(refusal) = record.refuse_if_archived() {
+        return Ok(WriteResult::Refused(refusal));
+    }
+    let lock = lock_of(db, stack_id)?;
+    let current = current_version_of(db, stack_id, stack)?;
+    let grants = grants_of(db, stack_id, stack, true)?;
+    let decision = {
+        // The firewall may load the current bytes through the same transaction.
+        let cell = RefCell::new(&mut *db);
+        let load_current = || match &current {
+            Some(v) => version_bytes_of(&mut **cell.borrow_mut(), stack_id, v.serial),
+            None => Err(StoreError::NotFound("no current version".into())),
+        };
+        let ctx = WriteContext {
+            stack: &record,
+            lock: lock.as_ref(),
+            current: current.as_ref(),
+            grants: &grants,
+            load_current: &load_current,
+        };
+        check(&ctx)
+    };
+    let (consume, audit) = match decision {
+        Err(refusal) => return Ok(WriteResult::Refused(refusal)),
+        Ok(WriteDecision::Unchanged) => return Ok(WriteResult::Unchanged),
+        Ok(WriteDecision::Store {
+            consume_grants,
+            audit,
+        }) => (consume_grants, audit),
+    };
+    let now = now_ms();
+    let row = VersionRow {
+        serial,
+        lineage: &attempt.lineage,
+        author: &attempt.author,
+        lock_id: &attempt.lock_id,
+        run_id: &attempt.run_id,
+        reason: &attempt.reason,
+        restored_from,
+        created_at: now,
+    };
+    insert_version(db, stack_id, p, row, || {
+        format!("serial {} already exists", attempt.serial)
+    })?;
+    if record.lineage.is_none() {
+        db.execute(
+            "UPDATE stacks SET lineage = $2 WHERE id = $1",
+            params![stack_id, &attempt.lineage],
+        )?;
+    }
+    for g in &consume {
+        db.execute(
+            "UPDATE grants SET consumed_at = $2 WHERE id = $1 AND consumed_at IS NULL",
+            params![g, now],
+        )?;
+    }
+    append_audit(db, &audit)?;
+    Ok(WriteResult::Stored(
+        attempt.version_meta(stack, &p.sha, now),
+    ))
+}
+
+/// Inserts one exported version verbatim, after checking its bytes against its metadata.
+pub fn import_version(db: &mut dyn Sql, meta: &VersionMeta, p: &Prepared<'_>) -> Result<()> {
+    let (stack_id, _) = lock_stack(db, &meta.stack)?;
+    let row = VersionRow {
+        serial: bigint(meta.serial, "serial")?,
+        lineage: &meta.lineage,
+        author: &meta.author,
+        lock_id: &meta.lock_id,
+        run_id: &meta.run_id,
+        reason: &meta.reason,
+        restored_from: meta
+            .restored_from
+            .map(|v| bigint(v, "restored_from"))
+            .transpose()?,
+        created_at: meta.created_at,
+    };
+    insert_version(db, stack_id, p, row, || {
+        format!("stack {} serial {} already exists", meta.stack, meta.serial)
+    })
+}
+
+/// `Corrupt` unless `bytes` match the SHA-256 and size recorded in `meta`.
+pub fn check_import_bytes(meta: &VersionMeta, p: &Prepared<'_>) -> Result<()> {
+    if hex::encode(p.sha) != meta.sha256 || p.size as u64 != meta.size {
+        return Err(StoreError::Corrupt(format!(
+            "stack {} serial {}: the bytes do not match the recorded SHA-256 and size",
+            meta.stack, meta.serial
+        )));
+    }
+    Ok(())
+}
+
+// ---- locks and grants ----
+
+pub fn lock_of(db: &mut dyn Sql, stack_id: i64) -> Result<Option<LockRecord>> {
+    db.query_opt(
+        "SELECT lock_id, info, operation, owner_token, owner, created_at FROM locks WHERE stack_id = $1",
+        params![stack_id],
+    )?
+    .map(|r| {
+        Ok(LockRecord {
+            id: r.text(0)?,
+            info: r.bytes(1)?,
+            operation: r.text(2)?,
+            owner_token: r.text(3)?,
+            owner: r.text(4)?,
+            created_at: r.i64(5)?,
+        })
+    })
+    .transpose()
+}
+
+const GRANT_COLS: &str =
+    "id, addresses, reason, created_by, created_at, expires_at, consumed_at, run_id";
+
+pub fn grants_of(
+    db: &mut dyn Sql,
+    stack_id: i64,
+    stack: &str,
+    active_only: bool,
+) -> Result<Vec<GrantRecord>> {
+    let rows = if active_only {
+        db.query(
+            &format!("SELECT {GRANT_COLS} FROM grants WHERE stack_id = $1 AND consumed_at IS NULL AND expires_at > $2 ORDER BY created_at DESC, id"),
+            params![stack_id, now_ms()],
+        )?
+    } else {
+        db.query(
+            &format!(
+                "SELECT {GRANT_COLS} FROM grants WHERE stack_id = $1 ORDER BY created_at DESC, id"
+            ),
+            params![stack_id],
+        )?
+    };
+    rows.iter()
+        .map(|r| {
+            Ok(GrantRecord {
+                id: r.text(0)?,
+                stack: stack.to_owned(),
+                addresses: json_col(&r.text(1)?, "grant addresses")?,
+                reason: r.text(2)?,
+                created_by: r.text(3)?,
+                created_at: r.i64(4)?,
+                expires_at: r.i64(5)?,
+                consumed_at: r.opt_i64(6)?,
+                run_id: r.opt_text(7)?,
+            })
+        })
+        .collect()
+}
+
+/// Inserts a grant; `consumed_at` is `None` for a new one. A duplicate id is a `Conflict`.
+pub fn insert_grant(db: &mut dyn Sql, g: &GrantRecord, live: bool) -> Result<()> {
+    let (stack_id, _) = if live {
+        lock_live_stack(db, &g.stack)?
+    } else {
+        lock_stack(db, &g.stack)?
+    };
+    db.execute(
+        "INSERT INTO grants (id, stack_id, addresses, reason, created_by, created_at, expires_at, consumed_at, run_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        params![&g.id, stack_id, to_json(&g.addresses), &g.reason, &g.created_by, g.created_at, g.expires_at, g.consumed_at, &g.run_id],
+    )
+    .map_err(|e| unique_is_conflict(e, || format!("grant {} already exists", g.id)))?;
+    Ok(())
+}
+
+// ---- audit ----
+
+fn audit_head(db: &mut dyn Sql) -> Result<(i64, String)> {
+    db.lock_audit()?;
+    Ok(
+        match db.query_opt("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", &[])? {
+            Some(r) => (r.i64(0)?, r.text(1)?),
+            None => (0, GENESIS.to_owned()),
+        },
+    )
+}
+
+fn insert_audit(db: &mut dyn Sql, r: &AuditRecord) -> Result<()> {
+    db.execute(
+        "INSERT INTO audit (seq, at, actor, action, stack, outcome, detail, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        params![r.seq, &r.at, &r.actor, &r.action, &r.stack, &r.outcome, r.detail.to_string(), &r.prev_hash, &r.hash],
+    )?;
+    Ok(())
+}
+
+/// Appends an audit event inside the caller's transaction, chained to the last one. On
+/// PostgreSQL the audit lock makes appends from every replica take turns until commit, so the
+/// chain never forks; every transaction takes it last, after any stack row lock.
+pub fn append_audit(db: &mut dyn Sql, e: &NewAudit) -> Result<AuditRecord> {
+    let (prev_seq, prev_hash) = audit_head(db)?;
+    let seq = prev_seq + 1;
+    let at = rfc3339(now_ms());
+    let hash = chain_hash(
+        &prev_hash,
+        seq,
+        &at,
+        &e.actor,
+        &e.action,
+        e.stack.as_deref(),
+        &e.outcome,
+        &e.detail,
+    );
+    let record = AuditRecord {
+        seq,
+        at,
+        actor: e.actor.clone(),
+        action: e.action.clone(),
+        stack: e.stack.clone(),
+        outcome: e.outcome.clone(),
+        detail: e.detail.clone(),
+        prev_hash,
+        hash,
+    };
+    insert_audit(db, &record)?;
+    Ok(record)
+}
+
+/// Appends an exported record verbatim; `Conflict` unless it extends the stored chain.
+pub fn import_audit(db: &mut dyn Sql, r: &AuditRecord) -> Result<()> {
+    let (head_seq, head_hash) = audit_head(db)?;
+    if r.seq != head_seq + 1 || r.prev_hash != head_hash {
+        return Err(StoreError::Conflict(format!(
+            "audit record {} does not extend the stored chain (head is {head_seq})",
+            r.seq
+        )));
+    }
+    insert_audit(db, r)
+}
+
+pub fn audit_events(db: &mut dyn Sql, after: i64, limit: u32) -> Result<Vec<AuditRecord>> {
+    db.query(
+        "SELECT seq, at, actor, action, stack, outcome, detail, prev_hash, hash FROM audit WHERE seq > $1 ORDER BY seq LIMIT $2",
+        params![after, i64::from(limit)],
+    )?
+    .iter()
+    .map(|r| {
+        Ok(AuditRecord {
+            seq: r.i64(0)?,
+            at: r.text(1)?,
+            actor: r.text(2)?,
+            action: r.text(3)?,
+            stack: r.opt_text(4)?,
+            outcome: r.text(5)?,
+            detail: json_col(&r.text(6)?, "audit detail")?,
+            prev_hash: r.text(7)?,
+            hash: r.text(8)?,
+        })
+    })
+    .collect()
+}
+
+/// The `WHERE` clause and parameters of an [`AuditFilter`]: only the filters that are set.
+fn audit_where(db: &dyn Sql, f: &AuditFilter) -> (String, Vec<crate::sql::Value>) {
+    let mut conds: Vec<String> = vec!["TRUE".into()];
+    let mut ps: Vec<crate::sql::Value> = Vec::new();
+    let add = |ps: &mut Vec<crate::sql::Value>, v: crate::sql::Value| {
+        ps.push(v);
+        format!("${}", ps.len())
+    };
+    if let Some(b) = f.before {
+        let p = add(&mut ps, b.into());
+        conds.push(format!("seq < {p}"));
+    }
+    for (column, value) in [
+        ("stack", &f.stack),
+        ("action", &f.action),
+        ("outcome", &f.outcome),
+    ] {
+        if let Some(v) = value {
+            let p = add(&mut ps, v.into());
+            conds.push(format!("{column} = {p}"));
+        }
+    }
+    if let Some(a) = &f.actor {
+        let p = add(&mut ps, a.into());
+        conds.push(db.contains("actor", &p));
+    }
+    if let Some(t) = &f.since {
+        let p = add(&mut ps, t.into());
+        conds.push(format!("at >= {p}"));
+    }
+    if let Some(t) = &f.until {
+        let p = add(&mut ps, t.into());
+        conds.push(format!("at < {p}"));
+    }
+    (conds.join(" AND "), ps)
+}
+
+/// Audit events matching `f`, newest first, at most `limit`.
+pub fn audit_search(db: &mut dyn Sql, f: &AuditFilter, limit: u32) -> Result<Vec<AuditRecord>> {
+    let (cond, mut ps) = audit_where(db, f);
+    ps.push(i64::from(limit).into());
+    let sql = format!(
+        "SELECT seq, at, actor, action, stack, outcome, detail, prev_hash, hash FROM audit WHERE {cond} ORDER BY seq DESC LIMIT ${}",
+        ps.len()
+    );
+    db.query(&sql, &ps)?
+        .iter()
+        .map(|r| {
+            Ok(AuditRecord {
+                seq: r.i64(0)?,
+                at: r.text(1)?,
+                actor: r.text(2)?,
+                action: r.text(3)?,
+                stack: r.opt_text(4)?,
+                outcome: r.text(5)?,
+                detail: json_col(&r.text(6)?, "audit detail")?,
+                prev_hash: r.text(7)?,
+                hash: r.text(8)?,
+            })
+        })
+        .collect()
+}
+
+/// How many audit events match `f`.
+pub fn audit_count(db: &mut dyn Sql, f: &AuditFilter) -> Result<u64> {
+    let (cond, ps) = audit_where(db, f);
+    let n = db
+        .query_opt(&format!("SELECT COUNT(*) FROM audit WHERE {cond}"), &ps)?
+        .map(|r| r.i64(0))
+        .transpose()?
+        .unwrap_or(0);
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+// ---- runs ----
+
+/// A run's artifacts hashed and compressed, before any transaction starts.
+pub type PreparedArtifacts<'n> = Vec<(&'n str, [u8; 32], i64, Vec<u8>)>;
+
+pub fn prepare_artifacts<'n>(artifacts: &[(&'n str, &[u8])]) -> PreparedArtifacts<'n> {
+    artifacts
+        .iter()
+        .map(|(n, b)| (*n, blob::sha256(b), b.len() as i64, blob::compress(b)))
+        .collect()
+}
+
+/// Inserts a run and its artifacts; `audit` is `None` for a backup import, whose history is
+/// the imported audit chain.
+pub fn insert_run(
+    db: &mut dyn Sql,
+    run: &RunRecord,
+    artifacts: &PreparedArtifacts<'_>,
+    audit: Option<&NewAudit>,
+) -> Result<()> {
+    let record = serde_json::to_string(run).map_err(|e| StoreError::Backend(e.to_string()))?;
+    // A backup import (no audit of its own) restores runs of archived stacks too.
+    let (stack_id, _) = if audit.is_some() {
+        lock_live_stack(db, &run.stack)?
+    } else {
+        lock_stack(db, &run.stack)?
+    };
+    db.execute(
+        "INSERT INTO runs (id, stack_id, status, created_at, record) VALUES ($1, $2, $3, $4, $5)",
+        params![
+            &run.id,
+            stack_id,
+            run.status.as_str(),
+            run.created_at,
+            record
+        ],
+    )
+    .map_err(|e| unique_is_conflict(e, || format!("run {} already exists", run.id)))?;
+    for (name, sha, len, data) in artifacts {
+        db.execute(
+            "INSERT INTO run_artifacts (run_id, name, sha256, raw_len, data) VALUES ($1, $2, $3, $4, $5)",
+            params![&run.id, *name, &sha[..], *len, data.clone()],
+        )
+        .map_err(|e| unique_is_conflict(e, || format!("run {} has two artifacts named {name}", run.id)))?;
+    }
+    if let Some(audit) = audit {
+        append_audit(db, audit)?;
+    }
+    Ok(())
+}
+
+pub fn put_run_artifact(db: &mut dyn Sql, id: &str, name: &str, bytes: &[u8]) -> Result<()> {
+    // The foreign key waits for a transition holding the run's row (PostgreSQL), then checks.
+    db.execute(
+        "INSERT INTO run_artifacts (run_id, name, sha256, raw_len, data) VALUES ($1, $2, $3, $4, $5)",
+        params![id, name, &blob::sha256(bytes)[..], bytes.len() as i64, blob::compress(bytes)],
+    )
+    .map_err(|e| match e {
+        DbError::ForeignKey => StoreError::NotFound(format!("run {id}")),
+        e => unique_is_conflict(e, || format!("run {id} already has an artifact named {name}")),
+    })?;
+    Ok(())
+}
+
+pub fn run_of(db: &mut dyn Sql, id: &str, for_update: bool) -> Result<Option<RunRecord>> {
+    let lock = if for_update { db.for_update() } else { "" };
+    db.query_opt(
+        &format!("SELECT record FROM runs WHERE id = $1{lock}"),
+        params![id],
+    )?
+    .map(|r| json_col(&r.text(0)?, "run record"))
+    .transpose()
+}
+
+pub fn runs(db: &mut dyn Sql, stack: Option<&str>, limit: u32) -> Result<Vec<RunRecord>> {
+    let limit = i64::from(limit);
+    let rows = match stack {
+        Some(name) => {
+            let (stack_id, _) = require_stack(db, name)?;
+            db.query(
+                "SELECT record FROM runs WHERE stack_id = $1 ORDER BY created_at DESC, id LIMIT $2",
+                params![stack_id, limit],
+            )?
+        }
+        None => db.query(
+            "SELECT record FROM runs ORDER BY created_at DESC, id LIMIT $1",
+            params![limit],
+        )?,
+    };
+    rows.iter()
+        .map(|r| json_col(&r.text(0)?, "run record"))
+        .collect()
+}
+
+pub fn run_artifact(db: &mut dyn Sql, id: &str, name: &str) -> Result<Option<Vec<u8>>> {
+    let Some(row) = db.query_opt(
+        "SELECT sha256, raw_len, data FROM run_artifacts WHERE run_id = $1 AND name = $2",
+        params![id, name],
+    )?
+    else {
+        return Ok(None);
+    };
+    let (sha, raw_len, data) = (row.bytes(0)?, row.i64(1)?, row.bytes(2)?);
+    let raw = blob::decompress(&data, raw_len.max(0) as usize)
+        .map_err(|e| StoreError::Corrupt(format!("run {id} artifact {name}: {e}")))?;
+    if blob::sha256(&raw)[..] != sha[..] {
+        return Err(StoreError::Corrupt(format!(
+            "run {id} artifact {name} does not match its SHA-256"
+        )));
+    }
+    Ok(Some(raw))
+}
+
+pub fn run_artifact_names(db: &mut dyn Sql, id: &str) -> Result<Vec<String>> {
+    db.query(
+        "SELECT name FROM run_artifacts WHERE run_id = $1 ORDER BY name",
+        params![id],
+    )?
+    .iter()
+    .map(|r| r.text(0))
+    .collect()
+}
+
+/// Judges and records a run transition: the stack's row, then the run's, are locked; the
+/// judgement sees the newest committed run and the stack's current version.
+pub fn update_run(db: &mut dyn Sql, id: &str, update: &mut RunUpdate<'_>) -> Result<RunTransition> {
+    let not_found = || StoreError::NotFound(format!("run {id}"));
+    // A run never moves to another stack, so its stack can be looked up before either lock.
+    let stack_name = db
+        .query_opt(
+            "SELECT s.name FROM runs r JOIN stacks s ON s.id = r.stack_id WHERE r.id = $1",
+            params![id],
+        )?
+        .ok_or_else(not_found)?
+        .text(0)?;
+    let (stack_id, stack) = lock_stack(db, &stack_name)?;
+    if let Some(refusal) = stack.refuse_if_archived() {
+        return Ok(Err(refusal));
+    }
+    let run = run_of(db, id, true)?.ok_or_else(not_found)?;
+    let current = current_version_of(db, stack_id, &stack.name)?;
+    let (record, result) = match update(&run, &stack, current.as_ref()) {
+        Ok((new, audit)) => (Some((new.clone(), audit)), Ok(new)),
+        Err(RunRefusal { refusal, record }) => (record.map(|b| *b), Err(refusal)),
+    };
+    if let Some((new, audit)) = record {
+        let json = serde_json::to_string(&new).map_err(|e| StoreError::Backend(e.to_string()))?;
+        db.execute(
+            "UPDATE runs SET status = $2, record = $3 WHERE id = $1",
+            params![id, new.status.as_str(), json],
+        )?;
+        append_audit(db, &audit)?;
+        if run.status == RunStatus::Applying && new.status != RunStatus::Applying {
+            // A run's removal grant ends with its apply.
+            db.execute(
+                "UPDATE grants SET consumed_at = $2 WHERE run_id = $1 AND consumed_at IS NULL",
+                params![id, now_ms()],
+            )?;
+        }
+    }
+    Ok(result)
+}
+
+// ---- tokens and users ----
+
+const TOKEN_COLS: &str =
+    "id, name, role, stacks, created_at, expires_at, revoked_at, created_by, run_id, user_name, parent_id";
+
+fn token_from_row(r: &Row) -> Result<TokenRecord> {
+    Ok(TokenRecord {
+        id: r.text(0)?,
+        name: r.text(1)?,
+        role: r.text(2)?.parse().map_err(StoreError::Corrupt)?,
+        stacks: json_col(&r.text(3)?, "token stacks")?,
+        created_at: r.i64(4)?,
+        expires_at: r.opt_i64(5)?,
+        revoked_at: r.opt_i64(6)?,
+        created_by: r.text(7)?,
+        run_id: r.opt_text(8)?,
+        user: r.text(9)?,
+        parent_id: r.opt_text(10)?,
+    })
+}
+
+fn token_by_id(db: &mut dyn Sql, id: &str, for_update: bool) -> Result<Option<TokenRecord>> {
+    let lock = if for_update { db.for_update() } else { "" };
+    db.query_opt(
+        &format!("SELECT {TOKEN_COLS} FROM tokens WHERE id = $1{lock}"),
+        params![id],
+    )?
+    .map(|r| token_from_row(&r))
+    .transpose()
+}
+
+fn user_from_row(r: &Row) -> Result<UserRecord> {
+    Ok(UserRecord {
+        name: r.text(0)?,
+        created_at: r.i64(1)?,
+        created_by: r.text(2)?,
+    })
+}
+
+fn count(db: &mut dyn Sql, sql: &str, params: &[crate::sql::Value]) -> Result<u64> {
+    let n = db
+        .query_opt(sql, params)?
+        .ok_or_else(|| StoreError::Backend("COUNT returned no row".into()))?
+        .i64(0)?;
+    Ok(n.max(0) as u64)
+}
+
+/// The sealed engine interface: connection handling and transactions only. Everything a
+/// [`Store`] does is implemented once, below, on top of it.
+pub trait Engine: Send + Sync {
+    /// Engine name, for logs and `/healthz`.
+    const NAME: &'static str;
+    /// Runs `f` on a reader (outside a write transaction); `f` may be run again on another
+    /// connection if the first one turned out dead, so it must only read.
+    fn read<T, F: FnMut(&mut dyn Sql) -> Result<T>>(&self, f: F) -> Result<T>;
+    /// Runs `f` in a write transaction and commits if it returns `Ok`.
+    fn write<T, F: FnOnce(&mut dyn Sql) -> Result<T>>(&self, f: F) -> Result<T>;
+}
+
+impl<E: Engine> Store for E {
+    fn engine(&self) -> &'static str {
+        E::NAME
+    }
+
+    // --- tokens ---
+    fn token_count(&self) -> Result<u64> {
+        self.read(|db| count(db, "SELECT COUNT(*) FROM tokens", &[]))
+    }
+
+    fn create_token(&self, t: NewToken, audit: NewAudit) -> Result<TokenRecord> {
+        self.write(|db| {
+            // Lock order: the parent's row (so a concurrent revocation either sees this token
+            // or makes this mint fail), then the user's mint lock, then audit.
+            let parent = match t.parent_id.as_deref() {
+                Some(p) => token_by_id(db, p, true)?,
+                None => None,
+            };
+            let user = parent.as_ref().map_or(t.user.clone(), |p| p.user.clone());
+            let now = now_ms();
+            let recent_derived = match t.mint_limit {
+                Some(l) => {
+                    db.lock_user_mints(&user)?;
+                    count(
+                        db,
+                        "SELECT COUNT(*) FROM tokens WHERE user_name = $1 AND parent_id IS NOT NULL AND run_id IS NULL AND created_at > $2",
+                        params![&user, now - l.window_ms],
+                    )?
+                }
+                None => 0,
+            };
+            let user_exists =
+                count(db, "SELECT COUNT(*) FROM users WHERE name = $1", params![&user])? > 0;
+            let t = t.judge(MintContext {
+                parent: parent.as_ref(),
+                user_exists,
+                recent_derived,
+                now,
+            })?;
+            db.execute(
+                "INSERT INTO tokens (id, secret_hash, name, role, stacks, created_at, expires_at, created_by, run_id, user_name, parent_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                params![&t.id, &t.secret_hash[..], &t.name, t.role.as_str(), to_json(&t.stacks), now, t.expires_at, &t.created_by, &t.run_id, &t.user, &t.parent_id],
+            )
+            .map_err(|e| unique_is_conflict(e, || format!("token {} already exists", t.id)))?;
+            append_audit(db, &audit)?;
+            Ok(t.into_record(now))
+        })
+    }
+
+    fn token_by_hash(&self, secret_hash: &[u8; 32]) -> Result<Option<TokenRecord>> {
+        self.read(|db| {
+            db.query_opt(
+                &format!("SELECT {TOKEN_COLS} FROM tokens WHERE secret_hash = $1"),
+                params![&secret_hash[..]],
+            )?
+            .map(|r| token_from_row(&r))
+            .transpose()
+        })
+    }
+
+    fn token(&self, id: &str) -> Result<Option<TokenRecord>> {
+        self.read(|db| token_by_id(db, id, false))
+    }
+
+    fn list_tokens(&self) -> Result<Vec<TokenRecord>> {
+        self.read(|db| {
+            db.query(
+                &format!("SELECT {TOKEN_COLS} FROM tokens ORDER BY created_at, id"),
+                &[],
+            )?
+            .iter()
+            .map(token_from_row)
+            .collect()
+        })
+    }
+
+    fn revoke_token(&self, id: &str, audit: NewAudit) -> Result<TokenRecord> {
+        self.write(|db| {
+            let now = now_ms();
+            let n = db.execute(
+                "UPDATE tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
+                params![id, now],
+            )?;
+            let t = token_by_id(db, id, false)?
+                .ok_or_else(|| StoreError::NotFound(format!("token {id}")))?;
+            if n == 1 {
+                append_audit(db, &audit)?;
+            }
+            let mut cascaded = db
+                .query(
+                    "WITH RECURSIVE d(id) AS (SELECT id FROM tokens WHERE parent_id = $1 UNION SELECT t.id FROM tokens t JOIN d ON t.parent_id = d.id) \
+                     UPDATE tokens SET revoked_at = $2 WHERE revoked_at IS NULL AND id IN (SELECT id FROM d) RETURNING id",
+                    params![id, now],
+                )?
+                .iter()
+                .map(|r| r.text(0))
+                .collect::<Result<Vec<String>>>()?;
+            if !cascaded.is_empty() {
+                cascaded.sort();
+                append_audit(db, &audit.cascade(id, &cascaded))?;
+            }
+            Ok(t)
+        })
+    }
+
+    // --- users ---
+    fn create_user(&self, u: NewUser, audit: NewAudit) -> Result<UserRecord> {
+        self.write(|db| {
+            let now = now_ms();
+            db.execute(
+                "INSERT INTO users (name, created_at, created_by) VALUES ($1, $2, $3)",
+                params![&u.name, now, &u.created_by],
+            )
+            .map_err(|e| unique_is_conflict(e, || format!("user {} already exists", u.name)))?;
+            append_audit(db, &audit)?;
+            Ok(UserRecord {
+                name: u.name,
+                created_at: now,
+                created_by: u.created_by,
+            })
+        })
+    }
+
+    fn user(&self, name: &str) -> Result<Option<UserRecord>> {
+        self.read(|db| {
+            db.query_opt(
+                "SELECT name, created_at, created_by FROM users WHERE name = $1",
+                params![name],
+            )?
+            .map(|r| user_from_row(&r))
+            .transpose()
+        })
+    }
+
+    fn list_users(&self) -> Result<Vec<UserRecord>> {
+        self.read(|db| {
+            db.query(
+                "SELECT name, created_at, created_by FROM users ORDER BY name",
+                &[],
+            )?
+            .iter()
+            .map(user_from_row)
+            .collect()
+        })
+    }
+
+    // --- stacks ---
+    fn create_stack(
+        &self,
+        name: &str,
+        production: bool,
+        settings: StackSettings,
+        audit: NewAudit,
+    ) -> Result<StackRecord> {
+        self.write(|db| {
+            if let Some((_, old)) = stack_row(db, name)? {
+                return Err(StoreError::Conflict(match old.archived {
+                    Some(_) => format!("stack {name} was deleted (archived) and its name stays with its history; choose another name"),
+                    None => format!("stack {name} already exists"),
+                }));
+            }
+            let now = now_ms();
+            let stack = StackRecord {
+                name: name.to_owned(),
+                production,
+                lineage: None,
+                settings,
+                created_at: now,
+                archived: None,
+            };
+            insert_stack(db, &stack)?;
+            append_audit(db, &audit)?;
+            Ok(stack)
+        })
+    }
+
+    fn stack(&self, name: &str) -> Result<Option<StackRecord>> {
+        self.read(|db| Ok(stack_row(db, name)?.map(|(_, s)| s)))
+    }
+
+    fn list_stacks(&self) -> Result<Vec<StackRecord>> {
+        self.read(|db| {
+            db.query(
+                &format!("SELECT {STACK_COLS} FROM stacks ORDER BY name"),
+                &[],
+            )?
+            .iter()
+            .map(|r| stack_from_row(r).map(|(_, s)| s))
+            .collect()
+        })
+    }
+
+    fn update_stack_settings(
+        &self,
+        name: &str,
+        settings: StackSettings,
+        audit: NewAudit,
+    ) -> Result<StackRecord> {
+        self.write(|db| {
+            let (id, mut s) = lock_live_stack(db, name)?;
+            db.execute(
+                "UPDATE stacks SET settings = $2 WHERE id = $1",
+                params![id, to_json(&settings)],
+            )?;
+            append_audit(db, &audit)?;
+            s.settings = settings;
+            Ok(s)
+        })
+    }
+
+    fn archive_stack(
+        &self,
+        name: &str,
+        by: &str,
+        reason: &str,
+        audit: NewAudit,
+    ) -> Result<StackRecord> {
+        self.write(|db| {
+            let (id, mut s) = lock_live_stack(db, name)?;
+            if let Some(held) = lock_of(db, id)? {
+                return Err(StoreError::Conflict(format!(
+                    "stack {name} is locked by {} (lock {}); a locked stack is in use and is not deleted: unlock it first",
+                    held.owner, held.id
+                )));
+            }
+            if let Some(r) = db.query_opt(
+                "SELECT id FROM runs WHERE stack_id = $1 AND status = $2 LIMIT 1",
+                params![id, RunStatus::Applying.as_str()],
+            )? {
+                return Err(StoreError::Conflict(format!(
+                    "stack {name} has run {} applying; wait for it to finish before deleting the stack",
+                    r.text(0)?
+                )));
+            }
+            let archive = Archive { at: now_ms(), by: by.to_owned(), reason: reason.to_owned() };
+            db.execute(
+                "UPDATE stacks SET archived_at = $2, archived_by = $3, archive_reason = $4 WHERE id = $1",
+                params![id, archive.at, by, reason],
+            )?;
+            append_audit(db, &audit)?;
+            s.archived = Some(archive);
+            Ok(s)
+        })
+    }
+
+    // --- locks ---
+    fn lock(&self, stack: &str, lock: NewLock, audit: NewAudit) -> Result<LockOutcome> {
+        self.write(|db| {
+            let (id, _) = lock_live_stack(db, stack)?;
+            if let Some(held) = lock_of(db, id)? {
+                return Ok(LockOutcome::Held(held));
+            }
+            let record = LockRecord {
+                id: lock.id,
+                info: lock.info,
+                operation: lock.operation,
+                owner_token: lock.owner_token,
+                owner: lock.owner,
+                created_at: now_ms(),
+            };
+            insert_lock(db, id, &record)?;
+            append_audit(db, &audit)?;
+            Ok(LockOutcome::Acquired)
+        })
+    }
+
+    fn unlock(&self, stack: &str, by: UnlockBy, audit: NewAudit) -> Result<UnlockOutcome> {
+        self.write(|db| {
+            let (id, _) = lock_stack(db, stack)?;
+            let Some(held) = lock_of(db, id)? else {
+                return Ok(UnlockOutcome::NotLocked);
+            };
+            if let UnlockBy::Id(want) = &by {
+                if *want != held.id {
+                    return Ok(UnlockOutcome::Mismatch(held));
+                }
+            }
+            db.execute("DELETE FROM locks WHERE stack_id = $1", params![id])?;
+            append_audit(db, &audit)?;
+            Ok(UnlockOutcome::Released(held))
+        })
+    }
+
+    fn current_lock(&self, stack: &str) -> Result<Option<LockRecord>> {
+        self.read(|db| {
+            let (id, _) = require_stack(db, stack)?;
+            lock_of(db, id)
+        })
+    }
+
+    // --- state ---
+    fn current_version(&self, stack: &str) -> Result<Option<VersionMeta>> {
+        self.read(|db| {
+            let (id, _) = require_stack(db, stack)?;
+            current_version_of(db, id, stack)
+        })
+    }
+
+    fn version(&self, stack: &str, serial: u64) -> Result<Option<VersionMeta>> {
+        self.read(|db| version(db, stack, serial))
+    }
+
+    fn versions(&self, stack: &str) -> Result<Vec<VersionMeta>> {
+        self.read(|db| versions(db, stack))
+    }
+
+    fn version_bytes(&self, stack: &str, serial: u64) -> Result<Vec<u8>> {
+        self.read(|db| version_bytes(db, stack, serial))
+    }
+
+    fn write_state(
+        &self,
+        stack: &str,
+        attempt: WriteAttempt,
+        check: &mut WriteCheck<'_>,
+    ) -> Result<WriteResult> {
+        check_attempt(&attempt)?;
+        // Chunk, hash and compress before any lock is taken: it is the expensive part.
+        let p = prepare(&attempt.body);
+        self.write(|db| write_state(db, stack, &attempt, &p, check))
+    }
+
+    // --- removal grants ---
+    fn create_grant(&self, stack: &str, g: NewGrant, audit: NewAudit) -> Result<GrantRecord> {
+        self.write(|db| {
+            let record = g.into_record(stack, now_ms());
+            insert_grant(db, &record, true)?;
+            append_audit(db, &audit)?;
+            Ok(record)
+        })
+    }
+
+    fn grants(&self, stack: &str) -> Result<Vec<GrantRecord>> {
+        self.read(|db| {
+            let (id, _) = require_stack(db, stack)?;
+            grants_of(db, id, stack, false)
+        })
+    }
+
+    // --- audit ---
+    fn append_audit(&self, event: NewAudit) -> Result<AuditRecord> {
+        self.write(|db| append_audit(db, &event))
+    }
+
+    fn audit_events(&self, after: i64, limit: u32) -> Result<Vec<AuditRecord>> {
+        self.read(|db| audit_events(db, after, limit))
+    }
+
+    fn audit_search(&self, filter: &AuditFilter, limit: u32) -> Result<Vec<AuditRecord>> {
+        self.read(|db| audit_search(db, filter, limit))
+    }
+
+    fn audit_count(&self, filter: &AuditFilter) -> Result<u64> {
+        self.read(|db| audit_count(db, filter))
+    }
+
+    // --- governed runs ---
+    fn create_run(
+        &self,
+        run: &RunRecord,
+        artifacts: &[(&str, &[u8])],
+        audit: NewAudit,
+    ) -> Result<()> {
+        let artifacts = prepare_artifacts(artifacts);
+        self.write(|db| insert_run(db, run, &artifacts, Some(&audit)))
+    }
+
+    fn run(&self, id: &str) -> Result<Option<RunRecord>> {
+        self.read(|db| run_of(db, id, false))
+    }
+
+    fn runs(&self, stack: Option<&str>, limit: u32) -> Result<Vec<RunRecord>> {
+        self.read(|db| runs(db, stack, limit))
+    }
+
+    fn run_artifact(&self, id: &str, name: &str) -> Result<Option<Vec<u8>>> {
+        self.read(|db| run_artifact(db, id, name))
+    }
+
+    fn put_run_artifact(&self, id: &str, name: &str, bytes: &[u8]) -> Result<()> {
+        self.write(|db| put_run_artifact(db, id, name, bytes))
+    }
+
+    fn update_run(&self, id: &str, update: &mut RunUpdate<'_>) -> Result<RunTransition> {
+        self.write(|db| update_run(db, id, update))
+    }
+}
+
+fn insert_stack(db: &mut dyn Sql, s: &StackRecord) -> Result<()> {
+    let a = s.archived.as_ref();
+    db.execute(
+        "INSERT INTO stacks (name, production, lineage, settings, created_at, archived_at, archived_by, archive_reason) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        params![&s.name, s.production, &s.lineage, to_json(&s.settings), s.created_at, a.map(|a| a.at), a.map(|a| a.by.as_str()), a.map(|a| a.reason.as_str())],
+    )
+    // A replica creating the same stack at the same moment makes this a unique violation.
+    .map_err(|e| unique_is_conflict(e, || format!("stack {} already exists", s.name)))?;
+    Ok(())
+}
+
+fn insert_lock(db: &mut dyn Sql, stack_id: i64, l: &LockRecord) -> Result<()> {
+    db.execute(
+        "INSERT INTO locks (stack_id, lock_id, info, operation, owner_token, owner, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        params![stack_id, &l.id, l.info.clone(), &l.operation, &l.owner_token, &l.owner, l.created_at],
+    )?;
+    Ok(())
+}
+
+impl<E: Engine> StoreImport for E {
+    fn tokens_with_hashes(&self) -> Result<Vec<(TokenRecord, [u8; 32])>> {
+        self.read(|db| {
+            db.query(
+                &format!("SELECT {TOKEN_COLS}, secret_hash FROM tokens ORDER BY created_at, id"),
+                &[],
+            )?
+            .iter()
+            .map(|r| {
+                let hash = <[u8; 32]>::try_from(r.bytes(11)?.as_slice()).map_err(|_| {
+                    StoreError::Corrupt("a token's secret hash is not 32 bytes".into())
+                })?;
+                Ok((token_from_row(r)?, hash))
+            })
+            .collect()
+        })
+    }
+
+    fn import_stack(&self, s: &StackRecord) -> Result<()> {
+        self.write(|db| insert_stack(db, s))
+    }
+
+    fn import_version(&self, meta: &VersionMeta, bytes: &[u8]) -> Result<()> {
+        let p = prepare(bytes);
+        check_import_bytes(meta, &p)?;
+        self.write(|db| import_version(db, meta, &p))
+    }
+
+    fn import_lock(&self, stack: &str, l: &LockRecord) -> Result<()> {
+        self.write(|db| {
+            let (id, _) = lock_stack(db, stack)?;
+            if lock_of(db, id)?.is_some() {
+                return Err(StoreError::Conflict(format!(
+                    "stack {stack} is locked already"
+                )));
+            }
+            insert_lock(db, id, l)
+        })
+    }
+
+    fn import_token(&self, t: &TokenRecord, secret_hash: &[u8; 32]) -> Result<()> {
+        self.write(|db| {
+            db.execute(
+                "INSERT INTO tokens (id, secret_hash, name, role, stacks, created_at, expires_at, revoked_at, created_by, run_id, user_name, parent_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                params![&t.id, &secret_hash[..], &t.name, t.role.as_str(), to_json(&t.stacks), t.created_at, t.expires_at, t.revoked_at, &t.created_by, &t.run_id, &t.user, &t.parent_id],
+            )
+            .map_err(|e| unique_is_conflict(e, || format!("token {} already exists", t.id)))?;
+            Ok(())
+        })
+    }
+
+    fn import_user(&self, u: &UserRecord) -> Result<()> {
+        self.write(|db| {
+            db.execute(
+                "INSERT INTO users (name, created_at, created_by) VALUES ($1, $2, $3)",
+                params![&u.name, u.created_at, &u.created_by],
+            )
+            .map_err(|e| unique_is_conflict(e, || format!("user {} already exists", u.name)))?;
+            Ok(())
+        })
+    }
+
+    fn import_grant(&self, g: &GrantRecord) -> Result<()> {
+        self.write(|db| insert_grant(db, g, false))
+    }
+
+    fn import_audit(&self, record: &AuditRecord) -> Result<()> {
+        self.write(|db| import_audit(db, record))
+    }
+
+    fn run_artifact_names(&self, id: &str) -> Result<Vec<String>> {
+        self.read(|db| run_artifact_names(db, id))
+    }
+
+    fn import_run(&self, run: &RunRecord, artifacts: &[(&str, &[u8])]) -> Result<()> {
+        let artifacts = prepare_artifacts(artifacts);
+        self.write(|db| insert_run(db, run, &artifacts, None))
+    }
+}
+
+impl<E: Engine> StoreStats for E {
+    fn stored_state_bytes(&self) -> Result<u64> {
+        self.read(|db| {
+            let chunks = count(
+                db,
+                "SELECT CAST(COALESCE(SUM(octet_length(data) + 40), 0) AS BIGINT) FROM chunks",
+                &[],
+            )?;
+            let lists = count(
+                db,
+                "SELECT CAST(COALESCE(SUM(octet_length(chunks) + 120), 0) AS BIGINT) FROM versions",
+                &[],
+            )?;
+            Ok(chunks + lists)
+        })
+    }
+}
