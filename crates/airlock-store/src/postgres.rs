@@ -1257,22 +1257,22 @@ impl Store for PostgresStore {
         })
     }
 
-    fn runs(&self, stack: Option<&str>, limit: u32) -> Result<Vec<RunRecord>> {
+    fn runs_where(&self, f: &RunFilter, limit: u32) -> Result<Vec<RunRecord>> {
         let limit = i64::from(limit);
         self.read(|db| {
-            let rows = match stack {
-                Some(name) => {
-                    let (stack_id, _) = require_stack(db, name)?;
-                    db.query(
-                        "SELECT record FROM runs WHERE stack_id = $1 ORDER BY created_at DESC, id LIMIT $2",
-                        &[&stack_id, &limit],
-                    )?
-                }
-                None => db.query(
-                    "SELECT record FROM runs ORDER BY created_at DESC, id LIMIT $1",
-                    &[&limit],
-                )?,
+            let stack_id: Option<i64> = match &f.stack {
+                Some(name) => Some(require_stack(db, name)?.0),
+                None => None,
             };
+            // The author is the user, the token id, or the token name (`author` is "name (id)").
+            let rows = db.query(
+                "SELECT record FROM runs WHERE ($1::BIGINT IS NULL OR stack_id = $1) AND ($2::TEXT IS NULL OR status = $2) \
+                 AND ($3::TEXT IS NULL OR record::jsonb->>'author_user' = $3 OR record::jsonb->>'author_token' = $3 \
+                      OR left(record::jsonb->>'author', length($3) + 2) = $3 || ' (') \
+                 AND ($4::TEXT IS NULL OR left(record::jsonb->>'git_head', length($4)) = $4) \
+                 ORDER BY created_at DESC, id LIMIT $5",
+                &[&stack_id, &f.status.map(RunStatus::as_str), &f.author, &f.commit, &limit],
+            )?;
             rows.iter()
                 .map(|r| json_col(&r.try_get::<_, String>(0)?, "run record"))
                 .collect()

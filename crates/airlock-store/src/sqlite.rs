@@ -852,20 +852,26 @@ impl Store for SqliteStore {
         self.read(|c| run_of(c, id))
     }
 
-    fn runs(&self, stack: Option<&str>, limit: u32) -> Result<Vec<RunRecord>> {
+    fn runs_where(&self, f: &RunFilter, limit: u32) -> Result<Vec<RunRecord>> {
         self.read(|c| {
-            let records: Vec<String> = match stack {
-                Some(name) => {
-                    let (stack_id, _) = require_stack(c, name)?;
-                    c.prepare("SELECT record FROM runs WHERE stack_id = ?1 ORDER BY created_at DESC, id LIMIT ?2")?
-                        .query_map(params![stack_id, limit], |r| r.get(0))?
-                        .collect::<rusqlite::Result<_>>()?
-                }
-                None => c
-                    .prepare("SELECT record FROM runs ORDER BY created_at DESC, id LIMIT ?1")?
-                    .query_map(params![limit], |r| r.get(0))?
-                    .collect::<rusqlite::Result<_>>()?,
+            let stack_id = match &f.stack {
+                Some(name) => Some(require_stack(c, name)?.0),
+                None => None,
             };
+            // The author is the user, the token id, or the token name (`author` is "name (id)").
+            let records: Vec<String> = c
+                .prepare(
+                    "SELECT record FROM runs WHERE (?1 IS NULL OR stack_id = ?1) AND (?2 IS NULL OR status = ?2) \
+                     AND (?3 IS NULL OR json_extract(record, '$.author_user') = ?3 OR json_extract(record, '$.author_token') = ?3 \
+                          OR substr(json_extract(record, '$.author'), 1, length(?3) + 2) = ?3 || ' (') \
+                     AND (?4 IS NULL OR substr(json_extract(record, '$.git_head'), 1, length(?4)) = ?4) \
+                     ORDER BY created_at DESC, id LIMIT ?5",
+                )?
+                .query_map(
+                    params![stack_id, f.status.map(RunStatus::as_str), f.author, f.commit, limit],
+                    |r| r.get(0),
+                )?
+                .collect::<rusqlite::Result<_>>()?;
             records.iter().map(|r| json_col(r, "run record")).collect()
         })
     }
