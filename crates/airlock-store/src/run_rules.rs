@@ -84,7 +84,12 @@ pub enum Refused {
         valid: usize,
     },
     /// The stack takes applies from other roles only.
-    RoleMayNotApply,
+    RoleMayNotApply {
+        /// The caller's role.
+        role: Role,
+        /// The roles the stack takes applies from.
+        allowed: Vec<Role>,
+    },
     /// The stored plan artifact does not hash to the approved plan (or is missing).
     PlanArtifactDiffers,
     /// The applying checkout's inputs differ from the reviewed ones.
@@ -107,7 +112,7 @@ impl Refused {
             Refused::Denied
             | Refused::ApproverIsAuthor
             | Refused::TooFewApprovals { .. }
-            | Refused::RoleMayNotApply
+            | Refused::RoleMayNotApply { .. }
             | Refused::NotTheAuthor
             | Refused::NotTheApplier => RefusalKind::Forbidden,
             Refused::ConfirmDestroy { .. } => RefusalKind::BadRequest,
@@ -121,7 +126,7 @@ impl Refused {
     }
 
     /// What to tell the caller, with the next step.
-    pub fn message(&self, run: &RunRecord, stack: &StackRecord, actor: &Actor<'_>) -> String {
+    pub fn message(&self, run: &RunRecord, actor: &Actor<'_>) -> String {
         let id = &run.id;
         match self {
             Refused::WrongStatus { status, wanted } => {
@@ -145,12 +150,11 @@ impl Refused {
                 "apply refused: run {id} has {valid} valid approval(s) of its plan by distinct users other than its author; {} required",
                 run.required_approvals
             ),
-            Refused::RoleMayNotApply => format!(
-                "apply refused: stack {} takes applies from {} only, not from {} {} token",
+            Refused::RoleMayNotApply { role, allowed } => format!(
+                "apply refused: stack {} takes applies from {} tokens only, not from {} {role} token",
                 run.stack,
-                stack.settings.apply_from.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", "),
-                article(actor.role.as_str()),
-                actor.role
+                allowed.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", "),
+                article(role.as_str()),
             ),
             Refused::PlanArtifactDiffers => format!("apply refused: the stored plan artifact of run {id} does not match the approved plan (SHA-256 {}); it may have been tampered with", run.plan_sha256),
             Refused::InputsDiffer { fingerprint, files } => {
@@ -195,7 +199,6 @@ fn article(word: &str) -> &'static str {
 pub fn decided(
     verdict: Result<Transition, Refused>,
     run: &RunRecord,
-    stack: &StackRecord,
     actor: &Actor<'_>,
     now: i64,
 ) -> Result<(RunRecord, NewAudit), RunRefusal> {
@@ -205,7 +208,7 @@ pub fn decided(
             Ok((t.run, audit))
         }
         Err(r) => {
-            let message = r.message(run, stack, actor);
+            let message = r.message(run, actor);
             let record = r.records().map(|status| {
                 let t = closed(run, status, message.clone(), now);
                 let audit = NewAudit::ok(actor.display, &t.action, Some(&run.stack), t.detail);
@@ -409,7 +412,10 @@ pub fn start_apply(
     now: i64,
 ) -> Result<Transition, Refused> {
     if !stack.settings.apply_from.contains(&actor.role) {
-        return Err(Refused::RoleMayNotApply);
+        return Err(Refused::RoleMayNotApply {
+            role: actor.role,
+            allowed: stack.settings.apply_from.clone(),
+        });
     }
     let valid = run.valid_approvers().len();
     match run.status {
@@ -453,6 +459,18 @@ pub fn start_apply(
     })
 }
 
+/// Only the principal applying the run (its run-bound token, or the token that started the
+/// apply) may finish it.
+pub fn may_finish(run: &RunRecord, actor: &Actor<'_>) -> Result<(), Refused> {
+    let own =
+        actor.run_id == Some(run.id.as_str()) || run.applied_by.as_deref() == Some(actor.display);
+    if own {
+        Ok(())
+    } else {
+        Err(Refused::NotTheApplier)
+    }
+}
+
 /// `finish`: the principal applying the run records the outcome (and the check it made).
 pub fn finish(
     run: &RunRecord,
@@ -462,11 +480,7 @@ pub fn finish(
     plan_check: Option<&str>,
     now: i64,
 ) -> Result<Transition, Refused> {
-    let own =
-        actor.run_id == Some(run.id.as_str()) || run.applied_by.as_deref() == Some(actor.display);
-    if !own {
-        return Err(Refused::NotTheApplier);
-    }
+    may_finish(run, actor)?;
     if run.status != RunStatus::Applying {
         return Err(Refused::WrongStatus {
             status: run.status,
@@ -904,7 +918,7 @@ mod tests {
         let msg = Refused::Stale {
             current_serial: Some(1),
         }
-        .message(&r, &stack(), &alice());
+        .message(&r, &alice());
         assert!(
             msg.contains("planned against an empty stack but stack prod/app is now at serial 1"),
             "{msg}"
@@ -950,7 +964,10 @@ mod tests {
                 approved(),
                 actor("tok_bot", "tok_bot", Role::Agent),
                 good,
-                Err(Refused::RoleMayNotApply),
+                Err(Refused::RoleMayNotApply {
+                    role: Role::Agent,
+                    allowed: vec![Role::Ci, Role::Admin],
+                }),
             ),
             (
                 "waiting for approval",
@@ -1110,7 +1127,7 @@ mod tests {
             inputs: &[],
         };
         let verdict = start_apply(&r, &stack(), Some(&version(4)), &ci, checkout, "t", NOW);
-        let refused = decided(verdict, &r, &stack(), &ci, NOW).unwrap_err();
+        let refused = decided(verdict, &r, &ci, NOW).unwrap_err();
         let (recorded, audit) = *refused.record.unwrap();
         assert_eq!(recorded.status, RunStatus::Superseded);
         assert_eq!(audit.action, "run.superseded");
@@ -1118,7 +1135,7 @@ mod tests {
         let mut r = run();
         r.expires_at = NOW - 1;
         let verdict = approve(&r, &stack(), Some(&version(4)), &alice(), None, NOW);
-        let (recorded, _) = *decided(verdict, &r, &stack(), &alice(), NOW)
+        let (recorded, _) = *decided(verdict, &r, &alice(), NOW)
             .unwrap_err()
             .record
             .unwrap();
@@ -1132,7 +1149,7 @@ mod tests {
             None,
             NOW,
         );
-        assert!(decided(verdict, &r, &stack(), &alice(), NOW)
+        assert!(decided(verdict, &r, &alice(), NOW)
             .unwrap_err()
             .record
             .is_none());
