@@ -220,18 +220,27 @@ fn run_text(v: &Value) -> String {
         None => "an empty stack".into(),
     };
     let mut out = format!(
-        "run {} on stack {}: {} (decision: {})\nplanned by {} (user {}) at {} against {against}\n",
+        "run {} on stack {}: {} (decision: {})\nplanned by {} at {} against {against}\n",
         s(run, "/id"),
         s(run, "/stack"),
         s(run, "/status"),
         s(run, "/decision"),
         s(run, "/author"),
-        s(run, "/author_user"),
         time(run, "/created_at"),
     );
+    // The identity that may not approve it: a token without a user is its own.
+    let user = run["author_user"].as_str().unwrap_or_default();
+    if !user.is_empty() && run["author_token"].as_str() != Some(user) {
+        out.push_str(&format!("author's user: {}\n", s(run, "/author_user")));
+    } else {
+        out.push_str("author's user: the token itself (it belongs to no user)\n");
+    }
+    let commit = match run["git_head"].as_str() {
+        Some(_) => s(run, "/git_head"),
+        None => "none recorded (not a git checkout)".into(),
+    };
     out.push_str(&format!(
-        "from commit {} in directory {}\n",
-        s(run, "/git_head"),
+        "commit: {commit}\ndirectory: {} (relative to the airlock.hcl root)\n",
         s(run, "/planned_dir"),
     ));
     if let Some(current) = v.get("current").and_then(Value::as_bool) {
@@ -302,11 +311,14 @@ fn run_text(v: &Value) -> String {
         .into_iter()
         .flatten()
         .map(|f| {
+            let at = match f["address"].as_str() {
+                Some(_) => format!(" {}", s(f, "/address")),
+                None => String::new(),
+            };
             format!(
-                "  [{}] {} {}: {}",
+                "  [{}] {}{at}: {}",
                 s(f, "/severity"),
                 s(f, "/rule"),
-                s(f, "/address"),
                 s(f, "/message")
             )
         })
