@@ -661,6 +661,9 @@ mod tests {
         }
     }
 
+    /// (name, run, who asks, what else the transition takes, expected status or refusal).
+    type Case<'a, T> = (&'a str, RunRecord, Actor<'a>, T, Result<RunStatus, Refused>);
+
     fn approve_as(
         r: &RunRecord,
         a: &Actor<'_>,
@@ -677,13 +680,7 @@ mod tests {
             r
         };
         let bob = actor("bob", "tok_bob", Role::Approver);
-        let cases: Vec<(
-            &str,
-            RunRecord,
-            Actor<'_>,
-            Option<u64>,
-            Result<RunStatus, Refused>,
-        )> = vec![
+        let cases: Vec<Case<'_, Option<u64>>> = vec![
             (
                 "an approver approves",
                 run(),
@@ -945,13 +942,7 @@ mod tests {
             f(&mut r);
             r
         };
-        let cases: Vec<(
-            &str,
-            RunRecord,
-            Actor<'_>,
-            Checkout<'_>,
-            Result<RunStatus, Refused>,
-        )> = vec![
+        let cases: Vec<Case<'_, Checkout<'_>>> = vec![
             (
                 "approved, same plan, same checkout",
                 approved(),

@@ -822,24 +822,27 @@ fn runs_filter_by_stack_status_author_and_commit() {
     let c = plan(&t, &ws2, &t.agent, "dev/two");
     t.s.ok(&t.approver2, &["approve", &b]);
 
-    assert_eq!(runs_json(&t, &[]), [c.clone(), b.clone(), a.clone()]);
+    assert_eq!(runs_json(&t, &[]), [c.as_str(), b.as_str(), a.as_str()]);
     assert_eq!(
         runs_json(&t, &["--stack", "dev/two"]),
-        [c.clone(), b.clone()]
+        [c.as_str(), b.as_str()]
     );
-    assert_eq!(runs_json(&t, &["--status", "approved"]), [b.clone()]);
-    assert_eq!(runs_json(&t, &["--author", "alice"]), [b.clone()]);
-    assert_eq!(runs_json(&t, &["--author", "bot"]), [c.clone(), a.clone()]);
-    assert_eq!(runs_json(&t, &["--commit", &commit[..8]]), [a.clone()]);
+    assert_eq!(runs_json(&t, &["--status", "approved"]), [b.as_str()]);
+    assert_eq!(runs_json(&t, &["--author", "alice"]), [b.as_str()]);
+    assert_eq!(
+        runs_json(&t, &["--author", "bot"]),
+        [c.as_str(), a.as_str()]
+    );
+    assert_eq!(runs_json(&t, &["--commit", &commit[..8]]), [a.as_str()]);
     assert_eq!(
         runs_json(&t, &["--commit", &commit.to_uppercase()]),
-        [a.clone()]
+        [a.as_str()]
     );
     assert_eq!(
         runs_json(&t, &["--author", "bot", "--stack", "dev/two"]),
-        [c.clone()]
+        [c.as_str()]
     );
-    assert_eq!(runs_json(&t, &["--limit", "1"]), [c.clone()]);
+    assert_eq!(runs_json(&t, &["--limit", "1"]), [c.as_str()]);
     assert!(runs_json(&t, &["--status", "applied"]).is_empty());
     let table = t.s.ok(&t.s.admin, &["runs", "--status", "applied"]);
     assert_eq!(table, "no runs match\n");
