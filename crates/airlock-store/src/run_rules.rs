@@ -3,7 +3,7 @@
 //! and returns the new record or a typed refusal. No I/O: the handlers load, call one of these
 //! inside `Store::update_run`, and store; the rules are table-tested below.
 //!
-//! **Invariant (DESIGN.md 3):** [`start_apply`] moves a run to `applying` only if the caller's
+//! **Invariant (docs/design.md 3):** [`start_apply`] moves a run to `applying` only if the caller's
 //! role may apply on the stack, the run is approved by `required_approvals` distinct users other
 //! than its author's user for its exact plan hash, it has not expired, the stack is still at the
 //! planned (lineage, serial), the stored plan hashes to the approved one, and the checkout's
