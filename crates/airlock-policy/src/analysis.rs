@@ -262,6 +262,13 @@ impl<'c> Analyzer<'c> {
             self.findings.push(finding);
         } else {
             self.omitted += 1;
+            // Over the cap, a finding outweighs a lighter one: a verdict is never left without
+            // a kept finding that says why.
+            if let Some(slot) = self.findings.iter_mut().min_by_key(|f| f.severity) {
+                if slot.severity < finding.severity {
+                    *slot = finding;
+                }
+            }
         }
     }
 
@@ -894,6 +901,30 @@ mod tests {
             a.change(c);
         }
         a.finish(PlanInfo::default())
+    }
+
+    #[test]
+    fn a_review_over_the_findings_cap_keeps_a_finding_that_says_why() {
+        let config = Config::default();
+        let mut a = Analyzer::new(&config, None);
+        for i in 0..MAX_FINDINGS + 3 {
+            a.add_finding(Finding {
+                rule: "note".into(),
+                severity: Severity::Info,
+                address: Some(format!("a.b[{i}]")),
+                message: "informational".into(),
+            });
+        }
+        a.add_finding(Finding {
+            rule: "why".into(),
+            severity: Severity::Review,
+            address: None,
+            message: "the reason".into(),
+        });
+        let d = a.finish(PlanInfo::default());
+        assert_eq!(d.verdict, Verdict::Review);
+        assert_eq!(d.findings.len(), MAX_FINDINGS);
+        assert_eq!(d.findings[0].rule, "why", "the reason is kept, first");
     }
 
     fn rules_of(d: &Decision) -> Vec<&str> {

@@ -78,6 +78,8 @@ pub const ROUTE_PERMISSIONS: &[(&str, &str, Permission)] = &[
     ),
     ("POST", "/api/v1/runs/{id}/approve", Permission::Approve),
     ("POST", "/api/v1/runs/{id}/reject", Permission::Approve),
+    // Whoever may plan may withdraw a run; the handler admits its author's user only.
+    ("POST", "/api/v1/runs/{id}/withdraw", Permission::CreateRun),
     ("POST", "/api/v1/runs/{id}/apply", Permission::ApplyRun),
     ("POST", "/api/v1/runs/{id}/finish", Permission::ApplyRun),
     ("GET", "/api/v1/audit", Permission::Read),
@@ -158,6 +160,7 @@ pub fn build(state: Arc<AppState>) -> Router {
         )
         .route("/api/v1/runs/{id}/approve", post(api::runs::approve))
         .route("/api/v1/runs/{id}/reject", post(api::runs::reject))
+        .route("/api/v1/runs/{id}/withdraw", post(api::runs::withdraw))
         .route(
             "/api/v1/runs/{id}/finish",
             post(api::runs::finish)

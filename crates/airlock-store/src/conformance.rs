@@ -1170,10 +1170,15 @@ pub fn runs(s: &dyn Store) {
     assert!(s.run("run_nostack").unwrap().is_none());
 
     // Listing: newest first, per stack or across stacks, limit respected.
-    let (r2, r3) = (
+    let (mut r2, r3) = (
         run_record("run_conf2", stack, base - 1000),
         run_record("run_conf3", stack, base),
     );
+    r2.status = RunStatus::Denied;
+    r2.author = "alice laptop (tok-alice)".into();
+    r2.author_token = "tok-alice".into();
+    r2.author_user = "alice".into();
+    r2.git_head = Some("def4567890".into());
     s.create_run(&r2, &[], audit("run.create")).unwrap();
     s.create_run(&r3, &[], audit("run.create")).unwrap();
     let ids = |v: Vec<RunRecord>| v.into_iter().map(|r| r.id).collect::<Vec<_>>();
@@ -1196,6 +1201,96 @@ pub fn runs(s: &dyn Store) {
     );
     assert_eq!(s.runs(None, 2).unwrap(), all[..2]);
     assert!(s.runs(Some("conf/none"), 10).is_err());
+    // Filters: status (a column), author (user, token id or token name) and commit prefix
+    // (in the record), each bounded by the limit like the rest.
+    let only = |f: RunFilter| {
+        ids(s
+            .runs_where(
+                &RunFilter {
+                    stack: Some(stack.into()),
+                    ..f
+                },
+                10,
+            )
+            .unwrap())
+    };
+    assert_eq!(
+        only(RunFilter {
+            status: Some(RunStatus::Denied),
+            ..RunFilter::default()
+        }),
+        ["run_conf2"]
+    );
+    assert_eq!(
+        only(RunFilter {
+            status: Some(RunStatus::NeedsApproval),
+            ..RunFilter::default()
+        }),
+        ["run_conf3", "run_conf1"]
+    );
+    assert!(only(RunFilter {
+        status: Some(RunStatus::Applied),
+        ..RunFilter::default()
+    })
+    .is_empty());
+    for author in ["alice", "tok-alice", "alice laptop"] {
+        assert_eq!(
+            only(RunFilter {
+                author: Some(author.into()),
+                ..RunFilter::default()
+            }),
+            ["run_conf2"],
+            "{author}"
+        );
+    }
+    for author in ["alic", "alice laptop (", "%", "agent (tok-agent)"] {
+        assert!(
+            only(RunFilter {
+                author: Some(author.into()),
+                ..RunFilter::default()
+            })
+            .is_empty(),
+            "{author}"
+        );
+    }
+    assert_eq!(
+        only(RunFilter {
+            author: Some("agent".into()),
+            ..RunFilter::default()
+        }),
+        ["run_conf3", "run_conf1"]
+    );
+    assert_eq!(
+        only(RunFilter {
+            commit: Some("def4".into()),
+            ..RunFilter::default()
+        }),
+        ["run_conf2"]
+    );
+    assert_eq!(
+        only(RunFilter {
+            commit: Some("abc123".into()),
+            ..RunFilter::default()
+        }),
+        ["run_conf3", "run_conf1"]
+    );
+    assert!(only(RunFilter {
+        commit: Some("abc1234".into()),
+        ..RunFilter::default()
+    })
+    .is_empty());
+    let both = RunFilter {
+        status: Some(RunStatus::NeedsApproval),
+        commit: Some("abc".into()),
+        ..RunFilter::default()
+    };
+    assert_eq!(ids(s.runs_where(&both, 1).unwrap()), ["run_conf3"]);
+    // Other tests of the suite may have left matching runs on their own stacks.
+    let ours: Vec<String> = ids(s.runs_where(&both, 100).unwrap())
+        .into_iter()
+        .filter(|id| id.starts_with("run_conf"))
+        .collect();
+    assert_eq!(ours, ["run_conf3", "run_conf1"], "across stacks too");
 
     // Artifacts: exact bytes back, none for an unknown name or run, never replaced.
     assert_eq!(

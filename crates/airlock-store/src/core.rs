@@ -660,24 +660,49 @@ pub fn run_of(db: &mut dyn Sql, id: &str, for_update: bool) -> Result<Option<Run
     .transpose()
 }
 
-pub fn runs(db: &mut dyn Sql, stack: Option<&str>, limit: u32) -> Result<Vec<RunRecord>> {
-    let limit = i64::from(limit);
-    let rows = match stack {
-        Some(name) => {
-            let (stack_id, _) = require_stack(db, name)?;
-            db.query(
-                "SELECT record FROM runs WHERE stack_id = $1 ORDER BY created_at DESC, id LIMIT $2",
-                params![stack_id, limit],
-            )?
+/// Runs scanned at most by one filtered listing (author and commit are matched on the record).
+const MAX_RUNS_SCANNED: i64 = 20_000;
+
+/// Runs matching `f`, newest first, at most `limit`: stack and status in SQL, the rest on the
+/// records, a page at a time.
+pub fn runs_where(db: &mut dyn Sql, f: &RunFilter, limit: u32) -> Result<Vec<RunRecord>> {
+    let mut conds = vec!["TRUE".to_owned()];
+    let mut ps: Vec<crate::sql::Value> = Vec::new();
+    if let Some(name) = &f.stack {
+        let (stack_id, _) = require_stack(db, name)?;
+        ps.push(stack_id.into());
+        conds.push(format!("stack_id = ${}", ps.len()));
+    }
+    if let Some(status) = f.status {
+        ps.push(status.as_str().into());
+        conds.push(format!("status = ${}", ps.len()));
+    }
+    let page: i64 = 500;
+    let sql = format!(
+        "SELECT record FROM runs WHERE {} ORDER BY created_at DESC, id LIMIT ${} OFFSET ${}",
+        conds.join(" AND "),
+        ps.len() + 1,
+        ps.len() + 2
+    );
+    let mut out = Vec::new();
+    let mut offset = 0;
+    while out.len() < limit as usize && offset < MAX_RUNS_SCANNED {
+        let mut p = ps.clone();
+        p.push(page.into());
+        p.push(offset.into());
+        let rows = db.query(&sql, &p)?;
+        for r in &rows {
+            let run: RunRecord = json_col(&r.text(0)?, "run record")?;
+            if f.matches(&run) && out.len() < limit as usize {
+                out.push(run);
+            }
         }
-        None => db.query(
-            "SELECT record FROM runs ORDER BY created_at DESC, id LIMIT $1",
-            params![limit],
-        )?,
-    };
-    rows.iter()
-        .map(|r| json_col(&r.text(0)?, "run record"))
-        .collect()
+        if (rows.len() as i64) < page {
+            break;
+        }
+        offset += page;
+    }
+    Ok(out)
 }
 
 pub fn run_artifact(db: &mut dyn Sql, id: &str, name: &str) -> Result<Option<Vec<u8>>> {
@@ -1179,8 +1204,8 @@ impl<E: Engine> Store for E {
         self.read(|db| run_of(db, id, false))
     }
 
-    fn runs(&self, stack: Option<&str>, limit: u32) -> Result<Vec<RunRecord>> {
-        self.read(|db| runs(db, stack, limit))
+    fn runs_where(&self, filter: &RunFilter, limit: u32) -> Result<Vec<RunRecord>> {
+        self.read(|db| runs_where(db, filter, limit))
     }
 
     fn run_artifact(&self, id: &str, name: &str) -> Result<Option<Vec<u8>>> {

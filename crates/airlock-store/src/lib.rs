@@ -15,6 +15,7 @@ mod core;
 mod model;
 mod postgres;
 pub mod private;
+pub mod run_rules;
 mod runs;
 mod sql;
 mod sqlite;
@@ -198,7 +199,15 @@ pub trait Store: Send + Sync {
     /// Looks a run up.
     fn run(&self, id: &str) -> Result<Option<RunRecord>>;
     /// Runs, newest first, of one stack or all, at most `limit`.
-    fn runs(&self, stack: Option<&str>, limit: u32) -> Result<Vec<RunRecord>>;
+    fn runs(&self, stack: Option<&str>, limit: u32) -> Result<Vec<RunRecord>> {
+        let filter = RunFilter {
+            stack: stack.map(str::to_owned),
+            ..RunFilter::default()
+        };
+        self.runs_where(&filter, limit)
+    }
+    /// Runs matching `filter`, newest first, at most `limit`.
+    fn runs_where(&self, filter: &RunFilter, limit: u32) -> Result<Vec<RunRecord>>;
     /// One artifact of a run, verified against its SHA-256.
     fn run_artifact(&self, id: &str, name: &str) -> Result<Option<Vec<u8>>>;
     /// Adds an artifact to a run (e.g. the apply log); artifacts are never replaced: `Conflict`

@@ -27,6 +27,16 @@ pub enum RunStatus {
     Superseded,
     /// Too old to apply.
     Expired,
+    /// The plan gate denied it: it cannot be approved (runs stored before this status existed
+    /// say `needs_approval` with decision `deny`).
+    Denied,
+    /// The plan changes nothing: there is nothing to approve or apply.
+    NoChanges,
+    /// Withdrawn by its author.
+    Withdrawn,
+    /// A status this version does not know (written by a newer one): shown, never acted on.
+    #[serde(other)]
+    Unknown,
 }
 
 impl RunStatus {
@@ -41,7 +51,31 @@ impl RunStatus {
             RunStatus::Rejected => "rejected",
             RunStatus::Superseded => "superseded",
             RunStatus::Expired => "expired",
+            RunStatus::Denied => "denied",
+            RunStatus::NoChanges => "no_changes",
+            RunStatus::Withdrawn => "withdrawn",
+            RunStatus::Unknown => "unknown",
         }
+    }
+
+    /// Every status this version knows, in lifecycle order.
+    pub const ALL: [RunStatus; 11] = [
+        RunStatus::NeedsApproval,
+        RunStatus::Approved,
+        RunStatus::Applying,
+        RunStatus::Applied,
+        RunStatus::Failed,
+        RunStatus::Rejected,
+        RunStatus::Superseded,
+        RunStatus::Expired,
+        RunStatus::Denied,
+        RunStatus::NoChanges,
+        RunStatus::Withdrawn,
+    ];
+
+    /// The status named `name` (as [`RunStatus::as_str`] writes it).
+    pub fn parse(name: &str) -> Option<RunStatus> {
+        RunStatus::ALL.into_iter().find(|s| s.as_str() == name)
     }
 
     /// Whether the run can still move towards an apply.
@@ -239,3 +273,38 @@ impl From<Refusal> for RunRefusal {
 
 /// Outcome of [`crate::Store::update_run`].
 pub type RunTransition = Result<RunRecord, Refusal>;
+
+/// Which runs [`crate::Store::runs_where`] lists; `None` fields match every run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunFilter {
+    /// Only this stack's runs (`NotFound` if there is no such stack).
+    pub stack: Option<String>,
+    /// Only runs in this status.
+    pub status: Option<RunStatus>,
+    /// Only runs planned by this user, token id, or token name.
+    pub author: Option<String>,
+    /// Only runs whose commit (`git_head`) starts with this (lowercase hex).
+    pub commit: Option<String>,
+}
+
+impl RunFilter {
+    /// Whether `run` passes the author and commit filters (the store filters stack and status
+    /// in SQL). The author is the run's user, its token id, or its token name (`author` is
+    /// "name (id)").
+    pub fn matches(&self, run: &RunRecord) -> bool {
+        let author_ok = self.author.as_deref().is_none_or(|a| {
+            run.author_identity() == a
+                || run.author_token == a
+                || run
+                    .author
+                    .strip_prefix(a)
+                    .is_some_and(|rest| rest.starts_with(" ("))
+        });
+        let commit_ok = self.commit.as_deref().is_none_or(|c| {
+            run.git_head
+                .as_deref()
+                .is_some_and(|h| h.to_ascii_lowercase().starts_with(c))
+        });
+        author_ok && commit_ok
+    }
+}

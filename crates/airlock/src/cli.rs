@@ -43,9 +43,9 @@ pub enum Command {
     Check(CheckArgs),
     /// Plan a stack with plan-phase credentials and upload the run for review.
     Plan(PlanArgs),
-    /// List runs.
+    /// List runs, newest first; filter by stack, status, author or commit.
     Runs(RunsArgs),
-    /// Inspect a run.
+    /// Show or withdraw a run.
     #[command(subcommand)]
     Run(RunCommand),
     /// Approve a run (approvers; never one's own).
@@ -547,14 +547,36 @@ pub struct RunsArgs {
     /// Only runs of this stack.
     #[arg(long)]
     pub stack: Option<String>,
+    /// Only runs in this status: needs_approval, approved, applying, applied, failed, rejected,
+    /// superseded, expired, denied, no_changes, withdrawn.
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Only runs planned by this user (or token id, or token name).
+    #[arg(long)]
+    pub author: Option<String>,
+    /// Only runs planned from this git commit (a prefix of at least 4 hex characters).
+    #[arg(long)]
+    pub commit: Option<String>,
+    /// At most this many runs, newest first (the server caps it at 500).
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
     #[command(flatten)]
     pub client: ClientArgs,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum RunCommand {
-    /// Summary, findings, approvals, the state it was planned against, and whether it is current.
+    /// The commit and directory it was planned from, its author, destructive changes first,
+    /// findings, approvals, the checks made, and whether it is still current.
     Show {
+        /// Run id.
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Withdraw a run you planned (any of your user's tokens, an agent's included) while it is
+    /// open: it can no longer be approved or applied.
+    Withdraw {
         /// Run id.
         id: String,
         #[command(flatten)]

@@ -87,6 +87,9 @@ fn main() -> ExitCode {
         cli::Command::Run(cli::RunCommand::Show { id, client }) => {
             commands::run::show(&id, &client)
         }
+        cli::Command::Run(cli::RunCommand::Withdraw { id, client }) => {
+            commands::run::withdraw(&id, &client)
+        }
         cli::Command::Approve(args) => commands::run::approve(args),
         cli::Command::Reject(args) => commands::run::reject(args),
         cli::Command::Apply(args) => commands::run::apply(args),

@@ -10,17 +10,17 @@
 use std::sync::Arc;
 
 use airlock_core::inputs::{self, InputFile};
-use airlock_core::refusal::{Refusal, RefusalKind};
+use airlock_core::refusal::RefusalKind;
 use airlock_core::state::StateSummary;
-use airlock_core::time::rfc3339;
 use airlock_core::Role;
 use airlock_policy::analysis::{Analyzer, Finding, Severity, Verdict};
+use airlock_policy::plan::ChangeKind;
 use airlock_policy::planfile::{BinaryChange, PlanFile};
 use airlock_policy::rego::RegoPolicies;
 use airlock_policy::{config, plan, report};
+use airlock_store::run_rules::{self, Actor, Checkout, Refused, Transition};
 use airlock_store::{
-    now_ms, Approval, NewAudit, NewGrant, NewToken, Rejection, RunRecord, RunRefusal, RunStatus,
-    StackRecord, VersionMeta,
+    now_ms, NewAudit, NewGrant, NewToken, RunFilter, RunRecord, RunStatus, StackRecord, VersionMeta,
 };
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
@@ -37,8 +37,6 @@ use crate::error::{ApiError, ApiResult};
 use crate::state_backend::existing_stack;
 use crate::{firewall, tokens, AppState};
 
-/// How long a planned run stays applicable.
-const RUN_TTL_MS: i64 = 7 * 86_400_000;
 /// Lifetime of plan-phase and run-bound apply tokens.
 const PHASE_TOKEN_TTL_MS: i64 = 3_600_000;
 /// Bounds on the repository policies one run makes the server evaluate.
@@ -62,10 +60,6 @@ fn b64(s: &str, what: &str) -> ApiResult<Vec<u8>> {
                 format!("{what} is not valid base64: {e}"),
             )
         })
-}
-
-fn refuse(kind: RefusalKind, msg: impl Into<String>) -> RunRefusal {
-    Refusal::new(kind, msg).into()
 }
 
 /// `POST /api/v1/stacks/{stack}/plan-token`: a short-lived token that can read and lock the
@@ -205,6 +199,9 @@ struct Judged {
     policy_changes: Vec<String>,
     required_approvals: u32,
     checks: Vec<String>,
+    /// Whether applying the plan would change anything (a resource or root output change, a
+    /// move or an import); a plan that changes nothing has nothing to approve or apply.
+    changes_anything: bool,
 }
 
 fn bad(msg: impl Into<String>) -> ApiError {
@@ -270,6 +267,7 @@ fn judge(input: JudgeInput) -> ApiResult<Judged> {
     let (mut destroys, mut moved_from, mut listed) = (Vec::new(), Vec::new(), Vec::new());
     let mut server_protected = Vec::new();
     let mut first = true;
+    let mut changes_anything = false;
     let info = plan::read_plan(&input.plan_json[..], |rc| {
         listed.push(BinaryChange {
             address: rc.address.clone(),
@@ -277,6 +275,7 @@ fn judge(input: JudgeInput) -> ApiResult<Judged> {
             actions: rc.change.actions.clone(),
         });
         let c = analyzer.change(&rc);
+        changes_anything |= c.kind != ChangeKind::NoOp || c.moved_from.is_some() || c.import;
         if c.mode == "managed" && c.is_destructive() {
             if let Some(reason) =
                 firewall::protection_reason(&c.resource_type, &c.address, &stack.settings)
@@ -305,13 +304,13 @@ fn judge(input: JudgeInput) -> ApiResult<Judged> {
     })
     .map_err(|e| bad(format!("plan JSON: {e}")))?;
     listed.sort();
-    binary
-        .matches_json(&listed, &json_outputs(&input.plan_json)?)
-        .map_err(|e| {
-            bad(format!(
-                "the plan JSON does not describe the binary plan it was uploaded with: {e}"
-            ))
-        })?;
+    let outputs = json_outputs(&input.plan_json)?;
+    changes_anything |= outputs.iter().any(|(_, actions)| actions != &["no-op"]);
+    binary.matches_json(&listed, &outputs).map_err(|e| {
+        bad(format!(
+            "the plan JSON does not describe the binary plan it was uploaded with: {e}"
+        ))
+    })?;
     let mut checks = vec![format!(
         "server: the judged plan JSON lists exactly the resource and output changes of the binary plan (tfplan protobuf), made by terraform {} against serial {}; its embedded configuration is the listed inputs{}",
         binary.terraform_version,
@@ -418,6 +417,9 @@ fn judge(input: JudgeInput) -> ApiResult<Judged> {
         .required_approvals
         .max(stack_cfg.map_or(1, |s| s.required_approvals))
         .max(1);
+    // A protected object changed outside Terraform is recorded gone by the apply: that is a
+    // change to approve even when the plan lists none.
+    let changes_anything = changes_anything || !destroys.is_empty();
     Ok(Judged {
         verdict: decision.verdict,
         markdown: md.finish(&decision, &[]),
@@ -427,6 +429,7 @@ fn judge(input: JudgeInput) -> ApiResult<Judged> {
         policy_changes,
         required_approvals: required,
         checks,
+        changes_anything,
     })
 }
 
@@ -490,11 +493,12 @@ fn previous_policy(
     st: &dyn airlock_store::Store,
     stack: &str,
 ) -> airlock_store::Result<Option<(Option<String>, Vec<PolicyFile>)>> {
-    let Some(last) = st
-        .runs(Some(stack), 200)?
-        .into_iter()
-        .find(|r| r.status == RunStatus::Applied)
-    else {
+    let applied = RunFilter {
+        stack: Some(stack.to_owned()),
+        status: Some(RunStatus::Applied),
+        ..RunFilter::default()
+    };
+    let Some(last) = st.runs_where(&applied, 1)?.into_iter().next() else {
         return Ok(None);
     };
     let config = st
@@ -564,14 +568,14 @@ pub async fn create(
     let run = RunRecord {
         id: tokens::random_id("run_"),
         stack: stack.to_string(),
-        status: RunStatus::NeedsApproval,
+        status: run_rules::initial_status(judged.verdict.as_str(), judged.changes_anything),
         author: p.display(),
         author_token: p.token_id.clone(),
         author_user: p.user.clone(),
         author_role: p.role.as_str().into(),
         created_at: now,
         updated_at: now,
-        expires_at: now + RUN_TTL_MS,
+        expires_at: now + run_rules::RUN_TTL_MS,
         fingerprint: req.fingerprint.to_ascii_lowercase(),
         terraform_version: req.terraform_version,
         planned_lineage: req.planned_lineage,
@@ -632,39 +636,58 @@ pub async fn create(
     .await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "run": run, "summary_markdown": markdown, "next": next_step(&run) })),
+        Json(
+            json!({ "run": run, "summary_markdown": markdown, "next": run_rules::next_step(&run) }),
+        ),
     ))
 }
 
-/// What has to happen next, in words.
-fn next_step(run: &RunRecord) -> String {
-    match run.status {
-        RunStatus::NeedsApproval if run.decision == "deny" => {
-            "denied by policy: this run cannot be approved; change the code (e.g. an allow_destroy declaration, itself reviewed) and plan again".into()
-        }
-        RunStatus::NeedsApproval => {
-            let confirm = if run.destroys.is_empty() { String::new() } else { format!(" --confirm-destroy {}", run.destroys.len()) };
-            format!(
-                "needs {} more approval(s) from approvers other than {}: airlock approve {}{confirm}",
-                run.required_approvals as usize - run.approvals.len().min(run.required_approvals as usize),
-                run.author,
-                run.id
-            )
-        }
-        RunStatus::Approved => format!("approved: a CI pipeline applies it with `airlock apply {}`", run.id),
-        RunStatus::Applying => "an apply is in progress".into(),
-        other => format!("{}: nothing more can happen to this run", other.as_str()),
+/// Who asks, as the run rules see it.
+fn actor<'a>(p: &'a Principal, display: &'a str) -> Actor<'a> {
+    Actor {
+        token_id: &p.token_id,
+        user: &p.user,
+        display,
+        role: p.role,
+        run_id: p.run_id.as_deref(),
     }
 }
 
-fn is_current(run: &RunRecord, stack: &StackRecord, current: Option<&VersionMeta>) -> bool {
-    match (current, &run.planned_serial) {
-        (None, None) => true,
-        (Some(v), Some(serial)) => {
-            v.serial == *serial && stack.lineage.as_deref() == run.planned_lineage.as_deref()
-        }
-        _ => false,
-    }
+/// Runs one transition of the state machine inside `Store::update_run`: the rule decides, the
+/// store records (refusals that expire or supersede the run included).
+async fn transition<F>(
+    state: &Arc<AppState>,
+    p: &Principal,
+    id: &str,
+    author_user: Option<String>,
+    rule: F,
+) -> ApiResult<RunRecord>
+where
+    F: FnMut(
+            &RunRecord,
+            &StackRecord,
+            Option<&VersionMeta>,
+            &Actor<'_>,
+            i64,
+        ) -> Result<Transition, Refused>
+        + Send
+        + 'static,
+{
+    let (principal, id, mut rule) = (p.clone(), id.to_owned(), rule);
+    let result = store_call(state, move |st| {
+        let display = principal.display();
+        let who = actor(&principal, &display);
+        st.update_run(&id, &mut |run, stack, current| {
+            let run = &match &author_user {
+                Some(user) => run.with_author_user(user),
+                None => run.clone(),
+            };
+            let now = now_ms();
+            run_rules::decided(rule(run, stack, current, &who, now), run, &who, now)
+        })
+    })
+    .await?;
+    result.map_err(ApiError::Refused)
 }
 
 async fn load_run(state: &Arc<AppState>, p: &Principal, id: &str) -> ApiResult<RunRecord> {
@@ -679,53 +702,6 @@ async fn load_run(state: &Arc<AppState>, p: &Principal, id: &str) -> ApiResult<R
         ));
     }
     Ok(run)
-}
-
-#[derive(Deserialize)]
-pub struct ListQuery {
-    stack: Option<String>,
-    limit: Option<u32>,
-}
-
-/// `GET /api/v1/runs?stack=S`.
-pub async fn list(
-    State(state): State<Arc<AppState>>,
-    Extension(p): Extension<Principal>,
-    Query(q): Query<ListQuery>,
-) -> ApiResult<Json<Value>> {
-    if let Some(s) = &q.stack {
-        airlock_core::StackName::parse(s)
-            .map_err(|e| ApiError::new(RefusalKind::BadRequest, e.to_string()))?;
-    }
-    let limit = q.limit.unwrap_or(50).clamp(1, 500);
-    let runs = store_call(&state, move |st| st.runs(q.stack.as_deref(), limit)).await?;
-    let visible: Vec<Value> = runs
-        .into_iter()
-        .filter(|r| p.may_access(&r.stack))
-        .map(|r| json!({"id": r.id, "stack": r.stack, "status": r.status, "decision": r.decision, "author": r.author, "created_at": r.created_at, "destroys": r.destroys.len(), "approvals": r.approvals.len(), "required_approvals": r.required_approvals}))
-        .collect();
-    Ok(Json(json!({ "runs": visible })))
-}
-
-/// `GET /api/v1/runs/{id}`: the run, and whether it is still current.
-pub async fn show(
-    State(state): State<Arc<AppState>>,
-    Extension(p): Extension<Principal>,
-    Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
-    let run = load_run(&state, &p, &id).await?;
-    let s = run.stack.clone();
-    let (stack, current) = store_call(&state, move |st| {
-        Ok((st.stack(&s)?, st.current_version(&s)?))
-    })
-    .await?;
-    let current_ok = stack
-        .as_ref()
-        .is_some_and(|st| is_current(&run, st, current.as_ref()));
-    let next = next_step(&run);
-    Ok(Json(
-        json!({ "run": run, "current": current_ok, "stack_serial": current.map(|v| v.serial), "next": next }),
-    ))
 }
 
 /// `GET /api/v1/runs/{id}/artifacts/{name}`.
@@ -757,66 +733,6 @@ pub async fn artifact(
         .into_response())
 }
 
-/// Marks a run superseded or expired (recorded even though the request is refused).
-fn stale(run: &RunRecord, actor: &str, status: RunStatus, note: String) -> RunRefusal {
-    let mut new = run.clone();
-    new.status = status;
-    new.updated_at = now_ms();
-    new.note = Some(note.clone());
-    let audit = NewAudit::ok(
-        actor,
-        &format!("run.{}", status.as_str()),
-        Some(&run.stack),
-        json!({"run": run.id, "note": note}),
-    );
-    RunRefusal {
-        refusal: Refusal::new(RefusalKind::Conflict, note),
-        record: Some(Box::new((new, audit))),
-    }
-}
-
-/// Expiry and staleness, shared by approve and apply.
-fn check_fresh(
-    run: &RunRecord,
-    stack: &StackRecord,
-    current: Option<&VersionMeta>,
-    actor: &str,
-) -> Result<(), RunRefusal> {
-    if now_ms() > run.expires_at {
-        return Err(stale(
-            run,
-            actor,
-            RunStatus::Expired,
-            format!(
-                "run {} expired at {}; plan again",
-                run.id,
-                rfc3339(run.expires_at)
-            ),
-        ));
-    }
-    if !is_current(run, stack, current) {
-        return Err(stale(
-            run,
-            actor,
-            RunStatus::Superseded,
-            format!(
-                "run {} was planned against serial {} but stack {} is now at serial {}: the plan is stale; a re-plan and a new review are needed",
-                run.id,
-                run.planned_serial.map_or("none".into(), |s| s.to_string()),
-                run.stack,
-                current.map_or("none".into(), |v| v.serial.to_string())
-            ),
-        ));
-    }
-    Ok(())
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct ApproveRequest {
-    confirm_destroy: Option<u64>,
-}
-
 /// The user who planned `run`. Runs stored before users existed name only the author's token;
 /// its user, as migration 0003 assigned it (a phase token has its minter's), is the author.
 async fn author_user(state: &Arc<AppState>, run: &RunRecord) -> ApiResult<String> {
@@ -826,6 +742,106 @@ async fn author_user(state: &Arc<AppState>, run: &RunRecord) -> ApiResult<String
     let t = run.author_token.clone();
     let found = store_call(state, move |st| st.token(&t)).await?;
     Ok(found.map_or_else(|| run.author_token.clone(), |t| t.user))
+}
+
+/// Longest `author` filter accepted.
+const MAX_AUTHOR_FILTER: usize = 200;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    stack: Option<String>,
+    status: Option<String>,
+    author: Option<String>,
+    commit: Option<String>,
+    limit: Option<u32>,
+}
+
+impl ListQuery {
+    /// The store filter, after checking every parameter (all bounded).
+    fn filter(self) -> ApiResult<RunFilter> {
+        if let Some(s) = &self.stack {
+            airlock_core::StackName::parse(s).map_err(|e| bad(e.to_string()))?;
+        }
+        let status = match self.status.as_deref() {
+            None => None,
+            Some(name) => Some(RunStatus::parse(name).ok_or_else(|| {
+                let known: Vec<&str> = RunStatus::ALL.iter().map(|s| s.as_str()).collect();
+                bad(format!(
+                    "unknown run status {name:?}; one of: {}",
+                    known.join(", ")
+                ))
+            })?),
+        };
+        if let Some(a) = &self.author {
+            if a.is_empty() || a.len() > MAX_AUTHOR_FILTER || a.chars().any(char::is_control) {
+                return Err(bad(format!(
+                    "author must be a user, token id or token name of 1-{MAX_AUTHOR_FILTER} characters"
+                )));
+            }
+        }
+        let commit = match self.commit {
+            None => None,
+            Some(c) if (4..=64).contains(&c.len()) && c.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                Some(c.to_ascii_lowercase())
+            }
+            Some(_) => {
+                return Err(bad(
+                    "commit must be a git commit hash or a prefix of one (4-64 hex characters)",
+                ))
+            }
+        };
+        Ok(RunFilter {
+            stack: self.stack,
+            status,
+            author: self.author,
+            commit,
+        })
+    }
+}
+
+/// `GET /api/v1/runs?stack=S&status=T&author=U&commit=C&limit=N`: newest first.
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Value>> {
+    let limit = q.limit.unwrap_or(50).clamp(1, 500);
+    let filter = q.filter()?;
+    let runs = store_call(&state, move |st| st.runs_where(&filter, limit)).await?;
+    let visible: Vec<Value> = runs
+        .into_iter()
+        .filter(|r| p.may_access(&r.stack))
+        .map(|r| json!({"id": r.id, "stack": r.stack, "status": r.status, "decision": r.decision, "author": r.author, "author_user": r.author_identity(), "git_head": r.git_head, "created_at": r.created_at, "destroys": r.destroys.len(), "approvals": r.valid_approvers().len(), "required_approvals": r.required_approvals}))
+        .collect();
+    Ok(Json(json!({ "runs": visible })))
+}
+
+/// `GET /api/v1/runs/{id}`: the run, and whether it is still current.
+pub async fn show(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let run = load_run(&state, &p, &id).await?;
+    let s = run.stack.clone();
+    let (stack, current) = store_call(&state, move |st| {
+        Ok((st.stack(&s)?, st.current_version(&s)?))
+    })
+    .await?;
+    let current_ok = stack
+        .as_ref()
+        .is_some_and(|st| run_rules::is_current(&run, st, current.as_ref()));
+    let next = run_rules::next_step(&run);
+    Ok(Json(
+        json!({ "run": run, "current": current_ok, "stack_serial": current.map(|v| v.serial), "next": next }),
+    ))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ApproveRequest {
+    confirm_destroy: Option<u64>,
 }
 
 /// `POST /api/v1/runs/{id}/approve`.
@@ -840,50 +856,18 @@ pub async fn approve(
     } else {
         parse_body(&body)?
     };
-    let author_user = author_user(&state, &load_run(&state, &p, &id).await?).await?;
-    let principal = p.clone();
-    let result = store_call(&state, move |st| {
-        st.update_run(&id, &mut |run, stack, current| {
-            let run = &run.with_author_user(&author_user);
-            let actor = principal.display();
-            if run.status != RunStatus::NeedsApproval {
-                return Err(refuse(RefusalKind::Conflict, format!("run {} is {}, not waiting for approval", run.id, run.status.as_str())));
-            }
-            // Identities, not tokens: the author's user (whichever token, phase tokens included,
-            // planned it) cannot approve, and each user approves once.
-            if run.author_token == principal.token_id || run.author_identity() == principal.user {
-                return Err(refuse(RefusalKind::Forbidden, format!("approval refused: user {} planned run {} and cannot approve it; another approver must", principal.user, run.id)));
-            }
-            if run.approvals.iter().any(|a| a.by_token == principal.token_id || a.user() == principal.user) {
-                return Err(refuse(RefusalKind::Conflict, format!("user {} has already approved run {}; another approver must", principal.user, run.id)));
-            }
-            if run.decision == "deny" {
-                return Err(refuse(
-                    RefusalKind::Forbidden,
-                    format!("approval refused: the plan gate denied run {}; a deny cannot be approved: change the code (e.g. an allow_destroy declaration, itself reviewed) and plan again", run.id),
-                ));
-            }
-            let n = run.destroys.len() as u64;
-            if n > 0 && req.confirm_destroy != Some(n) {
-                return Err(refuse(
-                    RefusalKind::BadRequest,
-                    format!("run {} destroys {n} instance(s) ({}); confirm with --confirm-destroy {n}", run.id, run.destroys.iter().take(5).cloned().collect::<Vec<_>>().join(", ")),
-                ));
-            }
-            check_fresh(run, stack, current, &actor)?;
-            let mut new = run.clone();
-            new.approvals.push(Approval { by: actor.clone(), by_token: principal.token_id.clone(), by_user: principal.user.clone(), at: now_ms(), plan_sha256: run.plan_sha256.clone() });
-            if new.valid_approvers().len() >= new.required_approvals as usize {
-                new.status = RunStatus::Approved;
-            }
-            new.updated_at = now_ms();
-            let audit = NewAudit::ok(&actor, "run.approve", Some(&run.stack), json!({"run": run.id, "plan_sha256": run.plan_sha256, "approvals": new.approvals.len(), "required": new.required_approvals}));
-            Ok((new, audit))
-        })
-    })
+    let author = author_user(&state, &load_run(&state, &p, &id).await?).await?;
+    let run = transition(
+        &state,
+        &p,
+        &id,
+        Some(author),
+        move |run, stack, current, who, now| {
+            run_rules::approve(run, stack, current, who, req.confirm_destroy, now)
+        },
+    )
     .await?;
-    let run = result.map_err(ApiError::Refused)?;
-    let next = next_step(&run);
+    let next = run_rules::next_step(&run);
     Ok(Json(json!({ "run": run, "next": next })))
 }
 
@@ -908,38 +892,26 @@ pub async fn reject(
         ));
     }
     load_run(&state, &p, &id).await?;
-    let principal = p.clone();
-    let result = store_call(&state, move |st| {
-        st.update_run(&id, &mut |run, _, _| {
-            if !run.status.is_open() {
-                return Err(refuse(
-                    RefusalKind::Conflict,
-                    format!(
-                        "run {} is {} and can no longer be rejected",
-                        run.id,
-                        run.status.as_str()
-                    ),
-                ));
-            }
-            let mut new = run.clone();
-            new.status = RunStatus::Rejected;
-            new.updated_at = now_ms();
-            new.rejection = Some(Rejection {
-                by: principal.display(),
-                at: now_ms(),
-                reason: req.reason.clone(),
-            });
-            let audit = NewAudit::ok(
-                &principal.display(),
-                "run.reject",
-                Some(&run.stack),
-                json!({"run": run.id, "reason": req.reason}),
-            );
-            Ok((new, audit))
-        })
+    let run = transition(&state, &p, &id, None, move |run, _, _, who, now| {
+        run_rules::reject(run, who, &req.reason, now)
     })
     .await?;
-    Ok(Json(json!({ "run": result.map_err(ApiError::Refused)? })))
+    Ok(Json(json!({ "run": run })))
+}
+
+/// `POST /api/v1/runs/{id}/withdraw`: the author's user (an agent included) withdraws its own
+/// open run.
+pub async fn withdraw(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let author = author_user(&state, &load_run(&state, &p, &id).await?).await?;
+    let run = transition(&state, &p, &id, Some(author), |run, _, _, who, now| {
+        run_rules::withdraw(run, who, now)
+    })
+    .await?;
+    Ok(Json(json!({ "run": run })))
 }
 
 #[derive(Deserialize)]
@@ -967,75 +939,31 @@ pub async fn apply(
     let req: ApplyRequest = parse_body(&body)?;
     p.may_mint()?;
     let run = load_run(&state, &p, &id).await?;
-    let stack = existing_stack(&state, &p, &run.stack).await?;
-    if !stack.settings.apply_from.contains(&p.role) {
-        let allowed: Vec<&str> = stack
-            .settings
-            .apply_from
-            .iter()
-            .map(|r| r.as_str())
-            .collect();
-        return Err(ApiError::new(
-            RefusalKind::Forbidden,
-            format!(
-                "apply refused: stack {} takes applies from {} only, not {} tokens",
-                run.stack,
-                allowed.join(", "),
-                p.role
-            ),
-        ));
-    }
     // The artifact as stored must still be the one that was planned and approved.
     let (i, name) = (id.clone(), PLAN_ARTIFACT);
-    let artifact = store_call(&state, move |st| st.run_artifact(&i, name)).await;
-    let artifact_ok = matches!(&artifact, Ok(Some(b)) if hex::encode(airlock_store::blob::sha256(b)) == run.plan_sha256);
-    if !artifact_ok {
-        return Err(ApiError::new(RefusalKind::Conflict, format!("apply refused: the stored plan artifact of run {id} does not match the approved plan (SHA-256 {}); it may have been tampered with", run.plan_sha256)));
-    }
+    let stored = store_call(&state, move |st| st.run_artifact(&i, name))
+        .await
+        .ok()
+        .flatten()
+        .map(|b| hex::encode(airlock_store::blob::sha256(&b)));
     let token = tokens::generate();
-    let principal = p.clone();
     let token_id = token.id.clone();
-    let author_user = author_user(&state, &run).await?;
-    let result = store_call(&state, move |st| {
-        st.update_run(&id, &mut |run, stack, current| {
-            let run = &run.with_author_user(&author_user);
-            let actor = principal.display();
-            match run.status {
-                RunStatus::Approved => {}
-                RunStatus::NeedsApproval => {
-                    return Err(refuse(RefusalKind::Forbidden, format!("apply refused: run {} has {} of {} required approval(s)", run.id, run.approvals.len(), run.required_approvals)));
-                }
-                other => return Err(refuse(RefusalKind::Conflict, format!("apply refused: run {} is {}", run.id, other.as_str()))),
-            }
-            let valid = run.valid_approvers();
-            if valid.len() < run.required_approvals as usize {
-                return Err(refuse(RefusalKind::Forbidden, format!("apply refused: run {} has {} valid approval(s) of its plan by distinct users other than its author; {} required", run.id, valid.len(), run.required_approvals)));
-            }
-            check_fresh(run, stack, current, &actor)?;
-            if !req.fingerprint.eq_ignore_ascii_case(&run.fingerprint) {
-                let differing = inputs::differences(&run.inputs, &req.inputs);
-                let files = if req.inputs.is_empty() || differing.is_empty() {
-                    String::new()
-                } else {
-                    format!("; files that differ: {}", differing.iter().take(20).cloned().collect::<Vec<_>>().join(", "))
-                };
-                return Err(refuse(
-                    RefusalKind::Conflict,
-                    format!("apply refused: this checkout's inputs (fingerprint {}) differ from the reviewed run's ({}){files}; the merged code, airlock.hcl or policies are not what was reviewed: plan again", req.fingerprint, run.fingerprint),
-                ));
-            }
-            let mut new = run.clone();
-            new.status = RunStatus::Applying;
-            new.applied_by = Some(actor.clone());
-            new.apply_token = Some(token_id.clone());
-            new.apply_started_at = Some(now_ms());
-            new.updated_at = now_ms();
-            let audit = NewAudit::ok(&actor, "run.apply_start", Some(&run.stack), json!({"run": run.id, "plan_sha256": run.plan_sha256, "apply_token": token_id}));
-            Ok((new, audit))
-        })
-    })
+    let author = author_user(&state, &run).await?;
+    let run = transition(
+        &state,
+        &p,
+        &id,
+        Some(author),
+        move |run, stack, current, who, now| {
+            let checkout = Checkout {
+                stored_plan_sha256: stored.as_deref(),
+                fingerprint: &req.fingerprint,
+                inputs: &req.inputs,
+            };
+            run_rules::start_apply(run, stack, current, who, checkout, &token_id, now)
+        },
+    )
     .await?;
-    let run = result.map_err(ApiError::Refused)?;
     let expires_at = now_ms() + PHASE_TOKEN_TTL_MS;
     let new_token = NewToken {
         id: token.id.clone(),
@@ -1124,14 +1052,11 @@ pub async fn finish(
 ) -> ApiResult<Json<Value>> {
     let req: FinishRequest = parse_body(&body)?;
     let run = load_run(&state, &p, &id).await?;
-    let own = p.run_id.as_deref() == Some(run.id.as_str())
-        || run.applied_by.as_deref() == Some(p.display().as_str());
-    if !own {
-        return Err(ApiError::new(
-            RefusalKind::Forbidden,
-            format!("only the principal applying run {id} may finish it"),
-        ));
-    }
+    let display = p.display();
+    // Checked before the log is stored; decided again in the transaction.
+    let who = actor(&p, &display);
+    run_rules::may_finish(&run, &who)
+        .map_err(|r| ApiError::new(r.kind(), r.message(&run, &who)))?;
     if let Some(log) = &req.log_b64 {
         let bytes = b64(log, "log_b64")?;
         let i = id.clone();
@@ -1141,45 +1066,18 @@ pub async fn finish(
         })
         .await;
     }
-    let actor = p.display();
-    let (i, a) = (id.clone(), actor.clone());
-    let result = store_call(&state, move |st| {
-        st.update_run(&i, &mut |run, _, current| {
-            if run.status != RunStatus::Applying {
-                return Err(refuse(
-                    RefusalKind::Conflict,
-                    format!("run {} is {}, not applying", run.id, run.status.as_str()),
-                ));
-            }
-            let mut new = run.clone();
-            new.status = if req.success {
-                RunStatus::Applied
-            } else {
-                RunStatus::Failed
-            };
-            new.finished_at = Some(now_ms());
-            new.updated_at = now_ms();
-            if let Some(check) = &req.plan_check {
-                new.checks.push(format!(
-                    "apply: {}",
-                    check
-                        .chars()
-                        .filter(|c| !c.is_control())
-                        .take(500)
-                        .collect::<String>()
-                ));
-            }
-            let audit = NewAudit::ok(
-                &a,
-                &format!("run.{}", new.status.as_str()),
-                Some(&run.stack),
-                json!({"run": run.id, "serial": current.map(|v| v.serial)}),
-            );
-            Ok((new, audit))
-        })
+    let run = transition(&state, &p, &id, None, move |run, _, current, who, now| {
+        run_rules::finish(
+            run,
+            current,
+            who,
+            req.success,
+            req.plan_check.as_deref(),
+            now,
+        )
     })
     .await?;
-    let run = result.map_err(ApiError::Refused)?;
+    let actor = display;
     if let Some(t) = run.apply_token.clone() {
         let audit = NewAudit::ok(
             &actor,
@@ -1190,22 +1088,23 @@ pub async fn finish(
         store_call(&state, move |st| st.revoke_token(&t, audit)).await?;
         state.cache.forget_tokens();
     }
-    let (stack, this, a) = (run.stack.clone(), run.id.clone(), actor.clone());
+    let (applied, a) = (run.clone(), actor.clone());
     store_call(&state, move |st| {
         for other in st
-            .runs(Some(&stack), 500)?
+            .runs(Some(&applied.stack), 500)?
             .into_iter()
-            .filter(|r| r.status.is_open() && r.id != this)
+            .filter(|r| r.status.is_open() && r.id != applied.id)
         {
-            let note = format!("stack {stack} changed: run {this} was applied; plan again");
             let _ = st.update_run(&other.id, &mut |r, _, _| {
-                if !r.status.is_open() {
-                    return Err(refuse(RefusalKind::Conflict, "no longer open"));
-                }
-                let s = stale(r, &a, RunStatus::Superseded, note.clone());
-                s.record
-                    .map(|b| *b)
-                    .ok_or_else(|| refuse(RefusalKind::Conflict, "unreachable"))
+                let who = Actor {
+                    token_id: "",
+                    user: "",
+                    display: &a,
+                    role: Role::Ci,
+                    run_id: None,
+                };
+                let now = now_ms();
+                run_rules::decided(run_rules::supersede(r, &applied, now), r, &who, now)
             });
         }
         Ok(())

@@ -83,6 +83,8 @@ fn design_allows(method: &str, route: &str) -> Option<[bool; 5]> {
         ("POST", "/api/v1/stacks/{stack}/plan-token" | "/api/v1/stacks/{stack}/runs") => LOCKERS,
         ("GET", r) if r.starts_with("/api/v1/runs") => ALL,
         ("POST", "/api/v1/runs/{id}/approve" | "/api/v1/runs/{id}/reject") => REVIEWERS,
+        // Withdrawing one's own run needs what planning it needed (the author's user only).
+        ("POST", "/api/v1/runs/{id}/withdraw") => LOCKERS,
         ("POST", "/api/v1/runs/{id}/apply" | "/api/v1/runs/{id}/finish") => APPLIERS,
         _ => return None,
     })

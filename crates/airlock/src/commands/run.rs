@@ -195,19 +195,54 @@ struct PlanVersion {
     terraform_version: String,
 }
 
-/// Renders a run for the terminal: destructive changes first.
+/// The symbol of a change kind, as `airlock check` prints it: `+` create, `~` update, `-/+`
+/// replace, `-` destroy.
+fn symbol(kind: &str) -> &'static str {
+    match kind {
+        "create" => "+",
+        "update" => "~",
+        "delete" => "-",
+        "replace" => "-/+",
+        "replace-create-first" => "+/-",
+        "forget" => "⊘",
+        "forget-replace" => "⊘/+",
+        "read" => "<=",
+        "no-op" => "=",
+        _ => "?",
+    }
+}
+
+/// Renders a run for the terminal: who planned it from what, then destructive changes first.
 fn run_text(v: &Value) -> String {
     let run = &v["run"];
+    let against = match run["planned_serial"].as_u64() {
+        Some(serial) => format!("serial {serial}"),
+        None => "an empty stack".into(),
+    };
     let mut out = format!(
-        "run {} on stack {}: {} (decision: {})\nplanned by {} at {} against serial {}\n",
+        "run {} on stack {}: {} (decision: {})\nplanned by {} at {} against {against}\n",
         s(run, "/id"),
         s(run, "/stack"),
         s(run, "/status"),
         s(run, "/decision"),
         s(run, "/author"),
         time(run, "/created_at"),
-        s(run, "/planned_serial"),
     );
+    // The identity that may not approve it: a token without a user is its own.
+    let user = run["author_user"].as_str().unwrap_or_default();
+    if !user.is_empty() && run["author_token"].as_str() != Some(user) {
+        out.push_str(&format!("author's user: {}\n", s(run, "/author_user")));
+    } else {
+        out.push_str("author's user: the token itself (it belongs to no user)\n");
+    }
+    let commit = match run["git_head"].as_str() {
+        Some(_) => s(run, "/git_head"),
+        None => "none recorded (not a git checkout)".into(),
+    };
+    out.push_str(&format!(
+        "commit: {commit}\ndirectory: {} (relative to the airlock.hcl root)\n",
+        s(run, "/planned_dir"),
+    ));
     if let Some(current) = v.get("current").and_then(Value::as_bool) {
         out.push_str(if current {
             "still current: the stack has not changed since the plan\n"
@@ -240,7 +275,8 @@ fn run_text(v: &Value) -> String {
         out.push_str(&format!("\nDESTROYS {} instance(s):\n", destructive.len()));
         for c in &destructive {
             out.push_str(&format!(
-                "  - {} ({}){}\n",
+                "  {} {} ({}){}\n",
+                symbol(c["kind"].as_str().unwrap_or_default()),
                 s(c, "/address"),
                 s(c, "/kind"),
                 if c["critical"].as_bool() == Some(true) {
@@ -254,7 +290,14 @@ fn run_text(v: &Value) -> String {
     let other: Vec<String> = changes
         .iter()
         .filter(|c| c["destructive"].as_bool() != Some(true) && c["kind"].as_str() != Some("no-op"))
-        .map(|c| format!("  ~ {} ({})", s(c, "/address"), s(c, "/kind")))
+        .map(|c| {
+            format!(
+                "  {} {} ({})",
+                symbol(c["kind"].as_str().unwrap_or_default()),
+                s(c, "/address"),
+                s(c, "/kind")
+            )
+        })
         .collect();
     if !other.is_empty() {
         out.push_str(&format!(
@@ -268,11 +311,14 @@ fn run_text(v: &Value) -> String {
         .into_iter()
         .flatten()
         .map(|f| {
+            let at = match f["address"].as_str() {
+                Some(_) => format!(" {}", s(f, "/address")),
+                None => String::new(),
+            };
             format!(
-                "  [{}] {} {}: {}",
+                "  [{}] {}{at}: {}",
                 s(f, "/severity"),
                 s(f, "/rule"),
-                s(f, "/address"),
                 s(f, "/message")
             )
         })
@@ -441,20 +487,40 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// `airlock runs`.
+/// Percent-encodes a query-string value.
+fn query_value(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// `airlock runs [--stack S] [--status T] [--author U] [--commit C] [--limit N]`.
 pub fn list(args: RunsArgs) -> anyhow::Result<ExitCode> {
     let c = Client::new(&args.client)?;
-    let path = match &args.stack {
-        Some(st) => format!("/api/v1/runs?stack={}", stack_segment(st)),
-        None => "/api/v1/runs".into(),
-    };
-    let v = c.get(&path)?;
+    let mut query = vec![format!("limit={}", args.limit)];
+    for (name, value) in [
+        ("stack", &args.stack),
+        ("status", &args.status),
+        ("author", &args.author),
+        ("commit", &args.commit),
+    ] {
+        if let Some(v) = value {
+            query.push(format!("{name}={}", query_value(v)));
+        }
+    }
+    let v = c.get(&format!("/api/v1/runs?{}", query.join("&")))?;
     c.print(&v, |v| {
-        let rows = v["runs"]
+        let rows: Vec<Vec<String>> = v["runs"]
             .as_array()
             .into_iter()
             .flatten()
             .map(|r| {
+                let commit = s(r, "/git_head");
                 vec![
                     s(r, "/id"),
                     s(r, "/stack"),
@@ -463,10 +529,14 @@ pub fn list(args: RunsArgs) -> anyhow::Result<ExitCode> {
                     s(r, "/destroys"),
                     format!("{}/{}", s(r, "/approvals"), s(r, "/required_approvals")),
                     s(r, "/author"),
+                    commit.chars().take(12).collect(),
                     time(r, "/created_at"),
                 ]
             })
             .collect();
+        if rows.is_empty() {
+            return "no runs match\n".into();
+        }
         table(
             &[
                 "RUN",
@@ -476,6 +546,7 @@ pub fn list(args: RunsArgs) -> anyhow::Result<ExitCode> {
                 "DESTROYS",
                 "APPROVALS",
                 "AUTHOR",
+                "COMMIT",
                 "CREATED",
             ],
             rows,
@@ -489,6 +560,14 @@ pub fn show(id: &str, client: &ClientArgs) -> anyhow::Result<ExitCode> {
     let c = Client::new(client)?;
     let v = c.get(&format!("/api/v1/runs/{id}"))?;
     c.print(&v, run_text);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `airlock run withdraw ID`.
+pub fn withdraw(id: &str, client: &ClientArgs) -> anyhow::Result<ExitCode> {
+    let c = Client::new(client)?;
+    let v = c.send("POST", &format!("/api/v1/runs/{id}/withdraw"), &json!({}))?;
+    c.print(&v, |v| format!("withdrew run {}\n", s(v, "/run/id")));
     Ok(ExitCode::SUCCESS)
 }
 

@@ -205,12 +205,13 @@ fn stale_plan_is_refused_and_superseded() {
     assert!(!out.status.success(), "{}", text(&out));
     assert_eq!(run_json(&t, &second)["run"]["status"], "superseded");
     // A run made stale by a direct write is refused at apply, and marked superseded.
+    ws.write_main(&data_resources(2));
     let third = plan(&t, &ws, &t.agent, "dev/stale");
     t.s.ok(&t.approver, &["approve", &third]);
-    ws.write_main(&data_resources(2));
+    ws.write_main(&data_resources(3));
     ws.tf_ok(&t.s.admin, &["init", "-reconfigure"]);
     ws.tf_ok(&t.s.admin, &["apply", "-auto-approve"]);
-    ws.write_main(&data_resources(1));
+    ws.write_main(&data_resources(2));
     let out = apply(&t, &ws, &t.ci, &third);
     assert!(
         !out.status.success() && text(&out).contains("stale"),
@@ -675,4 +676,250 @@ fn one_person_with_two_approver_tokens_is_one_approver() {
     assert_eq!(run_json(&t, &run)["run"]["status"], "approved");
     let out = apply(&t, &ws, &t.ci, &run);
     assert!(out.status.success(), "{}", text(&out));
+}
+
+fn git_commit(dir: &Path) -> String {
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    git(&["init", "-q"]);
+    git(&["add", "main.tf", "backend.tf"]);
+    git(&["commit", "-q", "-m", "change"]);
+    git(&["rev-parse", "HEAD"])
+}
+
+fn runs_json(t: &Team, args: &[&str]) -> Vec<String> {
+    let mut all = vec!["runs", "--format", "json"];
+    all.extend(args);
+    let v: serde_json::Value = serde_json::from_str(&t.s.ok(&t.s.admin, &all)).unwrap();
+    v["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn denied_and_unchanged_runs_say_so_and_wait_for_nobody() {
+    let t = team("dev/status");
+    let ws = Workspace::new(&t.s, "dev/status", &data_resources(2));
+    let first = plan(&t, &ws, &t.agent, "dev/status");
+    t.s.ok(&t.approver, &["approve", &first]);
+    assert!(apply(&t, &ws, &t.ci, &first).status.success());
+
+    // The same code again changes nothing: nothing to approve or apply.
+    let same = plan(&t, &ws, &t.agent, "dev/status");
+    let v = run_json(&t, &same);
+    assert_eq!(v["run"]["status"], "no_changes");
+    assert!(
+        v["next"]
+            .as_str()
+            .unwrap()
+            .contains("nothing to approve or apply"),
+        "{v}"
+    );
+    let out = t.s.cli(&t.approver, &["approve", &same]);
+    assert!(
+        !out.status.success() && text(&out).contains("is no_changes, not waiting for approval"),
+        "{}",
+        text(&out)
+    );
+
+    // A deny is `denied` from the start, and stays unapprovable.
+    std::fs::write(
+        ws.path("airlock.hcl"),
+        "protect {\n  types = [\"terraform_data\"]\n}\n",
+    )
+    .unwrap();
+    ws.write_main(&data_resources(0));
+    let denied = plan(&t, &ws, &t.agent, "dev/status");
+    let v = run_json(&t, &denied);
+    assert_eq!(v["run"]["status"], "denied");
+    assert!(v["next"].as_str().unwrap().starts_with("denied by policy"));
+    let out =
+        t.s.cli(&t.approver, &["approve", &denied, "--confirm-destroy", "2"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("a deny cannot be approved"),
+        "{}",
+        text(&out)
+    );
+    // Neither is open: an apply on the stack supersedes neither.
+    assert_eq!(
+        runs_json(&t, &["--stack", "dev/status", "--status", "denied"]),
+        [denied]
+    );
+    assert_eq!(
+        runs_json(&t, &["--stack", "dev/status", "--status", "no_changes"]),
+        [same]
+    );
+}
+
+#[test]
+fn an_author_withdraws_its_own_open_run_and_nobody_else_can() {
+    let t = team("dev/withdraw");
+    let ws = Workspace::new(&t.s, "dev/withdraw", &data_resources(1));
+    let run = plan(&t, &ws, &t.agent, "dev/withdraw");
+    let other_agent = t.s.token("eve", "agent");
+    let reader = t.s.token("rita", "reader");
+    let out = t.s.cli(&other_agent, &["run", "withdraw", &run]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("only the author of run"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        t.s.cli(&t.approver, &["run", "withdraw", &run])
+            .status
+            .code(),
+        Some(2)
+    );
+    assert_eq!(
+        t.s.cli(&reader, &["run", "withdraw", &run]).status.code(),
+        Some(2)
+    );
+    assert_eq!(run_json(&t, &run)["run"]["status"], "needs_approval");
+
+    // The author withdraws it, even once approved; then nobody can approve or apply it.
+    t.s.ok(&t.approver, &["approve", &run]);
+    let out = t.s.ok(&t.agent, &["run", "withdraw", &run]);
+    assert_eq!(out, format!("withdrew run {run}\n"));
+    let v = run_json(&t, &run);
+    assert_eq!(v["run"]["status"], "withdrawn");
+    assert!(v["run"]["note"]
+        .as_str()
+        .unwrap()
+        .starts_with("withdrawn by its author, bot ("));
+    assert!(!apply(&t, &ws, &t.ci, &run).status.success());
+    let out = t.s.cli(&t.agent, &["run", "withdraw", &run]);
+    assert!(
+        !out.status.success() && text(&out).contains("is withdrawn, not open"),
+        "{}",
+        text(&out)
+    );
+    let audit = t.s.ok(&t.s.admin, &["audit", "--limit", "1000"]);
+    assert!(audit.contains("run.withdraw"), "{audit}");
+}
+
+#[test]
+fn runs_filter_by_stack_status_author_and_commit() {
+    let t = team("dev/one");
+    t.s.ok(&t.s.admin, &["stack", "create", "dev/two"]);
+    let ws1 = Workspace::new(&t.s, "dev/one", &data_resources(1));
+    let commit = git_commit(&ws1.dir);
+    let ws2 = Workspace::new(&t.s, "dev/two", &data_resources(1));
+    let a = plan(&t, &ws1, &t.agent, "dev/one");
+    let b = plan(&t, &ws2, &t.approver, "dev/two");
+    let c = plan(&t, &ws2, &t.agent, "dev/two");
+    t.s.ok(&t.approver2, &["approve", &b]);
+
+    assert_eq!(runs_json(&t, &[]), [c.as_str(), b.as_str(), a.as_str()]);
+    assert_eq!(
+        runs_json(&t, &["--stack", "dev/two"]),
+        [c.as_str(), b.as_str()]
+    );
+    assert_eq!(runs_json(&t, &["--status", "approved"]), [b.as_str()]);
+    assert_eq!(runs_json(&t, &["--author", "alice"]), [b.as_str()]);
+    assert_eq!(
+        runs_json(&t, &["--author", "bot"]),
+        [c.as_str(), a.as_str()]
+    );
+    assert_eq!(runs_json(&t, &["--commit", &commit[..8]]), [a.as_str()]);
+    assert_eq!(
+        runs_json(&t, &["--commit", &commit.to_uppercase()]),
+        [a.as_str()]
+    );
+    assert_eq!(
+        runs_json(&t, &["--author", "bot", "--stack", "dev/two"]),
+        [c.as_str()]
+    );
+    assert_eq!(runs_json(&t, &["--limit", "1"]), [c.as_str()]);
+    assert!(runs_json(&t, &["--status", "applied"]).is_empty());
+    let table = t.s.ok(&t.s.admin, &["runs", "--status", "applied"]);
+    assert_eq!(table, "no runs match\n");
+    let table = t.s.ok(&t.s.admin, &["runs", "--stack", "dev/one"]);
+    assert!(
+        table.contains(&commit[..12]) && table.contains("COMMIT"),
+        "{table}"
+    );
+
+    for (args, message) in [
+        (["--status", "done"], "unknown run status \"done\""),
+        (["--commit", "xyz"], "commit must be a git commit hash"),
+        (["--commit", "abc"], "commit must be a git commit hash"),
+    ] {
+        let mut all = vec!["runs"];
+        all.extend(args);
+        let out = t.s.cli(&t.s.admin, &all);
+        assert!(
+            !out.status.success() && text(&out).contains(message),
+            "{args:?}: {}",
+            text(&out)
+        );
+    }
+    let long = "x".repeat(201);
+    assert!(!t
+        .s
+        .cli(&t.s.admin, &["runs", "--author", &long])
+        .status
+        .success());
+}
+
+/// `run show` for a run that destroys, replaces, updates and creates on a production stack,
+/// planned by an approver from a commit, approved by one of the two approvers it needs.
+#[test]
+fn run_show_names_where_it_came_from_and_destroys_first() {
+    let t = team("dev/unused");
+    t.s.ok(
+        &t.s.admin,
+        &["stack", "create", "prod/show", "--production"],
+    );
+    let before = "resource \"terraform_data\" \"keep\" {\n  input = \"v1\"\n}\nresource \"terraform_data\" \"gone\" {\n  input = \"x\"\n}\nresource \"terraform_data\" \"swap\" {\n  triggers_replace = \"1\"\n}\n";
+    let after = "resource \"terraform_data\" \"keep\" {\n  input = \"v2\"\n}\nresource \"terraform_data\" \"swap\" {\n  triggers_replace = \"2\"\n}\nresource \"terraform_data\" \"new\" {\n  input = \"n\"\n}\n";
+    let ws = Workspace::new(&t.s, "prod/show", before);
+    let first = plan(&t, &ws, &t.agent, "prod/show");
+    let shown = t.s.ok(&t.s.admin, &["run", "show", &first]);
+    assert!(shown.contains("against an empty stack"), "{shown}");
+    assert!(
+        shown.contains("author's user: the token itself")
+            && shown.contains("commit: none recorded"),
+        "{shown}"
+    );
+    t.s.ok(&t.approver, &["approve", &first]);
+    t.s.ok(&t.approver2, &["approve", &first]);
+    assert!(apply(&t, &ws, &t.ci, &first).status.success());
+
+    ws.write_main(after);
+    git_commit(&ws.dir);
+    let run = plan(&t, &ws, &t.approver, "prod/show");
+    t.s.ok(&t.approver2, &["approve", &run, "--confirm-destroy", "2"]);
+    let shown = t.s.ok(&t.s.admin, &["run", "show", &run]);
+    let mut settings = insta::Settings::clone_current();
+    settings.add_filter(r"run_[0-9a-f]+", "[RUN]");
+    settings.add_filter(r"tok_[0-9a-z]+", "[TOK]");
+    settings.add_filter(r"\b[0-9a-f]{40}\b", "[COMMIT]");
+    settings.add_filter(r"\b[0-9a-f]{64}\b", "[SHA256]");
+    settings.add_filter(r"\d{4}-\d\d-\d\dT[0-9:.]+Z", "[TIME]");
+    settings.add_filter(r"terraform \d+\.\d+\.\d+\S*", "terraform [TF]");
+    settings.bind(|| insta::assert_snapshot!("run_show_text", shown));
+
+    // Production stacks take applies from CI only; the refusal says so in words.
+    t.s.ok(&t.s.admin, &["approve", &run, "--confirm-destroy", "2"]);
+    let out = apply(&t, &ws, &t.s.admin, &run);
+    assert!(
+        text(&out)
+            .contains("stack prod/show takes applies from ci tokens only, not from an admin token"),
+        "{}",
+        text(&out)
+    );
+    assert!(apply(&t, &ws, &t.ci, &run).status.success());
 }

@@ -1,0 +1,1338 @@
+//! The governed-run state machine as pure functions: each transition takes the run as the
+//! store's transaction sees it (plus the stack, its current version, who asks, and the time)
+//! and returns the new record or a typed refusal. No I/O: the handlers load, call one of these
+//! inside `Store::update_run`, and store; the rules are table-tested below.
+//!
+//! **Invariant (docs/design.md 3):** [`start_apply`] moves a run to `applying` only if the caller's
+//! role may apply on the stack, the run is approved by `required_approvals` distinct users other
+//! than its author's user for its exact plan hash, it has not expired, the stack is still at the
+//! planned (lineage, serial), the stored plan hashes to the approved one, and the checkout's
+//! fingerprint equals the reviewed one.
+
+use airlock_core::inputs::{self, InputFile};
+use airlock_core::refusal::{Refusal, RefusalKind};
+use airlock_core::time::rfc3339;
+use airlock_core::Role;
+use serde_json::{json, Value};
+
+use crate::{
+    Approval, NewAudit, Rejection, RunRecord, RunRefusal, RunStatus, StackRecord, VersionMeta,
+};
+
+/// How long a planned run stays applicable.
+pub const RUN_TTL_MS: i64 = 7 * 86_400_000;
+
+/// Who asks for a transition.
+#[derive(Debug, Clone, Copy)]
+pub struct Actor<'a> {
+    /// Token id.
+    pub token_id: &'a str,
+    /// The token's user: the identity that authors and approves.
+    pub user: &'a str,
+    /// `name (tok_…)`, as audit events record it.
+    pub display: &'a str,
+    /// The token's role.
+    pub role: Role,
+    /// The run the token is bound to, if it is a run-bound apply token.
+    pub run_id: Option<&'a str>,
+}
+
+/// An accepted transition: the new record and the audit event that says what happened.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transition {
+    /// The run after the transition.
+    pub run: RunRecord,
+    /// Audit action (`run.approve`, ...).
+    pub action: String,
+    /// Audit detail.
+    pub detail: Value,
+}
+
+/// Why a transition is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// The run is not in a status the transition starts from (`wanted` says which, in words).
+    WrongStatus {
+        /// The run's status.
+        status: RunStatus,
+        /// What the transition needs, e.g. "waiting for approval".
+        wanted: &'static str,
+    },
+    /// The plan gate denied the run: a deny cannot be approved.
+    Denied,
+    /// The approver is the run's author (same user, or the very token that planned it).
+    ApproverIsAuthor,
+    /// The approver's user has approved already.
+    AlreadyApproved,
+    /// The run destroys instances and the approver did not confirm their exact number.
+    ConfirmDestroy {
+        /// Instances the plan destroys.
+        destroys: u64,
+        /// What the approver confirmed.
+        given: Option<u64>,
+    },
+    /// The run is older than [`RUN_TTL_MS`]; it becomes `expired`.
+    Expired,
+    /// The stack changed since the plan; the run becomes `superseded`.
+    Stale {
+        /// Serial of the stack now.
+        current_serial: Option<u64>,
+    },
+    /// Not enough valid approvals.
+    TooFewApprovals {
+        /// Distinct users other than the author who approved this plan.
+        valid: usize,
+    },
+    /// The stack takes applies from other roles only.
+    RoleMayNotApply {
+        /// The caller's role.
+        role: Role,
+        /// The roles the stack takes applies from.
+        allowed: Vec<Role>,
+    },
+    /// The stored plan artifact does not hash to the approved plan (or is missing).
+    PlanArtifactDiffers,
+    /// The applying checkout's inputs differ from the reviewed ones.
+    InputsDiffer {
+        /// The checkout's fingerprint.
+        fingerprint: String,
+        /// Files that differ (when the checkout sent its inputs).
+        files: Vec<String>,
+    },
+    /// Only the run's author may withdraw it.
+    NotTheAuthor,
+    /// Only the principal applying the run may finish it.
+    NotTheApplier,
+}
+
+impl Refused {
+    /// The kind of refusal (and so the HTTP status and exit code).
+    pub fn kind(&self) -> RefusalKind {
+        match self {
+            Refused::Denied
+            | Refused::ApproverIsAuthor
+            | Refused::TooFewApprovals { .. }
+            | Refused::RoleMayNotApply { .. }
+            | Refused::NotTheAuthor
+            | Refused::NotTheApplier => RefusalKind::Forbidden,
+            Refused::ConfirmDestroy { .. } => RefusalKind::BadRequest,
+            Refused::WrongStatus { .. }
+            | Refused::AlreadyApproved
+            | Refused::Expired
+            | Refused::Stale { .. }
+            | Refused::PlanArtifactDiffers
+            | Refused::InputsDiffer { .. } => RefusalKind::Conflict,
+        }
+    }
+
+    /// What to tell the caller, with the next step.
+    pub fn message(&self, run: &RunRecord, actor: &Actor<'_>) -> String {
+        let id = &run.id;
+        match self {
+            Refused::WrongStatus { status, wanted } => {
+                format!("run {id} is {}, not {wanted}", status.as_str())
+            }
+            Refused::Denied => format!("approval refused: the plan gate denied run {id}; a deny cannot be approved: change the code (e.g. an allow_destroy declaration, itself reviewed) and plan again"),
+            Refused::ApproverIsAuthor => format!("approval refused: user {} planned run {id} and cannot approve it; another approver must", actor.user),
+            Refused::AlreadyApproved => format!("user {} has already approved run {id}; another approver must", actor.user),
+            Refused::ConfirmDestroy { destroys, .. } => format!(
+                "run {id} destroys {destroys} instance(s) ({}); confirm with --confirm-destroy {destroys}",
+                run.destroys.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+            ),
+            Refused::Expired => format!("run {id} expired at {}; plan again", rfc3339(run.expires_at)),
+            Refused::Stale { current_serial } => format!(
+                "run {id} was planned against {} but stack {} is now at {}: the plan is stale; a re-plan and a new review are needed",
+                serial_words(run.planned_serial),
+                run.stack,
+                serial_words(*current_serial)
+            ),
+            Refused::TooFewApprovals { valid } => format!(
+                "apply refused: run {id} has {valid} valid approval(s) of its plan by distinct users other than its author; {} required",
+                run.required_approvals
+            ),
+            Refused::RoleMayNotApply { role, allowed } => format!(
+                "apply refused: stack {} takes applies from {} tokens only, not from {} {role} token",
+                run.stack,
+                allowed.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", "),
+                article(role.as_str()),
+            ),
+            Refused::PlanArtifactDiffers => format!("apply refused: the stored plan artifact of run {id} does not match the approved plan (SHA-256 {}); it may have been tampered with", run.plan_sha256),
+            Refused::InputsDiffer { fingerprint, files } => {
+                let files = if files.is_empty() {
+                    String::new()
+                } else {
+                    format!("; files that differ: {}", files.iter().take(20).cloned().collect::<Vec<_>>().join(", "))
+                };
+                format!("apply refused: this checkout's inputs (fingerprint {fingerprint}) differ from the reviewed run's ({}){files}; the merged code, airlock.hcl or policies are not what was reviewed: plan again", run.fingerprint)
+            }
+            Refused::NotTheAuthor => format!("withdraw refused: only the author of run {id} ({}) may withdraw it; an approver may reject it instead", run.author),
+            Refused::NotTheApplier => format!("only the principal applying run {id} may finish it"),
+        }
+    }
+
+    /// The status the run moves to although the request is refused: a run found expired or
+    /// stale is marked so, whoever asked.
+    pub fn records(&self) -> Option<RunStatus> {
+        match self {
+            Refused::Expired => Some(RunStatus::Expired),
+            Refused::Stale { .. } => Some(RunStatus::Superseded),
+            _ => None,
+        }
+    }
+}
+
+/// "serial 4", or "an empty stack".
+fn serial_words(serial: Option<u64>) -> String {
+    serial.map_or("an empty stack".into(), |s| format!("serial {s}"))
+}
+
+fn article(word: &str) -> &'static str {
+    if word.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    }
+}
+
+/// Translates a verdict into what `Store::update_run` records: the new run and its audit event,
+/// or the refusal (with the expired/superseded record it still writes).
+pub fn decided(
+    verdict: Result<Transition, Refused>,
+    run: &RunRecord,
+    actor: &Actor<'_>,
+    now: i64,
+) -> Result<(RunRecord, NewAudit), RunRefusal> {
+    match verdict {
+        Ok(t) => {
+            let audit = NewAudit::ok(actor.display, &t.action, Some(&run.stack), t.detail);
+            Ok((t.run, audit))
+        }
+        Err(r) => {
+            let message = r.message(run, actor);
+            let record = r.records().map(|status| {
+                let t = closed(run, status, message.clone(), now);
+                let audit = NewAudit::ok(actor.display, &t.action, Some(&run.stack), t.detail);
+                Box::new((t.run, audit))
+            });
+            Err(RunRefusal {
+                refusal: Refusal::new(r.kind(), message),
+                record,
+            })
+        }
+    }
+}
+
+/// The run moved to a final `status` with a note saying why.
+fn closed(run: &RunRecord, status: RunStatus, note: String, now: i64) -> Transition {
+    let mut new = run.clone();
+    new.status = status;
+    new.updated_at = now;
+    new.note = Some(note.clone());
+    Transition {
+        run: new,
+        action: format!("run.{}", status.as_str()),
+        detail: json!({"run": run.id, "note": note}),
+    }
+}
+
+/// The status a freshly judged run starts in: a deny is final, a plan that changes nothing
+/// has nothing to apply, anything else waits for approval.
+pub fn initial_status(decision: &str, changes_anything: bool) -> RunStatus {
+    if decision == "deny" {
+        RunStatus::Denied
+    } else if !changes_anything {
+        RunStatus::NoChanges
+    } else {
+        RunStatus::NeedsApproval
+    }
+}
+
+/// Whether the stack is still at the (lineage, serial) the run was planned against.
+pub fn is_current(run: &RunRecord, stack: &StackRecord, current: Option<&VersionMeta>) -> bool {
+    match (current, &run.planned_serial) {
+        (None, None) => true,
+        (Some(v), Some(serial)) => {
+            v.serial == *serial && stack.lineage.as_deref() == run.planned_lineage.as_deref()
+        }
+        _ => false,
+    }
+}
+
+/// Expiry, then staleness: shared by approve and apply.
+pub fn check_fresh(
+    run: &RunRecord,
+    stack: &StackRecord,
+    current: Option<&VersionMeta>,
+    now: i64,
+) -> Result<(), Refused> {
+    if now > run.expires_at {
+        return Err(Refused::Expired);
+    }
+    if !is_current(run, stack, current) {
+        return Err(Refused::Stale {
+            current_serial: current.map(|v| v.serial),
+        });
+    }
+    Ok(())
+}
+
+fn is_author(run: &RunRecord, actor: &Actor<'_>) -> bool {
+    run.author_token == actor.token_id || run.author_identity() == actor.user
+}
+
+/// `approve`: an approver other than the author, once per user, of a run the gate did not
+/// deny, confirming the exact number of destroyed instances, while the plan is fresh.
+pub fn approve(
+    run: &RunRecord,
+    stack: &StackRecord,
+    current: Option<&VersionMeta>,
+    actor: &Actor<'_>,
+    confirm_destroy: Option<u64>,
+    now: i64,
+) -> Result<Transition, Refused> {
+    // Runs stored before `denied` existed wait for approval with a deny decision.
+    if run.status == RunStatus::Denied || run.decision == "deny" {
+        return Err(Refused::Denied);
+    }
+    if run.status != RunStatus::NeedsApproval {
+        return Err(Refused::WrongStatus {
+            status: run.status,
+            wanted: "waiting for approval",
+        });
+    }
+    // Identities, not tokens: the author's user (whichever token, phase tokens included,
+    // planned it) cannot approve, and each user approves once.
+    if is_author(run, actor) {
+        return Err(Refused::ApproverIsAuthor);
+    }
+    if run
+        .approvals
+        .iter()
+        .any(|a| a.by_token == actor.token_id || a.user() == actor.user)
+    {
+        return Err(Refused::AlreadyApproved);
+    }
+    let destroys = run.destroys.len() as u64;
+    if destroys > 0 && confirm_destroy != Some(destroys) {
+        return Err(Refused::ConfirmDestroy {
+            destroys,
+            given: confirm_destroy,
+        });
+    }
+    check_fresh(run, stack, current, now)?;
+    let mut new = run.clone();
+    new.approvals.push(Approval {
+        by: actor.display.to_owned(),
+        by_token: actor.token_id.to_owned(),
+        by_user: actor.user.to_owned(),
+        at: now,
+        plan_sha256: run.plan_sha256.clone(),
+    });
+    if new.valid_approvers().len() >= new.required_approvals as usize {
+        new.status = RunStatus::Approved;
+    }
+    new.updated_at = now;
+    let detail = json!({"run": run.id, "plan_sha256": run.plan_sha256, "approvals": new.approvals.len(), "required": new.required_approvals});
+    Ok(Transition {
+        run: new,
+        action: "run.approve".into(),
+        detail,
+    })
+}
+
+/// `reject`: any approver, while the run is open.
+pub fn reject(
+    run: &RunRecord,
+    actor: &Actor<'_>,
+    reason: &str,
+    now: i64,
+) -> Result<Transition, Refused> {
+    if !run.status.is_open() {
+        return Err(Refused::WrongStatus {
+            status: run.status,
+            wanted: "open (it can no longer be rejected)",
+        });
+    }
+    let mut new = run.clone();
+    new.status = RunStatus::Rejected;
+    new.updated_at = now;
+    new.rejection = Some(Rejection {
+        by: actor.display.to_owned(),
+        at: now,
+        reason: reason.to_owned(),
+    });
+    Ok(Transition {
+        run: new,
+        action: "run.reject".into(),
+        detail: json!({"run": run.id, "reason": reason}),
+    })
+}
+
+/// `withdraw`: the author's user (any of its tokens, an agent's included), while the run is open.
+pub fn withdraw(run: &RunRecord, actor: &Actor<'_>, now: i64) -> Result<Transition, Refused> {
+    if !is_author(run, actor) {
+        return Err(Refused::NotTheAuthor);
+    }
+    if !run.status.is_open() {
+        return Err(Refused::WrongStatus {
+            status: run.status,
+            wanted: "open (it can no longer be withdrawn)",
+        });
+    }
+    let mut t = closed(
+        run,
+        RunStatus::Withdrawn,
+        format!("withdrawn by its author, {}", actor.display),
+        now,
+    );
+    t.action = "run.withdraw".into();
+    Ok(t)
+}
+
+/// What the applying checkout says about itself.
+#[derive(Debug, Clone, Copy)]
+pub struct Checkout<'a> {
+    /// SHA-256 of the stored plan artifact, as read now (`None`: missing).
+    pub stored_plan_sha256: Option<&'a str>,
+    /// The checkout's input fingerprint.
+    pub fingerprint: &'a str,
+    /// The checkout's input files (to name the ones that differ).
+    pub inputs: &'a [InputFile],
+}
+
+/// `apply`: the start of an apply (invariant 3, see the module docs). `apply_token` is the id
+/// of the run-bound token the handler issues when this succeeds.
+pub fn start_apply(
+    run: &RunRecord,
+    stack: &StackRecord,
+    current: Option<&VersionMeta>,
+    actor: &Actor<'_>,
+    checkout: Checkout<'_>,
+    apply_token: &str,
+    now: i64,
+) -> Result<Transition, Refused> {
+    if !stack.settings.apply_from.contains(&actor.role) {
+        return Err(Refused::RoleMayNotApply {
+            role: actor.role,
+            allowed: stack.settings.apply_from.clone(),
+        });
+    }
+    let valid = run.valid_approvers().len();
+    match run.status {
+        RunStatus::Approved => {}
+        RunStatus::NeedsApproval => return Err(Refused::TooFewApprovals { valid }),
+        status => {
+            return Err(Refused::WrongStatus {
+                status,
+                wanted: "approved",
+            })
+        }
+    }
+    if valid < run.required_approvals as usize {
+        return Err(Refused::TooFewApprovals { valid });
+    }
+    check_fresh(run, stack, current, now)?;
+    if checkout.stored_plan_sha256 != Some(run.plan_sha256.as_str()) {
+        return Err(Refused::PlanArtifactDiffers);
+    }
+    if !checkout.fingerprint.eq_ignore_ascii_case(&run.fingerprint) {
+        let files = if checkout.inputs.is_empty() {
+            Vec::new()
+        } else {
+            inputs::differences(&run.inputs, checkout.inputs)
+        };
+        return Err(Refused::InputsDiffer {
+            fingerprint: checkout.fingerprint.to_owned(),
+            files,
+        });
+    }
+    let mut new = run.clone();
+    new.status = RunStatus::Applying;
+    new.applied_by = Some(actor.display.to_owned());
+    new.apply_token = Some(apply_token.to_owned());
+    new.apply_started_at = Some(now);
+    new.updated_at = now;
+    Ok(Transition {
+        run: new,
+        action: "run.apply_start".into(),
+        detail: json!({"run": run.id, "plan_sha256": run.plan_sha256, "apply_token": apply_token}),
+    })
+}
+
+/// Only the principal applying the run (its run-bound token, or the token that started the
+/// apply) may finish it.
+pub fn may_finish(run: &RunRecord, actor: &Actor<'_>) -> Result<(), Refused> {
+    let own =
+        actor.run_id == Some(run.id.as_str()) || run.applied_by.as_deref() == Some(actor.display);
+    if own {
+        Ok(())
+    } else {
+        Err(Refused::NotTheApplier)
+    }
+}
+
+/// `finish`: the principal applying the run records the outcome (and the check it made).
+pub fn finish(
+    run: &RunRecord,
+    current: Option<&VersionMeta>,
+    actor: &Actor<'_>,
+    success: bool,
+    plan_check: Option<&str>,
+    now: i64,
+) -> Result<Transition, Refused> {
+    may_finish(run, actor)?;
+    if run.status != RunStatus::Applying {
+        return Err(Refused::WrongStatus {
+            status: run.status,
+            wanted: "applying",
+        });
+    }
+    let mut new = run.clone();
+    new.status = if success {
+        RunStatus::Applied
+    } else {
+        RunStatus::Failed
+    };
+    new.finished_at = Some(now);
+    new.updated_at = now;
+    if let Some(check) = plan_check {
+        let check: String = check
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(500)
+            .collect();
+        new.checks.push(format!("apply: {check}"));
+    }
+    Ok(Transition {
+        action: format!("run.{}", new.status.as_str()),
+        run: new,
+        detail: json!({"run": run.id, "serial": current.map(|v| v.serial)}),
+    })
+}
+
+/// After `applied` finished, every other open run of its stack is superseded.
+pub fn supersede(run: &RunRecord, applied: &RunRecord, now: i64) -> Result<Transition, Refused> {
+    if !run.status.is_open() || run.id == applied.id {
+        return Err(Refused::WrongStatus {
+            status: run.status,
+            wanted: "open",
+        });
+    }
+    Ok(closed(
+        run,
+        RunStatus::Superseded,
+        format!(
+            "stack {} changed: run {} was applied; plan again",
+            run.stack, applied.id
+        ),
+        now,
+    ))
+}
+
+/// A user as people know it: the user's name, or the token's name when the token is its own
+/// user (`tok_…`) or the run predates users.
+fn person(user: &str, display: &str) -> String {
+    if user.is_empty() || user.starts_with("tok_") {
+        display
+            .rsplit_once(" (")
+            .map_or(display, |(name, _)| name)
+            .to_owned()
+    } else {
+        user.to_owned()
+    }
+}
+
+fn words(items: &[String]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => one.clone(),
+        [init @ .., last] => format!("{} and {last}", init.join(", ")),
+    }
+}
+
+/// What has to happen next, in words.
+pub fn next_step(run: &RunRecord) -> String {
+    match run.status {
+        RunStatus::Denied => "denied by policy: this run cannot be approved; change the code (e.g. an allow_destroy declaration, itself reviewed) and plan again".into(),
+        RunStatus::NeedsApproval if run.decision == "deny" => next_step(&RunRecord {
+            status: RunStatus::Denied,
+            ..run.clone()
+        }),
+        RunStatus::NeedsApproval => {
+            let confirm = if run.destroys.is_empty() {
+                String::new()
+            } else {
+                format!(" --confirm-destroy {}", run.destroys.len())
+            };
+            let approvers = run.valid_approvers();
+            let missing = (run.required_approvals as usize).saturating_sub(approvers.len()).max(1);
+            let mut excluded = vec![person(&run.author_user, &run.author)];
+            for user in approvers {
+                let by = run.approvals.iter().find(|a| a.user() == user).map_or("", |a| a.by.as_str());
+                let p = person(user, by);
+                if !excluded.contains(&p) {
+                    excluded.push(p);
+                }
+            }
+            let (n, who) = if missing == 1 {
+                ("1 more approval".to_owned(), "an approver")
+            } else {
+                (format!("{missing} more approvals"), "approvers")
+            };
+            format!("needs {n} from {who} other than {}: airlock approve {}{confirm}", words(&excluded), run.id)
+        }
+        RunStatus::Approved => format!("approved: a CI pipeline applies it with `airlock apply {}`", run.id),
+        RunStatus::Applying => "an apply is in progress".into(),
+        RunStatus::NoChanges => "no changes: the stack already matches the code; there is nothing to approve or apply".into(),
+        other => format!("{}: nothing more can happen to this run", other.as_str()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::StackSettings;
+
+    const NOW: i64 = 1_000_000;
+    const PLAN: &str = "aa11";
+
+    fn run() -> RunRecord {
+        serde_json::from_value(json!({
+            "id": "run_1", "stack": "prod/app", "status": "needs_approval",
+            "author": "bot (tok_bot)", "author_token": "tok_bot", "author_user": "tok_bot",
+            "author_role": "agent", "created_at": NOW - 10, "updated_at": NOW - 10,
+            "expires_at": NOW + RUN_TTL_MS, "fingerprint": "f1", "terraform_version": "1.11.0",
+            "planned_lineage": "lin", "planned_serial": 4, "git_head": null, "git_base": null,
+            "plan_sha256": PLAN, "config_sha256": null, "decision": "review", "report": {},
+            "destroys": [], "required_approvals": 1, "approvals": [], "rejection": null,
+            "applied_by": null, "apply_token": null, "apply_started_at": null,
+            "finished_at": null, "note": null
+        }))
+        .unwrap()
+    }
+
+    fn stack() -> StackRecord {
+        StackRecord {
+            name: "prod/app".into(),
+            production: false,
+            lineage: Some("lin".into()),
+            settings: StackSettings::defaults(false),
+            created_at: 0,
+            archived: None,
+        }
+    }
+
+    fn version(serial: u64) -> VersionMeta {
+        VersionMeta {
+            stack: "prod/app".into(),
+            serial,
+            lineage: "lin".into(),
+            sha256: "x".into(),
+            size: 1,
+            author: "a".into(),
+            lock_id: None,
+            run_id: None,
+            reason: None,
+            restored_from: None,
+            created_at: 0,
+        }
+    }
+
+    fn actor<'a>(user: &'a str, token: &'a str, role: Role) -> Actor<'a> {
+        Actor {
+            token_id: token,
+            user,
+            display: token,
+            role,
+            run_id: None,
+        }
+    }
+
+    fn alice() -> Actor<'static> {
+        actor("alice", "tok_alice", Role::Approver)
+    }
+
+    fn approval(user: &str, token: &str, plan: &str) -> Approval {
+        Approval {
+            by: format!("{user} ({token})"),
+            by_token: token.into(),
+            by_user: user.into(),
+            at: NOW - 5,
+            plan_sha256: plan.into(),
+        }
+    }
+
+    /// (name, run, who asks, what else the transition takes, expected status or refusal).
+    type Case<'a, T> = (&'a str, RunRecord, Actor<'a>, T, Result<RunStatus, Refused>);
+
+    fn approve_as(
+        r: &RunRecord,
+        a: &Actor<'_>,
+        confirm: Option<u64>,
+    ) -> Result<RunStatus, Refused> {
+        approve(r, &stack(), Some(&version(4)), a, confirm, NOW).map(|t| t.run.status)
+    }
+
+    #[test]
+    fn approval_table() {
+        let with = |f: &dyn Fn(&mut RunRecord)| {
+            let mut r = run();
+            f(&mut r);
+            r
+        };
+        let bob = actor("bob", "tok_bob", Role::Approver);
+        let cases: Vec<Case<'_, Option<u64>>> = vec![
+            (
+                "an approver approves",
+                run(),
+                alice(),
+                None,
+                Ok(RunStatus::Approved),
+            ),
+            (
+                "the author's user, another token",
+                run(),
+                actor("tok_bot", "tok_other", Role::Approver),
+                None,
+                Err(Refused::ApproverIsAuthor),
+            ),
+            (
+                "the author's very token",
+                run(),
+                actor("someone", "tok_bot", Role::Approver),
+                None,
+                Err(Refused::ApproverIsAuthor),
+            ),
+            (
+                "an old run without author_user: its token is its user",
+                with(&|r| r.author_user.clear()),
+                actor("tok_bot", "tok_2", Role::Admin),
+                None,
+                Err(Refused::ApproverIsAuthor),
+            ),
+            (
+                "the same user twice",
+                with(&|r| {
+                    r.required_approvals = 2;
+                    r.approvals.push(approval("alice", "tok_a2", PLAN))
+                }),
+                alice(),
+                None,
+                Err(Refused::AlreadyApproved),
+            ),
+            (
+                "the same token twice",
+                with(&|r| {
+                    r.required_approvals = 2;
+                    r.approvals.push(approval("x", "tok_alice", PLAN))
+                }),
+                alice(),
+                None,
+                Err(Refused::AlreadyApproved),
+            ),
+            (
+                "one of two",
+                with(&|r| r.required_approvals = 2),
+                alice(),
+                None,
+                Ok(RunStatus::NeedsApproval),
+            ),
+            (
+                "two of two",
+                with(&|r| {
+                    r.required_approvals = 2;
+                    r.approvals.push(approval("bob", "tok_bob", PLAN))
+                }),
+                alice(),
+                None,
+                Ok(RunStatus::Approved),
+            ),
+            (
+                "an approval of another plan does not count",
+                with(&|r| {
+                    r.required_approvals = 2;
+                    r.approvals.push(approval("bob", "tok_bob", "other"))
+                }),
+                alice(),
+                None,
+                Ok(RunStatus::NeedsApproval),
+            ),
+            (
+                "an author's stored approval does not count",
+                with(&|r| {
+                    r.required_approvals = 2;
+                    r.approvals.push(approval("tok_bot", "tok_bot", PLAN))
+                }),
+                bob,
+                None,
+                Ok(RunStatus::NeedsApproval),
+            ),
+            (
+                "a deny",
+                with(&|r| {
+                    r.status = RunStatus::Denied;
+                    r.decision = "deny".into()
+                }),
+                alice(),
+                None,
+                Err(Refused::Denied),
+            ),
+            (
+                "an old deny waiting for approval",
+                with(&|r| r.decision = "deny".into()),
+                alice(),
+                None,
+                Err(Refused::Denied),
+            ),
+            (
+                "destroys, unconfirmed",
+                with(&|r| r.destroys = vec!["a.b".into(), "a.c".into()]),
+                alice(),
+                None,
+                Err(Refused::ConfirmDestroy {
+                    destroys: 2,
+                    given: None,
+                }),
+            ),
+            (
+                "destroys, wrong count",
+                with(&|r| r.destroys = vec!["a.b".into(), "a.c".into()]),
+                alice(),
+                Some(1),
+                Err(Refused::ConfirmDestroy {
+                    destroys: 2,
+                    given: Some(1),
+                }),
+            ),
+            (
+                "destroys, confirmed",
+                with(&|r| r.destroys = vec!["a.b".into(), "a.c".into()]),
+                alice(),
+                Some(2),
+                Ok(RunStatus::Approved),
+            ),
+            (
+                "a confirmation of nothing is harmless",
+                run(),
+                alice(),
+                Some(3),
+                Ok(RunStatus::Approved),
+            ),
+            (
+                "expired",
+                with(&|r| r.expires_at = NOW - 1),
+                alice(),
+                None,
+                Err(Refused::Expired),
+            ),
+            (
+                "stale",
+                with(&|r| r.planned_serial = Some(3)),
+                alice(),
+                None,
+                Err(Refused::Stale {
+                    current_serial: Some(4),
+                }),
+            ),
+            (
+                "another lineage",
+                with(&|r| r.planned_lineage = Some("old".into())),
+                alice(),
+                None,
+                Err(Refused::Stale {
+                    current_serial: Some(4),
+                }),
+            ),
+            (
+                "already approved",
+                with(&|r| r.status = RunStatus::Approved),
+                alice(),
+                None,
+                Err(Refused::WrongStatus {
+                    status: RunStatus::Approved,
+                    wanted: "waiting for approval",
+                }),
+            ),
+            (
+                "already applied",
+                with(&|r| r.status = RunStatus::Applied),
+                alice(),
+                None,
+                Err(Refused::WrongStatus {
+                    status: RunStatus::Applied,
+                    wanted: "waiting for approval",
+                }),
+            ),
+            (
+                "withdrawn",
+                with(&|r| r.status = RunStatus::Withdrawn),
+                alice(),
+                None,
+                Err(Refused::WrongStatus {
+                    status: RunStatus::Withdrawn,
+                    wanted: "waiting for approval",
+                }),
+            ),
+            (
+                "no changes",
+                with(&|r| r.status = RunStatus::NoChanges),
+                alice(),
+                None,
+                Err(Refused::WrongStatus {
+                    status: RunStatus::NoChanges,
+                    wanted: "waiting for approval",
+                }),
+            ),
+        ];
+        for (name, r, a, confirm, expected) in cases {
+            assert_eq!(approve_as(&r, &a, confirm), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn an_approval_records_the_user_and_the_exact_plan() {
+        let t = approve(&run(), &stack(), Some(&version(4)), &alice(), None, NOW).unwrap();
+        assert_eq!(
+            t.run.approvals,
+            vec![Approval {
+                by: "tok_alice".into(),
+                by_token: "tok_alice".into(),
+                by_user: "alice".into(),
+                at: NOW,
+                plan_sha256: PLAN.into()
+            }]
+        );
+        assert_eq!(t.action, "run.approve");
+    }
+
+    #[test]
+    fn an_empty_stack_is_current_only_for_a_plan_against_an_empty_stack() {
+        let mut r = run();
+        r.planned_serial = None;
+        r.planned_lineage = None;
+        assert!(is_current(&r, &stack(), None));
+        assert!(!is_current(&r, &stack(), Some(&version(1))));
+        assert!(!is_current(&run(), &stack(), None));
+        let msg = Refused::Stale {
+            current_serial: Some(1),
+        }
+        .message(&r, &alice());
+        assert!(
+            msg.contains("planned against an empty stack but stack prod/app is now at serial 1"),
+            "{msg}"
+        );
+    }
+
+    fn approved() -> RunRecord {
+        let mut r = run();
+        r.status = RunStatus::Approved;
+        r.approvals.push(approval("alice", "tok_alice", PLAN));
+        r
+    }
+
+    #[test]
+    fn apply_table() {
+        let ci = actor("tok_ci", "tok_ci", Role::Ci);
+        let good = Checkout {
+            stored_plan_sha256: Some(PLAN),
+            fingerprint: "F1",
+            inputs: &[],
+        };
+        let with = |f: &dyn Fn(&mut RunRecord)| {
+            let mut r = approved();
+            f(&mut r);
+            r
+        };
+        let cases: Vec<Case<'_, Checkout<'_>>> = vec![
+            (
+                "approved, same plan, same checkout",
+                approved(),
+                ci,
+                good,
+                Ok(RunStatus::Applying),
+            ),
+            (
+                "an agent",
+                approved(),
+                actor("tok_bot", "tok_bot", Role::Agent),
+                good,
+                Err(Refused::RoleMayNotApply {
+                    role: Role::Agent,
+                    allowed: vec![Role::Ci, Role::Admin],
+                }),
+            ),
+            (
+                "waiting for approval",
+                run(),
+                ci,
+                good,
+                Err(Refused::TooFewApprovals { valid: 0 }),
+            ),
+            (
+                "approved by the author only (old data)",
+                with(&|r| r.approvals = vec![approval("tok_bot", "tok_x", PLAN)]),
+                ci,
+                good,
+                Err(Refused::TooFewApprovals { valid: 0 }),
+            ),
+            (
+                "approved for another plan",
+                with(&|r| r.approvals[0].plan_sha256 = "bb".into()),
+                ci,
+                good,
+                Err(Refused::TooFewApprovals { valid: 0 }),
+            ),
+            (
+                "two approvals by one user",
+                with(&|r| {
+                    r.required_approvals = 2;
+                    r.approvals.push(approval("alice", "tok_a2", PLAN))
+                }),
+                ci,
+                good,
+                Err(Refused::TooFewApprovals { valid: 1 }),
+            ),
+            (
+                "already applied",
+                with(&|r| r.status = RunStatus::Applied),
+                ci,
+                good,
+                Err(Refused::WrongStatus {
+                    status: RunStatus::Applied,
+                    wanted: "approved",
+                }),
+            ),
+            (
+                "applying",
+                with(&|r| r.status = RunStatus::Applying),
+                ci,
+                good,
+                Err(Refused::WrongStatus {
+                    status: RunStatus::Applying,
+                    wanted: "approved",
+                }),
+            ),
+            (
+                "rejected",
+                with(&|r| r.status = RunStatus::Rejected),
+                ci,
+                good,
+                Err(Refused::WrongStatus {
+                    status: RunStatus::Rejected,
+                    wanted: "approved",
+                }),
+            ),
+            (
+                "expired",
+                with(&|r| r.expires_at = NOW - 1),
+                ci,
+                good,
+                Err(Refused::Expired),
+            ),
+            (
+                "stale",
+                with(&|r| r.planned_serial = Some(2)),
+                ci,
+                good,
+                Err(Refused::Stale {
+                    current_serial: Some(4),
+                }),
+            ),
+            (
+                "tampered artifact",
+                approved(),
+                ci,
+                Checkout {
+                    stored_plan_sha256: Some("bb"),
+                    ..good
+                },
+                Err(Refused::PlanArtifactDiffers),
+            ),
+            (
+                "missing artifact",
+                approved(),
+                ci,
+                Checkout {
+                    stored_plan_sha256: None,
+                    ..good
+                },
+                Err(Refused::PlanArtifactDiffers),
+            ),
+            (
+                "another checkout",
+                approved(),
+                ci,
+                Checkout {
+                    fingerprint: "f2",
+                    ..good
+                },
+                Err(Refused::InputsDiffer {
+                    fingerprint: "f2".into(),
+                    files: vec![],
+                }),
+            ),
+        ];
+        for (name, r, a, checkout, expected) in cases {
+            let got = start_apply(
+                &r,
+                &stack(),
+                Some(&version(4)),
+                &a,
+                checkout,
+                "tok_run",
+                NOW,
+            )
+            .map(|t| t.run.status);
+            assert_eq!(got, expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_differing_checkout_names_the_files() {
+        let mut r = approved();
+        r.inputs = vec![InputFile::of("main.tf", b"a"), InputFile::of("x.tf", b"x")];
+        let sent = [InputFile::of("main.tf", b"b"), InputFile::of("x.tf", b"x")];
+        let checkout = Checkout {
+            stored_plan_sha256: Some(PLAN),
+            fingerprint: "f2",
+            inputs: &sent,
+        };
+        let ci = actor("tok_ci", "tok_ci", Role::Ci);
+        let got = start_apply(&r, &stack(), Some(&version(4)), &ci, checkout, "t", NOW);
+        assert_eq!(
+            got,
+            Err(Refused::InputsDiffer {
+                fingerprint: "f2".into(),
+                files: vec!["main.tf (changed)".into()]
+            })
+        );
+    }
+
+    #[test]
+    fn stale_and_expired_refusals_still_record_the_status() {
+        let mut r = approved();
+        r.planned_serial = Some(2);
+        let ci = actor("tok_ci", "tok_ci", Role::Ci);
+        let checkout = Checkout {
+            stored_plan_sha256: Some(PLAN),
+            fingerprint: "f1",
+            inputs: &[],
+        };
+        let verdict = start_apply(&r, &stack(), Some(&version(4)), &ci, checkout, "t", NOW);
+        let refused = decided(verdict, &r, &ci, NOW).unwrap_err();
+        let (recorded, audit) = *refused.record.unwrap();
+        assert_eq!(recorded.status, RunStatus::Superseded);
+        assert_eq!(audit.action, "run.superseded");
+        assert_eq!(refused.refusal.kind, RefusalKind::Conflict);
+        let mut r = run();
+        r.expires_at = NOW - 1;
+        let verdict = approve(&r, &stack(), Some(&version(4)), &alice(), None, NOW);
+        let (recorded, _) = *decided(verdict, &r, &alice(), NOW)
+            .unwrap_err()
+            .record
+            .unwrap();
+        assert_eq!(recorded.status, RunStatus::Expired);
+        // Other refusals record nothing.
+        let verdict = approve(
+            &r,
+            &stack(),
+            Some(&version(4)),
+            &actor("tok_bot", "tok_bot", Role::Agent),
+            None,
+            NOW,
+        );
+        assert!(decided(verdict, &r, &alice(), NOW)
+            .unwrap_err()
+            .record
+            .is_none());
+    }
+
+    #[test]
+    fn withdraw_and_reject_table() {
+        let agent = actor("tok_bot", "tok_bot", Role::Agent);
+        let agent_phase = actor("tok_bot", "tok_phase", Role::Agent);
+        let other_agent = actor("tok_eve", "tok_eve", Role::Agent);
+        let with = |s: RunStatus| {
+            let mut r = run();
+            r.status = s;
+            r
+        };
+        let cases: Vec<(&str, RunRecord, Actor<'_>, Result<RunStatus, Refused>)> = vec![
+            ("the author", run(), agent, Ok(RunStatus::Withdrawn)),
+            (
+                "the author's user through another token",
+                run(),
+                agent_phase,
+                Ok(RunStatus::Withdrawn),
+            ),
+            (
+                "an approved run",
+                with(RunStatus::Approved),
+                agent,
+                Ok(RunStatus::Withdrawn),
+            ),
+            (
+                "another agent",
+                run(),
+                other_agent,
+                Err(Refused::NotTheAuthor),
+            ),
+            ("an approver", run(), alice(), Err(Refused::NotTheAuthor)),
+            (
+                "applying",
+                with(RunStatus::Applying),
+                agent,
+                Err(Refused::WrongStatus {
+                    status: RunStatus::Applying,
+                    wanted: "open (it can no longer be withdrawn)",
+                }),
+            ),
+            (
+                "applied",
+                with(RunStatus::Applied),
+                agent,
+                Err(Refused::WrongStatus {
+                    status: RunStatus::Applied,
+                    wanted: "open (it can no longer be withdrawn)",
+                }),
+            ),
+            (
+                "denied",
+                with(RunStatus::Denied),
+                agent,
+                Err(Refused::WrongStatus {
+                    status: RunStatus::Denied,
+                    wanted: "open (it can no longer be withdrawn)",
+                }),
+            ),
+        ];
+        for (name, r, a, expected) in cases {
+            assert_eq!(
+                withdraw(&r, &a, NOW).map(|t| t.run.status),
+                expected,
+                "{name}"
+            );
+        }
+        let t = withdraw(&run(), &agent, NOW).unwrap();
+        assert_eq!(t.action, "run.withdraw");
+        assert_eq!(
+            reject(&run(), &alice(), "no", NOW).map(|t| t.run.status),
+            Ok(RunStatus::Rejected)
+        );
+        assert!(reject(&with(RunStatus::Applied), &alice(), "no", NOW).is_err());
+        assert!(reject(&with(RunStatus::Withdrawn), &alice(), "no", NOW).is_err());
+    }
+
+    #[test]
+    fn finish_and_supersede_table() {
+        let mut applying = approved();
+        applying.status = RunStatus::Applying;
+        applying.applied_by = Some("pipeline (tok_ci)".into());
+        let bound = Actor {
+            run_id: Some("run_1"),
+            ..actor("tok_ci", "tok_run", Role::Ci)
+        };
+        let applier = Actor {
+            display: "pipeline (tok_ci)",
+            ..actor("tok_ci", "tok_ci", Role::Ci)
+        };
+        let other = actor("tok_ci2", "tok_ci2", Role::Ci);
+        let v = version(5);
+        assert_eq!(
+            finish(&applying, Some(&v), &bound, true, None, NOW).map(|t| t.run.status),
+            Ok(RunStatus::Applied)
+        );
+        assert_eq!(
+            finish(&applying, Some(&v), &applier, false, None, NOW).map(|t| t.run.status),
+            Ok(RunStatus::Failed)
+        );
+        assert_eq!(
+            finish(&applying, Some(&v), &other, true, None, NOW).map(|t| t.run.status),
+            Err(Refused::NotTheApplier)
+        );
+        assert_eq!(
+            finish(&approved(), Some(&v), &bound, true, None, NOW).map(|t| t.run.status),
+            Err(Refused::WrongStatus {
+                status: RunStatus::Approved,
+                wanted: "applying"
+            })
+        );
+        let t = finish(
+            &applying,
+            Some(&v),
+            &bound,
+            true,
+            Some("same\u{1b}[2J plan"),
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(t.run.checks.last().unwrap(), "apply: same[2J plan");
+
+        let mut applied = applying.clone();
+        applied.id = "run_done".into();
+        for (status, superseded) in [
+            (RunStatus::NeedsApproval, true),
+            (RunStatus::Approved, true),
+            (RunStatus::Applying, false),
+            (RunStatus::Applied, false),
+            (RunStatus::Withdrawn, false),
+            (RunStatus::NoChanges, false),
+            (RunStatus::Denied, false),
+        ] {
+            let mut r = run();
+            r.status = status;
+            let got = supersede(&r, &applied, NOW).map(|t| t.run.status);
+            assert_eq!(got.is_ok(), superseded, "{status:?}");
+        }
+        assert!(supersede(&applied, &applied, NOW).is_err(), "not itself");
+    }
+
+    #[test]
+    fn initial_status_table() {
+        assert_eq!(initial_status("deny", true), RunStatus::Denied);
+        assert_eq!(initial_status("deny", false), RunStatus::Denied);
+        assert_eq!(initial_status("review", false), RunStatus::NoChanges);
+        assert_eq!(initial_status("allow", false), RunStatus::NoChanges);
+        assert_eq!(initial_status("review", true), RunStatus::NeedsApproval);
+        assert_eq!(initial_status("allow", true), RunStatus::NeedsApproval);
+    }
+
+    #[test]
+    fn the_next_step_names_who_may_still_approve() {
+        let mut r = run();
+        r.author = "bot (tok_bot)".into();
+        r.required_approvals = 2;
+        assert_eq!(
+            next_step(&r),
+            "needs 2 more approvals from approvers other than bot: airlock approve run_1"
+        );
+        r.approvals.push(approval("alice", "tok_alice", PLAN));
+        assert_eq!(next_step(&r), "needs 1 more approval from an approver other than bot and alice: airlock approve run_1");
+        r.required_approvals = 3;
+        r.approvals.push(approval("carol", "tok_carol", PLAN));
+        r.destroys = vec!["x.y".into()];
+        assert_eq!(next_step(&r), "needs 1 more approval from an approver other than bot, alice and carol: airlock approve run_1 --confirm-destroy 1");
+        r.author_user = "dave".into();
+        r.approvals = vec![];
+        assert!(
+            next_step(&r).contains("other than dave:"),
+            "{}",
+            next_step(&r)
+        );
+        r.decision = "deny".into();
+        assert!(next_step(&r).starts_with("denied by policy"));
+    }
+
+    #[test]
+    fn stored_statuses_load_old_and_unknown_alike() {
+        for s in RunStatus::ALL {
+            let json = serde_json::to_string(&s).unwrap();
+            assert_eq!(serde_json::from_str::<RunStatus>(&json).unwrap(), s);
+            assert_eq!(RunStatus::parse(s.as_str()), Some(s));
+        }
+        let future: RunStatus = serde_json::from_str("\"paused_by_moon\"").unwrap();
+        assert_eq!(future, RunStatus::Unknown);
+        assert!(!future.is_open());
+        assert_eq!(RunStatus::parse("unknown"), None);
+    }
+}
