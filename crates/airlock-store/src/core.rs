@@ -496,20 +496,23 @@ pub fn audit_events(db: &mut dyn Sql, after: i64, limit: u32) -> Result<Vec<Audi
         params![after, i64::from(limit)],
     )?
     .iter()
-    .map(|r| {
-        Ok(AuditRecord {
-            seq: r.i64(0)?,
-            at: r.text(1)?,
-            actor: r.text(2)?,
-            action: r.text(3)?,
-            stack: r.opt_text(4)?,
-            outcome: r.text(5)?,
-            detail: json_col(&r.text(6)?, "audit detail")?,
-            prev_hash: r.text(7)?,
-            hash: r.text(8)?,
-        })
-    })
+    .map(audit_from_row)
     .collect()
+}
+
+/// An audit record from `SELECT seq, at, actor, action, stack, outcome, detail, prev_hash, hash`.
+fn audit_from_row(r: &Row) -> Result<AuditRecord> {
+    Ok(AuditRecord {
+        seq: r.i64(0)?,
+        at: r.text(1)?,
+        actor: r.text(2)?,
+        action: r.text(3)?,
+        stack: r.opt_text(4)?,
+        outcome: r.text(5)?,
+        detail: json_col(&r.text(6)?, "audit detail")?,
+        prev_hash: r.text(7)?,
+        hash: r.text(8)?,
+    })
 }
 
 /// The `WHERE` clause and parameters of an [`AuditFilter`]: only the filters that are set.
@@ -557,22 +560,7 @@ pub fn audit_search(db: &mut dyn Sql, f: &AuditFilter, limit: u32) -> Result<Vec
         "SELECT seq, at, actor, action, stack, outcome, detail, prev_hash, hash FROM audit WHERE {cond} ORDER BY seq DESC LIMIT ${}",
         ps.len()
     );
-    db.query(&sql, &ps)?
-        .iter()
-        .map(|r| {
-            Ok(AuditRecord {
-                seq: r.i64(0)?,
-                at: r.text(1)?,
-                actor: r.text(2)?,
-                action: r.text(3)?,
-                stack: r.opt_text(4)?,
-                outcome: r.text(5)?,
-                detail: json_col(&r.text(6)?, "audit detail")?,
-                prev_hash: r.text(7)?,
-                hash: r.text(8)?,
-            })
-        })
-        .collect()
+    db.query(&sql, &ps)?.iter().map(audit_from_row).collect()
 }
 
 /// How many audit events match `f`.
