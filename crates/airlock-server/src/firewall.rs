@@ -47,8 +47,9 @@ pub struct Candidate<'a> {
 }
 
 /// Why an instance of `resource_type` at `address` is protected on the server, if it is: the
-/// built-in catalogue, and the stack's `protect_types` / `protect_addresses` (a resource address
-/// covers its instances, a module address everything inside it). The plan gate uses the same
+/// built-in catalogue, the stack's `protect_types` / `protect_addresses`, and the `protect` of
+/// the repository's airlock.hcl as of the last applied run (a resource address covers its
+/// instances, a module address everything inside it). The plan gate uses the same
 /// function, so it announces every removal the firewall will ask a grant for.
 pub fn protection_reason(
     resource_type: &str,
@@ -61,11 +62,28 @@ pub fn protection_reason(
     if settings.protect_types.iter().any(|t| t == resource_type) {
         return Some(format!("type {resource_type} is protected in this stack"));
     }
-    settings
+    if let Some(g) = settings
         .protect_addresses
         .iter()
         .find(|g| address_matches(g, address))
-        .map(|g| format!("address matches protected pattern {g}"))
+    {
+        return Some(format!("address matches protected pattern {g}"));
+    }
+    // The repository's airlock.hcl `protect`, as of the stack's last applied run.
+    if settings
+        .repository_protect_types
+        .iter()
+        .any(|t| t == resource_type)
+    {
+        return Some(format!(
+            "type {resource_type} is protected by the repository's airlock.hcl"
+        ));
+    }
+    settings
+        .repository_protect_addresses
+        .iter()
+        .find(|g| address_matches(g, address))
+        .map(|g| format!("address matches {g}, protected by the repository's airlock.hcl"))
 }
 
 /// The largest serial step one write may take. Terraform adds 1 per persisted snapshot; the

@@ -17,6 +17,11 @@ pub struct StackSettings {
     pub protect_addresses: Vec<String>,
     /// Roles that may apply approved runs (production default: CI only).
     pub apply_from: Vec<Role>,
+    /// Resource types the repository's `airlock.hcl` protects, as of the stack's last applied
+    /// run (recorded by the server, never set by a client): the firewall honours them too.
+    pub repository_protect_types: Vec<String>,
+    /// Address globs the repository's `airlock.hcl` protects, as of the last applied run.
+    pub repository_protect_addresses: Vec<String>,
 }
 
 impl StackSettings {
@@ -31,6 +36,8 @@ impl StackSettings {
             required_approvals: if production { 2 } else { 1 },
             protect_types: Vec::new(),
             protect_addresses: Vec::new(),
+            repository_protect_types: Vec::new(),
+            repository_protect_addresses: Vec::new(),
             apply_from: if production {
                 vec![Role::Ci]
             } else {

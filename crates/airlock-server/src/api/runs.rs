@@ -1042,6 +1042,40 @@ struct FinishRequest {
     plan_check: Option<String>,
 }
 
+/// After a run is applied, its `airlock.hcl` is the repository's policy in force: the stack
+/// records that file's `protect` rules, so that the state firewall refuses a direct write that
+/// drops what the repository protects, as the plan gate refuses a plan that destroys it.
+async fn record_repository_protection(
+    state: &Arc<AppState>,
+    actor: &str,
+    run: &RunRecord,
+) -> ApiResult<()> {
+    let (id, name) = (run.id.clone(), run.stack.clone());
+    let config = store_call(state, move |st| st.run_artifact(&id, CONFIG_ARTIFACT)).await?;
+    let cfg = parse_config(config.as_deref().map(String::from_utf8_lossy).as_deref())?;
+    let stack = store_call(state, move |st| st.stack(&name))
+        .await?
+        .ok_or_else(|| ApiError::new(RefusalKind::NotFound, format!("no stack {}", run.stack)))?;
+    let mut settings = stack.settings.clone();
+    settings.repository_protect_types = cfg.protect.types.clone();
+    settings.repository_protect_addresses = cfg.protect.addresses.clone();
+    if settings == stack.settings {
+        return Ok(());
+    }
+    let audit = NewAudit::ok(
+        actor,
+        "stack.repository_protect",
+        Some(&run.stack),
+        json!({"run": run.id, "types": settings.repository_protect_types, "addresses": settings.repository_protect_addresses}),
+    );
+    let name = run.stack.clone();
+    store_call(state, move |st| {
+        st.update_stack_settings(&name, settings, audit)
+    })
+    .await?;
+    Ok(())
+}
+
 /// `POST /api/v1/runs/{id}/finish`: records the outcome and log, revokes the run-bound token,
 /// and supersedes every other open run of the stack.
 pub async fn finish(
@@ -1087,6 +1121,9 @@ pub async fn finish(
         );
         store_call(&state, move |st| st.revoke_token(&t, audit)).await?;
         state.cache.forget_tokens();
+    }
+    if run.status == RunStatus::Applied {
+        record_repository_protection(&state, &actor, &run).await?;
     }
     let (applied, a) = (run.clone(), actor.clone());
     store_call(&state, move |st| {

@@ -175,6 +175,12 @@ fn the_repository_policy_is_the_enforced_policy() {
     t.s.ok(&t.approver, &["approve", &run]);
     let out = cli_in(&t.s, &t.ci, &root, &["apply", &run], &[]);
     assert!(out.status.success(), "{}", text(&out));
+    // The applied airlock.hcl is now the policy in force for the state firewall too: even an
+    // admin's direct `state rm` of what it protects needs a grant.
+    let err = ws.tf_err(&t.s.admin, &["state", "rm", "terraform_data.db"]);
+    assert!(err.contains("403"), "{err}");
+    let why = t.s.ok(&t.s.admin, &["why", "dev/policy"]);
+    assert!(why.contains("repository's airlock.hcl"), "{why}");
     // The agent weakens airlock.hcl in its checkout and plans the destruction of db.
     write_repo_file(
         &ws,
