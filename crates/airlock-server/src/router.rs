@@ -127,143 +127,54 @@ fn method_filter(method: &Method) -> MethodFilter {
         .expect("a standard method (others go through Routes::any)")
 }
 
-/// The table: every route behind authorization, with its permission and handler.
+/// The table: every route behind authorization, one line each.
+#[rustfmt::skip]
 fn routes() -> Routes {
-    const GET: Method = Method::GET;
-    const POST: Method = Method::POST;
+    use Method as M;
+    const GET: M = M::GET;
+    const POST: M = M::POST;
+    const PATCH: M = M::PATCH;
+    const DELETE: M = M::DELETE;
     Routes::default()
-        // Handlers of `/state` add body-dependent checks (lock operation, direct writes,
-        // force-unlock).
-        .any(
-            "/state/{*stack}",
-            &[
-                ("GET", Read),
-                ("POST", Lock),
-                ("PUT", Lock),
-                ("LOCK", Lock),
-                ("UNLOCK", Lock),
-            ],
-            state_backend::handle,
-        )
-        .route(GET, "/api/v1/whoami", Read, api::whoami)
-        .route(POST, "/api/v1/tokens", Admin, api::tokens::create)
-        .route(GET, "/api/v1/tokens", Admin, api::tokens::list)
-        .route(
-            Method::DELETE,
-            "/api/v1/tokens/{id}",
-            Admin,
-            api::tokens::revoke,
-        )
-        .route(POST, "/api/v1/users", Admin, api::users::create)
-        .route(GET, "/api/v1/users", Admin, api::users::list)
-        .route(POST, "/api/v1/stacks", Admin, api::stacks::create)
-        .route(GET, "/api/v1/stacks", Read, api::stacks::list)
-        .route(GET, "/api/v1/stacks/{stack}", Read, api::stacks::show)
-        .route(
-            Method::PATCH,
-            "/api/v1/stacks/{stack}/settings",
-            Admin,
-            api::stacks::settings,
-        )
-        .route(
-            POST,
-            "/api/v1/stacks/{stack}/protect",
-            Admin,
-            api::stacks::protect,
-        )
-        .route(
-            POST,
-            "/api/v1/stacks/{stack}/unprotect",
-            Admin,
-            api::stacks::unprotect,
-        )
-        .route(
-            POST,
-            "/api/v1/stacks/{stack}/archive",
-            Admin,
-            api::stacks::archive,
-        )
-        .route(
-            POST,
-            "/api/v1/stacks/{stack}/grants",
-            Approve,
-            api::stacks::create_grant,
-        )
-        .route(
-            GET,
-            "/api/v1/stacks/{stack}/grants",
-            Read,
-            api::stacks::grants,
-        )
-        .route(
-            GET,
-            "/api/v1/stacks/{stack}/versions",
-            Read,
-            api::state::history,
-        )
-        .route(
-            GET,
-            "/api/v1/stacks/{stack}/versions/{serial}",
-            Read,
-            api::state::show,
-        )
-        .route(
-            GET,
-            "/api/v1/stacks/{stack}/versions/{serial}/raw",
-            Read,
-            api::state::raw,
-        )
-        .route(GET, "/api/v1/stacks/{stack}/diff", Read, api::state::diff)
-        .route(
-            POST,
-            "/api/v1/stacks/{stack}/restore",
-            Restore,
-            api::state::restore,
-        )
-        .route(POST, "/api/v1/verify", Read, api::state::verify)
-        .route(
-            POST,
-            "/api/v1/stacks/{stack}/plan-token",
-            CreateRun,
-            api::runs::plan_token,
-        )
-        .upload(
-            POST,
-            "/api/v1/stacks/{stack}/runs",
-            CreateRun,
-            api::runs::create,
-        )
-        .route(GET, "/api/v1/runs", Read, api::runs::list)
-        .route(GET, "/api/v1/runs/{id}", Read, api::runs::show)
-        .route(
-            GET,
-            "/api/v1/runs/{id}/artifacts/{name}",
-            Read,
-            api::runs::artifact,
-        )
-        .route(
-            POST,
-            "/api/v1/runs/{id}/approve",
-            Approve,
-            api::runs::approve,
-        )
-        .route(POST, "/api/v1/runs/{id}/reject", Approve, api::runs::reject)
+        // Terraform's http backend. Its handler adds the checks that depend on the body (lock
+        // operation, direct writes, force-unlock).
+        .any("/state/{*stack}",
+             &[("GET", Read), ("POST", Lock), ("PUT", Lock), ("LOCK", Lock), ("UNLOCK", Lock)],
+             state_backend::handle)
+        .route(GET,     "/api/v1/whoami",                               Read,      api::whoami)
+        .route(POST,    "/api/v1/tokens",                               Admin,     api::tokens::create)
+        .route(GET,     "/api/v1/tokens",                               Admin,     api::tokens::list)
+        .route(DELETE,  "/api/v1/tokens/{id}",                          Admin,     api::tokens::revoke)
+        .route(POST,    "/api/v1/users",                                Admin,     api::users::create)
+        .route(GET,     "/api/v1/users",                                Admin,     api::users::list)
+        .route(POST,    "/api/v1/stacks",                               Admin,     api::stacks::create)
+        .route(GET,     "/api/v1/stacks",                               Read,      api::stacks::list)
+        .route(GET,     "/api/v1/stacks/{stack}",                       Read,      api::stacks::show)
+        .route(PATCH,   "/api/v1/stacks/{stack}/settings",              Admin,     api::stacks::settings)
+        .route(POST,    "/api/v1/stacks/{stack}/protect",               Admin,     api::stacks::protect)
+        .route(POST,    "/api/v1/stacks/{stack}/unprotect",             Admin,     api::stacks::unprotect)
+        .route(POST,    "/api/v1/stacks/{stack}/archive",               Admin,     api::stacks::archive)
+        .route(POST,    "/api/v1/stacks/{stack}/grants",                Approve,   api::stacks::create_grant)
+        .route(GET,     "/api/v1/stacks/{stack}/grants",                Read,      api::stacks::grants)
+        .route(GET,     "/api/v1/stacks/{stack}/versions",              Read,      api::state::history)
+        .route(GET,     "/api/v1/stacks/{stack}/versions/{serial}",     Read,      api::state::show)
+        .route(GET,     "/api/v1/stacks/{stack}/versions/{serial}/raw", Read,      api::state::raw)
+        .route(GET,     "/api/v1/stacks/{stack}/diff",                  Read,      api::state::diff)
+        .route(POST,    "/api/v1/stacks/{stack}/restore",               Restore,   api::state::restore)
+        .route(POST,    "/api/v1/verify",                               Read,      api::state::verify)
+        .route(POST,    "/api/v1/stacks/{stack}/plan-token",            CreateRun, api::runs::plan_token)
+        .upload(POST,   "/api/v1/stacks/{stack}/runs",                  CreateRun, api::runs::create)
+        .route(GET,     "/api/v1/runs",                                 Read,      api::runs::list)
+        .route(GET,     "/api/v1/runs/{id}",                            Read,      api::runs::show)
+        .route(GET,     "/api/v1/runs/{id}/artifacts/{name}",           Read,      api::runs::artifact)
+        .route(POST,    "/api/v1/runs/{id}/approve",                    Approve,   api::runs::approve)
+        .route(POST,    "/api/v1/runs/{id}/reject",                     Approve,   api::runs::reject)
         // Whoever may plan may withdraw a run; the handler admits its author's user only.
-        .route(
-            POST,
-            "/api/v1/runs/{id}/withdraw",
-            CreateRun,
-            api::runs::withdraw,
-        )
-        .route(POST, "/api/v1/runs/{id}/apply", ApplyRun, api::runs::apply)
-        .upload(
-            POST,
-            "/api/v1/runs/{id}/finish",
-            ApplyRun,
-            api::runs::finish,
-        )
-        .route(GET, "/api/v1/audit", Read, api::audit::list)
-        .route(GET, "/api/v1/audit/verify", Read, api::audit::verify)
+        .route(POST,    "/api/v1/runs/{id}/withdraw",                   CreateRun, api::runs::withdraw)
+        .route(POST,    "/api/v1/runs/{id}/apply",                      ApplyRun,  api::runs::apply)
+        .upload(POST,   "/api/v1/runs/{id}/finish",                     ApplyRun,  api::runs::finish)
+        .route(GET,     "/api/v1/audit",                                Read,      api::audit::list)
+        .route(GET,     "/api/v1/audit/verify",                         Read,      api::audit::verify)
 }
 
 /// The route table, as [`build`] serves and authorizes it.
