@@ -1,8 +1,9 @@
 //! Authentication and authorization, decided in one place before any handler runs.
 //!
-//! **Invariant:** every route has an entry in [`crate::router::ROUTE_PERMISSIONS`]; a request
-//! whose route has none is refused (default deny). Handlers only add checks that depend on the
-//! request body (lock operation, direct-write settings, force-unlock), in `state_backend.rs`.
+//! **Invariant:** every route behind this middleware comes from [`crate::router::RouteTable`],
+//! registered with its permission in the same call; a method/path pair with no row is refused
+//! (default deny). Handlers only add checks that depend on the request body (lock operation,
+//! direct-write settings, force-unlock), in `state_backend.rs`.
 
 use std::sync::Arc;
 
@@ -10,15 +11,17 @@ use airlock_core::glob::glob_match;
 use airlock_core::refusal::RefusalKind;
 use airlock_core::{Role, StackName};
 use airlock_store::{now_ms, NewAudit, TokenRecord};
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, RawPathParams, Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use axum::RequestExt;
 use base64::Engine;
 
 use crate::error::ApiError;
 use crate::log::Caller;
-use crate::{tokens, AppState};
+use crate::router::{Route, RouteTable};
+use crate::{stacks, tokens, AppState};
 
 /// The authenticated caller.
 #[derive(Debug, Clone)]
@@ -107,56 +110,32 @@ fn credential(req: &Request) -> Result<Option<String>, ApiError> {
     Err(bad())
 }
 
-/// Extracts the stack named by the request path, if the route has one.
-fn stack_of(req: &Request, route: &str) -> Result<Option<StackName>, ApiError> {
-    let raw = if route.starts_with("/state/") {
-        req.uri().path().strip_prefix("/state/").map(str::to_owned)
-    } else if route.contains("{stack}") {
-        // API routes carry the stack percent-encoded in one segment: /api/v1/stacks/prod%2Fapp/...
-        let segs: Vec<&str> = req.uri().path().split('/').collect();
-        let pos = route.split('/').position(|s| s == "{stack}");
-        pos.and_then(|p| segs.get(p))
-            .map(|s| percent_decode(s))
-            .transpose()?
-    } else {
-        None
-    };
-    raw.map(|s| {
-        StackName::parse(&s).map_err(|e| ApiError::new(RefusalKind::BadRequest, e.to_string()))
-    })
-    .transpose()
-}
-
-fn percent_decode(s: &str) -> Result<String, ApiError> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes.get(i) {
-            Some(b'%') => {
-                let hexpair = bytes
-                    .get(i + 1..i + 3)
-                    .and_then(|h| std::str::from_utf8(h).ok());
-                let v = hexpair
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .ok_or_else(|| {
-                        ApiError::new(
-                            RefusalKind::BadRequest,
-                            "bad percent-encoding in the stack name",
-                        )
-                    })?;
-                out.push(v);
-                i += 3;
-            }
-            Some(&b) => {
-                out.push(b);
-                i += 1;
-            }
-            None => break,
-        }
+/// The stack the route names, validated: the `stack` path parameter as axum's extractor decodes
+/// it. Under `/state` the name is the rest of the path as is (Terraform's address), so any
+/// percent-encoding there is refused rather than read as another name for a stack.
+async fn stack_of(req: &mut Request, route: &str) -> Result<Option<StackName>, ApiError> {
+    if !route.contains("stack}") {
+        return Ok(None);
     }
-    String::from_utf8(out)
-        .map_err(|_| ApiError::new(RefusalKind::BadRequest, "stack name is not UTF-8"))
+    let invalid = |why: &str| {
+        ApiError::new(
+            RefusalKind::BadRequest,
+            format!("invalid stack name: {why}"),
+        )
+    };
+    if route.contains("{*stack}") && req.uri().path().contains('%') {
+        return Err(invalid("the state address carries the stack name as is, without percent-encoding (/state/prod/app)"));
+    }
+    let params = req
+        .extract_parts::<RawPathParams>()
+        .await
+        .map_err(|_| invalid("not UTF-8 once percent-decoded"))?;
+    let Some((_, raw)) = params.iter().find(|(name, _)| *name == "stack") else {
+        return Ok(None);
+    };
+    StackName::parse(raw)
+        .map(Some)
+        .map_err(|e| ApiError::new(RefusalKind::BadRequest, e.to_string()))
 }
 
 async fn audit_denial(
@@ -212,39 +191,46 @@ pub async fn authenticate(state: &Arc<AppState>, secret: String) -> Result<Princ
     Ok(Principal::from_record(t))
 }
 
-/// Middleware: authenticate, find the route's permission, check role and stack scope.
+/// Middleware: authenticate, find the route's row in the table, check role and stack scope; then
+/// bound a run upload's body by the caller's role.
 ///
 /// Unknown, expired and revoked tokens (and requests without one) get 401; a valid token that
 /// lacks the permission or the stack gets 403. Every refusal is audited with its reason.
 pub async fn authorize(
-    State(state): State<Arc<AppState>>,
+    State((state, routes)): State<(Arc<AppState>, Arc<RouteTable>)>,
     mut req: Request,
     next: Next,
 ) -> Response {
     let mut caller = Caller::default();
-    let mut resp = match check(&state, &mut req, &mut caller).await {
-        Ok(()) => next.run(req).await,
+    let checked = match check(&state, &routes, &mut req, &mut caller).await {
+        Ok((route, role)) if route.upload => bounded_upload(&state, role, req).await,
+        Ok(_) => Ok(req),
         Err(e) => {
             state.metrics.denied();
-            e.into_response()
+            Err(e.into_response())
         }
+    };
+    let mut resp = match checked {
+        Ok(req) => next.run(req).await,
+        Err(resp) => resp,
     };
     resp.extensions_mut().insert(caller);
     resp
 }
 
-async fn check(
+async fn check<'t>(
     state: &Arc<AppState>,
+    routes: &'t RouteTable,
     req: &mut Request,
     caller: &mut Caller,
-) -> Result<(), ApiError> {
+) -> Result<(&'t Route, Role), ApiError> {
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_owned())
         .unwrap_or_default();
     let method = req.method().as_str().to_owned();
-    let stack = stack_of(req, &route);
+    let stack = stack_of(req, &route).await;
     caller.stack = stack
         .as_ref()
         .ok()
@@ -274,13 +260,13 @@ async fn check(
     };
     caller.actor = Some(principal.display());
     let stack = stack?;
-    let Some(needed) = crate::router::permission_for(&method, &route) else {
+    let Some(row) = routes.find(&method, &route) else {
         return Err(ApiError::new(
             RefusalKind::MethodNotAllowed,
             format!("{method} is not supported on {route}"),
         ));
     };
-    let refusal = match needed {
+    let refusal = match row.permission {
         p if !principal.role.has(p) => Some(format!(
             "permission denied: {} tokens do not have the {} permission needed for {method} {route}",
             principal.role,
@@ -307,6 +293,27 @@ async fn check(
     if let Some(s) = stack {
         req.extensions_mut().insert(RequestStack(s));
     }
+    let role = principal.role;
     req.extensions_mut().insert(principal);
-    Ok(())
+    Ok((row, role))
+}
+
+/// Reads a run upload (or apply log) only up to the limit of the caller's role: a declared
+/// `Content-Length` over it is refused before anything is read, a chunked body as soon as it
+/// passes it. Runs after [`check`], so an unauthorized body is never read at all.
+async fn bounded_upload(state: &AppState, role: Role, req: Request) -> Result<Request, Response> {
+    let limit = state.config.run_upload_limit(role);
+    let (parts, body) = req.into_parts();
+    match stacks::read_body(body, limit).await {
+        Ok(bytes) => Ok(Request::from_parts(parts, axum::body::Body::from(bytes))),
+        Err(e) if e.is_too_large() => Err(ApiError::new(
+            RefusalKind::TooLarge,
+            format!(
+                "upload refused: {role} tokens may upload at most {} MiB here (--max-agent-run-upload-mib / --max-run-upload-mib); a plan this large is better applied by CI from its own checkout",
+                limit / (1024 * 1024)
+            ),
+        )
+        .into_response()),
+        Err(e) => Err(e.into_response()),
+    }
 }

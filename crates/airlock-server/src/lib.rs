@@ -15,6 +15,7 @@ mod log;
 mod metrics;
 pub mod router;
 mod serve;
+mod stacks;
 mod state_backend;
 pub mod tokens;
 

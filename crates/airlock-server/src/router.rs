@@ -1,179 +1,196 @@
-//! Every route, and the permission each one needs, in one place.
+//! Every route in one table: method, path, permission and handler, written once. The axum router
+//! and the authorization lookup ([`RouteTable`], read by `auth::authorize`) are built from the
+//! same calls, so a route cannot be served without its permission or listed without being served.
 
 use std::sync::Arc;
 
-use airlock_core::refusal::RefusalKind;
-use airlock_core::Permission;
-use axum::extract::{Request, State};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-use axum::routing::{any, delete, get, patch, post};
-use axum::{Extension, Router};
+use airlock_core::Permission::{self, Admin, ApplyRun, Approve, CreateRun, Lock, Read, Restore};
+use axum::extract::DefaultBodyLimit;
+use axum::handler::Handler;
+use axum::http::Method;
+use axum::routing::{any, get, on, MethodFilter, MethodRouter};
+use axum::Router;
 
-use crate::auth::Principal;
-use crate::error::ApiError;
 use crate::{api, auth, state_backend, AppState};
 
-/// (method, route, permission). A route/method pair missing here is refused (default deny).
-/// Handlers of `/state` add body-dependent checks (lock operation, direct writes, force-unlock).
-pub const ROUTE_PERMISSIONS: &[(&str, &str, Permission)] = &[
-    ("GET", "/state/{*stack}", Permission::Read),
-    ("POST", "/state/{*stack}", Permission::Lock),
-    ("PUT", "/state/{*stack}", Permission::Lock),
-    ("LOCK", "/state/{*stack}", Permission::Lock),
-    ("UNLOCK", "/state/{*stack}", Permission::Lock),
-    ("GET", "/api/v1/whoami", Permission::Read),
-    ("POST", "/api/v1/tokens", Permission::Admin),
-    ("GET", "/api/v1/tokens", Permission::Admin),
-    ("DELETE", "/api/v1/tokens/{id}", Permission::Admin),
-    ("POST", "/api/v1/users", Permission::Admin),
-    ("GET", "/api/v1/users", Permission::Admin),
-    ("POST", "/api/v1/stacks", Permission::Admin),
-    ("GET", "/api/v1/stacks", Permission::Read),
-    ("GET", "/api/v1/stacks/{stack}", Permission::Read),
-    (
-        "PATCH",
-        "/api/v1/stacks/{stack}/settings",
-        Permission::Admin,
-    ),
-    ("POST", "/api/v1/stacks/{stack}/protect", Permission::Admin),
-    (
-        "POST",
-        "/api/v1/stacks/{stack}/unprotect",
-        Permission::Admin,
-    ),
-    ("POST", "/api/v1/stacks/{stack}/archive", Permission::Admin),
-    ("POST", "/api/v1/stacks/{stack}/grants", Permission::Approve),
-    ("GET", "/api/v1/stacks/{stack}/grants", Permission::Read),
-    ("GET", "/api/v1/stacks/{stack}/versions", Permission::Read),
-    (
-        "GET",
-        "/api/v1/stacks/{stack}/versions/{serial}",
-        Permission::Read,
-    ),
-    (
-        "GET",
-        "/api/v1/stacks/{stack}/versions/{serial}/raw",
-        Permission::Read,
-    ),
-    ("GET", "/api/v1/stacks/{stack}/diff", Permission::Read),
-    (
-        "POST",
-        "/api/v1/stacks/{stack}/restore",
-        Permission::Restore,
-    ),
-    ("POST", "/api/v1/verify", Permission::Read),
-    (
-        "POST",
-        "/api/v1/stacks/{stack}/plan-token",
-        Permission::CreateRun,
-    ),
-    ("POST", "/api/v1/stacks/{stack}/runs", Permission::CreateRun),
-    ("GET", "/api/v1/runs", Permission::Read),
-    ("GET", "/api/v1/runs/{id}", Permission::Read),
-    (
-        "GET",
-        "/api/v1/runs/{id}/artifacts/{name}",
-        Permission::Read,
-    ),
-    ("POST", "/api/v1/runs/{id}/approve", Permission::Approve),
-    ("POST", "/api/v1/runs/{id}/reject", Permission::Approve),
-    // Whoever may plan may withdraw a run; the handler admits its author's user only.
-    ("POST", "/api/v1/runs/{id}/withdraw", Permission::CreateRun),
-    ("POST", "/api/v1/runs/{id}/apply", Permission::ApplyRun),
-    ("POST", "/api/v1/runs/{id}/finish", Permission::ApplyRun),
-    ("GET", "/api/v1/audit", Permission::Read),
-    ("GET", "/api/v1/audit/verify", Permission::Read),
-];
-
-/// The permission `method` on `route` needs, if the pair is allowed at all.
-pub fn permission_for(method: &str, route: &str) -> Option<Permission> {
-    ROUTE_PERMISSIONS
-        .iter()
-        .find(|(m, r, _)| *m == method && *r == route)
-        .map(|(_, _, p)| *p)
+/// One row of the route table.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// The method (Terraform's http backend also sends `LOCK` and `UNLOCK`).
+    pub method: Method,
+    /// The path as axum matches it: `{stack}` is one percent-encoded segment (`prod%2Fapp`),
+    /// `{*stack}` the rest of the path, verbatim (`/state/prod/app`).
+    pub path: &'static str,
+    /// What the caller's role must hold. Handlers may refuse more, never less.
+    pub permission: Permission,
+    /// A run upload or apply log: its body is bounded by the caller's role, and read only after
+    /// authorization (see `auth::authorize`).
+    pub upload: bool,
 }
 
-/// Builds the application.
+/// The routes behind authorization. A method/path pair missing here is refused (default deny).
+#[derive(Debug, Default)]
+pub struct RouteTable(Vec<Route>);
+
+impl RouteTable {
+    /// Every row, in registration order.
+    pub fn routes(&self) -> &[Route] {
+        &self.0
+    }
+
+    /// The row for `method` on the matched path `path`, if the pair is allowed at all.
+    pub fn find(&self, method: &str, path: &str) -> Option<&Route> {
+        self.0
+            .iter()
+            .find(|r| r.method.as_str() == method && r.path == path)
+    }
+
+    /// The permission `method` on `path` needs, if the pair is allowed at all.
+    pub fn permission_for(&self, method: &str, path: &str) -> Option<Permission> {
+        self.find(method, path).map(|r| r.permission)
+    }
+}
+
+/// Registers a handler and its table rows in one call.
+#[derive(Default)]
+struct Routes {
+    router: Router<Arc<AppState>>,
+    table: Vec<Route>,
+}
+
+impl Routes {
+    /// `method` on `path` needs `permission` and is answered by `handler`.
+    fn route<H: Handler<T, Arc<AppState>>, T: 'static>(
+        self,
+        method: Method,
+        path: &'static str,
+        permission: Permission,
+        handler: H,
+    ) -> Self {
+        let filter = method_filter(&method);
+        self.add(path, [(method, permission)], false, on(filter, handler))
+    }
+
+    /// Like [`Routes::route`], for a run upload or apply log: the body is bounded by the caller's
+    /// role instead of the extractor's fixed limit.
+    fn upload<H: Handler<T, Arc<AppState>>, T: 'static>(
+        self,
+        method: Method,
+        path: &'static str,
+        permission: Permission,
+        handler: H,
+    ) -> Self {
+        let filter = method_filter(&method);
+        let endpoint = on(filter, handler).layer(DefaultBodyLimit::disable());
+        self.add(path, [(method, permission)], true, endpoint)
+    }
+
+    /// One handler for several methods (Terraform's backend, whose LOCK and UNLOCK axum's method
+    /// filters do not know): routed for any method, so the table alone decides which pass.
+    fn any<H: Handler<T, Arc<AppState>>, T: 'static>(
+        self,
+        path: &'static str,
+        methods: &[(&str, Permission)],
+        handler: H,
+    ) -> Self {
+        let rows = methods.iter().map(|&(m, p)| {
+            let method = Method::from_bytes(m.as_bytes()).expect("a method name is a token");
+            (method, p)
+        });
+        self.add(path, rows, false, any(handler))
+    }
+
+    fn add(
+        mut self,
+        path: &'static str,
+        methods: impl IntoIterator<Item = (Method, Permission)>,
+        upload: bool,
+        endpoint: MethodRouter<Arc<AppState>>,
+    ) -> Self {
+        for (method, permission) in methods {
+            self.table.push(Route {
+                method,
+                path,
+                permission,
+                upload,
+            });
+        }
+        // axum merges the method routers of one path, and panics on a method registered twice.
+        self.router = self.router.route(path, endpoint);
+        self
+    }
+}
+
+/// axum's filter for a standard method. The table is static, so a wrong one fails every test.
+fn method_filter(method: &Method) -> MethodFilter {
+    MethodFilter::try_from(method.clone())
+        .expect("a standard method (others go through Routes::any)")
+}
+
+/// The table: every route behind authorization, one line each.
+#[rustfmt::skip]
+fn routes() -> Routes {
+    use Method as M;
+    const GET: M = M::GET;
+    const POST: M = M::POST;
+    const PATCH: M = M::PATCH;
+    const DELETE: M = M::DELETE;
+    Routes::default()
+        // Terraform's http backend. Its handler adds the checks that depend on the body (lock
+        // operation, direct writes, force-unlock).
+        .any("/state/{*stack}",
+             &[("GET", Read), ("POST", Lock), ("PUT", Lock), ("LOCK", Lock), ("UNLOCK", Lock)],
+             state_backend::handle)
+        .route(GET,     "/api/v1/whoami",                               Read,      api::whoami)
+        .route(POST,    "/api/v1/tokens",                               Admin,     api::tokens::create)
+        .route(GET,     "/api/v1/tokens",                               Admin,     api::tokens::list)
+        .route(DELETE,  "/api/v1/tokens/{id}",                          Admin,     api::tokens::revoke)
+        .route(POST,    "/api/v1/users",                                Admin,     api::users::create)
+        .route(GET,     "/api/v1/users",                                Admin,     api::users::list)
+        .route(POST,    "/api/v1/stacks",                               Admin,     api::stacks::create)
+        .route(GET,     "/api/v1/stacks",                               Read,      api::stacks::list)
+        .route(GET,     "/api/v1/stacks/{stack}",                       Read,      api::stacks::show)
+        .route(PATCH,   "/api/v1/stacks/{stack}/settings",              Admin,     api::stacks::settings)
+        .route(POST,    "/api/v1/stacks/{stack}/protect",               Admin,     api::stacks::protect)
+        .route(POST,    "/api/v1/stacks/{stack}/unprotect",             Admin,     api::stacks::unprotect)
+        .route(POST,    "/api/v1/stacks/{stack}/archive",               Admin,     api::stacks::archive)
+        .route(POST,    "/api/v1/stacks/{stack}/grants",                Approve,   api::stacks::create_grant)
+        .route(GET,     "/api/v1/stacks/{stack}/grants",                Read,      api::stacks::grants)
+        .route(GET,     "/api/v1/stacks/{stack}/versions",              Read,      api::state::history)
+        .route(GET,     "/api/v1/stacks/{stack}/versions/{serial}",     Read,      api::state::show)
+        .route(GET,     "/api/v1/stacks/{stack}/versions/{serial}/raw", Read,      api::state::raw)
+        .route(GET,     "/api/v1/stacks/{stack}/diff",                  Read,      api::state::diff)
+        .route(POST,    "/api/v1/stacks/{stack}/restore",               Restore,   api::state::restore)
+        .route(POST,    "/api/v1/verify",                               Read,      api::state::verify)
+        .route(POST,    "/api/v1/stacks/{stack}/plan-token",            CreateRun, api::runs::plan_token)
+        .upload(POST,   "/api/v1/stacks/{stack}/runs",                  CreateRun, api::runs::create)
+        .route(GET,     "/api/v1/runs",                                 Read,      api::runs::list)
+        .route(GET,     "/api/v1/runs/{id}",                            Read,      api::runs::show)
+        .route(GET,     "/api/v1/runs/{id}/artifacts/{name}",           Read,      api::runs::artifact)
+        .route(POST,    "/api/v1/runs/{id}/approve",                    Approve,   api::runs::approve)
+        .route(POST,    "/api/v1/runs/{id}/reject",                     Approve,   api::runs::reject)
+        // Whoever may plan may withdraw a run; the handler admits its author's user only.
+        .route(POST,    "/api/v1/runs/{id}/withdraw",                   CreateRun, api::runs::withdraw)
+        .route(POST,    "/api/v1/runs/{id}/apply",                      ApplyRun,  api::runs::apply)
+        .upload(POST,   "/api/v1/runs/{id}/finish",                     ApplyRun,  api::runs::finish)
+        .route(GET,     "/api/v1/audit",                                Read,      api::audit::list)
+        .route(GET,     "/api/v1/audit/verify",                         Read,      api::audit::verify)
+}
+
+/// The route table, as [`build`] serves and authorizes it.
+pub fn table() -> RouteTable {
+    RouteTable(routes().table)
+}
+
+/// Builds the application: the table's routes behind `auth::authorize`, then the only routes
+/// outside it (health and metrics, which name no stack and reveal nothing).
 pub fn build(state: Arc<AppState>) -> Router {
-    // Run uploads and apply logs are bounded by the uploader's role, after authorization and
-    // before a byte of the body is read (`bounded_upload`); the extractor's own limit is then moot.
-    let upload = || axum::middleware::from_fn_with_state(Arc::clone(&state), bounded_upload);
-    let authed = Router::new()
-        .route("/state/{*stack}", any(state_backend::handle))
-        .route("/api/v1/whoami", get(api::whoami))
-        .route(
-            "/api/v1/tokens",
-            post(api::tokens::create).get(api::tokens::list),
-        )
-        .route("/api/v1/tokens/{id}", delete(api::tokens::revoke))
-        .route(
-            "/api/v1/users",
-            post(api::users::create).get(api::users::list),
-        )
-        .route(
-            "/api/v1/stacks",
-            post(api::stacks::create).get(api::stacks::list),
-        )
-        .route("/api/v1/stacks/{stack}", get(api::stacks::show))
-        .route(
-            "/api/v1/stacks/{stack}/settings",
-            patch(api::stacks::settings),
-        )
-        .route("/api/v1/stacks/{stack}/protect", post(api::stacks::protect))
-        .route(
-            "/api/v1/stacks/{stack}/unprotect",
-            post(api::stacks::unprotect),
-        )
-        .route("/api/v1/stacks/{stack}/archive", post(api::stacks::archive))
-        .route(
-            "/api/v1/stacks/{stack}/grants",
-            post(api::stacks::create_grant).get(api::stacks::grants),
-        )
-        .route("/api/v1/stacks/{stack}/versions", get(api::state::history))
-        .route(
-            "/api/v1/stacks/{stack}/versions/{serial}",
-            get(api::state::show),
-        )
-        .route(
-            "/api/v1/stacks/{stack}/versions/{serial}/raw",
-            get(api::state::raw),
-        )
-        .route("/api/v1/stacks/{stack}/diff", get(api::state::diff))
-        .route("/api/v1/stacks/{stack}/restore", post(api::state::restore))
-        .route("/api/v1/verify", post(api::state::verify))
-        .route(
-            "/api/v1/stacks/{stack}/plan-token",
-            post(api::runs::plan_token),
-        )
-        .route(
-            "/api/v1/stacks/{stack}/runs",
-            post(api::runs::create)
-                .layer::<_, std::convert::Infallible>(upload())
-                .layer(axum::extract::DefaultBodyLimit::disable()),
-        )
-        .route("/api/v1/runs", get(api::runs::list))
-        .route("/api/v1/runs/{id}", get(api::runs::show))
-        .route(
-            "/api/v1/runs/{id}/artifacts/{name}",
-            get(api::runs::artifact),
-        )
-        .route("/api/v1/runs/{id}/approve", post(api::runs::approve))
-        .route("/api/v1/runs/{id}/reject", post(api::runs::reject))
-        .route("/api/v1/runs/{id}/withdraw", post(api::runs::withdraw))
-        .route(
-            "/api/v1/runs/{id}/finish",
-            post(api::runs::finish)
-                .layer::<_, std::convert::Infallible>(upload())
-                .layer(axum::extract::DefaultBodyLimit::disable()),
-        )
-        .route("/api/v1/runs/{id}/apply", post(api::runs::apply))
-        .route("/api/v1/audit", get(api::audit::list))
-        .route("/api/v1/audit/verify", get(api::audit::verify))
-        .route_layer(axum::middleware::from_fn_with_state(
-            Arc::clone(&state),
-            auth::authorize,
-        ));
+    let Routes { router, table } = routes();
+    let table = Arc::new(RouteTable(table));
+    let authed = router.route_layer(axum::middleware::from_fn_with_state(
+        (Arc::clone(&state), table),
+        auth::authorize,
+    ));
     Router::new()
         .merge(authed)
         .route("/healthz", get(api::healthz))
@@ -184,35 +201,4 @@ pub fn build(state: Arc<AppState>) -> Router {
             crate::log::log_requests,
         ))
         .with_state(state)
-}
-
-/// Reads a run upload (or apply log) only up to the limit of the caller's role: a declared
-/// `Content-Length` over it is refused before anything is read, a chunked body as soon as it
-/// passes it. Runs after [`auth::authorize`], so an unauthorized body is never read at all.
-async fn bounded_upload(
-    State(state): State<Arc<AppState>>,
-    Extension(principal): Extension<Principal>,
-    req: Request,
-    next: Next,
-) -> Response {
-    let limit = state.config.run_upload_limit(principal.role);
-    let (parts, body) = req.into_parts();
-    let too_large = || {
-        ApiError::new(
-            RefusalKind::TooLarge,
-            format!(
-                "upload refused: {} tokens may upload at most {} MiB here (--max-agent-run-upload-mib / --max-run-upload-mib); a plan this large is better applied by CI from its own checkout",
-                principal.role,
-                limit / (1024 * 1024)
-            ),
-        )
-        .into_response()
-    };
-    let bytes = match state_backend::read_body(body, limit).await {
-        Ok(b) => b,
-        Err(e) if e.is_too_large() => return too_large(),
-        Err(e) => return e.into_response(),
-    };
-    next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
-        .await
 }

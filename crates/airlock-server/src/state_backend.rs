@@ -7,11 +7,9 @@ use std::sync::Arc;
 
 use airlock_core::lockinfo::{LockInfo, MAX_LOCK_INFO_LEN};
 use airlock_core::refusal::{Refusal, RefusalKind};
-use airlock_core::state::StateSummary;
 use airlock_core::Permission;
 use airlock_store::{
-    LockOutcome, NewAudit, NewLock, StackRecord, StackSettings, Store, UnlockBy, UnlockOutcome,
-    WriteAttempt, WriteResult,
+    LockOutcome, NewAudit, NewLock, StackRecord, UnlockBy, UnlockOutcome, WriteResult,
 };
 use axum::body::Body;
 use axum::extract::{Query, Request, State};
@@ -19,70 +17,16 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use base64::Engine;
-use http_body_util::BodyExt;
 use md5::{Digest, Md5};
 use serde_json::json;
 
 use crate::auth::{Principal, RequestStack};
 use crate::error::{ApiError, ApiResult};
-use crate::firewall::{self, Candidate, WriteKind};
+use crate::firewall;
+use crate::stacks::{
+    blocking, deny, existing_stack, firewalled_write, read_body, run_is_applying, WriteKindOwned,
+};
 use crate::AppState;
-
-/// Runs a blocking store call off the async runtime.
-pub async fn blocking<T: Send + 'static>(
-    state: &Arc<AppState>,
-    f: impl FnOnce(&dyn Store) -> T + Send + 'static,
-) -> ApiResult<T> {
-    let store = Arc::clone(&state.store);
-    tokio::task::spawn_blocking(move || f(store.as_ref()))
-        .await
-        .map_err(|e| ApiError::Internal(format!("store task failed: {e}")))
-}
-
-/// Loads the stack, creating it when the server runs with `--auto-create-stacks`.
-pub async fn existing_stack(
-    state: &Arc<AppState>,
-    principal: &Principal,
-    name: &str,
-) -> ApiResult<StackRecord> {
-    let n = name.to_owned();
-    if let Some(s) = blocking(state, move |st| st.stack(&n)).await?? {
-        return Ok(s);
-    }
-    if !state.config.auto_create_stacks {
-        let r = Refusal::new(
-            RefusalKind::UnknownStack,
-            format!("stack {name} does not exist; create it with `airlock stack create {name}` (airlock never creates stacks implicitly, so a typo cannot look like an empty stack)"),
-        );
-        return Err(deny(state, principal, name, "stack.unknown", r).await);
-    }
-    let (n, actor) = (name.to_owned(), principal.display());
-    let created = blocking(state, move |st| {
-        st.create_stack(
-            &n,
-            false,
-            StackSettings::defaults(false),
-            NewAudit::ok(
-                &actor,
-                "stack.create",
-                Some(&n),
-                json!({"auto_created": true}),
-            ),
-        )
-    })
-    .await?;
-    match created {
-        Ok(s) => Ok(s),
-        // Another request created it first.
-        Err(airlock_store::StoreError::Conflict(_)) => {
-            let n = name.to_owned();
-            blocking(state, move |st| st.stack(&n))
-                .await??
-                .ok_or_else(|| ApiError::Internal("stack vanished".into()))
-        }
-        Err(e) => Err(e.into()),
-    }
-}
 
 /// May `principal` take a write lock on / write `stack`? Run-bound tokens: only while their run
 /// is applying, on its stack. Everyone else: the stack's direct-write settings.
@@ -95,39 +39,6 @@ pub async fn may_write(
         None => Ok(firewall::may_write_directly(principal, &stack.settings)),
         Some(run_id) => run_is_applying(state, run_id, &stack.name).await,
     }
-}
-
-/// Whether `run_id` is a run of `stack` that is applying right now.
-async fn run_is_applying(state: &Arc<AppState>, run_id: &str, stack: &str) -> ApiResult<bool> {
-    let (id, s) = (run_id.to_owned(), stack.to_owned());
-    let run = blocking(state, move |st| st.run(&id)).await??;
-    Ok(run.is_some_and(|r| r.stack == s && r.status == airlock_store::RunStatus::Applying))
-}
-
-async fn deny(
-    state: &Arc<AppState>,
-    principal: &Principal,
-    stack: &str,
-    action: &str,
-    r: Refusal,
-) -> ApiError {
-    let (actor, stack_name, action, msg) = (
-        principal.display(),
-        stack.to_owned(),
-        action.to_owned(),
-        r.message.clone(),
-    );
-    let status = crate::error::status_of(r.kind).as_u16();
-    let _ = blocking(state, move |st| {
-        st.append_audit(NewAudit::denied(
-            &actor,
-            &action,
-            Some(&stack_name),
-            json!({ "reason": msg, "status": status }),
-        ))
-    })
-    .await;
-    ApiError::Refused(r)
 }
 
 /// The single handler behind `/state/{*stack}`; the method picks the operation.
@@ -161,34 +72,6 @@ pub async fn handle(
         )),
     };
     result.unwrap_or_else(IntoResponse::into_response)
-}
-
-/// Reads a request body of at most `limit` bytes. A declared `Content-Length` over the limit is
-/// refused before anything is read.
-pub(crate) async fn read_body(body: Body, limit: usize) -> ApiResult<Vec<u8>> {
-    use axum::body::HttpBody;
-    let too_large = || {
-        ApiError::new(
-            RefusalKind::TooLarge,
-            format!("request body is larger than the {limit}-byte limit"),
-        )
-    };
-    if body.size_hint().lower() > u64::try_from(limit).unwrap_or(u64::MAX) {
-        return Err(too_large());
-    }
-    match http_body_util::Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes().to_vec()),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(too_large())
-        }
-        Err(e) => Err(ApiError::new(
-            RefusalKind::BadRequest,
-            format!("could not read the request body: {e}"),
-        )),
-    }
 }
 
 async fn read(state: &Arc<AppState>, principal: &Principal, stack: &str) -> ApiResult<Response> {
@@ -251,136 +134,6 @@ fn check_md5(headers: &HeaderMap, body: &[u8]) -> ApiResult<()> {
         return Err(ApiError::new(RefusalKind::BadRequest, "Content-MD5 does not match the body: the request was corrupted in transit; nothing was stored"));
     }
     Ok(())
-}
-
-/// Parses (or fetches from cache) the summary of the version with this hash.
-fn summary_for(
-    state: &AppState,
-    sha: &str,
-    load: &dyn Fn() -> Result<Vec<u8>, airlock_store::StoreError>,
-) -> Result<Arc<StateSummary>, Refusal> {
-    if let Some(s) = state.cache.summary(sha) {
-        return Ok(s);
-    }
-    let bytes = load().map_err(|e| {
-        Refusal::new(
-            RefusalKind::Conflict,
-            format!("could not read the current version: {e}"),
-        )
-    })?;
-    let summary = StateSummary::parse(&bytes).map(Arc::new).map_err(|e| {
-        Refusal::new(
-            RefusalKind::Conflict,
-            format!("the stored current version is unreadable: {e}"),
-        )
-    })?;
-    state.cache.put_summary(sha, Arc::clone(&summary));
-    Ok(summary)
-}
-
-/// Stores a state body through the firewall. Shared by Terraform writes and restores.
-pub async fn firewalled_write(
-    state: &Arc<AppState>,
-    principal: &Principal,
-    stack: &str,
-    body: Vec<u8>,
-    kind: WriteKindOwned,
-    reason: Option<String>,
-) -> ApiResult<WriteResult> {
-    // Callers have refused unknown stacks; the store reads the stack again in its transaction.
-    let run_authorized = match &principal.run_id {
-        Some(run_id) => run_is_applying(state, run_id, stack).await?,
-        None => false,
-    };
-    if principal.run_id.is_some() && !run_authorized {
-        let r = Refusal::new(
-            RefusalKind::Forbidden,
-            "state write refused: this run-bound token may write only while its run is applying"
-                .to_owned(),
-        );
-        return Err(deny(state, principal, stack, "state.write", r).await);
-    }
-    let summary = Arc::new(StateSummary::parse(&body).map_err(|e| {
-        ApiError::new(RefusalKind::BadRequest, format!("state write refused: {e}"))
-    })?);
-    let sha = hex::encode(airlock_store::blob::sha256(&body));
-    let size = body.len();
-    let attempt = WriteAttempt {
-        serial: summary.serial,
-        lineage: summary.lineage.clone(),
-        author: principal.display(),
-        lock_id: match &kind {
-            WriteKindOwned::Backend { lock_id } => lock_id.clone(),
-            WriteKindOwned::Restore { .. } => None,
-        },
-        run_id: principal.run_id.clone(),
-        reason,
-        restored_from: match kind {
-            WriteKindOwned::Restore { from_serial } => Some(from_serial),
-            WriteKindOwned::Backend { .. } => None,
-        },
-        body,
-    };
-    let (st, p, s, sum, sha2) = (
-        Arc::clone(state),
-        principal.clone(),
-        stack.to_owned(),
-        Arc::clone(&summary),
-        sha.clone(),
-    );
-    let result = blocking(state, move |store| {
-        let k = match &kind {
-            WriteKindOwned::Backend { lock_id } => WriteKind::Backend {
-                lock_id: lock_id.as_deref(),
-            },
-            WriteKindOwned::Restore { from_serial } => WriteKind::Restore {
-                from_serial: *from_serial,
-            },
-        };
-        let candidate = Candidate {
-            principal: &p,
-            kind: k,
-            summary: &sum,
-            sha256: &sha2,
-            size,
-            run_authorized,
-            run_id: p.run_id.as_deref(),
-        };
-        let current = |ctx: &airlock_store::WriteContext<'_>| match ctx.current {
-            Some(v) => summary_for(&st, &v.sha256, ctx.load_current),
-            None => Err(Refusal::new(RefusalKind::Conflict, "no current version")),
-        };
-        store.write_state(&s, attempt, &mut |ctx| {
-            firewall::check_write(ctx, &candidate, &current)
-        })
-    })
-    .await??;
-    match &result {
-        WriteResult::Stored(_) => {
-            state.metrics.write();
-            state.cache.put_summary(&sha, summary);
-        }
-        WriteResult::Refused(r) => {
-            state.metrics.write_refused();
-            return Err(deny(state, principal, stack, "state.write", r.clone()).await);
-        }
-        WriteResult::Unchanged => {}
-    }
-    Ok(result)
-}
-
-/// Owned form of [`WriteKind`], to cross into the blocking task.
-pub enum WriteKindOwned {
-    /// Terraform write with its `?ID=`.
-    Backend {
-        /// Lock ID.
-        lock_id: Option<String>,
-    },
-    /// Restore of an old serial.
-    Restore {
-        /// Serial restored.
-        from_serial: u64,
-    },
 }
 
 async fn write(

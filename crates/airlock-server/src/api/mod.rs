@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
-use crate::state_backend::blocking;
+use crate::stacks::blocking;
 use crate::AppState;
 
 /// `GET /api/v1/whoami`.

@@ -34,7 +34,7 @@ use serde_json::{json, Value};
 use super::{parse_body, store_call};
 use crate::auth::{Principal, RequestStack};
 use crate::error::{ApiError, ApiResult};
-use crate::state_backend::existing_stack;
+use crate::stacks::existing_stack;
 use crate::{firewall, tokens, AppState};
 
 /// Lifetime of plan-phase and run-bound apply tokens.

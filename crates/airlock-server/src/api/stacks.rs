@@ -19,7 +19,7 @@ use super::{parse_body, store_call};
 use crate::auth::{Principal, RequestStack};
 use crate::error::{ApiError, ApiResult};
 use crate::firewall::protection_reason;
-use crate::state_backend::existing_stack;
+use crate::stacks::existing_stack;
 use crate::{tokens, AppState};
 
 #[derive(Deserialize)]

@@ -16,7 +16,7 @@ use super::{parse_body, store_call};
 use crate::auth::{Principal, RequestStack};
 use crate::error::{ApiError, ApiResult};
 use crate::firewall::protection_reason;
-use crate::state_backend::{existing_stack, firewalled_write, WriteKindOwned};
+use crate::stacks::{existing_stack, firewalled_write, WriteKindOwned};
 use crate::AppState;
 
 /// `GET /api/v1/stacks/{stack}/versions`.
