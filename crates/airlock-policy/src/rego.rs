@@ -112,10 +112,7 @@ impl RegoPolicies {
                                 .and_then(Value::as_str)
                                 .map(str::to_string)
                                 .unwrap_or_else(|| format!("{name} (no msg)")),
-                            o.get("address")
-                                .or_else(|| o.get("resource"))
-                                .and_then(Value::as_str)
-                                .map(str::to_string),
+                            finding_address(o),
                         ),
                         Value::Bool(true) => (format!("rule {name} matched"), None),
                         _ => continue,
@@ -150,6 +147,21 @@ fn items(v: &Value) -> Vec<&Value> {
         Value::Array(a) => a.iter().collect(),
         other => vec![other],
     }
+}
+
+/// The resource a Rego finding is about: `address`, or `resource` given as an address or as
+/// the resource change itself (`"resource": rc`, whose `address` is used).
+fn finding_address(o: &serde_json::Map<String, Value>) -> Option<String> {
+    let resource = o.get("resource");
+    o.get("address")
+        .and_then(Value::as_str)
+        .or_else(|| resource.and_then(Value::as_str))
+        .or_else(|| {
+            resource
+                .and_then(|r| r.get("address"))
+                .and_then(Value::as_str)
+        })
+        .map(str::to_string)
 }
 
 #[cfg(test)]

@@ -38,9 +38,10 @@ pub async fn existing_stack(
         return Ok(s);
     }
     if !state.config.auto_create_stacks {
+        let hint = crate::api::stacks::did_you_mean(state, principal, name).await;
         let r = Refusal::new(
             RefusalKind::UnknownStack,
-            format!("stack {name} does not exist; create it with `airlock stack create {name}` (airlock never creates stacks implicitly, so a typo cannot look like an empty stack)"),
+            format!("stack {name} does not exist{hint}; create it with `airlock stack create {name}` (airlock never creates stacks implicitly, so a typo cannot look like an empty stack)"),
         );
         return Err(deny(state, principal, name, "stack.unknown", r).await);
     }

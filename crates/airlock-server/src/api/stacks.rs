@@ -376,3 +376,78 @@ pub async fn grants(
     let grants = store_call(&state, move |st| st.grants(&s)).await?;
     Ok(Json(json!({ "grants": grants })))
 }
+
+/// ` (did you mean NAME?)` when a stack that `p` may see (and that is not deleted) is a likely
+/// typo of `name`, otherwise empty. Only names the caller could list are ever suggested.
+pub(crate) async fn did_you_mean(state: &Arc<AppState>, p: &Principal, name: &str) -> String {
+    let Ok(stacks) = store_call(state, |st| st.list_stacks()).await else {
+        return String::new();
+    };
+    let visible = stacks
+        .iter()
+        .filter(|s| s.archived.is_none() && p.may_access(&s.name))
+        .map(|s| s.name.as_str());
+    closest_name(name, visible).map_or_else(String::new, |n| format!(" (did you mean {n}?)"))
+}
+
+/// The candidate closest to `name` by edit distance when it is close enough to be a typo: at
+/// most 3 edits and at most a third of `name`'s length. Ties go to the first candidate.
+pub(crate) fn closest_name<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    let limit = (name.chars().count() / 3).clamp(1, 3);
+    let mut best: Option<(usize, &str)> = None;
+    for c in candidates {
+        let d = edit_distance(name, c);
+        if d > 0 && d <= limit && best.is_none_or(|(b, _)| d < b) {
+            best = Some((d, c));
+        }
+    }
+    best.map(|(_, c)| c)
+}
+
+/// Levenshtein distance over characters (insert, delete, substitute each cost 1).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    let mut cur = vec![0; b.len() + 1];
+    for (i, ca) in a.chars().enumerate() {
+        cur[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = prev[j] + usize::from(ca != *cb);
+            cur[j + 1] = substitute.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        std::mem::swap(&mut prev, &mut cur);
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edit_distance_counts_inserts_deletes_and_substitutions() {
+        assert_eq!(edit_distance("prod/app", "prod/app"), 0);
+        assert_eq!(edit_distance("prod/ap", "prod/app"), 1);
+        assert_eq!(edit_distance("prod/apq", "prod/app"), 1);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
+
+    #[test]
+    fn closest_name_suggests_only_near_misses() {
+        let names = ["prod/app", "prod/api", "dev/app"];
+        assert_eq!(closest_name("prod/ap", names), Some("prod/app"));
+        assert_eq!(closest_name("dev/ap", names), Some("dev/app"));
+        assert_eq!(
+            closest_name("dev/app", ["dev/app"]),
+            None,
+            "an exact name is no typo"
+        );
+        assert_eq!(closest_name("staging/web", names), None);
+        assert_eq!(closest_name("a", ["b"]), Some("b"));
+        assert_eq!(closest_name("ab", ["cd"]), None);
+    }
+}

@@ -25,7 +25,7 @@ pub fn run(cmd: StateCommand) -> anyhow::Result<ExitCode> {
                 stack_segment(&stack)
             ))?;
             c.print(&v, |v| {
-                let rows = v["versions"]
+                let rows: Vec<Vec<String>> = v["versions"]
                     .as_array()
                     .into_iter()
                     .flatten()
@@ -45,6 +45,12 @@ pub fn run(cmd: StateCommand) -> anyhow::Result<ExitCode> {
                         ]
                     })
                     .collect();
+                if rows.is_empty() {
+                    // An empty table reads like a failure; say what the next write will be.
+                    return format!(
+                        "{stack}: no versions yet (the first `terraform apply` or `airlock apply` writes serial 1)\n"
+                    );
+                }
                 table(
                     &["SERIAL", "TIME", "AUTHOR", "BYTES", "RUN", "SHA256", "NOTE"],
                     rows,

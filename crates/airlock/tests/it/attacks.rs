@@ -9,7 +9,6 @@ use airlock_core::inputs::{self, InputFile};
 use base64::Engine;
 use serde_json::{json, Value};
 
-use crate::runs::*;
 use crate::support::*;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;

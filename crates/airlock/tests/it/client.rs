@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use crate::support::{raw, terraform_bin, TestServer, AIRLOCK};
+use crate::support::{raw, terraform_bin, text, TestServer, AIRLOCK};
 
 /// Runs the CLI against `url` with `token`, trusting `ca` when given, and nothing from the
 /// caller's environment that could change which server or roots it uses.
@@ -22,14 +22,6 @@ fn airlock(url: &str, token: &str, ca: Option<&Path>, args: &[&str]) -> Output {
         cmd.env("AIRLOCK_CA_CERT", ca);
     }
     cmd.output().unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// A self-signed certificate for 127.0.0.1 and localhost: (dir, cert.pem, key.pem).

@@ -4,6 +4,7 @@ mod attacks;
 mod check;
 mod client;
 mod firewall_identity;
+mod hints;
 mod readme;
 mod reliability;
 mod runs;

@@ -2,114 +2,9 @@
 //! plan. Real `airlock server`, real `terraform`.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 use crate::support::*;
-
-pub(crate) struct Team {
-    pub s: TestServer,
-    pub agent: String,
-    pub approver: String,
-    pub approver2: String,
-    pub ci: String,
-}
-
-pub(crate) fn team(stack: &str) -> Team {
-    let s = TestServer::start();
-    s.ok(&s.admin, &["stack", "create", stack]);
-    let agent = s.token("bot", "agent");
-    let approver = s.token("alice", "approver");
-    let approver2 = s.token("bob", "approver");
-    let ci = s.token("pipeline", "ci");
-    Team {
-        s,
-        agent,
-        approver,
-        approver2,
-        ci,
-    }
-}
-
-/// Runs the CLI in `dir` with extra environment.
-pub(crate) fn cli_in(
-    s: &TestServer,
-    token: &str,
-    dir: &Path,
-    args: &[&str],
-    env: &[(&str, &str)],
-) -> Output {
-    Command::new(AIRLOCK)
-        .args(args)
-        .current_dir(dir)
-        .env("AIRLOCK_URL", &s.url)
-        .env("AIRLOCK_TOKEN", token)
-        .env("CHECKPOINT_DISABLE", "1")
-        .env("TF_CLI_CONFIG_FILE", "/dev/null")
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
-pub(crate) fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// `airlock plan` as `token`; returns the run id.
-pub(crate) fn plan(t: &Team, ws: &Workspace, token: &str, stack: &str) -> String {
-    let out = cli_in(
-        &t.s,
-        token,
-        &ws.dir,
-        &["plan", ".", "--stack", stack, "--format", "json"],
-        &[],
-    );
-    assert!(
-        out.status.success() || out.status.code() == Some(2),
-        "plan failed: {}",
-        text(&out)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|_| panic!("plan output: {}", text(&out)));
-    v["run"]["id"].as_str().unwrap().to_owned()
-}
-
-pub(crate) fn apply(t: &Team, ws: &Workspace, token: &str, run: &str) -> Output {
-    cli_in(&t.s, token, &ws.dir, &["apply", run, "--dir", "."], &[])
-}
-
-/// Starts the apply by hand, as CI would (with the checkout's fingerprint), and returns the
-/// run-bound token.
-pub(crate) fn start_apply(t: &Team, run: &str) -> String {
-    let fp = run_json(t, run)["run"]["fingerprint"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let (code, body) = raw(
-        "POST",
-        &format!("{}/api/v1/runs/{run}/apply", t.s.url),
-        &t.ci,
-        format!(r#"{{"fingerprint":"{fp}"}}"#).as_bytes(),
-    );
-    assert_eq!(code, 200, "{body}");
-    serde_json::from_str::<serde_json::Value>(&body).unwrap()["token"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
-pub(crate) fn run_json(t: &Team, run: &str) -> serde_json::Value {
-    serde_json::from_str(&t.s.ok(&t.s.admin, &["run", "show", run, "--format", "json"])).unwrap()
-}
-
-pub(crate) fn history_json(t: &Team, stack: &str) -> serde_json::Value {
-    serde_json::from_str(&t.s.ok(&t.s.admin, &["state", "history", stack, "--format", "json"]))
-        .unwrap()
-}
 
 #[test]
 fn agent_plans_approver_approves_ci_applies() {
@@ -323,10 +218,6 @@ fn tampered_artifact_and_changed_checkout_are_refused() {
         0,
         "nothing applied"
     );
-}
-
-pub(crate) fn zstd_compress(b: &[u8]) -> Vec<u8> {
-    airlock_store::blob::compress(b)
 }
 
 #[test]

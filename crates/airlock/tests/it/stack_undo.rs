@@ -3,16 +3,6 @@
 
 use crate::support::*;
 
-fn fails(s: &TestServer, token: &str, args: &[&str]) -> String {
-    let out = s.cli(token, args);
-    assert!(!out.status.success(), "airlock {args:?} succeeded");
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 fn audit_actions(s: &TestServer) -> String {
     s.ok(&s.admin, &["audit", "--format", "json"])
 }
@@ -34,14 +24,12 @@ fn unprotect_removes_a_server_side_rule_admin_only_and_audited() {
         ],
     );
     let approver = s.token("alice", "approver");
-    let out = fails(
-        &s,
+    let out = s.fails(
         &approver,
         &["stack", "unprotect", "dev/app", "--type", "aws_db_instance"],
     );
     assert!(out.contains("permission denied"), "{out}");
-    let out = fails(
-        &s,
+    let out = s.fails(
         &s.admin,
         &["stack", "unprotect", "dev/app", "--type", "aws_s3_bucket"],
     );
@@ -85,7 +73,7 @@ fn delete_archives_the_stack_keeps_its_history_and_refuses_new_work() {
     // Not while locked.
     let (code, body) = raw("LOCK", &s.state_url("dev/app"), &s.admin, LOCK.as_bytes());
     assert_eq!(code, 200, "{body}");
-    let out = fails(&s, &s.admin, &delete);
+    let out = s.fails(&s.admin, &delete);
     assert!(
         out.contains("is locked by") && out.contains("unlock it first"),
         "{out}"
@@ -94,12 +82,8 @@ fn delete_archives_the_stack_keeps_its_history_and_refuses_new_work() {
     assert_eq!(code, 200, "{body}");
     // Admins only.
     let approver = s.token("alice", "approver");
-    assert!(fails(&s, &approver, &delete).contains("permission denied"));
-    let out = fails(
-        &s,
-        &s.admin,
-        &["stack", "delete", "dev/app", "--reason", " "],
-    );
+    assert!(s.fails(&approver, &delete).contains("permission denied"));
+    let out = s.fails(&s.admin, &["stack", "delete", "dev/app", "--reason", " "]);
     assert!(
         out.contains("a reason (1-2000 characters) is required"),
         "{out}"
@@ -134,17 +118,16 @@ fn delete_archives_the_stack_keeps_its_history_and_refuses_new_work() {
     assert_eq!(code, 409, "{body}");
     assert!(body.contains("stack dev/app was deleted on"), "{body}");
     assert_eq!(s.serials("dev/app"), [1]);
-    let out = fails(
-        &s,
+    let out = s.fails(
         &s.admin,
         &["stack", "protect", "dev/app", "--type", "x_type"],
     );
     assert!(out.contains("was deleted"), "{out}");
     // The name stays with its history, and a second delete says it is deleted already.
-    let out = fails(&s, &s.admin, &["stack", "create", "dev/app"]);
+    let out = s.fails(&s.admin, &["stack", "create", "dev/app"]);
     assert!(
         out.contains("was deleted (archived) and its name stays"),
         "{out}"
     );
-    assert!(fails(&s, &s.admin, &delete).contains("was deleted"));
+    assert!(s.fails(&s.admin, &delete).contains("was deleted"));
 }

@@ -119,21 +119,14 @@ impl TestServer {
 
     /// Number of versions of a stack.
     pub fn version_count(&self, stack: &str) -> usize {
-        let out = self.ok(
-            &self.admin,
-            &["state", "history", stack, "--format", "json"],
-        );
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-        v["versions"].as_array().unwrap().len()
+        self.history_json(stack)["versions"]
+            .as_array()
+            .unwrap()
+            .len()
     }
 
     pub fn serials(&self, stack: &str) -> Vec<u64> {
-        let out = self.ok(
-            &self.admin,
-            &["state", "history", stack, "--format", "json"],
-        );
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-        v["versions"]
+        self.history_json(stack)["versions"]
             .as_array()
             .unwrap()
             .iter()
@@ -243,6 +236,160 @@ pub fn raw(method: &str, url: &str, token: &str, body: &[u8]) -> (u16, String) {
 
 pub fn exists(p: &Path) -> bool {
     p.exists()
+}
+
+// ---- the shared context ----
+//
+// What most tests need, in one place: the CLI run as a user would (`TestServer::cli`, `ok`,
+// `fails`, `cli_in`), what it printed (`text`), a stack's history, and `Team`, a server with one
+// stack and a token per role, with the governed-run steps (`plan`, `apply`, `start_apply`,
+// `run_json`). Tests add only what is particular to them.
+
+/// What a terminal would show: stdout, then stderr.
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Runs the CLI with no server settings and no store settings from the caller's environment,
+/// only `env` (offline commands: `backup`, `migrate`, `server`, `admin`).
+pub fn offline_cli(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(AIRLOCK)
+        .args(args)
+        .env_remove("AIRLOCK_TOKEN")
+        .env_remove("AIRLOCK_URL")
+        .env_remove("AIRLOCK_DATA_DIR")
+        .env_remove("AIRLOCK_DATABASE_URL")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+impl TestServer {
+    /// Runs the CLI and asserts failure; returns what it printed (stdout, then stderr).
+    pub fn fails(&self, token: &str, args: &[&str]) -> String {
+        let out = self.cli(token, args);
+        assert!(!out.status.success(), "airlock {args:?} succeeded");
+        text(&out)
+    }
+
+    /// `state history STACK --format json`, as the admin.
+    pub fn history_json(&self, stack: &str) -> serde_json::Value {
+        serde_json::from_str(&self.ok(
+            &self.admin,
+            &["state", "history", stack, "--format", "json"],
+        ))
+        .unwrap()
+    }
+}
+
+/// A server with one stack and a token per role: an agent (`bot`), two approvers (`alice`,
+/// `bob`, each their own user) and CI (`pipeline`).
+pub struct Team {
+    pub s: TestServer,
+    pub agent: String,
+    pub approver: String,
+    pub approver2: String,
+    pub ci: String,
+}
+
+/// A fresh server with `stack` created and the tokens of [`Team`].
+pub fn team(stack: &str) -> Team {
+    let s = TestServer::start();
+    s.ok(&s.admin, &["stack", "create", stack]);
+    let agent = s.token("bot", "agent");
+    let approver = s.token("alice", "approver");
+    let approver2 = s.token("bob", "approver");
+    let ci = s.token("pipeline", "ci");
+    Team {
+        s,
+        agent,
+        approver,
+        approver2,
+        ci,
+    }
+}
+
+/// Runs the CLI in `dir` with extra environment (Terraform's checkpoint and CLI config off).
+pub fn cli_in(
+    s: &TestServer,
+    token: &str,
+    dir: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Output {
+    Command::new(AIRLOCK)
+        .args(args)
+        .current_dir(dir)
+        .env("AIRLOCK_URL", &s.url)
+        .env("AIRLOCK_TOKEN", token)
+        .env("CHECKPOINT_DISABLE", "1")
+        .env("TF_CLI_CONFIG_FILE", "/dev/null")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// `airlock plan` as `token`; returns the run id.
+pub fn plan(t: &Team, ws: &Workspace, token: &str, stack: &str) -> String {
+    let out = cli_in(
+        &t.s,
+        token,
+        &ws.dir,
+        &["plan", ".", "--stack", stack, "--format", "json"],
+        &[],
+    );
+    assert!(
+        out.status.success() || out.status.code() == Some(2),
+        "plan failed: {}",
+        text(&out)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("plan output: {}", text(&out)));
+    v["run"]["id"].as_str().unwrap().to_owned()
+}
+
+pub fn apply(t: &Team, ws: &Workspace, token: &str, run: &str) -> Output {
+    cli_in(&t.s, token, &ws.dir, &["apply", run, "--dir", "."], &[])
+}
+
+/// Starts the apply by hand, as CI would (with the checkout's fingerprint), and returns the
+/// run-bound token.
+pub fn start_apply(t: &Team, run: &str) -> String {
+    let fp = run_json(t, run)["run"]["fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (code, body) = raw(
+        "POST",
+        &format!("{}/api/v1/runs/{run}/apply", t.s.url),
+        &t.ci,
+        format!(r#"{{"fingerprint":"{fp}"}}"#).as_bytes(),
+    );
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str::<serde_json::Value>(&body).unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// `run show RUN --format json`, as the admin.
+pub fn run_json(t: &Team, run: &str) -> serde_json::Value {
+    serde_json::from_str(&t.s.ok(&t.s.admin, &["run", "show", run, "--format", "json"])).unwrap()
+}
+
+pub fn history_json(t: &Team, stack: &str) -> serde_json::Value {
+    t.s.history_json(stack)
+}
+
+/// Compressed as the store compresses artifacts and blobs.
+pub fn zstd_compress(b: &[u8]) -> Vec<u8> {
+    airlock_store::blob::compress(b)
 }
 
 // ---- servers on a given store (replicas, restarts), PostgreSQL databases ----

@@ -2,11 +2,11 @@
 //! can be read although Terraform shows only a status code (`airlock why`, the server's log),
 //! the audit listing, exit codes per class and `--format json` errors.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use serde_json::Value;
 
-use crate::support::{Backing, TestServer, Workspace, AIRLOCK};
+use crate::support::{offline_cli, Backing, TestServer, Workspace};
 
 fn settings() -> insta::Settings {
     let mut s = insta::Settings::clone_current();
@@ -27,20 +27,6 @@ fn text(out: &[u8]) -> String {
     String::from_utf8_lossy(out).into_owned()
 }
 
-/// Runs the CLI with no server settings but `env`.
-fn airlock(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-    Command::new(AIRLOCK)
-        .args(args)
-        .env_remove("AIRLOCK_TOKEN")
-        .env_remove("AIRLOCK_URL")
-        .env_remove("AIRLOCK_DATA_DIR")
-        .env_remove("AIRLOCK_DATABASE_URL")
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
 #[test]
 fn a_failed_first_start_creates_nothing_and_a_lost_admin_token_is_recovered_offline() {
     let tmp = tempfile::tempdir().unwrap();
@@ -49,7 +35,7 @@ fn a_failed_first_start_creates_nothing_and_a_lost_admin_token_is_recovered_offl
     // The port is taken: the start fails before anything exists, so no token is burnt.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().to_string();
-    let out = airlock(&["server", "--listen", &port, "--data-dir", data_arg], &[]);
+    let out = offline_cli(&["server", "--listen", &port, "--data-dir", data_arg], &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         !text(&out.stdout).contains("admin token"),
@@ -67,7 +53,7 @@ fn a_failed_first_start_creates_nothing_and_a_lost_admin_token_is_recovered_offl
     // So does a certificate that cannot be loaded.
     let missing = tmp.path().join("missing.pem");
     let missing = missing.to_str().unwrap();
-    let out = airlock(
+    let out = offline_cli(
         &[
             "server",
             "--listen",
@@ -97,7 +83,7 @@ fn a_failed_first_start_creates_nothing_and_a_lost_admin_token_is_recovered_offl
     first.kill();
 
     // The admin token is lost: recover offline, with no server running.
-    let out = airlock(
+    let out = offline_cli(
         &[
             "token",
             "create",
@@ -122,7 +108,7 @@ fn a_failed_first_start_creates_nothing_and_a_lost_admin_token_is_recovered_offl
         .to_owned();
     // A wrong data directory is an error, not a new empty database.
     let wrong = tmp.path().join("nowhere");
-    let out = airlock(
+    let out = offline_cli(
         &[
             "token",
             "create",
@@ -177,7 +163,7 @@ fn exit_codes_are_one_per_class() {
     // 0 ok; 1 error (not found, unreachable).
     assert_eq!(code(&server.admin, &["stack", "create", "app"]), Some(0));
     assert_eq!(code(&server.admin, &["run", "show", "run_nosuch"]), Some(1));
-    let unreachable = airlock(
+    let unreachable = offline_cli(
         &["whoami"],
         &[
             ("AIRLOCK_URL", "http://127.0.0.1:1"),
@@ -190,7 +176,7 @@ fn exit_codes_are_one_per_class() {
     assert_eq!(code(&server.admin, &["stack", "create", "app"]), Some(2));
     // 4 not authenticated: no token, an unknown one, a revoked one.
     assert_eq!(
-        airlock(&["whoami"], &[("AIRLOCK_URL", &server.url)])
+        offline_cli(&["whoami"], &[("AIRLOCK_URL", &server.url)])
             .status
             .code(),
         Some(4)

@@ -1,0 +1,206 @@
+//! `backup export`: writes every store record as files and the manifest last.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use airlock_core::audit::{AuditRecord, GENESIS};
+use airlock_store::{blob, private, StoreImport};
+use anyhow::{bail, Context};
+use serde::Serialize;
+
+use super::format::{
+    ArchiveEntry, ArtifactEntry, FileEntry, GrantEntry, LockEntry, Manifest, RunFile, StackFile,
+    Summary, TokenEntry, UserEntry, VersionEntry,
+};
+use super::{hex, AUDIT_PAGE, FORMAT};
+
+/// Writes files under the backup directory and remembers their hashes for the manifest.
+pub(super) struct Writer {
+    pub(super) root: PathBuf,
+    pub(super) files: BTreeMap<String, FileEntry>,
+}
+
+impl Writer {
+    pub(super) fn put(&mut self, rel: &str, bytes: &[u8]) -> anyhow::Result<()> {
+        use std::io::Write;
+        let path = self.root.join(rel);
+        if let Some(parent) = path.parent() {
+            private::create_private_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        // A backup holds the full state, secrets included: owner-only, whatever the umask.
+        let mut f = private::create_private_file(&path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        f.write_all(bytes)
+            .and_then(|()| f.sync_all())
+            .with_context(|| format!("writing {}", path.display()))?;
+        self.files.insert(
+            rel.to_owned(),
+            FileEntry {
+                sha256: hex(&blob::sha256(bytes)),
+                size: bytes.len() as u64,
+            },
+        );
+        Ok(())
+    }
+
+    pub(super) fn put_json<T: Serialize>(&mut self, rel: &str, value: &T) -> anyhow::Result<()> {
+        let mut bytes = serde_json::to_vec_pretty(value)?;
+        bytes.push(b'\n');
+        self.put(rel, &bytes)
+    }
+}
+
+pub(super) fn all_audit(store: &dyn StoreImport) -> anyhow::Result<Vec<AuditRecord>> {
+    let mut out: Vec<AuditRecord> = Vec::new();
+    loop {
+        let after = out.last().map_or(0, |r| r.seq);
+        let page = store.audit_events(after, AUDIT_PAGE)?;
+        if page.is_empty() {
+            return Ok(out);
+        }
+        out.extend(page);
+    }
+}
+
+pub(super) fn export(store: &dyn StoreImport, dir: &Path) -> anyhow::Result<Summary> {
+    if dir.exists() {
+        let mut entries =
+            std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
+        if entries.next().is_some() {
+            bail!(
+                "{} is not empty; export into a new directory so files of two backups never mix",
+                dir.display()
+            );
+        }
+    }
+    private::create_private_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut w = Writer {
+        root: dir.to_owned(),
+        files: BTreeMap::new(),
+    };
+    let mut summary = Summary::default();
+
+    let tokens: Vec<TokenEntry> = store
+        .tokens_with_hashes()?
+        .iter()
+        .map(|(t, h)| TokenEntry::from_record(t, h))
+        .collect();
+    summary.tokens = tokens.len() as u64;
+    w.put_json("tokens.json", &tokens)?;
+    let users: Vec<UserEntry> = store
+        .list_users()?
+        .iter()
+        .map(UserEntry::from_record)
+        .collect();
+    summary.users = users.len() as u64;
+    w.put_json("users.json", &users)?;
+
+    for (i, s) in store.list_stacks()?.iter().enumerate() {
+        let base = format!("stacks/{:04}", i + 1);
+        let mut versions = Vec::new();
+        for v in store.versions(&s.name)? {
+            let bytes = store.version_bytes(&s.name, v.serial)?;
+            let file = format!("{base}/versions/{}.tfstate", v.serial);
+            w.put(&file, &bytes)?;
+            versions.push(VersionEntry::from_meta(&v, file));
+        }
+        let grants: Vec<GrantEntry> = store
+            .grants(&s.name)?
+            .iter()
+            .map(GrantEntry::from_record)
+            .collect();
+        let lock = match store.current_lock(&s.name)? {
+            Some(l) => {
+                let info_file = format!("{base}/lock-info.json");
+                w.put(&info_file, &l.info)?;
+                Some(LockEntry {
+                    id: l.id,
+                    operation: l.operation,
+                    owner_token: l.owner_token,
+                    owner: l.owner,
+                    created_at: l.created_at,
+                    info_file,
+                })
+            }
+            None => None,
+        };
+        summary.stacks += 1;
+        summary.versions += versions.len() as u64;
+        summary.grants += grants.len() as u64;
+        summary.locks += u64::from(lock.is_some());
+        let file = StackFile {
+            name: s.name.clone(),
+            production: s.production,
+            lineage: s.lineage.clone(),
+            settings: s.settings.clone(),
+            created_at: s.created_at,
+            versions,
+            grants,
+            lock,
+            archived: s.archived.as_ref().map(|a| ArchiveEntry {
+                at: a.at,
+                by: a.by.clone(),
+                reason: a.reason.clone(),
+            }),
+        };
+        w.put_json(&format!("{base}/stack.json"), &file)?;
+    }
+
+    // Governed runs, oldest first (a run names its stack, so stacks come first on import).
+    let mut runs = store.runs(None, u32::MAX)?;
+    runs.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+    for (i, run) in runs.into_iter().enumerate() {
+        let base = format!("runs/{:04}", i + 1);
+        let mut artifacts = Vec::new();
+        for (j, name) in store.run_artifact_names(&run.id)?.into_iter().enumerate() {
+            let bytes = store
+                .run_artifact(&run.id, &name)?
+                .with_context(|| format!("run {} artifact {name} vanished", run.id))?;
+            let file = format!("{base}/artifacts/{:02}.bin", j + 1);
+            w.put(&file, &bytes)?;
+            artifacts.push(ArtifactEntry {
+                name,
+                file,
+                sha256: hex(&blob::sha256(&bytes)),
+                size: bytes.len() as u64,
+            });
+        }
+        w.put_json(
+            &format!("{base}/run.json"),
+            &RunFile {
+                record: run,
+                artifacts,
+            },
+        )?;
+        summary.runs += 1;
+    }
+
+    // Last: the chain then covers at least every write exported above.
+    let audit = all_audit(store)?;
+    let mut lines = Vec::new();
+    for r in &audit {
+        serde_json::to_writer(&mut lines, r)?;
+        lines.push(b'\n');
+    }
+    w.put("audit.jsonl", &lines)?;
+    summary.audit_events = audit.len() as u64;
+    summary.audit_head = audit
+        .last()
+        .map_or_else(|| GENESIS.to_owned(), |r| r.hash.clone());
+
+    let manifest = Manifest {
+        format: FORMAT.into(),
+        created_at: airlock_core::time::rfc3339(airlock_store::now_ms()),
+        source_engine: store.engine().into(),
+        summary: summary.clone(),
+        files: std::mem::take(&mut w.files),
+    };
+    // Written last, under a temporary name first: a directory with a manifest is complete.
+    let mut bytes = serde_json::to_vec_pretty(&manifest)?;
+    bytes.push(b'\n');
+    w.put("manifest.json.tmp", &bytes)?;
+    std::fs::rename(dir.join("manifest.json.tmp"), dir.join("manifest.json"))
+        .context("renaming the manifest into place")?;
+    Ok(summary)
+}

@@ -1,0 +1,343 @@
+//! The backup format: the manifest, and one record type per file kind, with their
+//! conversions from and to store records.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use airlock_store::{
+    Archive, GrantRecord, RunRecord, StackRecord, StackSettings, TokenRecord, UserRecord,
+    VersionMeta,
+};
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use super::{hex, unhex32};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct Manifest {
+    pub(super) format: String,
+    pub(super) created_at: String,
+    pub(super) source_engine: String,
+    pub(super) summary: Summary,
+    /// Relative path (always `/`-separated) -> hash and size.
+    pub(super) files: BTreeMap<String, FileEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub(super) struct Summary {
+    pub(super) stacks: u64,
+    pub(super) versions: u64,
+    /// Absent in format 1.
+    #[serde(default)]
+    pub(super) users: u64,
+    pub(super) tokens: u64,
+    pub(super) grants: u64,
+    pub(super) locks: u64,
+    pub(super) runs: u64,
+    pub(super) audit_events: u64,
+    pub(super) audit_head: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct FileEntry {
+    pub(super) sha256: String,
+    pub(super) size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct StackFile {
+    pub(super) name: String,
+    pub(super) production: bool,
+    pub(super) lineage: Option<String>,
+    pub(super) settings: StackSettings,
+    pub(super) created_at: i64,
+    pub(super) versions: Vec<VersionEntry>,
+    pub(super) grants: Vec<GrantEntry>,
+    pub(super) lock: Option<LockEntry>,
+    /// Set for a deleted (archived) stack; absent before stacks could be deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) archived: Option<ArchiveEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct ArchiveEntry {
+    pub(super) at: i64,
+    pub(super) by: String,
+    pub(super) reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct VersionEntry {
+    pub(super) serial: u64,
+    pub(super) lineage: String,
+    pub(super) sha256: String,
+    pub(super) size: u64,
+    pub(super) author: String,
+    pub(super) lock_id: Option<String>,
+    pub(super) run_id: Option<String>,
+    pub(super) reason: Option<String>,
+    pub(super) restored_from: Option<u64>,
+    pub(super) created_at: i64,
+    pub(super) file: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct GrantEntry {
+    pub(super) id: String,
+    pub(super) addresses: Vec<String>,
+    pub(super) reason: String,
+    pub(super) created_by: String,
+    pub(super) created_at: i64,
+    pub(super) expires_at: i64,
+    pub(super) consumed_at: Option<i64>,
+    pub(super) run_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct LockEntry {
+    pub(super) id: String,
+    pub(super) operation: String,
+    pub(super) owner_token: String,
+    pub(super) owner: String,
+    pub(super) created_at: i64,
+    pub(super) info_file: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(super) struct RunFile {
+    pub(super) record: RunRecord,
+    pub(super) artifacts: Vec<ArtifactEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct ArtifactEntry {
+    pub(super) name: String,
+    pub(super) file: String,
+    pub(super) sha256: String,
+    pub(super) size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct TokenEntry {
+    pub(super) id: String,
+    pub(super) name: String,
+    pub(super) role: String,
+    pub(super) stacks: Vec<String>,
+    pub(super) created_at: i64,
+    pub(super) expires_at: Option<i64>,
+    pub(super) revoked_at: Option<i64>,
+    pub(super) created_by: String,
+    pub(super) run_id: Option<String>,
+    /// Absent in format 1 (see `upgrade_v1_tokens`).
+    #[serde(default)]
+    pub(super) user: String,
+    #[serde(default)]
+    pub(super) parent_id: Option<String>,
+    /// SHA-256 of the secret, as the store keeps it: enough to restore working tokens, never
+    /// enough to use one.
+    pub(super) secret_sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct UserEntry {
+    pub(super) name: String,
+    pub(super) created_at: i64,
+    pub(super) created_by: String,
+}
+
+impl UserEntry {
+    pub(super) fn from_record(u: &UserRecord) -> UserEntry {
+        UserEntry {
+            name: u.name.clone(),
+            created_at: u.created_at,
+            created_by: u.created_by.clone(),
+        }
+    }
+
+    pub(super) fn to_record(&self) -> UserRecord {
+        UserRecord {
+            name: self.name.clone(),
+            created_at: self.created_at,
+            created_by: self.created_by.clone(),
+        }
+    }
+}
+
+/// Gives format-1 tokens what the store's migration 0003 gives stored ones (keep the two
+/// alike): plan-phase and run-bound tokens get the token named in their `created_by` as
+/// parent; every token belongs to its own user (its id), the first-start admin token to
+/// `admin`, a derived token to its root's user; derived tokens expire no later than, and are
+/// revoked with, their ancestors. Returns the users to create (`admin`, if it is used).
+pub(super) fn upgrade_v1_tokens(tokens: &mut [TokenEntry]) -> Vec<UserEntry> {
+    let ids: BTreeSet<String> = tokens.iter().map(|t| t.id.clone()).collect();
+    for t in tokens.iter_mut() {
+        let derived = t.name.starts_with("plan for ") || t.run_id.is_some();
+        let named = t
+            .created_by
+            .strip_suffix(')')
+            .and_then(|s| s.get(s.len().saturating_sub(20)..))
+            .filter(|id| id.starts_with("tok_") && ids.contains(*id));
+        t.parent_id = named.filter(|_| derived).map(str::to_owned);
+        t.user = if t.created_by == "system" && t.name == "bootstrap-admin" && t.parent_id.is_none()
+        {
+            "admin".into()
+        } else {
+            t.id.clone()
+        };
+    }
+    let by_id: BTreeMap<String, TokenEntry> =
+        tokens.iter().map(|t| (t.id.clone(), t.clone())).collect();
+    for t in tokens.iter_mut() {
+        let mut cursor = t.parent_id.clone();
+        let mut seen = BTreeSet::new();
+        while let Some(p) = cursor.and_then(|id| by_id.get(&id)) {
+            if !seen.insert(p.id.clone()) {
+                break;
+            }
+            t.user = p.user.clone();
+            t.expires_at = match (t.expires_at, p.expires_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            if t.revoked_at.is_none() {
+                t.revoked_at = p.revoked_at;
+            }
+            cursor = p.parent_id.clone();
+        }
+    }
+    tokens
+        .iter()
+        .filter(|t| t.user == "admin")
+        .map(|t| t.created_at)
+        .min()
+        .map(|created_at| UserEntry {
+            name: "admin".into(),
+            created_at,
+            created_by: "migration".into(),
+        })
+        .into_iter()
+        .collect()
+}
+
+impl VersionEntry {
+    pub(super) fn from_meta(v: &VersionMeta, file: String) -> VersionEntry {
+        VersionEntry {
+            serial: v.serial,
+            lineage: v.lineage.clone(),
+            sha256: v.sha256.clone(),
+            size: v.size,
+            author: v.author.clone(),
+            lock_id: v.lock_id.clone(),
+            run_id: v.run_id.clone(),
+            reason: v.reason.clone(),
+            restored_from: v.restored_from,
+            created_at: v.created_at,
+            file,
+        }
+    }
+
+    pub(super) fn to_meta(&self, stack: &str) -> VersionMeta {
+        VersionMeta {
+            stack: stack.to_owned(),
+            serial: self.serial,
+            lineage: self.lineage.clone(),
+            sha256: self.sha256.clone(),
+            size: self.size,
+            author: self.author.clone(),
+            lock_id: self.lock_id.clone(),
+            run_id: self.run_id.clone(),
+            reason: self.reason.clone(),
+            restored_from: self.restored_from,
+            created_at: self.created_at,
+        }
+    }
+}
+
+impl GrantEntry {
+    pub(super) fn from_record(g: &GrantRecord) -> GrantEntry {
+        GrantEntry {
+            id: g.id.clone(),
+            addresses: g.addresses.clone(),
+            reason: g.reason.clone(),
+            created_by: g.created_by.clone(),
+            created_at: g.created_at,
+            expires_at: g.expires_at,
+            consumed_at: g.consumed_at,
+            run_id: g.run_id.clone(),
+        }
+    }
+
+    pub(super) fn to_record(&self, stack: &str) -> GrantRecord {
+        GrantRecord {
+            id: self.id.clone(),
+            stack: stack.to_owned(),
+            addresses: self.addresses.clone(),
+            reason: self.reason.clone(),
+            created_by: self.created_by.clone(),
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+            consumed_at: self.consumed_at,
+            run_id: self.run_id.clone(),
+        }
+    }
+}
+
+impl TokenEntry {
+    pub(super) fn from_record(t: &TokenRecord, hash: &[u8; 32]) -> TokenEntry {
+        TokenEntry {
+            id: t.id.clone(),
+            name: t.name.clone(),
+            role: t.role.as_str().to_owned(),
+            stacks: t.stacks.clone(),
+            created_at: t.created_at,
+            expires_at: t.expires_at,
+            revoked_at: t.revoked_at,
+            created_by: t.created_by.clone(),
+            run_id: t.run_id.clone(),
+            user: t.user.clone(),
+            parent_id: t.parent_id.clone(),
+            secret_sha256: hex(hash),
+        }
+    }
+
+    pub(super) fn to_record(&self) -> anyhow::Result<(TokenRecord, [u8; 32])> {
+        let role = self
+            .role
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("token {}: {e}", self.id))?;
+        let hash = unhex32(&self.secret_sha256)
+            .with_context(|| format!("token {}: secret_sha256 is not 64 hex digits", self.id))?;
+        Ok((
+            TokenRecord {
+                id: self.id.clone(),
+                name: self.name.clone(),
+                role,
+                stacks: self.stacks.clone(),
+                created_at: self.created_at,
+                expires_at: self.expires_at,
+                revoked_at: self.revoked_at,
+                created_by: self.created_by.clone(),
+                run_id: self.run_id.clone(),
+                user: self.user.clone(),
+                parent_id: self.parent_id.clone(),
+            },
+            hash,
+        ))
+    }
+}
+
+impl StackFile {
+    pub(super) fn record(&self) -> StackRecord {
+        StackRecord {
+            name: self.name.clone(),
+            production: self.production,
+            lineage: self.lineage.clone(),
+            settings: self.settings.clone(),
+            created_at: self.created_at,
+            archived: self.archived.as_ref().map(|a| Archive {
+                at: a.at,
+                by: a.by.clone(),
+                reason: a.reason.clone(),
+            }),
+        }
+    }
+}

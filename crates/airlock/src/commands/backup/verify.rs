@@ -1,0 +1,313 @@
+//! `backup verify`: reads a backup back, checks it against itself and its manifest, and replays
+//! it into a scratch store.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use airlock_core::audit::{verify_chain, AuditRecord, GENESIS};
+use airlock_store::{blob, private, SqliteStore, StoreImport};
+use anyhow::{bail, Context};
+
+use super::format::{
+    upgrade_v1_tokens, Manifest, RunFile, StackFile, Summary, TokenEntry, UserEntry,
+};
+use super::import::{compare, replay};
+use super::{hex, FORMAT, FORMAT_V1};
+
+/// A backup read back and checked against itself. Version bytes stay on disk.
+pub(super) struct Backup {
+    pub(super) root: PathBuf,
+    pub(super) manifest: Manifest,
+    pub(super) users: Vec<UserEntry>,
+    pub(super) tokens: Vec<TokenEntry>,
+    pub(super) stacks: Vec<StackFile>,
+    pub(super) runs: Vec<RunFile>,
+    pub(super) audit: Vec<AuditRecord>,
+}
+
+impl Backup {
+    pub(super) fn read(&self, rel: &str) -> anyhow::Result<Vec<u8>> {
+        std::fs::read(self.root.join(rel)).with_context(|| format!("reading {rel}"))
+    }
+
+    /// Reads and checks everything that needs no store: every file against the manifest,
+    /// every version against its recorded SHA-256, the audit chain, the counts. Returns the
+    /// backup and the problems found; an error means it could not be read at all.
+    pub(super) fn load(dir: &Path) -> anyhow::Result<(Backup, Vec<String>)> {
+        let manifest_bytes = std::fs::read(dir.join("manifest.json")).with_context(|| {
+            format!(
+                "reading {}/manifest.json (is this an airlock backup directory?)",
+                dir.display()
+            )
+        })?;
+        let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
+            .context("manifest.json is not a valid airlock backup manifest")?;
+        let v1 = manifest.format == FORMAT_V1;
+        if manifest.format != FORMAT && !v1 {
+            bail!(
+                "unsupported backup format {:?} (this airlock reads {FORMAT} and {FORMAT_V1})",
+                manifest.format
+            );
+        }
+        let mut problems = Vec::new();
+
+        // 1. Every listed file is present and re-hashes; nothing unlisted is there.
+        for (rel, entry) in &manifest.files {
+            if rel
+                .split('/')
+                .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+            {
+                problems.push(format!("manifest lists an unsafe path {rel:?}"));
+                continue;
+            }
+            match std::fs::read(dir.join(rel)) {
+                Ok(bytes) => {
+                    if bytes.len() as u64 != entry.size
+                        || hex(&blob::sha256(&bytes)) != entry.sha256
+                    {
+                        problems.push(format!(
+                            "{rel}: content does not match the manifest's SHA-256 and size"
+                        ));
+                    }
+                }
+                Err(e) => {
+                    problems.push(format!("{rel}: listed in the manifest but unreadable: {e}"))
+                }
+            }
+        }
+        let mut on_disk = BTreeSet::new();
+        list_files(dir, dir, &mut on_disk)?;
+        for rel in on_disk {
+            if rel != "manifest.json" && !manifest.files.contains_key(&rel) {
+                problems.push(format!("{rel}: present but not listed in the manifest"));
+            }
+        }
+
+        // 2. Parse the listed records.
+        let parse = |rel: &str| -> anyhow::Result<Vec<u8>> {
+            if !manifest.files.contains_key(rel) {
+                bail!("{rel} is not listed in the manifest");
+            }
+            std::fs::read(dir.join(rel)).with_context(|| format!("reading {rel}"))
+        };
+        let tokens: Vec<TokenEntry> =
+            serde_json::from_slice(&parse("tokens.json")?).context("tokens.json is not valid")?;
+        let users: Vec<UserEntry> = if v1 {
+            Vec::new()
+        } else {
+            serde_json::from_slice(&parse("users.json")?).context("users.json is not valid")?
+        };
+        let mut audit = Vec::new();
+        for (n, line) in parse("audit.jsonl")?.split(|b| *b == b'\n').enumerate() {
+            if line.is_empty() {
+                continue;
+            }
+            let r: AuditRecord = serde_json::from_slice(line)
+                .with_context(|| format!("audit.jsonl line {} is not an audit record", n + 1))?;
+            audit.push(r);
+        }
+        let mut stacks = Vec::new();
+        for rel in manifest
+            .files
+            .keys()
+            .filter(|k| k.starts_with("stacks/") && k.ends_with("/stack.json"))
+        {
+            let s: StackFile = serde_json::from_slice(&parse(rel)?)
+                .with_context(|| format!("{rel} is not valid"))?;
+            stacks.push(s);
+        }
+        let mut runs = Vec::new();
+        for rel in manifest
+            .files
+            .keys()
+            .filter(|k| k.starts_with("runs/") && k.ends_with("/run.json"))
+        {
+            let r: RunFile = serde_json::from_slice(&parse(rel)?)
+                .with_context(|| format!("{rel} is not valid"))?;
+            runs.push(r);
+        }
+        let backup = Backup {
+            root: dir.to_owned(),
+            manifest,
+            users,
+            tokens,
+            stacks,
+            runs,
+            audit,
+        };
+
+        // 3. Every version's bytes match its recorded SHA-256 and size; serials increase.
+        for s in &backup.stacks {
+            if let Err(e) = airlock_core::StackName::parse(&s.name) {
+                problems.push(format!("stack name {:?} is not valid: {e}", s.name));
+            }
+            let mut last: Option<u64> = None;
+            for v in &s.versions {
+                if last.is_some_and(|l| v.serial <= l) {
+                    problems.push(format!(
+                        "{} serial {}: serials are not increasing",
+                        s.name, v.serial
+                    ));
+                }
+                last = Some(v.serial);
+                if !backup.manifest.files.contains_key(&v.file) {
+                    problems.push(format!(
+                        "{} serial {}: {} is not listed in the manifest",
+                        s.name, v.serial, v.file
+                    ));
+                    continue;
+                }
+                match backup.read(&v.file) {
+                    Ok(bytes)
+                        if bytes.len() as u64 == v.size
+                            && hex(&blob::sha256(&bytes)) == v.sha256 => {}
+                    Ok(_) => problems.push(format!(
+                        "{} serial {}: bytes do not match the version's recorded SHA-256",
+                        s.name, v.serial
+                    )),
+                    Err(e) => problems.push(format!("{} serial {}: {e:#}", s.name, v.serial)),
+                }
+            }
+            if let Some(l) = &s.lock {
+                if !backup.manifest.files.contains_key(&l.info_file) {
+                    problems.push(format!(
+                        "{}: lock info file {} is not listed in the manifest",
+                        s.name, l.info_file
+                    ));
+                }
+            }
+        }
+
+        for r in &backup.runs {
+            for a in &r.artifacts {
+                if !backup.manifest.files.contains_key(&a.file) {
+                    problems.push(format!(
+                        "run {}: artifact {} is not listed in the manifest",
+                        r.record.id, a.file
+                    ));
+                    continue;
+                }
+                match backup.read(&a.file) {
+                    Ok(bytes)
+                        if bytes.len() as u64 == a.size
+                            && hex(&blob::sha256(&bytes)) == a.sha256 => {}
+                    Ok(_) => problems.push(format!(
+                        "run {} artifact {}: bytes do not match its recorded SHA-256",
+                        r.record.id, a.name
+                    )),
+                    Err(e) => {
+                        problems.push(format!("run {} artifact {}: {e:#}", r.record.id, a.name))
+                    }
+                }
+            }
+        }
+
+        // 4. The audit chain verifies from genesis and ends at the recorded head.
+        if backup.audit.first().is_some_and(|r| r.seq != 1) {
+            problems.push("audit chain does not start at event 1".into());
+        }
+        if let Err((seq, why)) = verify_chain(&backup.audit, GENESIS.to_owned()) {
+            problems.push(format!("audit chain broken at event {seq}: {why}"));
+        }
+
+        // 5. The counts match the manifest.
+        let actual = backup.computed_summary();
+        if actual != backup.manifest.summary {
+            problems.push(format!(
+                "the manifest's summary {:?} does not match the files {:?}",
+                backup.manifest.summary, actual
+            ));
+        }
+        let mut backup = backup;
+        if v1 {
+            backup.users = upgrade_v1_tokens(&mut backup.tokens);
+        }
+        Ok((backup, problems))
+    }
+
+    pub(super) fn computed_summary(&self) -> Summary {
+        Summary {
+            stacks: self.stacks.len() as u64,
+            versions: self.stacks.iter().map(|s| s.versions.len() as u64).sum(),
+            users: self.users.len() as u64,
+            tokens: self.tokens.len() as u64,
+            grants: self.stacks.iter().map(|s| s.grants.len() as u64).sum(),
+            locks: self.stacks.iter().filter(|s| s.lock.is_some()).count() as u64,
+            runs: self.runs.len() as u64,
+            audit_events: self.audit.len() as u64,
+            audit_head: self
+                .audit
+                .last()
+                .map_or_else(|| GENESIS.to_owned(), |r| r.hash.clone()),
+        }
+    }
+}
+
+pub(super) fn list_files(
+    root: &Path,
+    dir: &Path,
+    out: &mut BTreeSet<String>,
+) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            list_files(root, &path, out)?;
+        } else {
+            let rel = path.strip_prefix(root).unwrap_or(&path);
+            let rel: Vec<String> = rel
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect();
+            out.insert(rel.join("/"));
+        }
+    }
+    Ok(())
+}
+
+/// A SQLite store in a temporary directory, removed when dropped.
+pub(super) struct Scratch {
+    pub(super) dir: PathBuf,
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The problem, if any, with `manifest.json` against the SHA-256 printed at export.
+pub(super) fn check_manifest_hash(dir: &Path, want: &str) -> anyhow::Result<Option<String>> {
+    let want = want.trim().to_ascii_lowercase();
+    if want.len() != 64 || !want.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!("--manifest-sha256 must be the 64 hex digits `airlock backup export` printed, not {want:?}");
+    }
+    let got = hex(&blob::sha256(&std::fs::read(dir.join("manifest.json"))?));
+    Ok((got != want).then(|| {
+        format!("manifest.json has SHA-256 {got}, not the {want} recorded at export: the manifest was replaced (or this is another backup)")
+    }))
+}
+
+pub(super) fn replay_into_scratch(b: &Backup) -> anyhow::Result<Vec<String>> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let scratch = Scratch {
+        dir: std::env::temp_dir().join(format!(
+            "airlock-backup-verify-{}-{nanos}",
+            std::process::id()
+        )),
+    };
+    private::create_private_dir(&scratch.dir)
+        .with_context(|| format!("creating scratch dir {}", scratch.dir.display()))?;
+    let store: Arc<dyn StoreImport> = Arc::new(
+        SqliteStore::open(&scratch.dir.join("airlock.db")).context("opening the scratch store")?,
+    );
+    if let Err(e) = replay(store.as_ref(), b) {
+        return Ok(vec![format!("replay into a scratch store failed: {e:#}")]);
+    }
+    let problems = compare(store.as_ref(), b)?;
+    drop(store);
+    Ok(problems)
+}

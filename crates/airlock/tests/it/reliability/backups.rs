@@ -1,0 +1,304 @@
+//! Backups move a stack's history between engines; verify catches tampering; format 1 still
+//! imports.
+
+use serde_json::{json, Value};
+
+use super::{assert_verified, backup_cli, current_lock, dir_arg, history, lock_body, sha256_hex};
+use crate::support::*;
+
+// ---- backups move a stack's history between engines ----
+
+#[test]
+fn backup_round_trips_sqlite_to_postgres_and_back_and_verify_catches_tampering() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut s = TestServer::start_on(&Backing::Dir(data.clone()), None, &[], &[]);
+    let admin = s.admin.clone();
+    s.ok(&admin, &["stack", "create", "dev/app"]);
+    s.ok(&admin, &["stack", "create", "prod/db", "--production"]);
+    let reader = s.token("auditor", "reader");
+    let _spare = s.token("spare", "ci");
+    let listed: Value =
+        serde_json::from_str(&s.ok(&admin, &["token", "list", "--format", "json"])).unwrap();
+    let auditor = listed["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "auditor")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    s.ok(&admin, &["token", "revoke", &auditor]);
+    let ws = Workspace::new(&s, "dev/app", &data_resources(3));
+    ws.tf_ok(&admin, &["init"]);
+    ws.tf_ok(&admin, &["apply", "-auto-approve"]);
+    ws.write_main(&data_resources(5));
+    ws.tf_ok(&admin, &["apply", "-auto-approve"]);
+    s.ok(
+        &admin,
+        &[
+            "state",
+            "restore",
+            "dev/app",
+            "--version",
+            "1",
+            "--reason",
+            "test restore",
+        ],
+    );
+    s.ok(
+        &admin,
+        &[
+            "stack",
+            "allow-removal",
+            "dev/app",
+            "--address",
+            "terraform_data.r[0]",
+            "--ttl",
+            "1h",
+            "--reason",
+            "test",
+        ],
+    );
+    // A governed run (record and artifacts) proposed by an agent.
+    let agent = s.token("bot", "agent");
+    let planned = std::process::Command::new(AIRLOCK)
+        .args(["plan", ".", "--stack", "dev/app", "--format", "json"])
+        .current_dir(&ws.dir)
+        .env("AIRLOCK_URL", &s.url)
+        .env("AIRLOCK_TOKEN", &agent)
+        .env("CHECKPOINT_DISABLE", "1")
+        .env("TF_CLI_CONFIG_FILE", "/dev/null")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let planned: Value = serde_json::from_slice(&planned.stdout)
+        .unwrap_or_else(|_| panic!("airlock plan: {}", String::from_utf8_lossy(&planned.stderr)));
+    let run_id = planned["run"]["id"].as_str().unwrap().to_owned();
+    let (code, _) = raw(
+        "LOCK",
+        &s.state_url("prod/db"),
+        &admin,
+        &lock_body("held-over-backup"),
+    );
+    assert_eq!(code, 200);
+    let before = history(&s, "dev/app");
+    s.kill();
+
+    // Export from SQLite, verify, import into PostgreSQL.
+    let bk = tmp.path().join("backup");
+    let (ok, out) = backup_cli(&[
+        "backup",
+        "export",
+        dir_arg(&bk),
+        "--data-dir",
+        dir_arg(&data),
+    ]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(
+            "exported 2 stack(s), 3 version(s), 1 user(s), 5 token(s), 1 grant(s), 1 lock(s), 1 run(s)"
+        ),
+        "{out}"
+    );
+    let (ok, out) = backup_cli(&["backup", "verify", dir_arg(&bk)]);
+    assert!(ok && out.contains("backup OK"), "{out}");
+    let tokens = std::fs::read_to_string(bk.join("tokens.json")).unwrap();
+    assert!(
+        !tokens.contains(&admin) && !tokens.contains(&reader),
+        "a secret leaked into the backup"
+    );
+
+    let db = TestDatabase::new("backup");
+    let (ok, out) = backup_cli(&["migrate", "--database-url", &db.url]);
+    assert!(ok && out.contains("postgres"), "{out}");
+    let (ok, out) = backup_cli(&["backup", "import", dir_arg(&bk), "--database-url", &db.url]);
+    assert!(ok, "{out}");
+    let (ok, out) = backup_cli(&["backup", "import", dir_arg(&bk), "--database-url", &db.url]);
+    assert!(
+        !ok && out.contains("not empty"),
+        "a second import is refused: {out}"
+    );
+
+    // Straight back out of PostgreSQL: the same files, byte for byte (audit included).
+    let bk2 = tmp.path().join("backup2");
+    let (ok, out) = backup_cli(&["backup", "export", dir_arg(&bk2), "--database-url", &db.url]);
+    assert!(ok, "{out}");
+
+    // The PostgreSQL server serves the same history, locks and tokens (the old secret works),
+    // and the audit chain still verifies.
+    let pg = TestServer::start_on(&Backing::Url(db.url.clone()), Some(&admin), &[], &[]);
+    assert_eq!(history(&pg, "dev/app"), before);
+    assert_eq!(
+        current_lock(&pg, "prod/db").as_deref(),
+        Some("held-over-backup")
+    );
+    let (code, _) = raw("GET", &pg.state_url("dev/app"), &reader, b"");
+    assert_eq!(code, 401, "the revoked token stays revoked");
+    assert_verified(&pg);
+    let shown: Value =
+        serde_json::from_str(&pg.ok(&admin, &["run", "show", &run_id, "--format", "json"]))
+            .unwrap();
+    assert_eq!(
+        shown["run"]["id"],
+        run_id.as_str(),
+        "the run came along: {shown}"
+    );
+    let pulled = pg.cli(&admin, &["state", "pull", "dev/app", "--version", "2"]);
+    assert!(pulled.status.success());
+    assert_eq!(sha256_hex(&pulled.stdout), before[1].1);
+    drop(pg);
+
+    // ... and into a fresh SQLite data dir.
+    let data2 = tmp.path().join("data2");
+    let (ok, out) = backup_cli(&[
+        "backup",
+        "import",
+        dir_arg(&bk2),
+        "--data-dir",
+        dir_arg(&data2),
+    ]);
+    assert!(ok, "{out}");
+    let m1: Value =
+        serde_json::from_slice(&std::fs::read(bk.join("manifest.json")).unwrap()).unwrap();
+    let m2: Value =
+        serde_json::from_slice(&std::fs::read(bk2.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(m1["files"], m2["files"], "lossless both ways");
+    assert_eq!(m1["summary"], m2["summary"]);
+
+    // Tampering is caught: a changed state byte, a changed audit record, an extra file.
+    let version = bk.join("stacks/0001/versions/2.tfstate");
+    let original = std::fs::read(&version).unwrap();
+    let mut tampered = original.clone();
+    let i = tampered.iter().position(|b| *b == b'v').unwrap();
+    tampered[i] = b'w';
+    std::fs::write(&version, &tampered).unwrap();
+    let (ok, out) = backup_cli(&["backup", "verify", dir_arg(&bk)]);
+    assert!(
+        !ok && out.contains("backup BROKEN") && out.contains("2.tfstate"),
+        "{out}"
+    );
+    let (ok, out) = backup_cli(&[
+        "backup",
+        "import",
+        dir_arg(&bk),
+        "--data-dir",
+        dir_arg(&tmp.path().join("data3")),
+    ]);
+    assert!(!ok && out.contains("does not verify"), "{out}");
+    std::fs::write(&version, &original).unwrap();
+    // An edited audit record with a manifest forged to match: the chain itself gives it away.
+    let audit_path = bk.join("audit.jsonl");
+    let audit = std::fs::read_to_string(&audit_path).unwrap();
+    let manifest_path = bk.join("manifest.json");
+    let manifest = std::fs::read(&manifest_path).unwrap();
+    let forged_audit = audit.replacen("\"outcome\":\"ok\"", "\"outcome\":\"denied\"", 1);
+    assert_ne!(forged_audit, audit);
+    let mut forged: Value = serde_json::from_slice(&manifest).unwrap();
+    forged["files"]["audit.jsonl"] =
+        json!({"sha256": sha256_hex(forged_audit.as_bytes()), "size": forged_audit.len()});
+    std::fs::write(&audit_path, &forged_audit).unwrap();
+    std::fs::write(&manifest_path, serde_json::to_vec(&forged).unwrap()).unwrap();
+    let (ok, out) = backup_cli(&["backup", "verify", dir_arg(&bk)]);
+    assert!(!ok && out.contains("audit chain broken"), "{out}");
+    std::fs::write(&audit_path, &audit).unwrap();
+    std::fs::write(&manifest_path, &manifest).unwrap();
+    std::fs::write(bk.join("stray.txt"), "x").unwrap();
+    let (ok, out) = backup_cli(&["backup", "verify", dir_arg(&bk)]);
+    assert!(!ok && out.contains("stray.txt"), "{out}");
+    std::fs::remove_file(bk.join("stray.txt")).unwrap();
+    let (ok, out) = backup_cli(&["backup", "verify", dir_arg(&bk)]);
+    assert!(ok, "{out}");
+}
+
+/// A backup written before users existed (format `airlock-backup/1`) still verifies and
+/// imports; its tokens get users and parents exactly as the store's migration gives them.
+#[test]
+fn backup_in_format_1_without_users_still_imports() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bk = tmp.path().join("v1");
+    std::fs::create_dir_all(&bk).unwrap();
+    let admin = "tok_00000000000000a1";
+    let bot = "tok_00000000000000b2";
+    let plan = "tok_00000000000000c3";
+    let token = |id: &str, name: &str, role: &str, by: &str, revoked: Option<i64>| {
+        json!({"id": id, "name": name, "role": role, "stacks": [], "created_at": 1000,
+               "expires_at": null, "revoked_at": revoked, "created_by": by, "run_id": null,
+               "secret_sha256": sha256_hex(id.as_bytes())})
+    };
+    let tokens = serde_json::to_vec(&json!([
+        token(admin, "bootstrap-admin", "admin", "system", None),
+        token(
+            bot,
+            "bot",
+            "agent",
+            &format!("bootstrap-admin ({admin})"),
+            Some(5000)
+        ),
+        token(plan, "plan for bot", "agent", &format!("bot ({bot})"), None),
+    ]))
+    .unwrap();
+    std::fs::write(bk.join("tokens.json"), &tokens).unwrap();
+    std::fs::write(bk.join("audit.jsonl"), b"").unwrap();
+    let manifest = json!({
+        "format": "airlock-backup/1",
+        "created_at": "2026-01-01T00:00:00Z",
+        "source_engine": "sqlite",
+        "summary": {"stacks": 0, "versions": 0, "tokens": 3, "grants": 0, "locks": 0, "runs": 0,
+                    "audit_events": 0, "audit_head": "0".repeat(64)},
+        "files": {
+            "tokens.json": {"sha256": sha256_hex(&tokens), "size": tokens.len()},
+            "audit.jsonl": {"sha256": sha256_hex(b""), "size": 0},
+        },
+    });
+    std::fs::write(bk.join("manifest.json"), manifest.to_string()).unwrap();
+    let (ok, out) = backup_cli(&["backup", "verify", dir_arg(&bk)]);
+    assert!(ok && out.contains("backup OK"), "{out}");
+    let data = tmp.path().join("data");
+    let (ok, out) = backup_cli(&[
+        "backup",
+        "import",
+        dir_arg(&bk),
+        "--data-dir",
+        dir_arg(&data),
+    ]);
+    assert!(ok, "{out}");
+    // Read back through a format-2 export.
+    let bk2 = tmp.path().join("v2");
+    let (ok, out) = backup_cli(&[
+        "backup",
+        "export",
+        dir_arg(&bk2),
+        "--data-dir",
+        dir_arg(&data),
+    ]);
+    assert!(ok, "{out}");
+    let users: Value =
+        serde_json::from_slice(&std::fs::read(bk2.join("users.json")).unwrap()).unwrap();
+    assert_eq!(users[0]["name"], "admin", "{users}");
+    let tokens: Value =
+        serde_json::from_slice(&std::fs::read(bk2.join("tokens.json")).unwrap()).unwrap();
+    let by_id = |id: &str| {
+        tokens
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["id"] == id)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(by_id(admin)["user"], "admin");
+    assert_eq!(by_id(bot)["user"], bot, "each old token is its own user");
+    assert_eq!(by_id(plan)["parent_id"], bot);
+    assert_eq!(
+        by_id(plan)["user"],
+        bot,
+        "a phase token belongs to its root's user"
+    );
+    assert_eq!(
+        by_id(plan)["revoked_at"],
+        5000,
+        "a phase token of a revoked token is revoked with it"
+    );
+}
