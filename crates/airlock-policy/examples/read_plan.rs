@@ -12,13 +12,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut first = true;
     let info = plan::read_plan(file, |rc| {
         let r = analyzer.change(&rc);
-        if r.is_interesting() {
-            out += report::json::change(&r, first).len();
+        if let Some(piece) = report::json::change(&r, first) {
+            out += piece.len();
             first = false;
         }
     })?;
     let decision = analyzer.finish(info);
-    out += report::json::close(&decision, &[]).len();
+    out += report::json::close(&decision).len();
     println!("{} bytes of JSON; decision {}", out, decision.verdict);
     Ok(())
 }

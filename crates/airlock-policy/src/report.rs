@@ -4,11 +4,11 @@
 
 use serde_json::{json, Value};
 
-use crate::analysis::{one_line, ChangeReport, Decision, Finding, Severity, Verdict};
+use crate::analysis::{one_line, ChangeReport, Decision, Severity, Verdict};
 use crate::plan::ChangeKind;
 
 /// Version of the JSON output schema (`docs/check-json-schema.md`).
-pub const JSON_SCHEMA_VERSION: u32 = 1;
+pub use crate::gate::SCHEMA_VERSION as JSON_SCHEMA_VERSION;
 
 /// Markdown output never exceeds this many characters.
 pub const MARKDOWN_MAX_CHARS: usize = 60_000;
@@ -24,80 +24,32 @@ fn kind_label(kind: ChangeKind) -> &'static str {
 /// The JSON output, piece by piece: `open`, then `change` per listed change, then `close`.
 pub mod json {
     use super::*;
+    use crate::gate::{ChangeEntry, ReportTail, SCHEMA_VERSION};
 
     /// The start of the document.
     pub fn open() -> String {
-        format!("{{\"schema_version\":{JSON_SCHEMA_VERSION},\"changes\":[")
+        format!("{{\"schema_version\":{SCHEMA_VERSION},\"changes\":[")
     }
 
-    /// One element of `changes[]`; `first` tells whether a comma is needed.
-    pub fn change(c: &ChangeReport, first: bool) -> String {
-        let v = json!({
-            "address": c.address,
-            "type": c.resource_type,
-            "mode": c.mode,
-            "kind": c.kind.as_str(),
-            "actions": c.actions,
-            "action_reason": c.action_reason,
-            "critical": c.critical,
-            "destructive": c.is_destructive(),
-            "moved_from": c.moved_from,
-            "import": c.import,
-            "deposed": c.deposed,
-            "replace_paths": c.replace_paths,
-            "reasons": c.reasons,
-            "severity": c.severity.map(Severity::as_str),
-        });
-        let body = v.to_string();
-        if first {
-            body
-        } else {
-            format!(",{body}")
+    /// One element of `changes[]` (`None` for a plain no-op); `first` tells whether a comma
+    /// is needed.
+    pub fn change(c: &ChangeReport, first: bool) -> Option<String> {
+        let entry = ChangeEntry::of(c)?;
+        let body = serde_json::to_string(&entry).unwrap_or_default();
+        Some(if first { body } else { format!(",{body}") })
+    }
+
+    /// The rest of the document after `changes[]`: [`ReportTail`] with `decision` last.
+    pub fn close(d: &Decision) -> String {
+        let tail = serde_json::to_value(ReportTail::of(d)).unwrap_or_default();
+        let mut members: Vec<String> = Vec::new();
+        if let Value::Object(map) = &tail {
+            for (k, v) in map.iter().filter(|(k, _)| *k != "decision") {
+                members.push(format!("{}:{v}", Value::String(k.clone())));
+            }
         }
-    }
-
-    /// The rest of the document after `changes[]`.
-    pub fn close(d: &Decision, warnings: &[String]) -> String {
-        let mut summary = serde_json::Map::new();
-        for (k, n) in &d.summary.by_kind {
-            summary.insert((*k).to_string(), json!(n));
-        }
-        summary.insert("import".into(), json!(d.summary.import));
-        summary.insert("move".into(), json!(d.summary.moved));
-        summary.insert("total".into(), json!(d.summary.total));
-        summary.insert("destroyed".into(), json!(d.summary.destroyed));
-        summary.insert("existing".into(), json!(d.summary.existing));
-        let findings: Vec<Value> = d.findings.iter().map(finding).collect();
-        let rest = json!({
-            "findings": findings,
-            "findings_omitted": d.findings_omitted,
-            "findings_by_severity": d.summary.findings_by_severity,
-            "summary": summary,
-            "plan": {
-                "format_version": d.plan.format_version,
-                "terraform_version": d.plan.terraform_version,
-                "errored": d.plan.errored,
-                "applyable": d.plan.applyable,
-                "complete": d.plan.complete,
-                "resource_changes": d.plan.resource_changes,
-            },
-            "stack": d.stack,
-            "warnings": warnings,
-            "decision": d.verdict.as_str(),
-        });
-        // Splice the object's members after `changes[]`.
-        let rest = rest.to_string();
-        let members = rest.strip_prefix('{').unwrap_or(&rest);
-        format!("],{members}\n")
-    }
-
-    fn finding(f: &Finding) -> Value {
-        json!({
-            "rule": f.rule,
-            "severity": f.severity.as_str(),
-            "address": f.address,
-            "message": f.message,
-        })
+        members.push(format!("\"decision\":{}", tail["decision"]));
+        format!("],{}}}\n", members.join(","))
     }
 }
 
@@ -566,11 +518,14 @@ mod tests {
         let (d, reports) = decide(PLAN);
         let mut s = json::open();
         let mut first = true;
-        for r in reports.iter().filter(|r| r.is_interesting()) {
-            s.push_str(&json::change(r, first));
-            first = false;
+        for r in &reports {
+            if let Some(piece) = json::change(r, first) {
+                s.push_str(&piece);
+                first = false;
+            }
         }
-        s.push_str(&json::close(&d, &["a warning".into()]));
+        s.push_str(&json::close(&d));
+        assert!(s.trim_end().ends_with(r#""decision":"deny"}"#), "{s}");
         let v: Value = serde_json::from_str(&s).unwrap();
         assert_eq!(v["decision"], "deny");
         assert_eq!(v["schema_version"], 1);
@@ -579,7 +534,7 @@ mod tests {
         assert_eq!(v["summary"]["delete"], 1);
         assert_eq!(v["summary"]["no-op"], 1);
         assert_eq!(v["findings"][0]["rule"], "critical-destroy");
-        assert_eq!(v["warnings"][0], "a warning");
+        crate::gate::tests::assert_matches_schema(&v);
         assert!(!s.contains("hunter2") && !s.contains("secret-ish"));
     }
 

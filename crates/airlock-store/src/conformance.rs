@@ -50,6 +50,7 @@ pub fn run_all<S: StoreImport + StoreStats + 'static>(engine: &Arc<S>) {
     stacks(store.as_ref());
     tokens(store.as_ref());
     users(store.as_ref());
+    policy_sets(store.as_ref());
     import_user(engine.as_ref());
     engines_agree(engine.as_ref());
     archived_stacks(engine.as_ref());
@@ -333,6 +334,70 @@ pub fn users(s: &dyn Store) {
         ),
         Err(StoreError::NotFound(_))
     ));
+}
+
+/// Server policy sets: versioned per glob (a new version replaces the active one), removal
+/// recorded with its reason, never twice, every change audited; the files round-trip.
+pub fn policy_sets(s: &dyn Store) {
+    let before = audit_len(s);
+    let file = |path: &str, text: &str| PolicyFile {
+        path: path.into(),
+        text: text.into(),
+    };
+    let new = |id: &str, glob: &str| NewPolicySet {
+        id: id.into(),
+        stack_glob: glob.into(),
+        files: vec![
+            file("b.rego", "package main\n"),
+            file("a.rego", "package main\n# ünïcode\n"),
+        ],
+        created_by: "admin (tok-a)".into(),
+    };
+    let v1 = s
+        .add_policy_set(new("pol_conf1", "conf-prod/*"), audit("policy.add"))
+        .unwrap();
+    assert_eq!((v1.version, v1.is_active()), (1, true));
+    assert_eq!(v1.files[0].path, "a.rego", "files are sorted by path");
+    assert_eq!(s.policy_set("pol_conf1").unwrap(), Some(v1.clone()));
+    let other = s
+        .add_policy_set(new("pol_conf2", "conf-dev/*"), audit("policy.add"))
+        .unwrap();
+    assert_eq!(other.version, 1, "versions count per glob");
+    let v2 = s
+        .add_policy_set(new("pol_conf3", "conf-prod/*"), audit("policy.add"))
+        .unwrap();
+    assert_eq!(v2.version, 2);
+    let old = s.policy_set("pol_conf1").unwrap().unwrap();
+    assert!(!old.is_active());
+    assert_eq!(old.removed_reason.as_deref(), Some("replaced by version 2"));
+    assert!(matches!(
+        s.add_policy_set(new("pol_conf3", "conf-x/*"), audit("policy.add")),
+        Err(StoreError::Conflict(_))
+    ));
+    let removed = s
+        .remove_policy_set("pol_conf2", "admin (tok-a)", "obsolete", audit("policy.remove"))
+        .unwrap();
+    assert_eq!(removed.removed_reason.as_deref(), Some("obsolete"));
+    assert_eq!(s.policy_set("pol_conf2").unwrap(), Some(removed));
+    assert!(matches!(
+        s.remove_policy_set("pol_conf2", "x", "again", audit("policy.remove")),
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        s.remove_policy_set("pol_none", "x", "none", audit("policy.remove")),
+        Err(StoreError::NotFound(_))
+    ));
+    let all = s.policy_sets().unwrap();
+    let ids: Vec<&str> = all.iter().map(|p| p.id.as_str()).collect();
+    assert!(ids.contains(&"pol_conf1") && ids.contains(&"pol_conf2"));
+    let active: Vec<&str> = all
+        .iter()
+        .filter(|p| p.is_active() && p.id.starts_with("pol_conf"))
+        .map(|p| p.id.as_str())
+        .collect();
+    assert_eq!(active, ["pol_conf3"]);
+    assert_eq!(v2.sha256, v1.sha256, "same files, same digest");
+    assert_eq!(audit_len(s), before + 4, "adds and the removal are audited");
 }
 
 /// Backup import inserts a user verbatim.

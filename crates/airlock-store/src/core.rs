@@ -801,6 +801,46 @@ fn user_from_row(r: &Row) -> Result<UserRecord> {
     })
 }
 
+const POLICY_SET_COLUMNS: &str = "id, stack_glob, version, files, sha256, created_at, created_by, removed_at, removed_by, removed_reason";
+
+fn policy_set_from_row(r: &Row) -> Result<PolicySetRecord> {
+    let files = r.text(3)?;
+    Ok(PolicySetRecord {
+        id: r.text(0)?,
+        stack_glob: r.text(1)?,
+        version: r.i64(2)?,
+        files: serde_json::from_str(&files)
+            .map_err(|e| StoreError::Backend(format!("policy set files: {e}")))?,
+        sha256: r.text(4)?,
+        created_at: r.i64(5)?,
+        created_by: r.text(6)?,
+        removed_at: r.opt_i64(7)?,
+        removed_by: r.opt_text(8)?,
+        removed_reason: r.opt_text(9)?,
+    })
+}
+
+fn policy_set_row(db: &mut dyn Sql, id: &str) -> Result<Option<PolicySetRecord>> {
+    db.query_opt(
+        &format!("SELECT {POLICY_SET_COLUMNS} FROM policy_sets WHERE id = $1"),
+        params![id],
+    )?
+    .map(|r| policy_set_from_row(&r))
+    .transpose()
+}
+
+/// The digest of a policy set's files: `path NUL text NUL` per file, in order.
+pub fn policy_set_sha256(files: &[PolicyFile]) -> String {
+    let mut bytes = Vec::new();
+    for f in files {
+        bytes.extend_from_slice(f.path.as_bytes());
+        bytes.push(0);
+        bytes.extend_from_slice(f.text.as_bytes());
+        bytes.push(0);
+    }
+    hex::encode(crate::blob::sha256(&bytes))
+}
+
 fn count(db: &mut dyn Sql, sql: &str, params: &[crate::sql::Value]) -> Result<u64> {
     let n = db
         .query_opt(sql, params)?
@@ -964,6 +1004,103 @@ impl<E: Engine> Store for E {
             .iter()
             .map(user_from_row)
             .collect()
+        })
+    }
+
+    // --- server policy sets ---
+    fn add_policy_set(&self, set: NewPolicySet, audit: NewAudit) -> Result<PolicySetRecord> {
+        let mut files = set.files;
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        let text = serde_json::to_string(&files)
+            .map_err(|e| StoreError::Backend(format!("policy set files: {e}")))?;
+        let sha256 = policy_set_sha256(&files);
+        self.write(|db| {
+            let now = now_ms();
+            let version = db
+                .query_opt(
+                    "SELECT COALESCE(MAX(version), 0) FROM policy_sets WHERE stack_glob = $1",
+                    params![&set.stack_glob],
+                )?
+                .map(|r| r.i64(0))
+                .transpose()?
+                .unwrap_or(0)
+                + 1;
+            db.execute(
+                "UPDATE policy_sets SET removed_at = $2, removed_by = $3, removed_reason = $4 WHERE stack_glob = $1 AND removed_at IS NULL",
+                params![
+                    &set.stack_glob,
+                    now,
+                    &set.created_by,
+                    format!("replaced by version {version}")
+                ],
+            )?;
+            db.execute(
+                &format!("INSERT INTO policy_sets ({POLICY_SET_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, NULL, NULL)"),
+                params![&set.id, &set.stack_glob, version, &text, &sha256, now, &set.created_by],
+            )
+            .map_err(|e| {
+                unique_is_conflict(e, || {
+                    format!("policy set {} (or version {version} of {}) already exists", set.id, set.stack_glob)
+                })
+            })?;
+            append_audit(db, &audit)?;
+            Ok(PolicySetRecord {
+                id: set.id.clone(),
+                stack_glob: set.stack_glob.clone(),
+                version,
+                files: files.clone(),
+                sha256: sha256.clone(),
+                created_at: now,
+                created_by: set.created_by.clone(),
+                removed_at: None,
+                removed_by: None,
+                removed_reason: None,
+            })
+        })
+    }
+
+    fn policy_sets(&self) -> Result<Vec<PolicySetRecord>> {
+        self.read(|db| {
+            db.query(
+                &format!("SELECT {POLICY_SET_COLUMNS} FROM policy_sets ORDER BY created_at, stack_glob, version"),
+                &[],
+            )?
+            .iter()
+            .map(policy_set_from_row)
+            .collect()
+        })
+    }
+
+    fn policy_set(&self, id: &str) -> Result<Option<PolicySetRecord>> {
+        self.read(|db| policy_set_row(db, id))
+    }
+
+    fn remove_policy_set(
+        &self,
+        id: &str,
+        by: &str,
+        reason: &str,
+        audit: NewAudit,
+    ) -> Result<PolicySetRecord> {
+        self.write(|db| {
+            let Some(mut set) = policy_set_row(db, id)? else {
+                return Err(StoreError::NotFound(format!("policy set {id}")));
+            };
+            if let (Some(at), Some(why)) = (set.removed_at, &set.removed_reason) {
+                return Err(StoreError::Conflict(format!(
+                    "policy set {id} was already removed at {at} ({why})"
+                )));
+            }
+            let now = now_ms();
+            db.execute(
+                "UPDATE policy_sets SET removed_at = $2, removed_by = $3, removed_reason = $4 WHERE id = $1",
+                params![id, now, by, reason],
+            )?;
+            append_audit(db, &audit)?;
+            set.removed_at = Some(now);
+            set.removed_by = Some(by.to_owned());
+            set.removed_reason = Some(reason.to_owned());
+            Ok(set)
         })
     }
 

@@ -215,6 +215,23 @@ pub trait Store: Send + Sync {
     fn put_run_artifact(&self, id: &str, name: &str, bytes: &[u8]) -> Result<()>;
     /// Judges and records a transition atomically (the run and its stack are locked).
     fn update_run(&self, id: &str, update: &mut RunUpdate<'_>) -> Result<RunTransition>;
+
+    // --- server policy sets ---
+    /// Adds a policy set as the next version of its glob; the glob's active set, if any, is
+    /// removed in the same transaction ("replaced by version N"). `Conflict` on a duplicate id.
+    fn add_policy_set(&self, set: NewPolicySet, audit: NewAudit) -> Result<PolicySetRecord>;
+    /// Every policy set, removed ones included, oldest first.
+    fn policy_sets(&self) -> Result<Vec<PolicySetRecord>>;
+    /// Looks a policy set up.
+    fn policy_set(&self, id: &str) -> Result<Option<PolicySetRecord>>;
+    /// Stops a set from applying: `NotFound` if there is none, `Conflict` if it was removed.
+    fn remove_policy_set(
+        &self,
+        id: &str,
+        by: &str,
+        reason: &str,
+        audit: NewAudit,
+    ) -> Result<PolicySetRecord>;
 }
 
 /// Backup import: `airlock backup` reads everything through [`Store`] plus

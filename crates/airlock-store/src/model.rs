@@ -610,3 +610,58 @@ impl WriteAttempt {
         }
     }
 }
+
+/// One file of a server policy set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyFile {
+    /// File name, relative to the uploaded directory.
+    pub path: String,
+    /// Rego source.
+    pub text: String,
+}
+
+/// A server-side Rego policy set: evaluated on every run of a stack its glob matches, in
+/// addition to (and never weakened by) the repository's own policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicySetRecord {
+    /// `pol_…`.
+    pub id: String,
+    /// Stack glob (`prod/*`).
+    pub stack_glob: String,
+    /// 1 for the first set of the glob, then one more per `add`.
+    pub version: i64,
+    /// The Rego files, sorted by path.
+    pub files: Vec<PolicyFile>,
+    /// SHA-256 over the files (`path NUL text NUL`, in order), hex.
+    pub sha256: String,
+    /// Creation time.
+    pub created_at: i64,
+    /// Who added it (token name and id).
+    pub created_by: String,
+    /// When it stopped applying (removed, or replaced by a newer version of its glob).
+    pub removed_at: Option<i64>,
+    /// Who removed it.
+    pub removed_by: Option<String>,
+    /// Why (the `--reason`, or `replaced by version N`).
+    pub removed_reason: Option<String>,
+}
+
+impl PolicySetRecord {
+    /// Whether the set still applies.
+    pub fn is_active(&self) -> bool {
+        self.removed_at.is_none()
+    }
+}
+
+/// A policy set to add.
+#[derive(Debug, Clone)]
+pub struct NewPolicySet {
+    /// `pol_…`.
+    pub id: String,
+    /// Stack glob.
+    pub stack_glob: String,
+    /// The Rego files.
+    pub files: Vec<PolicyFile>,
+    /// Who adds it.
+    pub created_by: String,
+}

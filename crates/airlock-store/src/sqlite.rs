@@ -21,6 +21,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         4,
         include_str!("../migrations/sqlite/0004_archived_stacks.sql"),
     ),
+    (5, include_str!("../migrations/sqlite/0005_policy_sets.sql")),
 ];
 // Enough idle readers for a burst of concurrent GETs without reopening connections.
 const MAX_IDLE_READERS: usize = 32;
