@@ -175,6 +175,11 @@ fn routes() -> Routes {
         .upload(POST,   "/api/v1/runs/{id}/finish",                     ApplyRun,  api::runs::finish)
         .route(GET,     "/api/v1/audit",                                Read,      api::audit::list)
         .route(GET,     "/api/v1/audit/verify",                         Read,      api::audit::verify)
+        // Server policy sets: admins (of all stacks, checked by the handler) change them.
+        .route(POST,    "/api/v1/policies",                             Admin,     api::policies::add)
+        .route(GET,     "/api/v1/policies",                             Read,      api::policies::list)
+        .route(GET,     "/api/v1/policies/{id}",                        Read,      api::policies::show)
+        .route(POST,    "/api/v1/policies/{id}/remove",                 Admin,     api::policies::remove)
 }
 
 /// The route table, as [`build`] serves and authorizes it.

@@ -22,6 +22,7 @@ mod sqlite;
 
 use std::fmt;
 
+pub use core::policy_set_sha256;
 pub use model::*;
 pub use postgres::PostgresStore;
 pub use runs::*;

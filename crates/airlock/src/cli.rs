@@ -26,6 +26,9 @@ pub enum Command {
     /// Create, inspect and protect stacks.
     #[command(subcommand)]
     Stack(StackCommand),
+    /// Server-side Rego policy sets per stack glob, which a repository cannot weaken (admin).
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Print the `backend "http"` block that points Terraform at a stack (`--format json`: a
     /// `backend.tf.json` document).
     BackendConfig(BackendConfigArgs),
@@ -154,6 +157,41 @@ pub enum LogLevelArg {
     Error,
     Warn,
     Info,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Upload every `*.rego` file under DIR (except `*_test.rego`) as the next version of the
+    /// policy set for the stacks GLOB matches (it replaces the glob's active set). Every run of
+    /// those stacks is judged by it too; its deny is a deny whatever the repository says.
+    Add {
+        /// Stack glob, e.g. 'prod/*'.
+        #[arg(long = "stack")]
+        stack_glob: String,
+        /// Directory of the policy files (package main, conftest conventions).
+        dir: PathBuf,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List policy sets, removed ones included.
+    List(ClientArgs),
+    /// Show a policy set with its files.
+    Show {
+        /// The set's id (pol_…).
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Stop a policy set from applying (it is kept, with the reason).
+    Remove {
+        /// The set's id (pol_…).
+        id: String,
+        /// Why, recorded in the set and the audit log.
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]

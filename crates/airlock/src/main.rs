@@ -76,6 +76,7 @@ fn main() -> ExitCode {
         cli::Command::Token(cmd) => commands::token::run(cmd),
         cli::Command::User(cmd) => commands::token::run_user(cmd),
         cli::Command::Stack(cmd) => commands::stack::run(cmd),
+        cli::Command::Policy(cmd) => commands::policy::run(cmd),
         cli::Command::BackendConfig(args) => commands::stack::backend_config(args),
         cli::Command::State(cmd) => commands::state::run(cmd),
         cli::Command::Audit(args) => commands::audit::run(args),

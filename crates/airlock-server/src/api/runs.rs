@@ -13,10 +13,12 @@ use airlock_core::inputs::{self, InputFile};
 use airlock_core::refusal::RefusalKind;
 use airlock_core::state::StateSummary;
 use airlock_core::Role;
-use airlock_policy::analysis::{Analyzer, Finding, Severity, Verdict};
+use airlock_policy::analysis::{ChangeReport, Finding, Severity, Verdict};
+use airlock_policy::gate::{
+    self, ChangeEntry, GateError, GateInput, GateReport, Observer, PlanSource, ServerPolicySet,
+};
 use airlock_policy::plan::ChangeKind;
 use airlock_policy::planfile::{BinaryChange, PlanFile};
-use airlock_policy::rego::RegoPolicies;
 use airlock_policy::{config, plan, report};
 use airlock_store::run_rules::{self, Actor, Checkout, Refused, Transition};
 use airlock_store::{
@@ -144,6 +146,8 @@ struct JudgeInput {
     planned_dir: String,
     /// The stack's current state, when it has one (to see what changed outside Terraform).
     current_state: Option<Arc<StateSummary>>,
+    /// The server's policy sets whose glob matches the stack.
+    server_sets: Vec<ServerPolicySet>,
 }
 
 /// The configuration embedded in the binary plan (what `terraform apply PLAN` runs, whatever
@@ -239,9 +243,109 @@ fn parse_config(text: Option<&str>) -> ApiResult<config::Config> {
     }
 }
 
+/// What the server does with each judged change besides the gate's own rules: the report's
+/// entries and markdown, the binary-plan tie, the run's grant (destroys, moves) and the
+/// stack's server-side protections.
+struct RunObserver<'a> {
+    stack: &'a StackRecord,
+    changes: Vec<ChangeEntry>,
+    md: report::Markdown,
+    listed: Vec<BinaryChange>,
+    destroys: Vec<String>,
+    moved_from: Vec<String>,
+    server_protected: Vec<(String, String)>,
+    changes_anything: bool,
+    /// The stack's stored state and the binary plan's prior state, to see what changed
+    /// outside Terraform.
+    states: Option<(Arc<StateSummary>, StateSummary)>,
+    /// Findings known before the plan is read (policy weakening).
+    before: Vec<Finding>,
+}
+
+impl Observer for RunObserver<'_> {
+    fn change(&mut self, rc: &plan::ResourceChange, c: &ChangeReport) {
+        let settings = &self.stack.settings;
+        self.listed.push(BinaryChange {
+            address: rc.address.clone(),
+            deposed: rc.deposed.clone(),
+            actions: rc.change.actions.clone(),
+        });
+        self.changes_anything |=
+            c.kind != ChangeKind::NoOp || c.moved_from.is_some() || c.import;
+        if c.mode == "managed" && c.is_destructive() {
+            if let Some(reason) = firewall::protection_reason(&c.resource_type, &c.address, settings)
+            {
+                self.server_protected.push((c.address.clone(), reason));
+            }
+            // A deposed object's delete destroys a real object too (left over from a failed
+            // create_before_destroy): the run's grant must cover its address.
+            if !self.destroys.contains(&c.address) {
+                self.destroys.push(c.address.clone());
+            }
+        }
+        if let Some(from) = &c.moved_from {
+            if let Some(reason) = firewall::protection_reason(&c.resource_type, from, settings) {
+                self.server_protected
+                    .push((from.clone(), format!("{reason}; moved to {}", c.address)));
+            }
+            self.moved_from.push(from.clone());
+        }
+        self.changes.extend(ChangeEntry::of(c));
+        self.md.change(c);
+    }
+
+    fn findings(&mut self) -> Vec<Finding> {
+        let stack = self.stack;
+        let mut found = std::mem::take(&mut self.before);
+        // A protected object that the refresh found replaced or re-identified outside
+        // Terraform: the apply's state write will drop the stored object, so reviewers must
+        // know and the run's grant must cover it.
+        if let Some((stored, prior)) = &self.states {
+            for inst in stored.removed_in(prior) {
+                if let Some(reason) =
+                    firewall::protection_reason(&inst.resource_type, &inst.address, &stack.settings)
+                {
+                    found.push(Finding {
+                        rule: "changed-outside-terraform".into(),
+                        severity: Severity::Review,
+                        address: Some(inst.address.clone()),
+                        message: format!("the stored object of this protected instance ({reason}) is gone or was replaced outside Terraform; applying records that it no longer exists"),
+                    });
+                    if !self.destroys.contains(&inst.address) {
+                        self.destroys.push(inst.address.clone());
+                    }
+                }
+            }
+        }
+        for (address, reason) in std::mem::take(&mut self.server_protected) {
+            found.push(Finding {
+                rule: "server-protected".into(),
+                severity: Severity::Review,
+                address: Some(address),
+                message: format!("removes an instance the server protects ({reason}); the apply gets a removal grant only through this run's approvals"),
+            });
+        }
+        if stack.production && !self.destroys.is_empty() {
+            // The server knows the stack is production even if the uploaded airlock.hcl does not.
+            found.push(Finding {
+                rule: "production-destroy".into(),
+                severity: Severity::Review,
+                address: None,
+                message: format!(
+                    "destroys {} instance(s) on production stack {}",
+                    self.destroys.len(),
+                    stack.name
+                ),
+            });
+        }
+        found
+    }
+}
+
 /// Runs the plan gate over the uploaded plan JSON, after proving that the JSON describes the
-/// binary plan that will be applied. The stack's server-side protections, its production flag
-/// and the repository's Rego policies all take part; nothing in the upload can lower them.
+/// binary plan that will be applied. The stack's server-side protections, its production flag,
+/// the repository's Rego policies and the server's policy sets for the stack all take part;
+/// nothing in the upload can lower them.
 fn judge(input: JudgeInput) -> ApiResult<Judged> {
     let stack = &input.stack;
     let binary = PlanFile::parse(&input.plan_bin).map_err(|e| bad(e.to_string()))?;
@@ -261,51 +365,69 @@ fn judge(input: JudgeInput) -> ApiResult<Judged> {
     check_embedded_config(&binary, &input)?;
     let cfg = parse_config(input.config.as_deref())?;
     let stack_cfg = cfg.stack(&stack.name);
-    let mut analyzer = Analyzer::new(&cfg, stack_cfg);
-    let mut json_changes = String::new();
-    let mut md = report::Markdown::new();
-    let (mut destroys, mut moved_from, mut listed) = (Vec::new(), Vec::new(), Vec::new());
-    let mut server_protected = Vec::new();
-    let mut first = true;
-    let mut changes_anything = false;
-    let info = plan::read_plan(&input.plan_json[..], |rc| {
-        listed.push(BinaryChange {
-            address: rc.address.clone(),
-            deposed: rc.deposed.clone(),
-            actions: rc.change.actions.clone(),
-        });
-        let c = analyzer.change(&rc);
-        changes_anything |= c.kind != ChangeKind::NoOp || c.moved_from.is_some() || c.import;
-        if c.mode == "managed" && c.is_destructive() {
-            if let Some(reason) =
-                firewall::protection_reason(&c.resource_type, &c.address, &stack.settings)
-            {
-                server_protected.push((c.address.clone(), reason));
-            }
-            // A deposed object's delete destroys a real object too (left over from a failed
-            // create_before_destroy): the run's grant must cover its address.
-            if !destroys.contains(&c.address) {
-                destroys.push(c.address.clone());
+    let mut policy_changes = Vec::new();
+    if let Some((old_text, old_policies)) = &input.previous {
+        let old = parse_config(old_text.as_deref()).unwrap_or_default();
+        policy_changes.extend(config::weakening(&old, &cfg, &stack.name));
+        for p in old_policies {
+            match input.policies.iter().find(|n| n.path == p.path) {
+                None => policy_changes.push(format!("removes policy file {}", p.path)),
+                Some(n) if n.text != p.text => {
+                    policy_changes.push(format!("changes policy file {}", p.path))
+                }
+                Some(_) => {}
             }
         }
-        if let Some(from) = &c.moved_from {
-            if let Some(reason) =
-                firewall::protection_reason(&c.resource_type, from, &stack.settings)
-            {
-                server_protected.push((from.clone(), format!("{reason}; moved to {}", c.address)));
-            }
-            moved_from.push(from.clone());
-        }
-        if c.is_interesting() {
-            json_changes.push_str(&report::json::change(&c, first));
-            first = false;
-        }
-        md.change(&c);
-    })
-    .map_err(|e| bad(format!("plan JSON: {e}")))?;
+    }
+    let rego: Vec<(String, String)> = input
+        .policies
+        .iter()
+        .map(|p| (p.path.clone(), p.text.clone()))
+        .collect();
+    let mut observer = RunObserver {
+        stack,
+        changes: Vec::new(),
+        md: report::Markdown::new(),
+        listed: Vec::new(),
+        destroys: Vec::new(),
+        moved_from: Vec::new(),
+        server_protected: Vec::new(),
+        changes_anything: false,
+        states: input.current_state.clone().and_then(|stored| {
+            StateSummary::parse(&binary.prior_state)
+                .ok()
+                .map(|prior| (stored, prior))
+        }),
+        before: policy_changes
+            .iter()
+            .map(|change| Finding {
+                rule: "policy-weakened".into(),
+                severity: Severity::Review,
+                address: None,
+                message: format!("this change {change} (compared with the last applied run)"),
+            })
+            .collect(),
+    };
+    let gate_input = GateInput {
+        config: &cfg,
+        stack: stack_cfg,
+        rego: &rego,
+        server_sets: &input.server_sets,
+    };
+    let decision = gate::judge(
+        PlanSource::Bytes(&input.plan_json),
+        &gate_input,
+        &mut observer,
+    )
+    .map_err(|e| match e {
+        GateError::Plan(e) => bad(format!("plan JSON: {e}")),
+        e => bad(e.to_string()),
+    })?;
+    let mut listed = observer.listed;
     listed.sort();
     let outputs = json_outputs(&input.plan_json)?;
-    changes_anything |= outputs.iter().any(|(_, actions)| actions != &["no-op"]);
+    let changes_anything =
+        observer.changes_anything || outputs.iter().any(|(_, actions)| actions != &["no-op"]);
     binary.matches_json(&listed, &outputs).map_err(|e| {
         bad(format!(
             "the plan JSON does not describe the binary plan it was uploaded with: {e}"
@@ -321,97 +443,22 @@ fn judge(input: JudgeInput) -> ApiResult<Judged> {
             format!(" (remote modules, pinned by their source and version only: {})", binary.remote_modules.join(", "))
         }
     )];
-    // A protected object that the refresh found replaced or re-identified outside Terraform:
-    // the apply's state write will drop the stored object, so reviewers must know and the run's
-    // grant must cover it.
-    if let Some(stored) = &input.current_state {
-        if let Ok(prior) = StateSummary::parse(&binary.prior_state) {
-            for inst in stored.removed_in(&prior) {
-                if let Some(reason) =
-                    firewall::protection_reason(&inst.resource_type, &inst.address, &stack.settings)
-                {
-                    analyzer.add_finding(Finding {
-                        rule: "changed-outside-terraform".into(),
-                        severity: Severity::Review,
-                        address: Some(inst.address.clone()),
-                        message: format!("the stored object of this protected instance ({reason}) is gone or was replaced outside Terraform; applying records that it no longer exists"),
-                    });
-                    if !destroys.contains(&inst.address) {
-                        destroys.push(inst.address.clone());
-                    }
-                }
-            }
-        }
-    }
-    for (address, reason) in server_protected {
-        analyzer.add_finding(Finding {
-            rule: "server-protected".into(),
-            severity: Severity::Review,
-            address: Some(address),
-            message: format!("removes an instance the server protects ({reason}); the apply gets a removal grant only through this run's approvals"),
-        });
-    }
-    if !input.policies.is_empty() {
-        let files: Vec<(String, String)> = input
-            .policies
-            .iter()
-            .map(|p| (p.path.clone(), p.text.clone()))
-            .collect();
-        let mut rego = RegoPolicies::load(&files).map_err(|e| bad(e.to_string()))?;
-        let text =
-            std::str::from_utf8(&input.plan_json).map_err(|_| bad("plan JSON is not UTF-8"))?;
-        for f in rego.evaluate(text).map_err(|e| bad(e.to_string()))? {
-            analyzer.add_finding(f);
-        }
+    if !rego.is_empty() {
         checks.push(format!(
             "server: {} repository Rego policy file(s) evaluated",
-            files.len()
+            rego.len()
         ));
     }
-    let mut policy_changes = Vec::new();
-    if let Some((old_text, old_policies)) = &input.previous {
-        let old = parse_config(old_text.as_deref()).unwrap_or_default();
-        policy_changes.extend(config::weakening(&old, &cfg, &stack.name));
-        for p in old_policies {
-            match input.policies.iter().find(|n| n.path == p.path) {
-                None => policy_changes.push(format!("removes policy file {}", p.path)),
-                Some(n) if n.text != p.text => {
-                    policy_changes.push(format!("changes policy file {}", p.path))
-                }
-                Some(_) => {}
-            }
-        }
+    if !input.server_sets.is_empty() {
+        let ids: Vec<&str> = input.server_sets.iter().map(|s| s.id.as_str()).collect();
+        checks.push(format!(
+            "server: server policy set(s) {} evaluated",
+            ids.join(", ")
+        ));
     }
-    for change in &policy_changes {
-        analyzer.add_finding(Finding {
-            rule: "policy-weakened".into(),
-            severity: Severity::Review,
-            address: None,
-            message: format!("this change {change} (compared with the last applied run)"),
-        });
-    }
-    if stack.production && !destroys.is_empty() {
-        // The server knows the stack is production even if the uploaded airlock.hcl does not.
-        analyzer.add_finding(Finding {
-            rule: "production-destroy".into(),
-            severity: Severity::Review,
-            address: None,
-            message: format!(
-                "destroys {} instance(s) on production stack {}",
-                destroys.len(),
-                stack.name
-            ),
-        });
-    }
-    let decision = analyzer.finish(info);
-    let text = format!(
-        "{}{}{}",
-        report::json::open(),
-        json_changes,
-        report::json::close(&decision, &[])
-    );
-    let report: Value =
-        serde_json::from_str(&text).map_err(|e| ApiError::Internal(format!("report JSON: {e}")))?;
+    let report = GateReport::new(observer.changes, &decision);
+    let report =
+        serde_json::to_value(&report).map_err(|e| ApiError::Internal(format!("report JSON: {e}")))?;
     let required = stack
         .settings
         .required_approvals
@@ -419,13 +466,13 @@ fn judge(input: JudgeInput) -> ApiResult<Judged> {
         .max(1);
     // A protected object changed outside Terraform is recorded gone by the apply: that is a
     // change to approve even when the plan lists none.
-    let changes_anything = changes_anything || !destroys.is_empty();
+    let changes_anything = changes_anything || !observer.destroys.is_empty();
     Ok(Judged {
         verdict: decision.verdict,
-        markdown: md.finish(&decision, &[]),
+        markdown: observer.md.finish(&decision, &[]),
         report,
-        destroys,
-        moved_from,
+        destroys: observer.destroys,
+        moved_from: observer.moved_from,
         policy_changes,
         required_approvals: required,
         checks,
@@ -547,6 +594,8 @@ pub async fn create(
     .await?
     .and_then(|b| StateSummary::parse(&b).ok())
     .map(Arc::new);
+    let s = stack.to_string();
+    let server_sets = store_call(&state, move |st| super::policies::for_stack(st, &s)).await?;
     let judged = {
         let input = JudgeInput {
             plan_json: plan_json.clone(),
@@ -559,6 +608,7 @@ pub async fn create(
             inputs: req.inputs.clone(),
             planned_dir: req.planned_dir.clone().unwrap_or_else(|| ".".into()),
             current_state,
+            server_sets,
         };
         tokio::task::spawn_blocking(move || judge(input))
             .await

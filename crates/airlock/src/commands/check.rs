@@ -7,10 +7,11 @@ use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
-use airlock_policy::analysis::{Analyzer, ChangeReport, Decision, Verdict};
+use airlock_policy::analysis::{ChangeReport, Decision, Verdict};
 use airlock_policy::config::{self, Config};
-use airlock_policy::plan::{self, PlanError, PlanInfo};
-use airlock_policy::rego::RegoPolicies;
+use airlock_policy::gate::{self, GateError, GateInput, Observer, PlanSource};
+use airlock_policy::plan::{PlanError, ResourceChange};
+use airlock_policy::rego::RegoError;
 use airlock_policy::report;
 use anyhow::{bail, Context};
 
@@ -22,36 +23,36 @@ const READ_BUFFER: usize = 256 * 1024;
 pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let (config, config_name) = load_config(args.config.as_deref())?;
     let stack = pick_stack(&config, args.stack.as_deref(), &config_name)?;
-    let mut policies = match &args.policy {
-        Some(dir) => Some(load_policies(dir)?),
-        None => None,
+    let rego = match &args.policy {
+        Some(dir) => load_policies(dir)?,
+        None => Vec::new(),
     };
     let color = args.format == CheckFormat::Text
         && std::io::stdout().is_terminal()
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
 
-    let mut analyzer = Analyzer::new(&config, stack);
-    let mut out = Output::new(args.format, color);
-    let info = match &mut policies {
-        // Rego needs the whole plan as its input, so this path reads it into memory.
-        Some(policies) => {
-            let bytes = read_all(&args)?;
-            let info = plan::read_plan(&bytes[..], |rc| out.change(&analyzer.change(&rc)))
-                .map_err(|e| plan_error(e, &args.plan))?;
-            let (text, _) = plan::plan_text(&bytes).map_err(|e| plan_error(e, &args.plan))?;
-            drop(bytes);
-            for finding in policies.evaluate(&text)? {
-                analyzer.add_finding(finding);
-            }
-            info
-        }
-        None => read_streaming(&args, &mut |rc| out.change(&analyzer.change(&rc)))?,
+    let input = GateInput {
+        config: &config,
+        stack,
+        rego: &rego,
+        server_sets: &[],
     };
-    let warnings: Vec<String> = info.warnings.iter().map(ToString::to_string).collect();
+    let mut out = Output::new(args.format, color);
+    // Without Rego the plan streams through the gate; Rego makes the gate hold it in memory.
+    let decision = with_plan(&args, |reader| {
+        gate::judge(PlanSource::Stream(reader), &input, &mut out).map_err(|e| match e {
+            GateError::Plan(e) => plan_error(e, source_name(&args.plan)),
+            GateError::Rego { error, .. } => match &args.policy {
+                Some(dir) => anyhow::anyhow!("{error} ({})", dir.display()),
+                None => anyhow::anyhow!("{error}"),
+            },
+            e => anyhow::anyhow!("{e}"),
+        })
+    })?;
+    let warnings: Vec<String> = decision.plan.warnings.iter().map(ToString::to_string).collect();
     for w in &warnings {
         eprintln!("warning: {w}");
     }
-    let decision = analyzer.finish(info);
     out.finish(&decision, &warnings, &artifact_name(&args.plan))?;
     Ok(match decision.verdict {
         Verdict::Deny => ExitCode::from(2),
@@ -114,8 +115,9 @@ fn pick_stack<'c>(
     }
 }
 
-/// Every `.rego` file under `dir` (recursively, sorted), except `_test.rego` files.
-fn load_policies(dir: &Path) -> anyhow::Result<RegoPolicies> {
+/// Every `.rego` file under `dir` (recursively, sorted), except `_test.rego` files, as
+/// `(path, source)`; none at all is an error.
+pub fn load_policies(dir: &Path) -> anyhow::Result<Vec<(String, String)>> {
     let mut files = Vec::new();
     let mut pending = vec![dir.to_path_buf()];
     while let Some(d) = pending.pop() {
@@ -141,7 +143,10 @@ fn load_policies(dir: &Path) -> anyhow::Result<RegoPolicies> {
                 .map(|s| (p.display().to_string(), s))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    RegoPolicies::load(&sources).map_err(|e| anyhow::anyhow!("{e} ({})", dir.display()))
+    if sources.is_empty() {
+        bail!("{} ({})", RegoError::NoPolicies, dir.display());
+    }
+    Ok(sources)
 }
 
 fn is_binary_plan(path: &str) -> anyhow::Result<bool> {
@@ -151,39 +156,29 @@ fn is_binary_plan(path: &str) -> anyhow::Result<bool> {
     Ok(n == 4 && &magic == b"PK\x03\x04")
 }
 
-fn read_streaming(
-    args: &CheckArgs,
-    on_change: &mut dyn FnMut(plan::ResourceChange),
-) -> anyhow::Result<PlanInfo> {
-    if args.plan == "-" {
-        let stdin = std::io::stdin().lock();
-        let reader = BufReader::with_capacity(READ_BUFFER, stdin);
-        return plan::read_plan(reader, on_change).map_err(|e| plan_error(e, "stdin"));
+fn source_name(plan: &str) -> &str {
+    if plan == "-" {
+        "stdin"
+    } else {
+        plan
     }
-    if is_binary_plan(&args.plan)? {
-        return with_terraform_show(args, |reader| {
-            plan::read_plan(reader, &mut *on_change).map_err(|e| plan_error(e, &args.plan))
-        });
-    }
-    let file = File::open(&args.plan).with_context(|| format!("opening the plan {}", args.plan))?;
-    plan::read_plan(BufReader::with_capacity(READ_BUFFER, file), on_change)
-        .map_err(|e| plan_error(e, &args.plan))
 }
 
-fn read_all(args: &CheckArgs) -> anyhow::Result<Vec<u8>> {
-    let mut bytes = Vec::new();
+/// Opens the plan (stdin, a JSON file, or a binary plan through `terraform show -json`) and
+/// hands it to `read` as a stream.
+fn with_plan<T>(
+    args: &CheckArgs,
+    read: impl FnOnce(&mut dyn BufRead) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
     if args.plan == "-" {
-        std::io::stdin().lock().read_to_end(&mut bytes)?;
-    } else if is_binary_plan(&args.plan)? {
-        with_terraform_show(args, |reader| {
-            reader.read_to_end(&mut bytes)?;
-            Ok(())
-        })?;
-    } else {
-        bytes =
-            std::fs::read(&args.plan).with_context(|| format!("reading the plan {}", args.plan))?;
+        let stdin = std::io::stdin().lock();
+        return read(&mut BufReader::with_capacity(READ_BUFFER, stdin));
     }
-    Ok(bytes)
+    if is_binary_plan(&args.plan)? {
+        return with_terraform_show(args, read);
+    }
+    let file = File::open(&args.plan).with_context(|| format!("opening the plan {}", args.plan))?;
+    read(&mut BufReader::with_capacity(READ_BUFFER, file))
 }
 
 /// Runs `terraform show -json PLAN` in the current directory (the plan's root module, already
@@ -256,6 +251,12 @@ struct Output {
     failed: Option<std::io::Error>,
 }
 
+impl Observer for Output {
+    fn change(&mut self, _: &ResourceChange, report: &ChangeReport) {
+        Output::change(self, report);
+    }
+}
+
 impl Output {
     fn new(format: CheckFormat, color: bool) -> Self {
         let mut out = Output {
@@ -288,8 +289,7 @@ impl Output {
                 }
             }
             CheckFormat::Json => {
-                if c.is_interesting() {
-                    let piece = report::json::change(c, self.first);
+                if let Some(piece) = report::json::change(c, self.first) {
                     self.first = false;
                     self.write(&piece);
                 }
@@ -299,10 +299,10 @@ impl Output {
         }
     }
 
-    fn finish(mut self, d: &Decision, warnings: &[String], artifact: &str) -> anyhow::Result<()> {
+    fn finish(&mut self, d: &Decision, warnings: &[String], artifact: &str) -> anyhow::Result<()> {
         let tail = match self.format {
             CheckFormat::Text => report::text::footer(d, self.color),
-            CheckFormat::Json => report::json::close(d, warnings),
+            CheckFormat::Json => report::json::close(d),
             CheckFormat::Markdown => {
                 let md = std::mem::take(&mut self.markdown);
                 md.finish(d, warnings)

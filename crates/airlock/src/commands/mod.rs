@@ -6,6 +6,7 @@ pub mod check;
 pub mod client;
 pub mod guard;
 pub mod migrate;
+pub mod policy;
 pub mod run;
 pub mod server;
 pub mod stack;
