@@ -8,6 +8,7 @@
 //! - `serving`: the real listener over TCP: slow clients, the connection cap, bodies read only
 //!   after authorization and within the caller's role's limit, lock info with control characters.
 //! - `identity`: users own tokens; phase tokens die with their parent; scoped admins stay inside.
+//! - `policies`: server Rego policy sets: admin-only changes, bounds, versions, audit.
 
 #[path = "http/auth.rs"]
 mod auth;
@@ -17,6 +18,8 @@ mod firewall;
 mod identity;
 #[path = "http/matrix.rs"]
 mod matrix;
+#[path = "http/policies.rs"]
+mod policies;
 #[path = "http/protocol.rs"]
 mod protocol;
 #[path = "http/serving.rs"]

@@ -86,6 +86,9 @@ fn design_allows(method: &str, route: &str) -> Option<[bool; 5]> {
         // Withdrawing one's own run needs what planning it needed (the author's user only).
         ("POST", "/api/v1/runs/{id}/withdraw") => LOCKERS,
         ("POST", "/api/v1/runs/{id}/apply" | "/api/v1/runs/{id}/finish") => APPLIERS,
+        // Server policy sets: admins change them; everyone may read what governs the runs.
+        ("POST", "/api/v1/policies" | "/api/v1/policies/{id}/remove") => ADMIN,
+        ("GET", "/api/v1/policies" | "/api/v1/policies/{id}") => ALL,
         _ => return None,
     })
 }
@@ -215,6 +218,10 @@ fn concrete(s: &Server, method: &str, route: &str, stack: &str, n: usize) -> (St
             .to_string()
             .into_bytes(),
         ("POST", "/api/v1/verify") => json!({"stack": stack}).to_string().into_bytes(),
+        ("POST", "/api/v1/policies") => json!({"stack_glob": format!("matrix-{n}/*"), "files": [{"path": "p.rego", "text": "package main\n"}]})
+            .to_string()
+            .into_bytes(),
+        ("POST", "/api/v1/policies/{id}/remove") => json!({"reason": "matrix"}).to_string().into_bytes(),
         ("GET", _) => Vec::new(),
         _ => b"{}".to_vec(),
     };
@@ -236,6 +243,9 @@ fn expected_ok(method: &str, route: &str, role: Role) -> Option<u16> {
         // serial 1 is already current.
         ("POST", "/api/v1/stacks/{stack}/restore") => 409,
         ("POST", "/api/v1/stacks/{stack}/archive") => 400,
+        ("POST", "/api/v1/policies") => 201,
+        // The placeholder id names no set.
+        ("POST", "/api/v1/policies/{id}/remove") | ("GET", "/api/v1/policies/{id}") => 404,
         // Run routes get placeholder ids and bodies: only authorization is checked for them.
         (_, r) if r.contains("/runs") || r.ends_with("/plan-token") => return None,
         (m, r) if design_allows(m, r).is_some() => 200,

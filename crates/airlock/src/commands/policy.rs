@@ -102,7 +102,9 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
                     ));
                 }
                 for f in p["files"].as_array().into_iter().flatten() {
-                    out.push_str(&format!("\n--- {}\n{}\n", s(f, "/path"), s(f, "/text")));
+                    // The text arrives made printable; its line breaks and tabs are safe.
+                    let text = s(f, "/text").replace("\\u{a}", "\n").replace("\\u{9}", "\t");
+                    out.push_str(&format!("\n--- {}\n{}\n", s(f, "/path"), text));
                 }
                 out
             });
