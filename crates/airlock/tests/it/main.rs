@@ -5,6 +5,7 @@ mod check;
 mod client;
 mod firewall_identity;
 mod hints;
+mod policies;
 mod readme;
 mod reliability;
 mod runs;
