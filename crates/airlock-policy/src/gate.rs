@@ -132,9 +132,9 @@ pub fn judge(
     // whatever the plan.
     let mut repo = match input.rego {
         [] => None,
-        files => Some(
-            RegoPolicies::load(files).map_err(|error| GateError::Rego { set: None, error })?,
-        ),
+        files => {
+            Some(RegoPolicies::load(files).map_err(|error| GateError::Rego { set: None, error })?)
+        }
     };
     let mut server = Vec::new();
     for set in input.server_sets {
@@ -441,7 +441,11 @@ deny contains msg if {
         let repo = vec![("policy/allow.rego".to_string(), ALLOW_ALL.to_string())];
         let (d, report) = run(&loose, &repo, &[set(DENY_DELETES)]);
         assert_eq!(d.verdict, Verdict::Deny);
-        let f = d.findings.iter().find(|f| f.severity == Severity::Deny).unwrap();
+        let f = d
+            .findings
+            .iter()
+            .find(|f| f.severity == Severity::Deny)
+            .unwrap();
         assert_eq!(f.rule, "server-rego:pol_1:main.deny");
         assert_eq!(f.message, "terraform_data.a is deleted");
         assert_eq!(report.tail.decision, "deny");

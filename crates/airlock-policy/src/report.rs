@@ -41,14 +41,15 @@ pub mod json {
 
     /// The rest of the document after `changes[]`: [`ReportTail`] with `decision` last.
     pub fn close(d: &Decision) -> String {
-        let tail = serde_json::to_value(ReportTail::of(d)).unwrap_or_default();
+        let tail = ReportTail::of(d);
+        let decision = Value::from(tail.decision);
         let mut members: Vec<String> = Vec::new();
-        if let Value::Object(map) = &tail {
+        if let Ok(Value::Object(map)) = serde_json::to_value(&tail) {
             for (k, v) in map.iter().filter(|(k, _)| *k != "decision") {
                 members.push(format!("{}:{v}", Value::String(k.clone())));
             }
         }
-        members.push(format!("\"decision\":{}", tail["decision"]));
+        members.push(format!("\"decision\":{decision}"));
         format!("],{}}}\n", members.join(","))
     }
 }

@@ -375,7 +375,12 @@ pub fn policy_sets(s: &dyn Store) {
         Err(StoreError::Conflict(_))
     ));
     let removed = s
-        .remove_policy_set("pol_conf2", "admin (tok-a)", "obsolete", audit("policy.remove"))
+        .remove_policy_set(
+            "pol_conf2",
+            "admin (tok-a)",
+            "obsolete",
+            audit("policy.remove"),
+        )
         .unwrap();
     assert_eq!(removed.removed_reason.as_deref(), Some("obsolete"));
     assert_eq!(s.policy_set("pol_conf2").unwrap(), Some(removed));

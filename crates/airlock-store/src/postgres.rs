@@ -25,7 +25,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         4,
         include_str!("../migrations/postgres/0004_archived_stacks.sql"),
     ),
-    (5, include_str!("../migrations/postgres/0005_policy_sets.sql")),
+    (
+        5,
+        include_str!("../migrations/postgres/0005_policy_sets.sql"),
+    ),
 ];
 
 /// Transaction-scoped advisory lock keys ("airlock" in ASCII, then a number). Being

@@ -270,10 +270,10 @@ impl Observer for RunObserver<'_> {
             deposed: rc.deposed.clone(),
             actions: rc.change.actions.clone(),
         });
-        self.changes_anything |=
-            c.kind != ChangeKind::NoOp || c.moved_from.is_some() || c.import;
+        self.changes_anything |= c.kind != ChangeKind::NoOp || c.moved_from.is_some() || c.import;
         if c.mode == "managed" && c.is_destructive() {
-            if let Some(reason) = firewall::protection_reason(&c.resource_type, &c.address, settings)
+            if let Some(reason) =
+                firewall::protection_reason(&c.resource_type, &c.address, settings)
             {
                 self.server_protected.push((c.address.clone(), reason));
             }
@@ -457,8 +457,8 @@ fn judge(input: JudgeInput) -> ApiResult<Judged> {
         ));
     }
     let report = GateReport::new(observer.changes, &decision);
-    let report =
-        serde_json::to_value(&report).map_err(|e| ApiError::Internal(format!("report JSON: {e}")))?;
+    let report = serde_json::to_value(&report)
+        .map_err(|e| ApiError::Internal(format!("report JSON: {e}")))?;
     let required = stack
         .settings
         .required_approvals

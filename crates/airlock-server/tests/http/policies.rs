@@ -22,7 +22,12 @@ async fn admins_version_list_show_and_remove_policy_sets_with_audit() {
     let s = Server::new();
     let admin = s.role_token(Role::Admin);
     let r = s
-        .api("POST", "/api/v1/policies", &admin, set("prod/*", &[("org.rego", DENY)]))
+        .api(
+            "POST",
+            "/api/v1/policies",
+            &admin,
+            set("prod/*", &[("org.rego", DENY)]),
+        )
         .await;
     r.expect(201);
     let first = r.json()["policy_set"].clone();
@@ -31,7 +36,12 @@ async fn admins_version_list_show_and_remove_policy_sets_with_audit() {
     let id1 = first["id"].as_str().unwrap().to_owned();
     assert!(id1.starts_with("pol_"), "{id1}");
     let r = s
-        .api("POST", "/api/v1/policies", &admin, set("prod/*", &[("b.rego", DENY), ("a.rego", DENY)]))
+        .api(
+            "POST",
+            "/api/v1/policies",
+            &admin,
+            set("prod/*", &[("b.rego", DENY), ("a.rego", DENY)]),
+        )
         .await;
     r.expect(201);
     let second = r.json()["policy_set"].clone();
@@ -42,7 +52,12 @@ async fn admins_version_list_show_and_remove_policy_sets_with_audit() {
     // A reader sees the sets (what governs its runs) but may not change them.
     let reader = s.role_token(Role::Reader);
     let listed = s
-        .call("GET", "/api/v1/policies", Auth::Bearer(&reader.secret), axum::body::Body::empty())
+        .call(
+            "GET",
+            "/api/v1/policies",
+            Auth::Bearer(&reader.secret),
+            axum::body::Body::empty(),
+        )
         .await;
     listed.expect(200);
     let sets = listed.json()["policy_sets"].as_array().unwrap().clone();
@@ -55,15 +70,28 @@ async fn admins_version_list_show_and_remove_policy_sets_with_audit() {
     assert_eq!(shown["policy_set"]["files"][0]["text"], DENY);
     // Removal needs a reason, happens once, and keeps the set.
     let path = format!("/api/v1/policies/{id2}/remove");
-    s.api("POST", &path, &admin, json!({"reason": " "})).await.expect(400);
-    s.api("POST", &path, &reader, json!({"reason": "x"})).await.expect(403);
-    let r = s.api("POST", &path, &admin, json!({"reason": "moved to OPA"})).await;
+    s.api("POST", &path, &admin, json!({"reason": " "}))
+        .await
+        .expect(400);
+    s.api("POST", &path, &reader, json!({"reason": "x"}))
+        .await
+        .expect(403);
+    let r = s
+        .api("POST", &path, &admin, json!({"reason": "moved to OPA"}))
+        .await;
     r.expect(200);
     assert_eq!(r.json()["policy_set"]["removed_reason"], "moved to OPA");
-    s.api("POST", &path, &admin, json!({"reason": "again"})).await.expect(409);
-    s.api("POST", "/api/v1/policies/pol_nope/remove", &admin, json!({"reason": "x"}))
+    s.api("POST", &path, &admin, json!({"reason": "again"}))
         .await
-        .expect(404);
+        .expect(409);
+    s.api(
+        "POST",
+        "/api/v1/policies/pol_nope/remove",
+        &admin,
+        json!({"reason": "x"}),
+    )
+    .await
+    .expect(404);
     let active: Vec<Value> = s.api_get("/api/v1/policies").await["policy_sets"]
         .as_array()
         .unwrap()
@@ -77,7 +105,11 @@ async fn admins_version_list_show_and_remove_policy_sets_with_audit() {
         .audit()
         .await
         .iter()
-        .filter(|e| e["action"].as_str().is_some_and(|a| a.starts_with("policy.")))
+        .filter(|e| {
+            e["action"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("policy."))
+        })
         .map(|e| e["action"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(actions, ["policy.add", "policy.add", "policy.remove"]);
@@ -121,7 +153,12 @@ async fn a_scoped_admin_cannot_change_server_policies() {
     let s = Server::new();
     let scoped = s.token("dev-admin", Role::Admin, &["dev/*"], None);
     let r = s
-        .api("POST", "/api/v1/policies", &scoped, set("dev/*", &[("p.rego", DENY)]))
+        .api(
+            "POST",
+            "/api/v1/policies",
+            &scoped,
+            set("dev/*", &[("p.rego", DENY)]),
+        )
         .await;
     r.expect(403);
     assert!(r.message().contains("all stacks"), "{}", r.message());

@@ -49,7 +49,12 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
             e => anyhow::anyhow!("{e}"),
         })
     })?;
-    let warnings: Vec<String> = decision.plan.warnings.iter().map(ToString::to_string).collect();
+    let warnings: Vec<String> = decision
+        .plan
+        .warnings
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     for w in &warnings {
         eprintln!("warning: {w}");
     }

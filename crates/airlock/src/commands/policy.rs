@@ -73,7 +73,13 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
                     .collect();
                 table(
                     &[
-                        "ID", "STACKS", "VERSION", "STATUS", "FILES", "CREATED", "CREATED BY",
+                        "ID",
+                        "STACKS",
+                        "VERSION",
+                        "STATUS",
+                        "FILES",
+                        "CREATED",
+                        "CREATED BY",
                     ],
                     rows,
                 )

@@ -39,7 +39,11 @@ fn keys(v: &Value) -> BTreeSet<String> {
 
 /// Exactly the documented members, and no plain no-op among the changes.
 fn assert_documented(report: &Value) {
-    assert_eq!(keys(report), documented("## Top level"), "top level: {report}");
+    assert_eq!(
+        keys(report),
+        documented("## Top level"),
+        "top level: {report}"
+    );
     for c in report["changes"].as_array().unwrap() {
         assert_eq!(keys(c), documented("## `changes[]`"), "{c}");
         assert!(
@@ -65,21 +69,37 @@ fn a_server_policy_denies_a_run_the_repository_allows_and_both_reports_follow_th
     let org = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(org.path().join("rules")).unwrap();
     std::fs::write(org.path().join("rules/no_deletes.rego"), ORG_POLICY).unwrap();
-    std::fs::write(org.path().join("rules/no_deletes_test.rego"), "not rego {{{").unwrap();
+    std::fs::write(
+        org.path().join("rules/no_deletes_test.rego"),
+        "not rego {{{",
+    )
+    .unwrap();
     let dir = org.path().to_str().unwrap();
-    let refused = t.s.cli(&t.approver, &["policy", "add", "--stack", "prod/*", dir]);
+    let refused =
+        t.s.cli(&t.approver, &["policy", "add", "--stack", "prod/*", dir]);
     assert!(!refused.status.success(), "{}", text(&refused));
     let added: Value = serde_json::from_str(&t.s.ok(
         &t.s.admin,
-        &["policy", "add", "--stack", "prod/*", dir, "--format", "json"],
+        &[
+            "policy", "add", "--stack", "prod/*", dir, "--format", "json",
+        ],
     ))
     .unwrap();
     let set = added["policy_set"]["id"].as_str().unwrap().to_owned();
-    assert_eq!(added["policy_set"]["files"], serde_json::json!(["rules/no_deletes.rego"]));
+    assert_eq!(
+        added["policy_set"]["files"],
+        serde_json::json!(["rules/no_deletes.rego"])
+    );
     let listed = t.s.ok(&t.approver, &["policy", "list"]);
-    assert!(listed.contains(&set) && listed.contains("active"), "{listed}");
+    assert!(
+        listed.contains(&set) && listed.contains("active"),
+        "{listed}"
+    );
     let shown = t.s.ok(&t.approver, &["policy", "show", &set]);
-    assert!(shown.contains("nothing is deleted on prod\", [rc.address])\n}"), "{shown}");
+    assert!(
+        shown.contains("nothing is deleted on prod\", [rc.address])\n}"),
+        "{shown}"
+    );
 
     // The repository allows the deletion in airlock.hcl and in its own Rego.
     std::fs::write(
@@ -102,7 +122,10 @@ fn a_server_policy_denies_a_run_the_repository_allows_and_both_reports_follow_th
         .find(|f| f["severity"] == "deny")
         .unwrap_or_else(|| panic!("no deny finding: {report}"));
     assert_eq!(finding["rule"], format!("server-rego:{set}:main.deny"));
-    assert_eq!(finding["message"], "terraform_data.r[1]: nothing is deleted on prod");
+    assert_eq!(
+        finding["message"],
+        "terraform_data.r[1]: nothing is deleted on prod"
+    );
     assert!(v["run"]["checks"].to_string().contains(&set), "{v}");
 
     // `airlock check` on the same plan with the repository's policy: not denied, and the
@@ -119,7 +142,14 @@ fn a_server_policy_denies_a_run_the_repository_allows_and_both_reports_follow_th
         &t.s,
         &t.s.admin,
         &ws.dir,
-        &["check", "plan.json", "--policy", "policy", "--format", "json"],
+        &[
+            "check",
+            "plan.json",
+            "--policy",
+            "policy",
+            "--format",
+            "json",
+        ],
         &[],
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
@@ -131,7 +161,10 @@ fn a_server_policy_denies_a_run_the_repository_allows_and_both_reports_follow_th
 
     // Removed (with a reason, audited), the set no longer judges: the same change waits for
     // review.
-    t.s.ok(&t.s.admin, &["policy", "remove", &set, "--reason", "migrated"]);
+    t.s.ok(
+        &t.s.admin,
+        &["policy", "remove", &set, "--reason", "migrated"],
+    );
     let open = plan(&t, &ws, &t.agent, stack);
     let v = run_json(&t, &open);
     assert_eq!(v["run"]["status"], "needs_approval", "{v}");
