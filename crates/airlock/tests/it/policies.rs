@@ -7,7 +7,6 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
-use crate::runs::{apply, cli_in, plan, run_json, team, text};
 use crate::support::*;
 
 const ORG_POLICY: &str = "package main\n\ndeny contains msg if {\n  some rc in input.resource_changes\n  \"delete\" in rc.change.actions\n  msg := sprintf(\"%s: nothing is deleted on prod\", [rc.address])\n}\n";
