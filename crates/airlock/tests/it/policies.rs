@@ -174,3 +174,73 @@ fn a_server_policy_denies_a_run_the_repository_allows_and_both_reports_follow_th
         "{audit}"
     );
 }
+
+/// The one gate keeps `airlock check`'s streaming: without Rego, a 100 MB plan on stdin is
+/// judged with memory bounded by the largest change, not the plan.
+#[test]
+fn check_without_rego_streams_a_plan_far_larger_than_its_memory() {
+    use std::io::{Read, Write};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(AIRLOCK)
+        .args(["check", "-", "--format", "json"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut stdout = child.stdout.take().unwrap();
+    let drain = std::thread::spawn(move || {
+        let (mut total, mut tail) = (0usize, Vec::new());
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = stdout.read(&mut buf).unwrap();
+            if n == 0 {
+                break (total, String::from_utf8_lossy(&tail).into_owned());
+            }
+            total += n;
+            tail.extend_from_slice(&buf[..n]);
+            let keep = tail.len().saturating_sub(4096);
+            tail.drain(..keep);
+        }
+    });
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(br#"{"format_version":"1.2","terraform_version":"1.11.4","resource_changes":["#)
+        .unwrap();
+    let filler = "x".repeat(4000);
+    let changes = 25_000;
+    for i in 0..changes {
+        let sep = if i == 0 { "" } else { "," };
+        write!(
+            stdin,
+            r#"{sep}{{"address":"terraform_data.r[{i}]","mode":"managed","type":"terraform_data","name":"r","index":{i},"change":{{"actions":["create"],"before":null,"after":{{"input":"{filler}"}}}}}}"#
+        )
+        .unwrap();
+    }
+    stdin.flush().unwrap();
+    // Everything but the closing brackets is read or in the pipe: the process is still alive.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let peak_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    stdin.write_all(b"]}").unwrap();
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+    let (bytes, tail) = drain.join().unwrap();
+    assert!(
+        tail.trim_end().ends_with(r#""decision":"allow"}"#),
+        "{tail}"
+    );
+    assert!(
+        bytes > changes * 100,
+        "every change is listed: {bytes} bytes"
+    );
+    assert!(
+        peak_kb < 64 * 1024,
+        "peak memory {peak_kb} kB while checking a 100 MB plan"
+    );
+}
