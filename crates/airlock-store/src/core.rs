@@ -1427,6 +1427,25 @@ impl<E: Engine> StoreImport for E {
         })
     }
 
+    fn import_policy_set(&self, set: &PolicySetRecord) -> Result<()> {
+        if policy_set_sha256(&set.files) != set.sha256 {
+            return Err(StoreError::Corrupt(format!(
+                "policy set {}: its files do not hash to {}",
+                set.id, set.sha256
+            )));
+        }
+        let text =
+            serde_json::to_string(&set.files).map_err(|e| StoreError::Backend(e.to_string()))?;
+        self.write(|db| {
+            db.execute(
+                &format!("INSERT INTO policy_sets ({POLICY_SET_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"),
+                params![&set.id, &set.stack_glob, set.version, &text, &set.sha256, set.created_at, &set.created_by, set.removed_at, &set.removed_by, &set.removed_reason],
+            )
+            .map_err(|e| unique_is_conflict(e, || format!("policy set {} already exists", set.id)))?;
+            Ok(())
+        })
+    }
+
     fn import_grant(&self, g: &GrantRecord) -> Result<()> {
         self.write(|db| insert_grant(db, g, false))
     }

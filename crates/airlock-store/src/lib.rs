@@ -256,6 +256,9 @@ pub trait StoreImport: Store {
     fn import_user(&self, user: &UserRecord) -> Result<()>;
     /// Inserts a removal grant verbatim (consumption included).
     fn import_grant(&self, grant: &GrantRecord) -> Result<()>;
+    /// Inserts a server policy set verbatim (version and removal included). `Corrupt` if its
+    /// files do not hash to its `sha256`; `Conflict` if it exists.
+    fn import_policy_set(&self, set: &PolicySetRecord) -> Result<()>;
     /// Appends an audit record verbatim. `Conflict` unless it extends the stored chain: its
     /// `seq` follows the last one and its `prev_hash` is the last one's hash.
     fn import_audit(&self, record: &AuditRecord) -> Result<()>;

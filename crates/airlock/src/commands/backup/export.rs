@@ -9,8 +9,8 @@ use anyhow::{bail, Context};
 use serde::Serialize;
 
 use super::format::{
-    ArchiveEntry, ArtifactEntry, FileEntry, GrantEntry, LockEntry, Manifest, RunFile, StackFile,
-    Summary, TokenEntry, UserEntry, VersionEntry,
+    ArchiveEntry, ArtifactEntry, FileEntry, GrantEntry, LockEntry, Manifest, PolicySetEntry,
+    RunFile, StackFile, Summary, TokenEntry, UserEntry, VersionEntry,
 };
 use super::{hex, AUDIT_PAGE, FORMAT};
 
@@ -95,6 +95,12 @@ pub(super) fn export(store: &dyn StoreImport, dir: &Path) -> anyhow::Result<Summ
         .collect();
     summary.users = users.len() as u64;
     w.put_json("users.json", &users)?;
+    let policy_sets: Vec<PolicySetEntry> = store
+        .policy_sets()?
+        .iter()
+        .map(PolicySetEntry::from_record)
+        .collect();
+    w.put_json("policy_sets.json", &policy_sets)?;
 
     for (i, s) in store.list_stacks()?.iter().enumerate() {
         let base = format!("stacks/{:04}", i + 1);

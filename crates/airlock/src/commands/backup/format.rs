@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use airlock_store::{
-    Archive, GrantRecord, RunRecord, StackRecord, StackSettings, TokenRecord, UserRecord,
-    VersionMeta,
+    Archive, GrantRecord, PolicyFile, PolicySetRecord, RunRecord, StackRecord, StackSettings,
+    TokenRecord, UserRecord, VersionMeta,
 };
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
@@ -158,6 +158,66 @@ impl UserEntry {
             name: self.name.clone(),
             created_at: self.created_at,
             created_by: self.created_by.clone(),
+        }
+    }
+}
+
+/// A server policy set as written to `policy_sets.json` (absent from backups made before
+/// policy sets existed: read as none).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct PolicySetEntry {
+    pub(super) id: String,
+    pub(super) stack_glob: String,
+    pub(super) version: i64,
+    /// (path, Rego text), sorted by path.
+    pub(super) files: Vec<(String, String)>,
+    pub(super) sha256: String,
+    pub(super) created_at: i64,
+    pub(super) created_by: String,
+    pub(super) removed_at: Option<i64>,
+    pub(super) removed_by: Option<String>,
+    pub(super) removed_reason: Option<String>,
+}
+
+impl PolicySetEntry {
+    pub(super) fn from_record(p: &PolicySetRecord) -> PolicySetEntry {
+        PolicySetEntry {
+            id: p.id.clone(),
+            stack_glob: p.stack_glob.clone(),
+            version: p.version,
+            files: p
+                .files
+                .iter()
+                .map(|f| (f.path.clone(), f.text.clone()))
+                .collect(),
+            sha256: p.sha256.clone(),
+            created_at: p.created_at,
+            created_by: p.created_by.clone(),
+            removed_at: p.removed_at,
+            removed_by: p.removed_by.clone(),
+            removed_reason: p.removed_reason.clone(),
+        }
+    }
+
+    pub(super) fn to_record(&self) -> PolicySetRecord {
+        PolicySetRecord {
+            id: self.id.clone(),
+            stack_glob: self.stack_glob.clone(),
+            version: self.version,
+            files: self
+                .files
+                .iter()
+                .map(|(path, text)| PolicyFile {
+                    path: path.clone(),
+                    text: text.clone(),
+                })
+                .collect(),
+            sha256: self.sha256.clone(),
+            created_at: self.created_at,
+            created_by: self.created_by.clone(),
+            removed_at: self.removed_at,
+            removed_by: self.removed_by.clone(),
+            removed_reason: self.removed_reason.clone(),
         }
     }
 }

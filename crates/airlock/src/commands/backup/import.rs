@@ -7,7 +7,7 @@ use airlock_store::{blob, LockRecord, RunRecord, StackRecord, StoreImport, Versi
 use anyhow::{bail, Context};
 
 use super::export::all_audit;
-use super::format::{GrantEntry, TokenEntry, UserEntry};
+use super::format::{GrantEntry, PolicySetEntry, TokenEntry, UserEntry};
 use super::hex;
 use super::verify::Backup;
 
@@ -30,6 +30,11 @@ pub(super) fn replay(store: &dyn StoreImport, b: &Backup) -> anyhow::Result<()> 
         store
             .import_user(&u.to_record())
             .with_context(|| format!("importing user {}", u.name))?;
+    }
+    for p in &b.policy_sets {
+        store
+            .import_policy_set(&p.to_record())
+            .with_context(|| format!("importing policy set {}", p.id))?;
     }
     for t in &b.tokens {
         let (record, hash) = t.to_record()?;
@@ -115,6 +120,22 @@ pub(super) fn compare(store: &dyn StoreImport, b: &Backup) -> anyhow::Result<Vec
             "users differ ({} stored, {} in the backup)",
             users.len(),
             want_users.len()
+        ));
+    }
+    let sets: Vec<PolicySetEntry> = store
+        .policy_sets()?
+        .iter()
+        .map(PolicySetEntry::from_record)
+        .collect();
+    let mut want_sets = b.policy_sets.clone();
+    want_sets.sort_by(|x, y| {
+        (x.created_at, &x.stack_glob, x.version).cmp(&(y.created_at, &y.stack_glob, y.version))
+    });
+    if sets != want_sets {
+        problems.push(format!(
+            "server policy sets differ ({} stored, {} in the backup)",
+            sets.len(),
+            want_sets.len()
         ));
     }
     let stored: BTreeMap<String, StackRecord> = store

@@ -11,6 +11,7 @@
 //! manifest.json                        format, time, source engine, counts, audit head, and
 //!                                      the SHA-256 and size of every other file
 //! users.json                           every user (format 2)
+//! policy_sets.json                     every server policy set, removed ones included (absent: none)
 //! tokens.json                          every token with the SHA-256 of its secret (no secrets),
 //!                                      its user and its parent token (format 2)
 //! audit.jsonl                          the audit chain, one record per line, in order

@@ -10,7 +10,7 @@ use airlock_store::{blob, private, SqliteStore, StoreImport};
 use anyhow::{bail, Context};
 
 use super::format::{
-    upgrade_v1_tokens, Manifest, RunFile, StackFile, Summary, TokenEntry, UserEntry,
+    upgrade_v1_tokens, Manifest, PolicySetEntry, RunFile, StackFile, Summary, TokenEntry, UserEntry,
 };
 use super::import::{compare, replay};
 use super::{hex, FORMAT, FORMAT_V1};
@@ -20,6 +20,7 @@ pub(super) struct Backup {
     pub(super) root: PathBuf,
     pub(super) manifest: Manifest,
     pub(super) users: Vec<UserEntry>,
+    pub(super) policy_sets: Vec<PolicySetEntry>,
     pub(super) tokens: Vec<TokenEntry>,
     pub(super) stacks: Vec<StackFile>,
     pub(super) runs: Vec<RunFile>,
@@ -98,6 +99,21 @@ impl Backup {
         } else {
             serde_json::from_slice(&parse("users.json")?).context("users.json is not valid")?
         };
+        // Backups made before server policy sets existed have none.
+        let policy_sets: Vec<PolicySetEntry> = if manifest.files.contains_key("policy_sets.json") {
+            serde_json::from_slice(&parse("policy_sets.json")?)
+                .context("policy_sets.json is not valid")?
+        } else {
+            Vec::new()
+        };
+        for p in &policy_sets {
+            if airlock_store::policy_set_sha256(&p.to_record().files) != p.sha256 {
+                bail!(
+                    "policy set {}: its files do not hash to its recorded SHA-256",
+                    p.id
+                );
+            }
+        }
         let mut audit = Vec::new();
         for (n, line) in parse("audit.jsonl")?.split(|b| *b == b'\n').enumerate() {
             if line.is_empty() {
@@ -131,6 +147,7 @@ impl Backup {
             root: dir.to_owned(),
             manifest,
             users,
+            policy_sets,
             tokens,
             stacks,
             runs,

@@ -61,6 +61,34 @@ fn backup_round_trips_sqlite_to_postgres_and_back_and_verify_catches_tampering()
             "test",
         ],
     );
+    // A server policy set, then its next version (the first one retired): both are kept.
+    let policies = tmp.path().join("server-policy");
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::write(
+        policies.join("deny.rego"),
+        "package main\n\ndeny contains \"no\" if { false }\n",
+    )
+    .unwrap();
+    s.ok(
+        &admin,
+        &[
+            "policy",
+            "add",
+            "--stack",
+            "prod/*",
+            policies.to_str().unwrap(),
+        ],
+    );
+    s.ok(
+        &admin,
+        &[
+            "policy",
+            "add",
+            "--stack",
+            "prod/*",
+            policies.to_str().unwrap(),
+        ],
+    );
     // A governed run (record and artifacts) proposed by an agent.
     let agent = s.token("bot", "agent");
     let planned = std::process::Command::new(AIRLOCK)
@@ -130,6 +158,13 @@ fn backup_round_trips_sqlite_to_postgres_and_back_and_verify_catches_tampering()
     // and the audit chain still verifies.
     let pg = TestServer::start_on(&Backing::Url(db.url.clone()), Some(&admin), &[], &[]);
     assert_eq!(history(&pg, "dev/app"), before);
+    let sets: Value =
+        serde_json::from_str(&pg.ok(&admin, &["policy", "list", "--format", "json"])).unwrap();
+    assert_eq!(
+        sets.to_string().matches("prod/*").count(),
+        2,
+        "both versions of the server policy set survive the backup: {sets}"
+    );
     assert_eq!(
         current_lock(&pg, "prod/db").as_deref(),
         Some("held-over-backup")
