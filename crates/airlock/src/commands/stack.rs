@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use serde_json::{json, Value};
 
 use super::client::{s, stack_segment, table, time, Client};
-use crate::cli::{BackendConfigArgs, OutputFormat, StackCommand};
+use crate::cli::{BackendConfigArgs, ClientArgs, OutputFormat, StackCommand};
 
 fn settings_text(v: &Value) -> String {
     let st = &v["stack"];
@@ -144,10 +144,11 @@ pub fn run(cmd: StackCommand) -> anyhow::Result<ExitCode> {
             addresses,
             client,
         } => {
-            let c = Client::new(&client)?;
-            let v = c.send(
+            let (c, v) = stack_call(
+                &client,
                 "POST",
-                &format!("/api/v1/stacks/{}/protect", stack_segment(&stack)),
+                &stack,
+                "protect",
                 &json!({"types": types, "addresses": addresses}),
             )?;
             c.print(&v, settings_text);
@@ -158,10 +159,11 @@ pub fn run(cmd: StackCommand) -> anyhow::Result<ExitCode> {
             addresses,
             client,
         } => {
-            let c = Client::new(&client)?;
-            let v = c.send(
+            let (c, v) = stack_call(
+                &client,
                 "POST",
-                &format!("/api/v1/stacks/{}/unprotect", stack_segment(&stack)),
+                &stack,
+                "unprotect",
                 &json!({"types": types, "addresses": addresses}),
             )?;
             c.print(&v, settings_text);
@@ -171,10 +173,11 @@ pub fn run(cmd: StackCommand) -> anyhow::Result<ExitCode> {
             reason,
             client,
         } => {
-            let c = Client::new(&client)?;
-            let v = c.send(
+            let (c, v) = stack_call(
+                &client,
                 "POST",
-                &format!("/api/v1/stacks/{}/archive", stack_segment(&stack)),
+                &stack,
+                "archive",
                 &json!({"reason": reason}),
             )?;
             c.print(&v, |v| {
@@ -191,10 +194,11 @@ pub fn run(cmd: StackCommand) -> anyhow::Result<ExitCode> {
             required_approvals,
             client,
         } => {
-            let c = Client::new(&client)?;
-            let v = c.send(
+            let (c, v) = stack_call(
+                &client,
                 "PATCH",
-                &format!("/api/v1/stacks/{}/settings", stack_segment(&stack)),
+                &stack,
+                "settings",
                 &json!({"direct_writes": direct_writes, "required_approvals": required_approvals}),
             )?;
             c.print(&v, settings_text);
@@ -206,10 +210,11 @@ pub fn run(cmd: StackCommand) -> anyhow::Result<ExitCode> {
             reason,
             client,
         } => {
-            let c = Client::new(&client)?;
-            let v = c.send(
+            let (c, v) = stack_call(
+                &client,
                 "POST",
-                &format!("/api/v1/stacks/{}/grants", stack_segment(&stack)),
+                &stack,
+                "grants",
                 &json!({"addresses": addresses, "ttl": ttl, "reason": reason}),
             )?;
             c.print(&v, |v| {
@@ -259,4 +264,22 @@ pub fn backend_config(args: BackendConfigArgs) -> anyhow::Result<ExitCode> {
 "#
     ));
     Ok(ExitCode::SUCCESS)
+}
+
+/// Sends `body` to `/api/v1/stacks/{stack}/{what}`; returns the client (for printing) and the
+/// answer.
+fn stack_call(
+    client: &ClientArgs,
+    method: &str,
+    stack: &str,
+    what: &str,
+    body: &Value,
+) -> anyhow::Result<(Client, Value)> {
+    let c = Client::new(client)?;
+    let v = c.send(
+        method,
+        &format!("/api/v1/stacks/{}/{what}", stack_segment(stack)),
+        body,
+    )?;
+    Ok((c, v))
 }
