@@ -68,6 +68,7 @@ pub fn run_all<S: StoreImport + StoreStats + 'static>(engine: &Arc<S>) {
     concurrent_run_transitions_have_one_winner(store);
     audit_search_filters_newest_first(store.as_ref());
     audit_chain_verifies(store.as_ref());
+    import_only_extends_the_chain(engine.as_ref());
 }
 
 /// `audit_search` and `audit_count`: newest first, every filter narrowing, `before` paging.
@@ -1141,6 +1142,71 @@ pub fn audit_chain_verifies(s: &dyn Store) {
     verify_chain(&events, GENESIS.to_owned()).unwrap();
     let page = s.audit_events(3, 2).unwrap();
     assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), [4, 5]);
+}
+
+/// An import may only extend the stored audit chain: a record that repeats a sequence number,
+/// skips one, names another predecessor, or does not hash to itself is refused, and nothing
+/// is stored; the one record that does extend it is accepted.
+pub fn import_only_extends_the_chain(s: &dyn StoreImport) {
+    let events = s.audit_events(0, u32::MAX).unwrap();
+    let last = events
+        .last()
+        .cloned()
+        .expect("earlier tests appended events");
+    let next = |prev: &AuditRecord, seq: i64, actor: &str| {
+        let mut r = AuditRecord {
+            seq,
+            at: "2026-11-30T22:00:00Z".into(),
+            actor: actor.into(),
+            action: "imported".into(),
+            stack: None,
+            outcome: "ok".into(),
+            detail: json!({}),
+            prev_hash: prev.hash.clone(),
+            hash: String::new(),
+        };
+        r.hash = r.expected_hash();
+        r
+    };
+    let good = next(&last, last.seq + 1, "importer");
+    let mut forged_hash = good.clone();
+    forged_hash.actor = "someone else".into();
+    let mut wrong_prev = good.clone();
+    wrong_prev.prev_hash = GENESIS.to_owned();
+    wrong_prev.hash = wrong_prev.expected_hash();
+    let earlier = events
+        .get(events.len().saturating_sub(2))
+        .cloned()
+        .unwrap_or(last.clone());
+    for (bad, why) in [
+        (
+            next(&earlier, last.seq, "rewriter"),
+            "repeats the last sequence number",
+        ),
+        (
+            next(&last, last.seq + 2, "skipper"),
+            "skips a sequence number",
+        ),
+        (wrong_prev, "names another predecessor"),
+        (forged_hash, "does not hash to itself"),
+    ] {
+        assert!(
+            matches!(
+                s.import_audit(&bad),
+                Err(StoreError::Conflict(_)) | Err(StoreError::Corrupt(_))
+            ),
+            "an imported record that {why} is refused"
+        );
+    }
+    assert_eq!(
+        s.audit_events(0, u32::MAX).unwrap(),
+        events,
+        "nothing was stored"
+    );
+    s.import_audit(&good).unwrap();
+    let after = s.audit_events(0, u32::MAX).unwrap();
+    assert_eq!(after.last(), Some(&good));
+    verify_chain(&after, GENESIS.to_owned()).unwrap();
 }
 
 // ---- governed runs ----

@@ -487,6 +487,13 @@ pub fn import_audit(db: &mut dyn Sql, r: &AuditRecord) -> Result<()> {
             r.seq
         )));
     }
+    // Linked is not enough: the record's content must be what its hash covers.
+    if r.expected_hash() != r.hash {
+        return Err(StoreError::Corrupt(format!(
+            "audit record {} does not match its hash",
+            r.seq
+        )));
+    }
     insert_audit(db, r)
 }
 

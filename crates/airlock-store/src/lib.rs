@@ -260,7 +260,8 @@ pub trait StoreImport: Store {
     /// files do not hash to its `sha256`; `Conflict` if it exists.
     fn import_policy_set(&self, set: &PolicySetRecord) -> Result<()>;
     /// Appends an audit record verbatim. `Conflict` unless it extends the stored chain: its
-    /// `seq` follows the last one and its `prev_hash` is the last one's hash.
+    /// `seq` follows the last one and its `prev_hash` is the last one's hash; `Corrupt` unless
+    /// its content hashes to its `hash`.
     fn import_audit(&self, record: &AuditRecord) -> Result<()>;
     /// Names of a run's artifacts, sorted.
     fn run_artifact_names(&self, id: &str) -> Result<Vec<String>>;
