@@ -460,3 +460,43 @@ fn backend_config_json_is_a_backend_tf_json_terraform_reads() {
     ws.tf_ok(&server.admin, &["apply", "-auto-approve", "-no-color"]);
     assert_eq!(server.version_count("app"), 1);
 }
+
+/// Secrets never reach the server's log, even at `--log-level info` (one line per request):
+/// not the admin token, not minted token secrets (Bearer or Terraform's Basic auth), not an
+/// unknown token someone tried, not a sensitive value inside a state body.
+#[test]
+fn secrets_never_reach_the_server_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("server.log");
+    let server = TestServer::start_logging(
+        &["--log-level", "info"],
+        std::fs::File::create(&log).unwrap(),
+    );
+    server.ok(&server.admin, &["stack", "create", "dev/secrets"]);
+    let ci = server.token("pipeline", "ci");
+    let agent = server.token("bot", "agent");
+    let ws = Workspace::new(
+        &server,
+        "dev/secrets",
+        "resource \"terraform_data\" \"db\" {\n  input = sensitive(\"s3cr3t-db-password\")\n}\noutput \"pw\" {\n  value     = terraform_data.db.output\n  sensitive = true\n}\n",
+    );
+    ws.tf_ok(&ci, &["init"]);
+    ws.tf_ok(&ci, &["apply", "-auto-approve"]);
+    ws.tf_err(&agent, &["apply", "-auto-approve"]);
+    let guessed = "tok_guess.0123456789abcdef0123456789abcdef";
+    assert!(!server.cli(guessed, &["whoami"]).status.success());
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        log.lines().count() > 10,
+        "the log has one line per request: {log}"
+    );
+    for secret in [
+        server.admin.as_str(),
+        &ci,
+        &agent,
+        guessed,
+        "s3cr3t-db-password",
+    ] {
+        assert!(!log.contains(secret), "{secret} appears in the server log");
+    }
+}
