@@ -74,6 +74,59 @@ pub struct PlanFile {
     /// Modules whose source is not a local directory (registry, git, ...): their files are in the
     /// plan but are not part of any checkout.
     pub remote_modules: Vec<String>,
+    /// Every embedded configuration file, by module key (`""` for the root module) and file
+    /// name, local and remote modules alike: `airlock apply` compares them with what its own
+    /// `terraform init` put in the checkout.
+    pub module_files: Vec<(String, String, Vec<u8>)>,
+    /// The backend the plan was made with, which `terraform apply PLAN` writes state to.
+    pub backend: Option<PlanBackend>,
+}
+
+/// `tfplan.Backend`: where `terraform apply PLAN` reads and writes state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlanBackend {
+    /// Backend type, e.g. `http`.
+    pub kind: String,
+    /// Workspace name.
+    pub workspace: String,
+    /// The backend configuration's string attributes (others are left out).
+    pub config: Vec<(String, String)>,
+}
+
+impl PlanBackend {
+    /// A string attribute of the configuration.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.config
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Checks that this is airlock's `http` backend for exactly `state_url` (address, lock and
+    /// unlock address), in the default workspace.
+    pub fn check_is(&self, state_url: &str) -> Result<(), String> {
+        if self.kind != "http" {
+            return Err(format!(
+                "the plan's backend is {:?}, not airlock's http backend",
+                self.kind
+            ));
+        }
+        if !self.workspace.is_empty() && self.workspace != "default" {
+            return Err(format!(
+                "the plan's workspace is {:?}, not default",
+                self.workspace
+            ));
+        }
+        for key in ["address", "lock_address", "unlock_address"] {
+            if self.get(key) != Some(state_url) {
+                return Err(format!(
+                    "the plan's backend {key} is {:?}, not {state_url}: terraform apply would write state elsewhere",
+                    self.get(key).unwrap_or("unset")
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl PlanFile {
@@ -152,38 +205,117 @@ fn describe(c: &BinaryChange) -> String {
 /// Fills `config_files` and `remote_modules` from the `tfconfig/` members: `modules.json` maps
 /// each module key to its directory, relative to the root module's; `tfconfig/m-KEY/FILE` holds
 /// the files Terraform loaded for that module.
-fn read_config(bytes: &[u8], members: &[Member], plan: &mut PlanFile) -> Result<(), PlanFileError> {
-    #[derive(serde::Deserialize)]
-    struct Module {
-        #[serde(rename = "Key")]
-        key: String,
-        #[serde(rename = "Dir")]
-        dir: String,
-        #[serde(rename = "Source", default)]
-        source: String,
+/// One record of `tfconfig/modules.json`, read strictly: exactly the keys Terraform writes, each
+/// once, and no case- or fold-variant of them (Go's decoder would read `"source"` as `Source`,
+/// and the last duplicate wins, so a lenient reader would see another manifest than Terraform).
+struct ManifestModule {
+    key: String,
+    source: String,
+    dir: String,
+}
+
+fn read_manifest(body: &[u8]) -> Result<Vec<ManifestModule>, PlanFileError> {
+    let bad = |m: String| PlanFileError(format!("tfconfig/modules.json: {m}"));
+    let records: Vec<Vec<(String, serde_json::Value)>> =
+        serde_json::from_slice::<Vec<OrderedObject>>(body)
+            .map_err(|e| bad(e.to_string()))?
+            .into_iter()
+            .map(|o| o.0)
+            .collect();
+    let mut out = Vec::with_capacity(records.len());
+    for fields in records {
+        let mut seen = std::collections::BTreeSet::new();
+        let (mut key, mut source, mut dir) = (None, String::new(), None);
+        for (k, v) in fields {
+            if !["Key", "Source", "Version", "Dir"].contains(&k.as_str()) {
+                return Err(bad(format!("unexpected key {k:?}")));
+            }
+            if !seen.insert(k.clone()) {
+                return Err(bad(format!("key {k:?} appears twice")));
+            }
+            let text = match v {
+                serde_json::Value::String(t) => t,
+                _ if k == "Version" => continue,
+                _ => return Err(bad(format!("{k} is not a string"))),
+            };
+            match k.as_str() {
+                "Key" => key = Some(text),
+                "Source" => source = text,
+                "Dir" => dir = Some(text),
+                _ => {}
+            }
+        }
+        let (Some(key), Some(dir)) = (key, dir) else {
+            return Err(bad("a module record lacks Key or Dir".into()));
+        };
+        if out.iter().any(|m: &ManifestModule| m.key == key) {
+            return Err(bad(format!("module {key:?} is listed twice")));
+        }
+        out.push(ManifestModule { key, source, dir });
     }
+    Ok(out)
+}
+
+/// A JSON object with its keys in order, duplicates kept.
+struct OrderedObject(Vec<(String, serde_json::Value)>);
+
+impl<'de> serde::Deserialize<'de> for OrderedObject {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = OrderedObject;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<OrderedObject, A::Error> {
+                let mut out = Vec::new();
+                while let Some((k, v)) = m.next_entry::<String, serde_json::Value>()? {
+                    out.push((k, v));
+                }
+                Ok(OrderedObject(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// Fills `config_files`, `module_files` and `remote_modules` from the `tfconfig/` members:
+/// `modules.json` maps each module key to its directory, relative to the root module's;
+/// `tfconfig/m-KEY/FILE` holds the files Terraform loaded for that module.
+fn read_config(bytes: &[u8], members: &[Member], plan: &mut PlanFile) -> Result<(), PlanFileError> {
     let Some(manifest) = members.iter().find(|m| m.name == "tfconfig/modules.json") else {
         return err("the plan holds no configuration snapshot (tfconfig/modules.json)");
     };
-    let modules: Vec<Module> = serde_json::from_slice(&manifest.inflate(bytes)?)
-        .map_err(|e| PlanFileError(format!("tfconfig/modules.json: {e}")))?;
+    let modules = read_manifest(&manifest.inflate(bytes)?)?;
     for m in members {
         if m.name == ".terraform.lock.hcl" {
             plan.config_files.push((m.name.clone(), m.inflate(bytes)?));
             continue;
         }
         let Some(rest) = m.name.strip_prefix("tfconfig/m-") else {
+            if m.name.starts_with("tfconfig/") && m.name != "tfconfig/modules.json" {
+                return err(format!("unexpected configuration member {}", m.name));
+            }
             continue;
         };
         let Some((key, file)) = rest.split_once('/') else {
-            continue;
+            return err(format!("unexpected configuration member {}", m.name));
         };
+        if file.is_empty() || file.contains('/') {
+            return err(format!("unexpected configuration member {}", m.name));
+        }
         let Some(module) = modules.iter().find(|x| x.key == key) else {
             return err(format!(
                 "{} belongs to no module of tfconfig/modules.json",
                 m.name
             ));
         };
+        let content = m.inflate(bytes)?;
+        plan.module_files
+            .push((module.key.clone(), file.to_owned(), content.clone()));
         let local = module.key.is_empty()
             || module.source.starts_with("./")
             || module.source.starts_with("../");
@@ -194,9 +326,10 @@ fn read_config(bytes: &[u8], members: &[Member], plan: &mut PlanFile) -> Result<
             continue;
         }
         let path = airlock_core::inputs::join(&module.dir, file);
-        plan.config_files.push((path, m.inflate(bytes)?));
+        plan.config_files.push((path, content));
     }
     plan.config_files.sort();
+    plan.module_files.sort();
     Ok(())
 }
 
@@ -244,7 +377,14 @@ fn zip_members(b: &[u8]) -> Result<Vec<Member>, PlanFileError> {
         .find(|&i| u32_at(b, i).ok() == Some(EOCD_SIG))
         .ok_or_else(|| PlanFileError("the zip archive has no central directory".into()))?;
     let count = usize::from(u16_at(b, eocd + 10)?);
+    let cd_size = usize_at(b, eocd + 12)?;
     let mut at = usize_at(b, eocd + 16)?;
+    // The central directory must end exactly where its end record starts, and hold exactly
+    // `count` entries: Go's reader tolerates more, and a second copy of a member there could
+    // be read by Terraform and not by us.
+    if at.checked_add(cd_size) != Some(eocd) || at == 0xFFFF_FFFF {
+        return err("the zip central directory does not end at its end record");
+    }
     if count > 10_000 {
         return err("the zip archive lists too many members");
     }
@@ -268,14 +408,21 @@ fn zip_members(b: &[u8]) -> Result<Vec<Member>, PlanFileError> {
         if members.iter().any(|m: &Member| m.name == name) {
             return err(format!("the zip archive has member {name:?} twice"));
         }
+        let local_offset = usize_at(b, at + 42)?;
+        if local_offset == 0xFFFF_FFFF {
+            return err("zip64 member offsets are not supported");
+        }
         members.push(Member {
             name,
             method: u16_at(b, at + 10)?,
             compressed,
             uncompressed,
-            local_offset: usize_at(b, at + 42)?,
+            local_offset,
         });
         at += 46 + name_len + extra_len + comment_len;
+    }
+    if at != eocd {
+        return err("the zip central directory holds more than its end record counts");
     }
     Ok(members)
 }
@@ -402,30 +549,52 @@ fn actions(code: u64) -> Result<Vec<String>, PlanFileError> {
     Ok(names.iter().map(|s| (*s).to_owned()).collect())
 }
 
-/// The action of a `tfplan.Change` message (field 1; absent means NOOP).
-fn change_action(b: &[u8]) -> Result<Vec<String>, PlanFileError> {
+/// The action of a `tfplan.Change` message (field 1), if the message sets one.
+fn change_action(b: &[u8]) -> Result<Option<u64>, PlanFileError> {
     let mut r = Reader::new(b);
-    let mut action = 0;
+    let mut action = None;
     while let Some((n, f)) = r.next()? {
-        if let (1, Field::Varint(v)) = (n, f) {
-            action = v;
+        if n == 1 {
+            action = Some(varint(n, f)?);
         }
     }
-    actions(action)
+    Ok(action)
 }
+
+/// The value of a varint field, refusing any other wire type for it.
+fn varint(n: u64, f: Field<'_>) -> Result<u64, PlanFileError> {
+    match f {
+        Field::Varint(v) => Ok(v),
+        _ => err(format!("tfplan field {n} has the wrong wire type")),
+    }
+}
+
+/// The bytes of a length-delimited field, refusing any other wire type for it.
+fn bytes(n: u64, f: Field<'_>) -> Result<&[u8], PlanFileError> {
+    match f {
+        Field::Bytes(b) => Ok(b),
+        _ => err(format!("tfplan field {n} has the wrong wire type")),
+    }
+}
+
+// Protobuf semantics, as Terraform's decoder applies them: the last value of a scalar field
+// wins, and several occurrences of a singular message field are MERGED (parsing their
+// concatenation gives exactly that), so a trailing empty `Change` does not reset an action.
 
 fn decode_plan(b: &[u8]) -> Result<PlanFile, PlanFileError> {
     let mut plan = PlanFile::default();
     let mut version = None;
+    let mut backend = Vec::new();
     let mut r = Reader::new(b);
     while let Some((n, f)) = r.next()? {
-        match (n, f) {
-            (1, Field::Varint(v)) => version = Some(v),
-            (3, Field::Bytes(m)) => plan.changes.push(decode_resource_change(m)?),
-            (4, Field::Bytes(m)) => plan.outputs.push(decode_output_change(m)?),
-            (14, Field::Bytes(s)) => plan.terraform_version = text(s, "terraform_version")?,
-            (17, Field::Varint(v)) => plan.destroy_mode = v == 1,
-            (20, Field::Varint(v)) => plan.errored = v != 0,
+        match n {
+            1 => version = Some(varint(n, f)?),
+            3 => plan.changes.push(decode_resource_change(bytes(n, f)?)?),
+            4 => plan.outputs.push(decode_output_change(bytes(n, f)?)?),
+            13 => backend.extend_from_slice(bytes(n, f)?),
+            14 => plan.terraform_version = text(bytes(n, f)?, "terraform_version")?,
+            17 => plan.destroy_mode = varint(n, f)? == 1,
+            20 => plan.errored = varint(n, f)? != 0,
             // Deferred changes (27) are applied in a later plan; everything else is context.
             _ => {}
         }
@@ -436,19 +605,27 @@ fn decode_plan(b: &[u8]) -> Result<PlanFile, PlanFileError> {
             version.map_or("missing".into(), |v| v.to_string())
         ));
     }
+    if !backend.is_empty() {
+        plan.backend = Some(decode_backend(&backend)?);
+    }
     plan.changes.sort();
     plan.outputs.sort();
     Ok(plan)
 }
 
 fn decode_resource_change(b: &[u8]) -> Result<BinaryChange, PlanFileError> {
-    let (mut address, mut deposed, mut action) = (String::new(), None, None);
+    let (mut address, mut deposed, mut change) = (String::new(), None, Vec::new());
     let mut r = Reader::new(b);
     while let Some((n, f)) = r.next()? {
-        match (n, f) {
-            (13, Field::Bytes(s)) => address = text(s, "a change address")?,
-            (7, Field::Bytes(s)) if !s.is_empty() => deposed = Some(text(s, "a deposed key")?),
-            (9, Field::Bytes(m)) => action = Some(change_action(m)?),
+        match n {
+            13 => address = text(bytes(n, f)?, "a change address")?,
+            7 => {
+                let s = bytes(n, f)?;
+                deposed = (!s.is_empty())
+                    .then(|| text(s, "a deposed key"))
+                    .transpose()?;
+            }
+            9 => change.extend_from_slice(bytes(n, f)?),
             _ => {}
         }
     }
@@ -458,21 +635,178 @@ fn decode_resource_change(b: &[u8]) -> Result<BinaryChange, PlanFileError> {
     Ok(BinaryChange {
         address,
         deposed,
-        actions: action.unwrap_or(actions(0)?),
+        actions: actions(change_action(&change)?.unwrap_or(0))?,
     })
 }
 
 fn decode_output_change(b: &[u8]) -> Result<(String, Vec<String>), PlanFileError> {
-    let (mut name, mut action) = (String::new(), None);
+    let (mut name, mut change) = (String::new(), Vec::new());
     let mut r = Reader::new(b);
     while let Some((n, f)) = r.next()? {
-        match (n, f) {
-            (1, Field::Bytes(s)) => name = text(s, "an output name")?,
-            (2, Field::Bytes(m)) => action = Some(change_action(m)?),
+        match n {
+            1 => name = text(bytes(n, f)?, "an output name")?,
+            2 => change.extend_from_slice(bytes(n, f)?),
             _ => {}
         }
     }
-    Ok((name, action.unwrap_or(actions(0)?)))
+    Ok((name, actions(change_action(&change)?.unwrap_or(0))?))
+}
+
+/// `tfplan.Backend`: type (1), config (2, a `DynamicValue` whose field 1 is msgpack), workspace (3).
+fn decode_backend(b: &[u8]) -> Result<PlanBackend, PlanFileError> {
+    let mut backend = PlanBackend::default();
+    let mut config = Vec::new();
+    let mut r = Reader::new(b);
+    while let Some((n, f)) = r.next()? {
+        match n {
+            1 => backend.kind = text(bytes(n, f)?, "the backend type")?,
+            2 => config.extend_from_slice(bytes(n, f)?),
+            3 => backend.workspace = text(bytes(n, f)?, "the workspace")?,
+            _ => {}
+        }
+    }
+    let mut msgpack = Vec::new();
+    let mut r = Reader::new(&config);
+    while let Some((n, f)) = r.next()? {
+        if n == 1 {
+            msgpack = bytes(n, f)?.to_vec();
+        }
+    }
+    backend.config = msgpack_string_attrs(&msgpack)?;
+    Ok(backend)
+}
+
+/// The string-valued attributes of a msgpack map (a cty object); other values are skipped.
+fn msgpack_string_attrs(b: &[u8]) -> Result<Vec<(String, String)>, PlanFileError> {
+    if b.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut m = Msgpack { b, at: 0 };
+    let n = m.map_len()?;
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let key = m
+            .string()?
+            .ok_or_else(|| PlanFileError("a backend attribute name is not a string".into()))?;
+        let save = m.at;
+        match m.string()? {
+            Some(v) => {
+                if out.iter().any(|(k, _): &(String, String)| *k == key) {
+                    return err(format!("backend attribute {key} appears twice"));
+                }
+                out.push((key, v));
+            }
+            None => {
+                m.at = save;
+                m.skip(0)?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Just enough msgpack to read a map of attributes and skip any value.
+struct Msgpack<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl Msgpack<'_> {
+    fn byte(&mut self) -> Result<u8, PlanFileError> {
+        let v = *self
+            .b
+            .get(self.at)
+            .ok_or_else(|| PlanFileError("the backend configuration is truncated".into()))?;
+        self.at += 1;
+        Ok(v)
+    }
+
+    fn be(&mut self, n: usize) -> Result<usize, PlanFileError> {
+        let mut v: usize = 0;
+        for _ in 0..n {
+            v = v
+                .checked_mul(256)
+                .ok_or_else(|| PlanFileError("a backend length does not fit".into()))?
+                + usize::from(self.byte()?);
+        }
+        Ok(v)
+    }
+
+    fn advance(&mut self, n: usize) -> Result<(), PlanFileError> {
+        match self.at.checked_add(n).filter(|&e| e <= self.b.len()) {
+            Some(e) => {
+                self.at = e;
+                Ok(())
+            }
+            None => err("the backend configuration is truncated"),
+        }
+    }
+
+    fn map_len(&mut self) -> Result<usize, PlanFileError> {
+        match self.byte()? {
+            t @ 0x80..=0x8f => Ok(usize::from(t & 0x0f)),
+            0xde => self.be(2),
+            0xdf => self.be(4),
+            _ => err("the backend configuration is not a msgpack map"),
+        }
+    }
+
+    /// A string, or None (position unchanged only if the caller restores it) for another type.
+    fn string(&mut self) -> Result<Option<String>, PlanFileError> {
+        let len = match self.byte()? {
+            t @ 0xa0..=0xbf => usize::from(t & 0x1f),
+            0xd9 => self.be(1)?,
+            0xda => self.be(2)?,
+            0xdb => self.be(4)?,
+            _ => return Ok(None),
+        };
+        let start = self.at;
+        self.advance(len)?;
+        let raw = self.b.get(start..self.at).unwrap_or_default();
+        String::from_utf8(raw.to_vec())
+            .map(Some)
+            .or_else(|_| err("a backend string is not UTF-8"))
+    }
+
+    fn skip(&mut self, depth: usize) -> Result<(), PlanFileError> {
+        if depth > 64 {
+            return err("the backend configuration nests too deeply");
+        }
+        let t = self.byte()?;
+        let (items, bytes) = match t {
+            0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (0, 0),
+            0x80..=0x8f => (2 * usize::from(t & 0x0f), 0),
+            0x90..=0x9f => (usize::from(t & 0x0f), 0),
+            0xa0..=0xbf => (0, usize::from(t & 0x1f)),
+            0xc4 | 0xd9 => (0, self.be(1)?),
+            0xc5 | 0xda => (0, self.be(2)?),
+            0xc6 | 0xdb => (0, self.be(4)?),
+            0xc7 => (0, self.be(1)? + 1),
+            0xc8 => (0, self.be(2)? + 1),
+            0xc9 => (0, self.be(4)? + 1),
+            0xca => (0, 4),
+            0xcb => (0, 8),
+            0xcc | 0xd0 => (0, 1),
+            0xcd | 0xd1 => (0, 2),
+            0xce | 0xd2 => (0, 4),
+            0xcf | 0xd3 => (0, 8),
+            0xd4 => (0, 2),
+            0xd5 => (0, 3),
+            0xd6 => (0, 5),
+            0xd7 => (0, 9),
+            0xd8 => (0, 17),
+            0xdc => (self.be(2)?, 0),
+            0xdd => (self.be(4)?, 0),
+            0xde => (2 * self.be(2)?, 0),
+            0xdf => (2 * self.be(4)?, 0),
+            _ => return err("the backend configuration holds an unknown msgpack type"),
+        };
+        self.advance(bytes)?;
+        for _ in 0..items {
+            self.skip(depth + 1)?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -537,6 +871,45 @@ mod tests {
         assert!(decode_plan(&[]).is_err(), "no version");
         assert!(PlanFile::parse(b"PK\x03\x04garbage").is_err());
         assert!(PlanFile::parse(b"{}").is_err());
+    }
+
+    #[test]
+    fn repeated_messages_merge_as_in_terraform() {
+        // A trailing empty `Change` does not reset the action (protobuf merges the messages).
+        let mut rc = change("terraform_data.notify", 5);
+        bytes_field(9, &[], &mut rc);
+        let mut p = Vec::new();
+        varint_field(1, 3, &mut p);
+        bytes_field(3, &rc, &mut p);
+        let plan = decode_plan(&p).unwrap();
+        assert_eq!(plan.changes[0].actions, ["delete"]);
+        // A known field with the wrong wire type is refused, not skipped.
+        let mut wrong = Vec::new();
+        varint_field(1, 3, &mut wrong);
+        varint_field(20, 1, &mut wrong);
+        bytes_field(20, b"x", &mut wrong);
+        assert!(decode_plan(&wrong).is_err());
+    }
+
+    #[test]
+    fn backend_of_real_plans() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fuzz/corpus/planfile_reader");
+        let plan = PlanFile::parse(&std::fs::read(dir.join("destroy.tfplan")).unwrap()).unwrap();
+        let backend = plan.backend.unwrap();
+        assert_eq!(backend.kind, "local");
+        assert!(backend.check_is("http://x/state/s").is_err());
+        let http = PlanBackend {
+            kind: "http".into(),
+            workspace: "default".into(),
+            config: ["address", "lock_address", "unlock_address"]
+                .iter()
+                .map(|k| ((*k).to_owned(), "http://x/state/s".to_owned()))
+                .collect(),
+        };
+        assert!(http.check_is("http://x/state/s").is_ok());
+        assert!(http.check_is("http://evil/state/s").is_err());
+        assert!(!plan.module_files.is_empty());
     }
 
     #[test]

@@ -144,6 +144,8 @@ struct JudgeInput {
     planned: (Option<String>, Option<u64>),
     inputs: Vec<InputFile>,
     planned_dir: String,
+    /// The `Host` the upload came in by (the plan's backend must name this server by it).
+    host: Option<String>,
     /// The stack's current state, when it has one (to see what changed outside Terraform).
     current_state: Option<Arc<StateSummary>>,
     /// The server's policy sets whose glob matches the stack.
@@ -342,6 +344,93 @@ impl Observer for RunObserver<'_> {
     }
 }
 
+/// The binary's backend is where `terraform apply PLAN` writes state: it must be airlock's http
+/// backend for this stack (all three addresses one `/state/{stack}` URL, default workspace).
+/// `airlock apply` checks the exact URL against the one it trusts.
+fn check_backend(binary: &PlanFile, stack: &str, host: Option<&str>) -> ApiResult<()> {
+    let Some(backend) = &binary.backend else {
+        return Err(bad("the binary plan names no backend"));
+    };
+    let address = backend.get("address").unwrap_or_default();
+    let ours = |a: &str| match host {
+        Some(h) => [
+            format!("http://{h}/state/{stack}"),
+            format!("https://{h}/state/{stack}"),
+        ]
+        .iter()
+        .any(|u| u == a),
+        None => a.ends_with(&format!("/state/{stack}")),
+    };
+    if !ours(address) {
+        return Err(bad(format!(
+            "the binary plan's backend address {address:?} is not this server's /state/{stack}: terraform apply would write state elsewhere"
+        )));
+    }
+    backend.check_is(address).map_err(bad)
+}
+
+/// Root variables whose planned value is not the configuration's default: they come from
+/// outside the code (`-var`, `TF_VAR_*`, or a var file) and decide what the apply does (provider
+/// settings, provisioner commands) without showing in the resource changes. Approvers see each
+/// one, with its value unless the variable is sensitive.
+fn planner_variables(plan_json: &[u8]) -> ApiResult<Vec<Finding>> {
+    #[derive(Deserialize)]
+    struct Planned {
+        #[serde(default)]
+        value: Value,
+    }
+    #[derive(Deserialize)]
+    struct Declared {
+        #[serde(default)]
+        default: Option<Value>,
+        #[serde(default)]
+        sensitive: bool,
+    }
+    #[derive(Deserialize, Default)]
+    struct Root {
+        #[serde(default)]
+        variables: std::collections::BTreeMap<String, Declared>,
+    }
+    #[derive(Deserialize, Default)]
+    struct Configuration {
+        #[serde(default)]
+        root_module: Root,
+    }
+    #[derive(Deserialize)]
+    struct Plan {
+        #[serde(default)]
+        variables: std::collections::BTreeMap<String, Planned>,
+        #[serde(default)]
+        configuration: Configuration,
+    }
+    let plan: Plan =
+        serde_json::from_slice(plan_json).map_err(|e| bad(format!("plan JSON: {e}")))?;
+    let declared = &plan.configuration.root_module.variables;
+    let mut out = Vec::new();
+    for (name, planned) in &plan.variables {
+        let d = declared.get(name);
+        if d.and_then(|d| d.default.as_ref()) == Some(&planned.value) {
+            continue;
+        }
+        let shown = if d.is_some_and(|d| d.sensitive) {
+            "(sensitive)".to_owned()
+        } else {
+            let v = planned.value.to_string();
+            let v: String = v.chars().filter(|c| !c.is_control()).take(200).collect();
+            v
+        };
+        out.push(Finding {
+            rule: "planner-variable".into(),
+            severity: Severity::Review,
+            address: None,
+            message: format!(
+                "variable {name} = {shown} comes from the planner (-var, TF_VAR_ or a var file), not the code's default: check it is what the reviewed files say"
+            ),
+        });
+    }
+    Ok(out)
+}
+
 /// Runs the plan gate over the uploaded plan JSON, after proving that the JSON describes the
 /// binary plan that will be applied. The stack's server-side protections, its production flag,
 /// the repository's Rego policies and the server's policy sets for the stack all take part;
@@ -363,6 +452,8 @@ fn judge(input: JudgeInput) -> ApiResult<Judged> {
         )));
     }
     check_embedded_config(&binary, &input)?;
+    check_backend(&binary, &stack.name, input.host.as_deref())?;
+    let variable_findings = planner_variables(&input.plan_json)?;
     let cfg = parse_config(input.config.as_deref())?;
     let stack_cfg = cfg.stack(&stack.name);
     let mut policy_changes = Vec::new();
@@ -406,6 +497,7 @@ fn judge(input: JudgeInput) -> ApiResult<Judged> {
                 address: None,
                 message: format!("this change {change} (compared with the last applied run)"),
             })
+            .chain(variable_findings)
             .collect(),
     };
     let gate_input = GateInput {
@@ -563,10 +655,16 @@ pub async fn create(
     State(state): State<Arc<AppState>>,
     Extension(p): Extension<Principal>,
     Extension(RequestStack(stack)): Extension<RequestStack>,
+    headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let req: CreateRun = parse_body(&body)?;
     drop(body);
+    // The host the uploader reached this server by: the plan's backend must name the same.
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned);
     let record = existing_stack(&state, &p, stack.as_str()).await?;
     let plan_bin = b64(&req.plan_b64, "plan_b64")?;
     let plan_json = b64(&req.plan_json_b64, "plan_json_b64")?;
@@ -609,6 +707,7 @@ pub async fn create(
             planned_dir: req.planned_dir.clone().unwrap_or_else(|| ".".into()),
             current_state,
             server_sets,
+            host,
         };
         tokio::task::spawn_blocking(move || judge(input))
             .await

@@ -10,6 +10,7 @@ use std::process::{Command, ExitCode};
 
 use airlock_core::inputs::{self, InputFile, CONFIG_PATH};
 use airlock_policy::config::{self, Config, Phase};
+use airlock_policy::planfile::PlanFile;
 use airlock_runner::{input_files, phase_env, run_streaming};
 use anyhow::{bail, Context};
 use base64::Engine;
@@ -602,10 +603,104 @@ pub fn reject(args: RejectArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Checks the parts of the binary plan that `terraform apply PLAN` uses instead of the
+/// checkout: its backend must be this server's stack, and every embedded configuration file
+/// (root module, local and remote modules, as this checkout's own `terraform init` placed them)
+/// must be byte for byte this checkout's, with no configuration file of those modules left out.
+fn embedded_plan_is_this_checkouts(
+    plan_bin: &[u8],
+    dir: &Path,
+    state_url: &str,
+) -> Result<(), String> {
+    let plan = PlanFile::parse(plan_bin).map_err(|e| e.to_string())?;
+    plan.backend
+        .as_ref()
+        .ok_or_else(|| "the plan names no backend".to_owned())?
+        .check_is(state_url)?;
+    embedded_config_is_this_checkouts(&plan, dir)
+}
+
+/// The configuration half of [`embedded_plan_is_this_checkouts`].
+fn embedded_config_is_this_checkouts(plan: &PlanFile, dir: &Path) -> Result<(), String> {
+    #[derive(serde::Deserialize)]
+    struct Module {
+        #[serde(rename = "Key")]
+        key: String,
+        #[serde(rename = "Dir")]
+        dir: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct Installed {
+        #[serde(rename = "Modules")]
+        modules: Vec<Module>,
+    }
+    // What this checkout's own `terraform init` installed (absent: no module calls).
+    let manifest: Vec<Module> = match std::fs::read(dir.join(".terraform/modules/modules.json")) {
+        Ok(b) => {
+            serde_json::from_slice::<Installed>(&b)
+                .map_err(|e| format!(".terraform/modules/modules.json: {e}"))?
+                .modules
+        }
+        Err(_) => Vec::new(),
+    };
+    let module_dir = |key: &str| -> Result<PathBuf, String> {
+        if key.is_empty() {
+            return Ok(dir.to_path_buf());
+        }
+        manifest
+            .iter()
+            .find(|m| m.key == key)
+            .map(|m| dir.join(&m.dir))
+            .ok_or_else(|| format!("the plan embeds module {key:?}, which this checkout's terraform init did not install"))
+    };
+    let mut dirs = std::collections::BTreeMap::new();
+    for (key, file, content) in &plan.module_files {
+        let d = module_dir(key)?;
+        let path = d.join(file);
+        if std::fs::read(&path).ok().as_deref() != Some(content.as_slice()) {
+            return Err(format!(
+                "the plan's embedded configuration file {} differs from this checkout's (module {key:?}): terraform apply would run configuration nobody reviewed",
+                path.display()
+            ));
+        }
+        dirs.entry(d).or_insert_with(Vec::new).push(file.clone());
+    }
+    for (d, embedded) in &dirs {
+        for e in std::fs::read_dir(d).map_err(|e| format!("{}: {e}", d.display()))? {
+            let name = e
+                .map_err(|e| e.to_string())?
+                .file_name()
+                .to_string_lossy()
+                .into_owned();
+            if (name.ends_with(".tf") || name.ends_with(".tf.json")) && !embedded.contains(&name) {
+                return Err(format!(
+                    "{} is not in the plan's embedded configuration: the plan was not made from this checkout",
+                    d.join(&name).display()
+                ));
+            }
+        }
+    }
+    if let Some((_, lock)) = plan
+        .config_files
+        .iter()
+        .find(|(p, _)| p == ".terraform.lock.hcl")
+    {
+        let ours = std::fs::read(dir.join(".terraform.lock.hcl")).ok();
+        let empty = !lock.windows(10).any(|w| w == b"provider \"");
+        if ours.as_deref() != Some(lock.as_slice()) && !(ours.is_none() && empty) {
+            return Err(
+                "the plan's embedded .terraform.lock.hcl differs from this checkout's".into(),
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The parts of a plan JSON that say what an apply does: every resource and output change
 /// (with values), and the prior state it applies to.
 const PLAN_PARTS: &[&str] = &[
     "terraform_version",
+    "variables",
     "resource_changes",
     "output_changes",
     "prior_state",
@@ -711,6 +806,13 @@ pub fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     let mut check = String::new();
     let outcome = (|| -> anyhow::Result<bool> {
         init(&args.terraform_bin, &dir, &state_url, &env)?;
+        // `terraform apply PLAN` runs the plan's embedded configuration and writes to the plan's
+        // backend, whatever this checkout holds: both must be this checkout's and this server's.
+        if let Err(e) = embedded_plan_is_this_checkouts(&plan_bin, &dir, &state_url) {
+            check = format!("{e}: not applied");
+            log = check.clone().into_bytes();
+            return Ok(false);
+        }
         // Terraform itself reads the binary about to be applied; it must say what was reviewed.
         let show = show_json(&args.terraform_bin, &dir, &plan_path, &env)?;
         if !show.status.success() {
@@ -756,7 +858,61 @@ pub fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
 
 #[cfg(test)]
 mod tests {
-    use super::plan_difference;
+    use super::{embedded_config_is_this_checkouts, plan_difference, PlanFile};
+
+    /// `airlock apply` refuses a binary plan whose embedded configuration (root module, local
+    /// modules, lock file) is not this checkout's, whatever the server accepted.
+    #[test]
+    fn embedded_configuration_must_be_the_checkouts() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        std::fs::create_dir_all(dir.join("m")).unwrap();
+        std::fs::write(
+            dir.join("main.tf"),
+            "module \"m\" {\n  source = \"./m\"\n}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("m/main.tf"),
+            "resource \"terraform_data\" \"x\" {}\n",
+        )
+        .unwrap();
+        let tf = |args: &[&str]| {
+            let out = std::process::Command::new("terraform")
+                .args(args)
+                .current_dir(dir)
+                .env("CHECKPOINT_DISABLE", "1")
+                .env("TF_CLI_CONFIG_FILE", "/dev/null")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        tf(&["init", "-input=false"]);
+        tf(&["plan", "-input=false", "-out=p.tfplan"]);
+        let plan = PlanFile::parse(&std::fs::read(dir.join("p.tfplan")).unwrap()).unwrap();
+        assert_eq!(embedded_config_is_this_checkouts(&plan, dir), Ok(()));
+        // A module file changed after planning.
+        std::fs::write(
+            dir.join("m/main.tf"),
+            "resource \"terraform_data\" \"y\" {}\n",
+        )
+        .unwrap();
+        let e = embedded_config_is_this_checkouts(&plan, dir).unwrap_err();
+        assert!(e.contains("m/main.tf"), "{e}");
+        // A file the plan does not embed.
+        std::fs::write(
+            dir.join("m/main.tf"),
+            "resource \"terraform_data\" \"x\" {}\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("extra.tf"), "").unwrap();
+        let e = embedded_config_is_this_checkouts(&plan, dir).unwrap_err();
+        assert!(e.contains("extra.tf"), "{e}");
+    }
 
     #[test]
     fn plan_difference_compares_what_an_apply_does() {

@@ -502,3 +502,118 @@ fn hostile_run_uploads_get_a_clear_400() {
     let runs: Value = serde_json::from_str(&runs).unwrap();
     assert_eq!(runs["runs"].as_array().unwrap().len(), 0, "nothing stored");
 }
+
+/// Review finding: the plan's `tfconfig/modules.json` is read by Terraform with Go's
+/// case-insensitive decoder (last duplicate wins). An agent marked its local module "remote"
+/// for airlock (`"Source"`) while Terraform kept `"source": "./m"`, so the module's embedded
+/// files, with a `local-exec` provisioner, went unchecked. The manifest is now read strictly.
+#[test]
+fn a_manifest_that_terraform_reads_differently_is_refused() {
+    let t = team("dev/manifest");
+    let ws = Workspace::new(
+        &t.s,
+        "dev/manifest",
+        "module \"m\" {\n  source = \"./m\"\n}\n",
+    );
+    std::fs::create_dir_all(ws.path("m")).unwrap();
+    let clean = "resource \"terraform_data\" \"x\" {\n  input = 1\n}\n";
+    std::fs::write(ws.path("m/main.tf"), format!("{clean}resource \"terraform_data\" \"y\" {{\n  provisioner \"local-exec\" {{\n    command = \"env > /tmp/airlock-pwned\"\n  }}\n}}\n")).unwrap();
+    ws.tf_ok(&t.s.admin, &["init"]);
+    ws.tf_ok(&t.s.admin, &["plan", "-out=evil.tfplan"]);
+    std::fs::write(ws.path("m/main.tf"), clean).unwrap();
+    let script = r#"
+import json, sys, zipfile
+src, dst = sys.argv[1], sys.argv[2]
+zin = zipfile.ZipFile(src)
+zout = zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED)
+for item in zin.infolist():
+    data = zin.read(item.filename)
+    if item.filename == "tfconfig/modules.json":
+        text = data.decode()
+        text = text.replace('"Source": "./m"', '"Source": "registry.terraform.io/acme/m/null", "source": "./m"')
+        data = text.encode()
+    zout.writestr(item, data)
+zout.close()
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(ws.path("evil.tfplan"))
+        .arg(ws.path("forged.tfplan"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut files: Vec<InputFile> = ["backend.tf", "main.tf", "m/main.tf"]
+        .iter()
+        .map(|f| InputFile::of(f, &std::fs::read(ws.path(f)).unwrap()))
+        .collect();
+    files.sort();
+    let mut body = forged_upload(&t, &ws, "dev/manifest", "forged.tfplan", "evil.tfplan");
+    body["inputs"] = json!(files);
+    body["fingerprint"] = json!(inputs::fingerprint(
+        body["terraform_version"].as_str().unwrap(),
+        &files
+    ));
+    let (code, msg) = upload(&t, &t.agent, "dev/manifest", &body);
+    assert_eq!(code, 400, "{msg}");
+    assert!(msg.contains("modules.json"), "{msg}");
+    // Without the manifest trick, the module's changed file is caught as unreviewed configuration.
+    body["plan_b64"] = json!(B64.encode(std::fs::read(ws.path("evil.tfplan")).unwrap()));
+    let (code, msg) = upload(&t, &t.agent, "dev/manifest", &body);
+    assert_eq!(code, 400, "{msg}");
+    assert!(msg.contains("embedded configuration"), "{msg}");
+}
+
+/// Review finding: `terraform apply PLAN` writes state to the backend stored in the plan. An
+/// agent planned against its own endpoint (serving a copy of the state), so the apply's writes
+/// would bypass the firewall and history. The server refuses a plan whose backend is not this
+/// server's `/state/{stack}` (and `airlock apply` checks the exact URL it trusts).
+#[test]
+fn a_plan_against_another_backend_is_refused() {
+    let t = team("dev/elsewhere");
+    let evil = TestServer::start();
+    evil.ok(&evil.admin, &["stack", "create", "dev/elsewhere"]);
+    let ws = Workspace::new(&evil, "dev/elsewhere", DB_AND_WEB);
+    ws.tf_ok(&evil.admin, &["init"]);
+    ws.tf_ok(&evil.admin, &["plan", "-out=p.tfplan"]);
+    let mut body = forged_upload(&t, &ws, "dev/elsewhere", "p.tfplan", "p.tfplan");
+    body["planned_lineage"] = json!(null);
+    body["planned_serial"] = json!(null);
+    let (code, msg) = upload(&t, &t.agent, "dev/elsewhere", &body);
+    assert_eq!(code, 400, "{msg}");
+    assert!(msg.contains("backend"), "{msg}");
+}
+
+/// Review finding: variables set by the planner (`TF_VAR_*`, `-var`) decide what the apply does
+/// (a provisioner command, a provider endpoint) without showing in the resource changes.
+/// Approvers now see every variable that is not the code's default, and the run needs review.
+#[test]
+fn planner_variables_are_shown_to_approvers() {
+    let t = team("dev/vars");
+    let ws = Workspace::new(
+        &t.s,
+        "dev/vars",
+        "variable \"region\" {\n  default = \"eu-west-1\"\n}\nresource \"terraform_data\" \"notify\" {\n  input = var.region\n}\n",
+    );
+    let out = cli_in(
+        &t.s,
+        &t.agent,
+        &ws.dir,
+        &["plan", ".", "--stack", "dev/vars", "--format", "json"],
+        &[("TF_VAR_region", "x; id > /tmp/pwned #")],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["run"]["decision"], "review", "{v}");
+    let shown = t.s.ok(
+        &t.approver,
+        &["run", "show", v["run"]["id"].as_str().unwrap()],
+    );
+    assert!(
+        shown.contains("variable region = \"x; id > /tmp/pwned #\""),
+        "{shown}"
+    );
+}
