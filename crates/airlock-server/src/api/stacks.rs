@@ -193,18 +193,13 @@ fn valid_rule(s: &str) -> bool {
     !s.is_empty() && s.len() <= 1000 && !s.chars().any(char::is_control)
 }
 
-/// `POST /api/v1/stacks/{stack}/protect`: adds protected types or address globs.
-pub async fn protect(
-    State(state): State<Arc<AppState>>,
-    Extension(p): Extension<Principal>,
-    Extension(RequestStack(stack)): Extension<RequestStack>,
-    body: Bytes,
-) -> ApiResult<Json<Value>> {
-    let req: Protect = parse_body(&body)?;
+/// The body of `protect` / `unprotect`: at least one rule, each printable and bounded.
+fn protection_rules(body: &[u8], verb: &str) -> ApiResult<Protect> {
+    let req: Protect = parse_body(body)?;
     if req.types.is_empty() && req.addresses.is_empty() {
         return Err(ApiError::new(
             RefusalKind::BadRequest,
-            "give at least one type or address to protect",
+            format!("give at least one type or address to {verb}"),
         ));
     }
     if let Some(bad) = req
@@ -218,6 +213,17 @@ pub async fn protect(
             format!("invalid protection rule {bad:?}"),
         ));
     }
+    Ok(req)
+}
+
+/// `POST /api/v1/stacks/{stack}/protect`: adds protected types or address globs.
+pub async fn protect(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Extension(RequestStack(stack)): Extension<RequestStack>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let req = protection_rules(&body, "protect")?;
     let mut settings = existing_stack(&state, &p, stack.as_str()).await?.settings;
     for t in req.types {
         if !settings.protect_types.contains(&t) {
@@ -241,13 +247,7 @@ pub async fn unprotect(
     Extension(RequestStack(stack)): Extension<RequestStack>,
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
-    let req: Protect = parse_body(&body)?;
-    if req.types.is_empty() && req.addresses.is_empty() {
-        return Err(ApiError::new(
-            RefusalKind::BadRequest,
-            "give at least one type or address to unprotect",
-        ));
-    }
+    let req = protection_rules(&body, "unprotect")?;
     let mut settings = existing_stack(&state, &p, stack.as_str()).await?.settings;
     let missing: Vec<&String> = req
         .types
