@@ -144,8 +144,6 @@ struct JudgeInput {
     planned: (Option<String>, Option<u64>),
     inputs: Vec<InputFile>,
     planned_dir: String,
-    /// The `Host` the upload came in by (the plan's backend must name this server by it).
-    host: Option<String>,
     /// The stack's current state, when it has one (to see what changed outside Terraform).
     current_state: Option<Arc<StateSummary>>,
     /// The server's policy sets whose glob matches the stack.
@@ -345,25 +343,18 @@ impl Observer for RunObserver<'_> {
 }
 
 /// The binary's backend is where `terraform apply PLAN` writes state: it must be airlock's http
-/// backend for this stack (all three addresses one `/state/{stack}` URL, default workspace).
-/// `airlock apply` checks the exact URL against the one it trusts.
-fn check_backend(binary: &PlanFile, stack: &str, host: Option<&str>) -> ApiResult<()> {
+/// backend for this stack (all three addresses one URL ending in `/state/{stack}`, default
+/// workspace). The server cannot know every URL it is reached by (a `Host` header is the
+/// uploader's to choose), so the exact URL is checked where it is known and trusted: by
+/// `airlock apply`, against the `AIRLOCK_URL` CI uses.
+fn check_backend(binary: &PlanFile, stack: &str) -> ApiResult<()> {
     let Some(backend) = &binary.backend else {
         return Err(bad("the binary plan names no backend"));
     };
     let address = backend.get("address").unwrap_or_default();
-    let ours = |a: &str| match host {
-        Some(h) => [
-            format!("http://{h}/state/{stack}"),
-            format!("https://{h}/state/{stack}"),
-        ]
-        .iter()
-        .any(|u| u == a),
-        None => a.ends_with(&format!("/state/{stack}")),
-    };
-    if !ours(address) {
+    if !address.ends_with(&format!("/state/{stack}")) {
         return Err(bad(format!(
-            "the binary plan's backend address {address:?} is not this server's /state/{stack}: terraform apply would write state elsewhere"
+            "the binary plan's backend address {address:?} is not a /state/{stack} of airlock: terraform apply would write state elsewhere"
         )));
     }
     backend.check_is(address).map_err(bad)
@@ -452,7 +443,7 @@ fn judge(input: JudgeInput) -> ApiResult<Judged> {
         )));
     }
     check_embedded_config(&binary, &input)?;
-    check_backend(&binary, &stack.name, input.host.as_deref())?;
+    check_backend(&binary, &stack.name)?;
     let variable_findings = planner_variables(&input.plan_json)?;
     let cfg = parse_config(input.config.as_deref())?;
     let stack_cfg = cfg.stack(&stack.name);
@@ -655,16 +646,10 @@ pub async fn create(
     State(state): State<Arc<AppState>>,
     Extension(p): Extension<Principal>,
     Extension(RequestStack(stack)): Extension<RequestStack>,
-    headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let req: CreateRun = parse_body(&body)?;
     drop(body);
-    // The host the uploader reached this server by: the plan's backend must name the same.
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_owned);
     let record = existing_stack(&state, &p, stack.as_str()).await?;
     let plan_bin = b64(&req.plan_b64, "plan_b64")?;
     let plan_json = b64(&req.plan_json_b64, "plan_json_b64")?;
@@ -707,7 +692,6 @@ pub async fn create(
             planned_dir: req.planned_dir.clone().unwrap_or_else(|| ".".into()),
             current_state,
             server_sets,
-            host,
         };
         tokio::task::spawn_blocking(move || judge(input))
             .await

@@ -569,22 +569,41 @@ zout.close()
 
 /// Review finding: `terraform apply PLAN` writes state to the backend stored in the plan. An
 /// agent planned against its own endpoint (serving a copy of the state), so the apply's writes
-/// would bypass the firewall and history. The server refuses a plan whose backend is not this
-/// server's `/state/{stack}` (and `airlock apply` checks the exact URL it trusts).
+/// would bypass the firewall and history. The server refuses a backend that is not an airlock
+/// `/state/{stack}`; it cannot know every URL it is reached by (the `Host` header is the
+/// uploader's), so an endpoint with the same path passes it, and `airlock apply` refuses it
+/// against the URL CI trusts, before Terraform runs.
 #[test]
 fn a_plan_against_another_backend_is_refused() {
     let t = team("dev/elsewhere");
     let evil = TestServer::start();
     evil.ok(&evil.admin, &["stack", "create", "dev/elsewhere"]);
+    t.s.ok(&t.s.admin, &["stack", "create", "dev/other"]);
     let ws = Workspace::new(&evil, "dev/elsewhere", DB_AND_WEB);
     ws.tf_ok(&evil.admin, &["init"]);
     ws.tf_ok(&evil.admin, &["plan", "-out=p.tfplan"]);
     let mut body = forged_upload(&t, &ws, "dev/elsewhere", "p.tfplan", "p.tfplan");
     body["planned_lineage"] = json!(null);
     body["planned_serial"] = json!(null);
-    let (code, msg) = upload(&t, &t.agent, "dev/elsewhere", &body);
+    // Another stack's path is refused by the server, whatever Host the upload claims.
+    let (code, msg) = upload(&t, &t.agent, "dev/other", &body);
     assert_eq!(code, 400, "{msg}");
     assert!(msg.contains("backend"), "{msg}");
+    // The same path on another server passes the server, and CI refuses it.
+    let (code, msg) = upload(&t, &t.agent, "dev/elsewhere", &body);
+    assert_eq!(code, 201, "{msg}");
+    let run: Value = serde_json::from_str(&msg).unwrap();
+    let run = run["run"]["id"].as_str().unwrap().to_owned();
+    t.s.ok(&t.approver, &["approve", &run]);
+    let out = apply(&t, &ws, &t.ci, &run);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("backend address"), "{}", text(&out));
+    assert_eq!(
+        evil.version_count("dev/elsewhere"),
+        0,
+        "nothing reached the other endpoint"
+    );
+    assert_eq!(t.s.version_count("dev/elsewhere"), 0);
 }
 
 /// Review finding: variables set by the planner (`TF_VAR_*`, `-var`) decide what the apply does
