@@ -333,6 +333,13 @@ fn read_config(bytes: &[u8], members: &[Member], plan: &mut PlanFile) -> Result<
     Ok(())
 }
 
+/// Whether a `.terraform.lock.hcl` locks any provider. Terraform embeds a lock file in every
+/// plan, a bare header when the checkout has none (no providers to lock): only one that locks
+/// something must match a file of the checkout.
+pub fn lock_file_locks_providers(lock: &[u8]) -> bool {
+    lock.windows(10).any(|w| w == b"provider \"")
+}
+
 // --- zip (only what Terraform's archive/zip writer produces: stored or deflated, no zip64) ---
 
 struct Member {

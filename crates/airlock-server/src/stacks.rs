@@ -136,7 +136,7 @@ pub async fn read_body(body: Body, limit: usize) -> ApiResult<Vec<u8>> {
 }
 
 /// Parses (or fetches from cache) the summary of the version with this hash.
-fn summary_for(
+pub(crate) fn summary_for(
     state: &AppState,
     sha: &str,
     load: &dyn Fn() -> Result<Vec<u8>, airlock_store::StoreError>,

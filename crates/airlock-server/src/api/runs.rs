@@ -18,7 +18,7 @@ use airlock_policy::gate::{
     self, ChangeEntry, GateError, GateInput, GateReport, Observer, PlanSource, ServerPolicySet,
 };
 use airlock_policy::plan::ChangeKind;
-use airlock_policy::planfile::{BinaryChange, PlanFile};
+use airlock_policy::planfile::{lock_file_locks_providers, BinaryChange, PlanFile};
 use airlock_policy::{config, plan, report};
 use airlock_store::run_rules::{self, Actor, Checkout, Refused, Transition};
 use airlock_store::{
@@ -165,10 +165,9 @@ fn check_embedded_config(binary: &PlanFile, input: &JudgeInput) -> ApiResult<()>
     for (path, content) in &binary.config_files {
         let repo_path = inputs::join(&input.planned_dir, path);
         let sha = InputFile::of(&repo_path, content).sha256;
-        // Terraform embeds a lock file even when the checkout has none (no providers locked).
         let empty_lock = path == ".terraform.lock.hcl"
             && !listed.contains_key(repo_path.as_str())
-            && !content.windows(10).any(|w| w == b"provider \"");
+            && !lock_file_locks_providers(content);
         if !empty_lock && listed.get(repo_path.as_str()) != Some(&sha.as_str()) {
             return Err(bad(format!(
                 "the binary plan's embedded configuration file {repo_path} is not the one listed in the run's inputs: terraform apply would run configuration nobody reviewed"
@@ -668,15 +667,14 @@ pub async fn create(
     let s = stack.to_string();
     let previous = store_call(&state, move |st| previous_policy(st, &s)).await?;
     let s = stack.to_string();
+    // The stack's current state, through the server's summary cache (versions are immutable).
+    let app = Arc::clone(&state);
     let current_state = store_call(&state, move |st| {
-        Ok(match st.current_version(&s)? {
-            Some(v) => Some(st.version_bytes(&s, v.serial)?),
-            None => None,
-        })
+        Ok(st.current_version(&s)?.and_then(|v| {
+            crate::stacks::summary_for(&app, &v.sha256, &|| st.version_bytes(&s, v.serial)).ok()
+        }))
     })
-    .await?
-    .and_then(|b| StateSummary::parse(&b).ok())
-    .map(Arc::new);
+    .await?;
     let s = stack.to_string();
     let server_sets = store_call(&state, move |st| super::policies::for_stack(st, &s)).await?;
     let judged = {

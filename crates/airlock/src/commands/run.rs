@@ -10,7 +10,7 @@ use std::process::{Command, ExitCode};
 
 use airlock_core::inputs::{self, InputFile, CONFIG_PATH};
 use airlock_policy::config::{self, Config, Phase};
-use airlock_policy::planfile::PlanFile;
+use airlock_policy::planfile::{self, PlanFile};
 use airlock_runner::{input_files, phase_env, run_streaming};
 use anyhow::{bail, Context};
 use base64::Engine;
@@ -686,8 +686,9 @@ fn embedded_config_is_this_checkouts(plan: &PlanFile, dir: &Path) -> Result<(), 
         .find(|(p, _)| p == ".terraform.lock.hcl")
     {
         let ours = std::fs::read(dir.join(".terraform.lock.hcl")).ok();
-        let empty = !lock.windows(10).any(|w| w == b"provider \"");
-        if ours.as_deref() != Some(lock.as_slice()) && !(ours.is_none() && empty) {
+        // A bare embedded lock file stands for a checkout without one.
+        let bare_for_none = ours.is_none() && !planfile::lock_file_locks_providers(lock);
+        if ours.as_deref() != Some(lock.as_slice()) && !bare_for_none {
             return Err(
                 "the plan's embedded .terraform.lock.hcl differs from this checkout's".into(),
             );
