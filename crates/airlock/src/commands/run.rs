@@ -237,7 +237,8 @@ fn run_text(v: &Value) -> String {
         out.push_str("author's user: the token itself (it belongs to no user)\n");
     }
     let commit = match run["git_head"].as_str() {
-        Some(_) => s(run, "/git_head"),
+        // The planner reports it; what binds the run to code is the inputs' fingerprint.
+        Some(_) => format!("{} (as reported by the planner)", s(run, "/git_head")),
         None => "none recorded (not a git checkout)".into(),
     };
     out.push_str(&format!(
