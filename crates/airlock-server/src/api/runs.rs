@@ -144,6 +144,8 @@ struct JudgeInput {
     planned: (Option<String>, Option<u64>),
     inputs: Vec<InputFile>,
     planned_dir: String,
+    /// The Terraform version the uploader claims (the fingerprint covers it).
+    terraform_version: String,
     /// The stack's current state, when it has one (to see what changed outside Terraform).
     current_state: Option<Arc<StateSummary>>,
     /// The server's policy sets whose glob matches the stack.
@@ -441,6 +443,12 @@ fn judge(input: JudgeInput) -> ApiResult<Judged> {
             prior.0, prior.1, input.planned.0, input.planned.1
         )));
     }
+    if binary.terraform_version != input.terraform_version {
+        return Err(bad(format!(
+            "the binary plan was made by terraform {}, not the terraform_version {} sent with it",
+            binary.terraform_version, input.terraform_version
+        )));
+    }
     check_embedded_config(&binary, &input)?;
     check_backend(&binary, &stack.name)?;
     let variable_findings = planner_variables(&input.plan_json)?;
@@ -688,6 +696,7 @@ pub async fn create(
             planned: (req.planned_lineage.clone(), req.planned_serial),
             inputs: req.inputs.clone(),
             planned_dir: req.planned_dir.clone().unwrap_or_else(|| ".".into()),
+            terraform_version: req.terraform_version.clone(),
             current_state,
             server_sets,
         };

@@ -489,6 +489,15 @@ fn hostile_run_uploads_get_a_clear_400() {
             "relative path",
         ),
         (mutate(&|b| b["surprise"] = json!(1)), "unknown field"),
+        (
+            mutate(&|b| {
+                // A claimed version that is not the binary's, with a consistent fingerprint.
+                let files: Vec<InputFile> = serde_json::from_value(b["inputs"].clone()).unwrap();
+                b["terraform_version"] = json!("1.99.0");
+                b["fingerprint"] = json!(inputs::fingerprint("1.99.0", &files));
+            }),
+            "made by terraform",
+        ),
     ];
     for (body, want) in cases {
         let (code, msg) = upload(&t, &t.agent, "dev/hostile", &body);
