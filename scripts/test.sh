@@ -12,6 +12,9 @@ if ! command -v terraform >/dev/null 2>&1; then
 fi
 # The code's own claims first: formatting, and clippy with warnings as errors (it also keeps
 # `rust-version` honest through `incompatible_msrv`, and the library crates deny printing).
+# The real external clients the suite drives (MCP SDK and Inspector, GitHub's OpenAPI description,
+# playwright-core and chromium), installed once and cached: scripts/test-deps.sh.
+. scripts/test-deps.sh
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 if cargo nextest --version >/dev/null 2>&1; then
