@@ -10,6 +10,7 @@ mod api;
 mod auth;
 mod cache;
 mod error;
+pub mod inproc;
 pub mod firewall;
 mod log;
 mod metrics;
