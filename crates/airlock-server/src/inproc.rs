@@ -55,7 +55,9 @@ pub async fn call(
         }
         None => Body::empty(),
     };
-    let req = req.body(body).map_err(|e| format!("bad in-process request: {e}"))?;
+    let req = req
+        .body(body)
+        .map_err(|e| format!("bad in-process request: {e}"))?;
     let resp = router::build(Arc::clone(state))
         .oneshot(req)
         .await

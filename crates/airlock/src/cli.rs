@@ -57,6 +57,13 @@ pub enum Command {
     Reject(RejectArgs),
     /// Apply exactly the approved plan of a run (CI).
     Apply(ApplyArgs),
+    /// The pull-request workflow: which stacks a change affects, plan them on the pull request
+    /// with one sticky comment and a status per stack, apply the reviewed runs after merge.
+    #[command(subcommand)]
+    Ci(CiCommand),
+    /// Serve the Model Context Protocol over stdio for AI agents: read, plan and propose; no
+    /// tool executes, approves or writes.
+    Mcp(McpArgs),
     /// Install the agent guard: a `terraform` shim that allows read-only subcommands only.
     #[command(subcommand)]
     Guard(GuardCommand),
@@ -670,4 +677,40 @@ pub enum GuardCommand {
         #[arg(long)]
         terraform_bin: Option<PathBuf>,
     },
+}
+
+/// `airlock ci ...`. Each command's arguments belong to its own module in `commands/ci/`.
+#[derive(Debug, Subcommand)]
+pub enum CiCommand {
+    /// Write the CI workflow files for a forge (`github` or `gitlab`) into the repository.
+    Init(CiInitArgs),
+    /// Print the stacks a change affects and why (file, module, var file, airlock.hcl).
+    Affected(CiAffectedArgs),
+    /// Plan every affected stack as a governed run; comment and set statuses on the pull request.
+    Plan(CiPlanArgs),
+    /// After merge: apply the approved run of every affected stack whose inputs are the checkout's.
+    Apply(CiApplyArgs),
+}
+
+/// `airlock ci init`.
+#[derive(Debug, Args)]
+pub struct CiInitArgs {}
+
+/// `airlock ci affected`.
+#[derive(Debug, Args)]
+pub struct CiAffectedArgs {}
+
+/// `airlock ci plan`.
+#[derive(Debug, Args)]
+pub struct CiPlanArgs {}
+
+/// `airlock ci apply`.
+#[derive(Debug, Args)]
+pub struct CiApplyArgs {}
+
+/// `airlock mcp`.
+#[derive(Debug, Args)]
+pub struct McpArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
 }

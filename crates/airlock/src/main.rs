@@ -94,6 +94,8 @@ fn main() -> ExitCode {
         cli::Command::Approve(args) => commands::run::approve(args),
         cli::Command::Reject(args) => commands::run::reject(args),
         cli::Command::Apply(args) => commands::run::apply(args),
+        cli::Command::Ci(cmd) => commands::ci::run(cmd),
+        cli::Command::Mcp(args) => commands::mcp::run(args),
         cli::Command::Guard(cmd) => commands::guard::run(cmd),
         cli::Command::Backup(cmd) => commands::backup::run(cmd),
         cli::Command::Migrate(args) => commands::migrate::run(args),

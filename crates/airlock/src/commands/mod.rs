@@ -3,8 +3,10 @@
 pub mod audit;
 pub mod backup;
 pub mod check;
+pub mod ci;
 pub mod client;
 pub mod guard;
+pub mod mcp;
 pub mod migrate;
 pub mod policy;
 pub mod run;

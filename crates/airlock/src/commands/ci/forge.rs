@@ -1,0 +1,1 @@
+//! The GitHub and GitLab REST clients `airlock ci` uses (being written).
