@@ -580,6 +580,10 @@ pub struct PlanArgs {
     /// Write the markdown summary (for a pull-request comment) to this file.
     #[arg(long)]
     pub summary_file: Option<PathBuf>,
+    /// Plan the destruction of everything the stack manages (`terraform plan -destroy`); the
+    /// server judges it like any plan, destroy confirmation included.
+    #[arg(long)]
+    pub destroy: bool,
     /// Terraform binary (e.g. `tofu`).
     #[arg(long, env = "AIRLOCK_TERRAFORM_BIN", default_value = "terraform")]
     pub terraform_bin: String,
