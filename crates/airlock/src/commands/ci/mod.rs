@@ -12,6 +12,7 @@ use crate::cli::CiCommand;
 
 pub mod affected;
 pub mod apply;
+pub mod comment;
 pub mod forge;
 pub mod init;
 pub mod plan;
