@@ -569,7 +569,7 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
 }
 
 /// Percent-encodes a query-string value.
-fn query_value(v: &str) -> String {
+pub fn query_value(v: &str) -> String {
     v.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {

@@ -25,14 +25,6 @@ pub enum StackResult {
     Failed { stack: String, error: String },
 }
 
-impl StackResult {
-    pub fn stack(&self) -> &str {
-        match self {
-            StackResult::Run { stack, .. } | StackResult::Failed { stack, .. } => stack,
-        }
-    }
-}
-
 /// A stack whose directory the change deletes.
 #[derive(Debug, Clone)]
 pub struct Removed {
@@ -473,7 +465,7 @@ pub fn render(r: &Report) -> String {
     let mut budget = Budget {
         left: MAX_CHARS - 1_024, // room for the truncation notes
     };
-    let mut push_all = |lines: &[String], out: &mut Vec<String>, budget: &mut Budget| -> usize {
+    let push_all = |lines: &[String], out: &mut Vec<String>, budget: &mut Budget| -> usize {
         let mut n = 0;
         for l in lines {
             if !budget.take(l) {

@@ -1,10 +1,257 @@
-//! `airlock ci plan` (being written; see the ci module).
+//! `airlock ci plan`: a governed run per affected stack (exactly as `airlock plan` makes one),
+//! a commit status per stack, and the sticky comment; `--refresh` re-reads the runs instead
+//! (after an approval) and updates both. Outside CI the comment is printed.
 
+use std::path::Path;
 use std::process::ExitCode;
 
-use crate::cli::CiPlanArgs;
+use anyhow::Context;
+use serde_json::{json, Value};
+
+use super::comment::{self, Light, Report, StackResult};
+use super::flow::{self, Sink, Target, Targets};
+use crate::cli::{CiPlanArgs, OutputFormat};
+use crate::commands::client::{s, Client};
+use crate::commands::run::{checkout_fingerprint, plan_run, query_value, Origin, PlanRequest};
 
 /// Runs `airlock ci plan`.
-pub fn run(_args: CiPlanArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("airlock ci plan is not implemented yet")
+pub fn run(args: CiPlanArgs) -> anyhow::Result<ExitCode> {
+    let c = Client::new(&args.client)?;
+    let root = flow::repo_root()?;
+    let mut sink = Sink::from_env(args.print)?;
+    let targets = if args.stacks.is_empty() {
+        let base = args.base.clone().or_else(|| sink.job.base_sha.clone()).context(
+            "no base to compare with: pass --base REF (e.g. --base main); in CI the pull request's base commit is used",
+        )?;
+        flow::affected_targets(&root, &base, "HEAD")?
+    } else {
+        flow::explicit_targets(&root, &args.stacks)?
+    };
+    let head = sink
+        .job
+        .head_sha
+        .clone()
+        .or_else(|| targets.head.clone())
+        .or_else(|| flow::git_head(&root));
+    let results: Vec<StackResult> = targets
+        .stacks
+        .iter()
+        .map(|t| {
+            let result = if args.refresh {
+                refresh_one(&c, &root, t, head.as_deref(), sink.job.change)
+            } else {
+                sink.status(head.as_deref(), &t.name, Light::Pending, "planning");
+                plan_one(
+                    &c,
+                    &root,
+                    t,
+                    &args.terraform_bin,
+                    &sink,
+                    &targets,
+                    head.clone(),
+                )
+            };
+            let (light, description) = light_of(&result);
+            sink.status(head.as_deref(), &t.name, light, &description);
+            result
+        })
+        .collect();
+    let report = Report {
+        server_url: c.base().to_owned(),
+        head: head.clone(),
+        stacks: results,
+        removed: targets.removed.clone(),
+        ..Report::default()
+    };
+    let body = comment::render(&report);
+    let mut posted = None;
+    if sink.posts() {
+        match sink.job.change {
+            Some(n) => posted = sink.comment(n, &body),
+            None => sink.warnings.push(
+                "this job's event names no pull/merge request: the comment is printed instead of posted".into(),
+            ),
+        }
+    }
+    let mut warnings = std::mem::take(&mut sink.warnings);
+    flow::step_summary(&body, &mut warnings);
+    sink.warnings = warnings;
+    print_outcome(&c, &report, &body, posted.as_deref(), sink.posts());
+    sink.warn();
+    Ok(ExitCode::from(exit_code(&report.stacks)))
+}
+
+/// Plans one stack through `airlock plan`'s own code.
+fn plan_one(
+    c: &Client,
+    root: &Path,
+    t: &Target,
+    terraform_bin: &str,
+    sink: &Sink,
+    targets: &Targets,
+    head: Option<String>,
+) -> StackResult {
+    eprintln!("airlock ci plan: planning stack {} in {}", t.name, t.dir);
+    let planned = plan_run(
+        c,
+        &PlanRequest {
+            dir: &root.join(&t.dir),
+            stack: Some(&t.name),
+            destroy: t.destroy,
+            terraform_bin,
+            origin: Origin {
+                head,
+                base: sink.job.base_sha.clone().or_else(|| targets.base.clone()),
+                change_request: sink.job.change,
+                change_request_url: sink.job.change_url.clone(),
+            },
+        },
+    );
+    match planned {
+        Ok(p) => StackResult::Run {
+            stack: t.name.clone(),
+            run: p.response["run"].clone(),
+        },
+        Err(e) => StackResult::Failed {
+            stack: t.name.clone(),
+            error: format!("{e:#}"),
+        },
+    }
+}
+
+/// The newest run of the stack for this commit (and change request), if it is for exactly the
+/// checkout's inputs: what the status and the comment show after an approval.
+fn refresh_one(
+    c: &Client,
+    root: &Path,
+    t: &Target,
+    head: Option<&str>,
+    change: Option<u64>,
+) -> StackResult {
+    let found = (|| -> anyhow::Result<StackResult> {
+        let head = head.context("no commit to look runs up by (not a git checkout?)")?;
+        let mut query = format!(
+            "/api/v1/runs?stack={}&commit={}&limit=1",
+            query_value(&t.name),
+            query_value(head)
+        );
+        if let Some(n) = change {
+            query.push_str(&format!("&change_request={n}"));
+        }
+        let listed = c.get(&query)?;
+        let Some(id) = listed["runs"][0]["id"].as_str() else {
+            return Ok(StackResult::Failed {
+                stack: t.name.clone(),
+                error: format!(
+                    "no run of stack {} for commit {head}: run airlock ci plan",
+                    t.name
+                ),
+            });
+        };
+        let run = flow::fetch_run(c, id)?;
+        // The run's commit and change request are the planner's claims: only a run for this
+        // checkout's exact inputs is reported as this pull request's.
+        let version = run["terraform_version"].as_str().unwrap_or_default();
+        let (fp, _) = checkout_fingerprint(&root.join(&t.dir), version)?;
+        if run["fingerprint"].as_str() != Some(fp.as_str()) {
+            return Ok(StackResult::Failed {
+                stack: t.name.clone(),
+                error: format!(
+                    "run {id} was planned from other inputs than this checkout's (the base branch moved, or it is not this pull request's run): run airlock ci plan again"
+                ),
+            });
+        }
+        Ok(StackResult::Run {
+            stack: t.name.clone(),
+            run,
+        })
+    })();
+    found.unwrap_or_else(|e| StackResult::Failed {
+        stack: t.name.clone(),
+        error: format!("{e:#}"),
+    })
+}
+
+fn light_of(r: &StackResult) -> (Light, String) {
+    match r {
+        StackResult::Run { run, .. } => comment::status_of(run),
+        StackResult::Failed { error, .. } => (
+            Light::Error,
+            error.lines().next().unwrap_or("failed").to_owned(),
+        ),
+    }
+}
+
+/// 1 if any stack failed to plan, else 2 if any plan is denied, else 0 (allowed or in review).
+fn exit_code(results: &[StackResult]) -> u8 {
+    let failed = results
+        .iter()
+        .any(|r| matches!(r, StackResult::Failed { .. }));
+    let denied = results.iter().any(|r| match r {
+        StackResult::Run { run, .. } => run["decision"].as_str() == Some("deny"),
+        StackResult::Failed { .. } => false,
+    });
+    if failed {
+        1
+    } else if denied {
+        2
+    } else {
+        0
+    }
+}
+
+fn print_outcome(c: &Client, report: &Report, body: &str, posted: Option<&str>, posts: bool) {
+    let stacks: Vec<Value> = report
+        .stacks
+        .iter()
+        .map(|r| {
+            let (light, description) = light_of(r);
+            match r {
+                StackResult::Run { stack, run } => json!({
+                    "stack": stack, "run": run["id"], "status": run["status"],
+                    "decision": run["decision"], "commit_status": format!("{light:?}").to_lowercase(),
+                    "description": description,
+                }),
+                StackResult::Failed { stack, error } => json!({
+                    "stack": stack, "error": error,
+                    "commit_status": "error", "description": description,
+                }),
+            }
+        })
+        .collect();
+    let removed: Vec<Value> = report
+        .removed
+        .iter()
+        .map(|r| json!({"stack": r.stack, "dir": r.dir, "declared": r.declared}))
+        .collect();
+    let v = json!({"stacks": stacks, "removed": removed, "comment_url": posted, "comment": body});
+    c.print(&v, |v| {
+        if !posts || c.format == OutputFormat::Json {
+            return body.to_owned();
+        }
+        let mut out = String::new();
+        for st in v["stacks"].as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "{}: {} ({})\n",
+                s(st, "/stack"),
+                s(st, "/description"),
+                if st["run"].is_null() {
+                    "no run".to_owned()
+                } else {
+                    s(st, "/run")
+                }
+            ));
+        }
+        for r in v["removed"].as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "this removes stack {} (directory {} deleted)\n",
+                s(r, "/stack"),
+                s(r, "/dir")
+            ));
+        }
+        if let Some(url) = v["comment_url"].as_str() {
+            out.push_str(&format!("comment: {url}\n"));
+        }
+        out
+    });
 }
