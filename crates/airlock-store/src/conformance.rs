@@ -1441,7 +1441,11 @@ pub fn runs(s: &dyn Store) {
         ["run_conf3", "run_conf1"]
     );
     assert_eq!(
-        s.run("run_conf2").unwrap().unwrap().change_request_url.as_deref(),
+        s.run("run_conf2")
+            .unwrap()
+            .unwrap()
+            .change_request_url
+            .as_deref(),
         Some("https://forge.example/o/r/pull/42")
     );
     let both = RunFilter {

@@ -2,6 +2,7 @@
 
 mod attacks;
 mod check;
+mod ci_pr;
 mod client;
 mod firewall_identity;
 mod hints;

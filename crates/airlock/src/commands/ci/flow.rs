@@ -168,7 +168,7 @@ impl Sink {
 
 /// Appends `markdown` to `$GITHUB_STEP_SUMMARY` when the job has one.
 pub fn step_summary(markdown: &str, warnings: &mut Vec<String>) {
-    let Some(path) = std::env::var_os("GITHUB_STEP_SUMMARY") else {
+    let Some(path) = std::env::var_os("GITHUB_STEP_SUMMARY").filter(|p| !p.is_empty()) else {
         return;
     };
     use std::io::Write;

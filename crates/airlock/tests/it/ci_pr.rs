@@ -1,0 +1,236 @@
+//! The pull-request workflow end to end: real git repositories and clones, real terraform, a
+//! real airlock server: `airlock ci plan` on a pull request, approval by a second person with
+//! the CLI, the refresh, the merge, `airlock ci apply` of exactly the reviewed run, and a merge
+//! that brings in another change refused with the re-plan message.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+use crate::support::{cli_in, team, text, Team};
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "dev")
+        .env("GIT_AUTHOR_EMAIL", "dev@example.com")
+        .env("GIT_COMMITTER_NAME", "dev")
+        .env("GIT_COMMITTER_EMAIL", "dev@example.com")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", dir)
+        .output()
+        .expect("running git");
+    assert!(out.status.success(), "git {args:?}: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn write(dir: &Path, path: &str, content: &str) {
+    let p = dir.join(path);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, content).unwrap();
+}
+
+const CONFIG: &str = r#"stack "app" {
+  dir = "stacks/app"
+}
+
+stack "net" {
+  dir = "stacks/net"
+}
+"#;
+
+fn resources(names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|n| format!("resource \"terraform_data\" \"{n}\" {{\n  input = \"{n}\"\n}}\n"))
+        .collect()
+}
+
+/// A bare "origin" with two stacks on `main`, as a forge would hold it.
+struct Origin {
+    _tmp: tempfile::TempDir,
+    bare: PathBuf,
+    work: PathBuf,
+}
+
+impl Origin {
+    fn new() -> Origin {
+        let tmp = tempfile::tempdir().unwrap();
+        let bare = tmp.path().join("origin.git");
+        let work = tmp.path().join("dev");
+        std::fs::create_dir_all(&work).unwrap();
+        git(
+            tmp.path(),
+            &["init", "-q", "--bare", "-b", "main", "origin.git"],
+        );
+        git(&work, &["init", "-q", "-b", "main"]);
+        write(&work, "airlock.hcl", CONFIG);
+        write(&work, ".gitignore", ".terraform/\n");
+        for stack in ["app", "net"] {
+            write(
+                &work,
+                &format!("stacks/{stack}/backend.tf"),
+                "terraform {\n  backend \"http\" {}\n}\n",
+            );
+            write(
+                &work,
+                &format!("stacks/{stack}/main.tf"),
+                &resources(&["base"]),
+            );
+        }
+        git(&work, &["add", "-A"]);
+        git(&work, &["commit", "-q", "-m", "two stacks"]);
+        git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
+        git(&work, &["push", "-q", "origin", "main"]);
+        Origin {
+            _tmp: tmp,
+            bare,
+            work,
+        }
+    }
+
+    /// A fresh clone at `rev`, as a CI job checks out.
+    fn checkout(&self, name: &str, rev: &str) -> PathBuf {
+        let dir = self.work.parent().unwrap().join(name);
+        git(
+            self.work.parent().unwrap(),
+            &["clone", "-q", self.bare.to_str().unwrap(), name],
+        );
+        git(&dir, &["checkout", "-q", rev]);
+        dir
+    }
+}
+
+fn ci(t: &Team, token: &str, dir: &Path, args: &[&str]) -> Output {
+    cli_in(&t.s, token, dir, args, &[("GITHUB_STEP_SUMMARY", "")])
+}
+
+fn json(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(out)))
+}
+
+fn run_status(t: &Team, id: &str) -> Value {
+    serde_json::from_str(&t.s.ok(&t.s.admin, &["run", "show", id, "--format", "json"])).unwrap()
+}
+
+#[test]
+fn a_reviewed_pull_request_is_applied_after_merge_and_a_merge_with_other_changes_is_refused() {
+    crate::support::terraform_bin();
+    let t = team("app");
+    t.s.ok(&t.s.admin, &["stack", "create", "net"]);
+    let origin = Origin::new();
+    let dev = &origin.work;
+
+    // A pull request that changes one stack.
+    git(dev, &["checkout", "-q", "-b", "pr1"]);
+    write(dev, "stacks/app/main.tf", &resources(&["base", "added"]));
+    git(dev, &["commit", "-q", "-am", "app: add a resource"]);
+    git(dev, &["push", "-q", "origin", "pr1"]);
+    let pr_head = git(dev, &["rev-parse", "HEAD"]);
+
+    // The pull-request job: a fresh checkout, an agent-role token (plan and propose only).
+    let pr = origin.checkout("ci-pr1", &pr_head);
+    let out = ci(
+        &t,
+        &t.agent,
+        &pr,
+        &["ci", "plan", "--stack", "app", "--format", "json"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let v = json(&out);
+    let stacks = v["stacks"].as_array().unwrap();
+    assert_eq!(stacks.len(), 1, "{v:#}");
+    assert_eq!(stacks[0]["stack"], "app");
+    assert_eq!(stacks[0]["status"], "needs_approval");
+    assert_eq!(stacks[0]["commit_status"], "pending");
+    let run = stacks[0]["run"].as_str().unwrap().to_owned();
+    let comment = v["comment"].as_str().unwrap();
+    assert!(comment.starts_with("<!-- airlock:ci-plan -->"), "{comment}");
+    assert!(
+        comment.contains(&format!("airlock approve {}", run.replace('_', "&#95;"))),
+        "{comment}"
+    );
+    let shown = run_status(&t, &run);
+    assert_eq!(shown["run"]["git_head"], pr_head.as_str());
+
+    // A second person approves with the CLI; the refresh then reports success.
+    t.s.ok(&t.approver, &["approve", &run]);
+    let out = ci(
+        &t,
+        &t.agent,
+        &pr,
+        &[
+            "ci",
+            "plan",
+            "--refresh",
+            "--stack",
+            "app",
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let v = json(&out);
+    assert_eq!(v["stacks"][0]["run"], run.as_str());
+    assert_eq!(v["stacks"][0]["commit_status"], "success", "{v:#}");
+
+    // Merge with the same content: ci apply applies exactly the reviewed run.
+    git(dev, &["checkout", "-q", "main"]);
+    git(dev, &["merge", "-q", "--no-ff", "-m", "Merge pr1", "pr1"]);
+    git(dev, &["push", "-q", "origin", "main"]);
+    let merge = git(dev, &["rev-parse", "HEAD"]);
+    let main = origin.checkout("ci-main1", &merge);
+    let out = ci(
+        &t,
+        &t.ci,
+        &main,
+        &["ci", "apply", "--stack", "app", "--format", "json"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let v = json(&out);
+    assert_eq!(v["stacks"][0]["run"], run.as_str(), "{v:#}");
+    assert_eq!(v["stacks"][0]["ok"], true, "{v:#}");
+    assert_eq!(run_status(&t, &run)["run"]["status"], "applied");
+    let serials = t.s.serials("app");
+    assert_eq!(serials.len(), 1, "one state version written: {serials:?}");
+
+    // A second pull request, reviewed; meanwhile main gets another change to the same stack.
+    git(dev, &["checkout", "-q", "-b", "pr2"]);
+    write(
+        dev,
+        "stacks/app/main.tf",
+        &resources(&["base", "added", "second"]),
+    );
+    git(dev, &["commit", "-q", "-am", "app: a second resource"]);
+    git(dev, &["push", "-q", "origin", "pr2"]);
+    let pr2 = origin.checkout("ci-pr2", &git(dev, &["rev-parse", "HEAD"]));
+    let out = ci(
+        &t,
+        &t.agent,
+        &pr2,
+        &["ci", "plan", "--stack", "app", "--format", "json"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let run2 = json(&out)["stacks"][0]["run"].as_str().unwrap().to_owned();
+    t.s.ok(&t.approver, &["approve", &run2]);
+    git(dev, &["checkout", "-q", "main"]);
+    write(dev, "stacks/app/extra.tf", &resources(&["sneaked"]));
+    git(dev, &["add", "-A"]);
+    git(dev, &["commit", "-q", "-m", "main: another change"]);
+    git(dev, &["merge", "-q", "--no-ff", "-m", "Merge pr2", "pr2"]);
+    git(dev, &["push", "-q", "origin", "main"]);
+    let main2 = origin.checkout("ci-main2", &git(dev, &["rev-parse", "HEAD"]));
+    let out = ci(&t, &t.ci, &main2, &["ci", "apply", "--stack", "app"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let said = text(&out);
+    assert!(
+        said.contains("the merge brought in other changes; re-plan")
+            && said.contains("stacks/app/extra.tf")
+            && said.contains(&run2),
+        "{said}"
+    );
+    assert_eq!(run_status(&t, &run2)["run"]["status"], "approved");
+    assert_eq!(t.s.serials("app"), serials, "nothing applied");
+}
