@@ -234,3 +234,119 @@ fn a_reviewed_pull_request_is_applied_after_merge_and_a_merge_with_other_changes
     assert_eq!(run_status(&t, &run2)["run"]["status"], "approved");
     assert_eq!(t.s.serials("app"), serials, "nothing applied");
 }
+
+/// A run's commit and pull request are its planner's claims. A run planned from other content
+/// that claims the pull request's head commit (an uncommitted edit keeps `HEAD`), even once
+/// approved by mistake, never turns the pull request's status green and is never applied for
+/// the merged code.
+#[test]
+fn a_run_claiming_the_pull_requests_commit_counts_only_if_its_inputs_are_the_checkouts() {
+    crate::support::terraform_bin();
+    let t = team("app");
+    t.s.ok(&t.s.admin, &["stack", "create", "net"]);
+    let origin = Origin::new();
+    let dev = &origin.work;
+    git(dev, &["checkout", "-q", "-b", "pr"]);
+    write(dev, "stacks/app/main.tf", &resources(&["base", "added"]));
+    git(dev, &["commit", "-q", "-am", "app: add a resource"]);
+    git(dev, &["push", "-q", "origin", "pr"]);
+    let head = git(dev, &["rev-parse", "HEAD"]);
+    let pr = origin.checkout("ci-pr", &head);
+    let out = ci(
+        &t,
+        &t.agent,
+        &pr,
+        &["ci", "plan", "--stack", "app", "--format", "json"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let honest = json(&out)["stacks"][0]["run"].as_str().unwrap().to_owned();
+
+    // Another agent plans other content at the same commit (HEAD unchanged).
+    let mallory = t.s.token("mallory", "agent");
+    let evil = origin.checkout("evil", &head);
+    write(
+        &evil,
+        "stacks/app/main.tf",
+        &resources(&["base", "added", "backdoor"]),
+    );
+    let out = ci(
+        &t,
+        &mallory,
+        &evil,
+        &["ci", "plan", "--stack", "app", "--format", "json"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let forged = json(&out)["stacks"][0]["run"].as_str().unwrap().to_owned();
+    assert_eq!(run_status(&t, &forged)["run"]["git_head"], head.as_str());
+    t.s.ok(&t.approver, &["approve", &forged]);
+
+    // The refresh in the pull request's checkout reports the run for its inputs, not the newer
+    // approved one.
+    let out = ci(
+        &t,
+        &t.agent,
+        &pr,
+        &[
+            "ci",
+            "plan",
+            "--refresh",
+            "--stack",
+            "app",
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let v = json(&out);
+    assert_eq!(v["stacks"][0]["run"], honest.as_str(), "{v:#}");
+    assert_eq!(v["stacks"][0]["commit_status"], "pending", "{v:#}");
+    // When no run is for the checkout's inputs (here the checkout moved on), none counts.
+    write(
+        &pr,
+        "stacks/app/main.tf",
+        &resources(&["base", "added", "moved"]),
+    );
+    let out = ci(
+        &t,
+        &t.agent,
+        &pr,
+        &[
+            "ci",
+            "plan",
+            "--refresh",
+            "--stack",
+            "app",
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let v = json(&out);
+    assert_eq!(v["stacks"][0]["commit_status"], "error", "{v:#}");
+    assert!(
+        v["stacks"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("run {forged} was planned from other inputs")),
+        "{v:#}"
+    );
+    git(&pr, &["checkout", "--", "stacks/app/main.tf"]);
+
+    // After merge, only the run for the merged inputs counts: it is not approved, so nothing
+    // is applied, and the approved forged run is not touched.
+    git(dev, &["checkout", "-q", "main"]);
+    git(dev, &["merge", "-q", "--no-ff", "-m", "Merge pr", "pr"]);
+    git(dev, &["push", "-q", "origin", "main"]);
+    let main = origin.checkout("ci-main", &git(dev, &["rev-parse", "HEAD"]));
+    let out = ci(&t, &t.ci, &main, &["ci", "apply", "--stack", "app"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "run {honest} for these inputs is not approved yet"
+        )),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(run_status(&t, &forged)["run"]["status"], "approved");
+    assert!(t.s.serials("app").is_empty(), "nothing applied");
+}

@@ -14,6 +14,9 @@ use crate::cli::{CiPlanArgs, OutputFormat};
 use crate::commands::client::{s, Client};
 use crate::commands::run::{checkout_fingerprint, plan_run, query_value, Origin, PlanRequest};
 
+/// How many of a commit's newest runs of a stack a refresh looks through.
+const REFRESH_RUNS: u32 = 20;
+
 /// Runs `airlock ci plan`.
 pub fn run(args: CiPlanArgs) -> anyhow::Result<ExitCode> {
     let c = Client::new(&args.client)?;
@@ -131,7 +134,7 @@ fn refresh_one(
     let found = (|| -> anyhow::Result<StackResult> {
         let head = head.context("no commit to look runs up by (not a git checkout?)")?;
         let mut query = format!(
-            "/api/v1/runs?stack={}&commit={}&limit=1",
+            "/api/v1/runs?stack={}&commit={}&limit={REFRESH_RUNS}",
             query_value(&t.name),
             query_value(head)
         );
@@ -139,7 +142,8 @@ fn refresh_one(
             query.push_str(&format!("&change_request={n}"));
         }
         let listed = c.get(&query)?;
-        let Some(id) = listed["runs"][0]["id"].as_str() else {
+        let runs: Vec<&Value> = listed["runs"].as_array().into_iter().flatten().collect();
+        let Some(newest) = runs.first() else {
             return Ok(StackResult::Failed {
                 stack: t.name.clone(),
                 error: format!(
@@ -148,22 +152,29 @@ fn refresh_one(
                 ),
             });
         };
-        let run = flow::fetch_run(c, id)?;
         // The run's commit and change request are the planner's claims: only a run for this
-        // checkout's exact inputs is reported as this pull request's.
-        let version = run["terraform_version"].as_str().unwrap_or_default();
-        let (fp, _) = checkout_fingerprint(&root.join(&t.dir), version)?;
-        if run["fingerprint"].as_str() != Some(fp.as_str()) {
-            return Ok(StackResult::Failed {
-                stack: t.name.clone(),
-                error: format!(
-                    "run {id} was planned from other inputs than this checkout's (the base branch moved, or it is not this pull request's run): run airlock ci plan again"
-                ),
-            });
+        // checkout's exact inputs is reported as this pull request's (the newest such).
+        let mut fingerprints: std::collections::BTreeMap<&str, String> = Default::default();
+        for r in &runs {
+            let version = r["terraform_version"].as_str().unwrap_or_default();
+            if !fingerprints.contains_key(version) {
+                let (fp, _) = checkout_fingerprint(&root.join(&t.dir), version)?;
+                fingerprints.insert(version, fp);
+            }
+            if r["fingerprint"].as_str() == fingerprints.get(version).map(String::as_str) {
+                let id = r["id"].as_str().unwrap_or_default();
+                return Ok(StackResult::Run {
+                    stack: t.name.clone(),
+                    run: flow::fetch_run(c, id)?,
+                });
+            }
         }
-        Ok(StackResult::Run {
+        Ok(StackResult::Failed {
             stack: t.name.clone(),
-            run,
+            error: format!(
+                "run {} was planned from other inputs than this checkout's (the base branch moved, or it is not this pull request's run): run airlock ci plan again",
+                newest["id"].as_str().unwrap_or("?")
+            ),
         })
     })();
     found.unwrap_or_else(|e| StackResult::Failed {
