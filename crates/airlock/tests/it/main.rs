@@ -4,6 +4,7 @@ mod attacks;
 mod check;
 mod client;
 mod firewall_identity;
+mod forge;
 mod hints;
 mod policies;
 mod readme;
