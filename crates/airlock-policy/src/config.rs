@@ -34,8 +34,27 @@ pub struct StackConfig {
     pub production: bool,
     /// Approvals a run of this stack needs.
     pub required_approvals: u32,
+    /// Stacks this one is planned and applied after (`depends_on = ["net"]`): names of other
+    /// stack blocks, without cycles.
+    pub depends_on: Vec<String>,
+    /// Path globs (`*` matches any run of characters, `/` included) of files outside the stack's
+    /// inputs whose change also affects it.
+    pub also_when_changed: Vec<String>,
+    /// `destroy = true`: the change declares the stack's removal; it is planned with `-destroy`.
+    /// Its directory stays until that destroy is applied.
+    pub destroy: bool,
     /// Line of the block in the file.
     pub line: usize,
+}
+
+impl StackConfig {
+    /// Whether two blocks say the same thing (everything but where they are in the file).
+    pub fn same_settings(&self, other: &StackConfig) -> bool {
+        StackConfig {
+            line: other.line,
+            ..self.clone()
+        } == *other
+    }
 }
 
 /// Extra protection on top of the built-in catalogue.
@@ -362,7 +381,45 @@ impl Parser<'_> {
                 }
             }
         }
+        self.check_dependencies(&config)?;
         Ok(config)
+    }
+
+    /// `depends_on` names declared stacks and has no cycle.
+    fn check_dependencies(&self, config: &Config) -> Result<(), ConfigError> {
+        let at = |s: &StackConfig, message: String| ConfigError {
+            file: self.file.to_string(),
+            line: Some(s.line),
+            message,
+        };
+        for s in &config.stacks {
+            for d in &s.depends_on {
+                if config.stack(d).is_none() {
+                    return Err(at(
+                        s,
+                        format!(
+                            "stack \"{}\" depends_on \"{d}\", which is not a stack block of this \
+                             file",
+                            s.name
+                        ),
+                    ));
+                }
+            }
+        }
+        match dependency_order(&config.stacks) {
+            Ok(_) => Ok(()),
+            Err(cycle) => {
+                let first = cycle.first().and_then(|n| config.stack(n));
+                Err(ConfigError {
+                    file: self.file.to_string(),
+                    line: first.map(|s| s.line),
+                    message: format!(
+                        "depends_on forms a cycle: {}; remove one of these dependencies",
+                        cycle.join(" -> ")
+                    ),
+                })
+            }
+        }
     }
 
     fn stack(&self, block: &Block) -> Result<StackConfig, ConfigError> {
@@ -381,12 +438,47 @@ impl Parser<'_> {
             dir: None,
             production: false,
             required_approvals: 1,
+            depends_on: Vec::new(),
+            also_when_changed: Vec::new(),
+            destroy: false,
             line: self.line_of(block.span()).unwrap_or(0),
         };
-        for attr in self.attributes(block, &["dir", "production", "required_approvals"])? {
+        let allowed = [
+            "dir",
+            "production",
+            "required_approvals",
+            "depends_on",
+            "also_when_changed",
+            "destroy",
+        ];
+        for attr in self.attributes(block, &allowed)? {
             match attr.key.as_str() {
                 "dir" => stack.dir = Some(self.string(attr)?),
                 "production" => stack.production = self.boolean(attr)?,
+                "destroy" => stack.destroy = self.boolean(attr)?,
+                "depends_on" => {
+                    stack.depends_on = self.string_list(attr)?;
+                    let mut seen = std::collections::BTreeSet::new();
+                    if let Some(d) = stack.depends_on.iter().find(|d| !seen.insert(*d)) {
+                        return Err(
+                            self.err(attr.span(), format!("depends_on lists \"{d}\" twice"))
+                        );
+                    }
+                }
+                "also_when_changed" => {
+                    stack.also_when_changed = self.string_list(attr)?;
+                    if let Some(g) = stack.also_when_changed.iter().find(|g| {
+                        g.is_empty() || g.starts_with('/') || g.split('/').any(|s| s == "..")
+                    }) {
+                        return Err(self.err(
+                            attr.span(),
+                            format!(
+                                "also_when_changed: {g:?} is not a path glob relative to the \
+                                 repository root (e.g. \"shared/*.tf\")"
+                            ),
+                        ));
+                    }
+                }
                 _ => {
                     let n = self.count(attr)?;
                     stack.required_approvals = u32::try_from(n)
@@ -533,6 +625,69 @@ impl Parser<'_> {
             )),
         }
     }
+}
+
+/// The stacks in an order where each comes after those it `depends_on` (ties keep file order),
+/// or the names along a cycle (first name repeated at the end). Unknown names are ignored.
+pub fn dependency_order(stacks: &[StackConfig]) -> Result<Vec<&StackConfig>, Vec<String>> {
+    let by_name: std::collections::HashMap<&str, usize> = stacks
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.name.as_str(), i))
+        .collect();
+    let index = |name: &str| by_name.get(name).copied();
+    let mut done = vec![false; stacks.len()];
+    let mut on_path = vec![false; stacks.len()];
+    let mut out = Vec::with_capacity(stacks.len());
+    // Iterative depth-first search (a hostile file may chain many stacks): each frame is a stack
+    // and how many of its dependencies were visited; the frames are the current path.
+    for root in 0..stacks.len() {
+        let mut path: Vec<(usize, usize)> = vec![(root, 0)];
+        if let Some(o) = on_path.get_mut(root) {
+            *o = true;
+        }
+        while let Some(&mut (i, ref mut next)) = path.last_mut() {
+            let (Some(s), false) = (stacks.get(i), done.get(i).copied().unwrap_or(true)) else {
+                if let Some(o) = on_path.get_mut(i) {
+                    *o = false;
+                }
+                path.pop();
+                continue;
+            };
+            match s.depends_on.get(*next) {
+                Some(d) => {
+                    *next += 1;
+                    let Some(j) = index(d) else { continue };
+                    if on_path.get(j).copied().unwrap_or(false) {
+                        let p = path.iter().position(|&(k, _)| k == j).unwrap_or(0);
+                        let mut cycle: Vec<String> = path
+                            .get(p..)
+                            .unwrap_or_default()
+                            .iter()
+                            .filter_map(|&(k, _)| stacks.get(k).map(|s| s.name.clone()))
+                            .collect();
+                        cycle.push(d.clone());
+                        return Err(cycle);
+                    }
+                    if let Some(o) = on_path.get_mut(j) {
+                        *o = true;
+                    }
+                    path.push((j, 0));
+                }
+                None => {
+                    if let Some(d) = done.get_mut(i) {
+                        *d = true;
+                    }
+                    if let Some(o) = on_path.get_mut(i) {
+                        *o = false;
+                    }
+                    out.push(s);
+                    path.pop();
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// 1 to 4 `/`-separated segments of `[a-z0-9._-]`.

@@ -11,12 +11,16 @@
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 #![deny(missing_docs)]
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::io::{self, Read, Write};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 
 use airlock_core::inputs::{self, InputFile};
+
+pub mod affected;
+mod git;
+pub mod modules;
 
 /// Which phase a child process belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,64 +54,11 @@ pub fn phase_env(
     env
 }
 
-/// Files of a module directory that are inputs: configuration, variable files, the lock file.
-fn is_input_file(name: &str) -> bool {
-    name.ends_with(".tf")
-        || name.ends_with(".tf.json")
-        || name.ends_with(".tfvars")
-        || name.ends_with(".tfvars.json")
-        || name == ".terraform.lock.hcl"
-}
-
-/// Lexically normalizes a path (no symlink resolution): `a/./b/../c` -> `a/c`.
-fn normalize(p: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for c in p.components() {
-        match c {
-            Component::CurDir => {}
-            Component::ParentDir => {
-                // Pop a real directory; keep leading `..` (a module outside the root).
-                if matches!(out.components().next_back(), Some(Component::Normal(_))) {
-                    out.pop();
-                } else {
-                    out.push("..");
-                }
-            }
-            other => out.push(other.as_os_str()),
-        }
-    }
-    out
-}
-
-/// Local module sources (`source = "./x"` or `"../x"`) called from a `.tf` file's text.
-fn local_module_sources(text: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let t = line.trim_start();
-        let Some(rest) = t.strip_prefix("source") else {
-            continue;
-        };
-        let Some(rest) = rest.trim_start().strip_prefix('=') else {
-            continue;
-        };
-        let rest = rest.trim();
-        let Some(rest) = rest.strip_prefix('"') else {
-            continue;
-        };
-        let Some(end) = rest.find('"') else { continue };
-        let src = &rest[..end];
-        if src.starts_with("./") || src.starts_with("../") {
-            out.push(src.to_owned());
-        }
-    }
-    out
-}
-
 /// The input files of the stack at `dir` inside the repository `root` (the directory of
 /// `airlock.hcl`, or `dir` itself when there is none): the root module's configuration, the
-/// local modules it calls (transitively), its variable files and `.terraform.lock.hcl`, plus
-/// `airlock.hcl` and every `policy/**.rego` of the root. Paths are relative to `root`, sorted.
-/// Independent of git and of file times.
+/// local modules it calls (transitively, read by [`modules`]), its variable files and
+/// `.terraform.lock.hcl`, plus `airlock.hcl` and every `policy/**.rego` of the root. Paths are
+/// relative to `root`, sorted. Independent of git and of file times.
 pub fn input_files(root: &Path, dir: &Path) -> io::Result<Vec<InputFile>> {
     let start = dir.strip_prefix(root).map_err(|_| {
         io::Error::other(format!(
@@ -116,31 +67,14 @@ pub fn input_files(root: &Path, dir: &Path) -> io::Result<Vec<InputFile>> {
             root.display()
         ))
     })?;
-    let mut files: BTreeSet<PathBuf> = BTreeSet::new();
-    let mut pending = vec![normalize(start)];
-    let mut seen_dirs: BTreeSet<PathBuf> = BTreeSet::new();
-    while let Some(rel) = pending.pop() {
-        if !seen_dirs.insert(rel.clone()) || seen_dirs.len() > 1000 {
-            continue;
-        }
-        let abs = root.join(&rel);
-        let mut entries: Vec<_> = std::fs::read_dir(&abs)?.collect::<Result<_, _>>()?;
-        entries.sort_by_key(|e| e.file_name());
-        for e in entries {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if !e.file_type()?.is_file() || !is_input_file(&name) {
-                continue;
-            }
-            let file_rel = normalize(&rel.join(&name));
-            if name.ends_with(".tf") {
-                let text = std::fs::read_to_string(e.path())?;
-                for src in local_module_sources(&text) {
-                    pending.push(normalize(&rel.join(src)));
-                }
-            }
-            files.insert(file_rel);
-        }
-    }
+    let start = start.to_string_lossy().replace('\\', "/");
+    let mut tree = modules::FsTree { root };
+    let mut cache = HashMap::new();
+    let stack = modules::Walker::new(&mut tree, &mut cache)
+        .stack(&start)
+        .map_err(io::Error::other)?
+        .ok_or_else(|| io::Error::other(format!("{} is not a directory", dir.display())))?;
+    let mut files: BTreeSet<PathBuf> = stack.into_keys().map(PathBuf::from).collect();
     if root.join(inputs::CONFIG_PATH).is_file() {
         files.insert(PathBuf::from(inputs::CONFIG_PATH));
     }

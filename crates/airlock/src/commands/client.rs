@@ -211,7 +211,7 @@ pub fn all_stacks_as_star(v: &mut Value) {
 
 /// The rustls configuration of an https:// server: the system's roots (which honour
 /// `SSL_CERT_FILE` / `SSL_CERT_DIR`) plus the PEM certificates of `ca_cert`.
-fn tls_config(ca_cert: Option<&Path>) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+pub(crate) fn tls_config(ca_cert: Option<&Path>) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::CertificateDer;
 

@@ -5,6 +5,7 @@ mod check;
 mod ci_pr;
 mod client;
 mod firewall_identity;
+mod forge;
 mod hints;
 mod policies;
 mod readme;

@@ -1,1 +1,1705 @@
-//! The GitHub and GitLab REST clients `airlock ci` uses (being written).
+//! The GitHub and GitLab REST clients `airlock ci` uses: where the CI says we are
+//! ([`Forge::from_env`]), the sticky comment on the pull/merge request ([`Forge::upsert_comment`]),
+//! commit statuses ([`Forge::set_status`]) and the change a merge commit came from
+//! ([`Forge::change_for_commit`]).
+//!
+//! The API base URL always comes from the CI's variables (GitHub Enterprise, self-managed GitLab).
+//! Failures are retried only where a retry cannot duplicate anything, within a bounded wait, and end
+//! in a [`ForgeError`] whose message names what to fix. Tests: the unit tests below, against the
+//! forge stand-in (`tests/forge/standin.mjs`), which checks every request against GitHub's OpenAPI
+//! description and GitLab's documented endpoints.
+
+// `ci plan` and `ci apply` (being written in parallel) are this module's callers.
+#![cfg_attr(not(test), allow(dead_code))]
+
+use std::fmt;
+use std::io::Read;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+
+use crate::commands::client::printable;
+
+// The CI variables read, in one place.
+const GITHUB_ACTIONS: &str = "GITHUB_ACTIONS";
+const GITHUB_REPOSITORY: &str = "GITHUB_REPOSITORY";
+const GITHUB_EVENT_NAME: &str = "GITHUB_EVENT_NAME";
+const GITHUB_EVENT_PATH: &str = "GITHUB_EVENT_PATH";
+const GITHUB_SHA: &str = "GITHUB_SHA";
+const GITHUB_REF: &str = "GITHUB_REF";
+const GITHUB_API_URL: &str = "GITHUB_API_URL";
+const GITHUB_TOKEN: &str = "GITHUB_TOKEN";
+/// The login whose comments airlock may edit; `GITHUB_TOKEN` comments are `github-actions[bot]`'s.
+/// Set it when the workflow posts with a GitHub App's token (`my-app[bot]`).
+const AIRLOCK_GITHUB_COMMENT_AUTHOR: &str = "AIRLOCK_GITHUB_COMMENT_AUTHOR";
+const GITLAB_CI: &str = "GITLAB_CI";
+const CI_API_V4_URL: &str = "CI_API_V4_URL";
+const CI_PROJECT_ID: &str = "CI_PROJECT_ID";
+const CI_PROJECT_URL: &str = "CI_PROJECT_URL";
+const CI_MERGE_REQUEST_IID: &str = "CI_MERGE_REQUEST_IID";
+const CI_MERGE_REQUEST_SOURCE_BRANCH_SHA: &str = "CI_MERGE_REQUEST_SOURCE_BRANCH_SHA";
+const CI_MERGE_REQUEST_DIFF_BASE_SHA: &str = "CI_MERGE_REQUEST_DIFF_BASE_SHA";
+const CI_COMMIT_SHA: &str = "CI_COMMIT_SHA";
+const CI_COMMIT_BEFORE_SHA: &str = "CI_COMMIT_BEFORE_SHA";
+const CI_COMMIT_BRANCH: &str = "CI_COMMIT_BRANCH";
+const CI_DEFAULT_BRANCH: &str = "CI_DEFAULT_BRANCH";
+/// A project access token with the `api` scope: `CI_JOB_TOKEN` cannot post merge request notes.
+const AIRLOCK_GITLAB_TOKEN: &str = "AIRLOCK_GITLAB_TOKEN";
+
+/// GitHub refuses issue comments longer than this many characters.
+pub const GITHUB_COMMENT_MAX_CHARS: usize = 65_536;
+/// GitLab refuses notes longer than this many characters.
+pub const GITLAB_NOTE_MAX_CHARS: usize = 1_000_000;
+/// GitHub refuses commit status descriptions longer than this; longer ones are shortened.
+const GITHUB_STATUS_DESCRIPTION_MAX_CHARS: usize = 140;
+/// Comments are listed at most this many pages of 100 (10,000 comments) to find ours.
+const MAX_COMMENT_PAGES: u32 = 100;
+/// A forge answer larger than this is refused (a page of 100 comments of 65,536 characters fits).
+const MAX_RESPONSE_BYTES: u64 = 32 * 1024 * 1024;
+/// The largest GitHub event payload read from `GITHUB_EVENT_PATH`.
+const MAX_EVENT_BYTES: u64 = 32 * 1024 * 1024;
+
+/// A forge and how to reach it, from the CI's variables.
+#[derive(Debug, Clone)]
+pub enum Forge {
+    GitHub(GitHub),
+    GitLab(GitLab),
+}
+
+/// GitHub (or GitHub Enterprise Server) REST API for one repository.
+#[derive(Debug, Clone)]
+pub struct GitHub {
+    api: Api,
+    /// `owner/repo`, validated.
+    repository: String,
+    /// Comments by this login carrying the marker are airlock's.
+    comment_author: String,
+}
+
+/// GitLab REST API (v4) for one project.
+#[derive(Debug, Clone)]
+pub struct GitLab {
+    api: Api,
+    /// The numeric project ID.
+    project: String,
+    /// The project's web URL (`CI_PROJECT_URL`), for links to notes.
+    project_url: Option<String>,
+}
+
+/// What the pipeline runs for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A pull request (GitHub) or merge request (GitLab) pipeline.
+    ChangeRequest,
+    /// A push to `branch`; `default` when it is the repository's default branch.
+    Push { branch: String, default: bool },
+    /// Anything else (`workflow_dispatch`, a schedule, ...), by the CI's name for it.
+    Other(String),
+}
+
+/// Where the CI says this job runs.
+#[derive(Debug, Clone)]
+pub struct ForgeContext {
+    pub forge: Forge,
+    /// The pull request number / merge request IID, for change-request pipelines.
+    pub change: Option<u64>,
+    /// The commit the change request's head is (not GitHub's synthetic merge commit): statuses go here.
+    pub head_sha: String,
+    /// The change request's base (GitHub) or diff base (GitLab); the previous tip for pushes.
+    pub base_sha: Option<String>,
+    pub event: Event,
+}
+
+/// A commit status, mapped to each forge's vocabulary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusState {
+    Pending,
+    Success,
+    Failure,
+    /// The check could not run (GitLab has no such state: `failed`).
+    Error,
+}
+
+impl StatusState {
+    fn github(self) -> &'static str {
+        match self {
+            StatusState::Pending => "pending",
+            StatusState::Success => "success",
+            StatusState::Failure => "failure",
+            StatusState::Error => "error",
+        }
+    }
+
+    fn gitlab(self) -> &'static str {
+        match self {
+            StatusState::Pending => "pending",
+            StatusState::Success => "success",
+            StatusState::Failure | StatusState::Error => "failed",
+        }
+    }
+}
+
+/// Why a forge call failed; the message says what to fix.
+#[derive(Debug)]
+pub struct ForgeError {
+    pub kind: ForgeErrorKind,
+    message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForgeErrorKind {
+    /// The CI variables are missing or malformed, or the call is refused before sending.
+    Config,
+    /// 401: the token is missing, expired or wrong.
+    Unauthorized,
+    /// 403: the token may not do this.
+    Forbidden,
+    /// 404: no such repository, project, pull request or comment (or not visible to the token).
+    NotFound,
+    /// 400/422: the forge refused the request as invalid.
+    Invalid,
+    /// Rate limited for longer than the wait budget.
+    RateLimited,
+    /// 5xx or no answer, after the retries; whether a write took effect is unknown.
+    Unavailable,
+    /// The body is over the forge's limit; nothing was sent.
+    TooLarge,
+    /// The forge answered something unexpected.
+    Protocol,
+}
+
+impl ForgeError {
+    fn new(kind: ForgeErrorKind, message: impl Into<String>) -> ForgeError {
+        ForgeError {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ForgeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ForgeError {}
+
+/// How long and how often a failed call is retried. Every wait (a back-off after a 5xx, a
+/// `Retry-After`, a rate-limit reset) counts against `max_wait`; a wait beyond it fails at once.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Attempts per call, the first included.
+    pub attempts: u32,
+    /// The first back-off after a 5xx or a lost connection; doubled each time.
+    pub backoff: Duration,
+    /// The total waiting allowed for one call.
+    pub max_wait: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> RetryPolicy {
+        RetryPolicy {
+            attempts: 4,
+            backoff: Duration::from_secs(2),
+            max_wait: Duration::from_secs(90),
+        }
+    }
+}
+
+impl Forge {
+    /// From the CI's own variables; `Ok(None)` outside GitHub Actions and GitLab CI. `env` is
+    /// the environment (tests pass their own). A missing token is not an error here (the plan
+    /// still runs and is tagged); posting then fails with the fix.
+    pub fn from_env(
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Option<ForgeContext>, ForgeError> {
+        let var = |name: &str| env(name).filter(|v| !v.is_empty());
+        let github = var(GITHUB_ACTIONS).as_deref() == Some("true");
+        let gitlab = var(GITLAB_CI).as_deref() == Some("true");
+        match (github, gitlab) {
+            (false, false) => Ok(None),
+            (true, true) => Err(config(format!(
+                "both {GITHUB_ACTIONS} and {GITLAB_CI} are set: airlock cannot tell which forge it runs on"
+            ))),
+            (true, false) => github_context(&var).map(Some),
+            (false, true) => gitlab_context(&var).map(Some),
+        }
+    }
+
+    /// The same forge with another retry policy.
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Forge {
+        match &mut self {
+            Forge::GitHub(g) => g.api.retry = retry,
+            Forge::GitLab(g) => g.api.retry = retry,
+        }
+        self
+    }
+
+    /// Creates the sticky comment or updates it in place; returns its URL. The comment is found by
+    /// the hidden `marker` (an HTML comment, put first in the body) *and* by an author only this
+    /// integration can be, so a user who pastes the marker into a comment of theirs never gets it
+    /// edited. Never duplicated: a create whose answer was lost is looked for before re-posting,
+    /// and stray copies of our own are deleted. A body over the forge's limit is refused unsent.
+    pub fn upsert_comment(
+        &self,
+        change: u64,
+        marker: &str,
+        body: &str,
+    ) -> Result<String, ForgeError> {
+        check_marker(marker)?;
+        let body = if body.starts_with(marker) {
+            body.to_owned()
+        } else {
+            format!("{marker}\n{body}")
+        };
+        let (limit, what) = match self {
+            Forge::GitHub(_) => (GITHUB_COMMENT_MAX_CHARS, "GitHub comments"),
+            Forge::GitLab(_) => (GITLAB_NOTE_MAX_CHARS, "GitLab notes"),
+        };
+        let chars = body.chars().count();
+        if chars > limit {
+            return Err(ForgeError::new(
+                ForgeErrorKind::TooLarge,
+                format!("the comment is {chars} characters; {what} take at most {limit}: shorten it before posting (nothing was sent)"),
+            ));
+        }
+        let retry = self.api().retry;
+        let mut attempt = 1;
+        loop {
+            let ours = self.our_comments(change, marker)?;
+            if let Some((first, rest)) = ours.split_first() {
+                if first.body != body {
+                    self.update_comment(change, first.id, &body)?;
+                }
+                for stray in rest {
+                    self.delete_comment(change, stray.id)?;
+                }
+                return Ok(self.comment_url(change, first));
+            }
+            match self.create_comment(change, &body) {
+                Ok(created) => return Ok(self.comment_url(change, &created)),
+                // The create may have taken effect: look again before posting again.
+                Err(e) if e.kind == ForgeErrorKind::Unavailable && attempt < retry.attempts => {
+                    std::thread::sleep(retry.backoff);
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Sets the commit status `context` of `sha`. Idempotent per sha and context, so retried.
+    /// A description longer than GitHub's 140 characters is shortened with `…`.
+    pub fn set_status(
+        &self,
+        sha: &str,
+        context: &str,
+        state: StatusState,
+        description: &str,
+        target_url: Option<&str>,
+    ) -> Result<(), ForgeError> {
+        check_sha(sha, "the commit to set a status on")?;
+        let description = shorten(description, GITHUB_STATUS_DESCRIPTION_MAX_CHARS);
+        let what = format!("setting commit status {context} on {}", &sha[..12]);
+        match self {
+            Forge::GitHub(g) => {
+                let mut body = json!({"state": state.github(), "context": context, "description": description});
+                if let Some(url) = target_url {
+                    body["target_url"] = Value::from(url);
+                }
+                g.api.call(
+                    "POST",
+                    &format!("/repos/{}/statuses/{sha}", g.repository),
+                    Some(&body),
+                    true,
+                    &what,
+                )?;
+                Ok(())
+            }
+            Forge::GitLab(g) => {
+                let mut body =
+                    json!({"state": state.gitlab(), "name": context, "description": description});
+                if let Some(url) = target_url {
+                    body["target_url"] = Value::from(url);
+                }
+                let path = format!("/projects/{}/statuses/{sha}", g.project);
+                match g.api.call("POST", &path, Some(&body), true, &what) {
+                    Ok(_) => Ok(()),
+                    // GitLab refuses `pending -> pending` ("Cannot transition status via :enqueue
+                    // from :pending"): the status already is what we ask for.
+                    Err(e)
+                        if e.kind == ForgeErrorKind::Invalid
+                            && e.message.contains("Cannot transition status") =>
+                    {
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        }
+    }
+
+    /// The pull request (number) / merge request (IID) that `sha` was merged from, if any: for
+    /// reporting the outcome of an apply after merge on the change that was reviewed.
+    pub fn change_for_commit(&self, sha: &str) -> Result<Option<u64>, ForgeError> {
+        check_sha(sha, "the merged commit")?;
+        let what = format!("finding the change request of commit {}", &sha[..12]);
+        let (list, number_field) = match self {
+            Forge::GitHub(g) => {
+                let path = format!("/repos/{}/commits/{sha}/pulls?per_page=100", g.repository);
+                (g.api.call("GET", &path, None, true, &what)?.json, "number")
+            }
+            Forge::GitLab(g) => {
+                let path = format!(
+                    "/projects/{}/repository/commits/{sha}/merge_requests?per_page=100",
+                    g.project
+                );
+                (g.api.call("GET", &path, None, true, &what)?.json, "iid")
+            }
+        };
+        let items = list
+            .as_array()
+            .ok_or_else(|| protocol(&what, "not a list"))?;
+        // The change whose merge commit this is, else one the commit heads.
+        let pick = items
+            .iter()
+            .find(|c| c["merge_commit_sha"].as_str() == Some(sha))
+            .or_else(|| items.first());
+        Ok(pick.and_then(|c| c[number_field].as_u64()))
+    }
+
+    fn api(&self) -> &Api {
+        match self {
+            Forge::GitHub(g) => &g.api,
+            Forge::GitLab(g) => &g.api,
+        }
+    }
+
+    /// Our comments on `change` carrying `marker`, oldest first (every page, bounded).
+    fn our_comments(&self, change: u64, marker: &str) -> Result<Vec<Comment>, ForgeError> {
+        let what = format!("listing the comments of {}", self.change_name(change));
+        let me = match self {
+            Forge::GitHub(g) => Author::Login(g.comment_author.clone()),
+            Forge::GitLab(g) => {
+                let user = g.api.call(
+                    "GET",
+                    "/user",
+                    None,
+                    true,
+                    "finding the GitLab token's user",
+                )?;
+                let id = user.json["id"]
+                    .as_u64()
+                    .ok_or_else(|| protocol("finding the GitLab token's user", "no numeric id"))?;
+                Author::Id(id)
+            }
+        };
+        let mut ours = Vec::new();
+        for page in 1..=MAX_COMMENT_PAGES {
+            let (reply, author_field) = match self {
+                Forge::GitHub(g) => {
+                    let path = format!(
+                        "/repos/{}/issues/{change}/comments?per_page=100&page={page}",
+                        g.repository
+                    );
+                    (g.api.call("GET", &path, None, true, &what)?, "user")
+                }
+                Forge::GitLab(g) => {
+                    let path = format!(
+                        "/projects/{}/merge_requests/{change}/notes?sort=asc&order_by=created_at&per_page=100&page={page}",
+                        g.project
+                    );
+                    (g.api.call("GET", &path, None, true, &what)?, "author")
+                }
+            };
+            let items = reply
+                .json
+                .as_array()
+                .ok_or_else(|| protocol(&what, "not a list"))?;
+            for c in items {
+                let author = &c[author_field];
+                let by_us = match &me {
+                    Author::Login(login) => author["login"].as_str() == Some(login.as_str()),
+                    Author::Id(id) => author["id"].as_u64() == Some(*id),
+                };
+                let body = c["body"].as_str().unwrap_or_default();
+                if by_us && body.starts_with(marker) {
+                    let id = c["id"]
+                        .as_u64()
+                        .ok_or_else(|| protocol(&what, "a comment without a numeric id"))?;
+                    ours.push(Comment {
+                        id,
+                        body: body.to_owned(),
+                        html_url: c["html_url"].as_str().map(str::to_owned),
+                    });
+                }
+            }
+            if !reply.has_next_page {
+                return Ok(ours);
+            }
+        }
+        Err(ForgeError::new(
+            ForgeErrorKind::Protocol,
+            format!(
+                "{what}: more than {} comments; airlock stops looking for its own there rather than risk posting a duplicate",
+                MAX_COMMENT_PAGES * 100
+            ),
+        ))
+    }
+
+    fn create_comment(&self, change: u64, body: &str) -> Result<Comment, ForgeError> {
+        let what = format!(
+            "posting the airlock comment on {}",
+            self.change_name(change)
+        );
+        let (path, api) = match self {
+            Forge::GitHub(g) => (
+                format!("/repos/{}/issues/{change}/comments", g.repository),
+                &g.api,
+            ),
+            Forge::GitLab(g) => (
+                format!("/projects/{}/merge_requests/{change}/notes", g.project),
+                &g.api,
+            ),
+        };
+        // Not retried here on a 5xx: the caller looks for it first.
+        let reply = api.call("POST", &path, Some(&json!({"body": body})), false, &what)?;
+        let id = reply.json["id"]
+            .as_u64()
+            .ok_or_else(|| protocol(&what, "no comment id"))?;
+        Ok(Comment {
+            id,
+            body: body.to_owned(),
+            html_url: reply.json["html_url"].as_str().map(str::to_owned),
+        })
+    }
+
+    fn update_comment(&self, change: u64, id: u64, body: &str) -> Result<(), ForgeError> {
+        let what = format!(
+            "updating the airlock comment on {}",
+            self.change_name(change)
+        );
+        let body = json!({"body": body});
+        match self {
+            Forge::GitHub(g) => g.api.call(
+                "PATCH",
+                &format!("/repos/{}/issues/comments/{id}", g.repository),
+                Some(&body),
+                true,
+                &what,
+            ),
+            Forge::GitLab(g) => g.api.call(
+                "PUT",
+                &format!("/projects/{}/merge_requests/{change}/notes/{id}", g.project),
+                Some(&body),
+                true,
+                &what,
+            ),
+        }
+        .map(drop)
+    }
+
+    fn delete_comment(&self, change: u64, id: u64) -> Result<(), ForgeError> {
+        let what = format!(
+            "deleting a duplicate airlock comment on {}",
+            self.change_name(change)
+        );
+        let result = match self {
+            Forge::GitHub(g) => g.api.call(
+                "DELETE",
+                &format!("/repos/{}/issues/comments/{id}", g.repository),
+                None,
+                true,
+                &what,
+            ),
+            Forge::GitLab(g) => g.api.call(
+                "DELETE",
+                &format!("/projects/{}/merge_requests/{change}/notes/{id}", g.project),
+                None,
+                true,
+                &what,
+            ),
+        };
+        match result {
+            // Already gone (a retried delete, or another job's): what we wanted.
+            Err(e) if e.kind == ForgeErrorKind::NotFound => Ok(()),
+            other => other.map(drop),
+        }
+    }
+
+    fn comment_url(&self, change: u64, comment: &Comment) -> String {
+        match self {
+            Forge::GitHub(g) => comment.html_url.clone().unwrap_or_else(|| {
+                format!(
+                    "{}/repos/{}/issues/comments/{}",
+                    g.api.base, g.repository, comment.id
+                )
+            }),
+            Forge::GitLab(g) => match &g.project_url {
+                Some(web) => format!("{web}/-/merge_requests/{change}#note_{}", comment.id),
+                None => format!(
+                    "{}/projects/{}/merge_requests/{change}/notes/{}",
+                    g.api.base, g.project, comment.id
+                ),
+            },
+        }
+    }
+
+    fn change_name(&self, change: u64) -> String {
+        match self {
+            Forge::GitHub(_) => format!("pull request #{change}"),
+            Forge::GitLab(_) => format!("merge request !{change}"),
+        }
+    }
+}
+
+struct Comment {
+    id: u64,
+    body: String,
+    html_url: Option<String>,
+}
+
+enum Author {
+    Login(String),
+    Id(u64),
+}
+
+fn github_context(var: &dyn Fn(&str) -> Option<String>) -> Result<ForgeContext, ForgeError> {
+    let need = |name: &str| {
+        var(name).ok_or_else(|| {
+            config(format!(
+                "{name} is not set: GitHub Actions sets it for every job"
+            ))
+        })
+    };
+    let repository = need(GITHUB_REPOSITORY)?;
+    let valid_part = |p: &str| {
+        !p.is_empty()
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    };
+    match repository.split_once('/') {
+        Some((owner, repo))
+            if valid_part(owner) && valid_part(repo) && repo != "." && repo != ".." => {}
+        _ => {
+            return Err(config(format!(
+                "{GITHUB_REPOSITORY} is {repository:?}, not OWNER/REPO"
+            )))
+        }
+    }
+    let api = Api::new(
+        ApiKind::GitHub,
+        &need(GITHUB_API_URL)?,
+        var(GITHUB_TOKEN),
+        GITHUB_API_URL,
+    )?;
+    let event_name = need(GITHUB_EVENT_NAME)?;
+    let event_json = || -> Result<Value, ForgeError> {
+        let path = need(GITHUB_EVENT_PATH)?;
+        let file = std::fs::File::open(&path)
+            .map_err(|e| config(format!("reading {GITHUB_EVENT_PATH} {path}: {e}")))?;
+        serde_json::from_reader(file.take(MAX_EVENT_BYTES)).map_err(|e| {
+            config(format!(
+                "{GITHUB_EVENT_PATH} {path} is not the event's JSON: {e}"
+            ))
+        })
+    };
+    let (event, change, head_sha, base_sha) = match event_name.as_str() {
+        "pull_request" | "pull_request_target" => {
+            let ev = event_json()?;
+            let pr = &ev["pull_request"];
+            let number = pr["number"].as_u64().ok_or_else(|| {
+                config(format!("the {event_name} event has no pull_request.number"))
+            })?;
+            let sha = |side: &str| {
+                pr[side]["sha"].as_str().map(str::to_owned).ok_or_else(|| {
+                    config(format!(
+                        "the {event_name} event has no pull_request.{side}.sha"
+                    ))
+                })
+            };
+            // Not GITHUB_SHA: for pull requests it is a synthetic merge commit nobody reviews.
+            (
+                Event::ChangeRequest,
+                Some(number),
+                sha("head")?,
+                Some(sha("base")?),
+            )
+        }
+        "push" => {
+            let ev = event_json()?;
+            let branch = need(GITHUB_REF)?
+                .strip_prefix("refs/heads/")
+                .map(str::to_owned)
+                .unwrap_or_default();
+            let default = !branch.is_empty()
+                && ev["repository"]["default_branch"].as_str() == Some(branch.as_str());
+            let before = ev["before"]
+                .as_str()
+                .filter(|s| !is_zero_sha(s))
+                .map(str::to_owned);
+            (
+                Event::Push { branch, default },
+                None,
+                need(GITHUB_SHA)?,
+                before,
+            )
+        }
+        other => (
+            Event::Other(other.to_owned()),
+            None,
+            need(GITHUB_SHA)?,
+            None,
+        ),
+    };
+    check_sha(&head_sha, "the head commit")?;
+    if let Some(base) = &base_sha {
+        check_sha(base, "the base commit")?;
+    }
+    let comment_author =
+        var(AIRLOCK_GITHUB_COMMENT_AUTHOR).unwrap_or_else(|| "github-actions[bot]".to_owned());
+    Ok(ForgeContext {
+        forge: Forge::GitHub(GitHub {
+            api,
+            repository,
+            comment_author,
+        }),
+        change,
+        head_sha,
+        base_sha,
+        event,
+    })
+}
+
+fn gitlab_context(var: &dyn Fn(&str) -> Option<String>) -> Result<ForgeContext, ForgeError> {
+    let need = |name: &str| {
+        var(name).ok_or_else(|| {
+            config(format!(
+                "{name} is not set: GitLab CI sets it for every job"
+            ))
+        })
+    };
+    let project = need(CI_PROJECT_ID)?;
+    if project.is_empty() || !project.chars().all(|c| c.is_ascii_digit()) {
+        return Err(config(format!(
+            "{CI_PROJECT_ID} is {project:?}, not a project ID"
+        )));
+    }
+    let api = Api::new(
+        ApiKind::GitLab,
+        &need(CI_API_V4_URL)?,
+        var(AIRLOCK_GITLAB_TOKEN),
+        CI_API_V4_URL,
+    )?;
+    let (event, change, head_sha, base_sha) = match var(CI_MERGE_REQUEST_IID) {
+        Some(iid) => {
+            let iid: u64 = iid
+                .parse()
+                .map_err(|_| config(format!("{CI_MERGE_REQUEST_IID} is {iid:?}, not a number")))?;
+            // In merged-results pipelines CI_COMMIT_SHA is a merge commit; the source branch's head is what was pushed.
+            let head =
+                var(CI_MERGE_REQUEST_SOURCE_BRANCH_SHA).map_or_else(|| need(CI_COMMIT_SHA), Ok)?;
+            (
+                Event::ChangeRequest,
+                Some(iid),
+                head,
+                var(CI_MERGE_REQUEST_DIFF_BASE_SHA),
+            )
+        }
+        None => {
+            let head = need(CI_COMMIT_SHA)?;
+            let before = var(CI_COMMIT_BEFORE_SHA).filter(|s| !is_zero_sha(s));
+            match var(CI_COMMIT_BRANCH) {
+                Some(branch) => {
+                    let default = var(CI_DEFAULT_BRANCH).as_deref() == Some(branch.as_str());
+                    (Event::Push { branch, default }, None, head, before)
+                }
+                None => (
+                    Event::Other("pipeline without a branch".to_owned()),
+                    None,
+                    head,
+                    None,
+                ),
+            }
+        }
+    };
+    check_sha(&head_sha, "the head commit")?;
+    if let Some(base) = &base_sha {
+        check_sha(base, "the base commit")?;
+    }
+    Ok(ForgeContext {
+        forge: Forge::GitLab(GitLab {
+            api,
+            project,
+            project_url: var(CI_PROJECT_URL).map(|u| u.trim_end_matches('/').to_owned()),
+        }),
+        change,
+        head_sha,
+        base_sha,
+        event,
+    })
+}
+
+fn config(message: String) -> ForgeError {
+    ForgeError::new(ForgeErrorKind::Config, message)
+}
+
+fn protocol(what: &str, problem: &str) -> ForgeError {
+    ForgeError::new(
+        ForgeErrorKind::Protocol,
+        format!("{what}: the forge answered {problem}"),
+    )
+}
+
+/// A full commit id (SHA-1, or SHA-256 repositories): never a branch name or abbreviation, which
+/// would end up in a URL path.
+fn check_sha(sha: &str, what: &str) -> Result<(), ForgeError> {
+    let hex = sha
+        .chars()
+        .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c));
+    if hex && (sha.len() == 40 || sha.len() == 64) {
+        Ok(())
+    } else {
+        Err(config(format!(
+            "{what} {sha:?} is not a full commit SHA (40 lowercase hex digits)"
+        )))
+    }
+}
+
+fn is_zero_sha(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c == '0')
+}
+
+/// The marker must be one hidden HTML comment: `<!-- airlock:... -->` on one line.
+fn check_marker(marker: &str) -> Result<(), ForgeError> {
+    let inner = marker
+        .strip_prefix("<!--")
+        .and_then(|m| m.strip_suffix("-->"));
+    match inner {
+        Some(inner)
+            if !inner.trim().is_empty() && !inner.contains("--") && !inner.contains('\n') && marker.len() <= 200 =>
+        {
+            Ok(())
+        }
+        _ => Err(config(format!(
+            "the comment marker {marker:?} must be one HTML comment on one line, like <!-- airlock:plan -->"
+        ))),
+    }
+}
+
+fn shorten(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_owned();
+    }
+    let mut out: String = text.chars().take(max - 1).collect();
+    out.push('…');
+    out
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ApiKind {
+    GitHub,
+    GitLab,
+}
+
+/// One forge's REST API: base URL, token, the retry loop, and the error messages naming the fix.
+#[derive(Debug, Clone)]
+struct Api {
+    kind: ApiKind,
+    /// The API root without a trailing slash, from the CI's variable.
+    base: String,
+    token: Option<String>,
+    agent: ureq::Agent,
+    retry: RetryPolicy,
+}
+
+/// A successful answer.
+struct Reply {
+    json: Value,
+    /// GitHub: a `Link: <...>; rel="next"`; GitLab: a non-empty `x-next-page`.
+    has_next_page: bool,
+}
+
+impl Api {
+    fn new(
+        kind: ApiKind,
+        base: &str,
+        token: Option<String>,
+        base_var: &str,
+    ) -> Result<Api, ForgeError> {
+        let base = base.trim_end_matches('/').to_owned();
+        let https = base.starts_with("https://");
+        if !(https || base.starts_with("http://")) {
+            return Err(config(format!(
+                "{base_var} is {base:?}, not an http(s) URL"
+            )));
+        }
+        let mut agent = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(15))
+            .timeout(Duration::from_secs(60))
+            .user_agent(concat!("airlock/", env!("CARGO_PKG_VERSION")));
+        if https {
+            let tls = crate::commands::client::tls_config(None)
+                .map_err(|e| config(format!("setting up TLS for {base_var}: {e:#}")))?;
+            agent = agent.tls_config(tls);
+        }
+        Ok(Api {
+            kind,
+            base,
+            token,
+            agent: agent.build(),
+            retry: RetryPolicy::default(),
+        })
+    }
+
+    /// Sends one call, retrying as the policy allows: rate limits always (the forge did nothing),
+    /// 5xx and lost connections only when `retry_safe` (a repeat cannot duplicate anything).
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        retry_safe: bool,
+        what: &str,
+    ) -> Result<Reply, ForgeError> {
+        let token = self.token.as_deref().ok_or_else(|| self.no_token(what))?;
+        let url = format!("{}{path}", self.base);
+        let attempts = self.retry.attempts.max(1);
+        let mut waited = Duration::ZERO;
+        let mut backoff = self.retry.backoff;
+        let mut attempt = 1;
+        loop {
+            let mut req = self.agent.request(method, &url);
+            req = match self.kind {
+                ApiKind::GitHub => req
+                    .set("Authorization", &format!("Bearer {token}"))
+                    .set("Accept", "application/vnd.github+json")
+                    .set("X-GitHub-Api-Version", "2022-11-28"),
+                ApiKind::GitLab => req.set("PRIVATE-TOKEN", token),
+            };
+            let result = match body {
+                Some(b) => req.send_json(b),
+                None => req.call(),
+            };
+            let (wait, failure) = match result {
+                Ok(resp) => return self.reply(resp, what),
+                Err(ureq::Error::Status(status, resp)) => {
+                    let limited = rate_limit_wait(status, &resp);
+                    let text = read_bounded(resp).unwrap_or_default();
+                    let wait = match limited {
+                        Some(told) => Some(told.unwrap_or(backoff)),
+                        None if status >= 500 && retry_safe => Some(backoff),
+                        None => None,
+                    };
+                    (wait, self.refused(status, &text, what, limited))
+                }
+                Err(e) => (retry_safe.then_some(backoff), self.unreachable(&e, what)),
+            };
+            match wait {
+                Some(wait) if attempt < attempts && waited + wait <= self.retry.max_wait => {
+                    std::thread::sleep(wait);
+                    waited += wait;
+                    backoff *= 2;
+                    attempt += 1;
+                }
+                _ => return Err(failure),
+            }
+        }
+    }
+
+    fn reply(&self, resp: ureq::Response, what: &str) -> Result<Reply, ForgeError> {
+        let has_next_page = match self.kind {
+            ApiKind::GitHub => resp
+                .header("link")
+                .is_some_and(|l| l.split(',').any(|part| part.contains("rel=\"next\""))),
+            ApiKind::GitLab => resp
+                .header("x-next-page")
+                .is_some_and(|p| !p.trim().is_empty()),
+        };
+        let status = resp.status();
+        let text = read_bounded(resp).map_err(|e| protocol(what, &e))?;
+        let json = if status == 204 || text.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).map_err(|_| protocol(what, "something that is not JSON"))?
+        };
+        Ok(Reply {
+            json,
+            has_next_page,
+        })
+    }
+
+    fn name(&self) -> &'static str {
+        match self.kind {
+            ApiKind::GitHub => "GitHub",
+            ApiKind::GitLab => "GitLab",
+        }
+    }
+
+    fn token_var(&self) -> &'static str {
+        match self.kind {
+            ApiKind::GitHub => GITHUB_TOKEN,
+            ApiKind::GitLab => AIRLOCK_GITLAB_TOKEN,
+        }
+    }
+
+    fn no_token(&self, what: &str) -> ForgeError {
+        let fix = match self.kind {
+            ApiKind::GitHub => {
+                "pass it to the step: `env: GITHUB_TOKEN: ${{ secrets.GITHUB_TOKEN }}`".to_owned()
+            }
+            ApiKind::GitLab => GITLAB_TOKEN_FIX.to_owned(),
+        };
+        ForgeError::new(
+            ForgeErrorKind::Unauthorized,
+            format!("{what}: {} is not set; {fix}", self.token_var()),
+        )
+    }
+
+    /// The error for a refused call, naming the fix.
+    fn refused(
+        &self,
+        status: u16,
+        text: &str,
+        what: &str,
+        limited: Option<Option<Duration>>,
+    ) -> ForgeError {
+        let name = self.name();
+        let said = forge_message(text);
+        let github = self.kind == ApiKind::GitHub;
+        let (kind, fix) = if let Some(told) = limited {
+            let wait = told.map_or_else(String::new, |w| {
+                format!(" (it asks to wait {} s)", w.as_secs())
+            });
+            (
+                ForgeErrorKind::RateLimited,
+                format!(
+                    "{name} rate-limits the token{wait}, beyond airlock's retries ({} attempts, {} s of waiting); re-run the job later",
+                    self.retry.attempts,
+                    self.retry.max_wait.as_secs()
+                ),
+            )
+        } else {
+            match status {
+                401 if github => (
+                    ForgeErrorKind::Unauthorized,
+                    "GitHub refused GITHUB_TOKEN (missing, expired or wrong): pass `env: GITHUB_TOKEN: ${{ secrets.GITHUB_TOKEN }}` to the step".to_owned(),
+                ),
+                401 => (
+                    ForgeErrorKind::Unauthorized,
+                    format!("GitLab refused {AIRLOCK_GITLAB_TOKEN} (expired, revoked or wrong); {GITLAB_TOKEN_FIX}"),
+                ),
+                403 if github => (
+                    ForgeErrorKind::Forbidden,
+                    "the token lacks the permission: give the job `permissions: { contents: read, pull-requests: write, statuses: write }` in the workflow file (on pull requests from forks GITHUB_TOKEN is read-only)".to_owned(),
+                ),
+                403 => (
+                    ForgeErrorKind::Forbidden,
+                    format!("the token lacks the permission: {AIRLOCK_GITLAB_TOKEN} must be a project access token with the `api` scope and at least the Developer role"),
+                ),
+                404 if github => (
+                    ForgeErrorKind::NotFound,
+                    format!("check {GITHUB_REPOSITORY} and {GITHUB_API_URL} ({}); GitHub also answers 404 when the token may not see the repository (the workflow's `permissions:`)", self.base),
+                ),
+                404 => (
+                    ForgeErrorKind::NotFound,
+                    format!("check {CI_PROJECT_ID} and {CI_API_V4_URL} ({}); GitLab also answers 404 when {AIRLOCK_GITLAB_TOKEN} may not see the project or merge request", self.base),
+                ),
+                400 | 409 | 422 => (ForgeErrorKind::Invalid, format!("{name} refused the request as invalid")),
+                s if s >= 500 => (
+                    ForgeErrorKind::Unavailable,
+                    format!("{name} failed (after {} attempts); re-run the job", self.retry.attempts),
+                ),
+                _ => (ForgeErrorKind::Protocol, format!("{name} answered an unexpected status")),
+            }
+        };
+        let said = if said.is_empty() {
+            String::new()
+        } else {
+            format!(" ({name} says: {said})")
+        };
+        ForgeError::new(kind, format!("{what}: HTTP {status}{said}; {fix}"))
+    }
+
+    fn unreachable(&self, e: &ureq::Error, what: &str) -> ForgeError {
+        ForgeError::new(
+            ForgeErrorKind::Unavailable,
+            format!(
+                "{what}: could not reach {} at {} ({e}); check the runner's network, then re-run the job",
+                self.name(),
+                self.base
+            ),
+        )
+    }
+}
+
+const GITLAB_TOKEN_FIX: &str = "create a project access token with the `api` scope and the Developer role (Settings > Access tokens) and store it as the masked CI/CD variable AIRLOCK_GITLAB_TOKEN (CI_JOB_TOKEN cannot post merge request notes)";
+
+/// `Some` when the answer is a rate limit (429, or 403 with no requests left or a `Retry-After`),
+/// with the wait the forge asks for when it says one.
+fn rate_limit_wait(status: u16, resp: &ureq::Response) -> Option<Option<Duration>> {
+    let header = |name: &str| resp.header(name).map(str::trim);
+    let retry_after = header("retry-after")
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let exhausted =
+        header("x-ratelimit-remaining") == Some("0") || header("ratelimit-remaining") == Some("0");
+    let limited = status == 429 || (status == 403 && (exhausted || retry_after.is_some()));
+    if !limited {
+        return None;
+    }
+    let reset = || {
+        let at: u64 = header("x-ratelimit-reset")
+            .or_else(|| header("ratelimit-reset"))?
+            .parse()
+            .ok()?;
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs();
+        Some(Duration::from_secs(at.saturating_sub(now).max(1)))
+    };
+    Some(retry_after.or_else(|| if exhausted { reset() } else { None }))
+}
+
+/// An answer's text, refused beyond [`MAX_RESPONSE_BYTES`].
+fn read_bounded(resp: ureq::Response) -> Result<String, String> {
+    let mut buf = Vec::new();
+    resp.into_reader()
+        .take(MAX_RESPONSE_BYTES + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("an unreadable body ({e})"))?;
+    if buf.len() as u64 > MAX_RESPONSE_BYTES {
+        return Err(format!("more than {MAX_RESPONSE_BYTES} bytes"));
+    }
+    String::from_utf8(buf).map_err(|_| "a body that is not UTF-8".to_owned())
+}
+
+/// The forge's own explanation in an error body (`message`, GitHub's `errors[].message`,
+/// GitLab's `error` or `message` object), shortened and made safe for a terminal.
+fn forge_message(text: &str) -> String {
+    let said = match serde_json::from_str::<Value>(text) {
+        Ok(v) => {
+            let mut parts = Vec::new();
+            for key in ["message", "error"] {
+                match &v[key] {
+                    Value::String(s) => parts.push(s.clone()),
+                    Value::Null => {}
+                    other => parts.push(other.to_string()),
+                }
+            }
+            if let Some(errors) = v["errors"].as_array() {
+                for e in errors {
+                    parts.push(
+                        e["message"]
+                            .as_str()
+                            .map_or_else(|| e.to_string(), str::to_owned),
+                    );
+                }
+            }
+            parts.join("; ")
+        }
+        Err(_) => text.to_owned(),
+    };
+    printable(&shorten(said.trim(), 300)).into_owned()
+}
+
+#[cfg(test)]
+#[path = "../../../tests/forge/standin.rs"]
+mod standin;
+
+#[cfg(test)]
+mod tests {
+    //! The clients against the forge stand-in, which refuses and records any request GitHub's
+    //! OpenAPI description or GitLab's documented endpoints do not allow.
+
+    use std::collections::HashMap;
+    use std::time::Instant;
+
+    use super::standin::ForgeStandIn;
+    use super::*;
+
+    const TOKEN: &str = "ghs_airlock_ci_token";
+    const HEAD: &str = "1111111111111111111111111111111111111111";
+    const BASE: &str = "2222222222222222222222222222222222222222";
+    const MARKER: &str = "<!-- airlock:plan -->";
+    const PR: u64 = 7;
+
+    fn fast() -> RetryPolicy {
+        RetryPolicy {
+            attempts: 4,
+            backoff: Duration::from_millis(10),
+            max_wait: Duration::from_secs(5),
+        }
+    }
+
+    /// GitHub Actions' variables for a `pull_request` run against the stand-in.
+    fn github_env(f: &ForgeStandIn, event_dir: &tempfile::TempDir) -> HashMap<String, String> {
+        let event = event_dir.path().join("event.json");
+        let payload =
+            json!({"pull_request": {"number": PR, "head": {"sha": HEAD}, "base": {"sha": BASE}}});
+        std::fs::write(&event, payload.to_string()).unwrap();
+        [
+            ("GITHUB_ACTIONS", "true"),
+            ("GITHUB_REPOSITORY", "acme/infra"),
+            ("GITHUB_EVENT_NAME", "pull_request"),
+            ("GITHUB_EVENT_PATH", event.to_str().unwrap()),
+            // The synthetic merge commit, which must not be where statuses go.
+            ("GITHUB_SHA", "3333333333333333333333333333333333333333"),
+            ("GITHUB_REF", "refs/pull/7/merge"),
+            ("GITHUB_API_URL", &f.url_github()),
+            ("GITHUB_TOKEN", TOKEN),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+    }
+
+    fn gitlab_env(f: &ForgeStandIn) -> HashMap<String, String> {
+        [
+            ("GITLAB_CI", "true"),
+            ("CI_PROJECT_ID", "42"),
+            ("CI_PROJECT_URL", "https://gitlab.example/acme/infra"),
+            ("CI_MERGE_REQUEST_IID", "7"),
+            ("CI_COMMIT_SHA", HEAD),
+            ("CI_MERGE_REQUEST_DIFF_BASE_SHA", BASE),
+            ("CI_API_V4_URL", &f.url_gitlab()),
+            ("AIRLOCK_GITLAB_TOKEN", TOKEN),
+            ("CI_JOB_TOKEN", "not-used"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+    }
+
+    fn context(env: &HashMap<String, String>) -> ForgeContext {
+        Forge::from_env(&|k| env.get(k).cloned())
+            .unwrap()
+            .expect("in CI")
+    }
+
+    fn github() -> (ForgeStandIn, Forge, tempfile::TempDir) {
+        let f = ForgeStandIn::start(TOKEN);
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = context(&github_env(&f, &dir));
+        (f, ctx.forge.with_retry(fast()), dir)
+    }
+
+    fn gitlab() -> (ForgeStandIn, Forge) {
+        let f = ForgeStandIn::start(TOKEN);
+        let ctx = context(&gitlab_env(&f));
+        (f, ctx.forge.with_retry(fast()))
+    }
+
+    fn comments(f: &ForgeStandIn) -> Vec<Value> {
+        f.state()["github"]["comments"].as_array().unwrap().clone()
+    }
+
+    fn notes(f: &ForgeStandIn) -> Vec<Value> {
+        f.state()["gitlab"]["notes"].as_array().unwrap().clone()
+    }
+
+    /// Posts a comment as the person `login` (their own token), through the API.
+    fn user_comment(f: &ForgeStandIn, url: &str, login: &str, body: &str) -> u64 {
+        let token = format!("token-of-{login}");
+        f.add_user(&token, login);
+        let req = ureq::post(url).set("User-Agent", "a-person");
+        let req = if url.contains("/gitlab/") {
+            req.set("PRIVATE-TOKEN", &token)
+        } else {
+            req.set("Authorization", &format!("token {token}"))
+        };
+        let v: Value = req
+            .send_json(json!({"body": body}))
+            .unwrap()
+            .into_json()
+            .unwrap();
+        v["id"].as_u64().unwrap()
+    }
+
+    #[test]
+    fn outside_ci_there_is_no_forge() {
+        assert!(Forge::from_env(&|_| None).unwrap().is_none());
+        let env = |k: &str| (k == "CI").then(|| "true".to_owned());
+        assert!(Forge::from_env(&env).unwrap().is_none());
+    }
+
+    #[test]
+    fn github_context_comes_from_the_event_not_the_merge_commit() {
+        let f = ForgeStandIn::start(TOKEN);
+        let dir = tempfile::tempdir().unwrap();
+        let env = github_env(&f, &dir);
+        let ctx = context(&env);
+        assert_eq!(ctx.change, Some(PR));
+        assert_eq!(ctx.head_sha, HEAD);
+        assert_eq!(ctx.base_sha.as_deref(), Some(BASE));
+        assert_eq!(ctx.event, Event::ChangeRequest);
+
+        // A push to the default branch.
+        let push = dir.path().join("push.json");
+        std::fs::write(&push, json!({"before": "0".repeat(40), "after": HEAD, "repository": {"default_branch": "main"}}).to_string()).unwrap();
+        let mut env2 = env.clone();
+        env2.insert("GITHUB_EVENT_NAME".into(), "push".into());
+        env2.insert("GITHUB_EVENT_PATH".into(), push.to_str().unwrap().into());
+        env2.insert("GITHUB_SHA".into(), HEAD.into());
+        env2.insert("GITHUB_REF".into(), "refs/heads/main".into());
+        let ctx = context(&env2);
+        assert_eq!(
+            ctx.event,
+            Event::Push {
+                branch: "main".into(),
+                default: true
+            }
+        );
+        assert_eq!(
+            (ctx.change, ctx.base_sha),
+            (None, None),
+            "a new branch's all-zero `before` is no base"
+        );
+
+        // Malformed variables are refused with the variable's name.
+        for (var, value, needle) in [
+            ("GITHUB_REPOSITORY", "acme", "not OWNER/REPO"),
+            ("GITHUB_REPOSITORY", "acme/../x", "not OWNER/REPO"),
+            ("GITHUB_API_URL", "file:///etc", "not an http(s) URL"),
+            (
+                "GITHUB_EVENT_PATH",
+                "/nonexistent/event.json",
+                "reading GITHUB_EVENT_PATH",
+            ),
+        ] {
+            let mut bad = env.clone();
+            bad.insert(var.into(), value.into());
+            let e = Forge::from_env(&|k| bad.get(k).cloned()).unwrap_err();
+            assert_eq!(e.kind, ForgeErrorKind::Config);
+            assert!(e.to_string().contains(needle), "{var}={value}: {e}");
+        }
+        let bad_sha = dir.path().join("bad.json");
+        std::fs::write(
+            &bad_sha,
+            json!({"pull_request": {"number": 7, "head": {"sha": "main"}, "base": {"sha": BASE}}})
+                .to_string(),
+        )
+        .unwrap();
+        let mut bad = env.clone();
+        bad.insert("GITHUB_EVENT_PATH".into(), bad_sha.to_str().unwrap().into());
+        let e = Forge::from_env(&|k| bad.get(k).cloned()).unwrap_err();
+        assert!(e.to_string().contains("not a full commit SHA"), "{e}");
+        // No token: the context is still known (the plan runs), posting says what to set.
+        let mut no_token = env.clone();
+        no_token.remove("GITHUB_TOKEN");
+        let ctx = context(&no_token);
+        let e = ctx.forge.upsert_comment(PR, MARKER, "x").unwrap_err();
+        assert_eq!(e.kind, ForgeErrorKind::Unauthorized);
+        assert!(
+            e.to_string()
+                .contains("GITHUB_TOKEN: ${{ secrets.GITHUB_TOKEN }}"),
+            "{e}"
+        );
+        assert!(f.requests().is_empty(), "nothing sent without a token");
+    }
+
+    #[test]
+    fn gitlab_context_reads_the_merge_request_pipeline() {
+        let f = ForgeStandIn::start(TOKEN);
+        let mut env = gitlab_env(&f);
+        let ctx = context(&env);
+        assert_eq!(
+            (ctx.change, ctx.head_sha.as_str(), ctx.base_sha.as_deref()),
+            (Some(7), HEAD, Some(BASE))
+        );
+        // Merged-results pipelines: the source branch's head, not the merge commit.
+        env.insert("CI_MERGE_REQUEST_SOURCE_BRANCH_SHA".into(), BASE.into());
+        assert_eq!(context(&env).head_sha, BASE);
+        env.insert("CI_PROJECT_ID".into(), "42/../1".into());
+        let e = Forge::from_env(&|k| env.get(k).cloned()).unwrap_err();
+        assert!(e.to_string().contains("not a project ID"), "{e}");
+        // Both forges at once is ambiguous.
+        env.insert("GITHUB_ACTIONS".into(), "true".into());
+        assert!(Forge::from_env(&|k| env.get(k).cloned()).is_err());
+    }
+
+    #[test]
+    fn github_comment_is_created_once_then_updated_in_place() {
+        let (f, forge, _dir) = github();
+        let first = forge.upsert_comment(PR, MARKER, "plan 1").unwrap();
+        let second = forge.upsert_comment(PR, MARKER, "plan 2").unwrap();
+        let third = forge.upsert_comment(PR, MARKER, "plan 3").unwrap();
+        assert_eq!(
+            (&first, &second),
+            (&third, &third),
+            "the same comment's URL every time"
+        );
+        assert!(third.contains("/pull/7#issuecomment-"), "{third}");
+        let all = comments(&f);
+        assert_eq!(all.len(), 1, "{all:#?}");
+        assert_eq!(all[0]["body"], format!("{MARKER}\nplan 3"));
+        assert_eq!(all[0]["issue"], PR);
+        let ops: Vec<_> = f
+            .requests()
+            .into_iter()
+            .filter_map(|r| r.operation)
+            .collect();
+        assert_eq!(
+            ops.iter().filter(|o| *o == "issues/create-comment").count(),
+            1,
+            "{ops:?}"
+        );
+        assert_eq!(
+            ops.iter().filter(|o| *o == "issues/update-comment").count(),
+            2,
+            "{ops:?}"
+        );
+        f.assert_no_violations();
+    }
+
+    #[test]
+    fn github_a_user_comment_carrying_the_marker_is_never_touched() {
+        let (f, forge, _dir) = github();
+        let url = format!("{}/repos/acme/infra/issues/{PR}/comments", f.url_github());
+        let pasted = format!("{MARKER}\nI copied airlock's marker");
+        let theirs = user_comment(&f, &url, "mallory", &pasted);
+        forge.upsert_comment(PR, MARKER, "plan 1").unwrap();
+        forge.upsert_comment(PR, MARKER, "plan 2").unwrap();
+        let all = comments(&f);
+        assert_eq!(all.len(), 2, "{all:#?}");
+        let mine = all.iter().find(|c| c["id"] == theirs).unwrap();
+        assert_eq!(mine["body"], pasted.as_str());
+        assert_eq!(mine["updated_at"], mine["created_at"]);
+        let ours = all.iter().find(|c| c["id"] != theirs).unwrap();
+        assert_eq!(ours["body"], format!("{MARKER}\nplan 2"));
+        assert!(
+            !f.requests()
+                .iter()
+                .any(|r| r.path.ends_with(&format!("/comments/{theirs}"))),
+            "no request addressed the user's comment"
+        );
+        f.assert_no_violations();
+    }
+
+    #[test]
+    fn github_finds_its_comment_beyond_the_first_page() {
+        let (f, forge, _dir) = github();
+        let url = format!("{}/repos/acme/infra/issues/{PR}/comments", f.url_github());
+        for i in 0..105 {
+            user_comment(&f, &url, "reviewer", &format!("comment {i}"));
+        }
+        forge.upsert_comment(PR, MARKER, "plan 1").unwrap();
+        forge.upsert_comment(PR, MARKER, "plan 2").unwrap();
+        let ours: Vec<_> = comments(&f)
+            .into_iter()
+            .filter(|c| c["user"]["login"] == "github-actions[bot]")
+            .collect();
+        assert_eq!(ours.len(), 1);
+        assert!(f.requests().iter().any(|r| r.query["page"] == "2"));
+        f.assert_no_violations();
+    }
+
+    #[test]
+    fn github_statuses_go_pending_then_success_on_the_head_commit() {
+        let (f, forge, _dir) = github();
+        forge
+            .set_status(HEAD, "airlock/app", StatusState::Pending, "planning", None)
+            .unwrap();
+        forge
+            .set_status(
+                HEAD,
+                "airlock/app",
+                StatusState::Success,
+                &"approved ".repeat(40),
+                Some("https://airlock.example/runs/r1"),
+            )
+            .unwrap();
+        let statuses = f.state()["github"]["statuses"].as_array().unwrap().clone();
+        let states: Vec<_> = statuses
+            .iter()
+            .map(|s| (s["sha"].as_str().unwrap(), s["state"].as_str().unwrap()))
+            .collect();
+        assert_eq!(states, [(HEAD, "pending"), (HEAD, "success")]);
+        assert_eq!(statuses[1]["context"], "airlock/app");
+        assert_eq!(statuses[1]["target_url"], "https://airlock.example/runs/r1");
+        assert_eq!(
+            statuses[1]["description"].as_str().unwrap().chars().count(),
+            140,
+            "shortened to GitHub's limit"
+        );
+        // A ref instead of a commit never reaches a URL.
+        let e = forge
+            .set_status("main", "airlock/app", StatusState::Error, "x", None)
+            .unwrap_err();
+        assert_eq!(e.kind, ForgeErrorKind::Config);
+        f.assert_no_violations();
+    }
+
+    #[test]
+    fn github_retries_a_502_and_a_429_with_retry_after() {
+        let (f, forge, _dir) = github();
+        f.fail_next("GET", r"/issues/7/comments$", 2, 502, &[]);
+        f.fail_next("POST", r"/statuses/", 1, 429, &[("Retry-After", "1")]);
+        forge.upsert_comment(PR, MARKER, "plan").unwrap();
+        let started = Instant::now();
+        forge
+            .set_status(HEAD, "airlock/app", StatusState::Pending, "planning", None)
+            .unwrap();
+        assert!(
+            started.elapsed() >= Duration::from_secs(1),
+            "waited as Retry-After said"
+        );
+        let statuses: Vec<_> = f
+            .requests()
+            .into_iter()
+            .filter(|r| r.path.contains("/statuses/"))
+            .map(|r| r.status)
+            .collect();
+        assert_eq!(statuses, [429, 201]);
+        assert_eq!(comments(&f).len(), 1);
+        assert_eq!(f.state()["github"]["statuses"].as_array().unwrap().len(), 1);
+        f.assert_no_violations();
+    }
+
+    #[test]
+    fn github_a_lost_create_answer_does_not_duplicate_the_comment() {
+        let (f, forge, _dir) = github();
+        // The comment is created, but the answer is a 502 (a proxy timed out): looked for, found, not re-posted.
+        f.fail_after_next("POST", r"/issues/7/comments$", 1, 502);
+        forge.upsert_comment(PR, MARKER, "plan").unwrap();
+        assert_eq!(comments(&f).len(), 1);
+        // A create refused with 502 that did not take effect is posted again.
+        let (f, forge, _dir) = github();
+        f.fail_next("POST", r"/issues/7/comments$", 1, 503, &[]);
+        forge.upsert_comment(PR, MARKER, "plan").unwrap();
+        assert_eq!(comments(&f).len(), 1);
+        f.assert_no_violations();
+    }
+
+    #[test]
+    fn github_stray_copies_of_our_comment_are_removed() {
+        let (f, forge, _dir) = github();
+        let url = format!("{}/repos/acme/infra/issues/{PR}/comments", f.url_github());
+        // Two jobs raced and both posted (as the CI identity).
+        for _ in 0..2 {
+            ureq::post(&url)
+                .set("User-Agent", "t")
+                .set("Authorization", &format!("Bearer {TOKEN}"))
+                .send_json(json!({"body": format!("{MARKER}\nold")}))
+                .unwrap();
+        }
+        forge.upsert_comment(PR, MARKER, "new").unwrap();
+        let all = comments(&f);
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0]["body"], format!("{MARKER}\nnew"));
+        f.assert_no_violations();
+    }
+
+    #[test]
+    fn github_errors_name_the_fix_and_are_bounded() {
+        let (f, forge, _dir) = github();
+        f.fail_next("GET", r"/issues/7/comments$", 1, 403, &[]);
+        let e = forge.upsert_comment(PR, MARKER, "plan").unwrap_err();
+        assert_eq!(e.kind, ForgeErrorKind::Forbidden);
+        assert!(e.to_string().contains("pull-requests: write"), "{e}");
+        f.fail_next("POST", r"/statuses/", 1, 404, &[]);
+        let e = forge
+            .set_status(HEAD, "airlock/app", StatusState::Pending, "p", None)
+            .unwrap_err();
+        assert_eq!(e.kind, ForgeErrorKind::NotFound);
+        assert!(
+            e.to_string().contains("GITHUB_REPOSITORY") && e.to_string().contains("permissions:"),
+            "{e}"
+        );
+        f.fail_next("POST", r"/statuses/", 1, 401, &[]);
+        let e = forge
+            .set_status(HEAD, "airlock/app", StatusState::Pending, "p", None)
+            .unwrap_err();
+        assert!(e.to_string().contains("secrets.GITHUB_TOKEN"), "{e}");
+        // Neither 401, 403 nor 404 is retried.
+        assert_eq!(f.requests().len(), 3);
+
+        // A 5xx that does not end: the configured attempts, then an error.
+        f.fail_next("POST", r"/statuses/", 10, 502, &[]);
+        let e = forge
+            .set_status(HEAD, "airlock/app", StatusState::Pending, "p", None)
+            .unwrap_err();
+        assert_eq!(e.kind, ForgeErrorKind::Unavailable);
+        assert_eq!(f.requests().len(), 3 + 4);
+        // A rate limit whose reset is an hour away fails at once rather than blocking the job.
+        let reset = (SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 3600)
+            .to_string();
+        f.fail_next(
+            "GET",
+            r"/comments$",
+            1,
+            403,
+            &[
+                ("x-ratelimit-remaining", "0"),
+                ("x-ratelimit-reset", &reset),
+            ],
+        );
+        let started = Instant::now();
+        let e = forge.upsert_comment(PR, MARKER, "plan").unwrap_err();
+        assert_eq!(e.kind, ForgeErrorKind::RateLimited);
+        assert!(e.to_string().contains("re-run the job later"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        // A body over GitHub's limit is refused before anything is sent.
+        let before = f.requests().len();
+        let e = forge
+            .upsert_comment(PR, MARKER, &"x".repeat(GITHUB_COMMENT_MAX_CHARS))
+            .unwrap_err();
+        assert_eq!(e.kind, ForgeErrorKind::TooLarge);
+        assert_eq!(f.requests().len(), before);
+        assert!(f.requests().iter().all(|r| r.violations.is_empty()));
+    }
+
+    #[test]
+    fn github_change_for_a_merge_commit() {
+        let (f, forge, _dir) = github();
+        let merge = "4444444444444444444444444444444444444444";
+        f.add_change("github", "acme/infra", 12, HEAD, Some(merge));
+        assert_eq!(forge.change_for_commit(merge).unwrap(), Some(12));
+        assert_eq!(forge.change_for_commit(BASE).unwrap(), None);
+        f.assert_no_violations();
+    }
+
+    #[test]
+    fn gitlab_note_is_created_once_then_updated_and_user_notes_are_left_alone() {
+        let (f, forge) = gitlab();
+        let url = format!("{}/projects/42/merge_requests/{PR}/notes", f.url_gitlab());
+        let pasted = format!("{MARKER}\npasted by a person");
+        let theirs = user_comment(&f, &url, "mallory", &pasted);
+        let a = forge.upsert_comment(PR, MARKER, "plan 1").unwrap();
+        forge.upsert_comment(PR, MARKER, "plan 2").unwrap();
+        let c = forge.upsert_comment(PR, MARKER, "plan 3").unwrap();
+        assert_eq!(a, c);
+        assert!(
+            c.starts_with("https://gitlab.example/acme/infra/-/merge_requests/7#note_"),
+            "{c}"
+        );
+        let all = notes(&f);
+        assert_eq!(all.len(), 2);
+        assert_eq!(
+            all.iter().find(|n| n["id"] == theirs).unwrap()["body"],
+            pasted.as_str()
+        );
+        assert_eq!(
+            all.iter().find(|n| n["id"] != theirs).unwrap()["body"],
+            format!("{MARKER}\nplan 3")
+        );
+        f.assert_no_violations();
+    }
+
+    #[test]
+    fn gitlab_statuses_pending_then_success_and_errors_name_the_fix() {
+        let (f, forge) = gitlab();
+        forge
+            .set_status(HEAD, "airlock/app", StatusState::Pending, "planning", None)
+            .unwrap();
+        // GitLab refuses pending -> pending; it already is.
+        forge
+            .set_status(
+                HEAD,
+                "airlock/app",
+                StatusState::Pending,
+                "needs 1 approval",
+                None,
+            )
+            .unwrap();
+        forge
+            .set_status(HEAD, "airlock/app", StatusState::Failure, "denied", None)
+            .unwrap();
+        forge
+            .set_status(
+                HEAD,
+                "airlock/app",
+                StatusState::Success,
+                "approved",
+                Some("https://airlock.example/r"),
+            )
+            .unwrap();
+        let states: Vec<_> = f.state()["gitlab"]["statuses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["status"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(states, ["pending", "failed", "success"]);
+        let refused: Vec<_> = f
+            .requests()
+            .into_iter()
+            .filter(|r| r.status >= 400)
+            .collect();
+        assert_eq!(
+            refused.len(),
+            1,
+            "only the pending -> pending transition: {refused:#?}"
+        );
+
+        f.fail_next("POST", r"/statuses/", 1, 502, &[]);
+        f.fail_next("POST", r"/statuses/", 1, 429, &[("Retry-After", "1")]);
+        forge
+            .set_status(
+                HEAD,
+                "airlock/other",
+                StatusState::Pending,
+                "planning",
+                None,
+            )
+            .unwrap();
+        f.fail_next("GET", r"/notes$", 1, 403, &[]);
+        let e = forge.upsert_comment(PR, MARKER, "x").unwrap_err();
+        assert!(e.to_string().contains("`api` scope"), "{e}");
+        f.fail_next("GET", r"/user$", 1, 401, &[]);
+        let e = forge.upsert_comment(PR, MARKER, "x").unwrap_err();
+        assert!(
+            e.to_string().contains("AIRLOCK_GITLAB_TOKEN")
+                && e.to_string().contains("CI_JOB_TOKEN"),
+            "{e}"
+        );
+        f.fail_next("POST", r"/statuses/", 1, 404, &[]);
+        let e = forge
+            .set_status(HEAD, "airlock/app", StatusState::Error, "x", None)
+            .unwrap_err();
+        assert!(e.to_string().contains("CI_PROJECT_ID"), "{e}");
+        let e = forge
+            .upsert_comment(PR, MARKER, &"x".repeat(GITLAB_NOTE_MAX_CHARS))
+            .unwrap_err();
+        assert_eq!(e.kind, ForgeErrorKind::TooLarge);
+        // Apart from GitLab's own transition refusal above, nothing the documented API refuses.
+        let bad: Vec<_> = f
+            .requests()
+            .into_iter()
+            .filter(|r| {
+                !r.violations.is_empty()
+                    && !r
+                        .violations
+                        .iter()
+                        .all(|v| v.contains("Cannot transition status"))
+            })
+            .collect();
+        assert!(bad.is_empty(), "{bad:#?}");
+    }
+
+    #[test]
+    fn gitlab_change_for_a_merge_commit() {
+        let (f, forge) = gitlab();
+        let merge = "5555555555555555555555555555555555555555";
+        f.add_change("gitlab", "42", 9, HEAD, Some(merge));
+        assert_eq!(forge.change_for_commit(merge).unwrap(), Some(9));
+        f.assert_no_violations();
+    }
+
+    #[test]
+    fn markers_must_be_hidden_html_comments() {
+        for bad in [
+            "airlock",
+            "<!-- a --> visible",
+            "<!---->",
+            "<!-- a -- b -->",
+            "<!-- a\nb -->",
+        ] {
+            assert!(check_marker(bad).is_err(), "{bad:?}");
+        }
+        check_marker(MARKER).unwrap();
+    }
+}

@@ -1,0 +1,685 @@
+//! The one reader of a stack's module graph: `module` blocks parsed with a real HCL parser
+//! (`.tf`) or JSON (`.tf.json`), local sources (`./`, `../`) followed transitively, over any
+//! [`Tree`] (the checkout on disk for fingerprints, a git commit for change detection), so the
+//! fingerprint's input files and `airlock ci affected` follow the same graph.
+//!
+//! Registry, git, http and every other source are not local and not followed. A local source
+//! that leaves the repository root, names a directory that does not exist, or closes a cycle is
+//! an error naming the file and line.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::rc::Rc;
+
+use airlock_core::inputs;
+use hcl_edit::expr::Expression;
+use hcl_edit::structure::{BlockLabel, Structure};
+use hcl_edit::Span;
+
+/// Largest configuration file whose module blocks are read (Terraform files are small; this
+/// bounds the parser's memory on a hostile checkout).
+pub const MAX_TF_FILE: usize = 16 << 20;
+/// Deepest bracket nesting a `.tf` file may have before it is parsed (the parser recurses).
+const MAX_NESTING: usize = 256;
+/// Most module directories one stack may reach.
+pub const MAX_MODULE_DIRS: usize = 10_000;
+
+/// One `module` block's `source`, with where it is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleCall {
+    /// The `source` string as written.
+    pub source: String,
+    /// 1-based line of the `source` attribute (0 in `.tf.json`, which has no line positions).
+    pub line: usize,
+}
+
+impl ModuleCall {
+    /// Whether the source is a local path (`./x`, `../x`), the only kind followed.
+    pub fn is_local(&self) -> bool {
+        self.source.starts_with("./") || self.source.starts_with("../")
+    }
+}
+
+/// Why a stack's module graph could not be read. Displays as `file:line: message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleError {
+    /// Path of the file at fault, relative to the repository root.
+    pub file: String,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+impl fmt::Display for ModuleError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(l) if l > 0 => write!(f, "{}:{}: {}", self.file, l, self.message),
+            _ => write!(f, "{}: {}", self.file, self.message),
+        }
+    }
+}
+
+impl std::error::Error for ModuleError {}
+
+fn error(file: &str, line: Option<usize>, message: impl Into<String>) -> ModuleError {
+    ModuleError {
+        file: file.to_owned(),
+        line,
+        message: message.into(),
+    }
+}
+
+/// The `module` blocks' sources of one configuration file (`.tf` or `.tf.json` by its name).
+/// `file` names it in errors. Blocks without a literal `source` are skipped: Terraform itself
+/// rejects them, and they call nothing local.
+pub fn module_calls(file: &str, content: &[u8]) -> Result<Vec<ModuleCall>, ModuleError> {
+    if content.len() > MAX_TF_FILE {
+        return Err(error(
+            file,
+            None,
+            format!(
+                "{} bytes is more than the {} MiB a configuration file may have",
+                content.len(),
+                MAX_TF_FILE >> 20
+            ),
+        ));
+    }
+    let text = std::str::from_utf8(content)
+        .map_err(|_| error(file, None, "not UTF-8 text, as Terraform requires"))?;
+    if file.ends_with(".tf.json") {
+        return json_module_calls(file, text);
+    }
+    if let Some(line) = too_deep(text) {
+        return Err(error(
+            file,
+            Some(line),
+            format!("nested more than {MAX_NESTING} levels deep"),
+        ));
+    }
+    let body = hcl_edit::parser::parse_body(text).map_err(|e| {
+        error(
+            file,
+            Some(e.location().line()),
+            format!("invalid HCL: {}", e.message()),
+        )
+    })?;
+    let newlines: Vec<usize> = newline_offsets(text);
+    let line_of = |span: Option<std::ops::Range<usize>>| {
+        span.map(|r| newlines.partition_point(|&n| n < r.start) + 1)
+            .unwrap_or(0)
+    };
+    let mut out = Vec::new();
+    for s in body.iter() {
+        let Structure::Block(block) = s else { continue };
+        if block.ident.as_str() != "module" {
+            continue;
+        }
+        let name = match block.labels.first() {
+            Some(BlockLabel::String(s)) => s.value().to_string(),
+            Some(BlockLabel::Ident(i)) => i.as_str().to_string(),
+            None => continue,
+        };
+        let Some(attr) = block.body.get_attribute("source") else {
+            continue;
+        };
+        let source = match &attr.value {
+            Expression::String(s) => s.value().to_string(),
+            _ => {
+                return Err(error(
+                    file,
+                    Some(line_of(attr.span())),
+                    format!(
+                        "module \"{name}\": `source` must be a string literal, as Terraform \
+                         requires"
+                    ),
+                ))
+            }
+        };
+        out.push(ModuleCall {
+            source,
+            line: line_of(attr.span()),
+        });
+    }
+    Ok(out)
+}
+
+/// Byte offsets of every newline, to turn a span into a line without rescanning the text.
+fn newline_offsets(text: &str) -> Vec<usize> {
+    text.bytes()
+        .enumerate()
+        .filter(|&(_, b)| b == b'\n')
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// The line where bracket nesting first exceeds [`MAX_NESTING`] (counting every bracket, in
+/// strings too: conservative, and no real configuration comes close).
+fn too_deep(text: &str) -> Option<usize> {
+    let (mut depth, mut line) = (0usize, 1usize);
+    for b in text.bytes() {
+        match b {
+            b'{' | b'[' | b'(' => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Some(line);
+                }
+            }
+            b'}' | b']' | b')' => depth = depth.saturating_sub(1),
+            b'\n' => line += 1,
+            _ => {}
+        }
+    }
+    None
+}
+
+/// `{"module": {"NAME": {"source": "..."}}}`; a block may also be a list of objects.
+fn json_module_calls(file: &str, text: &str) -> Result<Vec<ModuleCall>, ModuleError> {
+    // serde_json refuses nesting deeper than 128 itself.
+    let v: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| error(file, Some(e.line()), format!("invalid JSON: {e}")))?;
+    let mut out = Vec::new();
+    let Some(modules) = v.get("module") else {
+        return Ok(out);
+    };
+    let blocks: Vec<&serde_json::Value> = match modules {
+        serde_json::Value::Array(items) => items.iter().collect(),
+        other => vec![other],
+    };
+    for block in blocks {
+        let Some(named) = block.as_object() else {
+            return Err(error(
+                file,
+                None,
+                "`module` must be an object of named blocks",
+            ));
+        };
+        for (name, body) in named {
+            let bodies: Vec<&serde_json::Value> = match body {
+                serde_json::Value::Array(items) => items.iter().collect(),
+                other => vec![other],
+            };
+            for b in bodies {
+                match b.get("source") {
+                    None => {}
+                    Some(serde_json::Value::String(s)) => out.push(ModuleCall {
+                        source: s.clone(),
+                        line: 0,
+                    }),
+                    Some(_) => {
+                        return Err(error(
+                            file,
+                            None,
+                            format!("module \"{name}\": `source` must be a string"),
+                        ))
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Files of a module directory that are inputs: configuration, variable files, the lock file.
+pub fn is_input_file(name: &str) -> bool {
+    is_config_file(name) || is_var_file(name) || name == ".terraform.lock.hcl"
+}
+
+/// A Terraform configuration file, whose `module` blocks are read.
+pub fn is_config_file(name: &str) -> bool {
+    name.ends_with(".tf") || name.ends_with(".tf.json")
+}
+
+/// A variable file (`*.tfvars`, `*.tfvars.json`).
+pub fn is_var_file(name: &str) -> bool {
+    name.ends_with(".tfvars") || name.ends_with(".tfvars.json")
+}
+
+/// A directory tree to read a stack from. Paths are relative to the repository root,
+/// `/`-separated, normalized (`.` is the root).
+pub trait Tree {
+    /// Names of the regular files directly in `dir` (symlinks and subdirectories excluded),
+    /// or `None` when `dir` is not a directory.
+    fn files(&mut self, dir: &str) -> Result<Option<Vec<String>>, ModuleError>;
+    /// The content of a file listed by [`Tree::files`].
+    fn read(&mut self, path: &str) -> Result<Vec<u8>, ModuleError>;
+    /// A key identifying the content of `path` for caching its parse (e.g. a git blob id), if
+    /// the tree has one.
+    fn content_key(&mut self, _path: &str) -> Option<String> {
+        None
+    }
+}
+
+/// What one directory contributes: its input files and the local module directories it calls.
+#[derive(Debug)]
+struct DirInfo {
+    /// Input file names in the directory, sorted.
+    files: Vec<String>,
+    /// Local calls: (target directory, file, line), in file then line order, targets unique.
+    calls: Vec<(String, String, usize)>,
+}
+
+/// A stack's inputs found by [`Walker::stack`]: each input file (relative to the root) with the
+/// module directories leading from the stack to it (empty for the stack's own files).
+pub type StackFiles = BTreeMap<String, Vec<String>>;
+
+/// Walks stacks' module graphs over one [`Tree`], reading each directory once (many stacks
+/// call the same modules). A parse cache keyed by content can be shared between walkers.
+pub struct Walker<'t, T: Tree> {
+    tree: &'t mut T,
+    dirs: HashMap<String, Rc<DirInfo>>,
+    parsed: &'t mut HashMap<String, Rc<Vec<ModuleCall>>>,
+}
+
+impl<'t, T: Tree> Walker<'t, T> {
+    /// A walker over `tree`; `parsed` caches module calls by [`Tree::content_key`].
+    pub fn new(tree: &'t mut T, parsed: &'t mut HashMap<String, Rc<Vec<ModuleCall>>>) -> Self {
+        Walker {
+            tree,
+            dirs: HashMap::new(),
+            parsed,
+        }
+    }
+
+    /// Whether `dir` is a directory of the tree.
+    pub fn is_dir(&mut self, dir: &str) -> Result<bool, ModuleError> {
+        Ok(self.tree.files(dir)?.is_some())
+    }
+
+    fn dir(&mut self, dir: &str) -> Result<Option<Rc<DirInfo>>, ModuleError> {
+        if let Some(d) = self.dirs.get(dir) {
+            return Ok(Some(d.clone()));
+        }
+        let Some(mut names) = self.tree.files(dir)? else {
+            return Ok(None);
+        };
+        names.retain(|n| is_input_file(n));
+        names.sort();
+        let mut calls: Vec<(String, String, usize)> = Vec::new();
+        for name in names.iter().filter(|n| is_config_file(n)) {
+            let path = inputs::join(dir, name);
+            let key = self.tree.content_key(&path);
+            let parsed = match key.as_ref().and_then(|k| self.parsed.get(k)) {
+                Some(p) => p.clone(),
+                None => {
+                    let content = self.tree.read(&path)?;
+                    let p = Rc::new(module_calls(&path, &content)?);
+                    if let Some(k) = key {
+                        self.parsed.insert(k, p.clone());
+                    }
+                    p
+                }
+            };
+            for call in parsed.iter().filter(|c| c.is_local()) {
+                let target = inputs::join(dir, &call.source);
+                if target == ".." || target.starts_with("../") {
+                    return Err(error(
+                        &path,
+                        Some(call.line),
+                        format!(
+                            "module source \"{}\" leaves the repository root (the directory of \
+                             airlock.hcl); keep every module the stacks call inside it",
+                            call.source
+                        ),
+                    ));
+                }
+                if !calls.iter().any(|(t, _, _)| *t == target) {
+                    calls.push((target, path.clone(), call.line));
+                }
+            }
+        }
+        let info = Rc::new(DirInfo {
+            files: names,
+            calls,
+        });
+        self.dirs.insert(dir.to_owned(), info.clone());
+        Ok(Some(info))
+    }
+
+    /// The input files of the stack whose root module is `dir` (relative to the root): its
+    /// configuration, variable and lock files, and those of every local module it calls,
+    /// transitively. `Ok(None)` when `dir` is not a directory.
+    pub fn stack(&mut self, dir: &str) -> Result<Option<StackFiles>, ModuleError> {
+        let start = inputs::join(".", dir);
+        let Some(root) = self.dir(&start)? else {
+            return Ok(None);
+        };
+        // Depth-first over directories, iterative, to find cycles: `path` holds (dir, info, next
+        // call index); `reached` is every directory found.
+        let mut reached: std::collections::BTreeSet<String> = [start.clone()].into();
+        let mut path: Vec<(String, Rc<DirInfo>, usize)> = vec![(start.clone(), root, 0)];
+        while let Some((_, info, next)) = path.last_mut() {
+            let Some((target, file, line)) = info.calls.get(*next).cloned() else {
+                path.pop();
+                continue;
+            };
+            *next += 1;
+            if let Some(p) = path.iter().position(|(d, _, _)| *d == target) {
+                let mut cycle: Vec<&str> = path
+                    .get(p..)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|(d, _, _)| d.as_str())
+                    .collect();
+                cycle.push(&target);
+                return Err(error(
+                    &file,
+                    Some(line),
+                    format!(
+                        "module cycle: {}; a module cannot call itself, directly or through \
+                         others",
+                        cycle.join(" -> ")
+                    ),
+                ));
+            }
+            if reached.contains(&target) {
+                continue; // reached before by another path (a diamond, not a cycle)
+            }
+            if reached.len() >= MAX_MODULE_DIRS {
+                return Err(error(
+                    &file,
+                    Some(line),
+                    format!("the stack reaches more than {MAX_MODULE_DIRS} module directories"),
+                ));
+            }
+            let Some(info) = self.dir(&target)? else {
+                return Err(error(
+                    &file,
+                    Some(line),
+                    format!(
+                        "module directory {target} does not exist; fix the module's `source` \
+                         or add the module"
+                    ),
+                ));
+            };
+            reached.insert(target.clone());
+            path.push((target, info, 0));
+        }
+        // Breadth-first from the stack: each directory's shortest module chain.
+        let mut via: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        via.insert(start.clone(), Vec::new());
+        let mut queue = std::collections::VecDeque::from([start]);
+        let mut out = StackFiles::new();
+        while let Some(dir) = queue.pop_front() {
+            let (Some(info), Some(chain)) = (self.dirs.get(&dir).cloned(), via.get(&dir).cloned())
+            else {
+                continue;
+            };
+            for f in &info.files {
+                out.insert(inputs::join(&dir, f), chain.clone());
+            }
+            for (target, _, _) in &info.calls {
+                if !via.contains_key(target) {
+                    let mut c = chain.clone();
+                    c.push(target.clone());
+                    via.insert(target.clone(), c);
+                    queue.push_back(target.clone());
+                }
+            }
+        }
+        Ok(Some(out))
+    }
+}
+
+/// The checkout on disk under `root`.
+pub struct FsTree<'a> {
+    /// Repository root.
+    pub root: &'a std::path::Path,
+}
+
+impl Tree for FsTree<'_> {
+    fn files(&mut self, dir: &str) -> Result<Option<Vec<String>>, ModuleError> {
+        let abs = self.root.join(dir);
+        let io = |e: std::io::Error| error(dir, None, format!("cannot list the directory: {e}"));
+        let entries = match std::fs::read_dir(&abs) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => return Ok(None),
+            Err(e) => return Err(io(e)),
+        };
+        let mut out = Vec::new();
+        for e in entries {
+            let e = e.map_err(io)?;
+            if e.file_type().map_err(io)?.is_file() {
+                out.push(e.file_name().to_string_lossy().into_owned());
+            }
+        }
+        Ok(Some(out))
+    }
+
+    fn read(&mut self, path: &str) -> Result<Vec<u8>, ModuleError> {
+        std::fs::read(self.root.join(path))
+            .map_err(|e| error(path, None, format!("cannot read: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An in-memory tree: path -> content.
+    struct Mem(BTreeMap<String, String>);
+
+    impl Tree for Mem {
+        fn files(&mut self, dir: &str) -> Result<Option<Vec<String>>, ModuleError> {
+            let prefix = if dir == "." {
+                String::new()
+            } else {
+                format!("{dir}/")
+            };
+            let mut found = false;
+            let mut out = Vec::new();
+            for p in self.0.keys() {
+                if let Some(rest) = p.strip_prefix(&prefix) {
+                    found = true;
+                    if !rest.contains('/') {
+                        out.push(rest.to_owned());
+                    }
+                }
+            }
+            Ok(found.then_some(out))
+        }
+        fn read(&mut self, path: &str) -> Result<Vec<u8>, ModuleError> {
+            Ok(self.0.get(path).cloned().unwrap_or_default().into_bytes())
+        }
+    }
+
+    fn mem(files: &[(&str, &str)]) -> Mem {
+        Mem(files
+            .iter()
+            .map(|(p, c)| (p.to_string(), c.to_string()))
+            .collect())
+    }
+
+    fn walk(t: &mut Mem, dir: &str) -> Result<Option<StackFiles>, ModuleError> {
+        let mut cache = HashMap::new();
+        Walker::new(t, &mut cache).stack(dir)
+    }
+
+    #[test]
+    fn reads_module_blocks_not_lines() {
+        let tf = r#"
+# source = "./commented"
+locals { source = "./not-a-module" }
+module "a" {
+  source = "../a"
+}
+module "b" { source = "./b" }
+module "remote" { source = "hashicorp/consul/aws" }
+module "git" { source = "git::https://example.com/x.git" }
+module "http" { source = "https://example.com/x.zip" }
+module "dotslash_in_middle" { source = "github.com/x/y//./z" }
+module "heredoc" {
+  description = <<EOT
+  source = "./inside-heredoc"
+EOT
+  source = "./c"
+}
+"#;
+        let calls = module_calls("main.tf", tf.as_bytes()).unwrap();
+        let local: Vec<(&str, usize)> = calls
+            .iter()
+            .filter(|c| c.is_local())
+            .map(|c| (c.source.as_str(), c.line))
+            .collect();
+        assert_eq!(local, [("../a", 5), ("./b", 7), ("./c", 16)]);
+        assert_eq!(calls.len(), 7);
+    }
+
+    #[test]
+    fn json_configuration() {
+        let j = r#"{"module": {"a": {"source": "./a"}, "b": [{"source": "../b"}], "r": {"source": "x/y/z"}}}"#;
+        let calls = module_calls("main.tf.json", j.as_bytes()).unwrap();
+        let s: Vec<&str> = calls.iter().map(|c| c.source.as_str()).collect();
+        assert_eq!(s, ["./a", "../b", "x/y/z"]);
+        assert!(module_calls("x.tf.json", br#"{"module": {"a": {"source": 1}}}"#).is_err());
+        assert!(module_calls("x.tf.json", br#"{"module": "x"}"#).is_err());
+        assert!(module_calls("x.tf.json", b"{").is_err());
+        let deep = "[".repeat(10_000);
+        assert!(module_calls("x.tf.json", deep.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn hostile_files_are_errors_not_crashes() {
+        let cases: Vec<(String, &str)> = vec![
+            (
+                "module \"a\" {\n  source = \n}\n".into(),
+                "main.tf:2: invalid HCL",
+            ),
+            ("module \"a\" {\n".into(), "main.tf:1: invalid HCL"),
+            (
+                "module \"a\" {\n  source = \"${var.x}/m\"\n}\n".into(),
+                "main.tf:2: module \"a\": `source` must be a string literal",
+            ),
+            (
+                "module \"a\" {\n  source = var.x\n}\n".into(),
+                "main.tf:2: module \"a\": `source` must be a string literal",
+            ),
+            (
+                format!("x = {}1{}\n", "[".repeat(100_000), "]".repeat(100_000)),
+                "main.tf:1: nested more than 256 levels deep",
+            ),
+            (
+                format!("x = {}\n", "(".repeat(300)),
+                "main.tf:1: nested more than 256 levels deep",
+            ),
+        ];
+        for (src, want) in cases {
+            let e = module_calls("main.tf", src.as_bytes()).unwrap_err();
+            assert!(e.to_string().starts_with(want), "{e} (wanted {want})");
+        }
+        let e = module_calls("main.tf", &[0xff, 0xfe]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "main.tf: not UTF-8 text, as Terraform requires"
+        );
+        let huge = vec![b'#'; MAX_TF_FILE + 1];
+        assert!(module_calls("main.tf", &huge)
+            .unwrap_err()
+            .message
+            .contains("MiB"));
+        // Big but legal: 20,000 module blocks parse.
+        let many: String = (0..20_000)
+            .map(|i| format!("module \"m{i}\" {{ source = \"./m{i}\" }}\n"))
+            .collect();
+        assert_eq!(
+            module_calls("main.tf", many.as_bytes()).unwrap().len(),
+            20_000
+        );
+        // Nesting within the limit is fine.
+        let ok = format!("x = {}1{}\n", "[".repeat(50), "]".repeat(50));
+        assert!(module_calls("main.tf", ok.as_bytes()).is_ok());
+        // No module blocks, odd but valid HCL.
+        for src in [
+            "",
+            "module {}\n",
+            "module \"x\" {}\n",
+            "resource \"a\" \"b\" { source = \"./x\" }\n",
+        ] {
+            let calls = module_calls("main.tf", src.as_bytes()).unwrap();
+            assert!(calls.iter().all(|c| !c.is_local()), "{src}");
+        }
+    }
+
+    #[test]
+    fn walks_transitive_local_modules_with_their_chain() {
+        let mut t = mem(&[
+            ("stacks/app/main.tf", "module \"net\" { source = \"../../modules/net\" }\nmodule \"r\" { source = \"terraform-aws-modules/vpc/aws\" }"),
+            ("stacks/app/prod.tfvars", "x = 1"),
+            ("stacks/app/README.md", "docs"),
+            ("stacks/app/.terraform.lock.hcl", "# lock"),
+            ("stacks/app/sub/extra.tf", "# a subdirectory is not the root module"),
+            ("modules/net/main.tf", "module \"sub\" { source = \"./subnet\" }\nmodule \"tags\" { source = \"../tags\" }"),
+            ("modules/net/subnet/main.tf", "module \"tags\" { source = \"../../tags\" }"),
+            ("modules/tags/main.tf.json", "{}"),
+        ]);
+        let files = walk(&mut t, "stacks/app").unwrap().unwrap();
+        let got: Vec<(&str, Vec<&str>)> = files
+            .iter()
+            .map(|(p, v)| (p.as_str(), v.iter().map(String::as_str).collect()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("modules/net/main.tf", vec!["modules/net"]),
+                (
+                    "modules/net/subnet/main.tf",
+                    vec!["modules/net", "modules/net/subnet"]
+                ),
+                (
+                    "modules/tags/main.tf.json",
+                    vec!["modules/net", "modules/tags"]
+                ),
+                ("stacks/app/.terraform.lock.hcl", vec![]),
+                ("stacks/app/main.tf", vec![]),
+                ("stacks/app/prod.tfvars", vec![]),
+            ]
+        );
+        assert!(walk(&mut t, "stacks/nope").unwrap().is_none());
+    }
+
+    #[test]
+    fn cycles_escapes_and_missing_modules_are_errors() {
+        let mut t = mem(&[
+            (
+                "stacks/a/main.tf",
+                "module \"x\" {\n  source = \"../../modules/x\"\n}\n",
+            ),
+            ("modules/x/main.tf", "module \"y\" { source = \"../y\" }"),
+            ("modules/y/main.tf", "\nmodule \"x\" { source = \"../x\" }"),
+        ]);
+        let e = walk(&mut t, "stacks/a").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "modules/y/main.tf:2: module cycle: modules/x -> modules/y -> modules/x; a module \
+             cannot call itself, directly or through others"
+        );
+        let mut t = mem(&[("stacks/a/main.tf", "module \"me\" { source = \"./\" }")]);
+        assert!(walk(&mut t, "stacks/a")
+            .unwrap_err()
+            .message
+            .contains("module cycle: stacks/a -> stacks/a"));
+        let mut t = mem(&[("a/main.tf", "module \"up\" { source = \"../../outside\" }")]);
+        let e = walk(&mut t, "a").unwrap_err();
+        assert!(e.message.contains("leaves the repository root"), "{e}");
+        let mut t = mem(&[("main.tf", "module \"up\" { source = \"../x\" }")]);
+        assert!(walk(&mut t, ".").unwrap_err().message.contains("leaves"));
+        let mut t = mem(&[("a/main.tf", "module \"m\" {\n source = \"./gone\"\n}")]);
+        assert_eq!(
+            walk(&mut t, "a").unwrap_err().to_string(),
+            "a/main.tf:2: module directory a/gone does not exist; fix the module's `source` or \
+             add the module"
+        );
+        // A diamond is not a cycle.
+        let mut t = mem(&[
+            (
+                "s/main.tf",
+                "module \"a\" { source = \"../a\" }\nmodule \"b\" { source = \"../b\" }",
+            ),
+            ("a/main.tf", "module \"c\" { source = \"../c\" }"),
+            ("b/main.tf", "module \"c\" { source = \"../c\" }"),
+            ("c/main.tf", ""),
+        ]);
+        assert_eq!(walk(&mut t, "s").unwrap().unwrap().len(), 4);
+    }
+}

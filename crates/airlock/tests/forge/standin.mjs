@@ -1,0 +1,821 @@
+// The forge stand-in: a local GitHub and GitLab that the tests use instead of the real forges.
+//
+// Every request is checked before it is served. GitHub requests (under /github) are checked against
+// GitHub's official OpenAPI description from the npm package @octokit/openapi, read from
+// $AIRLOCK_TEST_NODE_MODULES (never hand-copied); GitLab requests (under /gitlab/api/v4) against the
+// table GITLAB_ENDPOINTS below, one row per documented endpoint, citing its docs.gitlab.com page
+// (GitLab publishes no OpenAPI description for these endpoints in a package we can install).
+// A request that fails a check is refused as the forge would (404 unknown operation, 401 bad token,
+// 403 no User-Agent, 422/400 invalid input) and recorded with its violations.
+//
+// It keeps the state the workflow uses (issue/MR comments, commit statuses, pull requests by merge
+// commit) with the forges' limits, and has control endpoints for tests under /__standin/.
+//
+// Usage: node standin.mjs --token TOKEN [--port 0]. Prints `listening http://127.0.0.1:PORT`.
+
+import http from "node:http";
+import fs from "node:fs";
+import path from "node:path";
+
+// ---------------------------------------------------------------------------------------------
+// Arguments and the API description
+// ---------------------------------------------------------------------------------------------
+
+function arg(name, fallback) {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1] : fallback;
+}
+
+const TOKEN = arg("token");
+const PORT = Number(arg("port", "0"));
+if (!TOKEN) {
+  console.error("standin: --token TOKEN is required");
+  process.exit(2);
+}
+const MODULES = process.env.AIRLOCK_TEST_NODE_MODULES;
+if (!MODULES) {
+  console.error(
+    "standin: AIRLOCK_TEST_NODE_MODULES is not set; source scripts/test-deps.sh (it installs @octokit/openapi)",
+  );
+  process.exit(2);
+}
+const SPEC_PATH = path.join(MODULES, "@octokit/openapi/generated/api.github.com.json");
+const SPEC = JSON.parse(fs.readFileSync(SPEC_PATH, "utf8"));
+
+// GitHub's documented limits the API description does not carry.
+const GITHUB_COMMENT_MAX = 65536; // "body is too long (maximum is 65536 characters)"
+const GITHUB_STATUS_DESCRIPTION_MAX = 140; // "description is too long (maximum is 140 characters)"
+const GITHUB_STATUSES_PER_CONTEXT = 1000; // the API description's note on create-commit-status
+const GITLAB_NOTE_MAX = 1000000; // "Note is too long (maximum is 1000000 characters)"
+const MAX_BODY_BYTES = 8 * 1024 * 1024;
+
+function resolve(node) {
+  // Follows local `$ref`s (`#/components/...`) until a non-reference node.
+  let seen = 0;
+  while (node && typeof node === "object" && typeof node.$ref === "string") {
+    if (++seen > 32) throw new Error(`reference loop at ${node.$ref}`);
+    const parts = node.$ref.replace(/^#\//, "").split("/");
+    node = parts.reduce((n, p) => (n == null ? n : n[p.replace(/~1/g, "/").replace(/~0/g, "~")]), SPEC);
+  }
+  return node;
+}
+
+const METHODS = ["get", "put", "post", "patch", "delete", "head", "options"];
+
+// Every operation of the description, as a matcher: the template split into segments, its path and
+// query parameters (references resolved), and its request body schema.
+const GITHUB_OPERATIONS = [];
+for (const [template, item] of Object.entries(SPEC.paths)) {
+  const shared = (item.parameters || []).map(resolve);
+  for (const method of METHODS) {
+    const op = item[method];
+    if (!op) continue;
+    const params = [...shared, ...(op.parameters || []).map(resolve)];
+    const segments = template.split("/").slice(1);
+    GITHUB_OPERATIONS.push({
+      method: method.toUpperCase(),
+      template,
+      operationId: op.operationId,
+      segments,
+      literals: segments.filter((s) => !s.startsWith("{")).length,
+      pathParams: Object.fromEntries(params.filter((p) => p.in === "path").map((p) => [p.name, p])),
+      queryParams: Object.fromEntries(params.filter((p) => p.in === "query").map((p) => [p.name, p])),
+      body: op.requestBody ? resolve(op.requestBody) : null,
+    });
+  }
+}
+// The most specific template wins (`/issues/comments` before `/issues/{issue_number}`), as GitHub routes.
+GITHUB_OPERATIONS.sort((a, b) => b.literals - a.literals || a.segments.length - b.segments.length);
+
+// Matches `segments` (already split, still percent-encoded) against a template; returns the
+// decoded path parameters or null. A `x-multi-segment` parameter may span several segments, but
+// only as the template's last segment (every such template in the description ends with it).
+function matchTemplate(op, segments) {
+  const params = {};
+  for (let i = 0; i < op.segments.length; i++) {
+    const t = op.segments[i];
+    if (i >= segments.length) return null;
+    if (t.startsWith("{")) {
+      const name = t.slice(1, -1);
+      const multi = op.pathParams[name] && op.pathParams[name]["x-multi-segment"];
+      if (multi && i === op.segments.length - 1) {
+        params[name] = safeDecode(segments.slice(i).join("/"));
+        return params[name] === null ? null : params;
+      }
+      const v = safeDecode(segments[i]);
+      if (v === null || v === "") return null;
+      params[name] = v;
+    } else if (t !== segments[i]) {
+      return null;
+    }
+  }
+  return segments.length === op.segments.length ? params : null;
+}
+
+function safeDecode(s) {
+  try {
+    return decodeURIComponent(s);
+  } catch {
+    return null;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A small JSON Schema checker for the subset the description uses (OpenAPI 3.0: `nullable`)
+// ---------------------------------------------------------------------------------------------
+
+function typeOf(v) {
+  if (v === null) return "null";
+  if (Array.isArray(v)) return "array";
+  if (typeof v === "number") return Number.isInteger(v) ? "integer" : "number";
+  return typeof v;
+}
+
+function checkSchema(schemaRef, value, where, out) {
+  const schema = resolve(schemaRef);
+  if (!schema || typeof schema !== "object") return;
+  if (value === null) {
+    if (schema.nullable || schema.type === undefined) return;
+    out.push(`${where}: null is not allowed`);
+    return;
+  }
+  if (schema.allOf) for (const s of schema.allOf) checkSchema(s, value, where, out);
+  for (const key of ["oneOf", "anyOf"]) {
+    if (!schema[key]) continue;
+    const fits = schema[key].filter((s) => {
+      const sub = [];
+      checkSchema(s, value, where, sub);
+      return sub.length === 0;
+    }).length;
+    if (key === "anyOf" ? fits === 0 : fits !== 1)
+      out.push(`${where}: matches ${fits} of the ${key} alternatives`);
+  }
+  if (schema.type) {
+    const actual = typeOf(value);
+    const ok = schema.type === actual || (schema.type === "number" && actual === "integer");
+    if (!ok) {
+      out.push(`${where}: expected ${schema.type}, got ${actual}`);
+      return;
+    }
+  }
+  if (schema.enum && !schema.enum.some((e) => e === value))
+    out.push(`${where}: ${JSON.stringify(value)} is not one of ${JSON.stringify(schema.enum)}`);
+  if (typeof value === "string") {
+    if (schema.maxLength !== undefined && [...value].length > schema.maxLength)
+      out.push(`${where}: longer than ${schema.maxLength} characters`);
+    if (schema.minLength !== undefined && [...value].length < schema.minLength)
+      out.push(`${where}: shorter than ${schema.minLength} characters`);
+    if (schema.pattern && !new RegExp(schema.pattern, "u").test(value))
+      out.push(`${where}: does not match ${schema.pattern}`);
+  }
+  if (typeof value === "number") {
+    if (schema.maximum !== undefined && value > schema.maximum) out.push(`${where}: above ${schema.maximum}`);
+    if (schema.minimum !== undefined && value < schema.minimum) out.push(`${where}: below ${schema.minimum}`);
+  }
+  if (Array.isArray(value)) {
+    if (schema.maxItems !== undefined && value.length > schema.maxItems) out.push(`${where}: more than ${schema.maxItems} items`);
+    if (schema.minItems !== undefined && value.length < schema.minItems) out.push(`${where}: fewer than ${schema.minItems} items`);
+    if (schema.items) value.forEach((v, i) => checkSchema(schema.items, v, `${where}[${i}]`, out));
+  }
+  if (typeOf(value) === "object") {
+    const props = schema.properties || {};
+    for (const r of schema.required || [])
+      if (!(r in value)) out.push(`${where}: required property "${r}" is missing`);
+    for (const [k, v] of Object.entries(value)) {
+      if (k in props) checkSchema(props[k], v, `${where}.${k}`, out);
+      else if (schema.additionalProperties === false) out.push(`${where}: property "${k}" is not allowed`);
+      else if (schema.additionalProperties && typeof schema.additionalProperties === "object")
+        checkSchema(schema.additionalProperties, v, `${where}.${k}`, out);
+    }
+  }
+}
+
+// A path or query value (a string on the wire) against a parameter schema.
+function checkScalar(schemaRef, raw, where, out) {
+  const schema = resolve(schemaRef) || {};
+  let value = raw;
+  if (schema.type === "integer") {
+    if (!/^-?\d+$/.test(raw)) return out.push(`${where}: ${JSON.stringify(raw)} is not an integer`);
+    value = Number(raw);
+  } else if (schema.type === "number") {
+    if (raw.trim() === "" || !Number.isFinite(Number(raw))) return out.push(`${where}: ${JSON.stringify(raw)} is not a number`);
+    value = Number(raw);
+  } else if (schema.type === "boolean") {
+    if (raw !== "true" && raw !== "false") return out.push(`${where}: ${JSON.stringify(raw)} is not true or false`);
+    value = raw === "true";
+  } else if (schema.type === "array") {
+    return; // the description's array query parameters are comma-separated strings; none is used here
+  }
+  if (schema.format === "date-time" && Number.isNaN(Date.parse(raw)))
+    out.push(`${where}: ${JSON.stringify(raw)} is not an ISO 8601 date-time`);
+  checkSchema({ ...schema, format: undefined }, value, where, out);
+}
+
+// ---------------------------------------------------------------------------------------------
+// GitLab: the documented endpoints the workflow uses, as a table
+// ---------------------------------------------------------------------------------------------
+// Each parameter: type (string | integer | boolean | number), required, enum. `:id` is a project
+// ID or URL-encoded path; parameters may come in the query or a JSON body (GitLab accepts both).
+
+const PAGINATION = {
+  page: { type: "integer", min: 1 },
+  per_page: { type: "integer", min: 1, max: 100 },
+};
+const PROJECT_ID = { type: "project" };
+
+const GITLAB_ENDPOINTS = [
+  {
+    // https://docs.gitlab.com/api/users/#get-the-current-user
+    method: "GET", path: "/user", op: "user", params: {},
+  },
+  {
+    // https://docs.gitlab.com/api/notes/#list-all-merge-request-notes
+    method: "GET", path: "/projects/:id/merge_requests/:merge_request_iid/notes", op: "list_notes",
+    path_params: { id: PROJECT_ID, merge_request_iid: { type: "integer" } },
+    params: {
+      sort: { type: "string", enum: ["asc", "desc"] },
+      order_by: { type: "string", enum: ["created_at", "updated_at"] },
+      ...PAGINATION,
+    },
+  },
+  {
+    // https://docs.gitlab.com/api/notes/#get-single-merge-request-note
+    method: "GET", path: "/projects/:id/merge_requests/:merge_request_iid/notes/:note_id", op: "get_note",
+    path_params: { id: PROJECT_ID, merge_request_iid: { type: "integer" }, note_id: { type: "integer" } },
+    params: {},
+  },
+  {
+    // https://docs.gitlab.com/api/notes/#create-new-merge-request-note
+    method: "POST", path: "/projects/:id/merge_requests/:merge_request_iid/notes", op: "create_note",
+    path_params: { id: PROJECT_ID, merge_request_iid: { type: "integer" } },
+    params: {
+      body: { type: "string", required: true },
+      created_at: { type: "string" },
+      internal: { type: "boolean" },
+      merge_request_diff_head_sha: { type: "string" },
+    },
+  },
+  {
+    // https://docs.gitlab.com/api/notes/#modify-existing-merge-request-note
+    method: "PUT", path: "/projects/:id/merge_requests/:merge_request_iid/notes/:note_id", op: "update_note",
+    path_params: { id: PROJECT_ID, merge_request_iid: { type: "integer" }, note_id: { type: "integer" } },
+    params: { body: { type: "string", required: true } },
+  },
+  {
+    // https://docs.gitlab.com/api/notes/#delete-a-merge-request-note
+    method: "DELETE", path: "/projects/:id/merge_requests/:merge_request_iid/notes/:note_id", op: "delete_note",
+    path_params: { id: PROJECT_ID, merge_request_iid: { type: "integer" }, note_id: { type: "integer" } },
+    params: {},
+  },
+  {
+    // https://docs.gitlab.com/api/commits/#set-the-pipeline-status-of-a-commit
+    method: "POST", path: "/projects/:id/statuses/:sha", op: "create_status",
+    path_params: { id: PROJECT_ID, sha: { type: "string" } },
+    params: {
+      state: { type: "string", required: true, enum: ["pending", "running", "success", "failed", "canceled", "skipped"] },
+      ref: { type: "string" },
+      name: { type: "string" },
+      context: { type: "string" },
+      target_url: { type: "string" },
+      description: { type: "string" },
+      coverage: { type: "number" },
+      pipeline_id: { type: "integer" },
+    },
+  },
+  {
+    // https://docs.gitlab.com/api/commits/#list-the-statuses-of-a-commit
+    method: "GET", path: "/projects/:id/repository/commits/:sha/statuses", op: "list_statuses",
+    path_params: { id: PROJECT_ID, sha: { type: "string" } },
+    params: {
+      ref: { type: "string" },
+      stage: { type: "string" },
+      name: { type: "string" },
+      pipeline_id: { type: "integer" },
+      order_by: { type: "string", enum: ["id", "pipeline_id"] },
+      sort: { type: "string", enum: ["asc", "desc"] },
+      all: { type: "boolean" },
+      ...PAGINATION,
+    },
+  },
+  {
+    // https://docs.gitlab.com/api/commits/#list-merge-requests-associated-with-a-commit
+    method: "GET", path: "/projects/:id/repository/commits/:sha/merge_requests", op: "commit_mrs",
+    path_params: { id: PROJECT_ID, sha: { type: "string" } },
+    params: { state: { type: "string", enum: ["opened", "closed", "locked", "merged"] }, ...PAGINATION },
+  },
+];
+
+function gitlabMatch(method, segments) {
+  for (const ep of GITLAB_ENDPOINTS) {
+    const t = ep.path.split("/").slice(1);
+    if (t.length !== segments.length) continue;
+    const params = {};
+    let ok = true;
+    for (let i = 0; i < t.length && ok; i++) {
+      if (t[i].startsWith(":")) {
+        const v = safeDecode(segments[i]);
+        if (v === null || v === "") ok = false;
+        else params[t[i].slice(1)] = v;
+      } else ok = t[i] === segments[i];
+    }
+    if (ok && ep.method === method) return { ep, params };
+  }
+  return null;
+}
+
+function checkGitlabValue(spec, value, where, out) {
+  // Query values are strings; JSON values are typed. Both are accepted as GitLab (Grape) coerces.
+  const t = spec.type;
+  if (t === "project") {
+    if (!/^\d+$/.test(value) && !/^[\w.-]+(\/[\w.-]+)+$/.test(value))
+      out.push(`${where}: ${JSON.stringify(value)} is neither a project ID nor a URL-encoded path`);
+    return;
+  }
+  let v = value;
+  if (t === "integer") {
+    if (typeof v === "string" && /^-?\d+$/.test(v)) v = Number(v);
+    if (!Number.isInteger(v)) return out.push(`${where}: ${JSON.stringify(value)} is not an integer`);
+    if (spec.min !== undefined && v < spec.min) out.push(`${where}: below ${spec.min}`);
+    if (spec.max !== undefined && v > spec.max) out.push(`${where}: above ${spec.max}`);
+  } else if (t === "number") {
+    if (typeof v === "string" && v.trim() !== "") v = Number(v);
+    if (typeof v !== "number" || !Number.isFinite(v)) out.push(`${where}: ${JSON.stringify(value)} is not a number`);
+  } else if (t === "boolean") {
+    if (!(v === true || v === false || v === "true" || v === "false"))
+      out.push(`${where}: ${JSON.stringify(value)} is not a boolean`);
+  } else if (t === "string") {
+    if (typeof v !== "string") return out.push(`${where}: expected a string, got ${typeOf(v)}`);
+    if (spec.enum && !spec.enum.includes(v)) out.push(`${where}: ${JSON.stringify(v)} is not one of ${JSON.stringify(spec.enum)}`);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// State and control
+// ---------------------------------------------------------------------------------------------
+
+const state = {
+  users: new Map([[TOKEN, { id: 41898282, login: "github-actions[bot]", type: "Bot", gitlab_username: "project_1_bot" }]]),
+  github: { comments: [], statuses: [], pulls: [], nextId: 1000 },
+  gitlab: { notes: [], statuses: [], mrs: [], nextId: 5000 },
+};
+const requests = [];
+let failures = []; // { method, pathRegex, status, remaining, headers, body, apply }
+
+function now() {
+  return new Date().toISOString().replace(/\.\d{3}Z$/, "Z");
+}
+
+function send(res, status, body, headers = {}) {
+  const text = body === undefined ? "" : JSON.stringify(body);
+  res.writeHead(status, {
+    ...(body === undefined ? {} : { "content-type": "application/json; charset=utf-8" }),
+    ...headers,
+  });
+  res.end(text);
+  return status;
+}
+
+function control(req, res, url, body) {
+  const route = `${req.method} ${url.pathname}`;
+  if (route === "GET /__standin/requests") return send(res, 200, requests);
+  if (route === "GET /__standin/state")
+    return send(res, 200, { github: state.github, gitlab: state.gitlab });
+  if (route === "POST /__standin/fail") {
+    // {method, path (a regex over the full path), status, count, headers, body, apply}
+    const f = body || {};
+    if (!f.method || !f.path || !f.status) return send(res, 400, { message: "method, path, status are required" });
+    failures.push({ ...f, remaining: f.count || 1, regex: new RegExp(f.path) });
+    return send(res, 204);
+  }
+  if (route === "POST /__standin/users") {
+    // Another identity: {token, login, type?}; its requests act as that user.
+    const u = body || {};
+    if (!u.token || !u.login) return send(res, 400, { message: "token and login are required" });
+    state.users.set(u.token, { id: 100 + state.users.size, login: u.login, type: u.type || "User", gitlab_username: u.login });
+    return send(res, 204);
+  }
+  if (route === "POST /__standin/changes") {
+    // A pull/merge request and the commits it is known by: {forge, project, number, head_sha, merge_commit_sha, state}
+    const c = body || {};
+    const list = c.forge === "gitlab" ? state.gitlab.mrs : state.github.pulls;
+    list.push(c);
+    return send(res, 204);
+  }
+  return send(res, 404, { message: "unknown control endpoint" });
+}
+
+function takeFailure(method, fullPath) {
+  const f = failures.find((f) => f.remaining > 0 && f.method === method && f.regex.test(fullPath));
+  if (!f) return null;
+  f.remaining -= 1;
+  failures = failures.filter((x) => x.remaining > 0);
+  return f;
+}
+
+function answerFailure(res, f) {
+  return send(res, f.status, f.body || { message: `injected failure ${f.status}` }, f.headers || {});
+}
+
+// A serve function's answer: a refusal by a forge rule (a limit, an unknown commit) is recorded as
+// a violation, since a well-behaved client never sends such a request.
+function refuse(c, res, status, body, headers) {
+  if (status >= 400 && status !== 404) c.record.violations.push(`refused by a forge rule: ${JSON.stringify(body)}`);
+  return send(res, status, body, headers);
+}
+
+// Pagination: a page of `items` and the headers the forge sends with it.
+function paginate(items, query, linkBase, maxPer = 100, defaultPer = 30) {
+  const per = Math.min(Number(query.get("per_page") || defaultPer), maxPer);
+  const page = Math.max(Number(query.get("page") || 1), 1);
+  const last = Math.max(Math.ceil(items.length / per), 1);
+  const slice = items.slice((page - 1) * per, page * per);
+  const link = (p, rel) => `<${linkBase}?per_page=${per}&page=${p}>; rel="${rel}"`;
+  const links = [];
+  if (page < last) links.push(link(page + 1, "next"), link(last, "last"));
+  if (page > 1) links.push(link(1, "first"), link(page - 1, "prev"));
+  return { slice, page, per, last, links };
+}
+
+// ---------------------------------------------------------------------------------------------
+// GitHub
+// ---------------------------------------------------------------------------------------------
+
+function githubCheck(req, rest, url, raw) {
+  const segments = rest.split("/").slice(1);
+  const candidates = GITHUB_OPERATIONS.filter((o) => o.method === req.method);
+  let op = null;
+  let params = null;
+  for (const o of candidates) {
+    params = matchTemplate(o, segments);
+    if (params) {
+      op = o;
+      break;
+    }
+  }
+  if (!op) return { status: 404, violations: [`no operation ${req.method} ${rest} in the API description`] };
+  const violations = [];
+  for (const [name, value] of Object.entries(params)) checkScalar(op.pathParams[name]?.schema, value, `path parameter ${name}`, violations);
+  if (violations.length) return { op, params, status: 404, violations };
+  for (const [name, value] of url.searchParams) {
+    const p = op.queryParams[name];
+    if (!p) violations.push(`query parameter ${name} is not defined for ${op.operationId}`);
+    else checkScalar(p.schema, value, `query parameter ${name}`, violations);
+  }
+  for (const [name, p] of Object.entries(op.queryParams))
+    if (p.required && !url.searchParams.has(name)) violations.push(`query parameter ${name} is required`);
+  let json;
+  if (raw.length) {
+    const type = (req.headers["content-type"] || "").split(";")[0].trim();
+    if (type !== "application/json") violations.push(`body sent with content-type ${JSON.stringify(type)}, not application/json`);
+    try {
+      json = JSON.parse(raw.toString("utf8"));
+    } catch {
+      violations.push("body is not valid JSON");
+    }
+  }
+  if (op.body) {
+    const schema = op.body.content && op.body.content["application/json"] && op.body.content["application/json"].schema;
+    if (json === undefined) {
+      if (op.body.required) violations.push("a JSON request body is required");
+    } else if (schema) checkSchema(schema, json, "body", violations);
+  } else if (raw.length) violations.push(`${op.operationId} takes no request body`);
+  return { op, params, json, status: violations.length ? 422 : 0, violations };
+}
+
+function githubUser(u) {
+  return { login: u.login, id: u.id, node_id: `U_${u.id}`, type: u.type, site_admin: false };
+}
+
+function githubServe(req, res, c, user, base, url, failure) {
+  const g = state.github;
+  const send = (res, status, body, headers) => refuse(c, res, status, body, headers);
+  const { op, params, json } = c;
+  const repoKey = `${params.owner}/${params.repo}`.toLowerCase();
+  const apiRepo = `${base}/repos/${params.owner}/${params.repo}`;
+  const web = `http://github.invalid/${params.owner}/${params.repo}`;
+  const commentView = (x) => ({
+    id: x.id, node_id: `IC_${x.id}`, url: `${apiRepo}/issues/comments/${x.id}`,
+    html_url: `${web}/pull/${x.issue}#issuecomment-${x.id}`, issue_url: `${apiRepo}/issues/${x.issue}`,
+    body: x.body, user: githubUser(x.user), created_at: x.created_at, updated_at: x.updated_at,
+    author_association: x.user.type === "Bot" ? "NONE" : "MEMBER", performed_via_github_app: null,
+  });
+  const statusView = (s) => ({
+    url: `${apiRepo}/statuses/${s.sha}`, avatar_url: null, id: s.id, node_id: `SC_${s.id}`, state: s.state,
+    description: s.description, target_url: s.target_url, context: s.context,
+    created_at: s.created_at, updated_at: s.created_at, creator: githubUser(s.user),
+  });
+  const tooLong = (field, max) => ({
+    message: "Validation Failed",
+    errors: [{ resource: "IssueComment", code: "custom", field, message: `${field} is too long (maximum is ${max} characters)` }],
+    documentation_url: "https://docs.github.com/rest",
+  });
+  const findComment = () => g.comments.find((x) => x.repo === repoKey && x.id === Number(params.comment_id));
+  const notFound = () => send(res, 404, { message: "Not Found", documentation_url: "https://docs.github.com/rest" });
+  const later = (status, body, headers) => (failure ? answerFailure(res, failure) : send(res, status, body, headers));
+
+  switch (op.operationId) {
+    case "issues/create-comment": {
+      if ([...json.body].length > GITHUB_COMMENT_MAX) return send(res, 422, tooLong("body", GITHUB_COMMENT_MAX));
+      const t = now();
+      const x = { id: g.nextId++, repo: repoKey, issue: Number(params.issue_number), body: json.body, user, created_at: t, updated_at: t };
+      g.comments.push(x);
+      return later(201, commentView(x), { location: `${apiRepo}/issues/comments/${x.id}` });
+    }
+    case "issues/list-comments": {
+      const all = g.comments.filter((x) => x.repo === repoKey && x.issue === Number(params.issue_number));
+      const p = paginate(all, url.searchParams, `${apiRepo}/issues/${params.issue_number}/comments`);
+      return later(200, p.slice.map(commentView), p.links.length ? { link: p.links.join(", ") } : {});
+    }
+    case "issues/get-comment": {
+      const x = findComment();
+      return x ? later(200, commentView(x)) : notFound();
+    }
+    case "issues/update-comment": {
+      const x = findComment();
+      if (!x) return notFound();
+      if ([...json.body].length > GITHUB_COMMENT_MAX) return send(res, 422, tooLong("body", GITHUB_COMMENT_MAX));
+      x.body = json.body;
+      x.updated_at = now();
+      return later(200, commentView(x));
+    }
+    case "issues/delete-comment": {
+      const x = findComment();
+      if (!x) return notFound();
+      g.comments = g.comments.filter((y) => y !== x);
+      return later(204);
+    }
+    case "repos/create-commit-status": {
+      const sha = params.sha;
+      if (!/^[0-9a-f]{40}$/.test(sha) && !/^[0-9a-f]{64}$/.test(sha))
+        return send(res, 422, { message: `No commit found for SHA: ${sha}`, documentation_url: "https://docs.github.com/rest/commits/statuses#create-a-commit-status" });
+      const context = json.context === undefined ? "default" : json.context;
+      if (json.description && [...json.description].length > GITHUB_STATUS_DESCRIPTION_MAX)
+        return send(res, 422, {
+          message: "Validation Failed",
+          errors: [{ resource: "Status", code: "custom", field: "description", message: `description is too long (maximum is ${GITHUB_STATUS_DESCRIPTION_MAX} characters)` }],
+        });
+      const same = g.statuses.filter((s) => s.repo === repoKey && s.sha === sha && s.context.toLowerCase() === context.toLowerCase());
+      if (same.length >= GITHUB_STATUSES_PER_CONTEXT)
+        return send(res, 422, { message: "Validation Failed", errors: [{ resource: "Status", code: "custom", message: "This SHA and context has reached the maximum number of statuses." }] });
+      const s = {
+        id: g.nextId++, repo: repoKey, sha, state: json.state, context, user,
+        description: json.description ?? null, target_url: json.target_url ?? null, created_at: now(),
+      };
+      g.statuses.push(s);
+      return later(201, statusView(s));
+    }
+    case "repos/list-commit-statuses-for-ref": {
+      const all = g.statuses.filter((s) => s.repo === repoKey && s.sha === params.ref).reverse();
+      const p = paginate(all, url.searchParams, `${apiRepo}/commits/${params.ref}/statuses`);
+      return later(200, p.slice.map(statusView), p.links.length ? { link: p.links.join(", ") } : {});
+    }
+    case "repos/get-combined-status-for-ref": {
+      const latest = new Map();
+      for (const s of g.statuses.filter((s) => s.repo === repoKey && s.sha === params.ref)) latest.set(s.context.toLowerCase(), s);
+      const list = [...latest.values()];
+      const combined = list.some((s) => s.state === "error" || s.state === "failure")
+        ? "failure"
+        : list.length === 0 || list.some((s) => s.state === "pending") ? "pending" : "success";
+      return later(200, {
+        state: combined, statuses: list.map(statusView), sha: params.ref, total_count: list.length,
+        repository: { full_name: repoKey }, commit_url: `${apiRepo}/commits/${params.ref}`, url: `${apiRepo}/commits/${params.ref}/status`,
+      });
+    }
+    case "repos/list-pull-requests-associated-with-commit": {
+      const sha = params.commit_sha;
+      const all = g.pulls.filter((p) => `${p.project}`.toLowerCase() === repoKey && (p.head_sha === sha || p.merge_commit_sha === sha));
+      return later(200, all.map((p) => ({
+        number: p.number, state: p.state || "closed", merged_at: p.merge_commit_sha ? now() : null,
+        merge_commit_sha: p.merge_commit_sha || null, head: { sha: p.head_sha }, html_url: `${web}/pull/${p.number}`,
+      })));
+    }
+    default:
+      return send(res, 501, { message: `the stand-in does not serve ${op.operationId} (valid by the description, but not used by airlock)` });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// GitLab
+// ---------------------------------------------------------------------------------------------
+
+function gitlabCheck(req, rest, url, raw) {
+  const segments = rest.split("/").slice(1);
+  const m = gitlabMatch(req.method, segments);
+  if (!m) return { status: 404, body: { error: "404 Not Found" }, violations: [`no documented endpoint ${req.method} ${rest} in GITLAB_ENDPOINTS`] };
+  const { ep, params } = m;
+  const violations = [];
+  for (const [name, value] of Object.entries(params)) checkGitlabValue(ep.path_params[name], value, `path parameter ${name}`, violations);
+  const input = {};
+  for (const [k, v] of url.searchParams) input[k] = v;
+  if (raw.length) {
+    const type = (req.headers["content-type"] || "").split(";")[0].trim();
+    if (type !== "application/json") violations.push(`body sent with content-type ${JSON.stringify(type)}, not application/json`);
+    try {
+      const json = JSON.parse(raw.toString("utf8"));
+      if (typeOf(json) !== "object") violations.push("body is not a JSON object");
+      else Object.assign(input, json);
+    } catch {
+      violations.push("body is not valid JSON");
+    }
+  }
+  for (const [k, v] of Object.entries(input)) {
+    const spec = ep.params[k];
+    // GitLab ignores unknown parameters; the stand-in refuses them so a misspelt one cannot pass unnoticed.
+    if (!spec) violations.push(`parameter ${k} is not documented for ${ep.method} ${ep.path}`);
+    else checkGitlabValue(spec, v, `parameter ${k}`, violations);
+  }
+  for (const [k, spec] of Object.entries(ep.params))
+    if (spec.required && (input[k] === undefined || input[k] === "")) violations.push(`${k} is missing`);
+  const status = violations.length ? 400 : 0;
+  return { ep, params, input, status, body: { error: violations.join(", ") }, violations };
+}
+
+function gitlabServe(req, res, c, user, base, url, failure) {
+  const g = state.gitlab;
+  const send = (res, status, body, headers) => refuse(c, res, status, body, headers);
+  const { ep, params, input } = c;
+  const project = params.id;
+  const later = (status, body, headers) => (failure ? answerFailure(res, failure) : send(res, status, body, headers));
+  const author = { id: user.id, username: user.gitlab_username, name: user.login, state: "active", bot: user.type === "Bot" };
+  const noteView = (n) => ({
+    id: n.id, type: null, body: n.body, author: n.author, created_at: n.created_at, updated_at: n.updated_at,
+    system: false, noteable_id: 1, noteable_type: "MergeRequest", noteable_iid: n.iid, resolvable: false, internal: false,
+  });
+  const note = () => g.notes.find((n) => n.project === project && n.iid === Number(params.merge_request_iid) && n.id === Number(params.note_id));
+  const notFound = () => send(res, 404, { message: "404 Not found" });
+  const tooLong = () => send(res, 400, { message: { note: [`is too long (maximum is ${GITLAB_NOTE_MAX} characters)`] } });
+  const pageHeaders = (p, total) => ({
+    "x-page": String(p.page), "x-per-page": String(p.per), "x-total": String(total), "x-total-pages": String(p.last),
+    "x-next-page": p.page < p.last ? String(p.page + 1) : "", "x-prev-page": p.page > 1 ? String(p.page - 1) : "",
+    ...(p.links.length ? { link: p.links.join(", ") } : {}),
+  });
+
+  switch (ep.op) {
+    case "user":
+      return later(200, { ...author, bot: user.type === "Bot" });
+    case "list_notes": {
+      let all = g.notes.filter((n) => n.project === project && n.iid === Number(params.merge_request_iid));
+      if ((input.sort || "desc") === "desc") all = [...all].reverse();
+      const p = paginate(all, url.searchParams, `${base}/projects/${encodeURIComponent(project)}/merge_requests/${params.merge_request_iid}/notes`, 100, 20);
+      return later(200, p.slice.map(noteView), pageHeaders(p, all.length));
+    }
+    case "get_note": {
+      const n = note();
+      return n ? later(200, noteView(n)) : notFound();
+    }
+    case "create_note": {
+      if ([...input.body].length > GITLAB_NOTE_MAX) return tooLong();
+      const t = now();
+      const n = { id: g.nextId++, project, iid: Number(params.merge_request_iid), body: input.body, author, created_at: t, updated_at: t };
+      g.notes.push(n);
+      return later(201, noteView(n));
+    }
+    case "update_note": {
+      const n = note();
+      if (!n) return notFound();
+      if ([...input.body].length > GITLAB_NOTE_MAX) return tooLong();
+      // GitLab lets only the note's author edit it ("403 Forbidden"), unlike GitHub.
+      if (n.author.id !== author.id) return send(res, 403, { message: "403 Forbidden" });
+      n.body = input.body;
+      n.updated_at = now();
+      return later(200, noteView(n));
+    }
+    case "delete_note": {
+      const n = note();
+      if (!n) return notFound();
+      g.notes = g.notes.filter((x) => x !== n);
+      return later(204);
+    }
+    case "create_status": {
+      const sha = params.sha;
+      if (!/^[0-9a-f]{40}$/.test(sha)) return send(res, 404, { message: "404 Commit Not Found" });
+      const name = input.name ?? input.context ?? "default";
+      const ref = input.ref ?? null;
+      const last = [...g.statuses].reverse().find((s) => s.project === project && s.sha === sha && s.name === name && s.ref === ref);
+      // GitLab refuses to move a status into the state it is already in while it is not finished
+      // (the status is a job; `pending -> pending` is "Cannot transition status via :enqueue").
+      if (last && last.status === input.state && (input.state === "pending" || input.state === "running"))
+        return send(res, 400, { message: `Cannot transition status via :${input.state === "pending" ? "enqueue" : "run"} from :${last.status} (Reason(s): Status cannot transition via "${input.state === "pending" ? "enqueue" : "run"}")` });
+      const s = {
+        id: g.nextId++, project, sha, ref, status: input.state, name, target_url: input.target_url ?? null,
+        description: input.description ?? null, created_at: now(), author, allow_failure: false, coverage: input.coverage ?? null,
+      };
+      g.statuses.push(s);
+      const { project: _p, ...view } = s;
+      return later(201, view);
+    }
+    case "list_statuses": {
+      let all = g.statuses.filter((s) => s.project === project && s.sha === params.sha);
+      if (input.name) all = all.filter((s) => s.name === input.name);
+      if (input.ref) all = all.filter((s) => s.ref === input.ref);
+      if (!(input.all === true || input.all === "true")) {
+        const latest = new Map();
+        for (const s of all) latest.set(`${s.name}\u0000${s.ref}`, s);
+        all = [...latest.values()];
+      }
+      const p = paginate(all, url.searchParams, `${base}/projects/${encodeURIComponent(project)}/repository/commits/${params.sha}/statuses`, 100, 20);
+      return later(200, p.slice.map(({ project: _p, ...v }) => v), pageHeaders(p, all.length));
+    }
+    case "commit_mrs": {
+      const all = g.mrs.filter((m) => `${m.project}` === project && (m.head_sha === params.sha || m.merge_commit_sha === params.sha));
+      return later(200, all.map((m) => ({ iid: m.number, state: m.state || "merged", sha: m.head_sha, merge_commit_sha: m.merge_commit_sha || null })));
+    }
+    default:
+      return send(res, 501, { message: `not served: ${ep.op}` });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The server
+// ---------------------------------------------------------------------------------------------
+
+function bearer(req) {
+  const h = req.headers.authorization;
+  if (!h) return null;
+  const m = /^(?:Bearer|token) (.+)$/i.exec(h);
+  return m ? m[1] : "";
+}
+
+async function handle(req, res) {
+  const chunks = [];
+  let size = 0;
+  for await (const chunk of req) {
+    size += chunk.length;
+    if (size > MAX_BODY_BYTES) return send(res, 413, { message: "request body too large for the stand-in" });
+    chunks.push(chunk);
+  }
+  const raw = Buffer.concat(chunks);
+  const host = `http://${req.headers.host || "127.0.0.1"}`;
+  const url = new URL(req.url, host);
+  if (url.pathname.startsWith("/__standin/")) {
+    let json = null;
+    try {
+      json = raw.length ? JSON.parse(raw.toString("utf8")) : null;
+    } catch {
+      return send(res, 400, { message: "control body is not JSON" });
+    }
+    return control(req, res, url, json);
+  }
+
+  const record = {
+    method: req.method, path: url.pathname, query: Object.fromEntries(url.searchParams),
+    body: raw.length ? raw.toString("utf8") : null, user_agent: req.headers["user-agent"] || null,
+    forge: null, operation: null, status: 0, violations: [],
+  };
+  requests.push(record);
+  const answer = (status) => (record.status = status);
+
+  let forge;
+  let rest;
+  if (url.pathname.startsWith("/github/")) [forge, rest] = ["github", url.pathname.slice("/github".length)];
+  else if (url.pathname.startsWith("/gitlab/api/v4/")) [forge, rest] = ["gitlab", url.pathname.slice("/gitlab/api/v4".length)];
+  else {
+    record.violations.push("neither under /github nor under /gitlab/api/v4");
+    return answer(send(res, 404, { message: "Not Found" }));
+  }
+  record.forge = forge;
+
+  // Identity first, as the forges do: no User-Agent (GitHub), then the token.
+  if (forge === "github" && !req.headers["user-agent"]) {
+    record.violations.push("no User-Agent header (GitHub refuses such requests)");
+    return answer(send(res, 403, { message: "Request forbidden by administrative rules. Please make sure your request has a User-Agent header (https://docs.github.com/en/rest/overview/resources-in-the-rest-api#user-agent-required)." }));
+  }
+  const token = forge === "gitlab" && req.headers["private-token"] !== undefined ? req.headers["private-token"] : bearer(req);
+  const user = token ? state.users.get(token) : undefined;
+  if (!user) {
+    record.violations.push(token === null ? "no credentials" : "credentials do not match the stand-in's token");
+    return answer(forge === "github"
+      ? send(res, 401, { message: token === null ? "Requires authentication" : "Bad credentials", documentation_url: "https://docs.github.com/rest" })
+      : send(res, 401, { message: "401 Unauthorized" }));
+  }
+
+  const c = forge === "github" ? githubCheck(req, rest, url, raw) : gitlabCheck(req, rest, url, raw);
+  c.record = record;
+  record.operation = c.op ? c.op.operationId : c.ep ? `${c.ep.method} ${c.ep.path}` : null;
+  if (c.violations.length) {
+    record.violations.push(...c.violations);
+    const body = forge === "github"
+      ? { message: c.status === 404 ? "Not Found" : "Invalid request.", errors: c.violations, documentation_url: "https://docs.github.com/rest" }
+      : c.body;
+    return answer(send(res, c.status, body));
+  }
+
+  // An injected failure: answered instead (default) or after (`apply`) the request takes effect.
+  const failure = takeFailure(req.method, url.pathname);
+  if (failure && !failure.apply) return answer(answerFailure(res, failure));
+  const base = `${host}/${forge === "github" ? "github" : "gitlab/api/v4"}`;
+  const status = forge === "github"
+    ? githubServe(req, res, c, user, base, url, failure)
+    : gitlabServe(req, res, c, user, base, url, failure);
+  return answer(status);
+}
+
+const server = http.createServer((req, res) => {
+  handle(req, res).catch((e) => {
+    console.error("standin: internal error", e);
+    if (!res.headersSent) send(res, 500, { message: `stand-in bug: ${e && e.message}` });
+  });
+});
+server.listen(PORT, "127.0.0.1", () => {
+  console.log(`listening http://127.0.0.1:${server.address().port}`);
+});

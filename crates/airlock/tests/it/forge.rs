@@ -1,0 +1,367 @@
+//! The forge stand-in (`tests/forge/standin.mjs`) and its self-tests: each proves the stand-in
+//! refuses and records a request the real forge would refuse, so a test that finds no violation
+//! means something. Other tests use [`ForgeStandIn`] from here.
+
+#[path = "../forge/standin.rs"]
+mod standin;
+
+use std::io::{Read, Write};
+
+pub use standin::{ForgeStandIn, Recorded};
+
+const TOKEN: &str = "ghs_standin_selftest";
+const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
+
+/// Sends a request as the CI identity; returns (status, body).
+fn call(
+    f: &ForgeStandIn,
+    method: &str,
+    url: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, String) {
+    call_with(
+        method,
+        url,
+        body,
+        &[("Authorization", &format!("Bearer {}", f.token))],
+    )
+}
+
+fn call_with(
+    method: &str,
+    url: &str,
+    body: Option<serde_json::Value>,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
+    let mut req = ureq::request(method, url).set("User-Agent", "airlock-selftest");
+    for (k, v) in headers {
+        req = req.set(k, v);
+    }
+    let result = match body {
+        Some(b) => req.send_json(b),
+        None => req.call(),
+    };
+    match result {
+        Ok(r) => (r.status(), r.into_string().unwrap()),
+        Err(ureq::Error::Status(s, r)) => (s, r.into_string().unwrap()),
+        Err(e) => panic!("{method} {url}: {e}"),
+    }
+}
+
+/// The last recorded request, which must have been refused with `status` and a violation
+/// mentioning `needle`.
+fn last_refused(f: &ForgeStandIn, status: u16, needle: &str) -> Recorded {
+    let last = f.requests().pop().expect("a recorded request");
+    assert_eq!(last.status, status, "{last:#?}");
+    assert!(
+        last.violations.iter().any(|v| v.contains(needle)),
+        "expected a violation mentioning {needle:?}: {last:#?}"
+    );
+    last
+}
+
+#[test]
+fn standin_accepts_a_valid_comment_and_status_and_keeps_them() {
+    let f = ForgeStandIn::start(TOKEN);
+    let gh = f.url_github();
+    let (s, body) = call(
+        &f,
+        "POST",
+        &format!("{gh}/repos/o/r/issues/7/comments"),
+        Some(serde_json::json!({"body": "hello"})),
+    );
+    assert_eq!(s, 201, "{body}");
+    let (s, _) = call(
+        &f,
+        "POST",
+        &format!("{gh}/repos/o/r/statuses/{SHA}"),
+        Some(
+            serde_json::json!({"state": "pending", "context": "airlock/app", "description": "planning"}),
+        ),
+    );
+    assert_eq!(s, 201);
+    let (s, body) = call(
+        &f,
+        "GET",
+        &format!("{gh}/repos/o/r/commits/{SHA}/status"),
+        None,
+    );
+    assert_eq!(s, 200);
+    let combined: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(combined["state"], "pending");
+    let state = f.state();
+    assert_eq!(state["github"]["comments"][0]["body"], "hello");
+    assert_eq!(state["github"]["statuses"][0]["context"], "airlock/app");
+    f.assert_no_violations();
+}
+
+#[test]
+fn standin_refuses_an_unknown_operation() {
+    let f = ForgeStandIn::start(TOKEN);
+    let (s, _) = call(
+        &f,
+        "POST",
+        &format!("{}/repos/o/r/issues/7/commentz", f.url_github()),
+        Some(serde_json::json!({"body": "x"})),
+    );
+    assert_eq!(s, 404);
+    last_refused(&f, 404, "no operation POST /repos/o/r/issues/7/commentz");
+    // A known path with a method the description does not define for it.
+    let (s, _) = call(
+        &f,
+        "PUT",
+        &format!("{}/repos/o/r/issues/7/comments", f.url_github()),
+        Some(serde_json::json!({"body": "x"})),
+    );
+    assert_eq!(s, 404);
+    // A malformed path parameter (issue numbers are integers).
+    let (s, _) = call(
+        &f,
+        "GET",
+        &format!("{}/repos/o/r/issues/seven/comments", f.url_github()),
+        None,
+    );
+    assert_eq!(s, 404);
+    last_refused(&f, 404, "is not an integer");
+    let (s, _) = call(
+        &f,
+        "GET",
+        &format!("{}/projects/1/merge_requests/2/discussions", f.url_gitlab()),
+        None,
+    );
+    assert_eq!(s, 404);
+    last_refused(&f, 404, "no documented endpoint");
+}
+
+#[test]
+fn standin_refuses_a_missing_required_body_property() {
+    let f = ForgeStandIn::start(TOKEN);
+    let (s, _) = call(
+        &f,
+        "POST",
+        &format!("{}/repos/o/r/issues/7/comments", f.url_github()),
+        Some(serde_json::json!({"text": "x"})),
+    );
+    assert_eq!(s, 422);
+    last_refused(&f, 422, r#"required property "body" is missing"#);
+    let (s, _) = call(
+        &f,
+        "POST",
+        &format!("{}/repos/o/r/issues/7/comments", f.url_github()),
+        None,
+    );
+    assert_eq!(s, 422);
+    last_refused(&f, 422, "a JSON request body is required");
+    let (s, _) = call(
+        &f,
+        "POST",
+        &format!("{}/projects/12/merge_requests/3/notes", f.url_gitlab()),
+        Some(serde_json::json!({"note": "x"})),
+    );
+    assert_eq!(s, 400);
+    let last = last_refused(&f, 400, "body is missing");
+    assert!(
+        last.violations
+            .iter()
+            .any(|v| v.contains("parameter note is not documented")),
+        "{last:#?}"
+    );
+    assert!(f.state()["github"]["comments"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    assert!(f.state()["gitlab"]["notes"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn standin_refuses_a_state_outside_the_enum_and_wrong_types() {
+    let f = ForgeStandIn::start(TOKEN);
+    let gh = f.url_github();
+    let (s, _) = call(
+        &f,
+        "POST",
+        &format!("{gh}/repos/o/r/statuses/{SHA}"),
+        Some(serde_json::json!({"state": "failed", "context": "c"})),
+    );
+    assert_eq!(s, 422);
+    last_refused(&f, 422, r#"body.state: "failed" is not one of"#);
+    let (s, _) = call(
+        &f,
+        "POST",
+        &format!("{gh}/repos/o/r/statuses/{SHA}"),
+        Some(serde_json::json!({"state": "success", "context": 5})),
+    );
+    assert_eq!(s, 422);
+    last_refused(&f, 422, "body.context: expected string, got integer");
+    let (s, _) = call(
+        &f,
+        "GET",
+        &format!("{gh}/repos/o/r/issues/7/comments?per_page=ten"),
+        None,
+    );
+    assert_eq!(s, 422);
+    last_refused(&f, 422, "query parameter per_page");
+    let (s, _) = call(
+        &f,
+        "GET",
+        &format!("{gh}/repos/o/r/issues/7/comments?perpage=10"),
+        None,
+    );
+    assert_eq!(s, 422);
+    last_refused(&f, 422, "query parameter perpage is not defined");
+    // GitLab's vocabulary is not GitHub's: `failure` is GitHub's, GitLab says `failed`.
+    let (s, _) = call(
+        &f,
+        "POST",
+        &format!("{}/projects/12/statuses/{SHA}", f.url_gitlab()),
+        Some(serde_json::json!({"state": "failure", "name": "airlock/app"})),
+    );
+    assert_eq!(s, 400);
+    last_refused(&f, 400, r#"parameter state: "failure" is not one of"#);
+    assert!(f.state()["github"]["statuses"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+}
+
+#[test]
+fn standin_refuses_a_wrong_or_missing_token() {
+    let f = ForgeStandIn::start(TOKEN);
+    let url = format!("{}/repos/o/r/issues/7/comments", f.url_github());
+    let (s, body) = call_with(
+        "GET",
+        &url,
+        None,
+        &[("Authorization", "Bearer ghs_not_the_token")],
+    );
+    assert_eq!(s, 401);
+    assert!(body.contains("Bad credentials"), "{body}");
+    last_refused(&f, 401, "do not match");
+    let (s, _) = call_with("GET", &url, None, &[]);
+    assert_eq!(s, 401);
+    last_refused(&f, 401, "no credentials");
+    // Both header forms GitHub accepts work with the right token; GitLab's PRIVATE-TOKEN too.
+    assert_eq!(
+        call_with(
+            "GET",
+            &url,
+            None,
+            &[("Authorization", &format!("token {TOKEN}"))]
+        )
+        .0,
+        200
+    );
+    let notes = format!("{}/projects/12/merge_requests/3/notes", f.url_gitlab());
+    assert_eq!(
+        call_with("GET", &notes, None, &[("PRIVATE-TOKEN", TOKEN)]).0,
+        200
+    );
+    assert_eq!(
+        call_with("GET", &notes, None, &[("PRIVATE-TOKEN", "glpat-wrong")]).0,
+        401
+    );
+}
+
+#[test]
+fn standin_refuses_a_request_without_user_agent() {
+    let f = ForgeStandIn::start(TOKEN);
+    // ureq always sends a User-Agent, so this request is written by hand.
+    let addr = f.base.trim_start_matches("http://");
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        conn,
+        "GET /github/repos/o/r/issues/7/comments HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(answer.contains("User-Agent"), "{answer}");
+    last_refused(&f, 403, "no User-Agent");
+}
+
+#[test]
+fn standin_refuses_an_oversized_comment_like_the_forges() {
+    let f = ForgeStandIn::start(TOKEN);
+    let url = format!("{}/repos/o/r/issues/7/comments", f.url_github());
+    // Exactly GitHub's limit (in characters, not bytes) is accepted; one more is refused.
+    let at_limit = "é".repeat(65_536);
+    assert_eq!(
+        call(
+            &f,
+            "POST",
+            &url,
+            Some(serde_json::json!({"body": at_limit}))
+        )
+        .0,
+        201
+    );
+    let (s, body) = call(
+        &f,
+        "POST",
+        &url,
+        Some(serde_json::json!({"body": "x".repeat(65_537)})),
+    );
+    assert_eq!(s, 422);
+    assert!(
+        body.contains("body is too long (maximum is 65536 characters)"),
+        "{body}"
+    );
+    last_refused(&f, 422, "too long");
+    let notes = format!("{}/projects/12/merge_requests/3/notes", f.url_gitlab());
+    let (s, body) = call(
+        &f,
+        "POST",
+        &notes,
+        Some(serde_json::json!({"body": "x".repeat(1_000_001)})),
+    );
+    assert_eq!(s, 400);
+    assert!(body.contains("maximum is 1000000 characters"), "{body}");
+    assert_eq!(f.state()["github"]["comments"].as_array().unwrap().len(), 1);
+    assert!(f.state()["gitlab"]["notes"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn standin_paginates_and_injects_failures() {
+    let f = ForgeStandIn::start(TOKEN);
+    let url = format!("{}/repos/o/r/issues/7/comments", f.url_github());
+    for i in 0..3 {
+        assert_eq!(
+            call(
+                &f,
+                "POST",
+                &url,
+                Some(serde_json::json!({"body": format!("c{i}")}))
+            )
+            .0,
+            201
+        );
+    }
+    let resp = ureq::get(&format!("{url}?per_page=2"))
+        .set("User-Agent", "t")
+        .set("Authorization", &format!("Bearer {TOKEN}"))
+        .call()
+        .unwrap();
+    let link = resp.header("link").unwrap().to_owned();
+    assert!(link.contains("page=2>; rel=\"next\""), "{link}");
+    f.fail_next("GET", r"/issues/7/comments$", 1, 502, &[]);
+    assert_eq!(call(&f, "GET", &url, None).0, 502);
+    assert_eq!(call(&f, "GET", &url, None).0, 200);
+    f.fail_next(
+        "POST",
+        r"/issues/7/comments$",
+        1,
+        429,
+        &[("Retry-After", "1")],
+    );
+    let resp = ureq::post(&url)
+        .set("User-Agent", "t")
+        .set("Authorization", &format!("Bearer {TOKEN}"))
+        .send_json(serde_json::json!({"body": "x"}));
+    match resp {
+        Err(ureq::Error::Status(429, r)) => assert_eq!(r.header("retry-after"), Some("1")),
+        other => panic!("expected an injected 429, got {other:?}"),
+    }
+    assert_eq!(f.state()["github"]["comments"].as_array().unwrap().len(), 3);
+    f.assert_no_violations();
+}
