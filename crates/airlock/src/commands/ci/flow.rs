@@ -8,6 +8,7 @@ use anyhow::{bail, Context};
 use serde_json::Value;
 
 use super::comment::{self, Light};
+use super::forge::{Forge, StatusState};
 use crate::commands::client::{printable, Client};
 
 /// The repository root: the nearest directory at or above the current one holding airlock.hcl.
@@ -203,12 +204,89 @@ pub fn git_head(root: &Path) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
-/// The stacks the change from the merge base of `base` and `head` affects.
-pub fn affected_targets(_root: &Path, _base: &str, _head: &str) -> anyhow::Result<Targets> {
-    bail!("change detection is not merged yet: pass --stack NAME")
+/// The stacks the change from the merge base of `base` and `head` affects
+/// (`airlock_runner::affected`), in dependency order.
+pub fn affected_targets(root: &Path, base: &str, head: &str) -> anyhow::Result<Targets> {
+    let set =
+        airlock_runner::affected::affected(root, base, head).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(Targets {
+        base: Some(set.base),
+        head: Some(set.head),
+        stacks: set
+            .stacks
+            .into_iter()
+            .map(|s| Target {
+                name: s.name,
+                dir: s.dir,
+                destroy: s.destroy,
+            })
+            .collect(),
+        removed: set
+            .removed
+            .into_iter()
+            .map(|r| comment::Removed {
+                stack: r.name,
+                dir: r.dir,
+                declared: r.declared,
+            })
+            .collect(),
+    })
+}
+
+impl Remote for Forge {
+    fn set_status(
+        &self,
+        sha: &str,
+        context: &str,
+        light: Light,
+        description: &str,
+        target_url: Option<&str>,
+    ) -> Result<(), String> {
+        let state = match light {
+            Light::Pending => StatusState::Pending,
+            Light::Success => StatusState::Success,
+            Light::Failure => StatusState::Failure,
+            Light::Error => StatusState::Error,
+        };
+        Forge::set_status(self, sha, context, state, description, target_url)
+            .map_err(|e| e.to_string())
+    }
+
+    fn upsert_comment(&self, change: u64, marker: &str, body: &str) -> Result<String, String> {
+        Forge::upsert_comment(self, change, marker, body).map_err(|e| e.to_string())
+    }
 }
 
 /// The forge of this CI job and what its environment says, if the job runs on one.
 fn forge_remote() -> anyhow::Result<Option<(Box<dyn Remote>, Job)>> {
-    Ok(None)
+    let env = |k: &str| std::env::var(k).ok();
+    let Some(ctx) = Forge::from_env(&env)? else {
+        return Ok(None);
+    };
+    let change_url = ctx.change.and_then(|n| change_url(&ctx.forge, n, &env));
+    let job = Job {
+        change: ctx.change,
+        change_url,
+        head_sha: Some(ctx.head_sha),
+        base_sha: ctx.base_sha,
+    };
+    Ok(Some((Box::new(ctx.forge), job)))
+}
+
+/// The web URL of pull request / merge request `n`, from the CI's variables.
+fn change_url(forge: &Forge, n: u64, env: &dyn Fn(&str) -> Option<String>) -> Option<String> {
+    let base = match forge {
+        Forge::GitHub(_) => format!(
+            "{}/{}/pull/{n}",
+            env("GITHUB_SERVER_URL")?.trim_end_matches('/'),
+            env("GITHUB_REPOSITORY")?
+        ),
+        Forge::GitLab(_) => format!(
+            "{}/-/merge_requests/{n}",
+            env("CI_MERGE_REQUEST_PROJECT_URL")
+                .or_else(|| env("CI_PROJECT_URL"))?
+                .trim_end_matches('/')
+        ),
+    };
+    (base.starts_with("https://") || base.starts_with("http://")).then_some(base)
 }

@@ -14,8 +14,8 @@ use crate::cli::{CiPlanArgs, OutputFormat};
 use crate::commands::client::{s, Client};
 use crate::commands::run::{checkout_fingerprint, plan_run, query_value, Origin, PlanRequest};
 
-/// How many of a commit's newest runs of a stack a refresh looks through.
-const REFRESH_RUNS: u32 = 20;
+/// How many of a stack's newest runs are searched for one with the checkout's inputs.
+const EXISTING_RUNS: u32 = 50;
 
 /// Runs `airlock ci plan`.
 pub fn run(args: CiPlanArgs) -> anyhow::Result<ExitCode> {
@@ -41,7 +41,7 @@ pub fn run(args: CiPlanArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|t| {
             let result = if args.refresh {
-                refresh_one(&c, &root, t, head.as_deref(), sink.job.change)
+                refresh_one(&c, &root, t)
             } else {
                 sink.status(head.as_deref(), &t.name, Light::Pending, "planning");
                 plan_one(
@@ -94,6 +94,24 @@ fn plan_one(
     targets: &Targets,
     head: Option<String>,
 ) -> StackResult {
+    match existing_run(c, root, t) {
+        Ok(Some(found)) if reusable(&found) => {
+            eprintln!(
+                "airlock ci plan: stack {}: run {} is for exactly these inputs and still current; reusing it",
+                t.name,
+                s(&found, "/run/id")
+            );
+            return StackResult::Run {
+                stack: t.name.clone(),
+                run: found["run"].clone(),
+            };
+        }
+        Ok(_) => {}
+        Err(e) => eprintln!(
+            "warning: could not look for an existing run of stack {}: {e:#}",
+            t.name
+        ),
+    }
     eprintln!("airlock ci plan: planning stack {} in {}", t.name, t.dir);
     let planned = plan_run(
         c,
@@ -122,65 +140,57 @@ fn plan_one(
     }
 }
 
-/// The newest run of the stack for this commit (and change request), if it is for exactly the
-/// checkout's inputs: what the status and the comment show after an approval.
-fn refresh_one(
-    c: &Client,
-    root: &Path,
-    t: &Target,
-    head: Option<&str>,
-    change: Option<u64>,
-) -> StackResult {
-    let found = (|| -> anyhow::Result<StackResult> {
-        let head = head.context("no commit to look runs up by (not a git checkout?)")?;
-        let mut query = format!(
-            "/api/v1/runs?stack={}&commit={}&limit={REFRESH_RUNS}",
-            query_value(&t.name),
-            query_value(head)
-        );
-        if let Some(n) = change {
-            query.push_str(&format!("&change_request={n}"));
+/// The newest run of the stack whose inputs are exactly the checkout's (whatever commit or
+/// pull request its planner claims), with whether the stack is still where it was planned
+/// (`GET /api/v1/runs/{id}`: `run`, `current`).
+fn existing_run(c: &Client, root: &Path, t: &Target) -> anyhow::Result<Option<Value>> {
+    let listed = c.get(&format!(
+        "/api/v1/runs?stack={}&limit={EXISTING_RUNS}",
+        query_value(&t.name)
+    ))?;
+    let mut fingerprints: std::collections::BTreeMap<String, String> = Default::default();
+    for r in listed["runs"].as_array().into_iter().flatten() {
+        let version = r["terraform_version"].as_str().unwrap_or_default();
+        if !fingerprints.contains_key(version) {
+            let (fp, _) = checkout_fingerprint(&root.join(&t.dir), version)?;
+            fingerprints.insert(version.to_owned(), fp);
         }
-        let listed = c.get(&query)?;
-        let runs: Vec<&Value> = listed["runs"].as_array().into_iter().flatten().collect();
-        let Some(newest) = runs.first() else {
-            return Ok(StackResult::Failed {
-                stack: t.name.clone(),
-                error: format!(
-                    "no run of stack {} for commit {head}: run airlock ci plan",
-                    t.name
-                ),
-            });
-        };
-        // The run's commit and change request are the planner's claims: only a run for this
-        // checkout's exact inputs is reported as this pull request's (the newest such).
-        let mut fingerprints: std::collections::BTreeMap<&str, String> = Default::default();
-        for r in &runs {
-            let version = r["terraform_version"].as_str().unwrap_or_default();
-            if !fingerprints.contains_key(version) {
-                let (fp, _) = checkout_fingerprint(&root.join(&t.dir), version)?;
-                fingerprints.insert(version, fp);
-            }
-            if r["fingerprint"].as_str() == fingerprints.get(version).map(String::as_str) {
-                let id = r["id"].as_str().unwrap_or_default();
-                return Ok(StackResult::Run {
-                    stack: t.name.clone(),
-                    run: flow::fetch_run(c, id)?,
-                });
-            }
+        if r["fingerprint"].as_str() == fingerprints.get(version).map(String::as_str) {
+            let id = r["id"].as_str().unwrap_or_default();
+            return Ok(Some(c.get(&format!("/api/v1/runs/{id}"))?));
         }
-        Ok(StackResult::Failed {
+    }
+    Ok(None)
+}
+
+/// An open run for the checkout's inputs that the stack has not moved past: planning again would
+/// only make the reviewers' approvals start over.
+fn reusable(found: &Value) -> bool {
+    matches!(
+        found["run"]["status"].as_str(),
+        Some("needs_approval" | "approved")
+    ) && found["current"] == true
+}
+
+/// For `--refresh`: the newest run for the checkout's inputs.
+fn refresh_one(c: &Client, root: &Path, t: &Target) -> StackResult {
+    match existing_run(c, root, t) {
+        Ok(Some(found)) => StackResult::Run {
+            stack: t.name.clone(),
+            run: found["run"].clone(),
+        },
+        Ok(None) => StackResult::Failed {
             stack: t.name.clone(),
             error: format!(
-                "run {} was planned from other inputs than this checkout's (the base branch moved, or it is not this pull request's run): run airlock ci plan again",
-                newest["id"].as_str().unwrap_or("?")
+                "no run of stack {} for this checkout's inputs: run airlock ci plan",
+                t.name
             ),
-        })
-    })();
-    found.unwrap_or_else(|e| StackResult::Failed {
-        stack: t.name.clone(),
-        error: format!("{e:#}"),
-    })
+        },
+        Err(e) => StackResult::Failed {
+            stack: t.name.clone(),
+            error: format!("{e:#}"),
+        },
+    }
 }
 
 fn light_of(r: &StackResult) -> (Light, String) {
