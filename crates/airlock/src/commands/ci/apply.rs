@@ -59,12 +59,7 @@ pub fn run(args: CiApplyArgs) -> anyhow::Result<ExitCode> {
             Ok(Choice::Refuse(run, why)) => (run, false, why),
             Ok(Choice::Apply(run)) => {
                 let id = run["id"].as_str().unwrap_or_default().to_owned();
-                sink.status(
-                    merge.as_deref(),
-                    &t.name,
-                    Light::Pending,
-                    &format!("applying run {id}"),
-                );
+                sink.progress(merge.as_deref(), &t.name, &format!("applying run {id}"));
                 eprintln!("airlock ci apply: applying run {id} to stack {}", t.name);
                 let (ok, message) = match apply_run(
                     &c,

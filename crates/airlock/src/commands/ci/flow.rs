@@ -82,6 +82,10 @@ pub trait Remote {
     ) -> Result<(), String>;
     /// Creates or updates the comment starting with `marker`; returns its URL.
     fn upsert_comment(&self, change: u64, marker: &str, body: &str) -> Result<String, String>;
+    /// Whether a pending status can be followed by another pending one with a new description
+    /// (GitHub). GitLab refuses `pending -> pending`, so there the "planning" status is left
+    /// out and the first status is "needs N approvals".
+    fn repeats_pending(&self) -> bool;
 }
 
 /// What the CI environment says about this job.
@@ -143,6 +147,14 @@ impl Sink {
         {
             self.warnings
                 .push(format!("could not set the status airlock/{stack}: {e}"));
+        }
+    }
+
+    /// A pending status saying what is in progress, where the forge can replace it by another
+    /// pending one afterwards.
+    pub fn progress(&mut self, sha: Option<&str>, stack: &str, description: &str) {
+        if self.remote.as_ref().is_some_and(|r| r.repeats_pending()) {
+            self.status(sha, stack, Light::Pending, description);
         }
     }
 
@@ -254,6 +266,10 @@ impl Remote for Forge {
 
     fn upsert_comment(&self, change: u64, marker: &str, body: &str) -> Result<String, String> {
         Forge::upsert_comment(self, change, marker, body).map_err(|e| e.to_string())
+    }
+
+    fn repeats_pending(&self) -> bool {
+        matches!(self, Forge::GitHub(_))
     }
 }
 

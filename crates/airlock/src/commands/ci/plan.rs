@@ -43,7 +43,7 @@ pub fn run(args: CiPlanArgs) -> anyhow::Result<ExitCode> {
             let result = if args.refresh {
                 refresh_one(&c, &root, t)
             } else {
-                sink.status(head.as_deref(), &t.name, Light::Pending, "planning");
+                sink.progress(head.as_deref(), &t.name, "planning");
                 plan_one(
                     &c,
                     &root,
