@@ -566,3 +566,36 @@ fn a_run_claiming_the_pull_requests_commit_counts_only_if_its_inputs_are_the_che
     assert_eq!(run_status(&t, &forged)["run"]["status"], "approved");
     assert!(t.s.serials("app").is_empty(), "nothing applied");
 }
+
+/// The forge refusing every request (a token without the workflow's permissions) neither hides
+/// the plan's result nor changes the exit code: the job says what to fix.
+#[test]
+fn forge_refusals_are_warnings_naming_the_fix_and_never_change_the_outcome() {
+    crate::support::terraform_bin();
+    let forge = Forge::new(Kind::GitHub);
+    let t = team("app");
+    t.s.ok(&t.s.admin, &["stack", "create", "net"]);
+    let origin = Origin::new();
+    let dev = &origin.work;
+    let base = git(dev, &["rev-parse", "HEAD"]);
+    git(dev, &["checkout", "-q", "-b", "pr"]);
+    write(dev, "stacks/net/main.tf", &resources(&["base", "added"]));
+    git(dev, &["commit", "-q", "-am", "net: add a resource"]);
+    git(dev, &["push", "-q", "origin", "pr"]);
+    let head = git(dev, &["rev-parse", "HEAD"]);
+    let pr = origin.checkout("ci-pr", &head);
+    forge.f.fail_next("GET", ".*", 100, 403, &[]);
+    forge.f.fail_next("POST", ".*", 100, 403, &[]);
+    let env = forge.pull_request(3, &head, &base);
+    let out = ci_env(&t, &t.agent, &pr, &["ci", "plan"], &env);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let said = text(&out);
+    assert!(said.contains("net: needs 1 approval"), "{said}");
+    assert!(
+        said.contains("warning: could not set the status airlock/net")
+            && said.contains("warning: could not post the comment on #3")
+            && said.contains("permission"),
+        "{said}"
+    );
+    assert!(forge.comments(3).is_empty());
+}
