@@ -599,3 +599,99 @@ fn forge_refusals_are_warnings_naming_the_fix_and_never_change_the_outcome() {
     );
     assert!(forge.comments(3).is_empty());
 }
+
+/// `destroy = true` on a stack block plans that stack with `-destroy` (judged and confirmed like
+/// any destroy); a deleted stack directory is reported prominently and never planned.
+#[test]
+fn a_declared_removal_plans_a_destroy_and_a_deleted_directory_is_reported_not_destroyed() {
+    crate::support::terraform_bin();
+    let t = team("app");
+    t.s.ok(&t.s.admin, &["stack", "create", "net"]);
+    let origin = Origin::new();
+    let dev = &origin.work;
+
+    // net gets state: a reviewed change, merged and applied.
+    git(dev, &["checkout", "-q", "-b", "net1"]);
+    write(dev, "stacks/net/main.tf", &resources(&["base", "added"]));
+    git(dev, &["commit", "-q", "-am", "net: add"]);
+    git(dev, &["push", "-q", "origin", "net1"]);
+    let pr = origin.checkout("ci-net1", &git(dev, &["rev-parse", "HEAD"]));
+    let out = ci(
+        &t,
+        &t.agent,
+        &pr,
+        &["ci", "plan", "--base", "main", "--format", "json"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let run = json(&out)["stacks"][0]["run"].as_str().unwrap().to_owned();
+    t.s.ok(&t.approver, &["approve", &run]);
+    git(dev, &["checkout", "-q", "main"]);
+    git(dev, &["merge", "-q", "--no-ff", "-m", "Merge net1", "net1"]);
+    git(dev, &["push", "-q", "origin", "main"]);
+    let main = origin.checkout("ci-main1", &git(dev, &["rev-parse", "HEAD"]));
+    let out = ci(&t, &t.ci, &main, &["ci", "apply"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    // Declaring net's removal plans its destruction.
+    git(dev, &["checkout", "-q", "-b", "retire"]);
+    write(
+        dev,
+        "airlock.hcl",
+        &CONFIG.replace(
+            "dir = \"stacks/net\"\n",
+            "dir = \"stacks/net\"\n  destroy = true\n",
+        ),
+    );
+    git(dev, &["commit", "-q", "-am", "retire net"]);
+    git(dev, &["push", "-q", "origin", "retire"]);
+    let pr = origin.checkout("ci-retire", &git(dev, &["rev-parse", "HEAD"]));
+    let out = ci(
+        &t,
+        &t.agent,
+        &pr,
+        &["ci", "plan", "--base", "main", "--format", "json"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let v = json(&out);
+    let names: Vec<&str> = v["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["stack"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["net"], "{v:#}");
+    let destroy = v["stacks"][0]["run"].as_str().unwrap().to_owned();
+    let shown = run_status(&t, &destroy);
+    assert_eq!(
+        shown["run"]["destroys"].as_array().unwrap().len(),
+        2,
+        "{shown:#}"
+    );
+    assert!(
+        v["comment"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("--confirm-destroy 2")),
+        "{v:#}"
+    );
+
+    // Deleting a stack's directory (without a declaration) is reported, and nothing is planned.
+    git(dev, &["checkout", "-q", "main"]);
+    git(dev, &["checkout", "-q", "-b", "drop-app"]);
+    git(dev, &["rm", "-q", "-r", "stacks/app"]);
+    git(dev, &["commit", "-q", "-m", "drop app"]);
+    git(dev, &["push", "-q", "origin", "drop-app"]);
+    let pr = origin.checkout("ci-drop", &git(dev, &["rev-parse", "HEAD"]));
+    let out = ci(&t, &t.agent, &pr, &["ci", "plan", "--base", "main"]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(
+        said.contains("**This removes stack <code>app</code>**")
+            && said.contains("nothing is destroyed"),
+        "{said}"
+    );
+    let runs =
+        t.s.ok(&t.s.admin, &["runs", "--stack", "app", "--format", "json"]);
+    let runs: Value = serde_json::from_str(&runs).unwrap();
+    assert!(runs["runs"].as_array().unwrap().is_empty(), "never planned");
+}

@@ -25,12 +25,12 @@ pub enum StackResult {
     Failed { stack: String, error: String },
 }
 
-/// A stack whose directory the change deletes.
+/// A stack whose directory the change deletes (never planned, never destroyed by this).
 #[derive(Debug, Clone)]
 pub struct Removed {
     pub stack: String,
     pub dir: String,
-    /// `airlock.hcl` declares the removal (then a destroy run is planned for it).
+    /// Its removal was declared earlier (`destroy = true` at the merge base).
     pub declared: bool,
 }
 
@@ -418,13 +418,13 @@ pub fn render(r: &Report) -> String {
     for x in &r.removed {
         removed.push(if x.declared {
             format!(
-                "> ⚠️ **This removes stack {}** (directory {} deleted; airlock.hcl declares the removal): its destroy plan is above and needs the usual destroy confirmation.",
+                "> ⚠️ **This removes stack {}**: its directory {} is deleted. Its removal was declared (<code>destroy = true</code>), so a governed destroy run should have emptied it: check with <code>airlock state show</code> before merging.",
                 code(&x.stack),
                 code(&x.dir)
             )
         } else {
             format!(
-                "> ⚠️ **This removes stack {}**: its directory {} is deleted. Nothing is destroyed: declare the removal in airlock.hcl to plan its destruction, or restore the directory.",
+                "> ⚠️ **This removes stack {}**: its directory {} is deleted, and nothing is destroyed: its resources stay, unmanaged. To destroy them, keep the directory, set <code>destroy = true</code> in its stack block, merge and apply that destroy run first.",
                 code(&x.stack),
                 code(&x.dir)
             )
