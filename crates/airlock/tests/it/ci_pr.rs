@@ -671,7 +671,7 @@ fn a_declared_removal_plans_a_destroy_and_a_deleted_directory_is_reported_not_de
         v["comment"]
             .as_str()
             .unwrap()
-            .contains(&format!("--confirm-destroy 2")),
+            .contains("--confirm-destroy 2"),
         "{v:#}"
     );
 
