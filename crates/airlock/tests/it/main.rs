@@ -2,6 +2,7 @@
 
 mod attacks;
 mod check;
+mod ci_affected;
 mod client;
 mod firewall_identity;
 mod hints;
