@@ -3,6 +3,7 @@
 mod attacks;
 mod check;
 mod ci_affected;
+mod ci_init;
 mod client;
 mod firewall_identity;
 mod hints;
