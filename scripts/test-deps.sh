@@ -2,6 +2,7 @@
 # Installs (once, cached) the real external programs the suite drives, and exports where they are:
 #   AIRLOCK_TEST_NODE_MODULES  npm packages of scripts/test-deps/package.json (package-lock.json):
 #                              @octokit/openapi (GitHub's API description, for the forge stand-in),
+#                              @actions/workflow-parser (GitHub's workflow parser, for ci init),
 #                              @modelcontextprotocol/inspector (an MCP client), playwright-core
 #   AIRLOCK_TEST_PYTHON        a Python with scripts/test-deps/requirements.txt (the MCP SDK `mcp`)
 #   AIRLOCK_TEST_CHROMIUM      Debian's chromium (installed with apt-get when missing)

@@ -2,6 +2,8 @@
 
 mod attacks;
 mod check;
+mod ci_affected;
+mod ci_init;
 mod client;
 mod firewall_identity;
 mod forge;
