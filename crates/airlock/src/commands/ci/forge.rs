@@ -897,10 +897,15 @@ impl Api {
                 Err(e) => (retry_safe.then_some(backoff), self.unreachable(&e, what)),
             };
             match wait {
-                Some(wait) if attempt < attempts && waited + wait <= self.retry.max_wait => {
+                Some(wait)
+                    if attempt < attempts
+                        && waited
+                            .checked_add(wait)
+                            .is_some_and(|w| w <= self.retry.max_wait) =>
+                {
                     std::thread::sleep(wait);
                     waited += wait;
-                    backoff *= 2;
+                    backoff = backoff.saturating_mul(2);
                     attempt += 1;
                 }
                 _ => return Err(failure),
@@ -1514,7 +1519,7 @@ mod tests {
         assert_eq!(f.requests().len(), 3);
 
         // A 5xx that does not end: the configured attempts, then an error.
-        f.fail_next("POST", r"/statuses/", 10, 502, &[]);
+        f.fail_next("POST", r"/statuses/", 4, 502, &[]);
         let e = forge
             .set_status(HEAD, "airlock/app", StatusState::Pending, "p", None)
             .unwrap_err();
@@ -1542,6 +1547,28 @@ mod tests {
         assert_eq!(e.kind, ForgeErrorKind::RateLimited);
         assert!(e.to_string().contains("re-run the job later"), "{e}");
         assert!(started.elapsed() < Duration::from_secs(2));
+        // Hostile rate-limit headers (a wait that overflows, garbage) neither panic nor block.
+        f.fail_next(
+            "POST",
+            r"/statuses/",
+            1,
+            429,
+            &[("Retry-After", "18446744073709551615")],
+        );
+        let e = forge
+            .set_status(HEAD, "airlock/app", StatusState::Pending, "p", None)
+            .unwrap_err();
+        assert_eq!(e.kind, ForgeErrorKind::RateLimited);
+        f.fail_next(
+            "POST",
+            r"/statuses/",
+            1,
+            429,
+            &[("Retry-After", "soon"), ("x-ratelimit-reset", "-5")],
+        );
+        forge
+            .set_status(HEAD, "airlock/app", StatusState::Pending, "p", None)
+            .unwrap();
         // A body over GitHub's limit is refused before anything is sent.
         let before = f.requests().len();
         let e = forge
