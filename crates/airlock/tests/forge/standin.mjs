@@ -12,6 +12,15 @@
 // commit) with the forges' limits, and has control endpoints for tests under /__standin/.
 //
 // Usage: node standin.mjs --token TOKEN [--port 0]. Prints `listening http://127.0.0.1:PORT`.
+// TOKEN is the CI's identity (GitHub: `github-actions[bot]`; GitLab: a project bot user).
+// Control endpoints (outside both prefixes, no auth):
+//   GET  /__standin/requests  every request: method, path, query, body, operation, status, violations
+//   GET  /__standin/state     comments, notes, statuses, registered pull/merge requests
+//   POST /__standin/fail      {method, path: regex over the full path, status, count, headers, body,
+//                             apply}: the next `count` matching requests are answered `status`
+//                             instead of served, or after taking effect when `apply` is true
+//   POST /__standin/users     {token, login, type?}: another identity (a person by default)
+//   POST /__standin/changes   {forge, project, number, head_sha, merge_commit_sha, state}
 
 import http from "node:http";
 import fs from "node:fs";
@@ -131,7 +140,10 @@ function typeOf(v) {
   return typeof v;
 }
 
-function checkSchema(schemaRef, value, where, out) {
+// `strict` (request bodies): a property the schema does not list is a violation even where the
+// description leaves `additionalProperties` open, since GitHub silently drops it (a misspelt
+// `contxt` would post a status under the context "default").
+function checkSchema(schemaRef, value, where, out, strict = false) {
   const schema = resolve(schemaRef);
   if (!schema || typeof schema !== "object") return;
   if (value === null) {
@@ -139,12 +151,12 @@ function checkSchema(schemaRef, value, where, out) {
     out.push(`${where}: null is not allowed`);
     return;
   }
-  if (schema.allOf) for (const s of schema.allOf) checkSchema(s, value, where, out);
+  if (schema.allOf) for (const s of schema.allOf) checkSchema(s, value, where, out, strict);
   for (const key of ["oneOf", "anyOf"]) {
     if (!schema[key]) continue;
     const fits = schema[key].filter((s) => {
       const sub = [];
-      checkSchema(s, value, where, sub);
+      checkSchema(s, value, where, sub, strict);
       return sub.length === 0;
     }).length;
     if (key === "anyOf" ? fits === 0 : fits !== 1)
@@ -175,17 +187,19 @@ function checkSchema(schemaRef, value, where, out) {
   if (Array.isArray(value)) {
     if (schema.maxItems !== undefined && value.length > schema.maxItems) out.push(`${where}: more than ${schema.maxItems} items`);
     if (schema.minItems !== undefined && value.length < schema.minItems) out.push(`${where}: fewer than ${schema.minItems} items`);
-    if (schema.items) value.forEach((v, i) => checkSchema(schema.items, v, `${where}[${i}]`, out));
+    if (schema.items) value.forEach((v, i) => checkSchema(schema.items, v, `${where}[${i}]`, out, strict));
   }
   if (typeOf(value) === "object") {
     const props = schema.properties || {};
     for (const r of schema.required || [])
       if (!(r in value)) out.push(`${where}: required property "${r}" is missing`);
     for (const [k, v] of Object.entries(value)) {
-      if (k in props) checkSchema(props[k], v, `${where}.${k}`, out);
+      if (k in props) checkSchema(props[k], v, `${where}.${k}`, out, strict);
       else if (schema.additionalProperties === false) out.push(`${where}: property "${k}" is not allowed`);
       else if (schema.additionalProperties && typeof schema.additionalProperties === "object")
-        checkSchema(schema.additionalProperties, v, `${where}.${k}`, out);
+        checkSchema(schema.additionalProperties, v, `${where}.${k}`, out, strict);
+      else if (strict && schema.properties && !schema.allOf && !schema.oneOf && !schema.anyOf)
+        out.push(`${where}: property "${k}" is not in the description (GitHub would ignore it silently)`);
     }
   }
 }
@@ -477,7 +491,7 @@ function githubCheck(req, rest, url, raw) {
     const schema = op.body.content && op.body.content["application/json"] && op.body.content["application/json"].schema;
     if (json === undefined) {
       if (op.body.required) violations.push("a JSON request body is required");
-    } else if (schema) checkSchema(schema, json, "body", violations);
+    } else if (schema) checkSchema(schema, json, "body", violations, true);
   } else if (raw.length) violations.push(`${op.operationId} takes no request body`);
   return { op, params, json, status: violations.length ? 422 : 0, violations };
 }

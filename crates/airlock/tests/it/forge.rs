@@ -209,6 +209,24 @@ fn standin_refuses_a_state_outside_the_enum_and_wrong_types() {
     );
     assert_eq!(s, 422);
     last_refused(&f, 422, "query parameter perpage is not defined");
+    // A misspelt property, which GitHub would drop silently (the status would land under "default").
+    let (s, _) = call(
+        &f,
+        "POST",
+        &format!("{gh}/repos/o/r/statuses/{SHA}"),
+        Some(serde_json::json!({"state": "success", "contxt": "airlock/app"})),
+    );
+    assert_eq!(s, 422);
+    last_refused(&f, 422, r#"property "contxt" is not in the description"#);
+    // `additionalProperties: false` where the description says so.
+    let (s, _) = call(
+        &f,
+        "POST",
+        &format!("{gh}/orgs/acme/code-security/configurations/17/attach"),
+        Some(serde_json::json!({"scope": "all", "extra": true})),
+    );
+    assert_eq!(s, 422);
+    last_refused(&f, 422, r#"property "extra" is not allowed"#);
     // GitLab's vocabulary is not GitHub's: `failure` is GitHub's, GitLab says `failed`.
     let (s, _) = call(
         &f,
