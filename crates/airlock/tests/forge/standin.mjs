@@ -90,9 +90,41 @@ for (const [template, item] of Object.entries(SPEC.paths)) {
       pathParams: Object.fromEntries(params.filter((p) => p.in === "path").map((p) => [p.name, p])),
       queryParams: Object.fromEntries(params.filter((p) => p.in === "query").map((p) => [p.name, p])),
       body: op.requestBody ? resolve(op.requestBody) : null,
+      responses: op.responses || {},
     });
   }
 }
+const GITHUB_BY_ID = new Map(GITHUB_OPERATIONS.map((o) => [o.operationId, o]));
+
+// The description's own example answer of `operationId` for `status` (an array's first item), so
+// the stand-in answers with every field GitHub sends; its state is laid over it (`overlay`).
+function exampleAnswer(operationId, status) {
+  const op = GITHUB_BY_ID.get(operationId);
+  const r = op && resolve(op.responses[status]);
+  const media = r && r.content && r.content["application/json"];
+  const ex = media && media.examples && resolve(media.examples.default);
+  const v = ex && ex.value;
+  if (v === undefined) return {};
+  return structuredClone(Array.isArray(v) ? (v[0] ?? {}) : v);
+}
+
+function overlay(base, ours) {
+  if (typeOf(base) !== "object" || typeOf(ours) !== "object") return ours;
+  const out = { ...base };
+  for (const [k, v] of Object.entries(ours)) out[k] = overlay(base[k], v);
+  return out;
+}
+
+// The stand-in's own answer against the description's response schema: a mismatch is a bug in
+// the stand-in (a client tested against it would parse something GitHub never sends).
+function checkAnswer(op, status, body) {
+  const r = resolve(op.responses[status]);
+  const schema = r && r.content && r.content["application/json"] && r.content["application/json"].schema;
+  const out = [];
+  if (schema && body !== undefined) checkSchema(schema, body, "answer", out);
+  return out;
+}
+
 // The most specific template wins (`/issues/comments` before `/issues/{issue_number}`), as GitHub routes.
 GITHUB_OPERATIONS.sort((a, b) => b.literals - a.literals || a.segments.length - b.segments.length);
 
@@ -497,7 +529,8 @@ function githubCheck(req, rest, url, raw) {
 }
 
 function githubUser(u) {
-  return { login: u.login, id: u.id, node_id: `U_${u.id}`, type: u.type, site_admin: false };
+  const html = `http://github.invalid/${encodeURIComponent(u.login)}`;
+  return { login: u.login, id: u.id, node_id: `U_${u.id}`, type: u.type, site_admin: false, html_url: html };
 }
 
 function githubServe(req, res, c, user, base, url, failure) {
@@ -507,13 +540,13 @@ function githubServe(req, res, c, user, base, url, failure) {
   const repoKey = `${params.owner}/${params.repo}`.toLowerCase();
   const apiRepo = `${base}/repos/${params.owner}/${params.repo}`;
   const web = `http://github.invalid/${params.owner}/${params.repo}`;
-  const commentView = (x) => ({
+  const commentView = (x) => overlay(exampleAnswer("issues/get-comment", "200"), {
     id: x.id, node_id: `IC_${x.id}`, url: `${apiRepo}/issues/comments/${x.id}`,
     html_url: `${web}/pull/${x.issue}#issuecomment-${x.id}`, issue_url: `${apiRepo}/issues/${x.issue}`,
     body: x.body, user: githubUser(x.user), created_at: x.created_at, updated_at: x.updated_at,
     author_association: x.user.type === "Bot" ? "NONE" : "MEMBER", performed_via_github_app: null,
   });
-  const statusView = (s) => ({
+  const statusView = (s) => overlay(exampleAnswer("repos/create-commit-status", "201"), {
     url: `${apiRepo}/statuses/${s.sha}`, avatar_url: null, id: s.id, node_id: `SC_${s.id}`, state: s.state,
     description: s.description, target_url: s.target_url, context: s.context,
     created_at: s.created_at, updated_at: s.created_at, creator: githubUser(s.user),
@@ -525,7 +558,10 @@ function githubServe(req, res, c, user, base, url, failure) {
   });
   const findComment = () => g.comments.find((x) => x.repo === repoKey && x.id === Number(params.comment_id));
   const notFound = () => send(res, 404, { message: "Not Found", documentation_url: "https://docs.github.com/rest" });
-  const later = (status, body, headers) => (failure ? answerFailure(res, failure) : send(res, status, body, headers));
+  const later = (status, body, headers) => {
+    c.record.standin_errors.push(...checkAnswer(op, String(status), body));
+    return failure ? answerFailure(res, failure) : send(res, status, body, headers);
+  };
 
   switch (op.operationId) {
     case "issues/create-comment": {
@@ -590,16 +626,18 @@ function githubServe(req, res, c, user, base, url, failure) {
       const combined = list.some((s) => s.state === "error" || s.state === "failure")
         ? "failure"
         : list.length === 0 || list.some((s) => s.state === "pending") ? "pending" : "success";
-      return later(200, {
-        state: combined, statuses: list.map(statusView), sha: params.ref, total_count: list.length,
-        repository: { full_name: repoKey }, commit_url: `${apiRepo}/commits/${params.ref}`, url: `${apiRepo}/commits/${params.ref}/status`,
+      const answer = overlay(exampleAnswer(op.operationId, "200"), {
+        state: combined, sha: params.ref, total_count: list.length,
+        commit_url: `${apiRepo}/commits/${params.ref}`, url: `${apiRepo}/commits/${params.ref}/status`,
       });
+      answer.statuses = list.map(statusView);
+      return later(200, answer);
     }
     case "repos/list-pull-requests-associated-with-commit": {
       const sha = params.commit_sha;
       const all = g.pulls.filter((p) => `${p.project}`.toLowerCase() === repoKey && (p.head_sha === sha || p.merge_commit_sha === sha));
-      return later(200, all.map((p) => ({
-        number: p.number, state: p.state || "closed", merged_at: p.merge_commit_sha ? now() : null,
+      return later(200, all.map((p) => overlay(exampleAnswer(op.operationId, "200"), {
+        number: p.number, state: p.state === "merged" ? "closed" : p.state || "closed", merged_at: p.merge_commit_sha ? now() : null,
         merge_commit_sha: p.merge_commit_sha || null, head: { sha: p.head_sha }, html_url: `${web}/pull/${p.number}`,
       })));
     }
@@ -774,7 +812,7 @@ async function handle(req, res) {
   const record = {
     method: req.method, path: url.pathname, query: Object.fromEntries(url.searchParams),
     body: raw.length ? raw.toString("utf8") : null, user_agent: req.headers["user-agent"] || null,
-    forge: null, operation: null, status: 0, violations: [],
+    forge: null, operation: null, status: 0, violations: [], standin_errors: [],
   };
   requests.push(record);
   const answer = (status) => (record.status = status);

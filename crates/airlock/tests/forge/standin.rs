@@ -32,6 +32,9 @@ pub struct Recorded {
     pub operation: Option<String>,
     pub status: u16,
     pub violations: Vec<String>,
+    /// Where the stand-in's own answer broke the API description's response schema (a bug in
+    /// the stand-in: the client would have been tested against something GitHub never sends).
+    pub standin_errors: Vec<String>,
 }
 
 impl Recorded {
@@ -121,24 +124,19 @@ impl ForgeStandIn {
                 body: r["body"].as_str().map(str::to_owned),
                 operation: r["operation"].as_str().map(str::to_owned),
                 status: r["status"].as_u64().unwrap_or_default() as u16,
-                violations: r["violations"]
-                    .as_array()
-                    .map(|v| {
-                        v.iter()
-                            .filter_map(|s| s.as_str().map(str::to_owned))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
+                violations: strings(&r["violations"]),
+                standin_errors: strings(&r["standin_errors"]),
             })
             .collect()
     }
 
-    /// Panics, listing them, when any recorded request broke the API description or a forge rule.
+    /// Panics, listing them, when any recorded request broke the API description or a forge rule,
+    /// or any answer of the stand-in broke the description.
     pub fn assert_no_violations(&self) {
         let bad: Vec<_> = self
             .requests()
             .into_iter()
-            .filter(|r| !r.violations.is_empty())
+            .filter(|r| !r.violations.is_empty() || !r.standin_errors.is_empty())
             .collect();
         assert!(
             bad.is_empty(),
@@ -219,6 +217,16 @@ impl ForgeStandIn {
             ),
         );
     }
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|v| {
+            v.iter()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 impl Drop for ForgeStandIn {
