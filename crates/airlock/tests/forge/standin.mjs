@@ -639,6 +639,8 @@ function githubServe(req, res, c, user, base, url, failure) {
       return later(200, all.map((p) => overlay(exampleAnswer(op.operationId, "200"), {
         number: p.number, state: p.state === "merged" ? "closed" : p.state || "closed", merged_at: p.merge_commit_sha ? now() : null,
         merge_commit_sha: p.merge_commit_sha || null, head: { sha: p.head_sha }, html_url: `${web}/pull/${p.number}`,
+        // (the example's requested team lacks the `type` its own schema requires; ours has none)
+        requested_teams: [], requested_reviewers: [], labels: [], assignees: [],
       })));
     }
     default:

@@ -289,6 +289,16 @@ impl Forge {
         }
     }
 
+    /// The most characters a body given to [`upsert_comment`](Self::upsert_comment) with
+    /// `marker` may have here (the forge's limit less the marker line it adds).
+    pub fn comment_budget(&self, marker: &str) -> usize {
+        let limit = match self {
+            Forge::GitHub(_) => GITHUB_COMMENT_MAX_CHARS,
+            Forge::GitLab(_) => GITLAB_NOTE_MAX_CHARS,
+        };
+        limit.saturating_sub(marker.chars().count() + 1)
+    }
+
     /// Sets the commit status `context` of `sha`. Idempotent per sha and context, so retried.
     /// A description longer than GitHub's 140 characters is shortened with `…`.
     pub fn set_status(
@@ -1568,6 +1578,11 @@ mod tests {
         );
         forge
             .set_status(HEAD, "airlock/app", StatusState::Pending, "p", None)
+            .unwrap();
+        // A body of exactly the budget fits GitHub's limit (the stand-in enforces it).
+        let budget = forge.comment_budget(MARKER);
+        forge
+            .upsert_comment(PR, MARKER, &"é".repeat(budget))
             .unwrap();
         // A body over GitHub's limit is refused before anything is sent.
         let before = f.requests().len();
