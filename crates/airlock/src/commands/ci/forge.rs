@@ -1146,43 +1146,19 @@ mod tests {
         }
     }
 
-    /// GitHub Actions' variables for a `pull_request` run against the stand-in.
-    fn github_env(f: &ForgeStandIn, event_dir: &tempfile::TempDir) -> HashMap<String, String> {
-        let event = event_dir.path().join("event.json");
-        let payload =
-            json!({"pull_request": {"number": PR, "head": {"sha": HEAD}, "base": {"sha": BASE}}});
-        std::fs::write(&event, payload.to_string()).unwrap();
-        [
-            ("GITHUB_ACTIONS", "true"),
-            ("GITHUB_REPOSITORY", "acme/infra"),
-            ("GITHUB_EVENT_NAME", "pull_request"),
-            ("GITHUB_EVENT_PATH", event.to_str().unwrap()),
-            // The synthetic merge commit, which must not be where statuses go.
-            ("GITHUB_SHA", "3333333333333333333333333333333333333333"),
-            ("GITHUB_REF", "refs/pull/7/merge"),
-            ("GITHUB_API_URL", &f.url_github()),
-            ("GITHUB_TOKEN", TOKEN),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
+    fn github_env(f: &ForgeStandIn, dir: &tempfile::TempDir) -> HashMap<String, String> {
+        f.github_pr_env(dir.path(), "acme/infra", PR, HEAD, BASE)
+            .into_iter()
+            .collect()
     }
 
     fn gitlab_env(f: &ForgeStandIn) -> HashMap<String, String> {
-        [
-            ("GITLAB_CI", "true"),
-            ("CI_PROJECT_ID", "42"),
-            ("CI_PROJECT_URL", "https://gitlab.example/acme/infra"),
-            ("CI_MERGE_REQUEST_IID", "7"),
-            ("CI_COMMIT_SHA", HEAD),
-            ("CI_MERGE_REQUEST_DIFF_BASE_SHA", BASE),
-            ("CI_API_V4_URL", &f.url_gitlab()),
-            ("AIRLOCK_GITLAB_TOKEN", TOKEN),
-            ("CI_JOB_TOKEN", "not-used"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
+        let mut env: HashMap<_, _> = f.gitlab_mr_env("42", PR, HEAD, BASE).into_iter().collect();
+        env.insert(
+            "CI_PROJECT_URL".into(),
+            "https://gitlab.example/acme/infra".into(),
+        );
+        env
     }
 
     fn context(env: &HashMap<String, String>) -> ForgeContext {
@@ -1248,14 +1224,18 @@ mod tests {
         assert_eq!(ctx.base_sha.as_deref(), Some(BASE));
         assert_eq!(ctx.event, Event::ChangeRequest);
 
-        // A push to the default branch.
-        let push = dir.path().join("push.json");
-        std::fs::write(&push, json!({"before": "0".repeat(40), "after": HEAD, "repository": {"default_branch": "main"}}).to_string()).unwrap();
-        let mut env2 = env.clone();
-        env2.insert("GITHUB_EVENT_NAME".into(), "push".into());
-        env2.insert("GITHUB_EVENT_PATH".into(), push.to_str().unwrap().into());
-        env2.insert("GITHUB_SHA".into(), HEAD.into());
-        env2.insert("GITHUB_REF".into(), "refs/heads/main".into());
+        // A push to the default branch, then to another.
+        let env2: HashMap<_, _> = f
+            .github_push_env(
+                dir.path(),
+                "acme/infra",
+                "main",
+                "main",
+                &"0".repeat(40),
+                HEAD,
+            )
+            .into_iter()
+            .collect();
         let ctx = context(&env2);
         assert_eq!(
             ctx.event,
@@ -1269,6 +1249,19 @@ mod tests {
             (None, None),
             "a new branch's all-zero `before` is no base"
         );
+        let env3: HashMap<_, _> = f
+            .github_push_env(dir.path(), "acme/infra", "feature", "main", BASE, HEAD)
+            .into_iter()
+            .collect();
+        let ctx = context(&env3);
+        assert_eq!(
+            ctx.event,
+            Event::Push {
+                branch: "feature".into(),
+                default: false
+            }
+        );
+        assert_eq!(ctx.base_sha.as_deref(), Some(BASE));
 
         // Malformed variables are refused with the variable's name.
         for (var, value, needle) in [
@@ -1327,6 +1320,20 @@ mod tests {
         env.insert("CI_PROJECT_ID".into(), "42/../1".into());
         let e = Forge::from_env(&|k| env.get(k).cloned()).unwrap_err();
         assert!(e.to_string().contains("not a project ID"), "{e}");
+        // A branch pipeline.
+        let push: HashMap<_, _> = f
+            .gitlab_push_env("42", "main", "main", BASE, HEAD)
+            .into_iter()
+            .collect();
+        let ctx = context(&push);
+        assert_eq!(
+            ctx.event,
+            Event::Push {
+                branch: "main".into(),
+                default: true
+            }
+        );
+        assert_eq!((ctx.change, ctx.base_sha.as_deref()), (None, Some(BASE)));
         // Both forges at once is ambiguous.
         env.insert("GITHUB_ACTIONS".into(), "true".into());
         assert!(Forge::from_env(&|k| env.get(k).cloned()).is_err());
