@@ -17,7 +17,8 @@
 //   GET  /__standin/requests  every request: method, path, query, body, operation, status, violations
 //   GET  /__standin/state     comments, notes, statuses, registered pull/merge requests
 //   POST /__standin/fail      {method, path: regex over the full path, status, count, headers, body,
-//                             apply}: the next `count` matching requests are answered `status`
+//                             raw, apply}: the next `count` matching requests are answered `status`
+//                             (with `body` as JSON, or the text `raw` verbatim)
 //                             instead of served, or after taking effect when `apply` is true
 //   POST /__standin/users     {token, login, type?}: another identity (a person by default)
 //   POST /__standin/changes   {forge, project, number, head_sha, merge_commit_sha, state}
@@ -459,6 +460,12 @@ function takeFailure(method, fullPath) {
 }
 
 function answerFailure(res, f) {
+  if (typeof f.raw === "string") {
+    // A verbatim answer (hostile or malformed), for clients' robustness tests.
+    res.writeHead(f.status, { "content-type": "application/json", ...(f.headers || {}) });
+    res.end(f.raw);
+    return f.status;
+  }
   return send(res, f.status, f.body || { message: `injected failure ${f.status}` }, f.headers || {});
 }
 

@@ -189,6 +189,16 @@ impl ForgeStandIn {
         );
     }
 
+    /// The next request with `method` whose path matches the regex `path` is answered `status`
+    /// with `raw` as its body, verbatim (a malformed or hostile answer).
+    pub fn answer_next(&self, method: &str, path: &str, status: u16, raw: &str) {
+        self.control(
+            "POST",
+            "fail",
+            Some(json!({"method": method, "path": path, "count": 1, "status": status, "raw": raw})),
+        );
+    }
+
     /// Another identity: requests with `token` act as `login` (a person, `type: User`).
     pub fn add_user(&self, token: &str, login: &str) {
         self.control(

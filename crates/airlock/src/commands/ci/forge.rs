@@ -1602,6 +1602,55 @@ mod tests {
     }
 
     #[test]
+    fn hostile_or_malformed_answers_are_errors_not_panics() {
+        let (f, forge, _dir) = github();
+        let list = r"/issues/7/comments$";
+        for (raw, needle) in [
+            ("{\"not\": \"a list\"}", "not a list"),
+            ("<html>", "not JSON"),
+            ("[{\"id\": \"x\", \"user\": {\"login\": \"github-actions[bot]\"}, \"body\": \"<!-- airlock:plan -->\"}]", "numeric id"),
+        ] {
+            f.answer_next("GET", list, 200, raw);
+            let e = forge.upsert_comment(PR, MARKER, "plan").unwrap_err();
+            assert_eq!(e.kind, ForgeErrorKind::Protocol, "{raw}: {e}");
+            assert!(e.to_string().contains(needle), "{raw}: {e}");
+        }
+        // A comment by someone else, or without the marker first, is not ours whatever its shape.
+        f.answer_next(
+            "GET",
+            list,
+            200,
+            "[{\"id\": 1, \"user\": null, \"body\": 5}, {\"id\": 2}]",
+        );
+        forge.upsert_comment(PR, MARKER, "plan").unwrap();
+        assert_eq!(comments(&f).len(), 1);
+        // An error body with terminal escapes is shown inert.
+        f.answer_next(
+            "POST",
+            r"/statuses/",
+            422,
+            "{\"message\": \"\\u001b[2Jgone\"}",
+        );
+        let e = forge
+            .set_status(HEAD, "airlock/app", StatusState::Pending, "p", None)
+            .unwrap_err();
+        assert!(
+            !e.to_string().contains('\u{1b}') && e.to_string().contains("gone"),
+            "{e}"
+        );
+        // A create answered without an id is an error, not a second create.
+        f.answer_next("POST", r"/issues/8/comments$", 201, "{}");
+        let e = forge.upsert_comment(8, MARKER, "plan").unwrap_err();
+        assert_eq!(e.kind, ForgeErrorKind::Protocol, "{e}");
+        let posts = f
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == "POST" && r.path.ends_with("/8/comments"))
+            .count();
+        assert_eq!(posts, 1);
+    }
+
+    #[test]
     fn github_change_for_a_merge_commit() {
         let (f, forge, _dir) = github();
         let merge = "4444444444444444444444444444444444444444";
