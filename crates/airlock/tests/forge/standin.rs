@@ -190,12 +190,23 @@ impl ForgeStandIn {
     }
 
     /// The next request with `method` whose path matches the regex `path` is answered `status`
-    /// with `raw` as its body, verbatim (a malformed or hostile answer).
-    pub fn answer_next(&self, method: &str, path: &str, status: u16, raw: &str) {
+    /// with `headers` and `raw` as its body, verbatim (a malformed or hostile answer).
+    pub fn answer_next(
+        &self,
+        method: &str,
+        path: &str,
+        status: u16,
+        headers: &[(&str, &str)],
+        raw: &str,
+    ) {
+        let headers: serde_json::Map<String, Value> = headers
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), Value::from(*v)))
+            .collect();
         self.control(
             "POST",
             "fail",
-            Some(json!({"method": method, "path": path, "count": 1, "status": status, "raw": raw})),
+            Some(json!({"method": method, "path": path, "count": 1, "status": status, "headers": headers, "raw": raw})),
         );
     }
 

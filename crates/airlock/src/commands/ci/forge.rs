@@ -848,6 +848,9 @@ impl Api {
         let mut agent = ureq::AgentBuilder::new()
             .timeout_connect(Duration::from_secs(15))
             .timeout(Duration::from_secs(60))
+            // A redirect is reported, not followed: ureq would drop the token on it (rightly) and
+            // turn a POST into a GET, so following could only fail less clearly.
+            .redirects(0)
             .user_agent(concat!("airlock/", env!("CARGO_PKG_VERSION")));
         if https {
             let tls = crate::commands::client::tls_config(None)
@@ -933,6 +936,17 @@ impl Api {
                 .is_some_and(|p| !p.trim().is_empty()),
         };
         let status = resp.status();
+        if !(200..300).contains(&status) {
+            let location = resp.header("location").map(|l| printable(l).into_owned());
+            return Err(ForgeError::new(
+                ForgeErrorKind::Protocol,
+                format!(
+                    "{what}: {} answered a redirect (HTTP {status}{}); if the repository or project moved, the CI's API URL and names are stale: re-run the job from the new location",
+                    self.name(),
+                    location.map_or_else(String::new, |l| format!(" to {l}")),
+                ),
+            ));
+        }
         let text = read_bounded(resp).map_err(|e| protocol(what, &e))?;
         let json = if status == 204 || text.trim().is_empty() {
             Value::Null
@@ -1474,6 +1488,32 @@ mod tests {
         assert_eq!(statuses, [429, 201]);
         assert_eq!(comments(&f).len(), 1);
         assert_eq!(f.state()["github"]["statuses"].as_array().unwrap().len(), 1);
+        // The primary rate limit: 403 with no requests left, waited out until its reset.
+        let reset = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 1;
+        let reset = reset.to_string();
+        f.fail_next(
+            "PATCH",
+            r"/issues/comments/\d+$",
+            1,
+            403,
+            &[
+                ("x-ratelimit-remaining", "0"),
+                ("x-ratelimit-reset", &reset),
+            ],
+        );
+        forge.upsert_comment(PR, MARKER, "plan 2").unwrap();
+        let patches: Vec<_> = f
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == "PATCH")
+            .map(|r| r.status)
+            .collect();
+        assert_eq!(patches, [403, 200]);
+        assert_eq!(comments(&f)[0]["body"], format!("{MARKER}\nplan 2"));
         f.assert_no_violations();
     }
 
@@ -1610,7 +1650,7 @@ mod tests {
             ("<html>", "not JSON"),
             ("[{\"id\": \"x\", \"user\": {\"login\": \"github-actions[bot]\"}, \"body\": \"<!-- airlock:plan -->\"}]", "numeric id"),
         ] {
-            f.answer_next("GET", list, 200, raw);
+            f.answer_next("GET", list, 200, &[], raw);
             let e = forge.upsert_comment(PR, MARKER, "plan").unwrap_err();
             assert_eq!(e.kind, ForgeErrorKind::Protocol, "{raw}: {e}");
             assert!(e.to_string().contains(needle), "{raw}: {e}");
@@ -1620,6 +1660,7 @@ mod tests {
             "GET",
             list,
             200,
+            &[],
             "[{\"id\": 1, \"user\": null, \"body\": 5}, {\"id\": 2}]",
         );
         forge.upsert_comment(PR, MARKER, "plan").unwrap();
@@ -1629,6 +1670,7 @@ mod tests {
             "POST",
             r"/statuses/",
             422,
+            &[],
             "{\"message\": \"\\u001b[2Jgone\"}",
         );
         let e = forge
@@ -1638,8 +1680,27 @@ mod tests {
             !e.to_string().contains('\u{1b}') && e.to_string().contains("gone"),
             "{e}"
         );
+        // A redirect (a renamed repository) is reported, not followed with or without the token.
+        let moved = format!(
+            "{}/repos/acme/infra-renamed/issues/7/comments",
+            f.url_github()
+        );
+        f.answer_next(
+            "GET",
+            list,
+            301,
+            &[("Location", &moved)],
+            "{\"message\": \"Moved Permanently\"}",
+        );
+        let e = forge.upsert_comment(PR, MARKER, "plan").unwrap_err();
+        assert_eq!(e.kind, ForgeErrorKind::Protocol, "{e}");
+        assert!(e.to_string().contains("redirect (HTTP 301"), "{e}");
+        assert!(
+            !f.requests().iter().any(|r| r.path.contains("renamed")),
+            "{moved} not followed"
+        );
         // A create answered without an id is an error, not a second create.
-        f.answer_next("POST", r"/issues/8/comments$", 201, "{}");
+        f.answer_next("POST", r"/issues/8/comments$", 201, &[], "{}");
         let e = forge.upsert_comment(8, MARKER, "plan").unwrap_err();
         assert_eq!(e.kind, ForgeErrorKind::Protocol, "{e}");
         let posts = f
