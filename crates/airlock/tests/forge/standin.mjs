@@ -644,7 +644,7 @@ function githubServe(req, res, c, user, base, url, failure) {
       const sha = params.commit_sha;
       const all = g.pulls.filter((p) => `${p.project}`.toLowerCase() === repoKey && (p.head_sha === sha || p.merge_commit_sha === sha));
       return later(200, all.map((p) => overlay(exampleAnswer(op.operationId, "200"), {
-        number: p.number, state: p.state === "merged" ? "closed" : p.state || "closed", merged_at: p.merge_commit_sha ? now() : null,
+        number: p.number, state: p.state === "merged" ? "closed" : p.state || "closed", merged_at: p.state === "merged" ? now() : null,
         merge_commit_sha: p.merge_commit_sha || null, head: { sha: p.head_sha }, html_url: `${web}/pull/${p.number}`,
         // (the example's requested team lacks the `type` its own schema requires; ours has none)
         requested_teams: [], requested_reviewers: [], labels: [], assignees: [],
@@ -779,7 +779,7 @@ function gitlabServe(req, res, c, user, base, url, failure) {
     }
     case "commit_mrs": {
       const all = g.mrs.filter((m) => `${m.project}` === project && (m.head_sha === params.sha || m.merge_commit_sha === params.sha));
-      return later(200, all.map((m) => ({ iid: m.number, state: m.state || "merged", sha: m.head_sha, merge_commit_sha: m.merge_commit_sha || null })));
+      return later(200, all.map((m) => ({ iid: m.number, state: m.state === "open" ? "opened" : m.state || "merged", sha: m.head_sha, merge_commit_sha: m.merge_commit_sha || null })));
     }
     default:
       return send(res, 501, { message: `not served: ${ep.op}` });

@@ -343,7 +343,8 @@ impl ForgeStandIn {
 
     /// Registers a pull request (`forge: "github"`, project `owner/repo`) or merge request
     /// (`forge: "gitlab"`, project id) known by its head and merge commits, for
-    /// "which change does this commit come from" look-ups.
+    /// "which change does this commit come from" look-ups; merged when it has a merge commit,
+    /// open otherwise.
     pub fn add_change(
         &self,
         forge: &str,
@@ -352,12 +353,17 @@ impl ForgeStandIn {
         head_sha: &str,
         merge_commit_sha: Option<&str>,
     ) {
+        let state = if merge_commit_sha.is_some() {
+            "merged"
+        } else {
+            "open"
+        };
         self.control(
             "POST",
             "changes",
             Some(
                 json!({"forge": forge, "project": project, "number": number, "head_sha": head_sha,
-                        "merge_commit_sha": merge_commit_sha, "state": "merged"}),
+                        "merge_commit_sha": merge_commit_sha, "state": state}),
             ),
         );
     }

@@ -371,11 +371,28 @@ impl Forge {
         let items = list
             .as_array()
             .ok_or_else(|| protocol(&what, "not a list"))?;
-        // The change whose merge commit this is, else one the commit heads.
+        // Only a merged change: the one whose merge commit this is, else (a fast-forward merge)
+        // the one this commit heads. An open change that merely contains the commit is not it.
+        let github = matches!(self, Forge::GitHub(_));
+        let merged = |c: &&Value| {
+            if github {
+                c["merged_at"].is_string()
+            } else {
+                c["state"] == "merged"
+            }
+        };
+        let head = |c: &Value| {
+            if github {
+                c["head"]["sha"].clone()
+            } else {
+                c["sha"].clone()
+            }
+        };
         let pick = items
             .iter()
+            .filter(merged)
             .find(|c| c["merge_commit_sha"].as_str() == Some(sha))
-            .or_else(|| items.first());
+            .or_else(|| items.iter().filter(merged).find(|c| head(c) == sha));
         Ok(pick.and_then(|c| c[number_field].as_u64()))
     }
 
@@ -1718,6 +1735,11 @@ mod tests {
         f.add_change("github", "acme/infra", 12, HEAD, Some(merge));
         assert_eq!(forge.change_for_commit(merge).unwrap(), Some(12));
         assert_eq!(forge.change_for_commit(BASE).unwrap(), None);
+        // An open pull request that contains a commit is not where it was merged from.
+        f.add_change("github", "acme/infra", 13, BASE, None);
+        assert_eq!(forge.change_for_commit(BASE).unwrap(), None);
+        // A fast-forward merge: the merged pull request this commit heads.
+        assert_eq!(forge.change_for_commit(HEAD).unwrap(), Some(12));
         f.assert_no_violations();
     }
 
@@ -1845,6 +1867,8 @@ mod tests {
         let merge = "5555555555555555555555555555555555555555";
         f.add_change("gitlab", "42", 9, HEAD, Some(merge));
         assert_eq!(forge.change_for_commit(merge).unwrap(), Some(9));
+        f.add_change("gitlab", "42", 10, BASE, None);
+        assert_eq!(forge.change_for_commit(BASE).unwrap(), None);
         f.assert_no_violations();
     }
 
