@@ -478,7 +478,7 @@ function refuse(c, res, status, body, headers) {
 
 // Pagination: a page of `items` and the headers the forge sends with it.
 function paginate(items, query, linkBase, maxPer = 100, defaultPer = 30) {
-  const per = Math.min(Number(query.get("per_page") || defaultPer), maxPer);
+  const per = Math.max(Math.min(Number(query.get("per_page") || defaultPer), maxPer), 1);
   const page = Math.max(Number(query.get("page") || 1), 1);
   const last = Math.max(Math.ceil(items.length / per), 1);
   const slice = items.slice((page - 1) * per, page * per);
