@@ -1229,6 +1229,8 @@ fn run_record(id: &str, stack: &str, created_at: i64) -> RunRecord {
         planned_serial: Some(1),
         git_head: Some("abc123".into()),
         git_base: None,
+        change_request: None,
+        change_request_url: None,
         plan_sha256: "0".repeat(64),
         config_sha256: None,
         decision: "review".into(),
@@ -1315,6 +1317,9 @@ pub fn runs(s: &dyn Store) {
     r2.author_token = "tok-alice".into();
     r2.author_user = "alice".into();
     r2.git_head = Some("def4567890".into());
+    r2.change_request = Some(42);
+    r2.change_request_url = Some("https://forge.example/o/r/pull/42".into());
+    r2.fingerprint = "e".repeat(64);
     s.create_run(&r2, &[], audit("run.create")).unwrap();
     s.create_run(&r3, &[], audit("run.create")).unwrap();
     let ids = |v: Vec<RunRecord>| v.into_iter().map(|r| r.id).collect::<Vec<_>>();
@@ -1415,6 +1420,34 @@ pub fn runs(s: &dyn Store) {
         ..RunFilter::default()
     })
     .is_empty());
+    // The change request and the fingerprint (in the record; the change request is kept).
+    assert_eq!(
+        only(RunFilter {
+            change_request: Some(42),
+            ..RunFilter::default()
+        }),
+        ["run_conf2"]
+    );
+    assert!(only(RunFilter {
+        change_request: Some(4),
+        ..RunFilter::default()
+    })
+    .is_empty());
+    assert_eq!(
+        only(RunFilter {
+            fingerprint: Some("f".repeat(64)),
+            ..RunFilter::default()
+        }),
+        ["run_conf3", "run_conf1"]
+    );
+    assert_eq!(
+        s.run("run_conf2")
+            .unwrap()
+            .unwrap()
+            .change_request_url
+            .as_deref(),
+        Some("https://forge.example/o/r/pull/42")
+    );
     let both = RunFilter {
         status: Some(RunStatus::NeedsApproval),
         commit: Some("abc".into()),

@@ -149,6 +149,14 @@ pub struct RunRecord {
     pub git_head: Option<String>,
     /// Git base commit, when known.
     pub git_base: Option<String>,
+    /// The pull/merge request the planner says the run was planned for (`airlock ci plan`).
+    /// Like `git_head`, a claim of the planner, used for display and lookup only: what binds a
+    /// run to code is the inputs' fingerprint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change_request: Option<u64>,
+    /// The forge's web URL of that change request (a claim, as `change_request`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change_request_url: Option<String>,
     /// SHA-256 of the binary plan artifact.
     pub plan_sha256: String,
     /// SHA-256 of the `airlock.hcl` the plan was judged with, if any.
@@ -285,6 +293,10 @@ pub struct RunFilter {
     pub author: Option<String>,
     /// Only runs whose commit (`git_head`) starts with this (lowercase hex).
     pub commit: Option<String>,
+    /// Only runs planned for this change request (as the planner claims).
+    pub change_request: Option<u64>,
+    /// Only runs with this inputs' fingerprint (lowercase hex).
+    pub fingerprint: Option<String>,
 }
 
 impl RunFilter {
@@ -305,6 +317,13 @@ impl RunFilter {
                 .as_deref()
                 .is_some_and(|h| h.to_ascii_lowercase().starts_with(c))
         });
-        author_ok && commit_ok
+        let change_ok = self
+            .change_request
+            .is_none_or(|n| run.change_request == Some(n));
+        let fingerprint_ok = self
+            .fingerprint
+            .as_deref()
+            .is_none_or(|f| run.fingerprint == f);
+        author_ok && commit_ok && change_ok && fingerprint_ok
     }
 }

@@ -580,6 +580,10 @@ pub struct PlanArgs {
     /// Write the markdown summary (for a pull-request comment) to this file.
     #[arg(long)]
     pub summary_file: Option<PathBuf>,
+    /// Plan the destruction of everything the stack manages (`terraform plan -destroy`); the
+    /// server judges it like any plan, destroy confirmation included.
+    #[arg(long)]
+    pub destroy: bool,
     /// Terraform binary (e.g. `tofu`).
     #[arg(long, env = "AIRLOCK_TERRAFORM_BIN", default_value = "terraform")]
     pub terraform_bin: String,
@@ -738,11 +742,43 @@ pub struct CiAffectedArgs {
 
 /// `airlock ci plan`.
 #[derive(Debug, Args)]
-pub struct CiPlanArgs {}
+pub struct CiPlanArgs {
+    /// The ref to compare with (the merge base of it and HEAD is the base). Default: the pull
+    /// request's base commit in CI; required outside CI (e.g. `--base main`).
+    #[arg(long)]
+    pub base: Option<String>,
+    /// Plan nothing: re-read this commit's runs (after an approval), check each is for the
+    /// checkout's inputs, and update the statuses and the comment.
+    #[arg(long)]
+    pub refresh: bool,
+    /// Print the comment instead of posting it (the default outside CI).
+    #[arg(long)]
+    pub print: bool,
+    /// Only these stacks, instead of the affected set (repeatable).
+    #[arg(long = "stack", hide = true)]
+    pub stacks: Vec<String>,
+    /// Terraform binary.
+    #[arg(long, env = "AIRLOCK_TERRAFORM_BIN", default_value = "terraform")]
+    pub terraform_bin: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
 
 /// `airlock ci apply`.
 #[derive(Debug, Args)]
-pub struct CiApplyArgs {}
+pub struct CiApplyArgs {
+    /// The commit before the merge (default: `HEAD^1`, the merge commit's first parent).
+    #[arg(long, default_value = "HEAD^1")]
+    pub base: String,
+    /// Only these stacks, instead of the affected set (repeatable).
+    #[arg(long = "stack", hide = true)]
+    pub stacks: Vec<String>,
+    /// Terraform binary.
+    #[arg(long, env = "AIRLOCK_TERRAFORM_BIN", default_value = "terraform")]
+    pub terraform_bin: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
 
 /// `airlock mcp`.
 #[derive(Debug, Args)]

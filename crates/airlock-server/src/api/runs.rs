@@ -115,6 +115,10 @@ struct CreateRun {
     planned_dir: Option<String>,
     git_head: Option<String>,
     git_base: Option<String>,
+    /// The pull/merge request the planner says this is for, and its web URL (display and
+    /// lookup only, like `git_head`).
+    change_request: Option<u64>,
+    change_request_url: Option<String>,
     /// Text of the repository's airlock.hcl, judged with the plan.
     config: Option<String>,
     /// The repository's Rego policies (`policy/**.rego`), judged with the plan.
@@ -611,6 +615,18 @@ fn check_inputs(req: &CreateRun) -> ApiResult<()> {
     if listed.len() != sent.len() || listed.iter().zip(&sent).any(|(a, b)| *a != b) {
         return Err(bad("the policy files sent are not the policy/**.rego files listed in the inputs: the run must be judged by all of the repository's policies"));
     }
+    if let Some(url) = &req.change_request_url {
+        // Shown to approvers as a link: a bounded absolute http(s) URL, nothing a renderer could
+        // read as something else.
+        if url.len() > 2048
+            || !(url.starts_with("https://") || url.starts_with("http://"))
+            || url.chars().any(|c| c.is_control() || c.is_whitespace())
+        {
+            return Err(bad(
+                "change_request_url must be an http(s) URL of at most 2048 characters without spaces",
+            ));
+        }
+    }
     if let Some(d) = &req.planned_dir {
         if d.len() > 1024
             || d.starts_with('/')
@@ -722,6 +738,8 @@ pub async fn create(
         planned_serial: req.planned_serial,
         git_head: req.git_head,
         git_base: req.git_base,
+        change_request: req.change_request,
+        change_request_url: req.change_request_url,
         plan_sha256: hex::encode(airlock_store::blob::sha256(&plan_bin)),
         config_sha256: req
             .config
@@ -894,6 +912,8 @@ pub struct ListQuery {
     status: Option<String>,
     author: Option<String>,
     commit: Option<String>,
+    change_request: Option<u64>,
+    fingerprint: Option<String>,
     limit: Option<u32>,
 }
 
@@ -931,16 +951,26 @@ impl ListQuery {
                 ))
             }
         };
+        let fingerprint = match self.fingerprint {
+            None => None,
+            Some(f) if f.len() == 64 && f.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                Some(f.to_ascii_lowercase())
+            }
+            Some(_) => return Err(bad("fingerprint must be a hex SHA-256")),
+        };
         Ok(RunFilter {
             stack: self.stack,
             status,
             author: self.author,
             commit,
+            change_request: self.change_request,
+            fingerprint,
         })
     }
 }
 
-/// `GET /api/v1/runs?stack=S&status=T&author=U&commit=C&limit=N`: newest first.
+/// `GET /api/v1/runs?stack=S&status=T&author=U&commit=C&change_request=N&fingerprint=F&limit=N`:
+/// newest first.
 pub async fn list(
     State(state): State<Arc<AppState>>,
     Extension(p): Extension<Principal>,
@@ -952,7 +982,7 @@ pub async fn list(
     let visible: Vec<Value> = runs
         .into_iter()
         .filter(|r| p.may_access(&r.stack))
-        .map(|r| json!({"id": r.id, "stack": r.stack, "status": r.status, "decision": r.decision, "author": r.author, "author_user": r.author_identity(), "git_head": r.git_head, "created_at": r.created_at, "destroys": r.destroys.len(), "approvals": r.valid_approvers().len(), "required_approvals": r.required_approvals}))
+        .map(|r| json!({"id": r.id, "stack": r.stack, "status": r.status, "decision": r.decision, "author": r.author, "author_user": r.author_identity(), "git_head": r.git_head, "git_base": r.git_base, "change_request": r.change_request, "fingerprint": r.fingerprint, "terraform_version": r.terraform_version, "planned_dir": r.planned_dir, "created_at": r.created_at, "destroys": r.destroys.len(), "approvals": r.valid_approvers().len(), "required_approvals": r.required_approvals}))
         .collect();
     Ok(Json(json!({ "runs": visible })))
 }

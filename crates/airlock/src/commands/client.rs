@@ -74,6 +74,16 @@ impl Client {
         })
     }
 
+    /// The same server and transport with another token (a run-bound token, say).
+    pub fn with_token(&self, token: String) -> Client {
+        Client {
+            base: self.base.clone(),
+            token: Some(token),
+            agent: self.agent.clone(),
+            format: self.format,
+        }
+    }
+
     pub fn base(&self) -> &str {
         &self.base
     }

@@ -368,19 +368,91 @@ fn run_text(v: &Value) -> String {
     out
 }
 
-/// `airlock plan [DIR] [--stack S]`.
+/// What one governed plan needs besides the client: `airlock plan`'s arguments, and what
+/// `airlock ci plan` adds (the change request the run is for).
+pub struct PlanRequest<'a> {
+    /// The stack's root module directory.
+    pub dir: &'a Path,
+    /// The stack (default: the `stack` block of airlock.hcl whose `dir` is `dir`).
+    pub stack: Option<&'a str>,
+    /// Plan a destroy (`terraform plan -destroy`).
+    pub destroy: bool,
+    pub terraform_bin: &'a str,
+    /// The planner's claims about where the plan comes from (display and lookup only).
+    pub origin: Origin,
+}
+
+/// Where a plan comes from, as the planner reports it: never trusted for anything but display
+/// and lookup (the inputs' fingerprint binds a run to code).
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    /// The commit (default: `git rev-parse HEAD` of the stack's directory).
+    pub head: Option<String>,
+    /// The base commit (default: `AIRLOCK_GIT_BASE`).
+    pub base: Option<String>,
+    /// The pull/merge request number and its web URL.
+    pub change_request: Option<u64>,
+    pub change_request_url: Option<String>,
+}
+
+/// A run the server created and judged: its answer to the upload (`run`, `summary_markdown`,
+/// `next`).
+pub struct Planned {
+    pub stack: String,
+    pub response: Value,
+}
+
+impl Planned {
+    /// Whether the server's judgement is deny.
+    pub fn denied(&self) -> bool {
+        self.response["run"]["decision"].as_str() == Some("deny")
+    }
+}
+
+/// `airlock plan [DIR] [--stack S] [--destroy]`.
 pub fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
     let c = Client::new(&args.client)?;
-    let dir = args
+    let planned = plan_run(
+        &c,
+        &PlanRequest {
+            dir: &args.dir,
+            stack: args.stack.as_deref(),
+            destroy: args.destroy,
+            terraform_bin: &args.terraform_bin,
+            origin: Origin::default(),
+        },
+    )?;
+    let (stack, v) = (&planned.stack, &planned.response);
+    if let Some(path) = &args.summary_file {
+        let md = format!(
+            "**airlock run `{}`** on `{stack}`\n\n{}\n\nNext: {}\n",
+            s(v, "/run/id"),
+            v["summary_markdown"].as_str().unwrap_or_default(),
+            s(v, "/next")
+        );
+        std::fs::write(path, md).with_context(|| format!("writing {}", path.display()))?;
+    }
+    c.print(v, run_text);
+    Ok(if planned.denied() {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Plans one stack with a plan-phase token and uploads the run for the server to judge: the one
+/// implementation behind `airlock plan` and `airlock ci plan`.
+pub fn plan_run(c: &Client, req: &PlanRequest<'_>) -> anyhow::Result<Planned> {
+    let dir = req
         .dir
         .canonicalize()
-        .with_context(|| format!("{} is not a directory", args.dir.display()))?;
+        .with_context(|| format!("{} is not a directory", req.dir.display()))?;
     let repo = find_repo(&dir)?;
-    let stack = resolve_stack(&dir, args.stack.as_deref(), repo.config.as_ref())?;
+    let stack = resolve_stack(&dir, req.stack, repo.config.as_ref())?;
     if !has_http_backend(&dir)? {
         bail!("{} has no `backend \"http\"` block; add the block printed by `airlock backend-config {stack}`", dir.display());
     }
-    let (lineage, serial) = stack_position(&c, &stack)?;
+    let (lineage, serial) = stack_position(c, &stack)?;
     let plan_token = c.send(
         "POST",
         &format!("/api/v1/stacks/{}/plan-token", stack_segment(&stack)),
@@ -403,20 +475,23 @@ pub fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
     let env = phase_env(std::env::vars(), &apply_profile, token);
     let state_url = format!("{}/state/{stack}", c.base());
 
-    init(&args.terraform_bin, &dir, &state_url, &env)?;
+    init(req.terraform_bin, &dir, &state_url, &env)?;
     let work = tempfile_dir()?;
     let plan_path = work.join("plan.tfplan");
-    let plan_args: Vec<String> = vec![
+    let mut plan_args: Vec<String> = vec![
         "plan".into(),
         "-input=false".into(),
         "-lock-timeout=120s".into(),
         format!("-out={}", plan_path.display()),
     ];
-    let done = run_streaming(terraform(&args.terraform_bin, &dir, &plan_args), &env)?;
+    if req.destroy {
+        plan_args.push("-destroy".into());
+    }
+    let done = run_streaming(terraform(req.terraform_bin, &dir, &plan_args), &env)?;
     if !done.status.success() && !plan_path.is_file() {
         bail!("terraform plan failed ({}) and wrote no plan", done.status);
     }
-    let show = show_json(&args.terraform_bin, &dir, &plan_path, &env)?;
+    let show = show_json(req.terraform_bin, &dir, &plan_path, &env)?;
     if !show.status.success() {
         bail!(
             "terraform show -json failed: {}",
@@ -427,7 +502,7 @@ pub fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
     let version = serde_json::from_slice::<PlanVersion>(&show.stdout)
         .map(|v| v.terraform_version)
         .context("reading terraform_version from the plan JSON")?;
-    if stack_position(&c, &stack)? != (lineage.clone(), serial) {
+    if stack_position(c, &stack)? != (lineage.clone(), serial) {
         bail!("the state of {stack} changed while planning; plan again");
     }
     let files = input_files(&repo.root, &dir).context("listing the run's input files")?;
@@ -444,6 +519,7 @@ pub fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
     let plan_bin = std::fs::read(&plan_path)?;
     let lockfile = std::fs::read(dir.join(".terraform.lock.hcl")).ok();
     let _ = std::fs::remove_dir_all(&work);
+    let origin = &req.origin;
     let body = json!({
         "fingerprint": fp,
         "inputs": files,
@@ -452,33 +528,36 @@ pub fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
         "planned_serial": serial,
         "planned_dir": relative_dir(&repo.root, &dir),
         "policies": policies,
-        "git_head": git(&dir, &["rev-parse", "HEAD"]),
-        "git_base": std::env::var("AIRLOCK_GIT_BASE").ok(),
+        "git_head": origin.head.clone().or_else(|| git(&dir, &["rev-parse", "HEAD"])),
+        "git_base": origin.base.clone().or_else(|| std::env::var("AIRLOCK_GIT_BASE").ok()),
+        "change_request": origin.change_request,
+        "change_request_url": origin.change_request_url,
         "config": repo.config.as_ref().map(|(_, text, _)| text.clone()),
         "plan_b64": B64.encode(&plan_bin),
         "plan_json_b64": B64.encode(&show.stdout),
         "lockfile_b64": lockfile.map(|l| B64.encode(l)),
     });
-    let v = c.send(
+    let response = c.send(
         "POST",
         &format!("/api/v1/stacks/{}/runs", stack_segment(&stack)),
         &body,
     )?;
-    if let Some(path) = &args.summary_file {
-        let md = format!(
-            "**airlock run `{}`** on `{stack}`\n\n{}\n\nNext: {}\n",
-            s(&v, "/run/id"),
-            v["summary_markdown"].as_str().unwrap_or_default(),
-            s(&v, "/next")
-        );
-        std::fs::write(path, md).with_context(|| format!("writing {}", path.display()))?;
-    }
-    c.print(&v, run_text);
-    Ok(if v["run"]["decision"].as_str() == Some("deny") {
-        ExitCode::from(2)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(Planned { stack, response })
+}
+
+/// The fingerprint a checkout's inputs for the stack at `dir` have under `terraform_version`,
+/// with the files it covers: what `airlock apply` sends, and what `airlock ci` compares runs
+/// with.
+pub fn checkout_fingerprint(
+    dir: &Path,
+    terraform_version: &str,
+) -> anyhow::Result<(String, Vec<InputFile>)> {
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("{} is not a directory", dir.display()))?;
+    let repo = find_repo(&dir)?;
+    let files = input_files(&repo.root, &dir).context("listing the checkout's input files")?;
+    Ok((inputs::fingerprint(terraform_version, &files), files))
 }
 
 /// A private scratch directory for plan files, outside the checkout (so it never changes the
@@ -490,7 +569,7 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
 }
 
 /// Percent-encodes a query-string value.
-fn query_value(v: &str) -> String {
+pub fn query_value(v: &str) -> String {
     v.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
@@ -724,13 +803,53 @@ fn plan_difference(shown: &[u8], judged: &[u8]) -> anyhow::Result<Option<String>
 /// `airlock apply ID`: exactly the approved plan, with the run-bound token only.
 pub fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     let c = Client::new(&args.client)?;
-    let run = c.get(&format!("/api/v1/runs/{}", args.id))?;
+    let applied = apply_run(&c, &args.id, args.dir.as_deref(), &args.terraform_bin)?;
+    c.print(&applied.response, |v| {
+        format!("run {} {}\n", s(v, "/run/id"), s(v, "/run/status"))
+    });
+    Ok(match applied.outcome {
+        ApplyOutcome::Applied => ExitCode::SUCCESS,
+        ApplyOutcome::Refused(check) => {
+            eprintln!("error: {check}");
+            ExitCode::from(2)
+        }
+        ApplyOutcome::Failed => ExitCode::from(1),
+    })
+}
+
+/// How an apply ended (once the server has started it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApplyOutcome {
+    /// Terraform applied the plan.
+    Applied,
+    /// A check refused the plan before Terraform ran (the message says which).
+    Refused(String),
+    /// Terraform ran and failed (its log is the run's).
+    Failed,
+}
+
+/// An apply the server recorded: its answer to `finish` (the run) and the outcome.
+pub struct Applied {
+    pub response: Value,
+    pub outcome: ApplyOutcome,
+}
+
+/// Applies exactly the approved plan of run `id` with a run-bound token, after every check:
+/// the one implementation behind `airlock apply` and `airlock ci apply`. `dir`: the stack's
+/// directory (default: where the run was planned, under the current checkout's root).
+pub fn apply_run(
+    c: &Client,
+    id: &str,
+    dir: Option<&Path>,
+    terraform_bin: &str,
+) -> anyhow::Result<Applied> {
+    let run = c.get(&format!("/api/v1/runs/{id}"))?;
     let stack = run["run"]["stack"]
         .as_str()
         .context("run has no stack")?
         .to_owned();
     // The stack's directory: --dir, else where the run was planned, under this checkout's root.
-    let (repo, dir) = match &args.dir {
+    let (repo, dir) = match dir {
         Some(d) => {
             let dir = d
                 .canonicalize()
@@ -744,8 +863,7 @@ pub fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
             let dir = repo.root.join(planned);
             let dir = dir.canonicalize().with_context(|| {
                 format!(
-                    "run {} was planned in {planned} (relative to the repository root {}), which does not exist here; pass --dir",
-                    args.id,
+                    "run {id} was planned in {planned} (relative to the repository root {}), which does not exist here; pass --dir",
                     repo.root.display()
                 )
             })?;
@@ -765,7 +883,7 @@ pub fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     let fp = inputs::fingerprint(&version, &files);
     let started = c.send(
         "POST",
-        &format!("/api/v1/runs/{}/apply", args.id),
+        &format!("/api/v1/runs/{id}/apply"),
         &json!({"fingerprint": fp, "inputs": files}),
     )?;
     let token = started["token"]
@@ -777,28 +895,22 @@ pub fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         .context("the server sent no plan hash")?
         .to_owned();
     // From here on, every outcome is reported to the server with the run-bound token.
-    let run_client = Client::new(&ClientArgs {
-        url: c.base().to_owned(),
-        token: Some(token.clone()),
-        ca_cert: args.client.ca_cert.clone(),
-        format: args.client.format,
-    })?;
+    let run_client = c.with_token(token.clone());
     let finish = |success: bool, log: &[u8], check: &str| {
         run_client.send(
             "POST",
-            &format!("/api/v1/runs/{}/finish", args.id),
+            &format!("/api/v1/runs/{id}/finish"),
             &json!({"success": success, "log_b64": B64.encode(log), "plan_check": check}),
         )
     };
-    let plan_bin =
-        run_client.get_bytes(&format!("/api/v1/runs/{}/artifacts/plan.tfplan", args.id))?;
+    let plan_bin = run_client.get_bytes(&format!("/api/v1/runs/{id}/artifacts/plan.tfplan"))?;
     let got = hex::encode(Sha256::digest(&plan_bin));
     if got != approved {
         let msg = format!("the downloaded plan (SHA-256 {got}) is not the approved plan ({approved}); refusing to apply");
         finish(false, msg.as_bytes(), "plan hash mismatch: not applied")?;
         bail!(msg);
     }
-    let judged = run_client.get_bytes(&format!("/api/v1/runs/{}/artifacts/plan.json", args.id))?;
+    let judged = run_client.get_bytes(&format!("/api/v1/runs/{id}/artifacts/plan.json"))?;
     let env = phase_env(std::env::vars(), &plan_profile, &token);
     let work = tempfile_dir()?;
     let plan_path = work.join("plan.tfplan");
@@ -807,7 +919,7 @@ pub fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     let mut log = Vec::new();
     let mut check = String::new();
     let outcome = (|| -> anyhow::Result<bool> {
-        init(&args.terraform_bin, &dir, &state_url, &env)?;
+        init(terraform_bin, &dir, &state_url, &env)?;
         // `terraform apply PLAN` runs the plan's embedded configuration and writes to the plan's
         // backend, whatever this checkout holds: both must be this checkout's and this server's.
         if let Err(e) = embedded_plan_is_this_checkouts(&plan_bin, &dir, &state_url) {
@@ -816,7 +928,7 @@ pub fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
             return Ok(false);
         }
         // Terraform itself reads the binary about to be applied; it must say what was reviewed.
-        let show = show_json(&args.terraform_bin, &dir, &plan_path, &env)?;
+        let show = show_json(terraform_bin, &dir, &plan_path, &env)?;
         if !show.status.success() {
             check = "terraform show -json of the approved plan failed: not applied".into();
             log = show.stderr;
@@ -837,25 +949,20 @@ pub fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
             "-lock-timeout=120s".into(),
             plan_path.display().to_string(),
         ];
-        let done = run_streaming(terraform(&args.terraform_bin, &dir, &apply_args), &env)?;
+        let done = run_streaming(terraform(terraform_bin, &dir, &apply_args), &env)?;
         log = done.log;
         Ok(done.status.success())
     })();
     let _ = std::fs::remove_dir_all(&work);
     let success = matches!(outcome, Ok(true));
-    let v = finish(success, &log, &check)?;
-    c.print(&v, |v| {
-        format!("run {} {}\n", s(v, "/run/id"), s(v, "/run/status"))
-    });
-    match outcome {
-        Ok(true) => Ok(ExitCode::SUCCESS),
-        Ok(false) if check.ends_with("not applied") => {
-            eprintln!("error: {check}");
-            Ok(ExitCode::from(2))
-        }
-        Ok(false) => Ok(ExitCode::from(1)),
-        Err(e) => Err(e),
-    }
+    let response = finish(success, &log, &check)?;
+    let outcome = match outcome {
+        Ok(true) => ApplyOutcome::Applied,
+        Ok(false) if check.ends_with("not applied") => ApplyOutcome::Refused(check),
+        Ok(false) => ApplyOutcome::Failed,
+        Err(e) => return Err(e),
+    };
+    Ok(Applied { response, outcome })
 }
 
 #[cfg(test)]

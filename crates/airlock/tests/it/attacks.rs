@@ -489,6 +489,25 @@ fn hostile_run_uploads_get_a_clear_400() {
             "relative path",
         ),
         (mutate(&|b| b["surprise"] = json!(1)), "unknown field"),
+        // The change request's URL is shown to approvers as a link.
+        (
+            mutate(&|b| b["change_request_url"] = json!("javascript:alert(1)")),
+            "change_request_url must be an http(s) URL",
+        ),
+        (
+            mutate(&|b| b["change_request_url"] = json!("https://e.example/a b")),
+            "change_request_url must be an http(s) URL",
+        ),
+        (
+            mutate(&|b| {
+                b["change_request_url"] = json!(format!("https://e.example/{}", "a".repeat(3000)))
+            }),
+            "change_request_url must be an http(s) URL",
+        ),
+        (
+            mutate(&|b| b["change_request"] = json!(-1)),
+            "expected u64",
+        ),
         (
             mutate(&|b| {
                 // A claimed version that is not the binary's, with a consistent fingerprint.

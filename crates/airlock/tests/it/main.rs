@@ -4,6 +4,7 @@ mod attacks;
 mod check;
 mod ci_affected;
 mod ci_init;
+mod ci_pr;
 mod client;
 mod firewall_identity;
 mod forge;

@@ -12,6 +12,8 @@ use crate::cli::CiCommand;
 
 pub mod affected;
 pub mod apply;
+pub mod comment;
+pub mod flow;
 pub mod forge;
 pub mod init;
 pub mod plan;

@@ -1,10 +1,278 @@
-//! `airlock ci plan` (being written; see the ci module).
+//! `airlock ci plan`: a governed run per affected stack (exactly as `airlock plan` makes one),
+//! a commit status per stack, and the sticky comment; `--refresh` re-reads the runs instead
+//! (after an approval) and updates both. Outside CI the comment is printed.
 
+use std::path::Path;
 use std::process::ExitCode;
 
-use crate::cli::CiPlanArgs;
+use anyhow::Context;
+use serde_json::{json, Value};
+
+use super::comment::{self, Light, Report, StackResult};
+use super::flow::{self, Sink, Target, Targets};
+use crate::cli::{CiPlanArgs, OutputFormat};
+use crate::commands::client::{s, Client};
+use crate::commands::run::{checkout_fingerprint, plan_run, query_value, Origin, PlanRequest};
+
+/// How many of a stack's newest runs are searched for one with the checkout's inputs.
+const EXISTING_RUNS: u32 = 50;
 
 /// Runs `airlock ci plan`.
-pub fn run(_args: CiPlanArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("airlock ci plan is not implemented yet")
+pub fn run(args: CiPlanArgs) -> anyhow::Result<ExitCode> {
+    let c = Client::new(&args.client)?;
+    let root = flow::repo_root()?;
+    let mut sink = Sink::from_env(args.print)?;
+    let targets = if args.stacks.is_empty() {
+        let base = args.base.clone().or_else(|| sink.job.base_sha.clone()).context(
+            "no base to compare with: pass --base REF (e.g. --base main); in CI the pull request's base commit is used",
+        )?;
+        flow::affected_targets(&root, &base, "HEAD")?
+    } else {
+        flow::explicit_targets(&root, &args.stacks)?
+    };
+    let head = sink
+        .job
+        .head_sha
+        .clone()
+        .or_else(|| targets.head.clone())
+        .or_else(|| flow::git_head(&root));
+    let results: Vec<StackResult> = targets
+        .stacks
+        .iter()
+        .map(|t| {
+            let result = if args.refresh {
+                refresh_one(&c, &root, t)
+            } else {
+                sink.progress(head.as_deref(), &t.name, "planning");
+                plan_one(
+                    &c,
+                    &root,
+                    t,
+                    &args.terraform_bin,
+                    &sink,
+                    &targets,
+                    head.clone(),
+                )
+            };
+            let (light, description) = light_of(&result);
+            sink.status(head.as_deref(), &t.name, light, &description);
+            result
+        })
+        .collect();
+    let report = Report {
+        server_url: c.base().to_owned(),
+        head: head.clone(),
+        stacks: results,
+        removed: targets.removed.clone(),
+        ..Report::default()
+    };
+    let body = comment::render(&report);
+    let mut posted = None;
+    if sink.posts() {
+        match sink.job.change {
+            Some(n) => posted = sink.comment(n, &body),
+            None => sink.warnings.push(
+                "this job's event names no pull/merge request: the comment is printed instead of posted".into(),
+            ),
+        }
+    }
+    let mut warnings = std::mem::take(&mut sink.warnings);
+    flow::step_summary(&body, &mut warnings);
+    sink.warnings = warnings;
+    print_outcome(&c, &report, &body, posted.as_deref(), sink.posts());
+    sink.warn();
+    Ok(ExitCode::from(exit_code(&report.stacks)))
+}
+
+/// Plans one stack through `airlock plan`'s own code.
+fn plan_one(
+    c: &Client,
+    root: &Path,
+    t: &Target,
+    terraform_bin: &str,
+    sink: &Sink,
+    targets: &Targets,
+    head: Option<String>,
+) -> StackResult {
+    match existing_run(c, root, t) {
+        Ok(Some(found)) if reusable(&found) => {
+            eprintln!(
+                "airlock ci plan: stack {}: run {} is for exactly these inputs and still current; reusing it",
+                t.name,
+                s(&found, "/run/id")
+            );
+            return StackResult::Run {
+                stack: t.name.clone(),
+                run: found["run"].clone(),
+            };
+        }
+        Ok(_) => {}
+        Err(e) => eprintln!(
+            "warning: could not look for an existing run of stack {}: {e:#}",
+            t.name
+        ),
+    }
+    eprintln!("airlock ci plan: planning stack {} in {}", t.name, t.dir);
+    let planned = plan_run(
+        c,
+        &PlanRequest {
+            dir: &root.join(&t.dir),
+            stack: Some(&t.name),
+            destroy: t.destroy,
+            terraform_bin,
+            origin: Origin {
+                head,
+                base: sink.job.base_sha.clone().or_else(|| targets.base.clone()),
+                change_request: sink.job.change,
+                change_request_url: sink.job.change_url.clone(),
+            },
+        },
+    );
+    match planned {
+        Ok(p) => StackResult::Run {
+            stack: t.name.clone(),
+            run: p.response["run"].clone(),
+        },
+        Err(e) => StackResult::Failed {
+            stack: t.name.clone(),
+            error: format!("{e:#}"),
+        },
+    }
+}
+
+/// The newest run of the stack whose inputs are exactly the checkout's (whatever commit or
+/// pull request its planner claims), with whether the stack is still where it was planned
+/// (`GET /api/v1/runs/{id}`: `run`, `current`).
+fn existing_run(c: &Client, root: &Path, t: &Target) -> anyhow::Result<Option<Value>> {
+    let listed = c.get(&format!(
+        "/api/v1/runs?stack={}&limit={EXISTING_RUNS}",
+        query_value(&t.name)
+    ))?;
+    let mut fingerprints: std::collections::BTreeMap<String, String> = Default::default();
+    for r in listed["runs"].as_array().into_iter().flatten() {
+        let version = r["terraform_version"].as_str().unwrap_or_default();
+        if !fingerprints.contains_key(version) {
+            let (fp, _) = checkout_fingerprint(&root.join(&t.dir), version)?;
+            fingerprints.insert(version.to_owned(), fp);
+        }
+        if r["fingerprint"].as_str() == fingerprints.get(version).map(String::as_str) {
+            let id = r["id"].as_str().unwrap_or_default();
+            return Ok(Some(c.get(&format!("/api/v1/runs/{id}"))?));
+        }
+    }
+    Ok(None)
+}
+
+/// An open run for the checkout's inputs that the stack has not moved past: planning again would
+/// only make the reviewers' approvals start over.
+fn reusable(found: &Value) -> bool {
+    matches!(
+        found["run"]["status"].as_str(),
+        Some("needs_approval" | "approved")
+    ) && found["current"] == true
+}
+
+/// For `--refresh`: the newest run for the checkout's inputs.
+fn refresh_one(c: &Client, root: &Path, t: &Target) -> StackResult {
+    match existing_run(c, root, t) {
+        Ok(Some(found)) => StackResult::Run {
+            stack: t.name.clone(),
+            run: found["run"].clone(),
+        },
+        Ok(None) => StackResult::Failed {
+            stack: t.name.clone(),
+            error: format!(
+                "no run of stack {} for this checkout's inputs: run airlock ci plan",
+                t.name
+            ),
+        },
+        Err(e) => StackResult::Failed {
+            stack: t.name.clone(),
+            error: format!("{e:#}"),
+        },
+    }
+}
+
+fn light_of(r: &StackResult) -> (Light, String) {
+    match r {
+        StackResult::Run { run, .. } => comment::status_of(run),
+        StackResult::Failed { error, .. } => (
+            Light::Error,
+            error.lines().next().unwrap_or("failed").to_owned(),
+        ),
+    }
+}
+
+/// 1 if any stack failed to plan, else 2 if any plan is denied, else 0 (allowed or in review).
+fn exit_code(results: &[StackResult]) -> u8 {
+    let failed = results
+        .iter()
+        .any(|r| matches!(r, StackResult::Failed { .. }));
+    let denied = results.iter().any(|r| match r {
+        StackResult::Run { run, .. } => run["decision"].as_str() == Some("deny"),
+        StackResult::Failed { .. } => false,
+    });
+    if failed {
+        1
+    } else if denied {
+        2
+    } else {
+        0
+    }
+}
+
+fn print_outcome(c: &Client, report: &Report, body: &str, posted: Option<&str>, posts: bool) {
+    let stacks: Vec<Value> = report
+        .stacks
+        .iter()
+        .map(|r| {
+            let (light, description) = light_of(r);
+            match r {
+                StackResult::Run { stack, run } => json!({
+                    "stack": stack, "run": run["id"], "status": run["status"],
+                    "decision": run["decision"], "commit_status": format!("{light:?}").to_lowercase(),
+                    "description": description,
+                }),
+                StackResult::Failed { stack, error } => json!({
+                    "stack": stack, "error": error,
+                    "commit_status": "error", "description": description,
+                }),
+            }
+        })
+        .collect();
+    let removed: Vec<Value> = report
+        .removed
+        .iter()
+        .map(|r| json!({"stack": r.stack, "dir": r.dir, "declared": r.declared}))
+        .collect();
+    let v = json!({"stacks": stacks, "removed": removed, "comment_url": posted, "comment": body});
+    c.print(&v, |v| {
+        if !posts || c.format == OutputFormat::Json {
+            return body.to_owned();
+        }
+        let mut out = String::new();
+        for st in v["stacks"].as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "{}: {} ({})\n",
+                s(st, "/stack"),
+                s(st, "/description"),
+                if st["run"].is_null() {
+                    "no run".to_owned()
+                } else {
+                    s(st, "/run")
+                }
+            ));
+        }
+        for r in v["removed"].as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "this removes stack {} (directory {} deleted)\n",
+                s(r, "/stack"),
+                s(r, "/dir")
+            ));
+        }
+        if let Some(url) = v["comment_url"].as_str() {
+            out.push_str(&format!("comment: {url}\n"));
+        }
+        out
+    });
 }

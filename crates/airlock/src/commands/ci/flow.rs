@@ -1,0 +1,308 @@
+//! What `airlock ci plan` and `airlock ci apply` share: the stacks to act on (the affected set,
+//! or `--stack`), and where results go (the forge's comment and statuses, or the terminal).
+//! Posting never decides an outcome: a failed post is a warning naming the fix.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde_json::Value;
+
+use super::comment::{self, Light};
+use super::forge::{Forge, StatusState};
+use crate::commands::client::{printable, Client};
+
+/// The repository root: the nearest directory at or above the current one holding airlock.hcl.
+pub fn repo_root() -> anyhow::Result<PathBuf> {
+    let cwd = std::env::current_dir()?.canonicalize()?;
+    cwd.ancestors()
+        .find(|d| d.join(airlock_core::inputs::CONFIG_PATH).is_file())
+        .map(Path::to_path_buf)
+        .with_context(|| {
+            format!(
+                "no airlock.hcl in {} or its parents: run airlock ci in the repository",
+                cwd.display()
+            )
+        })
+}
+
+/// One stack to plan or apply.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub name: String,
+    /// Directory relative to the repository root.
+    pub dir: String,
+    /// `destroy = true` in airlock.hcl: plan with `-destroy`.
+    pub destroy: bool,
+}
+
+/// The stacks to act on, in dependency order, and the stacks the change removes.
+#[derive(Debug, Default)]
+pub struct Targets {
+    pub base: Option<String>,
+    pub head: Option<String>,
+    pub stacks: Vec<Target>,
+    pub removed: Vec<comment::Removed>,
+}
+
+/// `--stack` names looked up in airlock.hcl.
+pub fn explicit_targets(root: &Path, names: &[String]) -> anyhow::Result<Targets> {
+    let path = root.join(airlock_core::inputs::CONFIG_PATH);
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let config = airlock_policy::config::parse(&text, &path.display().to_string())?;
+    let mut stacks = Vec::new();
+    for name in names {
+        let Some(block) = config.stack(name) else {
+            bail!("airlock.hcl has no stack block {name:?}");
+        };
+        let Some(dir) = &block.dir else {
+            bail!("the stack block {name:?} of airlock.hcl has no dir");
+        };
+        stacks.push(Target {
+            name: name.clone(),
+            dir: dir.clone(),
+            destroy: false,
+        });
+    }
+    Ok(Targets {
+        stacks,
+        ..Targets::default()
+    })
+}
+
+/// A forge to post to (implemented by `forge.rs`).
+pub trait Remote {
+    fn set_status(
+        &self,
+        sha: &str,
+        context: &str,
+        light: Light,
+        description: &str,
+        target_url: Option<&str>,
+    ) -> Result<(), String>;
+    /// Creates or updates the comment starting with `marker`; returns its URL.
+    fn upsert_comment(&self, change: u64, marker: &str, body: &str) -> Result<String, String>;
+    /// Whether a pending status can be followed by another pending one with a new description
+    /// (GitHub). GitLab refuses `pending -> pending`, so there the "planning" status is left
+    /// out and the first status is "needs N approvals".
+    fn repeats_pending(&self) -> bool;
+}
+
+/// What the CI environment says about this job.
+#[derive(Debug, Clone, Default)]
+pub struct Job {
+    /// The pull/merge request (none on a push).
+    pub change: Option<u64>,
+    /// Its web URL.
+    pub change_url: Option<String>,
+    /// The commit statuses are set on (the pull request's head, or the pushed commit).
+    pub head_sha: Option<String>,
+    /// The pull request's base commit.
+    pub base_sha: Option<String>,
+}
+
+/// Where results go.
+pub struct Sink {
+    remote: Option<Box<dyn Remote>>,
+    pub job: Job,
+    /// Posting problems, each with its fix; printed at the end, never changing the exit code.
+    pub warnings: Vec<String>,
+}
+
+impl Sink {
+    /// The terminal only.
+    pub fn local() -> Sink {
+        Sink {
+            remote: None,
+            job: Job::default(),
+            warnings: Vec::new(),
+        }
+    }
+
+    /// The forge of this CI job, if any (`print`: the terminal anyway).
+    pub fn from_env(print: bool) -> anyhow::Result<Sink> {
+        let mut sink = forge_remote()?.map_or_else(Sink::local, |(remote, job)| Sink {
+            remote: Some(remote),
+            job,
+            warnings: Vec::new(),
+        });
+        if print {
+            sink.remote = None;
+        }
+        Ok(sink)
+    }
+
+    pub fn posts(&self) -> bool {
+        self.remote.is_some()
+    }
+
+    /// Sets the status `airlock/STACK` on `sha`.
+    pub fn status(&mut self, sha: Option<&str>, stack: &str, light: Light, description: &str) {
+        let (Some(remote), Some(sha)) = (&self.remote, sha) else {
+            return;
+        };
+        let description: String = description.chars().take(140).collect();
+        if let Err(e) =
+            remote.set_status(sha, &format!("airlock/{stack}"), light, &description, None)
+        {
+            self.warnings
+                .push(format!("could not set the status airlock/{stack}: {e}"));
+        }
+    }
+
+    /// A pending status saying what is in progress, where the forge can replace it by another
+    /// pending one afterwards.
+    pub fn progress(&mut self, sha: Option<&str>, stack: &str, description: &str) {
+        if self.remote.as_ref().is_some_and(|r| r.repeats_pending()) {
+            self.status(sha, stack, Light::Pending, description);
+        }
+    }
+
+    /// Posts (or updates) the sticky comment on `change`.
+    pub fn comment(&mut self, change: u64, body: &str) -> Option<String> {
+        let remote = self.remote.as_ref()?;
+        match remote.upsert_comment(change, comment::MARKER, body) {
+            Ok(url) => Some(url),
+            Err(e) => {
+                self.warnings
+                    .push(format!("could not post the comment on #{change}: {e}"));
+                None
+            }
+        }
+    }
+
+    /// Prints the warnings to stderr.
+    pub fn warn(&self) {
+        for w in &self.warnings {
+            eprintln!("warning: {}", printable(w));
+        }
+    }
+}
+
+/// Appends `markdown` to `$GITHUB_STEP_SUMMARY` when the job has one.
+pub fn step_summary(markdown: &str, warnings: &mut Vec<String>) {
+    let Some(path) = std::env::var_os("GITHUB_STEP_SUMMARY").filter(|p| !p.is_empty()) else {
+        return;
+    };
+    use std::io::Write;
+    let written = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&path)
+        .and_then(|mut f| f.write_all(markdown.as_bytes()));
+    if let Err(e) = written {
+        warnings.push(format!(
+            "could not write $GITHUB_STEP_SUMMARY ({}): {e}",
+            PathBuf::from(path).display()
+        ));
+    }
+}
+
+/// The full record of run `id` (`run` of `GET /api/v1/runs/{id}`).
+pub fn fetch_run(c: &Client, id: &str) -> anyhow::Result<Value> {
+    Ok(c.get(&format!("/api/v1/runs/{id}"))?["run"].clone())
+}
+
+/// `git rev-parse HEAD` of the repository.
+pub fn git_head(root: &Path) -> Option<String> {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(root)
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// The stacks the change from the merge base of `base` and `head` affects
+/// (`airlock_runner::affected`), in dependency order.
+pub fn affected_targets(root: &Path, base: &str, head: &str) -> anyhow::Result<Targets> {
+    let set =
+        airlock_runner::affected::affected(root, base, head).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(Targets {
+        base: Some(set.base),
+        head: Some(set.head),
+        stacks: set
+            .stacks
+            .into_iter()
+            .map(|s| Target {
+                name: s.name,
+                dir: s.dir,
+                destroy: s.destroy,
+            })
+            .collect(),
+        removed: set
+            .removed
+            .into_iter()
+            .map(|r| comment::Removed {
+                stack: r.name,
+                dir: r.dir,
+                declared: r.declared,
+            })
+            .collect(),
+    })
+}
+
+impl Remote for Forge {
+    fn set_status(
+        &self,
+        sha: &str,
+        context: &str,
+        light: Light,
+        description: &str,
+        target_url: Option<&str>,
+    ) -> Result<(), String> {
+        let state = match light {
+            Light::Pending => StatusState::Pending,
+            Light::Success => StatusState::Success,
+            Light::Failure => StatusState::Failure,
+            Light::Error => StatusState::Error,
+        };
+        Forge::set_status(self, sha, context, state, description, target_url)
+            .map_err(|e| e.to_string())
+    }
+
+    fn upsert_comment(&self, change: u64, marker: &str, body: &str) -> Result<String, String> {
+        Forge::upsert_comment(self, change, marker, body).map_err(|e| e.to_string())
+    }
+
+    fn repeats_pending(&self) -> bool {
+        matches!(self, Forge::GitHub(_))
+    }
+}
+
+/// The forge of this CI job and what its environment says, if the job runs on one.
+fn forge_remote() -> anyhow::Result<Option<(Box<dyn Remote>, Job)>> {
+    let env = |k: &str| std::env::var(k).ok();
+    let Some(ctx) = Forge::from_env(&env)? else {
+        return Ok(None);
+    };
+    let change_url = ctx.change.and_then(|n| change_url(&ctx.forge, n, &env));
+    let job = Job {
+        change: ctx.change,
+        change_url,
+        head_sha: Some(ctx.head_sha),
+        base_sha: ctx.base_sha,
+    };
+    Ok(Some((Box::new(ctx.forge), job)))
+}
+
+/// The web URL of pull request / merge request `n`, from the CI's variables.
+fn change_url(forge: &Forge, n: u64, env: &dyn Fn(&str) -> Option<String>) -> Option<String> {
+    let base = match forge {
+        Forge::GitHub(_) => format!(
+            "{}/{}/pull/{n}",
+            env("GITHUB_SERVER_URL")?.trim_end_matches('/'),
+            env("GITHUB_REPOSITORY")?
+        ),
+        Forge::GitLab(_) => format!(
+            "{}/-/merge_requests/{n}",
+            env("CI_MERGE_REQUEST_PROJECT_URL")
+                .or_else(|| env("CI_PROJECT_URL"))?
+                .trim_end_matches('/')
+        ),
+    };
+    (base.starts_with("https://") || base.starts_with("http://")).then_some(base)
+}

@@ -1,0 +1,601 @@
+//! The pull-request workflow end to end: real git repositories and clones, real terraform, a
+//! real airlock server: `airlock ci plan` on a pull request, approval by a second person with
+//! the CLI, the refresh, the merge, `airlock ci apply` of exactly the reviewed run, and a merge
+//! that brings in another change refused with the re-plan message.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+use crate::forge::ForgeStandIn;
+use crate::support::{cli_in, team, text, Team};
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "dev")
+        .env("GIT_AUTHOR_EMAIL", "dev@example.com")
+        .env("GIT_COMMITTER_NAME", "dev")
+        .env("GIT_COMMITTER_EMAIL", "dev@example.com")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", dir)
+        .output()
+        .expect("running git");
+    assert!(out.status.success(), "git {args:?}: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn write(dir: &Path, path: &str, content: &str) {
+    let p = dir.join(path);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, content).unwrap();
+}
+
+const CONFIG: &str = r#"stack "app" {
+  dir = "stacks/app"
+}
+
+stack "net" {
+  dir = "stacks/net"
+}
+"#;
+
+fn resources(names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|n| format!("resource \"terraform_data\" \"{n}\" {{\n  input = \"{n}\"\n}}\n"))
+        .collect()
+}
+
+/// A bare "origin" with two stacks on `main`, as a forge would hold it.
+struct Origin {
+    _tmp: tempfile::TempDir,
+    bare: PathBuf,
+    work: PathBuf,
+}
+
+impl Origin {
+    fn new() -> Origin {
+        let tmp = tempfile::tempdir().unwrap();
+        let bare = tmp.path().join("origin.git");
+        let work = tmp.path().join("dev");
+        std::fs::create_dir_all(&work).unwrap();
+        git(
+            tmp.path(),
+            &["init", "-q", "--bare", "-b", "main", "origin.git"],
+        );
+        git(&work, &["init", "-q", "-b", "main"]);
+        write(&work, "airlock.hcl", CONFIG);
+        write(&work, ".gitignore", ".terraform/\n");
+        for stack in ["app", "net"] {
+            write(
+                &work,
+                &format!("stacks/{stack}/backend.tf"),
+                "terraform {\n  backend \"http\" {}\n}\n",
+            );
+            write(
+                &work,
+                &format!("stacks/{stack}/main.tf"),
+                &resources(&["base"]),
+            );
+        }
+        git(&work, &["add", "-A"]);
+        git(&work, &["commit", "-q", "-m", "two stacks"]);
+        git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
+        git(&work, &["push", "-q", "origin", "main"]);
+        Origin {
+            _tmp: tmp,
+            bare,
+            work,
+        }
+    }
+
+    /// A fresh clone at `rev`, as a CI job checks out.
+    fn checkout(&self, name: &str, rev: &str) -> PathBuf {
+        let dir = self.work.parent().unwrap().join(name);
+        git(
+            self.work.parent().unwrap(),
+            &["clone", "-q", self.bare.to_str().unwrap(), name],
+        );
+        git(&dir, &["checkout", "-q", rev]);
+        dir
+    }
+}
+
+/// `airlock ci ...` outside any CI (whatever the test runner's environment says).
+fn ci(t: &Team, token: &str, dir: &Path, args: &[&str]) -> Output {
+    ci_env(t, token, dir, args, &[])
+}
+
+fn ci_env(t: &Team, token: &str, dir: &Path, args: &[&str], env: &[(String, String)]) -> Output {
+    let mut all: Vec<(&str, &str)> = vec![
+        ("GITHUB_ACTIONS", ""),
+        ("GITLAB_CI", ""),
+        ("GITHUB_STEP_SUMMARY", ""),
+    ];
+    all.extend(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    cli_in(&t.s, token, dir, args, &all)
+}
+
+fn json(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(out)))
+}
+
+fn run_status(t: &Team, id: &str) -> Value {
+    serde_json::from_str(&t.s.ok(&t.s.admin, &["run", "show", id, "--format", "json"])).unwrap()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    GitHub,
+    GitLab,
+}
+
+const FORGE_TOKEN: &str = "forge-ci-token";
+
+/// The CI environment of one forge, as its runners set it, pointed at the stand-in.
+struct Forge {
+    kind: Kind,
+    f: ForgeStandIn,
+    events: tempfile::TempDir,
+}
+
+impl Forge {
+    fn new(kind: Kind) -> Forge {
+        Forge {
+            kind,
+            f: ForgeStandIn::start(FORGE_TOKEN),
+            events: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn summary(&self) -> PathBuf {
+        self.events.path().join("step-summary.md")
+    }
+
+    /// A pull/merge request job for change `n` with head `head` onto `base`.
+    fn pull_request(&self, n: u64, head: &str, base: &str) -> Vec<(String, String)> {
+        match self.kind {
+            Kind::GitHub => {
+                let event = self.events.path().join(format!("pr{n}.json"));
+                let payload = serde_json::json!({"pull_request": {"number": n, "head": {"sha": head}, "base": {"sha": base}}});
+                std::fs::write(&event, payload.to_string()).unwrap();
+                Self::vars(&[
+                    ("GITHUB_ACTIONS", "true"),
+                    ("GITHUB_REPOSITORY", "acme/infra"),
+                    ("GITHUB_EVENT_NAME", "pull_request"),
+                    ("GITHUB_EVENT_PATH", event.to_str().unwrap()),
+                    ("GITHUB_SHA", "3333333333333333333333333333333333333333"),
+                    ("GITHUB_REF", &format!("refs/pull/{n}/merge")),
+                    ("GITHUB_API_URL", &self.f.url_github()),
+                    ("GITHUB_SERVER_URL", "https://github.example"),
+                    ("GITHUB_TOKEN", FORGE_TOKEN),
+                    ("GITHUB_STEP_SUMMARY", self.summary().to_str().unwrap()),
+                ])
+            }
+            Kind::GitLab => Self::vars(&[
+                ("GITLAB_CI", "true"),
+                ("CI_PROJECT_ID", "42"),
+                ("CI_PROJECT_URL", "https://gitlab.example/acme/infra"),
+                ("CI_MERGE_REQUEST_IID", &n.to_string()),
+                ("CI_COMMIT_SHA", head),
+                ("CI_MERGE_REQUEST_DIFF_BASE_SHA", base),
+                ("CI_API_V4_URL", &self.f.url_gitlab()),
+                ("AIRLOCK_GITLAB_TOKEN", FORGE_TOKEN),
+            ]),
+        }
+    }
+
+    /// A push of `merge` (previous tip `before`) to the default branch.
+    fn push(&self, merge: &str, before: &str) -> Vec<(String, String)> {
+        match self.kind {
+            Kind::GitHub => {
+                let event = self.events.path().join(format!("push-{merge}.json"));
+                let payload = serde_json::json!({"before": before, "after": merge, "repository": {"default_branch": "main"}});
+                std::fs::write(&event, payload.to_string()).unwrap();
+                Self::vars(&[
+                    ("GITHUB_ACTIONS", "true"),
+                    ("GITHUB_REPOSITORY", "acme/infra"),
+                    ("GITHUB_EVENT_NAME", "push"),
+                    ("GITHUB_EVENT_PATH", event.to_str().unwrap()),
+                    ("GITHUB_SHA", merge),
+                    ("GITHUB_REF", "refs/heads/main"),
+                    ("GITHUB_API_URL", &self.f.url_github()),
+                    ("GITHUB_SERVER_URL", "https://github.example"),
+                    ("GITHUB_TOKEN", FORGE_TOKEN),
+                ])
+            }
+            Kind::GitLab => Self::vars(&[
+                ("GITLAB_CI", "true"),
+                ("CI_PROJECT_ID", "42"),
+                ("CI_PROJECT_URL", "https://gitlab.example/acme/infra"),
+                ("CI_COMMIT_SHA", merge),
+                ("CI_COMMIT_BEFORE_SHA", before),
+                ("CI_COMMIT_BRANCH", "main"),
+                ("CI_DEFAULT_BRANCH", "main"),
+                ("CI_API_V4_URL", &self.f.url_gitlab()),
+                ("AIRLOCK_GITLAB_TOKEN", FORGE_TOKEN),
+            ]),
+        }
+    }
+
+    /// The bodies of the comments (notes) on change `n`.
+    fn comments(&self, n: u64) -> Vec<String> {
+        let state = self.f.state();
+        let (list, key) = match self.kind {
+            Kind::GitHub => (&state["github"]["comments"], "issue"),
+            Kind::GitLab => (&state["gitlab"]["notes"], "iid"),
+        };
+        list.as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c[key].as_u64() == Some(n))
+            .map(|c| c["body"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// The statuses `context` of `sha`, oldest first: (state, description).
+    fn statuses(&self, sha: &str, context: &str) -> Vec<(String, String)> {
+        let state = self.f.state();
+        let (list, name, st) = match self.kind {
+            Kind::GitHub => (&state["github"]["statuses"], "context", "state"),
+            Kind::GitLab => (&state["gitlab"]["statuses"], "name", "status"),
+        };
+        list.as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["sha"] == sha && s[name] == context)
+            .map(|s| {
+                (
+                    s[st].as_str().unwrap().to_owned(),
+                    s["description"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    fn failure(&self) -> &str {
+        match self.kind {
+            Kind::GitHub => "failure",
+            Kind::GitLab => "failed",
+        }
+    }
+}
+
+/// The whole workflow on one forge: two stacks, a pull request that changes one, `ci plan` with
+/// change detection, approval with the CLI by a second person, the job re-run, the merge and
+/// `ci apply`; then a merge that brings in another change, refused.
+fn pull_request_workflow(kind: Kind) {
+    crate::support::terraform_bin();
+    let forge = Forge::new(kind);
+    let t = team("app");
+    t.s.ok(&t.s.admin, &["stack", "create", "net"]);
+    let origin = Origin::new();
+    let dev = &origin.work;
+    let base = git(dev, &["rev-parse", "HEAD"]);
+
+    // A pull request that changes one stack.
+    git(dev, &["checkout", "-q", "-b", "pr1"]);
+    write(dev, "stacks/app/main.tf", &resources(&["base", "added"]));
+    git(dev, &["commit", "-q", "-am", "app: add a resource"]);
+    git(dev, &["push", "-q", "origin", "pr1"]);
+    let pr_head = git(dev, &["rev-parse", "HEAD"]);
+
+    // The pull-request job: a fresh checkout, an agent-role token (plan and propose only).
+    let pr = origin.checkout("ci-pr1", &pr_head);
+    let env = forge.pull_request(7, &pr_head, &base);
+    let out = ci_env(&t, &t.agent, &pr, &["ci", "plan", "--format", "json"], &env);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let v = json(&out);
+    let stacks = v["stacks"].as_array().unwrap();
+    assert_eq!(stacks.len(), 1, "only the changed stack: {v:#}");
+    assert_eq!(stacks[0]["stack"], "app");
+    assert_eq!(stacks[0]["status"], "needs_approval");
+    let run = stacks[0]["run"].as_str().unwrap().to_owned();
+    let shown = run_status(&t, &run);
+    assert_eq!(shown["run"]["git_head"], pr_head.as_str());
+    assert_eq!(shown["run"]["git_base"].as_str().map(str::len), Some(40));
+    assert_eq!(shown["run"]["change_request"], 7);
+    let comments = forge.comments(7);
+    assert_eq!(comments.len(), 1, "one comment");
+    assert!(
+        comments[0].starts_with("<!-- airlock:ci-plan -->"),
+        "{}",
+        comments[0]
+    );
+    let escaped_run = run.replace('_', "&#95;");
+    assert!(
+        comments[0].contains(&format!("airlock approve {escaped_run}")),
+        "{}",
+        comments[0]
+    );
+    // GitLab cannot move a pending status to another pending one: no "planning" there.
+    let needs = ("pending".to_owned(), "needs 1 approval (0/1)".to_owned());
+    let expected = match kind {
+        Kind::GitHub => vec![("pending".to_owned(), "planning".to_owned()), needs],
+        Kind::GitLab => vec![needs],
+    };
+    assert_eq!(forge.statuses(&pr_head, "airlock/app"), expected);
+    assert!(forge.statuses(&pr_head, "airlock/net").is_empty());
+    if kind == Kind::GitHub {
+        let summary = std::fs::read_to_string(forge.summary()).unwrap();
+        assert!(summary.contains(&escaped_run), "{summary}");
+    }
+
+    // A second person approves with the CLI; re-running the job reuses the approved run (no new
+    // plan, no approval lost), updates the same comment and turns the status green.
+    t.s.ok(&t.approver, &["approve", &run]);
+    let out = ci_env(&t, &t.agent, &pr, &["ci", "plan", "--format", "json"], &env);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let v = json(&out);
+    assert_eq!(v["stacks"][0]["run"], run.as_str());
+    assert_eq!(
+        forge.statuses(&pr_head, "airlock/app").last().unwrap().0,
+        "success"
+    );
+    let comments = forge.comments(7);
+    assert_eq!(comments.len(), 1, "updated in place");
+    assert!(
+        comments[0].contains("approved; applied after merge"),
+        "{}",
+        comments[0]
+    );
+
+    // Merge with the same content: ci apply applies exactly the reviewed run.
+    git(dev, &["checkout", "-q", "main"]);
+    git(dev, &["merge", "-q", "--no-ff", "-m", "Merge pr1", "pr1"]);
+    git(dev, &["push", "-q", "origin", "main"]);
+    let merge = git(dev, &["rev-parse", "HEAD"]);
+    let main = origin.checkout("ci-main1", &merge);
+    let env = forge.push(&merge, &base);
+    let out = ci_env(&t, &t.ci, &main, &["ci", "apply", "--format", "json"], &env);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let v = json(&out);
+    assert_eq!(v["stacks"].as_array().unwrap().len(), 1, "{v:#}");
+    assert_eq!(v["stacks"][0]["run"], run.as_str(), "{v:#}");
+    assert_eq!(v["stacks"][0]["ok"], true, "{v:#}");
+    assert_eq!(run_status(&t, &run)["run"]["status"], "applied");
+    let serials = t.s.serials("app");
+    assert_eq!(serials.len(), 1, "one state version written: {serials:?}");
+    assert!(t.s.serials("net").is_empty());
+    let comments = forge.comments(7);
+    assert_eq!(comments.len(), 1, "still one comment");
+    assert!(
+        comments[0].contains("### Applied (merge commit")
+            && comments[0].contains(&format!(
+                "✅ <code>app</code> run <code>{escaped_run}</code>: applied run"
+            )),
+        "{}",
+        comments[0]
+    );
+    assert_eq!(
+        forge.statuses(&merge, "airlock/app").last().unwrap().0,
+        "success"
+    );
+
+    // A second pull request, reviewed; meanwhile main gets another change to the same stack.
+    git(dev, &["checkout", "-q", "-b", "pr2"]);
+    write(
+        dev,
+        "stacks/app/main.tf",
+        &resources(&["base", "added", "second"]),
+    );
+    git(dev, &["commit", "-q", "-am", "app: a second resource"]);
+    git(dev, &["push", "-q", "origin", "pr2"]);
+    let pr2_head = git(dev, &["rev-parse", "HEAD"]);
+    let pr2 = origin.checkout("ci-pr2", &pr2_head);
+    let env = forge.pull_request(8, &pr2_head, &merge);
+    let out = ci_env(
+        &t,
+        &t.agent,
+        &pr2,
+        &["ci", "plan", "--format", "json"],
+        &env,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let run2 = json(&out)["stacks"][0]["run"].as_str().unwrap().to_owned();
+    t.s.ok(&t.approver, &["approve", &run2]);
+    git(dev, &["checkout", "-q", "main"]);
+    write(dev, "stacks/app/extra.tf", &resources(&["sneaked"]));
+    git(dev, &["add", "-A"]);
+    git(dev, &["commit", "-q", "-m", "main: another change"]);
+    git(dev, &["merge", "-q", "--no-ff", "-m", "Merge pr2", "pr2"]);
+    git(dev, &["push", "-q", "origin", "main"]);
+    let merge2 = git(dev, &["rev-parse", "HEAD"]);
+    let main2 = origin.checkout("ci-main2", &merge2);
+    let env = forge.push(&merge2, &merge);
+    let out = ci_env(&t, &t.ci, &main2, &["ci", "apply"], &env);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let said = text(&out);
+    assert!(
+        said.contains("the merge brought in other changes; re-plan")
+            && said.contains("stacks/app/extra.tf")
+            && said.contains(&run2),
+        "{said}"
+    );
+    assert_eq!(run_status(&t, &run2)["run"]["status"], "approved");
+    assert_eq!(t.s.serials("app"), serials, "nothing applied");
+    let comments = forge.comments(8);
+    assert_eq!(comments.len(), 1);
+    assert!(
+        comments[0].contains("❌ <code>app</code>") && comments[0].contains("re-plan"),
+        "{}",
+        comments[0]
+    );
+    assert_eq!(
+        forge.statuses(&merge2, "airlock/app").last().unwrap().0,
+        forge.failure()
+    );
+    assert_eq!(forge.comments(7).len(), 1);
+    forge.f.assert_no_violations();
+}
+
+#[test]
+fn a_reviewed_pull_request_is_applied_after_merge_and_a_merge_with_other_changes_is_refused_github()
+{
+    pull_request_workflow(Kind::GitHub);
+}
+
+#[test]
+fn a_reviewed_merge_request_is_applied_after_merge_and_a_merge_with_other_changes_is_refused_gitlab(
+) {
+    pull_request_workflow(Kind::GitLab);
+}
+
+/// A run's commit and pull request are its planner's claims. A run planned from other content
+/// that claims the pull request's head commit (an uncommitted edit keeps `HEAD`), even once
+/// approved by mistake, never turns the pull request's status green and is never applied for
+/// the merged code.
+#[test]
+fn a_run_claiming_the_pull_requests_commit_counts_only_if_its_inputs_are_the_checkouts() {
+    crate::support::terraform_bin();
+    let t = team("app");
+    t.s.ok(&t.s.admin, &["stack", "create", "net"]);
+    let origin = Origin::new();
+    let dev = &origin.work;
+    git(dev, &["checkout", "-q", "-b", "pr"]);
+    write(dev, "stacks/app/main.tf", &resources(&["base", "added"]));
+    git(dev, &["commit", "-q", "-am", "app: add a resource"]);
+    git(dev, &["push", "-q", "origin", "pr"]);
+    let head = git(dev, &["rev-parse", "HEAD"]);
+    let pr = origin.checkout("ci-pr", &head);
+    let out = ci(
+        &t,
+        &t.agent,
+        &pr,
+        &["ci", "plan", "--stack", "app", "--format", "json"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let honest = json(&out)["stacks"][0]["run"].as_str().unwrap().to_owned();
+
+    // Another agent plans other content at the same commit (HEAD unchanged).
+    let mallory = t.s.token("mallory", "agent");
+    let evil = origin.checkout("evil", &head);
+    write(
+        &evil,
+        "stacks/app/main.tf",
+        &resources(&["base", "added", "backdoor"]),
+    );
+    let out = ci(
+        &t,
+        &mallory,
+        &evil,
+        &["ci", "plan", "--stack", "app", "--format", "json"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let forged = json(&out)["stacks"][0]["run"].as_str().unwrap().to_owned();
+    assert_eq!(run_status(&t, &forged)["run"]["git_head"], head.as_str());
+    t.s.ok(&t.approver, &["approve", &forged]);
+
+    // The refresh in the pull request's checkout reports the run for its inputs, not the newer
+    // approved one.
+    let out = ci(
+        &t,
+        &t.agent,
+        &pr,
+        &[
+            "ci",
+            "plan",
+            "--refresh",
+            "--stack",
+            "app",
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let v = json(&out);
+    assert_eq!(v["stacks"][0]["run"], honest.as_str(), "{v:#}");
+    assert_eq!(v["stacks"][0]["commit_status"], "pending", "{v:#}");
+    // When no run is for the checkout's inputs (here the checkout moved on), none counts.
+    write(
+        &pr,
+        "stacks/app/main.tf",
+        &resources(&["base", "added", "moved"]),
+    );
+    let out = ci(
+        &t,
+        &t.agent,
+        &pr,
+        &[
+            "ci",
+            "plan",
+            "--refresh",
+            "--stack",
+            "app",
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let v = json(&out);
+    assert_eq!(v["stacks"][0]["commit_status"], "error", "{v:#}");
+    assert!(
+        v["stacks"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("no run of stack app for this checkout's inputs"),
+        "{v:#}"
+    );
+    git(&pr, &["checkout", "--", "stacks/app/main.tf"]);
+
+    // After merge, only the run for the merged inputs counts: it is not approved, so nothing
+    // is applied, and the approved forged run is not touched.
+    git(dev, &["checkout", "-q", "main"]);
+    git(dev, &["merge", "-q", "--no-ff", "-m", "Merge pr", "pr"]);
+    git(dev, &["push", "-q", "origin", "main"]);
+    let main = origin.checkout("ci-main", &git(dev, &["rev-parse", "HEAD"]));
+    let out = ci(&t, &t.ci, &main, &["ci", "apply", "--stack", "app"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "run {honest} for these inputs is not approved yet"
+        )),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(run_status(&t, &forged)["run"]["status"], "approved");
+    assert!(t.s.serials("app").is_empty(), "nothing applied");
+}
+
+/// The forge refusing every request (a token without the workflow's permissions) neither hides
+/// the plan's result nor changes the exit code: the job says what to fix.
+#[test]
+fn forge_refusals_are_warnings_naming_the_fix_and_never_change_the_outcome() {
+    crate::support::terraform_bin();
+    let forge = Forge::new(Kind::GitHub);
+    let t = team("app");
+    t.s.ok(&t.s.admin, &["stack", "create", "net"]);
+    let origin = Origin::new();
+    let dev = &origin.work;
+    let base = git(dev, &["rev-parse", "HEAD"]);
+    git(dev, &["checkout", "-q", "-b", "pr"]);
+    write(dev, "stacks/net/main.tf", &resources(&["base", "added"]));
+    git(dev, &["commit", "-q", "-am", "net: add a resource"]);
+    git(dev, &["push", "-q", "origin", "pr"]);
+    let head = git(dev, &["rev-parse", "HEAD"]);
+    let pr = origin.checkout("ci-pr", &head);
+    forge.f.fail_next("GET", ".*", 100, 403, &[]);
+    forge.f.fail_next("POST", ".*", 100, 403, &[]);
+    let env = forge.pull_request(3, &head, &base);
+    let out = ci_env(&t, &t.agent, &pr, &["ci", "plan"], &env);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let said = text(&out);
+    assert!(said.contains("net: needs 1 approval"), "{said}");
+    assert!(
+        said.contains("warning: could not set the status airlock/net")
+            && said.contains("warning: could not post the comment on #3")
+            && said.contains("permission"),
+        "{said}"
+    );
+    assert!(forge.comments(3).is_empty());
+}
