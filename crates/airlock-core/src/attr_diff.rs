@@ -109,7 +109,10 @@ fn walk(v: &Value, path: String, out: &mut Flat) {
 /// Flattens `value`, marks `unknown` paths, then masks `sensitive` paths.
 pub fn flatten(value: &Value, sensitive: &[String], unknown: &[String]) -> Flat {
     let mut out = Flat::default();
-    walk(value, String::new(), &mut out);
+    // A null object (before a create, after a delete) has no attributes.
+    if !value.is_null() {
+        walk(value, String::new(), &mut out);
+    }
     for u in unknown {
         out.leaves.retain(|p, _| !under(p, u));
         out.leaves.insert(u.clone(), Leaf::Unknown);
