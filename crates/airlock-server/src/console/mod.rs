@@ -224,17 +224,22 @@ fn host_of(v: &str) -> &str {
 }
 
 /// Refuses a cross-site POST: `Sec-Fetch-Site` must be `same-origin` when a browser sends it,
-/// `Origin` must name this host when sent, and the form's CSRF token must be `expected`.
+/// `Origin` must name this host when sent (a `null` Origin only alongside a same-origin
+/// `Sec-Fetch-Site`: under `Referrer-Policy: no-referrer` browsers send `Origin: null` on every
+/// POST), and the form's CSRF token must be `expected`.
 pub fn check_post(headers: &HeaderMap, expected: &str, given: Option<&str>) -> Result<(), String> {
-    if let Some(site) = headers.get("sec-fetch-site") {
-        if site.as_bytes() != b"same-origin" {
-            return Err("cross-site request refused (Sec-Fetch-Site is not same-origin)".into());
+    let same_origin = match headers.get("sec-fetch-site") {
+        Some(site) if site.as_bytes() == b"same-origin" => true,
+        Some(_) => {
+            return Err("cross-site request refused (Sec-Fetch-Site is not same-origin)".into())
         }
-    }
+        None => false,
+    };
     if let Some(origin) = headers.get(header::ORIGIN) {
         let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-        let origin = origin.to_str().unwrap_or("null");
-        if origin == "null" || host != Some(host_of(origin)) {
+        let origin = origin.to_str().unwrap_or("");
+        let null_ok = origin == "null" && same_origin;
+        if !null_ok && host != Some(host_of(origin)) {
             return Err("cross-site request refused (Origin is not this server)".into());
         }
     }

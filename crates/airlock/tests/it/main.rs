@@ -3,6 +3,7 @@
 mod attacks;
 mod check;
 mod client;
+mod console;
 mod firewall_identity;
 mod hints;
 mod policies;
