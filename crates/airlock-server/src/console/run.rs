@@ -449,7 +449,7 @@ fn actions(ctx: &Ctx, id: &str, run: &Value, status: &str, destroys: usize) -> S
         esc(&text(&run["plan_sha256"])),
         esc(&text(&run["plan_sha256"])),
     );
-    if destroys > 0 {
+    if destroys > 0 && blocked.is_none() {
         let _ = write!(
             out,
             "<label>This run destroys <strong>{destroys}</strong> instance(s). Type {destroys} to confirm: \

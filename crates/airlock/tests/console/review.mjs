@@ -5,7 +5,8 @@
 //            stay text, the count is typed, the run is approved; cross-site posts are refused.
 //   applied  (after CI applied the run) the page shows the run applied with its log; the diff
 //            between the last two versions shows the removed instances.
-// Screenshots: $CONSOLE_ARTIFACTS/run-page.png, diff-page.png.
+// Screenshots: $CONSOLE_ARTIFACTS/run-review.png (before approval), run-page.png (applied),
+// diff-page.png.
 import { createRequire } from "node:module";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -80,7 +81,6 @@ async function reviewPhase() {
     b.disabled = false;
     b.removeAttribute("data-refused");
   });
-  await page.fill("#confirm-destroy", "2");
   await Promise.all([page.waitForNavigation(), page.click("#approve-button")]);
   const refusal = await page.textContent("#error");
   check(/approve/.test(refusal) && refusal.includes("403"), `agent: forced approve refused by the API: ${refusal.trim()}`);
@@ -119,7 +119,7 @@ async function reviewPhase() {
   check(await page.isDisabled("#approve-button"), "a wrong count keeps it disabled");
   await page.fill("#confirm-destroy", "2");
   check(!(await page.isDisabled("#approve-button")), "the exact count enables it");
-  await page.screenshot({ path: join(shots, "run-page.png"), fullPage: false });
+  await page.screenshot({ path: join(shots, "run-review.png"), fullPage: false });
   await Promise.all([page.waitForNavigation(), page.click("#approve-button")]);
   check((await page.textContent("#done")).includes("approval was recorded"), "approved");
   check((await page.textContent("#status")) === "approved", "the run is approved");

@@ -22,9 +22,9 @@ fn required_env(name: &str) -> String {
 
 /// Where screenshots go: `target/console-artifacts/`.
 fn artifacts_dir() -> PathBuf {
-    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target")
-    });
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
     let dir = target.join("console-artifacts");
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -66,7 +66,10 @@ fn browse(phase: &str, env: &[(&str, &str)]) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "browser phase {phase} failed:\n{text}");
+    assert!(
+        out.status.success(),
+        "browser phase {phase} failed:\n{text}"
+    );
     assert!(text.contains(&format!("phase {phase}: ok")), "{text}");
 }
 
@@ -120,7 +123,7 @@ fn an_approver_reviews_and_approves_an_agents_destructive_run_in_a_real_browser(
     assert!(out.status.success(), "{}", text(&out));
     browse("applied", &env);
     let shots = artifacts_dir();
-    for shot in ["run-page.png", "diff-page.png"] {
+    for shot in ["run-review.png", "run-page.png", "diff-page.png"] {
         let meta = std::fs::metadata(shots.join(shot)).expect(shot);
         assert!(meta.len() > 10_000, "{shot} is a real screenshot");
     }
