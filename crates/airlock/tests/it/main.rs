@@ -6,6 +6,7 @@ mod ci_affected;
 mod ci_init;
 mod ci_pr;
 mod client;
+mod console;
 mod firewall_identity;
 mod forge;
 mod hints;
