@@ -20,6 +20,7 @@
 )]
 
 pub mod address;
+pub mod attr_diff;
 pub mod audit;
 pub mod glob;
 pub mod inputs;

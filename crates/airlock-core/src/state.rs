@@ -74,6 +74,27 @@ pub struct Instance {
     pub object: ObjectIdentity,
     /// Fingerprint of the object's content (attributes, private data, status).
     pub fingerprint: u64,
+    /// Where the object's attributes and sensitive paths are in the parsed body (byte ranges,
+    /// not values: `attr_diff` reads them from the body on demand).
+    pub spans: ValueSpans,
+}
+
+/// Byte ranges of an instance's or output's values in the body it was parsed from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ValueSpans {
+    /// `attributes` (or `attributes_flat`), or an output's `value`.
+    pub value: Option<std::ops::Range<usize>>,
+    /// `sensitive_attributes`.
+    pub sensitive: Option<std::ops::Range<usize>>,
+}
+
+/// The range `raw` occupies in `body` (a `RawValue` borrowed from it).
+fn span_in(body: &str, raw: Option<&RawValue>) -> Option<std::ops::Range<usize>> {
+    let raw = raw?.get();
+    let start = (raw.as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
+    let end = start.checked_add(raw.len())?;
+    body.get(start..end)?;
+    Some(start..end)
 }
 
 /// Resource mode.
@@ -94,6 +115,8 @@ pub struct Output {
     pub sensitive: bool,
     /// Fingerprint of the value.
     pub fingerprint: u64,
+    /// Where the value is in the parsed body.
+    pub spans: ValueSpans,
 }
 
 /// What airlock knows about one state version.
@@ -372,6 +395,7 @@ struct InstanceV4<'a> {
     deposed: Option<String>,
     attributes: Option<&'a RawValue>,
     attributes_flat: Option<&'a RawValue>,
+    sensitive_attributes: Option<&'a RawValue>,
     identity: Option<&'a RawValue>,
     private: Option<&'a RawValue>,
 }
@@ -388,6 +412,7 @@ strict_object!(
             // Go keeps a JSON null here as the raw text `null`.
             4 => out.attributes = Some(map.next_value()?),
             5 => out.attributes_flat = map.next_value()?,
+            6 => out.sensitive_attributes = Some(map.next_value()?),
             8 => out.identity = map.next_value()?,
             9 => out.private = map.next_value()?,
             3 | 7 => {
@@ -713,8 +738,13 @@ impl StateSummary {
                 }
                 let object = object_identity(inst)
                     .map_err(|e| err(format!("{}: {e}", truncate(&address))))?;
-                let attrs = inst.attributes.or(inst.attributes_flat).map(RawValue::get);
+                let raw_attrs = inst.attributes.or(inst.attributes_flat);
+                let attrs = raw_attrs.map(RawValue::get);
                 instances.push(Instance {
+                    spans: ValueSpans {
+                        value: span_in(text, raw_attrs),
+                        sensitive: span_in(text, inst.sensitive_attributes),
+                    },
                     fingerprint: fingerprint(&[
                         attrs,
                         inst.private.map(RawValue::get),
@@ -743,6 +773,10 @@ impl StateSummary {
             .into_iter()
             .map(|(name, o)| Output {
                 fingerprint: fingerprint(&[o.value.map(RawValue::get)]),
+                spans: ValueSpans {
+                    value: span_in(text, o.value),
+                    sensitive: None,
+                },
                 name,
                 sensitive: o.sensitive,
             })

@@ -184,6 +184,9 @@ pub fn weakening(old: &Config, new: &Config, stack: &str) -> Vec<String> {
                 if o.production && !n.production {
                     out.push(format!("marks {stack} as no longer production"));
                 }
+                if n.destroy && !o.destroy {
+                    out.push(format!("declares the removal of {stack} (destroy = true)"));
+                }
                 if n.required_approvals < o.required_approvals {
                     out.push(format!(
                         "lowers required_approvals of {stack} from {} to {}",
@@ -234,19 +237,26 @@ pub fn parse(source: &str, file: &str) -> Result<Config, ConfigError> {
         line: Some(e.location().line()),
         message: format!("invalid HCL: {}", e.message()),
     })?;
-    Parser { source, file }.config(&body)
+    let newlines = source
+        .bytes()
+        .enumerate()
+        .filter(|&(_, b)| b == b'\n')
+        .map(|(i, _)| i)
+        .collect();
+    Parser { newlines, file }.config(&body)
 }
 
 struct Parser<'a> {
-    source: &'a str,
+    /// Offsets of the source's newlines: a span's line by binary search, not by rescanning
+    /// (a file with many blocks must not cost quadratic time).
+    newlines: Vec<usize>,
     file: &'a str,
 }
 
 impl Parser<'_> {
     fn line_of(&self, span: Option<std::ops::Range<usize>>) -> Option<usize> {
         let start = span?.start;
-        let before = self.source.get(..start)?;
-        Some(before.bytes().filter(|&b| b == b'\n').count() + 1)
+        Some(self.newlines.partition_point(|&n| n < start) + 1)
     }
 
     fn err(&self, span: Option<std::ops::Range<usize>>, message: String) -> ConfigError {
@@ -259,6 +269,7 @@ impl Parser<'_> {
 
     fn config(&self, body: &Body) -> Result<Config, ConfigError> {
         let mut config = Config::default();
+        let mut names = std::collections::HashSet::new();
         let mut saw_mass = false;
         for structure in body.iter() {
             let block = match structure {
@@ -277,7 +288,7 @@ impl Parser<'_> {
             match block.ident.as_str() {
                 "stack" => {
                     let stack = self.stack(block)?;
-                    if config.stack(&stack.name).is_some() {
+                    if !names.insert(stack.name.clone()) {
                         return Err(self.err(
                             block.span(),
                             format!("stack \"{}\" is declared twice", stack.name),
@@ -392,9 +403,11 @@ impl Parser<'_> {
             line: Some(s.line),
             message,
         };
+        let names: std::collections::HashSet<&str> =
+            config.stacks.iter().map(|s| s.name.as_str()).collect();
         for s in &config.stacks {
             for d in &s.depends_on {
-                if config.stack(d).is_none() {
+                if !names.contains(d.as_str()) {
                     return Err(at(
                         s,
                         format!(
@@ -845,6 +858,84 @@ mass_destruction {
             );
             assert!(shown.contains(text), "{src:?}: {shown}");
         }
+    }
+
+    #[test]
+    fn pull_request_attributes_and_dependency_order() {
+        let src = r#"
+stack "app" {
+  dir               = "stacks/app"
+  depends_on        = ["net", "db"]
+  also_when_changed = ["shared/*.json"]
+}
+stack "db" {
+  dir        = "stacks/db"
+  depends_on = ["net"]
+}
+stack "net" { dir = "stacks/net" }
+stack "old" {
+  dir     = "stacks/old"
+  destroy = true
+}
+"#;
+        let c = parse(src, "airlock.hcl").unwrap();
+        let app = c.stack("app").unwrap();
+        assert_eq!(app.depends_on, ["net", "db"]);
+        assert_eq!(app.also_when_changed, ["shared/*.json"]);
+        assert!(c.stack("old").unwrap().destroy && !app.destroy);
+        let order: Vec<&str> = dependency_order(&c.stacks)
+            .unwrap()
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
+        assert_eq!(order, ["net", "db", "app", "old"]);
+        // Same settings wherever the block is; any attribute is a difference.
+        let moved = parse(&format!("\n\n{src}"), "airlock.hcl").unwrap();
+        assert!(moved.stack("app").unwrap().same_settings(app));
+        let mut other = app.clone();
+        other.also_when_changed.clear();
+        assert!(!other.same_settings(app));
+        // Declaring a destroy is shown to approvers.
+        let before = parse(&src.replace("  destroy = true\n", ""), "airlock.hcl").unwrap();
+        assert_eq!(
+            weakening(&before, &c, "old"),
+            ["declares the removal of old (destroy = true)"]
+        );
+        let cases = [
+            ("stack \"a\" {\n depends_on = [\"b\"]\n}\n", 1, "not a stack block"),
+            (
+                "stack \"a\" {\n depends_on = [\"b\"]\n}\nstack \"b\" {\n depends_on = [\"c\"]\n}\nstack \"c\" {\n depends_on = [\"a\"]\n}\n",
+                1,
+                "depends_on forms a cycle: a -> b -> c -> a",
+            ),
+            ("stack \"a\" {\n depends_on = [\"a\"]\n}\n", 1, "cycle: a -> a"),
+            ("stack \"a\" {\n\n depends_on = \"b\"\n}\n", 3, "list of string literals"),
+            ("stack \"a\" {}\nstack \"b\" {\n depends_on = [\"a\", \"a\"]\n}\n", 3, "twice"),
+            ("stack \"a\" {\n also_when_changed = [\"../x\"]\n}\n", 2, "not a path glob"),
+            ("stack \"a\" {\n also_when_changed = [\"/etc/*\"]\n}\n", 2, "not a path glob"),
+            ("stack \"a\" {\n also_when_changed = [\"\"]\n}\n", 2, "not a path glob"),
+            ("stack \"a\" {\n destroy = \"yes\"\n}\n", 2, "true or false"),
+        ];
+        for (src, line, text) in cases {
+            let e = parse(src, "airlock.hcl").unwrap_err();
+            assert_eq!(e.line, Some(line), "{src:?}: {e}");
+            assert!(e.to_string().contains(text), "{src:?}: {e}");
+        }
+        // A long chain is ordered without recursion.
+        let chain: String = (0..20_000)
+            .map(|i| {
+                if i == 0 {
+                    "stack \"s0\" {}\n".to_string()
+                } else {
+                    format!("stack \"s{i}\" {{\n depends_on = [\"s{}\"]\n}}\n", i - 1)
+                }
+            })
+            .rev()
+            .collect();
+        let c = parse(&chain, "airlock.hcl").unwrap();
+        let order = dependency_order(&c.stacks).unwrap();
+        assert_eq!(order.first().unwrap().name, "s0");
+        assert_eq!(order.last().unwrap().name, "s19999");
     }
 
     #[test]

@@ -360,6 +360,8 @@ fn compute(
     };
     {
         let mut walker = Walker::new(head_tree, &mut parsed);
+        let dirs: Vec<&str> = order.iter().filter_map(|s| s.dir.as_deref()).collect();
+        walker.preload(&dirs);
         for s in &order {
             let Some(dir) = &s.dir else {
                 notes.push(format!(
@@ -401,6 +403,12 @@ fn compute(
     let mut base_dirs: BTreeMap<String, String> = BTreeMap::new();
     {
         let mut walker = Walker::new(base_tree, &mut parsed);
+        let dirs: Vec<&str> = base_cfg
+            .stacks
+            .iter()
+            .filter_map(|s| s.dir.as_deref())
+            .collect();
+        walker.preload(&dirs);
         for s in &base_cfg.stacks {
             let Some(dir) = &s.dir else { continue };
             match walker.stack(dir) {

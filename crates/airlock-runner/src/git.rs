@@ -143,45 +143,88 @@ impl CatFile {
     }
 
     fn read(&mut self, oid: &str, limit: usize) -> Result<Vec<u8>, String> {
-        let stdin = self.stdin.as_mut().ok_or("git cat-file has exited")?;
-        writeln!(stdin, "{oid}")
-            .and_then(|_| stdin.flush())
-            .map_err(|e| format!("git cat-file: {e}"))?;
-        let mut header = String::new();
-        self.stdout
-            .read_line(&mut header)
-            .map_err(|e| format!("git cat-file: {e}"))?;
-        // "<oid> blob <size>\n", or "<oid> missing\n".
-        let mut parts = header.split_whitespace();
-        let (_, kind, size) = (parts.next(), parts.next(), parts.next());
-        let size: usize = match (kind, size.and_then(|s| s.parse().ok())) {
-            (Some("blob"), Some(size)) => size,
-            _ => {
-                return Err(format!(
-                    "git cat-file: unexpected answer {:?}",
-                    header.trim()
-                ))
-            }
-        };
-        if size > limit {
-            // Read past it so the stream stays in step, then refuse.
-            std::io::copy(
-                &mut (&mut self.stdout).take(size as u64 + 1),
-                &mut std::io::sink(),
-            )
-            .map_err(|e| format!("git cat-file: {e}"))?;
-            return Err(format!(
-                "{size} bytes is more than the {} MiB a configuration file may have",
-                limit >> 20
-            ));
-        }
-        let mut content = vec![0u8; size + 1];
-        self.stdout
-            .read_exact(&mut content)
-            .map_err(|e| format!("git cat-file: {e}"))?;
-        content.pop(); // the trailing newline
-        Ok(content)
+        let mut out = self.read_many(&[oid.to_owned()], limit)?;
+        out.pop()
+            .unwrap_or_else(|| Err("git cat-file: no answer".into()))
     }
+
+    /// Reads many blobs in one exchange: a thread writes the requests while this one reads the
+    /// answers (one round trip per blob would make the wall time the sum of scheduler
+    /// latencies). The outer error means the stream is out of step; an inner one is one blob's.
+    #[allow(clippy::type_complexity)]
+    fn read_many(
+        &mut self,
+        oids: &[String],
+        limit: usize,
+    ) -> Result<Vec<Result<Vec<u8>, String>>, String> {
+        let stdin = self.stdin.as_mut().ok_or("git cat-file has exited")?;
+        let stdout = &mut self.stdout;
+        let child = &mut self.child;
+        std::thread::scope(|scope| {
+            let writer = scope.spawn(move || -> std::io::Result<()> {
+                let mut w = std::io::BufWriter::new(stdin);
+                for oid in oids {
+                    writeln!(w, "{oid}")?;
+                }
+                w.flush()
+            });
+            let mut out = Vec::with_capacity(oids.len());
+            for _ in oids {
+                match read_answer(stdout, limit) {
+                    Ok(a) => out.push(a),
+                    Err(e) => {
+                        // Out of step: end cat-file so the writer cannot block on a full pipe.
+                        let _ = child.kill();
+                        let _ = writer.join();
+                        return Err(e);
+                    }
+                }
+            }
+            writer
+                .join()
+                .map_err(|_| "git cat-file: writer failed".to_owned())?
+                .map_err(|e| format!("git cat-file: {e}"))?;
+            Ok(out)
+        })
+    }
+}
+
+/// One `cat-file --batch` answer: "<oid> blob <size>\n<content>\n" or "<oid> missing\n".
+fn read_answer(
+    stdout: &mut BufReader<ChildStdout>,
+    limit: usize,
+) -> Result<Result<Vec<u8>, String>, String> {
+    let mut header = String::new();
+    stdout
+        .read_line(&mut header)
+        .map_err(|e| format!("git cat-file: {e}"))?;
+    let mut parts = header.split_whitespace();
+    let (_, kind, size) = (parts.next(), parts.next(), parts.next());
+    let size: usize = match (kind, size.and_then(|s| s.parse().ok())) {
+        (Some("blob"), Some(size)) => size,
+        (Some("missing"), _) => return Ok(Err("not in the clone".into())),
+        _ => {
+            return Err(format!(
+                "git cat-file: unexpected answer {:?}",
+                header.trim()
+            ))
+        }
+    };
+    if size > limit {
+        // Read past it so the stream stays in step, then refuse.
+        std::io::copy(&mut stdout.take(size as u64 + 1), &mut std::io::sink())
+            .map_err(|e| format!("git cat-file: {e}"))?;
+        return Ok(Err(format!(
+            "{size} bytes is more than the {} MiB a configuration file may have",
+            limit >> 20
+        )));
+    }
+    let mut content = vec![0u8; size + 1];
+    stdout
+        .read_exact(&mut content)
+        .map_err(|e| format!("git cat-file: {e}"))?;
+    content.pop(); // the trailing newline
+    Ok(Ok(content))
 }
 
 impl Drop for CatFile {
@@ -199,6 +242,8 @@ pub struct GitTree {
     all_dirs: BTreeSet<String>,
     cat: Option<CatFile>,
     root: std::path::PathBuf,
+    /// Blobs read ahead by [`Tree::prefetch`], by id, until read.
+    ahead: HashMap<String, Result<Vec<u8>, String>>,
 }
 
 impl GitTree {
@@ -247,6 +292,7 @@ impl GitTree {
             all_dirs,
             cat: None,
             root: root.to_path_buf(),
+            ahead: HashMap::new(),
         })
     }
 
@@ -275,6 +321,9 @@ impl GitTree {
             .oid(path)
             .ok_or_else(|| err("not a file of the commit".into()))?
             .to_owned();
+        if let Some(r) = self.ahead.remove(&oid) {
+            return r.map_err(err);
+        }
         if self.cat.is_none() {
             self.cat = Some(CatFile::start(&self.root).map_err(|e| err(e.detail))?);
         }
@@ -308,5 +357,26 @@ impl Tree for GitTree {
 
     fn content_key(&mut self, path: &str) -> Option<String> {
         self.oid(path).map(str::to_owned)
+    }
+
+    fn prefetch(&mut self, paths: &[String]) {
+        let mut oids: Vec<String> = paths
+            .iter()
+            .filter_map(|p| self.oid(p).map(str::to_owned))
+            .filter(|o| !self.ahead.contains_key(o))
+            .collect();
+        oids.sort();
+        oids.dedup();
+        if oids.is_empty() {
+            return;
+        }
+        if self.cat.is_none() {
+            self.cat = CatFile::start(&self.root).ok();
+        }
+        let Some(cat) = self.cat.as_mut() else { return };
+        match cat.read_many(&oids, crate::modules::MAX_TF_FILE) {
+            Ok(blobs) => self.ahead.extend(oids.into_iter().zip(blobs)),
+            Err(_) => self.cat = None, // out of step: reads fall back to one at a time
+        }
     }
 }

@@ -19,7 +19,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use airlock_core::inputs::{self, InputFile};
 
 pub mod affected;
-mod git;
+pub mod git;
 pub mod modules;
 
 /// Which phase a child process belongs to.

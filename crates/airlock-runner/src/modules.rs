@@ -248,6 +248,8 @@ pub trait Tree {
     fn content_key(&mut self, _path: &str) -> Option<String> {
         None
     }
+    /// A hint that these files will be read soon (a tree may read them in one batch).
+    fn prefetch(&mut self, _paths: &[String]) {}
 }
 
 /// What one directory contributes: its input files and the local module directories it calls.
@@ -334,6 +336,42 @@ impl<'t, T: Tree> Walker<'t, T> {
         });
         self.dirs.insert(dir.to_owned(), info.clone());
         Ok(Some(info))
+    }
+
+    /// Reads the directories of many stacks and of the modules they call, level by level, each
+    /// level's configuration files prefetched in one batch. Errors are left for [`Walker::stack`]
+    /// to report with the stack they belong to.
+    pub fn preload(&mut self, stack_dirs: &[&str]) {
+        let mut level: Vec<String> = stack_dirs.iter().map(|d| inputs::join(".", d)).collect();
+        while !level.is_empty() && self.dirs.len() < MAX_MODULE_DIRS {
+            level.sort();
+            level.dedup();
+            level.retain(|d| !self.dirs.contains_key(d));
+            let mut wanted = Vec::new();
+            for d in &level {
+                if let Ok(Some(names)) = self.tree.files(d) {
+                    for n in names.iter().filter(|n| is_config_file(n)) {
+                        let path = inputs::join(d, n);
+                        let cached = self
+                            .tree
+                            .content_key(&path)
+                            .is_some_and(|k| self.parsed.contains_key(&k));
+                        if !cached {
+                            wanted.push(path);
+                        }
+                    }
+                }
+            }
+            self.tree.prefetch(&wanted);
+            let mut next = Vec::new();
+            for d in &level {
+                if let Ok(Some(info)) = self.dir(d) {
+                    next.extend(info.calls.iter().map(|(t, _, _)| t.clone()));
+                }
+            }
+            next.retain(|d| !self.dirs.contains_key(d));
+            level = next;
+        }
     }
 
     /// The input files of the stack whose root module is `dir` (relative to the root): its

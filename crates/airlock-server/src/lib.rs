@@ -1,5 +1,6 @@
 //! airlock's HTTP server: the Terraform `http` state backend (`/state/{stack}`) guarded by the
-//! state firewall, and the JSON API (`/api/v1/...`) used by the CLI.
+//! state firewall, the JSON API (`/api/v1/...`) used by the CLI, and the web console (`/ui/`),
+//! a client of that API.
 //!
 //! **API boundary:** [`router::build`] is the whole HTTP surface; [`serve`] runs it.
 
@@ -9,6 +10,7 @@
 mod api;
 mod auth;
 mod cache;
+pub mod console;
 mod error;
 pub mod firewall;
 pub mod inproc;
@@ -57,6 +59,8 @@ pub struct ServerConfig {
     pub public_url: Option<String>,
     /// What the server logs on stderr (refusals by default).
     pub log_level: LogLevel,
+    /// Mark console cookies `Secure` (the server, or the proxy in front of it, serves TLS).
+    pub secure_cookies: bool,
 }
 
 impl Default for ServerConfig {
@@ -72,6 +76,7 @@ impl Default for ServerConfig {
             auto_create_stacks: false,
             public_url: None,
             log_level: LogLevel::Warn,
+            secure_cookies: false,
         }
     }
 }
@@ -94,6 +99,8 @@ pub struct AppState {
     pub config: ServerConfig,
     cache: cache::Caches,
     metrics: metrics::Metrics,
+    /// The web console's sessions (in this process's memory).
+    pub console: console::session::Sessions,
 }
 
 impl AppState {
@@ -104,6 +111,7 @@ impl AppState {
             config,
             cache: cache::Caches::default(),
             metrics: metrics::Metrics::default(),
+            console: console::session::Sessions::default(),
         })
     }
 }

@@ -188,7 +188,8 @@ pub fn table() -> RouteTable {
 }
 
 /// Builds the application: the table's routes behind `auth::authorize`, then the only routes
-/// outside it (health and metrics, which name no stack and reveal nothing).
+/// outside it: health and metrics (which name no stack and reveal nothing) and the console
+/// (`/ui/`, which authorizes nothing itself: it calls the API above with the session's token).
 pub fn build(state: Arc<AppState>) -> Router {
     let Routes { router, table } = routes();
     let table = Arc::new(RouteTable(table));
@@ -198,6 +199,7 @@ pub fn build(state: Arc<AppState>) -> Router {
     ));
     Router::new()
         .merge(authed)
+        .merge(crate::console::routes())
         .route("/healthz", get(api::healthz))
         .route("/metrics", get(api::metrics))
         .fallback(api::not_found)

@@ -8,10 +8,14 @@
 //! - `serving`: the real listener over TCP: slow clients, the connection cap, bodies read only
 //!   after authorization and within the caller's role's limit, lock info with control characters.
 //! - `identity`: users own tokens; phase tokens die with their parent; scoped admins stay inside.
+//! - `console`: the web console at `/ui/`: every console route × role, headers, sessions, CSRF,
+//!   hostile text.
 //! - `policies`: server Rego policy sets: admin-only changes, bounds, versions, audit.
 
 #[path = "http/auth.rs"]
 mod auth;
+#[path = "http/console.rs"]
+mod console;
 #[path = "http/firewall.rs"]
 mod firewall;
 #[path = "http/identity.rs"]

@@ -64,6 +64,12 @@ pub enum Refused {
     ApproverIsAuthor,
     /// The approver's user has approved already.
     AlreadyApproved,
+    /// The approver reviewed another plan than the run's (the page or command it approved from
+    /// showed a plan hash that is not the run's).
+    PlanHashDiffers {
+        /// The plan hash the approver saw.
+        seen: String,
+    },
     /// The run destroys instances and the approver did not confirm their exact number.
     ConfirmDestroy {
         /// Instances the plan destroys.
@@ -116,6 +122,7 @@ impl Refused {
             | Refused::NotTheAuthor
             | Refused::NotTheApplier => RefusalKind::Forbidden,
             Refused::ConfirmDestroy { .. } => RefusalKind::BadRequest,
+            Refused::PlanHashDiffers { .. } => RefusalKind::Conflict,
             Refused::WrongStatus { .. }
             | Refused::AlreadyApproved
             | Refused::Expired
@@ -135,6 +142,11 @@ impl Refused {
             Refused::Denied => format!("approval refused: the plan gate denied run {id}; a deny cannot be approved: change the code (e.g. an allow_destroy declaration, itself reviewed) and plan again"),
             Refused::ApproverIsAuthor => format!("approval refused: user {} planned run {id} and cannot approve it; another approver must", actor.user),
             Refused::AlreadyApproved => format!("user {} has already approved run {id}; another approver must", actor.user),
+            Refused::PlanHashDiffers { seen } => format!(
+                "approval refused: you reviewed plan SHA-256 {} but run {id}'s plan is {}; reload the run and review it again",
+                printable_hash(seen),
+                run.plan_sha256
+            ),
             Refused::ConfirmDestroy { destroys, .. } => format!(
                 "run {id} destroys {destroys} instance(s) ({}); confirm with --confirm-destroy {destroys}",
                 run.destroys.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
@@ -178,6 +190,15 @@ impl Refused {
             Refused::Stale { .. } => Some(RunStatus::Superseded),
             _ => None,
         }
+    }
+}
+
+/// A client-supplied hash as it may appear in a message: hex only, bounded.
+fn printable_hash(seen: &str) -> String {
+    if seen.len() <= 64 && seen.bytes().all(|b| b.is_ascii_hexdigit()) {
+        seen.to_owned()
+    } else {
+        "(not a SHA-256)".to_owned()
     }
 }
 
@@ -288,6 +309,7 @@ pub fn approve(
     current: Option<&VersionMeta>,
     actor: &Actor<'_>,
     confirm_destroy: Option<u64>,
+    plan_sha256: Option<&str>,
     now: i64,
 ) -> Result<Transition, Refused> {
     // Runs stored before `denied` existed wait for approval with a deny decision.
@@ -311,6 +333,15 @@ pub fn approve(
         .any(|a| a.by_token == actor.token_id || a.user() == actor.user)
     {
         return Err(Refused::AlreadyApproved);
+    }
+    // An approval is of the plan the approver reviewed: when the client says which one it
+    // showed (the console always does), a run whose plan is another is not approved by it.
+    if let Some(seen) = plan_sha256 {
+        if !seen.eq_ignore_ascii_case(&run.plan_sha256) {
+            return Err(Refused::PlanHashDiffers {
+                seen: seen.to_owned(),
+            });
+        }
     }
     let destroys = run.destroys.len() as u64;
     if destroys > 0 && confirm_destroy != Some(destroys) {
@@ -670,7 +701,50 @@ mod tests {
         a: &Actor<'_>,
         confirm: Option<u64>,
     ) -> Result<RunStatus, Refused> {
-        approve(r, &stack(), Some(&version(4)), a, confirm, NOW).map(|t| t.run.status)
+        approve(r, &stack(), Some(&version(4)), a, confirm, None, NOW).map(|t| t.run.status)
+    }
+
+    #[test]
+    fn an_approval_is_bound_to_the_plan_hash_the_approver_saw() {
+        let cases: [(&str, Option<&str>, Result<RunStatus, Refused>); 4] = [
+            (
+                "no hash sent (older clients)",
+                None,
+                Ok(RunStatus::Approved),
+            ),
+            ("the run's hash", Some(PLAN), Ok(RunStatus::Approved)),
+            (
+                "another plan's hash",
+                Some("ab12"),
+                Err(Refused::PlanHashDiffers {
+                    seen: "ab12".into(),
+                }),
+            ),
+            (
+                "an empty hash is not the run's",
+                Some(""),
+                Err(Refused::PlanHashDiffers {
+                    seen: String::new(),
+                }),
+            ),
+        ];
+        for (name, seen, expected) in cases {
+            let got = approve(
+                &run(),
+                &stack(),
+                Some(&version(4)),
+                &alice(),
+                None,
+                seen,
+                NOW,
+            )
+            .map(|t| t.run.status);
+            assert_eq!(got, expected, "{name}");
+        }
+        let refusal = Refused::PlanHashDiffers {
+            seen: "<script>".into(),
+        };
+        assert!(!refusal.message(&run(), &alice()).contains('<'));
     }
 
     #[test]
@@ -891,7 +965,16 @@ mod tests {
 
     #[test]
     fn an_approval_records_the_user_and_the_exact_plan() {
-        let t = approve(&run(), &stack(), Some(&version(4)), &alice(), None, NOW).unwrap();
+        let t = approve(
+            &run(),
+            &stack(),
+            Some(&version(4)),
+            &alice(),
+            None,
+            None,
+            NOW,
+        )
+        .unwrap();
         assert_eq!(
             t.run.approvals,
             vec![Approval {
@@ -1126,7 +1209,7 @@ mod tests {
         assert_eq!(refused.refusal.kind, RefusalKind::Conflict);
         let mut r = run();
         r.expires_at = NOW - 1;
-        let verdict = approve(&r, &stack(), Some(&version(4)), &alice(), None, NOW);
+        let verdict = approve(&r, &stack(), Some(&version(4)), &alice(), None, None, NOW);
         let (recorded, _) = *decided(verdict, &r, &alice(), NOW)
             .unwrap_err()
             .record
@@ -1138,6 +1221,7 @@ mod tests {
             &stack(),
             Some(&version(4)),
             &actor("tok_bot", "tok_bot", Role::Agent),
+            None,
             None,
             NOW,
         );

@@ -698,11 +698,47 @@ pub enum CiCommand {
 
 /// `airlock ci init`.
 #[derive(Debug, Args)]
-pub struct CiInitArgs {}
+pub struct CiInitArgs {
+    /// The forge whose CI runs the workflow.
+    #[arg(value_enum)]
+    pub forge: Forge,
+    /// The repository to write into (its root: where airlock.hcl is).
+    #[arg(long, default_value = ".")]
+    pub dir: PathBuf,
+    /// The branch whose pushes apply (default: the remote's default branch, else `main`).
+    #[arg(long)]
+    pub default_branch: Option<String>,
+    /// Overwrite files that exist.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// A code forge with CI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Forge {
+    /// GitHub Actions.
+    Github,
+    /// GitLab CI.
+    Gitlab,
+}
 
 /// `airlock ci affected`.
 #[derive(Debug, Args)]
-pub struct CiAffectedArgs {}
+pub struct CiAffectedArgs {
+    /// The branch the change goes into. Default: the pull request's target in CI
+    /// (`GITHUB_BASE_REF`, `CI_MERGE_REQUEST_DIFF_BASE_SHA`), else `origin/HEAD`.
+    #[arg(long)]
+    pub base: Option<String>,
+    /// The change's commit.
+    #[arg(long, default_value = "HEAD")]
+    pub head: String,
+    /// Where to look for airlock.hcl (this directory or a parent).
+    #[arg(long, default_value = ".")]
+    pub dir: PathBuf,
+    /// Output format (json: the affected set).
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub format: OutputFormat,
+}
 
 /// `airlock ci plan`.
 #[derive(Debug, Args)]

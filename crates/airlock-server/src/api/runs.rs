@@ -1012,6 +1012,8 @@ pub async fn show(
 #[serde(deny_unknown_fields)]
 struct ApproveRequest {
     confirm_destroy: Option<u64>,
+    /// The plan hash the approver reviewed; when sent, it must be the run's.
+    plan_sha256: Option<String>,
 }
 
 /// `POST /api/v1/runs/{id}/approve`.
@@ -1033,7 +1035,15 @@ pub async fn approve(
         &id,
         Some(author),
         move |run, stack, current, who, now| {
-            run_rules::approve(run, stack, current, who, req.confirm_destroy, now)
+            run_rules::approve(
+                run,
+                stack,
+                current,
+                who,
+                req.confirm_destroy,
+                req.plan_sha256.as_deref(),
+                now,
+            )
         },
     )
     .await?;

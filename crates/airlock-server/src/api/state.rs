@@ -128,9 +128,12 @@ pub async fn raw(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DiffQuery {
     from: String,
     to: String,
+    /// `attributes`: also name each changed attribute with its values (sensitive ones masked).
+    detail: Option<String>,
 }
 
 /// `GET /api/v1/stacks/{stack}/diff?from=V1&to=V2`.
@@ -142,8 +145,23 @@ pub async fn diff(
 ) -> ApiResult<Json<Value>> {
     let (a, ab) = load(&state, &p, stack.as_str(), &q.from).await?;
     let (b, bb) = load(&state, &p, stack.as_str(), &q.to).await?;
-    let d = StateDiff::between(&summarize(&ab)?, &summarize(&bb)?);
-    Ok(Json(json!({ "from": a.serial, "to": b.serial, "diff": d })))
+    let (sa, sb) = (summarize(&ab)?, summarize(&bb)?);
+    match q.detail.as_deref() {
+        None => {
+            let d = StateDiff::between(&sa, &sb);
+            Ok(Json(json!({ "from": a.serial, "to": b.serial, "diff": d })))
+        }
+        Some("attributes") => {
+            let d = airlock_core::attr_diff::between((&ab, &sa), (&bb, &sb));
+            Ok(Json(
+                json!({ "from": a.serial, "to": b.serial, "from_version": a, "to_version": b, "attributes": d }),
+            ))
+        }
+        Some(_) => Err(ApiError::new(
+            RefusalKind::BadRequest,
+            "detail must be `attributes` (or left out)",
+        )),
+    }
 }
 
 #[derive(Deserialize)]

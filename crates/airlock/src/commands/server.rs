@@ -54,6 +54,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
         auto_create_stacks: args.auto_create_stacks,
         public_url: None,
+        secure_cookies: tls.is_some(),
         log_level: match args.log_level {
             LogLevelArg::Off => LogLevel::Off,
             LogLevelArg::Error => LogLevel::Error,

@@ -12,6 +12,16 @@
 // commit) with the forges' limits, and has control endpoints for tests under /__standin/.
 //
 // Usage: node standin.mjs --token TOKEN [--port 0]. Prints `listening http://127.0.0.1:PORT`.
+// TOKEN is the CI's identity (GitHub: `github-actions[bot]`; GitLab: a project bot user).
+// Control endpoints (outside both prefixes, no auth):
+//   GET  /__standin/requests  every request: method, path, query, body, operation, status, violations
+//   GET  /__standin/state     comments, notes, statuses, registered pull/merge requests
+//   POST /__standin/fail      {method, path: regex over the full path, status, count, headers, body,
+//                             raw, apply}: the next `count` matching requests are answered `status`
+//                             (with `body` as JSON, or the text `raw` verbatim)
+//                             instead of served, or after taking effect when `apply` is true
+//   POST /__standin/users     {token, login, type?}: another identity (a person by default)
+//   POST /__standin/changes   {forge, project, number, head_sha, merge_commit_sha, state}
 
 import http from "node:http";
 import fs from "node:fs";
@@ -81,9 +91,41 @@ for (const [template, item] of Object.entries(SPEC.paths)) {
       pathParams: Object.fromEntries(params.filter((p) => p.in === "path").map((p) => [p.name, p])),
       queryParams: Object.fromEntries(params.filter((p) => p.in === "query").map((p) => [p.name, p])),
       body: op.requestBody ? resolve(op.requestBody) : null,
+      responses: op.responses || {},
     });
   }
 }
+const GITHUB_BY_ID = new Map(GITHUB_OPERATIONS.map((o) => [o.operationId, o]));
+
+// The description's own example answer of `operationId` for `status` (an array's first item), so
+// the stand-in answers with every field GitHub sends; its state is laid over it (`overlay`).
+function exampleAnswer(operationId, status) {
+  const op = GITHUB_BY_ID.get(operationId);
+  const r = op && resolve(op.responses[status]);
+  const media = r && r.content && r.content["application/json"];
+  const ex = media && media.examples && resolve(media.examples.default);
+  const v = ex && ex.value;
+  if (v === undefined) return {};
+  return structuredClone(Array.isArray(v) ? (v[0] ?? {}) : v);
+}
+
+function overlay(base, ours) {
+  if (typeOf(base) !== "object" || typeOf(ours) !== "object") return ours;
+  const out = { ...base };
+  for (const [k, v] of Object.entries(ours)) out[k] = overlay(base[k], v);
+  return out;
+}
+
+// The stand-in's own answer against the description's response schema: a mismatch is a bug in
+// the stand-in (a client tested against it would parse something GitHub never sends).
+function checkAnswer(op, status, body) {
+  const r = resolve(op.responses[status]);
+  const schema = r && r.content && r.content["application/json"] && r.content["application/json"].schema;
+  const out = [];
+  if (schema && body !== undefined) checkSchema(schema, body, "answer", out);
+  return out;
+}
+
 // The most specific template wins (`/issues/comments` before `/issues/{issue_number}`), as GitHub routes.
 GITHUB_OPERATIONS.sort((a, b) => b.literals - a.literals || a.segments.length - b.segments.length);
 
@@ -131,7 +173,10 @@ function typeOf(v) {
   return typeof v;
 }
 
-function checkSchema(schemaRef, value, where, out) {
+// `strict` (request bodies): a property the schema does not list is a violation even where the
+// description leaves `additionalProperties` open, since GitHub silently drops it (a misspelt
+// `contxt` would post a status under the context "default").
+function checkSchema(schemaRef, value, where, out, strict = false) {
   const schema = resolve(schemaRef);
   if (!schema || typeof schema !== "object") return;
   if (value === null) {
@@ -139,12 +184,12 @@ function checkSchema(schemaRef, value, where, out) {
     out.push(`${where}: null is not allowed`);
     return;
   }
-  if (schema.allOf) for (const s of schema.allOf) checkSchema(s, value, where, out);
+  if (schema.allOf) for (const s of schema.allOf) checkSchema(s, value, where, out, strict);
   for (const key of ["oneOf", "anyOf"]) {
     if (!schema[key]) continue;
     const fits = schema[key].filter((s) => {
       const sub = [];
-      checkSchema(s, value, where, sub);
+      checkSchema(s, value, where, sub, strict);
       return sub.length === 0;
     }).length;
     if (key === "anyOf" ? fits === 0 : fits !== 1)
@@ -175,17 +220,19 @@ function checkSchema(schemaRef, value, where, out) {
   if (Array.isArray(value)) {
     if (schema.maxItems !== undefined && value.length > schema.maxItems) out.push(`${where}: more than ${schema.maxItems} items`);
     if (schema.minItems !== undefined && value.length < schema.minItems) out.push(`${where}: fewer than ${schema.minItems} items`);
-    if (schema.items) value.forEach((v, i) => checkSchema(schema.items, v, `${where}[${i}]`, out));
+    if (schema.items) value.forEach((v, i) => checkSchema(schema.items, v, `${where}[${i}]`, out, strict));
   }
   if (typeOf(value) === "object") {
     const props = schema.properties || {};
     for (const r of schema.required || [])
       if (!(r in value)) out.push(`${where}: required property "${r}" is missing`);
     for (const [k, v] of Object.entries(value)) {
-      if (k in props) checkSchema(props[k], v, `${where}.${k}`, out);
+      if (k in props) checkSchema(props[k], v, `${where}.${k}`, out, strict);
       else if (schema.additionalProperties === false) out.push(`${where}: property "${k}" is not allowed`);
       else if (schema.additionalProperties && typeof schema.additionalProperties === "object")
-        checkSchema(schema.additionalProperties, v, `${where}.${k}`, out);
+        checkSchema(schema.additionalProperties, v, `${where}.${k}`, out, strict);
+      else if (strict && schema.properties && !schema.allOf && !schema.oneOf && !schema.anyOf)
+        out.push(`${where}: property "${k}" is not in the description (GitHub would ignore it silently)`);
     }
   }
 }
@@ -413,6 +460,12 @@ function takeFailure(method, fullPath) {
 }
 
 function answerFailure(res, f) {
+  if (typeof f.raw === "string") {
+    // A verbatim answer (hostile or malformed), for clients' robustness tests.
+    res.writeHead(f.status, { "content-type": "application/json", ...(f.headers || {}) });
+    res.end(f.raw);
+    return f.status;
+  }
   return send(res, f.status, f.body || { message: `injected failure ${f.status}` }, f.headers || {});
 }
 
@@ -425,7 +478,7 @@ function refuse(c, res, status, body, headers) {
 
 // Pagination: a page of `items` and the headers the forge sends with it.
 function paginate(items, query, linkBase, maxPer = 100, defaultPer = 30) {
-  const per = Math.min(Number(query.get("per_page") || defaultPer), maxPer);
+  const per = Math.max(Math.min(Number(query.get("per_page") || defaultPer), maxPer), 1);
   const page = Math.max(Number(query.get("page") || 1), 1);
   const last = Math.max(Math.ceil(items.length / per), 1);
   const slice = items.slice((page - 1) * per, page * per);
@@ -477,13 +530,14 @@ function githubCheck(req, rest, url, raw) {
     const schema = op.body.content && op.body.content["application/json"] && op.body.content["application/json"].schema;
     if (json === undefined) {
       if (op.body.required) violations.push("a JSON request body is required");
-    } else if (schema) checkSchema(schema, json, "body", violations);
+    } else if (schema) checkSchema(schema, json, "body", violations, true);
   } else if (raw.length) violations.push(`${op.operationId} takes no request body`);
   return { op, params, json, status: violations.length ? 422 : 0, violations };
 }
 
 function githubUser(u) {
-  return { login: u.login, id: u.id, node_id: `U_${u.id}`, type: u.type, site_admin: false };
+  const html = `http://github.invalid/${encodeURIComponent(u.login)}`;
+  return { login: u.login, id: u.id, node_id: `U_${u.id}`, type: u.type, site_admin: false, html_url: html };
 }
 
 function githubServe(req, res, c, user, base, url, failure) {
@@ -493,13 +547,13 @@ function githubServe(req, res, c, user, base, url, failure) {
   const repoKey = `${params.owner}/${params.repo}`.toLowerCase();
   const apiRepo = `${base}/repos/${params.owner}/${params.repo}`;
   const web = `http://github.invalid/${params.owner}/${params.repo}`;
-  const commentView = (x) => ({
+  const commentView = (x) => overlay(exampleAnswer("issues/get-comment", "200"), {
     id: x.id, node_id: `IC_${x.id}`, url: `${apiRepo}/issues/comments/${x.id}`,
     html_url: `${web}/pull/${x.issue}#issuecomment-${x.id}`, issue_url: `${apiRepo}/issues/${x.issue}`,
     body: x.body, user: githubUser(x.user), created_at: x.created_at, updated_at: x.updated_at,
     author_association: x.user.type === "Bot" ? "NONE" : "MEMBER", performed_via_github_app: null,
   });
-  const statusView = (s) => ({
+  const statusView = (s) => overlay(exampleAnswer("repos/create-commit-status", "201"), {
     url: `${apiRepo}/statuses/${s.sha}`, avatar_url: null, id: s.id, node_id: `SC_${s.id}`, state: s.state,
     description: s.description, target_url: s.target_url, context: s.context,
     created_at: s.created_at, updated_at: s.created_at, creator: githubUser(s.user),
@@ -511,7 +565,10 @@ function githubServe(req, res, c, user, base, url, failure) {
   });
   const findComment = () => g.comments.find((x) => x.repo === repoKey && x.id === Number(params.comment_id));
   const notFound = () => send(res, 404, { message: "Not Found", documentation_url: "https://docs.github.com/rest" });
-  const later = (status, body, headers) => (failure ? answerFailure(res, failure) : send(res, status, body, headers));
+  const later = (status, body, headers) => {
+    c.record.standin_errors.push(...checkAnswer(op, String(status), body));
+    return failure ? answerFailure(res, failure) : send(res, status, body, headers);
+  };
 
   switch (op.operationId) {
     case "issues/create-comment": {
@@ -576,17 +633,21 @@ function githubServe(req, res, c, user, base, url, failure) {
       const combined = list.some((s) => s.state === "error" || s.state === "failure")
         ? "failure"
         : list.length === 0 || list.some((s) => s.state === "pending") ? "pending" : "success";
-      return later(200, {
-        state: combined, statuses: list.map(statusView), sha: params.ref, total_count: list.length,
-        repository: { full_name: repoKey }, commit_url: `${apiRepo}/commits/${params.ref}`, url: `${apiRepo}/commits/${params.ref}/status`,
+      const answer = overlay(exampleAnswer(op.operationId, "200"), {
+        state: combined, sha: params.ref, total_count: list.length,
+        commit_url: `${apiRepo}/commits/${params.ref}`, url: `${apiRepo}/commits/${params.ref}/status`,
       });
+      answer.statuses = list.map(statusView);
+      return later(200, answer);
     }
     case "repos/list-pull-requests-associated-with-commit": {
       const sha = params.commit_sha;
       const all = g.pulls.filter((p) => `${p.project}`.toLowerCase() === repoKey && (p.head_sha === sha || p.merge_commit_sha === sha));
-      return later(200, all.map((p) => ({
-        number: p.number, state: p.state || "closed", merged_at: p.merge_commit_sha ? now() : null,
+      return later(200, all.map((p) => overlay(exampleAnswer(op.operationId, "200"), {
+        number: p.number, state: p.state === "merged" ? "closed" : p.state || "closed", merged_at: p.state === "merged" ? now() : null,
         merge_commit_sha: p.merge_commit_sha || null, head: { sha: p.head_sha }, html_url: `${web}/pull/${p.number}`,
+        // (the example's requested team lacks the `type` its own schema requires; ours has none)
+        requested_teams: [], requested_reviewers: [], labels: [], assignees: [],
       })));
     }
     default:
@@ -718,7 +779,7 @@ function gitlabServe(req, res, c, user, base, url, failure) {
     }
     case "commit_mrs": {
       const all = g.mrs.filter((m) => `${m.project}` === project && (m.head_sha === params.sha || m.merge_commit_sha === params.sha));
-      return later(200, all.map((m) => ({ iid: m.number, state: m.state || "merged", sha: m.head_sha, merge_commit_sha: m.merge_commit_sha || null })));
+      return later(200, all.map((m) => ({ iid: m.number, state: m.state === "open" ? "opened" : m.state || "merged", sha: m.head_sha, merge_commit_sha: m.merge_commit_sha || null })));
     }
     default:
       return send(res, 501, { message: `not served: ${ep.op}` });
@@ -760,7 +821,7 @@ async function handle(req, res) {
   const record = {
     method: req.method, path: url.pathname, query: Object.fromEntries(url.searchParams),
     body: raw.length ? raw.toString("utf8") : null, user_agent: req.headers["user-agent"] || null,
-    forge: null, operation: null, status: 0, violations: [],
+    forge: null, operation: null, status: 0, violations: [], standin_errors: [],
   };
   requests.push(record);
   const answer = (status) => (record.status = status);

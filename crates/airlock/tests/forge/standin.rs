@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Child, ChildStdout, Command, Stdio};
 
 use serde_json::{json, Value};
@@ -32,6 +33,9 @@ pub struct Recorded {
     pub operation: Option<String>,
     pub status: u16,
     pub violations: Vec<String>,
+    /// Where the stand-in's own answer broke the API description's response schema (a bug in
+    /// the stand-in: the client would have been tested against something GitHub never sends).
+    pub standin_errors: Vec<String>,
 }
 
 impl Recorded {
@@ -121,24 +125,19 @@ impl ForgeStandIn {
                 body: r["body"].as_str().map(str::to_owned),
                 operation: r["operation"].as_str().map(str::to_owned),
                 status: r["status"].as_u64().unwrap_or_default() as u16,
-                violations: r["violations"]
-                    .as_array()
-                    .map(|v| {
-                        v.iter()
-                            .filter_map(|s| s.as_str().map(str::to_owned))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
+                violations: strings(&r["violations"]),
+                standin_errors: strings(&r["standin_errors"]),
             })
             .collect()
     }
 
-    /// Panics, listing them, when any recorded request broke the API description or a forge rule.
+    /// Panics, listing them, when any recorded request broke the API description or a forge rule,
+    /// or any answer of the stand-in broke the description.
     pub fn assert_no_violations(&self) {
         let bad: Vec<_> = self
             .requests()
             .into_iter()
-            .filter(|r| !r.violations.is_empty())
+            .filter(|r| !r.violations.is_empty() || !r.standin_errors.is_empty())
             .collect();
         assert!(
             bad.is_empty(),
@@ -190,6 +189,27 @@ impl ForgeStandIn {
         );
     }
 
+    /// The next request with `method` whose path matches the regex `path` is answered `status`
+    /// with `headers` and `raw` as its body, verbatim (a malformed or hostile answer).
+    pub fn answer_next(
+        &self,
+        method: &str,
+        path: &str,
+        status: u16,
+        headers: &[(&str, &str)],
+        raw: &str,
+    ) {
+        let headers: serde_json::Map<String, Value> = headers
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), Value::from(*v)))
+            .collect();
+        self.control(
+            "POST",
+            "fail",
+            Some(json!({"method": method, "path": path, "count": 1, "status": status, "headers": headers, "raw": raw})),
+        );
+    }
+
     /// Another identity: requests with `token` act as `login` (a person, `type: User`).
     pub fn add_user(&self, token: &str, login: &str) {
         self.control(
@@ -199,9 +219,132 @@ impl ForgeStandIn {
         );
     }
 
+    /// The variables GitHub Actions sets for a `pull_request` run of `repository` (`owner/repo`)
+    /// against this stand-in, with the event payload written into `dir`. `GITHUB_SHA` is a
+    /// synthetic merge commit, as on GitHub, never `head`.
+    pub fn github_pr_env(
+        &self,
+        dir: &Path,
+        repository: &str,
+        pr: u64,
+        head: &str,
+        base: &str,
+    ) -> Vec<(String, String)> {
+        let event =
+            json!({"pull_request": {"number": pr, "head": {"sha": head}, "base": {"sha": base}}});
+        self.github_env(
+            dir,
+            repository,
+            "pull_request",
+            &event,
+            "3333333333333333333333333333333333333333",
+            &format!("refs/pull/{pr}/merge"),
+        )
+    }
+
+    /// The variables GitHub Actions sets for a `push` of `sha` to `branch` (`before` the previous tip).
+    pub fn github_push_env(
+        &self,
+        dir: &Path,
+        repository: &str,
+        branch: &str,
+        default_branch: &str,
+        before: &str,
+        sha: &str,
+    ) -> Vec<(String, String)> {
+        let event = json!({"before": before, "after": sha, "repository": {"default_branch": default_branch}});
+        self.github_env(
+            dir,
+            repository,
+            "push",
+            &event,
+            sha,
+            &format!("refs/heads/{branch}"),
+        )
+    }
+
+    fn github_env(
+        &self,
+        dir: &Path,
+        repository: &str,
+        name: &str,
+        event: &Value,
+        sha: &str,
+        git_ref: &str,
+    ) -> Vec<(String, String)> {
+        let path = dir.join(format!("github-event-{name}.json"));
+        std::fs::write(&path, event.to_string()).expect("writing the event payload");
+        pairs(&[
+            ("GITHUB_ACTIONS", "true"),
+            ("GITHUB_REPOSITORY", repository),
+            ("GITHUB_EVENT_NAME", name),
+            (
+                "GITHUB_EVENT_PATH",
+                path.to_str().expect("a UTF-8 temp path"),
+            ),
+            ("GITHUB_SHA", sha),
+            ("GITHUB_REF", git_ref),
+            ("GITHUB_API_URL", &self.url_github()),
+            ("GITHUB_TOKEN", &self.token),
+        ])
+    }
+
+    /// The variables GitLab CI sets for a merge request pipeline of project `project` (an ID),
+    /// with this stand-in's token as the project access token `AIRLOCK_GITLAB_TOKEN`.
+    pub fn gitlab_mr_env(
+        &self,
+        project: &str,
+        iid: u64,
+        head: &str,
+        base: &str,
+    ) -> Vec<(String, String)> {
+        let mut env = self.gitlab_env(project, head);
+        env.extend(pairs(&[
+            ("CI_PIPELINE_SOURCE", "merge_request_event"),
+            ("CI_MERGE_REQUEST_IID", &iid.to_string()),
+            ("CI_MERGE_REQUEST_DIFF_BASE_SHA", base),
+        ]));
+        env
+    }
+
+    /// The variables GitLab CI sets for a branch pipeline of `sha` on `branch`.
+    pub fn gitlab_push_env(
+        &self,
+        project: &str,
+        branch: &str,
+        default_branch: &str,
+        before: &str,
+        sha: &str,
+    ) -> Vec<(String, String)> {
+        let mut env = self.gitlab_env(project, sha);
+        env.extend(pairs(&[
+            ("CI_PIPELINE_SOURCE", "push"),
+            ("CI_COMMIT_BRANCH", branch),
+            ("CI_DEFAULT_BRANCH", default_branch),
+            ("CI_COMMIT_BEFORE_SHA", before),
+        ]));
+        env
+    }
+
+    fn gitlab_env(&self, project: &str, sha: &str) -> Vec<(String, String)> {
+        pairs(&[
+            ("GITLAB_CI", "true"),
+            ("CI_PROJECT_ID", project),
+            (
+                "CI_PROJECT_URL",
+                &format!("https://gitlab.example/project-{project}"),
+            ),
+            ("CI_COMMIT_SHA", sha),
+            ("CI_API_V4_URL", &self.url_gitlab()),
+            ("AIRLOCK_GITLAB_TOKEN", &self.token),
+            ("CI_JOB_TOKEN", "a-job-token-that-cannot-post-notes"),
+        ])
+    }
+
     /// Registers a pull request (`forge: "github"`, project `owner/repo`) or merge request
     /// (`forge: "gitlab"`, project id) known by its head and merge commits, for
-    /// "which change does this commit come from" look-ups.
+    /// "which change does this commit come from" look-ups; merged when it has a merge commit,
+    /// open otherwise.
     pub fn add_change(
         &self,
         forge: &str,
@@ -210,15 +353,64 @@ impl ForgeStandIn {
         head_sha: &str,
         merge_commit_sha: Option<&str>,
     ) {
+        let state = if merge_commit_sha.is_some() {
+            "merged"
+        } else {
+            "open"
+        };
         self.control(
             "POST",
             "changes",
             Some(
                 json!({"forge": forge, "project": project, "number": number, "head_sha": head_sha,
-                        "merge_commit_sha": merge_commit_sha, "state": "merged"}),
+                        "merge_commit_sha": merge_commit_sha, "state": state}),
             ),
         );
     }
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|v| {
+            v.iter()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Every CI variable the helpers above set: remove them from a spawned `airlock` whose test
+/// must not see the real CI's (the suite itself may run on GitHub Actions).
+pub const FORGE_VARS: &[&str] = &[
+    "GITHUB_ACTIONS",
+    "GITHUB_REPOSITORY",
+    "GITHUB_EVENT_NAME",
+    "GITHUB_EVENT_PATH",
+    "GITHUB_SHA",
+    "GITHUB_REF",
+    "GITHUB_API_URL",
+    "GITHUB_TOKEN",
+    "AIRLOCK_GITHUB_COMMENT_AUTHOR",
+    "GITLAB_CI",
+    "CI_PROJECT_ID",
+    "CI_PROJECT_URL",
+    "CI_COMMIT_SHA",
+    "CI_API_V4_URL",
+    "AIRLOCK_GITLAB_TOKEN",
+    "CI_JOB_TOKEN",
+    "CI_PIPELINE_SOURCE",
+    "CI_MERGE_REQUEST_IID",
+    "CI_MERGE_REQUEST_DIFF_BASE_SHA",
+    "CI_MERGE_REQUEST_SOURCE_BRANCH_SHA",
+    "CI_COMMIT_BRANCH",
+    "CI_DEFAULT_BRANCH",
+    "CI_COMMIT_BEFORE_SHA",
+];
+
+fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
 }
 
 impl Drop for ForgeStandIn {

@@ -209,6 +209,24 @@ fn standin_refuses_a_state_outside_the_enum_and_wrong_types() {
     );
     assert_eq!(s, 422);
     last_refused(&f, 422, "query parameter perpage is not defined");
+    // A misspelt property, which GitHub would drop silently (the status would land under "default").
+    let (s, _) = call(
+        &f,
+        "POST",
+        &format!("{gh}/repos/o/r/statuses/{SHA}"),
+        Some(serde_json::json!({"state": "success", "contxt": "airlock/app"})),
+    );
+    assert_eq!(s, 422);
+    last_refused(&f, 422, r#"property "contxt" is not in the description"#);
+    // `additionalProperties: false` where the description says so.
+    let (s, _) = call(
+        &f,
+        "POST",
+        &format!("{gh}/orgs/acme/code-security/configurations/17/attach"),
+        Some(serde_json::json!({"scope": "all", "extra": true})),
+    );
+    assert_eq!(s, 422);
+    last_refused(&f, 422, r#"property "extra" is not allowed"#);
     // GitLab's vocabulary is not GitHub's: `failure` is GitHub's, GitLab says `failed`.
     let (s, _) = call(
         &f,
@@ -363,5 +381,68 @@ fn standin_paginates_and_injects_failures() {
         other => panic!("expected an injected 429, got {other:?}"),
     }
     assert_eq!(f.state()["github"]["comments"].as_array().unwrap().len(), 3);
+    f.assert_no_violations();
+}
+
+/// The stand-in accepts what GitHub documents as valid: the API description's own request
+/// examples for every write airlock makes are served, with no violation (so its checks are not
+/// stricter than GitHub where airlock relies on them).
+#[test]
+fn standin_accepts_the_descriptions_own_request_examples() {
+    let f = ForgeStandIn::start(TOKEN);
+    let modules = std::env::var("AIRLOCK_TEST_NODE_MODULES").unwrap();
+    let spec_path = format!("{modules}/@octokit/openapi/generated/api.github.com.json");
+    let spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&spec_path).unwrap()).unwrap();
+    let resolve = |v: &serde_json::Value| -> serde_json::Value {
+        let mut v = v.clone();
+        while let Some(r) = v["$ref"].as_str() {
+            v = spec.pointer(r.trim_start_matches('#')).unwrap().clone();
+        }
+        v
+    };
+    let (s, _) = call(
+        &f,
+        "POST",
+        &format!("{}/repos/o/r/issues/7/comments", f.url_github()),
+        Some(serde_json::json!({"body": "x"})),
+    );
+    assert_eq!(s, 201);
+    let comment_id = f.state()["github"]["comments"][0]["id"].as_u64().unwrap();
+    for (template, method, path, status) in [
+        (
+            "/repos/{owner}/{repo}/issues/{issue_number}/comments",
+            "post",
+            "/repos/o/r/issues/7/comments".to_owned(),
+            201,
+        ),
+        (
+            "/repos/{owner}/{repo}/issues/comments/{comment_id}",
+            "patch",
+            format!("/repos/o/r/issues/comments/{comment_id}"),
+            200,
+        ),
+        (
+            "/repos/{owner}/{repo}/statuses/{sha}",
+            "post",
+            format!("/repos/o/r/statuses/{SHA}"),
+            201,
+        ),
+    ] {
+        let body = resolve(&spec["paths"][template][method]["requestBody"]);
+        let example =
+            resolve(&body["content"]["application/json"]["examples"]["default"])["value"].clone();
+        assert!(
+            example.is_object(),
+            "{template}: the description has a request example"
+        );
+        let (got, answer) = call(
+            &f,
+            &method.to_uppercase(),
+            &format!("{}{path}", f.url_github()),
+            Some(example),
+        );
+        assert_eq!(got, status, "{method} {template}: {answer}");
+    }
     f.assert_no_violations();
 }

@@ -2,8 +2,11 @@
 
 mod attacks;
 mod check;
+mod ci_affected;
+mod ci_init;
 mod ci_pr;
 mod client;
+mod console;
 mod firewall_identity;
 mod forge;
 mod hints;

@@ -289,6 +289,16 @@ impl Forge {
         }
     }
 
+    /// The most characters a body given to [`upsert_comment`](Self::upsert_comment) with
+    /// `marker` may have here (the forge's limit less the marker line it adds).
+    pub fn comment_budget(&self, marker: &str) -> usize {
+        let limit = match self {
+            Forge::GitHub(_) => GITHUB_COMMENT_MAX_CHARS,
+            Forge::GitLab(_) => GITLAB_NOTE_MAX_CHARS,
+        };
+        limit.saturating_sub(marker.chars().count() + 1)
+    }
+
     /// Sets the commit status `context` of `sha`. Idempotent per sha and context, so retried.
     /// A description longer than GitHub's 140 characters is shortened with `…`.
     pub fn set_status(
@@ -361,11 +371,28 @@ impl Forge {
         let items = list
             .as_array()
             .ok_or_else(|| protocol(&what, "not a list"))?;
-        // The change whose merge commit this is, else one the commit heads.
+        // Only a merged change: the one whose merge commit this is, else (a fast-forward merge)
+        // the one this commit heads. An open change that merely contains the commit is not it.
+        let github = matches!(self, Forge::GitHub(_));
+        let merged = |c: &&Value| {
+            if github {
+                c["merged_at"].is_string()
+            } else {
+                c["state"] == "merged"
+            }
+        };
+        let head = |c: &Value| {
+            if github {
+                c["head"]["sha"].clone()
+            } else {
+                c["sha"].clone()
+            }
+        };
         let pick = items
             .iter()
+            .filter(merged)
             .find(|c| c["merge_commit_sha"].as_str() == Some(sha))
-            .or_else(|| items.first());
+            .or_else(|| items.iter().filter(merged).find(|c| head(c) == sha));
         Ok(pick.and_then(|c| c[number_field].as_u64()))
     }
 
@@ -838,6 +865,9 @@ impl Api {
         let mut agent = ureq::AgentBuilder::new()
             .timeout_connect(Duration::from_secs(15))
             .timeout(Duration::from_secs(60))
+            // A redirect is reported, not followed: ureq would drop the token on it (rightly) and
+            // turn a POST into a GET, so following could only fail less clearly.
+            .redirects(0)
             .user_agent(concat!("airlock/", env!("CARGO_PKG_VERSION")));
         if https {
             let tls = crate::commands::client::tls_config(None)
@@ -897,10 +927,15 @@ impl Api {
                 Err(e) => (retry_safe.then_some(backoff), self.unreachable(&e, what)),
             };
             match wait {
-                Some(wait) if attempt < attempts && waited + wait <= self.retry.max_wait => {
+                Some(wait)
+                    if attempt < attempts
+                        && waited
+                            .checked_add(wait)
+                            .is_some_and(|w| w <= self.retry.max_wait) =>
+                {
                     std::thread::sleep(wait);
                     waited += wait;
-                    backoff *= 2;
+                    backoff = backoff.saturating_mul(2);
                     attempt += 1;
                 }
                 _ => return Err(failure),
@@ -918,6 +953,17 @@ impl Api {
                 .is_some_and(|p| !p.trim().is_empty()),
         };
         let status = resp.status();
+        if !(200..300).contains(&status) {
+            let location = resp.header("location").map(|l| printable(l).into_owned());
+            return Err(ForgeError::new(
+                ForgeErrorKind::Protocol,
+                format!(
+                    "{what}: {} answered a redirect (HTTP {status}{}); if the repository or project moved, the CI's API URL and names are stale: re-run the job from the new location",
+                    self.name(),
+                    location.map_or_else(String::new, |l| format!(" to {l}")),
+                ),
+            ));
+        }
         let text = read_bounded(resp).map_err(|e| protocol(what, &e))?;
         let json = if status == 204 || text.trim().is_empty() {
             Value::Null
@@ -1131,43 +1177,19 @@ mod tests {
         }
     }
 
-    /// GitHub Actions' variables for a `pull_request` run against the stand-in.
-    fn github_env(f: &ForgeStandIn, event_dir: &tempfile::TempDir) -> HashMap<String, String> {
-        let event = event_dir.path().join("event.json");
-        let payload =
-            json!({"pull_request": {"number": PR, "head": {"sha": HEAD}, "base": {"sha": BASE}}});
-        std::fs::write(&event, payload.to_string()).unwrap();
-        [
-            ("GITHUB_ACTIONS", "true"),
-            ("GITHUB_REPOSITORY", "acme/infra"),
-            ("GITHUB_EVENT_NAME", "pull_request"),
-            ("GITHUB_EVENT_PATH", event.to_str().unwrap()),
-            // The synthetic merge commit, which must not be where statuses go.
-            ("GITHUB_SHA", "3333333333333333333333333333333333333333"),
-            ("GITHUB_REF", "refs/pull/7/merge"),
-            ("GITHUB_API_URL", &f.url_github()),
-            ("GITHUB_TOKEN", TOKEN),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
+    fn github_env(f: &ForgeStandIn, dir: &tempfile::TempDir) -> HashMap<String, String> {
+        f.github_pr_env(dir.path(), "acme/infra", PR, HEAD, BASE)
+            .into_iter()
+            .collect()
     }
 
     fn gitlab_env(f: &ForgeStandIn) -> HashMap<String, String> {
-        [
-            ("GITLAB_CI", "true"),
-            ("CI_PROJECT_ID", "42"),
-            ("CI_PROJECT_URL", "https://gitlab.example/acme/infra"),
-            ("CI_MERGE_REQUEST_IID", "7"),
-            ("CI_COMMIT_SHA", HEAD),
-            ("CI_MERGE_REQUEST_DIFF_BASE_SHA", BASE),
-            ("CI_API_V4_URL", &f.url_gitlab()),
-            ("AIRLOCK_GITLAB_TOKEN", TOKEN),
-            ("CI_JOB_TOKEN", "not-used"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
+        let mut env: HashMap<_, _> = f.gitlab_mr_env("42", PR, HEAD, BASE).into_iter().collect();
+        env.insert(
+            "CI_PROJECT_URL".into(),
+            "https://gitlab.example/acme/infra".into(),
+        );
+        env
     }
 
     fn context(env: &HashMap<String, String>) -> ForgeContext {
@@ -1233,14 +1255,18 @@ mod tests {
         assert_eq!(ctx.base_sha.as_deref(), Some(BASE));
         assert_eq!(ctx.event, Event::ChangeRequest);
 
-        // A push to the default branch.
-        let push = dir.path().join("push.json");
-        std::fs::write(&push, json!({"before": "0".repeat(40), "after": HEAD, "repository": {"default_branch": "main"}}).to_string()).unwrap();
-        let mut env2 = env.clone();
-        env2.insert("GITHUB_EVENT_NAME".into(), "push".into());
-        env2.insert("GITHUB_EVENT_PATH".into(), push.to_str().unwrap().into());
-        env2.insert("GITHUB_SHA".into(), HEAD.into());
-        env2.insert("GITHUB_REF".into(), "refs/heads/main".into());
+        // A push to the default branch, then to another.
+        let env2: HashMap<_, _> = f
+            .github_push_env(
+                dir.path(),
+                "acme/infra",
+                "main",
+                "main",
+                &"0".repeat(40),
+                HEAD,
+            )
+            .into_iter()
+            .collect();
         let ctx = context(&env2);
         assert_eq!(
             ctx.event,
@@ -1254,6 +1280,19 @@ mod tests {
             (None, None),
             "a new branch's all-zero `before` is no base"
         );
+        let env3: HashMap<_, _> = f
+            .github_push_env(dir.path(), "acme/infra", "feature", "main", BASE, HEAD)
+            .into_iter()
+            .collect();
+        let ctx = context(&env3);
+        assert_eq!(
+            ctx.event,
+            Event::Push {
+                branch: "feature".into(),
+                default: false
+            }
+        );
+        assert_eq!(ctx.base_sha.as_deref(), Some(BASE));
 
         // Malformed variables are refused with the variable's name.
         for (var, value, needle) in [
@@ -1312,6 +1351,20 @@ mod tests {
         env.insert("CI_PROJECT_ID".into(), "42/../1".into());
         let e = Forge::from_env(&|k| env.get(k).cloned()).unwrap_err();
         assert!(e.to_string().contains("not a project ID"), "{e}");
+        // A branch pipeline.
+        let push: HashMap<_, _> = f
+            .gitlab_push_env("42", "main", "main", BASE, HEAD)
+            .into_iter()
+            .collect();
+        let ctx = context(&push);
+        assert_eq!(
+            ctx.event,
+            Event::Push {
+                branch: "main".into(),
+                default: true
+            }
+        );
+        assert_eq!((ctx.change, ctx.base_sha.as_deref()), (None, Some(BASE)));
         // Both forges at once is ambiguous.
         env.insert("GITHUB_ACTIONS".into(), "true".into());
         assert!(Forge::from_env(&|k| env.get(k).cloned()).is_err());
@@ -1452,6 +1505,32 @@ mod tests {
         assert_eq!(statuses, [429, 201]);
         assert_eq!(comments(&f).len(), 1);
         assert_eq!(f.state()["github"]["statuses"].as_array().unwrap().len(), 1);
+        // The primary rate limit: 403 with no requests left, waited out until its reset.
+        let reset = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 1;
+        let reset = reset.to_string();
+        f.fail_next(
+            "PATCH",
+            r"/issues/comments/\d+$",
+            1,
+            403,
+            &[
+                ("x-ratelimit-remaining", "0"),
+                ("x-ratelimit-reset", &reset),
+            ],
+        );
+        forge.upsert_comment(PR, MARKER, "plan 2").unwrap();
+        let patches: Vec<_> = f
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == "PATCH")
+            .map(|r| r.status)
+            .collect();
+        assert_eq!(patches, [403, 200]);
+        assert_eq!(comments(&f)[0]["body"], format!("{MARKER}\nplan 2"));
         f.assert_no_violations();
     }
 
@@ -1514,7 +1593,7 @@ mod tests {
         assert_eq!(f.requests().len(), 3);
 
         // A 5xx that does not end: the configured attempts, then an error.
-        f.fail_next("POST", r"/statuses/", 10, 502, &[]);
+        f.fail_next("POST", r"/statuses/", 4, 502, &[]);
         let e = forge
             .set_status(HEAD, "airlock/app", StatusState::Pending, "p", None)
             .unwrap_err();
@@ -1542,6 +1621,33 @@ mod tests {
         assert_eq!(e.kind, ForgeErrorKind::RateLimited);
         assert!(e.to_string().contains("re-run the job later"), "{e}");
         assert!(started.elapsed() < Duration::from_secs(2));
+        // Hostile rate-limit headers (a wait that overflows, garbage) neither panic nor block.
+        f.fail_next(
+            "POST",
+            r"/statuses/",
+            1,
+            429,
+            &[("Retry-After", "18446744073709551615")],
+        );
+        let e = forge
+            .set_status(HEAD, "airlock/app", StatusState::Pending, "p", None)
+            .unwrap_err();
+        assert_eq!(e.kind, ForgeErrorKind::RateLimited);
+        f.fail_next(
+            "POST",
+            r"/statuses/",
+            1,
+            429,
+            &[("Retry-After", "soon"), ("x-ratelimit-reset", "-5")],
+        );
+        forge
+            .set_status(HEAD, "airlock/app", StatusState::Pending, "p", None)
+            .unwrap();
+        // A body of exactly the budget fits GitHub's limit (the stand-in enforces it).
+        let budget = forge.comment_budget(MARKER);
+        forge
+            .upsert_comment(PR, MARKER, &"é".repeat(budget))
+            .unwrap();
         // A body over GitHub's limit is refused before anything is sent.
         let before = f.requests().len();
         let e = forge
@@ -1553,12 +1659,87 @@ mod tests {
     }
 
     #[test]
+    fn hostile_or_malformed_answers_are_errors_not_panics() {
+        let (f, forge, _dir) = github();
+        let list = r"/issues/7/comments$";
+        for (raw, needle) in [
+            ("{\"not\": \"a list\"}", "not a list"),
+            ("<html>", "not JSON"),
+            ("[{\"id\": \"x\", \"user\": {\"login\": \"github-actions[bot]\"}, \"body\": \"<!-- airlock:plan -->\"}]", "numeric id"),
+        ] {
+            f.answer_next("GET", list, 200, &[], raw);
+            let e = forge.upsert_comment(PR, MARKER, "plan").unwrap_err();
+            assert_eq!(e.kind, ForgeErrorKind::Protocol, "{raw}: {e}");
+            assert!(e.to_string().contains(needle), "{raw}: {e}");
+        }
+        // A comment by someone else, or without the marker first, is not ours whatever its shape.
+        f.answer_next(
+            "GET",
+            list,
+            200,
+            &[],
+            "[{\"id\": 1, \"user\": null, \"body\": 5}, {\"id\": 2}]",
+        );
+        forge.upsert_comment(PR, MARKER, "plan").unwrap();
+        assert_eq!(comments(&f).len(), 1);
+        // An error body with terminal escapes is shown inert.
+        f.answer_next(
+            "POST",
+            r"/statuses/",
+            422,
+            &[],
+            "{\"message\": \"\\u001b[2Jgone\"}",
+        );
+        let e = forge
+            .set_status(HEAD, "airlock/app", StatusState::Pending, "p", None)
+            .unwrap_err();
+        assert!(
+            !e.to_string().contains('\u{1b}') && e.to_string().contains("gone"),
+            "{e}"
+        );
+        // A redirect (a renamed repository) is reported, not followed with or without the token.
+        let moved = format!(
+            "{}/repos/acme/infra-renamed/issues/7/comments",
+            f.url_github()
+        );
+        f.answer_next(
+            "GET",
+            list,
+            301,
+            &[("Location", &moved)],
+            "{\"message\": \"Moved Permanently\"}",
+        );
+        let e = forge.upsert_comment(PR, MARKER, "plan").unwrap_err();
+        assert_eq!(e.kind, ForgeErrorKind::Protocol, "{e}");
+        assert!(e.to_string().contains("redirect (HTTP 301"), "{e}");
+        assert!(
+            !f.requests().iter().any(|r| r.path.contains("renamed")),
+            "{moved} not followed"
+        );
+        // A create answered without an id is an error, not a second create.
+        f.answer_next("POST", r"/issues/8/comments$", 201, &[], "{}");
+        let e = forge.upsert_comment(8, MARKER, "plan").unwrap_err();
+        assert_eq!(e.kind, ForgeErrorKind::Protocol, "{e}");
+        let posts = f
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == "POST" && r.path.ends_with("/8/comments"))
+            .count();
+        assert_eq!(posts, 1);
+    }
+
+    #[test]
     fn github_change_for_a_merge_commit() {
         let (f, forge, _dir) = github();
         let merge = "4444444444444444444444444444444444444444";
         f.add_change("github", "acme/infra", 12, HEAD, Some(merge));
         assert_eq!(forge.change_for_commit(merge).unwrap(), Some(12));
         assert_eq!(forge.change_for_commit(BASE).unwrap(), None);
+        // An open pull request that contains a commit is not where it was merged from.
+        f.add_change("github", "acme/infra", 13, BASE, None);
+        assert_eq!(forge.change_for_commit(BASE).unwrap(), None);
+        // A fast-forward merge: the merged pull request this commit heads.
+        assert_eq!(forge.change_for_commit(HEAD).unwrap(), Some(12));
         f.assert_no_violations();
     }
 
@@ -1686,6 +1867,8 @@ mod tests {
         let merge = "5555555555555555555555555555555555555555";
         f.add_change("gitlab", "42", 9, HEAD, Some(merge));
         assert_eq!(forge.change_for_commit(merge).unwrap(), Some(9));
+        f.add_change("gitlab", "42", 10, BASE, None);
+        assert_eq!(forge.change_for_commit(BASE).unwrap(), None);
         f.assert_no_violations();
     }
 

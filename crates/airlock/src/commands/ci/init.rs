@@ -1,10 +1,324 @@
-//! `airlock ci init` (being written; see the ci module).
+//! `airlock ci init github|gitlab`: writes the CI workflow of the pull-request workflow into a
+//! repository: on pull/merge requests `airlock ci plan`, on pushes to the default branch
+//! `airlock ci apply`, with the least CI permissions, the whole history (change detection needs
+//! the merge base), terraform from the usual setup, and the airlock binary downloaded from a
+//! URL the team hosts and checked against its SHA-256 (airlock publishes no release binaries).
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use crate::cli::CiInitArgs;
+use airlock_core::inputs::CONFIG_PATH;
+use airlock_runner::git;
+use anyhow::{bail, Context};
+
+use crate::cli::{CiInitArgs, Forge};
+
+/// The Terraform version the workflows install. Plan and apply must use the same one: the
+/// run's fingerprint covers it.
+const TERRAFORM_VERSION: &str = "1.11.4";
+
+const GITHUB_WORKFLOW: &str = r#"# Written by `airlock ci init github` (airlock @VERSION@). Plans every stack a pull request
+# affects (`airlock ci plan`: governed runs, one review comment, a commit status per stack) and,
+# after merge, applies exactly the reviewed and approved plans (`airlock ci apply`).
+#
+# Set up once (Settings -> Secrets and variables -> Actions, and Settings -> Environments):
+#   secret   AIRLOCK_URL       the airlock server, e.g. https://airlock.example.com
+#   secret   AIRLOCK_TOKEN     the plan token: airlock token create --name ci-plan --role agent
+#   secret   AIRLOCK_CI_TOKEN  the apply token (airlock token create --name ci-apply --role ci),
+#                              stored in the environment `airlock-apply` only, with a deployment
+#                              branch rule allowing only @BRANCH@: a pull request that edits this
+#                              file then cannot read it
+#   variable AIRLOCK_BINARY_URL     an https URL of the airlock binary (Linux x86_64) you host
+#   variable AIRLOCK_BINARY_SHA256  its SHA-256 (sha256sum airlock): any other binary is refused
+# Branch protection can then require the `airlock/STACK` statuses before merge.
+name: airlock
+
+on:
+  pull_request:
+  push:
+    branches: [@BRANCH@]
+
+# The least the jobs need: read the code, comment on the pull request, set commit statuses.
+permissions:
+  contents: read
+  pull-requests: write
+  statuses: write
+
+env:
+  CHECKPOINT_DISABLE: "1"
+  # Plan and apply must use the same Terraform: a run's fingerprint covers the version.
+  TERRAFORM_VERSION: "@TERRAFORM@"
+@DEFAULTS@
+jobs:
+  plan:
+    if: github.event_name == 'pull_request'
+    runs-on: ubuntu-latest
+    concurrency:
+      group: airlock-plan-${{ github.event.pull_request.number }}
+      cancel-in-progress: false
+    steps:
+      - uses: actions/checkout@v4
+        with:
+          fetch-depth: 0 # change detection needs the merge base with the target branch
+      - uses: hashicorp/setup-terraform@v3
+        with:
+          terraform_version: ${{ env.TERRAFORM_VERSION }}
+          terraform_wrapper: false
+      - name: Install airlock
+        env:
+          AIRLOCK_BINARY_URL: ${{ vars.AIRLOCK_BINARY_URL }}
+          AIRLOCK_BINARY_SHA256: ${{ vars.AIRLOCK_BINARY_SHA256 }}
+        run: |
+          mkdir -p "$RUNNER_TEMP/airlock-bin"
+          curl -fsSL --proto '=https' -o "$RUNNER_TEMP/airlock-bin/airlock" "$AIRLOCK_BINARY_URL"
+          echo "$AIRLOCK_BINARY_SHA256  $RUNNER_TEMP/airlock-bin/airlock" | sha256sum -c -
+          chmod 0755 "$RUNNER_TEMP/airlock-bin/airlock"
+          echo "$RUNNER_TEMP/airlock-bin" >> "$GITHUB_PATH"
+      - name: Plan the affected stacks
+        env:
+          AIRLOCK_URL: ${{ secrets.AIRLOCK_URL }}
+          AIRLOCK_TOKEN: ${{ secrets.AIRLOCK_TOKEN }}
+          GITHUB_TOKEN: ${{ github.token }}
+        run: airlock ci plan
+
+  apply:
+    if: github.event_name == 'push'
+    runs-on: ubuntu-latest
+    environment: airlock-apply
+    concurrency:
+      group: airlock-apply
+      cancel-in-progress: false
+    steps:
+      - uses: actions/checkout@v4
+        with:
+          fetch-depth: 0
+      - uses: hashicorp/setup-terraform@v3
+        with:
+          terraform_version: ${{ env.TERRAFORM_VERSION }}
+          terraform_wrapper: false
+      - name: Install airlock
+        env:
+          AIRLOCK_BINARY_URL: ${{ vars.AIRLOCK_BINARY_URL }}
+          AIRLOCK_BINARY_SHA256: ${{ vars.AIRLOCK_BINARY_SHA256 }}
+        run: |
+          mkdir -p "$RUNNER_TEMP/airlock-bin"
+          curl -fsSL --proto '=https' -o "$RUNNER_TEMP/airlock-bin/airlock" "$AIRLOCK_BINARY_URL"
+          echo "$AIRLOCK_BINARY_SHA256  $RUNNER_TEMP/airlock-bin/airlock" | sha256sum -c -
+          chmod 0755 "$RUNNER_TEMP/airlock-bin/airlock"
+          echo "$RUNNER_TEMP/airlock-bin" >> "$GITHUB_PATH"
+      - name: Apply the reviewed plans
+        env:
+          AIRLOCK_URL: ${{ secrets.AIRLOCK_URL }}
+          AIRLOCK_TOKEN: ${{ secrets.AIRLOCK_CI_TOKEN }}
+          GITHUB_TOKEN: ${{ github.token }}
+        run: airlock ci apply
+"#;
+
+const GITLAB_INCLUDE: &str = r#"# Written by `airlock ci init gitlab` (airlock @VERSION@). Plans every stack a merge request
+# affects (`airlock ci plan`: governed runs, one review note, a commit status per stack) and,
+# after merge, applies exactly the reviewed and approved plans (`airlock ci apply`).
+# Include it from .gitlab-ci.yml:
+#   include:
+#     - local: @INCLUDE@
+#
+# Set up once (Settings -> CI/CD -> Variables; mask the tokens):
+#   AIRLOCK_URL            the airlock server, e.g. https://airlock.example.com
+#   AIRLOCK_PLAN_TOKEN     the plan token: airlock token create --name ci-plan --role agent
+#   AIRLOCK_CI_TOKEN       the apply token (airlock token create --name ci-apply --role ci),
+#                          PROTECTED, so that only pipelines of protected branches see it
+#   AIRLOCK_GITLAB_TOKEN   a project access token (scope api, role Developer) to post the merge
+#                          request note and commit statuses: CI_JOB_TOKEN cannot post notes
+#   AIRLOCK_BINARY_URL     an https URL of the airlock binary you host; the image below is
+#                          Alpine, so a static build (x86_64-unknown-linux-musl)
+#   AIRLOCK_BINARY_SHA256  its SHA-256 (sha256sum airlock): any other binary is refused
+# The tokens are passed to airlock per job (project variables override job variables, so the
+# plan token is not named AIRLOCK_TOKEN).
+
+.airlock:
+  image:
+    # Plan and apply must use the same Terraform: a run's fingerprint covers the version.
+    name: hashicorp/terraform:@TERRAFORM@
+    entrypoint: [""]
+  variables:
+    GIT_DEPTH: "0" # change detection needs the merge base with the target branch
+    CHECKPOINT_DISABLE: "1"
+  before_script:
+    - wget -q -O /usr/local/bin/airlock "$AIRLOCK_BINARY_URL"
+    - echo "$AIRLOCK_BINARY_SHA256  /usr/local/bin/airlock" | sha256sum -c -
+    - chmod 0755 /usr/local/bin/airlock
+@CD@
+airlock-plan:
+  extends: .airlock
+  stage: test
+  rules:
+    - if: $CI_PIPELINE_SOURCE == "merge_request_event"
+  script:
+    - AIRLOCK_TOKEN="$AIRLOCK_PLAN_TOKEN" airlock ci plan
+
+airlock-apply:
+  extends: .airlock
+  stage: deploy
+  resource_group: airlock-apply
+  rules:
+    - if: $CI_PIPELINE_SOURCE == "push" && $CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH
+  script:
+    - AIRLOCK_TOKEN="$AIRLOCK_CI_TOKEN" airlock ci apply
+"#;
+
+/// Where the GitLab include file goes, relative to the git root.
+const GITLAB_INCLUDE_PATH: &str = ".gitlab/airlock.yml";
+
+/// The branch whose pushes apply: the remote's default branch, else `main`.
+fn default_branch(top: &Path) -> String {
+    git::run(
+        top,
+        &["symbolic-ref", "--short", "-q", "refs/remotes/origin/HEAD"],
+    )
+    .ok()
+    .map(|o| String::from_utf8_lossy(&o).trim().to_owned())
+    .and_then(|r| r.strip_prefix("origin/").map(str::to_owned))
+    .filter(|b| !b.is_empty())
+    .unwrap_or_else(|| "main".into())
+}
+
+/// A branch name safe to write into YAML unquoted and into a git ref.
+fn valid_branch(b: &str) -> bool {
+    !b.is_empty()
+        && b.len() <= 200
+        && !b.starts_with(['-', '/', '.'])
+        && b.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b'/'))
+}
+
+/// The files to write: (path, content).
+fn files(
+    forge: Forge,
+    top: &Path,
+    sub: &str,
+    branch: &str,
+) -> anyhow::Result<Vec<(PathBuf, String)>> {
+    let fill = |t: &str| {
+        t.replace("@VERSION@", env!("CARGO_PKG_VERSION"))
+            .replace("@TERRAFORM@", TERRAFORM_VERSION)
+            .replace("@BRANCH@", branch)
+            .replace("@INCLUDE@", GITLAB_INCLUDE_PATH)
+    };
+    Ok(match forge {
+        Forge::Github => {
+            let defaults = if sub.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "\n# airlock.hcl is in {sub}: airlock runs there.\ndefaults:\n  run:\n    \
+                     working-directory: {sub}\n"
+                )
+            };
+            vec![(
+                top.join(".github/workflows/airlock.yml"),
+                fill(GITHUB_WORKFLOW).replace("@DEFAULTS@", &defaults),
+            )]
+        }
+        Forge::Gitlab => {
+            let cd = if sub.is_empty() {
+                String::new()
+            } else {
+                format!("    - cd {sub} # airlock.hcl is there\n")
+            };
+            let mut out = vec![(
+                top.join(GITLAB_INCLUDE_PATH),
+                fill(GITLAB_INCLUDE).replace("@CD@\n", &cd),
+            )];
+            let main = top.join(".gitlab-ci.yml");
+            if !main.exists() {
+                out.push((
+                    main,
+                    format!(
+                        "# Written by `airlock ci init gitlab`.\ninclude:\n  - local: \
+                         {GITLAB_INCLUDE_PATH}\n"
+                    ),
+                ));
+            }
+            out
+        }
+    })
+}
 
 /// Runs `airlock ci init`.
-pub fn run(_args: CiInitArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("airlock ci init is not implemented yet")
+pub fn run(args: CiInitArgs) -> anyhow::Result<ExitCode> {
+    let dir = args
+        .dir
+        .canonicalize()
+        .with_context(|| format!("{} is not a directory", args.dir.display()))?;
+    let top = git::run(&dir, &["rev-parse", "--show-toplevel"])
+        .map_err(|e| anyhow::anyhow!("{} is not in a git repository ({}): run `git init` first, or pass --dir with the repository", dir.display(), e.detail))?;
+    let top = PathBuf::from(String::from_utf8_lossy(&top).trim())
+        .canonicalize()
+        .context("the repository's top directory")?;
+    let sub = dir
+        .strip_prefix(&top)
+        .map(|p| p.to_string_lossy().replace('\\', "/"))
+        .unwrap_or_default();
+    if !sub
+        .bytes()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b'/'))
+    {
+        bail!("the directory {sub:?} inside the repository has characters the workflow cannot quote safely; rename it or run airlock from the repository root");
+    }
+    let branch = match args.default_branch {
+        Some(b) => b,
+        None => default_branch(&top),
+    };
+    if !valid_branch(&branch) {
+        bail!("--default-branch {branch:?} is not a plain branch name ([A-Za-z0-9._/-])");
+    }
+    let files = files(args.forge, &top, &sub, &branch)?;
+    let existing: Vec<String> = files
+        .iter()
+        .filter(|(p, _)| p.exists())
+        .map(|(p, _)| p.display().to_string())
+        .collect();
+    if !existing.is_empty() && !args.force {
+        bail!(
+            "{} already exist(s); nothing was written. Pass --force to overwrite",
+            existing.join(", ")
+        );
+    }
+    for (path, content) in &files {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        std::fs::write(path, content).with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    if !dir.join(CONFIG_PATH).is_file() {
+        println!(
+            "note: {} has no {CONFIG_PATH} yet: add one with a stack block per stack \
+             (docs/airlock-hcl.md); airlock ci finds stacks there",
+            dir.display()
+        );
+    }
+    match args.forge {
+        Forge::Github => println!(
+            "next: create the secrets AIRLOCK_URL and AIRLOCK_TOKEN (plan, role agent), the \
+             environment airlock-apply restricted to {branch} with the secret AIRLOCK_CI_TOKEN \
+             (role ci), and the variables AIRLOCK_BINARY_URL and AIRLOCK_BINARY_SHA256; see the \
+             comment at the top of the workflow"
+        ),
+        Forge::Gitlab => {
+            if !files.iter().any(|(p, _)| p.ends_with(".gitlab-ci.yml")) {
+                println!(
+                    "next: add to .gitlab-ci.yml:\n  include:\n    - local: \
+                     {GITLAB_INCLUDE_PATH}\n(it uses the stages test and deploy)"
+                );
+            }
+            println!(
+                "next: create the CI/CD variables AIRLOCK_URL, AIRLOCK_PLAN_TOKEN (role agent), \
+                 AIRLOCK_CI_TOKEN (role ci, protected), AIRLOCK_GITLAB_TOKEN (project access \
+                 token, api), AIRLOCK_BINARY_URL and AIRLOCK_BINARY_SHA256; see the comment at \
+                 the top of {GITLAB_INCLUDE_PATH}"
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,223 @@
+//! Console sessions: a random id in an `HttpOnly; SameSite=Strict; Path=/ui` cookie (`Secure`
+//! under TLS), kept in this server's memory with the token it signed in with, its CSRF token and
+//! its expiry. The token is what every page uses to call the JSON API, so each request is
+//! authenticated again by the API: a revoked or expired token ends its sessions at once.
+//!
+//! In memory, per process: a restart signs everyone out, and behind several replicas a session
+//! lives on the replica that issued it (use sticky sessions, or sign in again). Keeping the
+//! token in the database instead would store a usable credential at rest, which the store never
+//! does (it keeps only hashes).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use crate::tokens::random_bytes;
+
+/// The session cookie.
+pub const COOKIE: &str = "airlock_session";
+/// The pre-session cookie that makes the sign-in form CSRF-safe (double submit).
+pub const LOGIN_COOKIE: &str = "airlock_login";
+/// A session ends this long after its last request.
+pub const IDLE: Duration = Duration::from_secs(60 * 60);
+/// A session ends this long after sign-in, however active.
+pub const ABSOLUTE: Duration = Duration::from_secs(12 * 60 * 60);
+/// Most sessions kept; past it, the least recently used is dropped.
+pub const MAX_SESSIONS: usize = 10_000;
+
+/// One signed-in browser.
+#[derive(Clone)]
+pub struct Session {
+    /// The token it signed in with (never written anywhere).
+    pub token: String,
+    /// Its CSRF token, in every state-changing form.
+    pub csrf: String,
+    /// Who signed in, as `whoami` said at sign-in (for presentation only: the API decides).
+    pub who: Who,
+    created: Instant,
+    last_seen: Instant,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("who", &self.who.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The signed-in token's identity.
+#[derive(Debug, Clone)]
+pub struct Who {
+    /// Token name.
+    pub name: String,
+    /// Its role.
+    pub role: airlock_core::Role,
+    /// Its user.
+    pub user: String,
+}
+
+/// The sessions of this process, keyed by the SHA-256 of their id.
+#[derive(Default)]
+pub struct Sessions(Mutex<HashMap<[u8; 32], Session>>);
+
+fn key(id: &str) -> [u8; 32] {
+    Sha256::digest(id.as_bytes()).into()
+}
+
+/// A fresh random secret (256 bits, hex).
+pub fn secret() -> String {
+    hex::encode(random_bytes::<32>())
+}
+
+/// Compares two secrets without an early exit.
+pub fn same_secret(a: &str, b: &str) -> bool {
+    let (ha, hb): ([u8; 32], [u8; 32]) = (key(a), key(b));
+    ha.iter()
+        .zip(hb.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
+impl Sessions {
+    /// Starts a session for `token`; returns its id (the cookie value).
+    pub fn start(&self, token: String, who: Who) -> String {
+        let id = secret();
+        let now = Instant::now();
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, s| live(s, now));
+        if map.len() >= MAX_SESSIONS {
+            if let Some(oldest) = map.iter().min_by_key(|(_, s)| s.last_seen).map(|(k, _)| *k) {
+                map.remove(&oldest);
+            }
+        }
+        map.insert(
+            key(&id),
+            Session {
+                token,
+                csrf: secret(),
+                who,
+                created: now,
+                last_seen: now,
+            },
+        );
+        id
+    }
+
+    /// The live session with this id, touched.
+    pub fn get(&self, id: &str) -> Option<Session> {
+        self.get_at(id, Instant::now())
+    }
+
+    fn get_at(&self, id: &str, now: Instant) -> Option<Session> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let k = key(id);
+        match map.get_mut(&k) {
+            Some(s) if live(s, now) => {
+                s.last_seen = now;
+                Some(s.clone())
+            }
+            Some(_) => {
+                map.remove(&k);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Ends the session with this id.
+    pub fn end(&self, id: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key(id));
+    }
+
+    /// Ends every session signed in with `token` (the API said it is no longer valid).
+    pub fn end_token(&self, token: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, s| s.token != token);
+    }
+}
+
+fn live(s: &Session, now: Instant) -> bool {
+    now.duration_since(s.last_seen) < IDLE && now.duration_since(s.created) < ABSOLUTE
+}
+
+/// The value of cookie `name` in a `Cookie` header.
+pub fn cookie<'a>(headers: &'a axum::http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// A `Set-Cookie` value for `name`.
+pub fn set_cookie(name: &str, value: &str, secure: bool, max_age: Option<u64>) -> String {
+    let mut c = format!("{name}={value}; Path=/ui; HttpOnly; SameSite=Strict");
+    if secure {
+        c.push_str("; Secure");
+    }
+    if let Some(age) = max_age {
+        c.push_str(&format!("; Max-Age={age}"));
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn who(n: &str) -> Who {
+        Who {
+            name: n.into(),
+            role: airlock_core::Role::Reader,
+            user: n.into(),
+        }
+    }
+
+    #[test]
+    fn sessions_start_end_and_die_with_their_token() {
+        let s = Sessions::default();
+        let a = s.start("tok-a".into(), who("a"));
+        let b = s.start("tok-b".into(), who("b"));
+        assert_eq!(s.get(&a).map(|x| x.token), Some("tok-a".into()));
+        s.end_token("tok-a");
+        assert!(s.get(&a).is_none());
+        assert!(s.get(&b).is_some());
+        s.end(&b);
+        assert!(s.get(&b).is_none());
+        assert!(s.get("guess").is_none());
+    }
+
+    #[test]
+    fn sessions_expire_when_idle_and_after_the_absolute_limit() {
+        let s = Sessions::default();
+        let a = s.start("t".into(), who("a"));
+        let t0 = Instant::now();
+        assert!(s.get_at(&a, t0 + IDLE / 2).is_some());
+        assert!(s.get_at(&a, t0 + IDLE / 2 + IDLE).is_none(), "idle");
+        let b = s.start("t".into(), who("b"));
+        let t1 = Instant::now();
+        let steps = (ABSOLUTE.as_secs() / (IDLE.as_secs() / 2)) as u32;
+        for k in 0..steps {
+            assert!(s.get_at(&b, t1 + IDLE / 2 * k).is_some(), "step {k}");
+        }
+        assert!(s.get_at(&b, t1 + IDLE / 2 * steps).is_none(), "absolute");
+    }
+
+    #[test]
+    fn secrets_compare() {
+        assert!(same_secret("abc", "abc"));
+        assert!(!same_secret("abc", "abd"));
+        assert!(!same_secret("", "abd"));
+    }
+}
