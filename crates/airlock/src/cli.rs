@@ -747,8 +747,9 @@ pub struct CiPlanArgs {
     /// request's base commit in CI; required outside CI (e.g. `--base main`).
     #[arg(long)]
     pub base: Option<String>,
-    /// Plan nothing: re-read this commit's runs (after an approval), check each is for the
-    /// checkout's inputs, and update the statuses and the comment.
+    /// Plan nothing: report each affected stack's newest run for exactly the checkout's inputs
+    /// and update the statuses and the comment (plain `ci plan` also reuses such a run while it
+    /// is open and current, so re-running the job after an approval is the usual refresh).
     #[arg(long)]
     pub refresh: bool,
     /// Print the comment instead of posting it (the default outside CI).
@@ -767,9 +768,10 @@ pub struct CiPlanArgs {
 /// `airlock ci apply`.
 #[derive(Debug, Args)]
 pub struct CiApplyArgs {
-    /// The commit before the merge (default: `HEAD^1`, the merge commit's first parent).
-    #[arg(long, default_value = "HEAD^1")]
-    pub base: String,
+    /// The commit before the push (default: the push event's previous tip in CI, else `HEAD^1`,
+    /// the merge commit's first parent).
+    #[arg(long)]
+    pub base: Option<String>,
     /// Only these stacks, instead of the affected set (repeatable).
     #[arg(long = "stack", hide = true)]
     pub stacks: Vec<String>,

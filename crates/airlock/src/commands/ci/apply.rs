@@ -36,7 +36,12 @@ pub fn run(args: CiApplyArgs) -> anyhow::Result<ExitCode> {
     let root = flow::repo_root()?;
     let mut sink = Sink::from_env(false)?;
     let targets = if args.stacks.is_empty() {
-        flow::affected_targets(&root, &args.base, "HEAD")?
+        let base = args
+            .base
+            .clone()
+            .or_else(|| sink.job.base_sha.clone())
+            .unwrap_or_else(|| "HEAD^1".to_owned());
+        flow::affected_targets(&root, &base, "HEAD")?
     } else {
         flow::explicit_targets(&root, &args.stacks)?
     };
