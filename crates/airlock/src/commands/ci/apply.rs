@@ -17,8 +17,8 @@ use crate::cli::CiApplyArgs;
 use crate::commands::client::{printable, Client};
 use crate::commands::run::{apply_run, checkout_fingerprint, query_value, ApplyOutcome};
 
-/// How many of a stack's newest runs are searched for the checkout's inputs.
-const RUNS_SEARCHED: u32 = 200;
+/// How many of a stack's newest runs are read to say why none is for the checkout's inputs.
+const RUNS_SEARCHED: u32 = 50;
 
 /// What to do for one stack.
 enum Choice {
@@ -45,6 +45,7 @@ pub fn run(args: CiApplyArgs) -> anyhow::Result<ExitCode> {
     } else {
         flow::explicit_targets(&root, &args.stacks)?
     };
+    let version = flow::terraform_version(&args.terraform_bin)?;
     let merge = sink
         .job
         .head_sha
@@ -55,7 +56,7 @@ pub fn run(args: CiApplyArgs) -> anyhow::Result<ExitCode> {
     let mut outcomes: Vec<(Option<u64>, AppliedLine)> = Vec::new();
     let mut errored = false;
     for t in &targets.stacks {
-        let (run, ok, message) = match choose(&c, &root, t) {
+        let (run, ok, message) = match choose(&c, &root, t, &version) {
             Err(e) => {
                 errored = true;
                 (None, false, format!("{e:#}"))
@@ -212,34 +213,14 @@ pub fn run(args: CiApplyArgs) -> anyhow::Result<ExitCode> {
 
 /// The run to apply for the stack, chosen by the merged checkout's inputs alone (a run's
 /// commit and pull request are its planner's claims), or why there is none.
-fn choose(c: &Client, root: &Path, t: &Target) -> anyhow::Result<Choice> {
-    let listed = c.get(&format!(
-        "/api/v1/runs?stack={}&limit={RUNS_SEARCHED}",
-        query_value(&t.name)
-    ))?;
-    let runs: Vec<&Value> = listed["runs"].as_array().into_iter().flatten().collect();
-    let dir = root.join(&t.dir);
-    // The fingerprint covers the Terraform version: one per version the runs were planned with.
-    let mut ours: BTreeMap<String, (String, Vec<InputFile>)> = BTreeMap::new();
-    let mut matches = Vec::new();
-    for r in &runs {
-        let version = r["terraform_version"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        if !ours.contains_key(&version) {
-            ours.insert(version.clone(), checkout_fingerprint(&dir, &version)?);
-        }
-        if r["fingerprint"].as_str() == ours.get(&version).map(|(fp, _)| fp.as_str()) {
-            matches.push(*r);
-        }
-    }
+fn choose(c: &Client, root: &Path, t: &Target, version: &str) -> anyhow::Result<Choice> {
+    let mine = flow::runs_for_checkout(c, root, t, version)?;
     let id = |r: &Value| r["id"].as_str().unwrap_or("?").to_owned();
-    if let Some(r) = matches.iter().find(|r| r["status"] == "approved") {
-        return Ok(Choice::Apply((*r).clone()));
+    if let Some(r) = mine.runs.iter().find(|r| r["status"] == "approved") {
+        return Ok(Choice::Apply(r.clone()));
     }
-    if let Some(r) = matches.first() {
-        let (run, i) = (Some((*r).clone()), id(r));
+    if let Some(r) = mine.runs.first() {
+        let (run, i) = (Some(r.clone()), id(r));
         let status = r["status"].as_str().unwrap_or("unknown");
         return Ok(match status {
             "applied" => Choice::Done(run, format!("run {i} for these inputs is already applied")),
@@ -262,7 +243,27 @@ fn choose(c: &Client, root: &Path, t: &Target) -> anyhow::Result<Choice> {
             ),
         });
     }
-    // No run for these inputs: the newest reviewed one shows what differs.
+    // No run for these inputs: the stack's newest runs say why.
+    let listed = c.get(&format!(
+        "/api/v1/runs?stack={}&limit={RUNS_SEARCHED}",
+        query_value(&t.name)
+    ))?;
+    let runs: Vec<&Value> = listed["runs"].as_array().into_iter().flatten().collect();
+    for r in &runs {
+        let theirs = r["terraform_version"].as_str().unwrap_or_default();
+        if theirs != version
+            && r["fingerprint"].as_str()
+                == Some(checkout_fingerprint(&root.join(&t.dir), theirs)?.0.as_str())
+        {
+            return Ok(Choice::Refuse(
+                Some((*r).clone()),
+                format!(
+                    "run {} is for these inputs but was planned with Terraform {theirs}, and this job runs {version}: use the same Terraform version for plan and apply",
+                    id(r)
+                ),
+            ));
+        }
+    }
     let newest = runs
         .iter()
         .find(|r| matches!(r["status"].as_str(), Some("approved" | "needs_approval")))
@@ -279,15 +280,11 @@ fn choose(c: &Client, root: &Path, t: &Target) -> anyhow::Result<Choice> {
     let i = id(r);
     let full = flow::fetch_run(c, &i)?;
     let theirs: Vec<InputFile> = serde_json::from_value(full["inputs"].clone()).unwrap_or_default();
-    let version = r["terraform_version"].as_str().unwrap_or_default();
-    let mine = ours
-        .get(version)
-        .map(|(_, files)| files.clone())
-        .unwrap_or_default();
     let mut differ: Vec<&str> = mine
+        .files
         .iter()
         .filter(|f| !theirs.contains(f))
-        .chain(theirs.iter().filter(|f| !mine.contains(f)))
+        .chain(theirs.iter().filter(|f| !mine.files.contains(f)))
         .map(|f| f.path.as_str())
         .collect();
     differ.sort_unstable();

@@ -10,6 +10,8 @@ use serde_json::Value;
 use super::comment::{self, Light};
 use super::forge::{Forge, StatusState};
 use crate::commands::client::{printable, Client};
+use crate::commands::run::{checkout_fingerprint, query_value};
+use airlock_core::inputs::InputFile;
 
 /// The repository root: the nearest directory at or above the current one holding airlock.hcl.
 pub fn repo_root() -> anyhow::Result<PathBuf> {
@@ -305,4 +307,49 @@ fn change_url(forge: &Forge, n: u64, env: &dyn Fn(&str) -> Option<String>) -> Op
         ),
     };
     (base.starts_with("https://") || base.starts_with("http://")).then_some(base)
+}
+
+/// The version of `terraform_bin` (`terraform version -json`). A run's fingerprint covers the
+/// version that planned it, and `terraform apply` refuses another version's plan, so a job looks
+/// for runs made with its own.
+pub fn terraform_version(terraform_bin: &str) -> anyhow::Result<String> {
+    let out = std::process::Command::new(terraform_bin)
+        .args(["version", "-json"])
+        .env("CHECKPOINT_DISABLE", "1")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .with_context(|| format!("running {terraform_bin} version -json"))?;
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("reading {terraform_bin} version -json"))?;
+    v["terraform_version"]
+        .as_str()
+        .map(str::to_owned)
+        .with_context(|| format!("{terraform_bin} version -json names no terraform_version"))
+}
+
+/// The checkout's inputs for one stack, and the stack's runs (newest first) with exactly their
+/// fingerprint under this job's Terraform version: the only runs a job may report or apply as
+/// this checkout's, whatever commit or change request their planner claims.
+pub struct ForCheckout {
+    pub files: Vec<InputFile>,
+    /// `GET /api/v1/runs` entries.
+    pub runs: Vec<Value>,
+}
+
+/// How many runs with the checkout's fingerprint are listed (newest first).
+const SAME_INPUT_RUNS: u32 = 50;
+
+pub fn runs_for_checkout(
+    c: &Client,
+    root: &Path,
+    t: &Target,
+    terraform_version: &str,
+) -> anyhow::Result<ForCheckout> {
+    let (fingerprint, files) = checkout_fingerprint(&root.join(&t.dir), terraform_version)?;
+    let listed = c.get(&format!(
+        "/api/v1/runs?stack={}&fingerprint={fingerprint}&limit={SAME_INPUT_RUNS}",
+        query_value(&t.name)
+    ))?;
+    let runs = listed["runs"].as_array().cloned().unwrap_or_default();
+    Ok(ForCheckout { files, runs })
 }

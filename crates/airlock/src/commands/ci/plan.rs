@@ -12,10 +12,7 @@ use super::comment::{self, Light, Report, StackResult};
 use super::flow::{self, Sink, Target, Targets};
 use crate::cli::{CiPlanArgs, OutputFormat};
 use crate::commands::client::{s, Client};
-use crate::commands::run::{checkout_fingerprint, plan_run, query_value, Origin, PlanRequest};
-
-/// How many of a stack's newest runs are searched for one with the checkout's inputs.
-const EXISTING_RUNS: u32 = 50;
+use crate::commands::run::{plan_run, Origin, PlanRequest};
 
 /// Runs `airlock ci plan`.
 pub fn run(args: CiPlanArgs) -> anyhow::Result<ExitCode> {
@@ -30,6 +27,7 @@ pub fn run(args: CiPlanArgs) -> anyhow::Result<ExitCode> {
     } else {
         flow::explicit_targets(&root, &args.stacks)?
     };
+    let version = flow::terraform_version(&args.terraform_bin)?;
     let head = sink
         .job
         .head_sha
@@ -41,7 +39,7 @@ pub fn run(args: CiPlanArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|t| {
             let result = if args.refresh {
-                refresh_one(&c, &root, t)
+                refresh_one(&c, &root, t, &version)
             } else {
                 sink.progress(head.as_deref(), &t.name, "planning");
                 plan_one(
@@ -49,6 +47,7 @@ pub fn run(args: CiPlanArgs) -> anyhow::Result<ExitCode> {
                     &root,
                     t,
                     &args.terraform_bin,
+                    &version,
                     &sink,
                     &targets,
                     head.clone(),
@@ -85,16 +84,18 @@ pub fn run(args: CiPlanArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Plans one stack through `airlock plan`'s own code.
+#[allow(clippy::too_many_arguments)]
 fn plan_one(
     c: &Client,
     root: &Path,
     t: &Target,
     terraform_bin: &str,
+    version: &str,
     sink: &Sink,
     targets: &Targets,
     head: Option<String>,
 ) -> StackResult {
-    match existing_run(c, root, t) {
+    match existing_run(c, root, t, version) {
         Ok(Some(found)) if reusable(&found) => {
             eprintln!(
                 "airlock ci plan: stack {}: run {} is for exactly these inputs and still current; reusing it",
@@ -140,27 +141,19 @@ fn plan_one(
     }
 }
 
-/// The newest run of the stack whose inputs are exactly the checkout's (whatever commit or
-/// pull request its planner claims), with whether the stack is still where it was planned
-/// (`GET /api/v1/runs/{id}`: `run`, `current`).
-fn existing_run(c: &Client, root: &Path, t: &Target) -> anyhow::Result<Option<Value>> {
-    let listed = c.get(&format!(
-        "/api/v1/runs?stack={}&limit={EXISTING_RUNS}",
-        query_value(&t.name)
-    ))?;
-    let mut fingerprints: std::collections::BTreeMap<String, String> = Default::default();
-    for r in listed["runs"].as_array().into_iter().flatten() {
-        let version = r["terraform_version"].as_str().unwrap_or_default();
-        if !fingerprints.contains_key(version) {
-            let (fp, _) = checkout_fingerprint(&root.join(&t.dir), version)?;
-            fingerprints.insert(version.to_owned(), fp);
-        }
-        if r["fingerprint"].as_str() == fingerprints.get(version).map(String::as_str) {
-            let id = r["id"].as_str().unwrap_or_default();
-            return Ok(Some(c.get(&format!("/api/v1/runs/{id}"))?));
-        }
+/// The newest run of the stack for exactly the checkout's inputs (whatever commit or pull
+/// request its planner claims), as `GET /api/v1/runs/{id}` shows it (`run`, `current`).
+fn existing_run(
+    c: &Client,
+    root: &Path,
+    t: &Target,
+    version: &str,
+) -> anyhow::Result<Option<Value>> {
+    let found = flow::runs_for_checkout(c, root, t, version)?;
+    match found.runs.first().and_then(|r| r["id"].as_str()) {
+        Some(id) => Ok(Some(c.get(&format!("/api/v1/runs/{id}"))?)),
+        None => Ok(None),
     }
-    Ok(None)
 }
 
 /// An open run for the checkout's inputs that the stack has not moved past: planning again would
@@ -173,8 +166,8 @@ fn reusable(found: &Value) -> bool {
 }
 
 /// For `--refresh`: the newest run for the checkout's inputs.
-fn refresh_one(c: &Client, root: &Path, t: &Target) -> StackResult {
-    match existing_run(c, root, t) {
+fn refresh_one(c: &Client, root: &Path, t: &Target, version: &str) -> StackResult {
+    match existing_run(c, root, t, version) {
         Ok(Some(found)) => StackResult::Run {
             stack: t.name.clone(),
             run: found["run"].clone(),
