@@ -245,6 +245,15 @@ fn run_text(v: &Value) -> String {
         "commit: {commit}\ndirectory: {} (relative to the airlock.hcl root)\n",
         s(run, "/planned_dir"),
     ));
+    if let Some(n) = run["change_request"].as_u64() {
+        let url = match run["change_request_url"].as_str() {
+            Some(_) => format!(" {}", s(run, "/change_request_url")),
+            None => String::new(),
+        };
+        out.push_str(&format!(
+            "change request: #{n}{url} (as reported by the planner)\n"
+        ));
+    }
     if let Some(current) = v.get("current").and_then(Value::as_bool) {
         out.push_str(if current {
             "still current: the stack has not changed since the plan\n"

@@ -305,6 +305,18 @@ fn pull_request_workflow(kind: Kind) {
     assert_eq!(shown["run"]["git_head"], pr_head.as_str());
     assert_eq!(shown["run"]["git_base"].as_str().map(str::len), Some(40));
     assert_eq!(shown["run"]["change_request"], 7);
+    let url = match kind {
+        Kind::GitHub => "https://github.example/acme/infra/pull/7",
+        Kind::GitLab => "https://gitlab.example/acme/infra/-/merge_requests/7",
+    };
+    assert_eq!(shown["run"]["change_request_url"], url);
+    let text_show = t.s.ok(&t.approver, &["run", "show", &run]);
+    assert!(
+        text_show.contains(&format!(
+            "change request: #7 {url} (as reported by the planner)"
+        )),
+        "{text_show}"
+    );
     let comments = forge.comments(7);
     assert_eq!(comments.len(), 1, "one comment");
     assert!(
