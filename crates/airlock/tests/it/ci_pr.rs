@@ -707,3 +707,57 @@ fn a_declared_removal_plans_a_destroy_and_a_deleted_directory_is_reported_not_de
     let runs: Value = serde_json::from_str(&runs).unwrap();
     assert!(runs["runs"].as_array().unwrap().is_empty(), "never planned");
 }
+
+/// A real plan of 5,000 changes with hostile `for_each` keys: the posted comment fits GitHub's
+/// limit with a note saying what was left out, and the keys are inert.
+#[test]
+fn a_5000_change_plan_with_hostile_keys_posts_a_comment_that_fits_and_is_inert() {
+    crate::support::terraform_bin();
+    let forge = Forge::new(Kind::GitHub);
+    let t = team("app");
+    t.s.ok(&t.s.admin, &["stack", "create", "net"]);
+    let origin = Origin::new();
+    let dev = &origin.work;
+    let base = git(dev, &["rev-parse", "HEAD"]);
+    git(dev, &["checkout", "-q", "-b", "big"]);
+    write(
+        dev,
+        "stacks/app/main.tf",
+        r##"resource "terraform_data" "many" {
+  count = 5000
+  input = count.index
+}
+
+resource "terraform_data" "evil" {
+  for_each = toset(["</details><!--", "@admin", "`rm -rf`", "[x](https://e.example)", "#1 | *b*"])
+  input    = each.key
+}
+"##,
+    );
+    git(dev, &["commit", "-q", "-am", "app: many"]);
+    git(dev, &["push", "-q", "origin", "big"]);
+    let head = git(dev, &["rev-parse", "HEAD"]);
+    let pr = origin.checkout("ci-big", &head);
+    let env = forge.pull_request(9, &head, &base);
+    let out = ci_env(&t, &t.agent, &pr, &["ci", "plan"], &env);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let comments = forge.comments(9);
+    assert_eq!(comments.len(), 1);
+    let body = &comments[0];
+    let n = body.chars().count();
+    assert!(n <= 65_536, "{n} characters");
+    assert!(
+        body.contains("line(s) left out (the comment would exceed 65536 characters)")
+            && body.contains("/ui/runs/run&#95;"),
+        "{body}"
+    );
+    assert!(body.contains("@\u{2060}admin"));
+    for bad in ["@admin", "</details><!--", "`rm -rf`", "[x](", "| *b*"] {
+        assert!(!body.contains(bad), "{bad:?} survived");
+    }
+    assert_eq!(
+        body.matches("<details>").count(),
+        body.matches("</details>").count()
+    );
+    forge.f.assert_no_violations();
+}

@@ -335,7 +335,7 @@ fn finding_message(f: &Value) -> String {
 }
 
 /// The per-stack details: every change, then every finding.
-fn detail_lines(stack: &str, run: &Value) -> Vec<String> {
+fn detail_lines(run: &Value) -> Vec<String> {
     let mut out: Vec<String> = run["report"]["changes"]
         .as_array()
         .into_iter()
@@ -368,7 +368,6 @@ fn detail_lines(stack: &str, run: &Value) -> Vec<String> {
                 )
             }),
     );
-    let _ = stack;
     out
 }
 
@@ -535,7 +534,7 @@ pub fn render(r: &Report) -> String {
     // Per-stack details, cut first.
     for (stack, run) in &runs {
         let id = run_id(run);
-        let lines = detail_lines(stack, run);
+        let lines = detail_lines(run);
         if lines.is_empty() {
             continue;
         }
