@@ -394,8 +394,29 @@ fn pull_request_workflow(kind: Kind) {
         "success"
     );
 
-    // A second pull request, reviewed; meanwhile main gets another change to the same stack.
+    // A second pull request, planned at a first push, then pushed again: the earlier run is
+    // withdrawn.
     git(dev, &["checkout", "-q", "-b", "pr2"]);
+    write(
+        dev,
+        "stacks/app/main.tf",
+        &resources(&["base", "added", "first-try"]),
+    );
+    git(dev, &["commit", "-q", "-am", "app: a first try"]);
+    git(dev, &["push", "-q", "origin", "pr2"]);
+    let first_head = git(dev, &["rev-parse", "HEAD"]);
+    let first = origin.checkout("ci-pr2-first", &first_head);
+    let env = forge.pull_request(8, &first_head, &merge);
+    let out = ci_env(
+        &t,
+        &t.agent,
+        &first,
+        &["ci", "plan", "--format", "json"],
+        &env,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let run2_first = json(&out)["stacks"][0]["run"].as_str().unwrap().to_owned();
+    // Reviewed; meanwhile main gets another change to the same stack.
     write(
         dev,
         "stacks/app/main.tf",
@@ -415,6 +436,7 @@ fn pull_request_workflow(kind: Kind) {
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let run2 = json(&out)["stacks"][0]["run"].as_str().unwrap().to_owned();
+    assert_eq!(run_status(&t, &run2_first)["run"]["status"], "withdrawn");
     t.s.ok(&t.approver, &["approve", &run2]);
     git(dev, &["checkout", "-q", "main"]);
     write(dev, "stacks/app/extra.tf", &resources(&["sneaked"]));

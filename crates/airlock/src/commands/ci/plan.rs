@@ -12,7 +12,7 @@ use super::comment::{self, Light, Report, StackResult};
 use super::flow::{self, Sink, Target, Targets};
 use crate::cli::{CiPlanArgs, OutputFormat};
 use crate::commands::client::{s, Client};
-use crate::commands::run::{plan_run, Origin, PlanRequest};
+use crate::commands::run::{plan_run, query_value, Origin, PlanRequest};
 
 /// Runs `airlock ci plan`.
 pub fn run(args: CiPlanArgs) -> anyhow::Result<ExitCode> {
@@ -130,14 +130,52 @@ fn plan_one(
         },
     );
     match planned {
-        Ok(p) => StackResult::Run {
-            stack: t.name.clone(),
-            run: p.response["run"].clone(),
-        },
+        Ok(p) => {
+            if let Some(n) = sink.job.change {
+                withdraw_older(c, &t.name, n, &p.response["run"]);
+            }
+            StackResult::Run {
+                stack: t.name.clone(),
+                run: p.response["run"].clone(),
+            }
+        }
         Err(e) => StackResult::Failed {
             stack: t.name.clone(),
             error: format!("{e:#}"),
         },
+    }
+}
+
+/// Withdraws the open runs of `stack` that this job's identity planned earlier for change
+/// request `n` with other inputs (earlier pushes), so approvers see only the current plan. A
+/// run someone else planned claiming this change request is left alone (the server lets only
+/// a run's author withdraw it); a failure is a warning.
+fn withdraw_older(c: &Client, stack: &str, n: u64, new: &Value) {
+    let listed = match c.get(&format!(
+        "/api/v1/runs?stack={}&change_request={n}&limit=50",
+        query_value(stack)
+    )) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("warning: could not list the earlier runs of stack {stack}: {e:#}");
+            return;
+        }
+    };
+    for r in listed["runs"].as_array().into_iter().flatten() {
+        let older = r["id"] != new["id"]
+            && r["fingerprint"] != new["fingerprint"]
+            && r["author_user"] == new["author_user"]
+            && matches!(r["status"].as_str(), Some("needs_approval" | "approved"));
+        if !older {
+            continue;
+        }
+        let id = r["id"].as_str().unwrap_or_default();
+        match c.send("POST", &format!("/api/v1/runs/{id}/withdraw"), &json!({})) {
+            Ok(_) => eprintln!(
+                "airlock ci plan: withdrew run {id} of stack {stack} (planned for an earlier push of #{n})"
+            ),
+            Err(e) => eprintln!("warning: could not withdraw the earlier run {id}: {e:#}"),
+        }
     }
 }
 
