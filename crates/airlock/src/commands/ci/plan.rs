@@ -9,7 +9,7 @@ use anyhow::Context;
 use serde_json::{json, Value};
 
 use super::comment::{self, Light, Report, StackResult};
-use super::flow::{self, Sink, Target, Targets};
+use super::flow::{self, Sink, Target};
 use crate::cli::{CiPlanArgs, OutputFormat};
 use crate::commands::client::{s, Client};
 use crate::commands::run::{plan_run, query_value, Origin, PlanRequest};
@@ -34,24 +34,27 @@ pub fn run(args: CiPlanArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .or_else(|| targets.head.clone())
         .or_else(|| flow::git_head(&root));
+    let planner = Planner {
+        c: &c,
+        root: &root,
+        terraform_bin: &args.terraform_bin,
+        version: &version,
+        origin: Origin {
+            head: head.clone(),
+            base: sink.job.base_sha.clone().or_else(|| targets.base.clone()),
+            change_request: sink.job.change,
+            change_request_url: sink.job.change_url.clone(),
+        },
+    };
     let results: Vec<StackResult> = targets
         .stacks
         .iter()
         .map(|t| {
             let result = if args.refresh {
-                refresh_one(&c, &root, t, &version)
+                planner.refresh(t)
             } else {
                 sink.progress(head.as_deref(), &t.name, "planning");
-                plan_one(
-                    &c,
-                    &root,
-                    t,
-                    &args.terraform_bin,
-                    &version,
-                    &sink,
-                    &targets,
-                    head.clone(),
-                )
+                planner.plan(t)
             };
             let (light, description) = light_of(&result);
             sink.status(head.as_deref(), &t.name, light, &description);
@@ -78,71 +81,102 @@ pub fn run(args: CiPlanArgs) -> anyhow::Result<ExitCode> {
     let mut warnings = std::mem::take(&mut sink.warnings);
     flow::step_summary(&body, &mut warnings);
     sink.warnings = warnings;
-    print_outcome(&c, &report, &body, posted.as_deref(), sink.posts());
+    let printed_only = !sink.posts() || sink.job.change.is_none();
+    print_outcome(&c, &report, &body, posted.as_deref(), printed_only);
     sink.warn();
     Ok(ExitCode::from(exit_code(&report.stacks)))
 }
 
-/// Plans one stack through `airlock plan`'s own code.
-#[allow(clippy::too_many_arguments)]
-fn plan_one(
-    c: &Client,
-    root: &Path,
-    t: &Target,
-    terraform_bin: &str,
-    version: &str,
-    sink: &Sink,
-    targets: &Targets,
-    head: Option<String>,
-) -> StackResult {
-    match existing_run(c, root, t, version) {
-        Ok(Some(found)) if reusable(&found) => {
-            eprintln!(
-                "airlock ci plan: stack {}: run {} is for exactly these inputs and still current; reusing it",
-                t.name,
-                s(&found, "/run/id")
-            );
-            return StackResult::Run {
+/// What planning a stack needs besides the stack.
+struct Planner<'a> {
+    c: &'a Client,
+    root: &'a Path,
+    terraform_bin: &'a str,
+    /// The job's Terraform version (runs are looked up by the fingerprint under it).
+    version: &'a str,
+    /// The planner's claims recorded with each run.
+    origin: Origin,
+}
+
+impl Planner<'_> {
+    /// Reuses an open, current run for exactly the checkout's inputs, else plans the stack
+    /// through `airlock plan`'s own code.
+    fn plan(&self, t: &Target) -> StackResult {
+        match self.existing_run(t) {
+            Ok(Some(found)) if reusable(&found) => {
+                eprintln!(
+                    "airlock ci plan: stack {}: run {} is for exactly these inputs and still current; reusing it",
+                    t.name,
+                    s(&found, "/run/id")
+                );
+                return StackResult::Run {
+                    stack: t.name.clone(),
+                    run: found["run"].clone(),
+                };
+            }
+            Ok(_) => {}
+            Err(e) => eprintln!(
+                "warning: could not look for an existing run of stack {}: {e:#}",
+                t.name
+            ),
+        }
+        eprintln!("airlock ci plan: planning stack {} in {}", t.name, t.dir);
+        let planned = plan_run(
+            self.c,
+            &PlanRequest {
+                dir: &self.root.join(&t.dir),
+                stack: Some(&t.name),
+                destroy: t.destroy,
+                terraform_bin: self.terraform_bin,
+                origin: self.origin.clone(),
+            },
+        );
+        match planned {
+            Ok(p) => {
+                if let Some(n) = self.origin.change_request {
+                    withdraw_older(self.c, &t.name, n, &p.response["run"]);
+                }
+                StackResult::Run {
+                    stack: t.name.clone(),
+                    run: p.response["run"].clone(),
+                }
+            }
+            Err(e) => StackResult::Failed {
+                stack: t.name.clone(),
+                error: format!("{e:#}"),
+            },
+        }
+    }
+
+    /// For `--refresh`: the newest run for the checkout's inputs, never a new plan.
+    fn refresh(&self, t: &Target) -> StackResult {
+        match self.existing_run(t) {
+            Ok(Some(found)) => StackResult::Run {
                 stack: t.name.clone(),
                 run: found["run"].clone(),
-            };
-        }
-        Ok(_) => {}
-        Err(e) => eprintln!(
-            "warning: could not look for an existing run of stack {}: {e:#}",
-            t.name
-        ),
-    }
-    eprintln!("airlock ci plan: planning stack {} in {}", t.name, t.dir);
-    let planned = plan_run(
-        c,
-        &PlanRequest {
-            dir: &root.join(&t.dir),
-            stack: Some(&t.name),
-            destroy: t.destroy,
-            terraform_bin,
-            origin: Origin {
-                head,
-                base: sink.job.base_sha.clone().or_else(|| targets.base.clone()),
-                change_request: sink.job.change,
-                change_request_url: sink.job.change_url.clone(),
             },
-        },
-    );
-    match planned {
-        Ok(p) => {
-            if let Some(n) = sink.job.change {
-                withdraw_older(c, &t.name, n, &p.response["run"]);
-            }
-            StackResult::Run {
+            Ok(None) => StackResult::Failed {
                 stack: t.name.clone(),
-                run: p.response["run"].clone(),
-            }
+                error: format!(
+                    "no run of stack {} for this checkout's inputs: run airlock ci plan",
+                    t.name
+                ),
+            },
+            Err(e) => StackResult::Failed {
+                stack: t.name.clone(),
+                error: format!("{e:#}"),
+            },
         }
-        Err(e) => StackResult::Failed {
-            stack: t.name.clone(),
-            error: format!("{e:#}"),
-        },
+    }
+
+    /// The newest run of the stack for exactly the checkout's inputs (whatever commit or pull
+    /// request its planner claims), as `GET /api/v1/runs/{id}` shows it (`run`, `current`).
+    fn existing_run(&self, t: &Target) -> anyhow::Result<Option<Value>> {
+        let found = flow::runs_for_checkout(self.c, self.root, t, self.version)?;
+        match found.runs.first().and_then(|r| r["id"].as_str()) {
+            Some(id) => Ok(Some(self.c.get(&format!("/api/v1/runs/{id}"))?)),
+            None => Ok(None),
+        }
     }
 }
 
@@ -179,21 +213,6 @@ fn withdraw_older(c: &Client, stack: &str, n: u64, new: &Value) {
     }
 }
 
-/// The newest run of the stack for exactly the checkout's inputs (whatever commit or pull
-/// request its planner claims), as `GET /api/v1/runs/{id}` shows it (`run`, `current`).
-fn existing_run(
-    c: &Client,
-    root: &Path,
-    t: &Target,
-    version: &str,
-) -> anyhow::Result<Option<Value>> {
-    let found = flow::runs_for_checkout(c, root, t, version)?;
-    match found.runs.first().and_then(|r| r["id"].as_str()) {
-        Some(id) => Ok(Some(c.get(&format!("/api/v1/runs/{id}"))?)),
-        None => Ok(None),
-    }
-}
-
 /// An open run for the checkout's inputs that the stack has not moved past: planning again would
 /// only make the reviewers' approvals start over.
 fn reusable(found: &Value) -> bool {
@@ -201,27 +220,6 @@ fn reusable(found: &Value) -> bool {
         found["run"]["status"].as_str(),
         Some("needs_approval" | "approved")
     ) && found["current"] == true
-}
-
-/// For `--refresh`: the newest run for the checkout's inputs.
-fn refresh_one(c: &Client, root: &Path, t: &Target, version: &str) -> StackResult {
-    match existing_run(c, root, t, version) {
-        Ok(Some(found)) => StackResult::Run {
-            stack: t.name.clone(),
-            run: found["run"].clone(),
-        },
-        Ok(None) => StackResult::Failed {
-            stack: t.name.clone(),
-            error: format!(
-                "no run of stack {} for this checkout's inputs: run airlock ci plan",
-                t.name
-            ),
-        },
-        Err(e) => StackResult::Failed {
-            stack: t.name.clone(),
-            error: format!("{e:#}"),
-        },
-    }
 }
 
 fn light_of(r: &StackResult) -> (Light, String) {
@@ -252,7 +250,15 @@ fn exit_code(results: &[StackResult]) -> u8 {
     }
 }
 
-fn print_outcome(c: &Client, report: &Report, body: &str, posted: Option<&str>, posts: bool) {
+/// Prints the outcome: the comment itself when it was not posted (`printed_only`), else a line
+/// per stack; with `--format json`, both.
+fn print_outcome(
+    c: &Client,
+    report: &Report,
+    body: &str,
+    posted: Option<&str>,
+    printed_only: bool,
+) {
     let stacks: Vec<Value> = report
         .stacks
         .iter()
@@ -278,7 +284,7 @@ fn print_outcome(c: &Client, report: &Report, body: &str, posted: Option<&str>, 
         .collect();
     let v = json!({"stacks": stacks, "removed": removed, "comment_url": posted, "comment": body});
     c.print(&v, |v| {
-        if !posts || c.format == OutputFormat::Json {
+        if printed_only || c.format == OutputFormat::Json {
             return body.to_owned();
         }
         let mut out = String::new();
