@@ -783,3 +783,69 @@ resource "terraform_data" "evil" {
     );
     forge.f.assert_no_violations();
 }
+
+/// `ci apply` goes in dependency order and never applies a stack after one it depends on was
+/// not applied.
+#[test]
+fn a_stack_is_not_applied_when_one_it_depends_on_was_not() {
+    crate::support::terraform_bin();
+    let t = team("app");
+    t.s.ok(&t.s.admin, &["stack", "create", "net"]);
+    let origin = Origin::new();
+    let dev = &origin.work;
+    write(
+        dev,
+        "airlock.hcl",
+        &CONFIG.replace(
+            "dir = \"stacks/app\"\n",
+            "dir = \"stacks/app\"\n  depends_on = [\"net\"]\n",
+        ),
+    );
+    git(dev, &["commit", "-q", "-am", "app depends on net"]);
+    git(dev, &["push", "-q", "origin", "main"]);
+    git(dev, &["checkout", "-q", "-b", "both"]);
+    for stack in ["app", "net"] {
+        write(
+            dev,
+            &format!("stacks/{stack}/main.tf"),
+            &resources(&["base", "more"]),
+        );
+    }
+    git(dev, &["commit", "-q", "-am", "change both"]);
+    git(dev, &["push", "-q", "origin", "both"]);
+    let pr = origin.checkout("ci-both", &git(dev, &["rev-parse", "HEAD"]));
+    let out = ci(
+        &t,
+        &t.agent,
+        &pr,
+        &["ci", "plan", "--base", "main", "--format", "json"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let v = json(&out);
+    let order: Vec<&str> = v["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["stack"].as_str().unwrap())
+        .collect();
+    assert_eq!(order, ["net", "app"], "dependency order");
+    // Only app is approved.
+    t.s.ok(
+        &t.approver,
+        &["approve", v["stacks"][1]["run"].as_str().unwrap()],
+    );
+    git(dev, &["checkout", "-q", "main"]);
+    git(dev, &["merge", "-q", "--no-ff", "-m", "Merge both", "both"]);
+    git(dev, &["push", "-q", "origin", "main"]);
+    let main = origin.checkout("ci-main", &git(dev, &["rev-parse", "HEAD"]));
+    let out = ci(&t, &t.ci, &main, &["ci", "apply"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let said = text(&out);
+    assert!(
+        said.contains("net: NOT APPLIED: run")
+            && said.contains("is not approved yet")
+            && said.contains("app: NOT APPLIED: it depends on net, which was not applied"),
+        "{said}"
+    );
+    assert!(t.s.serials("app").is_empty() && t.s.serials("net").is_empty());
+}

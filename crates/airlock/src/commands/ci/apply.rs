@@ -4,7 +4,7 @@
 //! reviewed with other inputs (the merge brought in other changes) fails the stack with the
 //! reason. The outcome goes to the pull request's sticky comment ("Applied") and the statuses.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -55,8 +55,28 @@ pub fn run(args: CiApplyArgs) -> anyhow::Result<ExitCode> {
     // (the pull request the run claims, the outcome)
     let mut outcomes: Vec<(Option<u64>, AppliedLine)> = Vec::new();
     let mut errored = false;
+    // A stack is not applied after one it depends on was not (dependency order).
+    let depends_on = flow::dependencies(&root)?;
+    let mut not_applied: BTreeSet<String> = BTreeSet::new();
     for t in &targets.stacks {
-        let (run, ok, message) = match choose(&c, &root, t, &version) {
+        let blocked: Vec<&String> = depends_on
+            .get(&t.name)
+            .into_iter()
+            .flatten()
+            .filter(|d| not_applied.contains(*d))
+            .collect();
+        let choice = if blocked.is_empty() {
+            choose(&c, &root, t, &version)
+        } else {
+            Ok(Choice::Refuse(
+                None,
+                format!(
+                    "it depends on {}, which was not applied in this job: fix that and re-run the job",
+                    blocked.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+            ))
+        };
+        let (run, ok, message) = match choice {
             Err(e) => {
                 errored = true;
                 (None, false, format!("{e:#}"))
@@ -98,6 +118,9 @@ pub fn run(args: CiApplyArgs) -> anyhow::Result<ExitCode> {
             if ok { Light::Success } else { Light::Failure },
             &message,
         );
+        if !ok {
+            not_applied.insert(t.name.clone());
+        }
         let change = run.as_ref().and_then(|r| r["change_request"].as_u64());
         let run_id = run
             .as_ref()

@@ -2,6 +2,7 @@
 //! or `--stack`), and where results go (the forge's comment and statuses, or the terminal).
 //! Posting never decides an outcome: a failed post is a warning naming the fix.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
@@ -44,6 +45,19 @@ pub struct Targets {
     pub head: Option<String>,
     pub stacks: Vec<Target>,
     pub removed: Vec<comment::Removed>,
+}
+
+/// Each stack's `depends_on`, from the checkout's airlock.hcl.
+pub fn dependencies(root: &Path) -> anyhow::Result<BTreeMap<String, Vec<String>>> {
+    let path = root.join(airlock_core::inputs::CONFIG_PATH);
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let config = airlock_policy::config::parse(&text, &path.display().to_string())?;
+    Ok(config
+        .stacks
+        .into_iter()
+        .map(|s| (s.name, s.depends_on))
+        .collect())
 }
 
 /// `--stack` names looked up in airlock.hcl.
