@@ -13,6 +13,7 @@ mod error;
 pub mod firewall;
 pub mod inproc;
 mod log;
+pub mod mcp;
 mod metrics;
 pub mod router;
 mod serve;

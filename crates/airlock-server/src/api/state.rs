@@ -92,6 +92,13 @@ pub async fn show(
             json!({
                 "address": i.address,
                 "type": i.resource_type,
+                "module": airlock_core::address::render_module_path(&i.addr.module),
+                "name": i.addr.name,
+                "key": match &i.addr.key {
+                    Some(airlock_core::address::InstanceKey::Int(n)) => json!(n),
+                    Some(airlock_core::address::InstanceKey::Str(k)) => json!(k),
+                    None => Value::Null,
+                },
                 "mode": if i.mode == Mode::Managed { "managed" } else { "data" },
                 "deposed": i.deposed,
                 "tainted": i.tainted,
