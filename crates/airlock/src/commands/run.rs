@@ -375,8 +375,38 @@ pub fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
         .dir
         .canonicalize()
         .with_context(|| format!("{} is not a directory", args.dir.display()))?;
+    let (v, stack) = plan_and_upload(&c, &dir, args.stack.as_deref(), &args.terraform_bin)?;
+    if let Some(path) = &args.summary_file {
+        let md = format!(
+            "**airlock run `{}`** on `{stack}`\n\n{}\n\nNext: {}\n",
+            s(&v, "/run/id"),
+            v["summary_markdown"].as_str().unwrap_or_default(),
+            s(&v, "/next")
+        );
+        std::fs::write(path, md).with_context(|| format!("writing {}", path.display()))?;
+    }
+    c.print(&v, run_text);
+    Ok(if v["run"]["decision"].as_str() == Some("deny") {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// What `airlock plan` does before it reports: plans the root module `dir` (canonical) with a
+/// plan-phase token and uploads the run; returns the server's answer (`run`, `next`, ...) and the
+/// stack. Also `propose_change` of `airlock mcp`. Writes nothing on stdout (terraform's output
+/// goes to stderr). The upload is one request the server stores in one transaction, so an
+/// interrupted call leaves a complete run or none.
+pub fn plan_and_upload(
+    c: &Client,
+    dir: &Path,
+    stack: Option<&str>,
+    terraform_bin: &str,
+) -> anyhow::Result<(Value, String)> {
+    let dir = dir.to_path_buf();
     let repo = find_repo(&dir)?;
-    let stack = resolve_stack(&dir, args.stack.as_deref(), repo.config.as_ref())?;
+    let stack = resolve_stack(&dir, stack, repo.config.as_ref())?;
     if !has_http_backend(&dir)? {
         bail!("{} has no `backend \"http\"` block; add the block printed by `airlock backend-config {stack}`", dir.display());
     }
@@ -403,7 +433,7 @@ pub fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
     let env = phase_env(std::env::vars(), &apply_profile, token);
     let state_url = format!("{}/state/{stack}", c.base());
 
-    init(&args.terraform_bin, &dir, &state_url, &env)?;
+    init(terraform_bin, &dir, &state_url, &env)?;
     let work = tempfile_dir()?;
     let plan_path = work.join("plan.tfplan");
     let plan_args: Vec<String> = vec![
@@ -412,11 +442,11 @@ pub fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
         "-lock-timeout=120s".into(),
         format!("-out={}", plan_path.display()),
     ];
-    let done = run_streaming(terraform(&args.terraform_bin, &dir, &plan_args), &env)?;
+    let done = run_streaming(terraform(terraform_bin, &dir, &plan_args), &env)?;
     if !done.status.success() && !plan_path.is_file() {
         bail!("terraform plan failed ({}) and wrote no plan", done.status);
     }
-    let show = show_json(&args.terraform_bin, &dir, &plan_path, &env)?;
+    let show = show_json(terraform_bin, &dir, &plan_path, &env)?;
     if !show.status.success() {
         bail!(
             "terraform show -json failed: {}",
@@ -464,21 +494,7 @@ pub fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
         &format!("/api/v1/stacks/{}/runs", stack_segment(&stack)),
         &body,
     )?;
-    if let Some(path) = &args.summary_file {
-        let md = format!(
-            "**airlock run `{}`** on `{stack}`\n\n{}\n\nNext: {}\n",
-            s(&v, "/run/id"),
-            v["summary_markdown"].as_str().unwrap_or_default(),
-            s(&v, "/next")
-        );
-        std::fs::write(path, md).with_context(|| format!("writing {}", path.display()))?;
-    }
-    c.print(&v, run_text);
-    Ok(if v["run"]["decision"].as_str() == Some("deny") {
-        ExitCode::from(2)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok((v, stack))
 }
 
 /// A private scratch directory for plan files, outside the checkout (so it never changes the
