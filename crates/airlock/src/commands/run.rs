@@ -410,7 +410,7 @@ pub fn plan_and_upload(
     if !has_http_backend(&dir)? {
         bail!("{} has no `backend \"http\"` block; add the block printed by `airlock backend-config {stack}`", dir.display());
     }
-    let (lineage, serial) = stack_position(&c, &stack)?;
+    let (lineage, serial) = stack_position(c, &stack)?;
     let plan_token = c.send(
         "POST",
         &format!("/api/v1/stacks/{}/plan-token", stack_segment(&stack)),
@@ -457,7 +457,7 @@ pub fn plan_and_upload(
     let version = serde_json::from_slice::<PlanVersion>(&show.stdout)
         .map(|v| v.terraform_version)
         .context("reading terraform_version from the plan JSON")?;
-    if stack_position(&c, &stack)? != (lineage.clone(), serial) {
+    if stack_position(c, &stack)? != (lineage.clone(), serial) {
         bail!("the state of {stack} changed while planning; plan again");
     }
     let files = input_files(&repo.root, &dir).context("listing the run's input files")?;
