@@ -9,6 +9,7 @@
 //!   after authorization and within the caller's role's limit, lock info with control characters.
 //! - `identity`: users own tokens; phase tokens die with their parent; scoped admins stay inside.
 //! - `policies`: server Rego policy sets: admin-only changes, bounds, versions, audit.
+//! - `mcp`: the MCP endpoint: tool lists per role, transport rules, hostile arguments, audit.
 
 #[path = "http/auth.rs"]
 mod auth;
@@ -18,6 +19,8 @@ mod firewall;
 mod identity;
 #[path = "http/matrix.rs"]
 mod matrix;
+#[path = "http/mcp.rs"]
+mod mcp;
 #[path = "http/policies.rs"]
 mod policies;
 #[path = "http/protocol.rs"]
