@@ -12,7 +12,8 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/test-deps"
 deps="${AIRLOCK_TEST_DEPS:-$HOME/.cache/airlock-test-deps}"
 mkdir -p "$deps"
 
-stamp() { sha256sum "$@" | sha256sum | cut -c1-16; }
+# Over the contents only: worktrees at other paths share the cache without reinstalling.
+stamp() { cat "$@" | sha256sum | cut -c1-16; }
 
 node_stamp="$(stamp "$here/package.json" "$here/package-lock.json")"
 if [ "$(cat "$deps/node/.stamp" 2>/dev/null)" != "$node_stamp" ]; then

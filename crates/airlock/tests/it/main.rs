@@ -5,6 +5,7 @@ mod check;
 mod client;
 mod firewall_identity;
 mod hints;
+mod mcp;
 mod policies;
 mod readme;
 mod reliability;
