@@ -174,7 +174,13 @@ async fn call(state: &Arc<AppState>, caller: &Caller, params: &Value) -> Result<
     } else {
         Err("arguments must be a JSON object".into())
     };
-    let outcome_name = if outcome.is_ok() { "ok" } else { "error" };
+    // A local tool is run by the bridge once this answers: what is recorded here is that the
+    // call was allowed; what it did (a run) has its own audit events.
+    let outcome_name = match (&outcome, tool.local) {
+        (Ok(_), true) => "allowed",
+        (Ok(_), false) => "ok",
+        (Err(_), _) => "error",
+    };
     audit(
         state,
         p,

@@ -3,6 +3,7 @@
 //! proposes a change on a real terraform directory, and a human approves the run it proposed
 //! with the exact command the tool returned; CI applies it.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -402,4 +403,79 @@ fn airlock_mcp_writes_only_messages_on_stdout_and_survives_garbage() {
             .contains("has expired"),
         "{line}"
     );
+}
+
+#[test]
+fn a_client_that_disconnects_mid_proposal_leaves_a_complete_run_or_none() {
+    use sha2::{Digest, Sha256};
+    let t = team("dev/cut");
+    let ws = Workspace::new(&t.s, "dev/cut", &data_resources(20));
+    let root = ws.dir.parent().unwrap().to_path_buf();
+    let request = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"propose_change","arguments":{"dir":"tf","stack":"dev/cut"}}}"#;
+    // Killed at several points of the proposal (init, plan, upload), as an MCP client ends its
+    // server: stdin closed, SIGTERM, then SIGKILL, to the whole process group.
+    for delay_ms in [100, 400, 800, 1500, 3000] {
+        let mut child = Command::new(AIRLOCK)
+            .arg("mcp")
+            .current_dir(&root)
+            .env("AIRLOCK_URL", &t.s.url)
+            .env("AIRLOCK_TOKEN", &t.agent)
+            .env("CHECKPOINT_DISABLE", "1")
+            .env("TF_CLI_CONFIG_FILE", "/dev/null")
+            .process_group(0)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().unwrap();
+            stdin.write_all(request).unwrap();
+            stdin.write_all(b"\n").unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        }
+        let group = format!("-{}", child.id());
+        let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+        let _ = child.wait();
+    }
+    // No lock is left behind, and every run stored is whole: its plan downloads and is the one
+    // it was judged with.
+    let mut lock = Value::Null;
+    for _ in 0..40 {
+        let v: Value = serde_json::from_str(&t.s.ok(
+            &t.s.admin,
+            &["stack", "show", "dev/cut", "--format", "json"],
+        ))
+        .unwrap();
+        lock = v["lock"].clone();
+        if lock.is_null() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    assert!(lock.is_null(), "a lock was left behind: {lock}");
+    let runs: Value = serde_json::from_str(&t.s.ok(
+        &t.s.admin,
+        &["runs", "--stack", "dev/cut", "--format", "json"],
+    ))
+    .unwrap();
+    for r in runs["runs"].as_array().unwrap() {
+        let id = r["id"].as_str().unwrap();
+        let run = run_json(&t, id);
+        assert_eq!(run["run"]["status"], "needs_approval", "{run}");
+        let url = format!("{}/api/v1/runs/{id}/artifacts/plan.tfplan", t.s.url);
+        let resp = ureq::get(&url)
+            .set("Authorization", &format!("Bearer {}", t.s.admin))
+            .call()
+            .unwrap();
+        let mut plan = Vec::new();
+        std::io::Read::read_to_end(&mut resp.into_reader(), &mut plan).unwrap();
+        assert_eq!(
+            hex::encode(Sha256::digest(&plan)),
+            run["run"]["plan_sha256"].as_str().unwrap()
+        );
+    }
 }
