@@ -612,22 +612,27 @@ struct StateResources {
 async fn state_resources(ctx: &mut Ctx<'_>, a: StateResources) -> Result<Value, String> {
     let seg = ctx.stack(&a.stack)?;
     let version = version_arg(a.version.as_ref(), "version")?;
-    let v = ctx
-        .get(&format!("/api/v1/stacks/{seg}/versions/{version}"))
-        .await?;
-    let all: Vec<Value> = v["instances"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|i| a.resource_type.as_deref().is_none_or(|t| i["type"] == t))
-        .filter(|i| a.module.as_deref().is_none_or(|m| i["module"] == m))
-        .collect();
-    let total = all.len();
-    let (resources, next) = page(all, a.cursor.as_deref(), a.limit)?;
+    let start = offset(a.cursor.as_deref())?;
+    let limit = limit_of(a.limit)?;
+    // The API filters and pages (from its cached summary of the version).
+    let mut uri = format!("/api/v1/stacks/{seg}/versions/{version}?offset={start}&limit={limit}");
+    if let Some(t) = &a.resource_type {
+        uri.push_str(&format!("&type={}", query_value(t)));
+    }
+    if let Some(m) = &a.module {
+        uri.push_str(&format!("&module={}", query_value(m)));
+    }
+    let v = ctx.get(&uri).await?;
+    let total = v["total"].as_u64().unwrap_or(0);
+    let end = start.saturating_add(v["instances"].as_array().map_or(0, Vec::len));
+    let next = if (end as u64) < total {
+        json!(end.to_string())
+    } else {
+        Value::Null
+    };
     Ok(json!({
         "stack": a.stack, "serial": v["version"]["serial"], "lineage": v["version"]["lineage"],
-        "terraform_version": v["terraform_version"], "total": total, "resources": resources,
+        "terraform_version": v["terraform_version"], "total": total, "resources": v["instances"],
         "next_cursor": next,
     }))
 }
