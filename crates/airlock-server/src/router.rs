@@ -11,7 +11,7 @@ use axum::http::Method;
 use axum::routing::{any, get, on, MethodFilter, MethodRouter};
 use axum::Router;
 
-use crate::{api, auth, state_backend, AppState};
+use crate::{api, auth, mcp, state_backend, AppState};
 
 /// One row of the route table.
 #[derive(Debug, Clone)]
@@ -180,6 +180,11 @@ fn routes() -> Routes {
         .route(GET,     "/api/v1/policies",                             Read,      api::policies::list)
         .route(GET,     "/api/v1/policies/{id}",                        Read,      api::policies::show)
         .route(POST,    "/api/v1/policies/{id}/remove",                 Admin,     api::policies::remove)
+        // MCP's streamable HTTP transport: each tool call is an in-process API call with the
+        // caller's token, so what a tool may do is decided by the rows above (mcp/mod.rs).
+        .route(POST,    "/mcp",                                         Read,      mcp::post)
+        .route(GET,     "/mcp",                                         Read,      mcp::not_offered)
+        .route(DELETE,  "/mcp",                                         Read,      mcp::not_offered)
 }
 
 /// The route table, as [`build`] serves and authorizes it.

@@ -504,10 +504,7 @@ fn hostile_run_uploads_get_a_clear_400() {
             }),
             "change_request_url must be an http(s) URL",
         ),
-        (
-            mutate(&|b| b["change_request"] = json!(-1)),
-            "expected u64",
-        ),
+        (mutate(&|b| b["change_request"] = json!(-1)), "expected u64"),
         (
             mutate(&|b| {
                 // A claimed version that is not the binary's, with a consistent fingerprint.
