@@ -224,7 +224,7 @@ fn state_diff_input() -> Value {
 fn check_plan_input() -> Value {
     schema(
         json!({
-            "plan": {"type": "object", "description": "The plan as `terraform show -json PLAN` prints it."},
+            "plan": {"type": ["object", "string"], "description": "The plan as `terraform show -json PLAN` prints it (the object, or its text)."},
             "config": {"type": "string", "description": "The repository's airlock.hcl text (default: the built-in rules)."},
             "stack": {"type": "string", "description": "The stack block of config to judge the plan as."},
         }),
@@ -683,8 +683,15 @@ struct CheckPlan {
 }
 
 async fn check_plan(a: CheckPlan) -> Result<Value, String> {
-    if !a.plan.is_object() {
-        return Err("plan must be the JSON object `terraform show -json PLAN` prints".into());
+    // The plan as an object, or as the text `terraform show -json` printed.
+    let plan = match a.plan {
+        Value::String(text) => serde_json::from_str(&text).unwrap_or(Value::Null),
+        other => other,
+    };
+    if !plan.is_object() {
+        return Err(
+            "plan must be the JSON object `terraform show -json PLAN` prints (or its text)".into(),
+        );
     }
     let config = match &a.config {
         Some(text) => config::parse(text, "airlock.hcl").map_err(|e| format!("config: {e}"))?,
@@ -698,7 +705,7 @@ async fn check_plan(a: CheckPlan) -> Result<Value, String> {
             ));
         }
     }
-    let bytes = serde_json::to_vec(&a.plan).map_err(|e| e.to_string())?;
+    let bytes = serde_json::to_vec(&plan).map_err(|e| e.to_string())?;
     // The gate is CPU work on up to MAX_MESSAGE bytes: off the async workers.
     let report = tokio::task::spawn_blocking(move || {
         let input = GateInput {

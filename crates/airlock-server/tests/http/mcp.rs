@@ -550,6 +550,9 @@ async fn check_plan_is_the_gate() {
     let report = ok(&r);
     assert_eq!(report["decision"], "deny", "{report}");
     assert_eq!(report["findings"][0]["rule"], "critical-destroy");
+    // The same plan as text.
+    let r = call(&s, &agent, "check_plan", json!({"plan": plan.to_string()})).await;
+    assert_eq!(ok(&r)["decision"], "deny", "{r}");
     // With the repository's declaration, the same plan needs review instead.
     let config = "stack \"app\" {\n  dir = \"app\"\n}\nallow_destroy \"aws_db_instance.main\" {\n  reason = \"replaced\"\n}\n";
     let r = call(
