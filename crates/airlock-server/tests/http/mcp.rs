@@ -689,6 +689,9 @@ async fn hostile_arguments_are_errors_and_the_session_goes_on() {
     )
     .await;
     assert!(tool_error(&r).contains("invalid stack name"), "{r}");
+    assert!(tool_error(&r).len() < 10_000, "error texts are bounded");
+    let r = call(&s, &scoped, "whoami", json!({"x".repeat(100_000): 1})).await;
+    assert!(tool_error(&r).contains("unknown field") && tool_error(&r).len() < 10_000);
     let r = rpc(
         &s,
         &scoped,
