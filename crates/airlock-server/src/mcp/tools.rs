@@ -147,7 +147,7 @@ pub static TOOLS: &[Tool] = &[
     Tool {
         local: true,
         ..tool!("propose_change", "Propose a change", "Runs `airlock plan` in a directory of the agent's checkout (inside the working tree `airlock mcp` was started in) with plan-phase credentials, and uploads the plan as a run for human review. Returns the run id, the gate's decision, the instances it destroys, and the exact command a human must run to approve it. It never applies anything.",
-            [("POST", "/api/v1/stacks/{stack}/plan-token"), ("POST", "/api/v1/stacks/{stack}/runs")],
+            [("GET", "/api/v1/stacks/{stack}"), ("POST", "/api/v1/stacks/{stack}/plan-token"), ("POST", "/api/v1/stacks/{stack}/runs")],
             (false, false, true), propose_input, propose_output)
     },
 ];
@@ -445,7 +445,7 @@ pub async fn run(ctx: &mut Ctx<'_>, args: Value) -> Result<Value, String> {
         "list_runs" => list_runs(ctx, parse(args)?).await,
         "explain_run" => explain_run(ctx, parse(args)?).await,
         "get_audit" => get_audit(ctx, parse(args)?).await,
-        "propose_change" => propose_change(ctx, parse(args)?),
+        "propose_change" => propose_change(ctx, parse(args)?).await,
         other => Err(format!("internal: tool {other} has no implementation")),
     }
 }
@@ -910,14 +910,16 @@ struct Propose {
     stack: String,
 }
 
-/// The server's half of `propose_change`: the arguments are checked and the call audited here;
-/// the bridge runs the plan in the agent's checkout once this answers, with the API's own checks
-/// (plan token, upload) on every step.
-fn propose_change(ctx: &mut Ctx<'_>, a: Propose) -> Result<Value, String> {
-    ctx.stack(&a.stack)?;
+/// The server's half of `propose_change`: the arguments are checked (the stack exists and is in
+/// the token's scope, as the API says) and the call audited here; the bridge runs the plan in the
+/// agent's checkout once this answers, with the API's own checks (plan token, upload) on every
+/// step.
+async fn propose_change(ctx: &mut Ctx<'_>, a: Propose) -> Result<Value, String> {
+    let seg = ctx.stack(&a.stack)?;
     if a.dir.is_empty() || a.dir.len() > 4096 || a.dir.contains('\0') {
         return Err("dir must be a directory path of 1-4096 characters".into());
     }
+    ctx.get(&format!("/api/v1/stacks/{seg}")).await?;
     Ok(json!({"proceed": true, "stack": a.stack, "dir": a.dir}))
 }
 

@@ -197,6 +197,15 @@ async fn a_reader_cannot_call_the_tool_it_is_not_offered() {
             .contains("`airlock mcp` (stdio) offers it"),
         "{r}"
     );
+    // Through the bridge, the server checks the stack before the bridge runs anything.
+    let scoped = s.token("s", Role::Agent, &["other/*"], None);
+    let propose = |stack: &str| json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "propose_change", "arguments": {"dir": ".", "stack": stack}}});
+    let r = post(&s, &scoped, &propose("app"), true).await.json();
+    assert!(tool_error(&r).contains("scoped to stacks"), "{r}");
+    let r = post(&s, &agent, &propose("nope"), true).await.json();
+    assert!(tool_error(&r).contains("does not exist"), "{r}");
+    let r = post(&s, &agent, &propose("app"), true).await.json();
+    assert_eq!(ok(&r)["proceed"], true, "{r}");
     let denied: Vec<Value> = s
         .denials()
         .await
