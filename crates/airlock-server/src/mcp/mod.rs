@@ -43,6 +43,9 @@ pub const MAX_MESSAGE: usize = 8 * 1024 * 1024;
 /// and audited the call.
 pub const BRIDGE_HEADER: &str = "airlock-mcp-bridge";
 
+/// The longest error text a tool result carries, in characters.
+const MAX_ERROR_CHARS: usize = 2000;
+
 const PARSE_ERROR: i64 = -32700;
 const INVALID_REQUEST: i64 = -32600;
 const METHOD_NOT_FOUND: i64 = -32601;
@@ -195,7 +198,11 @@ async fn call(state: &Arc<AppState>, caller: &Caller, params: &Value) -> Result<
             let text = serde_json::to_string_pretty(&structured).unwrap_or_default();
             json!({"content": [{"type": "text", "text": text}], "structuredContent": structured, "isError": false})
         }
-        Err(message) => json!({"content": [{"type": "text", "text": message}], "isError": true}),
+        // An error may quote the caller's input: bounded, whatever the input.
+        Err(message) => {
+            let text = truncate(&message, MAX_ERROR_CHARS);
+            json!({"content": [{"type": "text", "text": text}], "isError": true})
+        }
     })
 }
 

@@ -147,7 +147,7 @@ pub static TOOLS: &[Tool] = &[
     Tool {
         local: true,
         ..tool!("propose_change", "Propose a change", "Runs `airlock plan` in a directory of the agent's checkout (inside the working tree `airlock mcp` was started in) with plan-phase credentials, and uploads the plan as a run for human review. Returns the run id, the gate's decision, the instances it destroys, and the exact command a human must run to approve it. It never applies anything.",
-            [("POST", "/api/v1/stacks/{stack}/plan-token"), ("POST", "/api/v1/stacks/{stack}/runs")],
+            [("GET", "/api/v1/stacks/{stack}"), ("POST", "/api/v1/stacks/{stack}/plan-token"), ("POST", "/api/v1/stacks/{stack}/runs")],
             (false, false, true), propose_input, propose_output)
     },
 ];
@@ -224,7 +224,7 @@ fn state_diff_input() -> Value {
 fn check_plan_input() -> Value {
     schema(
         json!({
-            "plan": {"type": "object", "description": "The plan as `terraform show -json PLAN` prints it."},
+            "plan": {"type": ["object", "string"], "description": "The plan as `terraform show -json PLAN` prints it (the object, or its text)."},
             "config": {"type": "string", "description": "The repository's airlock.hcl text (default: the built-in rules)."},
             "stack": {"type": "string", "description": "The stack block of config to judge the plan as."},
         }),
@@ -445,7 +445,7 @@ pub async fn run(ctx: &mut Ctx<'_>, args: Value) -> Result<Value, String> {
         "list_runs" => list_runs(ctx, parse(args)?).await,
         "explain_run" => explain_run(ctx, parse(args)?).await,
         "get_audit" => get_audit(ctx, parse(args)?).await,
-        "propose_change" => propose_change(ctx, parse(args)?),
+        "propose_change" => propose_change(ctx, parse(args)?).await,
         other => Err(format!("internal: tool {other} has no implementation")),
     }
 }
@@ -683,8 +683,15 @@ struct CheckPlan {
 }
 
 async fn check_plan(a: CheckPlan) -> Result<Value, String> {
-    if !a.plan.is_object() {
-        return Err("plan must be the JSON object `terraform show -json PLAN` prints".into());
+    // The plan as an object, or as the text `terraform show -json` printed.
+    let plan = match a.plan {
+        Value::String(text) => serde_json::from_str(&text).unwrap_or(Value::Null),
+        other => other,
+    };
+    if !plan.is_object() {
+        return Err(
+            "plan must be the JSON object `terraform show -json PLAN` prints (or its text)".into(),
+        );
     }
     let config = match &a.config {
         Some(text) => config::parse(text, "airlock.hcl").map_err(|e| format!("config: {e}"))?,
@@ -698,7 +705,7 @@ async fn check_plan(a: CheckPlan) -> Result<Value, String> {
             ));
         }
     }
-    let bytes = serde_json::to_vec(&a.plan).map_err(|e| e.to_string())?;
+    let bytes = serde_json::to_vec(&plan).map_err(|e| e.to_string())?;
     // The gate is CPU work on up to MAX_MESSAGE bytes: off the async workers.
     let report = tokio::task::spawn_blocking(move || {
         let input = GateInput {
@@ -903,14 +910,16 @@ struct Propose {
     stack: String,
 }
 
-/// The server's half of `propose_change`: the arguments are checked and the call audited here;
-/// the bridge runs the plan in the agent's checkout once this answers, with the API's own checks
-/// (plan token, upload) on every step.
-fn propose_change(ctx: &mut Ctx<'_>, a: Propose) -> Result<Value, String> {
-    ctx.stack(&a.stack)?;
+/// The server's half of `propose_change`: the arguments are checked (the stack exists and is in
+/// the token's scope, as the API says) and the call audited here; the bridge runs the plan in the
+/// agent's checkout once this answers, with the API's own checks (plan token, upload) on every
+/// step.
+async fn propose_change(ctx: &mut Ctx<'_>, a: Propose) -> Result<Value, String> {
+    let seg = ctx.stack(&a.stack)?;
     if a.dir.is_empty() || a.dir.len() > 4096 || a.dir.contains('\0') {
         return Err("dir must be a directory path of 1-4096 characters".into());
     }
+    ctx.get(&format!("/api/v1/stacks/{seg}")).await?;
     Ok(json!({"proceed": true, "stack": a.stack, "dir": a.dir}))
 }
 

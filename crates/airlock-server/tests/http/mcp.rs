@@ -197,6 +197,15 @@ async fn a_reader_cannot_call_the_tool_it_is_not_offered() {
             .contains("`airlock mcp` (stdio) offers it"),
         "{r}"
     );
+    // Through the bridge, the server checks the stack before the bridge runs anything.
+    let scoped = s.token("s", Role::Agent, &["other/*"], None);
+    let propose = |stack: &str| json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "propose_change", "arguments": {"dir": ".", "stack": stack}}});
+    let r = post(&s, &scoped, &propose("app"), true).await.json();
+    assert!(tool_error(&r).contains("scoped to stacks"), "{r}");
+    let r = post(&s, &agent, &propose("nope"), true).await.json();
+    assert!(tool_error(&r).contains("does not exist"), "{r}");
+    let r = post(&s, &agent, &propose("app"), true).await.json();
+    assert_eq!(ok(&r)["proceed"], true, "{r}");
     let denied: Vec<Value> = s
         .denials()
         .await
@@ -550,6 +559,9 @@ async fn check_plan_is_the_gate() {
     let report = ok(&r);
     assert_eq!(report["decision"], "deny", "{report}");
     assert_eq!(report["findings"][0]["rule"], "critical-destroy");
+    // The same plan as text.
+    let r = call(&s, &agent, "check_plan", json!({"plan": plan.to_string()})).await;
+    assert_eq!(ok(&r)["decision"], "deny", "{r}");
     // With the repository's declaration, the same plan needs review instead.
     let config = "stack \"app\" {\n  dir = \"app\"\n}\nallow_destroy \"aws_db_instance.main\" {\n  reason = \"replaced\"\n}\n";
     let r = call(
@@ -686,6 +698,9 @@ async fn hostile_arguments_are_errors_and_the_session_goes_on() {
     )
     .await;
     assert!(tool_error(&r).contains("invalid stack name"), "{r}");
+    assert!(tool_error(&r).len() < 10_000, "error texts are bounded");
+    let r = call(&s, &scoped, "whoami", json!({"x".repeat(100_000): 1})).await;
+    assert!(tool_error(&r).contains("unknown field") && tool_error(&r).len() < 10_000);
     let r = rpc(
         &s,
         &scoped,

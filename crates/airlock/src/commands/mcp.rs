@@ -189,11 +189,12 @@ impl Bridge {
             }
             Ok((status, body)) => {
                 let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                // A proxy's error page can be anything: its first 500 bytes say enough.
                 let reason = v
                     .pointer("/error/message")
                     .and_then(Value::as_str)
                     .map_or_else(
-                        || String::from_utf8_lossy(&body).into_owned(),
+                        || String::from_utf8_lossy(body.get(..500).unwrap_or(&body)).into_owned(),
                         str::to_owned,
                     );
                 is_request.then(|| {

@@ -194,12 +194,63 @@ fn an_agent_reads_and_proposes_over_stdio_and_a_human_approves() {
         v["run"]["author"].as_str().unwrap().split(' ').next(),
         Some("bot")
     );
+    // explain_run says what the run destroys and what a human must do.
+    let v = sdk(
+        "stdio",
+        &t.s,
+        &t.agent,
+        &root,
+        &json!([{"tool": "explain_run", "args": {"run_id": run}}]),
+    );
+    let e = structured(&v["calls"][0]);
+    assert_eq!(e["destroys"], json!(["terraform_data.r[\"b\"]"]));
+    assert!(
+        e["needed"].to_string().contains("--confirm-destroy 1"),
+        "{e}"
+    );
     let args: Vec<&str> = command.split_whitespace().skip(1).collect();
     t.s.ok(&t.approver, &args);
     assert_eq!(run_json(&t, run)["run"]["status"], "approved");
     let out = apply(&t, &ws, &t.ci, run);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(run_json(&t, run)["run"]["status"], "applied");
+
+    // A proposal the gate denies: no approval command, and the explanation names the way out.
+    std::fs::write(
+        ws.path("airlock.hcl"),
+        "protect {\n  types = [\"terraform_data\"]\n}\n",
+    )
+    .unwrap();
+    ws.write_main(&main_tf(&[INJECTION]));
+    let v = sdk(
+        "stdio",
+        &t.s,
+        &t.agent,
+        &root,
+        &json!([{"tool": "propose_change", "args": {"dir": "tf", "stack": "dev/app"}}]),
+    );
+    let p = structured(&v["calls"][0]);
+    assert_eq!(p["decision"], "deny", "{p}");
+    assert!(p["approve_command"].is_null(), "{p}");
+    let denied = p["run_id"].as_str().unwrap();
+    let v = sdk(
+        "stdio",
+        &t.s,
+        &t.agent,
+        &root,
+        &json!([{"tool": "explain_run", "args": {"run_id": denied}}]),
+    );
+    let e = structured(&v["calls"][0]);
+    assert!(
+        e["needed"][0].as_str().unwrap().contains("allow_destroy"),
+        "{e}"
+    );
+    let finding = &e["findings"][0];
+    assert_eq!(finding["address"], "terraform_data.r[\"a\"]", "{e}");
+    assert!(
+        finding["meaning"].as_str().unwrap().contains("denied"),
+        "{e}"
+    );
 
     // Every tool call is in the audit log with the agent and the stack.
     let audit = t.s.ok(
