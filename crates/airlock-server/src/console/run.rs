@@ -127,10 +127,7 @@ async fn render(ctx: &Ctx, id: &str, page: usize, flash: Option<(StatusCode, Str
     let run = &shown["run"];
     let status = text(&run["status"]);
     let log = if matches!(status.as_str(), "applied" | "failed" | "applying") {
-        match ctx
-            .call(Method::GET, &format!("{base}/artifacts/apply.log"), None)
-            .await
-        {
+        match ctx.call(Method::GET, &format!("{base}/log"), None).await {
             Ok(r) => Some(r.body),
             Err(Fail::SignedOut) => return ctx.fail(Fail::SignedOut),
             Err(Fail::Refused(..)) => None,
@@ -328,7 +325,7 @@ async fn render(ctx: &Ctx, id: &str, page: usize, flash: Option<(StatusCode, Str
         .as_deref()
         .map(|b| tail(b, MAX_LOG_SHOWN))
         .unwrap_or_else(|| match status.as_str() {
-            "applying" => "(applying: the log appears here when the apply finishes)".into(),
+            "applying" => "(applying: waiting for the first lines of the log)".into(),
             _ => "(no apply yet)".into(),
         });
     let _ = write!(
@@ -545,10 +542,7 @@ pub async fn live(ctx: Ctx, Path(id): Path<String>) -> Response {
         Err(Fail::Refused(s, m)) => return (s, axum::Json(json!({"error": m}))).into_response(),
     };
     let status = text(&shown["run"]["status"]);
-    let log = match ctx
-        .call(Method::GET, &format!("{base}/artifacts/apply.log"), None)
-        .await
-    {
+    let log = match ctx.call(Method::GET, &format!("{base}/log"), None).await {
         Ok(r) => Value::String(tail(&r.body, MAX_LOG_SHOWN)),
         Err(_) => Value::Null,
     };

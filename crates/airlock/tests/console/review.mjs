@@ -155,6 +155,35 @@ async function reviewPhase() {
   check((await page.textContent("#status")) === "needs_approval", "the other run is untouched");
 }
 
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+async function livePhase() {
+  await signIn(env("APPROVER_TOKEN"));
+  await page.goto(`${base}/ui/runs/${run}`);
+  for (let i = 0; i < 120 && (await page.textContent("#status")) !== "applying"; i++) {
+    await sleep(250);
+    await page.goto(`${base}/ui/runs/${run}`);
+  }
+  check((await page.textContent("#status")) === "applying", "the page shows the run applying");
+  // The page's script polls the log; no reload: the text grows in place.
+  await page.waitForFunction(
+    () => (document.getElementById("live-log")?.textContent || "").includes("applying slowly"),
+    null,
+    { timeout: 30000 },
+  );
+  check(true, "the apply log appears on the page while Terraform runs");
+  await page.locator("#live").scrollIntoViewIfNeeded();
+  await page.screenshot({ path: join(shots, "run-live.png"), fullPage: false });
+  let status = "";
+  for (let i = 0; i < 240 && status !== "applied"; i++) {
+    await sleep(250);
+    try {
+      status = await page.textContent("#status");
+    } catch {}
+  }
+  check(status === "applied", "the page reloads itself once the apply ends");
+}
+
 async function appliedPhase() {
   await signIn(env("APPROVER_TOKEN"));
   await page.goto(`${base}/ui/runs/${run}`);
@@ -176,6 +205,7 @@ async function appliedPhase() {
 let failed = null;
 try {
   if (phase === "review") await reviewPhase();
+  else if (phase === "live") await livePhase();
   else if (phase === "applied") await appliedPhase();
   else throw new Error(`unknown phase ${phase}`);
   check(dialogs.length === 0, `no dialog fired (${JSON.stringify(dialogs)})`);
