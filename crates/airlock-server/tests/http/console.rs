@@ -311,6 +311,10 @@ async fn every_console_route_for_every_role_follows_the_api() {
             "{role}"
         );
     }
+    // The stack list asks for each stack without reading its state.
+    let light = s.api_get("/api/v1/stacks/dev%2Fapp?instances=false").await;
+    assert!(light["instances"].is_null() && light["current"]["serial"].is_u64());
+    assert_eq!(s.api_get("/api/v1/stacks/dev%2Fapp").await["instances"], 2);
     // Without a session, every page and action sends the browser to sign in, and shows nothing.
     for (method, uri) in [
         ("GET", "/ui/"),
