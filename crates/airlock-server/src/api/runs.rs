@@ -980,8 +980,10 @@ pub async fn show(
         .as_ref()
         .is_some_and(|st| run_rules::is_current(&run, st, current.as_ref()));
     let next = run_rules::next_step(&run);
+    // What "N approvals" counts and who may never approve, as the run rules decide them.
+    let (author, valid) = (run.author_identity(), run.valid_approvers());
     Ok(Json(
-        json!({ "run": run, "current": current_ok, "stack_serial": current.map(|v| v.serial), "next": next }),
+        json!({ "run": run, "current": current_ok, "stack_serial": current.map(|v| v.serial), "next": next, "author_user": author, "valid_approvers": valid }),
     ))
 }
 
