@@ -739,7 +739,10 @@ async fn approval_is_bound_to_the_plan_hash_and_the_destroy_count_and_never_to_t
     let page = b.get("/ui/runs/run_x?done=approved").await.text();
     assert!(page.contains("Your approval was recorded"));
     assert!(page.contains(PLAN));
-    assert!(page.contains("1 valid of 1 required"), "counted as the run rules count");
+    assert!(
+        page.contains("1 valid of 1 required"),
+        "counted as the run rules count"
+    );
     let run = s.store.run("run_x").unwrap().unwrap();
     assert_eq!(run.status.as_str(), "approved");
     assert_eq!(run.approvals[0].plan_sha256, PLAN);
