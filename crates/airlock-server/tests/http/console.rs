@@ -648,6 +648,13 @@ async fn hostile_input_is_bounded_and_answered_clearly() {
     let r = b.get("/ui/runs?status=%3Cb%3Enope").await;
     r.expect(400);
     assert!(r.text().contains("&lt;b&gt;nope") && !r.text().contains("<b>nope"));
+    // The API's attribute-level diff takes only the detail it knows.
+    for q in ["detail=nope", "detail=attributes&extra=1"] {
+        let uri = format!("/api/v1/stacks/dev%2Fapp/diff?from=1&to=2&{q}");
+        s.call("GET", &uri, Auth::Bearer(&s.admin.secret), Body::empty())
+            .await
+            .expect(400);
+    }
     // A form that is not a form.
     let r = post_as(&s, "/ui/runs/run_b/approve", &b.cookie, "%%%".into()).await;
     assert!(r.status.is_client_error());
