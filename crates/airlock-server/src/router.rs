@@ -173,6 +173,9 @@ fn routes() -> Routes {
         .route(POST,    "/api/v1/runs/{id}/withdraw",                   CreateRun, api::runs::withdraw)
         .route(POST,    "/api/v1/runs/{id}/apply",                      ApplyRun,  api::runs::apply)
         .upload(POST,   "/api/v1/runs/{id}/finish",                     ApplyRun,  api::runs::finish)
+        // The apply log while Terraform runs (the applier only, checked by the handler).
+        .upload(POST,   "/api/v1/runs/{id}/log",                        ApplyRun,  api::runs::log_part)
+        .route(GET,     "/api/v1/runs/{id}/log",                        Read,      api::runs::log)
         .route(GET,     "/api/v1/audit",                                Read,      api::audit::list)
         .route(GET,     "/api/v1/audit/verify",                         Read,      api::audit::verify)
         // Server policy sets: admins (of all stacks, checked by the handler) change them.
