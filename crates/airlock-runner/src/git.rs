@@ -240,6 +240,8 @@ pub struct GitTree {
     dirs: HashMap<String, Vec<(String, String)>>,
     /// Every directory (ancestors of every entry, the root included when not empty).
     all_dirs: BTreeSet<String>,
+    /// Symbolic links (mode 120000).
+    symlinks: BTreeSet<String>,
     cat: Option<CatFile>,
     root: std::path::PathBuf,
     /// Blobs read ahead by [`Tree::prefetch`], by id, until read.
@@ -257,6 +259,7 @@ impl GitTree {
         let out = run(root, &args)?;
         let mut dirs: HashMap<String, Vec<(String, String)>> = HashMap::new();
         let mut all_dirs = BTreeSet::new();
+        let mut symlinks = BTreeSet::new();
         for entry in out.split(|&b| b == 0).filter(|e| !e.is_empty()) {
             // "<mode> SP <type> SP <oid> TAB <path>"
             let entry = String::from_utf8_lossy(entry);
@@ -283,6 +286,9 @@ impl GitTree {
                     None => break,
                 }
             }
+            if mode == "120000" {
+                symlinks.insert(path.to_owned());
+            }
             if mode == "100644" || mode == "100755" {
                 dirs.entry(dir).or_default().push((name, oid.to_owned()));
             }
@@ -290,6 +296,7 @@ impl GitTree {
         Ok(GitTree {
             dirs,
             all_dirs,
+            symlinks,
             cat: None,
             root: root.to_path_buf(),
             ahead: HashMap::new(),
@@ -357,6 +364,10 @@ impl Tree for GitTree {
 
     fn content_key(&mut self, path: &str) -> Option<String> {
         self.oid(path).map(str::to_owned)
+    }
+
+    fn is_symlink(&mut self, path: &str) -> bool {
+        self.symlinks.contains(path)
     }
 
     fn prefetch(&mut self, paths: &[String]) {

@@ -399,6 +399,23 @@ fn bad_input_gets_a_clear_error() {
     r.commit("escape");
     let e = fails(&r.path, &["--base", "main"]);
     assert!(e.contains("stack \"app\": modules/base/nested/main.tf:2: module source \"../../../../elsewhere\" leaves the repository root"), "{e}");
+    // A module directory reached through a symbolic link (git stores the link, not the files):
+    // refused alike here and by `airlock plan`'s input files.
+    r.write(
+        "modules/base/nested/main.tf",
+        "module \"l\" {\n  source = \"../../../linked\"\n}\n",
+    );
+    std::os::unix::fs::symlink("modules/base", r.path.join("linked")).unwrap();
+    r.commit("symlinked module");
+    let e = fails(&r.path, &["--base", "main"]);
+    assert!(
+        e.contains(
+            "stack \"app\": modules/base/nested/main.tf:2: module directory linked: linked is a \
+             symbolic link, which airlock does not follow"
+        ),
+        "{e}"
+    );
+    r.rm("linked");
     // A stack dir that does not exist (and never did).
     r.write("modules/base/nested/main.tf", "").write(
         "airlock.hcl",
