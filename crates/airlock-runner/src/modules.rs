@@ -253,6 +253,11 @@ pub trait Tree {
     /// Whether `path` is a symbolic link (not followed: git stores a link as a link, so a
     /// checkout and a commit agree only on real directories and files).
     fn is_symlink(&mut self, path: &str) -> bool;
+    /// Whether `path` is a git submodule of a commit (a checkout has its files; the commit only
+    /// names the submodule's commit).
+    fn is_submodule(&mut self, _path: &str) -> bool {
+        false
+    }
 }
 
 /// What one directory contributes: its input files and the local module directories it calls.
@@ -434,6 +439,17 @@ impl<'t, T: Tree> Walker<'t, T> {
                             "module directory {target}: {prefix} is a symbolic link, which airlock \
                              does not follow (a commit stores the link, not the files); point \
                              `source` at the real directory"
+                        ),
+                    ));
+                }
+                if self.tree.is_submodule(&prefix) {
+                    return Err(error(
+                        &file,
+                        Some(line),
+                        format!(
+                            "module directory {target}: {prefix} is a git submodule, whose files \
+                             change detection cannot read from the commit; vendor the module into \
+                             the repository or call it with a git source"
                         ),
                     ));
                 }
