@@ -62,10 +62,10 @@ median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[
 measure() { # label path
     local ms=() bytes=0 t
     for _ in 1 2 3 4 5; do
-        : > "$work/server.log"
+        local seen; seen="$(wc -l < "$work/server.log")"
         bytes="$(curl -sf -b "$jar" -o /dev/null -w '%{size_download}' "$AIRLOCK_URL$2")"
         sleep 0.2
-        t="$(grep "path=${2%%\?*} " "$work/server.log" | grep -v 'path=/api' | sed -n 's/.* ms=\([0-9]*\).*/\1/p' | tail -1)"
+        t="$(tail -n "+$((seen + 1))" "$work/server.log" | grep -a "path=${2%%\?*} " | sed -n "s/.* ms=\([0-9]*\).*/\1/p" | tail -1 || true)"
         ms+=("${t:-NaN}")
     done
     printf '%-46s server median %4s ms (%s)  bytes %s\n' "$1" "$(median "${ms[@]}")" "${ms[*]}" "$bytes"

@@ -466,7 +466,24 @@ impl Parser<'_> {
         ];
         for attr in self.attributes(block, &allowed)? {
             match attr.key.as_str() {
-                "dir" => stack.dir = Some(self.string(attr)?),
+                "dir" => {
+                    let dir = self.string(attr)?;
+                    let inside = !dir.is_empty()
+                        && !dir.starts_with('/')
+                        && !dir.contains('\\')
+                        && !dir.split('/').any(|s| s == "..");
+                    if !inside {
+                        return Err(self.err(
+                            attr.span(),
+                            format!(
+                                "dir {dir:?} must be a directory relative to the repository root \
+                                 (the directory of airlock.hcl), without `..`, e.g. \
+                                 \"stacks/prod/app\""
+                            ),
+                        ));
+                    }
+                    stack.dir = Some(dir);
+                }
                 "production" => stack.production = self.boolean(attr)?,
                 "destroy" => stack.destroy = self.boolean(attr)?,
                 "depends_on" => {
@@ -915,6 +932,9 @@ stack "old" {
             ("stack \"a\" {\n also_when_changed = [\"/etc/*\"]\n}\n", 2, "not a path glob"),
             ("stack \"a\" {\n also_when_changed = [\"\"]\n}\n", 2, "not a path glob"),
             ("stack \"a\" {\n destroy = \"yes\"\n}\n", 2, "true or false"),
+            ("stack \"a\" {\n dir = \"../x\"\n}\n", 2, "without `..`"),
+            ("stack \"a\" {\n dir = \"/srv/x\"\n}\n", 2, "relative to the repository root"),
+            ("stack \"a\" {\n dir = \"\"\n}\n", 2, "relative to the repository root"),
         ];
         for (src, line, text) in cases {
             let e = parse(src, "airlock.hcl").unwrap_err();

@@ -240,6 +240,10 @@ pub struct GitTree {
     dirs: HashMap<String, Vec<(String, String)>>,
     /// Every directory (ancestors of every entry, the root included when not empty).
     all_dirs: BTreeSet<String>,
+    /// Symbolic links (mode 120000).
+    symlinks: BTreeSet<String>,
+    /// Submodules (mode 160000).
+    submodules: BTreeSet<String>,
     cat: Option<CatFile>,
     root: std::path::PathBuf,
     /// Blobs read ahead by [`Tree::prefetch`], by id, until read.
@@ -257,6 +261,8 @@ impl GitTree {
         let out = run(root, &args)?;
         let mut dirs: HashMap<String, Vec<(String, String)>> = HashMap::new();
         let mut all_dirs = BTreeSet::new();
+        let mut symlinks = BTreeSet::new();
+        let mut submodules = BTreeSet::new();
         for entry in out.split(|&b| b == 0).filter(|e| !e.is_empty()) {
             // "<mode> SP <type> SP <oid> TAB <path>"
             let entry = String::from_utf8_lossy(entry);
@@ -283,6 +289,15 @@ impl GitTree {
                     None => break,
                 }
             }
+            match mode {
+                "120000" => {
+                    symlinks.insert(path.to_owned());
+                }
+                "160000" => {
+                    submodules.insert(path.to_owned());
+                }
+                _ => {}
+            }
             if mode == "100644" || mode == "100755" {
                 dirs.entry(dir).or_default().push((name, oid.to_owned()));
             }
@@ -290,6 +305,8 @@ impl GitTree {
         Ok(GitTree {
             dirs,
             all_dirs,
+            symlinks,
+            submodules,
             cat: None,
             root: root.to_path_buf(),
             ahead: HashMap::new(),
@@ -357,6 +374,14 @@ impl Tree for GitTree {
 
     fn content_key(&mut self, path: &str) -> Option<String> {
         self.oid(path).map(str::to_owned)
+    }
+
+    fn is_symlink(&mut self, path: &str) -> bool {
+        self.symlinks.contains(path)
+    }
+
+    fn is_submodule(&mut self, path: &str) -> bool {
+        self.submodules.contains(path)
     }
 
     fn prefetch(&mut self, paths: &[String]) {

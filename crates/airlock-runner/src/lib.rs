@@ -15,6 +15,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
+use std::time::Duration;
 
 use airlock_core::inputs::{self, InputFile};
 
@@ -115,7 +116,18 @@ pub struct Finished {
 
 /// Runs `cmd` with exactly `env`, echoing its stdout and stderr live (to our stderr, so a
 /// caller's stdout stays machine-readable) and keeping a copy.
-pub fn run_streaming(mut cmd: Command, env: &[(String, String)]) -> io::Result<Finished> {
+pub fn run_streaming(cmd: Command, env: &[(String, String)]) -> io::Result<Finished> {
+    run_streaming_live(cmd, env, Duration::from_secs(3600), &mut |_| {})
+}
+
+/// [`run_streaming`], also handing what the child printed since the last call to `sink` every
+/// `every` while it runs (and once at the end), e.g. to send the apply log as it grows.
+pub fn run_streaming_live(
+    mut cmd: Command,
+    env: &[(String, String)],
+    every: Duration,
+    sink: &mut dyn FnMut(&[u8]),
+) -> io::Result<Finished> {
     cmd.env_clear()
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
@@ -140,10 +152,33 @@ pub fn run_streaming(mut cmd: Command, env: &[(String, String)]) -> io::Result<F
     };
     let out = child.stdout.take().map(|o| pump(Box::new(o), log.clone()));
     let err = child.stderr.take().map(|e| pump(Box::new(e), log.clone()));
-    let status = child.wait()?;
+    let mut sent = 0usize;
+    let mut flush = |sent: &mut usize| {
+        let fresh = log
+            .lock()
+            .ok()
+            .and_then(|l| l.get(*sent..).map(<[u8]>::to_vec))
+            .unwrap_or_default();
+        if !fresh.is_empty() {
+            *sent += fresh.len();
+            sink(&fresh);
+        }
+    };
+    let mut last = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(50).min(every));
+        if last.elapsed() >= every {
+            flush(&mut sent);
+            last = std::time::Instant::now();
+        }
+    };
     for t in [out, err].into_iter().flatten() {
         let _ = t.join();
     }
+    flush(&mut sent);
     let log = std::mem::take(
         &mut *log
             .lock()
@@ -155,6 +190,24 @@ pub fn run_streaming(mut cmd: Command, env: &[(String, String)]) -> io::Result<F
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_live_run_hands_over_its_output_as_it_grows_and_all_of_it() {
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args(["-c", "echo first; sleep 0.5; echo second; echo err >&2"]);
+        let mut parts: Vec<Vec<u8>> = Vec::new();
+        let done = run_streaming_live(cmd, &[], Duration::from_millis(100), &mut |p| {
+            parts.push(p.to_vec())
+        })
+        .unwrap();
+        assert!(done.status.success());
+        assert!(
+            parts.len() >= 2,
+            "the first line arrived before the end: {parts:?}"
+        );
+        assert_eq!(parts[0], b"first\n");
+        assert_eq!(parts.concat(), done.log);
+    }
 
     #[test]
     fn inputs_cover_modules_config_and_policies_only() {

@@ -250,6 +250,14 @@ pub trait Tree {
     }
     /// A hint that these files will be read soon (a tree may read them in one batch).
     fn prefetch(&mut self, _paths: &[String]) {}
+    /// Whether `path` is a symbolic link (not followed: git stores a link as a link, so a
+    /// checkout and a commit agree only on real directories and files).
+    fn is_symlink(&mut self, path: &str) -> bool;
+    /// Whether `path` is a git submodule of a commit (a checkout has its files; the commit only
+    /// names the submodule's commit).
+    fn is_submodule(&mut self, _path: &str) -> bool {
+        false
+    }
 }
 
 /// What one directory contributes: its input files and the local module directories it calls.
@@ -420,6 +428,32 @@ impl<'t, T: Tree> Walker<'t, T> {
                     format!("the stack reaches more than {MAX_MODULE_DIRS} module directories"),
                 ));
             }
+            let mut prefix = String::new();
+            for seg in target.split('/') {
+                prefix = inputs::join(&prefix, seg);
+                if self.tree.is_symlink(&prefix) {
+                    return Err(error(
+                        &file,
+                        Some(line),
+                        format!(
+                            "module directory {target}: {prefix} is a symbolic link, which airlock \
+                             does not follow (a commit stores the link, not the files); point \
+                             `source` at the real directory"
+                        ),
+                    ));
+                }
+                if self.tree.is_submodule(&prefix) {
+                    return Err(error(
+                        &file,
+                        Some(line),
+                        format!(
+                            "module directory {target}: {prefix} is a git submodule, whose files \
+                             change detection cannot read from the commit; vendor the module into \
+                             the repository or call it with a git source"
+                        ),
+                    ));
+                }
+            }
             let Some(info) = self.dir(&target)? else {
                 return Err(error(
                     &file,
@@ -489,6 +523,10 @@ impl Tree for FsTree<'_> {
         std::fs::read(self.root.join(path))
             .map_err(|e| error(path, None, format!("cannot read: {e}")))
     }
+
+    fn is_symlink(&mut self, path: &str) -> bool {
+        std::fs::symlink_metadata(self.root.join(path)).is_ok_and(|m| m.file_type().is_symlink())
+    }
 }
 
 #[cfg(test)]
@@ -519,6 +557,9 @@ mod tests {
         }
         fn read(&mut self, path: &str) -> Result<Vec<u8>, ModuleError> {
             Ok(self.0.get(path).cloned().unwrap_or_default().into_bytes())
+        }
+        fn is_symlink(&mut self, path: &str) -> bool {
+            self.0.get(path).is_some_and(|c| c == "SYMLINK")
         }
     }
 
@@ -639,6 +680,54 @@ EOT
         }
     }
 
+    /// 3,000 reproducible mutations of each seed: the reader answers (calls or an error), never
+    /// panics or hangs.
+    #[test]
+    fn reader_survives_mutations() {
+        let seeds: [(&str, &[u8]); 2] = [
+            (
+                "main.tf",
+                b"module \"a\" {\n  source = \"../a\"\n  x = [1, {b = \"${var.c}\"}]\n}\n\
+                  locals { h = <<EOT\nsource = \"./x\"\nEOT\n}\n# c\n/* d */ module \"b\" { source = \"./b\" }\n",
+            ),
+            (
+                "main.tf.json",
+                br#"{"module": {"a": {"source": "./a"}, "b": [{"source": "../b", "n": [1, {"x": null}]}]}}"#,
+            ),
+        ];
+        let interesting = b"{}[]()\"=\n$%<>#/*\\.:,~!?";
+        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for (name, seed) in seeds {
+            for _ in 0..3000 {
+                let mut b = seed.to_vec();
+                for _ in 0..=(next() % 4) {
+                    let len = b.len().max(1) as u64;
+                    let at = (next() % len) as usize;
+                    match next() % 4 {
+                        0 if !b.is_empty() => b[at] = interesting[(next() % 20) as usize],
+                        1 => b.insert(at.min(b.len()), interesting[(next() % 20) as usize]),
+                        2 if !b.is_empty() => {
+                            let end = (at + (next() % 8) as usize).min(b.len());
+                            b.drain(at..end);
+                        }
+                        _ => {
+                            let end = (at + (next() % 16) as usize).min(b.len());
+                            let piece = b[at..end].to_vec();
+                            b.splice(at..at, piece);
+                        }
+                    }
+                }
+                let _ = module_calls(name, &b);
+            }
+        }
+    }
+
     #[test]
     fn walks_transitive_local_modules_with_their_chain() {
         let mut t = mem(&[
@@ -708,6 +797,18 @@ EOT
             "a/main.tf:2: module directory a/gone does not exist; fix the module's `source` or \
              add the module"
         );
+        // A module directory through a symbolic link is refused, in any tree alike.
+        let mut t = mem(&[
+            (
+                "a/main.tf",
+                "module \"m\" {\n source = \"../linked/net\"\n}",
+            ),
+            ("linked", "SYMLINK"),
+        ]);
+        assert!(walk(&mut t, "a")
+            .unwrap_err()
+            .to_string()
+            .starts_with("a/main.tf:2: module directory linked/net: linked is a symbolic link"));
         // A diamond is not a cycle.
         let mut t = mem(&[
             (

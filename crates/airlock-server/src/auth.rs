@@ -86,7 +86,17 @@ impl Principal {
 pub struct RequestStack(pub StackName);
 
 fn credential(req: &Request) -> Result<Option<String>, ApiError> {
-    let Some(value) = req.headers().get(AUTHORIZATION) else {
+    credential_of(req.headers())
+}
+
+/// The token secret a request's `Authorization` header carries (Bearer, or the Basic-auth
+/// password), for interfaces that call the API again with the caller's own token (`/mcp`).
+pub fn bearer_secret(headers: &axum::http::HeaderMap) -> Option<String> {
+    credential_of(headers).ok().flatten()
+}
+
+fn credential_of(headers: &axum::http::HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(AUTHORIZATION) else {
         return Ok(None);
     };
     let bad = || {

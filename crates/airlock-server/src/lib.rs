@@ -15,6 +15,7 @@ mod error;
 pub mod firewall;
 pub mod inproc;
 mod log;
+pub mod mcp;
 mod metrics;
 pub mod router;
 mod serve;

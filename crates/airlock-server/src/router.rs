@@ -11,7 +11,7 @@ use axum::http::Method;
 use axum::routing::{any, get, on, MethodFilter, MethodRouter};
 use axum::Router;
 
-use crate::{api, auth, state_backend, AppState};
+use crate::{api, auth, mcp, state_backend, AppState};
 
 /// One row of the route table.
 #[derive(Debug, Clone)]
@@ -173,6 +173,9 @@ fn routes() -> Routes {
         .route(POST,    "/api/v1/runs/{id}/withdraw",                   CreateRun, api::runs::withdraw)
         .route(POST,    "/api/v1/runs/{id}/apply",                      ApplyRun,  api::runs::apply)
         .upload(POST,   "/api/v1/runs/{id}/finish",                     ApplyRun,  api::runs::finish)
+        // The apply log while Terraform runs (the applier only, checked by the handler).
+        .upload(POST,   "/api/v1/runs/{id}/log",                        ApplyRun,  api::runs::log_part)
+        .route(GET,     "/api/v1/runs/{id}/log",                        Read,      api::runs::log)
         .route(GET,     "/api/v1/audit",                                Read,      api::audit::list)
         .route(GET,     "/api/v1/audit/verify",                         Read,      api::audit::verify)
         // Server policy sets: admins (of all stacks, checked by the handler) change them.
@@ -180,6 +183,11 @@ fn routes() -> Routes {
         .route(GET,     "/api/v1/policies",                             Read,      api::policies::list)
         .route(GET,     "/api/v1/policies/{id}",                        Read,      api::policies::show)
         .route(POST,    "/api/v1/policies/{id}/remove",                 Admin,     api::policies::remove)
+        // MCP's streamable HTTP transport: each tool call is an in-process API call with the
+        // caller's token, so what a tool may do is decided by the rows above (mcp/mod.rs).
+        .route(POST,    "/mcp",                                         Read,      mcp::post)
+        .route(GET,     "/mcp",                                         Read,      mcp::not_offered)
+        .route(DELETE,  "/mcp",                                         Read,      mcp::not_offered)
 }
 
 /// The route table, as [`build`] serves and authorizes it.

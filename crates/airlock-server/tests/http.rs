@@ -11,6 +11,7 @@
 //! - `console`: the web console at `/ui/`: every console route × role, headers, sessions, CSRF,
 //!   hostile text.
 //! - `policies`: server Rego policy sets: admin-only changes, bounds, versions, audit.
+//! - `mcp`: the MCP endpoint: tool lists per role, transport rules, hostile arguments, audit.
 
 #[path = "http/auth.rs"]
 mod auth;
@@ -22,6 +23,8 @@ mod firewall;
 mod identity;
 #[path = "http/matrix.rs"]
 mod matrix;
+#[path = "http/mcp.rs"]
+mod mcp;
 #[path = "http/policies.rs"]
 mod policies;
 #[path = "http/protocol.rs"]

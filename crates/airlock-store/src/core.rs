@@ -1344,6 +1344,10 @@ impl<E: Engine> Store for E {
         self.read(|db| run_artifact(db, id, name))
     }
 
+    fn run_artifact_names(&self, id: &str) -> Result<Vec<String>> {
+        self.read(|db| run_artifact_names(db, id))
+    }
+
     fn put_run_artifact(&self, id: &str, name: &str, bytes: &[u8]) -> Result<()> {
         self.write(|db| put_run_artifact(db, id, name, bytes))
     }
@@ -1459,10 +1463,6 @@ impl<E: Engine> StoreImport for E {
 
     fn import_audit(&self, record: &AuditRecord) -> Result<()> {
         self.write(|db| import_audit(db, record))
-    }
-
-    fn run_artifact_names(&self, id: &str) -> Result<Vec<String>> {
-        self.read(|db| run_artifact_names(db, id))
     }
 
     fn import_run(&self, run: &RunRecord, artifacts: &[(&str, &[u8])]) -> Result<()> {

@@ -214,6 +214,8 @@ pub trait Store: Send + Sync {
     /// Adds an artifact to a run (e.g. the apply log); artifacts are never replaced: `Conflict`
     /// if the run has one of that name, `NotFound` if there is no such run.
     fn put_run_artifact(&self, id: &str, name: &str, bytes: &[u8]) -> Result<()>;
+    /// Names of a run's artifacts, sorted.
+    fn run_artifact_names(&self, id: &str) -> Result<Vec<String>>;
     /// Judges and records a transition atomically (the run and its stack are locked).
     fn update_run(&self, id: &str, update: &mut RunUpdate<'_>) -> Result<RunTransition>;
 
@@ -263,8 +265,6 @@ pub trait StoreImport: Store {
     /// `seq` follows the last one and its `prev_hash` is the last one's hash; `Corrupt` unless
     /// its content hashes to its `hash`.
     fn import_audit(&self, record: &AuditRecord) -> Result<()>;
-    /// Names of a run's artifacts, sorted.
-    fn run_artifact_names(&self, id: &str) -> Result<Vec<String>>;
     /// Inserts a run and its artifacts verbatim (status, approvals, times included).
     fn import_run(&self, run: &RunRecord, artifacts: &[(&str, &[u8])]) -> Result<()>;
 }

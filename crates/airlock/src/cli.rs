@@ -785,6 +785,13 @@ pub struct CiApplyArgs {
 /// `airlock mcp`.
 #[derive(Debug, Args)]
 pub struct McpArgs {
+    /// The working tree `propose_change` may plan in: a directory it is asked for must resolve
+    /// inside it (no `..`, no symlink out). Default: the current directory.
+    #[arg(long, default_value = ".")]
+    pub root: PathBuf,
+    /// Terraform binary `propose_change` runs (e.g. `tofu`).
+    #[arg(long, env = "AIRLOCK_TERRAFORM_BIN", default_value = "terraform")]
+    pub terraform_bin: String,
     #[command(flatten)]
     pub client: ClientArgs,
 }

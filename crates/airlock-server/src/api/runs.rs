@@ -52,6 +52,13 @@ const POLICIES_ARTIFACT: &str = "policies.json";
 const LOCKFILE_ARTIFACT: &str = "terraform.lock.hcl";
 const SUMMARY_ARTIFACT: &str = "summary.md";
 const LOG_ARTIFACT: &str = "apply.log";
+/// Parts of the apply log sent while Terraform runs: `apply.log.part.000000`, ... (artifacts are
+/// immutable, so the live log is a sequence of them; the log sent at `finish` supersedes it).
+const LOG_PART_PREFIX: &str = "apply.log.part.";
+/// Most live log parts per run, and the largest part.
+pub const MAX_LOG_PARTS: usize = 1000;
+/// Largest live log part, in bytes (decoded).
+pub const MAX_LOG_PART: usize = 256 * 1024;
 
 fn b64(s: &str, what: &str) -> ApiResult<Vec<u8>> {
     base64::engine::general_purpose::STANDARD
@@ -1003,8 +1010,10 @@ pub async fn show(
         .as_ref()
         .is_some_and(|st| run_rules::is_current(&run, st, current.as_ref()));
     let next = run_rules::next_step(&run);
+    // What "N approvals" counts and who may never approve, as the run rules decide them.
+    let (author, valid) = (run.author_identity(), run.valid_approvers());
     Ok(Json(
-        json!({ "run": run, "current": current_ok, "stack_serial": current.map(|v| v.serial), "next": next }),
+        json!({ "run": run, "current": current_ok, "stack_serial": current.map(|v| v.serial), "next": next, "author_user": author, "valid_approvers": valid }),
     ))
 }
 
@@ -1254,6 +1263,93 @@ async fn record_repository_protection(
     })
     .await?;
     Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogPart {
+    log_b64: String,
+}
+
+/// `POST /api/v1/runs/{id}/log`: the next part of the apply log, while the run applies, from the
+/// principal applying it (what `finish` admits), so approvers can follow the apply live.
+pub async fn log_part(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let req: LogPart = parse_body(&body)?;
+    let bytes = b64(&req.log_b64, "log_b64")?;
+    if bytes.len() > MAX_LOG_PART {
+        return Err(bad(format!(
+            "a log part is at most {MAX_LOG_PART} bytes; send more parts"
+        )));
+    }
+    let run = load_run(&state, &p, &id).await?;
+    let display = p.display();
+    let who = actor(&p, &display);
+    if run.status != RunStatus::Applying {
+        return Err(ApiError::new(
+            RefusalKind::Conflict,
+            format!(
+                "run {id} is {}, not applying: its log is complete",
+                run.status.as_str()
+            ),
+        ));
+    }
+    run_rules::may_finish(&run, &who)
+        .map_err(|r| ApiError::new(r.kind(), r.message(&run, &who)))?;
+    let i = id.clone();
+    let part = store_call(&state, move |st| {
+        let n = st
+            .run_artifact_names(&i)?
+            .iter()
+            .filter(|n| n.starts_with(LOG_PART_PREFIX))
+            .count();
+        if n >= MAX_LOG_PARTS {
+            return Ok(None);
+        }
+        st.put_run_artifact(&i, &format!("{LOG_PART_PREFIX}{n:06}"), &bytes)?;
+        Ok(Some(n))
+    })
+    .await?;
+    match part {
+        Some(n) => Ok(Json(json!({ "part": n }))),
+        None => Err(ApiError::new(
+            RefusalKind::Conflict,
+            format!("run {id} has {MAX_LOG_PARTS} log parts already; the rest arrives with finish"),
+        )),
+    }
+}
+
+/// `GET /api/v1/runs/{id}/log`: the apply log: the one sent at `finish`, or, while the run
+/// applies, the parts received so far (empty before any).
+pub async fn log(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    load_run(&state, &p, &id).await?;
+    let i = id.clone();
+    let log = store_call(&state, move |st| {
+        if let Some(full) = st.run_artifact(&i, LOG_ARTIFACT)? {
+            return Ok(full);
+        }
+        let mut out = Vec::new();
+        for name in st.run_artifact_names(&i)? {
+            if name.starts_with(LOG_PART_PREFIX) {
+                out.extend(st.run_artifact(&i, &name)?.unwrap_or_default());
+            }
+        }
+        Ok(out)
+    })
+    .await?;
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        Body::from(log),
+    )
+        .into_response())
 }
 
 /// `POST /api/v1/runs/{id}/finish`: records the outcome and log, revokes the run-bound token,

@@ -78,20 +78,31 @@ pub async fn list(
     Ok(Json(json!({ "stacks": visible })))
 }
 
-/// `GET /api/v1/stacks/{stack}`: settings, lock, current version and protected instances.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ShowQuery {
+    /// `false`: leave out the instance count and protected instances (no state is read; what
+    /// the console's stack list asks for every stack).
+    instances: Option<bool>,
+}
+
+/// `GET /api/v1/stacks/{stack}[?instances=false]`: settings, lock, current version and
+/// protected instances.
 pub async fn show(
     State(state): State<Arc<AppState>>,
     Extension(p): Extension<Principal>,
     Extension(RequestStack(stack)): Extension<RequestStack>,
+    axum::extract::Query(q): axum::extract::Query<ShowQuery>,
 ) -> ApiResult<Json<Value>> {
     let record = existing_stack(&state, &p, stack.as_str()).await?;
     let s = stack.to_string();
+    let read_state = q.instances != Some(false);
     let (lock, current, bytes) = store_call(&state, move |st| {
         let lock = st.current_lock(&s)?;
         let current = st.current_version(&s)?;
         let bytes = match &current {
-            Some(v) => Some(st.version_bytes(&s, v.serial)?),
-            None => None,
+            Some(v) if read_state => Some(st.version_bytes(&s, v.serial)?),
+            _ => None,
         };
         Ok((lock, current, bytes))
     })
@@ -112,7 +123,9 @@ pub async fn show(
         }
     }
     Ok(Json(
-        json!({ "stack": record, "lock": lock, "current": current, "instances": instances, "protected": protected }),
+        json!({ "stack": record, "lock": lock, "current": current,
+                "instances": if read_state { json!(instances) } else { Value::Null },
+                "protected": if read_state { json!(protected) } else { Value::Null } }),
     ))
 }
 

@@ -16,7 +16,7 @@ use super::{parse_body, store_call};
 use crate::auth::{Principal, RequestStack};
 use crate::error::{ApiError, ApiResult};
 use crate::firewall::protection_reason;
-use crate::stacks::{existing_stack, firewalled_write, WriteKindOwned};
+use crate::stacks::{existing_stack, firewalled_write, summary_for, WriteKindOwned};
 use crate::AppState;
 
 /// `GET /api/v1/stacks/{stack}/versions`.
@@ -51,10 +51,22 @@ async fn load(
     version: &str,
 ) -> ApiResult<(airlock_store::VersionMeta, Vec<u8>)> {
     existing_stack(state, p, stack).await?;
+    let meta = load_meta(state, stack, version).await?;
+    let (s, serial) = (stack.to_owned(), meta.serial);
+    let bytes = store_call(state, move |st| st.version_bytes(&s, serial)).await?;
+    Ok((meta, bytes))
+}
+
+/// The metadata of `version` (a serial or `current`) of an existing stack.
+async fn load_meta(
+    state: &Arc<AppState>,
+    stack: &str,
+    version: &str,
+) -> ApiResult<airlock_store::VersionMeta> {
     let serial = parse_serial(version)?;
     let s = stack.to_owned();
     store_call(state, move |st| {
-        let meta = match serial {
+        match serial {
             Some(n) => st.version(&s, n)?,
             None => st.current_version(&s)?,
         }
@@ -63,9 +75,7 @@ async fn load(
                 "stack {s} has no version {}",
                 serial.map_or("yet".into(), |n| n.to_string())
             ))
-        })?;
-        let bytes = st.version_bytes(&s, meta.serial)?;
-        Ok((meta, bytes))
+        })
     })
     .await
 }
@@ -75,23 +85,60 @@ fn summarize(bytes: &[u8]) -> ApiResult<StateSummary> {
         .map_err(|e| ApiError::Internal(format!("stored version unreadable: {e}")))
 }
 
-/// `GET /api/v1/stacks/{stack}/versions/{serial}`: metadata, instances and outputs (names only).
+/// `GET /api/v1/stacks/{stack}/versions/{serial}?type=T&module=M&offset=N&limit=N`: metadata,
+/// instances and outputs (names only). Without `limit`, every instance (matching `type` and
+/// `module`, when given); `total` counts the matching ones, so a caller can page.
 pub async fn show(
     State(state): State<Arc<AppState>>,
     Extension(p): Extension<Principal>,
     Extension(RequestStack(stack)): Extension<RequestStack>,
     Path((_, version)): Path<(String, String)>,
+    Query(q): Query<ShowQuery>,
 ) -> ApiResult<Json<Value>> {
     let record = existing_stack(&state, &p, stack.as_str()).await?;
-    let (meta, bytes) = load(&state, &p, stack.as_str(), &version).await?;
-    let summary = summarize(&bytes)?;
-    let instances: Vec<Value> = summary
+    let meta = load_meta(&state, stack.as_str(), &version).await?;
+    // Versions are immutable: their parsed summary is cached by content hash.
+    let summary = {
+        let (st, sha, s, serial) = (
+            Arc::clone(&state),
+            meta.sha256.clone(),
+            stack.to_string(),
+            meta.serial,
+        );
+        tokio::task::spawn_blocking(move || {
+            summary_for(&st, &sha, &|| st.store.version_bytes(&s, serial))
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("store task failed: {e}")))??
+    };
+    let matching = summary
         .instances
         .iter()
+        .filter(|i| {
+            q.resource_type
+                .as_deref()
+                .is_none_or(|t| i.resource_type == t)
+        })
+        .filter(|i| {
+            q.module
+                .as_deref()
+                .is_none_or(|m| airlock_core::address::render_module_path(&i.addr.module) == m)
+        });
+    let total = matching.clone().count();
+    let instances: Vec<Value> = matching
+        .skip(q.offset.unwrap_or(0))
+        .take(q.limit.unwrap_or(usize::MAX))
         .map(|i| {
             json!({
                 "address": i.address,
                 "type": i.resource_type,
+                "module": airlock_core::address::render_module_path(&i.addr.module),
+                "name": i.addr.name,
+                "key": match &i.addr.key {
+                    Some(airlock_core::address::InstanceKey::Int(n)) => json!(n),
+                    Some(airlock_core::address::InstanceKey::Str(k)) => json!(k),
+                    None => Value::Null,
+                },
                 "mode": if i.mode == Mode::Managed { "managed" } else { "data" },
                 "deposed": i.deposed,
                 "tainted": i.tainted,
@@ -105,8 +152,19 @@ pub async fn show(
         .map(|o| json!({"name": o.name, "sensitive": o.sensitive}))
         .collect();
     Ok(Json(
-        json!({ "version": meta, "terraform_version": summary.terraform_version, "instances": instances, "outputs": outputs }),
+        json!({ "version": meta, "terraform_version": summary.terraform_version, "total": total, "instances": instances, "outputs": outputs }),
     ))
+}
+
+/// Filters and a page of `show`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShowQuery {
+    #[serde(rename = "type")]
+    resource_type: Option<String>,
+    module: Option<String>,
+    offset: Option<usize>,
+    limit: Option<usize>,
 }
 
 /// `GET /api/v1/stacks/{stack}/versions/{serial}/raw`: the byte-exact original.

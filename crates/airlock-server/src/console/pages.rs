@@ -111,7 +111,8 @@ pub async fn stacks(ctx: Ctx) -> Response {
     for (i, s) in stacks.iter().enumerate() {
         let name = text(&s["name"]);
         let (lock, last) = if i < MAX_DETAILED_STACKS {
-            match ctx.get(&format!("/api/v1/stacks/{}", seg(&name))).await {
+            let uri = format!("/api/v1/stacks/{}?instances=false", seg(&name));
+            match ctx.get(&uri).await {
                 Ok(d) => {
                     let c = &d["current"];
                     let last = if c.is_null() {

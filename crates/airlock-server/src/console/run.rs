@@ -127,10 +127,7 @@ async fn render(ctx: &Ctx, id: &str, page: usize, flash: Option<(StatusCode, Str
     let run = &shown["run"];
     let status = text(&run["status"]);
     let log = if matches!(status.as_str(), "applied" | "failed" | "applying") {
-        match ctx
-            .call(Method::GET, &format!("{base}/artifacts/apply.log"), None)
-            .await
-        {
+        match ctx.call(Method::GET, &format!("{base}/log"), None).await {
             Ok(r) => Some(r.body),
             Err(Fail::SignedOut) => return ctx.fail(Fail::SignedOut),
             Err(Fail::Refused(..)) => None,
@@ -254,7 +251,7 @@ async fn render(ctx: &Ctx, id: &str, page: usize, flash: Option<(StatusCode, Str
     body.push_str("</section>");
 
     // 3. Approve / reject.
-    body.push_str(&actions(ctx, id, run, &status, destroys));
+    body.push_str(&actions(ctx, id, &shown, &status, destroys));
 
     // 4. Metadata and approvals.
     let current = if shown["current"].as_bool() == Some(true) {
@@ -284,7 +281,7 @@ async fn render(ctx: &Ctx, id: &str, page: usize, flash: Option<(StatusCode, Str
         esc(&text(&run["plan_sha256"])),
         esc(&at(&run["created_at"])),
         esc(&at(&run["expires_at"])),
-        valid_approvals(run),
+        shown["valid_approvers"].as_array().map_or(0, Vec::len),
         esc(&text(&run["required_approvals"])),
         long(&text(&run["note"])),
     );
@@ -328,7 +325,7 @@ async fn render(ctx: &Ctx, id: &str, page: usize, flash: Option<(StatusCode, Str
         .as_deref()
         .map(|b| tail(b, MAX_LOG_SHOWN))
         .unwrap_or_else(|| match status.as_str() {
-            "applying" => "(applying: the log appears here when the apply finishes)".into(),
+            "applying" => "(applying: waiting for the first lines of the log)".into(),
             _ => "(no apply yet)".into(),
         });
     let _ = write!(
@@ -382,33 +379,9 @@ fn summary_line(report: &Value) -> String {
         .join(", ")
 }
 
-fn valid_approvals(run: &Value) -> usize {
-    let author = run["author_user"]
-        .as_str()
-        .filter(|s| !s.is_empty())
-        .or(run["author_token"].as_str())
-        .unwrap_or("");
-    let mut users: Vec<&str> = run["approvals"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|a| a["plan_sha256"] == run["plan_sha256"])
-        .filter_map(|a| {
-            a["by_user"]
-                .as_str()
-                .filter(|u| !u.is_empty())
-                .or(a["by_token"].as_str())
-        })
-        .filter(|u| *u != author)
-        .collect();
-    users.sort_unstable();
-    users.dedup();
-    users.len()
-}
-
 /// Why this session's Approve button is disabled, if it is (presentation only: the API decides,
 /// and a forced click gets the API's refusal).
-fn approve_blocked(ctx: &Ctx, run: &Value, status: &str) -> Option<String> {
+fn approve_blocked(ctx: &Ctx, shown: &Value, status: &str) -> Option<String> {
     let who = ctx.who();
     if !who.role.has(Permission::Approve) {
         return Some(format!(
@@ -416,30 +389,26 @@ fn approve_blocked(ctx: &Ctx, run: &Value, status: &str) -> Option<String> {
             who.role
         ));
     }
-    let author = run["author_user"]
-        .as_str()
-        .filter(|s| !s.is_empty())
-        .or(run["author_token"].as_str())
-        .unwrap_or("");
-    if author == who.user {
+    if shown["author_user"].as_str() == Some(who.user.as_str()) {
         return Some("You planned this run: another approver must approve it.".into());
     }
     if status != "needs_approval" {
         return Some(format!("The run is {status}: there is nothing to approve."));
     }
-    let mine = run["approvals"]
+    let mine = shown["valid_approvers"]
         .as_array()
         .into_iter()
         .flatten()
-        .any(|a| a["by_user"].as_str() == Some(who.user.as_str()));
+        .any(|u| u.as_str() == Some(who.user.as_str()));
     if mine {
         return Some("You have approved this run already; another approver must.".into());
     }
     None
 }
 
-fn actions(ctx: &Ctx, id: &str, run: &Value, status: &str, destroys: usize) -> String {
-    let blocked = approve_blocked(ctx, run, status);
+fn actions(ctx: &Ctx, id: &str, shown: &Value, status: &str, destroys: usize) -> String {
+    let blocked = approve_blocked(ctx, shown, status);
+    let run = &shown["run"];
     let mut out = format!(
         "<section id=\"review\"><h2>Review</h2><form method=\"post\" action=\"/ui/runs/{}/approve\" class=\"action\" id=\"approve-form\">\
 <input type=\"hidden\" name=\"csrf\" value=\"{}\"><input type=\"hidden\" name=\"plan_sha256\" value=\"{}\">\
@@ -545,10 +514,7 @@ pub async fn live(ctx: Ctx, Path(id): Path<String>) -> Response {
         Err(Fail::Refused(s, m)) => return (s, axum::Json(json!({"error": m}))).into_response(),
     };
     let status = text(&shown["run"]["status"]);
-    let log = match ctx
-        .call(Method::GET, &format!("{base}/artifacts/apply.log"), None)
-        .await
-    {
+    let log = match ctx.call(Method::GET, &format!("{base}/log"), None).await {
         Ok(r) => Value::String(tail(&r.body, MAX_LOG_SHOWN)),
         Err(_) => Value::Null,
     };

@@ -142,6 +142,21 @@ fn put_run(
     plan: &Value,
     destroys: &[&str],
 ) {
+    put_run_with(s, id, stack, serial, author_user, plan, destroys, json!({}));
+}
+
+/// [`put_run`] with `extra` fields of the run record replaced.
+#[allow(clippy::too_many_arguments)]
+fn put_run_with(
+    s: &Server,
+    id: &str,
+    stack: &str,
+    serial: u64,
+    author_user: &str,
+    plan: &Value,
+    destroys: &[&str],
+    extra: Value,
+) {
     let changes: Vec<Value> = plan["resource_changes"]
         .as_array()
         .unwrap()
@@ -153,7 +168,7 @@ fn put_run(
                    "critical": false, "reasons": [], "mode": "managed", "kind": "update", "severity": null})
         })
         .collect();
-    let run: RunRecord = serde_json::from_value(json!({
+    let mut record = json!({
         "id": id, "stack": stack, "status": "needs_approval",
         "author": format!("{author_user} (tok_author)"), "author_token": "tok_author", "author_user": author_user,
         "author_role": "agent", "created_at": now_ms(), "updated_at": now_ms(),
@@ -164,8 +179,11 @@ fn put_run(
         "destroys": destroys, "required_approvals": 1, "approvals": [], "rejection": null,
         "applied_by": null, "apply_token": null, "apply_started_at": null,
         "finished_at": null, "note": null
-    }))
-    .unwrap();
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        record[k] = v.clone();
+    }
+    let run: RunRecord = serde_json::from_value(record).unwrap();
     let bytes = serde_json::to_vec(plan).unwrap();
     s.store
         .create_run(
@@ -293,6 +311,10 @@ async fn every_console_route_for_every_role_follows_the_api() {
             "{role}"
         );
     }
+    // The stack list asks for each stack without reading its state.
+    let light = s.api_get("/api/v1/stacks/dev%2Fapp?instances=false").await;
+    assert!(light["instances"].is_null() && light["current"]["serial"].is_u64());
+    assert_eq!(s.api_get("/api/v1/stacks/dev%2Fapp").await["instances"], 2);
     // Without a session, every page and action sends the browser to sign in, and shows nothing.
     for (method, uri) in [
         ("GET", "/ui/"),
@@ -626,6 +648,13 @@ async fn hostile_input_is_bounded_and_answered_clearly() {
     let r = b.get("/ui/runs?status=%3Cb%3Enope").await;
     r.expect(400);
     assert!(r.text().contains("&lt;b&gt;nope") && !r.text().contains("<b>nope"));
+    // The API's attribute-level diff takes only the detail it knows.
+    for q in ["detail=nope", "detail=attributes&extra=1"] {
+        let uri = format!("/api/v1/stacks/dev%2Fapp/diff?from=1&to=2&{q}");
+        s.call("GET", &uri, Auth::Bearer(&s.admin.secret), Body::empty())
+            .await
+            .expect(400);
+    }
     // A form that is not a form.
     let r = post_as(&s, "/ui/runs/run_b/approve", &b.cookie, "%%%".into()).await;
     assert!(r.status.is_client_error());
@@ -717,6 +746,10 @@ async fn approval_is_bound_to_the_plan_hash_and_the_destroy_count_and_never_to_t
     let page = b.get("/ui/runs/run_x?done=approved").await.text();
     assert!(page.contains("Your approval was recorded"));
     assert!(page.contains(PLAN));
+    assert!(
+        page.contains("1 valid of 1 required"),
+        "counted as the run rules count"
+    );
     let run = s.store.run("run_x").unwrap().unwrap();
     assert_eq!(run.status.as_str(), "approved");
     assert_eq!(run.approvals[0].plan_sha256, PLAN);
@@ -810,4 +843,88 @@ async fn a_ten_thousand_change_plan_is_paged() {
     // Out-of-range pages are clamped.
     let far = b.get("/ui/runs/run_big?page=999999").await.text();
     assert!(far.contains("page 100 of 100"));
+}
+
+/// The apply log while a run applies: only its applier sends parts, only while it applies, each
+/// bounded; anyone who may read the run reads them, and the console shows them.
+#[tokio::test]
+async fn the_live_apply_log_comes_only_from_the_applier_while_it_applies() {
+    let s = fixture().await;
+    let ci = s.role_token(Role::Ci);
+    let other_ci = s.token("other-ci", Role::Ci, &[], None);
+    let display = format!("ci ({})", ci.id);
+    put_run_with(
+        &s,
+        "run_live",
+        "dev/app",
+        2,
+        "tok_author",
+        &simple_plan(),
+        &[],
+        json!({"status": "applying", "applied_by": display}),
+    );
+    put_run(
+        &s,
+        "run_open",
+        "dev/app",
+        2,
+        "tok_author",
+        &simple_plan(),
+        &[],
+    );
+    let part = |text: &str| json!({"log_b64": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, text)});
+    let send = |tok: &Tok, run: &str, body: Value| {
+        let (tok, run) = (tok.clone(), run.to_owned());
+        let s = &s;
+        async move {
+            s.api("POST", &format!("/api/v1/runs/{run}/log"), &tok, body)
+                .await
+        }
+    };
+    send(
+        &ci,
+        "run_live",
+        part("line one <script>alert(1)</script>\n"),
+    )
+    .await
+    .expect(200);
+    send(&ci, "run_live", part("line two\n")).await.expect(200);
+    // Not the applier, not a CI token, not an applying run, too big, not base64.
+    let r = send(&other_ci, "run_live", part("forged")).await;
+    r.expect(403);
+    assert!(
+        r.message().contains("only the principal applying"),
+        "{}",
+        r.message()
+    );
+    send(&s.role_token(Role::Approver), "run_live", part("x"))
+        .await
+        .expect(403);
+    send(&s.role_token(Role::Agent), "run_live", part("x"))
+        .await
+        .expect(403);
+    send(&ci, "run_open", part("x")).await.expect(409);
+    let big = "x".repeat(300 * 1024);
+    send(&ci, "run_live", part(&big)).await.expect(400);
+    send(&ci, "run_live", json!({"log_b64": "%%%"}))
+        .await
+        .expect(400);
+    // Readers read the parts in order; the console shows them as text.
+    let r = s
+        .call(
+            "GET",
+            "/api/v1/runs/run_live/log",
+            Auth::Bearer(&s.role_token(Role::Reader).secret),
+            Body::empty(),
+        )
+        .await;
+    r.expect(200);
+    assert_eq!(r.text(), "line one <script>alert(1)</script>\nline two\n");
+    let b = sign_in(&s, &s.role_token(Role::Reader)).await;
+    let live = b.get("/ui/runs/run_live/live").await;
+    live.expect(200);
+    assert_eq!(live.json()["status"], "applying");
+    assert!(live.json()["log"].as_str().unwrap().contains("line two"));
+    let page = b.get("/ui/runs/run_live").await.text();
+    assert!(page.contains("line one &lt;script&gt;") && !page.contains("<script>alert"));
 }

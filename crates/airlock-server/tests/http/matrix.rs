@@ -85,7 +85,10 @@ fn design_allows(method: &str, route: &str) -> Option<[bool; 5]> {
         ("POST", "/api/v1/runs/{id}/approve" | "/api/v1/runs/{id}/reject") => REVIEWERS,
         // Withdrawing one's own run needs what planning it needed (the author's user only).
         ("POST", "/api/v1/runs/{id}/withdraw") => LOCKERS,
-        ("POST", "/api/v1/runs/{id}/apply" | "/api/v1/runs/{id}/finish") => APPLIERS,
+        (
+            "POST",
+            "/api/v1/runs/{id}/apply" | "/api/v1/runs/{id}/finish" | "/api/v1/runs/{id}/log",
+        ) => APPLIERS,
         // Server policy sets: admins change them; everyone may read what governs the runs.
         ("POST", "/api/v1/policies" | "/api/v1/policies/{id}/remove") => ADMIN,
         ("GET", "/api/v1/policies" | "/api/v1/policies/{id}") => ALL,

@@ -144,6 +144,34 @@ impl Client {
         resp.into_json().context("the server sent invalid JSON")
     }
 
+    /// POSTs `body` with extra `headers` and returns the status and body whatever the status
+    /// (at most `limit` bytes of it): for relays that pass the server's answers on as they are
+    /// (`airlock mcp`). Only a server that cannot be reached is an error.
+    pub fn post_raw(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        limit: u64,
+    ) -> anyhow::Result<(u16, Vec<u8>)> {
+        let mut req = self.request("POST", path)?;
+        for (k, v) in headers {
+            req = req.set(k, v);
+        }
+        let resp = match req.send_bytes(body) {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => return Err(unreachable(&self.base, e)),
+        };
+        let status = resp.status();
+        let mut out = Vec::new();
+        resp.into_reader()
+            .take(limit)
+            .read_to_end(&mut out)
+            .context("reading the response")?;
+        Ok((status, out))
+    }
+
     /// Prints `value` as JSON when `--format json`, otherwise runs `text`.
     pub fn print(&self, value: &Value, text: impl FnOnce(&Value) -> String) {
         print_as(self.format, value, text);

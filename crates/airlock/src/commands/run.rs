@@ -11,7 +11,7 @@ use std::process::{Command, ExitCode};
 use airlock_core::inputs::{self, InputFile, CONFIG_PATH};
 use airlock_policy::config::{self, Config, Phase};
 use airlock_policy::planfile::{self, PlanFile};
-use airlock_runner::{input_files, phase_env, run_streaming};
+use airlock_runner::{input_files, phase_env, run_streaming, run_streaming_live};
 use anyhow::{bail, Context};
 use base64::Engine;
 use serde_json::{json, Value};
@@ -958,7 +958,24 @@ pub fn apply_run(
             "-lock-timeout=120s".into(),
             plan_path.display().to_string(),
         ];
-        let done = run_streaming(terraform(terraform_bin, &dir, &apply_args), &env)?;
+        // The log goes to the server as it grows, so approvers can follow the apply (best
+        // effort: the whole log is sent again with `finish`, which is what is kept).
+        let mut live = true;
+        let mut send_part = |part: &[u8]| {
+            for piece in part.chunks(LIVE_LOG_PART) {
+                if live {
+                    let path = format!("/api/v1/runs/{}/log", id);
+                    let body = json!({"log_b64": B64.encode(piece)});
+                    live = run_client.send("POST", &path, &body).is_ok();
+                }
+            }
+        };
+        let done = run_streaming_live(
+            terraform(terraform_bin, &dir, &apply_args),
+            &env,
+            std::time::Duration::from_secs(2),
+            &mut send_part,
+        )?;
         log = done.log;
         Ok(done.status.success())
     })();
@@ -973,6 +990,9 @@ pub fn apply_run(
     };
     Ok(Applied { response, outcome })
 }
+
+/// Largest apply-log part sent while Terraform runs (the server's `MAX_LOG_PART`).
+const LIVE_LOG_PART: usize = 256 * 1024;
 
 #[cfg(test)]
 mod tests {

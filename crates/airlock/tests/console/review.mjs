@@ -142,7 +142,11 @@ async function reviewPhase() {
     await page.goto(`http://${host}:${port}/`);
     const r = await resp;
     await page.waitForLoadState();
-    check(r.status() === 403 || r.status() === 303, `cross-site POST from ${host} refused (${r.status()})`);
+    // Same site (127.0.0.1, another port): the Strict cookie is sent and the server itself
+    // refuses (Sec-Fetch-Site, no CSRF token). Another site: the cookie is withheld, so the
+    // request has no session and is sent to sign in.
+    const expected = host === "127.0.0.1" ? 403 : 303;
+    check(r.status() === expected, `cross-site POST from ${host}:${port} refused (${r.status()})`);
   }
   attacker.close();
   await page.goto(`${base}/ui/runs/${own}`);
@@ -153,6 +157,35 @@ async function reviewPhase() {
   check(status === 403, `a same-origin POST without the CSRF token is refused (${status})`);
   await page.reload();
   check((await page.textContent("#status")) === "needs_approval", "the other run is untouched");
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+async function livePhase() {
+  await signIn(env("APPROVER_TOKEN"));
+  await page.goto(`${base}/ui/runs/${run}`);
+  for (let i = 0; i < 120 && (await page.textContent("#status")) !== "applying"; i++) {
+    await sleep(250);
+    await page.goto(`${base}/ui/runs/${run}`);
+  }
+  check((await page.textContent("#status")) === "applying", "the page shows the run applying");
+  // The page's script polls the log; no reload: the text grows in place.
+  await page.waitForFunction(
+    () => (document.getElementById("live-log")?.textContent || "").includes("applying slowly"),
+    null,
+    { timeout: 30000 },
+  );
+  check(true, "the apply log appears on the page while Terraform runs");
+  await page.locator("#live").scrollIntoViewIfNeeded();
+  await page.screenshot({ path: join(shots, "run-live.png"), fullPage: false });
+  let status = "";
+  for (let i = 0; i < 240 && status !== "applied"; i++) {
+    await sleep(250);
+    try {
+      status = await page.textContent("#status");
+    } catch {}
+  }
+  check(status === "applied", "the page reloads itself once the apply ends");
 }
 
 async function appliedPhase() {
@@ -176,6 +209,7 @@ async function appliedPhase() {
 let failed = null;
 try {
   if (phase === "review") await reviewPhase();
+  else if (phase === "live") await livePhase();
   else if (phase === "applied") await appliedPhase();
   else throw new Error(`unknown phase ${phase}`);
   check(dialogs.length === 0, `no dialog fired (${JSON.stringify(dialogs)})`);

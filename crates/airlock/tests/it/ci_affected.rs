@@ -399,6 +399,52 @@ fn bad_input_gets_a_clear_error() {
     r.commit("escape");
     let e = fails(&r.path, &["--base", "main"]);
     assert!(e.contains("stack \"app\": modules/base/nested/main.tf:2: module source \"../../../../elsewhere\" leaves the repository root"), "{e}");
+    // A module directory reached through a symbolic link (git stores the link, not the files):
+    // refused alike here and by `airlock plan`'s input files.
+    r.write(
+        "modules/base/nested/main.tf",
+        "module \"l\" {\n  source = \"../../../linked\"\n}\n",
+    );
+    std::os::unix::fs::symlink("modules/base", r.path.join("linked")).unwrap();
+    r.commit("symlinked module");
+    let e = fails(&r.path, &["--base", "main"]);
+    assert!(
+        e.contains(
+            "stack \"app\": modules/base/nested/main.tf:2: module directory linked: linked is a \
+             symbolic link, which airlock does not follow"
+        ),
+        "{e}"
+    );
+    r.rm("linked");
+    // A module in a git submodule: the commit names the submodule's commit, not its files.
+    let sub = r._tmp.path().join("modrepo");
+    std::fs::create_dir(&sub).unwrap();
+    git_in(&sub, &["init", "-q", "-b", "main"]);
+    std::fs::write(sub.join("main.tf"), "").unwrap();
+    git_in(&sub, &["add", "-A"]);
+    git_in(&sub, &["commit", "-qm", "m"]);
+    r.git(&[
+        "-c",
+        "protocol.file.allow=always",
+        "submodule",
+        "add",
+        "-q",
+        sub.to_str().unwrap(),
+        "vendor/mod",
+    ]);
+    r.write(
+        "modules/base/nested/main.tf",
+        "module \"v\" {\n  source = \"../../../vendor/mod\"\n}\n",
+    );
+    r.commit("submodule");
+    let e = fails(&r.path, &["--base", "main"]);
+    assert!(
+        e.contains(
+            "stack \"app\": modules/base/nested/main.tf:2: module directory vendor/mod: \
+             vendor/mod is a git submodule, whose files change detection cannot read"
+        ),
+        "{e}"
+    );
     // A stack dir that does not exist (and never did).
     r.write("modules/base/nested/main.tf", "").write(
         "airlock.hcl",

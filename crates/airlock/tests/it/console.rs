@@ -5,7 +5,7 @@
 //! run as CI in between. Screenshots go to `target/console-artifacts/`.
 
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use crate::support::*;
 
@@ -30,10 +30,17 @@ fn artifacts_dir() -> PathBuf {
     dir
 }
 
-/// Terraform code whose resource keys and values carry XSS payloads and an RTL override.
-fn hostile_main(gone: usize, input: &str) -> String {
+/// Terraform code whose resource keys and values carry XSS payloads and an RTL override, and
+/// (with `slow`) a resource whose creation takes seconds, so the apply can be watched live.
+fn hostile_main(gone: usize, input: &str, slow: usize) -> String {
     format!(
         r#"
+resource "terraform_data" "slow" {{
+  count = {slow}
+  provisioner "local-exec" {{
+    command = "echo applying slowly; sleep 6"
+  }}
+}}
 resource "terraform_data" "keep" {{
   for_each = toset(["<script>alert(1)</script>", "\"><img src=x onerror=alert(2)>", "safe\u202etxt.exe"])
   input    = "{input}"
@@ -77,13 +84,14 @@ fn browse(phase: &str, env: &[(&str, &str)]) {
 fn an_approver_reviews_and_approves_an_agents_destructive_run_in_a_real_browser() {
     let t = team("dev/web");
     // Applied first by an admin: three hostile keys and two instances the run will destroy.
-    let ws = Workspace::new(&t.s, "dev/web", &hostile_main(2, "v1"));
+    let ws = Workspace::new(&t.s, "dev/web", &hostile_main(2, "v1", 0));
     ws.tf_ok(&t.s.admin, &["init"]);
     ws.tf_ok(&t.s.admin, &["apply", "-auto-approve"]);
     // The agent's change: destroys the two, and changes every value to an XSS payload.
     ws.write_main(&hostile_main(
         0,
         "<script>alert(3)</script> safe\\u202etxt.exe",
+        1,
     ));
     let run = plan(&t, &ws, &t.agent, "dev/web");
     let v = run_json(&t, &run);
@@ -118,12 +126,31 @@ fn an_approver_reviews_and_approves_an_agents_destructive_run_in_a_real_browser(
         "the cross-site posts changed nothing"
     );
 
-    // CI applies exactly the approved plan; the page then shows the run applied, with its log.
-    let out = apply(&t, &ws, &t.ci, &run);
+    // CI applies exactly the approved plan while the approver watches the log grow on the page;
+    // then the page shows the run applied, with its whole log.
+    let ci = Command::new(AIRLOCK)
+        .args(["apply", &run, "--dir", "."])
+        .current_dir(&ws.dir)
+        .env("AIRLOCK_URL", &t.s.url)
+        .env("AIRLOCK_TOKEN", &t.ci)
+        .env("CHECKPOINT_DISABLE", "1")
+        .env("TF_CLI_CONFIG_FILE", "/dev/null")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    browse("live", &env);
+    let out = ci.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     browse("applied", &env);
     let shots = artifacts_dir();
-    for shot in ["run-review.png", "run-page.png", "diff-page.png"] {
+    for shot in [
+        "run-review.png",
+        "run-live.png",
+        "run-page.png",
+        "diff-page.png",
+    ] {
         let meta = std::fs::metadata(shots.join(shot)).expect(shot);
         assert!(meta.len() > 10_000, "{shot} is a real screenshot");
     }

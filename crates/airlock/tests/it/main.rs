@@ -10,6 +10,7 @@ mod console;
 mod firewall_identity;
 mod forge;
 mod hints;
+mod mcp;
 mod policies;
 mod readme;
 mod reliability;
