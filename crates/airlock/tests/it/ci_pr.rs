@@ -263,6 +263,21 @@ impl Forge {
             .collect()
     }
 
+    /// The "Details" link of the latest status `context` of `sha`.
+    fn status_url(&self, sha: &str, context: &str) -> Option<String> {
+        let state = self.f.state();
+        let (list, name) = match self.kind {
+            Kind::GitHub => (&state["github"]["statuses"], "context"),
+            Kind::GitLab => (&state["gitlab"]["statuses"], "name"),
+        };
+        list.as_array()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|s| s["sha"] == sha && s[name] == context)
+            .and_then(|s| s["target_url"].as_str().map(str::to_owned))
+    }
+
     fn failure(&self) -> &str {
         match self.kind {
             Kind::GitHub => "failure",
@@ -338,6 +353,10 @@ fn pull_request_workflow(kind: Kind) {
     };
     assert_eq!(forge.statuses(&pr_head, "airlock/app"), expected);
     assert!(forge.statuses(&pr_head, "airlock/net").is_empty());
+    assert_eq!(
+        forge.status_url(&pr_head, "airlock/app"),
+        Some(format!("{}/ui/runs/{run}", t.s.url))
+    );
     if kind == Kind::GitHub {
         let summary = std::fs::read_to_string(forge.summary()).unwrap();
         assert!(summary.contains(&escaped_run), "{summary}");

@@ -112,11 +112,15 @@ pub fn run(args: CiApplyArgs) -> anyhow::Result<ExitCode> {
                 (Some(run), ok, message)
             }
         };
+        let url = run
+            .as_ref()
+            .and_then(|r| flow::run_url(c.base(), r["id"].as_str().unwrap_or_default()));
         sink.status(
             merge.as_deref(),
             &t.name,
             if ok { Light::Success } else { Light::Failure },
             &message,
+            url.as_deref(),
         );
         if !ok {
             not_applied.insert(t.name.clone());

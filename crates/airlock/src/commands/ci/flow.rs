@@ -153,14 +153,26 @@ impl Sink {
     }
 
     /// Sets the status `airlock/STACK` on `sha`.
-    pub fn status(&mut self, sha: Option<&str>, stack: &str, light: Light, description: &str) {
+    /// `target_url`: where the status's "Details" link goes (the run in the web console).
+    pub fn status(
+        &mut self,
+        sha: Option<&str>,
+        stack: &str,
+        light: Light,
+        description: &str,
+        target_url: Option<&str>,
+    ) {
         let (Some(remote), Some(sha)) = (&self.remote, sha) else {
             return;
         };
         let description: String = description.chars().take(140).collect();
-        if let Err(e) =
-            remote.set_status(sha, &format!("airlock/{stack}"), light, &description, None)
-        {
+        if let Err(e) = remote.set_status(
+            sha,
+            &format!("airlock/{stack}"),
+            light,
+            &description,
+            target_url,
+        ) {
             self.warnings
                 .push(format!("could not set the status airlock/{stack}: {e}"));
         }
@@ -170,7 +182,7 @@ impl Sink {
     /// pending one afterwards.
     pub fn progress(&mut self, sha: Option<&str>, stack: &str, description: &str) {
         if self.remote.as_ref().is_some_and(|r| r.repeats_pending()) {
-            self.status(sha, stack, Light::Pending, description);
+            self.status(sha, stack, Light::Pending, description, None);
         }
     }
 
@@ -212,6 +224,14 @@ pub fn step_summary(markdown: &str, warnings: &mut Vec<String>) {
             PathBuf::from(path).display()
         ));
     }
+}
+
+/// The web console's page of run `id` on the server `base`, for links.
+pub fn run_url(base: &str, id: &str) -> Option<String> {
+    let ok = !id.is_empty()
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && (base.starts_with("https://") || base.starts_with("http://"));
+    ok.then(|| format!("{}/ui/runs/{id}", base.trim_end_matches('/')))
 }
 
 /// The full record of run `id` (`run` of `GET /api/v1/runs/{id}`).

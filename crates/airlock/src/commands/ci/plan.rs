@@ -57,7 +57,19 @@ pub fn run(args: CiPlanArgs) -> anyhow::Result<ExitCode> {
                 planner.plan(t)
             };
             let (light, description) = light_of(&result);
-            sink.status(head.as_deref(), &t.name, light, &description);
+            let url = match &result {
+                StackResult::Run { run, .. } => {
+                    flow::run_url(c.base(), run["id"].as_str().unwrap_or_default())
+                }
+                StackResult::Failed { .. } => None,
+            };
+            sink.status(
+                head.as_deref(),
+                &t.name,
+                light,
+                &description,
+                url.as_deref(),
+            );
             result
         })
         .collect();
