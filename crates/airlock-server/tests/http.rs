@@ -13,6 +13,8 @@
 //! - `policies`: server Rego policy sets: admin-only changes, bounds, versions, audit.
 //! - `mcp`: the MCP endpoint: tool lists per role, transport rules, hostile arguments, audit.
 
+#[path = "http/attacks_tier2.rs"]
+mod attacks_tier2;
 #[path = "http/auth.rs"]
 mod auth;
 #[path = "http/console.rs"]

