@@ -390,3 +390,19 @@ pub fn runs_for_checkout(
     let runs = listed["runs"].as_array().cloned().unwrap_or_default();
     Ok(ForCheckout { files, runs })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::run_url;
+
+    #[test]
+    fn run_urls_are_built_only_from_run_ids_and_http_servers() {
+        assert_eq!(
+            run_url("https://airlock.example/", "run_0a1b").as_deref(),
+            Some("https://airlock.example/ui/runs/run_0a1b")
+        );
+        assert_eq!(run_url("https://a.example", "run_x/../../admin"), None);
+        assert_eq!(run_url("https://a.example", ""), None);
+        assert_eq!(run_url("file:///etc", "run_1"), None);
+    }
+}
