@@ -403,7 +403,7 @@ pub fn render(r: &Report) -> String {
         head.push(format!("Plans for commit {}.", code(h)));
         head.push(String::new());
     }
-    if r.stacks.is_empty() && r.removed.is_empty() {
+    if r.stacks.is_empty() && r.removed.is_empty() && r.applied.is_empty() {
         head.push("No stack is affected by this change.".into());
     } else if !r.stacks.is_empty() {
         head.push(
