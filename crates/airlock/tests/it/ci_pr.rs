@@ -381,6 +381,16 @@ fn pull_request_workflow(kind: Kind) {
         comments[0]
     );
 
+    // Not before merge: ci apply in the pull request's job refuses, even with a ci token.
+    let out = ci_env(&t, &t.ci, &pr, &["ci", "apply"], &env);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("runs on pushes to the default branch only"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(run_status(&t, &run)["run"]["status"], "approved");
+
     // Merge with the same content: ci apply applies exactly the reviewed run.
     git(dev, &["checkout", "-q", "main"]);
     git(dev, &["merge", "-q", "--no-ff", "-m", "Merge pr1", "pr1"]);

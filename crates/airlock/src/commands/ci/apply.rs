@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 
 use super::comment::{self, AppliedLine, Light, Report, StackResult};
 use super::flow::{self, Sink, Target};
+use super::forge::Event;
 use crate::cli::CiApplyArgs;
 use crate::commands::client::{printable, Client};
 use crate::commands::run::{apply_run, checkout_fingerprint, query_value, ApplyOutcome};
@@ -35,6 +36,16 @@ pub fn run(args: CiApplyArgs) -> anyhow::Result<ExitCode> {
     let c = Client::new(&args.client)?;
     let root = flow::repo_root()?;
     let mut sink = Sink::from_env(false)?;
+    // In CI, only what was merged is applied: a push to the default branch.
+    match &sink.job.event {
+        None | Some(Event::Push { default: true, .. }) => {}
+        Some(Event::Push { branch, .. }) => anyhow::bail!(
+            "airlock ci apply runs on pushes to the default branch only, not to {branch:?}: applies are of merged code"
+        ),
+        Some(other) => anyhow::bail!(
+            "airlock ci apply runs on pushes to the default branch only, not on {other:?}: applies are of merged code"
+        ),
+    }
     let targets = if args.stacks.is_empty() {
         let base = args
             .base

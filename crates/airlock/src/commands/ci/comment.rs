@@ -403,7 +403,7 @@ pub fn render(r: &Report) -> String {
         head.push(format!("Plans for commit {}.", code(h)));
         head.push(String::new());
     }
-    if r.stacks.is_empty() && r.removed.is_empty() {
+    if r.stacks.is_empty() && r.removed.is_empty() && r.applied.is_empty() {
         head.push("No stack is affected by this change.".into());
     } else if !r.stacks.is_empty() {
         head.push(
@@ -670,14 +670,23 @@ mod tests {
             status_of(&run("r", vec![], vec![], "needs_approval", "review")),
             (Light::Pending, "needs 1 approval (0/1)".into())
         );
-        assert_eq!(
-            status_of(&run("r", vec![], vec![], "denied", "deny")).0,
-            Light::Failure
-        );
-        assert_eq!(
-            status_of(&run("r", vec![], vec![], "approved", "review")).0,
-            Light::Success
-        );
+        for (status, decision, light) in [
+            ("denied", "deny", Light::Failure),
+            ("needs_approval", "deny", Light::Failure),
+            ("approved", "review", Light::Success),
+            ("applied", "allow", Light::Success),
+            ("no_changes", "allow", Light::Success),
+            ("applying", "allow", Light::Pending),
+            ("rejected", "review", Light::Failure),
+            ("superseded", "review", Light::Failure),
+            ("expired", "review", Light::Failure),
+            ("withdrawn", "review", Light::Failure),
+            ("failed", "review", Light::Failure),
+            ("from_the_future", "review", Light::Error),
+        ] {
+            let got = status_of(&run("r", vec![], vec![], status, decision)).0;
+            assert_eq!(got, light, "{status}");
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use serde_json::Value;
 
 use super::comment::{self, Light};
-use super::forge::{Forge, StatusState};
+use super::forge::{Event, Forge, StatusState};
 use crate::commands::client::{printable, Client};
 use crate::commands::run::{checkout_fingerprint, query_value};
 use airlock_core::inputs::InputFile;
@@ -113,8 +113,10 @@ pub struct Job {
     pub change_url: Option<String>,
     /// The commit statuses are set on (the pull request's head, or the pushed commit).
     pub head_sha: Option<String>,
-    /// The pull request's base commit.
+    /// The pull request's base commit (a push's previous tip).
     pub base_sha: Option<String>,
+    /// What the CI job runs for (none outside CI).
+    pub event: Option<Event>,
 }
 
 /// Where results go.
@@ -321,6 +323,7 @@ fn forge_remote() -> anyhow::Result<Option<(Box<dyn Remote>, Job)>> {
         change_url,
         head_sha: Some(ctx.head_sha),
         base_sha: ctx.base_sha,
+        event: Some(ctx.event),
     };
     Ok(Some((Box::new(ctx.forge), job)))
 }
@@ -386,4 +389,20 @@ pub fn runs_for_checkout(
     ))?;
     let runs = listed["runs"].as_array().cloned().unwrap_or_default();
     Ok(ForCheckout { files, runs })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::run_url;
+
+    #[test]
+    fn run_urls_are_built_only_from_run_ids_and_http_servers() {
+        assert_eq!(
+            run_url("https://airlock.example/", "run_0a1b").as_deref(),
+            Some("https://airlock.example/ui/runs/run_0a1b")
+        );
+        assert_eq!(run_url("https://a.example", "run_x/../../admin"), None);
+        assert_eq!(run_url("https://a.example", ""), None);
+        assert_eq!(run_url("file:///etc", "run_1"), None);
+    }
 }
