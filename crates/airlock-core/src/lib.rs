@@ -33,4 +33,5 @@ pub mod state_serial;
 pub use role::{Permission, PrincipalKind, Role};
 pub use stack::StackName;
 pub mod refusal;
+pub mod text;
 pub mod time;

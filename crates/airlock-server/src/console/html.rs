@@ -8,16 +8,10 @@
 
 use std::fmt::Write;
 
+use airlock_core::text::disguises;
+
 /// Longest text shown inline; longer text is cut, with the whole value behind a disclosure.
 pub const SHOWN_CHARS: usize = 200;
-
-/// Whether `c` is shown as a `\u{…}` escape instead of itself.
-fn disguising(c: char) -> bool {
-    matches!(c,
-        '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200B}'..='\u{200F}'
-        | '\u{061C}' | '\u{FEFF}' | '\u{2028}' | '\u{2029}' | '\u{00AD}')
-        || (c.is_control() && c != '\n' && c != '\t')
-}
 
 /// Escapes `s` for HTML text and double- or single-quoted attribute values.
 pub fn esc(s: &str) -> String {
@@ -29,7 +23,7 @@ pub fn esc(s: &str) -> String {
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&#39;"),
-            c if disguising(c) => {
+            c if disguises(c) => {
                 let _ = write!(out, "\\u{{{:04X}}}", c as u32);
             }
             c => out.push(c),

@@ -309,8 +309,7 @@ fn unreachable(base: &str, e: ureq::Error) -> anyhow::Error {
 /// carriage returns, newlines) and bidirectional overrides are shown escaped (`\u{1b}`) rather
 /// than interpreted. Every text output of a server string goes through it.
 pub fn printable(text: &str) -> Cow<'_, str> {
-    let unsafe_char =
-        |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    let unsafe_char = |c: char| c.is_control() || airlock_core::text::disguises(c);
     if !text.chars().any(unsafe_char) {
         return Cow::Borrowed(text);
     }

@@ -8,6 +8,7 @@
 //! characters: per-stack details are cut first, then the destructive-change list, each with a
 //! line saying how much was left out and where all of it is.
 
+use airlock_core::text::disguises;
 use serde_json::Value;
 
 /// The hidden first line by which the comment is found again (never by its visible text).
@@ -141,9 +142,8 @@ pub fn text(s: &str) -> String {
                 out.push(c);
                 out.push('\u{2060}');
             }
-            c if c.is_control() => out.push(' '),
-            // Bidirectional overrides would reorder what reviewers read.
-            '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' => out.push(' '),
+            // Line breaks would end the table row; the rest would disguise what reviewers read.
+            c if c == '\n' || c == '\t' || disguises(c) => out.push(' '),
             c => out.push(c),
         }
     }
