@@ -488,7 +488,22 @@ fn a_client_that_disconnects_mid_proposal_leaves_a_complete_run_or_none() {
         }
         let group = format!("-{}", child.id());
         let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
-        std::thread::sleep(std::time::Duration::from_millis(500));
+        // A client gives its server a grace period before SIGKILL; terraform uses it to release
+        // its lock. On a loaded machine that takes seconds, so wait for the whole group to exit.
+        let grace = std::time::Instant::now();
+        while grace.elapsed() < std::time::Duration::from_secs(15) {
+            // Reap the bridge first: a zombie still counts as a member of its group.
+            let _ = child.try_wait();
+            let alive = Command::new("kill")
+                .args(["-0", "--", &group])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !alive {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
         let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = child.wait();
     }
