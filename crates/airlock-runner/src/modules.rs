@@ -6,6 +6,10 @@
 //! Registry, git, http and every other source are not local and not followed. A local source
 //! that leaves the repository root, names a directory that does not exist, or closes a cycle is
 //! an error naming the file and line.
+//!
+//! A directory's input files are every file under it (what `file()` and `templatefile()` read
+//! too), not only configuration; a symbolic link to a file inside the root is followed (link and
+//! target are inputs), any other link is an error.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
