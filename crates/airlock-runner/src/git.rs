@@ -411,7 +411,7 @@ impl Tree for GitTree {
                 line: None,
                 message: "not a symbolic link of the commit".into(),
             })?;
-        let target = self.blob(path, &oid, 4096)?;
+        let target = self.blob(path, &oid, crate::modules::MAX_TF_FILE)?;
         Ok(String::from_utf8_lossy(&target).into_owned())
     }
 
@@ -429,6 +429,10 @@ impl Tree for GitTree {
 
     fn is_submodule(&mut self, path: &str) -> bool {
         self.submodules.contains(path)
+    }
+
+    fn is_checkout(&self) -> bool {
+        false
     }
 
     fn prefetch(&mut self, paths: &[String]) {

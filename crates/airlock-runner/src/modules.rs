@@ -282,6 +282,12 @@ pub trait Tree {
     fn is_submodule(&mut self, _path: &str) -> bool {
         false
     }
+    /// Whether this is a checkout, where `terraform init` writes a `.terraform` directory (left
+    /// out of the inputs). In a commit such a directory is an error: files there could be read
+    /// with `file()` without being inputs.
+    fn is_checkout(&self) -> bool {
+        true
+    }
 }
 
 /// What one directory contributes: its input files and the local module directories it calls.
@@ -397,10 +403,22 @@ impl<'t, T: Tree> Walker<'t, T> {
         let mut pending = vec![(dir.to_owned(), top)];
         while let Some((d, entries)) = pending.pop() {
             for (name, kind) in entries {
-                if name == ".git" || (d == dir && name == ".terraform" && kind == Kind::Dir) {
+                let path = inputs::join(&d, &name);
+                if d == dir && name == ".terraform" && kind == Kind::Dir {
+                    if self.tree.is_checkout() {
+                        continue;
+                    }
+                    return Err(error(
+                        &path,
+                        None,
+                        "committed, but it is what `terraform init` writes, left out of a run's \
+                         inputs: remove it from the repository (`git rm -r --cached`) and list \
+                         it in .gitignore",
+                    ));
+                }
+                if name == ".git" {
                     continue;
                 }
-                let path = inputs::join(&d, &name);
                 match kind {
                     Kind::File => out.push(path),
                     Kind::Dir => {
@@ -451,7 +469,7 @@ impl<'t, T: Tree> Walker<'t, T> {
                 None,
                 format!(
                     "a symbolic link to {target:?}, {why}; airlock follows a link only to a \
-                     file inside the repository root: replace the link by the file"
+                     file inside the repository root: replace the link by what it names"
                 ),
             )
         };
@@ -1042,7 +1060,7 @@ EOT
             assert!(
                 e.starts_with("s/x.txt: a symbolic link to ")
                     && e.contains(why)
-                    && e.ends_with("replace the link by the file"),
+                    && e.ends_with("replace the link by what it names"),
                 "{e}"
             );
         }
