@@ -481,6 +481,14 @@ impl<'t, T: Tree> Walker<'t, T> {
         if resolved == ".." || resolved.starts_with("../") || resolved == "." {
             return Err(refuse("which leaves the repository root".into()));
         }
+        if resolved
+            .split('/')
+            .any(|seg| seg == ".git" || seg == ".terraform")
+        {
+            return Err(refuse(
+                "inside .git or .terraform, which are not in a commit's files".into(),
+            ));
+        }
         let mut prefix = String::new();
         for seg in resolved.split('/') {
             prefix = inputs::join(&prefix, seg);
@@ -1050,6 +1058,16 @@ EOT
             ),
             ("SYMLINK:../d", vec![("d/f", "")], "d, which is not a file"),
             ("SYMLINK:../gone", vec![], "gone, which is not a file"),
+            (
+                "SYMLINK:../.git/config",
+                vec![(".git/config", "")],
+                "inside .git or .terraform",
+            ),
+            (
+                "SYMLINK:.terraform/x",
+                vec![("s/.terraform/x", "")],
+                "inside .git or .terraform",
+            ),
             (
                 "SYMLINK:../l/f",
                 vec![("l", "SYMLINK:d"), ("d/f", "")],
