@@ -1,6 +1,7 @@
-//! A governed run's inputs: the files that decide what a plan does (configuration, local
-//! modules, variable files, the provider lock file, `airlock.hcl` and the repository's Rego
-//! policies), each with its SHA-256, and the fingerprint over them.
+//! A governed run's inputs: the files that decide what a plan does (every file under the stack's
+//! directory and its local modules' directories: configuration, variable files, the provider
+//! lock file, templates; `airlock.hcl` and the repository's Rego policies), each with its
+//! SHA-256, and the fingerprint over them.
 //!
 //! The CLI lists the files (`airlock_runner::input_files`); the server recomputes the fingerprint
 //! from the list it is sent, checks that the `airlock.hcl` and policies it judges with are the

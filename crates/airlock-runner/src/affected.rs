@@ -2,8 +2,8 @@
 //! (merge base of `base` and `head` → `head`) affects, and why.
 //!
 //! A stack is affected when a changed path is one of its input files at head or at the merge
-//! base (its directory's configuration, variable and lock files, and those of the local modules
-//! it calls, transitively: the graph the fingerprint uses, [`crate::modules`]), when its `stack`
+//! base (every file under its directory and under the local modules it calls, transitively: the
+//! files the fingerprint uses, [`crate::modules`]), when its `stack`
 //! block changed (compared parsed, not as text), or when a changed path matches one of its
 //! `also_when_changed` globs. A stack whose directory the change deletes is reported apart,
 //! never as something to destroy. Everything is read from the two commits with the real `git`;
@@ -67,7 +67,7 @@ pub struct RemovedStack {
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Reason {
-    /// A configuration or lock file of the stack's directory changed.
+    /// A file under the stack's directory changed (configuration, lock file, template, ...).
     File {
         /// The changed path.
         path: String,

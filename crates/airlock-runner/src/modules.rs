@@ -6,6 +6,10 @@
 //! Registry, git, http and every other source are not local and not followed. A local source
 //! that leaves the repository root, names a directory that does not exist, or closes a cycle is
 //! an error naming the file and line.
+//!
+//! A directory's input files are every file under it (what `file()` and `templatefile()` read
+//! too), not only configuration; a symbolic link to a file inside the root is followed (link and
+//! target are inputs), any other link is an error.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -23,6 +27,8 @@ pub const MAX_TF_FILE: usize = 16 << 20;
 const MAX_NESTING: usize = 256;
 /// Most module directories one stack may reach.
 pub const MAX_MODULE_DIRS: usize = 10_000;
+/// Most files under one directory (a stack's or a module's), each an input.
+pub const MAX_STACK_FILES: usize = inputs::MAX_FILES;
 
 /// One `module` block's `source`, with where it is written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -220,11 +226,6 @@ fn json_module_calls(file: &str, text: &str) -> Result<Vec<ModuleCall>, ModuleEr
     Ok(out)
 }
 
-/// Files of a module directory that are inputs: configuration, variable files, the lock file.
-pub fn is_input_file(name: &str) -> bool {
-    is_config_file(name) || is_var_file(name) || name == ".terraform.lock.hcl"
-}
-
 /// A Terraform configuration file, whose `module` blocks are read.
 pub fn is_config_file(name: &str) -> bool {
     name.ends_with(".tf") || name.ends_with(".tf.json")
@@ -235,14 +236,37 @@ pub fn is_var_file(name: &str) -> bool {
     name.ends_with(".tfvars") || name.ends_with(".tfvars.json")
 }
 
+/// What a directory entry is (symbolic links are not followed when listing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link.
+    Symlink,
+    /// Anything else: a git submodule, a FIFO, a socket, a device.
+    Other,
+}
+
 /// A directory tree to read a stack from. Paths are relative to the repository root,
 /// `/`-separated, normalized (`.` is the root).
 pub trait Tree {
-    /// Names of the regular files directly in `dir` (symlinks and subdirectories excluded),
-    /// or `None` when `dir` is not a directory.
-    fn files(&mut self, dir: &str) -> Result<Option<Vec<String>>, ModuleError>;
+    /// The entries directly in `dir` (name and kind), or `None` when `dir` is not a directory.
+    fn entries(&mut self, dir: &str) -> Result<Option<Vec<(String, Kind)>>, ModuleError>;
+    /// Names of the regular files directly in `dir`, or `None` when `dir` is not a directory.
+    fn files(&mut self, dir: &str) -> Result<Option<Vec<String>>, ModuleError> {
+        Ok(self.entries(dir)?.map(|e| {
+            e.into_iter()
+                .filter(|(_, k)| *k == Kind::File)
+                .map(|(n, _)| n)
+                .collect()
+        }))
+    }
     /// The content of a file listed by [`Tree::files`].
     fn read(&mut self, path: &str) -> Result<Vec<u8>, ModuleError>;
+    /// The target a symbolic link names, as written in the link.
+    fn read_link(&mut self, path: &str) -> Result<String, ModuleError>;
     /// A key identifying the content of `path` for caching its parse (e.g. a git blob id), if
     /// the tree has one.
     fn content_key(&mut self, _path: &str) -> Option<String> {
@@ -250,20 +274,28 @@ pub trait Tree {
     }
     /// A hint that these files will be read soon (a tree may read them in one batch).
     fn prefetch(&mut self, _paths: &[String]) {}
-    /// Whether `path` is a symbolic link (not followed: git stores a link as a link, so a
-    /// checkout and a commit agree only on real directories and files).
+    /// Whether `path` is a symbolic link (a module directory through one is refused: git stores
+    /// a link as a link, so a checkout and a commit agree only on real directories).
     fn is_symlink(&mut self, path: &str) -> bool;
     /// Whether `path` is a git submodule of a commit (a checkout has its files; the commit only
     /// names the submodule's commit).
     fn is_submodule(&mut self, _path: &str) -> bool {
         false
     }
+    /// Whether this is a checkout, where `terraform init` writes a `.terraform` directory (left
+    /// out of the inputs). In a commit such a directory is an error: files there could be read
+    /// with `file()` without being inputs.
+    fn is_checkout(&self) -> bool {
+        true
+    }
 }
 
 /// What one directory contributes: its input files and the local module directories it calls.
 #[derive(Debug)]
 struct DirInfo {
-    /// Input file names in the directory, sorted.
+    /// Input files (paths relative to the root, sorted): every regular file under the directory,
+    /// its subdirectories included, except a `.terraform` directory directly in it; for a
+    /// symbolic link to a file, the link and its target.
     files: Vec<String>,
     /// Local calls: (target directory, file, line), in file then line order, targets unique.
     calls: Vec<(String, String, usize)>,
@@ -300,19 +332,32 @@ impl<'t, T: Tree> Walker<'t, T> {
         if let Some(d) = self.dirs.get(dir) {
             return Ok(Some(d.clone()));
         }
-        let Some(mut names) = self.tree.files(dir)? else {
+        let Some(mut entries) = self.tree.entries(dir)? else {
             return Ok(None);
         };
-        names.retain(|n| is_input_file(n));
-        names.sort();
-        let mut calls: Vec<(String, String, usize)> = Vec::new();
-        for name in names.iter().filter(|n| is_config_file(n)) {
+        entries.sort();
+        // Configuration files Terraform loads from the directory: regular files, and symbolic
+        // links to files (read at their target, their module sources relative to `dir`).
+        let mut configs: Vec<(String, String)> = Vec::new();
+        for (name, kind) in entries.iter().filter(|(n, _)| is_config_file(n)) {
             let path = inputs::join(dir, name);
-            let key = self.tree.content_key(&path);
+            match kind {
+                Kind::File => configs.push((path.clone(), path)),
+                Kind::Symlink => {
+                    let target = self.follow(&path)?;
+                    configs.push((path, target));
+                }
+                Kind::Dir | Kind::Other => {}
+            }
+        }
+        let mut calls: Vec<(String, String, usize)> = Vec::new();
+        for (path, content_path) in &configs {
+            let path = path.clone();
+            let key = self.tree.content_key(content_path);
             let parsed = match key.as_ref().and_then(|k| self.parsed.get(k)) {
                 Some(p) => p.clone(),
                 None => {
-                    let content = self.tree.read(&path)?;
+                    let content = self.tree.read(content_path)?;
                     let p = Rc::new(module_calls(&path, &content)?);
                     if let Some(k) = key {
                         self.parsed.insert(k, p.clone());
@@ -338,12 +383,128 @@ impl<'t, T: Tree> Walker<'t, T> {
                 }
             }
         }
-        let info = Rc::new(DirInfo {
-            files: names,
-            calls,
-        });
+        let files = self.files_under(dir, entries)?;
+        let info = Rc::new(DirInfo { files, calls });
         self.dirs.insert(dir.to_owned(), info.clone());
         Ok(Some(info))
+    }
+
+    /// Every input file under `dir` (whose own entries are `top`): regular files at any depth,
+    /// except a `.terraform` directory directly in `dir` (what `terraform init` writes there)
+    /// and any `.git` entry (a checkout's repository metadata, absent from a commit); a symbolic
+    /// link to a file counts as itself and its target. Anything else (a link to a directory, a
+    /// submodule, a FIFO) is an error: a file Terraform may read that the inputs cannot hold.
+    fn files_under(
+        &mut self,
+        dir: &str,
+        top: Vec<(String, Kind)>,
+    ) -> Result<Vec<String>, ModuleError> {
+        let mut out = Vec::new();
+        let mut pending = vec![(dir.to_owned(), top)];
+        while let Some((d, entries)) = pending.pop() {
+            for (name, kind) in entries {
+                let path = inputs::join(&d, &name);
+                if d == dir && name == ".terraform" && kind == Kind::Dir {
+                    if self.tree.is_checkout() {
+                        continue;
+                    }
+                    return Err(error(
+                        &path,
+                        None,
+                        "committed, but it is what `terraform init` writes, left out of a run's \
+                         inputs: remove it from the repository (`git rm -r --cached`) and list \
+                         it in .gitignore",
+                    ));
+                }
+                if name == ".git" {
+                    continue;
+                }
+                match kind {
+                    Kind::File => out.push(path),
+                    Kind::Dir => {
+                        if let Some(sub) = self.tree.entries(&path)? {
+                            pending.push((path, sub));
+                        }
+                    }
+                    Kind::Symlink => {
+                        let target = self.follow(&path)?;
+                        out.push(path);
+                        out.push(target);
+                    }
+                    Kind::Other => {
+                        return Err(error(
+                            &path,
+                            None,
+                            "neither a file nor a directory (a git submodule, a FIFO, a socket \
+                             or a device), so it cannot be a reviewed input although Terraform \
+                             may read it; vendor its files into the repository or remove it",
+                        ))
+                    }
+                }
+                if out.len() > MAX_STACK_FILES {
+                    return Err(error(
+                        dir,
+                        None,
+                        format!(
+                            "more than {MAX_STACK_FILES} files under the directory, each an input \
+                             of the stack; move what the configuration does not read elsewhere"
+                        ),
+                    ));
+                }
+            }
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// The file the symbolic link `link` points to, which must be a regular file inside the
+    /// repository root reached without another link (so the checkout and the commit agree on
+    /// it, and it is an input like any other).
+    fn follow(&mut self, link: &str) -> Result<String, ModuleError> {
+        let target = self.tree.read_link(link)?;
+        let refuse = |why: String| {
+            error(
+                link,
+                None,
+                format!(
+                    "a symbolic link to {target:?}, {why}; airlock follows a link only to a \
+                     file inside the repository root: replace the link by what it names"
+                ),
+            )
+        };
+        if target.starts_with('/') {
+            return Err(refuse("an absolute path".into()));
+        }
+        let parent = link.rsplit_once('/').map_or(".", |(p, _)| p);
+        let resolved = inputs::join(parent, &target);
+        if resolved == ".." || resolved.starts_with("../") || resolved == "." {
+            return Err(refuse("which leaves the repository root".into()));
+        }
+        if resolved
+            .split('/')
+            .any(|seg| seg == ".git" || seg == ".terraform")
+        {
+            return Err(refuse(
+                "inside .git or .terraform, which are not in a commit's files".into(),
+            ));
+        }
+        let mut prefix = String::new();
+        for seg in resolved.split('/') {
+            prefix = inputs::join(&prefix, seg);
+            if self.tree.is_symlink(&prefix) {
+                return Err(refuse(format!("through {prefix}, itself a symbolic link")));
+            }
+        }
+        let (dir, name) = resolved.rsplit_once('/').unwrap_or((".", &resolved));
+        let is_file = self
+            .tree
+            .entries(dir)?
+            .is_some_and(|e| e.iter().any(|(n, k)| n == name && *k == Kind::File));
+        if !is_file {
+            return Err(refuse(format!("{resolved}, which is not a file")));
+        }
+        Ok(resolved)
     }
 
     /// Reads the directories of many stacks and of the modules they call, level by level, each
@@ -382,9 +543,10 @@ impl<'t, T: Tree> Walker<'t, T> {
         }
     }
 
-    /// The input files of the stack whose root module is `dir` (relative to the root): its
-    /// configuration, variable and lock files, and those of every local module it calls,
-    /// transitively. `Ok(None)` when `dir` is not a directory.
+    /// The input files of the stack whose root module is `dir` (relative to the root): every
+    /// file under it and under every local module directory it calls, transitively (what
+    /// `file()` and `templatefile()` read, not only configuration), as [`DirInfo`] says.
+    /// `Ok(None)` when `dir` is not a directory.
     pub fn stack(&mut self, dir: &str) -> Result<Option<StackFiles>, ModuleError> {
         let start = inputs::join(".", dir);
         let Some(root) = self.dir(&start)? else {
@@ -470,7 +632,7 @@ impl<'t, T: Tree> Walker<'t, T> {
         // Breadth-first from the stack: each directory's shortest module chain.
         let mut via: BTreeMap<String, Vec<String>> = BTreeMap::new();
         via.insert(start.clone(), Vec::new());
-        let mut queue = std::collections::VecDeque::from([start]);
+        let mut queue = std::collections::VecDeque::from([start.clone()]);
         let mut out = StackFiles::new();
         while let Some(dir) = queue.pop_front() {
             let (Some(info), Some(chain)) = (self.dirs.get(&dir).cloned(), via.get(&dir).cloned())
@@ -478,7 +640,7 @@ impl<'t, T: Tree> Walker<'t, T> {
                 continue;
             };
             for f in &info.files {
-                out.insert(inputs::join(&dir, f), chain.clone());
+                out.insert(f.clone(), chain.clone());
             }
             for (target, _, _) in &info.calls {
                 if !via.contains_key(target) {
@@ -487,6 +649,16 @@ impl<'t, T: Tree> Walker<'t, T> {
                     via.insert(target.clone(), c);
                     queue.push_back(target.clone());
                 }
+            }
+            if out.len() > MAX_STACK_FILES {
+                return Err(error(
+                    &start,
+                    None,
+                    format!(
+                        "the stack and its modules hold more than {MAX_STACK_FILES} files, each \
+                         an input; move what the configuration does not read elsewhere"
+                    ),
+                ));
             }
         }
         Ok(Some(out))
@@ -500,7 +672,7 @@ pub struct FsTree<'a> {
 }
 
 impl Tree for FsTree<'_> {
-    fn files(&mut self, dir: &str) -> Result<Option<Vec<String>>, ModuleError> {
+    fn entries(&mut self, dir: &str) -> Result<Option<Vec<(String, Kind)>>, ModuleError> {
         let abs = self.root.join(dir);
         let io = |e: std::io::Error| error(dir, None, format!("cannot list the directory: {e}"));
         let entries = match std::fs::read_dir(&abs) {
@@ -512,9 +684,17 @@ impl Tree for FsTree<'_> {
         let mut out = Vec::new();
         for e in entries {
             let e = e.map_err(io)?;
-            if e.file_type().map_err(io)?.is_file() {
-                out.push(e.file_name().to_string_lossy().into_owned());
-            }
+            let t = e.file_type().map_err(io)?;
+            let kind = if t.is_file() {
+                Kind::File
+            } else if t.is_dir() {
+                Kind::Dir
+            } else if t.is_symlink() {
+                Kind::Symlink
+            } else {
+                Kind::Other
+            };
+            out.push((e.file_name().to_string_lossy().into_owned(), kind));
         }
         Ok(Some(out))
     }
@@ -522,6 +702,12 @@ impl Tree for FsTree<'_> {
     fn read(&mut self, path: &str) -> Result<Vec<u8>, ModuleError> {
         std::fs::read(self.root.join(path))
             .map_err(|e| error(path, None, format!("cannot read: {e}")))
+    }
+
+    fn read_link(&mut self, path: &str) -> Result<String, ModuleError> {
+        std::fs::read_link(self.root.join(path))
+            .map(|t| t.to_string_lossy().replace('\\', "/"))
+            .map_err(|e| error(path, None, format!("cannot read the symbolic link: {e}")))
     }
 
     fn is_symlink(&mut self, path: &str) -> bool {
@@ -537,7 +723,7 @@ mod tests {
     struct Mem(BTreeMap<String, String>);
 
     impl Tree for Mem {
-        fn files(&mut self, dir: &str) -> Result<Option<Vec<String>>, ModuleError> {
+        fn entries(&mut self, dir: &str) -> Result<Option<Vec<(String, Kind)>>, ModuleError> {
             let prefix = if dir == "." {
                 String::new()
             } else {
@@ -545,11 +731,17 @@ mod tests {
             };
             let mut found = false;
             let mut out = Vec::new();
-            for p in self.0.keys() {
+            for (p, c) in &self.0 {
                 if let Some(rest) = p.strip_prefix(&prefix) {
                     found = true;
-                    if !rest.contains('/') {
-                        out.push(rest.to_owned());
+                    let entry = match rest.split_once('/') {
+                        Some((d, _)) => (d.to_owned(), Kind::Dir),
+                        None if c.starts_with("SYMLINK") => (rest.to_owned(), Kind::Symlink),
+                        None if c == "FIFO" => (rest.to_owned(), Kind::Other),
+                        None => (rest.to_owned(), Kind::File),
+                    };
+                    if !out.contains(&entry) {
+                        out.push(entry);
                     }
                 }
             }
@@ -558,8 +750,12 @@ mod tests {
         fn read(&mut self, path: &str) -> Result<Vec<u8>, ModuleError> {
             Ok(self.0.get(path).cloned().unwrap_or_default().into_bytes())
         }
+        fn read_link(&mut self, path: &str) -> Result<String, ModuleError> {
+            let c = self.0.get(path).cloned().unwrap_or_default();
+            Ok(c.strip_prefix("SYMLINK:").unwrap_or_default().to_owned())
+        }
         fn is_symlink(&mut self, path: &str) -> bool {
-            self.0.get(path).is_some_and(|c| c == "SYMLINK")
+            self.0.get(path).is_some_and(|c| c.starts_with("SYMLINK"))
         }
     }
 
@@ -735,7 +931,10 @@ EOT
             ("stacks/app/prod.tfvars", "x = 1"),
             ("stacks/app/README.md", "docs"),
             ("stacks/app/.terraform.lock.hcl", "# lock"),
-            ("stacks/app/sub/extra.tf", "# a subdirectory is not the root module"),
+            ("stacks/app/.terraform/providers/p", "what terraform init wrote"),
+            ("stacks/app/.git", "gitdir: elsewhere"),
+            ("stacks/app/sub/user_data.tpl", "read by templatefile()"),
+            ("stacks/app/sub/.terraform/kept", "not directly in the stack's directory"),
             ("modules/net/main.tf", "module \"sub\" { source = \"./subnet\" }\nmodule \"tags\" { source = \"../tags\" }"),
             ("modules/net/subnet/main.tf", "module \"tags\" { source = \"../../tags\" }"),
             ("modules/tags/main.tf.json", "{}"),
@@ -758,8 +957,11 @@ EOT
                     vec!["modules/net", "modules/tags"]
                 ),
                 ("stacks/app/.terraform.lock.hcl", vec![]),
+                ("stacks/app/README.md", vec![]),
                 ("stacks/app/main.tf", vec![]),
                 ("stacks/app/prod.tfvars", vec![]),
+                ("stacks/app/sub/.terraform/kept", vec![]),
+                ("stacks/app/sub/user_data.tpl", vec![]),
             ]
         );
         assert!(walk(&mut t, "stacks/nope").unwrap().is_none());
@@ -820,5 +1022,71 @@ EOT
             ("c/main.tf", ""),
         ]);
         assert_eq!(walk(&mut t, "s").unwrap().unwrap().len(), 4);
+    }
+
+    /// A symbolic link among a stack's files is followed to a file inside the root: the link
+    /// and its target are both inputs, and a linked `.tf` file's modules are followed. Any
+    /// other link, and anything neither file nor directory, is an error saying what to do.
+    #[test]
+    fn symbolic_links_to_files_are_followed_inside_the_root() {
+        let mut t = mem(&[
+            ("s/main.tf", ""),
+            ("s/extra.tf", "SYMLINK:../shared/extra.tf"),
+            ("shared/extra.tf", "module \"m\" { source = \"./m\" }"),
+            (
+                "s/m/main.tf",
+                "# the module, relative to the link's directory",
+            ),
+        ]);
+        let files = walk(&mut t, "s").unwrap().unwrap();
+        let got: Vec<&str> = files.keys().map(String::as_str).collect();
+        assert_eq!(
+            got,
+            ["s/extra.tf", "s/m/main.tf", "s/main.tf", "shared/extra.tf"]
+        );
+        let refused = |link: &str, extra: &[(&str, &str)]| {
+            let mut files = vec![("s/main.tf", ""), ("s/x.txt", link)];
+            files.extend_from_slice(extra);
+            walk(&mut mem(&files), "s").unwrap_err().to_string()
+        };
+        for (link, extra, why) in [
+            ("SYMLINK:/etc/passwd", vec![], "an absolute path"),
+            (
+                "SYMLINK:../../outside",
+                vec![],
+                "leaves the repository root",
+            ),
+            ("SYMLINK:../d", vec![("d/f", "")], "d, which is not a file"),
+            ("SYMLINK:../gone", vec![], "gone, which is not a file"),
+            (
+                "SYMLINK:../.git/config",
+                vec![(".git/config", "")],
+                "inside .git or .terraform",
+            ),
+            (
+                "SYMLINK:.terraform/x",
+                vec![("s/.terraform/x", "")],
+                "inside .git or .terraform",
+            ),
+            (
+                "SYMLINK:../l/f",
+                vec![("l", "SYMLINK:d"), ("d/f", "")],
+                "through l, itself a symbolic link",
+            ),
+        ] {
+            let e = refused(link, &extra);
+            assert!(
+                e.starts_with("s/x.txt: a symbolic link to ")
+                    && e.contains(why)
+                    && e.ends_with("replace the link by what it names"),
+                "{e}"
+            );
+        }
+        let e = walk(&mut mem(&[("s/main.tf", ""), ("s/pipe", "FIFO")]), "s").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("s/pipe: neither a file nor a directory"),
+            "{e}"
+        );
     }
 }

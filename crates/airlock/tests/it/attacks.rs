@@ -620,6 +620,9 @@ fn a_plan_against_another_backend_is_refused() {
     let run: Value = serde_json::from_str(&msg).unwrap();
     let run = run["run"]["id"].as_str().unwrap().to_owned();
     t.s.ok(&t.approver, &["approve", &run]);
+    // Every file under the stack's directory is an input and the forged upload listed no plan
+    // file: CI's checkout has none.
+    std::fs::remove_file(ws.path("p.tfplan")).unwrap();
     let out = apply(&t, &ws, &t.ci, &run);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("backend address"), "{}", text(&out));

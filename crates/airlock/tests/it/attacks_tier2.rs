@@ -282,7 +282,6 @@ fn attacks_tier2_ci_apply_after_a_multi_commit_push_applies_every_changed_stack(
 /// stack, the change merges unreviewed, and every later plan of the stack is refused at upload
 /// (the embedded file is not among the inputs). Expected: the stack is affected.
 #[test]
-#[ignore = "open attack from the tier-2 review, being fixed on h/fix-inputs"]
 fn attacks_tier2_a_symlinked_tf_file_makes_its_stack_affected() {
     let tmp = tempfile::tempdir().unwrap();
     let repo = tmp.path().join("repo");
@@ -355,7 +354,6 @@ fn attacks_tier2_a_symlinked_tf_file_makes_its_stack_affected() {
 /// that the next plan of the stack carries along. Expected: the new content is planned again
 /// (a new run), so what is approved is a plan of the head being merged.
 #[test]
-#[ignore = "open attack from the tier-2 review, being fixed on h/fix-inputs"]
 fn attacks_tier2_a_file_read_by_the_configuration_is_part_of_the_reviewed_inputs() {
     crate::support::terraform_bin();
     let f = ForgeStandIn::start(FORGE_TOKEN);
@@ -404,7 +402,12 @@ fn attacks_tier2_a_file_read_by_the_configuration_is_part_of_the_reviewed_inputs
         &["ci", "plan", "--format", "json"],
         &env,
     );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let v = json_of(&out);
+    // A new run of head2, uploaded (the server accepts its inputs beside the embedded .tf files)
+    // and waiting for its own approval.
+    assert!(v["stacks"][0]["run"].is_string(), "{v:#}");
+    assert_eq!(v["stacks"][0]["status"], "needs_approval", "{v:#}");
     assert_ne!(
         v["stacks"][0]["run"].as_str(),
         Some(reviewed.as_str()),
@@ -418,7 +421,6 @@ fn attacks_tier2_a_file_read_by_the_configuration_is_part_of_the_reviewed_inputs
 /// Expected (issue 11: "a stack is affected when a file under its dir changed"): the stack is
 /// affected.
 #[test]
-#[ignore = "open attack from the tier-2 review, being fixed on h/fix-inputs"]
 fn attacks_tier2_a_template_under_the_stack_directory_makes_its_stack_affected() {
     let tmp = tempfile::tempdir().unwrap();
     let repo = tmp.path().join("repo");

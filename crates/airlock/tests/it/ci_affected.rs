@@ -445,6 +445,31 @@ fn bad_input_gets_a_clear_error() {
         ),
         "{e}"
     );
+    r.write("modules/base/nested/main.tf", "");
+    r.rm("vendor/mod");
+    // A symbolic link among a stack's files that airlock cannot follow: refused, naming it
+    // (`airlock plan` refuses it alike; a link to a file inside the root is followed).
+    std::os::unix::fs::symlink("/etc/passwd", r.path.join("stacks/app/passwd.txt")).unwrap();
+    r.commit("a link out of the repository");
+    let e = fails(&r.path, &["--base", "main"]);
+    assert!(
+        e.contains(
+            "stack \"app\": stacks/app/passwd.txt: a symbolic link to \"/etc/passwd\", an \
+             absolute path; airlock follows a link only to a file inside the repository root"
+        ),
+        "{e}"
+    );
+    r.rm("stacks/app/passwd.txt");
+    // A committed .terraform directory: left out of a checkout's inputs, so refused in a commit
+    // (a file there read with file() would be unreviewed).
+    r.write("stacks/app/.terraform/payload.txt", "unreviewed");
+    r.commit("commit .terraform");
+    let e = fails(&r.path, &["--base", "main"]);
+    assert!(
+        e.contains("stack \"app\": stacks/app/.terraform: committed"),
+        "{e}"
+    );
+    r.rm("stacks/app/.terraform");
     // A stack dir that does not exist (and never did).
     r.write("modules/base/nested/main.tf", "").write(
         "airlock.hcl",

