@@ -483,7 +483,6 @@ fn attacks_tier2_a_template_under_the_stack_directory_makes_its_stack_affected()
 /// executes a program the agent put in the checkout (plugin installation restricted to a mirror
 /// or cache the agent cannot write, or planning done away from the agent's machine).
 #[test]
-#[ignore = "open attack from the tier-2 review, being fixed on h/fix-surfaces"]
 fn attacks_tier2_propose_change_does_not_run_a_program_the_agent_wrote() {
     crate::support::terraform_bin();
     let t = team("dev/app");
