@@ -32,12 +32,17 @@ provider_installation {\n  direct {}\n}\n";
 
 /// The variables the plan phase sets for terraform (replacing any inherited value), for the
 /// checkout at `root` and the run's private scratch directory `work`. `operator`: the value of
-/// [`OPERATOR_CONFIG_VAR`], if set.
+/// [`OPERATOR_CONFIG_VAR`], if set; `plugin_cache`: the inherited `TF_PLUGIN_CACHE_DIR`, if
+/// set (Terraform installs from the cache too, so it must not be in the checkout either).
 pub fn plan_env(
     root: &Path,
     work: &Path,
     operator: Option<&str>,
+    plugin_cache: Option<&str>,
 ) -> Result<Vec<(String, String)>, String> {
+    if let Some(cache) = plugin_cache.filter(|v| !v.is_empty()) {
+        provider_dir(root, "TF_PLUGIN_CACHE_DIR", cache)?;
+    }
     let config = match operator.filter(|v| !v.is_empty()) {
         Some(path) => operator_config(root, Path::new(path))?,
         None => {
@@ -90,7 +95,11 @@ fn check_config(root: &Path, body: &Body) -> Result<(), String> {
     for s in body.iter() {
         match s {
             Structure::Attribute(a) if a.key.as_str() == "plugin_cache_dir" => {
-                provider_dir(root, "plugin_cache_dir", &a.value)?;
+                provider_dir(
+                    root,
+                    "plugin_cache_dir",
+                    string(&a.value, "plugin_cache_dir")?,
+                )?;
             }
             Structure::Block(b) if b.ident.as_str() == "provider_installation" => {
                 explicit = true;
@@ -102,7 +111,8 @@ fn check_config(root: &Path, body: &Body) -> Result<(), String> {
                         "dev_overrides" => return Err("has dev_overrides, which run local provider builds with no version or checksum: not for governed plans".into()),
                         "filesystem_mirror" => {
                             if let Some(a) = method.body.get_attribute("path") {
-                                provider_dir(root, "filesystem_mirror path", &a.value)?;
+                                let what = "filesystem_mirror path";
+                                provider_dir(root, what, string(&a.value, what)?)?;
                             }
                         }
                         _ => {}
@@ -118,13 +128,16 @@ fn check_config(root: &Path, body: &Body) -> Result<(), String> {
     Ok(())
 }
 
-/// A directory setting: a string that is absolute (or starts with a variable or `~`, expanded
-/// by Terraform) and not inside the checkout.
-fn provider_dir(root: &Path, what: &str, value: &Expression) -> Result<(), String> {
-    let Expression::String(s) = value else {
-        return Err(format!("{what} must be a string"));
-    };
-    let p = s.value().as_str();
+fn string<'a>(value: &'a Expression, what: &str) -> Result<&'a str, String> {
+    match value {
+        Expression::String(s) => Ok(s.value().as_str()),
+        _ => Err(format!("{what} must be a string")),
+    }
+}
+
+/// A directory Terraform installs providers from: absolute (or starting with a variable or `~`,
+/// expanded by Terraform) and not inside the checkout.
+fn provider_dir(root: &Path, what: &str, p: &str) -> Result<(), String> {
     if p.starts_with('$') || p.starts_with('~') {
         return Ok(());
     }
@@ -159,7 +172,7 @@ mod tests {
         let (root, work) = (tmp.path().join("repo"), tmp.path().join("work"));
         std::fs::create_dir_all(&root).unwrap();
         std::fs::create_dir_all(&work).unwrap();
-        let env = plan_env(&root, &work, None).unwrap();
+        let env = plan_env(&root, &work, None, None).unwrap();
         let names: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(names, PLAN_ENV_VARS);
         let written = std::fs::read_to_string(&env[0].1).unwrap();
@@ -178,7 +191,7 @@ mod tests {
         let outside = tmp.path().join("ops.tfrc");
         let mirror = tmp.path().join("mirror").display().to_string();
         let put = |p: &Path, text: &str| std::fs::write(p, text).unwrap();
-        let run = |p: &Path| plan_env(&root, &work, Some(p.to_str().unwrap()));
+        let run = |p: &Path| plan_env(&root, &work, Some(p.to_str().unwrap()), None);
 
         put(
             &outside,
@@ -226,8 +239,14 @@ mod tests {
         let planted = root.join("rc");
         put(&planted, DEFAULT_CONFIG);
         assert!(run(&planted).unwrap_err().contains("inside the checkout"));
-        assert!(plan_env(&root, &work, Some("rc"))
+        assert!(plan_env(&root, &work, Some("rc"), None)
             .unwrap_err()
             .contains("absolute"));
+        // The inherited plugin cache is held to the same rule.
+        let cache = |dir: &str| plan_env(&root, &work, None, Some(dir));
+        assert!(cache("/var/cache/terraform").is_ok());
+        assert!(cache("cache").unwrap_err().contains("relative"));
+        let inside = root.join("cache").display().to_string();
+        assert!(cache(&inside).unwrap_err().contains("inside the checkout"));
     }
 }

@@ -497,6 +497,7 @@ pub fn plan_run(c: &Client, req: &PlanRequest<'_>) -> anyhow::Result<Planned> {
         std::env::var(cli_config::OPERATOR_CONFIG_VAR)
             .ok()
             .as_deref(),
+        std::env::var("TF_PLUGIN_CACHE_DIR").ok().as_deref(),
     )
     .map_err(anyhow::Error::msg)?;
     let mut env = phase_env(std::env::vars(), &apply_profile, token);
