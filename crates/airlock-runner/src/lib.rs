@@ -20,6 +20,7 @@ use std::time::Duration;
 use airlock_core::inputs::{self, InputFile};
 
 pub mod affected;
+pub mod cli_config;
 pub mod git;
 pub mod modules;
 

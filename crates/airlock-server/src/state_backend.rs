@@ -320,6 +320,8 @@ async fn unlock(
     existing_stack(state, principal, stack).await?;
     let body = read_body(body, MAX_LOCK_INFO_LEN).await?;
     let may_force = principal.role.has(Permission::ForceUnlock);
+    // Releasing another holder's lock is a force-unlock, whether by ID or with an empty body.
+    let mut forced = false;
     let by = if body.iter().all(u8::is_ascii_whitespace) {
         // Terraform's force-unlock sends an empty body (hashicorp/terraform#28421).
         if !may_force {
@@ -339,10 +341,11 @@ async fn unlock(
                 let r = Refusal::new(RefusalKind::Forbidden, format!("unlock refused: the lock on {stack} belongs to {}; only its holder, an approver or an admin may release it", held.owner));
                 return Err(deny(state, principal, stack, "unlock", r).await);
             }
+            forced = held.id == info.id && held.owner_token != principal.token_id;
         }
         UnlockBy::Id(info.id)
     };
-    let action = if by == UnlockBy::Force {
+    let action = if by == UnlockBy::Force || forced {
         "lock.force_unlock"
     } else {
         "unlock"

@@ -369,7 +369,18 @@ async fn login(
         role,
         user: me["user"].as_str().unwrap_or("").to_owned(),
     };
-    let sid = state.console.start(token.to_owned(), who);
+    let Ok(sid) = state.console.start(token.to_owned(), who) else {
+        let note = format!(
+            "<div class=\"banner error\" id=\"error\">Sign-in refused: this server already holds {} console sessions (the most it keeps); sign out elsewhere or try again when idle sessions expire.</div>",
+            session::MAX_SESSIONS
+        );
+        return login_page(
+            &state,
+            StatusCode::SERVICE_UNAVAILABLE,
+            &note,
+            f.next.as_deref(),
+        );
+    };
     let next = f.next.as_deref().filter(|n| safe_next(n)).unwrap_or("/ui/");
     let mut resp = Redirect::to(next).into_response();
     let secure = state.config.secure_cookies;

@@ -75,12 +75,15 @@ fn lock_cell(ctx: &Ctx, stack: &str, lock: &Value) -> String {
         esc(&at(&lock["created_at"]))
     );
     if ctx.who().role.has(Permission::ForceUnlock) {
+        // Bound to the lock shown: a lock taken since (CI's apply, say) is not released.
         let _ = write!(
             out,
             "<form method=\"post\" action=\"/ui/stacks/{}/unlock\" class=\"inline\">\
-<input type=\"hidden\" name=\"csrf\" value=\"{}\"><button type=\"submit\" class=\"force-unlock\">Force-unlock</button></form>",
+<input type=\"hidden\" name=\"csrf\" value=\"{}\"><input type=\"hidden\" name=\"lock_id\" value=\"{}\">\
+<button type=\"submit\" class=\"force-unlock\">Force-unlock</button></form>",
             seg(stack),
-            esc(ctx.csrf())
+            esc(ctx.csrf()),
+            esc(&text(&lock["id"]))
         );
     }
     out
@@ -511,13 +514,19 @@ pub async fn restore(
     }
 }
 
-/// `POST /ui/stacks/{stack}/unlock`: Terraform's force-unlock, through the state backend (which
-/// decides who may).
+#[derive(Deserialize)]
+pub struct UnlockForm {
+    csrf: Option<String>,
+    lock_id: Option<String>,
+}
+
+/// `POST /ui/stacks/{stack}/unlock`: Terraform's `force-unlock LOCK_ID`, through the state
+/// backend (which decides who may): it releases the lock the page showed, and only that one.
 pub async fn force_unlock(
     ctx: Ctx,
     headers: HeaderMap,
     Path(raw): Path<String>,
-    Form(f): Form<super::CsrfForm>,
+    Form(f): Form<UnlockForm>,
 ) -> Response {
     if let Err(why) = check_post(&headers, ctx.csrf(), f.csrf.as_deref()) {
         return refused_post(StatusCode::FORBIDDEN, &why, Some(&ctx));
@@ -526,13 +535,28 @@ pub async fn force_unlock(
         Ok(n) => n,
         Err(f) => return ctx.fail(f),
     };
+    let Some(id) = f.lock_id.filter(|id| !id.is_empty()) else {
+        return refused_post(
+            StatusCode::BAD_REQUEST,
+            "the form names no lock ID: reload the stack's page and force-unlock the lock it shows",
+            Some(&ctx),
+        );
+    };
     let unlock = Method::from_bytes(b"UNLOCK").unwrap_or(Method::DELETE);
-    match ctx
-        .call(unlock, &format!("/state/{}", name.as_str()), None)
-        .await
-    {
+    let uri = format!("/state/{}", name.as_str());
+    match ctx.call(unlock, &uri, Some(&json!({ "ID": id }))).await {
         Ok(_) => Redirect::to(&format!("/ui/stacks/{}?done=unlocked", seg(name.as_str())))
             .into_response(),
+        Err(Fail::Refused(StatusCode::LOCKED, held)) => {
+            let held: Value = serde_json::from_str(&held).unwrap_or_default();
+            let msg = format!(
+                "not released: the page showed lock {id}, but the stack is now locked by {} ({}, lock {}). Reload the page and check before force-unlocking.",
+                text(&held["Who"]),
+                text(&held["Operation"]),
+                text(&held["ID"])
+            );
+            ctx.fail(Fail::Refused(StatusCode::CONFLICT, msg))
+        }
         Err(e) => ctx.fail(e),
     }
 }

@@ -24,8 +24,16 @@ pub const LOGIN_COOKIE: &str = "airlock_login";
 pub const IDLE: Duration = Duration::from_secs(60 * 60);
 /// A session ends this long after sign-in, however active.
 pub const ABSOLUTE: Duration = Duration::from_secs(12 * 60 * 60);
-/// Most sessions kept; past it, the least recently used is dropped.
+/// Most live sessions kept; past it, a new sign-in is refused (another user's session is never
+/// dropped to make room).
 pub const MAX_SESSIONS: usize = 10_000;
+/// Most live sessions of one token; a new sign-in past it ends that token's least recently used
+/// session (so one token, an agent's say, can never sign anyone else out).
+pub const MAX_SESSIONS_PER_TOKEN: usize = 16;
+
+/// A sign-in refused because the process holds [`MAX_SESSIONS`] live sessions.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Full;
 
 /// One signed-in browser.
 #[derive(Clone)]
@@ -60,8 +68,20 @@ pub struct Who {
 }
 
 /// The sessions of this process, keyed by the SHA-256 of their id.
-#[derive(Default)]
-pub struct Sessions(Mutex<HashMap<[u8; 32], Session>>);
+pub struct Sessions {
+    map: Mutex<HashMap<[u8; 32], Session>>,
+    /// [`MAX_SESSIONS`] (smaller in unit tests).
+    max: usize,
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Sessions {
+            map: Mutex::default(),
+            max: MAX_SESSIONS,
+        }
+    }
+}
 
 fn key(id: &str) -> [u8; 32] {
     Sha256::digest(id.as_bytes()).into()
@@ -82,16 +102,26 @@ pub fn same_secret(a: &str, b: &str) -> bool {
 }
 
 impl Sessions {
-    /// Starts a session for `token`; returns its id (the cookie value).
-    pub fn start(&self, token: String, who: Who) -> String {
+    /// Starts a session for `token`; returns its id (the cookie value). The token's least
+    /// recently used session ends if it already has [`MAX_SESSIONS_PER_TOKEN`]; with
+    /// [`MAX_SESSIONS`] live sessions of other tokens, the sign-in is refused.
+    pub fn start(&self, token: String, who: Who) -> Result<String, Full> {
         let id = secret();
         let now = Instant::now();
-        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         map.retain(|_, s| live(s, now));
-        if map.len() >= MAX_SESSIONS {
-            if let Some(oldest) = map.iter().min_by_key(|(_, s)| s.last_seen).map(|(k, _)| *k) {
-                map.remove(&oldest);
+        let mine: Vec<([u8; 32], Instant)> = map
+            .iter()
+            .filter(|(_, s)| s.token == token)
+            .map(|(k, s)| (*k, s.last_seen))
+            .collect();
+        if mine.len() >= MAX_SESSIONS_PER_TOKEN {
+            if let Some((oldest, _)) = mine.iter().min_by_key(|(_, seen)| *seen) {
+                map.remove(oldest);
             }
+        }
+        if map.len() >= self.max {
+            return Err(Full);
         }
         map.insert(
             key(&id),
@@ -103,7 +133,7 @@ impl Sessions {
                 last_seen: now,
             },
         );
-        id
+        Ok(id)
     }
 
     /// The live session with this id, touched.
@@ -112,7 +142,7 @@ impl Sessions {
     }
 
     fn get_at(&self, id: &str, now: Instant) -> Option<Session> {
-        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         let k = key(id);
         match map.get_mut(&k) {
             Some(s) if live(s, now) => {
@@ -129,7 +159,7 @@ impl Sessions {
 
     /// Ends the session with this id.
     pub fn end(&self, id: &str) {
-        self.0
+        self.map
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&key(id));
@@ -137,7 +167,7 @@ impl Sessions {
 
     /// Ends every session signed in with `token` (the API said it is no longer valid).
     pub fn end_token(&self, token: &str) {
-        self.0
+        self.map
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|_, s| s.token != token);
@@ -187,8 +217,8 @@ mod tests {
     #[test]
     fn sessions_start_end_and_die_with_their_token() {
         let s = Sessions::default();
-        let a = s.start("tok-a".into(), who("a"));
-        let b = s.start("tok-b".into(), who("b"));
+        let a = s.start("tok-a".into(), who("a")).unwrap();
+        let b = s.start("tok-b".into(), who("b")).unwrap();
         assert_eq!(s.get(&a).map(|x| x.token), Some("tok-a".into()));
         s.end_token("tok-a");
         assert!(s.get(&a).is_none());
@@ -201,17 +231,61 @@ mod tests {
     #[test]
     fn sessions_expire_when_idle_and_after_the_absolute_limit() {
         let s = Sessions::default();
-        let a = s.start("t".into(), who("a"));
+        let a = s.start("t".into(), who("a")).unwrap();
         let t0 = Instant::now();
         assert!(s.get_at(&a, t0 + IDLE / 2).is_some());
         assert!(s.get_at(&a, t0 + IDLE / 2 + IDLE).is_none(), "idle");
-        let b = s.start("t".into(), who("b"));
+        let b = s.start("t".into(), who("b")).unwrap();
         let t1 = Instant::now();
         let steps = (ABSOLUTE.as_secs() / (IDLE.as_secs() / 2)) as u32;
         for k in 0..steps {
             assert!(s.get_at(&b, t1 + IDLE / 2 * k).is_some(), "step {k}");
         }
         assert!(s.get_at(&b, t1 + IDLE / 2 * steps).is_none(), "absolute");
+    }
+
+    #[test]
+    fn a_token_past_its_cap_ends_only_its_own_oldest_session() {
+        let s = Sessions::default();
+        let other = s.start("tok-b".into(), who("b")).unwrap();
+        let first = s.start("tok-a".into(), who("a")).unwrap();
+        let mut mine = vec![first.clone()];
+        for _ in 1..MAX_SESSIONS_PER_TOKEN {
+            std::thread::sleep(Duration::from_millis(1));
+            mine.push(s.start("tok-a".into(), who("a")).unwrap());
+        }
+        assert!(mine.iter().all(|id| s.get(id).is_some()));
+        // `first` is now the most recently used: the next sign-in ends the second one.
+        std::thread::sleep(Duration::from_millis(1));
+        assert!(s.get(&first).is_some());
+        std::thread::sleep(Duration::from_millis(1));
+        let newest = s.start("tok-a".into(), who("a")).unwrap();
+        assert!(
+            s.get(&mine[1]).is_none(),
+            "the least recently used session of tok-a"
+        );
+        assert!(s.get(&first).is_some() && s.get(&newest).is_some());
+        assert!(
+            s.get(&other).is_some(),
+            "another token's session is never ended"
+        );
+    }
+
+    #[test]
+    fn a_full_process_refuses_sign_ins_and_keeps_every_session() {
+        let s = Sessions {
+            max: 50,
+            ..Sessions::default()
+        };
+        let first = s.start("tok-0".into(), who("0")).unwrap();
+        for i in 1..50 {
+            s.start(format!("tok-{i}"), who("x")).unwrap();
+        }
+        assert_eq!(s.start("tok-new".into(), who("n")), Err(Full));
+        assert!(
+            s.get(&first).is_some(),
+            "no session was dropped to make room"
+        );
     }
 
     #[test]

@@ -177,10 +177,11 @@ async fn call(state: &Arc<AppState>, caller: &Caller, params: &Value) -> Result<
     } else {
         Err("arguments must be a JSON object".into())
     };
-    // A local tool is run by the bridge once this answers: what is recorded here is that the
-    // call was allowed; what it did (a run) has its own audit events.
+    // A local tool is run by the bridge once this answers: what is recorded here is only that
+    // the server authorized a caller that declared itself the stdio bridge (a header any client
+    // can send) to plan locally; whether a plan ran shows in the run's own audit events.
     let outcome_name = match (&outcome, tool.local) {
-        (Ok(_), true) => "allowed",
+        (Ok(_), true) => LOCAL_AUTHORIZED,
         (Ok(_), false) => "ok",
         (Err(_), _) => "error",
     };
@@ -212,6 +213,10 @@ fn truncate(s: &str, max: usize) -> &str {
         None => s,
     }
 }
+
+/// The audit result of a local tool the server let the caller run.
+const LOCAL_AUTHORIZED: &str =
+    "authorized for a local plan by the stdio bridge (client-declared; no run is created here)";
 
 /// One audit event per tool call: `mcp.tool` with the tool, its outcome and the transport.
 async fn audit(

@@ -47,6 +47,8 @@ pub struct Tool {
     pub local: bool,
     /// `readOnlyHint`.
     pub read_only: bool,
+    /// `destructiveHint`: may change the caller's environment (runs code there).
+    pub destructive: bool,
     /// `idempotentHint`.
     pub idempotent: bool,
     /// `openWorldHint`: talks to something outside airlock (terraform's providers).
@@ -67,8 +69,9 @@ impl Tool {
             "annotations": {
                 "title": self.title,
                 "readOnlyHint": self.read_only,
-                // No tool destroys anything: the worst one proposes a run a human must approve.
-                "destructiveHint": false,
+                // No tool changes infrastructure (a run needs a human's approval); the local one
+                // runs terraform and its providers on the caller's machine, so hosts should ask.
+                "destructiveHint": self.destructive,
                 "idempotentHint": self.idempotent,
                 "openWorldHint": self.open_world,
             },
@@ -111,6 +114,7 @@ macro_rules! tool {
             routes: &[$(($m, $p)),*],
             local: false,
             read_only: $hints.0,
+            destructive: false,
             idempotent: $hints.1,
             open_world: $hints.2,
             input: $input,
@@ -146,7 +150,8 @@ pub static TOOLS: &[Tool] = &[
         [("GET", "/api/v1/audit")], READ, audit_input, audit_output),
     Tool {
         local: true,
-        ..tool!("propose_change", "Propose a change", "Runs `airlock plan` in a directory of the agent's checkout (inside the working tree `airlock mcp` was started in) with plan-phase credentials, and uploads the plan as a run for human review. Returns the run id, the gate's decision, the instances it destroys, and the exact command a human must run to approve it. It never applies anything.",
+        destructive: true,
+        ..tool!("propose_change", "Propose a change", "Runs `airlock plan` (`terraform init` and `terraform plan`) on the configuration in a directory of the agent's checkout (inside the working tree `airlock mcp` was started in), on the user's machine with the user's privileges and plan-phase credentials, and uploads the plan as a run for human review. Terraform runs the provider programs and data sources that configuration names (an `external` data source runs any command), downloading providers from the registries it names; airlock only refuses providers installed from the checkout itself (its implied local mirror directories and `.terraform`). Review the configuration before allowing this call. Returns the run id, the gate's decision, the instances it destroys, and the exact command a human must run to approve it. It never applies the plan: that needs a human's approval.",
             [("GET", "/api/v1/stacks/{stack}"), ("POST", "/api/v1/stacks/{stack}/plan-token"), ("POST", "/api/v1/stacks/{stack}/runs")],
             (false, false, true), propose_input, propose_output)
     },

@@ -53,7 +53,6 @@ async fn page(s: &Server, cookie: &str) -> Resp {
 /// approvals the console exists for are denied. Expected: one token's sign-ins evict only that
 /// token's own sessions (a per-token or per-user cap), never another user's.
 #[tokio::test]
-#[ignore = "open attack from the tier-2 review, being fixed on h/fix-surfaces"]
 async fn attacks_tier2_an_agent_token_cannot_sign_every_approver_out_of_the_console() {
     let s = Server::new();
     s.stack("dev/app", false);
@@ -93,7 +92,6 @@ fn field(html: &str, name: &str) -> Option<String> {
 /// Expected: the form carries the shown lock's ID and a lock with another ID is not released
 /// (as `terraform force-unlock LOCK_ID` requires the ID, and Approve is bound to the plan hash).
 #[tokio::test]
-#[ignore = "open attack from the tier-2 review, being fixed on h/fix-surfaces"]
 async fn attacks_tier2_console_force_unlock_releases_only_the_lock_the_page_showed() {
     let s = Server::new();
     s.stack("dev/app", false);
@@ -138,7 +136,7 @@ async fn attacks_tier2_console_force_unlock_releases_only_the_lock_the_page_show
     if let Some(id) = &lock_field {
         body.push_str(&format!("&lock_id={id}"));
     }
-    let _ = s
+    let clicked = s
         .send(
             request("POST", "/ui/stacks/dev%2Fapp/unlock", Auth::None)
                 .header(header::HOST, HOST)
@@ -156,4 +154,43 @@ async fn attacks_tier2_console_force_unlock_releases_only_the_lock_the_page_show
         Some(applying.as_str()),
         "the page showed lock {shown} (form field lock_id: {lock_field:?}); the click released CI's apply lock {applying}: {now:#}"
     );
+    // The approver is told why, with the lock now held.
+    assert_eq!(clicked.status, 409);
+    let told = clicked.text();
+    assert!(
+        told.contains("not released") && told.contains(&applying),
+        "{told}"
+    );
+    // A page showing the current lock releases it, audited as a force-unlock.
+    let html = s
+        .send(
+            request("GET", "/ui/stacks/dev%2Fapp", Auth::None)
+                .header(header::HOST, HOST)
+                .header(header::COOKIE, &cookie)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .text();
+    assert_eq!(field(&html, "lock_id").as_deref(), Some(applying.as_str()));
+    s.send(
+        request("POST", "/ui/stacks/dev%2Fapp/unlock", Auth::None)
+            .header(header::HOST, HOST)
+            .header(header::ORIGIN, format!("http://{HOST}"))
+            .header("sec-fetch-site", "same-origin")
+            .header(header::COOKIE, &cookie)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(format!("csrf={csrf}&lock_id={applying}")))
+            .unwrap(),
+    )
+    .await
+    .expect(303);
+    assert!(s.api_get("/api/v1/stacks/dev%2Fapp").await["lock"].is_null());
+    assert!(s
+        .audit()
+        .await
+        .iter()
+        .any(|e| e["action"] == "lock.force_unlock"
+            && e["outcome"] == "ok"
+            && e["actor"].as_str().is_some_and(|a| a.contains("approver"))));
 }

@@ -289,10 +289,11 @@ async fn every_console_route_for_every_role_follows_the_api() {
             .await;
         r.expect(refused);
         let holder = s.role_token(Role::Ci);
-        s.lock("dev/app", &holder, &fresh_id("held"), "OperationTypeApply")
+        let held = fresh_id("held");
+        s.lock("dev/app", &holder, &held, "OperationTypeApply")
             .await
             .expect(200);
-        b.post("/ui/stacks/dev%2Fapp/unlock", &[])
+        b.post("/ui/stacks/dev%2Fapp/unlock", &[("lock_id", &held)])
             .await
             .expect(refused);
         if !may_review {

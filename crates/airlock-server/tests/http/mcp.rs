@@ -141,9 +141,21 @@ async fn the_tool_list_is_derived_from_the_role_and_never_executes() {
             for w in EXECUTION_WORDS {
                 assert!(!name.contains(w), "{role} is offered {name}");
             }
-            assert_eq!(t["annotations"]["destructiveHint"], false, "{name}");
-            let read_only = name != "propose_change";
-            assert_eq!(t["annotations"]["readOnlyHint"], read_only, "{name}");
+            // propose_change runs terraform and its providers on the user's machine: hosts
+            // must treat it as a tool that can change the local environment and ask.
+            let local = name == "propose_change";
+            assert_eq!(t["annotations"]["destructiveHint"], local, "{name}");
+            assert_eq!(t["annotations"]["readOnlyHint"], !local, "{name}");
+            assert_eq!(t["annotations"]["openWorldHint"], local, "{name}");
+            if local {
+                let d = t["description"].as_str().unwrap();
+                assert!(
+                    d.contains("`terraform init` and `terraform plan`")
+                        && d.contains("with the user's privileges")
+                        && !d.contains("never applies anything"),
+                    "{d}"
+                );
+            }
             assert!(t["description"]
                 .as_str()
                 .unwrap()
@@ -206,6 +218,23 @@ async fn a_reader_cannot_call_the_tool_it_is_not_offered() {
     assert!(tool_error(&r).contains("does not exist"), "{r}");
     let r = post(&s, &agent, &propose("app"), true).await.json();
     assert_eq!(ok(&r)["proceed"], true, "{r}");
+    // The header that makes a caller "the bridge" is the caller's word: the audit says so, and
+    // does not claim a plan ran.
+    let authorized: Vec<Value> = s
+        .audit()
+        .await
+        .into_iter()
+        .filter(|e| e["action"] == "mcp.tool" && e["detail"]["tool"] == "propose_change")
+        .filter(|e| e["outcome"] == "ok" && e["detail"]["result"] != "error")
+        .collect();
+    assert_eq!(authorized.len(), 1, "{authorized:?}");
+    let said = authorized[0]["detail"]["result"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        said.contains("client-declared") && said.contains("no run is created here"),
+        "{said}"
+    );
     let denied: Vec<Value> = s
         .denials()
         .await

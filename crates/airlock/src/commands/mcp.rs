@@ -44,7 +44,7 @@ pub fn run(args: McpArgs) -> anyhow::Result<ExitCode> {
         .canonicalize()
         .with_context(|| format!("--root {} is not a directory", args.root.display()))?;
     eprintln!(
-        "airlock mcp: serving {} over stdio; propose_change plans inside {}",
+        "airlock mcp: serving {} over stdio; propose_change plans inside {} (terraform init and plan run the configuration's providers on this machine, as this user)",
         client.base(),
         root.display()
     );

@@ -11,7 +11,7 @@ use std::process::{Command, ExitCode};
 use airlock_core::inputs::{self, InputFile, CONFIG_PATH};
 use airlock_policy::config::{self, Config, Phase};
 use airlock_policy::planfile::{self, PlanFile};
-use airlock_runner::{input_files, phase_env, run_streaming, run_streaming_live};
+use airlock_runner::{cli_config, input_files, phase_env, run_streaming, run_streaming_live};
 use anyhow::{bail, Context};
 use base64::Engine;
 use serde_json::{json, Value};
@@ -134,8 +134,9 @@ fn show_json(
 
 /// Whether `dir` is already initialised with the http backend at exactly `state_url` (then a
 /// second `terraform init` would change nothing; terraform itself says if providers are missing).
-fn initialized_for(dir: &Path, state_url: &str) -> bool {
-    let Ok(text) = std::fs::read_to_string(dir.join(".terraform/terraform.tfstate")) else {
+/// `data`: terraform's data directory (`TF_DATA_DIR`, else `dir/.terraform`).
+fn initialized_for(data: &Path, state_url: &str) -> bool {
+    let Ok(text) = std::fs::read_to_string(data.join("terraform.tfstate")) else {
         return false;
     };
     let Ok(v) = serde_json::from_str::<Value>(&text) else {
@@ -150,7 +151,11 @@ fn initialized_for(dir: &Path, state_url: &str) -> bool {
 
 /// `terraform init` pointed at the stack on this server, unless already done.
 fn init(bin: &str, dir: &Path, state_url: &str, env: &[(String, String)]) -> anyhow::Result<()> {
-    if initialized_for(dir, state_url) {
+    let data = env
+        .iter()
+        .find(|(k, _)| k == "TF_DATA_DIR")
+        .map_or_else(|| dir.join(".terraform"), |(_, v)| dir.join(v));
+    if initialized_for(&data, state_url) {
         return Ok(());
     }
     let args: Vec<String> = ["init", "-input=false", "-reconfigure"]
@@ -481,11 +486,26 @@ pub fn plan_run(c: &Client, req: &PlanRequest<'_>) -> anyhow::Result<Planned> {
             held.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
         );
     }
-    let env = phase_env(std::env::vars(), &apply_profile, token);
+    // Removed however planning ends (it holds the providers terraform installed).
+    let scratch = Scratch(tempfile_dir()?);
+    let work = scratch.0.as_path();
+    // Terraform installs and runs providers only from where the checkout cannot put them
+    // (`airlock_runner::cli_config`): the plan phase runs code an agent may have written.
+    let sealed = cli_config::plan_env(
+        &repo.root,
+        work,
+        std::env::var(cli_config::OPERATOR_CONFIG_VAR)
+            .ok()
+            .as_deref(),
+        std::env::var("TF_PLUGIN_CACHE_DIR").ok().as_deref(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let mut env = phase_env(std::env::vars(), &apply_profile, token);
+    env.retain(|(k, _)| !cli_config::PLAN_ENV_VARS.contains(&k.as_str()));
+    env.extend(sealed);
     let state_url = format!("{}/state/{stack}", c.base());
 
     init(req.terraform_bin, &dir, &state_url, &env)?;
-    let work = tempfile_dir()?;
     let plan_path = work.join("plan.tfplan");
     let mut plan_args: Vec<String> = vec![
         "plan".into(),
@@ -527,7 +547,6 @@ pub fn plan_run(c: &Client, req: &PlanRequest<'_>) -> anyhow::Result<Planned> {
         .collect::<anyhow::Result<_>>()?;
     let plan_bin = std::fs::read(&plan_path)?;
     let lockfile = std::fs::read(dir.join(".terraform.lock.hcl")).ok();
-    let _ = std::fs::remove_dir_all(&work);
     let origin = &req.origin;
     let body = json!({
         "fingerprint": fp,
@@ -567,6 +586,15 @@ pub fn checkout_fingerprint(
     let repo = find_repo(&dir)?;
     let files = input_files(&repo.root, &dir).context("listing the checkout's input files")?;
     Ok((inputs::fingerprint(terraform_version, &files), files))
+}
+
+/// A scratch directory, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// A private scratch directory for plan files, outside the checkout (so it never changes the

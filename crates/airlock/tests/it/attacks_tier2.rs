@@ -485,46 +485,143 @@ fn attacks_tier2_a_template_under_the_stack_directory_makes_its_stack_affected()
 /// executes a program the agent put in the checkout (plugin installation restricted to a mirror
 /// or cache the agent cannot write, or planning done away from the agent's machine).
 #[test]
-#[ignore = "open attack from the tier-2 review, being fixed on h/fix-surfaces"]
 fn attacks_tier2_propose_change_does_not_run_a_program_the_agent_wrote() {
     crate::support::terraform_bin();
     let t = team("dev/app");
     let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("checkout");
+    let (root, marker) = evil_provider_checkout(tmp.path());
     let dir = root.join("stacks/app");
-    let marker = tmp.path().join("executed-by-terraform");
+    let plugin_dir = dir.join("terraform.d/plugins/example.com/agent/evil/1.0.0/linux_amd64");
+    plant_evil_provider(&plugin_dir, &marker);
+    let out = propose_over_stdio(&t, &root, &[]);
+    assert!(
+        !marker.exists(),
+        "propose_change ran the agent's program: {:?}\n{}",
+        std::fs::read_to_string(&marker).unwrap_or_default(),
+        text(&out)
+    );
+}
+
+/// The same agent, through Terraform's working directory instead of a mirror: the checkout was
+/// initialised for the stack once (by an earlier plan, or by the agent's own `terraform init`),
+/// so `.terraform/terraform.tfstate` names this server's backend and a plan skips `init`; a
+/// provider "already installed" in `.terraform/providers`, vouched for by a
+/// `.terraform.lock.hcl` the agent wrote with the program's own hash, is then run by
+/// `terraform plan`. The plan phase uses a data directory of its own.
+#[test]
+fn attacks_tier2_propose_change_does_not_run_a_provider_planted_in_dot_terraform() {
+    let tf = crate::support::terraform_bin();
+    let t = team("dev/app");
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, marker) = evil_provider_checkout(tmp.path());
+    let dir = root.join("stacks/app");
+    // What an earlier init of this stack left (the backend block alone: no provider to fetch).
+    let prep = tmp.path().join("prep");
+    write(&prep, "main.tf", "terraform {\n  backend \"http\" {}\n}\n");
+    let url = format!("{}/state/dev/app", t.s.url);
+    let init = Command::new(&tf)
+        .args(["init", "-input=false"])
+        .args(
+            ["address", "lock_address", "unlock_address"]
+                .map(|k| format!("-backend-config={k}={url}")),
+        )
+        .current_dir(&prep)
+        .env("CHECKPOINT_DISABLE", "1")
+        .env("TF_CLI_CONFIG_FILE", "/dev/null")
+        .env("TF_HTTP_USERNAME", "airlock")
+        .env("TF_HTTP_PASSWORD", &t.agent)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{}", text(&init));
+    write(
+        &dir,
+        ".terraform/terraform.tfstate",
+        &std::fs::read_to_string(prep.join(".terraform/terraform.tfstate")).unwrap(),
+    );
+    let plugin_dir = dir.join(".terraform/providers/example.com/agent/evil/1.0.0/linux_amd64");
+    let hash = plant_evil_provider(&plugin_dir, &marker);
+    write(
+        &dir,
+        ".terraform.lock.hcl",
+        &format!("provider \"example.com/agent/evil\" {{\n  version     = \"1.0.0\"\n  constraints = \"1.0.0\"\n  hashes = [\n    \"{hash}\",\n  ]\n}}\n"),
+    );
+    // The operator's own explicit CLI configuration does not reopen the hole either.
+    let rc = tmp.path().join("operator.tfrc");
+    std::fs::write(&rc, "provider_installation {\n  direct {}\n}\n").unwrap();
+    let out = propose_over_stdio(
+        &t,
+        &root,
+        &[("AIRLOCK_TF_CLI_CONFIG", rc.to_str().unwrap())],
+    );
+    assert!(
+        !marker.exists(),
+        "propose_change ran the agent's program: {:?}\n{}",
+        std::fs::read_to_string(&marker).unwrap_or_default(),
+        text(&out)
+    );
+    // What the agent gets back says why nothing was planned.
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("propose_change failed"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// A checkout whose stack requires a provider `example.com/agent/evil`; the marker path its
+/// program writes if it ever runs.
+fn evil_provider_checkout(tmp: &Path) -> (PathBuf, PathBuf) {
+    let root = tmp.join("checkout");
     write(
         &root,
         "airlock.hcl",
         "stack \"dev/app\" {\n  dir = \"stacks/app\"\n}\n",
     );
     write(
-        &dir,
+        &root.join("stacks/app"),
         "main.tf",
         "terraform {\n  backend \"http\" {}\n  required_providers {\n    evil = {\n      source  = \"example.com/agent/evil\"\n      version = \"1.0.0\"\n    }\n  }\n}\nprovider \"evil\" {}\n",
     );
-    let plugin_dir = dir.join("terraform.d/plugins/example.com/agent/evil/1.0.0/linux_amd64");
-    std::fs::create_dir_all(&plugin_dir).unwrap();
-    let plugin = plugin_dir.join("terraform-provider-evil_v1.0.0");
-    std::fs::write(
-        &plugin,
-        format!(
-            "#!/bin/sh\necho \"ran as $(id -un) in $(pwd)\" > '{}'\nexit 1\n",
-            marker.display()
-        ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (root, tmp.join("executed-by-terraform"))
+}
 
+/// Writes the agent's "provider" (a script that leaves `marker`) into `plugin_dir`; its
+/// Terraform package hash (`h1:`, the dirhash of the directory).
+fn plant_evil_provider(plugin_dir: &Path, marker: &Path) -> String {
+    use base64::Engine;
+    use sha2::{Digest, Sha256};
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(plugin_dir).unwrap();
+    let name = "terraform-provider-evil_v1.0.0";
+    let program = format!(
+        "#!/bin/sh\necho \"ran as $(id -un) in $(pwd)\" > '{}'\nexit 1\n",
+        marker.display()
+    );
+    let plugin = plugin_dir.join(name);
+    std::fs::write(&plugin, &program).unwrap();
+    std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let summary = format!(
+        "{}  {name}\n",
+        hex::encode(Sha256::digest(program.as_bytes()))
+    );
+    format!(
+        "h1:{}",
+        base64::engine::general_purpose::STANDARD.encode(Sha256::digest(summary.as_bytes()))
+    )
+}
+
+/// `airlock mcp` over stdio as the team's agent in `root`: initialize, then one
+/// `propose_change` of `stacks/app`; everything it printed.
+fn propose_over_stdio(t: &Team, root: &Path, env: &[(&str, &str)]) -> Output {
     let mut child = Command::new(AIRLOCK)
         .args(["mcp", "--root"])
-        .arg(&root)
-        .current_dir(&root)
+        .arg(root)
+        .current_dir(root)
         .env("AIRLOCK_URL", &t.s.url)
         .env("AIRLOCK_TOKEN", &t.agent)
         .env("CHECKPOINT_DISABLE", "1")
         .env("TF_CLI_CONFIG_FILE", "/dev/null")
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -542,11 +639,5 @@ fn attacks_tier2_propose_change_does_not_run_a_program_the_agent_wrote() {
             writeln!(stdin, "{m}").unwrap();
         }
     }
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        !marker.exists(),
-        "propose_change ran the agent's program: {:?}\n{}",
-        std::fs::read_to_string(&marker).unwrap_or_default(),
-        text(&out)
-    );
+    child.wait_with_output().unwrap()
 }
