@@ -13,11 +13,14 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{self, Read, Write};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use airlock_core::inputs::{self, InputFile};
+use rustix::process::{kill_process, Pid, Signal};
 
 pub mod affected;
 pub mod cli_config;
@@ -129,6 +132,22 @@ pub struct Finished {
     pub log: Vec<u8>,
 }
 
+/// Interrupts received (SIGINT, SIGTERM), counted by [`interrupt`].
+static INTERRUPTS: AtomicUsize = AtomicUsize::new(0);
+/// How many children [`run_streaming_live`] is waiting for right now.
+static RUNNING: AtomicUsize = AtomicUsize::new(0);
+
+/// Records an interrupt of this process (the binary's signal handler calls it) and says whether
+/// a child is running that will be told: [`run_streaming_live`] sends each one on to its child as
+/// one SIGINT and keeps reading the child's output until it exits. So terraform, interrupted,
+/// cancels gracefully and releases its state lock instead of dying on a closed pipe while
+/// holding it; a second interrupt reaches terraform as its second Ctrl-C (exit at once). When
+/// nothing is running the caller should exit itself.
+pub fn interrupt() -> bool {
+    INTERRUPTS.fetch_add(1, Ordering::SeqCst);
+    RUNNING.load(Ordering::SeqCst) > 0
+}
+
 /// Runs `cmd` with exactly `env`, echoing its stdout and stderr live (to our stderr, so a
 /// caller's stdout stays machine-readable) and keeping a copy.
 pub fn run_streaming(cmd: Command, env: &[(String, String)]) -> io::Result<Finished> {
@@ -147,8 +166,13 @@ pub fn run_streaming_live(
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .stderr(Stdio::piped())
+        // Its own process group: a terminal's Ctrl-C or a supervisor's signal to our group
+        // reaches terraform once, through `interrupt`, never twice (twice makes it exit at once).
+        .process_group(0);
     let mut child = cmd.spawn()?;
+    RUNNING.fetch_add(1, Ordering::SeqCst);
+    let mut forwarded = INTERRUPTS.load(Ordering::SeqCst);
     let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let pump = |mut r: Box<dyn Read + Send>, log: std::sync::Arc<std::sync::Mutex<Vec<u8>>>| {
         std::thread::spawn(move || {
@@ -181,8 +205,17 @@ pub fn run_streaming_live(
     };
     let mut last = std::time::Instant::now();
     let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
+        match child.try_wait() {
+            Ok(Some(status)) => break Ok(status),
+            Err(e) => break Err(e),
+            Ok(None) => {}
+        }
+        let asked = INTERRUPTS.load(Ordering::SeqCst);
+        if asked > forwarded {
+            forwarded = asked;
+            if let Some(pid) = Pid::from_raw(i32::try_from(child.id()).unwrap_or(0)) {
+                let _ = kill_process(pid, Signal::INT);
+            }
         }
         std::thread::sleep(Duration::from_millis(50).min(every));
         if last.elapsed() >= every {
@@ -190,6 +223,8 @@ pub fn run_streaming_live(
             last = std::time::Instant::now();
         }
     };
+    RUNNING.fetch_sub(1, Ordering::SeqCst);
+    let status = status?;
     for t in [out, err].into_iter().flatten() {
         let _ = t.join();
     }

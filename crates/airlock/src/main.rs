@@ -71,6 +71,12 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::USAGE);
         }
     };
+    if matches!(
+        cli.command,
+        cli::Command::Plan(_) | cli::Command::Apply(_) | cli::Command::Ci(_) | cli::Command::Mcp(_)
+    ) {
+        commands::forward_interrupts();
+    }
     let result = match cli.command {
         cli::Command::Server(args) => commands::server::run(args),
         cli::Command::Token(cmd) => commands::token::run(cmd),
