@@ -1308,6 +1308,7 @@ fn run_record(id: &str, stack: &str, created_at: i64) -> RunRecord {
         git_base: None,
         change_request: None,
         change_request_url: None,
+        change_authors: Vec::new(),
         plan_sha256: "0".repeat(64),
         config_sha256: None,
         decision: "review".into(),
