@@ -115,6 +115,8 @@ pub struct Job {
     pub head_sha: Option<String>,
     /// The pull request's base commit.
     pub base_sha: Option<String>,
+    /// Who the CI says wrote or pushed the change request (`github:alice`), author first.
+    pub change_authors: Vec<String>,
 }
 
 /// Where results go.
@@ -321,6 +323,7 @@ fn forge_remote() -> anyhow::Result<Option<(Box<dyn Remote>, Job)>> {
         change_url,
         head_sha: Some(ctx.head_sha),
         base_sha: ctx.base_sha,
+        change_authors: ctx.change_authors,
     };
     Ok(Some((Box::new(ctx.forge), job)))
 }
