@@ -178,9 +178,9 @@ fn run_status(t: &Team, id: &str) -> String {
 /// opens a pull request can approve the run of their own change, and `ci apply` applies it after
 /// merge: the two-person rule ("a human other than the author approves it") does not hold for the
 /// pull-request workflow. Expected: the pull request's author (the forge login in the event,
-/// mapped to an airlock user) is recorded on the run and cannot approve it.
+/// mapped to an airlock user) is recorded on the run and cannot approve it; while the login
+/// belongs to no user, nobody can (airlock cannot tell whether the approver wrote it).
 #[test]
-#[ignore = "open attack from the tier-2 review, being fixed on h/fix-author"]
 fn attacks_tier2_a_pull_request_author_cannot_approve_the_run_of_their_own_change() {
     crate::support::terraform_bin();
     let f = ForgeStandIn::start(FORGE_TOKEN);
@@ -198,22 +198,56 @@ fn attacks_tier2_a_pull_request_author_cannot_approve_the_run_of_their_own_chang
     git(dev, &["push", "-q", "origin", "alice-change"]);
     let head = git(dev, &["rev-parse", "HEAD"]);
     let pr = origin.checkout("ci-pr", &head);
-    let env = github_pr(&f, events.path(), 7, &head, &base, "alice");
+    let env = github_pr(&f, events.path(), 7, &head, &base, "Alice");
     let out = ci_env(&t, &t.agent, &pr, &["ci", "plan", "--format", "json"], &env);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let run = json_of(&out)["stacks"][0]["run"]
         .as_str()
         .unwrap()
         .to_owned();
+    let shown = t.s.ok(&t.s.admin, &["run", "show", &run]);
+    assert!(
+        shown.contains("written or pushed by: github:alice"),
+        "{shown}"
+    );
 
-    // alice approves the run of her own pull request.
+    // While github:alice belongs to no user, nobody can approve: not alice, not bob.
+    for token in [&t.approver, &t.approver2] {
+        let approve = t.s.cli(token, &["approve", &run]);
+        assert_eq!(approve.status.code(), Some(2), "{}", text(&approve));
+        assert!(
+            text(&approve).contains("github:alice") && text(&approve).contains("no airlock user"),
+            "{}",
+            text(&approve)
+        );
+    }
+    assert_eq!(run_status(&t, &run), "needs_approval");
+
+    // Only an admin gives a user a forge login.
+    let denied =
+        t.s.cli(&t.approver, &["user", "add-forge-login", "alice", "github:alice"]);
+    assert!(!denied.status.success(), "{}", text(&denied));
+    t.s.ok(
+        &t.s.admin,
+        &["user", "add-forge-login", "alice", "github:alice"],
+    );
+
+    // alice approves the run of her own pull request: refused.
     let approve = t.s.cli(&t.approver, &["approve", &run]);
     let status = run_status(&t, &run);
     assert!(
-        !approve.status.success() && status == "needs_approval",
+        approve.status.code() == Some(2) && status == "needs_approval",
         "the author of pull request #7 (alice) approved its run {run} herself; it is now {status}: {}",
         text(&approve)
     );
+    assert!(
+        text(&approve).contains("github:alice, a forge login of user alice"),
+        "{}",
+        text(&approve)
+    );
+    // Someone else can.
+    t.s.ok(&t.approver2, &["approve", &run]);
+    assert_eq!(run_status(&t, &run), "approved");
 }
 
 /// ATTACK (shape of a push): `airlock ci apply` compares `HEAD^1..HEAD` (its `--base` default)
