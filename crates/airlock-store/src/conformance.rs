@@ -423,7 +423,9 @@ pub fn import_user(s: &dyn StoreImport) {
     assert_eq!(dave.created_at, 5);
     assert_eq!(dave.forge_logins, ["github:conf-dave"]);
     assert_eq!(
-        s.user_by_forge_login("github:conf-dave").unwrap().as_deref(),
+        s.user_by_forge_login("github:conf-dave")
+            .unwrap()
+            .as_deref(),
         Some("conf.dave")
     );
 }

@@ -836,13 +836,7 @@ fn forge_logins_of(db: &mut dyn Sql, user: &str) -> Result<Vec<String>> {
 
 /// Records that `login` (checked again here: every path in goes through this) is `user`'s;
 /// a login another user has is a conflict.
-fn insert_forge_login(
-    db: &mut dyn Sql,
-    user: &str,
-    login: &str,
-    at: i64,
-    by: &str,
-) -> Result<()> {
+fn insert_forge_login(db: &mut dyn Sql, user: &str, login: &str, at: i64, by: &str) -> Result<()> {
     let login = valid_forge_login(login).map_err(StoreError::Corrupt)?;
     db.execute(
         "INSERT INTO forge_logins (login, user_name, created_at, created_by) VALUES ($1, $2, $3, $4)",
@@ -1074,8 +1068,8 @@ impl<E: Engine> Store for E {
     fn add_forge_login(&self, user: &str, login: &str, audit: NewAudit) -> Result<UserRecord> {
         let login = valid_forge_login(login).map_err(StoreError::Corrupt)?;
         self.write(|db| {
-            let record = user_row(db, user)?
-                .ok_or_else(|| StoreError::NotFound(format!("user {user}")))?;
+            let record =
+                user_row(db, user)?.ok_or_else(|| StoreError::NotFound(format!("user {user}")))?;
             if record.forge_logins.contains(&login) {
                 return Ok(record);
             }

@@ -229,8 +229,9 @@ fn printable_hash(seen: &str) -> String {
 
 /// "change request #7", as the planner claimed it.
 fn change_request_words(run: &RunRecord) -> String {
-    run.change_request
-        .map_or("a change request".into(), |n| format!("change request #{n}"))
+    run.change_request.map_or("a change request".into(), |n| {
+        format!("change request #{n}")
+    })
 }
 
 /// "serial 4", or "an empty stack".
@@ -1047,7 +1048,14 @@ mod tests {
             user: None,
         };
         let bob = actor("bob", "tok_bob", Role::Approver);
-        let cases: Vec<(&str, Actor<'_>, Vec<ChangeAuthor>, Result<RunStatus, Refused>)> = vec![
+        /// (name, who asks, the run's claimed authors resolved, expected).
+        type AuthorCase<'a> = (
+            &'a str,
+            Actor<'a>,
+            Vec<ChangeAuthor>,
+            Result<RunStatus, Refused>,
+        );
+        let cases: Vec<AuthorCase<'_>> = vec![
             (
                 "no claimed author (a run not planned for a change request)",
                 alice(),
@@ -1057,7 +1065,10 @@ mod tests {
             (
                 "the change request's author",
                 alice(),
-                vec![known("github:alice", "alice"), known("github:carol", "carol")],
+                vec![
+                    known("github:alice", "alice"),
+                    known("github:carol", "carol"),
+                ],
                 Err(Refused::ApproverWroteTheChange {
                     login: "github:alice".into(),
                 }),
@@ -1073,7 +1084,10 @@ mod tests {
             (
                 "someone else, every login known",
                 bob,
-                vec![known("github:alice", "alice"), known("github:carol", "carol")],
+                vec![
+                    known("github:alice", "alice"),
+                    known("github:carol", "carol"),
+                ],
                 Ok(RunStatus::Approved),
             ),
             (
@@ -1094,8 +1108,17 @@ mod tests {
             ),
         ];
         for (name, who, authors, expected) in cases {
-            let got = approve(&pr, &stack(), Some(&version(4)), &who, &authors, None, None, NOW)
-                .map(|t| t.run.status);
+            let got = approve(
+                &pr,
+                &stack(),
+                Some(&version(4)),
+                &who,
+                &authors,
+                None,
+                None,
+                NOW,
+            )
+            .map(|t| t.run.status);
             assert_eq!(got, expected, "{name}");
             if let Err(r) = &got {
                 assert_eq!(r.kind(), RefusalKind::Forbidden, "{name}");
@@ -1352,7 +1375,16 @@ mod tests {
         assert_eq!(refused.refusal.kind, RefusalKind::Conflict);
         let mut r = run();
         r.expires_at = NOW - 1;
-        let verdict = approve(&r, &stack(), Some(&version(4)), &alice(), &[], None, None, NOW);
+        let verdict = approve(
+            &r,
+            &stack(),
+            Some(&version(4)),
+            &alice(),
+            &[],
+            None,
+            None,
+            NOW,
+        );
         let (recorded, _) = *decided(verdict, &r, &alice(), NOW)
             .unwrap_err()
             .record

@@ -224,8 +224,10 @@ fn attacks_tier2_a_pull_request_author_cannot_approve_the_run_of_their_own_chang
     assert_eq!(run_status(&t, &run), "needs_approval");
 
     // Only an admin gives a user a forge login.
-    let denied =
-        t.s.cli(&t.approver, &["user", "add-forge-login", "alice", "github:alice"]);
+    let denied = t.s.cli(
+        &t.approver,
+        &["user", "add-forge-login", "alice", "github:alice"],
+    );
     assert!(!denied.status.success(), "{}", text(&denied));
     t.s.ok(
         &t.s.admin,

@@ -647,10 +647,13 @@ fn github_context(var: &dyn Fn(&str) -> Option<String>) -> Result<ForgeContext, 
             let ev = event_json()?;
             let pr = &ev["pull_request"];
             let author = pr["user"]["login"].as_str().map(str::to_owned);
-            change_authors = forge_logins("github", &[
-                ("pull_request.user.login", author),
-                (GITHUB_ACTOR, var(GITHUB_ACTOR)),
-            ])?;
+            change_authors = forge_logins(
+                "github",
+                &[
+                    ("pull_request.user.login", author),
+                    (GITHUB_ACTOR, var(GITHUB_ACTOR)),
+                ],
+            )?;
             let number = pr["number"].as_u64().ok_or_else(|| {
                 config(format!("the {event_name} event has no pull_request.number"))
             })?;
@@ -791,18 +794,14 @@ fn gitlab_context(var: &dyn Fn(&str) -> Option<String>) -> Result<ForgeContext, 
 /// The logins the CI names (`(where, login)`, absent ones skipped) as `forge:login`, lower
 /// case, each once; one that is not a login is an error (never silently dropped: it names who
 /// may not approve).
-fn forge_logins(
-    forge: &str,
-    named: &[(&str, Option<String>)],
-) -> Result<Vec<String>, ForgeError> {
+fn forge_logins(forge: &str, named: &[(&str, Option<String>)]) -> Result<Vec<String>, ForgeError> {
     let mut out: Vec<String> = Vec::new();
     for (source, login) in named {
         let Some(login) = login.as_deref().filter(|l| !l.is_empty()) else {
             continue;
         };
-        let login = airlock_store::valid_forge_login(&format!("{forge}:{login}")).map_err(|e| {
-            config(format!("{source}: {e}"))
-        })?;
+        let login = airlock_store::valid_forge_login(&format!("{forge}:{login}"))
+            .map_err(|e| config(format!("{source}: {e}")))?;
         if !out.contains(&login) {
             out.push(login);
         }
