@@ -1378,6 +1378,43 @@ mod tests {
     }
 
     #[test]
+    fn change_authors_are_the_pull_requests_author_and_the_jobs_actor() {
+        let f = ForgeStandIn::start(TOKEN);
+        let dir = tempfile::tempdir().unwrap();
+        let mut env = github_env(&f, &dir);
+        let event = dir.path().join("authored.json");
+        let write = |login: &str| {
+            let pr = json!({"pull_request": {"number": 7, "user": {"login": login},
+                "head": {"sha": HEAD}, "base": {"sha": BASE}}});
+            std::fs::write(&event, pr.to_string()).unwrap();
+        };
+        env.insert("GITHUB_EVENT_PATH".into(), event.to_str().unwrap().into());
+        write("Alice");
+        env.insert("GITHUB_ACTOR".into(), "bob".into());
+        assert_eq!(context(&env).change_authors, ["github:alice", "github:bob"]);
+        env.insert("GITHUB_ACTOR".into(), "ALICE".into());
+        assert_eq!(context(&env).change_authors, ["github:alice"]);
+        // A login that is not one is refused, never dropped.
+        write("alice\n<b>");
+        let e = Forge::from_env(&|k| env.get(k).cloned()).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("pull_request.user.login: invalid forge login"),
+            "{e}"
+        );
+        // GitLab names who started the merge request pipeline; pushes name nobody.
+        let mut gl = gitlab_env(&f);
+        gl.insert("GITLAB_USER_LOGIN".into(), "Carol".into());
+        assert_eq!(context(&gl).change_authors, ["gitlab:carol"]);
+        let mut push: HashMap<_, _> = f
+            .gitlab_push_env("42", "main", "main", BASE, HEAD)
+            .into_iter()
+            .collect();
+        push.insert("GITLAB_USER_LOGIN".into(), "carol".into());
+        assert!(context(&push).change_authors.is_empty());
+    }
+
+    #[test]
     fn gitlab_context_reads_the_merge_request_pipeline() {
         let f = ForgeStandIn::start(TOKEN);
         let mut env = gitlab_env(&f);
