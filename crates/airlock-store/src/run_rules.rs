@@ -668,6 +668,13 @@ pub fn next_step(run: &RunRecord) -> String {
             let approvers = run.valid_approvers();
             let missing = (run.required_approvals as usize).saturating_sub(approvers.len()).max(1);
             let mut excluded = vec![person(&run.author_user, &run.author)];
+            if !run.change_authors.is_empty() {
+                excluded.push(format!(
+                    "the users of {} (who wrote or pushed {})",
+                    run.change_authors.join(", "),
+                    change_request_words(run)
+                ));
+            }
             for user in approvers {
                 let by = run.approvals.iter().find(|a| a.user() == user).map_or("", |a| a.by.as_str());
                 let p = person(user, by);
@@ -1576,6 +1583,15 @@ mod tests {
         r.approvals = vec![];
         assert!(
             next_step(&r).contains("other than dave:"),
+            "{}",
+            next_step(&r)
+        );
+        r.change_request = Some(7);
+        r.change_authors = vec!["github:erin".into()];
+        assert!(
+            next_step(&r).contains(
+                "other than dave and the users of github:erin (who wrote or pushed change request #7):"
+            ),
             "{}",
             next_step(&r)
         );

@@ -162,6 +162,16 @@ fn ci_env(t: &Team, token: &str, dir: &Path, args: &[&str], env: &[(String, Stri
     cli_in(&t.s, token, dir, args, &all)
 }
 
+/// A pull request author's user, `login`, with the forge login `github:LOGIN`: runs of a
+/// pull request whose author belongs to no user cannot be approved by anyone.
+fn pr_author(t: &Team, login: &str) {
+    let forge_login = format!("github:{login}");
+    t.s.ok(
+        &t.s.admin,
+        &["user", "create", login, "--forge-login", &forge_login],
+    );
+}
+
 fn json_of(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(out)))
 }
@@ -264,6 +274,7 @@ fn attacks_tier2_ci_apply_after_a_multi_commit_push_applies_every_changed_stack(
     let events = tempfile::tempdir().unwrap();
     let t = team("app");
     t.s.ok(&t.s.admin, &["stack", "create", "net"]);
+    pr_author(&t, "carol");
     let origin = Origin::new();
     let dev = &origin.work;
     let base = git(dev, &["rev-parse", "HEAD"]);
@@ -398,6 +409,7 @@ fn attacks_tier2_a_file_read_by_the_configuration_is_part_of_the_reviewed_inputs
     let events = tempfile::tempdir().unwrap();
     let t = team("app");
     t.s.ok(&t.s.admin, &["stack", "create", "net"]);
+    pr_author(&t, "carol");
     let origin = Origin::new();
     let dev = &origin.work;
     let base = git(dev, &["rev-parse", "HEAD"]);
