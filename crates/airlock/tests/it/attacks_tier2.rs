@@ -157,7 +157,12 @@ fn github_push(
 }
 
 fn ci_env(t: &Team, token: &str, dir: &Path, args: &[&str], env: &[(String, String)]) -> Output {
-    let mut all: Vec<(&str, &str)> = vec![("GITHUB_ACTIONS", ""), ("GITLAB_CI", "")];
+    let mut all: Vec<(&str, &str)> = vec![
+        ("GITHUB_ACTIONS", ""),
+        ("GITLAB_CI", ""),
+        ("GITHUB_ACTOR", ""),
+        ("GITLAB_USER_LOGIN", ""),
+    ];
     all.extend(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     cli_in(&t.s, token, dir, args, &all)
 }
