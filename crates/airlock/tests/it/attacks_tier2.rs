@@ -267,6 +267,56 @@ fn attacks_tier2_a_pull_request_author_cannot_approve_the_run_of_their_own_chang
     assert_eq!(run_status(&t, &run), "approved");
 }
 
+/// The same rule on GitLab, where the merge request pipeline names who started it
+/// (`GITLAB_USER_LOGIN`): that user cannot approve the run, another approver can.
+#[test]
+fn attacks_tier2_a_merge_request_pusher_cannot_approve_the_run_on_gitlab() {
+    crate::support::terraform_bin();
+    let f = ForgeStandIn::start(FORGE_TOKEN);
+    let t = team("app");
+    t.s.ok(&t.s.admin, &["stack", "create", "net"]);
+    t.s.ok(
+        &t.s.admin,
+        &["user", "add-forge-login", "alice", "gitlab:alice"],
+    );
+    let origin = Origin::new();
+    let dev = &origin.work;
+    let base = git(dev, &["rev-parse", "HEAD"]);
+    git(dev, &["checkout", "-q", "-b", "alice-change"]);
+    write(dev, "stacks/net/main.tf", &resources(&["base", "alices"]));
+    git(dev, &["commit", "-q", "-am", "net: alice's change"]);
+    git(dev, &["push", "-q", "origin", "alice-change"]);
+    let head = git(dev, &["rev-parse", "HEAD"]);
+    let mr = origin.checkout("ci-mr", &head);
+    let env = vars(&[
+        ("GITLAB_CI", "true"),
+        ("CI_PROJECT_ID", "42"),
+        ("CI_PROJECT_URL", "https://gitlab.example/acme/infra"),
+        ("CI_MERGE_REQUEST_IID", "5"),
+        ("CI_COMMIT_SHA", &head),
+        ("CI_MERGE_REQUEST_DIFF_BASE_SHA", &base),
+        ("CI_API_V4_URL", &f.url_gitlab()),
+        ("AIRLOCK_GITLAB_TOKEN", FORGE_TOKEN),
+        ("GITLAB_USER_LOGIN", "alice"),
+    ]);
+    let out = ci_env(&t, &t.agent, &mr, &["ci", "plan", "--format", "json"], &env);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let run = json_of(&out)["stacks"][0]["run"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let approve = t.s.cli(&t.approver, &["approve", &run]);
+    assert_eq!(approve.status.code(), Some(2), "{}", text(&approve));
+    assert!(
+        text(&approve).contains("gitlab:alice, a forge login of user alice"),
+        "{}",
+        text(&approve)
+    );
+    assert_eq!(run_status(&t, &run), "needs_approval");
+    t.s.ok(&t.approver2, &["approve", &run]);
+    assert_eq!(run_status(&t, &run), "approved");
+}
+
 /// ATTACK (shape of a push): `airlock ci apply` compares `HEAD^1..HEAD` (its `--base` default)
 /// and ignores the push event's `before`. A pull request merged as several commits (rebase and
 /// merge, or a fast-forward) applies only the stacks of its last commit: the other reviewed and
