@@ -147,6 +147,7 @@ fn routes() -> Routes {
         .route(DELETE,  "/api/v1/tokens/{id}",                          Admin,     api::tokens::revoke)
         .route(POST,    "/api/v1/users",                                Admin,     api::users::create)
         .route(GET,     "/api/v1/users",                                Admin,     api::users::list)
+        .route(POST,    "/api/v1/users/{name}/forge-logins",            Admin,     api::users::add_forge_login)
         .route(POST,    "/api/v1/stacks",                               Admin,     api::stacks::create)
         .route(GET,     "/api/v1/stacks",                               Read,      api::stacks::list)
         .route(GET,     "/api/v1/stacks/{stack}",                       Read,      api::stacks::show)

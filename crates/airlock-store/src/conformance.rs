@@ -50,6 +50,7 @@ pub fn run_all<S: StoreImport + StoreStats + 'static>(engine: &Arc<S>) {
     stacks(store.as_ref());
     tokens(store.as_ref());
     users(store.as_ref());
+    forge_logins(store.as_ref());
     policy_sets(store.as_ref());
     import_user(engine.as_ref());
     engines_agree(engine.as_ref());
@@ -229,6 +230,7 @@ pub fn tokens(s: &dyn Store) {
         NewUser {
             name: "alice".into(),
             created_by: "test".into(),
+            forge_logins: Vec::new(),
         },
         audit("user.create"),
     )
@@ -280,6 +282,7 @@ pub fn users(s: &dyn Store) {
             NewUser {
                 name: "conf.carol".into(),
                 created_by: "admin (tok-a)".into(),
+                forge_logins: Vec::new(),
             },
             NewAudit::ok(
                 "admin (tok-a)",
@@ -298,7 +301,8 @@ pub fn users(s: &dyn Store) {
         s.create_user(
             NewUser {
                 name: "conf.carol".into(),
-                created_by: "x".into()
+                created_by: "x".into(),
+                forge_logins: Vec::new(),
             },
             audit("user.create")
         ),
@@ -412,9 +416,83 @@ pub fn import_user(s: &dyn StoreImport) {
         name: "conf.dave".into(),
         created_at: 5,
         created_by: "imported".into(),
+        forge_logins: vec!["github:conf-dave".into()],
     })
     .unwrap();
-    assert_eq!(s.user("conf.dave").unwrap().unwrap().created_at, 5);
+    let dave = s.user("conf.dave").unwrap().unwrap();
+    assert_eq!(dave.created_at, 5);
+    assert_eq!(dave.forge_logins, ["github:conf-dave"]);
+    assert_eq!(
+        s.user_by_forge_login("github:conf-dave")
+            .unwrap()
+            .as_deref(),
+        Some("conf.dave")
+    );
+}
+
+/// Forge logins: given at creation or added later (audited), lower-cased, one user's only,
+/// looked up case-insensitively; bad ones are refused and nothing is stored.
+pub fn forge_logins(s: &dyn Store) {
+    let before = audit_len(s);
+    let u = s
+        .create_user(
+            NewUser {
+                name: "conf.fay".into(),
+                created_by: "t".into(),
+                forge_logins: vec!["GitHub:Conf-Fay".into(), "gitlab:fay".into()],
+            },
+            audit("user.create"),
+        )
+        .unwrap();
+    assert_eq!(u.forge_logins, ["github:conf-fay", "gitlab:fay"]);
+    assert_eq!(s.user("conf.fay").unwrap(), Some(u.clone()));
+    assert!(s.list_users().unwrap().contains(&u));
+    assert_eq!(
+        s.user_by_forge_login("GITHUB:conf-fay").unwrap().as_deref(),
+        Some("conf.fay")
+    );
+    assert_eq!(s.user_by_forge_login("github:nobody").unwrap(), None);
+    // Another user cannot take a login, at creation or later; the refused creation stores nothing.
+    assert!(matches!(
+        s.create_user(
+            NewUser {
+                name: "conf.gus".into(),
+                created_by: "t".into(),
+                forge_logins: vec!["github:CONF-FAY".into()],
+            },
+            audit("user.create"),
+        ),
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(s.user("conf.gus").unwrap().is_none());
+    s.create_user(
+        NewUser {
+            name: "conf.gus".into(),
+            created_by: "t".into(),
+            forge_logins: Vec::new(),
+        },
+        audit("user.create"),
+    )
+    .unwrap();
+    assert!(matches!(
+        s.add_forge_login("conf.gus", "gitlab:FAY", audit("user.forge_login")),
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        s.add_forge_login("conf.nobody", "gitlab:x", audit("user.forge_login")),
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(s
+        .add_forge_login("conf.gus", "bitbucket:gus", audit("user.forge_login"))
+        .is_err());
+    let gus = s
+        .add_forge_login("conf.gus", "github:gus", audit("user.forge_login"))
+        .unwrap();
+    assert_eq!(gus.forge_logins, ["github:gus"]);
+    // Adding a login the user has is a no-op, not audited again.
+    s.add_forge_login("conf.gus", "GitHub:Gus", audit("user.forge_login"))
+        .unwrap();
+    assert_eq!(audit_len(s), before + 3, "two creations and one addition");
 }
 
 pub fn derived_tokens(s: &dyn Store) {
@@ -422,6 +500,7 @@ pub fn derived_tokens(s: &dyn Store) {
         NewUser {
             name: "conf.erin".into(),
             created_by: "t".into(),
+            forge_logins: Vec::new(),
         },
         audit("user.create"),
     )
@@ -1231,6 +1310,7 @@ fn run_record(id: &str, stack: &str, created_at: i64) -> RunRecord {
         git_base: None,
         change_request: None,
         change_request_url: None,
+        change_authors: Vec::new(),
         plan_sha256: "0".repeat(64),
         config_sha256: None,
         decision: "review".into(),

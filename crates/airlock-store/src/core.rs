@@ -805,7 +805,49 @@ fn user_from_row(r: &Row) -> Result<UserRecord> {
         name: r.text(0)?,
         created_at: r.i64(1)?,
         created_by: r.text(2)?,
+        forge_logins: Vec::new(),
     })
+}
+
+fn user_row(db: &mut dyn Sql, name: &str) -> Result<Option<UserRecord>> {
+    let Some(mut user) = db
+        .query_opt(
+            "SELECT name, created_at, created_by FROM users WHERE name = $1",
+            params![name],
+        )?
+        .map(|r| user_from_row(&r))
+        .transpose()?
+    else {
+        return Ok(None);
+    };
+    user.forge_logins = forge_logins_of(db, name)?;
+    Ok(Some(user))
+}
+
+fn forge_logins_of(db: &mut dyn Sql, user: &str) -> Result<Vec<String>> {
+    db.query(
+        "SELECT login FROM forge_logins WHERE user_name = $1 ORDER BY login",
+        params![user],
+    )?
+    .iter()
+    .map(|r| r.text(0))
+    .collect()
+}
+
+/// Records that `login` (checked again here: every path in goes through this) is `user`'s;
+/// a login another user has is a conflict.
+fn insert_forge_login(db: &mut dyn Sql, user: &str, login: &str, at: i64, by: &str) -> Result<()> {
+    let login = valid_forge_login(login).map_err(StoreError::Corrupt)?;
+    db.execute(
+        "INSERT INTO forge_logins (login, user_name, created_at, created_by) VALUES ($1, $2, $3, $4)",
+        params![&login, user, at, by],
+    )
+    .map_err(|e| {
+        unique_is_conflict(e, || {
+            format!("forge login {login} already belongs to another user")
+        })
+    })?;
+    Ok(())
 }
 
 const POLICY_SET_COLUMNS: &str = "id, stack_glob, version, files, sha256, created_at, created_by, removed_at, removed_by, removed_reason";
@@ -982,35 +1024,70 @@ impl<E: Engine> Store for E {
                 params![&u.name, now, &u.created_by],
             )
             .map_err(|e| unique_is_conflict(e, || format!("user {} already exists", u.name)))?;
+            for login in &u.forge_logins {
+                insert_forge_login(db, &u.name, login, now, &u.created_by)?;
+            }
             append_audit(db, &audit)?;
+            let forge_logins = forge_logins_of(db, &u.name)?;
             Ok(UserRecord {
                 name: u.name,
                 created_at: now,
                 created_by: u.created_by,
+                forge_logins,
             })
         })
     }
 
     fn user(&self, name: &str) -> Result<Option<UserRecord>> {
-        self.read(|db| {
-            db.query_opt(
-                "SELECT name, created_at, created_by FROM users WHERE name = $1",
-                params![name],
-            )?
-            .map(|r| user_from_row(&r))
-            .transpose()
-        })
+        self.read(|db| user_row(db, name))
     }
 
     fn list_users(&self) -> Result<Vec<UserRecord>> {
         self.read(|db| {
-            db.query(
-                "SELECT name, created_at, created_by FROM users ORDER BY name",
+            let mut users = db
+                .query(
+                    "SELECT name, created_at, created_by FROM users ORDER BY name",
+                    &[],
+                )?
+                .iter()
+                .map(user_from_row)
+                .collect::<Result<Vec<_>>>()?;
+            for r in db.query(
+                "SELECT user_name, login FROM forge_logins ORDER BY user_name, login",
                 &[],
+            )? {
+                let (user, login) = (r.text(0)?, r.text(1)?);
+                if let Ok(i) = users.binary_search_by(|u| u.name.as_str().cmp(&user)) {
+                    users[i].forge_logins.push(login);
+                }
+            }
+            Ok(users)
+        })
+    }
+
+    fn add_forge_login(&self, user: &str, login: &str, audit: NewAudit) -> Result<UserRecord> {
+        let login = valid_forge_login(login).map_err(StoreError::Corrupt)?;
+        self.write(|db| {
+            let record =
+                user_row(db, user)?.ok_or_else(|| StoreError::NotFound(format!("user {user}")))?;
+            if record.forge_logins.contains(&login) {
+                return Ok(record);
+            }
+            insert_forge_login(db, user, &login, now_ms(), &audit.actor)?;
+            append_audit(db, &audit)?;
+            user_row(db, user)?.ok_or_else(|| StoreError::NotFound(format!("user {user}")))
+        })
+    }
+
+    fn user_by_forge_login(&self, login: &str) -> Result<Option<String>> {
+        let login = login.to_ascii_lowercase();
+        self.read(|db| {
+            db.query_opt(
+                "SELECT user_name FROM forge_logins WHERE login = $1",
+                params![&login],
             )?
-            .iter()
-            .map(user_from_row)
-            .collect()
+            .map(|r| r.text(0))
+            .transpose()
         })
     }
 
@@ -1434,6 +1511,9 @@ impl<E: Engine> StoreImport for E {
                 params![&u.name, u.created_at, &u.created_by],
             )
             .map_err(|e| unique_is_conflict(e, || format!("user {} already exists", u.name)))?;
+            for login in &u.forge_logins {
+                insert_forge_login(db, &u.name, login, u.created_at, &u.created_by)?;
+            }
             Ok(())
         })
     }

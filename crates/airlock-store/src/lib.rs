@@ -95,6 +95,12 @@ pub trait Store: Send + Sync {
     fn user(&self, name: &str) -> Result<Option<UserRecord>>;
     /// Lists users by name.
     fn list_users(&self) -> Result<Vec<UserRecord>>;
+    /// Gives an existing user a forge login (checked with [`valid_forge_login`]); `NotFound`
+    /// without the user, `Conflict` if the login is another user's. Adding a login the user
+    /// has already is a no-op (no audit event).
+    fn add_forge_login(&self, user: &str, login: &str, audit: NewAudit) -> Result<UserRecord>;
+    /// The user a forge login (`github:alice`, any case) belongs to.
+    fn user_by_forge_login(&self, login: &str) -> Result<Option<String>>;
 
     // --- stacks ---
     /// Creates a stack; `Conflict` if it exists.

@@ -266,6 +266,10 @@ pub struct UserRecord {
     pub created_at: i64,
     /// Who created it (token name and id).
     pub created_by: String,
+    /// Forge identities (`github:alice`, `gitlab:alice`, lower case), sorted: the pull
+    /// requests whose author (as the CI job claims it) is one of them are this user's changes.
+    #[serde(default)]
+    pub forge_logins: Vec<String>,
 }
 
 /// A user to create.
@@ -275,6 +279,38 @@ pub struct NewUser {
     pub name: String,
     /// Creator.
     pub created_by: String,
+    /// Forge logins, each checked with [`valid_forge_login`].
+    pub forge_logins: Vec<String>,
+}
+
+/// The forges whose logins users can carry (the forges `airlock ci` runs on).
+pub const FORGES: &[&str] = &["github", "gitlab"];
+
+/// Checks and normalizes a forge login `FORGE:LOGIN` (FORGE one of [`FORGES`]; LOGIN 1-100
+/// characters of `a-z 0-9 . _ - [ ]`, GitHub's and GitLab's user names, `[bot]` suffixes
+/// included), lower-cased, since both forges compare user names case-insensitively.
+pub fn valid_forge_login(login: &str) -> Result<String, String> {
+    let lower = login.to_ascii_lowercase();
+    let ok = match lower.split_once(':') {
+        Some((forge, name)) => {
+            FORGES.contains(&forge)
+                && !name.is_empty()
+                && name.len() <= 100
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-[]".contains(&b))
+        }
+        None => false,
+    };
+    if ok {
+        Ok(lower)
+    } else {
+        Err(format!(
+            "invalid forge login {:?}: use FORGE:LOGIN with FORGE one of {} and LOGIN 1-100 characters of a-z, 0-9, '.', '_', '-', '[', ']' (e.g. github:alice)",
+            login.chars().take(120).collect::<String>(),
+            FORGES.join(", ")
+        ))
+    }
 }
 
 /// Prefix of token ids, and so of the implicit user of a token created without one; no

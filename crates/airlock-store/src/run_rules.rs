@@ -62,6 +62,19 @@ pub enum Refused {
     Denied,
     /// The approver is the run's author (same user, or the very token that planned it).
     ApproverIsAuthor,
+    /// The approver's user has the forge login the planner claims wrote or pushed the change
+    /// request the run was planned for.
+    ApproverWroteTheChange {
+        /// The approver's forge login among the run's `change_authors`.
+        login: String,
+    },
+    /// A login the planner claims wrote or pushed the change request belongs to no user, so
+    /// airlock cannot tell whether an approver is its author: nobody approves until an admin
+    /// gives the login to its user.
+    UnknownChangeAuthor {
+        /// The logins that belong to no user.
+        logins: Vec<String>,
+    },
     /// The approver's user has approved already.
     AlreadyApproved,
     /// The approver reviewed another plan than the run's (the page or command it approved from
@@ -117,6 +130,8 @@ impl Refused {
         match self {
             Refused::Denied
             | Refused::ApproverIsAuthor
+            | Refused::ApproverWroteTheChange { .. }
+            | Refused::UnknownChangeAuthor { .. }
             | Refused::TooFewApprovals { .. }
             | Refused::RoleMayNotApply { .. }
             | Refused::NotTheAuthor
@@ -141,6 +156,16 @@ impl Refused {
             }
             Refused::Denied => format!("approval refused: the plan gate denied run {id}; a deny cannot be approved: change the code (e.g. an allow_destroy declaration, itself reviewed) and plan again"),
             Refused::ApproverIsAuthor => format!("approval refused: user {} planned run {id} and cannot approve it; another approver must", actor.user),
+            Refused::ApproverWroteTheChange { login } => format!(
+                "approval refused: run {id} was planned for {}, whose author or pusher is {login}, a forge login of user {}; the author of a change cannot approve it; another approver must",
+                change_request_words(run),
+                actor.user
+            ),
+            Refused::UnknownChangeAuthor { logins } => format!(
+                "approval refused: run {id} was planned for {}, written or pushed by {}, which belong(s) to no airlock user, so airlock cannot tell whether you wrote it; an admin must give each login to its user first (airlock user add-forge-login USER LOGIN)",
+                change_request_words(run),
+                logins.join(", ")
+            ),
             Refused::AlreadyApproved => format!("user {} has already approved run {id}; another approver must", actor.user),
             Refused::PlanHashDiffers { seen } => format!(
                 "approval refused: you reviewed plan SHA-256 {} but run {id}'s plan is {}; reload the run and review it again",
@@ -200,6 +225,13 @@ fn printable_hash(seen: &str) -> String {
     } else {
         "(not a SHA-256)".to_owned()
     }
+}
+
+/// "change request #7", as the planner claimed it.
+fn change_request_words(run: &RunRecord) -> String {
+    run.change_request.map_or("a change request".into(), |n| {
+        format!("change request #{n}")
+    })
 }
 
 /// "serial 4", or "an empty stack".
@@ -301,13 +333,50 @@ fn is_author(run: &RunRecord, actor: &Actor<'_>) -> bool {
     run.author_token == actor.token_id || run.author_identity() == actor.user
 }
 
-/// `approve`: an approver other than the author, once per user, of a run the gate did not
-/// deny, confirming the exact number of destroyed instances, while the plan is fresh.
+/// A forge login the planner claims wrote or pushed the run's change request
+/// (`RunRecord::change_authors`), and the user it belongs to when the approval is asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeAuthor {
+    /// `github:alice`.
+    pub login: String,
+    /// Its user, if an admin gave it to one.
+    pub user: Option<String>,
+}
+
+/// Separation of duties for change requests: the users of the claimed authors and pushers may
+/// not approve, and an author that belongs to no user blocks every approval (airlock cannot
+/// tell whether the approver is them). `authors` are the run's `change_authors`, resolved.
+fn check_change_authors(actor: &Actor<'_>, authors: &[ChangeAuthor]) -> Result<(), Refused> {
+    if let Some(a) = authors
+        .iter()
+        .find(|a| a.user.as_deref() == Some(actor.user))
+    {
+        return Err(Refused::ApproverWroteTheChange {
+            login: a.login.clone(),
+        });
+    }
+    let unknown: Vec<String> = authors
+        .iter()
+        .filter(|a| a.user.is_none())
+        .map(|a| a.login.clone())
+        .collect();
+    if !unknown.is_empty() {
+        return Err(Refused::UnknownChangeAuthor { logins: unknown });
+    }
+    Ok(())
+}
+
+/// `approve`: an approver other than the author (and other than the claimed author or pusher
+/// of the change request it was planned for, `authors`, all of which must belong to users),
+/// once per user, of a run the gate did not deny, confirming the exact number of destroyed
+/// instances, while the plan is fresh.
+#[allow(clippy::too_many_arguments)]
 pub fn approve(
     run: &RunRecord,
     stack: &StackRecord,
     current: Option<&VersionMeta>,
     actor: &Actor<'_>,
+    authors: &[ChangeAuthor],
     confirm_destroy: Option<u64>,
     plan_sha256: Option<&str>,
     now: i64,
@@ -327,6 +396,7 @@ pub fn approve(
     if is_author(run, actor) {
         return Err(Refused::ApproverIsAuthor);
     }
+    check_change_authors(actor, authors)?;
     if run
         .approvals
         .iter()
@@ -598,6 +668,13 @@ pub fn next_step(run: &RunRecord) -> String {
             let approvers = run.valid_approvers();
             let missing = (run.required_approvals as usize).saturating_sub(approvers.len()).max(1);
             let mut excluded = vec![person(&run.author_user, &run.author)];
+            if !run.change_authors.is_empty() {
+                excluded.push(format!(
+                    "the users of {} (who wrote or pushed {})",
+                    run.change_authors.join(", "),
+                    change_request_words(run)
+                ));
+            }
             for user in approvers {
                 let by = run.approvals.iter().find(|a| a.user() == user).map_or("", |a| a.by.as_str());
                 let p = person(user, by);
@@ -701,7 +778,7 @@ mod tests {
         a: &Actor<'_>,
         confirm: Option<u64>,
     ) -> Result<RunStatus, Refused> {
-        approve(r, &stack(), Some(&version(4)), a, confirm, None, NOW).map(|t| t.run.status)
+        approve(r, &stack(), Some(&version(4)), a, &[], confirm, None, NOW).map(|t| t.run.status)
     }
 
     #[test]
@@ -734,6 +811,7 @@ mod tests {
                 &stack(),
                 Some(&version(4)),
                 &alice(),
+                &[],
                 None,
                 seen,
                 NOW,
@@ -964,12 +1042,107 @@ mod tests {
     }
 
     #[test]
+    fn the_author_of_a_change_request_cannot_approve_its_run() {
+        let mut pr = run();
+        pr.change_request = Some(7);
+        pr.change_authors = vec!["github:alice".into(), "github:carol".into()];
+        let known = |login: &str, user: &str| ChangeAuthor {
+            login: login.into(),
+            user: Some(user.into()),
+        };
+        let unknown = |login: &str| ChangeAuthor {
+            login: login.into(),
+            user: None,
+        };
+        let bob = actor("bob", "tok_bob", Role::Approver);
+        /// (name, who asks, the run's claimed authors resolved, expected).
+        type AuthorCase<'a> = (
+            &'a str,
+            Actor<'a>,
+            Vec<ChangeAuthor>,
+            Result<RunStatus, Refused>,
+        );
+        let cases: Vec<AuthorCase<'_>> = vec![
+            (
+                "no claimed author (a run not planned for a change request)",
+                alice(),
+                vec![],
+                Ok(RunStatus::Approved),
+            ),
+            (
+                "the change request's author",
+                alice(),
+                vec![
+                    known("github:alice", "alice"),
+                    known("github:carol", "carol"),
+                ],
+                Err(Refused::ApproverWroteTheChange {
+                    login: "github:alice".into(),
+                }),
+            ),
+            (
+                "its pusher",
+                alice(),
+                vec![known("github:carol", "carol"), known("github:al", "alice")],
+                Err(Refused::ApproverWroteTheChange {
+                    login: "github:al".into(),
+                }),
+            ),
+            (
+                "someone else, every login known",
+                bob,
+                vec![
+                    known("github:alice", "alice"),
+                    known("github:carol", "carol"),
+                ],
+                Ok(RunStatus::Approved),
+            ),
+            (
+                "someone else, a login nobody has",
+                bob,
+                vec![known("github:alice", "alice"), unknown("github:carol")],
+                Err(Refused::UnknownChangeAuthor {
+                    logins: vec!["github:carol".into()],
+                }),
+            ),
+            (
+                "the author, whose login is known, while another is not: named as the author",
+                alice(),
+                vec![unknown("github:carol"), known("github:alice", "alice")],
+                Err(Refused::ApproverWroteTheChange {
+                    login: "github:alice".into(),
+                }),
+            ),
+        ];
+        for (name, who, authors, expected) in cases {
+            let got = approve(
+                &pr,
+                &stack(),
+                Some(&version(4)),
+                &who,
+                &authors,
+                None,
+                None,
+                NOW,
+            )
+            .map(|t| t.run.status);
+            assert_eq!(got, expected, "{name}");
+            if let Err(r) = &got {
+                assert_eq!(r.kind(), RefusalKind::Forbidden, "{name}");
+                let msg = r.message(&pr, &who);
+                assert!(msg.contains("change request #7"), "{name}: {msg}");
+            }
+        }
+    }
+
+    #[test]
     fn an_approval_records_the_user_and_the_exact_plan() {
         let t = approve(
             &run(),
             &stack(),
             Some(&version(4)),
             &alice(),
+            &[],
             None,
             None,
             NOW,
@@ -1209,7 +1382,16 @@ mod tests {
         assert_eq!(refused.refusal.kind, RefusalKind::Conflict);
         let mut r = run();
         r.expires_at = NOW - 1;
-        let verdict = approve(&r, &stack(), Some(&version(4)), &alice(), None, None, NOW);
+        let verdict = approve(
+            &r,
+            &stack(),
+            Some(&version(4)),
+            &alice(),
+            &[],
+            None,
+            None,
+            NOW,
+        );
         let (recorded, _) = *decided(verdict, &r, &alice(), NOW)
             .unwrap_err()
             .record
@@ -1221,6 +1403,7 @@ mod tests {
             &stack(),
             Some(&version(4)),
             &actor("tok_bot", "tok_bot", Role::Agent),
+            &[],
             None,
             None,
             NOW,
@@ -1400,6 +1583,15 @@ mod tests {
         r.approvals = vec![];
         assert!(
             next_step(&r).contains("other than dave:"),
+            "{}",
+            next_step(&r)
+        );
+        r.change_request = Some(7);
+        r.change_authors = vec!["github:erin".into()];
+        assert!(
+            next_step(&r).contains(
+                "other than dave and the users of github:erin (who wrote or pushed change request #7):"
+            ),
             "{}",
             next_step(&r)
         );

@@ -157,6 +157,12 @@ pub struct RunRecord {
     /// The forge's web URL of that change request (a claim, as `change_request`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub change_request_url: Option<String>,
+    /// Who the planner says wrote or pushed that change request: forge logins
+    /// (`github:alice`), the change request's author first. A claim, as `change_request`: the
+    /// users these logins belong to may not approve the run, and while one belongs to no user
+    /// nobody may (see `run_rules::approve`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub change_authors: Vec<String>,
     /// SHA-256 of the binary plan artifact.
     pub plan_sha256: String,
     /// SHA-256 of the `airlock.hcl` the plan was judged with, if any.

@@ -22,6 +22,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         include_str!("../migrations/sqlite/0004_archived_stacks.sql"),
     ),
     (5, include_str!("../migrations/sqlite/0005_policy_sets.sql")),
+    (
+        6,
+        include_str!("../migrations/sqlite/0006_forge_logins.sql"),
+    ),
 ];
 // Enough idle readers for a burst of concurrent GETs without reopening connections.
 const MAX_IDLE_READERS: usize = 32;

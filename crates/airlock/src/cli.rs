@@ -207,6 +207,19 @@ pub enum UserCommand {
     Create {
         /// The user's name, e.g. alice.
         name: String,
+        /// A forge identity of the user, FORGE:LOGIN (github:alice, gitlab:alice); repeatable.
+        /// The user cannot approve runs of pull/merge requests that login wrote or pushed.
+        #[arg(long = "forge-login", value_name = "FORGE:LOGIN")]
+        forge_logins: Vec<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Give an existing user a forge identity (admin only; a login belongs to one user).
+    AddForgeLogin {
+        /// The user's name.
+        name: String,
+        /// FORGE:LOGIN, e.g. github:alice.
+        login: String,
         #[command(flatten)]
         client: ClientArgs,
     },

@@ -126,6 +126,10 @@ struct CreateRun {
     /// lookup only, like `git_head`).
     change_request: Option<u64>,
     change_request_url: Option<String>,
+    /// Who the planner says wrote or pushed that change request (`github:alice`), author first;
+    /// their users may not approve the run (`run_rules::approve`).
+    #[serde(default)]
+    change_authors: Vec<String>,
     /// Text of the repository's airlock.hcl, judged with the plan.
     config: Option<String>,
     /// The repository's Rego policies (`policy/**.rego`), judged with the plan.
@@ -649,6 +653,23 @@ fn check_inputs(req: &CreateRun) -> ApiResult<()> {
 }
 
 /// The configuration and policies of the stack's last applied run, if any.
+/// The change authors a planner claims, checked and lower-cased, each once.
+fn claimed_change_authors(logins: &[String]) -> ApiResult<Vec<String>> {
+    if logins.len() > MAX_CHANGE_AUTHORS {
+        return Err(bad(format!(
+            "at most {MAX_CHANGE_AUTHORS} change_authors (the change request's author and pushers)"
+        )));
+    }
+    let mut out: Vec<String> = Vec::new();
+    for login in logins {
+        let login = airlock_store::valid_forge_login(login).map_err(bad)?;
+        if !out.contains(&login) {
+            out.push(login);
+        }
+    }
+    Ok(out)
+}
+
 fn previous_policy(
     st: &dyn airlock_store::Store,
     stack: &str,
@@ -747,6 +768,7 @@ pub async fn create(
         git_base: req.git_base,
         change_request: req.change_request,
         change_request_url: req.change_request_url,
+        change_authors: claimed_change_authors(&req.change_authors)?,
         plan_sha256: hex::encode(airlock_store::blob::sha256(&plan_bin)),
         config_sha256: req
             .config
@@ -909,6 +931,27 @@ async fn author_user(state: &Arc<AppState>, run: &RunRecord) -> ApiResult<String
     Ok(found.map_or_else(|| run.author_token.clone(), |t| t.user))
 }
 
+/// Most change authors (the author and pushers of a change request) a run may claim.
+const MAX_CHANGE_AUTHORS: usize = 10;
+
+/// The run's claimed change authors, each with the user its forge login belongs to now.
+async fn change_authors(
+    state: &Arc<AppState>,
+    run: &RunRecord,
+) -> ApiResult<Vec<run_rules::ChangeAuthor>> {
+    let logins = run.change_authors.clone();
+    store_call(state, move |st| {
+        logins
+            .into_iter()
+            .map(|login| {
+                let user = st.user_by_forge_login(&login)?;
+                Ok(run_rules::ChangeAuthor { login, user })
+            })
+            .collect()
+    })
+    .await
+}
+
 /// Longest `author` filter accepted.
 const MAX_AUTHOR_FILTER: usize = 200;
 
@@ -1037,7 +1080,11 @@ pub async fn approve(
     } else {
         parse_body(&body)?
     };
-    let author = author_user(&state, &load_run(&state, &p, &id).await?).await?;
+    let loaded = load_run(&state, &p, &id).await?;
+    let author = author_user(&state, &loaded).await?;
+    // The claims are fixed at upload; the logins' users are looked up now, so an admin who
+    // maps a login unblocks (or blocks) the approvals that follow.
+    let authors = change_authors(&state, &loaded).await?;
     let run = transition(
         &state,
         &p,
@@ -1049,6 +1096,7 @@ pub async fn approve(
                 stack,
                 current,
                 who,
+                &authors,
                 req.confirm_destroy,
                 req.plan_sha256.as_deref(),
                 now,

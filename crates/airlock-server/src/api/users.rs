@@ -6,9 +6,9 @@
 use std::sync::Arc;
 
 use airlock_core::refusal::RefusalKind;
-use airlock_store::{valid_user_name, NewAudit, NewUser};
+use airlock_store::{valid_forge_login, valid_user_name, NewAudit, NewUser};
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use serde::Deserialize;
@@ -23,6 +23,30 @@ use crate::AppState;
 #[serde(deny_unknown_fields)]
 struct CreateUser {
     name: String,
+    /// Forge logins (`github:alice`): the change requests this user writes or pushes are theirs.
+    #[serde(default)]
+    forge_logins: Vec<String>,
+}
+
+/// Most forge logins one request gives a user.
+const MAX_FORGE_LOGINS: usize = 20;
+
+/// The logins checked and lower-cased, each once.
+fn forge_logins(logins: &[String]) -> ApiResult<Vec<String>> {
+    if logins.len() > MAX_FORGE_LOGINS {
+        return Err(ApiError::new(
+            RefusalKind::BadRequest,
+            format!("at most {MAX_FORGE_LOGINS} forge logins at a time"),
+        ));
+    }
+    let mut out: Vec<String> = Vec::new();
+    for l in logins {
+        let l = valid_forge_login(l).map_err(|e| ApiError::new(RefusalKind::BadRequest, e))?;
+        if !out.contains(&l) {
+            out.push(l);
+        }
+    }
+    Ok(out)
 }
 
 /// `POST /api/v1/users`.
@@ -34,15 +58,17 @@ pub async fn create(
     p.may_mint()?;
     let req: CreateUser = parse_body(&body)?;
     valid_user_name(&req.name).map_err(|e| ApiError::new(RefusalKind::BadRequest, e))?;
+    let logins = forge_logins(&req.forge_logins)?;
     let audit = NewAudit::ok(
         &p.display(),
         "user.create",
         None,
-        json!({"user": req.name, "by_user": p.user}),
+        json!({"user": req.name, "forge_logins": logins, "by_user": p.user}),
     );
     let new = NewUser {
         name: req.name,
         created_by: p.display(),
+        forge_logins: logins,
     };
     let user = store_call(&state, move |st| st.create_user(new, audit)).await?;
     Ok((StatusCode::CREATED, Json(json!({ "user": user }))))
@@ -52,4 +78,34 @@ pub async fn create(
 pub async fn list(State(state): State<Arc<AppState>>) -> ApiResult<Json<Value>> {
     let users = store_call(&state, |st| st.list_users()).await?;
     Ok(Json(json!({ "users": users })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddForgeLogin {
+    login: String,
+}
+
+/// `POST /api/v1/users/{name}/forge-logins`: gives an existing user a forge login (admin only;
+/// a login belongs to one user, and is never taken back here: a mapping that blocks or allows
+/// approvals is part of the audit trail).
+pub async fn add_forge_login(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    p.may_mint()?;
+    let req: AddForgeLogin = parse_body(&body)?;
+    valid_user_name(&name).map_err(|e| ApiError::new(RefusalKind::BadRequest, e))?;
+    let login =
+        valid_forge_login(&req.login).map_err(|e| ApiError::new(RefusalKind::BadRequest, e))?;
+    let audit = NewAudit::ok(
+        &p.display(),
+        "user.forge_login",
+        None,
+        json!({"user": name, "forge_login": login, "by_user": p.user}),
+    );
+    let user = store_call(&state, move |st| st.add_forge_login(&name, &login, audit)).await?;
+    Ok(Json(json!({ "user": user })))
 }

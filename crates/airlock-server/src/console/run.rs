@@ -262,10 +262,26 @@ async fn render(ctx: &Ctx, id: &str, page: usize, flash: Option<(StatusCode, Str
             text(&shown["stack_serial"])
         )
     };
+    // Who the planner says wrote the change request: their users cannot approve the run.
+    let writers: Vec<String> = run["change_authors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(text)
+        .collect();
+    let writers = if writers.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "<tr><th>change request</th><td id=\"change-authors\">#{}, written or pushed by {} (as the planner reported it; their users cannot approve)</td></tr>",
+            esc(&text(&run["change_request"])),
+            esc(&writers.join(", "))
+        )
+    };
     let _ = write!(
         body,
         "<section id=\"metadata\"><h2>Plan</h2><table class=\"meta\">\
-<tr><th>author</th><td id=\"author\">{} ({})</td></tr><tr><th>commit</th><td class=\"mono\">{} (as the planner reported it)</td></tr>\
+<tr><th>author</th><td id=\"author\">{} ({})</td></tr>{writers}<tr><th>commit</th><td class=\"mono\">{} (as the planner reported it)</td></tr>\
 <tr><th>base commit</th><td class=\"mono\">{}</td></tr><tr><th>inputs fingerprint</th><td class=\"mono\">{}</td></tr>\
 <tr><th>Terraform</th><td>{}</td></tr><tr><th>planned serial</th><td>{}</td></tr><tr><th>still current</th><td id=\"current\">{}</td></tr>\
 <tr><th>plan SHA-256</th><td class=\"mono\">{}</td></tr><tr><th>created</th><td>{}</td></tr><tr><th>expires</th><td>{}</td></tr>\

@@ -756,6 +756,67 @@ async fn approval_is_bound_to_the_plan_hash_and_the_destroy_count_and_never_to_t
     assert_eq!(run.approvals[0].plan_sha256, PLAN);
 }
 
+/// A run planned for a pull request shows who wrote it; their user's approval is refused with
+/// why, and while a claimed login belongs to no user, everyone's is.
+#[tokio::test]
+async fn the_console_names_a_pull_requests_writers_and_refuses_their_approval() {
+    let s = fixture().await;
+    s.user("alice");
+    s.store
+        .add_forge_login(
+            "alice",
+            "github:alice",
+            NewAudit::ok("test", "user.forge_login", None, json!({})),
+        )
+        .unwrap();
+    let alice = s.token_of(Some("alice"), "alice-laptop", Role::Approver, &[], None);
+    let pr = |id: &str, logins: &[&str]| {
+        put_run_with(
+            &s,
+            id,
+            "dev/app",
+            2,
+            "pipeline",
+            &simple_plan(),
+            &[],
+            json!({"change_request": 7, "change_authors": logins}),
+        );
+    };
+    pr("run_pr", &["github:alice"]);
+    let a = sign_in(&s, &alice).await;
+    let page = a.get("/ui/runs/run_pr").await.text();
+    assert!(
+        page.contains("#7, written or pushed by github:alice"),
+        "{page}"
+    );
+    let r = a
+        .post("/ui/runs/run_pr/approve", &[("plan_sha256", PLAN)])
+        .await;
+    r.expect(403);
+    assert!(
+        r.text()
+            .contains("github:alice, a forge login of user alice"),
+        "{}",
+        r.text()
+    );
+    pr("run_pr2", &["github:carol"]);
+    let r = a
+        .post("/ui/runs/run_pr2/approve", &[("plan_sha256", PLAN)])
+        .await;
+    r.expect(403);
+    assert!(
+        r.text().contains("belong(s) to no airlock user"),
+        "{}",
+        r.text()
+    );
+    for id in ["run_pr", "run_pr2"] {
+        assert_eq!(
+            s.store.run(id).unwrap().unwrap().status.as_str(),
+            "needs_approval"
+        );
+    }
+}
+
 /// Attacker text in a plan: resource keys, values, RTL overrides and a 1 MB string.
 #[tokio::test]
 async fn attacker_text_from_plans_and_state_renders_inert() {

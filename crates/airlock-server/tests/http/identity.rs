@@ -296,3 +296,112 @@ async fn a_run_stored_before_users_existed_is_judged_by_its_author_tokens_user()
     assert_eq!(stored.author_user, "alice");
     assert_eq!(stored.approvals[0].by_user, "bob");
 }
+
+/// Forge logins: admins give them at creation or later; each is checked, lower-cased, one
+/// user's only; bad ones are refused with nothing stored.
+#[tokio::test]
+async fn users_carry_forge_logins_that_only_admins_give() {
+    let s = Server::new();
+    let r = s
+        .api(
+            "POST",
+            "/api/v1/users",
+            &s.admin,
+            json!({"name": "alice", "forge_logins": ["GitHub:Alice", "github:alice", "gitlab:al"]}),
+        )
+        .await;
+    r.expect(201);
+    assert_eq!(
+        r.json()["user"]["forge_logins"],
+        json!(["github:alice", "gitlab:al"])
+    );
+    s.api("POST", "/api/v1/users", &s.admin, json!({"name": "bob"}))
+        .await
+        .expect(201);
+    for bad in [
+        "alice",
+        "github:",
+        "bitbucket:alice",
+        "github:a b",
+        "github:evil\u{1b}[31m",
+        "github:<script>",
+        &format!("github:{}", "x".repeat(101)),
+    ] {
+        let r = s
+            .api(
+                "POST",
+                "/api/v1/users/bob/forge-logins",
+                &s.admin,
+                json!({"login": bad}),
+            )
+            .await;
+        r.expect(400);
+        assert!(!r.text().contains('\u{1b}'), "{}", r.text());
+        s.api(
+            "POST",
+            "/api/v1/users",
+            &s.admin,
+            json!({"name": "carol", "forge_logins": [bad]}),
+        )
+        .await
+        .expect(400);
+    }
+    // A login is one user's: bob cannot take alice's, in any case.
+    s.api(
+        "POST",
+        "/api/v1/users/bob/forge-logins",
+        &s.admin,
+        json!({"login": "GITHUB:alice"}),
+    )
+    .await
+    .expect(409);
+    s.api(
+        "POST",
+        "/api/v1/users",
+        &s.admin,
+        json!({"name": "carol", "forge_logins": ["gitlab:AL"]}),
+    )
+    .await
+    .expect(409);
+    s.api(
+        "POST",
+        "/api/v1/users/nobody/forge-logins",
+        &s.admin,
+        json!({"login": "github:nobody"}),
+    )
+    .await
+    .expect(404);
+    let approver = s.role_token(Role::Approver);
+    s.api(
+        "POST",
+        "/api/v1/users/bob/forge-logins",
+        &approver,
+        json!({"login": "github:bob"}),
+    )
+    .await
+    .expect(403);
+    let r = s
+        .api(
+            "POST",
+            "/api/v1/users/bob/forge-logins",
+            &s.admin,
+            json!({"login": "github:Bob"}),
+        )
+        .await;
+    r.expect(200);
+    assert_eq!(r.json()["user"]["forge_logins"], json!(["github:bob"]));
+    let listed = s.api("GET", "/api/v1/users", &s.admin, Value::Null).await;
+    let users: Vec<(Value, Value)> = listed.json()["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| (u["name"].clone(), u["forge_logins"].clone()))
+        .collect();
+    assert_eq!(
+        users,
+        [
+            (json!("alice"), json!(["github:alice", "gitlab:al"])),
+            (json!("bob"), json!(["github:bob"])),
+        ]
+    );
+}

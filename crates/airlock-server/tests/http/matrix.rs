@@ -64,6 +64,7 @@ fn design_allows(method: &str, route: &str) -> Option<[bool; 5]> {
         ("POST" | "PUT" | "LOCK" | "UNLOCK", STATE) => LOCKERS,
         ("GET", "/api/v1/whoami") => ALL,
         (_, "/api/v1/tokens" | "/api/v1/tokens/{id}" | "/api/v1/users") => ADMIN,
+        ("POST", "/api/v1/users/{name}/forge-logins") => ADMIN,
         ("POST", "/api/v1/stacks") => ADMIN,
         ("PATCH", "/api/v1/stacks/{stack}/settings") => ADMIN,
         ("POST", "/api/v1/stacks/{stack}/protect" | "/api/v1/stacks/{stack}/unprotect") => ADMIN,
@@ -201,6 +202,9 @@ fn concrete(s: &Server, method: &str, route: &str, stack: &str, n: usize) -> (St
             .to_string()
             .into_bytes(),
         ("POST", "/api/v1/users") => json!({"name": format!("m{n}")}).to_string().into_bytes(),
+        ("POST", "/api/v1/users/{name}/forge-logins") => json!({"login": format!("github:m{n}")})
+            .to_string()
+            .into_bytes(),
         ("POST", "/api/v1/stacks") => json!({"name": format!("{stack}-new-{n}")})
             .to_string()
             .into_bytes(),
@@ -247,7 +251,8 @@ fn expected_ok(method: &str, route: &str, role: Role) -> Option<u16> {
         ("POST", "/api/v1/stacks/{stack}/restore") => 409,
         ("POST", "/api/v1/stacks/{stack}/archive") => 400,
         ("POST", "/api/v1/policies") => 201,
-        // The placeholder id names no set.
+        // The placeholder ids name no set, no user.
+        ("POST", "/api/v1/users/{name}/forge-logins") => 404,
         ("POST", "/api/v1/policies/{id}/remove") | ("GET", "/api/v1/policies/{id}") => 404,
         // Run routes get placeholder ids and bodies: only authorization is checked for them.
         (_, r) if r.contains("/runs") || r.ends_with("/plan-token") => return None,

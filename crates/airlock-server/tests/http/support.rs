@@ -123,6 +123,7 @@ impl Server {
                 NewUser {
                     name: name.to_owned(),
                     created_by: "test".into(),
+                    forge_logins: Vec::new(),
                 },
                 NewAudit::ok("test", "user.create", None, json!({"user": name})),
             )

@@ -17,7 +17,7 @@ use base64::Engine;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use super::client::{s, stack_segment, table, time, Client};
+use super::client::{printable, s, stack_segment, table, time, Client};
 use crate::cli::{ApplyArgs, ApproveArgs, ClientArgs, PlanArgs, RejectArgs, RunsArgs};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
@@ -259,6 +259,18 @@ fn run_text(v: &Value) -> String {
             "change request: #{n}{url} (as reported by the planner)\n"
         ));
     }
+    let authors: Vec<String> = run["change_authors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l.as_str().map(|l| printable(l).into_owned()))
+        .collect();
+    if !authors.is_empty() {
+        out.push_str(&format!(
+            "written or pushed by: {} (as reported by the planner; their users may not approve)\n",
+            authors.join(", ")
+        ));
+    }
     if let Some(current) = v.get("current").and_then(Value::as_bool) {
         out.push_str(if current {
             "still current: the stack has not changed since the plan\n"
@@ -407,6 +419,8 @@ pub struct Origin {
     /// The pull/merge request number and its web URL.
     pub change_request: Option<u64>,
     pub change_request_url: Option<String>,
+    /// Who wrote or pushed it, as forge logins (their users may not approve the run).
+    pub change_authors: Vec<String>,
 }
 
 /// A run the server created and judged: its answer to the upload (`run`, `summary_markdown`,
@@ -560,6 +574,7 @@ pub fn plan_run(c: &Client, req: &PlanRequest<'_>) -> anyhow::Result<Planned> {
         "git_base": origin.base.clone().or_else(|| std::env::var("AIRLOCK_GIT_BASE").ok()),
         "change_request": origin.change_request,
         "change_request_url": origin.change_request_url,
+        "change_authors": origin.change_authors,
         "config": repo.config.as_ref().map(|(_, text, _)| text.clone()),
         "plan_b64": B64.encode(&plan_bin),
         "plan_json_b64": B64.encode(&show.stdout),

@@ -104,6 +104,7 @@ fn bootstrap_admin(store: &dyn Store) -> anyhow::Result<()> {
         NewUser {
             name: "admin".into(),
             created_by: "system".into(),
+            forge_logins: Vec::new(),
         },
         NewAudit::ok(
             "system",

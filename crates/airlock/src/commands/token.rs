@@ -10,7 +10,7 @@ use airlock_server::tokens;
 use airlock_store::{now_ms, valid_user_name, NewAudit, NewToken, NewUser};
 use serde_json::Value;
 
-use super::client::{print_as, s, table, time, Client};
+use super::client::{print_as, printable, s, table, time, Client};
 use crate::cli::{DatabaseArgs, OutputFormat, TokenCommand, UserCommand};
 
 pub fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
@@ -173,6 +173,7 @@ fn create_offline(
             NewUser {
                 name: user.clone(),
                 created_by: actor.clone(),
+                forge_logins: Vec::new(),
             },
             NewAudit::ok(
                 &actor,
@@ -208,12 +209,56 @@ fn create_offline(
     Ok(json!({ "token": record, "secret": generated.secret }))
 }
 
+/// A user's forge logins, as the server sent them (printable).
+fn forge_logins(user: &Value) -> Vec<String> {
+    user["forge_logins"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l.as_str().map(|l| printable(l).into_owned()))
+        .collect()
+}
+
+/// " (forge logins: github:alice)", or nothing.
+fn logins_words(user: &Value) -> String {
+    let logins = forge_logins(user);
+    if logins.is_empty() {
+        String::new()
+    } else {
+        format!(" (forge logins: {})", logins.join(", "))
+    }
+}
+
 pub fn run_user(cmd: UserCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        UserCommand::Create { name, client } => {
+        UserCommand::Create {
+            name,
+            forge_logins,
+            client,
+        } => {
             let c = Client::new(&client)?;
-            let v = c.send("POST", "/api/v1/users", &json!({ "name": name }))?;
-            c.print(&v, |v| format!("created user {}\n", s(v, "/user/name")));
+            let body = json!({ "name": name, "forge_logins": forge_logins });
+            let v = c.send("POST", "/api/v1/users", &body)?;
+            c.print(&v, |v| {
+                format!(
+                    "created user {}{}\n",
+                    s(v, "/user/name"),
+                    logins_words(&v["user"])
+                )
+            });
+        }
+        UserCommand::AddForgeLogin {
+            name,
+            login,
+            client,
+        } => {
+            let c = Client::new(&client)?;
+            valid_user_name(&name).map_err(|e| anyhow::anyhow!(e))?;
+            let uri = format!("/api/v1/users/{name}/forge-logins");
+            let v = c.send("POST", &uri, &json!({ "login": login }))?;
+            c.print(&v, |v| {
+                format!("user {}{}\n", s(v, "/user/name"), logins_words(&v["user"]))
+            });
         }
         UserCommand::List(client) => {
             let c = Client::new(&client)?;
@@ -223,9 +268,16 @@ pub fn run_user(cmd: UserCommand) -> anyhow::Result<ExitCode> {
                     .as_array()
                     .into_iter()
                     .flatten()
-                    .map(|u| vec![s(u, "/name"), time(u, "/created_at"), s(u, "/created_by")])
+                    .map(|u| {
+                        vec![
+                            s(u, "/name"),
+                            time(u, "/created_at"),
+                            s(u, "/created_by"),
+                            forge_logins(u).join(" "),
+                        ]
+                    })
                     .collect();
-                table(&["NAME", "CREATED", "CREATED BY"], rows)
+                table(&["NAME", "CREATED", "CREATED BY", "FORGE LOGINS"], rows)
             });
         }
     }

@@ -157,9 +157,24 @@ fn github_push(
 }
 
 fn ci_env(t: &Team, token: &str, dir: &Path, args: &[&str], env: &[(String, String)]) -> Output {
-    let mut all: Vec<(&str, &str)> = vec![("GITHUB_ACTIONS", ""), ("GITLAB_CI", "")];
+    let mut all: Vec<(&str, &str)> = vec![
+        ("GITHUB_ACTIONS", ""),
+        ("GITLAB_CI", ""),
+        ("GITHUB_ACTOR", ""),
+        ("GITLAB_USER_LOGIN", ""),
+    ];
     all.extend(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     cli_in(&t.s, token, dir, args, &all)
+}
+
+/// A pull request author's user, `login`, with the forge login `github:LOGIN`: runs of a
+/// pull request whose author belongs to no user cannot be approved by anyone.
+fn pr_author(t: &Team, login: &str) {
+    let forge_login = format!("github:{login}");
+    t.s.ok(
+        &t.s.admin,
+        &["user", "create", login, "--forge-login", &forge_login],
+    );
 }
 
 fn json_of(out: &Output) -> Value {
@@ -178,9 +193,9 @@ fn run_status(t: &Team, id: &str) -> String {
 /// opens a pull request can approve the run of their own change, and `ci apply` applies it after
 /// merge: the two-person rule ("a human other than the author approves it") does not hold for the
 /// pull-request workflow. Expected: the pull request's author (the forge login in the event,
-/// mapped to an airlock user) is recorded on the run and cannot approve it.
+/// mapped to an airlock user) is recorded on the run and cannot approve it; while the login
+/// belongs to no user, nobody can (airlock cannot tell whether the approver wrote it).
 #[test]
-#[ignore = "open attack from the tier-2 review, being fixed on h/fix-author"]
 fn attacks_tier2_a_pull_request_author_cannot_approve_the_run_of_their_own_change() {
     crate::support::terraform_bin();
     let f = ForgeStandIn::start(FORGE_TOKEN);
@@ -198,22 +213,108 @@ fn attacks_tier2_a_pull_request_author_cannot_approve_the_run_of_their_own_chang
     git(dev, &["push", "-q", "origin", "alice-change"]);
     let head = git(dev, &["rev-parse", "HEAD"]);
     let pr = origin.checkout("ci-pr", &head);
-    let env = github_pr(&f, events.path(), 7, &head, &base, "alice");
+    let env = github_pr(&f, events.path(), 7, &head, &base, "Alice");
     let out = ci_env(&t, &t.agent, &pr, &["ci", "plan", "--format", "json"], &env);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let run = json_of(&out)["stacks"][0]["run"]
         .as_str()
         .unwrap()
         .to_owned();
+    let shown = t.s.ok(&t.s.admin, &["run", "show", &run]);
+    assert!(
+        shown.contains("written or pushed by: github:alice"),
+        "{shown}"
+    );
 
-    // alice approves the run of her own pull request.
+    // While github:alice belongs to no user, nobody can approve: not alice, not bob.
+    for token in [&t.approver, &t.approver2] {
+        let approve = t.s.cli(token, &["approve", &run]);
+        assert_eq!(approve.status.code(), Some(2), "{}", text(&approve));
+        assert!(
+            text(&approve).contains("github:alice") && text(&approve).contains("no airlock user"),
+            "{}",
+            text(&approve)
+        );
+    }
+    assert_eq!(run_status(&t, &run), "needs_approval");
+
+    // Only an admin gives a user a forge login.
+    let denied = t.s.cli(
+        &t.approver,
+        &["user", "add-forge-login", "alice", "github:alice"],
+    );
+    assert!(!denied.status.success(), "{}", text(&denied));
+    t.s.ok(
+        &t.s.admin,
+        &["user", "add-forge-login", "alice", "github:alice"],
+    );
+
+    // alice approves the run of her own pull request: refused.
     let approve = t.s.cli(&t.approver, &["approve", &run]);
     let status = run_status(&t, &run);
     assert!(
-        !approve.status.success() && status == "needs_approval",
+        approve.status.code() == Some(2) && status == "needs_approval",
         "the author of pull request #7 (alice) approved its run {run} herself; it is now {status}: {}",
         text(&approve)
     );
+    assert!(
+        text(&approve).contains("github:alice, a forge login of user alice"),
+        "{}",
+        text(&approve)
+    );
+    // Someone else can.
+    t.s.ok(&t.approver2, &["approve", &run]);
+    assert_eq!(run_status(&t, &run), "approved");
+}
+
+/// The same rule on GitLab, where the merge request pipeline names who started it
+/// (`GITLAB_USER_LOGIN`): that user cannot approve the run, another approver can.
+#[test]
+fn attacks_tier2_a_merge_request_pusher_cannot_approve_the_run_on_gitlab() {
+    crate::support::terraform_bin();
+    let f = ForgeStandIn::start(FORGE_TOKEN);
+    let t = team("app");
+    t.s.ok(&t.s.admin, &["stack", "create", "net"]);
+    t.s.ok(
+        &t.s.admin,
+        &["user", "add-forge-login", "alice", "gitlab:alice"],
+    );
+    let origin = Origin::new();
+    let dev = &origin.work;
+    let base = git(dev, &["rev-parse", "HEAD"]);
+    git(dev, &["checkout", "-q", "-b", "alice-change"]);
+    write(dev, "stacks/net/main.tf", &resources(&["base", "alices"]));
+    git(dev, &["commit", "-q", "-am", "net: alice's change"]);
+    git(dev, &["push", "-q", "origin", "alice-change"]);
+    let head = git(dev, &["rev-parse", "HEAD"]);
+    let mr = origin.checkout("ci-mr", &head);
+    let env = vars(&[
+        ("GITLAB_CI", "true"),
+        ("CI_PROJECT_ID", "42"),
+        ("CI_PROJECT_URL", "https://gitlab.example/acme/infra"),
+        ("CI_MERGE_REQUEST_IID", "5"),
+        ("CI_COMMIT_SHA", &head),
+        ("CI_MERGE_REQUEST_DIFF_BASE_SHA", &base),
+        ("CI_API_V4_URL", &f.url_gitlab()),
+        ("AIRLOCK_GITLAB_TOKEN", FORGE_TOKEN),
+        ("GITLAB_USER_LOGIN", "alice"),
+    ]);
+    let out = ci_env(&t, &t.agent, &mr, &["ci", "plan", "--format", "json"], &env);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let run = json_of(&out)["stacks"][0]["run"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let approve = t.s.cli(&t.approver, &["approve", &run]);
+    assert_eq!(approve.status.code(), Some(2), "{}", text(&approve));
+    assert!(
+        text(&approve).contains("gitlab:alice, a forge login of user alice"),
+        "{}",
+        text(&approve)
+    );
+    assert_eq!(run_status(&t, &run), "needs_approval");
+    t.s.ok(&t.approver2, &["approve", &run]);
+    assert_eq!(run_status(&t, &run), "approved");
 }
 
 /// ATTACK (shape of a push): `airlock ci apply` compares `HEAD^1..HEAD` (its `--base` default)
@@ -228,6 +329,7 @@ fn attacks_tier2_ci_apply_after_a_multi_commit_push_applies_every_changed_stack(
     let events = tempfile::tempdir().unwrap();
     let t = team("app");
     t.s.ok(&t.s.admin, &["stack", "create", "net"]);
+    pr_author(&t, "carol");
     let origin = Origin::new();
     let dev = &origin.work;
     let base = git(dev, &["rev-parse", "HEAD"]);
@@ -360,6 +462,7 @@ fn attacks_tier2_a_file_read_by_the_configuration_is_part_of_the_reviewed_inputs
     let events = tempfile::tempdir().unwrap();
     let t = team("app");
     t.s.ok(&t.s.admin, &["stack", "create", "net"]);
+    pr_author(&t, "carol");
     let origin = Origin::new();
     let dev = &origin.work;
     let base = git(dev, &["rev-parse", "HEAD"]);

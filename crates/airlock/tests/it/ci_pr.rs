@@ -114,6 +114,9 @@ fn ci_env(t: &Team, token: &str, dir: &Path, args: &[&str], env: &[(String, Stri
         ("GITHUB_ACTIONS", ""),
         ("GITLAB_CI", ""),
         ("GITHUB_STEP_SUMMARY", ""),
+        // Who started the host's own CI job is no pull request author here.
+        ("GITHUB_ACTOR", ""),
+        ("GITLAB_USER_LOGIN", ""),
     ];
     all.extend(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     cli_in(&t.s, token, dir, args, &all)

@@ -142,6 +142,9 @@ pub(super) struct UserEntry {
     pub(super) name: String,
     pub(super) created_at: i64,
     pub(super) created_by: String,
+    /// Absent from backups made before users had forge logins: read as none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(super) forge_logins: Vec<String>,
 }
 
 impl UserEntry {
@@ -150,6 +153,7 @@ impl UserEntry {
             name: u.name.clone(),
             created_at: u.created_at,
             created_by: u.created_by.clone(),
+            forge_logins: u.forge_logins.clone(),
         }
     }
 
@@ -158,6 +162,7 @@ impl UserEntry {
             name: self.name.clone(),
             created_at: self.created_at,
             created_by: self.created_by.clone(),
+            forge_logins: self.forge_logins.clone(),
         }
     }
 }
@@ -273,6 +278,7 @@ pub(super) fn upgrade_v1_tokens(tokens: &mut [TokenEntry]) -> Vec<UserEntry> {
             name: "admin".into(),
             created_at,
             created_by: "migration".into(),
+            forge_logins: Vec::new(),
         })
         .into_iter()
         .collect()

@@ -117,6 +117,8 @@ pub struct Job {
     pub base_sha: Option<String>,
     /// What the CI job runs for (none outside CI).
     pub event: Option<Event>,
+    /// Who the CI says wrote or pushed the change request (`github:alice`), author first.
+    pub change_authors: Vec<String>,
 }
 
 /// Where results go.
@@ -324,6 +326,7 @@ fn forge_remote() -> anyhow::Result<Option<(Box<dyn Remote>, Job)>> {
         head_sha: Some(ctx.head_sha),
         base_sha: ctx.base_sha,
         event: Some(ctx.event),
+        change_authors: ctx.change_authors,
     };
     Ok(Some((Box::new(ctx.forge), job)))
 }

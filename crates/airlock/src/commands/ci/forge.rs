@@ -29,6 +29,8 @@ const GITHUB_SHA: &str = "GITHUB_SHA";
 const GITHUB_REF: &str = "GITHUB_REF";
 const GITHUB_API_URL: &str = "GITHUB_API_URL";
 const GITHUB_TOKEN: &str = "GITHUB_TOKEN";
+/// The login of whoever started the workflow run (for a pull request: opened or pushed to it).
+const GITHUB_ACTOR: &str = "GITHUB_ACTOR";
 /// The login whose comments airlock may edit; `GITHUB_TOKEN` comments are `github-actions[bot]`'s.
 /// Set it when the workflow posts with a GitHub App's token (`my-app[bot]`).
 const AIRLOCK_GITHUB_COMMENT_AUTHOR: &str = "AIRLOCK_GITHUB_COMMENT_AUTHOR";
@@ -45,6 +47,9 @@ const CI_COMMIT_BRANCH: &str = "CI_COMMIT_BRANCH";
 const CI_DEFAULT_BRANCH: &str = "CI_DEFAULT_BRANCH";
 /// A project access token with the `api` scope: `CI_JOB_TOKEN` cannot post merge request notes.
 const AIRLOCK_GITLAB_TOKEN: &str = "AIRLOCK_GITLAB_TOKEN";
+/// The login of whoever started the pipeline (for a merge request: opened or pushed to it;
+/// GitLab has no variable for the merge request's author).
+const GITLAB_USER_LOGIN: &str = "GITLAB_USER_LOGIN";
 
 /// GitHub refuses issue comments longer than this many characters.
 pub const GITHUB_COMMENT_MAX_CHARS: usize = 65_536;
@@ -108,6 +113,10 @@ pub struct ForgeContext {
     /// The change request's base (GitHub) or diff base (GitLab); the previous tip for pushes.
     pub base_sha: Option<String>,
     pub event: Event,
+    /// Who the CI says wrote or pushed the change request, as forge logins (`github:alice`),
+    /// its author first; empty outside change requests. A claim of the job (whose workflow the
+    /// change's author may edit), recorded on the run so these people cannot approve it.
+    pub change_authors: Vec<String>,
 }
 
 /// A commit status, mapped to each forge's vocabulary.
@@ -632,10 +641,19 @@ fn github_context(var: &dyn Fn(&str) -> Option<String>) -> Result<ForgeContext, 
             ))
         })
     };
+    let mut change_authors = Vec::new();
     let (event, change, head_sha, base_sha) = match event_name.as_str() {
         "pull_request" | "pull_request_target" => {
             let ev = event_json()?;
             let pr = &ev["pull_request"];
+            let author = pr["user"]["login"].as_str().map(str::to_owned);
+            change_authors = forge_logins(
+                "github",
+                &[
+                    ("pull_request.user.login", author),
+                    (GITHUB_ACTOR, var(GITHUB_ACTOR)),
+                ],
+            )?;
             let number = pr["number"].as_u64().ok_or_else(|| {
                 config(format!("the {event_name} event has no pull_request.number"))
             })?;
@@ -696,6 +714,7 @@ fn github_context(var: &dyn Fn(&str) -> Option<String>) -> Result<ForgeContext, 
         head_sha,
         base_sha,
         event,
+        change_authors,
     })
 }
 
@@ -719,8 +738,11 @@ fn gitlab_context(var: &dyn Fn(&str) -> Option<String>) -> Result<ForgeContext, 
         var(AIRLOCK_GITLAB_TOKEN),
         CI_API_V4_URL,
     )?;
+    let mut change_authors = Vec::new();
     let (event, change, head_sha, base_sha) = match var(CI_MERGE_REQUEST_IID) {
         Some(iid) => {
+            change_authors =
+                forge_logins("gitlab", &[(GITLAB_USER_LOGIN, var(GITLAB_USER_LOGIN))])?;
             let iid: u64 = iid
                 .parse()
                 .map_err(|_| config(format!("{CI_MERGE_REQUEST_IID} is {iid:?}, not a number")))?;
@@ -765,7 +787,26 @@ fn gitlab_context(var: &dyn Fn(&str) -> Option<String>) -> Result<ForgeContext, 
         head_sha,
         base_sha,
         event,
+        change_authors,
     })
+}
+
+/// The logins the CI names (`(where, login)`, absent ones skipped) as `forge:login`, lower
+/// case, each once; one that is not a login is an error (never silently dropped: it names who
+/// may not approve).
+fn forge_logins(forge: &str, named: &[(&str, Option<String>)]) -> Result<Vec<String>, ForgeError> {
+    let mut out: Vec<String> = Vec::new();
+    for (source, login) in named {
+        let Some(login) = login.as_deref().filter(|l| !l.is_empty()) else {
+            continue;
+        };
+        let login = airlock_store::valid_forge_login(&format!("{forge}:{login}"))
+            .map_err(|e| config(format!("{source}: {e}")))?;
+        if !out.contains(&login) {
+            out.push(login);
+        }
+    }
+    Ok(out)
 }
 
 fn config(message: String) -> ForgeError {
@@ -1334,6 +1375,43 @@ mod tests {
             "{e}"
         );
         assert!(f.requests().is_empty(), "nothing sent without a token");
+    }
+
+    #[test]
+    fn change_authors_are_the_pull_requests_author_and_the_jobs_actor() {
+        let f = ForgeStandIn::start(TOKEN);
+        let dir = tempfile::tempdir().unwrap();
+        let mut env = github_env(&f, &dir);
+        let event = dir.path().join("authored.json");
+        let write = |login: &str| {
+            let pr = json!({"pull_request": {"number": 7, "user": {"login": login},
+                "head": {"sha": HEAD}, "base": {"sha": BASE}}});
+            std::fs::write(&event, pr.to_string()).unwrap();
+        };
+        env.insert("GITHUB_EVENT_PATH".into(), event.to_str().unwrap().into());
+        write("Alice");
+        env.insert("GITHUB_ACTOR".into(), "bob".into());
+        assert_eq!(context(&env).change_authors, ["github:alice", "github:bob"]);
+        env.insert("GITHUB_ACTOR".into(), "ALICE".into());
+        assert_eq!(context(&env).change_authors, ["github:alice"]);
+        // A login that is not one is refused, never dropped.
+        write("alice\n<b>");
+        let e = Forge::from_env(&|k| env.get(k).cloned()).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("pull_request.user.login: invalid forge login"),
+            "{e}"
+        );
+        // GitLab names who started the merge request pipeline; pushes name nobody.
+        let mut gl = gitlab_env(&f);
+        gl.insert("GITLAB_USER_LOGIN".into(), "Carol".into());
+        assert_eq!(context(&gl).change_authors, ["gitlab:carol"]);
+        let mut push: HashMap<_, _> = f
+            .gitlab_push_env("42", "main", "main", BASE, HEAD)
+            .into_iter()
+            .collect();
+        push.insert("GITLAB_USER_LOGIN".into(), "carol".into());
+        assert!(context(&push).change_authors.is_empty());
     }
 
     #[test]

@@ -44,6 +44,7 @@ pub fn run(args: CiPlanArgs) -> anyhow::Result<ExitCode> {
             base: sink.job.base_sha.clone().or_else(|| targets.base.clone()),
             change_request: sink.job.change,
             change_request_url: sink.job.change_url.clone(),
+            change_authors: sink.job.change_authors.clone(),
         },
     };
     let results: Vec<StackResult> = targets

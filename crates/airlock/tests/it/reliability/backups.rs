@@ -16,6 +16,10 @@ fn backup_round_trips_sqlite_to_postgres_and_back_and_verify_catches_tampering()
     let admin = s.admin.clone();
     s.ok(&admin, &["stack", "create", "dev/app"]);
     s.ok(&admin, &["stack", "create", "prod/db", "--production"]);
+    s.ok(
+        &admin,
+        &["user", "add-forge-login", "admin", "github:The-Admin"],
+    );
     let reader = s.token("auditor", "reader");
     let _spare = s.token("spare", "ci");
     let listed: Value =
@@ -158,6 +162,13 @@ fn backup_round_trips_sqlite_to_postgres_and_back_and_verify_catches_tampering()
     // and the audit chain still verifies.
     let pg = TestServer::start_on(&Backing::Url(db.url.clone()), Some(&admin), &[], &[]);
     assert_eq!(history(&pg, "dev/app"), before);
+    let users: Value =
+        serde_json::from_str(&pg.ok(&admin, &["user", "list", "--format", "json"])).unwrap();
+    assert_eq!(
+        users["users"][0]["forge_logins"],
+        json!(["github:the-admin"]),
+        "users keep their forge logins: {users}"
+    );
     let sets: Value =
         serde_json::from_str(&pg.ok(&admin, &["policy", "list", "--format", "json"])).unwrap();
     assert_eq!(
