@@ -8,100 +8,8 @@ use std::process::{Command, Output, Stdio};
 use serde_json::{json, Value};
 
 use crate::forge::ForgeStandIn;
-use crate::support::{cli_in, team, text, Team, AIRLOCK};
-
-const FORGE_TOKEN: &str = "forge-ci-token";
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "dev")
-        .env("GIT_AUTHOR_EMAIL", "dev@example.com")
-        .env("GIT_COMMITTER_NAME", "dev")
-        .env("GIT_COMMITTER_EMAIL", "dev@example.com")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("HOME", dir)
-        .stdin(Stdio::null())
-        .output()
-        .expect("running git");
-    assert!(out.status.success(), "git {args:?}: {}", text(&out));
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-fn write(dir: &Path, path: &str, content: &str) {
-    let p = dir.join(path);
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    std::fs::write(p, content).unwrap();
-}
-
-fn resources(names: &[&str]) -> String {
-    names
-        .iter()
-        .map(|n| format!("resource \"terraform_data\" \"{n}\" {{\n  input = \"{n}\"\n}}\n"))
-        .collect()
-}
-
-const CONFIG: &str =
-    "stack \"app\" {\n  dir = \"stacks/app\"\n}\n\nstack \"net\" {\n  dir = \"stacks/net\"\n}\n";
-
-/// A bare origin with two stacks on `main`, a developer clone, and fresh CI checkouts.
-struct Origin {
-    tmp: tempfile::TempDir,
-    bare: PathBuf,
-    work: PathBuf,
-}
-
-impl Origin {
-    fn new() -> Origin {
-        let tmp = tempfile::tempdir().unwrap();
-        let bare = tmp.path().join("origin.git");
-        let work = tmp.path().join("dev");
-        std::fs::create_dir_all(&work).unwrap();
-        git(
-            tmp.path(),
-            &["init", "-q", "--bare", "-b", "main", "origin.git"],
-        );
-        git(&work, &["init", "-q", "-b", "main"]);
-        write(&work, "airlock.hcl", CONFIG);
-        write(&work, ".gitignore", ".terraform/\n");
-        for stack in ["app", "net"] {
-            write(
-                &work,
-                &format!("stacks/{stack}/backend.tf"),
-                "terraform {\n  backend \"http\" {}\n}\n",
-            );
-            write(
-                &work,
-                &format!("stacks/{stack}/main.tf"),
-                &resources(&["base"]),
-            );
-        }
-        git(&work, &["add", "-A"]);
-        git(&work, &["commit", "-q", "-m", "two stacks"]);
-        git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
-        git(&work, &["push", "-q", "origin", "main"]);
-        Origin { tmp, bare, work }
-    }
-
-    fn checkout(&self, name: &str, rev: &str) -> PathBuf {
-        let dir = self.tmp.path().join(name);
-        git(
-            self.tmp.path(),
-            &["clone", "-q", self.bare.to_str().unwrap(), name],
-        );
-        git(&dir, &["checkout", "-q", rev]);
-        dir
-    }
-}
-
-fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
-}
+use crate::git_repo::{ci_env, git, json_of, resources, vars, write, Origin, FORGE_TOKEN};
+use crate::support::{team, text, Team, AIRLOCK};
 
 /// GitHub's environment of a `pull_request` job for PR `n`, opened by `login`.
 fn github_pr(
@@ -156,17 +64,6 @@ fn github_push(
     ])
 }
 
-fn ci_env(t: &Team, token: &str, dir: &Path, args: &[&str], env: &[(String, String)]) -> Output {
-    let mut all: Vec<(&str, &str)> = vec![
-        ("GITHUB_ACTIONS", ""),
-        ("GITLAB_CI", ""),
-        ("GITHUB_ACTOR", ""),
-        ("GITLAB_USER_LOGIN", ""),
-    ];
-    all.extend(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    cli_in(&t.s, token, dir, args, &all)
-}
-
 /// A pull request author's user, `login`, with the forge login `github:LOGIN`: runs of a
 /// pull request whose author belongs to no user cannot be approved by anyone.
 fn pr_author(t: &Team, login: &str) {
@@ -175,10 +72,6 @@ fn pr_author(t: &Team, login: &str) {
         &t.s.admin,
         &["user", "create", login, "--forge-login", &forge_login],
     );
-}
-
-fn json_of(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(out)))
 }
 
 fn run_status(t: &Team, id: &str) -> String {

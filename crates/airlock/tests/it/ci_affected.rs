@@ -8,29 +8,13 @@ use std::process::{Command, Output, Stdio};
 
 use serde_json::{json, Value};
 
+use crate::git_repo::{git, write};
 use crate::support::{text, AIRLOCK};
 
 /// A git repository in a temporary directory, with a fixed identity and no user config.
 struct Repo {
     _tmp: tempfile::TempDir,
     path: PathBuf,
-}
-
-fn git_in(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_AUTHOR_NAME", "t")
-        .env("GIT_AUTHOR_EMAIL", "t@example.com")
-        .env("GIT_COMMITTER_NAME", "t")
-        .env("GIT_COMMITTER_EMAIL", "t@example.com")
-        .stdin(Stdio::null())
-        .output()
-        .expect("git runs");
-    assert!(out.status.success(), "git {args:?}: {}", text(&out));
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 impl Repo {
@@ -44,13 +28,11 @@ impl Repo {
     }
 
     fn git(&self, args: &[&str]) -> String {
-        git_in(&self.path, args)
+        git(&self.path, args)
     }
 
     fn write(&self, rel: &str, content: &str) -> &Repo {
-        let p = self.path.join(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, content).unwrap();
+        write(&self.path, rel, content);
         self
     }
 
@@ -419,10 +401,10 @@ fn bad_input_gets_a_clear_error() {
     // A module in a git submodule: the commit names the submodule's commit, not its files.
     let sub = r._tmp.path().join("modrepo");
     std::fs::create_dir(&sub).unwrap();
-    git_in(&sub, &["init", "-q", "-b", "main"]);
+    git(&sub, &["init", "-q", "-b", "main"]);
     std::fs::write(sub.join("main.tf"), "").unwrap();
-    git_in(&sub, &["add", "-A"]);
-    git_in(&sub, &["commit", "-qm", "m"]);
+    git(&sub, &["add", "-A"]);
+    git(&sub, &["commit", "-qm", "m"]);
     r.git(&[
         "-c",
         "protocol.file.allow=always",
@@ -516,7 +498,7 @@ fn shallow_clone_and_detached_head() {
     // A depth-1 clone (CI's default) has both tips but not their merge base.
     let tmp = tempfile::tempdir().unwrap();
     let url = format!("file://{}", r.path.display());
-    git_in(
+    git(
         tmp.path(),
         &[
             "clone",
@@ -537,7 +519,7 @@ fn shallow_clone_and_detached_head() {
         "{e}"
     );
     // With the whole history it works.
-    git_in(&clone, &["fetch", "-q", "--unshallow"]);
+    git(&clone, &["fetch", "-q", "--unshallow"]);
     let got = affected_json(&clone, &["--base", "origin/main"]);
     assert_eq!(got["stacks"][0]["name"], "db");
 

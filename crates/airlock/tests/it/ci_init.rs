@@ -7,6 +7,7 @@ use std::process::{Command, Output, Stdio};
 
 use serde_json::{json, Value};
 
+use crate::git_repo::git;
 use crate::support::{text, AIRLOCK};
 
 /// Loads the parser's JSON schema files (it imports them without an import attribute, as
@@ -65,16 +66,6 @@ fn check(file: &Path, kind: &str) -> Value {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["errors"], json!([]), "{}", file.display());
     v["doc"].clone()
-}
-
-fn git(dir: &Path, args: &[&str]) {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
 }
 
 fn init(dir: &Path, args: &[&str]) -> Output {

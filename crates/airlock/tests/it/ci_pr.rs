@@ -3,128 +3,15 @@
 //! the CLI, the refresh, the merge, `airlock ci apply` of exactly the reviewed run, and a merge
 //! that brings in another change refused with the re-plan message.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::PathBuf;
 
 use serde_json::Value;
 
 use crate::forge::ForgeStandIn;
-use crate::support::{cli_in, team, text, Team};
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "dev")
-        .env("GIT_AUTHOR_EMAIL", "dev@example.com")
-        .env("GIT_COMMITTER_NAME", "dev")
-        .env("GIT_COMMITTER_EMAIL", "dev@example.com")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("HOME", dir)
-        .output()
-        .expect("running git");
-    assert!(out.status.success(), "git {args:?}: {}", text(&out));
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-fn write(dir: &Path, path: &str, content: &str) {
-    let p = dir.join(path);
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    std::fs::write(p, content).unwrap();
-}
-
-const CONFIG: &str = r#"stack "app" {
-  dir = "stacks/app"
-}
-
-stack "net" {
-  dir = "stacks/net"
-}
-"#;
-
-fn resources(names: &[&str]) -> String {
-    names
-        .iter()
-        .map(|n| format!("resource \"terraform_data\" \"{n}\" {{\n  input = \"{n}\"\n}}\n"))
-        .collect()
-}
-
-/// A bare "origin" with two stacks on `main`, as a forge would hold it.
-struct Origin {
-    _tmp: tempfile::TempDir,
-    bare: PathBuf,
-    work: PathBuf,
-}
-
-impl Origin {
-    fn new() -> Origin {
-        let tmp = tempfile::tempdir().unwrap();
-        let bare = tmp.path().join("origin.git");
-        let work = tmp.path().join("dev");
-        std::fs::create_dir_all(&work).unwrap();
-        git(
-            tmp.path(),
-            &["init", "-q", "--bare", "-b", "main", "origin.git"],
-        );
-        git(&work, &["init", "-q", "-b", "main"]);
-        write(&work, "airlock.hcl", CONFIG);
-        write(&work, ".gitignore", ".terraform/\n");
-        for stack in ["app", "net"] {
-            write(
-                &work,
-                &format!("stacks/{stack}/backend.tf"),
-                "terraform {\n  backend \"http\" {}\n}\n",
-            );
-            write(
-                &work,
-                &format!("stacks/{stack}/main.tf"),
-                &resources(&["base"]),
-            );
-        }
-        git(&work, &["add", "-A"]);
-        git(&work, &["commit", "-q", "-m", "two stacks"]);
-        git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
-        git(&work, &["push", "-q", "origin", "main"]);
-        Origin {
-            _tmp: tmp,
-            bare,
-            work,
-        }
-    }
-
-    /// A fresh clone at `rev`, as a CI job checks out.
-    fn checkout(&self, name: &str, rev: &str) -> PathBuf {
-        let dir = self.work.parent().unwrap().join(name);
-        git(
-            self.work.parent().unwrap(),
-            &["clone", "-q", self.bare.to_str().unwrap(), name],
-        );
-        git(&dir, &["checkout", "-q", rev]);
-        dir
-    }
-}
-
-/// `airlock ci ...` outside any CI (whatever the test runner's environment says).
-fn ci(t: &Team, token: &str, dir: &Path, args: &[&str]) -> Output {
-    ci_env(t, token, dir, args, &[])
-}
-
-fn ci_env(t: &Team, token: &str, dir: &Path, args: &[&str], env: &[(String, String)]) -> Output {
-    let mut all: Vec<(&str, &str)> = vec![
-        ("GITHUB_ACTIONS", ""),
-        ("GITLAB_CI", ""),
-        ("GITHUB_STEP_SUMMARY", ""),
-        // Who started the host's own CI job is no pull request author here.
-        ("GITHUB_ACTOR", ""),
-        ("GITLAB_USER_LOGIN", ""),
-    ];
-    all.extend(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    cli_in(&t.s, token, dir, args, &all)
-}
-
-fn json(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(out)))
-}
+use crate::git_repo::{
+    ci, ci_env, git, json_of, resources, vars, write, Origin, FORGE_TOKEN, TWO_STACKS,
+};
+use crate::support::{team, text, Team};
 
 fn run_status(t: &Team, id: &str) -> Value {
     serde_json::from_str(&t.s.ok(&t.s.admin, &["run", "show", id, "--format", "json"])).unwrap()
@@ -135,8 +22,6 @@ enum Kind {
     GitHub,
     GitLab,
 }
-
-const FORGE_TOKEN: &str = "forge-ci-token";
 
 /// The CI environment of one forge, as its runners set it, pointed at the stand-in.
 struct Forge {
@@ -154,13 +39,6 @@ impl Forge {
         }
     }
 
-    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
-
     fn summary(&self) -> PathBuf {
         self.events.path().join("step-summary.md")
     }
@@ -172,7 +50,7 @@ impl Forge {
                 let event = self.events.path().join(format!("pr{n}.json"));
                 let payload = serde_json::json!({"pull_request": {"number": n, "head": {"sha": head}, "base": {"sha": base}}});
                 std::fs::write(&event, payload.to_string()).unwrap();
-                Self::vars(&[
+                vars(&[
                     ("GITHUB_ACTIONS", "true"),
                     ("GITHUB_REPOSITORY", "acme/infra"),
                     ("GITHUB_EVENT_NAME", "pull_request"),
@@ -185,7 +63,7 @@ impl Forge {
                     ("GITHUB_STEP_SUMMARY", self.summary().to_str().unwrap()),
                 ])
             }
-            Kind::GitLab => Self::vars(&[
+            Kind::GitLab => vars(&[
                 ("GITLAB_CI", "true"),
                 ("CI_PROJECT_ID", "42"),
                 ("CI_PROJECT_URL", "https://gitlab.example/acme/infra"),
@@ -205,7 +83,7 @@ impl Forge {
                 let event = self.events.path().join(format!("push-{merge}.json"));
                 let payload = serde_json::json!({"before": before, "after": merge, "repository": {"default_branch": "main"}});
                 std::fs::write(&event, payload.to_string()).unwrap();
-                Self::vars(&[
+                vars(&[
                     ("GITHUB_ACTIONS", "true"),
                     ("GITHUB_REPOSITORY", "acme/infra"),
                     ("GITHUB_EVENT_NAME", "push"),
@@ -217,7 +95,7 @@ impl Forge {
                     ("GITHUB_TOKEN", FORGE_TOKEN),
                 ])
             }
-            Kind::GitLab => Self::vars(&[
+            Kind::GitLab => vars(&[
                 ("GITLAB_CI", "true"),
                 ("CI_PROJECT_ID", "42"),
                 ("CI_PROJECT_URL", "https://gitlab.example/acme/infra"),
@@ -313,7 +191,7 @@ fn pull_request_workflow(kind: Kind) {
     let env = forge.pull_request(7, &pr_head, &base);
     let out = ci_env(&t, &t.agent, &pr, &["ci", "plan", "--format", "json"], &env);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let v = json(&out);
+    let v = json_of(&out);
     let stacks = v["stacks"].as_array().unwrap();
     assert_eq!(stacks.len(), 1, "only the changed stack: {v:#}");
     assert_eq!(stacks[0]["stack"], "app");
@@ -370,7 +248,7 @@ fn pull_request_workflow(kind: Kind) {
     t.s.ok(&t.approver, &["approve", &run]);
     let out = ci_env(&t, &t.agent, &pr, &["ci", "plan", "--format", "json"], &env);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let v = json(&out);
+    let v = json_of(&out);
     assert_eq!(v["stacks"][0]["run"], run.as_str());
     assert_eq!(
         forge.statuses(&pr_head, "airlock/app").last().unwrap().0,
@@ -403,7 +281,7 @@ fn pull_request_workflow(kind: Kind) {
     let env = forge.push(&merge, &base);
     let out = ci_env(&t, &t.ci, &main, &["ci", "apply", "--format", "json"], &env);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let v = json(&out);
+    let v = json_of(&out);
     assert_eq!(v["stacks"].as_array().unwrap().len(), 1, "{v:#}");
     assert_eq!(v["stacks"][0]["run"], run.as_str(), "{v:#}");
     assert_eq!(v["stacks"][0]["ok"], true, "{v:#}");
@@ -447,7 +325,10 @@ fn pull_request_workflow(kind: Kind) {
         &env,
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let run2_first = json(&out)["stacks"][0]["run"].as_str().unwrap().to_owned();
+    let run2_first = json_of(&out)["stacks"][0]["run"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     // Reviewed; meanwhile main gets another change to the same stack.
     write(
         dev,
@@ -467,7 +348,10 @@ fn pull_request_workflow(kind: Kind) {
         &env,
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let run2 = json(&out)["stacks"][0]["run"].as_str().unwrap().to_owned();
+    let run2 = json_of(&out)["stacks"][0]["run"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert_eq!(run_status(&t, &run2_first)["run"]["status"], "withdrawn");
     t.s.ok(&t.approver, &["approve", &run2]);
     git(dev, &["checkout", "-q", "main"]);
@@ -541,7 +425,10 @@ fn a_run_claiming_the_pull_requests_commit_counts_only_if_its_inputs_are_the_che
         &["ci", "plan", "--stack", "app", "--format", "json"],
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let honest = json(&out)["stacks"][0]["run"].as_str().unwrap().to_owned();
+    let honest = json_of(&out)["stacks"][0]["run"]
+        .as_str()
+        .unwrap()
+        .to_owned();
 
     // Another agent plans other content at the same commit (HEAD unchanged).
     let mallory = t.s.token("mallory", "agent");
@@ -558,7 +445,10 @@ fn a_run_claiming_the_pull_requests_commit_counts_only_if_its_inputs_are_the_che
         &["ci", "plan", "--stack", "app", "--format", "json"],
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let forged = json(&out)["stacks"][0]["run"].as_str().unwrap().to_owned();
+    let forged = json_of(&out)["stacks"][0]["run"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert_eq!(run_status(&t, &forged)["run"]["git_head"], head.as_str());
     t.s.ok(&t.approver, &["approve", &forged]);
 
@@ -579,7 +469,7 @@ fn a_run_claiming_the_pull_requests_commit_counts_only_if_its_inputs_are_the_che
         ],
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let v = json(&out);
+    let v = json_of(&out);
     assert_eq!(v["stacks"][0]["run"], honest.as_str(), "{v:#}");
     assert_eq!(v["stacks"][0]["commit_status"], "pending", "{v:#}");
     // When no run is for the checkout's inputs (here the checkout moved on), none counts.
@@ -603,7 +493,7 @@ fn a_run_claiming_the_pull_requests_commit_counts_only_if_its_inputs_are_the_che
         ],
     );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let v = json(&out);
+    let v = json_of(&out);
     assert_eq!(v["stacks"][0]["commit_status"], "error", "{v:#}");
     assert!(
         v["stacks"][0]["error"]
@@ -689,7 +579,10 @@ fn a_declared_removal_plans_a_destroy_and_a_deleted_directory_is_reported_not_de
         &["ci", "plan", "--base", "main", "--format", "json"],
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let run = json(&out)["stacks"][0]["run"].as_str().unwrap().to_owned();
+    let run = json_of(&out)["stacks"][0]["run"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     t.s.ok(&t.approver, &["approve", &run]);
     git(dev, &["checkout", "-q", "main"]);
     git(dev, &["merge", "-q", "--no-ff", "-m", "Merge net1", "net1"]);
@@ -703,7 +596,7 @@ fn a_declared_removal_plans_a_destroy_and_a_deleted_directory_is_reported_not_de
     write(
         dev,
         "airlock.hcl",
-        &CONFIG.replace(
+        &TWO_STACKS.replace(
             "dir = \"stacks/net\"\n",
             "dir = \"stacks/net\"\n  destroy = true\n",
         ),
@@ -718,7 +611,7 @@ fn a_declared_removal_plans_a_destroy_and_a_deleted_directory_is_reported_not_de
         &["ci", "plan", "--base", "main", "--format", "json"],
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let v = json(&out);
+    let v = json_of(&out);
     let names: Vec<&str> = v["stacks"]
         .as_array()
         .unwrap()
@@ -828,7 +721,7 @@ fn a_stack_is_not_applied_when_one_it_depends_on_was_not() {
     write(
         dev,
         "airlock.hcl",
-        &CONFIG.replace(
+        &TWO_STACKS.replace(
             "dir = \"stacks/app\"\n",
             "dir = \"stacks/app\"\n  depends_on = [\"net\"]\n",
         ),
@@ -853,7 +746,7 @@ fn a_stack_is_not_applied_when_one_it_depends_on_was_not() {
         &["ci", "plan", "--base", "main", "--format", "json"],
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let v = json(&out);
+    let v = json_of(&out);
     let order: Vec<&str> = v["stacks"]
         .as_array()
         .unwrap()

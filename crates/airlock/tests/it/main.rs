@@ -10,6 +10,7 @@ mod client;
 mod console;
 mod firewall_identity;
 mod forge;
+mod git_repo;
 mod hints;
 mod mcp;
 mod policies;
