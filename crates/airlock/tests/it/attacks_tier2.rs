@@ -100,11 +100,12 @@ fn attacks_tier2_a_pull_request_author_cannot_approve_the_run_of_their_own_chang
     let base = git(dev, &["rev-parse", "HEAD"]);
 
     // alice (an approver) opens a pull request changing stack app.
-    git(dev, &["checkout", "-q", "-b", "alice-change"]);
-    write(dev, "stacks/app/main.tf", &resources(&["base", "alices"]));
-    git(dev, &["commit", "-q", "-am", "app: alice's change"]);
-    git(dev, &["push", "-q", "origin", "alice-change"]);
-    let head = git(dev, &["rev-parse", "HEAD"]);
+    let head = origin.push_change(
+        "alice-change",
+        "stacks/app/main.tf",
+        &resources(&["base", "alices"]),
+        "app: alice's change",
+    );
     let pr = origin.checkout("ci-pr", &head);
     let env = github_pr(&f, events.path(), 7, &head, &base, "Alice");
     let out = ci_env(&t, &t.agent, &pr, &["ci", "plan", "--format", "json"], &env);
@@ -175,11 +176,12 @@ fn attacks_tier2_a_merge_request_pusher_cannot_approve_the_run_on_gitlab() {
     let origin = Origin::new();
     let dev = &origin.work;
     let base = git(dev, &["rev-parse", "HEAD"]);
-    git(dev, &["checkout", "-q", "-b", "alice-change"]);
-    write(dev, "stacks/net/main.tf", &resources(&["base", "alices"]));
-    git(dev, &["commit", "-q", "-am", "net: alice's change"]);
-    git(dev, &["push", "-q", "origin", "alice-change"]);
-    let head = git(dev, &["rev-parse", "HEAD"]);
+    let head = origin.push_change(
+        "alice-change",
+        "stacks/net/main.tf",
+        &resources(&["base", "alices"]),
+        "net: alice's change",
+    );
     let mr = origin.checkout("ci-mr", &head);
     let env = vars(&[
         ("GITLAB_CI", "true"),

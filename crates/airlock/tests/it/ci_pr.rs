@@ -180,11 +180,12 @@ fn pull_request_workflow(kind: Kind) {
     let base = git(dev, &["rev-parse", "HEAD"]);
 
     // A pull request that changes one stack.
-    git(dev, &["checkout", "-q", "-b", "pr1"]);
-    write(dev, "stacks/app/main.tf", &resources(&["base", "added"]));
-    git(dev, &["commit", "-q", "-am", "app: add a resource"]);
-    git(dev, &["push", "-q", "origin", "pr1"]);
-    let pr_head = git(dev, &["rev-parse", "HEAD"]);
+    let pr_head = origin.push_change(
+        "pr1",
+        "stacks/app/main.tf",
+        &resources(&["base", "added"]),
+        "app: add a resource",
+    );
 
     // The pull-request job: a fresh checkout, an agent-role token (plan and propose only).
     let pr = origin.checkout("ci-pr1", &pr_head);
@@ -412,11 +413,12 @@ fn a_run_claiming_the_pull_requests_commit_counts_only_if_its_inputs_are_the_che
     t.s.ok(&t.s.admin, &["stack", "create", "net"]);
     let origin = Origin::new();
     let dev = &origin.work;
-    git(dev, &["checkout", "-q", "-b", "pr"]);
-    write(dev, "stacks/app/main.tf", &resources(&["base", "added"]));
-    git(dev, &["commit", "-q", "-am", "app: add a resource"]);
-    git(dev, &["push", "-q", "origin", "pr"]);
-    let head = git(dev, &["rev-parse", "HEAD"]);
+    let head = origin.push_change(
+        "pr",
+        "stacks/app/main.tf",
+        &resources(&["base", "added"]),
+        "app: add a resource",
+    );
     let pr = origin.checkout("ci-pr", &head);
     let out = ci(
         &t,
@@ -534,11 +536,12 @@ fn forge_refusals_are_warnings_naming_the_fix_and_never_change_the_outcome() {
     let origin = Origin::new();
     let dev = &origin.work;
     let base = git(dev, &["rev-parse", "HEAD"]);
-    git(dev, &["checkout", "-q", "-b", "pr"]);
-    write(dev, "stacks/net/main.tf", &resources(&["base", "added"]));
-    git(dev, &["commit", "-q", "-am", "net: add a resource"]);
-    git(dev, &["push", "-q", "origin", "pr"]);
-    let head = git(dev, &["rev-parse", "HEAD"]);
+    let head = origin.push_change(
+        "pr",
+        "stacks/net/main.tf",
+        &resources(&["base", "added"]),
+        "net: add a resource",
+    );
     let pr = origin.checkout("ci-pr", &head);
     forge.f.fail_next("GET", ".*", 100, 403, &[]);
     forge.f.fail_next("POST", ".*", 100, 403, &[]);

@@ -93,6 +93,17 @@ impl Origin {
         Origin { tmp, bare, work }
     }
 
+    /// On a new branch `branch` of the developer clone, writes `content` to `path`, commits it
+    /// with `message` and pushes the branch; returns the new head commit.
+    pub fn push_change(&self, branch: &str, path: &str, content: &str, message: &str) -> String {
+        let dev = &self.work;
+        git(dev, &["checkout", "-q", "-b", branch]);
+        write(dev, path, content);
+        git(dev, &["commit", "-q", "-am", message]);
+        git(dev, &["push", "-q", "origin", branch]);
+        git(dev, &["rev-parse", "HEAD"])
+    }
+
     /// A fresh clone named `name` at `rev`, as a CI job checks out.
     pub fn checkout(&self, name: &str, rev: &str) -> PathBuf {
         let dir = self.tmp.path().join(name);
