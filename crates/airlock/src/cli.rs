@@ -103,6 +103,11 @@ pub struct ServerArgs {
     /// Address to listen on (`127.0.0.1:0` picks a free port).
     #[arg(long, env = "AIRLOCK_LISTEN", default_value = "127.0.0.1:8750")]
     pub listen: String,
+    /// The URL people and browsers use to reach this server, e.g. `https://airlock.example.com`
+    /// behind a TLS-terminating proxy: browsers may call `/mcp` only from its origin, and the
+    /// console's cookies are `Secure` when it is `https://` (as they are with `--tls-cert`).
+    #[arg(long, env = "AIRLOCK_PUBLIC_URL")]
+    pub public_url: Option<String>,
     /// Directory of the embedded SQLite database.
     #[arg(
         long,

@@ -37,6 +37,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         ),
         _ => None,
     };
+    let public_url = args.public_url.as_deref().map(public_url).transpose()?;
     let store = open_store(&DatabaseArgs {
         data_dir: args.data_dir.clone(),
         database_url: args.database_url.clone(),
@@ -53,8 +54,11 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         request_timeout: secs(args.request_timeout_secs),
         max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
         auto_create_stacks: args.auto_create_stacks,
-        public_url: None,
-        secure_cookies: tls.is_some(),
+        secure_cookies: tls.is_some()
+            || public_url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("https://")),
+        public_url,
         log_level: match args.log_level {
             LogLevelArg::Off => LogLevel::Off,
             LogLevelArg::Error => LogLevel::Error,
@@ -152,4 +156,23 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! { () = ctrl_c => {}, () = term => {} }
+}
+
+/// `--public-url`, checked: an `http://` or `https://` URL with a host, printable, without
+/// query or fragment; returned without a trailing `/`.
+fn public_url(url: &str) -> anyhow::Result<String> {
+    let url = url.trim_end_matches('/');
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"));
+    let ok = rest.is_some_and(|r| !r.is_empty() && !r.starts_with('/'))
+        && url.len() <= 2048
+        && !url.contains(['?', '#'])
+        && !url.chars().any(|c| c.is_whitespace() || c.is_control());
+    if !ok {
+        anyhow::bail!(
+            "--public-url {url:?} is not a base URL: give the scheme and host people use, e.g. https://airlock.example.com"
+        );
+    }
+    Ok(url.to_owned())
 }

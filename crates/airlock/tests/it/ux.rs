@@ -500,3 +500,78 @@ fn secrets_never_reach_the_server_log() {
         assert!(!log.contains(secret), "{secret} appears in the server log");
     }
 }
+
+/// `--public-url` names the server as people reach it (behind a TLS proxy): the console's
+/// cookies are `Secure` when it is https, browsers may call `/mcp` from its origin only, and a
+/// value that is not a base URL stops the start with a message.
+#[test]
+fn public_url_marks_cookies_secure_and_is_the_only_browser_origin_for_mcp() {
+    let s = TestServer::start_with(&["--public-url", "https://airlock.example.test/"]);
+    let agent = ureq::AgentBuilder::new().redirects(0).build();
+    let login = agent
+        .post(&format!("{}/ui/login", s.url))
+        .set("Origin", &s.url)
+        .set("Sec-Fetch-Site", "same-origin")
+        .set("Cookie", "airlock_login=x")
+        .send_form(&[
+            ("token", s.admin.as_str()),
+            ("login_csrf", "x"),
+            ("next", "/ui/"),
+        ]);
+    let resp = match login {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("sign-in failed: {e}"),
+    };
+    let cookies: Vec<&str> = resp.all("set-cookie");
+    let session = cookies
+        .iter()
+        .find(|c| c.starts_with("airlock_session="))
+        .unwrap_or_else(|| panic!("no session cookie: {} {cookies:?}", resp.status()));
+    assert!(session.contains("; Secure"), "{session}");
+
+    let ping = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+    let mcp = |origin: &str| {
+        let r = agent
+            .post(&format!("{}/mcp", s.url))
+            .set("Authorization", &format!("Bearer {}", s.admin))
+            .set("Accept", "application/json, text/event-stream")
+            .set("Content-Type", "application/json")
+            .set("Origin", origin)
+            .send_string(ping);
+        match r {
+            Ok(r) => r.status(),
+            Err(ureq::Error::Status(code, _)) => code,
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(mcp("https://airlock.example.test"), 200);
+    assert_eq!(mcp("https://evil.example.test"), 403);
+
+    for bad in [
+        "ftp://airlock.example.test",
+        "https://",
+        "https://a.test/?x=1",
+        "airlock.test",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(crate::support::AIRLOCK)
+            .args([
+                "server",
+                "--listen",
+                "127.0.0.1:0",
+                "--public-url",
+                bad,
+                "--data-dir",
+            ])
+            .arg(dir.path().join("data"))
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{bad} was accepted");
+        assert!(
+            text(&out.stderr).contains("is not a base URL"),
+            "{bad}: {}",
+            text(&out.stderr)
+        );
+    }
+}
