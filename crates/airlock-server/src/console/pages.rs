@@ -567,15 +567,17 @@ pub struct RunsQuery {
     status: Option<String>,
     author: Option<String>,
     commit: Option<String>,
+    change_request: Option<String>,
 }
 
-/// `GET /ui/runs?stack=&status=&author=&commit=`: newest first.
+/// `GET /ui/runs?stack=&status=&author=&commit=&change_request=`: newest first.
 pub async fn runs(ctx: Ctx, Query(q): Query<RunsQuery>) -> Response {
     let filters = [
         ("stack", q.stack.as_deref()),
         ("status", q.status.as_deref()),
         ("author", q.author.as_deref()),
         ("commit", q.commit.as_deref()),
+        ("change_request", q.change_request.as_deref()),
     ];
     let mut api = filters.to_vec();
     api.push(("limit", Some("200")));
@@ -593,12 +595,12 @@ pub async fn runs(ctx: Ctx, Query(q): Query<RunsQuery>) -> Response {
             esc(v.unwrap_or(""))
         );
     }
-    body.push_str("<button type=\"submit\">Filter</button></form><table id=\"runs\"><tr><th>run</th><th>stack</th><th>status</th><th>decision</th><th>author</th><th>commit</th><th>destroys</th><th>approvals</th><th>created</th></tr>");
+    body.push_str("<button type=\"submit\">Filter</button></form><table id=\"runs\"><tr><th>run</th><th>stack</th><th>status</th><th>decision</th><th>author</th><th>commit</th><th>change request</th><th>destroys</th><th>approvals</th><th>created</th></tr>");
     for r in list["runs"].as_array().into_iter().flatten() {
         let decision = text(&r["decision"]);
         let _ = write!(
             body,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"decision-{}\">{}</td><td>{}</td><td class=\"mono\">{}</td><td>{}</td><td>{}/{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"decision-{}\">{}</td><td>{}</td><td class=\"mono\">{}</td><td>{}</td><td>{}</td><td>{}/{}</td><td>{}</td></tr>",
             run_link(&text(&r["id"])),
             stack_link(&text(&r["stack"])),
             esc(&text(&r["status"])),
@@ -606,6 +608,7 @@ pub async fn runs(ctx: Ctx, Query(q): Query<RunsQuery>) -> Response {
             esc(&decision),
             esc(&text(&r["author"])),
             esc(&r["git_head"].as_str().map(|c| c.chars().take(12).collect::<String>()).unwrap_or_default()),
+            esc(&r["change_request"].as_u64().map(|n| format!("#{n}")).unwrap_or_default()),
             esc(&text(&r["destroys"])),
             esc(&text(&r["approvals"])),
             esc(&text(&r["required_approvals"])),

@@ -254,6 +254,7 @@ async fn every_console_route_for_every_role_follows_the_api() {
             "/ui/stacks/dev%2Fapp/diff?from=1&to=2".into(),
             "/ui/runs".into(),
             "/ui/runs?stack=dev%2Fapp&status=needs_approval".into(),
+            "/ui/runs?change_request=12".into(),
             format!("/ui/runs/{run}"),
             format!("/ui/runs/{run}/live"),
             "/ui/audit".into(),
@@ -648,6 +649,7 @@ async fn hostile_input_is_bounded_and_answered_clearly() {
     b.get("/ui/stacks/dev%2Fapp/versions/99").await.expect(404);
     let r = b.get("/ui/runs?status=%3Cb%3Enope").await;
     r.expect(400);
+    b.get("/ui/runs?change_request=%3Cb%3E").await.expect(400);
     assert!(r.text().contains("&lt;b&gt;nope") && !r.text().contains("<b>nope"));
     // The API's attribute-level diff takes only the detail it knows.
     for q in ["detail=nope", "detail=attributes&extra=1"] {
