@@ -76,6 +76,21 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
     })
 }
 
+/// Longest reason a person gives (a rejection, a restore).
+pub const MAX_REASON: usize = 2000;
+
+/// The one rule for a reason a person gives: 1 to [`MAX_REASON`] characters, not blank.
+/// `for_what` ends the message (" for a restore").
+pub fn require_reason(reason: &str, for_what: &str) -> ApiResult<()> {
+    if reason.trim().is_empty() || reason.len() > MAX_REASON {
+        return Err(ApiError::new(
+            RefusalKind::BadRequest,
+            format!("a reason (1-{MAX_REASON} characters) is required{for_what}"),
+        ));
+    }
+    Ok(())
+}
+
 /// Runs a store call and converts both error layers.
 pub async fn store_call<T: Send + 'static>(
     state: &Arc<AppState>,

@@ -1122,12 +1122,7 @@ pub async fn reject(
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
     let req: RejectRequest = parse_body(&body)?;
-    if req.reason.trim().is_empty() || req.reason.len() > 2000 {
-        return Err(ApiError::new(
-            RefusalKind::BadRequest,
-            "a reason (1-2000 characters) is required",
-        ));
-    }
+    super::require_reason(&req.reason, "")?;
     load_run(&state, &p, &id).await?;
     let run = transition(&state, &p, &id, None, move |run, _, _, who, now| {
         run_rules::reject(run, who, &req.reason, now)

@@ -243,12 +243,7 @@ pub async fn restore(
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
     let req: RestoreRequest = parse_body(&body)?;
-    if req.reason.trim().is_empty() || req.reason.len() > 2000 {
-        return Err(ApiError::new(
-            RefusalKind::BadRequest,
-            "a reason (1-2000 characters) is required for a restore",
-        ));
-    }
+    super::require_reason(&req.reason, " for a restore")?;
     let (old, bytes) = load(&state, &p, stack.as_str(), &req.serial.to_string()).await?;
     let s = stack.to_string();
     let current = store_call(&state, move |st| st.current_version(&s))

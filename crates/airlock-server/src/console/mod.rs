@@ -39,8 +39,8 @@ pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; 
 const MAX_FORM: usize = 16 * 1024;
 /// Longest token accepted by the sign-in form.
 const MAX_TOKEN: usize = 512;
-/// Longest reason (rejection, restore), as the API bounds it.
-pub const MAX_REASON: usize = 2000;
+/// Longest reason (rejection, restore): the API's bound, for the forms' `maxlength`.
+pub use crate::api::MAX_REASON;
 
 /// The console's routes. They sit outside the API's route table on purpose: they authorize
 /// nothing themselves, every one of them acts through the API as the signed-in token.

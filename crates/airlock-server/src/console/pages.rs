@@ -498,13 +498,6 @@ pub async fn restore(
             Some(&ctx),
         );
     };
-    if f.reason.trim().is_empty() || f.reason.len() > MAX_REASON {
-        return refused_post(
-            StatusCode::BAD_REQUEST,
-            &format!("a reason (1-{MAX_REASON} characters) is required for a restore"),
-            Some(&ctx),
-        );
-    }
     let uri = format!("/api/v1/stacks/{}/restore", seg(name.as_str()));
     let body = json!({"serial": serial, "reason": f.reason});
     match ctx.call(Method::POST, &uri, Some(&body)).await {

@@ -600,10 +600,6 @@ pub async fn reject(
     if let Err(why) = check_post(&headers, ctx.csrf(), f.csrf.as_deref()) {
         return refused_post(StatusCode::FORBIDDEN, &why, Some(&ctx));
     }
-    if f.reason.trim().is_empty() || f.reason.len() > MAX_REASON {
-        let msg = format!("a reason (1-{MAX_REASON} characters) is required");
-        return render(&ctx, &id, 1, Some((StatusCode::BAD_REQUEST, msg))).await;
-    }
     let uri = format!("/api/v1/runs/{}/reject", seg(&id));
     match ctx
         .call(Method::POST, &uri, Some(&json!({"reason": f.reason})))
