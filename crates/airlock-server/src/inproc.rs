@@ -16,6 +16,21 @@ use crate::{router, AppState};
 /// caller that needs more pages through the API as any client would).
 pub const MAX_RESPONSE: usize = 64 * 1024 * 1024;
 
+/// Percent-encodes `s` as one URI path segment or query value: everything but RFC 3986's
+/// unreserved characters (stack names carry `/`, which must stay inside one segment). Used by
+/// the interfaces that build API URIs and links from names (console, MCP).
+pub fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// What an in-process API call answered.
 #[derive(Debug)]
 pub struct Reply {

@@ -45,18 +45,9 @@ pub fn long(s: &str) -> String {
     }
 }
 
-/// A path segment: stack names carry `/`, which the console's URLs (like the API's) encode.
-pub fn seg(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-    out
-}
+/// A path segment or query value (stack names carry `/`, which the console's URLs, like the
+/// API's, encode).
+pub use crate::inproc::encode as seg;
 
 /// Milliseconds since the epoch as RFC 3339 (UTC).
 pub fn when(ms: i64) -> String {

@@ -418,8 +418,7 @@ impl<'a> Ctx<'a> {
     fn stack(&mut self, name: &str) -> Result<String, String> {
         let parsed = StackName::parse(name).map_err(|e| format!("stack: {e}"))?;
         self.stack = Some(parsed.to_string());
-        // One path segment: a stack name holds `/`, never `%`.
-        Ok(parsed.as_str().replace('/', "%2F"))
+        Ok(crate::inproc::encode(parsed.as_str()))
     }
 }
 
@@ -530,20 +529,6 @@ fn capped(v: &Value) -> (Vec<Value>, usize) {
     (all.into_iter().take(MAX_LIST).collect(), total)
 }
 
-/// Percent-encodes a query-string value.
-fn query_value(v: &str) -> String {
-    let mut out = String::with_capacity(v.len());
-    for b in v.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                out.push(b as char)
-            }
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
-}
-
 /// A version argument: a serial or `current`.
 fn version_arg(v: Option<&Value>, what: &str) -> Result<String, String> {
     match v {
@@ -622,10 +607,10 @@ async fn state_resources(ctx: &mut Ctx<'_>, a: StateResources) -> Result<Value, 
     // The API filters and pages (from its cached summary of the version).
     let mut uri = format!("/api/v1/stacks/{seg}/versions/{version}?offset={start}&limit={limit}");
     if let Some(t) = &a.resource_type {
-        uri.push_str(&format!("&type={}", query_value(t)));
+        uri.push_str(&format!("&type={}", crate::inproc::encode(t)));
     }
     if let Some(m) = &a.module {
-        uri.push_str(&format!("&module={}", query_value(m)));
+        uri.push_str(&format!("&module={}", crate::inproc::encode(m)));
     }
     let v = ctx.get(&uri).await?;
     let total = v["total"].as_u64().unwrap_or(0);
@@ -781,11 +766,11 @@ async fn list_runs(ctx: &mut Ctx<'_>, a: ListRuns) -> Result<Value, String> {
     let mut q = format!("/api/v1/runs?limit={}", want + 1);
     if let Some(s) = &a.stack {
         ctx.stack(s)?;
-        q.push_str(&format!("&stack={}", query_value(s)));
+        q.push_str(&format!("&stack={}", crate::inproc::encode(s)));
     }
     for (k, v) in [("status", &a.status), ("author", &a.author)] {
         if let Some(v) = v {
-            q.push_str(&format!("&{k}={}", query_value(v)));
+            q.push_str(&format!("&{k}={}", crate::inproc::encode(v)));
         }
     }
     let v = ctx.get(&q).await?;
@@ -894,10 +879,10 @@ async fn get_audit(ctx: &mut Ctx<'_>, a: AuditArgs) -> Result<Value, String> {
     }
     if let Some(s) = &a.stack {
         ctx.stack(s)?;
-        q.push_str(&format!("&stack={}", query_value(s)));
+        q.push_str(&format!("&stack={}", crate::inproc::encode(s)));
     }
     if let Some(act) = &a.action {
-        q.push_str(&format!("&action={}", query_value(act)));
+        q.push_str(&format!("&action={}", crate::inproc::encode(act)));
     }
     let v = ctx.get(&q).await?;
     let events = v["events"].as_array().cloned().unwrap_or_default();
