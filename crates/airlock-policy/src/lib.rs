@@ -25,6 +25,7 @@
 pub mod analysis;
 pub mod catalogue;
 pub mod config;
+pub mod drift;
 pub mod gate;
 pub mod plan;
 pub mod planfile;

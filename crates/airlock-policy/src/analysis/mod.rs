@@ -12,7 +12,7 @@ use std::fmt;
 use crate::plan::{ChangeKind, PlanInfo};
 
 mod analyzer;
-mod protection;
+pub(crate) mod protection;
 pub mod rules;
 mod words;
 

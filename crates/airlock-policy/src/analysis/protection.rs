@@ -9,7 +9,7 @@ use crate::catalogue::{ProtectRule, Protection};
 use crate::plan::{ChangeKind, ResourceChange};
 
 /// The parsed values a protection rule needs (only built for catalogue types).
-pub(super) struct Values {
+pub(crate) struct Values {
     before: Option<Value>,
     after: Option<Value>,
     after_unknown: Value,
@@ -18,7 +18,7 @@ pub(super) struct Values {
 }
 
 impl Values {
-    pub(super) fn of(rc: &ResourceChange) -> Values {
+    pub(crate) fn of(rc: &ResourceChange) -> Values {
         let parse = |r: &Option<Box<serde_json::value::RawValue>>| -> Option<Value> {
             r.as_ref()
                 .and_then(|r| serde_json::from_str::<Value>(r.get()).ok())
@@ -126,7 +126,7 @@ pub(super) fn already_off(protections: &[Protection], v: &Values) -> Vec<String>
     out
 }
 
-pub(super) fn protection_findings(
+pub(crate) fn protection_findings(
     rc: &ResourceChange,
     kind: ChangeKind,
     protections: &[Protection],
