@@ -182,7 +182,11 @@ struct Doc {
 fn version_triple(v: &str) -> Option<(u64, u64, u64)> {
     let core = v.trim_start_matches('v').split(['-', '+']).next()?;
     let mut it = core.split('.').map(|p| p.parse::<u64>().ok());
-    Some((it.next()??, it.next()?.unwrap_or(0), it.next().flatten().unwrap_or(0)))
+    Some((
+        it.next()??,
+        it.next()?.unwrap_or(0),
+        it.next().flatten().unwrap_or(0),
+    ))
 }
 
 /// Reads a refresh-only plan's JSON into a report. Never fails: what cannot be read is an
@@ -431,7 +435,10 @@ mod tests {
         assert_eq!(r.drifted_instances, 2);
         let db = &r.instances[0];
         assert_eq!(db.address, "aws_db_instance.main");
-        assert_eq!(db.attributes, ["deletion_protection", "password", "tags.team"]);
+        assert_eq!(
+            db.attributes,
+            ["deletion_protection", "password", "tags.team"]
+        );
         assert_eq!(db.sensitive, ["password"]);
         assert!(db.critical);
         assert_eq!(r.instances[1].change, "delete");
@@ -441,8 +448,14 @@ mod tests {
         }
         let rules: Vec<&str> = r.findings.iter().map(|f| f.rule.as_str()).collect();
         assert!(rules.contains(&"protection-weakened"), "{:?}", r.findings);
-        let weakened = r.findings.iter().find(|f| f.rule == "protection-weakened").unwrap();
-        assert!(weakened.message.contains("deletion_protection turned off (true → false)"));
+        let weakened = r
+            .findings
+            .iter()
+            .find(|f| f.rule == "protection-weakened")
+            .unwrap();
+        assert!(weakened
+            .message
+            .contains("deletion_protection turned off (true → false)"));
         assert!(weakened.message.contains("outside Terraform"));
     }
 
@@ -466,11 +479,17 @@ mod tests {
         assert_eq!(r.instances[0].address, "terraform_data.b");
         assert_eq!(r.instances[0].attributes, ["input"]);
         // Before 0.15.2 there was no resource_drift: never "in sync".
-        let r = read(br#"{"format_version":"0.1","terraform_version":"0.14.11","resource_changes":[]}"#);
+        let r = read(
+            br#"{"format_version":"0.1","terraform_version":"0.14.11","resource_changes":[]}"#,
+        );
         assert_eq!(r.status, DriftStatus::Unknown);
-        assert!(r.error.unwrap().contains("resource_drift appeared in 0.15.2"));
+        assert!(r
+            .error
+            .unwrap()
+            .contains("resource_drift appeared in 0.15.2"));
         // A newer Terraform omits resource_drift when nothing drifted.
-        let r = read(br#"{"format_version":"1.0","terraform_version":"1.1.9","resource_changes":[]}"#);
+        let r =
+            read(br#"{"format_version":"1.0","terraform_version":"1.1.9","resource_changes":[]}"#);
         assert_eq!(r.status, DriftStatus::InSync);
     }
 
@@ -486,14 +505,26 @@ mod tests {
             br#"{"format_version":"1.2","resource_drift":[{"change":{"actions":7}}]}"#,
         ] {
             let r = read(bad);
-            assert_eq!(r.status, DriftStatus::Unknown, "{}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                r.status,
+                DriftStatus::Unknown,
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
             assert!(r.error.is_some());
         }
         let errored = br#"{"format_version":"1.2","terraform_version":"1.11.4","errored":true}"#;
         assert_eq!(read(errored).status, DriftStatus::Unknown);
         let applyable = br#"{"format_version":"1.2","terraform_version":"1.11.4","applyable":true,"errored":false}"#;
         assert_eq!(read(applyable).status, DriftStatus::Unknown);
-        assert!(DriftReport::unknown(&"x".repeat(20_000)).error.unwrap().chars().count() <= MAX_ERROR_CHARS + 2);
+        assert!(
+            DriftReport::unknown(&"x".repeat(20_000))
+                .error
+                .unwrap()
+                .chars()
+                .count()
+                <= MAX_ERROR_CHARS + 2
+        );
     }
 
     #[test]

@@ -70,6 +70,7 @@ pub fn run_all<S: StoreImport + StoreStats + 'static>(engine: &Arc<S>) {
     audit_search_filters_newest_first(store.as_ref());
     audit_chain_verifies(store.as_ref());
     import_only_extends_the_chain(engine.as_ref());
+    drift_reports(engine.as_ref());
 }
 
 /// `audit_search` and `audit_count`: newest first, every filter narrowing, `before` paging.
@@ -2091,4 +2092,100 @@ pub fn replicas_audit_chain_verifies(a: &dyn Store, b: &dyn Store) {
 /// one transition wins each round, and both replicas then serve the winner's record.
 pub fn replicas_race_for_run_transitions(a: &Arc<dyn Store>, b: &Arc<dyn Store>) {
     race_for_run(&[a, b], "rep/run-race", 5, 8);
+}
+
+/// Drift reports: tied to the current serial inside the transaction, append-only history paged
+/// newest first, "drifted since" surviving `unknown` checks and cleared by an in-sync one,
+/// refused on archived stacks, and audited.
+pub fn drift_reports(s: &dyn StoreImport) {
+    let stack = "conf/drift";
+    s.create_stack(stack, true, StackSettings::default(), audit("stack.create"))
+        .unwrap();
+    let new = |id: &str, status: &str, serial: Option<u64>| NewDriftReport {
+        id: id.into(),
+        status: status.into(),
+        serial,
+        drifted: u64::from(status == "drifted"),
+        findings: 0,
+        reported_by: "ci (tok-c)".into(),
+        report: format!(r#"{{"status":"{status}"}}"#),
+    };
+    let add = |id: &str, status: &str, serial: Option<u64>| {
+        // Reports are ordered by time: keep them apart.
+        std::thread::sleep(std::time::Duration::from_millis(3));
+        s.add_drift_report(stack, new(id, status, serial), audit("drift.report"))
+    };
+    assert!(s
+        .drift_states()
+        .unwrap()
+        .iter()
+        .all(|d| d.last.stack != stack));
+    // No state yet: only a report about "no state" is current.
+    assert!(
+        matches!(add("drf_c0", "in_sync", Some(1)), Err(StoreError::Conflict(m)) if m.contains("changed since"))
+    );
+    add("drf_c1", "in_sync", None).unwrap();
+    s.write_state(stack, attempt(state(1, "lin", 1), 1), &mut store_it)
+        .unwrap();
+    assert!(matches!(
+        add("drf_c2", "drifted", None),
+        Err(StoreError::Conflict(_))
+    ));
+    let before = audit_len(s);
+    let first = add("drf_c2", "drifted", Some(1)).unwrap();
+    assert_eq!(audit_len(s), before + 1, "every report is audited");
+    assert!(matches!(
+        add("drf_c2", "drifted", Some(1)),
+        Err(StoreError::Conflict(_))
+    ));
+    add("drf_c3", "unknown", Some(1)).unwrap();
+    add("drf_c4", "drifted", Some(1)).unwrap();
+    let state_of = || {
+        s.drift_states()
+            .unwrap()
+            .into_iter()
+            .find(|d| d.last.stack == stack)
+            .unwrap()
+    };
+    let st = state_of();
+    assert_eq!(
+        (st.last.id.as_str(), st.drifted_since),
+        ("drf_c4", Some(first.created_at))
+    );
+    add("drf_c5", "unknown", Some(1)).unwrap();
+    let st = state_of();
+    assert_eq!(st.last.status, "unknown");
+    assert_eq!(
+        st.drifted_since,
+        Some(first.created_at),
+        "an unknown check clears nothing"
+    );
+    add("drf_c6", "in_sync", Some(1)).unwrap();
+    assert_eq!(state_of().drifted_since, None);
+    let later = add("drf_c7", "drifted", Some(1)).unwrap();
+    assert_eq!(state_of().drifted_since, Some(later.created_at));
+    // History: newest first, paged.
+    let ids = |offset, limit| -> Vec<String> {
+        s.drift_reports(stack, offset, limit)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect()
+    };
+    assert_eq!(ids(0, 3), ["drf_c7", "drf_c6", "drf_c5"]);
+    assert_eq!(ids(3, 10), ["drf_c4", "drf_c3", "drf_c2", "drf_c1"]);
+    let (meta, json) = s.drift_report("drf_c2").unwrap().unwrap();
+    assert_eq!((meta, json.as_str()), (first, r#"{"status":"drifted"}"#));
+    assert!(s.drift_report("drf_nope").unwrap().is_none());
+    assert!(matches!(
+        s.drift_reports("conf/none", 0, 1),
+        Err(StoreError::NotFound(_))
+    ));
+    // Archived: history stays, new reports are refused.
+    s.archive_stack(stack, "admin", "gone", audit("stack.delete"))
+        .unwrap();
+    assert!(
+        matches!(add("drf_c8", "in_sync", Some(1)), Err(StoreError::Conflict(m)) if m.contains("deleted"))
+    );
+    assert_eq!(ids(0, 1), ["drf_c7"]);
 }

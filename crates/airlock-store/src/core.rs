@@ -890,6 +890,60 @@ pub fn policy_set_sha256(files: &[PolicyFile]) -> String {
     hex::encode(crate::blob::sha256(&bytes))
 }
 
+const DRIFT_COLUMNS: &str =
+    "d.id, s.name, d.status, d.serial, d.drifted, d.findings, d.reported_by, d.created_at";
+
+fn drift_from_row(r: &Row) -> Result<DriftReportMeta> {
+    Ok(DriftReportMeta {
+        id: r.text(0)?,
+        stack: r.text(1)?,
+        status: r.text(2)?,
+        serial: r.opt_i64(3)?.map(|s| s.max(0) as u64),
+        drifted: r.i64(4)?.max(0) as u64,
+        findings: r.i64(5)?.max(0) as u64,
+        reported_by: r.text(6)?,
+        created_at: r.i64(7)?,
+    })
+}
+
+/// A stack's drift state: its newest report and, when the newest verdict other than `unknown`
+/// is `drifted`, the first drifted report after the last in-sync one.
+fn drift_state_of(db: &mut dyn Sql, stack_id: i64) -> Result<Option<DriftState>> {
+    let newest = |db: &mut dyn Sql, filter: &str| -> Result<Option<DriftReportMeta>> {
+        db.query_opt(
+            &format!(
+                "SELECT {DRIFT_COLUMNS} FROM drift_reports d JOIN stacks s ON s.id = d.stack_id \
+                 WHERE d.stack_id = $1{filter} ORDER BY d.created_at DESC, d.id DESC LIMIT 1"
+            ),
+            params![stack_id],
+        )?
+        .map(|r| drift_from_row(&r))
+        .transpose()
+    };
+    let Some(last) = newest(db, "")? else {
+        return Ok(None);
+    };
+    let verdict = newest(db, " AND d.status <> 'unknown'")?;
+    let drifted_since = match verdict {
+        Some(v) if v.status == "drifted" => {
+            let in_sync =
+                newest(db, " AND d.status = 'in_sync'")?.map_or(i64::MIN, |r| r.created_at);
+            db.query_opt(
+                "SELECT MIN(created_at) FROM drift_reports WHERE stack_id = $1 AND status = 'drifted' AND created_at >= $2",
+                params![stack_id, in_sync],
+            )?
+            .map(|r| r.opt_i64(0))
+            .transpose()?
+            .flatten()
+        }
+        _ => None,
+    };
+    Ok(Some(DriftState {
+        last,
+        drifted_since,
+    }))
+}
+
 fn count(db: &mut dyn Sql, sql: &str, params: &[crate::sql::Value]) -> Result<u64> {
     let n = db
         .query_opt(sql, params)?
@@ -1185,6 +1239,102 @@ impl<E: Engine> Store for E {
             set.removed_by = Some(by.to_owned());
             set.removed_reason = Some(reason.to_owned());
             Ok(set)
+        })
+    }
+
+    // --- drift reports ---
+    fn add_drift_report(
+        &self,
+        stack: &str,
+        report: NewDriftReport,
+        audit: NewAudit,
+    ) -> Result<DriftReportMeta> {
+        self.write(|db| {
+            let (stack_id, _) = lock_live_stack(db, stack)?;
+            let current = current_version_of(db, stack_id, stack)?.map(|v| v.serial);
+            if current != report.serial {
+                let show = |s: Option<u64>| s.map_or("none".to_owned(), |s| s.to_string());
+                return Err(StoreError::Conflict(format!(
+                    "the drift check refreshed state serial {} but the stack's current serial is {}: the state changed since; check again",
+                    show(report.serial),
+                    show(current)
+                )));
+            }
+            let serial = report.serial.map(|s| bigint(s, "serial")).transpose()?;
+            let now = now_ms();
+            db.execute(
+                "INSERT INTO drift_reports (id, stack_id, status, serial, drifted, findings, reported_by, created_at, report) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                params![
+                    &report.id,
+                    stack_id,
+                    &report.status,
+                    &serial,
+                    bigint(report.drifted, "drifted count")?,
+                    bigint(report.findings, "findings count")?,
+                    &report.reported_by,
+                    now,
+                    &report.report
+                ],
+            )
+            .map_err(|e| unique_is_conflict(e, || format!("drift report {} already exists", report.id)))?;
+            append_audit(db, &audit)?;
+            Ok(DriftReportMeta {
+                id: report.id.clone(),
+                stack: stack.to_owned(),
+                status: report.status.clone(),
+                serial: report.serial,
+                drifted: report.drifted,
+                findings: report.findings,
+                reported_by: report.reported_by.clone(),
+                created_at: now,
+            })
+        })
+    }
+
+    fn drift_reports(&self, stack: &str, offset: u32, limit: u32) -> Result<Vec<DriftReportMeta>> {
+        self.read(|db| {
+            let (stack_id, _) = require_stack(db, stack)?;
+            db.query(
+                &format!(
+                    "SELECT {DRIFT_COLUMNS} FROM drift_reports d JOIN stacks s ON s.id = d.stack_id \
+                     WHERE d.stack_id = $1 ORDER BY d.created_at DESC, d.id DESC LIMIT $2 OFFSET $3"
+                ),
+                params![stack_id, i64::from(limit), i64::from(offset)],
+            )?
+            .iter()
+            .map(drift_from_row)
+            .collect()
+        })
+    }
+
+    fn drift_report(&self, id: &str) -> Result<Option<(DriftReportMeta, String)>> {
+        self.read(|db| {
+            db.query_opt(
+                &format!(
+                    "SELECT {DRIFT_COLUMNS}, d.report FROM drift_reports d JOIN stacks s ON s.id = d.stack_id WHERE d.id = $1"
+                ),
+                params![id],
+            )?
+            .map(|r| Ok((drift_from_row(&r)?, r.text(8)?)))
+            .transpose()
+        })
+    }
+
+    fn drift_states(&self) -> Result<Vec<DriftState>> {
+        self.read(|db| {
+            let ids: Vec<i64> = db
+                .query(
+                    "SELECT DISTINCT d.stack_id, s.name FROM drift_reports d JOIN stacks s ON s.id = d.stack_id ORDER BY s.name",
+                    &[],
+                )?
+                .iter()
+                .map(|r| r.i64(0))
+                .collect::<Result<_>>()?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                out.extend(drift_state_of(db, id)?);
+            }
+            Ok(out)
         })
     }
 

@@ -241,6 +241,23 @@ pub trait Store: Send + Sync {
         reason: &str,
         audit: NewAudit,
     ) -> Result<PolicySetRecord>;
+
+    // --- drift reports ---
+    /// Stores a drift report of a live stack. `Conflict` if the stack is archived, or if the
+    /// report's serial is not the stack's current one (checked inside the transaction: a report
+    /// about an older state says nothing about the current one).
+    fn add_drift_report(
+        &self,
+        stack: &str,
+        report: NewDriftReport,
+        audit: NewAudit,
+    ) -> Result<DriftReportMeta>;
+    /// A stack's reports, newest first: at most `limit`, skipping `offset`.
+    fn drift_reports(&self, stack: &str, offset: u32, limit: u32) -> Result<Vec<DriftReportMeta>>;
+    /// One report with its JSON.
+    fn drift_report(&self, id: &str) -> Result<Option<(DriftReportMeta, String)>>;
+    /// The drift status of every stack that has a report, by stack name.
+    fn drift_states(&self) -> Result<Vec<DriftState>>;
 }
 
 /// Backup import: `airlock backup` reads everything through [`Store`] plus

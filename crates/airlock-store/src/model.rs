@@ -701,3 +701,54 @@ pub struct NewPolicySet {
     /// Who adds it.
     pub created_by: String,
 }
+
+/// A drift report to store: what one refresh-only check of a stack found. The store keeps the
+/// report's JSON as given (the server builds it) and the columns that status and history need.
+#[derive(Debug, Clone)]
+pub struct NewDriftReport {
+    /// `drf_…`.
+    pub id: String,
+    /// `in_sync`, `drifted` or `unknown`.
+    pub status: String,
+    /// The state serial the check refreshed (`None`: the stack had no state).
+    pub serial: Option<u64>,
+    /// Drifted instances and outputs.
+    pub drifted: u64,
+    /// Findings (protections weakened, critical objects gone).
+    pub findings: u64,
+    /// Who reported it (token name and id).
+    pub reported_by: String,
+    /// The whole report, JSON.
+    pub report: String,
+}
+
+/// A stored drift report, without its JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DriftReportMeta {
+    /// `drf_…`.
+    pub id: String,
+    /// The stack.
+    pub stack: String,
+    /// `in_sync`, `drifted` or `unknown`.
+    pub status: String,
+    /// The state serial the check refreshed.
+    pub serial: Option<u64>,
+    /// Drifted instances and outputs.
+    pub drifted: u64,
+    /// Findings.
+    pub findings: u64,
+    /// Who reported it.
+    pub reported_by: String,
+    /// When.
+    pub created_at: i64,
+}
+
+/// A stack's drift status: its newest report and, while it is drifted, since when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DriftState {
+    /// The newest report.
+    pub last: DriftReportMeta,
+    /// The time of the first `drifted` report after the last `in_sync` one, if the newest
+    /// verdict that was not `unknown` is `drifted`.
+    pub drifted_since: Option<i64>,
+}

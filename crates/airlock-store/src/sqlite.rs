@@ -26,6 +26,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         6,
         include_str!("../migrations/sqlite/0006_forge_logins.sql"),
     ),
+    (
+        7,
+        include_str!("../migrations/sqlite/0007_drift_reports.sql"),
+    ),
 ];
 // Enough idle readers for a burst of concurrent GETs without reopening connections.
 const MAX_IDLE_READERS: usize = 32;
