@@ -57,6 +57,9 @@ pub enum Permission {
     ForceUnlock,
     /// Manage tokens and stack settings.
     Admin,
+    /// Upload a drift report (its "in sync" clears a stack's drift status, so agents, whose
+    /// report could hide drift, may run drift checks but not record them).
+    ReportDrift,
 }
 
 impl Permission {
@@ -72,6 +75,7 @@ impl Permission {
             Permission::Restore => "restore",
             Permission::ForceUnlock => "force-unlock",
             Permission::Admin => "admin",
+            Permission::ReportDrift => "report-drift",
         }
     }
 }
@@ -96,6 +100,7 @@ impl Role {
             P::Approve | P::Restore | P::ForceUnlock => matches!(self, R::Admin | R::Approver),
             P::ApplyRun => matches!(self, R::Admin | R::Ci),
             P::WriteState | P::Admin => matches!(self, R::Admin),
+            P::ReportDrift => matches!(self, R::Admin | R::Approver | R::Ci),
         }
     }
 

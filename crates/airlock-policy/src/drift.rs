@@ -189,8 +189,8 @@ fn version_triple(v: &str) -> Option<(u64, u64, u64)> {
     ))
 }
 
-/// Reads a refresh-only plan's JSON into a report. Never fails: what cannot be read is an
-/// `unknown` report saying why, so an unreadable plan is never "in sync".
+/// Reads a refresh-only plan's JSON into a report; `Err` (saying why) when the input is not a
+/// readable plan JSON, which a caller records as `unknown`, never as "in sync".
 ///
 /// - `resource_drift` entries count only when their object really differs (Terraform 0.15.2 to
 ///   1.0.0 listed every instance once anything drifted; 1.0.1 and later list only drifted ones
@@ -201,23 +201,22 @@ fn version_triple(v: &str) -> Option<(u64, u64, u64)> {
 ///   producers put refresh results there).
 /// - `errored` plans are `unknown`; so is `applyable: true` (Terraform ≥ 1.8: the refresh
 ///   changed the state) with nothing found.
-pub fn read(plan_json: &[u8]) -> DriftReport {
-    let doc: Doc = match serde_json::from_slice(plan_json) {
-        Ok(d) => d,
-        Err(e) => return DriftReport::unknown(&format!("the plan JSON is unreadable: {e}")),
-    };
+pub fn read(plan_json: &[u8]) -> Result<DriftReport, String> {
+    let doc: Doc = serde_json::from_slice(plan_json)
+        .map_err(|e| format!("the plan JSON is unreadable: {e}"))?;
+    if doc.format_version.is_none() && doc.terraform_version.is_none() {
+        return Err(
+            "not a plan: neither format_version nor terraform_version is set; expected \
+                    the JSON output of `terraform show -json PLANFILE`"
+                .into(),
+        );
+    }
     let mut report = DriftReport {
         status: DriftStatus::InSync,
         terraform_version: doc.terraform_version.clone(),
         ..DriftReport::unknown("")
     };
     report.error = None;
-    if doc.format_version.is_none() && doc.terraform_version.is_none() {
-        return DriftReport::unknown(
-            "not a plan: neither format_version nor terraform_version is set; expected the \
-             JSON output of `terraform show -json PLANFILE`",
-        );
-    }
     let entries = doc.resource_drift.iter().flatten().chain(
         doc.resource_changes
             .iter()
@@ -272,7 +271,7 @@ pub fn read(plan_json: &[u8]) -> DriftReport {
              output"
                 .into(),
         );
-        return report;
+        return Ok(report);
     }
     let old = doc
         .terraform_version
@@ -295,7 +294,7 @@ pub fn read(plan_json: &[u8]) -> DriftReport {
                 .into(),
         );
     }
-    report
+    Ok(report)
 }
 
 fn any_true(v: &Value) -> bool {
@@ -428,9 +427,13 @@ mod tests {
     const DB_DRIFT: &str = r#""resource_drift":[{"address":"aws_db_instance.main","mode":"managed","type":"aws_db_instance","name":"main","provider_name":"registry.terraform.io/hashicorp/aws","change":{"actions":["update"],"before":{"id":"db-1","deletion_protection":true,"password":"old","tags":{"team":"a"}},"after":{"id":"db-1","deletion_protection":false,"password":"new","tags":{"team":"b"}},"after_unknown":{},"before_sensitive":{"password":true,"tags":{}},"after_sensitive":{"password":true,"tags":{}}}},
         {"address":"aws_s3_bucket.logs","mode":"managed","type":"aws_s3_bucket","name":"logs","provider_name":"registry.terraform.io/hashicorp/aws","change":{"actions":["delete"],"before":{"id":"logs","force_destroy":false},"after":null,"after_unknown":{},"before_sensitive":{},"after_sensitive":false}}],"#;
 
+    fn read_ok(bytes: &[u8]) -> DriftReport {
+        read(bytes).unwrap()
+    }
+
     #[test]
     fn drift_is_read_with_names_only_and_protection_findings() {
-        let r = read(&plan(DB_DRIFT, "", "1.11.4"));
+        let r = read_ok(&plan(DB_DRIFT, "", "1.11.4"));
         assert_eq!(r.status, DriftStatus::Drifted);
         assert_eq!(r.drifted_instances, 2);
         let db = &r.instances[0];
@@ -461,9 +464,9 @@ mod tests {
 
     #[test]
     fn no_drift_is_in_sync_and_output_changes_are_drift() {
-        assert_eq!(read(&plan("", "", "1.11.4")).status, DriftStatus::InSync);
+        assert_eq!(read_ok(&plan("", "", "1.11.4")).status, DriftStatus::InSync);
         let out = r#""output_changes":{"ip":{"actions":["update"],"before":"a","after":"b","after_unknown":false,"before_sensitive":true,"after_sensitive":true},"same":{"actions":["no-op"],"before":1,"after":1}},"#;
-        let r = read(&plan("", out, "1.11.4"));
+        let r = read_ok(&plan("", out, "1.11.4"));
         assert_eq!(r.status, DriftStatus::Drifted);
         assert_eq!(r.outputs.len(), 1);
         assert!(r.outputs[0].sensitive);
@@ -474,12 +477,12 @@ mod tests {
     fn older_terraform_formats_are_understood() {
         // 0.15.2 to 1.0.0 listed every instance once anything drifted: unchanged ones are not drift.
         let all = r#""resource_drift":[{"address":"terraform_data.a","mode":"managed","type":"terraform_data","name":"a","change":{"actions":["update"],"before":{"id":"1","input":"x"},"after":{"id":"1","input":"x"}}},{"address":"terraform_data.b","mode":"managed","type":"terraform_data","name":"b","change":{"actions":["update"],"before":{"id":"2","input":"x"},"after":{"id":"2","input":"y"}}}],"#;
-        let r = read(&plan(all, "", "1.0.0"));
+        let r = read_ok(&plan(all, "", "1.0.0"));
         assert_eq!(r.drifted_instances, 1);
         assert_eq!(r.instances[0].address, "terraform_data.b");
         assert_eq!(r.instances[0].attributes, ["input"]);
         // Before 0.15.2 there was no resource_drift: never "in sync".
-        let r = read(
+        let r = read_ok(
             br#"{"format_version":"0.1","terraform_version":"0.14.11","resource_changes":[]}"#,
         );
         assert_eq!(r.status, DriftStatus::Unknown);
@@ -488,8 +491,9 @@ mod tests {
             .unwrap()
             .contains("resource_drift appeared in 0.15.2"));
         // A newer Terraform omits resource_drift when nothing drifted.
-        let r =
-            read(br#"{"format_version":"1.0","terraform_version":"1.1.9","resource_changes":[]}"#);
+        let r = read_ok(
+            br#"{"format_version":"1.0","terraform_version":"1.1.9","resource_changes":[]}"#,
+        );
         assert_eq!(r.status, DriftStatus::InSync);
     }
 
@@ -504,19 +508,12 @@ mod tests {
             br#"{"format_version":"1.2","resource_drift":"x"}"#,
             br#"{"format_version":"1.2","resource_drift":[{"change":{"actions":7}}]}"#,
         ] {
-            let r = read(bad);
-            assert_eq!(
-                r.status,
-                DriftStatus::Unknown,
-                "{}",
-                String::from_utf8_lossy(bad)
-            );
-            assert!(r.error.is_some());
+            assert!(read(bad).is_err(), "{}", String::from_utf8_lossy(bad));
         }
         let errored = br#"{"format_version":"1.2","terraform_version":"1.11.4","errored":true}"#;
-        assert_eq!(read(errored).status, DriftStatus::Unknown);
+        assert_eq!(read_ok(errored).status, DriftStatus::Unknown);
         let applyable = br#"{"format_version":"1.2","terraform_version":"1.11.4","applyable":true,"errored":false}"#;
-        assert_eq!(read(applyable).status, DriftStatus::Unknown);
+        assert_eq!(read_ok(applyable).status, DriftStatus::Unknown);
         assert!(
             DriftReport::unknown(&"x".repeat(20_000))
                 .error
@@ -533,7 +530,7 @@ mod tests {
             .map(|i| format!(r#"{{"address":"terraform_data.x[{i}]","mode":"managed","type":"terraform_data","name":"x","change":{{"actions":["update"],"before":{{"input":{i}}},"after":{{"input":-1}}}}}}"#))
             .collect();
         let drift = format!(r#""resource_drift":[{}],"#, entries.join(","));
-        let r = read(&plan(&drift, "", "1.11.4"));
+        let r = read_ok(&plan(&drift, "", "1.11.4"));
         assert_eq!(r.drifted_instances as usize, MAX_INSTANCES + 500);
         assert_eq!(r.instances.len(), MAX_INSTANCES);
         assert_eq!(r.by_type["terraform_data"] as usize, MAX_INSTANCES + 500);

@@ -71,3 +71,39 @@ impl Metrics {
         out
     }
 }
+
+/// Per-stack drift gauges: `airlock_stack_drifted{stack}` (1 while the newest verdict is
+/// drifted, else 0), `airlock_stack_drift_unknown{stack}` (1 when the newest check could not
+/// tell), `airlock_stack_drift_check_age_seconds{stack}`. Stack names are `[a-z0-9._/-]`, so
+/// they need no escaping in a label.
+pub fn render_drift(states: &[airlock_store::DriftState], now_ms: i64) -> String {
+    let mut out = String::new();
+    let rows: [(&str, &str, &dyn Fn(&airlock_store::DriftState) -> String); 3] = [
+        (
+            "airlock_stack_drifted",
+            "1 while the stack has drifted (its newest verdict other than unknown), else 0.",
+            &|d| u8::from(d.drifted_since.is_some()).to_string(),
+        ),
+        (
+            "airlock_stack_drift_unknown",
+            "1 when the stack's newest drift check could not tell (provider or refresh error).",
+            &|d| u8::from(d.last.status == "unknown").to_string(),
+        ),
+        (
+            "airlock_stack_drift_check_age_seconds",
+            "Seconds since the stack's newest drift check.",
+            &|d| ((now_ms - d.last.created_at).max(0) / 1000).to_string(),
+        ),
+    ];
+    for (name, help, value) in rows {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+        for d in states {
+            out.push_str(&format!(
+                "{name}{{stack=\"{}\"}} {}\n",
+                d.last.stack,
+                value(d)
+            ));
+        }
+    }
+    out
+}

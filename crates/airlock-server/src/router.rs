@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use airlock_core::Permission::{self, Admin, ApplyRun, Approve, CreateRun, Lock, Read, Restore};
+use airlock_core::Permission::{
+    self, Admin, ApplyRun, Approve, CreateRun, Lock, Read, ReportDrift, Restore,
+};
 use axum::extract::DefaultBodyLimit;
 use axum::handler::Handler;
 use axum::http::Method;
@@ -189,6 +191,11 @@ fn routes() -> Routes {
         .route(POST,    "/mcp",                                         Read,      mcp::post)
         .route(GET,     "/mcp",                                         Read,      mcp::not_offered)
         .route(DELETE,  "/mcp",                                         Read,      mcp::not_offered)
+        // Drift reports: the server reads the refresh-only plan itself; agents may not record
+        // one (an "in sync" report clears the stack's drift status).
+        .upload(POST,   "/api/v1/stacks/{stack}/drift",                 ReportDrift, api::drift::report)
+        .route(GET,     "/api/v1/stacks/{stack}/drift",                 Read,      api::drift::status)
+        .route(GET,     "/api/v1/stacks/{stack}/drift/{id}",            Read,      api::drift::show)
 }
 
 /// The route table, as [`build`] serves and authorizes it.
@@ -197,7 +204,8 @@ pub fn table() -> RouteTable {
 }
 
 /// Builds the application: the table's routes behind `auth::authorize`, then the only routes
-/// outside it: health and metrics (which name no stack and reveal nothing) and the console
+/// outside it: health and metrics (which reveal no state, only stack names with their drift
+/// status, for monitoring) and the console
 /// (`/ui/`, which authorizes nothing itself: it calls the API above with the session's token).
 pub fn build(state: Arc<AppState>) -> Router {
     let Routes { router, table } = routes();

@@ -1,6 +1,7 @@
 //! `/api/v1`: the JSON API used by the CLI. One module per noun.
 
 pub mod audit;
+pub mod drift;
 pub mod policies;
 pub mod runs;
 pub mod stacks;
@@ -47,11 +48,15 @@ pub async fn healthz(State(state): State<Arc<AppState>>) -> Response {
 
 /// `GET /metrics` in the Prometheus text format.
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
-        .into_response()
+    let mut text = state.metrics.render();
+    // Drift per stack; an unavailable store leaves these out rather than failing the scrape.
+    if let Ok(Ok(drift)) = blocking(&state, |st| st.drift_states()).await {
+        text.push_str(&crate::metrics::render_drift(
+            &drift,
+            airlock_store::now_ms(),
+        ));
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 /// Anything else. Under `/state` a 404 would read to Terraform as "no state yet" (an address

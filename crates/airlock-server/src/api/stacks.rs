@@ -70,10 +70,19 @@ pub async fn list(
     State(state): State<Arc<AppState>>,
     Extension(p): Extension<Principal>,
 ) -> ApiResult<Json<Value>> {
-    let stacks = store_call(&state, |st| st.list_stacks()).await?;
+    let (stacks, mut drift) = store_call(&state, |st| {
+        Ok((st.list_stacks()?, super::drift::states_by_stack(st)?))
+    })
+    .await?;
     let visible: Vec<_> = stacks
         .into_iter()
         .filter(|s| p.may_access(&s.name) && (s.archived.is_none() || p.role == Role::Admin))
+        .map(|s| {
+            let d = super::drift::status_json(drift.remove(&s.name).as_ref());
+            let mut v = json!(s);
+            v["drift"] = d;
+            v
+        })
         .collect();
     Ok(Json(json!({ "stacks": visible })))
 }
@@ -97,14 +106,15 @@ pub async fn show(
     let record = existing_stack(&state, &p, stack.as_str()).await?;
     let s = stack.to_string();
     let read_state = q.instances != Some(false);
-    let (lock, current, bytes) = store_call(&state, move |st| {
+    let (lock, current, bytes, drift) = store_call(&state, move |st| {
+        let drift = super::drift::states_by_stack(st)?.remove(&s);
         let lock = st.current_lock(&s)?;
         let current = st.current_version(&s)?;
         let bytes = match &current {
             Some(v) if read_state => Some(st.version_bytes(&s, v.serial)?),
             _ => None,
         };
-        Ok((lock, current, bytes))
+        Ok((lock, current, bytes, drift))
     })
     .await?;
     let mut instances = 0usize;
@@ -124,6 +134,7 @@ pub async fn show(
     }
     Ok(Json(
         json!({ "stack": record, "lock": lock, "current": current,
+                "drift": super::drift::status_json(drift.as_ref()),
                 "instances": if read_state { json!(instances) } else { Value::Null },
                 "protected": if read_state { json!(protected) } else { Value::Null } }),
     ))

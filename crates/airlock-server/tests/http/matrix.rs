@@ -16,7 +16,7 @@ const STATE: &str = "/state/{*stack}";
 /// docs/design.md's roles matrix, verbatim: (permission, [admin, approver, ci, agent, reader]).
 /// "apply approved run" and "write state outside a run" carry footnote 1 (per-stack settings
 /// may switch them off); the lock row carries footnote 2 (agents: planning only).
-const DESIGN_MATRIX: [(Permission, [bool; 5]); 9] = [
+const DESIGN_MATRIX: [(Permission, [bool; 5]); 10] = [
     (Permission::Read, [true, true, true, true, true]),
     (Permission::Lock, [true, true, true, true, false]),
     (Permission::CreateRun, [true, true, true, true, false]),
@@ -26,6 +26,7 @@ const DESIGN_MATRIX: [(Permission, [bool; 5]); 9] = [
     (Permission::Restore, [true, true, false, false, false]),
     (Permission::ForceUnlock, [true, true, false, false, false]),
     (Permission::Admin, [true, false, false, false, false]),
+    (Permission::ReportDrift, [true, true, true, false, false]),
 ];
 
 #[test]
@@ -42,6 +43,7 @@ fn roles_carry_exactly_the_design_matrix() {
         Permission::Restore,
         Permission::ForceUnlock,
         Permission::Admin,
+        Permission::ReportDrift,
     ] {
         assert!(!Role::Agent.has(p), "agents never hold {p:?}");
         assert!(!Role::Reader.has(p), "readers never hold {p:?}");
@@ -130,6 +132,7 @@ fn the_route_table_matches_the_design_matrix() {
                 | Permission::Restore
                 | Permission::ForceUnlock
                 | Permission::Admin
+                | Permission::ReportDrift
         ) {
             assert!(!Role::Agent.has(perm), "{method} {route}");
         }

@@ -298,6 +298,7 @@ fn every_permission() -> Vec<Permission> {
         Permission::Restore,
         Permission::ForceUnlock,
         Permission::Admin,
+        Permission::ReportDrift,
     ];
     for p in &all {
         match p {
@@ -309,7 +310,8 @@ fn every_permission() -> Vec<Permission> {
             | Permission::WriteState
             | Permission::Restore
             | Permission::ForceUnlock
-            | Permission::Admin => {}
+            | Permission::Admin
+            | Permission::ReportDrift => {}
         }
     }
     all
