@@ -72,6 +72,9 @@ pub enum Command {
     Backup(BackupCommand),
     /// Apply pending database migrations and exit.
     Migrate(DatabaseArgs),
+    /// Check a stack for drift: a refresh-only plan with plan-phase credentials (it never
+    /// writes), reported to the server. Exit 0 in sync, 3 drifted, 1 unknown, 2 skipped (locked).
+    Drift(DriftArgs),
 }
 
 /// Output format of client commands.
@@ -808,6 +811,22 @@ pub struct McpArgs {
     #[arg(long, default_value = ".")]
     pub root: PathBuf,
     /// Terraform binary `propose_change` runs (e.g. `tofu`).
+    #[arg(long, env = "AIRLOCK_TERRAFORM_BIN", default_value = "terraform")]
+    pub terraform_bin: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `airlock drift`.
+#[derive(Debug, Args)]
+pub struct DriftArgs {
+    /// Root module directory (default: the current directory).
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+    /// Stack to check (default: the `stack` block of airlock.hcl whose `dir` is DIR).
+    #[arg(long)]
+    pub stack: Option<String>,
+    /// Terraform binary (e.g. `tofu`).
     #[arg(long, env = "AIRLOCK_TERRAFORM_BIN", default_value = "terraform")]
     pub terraform_bin: String,
     #[command(flatten)]

@@ -73,7 +73,11 @@ fn main() -> ExitCode {
     };
     if matches!(
         cli.command,
-        cli::Command::Plan(_) | cli::Command::Apply(_) | cli::Command::Ci(_) | cli::Command::Mcp(_)
+        cli::Command::Plan(_)
+            | cli::Command::Apply(_)
+            | cli::Command::Ci(_)
+            | cli::Command::Mcp(_)
+            | cli::Command::Drift(_)
     ) {
         commands::forward_interrupts();
     }
@@ -105,6 +109,7 @@ fn main() -> ExitCode {
         cli::Command::Guard(cmd) => commands::guard::run(cmd),
         cli::Command::Backup(cmd) => commands::backup::run(cmd),
         cli::Command::Migrate(args) => commands::migrate::run(args),
+        cli::Command::Drift(args) => commands::drift::run(args),
     };
     match result {
         Ok(code) => code,

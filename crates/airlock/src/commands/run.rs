@@ -108,14 +108,14 @@ fn has_http_backend(dir: &Path) -> anyhow::Result<bool> {
     Ok(false)
 }
 
-fn terraform(bin: &str, dir: &Path, args: &[String]) -> Command {
+pub fn terraform(bin: &str, dir: &Path, args: &[String]) -> Command {
     let mut c = Command::new(bin);
     c.current_dir(dir).args(args);
     c
 }
 
 /// `terraform show -json PLAN` in `dir` with exactly `env`, output captured.
-fn show_json(
+pub fn show_json(
     bin: &str,
     dir: &Path,
     plan: &Path,
@@ -175,7 +175,7 @@ fn init(bin: &str, dir: &Path, state_url: &str, env: &[(String, String)]) -> any
     Ok(())
 }
 
-fn stack_position(c: &Client, stack: &str) -> anyhow::Result<(Option<String>, Option<u64>)> {
+pub fn stack_position(c: &Client, stack: &str) -> anyhow::Result<(Option<String>, Option<u64>)> {
     let v = c.get(&format!("/api/v1/stacks/{}", stack_segment(stack)))?;
     Ok((
         v["stack"]["lineage"].as_str().map(str::to_owned),
@@ -468,58 +468,94 @@ pub fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// A stack's plan phase, ready for `terraform plan`: the stack resolved, a plan-phase token
+/// minted (agent role, scoped to the stack, the caller's user), terraform's environment without
+/// the apply profile, the caller's credentials or a provider the checkout supplies
+/// (`phase_env`, `cli_config::plan_env`), and `terraform init` done against the stack. The one
+/// preparation behind `airlock plan` and `airlock drift`.
+pub struct PlanPhase {
+    pub dir: PathBuf,
+    repo: Repo,
+    pub stack: String,
+    pub env: Vec<(String, String)>,
+    /// Removed however planning ends (it holds the providers terraform installed).
+    scratch: Scratch,
+}
+
+impl PlanPhase {
+    pub fn prepare(
+        c: &Client,
+        dir: &Path,
+        stack: Option<&str>,
+        terraform_bin: &str,
+    ) -> anyhow::Result<PlanPhase> {
+        let dir = dir
+            .canonicalize()
+            .with_context(|| format!("{} is not a directory", dir.display()))?;
+        let repo = find_repo(&dir)?;
+        let stack = resolve_stack(&dir, stack, repo.config.as_ref())?;
+        if !has_http_backend(&dir)? {
+            bail!("{} has no `backend \"http\"` block; add the block printed by `airlock backend-config {stack}`", dir.display());
+        }
+        let plan_token = c.send(
+            "POST",
+            &format!("/api/v1/stacks/{}/plan-token", stack_segment(&stack)),
+            &json!({}),
+        )?;
+        let token = plan_token["secret"]
+            .as_str()
+            .context("the server sent no plan token")?;
+        let apply_profile = repo.profile(Phase::Apply);
+        let held: Vec<&String> = apply_profile
+            .iter()
+            .filter(|v| std::env::var_os(v).is_some())
+            .collect();
+        if !held.is_empty() {
+            eprintln!(
+                "warning: this environment holds the apply profile's credentials ({}). airlock plan does not pass them to terraform, but whoever holds them can change the cloud without airlock: planning environments (and agents) must hold only plan-phase, read-only credentials",
+                held.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+            );
+        }
+        let scratch = Scratch(tempfile_dir()?);
+        let work = scratch.0.as_path();
+        // Terraform installs and runs providers only from where the checkout cannot put them
+        // (`airlock_runner::cli_config`): the plan phase runs code an agent may have written.
+        let sealed = cli_config::plan_env(
+            &repo.root,
+            work,
+            std::env::var(cli_config::OPERATOR_CONFIG_VAR)
+                .ok()
+                .as_deref(),
+            std::env::var("TF_PLUGIN_CACHE_DIR").ok().as_deref(),
+        )
+        .map_err(anyhow::Error::msg)?;
+        let mut env = phase_env(std::env::vars(), &apply_profile, token);
+        env.retain(|(k, _)| !cli_config::PLAN_ENV_VARS.contains(&k.as_str()));
+        env.extend(sealed);
+        let state_url = format!("{}/state/{stack}", c.base());
+        init(terraform_bin, &dir, &state_url, &env)?;
+        Ok(PlanPhase {
+            dir,
+            repo,
+            stack,
+            env,
+            scratch,
+        })
+    }
+
+    /// The private scratch directory (outside the checkout) for plan files.
+    pub fn work(&self) -> &Path {
+        self.scratch.0.as_path()
+    }
+}
+
 /// Plans one stack with a plan-phase token and uploads the run for the server to judge: the one
 /// implementation behind `airlock plan` and `airlock ci plan`.
 pub fn plan_run(c: &Client, req: &PlanRequest<'_>) -> anyhow::Result<Planned> {
-    let dir = req
-        .dir
-        .canonicalize()
-        .with_context(|| format!("{} is not a directory", req.dir.display()))?;
-    let repo = find_repo(&dir)?;
-    let stack = resolve_stack(&dir, req.stack, repo.config.as_ref())?;
-    if !has_http_backend(&dir)? {
-        bail!("{} has no `backend \"http\"` block; add the block printed by `airlock backend-config {stack}`", dir.display());
-    }
+    let phase = PlanPhase::prepare(c, req.dir, req.stack, req.terraform_bin)?;
+    let (dir, repo, stack, env) = (&phase.dir, &phase.repo, phase.stack.clone(), &phase.env);
     let (lineage, serial) = stack_position(c, &stack)?;
-    let plan_token = c.send(
-        "POST",
-        &format!("/api/v1/stacks/{}/plan-token", stack_segment(&stack)),
-        &json!({}),
-    )?;
-    let token = plan_token["secret"]
-        .as_str()
-        .context("the server sent no plan token")?;
-    let apply_profile = repo.profile(Phase::Apply);
-    let held: Vec<&String> = apply_profile
-        .iter()
-        .filter(|v| std::env::var_os(v).is_some())
-        .collect();
-    if !held.is_empty() {
-        eprintln!(
-            "warning: this environment holds the apply profile's credentials ({}). airlock plan does not pass them to terraform, but whoever holds them can change the cloud without airlock: planning environments (and agents) must hold only plan-phase, read-only credentials",
-            held.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
-        );
-    }
-    // Removed however planning ends (it holds the providers terraform installed).
-    let scratch = Scratch(tempfile_dir()?);
-    let work = scratch.0.as_path();
-    // Terraform installs and runs providers only from where the checkout cannot put them
-    // (`airlock_runner::cli_config`): the plan phase runs code an agent may have written.
-    let sealed = cli_config::plan_env(
-        &repo.root,
-        work,
-        std::env::var(cli_config::OPERATOR_CONFIG_VAR)
-            .ok()
-            .as_deref(),
-        std::env::var("TF_PLUGIN_CACHE_DIR").ok().as_deref(),
-    )
-    .map_err(anyhow::Error::msg)?;
-    let mut env = phase_env(std::env::vars(), &apply_profile, token);
-    env.retain(|(k, _)| !cli_config::PLAN_ENV_VARS.contains(&k.as_str()));
-    env.extend(sealed);
-    let state_url = format!("{}/state/{stack}", c.base());
-
-    init(req.terraform_bin, &dir, &state_url, &env)?;
+    let work = phase.scratch.0.as_path();
     let plan_path = work.join("plan.tfplan");
     let mut plan_args: Vec<String> = vec![
         "plan".into(),

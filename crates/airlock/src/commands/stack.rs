@@ -84,10 +84,14 @@ pub fn run(cmd: StackCommand) -> anyhow::Result<ExitCode> {
                             s(st, "/production"),
                             s(st, "/lineage"),
                             time(st, "/created_at"),
+                            super::drift::status_text(&st["drift"]),
                         ]
                     })
                     .collect();
-                table(&["STACK", "PRODUCTION", "LINEAGE", "CREATED"], rows)
+                table(
+                    &["STACK", "PRODUCTION", "LINEAGE", "CREATED", "DRIFT"],
+                    rows,
+                )
             });
         }
         StackCommand::Show { stack, client } => {
@@ -124,6 +128,10 @@ pub fn run(cmd: StackCommand) -> anyhow::Result<ExitCode> {
                     None => "current version:    none yet\n".into(),
                 });
                 out.push_str(&format!("instances:          {}\n", s(v, "/instances")));
+                out.push_str(&format!(
+                    "drift:              {}\n",
+                    super::drift::status_text(&v["drift"])
+                ));
                 let protected: Vec<String> = v["protected"]
                     .as_array()
                     .into_iter()
