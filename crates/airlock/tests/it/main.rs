@@ -21,3 +21,5 @@ mod stack_undo;
 mod state_server;
 mod support;
 mod ux;
+// drift detection (issue 14 part 2)
+mod drift;
