@@ -15,7 +15,7 @@
 // TOKEN is the CI's identity (GitHub: `github-actions[bot]`; GitLab: a project bot user).
 // Control endpoints (outside both prefixes, no auth):
 //   GET  /__standin/requests  every request: method, path, query, body, operation, status, violations
-//   GET  /__standin/state     comments, notes, statuses, registered pull/merge requests
+//   GET  /__standin/state     comments, notes, statuses, issues, registered pull/merge requests
 //   POST /__standin/fail      {method, path: regex over the full path, status, count, headers, body,
 //                             raw, apply}: the next `count` matching requests are answered `status`
 //                             (with `body` as JSON, or the text `raw` verbatim)
@@ -402,7 +402,7 @@ function checkGitlabValue(spec, value, where, out) {
 
 const state = {
   users: new Map([[TOKEN, { id: 41898282, login: "github-actions[bot]", type: "Bot", gitlab_username: "project_1_bot" }]]),
-  github: { comments: [], statuses: [], pulls: [], nextId: 1000 },
+  github: { comments: [], statuses: [], pulls: [], issues: [], nextId: 1000, nextIssue: 500 },
   gitlab: { notes: [], statuses: [], mrs: [], nextId: 5000 },
 };
 const requests = [];
@@ -564,6 +564,22 @@ function githubServe(req, res, c, user, base, url, failure) {
     documentation_url: "https://docs.github.com/rest",
   });
   const findComment = () => g.comments.find((x) => x.repo === repoKey && x.id === Number(params.comment_id));
+  const findIssue = () => g.issues.find((x) => x.repo === repoKey && x.number === Number(params.issue_number));
+  const issueView = (x) => {
+    const v = overlay(exampleAnswer("issues/get", "200"), {
+      id: x.id, node_id: `I_${x.id}`, number: x.number, url: `${apiRepo}/issues/${x.number}`,
+      repository_url: apiRepo, labels_url: `${apiRepo}/issues/${x.number}/labels{/name}`,
+      comments_url: `${apiRepo}/issues/${x.number}/comments`, events_url: `${apiRepo}/issues/${x.number}/events`,
+      html_url: `${web}/issues/${x.number}`, title: x.title, body: x.body, state: x.state,
+      state_reason: x.state_reason, user: overlay(exampleAnswer("issues/get-comment", "200").user, githubUser(x.user)),
+      labels: [], assignee: null, assignees: [],
+      milestone: null, locked: false, comments: 0, closed_at: x.closed_at, created_at: x.created_at,
+      updated_at: x.updated_at, closed_by: null, author_association: x.user.type === "Bot" ? "NONE" : "MEMBER",
+      performed_via_github_app: null,
+    });
+    delete v.pull_request; // an issue, not a pull request
+    return v;
+  };
   const notFound = () => send(res, 404, { message: "Not Found", documentation_url: "https://docs.github.com/rest" });
   const later = (status, body, headers) => {
     c.record.standin_errors.push(...checkAnswer(op, String(status), body));
@@ -649,6 +665,43 @@ function githubServe(req, res, c, user, base, url, failure) {
         // (the example's requested team lacks the `type` its own schema requires; ours has none)
         requested_teams: [], requested_reviewers: [], labels: [], assignees: [],
       })));
+    }
+    // Issues (`airlock ci drift`: one per drifted stack). Numbers are their own sequence here.
+    case "issues/create": {
+      if (json.body !== undefined && [...json.body].length > GITHUB_COMMENT_MAX) return send(res, 422, tooLong("body", GITHUB_COMMENT_MAX));
+      const t = now();
+      const x = {
+        id: g.nextId++, number: g.nextIssue++, repo: repoKey, title: String(json.title), body: json.body ?? null,
+        state: "open", state_reason: null, user, created_at: t, updated_at: t, closed_at: null,
+      };
+      g.issues.push(x);
+      return later(201, issueView(x), { location: `${apiRepo}/issues/${x.number}` });
+    }
+    case "issues/list-for-repo": {
+      const want = url.searchParams.get("state") || "open";
+      const creator = url.searchParams.get("creator");
+      const all = g.issues.filter((x) => x.repo === repoKey && (want === "all" || x.state === want)
+        && (!creator || x.user.login.toLowerCase() === creator.toLowerCase()));
+      const p = paginate(all, url.searchParams, `${apiRepo}/issues`);
+      return later(200, p.slice.map(issueView), p.links.length ? { link: p.links.join(", ") } : {});
+    }
+    case "issues/get": {
+      const x = findIssue();
+      return x ? later(200, issueView(x)) : notFound();
+    }
+    case "issues/update": {
+      const x = findIssue();
+      if (!x) return notFound();
+      if (json.body !== undefined && json.body !== null && [...json.body].length > GITHUB_COMMENT_MAX) return send(res, 422, tooLong("body", GITHUB_COMMENT_MAX));
+      if (json.title !== undefined) x.title = String(json.title);
+      if (json.body !== undefined) x.body = json.body;
+      if (json.state !== undefined && json.state !== x.state) {
+        x.state = json.state;
+        x.closed_at = json.state === "closed" ? now() : null;
+        x.state_reason = json.state === "closed" ? (json.state_reason || "completed") : "reopened";
+      }
+      x.updated_at = now();
+      return later(200, issueView(x));
     }
     default:
       return send(res, 501, { message: `the stand-in does not serve ${op.operationId} (valid by the description, but not used by airlock)` });

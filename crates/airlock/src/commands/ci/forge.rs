@@ -405,6 +405,151 @@ impl Forge {
         Ok(pick.and_then(|c| c[number_field].as_u64()))
     }
 
+    /// Opens the one issue that carries `marker` (a drifted stack's) or updates it in place;
+    /// returns its URL. Found like the sticky comment: by the hidden marker first in the body
+    /// *and* by the integration's own login, so an issue a user wrote with the marker pasted in
+    /// is never edited. A create whose answer was lost is looked for before re-posting; stray
+    /// copies of our own are closed (GitHub's REST API cannot delete issues). GitHub only.
+    pub fn upsert_issue(
+        &self,
+        marker: &str,
+        title: &str,
+        body: &str,
+    ) -> Result<String, ForgeError> {
+        let (g, body) = self.issue_target(marker, body)?;
+        let retry = g.api.retry;
+        let mut attempt = 1;
+        loop {
+            let ours = self.our_open_issues(marker)?;
+            if let Some((first, rest)) = ours.split_first() {
+                if first.body != body || first.title != title {
+                    self.update_issue(first.number, &json!({"title": title, "body": body}))?;
+                }
+                for stray in rest {
+                    self.update_issue(
+                        stray.number,
+                        &json!({"state": "closed", "state_reason": "not_planned"}),
+                    )?;
+                }
+                return Ok(first.html_url.clone());
+            }
+            let what = format!("opening the issue {title:?}");
+            let path = format!("/repos/{}/issues", g.repository);
+            // Not retried here on a 5xx: it is looked for first.
+            match g.api.call(
+                "POST",
+                &path,
+                Some(&json!({"title": title, "body": body})),
+                false,
+                &what,
+            ) {
+                Ok(reply) => {
+                    return Ok(reply.json["html_url"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned())
+                }
+                Err(e) if e.kind == ForgeErrorKind::Unavailable && attempt < retry.attempts => {
+                    std::thread::sleep(retry.backoff);
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Closes our open issue(s) carrying `marker` with `body` as their last word; the URL of
+    /// the one closed, `None` if there was none. GitHub only.
+    pub fn close_issue(&self, marker: &str, body: &str) -> Result<Option<String>, ForgeError> {
+        let (_, body) = self.issue_target(marker, body)?;
+        let ours = self.our_open_issues(marker)?;
+        for issue in &ours {
+            self.update_issue(
+                issue.number,
+                &json!({"body": body, "state": "closed", "state_reason": "completed"}),
+            )?;
+        }
+        Ok(ours.first().map(|i| i.html_url.clone()))
+    }
+
+    /// The repository issues go to, and `body` with `marker` first (checked, within the limit).
+    fn issue_target(&self, marker: &str, body: &str) -> Result<(&GitHub, String), ForgeError> {
+        check_marker(marker)?;
+        let Forge::GitHub(g) = self else {
+            return Err(config(
+                "drift issues are opened on GitHub only for now; on GitLab, read `airlock ci drift`'s output and exit code".into(),
+            ));
+        };
+        let body = if body.starts_with(marker) {
+            body.to_owned()
+        } else {
+            format!("{marker}\n{body}")
+        };
+        let chars = body.chars().count();
+        if chars > GITHUB_COMMENT_MAX_CHARS {
+            return Err(ForgeError::new(
+                ForgeErrorKind::TooLarge,
+                format!("the issue body is {chars} characters; GitHub takes at most {GITHUB_COMMENT_MAX_CHARS}: shorten it (nothing was sent)"),
+            ));
+        }
+        Ok((g, body))
+    }
+
+    fn update_issue(&self, number: u64, patch: &Value) -> Result<(), ForgeError> {
+        let Forge::GitHub(g) = self else {
+            return Err(config("issues: GitHub only".into()));
+        };
+        let what = format!("updating issue #{number}");
+        let path = format!("/repos/{}/issues/{number}", g.repository);
+        g.api
+            .call("PATCH", &path, Some(patch), true, &what)
+            .map(drop)
+    }
+
+    /// Our open issues carrying `marker`, oldest first (every page, bounded). Pull requests,
+    /// which GitHub lists with issues, are left out.
+    fn our_open_issues(&self, marker: &str) -> Result<Vec<Issue>, ForgeError> {
+        let Forge::GitHub(g) = self else {
+            return Err(config("issues: GitHub only".into()));
+        };
+        let what = "listing the repository's open issues".to_owned();
+        let creator = crate::commands::run::query_value(&g.comment_author);
+        let mut ours = Vec::new();
+        for page in 1..=MAX_COMMENT_PAGES {
+            let path = format!(
+                "/repos/{}/issues?state=open&creator={creator}&per_page=100&page={page}",
+                g.repository
+            );
+            let reply = g.api.call("GET", &path, None, true, &what)?;
+            let items = reply
+                .json
+                .as_array()
+                .ok_or_else(|| protocol(&what, "not a list"))?;
+            for i in items {
+                let body = i["body"].as_str().unwrap_or_default();
+                let by_us = i["user"]["login"].as_str() == Some(g.comment_author.as_str());
+                if by_us && body.starts_with(marker) && i.get("pull_request").is_none() {
+                    ours.push(Issue {
+                        number: i["number"]
+                            .as_u64()
+                            .ok_or_else(|| protocol(&what, "an issue without a number"))?,
+                        title: i["title"].as_str().unwrap_or_default().to_owned(),
+                        body: body.to_owned(),
+                        html_url: i["html_url"].as_str().unwrap_or_default().to_owned(),
+                    });
+                }
+            }
+            if !reply.has_next_page {
+                ours.sort_by_key(|i| i.number);
+                return Ok(ours);
+            }
+        }
+        Err(protocol(
+            &what,
+            "more than 10,000 open issues by this integration",
+        ))
+    }
+
     fn api(&self) -> &Api {
         match self {
             Forge::GitHub(g) => &g.api,
@@ -588,6 +733,13 @@ impl Forge {
             Forge::GitLab(_) => format!("merge request !{change}"),
         }
     }
+}
+
+struct Issue {
+    number: u64,
+    title: String,
+    body: String,
+    html_url: String,
 }
 
 struct Comment {
@@ -1503,6 +1655,96 @@ mod tests {
                 .any(|r| r.path.ends_with(&format!("/comments/{theirs}"))),
             "no request addressed the user's comment"
         );
+        f.assert_no_violations();
+    }
+
+    fn issues(f: &ForgeStandIn) -> Vec<Value> {
+        f.state()["github"]["issues"].as_array().unwrap().clone()
+    }
+
+    #[test]
+    fn github_drift_issue_is_opened_once_updated_closed_and_user_issues_are_left_alone() {
+        let (f, forge, _dir) = github();
+        const DRIFT: &str = "<!-- airlock:drift:prod/db -->";
+        // A person's issue with the marker pasted in.
+        let token = "token-of-mallory";
+        f.add_user(token, "mallory");
+        let url = format!("{}/repos/acme/infra/issues", f.url_github());
+        let pasted = format!("{DRIFT}\nI copied airlock's marker");
+        let theirs: Value = ureq::post(&url)
+            .set("User-Agent", "a-person")
+            .set("Authorization", &format!("token {token}"))
+            .send_json(json!({"title": "mine", "body": pasted}))
+            .unwrap()
+            .into_json()
+            .unwrap();
+        let opened = forge
+            .upsert_issue(DRIFT, "drift: prod/db", "1 drifted")
+            .unwrap();
+        forge
+            .upsert_issue(DRIFT, "drift: prod/db", "1 drifted")
+            .unwrap();
+        forge
+            .upsert_issue(DRIFT, "drift: prod/db", "2 drifted")
+            .unwrap();
+        let all = issues(&f);
+        assert_eq!(all.len(), 2, "opened once: {all:#?}");
+        let ours = all
+            .iter()
+            .find(|i| i["number"] != theirs["number"])
+            .unwrap();
+        assert_eq!(ours["body"], format!("{DRIFT}\n2 drifted"));
+        assert!(
+            opened.ends_with(&format!("/issues/{}", ours["number"])),
+            "{opened}"
+        );
+        let closed = forge.close_issue(DRIFT, "drift cleared").unwrap();
+        assert_eq!(closed.as_deref(), Some(opened.as_str()));
+        let all = issues(&f);
+        let ours = all
+            .iter()
+            .find(|i| i["number"] != theirs["number"])
+            .unwrap();
+        assert_eq!(
+            (ours["state"].as_str(), ours["body"].as_str()),
+            (
+                Some("closed"),
+                Some(format!("{DRIFT}\ndrift cleared").as_str())
+            )
+        );
+        let mine = all
+            .iter()
+            .find(|i| i["number"] == theirs["number"])
+            .unwrap();
+        assert_eq!(
+            (mine["state"].as_str(), mine["body"].as_str()),
+            (Some("open"), Some(pasted.as_str()))
+        );
+        // Nothing open: closing again is a no-op; drifting again opens a new issue.
+        assert_eq!(forge.close_issue(DRIFT, "x").unwrap(), None);
+        forge
+            .upsert_issue(DRIFT, "drift: prod/db", "again")
+            .unwrap();
+        assert_eq!(issues(&f).len(), 3);
+        let n = theirs["number"].as_u64().unwrap();
+        assert!(
+            !f.requests()
+                .iter()
+                .any(|r| r.method == "PATCH" && r.path.ends_with(&format!("/issues/{n}"))),
+            "no request edited the user's issue"
+        );
+        f.assert_no_violations();
+    }
+
+    #[test]
+    fn github_a_lost_issue_create_answer_does_not_duplicate_the_issue() {
+        let (f, forge, _dir) = github();
+        const DRIFT: &str = "<!-- airlock:drift:prod/app -->";
+        f.fail_after_next("POST", "/repos/acme/infra/issues$", 1, 502);
+        forge
+            .upsert_issue(DRIFT, "drift: prod/app", "drifted")
+            .unwrap();
+        assert_eq!(issues(&f).len(), 1);
         f.assert_no_violations();
     }
 
