@@ -715,6 +715,9 @@ pub enum CiCommand {
     Plan(CiPlanArgs),
     /// After merge: apply the approved run of every affected stack whose inputs are the checkout's.
     Apply(CiApplyArgs),
+    /// Scheduled: check every stack (or the given ones) for drift; one issue per drifted stack
+    /// on the forge, closed when it clears. Never applies. Exit 0 in sync, 3 drifted, 1 unknown.
+    Drift(CiDriftArgs),
 }
 
 /// `airlock ci init`.
@@ -827,6 +830,22 @@ pub struct DriftArgs {
     #[arg(long)]
     pub stack: Option<String>,
     /// Terraform binary (e.g. `tofu`).
+    #[arg(long, env = "AIRLOCK_TERRAFORM_BIN", default_value = "terraform")]
+    pub terraform_bin: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `airlock ci drift`.
+#[derive(Debug, Args)]
+pub struct CiDriftArgs {
+    /// Only these stacks (repeatable; default: every stack block of airlock.hcl with a dir).
+    #[arg(long = "stack")]
+    pub stacks: Vec<String>,
+    /// Print only: open, update or close no issue (the default outside CI).
+    #[arg(long)]
+    pub print: bool,
+    /// Terraform binary.
     #[arg(long, env = "AIRLOCK_TERRAFORM_BIN", default_value = "terraform")]
     pub terraform_bin: String,
     #[command(flatten)]

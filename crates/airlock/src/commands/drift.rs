@@ -43,12 +43,6 @@ pub enum Checked {
 }
 
 impl Checked {
-    pub fn stack(&self) -> &str {
-        match self {
-            Checked::Skipped { stack, .. } | Checked::Report { stack, .. } => stack,
-        }
-    }
-
     pub fn exit_code(&self) -> u8 {
         match self {
             Checked::Skipped { .. } => code::SKIPPED,
