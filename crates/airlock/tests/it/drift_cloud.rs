@@ -1,0 +1,175 @@
+//! Drift on the local test cloud (a real provider installed as `hashicorp/aws`): objects
+//! changed and deleted behind Terraform's back are reported by `airlock drift`, a weakened
+//! protection is a finding, `airlock ci drift` keeps one forge issue per drifted stack and
+//! closes it when the drift clears, a provider error is `unknown`, and nothing is ever written.
+
+use serde_json::Value;
+
+use crate::forge::ForgeStandIn;
+use crate::support::{cli_in, raw, team, text, Team, Workspace};
+use crate::testcloud::TestCloud;
+
+const STACK: &str = "prod/db";
+
+const DB_TF: &str = r#"
+resource "aws_db_instance" "main" {
+  identifier              = "prod-db"
+  engine                  = "postgres"
+  instance_class          = "db.t3.micro"
+  password                = "correct-horse"
+  deletion_protection     = true
+  skip_final_snapshot     = true
+  backup_retention_period = 7
+}
+resource "aws_instance" "bastion" {
+  ami           = "ami-0abc1234"
+  instance_type = "t3.micro"
+}
+output "db_class" {
+  value = aws_db_instance.main.instance_class
+}
+"#;
+
+/// A stack on the cloud, applied by the admin; the repository root holds airlock.hcl.
+fn applied(cloud: &TestCloud) -> (Team, Workspace) {
+    let t = team(STACK);
+    let ws = cloud.workspace(&t.s, STACK, DB_TF);
+    std::fs::write(
+        ws.dir.parent().unwrap().join("airlock.hcl"),
+        format!("stack \"{STACK}\" {{\n  dir = \"tf\"\n}}\n"),
+    )
+    .unwrap();
+    ws.tf_ok(&t.s.admin, &["init", "-input=false"]);
+    ws.tf_ok(&t.s.admin, &["apply", "-auto-approve", "-input=false"]);
+    (t, ws)
+}
+
+fn drift(t: &Team, ws: &Workspace, cloud: &TestCloud, token: &str) -> (Option<i32>, Value, String) {
+    let env = cloud.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = cli_in(
+        &t.s,
+        token,
+        &ws.dir,
+        &["drift", ".", "--stack", STACK, "--format", "json"],
+        &env,
+    );
+    let v = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out.status.code(), v, text(&out))
+}
+
+fn ci_drift(t: &Team, ws: &Workspace, cloud: &TestCloud, f: &ForgeStandIn) -> (Option<i32>, String) {
+    let root = ws.dir.parent().unwrap();
+    let events = tempfile::tempdir().unwrap();
+    let mut env: Vec<(String, String)> = f.github_push_env(
+        events.path(),
+        "acme/infra",
+        "main",
+        "main",
+        "1111111111111111111111111111111111111111",
+        "2222222222222222222222222222222222222222",
+    );
+    env.extend(cloud.env().into_iter().map(|(k, v)| (k.to_owned(), v)));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let out = cli_in(&t.s, &t.ci, root, &["ci", "drift"], &env);
+    (out.status.code(), text(&out))
+}
+
+fn issues(f: &ForgeStandIn) -> Vec<Value> {
+    f.state()["github"]["issues"].as_array().unwrap().clone()
+}
+
+#[test]
+fn drift_appears_is_reported_with_findings_and_clears_with_one_forge_issue() {
+    let cloud = TestCloud::new();
+    let (t, ws) = applied(&cloud);
+    let f = ForgeStandIn::start("ghs_drift_ci");
+    let serials = t.s.serials(STACK);
+
+    let (code, v, out) = drift(&t, &ws, &cloud, &t.ci);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(v["report"]["status"], "in_sync", "{out}");
+    let (code, out) = ci_drift(&t, &ws, &cloud, &f);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(issues(&f).is_empty(), "no issue while in sync");
+
+    // Behind Terraform's back: the database loses its protection, the bastion is deleted.
+    cloud.set("aws_db_instance", "prod-db", "deletion_protection", "false");
+    cloud.set("aws_db_instance", "prod-db", "instance_class", "db.t3.large");
+    let bastion = cloud.ids("aws_instance").pop().unwrap();
+    cloud.delete("aws_instance", &bastion);
+
+    // An agent's check sees it, records nothing and changes nothing.
+    let (code, v, out) = drift(&t, &ws, &cloud, &t.agent);
+    assert_eq!(code, Some(3), "{out}");
+    assert!(v["not_recorded"].as_str().unwrap().contains("report-drift"), "{out}");
+    assert_eq!(t.s.serials(STACK), serials, "drift detection wrote state");
+    assert_eq!(
+        cloud.get("aws_db_instance", "prod-db").unwrap()["deletion_protection"],
+        false,
+        "drift detection changed the cloud"
+    );
+
+    // CI's check is recorded: instances, attribute names, the finding, the output; no value.
+    let (code, v, out) = drift(&t, &ws, &cloud, &t.ci);
+    assert_eq!(code, Some(3), "{out}");
+    let r = &v["report"];
+    assert_eq!(r["status"], "drifted");
+    assert_eq!(r["drifted_instances"], 2, "{out}");
+    let db = r["instances"].as_array().unwrap().iter().find(|i| i["address"] == "aws_db_instance.main").unwrap();
+    let attrs: Vec<&str> = db["attributes"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    assert!(attrs.contains(&"deletion_protection") && attrs.contains(&"instance_class"), "{attrs:?}");
+    assert_eq!(db["critical"], true);
+    let gone = r["instances"].as_array().unwrap().iter().find(|i| i["address"] == "aws_instance.bastion").unwrap();
+    assert_eq!(gone["change"], "delete");
+    let findings = r["findings"].to_string();
+    assert!(
+        findings.contains("deletion_protection turned off (true → false) outside Terraform"),
+        "{findings}"
+    );
+    assert_eq!(r["outputs"][0]["name"], "db_class", "{out}");
+    assert!(!out.contains("correct-horse") && !out.contains("db.t3.large"), "a value leaked: {out}");
+    assert_eq!(v["recorded"]["drift"]["status"], "drifted");
+    let show = t.s.ok(&t.s.admin, &["stack", "show", STACK]);
+    assert!(show.contains("drift:              drifted since "), "{show}");
+    let (_, metrics) = raw("GET", &format!("{}/metrics", t.s.url), "", b"");
+    assert!(metrics.contains(&format!("airlock_stack_drifted{{stack=\"{STACK}\"}} 1")), "{metrics}");
+
+    // The scheduled job opens one issue, and updates (never duplicates) it.
+    let (code, out) = ci_drift(&t, &ws, &cloud, &f);
+    assert_eq!(code, Some(3), "{out}");
+    let (code, out) = ci_drift(&t, &ws, &cloud, &f);
+    assert_eq!(code, Some(3), "{out}");
+    let all = issues(&f);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert_eq!(all[0]["state"], "open");
+    let body = all[0]["body"].as_str().unwrap();
+    assert!(body.contains("deletion_protection") && body.contains("aws_instance.bastion"), "{body}");
+    assert!(!body.contains("correct-horse"));
+
+    // Reconciled by a reviewed apply (here the admin's, on a non-production stack): in sync,
+    // and the issue closes.
+    ws.tf_ok(&t.s.admin, &["apply", "-auto-approve", "-input=false"]);
+    let (code, out) = ci_drift(&t, &ws, &cloud, &f);
+    assert_eq!(code, Some(0), "{out}");
+    let all = issues(&f);
+    assert_eq!((all.len(), all[0]["state"].as_str()), (1, Some("closed")), "{all:#?}");
+    let show = t.s.ok(&t.s.admin, &["stack", "show", STACK]);
+    assert!(show.contains("drift:              in sync"), "{show}");
+    f.assert_no_violations();
+}
+
+#[test]
+fn a_provider_error_is_unknown_never_in_sync() {
+    let cloud = TestCloud::new();
+    let (t, ws) = applied(&cloud);
+    // The cloud's record of the database is unreadable: the provider fails the refresh.
+    let file = cloud.dir.join("aws_db_instance").join("prod-db.json");
+    assert!(file.is_file(), "{}", file.display());
+    std::fs::write(&file, "{ not json").unwrap();
+    let (code, v, out) = drift(&t, &ws, &cloud, &t.ci);
+    assert_eq!(code, Some(1), "{out}");
+    assert_eq!(v["report"]["status"], "unknown", "{out}");
+    assert!(v["report"]["error"].as_str().unwrap().contains("terraform plan -refresh-only failed"));
+    assert_eq!(v["recorded"]["drift"]["status"], "unknown");
+}
