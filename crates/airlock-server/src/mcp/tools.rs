@@ -148,6 +148,8 @@ pub static TOOLS: &[Tool] = &[
         [("GET", "/api/v1/runs/{id}")], READ, run_input, explain_run_output),
     tool!("get_audit", "Audit log", "Audit events this token may read (a stack-scoped token sees its stacks' events), newest first, filtered by stack or action. Paged.",
         [("GET", "/api/v1/audit")], READ, audit_input, audit_output),
+    tool!("get_drift", "Drift of a stack", "A stack's drift status (in sync, drifted since when, unknown) from its newest drift check, and that report: drifted instances with attribute names (never values), protection findings, changed outputs. Instances paged.",
+        [("GET", "/api/v1/stacks/{stack}/drift"), ("GET", "/api/v1/stacks/{stack}/drift/{id}")], READ, stack_paged_input, get_drift_output),
     Tool {
         local: true,
         destructive: true,
@@ -289,6 +291,13 @@ fn get_stack_output() -> Value {
     out(
         json!({"stack": {"type": "object"}, "lock": {"type": ["object", "null"]}, "current": {"type": ["object", "null"]}, "instances": {"type": "integer"}, "protected": {"type": "array"}, "protected_total": {"type": "integer"}}),
         &["stack", "protected"],
+    )
+}
+
+fn get_drift_output() -> Value {
+    out(
+        json!({"stack": {"type": "string"}, "drift": {"type": "object"}, "report": {"type": ["object", "null"]}, "summary": {"type": ["object", "null"]}, "instances": {"type": "array", "items": {"type": "object"}}, "total": {"type": "integer"}, "next_cursor": next_cursor_prop()}),
+        &["stack", "drift", "instances", "total", "next_cursor"],
     )
 }
 
@@ -449,6 +458,7 @@ pub async fn run(ctx: &mut Ctx<'_>, args: Value) -> Result<Value, String> {
         "list_runs" => list_runs(ctx, parse(args)?).await,
         "explain_run" => explain_run(ctx, parse(args)?).await,
         "get_audit" => get_audit(ctx, parse(args)?).await,
+        "get_drift" => get_drift(ctx, parse(args)?).await,
         "propose_change" => propose_change(ctx, parse(args)?).await,
         other => Err(format!("internal: tool {other} has no implementation")),
     }
@@ -583,7 +593,7 @@ async fn get_stack(ctx: &mut Ctx<'_>, a: StackArgs) -> Result<Value, String> {
     let (protected, total) = capped(&v["protected"]);
     Ok(json!({
         "stack": v["stack"], "lock": v["lock"], "current": v["current"], "instances": v["instances"],
-        "protected": protected, "protected_total": total,
+        "protected": protected, "protected_total": total, "drift": v["drift"],
     }))
 }
 
@@ -624,6 +634,38 @@ async fn state_resources(ctx: &mut Ctx<'_>, a: StateResources) -> Result<Value, 
         "stack": a.stack, "serial": v["version"]["serial"], "lineage": v["version"]["lineage"],
         "terraform_version": v["terraform_version"], "total": total, "resources": v["instances"],
         "next_cursor": next,
+    }))
+}
+
+async fn get_drift(ctx: &mut Ctx<'_>, a: StackPaged) -> Result<Value, String> {
+    let seg = ctx.stack(&a.stack)?;
+    let status = ctx
+        .get(&format!("/api/v1/stacks/{seg}/drift?limit=1"))
+        .await?;
+    let drift = status["drift"].clone();
+    let Some(id) = drift["last_report"].as_str() else {
+        return Ok(
+            json!({"stack": a.stack, "drift": drift, "report": null, "summary": null, "instances": [], "total": 0, "next_cursor": null}),
+        );
+    };
+    let start = offset(a.cursor.as_deref())?;
+    let limit = limit_of(a.limit)?.min(crate::api::drift::MAX_PAGE as usize);
+    let id = crate::inproc::encode(id);
+    let v = ctx
+        .get(&format!(
+            "/api/v1/stacks/{seg}/drift/{id}?offset={start}&limit={limit}"
+        ))
+        .await?;
+    let total = v["listed"].as_u64().unwrap_or(0);
+    let end = start.saturating_add(v["instances"].as_array().map_or(0, Vec::len));
+    let next = if (end as u64) < total {
+        json!(end.to_string())
+    } else {
+        Value::Null
+    };
+    Ok(json!({
+        "stack": a.stack, "drift": drift, "report": v["report"], "summary": v["summary"],
+        "instances": v["instances"], "total": total, "next_cursor": next,
     }))
 }
 

@@ -25,6 +25,7 @@ const READ_TOOLS: &[&str] = &[
     "list_runs",
     "explain_run",
     "get_audit",
+    "get_drift",
 ];
 
 /// Words no offered tool's name may contain: the actions MCP never takes.

@@ -23,6 +23,7 @@ const READ_TOOLS: &[&str] = &[
     "list_runs",
     "explain_run",
     "get_audit",
+    "get_drift",
 ];
 
 const INJECTION: &str =
