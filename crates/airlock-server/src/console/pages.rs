@@ -31,6 +31,26 @@ pub fn query(pairs: &[(&str, Option<&str>)]) -> String {
 }
 
 /// A JSON scalar as text (`—` for null or missing).
+/// A stack's drift status in words (the API's `drift` object; times in UTC).
+fn drift_cell(d: &Value) -> String {
+    let at = |k: &str| {
+        d[k].as_i64()
+            .map_or_else(|| "-".to_owned(), airlock_core::time::rfc3339)
+    };
+    match d["status"].as_str() {
+        Some("in_sync") => format!("in sync (checked {})", at("last_check")),
+        Some("drifted") => format!(
+            "drifted since {}: {} changed, {} findings (checked {})",
+            at("drifted_since"),
+            text(&d["drifted"]),
+            text(&d["findings"]),
+            at("last_check")
+        ),
+        Some("unknown") => format!("unknown: the check at {} failed", at("last_check")),
+        _ => "never checked".to_owned(),
+    }
+}
+
 pub fn text(v: &Value) -> String {
     match v {
         Value::Null => "—".into(),
@@ -207,7 +227,8 @@ pub async fn stack(ctx: Ctx, Path(raw): Path<String>, Query(d): Query<Done>) -> 
     let mut body = format!(
         "<h1>Stack {}</h1>{}<table class=\"meta\"><tr><th>production</th><td>{}</td></tr>\
 <tr><th>lock</th><td>{}</td></tr><tr><th>managed instances</th><td>{}</td></tr>\
-<tr><th>required approvals</th><td>{}</td></tr><tr><th>protected instances</th><td>{}</td></tr></table>\
+<tr><th>required approvals</th><td>{}</td></tr><tr><th>protected instances</th><td>{}</td></tr>\
+<tr><th>drift</th><td id=\"drift\">{}</td></tr></table>\
 <p><a href=\"/ui/runs{}\">Runs of this stack</a></p>",
         esc(s),
         done_banner(&d),
@@ -216,6 +237,7 @@ pub async fn stack(ctx: Ctx, Path(raw): Path<String>, Query(d): Query<Done>) -> 
         esc(&text(&show["instances"])),
         esc(&text(&st["settings"]["required_approvals"])),
         show["protected"].as_array().map_or(0, Vec::len),
+        esc(&drift_cell(&show["drift"])),
         query(&[("stack", Some(s))])
     );
     let versions = history["versions"].as_array().cloned().unwrap_or_default();
