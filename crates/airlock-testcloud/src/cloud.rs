@@ -59,7 +59,10 @@ impl Cloud {
     /// Stores (creates or replaces) an object.
     pub fn put(&self, kind: &str, id: &str, obj: &Object) -> Result<(), String> {
         if encode_id(id).len() > MAX_ENCODED_ID {
-            return Err(format!("id too long for the test cloud: {} bytes", id.len()));
+            return Err(format!(
+                "id too long for the test cloud: {} bytes",
+                id.len()
+            ));
         }
         let dir = self.dir.join(kind);
         fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -158,9 +161,16 @@ mod tests {
 
     #[test]
     fn ids_round_trip_through_file_names() {
-        for id in ["vpc-0a1b", "arn:aws:ecs:us-east-1:1:cluster/prod", "b/dir/ü key.txt", "%41"] {
+        for id in [
+            "vpc-0a1b",
+            "arn:aws:ecs:us-east-1:1:cluster/prod",
+            "b/dir/ü key.txt",
+            "%41",
+        ] {
             let enc = encode_id(id);
-            assert!(enc.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-%".contains(&b)));
+            assert!(enc
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-%".contains(&b)));
             assert_eq!(decode_id(&enc), id);
         }
     }
@@ -178,6 +188,9 @@ mod tests {
         assert!(cloud.delete("aws_vpc", "vpc-1").unwrap());
         assert!(!cloud.delete("aws_vpc", "vpc-1").unwrap());
         std::fs::write(dir.path().join("aws_vpc/bad.json"), "not json").unwrap();
-        assert!(cloud.get("aws_vpc", "bad").unwrap_err().contains("not a JSON object"));
+        assert!(cloud
+            .get("aws_vpc", "bad")
+            .unwrap_err()
+            .contains("not a JSON object"));
     }
 }

@@ -56,18 +56,34 @@ pub struct Attr {
 }
 
 const fn a(name: &'static str, ty: Ty, mode: Mode) -> Attr {
-    Attr { name, ty, mode, force_new: false, sensitive: false }
+    Attr {
+        name,
+        ty,
+        mode,
+        force_new: false,
+        sensitive: false,
+    }
 }
 
 const fn new(name: &'static str, ty: Ty, mode: Mode) -> Attr {
-    Attr { name, ty, mode, force_new: true, sensitive: false }
+    Attr {
+        name,
+        ty,
+        mode,
+        force_new: true,
+        sensitive: false,
+    }
 }
 
 use Mode::{Computed, Default as D, Optional, OptionalComputed, Required};
 use Ty::{Bool, Int, Str, StrSet, Tags};
 
 /// Every resource type has these.
-const COMMON: [Attr; 3] = [a("id", Str, Computed), a("arn", Str, Computed), a("tags", Tags, Optional)];
+const COMMON: [Attr; 3] = [
+    a("id", Str, Computed),
+    a("arn", Str, Computed),
+    a("tags", Tags, Optional),
+];
 
 pub struct Kind {
     pub name: &'static str,
@@ -197,11 +213,19 @@ pub struct Problem {
 }
 
 fn problem(attr: &'static str, summary: impl Into<String>, detail: impl Into<String>) -> Problem {
-    Problem { attr: Some(attr), summary: summary.into(), detail: detail.into() }
+    Problem {
+        attr: Some(attr),
+        summary: summary.into(),
+        detail: detail.into(),
+    }
 }
 
 fn whole(summary: impl Into<String>, detail: impl Into<String>) -> Problem {
-    Problem { attr: None, summary: summary.into(), detail: detail.into() }
+    Problem {
+        attr: None,
+        summary: summary.into(),
+        detail: detail.into(),
+    }
 }
 
 const MAX_STRING: usize = 4096;
@@ -211,7 +235,9 @@ const MAX_CONTENT: usize = 1 << 20;
 pub fn check_values(kind: &Kind, values: &Planned) -> Vec<Problem> {
     let mut out = Vec::new();
     for attr in kind.all_attrs() {
-        let Some(Some(v)) = values.get(attr.name) else { continue };
+        let Some(Some(v)) = values.get(attr.name) else {
+            continue;
+        };
         if v.is_null() {
             continue;
         }
@@ -232,37 +258,70 @@ pub fn check_type(attr: &Attr, v: &Json) -> Result<(), Problem> {
         Str => v.is_string(),
         Int => v.as_i64().is_some(),
         Bool => v.is_boolean(),
-        Tags => v.as_object().is_some_and(|m| m.values().all(|x| x.is_string())),
-        StrSet => v.as_array().is_some_and(|l| l.iter().all(|x| x.is_string())),
+        Tags => v
+            .as_object()
+            .is_some_and(|m| m.values().all(|x| x.is_string())),
+        StrSet => v
+            .as_array()
+            .is_some_and(|l| l.iter().all(|x| x.is_string())),
     };
     if ok || v.is_null() {
         Ok(())
     } else {
-        Err(problem(attr.name, format!("{} has the wrong type", attr.name), format!("expected {:?}, got {v}", attr.ty)))
+        Err(problem(
+            attr.name,
+            format!("{} has the wrong type", attr.name),
+            format!("expected {:?}, got {v}", attr.ty),
+        ))
     }
 }
 
 fn check_value(kind: &Kind, attr: &Attr, v: &Json) -> Result<(), Problem> {
     let name = attr.name;
     if let Some(s) = v.as_str() {
-        let max = if name == "content" { MAX_CONTENT } else { MAX_STRING };
+        let max = if name == "content" {
+            MAX_CONTENT
+        } else {
+            MAX_STRING
+        };
         if s.len() > max {
-            return Err(problem(name, format!("{name} is too long"), format!("{} bytes; the limit is {max}", s.len())));
+            return Err(problem(
+                name,
+                format!("{name} is too long"),
+                format!("{} bytes; the limit is {max}", s.len()),
+            ));
         }
     }
     match (kind.name, name) {
         (_, "cidr_block") => {
-            let (_, prefix) = parse_cidr(v.as_str().unwrap_or_default()).map_err(|d| problem(name, "invalid CIDR block", d))?;
+            let (_, prefix) = parse_cidr(v.as_str().unwrap_or_default())
+                .map_err(|d| problem(name, "invalid CIDR block", d))?;
             if !(16..=28).contains(&prefix) {
-                return Err(problem(name, "invalid CIDR block", format!("the netmask must be between /16 and /28, got /{prefix}")));
+                return Err(problem(
+                    name,
+                    "invalid CIDR block",
+                    format!("the netmask must be between /16 and /28, got /{prefix}"),
+                ));
             }
         }
-        (_, "identifier" | "db_instance_identifier" | "final_snapshot_identifier" | "db_snapshot_identifier") => {
-            let max = if name == "identifier" || name == "db_instance_identifier" { 63 } else { 255 };
-            check_rds_identifier(v.as_str().unwrap_or_default(), max).map_err(|d| problem(name, format!("invalid {name}"), d))?;
+        (
+            _,
+            "identifier"
+            | "db_instance_identifier"
+            | "final_snapshot_identifier"
+            | "db_snapshot_identifier",
+        ) => {
+            let max = if name == "identifier" || name == "db_instance_identifier" {
+                63
+            } else {
+                255
+            };
+            check_rds_identifier(v.as_str().unwrap_or_default(), max)
+                .map_err(|d| problem(name, format!("invalid {name}"), d))?;
         }
         ("aws_s3_bucket" | "aws_s3_object", "bucket") => {
-            check_bucket_name(v.as_str().unwrap_or_default()).map_err(|d| problem(name, "invalid bucket name", d))?;
+            check_bucket_name(v.as_str().unwrap_or_default())
+                .map_err(|d| problem(name, "invalid bucket name", d))?;
         }
         ("aws_s3_object", "key") => {
             let key = v.as_str().unwrap_or_default();
@@ -270,16 +329,26 @@ fn check_value(kind: &Kind, attr: &Attr, v: &Json) -> Result<(), Problem> {
                 return Err(problem(name, "invalid key", "the key must be 1 to about 60 characters (shorter with non-ASCII bytes) in the test cloud"));
             }
         }
-        ("aws_lb", "name") => check_name(v.as_str().unwrap_or_default(), 32, false).map_err(|d| problem(name, "invalid name", d))?,
-        ("aws_ecs_cluster", "name") => check_name(v.as_str().unwrap_or_default(), 255, true).map_err(|d| problem(name, "invalid name", d))?,
-        ("aws_lb", "load_balancer_type") => {
-            if !["application", "network", "gateway"].contains(&v.as_str().unwrap_or_default()) {
-                return Err(problem(name, "invalid load_balancer_type", "one of application, network, gateway"));
-            }
+        ("aws_lb", "name") => check_name(v.as_str().unwrap_or_default(), 32, false)
+            .map_err(|d| problem(name, "invalid name", d))?,
+        ("aws_ecs_cluster", "name") => check_name(v.as_str().unwrap_or_default(), 255, true)
+            .map_err(|d| problem(name, "invalid name", d))?,
+        ("aws_lb", "load_balancer_type")
+            if !["application", "network", "gateway"].contains(&v.as_str().unwrap_or_default()) =>
+        {
+            return Err(problem(
+                name,
+                "invalid load_balancer_type",
+                "one of application, network, gateway",
+            ));
         }
         (_, "ami") => check_prefixed(v, "ami-").map_err(|d| problem(name, "invalid ami", d))?,
-        (_, "vpc_id") => check_prefixed(v, "vpc-").map_err(|d| problem(name, "invalid vpc_id", d))?,
-        (_, "subnet_id") => check_prefixed(v, "subnet-").map_err(|d| problem(name, "invalid subnet_id", d))?,
+        (_, "vpc_id") => {
+            check_prefixed(v, "vpc-").map_err(|d| problem(name, "invalid vpc_id", d))?
+        }
+        (_, "subnet_id") => {
+            check_prefixed(v, "subnet-").map_err(|d| problem(name, "invalid subnet_id", d))?
+        }
         (_, "subnets") => {
             for s in v.as_array().into_iter().flatten() {
                 check_prefixed(s, "subnet-").map_err(|d| problem(name, "invalid subnets", d))?;
@@ -288,20 +357,35 @@ fn check_value(kind: &Kind, attr: &Attr, v: &Json) -> Result<(), Problem> {
         (_, "instance_type" | "instance_class" | "engine" | "username") => {
             let s = v.as_str().unwrap_or_default();
             if s.is_empty() || s.len() > 64 {
-                return Err(problem(name, format!("invalid {name}"), "1 to 64 characters"));
+                return Err(problem(
+                    name,
+                    format!("invalid {name}"),
+                    "1 to 64 characters",
+                ));
             }
         }
-        (_, "backup_retention_period") => check_range(v, 0, 35).map_err(|d| problem(name, "invalid backup_retention_period", d))?,
-        (_, "allocated_storage") => check_range(v, 20, 65536).map_err(|d| problem(name, "invalid allocated_storage", d))?,
+        (_, "backup_retention_period") => check_range(v, 0, 35)
+            .map_err(|d| problem(name, "invalid backup_retention_period", d))?,
+        (_, "allocated_storage") => {
+            check_range(v, 20, 65536).map_err(|d| problem(name, "invalid allocated_storage", d))?
+        }
         (_, "tags") => {
             let tags = v.as_object().map(|m| m.len()).unwrap_or(0);
             if tags > 50 {
-                return Err(problem(name, "too many tags", format!("{tags} tags; the limit is 50")));
+                return Err(problem(
+                    name,
+                    "too many tags",
+                    format!("{tags} tags; the limit is 50"),
+                ));
             }
             for (k, val) in v.as_object().into_iter().flatten() {
                 let val = val.as_str().unwrap_or_default();
                 if k.is_empty() || k.len() > 128 || val.len() > 256 {
-                    return Err(problem(name, "invalid tag", "keys are 1 to 128 characters, values at most 256"));
+                    return Err(problem(
+                        name,
+                        "invalid tag",
+                        "keys are 1 to 128 characters, values at most 256",
+                    ));
                 }
             }
         }
@@ -312,9 +396,13 @@ fn check_value(kind: &Kind, attr: &Attr, v: &Json) -> Result<(), Problem> {
 
 fn check_prefixed(v: &Json, prefix: &str) -> Result<(), String> {
     let s = v.as_str().unwrap_or_default();
-    let rest = s.strip_prefix(prefix).ok_or_else(|| format!("{s:?} does not start with {prefix:?}"))?;
+    let rest = s
+        .strip_prefix(prefix)
+        .ok_or_else(|| format!("{s:?} does not start with {prefix:?}"))?;
     if rest.is_empty() || rest.len() > 32 || !rest.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        return Err(format!("{s:?} is not {prefix} followed by 1 to 32 letters or digits"));
+        return Err(format!(
+            "{s:?} is not {prefix} followed by 1 to 32 letters or digits"
+        ));
     }
     Ok(())
 }
@@ -328,13 +416,28 @@ fn check_range(v: &Json, min: i64, max: i64) -> Result<(), String> {
 
 /// `a.b.c.d/n`, with the address the network's first (AWS refuses host bits).
 pub fn parse_cidr(s: &str) -> Result<(u32, u32), String> {
-    let (addr, prefix) = s.split_once('/').ok_or_else(|| format!("{s:?} is not ADDRESS/PREFIX"))?;
-    let addr: Ipv4Addr = addr.parse().map_err(|_| format!("{s:?}: {addr:?} is not an IPv4 address"))?;
-    let prefix: u32 = prefix.parse().ok().filter(|p| *p <= 32).ok_or_else(|| format!("{s:?}: the prefix must be 0 to 32"))?;
+    let (addr, prefix) = s
+        .split_once('/')
+        .ok_or_else(|| format!("{s:?} is not ADDRESS/PREFIX"))?;
+    let addr: Ipv4Addr = addr
+        .parse()
+        .map_err(|_| format!("{s:?}: {addr:?} is not an IPv4 address"))?;
+    let prefix: u32 = prefix
+        .parse()
+        .ok()
+        .filter(|p| *p <= 32)
+        .ok_or_else(|| format!("{s:?}: the prefix must be 0 to 32"))?;
     let addr = u32::from(addr);
-    let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - prefix) };
+    let mask = if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - prefix)
+    };
     if addr & !mask != 0 {
-        return Err(format!("{s:?} has host bits set; the network is {}/{prefix}", Ipv4Addr::from(addr & mask)));
+        return Err(format!(
+            "{s:?} has host bits set; the network is {}/{prefix}",
+            Ipv4Addr::from(addr & mask)
+        ));
     }
     Ok((addr, prefix))
 }
@@ -353,7 +456,8 @@ fn check_rds_identifier(s: &str, max: usize) -> Result<(), String> {
     let ok = !s.is_empty()
         && s.len() <= max
         && s.starts_with(|c: char| c.is_ascii_lowercase())
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.ends_with('-')
         && !s.contains("--");
     if ok {
@@ -365,20 +469,24 @@ fn check_rds_identifier(s: &str, max: usize) -> Result<(), String> {
 
 fn check_bucket_name(s: &str) -> Result<(), String> {
     let ok = (3..=63).contains(&s.len())
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
         && s.starts_with(|c: char| c.is_ascii_alphanumeric())
         && s.ends_with(|c: char| c.is_ascii_alphanumeric());
     if ok {
         Ok(())
     } else {
-        Err(format!("{s:?}: 3 to 63 lowercase letters, digits, dots and hyphens"))
+        Err(format!(
+            "{s:?}: 3 to 63 lowercase letters, digits, dots and hyphens"
+        ))
     }
 }
 
 fn check_name(s: &str, max: usize, underscore: bool) -> Result<(), String> {
     let ok = !s.is_empty()
         && s.len() <= max
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || (underscore && b == b'_'))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || (underscore && b == b'_'))
         && !s.starts_with('-')
         && !s.ends_with('-');
     if ok {
@@ -392,7 +500,10 @@ fn hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     // The ids only need to differ; should the system's source fail, the clock still varies.
     if getrandom::fill(&mut buf).is_err() {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
         for (i, b) in buf.iter_mut().enumerate() {
             *b = (nanos >> (8 * (i % 16))) as u8;
         }
@@ -410,17 +521,40 @@ fn b(obj: &Object, name: &str) -> bool {
 
 /// Creates the object described by `planned` (every non-computed value known) and returns it
 /// as stored. Checks what only the cloud knows: references exist, names are free.
-pub fn create(cloud: &Cloud, region: &str, kind: &Kind, planned: &Object) -> Result<Object, Problem> {
+pub fn create(
+    cloud: &Cloud,
+    region: &str,
+    kind: &Kind,
+    planned: &Object,
+) -> Result<Object, Problem> {
     let mut obj = planned.clone();
     let arn = |service: &str, rest: &str| format!("arn:aws:{service}:{region}:{ACCOUNT}:{rest}");
-    let get = |k: &str, id: &str| cloud.get(k, id).map_err(|e| whole("cannot read the cloud", e));
+    let get = |k: &str, id: &str| {
+        cloud
+            .get(k, id)
+            .map_err(|e| whole("cannot read the cloud", e))
+    };
     let id = match kind.name {
         "aws_vpc" => format!("vpc-{}", &hex(9)[..17]),
         "aws_subnet" => {
             let vpc_id = s(planned, "vpc_id");
-            let vpc = get("aws_vpc", vpc_id)?.ok_or_else(|| problem("vpc_id", "InvalidVpcID.NotFound", format!("the VPC {vpc_id:?} does not exist")))?;
+            let vpc = get("aws_vpc", vpc_id)?.ok_or_else(|| {
+                problem(
+                    "vpc_id",
+                    "InvalidVpcID.NotFound",
+                    format!("the VPC {vpc_id:?} does not exist"),
+                )
+            })?;
             if !cidr_within(s(planned, "cidr_block"), s(&vpc, "cidr_block")) {
-                return Err(problem("cidr_block", "InvalidSubnet.Range", format!("{} is not within the VPC's {}", s(planned, "cidr_block"), s(&vpc, "cidr_block"))));
+                return Err(problem(
+                    "cidr_block",
+                    "InvalidSubnet.Range",
+                    format!(
+                        "{} is not within the VPC's {}",
+                        s(planned, "cidr_block"),
+                        s(&vpc, "cidr_block")
+                    ),
+                ));
             }
             if obj.get("availability_zone").is_none_or(Json::is_null) {
                 obj.insert("availability_zone".into(), format!("{region}a").into());
@@ -429,18 +563,41 @@ pub fn create(cloud: &Cloud, region: &str, kind: &Kind, planned: &Object) -> Res
         }
         "aws_ecs_cluster" => arn("ecs", &format!("cluster/{}", s(planned, "name"))),
         "aws_lb" => {
-            for subnet in planned.get("subnets").and_then(Json::as_array).into_iter().flatten() {
+            for subnet in planned
+                .get("subnets")
+                .and_then(Json::as_array)
+                .into_iter()
+                .flatten()
+            {
                 let subnet = subnet.as_str().unwrap_or_default();
-                get("aws_subnet", subnet)?.ok_or_else(|| problem("subnets", "InvalidSubnetID.NotFound", format!("the subnet {subnet:?} does not exist")))?;
+                get("aws_subnet", subnet)?.ok_or_else(|| {
+                    problem(
+                        "subnets",
+                        "InvalidSubnetID.NotFound",
+                        format!("the subnet {subnet:?} does not exist"),
+                    )
+                })?;
             }
             let name = s(planned, "name");
-            obj.insert("dns_name".into(), format!("{name}-{}.{region}.elb.amazonaws.com", hex(4)).into());
-            arn("elasticloadbalancing", &format!("loadbalancer/app/{name}/{}", hex(8)))
+            obj.insert(
+                "dns_name".into(),
+                format!("{name}-{}.{region}.elb.amazonaws.com", hex(4)).into(),
+            );
+            arn(
+                "elasticloadbalancing",
+                &format!("loadbalancer/app/{name}/{}", hex(8)),
+            )
         }
         "aws_instance" => {
             let mut ip = "172.31.0.10".to_string();
             if let Some(subnet_id) = planned.get("subnet_id").and_then(Json::as_str) {
-                let subnet = get("aws_subnet", subnet_id)?.ok_or_else(|| problem("subnet_id", "InvalidSubnetID.NotFound", format!("the subnet {subnet_id:?} does not exist")))?;
+                let subnet = get("aws_subnet", subnet_id)?.ok_or_else(|| {
+                    problem(
+                        "subnet_id",
+                        "InvalidSubnetID.NotFound",
+                        format!("the subnet {subnet_id:?} does not exist"),
+                    )
+                })?;
                 if let Ok((net, _)) = parse_cidr(s(&subnet, "cidr_block")) {
                     ip = Ipv4Addr::from(net + 4 + u32::from(hex(1).as_bytes()[0] % 8)).to_string();
                 }
@@ -457,20 +614,35 @@ pub fn create(cloud: &Cloud, region: &str, kind: &Kind, planned: &Object) -> Res
         }
         "aws_db_snapshot" => {
             let db = s(planned, "db_instance_identifier");
-            get("aws_db_instance", db)?.ok_or_else(|| problem("db_instance_identifier", "DBInstanceNotFound", format!("the database {db:?} does not exist")))?;
+            get("aws_db_instance", db)?.ok_or_else(|| {
+                problem(
+                    "db_instance_identifier",
+                    "DBInstanceNotFound",
+                    format!("the database {db:?} does not exist"),
+                )
+            })?;
             obj.insert("snapshot_type".into(), "manual".into());
             s(planned, "db_snapshot_identifier").to_string()
         }
         "aws_s3_bucket" => s(planned, "bucket").to_string(),
         "aws_s3_object" => {
             let bucket = s(planned, "bucket");
-            get("aws_s3_bucket", bucket)?.ok_or_else(|| problem("bucket", "NoSuchBucket", format!("the bucket {bucket:?} does not exist")))?;
+            get("aws_s3_bucket", bucket)?.ok_or_else(|| {
+                problem(
+                    "bucket",
+                    "NoSuchBucket",
+                    format!("the bucket {bucket:?} does not exist"),
+                )
+            })?;
             format!("{bucket}/{}", s(planned, "key"))
         }
         other => return Err(whole("unknown resource type", other.to_string())),
     };
     if cloud.exists(kind.name, &id) {
-        return Err(whole("AlreadyExists", format!("the cloud already holds {} {id:?}", kind.name)));
+        return Err(whole(
+            "AlreadyExists",
+            format!("the cloud already holds {} {id:?}", kind.name),
+        ));
     }
     let arn = match kind.name {
         "aws_vpc" => arn("ec2", &format!("vpc/{id}")),
@@ -495,7 +667,9 @@ pub fn create(cloud: &Cloud, region: &str, kind: &Kind, planned: &Object) -> Res
 }
 
 fn put(cloud: &Cloud, kind: &str, id: &str, obj: &Object) -> Result<(), Problem> {
-    cloud.put(kind, id, obj).map_err(|e| whole("cannot write to the cloud", e))
+    cloud
+        .put(kind, id, obj)
+        .map_err(|e| whole("cannot write to the cloud", e))
 }
 
 fn etag(content: &str) -> String {
@@ -510,7 +684,10 @@ fn hex_of(bytes: &[u8]) -> String {
 /// A database's automated backups exist while its retention period is above zero.
 fn sync_automated_backups(cloud: &Cloud, db: &Object) -> Result<(), Problem> {
     let id = s(db, "id");
-    let retention = db.get("backup_retention_period").and_then(Json::as_i64).unwrap_or(0);
+    let retention = db
+        .get("backup_retention_period")
+        .and_then(Json::as_i64)
+        .unwrap_or(0);
     if retention > 0 {
         let record = json!({
             "id": id,
@@ -519,18 +696,34 @@ fn sync_automated_backups(cloud: &Cloud, db: &Object) -> Result<(), Problem> {
             "backup_retention_period": retention,
             "status": "active",
         });
-        put(cloud, AUTOMATED_BACKUP, id, record.as_object().expect("an object"))
+        put(
+            cloud,
+            AUTOMATED_BACKUP,
+            id,
+            record.as_object().expect("an object"),
+        )
     } else {
-        cloud.delete(AUTOMATED_BACKUP, id).map(|_| ()).map_err(|e| whole("cannot write to the cloud", e))
+        cloud
+            .delete(AUTOMATED_BACKUP, id)
+            .map(|_| ())
+            .map_err(|e| whole("cannot write to the cloud", e))
     }
 }
 
 /// Updates an object in place to `planned` (computed values carried over from the prior state).
 pub fn update(cloud: &Cloud, kind: &Kind, planned: &Object) -> Result<Object, Problem> {
     let id = s(planned, "id").to_string();
-    let current = cloud.get(kind.name, &id).map_err(|e| whole("cannot read the cloud", e))?;
+    let current = cloud
+        .get(kind.name, &id)
+        .map_err(|e| whole("cannot read the cloud", e))?;
     if current.is_none() {
-        return Err(whole("NotFound", format!("the cloud no longer holds {} {id:?} (deleted outside Terraform?)", kind.name)));
+        return Err(whole(
+            "NotFound",
+            format!(
+                "the cloud no longer holds {} {id:?} (deleted outside Terraform?)",
+                kind.name
+            ),
+        ));
     }
     let mut obj = planned.clone();
     if kind.name == "aws_s3_object" {
@@ -547,22 +740,38 @@ pub fn update(cloud: &Cloud, kind: &Kind, planned: &Object) -> Result<Object, Pr
 /// the delete parameters from Terraform's state (they are arguments of the delete call).
 pub fn delete(cloud: &Cloud, kind: &Kind, state: &Object) -> Result<(), Problem> {
     let id = s(state, "id");
-    let read = |k: &str, id: &str| cloud.get(k, id).map_err(|e| whole("cannot read the cloud", e));
+    let read = |k: &str, id: &str| {
+        cloud
+            .get(k, id)
+            .map_err(|e| whole("cannot read the cloud", e))
+    };
     let list = |k: &str| cloud.list(k).map_err(|e| whole("cannot read the cloud", e));
     let Some(current) = read(kind.name, id)? else {
         return Ok(()); // already gone: deleting is done
     };
     match kind.name {
         "aws_vpc" => {
-            let subnets = list("aws_subnet")?.into_iter().filter(|o| s(o, "vpc_id") == id).count();
+            let subnets = list("aws_subnet")?
+                .into_iter()
+                .filter(|o| s(o, "vpc_id") == id)
+                .count();
             if subnets > 0 {
-                return Err(whole("DependencyViolation", format!("the VPC {id} has {subnets} subnet(s) and cannot be deleted")));
+                return Err(whole(
+                    "DependencyViolation",
+                    format!("the VPC {id} has {subnets} subnet(s) and cannot be deleted"),
+                ));
             }
         }
         "aws_subnet" => {
-            let used = list("aws_instance")?.into_iter().filter(|o| s(o, "subnet_id") == id).count();
+            let used = list("aws_instance")?
+                .into_iter()
+                .filter(|o| s(o, "subnet_id") == id)
+                .count();
             if used > 0 {
-                return Err(whole("DependencyViolation", format!("the subnet {id} has {used} instance(s) and cannot be deleted")));
+                return Err(whole(
+                    "DependencyViolation",
+                    format!("the subnet {id} has {used} instance(s) and cannot be deleted"),
+                ));
             }
         }
         "aws_lb" if b(&current, "enable_deletion_protection") => {
@@ -594,7 +803,10 @@ pub fn delete(cloud: &Cloud, kind: &Kind, state: &Object) -> Result<(), Problem>
                     ));
                 }
                 if cloud.exists("aws_db_snapshot", snap) {
-                    return Err(whole("DBSnapshotAlreadyExists", format!("a snapshot named {snap:?} already exists")));
+                    return Err(whole(
+                        "DBSnapshotAlreadyExists",
+                        format!("a snapshot named {snap:?} already exists"),
+                    ));
                 }
                 let record = json!({
                     "id": snap,
@@ -604,13 +816,23 @@ pub fn delete(cloud: &Cloud, kind: &Kind, state: &Object) -> Result<(), Problem>
                     "snapshot_type": "manual",
                     "tags": Json::Null,
                 });
-                put(cloud, "aws_db_snapshot", snap, record.as_object().expect("an object"))?;
+                put(
+                    cloud,
+                    "aws_db_snapshot",
+                    snap,
+                    record.as_object().expect("an object"),
+                )?;
             }
             // AWS's default (and the provider's): automated backups go with the instance.
-            let delete_backups = state.get("delete_automated_backups").and_then(Json::as_bool).unwrap_or(true);
+            let delete_backups = state
+                .get("delete_automated_backups")
+                .and_then(Json::as_bool)
+                .unwrap_or(true);
             if let Some(mut backup) = read(AUTOMATED_BACKUP, id)? {
                 if delete_backups {
-                    cloud.delete(AUTOMATED_BACKUP, id).map_err(|e| whole("cannot write to the cloud", e))?;
+                    cloud
+                        .delete(AUTOMATED_BACKUP, id)
+                        .map_err(|e| whole("cannot write to the cloud", e))?;
                 } else {
                     backup.insert("status".into(), "retained".into());
                     put(cloud, AUTOMATED_BACKUP, id, &backup)?;
@@ -618,20 +840,30 @@ pub fn delete(cloud: &Cloud, kind: &Kind, state: &Object) -> Result<(), Problem>
             }
         }
         "aws_s3_bucket" => {
-            let objects: Vec<Object> = list("aws_s3_object")?.into_iter().filter(|o| s(o, "bucket") == id).collect();
+            let objects: Vec<Object> = list("aws_s3_object")?
+                .into_iter()
+                .filter(|o| s(o, "bucket") == id)
+                .collect();
             if !objects.is_empty() && !b(state, "force_destroy") {
                 return Err(whole(
                     "BucketNotEmpty: The bucket you tried to delete is not empty",
-                    format!("{id} holds {} object(s); force_destroy = true deletes them with it", objects.len()),
+                    format!(
+                        "{id} holds {} object(s); force_destroy = true deletes them with it",
+                        objects.len()
+                    ),
                 ));
             }
             for o in objects {
-                cloud.delete("aws_s3_object", s(&o, "id")).map_err(|e| whole("cannot write to the cloud", e))?;
+                cloud
+                    .delete("aws_s3_object", s(&o, "id"))
+                    .map_err(|e| whole("cannot write to the cloud", e))?;
             }
         }
         _ => {}
     }
-    cloud.delete(kind.name, id).map_err(|e| whole("cannot write to the cloud", e))?;
+    cloud
+        .delete(kind.name, id)
+        .map_err(|e| whole("cannot write to the cloud", e))?;
     Ok(())
 }
 

@@ -64,7 +64,11 @@ fn main() -> ExitCode {
 }
 
 fn serve() -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("terraform-provider-aws: cannot start: {e}");
@@ -84,7 +88,12 @@ fn cli(args: &[String]) -> Result<(), String> {
     let (dir, args) = match args {
         [flag, dir, rest @ ..] if flag == "--dir" => (dir.clone(), rest),
         _ => (
-            std::env::var(provider::DIR_ENV).map_err(|_| format!("no cloud directory: give --dir or set {}", provider::DIR_ENV))?,
+            std::env::var(provider::DIR_ENV).map_err(|_| {
+                format!(
+                    "no cloud directory: give --dir or set {}",
+                    provider::DIR_ENV
+                )
+            })?,
             args,
         ),
     };
@@ -96,7 +105,11 @@ fn cli(args: &[String]) -> Result<(), String> {
             Err(format!("unknown type {kind:?}"))
         }
     };
-    let found = |kind: &str, id: &str| cloud.get(kind, id)?.ok_or_else(|| format!("the cloud holds no {kind} {id:?}"));
+    let found = |kind: &str, id: &str| {
+        cloud
+            .get(kind, id)?
+            .ok_or_else(|| format!("the cloud holds no {kind} {id:?}"))
+    };
     match args {
         [cmd] | [cmd, _] if cmd == "list" => {
             let kinds = match args.get(1) {
@@ -108,26 +121,38 @@ fn cli(args: &[String]) -> Result<(), String> {
             };
             for kind in kinds {
                 for obj in cloud.list(&kind)? {
-                    println!("{kind}\t{}", obj.get("id").and_then(|v| v.as_str()).unwrap_or("?"));
+                    println!(
+                        "{kind}\t{}",
+                        obj.get("id").and_then(|v| v.as_str()).unwrap_or("?")
+                    );
                 }
             }
             Ok(())
         }
         [cmd, kind, id] if cmd == "show" => {
             let obj = found(kind, id)?;
-            println!("{}", serde_json::to_string_pretty(&obj).map_err(|e| e.to_string())?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&obj).map_err(|e| e.to_string())?
+            );
             Ok(())
         }
         [cmd, kind, id, attr, value] if cmd == "set" => {
             check_kind(kind)?;
             let mut obj = found(kind, id)?;
-            let value = serde_json::from_str(value).unwrap_or_else(|_| serde_json::Value::String(value.clone()));
+            let value = serde_json::from_str(value)
+                .unwrap_or_else(|_| serde_json::Value::String(value.clone()));
             if let Some(kind) = Kind::find(kind) {
-                let spec = kind.attr(attr).ok_or_else(|| format!("{} has no attribute {attr:?}", kind.name))?;
+                let spec = kind
+                    .attr(attr)
+                    .ok_or_else(|| format!("{} has no attribute {attr:?}", kind.name))?;
                 if spec.name == "id" {
-                    return Err("the id names the object; delete it and create another instead".into());
+                    return Err(
+                        "the id names the object; delete it and create another instead".into(),
+                    );
                 }
-                kinds::check_type(spec, &value).map_err(|p| format!("{}: {}", p.summary, p.detail))?;
+                kinds::check_type(spec, &value)
+                    .map_err(|p| format!("{}: {}", p.summary, p.detail))?;
             }
             obj.insert(attr.clone(), value);
             cloud.put(kind, id, &obj)

@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, OnceLock};
-use tf_provider::schema::{Attribute, AttributeConstraint, AttributeType, Block, Description, Schema};
+use tf_provider::schema::{
+    Attribute, AttributeConstraint, AttributeType, Block, Description, Schema,
+};
 use tf_provider::value::{Value, ValueAny, ValueEmpty};
 use tf_provider::{AttributePath, Diagnostics, DynamicResource, Provider, Resource};
 
@@ -63,21 +65,34 @@ impl Provider for TestCloud {
                     ),
                     (
                         "region".to_string(),
-                        string_attr(AttributeConstraint::Optional, "Region named in ARNs (default us-east-1)"),
+                        string_attr(
+                            AttributeConstraint::Optional,
+                            "Region named in ARNs (default us-east-1)",
+                        ),
                     ),
                 ]
                 .into(),
-                description: Description::plain("airlock's local test cloud (AWS-shaped, test-only)"),
+                description: Description::plain(
+                    "airlock's local test cloud (AWS-shaped, test-only)",
+                ),
                 ..Default::default()
             },
         })
     }
 
-    async fn configure<'a>(&self, diags: &mut Diagnostics, _tf: String, config: Config) -> Option<()> {
+    async fn configure<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        _tf: String,
+        config: Config,
+    ) -> Option<()> {
         let dir = match config.data_dir {
             Value::Value(dir) if !dir.is_empty() => dir,
             Value::Unknown => {
-                diags.error_short("data_dir must be known when the provider is configured", AttributePath::new("data_dir"));
+                diags.error_short(
+                    "data_dir must be known when the provider is configured",
+                    AttributePath::new("data_dir"),
+                );
                 return None;
             }
             _ => match std::env::var(DIR_ENV) {
@@ -92,25 +107,49 @@ impl Provider for TestCloud {
             },
         };
         if let Err(e) = std::fs::create_dir_all(&dir) {
-            diags.error("Cannot create the cloud's directory", format!("{dir}: {e}"), AttributePath::new("data_dir"));
+            diags.error(
+                "Cannot create the cloud's directory",
+                format!("{dir}: {e}"),
+                AttributePath::new("data_dir"),
+            );
             return None;
         }
-        let region = config.region.as_option().filter(|r| !r.is_empty()).unwrap_or_else(|| "us-east-1".into());
-        if region.len() > 32 || !region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
-            diags.error_short("invalid region (lowercase letters, digits, hyphens)", AttributePath::new("region"));
+        let region = config
+            .region
+            .as_option()
+            .filter(|r| !r.is_empty())
+            .unwrap_or_else(|| "us-east-1".into());
+        if region.len() > 32
+            || !region
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            diags.error_short(
+                "invalid region (lowercase letters, digits, hyphens)",
+                AttributePath::new("region"),
+            );
             return None;
         }
         // A provider process is configured once; a second call keeps the first cloud.
-        let _ = self.ctx.set(Ctx { cloud: Cloud::new(dir), region });
+        let _ = self.ctx.set(Ctx {
+            cloud: Cloud::new(dir),
+            region,
+        });
         Some(())
     }
 
-    fn get_resources(&self, _diags: &mut Diagnostics) -> Option<HashMap<String, Box<dyn DynamicResource>>> {
+    fn get_resources(
+        &self,
+        _diags: &mut Diagnostics,
+    ) -> Option<HashMap<String, Box<dyn DynamicResource>>> {
         Some(
             KINDS
                 .iter()
                 .map(|kind| {
-                    let res: Box<dyn DynamicResource> = Box::new(Res { kind, ctx: self.ctx.clone() });
+                    let res: Box<dyn DynamicResource> = Box::new(Res {
+                        kind,
+                        ctx: self.ctx.clone(),
+                    });
                     // tf-provider names each type "aws_" + the name given here.
                     (kind.name.trim_start_matches("aws_").to_string(), res)
                 })
@@ -143,7 +182,11 @@ fn any_to_json(v: &ValueAny) -> Option<Json> {
         ValueAny::Number(n) => Json::from(*n),
         ValueAny::Bool(b) => Json::Bool(*b),
         ValueAny::List(l) => Json::Array(l.iter().map(any_to_json).collect::<Option<_>>()?),
-        ValueAny::Map(m) => Json::Object(m.iter().map(|(k, v)| Some((k.clone(), any_to_json(v)?))).collect::<Option<_>>()?),
+        ValueAny::Map(m) => Json::Object(
+            m.iter()
+                .map(|(k, v)| Some((k.clone(), any_to_json(v)?)))
+                .collect::<Option<_>>()?,
+        ),
         ValueAny::Null => Json::Null,
         ValueAny::Unknown => return None,
     })
@@ -155,7 +198,9 @@ fn json_to_any(j: &Json) -> ValueAny {
         Json::Number(n) => n.as_i64().map(ValueAny::Number).unwrap_or(ValueAny::Null),
         Json::Bool(b) => ValueAny::Bool(*b),
         Json::Array(l) => ValueAny::List(l.iter().map(json_to_any).collect()),
-        Json::Object(m) => ValueAny::Map(m.iter().map(|(k, v)| (k.clone(), json_to_any(v))).collect()),
+        Json::Object(m) => {
+            ValueAny::Map(m.iter().map(|(k, v)| (k.clone(), json_to_any(v))).collect())
+        }
         Json::Null => ValueAny::Null,
     }
 }
@@ -177,7 +222,15 @@ impl Res {
     }
 
     fn planned(&self, map: &BTreeMap<String, ValueAny>) -> Planned {
-        self.kind.all_attrs().map(|a| (a.name.to_string(), map.get(a.name).map_or(Some(Json::Null), any_to_json))).collect()
+        self.kind
+            .all_attrs()
+            .map(|a| {
+                (
+                    a.name.to_string(),
+                    map.get(a.name).map_or(Some(Json::Null), any_to_json),
+                )
+            })
+            .collect()
     }
 
     fn check(&self, diags: &mut Diagnostics, map: &BTreeMap<String, ValueAny>) -> Option<()> {
@@ -198,7 +251,10 @@ impl Res {
                 Some(v) => {
                     obj.insert(name, v);
                 }
-                None if self.kind.attr(&name).is_some_and(|a| a.mode == Mode::Computed || a.mode == Mode::OptionalComputed) => {
+                None if self.kind.attr(&name).is_some_and(|a| {
+                    a.mode == Mode::Computed || a.mode == Mode::OptionalComputed
+                }) =>
+                {
                     obj.insert(name, Json::Null);
                 }
                 None => {
@@ -220,7 +276,11 @@ impl Res {
             if let Err(p) = kinds::check_type(attr, &v) {
                 ok = false;
                 diags.root_error(
-                    format!("The cloud's {} {} has a bad value", self.kind.name, obj.get("id").and_then(Json::as_str).unwrap_or("?")),
+                    format!(
+                        "The cloud's {} {} has a bad value",
+                        self.kind.name,
+                        obj.get("id").and_then(Json::as_str).unwrap_or("?")
+                    ),
                     format!("{}: {}", p.summary, p.detail),
                 );
             }
@@ -251,7 +311,9 @@ impl Resource for Res {
                 let constraint = match a.mode {
                     Mode::Required => AttributeConstraint::Required,
                     Mode::Optional => AttributeConstraint::Optional,
-                    Mode::Default(_) | Mode::OptionalComputed => AttributeConstraint::OptionalComputed,
+                    Mode::Default(_) | Mode::OptionalComputed => {
+                        AttributeConstraint::OptionalComputed
+                    }
                     Mode::Computed => AttributeConstraint::Computed,
                 };
                 let attr = Attribute {
@@ -266,7 +328,12 @@ impl Resource for Res {
             .collect();
         Some(Schema {
             version: 0,
-            block: Block { version: 0, attributes, description: Description::plain(self.kind.doc.to_string()), ..Default::default() },
+            block: Block {
+                version: 0,
+                attributes,
+                description: Description::plain(self.kind.doc.to_string()),
+                ..Default::default()
+            },
         })
     }
 
@@ -277,8 +344,16 @@ impl Resource for Res {
         }
     }
 
-    async fn read<'a>(&self, diags: &mut Diagnostics, state: State, _p: ValueEmpty, _m: ValueEmpty) -> Option<(State, ValueEmpty)> {
-        let Value::Value(map) = state else { return Some((state, Value::Null)) };
+    async fn read<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        state: State,
+        _p: ValueEmpty,
+        _m: ValueEmpty,
+    ) -> Option<(State, ValueEmpty)> {
+        let Value::Value(map) = state else {
+            return Some((state, Value::Null));
+        };
         let ctx = self.ctx(diags)?;
         match ctx.cloud.get(self.kind.name, &id_of(&map)) {
             Ok(Some(obj)) => Some((self.state(diags, &obj)?, Value::Null)),
@@ -290,8 +365,16 @@ impl Resource for Res {
         }
     }
 
-    async fn plan_create<'a>(&self, diags: &mut Diagnostics, proposed: State, _config: State, _m: ValueEmpty) -> Option<(State, ValueEmpty)> {
-        let Value::Value(mut map) = proposed else { return Some((proposed, Value::Null)) };
+    async fn plan_create<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        proposed: State,
+        _config: State,
+        _m: ValueEmpty,
+    ) -> Option<(State, ValueEmpty)> {
+        let Value::Value(mut map) = proposed else {
+            return Some((proposed, Value::Null));
+        };
         self.check(diags, &map)?;
         for attr in self.kind.all_attrs() {
             let slot = map.entry(attr.name.to_string()).or_insert(ValueAny::Null);
@@ -340,7 +423,13 @@ impl Resource for Res {
         Some((Value::Value(map), Value::Null, replace))
     }
 
-    async fn plan_destroy<'a>(&self, _diags: &mut Diagnostics, _prior: State, _p: ValueEmpty, _m: ValueEmpty) -> Option<ValueEmpty> {
+    async fn plan_destroy<'a>(
+        &self,
+        _diags: &mut Diagnostics,
+        _prior: State,
+        _p: ValueEmpty,
+        _m: ValueEmpty,
+    ) -> Option<ValueEmpty> {
         Some(Value::Null)
     }
 
@@ -352,7 +441,9 @@ impl Resource for Res {
         _p: ValueEmpty,
         _m: ValueEmpty,
     ) -> Option<(State, ValueEmpty)> {
-        let Value::Value(map) = planned else { return Some((planned, Value::Null)) };
+        let Value::Value(map) = planned else {
+            return Some((planned, Value::Null));
+        };
         let ctx = self.ctx(diags)?;
         let obj = self.object(diags, &map)?;
         match kinds::create(&ctx.cloud, &ctx.region, self.kind, &obj) {
@@ -373,7 +464,9 @@ impl Resource for Res {
         _p: ValueEmpty,
         _m: ValueEmpty,
     ) -> Option<(State, ValueEmpty)> {
-        let Value::Value(map) = planned else { return Some((planned, Value::Null)) };
+        let Value::Value(map) = planned else {
+            return Some((planned, Value::Null));
+        };
         let ctx = self.ctx(diags)?;
         let obj = self.object(diags, &map)?;
         match kinds::update(&ctx.cloud, self.kind, &obj) {
@@ -385,8 +478,16 @@ impl Resource for Res {
         }
     }
 
-    async fn destroy<'a>(&self, diags: &mut Diagnostics, prior: State, _p: ValueEmpty, _m: ValueEmpty) -> Option<()> {
-        let Value::Value(map) = prior else { return Some(()) };
+    async fn destroy<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        prior: State,
+        _p: ValueEmpty,
+        _m: ValueEmpty,
+    ) -> Option<()> {
+        let Value::Value(map) = prior else {
+            return Some(());
+        };
         let ctx = self.ctx(diags)?;
         let obj = self.object(diags, &map)?;
         match kinds::delete(&ctx.cloud, self.kind, &obj) {
@@ -403,7 +504,10 @@ impl Resource for Res {
         match ctx.cloud.get(self.kind.name, &id) {
             Ok(Some(obj)) => Some((self.state(diags, &obj)?, Value::Null)),
             Ok(None) => {
-                diags.root_error("Cannot import a missing object", format!("the cloud holds no {} {id:?}", self.kind.name));
+                diags.root_error(
+                    "Cannot import a missing object",
+                    format!("the cloud holds no {} {id:?}", self.kind.name),
+                );
                 None
             }
             Err(e) => {

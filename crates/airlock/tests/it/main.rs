@@ -21,3 +21,6 @@ mod stack_undo;
 mod state_server;
 mod support;
 mod ux;
+// The local test cloud (crates/airlock-testcloud): harness, provider, incident replay.
+mod cloud_provider;
+mod testcloud;
