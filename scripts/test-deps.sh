@@ -6,6 +6,8 @@
 #                              @modelcontextprotocol/inspector (an MCP client), playwright-core
 #   AIRLOCK_TEST_PYTHON        a Python with scripts/test-deps/requirements.txt (the MCP SDK `mcp`)
 #   AIRLOCK_TEST_CHROMIUM      Debian's chromium (installed with apt-get when missing)
+# and installs Debian's protoc (protobuf-compiler, libprotobuf-dev for its well-known types):
+# building crates/airlock-testcloud (the local test cloud provider) needs it.
 # Source it (`. scripts/test-deps.sh`) or let scripts/test.sh do it. The cache lives in
 # $AIRLOCK_TEST_DEPS (default ~/.cache/airlock-test-deps) one directory per manifest version.
 set -euo pipefail
@@ -50,6 +52,17 @@ if ! [ -x /usr/bin/chromium ]; then
     export DEBIAN_FRONTEND=noninteractive
     $sudo_cmd apt-get install -y --no-install-recommends chromium >&2 \
         || { $sudo_cmd apt-get update >&2 && $sudo_cmd apt-get install -y --no-install-recommends chromium >&2; }
+fi
+
+# The test cloud provider's protocol code is generated with protoc at build time (tf-provider's
+# build script), so it must be here before cargo builds the workspace.
+if ! command -v protoc >/dev/null 2>&1 || ! [ -e /usr/include/google/protobuf/empty.proto ]; then
+    echo "test-deps: apt-get install protobuf-compiler libprotobuf-dev" >&2
+    sudo_cmd=""
+    [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo_cmd apt-get install -y --no-install-recommends protobuf-compiler libprotobuf-dev >&2 \
+        || { $sudo_cmd apt-get update >&2 && $sudo_cmd apt-get install -y --no-install-recommends protobuf-compiler libprotobuf-dev >&2; }
 fi
 
 export AIRLOCK_TEST_NODE_MODULES="$node_dir/node_modules"

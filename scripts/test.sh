@@ -17,6 +17,10 @@ fi
 . scripts/test-deps.sh
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The local test cloud provider (crates/airlock-testcloud), installed by the tests under
+# hashicorp/aws in a filesystem mirror (crates/airlock/tests/it/testcloud.rs).
+cargo build --locked -p airlock-testcloud --bin terraform-provider-aws
+export AIRLOCK_TESTCLOUD_PROVIDER="${CARGO_TARGET_DIR:-$PWD/target}/debug/terraform-provider-aws"
 if cargo nextest --version >/dev/null 2>&1; then
     runner=(cargo nextest run --workspace --no-fail-fast)
 else

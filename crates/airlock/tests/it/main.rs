@@ -21,5 +21,9 @@ mod stack_undo;
 mod state_server;
 mod support;
 mod ux;
+// The local test cloud (crates/airlock-testcloud): harness, provider, incident replay.
+mod cloud_provider;
+mod testcloud;
 // drift detection (issue 14 part 2)
 mod drift;
+mod drift_cloud;

@@ -147,6 +147,8 @@ pub struct Workspace {
     pub dir: PathBuf,
     _tmp: tempfile::TempDir,
     cli_config: PathBuf,
+    /// Extra environment for terraform (set last): see [`Workspace::with_env`].
+    env: Vec<(String, String)>,
 }
 
 impl Workspace {
@@ -163,7 +165,16 @@ impl Workspace {
             dir,
             _tmp: tmp,
             cli_config,
+            env: Vec::new(),
         }
+    }
+
+    /// The same workspace with extra environment for terraform (e.g. the local test cloud's
+    /// CLI configuration, `testcloud::TestCloud::env`).
+    pub fn with_env(mut self, env: &[(&str, String)]) -> Workspace {
+        self.env
+            .extend(env.iter().map(|(k, v)| (k.to_string(), v.clone())));
+        self
     }
 
     pub fn write_main(&self, main_tf: &str) {
@@ -182,6 +193,7 @@ impl Workspace {
             .env("TF_HTTP_USERNAME", "airlock")
             .env("TF_HTTP_PASSWORD", token)
             .env("TF_HTTP_RETRY_MAX", "0")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .output()
             .unwrap()
