@@ -172,7 +172,6 @@ struct Doc {
     format_version: Option<String>,
     terraform_version: Option<String>,
     errored: Option<bool>,
-    applyable: Option<bool>,
     resource_drift: Option<Vec<ResourceChange>>,
     resource_changes: Option<Vec<ResourceChange>>,
     output_changes: Option<BTreeMap<String, OutputChange>>,
@@ -199,8 +198,9 @@ fn version_triple(v: &str) -> Option<(u64, u64, u64)> {
 ///   it) cannot tell drift from no drift: `unknown`, saying so.
 /// - A refresh-only plan has no resource changes; any that is not a no-op is drift too (some
 ///   producers put refresh results there).
-/// - `errored` plans are `unknown`; so is `applyable: true` (Terraform ≥ 1.8: the refresh
-///   changed the state) with nothing found.
+/// - `errored` plans are `unknown`. `applyable` is not read: Terraform sets it when the refresh
+///   changes anything in the state, provider metadata included, which is not drift (observed
+///   with Terraform 1.11 on an unchanged object).
 pub fn read(plan_json: &[u8]) -> Result<DriftReport, String> {
     let doc: Doc = serde_json::from_slice(plan_json)
         .map_err(|e| format!("the plan JSON is unreadable: {e}"))?;
@@ -285,14 +285,6 @@ pub fn read(plan_json: &[u8]) -> Result<DriftReport, String> {
              0.15.2): this check cannot tell; use a newer Terraform",
             doc.terraform_version.as_deref().unwrap_or("?")
         ));
-    }
-    if doc.applyable == Some(true) && report.status == DriftStatus::InSync {
-        report.status = DriftStatus::Unknown;
-        report.error = Some(
-            "Terraform says the refresh changes the state (applyable), but the plan JSON lists \
-             no drifted instance or output"
-                .into(),
-        );
     }
     Ok(report)
 }
@@ -512,8 +504,9 @@ mod tests {
         }
         let errored = br#"{"format_version":"1.2","terraform_version":"1.11.4","errored":true}"#;
         assert_eq!(read_ok(errored).status, DriftStatus::Unknown);
+        // Terraform sets applyable when the refresh changes provider metadata: not drift.
         let applyable = br#"{"format_version":"1.2","terraform_version":"1.11.4","applyable":true,"errored":false}"#;
-        assert_eq!(read_ok(applyable).status, DriftStatus::Unknown);
+        assert_eq!(read_ok(applyable).status, DriftStatus::InSync);
         assert!(
             DriftReport::unknown(&"x".repeat(20_000))
                 .error

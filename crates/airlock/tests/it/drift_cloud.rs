@@ -58,7 +58,12 @@ fn drift(t: &Team, ws: &Workspace, cloud: &TestCloud, token: &str) -> (Option<i3
     (out.status.code(), v, text(&out))
 }
 
-fn ci_drift(t: &Team, ws: &Workspace, cloud: &TestCloud, f: &ForgeStandIn) -> (Option<i32>, String) {
+fn ci_drift(
+    t: &Team,
+    ws: &Workspace,
+    cloud: &TestCloud,
+    f: &ForgeStandIn,
+) -> (Option<i32>, String) {
     let root = ws.dir.parent().unwrap();
     let events = tempfile::tempdir().unwrap();
     let mut env: Vec<(String, String)> = f.github_push_env(
@@ -95,14 +100,22 @@ fn drift_appears_is_reported_with_findings_and_clears_with_one_forge_issue() {
 
     // Behind Terraform's back: the database loses its protection, the bastion is deleted.
     cloud.set("aws_db_instance", "prod-db", "deletion_protection", "false");
-    cloud.set("aws_db_instance", "prod-db", "instance_class", "db.t3.large");
+    cloud.set(
+        "aws_db_instance",
+        "prod-db",
+        "instance_class",
+        "db.t3.large",
+    );
     let bastion = cloud.ids("aws_instance").pop().unwrap();
     cloud.delete("aws_instance", &bastion);
 
     // An agent's check sees it, records nothing and changes nothing.
     let (code, v, out) = drift(&t, &ws, &cloud, &t.agent);
     assert_eq!(code, Some(3), "{out}");
-    assert!(v["not_recorded"].as_str().unwrap().contains("report-drift"), "{out}");
+    assert!(
+        v["not_recorded"].as_str().unwrap().contains("report-drift"),
+        "{out}"
+    );
     assert_eq!(t.s.serials(STACK), serials, "drift detection wrote state");
     assert_eq!(
         cloud.get("aws_db_instance", "prod-db").unwrap()["deletion_protection"],
@@ -116,11 +129,29 @@ fn drift_appears_is_reported_with_findings_and_clears_with_one_forge_issue() {
     let r = &v["report"];
     assert_eq!(r["status"], "drifted");
     assert_eq!(r["drifted_instances"], 2, "{out}");
-    let db = r["instances"].as_array().unwrap().iter().find(|i| i["address"] == "aws_db_instance.main").unwrap();
-    let attrs: Vec<&str> = db["attributes"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
-    assert!(attrs.contains(&"deletion_protection") && attrs.contains(&"instance_class"), "{attrs:?}");
+    let db = r["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["address"] == "aws_db_instance.main")
+        .unwrap();
+    let attrs: Vec<&str> = db["attributes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(
+        attrs.contains(&"deletion_protection") && attrs.contains(&"instance_class"),
+        "{attrs:?}"
+    );
     assert_eq!(db["critical"], true);
-    let gone = r["instances"].as_array().unwrap().iter().find(|i| i["address"] == "aws_instance.bastion").unwrap();
+    let gone = r["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["address"] == "aws_instance.bastion")
+        .unwrap();
     assert_eq!(gone["change"], "delete");
     let findings = r["findings"].to_string();
     assert!(
@@ -128,12 +159,21 @@ fn drift_appears_is_reported_with_findings_and_clears_with_one_forge_issue() {
         "{findings}"
     );
     assert_eq!(r["outputs"][0]["name"], "db_class", "{out}");
-    assert!(!out.contains("correct-horse") && !out.contains("db.t3.large"), "a value leaked: {out}");
+    assert!(
+        !out.contains("correct-horse") && !out.contains("db.t3.large"),
+        "a value leaked: {out}"
+    );
     assert_eq!(v["recorded"]["drift"]["status"], "drifted");
     let show = t.s.ok(&t.s.admin, &["stack", "show", STACK]);
-    assert!(show.contains("drift:              drifted since "), "{show}");
+    assert!(
+        show.contains("drift:              drifted since "),
+        "{show}"
+    );
     let (_, metrics) = raw("GET", &format!("{}/metrics", t.s.url), "", b"");
-    assert!(metrics.contains(&format!("airlock_stack_drifted{{stack=\"{STACK}\"}} 1")), "{metrics}");
+    assert!(
+        metrics.contains(&format!("airlock_stack_drifted{{stack=\"{STACK}\"}} 1")),
+        "{metrics}"
+    );
 
     // The scheduled job opens one issue, and updates (never duplicates) it.
     let (code, out) = ci_drift(&t, &ws, &cloud, &f);
@@ -144,7 +184,10 @@ fn drift_appears_is_reported_with_findings_and_clears_with_one_forge_issue() {
     assert_eq!(all.len(), 1, "{all:#?}");
     assert_eq!(all[0]["state"], "open");
     let body = all[0]["body"].as_str().unwrap();
-    assert!(body.contains("deletion_protection") && body.contains("aws_instance.bastion"), "{body}");
+    assert!(
+        body.contains("deletion_protection") && body.contains("aws_instance.bastion"),
+        "{body}"
+    );
     assert!(!body.contains("correct-horse"));
 
     // Reconciled by a reviewed apply (here the admin's, on a non-production stack): in sync,
@@ -153,7 +196,11 @@ fn drift_appears_is_reported_with_findings_and_clears_with_one_forge_issue() {
     let (code, out) = ci_drift(&t, &ws, &cloud, &f);
     assert_eq!(code, Some(0), "{out}");
     let all = issues(&f);
-    assert_eq!((all.len(), all[0]["state"].as_str()), (1, Some("closed")), "{all:#?}");
+    assert_eq!(
+        (all.len(), all[0]["state"].as_str()),
+        (1, Some("closed")),
+        "{all:#?}"
+    );
     let show = t.s.ok(&t.s.admin, &["stack", "show", STACK]);
     assert!(show.contains("drift:              in sync"), "{show}");
     f.assert_no_violations();
@@ -170,6 +217,9 @@ fn a_provider_error_is_unknown_never_in_sync() {
     let (code, v, out) = drift(&t, &ws, &cloud, &t.ci);
     assert_eq!(code, Some(1), "{out}");
     assert_eq!(v["report"]["status"], "unknown", "{out}");
-    assert!(v["report"]["error"].as_str().unwrap().contains("terraform plan -refresh-only failed"));
+    assert!(v["report"]["error"]
+        .as_str()
+        .unwrap()
+        .contains("terraform plan -refresh-only failed"));
     assert_eq!(v["recorded"]["drift"]["status"], "unknown");
 }
