@@ -25,10 +25,11 @@ pub fn marker(stack: &str) -> String {
     format!("<!-- airlock:drift:{} -->", stack.replace('-', "%2D"))
 }
 
-/// The issue's markdown: every string from the report through `comment::text`.
+/// The issue's markdown: every string from the report through `comment::text` (character
+/// references, so never inside code spans, where they would show verbatim).
 pub fn issue_body(stack: &str, r: &DriftReport, report_id: Option<&str>) -> String {
     let mut out = format!(
-        "**airlock: `{}` has drifted**: {} instance(s) and {} output(s) changed outside Terraform.\n\n\
+        "**airlock: {} has drifted**: {} instance(s) and {} output(s) changed outside Terraform.\n\n\
          airlock never applies drift. Review it, then change the code to match, or put the \
          infrastructure back with a reviewed run. This issue closes when a check finds the stack \
          in sync.\n\n",
@@ -39,7 +40,7 @@ pub fn issue_body(stack: &str, r: &DriftReport, report_id: Option<&str>) -> Stri
     if !r.findings.is_empty() {
         out.push_str("**Findings**\n\n");
         for f in &r.findings {
-            out.push_str(&format!("- `{}` {}\n", text(&f.rule), text(&f.message)));
+            out.push_str(&format!("- {}: {}\n", text(&f.rule), text(&f.message)));
         }
         out.push('\n');
     }
@@ -48,7 +49,7 @@ pub fn issue_body(stack: &str, r: &DriftReport, report_id: Option<&str>) -> Stri
         for i in r.instances.iter().take(ISSUE_INSTANCES) {
             let mark = if i.protected { " (protected)" } else { "" };
             out.push_str(&format!(
-                "| `{}`{mark} | {} | {} |\n",
+                "| {}{mark} | {} | {} |\n",
                 text(&i.address),
                 text(&i.change),
                 text(&i.attributes.join(", "))
@@ -61,14 +62,14 @@ pub fn issue_body(stack: &str, r: &DriftReport, report_id: Option<&str>) -> Stri
     }
     for o in &r.outputs {
         out.push_str(&format!(
-            "\n- output `{}`: {}",
+            "\n- output {}: {}",
             text(&o.name),
             text(&o.change)
         ));
     }
     if let Some(id) = report_id {
         out.push_str(&format!(
-            "\n\nReport `{}`: `airlock stack show {}`, `GET /api/v1/stacks/…/drift/{}`.\n",
+            "\n\nReport {} (airlock stack show {}; GET /api/v1/stacks/…/drift/{}).\n",
             text(id),
             text(stack),
             text(id)
@@ -135,7 +136,7 @@ pub fn run(args: CiDriftArgs) -> anyhow::Result<ExitCode> {
                             .close_issue(
                                 &marker(stack),
                                 &format!(
-                                    "**airlock: `{}` is in sync again**; the drift reported here has cleared.",
+                                    "**airlock: {} is in sync again**; the drift reported here has cleared.",
                                     text(stack)
                                 ),
                             )
