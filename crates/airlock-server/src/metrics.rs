@@ -78,7 +78,8 @@ impl Metrics {
 /// they need no escaping in a label.
 pub fn render_drift(states: &[airlock_store::DriftState], now_ms: i64) -> String {
     let mut out = String::new();
-    let rows: [(&str, &str, &dyn Fn(&airlock_store::DriftState) -> String); 3] = [
+    type Gauge<'a> = &'a dyn Fn(&airlock_store::DriftState) -> String;
+    let rows: [(&str, &str, Gauge); 3] = [
         (
             "airlock_stack_drifted",
             "1 while the stack has drifted (its newest verdict other than unknown), else 0.",

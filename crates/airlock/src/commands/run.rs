@@ -566,11 +566,11 @@ pub fn plan_run(c: &Client, req: &PlanRequest<'_>) -> anyhow::Result<Planned> {
     if req.destroy {
         plan_args.push("-destroy".into());
     }
-    let done = run_streaming(terraform(req.terraform_bin, &dir, &plan_args), &env)?;
+    let done = run_streaming(terraform(req.terraform_bin, dir, &plan_args), env)?;
     if !done.status.success() && !plan_path.is_file() {
         bail!("terraform plan failed ({}) and wrote no plan", done.status);
     }
-    let show = show_json(req.terraform_bin, &dir, &plan_path, &env)?;
+    let show = show_json(req.terraform_bin, dir, &plan_path, env)?;
     if !show.status.success() {
         bail!(
             "terraform show -json failed: {}",
@@ -584,7 +584,7 @@ pub fn plan_run(c: &Client, req: &PlanRequest<'_>) -> anyhow::Result<Planned> {
     if stack_position(c, &stack)? != (lineage.clone(), serial) {
         bail!("the state of {stack} changed while planning; plan again");
     }
-    let files = input_files(&repo.root, &dir).context("listing the run's input files")?;
+    let files = input_files(&repo.root, dir).context("listing the run's input files")?;
     let fp = inputs::fingerprint(&version, &files);
     let policies: Vec<Value> = files
         .iter()
@@ -604,9 +604,9 @@ pub fn plan_run(c: &Client, req: &PlanRequest<'_>) -> anyhow::Result<Planned> {
         "terraform_version": version,
         "planned_lineage": lineage,
         "planned_serial": serial,
-        "planned_dir": relative_dir(&repo.root, &dir),
+        "planned_dir": relative_dir(&repo.root, dir),
         "policies": policies,
-        "git_head": origin.head.clone().or_else(|| git(&dir, &["rev-parse", "HEAD"])),
+        "git_head": origin.head.clone().or_else(|| git(dir, &["rev-parse", "HEAD"])),
         "git_base": origin.base.clone().or_else(|| std::env::var("AIRLOCK_GIT_BASE").ok()),
         "change_request": origin.change_request,
         "change_request_url": origin.change_request_url,
