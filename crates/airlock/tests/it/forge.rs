@@ -446,3 +446,51 @@ fn standin_accepts_the_descriptions_own_request_examples() {
     }
     f.assert_no_violations();
 }
+
+/// Issues (`airlock ci drift`): what GitHub's description requires is required here too.
+#[test]
+fn standin_refuses_issues_github_would_refuse() {
+    let f = ForgeStandIn::start(TOKEN);
+    let issues = format!("{}/repos/o/r/issues", f.url_github());
+    let (s, _) = call(
+        &f,
+        "POST",
+        &issues,
+        Some(serde_json::json!({"body": "no title"})),
+    );
+    assert_eq!(s, 422);
+    last_refused(&f, 422, r#"required property "title" is missing"#);
+    let (s, _) = call(
+        &f,
+        "PATCH",
+        &format!("{issues}/1"),
+        Some(serde_json::json!({"state": "gone"})),
+    );
+    assert_eq!(s, 422);
+    let (s, _) = call(&f, "GET", &format!("{issues}?state=everything"), None);
+    assert_eq!(s, 422);
+    // A valid round trip is served and leaves no violation.
+    let (s, body) = call(
+        &f,
+        "POST",
+        &issues,
+        Some(serde_json::json!({"title": "t", "body": "b"})),
+    );
+    assert_eq!(s, 201, "{body}");
+    let number = serde_json::from_str::<serde_json::Value>(&body).unwrap()["number"].clone();
+    let (s, _) = call(
+        &f,
+        "PATCH",
+        &format!("{issues}/{number}"),
+        Some(serde_json::json!({"state": "closed", "state_reason": "completed"})),
+    );
+    assert_eq!(s, 200);
+    let (s, body) = call(
+        &f,
+        "GET",
+        &format!("{issues}?state=closed&per_page=100&page=1"),
+        None,
+    );
+    assert_eq!(s, 200, "{body}");
+    assert!(body.contains("\"state\":\"closed\""), "{body}");
+}
