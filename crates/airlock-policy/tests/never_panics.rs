@@ -119,6 +119,17 @@ fn plan_reader_and_rules() {
     });
 }
 
+/// The drift reader (`airlock drift`, and the server on every report) on the plan seeds and
+/// their mutations: a report or an error, never a panic.
+#[test]
+fn drift_reader() {
+    each_mutation("plan_reader", |b| {
+        if let Ok(r) = airlock_policy::drift::read(b) {
+            assert!(r.instances.len() <= airlock_policy::drift::MAX_INSTANCES);
+        }
+    });
+}
+
 #[test]
 fn binary_plan_reader() {
     each_mutation("planfile_reader", |b| {
