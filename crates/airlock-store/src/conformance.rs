@@ -618,7 +618,7 @@ pub fn revocation_cascades(s: &dyn Store) {
     s.revoke_token("tok-rc-root", audit("token.revoke"))
         .unwrap();
     assert_eq!(s.audit_events(0, 100_000).unwrap().len(), before + 2);
-    verify_chain(&s.audit_events(0, 100_000).unwrap(), GENESIS.to_owned()).unwrap();
+    verify_chain(&s.audit_events(0, 100_000).unwrap()).unwrap();
 }
 
 pub fn mint_limit(s: &dyn Store) {
@@ -1218,23 +1218,31 @@ pub fn audit_chain_verifies(s: &dyn Store) {
     .unwrap();
     let events = s.audit_events(0, 100_000).unwrap();
     assert!(events.len() > 10);
-    verify_chain(&events, GENESIS.to_owned()).unwrap();
+    verify_chain(&events).unwrap();
     let page = s.audit_events(3, 2).unwrap();
     assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), [4, 5]);
 }
 
-/// An import may only extend the stored audit chain: a record that repeats a sequence number,
-/// skips one, names another predecessor, or does not hash to itself is refused, and nothing
-/// is stored; the one record that does extend it is accepted.
+/// An import may only extend the stored audit chains: a record that repeats a global position,
+/// skips a position of its chain, names another predecessor, or does not hash to itself is
+/// refused, and nothing is stored; the one record that does extend it is accepted.
 pub fn import_only_extends_the_chain(s: &dyn StoreImport) {
     let events = s.audit_events(0, u32::MAX).unwrap();
     let last = events
         .last()
         .cloned()
         .expect("earlier tests appended events");
+    let global = events
+        .iter()
+        .rev()
+        .find(|e| e.chain.as_deref() == Some(""))
+        .cloned()
+        .expect("earlier tests appended events without a stack");
     let next = |prev: &AuditRecord, seq: i64, actor: &str| {
         let mut r = AuditRecord {
             seq,
+            chain: Some(String::new()),
+            chain_seq: prev.chain_seq.map(|p| p + 1),
             at: "2026-11-30T22:00:00Z".into(),
             actor: actor.into(),
             action: "imported".into(),
@@ -1247,25 +1255,25 @@ pub fn import_only_extends_the_chain(s: &dyn StoreImport) {
         r.hash = r.expected_hash();
         r
     };
-    let good = next(&last, last.seq + 1, "importer");
+    let mut legacy = next(&global, last.seq + 1, "legacy");
+    (legacy.chain, legacy.chain_seq) = (None, None);
+    legacy.hash = legacy.expected_hash();
+    let mut skipper = next(&global, last.seq + 1, "skipper");
+    skipper.chain_seq = global.chain_seq.map(|p| p + 2);
+    skipper.hash = skipper.expected_hash();
+    let good = next(&global, last.seq + 1, "importer");
     let mut forged_hash = good.clone();
     forged_hash.actor = "someone else".into();
     let mut wrong_prev = good.clone();
     wrong_prev.prev_hash = GENESIS.to_owned();
     wrong_prev.hash = wrong_prev.expected_hash();
-    let earlier = events
-        .get(events.len().saturating_sub(2))
-        .cloned()
-        .unwrap_or(last.clone());
     for (bad, why) in [
         (
-            next(&earlier, last.seq, "rewriter"),
-            "repeats the last sequence number",
+            next(&global, last.seq, "rewriter"),
+            "repeats the last global position",
         ),
-        (
-            next(&last, last.seq + 2, "skipper"),
-            "skips a sequence number",
-        ),
+        (skipper, "skips a position of its chain"),
+        (legacy, "is a legacy record after chained ones"),
         (wrong_prev, "names another predecessor"),
         (forged_hash, "does not hash to itself"),
     ] {
@@ -1285,7 +1293,7 @@ pub fn import_only_extends_the_chain(s: &dyn StoreImport) {
     s.import_audit(&good).unwrap();
     let after = s.audit_events(0, u32::MAX).unwrap();
     assert_eq!(after.last(), Some(&good));
-    verify_chain(&after, GENESIS.to_owned()).unwrap();
+    verify_chain(&after).unwrap();
 }
 
 // ---- governed runs ----
@@ -2083,7 +2091,7 @@ pub fn replicas_audit_chain_verifies(a: &dyn Store, b: &dyn Store) {
     let events = a.audit_events(0, 1_000_000).unwrap();
     assert_eq!(events, b.audit_events(0, 1_000_000).unwrap());
     assert_eq!(events.first().map(|e| e.seq), Some(1));
-    verify_chain(&events, GENESIS.to_owned()).unwrap();
+    verify_chain(&events).unwrap();
     assert_eq!(events.iter().filter(|e| e.action == "denied").count(), 40);
 }
 

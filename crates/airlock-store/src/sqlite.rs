@@ -26,6 +26,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         6,
         include_str!("../migrations/sqlite/0006_forge_logins.sql"),
     ),
+    (
+        10,
+        include_str!("../migrations/sqlite/0010_audit_chains.sql"),
+    ),
 ];
 // Enough idle readers for a burst of concurrent GETs without reopening connections.
 const MAX_IDLE_READERS: usize = 32;
@@ -136,7 +140,16 @@ impl Sql for Lite<'_> {
         format!("instr({column}, {param}) > 0")
     }
 
-    fn lock_audit(&mut self) -> Result<()> {
+    fn next_audit_seq(&mut self) -> Result<i64> {
+        let r = self.query_opt("SELECT COALESCE(MAX(seq), 0) + 1 FROM audit", &[])?;
+        r.map_or(Ok(1), |r| r.i64(0))
+    }
+
+    fn audit_seq_at_least(&mut self, _seq: i64) -> Result<()> {
+        Ok(())
+    }
+
+    fn snapshot(&mut self) -> Result<()> {
         Ok(())
     }
 
