@@ -226,9 +226,7 @@ impl ChainVerifier {
                 }
                 let prev = match hashes.last() {
                     Some(h) => h.as_str(),
-                    None if chain == GLOBAL_CHAIN => {
-                        self.legacy_head.as_deref().unwrap_or(GENESIS)
-                    }
+                    None if chain == GLOBAL_CHAIN => self.legacy_head.as_deref().unwrap_or(GENESIS),
                     None => GENESIS,
                 };
                 if r.prev_hash != prev {
@@ -424,7 +422,15 @@ mod tests {
         };
         let seq = out.last().map_or(1, |r| r.seq + 2);
         let stack = (!chain.is_empty()).then_some(chain);
-        let mut r = record(seq, Some(chain), Some(chain_seq), action, stack, detail, prev);
+        let mut r = record(
+            seq,
+            Some(chain),
+            Some(chain_seq),
+            action,
+            stack,
+            detail,
+            prev,
+        );
         r.hash = r.expected_hash();
         out.push(r);
     }
@@ -501,10 +507,16 @@ mod tests {
         l.swap(i, j);
         l[i].hash = l[i].expected_hash();
         l[j].hash = l[j].expected_hash();
-        assert!(broken_at(&l).is_some(), "a re-hashed record breaks the next link");
+        assert!(
+            broken_at(&l).is_some(),
+            "a re-hashed record breaks the next link"
+        );
         // Move a record to another chain.
         let mut l = log.clone();
-        let k = l.iter().position(|r| r.chain.as_deref() == Some("a")).unwrap();
+        let k = l
+            .iter()
+            .position(|r| r.chain.as_deref() == Some("a"))
+            .unwrap();
         l[k].chain = Some("b".into());
         l[k].hash = l[k].expected_hash();
         assert!(broken_at(&l).is_some());

@@ -5,7 +5,9 @@
 
 use std::cell::RefCell;
 
-use airlock_core::audit::{chained_hash, AuditRecord, Position, GENESIS, GLOBAL_CHAIN, SEAL_ACTION};
+use airlock_core::audit::{
+    chained_hash, AuditRecord, Position, GENESIS, GLOBAL_CHAIN, SEAL_ACTION,
+};
 use airlock_core::time::rfc3339;
 
 use crate::blob;
@@ -429,7 +431,8 @@ pub fn insert_grant(db: &mut dyn Sql, g: &GrantRecord, live: bool) -> Result<()>
 // ---- audit ----
 
 /// The columns of an audit record, in the order `audit_from_row` reads them.
-const AUDIT_COLS: &str = "seq, at, actor, action, stack, outcome, detail, prev_hash, hash, chain, chain_seq";
+const AUDIT_COLS: &str =
+    "seq, at, actor, action, stack, outcome, detail, prev_hash, hash, chain, chain_seq";
 
 /// The chain an event belongs to: its stack's, if the stack exists (a denial may name a stack
 /// that does not, and the number of chains stays the number of stacks), else the global one.
@@ -578,7 +581,9 @@ pub fn import_audit(db: &mut dyn Sql, r: &AuditRecord) -> Result<()> {
     };
     if let Some((last_seq, _)) = &last {
         if r.seq <= *last_seq {
-            return refuse(format!("the stored log already reaches position {last_seq}"));
+            return refuse(format!(
+                "the stored log already reaches position {last_seq}"
+            ));
         }
     }
     match (&r.chain, r.chain_seq) {

@@ -226,7 +226,10 @@ impl Backup {
             problems.push(format!("audit chain broken at event {seq}: {why}"));
         }
         if let Some(r) = backup.audit.iter().find(|r| one_chain && r.chain.is_some()) {
-            let (seq, why) = (r.seq, "a chained record in a backup of a single-chain format");
+            let (seq, why) = (
+                r.seq,
+                "a chained record in a backup of a single-chain format",
+            );
             problems.push(format!("audit chain broken at event {seq}: {why}"));
         }
 
