@@ -4,7 +4,7 @@
 # alternated in rounds within one run, with the CPU each party took (servers, PostgreSQL's
 # processes, the load generator, everything else on the machine).
 #
-#   bench/replicas/run.sh             # 5 rounds of 10 s per configuration, ~3 minutes
+#   bench/replicas/run.sh             # 5 rounds of 10 s per configuration, ~4 minutes
 #   bench/replicas/run.sh --quick     # 2 rounds of 5 s
 #
 # Environment: CARGO_TARGET_DIR (default bench/replicas/target), AIRLOCK_BIN (use this binary
@@ -131,7 +131,7 @@ put meta.state_bytes "$bytes"
 # measure CONFIG URLS: one load run, with every party's CPU over exactly that run.
 measure() {
     local config="$1" urls="$2" tag="$1.r$3"
-    local a0 b0 p0 m0 a1 b1 p1 m1 lg stacks="" prefix="bench/$1-$3"
+    local a0 b0 p0 m0 a1 b1 p1 m1 lg stacks="" prefix="bench/${1//_/-}-$3"
     # Fresh stacks per run (untimed): each load run starts its states at serial 1.
     for i in $(seq 0 $((clients - 1))); do stacks="$stacks,$prefix-$i"; done
     "$LOADGEN_BIN" create-stacks --url "$url_a" --token "$admin_token" --stacks "${stacks#,}"
@@ -152,11 +152,28 @@ measure() {
     put "$tag.cpu_machine_idle_s" "$(awk -v a="${m0#* }" -v b="${m1#* }" -v hz="$hz" 'BEGIN { printf "%.2f", (b - a) / hz }')"
 }
 
+# pin A B: the CPUs replica a and replica b may run on (every thread), e.g. `pin 0-1 0-1`.
+pin() {
+    taskset -a -p -c "$1" "$pid_a" >/dev/null
+    taskset -a -p -c "$2" "$pid_b" >/dev/null
+}
+ncpu="$(nproc)"
 for r in $(seq 1 "$rounds"); do
+    # Free: each replica may use every CPU (one replica can then use the whole machine).
+    pin "0-$((ncpu - 1))" "0-$((ncpu - 1))"
     log "round $r/$rounds: one replica"
     measure one "$url_a" "$r"
     log "round $r/$rounds: two replicas"
     measure two "$url_a,$url_b" "$r"
+    # Pinned: each replica gets one CPU of its own, as replicas on separate machines would have
+    # a fixed budget each (PostgreSQL and the load generator still run anywhere).
+    if [ "$ncpu" -ge 2 ] && command -v taskset >/dev/null 2>&1; then
+        pin 0 1
+        log "round $r/$rounds: one replica on one CPU"
+        measure one_pinned "$url_a" "$r"
+        log "round $r/$rounds: two replicas, one CPU each"
+        measure two_pinned "$url_a,$url_b" "$r"
+    fi
 done
 put meta.load_end "$(cut -d' ' -f1-3 /proc/loadavg)"
 
