@@ -634,14 +634,14 @@ pub fn import_audit(db: &mut dyn Sql, r: &AuditRecord) -> Result<()> {
     db.audit_seq_at_least(r.seq)
 }
 
-/// Runs `each` over every audit record in global order, a page at a time, all read in one
-/// snapshot (on PostgreSQL a record may commit after one with a higher position, so pages
-/// read at different moments could miss it); stops early when `each` returns `false`.
+/// Runs `each` over every audit record in global order, a page at a time; the caller runs it in
+/// one snapshot (`Engine::read_snapshot`: on PostgreSQL a record may commit after one with a
+/// higher position, so pages read at different moments could miss it); stops early when
+/// `each` returns `false`.
 pub fn audit_walk(
     db: &mut dyn Sql,
     each: &mut dyn FnMut(Vec<AuditRecord>) -> Result<bool>,
 ) -> Result<()> {
-    db.snapshot()?;
     let mut after = 0;
     loop {
         let page = audit_events(db, after, 1000)?;
@@ -1068,6 +1068,10 @@ pub trait Engine: Send + Sync {
     fn read<T, F: FnMut(&mut dyn Sql) -> Result<T>>(&self, f: F) -> Result<T>;
     /// Runs `f` in a write transaction and commits if it returns `Ok`.
     fn write<T, F: FnOnce(&mut dyn Sql) -> Result<T>>(&self, f: F) -> Result<T>;
+    /// Runs `f`, which only reads, so that all its statements see one snapshot, without
+    /// holding up writers (SQLite: a read transaction on a reader; PostgreSQL: a
+    /// `REPEATABLE READ, READ ONLY` transaction).
+    fn read_snapshot<T, F: FnOnce(&mut dyn Sql) -> Result<T>>(&self, f: F) -> Result<T>;
 }
 
 impl<E: Engine> Store for E {
@@ -1563,8 +1567,7 @@ impl<E: Engine> Store for E {
     }
 
     fn audit_walk(&self, each: &mut dyn FnMut(Vec<AuditRecord>) -> Result<bool>) -> Result<()> {
-        // A transaction for its snapshot (PostgreSQL); it writes nothing.
-        self.write(|db| audit_walk(db, each))
+        self.read_snapshot(|db| audit_walk(db, each))
     }
 
     // --- governed runs ---

@@ -534,4 +534,11 @@ impl Engine for PostgresStore {
     fn write<T, F: FnOnce(&mut dyn Sql) -> Result<T>>(&self, f: F) -> Result<T> {
         self.write_with(f)
     }
+
+    fn read_snapshot<T, F: FnOnce(&mut dyn Sql) -> Result<T>>(&self, f: F) -> Result<T> {
+        self.write_with(|db| {
+            db.snapshot()?;
+            f(db)
+        })
+    }
 }

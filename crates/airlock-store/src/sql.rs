@@ -182,8 +182,8 @@ pub trait Sql {
     fn next_audit_seq(&mut self) -> Result<i64>;
     /// After an import of a record at `seq`: later positions come after it.
     fn audit_seq_at_least(&mut self, seq: i64) -> Result<()>;
-    /// Makes the rest of this transaction read one snapshot (the first statement of a
-    /// transaction; a no-op on SQLite, whose single writer already excludes concurrent commits).
+    /// Makes the rest of this transaction read one snapshot (its first statement; see
+    /// `Engine::read_snapshot`, which SQLite implements with a read transaction instead).
     fn snapshot(&mut self) -> Result<()>;
     /// Serializes one user's token mints until commit, so a mint limit counted in the
     /// database holds across replicas (a no-op on SQLite's single writer).

@@ -150,7 +150,7 @@ impl Sql for Lite<'_> {
     }
 
     fn snapshot(&mut self) -> Result<()> {
-        Ok(())
+        Ok(()) // `read_snapshot` opens a read transaction instead
     }
 
     fn lock_user_mints(&mut self, _user: &str) -> Result<()> {
@@ -184,6 +184,27 @@ impl Engine for SqliteStore {
             None => open_conn(&self.path)?,
         };
         let out = f(&mut Lite(&conn));
+        let mut pool = self.readers.lock().map_err(|_| poisoned())?;
+        if pool.len() < MAX_IDLE_READERS {
+            pool.push(conn);
+        }
+        out
+    }
+
+    fn read_snapshot<T, F: FnOnce(&mut dyn Sql) -> Result<T>>(&self, f: F) -> Result<T> {
+        let conn = match self.readers.lock().map_err(|_| poisoned())?.pop() {
+            Some(c) => c,
+            None => open_conn(&self.path)?,
+        };
+        // A deferred transaction that only reads: in WAL mode, one snapshot, writers go on.
+        let out = match conn.unchecked_transaction() {
+            Ok(tx) => {
+                let out = f(&mut Lite(&tx));
+                drop(tx); // rolls back: it wrote nothing
+                out
+            }
+            Err(e) => Err(e.into()),
+        };
         let mut pool = self.readers.lock().map_err(|_| poisoned())?;
         if pool.len() < MAX_IDLE_READERS {
             pool.push(conn);
