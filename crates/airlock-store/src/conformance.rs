@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use airlock_core::audit::{verify_chain, GENESIS};
+use airlock_core::audit::{verify_chain, ChainVerifier, GENESIS};
 use airlock_core::refusal::{Refusal, RefusalKind};
 use airlock_core::Role;
 use serde_json::json;
@@ -1221,6 +1221,37 @@ pub fn audit_chain_verifies(s: &dyn Store) {
     verify_chain(&events).unwrap();
     let page = s.audit_events(3, 2).unwrap();
     assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), [4, 5]);
+    // A seal names every stack chain's head; a second one has nothing to seal.
+    let seal = s
+        .seal_audit()
+        .unwrap()
+        .expect("earlier tests wrote stack events");
+    let heads = seal.sealed_heads().unwrap();
+    let events = s.audit_events(0, 100_000).unwrap();
+    for (chain, at, hash) in &heads {
+        let last = events
+            .iter()
+            .rev()
+            .find(|e| e.chain.as_deref() == Some(chain.as_str()))
+            .unwrap();
+        assert_eq!((last.chain_seq, &last.hash), (Some(*at), hash), "{chain}");
+    }
+    assert!(!heads.is_empty());
+    assert_eq!(s.seal_audit().unwrap(), None);
+    assert_eq!(walk_verified(s), 0, "nothing unsealed");
+}
+
+/// The whole log through `audit_walk`, verified; returns the count of unsealed records.
+fn walk_verified(s: &dyn Store) -> u64 {
+    let mut v = ChainVerifier::new();
+    s.audit_walk(&mut |page| {
+        for r in &page {
+            v.push(r).unwrap_or_else(|e| panic!("broken: {e:?}"));
+        }
+        Ok(true)
+    })
+    .unwrap();
+    v.unsealed()
 }
 
 /// An import may only extend the stored audit chains: a record that repeats a global position,
@@ -2093,6 +2124,49 @@ pub fn replicas_audit_chain_verifies(a: &dyn Store, b: &dyn Store) {
     assert_eq!(events.first().map(|e| e.seq), Some(1));
     verify_chain(&events).unwrap();
     assert_eq!(events.iter().filter(|e| e.action == "denied").count(), 40);
+
+    // Stack events through both replicas on 4 stacks at once, both sealing meanwhile: each
+    // stack's chain is gapless, and after a last seal nothing is unsealed.
+    for i in 0..4 {
+        a.create_stack(
+            &format!("rep/chain-{i}"),
+            false,
+            StackSettings::default(),
+            NewAudit::ok(
+                "test",
+                "stack.create",
+                Some(&format!("rep/chain-{i}")),
+                json!({}),
+            ),
+        )
+        .unwrap();
+    }
+    std::thread::scope(|scope| {
+        for (i, s) in [a, b, a, b].into_iter().enumerate() {
+            scope.spawn(move || {
+                for n in 0..10 {
+                    let stack = format!("rep/chain-{i}");
+                    s.append_audit(NewAudit::ok("test", "touch", Some(&stack), json!({"n": n})))
+                        .unwrap();
+                    if n % 3 == 0 {
+                        s.seal_audit().unwrap();
+                    }
+                }
+            });
+        }
+    });
+    a.seal_audit().unwrap();
+    assert_eq!(walk_verified(b), 0);
+    let events = b.audit_events(0, 1_000_000).unwrap();
+    for i in 0..4 {
+        let chain = format!("rep/chain-{i}");
+        let positions: Vec<i64> = events
+            .iter()
+            .filter(|e| e.chain.as_deref() == Some(chain.as_str()))
+            .filter_map(|e| e.chain_seq)
+            .collect();
+        assert_eq!(positions, (1..=11).collect::<Vec<_>>(), "{chain}");
+    }
 }
 
 /// Clients on both replicas move one run at once (approval races, double applies): exactly
