@@ -158,7 +158,41 @@ pub async fn serve(
         request_deadline,
     ));
     let tls = tls.map(|t| t.0);
-    serve::run(listener, app, tls, limits, shutdown).await
+    let sealer = tokio::spawn(seal_audit_every(Arc::clone(&state), SEAL_INTERVAL));
+    let served = serve::run(listener, app, tls, limits, shutdown).await;
+    sealer.abort();
+    // A last seal, so a clean stop leaves every stack chain sealed.
+    seal_audit_once(&state).await;
+    served
+}
+
+/// How often each replica seals the stack chains' heads into the global audit chain: the
+/// window in which dropping the newest records of a stack chain would go unnoticed.
+pub const SEAL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Seals the audit chains every `every` (see `Store::seal_audit`); replicas doing it at once
+/// take turns in the store and seal each head once.
+async fn seal_audit_every(state: Arc<AppState>, every: std::time::Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        seal_audit_once(&state).await;
+    }
+}
+
+async fn seal_audit_once(state: &Arc<AppState>) {
+    let store = Arc::clone(&state.store);
+    let outcome = tokio::task::spawn_blocking(move || store.seal_audit()).await;
+    // A failed seal is retried at the next tick; the records stay in their chains meanwhile.
+    if let Ok(Err(e)) = outcome {
+        if state.config.log_level >= LogLevel::Warn {
+            log::emit(&format!(
+                "level=warn msg=\"sealing the audit chains failed\" error={}",
+                log::quote(&e.to_string())
+            ));
+        }
+    }
 }
 
 /// Answers 408 when a request (reading its body included) outlives the request timeout.

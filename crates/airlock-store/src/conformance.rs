@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use airlock_core::audit::{verify_chain, GENESIS};
+use airlock_core::audit::{verify_chain, ChainVerifier, GENESIS};
 use airlock_core::refusal::{Refusal, RefusalKind};
 use airlock_core::Role;
 use serde_json::json;
@@ -619,7 +619,7 @@ pub fn revocation_cascades(s: &dyn Store) {
     s.revoke_token("tok-rc-root", audit("token.revoke"))
         .unwrap();
     assert_eq!(s.audit_events(0, 100_000).unwrap().len(), before + 2);
-    verify_chain(&s.audit_events(0, 100_000).unwrap(), GENESIS.to_owned()).unwrap();
+    verify_chain(&s.audit_events(0, 100_000).unwrap()).unwrap();
 }
 
 pub fn mint_limit(s: &dyn Store) {
@@ -1219,23 +1219,62 @@ pub fn audit_chain_verifies(s: &dyn Store) {
     .unwrap();
     let events = s.audit_events(0, 100_000).unwrap();
     assert!(events.len() > 10);
-    verify_chain(&events, GENESIS.to_owned()).unwrap();
+    verify_chain(&events).unwrap();
     let page = s.audit_events(3, 2).unwrap();
     assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), [4, 5]);
+    // A seal names every stack chain's head; a second one has nothing to seal.
+    let seal = s
+        .seal_audit()
+        .unwrap()
+        .expect("earlier tests wrote stack events");
+    let heads = seal.sealed_heads().unwrap();
+    let events = s.audit_events(0, 100_000).unwrap();
+    for (chain, at, hash) in &heads {
+        let last = events
+            .iter()
+            .rev()
+            .find(|e| e.chain.as_deref() == Some(chain.as_str()))
+            .unwrap();
+        assert_eq!((last.chain_seq, &last.hash), (Some(*at), hash), "{chain}");
+    }
+    assert!(!heads.is_empty());
+    assert_eq!(s.seal_audit().unwrap(), None);
+    assert_eq!(walk_verified(s), 0, "nothing unsealed");
 }
 
-/// An import may only extend the stored audit chain: a record that repeats a sequence number,
-/// skips one, names another predecessor, or does not hash to itself is refused, and nothing
-/// is stored; the one record that does extend it is accepted.
+/// The whole log through `audit_walk`, verified; returns the count of unsealed records.
+fn walk_verified(s: &dyn Store) -> u64 {
+    let mut v = ChainVerifier::new();
+    s.audit_walk(&mut |page| {
+        for r in &page {
+            v.push(r).unwrap_or_else(|e| panic!("broken: {e:?}"));
+        }
+        Ok(true)
+    })
+    .unwrap();
+    v.unsealed()
+}
+
+/// An import may only extend the stored audit chains: a record that repeats a global position,
+/// skips a position of its chain, names another predecessor, or does not hash to itself is
+/// refused, and nothing is stored; the one record that does extend it is accepted.
 pub fn import_only_extends_the_chain(s: &dyn StoreImport) {
     let events = s.audit_events(0, u32::MAX).unwrap();
     let last = events
         .last()
         .cloned()
         .expect("earlier tests appended events");
+    let global = events
+        .iter()
+        .rev()
+        .find(|e| e.chain.as_deref() == Some(""))
+        .cloned()
+        .expect("earlier tests appended events without a stack");
     let next = |prev: &AuditRecord, seq: i64, actor: &str| {
         let mut r = AuditRecord {
             seq,
+            chain: Some(String::new()),
+            chain_seq: prev.chain_seq.map(|p| p + 1),
             at: "2026-11-30T22:00:00Z".into(),
             actor: actor.into(),
             action: "imported".into(),
@@ -1248,25 +1287,25 @@ pub fn import_only_extends_the_chain(s: &dyn StoreImport) {
         r.hash = r.expected_hash();
         r
     };
-    let good = next(&last, last.seq + 1, "importer");
+    let mut legacy = next(&global, last.seq + 1, "legacy");
+    (legacy.chain, legacy.chain_seq) = (None, None);
+    legacy.hash = legacy.expected_hash();
+    let mut skipper = next(&global, last.seq + 1, "skipper");
+    skipper.chain_seq = global.chain_seq.map(|p| p + 2);
+    skipper.hash = skipper.expected_hash();
+    let good = next(&global, last.seq + 1, "importer");
     let mut forged_hash = good.clone();
     forged_hash.actor = "someone else".into();
     let mut wrong_prev = good.clone();
     wrong_prev.prev_hash = GENESIS.to_owned();
     wrong_prev.hash = wrong_prev.expected_hash();
-    let earlier = events
-        .get(events.len().saturating_sub(2))
-        .cloned()
-        .unwrap_or(last.clone());
     for (bad, why) in [
         (
-            next(&earlier, last.seq, "rewriter"),
-            "repeats the last sequence number",
+            next(&global, last.seq, "rewriter"),
+            "repeats the last global position",
         ),
-        (
-            next(&last, last.seq + 2, "skipper"),
-            "skips a sequence number",
-        ),
+        (skipper, "skips a position of its chain"),
+        (legacy, "is a legacy record after chained ones"),
         (wrong_prev, "names another predecessor"),
         (forged_hash, "does not hash to itself"),
     ] {
@@ -1286,7 +1325,7 @@ pub fn import_only_extends_the_chain(s: &dyn StoreImport) {
     s.import_audit(&good).unwrap();
     let after = s.audit_events(0, u32::MAX).unwrap();
     assert_eq!(after.last(), Some(&good));
-    verify_chain(&after, GENESIS.to_owned()).unwrap();
+    verify_chain(&after).unwrap();
 }
 
 // ---- governed runs ----
@@ -2084,8 +2123,51 @@ pub fn replicas_audit_chain_verifies(a: &dyn Store, b: &dyn Store) {
     let events = a.audit_events(0, 1_000_000).unwrap();
     assert_eq!(events, b.audit_events(0, 1_000_000).unwrap());
     assert_eq!(events.first().map(|e| e.seq), Some(1));
-    verify_chain(&events, GENESIS.to_owned()).unwrap();
+    verify_chain(&events).unwrap();
     assert_eq!(events.iter().filter(|e| e.action == "denied").count(), 40);
+
+    // Stack events through both replicas on 4 stacks at once, both sealing meanwhile: each
+    // stack's chain is gapless, and after a last seal nothing is unsealed.
+    for i in 0..4 {
+        a.create_stack(
+            &format!("rep/chain-{i}"),
+            false,
+            StackSettings::default(),
+            NewAudit::ok(
+                "test",
+                "stack.create",
+                Some(&format!("rep/chain-{i}")),
+                json!({}),
+            ),
+        )
+        .unwrap();
+    }
+    std::thread::scope(|scope| {
+        for (i, s) in [a, b, a, b].into_iter().enumerate() {
+            scope.spawn(move || {
+                for n in 0..10 {
+                    let stack = format!("rep/chain-{i}");
+                    s.append_audit(NewAudit::ok("test", "touch", Some(&stack), json!({"n": n})))
+                        .unwrap();
+                    if n % 3 == 0 {
+                        s.seal_audit().unwrap();
+                    }
+                }
+            });
+        }
+    });
+    a.seal_audit().unwrap();
+    assert_eq!(walk_verified(b), 0);
+    let events = b.audit_events(0, 1_000_000).unwrap();
+    for i in 0..4 {
+        let chain = format!("rep/chain-{i}");
+        let positions: Vec<i64> = events
+            .iter()
+            .filter(|e| e.chain.as_deref() == Some(chain.as_str()))
+            .filter_map(|e| e.chain_seq)
+            .collect();
+        assert_eq!(positions, (1..=11).collect::<Vec<_>>(), "{chain}");
+    }
 }
 
 /// Clients on both replicas move one run at once (approval races, double applies): exactly

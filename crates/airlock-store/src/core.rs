@@ -5,7 +5,9 @@
 
 use std::cell::RefCell;
 
-use airlock_core::audit::{chain_hash, AuditRecord, GENESIS};
+use airlock_core::audit::{
+    chained_hash, AuditRecord, Position, GENESIS, GLOBAL_CHAIN, SEAL_ACTION,
+};
 use airlock_core::time::rfc3339;
 
 use crate::blob;
@@ -428,34 +430,77 @@ pub fn insert_grant(db: &mut dyn Sql, g: &GrantRecord, live: bool) -> Result<()>
 
 // ---- audit ----
 
-fn audit_head(db: &mut dyn Sql) -> Result<(i64, String)> {
-    db.lock_audit()?;
-    Ok(
-        match db.query_opt("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", &[])? {
-            Some(r) => (r.i64(0)?, r.text(1)?),
-            None => (0, GENESIS.to_owned()),
-        },
-    )
+/// The columns of an audit record, in the order `audit_from_row` reads them.
+const AUDIT_COLS: &str =
+    "seq, at, actor, action, stack, outcome, detail, prev_hash, hash, chain, chain_seq";
+
+/// The chain an event belongs to: its stack's, if the stack exists (a denial may name a stack
+/// that does not, and the number of chains stays the number of stacks), else the global one.
+fn chain_of(db: &mut dyn Sql, e: &NewAudit) -> Result<String> {
+    Ok(match &e.stack {
+        Some(name) if stack_row(db, name)?.is_some() => name.clone(),
+        _ => GLOBAL_CHAIN.to_owned(),
+    })
+}
+
+/// Locks `chain`'s head row until commit and returns its (position, hash). Only appends to the
+/// same chain take turns here; a stack's appends already hold its stack row. The lock order is
+/// stack row, run row, chunks, then chain heads.
+fn chain_head(db: &mut dyn Sql, chain: &str) -> Result<(i64, String)> {
+    let sql = format!(
+        "SELECT seq, hash FROM audit_heads WHERE chain = $1{}",
+        db.for_update()
+    );
+    if let Some(r) = db.query_opt(&sql, params![chain])? {
+        return Ok((r.i64(0)?, r.text(1)?));
+    }
+    // A chain's first record: a concurrent first append makes this insert wait, then do nothing.
+    db.execute(
+        "INSERT INTO audit_heads (chain, seq, hash) VALUES ($1, 0, $2) ON CONFLICT DO NOTHING",
+        params![chain, GENESIS],
+    )?;
+    let r = db
+        .query_opt(&sql, params![chain])?
+        .ok_or_else(|| StoreError::Backend(format!("audit chain {chain:?} has no head row")))?;
+    Ok((r.i64(0)?, r.text(1)?))
 }
 
 fn insert_audit(db: &mut dyn Sql, r: &AuditRecord) -> Result<()> {
     db.execute(
-        "INSERT INTO audit (seq, at, actor, action, stack, outcome, detail, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        params![r.seq, &r.at, &r.actor, &r.action, &r.stack, &r.outcome, r.detail.to_string(), &r.prev_hash, &r.hash],
-    )?;
+        &format!("INSERT INTO audit ({AUDIT_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"),
+        params![r.seq, &r.at, &r.actor, &r.action, &r.stack, &r.outcome, r.detail.to_string(), &r.prev_hash, &r.hash, &r.chain, r.chain_seq],
+    )
+    .map_err(|e| unique_is_conflict(e, || format!("audit record {} already exists", r.seq)))?;
+    if let (Some(chain), Some(chain_seq)) = (&r.chain, r.chain_seq) {
+        db.execute(
+            "UPDATE audit_heads SET seq = $2, hash = $3 WHERE chain = $1",
+            params![chain, chain_seq, &r.hash],
+        )?;
+    }
     Ok(())
 }
 
-/// Appends an audit event inside the caller's transaction, chained to the last one. On
-/// PostgreSQL the audit lock makes appends from every replica take turns until commit, so the
-/// chain never forks; every transaction takes it last, after any stack row lock.
+/// Appends an audit event inside the caller's transaction, at the end of its chain (its
+/// stack's, or the global one). Appends to different chains, from any replica, do not wait for
+/// each other; appends to one chain take turns on its head row until commit, so no chain forks.
 pub fn append_audit(db: &mut dyn Sql, e: &NewAudit) -> Result<AuditRecord> {
-    let (prev_seq, prev_hash) = audit_head(db)?;
-    let seq = prev_seq + 1;
+    let chain = chain_of(db, e)?;
+    append_to_chain(db, &chain, e)
+}
+
+fn append_to_chain(db: &mut dyn Sql, chain: &str, e: &NewAudit) -> Result<AuditRecord> {
+    let (head_seq, prev_hash) = chain_head(db, chain)?;
+    // Taken after the head row: positions grow in the order a chain's records are appended.
+    let seq = db.next_audit_seq()?;
+    let chain_seq = head_seq + 1;
     let at = rfc3339(now_ms());
-    let hash = chain_hash(
+    let hash = chained_hash(
         &prev_hash,
-        seq,
+        Position {
+            seq,
+            chain,
+            chain_seq,
+        },
         &at,
         &e.actor,
         &e.action,
@@ -465,6 +510,8 @@ pub fn append_audit(db: &mut dyn Sql, e: &NewAudit) -> Result<AuditRecord> {
     );
     let record = AuditRecord {
         seq,
+        chain: Some(chain.to_owned()),
+        chain_seq: Some(chain_seq),
         at,
         actor: e.actor.clone(),
         action: e.action.clone(),
@@ -478,14 +525,88 @@ pub fn append_audit(db: &mut dyn Sql, e: &NewAudit) -> Result<AuditRecord> {
     Ok(record)
 }
 
-/// Appends an exported record verbatim; `Conflict` unless it extends the stored chain.
+/// Most stack chains one seal names; more wait for the next seal.
+const MAX_SEALED_CHAINS: i64 = 1000;
+
+/// Appends a seal to the global chain naming the head of every stack chain that grew since the
+/// last seal (at most [`MAX_SEALED_CHAINS`]); `None` when none did. Sealers take turns on the
+/// global chain's head, so two replicas sealing at once seal each head once.
+pub fn seal_audit(db: &mut dyn Sql) -> Result<Option<AuditRecord>> {
+    chain_head(db, GLOBAL_CHAIN)?;
+    let rows = db.query(
+        "SELECT h.chain, h.seq, h.hash FROM audit_heads h LEFT JOIN audit_sealed s ON s.chain = h.chain \
+         WHERE h.chain <> $1 AND h.seq > COALESCE(s.seq, 0) ORDER BY h.chain LIMIT $2",
+        params![GLOBAL_CHAIN, MAX_SEALED_CHAINS],
+    )?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let mut heads = serde_json::Map::new();
+    for r in &rows {
+        let (chain, seq) = (r.text(0)?, r.i64(1)?);
+        db.execute(
+            "INSERT INTO audit_sealed (chain, seq) VALUES ($1, $2) ON CONFLICT (chain) DO UPDATE SET seq = $2",
+            params![&chain, seq],
+        )?;
+        heads.insert(
+            chain,
+            serde_json::json!({ "chain_seq": seq, "hash": r.text(2)? }),
+        );
+    }
+    let event = NewAudit {
+        actor: "system".into(),
+        action: SEAL_ACTION.into(),
+        stack: None,
+        outcome: "ok".into(),
+        detail: serde_json::json!({ "heads": heads }),
+    };
+    append_to_chain(db, GLOBAL_CHAIN, &event).map(Some)
+}
+
+/// Appends an exported record verbatim; `Conflict` unless it extends the stored chains: a
+/// legacy record only the legacy chain (before any chained record), a chained record its chain.
 pub fn import_audit(db: &mut dyn Sql, r: &AuditRecord) -> Result<()> {
-    let (head_seq, head_hash) = audit_head(db)?;
-    if r.seq != head_seq + 1 || r.prev_hash != head_hash {
-        return Err(StoreError::Conflict(format!(
-            "audit record {} does not extend the stored chain (head is {head_seq})",
+    let last = db
+        .query_opt(
+            "SELECT seq, chain FROM audit ORDER BY seq DESC LIMIT 1",
+            &[],
+        )?
+        .map(|row| Ok::<_, StoreError>((row.i64(0)?, row.opt_text(1)?)))
+        .transpose()?;
+    let refuse = |why: String| {
+        Err(StoreError::Conflict(format!(
+            "audit record {} does not extend the stored chain: {why}",
             r.seq
-        )));
+        )))
+    };
+    if let Some((last_seq, _)) = &last {
+        if r.seq <= *last_seq {
+            return refuse(format!(
+                "the stored log already reaches position {last_seq}"
+            ));
+        }
+    }
+    match (&r.chain, r.chain_seq) {
+        (None, None) => {
+            let (head_seq, head_hash) = chain_head(db, GLOBAL_CHAIN)?;
+            let last_seq = match last {
+                Some((_, Some(_))) => {
+                    return refuse("a legacy record after chained records".into())
+                }
+                Some((s, None)) => s,
+                None => 0,
+            };
+            if head_seq != 0 || r.seq != last_seq + 1 || r.prev_hash != head_hash {
+                return refuse(format!("the legacy chain's head is {last_seq}"));
+            }
+        }
+        (Some(chain), Some(chain_seq)) => {
+            let (head_seq, head_hash) = chain_head(db, chain)?;
+            if chain_seq != head_seq + 1 || r.prev_hash != head_hash {
+                return refuse(format!("chain {chain:?}'s head is at {head_seq}"));
+            }
+        }
+        _ => return refuse("a chain without a position, or the reverse".into()),
     }
     // Linked is not enough: the record's content must be what its hash covers.
     if r.expected_hash() != r.hash {
@@ -494,12 +615,49 @@ pub fn import_audit(db: &mut dyn Sql, r: &AuditRecord) -> Result<()> {
             r.seq
         )));
     }
-    insert_audit(db, r)
+    if r.chain.is_none() {
+        // The global chain continues the legacy chain: its head follows the legacy head.
+        db.execute(
+            "UPDATE audit_heads SET hash = $2 WHERE chain = $1",
+            params![GLOBAL_CHAIN, &r.hash],
+        )?;
+    }
+    if r.action == SEAL_ACTION {
+        for (chain, seq, _) in r.sealed_heads().unwrap_or_default() {
+            db.execute(
+                "INSERT INTO audit_sealed (chain, seq) VALUES ($1, $2) ON CONFLICT (chain) DO UPDATE SET seq = $2",
+                params![&chain, seq],
+            )?;
+        }
+    }
+    insert_audit(db, r)?;
+    db.audit_seq_at_least(r.seq)
+}
+
+/// Runs `each` over every audit record in global order, a page at a time; the caller runs it in
+/// one snapshot (`Engine::read_snapshot`: on PostgreSQL a record may commit after one with a
+/// higher position, so pages read at different moments could miss it); stops early when
+/// `each` returns `false`.
+pub fn audit_walk(
+    db: &mut dyn Sql,
+    each: &mut dyn FnMut(Vec<AuditRecord>) -> Result<bool>,
+) -> Result<()> {
+    let mut after = 0;
+    loop {
+        let page = audit_events(db, after, 1000)?;
+        let Some(last) = page.last() else {
+            return Ok(());
+        };
+        after = last.seq;
+        if !each(page)? {
+            return Ok(());
+        }
+    }
 }
 
 pub fn audit_events(db: &mut dyn Sql, after: i64, limit: u32) -> Result<Vec<AuditRecord>> {
     db.query(
-        "SELECT seq, at, actor, action, stack, outcome, detail, prev_hash, hash FROM audit WHERE seq > $1 ORDER BY seq LIMIT $2",
+        &format!("SELECT {AUDIT_COLS} FROM audit WHERE seq > $1 ORDER BY seq LIMIT $2"),
         params![after, i64::from(limit)],
     )?
     .iter()
@@ -507,10 +665,12 @@ pub fn audit_events(db: &mut dyn Sql, after: i64, limit: u32) -> Result<Vec<Audi
     .collect()
 }
 
-/// An audit record from `SELECT seq, at, actor, action, stack, outcome, detail, prev_hash, hash`.
+/// An audit record from `SELECT {AUDIT_COLS}`.
 fn audit_from_row(r: &Row) -> Result<AuditRecord> {
     Ok(AuditRecord {
         seq: r.i64(0)?,
+        chain: r.opt_text(9)?,
+        chain_seq: r.opt_i64(10)?,
         at: r.text(1)?,
         actor: r.text(2)?,
         action: r.text(3)?,
@@ -564,7 +724,7 @@ pub fn audit_search(db: &mut dyn Sql, f: &AuditFilter, limit: u32) -> Result<Vec
     let (cond, mut ps) = audit_where(db, f);
     ps.push(i64::from(limit).into());
     let sql = format!(
-        "SELECT seq, at, actor, action, stack, outcome, detail, prev_hash, hash FROM audit WHERE {cond} ORDER BY seq DESC LIMIT ${}",
+        "SELECT {AUDIT_COLS} FROM audit WHERE {cond} ORDER BY seq DESC LIMIT ${}",
         ps.len()
     );
     db.query(&sql, &ps)?.iter().map(audit_from_row).collect()
@@ -962,6 +1122,10 @@ pub trait Engine: Send + Sync {
     fn read<T, F: FnMut(&mut dyn Sql) -> Result<T>>(&self, f: F) -> Result<T>;
     /// Runs `f` in a write transaction and commits if it returns `Ok`.
     fn write<T, F: FnOnce(&mut dyn Sql) -> Result<T>>(&self, f: F) -> Result<T>;
+    /// Runs `f`, which only reads, so that all its statements see one snapshot, without
+    /// holding up writers (SQLite: a read transaction on a reader; PostgreSQL: a
+    /// `REPEATABLE READ, READ ONLY` transaction).
+    fn read_snapshot<T, F: FnOnce(&mut dyn Sql) -> Result<T>>(&self, f: F) -> Result<T>;
 }
 
 impl<E: Engine> Store for E {
@@ -1546,6 +1710,14 @@ impl<E: Engine> Store for E {
 
     fn audit_count(&self, filter: &AuditFilter) -> Result<u64> {
         self.read(|db| audit_count(db, filter))
+    }
+
+    fn seal_audit(&self) -> Result<Option<AuditRecord>> {
+        self.write(seal_audit)
+    }
+
+    fn audit_walk(&self, each: &mut dyn FnMut(Vec<AuditRecord>) -> Result<bool>) -> Result<()> {
+        self.read_snapshot(|db| audit_walk(db, each))
     }
 
     // --- governed runs ---

@@ -193,6 +193,13 @@ pub trait Store: Send + Sync {
     fn audit_search(&self, filter: &AuditFilter, limit: u32) -> Result<Vec<AuditRecord>>;
     /// How many events match `filter`.
     fn audit_count(&self, filter: &AuditFilter) -> Result<u64>;
+    /// Appends a seal naming the head of every stack chain that grew since the last seal (the
+    /// server calls it every second; see `airlock_core::audit`); `None` if none grew.
+    fn seal_audit(&self) -> Result<Option<AuditRecord>>;
+    /// Every event in global order, a page at a time, in one snapshot (for verification and
+    /// export: a page read later could otherwise miss a record that committed late); stops
+    /// when `each` returns `false`.
+    fn audit_walk(&self, each: &mut dyn FnMut(Vec<AuditRecord>) -> Result<bool>) -> Result<()>;
 
     // --- governed runs ---
     /// Stores a new run and its artifacts (name, bytes); `NotFound` if its stack does not

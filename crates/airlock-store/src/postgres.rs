@@ -1,7 +1,7 @@
 //! The PostgreSQL engine, for several `airlock server` replicas sharing one database. Nothing is
 //! held in memory between calls: every stack-mutating transaction starts by locking the stack's
-//! row (`SELECT ... FOR UPDATE`) and every audit append takes one transaction-scoped advisory
-//! lock, so locks, state writes and the audit hash chain stay linearizable across processes.
+//! row (`SELECT ... FOR UPDATE`) and every audit append locks its chain's head row, so locks,
+//! state writes and the audit hash chains stay linearizable across processes.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -37,12 +37,16 @@ const MIGRATIONS: &[(i64, &str)] = &[
         7,
         include_str!("../migrations/postgres/0007_drift_reports.sql"),
     ),
+    (
+        10,
+        include_str!("../migrations/postgres/0010_audit_chains.sql"),
+    ),
 ];
 
 /// Transaction-scoped advisory lock keys ("airlock" in ASCII, then a number). Being
 /// transaction-scoped, a replica that dies mid-transaction never leaves one held.
 const MIGRATION_LOCK: i64 = 0x6169_726c_6f63_6b01;
-const AUDIT_LOCK: i64 = 0x6169_726c_6f63_6b02;
+// 0x6169_726c_6f63_6b02 was the audit lock every append took until commit (before migration 0010).
 /// Class of the two-key advisory lock that serializes one user's token mints (the second key
 /// is a hash of the user name), so a mint limit counted in the database holds across replicas.
 const USER_MINT_LOCK_CLASS: i32 = 0x6169_726c;
@@ -313,11 +317,22 @@ impl<C: GenericClient> Sql for Db<'_, C> {
         format!("strpos({column}, {param}) > 0")
     }
 
-    /// Taken in its own statement: under READ COMMITTED the next statement's snapshot then
-    /// includes the previous holder's committed event.
-    fn lock_audit(&mut self) -> Result<()> {
+    fn next_audit_seq(&mut self) -> Result<i64> {
+        let s = self.statement("SELECT nextval('audit_seq')")?;
+        Ok(self.c.query_one(&s, &[])?.try_get(0)?)
+    }
+
+    fn audit_seq_at_least(&mut self, seq: i64) -> Result<()> {
+        self.c.execute(
+            "SELECT setval('audit_seq', GREATEST($1, (SELECT last_value FROM audit_seq)))",
+            &[&seq],
+        )?;
+        Ok(())
+    }
+
+    fn snapshot(&mut self) -> Result<()> {
         self.c
-            .execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK])?;
+            .batch_execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")?;
         Ok(())
     }
 
@@ -522,5 +537,12 @@ impl Engine for PostgresStore {
 
     fn write<T, F: FnOnce(&mut dyn Sql) -> Result<T>>(&self, f: F) -> Result<T> {
         self.write_with(f)
+    }
+
+    fn read_snapshot<T, F: FnOnce(&mut dyn Sql) -> Result<T>>(&self, f: F) -> Result<T> {
+        self.write_with(|db| {
+            db.snapshot()?;
+            f(db)
+        })
     }
 }

@@ -176,8 +176,15 @@ pub trait Sql {
     /// A condition true when text column `column` contains parameter `param` (`$N`) as plain
     /// text, case-sensitively (`instr` on SQLite, `strpos` on PostgreSQL).
     fn contains(&self, column: &str, param: &str) -> String;
-    /// Makes audit appends take turns until commit (a no-op on SQLite's single writer).
-    fn lock_audit(&mut self) -> Result<()>;
+    /// The next global audit position: a sequence on PostgreSQL (so appends to different
+    /// chains need not take turns; a rolled-back transaction leaves a gap), one past the last
+    /// record on SQLite (whose single writer serializes appends anyway).
+    fn next_audit_seq(&mut self) -> Result<i64>;
+    /// After an import of a record at `seq`: later positions come after it.
+    fn audit_seq_at_least(&mut self, seq: i64) -> Result<()>;
+    /// Makes the rest of this transaction read one snapshot (its first statement; see
+    /// `Engine::read_snapshot`, which SQLite implements with a read transaction instead).
+    fn snapshot(&mut self) -> Result<()>;
     /// Serializes one user's token mints until commit, so a mint limit counted in the
     /// database holds across replicas (a no-op on SQLite's single writer).
     fn lock_user_mints(&mut self, user: &str) -> Result<()>;

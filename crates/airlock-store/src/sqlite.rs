@@ -30,6 +30,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         7,
         include_str!("../migrations/sqlite/0007_drift_reports.sql"),
     ),
+    (
+        10,
+        include_str!("../migrations/sqlite/0010_audit_chains.sql"),
+    ),
 ];
 // Enough idle readers for a burst of concurrent GETs without reopening connections.
 const MAX_IDLE_READERS: usize = 32;
@@ -140,8 +144,17 @@ impl Sql for Lite<'_> {
         format!("instr({column}, {param}) > 0")
     }
 
-    fn lock_audit(&mut self) -> Result<()> {
+    fn next_audit_seq(&mut self) -> Result<i64> {
+        let r = self.query_opt("SELECT COALESCE(MAX(seq), 0) + 1 FROM audit", &[])?;
+        r.map_or(Ok(1), |r| r.i64(0))
+    }
+
+    fn audit_seq_at_least(&mut self, _seq: i64) -> Result<()> {
         Ok(())
+    }
+
+    fn snapshot(&mut self) -> Result<()> {
+        Ok(()) // `read_snapshot` opens a read transaction instead
     }
 
     fn lock_user_mints(&mut self, _user: &str) -> Result<()> {
@@ -175,6 +188,27 @@ impl Engine for SqliteStore {
             None => open_conn(&self.path)?,
         };
         let out = f(&mut Lite(&conn));
+        let mut pool = self.readers.lock().map_err(|_| poisoned())?;
+        if pool.len() < MAX_IDLE_READERS {
+            pool.push(conn);
+        }
+        out
+    }
+
+    fn read_snapshot<T, F: FnOnce(&mut dyn Sql) -> Result<T>>(&self, f: F) -> Result<T> {
+        let conn = match self.readers.lock().map_err(|_| poisoned())?.pop() {
+            Some(c) => c,
+            None => open_conn(&self.path)?,
+        };
+        // A deferred transaction that only reads: in WAL mode, one snapshot, writers go on.
+        let out = match conn.unchecked_transaction() {
+            Ok(tx) => {
+                let out = f(&mut Lite(&tx));
+                drop(tx); // rolls back: it wrote nothing
+                out
+            }
+            Err(e) => Err(e.into()),
+        };
         let mut pool = self.readers.lock().map_err(|_| poisoned())?;
         if pool.len() < MAX_IDLE_READERS {
             pool.push(conn);

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use airlock_core::audit::{verify_chain, AuditRecord, GENESIS};
+use airlock_core::audit::{AuditRecord, ChainVerifier, GENESIS};
 use airlock_core::refusal::RefusalKind;
 use airlock_core::time::{parse_rfc3339_ms, rfc3339};
 use airlock_store::AuditFilter;
@@ -124,26 +124,32 @@ fn filter_of(q: Page) -> ApiResult<AuditFilter> {
     })
 }
 
-/// `GET /api/v1/audit/verify`: walks the whole chain.
+/// `GET /api/v1/audit/verify`: walks the whole log in one snapshot and checks every chain
+/// (`ChainVerifier`): links, positions, hashes, and that each seal's heads are there.
+/// `unsealed` counts the stack-chain records after the last seal (sealed within a second).
 pub async fn verify(State(state): State<Arc<AppState>>) -> ApiResult<Json<Value>> {
     let result = store_call(&state, |st| {
-        let mut prev = GENESIS.to_owned();
-        let mut after = 0;
-        let mut checked = 0u64;
-        loop {
-            let page = st.audit_events(after, 1000)?;
-            let Some(last) = page.last() else { break };
-            if let Err((seq, why)) = verify_chain(&page, prev.clone()) {
-                return Ok(json!({ "ok": false, "checked": checked, "first_broken": seq, "reason": why }));
+        let mut v = ChainVerifier::new();
+        let mut head = GENESIS.to_owned();
+        let mut broken = None;
+        st.audit_walk(&mut |page| {
+            for r in &page {
+                if let Err(b) = v.push(r) {
+                    broken = Some(b);
+                    return Ok(false);
+                }
+                head = r.hash.clone();
             }
-            if page.first().is_some_and(|f| f.seq != after + 1) {
-                return Ok(json!({ "ok": false, "checked": checked, "first_broken": after + 1, "reason": "a record is missing" }));
+            Ok(true)
+        })?;
+        Ok(match broken {
+            Some((seq, why)) => {
+                json!({ "ok": false, "checked": v.checked(), "first_broken": seq, "reason": why })
             }
-            checked += page.len() as u64;
-            prev = last.hash.clone();
-            after = last.seq;
-        }
-        Ok(json!({ "ok": true, "checked": checked, "head": prev }))
+            None => {
+                json!({ "ok": true, "checked": v.checked(), "head": head, "unsealed": v.unsealed() })
+            }
+        })
     })
     .await?;
     Ok(Json(result))

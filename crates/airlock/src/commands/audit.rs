@@ -16,8 +16,14 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
         let ok = v["ok"].as_bool() == Some(true);
         c.print(&v, |v| {
             if ok {
+                let unsealed = match v["unsealed"].as_u64() {
+                    Some(n) if n > 0 => format!(
+                        " ({n} stack-chain event(s) after the last seal; the server seals every second)"
+                    ),
+                    _ => String::new(),
+                };
                 format!(
-                    "audit chain intact: {} event(s), head {}\n",
+                    "audit chain intact: {} event(s), head {}{unsealed}\n",
                     s(v, "/checked"),
                     s(v, "/head")
                 )

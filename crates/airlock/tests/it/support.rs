@@ -548,6 +548,33 @@ impl TestDatabase {
     }
 }
 
+impl TestDatabase {
+    /// Runs SQL on this database as its owner (the cluster's superuser) and returns the
+    /// unaligned output; for tests that tamper with what the server stored.
+    pub fn sql(&self, sql: &str) -> String {
+        let out = Command::new("psql")
+            .args([
+                &self.url,
+                "-X",
+                "-q",
+                "-At",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                sql,
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .expect("running psql (the PostgreSQL client must be on PATH)");
+        assert!(
+            out.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
 impl Drop for TestDatabase {
     fn drop(&mut self) {
         let _ = psql(

@@ -12,7 +12,7 @@ use super::format::{
     ArchiveEntry, ArtifactEntry, FileEntry, GrantEntry, LockEntry, Manifest, PolicySetEntry,
     RunFile, StackFile, Summary, TokenEntry, UserEntry, VersionEntry,
 };
-use super::{hex, AUDIT_PAGE, FORMAT};
+use super::{hex, FORMAT};
 
 /// Writes files under the backup directory and remembers their hashes for the manifest.
 pub(super) struct Writer {
@@ -51,16 +51,14 @@ impl Writer {
     }
 }
 
+/// The whole audit log, read in one snapshot (see `Store::audit_walk`).
 pub(super) fn all_audit(store: &dyn StoreImport) -> anyhow::Result<Vec<AuditRecord>> {
     let mut out: Vec<AuditRecord> = Vec::new();
-    loop {
-        let after = out.last().map_or(0, |r| r.seq);
-        let page = store.audit_events(after, AUDIT_PAGE)?;
-        if page.is_empty() {
-            return Ok(out);
-        }
+    store.audit_walk(&mut |page| {
         out.extend(page);
-    }
+        Ok(true)
+    })?;
+    Ok(out)
 }
 
 pub(super) fn export(store: &dyn StoreImport, dir: &Path) -> anyhow::Result<Summary> {

@@ -231,7 +231,7 @@ pub(super) fn compare(store: &dyn StoreImport, b: &Backup) -> anyhow::Result<Vec
             b.audit.len()
         ));
     }
-    if let Err((seq, why)) = verify_chain(&audit, GENESIS.to_owned()) {
+    if let Err((seq, why)) = verify_chain(&audit) {
         problems.push(format!("stored audit chain broken at event {seq}: {why}"));
     }
     let head = audit

@@ -5,7 +5,7 @@
 //! server runs, and a backup that restores working tokens needs their secret hashes, which the
 //! API never serves. Verify needs neither a server nor a database.
 //!
-//! A backup directory (format `airlock-backup/2`) holds plain files:
+//! A backup directory (format `airlock-backup/3`) holds plain files:
 //!
 //! ```text
 //! manifest.json                        format, time, source engine, counts, audit head, and
@@ -14,7 +14,8 @@
 //! policy_sets.json                     every server policy set, removed ones included (absent: none)
 //! tokens.json                          every token with the SHA-256 of its secret (no secrets),
 //!                                      its user and its parent token (format 2)
-//! audit.jsonl                          the audit chain, one record per line, in order
+//! audit.jsonl                          the audit log, one record per line, in global order:
+//!                                      each record with its chain and position (format 3)
 //! stacks/NNNN/stack.json               the stack, its version metadata, grants and lock
 //! stacks/NNNN/versions/SERIAL.tfstate  each version's exact bytes
 //! stacks/NNNN/lock-info.json           the held lock's info body, verbatim (if locked)
@@ -24,6 +25,10 @@
 //!
 //! Format 1 (before users) is still read: its tokens get users and parents exactly as the
 //! store's migration 0003 gives them (see `upgrade_v1_tokens`), after the files are checked.
+//! Format 2 (one audit chain) is still read: its records are the legacy chain, which the
+//! global chain continues after import, as migration 0010 does for a stored log. Format 3 was
+//! made a new version because an older airlock would drop the records' chain fields and find
+//! the chains broken.
 //!
 //! History is append-only, so an export taken while servers run is consistent per stack; the
 //! audit chain is read last and covers at least everything exported.
@@ -40,10 +45,11 @@ use serde_json::json;
 use super::migrate::{open_store, Missing};
 use crate::cli::{BackupCommand, OutputFormat};
 
-pub(super) const FORMAT: &str = "airlock-backup/2";
+pub(super) const FORMAT: &str = "airlock-backup/3";
+/// The format before audit chains per stack (one chain); read, never written.
+pub(super) const FORMAT_V2: &str = "airlock-backup/2";
 /// The format before users; read and upgraded, never written.
 pub(super) const FORMAT_V1: &str = "airlock-backup/1";
-pub(super) const AUDIT_PAGE: u32 = 1000;
 
 mod export;
 mod format;

@@ -13,7 +13,7 @@ use super::format::{
     upgrade_v1_tokens, Manifest, PolicySetEntry, RunFile, StackFile, Summary, TokenEntry, UserEntry,
 };
 use super::import::{compare, replay};
-use super::{hex, FORMAT, FORMAT_V1};
+use super::{hex, FORMAT, FORMAT_V1, FORMAT_V2};
 
 /// A backup read back and checked against itself. Version bytes stay on disk.
 pub(super) struct Backup {
@@ -45,9 +45,10 @@ impl Backup {
         let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
             .context("manifest.json is not a valid airlock backup manifest")?;
         let v1 = manifest.format == FORMAT_V1;
-        if manifest.format != FORMAT && !v1 {
+        let one_chain = v1 || manifest.format == FORMAT_V2;
+        if manifest.format != FORMAT && !one_chain {
             bail!(
-                "unsupported backup format {:?} (this airlock reads {FORMAT} and {FORMAT_V1})",
+                "unsupported backup format {:?} (this airlock reads {FORMAT}, {FORMAT_V2} and {FORMAT_V1})",
                 manifest.format
             );
         }
@@ -221,10 +222,14 @@ impl Backup {
         }
 
         // 4. The audit chain verifies from genesis and ends at the recorded head.
-        if backup.audit.first().is_some_and(|r| r.seq != 1) {
-            problems.push("audit chain does not start at event 1".into());
+        if let Err((seq, why)) = verify_chain(&backup.audit) {
+            problems.push(format!("audit chain broken at event {seq}: {why}"));
         }
-        if let Err((seq, why)) = verify_chain(&backup.audit, GENESIS.to_owned()) {
+        if let Some(r) = backup.audit.iter().find(|r| one_chain && r.chain.is_some()) {
+            let (seq, why) = (
+                r.seq,
+                "a chained record in a backup of a single-chain format",
+            );
             problems.push(format!("audit chain broken at event {seq}: {why}"));
         }
 

@@ -348,3 +348,106 @@ fn backup_in_format_1_without_users_still_imports() {
         "a phase token of a revoked token is revoked with it"
     );
 }
+
+/// A backup written with one audit chain (format `airlock-backup/2`) still verifies and
+/// imports: its records are the legacy chain, which the global chain then continues, so the
+/// restored server's new events verify after it. A format-2 backup holding a chained record is
+/// refused (an old format cannot carry the new chains).
+#[test]
+fn backup_in_format_2_with_one_audit_chain_still_imports_and_the_chains_continue_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let s = TestServer::start_on(&Backing::Dir(src.clone()), None, &[], &[]);
+    let admin = s.admin.clone();
+    s.ok(&s.admin, &["stack", "create", "dev/old"]);
+    let (code, _) = raw(
+        "LOCK",
+        &s.state_url("dev/old"),
+        &s.admin,
+        &lock_body("old-1"),
+    );
+    assert_eq!(code, 200);
+    let (code, _) = raw(
+        "UNLOCK",
+        &s.state_url("dev/old"),
+        &s.admin,
+        &lock_body("old-1"),
+    );
+    assert_eq!(code, 200);
+    let bk = tmp.path().join("bk");
+    let (ok, out) = backup_cli(&[
+        "backup",
+        "export",
+        dir_arg(&bk),
+        "--data-dir",
+        dir_arg(&src),
+    ]);
+    assert!(ok, "{out}");
+    drop(s);
+
+    // Rewrite it as format 2 wrote it: the same events as one chain, hashed the old way.
+    let mut prev = airlock_core::audit::GENESIS.to_owned();
+    let mut lines = String::new();
+    let audit = std::fs::read_to_string(bk.join("audit.jsonl")).unwrap();
+    assert!(audit.contains("\"chain\""), "format 3 writes the chains");
+    let mut chained_line = String::new();
+    for (i, line) in audit.lines().enumerate() {
+        let mut r: airlock_core::audit::AuditRecord = serde_json::from_str(line).unwrap();
+        chained_line = line.to_owned();
+        (r.seq, r.chain, r.chain_seq, r.prev_hash) = (i as i64 + 1, None, None, prev.clone());
+        r.hash = r.expected_hash();
+        prev = r.hash.clone();
+        lines.push_str(&serde_json::to_string(&r).unwrap());
+        lines.push('\n');
+    }
+    assert!(!lines.contains("\"chain\""));
+    let write_v2 = |audit: &str| {
+        std::fs::write(bk.join("audit.jsonl"), audit).unwrap();
+        let path = bk.join("manifest.json");
+        let mut m: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        m["format"] = json!("airlock-backup/2");
+        m["summary"]["audit_head"] = json!(prev);
+        m["summary"]["audit_events"] = json!(audit.lines().count());
+        m["files"]["audit.jsonl"] =
+            json!({"sha256": sha256_hex(audit.as_bytes()), "size": audit.len()});
+        std::fs::write(&path, m.to_string()).unwrap();
+    };
+    // A chained record in a format-2 backup is refused.
+    write_v2(&format!("{lines}{chained_line}\n"));
+    let (ok, out) = backup_cli(&["backup", "verify", dir_arg(&bk)]);
+    assert!(!ok && out.contains("audit chain broken"), "{out}");
+
+    write_v2(&lines);
+    let (ok, out) = backup_cli(&["backup", "verify", dir_arg(&bk)]);
+    assert!(ok && out.contains("backup OK"), "{out}");
+    let data = tmp.path().join("restored");
+    let (ok, out) = backup_cli(&[
+        "backup",
+        "import",
+        dir_arg(&bk),
+        "--data-dir",
+        dir_arg(&data),
+    ]);
+    assert!(ok, "{out}");
+    // The restored server appends chained events after the legacy chain; all of it verifies.
+    let r = TestServer::start_on(&Backing::Dir(data), Some(&admin), &[], &[]);
+    r.ok(&admin, &["stack", "create", "dev/new"]);
+    let (code, _) = raw("LOCK", &r.state_url("dev/old"), &admin, &lock_body("new-1"));
+    assert_eq!(code, 200);
+    let audit = r.ok(&admin, &["audit", "--verify"]);
+    assert!(audit.contains("audit chain intact"), "{audit}");
+    let events: Value =
+        serde_json::from_str(&r.ok(&admin, &["audit", "--format", "json", "--limit", "1000"]))
+            .unwrap();
+    let events = events["events"].as_array().unwrap();
+    assert!(
+        events.iter().any(|e| e.get("chain").is_none()),
+        "the legacy records stay"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["chain"] == "dev/old" && e["action"] == "lock"),
+        "new events of an old stack go to its chain: {events:?}"
+    );
+}

@@ -1,0 +1,185 @@
+#!/usr/bin/env bash
+# Replica scaling on PostgreSQL (issue 17 §2): throughput of lock+write+unlock cycles by 8
+# clients on 8 different stacks through one `airlock server` and through two on one database,
+# alternated in rounds within one run, with the CPU each party took (servers, PostgreSQL's
+# processes, the load generator, everything else on the machine).
+#
+#   bench/replicas/run.sh             # 5 rounds of 10 s per configuration, ~4 minutes
+#   bench/replicas/run.sh --quick     # 2 rounds of 5 s
+#
+# Environment: CARGO_TARGET_DIR (default bench/replicas/target), AIRLOCK_BIN (use this binary
+# instead of building one), BENCH_OUT (default bench/replicas/out/<UTC time>), BENCH_STATE_BYTES
+# (default 8000), BENCH_CLIENTS (default 8). See bench/replicas/README.md.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+mode=full
+for arg in "$@"; do
+    case "$arg" in
+    --quick) mode=quick ;;
+    -h | --help)
+        sed -n '2,12p' "$0"
+        exit 0
+        ;;
+    *)
+        echo "run.sh: unknown argument $arg (try --help)" >&2
+        exit 64
+        ;;
+    esac
+done
+
+log() { echo "[replicas $(date -u +%H:%M:%S)] $*" >&2; }
+die() {
+    log "error: $*"
+    exit 1
+}
+
+# ---------------------------------------------------------------- outer part: build
+if [ -z "${AIRLOCK_BENCH_INNER:-}" ]; then
+    for d in /usr/lib/postgresql/*/bin; do
+        [ -x "$d/pg_ctl" ] && PATH="$PATH:$d"
+    done
+    export PATH
+    command -v cargo >/dev/null 2>&1 || die "cargo is not on PATH"
+    command -v psql >/dev/null 2>&1 || die "psql is not on PATH (PostgreSQL 15 client and server binaries are needed)"
+    export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$here/target}"
+    if [ -z "${AIRLOCK_BIN:-}" ]; then
+        log "building airlock (release) into $CARGO_TARGET_DIR"
+        (cd "$root" && cargo build --release --quiet -p airlock) || die "building airlock failed"
+        AIRLOCK_BIN="$CARGO_TARGET_DIR/release/airlock"
+    fi
+    # The state benchmark's load generator: a minimal keep-alive HTTP client speaking the
+    # Terraform http-backend protocol (LOCK, POST ?ID=, UNLOCK), its own Cargo workspace.
+    log "building the load generator (bench/state/loadgen)"
+    (cd "$root/bench/state/loadgen" && cargo build --release --quiet) || die "building the load generator failed"
+    export LOADGEN_BIN="$CARGO_TARGET_DIR/release/airlock-bench-loadgen"
+    export AIRLOCK_BIN AIRLOCK_BENCH_INNER=1 AIRLOCK_BENCH_MODE="$mode"
+    exec "$root/scripts/with-postgres.sh" "$here/run.sh"
+fi
+
+# ---------------------------------------------------------------- inner part: the run
+mode="${AIRLOCK_BENCH_MODE:-$mode}"
+: "${AIRLOCK_TEST_DATABASE_URL:?run through scripts/with-postgres.sh}"
+if [ "$mode" = quick ]; then rounds=2 secs=5; else rounds=5 secs=10; fi
+clients="${BENCH_CLIENTS:-8}"
+bytes="${BENCH_STATE_BYTES:-8000}"
+out="${BENCH_OUT:-$here/out/$(date -u +%Y%m%dT%H%M%SZ)}"
+mkdir -p "$out"
+results="$out/results.txt"
+: >"$results"
+log "mode $mode; logs and results in $out"
+
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+put() { echo "$1 $2" >>"$results"; }
+
+start_server() { # start_server NAME -> server_url, server_pid (and admin_token on first start)
+    local name="$1" logf="$out/server-$1.log"
+    env -u AIRLOCK_DATA_DIR "$AIRLOCK_BIN" server --listen 127.0.0.1:0 \
+        --database-url "$AIRLOCK_TEST_DATABASE_URL" >"$logf" 2>&1 &
+    server_pid=$!
+    pids+=("$server_pid")
+    server_url=""
+    for _ in $(seq 1 300); do
+        server_url="$(sed -n 's/^listening on //p' "$logf" | head -n1)"
+        [ -n "$server_url" ] && break
+        kill -0 "$server_pid" 2>/dev/null || die "airlock server $name exited; see $logf"
+        sleep 0.1
+    done
+    [ -n "$server_url" ] || die "airlock server $name did not start within 30 s; see $logf"
+    local t
+    t="$(sed -n 's/^admin token: //p' "$logf" | head -n1)"
+    if [ -n "$t" ]; then admin_token="$t"; fi
+    return 0
+}
+
+# CPU time in clock ticks: of one process (all its threads), and of PostgreSQL (the postmaster,
+# its exited children as it reaped them, and its live children: backends, walwriter, ...).
+ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+pg_data="$(psql -X -At "$AIRLOCK_TEST_DATABASE_URL" -c 'SHOW data_directory')"
+pg_pid="$(head -n1 "$pg_data/postmaster.pid")"
+pg_ticks() {
+    local sum
+    sum="$(awk '{ print $14 + $15 + $16 + $17 }' "/proc/$pg_pid/stat")"
+    for c in $(pgrep -P "$pg_pid"); do
+        sum=$((sum + $(awk '{ print $14 + $15 }' "/proc/$c/stat" 2>/dev/null || echo 0)))
+    done
+    echo "$sum"
+}
+machine_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8, $5 + $6 }' /proc/stat; } # busy idle
+hz="$(getconf CLK_TCK)"
+
+start_server a
+url_a="$server_url" pid_a="$server_pid"
+start_server b
+url_b="$server_url" pid_b="$server_pid"
+[ -n "${admin_token:-}" ] || die "no admin token printed; the database was not empty"
+
+put meta.date "$(date -u +%Y-%m-%dT%H:%MZ)"
+put meta.git "$(cd "$root" && git rev-parse --short HEAD 2>/dev/null || echo unknown)$(cd "$root" && git diff --quiet HEAD -- crates 2>/dev/null || echo +dirty)"
+put meta.cpus "$(nproc)"
+put meta.postgres "$(psql -X -At "$AIRLOCK_TEST_DATABASE_URL" -c 'SHOW server_version' | cut -d' ' -f1)"
+put meta.load_start "$(cut -d' ' -f1-3 /proc/loadavg)"
+put meta.clients "$clients"
+put meta.state_bytes "$bytes"
+
+# measure CONFIG URLS: one load run, with every party's CPU over exactly that run.
+measure() {
+    local config="$1" urls="$2" tag="$1.r$3"
+    local a0 b0 p0 m0 a1 b1 p1 m1 lg stacks="" prefix="bench/${1//_/-}-$3"
+    # Fresh stacks per run (untimed): each load run starts its states at serial 1.
+    for i in $(seq 0 $((clients - 1))); do stacks="$stacks,$prefix-$i"; done
+    "$LOADGEN_BIN" create-stacks --url "$url_a" --token "$admin_token" --stacks "${stacks#,}"
+    a0="$(ticks "$pid_a")" b0="$(ticks "$pid_b")" p0="$(pg_ticks)" m0="$(machine_ticks)"
+    # `times` in the subshell reports the load generator's own CPU (its children's line).
+    lg="$( (
+        "$LOADGEN_BIN" latency --urls "$urls" --token "$admin_token" --stack-prefix "$prefix" \
+            --clients "$clients" --state-bytes "$bytes" --warmup 3 --max-iters 100000 \
+            --max-secs "$secs" --tag "$tag" >>"$results"
+        times
+    ) | tail -n1)"
+    a1="$(ticks "$pid_a")" b1="$(ticks "$pid_b")" p1="$(pg_ticks)" m1="$(machine_ticks)"
+    put "$tag.cpu_server_a_s" "$(awk -v d=$((a1 - a0)) -v hz="$hz" 'BEGIN { printf "%.2f", d / hz }')"
+    put "$tag.cpu_server_b_s" "$(awk -v d=$((b1 - b0)) -v hz="$hz" 'BEGIN { printf "%.2f", d / hz }')"
+    put "$tag.cpu_postgres_s" "$(awk -v d=$((p1 - p0)) -v hz="$hz" 'BEGIN { printf "%.2f", d / hz }')"
+    put "$tag.cpu_loadgen_s" "$(echo "$lg" | awk '{ split($1, u, /[ms]/); split($2, s, /[ms]/); printf "%.2f", u[1] * 60 + u[2] + s[1] * 60 + s[2] }')"
+    put "$tag.cpu_machine_busy_s" "$(awk -v a="${m0% *}" -v b="${m1% *}" -v hz="$hz" 'BEGIN { printf "%.2f", (b - a) / hz }')"
+    put "$tag.cpu_machine_idle_s" "$(awk -v a="${m0#* }" -v b="${m1#* }" -v hz="$hz" 'BEGIN { printf "%.2f", (b - a) / hz }')"
+}
+
+# pin A B: the CPUs replica a and replica b may run on (every thread), e.g. `pin 0-1 0-1`.
+pin() {
+    taskset -a -p -c "$1" "$pid_a" >/dev/null
+    taskset -a -p -c "$2" "$pid_b" >/dev/null
+}
+ncpu="$(nproc)"
+for r in $(seq 1 "$rounds"); do
+    # Free: each replica may use every CPU (one replica can then use the whole machine).
+    pin "0-$((ncpu - 1))" "0-$((ncpu - 1))"
+    log "round $r/$rounds: one replica"
+    measure one "$url_a" "$r"
+    log "round $r/$rounds: two replicas"
+    measure two "$url_a,$url_b" "$r"
+    # Pinned: each replica gets one CPU of its own, as replicas on separate machines would have
+    # a fixed budget each (PostgreSQL and the load generator still run anywhere).
+    if [ "$ncpu" -ge 2 ] && command -v taskset >/dev/null 2>&1; then
+        pin 0 1
+        log "round $r/$rounds: one replica on one CPU"
+        measure one_pinned "$url_a" "$r"
+        log "round $r/$rounds: two replicas, one CPU each"
+        measure two_pinned "$url_a,$url_b" "$r"
+    fi
+done
+put meta.load_end "$(cut -d' ' -f1-3 /proc/loadavg)"
+
+# The audit chain the run wrote must verify (the benchmark is not allowed to trade it away).
+"$AIRLOCK_BIN" audit --verify --url "$url_a" --token "$admin_token" >"$out/verify.txt" 2>&1 ||
+    die "airlock audit --verify failed after the run; see $out/verify.txt"
+put meta.audit_verify "$(head -n1 "$out/verify.txt")"
+
+python3 "$here/report.py" "$results" | tee "$out/report.txt"
