@@ -6,12 +6,14 @@
 //! own `AIRLOCK_TOKEN` reaches neither.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::io::Write;
+use std::process::{Command, ExitCode, Stdio};
 
 use airlock_core::inputs::{self, InputFile, CONFIG_PATH};
 use airlock_policy::config::{self, Config, Phase};
 use airlock_policy::planfile::{self, PlanFile};
 use airlock_runner::{cli_config, input_files, phase_env, run_streaming, run_streaming_live};
+use airlock_server::run_upload;
 use anyhow::{bail, Context};
 use base64::Engine;
 use serde_json::{json, Value};
@@ -175,14 +177,6 @@ fn init(bin: &str, dir: &Path, state_url: &str, env: &[(String, String)]) -> any
     Ok(())
 }
 
-fn stack_position(c: &Client, stack: &str) -> anyhow::Result<(Option<String>, Option<u64>)> {
-    let v = c.get(&format!("/api/v1/stacks/{}", stack_segment(stack)))?;
-    Ok((
-        v["stack"]["lineage"].as_str().map(str::to_owned),
-        v["current"]["serial"].as_u64(),
-    ))
-}
-
 fn git(dir: &Path, args: &[&str]) -> Option<String> {
     let out = Command::new("git")
         .arg("-C")
@@ -194,11 +188,6 @@ fn git(dir: &Path, args: &[&str]) -> Option<String> {
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
         .filter(|s| !s.is_empty())
-}
-
-#[derive(serde::Deserialize)]
-struct PlanVersion {
-    terraform_version: String,
 }
 
 /// The symbol of a change kind, as `airlock check` prints it: `+` create, `~` update, `-/+`
@@ -480,7 +469,6 @@ pub fn plan_run(c: &Client, req: &PlanRequest<'_>) -> anyhow::Result<Planned> {
     if !has_http_backend(&dir)? {
         bail!("{} has no `backend \"http\"` block; add the block printed by `airlock backend-config {stack}`", dir.display());
     }
-    let (lineage, serial) = stack_position(c, &stack)?;
     let plan_token = c.send(
         "POST",
         &format!("/api/v1/stacks/{}/plan-token", stack_segment(&stack)),
@@ -534,20 +522,28 @@ pub fn plan_run(c: &Client, req: &PlanRequest<'_>) -> anyhow::Result<Planned> {
     if !done.status.success() && !plan_path.is_file() {
         bail!("terraform plan failed ({}) and wrote no plan", done.status);
     }
-    let show = show_json(req.terraform_bin, &dir, &plan_path, &env)?;
-    if !show.status.success() {
-        bail!(
-            "terraform show -json failed: {}",
-            String::from_utf8_lossy(&show.stderr)
-        );
-    }
-    // The version that made the plan is in the plan itself.
-    let version = serde_json::from_slice::<PlanVersion>(&show.stdout)
-        .map(|v| v.terraform_version)
-        .context("reading terraform_version from the plan JSON")?;
-    if stack_position(c, &stack)? != (lineage.clone(), serial) {
-        bail!("the state of {stack} changed while planning; plan again");
-    }
+    // `terraform show -json` runs while the metadata and the binary plan are sent; its output
+    // follows them in the same upload as it comes, and the server checks the binary meanwhile.
+    let show_err = work.join("show.err");
+    let mut show = terraform(
+        req.terraform_bin,
+        &dir,
+        &["show".into(), "-json".into(), plan_path.display().to_string()],
+    )
+    .env_clear()
+    .envs(env.iter().map(|(k, v)| (k, v)))
+    .stdout(Stdio::piped())
+    .stderr(std::fs::File::create(&show_err)?)
+    .spawn()
+    .with_context(|| format!("running {} show -json", req.terraform_bin))?;
+    let show_out = show.stdout.take().context("terraform show has no stdout")?;
+    let plan_bin = std::fs::read(&plan_path)?;
+    // The version that made the plan and the state it was made against are in the plan itself
+    // (the server checks both again).
+    let binary = PlanFile::parse(&plan_bin).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let version = binary.terraform_version.clone();
+    let (lineage, serial) = binary.planned_against();
+    drop(binary);
     let files = input_files(&repo.root, &dir).context("listing the run's input files")?;
     let fp = inputs::fingerprint(&version, &files);
     let policies: Vec<Value> = files
@@ -559,10 +555,9 @@ pub fn plan_run(c: &Client, req: &PlanRequest<'_>) -> anyhow::Result<Planned> {
             Ok(json!({"path": f.path, "text": text}))
         })
         .collect::<anyhow::Result<_>>()?;
-    let plan_bin = std::fs::read(&plan_path)?;
     let lockfile = std::fs::read(dir.join(".terraform.lock.hcl")).ok();
     let origin = &req.origin;
-    let body = json!({
+    let meta = json!({
         "fingerprint": fp,
         "inputs": files,
         "terraform_version": version,
@@ -576,16 +571,66 @@ pub fn plan_run(c: &Client, req: &PlanRequest<'_>) -> anyhow::Result<Planned> {
         "change_request_url": origin.change_request_url,
         "change_authors": origin.change_authors,
         "config": repo.config.as_ref().map(|(_, text, _)| text.clone()),
-        "plan_b64": B64.encode(&plan_bin),
-        "plan_json_b64": B64.encode(&show.stdout),
-        "lockfile_b64": lockfile.map(|l| B64.encode(l)),
     });
-    let response = c.send(
-        "POST",
-        &format!("/api/v1/stacks/{}/runs", stack_segment(&stack)),
-        &body,
-    )?;
-    Ok(Planned { stack, response })
+    let (tx, rx) = std::sync::mpsc::sync_channel(16);
+    let writer = std::thread::spawn(move || -> anyhow::Result<()> {
+        let failed = tx.clone();
+        let written = (|| -> anyhow::Result<()> {
+            let mut w = run_upload::Writer::new(ChannelWriter(tx))?;
+            w.part(run_upload::META, &serde_json::to_vec(&meta)?)?;
+            w.part(run_upload::PLAN, &plan_bin)?;
+            if let Some(l) = &lockfile {
+                w.part(run_upload::LOCKFILE, l)?;
+            }
+            let mut out = show_out;
+            w.part_from(run_upload::PLAN_JSON, &mut out)?;
+            let status = show.wait()?;
+            if !status.success() {
+                let err = std::fs::read_to_string(&show_err).unwrap_or_default();
+                bail!("terraform show -json failed ({status}): {err}");
+            }
+            w.finish()?;
+            Ok(())
+        })();
+        if let Err(e) = &written {
+            // The upload stops here, without its end: the server stores nothing.
+            let _ = failed.send(Err(std::io::Error::other(e.to_string())));
+            let _ = show.kill();
+            let _ = show.wait();
+        }
+        written
+    });
+    let path = format!("/api/v1/stacks/{}/runs", stack_segment(&stack));
+    let sent = c.send_stream(
+        &path,
+        run_upload::CONTENT_TYPE,
+        run_upload::Chunks::new(rx.into_iter()),
+    );
+    let written = writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("the upload thread panicked"))?;
+    // A failure to produce the upload explains a failed request better than the request does.
+    written?;
+    Ok(Planned {
+        stack,
+        response: sent?,
+    })
+}
+
+/// A [`Write`] that hands each write to the request body's reader.
+struct ChannelWriter(std::sync::mpsc::SyncSender<std::io::Result<run_upload::Bytes>>);
+
+impl Write for ChannelWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .send(Ok(run_upload::Bytes::copy_from_slice(buf)))
+            .map_err(|_| std::io::Error::other("the upload request ended"))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The fingerprint a checkout's inputs for the stack at `dir` have under `terraform_version`,
