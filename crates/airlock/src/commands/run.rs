@@ -151,13 +151,16 @@ fn initialized_for(data: &Path, state_url: &str) -> bool {
             .all(|k| cfg[*k] == state_url)
 }
 
+/// Terraform's data directory for `dir` under `env` (`TF_DATA_DIR`, else `dir/.terraform`).
+fn data_dir(dir: &Path, env: &[(String, String)]) -> PathBuf {
+    env.iter()
+        .find(|(k, _)| k == "TF_DATA_DIR")
+        .map_or_else(|| dir.join(".terraform"), |(_, v)| dir.join(v))
+}
+
 /// `terraform init` pointed at the stack on this server, unless already done.
 fn init(bin: &str, dir: &Path, state_url: &str, env: &[(String, String)]) -> anyhow::Result<()> {
-    let data = env
-        .iter()
-        .find(|(k, _)| k == "TF_DATA_DIR")
-        .map_or_else(|| dir.join(".terraform"), |(_, v)| dir.join(v));
-    if initialized_for(&data, state_url) {
+    if initialized_for(&data_dir(dir, env), state_url) {
         return Ok(());
     }
     let args: Vec<String> = ["init", "-input=false", "-reconfigure"]
@@ -978,11 +981,38 @@ pub fn apply_run(
     let files: Vec<InputFile> =
         input_files(&repo.root, &dir).context("listing the checkout's input files")?;
     let fp = inputs::fingerprint(&version, &files);
-    let started = c.send(
-        "POST",
-        &format!("/api/v1/runs/{id}/apply"),
-        &json!({"fingerprint": fp, "inputs": files}),
-    )?;
+    let state_url = format!("{}/state/{stack}", c.base());
+    let scratch = Scratch(tempfile_dir()?);
+    let plan_path = scratch.0.join("plan.tfplan");
+    // While the server starts the apply, the run's plan is fetched and, in a checkout already
+    // initialised for this stack, `terraform show -json` reads it (with no credential: reading
+    // a saved plan needs none). Nothing is trusted before the checks below: the downloaded bytes
+    // must be the approved plan, and a failed early show is made again with the run's token.
+    let recorded = run["run"]["plan_sha256"].as_str().unwrap_or_default();
+    let early_env = phase_env(std::env::vars(), &plan_profile, "");
+    let (started, early) = std::thread::scope(|scope| {
+        let early = scope.spawn(|| -> anyhow::Result<(Vec<u8>, Option<std::process::Output>)> {
+            let plan_bin = c.get_bytes(&format!("/api/v1/runs/{id}/artifacts/plan.tfplan"))?;
+            std::fs::write(&plan_path, &plan_bin)?;
+            let ready = hex::encode(Sha256::digest(&plan_bin)) == recorded
+                && initialized_for(&data_dir(&dir, &early_env), &state_url);
+            let shown = match ready {
+                true => show_json(terraform_bin, &dir, &plan_path, &early_env).ok(),
+                false => None,
+            };
+            Ok((plan_bin, shown))
+        });
+        let started = c.send(
+            "POST",
+            &format!("/api/v1/runs/{id}/apply"),
+            &json!({"fingerprint": fp, "inputs": files}),
+        );
+        let early = early
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("fetching the plan panicked")));
+        (started, early)
+    });
+    let started = started?;
     let token = started["token"]
         .as_str()
         .context("the server sent no run token")?
@@ -1000,7 +1030,7 @@ pub fn apply_run(
             &json!({"success": success, "log_b64": B64.encode(log), "plan_check": check}),
         )
     };
-    let plan_bin = run_client.get_bytes(&format!("/api/v1/runs/{id}/artifacts/plan.tfplan"))?;
+    let (plan_bin, early_show) = early?;
     let got = hex::encode(Sha256::digest(&plan_bin));
     if got != approved {
         let msg = format!("the downloaded plan (SHA-256 {got}) is not the approved plan ({approved}); refusing to apply");
@@ -1009,10 +1039,6 @@ pub fn apply_run(
     }
     let judged = run_client.get_bytes(&format!("/api/v1/runs/{id}/artifacts/plan.json"))?;
     let env = phase_env(std::env::vars(), &plan_profile, &token);
-    let work = tempfile_dir()?;
-    let plan_path = work.join("plan.tfplan");
-    std::fs::write(&plan_path, &plan_bin)?;
-    let state_url = format!("{}/state/{stack}", c.base());
     let mut log = Vec::new();
     let mut check = String::new();
     let outcome = (|| -> anyhow::Result<bool> {
@@ -1025,7 +1051,10 @@ pub fn apply_run(
             return Ok(false);
         }
         // Terraform itself reads the binary about to be applied; it must say what was reviewed.
-        let show = show_json(terraform_bin, &dir, &plan_path, &env)?;
+        let show = match early_show.filter(|o| o.status.success()) {
+            Some(shown) => shown,
+            None => show_json(terraform_bin, &dir, &plan_path, &env)?,
+        };
         if !show.status.success() {
             check = "terraform show -json of the approved plan failed: not applied".into();
             log = show.stderr;
@@ -1067,7 +1096,7 @@ pub fn apply_run(
         log = done.log;
         Ok(done.status.success())
     })();
-    let _ = std::fs::remove_dir_all(&work);
+    drop(scratch);
     let success = matches!(outcome, Ok(true));
     let response = finish(success, &log, &check)?;
     let outcome = match outcome {
