@@ -15,7 +15,7 @@ use axum::extract::{MatchedPath, RawPathParams, Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::RequestExt;
+use axum::{Extension, RequestExt};
 use base64::Engine;
 
 use crate::error::ApiError;
@@ -207,7 +207,8 @@ pub async fn authenticate(state: &Arc<AppState>, secret: String) -> Result<Princ
 /// Unknown, expired and revoked tokens (and requests without one) get 401; a valid token that
 /// lacks the permission or the stack gets 403. Every refusal is audited with its reason.
 pub async fn authorize(
-    State((state, routes)): State<(Arc<AppState>, Arc<RouteTable>)>,
+    State(routes): State<Arc<RouteTable>>,
+    Extension(state): Extension<Arc<AppState>>,
     mut req: Request,
     next: Next,
 ) -> Response {

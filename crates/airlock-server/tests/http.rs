@@ -12,6 +12,7 @@
 //!   hostile text.
 //! - `policies`: server Rego policy sets: admin-only changes, bounds, versions, audit.
 //! - `mcp`: the MCP endpoint: tool lists per role, transport rules, hostile arguments, audit.
+//! - `run_uploads`: hostile streamed run uploads (truncated, altered, bombs, wrong type).
 
 #[path = "http/attacks_tier2.rs"]
 mod attacks_tier2;
@@ -35,3 +36,5 @@ mod protocol;
 mod serving;
 #[path = "http/support.rs"]
 mod support;
+#[path = "http/run_uploads.rs"]
+mod run_uploads;
