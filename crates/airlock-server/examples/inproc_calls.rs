@@ -68,9 +68,14 @@ fn main() {
                 .header(header::AUTHORIZATION, format!("Bearer {}", g.secret))
                 .body(Body::empty())
                 .unwrap();
-            let resp = router::build(Arc::clone(&state)).oneshot(req).await.unwrap();
+            let resp = router::build(Arc::clone(&state))
+                .oneshot(req)
+                .await
+                .unwrap();
             assert_eq!(resp.status(), StatusCode::OK);
-            axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+            axum::body::to_bytes(resp.into_body(), 1 << 20)
+                .await
+                .unwrap();
         };
         for _ in 0..200 {
             once().await;
@@ -95,6 +100,10 @@ fn main() {
         println!("in-process GET /api/v1/whoami, {n} calls each, CPU per call (all threads):");
         println!("  router built per call (before):       {built:.0} us");
         println!("  inproc::call, router built once:      {cached:.0} us");
-        println!("  saved per call: {:.0} us ({:.2}x)", built - cached, built / cached);
+        println!(
+            "  saved per call: {:.0} us ({:.2}x)",
+            built - cached,
+            built / cached
+        );
     });
 }

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::Request;
-use axum::Extension;
 use axum::middleware::Next;
 use axum::response::Response;
+use axum::Extension;
 
 use crate::AppState;
 

@@ -200,9 +200,7 @@ pub fn table() -> RouteTable {
 /// outside it: health and metrics (which name no stack and reveal nothing) and the console
 /// (`/ui/`, which authorizes nothing itself: it calls the API above with the session's token).
 pub fn build(state: Arc<AppState>) -> Router {
-    app()
-        .layer(Extension(Arc::clone(&state)))
-        .with_state(state)
+    app().layer(Extension(Arc::clone(&state))).with_state(state)
 }
 
 /// The application for `state` without the layer that puts `state` in each request's

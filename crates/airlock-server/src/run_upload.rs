@@ -279,7 +279,10 @@ mod tests {
         let mut r = Reader::new(&body[..], 1 << 20).unwrap();
         assert_eq!(r.expect(META).unwrap(), b"{}");
         assert_eq!(r.expect(PLAN).unwrap(), big);
-        assert_eq!(r.next_part().unwrap(), (PLAN_JSON.to_owned(), b"[1]".to_vec()));
+        assert_eq!(
+            r.next_part().unwrap(),
+            (PLAN_JSON.to_owned(), b"[1]".to_vec())
+        );
         r.end().unwrap();
     }
 
@@ -303,7 +306,10 @@ mod tests {
                 .expect(META)
                 .and_then(|_| r.expect(PLAN))
                 .and_then(|_| r.end());
-            assert!(matches!(res, Err(UploadError::Malformed(_))), "cut at {cut}");
+            assert!(
+                matches!(res, Err(UploadError::Malformed(_))),
+                "cut at {cut}"
+            );
         }
         // A stream that stops at a frame boundary before `end`.
         let mut w = Writer::new(Vec::new()).unwrap();

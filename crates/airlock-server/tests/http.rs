@@ -32,9 +32,9 @@ mod mcp;
 mod policies;
 #[path = "http/protocol.rs"]
 mod protocol;
+#[path = "http/run_uploads.rs"]
+mod run_uploads;
 #[path = "http/serving.rs"]
 mod serving;
 #[path = "http/support.rs"]
 mod support;
-#[path = "http/run_uploads.rs"]
-mod run_uploads;

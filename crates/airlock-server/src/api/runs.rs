@@ -25,13 +25,13 @@ use airlock_store::{
     now_ms, NewAudit, NewGrant, NewToken, RunFilter, RunRecord, RunStatus, StackRecord, VersionMeta,
 };
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
 use axum::extract::Request;
+use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
-use http_body_util::BodyExt;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use base64::Engine;
+use http_body_util::BodyExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -521,15 +521,12 @@ fn judge(binary: &PlanFile, plan_json: &[u8], input: JudgeInput) -> ApiResult<Ju
         rego: &rego,
         server_sets: &input.server_sets,
     };
-    let decision = gate::judge(
-        PlanSource::Bytes(plan_json),
-        &gate_input,
-        &mut observer,
-    )
-    .map_err(|e| match e {
-        GateError::Plan(e) => bad(format!("plan JSON: {e}")),
-        e => bad(e.to_string()),
-    })?;
+    let decision = gate::judge(PlanSource::Bytes(plan_json), &gate_input, &mut observer).map_err(
+        |e| match e {
+            GateError::Plan(e) => bad(format!("plan JSON: {e}")),
+            e => bad(e.to_string()),
+        },
+    )?;
     let mut listed = observer.listed;
     listed.sort();
     let outputs = json_outputs(plan_json)?;
@@ -703,13 +700,10 @@ pub async fn create(
     Extension(RequestStack(stack)): Extension<RequestStack>,
     req: Request,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let media = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .map(|v| {
-            let v = v.to_str().unwrap_or("?");
-            v.split(';').next().unwrap_or(v).trim().to_ascii_lowercase()
-        });
+    let media = req.headers().get(header::CONTENT_TYPE).map(|v| {
+        let v = v.to_str().unwrap_or("?");
+        v.split(';').next().unwrap_or(v).trim().to_ascii_lowercase()
+    });
     let record = existing_stack(&state, &p, stack.as_str()).await?;
     let (run, markdown) = match media.as_deref() {
         Some(run_upload::CONTENT_TYPE) => {
@@ -717,24 +711,31 @@ pub async fn create(
             let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(16);
             let (app, principal) = (Arc::clone(&state), p.clone());
             let pipeline = tokio::task::spawn_blocking(move || {
-                let chunks = run_upload::Chunks::new(std::iter::from_fn(move || rx.blocking_recv()));
-                let reader = run_upload::Reader::new(Box::new(chunks) as Box<dyn std::io::Read + Send>, limit as u64)
-                    .map_err(upload_error(limit))?;
+                let chunks =
+                    run_upload::Chunks::new(std::iter::from_fn(move || rx.blocking_recv()));
+                let reader = run_upload::Reader::new(
+                    Box::new(chunks) as Box<dyn std::io::Read + Send>,
+                    limit as u64,
+                )
+                .map_err(|e| upload_error(limit, e))?;
                 create_run(&app, &principal, record, Parts::Stream(reader))
             });
-            // The body goes to the pipeline as it arrives (the auth layer bounds its size).
+            // The body goes to the pipeline as it arrives (the auth layer bounds its size). Once
+            // the pipeline has its answer (a refusal before the end), the rest is read and
+            // dropped, so that the client, still sending, gets to read the answer.
             let mut body = req.into_body();
+            let mut forwarding = true;
             while let Some(frame) = body.frame().await {
-                let data = match frame {
-                    Ok(frame) => match frame.into_data() {
-                        Ok(data) => Ok(data),
-                        Err(_) => continue, // trailers
-                    },
-                    Err(e) => Err(upload_body_error(&e)),
-                };
-                let failed = data.is_err();
-                if tx.send(data).await.is_err() || failed {
-                    break; // The pipeline stopped reading: it has its answer.
+                match frame {
+                    Ok(frame) => {
+                        if let (Ok(data), true) = (frame.into_data(), forwarding) {
+                            forwarding = tx.send(Ok(data)).await.is_ok();
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(upload_body_error(&e))).await;
+                        break;
+                    }
                 }
             }
             drop(tx);
@@ -783,15 +784,13 @@ fn upload_body_error(e: &axum::Error) -> std::io::Error {
 }
 
 /// The error of an unreadable [`run_upload`] stream: too large (as an oversized JSON upload is)
-/// or malformed.
-fn upload_error(limit: usize) -> impl Fn(run_upload::UploadError) -> ApiError {
-    move |e| match e {
+/// or malformed. `limit`: the caller's upload limit.
+fn upload_error(limit: usize, e: run_upload::UploadError) -> ApiError {
+    let mib = limit / (1024 * 1024);
+    match e {
         run_upload::UploadError::TooLarge => ApiError::new(
             RefusalKind::TooLarge,
-            format!(
-                "upload refused: it decompresses to more than the {} MiB this token may upload here (--max-agent-run-upload-mib / --max-run-upload-mib)",
-                limit / (1024 * 1024)
-            ),
+            format!("upload refused: it decompresses to more than the {mib} MiB this token may upload here (--max-agent-run-upload-mib / --max-run-upload-mib)"),
         ),
         run_upload::UploadError::Malformed(m) => bad(format!("run upload: {m}")),
     }
@@ -818,8 +817,12 @@ impl Parts {
             match obj.remove(field) {
                 Some(Value::String(s)) => b64(&s, field).map(Some),
                 None | Some(Value::Null) if !required => Ok(None),
-                None => Err(bad(format!("invalid request body: missing field `{field}`"))),
-                Some(_) => Err(bad(format!("invalid request body: {field} must be a string"))),
+                None => Err(bad(format!(
+                    "invalid request body: missing field `{field}`"
+                ))),
+                Some(_) => Err(bad(format!(
+                    "invalid request body: {field} must be a string"
+                ))),
             }
         };
         let plan = artifact("plan_b64", true)?.unwrap_or_default();
@@ -842,7 +845,9 @@ impl Parts {
                 .map(|m| *m)
                 .ok_or_else(|| ApiError::Internal("the run's metadata was read twice".into())),
             Parts::Stream(r) => {
-                let bytes = r.expect(run_upload::META).map_err(upload_error(limit))?;
+                let bytes = r
+                    .expect(run_upload::META)
+                    .map_err(|e| upload_error(limit, e))?;
                 parse_body(&bytes)
             }
         }
@@ -851,7 +856,9 @@ impl Parts {
     fn plan(&mut self, limit: usize) -> ApiResult<Vec<u8>> {
         match self {
             Parts::Decoded { plan, .. } => Ok(std::mem::take(plan)),
-            Parts::Stream(r) => r.expect(run_upload::PLAN).map_err(upload_error(limit)),
+            Parts::Stream(r) => r
+                .expect(run_upload::PLAN)
+                .map_err(|e| upload_error(limit, e)),
         }
     }
 
@@ -864,10 +871,13 @@ impl Parts {
                 ..
             } => Ok((lockfile, plan_json)),
             Parts::Stream(mut r) => {
-                let err = upload_error(limit);
+                let err = |e| upload_error(limit, e);
                 let (name, content) = r.next_part().map_err(&err)?;
                 let (lockfile, plan_json) = if name == run_upload::LOCKFILE {
-                    (Some(content), r.expect(run_upload::PLAN_JSON).map_err(&err)?)
+                    (
+                        Some(content),
+                        r.expect(run_upload::PLAN_JSON).map_err(&err)?,
+                    )
                 } else if name == run_upload::PLAN_JSON {
                     (None, content)
                 } else {
@@ -908,8 +918,10 @@ fn create_run(
     let previous = previous_policy(st, &stack.name)?;
     // The stack's current state, through the server's summary cache (versions are immutable).
     let current_state = st.current_version(&stack.name)?.and_then(|v| {
-        crate::stacks::summary_for(state, &v.sha256, &|| st.version_bytes(&stack.name, v.serial))
-            .ok()
+        crate::stacks::summary_for(state, &v.sha256, &|| {
+            st.version_bytes(&stack.name, v.serial)
+        })
+        .ok()
     });
     let server_sets = super::policies::for_stack(st, &stack.name)?;
     let (lockfile, plan_json) = parts.rest(limit)?;

@@ -68,9 +68,24 @@ async fn hostile_streamed_uploads_get_a_clear_refusal_and_store_nothing() {
     let altered = zstd::encode_all(&raw[..], 3).unwrap();
     let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
         ("text/plain", full.clone(), 400, "not \"text/plain\""),
-        (CONTENT_TYPE, br#"{"plan_b64": ""}"#.to_vec(), 400, "not a valid zstd run upload"),
-        ("application/json", full.clone(), 400, "invalid request body"),
-        (CONTENT_TYPE, full[..full.len() / 2].to_vec(), 400, "truncated"),
+        (
+            CONTENT_TYPE,
+            br#"{"plan_b64": ""}"#.to_vec(),
+            400,
+            "not a valid zstd run upload",
+        ),
+        (
+            "application/json",
+            full.clone(),
+            400,
+            "invalid request body",
+        ),
+        (
+            CONTENT_TYPE,
+            full[..full.len() / 2].to_vec(),
+            400,
+            "truncated",
+        ),
         (CONTENT_TYPE, altered, 400, "SHA-256"),
         (
             CONTENT_TYPE,
@@ -112,15 +127,24 @@ async fn a_decompression_bomb_is_refused_as_too_large() {
     // 256 MiB of zeros in a plan part: about 8 KiB on the wire, far under the limit.
     let mut w = Writer::new(Vec::new()).unwrap();
     w.part(run_upload::META, &meta()).unwrap();
-    w.part_from(run_upload::PLAN, &mut std::io::Read::take(std::io::repeat(0), 256 << 20))
-        .unwrap();
+    w.part_from(
+        run_upload::PLAN,
+        &mut std::io::Read::take(std::io::repeat(0), 256 << 20),
+    )
+    .unwrap();
     let bomb = w.finish().unwrap();
     assert!(bomb.len() < 2 * 1024 * 1024, "{}", bomb.len());
     let r = upload(&s, &agent, CONTENT_TYPE, bomb).await;
     assert_eq!(r.status.as_u16(), 413, "{r:?}");
-    assert!(r.message().contains("decompresses to more than the 2 MiB"), "{}", r.message());
+    assert!(
+        r.message().contains("decompresses to more than the 2 MiB"),
+        "{}",
+        r.message()
+    );
     // A compressed body over the limit is refused before it is read, as a JSON one is.
-    let noise: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
+    let noise: Vec<u8> = (0..3 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
     let r = upload(&s, &agent, CONTENT_TYPE, noise).await;
     assert_eq!(r.status.as_u16(), 413, "{r:?}");
     no_runs(&s).await;

@@ -152,7 +152,9 @@ impl Client {
         content_type: &str,
         body: impl Read,
     ) -> anyhow::Result<Value> {
-        let req = self.request("POST", path)?.set("Content-Type", content_type);
+        let req = self
+            .request("POST", path)?
+            .set("Content-Type", content_type);
         let resp = self.finish(req.send(body))?;
         resp.into_json().context("the server sent invalid JSON")
     }

@@ -5,8 +5,8 @@
 //! profile; the apply child gets the run-bound token and never the plan profile. The caller's
 //! own `AIRLOCK_TOKEN` reaches neither.
 
-use std::path::{Path, PathBuf};
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
 use airlock_core::inputs::{self, InputFile, CONFIG_PATH};
@@ -531,7 +531,11 @@ pub fn plan_run(c: &Client, req: &PlanRequest<'_>) -> anyhow::Result<Planned> {
     let mut show = terraform(
         req.terraform_bin,
         &dir,
-        &["show".into(), "-json".into(), plan_path.display().to_string()],
+        &[
+            "show".into(),
+            "-json".into(),
+            plan_path.display().to_string(),
+        ],
     )
     .env_clear()
     .envs(env.iter().map(|(k, v)| (k, v)))
@@ -991,17 +995,19 @@ pub fn apply_run(
     let recorded = run["run"]["plan_sha256"].as_str().unwrap_or_default();
     let early_env = phase_env(std::env::vars(), &plan_profile, "");
     let (started, early) = std::thread::scope(|scope| {
-        let early = scope.spawn(|| -> anyhow::Result<(Vec<u8>, Option<std::process::Output>)> {
-            let plan_bin = c.get_bytes(&format!("/api/v1/runs/{id}/artifacts/plan.tfplan"))?;
-            std::fs::write(&plan_path, &plan_bin)?;
-            let ready = hex::encode(Sha256::digest(&plan_bin)) == recorded
-                && initialized_for(&data_dir(&dir, &early_env), &state_url);
-            let shown = match ready {
-                true => show_json(terraform_bin, &dir, &plan_path, &early_env).ok(),
-                false => None,
-            };
-            Ok((plan_bin, shown))
-        });
+        let early = scope.spawn(
+            || -> anyhow::Result<(Vec<u8>, Option<std::process::Output>)> {
+                let plan_bin = c.get_bytes(&format!("/api/v1/runs/{id}/artifacts/plan.tfplan"))?;
+                std::fs::write(&plan_path, &plan_bin)?;
+                let ready = hex::encode(Sha256::digest(&plan_bin)) == recorded
+                    && initialized_for(&data_dir(&dir, &early_env), &state_url);
+                let shown = match ready {
+                    true => show_json(terraform_bin, &dir, &plan_path, &early_env).ok(),
+                    false => None,
+                };
+                Ok((plan_bin, shown))
+            },
+        );
         let started = c.send(
             "POST",
             &format!("/api/v1/runs/{id}/apply"),
