@@ -63,12 +63,28 @@ pub struct Writer<W: Write> {
     zstd: zstd::Encoder<'static, W>,
 }
 
+/// Padding [`Writer::push`] sends: more than one chunk of the HTTP client's chunked body (ureq
+/// sends at most 16 KiB per chunk and holds a partial one until it fills).
+const PUSH_PADDING: usize = 16 * 1024;
+
 impl<W: Write> Writer<W> {
     /// Starts a stream.
     pub fn new(out: W) -> io::Result<Self> {
         Ok(Writer {
             zstd: zstd::Encoder::new(out, LEVEL)?,
         })
+    }
+
+    /// Makes sure everything written so far leaves the HTTP client now, though more will follow
+    /// only later (the plan JSON, while `terraform show -json` runs): ends the zstd frame and
+    /// sends a skippable frame (which decoders skip) as padding. Costs 16 KiB on the wire.
+    pub fn push(self) -> io::Result<Self> {
+        let mut out = self.zstd.finish()?;
+        out.write_all(&0x184D_2A50u32.to_le_bytes())?;
+        out.write_all(&(PUSH_PADDING as u32).to_le_bytes())?;
+        out.write_all(&[0u8; PUSH_PADDING])?;
+        out.flush()?;
+        Writer::new(out)
     }
 
     /// Writes one part whose content is in memory.
@@ -276,6 +292,19 @@ mod tests {
         let big = vec![7u8; 300 * 1024];
         let body = upload(&[(META, b"{}"), (PLAN, &big), (PLAN_JSON, b"[1]")]);
         assert!(body.len() < 10 * 1024, "compressed");
+        // With a push between parts, as airlock plan sends it.
+        let mut w = Writer::new(Vec::new()).unwrap();
+        w.part(META, b"{}").unwrap();
+        w.part(PLAN, &big).unwrap();
+        let mut w = w.push().unwrap();
+        w.part(PLAN_JSON, b"[1]").unwrap();
+        let pushed = w.finish().unwrap();
+        assert!(pushed.len() > PUSH_PADDING);
+        let mut r = Reader::new(&pushed[..], 1 << 20).unwrap();
+        assert_eq!(r.expect(META).unwrap(), b"{}");
+        assert_eq!(r.expect(PLAN).unwrap(), big);
+        assert_eq!(r.expect(PLAN_JSON).unwrap(), b"[1]");
+        r.end().unwrap();
         let mut r = Reader::new(&body[..], 1 << 20).unwrap();
         assert_eq!(r.expect(META).unwrap(), b"{}");
         assert_eq!(r.expect(PLAN).unwrap(), big);

@@ -589,6 +589,8 @@ pub fn plan_run(c: &Client, req: &PlanRequest<'_>) -> anyhow::Result<Planned> {
             if let Some(l) = &lockfile {
                 w.part(run_upload::LOCKFILE, l)?;
             }
+            // The server checks the binary plan while the JSON is being made.
+            let mut w = w.push()?;
             let mut out = show_out;
             w.part_from(run_upload::PLAN_JSON, &mut out)?;
             let status = show.wait()?;
