@@ -19,7 +19,7 @@ use base64::Engine;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use super::client::{printable, s, stack_segment, table, time, Client};
+use super::client::{printable, s, stack_segment, table, time, Client, ServerRefused};
 use crate::cli::{ApplyArgs, ApproveArgs, ClientArgs, PlanArgs, RejectArgs, RunsArgs};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
@@ -618,12 +618,16 @@ pub fn plan_run(c: &Client, req: &PlanRequest<'_>) -> anyhow::Result<Planned> {
     let written = writer
         .join()
         .map_err(|_| anyhow::anyhow!("the upload thread panicked"))?;
-    // A failure to produce the upload explains a failed request better than the request does.
-    written?;
-    Ok(Planned {
-        stack,
-        response: sent?,
-    })
+    match (sent, written) {
+        // The server's refusal says most; else a failure to produce the upload (terraform show
+        // failed, say) explains a broken request better than the request does.
+        (Err(e), _) if e.downcast_ref::<ServerRefused>().is_some() => Err(e),
+        (_, Err(e)) => Err(e),
+        (sent, Ok(())) => Ok(Planned {
+            stack,
+            response: sent?,
+        }),
+    }
 }
 
 /// A [`Write`] that hands each write to the request body's reader.
