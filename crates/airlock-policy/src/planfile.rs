@@ -82,6 +82,18 @@ pub struct PlanFile {
     pub backend: Option<PlanBackend>,
 }
 
+impl PlanFile {
+    /// The (lineage, serial) of the state the plan was made against: `(None, None)` for an
+    /// empty stack (whose plan holds no lineage, or an empty one). `airlock plan` claims it and
+    /// the server checks the claim with this same function.
+    pub fn planned_against(&self) -> (Option<String>, Option<u64>) {
+        match (self.prior_lineage.as_deref(), self.prior_serial) {
+            (None | Some(""), _) => (None, None),
+            (Some(l), s) => (Some(l.to_owned()), s),
+        }
+    }
+}
+
 /// `tfplan.Backend`: where `terraform apply PLAN` reads and writes state.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PlanBackend {

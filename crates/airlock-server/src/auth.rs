@@ -15,7 +15,7 @@ use axum::extract::{MatchedPath, RawPathParams, Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::RequestExt;
+use axum::{Extension, RequestExt};
 use base64::Engine;
 
 use crate::error::ApiError;
@@ -207,7 +207,8 @@ pub async fn authenticate(state: &Arc<AppState>, secret: String) -> Result<Princ
 /// Unknown, expired and revoked tokens (and requests without one) get 401; a valid token that
 /// lacks the permission or the stack gets 403. Every refusal is audited with its reason.
 pub async fn authorize(
-    State((state, routes)): State<(Arc<AppState>, Arc<RouteTable>)>,
+    State(routes): State<Arc<RouteTable>>,
+    Extension(state): Extension<Arc<AppState>>,
     mut req: Request,
     next: Next,
 ) -> Response {
@@ -312,18 +313,36 @@ async fn check<'t>(
 /// `Content-Length` over it is refused before anything is read, a chunked body as soon as it
 /// passes it. Runs after [`check`], so an unauthorized body is never read at all.
 async fn bounded_upload(state: &AppState, role: Role, req: Request) -> Result<Request, Response> {
+    use axum::body::HttpBody;
     let limit = state.config.run_upload_limit(role);
-    let (parts, body) = req.into_parts();
-    match stacks::read_body(body, limit).await {
-        Ok(bytes) => Ok(Request::from_parts(parts, axum::body::Body::from(bytes))),
-        Err(e) if e.is_too_large() => Err(ApiError::new(
+    let too_large = || {
+        ApiError::new(
             RefusalKind::TooLarge,
             format!(
                 "upload refused: {role} tokens may upload at most {} MiB here (--max-agent-run-upload-mib / --max-run-upload-mib); a plan this large is better applied by CI from its own checkout",
                 limit / (1024 * 1024)
             ),
         )
-        .into_response()),
+        .into_response()
+    };
+    let (parts, body) = req.into_parts();
+    // A streamed run upload goes on as a stream, still bounded: its handler reads it as it
+    // arrives (and bounds what it decompresses to by the same limit).
+    let streamed = parts
+        .headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with(crate::run_upload::CONTENT_TYPE));
+    if streamed {
+        if body.size_hint().lower() > limit as u64 {
+            return Err(too_large());
+        }
+        let body = axum::body::Body::new(http_body_util::Limited::new(body, limit));
+        return Ok(Request::from_parts(parts, body));
+    }
+    match stacks::read_body(body, limit).await {
+        Ok(bytes) => Ok(Request::from_parts(parts, axum::body::Body::from(bytes))),
+        Err(e) if e.is_too_large() => Err(too_large()),
         Err(e) => Err(e.into_response()),
     }
 }

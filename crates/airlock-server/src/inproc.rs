@@ -48,10 +48,8 @@ impl Reply {
 }
 
 /// Sends `method uri` (path and query, e.g. `/api/v1/runs?stack=app`) with `token` as the bearer
-/// credential and `body` as a JSON body, through the server's own router.
-///
-/// The router is built per call (a table of a few dozen routes): nothing is cached that could
-/// outlive a change of the table, and no reference cycle ties the state to its router.
+/// credential and `body` as a JSON body, through the server's own router (built once per
+/// process, given `state` per call: `router::for_inproc`).
 pub async fn call(
     state: &Arc<AppState>,
     token: &str,
@@ -70,10 +68,11 @@ pub async fn call(
         }
         None => Body::empty(),
     };
-    let req = req
+    let mut req = req
         .body(body)
         .map_err(|e| format!("bad in-process request: {e}"))?;
-    let resp = router::build(Arc::clone(state))
+    req.extensions_mut().insert(Arc::clone(state));
+    let resp = router::for_inproc(Arc::clone(state))
         .oneshot(req)
         .await
         .map_err(|e| format!("in-process request failed: {e}"))?;

@@ -18,6 +18,7 @@ mod log;
 pub mod mcp;
 mod metrics;
 pub mod router;
+pub mod run_upload;
 mod serve;
 mod stacks;
 mod state_backend;

@@ -6,9 +6,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::Response;
+use axum::Extension;
 
 use crate::AppState;
 
@@ -43,7 +44,7 @@ pub(crate) struct Caller {
 
 /// Middleware around every route: logs the request once it is answered.
 pub(crate) async fn log_requests(
-    State(state): State<Arc<AppState>>,
+    Extension(state): Extension<Arc<AppState>>,
     req: Request,
     next: Next,
 ) -> Response {

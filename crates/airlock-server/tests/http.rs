@@ -12,6 +12,7 @@
 //!   hostile text.
 //! - `policies`: server Rego policy sets: admin-only changes, bounds, versions, audit.
 //! - `mcp`: the MCP endpoint: tool lists per role, transport rules, hostile arguments, audit.
+//! - `run_uploads`: hostile streamed run uploads (truncated, altered, bombs, wrong type).
 
 #[path = "http/attacks_tier2.rs"]
 mod attacks_tier2;
@@ -31,6 +32,8 @@ mod mcp;
 mod policies;
 #[path = "http/protocol.rs"]
 mod protocol;
+#[path = "http/run_uploads.rs"]
+mod run_uploads;
 #[path = "http/serving.rs"]
 mod serving;
 #[path = "http/support.rs"]

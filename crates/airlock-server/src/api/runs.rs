@@ -25,11 +25,13 @@ use airlock_store::{
     now_ms, NewAudit, NewGrant, NewToken, RunFilter, RunRecord, RunStatus, StackRecord, VersionMeta,
 };
 use axum::body::{Body, Bytes};
+use axum::extract::Request;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use base64::Engine;
+use http_body_util::BodyExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -37,7 +39,7 @@ use super::{parse_body, store_call};
 use crate::auth::{Principal, RequestStack};
 use crate::error::{ApiError, ApiResult};
 use crate::stacks::existing_stack;
-use crate::{firewall, tokens, AppState};
+use crate::{firewall, run_upload, tokens, AppState};
 
 /// Lifetime of plan-phase and run-bound apply tokens.
 const PHASE_TOKEN_TTL_MS: i64 = 3_600_000;
@@ -109,9 +111,12 @@ pub async fn plan_token(
     ))
 }
 
+/// A run upload's metadata: everything but the artifacts (the binary plan, its JSON and the
+/// lock file), which arrive base64 in the same JSON object (`plan_b64`, `plan_json_b64`,
+/// `lockfile_b64`) or as raw parts of a [`run_upload`] stream.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CreateRun {
+struct RunMeta {
     fingerprint: String,
     /// The files the fingerprint covers; the server recomputes the fingerprint from them.
     inputs: Vec<InputFile>,
@@ -135,9 +140,6 @@ struct CreateRun {
     /// The repository's Rego policies (`policy/**.rego`), judged with the plan.
     #[serde(default)]
     policies: Vec<PolicyFile>,
-    plan_b64: String,
-    plan_json_b64: String,
-    lockfile_b64: Option<String>,
 }
 
 #[derive(Deserialize, serde::Serialize, Clone)]
@@ -150,17 +152,10 @@ struct PolicyFile {
 /// What the run is judged against besides the plan: the repository's policy as uploaded (and
 /// tied to the fingerprint) and, for the policy-change report, the last applied run's.
 struct JudgeInput {
-    plan_json: Vec<u8>,
-    plan_bin: Vec<u8>,
     config: Option<String>,
     policies: Vec<PolicyFile>,
     previous: Option<(Option<String>, Vec<PolicyFile>)>,
     stack: StackRecord,
-    planned: (Option<String>, Option<u64>),
-    inputs: Vec<InputFile>,
-    planned_dir: String,
-    /// The Terraform version the uploader claims (the fingerprint covers it).
-    terraform_version: String,
     /// The stack's current state, when it has one (to see what changed outside Terraform).
     current_state: Option<Arc<StateSummary>>,
     /// The server's policy sets whose glob matches the stack.
@@ -171,8 +166,9 @@ struct JudgeInput {
 /// the checkout holds) must be the reviewed inputs: every embedded file of a local module is an
 /// input with the same content, and every `.tf`/`.tf.json` input in those modules' directories
 /// is embedded. The apply's fingerprint check then ties the inputs to CI's checkout.
-fn check_embedded_config(binary: &PlanFile, input: &JudgeInput) -> ApiResult<()> {
-    let listed: std::collections::BTreeMap<&str, &str> = input
+fn check_embedded_config(binary: &PlanFile, meta: &RunMeta) -> ApiResult<()> {
+    let planned_dir = meta.planned_dir.as_deref().unwrap_or(".");
+    let listed: std::collections::BTreeMap<&str, &str> = meta
         .inputs
         .iter()
         .map(|f| (f.path.as_str(), f.sha256.as_str()))
@@ -180,7 +176,7 @@ fn check_embedded_config(binary: &PlanFile, input: &JudgeInput) -> ApiResult<()>
     let mut dirs = std::collections::BTreeSet::new();
     let mut embedded = std::collections::BTreeSet::new();
     for (path, content) in &binary.config_files {
-        let repo_path = inputs::join(&input.planned_dir, path);
+        let repo_path = inputs::join(planned_dir, path);
         let sha = InputFile::of(&repo_path, content).sha256;
         let empty_lock = path == ".terraform.lock.hcl"
             && !listed.contains_key(repo_path.as_str())
@@ -197,7 +193,7 @@ fn check_embedded_config(binary: &PlanFile, input: &JudgeInput) -> ApiResult<()>
         }
         embedded.insert(repo_path);
     }
-    for f in &input.inputs {
+    for f in &meta.inputs {
         let (dir, name) = f.path.rsplit_once('/').unwrap_or(("", &f.path));
         let is_config = name.ends_with(".tf") || name.ends_with(".tf.json");
         if is_config && dirs.contains(dir) && !embedded.contains(&f.path) {
@@ -438,35 +434,41 @@ fn planner_variables(plan_json: &[u8]) -> ApiResult<Vec<Finding>> {
     Ok(out)
 }
 
-/// Runs the plan gate over the uploaded plan JSON, after proving that the JSON describes the
-/// binary plan that will be applied. The stack's server-side protections, its production flag,
-/// the repository's Rego policies and the server's policy sets for the stack all take part;
-/// nothing in the upload can lower them.
-fn judge(input: JudgeInput) -> ApiResult<Judged> {
-    let stack = &input.stack;
-    let binary = PlanFile::parse(&input.plan_bin).map_err(|e| bad(e.to_string()))?;
+/// The checks on the binary plan alone, made as soon as it has arrived (before its JSON): it
+/// parses, its plan did not error, it was made against the planned lineage and serial by the
+/// claimed Terraform version, from the listed inputs, for this stack's backend.
+fn check_binary(plan_bin: &[u8], meta: &RunMeta, stack: &StackRecord) -> ApiResult<PlanFile> {
+    let binary = PlanFile::parse(plan_bin).map_err(|e| bad(e.to_string()))?;
     if binary.errored {
         return Err(bad("the binary plan is from a plan that errored; it cannot be applied: fix the error and plan again"));
     }
-    let prior = match (binary.prior_lineage.as_deref(), binary.prior_serial) {
-        (None | Some(""), _) => (None, None),
-        (Some(l), s) => (Some(l.to_owned()), s),
-    };
-    if prior != input.planned {
+    let prior = binary.planned_against();
+    let planned = (meta.planned_lineage.clone(), meta.planned_serial);
+    if prior != planned {
         return Err(bad(format!(
             "the binary plan was made against lineage {:?} serial {:?}, not the planned_lineage/planned_serial sent with it ({:?} {:?})",
-            prior.0, prior.1, input.planned.0, input.planned.1
+            prior.0, prior.1, planned.0, planned.1
         )));
     }
-    if binary.terraform_version != input.terraform_version {
+    if binary.terraform_version != meta.terraform_version {
         return Err(bad(format!(
             "the binary plan was made by terraform {}, not the terraform_version {} sent with it",
-            binary.terraform_version, input.terraform_version
+            binary.terraform_version, meta.terraform_version
         )));
     }
-    check_embedded_config(&binary, &input)?;
+    check_embedded_config(&binary, meta)?;
     check_backend(&binary, &stack.name)?;
-    let variable_findings = planner_variables(&input.plan_json)?;
+    Ok(binary)
+}
+
+/// Runs the plan gate over the uploaded plan JSON, after proving that the JSON describes the
+/// binary plan that will be applied (`binary`, already through [`check_binary`]). The stack's
+/// server-side protections, its production flag, the repository's Rego policies and the
+/// server's policy sets for the stack all take part; nothing in the upload can lower them.
+fn judge(binary: &PlanFile, plan_json: &[u8], input: JudgeInput) -> ApiResult<Judged> {
+    let stack = &input.stack;
+    let prior = binary.planned_against();
+    let variable_findings = planner_variables(plan_json)?;
     let cfg = parse_config(input.config.as_deref())?;
     let stack_cfg = cfg.stack(&stack.name);
     let mut policy_changes = Vec::new();
@@ -519,18 +521,15 @@ fn judge(input: JudgeInput) -> ApiResult<Judged> {
         rego: &rego,
         server_sets: &input.server_sets,
     };
-    let decision = gate::judge(
-        PlanSource::Bytes(&input.plan_json),
-        &gate_input,
-        &mut observer,
-    )
-    .map_err(|e| match e {
-        GateError::Plan(e) => bad(format!("plan JSON: {e}")),
-        e => bad(e.to_string()),
-    })?;
+    let decision = gate::judge(PlanSource::Bytes(plan_json), &gate_input, &mut observer).map_err(
+        |e| match e {
+            GateError::Plan(e) => bad(format!("plan JSON: {e}")),
+            e => bad(e.to_string()),
+        },
+    )?;
     let mut listed = observer.listed;
     listed.sort();
-    let outputs = json_outputs(&input.plan_json)?;
+    let outputs = json_outputs(plan_json)?;
     let changes_anything =
         observer.changes_anything || outputs.iter().any(|(_, actions)| actions != &["no-op"]);
     binary.matches_json(&listed, &outputs).map_err(|e| {
@@ -587,7 +586,7 @@ fn judge(input: JudgeInput) -> ApiResult<Judged> {
 
 /// Checks that the upload's inputs are consistent: the fingerprint is the digest of the listed
 /// files, and the airlock.hcl and policies sent are exactly the listed ones.
-fn check_inputs(req: &CreateRun) -> ApiResult<()> {
+fn check_inputs(req: &RunMeta) -> ApiResult<()> {
     inputs::validate(&req.inputs).map_err(|e| bad(format!("inputs: {e}")))?;
     if inputs::fingerprint(&req.terraform_version, &req.inputs)
         != req.fingerprint.to_ascii_lowercase()
@@ -692,66 +691,259 @@ fn previous_policy(
     Ok(Some((config, policies)))
 }
 
-/// `POST /api/v1/stacks/{stack}/runs`: uploads a planned run.
+/// `POST /api/v1/stacks/{stack}/runs`: uploads a planned run, as a [`run_upload`] stream
+/// (`airlock plan`: raw, compressed, checked as it arrives) or as one JSON object with the
+/// artifacts in base64. Both go through the same checks, in [`create_run`].
 pub async fn create(
     State(state): State<Arc<AppState>>,
     Extension(p): Extension<Principal>,
     Extension(RequestStack(stack)): Extension<RequestStack>,
-    body: Bytes,
+    req: Request,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let req: CreateRun = parse_body(&body)?;
-    drop(body);
+    let media = req.headers().get(header::CONTENT_TYPE).map(|v| {
+        let v = v.to_str().unwrap_or("?");
+        v.split(';').next().unwrap_or(v).trim().to_ascii_lowercase()
+    });
     let record = existing_stack(&state, &p, stack.as_str()).await?;
-    let plan_bin = b64(&req.plan_b64, "plan_b64")?;
-    let plan_json = b64(&req.plan_json_b64, "plan_json_b64")?;
-    let lockfile = req
-        .lockfile_b64
-        .as_deref()
-        .map(|l| b64(l, "lockfile_b64"))
-        .transpose()?;
-    if plan_bin.is_empty() || plan_json.is_empty() {
-        return Err(bad("the binary plan and its JSON are both required"));
+    let (run, markdown) = match media.as_deref() {
+        Some(run_upload::CONTENT_TYPE) => {
+            let limit = state.config.run_upload_limit(p.role);
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(16);
+            let (app, principal) = (Arc::clone(&state), p.clone());
+            let pipeline = tokio::task::spawn_blocking(move || {
+                let chunks =
+                    run_upload::Chunks::new(std::iter::from_fn(move || rx.blocking_recv()));
+                let reader = run_upload::Reader::new(
+                    Box::new(chunks) as Box<dyn std::io::Read + Send>,
+                    limit as u64,
+                )
+                .map_err(|e| upload_error(limit, e))?;
+                create_run(&app, &principal, record, Parts::Stream(reader))
+            });
+            // The body goes to the pipeline as it arrives (the auth layer bounds its size). Once
+            // the pipeline has its answer (a refusal before the end), the rest is read and
+            // dropped, so that the client, still sending, gets to read the answer.
+            let mut body = req.into_body();
+            let mut forwarding = true;
+            while let Some(frame) = body.frame().await {
+                match frame {
+                    Ok(frame) => {
+                        if let (Ok(data), true) = (frame.into_data(), forwarding) {
+                            forwarding = tx.send(Ok(data)).await.is_ok();
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(upload_body_error(&e))).await;
+                        break;
+                    }
+                }
+            }
+            drop(tx);
+            pipeline
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))??
+        }
+        None | Some("application/json") => {
+            let body = axum::body::to_bytes(req.into_body(), usize::MAX)
+                .await
+                .map_err(|e| bad(format!("could not read the request body: {e}")))?;
+            let parts = Parts::json(&body)?;
+            drop(body);
+            let (app, principal) = (Arc::clone(&state), p.clone());
+            tokio::task::spawn_blocking(move || create_run(&app, &principal, record, parts))
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))??
+        }
+        Some(other) => {
+            return Err(bad(format!(
+                "a run upload is {} (what airlock plan sends) or application/json, not {other:?}",
+                run_upload::CONTENT_TYPE
+            )))
+        }
+    };
+    Ok((
+        StatusCode::CREATED,
+        Json(
+            json!({ "run": run, "summary_markdown": markdown, "next": run_rules::next_step(&run) }),
+        ),
+    ))
+}
+
+/// Why the body of a streamed upload stopped: the size limit (the auth layer bounds it by the
+/// caller's role) or the connection.
+fn upload_body_error(e: &axum::Error) -> std::io::Error {
+    use std::error::Error;
+    let mut source: Option<&(dyn Error + 'static)> = e.source();
+    while let Some(s) = source {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return std::io::Error::other(run_upload::BodyTooLarge);
+        }
+        source = s.source();
     }
+    std::io::Error::other(format!("the upload stopped: {e}"))
+}
+
+/// The error of an unreadable [`run_upload`] stream: too large (as an oversized JSON upload is)
+/// or malformed. `limit`: the caller's upload limit.
+fn upload_error(limit: usize, e: run_upload::UploadError) -> ApiError {
+    let mib = limit / (1024 * 1024);
+    match e {
+        run_upload::UploadError::TooLarge => ApiError::new(
+            RefusalKind::TooLarge,
+            format!("upload refused: it decompresses to more than the {mib} MiB this token may upload here (--max-agent-run-upload-mib / --max-run-upload-mib)"),
+        ),
+        run_upload::UploadError::Malformed(m) => bad(format!("run upload: {m}")),
+    }
+}
+
+/// A run upload's parts, in the order the checks need them.
+enum Parts {
+    /// A JSON upload, decoded.
+    Decoded {
+        meta: Option<Box<RunMeta>>,
+        plan: Vec<u8>,
+        plan_json: Vec<u8>,
+        lockfile: Option<Vec<u8>>,
+    },
+    /// A [`run_upload`] stream, read as the checks go.
+    Stream(run_upload::Reader<Box<dyn std::io::Read + Send>>),
+}
+
+impl Parts {
+    /// A JSON upload: the metadata plus `plan_b64`, `plan_json_b64` and `lockfile_b64`.
+    fn json(body: &[u8]) -> ApiResult<Parts> {
+        let mut obj: serde_json::Map<String, Value> = parse_body(body)?;
+        let mut artifact = |field: &str, required: bool| -> ApiResult<Option<Vec<u8>>> {
+            match obj.remove(field) {
+                Some(Value::String(s)) => b64(&s, field).map(Some),
+                None | Some(Value::Null) if !required => Ok(None),
+                None => Err(bad(format!(
+                    "invalid request body: missing field `{field}`"
+                ))),
+                Some(_) => Err(bad(format!(
+                    "invalid request body: {field} must be a string"
+                ))),
+            }
+        };
+        let plan = artifact("plan_b64", true)?.unwrap_or_default();
+        let plan_json = artifact("plan_json_b64", true)?.unwrap_or_default();
+        let lockfile = artifact("lockfile_b64", false)?;
+        let meta: RunMeta = serde_json::from_value(Value::Object(obj))
+            .map_err(|e| bad(format!("invalid request body: {e}")))?;
+        Ok(Parts::Decoded {
+            meta: Some(Box::new(meta)),
+            plan,
+            plan_json,
+            lockfile,
+        })
+    }
+
+    fn meta(&mut self, limit: usize) -> ApiResult<RunMeta> {
+        match self {
+            Parts::Decoded { meta, .. } => meta
+                .take()
+                .map(|m| *m)
+                .ok_or_else(|| ApiError::Internal("the run's metadata was read twice".into())),
+            Parts::Stream(r) => {
+                let bytes = r
+                    .expect(run_upload::META)
+                    .map_err(|e| upload_error(limit, e))?;
+                parse_body(&bytes)
+            }
+        }
+    }
+
+    fn plan(&mut self, limit: usize) -> ApiResult<Vec<u8>> {
+        match self {
+            Parts::Decoded { plan, .. } => Ok(std::mem::take(plan)),
+            Parts::Stream(r) => r
+                .expect(run_upload::PLAN)
+                .map_err(|e| upload_error(limit, e)),
+        }
+    }
+
+    /// The lock file (if any) and the plan JSON, and the end of the upload.
+    fn rest(self, limit: usize) -> ApiResult<(Option<Vec<u8>>, Vec<u8>)> {
+        match self {
+            Parts::Decoded {
+                plan_json,
+                lockfile,
+                ..
+            } => Ok((lockfile, plan_json)),
+            Parts::Stream(mut r) => {
+                let err = |e| upload_error(limit, e);
+                let (name, content) = r.next_part().map_err(&err)?;
+                let (lockfile, plan_json) = if name == run_upload::LOCKFILE {
+                    (
+                        Some(content),
+                        r.expect(run_upload::PLAN_JSON).map_err(&err)?,
+                    )
+                } else if name == run_upload::PLAN_JSON {
+                    (None, content)
+                } else {
+                    return Err(bad(format!(
+                        "run upload: expected part {} or {}, got {name:?}",
+                        run_upload::LOCKFILE,
+                        run_upload::PLAN_JSON
+                    )));
+                };
+                r.end().map_err(&err)?;
+                Ok((lockfile, plan_json))
+            }
+        }
+    }
+}
+
+/// Checks, judges and stores one uploaded run; runs on a blocking thread and reads the parts as
+/// the checks need them, so a streamed upload's binary plan is checked (and the stack's policy
+/// and state looked up) while its JSON is still being made and sent.
+fn create_run(
+    state: &AppState,
+    p: &Principal,
+    stack: StackRecord,
+    mut parts: Parts,
+) -> ApiResult<(RunRecord, String)> {
+    let limit = state.config.run_upload_limit(p.role);
+    let st = state.store.as_ref();
+    let req = parts.meta(limit)?;
     if req.fingerprint.len() != 64 || !req.fingerprint.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(bad("fingerprint must be a hex SHA-256"));
     }
     check_inputs(&req)?;
-    let s = stack.to_string();
-    let previous = store_call(&state, move |st| previous_policy(st, &s)).await?;
-    let s = stack.to_string();
+    let plan_bin = parts.plan(limit)?;
+    if plan_bin.is_empty() {
+        return Err(bad("the binary plan and its JSON are both required"));
+    }
+    let binary = check_binary(&plan_bin, &req, &stack)?;
+    let previous = previous_policy(st, &stack.name)?;
     // The stack's current state, through the server's summary cache (versions are immutable).
-    let app = Arc::clone(&state);
-    let current_state = store_call(&state, move |st| {
-        Ok(st.current_version(&s)?.and_then(|v| {
-            crate::stacks::summary_for(&app, &v.sha256, &|| st.version_bytes(&s, v.serial)).ok()
-        }))
-    })
-    .await?;
-    let s = stack.to_string();
-    let server_sets = store_call(&state, move |st| super::policies::for_stack(st, &s)).await?;
-    let judged = {
-        let input = JudgeInput {
-            plan_json: plan_json.clone(),
-            plan_bin: plan_bin.clone(),
+    let current_state = st.current_version(&stack.name)?.and_then(|v| {
+        crate::stacks::summary_for(state, &v.sha256, &|| {
+            st.version_bytes(&stack.name, v.serial)
+        })
+        .ok()
+    });
+    let server_sets = super::policies::for_stack(st, &stack.name)?;
+    let (lockfile, plan_json) = parts.rest(limit)?;
+    if plan_json.is_empty() {
+        return Err(bad("the binary plan and its JSON are both required"));
+    }
+    let judged = judge(
+        &binary,
+        &plan_json,
+        JudgeInput {
             config: req.config.clone(),
             policies: req.policies.clone(),
             previous,
-            stack: record.clone(),
-            planned: (req.planned_lineage.clone(), req.planned_serial),
-            inputs: req.inputs.clone(),
-            planned_dir: req.planned_dir.clone().unwrap_or_else(|| ".".into()),
-            terraform_version: req.terraform_version.clone(),
+            stack: stack.clone(),
             current_state,
             server_sets,
-        };
-        tokio::task::spawn_blocking(move || judge(input))
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))??
-    };
+        },
+    )?;
     let now = now_ms();
     let run = RunRecord {
         id: tokens::random_id("run_"),
-        stack: stack.to_string(),
+        stack: stack.name.clone(),
         status: run_rules::initial_status(judged.verdict.as_str(), judged.changes_anything),
         author: p.display(),
         author_token: p.token_id.clone(),
@@ -794,7 +986,7 @@ pub async fn create(
     let audit = NewAudit::ok(
         &p.display(),
         "run.create",
-        Some(stack.as_str()),
+        Some(&stack.name),
         json!({"run": run.id, "decision": run.decision, "destroys": run.destroys.len(), "plan_sha256": run.plan_sha256, "fingerprint": run.fingerprint, "policy_changes": run.policy_changes}),
     );
     let markdown = judged.markdown;
@@ -802,31 +994,22 @@ pub async fn create(
         .then(|| serde_json::to_vec(&req.policies))
         .transpose()
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let (r, md, config_text) = (run.clone(), markdown.clone(), req.config);
-    store_call(&state, move |st| {
-        let mut artifacts: Vec<(&str, &[u8])> = vec![
-            (PLAN_ARTIFACT, &plan_bin),
-            (PLAN_JSON_ARTIFACT, &plan_json),
-            (SUMMARY_ARTIFACT, md.as_bytes()),
-        ];
-        if let Some(l) = &lockfile {
-            artifacts.push((LOCKFILE_ARTIFACT, l));
-        }
-        if let Some(c) = &config_text {
-            artifacts.push((CONFIG_ARTIFACT, c.as_bytes()));
-        }
-        if let Some(p) = &policies_json {
-            artifacts.push((POLICIES_ARTIFACT, p));
-        }
-        st.create_run(&r, &artifacts, audit)
-    })
-    .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(
-            json!({ "run": run, "summary_markdown": markdown, "next": run_rules::next_step(&run) }),
-        ),
-    ))
+    let mut artifacts: Vec<(&str, &[u8])> = vec![
+        (PLAN_ARTIFACT, &plan_bin),
+        (PLAN_JSON_ARTIFACT, &plan_json),
+        (SUMMARY_ARTIFACT, markdown.as_bytes()),
+    ];
+    if let Some(l) = &lockfile {
+        artifacts.push((LOCKFILE_ARTIFACT, l));
+    }
+    if let Some(c) = &req.config {
+        artifacts.push((CONFIG_ARTIFACT, c.as_bytes()));
+    }
+    if let Some(p) = &policies_json {
+        artifacts.push((POLICIES_ARTIFACT, p));
+    }
+    st.create_run(&run, &artifacts, audit)?;
+    Ok((run, markdown))
 }
 
 /// Who asks, as the run rules see it.

@@ -144,6 +144,21 @@ impl Client {
         resp.into_json().context("the server sent invalid JSON")
     }
 
+    /// POSTs a body of type `content_type` read from `body` as it is produced (chunked), and
+    /// returns the JSON answer.
+    pub fn send_stream(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: impl Read,
+    ) -> anyhow::Result<Value> {
+        let req = self
+            .request("POST", path)?
+            .set("Content-Type", content_type);
+        let resp = self.finish(req.send(body))?;
+        resp.into_json().context("the server sent invalid JSON")
+    }
+
     /// POSTs `body` with extra `headers` and returns the status and body whatever the status
     /// (at most `limit` bytes of it): for relays that pass the server's answers on as they are
     /// (`airlock mcp`). Only a server that cannot be reached is an error.

@@ -5,19 +5,21 @@
 //! profile; the apply child gets the run-bound token and never the plan profile. The caller's
 //! own `AIRLOCK_TOKEN` reaches neither.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::{Command, ExitCode, Stdio};
 
 use airlock_core::inputs::{self, InputFile, CONFIG_PATH};
 use airlock_policy::config::{self, Config, Phase};
 use airlock_policy::planfile::{self, PlanFile};
 use airlock_runner::{cli_config, input_files, phase_env, run_streaming, run_streaming_live};
+use airlock_server::run_upload;
 use anyhow::{bail, Context};
 use base64::Engine;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use super::client::{printable, s, stack_segment, table, time, Client};
+use super::client::{printable, s, stack_segment, table, time, Client, ServerRefused};
 use crate::cli::{ApplyArgs, ApproveArgs, ClientArgs, PlanArgs, RejectArgs, RunsArgs};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
@@ -149,13 +151,16 @@ fn initialized_for(data: &Path, state_url: &str) -> bool {
             .all(|k| cfg[*k] == state_url)
 }
 
+/// Terraform's data directory for `dir` under `env` (`TF_DATA_DIR`, else `dir/.terraform`).
+fn data_dir(dir: &Path, env: &[(String, String)]) -> PathBuf {
+    env.iter()
+        .find(|(k, _)| k == "TF_DATA_DIR")
+        .map_or_else(|| dir.join(".terraform"), |(_, v)| dir.join(v))
+}
+
 /// `terraform init` pointed at the stack on this server, unless already done.
 fn init(bin: &str, dir: &Path, state_url: &str, env: &[(String, String)]) -> anyhow::Result<()> {
-    let data = env
-        .iter()
-        .find(|(k, _)| k == "TF_DATA_DIR")
-        .map_or_else(|| dir.join(".terraform"), |(_, v)| dir.join(v));
-    if initialized_for(&data, state_url) {
+    if initialized_for(&data_dir(dir, env), state_url) {
         return Ok(());
     }
     let args: Vec<String> = ["init", "-input=false", "-reconfigure"]
@@ -194,11 +199,6 @@ fn git(dir: &Path, args: &[&str]) -> Option<String> {
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
         .filter(|s| !s.is_empty())
-}
-
-#[derive(serde::Deserialize)]
-struct PlanVersion {
-    terraform_version: String,
 }
 
 /// The symbol of a change kind, as `airlock check` prints it: `+` create, `~` update, `-/+`
@@ -554,7 +554,6 @@ impl PlanPhase {
 pub fn plan_run(c: &Client, req: &PlanRequest<'_>) -> anyhow::Result<Planned> {
     let phase = PlanPhase::prepare(c, req.dir, req.stack, req.terraform_bin)?;
     let (dir, repo, stack, env) = (&phase.dir, &phase.repo, phase.stack.clone(), &phase.env);
-    let (lineage, serial) = stack_position(c, &stack)?;
     let work = phase.scratch.0.as_path();
     let plan_path = work.join("plan.tfplan");
     let mut plan_args: Vec<String> = vec![
@@ -570,21 +569,33 @@ pub fn plan_run(c: &Client, req: &PlanRequest<'_>) -> anyhow::Result<Planned> {
     if !done.status.success() && !plan_path.is_file() {
         bail!("terraform plan failed ({}) and wrote no plan", done.status);
     }
-    let show = show_json(req.terraform_bin, dir, &plan_path, env)?;
-    if !show.status.success() {
-        bail!(
-            "terraform show -json failed: {}",
-            String::from_utf8_lossy(&show.stderr)
-        );
-    }
-    // The version that made the plan is in the plan itself.
-    let version = serde_json::from_slice::<PlanVersion>(&show.stdout)
-        .map(|v| v.terraform_version)
-        .context("reading terraform_version from the plan JSON")?;
-    if stack_position(c, &stack)? != (lineage.clone(), serial) {
-        bail!("the state of {stack} changed while planning; plan again");
-    }
-    let files = input_files(&repo.root, dir).context("listing the run's input files")?;
+    // `terraform show -json` runs while the metadata and the binary plan are sent; its output
+    // follows them in the same upload as it comes, and the server checks the binary meanwhile.
+    let show_err = work.join("show.err");
+    let mut show = terraform(
+        req.terraform_bin,
+        &dir,
+        &[
+            "show".into(),
+            "-json".into(),
+            plan_path.display().to_string(),
+        ],
+    )
+    .env_clear()
+    .envs(env.iter().map(|(k, v)| (k, v)))
+    .stdout(Stdio::piped())
+    .stderr(std::fs::File::create(&show_err)?)
+    .spawn()
+    .with_context(|| format!("running {} show -json", req.terraform_bin))?;
+    let show_out = show.stdout.take().context("terraform show has no stdout")?;
+    let plan_bin = std::fs::read(&plan_path)?;
+    // The version that made the plan and the state it was made against are in the plan itself
+    // (the server checks both again).
+    let binary = PlanFile::parse(&plan_bin).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let version = binary.terraform_version.clone();
+    let (lineage, serial) = binary.planned_against();
+    drop(binary);
+    let files = input_files(&repo.root, &dir).context("listing the run's input files")?;
     let fp = inputs::fingerprint(&version, &files);
     let policies: Vec<Value> = files
         .iter()
@@ -595,10 +606,9 @@ pub fn plan_run(c: &Client, req: &PlanRequest<'_>) -> anyhow::Result<Planned> {
             Ok(json!({"path": f.path, "text": text}))
         })
         .collect::<anyhow::Result<_>>()?;
-    let plan_bin = std::fs::read(&plan_path)?;
     let lockfile = std::fs::read(dir.join(".terraform.lock.hcl")).ok();
     let origin = &req.origin;
-    let body = json!({
+    let meta = json!({
         "fingerprint": fp,
         "inputs": files,
         "terraform_version": version,
@@ -612,16 +622,72 @@ pub fn plan_run(c: &Client, req: &PlanRequest<'_>) -> anyhow::Result<Planned> {
         "change_request_url": origin.change_request_url,
         "change_authors": origin.change_authors,
         "config": repo.config.as_ref().map(|(_, text, _)| text.clone()),
-        "plan_b64": B64.encode(&plan_bin),
-        "plan_json_b64": B64.encode(&show.stdout),
-        "lockfile_b64": lockfile.map(|l| B64.encode(l)),
     });
-    let response = c.send(
-        "POST",
-        &format!("/api/v1/stacks/{}/runs", stack_segment(&stack)),
-        &body,
-    )?;
-    Ok(Planned { stack, response })
+    let (tx, rx) = std::sync::mpsc::sync_channel(16);
+    let writer = std::thread::spawn(move || -> anyhow::Result<()> {
+        let failed = tx.clone();
+        let written = (|| -> anyhow::Result<()> {
+            let mut w = run_upload::Writer::new(ChannelWriter(tx))?;
+            w.part(run_upload::META, &serde_json::to_vec(&meta)?)?;
+            w.part(run_upload::PLAN, &plan_bin)?;
+            if let Some(l) = &lockfile {
+                w.part(run_upload::LOCKFILE, l)?;
+            }
+            // The server checks the binary plan while the JSON is being made.
+            let mut w = w.push()?;
+            let mut out = show_out;
+            w.part_from(run_upload::PLAN_JSON, &mut out)?;
+            let status = show.wait()?;
+            if !status.success() {
+                let err = std::fs::read_to_string(&show_err).unwrap_or_default();
+                bail!("terraform show -json failed ({status}): {err}");
+            }
+            w.finish()?;
+            Ok(())
+        })();
+        if let Err(e) = &written {
+            // The upload stops here, without its end: the server stores nothing.
+            let _ = failed.send(Err(std::io::Error::other(e.to_string())));
+            let _ = show.kill();
+            let _ = show.wait();
+        }
+        written
+    });
+    let path = format!("/api/v1/stacks/{}/runs", stack_segment(&stack));
+    let sent = c.send_stream(
+        &path,
+        run_upload::CONTENT_TYPE,
+        run_upload::Chunks::new(rx.into_iter()),
+    );
+    let written = writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("the upload thread panicked"))?;
+    match (sent, written) {
+        // The server's refusal says most; else a failure to produce the upload (terraform show
+        // failed, say) explains a broken request better than the request does.
+        (Err(e), _) if e.downcast_ref::<ServerRefused>().is_some() => Err(e),
+        (_, Err(e)) => Err(e),
+        (sent, Ok(())) => Ok(Planned {
+            stack,
+            response: sent?,
+        }),
+    }
+}
+
+/// A [`Write`] that hands each write to the request body's reader.
+struct ChannelWriter(std::sync::mpsc::SyncSender<std::io::Result<run_upload::Bytes>>);
+
+impl Write for ChannelWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .send(Ok(run_upload::Bytes::copy_from_slice(buf)))
+            .map_err(|_| std::io::Error::other("the upload request ended"))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The fingerprint a checkout's inputs for the stack at `dir` have under `terraform_version`,
@@ -969,11 +1035,40 @@ pub fn apply_run(
     let files: Vec<InputFile> =
         input_files(&repo.root, &dir).context("listing the checkout's input files")?;
     let fp = inputs::fingerprint(&version, &files);
-    let started = c.send(
-        "POST",
-        &format!("/api/v1/runs/{id}/apply"),
-        &json!({"fingerprint": fp, "inputs": files}),
-    )?;
+    let state_url = format!("{}/state/{stack}", c.base());
+    let scratch = Scratch(tempfile_dir()?);
+    let plan_path = scratch.0.join("plan.tfplan");
+    // While the server starts the apply, the run's plan is fetched and, in a checkout already
+    // initialised for this stack, `terraform show -json` reads it (with no credential: reading
+    // a saved plan needs none). Nothing is trusted before the checks below: the downloaded bytes
+    // must be the approved plan, and a failed early show is made again with the run's token.
+    let recorded = run["run"]["plan_sha256"].as_str().unwrap_or_default();
+    let early_env = phase_env(std::env::vars(), &plan_profile, "");
+    let (started, early) = std::thread::scope(|scope| {
+        let early = scope.spawn(
+            || -> anyhow::Result<(Vec<u8>, Option<std::process::Output>)> {
+                let plan_bin = c.get_bytes(&format!("/api/v1/runs/{id}/artifacts/plan.tfplan"))?;
+                std::fs::write(&plan_path, &plan_bin)?;
+                let ready = hex::encode(Sha256::digest(&plan_bin)) == recorded
+                    && initialized_for(&data_dir(&dir, &early_env), &state_url);
+                let shown = match ready {
+                    true => show_json(terraform_bin, &dir, &plan_path, &early_env).ok(),
+                    false => None,
+                };
+                Ok((plan_bin, shown))
+            },
+        );
+        let started = c.send(
+            "POST",
+            &format!("/api/v1/runs/{id}/apply"),
+            &json!({"fingerprint": fp, "inputs": files}),
+        );
+        let early = early
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("fetching the plan panicked")));
+        (started, early)
+    });
+    let started = started?;
     let token = started["token"]
         .as_str()
         .context("the server sent no run token")?
@@ -991,7 +1086,7 @@ pub fn apply_run(
             &json!({"success": success, "log_b64": B64.encode(log), "plan_check": check}),
         )
     };
-    let plan_bin = run_client.get_bytes(&format!("/api/v1/runs/{id}/artifacts/plan.tfplan"))?;
+    let (plan_bin, early_show) = early?;
     let got = hex::encode(Sha256::digest(&plan_bin));
     if got != approved {
         let msg = format!("the downloaded plan (SHA-256 {got}) is not the approved plan ({approved}); refusing to apply");
@@ -1000,10 +1095,6 @@ pub fn apply_run(
     }
     let judged = run_client.get_bytes(&format!("/api/v1/runs/{id}/artifacts/plan.json"))?;
     let env = phase_env(std::env::vars(), &plan_profile, &token);
-    let work = tempfile_dir()?;
-    let plan_path = work.join("plan.tfplan");
-    std::fs::write(&plan_path, &plan_bin)?;
-    let state_url = format!("{}/state/{stack}", c.base());
     let mut log = Vec::new();
     let mut check = String::new();
     let outcome = (|| -> anyhow::Result<bool> {
@@ -1016,7 +1107,10 @@ pub fn apply_run(
             return Ok(false);
         }
         // Terraform itself reads the binary about to be applied; it must say what was reviewed.
-        let show = show_json(terraform_bin, &dir, &plan_path, &env)?;
+        let show = match early_show.filter(|o| o.status.success()) {
+            Some(shown) => shown,
+            None => show_json(terraform_bin, &dir, &plan_path, &env)?,
+        };
         if !show.status.success() {
             check = "terraform show -json of the approved plan failed: not applied".into();
             log = show.stderr;
@@ -1058,7 +1152,7 @@ pub fn apply_run(
         log = done.log;
         Ok(done.status.success())
     })();
-    let _ = std::fs::remove_dir_all(&work);
+    drop(scratch);
     let success = matches!(outcome, Ok(true));
     let response = finish(success, &log, &check)?;
     let outcome = match outcome {
