@@ -574,7 +574,7 @@ pub fn plan_run(c: &Client, req: &PlanRequest<'_>) -> anyhow::Result<Planned> {
     let show_err = work.join("show.err");
     let mut show = terraform(
         req.terraform_bin,
-        &dir,
+        dir,
         &[
             "show".into(),
             "-json".into(),
@@ -595,7 +595,7 @@ pub fn plan_run(c: &Client, req: &PlanRequest<'_>) -> anyhow::Result<Planned> {
     let version = binary.terraform_version.clone();
     let (lineage, serial) = binary.planned_against();
     drop(binary);
-    let files = input_files(&repo.root, &dir).context("listing the run's input files")?;
+    let files = input_files(&repo.root, dir).context("listing the run's input files")?;
     let fp = inputs::fingerprint(&version, &files);
     let policies: Vec<Value> = files
         .iter()
