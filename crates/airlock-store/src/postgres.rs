@@ -33,6 +33,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         6,
         include_str!("../migrations/postgres/0006_forge_logins.sql"),
     ),
+    (8, include_str!("../migrations/postgres/0008_oidc.sql")),
 ];
 
 /// Transaction-scoped advisory lock keys ("airlock" in ASCII, then a number). Being

@@ -26,6 +26,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         6,
         include_str!("../migrations/sqlite/0006_forge_logins.sql"),
     ),
+    (8, include_str!("../migrations/sqlite/0008_oidc.sql")),
 ];
 // Enough idle readers for a burst of concurrent GETs without reopening connections.
 const MAX_IDLE_READERS: usize = 32;
