@@ -625,10 +625,7 @@ impl Parser<'_> {
             if v.trim().is_empty() || v.len() > 300 || v.chars().any(char::is_control) {
                 return Err(self.err(
                     attr.span(),
-                    format!(
-                        "`{}` must be 1-300 printable characters",
-                        attr.key.as_str()
-                    ),
+                    format!("`{}` must be 1-300 printable characters", attr.key.as_str()),
                 ));
             }
             match attr.key.as_str() {
@@ -650,7 +647,9 @@ impl Parser<'_> {
         if p.gcp_service_account.is_some() && p.gcp_workload_provider.is_none() {
             return fail("oidc: gcp_service_account needs gcp_workload_provider");
         }
-        if p.aws_role_arn.is_none() && p.gcp_workload_provider.is_none() && p.azure_client_id.is_none()
+        if p.aws_role_arn.is_none()
+            && p.gcp_workload_provider.is_none()
+            && p.azure_client_id.is_none()
         {
             return fail(
                 "oidc names no cloud: set aws_role_arn, gcp_workload_provider or azure_client_id and azure_tenant_id",
