@@ -189,6 +189,14 @@ fn routes() -> Routes {
         .route(POST,    "/mcp",                                         Read,      mcp::post)
         .route(GET,     "/mcp",                                         Read,      mcp::not_offered)
         .route(DELETE,  "/mcp",                                         Read,      mcp::not_offered)
+        // OIDC (issue 15): phase identity tokens (the apply one only to the run's own run-bound
+        // token while it applies, checked by the handler), key rotation and forge trusts.
+        .route(POST,    "/api/v1/stacks/{stack}/identity-token",        CreateRun, api::oidc::plan_identity)
+        .route(POST,    "/api/v1/runs/{id}/identity-token",             ApplyRun,  api::oidc::apply_identity)
+        .route(POST,    "/api/v1/oidc/rotate",                          Admin,     api::oidc::rotate)
+        .route(POST,    "/api/v1/oidc/trusts",                          Admin,     api::oidc::add_trust)
+        .route(GET,     "/api/v1/oidc/trusts",                          Admin,     api::oidc::list_trusts)
+        .route(POST,    "/api/v1/oidc/trusts/{id}/remove",              Admin,     api::oidc::remove_trust)
 }
 
 /// The route table, as [`build`] serves and authorizes it.
@@ -197,7 +205,8 @@ pub fn table() -> RouteTable {
 }
 
 /// Builds the application: the table's routes behind `auth::authorize`, then the only routes
-/// outside it: health and metrics (which name no stack and reveal nothing) and the console
+/// outside it: health and metrics (which name no stack and reveal nothing), the OIDC issuer's
+/// public documents and the forge login (its credential is a forge-signed token), and the console
 /// (`/ui/`, which authorizes nothing itself: it calls the API above with the session's token).
 pub fn build(state: Arc<AppState>) -> Router {
     let Routes { router, table } = routes();
@@ -211,6 +220,14 @@ pub fn build(state: Arc<AppState>) -> Router {
         .merge(crate::console::routes())
         .route("/healthz", get(api::healthz))
         .route("/metrics", get(api::metrics))
+        // The OIDC issuer's public documents, and the forge login, whose credential is the CI
+        // job's signed ID token (verified by the handler), not an airlock token.
+        .route(
+            "/.well-known/openid-configuration",
+            get(api::oidc::discovery),
+        )
+        .route("/.well-known/jwks.json", get(api::oidc::jwks))
+        .route("/api/v1/oidc/login", axum::routing::post(api::oidc::login))
         .fallback(api::not_found)
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),

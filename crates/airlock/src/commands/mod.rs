@@ -8,6 +8,7 @@ pub mod client;
 pub mod guard;
 pub mod mcp;
 pub mod migrate;
+pub mod oidc;
 pub mod policy;
 pub mod run;
 pub mod server;

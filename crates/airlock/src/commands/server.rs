@@ -43,6 +43,13 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         database_url: args.database_url.clone(),
     })?;
     bootstrap_admin(store.as_ref())?;
+    // The OIDC issuer's first key (kept in the store; a restored backup carries none).
+    airlock_server::oidc::ensure_key(store.as_ref()).context("creating the OIDC issuer key")?;
+    if let Some(url) = &public_url {
+        crate::out(&format!(
+            "OIDC issuer {url} (JWKS {url}/.well-known/jwks.json)\n"
+        ));
+    }
     const MIB: usize = 1024 * 1024;
     let secs = std::time::Duration::from_secs;
     let config = ServerConfig {
