@@ -375,8 +375,8 @@ fn env_value(record: &str, name: &str) -> String {
     let prefix = format!("{name}=");
     record
         .lines()
-        .filter_map(|l| l.strip_prefix(&prefix))
-        .last()
+        .rev()
+        .find_map(|l| l.strip_prefix(&prefix))
         .unwrap_or_else(|| panic!("no {name} in {record}"))
         .to_owned()
 }
