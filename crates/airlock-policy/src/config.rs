@@ -925,6 +925,22 @@ mass_destruction {
         assert_eq!(c.allow_destroy[0].line, 14);
         assert_eq!(c.credentials_for(Phase::Plan), ["AWS_PLAN_ROLE_ARN"]);
         assert_eq!(c.credentials_for(Phase::Apply), ["AWS_APPLY_ROLE_ARN"]);
+        assert_eq!(c.oidc_for(Phase::Plan), None);
+        let o = parse(
+            "credentials \"apply\" {\n env_from = [\"X\"]\n oidc {\n  audience = \"sts.amazonaws.com\"\n  aws_role_arn = \"arn:r\"\n  ttl_seconds = 900\n }\n}\n",
+            "airlock.hcl",
+        )
+        .unwrap();
+        let p = o.oidc_for(Phase::Apply).unwrap();
+        assert_eq!(
+            (
+                p.audience.as_str(),
+                p.aws_role_arn.as_deref(),
+                p.ttl_seconds
+            ),
+            ("sts.amazonaws.com", Some("arn:r"), Some(900))
+        );
+        assert_eq!(o.credentials_for(Phase::Apply), ["X"]);
         assert_eq!(c.mass_destruction.max_count, 5);
         assert_eq!(c.mass_destruction.max_percent, 10.5);
         assert_eq!(c.mass_destruction.min_instances, 4);
@@ -954,6 +970,36 @@ mass_destruction {
             ("stack \"Prod\" {}\n", 1, "invalid stack name"),
             ("stack \"a\" {}\nstack \"a\" {}\n", 2, "declared twice"),
             ("credentials \"deploy\" {}\n", 1, "\"plan\" or \"apply\""),
+            (
+                "credentials \"plan\" {\n oidc {\n  audience = \"a\"\n }\n}\n",
+                2,
+                "names no cloud",
+            ),
+            (
+                "credentials \"plan\" {\n oidc {\n  aws_role_arn = \"r\"\n }\n}\n",
+                2,
+                "needs an `audience`",
+            ),
+            (
+                "credentials \"plan\" {\n oidc {\n audience = \"a\"\n azure_client_id = \"c\"\n }\n}\n",
+                2,
+                "go together",
+            ),
+            (
+                "credentials \"plan\" {\n oidc {\n audience = \"a\"\n aws_role_arn = \"r\"\n ttl_seconds = 7200\n }\n}\n",
+                5,
+                "between 60 and 3600",
+            ),
+            (
+                "credentials \"plan\" {\n oidc {\n audience = \"a\"\n aws_key = \"r\"\n }\n}\n",
+                4,
+                "unknown attribute `aws_key`",
+            ),
+            (
+                "credentials \"plan\" {\n other {\n }\n}\n",
+                2,
+                "unexpected block `other`",
+            ),
             (
                 "protect {\n types = \"aws_x\"\n}\n",
                 2,

@@ -84,19 +84,27 @@ pub fn oidc_keys_and_trusts(s: &dyn Store) {
         private_pkcs8: SecretBytes(vec![1, 2, 3]),
     };
     assert!(s.oidc_keys().unwrap().is_empty());
-    s.add_oidc_key(key("k1"), false, audit("oidc.key_create")).unwrap();
+    s.add_oidc_key(key("k1"), false, audit("oidc.key_create"))
+        .unwrap();
     assert!(matches!(
         s.add_oidc_key(key("k2"), false, audit("oidc.key_create")),
         Err(StoreError::Conflict(_))
     ));
-    s.add_oidc_key(key("k2"), true, audit("oidc.key_rotate")).unwrap();
+    s.add_oidc_key(key("k2"), true, audit("oidc.key_rotate"))
+        .unwrap();
     let keys = s.oidc_keys().unwrap();
     assert_eq!(keys.len(), 2);
-    assert_eq!((keys[0].kid.as_str(), keys[0].private_pkcs8.is_none()), ("k1", true));
+    assert_eq!(
+        (keys[0].kid.as_str(), keys[0].private_pkcs8.is_none()),
+        ("k1", true)
+    );
     assert!(keys[0].retired_at.is_some());
     assert_eq!(keys[1].private_pkcs8, Some(SecretBytes(vec![1, 2, 3])));
     assert!(keys[1].retired_at.is_none());
-    assert!(!format!("{:?}", keys[1]).contains("[1, 2, 3]"), "key bytes in Debug");
+    assert!(
+        !format!("{:?}", keys[1]).contains("[1, 2, 3]"),
+        "key bytes in Debug"
+    );
 
     let trust = OidcTrustRecord {
         id: "trust_1".into(),
@@ -120,7 +128,9 @@ pub fn oidc_keys_and_trusts(s: &dyn Store) {
         Err(StoreError::Conflict(_))
     ));
     assert_eq!(s.oidc_trusts().unwrap(), [trust.clone()]);
-    let removed = s.remove_oidc_trust("trust_1", "admin", audit("oidc.trust_remove")).unwrap();
+    let removed = s
+        .remove_oidc_trust("trust_1", "admin", audit("oidc.trust_remove"))
+        .unwrap();
     assert_eq!(removed.removed_by.as_deref(), Some("admin"));
     assert!(matches!(
         s.remove_oidc_trust("trust_1", "admin", audit("oidc.trust_remove")),
