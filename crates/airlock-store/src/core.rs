@@ -1281,6 +1281,13 @@ impl<E: Engine> Store for E {
                 params![&t.id, &t.forge, &t.issuer, &t.audience, &t.repository, &t.git_ref, &t.environment, &t.role, to_json(&t.stacks), t.lifetime_ms, t.created_at, &t.created_by],
             )
             .map_err(|e| unique_is_conflict(e, || format!("trust {} already exists", t.id)))?;
+            // The user of the tokens the trust issues: one pipeline identity, whose tokens are
+            // counted against one mint limit.
+            db.execute(
+                "INSERT INTO users (name, created_at, created_by) VALUES ($1, $2, $3)",
+                params![&t.id, t.created_at, &t.created_by],
+            )
+            .map_err(|e| unique_is_conflict(e, || format!("user {} already exists", t.id)))?;
             append_audit(db, &audit)?;
             Ok(())
         })

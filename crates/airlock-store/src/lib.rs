@@ -250,7 +250,8 @@ pub trait Store: Send + Sync {
     /// (another replica made one first).
     fn add_oidc_key(&self, key: NewOidcKey, rotate: bool, audit: NewAudit)
         -> Result<OidcKeyRecord>;
-    /// Adds a trusted forge issuer; `Conflict` on a duplicate id.
+    /// Adds a trusted forge issuer and the user (named by its id) of the tokens it issues;
+    /// `Conflict` on a duplicate id.
     fn add_oidc_trust(&self, trust: &OidcTrustRecord, audit: NewAudit) -> Result<()>;
     /// Every trust, removed ones included, oldest first.
     fn oidc_trusts(&self) -> Result<Vec<OidcTrustRecord>>;

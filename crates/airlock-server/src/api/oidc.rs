@@ -529,8 +529,8 @@ pub async fn login(
         expires_at: Some(expires_at),
         created_by: format!("oidc login via {}", grant.trust_id),
         run_id: None,
-        // Its own identity, like any ci, agent or reader token made without a user.
-        user: g.id.clone(),
+        // The trust's user: one pipeline identity, its logins counted against one limit.
+        user: grant.trust_id.clone(),
         parent_id: None,
         mint_limit: Some(LOGIN_LIMIT),
     };
