@@ -128,7 +128,10 @@ pub fn oidc_keys_and_trusts(s: &dyn Store) {
         Err(StoreError::Conflict(_))
     ));
     assert_eq!(s.oidc_trusts().unwrap(), [trust.clone()]);
-    assert!(s.user("trust_1").unwrap().is_some(), "the trust's tokens need their user");
+    assert!(
+        s.user("trust_1").unwrap().is_some(),
+        "the trust's tokens need their user"
+    );
     let removed = s
         .remove_oidc_trust("trust_1", "admin", audit("oidc.trust_remove"))
         .unwrap();
