@@ -127,7 +127,7 @@ pub fn oidc_keys_and_trusts(s: &dyn Store) {
         s.add_oidc_trust(&trust, audit("oidc.trust_add")),
         Err(StoreError::Conflict(_))
     ));
-    assert_eq!(s.oidc_trusts().unwrap(), [trust.clone()]);
+    assert_eq!(s.oidc_trusts().unwrap(), std::slice::from_ref(&trust));
     assert!(
         s.user("trust_1").unwrap().is_some(),
         "the trust's tokens need their user"
