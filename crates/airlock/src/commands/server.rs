@@ -43,9 +43,11 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         database_url: args.database_url.clone(),
     })?;
     bootstrap_admin(store.as_ref())?;
-    // The OIDC issuer's first key (kept in the store; a restored backup carries none).
-    airlock_server::oidc::ensure_key(store.as_ref()).context("creating the OIDC issuer key")?;
+    // With --public-url the server is an OIDC issuer: its first key is made now (kept in the
+    // store; a restored backup carries none, so a restored server makes a new one here).
     if let Some(url) = &public_url {
+        airlock_server::oidc::ensure_key(store.as_ref())
+            .context("creating the OIDC issuer key")?;
         crate::out(&format!(
             "OIDC issuer {url} (JWKS {url}/.well-known/jwks.json)\n"
         ));
