@@ -46,8 +46,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     // With --public-url the server is an OIDC issuer: its first key is made now (kept in the
     // store; a restored backup carries none, so a restored server makes a new one here).
     if let Some(url) = &public_url {
-        airlock_server::oidc::ensure_key(store.as_ref())
-            .context("creating the OIDC issuer key")?;
+        airlock_server::oidc::ensure_key(store.as_ref()).context("creating the OIDC issuer key")?;
         crate::out(&format!(
             "OIDC issuer {url} (JWKS {url}/.well-known/jwks.json)\n"
         ));
