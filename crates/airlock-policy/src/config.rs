@@ -84,6 +84,31 @@ pub struct Credentials {
     pub phase: Phase,
     /// Environment variables passed through to that phase.
     pub env_from: Vec<String>,
+    /// `oidc { ... }`: a short-lived identity token from airlock's OIDC issuer for this phase.
+    pub oidc: Option<OidcProfile>,
+}
+
+/// `credentials "PHASE" { oidc { ... } }`: which clouds the phase's identity token is for. The
+/// client writes the token to a private file and sets what each cloud's SDK reads, for that
+/// phase's terraform process only. At least one cloud is named.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OidcProfile {
+    /// The token's `aud` (AWS: `sts.amazonaws.com`; Azure: `api://AzureADTokenExchange`; GCP:
+    /// the workload identity provider's audience).
+    pub audience: String,
+    /// AWS: the role to assume with the token (`AWS_ROLE_ARN`, `AWS_WEB_IDENTITY_TOKEN_FILE`).
+    pub aws_role_arn: Option<String>,
+    /// GCP: the workload identity provider (`//iam.googleapis.com/projects/N/locations/global/
+    /// workloadIdentityPools/POOL/providers/PROVIDER`), written to an external-account file.
+    pub gcp_workload_provider: Option<String>,
+    /// GCP: the service account to impersonate (optional).
+    pub gcp_service_account: Option<String>,
+    /// Azure: the app registration's client id (with `azure_tenant_id`).
+    pub azure_client_id: Option<String>,
+    /// Azure: the tenant id.
+    pub azure_tenant_id: Option<String>,
+    /// Token lifetime in seconds (at most 3600, the default).
+    pub ttl_seconds: Option<u64>,
 }
 
 /// A phase of a governed run.
@@ -120,6 +145,14 @@ impl Config {
     /// The stack of this name.
     pub fn stack(&self, name: &str) -> Option<&StackConfig> {
         self.stacks.iter().find(|s| s.name == name)
+    }
+
+    /// The OIDC profile of a phase, if it has one.
+    pub fn oidc_for(&self, phase: Phase) -> Option<&OidcProfile> {
+        self.credentials
+            .iter()
+            .find(|c| c.phase == phase)
+            .and_then(|c| c.oidc.as_ref())
     }
 
     /// Environment variables for a phase (empty when not configured).
@@ -348,10 +381,21 @@ impl Parser<'_> {
                         ));
                     }
                     let mut env_from = Vec::new();
-                    for attr in self.attributes(block, &["env_from"])? {
+                    for attr in self.attributes_and(block, &["env_from"], &["oidc"])? {
                         env_from = self.string_list(attr)?;
                     }
-                    config.credentials.push(Credentials { phase, env_from });
+                    let mut oidc = None;
+                    for b in block.body.iter().filter_map(Structure::as_block) {
+                        if oidc.is_some() {
+                            return Err(self.err(b.span(), "`oidc` is declared twice".into()));
+                        }
+                        oidc = Some(self.oidc_profile(b)?);
+                    }
+                    config.credentials.push(Credentials {
+                        phase,
+                        env_from,
+                        oidc,
+                    });
                 }
                 "mass_destruction" => {
                     if saw_mass {
@@ -549,6 +593,79 @@ impl Parser<'_> {
         block: &'b Block,
         allowed: &[&str],
     ) -> Result<Vec<&'b Attribute>, ConfigError> {
+        self.attributes_and(block, allowed, &[])
+    }
+
+    /// `credentials "PHASE" { oidc { ... } }`.
+    fn oidc_profile(&self, block: &Block) -> Result<OidcProfile, ConfigError> {
+        self.labels(block, 0)?;
+        let allowed = [
+            "audience",
+            "aws_role_arn",
+            "gcp_workload_provider",
+            "gcp_service_account",
+            "azure_client_id",
+            "azure_tenant_id",
+            "ttl_seconds",
+        ];
+        let mut p = OidcProfile::default();
+        for attr in self.attributes(block, &allowed)? {
+            if attr.key.as_str() == "ttl_seconds" {
+                let n = self.count(attr)?;
+                if !(60..=3600).contains(&n) {
+                    return Err(self.err(
+                        attr.span(),
+                        "ttl_seconds must be between 60 and 3600 (tokens live at most 1 h)".into(),
+                    ));
+                }
+                p.ttl_seconds = Some(n);
+                continue;
+            }
+            let v = self.string(attr)?;
+            if v.trim().is_empty() || v.len() > 300 || v.chars().any(char::is_control) {
+                return Err(self.err(
+                    attr.span(),
+                    format!("`{}` must be 1-300 printable characters", attr.key.as_str()),
+                ));
+            }
+            match attr.key.as_str() {
+                "audience" => p.audience = v,
+                "aws_role_arn" => p.aws_role_arn = Some(v),
+                "gcp_workload_provider" => p.gcp_workload_provider = Some(v),
+                "gcp_service_account" => p.gcp_service_account = Some(v),
+                "azure_client_id" => p.azure_client_id = Some(v),
+                _ => p.azure_tenant_id = Some(v),
+            }
+        }
+        let fail = |m: &str| Err(self.err(block.span(), m.into()));
+        if p.audience.is_empty() {
+            return fail("oidc needs an `audience` (AWS: \"sts.amazonaws.com\")");
+        }
+        if p.azure_client_id.is_some() != p.azure_tenant_id.is_some() {
+            return fail("oidc: azure_client_id and azure_tenant_id go together");
+        }
+        if p.gcp_service_account.is_some() && p.gcp_workload_provider.is_none() {
+            return fail("oidc: gcp_service_account needs gcp_workload_provider");
+        }
+        if p.aws_role_arn.is_none()
+            && p.gcp_workload_provider.is_none()
+            && p.azure_client_id.is_none()
+        {
+            return fail(
+                "oidc names no cloud: set aws_role_arn, gcp_workload_provider or azure_client_id and azure_tenant_id",
+            );
+        }
+        Ok(p)
+    }
+
+    /// Like [`Self::attributes`], admitting the nested blocks named in `blocks` (the caller
+    /// reads them).
+    fn attributes_and<'b>(
+        &self,
+        block: &'b Block,
+        allowed: &[&str],
+        blocks: &[&str],
+    ) -> Result<Vec<&'b Attribute>, ConfigError> {
         let mut out: Vec<&Attribute> = Vec::new();
         for s in block.body.iter() {
             match s {
@@ -569,6 +686,7 @@ impl Parser<'_> {
                     }
                     out.push(a);
                 }
+                Structure::Block(b) if blocks.contains(&b.ident.as_str()) => {}
                 Structure::Block(b) => {
                     return Err(self.err(
                         b.span(),
@@ -807,6 +925,22 @@ mass_destruction {
         assert_eq!(c.allow_destroy[0].line, 14);
         assert_eq!(c.credentials_for(Phase::Plan), ["AWS_PLAN_ROLE_ARN"]);
         assert_eq!(c.credentials_for(Phase::Apply), ["AWS_APPLY_ROLE_ARN"]);
+        assert_eq!(c.oidc_for(Phase::Plan), None);
+        let o = parse(
+            "credentials \"apply\" {\n env_from = [\"X\"]\n oidc {\n  audience = \"sts.amazonaws.com\"\n  aws_role_arn = \"arn:r\"\n  ttl_seconds = 900\n }\n}\n",
+            "airlock.hcl",
+        )
+        .unwrap();
+        let p = o.oidc_for(Phase::Apply).unwrap();
+        assert_eq!(
+            (
+                p.audience.as_str(),
+                p.aws_role_arn.as_deref(),
+                p.ttl_seconds
+            ),
+            ("sts.amazonaws.com", Some("arn:r"), Some(900))
+        );
+        assert_eq!(o.credentials_for(Phase::Apply), ["X"]);
         assert_eq!(c.mass_destruction.max_count, 5);
         assert_eq!(c.mass_destruction.max_percent, 10.5);
         assert_eq!(c.mass_destruction.min_instances, 4);
@@ -836,6 +970,36 @@ mass_destruction {
             ("stack \"Prod\" {}\n", 1, "invalid stack name"),
             ("stack \"a\" {}\nstack \"a\" {}\n", 2, "declared twice"),
             ("credentials \"deploy\" {}\n", 1, "\"plan\" or \"apply\""),
+            (
+                "credentials \"plan\" {\n oidc {\n  audience = \"a\"\n }\n}\n",
+                2,
+                "names no cloud",
+            ),
+            (
+                "credentials \"plan\" {\n oidc {\n  aws_role_arn = \"r\"\n }\n}\n",
+                2,
+                "needs an `audience`",
+            ),
+            (
+                "credentials \"plan\" {\n oidc {\n audience = \"a\"\n azure_client_id = \"c\"\n }\n}\n",
+                2,
+                "go together",
+            ),
+            (
+                "credentials \"plan\" {\n oidc {\n audience = \"a\"\n aws_role_arn = \"r\"\n ttl_seconds = 7200\n }\n}\n",
+                5,
+                "between 60 and 3600",
+            ),
+            (
+                "credentials \"plan\" {\n oidc {\n audience = \"a\"\n aws_key = \"r\"\n }\n}\n",
+                4,
+                "unknown attribute `aws_key`",
+            ),
+            (
+                "credentials \"plan\" {\n other {\n }\n}\n",
+                2,
+                "unexpected block `other`",
+            ),
             (
                 "protect {\n types = \"aws_x\"\n}\n",
                 2,

@@ -17,6 +17,7 @@ pub mod inproc;
 mod log;
 pub mod mcp;
 mod metrics;
+pub mod oidc;
 pub mod router;
 pub mod run_upload;
 mod serve;
@@ -103,6 +104,8 @@ pub struct AppState {
     metrics: metrics::Metrics,
     /// The web console's sessions (in this process's memory).
     pub console: console::session::Sessions,
+    /// The OIDC issuer's key cache and the trusted forges' keys.
+    pub oidc: oidc::Oidc,
 }
 
 impl AppState {
@@ -114,6 +117,7 @@ impl AppState {
             cache: cache::Caches::default(),
             metrics: metrics::Metrics::default(),
             console: console::session::Sessions::default(),
+            oidc: oidc::Oidc::default(),
         })
     }
 }

@@ -196,6 +196,14 @@ fn routes() -> Routes {
         .upload(POST,   "/api/v1/stacks/{stack}/drift",                 ReportDrift, api::drift::report)
         .route(GET,     "/api/v1/stacks/{stack}/drift",                 Read,      api::drift::status)
         .route(GET,     "/api/v1/stacks/{stack}/drift/{id}",            Read,      api::drift::show)
+        // OIDC (issue 15): phase identity tokens (the apply one only to the run's own run-bound
+        // token while it applies, checked by the handler), key rotation and forge trusts.
+        .route(POST,    "/api/v1/stacks/{stack}/identity-token",        CreateRun, api::oidc::plan_identity)
+        .route(POST,    "/api/v1/runs/{id}/identity-token",             ApplyRun,  api::oidc::apply_identity)
+        .route(POST,    "/api/v1/oidc/rotate",                          Admin,     api::oidc::rotate)
+        .route(POST,    "/api/v1/oidc/trusts",                          Admin,     api::oidc::add_trust)
+        .route(GET,     "/api/v1/oidc/trusts",                          Admin,     api::oidc::list_trusts)
+        .route(POST,    "/api/v1/oidc/trusts/{id}/remove",              Admin,     api::oidc::remove_trust)
 }
 
 /// The route table, as [`build`] serves and authorizes it.
@@ -205,7 +213,8 @@ pub fn table() -> RouteTable {
 
 /// Builds the application: the table's routes behind `auth::authorize`, then the only routes
 /// outside it: health and metrics (which reveal no state, only stack names with their drift
-/// status, for monitoring) and the console
+/// status, for monitoring), the OIDC issuer's public documents and the forge login (its
+/// credential is a forge-signed token), and the console
 /// (`/ui/`, which authorizes nothing itself: it calls the API above with the session's token).
 pub fn build(state: Arc<AppState>) -> Router {
     app().layer(Extension(Arc::clone(&state))).with_state(state)
@@ -234,6 +243,14 @@ fn app() -> Router<Arc<AppState>> {
             .merge(crate::console::routes())
             .route("/healthz", get(api::healthz))
             .route("/metrics", get(api::metrics))
+            // The OIDC issuer's public documents, and the forge login, whose credential is the CI
+            // job's signed ID token (verified by the handler), not an airlock token.
+            .route(
+                "/.well-known/openid-configuration",
+                get(api::oidc::discovery),
+            )
+            .route("/.well-known/jwks.json", get(api::oidc::jwks))
+            .route("/api/v1/oidc/login", axum::routing::post(api::oidc::login))
             .fallback(api::not_found)
             .layer(axum::middleware::from_fn(crate::log::log_requests))
     })

@@ -71,6 +71,81 @@ pub fn run_all<S: StoreImport + StoreStats + 'static>(engine: &Arc<S>) {
     audit_chain_verifies(store.as_ref());
     import_only_extends_the_chain(engine.as_ref());
     drift_reports(engine.as_ref());
+    oidc_keys_and_trusts(store.as_ref());
+}
+
+/// The OIDC issuer's keys: one active at a time (a second first key is a `Conflict`, so two
+/// replicas starting at once keep one); a rotation retires the active key and erases its
+/// private half in the same transaction. Trusts: added, listed, removed once, never deleted.
+pub fn oidc_keys_and_trusts(s: &dyn Store) {
+    let key = |kid: &str| NewOidcKey {
+        kid: kid.into(),
+        alg: "ES256".into(),
+        public_jwk: format!(r#"{{"kid":"{kid}"}}"#),
+        private_pkcs8: SecretBytes(vec![1, 2, 3]),
+    };
+    assert!(s.oidc_keys().unwrap().is_empty());
+    s.add_oidc_key(key("k1"), false, audit("oidc.key_create"))
+        .unwrap();
+    assert!(matches!(
+        s.add_oidc_key(key("k2"), false, audit("oidc.key_create")),
+        Err(StoreError::Conflict(_))
+    ));
+    s.add_oidc_key(key("k2"), true, audit("oidc.key_rotate"))
+        .unwrap();
+    let keys = s.oidc_keys().unwrap();
+    assert_eq!(keys.len(), 2);
+    assert_eq!(
+        (keys[0].kid.as_str(), keys[0].private_pkcs8.is_none()),
+        ("k1", true)
+    );
+    assert!(keys[0].retired_at.is_some());
+    assert_eq!(keys[1].private_pkcs8, Some(SecretBytes(vec![1, 2, 3])));
+    assert!(keys[1].retired_at.is_none());
+    assert!(
+        !format!("{:?}", keys[1]).contains("[1, 2, 3]"),
+        "key bytes in Debug"
+    );
+
+    let trust = OidcTrustRecord {
+        id: "trust_1".into(),
+        forge: "github".into(),
+        issuer: "https://token.actions.githubusercontent.com".into(),
+        audience: "https://airlock.example".into(),
+        repository: "org/repo".into(),
+        git_ref: Some("refs/heads/main".into()),
+        environment: None,
+        role: "ci".into(),
+        stacks: vec!["prod/*".into()],
+        lifetime_ms: 3_600_000,
+        created_at: 5,
+        created_by: "admin".into(),
+        removed_at: None,
+        removed_by: None,
+    };
+    s.add_oidc_trust(&trust, audit("oidc.trust_add")).unwrap();
+    assert!(matches!(
+        s.add_oidc_trust(&trust, audit("oidc.trust_add")),
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(s.oidc_trusts().unwrap(), std::slice::from_ref(&trust));
+    assert!(
+        s.user("trust_1").unwrap().is_some(),
+        "the trust's tokens need their user"
+    );
+    let removed = s
+        .remove_oidc_trust("trust_1", "admin", audit("oidc.trust_remove"))
+        .unwrap();
+    assert_eq!(removed.removed_by.as_deref(), Some("admin"));
+    assert!(matches!(
+        s.remove_oidc_trust("trust_1", "admin", audit("oidc.trust_remove")),
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        s.remove_oidc_trust("trust_x", "admin", audit("oidc.trust_remove")),
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(s.oidc_trusts().unwrap()[0].removed_at, removed.removed_at);
 }
 
 /// `audit_search` and `audit_count`: newest first, every filter narrowing, `before` paging.

@@ -1010,6 +1010,45 @@ fn insert_forge_login(db: &mut dyn Sql, user: &str, login: &str, at: i64, by: &s
     Ok(())
 }
 
+const OIDC_KEY_COLUMNS: &str =
+    "kid, alg, public_jwk, private_pkcs8, active, created_at, retired_at";
+
+fn oidc_key_from_row(r: &Row) -> Result<OidcKeyRecord> {
+    let private = match r.0.get(3) {
+        Some(crate::sql::Value::Null) => None,
+        _ => Some(SecretBytes(r.bytes(3)?)),
+    };
+    Ok(OidcKeyRecord {
+        kid: r.text(0)?,
+        alg: r.text(1)?,
+        public_jwk: r.text(2)?,
+        private_pkcs8: private,
+        created_at: r.i64(5)?,
+        retired_at: r.opt_i64(6)?,
+    })
+}
+
+const OIDC_TRUST_COLUMNS: &str = "id, forge, issuer, audience, repository, git_ref, environment, role, stacks, lifetime_ms, created_at, created_by, removed_at, removed_by";
+
+fn oidc_trust_from_row(r: &Row) -> Result<OidcTrustRecord> {
+    Ok(OidcTrustRecord {
+        id: r.text(0)?,
+        forge: r.text(1)?,
+        issuer: r.text(2)?,
+        audience: r.text(3)?,
+        repository: r.text(4)?,
+        git_ref: r.opt_text(5)?,
+        environment: r.opt_text(6)?,
+        role: r.text(7)?,
+        stacks: json_col(&r.text(8)?, "trust stacks")?,
+        lifetime_ms: r.i64(9)?,
+        created_at: r.i64(10)?,
+        created_by: r.text(11)?,
+        removed_at: r.opt_i64(12)?,
+        removed_by: r.opt_text(13)?,
+    })
+}
+
 const POLICY_SET_COLUMNS: &str = "id, stack_glob, version, files, sha256, created_at, created_by, removed_at, removed_by, removed_reason";
 
 fn policy_set_from_row(r: &Row) -> Result<PolicySetRecord> {
@@ -1499,6 +1538,112 @@ impl<E: Engine> Store for E {
                 out.extend(drift_state_of(db, id)?);
             }
             Ok(out)
+        })
+    }
+
+    // --- OIDC issuer keys and trusted forge issuers ---
+    fn oidc_keys(&self) -> Result<Vec<OidcKeyRecord>> {
+        self.read(|db| {
+            db.query(
+                &format!("SELECT {OIDC_KEY_COLUMNS} FROM oidc_keys ORDER BY created_at, kid"),
+                &[],
+            )?
+            .iter()
+            .map(oidc_key_from_row)
+            .collect()
+        })
+    }
+
+    fn add_oidc_key(
+        &self,
+        key: NewOidcKey,
+        rotate: bool,
+        audit: NewAudit,
+    ) -> Result<OidcKeyRecord> {
+        self.write(|db| {
+            let now = now_ms();
+            if rotate {
+                // The retired key signs nothing again: its private half goes now.
+                db.execute(
+                    "UPDATE oidc_keys SET active = NULL, retired_at = $1, private_pkcs8 = NULL WHERE active = 1",
+                    params![now],
+                )?;
+            }
+            db.execute(
+                &format!("INSERT INTO oidc_keys ({OIDC_KEY_COLUMNS}) VALUES ($1, $2, $3, $4, 1, $5, NULL)"),
+                params![&key.kid, &key.alg, &key.public_jwk, key.private_pkcs8.0.clone(), now],
+            )
+            .map_err(|e| {
+                unique_is_conflict(e, || "the OIDC issuer already has an active key".into())
+            })?;
+            append_audit(db, &audit)?;
+            Ok(OidcKeyRecord {
+                kid: key.kid.clone(),
+                alg: key.alg.clone(),
+                public_jwk: key.public_jwk.clone(),
+                private_pkcs8: Some(key.private_pkcs8.clone()),
+                created_at: now,
+                retired_at: None,
+            })
+        })
+    }
+
+    fn add_oidc_trust(&self, t: &OidcTrustRecord, audit: NewAudit) -> Result<()> {
+        self.write(|db| {
+            db.execute(
+                &format!("INSERT INTO oidc_trusts ({OIDC_TRUST_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, NULL, NULL)"),
+                params![&t.id, &t.forge, &t.issuer, &t.audience, &t.repository, &t.git_ref, &t.environment, &t.role, to_json(&t.stacks), t.lifetime_ms, t.created_at, &t.created_by],
+            )
+            .map_err(|e| unique_is_conflict(e, || format!("trust {} already exists", t.id)))?;
+            // The user of the tokens the trust issues: one pipeline identity, whose tokens are
+            // counted against one mint limit.
+            db.execute(
+                "INSERT INTO users (name, created_at, created_by) VALUES ($1, $2, $3)",
+                params![&t.id, t.created_at, &t.created_by],
+            )
+            .map_err(|e| unique_is_conflict(e, || format!("user {} already exists", t.id)))?;
+            append_audit(db, &audit)?;
+            Ok(())
+        })
+    }
+
+    fn oidc_trusts(&self) -> Result<Vec<OidcTrustRecord>> {
+        self.read(|db| {
+            db.query(
+                &format!("SELECT {OIDC_TRUST_COLUMNS} FROM oidc_trusts ORDER BY created_at, id"),
+                &[],
+            )?
+            .iter()
+            .map(oidc_trust_from_row)
+            .collect()
+        })
+    }
+
+    fn remove_oidc_trust(&self, id: &str, by: &str, audit: NewAudit) -> Result<OidcTrustRecord> {
+        self.write(|db| {
+            let Some(row) = db.query_opt(
+                &format!("SELECT {OIDC_TRUST_COLUMNS} FROM oidc_trusts WHERE id = $1"),
+                params![id],
+            )?
+            else {
+                return Err(StoreError::NotFound(format!("trust {id}")));
+            };
+            let mut t = oidc_trust_from_row(&row)?;
+            if let Some(at) = t.removed_at {
+                return Err(StoreError::Conflict(format!(
+                    "trust {id} was already removed at {}",
+                    rfc3339(at)
+                )));
+            }
+            let now = now_ms();
+            db.execute(
+                "UPDATE oidc_trusts SET removed_at = $2, removed_by = $3 WHERE id = $1",
+                params![id, now, by],
+            )?;
+            append_audit(db, &audit)?;
+            t.removed_at = Some(now);
+            t.removed_by = Some(by.to_owned());
+            Ok(t)
         })
     }
 

@@ -265,6 +265,22 @@ pub trait Store: Send + Sync {
     fn drift_report(&self, id: &str) -> Result<Option<(DriftReportMeta, String)>>;
     /// The drift status of every stack that has a report, by stack name.
     fn drift_states(&self) -> Result<Vec<DriftState>>;
+
+    // --- OIDC issuer keys and trusted forge issuers ---
+    /// Every issuer key, oldest first (the private half only on the active one).
+    fn oidc_keys(&self) -> Result<Vec<OidcKeyRecord>>;
+    /// Adds the active key. With `rotate`, the active key (if any) is retired and its private
+    /// half erased in the same transaction; without, `Conflict` if there is an active key
+    /// (another replica made one first).
+    fn add_oidc_key(&self, key: NewOidcKey, rotate: bool, audit: NewAudit)
+        -> Result<OidcKeyRecord>;
+    /// Adds a trusted forge issuer and the user (named by its id) of the tokens it issues;
+    /// `Conflict` on a duplicate id.
+    fn add_oidc_trust(&self, trust: &OidcTrustRecord, audit: NewAudit) -> Result<()>;
+    /// Every trust, removed ones included, oldest first.
+    fn oidc_trusts(&self) -> Result<Vec<OidcTrustRecord>>;
+    /// Records a trust's removal: `NotFound` if there is none, `Conflict` if already removed.
+    fn remove_oidc_trust(&self, id: &str, by: &str, audit: NewAudit) -> Result<OidcTrustRecord>;
 }
 
 /// Backup import: `airlock backup` reads everything through [`Store`] plus

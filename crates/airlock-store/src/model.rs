@@ -752,3 +752,76 @@ pub struct DriftState {
     /// verdict that was not `unknown` is `drifted`.
     pub drifted_since: Option<i64>,
 }
+
+/// Secret bytes (a private signing key): never printed, never serialised.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretBytes(pub Vec<u8>);
+
+impl std::fmt::Debug for SecretBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretBytes(<redacted>)")
+    }
+}
+
+/// A signing key of airlock's OIDC issuer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OidcKeyRecord {
+    /// Key id (`kid`).
+    pub kid: String,
+    /// JOSE algorithm (`ES256`).
+    pub alg: String,
+    /// The public key as a JWK (JSON text), as served in the JWKS.
+    pub public_jwk: String,
+    /// The private key (PKCS#8), kept only while the key is active.
+    pub private_pkcs8: Option<SecretBytes>,
+    /// Creation time.
+    pub created_at: i64,
+    /// When a rotation retired it (it signs nothing after).
+    pub retired_at: Option<i64>,
+}
+
+/// A key to add (see [`crate::Store::add_oidc_key`]).
+#[derive(Debug, Clone)]
+pub struct NewOidcKey {
+    /// Key id.
+    pub kid: String,
+    /// JOSE algorithm.
+    pub alg: String,
+    /// Public JWK (JSON text).
+    pub public_jwk: String,
+    /// Private key (PKCS#8).
+    pub private_pkcs8: SecretBytes,
+}
+
+/// A forge OIDC issuer whose CI job tokens may be exchanged for an airlock token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OidcTrustRecord {
+    /// `trust_…`; also the user of the tokens it issues.
+    pub id: String,
+    /// `github` or `gitlab`.
+    pub forge: String,
+    /// The forge's issuer URL (`iss`, exact).
+    pub issuer: String,
+    /// The audience the job's token must carry.
+    pub audience: String,
+    /// `org/repo` (GitHub `repository`, GitLab `project_path`), exact.
+    pub repository: String,
+    /// The ref the job must run on (`refs/heads/main`), exact; none: any ref.
+    pub git_ref: Option<String>,
+    /// The deployment environment the job must run in, exact; none: any.
+    pub environment: Option<String>,
+    /// The role issued (ci, agent or reader).
+    pub role: String,
+    /// Stack globs of the issued token (empty: all).
+    pub stacks: Vec<String>,
+    /// Lifetime of the issued token, in milliseconds.
+    pub lifetime_ms: i64,
+    /// Creation time.
+    pub created_at: i64,
+    /// Who added it.
+    pub created_by: String,
+    /// When it was removed.
+    pub removed_at: Option<i64>,
+    /// Who removed it.
+    pub removed_by: Option<String>,
+}

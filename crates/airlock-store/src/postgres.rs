@@ -37,6 +37,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         7,
         include_str!("../migrations/postgres/0007_drift_reports.sql"),
     ),
+    (8, include_str!("../migrations/postgres/0008_oidc.sql")),
     (
         10,
         include_str!("../migrations/postgres/0010_audit_chains.sql"),

@@ -30,6 +30,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         7,
         include_str!("../migrations/sqlite/0007_drift_reports.sql"),
     ),
+    (8, include_str!("../migrations/sqlite/0008_oidc.sql")),
     (
         10,
         include_str!("../migrations/sqlite/0010_audit_chains.sql"),

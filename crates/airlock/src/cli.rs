@@ -75,6 +75,91 @@ pub enum Command {
     /// Check a stack for drift: a refresh-only plan with plan-phase credentials (it never
     /// writes), reported to the server. Exit 0 in sync, 3 drifted, 1 unknown, 2 skipped (locked).
     Drift(DriftArgs),
+    /// airlock's OIDC issuer: rotate its signing key (admin of all stacks).
+    #[command(subcommand)]
+    Oidc(OidcCommand),
+    /// Forge OIDC issuers whose CI jobs may log in without a stored secret (admin).
+    #[command(subcommand)]
+    Trust(TrustCommand),
+    /// Exchange this CI job's OIDC ID token (GitHub Actions, GitLab CI) for a short-lived airlock
+    /// token; prints the token (or, with --github-env, masks it and writes AIRLOCK_TOKEN to
+    /// $GITHUB_ENV).
+    Login(LoginArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OidcCommand {
+    /// A new signing key; the old one signs nothing more and stays in the JWKS until the tokens
+    /// it signed have expired.
+    Rotate(ClientArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TrustCommand {
+    /// Trust one repository's CI jobs of a forge: their ID tokens are exchanged for an airlock
+    /// token of ROLE (ci needs --ref; a pull-request job gets at most agent).
+    Add {
+        /// github or gitlab.
+        forge: String,
+        /// The repository (GitHub `org/repo`, GitLab project path), exact.
+        #[arg(long)]
+        repository: String,
+        /// The ref the job must run on, exact (refs/heads/main); required for --role ci.
+        #[arg(long = "ref")]
+        git_ref: Option<String>,
+        /// The deployment environment the job must run in, exact.
+        #[arg(long)]
+        environment: Option<String>,
+        /// ci, agent or reader.
+        #[arg(long)]
+        role: String,
+        /// Stack glob of the issued token; repeatable (none: all stacks).
+        #[arg(long = "stack")]
+        stacks: Vec<String>,
+        /// The forge's issuer URL (default: GitHub's or gitlab.com's).
+        #[arg(long)]
+        issuer: Option<String>,
+        /// The audience the job's token must carry (default: the server's --public-url).
+        #[arg(long)]
+        audience: Option<String>,
+        /// Lifetime of the issued token (default 1h, at most 6h).
+        #[arg(long)]
+        lifetime: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List trusts, removed ones included.
+    List(ClientArgs),
+    /// Stop trusting (kept, with who removed it).
+    Remove {
+        /// The trust's id (trust_…).
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// Use the CI job's OIDC ID token (the only login there is).
+    #[arg(long)]
+    pub oidc: bool,
+    /// The role to ask for (default: the most the matching trust gives).
+    #[arg(long)]
+    pub role: Option<String>,
+    /// The audience to ask GitHub for (default: the server URL).
+    #[arg(long)]
+    pub audience: Option<String>,
+    /// The variable holding the ID token (GitLab `id_tokens:`; default AIRLOCK_ID_TOKEN). On
+    /// GitHub Actions the token is requested from the runner instead.
+    #[arg(long, default_value = "AIRLOCK_ID_TOKEN")]
+    pub token_env: String,
+    /// GitHub Actions: mask the token and append AIRLOCK_TOKEN=… to $GITHUB_ENV instead of
+    /// printing it.
+    #[arg(long)]
+    pub github_env: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 /// Output format of client commands.

@@ -110,6 +110,9 @@ fn main() -> ExitCode {
         cli::Command::Backup(cmd) => commands::backup::run(cmd),
         cli::Command::Migrate(args) => commands::migrate::run(args),
         cli::Command::Drift(args) => commands::drift::run(args),
+        cli::Command::Oidc(cmd) => commands::oidc::rotate(cmd),
+        cli::Command::Trust(cmd) => commands::oidc::trust(cmd),
+        cli::Command::Login(args) => commands::oidc::login(args),
     };
     match result {
         Ok(code) => code,

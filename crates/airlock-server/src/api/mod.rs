@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod drift;
+pub mod oidc;
 pub mod policies;
 pub mod runs;
 pub mod stacks;

@@ -139,6 +139,13 @@ impl Client {
         Ok(out)
     }
 
+    /// POSTs `body` without a token (`airlock login --oidc`: the body carries the credential).
+    pub fn post_anonymous(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        let req = self.agent.post(&format!("{}{path}", self.base));
+        let resp = self.finish(req.send_json(body))?;
+        resp.into_json().context("the server sent invalid JSON")
+    }
+
     pub fn send(&self, method: &str, path: &str, body: &Value) -> anyhow::Result<Value> {
         let resp = self.finish(self.request(method, path)?.send_json(body))?;
         resp.into_json().context("the server sent invalid JSON")

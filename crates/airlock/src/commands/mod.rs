@@ -9,6 +9,7 @@ pub mod drift;
 pub mod guard;
 pub mod mcp;
 pub mod migrate;
+pub mod oidc;
 pub mod policy;
 pub mod run;
 pub mod server;

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
 use airlock_core::inputs::{self, InputFile, CONFIG_PATH};
-use airlock_policy::config::{self, Config, Phase};
+use airlock_policy::config::{self, Config, OidcProfile, Phase};
 use airlock_policy::planfile::{self, PlanFile};
 use airlock_runner::{cli_config, input_files, phase_env, run_streaming, run_streaming_live};
 use airlock_server::run_upload;
@@ -49,12 +49,35 @@ fn find_repo(dir: &Path) -> anyhow::Result<Repo> {
 }
 
 impl Repo {
+    fn oidc(&self, phase: Phase) -> Option<&OidcProfile> {
+        self.config.as_ref().and_then(|(_, _, c)| c.oidc_for(phase))
+    }
+
     fn profile(&self, phase: Phase) -> Vec<String> {
         self.config
             .as_ref()
             .map(|(_, _, c)| c.credentials_for(phase).to_vec())
             .unwrap_or_default()
     }
+}
+
+/// With an OIDC `profile`, the phase's identity token from `endpoint` (asked with the phase's
+/// own airlock token) in a private file, and `env` without inherited cloud credentials plus the
+/// variables the clouds read. The returned guard removes the file.
+fn with_identity(
+    c: &Client,
+    endpoint: &str,
+    profile: Option<&OidcProfile>,
+    stack: &str,
+    phase: &str,
+    env: &mut Vec<(String, String)>,
+) -> anyhow::Result<Option<super::oidc::PhaseIdentity>> {
+    let Some(profile) = profile else {
+        return Ok(None);
+    };
+    let identity = super::oidc::phase_identity(c, endpoint, profile, stack, phase)?;
+    identity.apply_to(env);
+    Ok(Some(identity))
 }
 
 /// `dir` relative to the repository root, `/`-separated (`.` for the root itself).
@@ -480,6 +503,9 @@ pub struct PlanPhase {
     pub env: Vec<(String, String)>,
     /// Removed however planning ends (it holds the providers terraform installed).
     scratch: Scratch,
+    /// The plan phase's cloud identity token file, if airlock.hcl asks for one; removed with
+    /// the phase.
+    _identity: Option<super::oidc::PhaseIdentity>,
 }
 
 impl PlanPhase {
@@ -532,6 +558,15 @@ impl PlanPhase {
         let mut env = phase_env(std::env::vars(), &apply_profile, token);
         env.retain(|(k, _)| !cli_config::PLAN_ENV_VARS.contains(&k.as_str()));
         env.extend(sealed);
+        // The plan phase's cloud identity, if airlock.hcl asks for one.
+        let identity = with_identity(
+            &c.with_token(token.to_owned()),
+            &format!("/api/v1/stacks/{}/identity-token", stack_segment(&stack)),
+            repo.oidc(Phase::Plan),
+            &stack,
+            "plan",
+            &mut env,
+        )?;
         let state_url = format!("{}/state/{stack}", c.base());
         init(terraform_bin, &dir, &state_url, &env)?;
         Ok(PlanPhase {
@@ -540,6 +575,7 @@ impl PlanPhase {
             stack,
             env,
             scratch,
+            _identity: identity,
         })
     }
 
@@ -1094,10 +1130,19 @@ pub fn apply_run(
         bail!(msg);
     }
     let judged = run_client.get_bytes(&format!("/api/v1/runs/{id}/artifacts/plan.json"))?;
-    let env = phase_env(std::env::vars(), &plan_profile, &token);
+    let mut env = phase_env(std::env::vars(), &plan_profile, &token);
     let mut log = Vec::new();
     let mut check = String::new();
     let outcome = (|| -> anyhow::Result<bool> {
+        // The apply phase's cloud identity (bound to this run and plan), if airlock.hcl asks.
+        let _identity = with_identity(
+            &run_client,
+            &format!("/api/v1/runs/{id}/identity-token"),
+            repo.oidc(Phase::Apply),
+            &stack,
+            "apply",
+            &mut env,
+        )?;
         init(terraform_bin, &dir, &state_url, &env)?;
         // `terraform apply PLAN` runs the plan's embedded configuration and writes to the plan's
         // backend, whatever this checkout holds: both must be this checkout's and this server's.

@@ -43,6 +43,14 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         database_url: args.database_url.clone(),
     })?;
     bootstrap_admin(store.as_ref())?;
+    // With --public-url the server is an OIDC issuer: its first key is made now (kept in the
+    // store; a restored backup carries none, so a restored server makes a new one here).
+    if let Some(url) = &public_url {
+        airlock_server::oidc::ensure_key(store.as_ref()).context("creating the OIDC issuer key")?;
+        crate::out(&format!(
+            "OIDC issuer {url} (JWKS {url}/.well-known/jwks.json)\n"
+        ));
+    }
     const MIB: usize = 1024 * 1024;
     let secs = std::time::Duration::from_secs;
     let config = ServerConfig {

@@ -109,19 +109,31 @@ fn github_workflow_is_valid_and_least_privilege() {
     assert_eq!(plan["if"], "github.event_name == 'pull_request'");
     assert_eq!(apply["if"], "github.event_name == 'push'");
     assert_eq!(apply["environment"], "airlock-apply");
-    for (job, command, token) in [
-        (plan, "airlock ci plan", "${{ secrets.AIRLOCK_TOKEN }}"),
-        (apply, "airlock ci apply", "${{ secrets.AIRLOCK_CI_TOKEN }}"),
+    for (job, command, role) in [
+        (plan, "airlock ci plan", "agent"),
+        (apply, "airlock ci apply", "ci"),
     ] {
+        // No stored airlock token: the job's OIDC ID token, exchanged for one (issue 15).
+        assert_eq!(
+            job["permissions"],
+            json!({"contents": "read", "pull-requests": "write", "statuses": "write", "id-token": "write"})
+        );
         let steps = job["steps"].as_array().unwrap();
         assert_eq!(steps[0]["uses"], "actions/checkout@v4");
         assert_eq!(steps[0]["with"]["fetch-depth"], 0);
         assert_eq!(steps[1]["uses"], "hashicorp/setup-terraform@v3");
         assert_eq!(steps[1]["with"]["terraform_wrapper"], false);
         assert!(steps[2]["run"].as_str().unwrap().contains("sha256sum -c -"));
+        let login = &steps[steps.len() - 2];
+        assert_eq!(
+            login["run"],
+            format!("airlock login --oidc --role {role} --github-env")
+        );
+        assert_eq!(login["env"]["AIRLOCK_URL"], "${{ secrets.AIRLOCK_URL }}");
         let last = steps.last().unwrap();
         assert_eq!(last["run"], command);
-        assert_eq!(last["env"]["AIRLOCK_TOKEN"], token);
+        assert!(last["env"].get("AIRLOCK_TOKEN").is_none());
+        assert!(!doc.to_string().contains("secrets.AIRLOCK_TOKEN"));
         assert_eq!(last["env"]["AIRLOCK_URL"], "${{ secrets.AIRLOCK_URL }}");
         assert_eq!(last["env"]["GITHUB_TOKEN"], "${{ github.token }}");
     }
@@ -197,6 +209,10 @@ fn gitlab_include_and_errors() {
     let doc = check(&path.join(".gitlab/airlock.yml"), "yaml");
     assert_eq!(doc[".airlock"]["variables"]["GIT_DEPTH"], "0");
     assert_eq!(
+        doc[".airlock"]["id_tokens"],
+        json!({"AIRLOCK_ID_TOKEN": {"aud": "$AIRLOCK_URL"}})
+    );
+    assert_eq!(
         doc[".airlock"]["image"],
         json!({"name": "hashicorp/terraform:1.11.4", "entrypoint": [""]})
     );
@@ -206,7 +222,10 @@ fn gitlab_include_and_errors() {
     );
     assert_eq!(
         doc["airlock-plan"]["script"],
-        json!(["AIRLOCK_TOKEN=\"$AIRLOCK_PLAN_TOKEN\" airlock ci plan"])
+        json!([
+            "export AIRLOCK_TOKEN=\"$(airlock login --oidc --role agent)\"",
+            "airlock ci plan"
+        ])
     );
     assert_eq!(
         doc["airlock-apply"]["rules"],
@@ -214,7 +233,10 @@ fn gitlab_include_and_errors() {
     );
     assert_eq!(
         doc["airlock-apply"]["script"],
-        json!(["AIRLOCK_TOKEN=\"$AIRLOCK_CI_TOKEN\" airlock ci apply"])
+        json!([
+            "export AIRLOCK_TOKEN=\"$(airlock login --oidc --role ci)\"",
+            "airlock ci apply"
+        ])
     );
     assert_eq!(doc["airlock-apply"]["resource_group"], "airlock-apply");
 

@@ -13,6 +13,7 @@ mod forge;
 mod git_repo;
 mod hints;
 mod mcp;
+mod oidc;
 mod policies;
 mod readme;
 mod reliability;

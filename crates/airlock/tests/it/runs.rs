@@ -222,20 +222,38 @@ fn tampered_artifact_and_changed_checkout_are_refused() {
 
 #[test]
 fn phase_credentials_never_cross() {
-    let t = team("dev/creds");
+    // An OIDC issuer, so that each phase also gets its own identity token (issue 15).
+    let t = team_on(TestServer::start_issuer(&[]), "dev/creds");
     let ws = Workspace::new(&t.s, "dev/creds", &data_resources(1));
     std::fs::write(
         ws.path("airlock.hcl"),
-        "credentials \"plan\" {\n  env_from = [\"PLAN_ROLE\"]\n}\ncredentials \"apply\" {\n  env_from = [\"APPLY_ROLE\"]\n}\n",
+        r#"credentials "plan" {
+  env_from = ["PLAN_ROLE"]
+  oidc {
+    audience     = "sts.amazonaws.com"
+    aws_role_arn = "arn:aws:iam::1:role/app-plan"
+  }
+}
+credentials "apply" {
+  env_from = ["APPLY_ROLE"]
+  oidc {
+    audience              = "sts.amazonaws.com"
+    aws_role_arn          = "arn:aws:iam::1:role/app-apply"
+    gcp_workload_provider = "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/airlock"
+    ttl_seconds           = 900
+  }
+}
+"#,
     )
     .unwrap();
-    // A terraform wrapper that records the environment of every invocation.
+    // A terraform wrapper that records the environment of every invocation, and the identity
+    // token file it was given: its mode, its directory's mode, its content.
     let rec = ws.dir.parent().unwrap().join("env-record");
     let wrapper = ws.dir.parent().unwrap().join("tf-wrapper.sh");
     std::fs::write(
         &wrapper,
         format!(
-            "#!/bin/sh\n{{ echo \"=== $1\"; env; }} >> '{}'\nexec '{}' \"$@\"\n",
+            "#!/bin/sh\n{{ echo \"=== $1\"; env; f=\"$AWS_WEB_IDENTITY_TOKEN_FILE\"; echo \"TOKEN_MODES=$(stat -c %a \"$f\") $(stat -c %a \"$(dirname \"$f\")\")\"; echo \"TOKEN_JWT=$(cat \"$f\")\"; }} >> '{}'\nexec '{}' \"$@\"\n",
             rec.display(),
             terraform_bin_path()
         ),
@@ -249,6 +267,9 @@ fn phase_credentials_never_cross() {
         ("PLAN_ROLE", "arn:plan"),
         ("APPLY_ROLE", "arn:apply"),
         ("AIRLOCK_TERRAFORM_BIN", wrapper.to_str().unwrap()),
+        // Ambient cloud credentials never reach a phase with an OIDC profile.
+        ("AWS_ACCESS_KEY_ID", "AKIASTATICKEY"),
+        ("AWS_ROLE_ARN", "arn:aws:iam::1:role/ambient"),
     ];
     let out = cli_in(
         &t.s,
@@ -284,6 +305,24 @@ fn phase_credentials_never_cross() {
         !planned.contains(&t.agent),
         "the plan process saw the caller's token value"
     );
+    // The plan phase's identity: its own role, a private token file, and a token whose claims
+    // say plan (verified independently in it::oidc).
+    assert!(
+        planned.contains("AWS_ROLE_ARN=arn:aws:iam::1:role/app-plan"),
+        "{planned}"
+    );
+    assert!(!planned.contains("app-apply") && !planned.contains("GOOGLE_APPLICATION_CREDENTIALS"));
+    assert!(!planned.contains("AKIASTATICKEY") && !planned.contains("role/ambient"));
+    assert!(planned.contains("AWS_ROLE_SESSION_NAME=airlock-plan-dev-creds"));
+    assert!(planned.contains("TOKEN_MODES=600 700"), "{planned}");
+    let plan_claims = jwt_claims(&planned);
+    assert_eq!(plan_claims["sub"], "stack:dev/creds:run_phase:plan");
+    assert_eq!(plan_claims["aud"], "sts.amazonaws.com");
+    let plan_file = env_value(&planned, "AWS_WEB_IDENTITY_TOKEN_FILE");
+    assert!(
+        !std::path::Path::new(&plan_file).exists(),
+        "the plan's token file outlived the plan"
+    );
     std::fs::remove_file(&rec).unwrap();
     t.s.ok(&t.approver, &["approve", &run]);
     let out = cli_in(&t.s, &t.ci, &ws.dir, &["apply", &run], &env);
@@ -299,6 +338,28 @@ fn phase_credentials_never_cross() {
         !applied.contains(&t.ci),
         "the apply process saw the caller's own token"
     );
+    // The apply phase's identity: the apply role, bound to this run and its approved plan.
+    assert!(
+        applied.contains("AWS_ROLE_ARN=arn:aws:iam::1:role/app-apply"),
+        "{applied}"
+    );
+    assert!(!applied.contains("app-plan") && !applied.contains("AKIASTATICKEY"));
+    assert!(applied.contains("TOKEN_MODES=600 700"), "{applied}");
+    let gcp = env_value(&applied, "GOOGLE_APPLICATION_CREDENTIALS");
+    assert!(gcp.ends_with("gcp-external-account.json"), "{gcp}");
+    let apply_claims = jwt_claims(&applied);
+    assert_eq!(apply_claims["sub"], "stack:dev/creds:run_phase:apply");
+    assert_eq!(apply_claims["airlock_run_id"], run.as_str());
+    assert_eq!(
+        apply_claims["airlock_plan_sha256"],
+        run_json(&t, &run)["run"]["plan_sha256"]
+    );
+    let ttl = apply_claims["exp"].as_i64().unwrap() - apply_claims["iat"].as_i64().unwrap();
+    assert_eq!(ttl, 900);
+    let apply_file = env_value(&applied, "AWS_WEB_IDENTITY_TOKEN_FILE");
+    assert_ne!(apply_file, plan_file);
+    assert!(!std::path::Path::new(&apply_file).exists());
+    assert!(!std::path::Path::new(&gcp).exists());
     // The plan process's backend token is a plan-phase token: it cannot write.
     let plan_pw = planned
         .lines()
@@ -307,6 +368,28 @@ fn phase_credentials_never_cross() {
         .to_owned();
     let who = t.s.ok(&plan_pw, &["whoami"]);
     assert!(who.contains("role agent"), "{who}");
+}
+
+/// The last value of `NAME=` in an environment record.
+fn env_value(record: &str, name: &str) -> String {
+    let prefix = format!("{name}=");
+    record
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {name} in {record}"))
+        .to_owned()
+}
+
+/// The claims of the last identity token recorded (read, not verified: it::oidc verifies).
+fn jwt_claims(record: &str) -> serde_json::Value {
+    use base64::Engine;
+    let jwt = env_value(record, "TOKEN_JWT");
+    let claims = jwt.split('.').nth(1).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(claims)
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
 }
 
 fn terraform_bin_path() -> String {

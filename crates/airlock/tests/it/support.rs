@@ -37,10 +37,27 @@ impl TestServer {
 
     /// A server whose stderr (its log) goes to `log`.
     pub fn start_logging(extra: &[&str], log: impl Into<Stdio>) -> TestServer {
+        Self::start_listening("127.0.0.1:0", extra, log)
+    }
+
+    /// An OIDC issuer: `--public-url` is the server's own address (a free port, picked first).
+    pub fn start_issuer(extra: &[&str]) -> TestServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("http://127.0.0.1:{port}");
+        let mut args = vec!["--public-url", url.as_str()];
+        args.extend_from_slice(extra);
+        Self::start_listening(&format!("127.0.0.1:{port}"), &args, Stdio::inherit())
+    }
+
+    fn start_listening(listen: &str, extra: &[&str], log: impl Into<Stdio>) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let mut child = Command::new(AIRLOCK)
-            .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["server", "--listen", listen, "--data-dir"])
             .arg(&data)
             .args(extra)
             .env_remove("AIRLOCK_DATABASE_URL")
@@ -311,7 +328,11 @@ pub struct Team {
 
 /// A fresh server with `stack` created and the tokens of [`Team`].
 pub fn team(stack: &str) -> Team {
-    let s = TestServer::start();
+    team_on(TestServer::start(), stack)
+}
+
+/// [`team`] on a given server (an OIDC issuer, say).
+pub fn team_on(s: TestServer, stack: &str) -> Team {
     s.ok(&s.admin, &["stack", "create", stack]);
     let agent = s.token("bot", "agent");
     let approver = s.token("alice", "approver");

@@ -21,13 +21,15 @@ const GITHUB_WORKFLOW: &str = r#"# Written by `airlock ci init github` (airlock 
 # affects (`airlock ci plan`: governed runs, one review comment, a commit status per stack) and,
 # after merge, applies exactly the reviewed and approved plans (`airlock ci apply`).
 #
-# Set up once (Settings -> Secrets and variables -> Actions, and Settings -> Environments):
+# No airlock token is stored here: each job logs in with its own OIDC ID token
+# (`airlock login --oidc`). Set up once, on the airlock server (admin; it needs --public-url):
+#   airlock trust add github --repository OWNER/REPO --role agent
+#   airlock trust add github --repository OWNER/REPO --ref refs/heads/@BRANCH@ \
+#     --environment airlock-apply --role ci
+# (a pull request's job gets at most agent: it plans; only @BRANCH@ in the environment applies),
+# and in GitHub (Settings -> Secrets and variables -> Actions, and Settings -> Environments):
 #   secret   AIRLOCK_URL       the airlock server, e.g. https://airlock.example.com
-#   secret   AIRLOCK_TOKEN     the plan token: airlock token create --name ci-plan --role agent
-#   secret   AIRLOCK_CI_TOKEN  the apply token (airlock token create --name ci-apply --role ci),
-#                              stored in the environment `airlock-apply` only, with a deployment
-#                              branch rule allowing only @BRANCH@: a pull request that edits this
-#                              file then cannot read it
+#   environment airlock-apply  with a deployment branch rule allowing only @BRANCH@
 #   variable AIRLOCK_BINARY_URL     an https URL of the airlock binary (Linux x86_64) you host
 #   variable AIRLOCK_BINARY_SHA256  its SHA-256 (sha256sum airlock): any other binary is refused
 # Branch protection can then require the `airlock/STACK` statuses before merge.
@@ -53,6 +55,11 @@ jobs:
   plan:
     if: github.event_name == 'pull_request'
     runs-on: ubuntu-latest
+    permissions:
+      contents: read
+      pull-requests: write
+      statuses: write
+      id-token: write # the job's OIDC ID token, exchanged for a short-lived airlock token
     concurrency:
       group: airlock-plan-${{ github.event.pull_request.number }}
       cancel-in-progress: false
@@ -74,10 +81,13 @@ jobs:
           echo "$AIRLOCK_BINARY_SHA256  $RUNNER_TEMP/airlock-bin/airlock" | sha256sum -c -
           chmod 0755 "$RUNNER_TEMP/airlock-bin/airlock"
           echo "$RUNNER_TEMP/airlock-bin" >> "$GITHUB_PATH"
+      - name: Log in to airlock with the job's OIDC token
+        env:
+          AIRLOCK_URL: ${{ secrets.AIRLOCK_URL }}
+        run: airlock login --oidc --role agent --github-env
       - name: Plan the affected stacks
         env:
           AIRLOCK_URL: ${{ secrets.AIRLOCK_URL }}
-          AIRLOCK_TOKEN: ${{ secrets.AIRLOCK_TOKEN }}
           GITHUB_TOKEN: ${{ github.token }}
         run: airlock ci plan
 
@@ -85,6 +95,11 @@ jobs:
     if: github.event_name == 'push'
     runs-on: ubuntu-latest
     environment: airlock-apply
+    permissions:
+      contents: read
+      pull-requests: write
+      statuses: write
+      id-token: write
     concurrency:
       group: airlock-apply
       cancel-in-progress: false
@@ -106,10 +121,13 @@ jobs:
           echo "$AIRLOCK_BINARY_SHA256  $RUNNER_TEMP/airlock-bin/airlock" | sha256sum -c -
           chmod 0755 "$RUNNER_TEMP/airlock-bin/airlock"
           echo "$RUNNER_TEMP/airlock-bin" >> "$GITHUB_PATH"
+      - name: Log in to airlock with the job's OIDC token
+        env:
+          AIRLOCK_URL: ${{ secrets.AIRLOCK_URL }}
+        run: airlock login --oidc --role ci --github-env
       - name: Apply the reviewed plans
         env:
           AIRLOCK_URL: ${{ secrets.AIRLOCK_URL }}
-          AIRLOCK_TOKEN: ${{ secrets.AIRLOCK_CI_TOKEN }}
           GITHUB_TOKEN: ${{ github.token }}
         run: airlock ci apply
 "#;
@@ -122,23 +140,26 @@ const GITLAB_INCLUDE: &str = r#"# Written by `airlock ci init gitlab` (airlock @
 #     - local: @INCLUDE@
 #
 # Set up once (Settings -> CI/CD -> Variables; mask the tokens):
-#   AIRLOCK_URL            the airlock server, e.g. https://airlock.example.com
-#   AIRLOCK_PLAN_TOKEN     the plan token: airlock token create --name ci-plan --role agent
-#   AIRLOCK_CI_TOKEN       the apply token (airlock token create --name ci-apply --role ci),
-#                          PROTECTED, so that only pipelines of protected branches see it
+#   AIRLOCK_URL            the airlock server, e.g. https://airlock.example.com (its --public-url)
 #   AIRLOCK_GITLAB_TOKEN   a project access token (scope api, role Developer) to post the merge
 #                          request note and commit statuses: CI_JOB_TOKEN cannot post notes
 #   AIRLOCK_BINARY_URL     an https URL of the airlock binary you host; the image below is
 #                          Alpine, so a static build (x86_64-unknown-linux-musl)
 #   AIRLOCK_BINARY_SHA256  its SHA-256 (sha256sum airlock): any other binary is refused
-# The tokens are passed to airlock per job (project variables override job variables, so the
-# plan token is not named AIRLOCK_TOKEN).
+# No airlock token is stored: each job logs in with its OIDC ID token (`id_tokens:` below,
+# `airlock login --oidc`). On the airlock server (admin), trust the project once:
+#   airlock trust add gitlab --repository GROUP/PROJECT --role agent
+#   airlock trust add gitlab --repository GROUP/PROJECT --ref refs/heads/DEFAULT_BRANCH --role ci
+# (a merge request's pipeline gets at most agent: it plans; only the default branch applies).
 
 .airlock:
   image:
     # Plan and apply must use the same Terraform: a run's fingerprint covers the version.
     name: hashicorp/terraform:@TERRAFORM@
     entrypoint: [""]
+  id_tokens:
+    AIRLOCK_ID_TOKEN:
+      aud: $AIRLOCK_URL
   variables:
     GIT_DEPTH: "0" # change detection needs the merge base with the target branch
     CHECKPOINT_DISABLE: "1"
@@ -153,7 +174,8 @@ airlock-plan:
   rules:
     - if: $CI_PIPELINE_SOURCE == "merge_request_event"
   script:
-    - AIRLOCK_TOKEN="$AIRLOCK_PLAN_TOKEN" airlock ci plan
+    - export AIRLOCK_TOKEN="$(airlock login --oidc --role agent)"
+    - airlock ci plan
 
 airlock-apply:
   extends: .airlock
@@ -162,7 +184,8 @@ airlock-apply:
   rules:
     - if: $CI_PIPELINE_SOURCE == "push" && $CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH
   script:
-    - AIRLOCK_TOKEN="$AIRLOCK_CI_TOKEN" airlock ci apply
+    - export AIRLOCK_TOKEN="$(airlock login --oidc --role ci)"
+    - airlock ci apply
 "#;
 
 /// Where the GitLab include file goes, relative to the git root.
@@ -300,10 +323,11 @@ pub fn run(args: CiInitArgs) -> anyhow::Result<ExitCode> {
     }
     match args.forge {
         Forge::Github => println!(
-            "next: create the secrets AIRLOCK_URL and AIRLOCK_TOKEN (plan, role agent), the \
-             environment airlock-apply restricted to {branch} with the secret AIRLOCK_CI_TOKEN \
-             (role ci), and the variables AIRLOCK_BINARY_URL and AIRLOCK_BINARY_SHA256; see the \
-             comment at the top of the workflow"
+            "next: trust this repository's jobs on the airlock server (airlock trust add github \
+             ...: an agent trust, and a ci trust for refs/heads/{branch} in the environment \
+             airlock-apply), create the secret AIRLOCK_URL, the environment airlock-apply \
+             restricted to {branch}, and the variables AIRLOCK_BINARY_URL and \
+             AIRLOCK_BINARY_SHA256; see the comment at the top of the workflow"
         ),
         Forge::Gitlab => {
             if !files.iter().any(|(p, _)| p.ends_with(".gitlab-ci.yml")) {
@@ -313,10 +337,11 @@ pub fn run(args: CiInitArgs) -> anyhow::Result<ExitCode> {
                 );
             }
             println!(
-                "next: create the CI/CD variables AIRLOCK_URL, AIRLOCK_PLAN_TOKEN (role agent), \
-                 AIRLOCK_CI_TOKEN (role ci, protected), AIRLOCK_GITLAB_TOKEN (project access \
-                 token, api), AIRLOCK_BINARY_URL and AIRLOCK_BINARY_SHA256; see the comment at \
-                 the top of {GITLAB_INCLUDE_PATH}"
+                "next: trust this project's jobs on the airlock server (airlock trust add gitlab \
+                 ...: an agent trust, and a ci trust for the default branch), create the CI/CD \
+                 variables AIRLOCK_URL, AIRLOCK_GITLAB_TOKEN (project access token, api), \
+                 AIRLOCK_BINARY_URL and AIRLOCK_BINARY_SHA256; see the comment at the top of \
+                 {GITLAB_INCLUDE_PATH}"
             );
         }
     }

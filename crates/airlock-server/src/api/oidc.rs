@@ -1,0 +1,550 @@
+//! The OIDC issuer's endpoints (discovery, JWKS, phase identity tokens, key rotation) and forge
+//! logins (trusts, and the exchange of a CI job's ID token for an airlock token). The rules are
+//! in `crate::oidc`; these handlers translate, and audit every issue and every refusal.
+
+use std::sync::Arc;
+
+use airlock_core::refusal::RefusalKind;
+use airlock_core::time::parse_duration_ms;
+use airlock_core::Role;
+use airlock_store::{now_ms, MintLimit, NewAudit, NewToken, OidcTrustRecord, RunStatus};
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::tokens::within_scope;
+use super::{parse_body, store_call};
+use crate::auth::{Principal, RequestStack};
+use crate::error::{ApiError, ApiResult};
+use crate::oidc::{self, jose, PhaseToken};
+use crate::stacks::{blocking, existing_stack};
+use crate::{tokens, valid_glob, AppState};
+
+/// Airlock tokens one trust may issue per hour (counted in the database, like phase tokens): a
+/// busy repository's jobs, with a bound on a leaked or replayed forge token's use.
+const LOGIN_LIMIT: MintLimit = MintLimit {
+    max: 1000,
+    window_ms: 3_600_000,
+};
+
+fn issuer(state: &AppState) -> ApiResult<String> {
+    state
+        .config
+        .public_url
+        .as_deref()
+        .map(oidc::issuer_url)
+        .ok_or_else(|| {
+            ApiError::new(
+                RefusalKind::NotFound,
+                "this server is not an OIDC issuer: start it with --public-url (the issuer URL clouds fetch the JWKS from)",
+            )
+        })
+}
+
+/// Appends a denied audit event and returns the refusal.
+async fn refuse(
+    state: &Arc<AppState>,
+    actor: &str,
+    action: &str,
+    stack: Option<&str>,
+    kind: RefusalKind,
+    message: String,
+) -> ApiError {
+    let (actor, action, stack, msg) = (
+        actor.to_owned(),
+        action.to_owned(),
+        stack.map(str::to_owned),
+        message.clone(),
+    );
+    let status = crate::error::status_of(kind).as_u16();
+    let _ = blocking(state, move |st| {
+        st.append_audit(NewAudit::denied(
+            &actor,
+            &action,
+            stack.as_deref(),
+            json!({"reason": msg, "status": status}),
+        ))
+    })
+    .await;
+    ApiError::new(kind, message)
+}
+
+/// `GET /.well-known/openid-configuration`.
+pub async fn discovery(State(state): State<Arc<AppState>>) -> ApiResult<Json<Value>> {
+    Ok(Json(oidc::discovery(&issuer(&state)?)))
+}
+
+/// `GET /.well-known/jwks.json`: the active key and the retired keys whose tokens may still
+/// be valid.
+pub async fn jwks(State(state): State<Arc<AppState>>) -> ApiResult<Response> {
+    issuer(&state)?;
+    let keys = store_call(&state, |st| st.oidc_keys()).await?;
+    Ok((
+        [(header::CACHE_CONTROL, "public, max-age=300")],
+        Json(oidc::jwks(&keys, now_ms())),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IdentityRequest {
+    audience: String,
+    ttl_seconds: Option<i64>,
+}
+
+async fn issue(
+    state: &Arc<AppState>,
+    p: &Principal,
+    req: IdentityRequest,
+    stack: &str,
+    phase: &'static str,
+    run: Option<(&str, &str)>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let iss = issuer(state)?;
+    let action = format!("oidc.{phase}_token");
+    if !oidc::valid_audience(&req.audience) {
+        return Err(refuse(
+            state,
+            &p.display(),
+            &action,
+            Some(stack),
+            RefusalKind::BadRequest,
+            "audience must be 1-300 printable characters (AWS: sts.amazonaws.com)".into(),
+        )
+        .await);
+    }
+    let ttl = req.ttl_seconds.unwrap_or(oidc::MAX_TOKEN_TTL_S);
+    if !(60..=oidc::MAX_TOKEN_TTL_S).contains(&ttl) {
+        return Err(refuse(
+            state,
+            &p.display(),
+            &action,
+            Some(stack),
+            RefusalKind::BadRequest,
+            format!(
+                "ttl_seconds must be between 60 and {}",
+                oidc::MAX_TOKEN_TTL_S
+            ),
+        )
+        .await);
+    }
+    let jti = tokens::random_id("jti_");
+    let claims = PhaseToken {
+        issuer: &iss,
+        audience: &req.audience,
+        stack,
+        phase,
+        principal: &p.user,
+        run_id: run.map(|r| r.0),
+        plan_sha256: run.map(|r| r.1),
+        ttl_s: ttl,
+        now_s: now_ms() / 1000,
+        jti: &jti,
+    }
+    .claims();
+    let audit = NewAudit::ok(
+        &p.display(),
+        &action,
+        Some(stack),
+        json!({"jti": jti, "sub": claims["sub"], "aud": claims["aud"], "exp": claims["exp"], "run": run.map(|r| r.0)}),
+    );
+    let st = Arc::clone(state);
+    let c = claims.clone();
+    let (jwt, kid) = blocking(state, move |store| -> airlock_store::Result<_> {
+        let signed = st.oidc.sign(store, &c)?;
+        store.append_audit(audit)?;
+        Ok(signed)
+    })
+    .await??;
+    Ok((
+        StatusCode::CREATED,
+        Json(
+            json!({"token": jwt, "kid": kid, "sub": claims["sub"], "expires_at": claims["exp"].as_i64().unwrap_or(0) * 1000}),
+        ),
+    ))
+}
+
+/// `POST /api/v1/stacks/{stack}/identity-token`: a plan-phase identity token for the stack.
+pub async fn plan_identity(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Extension(RequestStack(stack)): Extension<RequestStack>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let req: IdentityRequest = parse_body(&body)?;
+    if p.run_id.is_some() {
+        return Err(refuse(&state, &p.display(), "oidc.plan_token", Some(stack.as_str()), RefusalKind::Forbidden,
+            "a run-bound token gets the apply-phase identity token (POST /api/v1/runs/ID/identity-token), not a plan-phase one".into()).await);
+    }
+    existing_stack(&state, &p, stack.as_str()).await?;
+    issue(&state, &p, req, stack.as_str(), "plan", None).await
+}
+
+/// `POST /api/v1/runs/{id}/identity-token`: the apply-phase identity token, only to the run's
+/// own run-bound token, while the run applies, within [`oidc::APPLY_TOKEN_WINDOW_MS`] of the
+/// start of its apply. Bound to the run and its approved plan's SHA-256.
+pub async fn apply_identity(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let req: IdentityRequest = parse_body(&body)?;
+    let i = id.clone();
+    let run = store_call(&state, move |st| st.run(&i))
+        .await?
+        .ok_or_else(|| ApiError::new(RefusalKind::NotFound, format!("no run {id}")))?;
+    let now = now_ms();
+    let why = if p.run_id.as_deref() != Some(run.id.as_str())
+        || run.apply_token.as_deref() != Some(p.token_id.as_str())
+    {
+        Some(format!("only run {id}'s own run-bound token (minted when airlock apply started it) gets its apply-phase identity token"))
+    } else if run.status != RunStatus::Applying {
+        Some(format!("run {id} is {:?}, not applying: an apply-phase identity token is issued only while the run applies", run.status))
+    } else if run
+        .apply_started_at
+        .is_none_or(|at| now - at > oidc::APPLY_TOKEN_WINDOW_MS)
+    {
+        Some(format!("run {id} started applying more than {} minutes ago; its apply-phase identity token is issued only right after the start", oidc::APPLY_TOKEN_WINDOW_MS / 60_000))
+    } else {
+        None
+    };
+    if let Some(why) = why {
+        return Err(refuse(
+            &state,
+            &p.display(),
+            "oidc.apply_token",
+            Some(&run.stack),
+            RefusalKind::Forbidden,
+            why,
+        )
+        .await);
+    }
+    issue(
+        &state,
+        &p,
+        req,
+        &run.stack,
+        "apply",
+        Some((&run.id, &run.plan_sha256)),
+    )
+    .await
+}
+
+/// `POST /api/v1/oidc/rotate` (admin of all stacks): a new active key; the old one signs no
+/// more (its private half is erased) and leaves the JWKS when its tokens have expired.
+pub async fn rotate(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+) -> ApiResult<Json<Value>> {
+    all_stacks_admin(&p)?;
+    let by = p.display();
+    let key = store_call(&state, move |st| oidc::add_key(st, true, &by)).await?;
+    Ok(Json(json!({
+        "kid": key.kid,
+        "note": format!("the previous key signs nothing more and stays in the JWKS for {} minutes, until every token it signed has expired", oidc::RETIRED_KEY_GRACE_MS / 60_000),
+    })))
+}
+
+fn all_stacks_admin(p: &Principal) -> ApiResult<()> {
+    p.may_mint()?;
+    if !p.stacks.is_empty() {
+        return Err(ApiError::new(RefusalKind::Forbidden, format!("token {} is scoped to {:?}; OIDC keys are server-wide: use an admin token for all stacks", p.name, p.stacks)));
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddTrust {
+    forge: String,
+    repository: String,
+    git_ref: Option<String>,
+    environment: Option<String>,
+    role: String,
+    #[serde(default)]
+    stacks: Vec<String>,
+    issuer: Option<String>,
+    audience: Option<String>,
+    lifetime: Option<String>,
+}
+
+fn bad(m: impl Into<String>) -> ApiError {
+    ApiError::new(RefusalKind::BadRequest, m)
+}
+
+fn plain(v: &str, max: usize) -> bool {
+    !v.is_empty() && v.len() <= max && !v.chars().any(|c| c.is_control() || c.is_whitespace())
+}
+
+/// `POST /api/v1/oidc/trusts` (admin): trust a forge's CI jobs of one repository.
+pub async fn add_trust(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    p.may_mint()?;
+    let req: AddTrust = parse_body(&body)?;
+    let default_issuer = oidc::default_issuer(&req.forge)
+        .ok_or_else(|| bad(format!("forge {:?}: use github or gitlab", req.forge)))?;
+    let issuer = req.issuer.unwrap_or_else(|| default_issuer.to_owned());
+    oidc::valid_issuer(&issuer).map_err(bad)?;
+    let audience = match req.audience {
+        Some(a) => a,
+        None => state
+            .config
+            .public_url
+            .as_deref()
+            .map(oidc::issuer_url)
+            .ok_or_else(|| {
+                bad("give --audience, or start the server with --public-url (the default audience)")
+            })?,
+    };
+    if !oidc::valid_audience(&audience) {
+        return Err(bad("audience must be 1-300 printable characters"));
+    }
+    if !plain(&req.repository, 200) || !req.repository.contains('/') {
+        return Err(bad(format!(
+            "repository {:?} must be the forge's path, e.g. org/repo",
+            req.repository
+        )));
+    }
+    if let Some(r) = &req.git_ref {
+        if !plain(r, 250) || !r.starts_with("refs/") {
+            return Err(bad(format!(
+                "ref {r:?} must be a full ref, e.g. refs/heads/main"
+            )));
+        }
+    }
+    if req
+        .environment
+        .as_deref()
+        .is_some_and(|e| e.is_empty() || e.len() > 200 || e.chars().any(char::is_control))
+    {
+        return Err(bad("environment must be 1-200 printable characters"));
+    }
+    let role: Role = req.role.parse().map_err(bad)?;
+    match role {
+        Role::Ci if req.git_ref.is_none() => {
+            return Err(bad("the ci role (which applies) needs --ref: only the configured ref (the default branch, e.g. refs/heads/main) may get it"))
+        }
+        Role::Ci | Role::Agent | Role::Reader => {}
+        other => {
+            return Err(bad(format!("a CI job may get the ci, agent or reader role, never {other}: approving and administering stay with people")))
+        }
+    }
+    if let Some(g) = req.stacks.iter().find(|g| !valid_glob(g)) {
+        return Err(bad(format!("invalid stack glob {g:?}")));
+    }
+    if !within_scope(&p.stacks, &req.stacks) {
+        return Err(ApiError::new(RefusalKind::Forbidden, format!("token {} is scoped to {:?}; a trust cannot reach beyond it (requested {:?}, none meaning all stacks)", p.name, p.stacks, req.stacks)));
+    }
+    let lifetime_ms = match req.lifetime.as_deref() {
+        None => 3_600_000,
+        Some(l) => parse_duration_ms(l).map_err(bad)?,
+    };
+    if !(60_000..=oidc::MAX_LOGIN_LIFETIME_MS).contains(&lifetime_ms) {
+        return Err(bad("lifetime must be between 1m and 6h"));
+    }
+    let trust = OidcTrustRecord {
+        id: tokens::random_id("trust_"),
+        forge: req.forge,
+        issuer,
+        audience,
+        repository: req.repository,
+        git_ref: req.git_ref,
+        environment: req.environment,
+        role: role.as_str().to_owned(),
+        stacks: req.stacks,
+        lifetime_ms,
+        created_at: now_ms(),
+        created_by: p.display(),
+        removed_at: None,
+        removed_by: None,
+    };
+    let audit = NewAudit::ok(
+        &p.display(),
+        "oidc.trust_add",
+        None,
+        serde_json::to_value(&trust).unwrap_or_default(),
+    );
+    let t = trust.clone();
+    store_call(&state, move |st| st.add_oidc_trust(&t, audit)).await?;
+    Ok((StatusCode::CREATED, Json(json!({"trust": trust}))))
+}
+
+/// `GET /api/v1/oidc/trusts` (admin).
+pub async fn list_trusts(State(state): State<Arc<AppState>>) -> ApiResult<Json<Value>> {
+    let trusts = store_call(&state, |st| st.oidc_trusts()).await?;
+    Ok(Json(json!({"trusts": trusts})))
+}
+
+/// `POST /api/v1/oidc/trusts/{id}/remove` (admin).
+pub async fn remove_trust(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    p.may_mint()?;
+    let trusts = store_call(&state, |st| st.oidc_trusts()).await?;
+    if let Some(t) = trusts.iter().find(|t| t.id == id) {
+        if !within_scope(&p.stacks, &t.stacks) {
+            return Err(ApiError::new(
+                RefusalKind::Forbidden,
+                format!("trust {id} reaches beyond token {}'s stacks", p.name),
+            ));
+        }
+    }
+    let (by, i) = (p.display(), id.clone());
+    let audit = NewAudit::ok(&by, "oidc.trust_remove", None, json!({"trust": id}));
+    let t = store_call(&state, move |st| st.remove_oidc_trust(&i, &by, audit)).await?;
+    Ok(Json(json!({"trust": t})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Login {
+    token: String,
+    role: Option<String>,
+}
+
+/// A claimed value from a token not yet verified, bounded and printable, for the audit.
+fn claimed(v: Option<&Value>) -> String {
+    let s = v.and_then(Value::as_str).unwrap_or("(none)");
+    s.chars().filter(|c| !c.is_control()).take(200).collect()
+}
+
+/// `POST /api/v1/oidc/login` (no airlock token: the forge's ID token is the credential).
+pub async fn login(
+    State(state): State<Arc<AppState>>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let req: Login = parse_body(&body)?;
+    let unauth = RefusalKind::Unauthenticated;
+    let action = "oidc.login";
+    let token = match jose::decode(req.token.trim()) {
+        Ok(t) => t,
+        Err(e) => {
+            return Err(refuse(
+                &state,
+                "forge login",
+                action,
+                None,
+                unauth,
+                format!("forge token refused: {e}"),
+            )
+            .await)
+        }
+    };
+    let (iss, sub) = (
+        claimed(token.claims.get("iss")),
+        claimed(token.claims.get("sub")),
+    );
+    let actor = format!("forge login (claimed iss {iss}, sub {sub})");
+    let want = match req.role.as_deref().map(str::parse::<Role>).transpose() {
+        Ok(w) => w,
+        Err(e) => return Err(bad(e)),
+    };
+    let trusts: Vec<OidcTrustRecord> = store_call(&state, |st| st.oidc_trusts())
+        .await?
+        .into_iter()
+        .filter(|t| t.removed_at.is_none() && t.issuer == iss)
+        .collect();
+    if trusts.is_empty() {
+        return Err(refuse(&state, &actor, action, None, unauth, format!("forge token refused: issuer {iss:?} is not trusted (an admin adds it with `airlock trust add`)")).await);
+    }
+    let (st, i, kid) = (Arc::clone(&state), iss.clone(), token.kid.clone());
+    let keys = match blocking(&state, move |_| st.oidc.forge_keys(&i, kid.as_deref())).await? {
+        Ok(k) => k,
+        Err(e) => {
+            return Err(refuse(
+                &state,
+                &actor,
+                action,
+                None,
+                unauth,
+                format!("forge token refused: the issuer's keys could not be fetched: {e}"),
+            )
+            .await)
+        }
+    };
+    let claims = match token.verify(&keys) {
+        Ok(c) => c,
+        Err(e) => {
+            return Err(refuse(
+                &state,
+                &actor,
+                action,
+                None,
+                unauth,
+                format!("forge token refused: {e}"),
+            )
+            .await)
+        }
+    };
+    if let Err(e) = jose::check_times(&claims, now_ms() / 1000, oidc::LEEWAY_S) {
+        return Err(refuse(
+            &state,
+            &actor,
+            action,
+            None,
+            unauth,
+            format!("forge token refused: {e}"),
+        )
+        .await);
+    }
+    let grant = match oidc::judge_login(&trusts, &claims, want) {
+        Ok(g) => g,
+        Err(e) => {
+            let kind = if e.contains("role") {
+                RefusalKind::Forbidden
+            } else {
+                unauth
+            };
+            return Err(refuse(
+                &state,
+                &actor,
+                action,
+                None,
+                kind,
+                format!("forge token refused: {e}"),
+            )
+            .await);
+        }
+    };
+    let g = tokens::generate();
+    let expires_at = now_ms() + grant.lifetime_ms;
+    let name: String = format!("ci {}", grant.subject).chars().take(100).collect();
+    let new = NewToken {
+        id: g.id.clone(),
+        secret_hash: g.hash,
+        name,
+        role: grant.role,
+        stacks: grant.stacks.clone(),
+        expires_at: Some(expires_at),
+        created_by: format!("oidc login via {}", grant.trust_id),
+        run_id: None,
+        // The trust's user: one pipeline identity, its logins counted against one limit.
+        user: grant.trust_id.clone(),
+        parent_id: None,
+        mint_limit: Some(LOGIN_LIMIT),
+    };
+    let audit = NewAudit::ok(
+        &format!("forge login ({iss}, sub {})", grant.subject),
+        action,
+        None,
+        json!({"trust": grant.trust_id, "sub": grant.subject, "role": grant.role, "token": g.id, "expires_at": expires_at}),
+    );
+    store_call(&state, move |st| st.create_token(new, audit)).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(
+            json!({"token_id": g.id, "secret": g.secret, "role": grant.role, "stacks": grant.stacks, "expires_at": expires_at, "trust": grant.trust_id}),
+        ),
+    ))
+}
