@@ -24,7 +24,7 @@ type Res<T> = Result<T, String>;
 const USAGE: &str = "usage: loadgen <create-stacks|latency|reads|history|stored-bytes|report> [--flag value]...
   create-stacks --url U --token T --stacks a,b,c
   latency  --urls U1[,U2] --token T --stack-prefix bench/lat --clients N --state-bytes B
-           [--warmup 5] [--max-iters 2000] [--max-secs 15] [--tag T]
+           [--warmup 5] [--max-iters 2000] [--max-secs 15] [--server-pids P1[,P2]] [--tag T]
   reads    --urls U1[,U2] --token T --stack S --state-bytes B --clients N [--secs 10] [--tag T]
   history  --url U --token T --stack S --state-bytes B --versions N [--max-secs 600] [--tag T]
   stored-bytes --db PATH [--tag T]
@@ -258,6 +258,13 @@ fn latency(f: &Flags) -> Res<()> {
     let max_iters = f.num("max-iters", Some(2000))?;
     let max_secs = f.num("max-secs", Some(15))?;
     let tag = f.tag();
+    let server_pids: Vec<u32> = match f.0.get("server-pids") {
+        None => Vec::new(),
+        Some(list) => list
+            .split(',')
+            .map(|p| p.parse().map_err(|_| format!("--server-pids {list}: not a pid list")))
+            .collect::<Res<_>>()?,
+    };
 
     let barrier = Arc::new(Barrier::new(clients + 1));
     let mut handles = Vec::new();
@@ -289,6 +296,7 @@ fn latency(f: &Flags) -> Res<()> {
     }
     barrier.wait();
     let start = Instant::now();
+    let cpu_start = server_cpu_ticks(&server_pids)?;
     let mut all = Vec::new();
     let mut errors = Vec::new();
     for h in handles {
@@ -299,8 +307,15 @@ fn latency(f: &Flags) -> Res<()> {
         }
     }
     let elapsed = start.elapsed();
+    let cpu_end = server_cpu_ticks(&server_pids)?;
     if !errors.is_empty() {
         return Err(format!("{} client(s) failed; first: {}", errors.len(), errors[0]));
+    }
+    if !server_pids.is_empty() && !all.is_empty() {
+        // Server CPU (user + system, all threads) over the timed cycles only.
+        let ms = (cpu_end - cpu_start) as f64 * 1000.0 / clock_ticks_per_sec() as f64;
+        emit(&tag, "server_cpu_ms", format!("{ms:.0}"));
+        emit(&tag, "server_cpu_ms_per_cycle", format!("{:.2}", ms / all.len() as f64));
     }
     let mut total: Vec<Duration> = all.iter().map(|c| c.lock + c.write + c.unlock).collect();
     let mut lock: Vec<Duration> = all.iter().map(|c| c.lock).collect();
@@ -322,6 +337,35 @@ fn latency(f: &Flags) -> Res<()> {
         emit(&tag, &format!("{name}_p99_ms"), ms(pct(v, 0.99)));
     }
     Ok(())
+}
+
+/// utime + stime of the processes (all their threads), in clock ticks, from `/proc/PID/stat`.
+fn server_cpu_ticks(pids: &[u32]) -> Res<u64> {
+    let mut sum = 0;
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map_err(|e| format!("/proc/{pid}/stat: {e}"))?;
+        // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let t = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok());
+        match (t(11), t(12)) {
+            (Some(u), Some(s)) => sum += u + s,
+            _ => return Err(format!("/proc/{pid}/stat: unexpected format")),
+        }
+    }
+    Ok(sum)
+}
+
+/// `getconf CLK_TCK`; 100 on every Linux configuration in practice.
+fn clock_ticks_per_sec() -> u64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100)
 }
 
 fn reads(f: &Flags) -> Res<()> {
