@@ -10,6 +10,7 @@
 #   bench/state/run.sh            # full run, ~10-15 minutes
 #   bench/state/run.sh --quick    # smoke run, ~3 minutes (fewer repetitions, 100 versions)
 #   bench/state/run.sh --write    # only (b) on SQLite (the write path of issue 17), ~1 minute
+#   bench/state/run.sh --large    # only (e): a 100 MB state written, read, diffed, paged
 #
 # Environment: CARGO_TARGET_DIR (default bench/state/target), AIRLOCK_BIN (skip building
 # airlock, use this binary), AIRLOCK_TEST_DATABASE_URL (use this PostgreSQL instead of a
@@ -25,8 +26,9 @@ for arg in "$@"; do
     case "$arg" in
     --quick) mode=quick ;;
     --write) mode=write ;;
+    --large) mode=large ;;
     -h | --help)
-        sed -n '2,19p' "$0"
+        sed -n '2,20p' "$0"
         exit 0
         ;;
     *)
@@ -90,7 +92,7 @@ fi
 # ---------------------------------------------------------------- inner part: the run
 mode="${AIRLOCK_BENCH_MODE:-$mode}"
 : "${AIRLOCK_TEST_DATABASE_URL:?run through scripts/with-postgres.sh}"
-if [ "$mode" = write ]; then
+if [ "$mode" = write ] || [ "$mode" = large ]; then
     reps=0 lat_secs=15 read_secs=4 versions=0 hist_secs=0
 elif [ "$mode" = quick ]; then
     reps=2 lat_secs=5 read_secs=4 versions=100 hist_secs=180
@@ -264,8 +266,17 @@ run_load() {
     for i in 0 1 2 3 4 5 6 7; do stacks="$stacks,bench/lat8-$i"; done
     "$LOADGEN_BIN" create-stacks --url "$first" --token "$admin_token" --stacks "$stacks"
     log "    $config: lock+write+unlock, 1 client"
+    local perf_pid=""
+    if [ -n "${BENCH_PROFILE:-}" ] && [ "$config" = sqlite1 ]; then
+        # A CPU profile of the server during the 1-client run (software clock samples: works
+        # in VMs without hardware counters); `perf report -i $out/perf-c1.data` reads it.
+        perf record -q -F 499 -g -e cpu-clock -p "$spids" -o "$out/perf-c1.data" -- sleep "$((lat_secs + 1))" \
+            >"$out/perf-record.log" 2>&1 &
+        perf_pid=$!
+    fi
     "$LOADGEN_BIN" latency --urls "$urls" --token "$admin_token" --stack-prefix bench/lat1 \
         --clients 1 --state-bytes 1000000 --max-secs "$lat_secs" --server-pids "$spids" --tag "lat.$config.c1" >>"$results"
+    [ -n "$perf_pid" ] && wait "$perf_pid"
     log "    $config: lock+write+unlock, 8 clients"
     "$LOADGEN_BIN" latency --urls "$urls" --token "$admin_token" --stack-prefix bench/lat8 \
         --clients 8 --state-bytes 1000000 --max-secs "$lat_secs" --server-pids "$spids" --tag "lat.$config.c8" >>"$results"
@@ -273,6 +284,18 @@ run_load() {
     "$LOADGEN_BIN" reads --urls "$urls" --token "$admin_token" --stack bench/reads \
         --clients 32 --state-bytes 100000 --secs "$read_secs" --tag "reads.$config" >>"$results"
 }
+
+if [ "$mode" = large ]; then
+    log "(e) a 100 MB state: write, read, diff, show paging (SQLite)"
+    start_server large --data-dir "$out/data-large"
+    "$LOADGEN_BIN" create-stacks --url "$server_url" --token "$admin_token" --stacks bench/large
+    "$LOADGEN_BIN" large --url "$server_url" --token "$admin_token" --stack bench/large \
+        --state-bytes 100000000 --server-pid "$server_pid" --tag large >>"$results"
+    stop_server "$server_pid" large
+    put meta.load_end "$(loadavg)"
+    grep '^large\.' "$results" | tee "$out/report.txt"
+    exit 0
+fi
 
 log "(b) SQLite, one server"
 start_server sqlite1 --data-dir "$out/data-sqlite1"

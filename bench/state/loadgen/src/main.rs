@@ -28,6 +28,8 @@ const USAGE: &str = "usage: loadgen <create-stacks|latency|reads|history|stored-
   reads    --urls U1[,U2] --token T --stack S --state-bytes B --clients N [--secs 10] [--tag T]
   history  --url U --token T --stack S --state-bytes B --versions N [--max-secs 600] [--tag T]
   stored-bytes --db PATH [--tag T]
+  large    --url U --token T --stack S --state-bytes B --server-pid P [--tag T]
+           (issue 17 §4: write, read, diff and page a big state; server CPU and peak RSS per step)
   fsync    --dir D [--count 200] [--tag T]   (append 4 KiB + fdatasync, as a WAL commit does)
   report   RESULTS_FILE";
 
@@ -48,6 +50,7 @@ fn main() -> ExitCode {
             "reads" => reads(&f),
             "history" => history(&f),
             "stored-bytes" => stored_bytes(&f),
+            "large" => large(&f),
             "fsync" => fsync_probe(&f),
             other => Err(format!("unknown subcommand {other}\n{USAGE}")),
         }),
@@ -480,6 +483,80 @@ fn history(f: &Flags) -> Res<()> {
     emit(&tag, "secs", format!("{:.1}", start.elapsed().as_secs_f64()));
     emit(&tag, "write_p50_ms", ms(pct(&writes, 0.50)));
     emit(&tag, "write_p99_ms", ms(pct(&writes, 0.99)));
+    Ok(())
+}
+
+/// `VmRSS` and `VmHWM` (peak) of a process, in bytes.
+fn rss(pid: u32) -> Res<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| format!("/proc/{pid}/status: {e}"))?;
+    let kb = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|k| k * 1024)
+            .ok_or_else(|| format!("/proc/{pid}/status has no {key}"))
+    };
+    Ok((kb("VmRSS:")?, kb("VmHWM:")?))
+}
+
+/// Runs `step` and reports its wall time, the server's CPU and the server's peak RSS above
+/// its RSS before the step (`/proc/PID/clear_refs` resets the peak; needs the same user).
+fn measured<T>(tag: &str, name: &str, pid: u32, step: impl FnOnce() -> Res<T>) -> Res<T> {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5")
+        .map_err(|e| format!("resetting the peak RSS of {pid}: {e}"))?;
+    let (before, _) = rss(pid)?;
+    let cpu0 = server_cpu_ticks(&[pid])?;
+    let t = Instant::now();
+    let out = step()?;
+    let wall = t.elapsed();
+    let cpu = (server_cpu_ticks(&[pid])? - cpu0) as f64 * 1000.0 / clock_ticks_per_sec() as f64;
+    let (_, peak) = rss(pid)?;
+    emit(tag, &format!("{name}.wall_ms"), format!("{:.0}", wall.as_secs_f64() * 1000.0));
+    emit(tag, &format!("{name}.server_cpu_ms"), format!("{cpu:.0}"));
+    emit(tag, &format!("{name}.peak_rss_delta_mb"), format!("{:.1}", peak.saturating_sub(before) as f64 / 1e6));
+    Ok(out)
+}
+
+fn large(f: &Flags) -> Res<()> {
+    let targets = f.targets()?;
+    let target = targets.first().ok_or("no URL")?.clone();
+    let token = f.str("token")?;
+    let stack = f.str("stack")?;
+    let bytes = f.num("state-bytes", None)? as usize;
+    let pid = f.num("server-pid", None)? as u32;
+    let tag = f.tag();
+    let mut w = Writer::new(&targets, token, stack, bytes, 7, 0);
+    measured(&tag, "write1", pid, || w.cycle())?;
+    emit(&tag, "state_bytes", w.body.len());
+    emit(&tag, "instances", w.doc.instance_count());
+    measured(&tag, "write2", pid, || w.cycle())?;
+    let mut conn = Conn::new(&target, token);
+    let mut out = Vec::new();
+    let mut get = |path: &str, out: &mut Vec<u8>| -> Res<()> {
+        let status = conn
+            .request("GET", path, &[], &[], out)
+            .map_err(|e| format!("GET {path}: {e}"))?;
+        if status != 200 {
+            return Err(format!("GET {path}: HTTP {status}: {}", String::from_utf8_lossy(&out[..out.len().min(300)])));
+        }
+        Ok(())
+    };
+    measured(&tag, "read", pid, || get(&format!("/state/{stack}"), &mut out))?;
+    if out.len() != w.body.len() {
+        return Err(format!("read {} bytes, wrote {}", out.len(), w.body.len()));
+    }
+    let api = format!("/api/v1/stacks/{}", stack.replace('/', "%2F"));
+    measured(&tag, "diff", pid, || get(&format!("{api}/diff?from=1&to=2"), &mut out))?;
+    emit(&tag, "diff.response_bytes", out.len());
+    measured(&tag, "diff_attributes", pid, || get(&format!("{api}/diff?from=1&to=2&detail=attributes"), &mut out))?;
+    // `state show` paging: the first page, then a page at the end (the summary is cached
+    // after the first).
+    measured(&tag, "show_first_page", pid, || get(&format!("{api}/versions/2?limit=100"), &mut out))?;
+    emit(&tag, "show_first_page.response_bytes", out.len());
+    let last = w.doc.instance_count().saturating_sub(100);
+    measured(&tag, "show_last_page", pid, || get(&format!("{api}/versions/2?limit=100&offset={last}"), &mut out))?;
     Ok(())
 }
 
