@@ -488,7 +488,7 @@ fn string_end(b: &[u8], start: usize) -> Option<usize> {
     let mut i = start + 1;
     loop {
         i += memchr::memchr2(b'"', b'\\', b.get(i..)?)?;
-        if b[i] == b'"' {
+        if b.get(i) == Some(&b'"') {
             return Some(i + 1);
         }
         i += 2;
@@ -521,8 +521,9 @@ fn value_end(b: &[u8], mut i: usize) -> Option<usize> {
             }
         }
         _ => {
-            while !matches!(b.get(i), None | Some(b',' | b'}' | b']'))
-                && !b[i].is_ascii_whitespace()
+            while b
+                .get(i)
+                .is_some_and(|c| !matches!(c, b',' | b'}' | b']') && !c.is_ascii_whitespace())
             {
                 i += 1;
             }

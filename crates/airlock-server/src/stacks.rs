@@ -111,7 +111,6 @@ pub async fn deny(
 /// refused before anything is read.
 pub async fn read_body(body: Body, limit: usize) -> ApiResult<Vec<u8>> {
     use axum::body::HttpBody;
-    use http_body_util::BodyExt;
     let too_large = || {
         ApiError::new(
             RefusalKind::TooLarge,

@@ -210,15 +210,24 @@ pub fn prepare(body: &[u8]) -> Prepared<'_> {
     }
 }
 
+/// Raw bytes of new chunks compressed before the transaction (what a typical write changes);
+/// beyond it (a first write of a big state), `put_chunks` compresses each remaining chunk as
+/// it inserts it, so a write never holds all its compressed chunks at once besides its body.
+const PRECOMPRESS_BYTES: usize = 4 * 1024 * 1024;
+
 impl Prepared<'_> {
-    /// Compresses the chunks `db` does not hold yet. Chunks are never deleted, so what is
-    /// stored now is stored at commit; `put_chunks` compresses any other missing one anyway.
+    /// Compresses the chunks `db` does not hold yet, up to [`PRECOMPRESS_BYTES`] of them.
+    /// Chunks are never deleted, so what is stored now is stored at commit; `put_chunks`
+    /// compresses any other missing one anyway.
     pub fn compress_missing(&mut self, db: &mut dyn Sql) -> Result<()> {
         let present = db.present_chunks(&self.chunks)?;
+        let mut budget = PRECOMPRESS_BYTES;
         for (c, z) in self.chunks.iter().zip(self.compressed.iter_mut()) {
-            if !present.contains(&c.hash) && z.is_none() {
-                *z = Some(blob::compress(c.raw));
+            if present.contains(&c.hash) || z.is_some() || c.raw.len() > budget {
+                continue;
             }
+            budget -= c.raw.len();
+            *z = Some(blob::compress(c.raw));
         }
         Ok(())
     }

@@ -3,6 +3,7 @@
 //! row (`SELECT ... FOR UPDATE`) and every audit append takes one transaction-scoped advisory
 //! lock, so locks, state writes and the audit hash chain stay linearizable across processes.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -333,24 +334,23 @@ impl<C: GenericClient> Sql for Db<'_, C> {
         compressed: &[Option<Vec<u8>>],
     ) -> Result<()> {
         let present = self.present_chunks(chunks)?;
-        let mut missing: Vec<(&[u8; 32], std::borrow::Cow<'_, [u8]>, i64)> = Vec::new();
+        let (mut hashes, mut data, mut raw_lens) = (Vec::new(), Vec::new(), Vec::new());
         let mut done = HashSet::new();
         for (c, z) in chunks.iter().zip(compressed) {
             if present.contains(&c.hash) || !done.insert(c.hash) {
                 continue;
             }
-            let data = match z {
-                Some(z) => std::borrow::Cow::Borrowed(&z[..]),
-                None => std::borrow::Cow::Owned(blob::compress(c.raw)),
-            };
-            missing.push((&c.hash, data, c.raw.len() as i64));
+            hashes.push(&c.hash[..]);
+            data.push(match z {
+                Some(z) => Cow::Borrowed(&z[..]),
+                None => Cow::Owned(blob::compress(c.raw)),
+            });
+            raw_lens.push(c.raw.len() as i64);
         }
-        if missing.is_empty() {
+        if hashes.is_empty() {
             return Ok(());
         }
-        let hashes: Vec<&[u8]> = missing.iter().map(|c| &c.0[..]).collect();
-        let data: Vec<&[u8]> = missing.iter().map(|c| &c.1[..]).collect();
-        let raw_lens: Vec<i64> = missing.iter().map(|c| c.2).collect();
+        let data: Vec<&[u8]> = data.iter().map(|d| &d[..]).collect();
         let insert = self.statement("INSERT INTO chunks (hash, data, raw_len) SELECT * FROM UNNEST($1::bytea[], $2::bytea[], $3::bigint[]) ON CONFLICT DO NOTHING")?;
         self.c.execute(&insert, &[&hashes, &data, &raw_lens])?;
         Ok(())
