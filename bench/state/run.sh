@@ -9,6 +9,8 @@
 #
 #   bench/state/run.sh            # full run, ~10-15 minutes
 #   bench/state/run.sh --quick    # smoke run, ~3 minutes (fewer repetitions, 100 versions)
+#   bench/state/run.sh --write    # only (b) on SQLite (the write path of issue 17), ~1 minute
+#   bench/state/run.sh --large    # only (e): a 100 MB state written, read, diffed, paged
 #
 # Environment: CARGO_TARGET_DIR (default bench/state/target), AIRLOCK_BIN (skip building
 # airlock, use this binary), AIRLOCK_TEST_DATABASE_URL (use this PostgreSQL instead of a
@@ -23,8 +25,10 @@ mode=full
 for arg in "$@"; do
     case "$arg" in
     --quick) mode=quick ;;
+    --write) mode=write ;;
+    --large) mode=large ;;
     -h | --help)
-        sed -n '2,18p' "$0"
+        sed -n '2,20p' "$0"
         exit 0
         ;;
     *)
@@ -88,7 +92,9 @@ fi
 # ---------------------------------------------------------------- inner part: the run
 mode="${AIRLOCK_BENCH_MODE:-$mode}"
 : "${AIRLOCK_TEST_DATABASE_URL:?run through scripts/with-postgres.sh}"
-if [ "$mode" = quick ]; then
+if [ "$mode" = write ] || [ "$mode" = large ]; then
+    reps=0 lat_secs=15 read_secs=4 versions=0 hist_secs=0
+elif [ "$mode" = quick ]; then
     reps=2 lat_secs=5 read_secs=4 versions=100 hist_secs=180
 else
     reps=7 lat_secs=15 read_secs=10 versions=1000 hist_secs=540
@@ -255,30 +261,57 @@ stop_server "$tf_pid" sqlite-tf
 # ---------------------------------------------------------------- (b) + (d) latency, reads
 # run_load CONFIG URLS: the latency and read runs against already started servers.
 run_load() {
-    local config="$1" urls="$2" first="${2%%,*}"
+    local config="$1" urls="$2" first="${2%%,*}" spids="$3"
     local stacks="bench/lat1-0,bench/reads"
     for i in 0 1 2 3 4 5 6 7; do stacks="$stacks,bench/lat8-$i"; done
     "$LOADGEN_BIN" create-stacks --url "$first" --token "$admin_token" --stacks "$stacks"
     log "    $config: lock+write+unlock, 1 client"
+    local perf_pid=""
+    if [ -n "${BENCH_PROFILE:-}" ] && [ "$config" = sqlite1 ]; then
+        # A CPU profile of the server during the 1-client run (software clock samples: works
+        # in VMs without hardware counters); `perf report -i $out/perf-c1.data` reads it.
+        perf record -q -F 499 -g -e cpu-clock -p "$spids" -o "$out/perf-c1.data" -- sleep "$((lat_secs + 1))" \
+            >"$out/perf-record.log" 2>&1 &
+        perf_pid=$!
+    fi
     "$LOADGEN_BIN" latency --urls "$urls" --token "$admin_token" --stack-prefix bench/lat1 \
-        --clients 1 --state-bytes 1000000 --max-secs "$lat_secs" --tag "lat.$config.c1" >>"$results"
+        --clients 1 --state-bytes 1000000 --max-secs "$lat_secs" --server-pids "$spids" --tag "lat.$config.c1" >>"$results"
+    [ -n "$perf_pid" ] && wait "$perf_pid"
     log "    $config: lock+write+unlock, 8 clients"
     "$LOADGEN_BIN" latency --urls "$urls" --token "$admin_token" --stack-prefix bench/lat8 \
-        --clients 8 --state-bytes 1000000 --max-secs "$lat_secs" --tag "lat.$config.c8" >>"$results"
+        --clients 8 --state-bytes 1000000 --max-secs "$lat_secs" --server-pids "$spids" --tag "lat.$config.c8" >>"$results"
     log "    $config: reads of a 100 KB state, 32 clients"
     "$LOADGEN_BIN" reads --urls "$urls" --token "$admin_token" --stack bench/reads \
         --clients 32 --state-bytes 100000 --secs "$read_secs" --tag "reads.$config" >>"$results"
 }
 
+if [ "$mode" = large ]; then
+    log "(e) a 100 MB state: write, read, diff, show paging (SQLite)"
+    start_server large --data-dir "$out/data-large"
+    "$LOADGEN_BIN" create-stacks --url "$server_url" --token "$admin_token" --stacks bench/large
+    "$LOADGEN_BIN" large --url "$server_url" --token "$admin_token" --stack bench/large \
+        --state-bytes 100000000 --server-pid "$server_pid" --tag large >>"$results"
+    stop_server "$server_pid" large
+    put meta.load_end "$(loadavg)"
+    grep '^large\.' "$results" | tee "$out/report.txt"
+    exit 0
+fi
+
 log "(b) SQLite, one server"
 start_server sqlite1 --data-dir "$out/data-sqlite1"
-run_load sqlite1 "$server_url"
+run_load sqlite1 "$server_url" "$server_pid"
 stop_server "$server_pid" sqlite1
+
+if [ "$mode" = write ]; then
+    put meta.load_end "$(loadavg)"
+    "$LOADGEN_BIN" report "$results" | tee "$out/report.txt"
+    exit 0
+fi
 
 log "(d) PostgreSQL, one server"
 url="$(new_db pg1)"
 start_server pg1 --database-url "$url"
-run_load pg1 "$server_url"
+run_load pg1 "$server_url" "$server_pid"
 stop_server "$server_pid" pg1
 
 log "(d) PostgreSQL, two servers on one database"
@@ -287,7 +320,7 @@ start_server pg2-a --database-url "$url"
 a_url="$server_url" a_pid="$server_pid"
 start_server pg2-b --database-url "$url"
 b_url="$server_url" b_pid="$server_pid"
-run_load pg2 "$a_url,$b_url"
+run_load pg2 "$a_url,$b_url" "$a_pid,$b_pid"
 stop_server "$a_pid" pg2-a
 stop_server "$b_pid" pg2-b
 

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::hash::{Hash, Hasher};
 
-use serde::de::{self, IgnoredAny, MapAccess, Visitor};
+use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
@@ -428,35 +428,107 @@ strict_object!(
     }
 );
 
-/// The top-level `id` of an attributes object, read without keeping anything else.
-struct IdOf(Option<serde_json::Value>);
-
-impl<'de> Deserialize<'de> for IdOf {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = IdOf;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("attributes (a JSON object)")
+/// The raw text of the top-level `id` member of `obj`, a JSON object the state reader has
+/// already validated (serde_json checked it when it captured the raw value): one scan of the
+/// top level that steps over nested values without parsing them (parsing the attributes a
+/// second time cost as much as the first parse). Keys compare after unescaping, as Terraform
+/// reads them (`"i\u0064"` is `id`); a second `id` is refused.
+fn top_level_id(obj: &str) -> Result<Option<&str>, String> {
+    let b = obj.as_bytes();
+    let bad = || "attributes: not a JSON object".to_owned();
+    let mut i = skip_ws(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return Err(bad());
+    }
+    i += 1;
+    let mut found = None;
+    loop {
+        i = skip_ws(b, i);
+        match b.get(i) {
+            Some(b'}') => return Ok(found),
+            Some(b',') => {
+                i += 1;
+                continue;
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<IdOf, A::Error> {
-                let mut id = None;
-                while let Some(key) = map.next_key::<Key<'de>>()? {
-                    if key.0 == "id" {
-                        if id.is_some() {
-                            return Err(de::Error::custom(
-                                "attribute \"id\" appears twice in one object",
-                            ));
-                        }
-                        id = Some(map.next_value::<serde_json::Value>()?);
-                    } else {
-                        map.next_value::<IgnoredAny>()?;
+            Some(b'"') => {}
+            _ => return Err(bad()),
+        }
+        let key_end = string_end(b, i).ok_or_else(bad)?;
+        let key = &obj[i..key_end];
+        let is_id = if key.contains('\\') {
+            serde_json::from_str::<String>(key).map_err(|e| format!("attributes: {e}"))? == "id"
+        } else {
+            key == "\"id\""
+        };
+        i = skip_ws(b, key_end);
+        if b.get(i) != Some(&b':') {
+            return Err(bad());
+        }
+        i = skip_ws(b, i + 1);
+        let start = i;
+        i = value_end(b, i).ok_or_else(bad)?;
+        if is_id {
+            if found.is_some() {
+                return Err("attribute \"id\" appears twice in one object".into());
+            }
+            found = Some(&obj[start..i]);
+        }
+    }
+}
+
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while b.get(i).is_some_and(u8::is_ascii_whitespace) {
+        i += 1;
+    }
+    i
+}
+
+/// The index after the closing quote of the string that opens at `start`.
+fn string_end(b: &[u8], start: usize) -> Option<usize> {
+    let mut i = start + 1;
+    loop {
+        i += memchr::memchr2(b'"', b'\\', b.get(i..)?)?;
+        if b.get(i) == Some(&b'"') {
+            return Some(i + 1);
+        }
+        i += 2;
+    }
+}
+
+/// The index after the JSON value that starts at `i` (nested values stepped over, strings
+/// jumped with `memchr`).
+fn value_end(b: &[u8], mut i: usize) -> Option<usize> {
+    match *b.get(i)? {
+        b'"' => string_end(b, i),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            loop {
+                match *b.get(i)? {
+                    b'"' => {
+                        i = string_end(b, i)?;
+                        continue;
                     }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(i + 1);
+                        }
+                    }
+                    _ => {}
                 }
-                Ok(IdOf(id))
+                i += 1;
             }
         }
-        d.deserialize_map(V)
+        _ => {
+            while b
+                .get(i)
+                .is_some_and(|c| !matches!(c, b',' | b'}' | b']') && !c.is_ascii_whitespace())
+            {
+                i += 1;
+            }
+            Some(i)
+        }
     }
 }
 
@@ -476,16 +548,17 @@ fn object_identity(inst: &InstanceV4<'_>) -> Result<ObjectIdentity, String> {
     }
     .map(RawValue::get)
     .filter(|a| a.trim_start().starts_with('{'));
-    let id = match attrs {
+    let id = match attrs.map(top_level_id).transpose()?.flatten() {
         None => None,
-        Some(text) => serde_json::from_str::<IdOf>(text)
-            .map_err(|e| format!("attributes: {e}"))?
-            .0
-            .filter(|v| !v.is_null())
-            .map(|v| match v {
-                serde_json::Value::String(s) => digest(&[b"s", s.as_bytes()]),
-                other => digest(&[b"j", other.to_string().as_bytes()]),
-            }),
+        Some(raw) => Some(
+            serde_json::from_str::<serde_json::Value>(raw)
+                .map_err(|e| format!("attributes: {e}"))?,
+        )
+        .filter(|v| !v.is_null())
+        .map(|v| match v {
+            serde_json::Value::String(s) => digest(&[b"s", s.as_bytes()]),
+            other => digest(&[b"j", other.to_string().as_bytes()]),
+        }),
     };
     let identity = inst
         .identity
@@ -521,21 +594,20 @@ const MAX_LINEAGE_LEN: usize = 128;
 /// up beyond 10,000 levels: a deeper state could be stored but never loaded again.
 pub const MAX_NESTING: usize = 10_000;
 
-/// Whether brackets nest deeper than `max` (outside strings). Linear, no recursion.
+/// Whether brackets nest deeper than `max` (outside strings). Linear, no recursion; strings
+/// are jumped over with `memchr`.
 fn nests_deeper_than(body: &[u8], max: usize) -> bool {
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-    for &b in body {
-        if in_string {
-            match b {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
+    let (mut depth, mut i) = (0usize, 0usize);
+    while let Some(&b) = body.get(i) {
         match b {
-            b'"' => in_string = true,
+            b'"' => match string_end(body, i) {
+                Some(end) => {
+                    i = end;
+                    continue;
+                }
+                // An unterminated string: nothing after it nests, and the parser refuses it.
+                None => return false,
+            },
             b'[' | b'{' => {
                 depth += 1;
                 if depth > max {
@@ -545,6 +617,7 @@ fn nests_deeper_than(body: &[u8], max: usize) -> bool {
             b']' | b'}' => depth = depth.saturating_sub(1),
             _ => {}
         }
+        i += 1;
     }
     false
 }
@@ -1402,5 +1475,30 @@ mod tests {
         // Data sources are never removals.
         let data = doc(&[db(r#"{"attributes":{"id":"a"}}"#).replace("managed", "data")]);
         assert!(removed(&data, &doc(&[])).is_empty());
+    }
+
+    #[test]
+    fn top_level_id_reads_only_the_top_level() {
+        let cases: &[(&str, Option<&str>)] = &[
+            (r#"{"id":"a"}"#, Some(r#""a""#)),
+            (r#"{ "x" : {"id":"inner"}, "id" : 7 }"#, Some("7")),
+            (
+                r#"{"x":[{"id":1},"]}\"{"],"y":"\"id\"","id":null}"#,
+                Some("null"),
+            ),
+            (r#"{"i\u0064":"esc"}"#, Some(r#""esc""#)),
+            (r#"{"x":"id","ids":1,"Id":2}"#, None),
+            (r#"{}"#, None),
+            (
+                r#"{"a":true,"b":-1.5e3,"id":{"k":["v"]}}"#,
+                Some(r#"{"k":["v"]}"#),
+            ),
+        ];
+        for (obj, want) in cases {
+            assert_eq!(top_level_id(obj).unwrap(), *want, "{obj}");
+        }
+        for dup in [r#"{"id":1,"id":2}"#, r#"{"id":1,"i\u0064":2}"#] {
+            assert!(top_level_id(dup).unwrap_err().contains("twice"), "{dup}");
+        }
     }
 }

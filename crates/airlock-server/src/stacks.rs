@@ -117,22 +117,29 @@ pub async fn read_body(body: Body, limit: usize) -> ApiResult<Vec<u8>> {
             format!("request body is larger than the {limit}-byte limit"),
         )
     };
-    if body.size_hint().lower() > u64::try_from(limit).unwrap_or(u64::MAX) {
+    let declared = body.size_hint().lower();
+    if declared > u64::try_from(limit).unwrap_or(u64::MAX) {
         return Err(too_large());
     }
-    match http_body_util::Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes().to_vec()),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(too_large())
+    // One buffer, sized by Content-Length when there is one: the body is held once (collecting
+    // the frames, joining them and copying the result held a big body three times).
+    let mut out = Vec::with_capacity(usize::try_from(declared).unwrap_or(0));
+    let mut body = body;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            ApiError::new(
+                RefusalKind::BadRequest,
+                format!("could not read the request body: {e}"),
+            )
+        })?;
+        if let Ok(data) = frame.into_data() {
+            if data.len() > limit - out.len() {
+                return Err(too_large());
+            }
+            out.extend_from_slice(&data);
         }
-        Err(e) => Err(ApiError::new(
-            RefusalKind::BadRequest,
-            format!("could not read the request body: {e}"),
-        )),
     }
+    Ok(out)
 }
 
 /// Parses (or fetches from cache) the summary of the version with this hash.
@@ -185,7 +192,6 @@ pub async fn firewalled_write(
     let summary = Arc::new(StateSummary::parse(&body).map_err(|e| {
         ApiError::new(RefusalKind::BadRequest, format!("state write refused: {e}"))
     })?);
-    let sha = hex::encode(airlock_store::blob::sha256(&body));
     let size = body.len();
     let attempt = WriteAttempt {
         serial: summary.serial,
@@ -203,44 +209,45 @@ pub async fn firewalled_write(
         },
         body,
     };
-    let (st, p, s, sum, sha2) = (
+    let (st, p, s, sum) = (
         Arc::clone(state),
         principal.clone(),
         stack.to_owned(),
         Arc::clone(&summary),
-        sha.clone(),
     );
     let result = blocking(state, move |store| {
-        let k = match &kind {
-            WriteKindOwned::Backend { lock_id } => WriteKind::Backend {
-                lock_id: lock_id.as_deref(),
-            },
-            WriteKindOwned::Restore { from_serial } => WriteKind::Restore {
-                from_serial: *from_serial,
-            },
-        };
-        let candidate = Candidate {
-            principal: &p,
-            kind: k,
-            summary: &sum,
-            sha256: &sha2,
-            size,
-            run_authorized,
-            run_id: p.run_id.as_deref(),
-        };
         let current = |ctx: &airlock_store::WriteContext<'_>| match ctx.current {
             Some(v) => summary_for(&st, &v.sha256, ctx.load_current),
             None => Err(Refusal::new(RefusalKind::Conflict, "no current version")),
         };
+        // The body's SHA-256 is the store's, computed once with its chunks.
         store.write_state(&s, attempt, &mut |ctx| {
+            let sha256 = hex::encode(ctx.sha256);
+            let kind = match &kind {
+                WriteKindOwned::Backend { lock_id } => WriteKind::Backend {
+                    lock_id: lock_id.as_deref(),
+                },
+                WriteKindOwned::Restore { from_serial } => WriteKind::Restore {
+                    from_serial: *from_serial,
+                },
+            };
+            let candidate = Candidate {
+                principal: &p,
+                kind,
+                summary: &sum,
+                sha256: &sha256,
+                size,
+                run_authorized,
+                run_id: p.run_id.as_deref(),
+            };
             firewall::check_write(ctx, &candidate, &current)
         })
     })
     .await??;
     match &result {
-        WriteResult::Stored(_) => {
+        WriteResult::Stored(v) => {
             state.metrics.write();
-            state.cache.put_summary(&sha, summary);
+            state.cache.put_summary(&v.sha256, summary);
         }
         WriteResult::Refused(r) => {
             state.metrics.write_refused();

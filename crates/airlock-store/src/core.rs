@@ -190,23 +190,48 @@ pub fn version_bytes(db: &mut dyn Sql, stack: &str, serial: u64) -> Result<Vec<u
     version_bytes_of(db, id, serial)
 }
 
-/// A state body chunked, hashed and compressed: the expensive part of a write, done before
-/// any transaction starts.
+/// A state body chunked and hashed (each byte once for the body's SHA-256, once for its
+/// chunk's), with the chunks that were not stored yet compressed: the expensive part of a write,
+/// done before any transaction starts.
 pub struct Prepared<'b> {
     chunks: Vec<blob::Chunk<'b>>,
-    compressed: Vec<Vec<u8>>,
+    /// Chunk `i` compressed, when it was not stored yet (see [`Sql::put_chunks`]).
+    compressed: Vec<Option<Vec<u8>>>,
     sha: [u8; 32],
     size: i64,
 }
 
+/// Chunks and hashes `body`; nothing is compressed yet (see [`Prepared::compress_missing`]).
 pub fn prepare(body: &[u8]) -> Prepared<'_> {
     let chunks = blob::split(body);
-    let compressed = chunks.iter().map(|c| blob::compress(c.raw)).collect();
     Prepared {
+        compressed: chunks.iter().map(|_| None).collect(),
         chunks,
-        compressed,
         sha: blob::sha256(body),
         size: body.len() as i64,
+    }
+}
+
+/// Raw bytes of new chunks compressed before the transaction (what a typical write changes);
+/// beyond it (a first write of a big state), `put_chunks` compresses each remaining chunk as
+/// it inserts it, so a write never holds all its compressed chunks at once besides its body.
+const PRECOMPRESS_BYTES: usize = 4 * 1024 * 1024;
+
+impl Prepared<'_> {
+    /// Compresses the chunks `db` does not hold yet, up to [`PRECOMPRESS_BYTES`] of them.
+    /// Chunks are never deleted, so what is stored now is stored at commit; `put_chunks`
+    /// compresses any other missing one anyway.
+    pub fn compress_missing(&mut self, db: &mut dyn Sql) -> Result<()> {
+        let present = db.present_chunks(&self.chunks)?;
+        let mut budget = PRECOMPRESS_BYTES;
+        for (c, z) in self.chunks.iter().zip(self.compressed.iter_mut()) {
+            if present.contains(&c.hash) || z.is_some() || c.raw.len() > budget {
+                continue;
+            }
+            budget -= c.raw.len();
+            *z = Some(blob::compress(c.raw));
+        }
+        Ok(())
     }
 }
 
@@ -279,6 +304,7 @@ pub fn write_state(
             current: current.as_ref(),
             grants: &grants,
             load_current: &load_current,
+            sha256: &p.sha,
         };
         check(&ctx)
     };
@@ -1818,8 +1844,10 @@ impl<E: Engine> Store for E {
         check: &mut WriteCheck<'_>,
     ) -> Result<WriteResult> {
         check_attempt(&attempt)?;
-        // Chunk, hash and compress before any lock is taken: it is the expensive part.
-        let p = prepare(&attempt.body);
+        // Chunk, hash and compress the new chunks before any lock is taken: it is the
+        // expensive part.
+        let mut p = prepare(&attempt.body);
+        self.read(|db| p.compress_missing(db))?;
         self.write(|db| write_state(db, stack, &attempt, &p, check))
     }
 
@@ -1943,8 +1971,9 @@ impl<E: Engine> StoreImport for E {
     }
 
     fn import_version(&self, meta: &VersionMeta, bytes: &[u8]) -> Result<()> {
-        let p = prepare(bytes);
+        let mut p = prepare(bytes);
         check_import_bytes(meta, &p)?;
+        self.read(|db| p.compress_missing(db))?;
         self.write(|db| import_version(db, meta, &p))
     }
 
@@ -2033,5 +2062,55 @@ impl<E: Engine> StoreStats for E {
             )?;
             Ok(chunks + lists)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::SqliteStore;
+
+    /// A write compresses only the chunks the database does not hold yet: after one version
+    /// of a 0.8 MB body, the next (one value changed) compresses at most two of its chunks.
+    #[test]
+    fn only_new_chunks_are_compressed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("a.db")).unwrap();
+        let doc = |v: &str| -> Vec<u8> {
+            (0..40_000)
+                .map(|i| format!("{{\"r{i}\":\"{}\"}},", if i == 20_000 { v } else { "same" }))
+                .collect::<String>()
+                .into_bytes()
+        };
+        let (a, b) = (doc("one"), doc("two"));
+        let compressed = |p: &Prepared<'_>| p.compressed.iter().filter(|z| z.is_some()).count();
+        let mut p = prepare(&a);
+        store.read(|db| p.compress_missing(db)).unwrap();
+        assert_eq!(compressed(&p), p.chunks.len());
+        assert!(p.chunks.len() > 5, "{} chunks", p.chunks.len());
+        store
+            .write(|db| db.put_chunks(&p.chunks, &p.compressed))
+            .unwrap();
+        let mut q = prepare(&b);
+        store.read(|db| q.compress_missing(db)).unwrap();
+        assert!(
+            (1..=2).contains(&compressed(&q)),
+            "{} compressed",
+            compressed(&q)
+        );
+        // A chunk thought stored but missing at insert time is compressed and stored anyway.
+        let fresh = tempfile::tempdir().unwrap();
+        let other = SqliteStore::open(&fresh.path().join("b.db")).unwrap();
+        other
+            .write(|db| db.put_chunks(&q.chunks, &q.compressed))
+            .unwrap();
+        let hashes: Vec<[u8; 32]> = q.chunks.iter().map(|c| c.hash).collect();
+        let stored = other.read(|db| db.load_chunks(&hashes)).unwrap();
+        let mut joined = Vec::new();
+        for c in &q.chunks {
+            let (data, raw_len) = &stored[&c.hash[..]];
+            joined.extend(blob::decompress(data, *raw_len as usize).unwrap());
+        }
+        assert_eq!(joined, b);
     }
 }

@@ -501,6 +501,8 @@ pub struct WriteContext<'a> {
     pub grants: &'a [GrantRecord],
     /// Loads the current version's bytes (only if the firewall needs them).
     pub load_current: &'a dyn Fn() -> Result<Vec<u8>, crate::StoreError>,
+    /// SHA-256 of the attempt's body, computed once by the store.
+    pub sha256: &'a [u8; 32],
 }
 
 /// The firewall's verdict on a write.

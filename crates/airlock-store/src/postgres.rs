@@ -3,6 +3,7 @@
 //! row (`SELECT ... FOR UPDATE`) and every audit append locks its chain's head row, so locks,
 //! state writes and the audit hash chains stay linearizable across processes.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -345,36 +346,53 @@ impl<C: GenericClient> Sql for Db<'_, C> {
         Ok(())
     }
 
-    /// One round trip for the lookup and one for the insert, whatever the number of chunks.
-    fn put_chunks(&mut self, chunks: &[blob::Chunk<'_>], compressed: &[Vec<u8>]) -> Result<()> {
-        let mut all: Vec<(&[u8; 32], &[u8], i64)> = chunks
-            .iter()
-            .zip(compressed)
-            .map(|(c, z)| (&c.hash, &z[..], c.raw.len() as i64))
-            .collect();
-        all.sort_by(|a, b| a.0.cmp(b.0));
-        all.dedup_by(|a, b| a.0 == b.0);
-        let hashes: Vec<&[u8]> = all.iter().map(|c| &c.0[..]).collect();
-        let lookup = self.statement("SELECT hash FROM chunks WHERE hash = ANY($1)")?;
-        let present: HashSet<Vec<u8>> = self
-            .c
-            .query(&lookup, &[&hashes])?
-            .iter()
-            .map(|r| r.try_get(0))
-            .collect::<std::result::Result<_, _>>()?;
-        let missing: Vec<_> = all
-            .into_iter()
-            .filter(|c| !present.contains(&c.0[..]))
-            .collect();
-        if missing.is_empty() {
+    /// One round trip for the lookup and one for the insert, whatever the number of chunks;
+    /// a chunk not compressed beforehand is compressed only if it is missing.
+    fn put_chunks(
+        &mut self,
+        chunks: &[blob::Chunk<'_>],
+        compressed: &[Option<Vec<u8>>],
+    ) -> Result<()> {
+        let present = self.present_chunks(chunks)?;
+        let (mut hashes, mut data, mut raw_lens) = (Vec::new(), Vec::new(), Vec::new());
+        let mut done = HashSet::new();
+        for (c, z) in chunks.iter().zip(compressed) {
+            if present.contains(&c.hash) || !done.insert(c.hash) {
+                continue;
+            }
+            hashes.push(&c.hash[..]);
+            data.push(match z {
+                Some(z) => Cow::Borrowed(&z[..]),
+                None => Cow::Owned(blob::compress(c.raw)),
+            });
+            raw_lens.push(c.raw.len() as i64);
+        }
+        if hashes.is_empty() {
             return Ok(());
         }
-        let hashes: Vec<&[u8]> = missing.iter().map(|c| &c.0[..]).collect();
-        let data: Vec<&[u8]> = missing.iter().map(|c| c.1).collect();
-        let raw_lens: Vec<i64> = missing.iter().map(|c| c.2).collect();
+        let data: Vec<&[u8]> = data.iter().map(|d| &d[..]).collect();
         let insert = self.statement("INSERT INTO chunks (hash, data, raw_len) SELECT * FROM UNNEST($1::bytea[], $2::bytea[], $3::bigint[]) ON CONFLICT DO NOTHING")?;
         self.c.execute(&insert, &[&hashes, &data, &raw_lens])?;
         Ok(())
+    }
+
+    /// One round trip, whatever the number of chunks.
+    fn present_chunks(&mut self, chunks: &[blob::Chunk<'_>]) -> Result<HashSet<[u8; 32]>> {
+        let hashes: Vec<&[u8]> = chunks
+            .iter()
+            .map(|c| &c.hash[..])
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let lookup = self.statement("SELECT hash FROM chunks WHERE hash = ANY($1)")?;
+        let mut present = HashSet::new();
+        for r in self.c.query(&lookup, &[&hashes])? {
+            let h: Vec<u8> = r.try_get(0)?;
+            if let Ok(h) = <[u8; 32]>::try_from(h) {
+                present.insert(h);
+            }
+        }
+        Ok(present)
     }
 
     /// One round trip for all the chunks of a version.

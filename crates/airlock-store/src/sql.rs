@@ -194,19 +194,49 @@ pub trait Sql {
         Ok(self.query(sql, params)?.into_iter().next())
     }
 
-    /// Stores content chunks that are not stored yet.
+    /// Stores content chunks that are not stored yet. `compressed[i]` is chunk `i` already
+    /// compressed, or `None` when it was stored when the write was prepared: such a chunk is
+    /// compressed here only if it is missing after all, so a chunk is compressed at most once
+    /// and only when it is new.
     fn put_chunks(
         &mut self,
         chunks: &[crate::blob::Chunk<'_>],
-        compressed: &[Vec<u8>],
+        compressed: &[Option<Vec<u8>>],
     ) -> Result<()> {
+        let present = self.present_chunks(chunks)?;
+        let mut done = std::collections::HashSet::new();
         for (c, z) in chunks.iter().zip(compressed) {
+            if present.contains(&c.hash) || !done.insert(c.hash) {
+                continue;
+            }
+            let data = match z {
+                Some(z) => z.clone(),
+                None => crate::blob::compress(c.raw),
+            };
             self.execute(
                 "INSERT INTO chunks (hash, data, raw_len) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-                params![&c.hash[..], z.clone(), c.raw.len() as i64],
+                params![&c.hash[..], data, c.raw.len() as i64],
             )?;
         }
         Ok(())
+    }
+
+    /// Which of these chunks are stored already.
+    fn present_chunks(
+        &mut self,
+        chunks: &[crate::blob::Chunk<'_>],
+    ) -> Result<std::collections::HashSet<[u8; 32]>> {
+        let mut out = std::collections::HashSet::new();
+        for c in chunks {
+            if !out.contains(&c.hash)
+                && self
+                    .query_opt("SELECT 1 FROM chunks WHERE hash = $1", params![&c.hash[..]])?
+                    .is_some()
+            {
+                out.insert(c.hash);
+            }
+        }
+        Ok(out)
     }
 
     /// The stored (compressed data, raw length) of each distinct chunk hash that exists.

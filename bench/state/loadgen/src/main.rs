@@ -24,10 +24,12 @@ type Res<T> = Result<T, String>;
 const USAGE: &str = "usage: loadgen <create-stacks|latency|reads|history|stored-bytes|report> [--flag value]...
   create-stacks --url U --token T --stacks a,b,c
   latency  --urls U1[,U2] --token T --stack-prefix bench/lat --clients N --state-bytes B
-           [--warmup 5] [--max-iters 2000] [--max-secs 15] [--tag T]
+           [--warmup 5] [--max-iters 2000] [--max-secs 15] [--server-pids P1[,P2]] [--tag T]
   reads    --urls U1[,U2] --token T --stack S --state-bytes B --clients N [--secs 10] [--tag T]
   history  --url U --token T --stack S --state-bytes B --versions N [--max-secs 600] [--tag T]
   stored-bytes --db PATH [--tag T]
+  large    --url U --token T --stack S --state-bytes B --server-pid P [--tag T]
+           (issue 17 §4: write, read, diff and page a big state; server CPU and peak RSS per step)
   fsync    --dir D [--count 200] [--tag T]   (append 4 KiB + fdatasync, as a WAL commit does)
   report   RESULTS_FILE";
 
@@ -48,6 +50,7 @@ fn main() -> ExitCode {
             "reads" => reads(&f),
             "history" => history(&f),
             "stored-bytes" => stored_bytes(&f),
+            "large" => large(&f),
             "fsync" => fsync_probe(&f),
             other => Err(format!("unknown subcommand {other}\n{USAGE}")),
         }),
@@ -258,6 +261,13 @@ fn latency(f: &Flags) -> Res<()> {
     let max_iters = f.num("max-iters", Some(2000))?;
     let max_secs = f.num("max-secs", Some(15))?;
     let tag = f.tag();
+    let server_pids: Vec<u32> = match f.0.get("server-pids") {
+        None => Vec::new(),
+        Some(list) => list
+            .split(',')
+            .map(|p| p.parse().map_err(|_| format!("--server-pids {list}: not a pid list")))
+            .collect::<Res<_>>()?,
+    };
 
     let barrier = Arc::new(Barrier::new(clients + 1));
     let mut handles = Vec::new();
@@ -289,6 +299,7 @@ fn latency(f: &Flags) -> Res<()> {
     }
     barrier.wait();
     let start = Instant::now();
+    let cpu_start = server_cpu_ticks(&server_pids)?;
     let mut all = Vec::new();
     let mut errors = Vec::new();
     for h in handles {
@@ -299,8 +310,15 @@ fn latency(f: &Flags) -> Res<()> {
         }
     }
     let elapsed = start.elapsed();
+    let cpu_end = server_cpu_ticks(&server_pids)?;
     if !errors.is_empty() {
         return Err(format!("{} client(s) failed; first: {}", errors.len(), errors[0]));
+    }
+    if !server_pids.is_empty() && !all.is_empty() {
+        // Server CPU (user + system, all threads) over the timed cycles only.
+        let ms = (cpu_end - cpu_start) as f64 * 1000.0 / clock_ticks_per_sec() as f64;
+        emit(&tag, "server_cpu_ms", format!("{ms:.0}"));
+        emit(&tag, "server_cpu_ms_per_cycle", format!("{:.2}", ms / all.len() as f64));
     }
     let mut total: Vec<Duration> = all.iter().map(|c| c.lock + c.write + c.unlock).collect();
     let mut lock: Vec<Duration> = all.iter().map(|c| c.lock).collect();
@@ -322,6 +340,35 @@ fn latency(f: &Flags) -> Res<()> {
         emit(&tag, &format!("{name}_p99_ms"), ms(pct(v, 0.99)));
     }
     Ok(())
+}
+
+/// utime + stime of the processes (all their threads), in clock ticks, from `/proc/PID/stat`.
+fn server_cpu_ticks(pids: &[u32]) -> Res<u64> {
+    let mut sum = 0;
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map_err(|e| format!("/proc/{pid}/stat: {e}"))?;
+        // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let t = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok());
+        match (t(11), t(12)) {
+            (Some(u), Some(s)) => sum += u + s,
+            _ => return Err(format!("/proc/{pid}/stat: unexpected format")),
+        }
+    }
+    Ok(sum)
+}
+
+/// `getconf CLK_TCK`; 100 on every Linux configuration in practice.
+fn clock_ticks_per_sec() -> u64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100)
 }
 
 fn reads(f: &Flags) -> Res<()> {
@@ -436,6 +483,80 @@ fn history(f: &Flags) -> Res<()> {
     emit(&tag, "secs", format!("{:.1}", start.elapsed().as_secs_f64()));
     emit(&tag, "write_p50_ms", ms(pct(&writes, 0.50)));
     emit(&tag, "write_p99_ms", ms(pct(&writes, 0.99)));
+    Ok(())
+}
+
+/// `VmRSS` and `VmHWM` (peak) of a process, in bytes.
+fn rss(pid: u32) -> Res<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| format!("/proc/{pid}/status: {e}"))?;
+    let kb = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|k| k * 1024)
+            .ok_or_else(|| format!("/proc/{pid}/status has no {key}"))
+    };
+    Ok((kb("VmRSS:")?, kb("VmHWM:")?))
+}
+
+/// Runs `step` and reports its wall time, the server's CPU and the server's peak RSS above
+/// its RSS before the step (`/proc/PID/clear_refs` resets the peak; needs the same user).
+fn measured<T>(tag: &str, name: &str, pid: u32, step: impl FnOnce() -> Res<T>) -> Res<T> {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5")
+        .map_err(|e| format!("resetting the peak RSS of {pid}: {e}"))?;
+    let (before, _) = rss(pid)?;
+    let cpu0 = server_cpu_ticks(&[pid])?;
+    let t = Instant::now();
+    let out = step()?;
+    let wall = t.elapsed();
+    let cpu = (server_cpu_ticks(&[pid])? - cpu0) as f64 * 1000.0 / clock_ticks_per_sec() as f64;
+    let (_, peak) = rss(pid)?;
+    emit(tag, &format!("{name}.wall_ms"), format!("{:.0}", wall.as_secs_f64() * 1000.0));
+    emit(tag, &format!("{name}.server_cpu_ms"), format!("{cpu:.0}"));
+    emit(tag, &format!("{name}.peak_rss_delta_mb"), format!("{:.1}", peak.saturating_sub(before) as f64 / 1e6));
+    Ok(out)
+}
+
+fn large(f: &Flags) -> Res<()> {
+    let targets = f.targets()?;
+    let target = targets.first().ok_or("no URL")?.clone();
+    let token = f.str("token")?;
+    let stack = f.str("stack")?;
+    let bytes = f.num("state-bytes", None)? as usize;
+    let pid = f.num("server-pid", None)? as u32;
+    let tag = f.tag();
+    let mut w = Writer::new(&targets, token, stack, bytes, 7, 0);
+    measured(&tag, "write1", pid, || w.cycle())?;
+    emit(&tag, "state_bytes", w.body.len());
+    emit(&tag, "instances", w.doc.instance_count());
+    measured(&tag, "write2", pid, || w.cycle())?;
+    let mut conn = Conn::new(&target, token);
+    let mut out = Vec::new();
+    let mut get = |path: &str, out: &mut Vec<u8>| -> Res<()> {
+        let status = conn
+            .request("GET", path, &[], &[], out)
+            .map_err(|e| format!("GET {path}: {e}"))?;
+        if status != 200 {
+            return Err(format!("GET {path}: HTTP {status}: {}", String::from_utf8_lossy(&out[..out.len().min(300)])));
+        }
+        Ok(())
+    };
+    measured(&tag, "read", pid, || get(&format!("/state/{stack}"), &mut out))?;
+    if out.len() != w.body.len() {
+        return Err(format!("read {} bytes, wrote {}", out.len(), w.body.len()));
+    }
+    let api = format!("/api/v1/stacks/{}", stack.replace('/', "%2F"));
+    measured(&tag, "diff", pid, || get(&format!("{api}/diff?from=1&to=2"), &mut out))?;
+    emit(&tag, "diff.response_bytes", out.len());
+    measured(&tag, "diff_attributes", pid, || get(&format!("{api}/diff?from=1&to=2&detail=attributes"), &mut out))?;
+    // `state show` paging: the first page, then a page at the end (the summary is cached
+    // after the first).
+    measured(&tag, "show_first_page", pid, || get(&format!("{api}/versions/2?limit=100"), &mut out))?;
+    emit(&tag, "show_first_page.response_bytes", out.len());
+    let last = w.doc.instance_count().saturating_sub(100);
+    measured(&tag, "show_last_page", pid, || get(&format!("{api}/versions/2?limit=100&offset={last}"), &mut out))?;
     Ok(())
 }
 

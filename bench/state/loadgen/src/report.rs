@@ -173,6 +173,8 @@ pub fn run(path: &str) -> Result<(), String> {
     p(pair_row("1 client    p50 / p99", 1));
     p(pair_row("8 clients   p50 / p99", 8));
     p(row("8 clients   cycles/s", &|c| format!("lat.{c}.c8.cycles_per_s"), 0));
+    p(row("1 client    server CPU ms / cycle", &|c| format!("lat.{c}.c1.server_cpu_ms_per_cycle"), 2));
+    p(row("8 clients   server CPU ms / cycle", &|c| format!("lat.{c}.c8.server_cpu_ms_per_cycle"), 2));
     for op in ["lock", "write", "unlock"] {
         let mut s = format!("    {:<34}", format!("8 clients   {op} p50 / p99"));
         for (c, _) in CONFIGS {
@@ -201,6 +203,24 @@ pub fn run(path: &str) -> Result<(), String> {
         "    target: p99 <= 10 ms (SQLite, 8 clients): {} ms -> {}",
         f(p99, 1),
         verdict(p99.map(|x| x <= 10.0))
+    ));
+    // Issue 17 §1.
+    let cpu = r.num("lat.sqlite1.c1.server_cpu_ms_per_cycle");
+    p(format!(
+        "    target: server CPU <= 4 ms per 1 MB cycle (SQLite, 1 client): {} ms -> {}",
+        f(cpu, 2),
+        verdict(cpu.map(|x| x <= 4.0))
+    ));
+    let p99_1 = r.num("lat.sqlite1.c1.p99_ms");
+    p(format!(
+        "    target: p99 <= 8 ms (SQLite, 1 client): {} ms -> {}",
+        f(p99_1, 1),
+        verdict(p99_1.map(|x| x <= 8.0))
+    ));
+    p(format!(
+        "    target: p99 <= 25 ms (SQLite, 8 clients, issue 17): {} ms -> {}",
+        f(p99, 1),
+        verdict(p99.map(|x| x <= 25.0))
     ));
     let rps = r.num("reads.sqlite1.reads_per_s");
     p(format!(
