@@ -283,13 +283,19 @@ fn bucket_versioning(
     file: &str,
     line: usize,
 ) -> Vec<Finding> {
-    let Some(Attr {
-        value: Val::Str(bucket),
-        ..
-    }) = backend.attr(attr)
-    else {
-        return Vec::new();
+    let bucket = match backend.attr(attr) {
+        Some(Attr {
+            value: Val::Str(b), ..
+        }) => b.clone(),
+        Some(a) => {
+            return vec![finding(Q::State, V::Unknown, "state.bucket_versioning", file, line, format!(
+                "the state bucket of {dir} is {}: whether it keeps versions cannot be known from here",
+                a.value.show()
+            ))]
+        }
+        None => return Vec::new(),
     };
+    let bucket = &bucket;
     let Some(entry) = catalogue::entry(bucket_type) else {
         return Vec::new();
     };

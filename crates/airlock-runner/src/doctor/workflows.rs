@@ -623,7 +623,7 @@ pub fn findings(repo: &Repo, config_findings: &[Finding]) -> Vec<Finding> {
                 "no CI job applies: apply and destroy run from whichever machine holds credentials",
             )
         };
-        let file = repo.ci.first().map_or(".", |f| f.path.as_str());
+        let file = ".";
         out.push(
             finding(Q::WhoCanApply, v, "apply.no_ci", file, 0, msg).todo(
                 "Apply from CI only, through airlock (`airlock ci init github|gitlab`)".to_owned(),
@@ -632,7 +632,7 @@ pub fn findings(repo: &Repo, config_findings: &[Finding]) -> Vec<Finding> {
         out.push(finding(Q::PlanToApply, if airlock_state { V::Unknown } else { V::Discipline }, "plan_to_apply.no_ci", file, 0,
             "no CI job applies: whether the applied plan is the reviewed one depends on whoever runs terraform"));
     }
-    let file = repo.ci.first().map_or(".", |f| f.path.as_str());
+    let file = ".";
     match (pr_plan, pr_comment, pr_check) {
         (_, true, true) => {}
         (_, true, false) => out.push(finding(Q::Visibility, V::Discipline, "visibility.no_gate", file, 0,

@@ -5,6 +5,7 @@ pub mod backup;
 pub mod check;
 pub mod ci;
 pub mod client;
+pub mod doctor;
 pub mod guard;
 pub mod mcp;
 pub mod migrate;
