@@ -620,6 +620,20 @@ pub enum BackupCommand {
         /// Output format.
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         format: OutputFormat,
+        /// Also report the result to the airlock server the backup was exported from
+        /// (AIRLOCK_URL, AIRLOCK_TOKEN of the ci or admin role); it is audited as
+        /// `backup.verify`, and `airlock doctor --server` reads it.
+        #[arg(long)]
+        record: bool,
+        /// Server URL (with --record).
+        #[arg(long, env = "AIRLOCK_URL", default_value = "http://127.0.0.1:8750")]
+        url: String,
+        /// API token (with --record).
+        #[arg(long, env = "AIRLOCK_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Extra CA certificate(s) to trust for an https:// server (PEM).
+        #[arg(long, env = "AIRLOCK_CA_CERT")]
+        ca_cert: Option<PathBuf>,
     },
     /// Restore a verified backup into an EMPTY store (SQLite or PostgreSQL), losslessly: same
     /// serials, hashes, authors, times, tokens and audit records. Run it before any server.

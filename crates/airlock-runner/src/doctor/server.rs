@@ -36,9 +36,29 @@ pub struct StackFact {
     pub apply_from: Vec<Role>,
 }
 
-/// What the server told us; `None` where the token may not ask (and why).
+/// One recorded `airlock backup verify` run (the `backup.verify` audit event).
+#[derive(Debug, Clone)]
+pub struct VerifyFact {
+    /// When it was recorded, ms since the epoch.
+    pub at: i64,
+    /// Who recorded it.
+    pub actor: String,
+    /// Whether the backup verified.
+    pub ok: bool,
+    /// When the verified backup was exported, ms since the epoch.
+    pub exported_at: i64,
+}
+
+/// A recorded verification older than this is itself a finding.
+pub const MAX_VERIFY_AGE_DAYS: i64 = 7;
+
+/// What the server told us; `Err` where the token may not ask (and why).
 #[derive(Debug, Clone)]
 pub struct Facts {
+    /// Now, ms since the epoch (ages are computed against it).
+    pub now: i64,
+    /// Recorded verify runs, newest first, or why they could not be read.
+    pub verifications: Result<Vec<VerifyFact>, String>,
     /// The server's URL.
     pub url: String,
     /// Live tokens, or why they could not be listed.
@@ -172,9 +192,42 @@ pub fn findings(f: &Facts) -> Vec<Finding> {
             }
         }
     }
-    out.push(at(Q::Backups, V::Unknown, "backups.verify_unknown", format!(
-        "when `airlock backup verify` last succeeded cannot be known: {} does not record verify runs (exports and verifies work on the database and backup files directly), so the age of the newest export cannot be known either",
-        f.url
-    )));
+    let days = |ms: i64| (f.now - ms).max(0) / 86_400_000;
+    match &f.verifications {
+        Err(why) => out.push(at(
+            Q::Backups,
+            V::Unknown,
+            "backups.verify_unknown",
+            format!("recorded backup verifications of {}: {why}", f.url),
+        )),
+        Ok(v) => {
+            let last_ok = v.iter().find(|x| x.ok);
+            let newer_failure = v.first().filter(|x| !x.ok);
+            match (last_ok, newer_failure) {
+                (_, Some(fail)) => out.push(at(Q::Backups, V::Fragile, "backups.verify_failed", format!(
+                    "the newest recorded `airlock backup verify` ({} day(s) ago, by {}) FAILED: the newest backup does not restore",
+                    days(fail.at), fail.actor
+                )).todo("Fix the failing backup: `airlock backup export` a fresh one and `airlock backup verify --record` it".to_owned())),
+                (None, None) => out.push(at(Q::Backups, V::Discipline, "backups.never_verified", format!(
+                    "{} has no recorded `airlock backup verify`: whether its backups restore is not known (verify runs are recorded only with --record)",
+                    f.url
+                )).todo("Export airlock's data regularly and check each export with `airlock backup verify --record`".to_owned())),
+                (Some(ok), None) => {
+                    let (age, export_age) = (days(ok.at), days(ok.exported_at));
+                    let v = if age > MAX_VERIFY_AGE_DAYS || export_age > MAX_VERIFY_AGE_DAYS { V::Discipline } else { V::Enforced };
+                    let mut x = at(Q::Backups, v, "backups.verified", format!(
+                        "`airlock backup verify` last succeeded {age} day(s) ago (recorded by {}); the newest verified export is {export_age} day(s) old",
+                        ok.actor
+                    ));
+                    if v == V::Discipline {
+                        x = x.todo(format!("Export and verify airlock's backups at least every {MAX_VERIFY_AGE_DAYS} days"));
+                    }
+                    out.push(x);
+                }
+            }
+        }
+    }
+    out.push(at(Q::Backups, V::Unknown, "backups.export_unknown",
+        "exports the server was not told about (never verified with --record) cannot be known: export reads the database directly".to_owned()));
     out
 }

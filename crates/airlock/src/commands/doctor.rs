@@ -119,7 +119,29 @@ fn server_facts(args: &DoctorArgs) -> anyhow::Result<server::Facts> {
             })
             .collect()
     });
+    let ms = |v: Option<&Value>| match v {
+        Some(Value::String(t)) => airlock_core::time::parse_rfc3339_ms(t).ok(),
+        Some(other) => other.as_i64(),
+        None => None,
+    };
+    let verifications = ask("/api/v1/audit?action=backup.verify&limit=100")?.map(|v| {
+        v.get("events")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| {
+                Some(server::VerifyFact {
+                    at: ms(e.get("at"))?,
+                    actor: e.get("actor")?.as_str()?.to_owned(),
+                    ok: e.pointer("/detail/ok")?.as_bool()?,
+                    exported_at: ms(e.pointer("/detail/exported_at"))?,
+                })
+            })
+            .collect()
+    });
     Ok(server::Facts {
+        now,
+        verifications,
         url: client.base().to_owned(),
         tokens,
         stacks,

@@ -599,11 +599,12 @@ fn server_facts_name_tokens_direct_writes_and_what_cannot_be_known() {
     assert!(has(
         &report,
         "backups",
-        "backups.verify_unknown",
+        "backups.never_verified",
         "airlock server",
         0,
-        "does not record verify runs"
+        "no recorded `airlock backup verify`"
     ));
+    assert_eq!(verdict(&report, "backups"), "discipline");
     // A token that may not list tokens: that part is unknown, not an error.
     let report: Value = serde_json::from_slice(&run(&agent).stdout).unwrap();
     assert!(has(
@@ -616,4 +617,102 @@ fn server_facts_name_tokens_direct_writes_and_what_cannot_be_known() {
     ));
     // An unknown token is an error: exit 1.
     assert_eq!(run("nope").status.code(), Some(1));
+
+    // A backup exported from the server's database and verified with --record (by the
+    // pipeline's ci token; an agent may not record) is what doctor reports next.
+    let ci = s.token("nightly", "ci");
+    let bk = tmp.path().join("bk");
+    let data = s.dir.path().join("data");
+    let cli = |token: &str, args: &[&str]| {
+        Command::new(AIRLOCK)
+            .args(args)
+            .env("AIRLOCK_URL", &s.url)
+            .env("AIRLOCK_TOKEN", token)
+            .output()
+            .unwrap()
+    };
+    let out = cli(
+        &ci,
+        &[
+            "backup",
+            "export",
+            bk.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let verify = ["backup", "verify", bk.to_str().unwrap(), "--record"];
+    assert_eq!(
+        cli(&agent, &verify).status.code(),
+        Some(2),
+        "agents cannot record"
+    );
+    let out = cli(&ci, &verify);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("recorded on"));
+    let report: Value = serde_json::from_slice(&run(&agent).stdout).unwrap();
+    assert!(has(
+        &report,
+        "backups",
+        "backups.verified",
+        "airlock server",
+        0,
+        "last succeeded 0 day(s) ago (recorded by nightly"
+    ));
+    assert!(has(
+        &report,
+        "backups",
+        "backups.verified",
+        "airlock server",
+        0,
+        "newest verified export is 0 day(s) old"
+    ));
+    assert_eq!(
+        verdict(&report, "backups"),
+        "unknown",
+        "the repository's part is still unknown"
+    );
+    let audit = s.ok(
+        &s.admin,
+        &["audit", "--action", "backup.verify", "--format", "json"],
+    );
+    assert!(audit.contains("backup.verify"), "{audit}");
+
+    // A backup of another server is refused (its audit head is not this server's), and
+    // nothing is recorded.
+    let other = TestServer::start();
+    let bk2 = tmp.path().join("bk2");
+    let data2 = other.dir.path().join("data");
+    assert!(cli(
+        &ci,
+        &[
+            "backup",
+            "export",
+            bk2.to_str().unwrap(),
+            "--data-dir",
+            data2.to_str().unwrap()
+        ]
+    )
+    .status
+    .success());
+    let out = cli(
+        &ci,
+        &["backup", "verify", bk2.to_str().unwrap(), "--record"],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not this server's event"));
 }
