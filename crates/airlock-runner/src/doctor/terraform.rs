@@ -677,7 +677,7 @@ fn protections(
                         "{t}.{n}: an independent backup is declared ({pname} at {pf}:{pl}); whether it covers this database and whether restores work cannot be known from the repository"
                     )),
                     None => finding(Q::Backups, V::Fragile, "backups.none", &f.path, r.line, format!(
-                        "{t}.{n}: no independent backup declared in the repository (e.g. aws_backup_plan + aws_backup_selection): the provider's automated backups can be deleted with the instance"
+                        "{t}.{n}: no independent backup declared in the repository (an AWS Backup plan and selection, a GCP Backup and DR plan, an Azure Backup policy): the provider's automated backups can be deleted with the instance"
                     )).todo(format!("Back up {t}.{n} independently of the instance (a backup plan in another account or vault)")),
                 });
             }
