@@ -151,7 +151,7 @@ impl QuestionId {
 }
 
 /// One piece of evidence: where, what, and how it bears on the answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct Evidence {
     /// File relative to the repository root (`airlock server` for server facts).
     pub file: String,
@@ -268,8 +268,9 @@ pub fn assemble(findings: Vec<Finding>, errors: Vec<Evidence>, scanned: scan::Co
     let mut todo: Vec<(Verdict, usize, String)> = Vec::new();
     for (qi, id) in QuestionId::ALL.into_iter().enumerate() {
         let mut evidence: Vec<Evidence> = Vec::new();
+        let mut seen: std::collections::HashSet<&Evidence> = std::collections::HashSet::new();
         for f in findings.iter().filter(|f| f.question == id) {
-            if !evidence.contains(&f.evidence) {
+            if seen.insert(&f.evidence) {
                 evidence.push(f.evidence.clone());
             }
             if let Some(t) = &f.todo {
