@@ -551,6 +551,8 @@ fn protections(
     let mut reached: BTreeMap<String, Vec<Ctx>> = BTreeMap::new();
     let mut cache = HashMap::new();
     let mut fs_tree = root.map(|r| FsTree { root: r });
+    // One walker for every root: each directory is read once however many roots call it.
+    let mut walker = fs_tree.as_mut().map(|t| Walker::new(t, &mut cache));
     for r in roots {
         let files_of = |d: &str| dirs.get(d).map(|x| x.files.clone()).unwrap_or_default();
         let root_ctx = ctx_of(&files_of(r));
@@ -558,10 +560,10 @@ fn protections(
             .entry((*r).to_owned())
             .or_default()
             .push(root_ctx.clone());
-        let Some(tree) = fs_tree.as_mut() else {
+        let Some(walker) = walker.as_mut() else {
             continue;
         };
-        let stack = match Walker::new(tree, &mut cache).stack(r) {
+        let stack = match walker.stack(r) {
             Ok(Some(s)) => s,
             Ok(None) => continue,
             Err(e) => {

@@ -315,7 +315,7 @@ fn gitlab_jobs(f: &CiFile, doc: &Y) -> Vec<Job> {
 fn script_job(f: &CiFile) -> Job {
     Job {
         file: f.path.clone(),
-        name: f.path.clone(),
+        name: "(script)".to_owned(),
         line: 1,
         cmds: commands(&f.text, &f.text, 1),
         ..Job::default()

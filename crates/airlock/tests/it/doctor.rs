@@ -716,3 +716,62 @@ fn server_facts_name_tokens_direct_writes_and_what_cannot_be_known() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("not this server's event"));
 }
+
+/// A module library (terraform-aws-modules style): the root is a reusable module (required
+/// inputs, no provider, no backend), `examples/` are not live infrastructure. Its state is
+/// unknown (its callers keep it), not "fragile"; its resources are judged with their defaults.
+#[test]
+fn a_module_library_is_not_a_root_module_and_examples_are_not_judged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = tmp.path();
+    write(
+        r,
+        "main.tf",
+        "module \"inner\" {\n  source = \"./modules/inner\"\n  name   = var.name\n}\n",
+    );
+    write(
+        r,
+        "variables.tf",
+        "variable \"name\" {\n  type = string\n}\n",
+    );
+    write(
+        r,
+        "modules/inner/main.tf",
+        "variable \"name\" {}\nvariable \"deletion_protection\" {\n  default = false\n}\n\
+         resource \"aws_db_instance\" \"this\" {\n  identifier          = var.name\n  \
+         deletion_protection = var.deletion_protection\n}\n",
+    );
+    write(
+        r,
+        "examples/complete/main.tf",
+        "provider \"aws\" {}\nresource \"aws_s3_bucket\" \"x\" {\n  force_destroy = true\n}\n",
+    );
+    let report = json(r);
+    assert_eq!(
+        verdict(&report, "state"),
+        "unknown",
+        "{:#}",
+        question(&report, "state")
+    );
+    assert!(has(
+        &report,
+        "state",
+        "state.no_root",
+        ".",
+        0,
+        "no root module found"
+    ));
+    assert!(has(
+        &report,
+        "protections",
+        "protect.deletion_protection",
+        "modules/inner/main.tf",
+        7,
+        "deletion_protection = false from var.deletion_protection (default at modules/inner/main.tf:3)"
+    ));
+    let all = report.to_string();
+    assert!(
+        !all.contains("examples/complete"),
+        "examples are not judged: {all}"
+    );
+}
