@@ -301,6 +301,44 @@ fn a_fragile_repository_is_fragile_with_exact_evidence_and_fails_ci() {
             assert!(l >= 1);
         }
     }
+    // And it is valid against the SARIF 2.1.0 schema (Microsoft's, shipped in
+    // @microsoft/jest-sarif), checked by ajv.
+    let file = r.join("doctor.sarif");
+    std::fs::write(&file, &out.stdout).unwrap();
+    let modules = std::env::var("AIRLOCK_TEST_NODE_MODULES").expect(
+        "AIRLOCK_TEST_NODE_MODULES is not set: run `. scripts/test-deps.sh` (it installs \
+         @microsoft/jest-sarif, the SARIF schema) or scripts/test.sh",
+    );
+    let script = r#"
+        const [modules, file] = process.argv.slice(1);
+        const Ajv = require(modules + "/ajv");
+        const schema = require(modules + "/@microsoft/jest-sarif/lib/schemas/sarif-2.1.0-rtm.5.json");
+        const ajv = new Ajv({ allErrors: true, schemaId: "auto" }); // the schema is draft-04
+        ajv.addMetaSchema(require(modules + "/ajv/lib/refs/json-schema-draft-04.json"));
+        const ok = ajv.validate(schema, JSON.parse(require("fs").readFileSync(file, "utf8")));
+        if (!ok) { console.error(JSON.stringify(ajv.errors, null, 1)); process.exit(1); }
+    "#;
+    let v = Command::new("node")
+        .args(["-e", script, &modules])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        v.status.success(),
+        "SARIF schema: {}",
+        String::from_utf8_lossy(&v.stderr)
+    );
+    // A broken document is refused by the same check (the check can fail).
+    std::fs::write(&file, r#"{"version": "2.1.0", "runs": [{"results": []}]}"#).unwrap();
+    let v = Command::new("node")
+        .args(["-e", script, &modules])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        !v.status.success(),
+        "a run without a tool must not validate"
+    );
     assert!(results
         .iter()
         .any(|x| x["ruleId"] == "protect.force_destroy"
