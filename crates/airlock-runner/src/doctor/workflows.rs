@@ -597,6 +597,35 @@ pub fn findings(repo: &Repo, config_findings: &[Finding]) -> Vec<Finding> {
         }
         for (uses, with, line) in &job.actions {
             let u = uses.to_ascii_lowercase();
+            // Actions that apply (dflook/terraform-apply, HCP Terraform's apply-run, ...).
+            let name = u.split('@').next().unwrap_or("");
+            let last = name.rsplit('/').next().unwrap_or("");
+            let terraformish = ["terraform", "tfc", "tofu", "terragrunt"]
+                .iter()
+                .any(|t| name.contains(t));
+            if terraformish && (last.contains("apply") || last.contains("destroy")) {
+                applies += 1;
+                let what = if last.contains("destroy") {
+                    "destroy"
+                } else {
+                    "apply"
+                };
+                let (v, rule, how) = if job.on_change_request {
+                    (
+                        V::Fragile,
+                        "apply.on_change_request",
+                        "on pull/merge request events, before review",
+                    )
+                } else {
+                    (V::Discipline, "apply.direct", "directly")
+                };
+                out.push(finding(Q::WhoCanApply, v, rule, &job.file, *line, format!(
+                    "job `{}` runs the {what} action {uses} {how}: whoever can change this file or trigger the job can {what}", job.name
+                )).todo("Apply through airlock (`airlock ci init`) so that only approved runs are applied".to_owned()));
+                out.push(finding(Q::PlanToApply, V::Discipline, "plan_to_apply.action", &job.file, *line, format!(
+                    "job `{}` applies through {uses}: whether it applies the reviewed plan depends on that action and its settings", job.name
+                )));
+            }
             if job.on_change_request
                 && (u.contains("comment")
                     || u.contains("tfcmt")

@@ -514,7 +514,30 @@ fn gitlab_scripts_s3_terragrunt_and_json_configuration() {
         "root.hcl",
         "remote_state {\n  backend = \"local\"\n  config = {}\n}\n",
     );
+    // An apply through an action (found on hashicorp-education/learn-terraform-github-actions).
+    write(
+        r,
+        ".github/workflows/apply.yml",
+        "on:\n  push:\n    branches: [main]\njobs:\n  apply:\n    runs-on: ubuntu-latest\n    \
+         steps:\n      - uses: dflook/terraform-apply@v1\n        with:\n          path: live\n",
+    );
     let report = json(r);
+    assert!(has(
+        &report,
+        "who_can_apply",
+        "apply.direct",
+        ".github/workflows/apply.yml",
+        8,
+        "apply action dflook/terraform-apply@v1"
+    ));
+    assert!(has(
+        &report,
+        "plan_to_apply",
+        "plan_to_apply.action",
+        ".github/workflows/apply.yml",
+        8,
+        "depends on that action"
+    ));
     // s3 without lock or encrypt: discipline; the state bucket, declared here without
     // versioning: discipline; the Terragrunt unit inheriting a local backend: fragile.
     assert!(has(
