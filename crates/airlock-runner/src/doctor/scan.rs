@@ -92,6 +92,9 @@ pub struct Repo {
     pub errors: Vec<Evidence>,
     /// What was looked at.
     pub counts: Counts,
+    /// Buckets declared in the repository by (type, literal name): (file, block) indexes into
+    /// `terraform`, built once on first use (every root's state bucket is looked up in it).
+    pub buckets: std::cell::OnceCell<std::collections::HashMap<(String, String), (usize, usize)>>,
 }
 
 fn read_error(path: &str, line: usize, message: impl Into<String>) -> Evidence {

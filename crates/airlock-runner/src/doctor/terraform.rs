@@ -251,13 +251,13 @@ fn judge_backend(
                     unknown.join(", ")
                 )));
             }
-            out.extend(bucket_versioning(repo, dir, body, "bucket", "aws_s3_bucket", "bucket", file, line));
+            out.extend(bucket_versioning(repo, dir, body, "bucket", "aws_s3_bucket", file, line));
             if weak.is_empty() && unknown.is_empty() && out.is_empty() {
                 out.push(f(V::Enforced, "state.remote", format!("root module {dir}: s3 backend, locked and encrypted")));
             }
         }
         "gcs" => {
-            out.extend(bucket_versioning(repo, dir, body, "bucket", "google_storage_bucket", "name", file, line));
+            out.extend(bucket_versioning(repo, dir, body, "bucket", "google_storage_bucket", file, line));
             if out.is_empty() {
                 out.push(f(V::Enforced, "state.remote", format!("root module {dir}: gcs backend (locked natively)")));
             }
@@ -279,7 +279,6 @@ fn bucket_versioning(
     backend: &BlockBody,
     attr: &str,
     bucket_type: &str,
-    name_attr: &str,
     file: &str,
     line: usize,
 ) -> Vec<Finding> {
@@ -299,13 +298,38 @@ fn bucket_versioning(
     let Some(entry) = catalogue::entry(bucket_type) else {
         return Vec::new();
     };
-    for f in &repo.terraform {
-        for r in f.blocks.iter().filter(|b| {
-            b.ident == "resource" && b.labels.first().map(String::as_str) == Some(bucket_type)
-        }) {
-            if r.body.attr(name_attr).map(|a| &a.value) != Some(&Val::Str(bucket.clone())) {
-                continue;
+    // The repository's buckets by (type, literal name), indexed once for every root.
+    let index = repo.buckets.get_or_init(|| {
+        let mut m = HashMap::new();
+        for (fi, f) in repo.terraform.iter().enumerate() {
+            for (bi, b) in f.blocks.iter().enumerate() {
+                let (Some(t), true) = (b.labels.first(), b.ident == "resource") else {
+                    continue;
+                };
+                let attr = match t.as_str() {
+                    "aws_s3_bucket" => "bucket",
+                    "google_storage_bucket" => "name",
+                    _ => continue,
+                };
+                if let Some(Attr {
+                    value: Val::Str(n), ..
+                }) = b.body.attr(attr)
+                {
+                    m.entry((t.clone(), n.clone())).or_insert((fi, bi));
+                }
             }
+        }
+        m
+    });
+    let found = index
+        .get(&(bucket_type.to_owned(), bucket.clone()))
+        .and_then(|&(fi, bi)| {
+            repo.terraform
+                .get(fi)
+                .and_then(|f| f.blocks.get(bi).map(|b| (f, b)))
+        });
+    if let Some((f, r)) = found {
+        {
             let same_dir: Vec<&ConfigFile> =
                 repo.terraform.iter().filter(|g| g.dir == f.dir).collect();
             let ctx = Ctx::default();
