@@ -45,6 +45,23 @@ pub struct Entry {
     pub category: &'static str,
     /// Attributes whose value makes a delete or replace dangerous.
     pub protections: Vec<Protection>,
+    /// Protections that live in another resource referring to this one, or in alternative
+    /// attributes (read by `airlock doctor` from configuration; the plan gate ignores them).
+    pub companions: Vec<Companion>,
+}
+
+/// A protection held by a companion resource (`aws_s3_bucket_versioning` for a bucket), or one
+/// of several alternative ways to write it. Alternatives share a `name`; one holding is enough.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Companion {
+    /// What it protects, in words (`versioning`).
+    pub name: &'static str,
+    /// The companion's type; `None` for the resource itself.
+    pub resource_type: Option<&'static str>,
+    /// The companion's attribute that refers to the protected resource (`bucket`).
+    pub link: &'static str,
+    /// The attribute (of the companion) and its protective value.
+    pub protection: Protection,
 }
 
 /// An attribute that protects a resource, and how to read it.
@@ -56,6 +73,8 @@ pub struct Protection {
     pub rule: ProtectRule,
     /// The provider refuses to delete the resource while the attribute is protective.
     pub blocks_delete: bool,
+    /// The provider's default when the attribute is not written, if known (`@VALUE`).
+    pub default: Option<&'static str>,
 }
 
 impl Protection {
@@ -150,16 +169,56 @@ fn parse_line(line: &'static str) -> Result<Entry, String> {
         other => return Err(format!("expected `critical` or `guarded`, found {other:?}")),
     };
     let category = words.next().ok_or("missing category")?;
-    let protections = words.map(parse_protection).collect::<Result<_, _>>()?;
+    let mut protections = Vec::new();
+    let mut companions = Vec::new();
+    for word in words {
+        if let Some(c) = word.strip_prefix('+') {
+            companions.push(parse_companion(c)?);
+        } else {
+            protections.push(parse_protection(word)?);
+        }
+    }
     Ok(Entry {
         resource_type,
         class,
         category,
         protections,
+        companions,
+    })
+}
+
+/// `NAME:TYPE.LINK:PROTECTION` or `NAME:self:PROTECTION`.
+fn parse_companion(word: &'static str) -> Result<Companion, String> {
+    let mut parts = word.splitn(3, ':');
+    let (Some(name), Some(target), Some(protection)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return Err(format!("cannot read companion `+{word}`"));
+    };
+    let (resource_type, link) = if target == "self" {
+        (None, "")
+    } else {
+        let (t, l) = target
+            .split_once('.')
+            .ok_or_else(|| format!("companion `+{word}` needs TYPE.LINK or self"))?;
+        (Some(t), l)
+    };
+    if name.is_empty() || link.is_empty() && resource_type.is_some() {
+        return Err(format!("cannot read companion `+{word}`"));
+    }
+    Ok(Companion {
+        name,
+        resource_type,
+        link,
+        protection: parse_protection(protection)?,
     })
 }
 
 fn parse_protection(word: &'static str) -> Result<Protection, String> {
+    let (word, default) = match word.rsplit_once('@') {
+        Some((w, d)) if !d.is_empty() => (w, Some(d)),
+        Some(_) => return Err(format!("empty default in `{word}`")),
+        None => (word, None),
+    };
     let (word, blocks_delete) = match word.strip_suffix('!') {
         Some(w) => (w, true),
         None => (word, false),
@@ -189,6 +248,7 @@ fn parse_protection(word: &'static str) -> Result<Protection, String> {
         attribute,
         rule,
         blocks_delete,
+        default,
     })
 }
 
@@ -243,13 +303,25 @@ mod tests {
         assert!(db.contains(&Protection {
             attribute: "deletion_protection",
             rule: ProtectRule::True,
-            blocks_delete: true
+            blocks_delete: true,
+            default: Some("false"),
         }));
         assert!(db.contains(&Protection {
             attribute: "skip_final_snapshot",
             rule: ProtectRule::False,
-            blocks_delete: false
+            blocks_delete: false,
+            default: Some("false"),
         }));
+        assert!(db
+            .iter()
+            .any(|p| p.attribute == "delete_automated_backups" && p.default == Some("true")));
+        let bucket = entry("aws_s3_bucket").map(|e| e.companions.clone());
+        let bucket = bucket.unwrap_or_default();
+        assert_eq!(bucket.len(), 2);
+        assert_eq!(bucket[0].resource_type, Some("aws_s3_bucket_versioning"));
+        assert_eq!(bucket[0].link, "bucket");
+        assert_eq!(bucket[0].protection.rule, ProtectRule::Equals("Enabled"));
+        assert_eq!(bucket[1].resource_type, None);
         assert!(db
             .iter()
             .any(|p| p.attribute == "backup_retention_period" && p.rule == ProtectRule::Positive));
@@ -257,7 +329,12 @@ mod tests {
 
     #[test]
     fn bad_lines_are_errors_not_panics() {
-        let r = parse_catalogue("x_type bogus db\nok_type critical db a=true\ny critical db ==\n");
+        let r = parse_catalogue(
+            "x_type bogus db\nok_type critical db a=true\ny critical db ==\nz critical db a=true@\n\
+             w critical db +v:nodot:a=true\n",
+        );
+        assert!(r.get(3).is_some_and(|r| r.is_err()));
+        assert!(r.get(4).is_some_and(|r| r.is_err()));
         assert!(r.first().is_some_and(|r| r.is_err()));
         assert!(r.get(1).is_some_and(|r| r.is_ok()));
         assert!(r.get(2).is_some_and(|r| r.is_err()));

@@ -24,6 +24,7 @@ use rustix::process::{kill_process, Pid, Signal};
 
 pub mod affected;
 pub mod cli_config;
+pub mod doctor;
 pub mod git;
 pub mod modules;
 

@@ -161,7 +161,7 @@ fn newline_offsets(text: &str) -> Vec<usize> {
 
 /// The line where bracket nesting first exceeds [`MAX_NESTING`] (counting every bracket, in
 /// strings too: conservative, and no real configuration comes close).
-fn too_deep(text: &str) -> Option<usize> {
+pub(crate) fn too_deep(text: &str) -> Option<usize> {
     let (mut depth, mut line) = (0usize, 1usize);
     for b in text.bytes() {
         match b {

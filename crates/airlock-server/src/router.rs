@@ -188,6 +188,9 @@ fn routes() -> Routes {
         .route(POST,    "/api/v1/policies/{id}/remove",                 Admin,     api::policies::remove)
         // MCP's streamable HTTP transport: each tool call is an in-process API call with the
         // caller's token, so what a tool may do is decided by the rows above (mcp/mod.rs).
+        // `airlock backup verify --record` (the CI pipeline or an admin; audited as
+        // `backup.verify`, read back by `airlock doctor --server` through /api/v1/audit).
+        .route(POST,    "/api/v1/backups/verifications",                ApplyRun,  api::backups::record)
         .route(POST,    "/mcp",                                         Read,      mcp::post)
         .route(GET,     "/mcp",                                         Read,      mcp::not_offered)
         .route(DELETE,  "/mcp",                                         Read,      mcp::not_offered)

@@ -85,6 +85,10 @@ pub enum Command {
     /// token; prints the token (or, with --github-env, masks it and writes AIRLOCK_TOKEN to
     /// $GITHUB_ENV).
     Login(LoginArgs),
+    /// Answer the six questions every Terraform team should be able to answer (where state
+    /// lives, who can apply, plan to apply, visibility, protections, backups) from a repository
+    /// (read, never executed) and, with --server, from the airlock server.
+    Doctor(DoctorArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -160,6 +164,51 @@ pub struct LoginArgs {
     pub github_env: bool,
     #[command(flatten)]
     pub client: ClientArgs,
+}
+
+/// Output format of `airlock doctor`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DoctorFormat {
+    Text,
+    Markdown,
+    Json,
+    Sarif,
+}
+
+/// The verdict at which `airlock doctor --fail-on` exits 3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DoctorFailOn {
+    Fragile,
+    Discipline,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Repository to examine.
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+    /// Output format (json: the stable `airlock-doctor/1` report; sarif: SARIF 2.1.0).
+    #[arg(long, value_enum, default_value_t = DoctorFormat::Text)]
+    pub format: DoctorFormat,
+    /// Exit 3 when some question is at least this bad (for CI gating).
+    #[arg(long, value_enum)]
+    pub fail_on: Option<DoctorFailOn>,
+    /// Also ask the airlock server (AIRLOCK_URL, AIRLOCK_TOKEN): tokens by role, admins,
+    /// tokens without expiry, stacks whose direct writes are open.
+    #[arg(long)]
+    pub server: bool,
+    /// Server URL (with --server).
+    #[arg(long, env = "AIRLOCK_URL", default_value = "http://127.0.0.1:8750")]
+    pub url: String,
+    /// API token (with --server; an admin token also lists tokens).
+    #[arg(long, env = "AIRLOCK_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Extra CA certificate(s) to trust for an https:// server (PEM).
+    #[arg(long, env = "AIRLOCK_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+    /// Most evidence lines shown per question in text and markdown (json and sarif list all).
+    #[arg(long, default_value_t = 20)]
+    pub max_evidence: usize,
 }
 
 /// Output format of client commands.
@@ -659,6 +708,20 @@ pub enum BackupCommand {
         /// Output format.
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         format: OutputFormat,
+        /// Also report the result to the airlock server the backup was exported from
+        /// (AIRLOCK_URL, AIRLOCK_TOKEN of the ci or admin role); it is audited as
+        /// `backup.verify`, and `airlock doctor --server` reads it.
+        #[arg(long)]
+        record: bool,
+        /// Server URL (with --record).
+        #[arg(long, env = "AIRLOCK_URL", default_value = "http://127.0.0.1:8750")]
+        url: String,
+        /// API token (with --record).
+        #[arg(long, env = "AIRLOCK_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Extra CA certificate(s) to trust for an https:// server (PEM).
+        #[arg(long, env = "AIRLOCK_CA_CERT")]
+        ca_cert: Option<PathBuf>,
     },
     /// Restore a verified backup into an EMPTY store (SQLite or PostgreSQL), losslessly: same
     /// serials, hashes, authors, times, tokens and audit records. Run it before any server.

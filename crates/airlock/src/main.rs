@@ -19,7 +19,8 @@ pub mod exit {
     /// 409 conflict with the stored state or a run, 423 locked), `check`/`plan` decided `deny`,
     /// or `apply` refused a plan that is not the reviewed one.
     pub const DENIED: u8 = 2;
-    /// `check --fail-on review`: the plan needs human review.
+    /// `check --fail-on review`: the plan needs human review; `doctor --fail-on`: a question is
+    /// at least that bad.
     pub const REVIEW: u8 = 3;
     /// Not authenticated: no token, or the server does not accept it (HTTP 401: unknown,
     /// expired or revoked).
@@ -29,7 +30,7 @@ pub mod exit {
 }
 
 /// The `--help` footer listing [`exit`].
-const EXIT_CODES_HELP: &str = "Exit codes: 0 ok, 1 error, 2 refused (permission, firewall, lock, conflict, policy deny), 3 review needed (check --fail-on review), 4 not authenticated (no, unknown, expired or revoked token), 64 usage error.";
+const EXIT_CODES_HELP: &str = "Exit codes: 0 ok, 1 error, 2 refused (permission, firewall, lock, conflict, policy deny), 3 review needed (check --fail-on review) or a doctor question at least as bad as --fail-on, 4 not authenticated (no, unknown, expired or revoked token), 64 usage error.";
 
 /// Writes to stdout; a closed pipe (`airlock state pull | head`) is not an error.
 pub fn out(text: &str) {
@@ -113,6 +114,7 @@ fn main() -> ExitCode {
         cli::Command::Oidc(cmd) => commands::oidc::rotate(cmd),
         cli::Command::Trust(cmd) => commands::oidc::trust(cmd),
         cli::Command::Login(args) => commands::oidc::login(args),
+        cli::Command::Doctor(args) => commands::doctor::run(args),
     };
     match result {
         Ok(code) => code,

@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod drift;
 pub mod oidc;
+pub mod backups;
 pub mod policies;
 pub mod runs;
 pub mod stacks;

@@ -73,6 +73,8 @@ fn design_allows(method: &str, route: &str) -> Option<[bool; 5]> {
         // Deleting (archiving) a stack.
         ("POST", "/api/v1/stacks/{stack}/archive") => ADMIN,
         ("POST", "/api/v1/stacks/{stack}/grants") => REVIEWERS,
+        // Recording a backup verification: the pipeline (ci) or an admin.
+        ("POST", "/api/v1/backups/verifications") => APPLIERS,
         ("POST", "/api/v1/stacks/{stack}/restore") => REVIEWERS,
         ("GET", "/api/v1/stacks" | "/api/v1/stacks/{stack}") => ALL,
         ("GET", "/api/v1/stacks/{stack}/grants") => ALL,
@@ -232,6 +234,9 @@ fn concrete(s: &Server, method: &str, route: &str, stack: &str, n: usize) -> (St
             .to_string()
             .into_bytes(),
         ("POST", "/api/v1/policies/{id}/remove") => json!({"reason": "matrix"}).to_string().into_bytes(),
+        ("POST", "/api/v1/backups/verifications") => json!({"ok": true, "manifest_sha256": "0".repeat(64),
+            "exported_at": "2026-01-01T00:00:00Z", "audit_events": 0, "audit_head": "0".repeat(64),
+            "problems": 0, "stacks": 0, "versions": 0}).to_string().into_bytes(),
         ("GET", _) => Vec::new(),
         _ => b"{}".to_vec(),
     };

@@ -6,6 +6,7 @@ pub mod check;
 pub mod ci;
 pub mod client;
 pub mod drift;
+pub mod doctor;
 pub mod guard;
 pub mod mcp;
 pub mod migrate;

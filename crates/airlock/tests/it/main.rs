@@ -8,6 +8,7 @@ mod ci_init;
 mod ci_pr;
 mod client;
 mod console;
+mod doctor;
 mod firewall_identity;
 mod forge;
 mod git_repo;

@@ -82,6 +82,10 @@ pub fn run(cmd: BackupCommand) -> anyhow::Result<ExitCode> {
             dir,
             manifest_sha256,
             format,
+            record,
+            url,
+            token,
+            ca_cert,
         } => {
             let (backup, mut problems) = Backup::load(&dir)?;
             if let Some(want) = manifest_sha256 {
@@ -110,6 +114,36 @@ pub fn run(cmd: BackupCommand) -> anyhow::Result<ExitCode> {
                     }
                 },
             );
+            if record {
+                // After the result is printed: a failed report does not hide the verdict.
+                let manifest_sha = hex(&blob::sha256(&std::fs::read(dir.join("manifest.json"))?));
+                let m = &backup.manifest;
+                let client = super::client::Client::new(&crate::cli::ClientArgs {
+                    url,
+                    token,
+                    format: OutputFormat::Json,
+                    ca_cert,
+                })?;
+                client
+                    .send(
+                        "POST",
+                        "/api/v1/backups/verifications",
+                        &json!({
+                            "ok": ok,
+                            "manifest_sha256": manifest_sha,
+                            "exported_at": m.created_at,
+                            "audit_events": m.summary.audit_events,
+                            "audit_head": m.summary.audit_head,
+                            "problems": problems.len(),
+                            "stacks": m.summary.stacks,
+                            "versions": m.summary.versions,
+                        }),
+                    )
+                    .context("recording the verification on the server")?;
+                if format == OutputFormat::Text {
+                    crate::out(&format!("recorded on {}\n", client.base()));
+                }
+            }
             Ok(if ok {
                 ExitCode::SUCCESS
             } else {
