@@ -1,9 +1,9 @@
 //! `/api/v1`: the JSON API used by the CLI. One module per noun.
 
 pub mod audit;
+pub mod backups;
 pub mod drift;
 pub mod oidc;
-pub mod backups;
 pub mod policies;
 pub mod runs;
 pub mod stacks;
