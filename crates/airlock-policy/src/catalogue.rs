@@ -56,6 +56,9 @@ pub struct Protection {
     pub rule: ProtectRule,
     /// The provider refuses to delete the resource while the attribute is protective.
     pub blocks_delete: bool,
+    /// Deleting the resource while the attribute is not protective deletes its backups with
+    /// it (e.g. `delete_automated_backups`, true by default).
+    pub deletes_backups: bool,
 }
 
 impl Protection {
@@ -160,6 +163,10 @@ fn parse_line(line: &'static str) -> Result<Entry, String> {
 }
 
 fn parse_protection(word: &'static str) -> Result<Protection, String> {
+    let (word, deletes_backups) = match word.strip_suffix('*') {
+        Some(w) => (w, true),
+        None => (word, false),
+    };
     let (word, blocks_delete) = match word.strip_suffix('!') {
         Some(w) => (w, true),
         None => (word, false),
@@ -189,6 +196,7 @@ fn parse_protection(word: &'static str) -> Result<Protection, String> {
         attribute,
         rule,
         blocks_delete,
+        deletes_backups,
     })
 }
 
@@ -243,12 +251,20 @@ mod tests {
         assert!(db.contains(&Protection {
             attribute: "deletion_protection",
             rule: ProtectRule::True,
-            blocks_delete: true
+            blocks_delete: true,
+            deletes_backups: false,
         }));
         assert!(db.contains(&Protection {
             attribute: "skip_final_snapshot",
             rule: ProtectRule::False,
-            blocks_delete: false
+            blocks_delete: false,
+            deletes_backups: false,
+        }));
+        assert!(db.contains(&Protection {
+            attribute: "delete_automated_backups",
+            rule: ProtectRule::False,
+            blocks_delete: false,
+            deletes_backups: true,
         }));
         assert!(db
             .iter()
