@@ -23,4 +23,5 @@ mod support;
 mod ux;
 // The local test cloud (crates/airlock-testcloud): harness, provider, incident replay.
 mod cloud_provider;
+mod incident;
 mod testcloud;
