@@ -72,6 +72,27 @@ pub enum Command {
     Backup(BackupCommand),
     /// Apply pending database migrations and exit.
     Migrate(DatabaseArgs),
+    /// Walk through an incident on a local test cloud, with and without airlock.
+    #[command(subcommand)]
+    Demo(DemoCommand),
+}
+
+/// `airlock demo`.
+#[derive(Debug, Subcommand)]
+pub enum DemoCommand {
+    /// Replay the incident airlock exists for (a production stack destroyed, database backups
+    /// included) against a local test cloud in a temporary directory, step by step: every
+    /// destructive step stopped, and why. Needs `terraform` on PATH and the test cloud provider
+    /// (`terraform-provider-aws` next to this executable, or AIRLOCK_TESTCLOUD_PROVIDER).
+    /// Exits 0 only when every step ended as expected.
+    Incident {
+        /// The same steps against a local backend, without airlock: everything is destroyed.
+        #[arg(long)]
+        without_airlock: bool,
+        /// Keep the temporary directory (server data, cloud, working directories).
+        #[arg(long)]
+        keep: bool,
+    },
 }
 
 /// Output format of client commands.

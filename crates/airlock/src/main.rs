@@ -105,6 +105,10 @@ fn main() -> ExitCode {
         cli::Command::Guard(cmd) => commands::guard::run(cmd),
         cli::Command::Backup(cmd) => commands::backup::run(cmd),
         cli::Command::Migrate(args) => commands::migrate::run(args),
+        cli::Command::Demo(cli::DemoCommand::Incident {
+            without_airlock,
+            keep,
+        }) => commands::demo::incident(without_airlock, keep),
     };
     match result {
         Ok(code) => code,

@@ -204,3 +204,65 @@ fn incident_approved_database_delete_was_said_to_take_the_backups() {
     assert!(cloud.get("rds_automated_backup", "prod-db").is_none());
     assert!(cloud.get("aws_db_snapshot", "prod-db-final").is_some());
 }
+
+/// `airlock demo incident` (and `--without-airlock`) end to end: exit 0 only when every step
+/// ended as expected; a clear error when the provider is missing; nothing left behind.
+#[test]
+fn demo_incident_runs_with_and_without_airlock() {
+    let provider = crate::testcloud::provider_bin();
+    let tmp = tempfile::tempdir().unwrap();
+    let demo = |args: &[&str], provider: &std::path::Path| {
+        std::process::Command::new(AIRLOCK)
+            .args(["demo", "incident"])
+            .args(args)
+            .env("AIRLOCK_TESTCLOUD_PROVIDER", provider)
+            .env("TMPDIR", tmp.path())
+            .env_remove("AIRLOCK_URL")
+            .env_remove("AIRLOCK_TOKEN")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = demo(&[], &provider);
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    for expected in [
+        "no changes: the state is on the server",
+        "stopped: an agent token cannot write state",
+        "stopped before the provider deleted anything",
+        "airlock's plan gate decided: deny",
+        "BACKUPS DELETED TOO",
+        "an approver cannot approve it either",
+        "all 8 cloud objects are still there",
+        "Every step ended as expected.",
+    ] {
+        assert!(shown.contains(expected), "{expected:?} missing:\n{shown}");
+    }
+    assert!(!shown.contains("UNEXPECTED"), "{shown}");
+    let out = demo(&["--without-airlock"], &provider);
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert!(
+        shown.contains("0 object(s) left")
+            && shown.contains("automated backups were deleted with it"),
+        "{shown}"
+    );
+    // Cleaned up after itself.
+    assert_eq!(
+        std::fs::read_dir(tmp.path()).unwrap().count(),
+        0,
+        "the demo left files behind"
+    );
+    // No provider: a clear error, not a half-run demo.
+    let out = demo(
+        &[],
+        std::path::Path::new("/nonexistent/terraform-provider-aws"),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("test cloud provider was not found")
+            && text(&out).contains("AIRLOCK_TESTCLOUD_PROVIDER"),
+        "{}",
+        text(&out)
+    );
+}
