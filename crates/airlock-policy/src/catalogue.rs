@@ -75,6 +75,9 @@ pub struct Protection {
     pub blocks_delete: bool,
     /// The provider's default when the attribute is not written, if known (`@VALUE`).
     pub default: Option<&'static str>,
+    /// Deleting the resource while the attribute is not protective deletes its backups with
+    /// it (e.g. `delete_automated_backups`, true by default).
+    pub deletes_backups: bool,
 }
 
 impl Protection {
@@ -219,6 +222,10 @@ fn parse_protection(word: &'static str) -> Result<Protection, String> {
         Some(_) => return Err(format!("empty default in `{word}`")),
         None => (word, None),
     };
+    let (word, deletes_backups) = match word.strip_suffix('*') {
+        Some(w) => (w, true),
+        None => (word, false),
+    };
     let (word, blocks_delete) = match word.strip_suffix('!') {
         Some(w) => (w, true),
         None => (word, false),
@@ -249,6 +256,7 @@ fn parse_protection(word: &'static str) -> Result<Protection, String> {
         rule,
         blocks_delete,
         default,
+        deletes_backups,
     })
 }
 
@@ -305,12 +313,21 @@ mod tests {
             rule: ProtectRule::True,
             blocks_delete: true,
             default: Some("false"),
+            deletes_backups: false,
         }));
         assert!(db.contains(&Protection {
             attribute: "skip_final_snapshot",
             rule: ProtectRule::False,
             blocks_delete: false,
             default: Some("false"),
+            deletes_backups: false,
+        }));
+        assert!(db.contains(&Protection {
+            attribute: "delete_automated_backups",
+            rule: ProtectRule::False,
+            blocks_delete: false,
+            default: Some("true"),
+            deletes_backups: true,
         }));
         assert!(db
             .iter()

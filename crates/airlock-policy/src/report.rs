@@ -467,6 +467,7 @@ fn rule_description(id: &str) -> &'static str {
         DECLARED_DESTROY => "A critical resource is destroyed, as declared by allow_destroy",
         PROTECTION_WEAKENED => "A protection attribute is turned off or weakened",
         PROTECTED_DELETE => "A resource is deleted while its deletion protection is on",
+        BACKUPS_DELETED => "A resource is deleted and the provider deletes its backups with it",
         MASS_DESTRUCTION => "The plan destroys more instances than the mass-destruction limits",
         PRODUCTION_DESTROY => "A resource is destroyed in a production stack",
         MODULE_REMOVED => "A module call was removed",

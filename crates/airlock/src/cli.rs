@@ -89,6 +89,9 @@ pub enum Command {
     /// lives, who can apply, plan to apply, visibility, protections, backups) from a repository
     /// (read, never executed) and, with --server, from the airlock server.
     Doctor(DoctorArgs),
+    /// Walk through an incident on a local test cloud, with and without airlock.
+    #[command(subcommand)]
+    Demo(DemoCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -209,6 +212,24 @@ pub struct DoctorArgs {
     /// Most evidence lines shown per question in text and markdown (json and sarif list all).
     #[arg(long, default_value_t = 20)]
     pub max_evidence: usize,
+}
+
+/// `airlock demo`.
+#[derive(Debug, Subcommand)]
+pub enum DemoCommand {
+    /// Replay the incident airlock exists for (a production stack destroyed, database backups
+    /// included) against a local test cloud in a temporary directory, step by step: every
+    /// destructive step stopped, and why. Needs `terraform` on PATH and the test cloud provider
+    /// (`terraform-provider-aws` next to this executable, or AIRLOCK_TESTCLOUD_PROVIDER).
+    /// Exits 0 only when every step ended as expected.
+    Incident {
+        /// The same steps against a local backend, without airlock: everything is destroyed.
+        #[arg(long)]
+        without_airlock: bool,
+        /// Keep the temporary directory (server data, cloud, working directories).
+        #[arg(long)]
+        keep: bool,
+    },
 }
 
 /// Output format of client commands.

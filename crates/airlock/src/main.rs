@@ -115,6 +115,10 @@ fn main() -> ExitCode {
         cli::Command::Trust(cmd) => commands::oidc::trust(cmd),
         cli::Command::Login(args) => commands::oidc::login(args),
         cli::Command::Doctor(args) => commands::doctor::run(args),
+        cli::Command::Demo(cli::DemoCommand::Incident {
+            without_airlock,
+            keep,
+        }) => commands::demo::incident(without_airlock, keep),
     };
     match result {
         Ok(code) => code,

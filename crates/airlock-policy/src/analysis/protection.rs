@@ -158,6 +158,26 @@ pub(crate) fn protection_findings(
                 ),
             });
         }
+        // A delete that takes the resource's backups with it: nothing to restore from after.
+        if kind.destroys() && p.deletes_backups && !was_on && rc.deposed.is_none() {
+            out.push(Finding {
+                rule: rules::BACKUPS_DELETED.into(),
+                severity: Severity::Review,
+                address: Some(rc.address.clone()),
+                message: format!(
+                    "BACKUPS DELETED TOO: {} while its prior state has {}: the provider deletes \
+                     the automated backups together with the resource, so no point-in-time \
+                     restore remains (only a final snapshot, if one is taken); keep them by \
+                     setting {} in a reviewed change first",
+                    verb(kind),
+                    shown(p, was, sens_before),
+                    match p.rule {
+                        ProtectRule::False => format!("{} = false", p.attribute),
+                        _ => format!("{} back", p.attribute),
+                    }
+                ),
+            });
+        }
         let Some(after) = &v.after else { continue };
         if !matches!(
             kind,

@@ -10,6 +10,8 @@ pub const UNUSED_DECLARATION: &str = "unused-allow-destroy";
 pub const PROTECTION_WEAKENED: &str = "protection-weakened";
 /// A resource is deleted while its protection is on: the apply will fail.
 pub const PROTECTED_DELETE: &str = "protected-delete";
+/// A resource is deleted and the provider deletes its backups with it.
+pub const BACKUPS_DELETED: &str = "backups-deleted";
 /// More instances are destroyed than the mass-destruction limits allow.
 pub const MASS_DESTRUCTION: &str = "mass-destruction";
 /// Something is destroyed in a production stack.

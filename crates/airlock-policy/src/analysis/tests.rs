@@ -384,6 +384,61 @@ fn deleting_a_protected_resource_is_flagged_before_apply() {
 }
 
 #[test]
+fn deleting_a_database_with_its_automated_backups_is_said_loudly() {
+    let db = |before: Value| {
+        run(
+            &Config::default(),
+            &[rc(
+                "aws_db_instance.main",
+                "aws_db_instance",
+                &["delete"],
+                before,
+                Value::Null,
+            )],
+        )
+    };
+    // delete_automated_backups at its default (true): the backups go with the database.
+    let d = db(
+        json!({"deletion_protection": false, "delete_automated_backups": true, "backup_retention_period": 7}),
+    );
+    assert!(
+        rules_of(&d).contains(&rules::BACKUPS_DELETED),
+        "{:?}",
+        d.findings
+    );
+    let f = d
+        .findings
+        .iter()
+        .find(|f| f.rule == rules::BACKUPS_DELETED)
+        .unwrap();
+    assert!(
+        f.message.contains("BACKUPS DELETED TOO")
+            && f.message.contains("delete_automated_backups = true"),
+        "{}",
+        f.message
+    );
+    // Kept (false): no such finding.
+    let d = db(json!({"deletion_protection": false, "delete_automated_backups": false}));
+    assert!(
+        !rules_of(&d).contains(&rules::BACKUPS_DELETED),
+        "{:?}",
+        d.findings
+    );
+    // An update is not a delete.
+    let d = run(
+        &Config::default(),
+        &[rc(
+            "aws_db_instance.main",
+            "aws_db_instance",
+            &["update"],
+            json!({"delete_automated_backups": true}),
+            json!({"delete_automated_backups": true}),
+        )],
+    );
+    assert!(!rules_of(&d).contains(&rules::BACKUPS_DELETED));
+}
+
+#[test]
 fn mass_destruction_by_count_and_share() {
     let del = |i: usize| {
         rc(

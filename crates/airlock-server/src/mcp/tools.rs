@@ -836,6 +836,7 @@ fn meaning(rule: &str) -> &'static str {
         r::UNUSED_DECLARATION => "an allow_destroy declaration matches nothing this plan destroys: remove it, or it may allow a later destruction nobody meant.",
         r::PROTECTION_WEAKENED => "a protection attribute (deletion protection, final snapshot, backups...) is turned off or weakened: approvers must review it.",
         r::PROTECTED_DELETE => "a resource is deleted while its protection is still on: the apply would fail. Turn the protection off in a separate reviewed run first.",
+        r::BACKUPS_DELETED => "the resource is deleted and the provider deletes its automated backups with it: nothing is left to restore from but a final snapshot, if any. Keep them (e.g. delete_automated_backups = false) in a reviewed run first.",
         r::MASS_DESTRUCTION => "more instances are destroyed than the configured limits allow.",
         r::PRODUCTION_DESTROY => "something is destroyed in a production stack: approvers must confirm it.",
         r::MODULE_REMOVED => "a whole module call is removed, with everything in it.",

@@ -17,6 +17,8 @@ pub mod server;
 pub mod stack;
 pub mod state;
 pub mod token;
+// The local-test-cloud demo (issue 14).
+pub mod demo;
 
 /// For commands that run terraform: SIGINT and SIGTERM (a terminal's Ctrl-C, a CI job being
 /// cancelled, an MCP client ending its server) are handed to the running terraform as one

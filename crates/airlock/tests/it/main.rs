@@ -25,6 +25,7 @@ mod support;
 mod ux;
 // The local test cloud (crates/airlock-testcloud): harness, provider, incident replay.
 mod cloud_provider;
+mod incident;
 mod testcloud;
 // drift detection (issue 14 part 2)
 mod drift;

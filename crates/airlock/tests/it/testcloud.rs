@@ -181,3 +181,57 @@ impl TestCloud {
             .collect()
     }
 }
+
+/// `airlock plan` on this cloud as `token` in `ws`; returns the run id.
+pub fn plan_on(
+    cloud: &TestCloud,
+    t: &crate::support::Team,
+    ws: &Workspace,
+    token: &str,
+    stack: &str,
+) -> String {
+    let env = cloud.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = crate::support::cli_in(
+        &t.s,
+        token,
+        &ws.dir,
+        &["plan", ".", "--stack", stack, "--format", "json"],
+        &env,
+    );
+    assert!(
+        out.status.success() || out.status.code() == Some(2),
+        "plan failed: {}",
+        text(&out)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("plan output: {}", text(&out)));
+    v["run"]["id"].as_str().unwrap().to_owned()
+}
+
+/// `airlock apply RUN` on this cloud as `token`, from `dir` (the checkout's root or the stack's).
+pub fn apply_on(
+    cloud: &TestCloud,
+    t: &crate::support::Team,
+    dir: &Path,
+    token: &str,
+    run: &str,
+) -> Output {
+    let env = cloud.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    crate::support::cli_in(&t.s, token, dir, &["apply", run], &env)
+}
+
+impl TestCloud {
+    /// Every object the cloud holds, as `TYPE ID` lines (sorted): to show nothing changed.
+    pub fn inventory(&self) -> Vec<String> {
+        let out = self.cloud_cli(&["list"]);
+        assert!(out.status.success(), "cloud list: {}", text(&out));
+        let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect();
+        lines.sort();
+        lines
+    }
+}
