@@ -1667,6 +1667,21 @@ impl<E: Engine> Store for E {
                 params![id, now, by],
             )?;
             append_audit(db, &audit)?;
+            // The trust is the user of the tokens it issued: they, and every token minted from
+            // them, end with it (a leaked job token must not outlive the trust it came from).
+            let mut revoked = db
+                .query(
+                    "WITH RECURSIVE d(id) AS (SELECT id FROM tokens WHERE user_name = $1 UNION SELECT t.id FROM tokens t JOIN d ON t.parent_id = d.id) \
+                     UPDATE tokens SET revoked_at = $2 WHERE revoked_at IS NULL AND id IN (SELECT id FROM d) RETURNING id",
+                    params![id, now],
+                )?
+                .iter()
+                .map(|r| r.text(0))
+                .collect::<Result<Vec<String>>>()?;
+            if !revoked.is_empty() {
+                revoked.sort();
+                append_audit(db, &audit.cascade(id, &revoked))?;
+            }
             t.removed_at = Some(now);
             t.removed_by = Some(by.to_owned());
             Ok(t)

@@ -137,7 +137,7 @@ pub enum TrustCommand {
     },
     /// List trusts, removed ones included.
     List(ClientArgs),
-    /// Stop trusting (kept, with who removed it).
+    /// Stop trusting (kept, with who removed it); the tokens it issued are revoked.
     Remove {
         /// The trust's id (trust_…).
         id: String,

@@ -403,6 +403,8 @@ pub async fn remove_trust(
     let (by, i) = (p.display(), id.clone());
     let audit = NewAudit::ok(&by, "oidc.trust_remove", None, json!({"trust": id}));
     let t = store_call(&state, move |st| st.remove_oidc_trust(&i, &by, audit)).await?;
+    // The tokens the trust issued were revoked with it: none may stay cached as valid.
+    state.cache.forget_tokens();
     Ok(Json(json!({"trust": t})))
 }
 

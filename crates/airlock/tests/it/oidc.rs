@@ -554,7 +554,16 @@ fn ci_logs_in_with_its_forge_token_and_every_attack_is_refused_and_audited() {
     let (code, v) = login(&t, &forge.mint(push_claims(&aud), None), Some("ci"));
     assert_eq!(code, 201, "{v}");
     let ci_trust = v["trust"].as_str().unwrap().to_owned();
+    let issued = v["secret"].as_str().unwrap().to_owned();
+    let (code, _) = raw("GET", &format!("{}/api/v1/stacks", t.s.url), &issued, b"");
+    assert_eq!(
+        code, 200,
+        "the issued token works before the trust is removed"
+    );
     admin(&["trust", "remove", &ci_trust]);
     let (code, v) = login(&t, &forge.mint(push_claims(&aud), None), Some("ci"));
     assert_eq!(code, 403, "{v}");
+    // Removing a trust also revokes what it issued: a leaked job token dies with the trust.
+    let (code, _) = raw("GET", &format!("{}/api/v1/stacks", t.s.url), &issued, b"");
+    assert_eq!(code, 401, "a token issued by a removed trust still works");
 }
