@@ -1313,6 +1313,18 @@ pub fn audit_chain_verifies(s: &dyn Store) {
         assert_eq!((last.chain_seq, &last.hash), (Some(*at), hash), "{chain}");
     }
     assert!(!heads.is_empty());
+    // Listings leave seals out unless asked for them by action.
+    let listed = s.audit_search(&AuditFilter::default(), 100_000).unwrap();
+    assert!(
+        listed.iter().all(|e| e.action != seal.action),
+        "a seal listed"
+    );
+    let seals = AuditFilter {
+        action: Some(seal.action.clone()),
+        ..AuditFilter::default()
+    };
+    assert_eq!(s.audit_search(&seals, 10).unwrap()[0].seq, seal.seq);
+    assert!(s.audit_count(&seals).unwrap() >= 1);
     assert_eq!(s.seal_audit().unwrap(), None);
     assert_eq!(walk_verified(s), 0, "nothing unsealed");
 }

@@ -720,6 +720,12 @@ fn audit_where(db: &dyn Sql, f: &AuditFilter) -> (String, Vec<crate::sql::Value>
         let p = add(&mut ps, b.into());
         conds.push(format!("seq < {p}"));
     }
+    // Seals (one a second while stacks are written) are bookkeeping of the chains, not actions
+    // anyone took: listings show them only when asked for by action.
+    if f.action.is_none() {
+        let p = add(&mut ps, SEAL_ACTION.into());
+        conds.push(format!("action <> {p}"));
+    }
     for (column, value) in [
         ("stack", &f.stack),
         ("action", &f.action),
