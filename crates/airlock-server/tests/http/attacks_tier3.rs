@@ -273,3 +273,131 @@ async fn attacks_tier3_drift_reports_are_bound_to_the_serial_and_a_live_stack() 
         .unwrap()
         .is_empty());
 }
+
+fn forge_trust(
+    id: &str,
+    forge: &str,
+    role: &str,
+    git_ref: Option<&str>,
+    stacks: &[&str],
+) -> airlock_store::OidcTrustRecord {
+    airlock_store::OidcTrustRecord {
+        id: id.into(),
+        forge: forge.into(),
+        issuer: "https://forge.example".into(),
+        audience: "https://airlock.example".into(),
+        repository: "org/repo".into(),
+        git_ref: git_ref.map(str::to_owned),
+        environment: None,
+        role: role.into(),
+        stacks: stacks.iter().map(|s| (*s).to_owned()).collect(),
+        lifetime_ms: 3_600_000,
+        created_at: 0,
+        created_by: "admin".into(),
+        removed_at: None,
+        removed_by: None,
+    }
+}
+
+fn claims(v: Value) -> serde_json::Map<String, Value> {
+    v.as_object().expect("an object").clone()
+}
+
+/// ATTACK (a GitLab pipeline that is not a push to main): for GitHub, an unknown or missing
+/// `event_name` counts as a pull request (an allowlist, fails closed), but for GitLab only
+/// `merge_request_event` and `external_pull_request_event` do (a denylist): a child pipeline
+/// (`parent_pipeline`, which is what an MR pipeline's `trigger: include:` child gets), a
+/// multi-project `pipeline`, `chat` or any source GitLab adds later gets `ci` whenever the ref
+/// matches, and a ref GitLab itself marks unprotected (`ref_protected: "false"`) is not looked
+/// at. Expected: the GitLab cap is an allowlist (push, web, schedule, ...) like GitHub's, and a
+/// `ci` grant needs `ref_protected: "true"`.
+#[test]
+fn attacks_tier3_a_gitlab_job_of_an_unlisted_pipeline_source_is_capped_like_github() {
+    let trusts = [forge_trust(
+        "t_ci",
+        "gitlab",
+        "ci",
+        Some("refs/heads/main"),
+        &[],
+    )];
+    let job = |source: &str, protected: &str| {
+        claims(
+            json!({"sub": "project_path:org/repo:ref_type:branch:ref:main", "aud": "https://airlock.example",
+            "project_path": "org/repo", "ref": "main", "ref_type": "branch", "ref_protected": protected,
+            "pipeline_source": source}),
+        )
+    };
+    // The baseline: a push to protected main gets ci (passes today).
+    let push = airlock_server::oidc::judge_login(&trusts, &job("push", "true"), None).unwrap();
+    assert_eq!(push.role, Role::Ci);
+    let mut got = Vec::new();
+    for (source, protected) in [
+        ("parent_pipeline", "true"),
+        ("pipeline", "true"),
+        ("some_future_source", "true"),
+        ("push", "false"),
+    ] {
+        let g = airlock_server::oidc::judge_login(&trusts, &job(source, protected), None);
+        if g.as_ref().is_ok_and(|g| g.role == Role::Ci) {
+            got.push(format!("{source} (ref_protected {protected})"));
+        }
+    }
+    assert!(got.is_empty(), "these GitLab jobs got the ci role: {got:?}");
+}
+
+/// ATTACK, design question (a pull-request-triggered job on the base ref: `pull_request_target`,
+/// `issue_comment`, `workflow_run`): with a `ci` trust for `refs/heads/main` on `prod/*` and an
+/// `agent` trust for pull requests on `dev/*`, the job is capped to agent *through the ci
+/// trust*, so it gets agent on `prod/*` (prod plans, prod locks, prod plan-phase cloud
+/// credentials), not the `dev/*` the admin gave pull requests. Expected: a trust whose role the
+/// cap lowers does not compete with a trust granting that role outright (or a capped trust
+/// does not match at all).
+#[test]
+fn attacks_tier3_a_pull_request_job_gets_the_stacks_of_the_pull_request_trust() {
+    let trusts = [
+        forge_trust("t_ci", "github", "ci", Some("refs/heads/main"), &["prod/*"]),
+        forge_trust("t_pr", "github", "agent", None, &["dev/*"]),
+    ];
+    let prt = claims(
+        json!({"sub": "repo:org/repo:ref:refs/heads/main", "aud": "https://airlock.example",
+        "repository": "org/repo", "ref": "refs/heads/main", "event_name": "pull_request_target"}),
+    );
+    let g = airlock_server::oidc::judge_login(&trusts, &prt, None).unwrap();
+    assert_eq!(g.role, Role::Agent);
+    assert_eq!(
+        (g.trust_id.as_str(), g.stacks.clone()),
+        ("t_pr", vec!["dev/*".to_owned()]),
+        "a pull_request_target job got agent on {:?} through trust {}",
+        g.stacks,
+        g.trust_id
+    );
+}
+
+/// REFUSED (passes today): a GitLab-shaped token never matches a GitHub trust of the same
+/// issuer (and the reverse), whatever its `sub` says.
+#[test]
+fn attacks_tier3_a_token_of_one_forge_never_matches_a_trust_of_the_other() {
+    let gh = [forge_trust("t_gh", "github", "agent", None, &[])];
+    let gl = [forge_trust("t_gl", "gitlab", "agent", None, &[])];
+    let gitlab_token = claims(
+        json!({"sub": "project_path:org/repo:ref_type:branch:ref:main",
+        "aud": "https://airlock.example", "project_path": "org/repo", "ref": "main",
+        "ref_type": "branch", "pipeline_source": "push"}),
+    );
+    let github_token = claims(json!({"sub": "repo:org/repo:ref:refs/heads/main",
+        "aud": "https://airlock.example", "repository": "org/repo", "ref": "refs/heads/main",
+        "event_name": "push"}));
+    assert!(airlock_server::oidc::judge_login(&gh, &gitlab_token, None).is_err());
+    assert!(airlock_server::oidc::judge_login(&gl, &github_token, None).is_err());
+    // A GitHub token whose sub names the repository but whose `repository` claim is another.
+    let mut mixed = github_token.clone();
+    mixed.insert("repository".into(), json!("org/repo2"));
+    assert!(airlock_server::oidc::judge_login(&gh, &mixed, None).is_err());
+    // Asking for a role above the match is refused, never granted.
+    for want in [Role::Ci, Role::Approver, Role::Admin] {
+        assert!(
+            airlock_server::oidc::judge_login(&gh, &github_token, Some(want)).is_err(),
+            "{want}"
+        );
+    }
+}
