@@ -401,3 +401,106 @@ fn attacks_tier3_a_token_of_one_forge_never_matches_a_trust_of_the_other() {
         );
     }
 }
+
+/// A forge OIDC issuer on a loopback port (a plain HTTP/1.1 thread serving its discovery
+/// document and JWKS) with an ES256 key made by `jose` (the key, not airlock's verifier, is
+/// all that is shared), and the signing half to mint its job tokens.
+struct Forge {
+    url: String,
+    key: airlock_server::oidc::jose::SigningKey,
+}
+
+fn forge() -> Forge {
+    use std::io::{BufRead, BufReader, Write};
+    let g = airlock_server::oidc::jose::generate_es256().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let discovery = json!({"issuer": url, "jwks_uri": format!("{url}/.well-known/jwks.json")});
+    let jwks = json!({"keys": [g.public_jwk]});
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut line = String::new();
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            if reader.read_line(&mut line).is_err() {
+                continue;
+            }
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).map_or(true, |n| n == 0) || h == "\r\n" {
+                    break;
+                }
+            }
+            let body = if line.contains("openid-configuration") {
+                discovery.to_string()
+            } else {
+                jwks.to_string()
+            };
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    let key = airlock_server::oidc::jose::SigningKey::from_pkcs8(&g.kid, &g.pkcs8).unwrap();
+    Forge { url, key }
+}
+
+impl Forge {
+    /// A GitHub job token of a push to `refs/heads/main` of org/repo, valid for 5 minutes.
+    fn push_token(&self, jti: &str) -> String {
+        let now = airlock_store::now_ms() / 1000;
+        self.key
+            .sign(&json!({"iss": self.url, "aud": "https://airlock.example", "sub": "repo:org/repo:ref:refs/heads/main",
+                "repository": "org/repo", "ref": "refs/heads/main", "event_name": "push",
+                "iat": now, "nbf": now, "exp": now + 300, "jti": jti}))
+            .unwrap()
+    }
+}
+
+/// ATTACK (one leaked or replayed forge token, e.g. from a job log): `oidc/login` counts a
+/// trust's logins against `LOGIN_LIMIT` (1000 an hour, "a bound on a leaked or replayed forge
+/// token's use"), but the store counts only *derived* tokens (`parent_id IS NOT NULL`) and a
+/// login token has no parent, so the bound never applies: one forge token, valid for minutes,
+/// mints airlock ci tokens without end (each valid for the trust's lifetime, up to 6 h).
+/// Expected: the 1001st login of a trust within the hour is refused (better still: one forge
+/// token, by its `jti`, is exchanged once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attacks_tier3_one_forge_token_does_not_mint_airlock_tokens_without_bound() {
+    let s = issuer_server();
+    let f = forge();
+    s.api(
+        "POST",
+        "/api/v1/oidc/trusts",
+        &s.admin,
+        json!({"forge": "github", "repository": "org/repo", "git_ref": "refs/heads/main",
+               "role": "ci", "issuer": f.url, "audience": "https://airlock.example"}),
+    )
+    .await
+    .expect(201);
+    let leaked = f.push_token("jti-leaked");
+    let login = |token: String| {
+        s.send(
+            request("POST", "/api/v1/oidc/login", Auth::None)
+                .header(axum::http::header::CONTENT_TYPE, "application/json")
+                .body(axum::body::Body::from(json!({"token": token}).to_string()))
+                .unwrap(),
+        )
+    };
+    let first = login(leaked.clone()).await;
+    first.expect(201);
+    assert_eq!(first.json()["role"], "ci");
+    let mut minted = 1;
+    while minted <= 1000 {
+        let r = login(leaked.clone()).await;
+        if r.status != 201 {
+            break;
+        }
+        minted += 1;
+    }
+    assert!(
+        minted <= 1000,
+        "one forge token was exchanged for {minted} airlock ci tokens within the hour"
+    );
+}
