@@ -504,3 +504,58 @@ async fn attacks_tier3_one_forge_token_does_not_mint_airlock_tokens_without_boun
         "one forge token was exchanged for {minted} airlock ci tokens within the hour"
     );
 }
+
+/// ATTACK (a recorded verification that contradicts itself): `ok: true` with `problems: 3` is
+/// recorded as a verified backup; the server keeps the client's verdict next to the count that
+/// refutes it. Expected: 400 unless `ok` is `problems == 0`.
+#[tokio::test]
+async fn attacks_tier3_a_backup_verification_ok_with_problems_is_refused() {
+    let s = Server::new();
+    s.stack("dev/app", false);
+    let ci = s.role_token(Role::Ci);
+    let events = s.audit().await;
+    let last = events.last().expect("an event");
+    let mut v = verification(
+        last["seq"].as_u64().unwrap(),
+        last["hash"].as_str().unwrap(),
+        "2026-01-01T00:00:00Z",
+    );
+    v["problems"] = json!(3);
+    let r = s.api("POST", "/api/v1/backups/verifications", &ci, v).await;
+    assert!(
+        r.status.is_client_error(),
+        "a verification with ok: true and 3 problems was recorded: {r:?}"
+    );
+}
+
+/// ATTACK (repo-jacking): a trust names the repository by its path only, so after `org` is
+/// renamed or deleted, whoever registers `org` again and creates `repo` gets jobs whose tokens
+/// match (GitHub's own guidance is to pin `repository_owner_id`/`repository_id`; GitLab's
+/// `namespace_id`/`project_id`). Two jobs of the same path with different repository ids both
+/// get `ci`. Expected: a trust pins the ids (given at `trust add`, or learnt at the first
+/// login) and a token with other ids is refused.
+#[test]
+fn attacks_tier3_a_trust_is_pinned_to_the_repository_not_just_its_name() {
+    let trusts = [forge_trust(
+        "t_ci",
+        "github",
+        "ci",
+        Some("refs/heads/main"),
+        &[],
+    )];
+    let job = |id: &str| {
+        claims(
+            json!({"sub": "repo:org/repo:ref:refs/heads/main", "aud": "https://airlock.example",
+            "repository": "org/repo", "repository_id": id, "repository_owner_id": id,
+            "ref": "refs/heads/main", "event_name": "push"}),
+        )
+    };
+    let first = airlock_server::oidc::judge_login(&trusts, &job("1001"), None);
+    let squatter = airlock_server::oidc::judge_login(&trusts, &job("9999"), None);
+    assert!(first.is_ok());
+    assert!(
+        squatter.is_err(),
+        "repository ids 1001 and 9999 both log in to the same trust as {:?}",
+        squatter.map(|g| g.role)
+    );
+}
