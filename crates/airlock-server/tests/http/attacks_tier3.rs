@@ -559,3 +559,59 @@ fn attacks_tier3_a_trust_is_pinned_to_the_repository_not_just_its_name() {
         squatter.map(|g| g.role)
     );
 }
+
+/// ATTACK (a job token that leaked, e.g. from a compromised runner): the admin's response is
+/// `airlock trust remove`, but on this commit the tokens the trust issued (user = the trust)
+/// stay valid for their whole lifetime (up to 6 h), and a token used just before the removal
+/// also sits in the server's token cache, which only a token revocation clears. Expected: 401
+/// right after the removal, for a token that was in use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attacks_tier3_removing_a_trust_ends_the_tokens_it_issued_at_once() {
+    let s = issuer_server();
+    let f = forge();
+    let added = s
+        .api(
+            "POST",
+            "/api/v1/oidc/trusts",
+            &s.admin,
+            json!({"forge": "github", "repository": "org/repo", "git_ref": "refs/heads/main",
+                   "role": "ci", "issuer": f.url, "audience": "https://airlock.example"}),
+        )
+        .await;
+    added.expect(201);
+    let trust = added.json()["trust"]["id"].as_str().unwrap().to_owned();
+    let r = s
+        .send(
+            request("POST", "/api/v1/oidc/login", Auth::None)
+                .header(axum::http::header::CONTENT_TYPE, "application/json")
+                .body(axum::body::Body::from(
+                    json!({"token": f.push_token("jti-1")}).to_string(),
+                ))
+                .unwrap(),
+        )
+        .await;
+    r.expect(201);
+    let secret = r.json()["secret"].as_str().unwrap().to_owned();
+    let use_it = || {
+        s.call(
+            "GET",
+            "/api/v1/stacks",
+            Auth::Bearer(&secret),
+            axum::body::Body::empty(),
+        )
+    };
+    use_it().await.expect(200);
+    s.api(
+        "POST",
+        &format!("/api/v1/oidc/trusts/{trust}/remove"),
+        &s.admin,
+        json!({}),
+    )
+    .await
+    .expect(200);
+    let after = use_it().await;
+    assert_eq!(
+        after.status, 401,
+        "the token issued by removed trust {trust} still works: {after:?}"
+    );
+}
