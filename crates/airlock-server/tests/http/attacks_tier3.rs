@@ -615,3 +615,111 @@ async fn attacks_tier3_removing_a_trust_ends_the_tokens_it_issued_at_once() {
         "the token issued by removed trust {trust} still works: {after:?}"
     );
 }
+
+/// A forge issuer whose every answer takes `delay` (one thread per connection), counting the
+/// discovery documents it served.
+fn slow_forge(
+    delay: std::time::Duration,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead, BufReader, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let g = airlock_server::oidc::jose::generate_es256().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let discovery =
+        json!({"issuer": url, "jwks_uri": format!("{url}/.well-known/jwks.json")}).to_string();
+    let jwks = json!({"keys": [g.public_jwk]}).to_string();
+    let served = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = std::sync::Arc::clone(&served);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let (discovery, jwks, count) = (discovery.clone(), jwks.clone(), count.clone());
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut line = String::new();
+                let _ = reader.read_line(&mut line);
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).map_or(true, |n| n == 0) || h == "\r\n" {
+                        break;
+                    }
+                }
+                std::thread::sleep(delay);
+                let body = if line.contains("openid-configuration") {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    discovery
+                } else {
+                    jwks
+                };
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            });
+        }
+    });
+    (url, served)
+}
+
+/// ATTACK (unauthenticated): `oidc/login` fetches a trusted issuer's JWKS on a cache miss with
+/// no single flight: every concurrent login that misses (the first ones, every one after the
+/// 10-minute expiry, and every one naming an unknown `kid` 10 s after the last fetch) makes
+/// its own outbound fetch on its own blocking thread, for up to 2 × 5 s. 32 concurrent
+/// requests with a forged token (any key, any kid) make the server fetch the forge's
+/// discovery document 32 times; thousands hold the blocking pool every store call also waits
+/// on. Expected: one fetch per issuer in flight, the other logins wait for its result.
+#[test]
+fn attacks_tier3_concurrent_logins_make_one_jwks_fetch_per_issuer() {
+    let s = issuer_server();
+    let (url, served) = slow_forge(std::time::Duration::from_millis(300));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(s.api(
+        "POST",
+        "/api/v1/oidc/trusts",
+        &s.admin,
+        json!({"forge": "github", "repository": "org/repo", "role": "agent",
+               "issuer": url, "audience": "https://airlock.example"}),
+    ))
+    .expect(201);
+    // Signed by a key the issuer never published, under a kid it does not have.
+    let stranger = airlock_server::oidc::jose::generate_es256().unwrap();
+    let key =
+        airlock_server::oidc::jose::SigningKey::from_pkcs8(&stranger.kid, &stranger.pkcs8).unwrap();
+    let now = airlock_store::now_ms() / 1000;
+    let forged = key
+        .sign(
+            &json!({"iss": url, "aud": "https://airlock.example", "sub": "repo:org/repo:x",
+            "repository": "org/repo", "event_name": "push", "iat": now, "exp": now + 300}),
+        )
+        .unwrap();
+    std::thread::scope(|scope| {
+        for _ in 0..32 {
+            let (s, forged) = (&s, forged.clone());
+            scope.spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                let r = rt.block_on(
+                    s.send(
+                        request("POST", "/api/v1/oidc/login", Auth::None)
+                            .header(axum::http::header::CONTENT_TYPE, "application/json")
+                            .body(axum::body::Body::from(json!({"token": forged}).to_string()))
+                            .unwrap(),
+                    ),
+                );
+                assert_eq!(r.status, 401, "{r:?}");
+            });
+        }
+    });
+    let fetched = served.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        fetched <= 2,
+        "32 unauthenticated logins with a forged token made {fetched} fetches of the issuer's discovery document"
+    );
+}
