@@ -250,7 +250,8 @@ async fn attacks_tier3_drift_reports_are_bound_to_the_serial_and_a_live_stack() 
             json!({"serial": u64::MAX, "plan_json_b64": b64}),
         )
         .await;
-    assert!(r.status.is_client_error(), "{r:?}");
+    assert_eq!(r.status, 409, "{r:?}");
+    assert!(r.message().contains("current serial"), "{r:?}");
     s.api(
         "POST",
         "/api/v1/stacks/dev%2Fapp/archive",
@@ -267,7 +268,7 @@ async fn attacks_tier3_drift_reports_are_bound_to_the_serial_and_a_live_stack() 
             json!({"serial": null, "error": "refresh failed"}),
         )
         .await;
-    assert!(r.status.is_client_error(), "{r:?}");
+    assert_eq!(r.status, 409, "{r:?}");
     assert!(s.api_get("/api/v1/stacks/dev%2Fapp/drift").await["history"]
         .as_array()
         .unwrap()
