@@ -185,7 +185,8 @@ async fn attacks_tier3_no_plan_identity_token_for_a_deleted_stack() {
 }
 
 /// REFUSED (passes today): a token scoped to `dev/*` gets no plan-phase identity token for
-/// `prod/app`, a reader none at all, and a run-bound token no plan-phase one.
+/// `prod/app`, a reader none at all, a stack name cannot inject into `sub`, and a TTL above
+/// the maximum is refused.
 #[tokio::test]
 async fn attacks_tier3_identity_tokens_stay_within_scope_and_role() {
     let s = issuer_server();
@@ -220,6 +221,17 @@ async fn attacks_tier3_identity_tokens_stay_within_scope_and_role() {
         )
         .await;
     assert_eq!(r.status, 403, "{r:?}");
+    // `sub` is `stack:NAME:run_phase:PHASE`: a stack name with `:` would forge another
+    // subject (`dev:run_phase:apply`); stack names are [a-z0-9._-] segments, so it is a 400.
+    let r = s
+        .api(
+            "POST",
+            "/api/v1/stacks/dev%3Arun_phase%3Aapply/identity-token",
+            &dev_agent,
+            body.clone(),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{r:?}");
     // A longer lifetime than the maximum is refused, not clamped silently.
     let r = s
         .api(
