@@ -14,10 +14,10 @@ use crate::support::*;
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
 const DB_AND_WEB: &str = "resource \"terraform_data\" \"db\" {\n  input = 1\n}\nresource \"terraform_data\" \"web\" {\n  input = 1\n}\n";
-const WEB_CHANGED: &str = "resource \"terraform_data\" \"db\" {\n  input = 1\n}\nresource \"terraform_data\" \"web\" {\n  input = 2\n}\n";
+pub(crate) const WEB_CHANGED: &str = "resource \"terraform_data\" \"db\" {\n  input = 1\n}\nresource \"terraform_data\" \"web\" {\n  input = 2\n}\n";
 
 /// A stack holding `db` and `web`, applied directly by the admin.
-fn applied_stack(stack: &str) -> (Team, Workspace) {
+pub(crate) fn applied_stack(stack: &str) -> (Team, Workspace) {
     let t = team(stack);
     let ws = Workspace::new(&t.s, stack, DB_AND_WEB);
     ws.tf_ok(&t.s.admin, &["init"]);
@@ -34,7 +34,13 @@ fn stack_serial(t: &Team, stack: &str) -> Option<u64> {
 
 /// The upload `airlock plan` would make from `ws`, with the binary of one plan file and the
 /// JSON of another.
-fn forged_upload(t: &Team, ws: &Workspace, stack: &str, bin: &str, json_of: &str) -> Value {
+pub(crate) fn forged_upload(
+    t: &Team,
+    ws: &Workspace,
+    stack: &str,
+    bin: &str,
+    json_of: &str,
+) -> Value {
     let show = ws.tf_ok(&t.s.admin, &["show", "-json", json_of]);
     let version: Value = serde_json::from_str(&show).unwrap();
     let version = version["terraform_version"].as_str().unwrap().to_owned();
@@ -55,7 +61,7 @@ fn forged_upload(t: &Team, ws: &Workspace, stack: &str, bin: &str, json_of: &str
     })
 }
 
-fn upload(t: &Team, token: &str, stack: &str, body: &Value) -> (u16, String) {
+pub(crate) fn upload(t: &Team, token: &str, stack: &str, body: &Value) -> (u16, String) {
     raw(
         "POST",
         &format!(
