@@ -486,7 +486,6 @@ impl Forge {
 /// Expected: the 1001st login of a trust within the hour is refused (better still: one forge
 /// token, by its `jti`, is exchanged once).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "being fixed on h/fix-oidc"]
 async fn attacks_tier3_one_forge_token_does_not_mint_airlock_tokens_without_bound() {
     let s = issuer_server();
     let f = forge();
