@@ -460,8 +460,7 @@ pub async fn login(
     if trusts.is_empty() {
         return Err(refuse(&state, &actor, action, None, unauth, format!("forge token refused: issuer {iss:?} is not trusted (an admin adds it with `airlock trust add`)")).await);
     }
-    let (st, i, kid) = (Arc::clone(&state), iss.clone(), token.kid.clone());
-    let keys = match blocking(&state, move |_| st.oidc.forge_keys(&i, kid.as_deref())).await? {
+    let keys = match state.oidc.forge_keys(&iss, token.kid.as_deref()).await {
         Ok(k) => k,
         Err(e) => {
             return Err(refuse(

@@ -47,6 +47,8 @@ pub const FETCH_RETRY: Duration = Duration::from_secs(10);
 pub struct Oidc {
     signing: Mutex<Option<Arc<SigningKey>>>,
     forge_keys: Mutex<HashMap<String, Fetched>>,
+    /// Per trusted issuer, held while its keys are fetched (single flight).
+    fetching: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 enum Fetched {
@@ -165,26 +167,32 @@ impl Oidc {
     }
 
     /// The keys of a trusted forge issuer: cached for [`JWKS_CACHE`], fetched again when a
-    /// token names a `kid` the cache lacks (at most every [`FETCH_RETRY`]). Blocking.
-    pub fn forge_keys(
+    /// token names a `kid` the cache lacks (at most every [`FETCH_RETRY`]). One fetch per
+    /// issuer at a time (on a blocking thread): concurrent logins wait for its result rather
+    /// than fetching too, so unauthenticated requests cannot multiply outbound fetches.
+    pub async fn forge_keys(
         &self,
         issuer: &str,
         kid: Option<&str>,
     ) -> Result<Arc<Vec<VerifyingKey>>, String> {
-        {
-            let cache = self.forge_keys.lock().unwrap_or_else(|p| p.into_inner());
-            match cache.get(issuer) {
-                Some(Fetched::Keys(at, keys)) => {
-                    let knows = kid.is_some_and(|k| keys.iter().any(|v| v.kid() == k));
-                    if at.elapsed() < JWKS_CACHE && (knows || at.elapsed() < FETCH_RETRY) {
-                        return Ok(Arc::clone(keys));
-                    }
-                }
-                Some(Fetched::Failed(at, e)) if at.elapsed() < FETCH_RETRY => return Err(e.clone()),
-                _ => {}
-            }
+        if let Some(known) = self.cached_keys(issuer, kid) {
+            return known;
         }
-        let fetched = fetch_jwks(issuer).map(Arc::new);
+        let flight = {
+            let mut f = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::clone(f.entry(issuer.to_owned()).or_default())
+        };
+        let _only_fetch = flight.lock().await;
+        // The fetch we waited for may have answered this login already.
+        if let Some(known) = self.cached_keys(issuer, kid) {
+            return known;
+        }
+        let i = issuer.to_owned();
+        let fetched = tokio::task::spawn_blocking(move || fetch_jwks(&i))
+            .await
+            .map_err(|e| format!("fetching {issuer}'s keys failed: {e}"))
+            .and_then(|r| r)
+            .map(Arc::new);
         let mut cache = self.forge_keys.lock().unwrap_or_else(|p| p.into_inner());
         match &fetched {
             Ok(keys) => cache.insert(
@@ -197,6 +205,24 @@ impl Oidc {
             ),
         };
         fetched
+    }
+
+    /// The cached answer for `issuer`, unless a fetch is due: none yet, the keys are older
+    /// than [`JWKS_CACHE`], or `kid` is unknown and the last fetch older than [`FETCH_RETRY`].
+    fn cached_keys(
+        &self,
+        issuer: &str,
+        kid: Option<&str>,
+    ) -> Option<Result<Arc<Vec<VerifyingKey>>, String>> {
+        let cache = self.forge_keys.lock().unwrap_or_else(|p| p.into_inner());
+        match cache.get(issuer)? {
+            Fetched::Keys(at, keys) => {
+                let knows = kid.is_some_and(|k| keys.iter().any(|v| v.kid() == k));
+                (at.elapsed() < JWKS_CACHE && (knows || at.elapsed() < FETCH_RETRY))
+                    .then(|| Ok(Arc::clone(keys)))
+            }
+            Fetched::Failed(at, e) => (at.elapsed() < FETCH_RETRY).then(|| Err(e.clone())),
+        }
     }
 }
 

@@ -692,7 +692,6 @@ fn slow_forge(
 /// discovery document 32 times; thousands hold the blocking pool every store call also waits
 /// on. Expected: one fetch per issuer in flight, the other logins wait for its result.
 #[test]
-#[ignore = "being fixed on h/fix-oidc"]
 fn attacks_tier3_concurrent_logins_make_one_jwks_fetch_per_issuer() {
     let s = issuer_server();
     let (url, served) = slow_forge(std::time::Duration::from_millis(300));
