@@ -401,14 +401,32 @@ fn claim<'a>(c: &'a Map<String, Value>, k: &str) -> Option<&'a str> {
 }
 
 /// The job facts a trust judges, read the forge's way: repository, full ref, environment,
-/// whether it runs for a pull/merge request, and the prefix its `sub` must have.
+/// whether it is capped at `agent` (it may run for a pull/merge request: see [`job`]), and the
+/// prefix its `sub` must have.
 struct Job<'a> {
     repository: Option<&'a str>,
     git_ref: Option<String>,
     environment: Option<&'a str>,
-    pull_request: bool,
+    capped: bool,
     sub_prefix: Option<String>,
 }
+
+/// GitLab pipeline sources whose jobs may get `ci`: a push, a person running the pipeline
+/// (web UI or API), a schedule. Anything else (merge requests, child and multi-project
+/// pipelines, trigger tokens, chat, sources GitLab adds later) is capped: an allow-list, like
+/// GitHub's events.
+const GITLAB_CI_SOURCES: [&str; 4] = ["push", "web", "api", "schedule"];
+
+/// GitHub events whose jobs may get `ci`; unknown or missing events are capped.
+const GITHUB_CI_EVENTS: [&str; 7] = [
+    "push",
+    "workflow_dispatch",
+    "schedule",
+    "merge_group",
+    "release",
+    "deployment",
+    "repository_dispatch",
+];
 
 fn job<'a>(forge: &str, c: &'a Map<String, Value>) -> Job<'a> {
     match forge {
@@ -423,10 +441,9 @@ fn job<'a>(forge: &str, c: &'a Map<String, Value>) -> Job<'a> {
                 repository,
                 git_ref,
                 environment: claim(c, "environment"),
-                pull_request: matches!(
-                    claim(c, "pipeline_source"),
-                    Some("merge_request_event" | "external_pull_request_event")
-                ) || claim(c, "pipeline_source").is_none(),
+                // An allow-list of sources, and a ref GitLab itself protects.
+                capped: claim(c, "pipeline_source").is_none_or(|s| !GITLAB_CI_SOURCES.contains(&s))
+                    || claim(c, "ref_protected") != Some("true"),
                 sub_prefix: repository.map(|r| format!("project_path:{r}:")),
             }
         }
@@ -436,19 +453,8 @@ fn job<'a>(forge: &str, c: &'a Map<String, Value>) -> Job<'a> {
                 repository,
                 git_ref: claim(c, "ref").map(str::to_owned),
                 environment: claim(c, "environment"),
-                // Unknown or missing events count as pull requests: the cap fails closed.
-                pull_request: !matches!(
-                    claim(c, "event_name"),
-                    Some(
-                        "push"
-                            | "workflow_dispatch"
-                            | "schedule"
-                            | "merge_group"
-                            | "release"
-                            | "deployment"
-                            | "repository_dispatch"
-                    )
-                ),
+                // Unknown or missing events are capped: the cap fails closed.
+                capped: claim(c, "event_name").is_none_or(|e| !GITHUB_CI_EVENTS.contains(&e)),
                 sub_prefix: repository.map(|r| format!("repo:{r}:")),
             }
         }
@@ -520,7 +526,7 @@ pub fn judge_login(
         let Ok(role) = t.role.parse::<Role>() else {
             continue;
         };
-        let role = if j.pull_request && role == Role::Ci {
+        let role = if j.capped && role == Role::Ci {
             Role::Agent
         } else {
             role
@@ -543,9 +549,9 @@ pub fn judge_login(
         {
             w
         }
-        Some(Role::Ci) if job(&t.forge, claims).pull_request => {
+        Some(Role::Ci) if job(&t.forge, claims).capped => {
             return Err(
-                "a pull-request job gets at most a plan-capable role (agent), never ci".into(),
+                "a job of a pull/merge request (or of a GitHub event, GitLab pipeline source or unprotected GitLab ref that may not apply) gets at most a plan-capable role (agent), never ci".into(),
             )
         }
         Some(w) => return Err(format!("this job may get at most the {role} role, not {w}")),

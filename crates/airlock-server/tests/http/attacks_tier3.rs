@@ -329,7 +329,6 @@ fn claims(v: Value) -> serde_json::Map<String, Value> {
 /// at. Expected: the GitLab cap is an allowlist (push, web, schedule, ...) like GitHub's, and a
 /// `ci` grant needs `ref_protected: "true"`.
 #[test]
-#[ignore = "being fixed on h/fix-oidc"]
 fn attacks_tier3_a_gitlab_job_of_an_unlisted_pipeline_source_is_capped_like_github() {
     let trusts = [forge_trust(
         "t_ci",
