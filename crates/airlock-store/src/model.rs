@@ -608,16 +608,15 @@ impl NewToken {
     fn within_mint_limit(self, ctx: &MintContext<'_>) -> Result<NewToken, crate::StoreError> {
         if let Some(limit) = self.mint_limit {
             if ctx.recent_minted >= limit.max {
-                let kind = if self.parent_id.is_some() {
-                    "phase tokens; wait, or ask why so many plans are being started"
+                let (kind, why) = if self.parent_id.is_some() {
+                    ("phase tokens", "plans are being started")
                 } else {
-                    "tokens; wait, or ask why so many are being issued"
+                    ("tokens", "are being issued")
                 };
                 return Err(crate::StoreError::LimitReached(format!(
-                    "user {} has minted {} of the {} allowed in {} minutes: {kind}",
+                    "user {} has minted {} {kind} in the last {} minutes, the limit; wait, or ask why so many {why}",
                     self.user,
                     ctx.recent_minted,
-                    limit.max,
                     limit.window_ms / 60_000
                 )));
             }
