@@ -181,7 +181,21 @@ pub async fn plan_identity(
         return Err(refuse(&state, &p.display(), "oidc.plan_token", Some(stack.as_str()), RefusalKind::Forbidden,
             "a run-bound token gets the apply-phase identity token (POST /api/v1/runs/ID/identity-token), not a plan-phase one".into()).await);
     }
-    existing_stack(&state, &p, stack.as_str()).await?;
+    // A deleted (archived) stack's cloud role stays out of reach, as its other writes do.
+    if let Some(r) = existing_stack(&state, &p, stack.as_str())
+        .await?
+        .refuse_if_archived()
+    {
+        return Err(refuse(
+            &state,
+            &p.display(),
+            "oidc.plan_token",
+            Some(stack.as_str()),
+            r.kind,
+            r.message,
+        )
+        .await);
+    }
     issue(&state, &p, req, stack.as_str(), "plan", None).await
 }
 

@@ -161,7 +161,6 @@ fn issuer_server() -> Server {
 /// the cloud role of a stack that no longer exists stays reachable for an hour per call.
 /// Expected: 409, as for every other write to an archived stack.
 #[tokio::test]
-#[ignore = "being fixed on h/fix-oidc"]
 async fn attacks_tier3_no_plan_identity_token_for_a_deleted_stack() {
     let s = issuer_server();
     s.stack("dev/app", false);
