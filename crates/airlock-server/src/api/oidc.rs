@@ -392,9 +392,17 @@ pub async fn add_trust(
     Ok((StatusCode::CREATED, Json(json!({"trust": trust}))))
 }
 
-/// `GET /api/v1/oidc/trusts` (admin).
-pub async fn list_trusts(State(state): State<Arc<AppState>>) -> ApiResult<Json<Value>> {
-    let trusts = store_call(&state, |st| st.oidc_trusts()).await?;
+/// `GET /api/v1/oidc/trusts` (admin): the trusts within the token's stacks, as for adding and
+/// removing one (an admin of `dev/*` does not read the repositories that reach `prod/*`).
+pub async fn list_trusts(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+) -> ApiResult<Json<Value>> {
+    let trusts: Vec<OidcTrustRecord> = store_call(&state, |st| st.oidc_trusts())
+        .await?
+        .into_iter()
+        .filter(|t| within_scope(&p.stacks, &t.stacks))
+        .collect();
     Ok(Json(json!({"trusts": trusts})))
 }
 

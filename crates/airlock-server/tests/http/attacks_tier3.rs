@@ -103,7 +103,6 @@ fn trust(repo: &str, stacks: &[&str]) -> Value {
 /// repositories, refs and environments that reach `prod/*`, although adding or removing such a
 /// trust is refused to this token. Expected: a scoped admin sees only trusts within its scope.
 #[tokio::test]
-#[ignore = "being fixed on h/fix-oidc"]
 async fn attacks_tier3_a_scoped_admin_lists_only_the_trusts_within_its_stacks() {
     let s = Server::new();
     s.api(
