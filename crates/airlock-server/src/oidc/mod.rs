@@ -471,8 +471,9 @@ fn rank(r: Role) -> u8 {
 
 /// Judges a verified forge token's claims against the active trusts of its issuer. The
 /// signature, `iss` and times are checked before; this checks `aud`, `sub`, the trust's
-/// conditions, and the roles: a pull/merge-request job gets at most `agent` (plan-capable), and
-/// `want` (the role asked for) must be within what matched.
+/// conditions, and the roles: a pull/merge-request job (a capped one, see [`job`]) never
+/// matches a `ci` trust, only trusts of a plan-capable role or less, and `want` (the role asked
+/// for) must be within what matched.
 pub fn judge_login(
     trusts: &[OidcTrustRecord],
     claims: &Map<String, Value>,
@@ -526,11 +527,16 @@ pub fn judge_login(
         let Ok(role) = t.role.parse::<Role>() else {
             continue;
         };
-        let role = if j.capped && role == Role::Ci {
-            Role::Agent
-        } else {
-            role
-        };
+        // A trust grants its role or nothing: a capped job does not match a ci trust (which
+        // would otherwise hand it agent on the ci trust's stacks, e.g. prod/*); it needs a
+        // trust of its own (the agent trust for pull requests).
+        if j.capped && role == Role::Ci {
+            reasons.push(format!(
+                "trust {}: grants ci, which a job of a pull/merge request (or of a GitHub event, GitLab pipeline source or unprotected GitLab ref that may not apply) never gets",
+                t.id
+            ));
+            continue;
+        }
         if best.is_none_or(|(r, _)| rank(role) > rank(r)) {
             best = Some((role, t));
         }
@@ -619,6 +625,26 @@ mod tests {
                 .role,
             Role::Reader
         );
+    }
+
+    #[test]
+    fn a_capped_job_never_matches_a_ci_trust() {
+        // Only a ci trust: a pull_request_target job on main gets nothing (not agent on the
+        // ci trust's stacks), and the refusal says why.
+        let only_ci = [trust("ci", Some("refs/heads/main"))];
+        let prt = gh("pull_request_target", "refs/heads/main");
+        let e = judge_login(&only_ci, &prt, None).unwrap_err();
+        assert!(e.contains("grants ci"), "{e}");
+        // With an agent trust too, that one is matched, whatever the order.
+        let mut pr_trust = trust("agent", None);
+        pr_trust.stacks = vec!["dev/*".into()];
+        for trusts in [
+            [only_ci[0].clone(), pr_trust.clone()],
+            [pr_trust.clone(), only_ci[0].clone()],
+        ] {
+            let g = judge_login(&trusts, &prt, None).unwrap();
+            assert_eq!((g.role, g.stacks), (Role::Agent, vec!["dev/*".to_owned()]));
+        }
     }
 
     #[test]

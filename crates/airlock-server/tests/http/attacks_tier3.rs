@@ -368,7 +368,6 @@ fn attacks_tier3_a_gitlab_job_of_an_unlisted_pipeline_source_is_capped_like_gith
 /// cap lowers does not compete with a trust granting that role outright (or a capped trust
 /// does not match at all).
 #[test]
-#[ignore = "being fixed on h/fix-oidc"]
 fn attacks_tier3_a_pull_request_job_gets_the_stacks_of_the_pull_request_trust() {
     let trusts = [
         forge_trust("t_ci", "github", "ci", Some("refs/heads/main"), &["prod/*"]),
