@@ -716,6 +716,39 @@ pub fn mint_limit(s: &dyn Store) {
         Err(StoreError::LimitReached(_))
     ));
     assert!(s.token("tok-ml-3").unwrap().is_none());
+    // Parentless tokens of one user (a trust's forge logins) are counted apart from the
+    // derived ones: the 3 phase tokens above do not use up the logins, the parent does.
+    s.create_user(
+        NewUser {
+            name: "ml-user".into(),
+            created_by: "test".into(),
+            forge_logins: Vec::new(),
+        },
+        audit("user.create"),
+    )
+    .unwrap();
+    s.create_token(
+        new_token("tok-ml-u", "ml-user", None, None),
+        audit("token.create"),
+    )
+    .unwrap();
+    for i in 0..3 {
+        let mut t = new_token(&format!("tok-ml-ud{i}"), "", Some("tok-ml-u"), None);
+        t.mint_limit = Some(limit);
+        s.create_token(t, audit("token.plan_phase")).unwrap();
+    }
+    for i in 0..2 {
+        let mut t = new_token(&format!("tok-ml-l{i}"), "ml-user", None, None);
+        t.mint_limit = Some(limit);
+        s.create_token(t, audit("oidc.login")).unwrap();
+    }
+    let mut t = new_token("tok-ml-l2", "ml-user", None, None);
+    t.mint_limit = Some(limit);
+    assert!(matches!(
+        s.create_token(t, audit("oidc.login")),
+        Err(StoreError::LimitReached(_))
+    ));
+    assert!(s.token("tok-ml-l2").unwrap().is_none());
 }
 
 fn new_lock(id: &str) -> NewLock {

@@ -1219,14 +1219,17 @@ impl<E: Engine> Store for E {
             };
             let user = parent.as_ref().map_or(t.user.clone(), |p| p.user.clone());
             let now = now_ms();
-            let recent_derived = match t.mint_limit {
+            // The limit counts the user's tokens of the new one's kind: derived (phase tokens)
+            // or parentless (a trust's forge logins), never run-bound ones.
+            let recent_minted = match t.mint_limit {
                 Some(l) => {
                     db.lock_user_mints(&user)?;
-                    count(
-                        db,
-                        "SELECT COUNT(*) FROM tokens WHERE user_name = $1 AND parent_id IS NOT NULL AND run_id IS NULL AND created_at > $2",
-                        params![&user, now - l.window_ms],
-                    )?
+                    let sql = if t.parent_id.is_some() {
+                        "SELECT COUNT(*) FROM tokens WHERE user_name = $1 AND parent_id IS NOT NULL AND run_id IS NULL AND created_at > $2"
+                    } else {
+                        "SELECT COUNT(*) FROM tokens WHERE user_name = $1 AND parent_id IS NULL AND run_id IS NULL AND created_at > $2"
+                    };
+                    count(db, sql, params![&user, now - l.window_ms])?
                 }
                 None => 0,
             };
@@ -1235,7 +1238,7 @@ impl<E: Engine> Store for E {
             let t = t.judge(MintContext {
                 parent: parent.as_ref(),
                 user_exists,
-                recent_derived,
+                recent_minted,
                 now,
             })?;
             db.execute(

@@ -244,11 +244,12 @@ pub struct NewToken {
     pub user: String,
     /// Parent token (phase tokens): the derived token dies with it and expires no later.
     pub parent_id: Option<String>,
-    /// Limit on derived tokens per user, counted in the database so replicas agree.
+    /// Limit on tokens of this kind (derived, or parentless) per user, counted in the database
+    /// so replicas agree.
     pub mint_limit: Option<MintLimit>,
 }
 
-/// At most `max` derived tokens per user within `window_ms`.
+/// At most `max` tokens of one kind (derived, or parentless) per user within `window_ms`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MintLimit {
     /// Tokens allowed in the window.
@@ -345,9 +346,9 @@ pub struct MintContext<'a> {
     pub parent: Option<&'a TokenRecord>,
     /// Whether the new token's user exists as a user record.
     pub user_exists: bool,
-    /// Plan-phase tokens (derived, not run-bound) of the parent's user created within the mint
-    /// limit's window.
-    pub recent_derived: u64,
+    /// Tokens of the new token's kind (derived, or parentless), not run-bound, of its user,
+    /// created within the mint limit's window.
+    pub recent_minted: u64,
     /// The transaction's time.
     pub now: i64,
 }
@@ -568,7 +569,7 @@ impl NewToken {
         use crate::StoreError;
         let Some(parent_id) = self.parent_id.clone() else {
             if self.user == self.id || ctx.user_exists {
-                return Ok(self);
+                return self.within_mint_limit(&ctx);
             }
             return Err(StoreError::NotFound(format!(
                 "user {:?}; create it first with `airlock user create {}`",
@@ -599,12 +600,23 @@ impl NewToken {
             (Some(own), Some(p)) => Some(own.min(p)),
             (own, p) => own.or(p),
         };
+        self.within_mint_limit(&ctx)
+    }
+
+    /// The mint limit: at most `max` tokens of this kind (derived: phase tokens; parentless:
+    /// e.g. a trust's forge logins) per user within the window.
+    fn within_mint_limit(self, ctx: &MintContext<'_>) -> Result<NewToken, crate::StoreError> {
         if let Some(limit) = self.mint_limit {
-            if ctx.recent_derived >= limit.max {
-                return Err(StoreError::LimitReached(format!(
-                    "user {} has minted {} phase tokens in the last {} minutes, the limit; wait, or ask why so many plans are being started",
+            if ctx.recent_minted >= limit.max {
+                let (kind, why) = if self.parent_id.is_some() {
+                    ("phase tokens", "plans are being started")
+                } else {
+                    ("tokens", "are being issued")
+                };
+                return Err(crate::StoreError::LimitReached(format!(
+                    "user {} has minted {} {kind} in the last {} minutes, the limit; wait, or ask why so many {why}",
                     self.user,
-                    ctx.recent_derived,
+                    ctx.recent_minted,
                     limit.window_ms / 60_000
                 )));
             }

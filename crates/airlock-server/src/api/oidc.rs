@@ -181,7 +181,21 @@ pub async fn plan_identity(
         return Err(refuse(&state, &p.display(), "oidc.plan_token", Some(stack.as_str()), RefusalKind::Forbidden,
             "a run-bound token gets the apply-phase identity token (POST /api/v1/runs/ID/identity-token), not a plan-phase one".into()).await);
     }
-    existing_stack(&state, &p, stack.as_str()).await?;
+    // A deleted (archived) stack's cloud role stays out of reach, as its other writes do.
+    if let Some(r) = existing_stack(&state, &p, stack.as_str())
+        .await?
+        .refuse_if_archived()
+    {
+        return Err(refuse(
+            &state,
+            &p.display(),
+            "oidc.plan_token",
+            Some(stack.as_str()),
+            r.kind,
+            r.message,
+        )
+        .await);
+    }
     issue(&state, &p, req, stack.as_str(), "plan", None).await
 }
 
@@ -378,9 +392,17 @@ pub async fn add_trust(
     Ok((StatusCode::CREATED, Json(json!({"trust": trust}))))
 }
 
-/// `GET /api/v1/oidc/trusts` (admin).
-pub async fn list_trusts(State(state): State<Arc<AppState>>) -> ApiResult<Json<Value>> {
-    let trusts = store_call(&state, |st| st.oidc_trusts()).await?;
+/// `GET /api/v1/oidc/trusts` (admin): the trusts within the token's stacks, as for adding and
+/// removing one (an admin of `dev/*` does not read the repositories that reach `prod/*`).
+pub async fn list_trusts(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+) -> ApiResult<Json<Value>> {
+    let trusts: Vec<OidcTrustRecord> = store_call(&state, |st| st.oidc_trusts())
+        .await?
+        .into_iter()
+        .filter(|t| within_scope(&p.stacks, &t.stacks))
+        .collect();
     Ok(Json(json!({"trusts": trusts})))
 }
 
@@ -460,8 +482,7 @@ pub async fn login(
     if trusts.is_empty() {
         return Err(refuse(&state, &actor, action, None, unauth, format!("forge token refused: issuer {iss:?} is not trusted (an admin adds it with `airlock trust add`)")).await);
     }
-    let (st, i, kid) = (Arc::clone(&state), iss.clone(), token.kid.clone());
-    let keys = match blocking(&state, move |_| st.oidc.forge_keys(&i, kid.as_deref())).await? {
+    let keys = match state.oidc.forge_keys(&iss, token.kid.as_deref()).await {
         Ok(k) => k,
         Err(e) => {
             return Err(refuse(

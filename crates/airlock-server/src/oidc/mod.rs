@@ -47,6 +47,8 @@ pub const FETCH_RETRY: Duration = Duration::from_secs(10);
 pub struct Oidc {
     signing: Mutex<Option<Arc<SigningKey>>>,
     forge_keys: Mutex<HashMap<String, Fetched>>,
+    /// Per trusted issuer, held while its keys are fetched (single flight).
+    fetching: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 enum Fetched {
@@ -165,26 +167,32 @@ impl Oidc {
     }
 
     /// The keys of a trusted forge issuer: cached for [`JWKS_CACHE`], fetched again when a
-    /// token names a `kid` the cache lacks (at most every [`FETCH_RETRY`]). Blocking.
-    pub fn forge_keys(
+    /// token names a `kid` the cache lacks (at most every [`FETCH_RETRY`]). One fetch per
+    /// issuer at a time (on a blocking thread): concurrent logins wait for its result rather
+    /// than fetching too, so unauthenticated requests cannot multiply outbound fetches.
+    pub async fn forge_keys(
         &self,
         issuer: &str,
         kid: Option<&str>,
     ) -> Result<Arc<Vec<VerifyingKey>>, String> {
-        {
-            let cache = self.forge_keys.lock().unwrap_or_else(|p| p.into_inner());
-            match cache.get(issuer) {
-                Some(Fetched::Keys(at, keys)) => {
-                    let knows = kid.is_some_and(|k| keys.iter().any(|v| v.kid() == k));
-                    if at.elapsed() < JWKS_CACHE && (knows || at.elapsed() < FETCH_RETRY) {
-                        return Ok(Arc::clone(keys));
-                    }
-                }
-                Some(Fetched::Failed(at, e)) if at.elapsed() < FETCH_RETRY => return Err(e.clone()),
-                _ => {}
-            }
+        if let Some(known) = self.cached_keys(issuer, kid) {
+            return known;
         }
-        let fetched = fetch_jwks(issuer).map(Arc::new);
+        let flight = {
+            let mut f = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::clone(f.entry(issuer.to_owned()).or_default())
+        };
+        let _only_fetch = flight.lock().await;
+        // The fetch we waited for may have answered this login already.
+        if let Some(known) = self.cached_keys(issuer, kid) {
+            return known;
+        }
+        let i = issuer.to_owned();
+        let fetched = tokio::task::spawn_blocking(move || fetch_jwks(&i))
+            .await
+            .map_err(|e| format!("fetching {issuer}'s keys failed: {e}"))
+            .and_then(|r| r)
+            .map(Arc::new);
         let mut cache = self.forge_keys.lock().unwrap_or_else(|p| p.into_inner());
         match &fetched {
             Ok(keys) => cache.insert(
@@ -197,6 +205,24 @@ impl Oidc {
             ),
         };
         fetched
+    }
+
+    /// The cached answer for `issuer`, unless a fetch is due: none yet, the keys are older
+    /// than [`JWKS_CACHE`], or `kid` is unknown and the last fetch older than [`FETCH_RETRY`].
+    fn cached_keys(
+        &self,
+        issuer: &str,
+        kid: Option<&str>,
+    ) -> Option<Result<Arc<Vec<VerifyingKey>>, String>> {
+        let cache = self.forge_keys.lock().unwrap_or_else(|p| p.into_inner());
+        match cache.get(issuer)? {
+            Fetched::Keys(at, keys) => {
+                let knows = kid.is_some_and(|k| keys.iter().any(|v| v.kid() == k));
+                (at.elapsed() < JWKS_CACHE && (knows || at.elapsed() < FETCH_RETRY))
+                    .then(|| Ok(Arc::clone(keys)))
+            }
+            Fetched::Failed(at, e) => (at.elapsed() < FETCH_RETRY).then(|| Err(e.clone())),
+        }
     }
 }
 
@@ -375,14 +401,32 @@ fn claim<'a>(c: &'a Map<String, Value>, k: &str) -> Option<&'a str> {
 }
 
 /// The job facts a trust judges, read the forge's way: repository, full ref, environment,
-/// whether it runs for a pull/merge request, and the prefix its `sub` must have.
+/// whether it is capped at `agent` (it may run for a pull/merge request: see [`job`]), and the
+/// prefix its `sub` must have.
 struct Job<'a> {
     repository: Option<&'a str>,
     git_ref: Option<String>,
     environment: Option<&'a str>,
-    pull_request: bool,
+    capped: bool,
     sub_prefix: Option<String>,
 }
+
+/// GitLab pipeline sources whose jobs may get `ci`: a push, a person running the pipeline
+/// (web UI or API), a schedule. Anything else (merge requests, child and multi-project
+/// pipelines, trigger tokens, chat, sources GitLab adds later) is capped: an allow-list, like
+/// GitHub's events.
+const GITLAB_CI_SOURCES: [&str; 4] = ["push", "web", "api", "schedule"];
+
+/// GitHub events whose jobs may get `ci`; unknown or missing events are capped.
+const GITHUB_CI_EVENTS: [&str; 7] = [
+    "push",
+    "workflow_dispatch",
+    "schedule",
+    "merge_group",
+    "release",
+    "deployment",
+    "repository_dispatch",
+];
 
 fn job<'a>(forge: &str, c: &'a Map<String, Value>) -> Job<'a> {
     match forge {
@@ -397,10 +441,9 @@ fn job<'a>(forge: &str, c: &'a Map<String, Value>) -> Job<'a> {
                 repository,
                 git_ref,
                 environment: claim(c, "environment"),
-                pull_request: matches!(
-                    claim(c, "pipeline_source"),
-                    Some("merge_request_event" | "external_pull_request_event")
-                ) || claim(c, "pipeline_source").is_none(),
+                // An allow-list of sources, and a ref GitLab itself protects.
+                capped: claim(c, "pipeline_source").is_none_or(|s| !GITLAB_CI_SOURCES.contains(&s))
+                    || claim(c, "ref_protected") != Some("true"),
                 sub_prefix: repository.map(|r| format!("project_path:{r}:")),
             }
         }
@@ -410,19 +453,8 @@ fn job<'a>(forge: &str, c: &'a Map<String, Value>) -> Job<'a> {
                 repository,
                 git_ref: claim(c, "ref").map(str::to_owned),
                 environment: claim(c, "environment"),
-                // Unknown or missing events count as pull requests: the cap fails closed.
-                pull_request: !matches!(
-                    claim(c, "event_name"),
-                    Some(
-                        "push"
-                            | "workflow_dispatch"
-                            | "schedule"
-                            | "merge_group"
-                            | "release"
-                            | "deployment"
-                            | "repository_dispatch"
-                    )
-                ),
+                // Unknown or missing events are capped: the cap fails closed.
+                capped: claim(c, "event_name").is_none_or(|e| !GITHUB_CI_EVENTS.contains(&e)),
                 sub_prefix: repository.map(|r| format!("repo:{r}:")),
             }
         }
@@ -439,8 +471,9 @@ fn rank(r: Role) -> u8 {
 
 /// Judges a verified forge token's claims against the active trusts of its issuer. The
 /// signature, `iss` and times are checked before; this checks `aud`, `sub`, the trust's
-/// conditions, and the roles: a pull/merge-request job gets at most `agent` (plan-capable), and
-/// `want` (the role asked for) must be within what matched.
+/// conditions, and the roles: a pull/merge-request job (a capped one, see [`job`]) never
+/// matches a `ci` trust, only trusts of a plan-capable role or less, and `want` (the role asked
+/// for) must be within what matched.
 pub fn judge_login(
     trusts: &[OidcTrustRecord],
     claims: &Map<String, Value>,
@@ -494,11 +527,16 @@ pub fn judge_login(
         let Ok(role) = t.role.parse::<Role>() else {
             continue;
         };
-        let role = if j.pull_request && role == Role::Ci {
-            Role::Agent
-        } else {
-            role
-        };
+        // A trust grants its role or nothing: a capped job does not match a ci trust (which
+        // would otherwise hand it agent on the ci trust's stacks, e.g. prod/*); it needs a
+        // trust of its own (the agent trust for pull requests).
+        if j.capped && role == Role::Ci {
+            reasons.push(format!(
+                "trust {}: grants ci, which a job of a pull/merge request (or of a GitHub event, GitLab pipeline source or unprotected GitLab ref that may not apply) never gets",
+                t.id
+            ));
+            continue;
+        }
         if best.is_none_or(|(r, _)| rank(role) > rank(r)) {
             best = Some((role, t));
         }
@@ -517,9 +555,9 @@ pub fn judge_login(
         {
             w
         }
-        Some(Role::Ci) if job(&t.forge, claims).pull_request => {
+        Some(Role::Ci) if job(&t.forge, claims).capped => {
             return Err(
-                "a pull-request job gets at most a plan-capable role (agent), never ci".into(),
+                "a job of a pull/merge request (or of a GitHub event, GitLab pipeline source or unprotected GitLab ref that may not apply) gets at most a plan-capable role (agent), never ci".into(),
             )
         }
         Some(w) => return Err(format!("this job may get at most the {role} role, not {w}")),
@@ -587,6 +625,26 @@ mod tests {
                 .role,
             Role::Reader
         );
+    }
+
+    #[test]
+    fn a_capped_job_never_matches_a_ci_trust() {
+        // Only a ci trust: a pull_request_target job on main gets nothing (not agent on the
+        // ci trust's stacks), and the refusal says why.
+        let only_ci = [trust("ci", Some("refs/heads/main"))];
+        let prt = gh("pull_request_target", "refs/heads/main");
+        let e = judge_login(&only_ci, &prt, None).unwrap_err();
+        assert!(e.contains("grants ci"), "{e}");
+        // With an agent trust too, that one is matched, whatever the order.
+        let mut pr_trust = trust("agent", None);
+        pr_trust.stacks = vec!["dev/*".into()];
+        for trusts in [
+            [only_ci[0].clone(), pr_trust.clone()],
+            [pr_trust.clone(), only_ci[0].clone()],
+        ] {
+            let g = judge_login(&trusts, &prt, None).unwrap();
+            assert_eq!((g.role, g.stacks), (Role::Agent, vec!["dev/*".to_owned()]));
+        }
     }
 
     #[test]

@@ -103,7 +103,6 @@ fn trust(repo: &str, stacks: &[&str]) -> Value {
 /// repositories, refs and environments that reach `prod/*`, although adding or removing such a
 /// trust is refused to this token. Expected: a scoped admin sees only trusts within its scope.
 #[tokio::test]
-#[ignore = "being fixed on h/fix-oidc"]
 async fn attacks_tier3_a_scoped_admin_lists_only_the_trusts_within_its_stacks() {
     let s = Server::new();
     s.api(
@@ -161,7 +160,6 @@ fn issuer_server() -> Server {
 /// the cloud role of a stack that no longer exists stays reachable for an hour per call.
 /// Expected: 409, as for every other write to an archived stack.
 #[tokio::test]
-#[ignore = "being fixed on h/fix-oidc"]
 async fn attacks_tier3_no_plan_identity_token_for_a_deleted_stack() {
     let s = issuer_server();
     s.stack("dev/app", false);
@@ -329,7 +327,6 @@ fn claims(v: Value) -> serde_json::Map<String, Value> {
 /// at. Expected: the GitLab cap is an allowlist (push, web, schedule, ...) like GitHub's, and a
 /// `ci` grant needs `ref_protected: "true"`.
 #[test]
-#[ignore = "being fixed on h/fix-oidc"]
 fn attacks_tier3_a_gitlab_job_of_an_unlisted_pipeline_source_is_capped_like_github() {
     let trusts = [forge_trust(
         "t_ci",
@@ -371,7 +368,6 @@ fn attacks_tier3_a_gitlab_job_of_an_unlisted_pipeline_source_is_capped_like_gith
 /// cap lowers does not compete with a trust granting that role outright (or a capped trust
 /// does not match at all).
 #[test]
-#[ignore = "being fixed on h/fix-oidc"]
 fn attacks_tier3_a_pull_request_job_gets_the_stacks_of_the_pull_request_trust() {
     let trusts = [
         forge_trust("t_ci", "github", "ci", Some("refs/heads/main"), &["prod/*"]),
@@ -486,7 +482,6 @@ impl Forge {
 /// Expected: the 1001st login of a trust within the hour is refused (better still: one forge
 /// token, by its `jti`, is exchanged once).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "being fixed on h/fix-oidc"]
 async fn attacks_tier3_one_forge_token_does_not_mint_airlock_tokens_without_bound() {
     let s = issuer_server();
     let f = forge();
@@ -693,7 +688,6 @@ fn slow_forge(
 /// discovery document 32 times; thousands hold the blocking pool every store call also waits
 /// on. Expected: one fetch per issuer in flight, the other logins wait for its result.
 #[test]
-#[ignore = "being fixed on h/fix-oidc"]
 fn attacks_tier3_concurrent_logins_make_one_jwks_fetch_per_issuer() {
     let s = issuer_server();
     let (url, served) = slow_forge(std::time::Duration::from_millis(300));

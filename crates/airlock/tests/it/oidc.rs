@@ -470,7 +470,7 @@ fn ci_logs_in_with_its_forge_token_and_every_attack_is_refused_and_audited() {
         &forge.url,
     ]);
     let gl = forge.mint(json!({"sub": "project_path:group/proj:ref_type:branch:ref:main", "project_path": "group/proj",
-        "ref": "main", "ref_type": "branch", "pipeline_source": "push", "aud": aud}), None);
+        "ref": "main", "ref_type": "branch", "ref_protected": "true", "pipeline_source": "push", "aud": aud}), None);
     let out = cli_in(
         &t.s,
         "",
