@@ -5,12 +5,18 @@
 //! directly (they must work with no server), so a report is the only way the server learns of
 //! them; it is tied to this server by the backup's audit head, which must be this server's own
 //! event.
+//!
+//! The server checks what it can from its own audit log and clock: the head is its event at
+//! the reported position; the export time is not in the future (beyond
+//! [`MAX_CLOCK_SKEW_MS`]), not before the head event (beyond that skew), and before the event
+//! that follows the head (a backup exported at T holds every event before T); `ok` agrees with
+//! the problem count. The rest (that the files exist and verify) is what the client reports.
 
 use std::sync::Arc;
 
-use airlock_core::audit::GENESIS;
+use airlock_core::audit::{AuditRecord, GENESIS};
 use airlock_core::refusal::RefusalKind;
-use airlock_core::time::parse_rfc3339_ms;
+use airlock_core::time::{parse_rfc3339_ms, rfc3339};
 use airlock_store::NewAudit;
 use axum::extract::State;
 use axum::{Extension, Json};
@@ -24,6 +30,10 @@ use crate::AppState;
 
 /// The audit action of a recorded verify run.
 pub const VERIFY_ACTION: &str = "backup.verify";
+
+/// How far the export host's clock may be ahead of the server's (5 minutes): an `exported_at`
+/// later than now plus this, or earlier than the head event minus this, is refused.
+pub const MAX_CLOCK_SKEW_MS: i64 = 5 * 60 * 1000;
 
 /// What `airlock backup verify` found, as it reports it.
 #[derive(Deserialize)]
@@ -74,17 +84,30 @@ pub async fn record(
     let Ok(exported_ms) = parse_rfc3339_ms(&v.exported_at) else {
         return bad("exported_at must be an RFC 3339 time");
     };
+    if v.ok != (v.problems == 0) {
+        return bad("ok must be true exactly when problems is 0");
+    }
+    let now = airlock_store::now_ms();
+    if exported_ms > now + MAX_CLOCK_SKEW_MS {
+        return bad(&format!(
+            "exported_at {} is in the future (the server's time is {}, clock skew allowed {} s)",
+            v.exported_at,
+            rfc3339(now),
+            MAX_CLOCK_SKEW_MS / 1000
+        ));
+    }
     let (seq, head) = (v.audit_events, v.audit_head.to_ascii_lowercase());
     let Ok(after) = i64::try_from(seq.saturating_sub(1)) else {
         return bad("audit_events is out of range");
     };
-    let event = if seq == 0 {
-        None
+    // The head event (none for an empty backup) and the event after it, if any.
+    let mut events = store_call(&state, move |st| st.audit_events(after, 2))
+        .await?
+        .into_iter();
+    let (event, next) = if seq == 0 {
+        (None, events.next())
     } else {
-        store_call(&state, move |st| st.audit_events(after, 1))
-            .await?
-            .into_iter()
-            .next()
+        (events.next(), events.next())
     };
     let ours = match &event {
         None => seq == 0 && head == GENESIS,
@@ -96,6 +119,31 @@ pub async fn record(
             format!(
                 "the backup's audit head (event {seq}, {head}) is not this server's event {seq}: \
                  it is a backup of another server, or it was altered; nothing recorded"
+            ),
+        ));
+    }
+    let at = |e: &AuditRecord| parse_rfc3339_ms(&e.at).unwrap_or(i64::MAX);
+    if let Some(e) = event
+        .as_ref()
+        .filter(|e| exported_ms + MAX_CLOCK_SKEW_MS < at(e))
+    {
+        return Err(ApiError::new(
+            RefusalKind::Conflict,
+            format!(
+                "exported_at {} is before the backup's own head event {seq} ({}): the export \
+                 time is false; nothing recorded",
+                v.exported_at, e.at
+            ),
+        ));
+    }
+    if let Some(n) = next.as_ref().filter(|n| at(n) <= exported_ms) {
+        return Err(ApiError::new(
+            RefusalKind::Conflict,
+            format!(
+                "a backup exported at {} holds every event before then, but this one ends at \
+                 event {seq} and this server's event {} is at {}: the export time or the head is \
+                 false; nothing recorded",
+                v.exported_at, n.seq, n.at
             ),
         ));
     }
