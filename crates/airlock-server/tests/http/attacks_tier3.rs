@@ -75,6 +75,43 @@ async fn attacks_tier3_a_backup_verification_exported_in_the_future_is_refused()
     );
 }
 
+/// REFUSED (a ci token): the real current head with an export time before that head event
+/// (beyond the 5 min clock skew) is a false export time; the same report exported now is
+/// recorded, so the checks refuse only what contradicts the server's own log.
+#[tokio::test]
+async fn attacks_tier3_a_backup_verification_exported_before_its_head_is_refused() {
+    let s = Server::new();
+    s.stack("dev/app", false);
+    let ci = s.role_token(Role::Ci);
+    let events = s.audit().await;
+    let last = events.last().expect("an event");
+    let (seq, head) = (
+        last["seq"].as_u64().unwrap(),
+        last["hash"].as_str().unwrap(),
+    );
+    let r = s
+        .api(
+            "POST",
+            "/api/v1/backups/verifications",
+            &ci,
+            verification(seq, head, "2026-01-01T00:00:00Z"),
+        )
+        .await;
+    r.expect(409);
+    assert!(
+        r.text().contains("before the backup's own head event"),
+        "{r:?}"
+    );
+    s.api(
+        "POST",
+        "/api/v1/backups/verifications",
+        &ci,
+        verification(seq, head, &rfc3339_now()),
+    )
+    .await
+    .expect(200);
+}
+
 fn trust(repo: &str, stacks: &[&str]) -> Value {
     json!({"forge": "github", "repository": repo, "role": "agent", "stacks": stacks,
            "issuer": "https://token.actions.githubusercontent.com", "audience": "https://airlock.example"})
