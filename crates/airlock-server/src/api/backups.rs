@@ -17,7 +17,7 @@ use std::sync::Arc;
 use airlock_core::audit::{AuditRecord, GENESIS};
 use airlock_core::refusal::RefusalKind;
 use airlock_core::time::{parse_rfc3339_ms, rfc3339};
-use airlock_store::NewAudit;
+use airlock_store::{AuditFilter, NewAudit};
 use axum::extract::State;
 use axum::{Extension, Json};
 use serde::Deserialize;
@@ -48,6 +48,10 @@ pub struct Verification {
     /// The manifest's audit event count and head.
     audit_events: u64,
     audit_head: String,
+    /// The head's global position (`seq`); the event count when absent (an older client). On
+    /// PostgreSQL positions may have gaps, so the two differ.
+    #[serde(default)]
+    audit_head_seq: Option<u64>,
     /// How many problems verify found.
     problems: u64,
     /// Stacks and versions in the backup.
@@ -96,14 +100,24 @@ pub async fn record(
             MAX_CLOCK_SKEW_MS / 1000
         ));
     }
-    let (seq, head) = (v.audit_events, v.audit_head.to_ascii_lowercase());
-    let Ok(after) = i64::try_from(seq.saturating_sub(1)) else {
-        return bad("audit_events is out of range");
+    let head = v.audit_head.to_ascii_lowercase();
+    let seq = v.audit_head_seq.unwrap_or(v.audit_events);
+    let (Ok(head_seq), Ok(after)) = (i64::try_from(seq), i64::try_from(seq.saturating_sub(1)))
+    else {
+        return bad("audit_head_seq is out of range");
     };
-    // The head event (none for an empty backup) and the event after it, if any.
-    let mut events = store_call(&state, move |st| st.audit_events(after, 2))
-        .await?
-        .into_iter();
+    // The head event (none for an empty backup) and the event after it, if any; and how many
+    // events this server has up to the head, which is what a backup ending there holds.
+    let (events, count) = store_call(&state, move |st| {
+        let events = st.audit_events(after, 2)?;
+        let filter = AuditFilter {
+            before: Some(head_seq.saturating_add(1)),
+            ..AuditFilter::default()
+        };
+        Ok((events, st.audit_count(&filter)?))
+    })
+    .await?;
+    let mut events = events.into_iter();
     let (event, next) = if seq == 0 {
         (None, events.next())
     } else {
@@ -111,7 +125,7 @@ pub async fn record(
     };
     let ours = match &event {
         None => seq == 0 && head == GENESIS,
-        Some(e) => e.seq == after + 1 && e.hash == head,
+        Some(e) => e.seq == head_seq && e.hash == head,
     };
     if !ours {
         return Err(ApiError::new(
@@ -119,6 +133,16 @@ pub async fn record(
             format!(
                 "the backup's audit head (event {seq}, {head}) is not this server's event {seq}: \
                  it is a backup of another server, or it was altered; nothing recorded"
+            ),
+        ));
+    }
+    if count != v.audit_events {
+        return Err(ApiError::new(
+            RefusalKind::Conflict,
+            format!(
+                "the backup claims {} audit events up to its head (event {seq}), but this \
+                 server has {count} events up to it: nothing recorded",
+                v.audit_events
             ),
         ));
     }
@@ -153,6 +177,7 @@ pub async fn record(
         "exported_at": exported_ms,
         "audit_events": seq,
         "audit_head": head,
+        "audit_head_seq": seq,
         "problems": v.problems,
         "stacks": v.stacks,
         "versions": v.versions,
