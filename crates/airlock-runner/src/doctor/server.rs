@@ -41,7 +41,7 @@ pub struct StackFact {
 pub struct VerifyFact {
     /// When it was recorded, ms since the epoch.
     pub at: i64,
-    /// Who recorded it.
+    /// Who reported it (the server records what that client claims; see `api/backups.rs`).
     pub actor: String,
     /// Whether the backup verified.
     pub ok: bool,
@@ -205,7 +205,7 @@ pub fn findings(f: &Facts) -> Vec<Finding> {
             let newer_failure = v.first().filter(|x| !x.ok);
             match (last_ok, newer_failure) {
                 (_, Some(fail)) => out.push(at(Q::Backups, V::Fragile, "backups.verify_failed", format!(
-                    "the newest recorded `airlock backup verify` ({} day(s) ago, by {}) FAILED: the newest backup does not restore",
+                    "the newest recorded `airlock backup verify` ({} day(s) ago, reported by {}) FAILED: the newest backup does not restore",
                     days(fail.at), fail.actor
                 )).todo("Fix the failing backup: `airlock backup export` a fresh one and `airlock backup verify --record` it".to_owned())),
                 (None, None) => out.push(at(Q::Backups, V::Discipline, "backups.never_verified", format!(
@@ -216,7 +216,7 @@ pub fn findings(f: &Facts) -> Vec<Finding> {
                     let (age, export_age) = (days(ok.at), days(ok.exported_at));
                     let v = if age > MAX_VERIFY_AGE_DAYS || export_age > MAX_VERIFY_AGE_DAYS { V::Discipline } else { V::Enforced };
                     let mut x = at(Q::Backups, v, "backups.verified", format!(
-                        "`airlock backup verify` last succeeded {age} day(s) ago (recorded by {}); the newest verified export is {export_age} day(s) old",
+                        "`airlock backup verify` last succeeded {age} day(s) ago (reported by {}: the server checked the backup's audit head and export time against its own log, the rest is that client's claim); the newest verified export is {export_age} day(s) old",
                         ok.actor
                     ));
                     if v == V::Discipline {

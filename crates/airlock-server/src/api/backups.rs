@@ -5,13 +5,19 @@
 //! directly (they must work with no server), so a report is the only way the server learns of
 //! them; it is tied to this server by the backup's audit head, which must be this server's own
 //! event.
+//!
+//! The server checks what it can from its own audit log and clock: the head is its event at
+//! the reported position; the export time is not in the future (beyond
+//! [`MAX_CLOCK_SKEW_MS`]), not before the head event (beyond that skew), and before the event
+//! that follows the head (a backup exported at T holds every event before T); `ok` agrees with
+//! the problem count. The rest (that the files exist and verify) is what the client reports.
 
 use std::sync::Arc;
 
-use airlock_core::audit::GENESIS;
+use airlock_core::audit::{AuditRecord, GENESIS};
 use airlock_core::refusal::RefusalKind;
-use airlock_core::time::parse_rfc3339_ms;
-use airlock_store::NewAudit;
+use airlock_core::time::{parse_rfc3339_ms, rfc3339};
+use airlock_store::{AuditFilter, NewAudit};
 use axum::extract::State;
 use axum::{Extension, Json};
 use serde::Deserialize;
@@ -24,6 +30,10 @@ use crate::AppState;
 
 /// The audit action of a recorded verify run.
 pub const VERIFY_ACTION: &str = "backup.verify";
+
+/// How far the export host's clock may be ahead of the server's (5 minutes): an `exported_at`
+/// later than now plus this, or earlier than the head event minus this, is refused.
+pub const MAX_CLOCK_SKEW_MS: i64 = 5 * 60 * 1000;
 
 /// What `airlock backup verify` found, as it reports it.
 #[derive(Deserialize)]
@@ -38,6 +48,10 @@ pub struct Verification {
     /// The manifest's audit event count and head.
     audit_events: u64,
     audit_head: String,
+    /// The head's global position (`seq`); the event count when absent (an older client). On
+    /// PostgreSQL positions may have gaps, so the two differ.
+    #[serde(default)]
+    audit_head_seq: Option<u64>,
     /// How many problems verify found.
     problems: u64,
     /// Stacks and versions in the backup.
@@ -74,21 +88,44 @@ pub async fn record(
     let Ok(exported_ms) = parse_rfc3339_ms(&v.exported_at) else {
         return bad("exported_at must be an RFC 3339 time");
     };
-    let (seq, head) = (v.audit_events, v.audit_head.to_ascii_lowercase());
-    let Ok(after) = i64::try_from(seq.saturating_sub(1)) else {
-        return bad("audit_events is out of range");
+    if v.ok != (v.problems == 0) {
+        return bad("ok must be true exactly when problems is 0");
+    }
+    let now = airlock_store::now_ms();
+    if exported_ms > now + MAX_CLOCK_SKEW_MS {
+        return bad(&format!(
+            "exported_at {} is in the future (the server's time is {}, clock skew allowed {} s)",
+            v.exported_at,
+            rfc3339(now),
+            MAX_CLOCK_SKEW_MS / 1000
+        ));
+    }
+    let head = v.audit_head.to_ascii_lowercase();
+    let seq = v.audit_head_seq.unwrap_or(v.audit_events);
+    let (Ok(head_seq), Ok(after)) = (i64::try_from(seq), i64::try_from(seq.saturating_sub(1)))
+    else {
+        return bad("audit_head_seq is out of range");
     };
-    let event = if seq == 0 {
-        None
+    // The head event (none for an empty backup) and the event after it, if any; and how many
+    // events this server has up to the head, which is what a backup ending there holds.
+    let (events, count) = store_call(&state, move |st| {
+        let events = st.audit_events(after, 2)?;
+        let filter = AuditFilter {
+            before: Some(head_seq.saturating_add(1)),
+            ..AuditFilter::default()
+        };
+        Ok((events, st.audit_count(&filter)?))
+    })
+    .await?;
+    let mut events = events.into_iter();
+    let (event, next) = if seq == 0 {
+        (None, events.next())
     } else {
-        store_call(&state, move |st| st.audit_events(after, 1))
-            .await?
-            .into_iter()
-            .next()
+        (events.next(), events.next())
     };
     let ours = match &event {
         None => seq == 0 && head == GENESIS,
-        Some(e) => e.seq == after + 1 && e.hash == head,
+        Some(e) => e.seq == head_seq && e.hash == head,
     };
     if !ours {
         return Err(ApiError::new(
@@ -99,12 +136,48 @@ pub async fn record(
             ),
         ));
     }
+    if count != v.audit_events {
+        return Err(ApiError::new(
+            RefusalKind::Conflict,
+            format!(
+                "the backup claims {} audit events up to its head (event {seq}), but this \
+                 server has {count} events up to it: nothing recorded",
+                v.audit_events
+            ),
+        ));
+    }
+    let at = |e: &AuditRecord| parse_rfc3339_ms(&e.at).unwrap_or(i64::MAX);
+    if let Some(e) = event
+        .as_ref()
+        .filter(|e| exported_ms + MAX_CLOCK_SKEW_MS < at(e))
+    {
+        return Err(ApiError::new(
+            RefusalKind::Conflict,
+            format!(
+                "exported_at {} is before the backup's own head event {seq} ({}): the export \
+                 time is false; nothing recorded",
+                v.exported_at, e.at
+            ),
+        ));
+    }
+    if let Some(n) = next.as_ref().filter(|n| at(n) <= exported_ms) {
+        return Err(ApiError::new(
+            RefusalKind::Conflict,
+            format!(
+                "a backup exported at {} holds every event before then, but this one ends at \
+                 event {seq} and this server's event {} is at {}: the export time or the head is \
+                 false; nothing recorded",
+                v.exported_at, n.seq, n.at
+            ),
+        ));
+    }
     let detail = json!({
         "ok": v.ok,
         "manifest_sha256": v.manifest_sha256.to_ascii_lowercase(),
         "exported_at": exported_ms,
         "audit_events": seq,
         "audit_head": head,
+        "audit_head_seq": seq,
         "problems": v.problems,
         "stacks": v.stacks,
         "versions": v.versions,

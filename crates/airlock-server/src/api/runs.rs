@@ -206,6 +206,28 @@ fn check_embedded_config(binary: &PlanFile, meta: &RunMeta) -> ApiResult<()> {
     Ok(())
 }
 
+/// The lock file sent with a run (stored as its `terraform.lock.hcl` artifact, what reviewers
+/// see) must be byte-equal to the one the binary plan embeds: `terraform apply PLAN` pins
+/// providers with the embedded one (which [`check_embedded_config`] ties to the listed input).
+fn check_lockfile(binary: &PlanFile, sent: &[u8]) -> ApiResult<()> {
+    let embedded = binary
+        .config_files
+        .iter()
+        .find(|(path, _)| path == ".terraform.lock.hcl")
+        .map(|(_, content)| content.as_slice());
+    match embedded {
+        Some(e) if e == sent => Ok(()),
+        Some(_) => Err(bad(
+            "the terraform.lock.hcl sent is not the lock file the binary plan embeds (the one \
+             terraform apply pins providers with): send the checkout's .terraform.lock.hcl \
+             the plan was made with",
+        )),
+        None => Err(bad(
+            "a terraform.lock.hcl was sent but the binary plan embeds no lock file",
+        )),
+    }
+}
+
 struct Judged {
     verdict: Verdict,
     report: Value,
@@ -927,6 +949,9 @@ fn create_run(
     let (lockfile, plan_json) = parts.rest(limit)?;
     if plan_json.is_empty() {
         return Err(bad("the binary plan and its JSON are both required"));
+    }
+    if let Some(l) = &lockfile {
+        check_lockfile(&binary, l)?;
     }
     let judged = judge(
         &binary,

@@ -11,26 +11,9 @@ use serde_json::{json, Value};
 use crate::support::*;
 
 fn rfc3339_now() -> String {
-    // Seconds precision is enough: the server parses RFC 3339.
-    let secs = airlock_store::now_ms() / 1000;
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    // Milliseconds, as `airlock backup export` writes it: truncated to the second, "now" could
+    // be before this test's own first event, and an empty backup then is consistent.
+    airlock_core::time::rfc3339(airlock_store::now_ms())
 }
 
 fn verification(events: u64, head: &str, exported_at: &str) -> Value {
@@ -44,7 +27,6 @@ fn verification(events: u64, head: &str, exported_at: &str) -> Value {
 /// the backups as verified. Expected: a backup exported at T holds every event before T; an
 /// empty audit is only this server's when it had no events at `exported_at`.
 #[tokio::test]
-#[ignore = "being fixed on h/fix-verify"]
 async fn attacks_tier3_a_backup_verification_with_the_genesis_head_of_a_busy_server_is_refused() {
     let s = Server::new();
     s.stack("dev/app", false);
@@ -69,7 +51,6 @@ async fn attacks_tier3_a_backup_verification_with_the_genesis_head_of_a_busy_ser
 /// can read) is recorded, and the doctor's "age of the newest verified export" never grows.
 /// Expected: an export time in the future (beyond clock skew) is refused.
 #[tokio::test]
-#[ignore = "being fixed on h/fix-verify"]
 async fn attacks_tier3_a_backup_verification_exported_in_the_future_is_refused() {
     let s = Server::new();
     s.stack("dev/app", false);
@@ -92,6 +73,43 @@ async fn attacks_tier3_a_backup_verification_exported_in_the_future_is_refused()
         r.status.is_client_error(),
         "a backup exported in 2099 was recorded as verified: {r:?}"
     );
+}
+
+/// REFUSED (a ci token): the real current head with an export time before that head event
+/// (beyond the 5 min clock skew) is a false export time; the same report exported now is
+/// recorded, so the checks refuse only what contradicts the server's own log.
+#[tokio::test]
+async fn attacks_tier3_a_backup_verification_exported_before_its_head_is_refused() {
+    let s = Server::new();
+    s.stack("dev/app", false);
+    let ci = s.role_token(Role::Ci);
+    let events = s.audit().await;
+    let last = events.last().expect("an event");
+    let (seq, head) = (
+        last["seq"].as_u64().unwrap(),
+        last["hash"].as_str().unwrap(),
+    );
+    let r = s
+        .api(
+            "POST",
+            "/api/v1/backups/verifications",
+            &ci,
+            verification(seq, head, "2026-01-01T00:00:00Z"),
+        )
+        .await;
+    r.expect(409);
+    assert!(
+        r.text().contains("before the backup's own head event"),
+        "{r:?}"
+    );
+    s.api(
+        "POST",
+        "/api/v1/backups/verifications",
+        &ci,
+        verification(seq, head, &rfc3339_now()),
+    )
+    .await
+    .expect(200);
 }
 
 fn trust(repo: &str, stacks: &[&str]) -> Value {
@@ -524,7 +542,6 @@ async fn attacks_tier3_one_forge_token_does_not_mint_airlock_tokens_without_boun
 /// recorded as a verified backup; the server keeps the client's verdict next to the count that
 /// refutes it. Expected: 400 unless `ok` is `problems == 0`.
 #[tokio::test]
-#[ignore = "being fixed on h/fix-verify"]
 async fn attacks_tier3_a_backup_verification_ok_with_problems_is_refused() {
     let s = Server::new();
     s.stack("dev/app", false);
@@ -534,7 +551,7 @@ async fn attacks_tier3_a_backup_verification_ok_with_problems_is_refused() {
     let mut v = verification(
         last["seq"].as_u64().unwrap(),
         last["hash"].as_str().unwrap(),
-        "2026-01-01T00:00:00Z",
+        &rfc3339_now(),
     );
     v["problems"] = json!(3);
     let r = s.api("POST", "/api/v1/backups/verifications", &ci, v).await;

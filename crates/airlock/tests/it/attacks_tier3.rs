@@ -17,7 +17,6 @@ const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STA
 /// uses. Expected: 400 unless the part is byte-equal to the binary plan's embedded lock file
 /// (and to its listed input).
 #[test]
-#[ignore = "being fixed on h/fix-verify"]
 fn attacks_tier3_a_runs_lock_file_artifact_is_the_one_its_binary_plan_embeds() {
     let (t, ws) = applied_stack("dev/lockpart");
     ws.write_main(WEB_CHANGED);
@@ -38,4 +37,8 @@ fn attacks_tier3_a_runs_lock_file_artifact_is_the_one_its_binary_plan_embeds() {
         panic!("run {id} was stored with a lock file its plan does not embed (artifact GET {code}: {stored:?})");
     }
     assert_eq!(code, 400, "{text}");
+    assert!(
+        text.contains("not the lock file the binary plan embeds"),
+        "refused for another reason: {text}"
+    );
 }

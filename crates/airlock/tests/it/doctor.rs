@@ -727,7 +727,7 @@ fn server_facts_name_tokens_direct_writes_and_what_cannot_be_known() {
         "backups.verified",
         "airlock server",
         0,
-        "last succeeded 0 day(s) ago (recorded by nightly"
+        "last succeeded 0 day(s) ago (reported by nightly"
     ));
     assert!(has(
         &report,

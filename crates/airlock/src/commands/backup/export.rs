@@ -180,7 +180,10 @@ pub(super) fn export(store: &dyn StoreImport, dir: &Path) -> anyhow::Result<Summ
         summary.runs += 1;
     }
 
-    // Last: the chain then covers at least every write exported above.
+    // Last: the chain then covers at least every write exported above. The export time is
+    // taken just before it is read, so every event before it is in the backup (the server
+    // checks that when this backup's verification is recorded).
+    let created_at = airlock_core::time::rfc3339(airlock_store::now_ms());
     let audit = all_audit(store)?;
     let mut lines = Vec::new();
     for r in &audit {
@@ -195,7 +198,7 @@ pub(super) fn export(store: &dyn StoreImport, dir: &Path) -> anyhow::Result<Summ
 
     let manifest = Manifest {
         format: FORMAT.into(),
-        created_at: airlock_core::time::rfc3339(airlock_store::now_ms()),
+        created_at,
         source_engine: store.engine().into(),
         summary: summary.clone(),
         files: std::mem::take(&mut w.files),

@@ -134,6 +134,7 @@ pub fn run(cmd: BackupCommand) -> anyhow::Result<ExitCode> {
                             "exported_at": m.created_at,
                             "audit_events": m.summary.audit_events,
                             "audit_head": m.summary.audit_head,
+                            "audit_head_seq": backup.audit.last().map_or(0, |r| r.seq),
                             "problems": problems.len(),
                             "stacks": m.summary.stacks,
                             "versions": m.summary.versions,

@@ -451,3 +451,56 @@ fn backup_in_format_2_with_one_audit_chain_still_imports_and_the_chains_continue
         "new events of an old stack go to its chain: {events:?}"
     );
 }
+
+/// On PostgreSQL the audit's global positions may have gaps (a rolled-back transaction's
+/// number), so a backup's event count is not its head's position: the verification of a real
+/// backup of such a server is still recorded (the head's position is sent, the server checks
+/// the count up to it), and a count that does not fit the head is refused.
+#[test]
+fn a_backup_of_a_postgres_server_with_audit_gaps_records_its_verification() {
+    let db = TestDatabase::new("verifygap");
+    let s = TestServer::start_on(&Backing::Url(db.url.clone()), None, &[], &[]);
+    let admin = s.admin.clone();
+    s.ok(&admin, &["stack", "create", "dev/a"]);
+    // What a rolled-back append leaves: a position taken from the sequence and never used.
+    db.sql("SELECT nextval('audit_seq')");
+    s.ok(&admin, &["stack", "create", "dev/b"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let bk = tmp.path().join("bk");
+    let (ok, out) = backup_cli(&["backup", "export", dir_arg(&bk), "--database-url", &db.url]);
+    assert!(ok, "{out}");
+    let audit = std::fs::read_to_string(bk.join("audit.jsonl")).unwrap();
+    let events: Vec<Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let last = events.last().unwrap();
+    assert!(
+        last["seq"].as_u64().unwrap() > events.len() as u64,
+        "the audit has a gap: {} events, the last at {}",
+        events.len(),
+        last["seq"]
+    );
+    let out = std::process::Command::new(AIRLOCK)
+        .args(["backup", "verify", dir_arg(&bk), "--record"])
+        .env("AIRLOCK_URL", &s.url)
+        .env("AIRLOCK_TOKEN", &admin)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    // The head's real position with a count that does not fit it.
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(bk.join("manifest.json")).unwrap()).unwrap();
+    let sent = ureq::post(&format!("{}/api/v1/backups/verifications", s.url))
+        .set("Authorization", &format!("Bearer {admin}"))
+        .send_json(json!({"ok": true, "manifest_sha256": "a".repeat(64),
+               "exported_at": manifest["created_at"],
+               "audit_events": last["seq"], "audit_head_seq": last["seq"],
+               "audit_head": last["hash"], "problems": 0, "stacks": 2, "versions": 0}));
+    let (code, body) = match sent {
+        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
+        other => panic!("expected a refusal: {other:?}"),
+    };
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("events up to its head"), "{body}");
+}
