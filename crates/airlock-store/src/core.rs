@@ -403,6 +403,34 @@ pub fn lock_of(db: &mut dyn Sql, stack_id: i64) -> Result<Option<LockRecord>> {
 const GRANT_COLS: &str =
     "id, addresses, reason, created_by, created_at, expires_at, consumed_at, run_id";
 
+/// Revokes every live token whose `column` (`parent_id`: the tokens minted from token `key`;
+/// `user_name`: the tokens of user `key`) is `key`, and every token minted from those, at any
+/// depth; one `token.revoke_cascade` audit event names them (none if there were none).
+fn revoke_tree(
+    db: &mut dyn Sql,
+    column: &'static str,
+    key: &str,
+    now: i64,
+    audit: &NewAudit,
+) -> Result<()> {
+    let mut revoked = db
+        .query(
+            &format!(
+                "WITH RECURSIVE d(id) AS (SELECT id FROM tokens WHERE {column} = $1 UNION SELECT t.id FROM tokens t JOIN d ON t.parent_id = d.id) \
+                 UPDATE tokens SET revoked_at = $2 WHERE revoked_at IS NULL AND id IN (SELECT id FROM d) RETURNING id"
+            ),
+            params![key, now],
+        )?
+        .iter()
+        .map(|r| r.text(0))
+        .collect::<Result<Vec<String>>>()?;
+    if !revoked.is_empty() {
+        revoked.sort();
+        append_audit(db, &audit.cascade(key, &revoked))?;
+    }
+    Ok(())
+}
+
 pub fn grants_of(
     db: &mut dyn Sql,
     stack_id: i64,
@@ -1290,19 +1318,7 @@ impl<E: Engine> Store for E {
             if n == 1 {
                 append_audit(db, &audit)?;
             }
-            let mut cascaded = db
-                .query(
-                    "WITH RECURSIVE d(id) AS (SELECT id FROM tokens WHERE parent_id = $1 UNION SELECT t.id FROM tokens t JOIN d ON t.parent_id = d.id) \
-                     UPDATE tokens SET revoked_at = $2 WHERE revoked_at IS NULL AND id IN (SELECT id FROM d) RETURNING id",
-                    params![id, now],
-                )?
-                .iter()
-                .map(|r| r.text(0))
-                .collect::<Result<Vec<String>>>()?;
-            if !cascaded.is_empty() {
-                cascaded.sort();
-                append_audit(db, &audit.cascade(id, &cascaded))?;
-            }
+            revoke_tree(db, "parent_id", id, now, &audit)?;
             Ok(t)
         })
     }
@@ -1678,19 +1694,7 @@ impl<E: Engine> Store for E {
             append_audit(db, &audit)?;
             // The trust is the user of the tokens it issued: they, and every token minted from
             // them, end with it (a leaked job token must not outlive the trust it came from).
-            let mut revoked = db
-                .query(
-                    "WITH RECURSIVE d(id) AS (SELECT id FROM tokens WHERE user_name = $1 UNION SELECT t.id FROM tokens t JOIN d ON t.parent_id = d.id) \
-                     UPDATE tokens SET revoked_at = $2 WHERE revoked_at IS NULL AND id IN (SELECT id FROM d) RETURNING id",
-                    params![id, now],
-                )?
-                .iter()
-                .map(|r| r.text(0))
-                .collect::<Result<Vec<String>>>()?;
-            if !revoked.is_empty() {
-                revoked.sort();
-                append_audit(db, &audit.cascade(id, &revoked))?;
-            }
+            revoke_tree(db, "user_name", id, now, &audit)?;
             t.removed_at = Some(now);
             t.removed_by = Some(by.to_owned());
             Ok(t)
