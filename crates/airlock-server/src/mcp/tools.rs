@@ -503,13 +503,19 @@ fn page(
     let limit = limit_of(limit)?;
     let total = items.len();
     let items: Vec<Value> = items.into_iter().skip(start).take(limit).collect();
-    let end = start.saturating_add(items.len());
-    let next = if end < total {
+    let next = next_cursor(start, items.len(), total as u64);
+    Ok((items, next))
+}
+
+/// The cursor of the page after the one of `shown` items from offset `start`, of `total`
+/// (null on the last page).
+fn next_cursor(start: usize, shown: usize, total: u64) -> Value {
+    let end = start.saturating_add(shown);
+    if (end as u64) < total {
         json!(end.to_string())
     } else {
         Value::Null
-    };
-    Ok((items, next))
+    }
 }
 
 fn offset(cursor: Option<&str>) -> Result<usize, String> {
@@ -624,12 +630,7 @@ async fn state_resources(ctx: &mut Ctx<'_>, a: StateResources) -> Result<Value, 
     }
     let v = ctx.get(&uri).await?;
     let total = v["total"].as_u64().unwrap_or(0);
-    let end = start.saturating_add(v["instances"].as_array().map_or(0, Vec::len));
-    let next = if (end as u64) < total {
-        json!(end.to_string())
-    } else {
-        Value::Null
-    };
+    let next = next_cursor(start, v["instances"].as_array().map_or(0, Vec::len), total);
     Ok(json!({
         "stack": a.stack, "serial": v["version"]["serial"], "lineage": v["version"]["lineage"],
         "terraform_version": v["terraform_version"], "total": total, "resources": v["instances"],
@@ -657,12 +658,7 @@ async fn get_drift(ctx: &mut Ctx<'_>, a: StackPaged) -> Result<Value, String> {
         ))
         .await?;
     let total = v["listed"].as_u64().unwrap_or(0);
-    let end = start.saturating_add(v["instances"].as_array().map_or(0, Vec::len));
-    let next = if (end as u64) < total {
-        json!(end.to_string())
-    } else {
-        Value::Null
-    };
+    let next = next_cursor(start, v["instances"].as_array().map_or(0, Vec::len), total);
     Ok(json!({
         "stack": a.stack, "drift": drift, "report": v["report"], "summary": v["summary"],
         "instances": v["instances"], "total": total, "next_cursor": next,
