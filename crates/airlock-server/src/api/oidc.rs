@@ -482,21 +482,20 @@ pub async fn login(
     if trusts.is_empty() {
         return Err(refuse(&state, &actor, action, None, unauth, format!("forge token refused: issuer {iss:?} is not trusted (an admin adds it with `airlock trust add`)")).await);
     }
-    let keys = match state.oidc.forge_keys(&iss, token.kid.as_deref()).await {
-        Ok(k) => k,
-        Err(e) => {
-            return Err(refuse(
-                &state,
-                &actor,
-                action,
-                None,
-                unauth,
-                format!("forge token refused: the issuer's keys could not be fetched: {e}"),
-            )
-            .await)
-        }
-    };
-    let claims = match token.verify(&keys) {
+    // The signature with the issuer's keys, then the token's times: any failure is one
+    // audited refusal.
+    let verified = async {
+        let keys = state
+            .oidc
+            .forge_keys(&iss, token.kid.as_deref())
+            .await
+            .map_err(|e| format!("the issuer's keys could not be fetched: {e}"))?;
+        let claims = token.verify(&keys).map_err(|e| e.to_string())?;
+        jose::check_times(&claims, now_ms() / 1000, oidc::LEEWAY_S).map_err(|e| e.to_string())?;
+        Ok::<_, String>(claims)
+    }
+    .await;
+    let claims = match verified {
         Ok(c) => c,
         Err(e) => {
             return Err(refuse(
@@ -510,17 +509,6 @@ pub async fn login(
             .await)
         }
     };
-    if let Err(e) = jose::check_times(&claims, now_ms() / 1000, oidc::LEEWAY_S) {
-        return Err(refuse(
-            &state,
-            &actor,
-            action,
-            None,
-            unauth,
-            format!("forge token refused: {e}"),
-        )
-        .await);
-    }
     let grant = match oidc::judge_login(&trusts, &claims, want) {
         Ok(g) => g,
         Err(e) => {
