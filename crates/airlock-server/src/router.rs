@@ -215,8 +215,8 @@ pub fn table() -> RouteTable {
 }
 
 /// Builds the application: the table's routes behind `auth::authorize`, then the only routes
-/// outside it: health and metrics (which reveal no state, only stack names with their drift
-/// status, for monitoring), the OIDC issuer's public documents and the forge login (its
+/// outside it: health and metrics (which reveal no state; stack names with their drift status
+/// only to a token that may see those stacks), the OIDC issuer's public documents and the forge login (its
 /// credential is a forge-signed token), and the console
 /// (`/ui/`, which authorizes nothing itself: it calls the API above with the session's token).
 pub fn build(state: Arc<AppState>) -> Router {

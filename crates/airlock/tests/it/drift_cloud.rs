@@ -172,7 +172,7 @@ fn drift_appears_is_reported_with_findings_and_clears_with_one_forge_issue() {
         show.contains("drift:              drifted since "),
         "{show}"
     );
-    let (_, metrics) = raw("GET", &format!("{}/metrics", t.s.url), "", b"");
+    let (_, metrics) = raw("GET", &format!("{}/metrics", t.s.url), &t.s.admin, b"");
     assert!(
         metrics.contains(&format!("airlock_stack_drifted{{stack=\"{STACK}\"}} 1")),
         "{metrics}"
