@@ -444,11 +444,11 @@ impl Forge {
             let mut fields = json!({ "title": title });
             fields[shape.body] = Value::from(body.as_str());
             // Not retried here on a 5xx: it is looked for first.
-            match shape.call("POST", &shape.collection, &fields, false, &what) {
+            match shape.call("POST", &shape.collection, Some(&fields), false, &what) {
                 Ok(created) => {
                     // An answer that names no issue is an error, never a second create.
                     let issue = shape
-                        .parse(&created, &what)?
+                        .parse(&created.json, &what)?
                         .ok_or_else(|| protocol(&what, "no issue"))?;
                     return Ok(self.issue_url(&issue));
                 }
@@ -479,7 +479,7 @@ impl Forge {
     /// another's issue ours. Pull requests, which GitHub lists with issues, are left out.
     fn our_open_issues(&self, shape: &IssueShape, marker: &str) -> Result<Vec<Issue>, ForgeError> {
         let me = self.me()?;
-        let what = "listing the open issues of the integration's own".to_owned();
+        let what = "listing the integration's open issues".to_owned();
         let by = match &me {
             Author::Login(login) => format!("creator={}", crate::commands::run::query_value(login)),
             Author::Id(id) => format!("author_id={id}"),
@@ -490,7 +490,7 @@ impl Forge {
                 "{}?{}&{by}&per_page=100&page={page}",
                 shape.collection, shape.list_open
             );
-            let reply = shape.api.call("GET", &path, None, true, &what)?;
+            let reply = shape.call("GET", &path, None, true, &what)?;
             let items = reply
                 .json
                 .as_array()
@@ -844,22 +844,21 @@ impl IssueShape<'_> {
     fn update(&self, number: u64, fields: Value) -> Result<(), ForgeError> {
         let what = format!("updating issue #{number}");
         let path = format!("{}/{number}", self.collection);
-        self.call(self.update, &path, &fields, true, &what)
+        self.call(self.update, &path, Some(&fields), true, &what)
             .map(drop)
     }
 
-    /// One write, whose refusal for lack of permission names what issues need.
+    /// One call, whose refusal for lack of permission names what issues need.
     fn call(
         &self,
         method: &str,
         path: &str,
-        fields: &Value,
+        fields: Option<&Value>,
         retry_safe: bool,
         what: &str,
-    ) -> Result<Value, ForgeError> {
+    ) -> Result<Reply, ForgeError> {
         self.api
-            .call(method, path, Some(fields), retry_safe, what)
-            .map(|r| r.json)
+            .call(method, path, fields, retry_safe, what)
             .map_err(|mut e| {
                 if e.kind == ForgeErrorKind::Forbidden {
                     e.message.push_str(if self.github {
