@@ -253,7 +253,8 @@ fn a_provider_error_is_unknown_never_in_sync() {
 
 /// The same scheduled job on GitLab: one issue opened by the project access token's user,
 /// updated (never duplicated) while the drift lasts, closed when the stack is in sync; a
-/// person's issue carrying the marker is left alone.
+/// person's issue carrying the marker is left alone; a garbled answer fails the job clearly and
+/// a create whose answer was lost is found, not re-posted.
 #[test]
 fn on_gitlab_drift_opens_one_issue_updates_it_and_closes_it() {
     let cloud = TestCloud::new();
@@ -275,6 +276,17 @@ fn on_gitlab_drift_opens_one_issue_updates_it_and_closes_it() {
     assert_eq!(gitlab_issues().len(), 1, "no issue while in sync");
 
     cloud.set("aws_db_instance", "prod-db", "deletion_protection", "false");
+    // A garbled answer to the listing: a clear error, exit 1, and no issue opened blindly.
+    f.answer_next("GET", r"/projects/42/issues$", 200, &[], "<html>");
+    let (code, out) = ci_drift_on(On::GitLab, &t, &ws, &cloud, &f);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("prod/db: forge: listing the integration's open issues: the forge answered something that is not JSON"),
+        "{out}"
+    );
+    assert_eq!(gitlab_issues().len(), 1);
+    // The create takes effect but its answer is lost (a 502): looked for, found, not re-posted.
+    f.fail_after_next("POST", r"/projects/42/issues$", 1, 502);
     let (code, out) = ci_drift_on(On::GitLab, &t, &ws, &cloud, &f);
     assert_eq!(code, Some(3), "{out}");
     assert!(
