@@ -162,8 +162,13 @@ pub fn trusts_are_pinned_once_and_imports_keep_trusts_and_drift(s: &dyn StoreImp
 
     // Drift reports: into an existing (even archived) stack, bound to a serial it has.
     let stack = "conf/drift-import";
-    s.create_stack(stack, false, StackSettings::default(), audit("stack.create"))
-        .unwrap();
+    s.create_stack(
+        stack,
+        false,
+        StackSettings::default(),
+        audit("stack.create"),
+    )
+    .unwrap();
     s.write_state(stack, attempt(state(3, "lin", 1), 3), &mut store_it)
         .unwrap();
     s.archive_stack(stack, "admin", "gone", audit("stack.delete"))
