@@ -290,6 +290,7 @@ fn login(t: &Team, token: &str, role: Option<&str>) -> (u16, Value) {
 
 fn push_claims(aud: &str) -> Value {
     json!({"sub": "repo:org/repo:ref:refs/heads/main", "repository": "org/repo",
+           "repository_id": "1001", "repository_owner_id": "2002",
            "ref": "refs/heads/main", "event_name": "push", "aud": aud})
 }
 
@@ -310,6 +311,10 @@ fn ci_logs_in_with_its_forge_token_and_every_attack_is_refused_and_audited() {
                 "github",
                 "--repository",
                 "org/repo",
+                "--repository-id",
+                "1001",
+                "--owner-id",
+                "2002",
                 "--role",
                 "ci",
                 "--issuer",
@@ -327,6 +332,10 @@ fn ci_logs_in_with_its_forge_token_and_every_attack_is_refused_and_audited() {
                 "github",
                 "--repository",
                 "org/repo",
+                "--repository-id",
+                "1001",
+                "--owner-id",
+                "2002",
                 "--ref",
                 "refs/heads/main",
                 "--role",
@@ -346,6 +355,10 @@ fn ci_logs_in_with_its_forge_token_and_every_attack_is_refused_and_audited() {
                 "github",
                 "--repository",
                 "org/repo",
+                "--repository-id",
+                "1001",
+                "--owner-id",
+                "2002",
                 "--role",
                 "agent",
                 "--issuer",
@@ -363,6 +376,10 @@ fn ci_logs_in_with_its_forge_token_and_every_attack_is_refused_and_audited() {
                 "github",
                 "--repository",
                 "org/repo",
+                "--repository-id",
+                "1001",
+                "--owner-id",
+                "2002",
                 "--role",
                 "agent",
                 "--issuer",
@@ -376,6 +393,10 @@ fn ci_logs_in_with_its_forge_token_and_every_attack_is_refused_and_audited() {
         "github",
         "--repository",
         "org/repo",
+        "--repository-id",
+        "1001",
+        "--owner-id",
+        "2002",
         "--ref",
         "refs/heads/main",
         "--role",
@@ -391,6 +412,10 @@ fn ci_logs_in_with_its_forge_token_and_every_attack_is_refused_and_audited() {
         "github",
         "--repository",
         "org/repo",
+        "--repository-id",
+        "1001",
+        "--owner-id",
+        "2002",
         "--role",
         "agent",
         "--stack",
@@ -404,6 +429,10 @@ fn ci_logs_in_with_its_forge_token_and_every_attack_is_refused_and_audited() {
         "github",
         "--repository",
         "org/slow",
+        "--repository-id",
+        "1001",
+        "--owner-id",
+        "2002",
         "--role",
         "agent",
         "--issuer",
@@ -415,6 +444,10 @@ fn ci_logs_in_with_its_forge_token_and_every_attack_is_refused_and_audited() {
         "github",
         "--repository",
         "org/garbage",
+        "--repository-id",
+        "1001",
+        "--owner-id",
+        "2002",
         "--role",
         "agent",
         "--issuer",
@@ -462,6 +495,10 @@ fn ci_logs_in_with_its_forge_token_and_every_attack_is_refused_and_audited() {
         "gitlab",
         "--repository",
         "group/proj",
+        "--repository-id",
+        "1001",
+        "--owner-id",
+        "2002",
         "--ref",
         "refs/heads/main",
         "--role",
@@ -470,7 +507,7 @@ fn ci_logs_in_with_its_forge_token_and_every_attack_is_refused_and_audited() {
         &forge.url,
     ]);
     let gl = forge.mint(json!({"sub": "project_path:group/proj:ref_type:branch:ref:main", "project_path": "group/proj",
-        "ref": "main", "ref_type": "branch", "ref_protected": "true", "pipeline_source": "push", "aud": aud}), None);
+        "project_id": "1001", "namespace_id": "2002", "ref": "main", "ref_type": "branch", "ref_protected": "true", "pipeline_source": "push", "aud": aud}), None);
     let out = cli_in(
         &t.s,
         "",
@@ -483,12 +520,12 @@ fn ci_logs_in_with_its_forge_token_and_every_attack_is_refused_and_audited() {
     assert_eq!(v["role"], "ci");
 
     // A pull-request job: at most agent, and asking for ci is refused.
-    let pr = forge.mint(json!({"sub": "repo:org/repo:pull_request", "repository": "org/repo", "ref": "refs/pull/7/merge",
+    let pr = forge.mint(json!({"sub": "repo:org/repo:pull_request", "repository": "org/repo", "repository_id": "1001", "repository_owner_id": "2002", "ref": "refs/pull/7/merge",
         "event_name": "pull_request", "aud": aud}), None);
     let (code, v) = login(&t, &pr, None);
     assert_eq!((code, v["role"].as_str()), (201, Some("agent")), "{v}");
     // pull_request_target runs on the base branch's ref: still a pull request.
-    let prt = forge.mint(json!({"sub": "repo:org/repo:ref:refs/heads/main", "repository": "org/repo", "ref": "refs/heads/main",
+    let prt = forge.mint(json!({"sub": "repo:org/repo:ref:refs/heads/main", "repository": "org/repo", "repository_id": "1001", "repository_owner_id": "2002", "ref": "refs/heads/main",
         "event_name": "pull_request_target", "aud": aud}), None);
 
     let now = std::time::SystemTime::now()
@@ -514,6 +551,8 @@ fn ci_logs_in_with_its_forge_token_and_every_attack_is_refused_and_audited() {
         ("sub of another repository", forge.mint(with(json!({"sub": "repo:evil/repo:ref:refs/heads/main"})), None), None, 401, "does not belong"),
         ("pull request asks for ci", prt.clone(), Some("ci"), 403, "at most a plan-capable role"),
         ("other branch asks for ci", forge.mint(with(json!({"ref": "refs/heads/dev", "sub": "repo:org/repo:ref:refs/heads/dev"})), None), Some("ci"), 403, "at most the agent role"),
+        ("the path re-created by someone else", forge.mint(with(json!({"repository_id": "9999", "repository_owner_id": "9998"})), None), None, 401, "not the pinned"),
+        ("no repository id", forge.mint(with(json!({"repository_id": null})), None), None, 401, "not the pinned"),
         ("claims unmet", forge.mint(with(json!({"repository": "org/other", "sub": "repo:org/other:ref:refs/heads/main"})), None), None, 401, "no trust matches"),
         ("garbage JWKS", forge.mint(with(json!({"iss": format!("{}/garbage", forge.url), "repository": "org/garbage", "sub": "repo:org/garbage:x"})), None), None, 401, "could not be fetched"),
         ("not a JWT", "a.b".into(), None, 401, "three dot-separated parts"),
