@@ -606,3 +606,307 @@ fn ci_logs_in_with_its_forge_token_and_every_attack_is_refused_and_audited() {
     let (code, _) = raw("GET", &format!("{}/api/v1/stacks", t.s.url), &issued, b"");
     assert_eq!(code, 401, "a token issued by a removed trust still works");
 }
+
+fn jwks_kids(url: &str) -> Vec<String> {
+    let (code, text) = raw("GET", &format!("{url}/.well-known/jwks.json"), "", b"");
+    assert_eq!(code, 200, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    v["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn offline(args: &[&str]) -> (bool, String) {
+    let out = offline_cli(args, &[]);
+    (out.status.success(), text(&out))
+}
+
+/// Rewrites one JSON file of a backup and its manifest entry, as someone with write access to
+/// the backup would (the manifest's own SHA-256, printed at export, is what such an edit
+/// cannot match).
+fn forge_backup_file(bk: &std::path::Path, rel: &str, edit: impl FnOnce(&mut Value)) {
+    let path = bk.join(rel);
+    let mut v: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    edit(&mut v);
+    let bytes = serde_json::to_vec_pretty(&v).unwrap();
+    std::fs::write(&path, &bytes).unwrap();
+    let sha: String = airlock_store::blob::sha256(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let mpath = bk.join("manifest.json");
+    let mut m: Value = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
+    m["files"][rel] = json!({"sha256": sha, "size": bytes.len()});
+    std::fs::write(&mpath, m.to_string()).unwrap();
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// Trusts (removed ones too) and drift reports survive a backup from SQLite to PostgreSQL and
+/// back, lossless; the signing key does not travel (no file but the audit names its kid), so
+/// the restored server signs with a new key, and a CI job logs in through the restored trust.
+/// A format-3 backup (before trusts) still imports. A hostile backup (a trust granting admin,
+/// a drift report of a stack the backup lacks, or of a serial it lacks) is refused by verify
+/// and import, and the import writes nothing.
+#[test]
+fn trusts_and_drift_reports_survive_a_backup_and_ci_logs_in_after_restore_with_a_new_key() {
+    use base64::Engine;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let forge = issuer();
+    let aud = "https://airlock.example";
+    let public = ["--public-url", aud];
+    let mut s = TestServer::start_on(&Backing::Dir(data.clone()), None, &public, &[]);
+    let admin = s.admin.clone();
+    s.ok(&admin, &["stack", "create", "dev/app"]);
+    let trust = |role: &str, git_ref: Option<&str>| {
+        let mut args = vec![
+            "trust",
+            "add",
+            "github",
+            "--repository",
+            "org/repo",
+            "--repository-id",
+            "1001",
+            "--owner-id",
+            "2002",
+            "--role",
+            role,
+            "--stack",
+            "dev/*",
+            "--issuer",
+            &forge.url,
+            "--audience",
+            aud,
+            "--format",
+            "json",
+        ];
+        if let Some(r) = git_ref {
+            args.extend(["--ref", r]);
+        }
+        let v: Value = serde_json::from_str(&s.ok(&admin, &args)).unwrap();
+        v["trust"]["id"].as_str().unwrap().to_owned()
+    };
+    trust("ci", Some("refs/heads/main"));
+    let removed = trust("agent", None);
+    s.ok(&admin, &["trust", "remove", &removed]);
+    let login_url = format!("{}/api/v1/oidc/login", s.url);
+    let (code, v) = post(
+        &login_url,
+        "",
+        json!({"token": forge.mint(push_claims(aud), None)}),
+    );
+    assert_eq!((code, v["role"].as_str()), (201, Some("ci")), "{v}");
+    let ci = v["secret"].as_str().unwrap().to_owned();
+    // Two drift reports by the CI job: in sync (no state yet), then unknown.
+    let drift_url = format!("{}/api/v1/stacks/dev%2Fapp/drift", s.url);
+    let plan = json!({"format_version": "1.2", "terraform_version": "1.11.4",
+                      "resource_drift": [], "output_changes": {}});
+    let b64 = base64::engine::general_purpose::STANDARD.encode(plan.to_string());
+    let (code, v) = post(
+        &drift_url,
+        &ci,
+        json!({"serial": null, "plan_json_b64": b64}),
+    );
+    assert_eq!(code, 201, "{v}");
+    let (code, v) = post(
+        &drift_url,
+        &ci,
+        json!({"serial": null, "error": "refresh failed"}),
+    );
+    assert_eq!(code, 201, "{v}");
+    let (_, history) = raw("GET", &drift_url, &admin, b"");
+    let old_kids = jwks_kids(&s.url);
+    assert_eq!(old_kids.len(), 1);
+    s.kill();
+
+    let bk = tmp.path().join("bk");
+    let (ok, out) = offline(&[
+        "backup",
+        "export",
+        bk.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert!(ok && out.contains("2 trust(s), 2 drift report(s)"), "{out}");
+    for e in std::fs::read_dir(&bk).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() && e.file_name() != "audit.jsonl" {
+            let text = std::fs::read_to_string(e.path()).unwrap();
+            assert!(
+                !text.contains(&old_kids[0]) && !text.contains("pkcs8"),
+                "{:?} carries the signing key",
+                e.file_name()
+            );
+        }
+    }
+    let (ok, out) = offline(&["backup", "verify", bk.to_str().unwrap()]);
+    assert!(ok && out.contains("backup OK"), "{out}");
+
+    // Into PostgreSQL: the trusts, the drift history and a login with a new key.
+    let db = TestDatabase::new("trust_backup");
+    let (ok, out) = offline(&[
+        "backup",
+        "import",
+        bk.to_str().unwrap(),
+        "--database-url",
+        &db.url,
+    ]);
+    assert!(ok, "{out}");
+    let pg = TestServer::start_on(&Backing::Url(db.url.clone()), Some(&admin), &public, &[]);
+    let listed = pg.ok(&admin, &["trust", "list"]);
+    assert!(
+        listed.contains("1001/2002") && listed.contains(&removed) && listed.contains("removed"),
+        "{listed}"
+    );
+    let (_, restored_history) = raw(
+        "GET",
+        &format!("{}/api/v1/stacks/dev%2Fapp/drift", pg.url),
+        &admin,
+        b"",
+    );
+    assert_eq!(restored_history, history, "the drift history is the same");
+    let new_kids = jwks_kids(&pg.url);
+    assert!(
+        !new_kids.iter().any(|k| old_kids.contains(k)),
+        "the restored server signs with a new key: {new_kids:?}"
+    );
+    let (code, v) = post(
+        &format!("{}/api/v1/oidc/login", pg.url),
+        "",
+        json!({"token": forge.mint(push_claims(aud), None)}),
+    );
+    assert_eq!((code, v["role"].as_str()), (201, Some("ci")), "{v}");
+    let who = pg.ok(v["secret"].as_str().unwrap(), &["whoami"]);
+    assert!(who.contains("role ci"), "{who}");
+    let (code, v) = post(
+        &format!("{}/api/v1/stacks/dev%2Fapp/identity-token", pg.url),
+        &ci,
+        json!({"audience": "sts.amazonaws.com"}),
+    );
+    assert_eq!(
+        code, 201,
+        "the restored CI token gets a phase token from the new key: {v}"
+    );
+    assert_eq!(v["kid"].as_str(), new_kids.first().map(String::as_str));
+    drop(pg);
+
+    // Back out of PostgreSQL and into SQLite: lossless both ways.
+    let bk2 = tmp.path().join("bk2");
+    let (ok, out) = offline(&[
+        "backup",
+        "export",
+        bk2.to_str().unwrap(),
+        "--database-url",
+        &db.url,
+    ]);
+    assert!(ok, "{out}");
+    let (ok, out) = offline(&[
+        "backup",
+        "import",
+        bk2.to_str().unwrap(),
+        "--data-dir",
+        tmp.path().join("data2").to_str().unwrap(),
+    ]);
+    assert!(ok && out.contains("2 trust(s), 2 drift report(s)"), "{out}");
+    let files = |dir: &std::path::Path, rel: &str| std::fs::read(dir.join(rel)).unwrap();
+    for rel in ["oidc_trusts.json", "drift_reports.json"] {
+        assert_eq!(
+            files(&bk, rel),
+            files(&bk2, rel),
+            "{rel} round-trips byte for byte"
+        );
+    }
+
+    // Format 3 (no trusts, no drift reports) still verifies and imports, restoring none.
+    let v3 = tmp.path().join("v3");
+    copy_dir(&bk, &v3);
+    let mpath = v3.join("manifest.json");
+    let mut m: Value = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
+    m["format"] = json!("airlock-backup/3");
+    for rel in ["oidc_trusts.json", "drift_reports.json"] {
+        m["files"].as_object_mut().unwrap().remove(rel);
+        std::fs::remove_file(v3.join(rel)).unwrap();
+    }
+    for k in ["trusts", "drift_reports"] {
+        m["summary"].as_object_mut().unwrap().remove(k);
+    }
+    std::fs::write(&mpath, m.to_string()).unwrap();
+    let data3 = tmp.path().join("data3");
+    let (ok, out) = offline(&[
+        "backup",
+        "import",
+        v3.to_str().unwrap(),
+        "--data-dir",
+        data3.to_str().unwrap(),
+    ]);
+    assert!(ok && out.contains("0 trust(s), 0 drift report(s)"), "{out}");
+
+    // Hostile backups: each is refused by verify with a clear reason, and import writes nothing.
+    let hostile: [(&str, &str, fn(&mut Value), &str); 4] = [
+        (
+            "admin",
+            "oidc_trusts.json",
+            |v| v[0]["role"] = json!("admin"),
+            "never admin",
+        ),
+        (
+            "unpinned-ids",
+            "oidc_trusts.json",
+            |v| v[0]["repository_id"] = json!("10O1"),
+            "numeric",
+        ),
+        (
+            "ghost",
+            "drift_reports.json",
+            |v| v[0]["stack"] = json!("prod/ghost"),
+            "not in the backup",
+        ),
+        (
+            "serial",
+            "drift_reports.json",
+            |v| v[0]["serial"] = json!(7),
+            "does not hold",
+        ),
+    ];
+    for (name, rel, edit, why) in hostile {
+        let bad = tmp.path().join(format!("bad-{name}"));
+        copy_dir(&bk, &bad);
+        forge_backup_file(&bad, rel, edit);
+        let (ok, out) = offline(&["backup", "verify", bad.to_str().unwrap()]);
+        assert!(
+            !ok && out.contains("backup BROKEN") && out.contains(why),
+            "{name}: {out}"
+        );
+        let target = tmp.path().join(format!("restored-{name}"));
+        let (ok, out) = offline(&[
+            "backup",
+            "import",
+            bad.to_str().unwrap(),
+            "--data-dir",
+            target.to_str().unwrap(),
+        ]);
+        assert!(
+            !ok && out.contains("does not verify") && out.contains(why),
+            "{name}: {out}"
+        );
+        assert!(
+            !target.exists(),
+            "{name}: the refused import created {}",
+            target.display()
+        );
+    }
+}

@@ -319,7 +319,12 @@ impl Backup {
         let stacks: std::collections::BTreeMap<&str, BTreeSet<u64>> = self
             .stacks
             .iter()
-            .map(|s| (s.name.as_str(), s.versions.iter().map(|v| v.serial).collect()))
+            .map(|s| {
+                (
+                    s.name.as_str(),
+                    s.versions.iter().map(|v| v.serial).collect(),
+                )
+            })
             .collect();
         let mut ids = BTreeSet::new();
         for d in &self.drift_reports {
@@ -347,10 +352,12 @@ impl Backup {
                     d.id, d.status
                 ));
             }
-            if serde_json::from_str::<serde_json::Value>(&d.report)
-                .map_or(true, |v| !v.is_object())
+            if serde_json::from_str::<serde_json::Value>(&d.report).map_or(true, |v| !v.is_object())
             {
-                problems.push(format!("drift report {}: its report is not a JSON object", d.id));
+                problems.push(format!(
+                    "drift report {}: its report is not a JSON object",
+                    d.id
+                ));
             }
         }
         problems
