@@ -859,7 +859,8 @@ mod tests {
             Ok(()),
             "a legacy trust may be stored"
         );
-        let bad: [(&str, fn(&mut OidcTrustRecord)); 10] = [
+        type Spoil = fn(&mut OidcTrustRecord);
+        let bad: [(&str, Spoil); 10] = [
             ("never admin", |t| t.role = "admin".into()),
             ("never approver", |t| t.role = "approver".into()),
             ("needs --ref", |t| t.git_ref = None),

@@ -856,7 +856,8 @@ fn trusts_and_drift_reports_survive_a_backup_and_ci_logs_in_after_restore_with_a
     assert!(ok && out.contains("0 trust(s), 0 drift report(s)"), "{out}");
 
     // Hostile backups: each is refused by verify with a clear reason, and import writes nothing.
-    let hostile: [(&str, &str, fn(&mut Value), &str); 4] = [
+    type Edit = fn(&mut Value);
+    let hostile: [(&str, &str, Edit, &str); 4] = [
         (
             "admin",
             "oidc_trusts.json",
