@@ -857,7 +857,37 @@ fn trusts_and_drift_reports_survive_a_backup_and_ci_logs_in_after_restore_with_a
 
     // Hostile backups: each is refused by verify with a clear reason, and import writes nothing.
     type Edit = fn(&mut Value);
-    let hostile: [(&str, &str, Edit, &str); 4] = [
+    let hostile: [(&str, &str, Edit, &str); 7] = [
+        // Well-formed, but not what the audit events that committed with them say.
+        (
+            "wider",
+            "oidc_trusts.json",
+            |v| v[0]["stacks"] = json!([]),
+            "differs from what its audit events say",
+        ),
+        (
+            "revived",
+            "oidc_trusts.json",
+            |v| {
+                for t in v.as_array_mut().unwrap() {
+                    t["removed_at"] = Value::Null;
+                    t["removed_by"] = Value::Null;
+                }
+            },
+            "removed it, but the backup has it active",
+        ),
+        (
+            "in-sync",
+            "drift_reports.json",
+            |v| {
+                let mut forged = v[0].clone();
+                forged["id"] = json!("drf_forged");
+                forged["status"] = json!("in_sync");
+                forged["created_at"] = json!(4_102_444_800_000_i64);
+                v.as_array_mut().unwrap().push(forged);
+            },
+            "no drift.report audit event",
+        ),
         (
             "admin",
             "oidc_trusts.json",

@@ -169,9 +169,9 @@ pub fn run(cmd: BackupCommand) -> anyhow::Result<ExitCode> {
             let (backup, problems) = Backup::load(&dir)?;
             if !problems.is_empty() {
                 bail!(
-                    "refusing to import a backup that does not verify ({} problem(s)), first: {}",
+                    "refusing to import a backup that does not verify ({} problem(s)); nothing was written:\n  {}",
                     problems.len(),
-                    problems[0]
+                    problems.join("\n  ")
                 );
             }
             let store = open_store(&db, Missing::Create)?;

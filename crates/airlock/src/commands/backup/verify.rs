@@ -294,12 +294,77 @@ impl Backup {
     /// server itself could have stored: every trust passes the rule `airlock trust add` applies
     /// (`oidc::check_trust`: never approver or admin, ci only with a ref, ...) and its tokens'
     /// user is in the backup; every drift report names a stack of the backup and a serial that
-    /// stack has (or none), a known status, and JSON. Ids are unique.
+    /// stack has (or none), a known status, and JSON. Ids are unique. And each is the record
+    /// its audit event committed with (the chain is verified separately): a trust is what its
+    /// `oidc.trust_add` event (and `oidc.trust_pin`, for ids pinned later) says, and removed if
+    /// an `oidc.trust_remove` event says so; a drift report is what its `drift.report` event
+    /// says, at that event's time. Adding or reviving a trust, or an "in sync" report that
+    /// hides drift, then means rewriting the audit chain, whose head the server recorded
+    /// (`backup verify --record`) and the manifest's printed SHA-256 pins.
     fn trust_and_drift_problems(&self) -> Vec<String> {
+        use serde_json::{json, Value};
         let mut problems = Vec::new();
         let users: BTreeSet<&str> = self.users.iter().map(|u| u.name.as_str()).collect();
+        let mut added = std::collections::BTreeMap::new();
+        let mut pinned = std::collections::BTreeMap::new();
+        let mut removed = BTreeSet::new();
+        let mut reported = std::collections::BTreeMap::new();
+        for r in self.audit.iter().filter(|r| r.outcome == "ok") {
+            let id = |k: &str| r.detail.get(k).and_then(Value::as_str).map(str::to_owned);
+            match r.action.as_str() {
+                "oidc.trust_add" => added.extend(id("id").map(|i| (i, &r.detail))),
+                "oidc.trust_pin" => pinned.extend(id("trust").map(|i| {
+                    (
+                        i,
+                        (
+                            r.detail["repository_id"].clone(),
+                            r.detail["owner_id"].clone(),
+                        ),
+                    )
+                })),
+                "oidc.trust_remove" => removed.extend(id("trust")),
+                "drift.report" => reported.extend(id("id").map(|i| (i, r))),
+                _ => {}
+            }
+        }
         let mut ids = BTreeSet::new();
         for t in &self.trusts {
+            match added.get(&t.id) {
+                None => problems.push(format!(
+                    "trust {}: no oidc.trust_add audit event added it (a trust comes only from `airlock trust add`)",
+                    t.id
+                )),
+                Some(detail) => {
+                    let mut want = serde_json::to_value(t.to_record()).unwrap_or_default();
+                    let mut said = (*detail).clone();
+                    for k in ["removed_at", "removed_by", "repository_id", "owner_id"] {
+                        for v in [&mut want, &mut said] {
+                            if let Some(o) = v.as_object_mut() {
+                                o.remove(k);
+                            }
+                        }
+                    }
+                    let ids_said = match pinned.get(&t.id) {
+                        Some(p) => p.clone(),
+                        None => (
+                            detail.get("repository_id").cloned().unwrap_or(Value::Null),
+                            detail.get("owner_id").cloned().unwrap_or(Value::Null),
+                        ),
+                    };
+                    if want != said || ids_said != (json!(t.repository_id), json!(t.owner_id)) {
+                        problems.push(format!(
+                            "trust {}: differs from what its audit events say it is (role, stacks, repository, ids, ...)",
+                            t.id
+                        ));
+                    }
+                }
+            }
+            if removed.contains(&t.id) && t.removed_at.is_none() {
+                problems.push(format!(
+                    "trust {}: an oidc.trust_remove audit event removed it, but the backup has it active",
+                    t.id
+                ));
+            }
             if !ids.insert(t.id.as_str()) {
                 problems.push(format!("trust {}: listed twice", t.id));
             }
@@ -345,6 +410,25 @@ impl Backup {
                     d.serial.unwrap_or_default(),
                     d.stack
                 ));
+            }
+            match reported.get(&d.id) {
+                None => problems.push(format!(
+                    "drift report {}: no drift.report audit event recorded it",
+                    d.id
+                )),
+                Some(r) => {
+                    let at = airlock_core::time::parse_rfc3339_ms(&r.at).unwrap_or(i64::MIN);
+                    if r.stack.as_deref() != Some(d.stack.as_str())
+                        || r.detail.get("status") != Some(&json!(d.status))
+                        || r.detail.get("serial") != Some(&json!(d.serial))
+                        || at.abs_diff(d.created_at) > 5 * 60 * 1000
+                    {
+                        problems.push(format!(
+                            "drift report {}: differs from what its drift.report audit event says (stack, status, serial or time)",
+                            d.id
+                        ));
+                    }
+                }
             }
             if !["in_sync", "drifted", "unknown"].contains(&d.status.as_str()) {
                 problems.push(format!(
