@@ -700,9 +700,26 @@ fn trusts_and_drift_reports_survive_a_backup_and_ci_logs_in_after_restore_with_a
         let v: Value = serde_json::from_str(&s.ok(&admin, &args)).unwrap();
         v["trust"]["id"].as_str().unwrap().to_owned()
     };
-    trust("ci", Some("refs/heads/main"));
+    let ci_trust = trust("ci", Some("refs/heads/main"));
     let removed = trust("agent", None);
     s.ok(&admin, &["trust", "remove", &removed]);
+    // A trust is pinned once (other ids are another repository), a removed one not at all.
+    let pin = |id: &str| {
+        s.fails(
+            &admin,
+            &[
+                "trust",
+                "pin",
+                id,
+                "--repository-id",
+                "9999",
+                "--owner-id",
+                "2002",
+            ],
+        )
+    };
+    assert!(pin(&ci_trust).contains("already pinned"));
+    assert!(pin(&removed).contains("was removed"));
     let login_url = format!("{}/api/v1/oidc/login", s.url);
     let (code, v) = post(
         &login_url,
