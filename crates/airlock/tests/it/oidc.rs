@@ -958,3 +958,119 @@ fn trusts_and_drift_reports_survive_a_backup_and_ci_logs_in_after_restore_with_a
         );
     }
 }
+
+/// A trust as migration 0011 leaves one added before it (no ids, on a real PostgreSQL store):
+/// the server says so at start, `trust list` shows it, each login through it is refused and
+/// audited with the command that fixes it, and after `airlock trust pin` the job logs in.
+#[test]
+fn a_trust_from_before_pinning_refuses_logins_until_an_admin_pins_it() {
+    let forge = issuer();
+    let db = TestDatabase::new("legacy_trust");
+    let aud = "https://airlock.example";
+    let public = ["--public-url", aud];
+    let mut s = TestServer::start_on(&Backing::Url(db.url.clone()), None, &public, &[]);
+    let admin = s.admin.clone();
+    s.ok(
+        &admin,
+        &[
+            "trust",
+            "add",
+            "github",
+            "--repository",
+            "org/repo",
+            "--repository-id",
+            "1001",
+            "--owner-id",
+            "2002",
+            "--ref",
+            "refs/heads/main",
+            "--role",
+            "ci",
+            "--issuer",
+            &forge.url,
+            "--audience",
+            aud,
+        ],
+    );
+    s.kill();
+    db.sql("UPDATE oidc_trusts SET repository_id = NULL, owner_id = NULL");
+
+    // The server's start says so.
+    let mut child = Command::new(AIRLOCK)
+        .args([
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            &db.url,
+        ])
+        .args(public)
+        .env_remove("AIRLOCK_DATABASE_URL")
+        .env_remove("AIRLOCK_DATA_DIR")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut started = String::new();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    while !started.contains("listening on") {
+        if stdout.read_line(&mut started).unwrap() == 0 {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        started.contains("warning: 1 trust(s) are not pinned") && started.contains("org/repo"),
+        "{started}"
+    );
+
+    let s = TestServer::start_on(&Backing::Url(db.url.clone()), Some(&admin), &public, &[]);
+    assert!(s.ok(&admin, &["trust", "list"]).contains("NOT PINNED"));
+    let listed: Value =
+        serde_json::from_str(&s.ok(&admin, &["trust", "list", "--format", "json"])).unwrap();
+    let id = listed["trusts"][0]["id"].as_str().unwrap().to_owned();
+    let login = || {
+        post(
+            &format!("{}/api/v1/oidc/login", s.url),
+            "",
+            json!({"token": forge.mint(push_claims(aud), None)}),
+        )
+    };
+    let (code, v) = login();
+    assert_eq!(code, 401, "{v}");
+    assert!(
+        v.to_string()
+            .contains(&format!("airlock trust pin {id} --repository-id")),
+        "{v}"
+    );
+    let denied = s.ok(
+        &admin,
+        &[
+            "audit",
+            "--action",
+            "oidc.login",
+            "--outcome",
+            "denied",
+            "--format",
+            "json",
+        ],
+    );
+    assert!(denied.contains("airlock trust pin"), "{denied}");
+    let out = s.ok(
+        &admin,
+        &[
+            "trust",
+            "pin",
+            &id,
+            "--repository-id",
+            "1001",
+            "--owner-id",
+            "2002",
+        ],
+    );
+    assert!(out.contains("pinned trust"), "{out}");
+    let (code, v) = login();
+    assert_eq!((code, v["role"].as_str()), (201, Some("ci")), "{v}");
+}
