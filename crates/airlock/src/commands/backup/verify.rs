@@ -421,10 +421,12 @@ impl Backup {
                     if r.stack.as_deref() != Some(d.stack.as_str())
                         || r.detail.get("status") != Some(&json!(d.status))
                         || r.detail.get("serial") != Some(&json!(d.serial))
+                        || r.detail.get("drifted") != Some(&json!(d.drifted))
+                        || r.detail.get("findings") != Some(&json!(d.findings))
                         || at.abs_diff(d.created_at) > 5 * 60 * 1000
                     {
                         problems.push(format!(
-                            "drift report {}: differs from what its drift.report audit event says (stack, status, serial or time)",
+                            "drift report {}: differs from what its drift.report audit event says (stack, status, serial, counts or time)",
                             d.id
                         ));
                     }
