@@ -847,6 +847,30 @@ fn trusts_and_drift_reports_survive_a_backup_and_ci_logs_in_after_restore_with_a
             "{rel} round-trips byte for byte"
         );
     }
+    // The SQLite restore too: its own new key, the same drift history, a CI login.
+    let lite = TestServer::start_on(
+        &Backing::Dir(tmp.path().join("data2")),
+        Some(&admin),
+        &public,
+        &[],
+    );
+    let (_, lite_history) = raw(
+        "GET",
+        &format!("{}/api/v1/stacks/dev%2Fapp/drift", lite.url),
+        &admin,
+        b"",
+    );
+    assert_eq!(lite_history, history);
+    assert!(!jwks_kids(&lite.url)
+        .iter()
+        .any(|k| old_kids.contains(k) || new_kids.contains(k)));
+    let (code, v) = post(
+        &format!("{}/api/v1/oidc/login", lite.url),
+        "",
+        json!({"token": forge.mint(push_claims(aud), None)}),
+    );
+    assert_eq!((code, v["role"].as_str()), (201, Some("ci")), "{v}");
+    drop(lite);
 
     // Format 3 (no trusts, no drift reports) still verifies and imports, restoring none.
     let v3 = tmp.path().join("v3");
