@@ -207,6 +207,8 @@ fn routes() -> Routes {
         .route(POST,    "/api/v1/oidc/trusts",                          Admin,     api::oidc::add_trust)
         .route(GET,     "/api/v1/oidc/trusts",                          Admin,     api::oidc::list_trusts)
         .route(POST,    "/api/v1/oidc/trusts/{id}/remove",              Admin,     api::oidc::remove_trust)
+        // A trust added before migration 0011 matches no job until pinned to the repository's ids.
+        .route(POST,    "/api/v1/oidc/trusts/{id}/pin",                 Admin,     api::oidc::pin_trust)
 }
 
 /// The route table, as [`build`] serves and authorizes it.

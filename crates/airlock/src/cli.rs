@@ -111,6 +111,14 @@ pub enum TrustCommand {
         /// The repository (GitHub `org/repo`, GitLab project path), exact.
         #[arg(long)]
         repository: String,
+        /// The repository's immutable id: GitHub `repository_id` (`gh api repos/ORG/REPO --jq
+        /// .id`), GitLab `project_id`. A repository re-created at the same path has another.
+        #[arg(long)]
+        repository_id: String,
+        /// Its owner's immutable id: GitHub `repository_owner_id` (`.owner.id`), GitLab
+        /// `namespace_id`.
+        #[arg(long)]
+        owner_id: String,
         /// The ref the job must run on, exact (refs/heads/main); required for --role ci.
         #[arg(long = "ref")]
         git_ref: Option<String>,
@@ -141,6 +149,20 @@ pub enum TrustCommand {
     Remove {
         /// The trust's id (trust_…).
         id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Pin a trust added before trusts were pinned to the repository's ids (until then it
+    /// matches no job). Once: other ids are another repository, so another trust.
+    Pin {
+        /// The trust's id (trust_…).
+        id: String,
+        /// The repository's immutable id (GitHub `repository_id`, GitLab `project_id`).
+        #[arg(long)]
+        repository_id: String,
+        /// Its owner's immutable id (GitHub `repository_owner_id`, GitLab `namespace_id`).
+        #[arg(long)]
+        owner_id: String,
         #[command(flatten)]
         client: ClientArgs,
     },
