@@ -741,6 +741,7 @@ async fn check_plan(a: CheckPlan) -> Result<Value, String> {
             stack: a.stack.as_deref().and_then(|s| config.stack(s)),
             rego: &[],
             server_sets: &[],
+            refresh_only: false,
         };
         let mut changes = Collect::default();
         let decision = gate::judge(PlanSource::Bytes(&bytes), &input, &mut changes)

@@ -36,6 +36,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         stack,
         rego: &rego,
         server_sets: &[],
+        refresh_only: false,
     };
     let mut out = Output::new(args.format, color);
     // Without Rego the plan streams through the gate; Rego makes the gate hold it in memory.
