@@ -687,7 +687,9 @@ fn judge(binary: &PlanFile, plan_json: &[u8], input: JudgeInput) -> ApiResult<Ju
     let changes_anything = changes_anything || !observer.destroys.is_empty();
     Ok(Judged {
         verdict: decision.verdict,
-        markdown: observer.md.finish(&decision, &accept_drift_note(binary.mode)),
+        markdown: observer
+            .md
+            .finish(&decision, &accept_drift_note(binary.mode)),
         report,
         destroys: observer.destroys,
         moved_from: observer.moved_from,

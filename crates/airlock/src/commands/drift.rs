@@ -99,9 +99,9 @@ fn check(
         return Ok((
             Checked::Skipped {
                 note: format!(
-                "state locked by {} for {} since {}; not checked (an operation is in progress)",
-                s(l, "/owner"),
-                s(l, "/operation"),
+                    "state locked by {} for {} since {}; not checked (an operation is in progress)",
+                    s(l, "/owner"),
+                    s(l, "/operation"),
                     time(l, "/created_at")
                 ),
                 stack,

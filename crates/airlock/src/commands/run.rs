@@ -616,7 +616,10 @@ pub fn plan_run(c: &Client, req: &PlanRequest<'_>) -> anyhow::Result<Planned> {
     if req.refresh_only {
         plan_args.push("-refresh-only".into());
     }
-    let done = run_streaming(terraform(req.terraform_bin, &phase.dir, &plan_args), &phase.env)?;
+    let done = run_streaming(
+        terraform(req.terraform_bin, &phase.dir, &plan_args),
+        &phase.env,
+    )?;
     if !done.status.success() && !plan_path.is_file() {
         bail!("terraform plan failed ({}) and wrote no plan", done.status);
     }
