@@ -146,6 +146,14 @@ async fn render(ctx: &Ctx, id: &str, page: usize, flash: Option<(StatusCode, Str
         esc(&stack),
         esc(&status)
     );
+    let accepts_drift = run["plan_mode"].as_str() == Some("refresh-only");
+    if accepts_drift {
+        let _ = write!(
+            body,
+            "<div class=\"banner warn\" id=\"accept-drift\"><strong>Accept drift:</strong> {}</div>",
+            esc(crate::api::runs::ACCEPT_DRIFT.trim_start_matches("accept drift: "))
+        );
+    }
     if let Some((code, msg)) = &flash {
         let (class, el) = if code.is_success() {
             ("ok", "done")
@@ -218,7 +226,12 @@ async fn render(ctx: &Ctx, id: &str, page: usize, flash: Option<(StatusCode, Str
     let destroys = run["destroys"].as_array().map_or(0, Vec::len);
     let _ = write!(
         body,
-        "<section id=\"destructive\"><h2>Destructive changes ({})</h2>",
+        "<section id=\"destructive\"><h2>{} ({})</h2>",
+        if accepts_drift {
+            "Dropped from the state (deleted outside Terraform)"
+        } else {
+            "Destructive changes"
+        },
         destructive.len()
     );
     if destructive.is_empty() {

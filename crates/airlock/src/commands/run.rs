@@ -1320,5 +1320,12 @@ mod tests {
             Some("resource_changes")
         );
         assert!(plan_difference(b"not json", judged).is_err());
+        // A refresh-only plan's effect is its drift: one dropping another instance differs.
+        let drops_db = br#"{"terraform_version":"1.11.4","resource_drift":[{"address":"aws_db_instance.main","change":{"actions":["delete"]}}],"output_changes":{},"prior_state":{"values":{}}}"#;
+        let drops_lb = br#"{"terraform_version":"1.11.4","resource_drift":[{"address":"aws_lb.front","change":{"actions":["delete"]}}],"output_changes":{},"prior_state":{"values":{}}}"#;
+        assert_eq!(
+            plan_difference(drops_lb, drops_db).unwrap().as_deref(),
+            Some("resource_drift")
+        );
     }
 }

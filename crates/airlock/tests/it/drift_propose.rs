@@ -191,6 +191,21 @@ fn drift_is_proposed_by_an_agent_approved_applied_by_ci_and_the_cloud_is_untouch
     assert_eq!(r["destroys"], json!(["aws_db_instance.main"]));
     assert!(r["checks"][0].as_str().unwrap().contains("drift"), "{r:#}");
     assert_eq!(t.s.serials(STACK), serials, "proposing wrote state");
+    // MCP explains it as accepting drift (the console and the summary say so too).
+    let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {"name": "explain_run", "arguments": {"run_id": run}}});
+    let (code, body) = raw(
+        "POST",
+        &format!("{}/mcp", t.s.url),
+        &t.agent,
+        call.to_string().as_bytes(),
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains("it accepts drift (a refresh-only plan")
+            && body.contains("dropping 1 instance(s) deleted outside Terraform"),
+        "{body}"
+    );
 
     // An agent proposes; it never approves or applies.
     let out =
