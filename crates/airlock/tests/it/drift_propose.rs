@@ -253,6 +253,28 @@ fn drift_is_proposed_by_an_agent_approved_applied_by_ci_and_the_cloud_is_untouch
         out.contains("in sync") && out.contains("nothing proposed: no drift"),
         "{out}"
     );
+    // A refresh-only run whose refresh finds nothing has nothing to approve.
+    let envs = env(&cloud);
+    let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = cli_in(
+        &t.s,
+        &t.agent,
+        &ws.dir,
+        &[
+            "plan",
+            ".",
+            "--stack",
+            STACK,
+            "--refresh-only",
+            "--format",
+            "json",
+        ],
+        &envs,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["run"]["status"], "no_changes", "{v:#}");
+    assert_eq!(v["run"]["plan_mode"], "refresh-only");
 }
 
 /// The attacks, each against the real server with real plans of the drifted cloud.
@@ -262,6 +284,17 @@ fn refresh_only_runs_are_judged_from_the_binary_and_bound_to_it() {
     let (t, ws, _) = drifted(&cloud);
     ws.tf_ok(&t.s.admin, &["plan", "-refresh-only", "-out=ro.tfplan"]);
     ws.tf_ok(&t.s.admin, &["plan", "-out=normal.tfplan"]);
+
+    // `airlock check` on the binary judges it as the server does: by its drift.
+    let envs = env(&cloud);
+    let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = cli_in(&t.s, &t.agent, &ws.dir, &["check", "ro.tfplan"], &envs);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("drops from the state (deleted outside Terraform)"),
+        "{}",
+        text(&out)
+    );
 
     // The metadata's mode is a claim: a normal binary claimed refresh-only, or the reverse, is
     // refused.
