@@ -422,7 +422,11 @@ impl Observer for RunObserver<'_> {
                 severity: Severity::Review,
                 address: None,
                 message: format!(
-                    "destroys {} instance(s) on production stack {}",
+                    "{} {} instance(s) on production stack {}",
+                    match self.refresh_only {
+                        true => "drops from the state (deleted outside Terraform)",
+                        false => "destroys",
+                    },
                     self.destroys.len(),
                     stack.name
                 ),
