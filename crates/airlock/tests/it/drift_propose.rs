@@ -435,3 +435,55 @@ fn a_refresh_only_apply_that_drops_more_than_reviewed_is_refused() {
     assert_eq!(code, 200, "{body}");
     assert_eq!(state_addresses(&t), ["aws_instance.bastion"]);
 }
+
+/// The server ties the drift's addresses and actions to the binary; the values reviewers read
+/// are tied by `airlock apply`, which compares Terraform's own `show -json` of the approved plan
+/// with the reviewed JSON, `resource_drift` included: a JSON that hides a protection turned off
+/// outside Terraform is approved, then refused before Terraform applies anything.
+#[test]
+fn drift_values_edited_in_the_reviewed_json_are_refused_at_apply() {
+    let cloud = TestCloud::new();
+    let t = team(STACK);
+    let ws = cloud.workspace(&t.s, STACK, TF);
+    ws.tf_ok(&t.s.admin, &["init", "-input=false"]);
+    ws.tf_ok(&t.s.admin, &["apply", "-auto-approve", "-input=false"]);
+    let bastion = cloud.ids("aws_instance").pop().unwrap();
+    cloud.set("aws_instance", &bastion, "disable_api_termination", "false");
+    cloud.set("aws_instance", &bastion, "instance_type", "\"t3.large\"");
+    // Outside the checkout, so that the plan file is not one of the run's inputs.
+    ws.tf_ok(&t.s.admin, &["plan", "-refresh-only", "-out=../ro.tfplan"]);
+    let honest = forged_upload(&t, &ws, STACK, "../ro.tfplan", "../ro.tfplan");
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut j: Value = serde_json::from_slice(
+        &b64.decode(honest["plan_json_b64"].as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    for d in j["resource_drift"].as_array_mut().unwrap() {
+        d["change"]["after"]["disable_api_termination"] = json!(true);
+    }
+    let mut edited = honest.clone();
+    edited["plan_json_b64"] = json!(b64.encode(j.to_string()));
+    let (code, body) = upload(&t, &t.agent, STACK, &edited);
+    assert_eq!(code, 201, "{body}");
+    let created: Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        !created["run"]["report"]
+            .to_string()
+            .contains("protection-weakened"),
+        "the edited JSON hides the finding: {body}"
+    );
+    let run = created["run"]["id"].as_str().unwrap().to_owned();
+    t.s.ok(&t.approver, &["approve", &run]);
+    let serials = t.s.serials(STACK);
+    let out = apply_on(&cloud, &t, &ws.dir, &t.ci, &run);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("differs from the reviewed plan JSON in resource_drift"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(t.s.serials(STACK), serials, "nothing was applied");
+    assert_eq!(run_json(&t, &run)["run"]["status"], "failed");
+}
