@@ -30,6 +30,18 @@ const MAX_LOG_SHOWN: usize = 1024 * 1024;
 struct PlanDoc<'a> {
     #[serde(borrow, default)]
     resource_changes: Vec<ResourceChange<'a>>,
+    #[serde(borrow, default)]
+    resource_drift: Vec<ResourceChange<'a>>,
+}
+
+impl<'a> PlanDoc<'a> {
+    /// The changes the run applies: for a run that accepts drift (refresh-only), its drift.
+    fn changes(&self, accepts_drift: bool) -> &[ResourceChange<'a>] {
+        match accepts_drift {
+            true => &self.resource_drift,
+            false => &self.resource_changes,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -208,7 +220,7 @@ async fn render(ctx: &Ctx, id: &str, page: usize, flash: Option<(StatusCode, Str
     // 2. Destructive changes, critical first.
     let entries: HashMap<&str, &ResourceChange<'_>> = plan
         .iter()
-        .flat_map(|p| p.resource_changes.iter())
+        .flat_map(|p| p.changes(accepts_drift).iter())
         .map(|rc| (rc.address.as_str(), rc))
         .collect();
     let mut destructive: Vec<&Value> = report["changes"]
@@ -367,7 +379,7 @@ async fn render(ctx: &Ctx, id: &str, page: usize, flash: Option<(StatusCode, Str
     );
 
     // 6. The whole plan, paged.
-    body.push_str(&plan_tree(plan.as_ref(), id, page));
+    body.push_str(&plan_tree(plan.as_ref(), accepts_drift, id, page));
     ctx.page(
         flash.as_ref().map_or(StatusCode::OK, |(c, _)| *c),
         &format!("Run {id}"),
@@ -481,12 +493,12 @@ fn actions(ctx: &Ctx, id: &str, shown: &Value, status: &str, destroys: usize) ->
 }
 
 /// The plan's resource changes (no-ops left out), grouped by module, [`PAGE_SIZE`] per page.
-fn plan_tree(plan: Option<&PlanDoc<'_>>, id: &str, page: usize) -> String {
+fn plan_tree(plan: Option<&PlanDoc<'_>>, accepts_drift: bool, id: &str, page: usize) -> String {
     let Some(plan) = plan else {
         return "<section id=\"plan\"><h2>Plan</h2><p>The plan JSON could not be read.</p></section>".into();
     };
     let changes: Vec<&ResourceChange<'_>> = plan
-        .resource_changes
+        .changes(accepts_drift)
         .iter()
         .filter(|rc| rc.change.actions.iter().any(|a| a != "no-op"))
         .collect();

@@ -114,6 +114,47 @@ fn state_addresses(t: &Team) -> Vec<String> {
     out
 }
 
+/// The console's page for `run`, signed in with `token` (as a browser would: the login form's
+/// cookie and CSRF field, then the session cookie).
+fn console_run_page(t: &Team, token: &str, run: &str) -> String {
+    let agent = ureq::AgentBuilder::new().redirects(0).build();
+    let cookie = |r: &ureq::Response, name: &str| -> String {
+        r.all("set-cookie")
+            .into_iter()
+            .find(|c| c.starts_with(&format!("{name}=")))
+            .and_then(|c| c.split(';').next())
+            .unwrap_or_else(|| panic!("no {name} cookie"))
+            .to_owned()
+    };
+    let page = agent.get(&format!("{}/ui/login", t.s.url)).call().unwrap();
+    let login = cookie(&page, "airlock_login");
+    let html = page.into_string().unwrap();
+    let csrf = html
+        .split("name=\"login_csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("login_csrf field")
+        .to_owned();
+    let signed = match agent
+        .post(&format!("{}/ui/login", t.s.url))
+        .set("Cookie", &login)
+        .send_form(&[("token", token), ("login_csrf", &csrf), ("next", "/ui/")])
+    {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("sign-in: {e}"),
+    };
+    assert_eq!(signed.status(), 303, "sign-in");
+    let session = cookie(&signed, "airlock_session");
+    agent
+        .get(&format!("{}/ui/runs/{run}", t.s.url))
+        .set("Cookie", &session)
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap()
+}
+
 #[test]
 fn drift_is_proposed_by_an_agent_approved_applied_by_ci_and_the_cloud_is_untouched() {
     let cloud = TestCloud::new();
@@ -191,7 +232,15 @@ fn drift_is_proposed_by_an_agent_approved_applied_by_ci_and_the_cloud_is_untouch
     assert_eq!(r["destroys"], json!(["aws_db_instance.main"]));
     assert!(r["checks"][0].as_str().unwrap().contains("drift"), "{r:#}");
     assert_eq!(t.s.serials(STACK), serials, "proposing wrote state");
-    // MCP explains it as accepting drift (the console and the summary say so too).
+    // The console shows it as accepting drift, with the drift as its changes.
+    let page = console_run_page(&t, &t.approver, &run);
+    assert!(page.contains("id=\"accept-drift\""), "{page}");
+    assert!(
+        page.contains("Dropped from the state (deleted outside Terraform) (1)"),
+        "{page}"
+    );
+    assert!(page.contains("All changes (2)"), "{page}");
+    // MCP explains it as accepting drift (the summary says so too).
     let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
         "params": {"name": "explain_run", "arguments": {"run_id": run}}});
     let (code, body) = raw(
