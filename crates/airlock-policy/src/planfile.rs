@@ -254,6 +254,19 @@ impl PlanFile {
 }
 
 impl PlanFile {
+    /// A resource change that a refresh-only plan must not have: Terraform makes none in that
+    /// mode (its apply only records the drift), so a refresh-only binary with a change that is
+    /// not a no-op was not made by Terraform, and its change would be applied unjudged.
+    pub fn refresh_only_change(&self) -> Option<&BinaryChange> {
+        (self.mode == PlanMode::RefreshOnly)
+            .then(|| {
+                self.changes
+                    .iter()
+                    .find(|c| c.actions.iter().any(|a| a != "no-op"))
+            })
+            .flatten()
+    }
+
     /// Checks that `json_drift` (the `resource_drift` of a plan JSON) is exactly this binary
     /// plan's drift. For a refresh-only plan the drift is what the apply records, so the JSON a
     /// server judges must list every drifted instance with the binary's actions: an instance the
@@ -1076,6 +1089,23 @@ mod tests {
         varint_field(1, 3, &mut p);
         varint_field(17, 3, &mut p);
         assert!(decode_plan(&p).unwrap_err().0.contains("planning mode"));
+        // A refresh-only plan with a resource change is not one Terraform makes.
+        assert_eq!(plan.refresh_only_change(), None);
+        let mut p = Vec::new();
+        varint_field(1, 3, &mut p);
+        varint_field(17, 2, &mut p);
+        bytes_field(3, &change("aws_instance.x", 5), &mut p);
+        bytes_field(3, &change("aws_vpc.y", 0), &mut p);
+        let forged = decode_plan(&p).unwrap();
+        assert_eq!(
+            forged.refresh_only_change().map(|c| c.address.as_str()),
+            Some("aws_instance.x")
+        );
+        let normal = PlanFile {
+            mode: PlanMode::Normal,
+            ..forged
+        };
+        assert_eq!(normal.refresh_only_change(), None);
         assert_eq!(PlanMode::parse("refresh-only"), Some(PlanMode::RefreshOnly));
         assert_eq!(PlanMode::parse("refresh_only"), None);
     }

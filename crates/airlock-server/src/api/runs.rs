@@ -534,18 +534,12 @@ fn check_binary(plan_bin: &[u8], meta: &RunMeta, stack: &StackRecord) -> ApiResu
     }
     // A refresh-only plan changes no resource (Terraform makes none): its drift is what the
     // apply records, and that is what the run is judged by.
-    if binary.mode == PlanMode::RefreshOnly {
-        if let Some(c) = binary
-            .changes
-            .iter()
-            .find(|c| c.actions.iter().any(|a| a != "no-op"))
-        {
-            return Err(bad(format!(
-                "the binary plan is refresh-only but {} {}: Terraform makes no such plan",
-                c.actions.join("+"),
-                c.address
-            )));
-        }
+    if let Some(c) = binary.refresh_only_change() {
+        return Err(bad(format!(
+            "the binary plan is refresh-only but {} {}: Terraform makes no such plan",
+            c.actions.join("+"),
+            c.address
+        )));
     }
     let prior = binary.planned_against();
     let planned = (meta.planned_lineage.clone(), meta.planned_serial);
