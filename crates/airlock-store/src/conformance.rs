@@ -1634,6 +1634,7 @@ fn run_record(id: &str, stack: &str, created_at: i64) -> RunRecord {
         moved_from: Vec::new(),
         policy_changes: Vec::new(),
         checks: Vec::new(),
+        plan_mode: None,
     }
 }
 

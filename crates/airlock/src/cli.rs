@@ -796,6 +796,11 @@ pub struct PlanArgs {
     /// server judges it like any plan, destroy confirmation included.
     #[arg(long)]
     pub destroy: bool,
+    /// Plan to accept drift (`terraform plan -refresh-only`): the run's apply records in the
+    /// state what changed outside Terraform and changes no infrastructure; the server judges
+    /// the drift like any change (an instance dropped from the state as destroyed there).
+    #[arg(long, conflicts_with = "destroy")]
+    pub refresh_only: bool,
     /// Terraform binary (e.g. `tofu`).
     #[arg(long, env = "AIRLOCK_TERRAFORM_BIN", default_value = "terraform")]
     pub terraform_bin: String,
@@ -1020,6 +1025,11 @@ pub struct DriftArgs {
     /// Stack to check (default: the `stack` block of airlock.hcl whose `dir` is DIR).
     #[arg(long)]
     pub stack: Option<String>,
+    /// When drift is found, upload the check's refresh-only plan as a governed run that accepts
+    /// it (as `airlock plan --refresh-only` would): a human reviews it, CI applies it with
+    /// `airlock apply`. The exit code stays the check's.
+    #[arg(long)]
+    pub propose: bool,
     /// Terraform binary (e.g. `tofu`).
     #[arg(long, env = "AIRLOCK_TERRAFORM_BIN", default_value = "terraform")]
     pub terraform_bin: String,
