@@ -9,7 +9,7 @@ use airlock_core::lockinfo::{LockInfo, MAX_LOCK_INFO_LEN};
 use airlock_core::refusal::{Refusal, RefusalKind};
 use airlock_core::Permission;
 use airlock_store::{
-    LockOutcome, NewAudit, NewLock, StackRecord, UnlockBy, UnlockOutcome, WriteResult,
+    LockOutcome, LockRecord, NewAudit, NewLock, StackRecord, UnlockBy, UnlockOutcome, WriteResult,
 };
 use axum::body::Body;
 use axum::extract::{Query, Request, State};
@@ -24,7 +24,8 @@ use crate::auth::{Principal, RequestStack};
 use crate::error::{ApiError, ApiResult};
 use crate::firewall;
 use crate::stacks::{
-    blocking, deny, existing_stack, firewalled_write, read_body, run_is_applying, WriteKindOwned,
+    blocking, deny, existing_stack, existing_stack_with_lock, firewalled_write, read_body,
+    run_is_applying, WriteKindOwned,
 };
 use crate::AppState;
 
@@ -144,8 +145,8 @@ async fn write(
     headers: &HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let record = existing_stack(state, principal, stack).await?;
-    refuse_before_reading(state, principal, &record, lock_id).await?;
+    let (record, held) = existing_stack_with_lock(state, principal, stack).await?;
+    refuse_before_reading(state, principal, &record, held, lock_id).await?;
     let body = read_body(body, state.config.max_state_bytes).await?;
     check_md5(headers, &body)?;
     let kind = WriteKindOwned::Backend {
@@ -162,13 +163,15 @@ async fn write(
 }
 
 /// Authorize before work: what can be refused without the body (may this token write this
-/// stack at all; does it hold the lock it names) is refused before a byte of the body is read,
+/// stack at all; does it hold the lock it names, `held` as read with the stack) is refused
+/// before a byte of the body is read,
 /// parsed or hashed. The firewall decides again inside the write transaction; this only spares
 /// the server the work of a write that cannot succeed.
 async fn refuse_before_reading(
     state: &Arc<AppState>,
     principal: &Principal,
     stack: &StackRecord,
+    held: Option<LockRecord>,
     lock_id: Option<&str>,
 ) -> ApiResult<()> {
     let name = stack.name.clone();
@@ -197,8 +200,6 @@ async fn refuse_before_reading(
         };
         return Err(deny(state, principal, &name, "state.write", r).await);
     }
-    let n = name.clone();
-    let held = blocking(state, move |st| st.current_lock(&n)).await??;
     let refusal = match held {
         None => Refusal::new(
             RefusalKind::Conflict,

@@ -281,6 +281,11 @@ pub trait Store: Send + Sync {
     fn oidc_trusts(&self) -> Result<Vec<OidcTrustRecord>>;
     /// Records a trust's removal: `NotFound` if there is none, `Conflict` if already removed.
     fn remove_oidc_trust(&self, id: &str, by: &str, audit: NewAudit) -> Result<OidcTrustRecord>;
+
+    // --- one read for a request's checks ---
+    /// The stack and its current lock, read together (one query); `None` if the stack does
+    /// not exist.
+    fn stack_with_lock(&self, name: &str) -> Result<Option<(StackRecord, Option<LockRecord>)>>;
 }
 
 /// Backup import: `airlock backup` reads everything through [`Store`] plus
