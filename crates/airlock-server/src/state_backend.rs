@@ -318,8 +318,10 @@ async fn unlock(
     stack: &str,
     body: Body,
 ) -> ApiResult<Response> {
-    existing_stack(state, principal, stack).await?;
+    // The body (a small lock info) is read first, so the lock is read, with the stack, as late
+    // as before; it is parsed only once the stack is known to exist.
     let body = read_body(body, MAX_LOCK_INFO_LEN).await?;
+    let (_, held) = existing_stack_with_lock(state, principal, stack).await?;
     let may_force = principal.role.has(Permission::ForceUnlock);
     // Releasing another holder's lock is a force-unlock, whether by ID or with an empty body.
     let mut forced = false;
@@ -336,8 +338,7 @@ async fn unlock(
     } else {
         let info = LockInfo::parse(&body)
             .map_err(|e| ApiError::new(RefusalKind::BadRequest, format!("unlock refused: {e}")))?;
-        let s = stack.to_owned();
-        if let Some(held) = blocking(state, move |st| st.current_lock(&s)).await?? {
+        if let Some(held) = held {
             if held.id == info.id && held.owner_token != principal.token_id && !may_force {
                 let r = Refusal::new(RefusalKind::Forbidden, format!("unlock refused: the lock on {stack} belongs to {}; only its holder, an approver or an admin may release it", held.owner));
                 return Err(deny(state, principal, stack, "unlock", r).await);

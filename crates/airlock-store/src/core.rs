@@ -97,18 +97,23 @@ pub const VERSION_COLS: &str =
     "serial, lineage, sha256, size, author, lock_id, run_id, reason, restored_from, created_at";
 
 pub fn version_from_row(stack: &str, r: &Row) -> Result<VersionMeta> {
+    version_from_row_at(stack, r, 0)
+}
+
+/// The version in `r`'s columns from `at` on ([`VERSION_COLS`]).
+fn version_from_row_at(stack: &str, r: &Row, at: usize) -> Result<VersionMeta> {
     Ok(VersionMeta {
         stack: stack.to_owned(),
-        serial: r.i64(0)? as u64,
-        lineage: r.text(1)?,
-        sha256: hex::encode(r.bytes(2)?),
-        size: r.i64(3)? as u64,
-        author: r.text(4)?,
-        lock_id: r.opt_text(5)?,
-        run_id: r.opt_text(6)?,
-        reason: r.opt_text(7)?,
-        restored_from: r.opt_i64(8)?.map(|v| v as u64),
-        created_at: r.i64(9)?,
+        serial: r.i64(at)? as u64,
+        lineage: r.text(at + 1)?,
+        sha256: hex::encode(r.bytes(at + 2)?),
+        size: r.i64(at + 3)? as u64,
+        author: r.text(at + 4)?,
+        lock_id: r.opt_text(at + 5)?,
+        run_id: r.opt_text(at + 6)?,
+        reason: r.opt_text(at + 7)?,
+        restored_from: r.opt_i64(at + 8)?.map(|v| v as u64),
+        created_at: r.i64(at + 9)?,
     })
 }
 
@@ -288,8 +293,7 @@ pub fn write_state(
     if let Some(refusal) = record.refuse_if_archived() {
         return Ok(WriteResult::Refused(refusal));
     }
-    let lock = lock_of(db, stack_id)?;
-    let current = current_version_of(db, stack_id, stack)?;
+    let (lock, current) = lock_and_current_version(db, stack_id, stack)?;
     let grants = grants_of(db, stack_id, stack, true)?;
     let decision = {
         // The firewall may load the current bytes through the same transaction.
@@ -431,6 +435,37 @@ pub fn stack_and_lock(
         None => None,
     };
     Ok(Some((id, stack, lock)))
+}
+
+/// The stack's lock and current version, in one statement; after [`lock_stack`] (a statement
+/// that starts once the stack's row is held sees every change committed before).
+fn lock_and_current_version(
+    db: &mut dyn Sql,
+    stack_id: i64,
+    stack: &str,
+) -> Result<(Option<LockRecord>, Option<VersionMeta>)> {
+    let lock_cols: Vec<String> = LOCK_COLS.split(", ").map(|c| format!("l.{c}")).collect();
+    let version_cols: Vec<String> = VERSION_COLS.split(", ").map(|c| format!("v.{c}")).collect();
+    let sql = format!(
+        "SELECT {}, {} FROM stacks s LEFT JOIN locks l ON l.stack_id = s.id \
+         LEFT JOIN (SELECT {VERSION_COLS} FROM versions WHERE stack_id = $1 ORDER BY serial DESC LIMIT 1) v ON 1 = 1 \
+         WHERE s.id = $1",
+        lock_cols.join(", "),
+        version_cols.join(", "),
+    );
+    let r = db
+        .query_opt(&sql, params![stack_id])?
+        .ok_or_else(|| StoreError::NotFound(format!("stack {stack}")))?;
+    let lock = match r.opt_text(0)? {
+        Some(_) => Some(lock_from_row(&r, 0)?),
+        None => None,
+    };
+    let at = lock_cols.len();
+    let current = match r.opt_i64(at)? {
+        Some(_) => Some(version_from_row_at(stack, &r, at)?),
+        None => None,
+    };
+    Ok((lock, current))
 }
 
 const GRANT_COLS: &str =
@@ -1874,9 +1909,6 @@ impl<E: Engine> Store for E {
     fn lock(&self, stack: &str, lock: NewLock, audit: NewAudit) -> Result<LockOutcome> {
         self.write(|db| {
             let (id, _) = lock_live_stack(db, stack)?;
-            if let Some(held) = lock_of(db, id)? {
-                return Ok(LockOutcome::Held(held));
-            }
             let record = LockRecord {
                 id: lock.id,
                 info: lock.info,
@@ -1885,7 +1917,14 @@ impl<E: Engine> Store for E {
                 owner: lock.owner,
                 created_at: now_ms(),
             };
-            insert_lock(db, id, &record)?;
+            // Insert first, read the holder only if there is one: with the stack's row held,
+            // the one row this insert can conflict with is a lock already held.
+            if !insert_lock_if_free(db, id, &record)? {
+                let held = lock_of(db, id)?.ok_or_else(|| {
+                    StoreError::Backend(format!("stack {stack}: lock conflict without a lock"))
+                })?;
+                return Ok(LockOutcome::Held(held));
+            }
             append_stack_audit(db, stack, &audit)?;
             Ok(LockOutcome::Acquired)
         })
@@ -1894,15 +1933,24 @@ impl<E: Engine> Store for E {
     fn unlock(&self, stack: &str, by: UnlockBy, audit: NewAudit) -> Result<UnlockOutcome> {
         self.write(|db| {
             let (id, _) = lock_stack(db, stack)?;
-            let Some(held) = lock_of(db, id)? else {
-                return Ok(UnlockOutcome::NotLocked);
+            // Delete what `by` releases and read the holder only if nothing was.
+            let released = match &by {
+                UnlockBy::Id(want) => db.query_opt(
+                    &format!("DELETE FROM locks WHERE stack_id = $1 AND lock_id = $2 RETURNING {LOCK_COLS}"),
+                    params![id, want],
+                )?,
+                UnlockBy::Force => db.query_opt(
+                    &format!("DELETE FROM locks WHERE stack_id = $1 RETURNING {LOCK_COLS}"),
+                    params![id],
+                )?,
             };
-            if let UnlockBy::Id(want) = &by {
-                if *want != held.id {
-                    return Ok(UnlockOutcome::Mismatch(held));
-                }
-            }
-            db.execute("DELETE FROM locks WHERE stack_id = $1", params![id])?;
+            let Some(released) = released else {
+                return Ok(match lock_of(db, id)? {
+                    Some(held) => UnlockOutcome::Mismatch(held),
+                    None => UnlockOutcome::NotLocked,
+                });
+            };
+            let held = lock_from_row(&released, 0)?;
             append_stack_audit(db, stack, &audit)?;
             Ok(UnlockOutcome::Released(held))
         })
@@ -2040,6 +2088,15 @@ fn insert_stack(db: &mut dyn Sql, s: &StackRecord) -> Result<()> {
     // A replica creating the same stack at the same moment makes this a unique violation.
     .map_err(|e| unique_is_conflict(e, || format!("stack {} already exists", s.name)))?;
     Ok(())
+}
+
+/// Inserts the lock unless the stack has one; whether it did.
+fn insert_lock_if_free(db: &mut dyn Sql, stack_id: i64, l: &LockRecord) -> Result<bool> {
+    let n = db.execute(
+        "INSERT INTO locks (stack_id, lock_id, info, operation, owner_token, owner, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (stack_id) DO NOTHING",
+        params![stack_id, &l.id, l.info.clone(), &l.operation, &l.owner_token, &l.owner, l.created_at],
+    )?;
+    Ok(n == 1)
 }
 
 fn insert_lock(db: &mut dyn Sql, stack_id: i64, l: &LockRecord) -> Result<()> {
