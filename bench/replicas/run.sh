@@ -8,8 +8,9 @@
 #   bench/replicas/run.sh --quick     # 2 rounds of 5 s
 #
 # Environment: CARGO_TARGET_DIR (default bench/replicas/target), AIRLOCK_BIN (use this binary
-# instead of building one), BENCH_OUT (default bench/replicas/out/<UTC time>), BENCH_STATE_BYTES
-# (default 8000), BENCH_CLIENTS (default 8). See bench/replicas/README.md.
+# instead of building one), AIRLOCK_BEFORE_BIN (also measure this binary, as "before", in the
+# same rounds, on a database of its own), BENCH_OUT (default bench/replicas/out/<UTC time>),
+# BENCH_STATE_BYTES (default 8000), BENCH_CLIENTS (default 8). See bench/replicas/README.md.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -19,7 +20,7 @@ for arg in "$@"; do
     case "$arg" in
     --quick) mode=quick ;;
     -h | --help)
-        sed -n '2,12p' "$0"
+        sed -n '2,13p' "$0"
         exit 0
         ;;
     *)
@@ -54,6 +55,11 @@ if [ -z "${AIRLOCK_BENCH_INNER:-}" ]; then
     log "building the load generator (bench/state/loadgen)"
     (cd "$root/bench/state/loadgen" && cargo build --release --quiet) || die "building the load generator failed"
     export LOADGEN_BIN="$CARGO_TARGET_DIR/release/airlock-bench-loadgen"
+    if [ -n "${AIRLOCK_BEFORE_BIN:-}" ]; then
+        [ -x "$AIRLOCK_BEFORE_BIN" ] || die "AIRLOCK_BEFORE_BIN=$AIRLOCK_BEFORE_BIN is not an executable"
+        AIRLOCK_BEFORE_BIN="$(readlink -f "$AIRLOCK_BEFORE_BIN")"
+        export AIRLOCK_BEFORE_BIN
+    fi
     export AIRLOCK_BIN AIRLOCK_BENCH_INNER=1 AIRLOCK_BENCH_MODE="$mode"
     exec "$root/scripts/with-postgres.sh" "$here/run.sh"
 fi
@@ -78,10 +84,9 @@ cleanup() {
 trap cleanup EXIT
 put() { echo "$1 $2" >>"$results"; }
 
-start_server() { # start_server NAME -> server_url, server_pid (and admin_token on first start)
+start_server() { # start_server NAME BIN URL -> server_url, server_pid, admin_token (first start on URL)
     local name="$1" logf="$out/server-$1.log"
-    env -u AIRLOCK_DATA_DIR "$AIRLOCK_BIN" server --listen 127.0.0.1:0 \
-        --database-url "$AIRLOCK_TEST_DATABASE_URL" >"$logf" 2>&1 &
+    env -u AIRLOCK_DATA_DIR "$2" server --listen 127.0.0.1:0 --database-url "$3" >"$logf" 2>&1 &
     server_pid=$!
     pids+=("$server_pid")
     server_url=""
@@ -92,9 +97,7 @@ start_server() { # start_server NAME -> server_url, server_pid (and admin_token 
         sleep 0.1
     done
     [ -n "$server_url" ] || die "airlock server $name did not start within 30 s; see $logf"
-    local t
-    t="$(sed -n 's/^admin token: //p' "$logf" | head -n1)"
-    if [ -n "$t" ]; then admin_token="$t"; fi
+    admin_token="$(sed -n 's/^admin token: //p' "$logf" | head -n1)"
     return 0
 }
 
@@ -114,11 +117,28 @@ pg_ticks() {
 machine_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8, $5 + $6 }' /proc/stat; } # busy idle
 hz="$(getconf CLK_TCK)"
 
-start_server a
-url_a="$server_url" pid_a="$server_pid"
-start_server b
-url_b="$server_url" pid_b="$server_pid"
-[ -n "${admin_token:-}" ] || die "no admin token printed; the database was not empty"
+# Variants: the binary under test ("after"; "before" is AIRLOCK_BEFORE_BIN, when given), each
+# with two servers on a database of its own; v_*[VARIANT] hold their settings.
+variants=()
+declare -A v_bin v_db v_url_a v_url_b v_pid_a v_pid_b v_token
+add_variant() { # add_variant NAME BIN DATABASE_URL
+    local v="$1"
+    variants+=("$v")
+    v_bin[$v]="$2" v_db[$v]="$3"
+    start_server "$v-a" "$2" "$3"
+    v_url_a[$v]="$server_url" v_pid_a[$v]="$server_pid" v_token[$v]="$admin_token"
+    [ -n "$admin_token" ] || die "no admin token printed; the database was not empty"
+    start_server "$v-b" "$2" "$3"
+    v_url_b[$v]="$server_url" v_pid_b[$v]="$server_pid"
+}
+if [ -n "${AIRLOCK_BEFORE_BIN:-}" ]; then
+    before_db="${AIRLOCK_TEST_DATABASE_URL%/*}/airlock_bench_before"
+    psql -X -q "$AIRLOCK_TEST_DATABASE_URL" -c 'CREATE DATABASE airlock_bench_before' >/dev/null
+    add_variant before "$AIRLOCK_BEFORE_BIN" "$before_db"
+    add_variant after "$AIRLOCK_BIN" "$AIRLOCK_TEST_DATABASE_URL"
+else
+    add_variant after "$AIRLOCK_BIN" "$AIRLOCK_TEST_DATABASE_URL"
+fi
 
 put meta.date "$(date -u +%Y-%m-%dT%H:%MZ)"
 put meta.git "$(cd "$root" && git rev-parse --short HEAD 2>/dev/null || echo unknown)$(cd "$root" && git diff --quiet HEAD -- crates 2>/dev/null || echo +dirty)"
@@ -128,17 +148,17 @@ put meta.load_start "$(cut -d' ' -f1-3 /proc/loadavg)"
 put meta.clients "$clients"
 put meta.state_bytes "$bytes"
 
-# measure CONFIG URLS: one load run, with every party's CPU over exactly that run.
+# measure VARIANT CONFIG ROUND URLS: one load run, with every party's CPU over exactly that run.
 measure() {
-    local config="$1" urls="$2" tag="$1.r$3"
-    local a0 b0 p0 m0 a1 b1 p1 m1 lg stacks="" prefix="bench/${1//_/-}-$3"
+    local v="$1" urls="$4" tag="$1.$2.r$3" pid_a="${v_pid_a[$1]}" pid_b="${v_pid_b[$1]}"
+    local a0 b0 p0 m0 a1 b1 p1 m1 lg stacks="" prefix="bench/$1-${2//_/-}-$3"
     # Fresh stacks per run (untimed): each load run starts its states at serial 1.
     for i in $(seq 0 $((clients - 1))); do stacks="$stacks,$prefix-$i"; done
-    "$LOADGEN_BIN" create-stacks --url "$url_a" --token "$admin_token" --stacks "${stacks#,}"
+    "$LOADGEN_BIN" create-stacks --url "${v_url_a[$v]}" --token "${v_token[$v]}" --stacks "${stacks#,}"
     a0="$(ticks "$pid_a")" b0="$(ticks "$pid_b")" p0="$(pg_ticks)" m0="$(machine_ticks)"
     # `times` in the subshell reports the load generator's own CPU (its children's line).
     lg="$( (
-        "$LOADGEN_BIN" latency --urls "$urls" --token "$admin_token" --stack-prefix "$prefix" \
+        "$LOADGEN_BIN" latency --urls "$urls" --token "${v_token[$v]}" --stack-prefix "$prefix" \
             --clients "$clients" --state-bytes "$bytes" --warmup 3 --max-iters 100000 \
             --max-secs "$secs" --tag "$tag" >>"$results"
         times
@@ -152,34 +172,67 @@ measure() {
     put "$tag.cpu_machine_idle_s" "$(awk -v a="${m0#* }" -v b="${m1#* }" -v hz="$hz" 'BEGIN { printf "%.2f", (b - a) / hz }')"
 }
 
-# pin A B: the CPUs replica a and replica b may run on (every thread), e.g. `pin 0-1 0-1`.
+# pin VARIANT A B: the CPUs its replica a and replica b may run on (every thread), e.g. `pin after 0-1 0-1`.
 pin() {
-    taskset -a -p -c "$1" "$pid_a" >/dev/null
-    taskset -a -p -c "$2" "$pid_b" >/dev/null
+    taskset -a -p -c "$2" "${v_pid_a[$1]}" >/dev/null
+    taskset -a -p -c "$3" "${v_pid_b[$1]}" >/dev/null
 }
 ncpu="$(nproc)"
 for r in $(seq 1 "$rounds"); do
-    # Free: each replica may use every CPU (one replica can then use the whole machine).
-    pin "0-$((ncpu - 1))" "0-$((ncpu - 1))"
-    log "round $r/$rounds: one replica"
-    measure one "$url_a" "$r"
-    log "round $r/$rounds: two replicas"
-    measure two "$url_a,$url_b" "$r"
-    # Pinned: each replica gets one CPU of its own, as replicas on separate machines would have
-    # a fixed budget each (PostgreSQL and the load generator still run anywhere).
-    if [ "$ncpu" -ge 2 ] && command -v taskset >/dev/null 2>&1; then
-        pin 0 1
-        log "round $r/$rounds: one replica on one CPU"
-        measure one_pinned "$url_a" "$r"
-        log "round $r/$rounds: two replicas, one CPU each"
-        measure two_pinned "$url_a,$url_b" "$r"
-    fi
+    for v in "${variants[@]}"; do
+        both="${v_url_a[$v]},${v_url_b[$v]}"
+        # Free: each replica may use every CPU (one replica can then use the whole machine).
+        pin "$v" "0-$((ncpu - 1))" "0-$((ncpu - 1))"
+        log "round $r/$rounds $v: one replica"
+        measure "$v" one "$r" "${v_url_a[$v]}"
+        log "round $r/$rounds $v: two replicas"
+        measure "$v" two "$r" "$both"
+        # Pinned: each replica gets one CPU of its own, as replicas on separate machines would
+        # have a fixed budget each (PostgreSQL and the load generator still run anywhere).
+        if [ "$ncpu" -ge 2 ] && command -v taskset >/dev/null 2>&1; then
+            pin "$v" 0 1
+            log "round $r/$rounds $v: one replica on one CPU"
+            measure "$v" one_pinned "$r" "${v_url_a[$v]}"
+            log "round $r/$rounds $v: two replicas, one CPU each"
+            measure "$v" two_pinned "$r" "$both"
+        fi
+    done
 done
 put meta.load_end "$(cut -d' ' -f1-3 /proc/loadavg)"
 
-# The audit chain the run wrote must verify (the benchmark is not allowed to trade it away).
-"$AIRLOCK_BIN" audit --verify --url "$url_a" --token "$admin_token" >"$out/verify.txt" 2>&1 ||
-    die "airlock audit --verify failed after the run; see $out/verify.txt"
-put meta.audit_verify "$(head -n1 "$out/verify.txt")"
+# SQL statements per cycle: PostgreSQL logs every statement (`log_statement = all`, only now)
+# while one client runs a fixed number of cycles on replica a; the lines are counted in the
+# cluster's log (scripts/with-postgres.sh keeps it next to the data directory). Seals the server
+# appends meanwhile (at most one a second) are counted too.
+pg_log="$(dirname "$pg_data")/server.log"
+stmt_cycles=50
+for v in "${variants[@]}"; do
+    if [ ! -r "$pg_log" ]; then
+        log "cannot read PostgreSQL's log at $pg_log: statements per cycle not counted"
+        break
+    fi
+    prefix="bench/$v-statements"
+    "$LOADGEN_BIN" create-stacks --url "${v_url_a[$v]}" --token "${v_token[$v]}" --stacks "$prefix-0"
+    psql -X -q "$AIRLOCK_TEST_DATABASE_URL" -c "ALTER SYSTEM SET log_statement = 'all'" -c 'SELECT pg_reload_conf()' >/dev/null
+    sleep 1
+    n0="$(wc -l <"$pg_log")"
+    "$LOADGEN_BIN" latency --urls "${v_url_a[$v]}" --token "${v_token[$v]}" --stack-prefix "$prefix" \
+        --clients 1 --state-bytes "$bytes" --warmup 0 --max-iters "$stmt_cycles" --max-secs 60 \
+        --tag "$v-statements" >"$out/$v-statements.txt"
+    sleep 0.5
+    psql -X -q "$AIRLOCK_TEST_DATABASE_URL" -c 'ALTER SYSTEM RESET log_statement' -c 'SELECT pg_reload_conf()' >/dev/null
+    tail -n +"$((n0 + 1))" "$pg_log" >"$out/$v-statements.log"
+    done_cycles="$(sed -n 's/^.*statements.cycles //p' "$out/$v-statements.txt")"
+    count="$(grep -cE 'LOG:  (statement|execute [^:]*): ' "$out/$v-statements.log" || true)"
+    put "meta.statements_per_cycle.$v" "$(awk -v n="$count" -v c="$done_cycles" 'BEGIN { printf "%.1f", n / c }')"
+    put "meta.commits_per_cycle.$v" "$(awk -v n="$(grep -c 'LOG:  statement: COMMIT' "$out/$v-statements.log" || true)" -v c="$done_cycles" 'BEGIN { printf "%.1f", n / c }')"
+done
+
+# The audit chains the run wrote must verify (the benchmark is not allowed to trade them away).
+for v in "${variants[@]}"; do
+    "${v_bin[$v]}" audit --verify --url "${v_url_a[$v]}" --token "${v_token[$v]}" >"$out/$v-verify.txt" 2>&1 ||
+        die "airlock audit --verify ($v) failed after the run; see $out/$v-verify.txt"
+    put "meta.audit_verify.$v" "$(head -n1 "$out/$v-verify.txt")"
+done
 
 python3 "$here/report.py" "$results" | tee "$out/report.txt"

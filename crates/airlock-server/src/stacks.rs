@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use airlock_core::refusal::{Refusal, RefusalKind};
 use airlock_core::state::StateSummary;
-use airlock_store::{NewAudit, StackRecord, StackSettings, Store, WriteAttempt, WriteResult};
+use airlock_store::{
+    LockRecord, NewAudit, StackRecord, StackSettings, Store, WriteAttempt, WriteResult,
+};
 use axum::body::Body;
 use http_body_util::BodyExt;
 use serde_json::json;
@@ -71,6 +73,24 @@ pub async fn existing_stack(
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// [`existing_stack`] and the stack's current lock, read together (one store call).
+pub async fn existing_stack_with_lock(
+    state: &Arc<AppState>,
+    principal: &Principal,
+    name: &str,
+) -> ApiResult<(StackRecord, Option<LockRecord>)> {
+    let n = name.to_owned();
+    if let Some(found) = blocking(state, move |st| st.stack_with_lock(&n)).await?? {
+        return Ok(found);
+    }
+    // Unknown: refused, or auto-created (by this request or, racing it, by another that may
+    // have locked it since).
+    let record = existing_stack(state, principal, name).await?;
+    let n = name.to_owned();
+    let lock = blocking(state, move |st| st.current_lock(&n)).await??;
+    Ok((record, lock))
 }
 
 /// Whether `run_id` is a run of `stack` that is applying right now.

@@ -9,7 +9,7 @@ use airlock_core::lockinfo::{LockInfo, MAX_LOCK_INFO_LEN};
 use airlock_core::refusal::{Refusal, RefusalKind};
 use airlock_core::Permission;
 use airlock_store::{
-    LockOutcome, NewAudit, NewLock, StackRecord, UnlockBy, UnlockOutcome, WriteResult,
+    LockOutcome, LockRecord, NewAudit, NewLock, StackRecord, UnlockBy, UnlockOutcome, WriteResult,
 };
 use axum::body::Body;
 use axum::extract::{Query, Request, State};
@@ -24,7 +24,8 @@ use crate::auth::{Principal, RequestStack};
 use crate::error::{ApiError, ApiResult};
 use crate::firewall;
 use crate::stacks::{
-    blocking, deny, existing_stack, firewalled_write, read_body, run_is_applying, WriteKindOwned,
+    blocking, deny, existing_stack, existing_stack_with_lock, firewalled_write, read_body,
+    run_is_applying, WriteKindOwned,
 };
 use crate::AppState;
 
@@ -144,8 +145,8 @@ async fn write(
     headers: &HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let record = existing_stack(state, principal, stack).await?;
-    refuse_before_reading(state, principal, &record, lock_id).await?;
+    let (record, held) = existing_stack_with_lock(state, principal, stack).await?;
+    refuse_before_reading(state, principal, &record, held, lock_id).await?;
     let body = read_body(body, state.config.max_state_bytes).await?;
     check_md5(headers, &body)?;
     let kind = WriteKindOwned::Backend {
@@ -162,13 +163,15 @@ async fn write(
 }
 
 /// Authorize before work: what can be refused without the body (may this token write this
-/// stack at all; does it hold the lock it names) is refused before a byte of the body is read,
+/// stack at all; does it hold the lock it names, `held` as read with the stack) is refused
+/// before a byte of the body is read,
 /// parsed or hashed. The firewall decides again inside the write transaction; this only spares
 /// the server the work of a write that cannot succeed.
 async fn refuse_before_reading(
     state: &Arc<AppState>,
     principal: &Principal,
     stack: &StackRecord,
+    held: Option<LockRecord>,
     lock_id: Option<&str>,
 ) -> ApiResult<()> {
     let name = stack.name.clone();
@@ -197,8 +200,6 @@ async fn refuse_before_reading(
         };
         return Err(deny(state, principal, &name, "state.write", r).await);
     }
-    let n = name.clone();
-    let held = blocking(state, move |st| st.current_lock(&n)).await??;
     let refusal = match held {
         None => Refusal::new(
             RefusalKind::Conflict,
@@ -317,8 +318,10 @@ async fn unlock(
     stack: &str,
     body: Body,
 ) -> ApiResult<Response> {
-    existing_stack(state, principal, stack).await?;
+    // The body (a small lock info) is read first, so the lock is read, with the stack, as late
+    // as before; it is parsed only once the stack is known to exist.
     let body = read_body(body, MAX_LOCK_INFO_LEN).await?;
+    let (_, held) = existing_stack_with_lock(state, principal, stack).await?;
     let may_force = principal.role.has(Permission::ForceUnlock);
     // Releasing another holder's lock is a force-unlock, whether by ID or with an empty body.
     let mut forced = false;
@@ -335,8 +338,7 @@ async fn unlock(
     } else {
         let info = LockInfo::parse(&body)
             .map_err(|e| ApiError::new(RefusalKind::BadRequest, format!("unlock refused: {e}")))?;
-        let s = stack.to_owned();
-        if let Some(held) = blocking(state, move |st| st.current_lock(&s)).await?? {
+        if let Some(held) = held {
             if held.id == info.id && held.owner_token != principal.token_id && !may_force {
                 let r = Refusal::new(RefusalKind::Forbidden, format!("unlock refused: the lock on {stack} belongs to {}; only its holder, an approver or an admin may release it", held.owner));
                 return Err(deny(state, principal, stack, "unlock", r).await);

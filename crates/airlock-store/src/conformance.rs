@@ -925,16 +925,43 @@ pub fn locks(s: &dyn Store) {
         }
         other => panic!("second lock: {other:?}"),
     }
-    assert!(matches!(
-        s.unlock("conf/locks", UnlockBy::Id("b".into()), audit("unlock"))
-            .unwrap(),
-        UnlockOutcome::Mismatch(_)
-    ));
-    assert!(matches!(
+    // A refused lock or unlock changes nothing and records nothing; the stack and its lock
+    // read together agree with `current_lock`.
+    let events = s.audit_count(&AuditFilter::default()).unwrap();
+    match s
+        .unlock("conf/locks", UnlockBy::Id("b".into()), audit("unlock"))
+        .unwrap()
+    {
+        UnlockOutcome::Mismatch(h) => assert_eq!(h.id, "a"),
+        other => panic!("unlock with another id: {other:?}"),
+    }
+    assert_eq!(s.audit_count(&AuditFilter::default()).unwrap(), events);
+    let (stack, held) = s.stack_with_lock("conf/locks").unwrap().unwrap();
+    assert_eq!(stack.name, "conf/locks");
+    assert_eq!(held.map(|h| h.id).as_deref(), Some("a"));
+    match s
+        .unlock("conf/locks", UnlockBy::Id("a".into()), audit("unlock"))
+        .unwrap()
+    {
+        UnlockOutcome::Released(h) => {
+            assert_eq!(h.id, "a");
+            assert_eq!(h.info, br#"{"ID":"a"}"#);
+        }
+        other => panic!("unlock by its holder: {other:?}"),
+    }
+    assert_eq!(s.audit_count(&AuditFilter::default()).unwrap(), events + 1);
+    assert!(s
+        .stack_with_lock("conf/locks")
+        .unwrap()
+        .unwrap()
+        .1
+        .is_none());
+    assert!(s.stack_with_lock("conf/none").unwrap().is_none());
+    assert_eq!(
         s.unlock("conf/locks", UnlockBy::Id("a".into()), audit("unlock"))
             .unwrap(),
-        UnlockOutcome::Released(_)
-    ));
+        UnlockOutcome::NotLocked
+    );
     assert_eq!(
         s.unlock("conf/locks", UnlockBy::Force, audit("unlock"))
             .unwrap(),

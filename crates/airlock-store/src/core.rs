@@ -97,18 +97,23 @@ pub const VERSION_COLS: &str =
     "serial, lineage, sha256, size, author, lock_id, run_id, reason, restored_from, created_at";
 
 pub fn version_from_row(stack: &str, r: &Row) -> Result<VersionMeta> {
+    version_from_row_at(stack, r, 0)
+}
+
+/// The version in `r`'s columns from `at` on ([`VERSION_COLS`]).
+fn version_from_row_at(stack: &str, r: &Row, at: usize) -> Result<VersionMeta> {
     Ok(VersionMeta {
         stack: stack.to_owned(),
-        serial: r.i64(0)? as u64,
-        lineage: r.text(1)?,
-        sha256: hex::encode(r.bytes(2)?),
-        size: r.i64(3)? as u64,
-        author: r.text(4)?,
-        lock_id: r.opt_text(5)?,
-        run_id: r.opt_text(6)?,
-        reason: r.opt_text(7)?,
-        restored_from: r.opt_i64(8)?.map(|v| v as u64),
-        created_at: r.i64(9)?,
+        serial: r.i64(at)? as u64,
+        lineage: r.text(at + 1)?,
+        sha256: hex::encode(r.bytes(at + 2)?),
+        size: r.i64(at + 3)? as u64,
+        author: r.text(at + 4)?,
+        lock_id: r.opt_text(at + 5)?,
+        run_id: r.opt_text(at + 6)?,
+        reason: r.opt_text(at + 7)?,
+        restored_from: r.opt_i64(at + 8)?.map(|v| v as u64),
+        created_at: r.i64(at + 9)?,
     })
 }
 
@@ -288,8 +293,7 @@ pub fn write_state(
     if let Some(refusal) = record.refuse_if_archived() {
         return Ok(WriteResult::Refused(refusal));
     }
-    let lock = lock_of(db, stack_id)?;
-    let current = current_version_of(db, stack_id, stack)?;
+    let (lock, current) = lock_and_current_version(db, stack_id, stack)?;
     let grants = grants_of(db, stack_id, stack, true)?;
     let decision = {
         // The firewall may load the current bytes through the same transaction.
@@ -342,7 +346,7 @@ pub fn write_state(
             params![g, now],
         )?;
     }
-    append_audit(db, &audit)?;
+    append_stack_audit(db, stack, &audit)?;
     Ok(WriteResult::Stored(
         attempt.version_meta(stack, &p.sha, now),
     ))
@@ -384,20 +388,84 @@ pub fn check_import_bytes(meta: &VersionMeta, p: &Prepared<'_>) -> Result<()> {
 
 pub fn lock_of(db: &mut dyn Sql, stack_id: i64) -> Result<Option<LockRecord>> {
     db.query_opt(
-        "SELECT lock_id, info, operation, owner_token, owner, created_at FROM locks WHERE stack_id = $1",
+        &format!("SELECT {LOCK_COLS} FROM locks WHERE stack_id = $1"),
         params![stack_id],
     )?
-    .map(|r| {
-        Ok(LockRecord {
-            id: r.text(0)?,
-            info: r.bytes(1)?,
-            operation: r.text(2)?,
-            owner_token: r.text(3)?,
-            owner: r.text(4)?,
-            created_at: r.i64(5)?,
-        })
-    })
+    .map(|r| lock_from_row(&r, 0))
     .transpose()
+}
+
+const LOCK_COLS: &str = "lock_id, info, operation, owner_token, owner, created_at";
+
+/// The lock in `r`'s columns from `at` on ([`LOCK_COLS`]).
+fn lock_from_row(r: &Row, at: usize) -> Result<LockRecord> {
+    Ok(LockRecord {
+        id: r.text(at)?,
+        info: r.bytes(at + 1)?,
+        operation: r.text(at + 2)?,
+        owner_token: r.text(at + 3)?,
+        owner: r.text(at + 4)?,
+        created_at: r.i64(at + 5)?,
+    })
+}
+
+/// The stack's row and its lock, in one query, for a check outside the transaction that
+/// decides (a read: `None` if there is no such stack). Not for a transaction that locks the
+/// stack: under READ COMMITTED a statement that waits for a row lock still sees the joined rows
+/// of the snapshot it started with, so the lock must be read by a statement after
+/// [`lock_stack`] (`conformance::concurrent_locks_have_one_winner` fails otherwise).
+pub fn stack_and_lock(
+    db: &mut dyn Sql,
+    name: &str,
+) -> Result<Option<(i64, StackRecord, Option<LockRecord>)>> {
+    let stack_cols: Vec<String> = STACK_COLS.split(", ").map(|c| format!("s.{c}")).collect();
+    let lock_cols: Vec<String> = LOCK_COLS.split(", ").map(|c| format!("l.{c}")).collect();
+    let sql = format!(
+        "SELECT {}, {} FROM stacks s LEFT JOIN locks l ON l.stack_id = s.id WHERE s.name = $1",
+        stack_cols.join(", "),
+        lock_cols.join(", "),
+    );
+    let Some(r) = db.query_opt(&sql, params![name])? else {
+        return Ok(None);
+    };
+    let (id, stack) = stack_from_row(&r)?;
+    let at = stack_cols.len();
+    let lock = match r.opt_text(at)? {
+        Some(_) => Some(lock_from_row(&r, at)?),
+        None => None,
+    };
+    Ok(Some((id, stack, lock)))
+}
+
+/// The stack's lock and current version, in one statement; after [`lock_stack`] (a statement
+/// that starts once the stack's row is held sees every change committed before).
+fn lock_and_current_version(
+    db: &mut dyn Sql,
+    stack_id: i64,
+    stack: &str,
+) -> Result<(Option<LockRecord>, Option<VersionMeta>)> {
+    let lock_cols: Vec<String> = LOCK_COLS.split(", ").map(|c| format!("l.{c}")).collect();
+    let version_cols: Vec<String> = VERSION_COLS.split(", ").map(|c| format!("v.{c}")).collect();
+    let sql = format!(
+        "SELECT {}, {} FROM stacks s LEFT JOIN locks l ON l.stack_id = s.id \
+         LEFT JOIN (SELECT {VERSION_COLS} FROM versions WHERE stack_id = $1 ORDER BY serial DESC LIMIT 1) v ON 1 = 1 \
+         WHERE s.id = $1",
+        lock_cols.join(", "),
+        version_cols.join(", "),
+    );
+    let r = db
+        .query_opt(&sql, params![stack_id])?
+        .ok_or_else(|| StoreError::NotFound(format!("stack {stack}")))?;
+    let lock = match r.opt_text(0)? {
+        Some(_) => Some(lock_from_row(&r, 0)?),
+        None => None,
+    };
+    let at = lock_cols.len();
+    let current = match r.opt_i64(at)? {
+        Some(_) => Some(version_from_row_at(stack, &r, at)?),
+        None => None,
+    };
+    Ok((lock, current))
 }
 
 const GRANT_COLS: &str =
@@ -508,29 +576,59 @@ fn chain_head(db: &mut dyn Sql, chain: &str) -> Result<(i64, String)> {
     if let Some(r) = db.query_opt(&sql, params![chain])? {
         return Ok((r.i64(0)?, r.text(1)?));
     }
-    // A chain's first record: a concurrent first append makes this insert wait, then do nothing.
-    db.execute(
-        "INSERT INTO audit_heads (chain, seq, hash) VALUES ($1, 0, $2) ON CONFLICT DO NOTHING",
-        params![chain, GENESIS],
-    )?;
+    create_chain_head(db, chain)?;
     let r = db
         .query_opt(&sql, params![chain])?
         .ok_or_else(|| StoreError::Backend(format!("audit chain {chain:?} has no head row")))?;
     Ok((r.i64(0)?, r.text(1)?))
 }
 
-fn insert_audit(db: &mut dyn Sql, r: &AuditRecord) -> Result<()> {
+/// A chain's first record: a concurrent first append makes this insert wait, then do nothing.
+fn create_chain_head(db: &mut dyn Sql, chain: &str) -> Result<()> {
     db.execute(
-        &format!("INSERT INTO audit ({AUDIT_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"),
-        params![r.seq, &r.at, &r.actor, &r.action, &r.stack, &r.outcome, r.detail.to_string(), &r.prev_hash, &r.hash, &r.chain, r.chain_seq],
-    )
-    .map_err(|e| unique_is_conflict(e, || format!("audit record {} already exists", r.seq)))?;
-    if let (Some(chain), Some(chain_seq)) = (&r.chain, r.chain_seq) {
-        db.execute(
-            "UPDATE audit_heads SET seq = $2, hash = $3 WHERE chain = $1",
-            params![chain, chain_seq, &r.hash],
-        )?;
+        "INSERT INTO audit_heads (chain, seq, hash) VALUES ($1, 0, $2) ON CONFLICT DO NOTHING",
+        params![chain, GENESIS],
+    )?;
+    Ok(())
+}
+
+/// [`chain_head`] and the next global position, taken after the head row is locked (so
+/// positions grow in the order a chain's records are appended): one round trip on PostgreSQL.
+fn chain_head_and_seq(db: &mut dyn Sql, chain: &str) -> Result<(i64, String, i64)> {
+    if let Some(head) = db.lock_audit_head(chain)? {
+        return Ok(head);
     }
+    create_chain_head(db, chain)?;
+    db.lock_audit_head(chain)?
+        .ok_or_else(|| StoreError::Backend(format!("audit chain {chain:?} has no head row")))
+}
+
+/// Inserts a record; a chained one also moves its chain's head to it (one statement on
+/// PostgreSQL). Both statements take the same parameters: `$9` hash, `$10` chain, `$11` position.
+const INSERT_AUDIT: &str = "INSERT INTO audit (seq, at, actor, action, stack, outcome, detail, prev_hash, hash, chain, chain_seq) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+const ADVANCE_AUDIT_HEAD: &str = "UPDATE audit_heads SET seq = $11, hash = $9 WHERE chain = $10";
+
+fn insert_audit(db: &mut dyn Sql, r: &AuditRecord) -> Result<()> {
+    let params = params![
+        r.seq,
+        &r.at,
+        &r.actor,
+        &r.action,
+        &r.stack,
+        &r.outcome,
+        r.detail.to_string(),
+        &r.prev_hash,
+        &r.hash,
+        &r.chain,
+        r.chain_seq
+    ];
+    let inserted = if r.chain.is_some() && r.chain_seq.is_some() {
+        db.execute_then(INSERT_AUDIT, ADVANCE_AUDIT_HEAD, params)
+    } else {
+        db.execute(INSERT_AUDIT, params).map(drop)
+    };
+    inserted
+        .map_err(|e| unique_is_conflict(e, || format!("audit record {} already exists", r.seq)))?;
     Ok(())
 }
 
@@ -542,10 +640,17 @@ pub fn append_audit(db: &mut dyn Sql, e: &NewAudit) -> Result<AuditRecord> {
     append_to_chain(db, &chain, e)
 }
 
+/// [`append_audit`] in a transaction that holds stack `locked`'s row ([`lock_stack`]): an
+/// event about that stack goes to its chain without looking the stack up again.
+pub fn append_stack_audit(db: &mut dyn Sql, locked: &str, e: &NewAudit) -> Result<AuditRecord> {
+    match e.stack.as_deref() {
+        Some(stack) if stack == locked => append_to_chain(db, locked, e),
+        _ => append_audit(db, e),
+    }
+}
+
 fn append_to_chain(db: &mut dyn Sql, chain: &str, e: &NewAudit) -> Result<AuditRecord> {
-    let (head_seq, prev_hash) = chain_head(db, chain)?;
-    // Taken after the head row: positions grow in the order a chain's records are appended.
-    let seq = db.next_audit_seq()?;
+    let (head_seq, prev_hash, seq) = chain_head_and_seq(db, chain)?;
     let chain_seq = head_seq + 1;
     let at = rfc3339(now_ms());
     let hash = chained_hash(
@@ -1847,9 +1952,6 @@ impl<E: Engine> Store for E {
     fn lock(&self, stack: &str, lock: NewLock, audit: NewAudit) -> Result<LockOutcome> {
         self.write(|db| {
             let (id, _) = lock_live_stack(db, stack)?;
-            if let Some(held) = lock_of(db, id)? {
-                return Ok(LockOutcome::Held(held));
-            }
             let record = LockRecord {
                 id: lock.id,
                 info: lock.info,
@@ -1858,8 +1960,15 @@ impl<E: Engine> Store for E {
                 owner: lock.owner,
                 created_at: now_ms(),
             };
-            insert_lock(db, id, &record)?;
-            append_audit(db, &audit)?;
+            // Insert first, read the holder only if there is one: with the stack's row held,
+            // the one row this insert can conflict with is a lock already held.
+            if !insert_lock_if_free(db, id, &record)? {
+                let held = lock_of(db, id)?.ok_or_else(|| {
+                    StoreError::Backend(format!("stack {stack}: lock conflict without a lock"))
+                })?;
+                return Ok(LockOutcome::Held(held));
+            }
+            append_stack_audit(db, stack, &audit)?;
             Ok(LockOutcome::Acquired)
         })
     }
@@ -1867,25 +1976,38 @@ impl<E: Engine> Store for E {
     fn unlock(&self, stack: &str, by: UnlockBy, audit: NewAudit) -> Result<UnlockOutcome> {
         self.write(|db| {
             let (id, _) = lock_stack(db, stack)?;
-            let Some(held) = lock_of(db, id)? else {
-                return Ok(UnlockOutcome::NotLocked);
+            // Delete what `by` releases and read the holder only if nothing was.
+            let released = match &by {
+                UnlockBy::Id(want) => db.query_opt(
+                    &format!("DELETE FROM locks WHERE stack_id = $1 AND lock_id = $2 RETURNING {LOCK_COLS}"),
+                    params![id, want],
+                )?,
+                UnlockBy::Force => db.query_opt(
+                    &format!("DELETE FROM locks WHERE stack_id = $1 RETURNING {LOCK_COLS}"),
+                    params![id],
+                )?,
             };
-            if let UnlockBy::Id(want) = &by {
-                if *want != held.id {
-                    return Ok(UnlockOutcome::Mismatch(held));
-                }
-            }
-            db.execute("DELETE FROM locks WHERE stack_id = $1", params![id])?;
-            append_audit(db, &audit)?;
+            let Some(released) = released else {
+                return Ok(match lock_of(db, id)? {
+                    Some(held) => UnlockOutcome::Mismatch(held),
+                    None => UnlockOutcome::NotLocked,
+                });
+            };
+            let held = lock_from_row(&released, 0)?;
+            append_stack_audit(db, stack, &audit)?;
             Ok(UnlockOutcome::Released(held))
         })
     }
 
     fn current_lock(&self, stack: &str) -> Result<Option<LockRecord>> {
-        self.read(|db| {
-            let (id, _) = require_stack(db, stack)?;
-            lock_of(db, id)
+        self.read(|db| match stack_and_lock(db, stack)? {
+            Some((_, _, lock)) => Ok(lock),
+            None => Err(StoreError::NotFound(format!("stack {stack}"))),
         })
+    }
+
+    fn stack_with_lock(&self, name: &str) -> Result<Option<(StackRecord, Option<LockRecord>)>> {
+        self.read(|db| Ok(stack_and_lock(db, name)?.map(|(_, s, l)| (s, l))))
     }
 
     // --- state ---
@@ -2009,6 +2131,15 @@ fn insert_stack(db: &mut dyn Sql, s: &StackRecord) -> Result<()> {
     // A replica creating the same stack at the same moment makes this a unique violation.
     .map_err(|e| unique_is_conflict(e, || format!("stack {} already exists", s.name)))?;
     Ok(())
+}
+
+/// Inserts the lock unless the stack has one; whether it did.
+fn insert_lock_if_free(db: &mut dyn Sql, stack_id: i64, l: &LockRecord) -> Result<bool> {
+    let n = db.execute(
+        "INSERT INTO locks (stack_id, lock_id, info, operation, owner_token, owner, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (stack_id) DO NOTHING",
+        params![stack_id, &l.id, l.info.clone(), &l.operation, &l.owner_token, &l.owner, l.created_at],
+    )?;
+    Ok(n == 1)
 }
 
 fn insert_lock(db: &mut dyn Sql, stack_id: i64, l: &LockRecord) -> Result<()> {

@@ -290,6 +290,11 @@ pub trait Store: Send + Sync {
         owner_id: &str,
         audit: NewAudit,
     ) -> Result<OidcTrustRecord>;
+
+    // --- one read for a request's checks ---
+    /// The stack and its current lock, read together (one query); `None` if the stack does
+    /// not exist.
+    fn stack_with_lock(&self, name: &str) -> Result<Option<(StackRecord, Option<LockRecord>)>>;
 }
 
 /// Backup import: `airlock backup` reads everything through [`Store`] plus

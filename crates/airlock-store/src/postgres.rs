@@ -328,6 +328,26 @@ impl<C: GenericClient> Sql for Db<'_, C> {
         Ok(self.c.query_one(&s, &[])?.try_get(0)?)
     }
 
+    /// The head row is locked before the outer query takes a position from the sequence (a
+    /// materialized CTE yields its row only once it is locked), as [`Sql::next_audit_seq`]
+    /// requires.
+    fn lock_audit_head(&mut self, chain: &str) -> Result<Option<(i64, String, i64)>> {
+        let s = self.statement(
+            "WITH h AS MATERIALIZED (SELECT seq, hash FROM audit_heads WHERE chain = $1 FOR UPDATE) \
+             SELECT seq, hash, nextval('audit_seq') FROM h",
+        )?;
+        match self.c.query_opt(&s, &[&chain])? {
+            Some(r) => Ok(Some((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))),
+            None => Ok(None),
+        }
+    }
+
+    fn execute_then(&mut self, first: &str, then: &str, params: &[Value]) -> Result<(), DbError> {
+        let s = self.statement(&format!("WITH first AS ({first}) {then}"))?;
+        self.c.execute(&s, &refs(params)).map_err(classify)?;
+        Ok(())
+    }
+
     fn audit_seq_at_least(&mut self, seq: i64) -> Result<()> {
         self.c.execute(
             "SELECT setval('audit_seq', GREATEST($1, (SELECT last_value FROM audit_seq)))",
@@ -350,14 +370,30 @@ impl<C: GenericClient> Sql for Db<'_, C> {
         Ok(())
     }
 
-    /// One round trip for the lookup and one for the insert, whatever the number of chunks;
-    /// a chunk not compressed beforehand is compressed only if it is missing.
+    /// At most one round trip for the lookup and one for the insert, whatever the number of
+    /// chunks; a chunk not compressed beforehand is compressed only if it is missing. Only
+    /// those are looked up: a chunk compressed beforehand was missing then and is inserted as
+    /// it is (`ON CONFLICT DO NOTHING` if another write stored it since), so a typical small
+    /// write, whose one chunk is new, inserts without a lookup.
     fn put_chunks(
         &mut self,
         chunks: &[blob::Chunk<'_>],
         compressed: &[Option<Vec<u8>>],
     ) -> Result<()> {
-        let present = self.present_chunks(chunks)?;
+        let unknown: Vec<blob::Chunk<'_>> = chunks
+            .iter()
+            .zip(compressed)
+            .filter(|(_, z)| z.is_none())
+            .map(|(c, _)| blob::Chunk {
+                hash: c.hash,
+                raw: c.raw,
+            })
+            .collect();
+        let present = if unknown.is_empty() {
+            HashSet::new()
+        } else {
+            self.present_chunks(&unknown)?
+        };
         let (mut hashes, mut data, mut raw_lens) = (Vec::new(), Vec::new(), Vec::new());
         let mut done = HashSet::new();
         for (c, z) in chunks.iter().zip(compressed) {

@@ -189,6 +189,30 @@ pub trait Sql {
     /// database holds across replicas (a no-op on SQLite's single writer).
     fn lock_user_mints(&mut self, user: &str) -> Result<()>;
 
+    /// Locks audit chain `chain`'s head row until commit and returns its (position, hash) and
+    /// the next global audit position ([`Sql::next_audit_seq`], taken after the lock); `None`
+    /// when the chain has no head row yet. PostgreSQL answers in one round trip.
+    fn lock_audit_head(&mut self, chain: &str) -> Result<Option<(i64, String, i64)>> {
+        let sql = format!(
+            "SELECT seq, hash FROM audit_heads WHERE chain = $1{}",
+            self.for_update()
+        );
+        let Some(r) = self.query_opt(&sql, params![chain])? else {
+            return Ok(None);
+        };
+        let head = (r.i64(0)?, r.text(1)?);
+        Ok(Some((head.0, head.1, self.next_audit_seq()?)))
+    }
+
+    /// Runs statement `first`, then `then`, with the same parameters (each uses those it
+    /// names). `then` must not depend on what `first` changed: PostgreSQL runs both as one
+    /// statement (`WITH first AS (...) then`), in one snapshot and one round trip.
+    fn execute_then(&mut self, first: &str, then: &str, params: &[Value]) -> Result<(), DbError> {
+        self.execute(first, params)?;
+        self.execute(then, params)?;
+        Ok(())
+    }
+
     /// Runs a query expected to return at most one row.
     fn query_opt(&mut self, sql: &str, params: &[Value]) -> Result<Option<Row>> {
         Ok(self.query(sql, params)?.into_iter().next())
