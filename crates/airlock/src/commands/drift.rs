@@ -8,13 +8,11 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use airlock_policy::drift::{self, DriftReport, DriftStatus};
-use airlock_runner::run_streaming;
-use anyhow::Context;
 use base64::Engine;
 use serde_json::{json, Value};
 
 use super::client::{printable, s, stack_segment, time, Client, ServerRefused};
-use super::run::{show_json, stack_position, terraform, PlanPhase};
+use super::run::{show_json, stack_position, PlanPhase};
 use crate::cli::DriftArgs;
 
 /// Exit codes of `airlock drift` (and per stack of `airlock ci drift`).
@@ -103,8 +101,7 @@ pub fn check_stack(
         "-lock-timeout=0s".into(),
         format!("-out={}", plan_path.display()),
     ];
-    let done = run_streaming(terraform(terraform_bin, &phase.dir, &args), &phase.env)
-        .with_context(|| format!("running {terraform_bin}"))?;
+    let done = phase.run_plan(terraform_bin, &args)?;
     let mut body = json!({ "serial": serial });
     let report = if !done.status.success() {
         if lock_refused(&done.log) {
