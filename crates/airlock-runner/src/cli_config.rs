@@ -371,4 +371,56 @@ mod tests {
         let inside = root.join("cache").display().to_string();
         assert!(cache(&inside).unwrap_err().contains("inside the checkout"));
     }
+
+    #[test]
+    fn a_kept_data_directory_is_private_locked_outside_the_checkout_and_pruned() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let (repo, cache) = (tmp.path().join("repo"), tmp.path().join("cache"));
+        std::fs::create_dir_all(&repo).unwrap();
+        let root = kept_data_root(Some(cache.to_str().unwrap()), Some("/nowhere")).unwrap();
+        assert_eq!(root, cache.join("airlock/plan-data"));
+        assert_eq!(
+            kept_data_root(None, Some("/home/u")),
+            Some(PathBuf::from("/home/u/.cache/airlock/plan-data"))
+        );
+        assert_eq!(kept_data_root(Some("rel"), None), None);
+
+        let kept = kept_data_dir(&root, &repo, "ab12").unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&kept.path), 0o700);
+        assert_eq!(mode(&root), 0o700);
+        let env = plan_env(&repo, tmp.path(), None, None, Some(&kept)).unwrap();
+        assert_eq!(env[1].1, kept.path.display().to_string());
+        // One plan at a time: another gets none (and uses a fresh directory).
+        assert!(kept_data_dir(&root, &repo, "ab12").is_none());
+        drop(kept);
+        assert!(kept_data_dir(&root, &repo, "ab12").is_some());
+        // Only a digest names one: no path escapes the root.
+        assert!(kept_data_dir(&root, &repo, "../ab").is_none());
+        assert!(kept_data_dir(&root, &repo, "").is_none());
+        // Never inside the checkout.
+        let inside = repo.join(".cache/airlock/plan-data");
+        assert!(kept_data_dir(&inside, &repo, "ab12").is_none());
+        // Not one that others may write, nor under a directory others may write.
+        std::fs::set_permissions(root.join("ab12"), std::fs::Permissions::from_mode(0o770))
+            .unwrap();
+        assert!(kept_data_dir(&root, &repo, "ab12").is_none());
+        let open = tmp.path().join("open");
+        std::fs::create_dir_all(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(kept_data_dir(&open.join("plan-data"), &repo, "ab12").is_none());
+        // One unused for longer than KEPT_FOR goes when another plan starts.
+        assert!(kept_data_dir(&root, &repo, "cd34").is_some());
+        let lock = std::fs::File::options()
+            .write(true)
+            .open(root.join("cd34.lock"))
+            .unwrap();
+        let old = std::time::SystemTime::now() - KEPT_FOR - std::time::Duration::from_secs(60);
+        lock.set_modified(old).unwrap();
+        drop(lock);
+        assert!(kept_data_dir(&root, &repo, "ef56").is_some());
+        assert!(!root.join("cd34").exists() && !root.join("cd34.lock").exists());
+        assert!(root.join("ef56").is_dir());
+    }
 }
