@@ -25,6 +25,9 @@ if [ -z "${AIRLOCK_BIN:-}" ]; then
     cargo build --release -q -p airlock
     AIRLOCK_BIN="$CARGO_TARGET_DIR/release/airlock"
 fi
+# Absolute: the apply step runs in the stack's directory.
+AIRLOCK_BIN="$(realpath "$AIRLOCK_BIN")"
+[ -n "${AIRLOCK_BEFORE_BIN:-}" ] && AIRLOCK_BEFORE_BIN="$(realpath "$AIRLOCK_BEFORE_BIN")"
 work="$(mktemp -d)"
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; rm -rf "$work"; }
