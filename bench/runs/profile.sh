@@ -114,3 +114,18 @@ trace "airlock plan" env AIRLOCK_URL="$url" AIRLOCK_TOKEN="$agent" "$AIRLOCK_BIN
 cp "$work/out.json" "$work/run.json"
 approve
 trace "airlock apply" env AIRLOCK_URL="$url" AIRLOCK_TOKEN="$ci" sh -c "cd '$work/gov' && exec '$AIRLOCK_BIN' apply $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["run"]["id"])' "$work/run.json")"
+
+# CPU (user + system, median of 3) of the terraform steps governance adds, on this stack.
+cpu_of() { ( "$@" >/dev/null 2>&1; times ) | awk 'NR == 2 { split($1, u, /[ms]/); split($2, s, /[ms]/); print u[1] * 60 + u[2] + s[1] * 60 + s[2] }'; }
+median3() { printf '%s\n' "$@" | sort -n | sed -n 2p; }
+fresh_init() {
+    rm -rf "$work/fresh-data"
+    (cd "$work/raw" && TF_DATA_DIR="$work/fresh-data" TF_HTTP_USERNAME=airlock TF_HTTP_PASSWORD="$admin" terraform init -input=false)
+}
+show() { (cd "$work/raw" && terraform show -json plan.tfplan); }
+startup() { terraform version; }
+echo "CPU, median of 3 (user + system seconds), $n resources:"
+echo "  terraform init in a fresh data directory: $(median3 "$(cpu_of fresh_init)" "$(cpu_of fresh_init)" "$(cpu_of fresh_init)")"
+echo "  terraform show -json PLAN:                $(median3 "$(cpu_of show)" "$(cpu_of show)" "$(cpu_of show)")"
+echo "  terraform version (process start):        $(median3 "$(cpu_of startup)" "$(cpu_of startup)" "$(cpu_of startup)")"
+echo "load average: $(uptime | sed 's/.*load average: //')"
