@@ -69,7 +69,7 @@ report("phase token (plan)", lat, errors, rate, server_ms(r"/api/v1/stacks/bench
 
 # CI logins: distinct job tokens, minted first; one login warms the JWKS cache.
 n = RATE * 9  # under the trust's 1,000 logins an hour
-claims = {"sub": "repo:org/repo:ref:refs/heads/main", "repository": "org/repo", "ref": "refs/heads/main",
+claims = {"sub": "repo:org/repo:ref:refs/heads/main", "repository": "org/repo", "repository_id": "1001", "repository_owner_id": "2002", "ref": "refs/heads/main",
           "event_name": "push", "aud": url}
 def mint(i):
     c = dict(claims, jti="job-%d" % i)

@@ -31,7 +31,7 @@ agent="$(AIRLOCK_TOKEN="$admin" "$bin" token create --name bench-agent --role ag
 pids+=($!)
 for _ in $(seq 100); do [ -s "$work/issuer.out" ] && break; sleep 0.1; done
 issuer="http://127.0.0.1:$(head -n1 "$work/issuer.out")"
-AIRLOCK_TOKEN="$admin" "$bin" trust add github --repository org/repo --ref refs/heads/main --role ci \
+AIRLOCK_TOKEN="$admin" "$bin" trust add github --repository org/repo --repository-id 1001 --owner-id 2002 --ref refs/heads/main --role ci \
     --stack 'bench/*' --issuer "$issuer" >/dev/null
 
 python3 bench/oidc/bench.py "$url" "$agent" "$issuer" "$secs" "$work/server.log"

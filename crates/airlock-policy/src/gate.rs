@@ -46,6 +46,9 @@ pub struct GateInput<'c> {
     pub rego: &'c [(String, String)],
     /// The server's policy sets whose glob matches the stack.
     pub server_sets: &'c [ServerPolicySet],
+    /// The plan is a refresh-only plan (as its binary says): its `resource_drift` is what an
+    /// apply records, judged as the changes ([`Analyzer::accepting_drift`]).
+    pub refresh_only: bool,
 }
 
 /// Where the plan JSON comes from.
@@ -146,6 +149,13 @@ pub fn judge(
         server.push((set.id.as_str(), engine));
     }
     let mut analyzer = Analyzer::new(input.config, input.stack);
+    let section = match input.refresh_only {
+        true => {
+            analyzer = analyzer.accepting_drift();
+            plan::Section::ResourceDrift
+        }
+        false => plan::Section::ResourceChanges,
+    };
     let mut on_change = |rc: ResourceChange| {
         let report = analyzer.change(&rc);
         observer.change(&rc, &report);
@@ -154,7 +164,7 @@ pub fn judge(
     let mut owned = Vec::new();
     let (info, text): (PlanInfo, Option<String>) = match source {
         PlanSource::Stream(reader) if !needs_text => (
-            plan::read_plan(reader, &mut on_change).map_err(GateError::Plan)?,
+            plan::read_plan_section(reader, section, &mut on_change).map_err(GateError::Plan)?,
             None,
         ),
         source => {
@@ -165,7 +175,8 @@ pub fn judge(
                     &owned
                 }
             };
-            let info = plan::read_plan(bytes, &mut on_change).map_err(GateError::Plan)?;
+            let info =
+                plan::read_plan_section(bytes, section, &mut on_change).map_err(GateError::Plan)?;
             let text = needs_text
                 .then(|| plan::plan_text(bytes).map(|(t, _)| t))
                 .transpose()
@@ -415,6 +426,7 @@ deny contains msg if {
             stack: None,
             rego,
             server_sets: sets,
+            refresh_only: false,
         };
         let mut seen = Collect::default();
         let d = judge(PlanSource::Bytes(PLAN.as_bytes()), &input, &mut seen).unwrap();
@@ -463,6 +475,7 @@ deny contains msg if {
                 stack: None,
                 rego: &[],
                 server_sets: &[set("package main\n deny {{{")],
+                refresh_only: false,
             },
             &mut Collect::default(),
         )
@@ -478,6 +491,78 @@ deny contains msg if {
         assert!(check_set_size(&many[..MAX_SET_FILES]).is_ok());
     }
 
+    /// A refresh-only plan (as Terraform 1.11 writes its JSON: no `resource_changes`): the
+    /// database was deleted outside Terraform, the load balancer's protection turned off.
+    const REFRESH_ONLY: &str = r#"{"format_version":"1.2","terraform_version":"1.11.4","planned_values":{},
+      "resource_drift":[
+       {"address":"aws_db_instance.main","mode":"managed","type":"aws_db_instance","name":"main",
+        "change":{"actions":["delete"],"before":{"identifier":"prod-db","deletion_protection":true,"delete_automated_backups":true,"backup_retention_period":7},"after":null,"before_sensitive":{},"after_sensitive":false}},
+       {"address":"aws_lb.front","mode":"managed","type":"aws_lb","name":"front",
+        "change":{"actions":["update"],"before":{"name":"front","enable_deletion_protection":true},"after":{"name":"front","enable_deletion_protection":false},"after_unknown":{},"before_sensitive":{},"after_sensitive":{}}}],
+      "output_changes":{},"applyable":true,"complete":true,"errored":false}"#;
+
+    #[test]
+    fn a_refresh_only_plan_is_judged_by_its_drift_with_the_same_rules() {
+        let judge_drift = |config: &Config, refresh_only: bool| {
+            let mut c = Collect::default();
+            let input = GateInput {
+                config,
+                stack: None,
+                rego: &[],
+                server_sets: &[],
+                refresh_only,
+            };
+            let d = judge(PlanSource::Bytes(REFRESH_ONLY.as_bytes()), &input, &mut c).unwrap();
+            (d, c.0)
+        };
+        // Read as a normal plan, it changes nothing.
+        let (d, changes) = judge_drift(&Config::default(), false);
+        assert_eq!(d.verdict, Verdict::Allow);
+        assert!(changes.is_empty());
+        // Read as what it is: dropping the database from the state is destroying it there.
+        let (d, changes) = judge_drift(&Config::default(), true);
+        assert_eq!(d.verdict, Verdict::Deny);
+        let rules: BTreeSet<&str> = d.findings.iter().map(|f| f.rule.as_str()).collect();
+        assert_eq!(
+            rules,
+            BTreeSet::from(["critical-destroy", "protection-weakened"]),
+            "{:?}",
+            d.findings
+        );
+        let db = d
+            .findings
+            .iter()
+            .find(|f| f.rule == "critical-destroy")
+            .unwrap();
+        assert!(
+            db.message.starts_with(
+                "drops from the state (deleted outside Terraform) critical aws_db_instance"
+            ),
+            "{}",
+            db.message
+        );
+        let lb = d
+            .findings
+            .iter()
+            .find(|f| f.rule == "protection-weakened")
+            .unwrap();
+        assert!(lb.message.ends_with("outside Terraform"), "{}", lb.message);
+        assert_eq!(changes.len(), 2);
+        assert!(changes
+            .iter()
+            .any(|c| c.address == "aws_db_instance.main" && c.destructive));
+        assert_eq!(d.summary.destroyed, 1);
+        // Declared in the reviewed airlock.hcl, as a destroy would be: review.
+        let cfg = crate::config::parse(
+            "allow_destroy \"aws_db_instance.main\" {\n  reason = \"deleted by hand in the incident; restored elsewhere\"\n}\n",
+            "airlock.hcl",
+        )
+        .unwrap();
+        let (d, _) = judge_drift(&cfg, true);
+        assert_eq!(d.verdict, Verdict::Review);
+        assert!(d.findings.iter().any(|f| f.rule == "declared-destroy"));
+    }
+
     #[test]
     fn streaming_and_in_memory_sources_give_the_same_report() {
         let input = GateInput {
@@ -485,6 +570,7 @@ deny contains msg if {
             stack: None,
             rego: &[],
             server_sets: &[],
+            refresh_only: false,
         };
         let mut a = Collect::default();
         let da = judge(PlanSource::Bytes(PLAN.as_bytes()), &input, &mut a).unwrap();

@@ -276,8 +276,43 @@ impl fmt::Display for PlanError {
 
 impl std::error::Error for PlanError {}
 
+/// Which array of the plan JSON a read visits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Section {
+    /// `resource_changes`: what an apply does to the infrastructure.
+    #[default]
+    ResourceChanges,
+    /// `resource_drift`: what the refresh found changed outside Terraform. In a refresh-only
+    /// plan it is what an apply records in the state (its `resource_changes` is empty).
+    ResourceDrift,
+}
+
+impl Section {
+    /// The array's key.
+    pub fn key(self) -> &'static str {
+        match self {
+            Section::ResourceChanges => "resource_changes",
+            Section::ResourceDrift => "resource_drift",
+        }
+    }
+}
+
 /// Reads a plan, calling `on_change` once per resource change in document order.
-pub fn read_plan<R, F>(mut input: R, on_change: F) -> Result<PlanInfo, PlanError>
+pub fn read_plan<R, F>(input: R, on_change: F) -> Result<PlanInfo, PlanError>
+where
+    R: BufRead,
+    F: FnMut(ResourceChange),
+{
+    read_plan_section(input, Section::ResourceChanges, on_change)
+}
+
+/// Reads a plan, calling `on_change` once per element of `section` in document order (the
+/// entries of `resource_drift` have the shape of `resource_changes` entries).
+pub fn read_plan_section<R, F>(
+    mut input: R,
+    section: Section,
+    on_change: F,
+) -> Result<PlanInfo, PlanError>
 where
     R: BufRead,
     F: FnMut(ResourceChange),
@@ -291,7 +326,7 @@ where
     }
     if head.starts_with(&[0xEF, 0xBB, 0xBF]) {
         input.consume(3);
-        return read_utf8(input, on_change, Vec::new());
+        return read_utf8(input, section, on_change, Vec::new());
     }
     let utf16 = if head.starts_with(&[0xFF, 0xFE]) {
         input.consume(2);
@@ -318,9 +353,9 @@ where
                     pos: 0,
                 },
             );
-            read_utf8(reader, on_change, vec![warning])
+            read_utf8(reader, section, on_change, vec![warning])
         }
-        None => read_utf8(input, on_change, Vec::new()),
+        None => read_utf8(input, section, on_change, Vec::new()),
     }
 }
 
@@ -407,6 +442,7 @@ fn io_err(e: std::io::Error) -> PlanError {
 
 fn read_utf8<R, F>(
     mut input: R,
+    section: Section,
     mut on_change: F,
     mut warnings: Vec<ReadWarning>,
 ) -> Result<PlanInfo, PlanError>
@@ -419,7 +455,7 @@ where
         warnings.push(ReadWarning::NoiseBefore { lines: noise });
     }
     let mut stream = Stream::new(input);
-    let seen = read_top_level(&mut stream, &mut on_change)?;
+    let seen = read_top_level(&mut stream, section, &mut on_change)?;
     let trailing = stream.count_trailing()?;
     if trailing > 0 {
         warnings.push(ReadWarning::NoiseAfter { bytes: trailing });
@@ -739,6 +775,7 @@ impl Scanner {
 
 fn read_top_level<R: BufRead, F: FnMut(ResourceChange)>(
     s: &mut Stream<R>,
+    section: Section,
     on_change: &mut F,
 ) -> Result<Seen, PlanError> {
     let mut seen = Seen::default();
@@ -766,9 +803,13 @@ fn read_top_level<R: BufRead, F: FnMut(ResourceChange)>(
                     _ => seen.complete = v.as_bool(),
                 }
             }
+            k if k == section.key() => {
+                seen.has_resource_changes |= k == "resource_changes";
+                read_changes(s, k, &mut seen.resource_changes, on_change)?;
+            }
             "resource_changes" => {
                 seen.has_resource_changes = true;
-                read_changes(s, &mut seen.resource_changes, on_change)?;
+                s.value(false)?;
             }
             _ => {
                 if key == "planned_values" {
@@ -794,17 +835,18 @@ fn read_top_level<R: BufRead, F: FnMut(ResourceChange)>(
 
 fn read_changes<R: BufRead, F: FnMut(ResourceChange)>(
     s: &mut Stream<R>,
+    key: &str,
     count: &mut usize,
     on_change: &mut F,
 ) -> Result<(), PlanError> {
     match s.peek()? {
         Some(b'n') => {
             let r = s.value(true)?;
-            let _: () = s.parse(r, &|| "`resource_changes`".to_string())?;
+            let _: () = s.parse(r, &|| format!("`{key}`"))?;
             return Ok(());
         }
         Some(b'[') => s.pos += 1,
-        _ => return Err(s.syntax("`resource_changes` must be an array")),
+        _ => return Err(s.syntax(format!("`{key}` must be an array"))),
     }
     if s.peek()? == Some(b']') {
         s.pos += 1;
@@ -825,7 +867,7 @@ fn read_changes<R: BufRead, F: FnMut(ResourceChange)>(
                 s.pos += 1;
                 return Ok(());
             }
-            Some(_) => return Err(s.syntax("expected `,` or `]` in `resource_changes`")),
+            Some(_) => return Err(s.syntax(format!("expected `,` or `]` in `{key}`"))),
             None => return Err(s.syntax("unexpected end of input: the plan JSON is truncated")),
         }
     }

@@ -53,12 +53,16 @@ pub struct BinaryChange {
 pub struct PlanFile {
     /// Terraform version that wrote the plan.
     pub terraform_version: String,
-    /// Planning mode was `-destroy`.
-    pub destroy_mode: bool,
+    /// The planning mode (`tfplan.Plan.ui_mode`, field 17).
+    pub mode: PlanMode,
     /// Planning failed part-way (such a plan cannot be applied).
     pub errored: bool,
     /// Every resource instance change, no-ops included, sorted.
     pub changes: Vec<BinaryChange>,
+    /// What the refresh found changed outside Terraform (`resource_drift`, field 18): in a
+    /// refresh-only plan, what an apply records in the state (an update, or a delete that drops
+    /// the instance). Sorted.
+    pub drift: Vec<BinaryChange>,
     /// Root output changes: name and actions, sorted.
     pub outputs: Vec<(String, Vec<String>)>,
     /// Lineage of the prior state (None when the plan holds no prior state).
@@ -91,6 +95,48 @@ impl PlanFile {
             (None | Some(""), _) => (None, None),
             (Some(l), s) => (Some(l.to_owned()), s),
         }
+    }
+}
+
+/// `tfplan.Mode`: how the plan was made.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PlanMode {
+    /// `terraform plan`.
+    #[default]
+    Normal,
+    /// `terraform plan -destroy`.
+    Destroy,
+    /// `terraform plan -refresh-only`: an apply changes no infrastructure, it records in the
+    /// state what the refresh found (the plan's drift).
+    RefreshOnly,
+}
+
+impl PlanMode {
+    /// The mode's code in `tfplan.Plan.ui_mode`; an unknown code is refused (a mode this reader
+    /// does not know may do what it does not know).
+    fn from_code(code: u64) -> Result<PlanMode, PlanFileError> {
+        match code {
+            0 => Ok(PlanMode::Normal),
+            1 => Ok(PlanMode::Destroy),
+            2 => Ok(PlanMode::RefreshOnly),
+            other => err(format!("unknown planning mode {other}")),
+        }
+    }
+
+    /// `normal`, `destroy`, `refresh-only` (as the run record and metadata spell it).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PlanMode::Normal => "normal",
+            PlanMode::Destroy => "destroy",
+            PlanMode::RefreshOnly => "refresh-only",
+        }
+    }
+
+    /// The inverse of [`PlanMode::as_str`].
+    pub fn parse(s: &str) -> Option<PlanMode> {
+        [PlanMode::Normal, PlanMode::Destroy, PlanMode::RefreshOnly]
+            .into_iter()
+            .find(|m| m.as_str() == s)
     }
 }
 
@@ -197,6 +243,50 @@ impl PlanFile {
             problems.push(format!(
                 "output {name} ({}) differs between the binary plan and the JSON",
                 actions.join("+")
+            ));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+}
+
+impl PlanFile {
+    /// A resource change that a refresh-only plan must not have: Terraform makes none in that
+    /// mode (its apply only records the drift), so a refresh-only binary with a change that is
+    /// not a no-op was not made by Terraform, and its change would be applied unjudged.
+    pub fn refresh_only_change(&self) -> Option<&BinaryChange> {
+        (self.mode == PlanMode::RefreshOnly)
+            .then(|| {
+                self.changes
+                    .iter()
+                    .find(|c| c.actions.iter().any(|a| a != "no-op"))
+            })
+            .flatten()
+    }
+
+    /// Checks that `json_drift` (the `resource_drift` of a plan JSON) is exactly this binary
+    /// plan's drift. For a refresh-only plan the drift is what the apply records, so the JSON a
+    /// server judges must list every drifted instance with the binary's actions: an instance the
+    /// binary drops from the state cannot be hidden from reviewers or shown as an update.
+    pub fn matches_json_drift(&self, json_drift: &[BinaryChange]) -> Result<(), String> {
+        let ours: BTreeSet<&BinaryChange> = self.drift.iter().collect();
+        let theirs: BTreeSet<&BinaryChange> = json_drift.iter().collect();
+        let mut problems: Vec<String> = Vec::new();
+        for c in ours.difference(&theirs).take(5) {
+            problems.push(format!(
+                "the binary plan's drift has {} {} that the JSON's resource_drift does not list",
+                c.actions.join("+"),
+                describe(c)
+            ));
+        }
+        for c in theirs.difference(&ours).take(5) {
+            problems.push(format!(
+                "the JSON's resource_drift lists {} {} that the binary plan's drift does not have",
+                c.actions.join("+"),
+                describe(c)
             ));
         }
         if problems.is_empty() {
@@ -612,7 +702,8 @@ fn decode_plan(b: &[u8]) -> Result<PlanFile, PlanFileError> {
             4 => plan.outputs.push(decode_output_change(bytes(n, f)?)?),
             13 => backend.extend_from_slice(bytes(n, f)?),
             14 => plan.terraform_version = text(bytes(n, f)?, "terraform_version")?,
-            17 => plan.destroy_mode = varint(n, f)? == 1,
+            17 => plan.mode = PlanMode::from_code(varint(n, f)?)?,
+            18 => plan.drift.push(decode_resource_change(bytes(n, f)?)?),
             20 => plan.errored = varint(n, f)? != 0,
             // Deferred changes (27) are applied in a later plan; everything else is context.
             _ => {}
@@ -628,6 +719,7 @@ fn decode_plan(b: &[u8]) -> Result<PlanFile, PlanFileError> {
         plan.backend = Some(decode_backend(&backend)?);
     }
     plan.changes.sort();
+    plan.drift.sort();
     plan.outputs.sort();
     Ok(plan)
 }
@@ -929,6 +1021,93 @@ mod tests {
         assert!(http.check_is("http://x/state/s").is_ok());
         assert!(http.check_is("http://evil/state/s").is_err());
         assert!(!plan.module_files.is_empty());
+    }
+
+    #[test]
+    fn planning_mode_and_drift_of_real_plans() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fuzz/corpus/planfile_reader");
+        let read = |name: &str| PlanFile::parse(&std::fs::read(dir.join(name)).unwrap()).unwrap();
+        assert_eq!(read("create.tfplan").mode, PlanMode::Normal);
+        assert_eq!(read("destroy.tfplan").mode, PlanMode::Destroy);
+        // `terraform plan -refresh-only` on the local test cloud after a VPC's CIDR was changed
+        // and an instance deleted behind Terraform's back: no resource change, the drift in
+        // field 18.
+        let plan = read("refresh-only.tfplan");
+        assert_eq!(plan.mode, PlanMode::RefreshOnly);
+        assert!(plan.changes.is_empty(), "{:?}", plan.changes);
+        let drift: Vec<(&str, String)> = plan
+            .drift
+            .iter()
+            .map(|c| (c.address.as_str(), c.actions.join("+")))
+            .collect();
+        assert_eq!(
+            drift,
+            [
+                ("aws_instance.bastion", "delete".to_owned()),
+                ("aws_vpc.main", "update".to_owned())
+            ]
+        );
+        let c = |a: &str, act: &str| BinaryChange {
+            address: a.into(),
+            deposed: None,
+            actions: vec![act.into()],
+        };
+        assert!(plan
+            .matches_json_drift(&[
+                c("aws_vpc.main", "update"),
+                c("aws_instance.bastion", "delete")
+            ])
+            .is_ok());
+        // A JSON that hides the drop, or shows it as an update, does not describe this binary.
+        let e = plan
+            .matches_json_drift(&[c("aws_vpc.main", "update")])
+            .unwrap_err();
+        assert!(e.contains("delete aws_instance.bastion"), "{e}");
+        assert!(plan
+            .matches_json_drift(&[
+                c("aws_vpc.main", "update"),
+                c("aws_instance.bastion", "update")
+            ])
+            .is_err());
+        // The mode codes: 0, 1, 2; anything else is refused, not read as normal.
+        for (code, mode) in [
+            (0, PlanMode::Normal),
+            (1, PlanMode::Destroy),
+            (2, PlanMode::RefreshOnly),
+        ] {
+            let mut p = Vec::new();
+            varint_field(1, 3, &mut p);
+            varint_field(17, code, &mut p);
+            bytes_field(18, &change("aws_instance.x", 5), &mut p);
+            let plan = decode_plan(&p).unwrap();
+            assert_eq!(plan.mode, mode);
+            assert_eq!(plan.drift[0].actions, ["delete"]);
+            assert!(plan.changes.is_empty());
+        }
+        let mut p = Vec::new();
+        varint_field(1, 3, &mut p);
+        varint_field(17, 3, &mut p);
+        assert!(decode_plan(&p).unwrap_err().0.contains("planning mode"));
+        // A refresh-only plan with a resource change is not one Terraform makes.
+        assert_eq!(plan.refresh_only_change(), None);
+        let mut p = Vec::new();
+        varint_field(1, 3, &mut p);
+        varint_field(17, 2, &mut p);
+        bytes_field(3, &change("aws_instance.x", 5), &mut p);
+        bytes_field(3, &change("aws_vpc.y", 0), &mut p);
+        let forged = decode_plan(&p).unwrap();
+        assert_eq!(
+            forged.refresh_only_change().map(|c| c.address.as_str()),
+            Some("aws_instance.x")
+        );
+        let normal = PlanFile {
+            mode: PlanMode::Normal,
+            ..forged
+        };
+        assert_eq!(normal.refresh_only_change(), None);
+        assert_eq!(PlanMode::parse("refresh-only"), Some(PlanMode::RefreshOnly));
+        assert_eq!(PlanMode::parse("refresh_only"), None);
     }
 
     #[test]

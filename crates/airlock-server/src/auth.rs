@@ -85,10 +85,6 @@ impl Principal {
 #[derive(Debug, Clone)]
 pub struct RequestStack(pub StackName);
 
-fn credential(req: &Request) -> Result<Option<String>, ApiError> {
-    credential_of(req.headers())
-}
-
 /// The token secret a request's `Authorization` header carries (Bearer, or the Basic-auth
 /// password), for interfaces that call the API again with the caller's own token (`/mcp`).
 pub fn bearer_secret(headers: &axum::http::HeaderMap) -> Option<String> {
@@ -201,6 +197,36 @@ pub async fn authenticate(state: &Arc<AppState>, secret: String) -> Result<Princ
     Ok(Principal::from_record(t))
 }
 
+/// Authenticates a request's `Authorization` header; a refusal is audited with its reason. For
+/// [`authorize`], and for the routes outside the table that read an optional token (`/metrics`).
+pub async fn authenticate_header(
+    state: &Arc<AppState>,
+    headers: &axum::http::HeaderMap,
+    method: &str,
+    route: &str,
+    stack: Option<String>,
+) -> Result<Principal, ApiError> {
+    let result = match credential_of(headers) {
+        Ok(Some(secret)) => authenticate(state, secret).await,
+        Ok(None) => Err(ApiError::new(RefusalKind::Unauthenticated, "authentication required: send the token as Bearer, or as the Basic-auth password (TF_HTTP_PASSWORD)")),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = &result {
+        let reason = match e {
+            ApiError::Refused(r) => r.message.clone(),
+            ApiError::Internal(_) => "the token could not be checked".into(),
+        };
+        audit_denial(
+            state,
+            "unauthenticated".into(),
+            stack,
+            serde_json::json!({"method": method, "route": route, "status": 401, "reason": reason}),
+        )
+        .await;
+    }
+    result
+}
+
 /// Middleware: authenticate, find the route's row in the table, check role and stack scope; then
 /// bound a run upload's body by the caller's role.
 ///
@@ -247,28 +273,8 @@ async fn check<'t>(
         .ok()
         .and_then(|s| s.as_ref())
         .map(|s| s.to_string());
-    let principal = match credential(req) {
-        Ok(Some(secret)) => authenticate(state, secret).await,
-        Ok(None) => Err(ApiError::new(RefusalKind::Unauthenticated, "authentication required: send the token as Bearer, or as the Basic-auth password (TF_HTTP_PASSWORD)")),
-        Err(e) => Err(e),
-    };
-    let principal = match principal {
-        Ok(p) => p,
-        Err(e) => {
-            let reason = match &e {
-                ApiError::Refused(r) => r.message.clone(),
-                ApiError::Internal(_) => "the token could not be checked".into(),
-            };
-            audit_denial(
-                state,
-                "unauthenticated".into(),
-                caller.stack.clone(),
-                serde_json::json!({"method": method, "route": route, "status": 401, "reason": reason}),
-            )
-            .await;
-            return Err(e);
-        }
-    };
+    let principal =
+        authenticate_header(state, req.headers(), &method, &route, caller.stack.clone()).await?;
     caller.actor = Some(principal.display());
     let stack = stack?;
     let Some(row) = routes.find(&method, &route) else {

@@ -72,6 +72,17 @@ impl Metrics {
     }
 }
 
+/// Drift counts that name no stack: `airlock_stacks_drifted` (stacks whose newest verdict other
+/// than unknown is drifted) and `airlock_stacks_drift_unknown` (newest check could not tell).
+pub fn render_drift_counts(states: &[airlock_store::DriftState]) -> String {
+    let drifted = states.iter().filter(|d| d.drifted_since.is_some()).count();
+    let unknown = states.iter().filter(|d| d.last.status == "unknown").count();
+    format!(
+        "# HELP airlock_stacks_drifted Stacks that have drifted (their newest verdict other than unknown).\n# TYPE airlock_stacks_drifted gauge\nairlock_stacks_drifted {drifted}\n\
+         # HELP airlock_stacks_drift_unknown Stacks whose newest drift check could not tell.\n# TYPE airlock_stacks_drift_unknown gauge\nairlock_stacks_drift_unknown {unknown}\n"
+    )
+}
+
 /// Per-stack drift gauges: `airlock_stack_drifted{stack}` (1 while the newest verdict is
 /// drifted, else 0), `airlock_stack_drift_unknown{stack}` (1 when the newest check could not
 /// tell), `airlock_stack_drift_check_age_seconds{stack}`. Stack names are `[a-z0-9._/-]`, so

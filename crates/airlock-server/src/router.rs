@@ -207,6 +207,8 @@ fn routes() -> Routes {
         .route(POST,    "/api/v1/oidc/trusts",                          Admin,     api::oidc::add_trust)
         .route(GET,     "/api/v1/oidc/trusts",                          Admin,     api::oidc::list_trusts)
         .route(POST,    "/api/v1/oidc/trusts/{id}/remove",              Admin,     api::oidc::remove_trust)
+        // A trust added before migration 0011 matches no job until pinned to the repository's ids.
+        .route(POST,    "/api/v1/oidc/trusts/{id}/pin",                 Admin,     api::oidc::pin_trust)
 }
 
 /// The route table, as [`build`] serves and authorizes it.
@@ -215,8 +217,8 @@ pub fn table() -> RouteTable {
 }
 
 /// Builds the application: the table's routes behind `auth::authorize`, then the only routes
-/// outside it: health and metrics (which reveal no state, only stack names with their drift
-/// status, for monitoring), the OIDC issuer's public documents and the forge login (its
+/// outside it: health and metrics (which reveal no state; stack names with their drift status
+/// only to a token that may see those stacks), the OIDC issuer's public documents and the forge login (its
 /// credential is a forge-signed token), and the console
 /// (`/ui/`, which authorizes nothing itself: it calls the API above with the session's token).
 pub fn build(state: Arc<AppState>) -> Router {

@@ -72,6 +72,149 @@ pub fn run_all<S: StoreImport + StoreStats + 'static>(engine: &Arc<S>) {
     import_only_extends_the_chain(engine.as_ref());
     drift_reports(engine.as_ref());
     oidc_keys_and_trusts(store.as_ref());
+    trusts_are_pinned_once_and_imports_keep_trusts_and_drift(engine.as_ref());
+}
+
+/// Migration 0011 and backups: a trust without repository ids (added before they were pinned)
+/// is pinned once, audited; a pinned, removed or unknown trust is not. Import inserts a trust
+/// verbatim only with its user, and a drift report only into an existing stack and bound to a
+/// serial the stack has.
+pub fn trusts_are_pinned_once_and_imports_keep_trusts_and_drift(s: &dyn StoreImport) {
+    let legacy = OidcTrustRecord {
+        id: "trust_conf_legacy".into(),
+        forge: "gitlab".into(),
+        issuer: "https://gitlab.com".into(),
+        audience: "https://airlock.example".into(),
+        repository: "group/proj".into(),
+        repository_id: None,
+        owner_id: None,
+        git_ref: None,
+        environment: None,
+        role: "agent".into(),
+        stacks: vec![],
+        lifetime_ms: 3_600_000,
+        created_at: 7,
+        created_by: "admin".into(),
+        removed_at: None,
+        removed_by: None,
+    };
+    s.add_oidc_trust(&legacy, audit("oidc.trust_add")).unwrap();
+    let stored = |id: &str| {
+        s.oidc_trusts()
+            .unwrap()
+            .into_iter()
+            .find(|t| t.id == id)
+            .unwrap()
+    };
+    assert_eq!(stored(&legacy.id), legacy, "a trust without ids reads back");
+    let before = audit_len(s);
+    let pinned = s
+        .pin_oidc_trust(&legacy.id, "42", "7", audit("oidc.trust_pin"))
+        .unwrap();
+    assert_eq!(audit_len(s), before + 1, "pinning is audited");
+    assert_eq!(
+        (pinned.repository_id.as_deref(), pinned.owner_id.as_deref()),
+        (Some("42"), Some("7"))
+    );
+    assert_eq!(stored(&legacy.id), pinned);
+    assert!(
+        matches!(s.pin_oidc_trust(&legacy.id, "43", "7", audit("oidc.trust_pin")), Err(StoreError::Conflict(m)) if m.contains("already pinned"))
+    );
+    assert!(matches!(
+        s.pin_oidc_trust("trust_conf_none", "1", "1", audit("oidc.trust_pin")),
+        Err(StoreError::NotFound(_))
+    ));
+    let mut removed = legacy.clone();
+    removed.id = "trust_conf_removed".into();
+    s.add_oidc_trust(&removed, audit("oidc.trust_add")).unwrap();
+    s.remove_oidc_trust(&removed.id, "admin", audit("oidc.trust_remove"))
+        .unwrap();
+    assert!(matches!(
+        s.pin_oidc_trust(&removed.id, "1", "1", audit("oidc.trust_pin")),
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(stored(&removed.id).repository_id, None);
+
+    // Import: verbatim, removal included, only with its user.
+    let mut imported = pinned.clone();
+    imported.id = "trust_conf_imported".into();
+    imported.removed_at = Some(9);
+    imported.removed_by = Some("admin".into());
+    assert!(matches!(
+        s.import_oidc_trust(&imported),
+        Err(StoreError::NotFound(m)) if m.contains("user")
+    ));
+    s.import_user(&UserRecord {
+        name: imported.id.clone(),
+        created_at: 7,
+        created_by: "admin".into(),
+        forge_logins: vec![],
+    })
+    .unwrap();
+    let before = audit_len(s);
+    s.import_oidc_trust(&imported).unwrap();
+    assert_eq!(audit_len(s), before, "an import appends no audit event");
+    assert_eq!(stored(&imported.id), imported);
+    assert!(matches!(
+        s.import_oidc_trust(&imported),
+        Err(StoreError::Conflict(_))
+    ));
+
+    // Drift reports: into an existing (even archived) stack, bound to a serial it has.
+    let stack = "conf/drift-import";
+    s.create_stack(
+        stack,
+        false,
+        StackSettings::default(),
+        audit("stack.create"),
+    )
+    .unwrap();
+    s.write_state(stack, attempt(state(3, "lin", 1), 3), &mut store_it)
+        .unwrap();
+    s.archive_stack(stack, "admin", "gone", audit("stack.delete"))
+        .unwrap();
+    let report = |id: &str, st: &str, serial: Option<u64>| DriftReportRecord {
+        meta: DriftReportMeta {
+            id: id.into(),
+            stack: st.into(),
+            status: "drifted".into(),
+            serial,
+            drifted: 2,
+            findings: 1,
+            reported_by: "ci (tok_c)".into(),
+            created_at: 11,
+        },
+        report: r#"{"status":"drifted"}"#.into(),
+    };
+    assert!(matches!(
+        s.import_drift_report(&report("drf_ci1", stack, Some(4))),
+        Err(StoreError::Conflict(m)) if m.contains("no such version")
+    ));
+    assert!(matches!(
+        s.import_drift_report(&report("drf_ci1", stack, Some(u64::MAX))),
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        s.import_drift_report(&report("drf_ci1", "conf/nowhere", None)),
+        Err(StoreError::NotFound(_))
+    ));
+    let mut bad = report("drf_ci1", stack, None);
+    bad.meta.status = "fine".into();
+    assert!(matches!(
+        s.import_drift_report(&bad),
+        Err(StoreError::Corrupt(_))
+    ));
+    let good = report("drf_ci1", stack, Some(3));
+    s.import_drift_report(&good).unwrap();
+    s.import_drift_report(&report("drf_ci2", stack, None))
+        .unwrap();
+    assert!(matches!(
+        s.import_drift_report(&good),
+        Err(StoreError::Conflict(_))
+    ));
+    let all = s.all_drift_reports().unwrap();
+    assert!(all.contains(&good), "{all:?}");
+    assert_eq!(s.drift_report("drf_ci1").unwrap().unwrap().0, good.meta);
 }
 
 /// The OIDC issuer's keys: one active at a time (a second first key is a `Conflict`, so two
@@ -113,6 +256,8 @@ pub fn oidc_keys_and_trusts(s: &dyn Store) {
         issuer: "https://token.actions.githubusercontent.com".into(),
         audience: "https://airlock.example".into(),
         repository: "org/repo".into(),
+        repository_id: Some("1001".into()),
+        owner_id: Some("2002".into()),
         git_ref: Some("refs/heads/main".into()),
         environment: None,
         role: "ci".into(),
@@ -1489,6 +1634,7 @@ fn run_record(id: &str, stack: &str, created_at: i64) -> RunRecord {
         moved_from: Vec::new(),
         policy_changes: Vec::new(),
         checks: Vec::new(),
+        plan_mode: None,
     }
 }
 

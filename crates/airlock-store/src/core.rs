@@ -1088,7 +1088,7 @@ fn oidc_key_from_row(r: &Row) -> Result<OidcKeyRecord> {
     })
 }
 
-const OIDC_TRUST_COLUMNS: &str = "id, forge, issuer, audience, repository, git_ref, environment, role, stacks, lifetime_ms, created_at, created_by, removed_at, removed_by";
+const OIDC_TRUST_COLUMNS: &str = "id, forge, issuer, audience, repository, git_ref, environment, role, stacks, lifetime_ms, created_at, created_by, removed_at, removed_by, repository_id, owner_id";
 
 fn oidc_trust_from_row(r: &Row) -> Result<OidcTrustRecord> {
     Ok(OidcTrustRecord {
@@ -1106,6 +1106,8 @@ fn oidc_trust_from_row(r: &Row) -> Result<OidcTrustRecord> {
         created_by: r.text(11)?,
         removed_at: r.opt_i64(12)?,
         removed_by: r.opt_text(13)?,
+        repository_id: r.opt_text(14)?,
+        owner_id: r.opt_text(15)?,
     })
 }
 
@@ -1642,8 +1644,8 @@ impl<E: Engine> Store for E {
     fn add_oidc_trust(&self, t: &OidcTrustRecord, audit: NewAudit) -> Result<()> {
         self.write(|db| {
             db.execute(
-                &format!("INSERT INTO oidc_trusts ({OIDC_TRUST_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, NULL, NULL)"),
-                params![&t.id, &t.forge, &t.issuer, &t.audience, &t.repository, &t.git_ref, &t.environment, &t.role, to_json(&t.stacks), t.lifetime_ms, t.created_at, &t.created_by],
+                &format!("INSERT INTO oidc_trusts ({OIDC_TRUST_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, NULL, NULL, $13, $14)"),
+                params![&t.id, &t.forge, &t.issuer, &t.audience, &t.repository, &t.git_ref, &t.environment, &t.role, to_json(&t.stacks), t.lifetime_ms, t.created_at, &t.created_by, &t.repository_id, &t.owner_id],
             )
             .map_err(|e| unique_is_conflict(e, || format!("trust {} already exists", t.id)))?;
             // The user of the tokens the trust issues: one pipeline identity, whose tokens are
@@ -1697,6 +1699,47 @@ impl<E: Engine> Store for E {
             revoke_tree(db, "user_name", id, now, &audit)?;
             t.removed_at = Some(now);
             t.removed_by = Some(by.to_owned());
+            Ok(t)
+        })
+    }
+
+    fn pin_oidc_trust(
+        &self,
+        id: &str,
+        repository_id: &str,
+        owner_id: &str,
+        audit: NewAudit,
+    ) -> Result<OidcTrustRecord> {
+        self.write(|db| {
+            let Some(row) = db.query_opt(
+                &format!(
+                    "SELECT {OIDC_TRUST_COLUMNS} FROM oidc_trusts WHERE id = $1{}",
+                    db.for_update()
+                ),
+                params![id],
+            )?
+            else {
+                return Err(StoreError::NotFound(format!("trust {id}")));
+            };
+            let mut t = oidc_trust_from_row(&row)?;
+            if let Some(at) = t.removed_at {
+                return Err(StoreError::Conflict(format!(
+                    "trust {id} was removed at {}",
+                    rfc3339(at)
+                )));
+            }
+            if let Some(pinned) = &t.repository_id {
+                return Err(StoreError::Conflict(format!(
+                    "trust {id} is already pinned to repository id {pinned}: to trust another repository, remove it and add a new trust"
+                )));
+            }
+            db.execute(
+                "UPDATE oidc_trusts SET repository_id = $2, owner_id = $3 WHERE id = $1",
+                params![id, repository_id, owner_id],
+            )?;
+            append_audit(db, &audit)?;
+            t.repository_id = Some(repository_id.to_owned());
+            t.owner_id = Some(owner_id.to_owned());
             Ok(t)
         })
     }
@@ -2057,6 +2100,92 @@ impl<E: Engine> StoreImport for E {
                 params![&set.id, &set.stack_glob, set.version, &text, &set.sha256, set.created_at, &set.created_by, set.removed_at, &set.removed_by, &set.removed_reason],
             )
             .map_err(|e| unique_is_conflict(e, || format!("policy set {} already exists", set.id)))?;
+            Ok(())
+        })
+    }
+
+    fn import_oidc_trust(&self, t: &OidcTrustRecord) -> Result<()> {
+        self.write(|db| {
+            // The trust is the user of its tokens; that user comes with the users.
+            if db
+                .query_opt("SELECT name FROM users WHERE name = $1", params![&t.id])?
+                .is_none()
+            {
+                return Err(StoreError::NotFound(format!(
+                    "user {} (the user of trust {}'s tokens)",
+                    t.id, t.id
+                )));
+            }
+            db.execute(
+                &format!("INSERT INTO oidc_trusts ({OIDC_TRUST_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"),
+                params![&t.id, &t.forge, &t.issuer, &t.audience, &t.repository, &t.git_ref, &t.environment, &t.role, to_json(&t.stacks), t.lifetime_ms, t.created_at, &t.created_by, t.removed_at, &t.removed_by, &t.repository_id, &t.owner_id],
+            )
+            .map_err(|e| unique_is_conflict(e, || format!("trust {} already exists", t.id)))?;
+            Ok(())
+        })
+    }
+
+    fn all_drift_reports(&self) -> Result<Vec<DriftReportRecord>> {
+        self.read(|db| {
+            db.query(
+                &format!(
+                    "SELECT {DRIFT_COLUMNS}, d.report FROM drift_reports d JOIN stacks s ON s.id = d.stack_id ORDER BY d.created_at, d.id"
+                ),
+                &[],
+            )?
+            .iter()
+            .map(|r| {
+                Ok(DriftReportRecord {
+                    meta: drift_from_row(r)?,
+                    report: r.text(8)?,
+                })
+            })
+            .collect()
+        })
+    }
+
+    fn import_drift_report(&self, d: &DriftReportRecord) -> Result<()> {
+        let m = &d.meta;
+        if !["in_sync", "drifted", "unknown"].contains(&m.status.as_str()) {
+            return Err(StoreError::Corrupt(format!(
+                "drift report {}: status {:?} is not in_sync, drifted or unknown",
+                m.id, m.status
+            )));
+        }
+        self.write(|db| {
+            let (stack_id, _) = lock_stack(db, &m.stack)?;
+            // The serial binding: a report names a state the stack had (none: no state yet).
+            if let Some(serial) = m.serial {
+                let known = i64::try_from(serial).is_ok()
+                    && db
+                        .query_opt(
+                            "SELECT serial FROM versions WHERE stack_id = $1 AND serial = $2",
+                            params![stack_id, bigint(serial, "serial")?],
+                        )?
+                        .is_some();
+                if !known {
+                    return Err(StoreError::Conflict(format!(
+                        "drift report {} names serial {serial} of stack {}, which has no such version",
+                        m.id, m.stack
+                    )));
+                }
+            }
+            let serial = m.serial.map(|s| bigint(s, "serial")).transpose()?;
+            db.execute(
+                "INSERT INTO drift_reports (id, stack_id, status, serial, drifted, findings, reported_by, created_at, report) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                params![
+                    &m.id,
+                    stack_id,
+                    &m.status,
+                    &serial,
+                    bigint(m.drifted, "drifted count")?,
+                    bigint(m.findings, "findings count")?,
+                    &m.reported_by,
+                    m.created_at,
+                    &d.report
+                ],
+            )
+            .map_err(|e| unique_is_conflict(e, || format!("drift report {} already exists", m.id)))?;
             Ok(())
         })
     }

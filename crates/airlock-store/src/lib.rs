@@ -281,6 +281,15 @@ pub trait Store: Send + Sync {
     fn oidc_trusts(&self) -> Result<Vec<OidcTrustRecord>>;
     /// Records a trust's removal: `NotFound` if there is none, `Conflict` if already removed.
     fn remove_oidc_trust(&self, id: &str, by: &str, audit: NewAudit) -> Result<OidcTrustRecord>;
+    /// Pins a trust added before repository ids were pinned to the forge's ids: `NotFound`,
+    /// or `Conflict` if it was removed or is pinned already (other ids are another trust).
+    fn pin_oidc_trust(
+        &self,
+        id: &str,
+        repository_id: &str,
+        owner_id: &str,
+        audit: NewAudit,
+    ) -> Result<OidcTrustRecord>;
 }
 
 /// Backup import: `airlock backup` reads everything through [`Store`] plus
@@ -313,6 +322,15 @@ pub trait StoreImport: Store {
     fn import_audit(&self, record: &AuditRecord) -> Result<()>;
     /// Inserts a run and its artifacts verbatim (status, approvals, times included).
     fn import_run(&self, run: &RunRecord, artifacts: &[(&str, &[u8])]) -> Result<()>;
+    /// Inserts a trust verbatim (removal and pinned ids included); `NotFound` unless its user
+    /// (named by its id) exists, `Conflict` if it exists.
+    fn import_oidc_trust(&self, trust: &OidcTrustRecord) -> Result<()>;
+    /// Every drift report with its JSON, oldest first.
+    fn all_drift_reports(&self) -> Result<Vec<DriftReportRecord>>;
+    /// Inserts a drift report verbatim (id and time included) into its stack, archived or not:
+    /// `NotFound` without the stack, `Conflict` if its serial is not one of the stack's
+    /// versions or its id exists, `Corrupt` for an unknown status.
+    fn import_drift_report(&self, report: &DriftReportRecord) -> Result<()>;
 }
 
 /// Storage statistics, for the history-size benchmark; the server never sees this trait.

@@ -777,6 +777,16 @@ impl std::fmt::Debug for SecretBytes {
     }
 }
 
+/// A drift report as stored, with its JSON: what backups carry (see
+/// [`crate::StoreImport::import_drift_report`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriftReportRecord {
+    /// The columns.
+    pub meta: DriftReportMeta,
+    /// The whole report, JSON.
+    pub report: String,
+}
+
 /// A signing key of airlock's OIDC issuer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OidcKeyRecord {
@@ -820,6 +830,11 @@ pub struct OidcTrustRecord {
     pub audience: String,
     /// `org/repo` (GitHub `repository`, GitLab `project_path`), exact.
     pub repository: String,
+    /// The repository's immutable id (GitHub `repository_id`, GitLab `project_id`), decimal;
+    /// none only on a trust added before ids were pinned (it matches no job until pinned).
+    pub repository_id: Option<String>,
+    /// Its owner's immutable id (GitHub `repository_owner_id`, GitLab `namespace_id`).
+    pub owner_id: Option<String>,
     /// The ref the job must run on (`refs/heads/main`), exact; none: any ref.
     pub git_ref: Option<String>,
     /// The deployment environment the job must run in, exact; none: any.

@@ -43,6 +43,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         10,
         include_str!("../migrations/postgres/0010_audit_chains.sql"),
     ),
+    (
+        11,
+        include_str!("../migrations/postgres/0011_trust_ids.sql"),
+    ),
 ];
 
 /// Transaction-scoped advisory lock keys ("airlock" in ASCII, then a number). Being

@@ -204,6 +204,11 @@ pub struct RunRecord {
     /// The checks that tied what is applied to what was reviewed, in words, as they were made.
     #[serde(default)]
     pub checks: Vec<String>,
+    /// The binary plan's planning mode when it is not a normal plan: `destroy`, or
+    /// `refresh-only` (a run that accepts drift: its apply records in the state what changed
+    /// outside Terraform and changes no infrastructure). Read by the server from the binary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_mode: Option<String>,
 }
 
 // Identities for runs stored before users existed: each token was its own user then, and the

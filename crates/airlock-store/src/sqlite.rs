@@ -46,6 +46,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         10,
         include_str!("../migrations/sqlite/0010_audit_chains.sql"),
     ),
+    (11, include_str!("../migrations/sqlite/0011_trust_ids.sql")),
 ];
 // Enough idle readers for a burst of concurrent GETs without reopening connections.
 const MAX_IDLE_READERS: usize = 32;

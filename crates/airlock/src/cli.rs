@@ -111,6 +111,14 @@ pub enum TrustCommand {
         /// The repository (GitHub `org/repo`, GitLab project path), exact.
         #[arg(long)]
         repository: String,
+        /// The repository's immutable id: GitHub `repository_id` (`gh api repos/ORG/REPO --jq
+        /// .id`), GitLab `project_id`. A repository re-created at the same path has another.
+        #[arg(long)]
+        repository_id: String,
+        /// Its owner's immutable id: GitHub `repository_owner_id` (`.owner.id`), GitLab
+        /// `namespace_id`.
+        #[arg(long)]
+        owner_id: String,
         /// The ref the job must run on, exact (refs/heads/main); required for --role ci.
         #[arg(long = "ref")]
         git_ref: Option<String>,
@@ -141,6 +149,20 @@ pub enum TrustCommand {
     Remove {
         /// The trust's id (trust_…).
         id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Pin a trust added before trusts were pinned to the repository's ids (until then it
+    /// matches no job). Once: other ids are another repository, so another trust.
+    Pin {
+        /// The trust's id (trust_…).
+        id: String,
+        /// The repository's immutable id (GitHub `repository_id`, GitLab `project_id`).
+        #[arg(long)]
+        repository_id: String,
+        /// Its owner's immutable id (GitHub `repository_owner_id`, GitLab `namespace_id`).
+        #[arg(long)]
+        owner_id: String,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -774,6 +796,11 @@ pub struct PlanArgs {
     /// server judges it like any plan, destroy confirmation included.
     #[arg(long)]
     pub destroy: bool,
+    /// Plan to accept drift (`terraform plan -refresh-only`): the run's apply records in the
+    /// state what changed outside Terraform and changes no infrastructure; the server judges
+    /// the drift like any change (an instance dropped from the state as destroyed there).
+    #[arg(long, conflicts_with = "destroy")]
+    pub refresh_only: bool,
     /// Terraform binary (e.g. `tofu`).
     #[arg(long, env = "AIRLOCK_TERRAFORM_BIN", default_value = "terraform")]
     pub terraform_bin: String,
@@ -998,6 +1025,11 @@ pub struct DriftArgs {
     /// Stack to check (default: the `stack` block of airlock.hcl whose `dir` is DIR).
     #[arg(long)]
     pub stack: Option<String>,
+    /// When drift is found, upload the check's refresh-only plan as a governed run that accepts
+    /// it (as `airlock plan --refresh-only` would): a human reviews it, CI applies it with
+    /// `airlock apply`. The exit code stays the check's.
+    #[arg(long)]
+    pub propose: bool,
     /// Terraform binary (e.g. `tofu`).
     #[arg(long, env = "AIRLOCK_TERRAFORM_BIN", default_value = "terraform")]
     pub terraform_bin: String,

@@ -22,6 +22,9 @@ pub struct Analyzer<'c> {
     modules: BTreeMap<String, (u64, u64)>,
     /// Which `allow_destroy` declarations matched something the plan destroys (by index).
     declared_used: Vec<bool>,
+    /// The changes are a refresh-only plan's drift, which an apply records in the state
+    /// ([`Analyzer::accepting_drift`]).
+    drift: bool,
 }
 
 /// Module paths tracked for the module-removed rule; beyond this the rule stays silent.
@@ -59,6 +62,27 @@ impl<'c> Analyzer<'c> {
             verdict: Verdict::Allow,
             modules: BTreeMap::new(),
             declared_used: vec![false; config.allow_destroy.len()],
+            drift: false,
+        }
+    }
+
+    /// Judges the changes as drift that a refresh-only apply accepts into the state: the same
+    /// rules as for a plan, in the state's terms. A drifted delete drops the instance from the
+    /// state, which is judged as destroying it there (`critical-destroy` unless `allow_destroy`
+    /// declares it, production and mass-destruction rules alike); a protection weakened outside
+    /// Terraform is `protection-weakened`. The rules about what a provider does when it deletes
+    /// (`protected-delete`, `backups-deleted`) do not apply: accepting drift calls no provider.
+    pub fn accepting_drift(mut self) -> Self {
+        self.drift = true;
+        self
+    }
+
+    /// The verb for a change of `kind` in a finding's message.
+    fn verb(&self, kind: ChangeKind) -> &'static str {
+        if self.drift && kind.destroys() {
+            "drops from the state (deleted outside Terraform)"
+        } else {
+            verb(kind)
         }
     }
 
@@ -158,7 +182,7 @@ impl<'c> Analyzer<'c> {
                     detail = format!("; protections already off: {}", off.join(", "));
                 }
             }
-            let verb = verb(kind);
+            let verb = self.verb(kind);
             match self.config.allowed_destroy(&rc.address) {
                 Some(allow) => found.push(Finding {
                     rule: rules::DECLARED_DESTROY.into(),
@@ -186,7 +210,19 @@ impl<'c> Analyzer<'c> {
 
         // Protections: weakened by an update or replace, or still on for a delete.
         if let Some((e, v)) = &values {
-            found.extend(protection_findings(rc, kind, &e.protections, v));
+            let drift = self.drift;
+            found.extend(
+                protection_findings(rc, kind, &e.protections, v)
+                    .into_iter()
+                    .filter(|f| !drift || f.rule == rules::PROTECTION_WEAKENED)
+                    .map(|f| match drift {
+                        true => Finding {
+                            message: format!("{} outside Terraform", f.message),
+                            ..f
+                        },
+                        false => f,
+                    }),
+            );
         }
 
         // Provider-independent signals.
@@ -248,7 +284,7 @@ impl<'c> Analyzer<'c> {
                     rule: rules::PRODUCTION_DESTROY.into(),
                     severity: Severity::Review,
                     address: Some(rc.address.clone()),
-                    message: format!("{} in production stack \"{}\"", verb(kind), stack.name),
+                    message: format!("{} in production stack \"{}\"", self.verb(kind), stack.name),
                 });
             }
         }

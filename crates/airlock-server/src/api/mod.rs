@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use airlock_core::refusal::RefusalKind;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde_json::{json, Value};
@@ -48,15 +48,36 @@ pub async fn healthz(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
-/// `GET /metrics` in the Prometheus text format.
-pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+/// `GET /metrics` in the Prometheus text format. Without a token: the server's counters and
+/// how many stacks have drifted, nothing that names a stack (a monitoring port is often reachable
+/// by more people than the API). With a token (Bearer, as Prometheus' `authorization` sends it):
+/// also the per-stack drift gauges of the stacks that token may see. A token that does not
+/// authenticate is refused and audited like any other request's.
+pub async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let principal = match headers.get(header::AUTHORIZATION) {
+        None => None,
+        Some(_) => {
+            match crate::auth::authenticate_header(&state, &headers, "GET", "/metrics", None).await
+            {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    state.metrics.denied();
+                    return e.into_response();
+                }
+            }
+        }
+    };
     let mut text = state.metrics.render();
-    // Drift per stack; an unavailable store leaves these out rather than failing the scrape.
-    if let Ok(Ok(drift)) = blocking(&state, |st| st.drift_states()).await {
-        text.push_str(&crate::metrics::render_drift(
-            &drift,
-            airlock_store::now_ms(),
-        ));
+    // Drift; an unavailable store leaves these out rather than failing the scrape.
+    if let Ok(Ok(mut drift)) = blocking(&state, |st| st.drift_states()).await {
+        text.push_str(&crate::metrics::render_drift_counts(&drift));
+        if let Some(p) = principal {
+            drift.retain(|d| p.may_access(&d.last.stack));
+            text.push_str(&crate::metrics::render_drift(
+                &drift,
+                airlock_store::now_ms(),
+            ));
+        }
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

@@ -22,7 +22,7 @@ use crate::auth::{Principal, RequestStack};
 use crate::error::{ApiError, ApiResult};
 use crate::oidc::{self, jose, PhaseToken};
 use crate::stacks::{blocking, existing_stack};
-use crate::{tokens, valid_glob, AppState};
+use crate::{tokens, AppState};
 
 /// Airlock tokens one trust may issue per hour (counted in the database, like phase tokens): a
 /// busy repository's jobs, with a bound on a leaked or replayed forge token's use.
@@ -278,6 +278,8 @@ fn all_stacks_admin(p: &Principal) -> ApiResult<()> {
 struct AddTrust {
     forge: String,
     repository: String,
+    repository_id: Option<String>,
+    owner_id: Option<String>,
     git_ref: Option<String>,
     environment: Option<String>,
     role: String,
@@ -292,11 +294,21 @@ fn bad(m: impl Into<String>) -> ApiError {
     ApiError::new(RefusalKind::BadRequest, m)
 }
 
-fn plain(v: &str, max: usize) -> bool {
-    !v.is_empty() && v.len() <= max && !v.chars().any(|c| c.is_control() || c.is_whitespace())
+/// How an admin finds a repository's ids (for the refusal that asks for them).
+fn where_ids_are(forge: &str, repository: &str) -> String {
+    let (repo_claim, owner_claim) = oidc::id_claim_names(forge);
+    let lookup = match forge {
+        "gitlab" => format!(
+            "glab api projects/{} | jq '.id, .namespace.id'",
+            repository.replace('/', "%2F")
+        ),
+        _ => format!("gh api repos/{repository} --jq '.id, .owner.id'"),
+    };
+    format!("the forge's immutable ids (the job token's `{repo_claim}` and `{owner_claim}`; e.g. `{lookup}`)")
 }
 
-/// `POST /api/v1/oidc/trusts` (admin): trust a forge's CI jobs of one repository.
+/// `POST /api/v1/oidc/trusts` (admin): trust a forge's CI jobs of one repository, pinned to
+/// its immutable ids (a path alone can be re-registered by someone else).
 pub async fn add_trust(
     State(state): State<Arc<AppState>>,
     Extension(p): Extension<Principal>,
@@ -306,8 +318,12 @@ pub async fn add_trust(
     let req: AddTrust = parse_body(&body)?;
     let default_issuer = oidc::default_issuer(&req.forge)
         .ok_or_else(|| bad(format!("forge {:?}: use github or gitlab", req.forge)))?;
-    let issuer = req.issuer.unwrap_or_else(|| default_issuer.to_owned());
-    oidc::valid_issuer(&issuer).map_err(bad)?;
+    let (Some(repository_id), Some(owner_id)) = (req.repository_id, req.owner_id) else {
+        return Err(bad(format!(
+            "give --repository-id and --owner-id: a trust is pinned to {}, so a repository re-created at the same path by someone else is not trusted",
+            where_ids_are(&req.forge, &req.repository)
+        )));
+    };
     let audience = match req.audience {
         Some(a) => a,
         None => state
@@ -319,61 +335,25 @@ pub async fn add_trust(
                 bad("give --audience, or start the server with --public-url (the default audience)")
             })?,
     };
-    if !oidc::valid_audience(&audience) {
-        return Err(bad("audience must be 1-300 printable characters"));
-    }
-    if !plain(&req.repository, 200) || !req.repository.contains('/') {
-        return Err(bad(format!(
-            "repository {:?} must be the forge's path, e.g. org/repo",
-            req.repository
-        )));
-    }
-    if let Some(r) = &req.git_ref {
-        if !plain(r, 250) || !r.starts_with("refs/") {
-            return Err(bad(format!(
-                "ref {r:?} must be a full ref, e.g. refs/heads/main"
-            )));
-        }
-    }
-    if req
-        .environment
-        .as_deref()
-        .is_some_and(|e| e.is_empty() || e.len() > 200 || e.chars().any(char::is_control))
-    {
-        return Err(bad("environment must be 1-200 printable characters"));
-    }
-    let role: Role = req.role.parse().map_err(bad)?;
-    match role {
-        Role::Ci if req.git_ref.is_none() => {
-            return Err(bad("the ci role (which applies) needs --ref: only the configured ref (the default branch, e.g. refs/heads/main) may get it"))
-        }
-        Role::Ci | Role::Agent | Role::Reader => {}
-        other => {
-            return Err(bad(format!("a CI job may get the ci, agent or reader role, never {other}: approving and administering stay with people")))
-        }
-    }
-    if let Some(g) = req.stacks.iter().find(|g| !valid_glob(g)) {
-        return Err(bad(format!("invalid stack glob {g:?}")));
-    }
-    if !within_scope(&p.stacks, &req.stacks) {
-        return Err(ApiError::new(RefusalKind::Forbidden, format!("token {} is scoped to {:?}; a trust cannot reach beyond it (requested {:?}, none meaning all stacks)", p.name, p.stacks, req.stacks)));
-    }
     let lifetime_ms = match req.lifetime.as_deref() {
         None => 3_600_000,
         Some(l) => parse_duration_ms(l).map_err(bad)?,
     };
-    if !(60_000..=oidc::MAX_LOGIN_LIFETIME_MS).contains(&lifetime_ms) {
-        return Err(bad("lifetime must be between 1m and 6h"));
-    }
     let trust = OidcTrustRecord {
         id: tokens::random_id("trust_"),
+        issuer: req.issuer.unwrap_or_else(|| default_issuer.to_owned()),
         forge: req.forge,
-        issuer,
         audience,
         repository: req.repository,
+        repository_id: Some(repository_id),
+        owner_id: Some(owner_id),
         git_ref: req.git_ref,
         environment: req.environment,
-        role: role.as_str().to_owned(),
+        // As airlock writes it; a name that is no role is refused by `check_trust`.
+        role: req
+            .role
+            .parse::<Role>()
+            .map_or(req.role, |r| r.as_str().to_owned()),
         stacks: req.stacks,
         lifetime_ms,
         created_at: now_ms(),
@@ -381,6 +361,10 @@ pub async fn add_trust(
         removed_at: None,
         removed_by: None,
     };
+    oidc::check_trust(&trust).map_err(bad)?;
+    if !within_scope(&p.stacks, &trust.stacks) {
+        return Err(ApiError::new(RefusalKind::Forbidden, format!("token {} is scoped to {:?}; a trust cannot reach beyond it (requested {:?}, none meaning all stacks)", p.name, p.stacks, trust.stacks)));
+    }
     let audit = NewAudit::ok(
         &p.display(),
         "oidc.trust_add",
@@ -390,6 +374,57 @@ pub async fn add_trust(
     let t = trust.clone();
     store_call(&state, move |st| st.add_oidc_trust(&t, audit)).await?;
     Ok((StatusCode::CREATED, Json(json!({"trust": trust}))))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PinTrust {
+    repository_id: String,
+    owner_id: String,
+}
+
+/// `POST /api/v1/oidc/trusts/{id}/pin` (admin): pins a trust added before trusts were pinned
+/// to the repository's ids (until then it matches no job). Once: other ids are another trust.
+pub async fn pin_trust(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    p.may_mint()?;
+    let req: PinTrust = parse_body(&body)?;
+    let trusts = store_call(&state, |st| st.oidc_trusts()).await?;
+    let t = trusts
+        .iter()
+        .find(|t| t.id == id)
+        .ok_or_else(|| ApiError::new(RefusalKind::NotFound, format!("no trust {id}")))?;
+    if !within_scope(&p.stacks, &t.stacks) {
+        return Err(ApiError::new(
+            RefusalKind::Forbidden,
+            format!("trust {id} reaches beyond token {}'s stacks", p.name),
+        ));
+    }
+    let mut pinned = t.clone();
+    pinned.repository_id = Some(req.repository_id.clone());
+    pinned.owner_id = Some(req.owner_id.clone());
+    oidc::check_trust(&pinned).map_err(|e| {
+        bad(format!(
+            "{e}; pin it to {}",
+            where_ids_are(&t.forge, &t.repository)
+        ))
+    })?;
+    let by = p.display();
+    let audit = NewAudit::ok(
+        &by,
+        "oidc.trust_pin",
+        None,
+        json!({"trust": id, "repository": t.repository, "repository_id": req.repository_id, "owner_id": req.owner_id}),
+    );
+    let t = store_call(&state, move |st| {
+        st.pin_oidc_trust(&id, &req.repository_id, &req.owner_id, audit)
+    })
+    .await?;
+    Ok(Json(json!({"trust": t})))
 }
 
 /// `GET /api/v1/oidc/trusts` (admin): the trusts within the token's stacks, as for adding and

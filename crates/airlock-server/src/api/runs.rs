@@ -18,7 +18,7 @@ use airlock_policy::gate::{
     self, ChangeEntry, GateError, GateInput, GateReport, Observer, PlanSource, ServerPolicySet,
 };
 use airlock_policy::plan::ChangeKind;
-use airlock_policy::planfile::{lock_file_locks_providers, BinaryChange, PlanFile};
+use airlock_policy::planfile::{lock_file_locks_providers, BinaryChange, PlanFile, PlanMode};
 use airlock_policy::{config, plan, report};
 use airlock_store::run_rules::{self, Actor, Checkout, Refused, Transition};
 use airlock_store::{
@@ -140,6 +140,10 @@ struct RunMeta {
     /// The repository's Rego policies (`policy/**.rego`), judged with the plan.
     #[serde(default)]
     policies: Vec<PolicyFile>,
+    /// The planning mode the planner says it used (`normal`, `destroy`, `refresh-only`): a
+    /// claim, checked against the binary plan, which alone decides how the run is judged.
+    #[serde(default)]
+    plan_mode: Option<String>,
 }
 
 #[derive(Deserialize, serde::Serialize, Clone)]
@@ -228,6 +232,16 @@ fn check_lockfile(binary: &PlanFile, sent: &[u8]) -> ApiResult<()> {
     }
 }
 
+/// What a reviewer must know first about a refresh-only run (the summary's head line).
+pub const ACCEPT_DRIFT: &str = "accept drift: a refresh-only plan. Applying it records in the state what changed outside Terraform (an instance deleted outside Terraform is dropped from the state, counted as destroyed; a changed one is updated) and changes no infrastructure";
+
+fn accept_drift_note(mode: PlanMode) -> Vec<String> {
+    match mode {
+        PlanMode::RefreshOnly => vec![ACCEPT_DRIFT.to_owned()],
+        PlanMode::Normal | PlanMode::Destroy => Vec::new(),
+    }
+}
+
 struct Judged {
     verdict: Verdict,
     report: Value,
@@ -240,6 +254,8 @@ struct Judged {
     /// Whether applying the plan would change anything (a resource or root output change, a
     /// move or an import); a plan that changes nothing has nothing to approve or apply.
     changes_anything: bool,
+    /// The binary plan's mode, for the record (`None` for a normal plan).
+    plan_mode: Option<String>,
 }
 
 fn bad(msg: impl Into<String>) -> ApiError {
@@ -268,6 +284,40 @@ fn json_outputs(plan_json: &[u8]) -> ApiResult<Vec<(String, Vec<String>)>> {
         .collect())
 }
 
+/// The plan JSON's `resource_changes`: address, deposed key and actions (values are not read).
+/// Used for a refresh-only plan, whose judged entries are its `resource_drift`.
+fn json_resource_changes(plan_json: &[u8]) -> ApiResult<Vec<BinaryChange>> {
+    #[derive(Deserialize)]
+    struct Actions {
+        actions: Vec<String>,
+    }
+    #[derive(Deserialize)]
+    struct Change {
+        address: String,
+        #[serde(default)]
+        deposed: Option<String>,
+        change: Actions,
+    }
+    #[derive(Deserialize)]
+    struct Plan {
+        #[serde(default)]
+        resource_changes: Option<Vec<Change>>,
+    }
+    let p: Plan = serde_json::from_slice(plan_json).map_err(|e| bad(format!("plan JSON: {e}")))?;
+    let mut out: Vec<BinaryChange> = p
+        .resource_changes
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| BinaryChange {
+            address: c.address,
+            deposed: c.deposed,
+            actions: c.change.actions,
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
 fn parse_config(text: Option<&str>) -> ApiResult<config::Config> {
     match text {
         Some(text) => {
@@ -294,6 +344,8 @@ struct RunObserver<'a> {
     states: Option<(Arc<StateSummary>, StateSummary)>,
     /// Findings known before the plan is read (policy weakening).
     before: Vec<Finding>,
+    /// The plan is refresh-only: the changes seen are its drift, which the apply records.
+    refresh_only: bool,
 }
 
 impl Observer for RunObserver<'_> {
@@ -336,6 +388,10 @@ impl Observer for RunObserver<'_> {
         // know and the run's grant must cover it.
         if let Some((stored, prior)) = &self.states {
             for inst in stored.removed_in(prior) {
+                // A refresh-only run already shows (and its grant covers) what it drops.
+                if self.refresh_only && self.destroys.contains(&inst.address) {
+                    continue;
+                }
                 if let Some(reason) =
                     firewall::protection_reason(&inst.resource_type, &inst.address, &stack.settings)
                 {
@@ -366,7 +422,11 @@ impl Observer for RunObserver<'_> {
                 severity: Severity::Review,
                 address: None,
                 message: format!(
-                    "destroys {} instance(s) on production stack {}",
+                    "{} {} instance(s) on production stack {}",
+                    match self.refresh_only {
+                        true => "drops from the state (deleted outside Terraform)",
+                        false => "destroys",
+                    },
                     self.destroys.len(),
                     stack.name
                 ),
@@ -464,6 +524,23 @@ fn check_binary(plan_bin: &[u8], meta: &RunMeta, stack: &StackRecord) -> ApiResu
     if binary.errored {
         return Err(bad("the binary plan is from a plan that errored; it cannot be applied: fix the error and plan again"));
     }
+    if let Some(claimed) = &meta.plan_mode {
+        if PlanMode::parse(claimed) != Some(binary.mode) {
+            return Err(bad(format!(
+                "the binary plan is a {} plan, not the {claimed:?} plan its metadata says: plan again",
+                binary.mode.as_str()
+            )));
+        }
+    }
+    // A refresh-only plan changes no resource (Terraform makes none): its drift is what the
+    // apply records, and that is what the run is judged by.
+    if let Some(c) = binary.refresh_only_change() {
+        return Err(bad(format!(
+            "the binary plan is refresh-only but {} {}: Terraform makes no such plan",
+            c.actions.join("+"),
+            c.address
+        )));
+    }
     let prior = binary.planned_against();
     let planned = (meta.planned_lineage.clone(), meta.planned_serial);
     if prior != planned {
@@ -536,12 +613,14 @@ fn judge(binary: &PlanFile, plan_json: &[u8], input: JudgeInput) -> ApiResult<Ju
             })
             .chain(variable_findings)
             .collect(),
+        refresh_only: binary.mode == PlanMode::RefreshOnly,
     };
     let gate_input = GateInput {
         config: &cfg,
         stack: stack_cfg,
         rego: &rego,
         server_sets: &input.server_sets,
+        refresh_only: binary.mode == PlanMode::RefreshOnly,
     };
     let decision = gate::judge(PlanSource::Bytes(plan_json), &gate_input, &mut observer).map_err(
         |e| match e {
@@ -554,13 +633,24 @@ fn judge(binary: &PlanFile, plan_json: &[u8], input: JudgeInput) -> ApiResult<Ju
     let outputs = json_outputs(plan_json)?;
     let changes_anything =
         observer.changes_anything || outputs.iter().any(|(_, actions)| actions != &["no-op"]);
-    binary.matches_json(&listed, &outputs).map_err(|e| {
+    let tied = match binary.mode {
+        // The judged entries are the drift; the resource changes (none) are tied too.
+        PlanMode::RefreshOnly => binary
+            .matches_json(&json_resource_changes(plan_json)?, &outputs)
+            .and_then(|()| binary.matches_json_drift(&listed)),
+        PlanMode::Normal | PlanMode::Destroy => binary.matches_json(&listed, &outputs),
+    };
+    tied.map_err(|e| {
         bad(format!(
             "the plan JSON does not describe the binary plan it was uploaded with: {e}"
         ))
     })?;
     let mut checks = vec![format!(
-        "server: the judged plan JSON lists exactly the resource and output changes of the binary plan (tfplan protobuf), made by terraform {} against serial {}; its embedded configuration is the listed inputs{}",
+        "server: the judged plan JSON lists exactly the resource {}and output changes of the binary plan (tfplan protobuf), made by terraform {} against serial {}; its embedded configuration is the listed inputs{}",
+        match binary.mode {
+            PlanMode::RefreshOnly => "drift (a refresh-only plan: the apply records it in the state and changes no infrastructure), resource changes (none) ",
+            PlanMode::Normal | PlanMode::Destroy => "",
+        },
         binary.terraform_version,
         prior.1.map_or("none (empty stack)".into(), |s| s.to_string()),
         if binary.remote_modules.is_empty() {
@@ -595,7 +685,9 @@ fn judge(binary: &PlanFile, plan_json: &[u8], input: JudgeInput) -> ApiResult<Ju
     let changes_anything = changes_anything || !observer.destroys.is_empty();
     Ok(Judged {
         verdict: decision.verdict,
-        markdown: observer.md.finish(&decision, &[]),
+        markdown: observer
+            .md
+            .finish(&decision, &accept_drift_note(binary.mode)),
         report,
         destroys: observer.destroys,
         moved_from: observer.moved_from,
@@ -603,6 +695,7 @@ fn judge(binary: &PlanFile, plan_json: &[u8], input: JudgeInput) -> ApiResult<Ju
         required_approvals: required,
         checks,
         changes_anything,
+        plan_mode: (binary.mode != PlanMode::Normal).then(|| binary.mode.as_str().to_owned()),
     })
 }
 
@@ -1007,12 +1100,13 @@ fn create_run(
         moved_from: judged.moved_from,
         policy_changes: judged.policy_changes,
         checks: judged.checks,
+        plan_mode: judged.plan_mode,
     };
     let audit = NewAudit::ok(
         &p.display(),
         "run.create",
         Some(&stack.name),
-        json!({"run": run.id, "decision": run.decision, "destroys": run.destroys.len(), "plan_sha256": run.plan_sha256, "fingerprint": run.fingerprint, "policy_changes": run.policy_changes}),
+        json!({"run": run.id, "decision": run.decision, "destroys": run.destroys.len(), "plan_sha256": run.plan_sha256, "fingerprint": run.fingerprint, "policy_changes": run.policy_changes, "plan_mode": run.plan_mode}),
     );
     let markdown = judged.markdown;
     let policies_json = (!req.policies.is_empty())

@@ -30,6 +30,18 @@ const MAX_LOG_SHOWN: usize = 1024 * 1024;
 struct PlanDoc<'a> {
     #[serde(borrow, default)]
     resource_changes: Vec<ResourceChange<'a>>,
+    #[serde(borrow, default)]
+    resource_drift: Vec<ResourceChange<'a>>,
+}
+
+impl<'a> PlanDoc<'a> {
+    /// The changes the run applies: for a run that accepts drift (refresh-only), its drift.
+    fn changes(&self, accepts_drift: bool) -> &[ResourceChange<'a>] {
+        match accepts_drift {
+            true => &self.resource_drift,
+            false => &self.resource_changes,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -146,6 +158,14 @@ async fn render(ctx: &Ctx, id: &str, page: usize, flash: Option<(StatusCode, Str
         esc(&stack),
         esc(&status)
     );
+    let accepts_drift = run["plan_mode"].as_str() == Some("refresh-only");
+    if accepts_drift {
+        let _ = write!(
+            body,
+            "<div class=\"banner warn\" id=\"accept-drift\"><strong>Accept drift:</strong> {}</div>",
+            esc(crate::api::runs::ACCEPT_DRIFT.trim_start_matches("accept drift: "))
+        );
+    }
     if let Some((code, msg)) = &flash {
         let (class, el) = if code.is_success() {
             ("ok", "done")
@@ -200,7 +220,7 @@ async fn render(ctx: &Ctx, id: &str, page: usize, flash: Option<(StatusCode, Str
     // 2. Destructive changes, critical first.
     let entries: HashMap<&str, &ResourceChange<'_>> = plan
         .iter()
-        .flat_map(|p| p.resource_changes.iter())
+        .flat_map(|p| p.changes(accepts_drift).iter())
         .map(|rc| (rc.address.as_str(), rc))
         .collect();
     let mut destructive: Vec<&Value> = report["changes"]
@@ -218,7 +238,12 @@ async fn render(ctx: &Ctx, id: &str, page: usize, flash: Option<(StatusCode, Str
     let destroys = run["destroys"].as_array().map_or(0, Vec::len);
     let _ = write!(
         body,
-        "<section id=\"destructive\"><h2>Destructive changes ({})</h2>",
+        "<section id=\"destructive\"><h2>{} ({})</h2>",
+        if accepts_drift {
+            "Dropped from the state (deleted outside Terraform)"
+        } else {
+            "Destructive changes"
+        },
         destructive.len()
     );
     if destructive.is_empty() {
@@ -354,7 +379,7 @@ async fn render(ctx: &Ctx, id: &str, page: usize, flash: Option<(StatusCode, Str
     );
 
     // 6. The whole plan, paged.
-    body.push_str(&plan_tree(plan.as_ref(), id, page));
+    body.push_str(&plan_tree(plan.as_ref(), accepts_drift, id, page));
     ctx.page(
         flash.as_ref().map_or(StatusCode::OK, |(c, _)| *c),
         &format!("Run {id}"),
@@ -468,12 +493,12 @@ fn actions(ctx: &Ctx, id: &str, shown: &Value, status: &str, destroys: usize) ->
 }
 
 /// The plan's resource changes (no-ops left out), grouped by module, [`PAGE_SIZE`] per page.
-fn plan_tree(plan: Option<&PlanDoc<'_>>, id: &str, page: usize) -> String {
+fn plan_tree(plan: Option<&PlanDoc<'_>>, accepts_drift: bool, id: &str, page: usize) -> String {
     let Some(plan) = plan else {
         return "<section id=\"plan\"><h2>Plan</h2><p>The plan JSON could not be read.</p></section>".into();
     };
     let changes: Vec<&ResourceChange<'_>> = plan
-        .resource_changes
+        .changes(accepts_drift)
         .iter()
         .filter(|rc| rc.change.actions.iter().any(|a| a != "no-op"))
         .collect();

@@ -741,6 +741,7 @@ async fn check_plan(a: CheckPlan) -> Result<Value, String> {
             stack: a.stack.as_deref().and_then(|s| config.stack(s)),
             rego: &[],
             server_sets: &[],
+            refresh_only: false,
         };
         let mut changes = Collect::default();
         let decision = gate::judge(PlanSource::Bytes(&bytes), &input, &mut changes)
@@ -885,8 +886,12 @@ async fn explain_run(ctx: &mut Ctx<'_>, a: RunArgs) -> Result<Value, String> {
             needed.push(format!("the approvers confirm the {destroyed} destroyed instance(s) (--confirm-destroy {destroyed})"));
         }
     }
+    let what = match run["plan_mode"].as_str() {
+        Some("refresh-only") => format!("it accepts drift (a refresh-only plan: its apply records in the state what changed outside Terraform and changes no infrastructure), dropping {destroyed} instance(s) deleted outside Terraform from the state,"),
+        _ => format!("it destroys {destroyed} managed instance(s)"),
+    };
     let summary = format!(
-        "Run {} on stack {} is {status}; the plan gate decided {decision}; it destroys {destroyed} managed instance(s) and has {} finding(s).",
+        "Run {} on stack {} is {status}; the plan gate decided {decision}; {what} and has {} finding(s).",
         text("/id"),
         text("/stack"),
         findings.len()

@@ -400,11 +400,115 @@ fn claim<'a>(c: &'a Map<String, Value>, k: &str) -> Option<&'a str> {
     c.get(k).and_then(Value::as_str)
 }
 
+/// A forge id claim (the forges send decimal strings; a JSON integer is read as its decimal).
+fn id_claim(c: &Map<String, Value>, k: &str) -> Option<String> {
+    match c.get(k)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => n.as_u64().map(|n| n.to_string()),
+        _ => None,
+    }
+}
+
+/// A forge's immutable id as a trust pins it: 1 to 20 decimal digits.
+pub fn valid_forge_id(id: &str) -> bool {
+    (1..=20).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// The names of a forge's id claims: (repository, owner).
+pub fn id_claim_names(forge: &str) -> (&'static str, &'static str) {
+    match forge {
+        "gitlab" => ("project_id", "namespace_id"),
+        _ => ("repository_id", "repository_owner_id"),
+    }
+}
+
+fn plain(v: &str, max: usize) -> bool {
+    !v.is_empty() && v.len() <= max && !v.chars().any(|c| c.is_control() || c.is_whitespace())
+}
+
+/// What every stored trust must be, whether an admin adds it or a backup brings it: a known
+/// forge, an issuer airlock may fetch keys from, an audience, a repository path, decimal ids
+/// (when pinned; a trust added before ids were pinned has none and matches no job), a full
+/// ref, the ci, agent or reader role (ci only with a ref: approving and administering stay
+/// with people), valid stack globs, a lifetime of 1 minute to 6 hours.
+pub fn check_trust(t: &OidcTrustRecord) -> Result<(), String> {
+    if !t.id.starts_with("trust_") || !plain(&t.id, 100) {
+        return Err(format!("trust id {:?} is not trust_…", t.id));
+    }
+    if default_issuer(&t.forge).is_none() {
+        return Err(format!("forge {:?}: use github or gitlab", t.forge));
+    }
+    valid_issuer(&t.issuer)?;
+    if !valid_audience(&t.audience) {
+        return Err("audience must be 1-300 printable characters".into());
+    }
+    if !plain(&t.repository, 200) || !t.repository.contains('/') {
+        return Err(format!(
+            "repository {:?} must be the forge's path, e.g. org/repo",
+            t.repository
+        ));
+    }
+    let (repo_claim, owner_claim) = id_claim_names(&t.forge);
+    for (what, claim, id) in [
+        ("repository id", repo_claim, &t.repository_id),
+        ("owner id", owner_claim, &t.owner_id),
+    ] {
+        if id.as_deref().is_some_and(|i| !valid_forge_id(i)) {
+            return Err(format!(
+                "{what} {:?} must be the forge's numeric `{claim}`",
+                id.as_deref().unwrap_or_default()
+            ));
+        }
+    }
+    if t.repository_id.is_some() != t.owner_id.is_some() {
+        return Err("a trust pins both the repository id and the owner id, or neither".into());
+    }
+    if let Some(r) = &t.git_ref {
+        if !plain(r, 250) || !r.starts_with("refs/") {
+            return Err(format!(
+                "ref {r:?} must be a full ref, e.g. refs/heads/main"
+            ));
+        }
+    }
+    if t.environment
+        .as_deref()
+        .is_some_and(|e| e.is_empty() || e.len() > 200 || e.chars().any(char::is_control))
+    {
+        return Err("environment must be 1-200 printable characters".into());
+    }
+    let role: Role = t.role.parse()?;
+    match role {
+        Role::Ci if t.git_ref.is_none() => {
+            return Err("the ci role (which applies) needs --ref: only the configured ref (the default branch, e.g. refs/heads/main) may get it".into())
+        }
+        Role::Ci | Role::Agent | Role::Reader => {}
+        other => {
+            return Err(format!("a CI job may get the ci, agent or reader role, never {other}: approving and administering stay with people"))
+        }
+    }
+    if role.as_str() != t.role {
+        return Err(format!(
+            "role {:?} is not written as airlock writes it",
+            t.role
+        ));
+    }
+    if let Some(g) = t.stacks.iter().find(|g| !crate::valid_glob(g)) {
+        return Err(format!("invalid stack glob {g:?}"));
+    }
+    if !(60_000..=MAX_LOGIN_LIFETIME_MS).contains(&t.lifetime_ms) {
+        return Err("lifetime must be between 1m and 6h".into());
+    }
+    Ok(())
+}
+
 /// The job facts a trust judges, read the forge's way: repository, full ref, environment,
 /// whether it is capped at `agent` (it may run for a pull/merge request: see [`job`]), and the
 /// prefix its `sub` must have.
 struct Job<'a> {
     repository: Option<&'a str>,
+    /// The repository's and its owner's immutable ids (see [`id_claim`]).
+    repository_id: Option<String>,
+    owner_id: Option<String>,
     git_ref: Option<String>,
     environment: Option<&'a str>,
     capped: bool,
@@ -439,6 +543,8 @@ fn job<'a>(forge: &str, c: &'a Map<String, Value>) -> Job<'a> {
             };
             Job {
                 repository,
+                repository_id: id_claim(c, "project_id"),
+                owner_id: id_claim(c, "namespace_id"),
                 git_ref,
                 environment: claim(c, "environment"),
                 // An allow-list of sources, and a ref GitLab itself protects.
@@ -451,6 +557,8 @@ fn job<'a>(forge: &str, c: &'a Map<String, Value>) -> Job<'a> {
             let repository = claim(c, "repository");
             Job {
                 repository,
+                repository_id: id_claim(c, "repository_id"),
+                owner_id: id_claim(c, "repository_owner_id"),
                 git_ref: claim(c, "ref").map(str::to_owned),
                 environment: claim(c, "environment"),
                 // Unknown or missing events are capped: the cap fails closed.
@@ -490,6 +598,24 @@ pub fn judge_login(
             Some(format!(
                 "repository {:?} is not {:?}",
                 j.repository.unwrap_or("(none)"),
+                t.repository
+            ))
+        } else if t.repository_id.is_none() {
+            Some(format!(
+                "it was added before trusts were pinned to the repository's id, so it matches no job until an admin pins it: airlock trust pin {} --repository-id ID --owner-id ID (the forge's `{}` and `{}`)",
+                t.id,
+                id_claim_names(&t.forge).0,
+                id_claim_names(&t.forge).1
+            ))
+        } else if j.repository_id != t.repository_id || j.owner_id != t.owner_id {
+            let (repo_claim, owner_claim) = id_claim_names(&t.forge);
+            let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "(none)".into());
+            Some(format!(
+                "{repo_claim} {} and {owner_claim} {} are not the pinned {} and {}: the repository at {:?} is not the one trusted (deleted and re-created, or its owner renamed and the name taken); if it moved legitimately, remove the trust and add one with the new ids",
+                show(&j.repository_id),
+                show(&j.owner_id),
+                show(&t.repository_id),
+                show(&t.owner_id),
                 t.repository
             ))
         } else if j.sub_prefix.as_deref().is_none_or(|p| !sub.starts_with(p)) {
@@ -582,6 +708,8 @@ mod tests {
             issuer: "https://token.actions.githubusercontent.com".into(),
             audience: "https://airlock.example".into(),
             repository: "org/repo".into(),
+            repository_id: Some("1001".into()),
+            owner_id: Some("2002".into()),
             git_ref: git_ref.map(str::to_owned),
             environment: None,
             role: role.into(),
@@ -596,7 +724,8 @@ mod tests {
 
     fn gh(event: &str, git_ref: &str) -> Map<String, Value> {
         json!({"sub": format!("repo:org/repo:ref:{git_ref}"), "aud": "https://airlock.example",
-               "repository": "org/repo", "ref": git_ref, "event_name": event})
+               "repository": "org/repo", "repository_id": "1001", "repository_owner_id": "2002",
+               "ref": git_ref, "event_name": event})
         .as_object()
         .unwrap()
         .clone()
@@ -669,6 +798,86 @@ mod tests {
         let mut removed = trust("ci", Some("refs/heads/main"));
         removed.removed_at = Some(1);
         assert!(judge_login(&[removed], &gh("push", "refs/heads/main"), None).is_err());
+    }
+
+    #[test]
+    fn a_trust_matches_only_its_pinned_ids_and_an_unpinned_one_nothing() {
+        let trusts = [trust("ci", Some("refs/heads/main"))];
+        let push = gh("push", "refs/heads/main");
+        assert_eq!(judge_login(&trusts, &push, None).unwrap().role, Role::Ci);
+        for (k, v) in [
+            ("repository_id", json!("9999")),
+            ("repository_owner_id", json!("9999")),
+            ("repository_id", Value::Null),
+            ("repository_id", json!(1001.5)),
+        ] {
+            let mut c = push.clone();
+            c.insert(k.into(), v.clone());
+            let e = judge_login(&trusts, &c, None).unwrap_err();
+            assert!(e.contains("not the pinned"), "{k}={v}: {e}");
+        }
+        let mut c = push.clone();
+        c.remove("repository_owner_id");
+        assert!(judge_login(&trusts, &c, None).is_err());
+        // An integer claim is read as its decimal.
+        let mut c = push.clone();
+        c.insert("repository_id".into(), json!(1001));
+        assert!(judge_login(&trusts, &c, None).is_ok());
+        // GitLab's claims are project_id and namespace_id.
+        let mut gl = trust("agent", None);
+        gl.forge = "gitlab".into();
+        let job = |project: &str| {
+            json!({"sub": "project_path:org/repo:ref_type:branch:ref:main", "aud": "https://airlock.example",
+                   "project_path": "org/repo", "project_id": project, "namespace_id": "2002",
+                   "ref": "main", "ref_type": "branch", "pipeline_source": "push"})
+            .as_object()
+            .unwrap()
+            .clone()
+        };
+        assert!(judge_login(std::slice::from_ref(&gl), &job("1001"), None).is_ok());
+        assert!(judge_login(std::slice::from_ref(&gl), &job("1002"), None).is_err());
+        // A trust added before ids were pinned matches nothing, and says how to pin it.
+        let mut legacy = trust("ci", Some("refs/heads/main"));
+        legacy.repository_id = None;
+        legacy.owner_id = None;
+        let e = judge_login(&[legacy], &push, None).unwrap_err();
+        assert!(
+            e.contains("airlock trust pin trust_ci --repository-id"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_stored_trust_is_checked_by_one_rule() {
+        let ok = trust("ci", Some("refs/heads/main"));
+        assert_eq!(check_trust(&ok), Ok(()));
+        let mut unpinned = ok.clone();
+        unpinned.repository_id = None;
+        unpinned.owner_id = None;
+        assert_eq!(
+            check_trust(&unpinned),
+            Ok(()),
+            "a legacy trust may be stored"
+        );
+        type Spoil = fn(&mut OidcTrustRecord);
+        let bad: [(&str, Spoil); 10] = [
+            ("never admin", |t| t.role = "admin".into()),
+            ("never approver", |t| t.role = "approver".into()),
+            ("needs --ref", |t| t.git_ref = None),
+            ("https", |t| t.issuer = "http://example.com".into()),
+            ("numeric", |t| t.repository_id = Some("12a".into())),
+            ("or neither", |t| t.owner_id = None),
+            ("glob", |t| t.stacks = vec!["Prod/**/".into()]),
+            ("lifetime", |t| t.lifetime_ms = 7 * 3_600_000),
+            ("forge", |t| t.forge = "bitbucket".into()),
+            ("trust_", |t| t.id = "tok_x".into()),
+        ];
+        for (want, spoil) in bad {
+            let mut t = ok.clone();
+            spoil(&mut t);
+            let e = check_trust(&t).unwrap_err();
+            assert!(e.contains(want), "{want}: {e}");
+        }
     }
 
     #[test]

@@ -113,7 +113,7 @@ async fn attacks_tier3_a_backup_verification_exported_before_its_head_is_refused
 }
 
 fn trust(repo: &str, stacks: &[&str]) -> Value {
-    json!({"forge": "github", "repository": repo, "role": "agent", "stacks": stacks,
+    json!({"forge": "github", "repository": repo, "repository_id": "1001", "owner_id": "2002", "role": "agent", "stacks": stacks,
            "issuer": "https://token.actions.githubusercontent.com", "audience": "https://airlock.example"})
 }
 
@@ -320,6 +320,8 @@ fn forge_trust(
         issuer: "https://forge.example".into(),
         audience: "https://airlock.example".into(),
         repository: "org/repo".into(),
+        repository_id: Some("1001".into()),
+        owner_id: Some("2002".into()),
         git_ref: git_ref.map(str::to_owned),
         environment: None,
         role: role.into(),
@@ -356,7 +358,7 @@ fn attacks_tier3_a_gitlab_job_of_an_unlisted_pipeline_source_is_capped_like_gith
     let job = |source: &str, protected: &str| {
         claims(
             json!({"sub": "project_path:org/repo:ref_type:branch:ref:main", "aud": "https://airlock.example",
-            "project_path": "org/repo", "ref": "main", "ref_type": "branch", "ref_protected": protected,
+            "project_path": "org/repo", "project_id": "1001", "namespace_id": "2002", "ref": "main", "ref_type": "branch", "ref_protected": protected,
             "pipeline_source": source}),
         )
     };
@@ -393,7 +395,7 @@ fn attacks_tier3_a_pull_request_job_gets_the_stacks_of_the_pull_request_trust() 
     ];
     let prt = claims(
         json!({"sub": "repo:org/repo:ref:refs/heads/main", "aud": "https://airlock.example",
-        "repository": "org/repo", "ref": "refs/heads/main", "event_name": "pull_request_target"}),
+        "repository": "org/repo", "repository_id": "1001", "repository_owner_id": "2002", "ref": "refs/heads/main", "event_name": "pull_request_target"}),
     );
     let g = airlock_server::oidc::judge_login(&trusts, &prt, None).unwrap();
     assert_eq!(g.role, Role::Agent);
@@ -414,12 +416,12 @@ fn attacks_tier3_a_token_of_one_forge_never_matches_a_trust_of_the_other() {
     let gl = [forge_trust("t_gl", "gitlab", "agent", None, &[])];
     let gitlab_token = claims(
         json!({"sub": "project_path:org/repo:ref_type:branch:ref:main",
-        "aud": "https://airlock.example", "project_path": "org/repo", "ref": "main",
-        "ref_type": "branch", "pipeline_source": "push"}),
+        "aud": "https://airlock.example", "project_path": "org/repo", "project_id": "1001",
+        "namespace_id": "2002", "ref": "main", "ref_type": "branch", "pipeline_source": "push"}),
     );
     let github_token = claims(json!({"sub": "repo:org/repo:ref:refs/heads/main",
-        "aud": "https://airlock.example", "repository": "org/repo", "ref": "refs/heads/main",
-        "event_name": "push"}));
+        "aud": "https://airlock.example", "repository": "org/repo", "repository_id": "1001",
+        "repository_owner_id": "2002", "ref": "refs/heads/main", "event_name": "push"}));
     assert!(airlock_server::oidc::judge_login(&gh, &gitlab_token, None).is_err());
     assert!(airlock_server::oidc::judge_login(&gl, &github_token, None).is_err());
     // A GitHub token whose sub names the repository but whose `repository` claim is another.
@@ -486,7 +488,7 @@ impl Forge {
         let now = airlock_store::now_ms() / 1000;
         self.key
             .sign(&json!({"iss": self.url, "aud": "https://airlock.example", "sub": "repo:org/repo:ref:refs/heads/main",
-                "repository": "org/repo", "ref": "refs/heads/main", "event_name": "push",
+                "repository": "org/repo", "repository_id": "1001", "repository_owner_id": "2002", "ref": "refs/heads/main", "event_name": "push",
                 "iat": now, "nbf": now, "exp": now + 300, "jti": jti}))
             .unwrap()
     }
@@ -507,7 +509,7 @@ async fn attacks_tier3_one_forge_token_does_not_mint_airlock_tokens_without_boun
         "POST",
         "/api/v1/oidc/trusts",
         &s.admin,
-        json!({"forge": "github", "repository": "org/repo", "git_ref": "refs/heads/main",
+        json!({"forge": "github", "repository": "org/repo", "repository_id": "1001", "owner_id": "2002", "git_ref": "refs/heads/main",
                "role": "ci", "issuer": f.url, "audience": "https://airlock.example"}),
     )
     .await
@@ -565,10 +567,10 @@ async fn attacks_tier3_a_backup_verification_ok_with_problems_is_refused() {
 /// renamed or deleted, whoever registers `org` again and creates `repo` gets jobs whose tokens
 /// match (GitHub's own guidance is to pin `repository_owner_id`/`repository_id`; GitLab's
 /// `namespace_id`/`project_id`). Two jobs of the same path with different repository ids both
-/// get `ci`. Expected: a trust pins the ids (given at `trust add`, or learnt at the first
-/// login) and a token with other ids is refused.
+/// get `ci`. Expected: a trust pins the ids (given at `trust add`; learning them at the first
+/// login would trust whoever logs in first) and a token with other ids is refused; a trust
+/// added before ids were pinned matches nothing until an admin pins it.
 #[test]
-#[ignore = "open: pinning repository_id needs a schema change (issue 15 follow-up)"]
 fn attacks_tier3_a_trust_is_pinned_to_the_repository_not_just_its_name() {
     let trusts = [forge_trust(
         "t_ci",
@@ -580,7 +582,7 @@ fn attacks_tier3_a_trust_is_pinned_to_the_repository_not_just_its_name() {
     let job = |id: &str| {
         claims(
             json!({"sub": "repo:org/repo:ref:refs/heads/main", "aud": "https://airlock.example",
-            "repository": "org/repo", "repository_id": id, "repository_owner_id": id,
+            "repository": "org/repo", "repository_id": id, "repository_owner_id": "2002",
             "ref": "refs/heads/main", "event_name": "push"}),
         )
     };
@@ -591,6 +593,117 @@ fn attacks_tier3_a_trust_is_pinned_to_the_repository_not_just_its_name() {
         squatter.is_err(),
         "repository ids 1001 and 9999 both log in to the same trust as {:?}",
         squatter.map(|g| g.role)
+    );
+    // A token without the id claims is refused too, and a trust without pinned ids (one added
+    // before they were pinned) matches no job at all.
+    let mut no_ids = job("1001");
+    no_ids.remove("repository_id");
+    assert!(airlock_server::oidc::judge_login(&trusts, &no_ids, None).is_err());
+    let mut legacy = trusts[0].clone();
+    legacy.repository_id = None;
+    legacy.owner_id = None;
+    let e = airlock_server::oidc::judge_login(&[legacy], &job("1001"), None).unwrap_err();
+    assert!(e.contains("airlock trust pin"), "{e}");
+}
+
+/// ATTACK (an admin adding or pinning a trust): a trust without ids, with ids that are not the
+/// forge's numbers, or pinned a second time to other ids (which is another repository) is
+/// refused; a trust added before ids were pinned is refused at login, audited, until an admin
+/// pins it, and then logs in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attacks_tier3_trusts_are_added_pinned_and_an_unpinned_trust_refuses_logins() {
+    let s = issuer_server();
+    let f = forge();
+    let body = |ids: Value| {
+        let mut b = json!({"forge": "github", "repository": "org/repo", "git_ref": "refs/heads/main",
+                           "role": "ci", "issuer": f.url, "audience": "https://airlock.example"});
+        for (k, v) in ids.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        b
+    };
+    for ids in [
+        json!({}),
+        json!({"repository_id": "1001"}),
+        json!({"repository_id": "1001", "owner_id": "org"}),
+        json!({"repository_id": "-1", "owner_id": "2002"}),
+        json!({"repository_id": "", "owner_id": "2002"}),
+    ] {
+        let r = s
+            .api("POST", "/api/v1/oidc/trusts", &s.admin, body(ids.clone()))
+            .await;
+        assert_eq!(r.status, 400, "{ids}: {r:?}");
+    }
+    // A trust as migration 0011 leaves one added before it: no ids.
+    let legacy = airlock_store::OidcTrustRecord {
+        issuer: f.url.clone(),
+        repository_id: None,
+        owner_id: None,
+        ..forge_trust("trust_legacy", "github", "ci", Some("refs/heads/main"), &[])
+    };
+    s.store
+        .add_oidc_trust(
+            &legacy,
+            airlock_store::NewAudit::ok("admin", "oidc.trust_add", None, json!({})),
+        )
+        .unwrap();
+    let login = || {
+        s.send(
+            request("POST", "/api/v1/oidc/login", Auth::None)
+                .header(axum::http::header::CONTENT_TYPE, "application/json")
+                .body(axum::body::Body::from(
+                    json!({"token": f.push_token("jti-legacy")}).to_string(),
+                ))
+                .unwrap(),
+        )
+    };
+    let r = login().await;
+    assert_eq!(r.status, 401, "{r:?}");
+    assert!(
+        r.message().contains("airlock trust pin trust_legacy"),
+        "{r:?}"
+    );
+    let denied = s.denials().await;
+    assert!(
+        denied
+            .iter()
+            .any(|d| d["action"] == "oidc.login" && d.to_string().contains("trust pin")),
+        "the refusal is audited: {denied:?}"
+    );
+    let pin = |ids: Value| {
+        s.api(
+            "POST",
+            "/api/v1/oidc/trusts/trust_legacy/pin",
+            &s.admin,
+            ids,
+        )
+    };
+    pin(json!({"repository_id": "10x", "owner_id": "2002"}))
+        .await
+        .expect(400);
+    let ci = s.role_token(Role::Ci);
+    let r = s
+        .api(
+            "POST",
+            "/api/v1/oidc/trusts/trust_legacy/pin",
+            &ci,
+            json!({"repository_id": "1001", "owner_id": "2002"}),
+        )
+        .await;
+    assert_eq!(r.status, 403, "{r:?}");
+    pin(json!({"repository_id": "1001", "owner_id": "2002"}))
+        .await
+        .expect(200);
+    login().await.expect(201);
+    // Pinned once: other ids are another repository, so another trust.
+    let r = pin(json!({"repository_id": "9999", "owner_id": "2002"})).await;
+    assert_eq!(r.status, 409, "{r:?}");
+    assert!(
+        s.audit()
+            .await
+            .iter()
+            .any(|e| e["action"] == "oidc.trust_pin"),
+        "pinning is audited"
     );
 }
 
@@ -608,7 +721,7 @@ async fn attacks_tier3_removing_a_trust_ends_the_tokens_it_issued_at_once() {
             "POST",
             "/api/v1/oidc/trusts",
             &s.admin,
-            json!({"forge": "github", "repository": "org/repo", "git_ref": "refs/heads/main",
+            json!({"forge": "github", "repository": "org/repo", "repository_id": "1001", "owner_id": "2002", "git_ref": "refs/heads/main",
                    "role": "ci", "issuer": f.url, "audience": "https://airlock.example"}),
         )
         .await;
@@ -716,7 +829,7 @@ fn attacks_tier3_concurrent_logins_make_one_jwks_fetch_per_issuer() {
         "POST",
         "/api/v1/oidc/trusts",
         &s.admin,
-        json!({"forge": "github", "repository": "org/repo", "role": "agent",
+        json!({"forge": "github", "repository": "org/repo", "repository_id": "1001", "owner_id": "2002", "role": "agent",
                "issuer": url, "audience": "https://airlock.example"}),
     ))
     .expect(201);

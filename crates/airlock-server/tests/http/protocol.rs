@@ -535,6 +535,74 @@ async fn health_and_metrics_need_no_token_and_unknown_routes_are_404() {
     .expect(404);
 }
 
+/// `/metrics` without a token names no stack (a monitoring port reaches more people than the
+/// API); with a token it adds the drift gauges of that token's stacks only; a bad token is a
+/// 401, audited, not a quiet fall-back to the anonymous view.
+#[tokio::test]
+async fn metrics_name_stacks_only_to_a_token_that_may_see_them() {
+    let s = Server::new();
+    let ci = s.role_token(Role::Ci);
+    for stack in ["dev/app", "prod/secret-db"] {
+        s.stack(stack, false);
+        let path = format!("/api/v1/stacks/{}/drift", stack.replace('/', "%2F"));
+        s.api(
+            "POST",
+            &path,
+            &ci,
+            serde_json::json!({"serial": null, "error": "refresh failed"}),
+        )
+        .await
+        .expect(201);
+    }
+    let anonymous = s.call("GET", "/metrics", Auth::None, Body::empty()).await;
+    anonymous.expect(200);
+    let text = anonymous.text();
+    assert!(text.contains("airlock_stacks_drift_unknown 2"), "{text}");
+    assert!(!text.contains("stack="), "{text}");
+    assert!(
+        !text.contains("secret-db") && !text.contains("dev/app"),
+        "{text}"
+    );
+
+    let dev = s.token("dev-reader", Role::Reader, &["dev/*"], None);
+    let scoped = s
+        .call("GET", "/metrics", Auth::Bearer(&dev.secret), Body::empty())
+        .await;
+    scoped.expect(200);
+    let text = scoped.text();
+    assert!(
+        text.contains("airlock_stack_drift_unknown{stack=\"dev/app\"} 1"),
+        "{text}"
+    );
+    assert!(!text.contains("secret-db"), "{text}");
+    let all = s
+        .call(
+            "GET",
+            "/metrics",
+            Auth::Bearer(&s.admin.secret),
+            Body::empty(),
+        )
+        .await;
+    assert!(
+        all.text().contains("stack=\"prod/secret-db\""),
+        "{}",
+        all.text()
+    );
+
+    let bad = s
+        .call(
+            "GET",
+            "/metrics",
+            Auth::Bearer("not-a-token"),
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(bad.status, 401, "{bad:?}");
+    assert!(!bad.text().contains("secret-db"));
+    let audit = s.api_get("/api/v1/audit?outcome=denied").await.to_string();
+    assert!(audit.contains("/metrics"), "{audit}");
+}
+
 #[tokio::test]
 async fn only_the_holder_or_a_force_unlocker_may_release_a_lock_by_its_id() {
     let s = Server::new();

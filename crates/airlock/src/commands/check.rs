@@ -36,6 +36,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         stack,
         rego: &rego,
         server_sets: &[],
+        refresh_only: refresh_only(&args.plan)?,
     };
     let mut out = Output::new(args.format, color);
     // Without Rego the plan streams through the gate; Rego makes the gate hold it in memory.
@@ -171,6 +172,17 @@ fn source_name(plan: &str) -> &str {
 
 /// Opens the plan (stdin, a JSON file, or a binary plan through `terraform show -json`) and
 /// hands it to `read` as a stream.
+/// Whether `plan` is a binary refresh-only plan (its own `ui_mode` says so): then, as on the
+/// server, its drift is what an apply records and what is judged.
+fn refresh_only(plan: &str) -> anyhow::Result<bool> {
+    if plan == "-" || !is_binary_plan(plan)? {
+        return Ok(false);
+    }
+    let bytes = std::fs::read(plan).with_context(|| format!("reading the plan {plan}"))?;
+    Ok(airlock_policy::planfile::PlanFile::parse(&bytes)
+        .is_ok_and(|p| p.mode == airlock_policy::planfile::PlanMode::RefreshOnly))
+}
+
 fn with_plan<T>(
     args: &CheckArgs,
     read: impl FnOnce(&mut dyn BufRead) -> anyhow::Result<T>,

@@ -12,7 +12,9 @@ use base64::Engine;
 use serde_json::{json, Value};
 
 use super::client::{printable, s, stack_segment, time, Client, ServerRefused};
-use super::run::{show_json, stack_position, PlanPhase};
+use super::run::{
+    run_text, show_json, stack_position, upload_plan, Origin, PlanPhase, PlanRequest,
+};
 use crate::cli::DriftArgs;
 
 /// Exit codes of `airlock drift` (and per stack of `airlock ci drift`).
@@ -73,6 +75,18 @@ pub fn check_stack(
     stack: Option<&str>,
     terraform_bin: &str,
 ) -> anyhow::Result<Checked> {
+    Ok(check(c, dir, stack, terraform_bin, false)?.0)
+}
+
+/// [`check_stack`], and with `propose`, when drift is found, the check's own refresh-only plan
+/// uploaded as a governed run that accepts it (`Err`: why the server refused it).
+fn check(
+    c: &Client,
+    dir: &Path,
+    stack: Option<&str>,
+    terraform_bin: &str,
+    propose: bool,
+) -> anyhow::Result<(Checked, Option<Result<Value, String>>)> {
     let phase = PlanPhase::prepare(c, dir, stack, terraform_bin)?;
     let stack = phase.stack.clone();
     let shown = c.get(&format!(
@@ -80,15 +94,18 @@ pub fn check_stack(
         stack_segment(&stack)
     ))?;
     if let Some(l) = shown.get("lock").filter(|l| !l.is_null()) {
-        return Ok(Checked::Skipped {
-            note: format!(
-                "state locked by {} for {} since {}; not checked (an operation is in progress)",
-                s(l, "/owner"),
-                s(l, "/operation"),
-                time(l, "/created_at")
-            ),
-            stack,
-        });
+        return Ok((
+            Checked::Skipped {
+                note: format!(
+                    "state locked by {} for {} since {}; not checked (an operation is in progress)",
+                    s(l, "/owner"),
+                    s(l, "/operation"),
+                    time(l, "/created_at")
+                ),
+                stack,
+            },
+            None,
+        ));
     }
     let (lineage, serial) = stack_position(c, &stack)?;
     let plan_path = phase.work().join("drift.tfplan");
@@ -105,11 +122,14 @@ pub fn check_stack(
     let mut body = json!({ "serial": serial });
     let report = if !done.status.success() {
         if lock_refused(&done.log) {
-            return Ok(Checked::Skipped {
-                stack,
-                note: "state locked while checking; not checked (an operation is in progress)"
-                    .into(),
-            });
+            return Ok((
+                Checked::Skipped {
+                    stack,
+                    note: "state locked while checking; not checked (an operation is in progress)"
+                        .into(),
+                },
+                None,
+            ));
         }
         let error = format!(
             "terraform plan -refresh-only failed ({}):\n{}",
@@ -152,11 +172,29 @@ pub fn check_stack(
             _ => return Err(e),
         },
     };
-    Ok(Checked::Report {
-        stack,
-        report: Box::new(report),
-        recorded,
-    })
+    // The same plan the check read, as a run: the server judges it from the binary and its
+    // JSON like any upload, and an approver and CI's `airlock apply` do the rest.
+    let proposed = (propose && report.status == DriftStatus::Drifted).then(|| {
+        let req = PlanRequest {
+            dir: &phase.dir,
+            stack: Some(&stack),
+            destroy: false,
+            refresh_only: true,
+            terraform_bin,
+            origin: Origin::default(),
+        };
+        upload_plan(c, &phase, &plan_path, &req)
+            .map(|p| p.response)
+            .map_err(|e| format!("{e:#}"))
+    });
+    Ok((
+        Checked::Report {
+            stack,
+            report: Box::new(report),
+            recorded,
+        },
+        proposed,
+    ))
 }
 
 /// One line for a stack's drift status as the API gives it (`stack show`, `stack list`).
@@ -238,8 +276,18 @@ pub fn report_text(stack: &str, r: &DriftReport) -> String {
 /// `airlock drift [DIR] [--stack S]`.
 pub fn run(args: DriftArgs) -> anyhow::Result<ExitCode> {
     let c = Client::new(&args.client)?;
-    let checked = check_stack(&c, &args.dir, args.stack.as_deref(), &args.terraform_bin)?;
-    let code = checked.exit_code();
+    let (checked, proposed) = check(
+        &c,
+        &args.dir,
+        args.stack.as_deref(),
+        &args.terraform_bin,
+        args.propose,
+    )?;
+    // A proposal that was asked for and refused is an error; otherwise the check's code.
+    let code = match &proposed {
+        Some(Err(_)) => code::UNKNOWN,
+        _ => checked.exit_code(),
+    };
     let v = match &checked {
         Checked::Skipped { stack, note } => json!({"stack": stack, "skipped": note}),
         Checked::Report {
@@ -251,6 +299,8 @@ pub fn run(args: DriftArgs) -> anyhow::Result<ExitCode> {
             "report": report,
             "recorded": recorded.as_ref().ok(),
             "not_recorded": recorded.as_ref().err(),
+            "proposed": proposed.as_ref().and_then(|p| p.as_ref().ok()),
+            "not_proposed": proposed.as_ref().and_then(|p| p.as_ref().err()),
         }),
     };
     c.print(&v, |_| match &checked {
@@ -268,6 +318,19 @@ pub fn run(args: DriftArgs) -> anyhow::Result<ExitCode> {
                     status_text(&v["drift"])
                 )),
                 Err(why) => out.push_str(&format!("not recorded: {why}\n")),
+            }
+            match &proposed {
+                Some(Ok(v)) => out.push_str(&format!(
+                    "\nproposed run {} to accept this drift; what its reviewers see:\n{}",
+                    s(v, "/run/id"),
+                    run_text(v)
+                )),
+                Some(Err(why)) => out.push_str(&format!("not proposed: {}\n", printable(why))),
+                None if args.propose => out.push_str(match report.status {
+                    DriftStatus::Unknown => "nothing proposed: the check could not tell\n",
+                    _ => "nothing proposed: no drift\n",
+                }),
+                None => {}
             }
             out
         }

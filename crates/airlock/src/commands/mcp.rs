@@ -218,6 +218,7 @@ impl Bridge {
                 dir: &dir,
                 stack: Some(stack),
                 destroy: false,
+                refresh_only: false,
                 terraform_bin: &self.terraform_bin,
                 origin: Origin::default(),
             },

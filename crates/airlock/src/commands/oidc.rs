@@ -28,6 +28,8 @@ pub fn trust(cmd: TrustCommand) -> anyhow::Result<ExitCode> {
         TrustCommand::Add {
             forge,
             repository,
+            repository_id,
+            owner_id,
             git_ref,
             environment,
             role,
@@ -41,16 +43,19 @@ pub fn trust(cmd: TrustCommand) -> anyhow::Result<ExitCode> {
             let v = c.send(
                 "POST",
                 "/api/v1/oidc/trusts",
-                &json!({"forge": forge, "repository": repository, "git_ref": git_ref,
+                &json!({"forge": forge, "repository": repository, "repository_id": repository_id,
+                        "owner_id": owner_id, "git_ref": git_ref,
                         "environment": environment, "role": role, "stacks": stacks,
                         "issuer": issuer, "audience": audience, "lifetime": lifetime}),
             )?;
             c.print(&v, |v| {
                 format!(
-                    "added trust {}: {} jobs of {} (issuer {}, audience {}) get the {} role\n",
+                    "added trust {}: {} jobs of {} (id {}, owner id {}; issuer {}, audience {}) get the {} role\n",
                     s(v, "/trust/id"),
                     s(v, "/trust/forge"),
                     s(v, "/trust/repository"),
+                    s(v, "/trust/repository_id"),
+                    s(v, "/trust/owner_id"),
                     s(v, "/trust/issuer"),
                     s(v, "/trust/audience"),
                     s(v, "/trust/role"),
@@ -76,6 +81,10 @@ pub fn trust(cmd: TrustCommand) -> anyhow::Result<ExitCode> {
                             s(t, "/id"),
                             s(t, "/forge"),
                             s(t, "/repository"),
+                            match (t["repository_id"].as_str(), t["owner_id"].as_str()) {
+                                (Some(r), Some(o)) => format!("{r}/{o}"),
+                                _ => "NOT PINNED (matches no job: airlock trust pin)".into(),
+                            },
                             t["git_ref"].as_str().unwrap_or("(any)").to_owned(),
                             t["environment"].as_str().unwrap_or("(any)").to_owned(),
                             s(t, "/role"),
@@ -97,6 +106,7 @@ pub fn trust(cmd: TrustCommand) -> anyhow::Result<ExitCode> {
                         "ID",
                         "FORGE",
                         "REPOSITORY",
+                        "IDS (REPO/OWNER)",
                         "REF",
                         "ENVIRONMENT",
                         "ROLE",
@@ -115,6 +125,28 @@ pub fn trust(cmd: TrustCommand) -> anyhow::Result<ExitCode> {
                 &json!({}),
             )?;
             c.print(&v, |v| format!("removed trust {}\n", s(v, "/trust/id")));
+        }
+        TrustCommand::Pin {
+            id,
+            repository_id,
+            owner_id,
+            client,
+        } => {
+            let c = Client::new(&client)?;
+            let v = c.send(
+                "POST",
+                &format!("/api/v1/oidc/trusts/{id}/pin"),
+                &json!({"repository_id": repository_id, "owner_id": owner_id}),
+            )?;
+            c.print(&v, |v| {
+                format!(
+                    "pinned trust {} to {} (id {}, owner id {})\n",
+                    s(v, "/trust/id"),
+                    s(v, "/trust/repository"),
+                    s(v, "/trust/repository_id"),
+                    s(v, "/trust/owner_id")
+                )
+            });
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -252,7 +252,7 @@ fn symbol(kind: &str) -> &'static str {
 }
 
 /// Renders a run for the terminal: who planned it from what, then destructive changes first.
-fn run_text(v: &Value) -> String {
+pub fn run_text(v: &Value) -> String {
     let run = &v["run"];
     let against = match run["planned_serial"].as_u64() {
         Some(serial) => format!("serial {serial}"),
@@ -267,6 +267,10 @@ fn run_text(v: &Value) -> String {
         s(run, "/author"),
         time(run, "/created_at"),
     );
+    let accepts_drift = run["plan_mode"].as_str() == Some("refresh-only");
+    if accepts_drift {
+        out.push_str("ACCEPT DRIFT: a refresh-only plan; applying it records in the state what changed outside Terraform and changes no infrastructure\n");
+    }
     // The identity that may not approve it: a token without a user is its own.
     let user = run["author_user"].as_str().unwrap_or_default();
     if !user.is_empty() && run["author_token"].as_str() != Some(user) {
@@ -333,7 +337,13 @@ fn run_text(v: &Value) -> String {
         .filter(|c| c["destructive"].as_bool() == Some(true))
         .collect();
     if !destructive.is_empty() {
-        out.push_str(&format!("\nDESTROYS {} instance(s):\n", destructive.len()));
+        out.push_str(&match accepts_drift {
+            true => format!(
+                "\nDROPS FROM THE STATE {} instance(s) deleted outside Terraform:\n",
+                destructive.len()
+            ),
+            false => format!("\nDESTROYS {} instance(s):\n", destructive.len()),
+        });
         for c in &destructive {
             out.push_str(&format!(
                 "  {} {} ({}){}\n",
@@ -436,6 +446,9 @@ pub struct PlanRequest<'a> {
     pub stack: Option<&'a str>,
     /// Plan a destroy (`terraform plan -destroy`).
     pub destroy: bool,
+    /// Plan to accept drift (`terraform plan -refresh-only`): the apply records in the state
+    /// what changed outside Terraform and changes no infrastructure.
+    pub refresh_only: bool,
     pub terraform_bin: &'a str,
     /// The planner's claims about where the plan comes from (display and lookup only).
     pub origin: Origin,
@@ -479,6 +492,7 @@ pub fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
             dir: &args.dir,
             stack: args.stack.as_deref(),
             destroy: args.destroy,
+            refresh_only: args.refresh_only,
             terraform_bin: &args.terraform_bin,
             origin: Origin::default(),
         },
@@ -642,9 +656,7 @@ impl PlanPhase {
 /// implementation behind `airlock plan` and `airlock ci plan`.
 pub fn plan_run(c: &Client, req: &PlanRequest<'_>) -> anyhow::Result<Planned> {
     let phase = PlanPhase::prepare(c, req.dir, req.stack, req.terraform_bin)?;
-    let (dir, repo, stack, env) = (&phase.dir, &phase.repo, phase.stack.clone(), &phase.env);
-    let work = phase.scratch.0.as_path();
-    let plan_path = work.join("plan.tfplan");
+    let plan_path = phase.work().join("plan.tfplan");
     let mut plan_args: Vec<String> = vec![
         "plan".into(),
         "-input=false".into(),
@@ -654,10 +666,27 @@ pub fn plan_run(c: &Client, req: &PlanRequest<'_>) -> anyhow::Result<Planned> {
     if req.destroy {
         plan_args.push("-destroy".into());
     }
+    if req.refresh_only {
+        plan_args.push("-refresh-only".into());
+    }
     let done = phase.run_plan(req.terraform_bin, &plan_args)?;
     if !done.status.success() && !plan_path.is_file() {
         bail!("terraform plan failed ({}) and wrote no plan", done.status);
     }
+    upload_plan(c, &phase, &plan_path, req)
+}
+
+/// Uploads the plan at `plan_path`, made in `phase` as `req` asked, as a run for the server to
+/// judge: the one upload behind `airlock plan`, `airlock ci plan` and `airlock drift --propose`
+/// (which uploads the refresh-only plan its check made).
+pub fn upload_plan(
+    c: &Client,
+    phase: &PlanPhase,
+    plan_path: &Path,
+    req: &PlanRequest<'_>,
+) -> anyhow::Result<Planned> {
+    let (dir, repo, stack, env) = (&phase.dir, &phase.repo, phase.stack.clone(), &phase.env);
+    let work = phase.scratch.0.as_path();
     // `terraform show -json` runs while the metadata and the binary plan are sent; its output
     // follows them in the same upload as it comes, and the server checks the binary meanwhile.
     let show_err = work.join("show.err");
@@ -677,7 +706,7 @@ pub fn plan_run(c: &Client, req: &PlanRequest<'_>) -> anyhow::Result<Planned> {
     .spawn()
     .with_context(|| format!("running {} show -json", req.terraform_bin))?;
     let show_out = show.stdout.take().context("terraform show has no stdout")?;
-    let plan_bin = std::fs::read(&plan_path)?;
+    let plan_bin = std::fs::read(plan_path)?;
     // The version that made the plan and the state it was made against are in the plan itself
     // (the server checks both again).
     let binary = PlanFile::parse(&plan_bin).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -711,6 +740,12 @@ pub fn plan_run(c: &Client, req: &PlanRequest<'_>) -> anyhow::Result<Planned> {
         "change_request_url": origin.change_request_url,
         "change_authors": origin.change_authors,
         "config": repo.config.as_ref().map(|(_, text, _)| text.clone()),
+        // What was asked for; the server reads the mode from the binary and refuses a mismatch.
+        "plan_mode": match (req.refresh_only, req.destroy) {
+            (true, _) => "refresh-only",
+            (false, true) => "destroy",
+            (false, false) => "normal",
+        },
     });
     let (tx, rx) = std::sync::mpsc::sync_channel(16);
     let writer = std::thread::spawn(move || -> anyhow::Result<()> {
@@ -1026,6 +1061,7 @@ const PLAN_PARTS: &[&str] = &[
     "terraform_version",
     "variables",
     "resource_changes",
+    "resource_drift",
     "output_changes",
     "prior_state",
 ];
@@ -1348,5 +1384,12 @@ mod tests {
             Some("resource_changes")
         );
         assert!(plan_difference(b"not json", judged).is_err());
+        // A refresh-only plan's effect is its drift: one dropping another instance differs.
+        let drops_db = br#"{"terraform_version":"1.11.4","resource_drift":[{"address":"aws_db_instance.main","change":{"actions":["delete"]}}],"output_changes":{},"prior_state":{"values":{}}}"#;
+        let drops_lb = br#"{"terraform_version":"1.11.4","resource_drift":[{"address":"aws_lb.front","change":{"actions":["delete"]}}],"output_changes":{},"prior_state":{"values":{}}}"#;
+        assert_eq!(
+            plan_difference(drops_lb, drops_db).unwrap().as_deref(),
+            Some("resource_drift")
+        );
     }
 }

@@ -51,6 +51,21 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
             "OIDC issuer {url} (JWKS {url}/.well-known/jwks.json)\n"
         ));
     }
+    // Trusts from before migration 0011 match no job until pinned: say so where it is seen.
+    let unpinned: Vec<String> = store
+        .oidc_trusts()
+        .context("reading the forge trusts")?
+        .into_iter()
+        .filter(|t| t.removed_at.is_none() && t.repository_id.is_none())
+        .map(|t| format!("{} ({} {})", t.id, t.forge, t.repository))
+        .collect();
+    if !unpinned.is_empty() {
+        crate::out(&format!(
+            "warning: {} trust(s) are not pinned to their repository's ids and refuse every CI login until an admin pins them (airlock trust pin TRUST_ID --repository-id ID --owner-id ID): {}\n",
+            unpinned.len(),
+            unpinned.join(", ")
+        ));
+    }
     const MIB: usize = 1024 * 1024;
     let secs = std::time::Duration::from_secs;
     let config = ServerConfig {

@@ -9,7 +9,7 @@
 // 403 no User-Agent, 422/400 invalid input) and recorded with its violations.
 //
 // It keeps the state the workflow uses (issue/MR comments, commit statuses, pull requests by merge
-// commit) with the forges' limits, and has control endpoints for tests under /__standin/.
+// commit, drift issues) with the forges' limits, and has control endpoints for tests under /__standin/.
 //
 // Usage: node standin.mjs --token TOKEN [--port 0]. Prints `listening http://127.0.0.1:PORT`.
 // TOKEN is the CI's identity (GitHub: `github-actions[bot]`; GitLab: a project bot user).
@@ -22,6 +22,7 @@
 //                             instead of served, or after taking effect when `apply` is true
 //   POST /__standin/users     {token, login, type?}: another identity (a person by default)
 //   POST /__standin/changes   {forge, project, number, head_sha, merge_commit_sha, state}
+//   POST /__standin/gitlab_projects {token, projects}: the only GitLab projects that token sees
 
 import http from "node:http";
 import fs from "node:fs";
@@ -57,6 +58,8 @@ const GITHUB_COMMENT_MAX = 65536; // "body is too long (maximum is 65536 charact
 const GITHUB_STATUS_DESCRIPTION_MAX = 140; // "description is too long (maximum is 140 characters)"
 const GITHUB_STATUSES_PER_CONTEXT = 1000; // the API description's note on create-commit-status
 const GITLAB_NOTE_MAX = 1000000; // "Note is too long (maximum is 1000000 characters)"
+const GITLAB_DESCRIPTION_MAX = 1048576; // issues API: "description ... Limited to 1,048,576 characters"
+const GITLAB_ISSUE_TITLE_MAX = 255; // "Title is too long (maximum is 255 characters)"
 const MAX_BODY_BYTES = 8 * 1024 * 1024;
 
 function resolve(node) {
@@ -350,6 +353,86 @@ const GITLAB_ENDPOINTS = [
     path_params: { id: PROJECT_ID, sha: { type: "string" } },
     params: { state: { type: "string", enum: ["opened", "closed", "locked", "merged"] }, ...PAGINATION },
   },
+  // Issues (`airlock ci drift`: one per drifted stack). A documented filter the stand-in does
+  // not implement is `unserved`: answered 501, so no test passes on a filter silently ignored.
+  {
+    // https://docs.gitlab.com/api/issues/#list-all-project-issues
+    method: "GET", path: "/projects/:id/issues", op: "list_issues",
+    path_params: { id: PROJECT_ID },
+    exclusive: [["author_id", "author_username"], ["assignee_id", "assignee_username"]],
+    params: {
+      author_id: { type: "integer" },
+      author_username: { type: "string" },
+      state: { type: "string", enum: ["opened", "closed", "all"] },
+      search: { type: "string" },
+      in: { type: "string", enum: ["title", "description", "title,description", "description,title"] },
+      order_by: { type: "string", enum: ["created_at", "updated_at", "priority", "due_date", "relative_position", "label_priority", "milestone_due", "popularity", "weight"] },
+      sort: { type: "string", enum: ["asc", "desc"] },
+      scope: { type: "string", enum: ["created_by_me", "assigned_to_me", "all"] },
+      assignee_id: { type: "integer", unserved: true },
+      assignee_username: { type: "string", unserved: true },
+      confidential: { type: "boolean", unserved: true },
+      created_after: { type: "string", unserved: true },
+      created_before: { type: "string", unserved: true },
+      due_date: { type: "string", unserved: true },
+      issue_type: { type: "string", enum: ["issue", "incident", "test_case", "task"], unserved: true },
+      labels: { type: "string", unserved: true },
+      milestone: { type: "string", unserved: true },
+      my_reaction_emoji: { type: "string", unserved: true },
+      updated_after: { type: "string", unserved: true },
+      updated_before: { type: "string", unserved: true },
+      with_labels_details: { type: "boolean", unserved: true },
+      cursor: { type: "string", unserved: true },
+      ...PAGINATION,
+    },
+  },
+  {
+    // https://docs.gitlab.com/api/issues/#retrieve-a-project-issue
+    method: "GET", path: "/projects/:id/issues/:issue_iid", op: "get_issue",
+    path_params: { id: PROJECT_ID, issue_iid: { type: "integer" } },
+    params: {},
+  },
+  {
+    // https://docs.gitlab.com/api/issues/#create-an-issue
+    method: "POST", path: "/projects/:id/issues", op: "create_issue",
+    path_params: { id: PROJECT_ID },
+    params: {
+      title: { type: "string", required: true },
+      description: { type: "string" },
+      confidential: { type: "boolean" },
+      issue_type: { type: "string", enum: ["issue", "incident", "test_case", "task"] },
+      labels: { type: "string", unserved: true },
+      assignee_id: { type: "integer", unserved: true },
+      milestone_id: { type: "integer", unserved: true },
+      due_date: { type: "string", unserved: true },
+      created_at: { type: "string", unserved: true },
+    },
+  },
+  {
+    // https://docs.gitlab.com/api/issues/#update-an-issue ("At least one of the following
+    // parameters is required for the request to be successful")
+    method: "PUT", path: "/projects/:id/issues/:issue_iid", op: "update_issue",
+    path_params: { id: PROJECT_ID, issue_iid: { type: "integer" } },
+    at_least_one: ["assignee_id", "assignee_ids", "confidential", "created_at", "description", "discussion_locked",
+      "due_date", "issue_type", "labels", "milestone_id", "state_event", "title"],
+    params: {
+      title: { type: "string" },
+      description: { type: "string" },
+      state_event: { type: "string", enum: ["close", "reopen"] },
+      confidential: { type: "boolean" },
+      discussion_locked: { type: "boolean" },
+      issue_type: { type: "string", enum: ["issue", "incident", "test_case", "task"] },
+      add_labels: { type: "string", unserved: true },
+      remove_labels: { type: "string", unserved: true },
+      labels: { type: "string", unserved: true },
+      assignee_id: { type: "integer", unserved: true },
+      assignee_ids: { type: "integer", unserved: true },
+      milestone_id: { type: "integer", unserved: true },
+      due_date: { type: "string", unserved: true },
+      created_at: { type: "string", unserved: true },
+      updated_at: { type: "string", unserved: true },
+    },
+  },
 ];
 
 function gitlabMatch(method, segments) {
@@ -403,7 +486,7 @@ function checkGitlabValue(spec, value, where, out) {
 const state = {
   users: new Map([[TOKEN, { id: 41898282, login: "github-actions[bot]", type: "Bot", gitlab_username: "project_1_bot" }]]),
   github: { comments: [], statuses: [], pulls: [], issues: [], nextId: 1000, nextIssue: 500 },
-  gitlab: { notes: [], statuses: [], mrs: [], nextId: 5000 },
+  gitlab: { notes: [], statuses: [], mrs: [], issues: [], nextId: 5000, nextIid: {} },
 };
 const requests = [];
 let failures = []; // { method, pathRegex, status, remaining, headers, body, apply }
@@ -439,6 +522,15 @@ function control(req, res, url, body) {
     const u = body || {};
     if (!u.token || !u.login) return send(res, 400, { message: "token and login are required" });
     state.users.set(u.token, { id: 100 + state.users.size, login: u.login, type: u.type || "User", gitlab_username: u.login });
+    return send(res, 204);
+  }
+  if (route === "POST /__standin/gitlab_projects") {
+    // {token, projects: [id, ...]}: the GitLab projects that identity is a member of (by
+    // default every project); requests for another project are answered 404.
+    const u = body || {};
+    const user = state.users.get(u.token);
+    if (!user || !Array.isArray(u.projects)) return send(res, 400, { message: "a known token and projects are required" });
+    user.gitlab_projects = u.projects.map(String);
     return send(res, 204);
   }
   if (route === "POST /__standin/changes") {
@@ -740,8 +832,14 @@ function gitlabCheck(req, rest, url, raw) {
   }
   for (const [k, spec] of Object.entries(ep.params))
     if (spec.required && (input[k] === undefined || input[k] === "")) violations.push(`${k} is missing`);
+  // Grape's `at_least_one_of` and `mutually_exclusive`, as GitLab declares them.
+  if (ep.at_least_one && !ep.at_least_one.some((k) => input[k] !== undefined))
+    violations.push(`${ep.at_least_one.join(", ")} are missing, at least one parameter must be provided`);
+  for (const group of ep.exclusive || [])
+    if (group.filter((k) => input[k] !== undefined).length > 1) violations.push(`${group.join(", ")} are mutually exclusive`);
   const status = violations.length ? 400 : 0;
-  return { ep, params, input, status, body: { error: violations.join(", ") }, violations };
+  const unserved = Object.keys(input).filter((k) => ep.params[k] && ep.params[k].unserved);
+  return { ep, params, input, status, body: { error: violations.join(", ") }, violations, unserved };
 }
 
 function gitlabServe(req, res, c, user, base, url, failure) {
@@ -758,11 +856,39 @@ function gitlabServe(req, res, c, user, base, url, failure) {
   const note = () => g.notes.find((n) => n.project === project && n.iid === Number(params.merge_request_iid) && n.id === Number(params.note_id));
   const notFound = () => send(res, 404, { message: "404 Not found" });
   const tooLong = () => send(res, 400, { message: { note: [`is too long (maximum is ${GITLAB_NOTE_MAX} characters)`] } });
+  const issue = () => g.issues.find((x) => x.project === project && x.iid === Number(params.issue_iid));
+  const issueTooLong = (field, max) => send(res, 400, { message: { [field]: [`is too long (maximum is ${max} characters)`] } });
+  // https://docs.gitlab.com/api/issues/#retrieve-a-project-issue (the example answer's fields)
+  const issueView = (x) => {
+    const web = `https://gitlab.example/project-${x.project}/-/issues/${x.iid}`;
+    const api = `${base}/projects/${encodeURIComponent(x.project)}/issues/${x.iid}`;
+    return {
+      id: x.id, iid: x.iid, project_id: Number(x.project) || 0, title: x.title, description: x.description,
+      state: x.state, created_at: x.created_at, updated_at: x.updated_at, closed_at: x.closed_at, closed_by: x.closed_by,
+      labels: [], milestone: null, assignees: [], assignee: null, author: x.author, type: "ISSUE", user_notes_count: 0,
+      merge_requests_count: 0, upvotes: 0, downvotes: 0, due_date: null, confidential: x.confidential, discussion_locked: null,
+      issue_type: "issue", severity: "UNKNOWN", web_url: web, imported: false, imported_from: "none",
+      references: { short: `#${x.iid}`, relative: `#${x.iid}`, full: `project-${x.project}#${x.iid}` },
+      time_stats: { time_estimate: 0, total_time_spent: 0, human_time_estimate: null, human_total_time_spent: null },
+      task_completion_status: { count: 0, completed_count: 0 }, has_tasks: false,
+      _links: { self: api, notes: `${api}/notes`, award_emoji: `${api}/award_emoji`, project: `${base}/projects/${encodeURIComponent(x.project)}`, closed_as_duplicate_of: null },
+    };
+  };
   const pageHeaders = (p, total) => ({
     "x-page": String(p.page), "x-per-page": String(p.per), "x-total": String(total), "x-total-pages": String(p.last),
     "x-next-page": p.page < p.last ? String(p.page + 1) : "", "x-prev-page": p.page > 1 ? String(p.page - 1) : "",
     ...(p.links.length ? { link: p.links.join(", ") } : {}),
   });
+
+  // A documented parameter the stand-in does not implement: not silently ignored.
+  if (c.unserved.length) {
+    c.record.standin_errors.push(`the stand-in does not implement ${c.unserved.join(", ")} for ${ep.method} ${ep.path}`);
+    return send(res, 501, { message: `not served: ${c.unserved.join(", ")}` });
+  }
+  // A token sees only the projects it is a member of (a project access token: its one project);
+  // another project is a 404, as GitLab answers for a project the token may not see.
+  if (project !== undefined && user.gitlab_projects && !user.gitlab_projects.includes(project))
+    return send(res, 404, { message: "404 Project Not Found" });
 
   switch (ep.op) {
     case "user":
@@ -833,6 +959,70 @@ function gitlabServe(req, res, c, user, base, url, failure) {
     case "commit_mrs": {
       const all = g.mrs.filter((m) => `${m.project}` === project && (m.head_sha === params.sha || m.merge_commit_sha === params.sha));
       return later(200, all.map((m) => ({ iid: m.number, state: m.state === "open" ? "opened" : m.state || "merged", sha: m.head_sha, merge_commit_sha: m.merge_commit_sha || null })));
+    }
+    // Issues. GitLab lets any member with the Planner role or more edit an issue, whoever
+    // opened it (unlike notes): that another's issue is never edited is the client's to keep.
+    case "list_issues": {
+      const want = input.state || "all";
+      const words = (input.search || "").split(/\s+/).filter((w) => w.length >= 3).map((w) => w.toLowerCase());
+      const fields = (input.in || "title,description").split(",");
+      let all = g.issues.filter((x) => x.project === project
+        && (want === "all" || x.state === want)
+        && (input.author_id === undefined || x.author.id === Number(input.author_id))
+        && (input.author_username === undefined || x.author.username === input.author_username)
+        && (input.scope !== "created_by_me" || x.author.id === author.id)
+        && (input.scope !== "assigned_to_me")
+        // GitLab's issue search: every word of three characters or more, anywhere in the fields searched
+        && words.every((w) => fields.some((f) => (x[f] || "").toLowerCase().includes(w))));
+      const key = input.order_by === "updated_at" ? "updated_at" : "created_at";
+      all = [...all].sort((a, b) => (a[key] < b[key] ? -1 : a[key] > b[key] ? 1 : a.id - b.id));
+      if ((input.sort || "desc") === "desc") all.reverse();
+      const p = paginate(all, url.searchParams, `${base}/projects/${encodeURIComponent(project)}/issues`, 100, 20);
+      return later(200, p.slice.map(issueView), pageHeaders(p, all.length));
+    }
+    case "get_issue": {
+      const x = issue();
+      return x ? later(200, issueView(x)) : notFound();
+    }
+    case "create_issue": {
+      if (input.title.trim() === "") return send(res, 400, { message: { title: ["can't be blank"] } });
+      if ([...input.title].length > GITLAB_ISSUE_TITLE_MAX) return issueTooLong("title", GITLAB_ISSUE_TITLE_MAX);
+      if (input.description !== undefined && [...input.description].length > GITLAB_DESCRIPTION_MAX)
+        return issueTooLong("description", GITLAB_DESCRIPTION_MAX);
+      const t = now();
+      g.nextIid[project] = (g.nextIid[project] || 0) + 1;
+      const x = {
+        id: g.nextId++, iid: g.nextIid[project], project, title: input.title, description: input.description ?? null,
+        state: "opened", author, created_at: t, updated_at: t, closed_at: null, closed_by: null,
+        confidential: input.confidential === true || input.confidential === "true",
+      };
+      g.issues.push(x);
+      return later(201, issueView(x));
+    }
+    case "update_issue": {
+      const x = issue();
+      if (!x) return notFound();
+      if (input.title !== undefined) {
+        if (input.title.trim() === "") return send(res, 400, { message: { title: ["can't be blank"] } });
+        if ([...input.title].length > GITLAB_ISSUE_TITLE_MAX) return issueTooLong("title", GITLAB_ISSUE_TITLE_MAX);
+      }
+      if (input.description !== undefined && [...input.description].length > GITLAB_DESCRIPTION_MAX)
+        return issueTooLong("description", GITLAB_DESCRIPTION_MAX);
+      if (input.title !== undefined) x.title = input.title;
+      if (input.description !== undefined) x.description = input.description;
+      if (input.confidential !== undefined) x.confidential = input.confidential === true || input.confidential === "true";
+      // Closing a closed issue (or reopening an open one) changes nothing, as on GitLab.
+      if (input.state_event === "close" && x.state === "opened") {
+        x.state = "closed";
+        x.closed_at = now();
+        x.closed_by = author;
+      } else if (input.state_event === "reopen" && x.state === "closed") {
+        x.state = "opened";
+        x.closed_at = null;
+        x.closed_by = null;
+      }
+      x.updated_at = now();
+      return later(200, issueView(x));
     }
     default:
       return send(res, 501, { message: `not served: ${ep.op}` });

@@ -145,7 +145,8 @@ impl ForgeStandIn {
         );
     }
 
-    /// The stand-in's state: `{github: {comments, statuses, ...}, gitlab: {notes, statuses, ...}}`.
+    /// The stand-in's state: `{github: {comments, statuses, issues, ...}, gitlab: {notes,
+    /// statuses, issues, ...}}`.
     pub fn state(&self) -> Value {
         self.control("GET", "state", None)
     }
@@ -207,6 +208,26 @@ impl ForgeStandIn {
             "POST",
             "fail",
             Some(json!({"method": method, "path": path, "count": 1, "status": status, "headers": headers, "raw": raw})),
+        );
+    }
+
+    /// Like [`answer_next`](Self::answer_next), but the request takes effect first and only its
+    /// answer is replaced (a create whose answer came back garbled).
+    pub fn answer_after_next(&self, method: &str, path: &str, status: u16, raw: &str) {
+        self.control(
+            "POST",
+            "fail",
+            Some(json!({"method": method, "path": path, "count": 1, "status": status, "raw": raw, "apply": true})),
+        );
+    }
+
+    /// The GitLab identity of `token` becomes a member of `projects` only (a project access
+    /// token: its one project); a request for another project is answered 404.
+    pub fn gitlab_member_only_of(&self, token: &str, projects: &[&str]) {
+        self.control(
+            "POST",
+            "gitlab_projects",
+            Some(json!({"token": token, "projects": projects})),
         );
     }
 
@@ -322,6 +343,23 @@ impl ForgeStandIn {
             ("CI_COMMIT_BRANCH", branch),
             ("CI_DEFAULT_BRANCH", default_branch),
             ("CI_COMMIT_BEFORE_SHA", before),
+        ]));
+        env
+    }
+
+    /// The variables GitLab CI sets for a scheduled pipeline of `sha` on the default branch `branch`.
+    pub fn gitlab_schedule_env(
+        &self,
+        project: &str,
+        branch: &str,
+        sha: &str,
+    ) -> Vec<(String, String)> {
+        let mut env = self.gitlab_env(project, sha);
+        env.extend(pairs(&[
+            ("CI_PIPELINE_SOURCE", "schedule"),
+            ("CI_COMMIT_BRANCH", branch),
+            ("CI_DEFAULT_BRANCH", branch),
+            ("CI_COMMIT_BEFORE_SHA", &"0".repeat(40)),
         ]));
         env
     }

@@ -97,7 +97,7 @@ fn an_agent_runs_drift_detection_but_cannot_record_it_or_write() {
     );
     let list = t.s.ok(&t.agent, &["stack", "list"]);
     assert!(list.contains("in sync (checked "), "{list}");
-    let (_, metrics) = raw("GET", &format!("{}/metrics", t.s.url), "", b"");
+    let (_, metrics) = raw("GET", &format!("{}/metrics", t.s.url), &t.agent, b"");
     assert!(
         metrics.contains(&format!("airlock_stack_drifted{{stack=\"{stack}\"}} 0")),
         "{metrics}"

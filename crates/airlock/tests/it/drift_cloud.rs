@@ -1,7 +1,7 @@
 //! Drift on the local test cloud (a real provider installed as `hashicorp/aws`): objects
 //! changed and deleted behind Terraform's back are reported by `airlock drift`, a weakened
-//! protection is a finding, `airlock ci drift` keeps one forge issue per drifted stack and
-//! closes it when the drift clears, a provider error is `unknown`, and nothing is ever written.
+//! protection is a finding, `airlock ci drift` keeps one forge issue per drifted stack (GitHub
+//! and GitLab) and closes it when the drift clears, a provider error is `unknown`, and nothing is ever written.
 
 use serde_json::Value;
 
@@ -58,7 +58,24 @@ fn drift(t: &Team, ws: &Workspace, cloud: &TestCloud, token: &str) -> (Option<i3
     (out.status.code(), v, text(&out))
 }
 
+/// Which forge's scheduled job `ci_drift` runs as.
+#[derive(Clone, Copy)]
+enum On {
+    GitHub,
+    GitLab,
+}
+
 fn ci_drift(
+    t: &Team,
+    ws: &Workspace,
+    cloud: &TestCloud,
+    f: &ForgeStandIn,
+) -> (Option<i32>, String) {
+    ci_drift_on(On::GitHub, t, ws, cloud, f)
+}
+
+fn ci_drift_on(
+    on: On,
     t: &Team,
     ws: &Workspace,
     cloud: &TestCloud,
@@ -66,14 +83,18 @@ fn ci_drift(
 ) -> (Option<i32>, String) {
     let root = ws.dir.parent().unwrap();
     let events = tempfile::tempdir().unwrap();
-    let mut env: Vec<(String, String)> = f.github_push_env(
-        events.path(),
-        "acme/infra",
-        "main",
-        "main",
-        "1111111111111111111111111111111111111111",
-        "2222222222222222222222222222222222222222",
-    );
+    const SHA: &str = "2222222222222222222222222222222222222222";
+    let mut env: Vec<(String, String)> = match on {
+        On::GitHub => f.github_push_env(
+            events.path(),
+            "acme/infra",
+            "main",
+            "main",
+            "1111111111111111111111111111111111111111",
+            SHA,
+        ),
+        On::GitLab => f.gitlab_schedule_env("42", "main", SHA),
+    };
     env.extend(cloud.env().into_iter().map(|(k, v)| (k.to_owned(), v)));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let out = cli_in(&t.s, &t.ci, root, &["ci", "drift"], &env);
@@ -172,7 +193,7 @@ fn drift_appears_is_reported_with_findings_and_clears_with_one_forge_issue() {
         show.contains("drift:              drifted since "),
         "{show}"
     );
-    let (_, metrics) = raw("GET", &format!("{}/metrics", t.s.url), "", b"");
+    let (_, metrics) = raw("GET", &format!("{}/metrics", t.s.url), &t.s.admin, b"");
     assert!(
         metrics.contains(&format!("airlock_stack_drifted{{stack=\"{STACK}\"}} 1")),
         "{metrics}"
@@ -228,4 +249,89 @@ fn a_provider_error_is_unknown_never_in_sync() {
         .unwrap()
         .contains("terraform plan -refresh-only failed"));
     assert_eq!(v["recorded"]["drift"]["status"], "unknown");
+}
+
+/// The same scheduled job on GitLab: one issue opened by the project access token's user,
+/// updated (never duplicated) while the drift lasts, closed when the stack is in sync; a
+/// person's issue carrying the marker is left alone; a garbled answer fails the job clearly and
+/// a create whose answer was lost is found, not re-posted.
+#[test]
+fn on_gitlab_drift_opens_one_issue_updates_it_and_closes_it() {
+    let cloud = TestCloud::new();
+    let (t, ws) = applied(&cloud);
+    let f = ForgeStandIn::start("glpat_drift_ci");
+    f.gitlab_member_only_of(&f.token, &["42"]);
+    let gitlab_issues = || f.state()["gitlab"]["issues"].as_array().unwrap().clone();
+    // A person's issue with the stack's marker pasted in.
+    f.add_user("token-of-mallory", "mallory");
+    let pasted = "<!-- airlock:drift:prod/db -->\nI copied airlock's marker";
+    ureq::post(&format!("{}/projects/42/issues", f.url_gitlab()))
+        .set("PRIVATE-TOKEN", "token-of-mallory")
+        .send_json(serde_json::json!({"title": "mine", "description": pasted}))
+        .unwrap();
+
+    let (code, out) = ci_drift_on(On::GitLab, &t, &ws, &cloud, &f);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(!out.contains("GitHub only"), "{out}");
+    assert_eq!(gitlab_issues().len(), 1, "no issue while in sync");
+
+    cloud.set("aws_db_instance", "prod-db", "deletion_protection", "false");
+    // A garbled answer to the listing: a clear error, exit 1, and no issue opened blindly.
+    f.answer_next("GET", r"/projects/42/issues$", 200, &[], "<html>");
+    let (code, out) = ci_drift_on(On::GitLab, &t, &ws, &cloud, &f);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("prod/db: forge: listing the integration's open issues: the forge answered something that is not JSON"),
+        "{out}"
+    );
+    assert_eq!(gitlab_issues().len(), 1);
+    // The create takes effect but its answer is lost (a 502): looked for, found, not re-posted.
+    f.fail_after_next("POST", r"/projects/42/issues$", 1, 502);
+    let (code, out) = ci_drift_on(On::GitLab, &t, &ws, &cloud, &f);
+    assert_eq!(code, Some(3), "{out}");
+    assert!(
+        out.contains("prod/db: issue: https://gitlab.example/project-42/-/issues/2"),
+        "{out}"
+    );
+    let bastion = cloud.ids("aws_instance").pop().unwrap();
+    cloud.delete("aws_instance", &bastion);
+    let (code, out) = ci_drift_on(On::GitLab, &t, &ws, &cloud, &f);
+    assert_eq!(code, Some(3), "{out}");
+    let all = gitlab_issues();
+    assert_eq!(all.len(), 2, "opened once: {all:#?}");
+    let ours = &all[1];
+    assert_eq!(
+        (ours["state"].as_str(), ours["author"]["username"].as_str()),
+        (Some("opened"), Some("project_1_bot"))
+    );
+    let body = ours["description"].as_str().unwrap();
+    assert!(
+        body.starts_with("<!-- airlock:drift:prod/db -->")
+            && body.contains("deletion&#95;protection")
+            && body.contains("aws&#95;instance.bastion"),
+        "updated while the drift lasts: {body}"
+    );
+    assert!(!body.contains("correct-horse"), "{body}");
+
+    ws.tf_ok(&t.s.admin, &["apply", "-auto-approve", "-input=false"]);
+    let (code, out) = ci_drift_on(On::GitLab, &t, &ws, &cloud, &f);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("prod/db: closed: "), "{out}");
+    let all = gitlab_issues();
+    let states: Vec<_> = all
+        .iter()
+        .map(|i| (i["iid"].as_u64().unwrap(), i["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(states, [(1, "opened"), (2, "closed")], "{all:#?}");
+    assert_eq!(
+        all[0]["description"], pasted,
+        "the person's issue untouched"
+    );
+    assert!(
+        !f.requests()
+            .iter()
+            .any(|r| r.method == "PUT" && r.path.ends_with("/issues/1")),
+        "no request edited the person's issue"
+    );
+    f.assert_no_violations();
 }

@@ -494,3 +494,162 @@ fn standin_refuses_issues_github_would_refuse() {
     assert_eq!(s, 200, "{body}");
     assert!(body.contains("\"state\":\"closed\""), "{body}");
 }
+
+/// GitLab's issues endpoints (`airlock ci drift`): the documented parameters, types, enums,
+/// Grape's "at least one of" and "mutually exclusive", the description and title limits, the
+/// token, and 404 for a project the token is no member of. A documented filter the stand-in
+/// does not implement is answered 501 and recorded, never silently ignored.
+#[test]
+fn standin_refuses_gitlab_issue_requests_gitlab_would_refuse() {
+    let f = ForgeStandIn::start(TOKEN);
+    f.gitlab_member_only_of(TOKEN, &["12"]);
+    let gl = f.url_gitlab();
+    let issues = format!("{gl}/projects/12/issues");
+    let token = [("PRIVATE-TOKEN", TOKEN)];
+    let gl_call = |method: &str, url: &str, body: Option<serde_json::Value>| {
+        call_with(method, url, body, &token)
+    };
+    // Create: a title is required; GitHub's `body` is not GitLab's `description`.
+    let (s, _) = gl_call(
+        "POST",
+        &issues,
+        Some(serde_json::json!({"description": "d"})),
+    );
+    assert_eq!(s, 400);
+    last_refused(&f, 400, "title is missing");
+    let (s, _) = gl_call(
+        "POST",
+        &issues,
+        Some(serde_json::json!({"title": "t", "body": "b"})),
+    );
+    assert_eq!(s, 400);
+    last_refused(&f, 400, "parameter body is not documented");
+    let (s, body) = gl_call(
+        "POST",
+        &issues,
+        Some(serde_json::json!({"title": "t", "description": "x".repeat(1_048_577)})),
+    );
+    assert_eq!(s, 400);
+    assert!(body.contains("maximum is 1048576 characters"), "{body}");
+    let (s, body) = gl_call(
+        "POST",
+        &issues,
+        Some(serde_json::json!({"title": "t".repeat(256)})),
+    );
+    assert_eq!(s, 400);
+    assert!(body.contains("maximum is 255 characters"), "{body}");
+    assert!(f.state()["gitlab"]["issues"].as_array().unwrap().is_empty());
+    // A valid create, at the description's limit in characters (not bytes).
+    let (s, body) = gl_call(
+        "POST",
+        &issues,
+        Some(serde_json::json!({"title": "t", "description": "é".repeat(1_048_576)})),
+    );
+    assert_eq!(s, 201, "{}", &body[..200.min(body.len())]);
+    let iid = serde_json::from_str::<serde_json::Value>(&body).unwrap()["iid"].clone();
+    assert_eq!(iid, 1);
+    // Update: at least one field; GitHub's `state` is not GitLab's `state_event`.
+    let one = format!("{issues}/{iid}");
+    let (s, _) = gl_call("PUT", &one, Some(serde_json::json!({})));
+    assert_eq!(s, 400);
+    last_refused(&f, 400, "at least one parameter must be provided");
+    let (s, _) = gl_call("PUT", &one, Some(serde_json::json!({"state": "closed"})));
+    assert_eq!(s, 400);
+    last_refused(&f, 400, "parameter state is not documented");
+    let (s, _) = gl_call(
+        "PUT",
+        &one,
+        Some(serde_json::json!({"state_event": "closed"})),
+    );
+    assert_eq!(s, 400);
+    last_refused(&f, 400, r#"parameter state_event: "closed" is not one of"#);
+    let (s, _) = gl_call(
+        "PUT",
+        &format!("{issues}/one"),
+        Some(serde_json::json!({"title": "x"})),
+    );
+    assert_eq!(s, 400);
+    last_refused(&f, 400, "is not an integer");
+    // List: types, enums (`open` is GitHub's), mutually exclusive filters.
+    let (s, _) = gl_call("GET", &format!("{issues}?state=open"), None);
+    assert_eq!(s, 400);
+    last_refused(&f, 400, r#"parameter state: "open" is not one of"#);
+    let (s, _) = gl_call("GET", &format!("{issues}?author_id=me"), None);
+    assert_eq!(s, 400);
+    last_refused(&f, 400, r#"parameter author_id: "me" is not an integer"#);
+    let (s, _) = gl_call(
+        "GET",
+        &format!("{issues}?author_id=1&author_username=bot"),
+        None,
+    );
+    assert_eq!(s, 400);
+    last_refused(&f, 400, "mutually exclusive");
+    let (s, _) = gl_call("GET", &format!("{issues}?per_page=101"), None);
+    assert_eq!(s, 400);
+    last_refused(&f, 400, "above 100");
+    let (s, _) = gl_call("GET", &format!("{issues}?creator=bot"), None);
+    assert_eq!(s, 400);
+    last_refused(&f, 400, "parameter creator is not documented");
+    // A documented filter the stand-in does not implement: 501, recorded.
+    let (s, _) = gl_call("GET", &format!("{issues}?labels=drift"), None);
+    assert_eq!(s, 501);
+    let last = f.requests().pop().unwrap();
+    assert!(
+        last.standin_errors.iter().any(|e| e.contains("labels")),
+        "{last:#?}"
+    );
+    // Another project: 404 (the token is a member of project 12 only); no token or a wrong one: 401.
+    let (s, body) = gl_call("GET", &format!("{gl}/projects/13/issues"), None);
+    assert_eq!(
+        (s, body.contains("404 Project Not Found")),
+        (404, true),
+        "{body}"
+    );
+    let (s, _) = gl_call(
+        "POST",
+        &format!("{gl}/projects/13/issues"),
+        Some(serde_json::json!({"title": "t"})),
+    );
+    assert_eq!(s, 404);
+    let (s, _) = call_with("GET", &issues, None, &[("PRIVATE-TOKEN", "glpat-wrong")]);
+    assert_eq!(s, 401);
+    let (s, _) = call_with("GET", &issues, None, &[]);
+    assert_eq!(s, 401);
+    assert_eq!(f.state()["gitlab"]["issues"].as_array().unwrap().len(), 1);
+
+    // The round trip is served and recorded: filtered by author and state, closed, reopened.
+    let (s, _) = gl_call(
+        "PUT",
+        &one,
+        Some(serde_json::json!({"description": "cleared", "state_event": "close"})),
+    );
+    assert_eq!(s, 200);
+    let open = format!("{issues}?author_id=41898282&state=opened&per_page=100&page=1");
+    let (s, body) = gl_call("GET", &open, None);
+    assert_eq!((s, body.as_str()), (200, "[]"));
+    let (s, body) = gl_call(
+        "GET",
+        &format!("{issues}?author_id=41898282&state=closed"),
+        None,
+    );
+    assert_eq!(s, 200);
+    let list: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (list[0]["description"].as_str(), list[0]["state"].as_str()),
+        (Some("cleared"), Some("closed"))
+    );
+    assert!(list[0]["web_url"]
+        .as_str()
+        .unwrap()
+        .ends_with("/-/issues/1"));
+    let (s, _) = gl_call("GET", &format!("{issues}?author_id=7&state=all"), None);
+    assert_eq!(s, 200);
+    let (s, _) = gl_call(
+        "PUT",
+        &one,
+        Some(serde_json::json!({"state_event": "reopen"})),
+    );
+    assert_eq!(s, 200);
+    let (_, body) = gl_call("GET", &open, None);
+    assert!(body.contains("\"state\":\"opened\""), "{body}");
+}

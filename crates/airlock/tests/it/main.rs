@@ -31,3 +31,5 @@ mod testcloud;
 // drift detection (issue 14 part 2)
 mod drift;
 mod drift_cloud;
+// drift accepted through a governed run (`airlock drift --propose`, issue 14)
+mod drift_propose;

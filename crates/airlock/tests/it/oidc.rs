@@ -290,6 +290,7 @@ fn login(t: &Team, token: &str, role: Option<&str>) -> (u16, Value) {
 
 fn push_claims(aud: &str) -> Value {
     json!({"sub": "repo:org/repo:ref:refs/heads/main", "repository": "org/repo",
+           "repository_id": "1001", "repository_owner_id": "2002",
            "ref": "refs/heads/main", "event_name": "push", "aud": aud})
 }
 
@@ -310,6 +311,10 @@ fn ci_logs_in_with_its_forge_token_and_every_attack_is_refused_and_audited() {
                 "github",
                 "--repository",
                 "org/repo",
+                "--repository-id",
+                "1001",
+                "--owner-id",
+                "2002",
                 "--role",
                 "ci",
                 "--issuer",
@@ -327,6 +332,10 @@ fn ci_logs_in_with_its_forge_token_and_every_attack_is_refused_and_audited() {
                 "github",
                 "--repository",
                 "org/repo",
+                "--repository-id",
+                "1001",
+                "--owner-id",
+                "2002",
                 "--ref",
                 "refs/heads/main",
                 "--role",
@@ -346,6 +355,10 @@ fn ci_logs_in_with_its_forge_token_and_every_attack_is_refused_and_audited() {
                 "github",
                 "--repository",
                 "org/repo",
+                "--repository-id",
+                "1001",
+                "--owner-id",
+                "2002",
                 "--role",
                 "agent",
                 "--issuer",
@@ -363,6 +376,10 @@ fn ci_logs_in_with_its_forge_token_and_every_attack_is_refused_and_audited() {
                 "github",
                 "--repository",
                 "org/repo",
+                "--repository-id",
+                "1001",
+                "--owner-id",
+                "2002",
                 "--role",
                 "agent",
                 "--issuer",
@@ -376,6 +393,10 @@ fn ci_logs_in_with_its_forge_token_and_every_attack_is_refused_and_audited() {
         "github",
         "--repository",
         "org/repo",
+        "--repository-id",
+        "1001",
+        "--owner-id",
+        "2002",
         "--ref",
         "refs/heads/main",
         "--role",
@@ -391,6 +412,10 @@ fn ci_logs_in_with_its_forge_token_and_every_attack_is_refused_and_audited() {
         "github",
         "--repository",
         "org/repo",
+        "--repository-id",
+        "1001",
+        "--owner-id",
+        "2002",
         "--role",
         "agent",
         "--stack",
@@ -404,6 +429,10 @@ fn ci_logs_in_with_its_forge_token_and_every_attack_is_refused_and_audited() {
         "github",
         "--repository",
         "org/slow",
+        "--repository-id",
+        "1001",
+        "--owner-id",
+        "2002",
         "--role",
         "agent",
         "--issuer",
@@ -415,6 +444,10 @@ fn ci_logs_in_with_its_forge_token_and_every_attack_is_refused_and_audited() {
         "github",
         "--repository",
         "org/garbage",
+        "--repository-id",
+        "1001",
+        "--owner-id",
+        "2002",
         "--role",
         "agent",
         "--issuer",
@@ -462,6 +495,10 @@ fn ci_logs_in_with_its_forge_token_and_every_attack_is_refused_and_audited() {
         "gitlab",
         "--repository",
         "group/proj",
+        "--repository-id",
+        "1001",
+        "--owner-id",
+        "2002",
         "--ref",
         "refs/heads/main",
         "--role",
@@ -470,7 +507,7 @@ fn ci_logs_in_with_its_forge_token_and_every_attack_is_refused_and_audited() {
         &forge.url,
     ]);
     let gl = forge.mint(json!({"sub": "project_path:group/proj:ref_type:branch:ref:main", "project_path": "group/proj",
-        "ref": "main", "ref_type": "branch", "ref_protected": "true", "pipeline_source": "push", "aud": aud}), None);
+        "project_id": "1001", "namespace_id": "2002", "ref": "main", "ref_type": "branch", "ref_protected": "true", "pipeline_source": "push", "aud": aud}), None);
     let out = cli_in(
         &t.s,
         "",
@@ -483,12 +520,12 @@ fn ci_logs_in_with_its_forge_token_and_every_attack_is_refused_and_audited() {
     assert_eq!(v["role"], "ci");
 
     // A pull-request job: at most agent, and asking for ci is refused.
-    let pr = forge.mint(json!({"sub": "repo:org/repo:pull_request", "repository": "org/repo", "ref": "refs/pull/7/merge",
+    let pr = forge.mint(json!({"sub": "repo:org/repo:pull_request", "repository": "org/repo", "repository_id": "1001", "repository_owner_id": "2002", "ref": "refs/pull/7/merge",
         "event_name": "pull_request", "aud": aud}), None);
     let (code, v) = login(&t, &pr, None);
     assert_eq!((code, v["role"].as_str()), (201, Some("agent")), "{v}");
     // pull_request_target runs on the base branch's ref: still a pull request.
-    let prt = forge.mint(json!({"sub": "repo:org/repo:ref:refs/heads/main", "repository": "org/repo", "ref": "refs/heads/main",
+    let prt = forge.mint(json!({"sub": "repo:org/repo:ref:refs/heads/main", "repository": "org/repo", "repository_id": "1001", "repository_owner_id": "2002", "ref": "refs/heads/main",
         "event_name": "pull_request_target", "aud": aud}), None);
 
     let now = std::time::SystemTime::now()
@@ -514,6 +551,8 @@ fn ci_logs_in_with_its_forge_token_and_every_attack_is_refused_and_audited() {
         ("sub of another repository", forge.mint(with(json!({"sub": "repo:evil/repo:ref:refs/heads/main"})), None), None, 401, "does not belong"),
         ("pull request asks for ci", prt.clone(), Some("ci"), 403, "at most a plan-capable role"),
         ("other branch asks for ci", forge.mint(with(json!({"ref": "refs/heads/dev", "sub": "repo:org/repo:ref:refs/heads/dev"})), None), Some("ci"), 403, "at most the agent role"),
+        ("the path re-created by someone else", forge.mint(with(json!({"repository_id": "9999", "repository_owner_id": "9998"})), None), None, 401, "not the pinned"),
+        ("no repository id", forge.mint(with(json!({"repository_id": null})), None), None, 401, "not the pinned"),
         ("claims unmet", forge.mint(with(json!({"repository": "org/other", "sub": "repo:org/other:ref:refs/heads/main"})), None), None, 401, "no trust matches"),
         ("garbage JWKS", forge.mint(with(json!({"iss": format!("{}/garbage", forge.url), "repository": "org/garbage", "sub": "repo:org/garbage:x"})), None), None, 401, "could not be fetched"),
         ("not a JWT", "a.b".into(), None, 401, "three dot-separated parts"),
@@ -566,4 +605,496 @@ fn ci_logs_in_with_its_forge_token_and_every_attack_is_refused_and_audited() {
     // Removing a trust also revokes what it issued: a leaked job token dies with the trust.
     let (code, _) = raw("GET", &format!("{}/api/v1/stacks", t.s.url), &issued, b"");
     assert_eq!(code, 401, "a token issued by a removed trust still works");
+}
+
+fn jwks_kids(url: &str) -> Vec<String> {
+    let (code, text) = raw("GET", &format!("{url}/.well-known/jwks.json"), "", b"");
+    assert_eq!(code, 200, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    v["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn offline(args: &[&str]) -> (bool, String) {
+    let out = offline_cli(args, &[]);
+    (out.status.success(), text(&out))
+}
+
+/// Rewrites one JSON file of a backup and its manifest entry, as someone with write access to
+/// the backup would (the manifest's own SHA-256, printed at export, is what such an edit
+/// cannot match).
+fn forge_backup_file(bk: &std::path::Path, rel: &str, edit: impl FnOnce(&mut Value)) {
+    let path = bk.join(rel);
+    let mut v: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    edit(&mut v);
+    let bytes = serde_json::to_vec_pretty(&v).unwrap();
+    std::fs::write(&path, &bytes).unwrap();
+    let sha: String = airlock_store::blob::sha256(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let mpath = bk.join("manifest.json");
+    let mut m: Value = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
+    m["files"][rel] = json!({"sha256": sha, "size": bytes.len()});
+    std::fs::write(&mpath, m.to_string()).unwrap();
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// Trusts (removed ones too) and drift reports survive a backup from SQLite to PostgreSQL and
+/// back, lossless; the signing key does not travel (no file but the audit names its kid), so
+/// the restored server signs with a new key, and a CI job logs in through the restored trust.
+/// A format-3 backup (before trusts) still imports. A hostile backup (a trust granting admin,
+/// a drift report of a stack the backup lacks, or of a serial it lacks) is refused by verify
+/// and import, and the import writes nothing.
+#[test]
+fn trusts_and_drift_reports_survive_a_backup_and_ci_logs_in_after_restore_with_a_new_key() {
+    use base64::Engine;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let forge = issuer();
+    let aud = "https://airlock.example";
+    let public = ["--public-url", aud];
+    let mut s = TestServer::start_on(&Backing::Dir(data.clone()), None, &public, &[]);
+    let admin = s.admin.clone();
+    s.ok(&admin, &["stack", "create", "dev/app"]);
+    let trust = |role: &str, git_ref: Option<&str>| {
+        let mut args = vec![
+            "trust",
+            "add",
+            "github",
+            "--repository",
+            "org/repo",
+            "--repository-id",
+            "1001",
+            "--owner-id",
+            "2002",
+            "--role",
+            role,
+            "--stack",
+            "dev/*",
+            "--issuer",
+            &forge.url,
+            "--audience",
+            aud,
+            "--format",
+            "json",
+        ];
+        if let Some(r) = git_ref {
+            args.extend(["--ref", r]);
+        }
+        let v: Value = serde_json::from_str(&s.ok(&admin, &args)).unwrap();
+        v["trust"]["id"].as_str().unwrap().to_owned()
+    };
+    let ci_trust = trust("ci", Some("refs/heads/main"));
+    let removed = trust("agent", None);
+    s.ok(&admin, &["trust", "remove", &removed]);
+    // A trust is pinned once (other ids are another repository), a removed one not at all.
+    let pin = |id: &str| {
+        s.fails(
+            &admin,
+            &[
+                "trust",
+                "pin",
+                id,
+                "--repository-id",
+                "9999",
+                "--owner-id",
+                "2002",
+            ],
+        )
+    };
+    assert!(pin(&ci_trust).contains("already pinned"));
+    assert!(pin(&removed).contains("was removed"));
+    let login_url = format!("{}/api/v1/oidc/login", s.url);
+    let (code, v) = post(
+        &login_url,
+        "",
+        json!({"token": forge.mint(push_claims(aud), None)}),
+    );
+    assert_eq!((code, v["role"].as_str()), (201, Some("ci")), "{v}");
+    let ci = v["secret"].as_str().unwrap().to_owned();
+    // Two drift reports by the CI job: in sync (no state yet), then unknown.
+    let drift_url = format!("{}/api/v1/stacks/dev%2Fapp/drift", s.url);
+    let plan = json!({"format_version": "1.2", "terraform_version": "1.11.4",
+                      "resource_drift": [], "output_changes": {}});
+    let b64 = base64::engine::general_purpose::STANDARD.encode(plan.to_string());
+    let (code, v) = post(
+        &drift_url,
+        &ci,
+        json!({"serial": null, "plan_json_b64": b64}),
+    );
+    assert_eq!(code, 201, "{v}");
+    let (code, v) = post(
+        &drift_url,
+        &ci,
+        json!({"serial": null, "error": "refresh failed"}),
+    );
+    assert_eq!(code, 201, "{v}");
+    let (_, history) = raw("GET", &drift_url, &admin, b"");
+    let old_kids = jwks_kids(&s.url);
+    assert_eq!(old_kids.len(), 1);
+    s.kill();
+
+    let bk = tmp.path().join("bk");
+    let (ok, out) = offline(&[
+        "backup",
+        "export",
+        bk.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert!(ok && out.contains("2 trust(s), 2 drift report(s)"), "{out}");
+    for e in std::fs::read_dir(&bk).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() && e.file_name() != "audit.jsonl" {
+            let text = std::fs::read_to_string(e.path()).unwrap();
+            assert!(
+                !text.contains(&old_kids[0]) && !text.contains("pkcs8"),
+                "{:?} carries the signing key",
+                e.file_name()
+            );
+        }
+    }
+    let (ok, out) = offline(&["backup", "verify", bk.to_str().unwrap()]);
+    assert!(ok && out.contains("backup OK"), "{out}");
+
+    // Into PostgreSQL: the trusts, the drift history and a login with a new key.
+    let db = TestDatabase::new("trust_backup");
+    let (ok, out) = offline(&[
+        "backup",
+        "import",
+        bk.to_str().unwrap(),
+        "--database-url",
+        &db.url,
+    ]);
+    assert!(ok, "{out}");
+    let pg = TestServer::start_on(&Backing::Url(db.url.clone()), Some(&admin), &public, &[]);
+    let listed = pg.ok(&admin, &["trust", "list"]);
+    assert!(
+        listed.contains("1001/2002") && listed.contains(&removed) && listed.contains("removed"),
+        "{listed}"
+    );
+    let (_, restored_history) = raw(
+        "GET",
+        &format!("{}/api/v1/stacks/dev%2Fapp/drift", pg.url),
+        &admin,
+        b"",
+    );
+    assert_eq!(restored_history, history, "the drift history is the same");
+    let new_kids = jwks_kids(&pg.url);
+    assert!(
+        !new_kids.iter().any(|k| old_kids.contains(k)),
+        "the restored server signs with a new key: {new_kids:?}"
+    );
+    let (code, v) = post(
+        &format!("{}/api/v1/oidc/login", pg.url),
+        "",
+        json!({"token": forge.mint(push_claims(aud), None)}),
+    );
+    assert_eq!((code, v["role"].as_str()), (201, Some("ci")), "{v}");
+    let who = pg.ok(v["secret"].as_str().unwrap(), &["whoami"]);
+    assert!(who.contains("role ci"), "{who}");
+    let (code, v) = post(
+        &format!("{}/api/v1/stacks/dev%2Fapp/identity-token", pg.url),
+        &ci,
+        json!({"audience": "sts.amazonaws.com"}),
+    );
+    assert_eq!(
+        code, 201,
+        "the restored CI token gets a phase token from the new key: {v}"
+    );
+    assert_eq!(v["kid"].as_str(), new_kids.first().map(String::as_str));
+    drop(pg);
+
+    // Back out of PostgreSQL and into SQLite: lossless both ways.
+    let bk2 = tmp.path().join("bk2");
+    let (ok, out) = offline(&[
+        "backup",
+        "export",
+        bk2.to_str().unwrap(),
+        "--database-url",
+        &db.url,
+    ]);
+    assert!(ok, "{out}");
+    let (ok, out) = offline(&[
+        "backup",
+        "import",
+        bk2.to_str().unwrap(),
+        "--data-dir",
+        tmp.path().join("data2").to_str().unwrap(),
+    ]);
+    assert!(ok && out.contains("2 trust(s), 2 drift report(s)"), "{out}");
+    let files = |dir: &std::path::Path, rel: &str| std::fs::read(dir.join(rel)).unwrap();
+    for rel in ["oidc_trusts.json", "drift_reports.json"] {
+        assert_eq!(
+            files(&bk, rel),
+            files(&bk2, rel),
+            "{rel} round-trips byte for byte"
+        );
+    }
+    // The SQLite restore too: its own new key, the same drift history, a CI login.
+    let lite = TestServer::start_on(
+        &Backing::Dir(tmp.path().join("data2")),
+        Some(&admin),
+        &public,
+        &[],
+    );
+    let (_, lite_history) = raw(
+        "GET",
+        &format!("{}/api/v1/stacks/dev%2Fapp/drift", lite.url),
+        &admin,
+        b"",
+    );
+    assert_eq!(lite_history, history);
+    assert!(!jwks_kids(&lite.url)
+        .iter()
+        .any(|k| old_kids.contains(k) || new_kids.contains(k)));
+    let (code, v) = post(
+        &format!("{}/api/v1/oidc/login", lite.url),
+        "",
+        json!({"token": forge.mint(push_claims(aud), None)}),
+    );
+    assert_eq!((code, v["role"].as_str()), (201, Some("ci")), "{v}");
+    drop(lite);
+
+    // Format 3 (no trusts, no drift reports) still verifies and imports, restoring none.
+    let v3 = tmp.path().join("v3");
+    copy_dir(&bk, &v3);
+    let mpath = v3.join("manifest.json");
+    let mut m: Value = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
+    m["format"] = json!("airlock-backup/3");
+    for rel in ["oidc_trusts.json", "drift_reports.json"] {
+        m["files"].as_object_mut().unwrap().remove(rel);
+        std::fs::remove_file(v3.join(rel)).unwrap();
+    }
+    for k in ["trusts", "drift_reports"] {
+        m["summary"].as_object_mut().unwrap().remove(k);
+    }
+    std::fs::write(&mpath, m.to_string()).unwrap();
+    let data3 = tmp.path().join("data3");
+    let (ok, out) = offline(&[
+        "backup",
+        "import",
+        v3.to_str().unwrap(),
+        "--data-dir",
+        data3.to_str().unwrap(),
+    ]);
+    assert!(ok && out.contains("0 trust(s), 0 drift report(s)"), "{out}");
+
+    // Hostile backups: each is refused by verify with a clear reason, and import writes nothing.
+    type Edit = fn(&mut Value);
+    let hostile: [(&str, &str, Edit, &str); 7] = [
+        // Well-formed, but not what the audit events that committed with them say.
+        (
+            "wider",
+            "oidc_trusts.json",
+            |v| v[0]["stacks"] = json!([]),
+            "differs from what its audit events say",
+        ),
+        (
+            "revived",
+            "oidc_trusts.json",
+            |v| {
+                for t in v.as_array_mut().unwrap() {
+                    t["removed_at"] = Value::Null;
+                    t["removed_by"] = Value::Null;
+                }
+            },
+            "removed it, but the backup has it active",
+        ),
+        (
+            "in-sync",
+            "drift_reports.json",
+            |v| {
+                let mut forged = v[0].clone();
+                forged["id"] = json!("drf_forged");
+                forged["status"] = json!("in_sync");
+                forged["created_at"] = json!(4_102_444_800_000_i64);
+                v.as_array_mut().unwrap().push(forged);
+            },
+            "no drift.report audit event",
+        ),
+        (
+            "admin",
+            "oidc_trusts.json",
+            |v| v[0]["role"] = json!("admin"),
+            "never admin",
+        ),
+        (
+            "unpinned-ids",
+            "oidc_trusts.json",
+            |v| v[0]["repository_id"] = json!("10O1"),
+            "numeric",
+        ),
+        (
+            "ghost",
+            "drift_reports.json",
+            |v| v[0]["stack"] = json!("prod/ghost"),
+            "not in the backup",
+        ),
+        (
+            "serial",
+            "drift_reports.json",
+            |v| v[0]["serial"] = json!(7),
+            "does not hold",
+        ),
+    ];
+    for (name, rel, edit, why) in hostile {
+        let bad = tmp.path().join(format!("bad-{name}"));
+        copy_dir(&bk, &bad);
+        forge_backup_file(&bad, rel, edit);
+        let (ok, out) = offline(&["backup", "verify", bad.to_str().unwrap()]);
+        assert!(
+            !ok && out.contains("backup BROKEN") && out.contains(why),
+            "{name}: {out}"
+        );
+        let target = tmp.path().join(format!("restored-{name}"));
+        let (ok, out) = offline(&[
+            "backup",
+            "import",
+            bad.to_str().unwrap(),
+            "--data-dir",
+            target.to_str().unwrap(),
+        ]);
+        assert!(
+            !ok && out.contains("does not verify") && out.contains(why),
+            "{name}: {out}"
+        );
+        assert!(
+            !target.exists(),
+            "{name}: the refused import created {}",
+            target.display()
+        );
+    }
+}
+
+/// A trust as migration 0011 leaves one added before it (no ids, on a real PostgreSQL store):
+/// the server says so at start, `trust list` shows it, each login through it is refused and
+/// audited with the command that fixes it, and after `airlock trust pin` the job logs in.
+#[test]
+fn a_trust_from_before_pinning_refuses_logins_until_an_admin_pins_it() {
+    let forge = issuer();
+    let db = TestDatabase::new("legacy_trust");
+    let aud = "https://airlock.example";
+    let public = ["--public-url", aud];
+    let mut s = TestServer::start_on(&Backing::Url(db.url.clone()), None, &public, &[]);
+    let admin = s.admin.clone();
+    s.ok(
+        &admin,
+        &[
+            "trust",
+            "add",
+            "github",
+            "--repository",
+            "org/repo",
+            "--repository-id",
+            "1001",
+            "--owner-id",
+            "2002",
+            "--ref",
+            "refs/heads/main",
+            "--role",
+            "ci",
+            "--issuer",
+            &forge.url,
+            "--audience",
+            aud,
+        ],
+    );
+    s.kill();
+    db.sql("UPDATE oidc_trusts SET repository_id = NULL, owner_id = NULL");
+
+    // The server's start says so.
+    let mut child = Command::new(AIRLOCK)
+        .args([
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            &db.url,
+        ])
+        .args(public)
+        .env_remove("AIRLOCK_DATABASE_URL")
+        .env_remove("AIRLOCK_DATA_DIR")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut started = String::new();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    while !started.contains("listening on") {
+        if stdout.read_line(&mut started).unwrap() == 0 {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        started.contains("warning: 1 trust(s) are not pinned") && started.contains("org/repo"),
+        "{started}"
+    );
+
+    let s = TestServer::start_on(&Backing::Url(db.url.clone()), Some(&admin), &public, &[]);
+    assert!(s.ok(&admin, &["trust", "list"]).contains("NOT PINNED"));
+    let listed: Value =
+        serde_json::from_str(&s.ok(&admin, &["trust", "list", "--format", "json"])).unwrap();
+    let id = listed["trusts"][0]["id"].as_str().unwrap().to_owned();
+    let login = || {
+        post(
+            &format!("{}/api/v1/oidc/login", s.url),
+            "",
+            json!({"token": forge.mint(push_claims(aud), None)}),
+        )
+    };
+    let (code, v) = login();
+    assert_eq!(code, 401, "{v}");
+    assert!(
+        v.to_string()
+            .contains(&format!("airlock trust pin {id} --repository-id")),
+        "{v}"
+    );
+    let denied = s.ok(
+        &admin,
+        &[
+            "audit",
+            "--action",
+            "oidc.login",
+            "--outcome",
+            "denied",
+            "--format",
+            "json",
+        ],
+    );
+    assert!(denied.contains("airlock trust pin"), "{denied}");
+    let out = s.ok(
+        &admin,
+        &[
+            "trust",
+            "pin",
+            &id,
+            "--repository-id",
+            "1001",
+            "--owner-id",
+            "2002",
+        ],
+    );
+    assert!(out.contains("pinned trust"), "{out}");
+    let (code, v) = login();
+    assert_eq!((code, v["role"].as_str()), (201, Some("ci")), "{v}");
 }

@@ -65,6 +65,7 @@ class Handler(BaseHTTPRequestHandler):
         if u.path == "/gh-token":
             aud = parse_qs(u.query)["audience"][0]
             claims = {"sub": "repo:org/repo:ref:refs/heads/main", "repository": "org/repo",
+                      "repository_id": "1001", "repository_owner_id": "2002",
                       "ref": "refs/heads/main", "event_name": "push", "aud": aud}
             return self.send(200, {"value": mint(base, claims, None)})
         self.send(404, {"error": "no such path"})

@@ -9,8 +9,8 @@ use anyhow::{bail, Context};
 use serde::Serialize;
 
 use super::format::{
-    ArchiveEntry, ArtifactEntry, FileEntry, GrantEntry, LockEntry, Manifest, PolicySetEntry,
-    RunFile, StackFile, Summary, TokenEntry, UserEntry, VersionEntry,
+    ArchiveEntry, ArtifactEntry, DriftReportEntry, FileEntry, GrantEntry, LockEntry, Manifest,
+    PolicySetEntry, RunFile, StackFile, Summary, TokenEntry, TrustEntry, UserEntry, VersionEntry,
 };
 use super::{hex, FORMAT};
 
@@ -78,6 +78,24 @@ pub(super) fn export(store: &dyn StoreImport, dir: &Path) -> anyhow::Result<Summ
         files: BTreeMap::new(),
     };
     let mut summary = Summary::default();
+
+    // Read before the records they name (history is append-only): a trust before the users
+    // (its tokens' user), a drift report before the stacks' versions (the serial it names).
+    // Forge trusts, removed ones too; never the issuer's signing keys.
+    let trusts: Vec<TrustEntry> = store
+        .oidc_trusts()?
+        .iter()
+        .map(TrustEntry::from_record)
+        .collect();
+    summary.trusts = trusts.len() as u64;
+    w.put_json("oidc_trusts.json", &trusts)?;
+    let drift: Vec<DriftReportEntry> = store
+        .all_drift_reports()?
+        .iter()
+        .map(DriftReportEntry::from_record)
+        .collect();
+    summary.drift_reports = drift.len() as u64;
+    w.put_json("drift_reports.json", &drift)?;
 
     let tokens: Vec<TokenEntry> = store
         .tokens_with_hashes()?

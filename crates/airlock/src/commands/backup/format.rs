@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use airlock_store::{
-    Archive, GrantRecord, PolicyFile, PolicySetRecord, RunRecord, StackRecord, StackSettings,
-    TokenRecord, UserRecord, VersionMeta,
+    Archive, DriftReportMeta, DriftReportRecord, GrantRecord, OidcTrustRecord, PolicyFile,
+    PolicySetRecord, RunRecord, StackRecord, StackSettings, TokenRecord, UserRecord, VersionMeta,
 };
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
@@ -35,6 +35,12 @@ pub(super) struct Summary {
     pub(super) runs: u64,
     pub(super) audit_events: u64,
     pub(super) audit_head: String,
+    /// Forge trusts, removed ones included (format 4; absent before).
+    #[serde(default)]
+    pub(super) trusts: u64,
+    /// Drift reports (format 4; absent before).
+    #[serde(default)]
+    pub(super) drift_reports: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -223,6 +229,123 @@ impl PolicySetEntry {
             removed_at: self.removed_at,
             removed_by: self.removed_by.clone(),
             removed_reason: self.removed_reason.clone(),
+        }
+    }
+}
+
+/// A forge trust as written to `oidc_trusts.json` (format 4). Never a signing key: the
+/// issuer's private keys stay out of backups, and a restored server makes a new one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TrustEntry {
+    pub(super) id: String,
+    pub(super) forge: String,
+    pub(super) issuer: String,
+    pub(super) audience: String,
+    pub(super) repository: String,
+    /// Absent on a trust added before trusts were pinned to ids (it matches no job).
+    pub(super) repository_id: Option<String>,
+    pub(super) owner_id: Option<String>,
+    pub(super) git_ref: Option<String>,
+    pub(super) environment: Option<String>,
+    pub(super) role: String,
+    pub(super) stacks: Vec<String>,
+    pub(super) lifetime_ms: i64,
+    pub(super) created_at: i64,
+    pub(super) created_by: String,
+    pub(super) removed_at: Option<i64>,
+    pub(super) removed_by: Option<String>,
+}
+
+impl TrustEntry {
+    pub(super) fn from_record(t: &OidcTrustRecord) -> TrustEntry {
+        TrustEntry {
+            id: t.id.clone(),
+            forge: t.forge.clone(),
+            issuer: t.issuer.clone(),
+            audience: t.audience.clone(),
+            repository: t.repository.clone(),
+            repository_id: t.repository_id.clone(),
+            owner_id: t.owner_id.clone(),
+            git_ref: t.git_ref.clone(),
+            environment: t.environment.clone(),
+            role: t.role.clone(),
+            stacks: t.stacks.clone(),
+            lifetime_ms: t.lifetime_ms,
+            created_at: t.created_at,
+            created_by: t.created_by.clone(),
+            removed_at: t.removed_at,
+            removed_by: t.removed_by.clone(),
+        }
+    }
+
+    pub(super) fn to_record(&self) -> OidcTrustRecord {
+        OidcTrustRecord {
+            id: self.id.clone(),
+            forge: self.forge.clone(),
+            issuer: self.issuer.clone(),
+            audience: self.audience.clone(),
+            repository: self.repository.clone(),
+            repository_id: self.repository_id.clone(),
+            owner_id: self.owner_id.clone(),
+            git_ref: self.git_ref.clone(),
+            environment: self.environment.clone(),
+            role: self.role.clone(),
+            stacks: self.stacks.clone(),
+            lifetime_ms: self.lifetime_ms,
+            created_at: self.created_at,
+            created_by: self.created_by.clone(),
+            removed_at: self.removed_at,
+            removed_by: self.removed_by.clone(),
+        }
+    }
+}
+
+/// A drift report as written to `drift_reports.json` (format 4), its JSON kept as the exact
+/// text the server stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DriftReportEntry {
+    pub(super) id: String,
+    pub(super) stack: String,
+    pub(super) status: String,
+    pub(super) serial: Option<u64>,
+    pub(super) drifted: u64,
+    pub(super) findings: u64,
+    pub(super) reported_by: String,
+    pub(super) created_at: i64,
+    pub(super) report: String,
+}
+
+impl DriftReportEntry {
+    pub(super) fn from_record(d: &DriftReportRecord) -> DriftReportEntry {
+        let m = &d.meta;
+        DriftReportEntry {
+            id: m.id.clone(),
+            stack: m.stack.clone(),
+            status: m.status.clone(),
+            serial: m.serial,
+            drifted: m.drifted,
+            findings: m.findings,
+            reported_by: m.reported_by.clone(),
+            created_at: m.created_at,
+            report: d.report.clone(),
+        }
+    }
+
+    pub(super) fn to_record(&self) -> DriftReportRecord {
+        DriftReportRecord {
+            meta: DriftReportMeta {
+                id: self.id.clone(),
+                stack: self.stack.clone(),
+                status: self.status.clone(),
+                serial: self.serial,
+                drifted: self.drifted,
+                findings: self.findings,
+                reported_by: self.reported_by.clone(),
+                created_at: self.created_at,
+            },
+            report: self.report.clone(),
         }
     }
 }

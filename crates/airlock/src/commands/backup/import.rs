@@ -7,7 +7,9 @@ use airlock_store::{blob, LockRecord, RunRecord, StackRecord, StoreImport, Versi
 use anyhow::{bail, Context};
 
 use super::export::all_audit;
-use super::format::{GrantEntry, PolicySetEntry, TokenEntry, UserEntry};
+use super::format::{
+    DriftReportEntry, GrantEntry, PolicySetEntry, TokenEntry, TrustEntry, UserEntry,
+};
 use super::hex;
 use super::verify::Backup;
 
@@ -30,6 +32,11 @@ pub(super) fn replay(store: &dyn StoreImport, b: &Backup) -> anyhow::Result<()> 
         store
             .import_user(&u.to_record())
             .with_context(|| format!("importing user {}", u.name))?;
+    }
+    for t in &b.trusts {
+        store
+            .import_oidc_trust(&t.to_record())
+            .with_context(|| format!("importing trust {}", t.id))?;
     }
     for p in &b.policy_sets {
         store
@@ -70,6 +77,11 @@ pub(super) fn replay(store: &dyn StoreImport, b: &Backup) -> anyhow::Result<()> 
                 .import_lock(&s.name, &lock)
                 .with_context(|| format!("importing the lock of {}", s.name))?;
         }
+    }
+    for d in &b.drift_reports {
+        store
+            .import_drift_report(&d.to_record())
+            .with_context(|| format!("importing drift report {}", d.id))?;
     }
     for r in &b.runs {
         let mut artifacts = Vec::new();
@@ -136,6 +148,37 @@ pub(super) fn compare(store: &dyn StoreImport, b: &Backup) -> anyhow::Result<Vec
             "server policy sets differ ({} stored, {} in the backup)",
             sets.len(),
             want_sets.len()
+        ));
+    }
+    // Both sides sorted here: the engines' text collations may order equal times differently.
+    let mut trusts: Vec<TrustEntry> = store
+        .oidc_trusts()?
+        .iter()
+        .map(TrustEntry::from_record)
+        .collect();
+    let mut want_trusts = b.trusts.clone();
+    trusts.sort_by(|x, y| x.id.cmp(&y.id));
+    want_trusts.sort_by(|x, y| x.id.cmp(&y.id));
+    if trusts != want_trusts {
+        problems.push(format!(
+            "trusts differ ({} stored, {} in the backup)",
+            trusts.len(),
+            want_trusts.len()
+        ));
+    }
+    let mut drift: Vec<DriftReportEntry> = store
+        .all_drift_reports()?
+        .iter()
+        .map(DriftReportEntry::from_record)
+        .collect();
+    let mut want_drift = b.drift_reports.clone();
+    drift.sort_by(|x, y| x.id.cmp(&y.id));
+    want_drift.sort_by(|x, y| x.id.cmp(&y.id));
+    if drift != want_drift {
+        problems.push(format!(
+            "drift reports differ ({} stored, {} in the backup)",
+            drift.len(),
+            want_drift.len()
         ));
     }
     let stored: BTreeMap<String, StackRecord> = store

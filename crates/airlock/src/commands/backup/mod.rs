@@ -5,13 +5,15 @@
 //! server runs, and a backup that restores working tokens needs their secret hashes, which the
 //! API never serves. Verify needs neither a server nor a database.
 //!
-//! A backup directory (format `airlock-backup/3`) holds plain files:
+//! A backup directory (format `airlock-backup/4`) holds plain files:
 //!
 //! ```text
 //! manifest.json                        format, time, source engine, counts, audit head, and
 //!                                      the SHA-256 and size of every other file
 //! users.json                           every user (format 2)
 //! policy_sets.json                     every server policy set, removed ones included (absent: none)
+//! oidc_trusts.json                     every forge trust, removed ones included (format 4)
+//! drift_reports.json                   every drift report with its JSON, oldest first (format 4)
 //! tokens.json                          every token with the SHA-256 of its secret (no secrets),
 //!                                      its user and its parent token (format 2)
 //! audit.jsonl                          the audit log, one record per line, in global order:
@@ -28,7 +30,17 @@
 //! Format 2 (one audit chain) is still read: its records are the legacy chain, which the
 //! global chain continues after import, as migration 0010 does for a stored log. Format 3 was
 //! made a new version because an older airlock would drop the records' chain fields and find
-//! the chains broken.
+//! the chains broken. Format 3 (before trusts and drift reports) is still read: it restores
+//! none. Format 4 was made a new version because an older airlock would find two files it does
+//! not list and refuse the backup, rather than silently restore without them.
+//!
+//! The OIDC issuer's private signing keys are never in a backup (a backup is a copy of the
+//! data, kept elsewhere; a key there would sign for the clouds that trust the issuer): a
+//! restored server makes a new key on its first start with `--public-url`, and clouds fetch
+//! the JWKS by issuer URL, so phase tokens keep working. Trusts and drift reports are checked
+//! like everything else a restore brings without a person looking: a trust must be one that
+//! `airlock trust add` accepts (never approver or admin), a drift report must name a stack and
+//! a serial of the backup (`verify.rs`).
 //!
 //! History is append-only, so an export taken while servers run is consistent per stack; the
 //! audit chain is read last and covers at least everything exported.
@@ -45,7 +57,9 @@ use serde_json::json;
 use super::migrate::{open_store, Missing};
 use crate::cli::{BackupCommand, OutputFormat};
 
-pub(super) const FORMAT: &str = "airlock-backup/3";
+pub(super) const FORMAT: &str = "airlock-backup/4";
+/// The format before forge trusts and drift reports; read, never written.
+pub(super) const FORMAT_V3: &str = "airlock-backup/3";
 /// The format before audit chains per stack (one chain); read, never written.
 pub(super) const FORMAT_V2: &str = "airlock-backup/2";
 /// The format before users; read and upgraded, never written.
@@ -71,8 +85,8 @@ pub fn run(cmd: BackupCommand) -> anyhow::Result<ExitCode> {
                 &json!({"dir": dir, "summary": summary, "manifest_sha256": manifest_sha}),
                 || {
                     format!(
-                    "exported {} stack(s), {} version(s), {} user(s), {} token(s), {} grant(s), {} lock(s), {} run(s), {} audit event(s) to {}\nmanifest.json SHA-256: {manifest_sha} (record it elsewhere to detect a replaced manifest)\n",
-                    summary.stacks, summary.versions, summary.users, summary.tokens, summary.grants, summary.locks, summary.runs, summary.audit_events, dir.display()
+                    "exported {} stack(s), {} version(s), {} user(s), {} token(s), {} grant(s), {} lock(s), {} run(s), {} trust(s), {} drift report(s), {} audit event(s) to {}\nmanifest.json SHA-256: {manifest_sha} (record it elsewhere to detect a replaced manifest)\n",
+                    summary.stacks, summary.versions, summary.users, summary.tokens, summary.grants, summary.locks, summary.runs, summary.trusts, summary.drift_reports, summary.audit_events, dir.display()
                 )
                 },
             );
@@ -102,8 +116,8 @@ pub fn run(cmd: BackupCommand) -> anyhow::Result<ExitCode> {
                     let s = &backup.manifest.summary;
                     if ok {
                         format!(
-                        "backup OK: {} stack(s), {} version(s), {} user(s), {} token(s), {} grant(s), {} lock(s), {} run(s), {} audit event(s), audit head {}; every file matches the manifest, every version its SHA-256, the audit chain verifies, and a replay into a scratch SQLite store compares equal\n",
-                        s.stacks, s.versions, s.users, s.tokens, s.grants, s.locks, s.runs, s.audit_events, s.audit_head
+                        "backup OK: {} stack(s), {} version(s), {} user(s), {} token(s), {} grant(s), {} lock(s), {} run(s), {} trust(s), {} drift report(s), {} audit event(s), audit head {}; every file matches the manifest, every version its SHA-256, the audit chain verifies, and a replay into a scratch SQLite store compares equal\n",
+                        s.stacks, s.versions, s.users, s.tokens, s.grants, s.locks, s.runs, s.trusts, s.drift_reports, s.audit_events, s.audit_head
                     )
                     } else {
                         let mut out = format!("backup BROKEN: {} problem(s)\n", problems.len());
@@ -155,9 +169,9 @@ pub fn run(cmd: BackupCommand) -> anyhow::Result<ExitCode> {
             let (backup, problems) = Backup::load(&dir)?;
             if !problems.is_empty() {
                 bail!(
-                    "refusing to import a backup that does not verify ({} problem(s)), first: {}",
+                    "refusing to import a backup that does not verify ({} problem(s)); nothing was written:\n  {}",
                     problems.len(),
-                    problems[0]
+                    problems.join("\n  ")
                 );
             }
             let store = open_store(&db, Missing::Create)?;
@@ -178,8 +192,8 @@ pub fn run(cmd: BackupCommand) -> anyhow::Result<ExitCode> {
                 &json!({"ok": true, "engine": store.engine(), "summary": s}),
                 || {
                     format!(
-                    "imported {} stack(s), {} version(s), {} user(s), {} token(s), {} grant(s), {} lock(s), {} run(s), {} audit event(s) into the {} store; it compares equal to the backup (audit head {})\n",
-                    s.stacks, s.versions, s.users, s.tokens, s.grants, s.locks, s.runs, s.audit_events, store.engine(), s.audit_head
+                    "imported {} stack(s), {} version(s), {} user(s), {} token(s), {} grant(s), {} lock(s), {} run(s), {} trust(s), {} drift report(s), {} audit event(s) into the {} store; it compares equal to the backup (audit head {})\n",
+                    s.stacks, s.versions, s.users, s.tokens, s.grants, s.locks, s.runs, s.trusts, s.drift_reports, s.audit_events, store.engine(), s.audit_head
                 )
                 },
             );

@@ -10,10 +10,11 @@ use airlock_store::{blob, private, SqliteStore, StoreImport};
 use anyhow::{bail, Context};
 
 use super::format::{
-    upgrade_v1_tokens, Manifest, PolicySetEntry, RunFile, StackFile, Summary, TokenEntry, UserEntry,
+    upgrade_v1_tokens, DriftReportEntry, Manifest, PolicySetEntry, RunFile, StackFile, Summary,
+    TokenEntry, TrustEntry, UserEntry,
 };
 use super::import::{compare, replay};
-use super::{hex, FORMAT, FORMAT_V1, FORMAT_V2};
+use super::{hex, FORMAT, FORMAT_V1, FORMAT_V2, FORMAT_V3};
 
 /// A backup read back and checked against itself. Version bytes stay on disk.
 pub(super) struct Backup {
@@ -25,6 +26,10 @@ pub(super) struct Backup {
     pub(super) stacks: Vec<StackFile>,
     pub(super) runs: Vec<RunFile>,
     pub(super) audit: Vec<AuditRecord>,
+    /// Format 4; none before.
+    pub(super) trusts: Vec<TrustEntry>,
+    /// Format 4; none before.
+    pub(super) drift_reports: Vec<DriftReportEntry>,
 }
 
 impl Backup {
@@ -46,9 +51,10 @@ impl Backup {
             .context("manifest.json is not a valid airlock backup manifest")?;
         let v1 = manifest.format == FORMAT_V1;
         let one_chain = v1 || manifest.format == FORMAT_V2;
-        if manifest.format != FORMAT && !one_chain {
+        let v4 = manifest.format == FORMAT;
+        if !v4 && manifest.format != FORMAT_V3 && !one_chain {
             bail!(
-                "unsupported backup format {:?} (this airlock reads {FORMAT}, {FORMAT_V2} and {FORMAT_V1})",
+                "unsupported backup format {:?} (this airlock reads {FORMAT}, {FORMAT_V3}, {FORMAT_V2} and {FORMAT_V1})",
                 manifest.format
             );
         }
@@ -115,6 +121,17 @@ impl Backup {
                 );
             }
         }
+        // Trusts and drift reports came with format 4; older backups have none.
+        let (trusts, drift_reports): (Vec<TrustEntry>, Vec<DriftReportEntry>) = if v4 {
+            (
+                serde_json::from_slice(&parse("oidc_trusts.json")?)
+                    .context("oidc_trusts.json is not valid")?,
+                serde_json::from_slice(&parse("drift_reports.json")?)
+                    .context("drift_reports.json is not valid")?,
+            )
+        } else {
+            (Vec::new(), Vec::new())
+        };
         let mut audit = Vec::new();
         for (n, line) in parse("audit.jsonl")?.split(|b| *b == b'\n').enumerate() {
             if line.is_empty() {
@@ -153,6 +170,8 @@ impl Backup {
             stacks,
             runs,
             audit,
+            trusts,
+            drift_reports,
         };
 
         // 3. Every version's bytes match its recorded SHA-256 and size; serials increase.
@@ -221,7 +240,11 @@ impl Backup {
             }
         }
 
-        // 4. The audit chain verifies from genesis and ends at the recorded head.
+        // 4. Trusts and drift reports are what the server could have stored (see
+        // `trust_and_drift_problems`).
+        problems.extend(backup.trust_and_drift_problems());
+
+        // 5. The audit chain verifies from genesis and ends at the recorded head.
         if let Err((seq, why)) = verify_chain(&backup.audit) {
             problems.push(format!("audit chain broken at event {seq}: {why}"));
         }
@@ -233,7 +256,7 @@ impl Backup {
             problems.push(format!("audit chain broken at event {seq}: {why}"));
         }
 
-        // 5. The counts match the manifest.
+        // 6. The counts match the manifest.
         let actual = backup.computed_summary();
         if actual != backup.manifest.summary {
             problems.push(format!(
@@ -262,7 +285,168 @@ impl Backup {
                 .audit
                 .last()
                 .map_or_else(|| GENESIS.to_owned(), |r| r.hash.clone()),
+            trusts: self.trusts.len() as u64,
+            drift_reports: self.drift_reports.len() as u64,
         }
+    }
+
+    /// A backup is restored without a person looking at it, so what it brings must be what the
+    /// server itself could have stored: every trust passes the rule `airlock trust add` applies
+    /// (`oidc::check_trust`: never approver or admin, ci only with a ref, ...) and its tokens'
+    /// user is in the backup; every drift report names a stack of the backup and a serial that
+    /// stack has (or none), a known status, and JSON. Ids are unique. And each is the record
+    /// its audit event committed with (the chain is verified separately): a trust is what its
+    /// `oidc.trust_add` event (and `oidc.trust_pin`, for ids pinned later) says, and removed if
+    /// an `oidc.trust_remove` event says so; a drift report is what its `drift.report` event
+    /// says, at that event's time. Adding or reviving a trust, or an "in sync" report that
+    /// hides drift, then means rewriting the audit chain, whose head the server recorded
+    /// (`backup verify --record`) and the manifest's printed SHA-256 pins.
+    fn trust_and_drift_problems(&self) -> Vec<String> {
+        use serde_json::{json, Value};
+        let mut problems = Vec::new();
+        let users: BTreeSet<&str> = self.users.iter().map(|u| u.name.as_str()).collect();
+        let mut added = std::collections::BTreeMap::new();
+        let mut pinned = std::collections::BTreeMap::new();
+        let mut removed = BTreeSet::new();
+        let mut reported = std::collections::BTreeMap::new();
+        for r in self.audit.iter().filter(|r| r.outcome == "ok") {
+            let id = |k: &str| r.detail.get(k).and_then(Value::as_str).map(str::to_owned);
+            match r.action.as_str() {
+                "oidc.trust_add" => added.extend(id("id").map(|i| (i, &r.detail))),
+                "oidc.trust_pin" => pinned.extend(id("trust").map(|i| {
+                    (
+                        i,
+                        (
+                            r.detail["repository_id"].clone(),
+                            r.detail["owner_id"].clone(),
+                        ),
+                    )
+                })),
+                "oidc.trust_remove" => removed.extend(id("trust")),
+                "drift.report" => reported.extend(id("id").map(|i| (i, r))),
+                _ => {}
+            }
+        }
+        let mut ids = BTreeSet::new();
+        for t in &self.trusts {
+            match added.get(&t.id) {
+                None => problems.push(format!(
+                    "trust {}: no oidc.trust_add audit event added it (a trust comes only from `airlock trust add`)",
+                    t.id
+                )),
+                Some(detail) => {
+                    let mut want = serde_json::to_value(t.to_record()).unwrap_or_default();
+                    let mut said = (*detail).clone();
+                    for k in ["removed_at", "removed_by", "repository_id", "owner_id"] {
+                        for v in [&mut want, &mut said] {
+                            if let Some(o) = v.as_object_mut() {
+                                o.remove(k);
+                            }
+                        }
+                    }
+                    let ids_said = match pinned.get(&t.id) {
+                        Some(p) => p.clone(),
+                        None => (
+                            detail.get("repository_id").cloned().unwrap_or(Value::Null),
+                            detail.get("owner_id").cloned().unwrap_or(Value::Null),
+                        ),
+                    };
+                    if want != said || ids_said != (json!(t.repository_id), json!(t.owner_id)) {
+                        problems.push(format!(
+                            "trust {}: differs from what its audit events say it is (role, stacks, repository, ids, ...)",
+                            t.id
+                        ));
+                    }
+                }
+            }
+            if removed.contains(&t.id) && t.removed_at.is_none() {
+                problems.push(format!(
+                    "trust {}: an oidc.trust_remove audit event removed it, but the backup has it active",
+                    t.id
+                ));
+            }
+            if !ids.insert(t.id.as_str()) {
+                problems.push(format!("trust {}: listed twice", t.id));
+            }
+            if let Err(e) = airlock_server::oidc::check_trust(&t.to_record()) {
+                problems.push(format!(
+                    "trust {}: refused, the server would never have stored it: {e}",
+                    t.id
+                ));
+            }
+            if !users.contains(t.id.as_str()) {
+                problems.push(format!(
+                    "trust {}: its tokens' user {} is not in users.json",
+                    t.id, t.id
+                ));
+            }
+        }
+        let stacks: std::collections::BTreeMap<&str, BTreeSet<u64>> = self
+            .stacks
+            .iter()
+            .map(|s| {
+                (
+                    s.name.as_str(),
+                    s.versions.iter().map(|v| v.serial).collect(),
+                )
+            })
+            .collect();
+        let mut ids = BTreeSet::new();
+        for d in &self.drift_reports {
+            if !ids.insert(d.id.as_str()) {
+                problems.push(format!("drift report {}: listed twice", d.id));
+            }
+            let Some(serials) = stacks.get(d.stack.as_str()) else {
+                problems.push(format!(
+                    "drift report {}: names stack {:?}, which is not in the backup",
+                    d.id, d.stack
+                ));
+                continue;
+            };
+            if d.serial.is_some_and(|s| !serials.contains(&s)) {
+                problems.push(format!(
+                    "drift report {}: names serial {} of {}, which the backup does not hold (a report is bound to the state it checked)",
+                    d.id,
+                    d.serial.unwrap_or_default(),
+                    d.stack
+                ));
+            }
+            match reported.get(&d.id) {
+                None => problems.push(format!(
+                    "drift report {}: no drift.report audit event recorded it",
+                    d.id
+                )),
+                Some(r) => {
+                    let at = airlock_core::time::parse_rfc3339_ms(&r.at).unwrap_or(i64::MIN);
+                    if r.stack.as_deref() != Some(d.stack.as_str())
+                        || r.detail.get("status") != Some(&json!(d.status))
+                        || r.detail.get("serial") != Some(&json!(d.serial))
+                        || r.detail.get("drifted") != Some(&json!(d.drifted))
+                        || r.detail.get("findings") != Some(&json!(d.findings))
+                        || at.abs_diff(d.created_at) > 5 * 60 * 1000
+                    {
+                        problems.push(format!(
+                            "drift report {}: differs from what its drift.report audit event says (stack, status, serial, counts or time)",
+                            d.id
+                        ));
+                    }
+                }
+            }
+            if !["in_sync", "drifted", "unknown"].contains(&d.status.as_str()) {
+                problems.push(format!(
+                    "drift report {}: status {:?} is not in_sync, drifted or unknown",
+                    d.id, d.status
+                ));
+            }
+            if serde_json::from_str::<serde_json::Value>(&d.report).map_or(true, |v| !v.is_object())
+            {
+                problems.push(format!(
+                    "drift report {}: its report is not a JSON object",
+                    d.id
+                ));
+            }
+        }
+        problems
     }
 }
 

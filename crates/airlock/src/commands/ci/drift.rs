@@ -89,13 +89,9 @@ pub fn run(args: CiDriftArgs) -> anyhow::Result<ExitCode> {
     let targets = flow::explicit_targets(&root, &names)?;
     let c = Client::new(&args.client)?;
     let env = |k: &str| std::env::var(k).ok();
-    let forge: Option<Forge> = match Forge::from_env(&env)?.map(|ctx| ctx.forge) {
+    let forge: Option<Forge> = match Forge::from_env(&env)? {
         _ if args.print => None,
-        Some(Forge::GitLab(_)) => {
-            eprintln!("note: drift issues are opened on GitHub only for now; on GitLab, this job's output and exit code report drift");
-            None
-        }
-        forge => forge,
+        ctx => ctx.map(|ctx| ctx.forge),
     };
     let (mut failed, mut drifted) = (false, false);
     for t in &targets.stacks {

@@ -1,7 +1,8 @@
 //! The GitHub and GitLab REST clients `airlock ci` uses: where the CI says we are
 //! ([`Forge::from_env`]), the sticky comment on the pull/merge request ([`Forge::upsert_comment`]),
-//! commit statuses ([`Forge::set_status`]) and the change a merge commit came from
-//! ([`Forge::change_for_commit`]).
+//! commit statuses ([`Forge::set_status`]), the change a merge commit came from
+//! ([`Forge::change_for_commit`]) and one issue per drifted stack ([`Forge::upsert_issue`],
+//! [`Forge::close_issue`]).
 //!
 //! The API base URL always comes from the CI's variables (GitHub Enterprise, self-managed GitLab).
 //! Failures are retried only where a retry cannot duplicate anything, within a bounded wait, and end
@@ -55,6 +56,10 @@ const GITLAB_USER_LOGIN: &str = "GITLAB_USER_LOGIN";
 pub const GITHUB_COMMENT_MAX_CHARS: usize = 65_536;
 /// GitLab refuses notes longer than this many characters.
 pub const GITLAB_NOTE_MAX_CHARS: usize = 1_000_000;
+/// GitLab refuses issue descriptions longer than this many characters.
+pub const GITLAB_DESCRIPTION_MAX_CHARS: usize = 1_048_576;
+/// GitLab refuses issue titles longer than this; longer ones are shortened.
+const ISSUE_TITLE_MAX_CHARS: usize = 255;
 /// GitHub refuses commit status descriptions longer than this; longer ones are shortened.
 const GITHUB_STATUS_DESCRIPTION_MAX_CHARS: usize = 140;
 /// Comments are listed at most this many pages of 100 (10,000 comments) to find ours.
@@ -407,47 +412,45 @@ impl Forge {
 
     /// Opens the one issue that carries `marker` (a drifted stack's) or updates it in place;
     /// returns its URL. Found like the sticky comment: by the hidden marker first in the body
-    /// *and* by the integration's own login, so an issue a user wrote with the marker pasted in
-    /// is never edited. A create whose answer was lost is looked for before re-posting; stray
-    /// copies of our own are closed (GitHub's REST API cannot delete issues). GitHub only.
+    /// *and* by the integration's own identity (GitHub: the login; GitLab: the token's user id),
+    /// so an issue a user wrote with the marker pasted in is never edited. A create whose answer
+    /// was lost is looked for before re-posting; stray copies of our own are closed (neither
+    /// forge lets a CI token delete issues). Only open issues count: when drift returns after
+    /// its issue was closed, a new issue is opened (the closed one records the episode it was
+    /// opened for, and whoever closed it by hand is not overruled).
     pub fn upsert_issue(
         &self,
         marker: &str,
         title: &str,
         body: &str,
     ) -> Result<String, ForgeError> {
-        let (g, body) = self.issue_target(marker, body)?;
-        let retry = g.api.retry;
+        let shape = self.issue_shape();
+        let body = shape.body_with_marker(marker, body)?;
+        let title = shorten(title, ISSUE_TITLE_MAX_CHARS);
+        let retry = shape.api.retry;
         let mut attempt = 1;
         loop {
-            let ours = self.our_open_issues(marker)?;
+            let ours = self.our_open_issues(&shape, marker)?;
             if let Some((first, rest)) = ours.split_first() {
                 if first.body != body || first.title != title {
-                    self.update_issue(first.number, &json!({"title": title, "body": body}))?;
+                    shape.update(first.number, shape.edit(&title, &body))?;
                 }
                 for stray in rest {
-                    self.update_issue(
-                        stray.number,
-                        &json!({"state": "closed", "state_reason": "not_planned"}),
-                    )?;
+                    shape.update(stray.number, shape.close(None, Closed::Duplicate))?;
                 }
-                return Ok(first.html_url.clone());
+                return Ok(self.issue_url(first));
             }
             let what = format!("opening the issue {title:?}");
-            let path = format!("/repos/{}/issues", g.repository);
+            let mut fields = json!({ "title": title });
+            fields[shape.body] = Value::from(body.as_str());
             // Not retried here on a 5xx: it is looked for first.
-            match g.api.call(
-                "POST",
-                &path,
-                Some(&json!({"title": title, "body": body})),
-                false,
-                &what,
-            ) {
-                Ok(reply) => {
-                    return Ok(reply.json["html_url"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_owned())
+            match shape.call("POST", &shape.collection, Some(&fields), false, &what) {
+                Ok(created) => {
+                    // An answer that names no issue is an error, never a second create.
+                    let issue = shape
+                        .parse(&created.json, &what)?
+                        .ok_or_else(|| protocol(&what, "no issue"))?;
+                    return Ok(self.issue_url(&issue));
                 }
                 Err(e) if e.kind == ForgeErrorKind::Unavailable && attempt < retry.attempts => {
                     std::thread::sleep(retry.backoff);
@@ -459,84 +462,46 @@ impl Forge {
     }
 
     /// Closes our open issue(s) carrying `marker` with `body` as their last word; the URL of
-    /// the one closed, `None` if there was none. GitHub only.
+    /// the one closed, `None` if there was none.
     pub fn close_issue(&self, marker: &str, body: &str) -> Result<Option<String>, ForgeError> {
-        let (_, body) = self.issue_target(marker, body)?;
-        let ours = self.our_open_issues(marker)?;
+        let shape = self.issue_shape();
+        let body = shape.body_with_marker(marker, body)?;
+        let ours = self.our_open_issues(&shape, marker)?;
         for issue in &ours {
-            self.update_issue(
-                issue.number,
-                &json!({"body": body, "state": "closed", "state_reason": "completed"}),
-            )?;
+            shape.update(issue.number, shape.close(Some(&body), Closed::Completed))?;
         }
-        Ok(ours.first().map(|i| i.html_url.clone()))
+        Ok(ours.first().map(|i| self.issue_url(i)))
     }
 
-    /// The repository issues go to, and `body` with `marker` first (checked, within the limit).
-    fn issue_target(&self, marker: &str, body: &str) -> Result<(&GitHub, String), ForgeError> {
-        check_marker(marker)?;
-        let Forge::GitHub(g) = self else {
-            return Err(config(
-                "drift issues are opened on GitHub only for now; on GitLab, read `airlock ci drift`'s output and exit code".into(),
-            ));
+    /// Our open issues carrying `marker`, oldest first (every page, bounded). The forge is asked
+    /// for the integration's own open issues, and each answer is checked again here (the
+    /// marker first in the body, the author ours): a filter the forge ignored cannot make
+    /// another's issue ours. Pull requests, which GitHub lists with issues, are left out.
+    fn our_open_issues(&self, shape: &IssueShape, marker: &str) -> Result<Vec<Issue>, ForgeError> {
+        let me = self.me()?;
+        let what = "listing the integration's open issues".to_owned();
+        let by = match &me {
+            Author::Login(login) => format!("creator={}", crate::commands::run::query_value(login)),
+            Author::Id(id) => format!("author_id={id}"),
         };
-        let body = if body.starts_with(marker) {
-            body.to_owned()
-        } else {
-            format!("{marker}\n{body}")
-        };
-        let chars = body.chars().count();
-        if chars > GITHUB_COMMENT_MAX_CHARS {
-            return Err(ForgeError::new(
-                ForgeErrorKind::TooLarge,
-                format!("the issue body is {chars} characters; GitHub takes at most {GITHUB_COMMENT_MAX_CHARS}: shorten it (nothing was sent)"),
-            ));
-        }
-        Ok((g, body))
-    }
-
-    fn update_issue(&self, number: u64, patch: &Value) -> Result<(), ForgeError> {
-        let Forge::GitHub(g) = self else {
-            return Err(config("issues: GitHub only".into()));
-        };
-        let what = format!("updating issue #{number}");
-        let path = format!("/repos/{}/issues/{number}", g.repository);
-        g.api
-            .call("PATCH", &path, Some(patch), true, &what)
-            .map(drop)
-    }
-
-    /// Our open issues carrying `marker`, oldest first (every page, bounded). Pull requests,
-    /// which GitHub lists with issues, are left out.
-    fn our_open_issues(&self, marker: &str) -> Result<Vec<Issue>, ForgeError> {
-        let Forge::GitHub(g) = self else {
-            return Err(config("issues: GitHub only".into()));
-        };
-        let what = "listing the repository's open issues".to_owned();
-        let creator = crate::commands::run::query_value(&g.comment_author);
         let mut ours = Vec::new();
         for page in 1..=MAX_COMMENT_PAGES {
             let path = format!(
-                "/repos/{}/issues?state=open&creator={creator}&per_page=100&page={page}",
-                g.repository
+                "{}?{}&{by}&per_page=100&page={page}",
+                shape.collection, shape.list_open
             );
-            let reply = g.api.call("GET", &path, None, true, &what)?;
+            let reply = shape.call("GET", &path, None, true, &what)?;
             let items = reply
                 .json
                 .as_array()
                 .ok_or_else(|| protocol(&what, "not a list"))?;
             for i in items {
-                let body = i["body"].as_str().unwrap_or_default();
-                let by_us = i["user"]["login"].as_str() == Some(g.comment_author.as_str());
-                if by_us && body.starts_with(marker) && i.get("pull_request").is_none() {
-                    ours.push(Issue {
-                        number: i["number"]
-                            .as_u64()
-                            .ok_or_else(|| protocol(&what, "an issue without a number"))?,
-                        title: i["title"].as_str().unwrap_or_default().to_owned(),
-                        body: body.to_owned(),
-                        html_url: i["html_url"].as_str().unwrap_or_default().to_owned(),
-                    });
+                let body = i[shape.body].as_str().unwrap_or_default();
+                if me.wrote(&i[shape.author])
+                    && body.starts_with(marker)
+                    && i.get("pull_request").is_none()
+                {
+                    ours.extend(shape.parse(i, &what)?);
                 }
             }
             if !reply.has_next_page {
@@ -550,6 +515,72 @@ impl Forge {
         ))
     }
 
+    /// The requests of this forge's issues API.
+    fn issue_shape(&self) -> IssueShape<'_> {
+        match self {
+            Forge::GitHub(g) => IssueShape {
+                api: &g.api,
+                collection: format!("/repos/{}/issues", g.repository),
+                list_open: "state=open",
+                body: "body",
+                number: "number",
+                url: "html_url",
+                author: "user",
+                update: "PATCH",
+                max_body: GITHUB_COMMENT_MAX_CHARS,
+                github: true,
+            },
+            Forge::GitLab(g) => IssueShape {
+                api: &g.api,
+                collection: format!("/projects/{}/issues", g.project),
+                list_open: "state=opened&order_by=created_at&sort=asc",
+                body: "description",
+                number: "iid",
+                url: "web_url",
+                author: "author",
+                update: "PUT",
+                max_body: GITLAB_DESCRIPTION_MAX_CHARS,
+                github: false,
+            },
+        }
+    }
+
+    /// The issue's web page: the forge's own link, else one made from what the CI says.
+    fn issue_url(&self, issue: &Issue) -> String {
+        if let Some(url) = &issue.url {
+            return url.clone();
+        }
+        match self {
+            Forge::GitHub(g) => format!(
+                "{}/repos/{}/issues/{}",
+                g.api.base, g.repository, issue.number
+            ),
+            Forge::GitLab(g) => match &g.project_url {
+                Some(web) => format!("{web}/-/issues/{}", issue.number),
+                None => format!(
+                    "{}/projects/{}/issues/{}",
+                    g.api.base, g.project, issue.number
+                ),
+            },
+        }
+    }
+
+    /// Whose comments and issues are airlock's: GitHub's integration login, or the user the
+    /// GitLab token is (`GET /user`).
+    fn me(&self) -> Result<Author, ForgeError> {
+        match self {
+            Forge::GitHub(g) => Ok(Author::Login(g.comment_author.clone())),
+            Forge::GitLab(g) => {
+                let what = "finding the GitLab token's user";
+                let user = g.api.call("GET", "/user", None, true, what)?;
+                let id = user.json["id"]
+                    .as_u64()
+                    .ok_or_else(|| protocol(what, "no numeric id"))?;
+                Ok(Author::Id(id))
+            }
+        }
+    }
+
     fn api(&self) -> &Api {
         match self {
             Forge::GitHub(g) => &g.api,
@@ -560,22 +591,7 @@ impl Forge {
     /// Our comments on `change` carrying `marker`, oldest first (every page, bounded).
     fn our_comments(&self, change: u64, marker: &str) -> Result<Vec<Comment>, ForgeError> {
         let what = format!("listing the comments of {}", self.change_name(change));
-        let me = match self {
-            Forge::GitHub(g) => Author::Login(g.comment_author.clone()),
-            Forge::GitLab(g) => {
-                let user = g.api.call(
-                    "GET",
-                    "/user",
-                    None,
-                    true,
-                    "finding the GitLab token's user",
-                )?;
-                let id = user.json["id"]
-                    .as_u64()
-                    .ok_or_else(|| protocol("finding the GitLab token's user", "no numeric id"))?;
-                Author::Id(id)
-            }
-        };
+        let me = self.me()?;
         let mut ours = Vec::new();
         for page in 1..=MAX_COMMENT_PAGES {
             let (reply, author_field) = match self {
@@ -599,13 +615,8 @@ impl Forge {
                 .as_array()
                 .ok_or_else(|| protocol(&what, "not a list"))?;
             for c in items {
-                let author = &c[author_field];
-                let by_us = match &me {
-                    Author::Login(login) => author["login"].as_str() == Some(login.as_str()),
-                    Author::Id(id) => author["id"].as_u64() == Some(*id),
-                };
                 let body = c["body"].as_str().unwrap_or_default();
-                if by_us && body.starts_with(marker) {
+                if me.wrote(&c[author_field]) && body.starts_with(marker) {
                     let id = c["id"]
                         .as_u64()
                         .ok_or_else(|| protocol(&what, "a comment without a numeric id"))?;
@@ -735,11 +746,146 @@ impl Forge {
     }
 }
 
+/// One of our issues, as either forge lists it.
 struct Issue {
+    /// GitHub's issue number, GitLab's IID.
     number: u64,
     title: String,
     body: String,
-    html_url: String,
+    url: Option<String>,
+}
+
+/// Why an issue is closed.
+#[derive(Clone, Copy)]
+enum Closed {
+    /// The drift it reported has cleared.
+    Completed,
+    /// A stray copy of the issue kept open.
+    Duplicate,
+}
+
+/// How one forge spells its issues API; `Forge::upsert_issue`/`close_issue` are the one logic
+/// ("find ours, create, update, close") over both.
+struct IssueShape<'a> {
+    api: &'a Api,
+    /// `/repos/OWNER/REPO/issues` or `/projects/ID/issues`.
+    collection: String,
+    /// The list query selecting open issues (oldest first where the forge can sort).
+    list_open: &'static str,
+    /// The field holding the markdown: `body` / `description`.
+    body: &'static str,
+    /// The per-repository number: `number` / `iid`.
+    number: &'static str,
+    /// The web page: `html_url` / `web_url`.
+    url: &'static str,
+    /// Who opened it: `user` / `author`.
+    author: &'static str,
+    /// `PATCH` / `PUT`.
+    update: &'static str,
+    max_body: usize,
+    github: bool,
+}
+
+impl IssueShape<'_> {
+    fn forge(&self) -> &'static str {
+        if self.github {
+            "GitHub"
+        } else {
+            "GitLab"
+        }
+    }
+
+    /// `body` with `marker` first, checked, within the forge's limit (else nothing is sent).
+    fn body_with_marker(&self, marker: &str, body: &str) -> Result<String, ForgeError> {
+        check_marker(marker)?;
+        let body = if body.starts_with(marker) {
+            body.to_owned()
+        } else {
+            format!("{marker}\n{body}")
+        };
+        let chars = body.chars().count();
+        if chars > self.max_body {
+            return Err(ForgeError::new(
+                ForgeErrorKind::TooLarge,
+                format!(
+                    "the issue body is {chars} characters; {} takes at most {}: shorten it (nothing was sent)",
+                    self.forge(),
+                    self.max_body
+                ),
+            ));
+        }
+        Ok(body)
+    }
+
+    /// The fields that set the title and body.
+    fn edit(&self, title: &str, body: &str) -> Value {
+        let mut fields = json!({ "title": title });
+        fields[self.body] = Value::from(body);
+        fields
+    }
+
+    /// The fields that close an issue, with `body` as its last word when given.
+    fn close(&self, body: Option<&str>, why: Closed) -> Value {
+        let mut fields = if self.github {
+            let reason = match why {
+                Closed::Completed => "completed",
+                Closed::Duplicate => "not_planned",
+            };
+            json!({"state": "closed", "state_reason": reason})
+        } else {
+            json!({"state_event": "close"})
+        };
+        if let Some(body) = body {
+            fields[self.body] = Value::from(body);
+        }
+        fields
+    }
+
+    fn update(&self, number: u64, fields: Value) -> Result<(), ForgeError> {
+        let what = format!("updating issue #{number}");
+        let path = format!("{}/{number}", self.collection);
+        self.call(self.update, &path, Some(&fields), true, &what)
+            .map(drop)
+    }
+
+    /// One call, whose refusal for lack of permission names what issues need.
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        fields: Option<&Value>,
+        retry_safe: bool,
+        what: &str,
+    ) -> Result<Reply, ForgeError> {
+        self.api
+            .call(method, path, fields, retry_safe, what)
+            .map_err(|mut e| {
+                if e.kind == ForgeErrorKind::Forbidden {
+                    e.message.push_str(if self.github {
+                        "; drift issues also need `issues: write` in the job's `permissions:`"
+                    } else {
+                        "; GitLab also answers 403 when the project's Issues feature is off (Settings > General > Visibility, project features, permissions)"
+                    });
+                }
+                e
+            })
+    }
+
+    /// An issue from the forge's answer; `None` when it is not an object.
+    fn parse(&self, v: &Value, what: &str) -> Result<Option<Issue>, ForgeError> {
+        if !v.is_object() {
+            return Ok(None);
+        }
+        let number = v[self.number].as_u64().ok_or_else(|| {
+            protocol(what, &format!("an issue without a numeric {}", self.number))
+        })?;
+        Ok(Some(Issue {
+            number,
+            title: v["title"].as_str().unwrap_or_default().to_owned(),
+            body: v[self.body].as_str().unwrap_or_default().to_owned(),
+            url: v[self.url].as_str().map(str::to_owned),
+        }))
+    }
 }
 
 struct Comment {
@@ -751,6 +897,16 @@ struct Comment {
 enum Author {
     Login(String),
     Id(u64),
+}
+
+impl Author {
+    /// Whether the forge's `user` (GitHub) / `author` (GitLab) object is us.
+    fn wrote(&self, author: &Value) -> bool {
+        match self {
+            Author::Login(login) => author["login"].as_str() == Some(login.as_str()),
+            Author::Id(id) => author["id"].as_u64() == Some(*id),
+        }
+    }
 }
 
 fn github_context(var: &dyn Fn(&str) -> Option<String>) -> Result<ForgeContext, ForgeError> {
@@ -2189,6 +2345,325 @@ mod tests {
         assert_eq!(forge.change_for_commit(merge).unwrap(), Some(9));
         f.add_change("gitlab", "42", 10, BASE, None);
         assert_eq!(forge.change_for_commit(BASE).unwrap(), None);
+        f.assert_no_violations();
+    }
+
+    fn gitlab_issues(f: &ForgeStandIn) -> Vec<Value> {
+        f.state()["gitlab"]["issues"].as_array().unwrap().clone()
+    }
+
+    /// Opens an issue on project 42 as the person `login` (their own token), through the API.
+    fn user_issue(f: &ForgeStandIn, login: &str, description: &str) -> u64 {
+        let token = format!("token-of-{login}");
+        f.add_user(&token, login);
+        let v: Value = ureq::post(&format!("{}/projects/42/issues", f.url_gitlab()))
+            .set("PRIVATE-TOKEN", &token)
+            .send_json(json!({"title": "mine", "description": description}))
+            .unwrap()
+            .into_json()
+            .unwrap();
+        v["iid"].as_u64().unwrap()
+    }
+
+    /// The CI's project access token sees project 42 only, as a real one does.
+    fn gitlab_project_42() -> (ForgeStandIn, Forge) {
+        let (f, forge) = gitlab();
+        f.gitlab_member_only_of(TOKEN, &["42"]);
+        (f, forge)
+    }
+
+    #[test]
+    fn gitlab_drift_issue_is_opened_once_updated_closed_and_user_issues_are_left_alone() {
+        let (f, forge) = gitlab_project_42();
+        const DRIFT: &str = "<!-- airlock:drift:prod/db -->";
+        let pasted = format!("{DRIFT}\nI copied airlock's marker");
+        let theirs = user_issue(&f, "mallory", &pasted);
+        let opened = forge
+            .upsert_issue(DRIFT, "drift: prod/db", "1 drifted")
+            .unwrap();
+        forge
+            .upsert_issue(DRIFT, "drift: prod/db", "1 drifted")
+            .unwrap();
+        let updated = forge
+            .upsert_issue(DRIFT, "drift: prod/db", "2 drifted")
+            .unwrap();
+        assert_eq!(opened, updated);
+        let all = gitlab_issues(&f);
+        assert_eq!(all.len(), 2, "opened once: {all:#?}");
+        let ours = all.iter().find(|i| i["iid"] != theirs).unwrap();
+        assert_eq!(ours["description"], format!("{DRIFT}\n2 drifted"));
+        assert_eq!(ours["title"], "drift: prod/db");
+        assert_eq!(
+            opened,
+            format!("https://gitlab.example/project-42/-/issues/{}", ours["iid"])
+        );
+        let ops: Vec<_> = f
+            .requests()
+            .into_iter()
+            .filter_map(|r| r.operation)
+            .collect();
+        let count = |op: &str| ops.iter().filter(|o| *o == op).count();
+        assert_eq!(
+            count("POST /projects/:id/issues"),
+            2,
+            "the person's and ours: {ops:?}"
+        );
+        assert_eq!(
+            count("PUT /projects/:id/issues/:issue_iid"),
+            1,
+            "an unchanged issue is not rewritten: {ops:?}"
+        );
+        // Only the token's own open issues are asked for.
+        let list = f
+            .requests()
+            .into_iter()
+            .find(|r| r.operation.as_deref() == Some("GET /projects/:id/issues"))
+            .unwrap();
+        assert_eq!(
+            (
+                list.query["author_id"].as_str(),
+                list.query["state"].as_str()
+            ),
+            (Some("41898282"), Some("opened"))
+        );
+
+        let closed = forge.close_issue(DRIFT, "drift cleared").unwrap();
+        assert_eq!(closed.as_deref(), Some(opened.as_str()));
+        let all = gitlab_issues(&f);
+        let ours = all.iter().find(|i| i["iid"] != theirs).unwrap();
+        assert_eq!(
+            (ours["state"].as_str(), ours["description"].as_str()),
+            (
+                Some("closed"),
+                Some(format!("{DRIFT}\ndrift cleared").as_str())
+            )
+        );
+        let mine = all.iter().find(|i| i["iid"] == theirs).unwrap();
+        assert_eq!(
+            (mine["state"].as_str(), mine["description"].as_str()),
+            (Some("opened"), Some(pasted.as_str()))
+        );
+        // Nothing open: closing again is a no-op; drifting again opens a new issue, as on
+        // GitHub (the closed one stays closed).
+        assert_eq!(forge.close_issue(DRIFT, "x").unwrap(), None);
+        let again = forge
+            .upsert_issue(DRIFT, "drift: prod/db", "again")
+            .unwrap();
+        assert_ne!(again, opened);
+        let all = gitlab_issues(&f);
+        assert_eq!(all.len(), 3);
+        assert_eq!(
+            all.iter().filter(|i| i["state"] == "opened").count(),
+            2,
+            "{all:#?}"
+        );
+        assert!(
+            !f.requests()
+                .iter()
+                .any(|r| r.method == "PUT" && r.path.ends_with(&format!("/issues/{theirs}"))),
+            "no request edited the user's issue"
+        );
+        f.assert_no_violations();
+    }
+
+    #[test]
+    fn gitlab_a_lost_issue_create_is_looked_up_and_strays_are_closed() {
+        let (f, forge) = gitlab_project_42();
+        const DRIFT: &str = "<!-- airlock:drift:prod/app -->";
+        // Created, but the answer is a 502: looked for, found, not re-posted.
+        f.fail_after_next("POST", "/projects/42/issues$", 1, 502);
+        forge
+            .upsert_issue(DRIFT, "drift: prod/app", "drifted")
+            .unwrap();
+        assert_eq!(gitlab_issues(&f).len(), 1);
+        // Refused with a 503 that took no effect: posted again.
+        const OTHER: &str = "<!-- airlock:drift:prod/web -->";
+        f.fail_next("POST", "/projects/42/issues$", 1, 503, &[]);
+        forge
+            .upsert_issue(OTHER, "drift: prod/web", "drifted")
+            .unwrap();
+        assert_eq!(gitlab_issues(&f).len(), 2);
+        // Two jobs raced and both opened one (as the CI identity): the newer is closed.
+        ureq::post(&format!("{}/projects/42/issues", f.url_gitlab()))
+            .set("PRIVATE-TOKEN", TOKEN)
+            .send_json(json!({"title": "drift: prod/app", "description": format!("{DRIFT}\nold")}))
+            .unwrap();
+        forge
+            .upsert_issue(DRIFT, "drift: prod/app", "newest")
+            .unwrap();
+        let all = gitlab_issues(&f);
+        let app: Vec<_> = all
+            .iter()
+            .filter(|i| i["description"].as_str().unwrap().starts_with(DRIFT))
+            .map(|i| (i["iid"].as_u64().unwrap(), i["state"].as_str().unwrap()))
+            .collect();
+        assert_eq!(app, [(1, "opened"), (3, "closed")], "{all:#?}");
+        assert_eq!(all[0]["description"], format!("{DRIFT}\nnewest"));
+        f.assert_no_violations();
+    }
+
+    #[test]
+    fn gitlab_hostile_issue_answers_are_errors_and_never_a_duplicate() {
+        let (f, forge) = gitlab_project_42();
+        const DRIFT: &str = "<!-- airlock:drift:prod/db -->";
+        let list = r"/projects/42/issues$";
+        let posts = |f: &ForgeStandIn| {
+            f.requests()
+                .into_iter()
+                .filter(|r| r.method == "POST" && r.path.ends_with("/issues"))
+                .count()
+        };
+        for (path, raw, needle) in [
+            (list, "{\"not\": \"a list\"}", "not a list"),
+            (list, "<html>", "not JSON"),
+            (
+                list,
+                "[{\"iid\": \"x\", \"author\": {\"id\": 41898282}, \"description\": \"<!-- airlock:drift:prod/db -->\"}]",
+                "numeric iid",
+            ),
+            (r"/user$", "{\"id\": \"41898282\"}", "no numeric id"),
+        ] {
+            f.answer_next("GET", path, 200, &[], raw);
+            let e = forge.upsert_issue(DRIFT, "drift", "x").unwrap_err();
+            assert_eq!(e.kind, ForgeErrorKind::Protocol, "{raw}: {e}");
+            assert!(e.to_string().contains(needle), "{raw}: {e}");
+            let e = forge.close_issue(DRIFT, "x");
+            assert!(e.is_ok(), "the answer was used once: {e:?}");
+        }
+        assert_eq!(posts(&f), 0, "no issue opened on an answer not understood");
+        // Issues that are not ours, whatever their shape, are never taken for ours: another
+        // author, an author given as a string, no author, the marker not first.
+        f.answer_next(
+            "GET",
+            list,
+            200,
+            &[],
+            &json!([
+                {"iid": 90, "author": {"id": 7}, "description": DRIFT},
+                {"iid": 91, "author": {"id": "41898282"}, "description": DRIFT},
+                {"iid": 92, "author": null, "description": DRIFT},
+                {"iid": 93, "author": {"id": 41898282}, "description": format!("see {DRIFT}")},
+                {"iid": 94, "author": {"id": 41898282}, "description": 5},
+                "an issue",
+            ])
+            .to_string(),
+        );
+        forge.upsert_issue(DRIFT, "drift", "x").unwrap();
+        assert_eq!(posts(&f), 1);
+        assert!(
+            !f.requests().iter().any(|r| r.path.contains("/issues/9")),
+            "no request addressed an issue that is not ours"
+        );
+        // A create answered with something that names no issue: an error, not a second create;
+        // the next run finds the issue it made.
+        const NEXT: &str = "<!-- airlock:drift:prod/next -->";
+        f.answer_after_next("POST", list, 201, "{}");
+        let e = forge.upsert_issue(NEXT, "drift", "x").unwrap_err();
+        assert_eq!(e.kind, ForgeErrorKind::Protocol, "{e}");
+        assert_eq!(posts(&f), 2);
+        forge.upsert_issue(NEXT, "drift", "y").unwrap();
+        assert_eq!(posts(&f), 2);
+        assert_eq!(gitlab_issues(&f).len(), 2);
+        // An error body with terminal escapes is shown inert; a 403 names the Issues feature.
+        f.answer_next(
+            "POST",
+            list,
+            403,
+            &[],
+            "{\"message\": \"\\u001b[2J403 Forbidden\"}",
+        );
+        let e = forge
+            .upsert_issue("<!-- airlock:drift:prod/x -->", "drift", "x")
+            .unwrap_err();
+        assert_eq!(e.kind, ForgeErrorKind::Forbidden);
+        assert!(
+            !e.to_string().contains('\u{1b}') && e.to_string().contains("Issues feature"),
+            "{e}"
+        );
+        // A redirect is reported, not followed.
+        f.answer_next(
+            "GET",
+            list,
+            301,
+            &[(
+                "Location",
+                "https://elsewhere.example/api/v4/projects/42/issues",
+            )],
+            "{}",
+        );
+        let e = forge.upsert_issue(DRIFT, "drift", "x").unwrap_err();
+        assert!(e.to_string().contains("redirect (HTTP 301"), "{e}");
+        assert!(f
+            .requests()
+            .iter()
+            .all(|r| r.path.starts_with("/gitlab/api/v4/")));
+    }
+
+    #[test]
+    fn gitlab_issue_limits_and_another_project_are_refused_with_the_fix() {
+        let (f, forge) = gitlab_project_42();
+        const DRIFT: &str = "<!-- airlock:drift:prod/db -->";
+        // A description of exactly GitLab's limit is accepted (the stand-in enforces it) ...
+        let budget = GITLAB_DESCRIPTION_MAX_CHARS - DRIFT.chars().count() - 1;
+        forge
+            .upsert_issue(DRIFT, &"t".repeat(300), &"é".repeat(budget))
+            .unwrap();
+        let all = gitlab_issues(&f);
+        assert_eq!(
+            all[0]["title"].as_str().unwrap().chars().count(),
+            255,
+            "a title is shortened to GitLab's 255 characters"
+        );
+        // ... one more is refused before anything is sent.
+        let before = f.requests().len();
+        let e = forge
+            .upsert_issue(DRIFT, "drift", &"x".repeat(budget + 1))
+            .unwrap_err();
+        assert_eq!(e.kind, ForgeErrorKind::TooLarge);
+        assert!(e.to_string().contains("1048576"), "{e}");
+        let e = forge
+            .close_issue(DRIFT, &"x".repeat(budget + 1))
+            .unwrap_err();
+        assert_eq!(e.kind, ForgeErrorKind::TooLarge);
+        assert_eq!(f.requests().len(), before);
+        f.assert_no_violations();
+
+        // CI_PROJECT_ID naming a project the token is no member of: 404, nothing opened.
+        let mut env = gitlab_env(&f);
+        env.insert("CI_PROJECT_ID".into(), "43".into());
+        let other = context(&env).forge.with_retry(fast());
+        let e = other.upsert_issue(DRIFT, "drift", "x").unwrap_err();
+        assert_eq!(e.kind, ForgeErrorKind::NotFound);
+        assert!(e.to_string().contains("CI_PROJECT_ID"), "{e}");
+        assert_eq!(gitlab_issues(&f).len(), 1);
+        // No token: the fix, and nothing sent.
+        env.remove("AIRLOCK_GITLAB_TOKEN");
+        let before = f.requests().len();
+        let e = context(&env).forge.close_issue(DRIFT, "x").unwrap_err();
+        assert_eq!(e.kind, ForgeErrorKind::Unauthorized);
+        assert!(e.to_string().contains("AIRLOCK_GITLAB_TOKEN"), "{e}");
+        assert_eq!(f.requests().len(), before);
+    }
+
+    #[test]
+    fn gitlab_finds_its_issue_beyond_the_first_page() {
+        let (f, forge) = gitlab_project_42();
+        const DRIFT: &str = "<!-- airlock:drift:prod/db -->";
+        // 105 other open issues of the integration's (other stacks'), older than ours.
+        for i in 0..105 {
+            forge
+                .upsert_issue(&format!("<!-- airlock:drift:s{i} -->"), "drift", "x")
+                .unwrap();
+        }
+        forge.upsert_issue(DRIFT, "drift", "1").unwrap();
+        forge.upsert_issue(DRIFT, "drift", "2").unwrap();
+        let ours: Vec<_> = gitlab_issues(&f)
+            .into_iter()
+            .filter(|i| i["description"].as_str().unwrap().starts_with(DRIFT))
+            .collect();
+        assert_eq!(ours.len(), 1);
+        assert_eq!(ours[0]["description"], format!("{DRIFT}\n2"));
+        assert!(f.requests().iter().any(|r| r.query["page"] == "2"));
         f.assert_no_violations();
     }
 

@@ -23,9 +23,11 @@ const GITHUB_WORKFLOW: &str = r#"# Written by `airlock ci init github` (airlock 
 #
 # No airlock token is stored here: each job logs in with its own OIDC ID token
 # (`airlock login --oidc`). Set up once, on the airlock server (admin; it needs --public-url):
-#   airlock trust add github --repository OWNER/REPO --role agent
-#   airlock trust add github --repository OWNER/REPO --ref refs/heads/@BRANCH@ \
+#   ids="--repository-id $(gh api repos/OWNER/REPO --jq .id) --owner-id $(gh api repos/OWNER/REPO --jq .owner.id)"
+#   airlock trust add github --repository OWNER/REPO $ids --role agent
+#   airlock trust add github --repository OWNER/REPO $ids --ref refs/heads/@BRANCH@ \
 #     --environment airlock-apply --role ci
+# (the ids pin the trust to this repository: one re-created at the same path is not trusted)
 # (a pull request's job gets at most agent: it plans; only @BRANCH@ in the environment applies),
 # and in GitHub (Settings -> Secrets and variables -> Actions, and Settings -> Environments):
 #   secret   AIRLOCK_URL       the airlock server, e.g. https://airlock.example.com
@@ -148,8 +150,12 @@ const GITLAB_INCLUDE: &str = r#"# Written by `airlock ci init gitlab` (airlock @
 #   AIRLOCK_BINARY_SHA256  its SHA-256 (sha256sum airlock): any other binary is refused
 # No airlock token is stored: each job logs in with its OIDC ID token (`id_tokens:` below,
 # `airlock login --oidc`). On the airlock server (admin), trust the project once:
-#   airlock trust add gitlab --repository GROUP/PROJECT --role agent
-#   airlock trust add gitlab --repository GROUP/PROJECT --ref refs/heads/DEFAULT_BRANCH --role ci
+#   airlock trust add gitlab --repository GROUP/PROJECT --repository-id PROJECT_ID \
+#     --owner-id NAMESPACE_ID --role agent
+#   airlock trust add gitlab --repository GROUP/PROJECT --repository-id PROJECT_ID \
+#     --owner-id NAMESPACE_ID --ref refs/heads/DEFAULT_BRANCH --role ci
+# (the project's and its namespace's numeric ids, Settings -> General: they pin the trust to
+# this project, so one re-created at the same path is not trusted)
 # (a merge request's pipeline gets at most agent: it plans; only the default branch applies).
 
 .airlock:
@@ -324,7 +330,7 @@ pub fn run(args: CiInitArgs) -> anyhow::Result<ExitCode> {
     match args.forge {
         Forge::Github => println!(
             "next: trust this repository's jobs on the airlock server (airlock trust add github \
-             ...: an agent trust, and a ci trust for refs/heads/{branch} in the environment \
+             --repository-id ... --owner-id ...: an agent trust, and a ci trust for refs/heads/{branch} in the environment \
              airlock-apply), create the secret AIRLOCK_URL, the environment airlock-apply \
              restricted to {branch}, and the variables AIRLOCK_BINARY_URL and \
              AIRLOCK_BINARY_SHA256; see the comment at the top of the workflow"
@@ -338,7 +344,7 @@ pub fn run(args: CiInitArgs) -> anyhow::Result<ExitCode> {
             }
             println!(
                 "next: trust this project's jobs on the airlock server (airlock trust add gitlab \
-                 ...: an agent trust, and a ci trust for the default branch), create the CI/CD \
+                 --repository-id ... --owner-id ...: an agent trust, and a ci trust for the default branch), create the CI/CD \
                  variables AIRLOCK_URL, AIRLOCK_GITLAB_TOKEN (project access token, api), \
                  AIRLOCK_BINARY_URL and AIRLOCK_BINARY_SHA256; see the comment at the top of \
                  {GITLAB_INCLUDE_PATH}"

@@ -140,6 +140,7 @@ impl Planner<'_> {
                 dir: &self.root.join(&t.dir),
                 stack: Some(&t.name),
                 destroy: t.destroy,
+                refresh_only: false,
                 terraform_bin: self.terraform_bin,
                 origin: self.origin.clone(),
             },
