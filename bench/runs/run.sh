@@ -25,6 +25,9 @@ if [ -z "${AIRLOCK_BIN:-}" ]; then
     cargo build --release -q -p airlock
     AIRLOCK_BIN="$CARGO_TARGET_DIR/release/airlock"
 fi
+# Absolute: the apply step runs in the stack's directory.
+AIRLOCK_BIN="$(realpath "$AIRLOCK_BIN")"
+[ -n "${AIRLOCK_BEFORE_BIN:-}" ] && AIRLOCK_BEFORE_BIN="$(realpath "$AIRLOCK_BEFORE_BIN")"
 work="$(mktemp -d)"
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; rm -rf "$work"; }
@@ -72,8 +75,9 @@ setup() { # variant size (raw rounds use the gov server's state backend)
 
 now() { date +%s.%N; }
 server_cpu() { awk '{print ($14 + $15) / 100}' "/proc/${SPID[$1]}/stat"; }
-# Runs "$@" and prints the user + system CPU seconds of it and its children.
-cpu_of() { ( "$@" >/dev/null 2>&1; times ) | awk 'NR == 2 { split($1, u, /[ms]/); split($2, s, /[ms]/); print u[1] * 60 + u[2] + s[1] * 60 + s[2] }'; }
+# Runs "$@" and prints the user + system CPU seconds of it and its children (a failure is
+# reported on stderr: its figures would measure nothing).
+cpu_of() { ( "$@" >/dev/null 2>&1 || echo "FAILED (figures invalid): $*" >&2; times ) | awk 'NR == 2 { split($1, u, /[ms]/); split($2, s, /[ms]/); print u[1] * 60 + u[2] + s[1] * 60 + s[2] }'; }
 log_lines() { wc -l < "$work/server-$1/err"; }
 count_requests() { awk '/path="?\/api\//{a++} /path="?\/state\//{s++} END {print a+0, s+0}'; }
 

@@ -156,7 +156,8 @@ pub fn run_streaming(cmd: Command, env: &[(String, String)]) -> io::Result<Finis
 }
 
 /// [`run_streaming`], also handing what the child printed since the last call to `sink` every
-/// `every` while it runs (and once at the end), e.g. to send the apply log as it grows.
+/// `every` while it runs, e.g. to send the apply log as it grows. What it printed after the
+/// last call is only in the returned log (the caller sends that whole, and waits for nothing).
 pub fn run_streaming_live(
     mut cmd: Command,
     env: &[(String, String)],
@@ -204,32 +205,40 @@ pub fn run_streaming_live(
             sink(&fresh);
         }
     };
+    // The child is waited for on its own thread, so its end is seen at once (not at the next
+    // poll) while this one forwards interrupts and hands the log over.
+    let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(0));
+    let (ended_tx, ended) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let _ = ended_tx.send(child.wait());
+    });
     let mut last = std::time::Instant::now();
     let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break Ok(status),
-            Err(e) => break Err(e),
-            Ok(None) => {}
+        match ended.recv_timeout(Duration::from_millis(50).min(every)) {
+            Ok(status) => break status,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                break Err(io::Error::other("the child's waiter ended"))
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
         }
         let asked = INTERRUPTS.load(Ordering::SeqCst);
         if asked > forwarded {
             forwarded = asked;
-            if let Some(pid) = Pid::from_raw(i32::try_from(child.id()).unwrap_or(0)) {
+            if let Some(pid) = pid {
                 let _ = kill_process(pid, Signal::INT);
             }
         }
-        std::thread::sleep(Duration::from_millis(50).min(every));
         if last.elapsed() >= every {
             flush(&mut sent);
             last = std::time::Instant::now();
         }
     };
+    let _ = waiter.join();
     RUNNING.fetch_sub(1, Ordering::SeqCst);
     let status = status?;
     for t in [out, err].into_iter().flatten() {
         let _ = t.join();
     }
-    flush(&mut sent);
     let log = std::mem::take(
         &mut *log
             .lock()
@@ -252,12 +261,19 @@ mod tests {
         })
         .unwrap();
         assert!(done.status.success());
-        assert!(
-            parts.len() >= 2,
+        assert_eq!(
+            parts.first().map(Vec::as_slice),
+            Some(&b"first\n"[..]),
             "the first line arrived before the end: {parts:?}"
         );
-        assert_eq!(parts[0], b"first\n");
-        assert_eq!(parts.concat(), done.log);
+        assert!(done.log.starts_with(&parts.concat()));
+        let log = String::from_utf8_lossy(&done.log);
+        assert!(
+            ["first\n", "second\n", "err\n"]
+                .iter()
+                .all(|l| log.contains(l)),
+            "{log}"
+        );
     }
 
     #[test]

@@ -8,14 +8,12 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use airlock_policy::drift::{self, DriftReport, DriftStatus};
-use airlock_runner::run_streaming;
-use anyhow::Context;
 use base64::Engine;
 use serde_json::{json, Value};
 
 use super::client::{printable, s, stack_segment, time, Client, ServerRefused};
 use super::run::{
-    run_text, show_json, stack_position, terraform, upload_plan, Origin, PlanPhase, PlanRequest,
+    run_text, show_json, stack_position, upload_plan, Origin, PlanPhase, PlanRequest,
 };
 use crate::cli::DriftArgs;
 
@@ -120,8 +118,7 @@ fn check(
         "-lock-timeout=0s".into(),
         format!("-out={}", plan_path.display()),
     ];
-    let done = run_streaming(terraform(terraform_bin, &phase.dir, &args), &phase.env)
-        .with_context(|| format!("running {terraform_bin}"))?;
+    let done = phase.run_plan(terraform_bin, &args)?;
     let mut body = json!({ "serial": serial });
     let report = if !done.status.success() {
         if lock_refused(&done.log) {

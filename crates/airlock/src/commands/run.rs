@@ -186,6 +186,16 @@ fn init(bin: &str, dir: &Path, state_url: &str, env: &[(String, String)]) -> any
     if initialized_for(&data_dir(dir, env), state_url) {
         return Ok(());
     }
+    init_now(bin, dir, state_url, env)
+}
+
+/// `terraform init` pointed at the stack on this server.
+fn init_now(
+    bin: &str,
+    dir: &Path,
+    state_url: &str,
+    env: &[(String, String)],
+) -> anyhow::Result<()> {
     let args: Vec<String> = ["init", "-input=false", "-reconfigure"]
         .iter()
         .map(|s| s.to_string())
@@ -515,8 +525,12 @@ pub struct PlanPhase {
     repo: Repo,
     pub stack: String,
     pub env: Vec<(String, String)>,
-    /// Removed however planning ends (it holds the providers terraform installed).
+    state_url: String,
+    /// Removed however planning ends.
     scratch: Scratch,
+    /// The stack directory's kept data directory (`TF_DATA_DIR`), locked for this plan; `None`:
+    /// a fresh one in `scratch`.
+    kept: Option<cli_config::KeptDataDir>,
     /// The plan phase's cloud identity token file, if airlock.hcl asks for one; removed with
     /// the phase.
     _identity: Option<super::oidc::PhaseIdentity>,
@@ -558,6 +572,17 @@ impl PlanPhase {
         }
         let scratch = Scratch(tempfile_dir()?);
         let work = scratch.0.as_path();
+        let state_url = format!("{}/state/{stack}", c.base());
+        // `terraform init` runs again only when terraform says it must: the data directory is
+        // kept between plans, outside the checkout (`cli_config::kept_data_dir`).
+        let kept = cli_config::kept_data_root(
+            std::env::var("XDG_CACHE_HOME").ok().as_deref(),
+            std::env::var("HOME").ok().as_deref(),
+        )
+        .and_then(|root| {
+            let key = Sha256::digest(format!("{}\n{state_url}", dir.display()));
+            cli_config::kept_data_dir(&root, &repo.root, &hex::encode(key))
+        });
         // Terraform installs and runs providers only from where the checkout cannot put them
         // (`airlock_runner::cli_config`): the plan phase runs code an agent may have written.
         let sealed = cli_config::plan_env(
@@ -567,6 +592,7 @@ impl PlanPhase {
                 .ok()
                 .as_deref(),
             std::env::var("TF_PLUGIN_CACHE_DIR").ok().as_deref(),
+            kept.as_ref(),
         )
         .map_err(anyhow::Error::msg)?;
         let mut env = phase_env(std::env::vars(), &apply_profile, token);
@@ -581,16 +607,43 @@ impl PlanPhase {
             "plan",
             &mut env,
         )?;
-        let state_url = format!("{}/state/{stack}", c.base());
         init(terraform_bin, &dir, &state_url, &env)?;
         Ok(PlanPhase {
             dir,
             repo,
             stack,
             env,
+            state_url,
             scratch,
+            kept,
             _identity: identity,
         })
+    }
+
+    /// Runs `terraform ARGS` (a plan) in the phase. When it fails asking for `terraform init`
+    /// with a kept data directory (the modules, providers or lock file changed since that
+    /// directory's last init), initialises it again and runs once more.
+    pub fn run_plan(
+        &self,
+        terraform_bin: &str,
+        args: &[String],
+    ) -> anyhow::Result<airlock_runner::Finished> {
+        let run = || {
+            run_streaming(terraform(terraform_bin, &self.dir, args), &self.env)
+                .with_context(|| format!("running {terraform_bin}"))
+        };
+        let done = run()?;
+        let stale = !done.status.success()
+            && self.kept.is_some()
+            && String::from_utf8_lossy(&done.log).contains("terraform init");
+        if !stale {
+            return Ok(done);
+        }
+        eprintln!(
+            "airlock: terraform asks for terraform init in this stack's kept plan data directory; running it, then planning again"
+        );
+        init_now(terraform_bin, &self.dir, &self.state_url, &self.env)?;
+        run()
     }
 
     /// The private scratch directory (outside the checkout) for plan files.
@@ -616,10 +669,7 @@ pub fn plan_run(c: &Client, req: &PlanRequest<'_>) -> anyhow::Result<Planned> {
     if req.refresh_only {
         plan_args.push("-refresh-only".into());
     }
-    let done = run_streaming(
-        terraform(req.terraform_bin, &phase.dir, &plan_args),
-        &phase.env,
-    )?;
+    let done = phase.run_plan(req.terraform_bin, &plan_args)?;
     if !done.status.success() && !plan_path.is_file() {
         bail!("terraform plan failed ({}) and wrote no plan", done.status);
     }
@@ -1113,24 +1163,39 @@ pub fn apply_run(
     let state_url = format!("{}/state/{stack}", c.base());
     let scratch = Scratch(tempfile_dir()?);
     let plan_path = scratch.0.join("plan.tfplan");
-    // While the server starts the apply, the run's plan is fetched and, in a checkout already
-    // initialised for this stack, `terraform show -json` reads it (with no credential: reading
-    // a saved plan needs none). Nothing is trusted before the checks below: the downloaded bytes
-    // must be the approved plan, and a failed early show is made again with the run's token.
+    // While the server starts the apply, the run's plan and its reviewed JSON are fetched and,
+    // in a checkout already initialised for this stack, `terraform show -json` reads the plan
+    // (with no credential: reading a saved plan needs none). Nothing is trusted before the
+    // checks below: the downloaded bytes must be the approved plan, and a failed early show is
+    // made again with the run's token.
     let recorded = run["run"]["plan_sha256"].as_str().unwrap_or_default();
     let early_env = phase_env(std::env::vars(), &plan_profile, "");
     let (started, early) = std::thread::scope(|scope| {
         let early = scope.spawn(
-            || -> anyhow::Result<(Vec<u8>, Option<std::process::Output>)> {
+            || -> anyhow::Result<(Vec<u8>, Vec<u8>, Option<std::process::Output>)> {
                 let plan_bin = c.get_bytes(&format!("/api/v1/runs/{id}/artifacts/plan.tfplan"))?;
                 std::fs::write(&plan_path, &plan_bin)?;
                 let ready = hex::encode(Sha256::digest(&plan_bin)) == recorded
                     && initialized_for(&data_dir(&dir, &early_env), &state_url);
-                let shown = match ready {
-                    true => show_json(terraform_bin, &dir, &plan_path, &early_env).ok(),
-                    false => None,
-                };
-                Ok((plan_bin, shown))
+                let show = ready.then(|| {
+                    terraform(
+                        terraform_bin,
+                        &dir,
+                        &[
+                            "show".into(),
+                            "-json".into(),
+                            plan_path.display().to_string(),
+                        ],
+                    )
+                    .env_clear()
+                    .envs(early_env.iter().map(|(k, v)| (k, v)))
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                });
+                let judged = c.get_bytes(&format!("/api/v1/runs/{id}/artifacts/plan.json"));
+                let shown = show.and_then(|s| s.ok()?.wait_with_output().ok());
+                Ok((plan_bin, judged?, shown))
             },
         );
         let started = c.send(
@@ -1161,14 +1226,13 @@ pub fn apply_run(
             &json!({"success": success, "log_b64": B64.encode(log), "plan_check": check}),
         )
     };
-    let (plan_bin, early_show) = early?;
+    let (plan_bin, judged, early_show) = early?;
     let got = hex::encode(Sha256::digest(&plan_bin));
     if got != approved {
         let msg = format!("the downloaded plan (SHA-256 {got}) is not the approved plan ({approved}); refusing to apply");
         finish(false, msg.as_bytes(), "plan hash mismatch: not applied")?;
         bail!(msg);
     }
-    let judged = run_client.get_bytes(&format!("/api/v1/runs/{id}/artifacts/plan.json"))?;
     let mut env = phase_env(std::env::vars(), &plan_profile, &token);
     let mut log = Vec::new();
     let mut check = String::new();

@@ -959,3 +959,64 @@ fn templates_and_symlinked_files_are_reviewed_inputs_end_to_end() {
         std::fs::write(ws.path(file), before).unwrap();
     }
 }
+
+/// The plan phase keeps its Terraform data directory between the plans of one stack directory,
+/// outside the checkout and private to the user: `terraform init` runs for the first plan, not
+/// for the next, again when terraform asks for it (a module added), and a kept directory that
+/// others may write is not used (a fresh one is).
+#[test]
+fn the_plan_phase_keeps_its_data_directory_privately_and_inits_only_when_terraform_asks() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = team("dev/keep");
+    let ws = Workspace::new(&t.s, "dev/keep", &data_resources(1));
+    let cache = tempfile::tempdir().unwrap();
+    let xdg = cache.path().display().to_string();
+    let plan_here = || {
+        let out = cli_in(
+            &t.s,
+            &t.agent,
+            &ws.dir,
+            &["plan", ".", "--stack", "dev/keep", "--format", "json"],
+            &[("XDG_CACHE_HOME", &xdg)],
+        );
+        assert!(out.status.success(), "{}", text(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(v["run"]["id"].as_str().is_some(), "{v}");
+        text(&out)
+    };
+    let inits = |log: &str| log.matches("Initializing the backend").count();
+    assert_eq!(inits(&plan_here()), 1, "the first plan initialises");
+    let root = cache.path().join("airlock/plan-data");
+    let kept: Vec<std::path::PathBuf> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    assert_eq!(kept.len(), 1, "one kept directory for the stack directory");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&kept[0]), 0o700);
+    assert_eq!(mode(&root), 0o700);
+    assert!(kept[0].join("terraform.tfstate").is_file());
+    assert_eq!(inits(&plan_here()), 0, "the next plan reuses it");
+
+    // A module added: terraform asks for init, and gets it.
+    std::fs::create_dir_all(ws.path("m")).unwrap();
+    std::fs::write(ws.path("m/main.tf"), data_resources(2)).unwrap();
+    ws.write_main(&format!(
+        "{}module \"m\" {{\n  source = \"./m\"\n}}\n",
+        data_resources(1)
+    ));
+    let log = plan_here();
+    assert!(
+        log.contains("terraform asks for terraform init") && inits(&log) == 1,
+        "{log}"
+    );
+    assert_eq!(inits(&plan_here()), 0);
+
+    // A kept directory others may write is left alone: the plan uses a fresh one.
+    std::fs::set_permissions(&kept[0], std::fs::Permissions::from_mode(0o777)).unwrap();
+    let planted = kept[0].join("terraform.tfstate");
+    let before = std::fs::read(&planted).unwrap();
+    assert_eq!(inits(&plan_here()), 1, "a fresh directory is initialised");
+    assert_eq!(std::fs::read(&planted).unwrap(), before);
+}

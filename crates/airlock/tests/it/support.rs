@@ -362,6 +362,8 @@ pub fn cli_in(
         .env("AIRLOCK_TOKEN", token)
         .env("CHECKPOINT_DISABLE", "1")
         .env("TF_CLI_CONFIG_FILE", "/dev/null")
+        // The plan phase's kept data directories go with the test's server, not to ~/.cache.
+        .env("XDG_CACHE_HOME", s.dir.path().join("cache"))
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
