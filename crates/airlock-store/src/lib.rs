@@ -281,6 +281,13 @@ pub trait Store: Send + Sync {
     fn oidc_trusts(&self) -> Result<Vec<OidcTrustRecord>>;
     /// Records a trust's removal: `NotFound` if there is none, `Conflict` if already removed.
     fn remove_oidc_trust(&self, id: &str, by: &str, audit: NewAudit) -> Result<OidcTrustRecord>;
+
+    // --- forge ID tokens already exchanged (one login per token) ---
+    /// Records that the forge ID token `(issuer, jti)`, which expires at `exp` (ms), was
+    /// exchanged for a login, after deleting the records whose `exp` is before `prune_before`
+    /// (ms). `Conflict` if the pair is recorded already: the insert is the check, so of two
+    /// replicas recording one token at once exactly one succeeds.
+    fn use_forge_token(&self, issuer: &str, jti: &str, exp: i64, prune_before: i64) -> Result<()>;
 }
 
 /// Backup import: `airlock backup` reads everything through [`Store`] plus

@@ -43,6 +43,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         10,
         include_str!("../migrations/postgres/0010_audit_chains.sql"),
     ),
+    (
+        13,
+        include_str!("../migrations/postgres/0013_forge_token_uses.sql"),
+    ),
 ];
 
 /// Transaction-scoped advisory lock keys ("airlock" in ASCII, then a number). Being
