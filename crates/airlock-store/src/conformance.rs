@@ -73,6 +73,8 @@ pub fn run_all<S: StoreImport + StoreStats + 'static>(engine: &Arc<S>) {
     drift_reports(engine.as_ref());
     oidc_keys_and_trusts(store.as_ref());
     trusts_are_pinned_once_and_imports_keep_trusts_and_drift(engine.as_ref());
+    forge_token_uses(store.as_ref());
+    concurrent_forge_token_uses_have_one_winner(&[store, store]);
 }
 
 /// Migration 0011 and backups: a trust without repository ids (added before they were pinned)
@@ -2167,6 +2169,7 @@ pub fn run_replicas(a: &Arc<dyn Store>, b: &Arc<dyn Store>) {
     replicas_unlocked_writes_are_serialized(a, b);
     replicas_race_for_run_transitions(a, b);
     replicas_audit_chain_verifies(a.as_ref(), b.as_ref());
+    concurrent_forge_token_uses_have_one_winner(&[a, b]);
 }
 
 /// What one replica writes, the other reads at once: no replica caches anything.
@@ -2563,4 +2566,96 @@ pub fn drift_reports(s: &dyn StoreImport) {
         matches!(add("drf_c8", "in_sync", Some(1)), Err(StoreError::Conflict(m)) if m.contains("deleted"))
     );
     assert_eq!(ids(0, 1), ["drf_c7"]);
+}
+
+// ---- forge ID tokens already exchanged ----
+
+/// A forge token `(issuer, jti)` is recorded once (`Conflict` after), per issuer; records
+/// whose `exp` is before `prune_before` go first, live ones stay.
+pub fn forge_token_uses(s: &dyn Store) {
+    let now = now_ms();
+    let (gh, gl) = ("https://gh.example", "https://gl.example");
+    let live = now + 300_000;
+    let keep_all = i64::MIN;
+    s.use_forge_token(gh, "j1", live, keep_all).unwrap();
+    assert!(matches!(
+        s.use_forge_token(gh, "j1", live, keep_all),
+        Err(StoreError::Conflict(_))
+    ));
+    // Another issuer's jti space is its own; another jti is another token.
+    s.use_forge_token(gl, "j1", live, keep_all).unwrap();
+    s.use_forge_token(gh, "j2", live, keep_all).unwrap();
+    // Expired records are deleted by the next use that prunes before their exp, not earlier.
+    for i in 0..20 {
+        s.use_forge_token(gh, &format!("old-{i}"), now - 120_000, keep_all)
+            .unwrap();
+    }
+    s.use_forge_token(gh, "j3", live, now - 120_000).unwrap();
+    assert!(
+        matches!(
+            s.use_forge_token(gh, "old-0", now - 120_000, keep_all),
+            Err(StoreError::Conflict(_))
+        ),
+        "a record whose exp equals prune_before is kept"
+    );
+    s.use_forge_token(gh, "j4", live, now - 60_000).unwrap();
+    for i in 0..20 {
+        s.use_forge_token(gh, &format!("old-{i}"), now - 120_000, keep_all)
+            .unwrap_or_else(|e| panic!("old-{i} was not pruned: {e}"));
+    }
+    // The prune left the live records alone.
+    for (iss, jti) in [(gh, "j1"), (gl, "j1"), (gh, "j2"), (gh, "j3"), (gh, "j4")] {
+        assert!(
+            matches!(
+                s.use_forge_token(iss, jti, live, now - 60_000),
+                Err(StoreError::Conflict(_))
+            ),
+            "{iss} {jti}"
+        );
+    }
+}
+
+/// Logins with one forge token at once (on one store's connections, or on two replicas), while
+/// each also prunes expired records: exactly one records it, every other gets `Conflict` (never
+/// a database error), round after round.
+pub fn concurrent_forge_token_uses_have_one_winner(stores: &[&Arc<dyn Store>]) {
+    let now = now_ms();
+    let issuer = format!("https://race-{now}.example");
+    for round in 0..10 {
+        for i in 0..10 {
+            stores[0]
+                .use_forge_token(
+                    &issuer,
+                    &format!("expired-{round}-{i}"),
+                    now - 120_000,
+                    i64::MIN,
+                )
+                .unwrap();
+        }
+        let start = Arc::new(std::sync::Barrier::new(12));
+        let threads: Vec<_> = (0..12)
+            .map(|i| {
+                let s = Arc::clone(stores[i % stores.len()]);
+                let (start, issuer) = (Arc::clone(&start), issuer.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    s.use_forge_token(
+                        &issuer,
+                        &format!("job-{round}"),
+                        now + 300_000,
+                        now - 60_000,
+                    )
+                })
+            })
+            .collect();
+        let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let won = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(won, 1, "round {round}: {results:?}");
+        assert!(
+            results
+                .iter()
+                .all(|r| matches!(r, Ok(()) | Err(StoreError::Conflict(_)))),
+            "round {round}: {results:?}"
+        );
+    }
 }

@@ -2120,6 +2120,34 @@ impl<E: Engine> Store for E {
     fn update_run(&self, id: &str, update: &mut RunUpdate<'_>) -> Result<RunTransition> {
         self.write(|db| update_run(db, id, update))
     }
+
+    fn use_forge_token(&self, issuer: &str, jti: &str, exp: i64, prune_before: i64) -> Result<()> {
+        self.write(|db| {
+            // The table holds only tokens that could still be accepted. Rows another login is
+            // pruning are left to it (PostgreSQL's SKIP LOCKED), so concurrent prunes never wait
+            // on or deadlock with each other; SQLite's single writer has no such race.
+            let skip_locked = match db.for_update() {
+                "" => String::new(),
+                lock => format!("{lock} SKIP LOCKED"),
+            };
+            db.execute(
+                &format!("DELETE FROM forge_token_uses WHERE (issuer, jti) IN (SELECT issuer, jti FROM forge_token_uses WHERE exp < $1{skip_locked})"),
+                params![prune_before],
+            )?;
+            // The insert is the check: on PostgreSQL a second transaction inserting the same
+            // pair waits for the first and then inserts nothing.
+            let inserted = db.execute(
+                "INSERT INTO forge_token_uses (issuer, jti, exp, used_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                params![issuer, jti, exp, now_ms()],
+            )?;
+            if inserted == 0 {
+                return Err(StoreError::Conflict(format!(
+                    "forge token {jti} of {issuer} was already used"
+                )));
+            }
+            Ok(())
+        })
+    }
 }
 
 fn insert_stack(db: &mut dyn Sql, s: &StackRecord) -> Result<()> {

@@ -295,6 +295,13 @@ pub trait Store: Send + Sync {
     /// The stack and its current lock, read together (one query); `None` if the stack does
     /// not exist.
     fn stack_with_lock(&self, name: &str) -> Result<Option<(StackRecord, Option<LockRecord>)>>;
+
+    // --- forge ID tokens already exchanged (one login per token) ---
+    /// Records that the forge ID token `(issuer, jti)`, which expires at `exp` (ms), was
+    /// exchanged for a login, after deleting the records whose `exp` is before `prune_before`
+    /// (ms). `Conflict` if the pair is recorded already: the insert is the check, so of two
+    /// replicas recording one token at once exactly one succeeds.
+    fn use_forge_token(&self, issuer: &str, jti: &str, exp: i64, prune_before: i64) -> Result<()>;
 }
 
 /// Backup import: `airlock backup` reads everything through [`Store`] plus

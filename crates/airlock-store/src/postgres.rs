@@ -47,6 +47,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         11,
         include_str!("../migrations/postgres/0011_trust_ids.sql"),
     ),
+    (
+        13,
+        include_str!("../migrations/postgres/0013_forge_token_uses.sql"),
+    ),
 ];
 
 /// Transaction-scoped advisory lock keys ("airlock" in ASCII, then a number). Being

@@ -47,6 +47,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         include_str!("../migrations/sqlite/0010_audit_chains.sql"),
     ),
     (11, include_str!("../migrations/sqlite/0011_trust_ids.sql")),
+    (
+        13,
+        include_str!("../migrations/sqlite/0013_forge_token_uses.sql"),
+    ),
 ];
 // Enough idle readers for a burst of concurrent GETs without reopening connections.
 const MAX_IDLE_READERS: usize = 32;

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use airlock_core::refusal::RefusalKind;
 use airlock_core::time::parse_duration_ms;
 use airlock_core::Role;
-use airlock_store::{now_ms, MintLimit, NewAudit, NewToken, OidcTrustRecord, RunStatus};
+use airlock_store::{
+    now_ms, MintLimit, NewAudit, NewToken, OidcTrustRecord, RunStatus, StoreError,
+};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
@@ -563,6 +565,19 @@ pub async fn login(
             .await);
         }
     };
+    // One login per ID token: recorded only now that it is signed, in time and trusted (a
+    // refused token cannot spend a real job's jti), and before anything is minted.
+    if let Err(e) = use_once(&state, &iss, &claims).await? {
+        return Err(refuse(
+            &state,
+            &actor,
+            action,
+            None,
+            unauth,
+            format!("forge token refused: {e}"),
+        )
+        .await);
+    }
     let g = tokens::generate();
     let expires_at = now_ms() + grant.lifetime_ms;
     let name: String = format!("ci {}", grant.subject).chars().take(100).collect();
@@ -593,4 +608,27 @@ pub async fn login(
             json!({"token_id": g.id, "secret": g.secret, "role": grant.role, "stacks": grant.stacks, "expires_at": expires_at, "trust": grant.trust_id}),
         ),
     ))
+}
+
+/// Records a verified forge token's `(iss, jti)` as used, in the store, so it logs in once
+/// whichever replica it reaches (the insert is the check). `Ok(Err(why))` when the token has no
+/// usable `jti` or was used already; a store failure is an `Err`.
+async fn use_once(
+    state: &Arc<AppState>,
+    iss: &str,
+    claims: &serde_json::Map<String, Value>,
+) -> ApiResult<Result<(), String>> {
+    let (jti, exp_ms) = match oidc::single_use(claims) {
+        Ok(u) => u,
+        Err(e) => return Ok(Err(e)),
+    };
+    let (i, j) = (iss.to_owned(), jti.to_owned());
+    let prune_before = now_ms() - oidc::USED_TOKEN_KEPT_MS;
+    match blocking(state, move |st| st.use_forge_token(&i, &j, exp_ms, prune_before)).await? {
+        Ok(()) => Ok(Ok(())),
+        Err(StoreError::Conflict(_)) => Ok(Err(format!(
+            "this ID token (jti {jti:?}) was already used for a login; each login needs a fresh ID token (GitHub Actions: `airlock login --oidc` asks the runner for a new one every time; GitLab CI: one `id_tokens:` entry per login)"
+        ))),
+        Err(e) => Err(e.into()),
+    }
 }

@@ -697,6 +697,33 @@ pub fn judge_login(
     })
 }
 
+/// Longest `jti` a forge ID token may carry (GitHub's and GitLab's are 36-character UUIDs).
+pub const MAX_JTI_LEN: usize = 128;
+/// How long after a forge token's `exp` the record of its use is kept (ms): the leeway
+/// [`jose::check_times`] allows, plus a margin for replicas whose clocks differ, so that no
+/// replica still accepts a token whose record another one has pruned.
+pub const USED_TOKEN_KEPT_MS: i64 = (LEEWAY_S + 300) * 1000;
+
+/// What makes a verified forge token single-use: its `jti` and its `exp` (ms). The `jti` is
+/// required (GitHub and GitLab put one in every ID token) and must be 1 to [`MAX_JTI_LEN`]
+/// characters, none of them control characters.
+pub fn single_use(claims: &Map<String, Value>) -> Result<(&str, i64), String> {
+    let jti = match claims.get("jti") {
+        None => return Err("the token has no `jti` (GitHub and GitLab set one on every ID token), so it could not be used only once".into()),
+        Some(v) => v.as_str().ok_or("the token's `jti` is not a string")?,
+    };
+    if jti.is_empty() || jti.len() > MAX_JTI_LEN || jti.chars().any(char::is_control) {
+        return Err(format!(
+            "the token's `jti` must be 1 to {MAX_JTI_LEN} printable characters"
+        ));
+    }
+    let exp = claims
+        .get("exp")
+        .and_then(Value::as_i64)
+        .ok_or("the token has no whole-number `exp`")?;
+    Ok((jti, exp.saturating_mul(1000)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

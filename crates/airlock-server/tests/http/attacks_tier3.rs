@@ -523,12 +523,14 @@ async fn attacks_tier3_one_forge_token_does_not_mint_airlock_tokens_without_boun
                 .unwrap(),
         )
     };
-    let first = login(leaked.clone()).await;
+    let first = login(leaked).await;
     first.expect(201);
     assert_eq!(first.json()["role"], "ci");
     let mut minted = 1;
     while minted <= 1000 {
-        let r = login(leaked.clone()).await;
+        // A fresh jti each time: a replayed token is refused outright now
+        // (`attacks_tier3_a_forge_token_logs_in_once`); the limit still bounds the logins.
+        let r = login(f.push_token(&format!("jti-{minted}"))).await;
         if r.status != 201 {
             break;
         }
@@ -868,5 +870,259 @@ fn attacks_tier3_concurrent_logins_make_one_jwks_fetch_per_issuer() {
     assert!(
         fetched <= 2,
         "32 unauthenticated logins with a forged token made {fetched} fetches of the issuer's discovery document"
+    );
+}
+
+// ---- one login per forge ID token (its `jti`), across replicas ----
+
+/// A server trusting `f`'s push jobs of org/repo on refs/heads/main with `ci`.
+async fn trusting(f: &Forge) -> Server {
+    let s = issuer_server();
+    s.api(
+        "POST",
+        "/api/v1/oidc/trusts",
+        &s.admin,
+        json!({"forge": "github", "repository": "org/repo", "repository_id": "1001", "owner_id": "2002",
+               "git_ref": "refs/heads/main", "role": "ci", "issuer": f.url, "audience": "https://airlock.example"}),
+    )
+    .await
+    .expect(201);
+    s
+}
+
+async fn forge_login(s: &Server, token: &str, role: Option<&str>) -> Resp {
+    s.send(
+        request("POST", "/api/v1/oidc/login", Auth::None)
+            .header(axum::http::header::CONTENT_TYPE, "application/json")
+            .body(axum::body::Body::from(
+                json!({"token": token, "role": role}).to_string(),
+            ))
+            .unwrap(),
+    )
+    .await
+}
+
+impl Forge {
+    /// [`Forge::push_token`] with `changes` merged into its claims (a `null` removes one).
+    fn push_token_with(&self, changes: Value) -> String {
+        let now = airlock_store::now_ms() / 1000;
+        let mut c = json!({"iss": self.url, "aud": "https://airlock.example", "sub": "repo:org/repo:ref:refs/heads/main",
+            "repository": "org/repo", "repository_id": "1001", "repository_owner_id": "2002",
+            "ref": "refs/heads/main", "event_name": "push",
+            "iat": now, "nbf": now, "exp": now + 300, "jti": "jti-default"});
+        for (k, v) in changes.as_object().unwrap() {
+            match v {
+                Value::Null => c.as_object_mut().unwrap().remove(k),
+                v => c.as_object_mut().unwrap().insert(k.clone(), v.clone()),
+            };
+        }
+        self.key.sign(&c).unwrap()
+    }
+}
+
+/// ATTACK (a job's ID token read from a log line, an artifact or a compromised step): the token
+/// logs in again and again until it expires (GitHub: minutes; GitLab: the job's lifetime),
+/// each time minting a fresh airlock ci token. Expected: the second login with the same token
+/// is refused (401, audited, saying to request a fresh ID token); the job's next token works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attacks_tier3_a_forge_token_logs_in_once() {
+    let f = forge();
+    let s = trusting(&f).await;
+    let token = f.push_token("jti-seen-in-a-log");
+    forge_login(&s, &token, None).await.expect(201);
+    let replay = forge_login(&s, &token, None).await;
+    assert_eq!(
+        replay.status, 401,
+        "the same forge ID token logged in twice: {replay:?}"
+    );
+    let m = replay.message();
+    assert!(
+        m.contains("already used") && m.contains("fresh ID token"),
+        "{m}"
+    );
+    let denied = s.denials().await;
+    assert!(
+        denied.iter().any(|e| e["action"] == "oidc.login"
+            && e["detail"]["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("already used"))),
+        "the replay is not audited: {denied:?}"
+    );
+    // Asking for another role changes nothing: the token is spent.
+    forge_login(&s, &token, Some("agent")).await.expect(401);
+    // The job's next ID token (a new jti) logs in.
+    forge_login(&s, &f.push_token("jti-next-request"), None)
+        .await
+        .expect(201);
+}
+
+/// ATTACK (a replay racing the job itself): 16 logins with one ID token at once. Were the
+/// check a read before the insert, several could pass it together. Expected: exactly one 201.
+#[test]
+fn attacks_tier3_concurrent_logins_with_one_forge_token_have_one_winner() {
+    let f = forge();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let s = rt.block_on(trusting(&f));
+    // The issuer's keys cached first: the race is on the store, not the fetch.
+    rt.block_on(forge_login(&s, &f.push_token("jti-warm-up"), None))
+        .expect(201);
+    for round in 0..3 {
+        let token = f.push_token(&format!("jti-raced-{round}"));
+        let start = std::sync::Barrier::new(16);
+        let statuses: Vec<u16> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..16)
+                .map(|_| {
+                    let (s, token, start) = (&s, token.clone(), &start);
+                    scope.spawn(move || {
+                        let rt = tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
+                            .unwrap();
+                        start.wait();
+                        rt.block_on(forge_login(s, &token, None)).status.as_u16()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(
+            statuses.iter().filter(|&&c| c == 201).count(),
+            1,
+            "round {round}: {statuses:?}"
+        );
+        assert!(
+            statuses.iter().all(|&c| c == 201 || c == 401),
+            "{statuses:?}"
+        );
+    }
+}
+
+/// REFUSED (and must stay so): a token that fails any check before the trust's judgement
+/// carries a real job's `jti` (an attacker who saw the jti, not the token, or who holds a
+/// token the trust refuses): it must not spend that jti, or anyone could lock a job out.
+/// Unsigned, signed by another key, expired, not yet valid, another repository, a pull
+/// request job: all refused, and the real job's token still logs in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attacks_tier3_a_refused_token_does_not_spend_a_real_jobs_jti() {
+    let f = forge();
+    let s = trusting(&f).await;
+    let jti = "jti-of-the-real-job";
+    let now = airlock_store::now_ms() / 1000;
+    let stranger = airlock_server::oidc::jose::generate_es256().unwrap();
+    let other_key =
+        airlock_server::oidc::jose::SigningKey::from_pkcs8(f.key.kid(), &stranger.pkcs8).unwrap();
+    let b64 = |v: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let claims = json!({"iss": f.url, "aud": "https://airlock.example", "sub": "repo:org/repo:ref:refs/heads/main",
+        "repository": "org/repo", "ref": "refs/heads/main", "event_name": "push",
+        "iat": now, "nbf": now, "exp": now + 300, "jti": jti});
+    let attempts: Vec<(&str, String, Option<&str>, u16)> = vec![
+        (
+            "alg none",
+            format!(
+                "{}.{}.",
+                b64(json!({"alg": "none", "kid": f.key.kid()})),
+                b64(claims.clone())
+            ),
+            None,
+            401,
+        ),
+        ("another key under the forge's kid", other_key.sign(&claims).unwrap(), None, 401),
+        (
+            "expired",
+            f.push_token_with(json!({"jti": jti, "iat": now - 900, "nbf": now - 900, "exp": now - 600})),
+            None,
+            401,
+        ),
+        (
+            "not yet valid",
+            f.push_token_with(json!({"jti": jti, "nbf": now + 600})),
+            None,
+            401,
+        ),
+        (
+            "another repository",
+            f.push_token_with(json!({"jti": jti, "repository": "org/other", "sub": "repo:org/other:ref:refs/heads/main"})),
+            None,
+            401,
+        ),
+        (
+            "a pull request job (on the base branch), which the ci trust never matches",
+            f.push_token_with(json!({"jti": jti, "event_name": "pull_request_target"})),
+            Some("ci"),
+            401,
+        ),
+    ];
+    for (name, token, role, want) in &attempts {
+        let r = forge_login(&s, token, *role).await;
+        assert_eq!(r.status.as_u16(), *want, "{name}: {r:?}");
+    }
+    let real = forge_login(&s, &f.push_token(jti), None).await;
+    assert_eq!(
+        real.status, 201,
+        "a refused token spent the real job's jti: {real:?}"
+    );
+}
+
+/// ATTACK (a token that cannot be recorded): without a `jti` a token could not be spent, so
+/// it would log in without bound. GitHub and GitLab set `jti` on every ID token (their
+/// documented standard claims), so a token without one, or with one that is not a bounded
+/// string, is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attacks_tier3_a_forge_token_without_a_usable_jti_is_refused() {
+    let f = forge();
+    let s = trusting(&f).await;
+    for (name, jti) in [
+        ("none", Value::Null),
+        ("empty", json!("")),
+        ("a number", json!(7)),
+        ("oversized", json!("j".repeat(129))),
+        ("control characters", json!("jti\n1")),
+    ] {
+        let token = f.push_token_with(json!({ "jti": jti }));
+        let first = forge_login(&s, &token, None).await;
+        assert_eq!(first.status, 401, "jti {name}: {first:?}");
+        assert!(first.message().contains("jti"), "jti {name}: {first:?}");
+    }
+    // The longest accepted jti.
+    forge_login(&s, &f.push_token(&"j".repeat(128)), None)
+        .await
+        .expect(201);
+}
+
+/// The record of a used token lives as long as the token could be accepted (its `exp`, the
+/// leeway, and a margin for replicas' clocks), then a later login prunes it: the table holds
+/// only live tokens. A record still within the leeway is kept (its token would still verify).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attacks_tier3_used_forge_tokens_are_pruned_once_they_expired() {
+    let f = forge();
+    let s = trusting(&f).await;
+    let now = airlock_store::now_ms();
+    let leeway_ms = airlock_server::oidc::LEEWAY_S * 1000;
+    let keep_all = i64::MIN;
+    s.store
+        .use_forge_token(&f.url, "long-expired", now - 3_600_000, keep_all)
+        .unwrap();
+    s.store
+        .use_forge_token(&f.url, "in-the-leeway", now - leeway_ms / 2, keep_all)
+        .unwrap();
+    forge_login(&s, &f.push_token("jti-prunes"), None)
+        .await
+        .expect(201);
+    assert!(
+        s.store
+            .use_forge_token(&f.url, "long-expired", now - 3_600_000, keep_all)
+            .is_ok(),
+        "an hour-old record was not pruned by the next login"
+    );
+    assert!(
+        matches!(
+            s.store
+                .use_forge_token(&f.url, "in-the-leeway", now - leeway_ms / 2, keep_all),
+            Err(airlock_store::StoreError::Conflict(_))
+        ),
+        "a record whose token is still accepted (within the leeway) was pruned"
     );
 }

@@ -485,6 +485,19 @@ fn ci_logs_in_with_its_forge_token_and_every_attack_is_refused_and_audited() {
     assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("::add-mask::{secret}")));
     let who = t.s.ok(&secret, &["whoami"]);
     assert!(who.contains("role ci"), "{who}");
+    // Each login asks the runner for a new ID token (a new jti), so logging in again works.
+    let again = cli_in(
+        &t.s,
+        "",
+        dir.path(),
+        &["login", "--oidc", "--github-env"],
+        &[
+            ("ACTIONS_ID_TOKEN_REQUEST_URL", request_url.as_str()),
+            ("ACTIONS_ID_TOKEN_REQUEST_TOKEN", "runner-secret"),
+            ("GITHUB_ENV", gh_env.to_str().unwrap()),
+        ],
+    );
+    assert!(again.status.success(), "{}", text(&again));
     // The token is scoped as the trust says.
     assert_eq!(plan_token(&t, &secret, "dev/app", "a").0, 201);
 
@@ -518,6 +531,21 @@ fn ci_logs_in_with_its_forge_token_and_every_attack_is_refused_and_audited() {
     assert!(out.status.success(), "{}", text(&out));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["role"], "ci");
+    // The same ID token again (a second login in the job, or someone who copied it): refused,
+    // saying why and what to do.
+    let out = cli_in(
+        &t.s,
+        "",
+        dir.path(),
+        &["login", "--oidc", "--format", "json"],
+        &[("AIRLOCK_ID_TOKEN", gl.as_str())],
+    );
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("already used") && text(&out).contains("id_tokens"),
+        "{}",
+        text(&out)
+    );
 
     // A pull-request job: at most agent, and asking for ci is refused.
     let pr = forge.mint(json!({"sub": "repo:org/repo:pull_request", "repository": "org/repo", "repository_id": "1001", "repository_owner_id": "2002", "ref": "refs/pull/7/merge",
@@ -557,6 +585,8 @@ fn ci_logs_in_with_its_forge_token_and_every_attack_is_refused_and_audited() {
         ("garbage JWKS", forge.mint(with(json!({"iss": format!("{}/garbage", forge.url), "repository": "org/garbage", "sub": "repo:org/garbage:x"})), None), None, 401, "could not be fetched"),
         ("not a JWT", "a.b".into(), None, 401, "three dot-separated parts"),
         ("oversized", "a".repeat(20_000), None, 401, "longer than"),
+        ("no jti", forge.mint(with(json!({"jti": null})), None), None, 401, "no `jti`"),
+        ("replayed", gl.clone(), None, 401, "already used"),
     ];
     for (name, token, role, want, says) in &attacks {
         let (code, v) = login(&t, token, *role);
@@ -1097,4 +1127,69 @@ fn a_trust_from_before_pinning_refuses_logins_until_an_admin_pins_it() {
     assert!(out.contains("pinned trust"), "{out}");
     let (code, v) = login();
     assert_eq!((code, v["role"].as_str()), (201, Some("ci")), "{v}");
+}
+
+/// Two replicas on one PostgreSQL: one forge ID token sent to both at once (the job and a
+/// replay of its token, racing) logs in exactly once; replayed afterwards at either, refused.
+#[test]
+fn a_forge_token_logs_in_once_across_two_replicas() {
+    let db = TestDatabase::new("jti");
+    let backing = Backing::Url(db.url.clone());
+    let public = ["--public-url", "https://airlock.example"];
+    let a = TestServer::start_on(&backing, None, &public, &[]);
+    let b = TestServer::start_on(&backing, Some(&a.admin), &public, &[]);
+    let forge = issuer();
+    a.ok(
+        &a.admin,
+        &[
+            "trust",
+            "add",
+            "github",
+            "--repository",
+            "org/repo",
+            "--repository-id",
+            "1001",
+            "--owner-id",
+            "2002",
+            "--ref",
+            "refs/heads/main",
+            "--role",
+            "ci",
+            "--issuer",
+            &forge.url,
+        ],
+    );
+    let login_at = |s: &TestServer, token: &str| {
+        post(
+            &format!("{}/api/v1/oidc/login", s.url),
+            "",
+            json!({"token": token}),
+        )
+    };
+    for round in 0..3 {
+        let token = forge.mint(push_claims("https://airlock.example"), None);
+        let start = std::sync::Barrier::new(8);
+        let answers: Vec<(u16, Value)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|i| {
+                    let (s, token, start) = ([&a, &b][i % 2], &token, &start);
+                    scope.spawn(move || {
+                        start.wait();
+                        login_at(s, token)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let won = answers.iter().filter(|(c, _)| *c == 201).count();
+        assert_eq!(won, 1, "round {round}: {answers:?}");
+        for (code, v) in answers.iter().filter(|(c, _)| *c != 201) {
+            assert_eq!(*code, 401, "round {round}: {v}");
+            assert!(v.to_string().contains("already used"), "round {round}: {v}");
+        }
+        for s in [&a, &b] {
+            let (code, v) = login_at(s, &token);
+            assert_eq!(code, 401, "a replay at {} logged in: {v}", s.url);
+        }
+    }
 }

@@ -8,9 +8,10 @@ Serves, on 127.0.0.1 (port printed as the first line of stdout):
                  -> {"token": "..."}   (the issuer's key unless the attack says otherwise)
   GET /gh-token?audience=A   what a GitHub Actions runner answers ACTIONS_ID_TOKEN_REQUEST_URL:
                  {"value": token} for a push to refs/heads/main of org/repo, aud A
-Claims `iss` default to the issuer, `iat`/`nbf`/`exp` to now, now, now + 300.
+Claims `iss` default to the issuer, `iat`/`nbf`/`exp` to now, now, now + 300, `jti` to a new
+UUID (a claim given as null is left out).
 """
-import base64, hashlib, hmac, json, sys, threading, time
+import base64, hashlib, hmac, json, sys, threading, time, uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlparse, parse_qs
 
@@ -77,7 +78,8 @@ class Handler(BaseHTTPRequestHandler):
 
 def mint(base, claims, attack):
     now = int(time.time())
-    c = {"iss": base, "iat": now, "nbf": now, "exp": now + 300}
+    # A new jti on every token, as GitHub and GitLab do.
+    c = {"iss": base, "iat": now, "nbf": now, "exp": now + 300, "jti": str(uuid.uuid4())}
     c.update(claims)
     c = {k: v for k, v in c.items() if v is not None}
     if attack == "none":
