@@ -168,8 +168,13 @@ fn cut(rest: &[u8]) -> usize {
     limit
 }
 
-/// Bytes of a chunk's start that index it in [`Recent`].
-const PREFIX: usize = 32;
+/// Bytes of a chunk's start that index it in [`Recent`]: enough that distinct chunks of real
+/// (repetitive, indented) JSON rarely share them; chunks other than a body's last are longer.
+const PREFIX: usize = 256;
+/// Remembered chunks with the same start compared at most per lookup: bodies crafted with many
+/// chunks sharing long prefixes cost at most this many extra passes over their bytes (an
+/// unbounded search would be quadratic). Missing a match only costs hashing the chunk.
+const MAX_CANDIDATES: usize = 4;
 
 /// A body written recently and its chunks, so that the next write of the same stack finds its
 /// unchanged chunks by comparing bytes instead of scanning and hashing them again.
@@ -215,13 +220,17 @@ impl Recent {
     /// one of the remembered chunks.
     fn find(&self, rest: &[u8]) -> Option<(usize, [u8; 32])> {
         let key = <[u8; PREFIX]>::try_from(rest.get(..PREFIX)?).ok()?;
-        self.by_prefix.get(&key)?.iter().find_map(|&i| {
-            let (start, end, hash) = self.chunks[i];
-            let old = &self.body[start..end];
-            let ended_with_body = end == self.body.len();
-            (rest.starts_with(old) && (!ended_with_body || rest.len() == old.len()))
-                .then_some((old.len(), hash))
-        })
+        self.by_prefix
+            .get(&key)?
+            .iter()
+            .take(MAX_CANDIDATES)
+            .find_map(|&i| {
+                let (start, end, hash) = self.chunks[i];
+                let old = &self.body[start..end];
+                let ended_with_body = end == self.body.len();
+                (rest.starts_with(old) && (!ended_with_body || rest.len() == old.len()))
+                    .then_some((old.len(), hash))
+            })
     }
 }
 
@@ -432,6 +441,28 @@ mod tests {
             "{found} of {}",
             split(&changed).len()
         );
+    }
+
+    /// However many remembered chunks share a start, a lookup compares at most a few.
+    #[test]
+    fn a_lookup_compares_a_bounded_number_of_chunks() {
+        let chunk = |last: u8| {
+            let mut c = vec![b'a'; 1000];
+            c[999] = last;
+            c
+        };
+        const _: () = assert!(PREFIX < 999);
+        let body: Vec<u8> = (0..=MAX_CANDIDATES as u8).flat_map(chunk).collect();
+        let table: Vec<(usize, [u8; 32])> = (0..=MAX_CANDIDATES as u8)
+            .map(|i| (1000, sha256(&chunk(i))))
+            .collect();
+        let recent = Recent::new(body, &table);
+        let mut rest = chunk(0);
+        rest.extend_from_slice(b"more");
+        assert_eq!(recent.find(&rest).map(|(len, _)| len), Some(1000));
+        let mut rest = chunk(MAX_CANDIDATES as u8);
+        rest.extend_from_slice(b"more");
+        assert_eq!(recent.find(&rest), None);
     }
 
     #[test]
