@@ -139,6 +139,7 @@ start_server() {
     local name="$1"
     shift
     local logf="$out/server-$name.log"
+    : >"$logf" # exists before the server's shell opens it, for the reads below
     env -u AIRLOCK_DATABASE_URL -u AIRLOCK_DATA_DIR "${server_bin:-$AIRLOCK_BIN}" server --listen 127.0.0.1:0 "$@" >"$logf" 2>&1 &
     server_pid=$!
     pids+=("$server_pid")
