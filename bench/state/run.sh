@@ -13,7 +13,8 @@
 #   bench/state/run.sh --large    # only (e): a 100 MB state written, read, diffed, paged
 #
 # Environment: CARGO_TARGET_DIR (default bench/state/target), AIRLOCK_BIN (skip building
-# airlock, use this binary), AIRLOCK_TEST_DATABASE_URL (use this PostgreSQL instead of a
+# airlock, use this binary), AIRLOCK_BEFORE_BIN (with --write: also run (b) against this
+# binary, first, in the same run: the "before" column), AIRLOCK_TEST_DATABASE_URL (use this PostgreSQL instead of a
 # throwaway cluster; the run creates and drops its own databases there), BENCH_OUT (where
 # logs and results go; default bench/state/out/<timestamp>), AIRLOCK_BENCH_REV (the revision to
 # print when the tree is not a git checkout). See bench/state/README.md.
@@ -138,7 +139,8 @@ start_server() {
     local name="$1"
     shift
     local logf="$out/server-$name.log"
-    env -u AIRLOCK_DATABASE_URL -u AIRLOCK_DATA_DIR "$AIRLOCK_BIN" server --listen 127.0.0.1:0 "$@" >"$logf" 2>&1 &
+    : >"$logf" # exists before the server's shell opens it, for the reads below
+    env -u AIRLOCK_DATABASE_URL -u AIRLOCK_DATA_DIR "${server_bin:-$AIRLOCK_BIN}" server --listen 127.0.0.1:0 "$@" >"$logf" 2>&1 &
     server_pid=$!
     pids+=("$server_pid")
     server_url=""
@@ -267,10 +269,10 @@ run_load() {
     "$LOADGEN_BIN" create-stacks --url "$first" --token "$admin_token" --stacks "$stacks"
     log "    $config: lock+write+unlock, 1 client"
     local perf_pid=""
-    if [ -n "${BENCH_PROFILE:-}" ] && [ "$config" = sqlite1 ]; then
+    if [ -n "${BENCH_PROFILE:-}" ] && [ "${config#sqlite1}" != "$config" ]; then
         # A CPU profile of the server during the 1-client run (software clock samples: works
-        # in VMs without hardware counters); `perf report -i $out/perf-c1.data` reads it.
-        perf record -q -F 499 -g -e cpu-clock -p "$spids" -o "$out/perf-c1.data" -- sleep "$((lat_secs + 1))" \
+        # in VMs without hardware counters); `perf report -i $out/perf-sqlite1-c1.data` reads it.
+        perf record -q -F 499 -g -e cpu-clock -p "$spids" -o "$out/perf-$config-c1.data" -- sleep "$((lat_secs + 1))" \
             >"$out/perf-record.log" 2>&1 &
         perf_pid=$!
     fi
@@ -306,6 +308,13 @@ if [ "$mode" = large ]; then
     exit 0
 fi
 
+if [ "$mode" = write ] && [ -n "${AIRLOCK_BEFORE_BIN:-}" ]; then
+    log "(b) SQLite, one server, the before binary $AIRLOCK_BEFORE_BIN"
+    put meta.before_bin "$AIRLOCK_BEFORE_BIN"
+    server_bin="$AIRLOCK_BEFORE_BIN" start_server sqlite1before --data-dir "$out/data-sqlite1before"
+    run_load sqlite1before "$server_url" "$server_pid"
+    stop_server "$server_pid" sqlite1before
+fi
 log "(b) SQLite, one server"
 start_server sqlite1 --data-dir "$out/data-sqlite1"
 run_load sqlite1 "$server_url" "$server_pid"

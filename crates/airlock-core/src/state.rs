@@ -495,6 +495,35 @@ fn string_end(b: &[u8], start: usize) -> Option<usize> {
     }
 }
 
+/// The index of the first byte at or after `i` that is `"`, `[`, `]`, `{` or `}` (or the
+/// length): eight bytes at a time, so indentation and punctuation between strings cost little.
+fn next_structural(b: &[u8], mut i: usize) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let has_zero_byte = |v: u64| v.wrapping_sub(ONES) & !v & HIGH != 0;
+    while let Some(w) = b.get(i..i + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(w);
+        let v = u64::from_le_bytes(word);
+        // Setting bit 5 maps `[` onto `{` and `]` onto `}`, and no other byte onto either.
+        let folded = v | (ONES * 0x20);
+        if has_zero_byte(v ^ (ONES * u64::from(b'"')))
+            || has_zero_byte(folded ^ (ONES * u64::from(b'{')))
+            || has_zero_byte(folded ^ (ONES * u64::from(b'}')))
+        {
+            break;
+        }
+        i += 8;
+    }
+    while b
+        .get(i)
+        .is_some_and(|c| !matches!(c, b'"' | b'[' | b']' | b'{' | b'}'))
+    {
+        i += 1;
+    }
+    i.min(b.len())
+}
+
 /// The index after the JSON value that starts at `i` (nested values stepped over, strings
 /// jumped with `memchr`).
 fn value_end(b: &[u8], mut i: usize) -> Option<usize> {
@@ -503,6 +532,7 @@ fn value_end(b: &[u8], mut i: usize) -> Option<usize> {
         b'{' | b'[' => {
             let mut depth = 0usize;
             loop {
+                i = next_structural(b, i);
                 match *b.get(i)? {
                     b'"' => {
                         i = string_end(b, i)?;
@@ -598,7 +628,11 @@ pub const MAX_NESTING: usize = 10_000;
 /// are jumped over with `memchr`.
 fn nests_deeper_than(body: &[u8], max: usize) -> bool {
     let (mut depth, mut i) = (0usize, 0usize);
-    while let Some(&b) = body.get(i) {
+    loop {
+        i = next_structural(body, i);
+        let Some(&b) = body.get(i) else {
+            return false;
+        };
         match b {
             b'"' => match string_end(body, i) {
                 Some(end) => {
@@ -619,7 +653,6 @@ fn nests_deeper_than(body: &[u8], max: usize) -> bool {
         }
         i += 1;
     }
-    false
 }
 
 fn fingerprint(parts: &[Option<&str>]) -> u64 {
@@ -1475,6 +1508,31 @@ mod tests {
         // Data sources are never removals.
         let data = doc(&[db(r#"{"attributes":{"id":"a"}}"#).replace("managed", "data")]);
         assert!(removed(&data, &doc(&[])).is_empty());
+    }
+
+    #[test]
+    fn the_structural_scan_stops_at_every_bracket_and_quote() {
+        // Every position of every byte value: the scan finds exactly the first of `"[]{}`.
+        for len in 0..40 {
+            for at in 0..=len {
+                for b in 0..=255u8 {
+                    let mut v = vec![b' '; len];
+                    if at < len {
+                        v[at] = b;
+                    }
+                    let want = if at < len && b"\"[]{}".contains(&b) {
+                        at
+                    } else {
+                        len
+                    };
+                    assert_eq!(next_structural(&v, 0), want, "byte {b:#x} at {at} of {len}");
+                }
+            }
+        }
+        assert!(nests_deeper_than(&[b'['; 20], 19));
+        assert!(!nests_deeper_than(b"[[[\"[[[[[[[[\"]]]", 3));
+        assert!(nests_deeper_than(b"{ \"a\" :  [ { \"b\": [1] } ] }", 3));
+        assert!(!nests_deeper_than(b"{ \"a\" :  [ { \"b\": [1] } ] }", 4));
     }
 
     #[test]

@@ -192,7 +192,7 @@ pub async fn firewalled_write(
     state: &Arc<AppState>,
     principal: &Principal,
     stack: &str,
-    body: Vec<u8>,
+    body: airlock_store::blob::StateBody,
     kind: WriteKindOwned,
     reason: Option<String>,
 ) -> ApiResult<WriteResult> {
@@ -209,10 +209,10 @@ pub async fn firewalled_write(
         );
         return Err(deny(state, principal, stack, "state.write", r).await);
     }
-    let summary = Arc::new(StateSummary::parse(&body).map_err(|e| {
+    let summary = Arc::new(StateSummary::parse(body.bytes()).map_err(|e| {
         ApiError::new(RefusalKind::BadRequest, format!("state write refused: {e}"))
     })?);
-    let size = body.len();
+    let size = body.bytes().len();
     let attempt = WriteAttempt {
         serial: summary.serial,
         lineage: summary.lineage.clone(),

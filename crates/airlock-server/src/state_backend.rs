@@ -8,6 +8,7 @@ use std::sync::Arc;
 use airlock_core::lockinfo::{LockInfo, MAX_LOCK_INFO_LEN};
 use airlock_core::refusal::{Refusal, RefusalKind};
 use airlock_core::Permission;
+use airlock_store::blob::StateBody;
 use airlock_store::{
     LockOutcome, LockRecord, NewAudit, NewLock, StackRecord, UnlockBy, UnlockOutcome, WriteResult,
 };
@@ -17,7 +18,6 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use base64::Engine;
-use md5::{Digest, Md5};
 use serde_json::json;
 
 use crate::auth::{Principal, RequestStack};
@@ -113,9 +113,11 @@ async fn read(state: &Arc<AppState>, principal: &Principal, stack: &str) -> ApiR
         .into_response())
 }
 
-fn check_md5(headers: &HeaderMap, body: &[u8]) -> ApiResult<()> {
+/// Hashes the body once: its SHA-256 (the version's hash) and, when Terraform sent
+/// `Content-MD5`, its MD5 in the same pass, checked against the header.
+fn hash_and_check_md5(headers: &HeaderMap, body: Vec<u8>) -> ApiResult<StateBody> {
     let Some(v) = headers.get("content-md5") else {
-        return Ok(());
+        return Ok(StateBody::new(body));
     };
     let sent = v
         .to_str()
@@ -131,10 +133,11 @@ fn check_md5(headers: &HeaderMap, body: &[u8]) -> ApiResult<()> {
                 "Content-MD5 header is not valid base64",
             )
         })?;
-    if sent[..] != Md5::digest(body)[..] {
+    let (body, md5) = StateBody::with_md5(body);
+    if sent[..] != md5[..] {
         return Err(ApiError::new(RefusalKind::BadRequest, "Content-MD5 does not match the body: the request was corrupted in transit; nothing was stored"));
     }
-    Ok(())
+    Ok(body)
 }
 
 async fn write(
@@ -148,7 +151,7 @@ async fn write(
     let (record, held) = existing_stack_with_lock(state, principal, stack).await?;
     refuse_before_reading(state, principal, &record, held, lock_id).await?;
     let body = read_body(body, state.config.max_state_bytes).await?;
-    check_md5(headers, &body)?;
+    let body = hash_and_check_md5(headers, body)?;
     let kind = WriteKindOwned::Backend {
         lock_id: lock_id.map(str::to_owned),
     };

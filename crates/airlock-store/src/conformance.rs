@@ -26,7 +26,7 @@ fn state(serial: u64, lineage: &str, n: usize) -> Vec<u8> {
 
 fn attempt(body: Vec<u8>, serial: u64) -> WriteAttempt {
     WriteAttempt {
-        body,
+        body: crate::blob::StateBody::new(body),
         serial,
         lineage: "lin".into(),
         author: "t".into(),

@@ -196,24 +196,42 @@ pub fn version_bytes(db: &mut dyn Sql, stack: &str, serial: u64) -> Result<Vec<u
 }
 
 /// A state body chunked and hashed (each byte once for the body's SHA-256, once for its
-/// chunk's), with the chunks that were not stored yet compressed: the expensive part of a write,
-/// done before any transaction starts.
+/// chunk's, except in chunks found unchanged since the stack's last write), with the chunks
+/// that were not stored yet compressed: the expensive part of a write, done before any
+/// transaction starts.
 pub struct Prepared<'b> {
     chunks: Vec<blob::Chunk<'b>>,
     /// Chunk `i` compressed, when it was not stored yet (see [`Sql::put_chunks`]).
     compressed: Vec<Option<Vec<u8>>>,
+    /// Chunk `i` was stored already (chunks are never deleted).
+    present: Vec<bool>,
     sha: [u8; 32],
     size: i64,
 }
 
 /// Chunks and hashes `body`; nothing is compressed yet (see [`Prepared::compress_missing`]).
 pub fn prepare(body: &[u8]) -> Prepared<'_> {
-    let chunks = blob::split(body);
+    prepared(blob::split(body), blob::sha256(body), body.len())
+}
+
+/// [`prepare`] for a body already hashed, taking the chunks it shares with `recent` (the
+/// stack's last body written through this store, see [`blob::Recent`]) from there: those are
+/// stored already (that write stored them, and chunks are never deleted).
+pub fn prepare_body<'b>(body: &'b blob::StateBody, recent: Option<&blob::Recent>) -> Prepared<'b> {
+    let bytes = body.bytes();
+    let (chunks, reused) = blob::split_reusing(bytes, recent);
+    let mut p = prepared(chunks, *body.sha256(), bytes.len());
+    p.present = reused;
+    p
+}
+
+fn prepared(chunks: Vec<blob::Chunk<'_>>, sha: [u8; 32], size: usize) -> Prepared<'_> {
     Prepared {
         compressed: chunks.iter().map(|_| None).collect(),
+        present: vec![false; chunks.len()],
         chunks,
-        sha: blob::sha256(body),
-        size: body.len() as i64,
+        sha,
+        size: size as i64,
     }
 }
 
@@ -227,16 +245,34 @@ impl Prepared<'_> {
     /// Chunks are never deleted, so what is stored now is stored at commit; `put_chunks`
     /// compresses any other missing one anyway.
     pub fn compress_missing(&mut self, db: &mut dyn Sql) -> Result<()> {
-        let present = db.present_chunks(&self.chunks)?;
+        let unknown: Vec<blob::Chunk<'_>> = self
+            .chunks
+            .iter()
+            .zip(&self.present)
+            .filter(|(_, stored)| !**stored)
+            .map(|(c, _)| *c)
+            .collect();
+        let present = db.present_chunks(&unknown)?;
         let mut budget = PRECOMPRESS_BYTES;
-        for (c, z) in self.chunks.iter().zip(self.compressed.iter_mut()) {
-            if present.contains(&c.hash) || z.is_some() || c.raw.len() > budget {
+        for ((c, z), stored) in self
+            .chunks
+            .iter()
+            .zip(self.compressed.iter_mut())
+            .zip(self.present.iter_mut())
+        {
+            *stored = *stored || present.contains(&c.hash);
+            if *stored || z.is_some() || c.raw.len() > budget {
                 continue;
             }
             budget -= c.raw.len();
             *z = Some(blob::compress(c.raw));
         }
         Ok(())
+    }
+
+    /// The length and hash of each chunk, in order (what [`blob::Recent::new`] takes).
+    pub fn chunk_table(&self) -> Vec<(usize, [u8; 32])> {
+        self.chunks.iter().map(|c| (c.raw.len(), c.hash)).collect()
     }
 }
 
@@ -259,7 +295,16 @@ fn insert_version(
     v: VersionRow<'_>,
     duplicate: impl FnOnce() -> String,
 ) -> Result<()> {
-    db.put_chunks(&p.chunks, &p.compressed)?;
+    // Only the chunks not found stored before the transaction: they cannot have gone since.
+    let (chunks, compressed): (Vec<blob::Chunk<'_>>, Vec<Option<Vec<u8>>>) = p
+        .chunks
+        .iter()
+        .zip(&p.compressed)
+        .zip(&p.present)
+        .filter(|(_, stored)| !**stored)
+        .map(|((c, z), _)| (*c, z.clone()))
+        .unzip();
+    db.put_chunks(&chunks, &compressed)?;
     db.execute(
         "INSERT INTO versions (stack_id, serial, lineage, sha256, size, chunks, author, lock_id, run_id, reason, restored_from, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         params![stack_id, v.serial, v.lineage, &p.sha[..], p.size, blob::chunk_list(&p.chunks), v.author, v.lock_id, v.run_id, v.reason, v.restored_from, v.created_at],
@@ -1328,6 +1373,18 @@ pub trait Engine: Send + Sync {
     fn read<T, F: FnMut(&mut dyn Sql) -> Result<T>>(&self, f: F) -> Result<T>;
     /// Runs `f` in a write transaction and commits if it returns `Ok`.
     fn write<T, F: FnOnce(&mut dyn Sql) -> Result<T>>(&self, f: F) -> Result<T>;
+    /// [`Engine::write`] for a commit that may be acknowledged before it is on disk: taking and
+    /// releasing a state lock. An OS crash can roll such a commit back (never a process crash);
+    /// what that can cost is a lock to take again or to release again, never a stored version
+    /// or an acknowledged write: a state write re-checks the lock in its own transaction, and
+    /// its durable commit makes every commit before it durable too. SQLite defers the sync
+    /// (see `sqlite.rs`); other engines commit durably.
+    fn write_lock_change<T, F: FnOnce(&mut dyn Sql) -> Result<T>>(&self, f: F) -> Result<T> {
+        self.write(f)
+    }
+    /// The last body of each stack written through this store (chunks found there are not
+    /// hashed again, nor looked up: this store holds them).
+    fn recent_bodies(&self) -> &blob::RecentBodies;
     /// Runs `f`, which only reads, so that all its statements see one snapshot, without
     /// holding up writers (SQLite: a read transaction on a reader; PostgreSQL: a
     /// `REPEATABLE READ, READ ONLY` transaction).
@@ -1950,7 +2007,7 @@ impl<E: Engine> Store for E {
 
     // --- locks ---
     fn lock(&self, stack: &str, lock: NewLock, audit: NewAudit) -> Result<LockOutcome> {
-        self.write(|db| {
+        self.write_lock_change(|db| {
             let (id, _) = lock_live_stack(db, stack)?;
             let record = LockRecord {
                 id: lock.id,
@@ -1974,7 +2031,7 @@ impl<E: Engine> Store for E {
     }
 
     fn unlock(&self, stack: &str, by: UnlockBy, audit: NewAudit) -> Result<UnlockOutcome> {
-        self.write(|db| {
+        self.write_lock_change(|db| {
             let (id, _) = lock_stack(db, stack)?;
             // Delete what `by` releases and read the holder only if nothing was.
             let released = match &by {
@@ -2038,10 +2095,21 @@ impl<E: Engine> Store for E {
     ) -> Result<WriteResult> {
         check_attempt(&attempt)?;
         // Chunk, hash and compress the new chunks before any lock is taken: it is the
-        // expensive part.
-        let mut p = prepare(&attempt.body);
+        // expensive part. Chunks unchanged since this stack's last write through this process
+        // are found by comparing bytes.
+        let recent = self.recent_bodies().get(stack);
+        let mut p = prepare_body(&attempt.body, recent.as_deref());
+        drop(recent);
         self.read(|db| p.compress_missing(db))?;
-        self.write(|db| write_state(db, stack, &attempt, &p, check))
+        let result = self.write(|db| write_state(db, stack, &attempt, &p, check))?;
+        if let WriteResult::Stored(_) = result {
+            let table = p.chunk_table();
+            drop(p);
+            let body = attempt.body.into_bytes();
+            self.recent_bodies()
+                .remember(stack, blob::Recent::new(body, &table));
+        }
+        Ok(result)
     }
 
     // --- removal grants ---

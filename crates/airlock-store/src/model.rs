@@ -472,8 +472,8 @@ pub struct AuditFilter {
 /// A state write the firewall is asked to judge.
 #[derive(Debug, Clone)]
 pub struct WriteAttempt {
-    /// Exact bytes.
-    pub body: Vec<u8>,
+    /// Exact bytes, with their SHA-256.
+    pub body: crate::blob::StateBody,
     /// Serial read from the body.
     pub serial: u64,
     /// Lineage read from the body.
@@ -650,7 +650,7 @@ impl WriteAttempt {
             serial: self.serial,
             lineage: self.lineage.clone(),
             sha256: hex::encode(sha256),
-            size: self.body.len() as u64,
+            size: self.body.bytes().len() as u64,
             author: self.author.clone(),
             lock_id: self.lock_id.clone(),
             run_id: self.run_id.clone(),

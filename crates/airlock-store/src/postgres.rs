@@ -72,6 +72,7 @@ const LIVENESS_PROBE: Duration = Duration::from_secs(2);
 /// PostgreSQL-backed [`Store`].
 pub struct PostgresStore {
     pool: Pool,
+    recent: blob::RecentBodies,
 }
 
 impl From<::postgres::Error> for StoreError {
@@ -485,6 +486,7 @@ impl PostgresStore {
                 }),
                 freed: Condvar::new(),
             },
+            recent: Default::default(),
         };
         let mut conn = store.pool.get()?;
         migrate(&mut conn.conn().client)?;
@@ -593,6 +595,10 @@ fn migrate(client: &mut Client) -> Result<()> {
 
 impl Engine for PostgresStore {
     const NAME: &'static str = "postgres";
+
+    fn recent_bodies(&self) -> &blob::RecentBodies {
+        &self.recent
+    }
 
     fn read<T, F: FnMut(&mut dyn Sql) -> Result<T>>(&self, f: F) -> Result<T> {
         self.read_with(f)

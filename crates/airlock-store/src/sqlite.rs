@@ -12,10 +12,21 @@
 //! request can read a commit before its sync completes (for the length of one sync); an OS
 //! crash or power loss in that window rolls that commit back, unacknowledged to its writer.
 //! A crash of the process alone loses nothing: the frames are in the OS's cache.
+//!
+//! Taking and releasing a state lock ([`Engine::write_lock_change`]) does not wait for its
+//! sync: the commit is in the WAL before the reply, and a background thread syncs it after
+//! [`LAZY_SYNC_DELAY`] unless another commit's sync has covered it by then (in a
+//! lock + write + unlock cycle, the write's sync covers the lock, and the next cycle's write
+//! the unlock: one sync per cycle instead of three). An OS crash within that window can roll
+//! back a lock (its holder's state write is then refused: the write re-checks the lock in its
+//! own transaction) or an unlock (the stack is locked again, and its holder or an admin
+//! unlocks it). A state write is never acknowledged before it, and everything before it, is
+//! on disk.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, TransactionBehavior};
@@ -55,17 +66,32 @@ const MIGRATIONS: &[(i64, &str)] = &[
 // Enough idle readers for a burst of concurrent GETs without reopening connections.
 const MAX_IDLE_READERS: usize = 32;
 
+/// How long the background thread waits before syncing a lock change nobody has synced
+/// (a state write that follows syncs it sooner, and the background sync is then a no-op).
+pub const LAZY_SYNC_DELAY: Duration = Duration::from_millis(20);
+
 /// SQLite-backed [`Store`].
 pub struct SqliteStore {
     path: std::path::PathBuf,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
+    sync: Arc<Syncer>,
+    recent: crate::blob::RecentBodies,
+}
+
+/// Group commit: which commits are on disk, and the background sync of lock changes.
+struct Syncer {
+    /// The WAL file's path.
+    wal_path: std::path::PathBuf,
     /// Commits made so far, counted under the writer lock (so in WAL order).
     committed: AtomicU64,
     /// Commits known to be on disk.
     synced: AtomicU64,
     /// The WAL file, opened for syncing it; held while a sync runs.
     wal: Mutex<Option<std::fs::File>>,
+    /// The highest commit the background thread must sync, and whether the store is closed.
+    lazy: Mutex<(u64, bool)>,
+    wake: Condvar,
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -194,25 +220,43 @@ impl SqliteStore {
             .map_err(|e| StoreError::Backend(format!("making {} private: {e}", path.display())))?;
         let mut writer = open_conn(path)?;
         migrate(&mut writer)?;
-        let store = SqliteStore {
-            path: path.to_owned(),
-            writer: Mutex::new(writer),
-            readers: Mutex::new(Vec::new()),
+        let mut wal_path = path.to_owned().into_os_string();
+        wal_path.push("-wal");
+        let sync = Arc::new(Syncer {
+            wal_path: wal_path.into(),
             committed: AtomicU64::new(1),
             synced: AtomicU64::new(0),
             wal: Mutex::new(None),
-        };
+            lazy: Mutex::new((0, false)),
+            wake: Condvar::new(),
+        });
         // The migrations' commits.
-        store.sync_to(1)?;
-        Ok(store)
+        sync.sync_to(1)?;
+        let background = Arc::clone(&sync);
+        std::thread::Builder::new()
+            .name("airlock-sqlite-sync".into())
+            .spawn(move || background.run_lazy())
+            .map_err(|e| StoreError::Backend(format!("starting the sync thread: {e}")))?;
+        Ok(SqliteStore {
+            path: path.to_owned(),
+            writer: Mutex::new(writer),
+            readers: Mutex::new(Vec::new()),
+            sync,
+            recent: Default::default(),
+        })
     }
 
-    fn wal_path(&self) -> std::path::PathBuf {
-        let mut p = self.path.clone().into_os_string();
-        p.push("-wal");
-        p.into()
+    /// Commits `f`'s transaction; returns its result and the commit's number.
+    fn commit<T, F: FnOnce(&mut dyn Sql) -> Result<T>>(&self, f: F) -> Result<(T, u64)> {
+        let mut conn = self.writer.lock().map_err(|_| poisoned())?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let out = f(&mut Lite(&tx))?;
+        tx.commit()?;
+        Ok((out, self.sync.committed.fetch_add(1, Ordering::AcqRel) + 1))
     }
+}
 
+impl Syncer {
     /// Returns once commit number `seq` is on disk: syncs the WAL file unless a sync that
     /// started after that commit has completed. Commits are appended to the WAL in the order
     /// they are counted, so one sync covers every commit counted before it started.
@@ -225,25 +269,79 @@ impl SqliteStore {
             return Ok(()); // another request's sync covered it while this one waited
         }
         let upto = self.committed.load(Ordering::Acquire);
-        let path = self.wal_path();
+        let path = &self.wal_path;
         let io =
             |e: std::io::Error| StoreError::Backend(format!("syncing {}: {e}", path.display()));
         // SQLite keeps the WAL file while a connection is open (the writer always is); should
         // it ever be replaced, sync the file that is there now.
-        let current = std::fs::metadata(&path).map_err(io)?;
+        let current = std::fs::metadata(path).map_err(io)?;
         let same = |f: &std::fs::File| {
             use std::os::unix::fs::MetadataExt;
             f.metadata()
                 .is_ok_and(|m| m.ino() == current.ino() && m.dev() == current.dev())
         };
         if !wal.as_ref().is_some_and(same) {
-            *wal = Some(std::fs::File::open(&path).map_err(io)?);
+            *wal = Some(std::fs::File::open(path).map_err(io)?);
         }
         if let Some(f) = wal.as_ref() {
             f.sync_data().map_err(io)?;
         }
         self.synced.fetch_max(upto, Ordering::AcqRel);
         Ok(())
+    }
+
+    /// Asks the background thread to sync commit `seq`.
+    fn sync_later(&self, seq: u64) {
+        if let Ok(mut lazy) = self.lazy.lock() {
+            lazy.0 = lazy.0.max(seq);
+            self.wake.notify_one();
+        }
+    }
+
+    /// The background thread: syncs lazily committed lock changes [`LAZY_SYNC_DELAY`] after
+    /// they were asked for (unless a sync covered them meanwhile), until the store closes.
+    fn run_lazy(&self) {
+        let Ok(mut lazy) = self.lazy.lock() else {
+            return;
+        };
+        loop {
+            let (want, closed) = *lazy;
+            if want > self.synced.load(Ordering::Acquire) {
+                drop(lazy);
+                if !closed {
+                    std::thread::sleep(LAZY_SYNC_DELAY);
+                }
+                // A failed sync is tried again after the delay, and by every synced commit
+                // (each syncs the whole WAL).
+                if self.sync_to(want).is_err() && closed {
+                    return;
+                }
+                let Ok(l) = self.lazy.lock() else {
+                    return;
+                };
+                lazy = l;
+                continue;
+            }
+            if closed {
+                return;
+            }
+            lazy = match self.wake.wait(lazy) {
+                Ok(l) => l,
+                Err(_) => return,
+            };
+        }
+    }
+}
+
+impl Drop for SqliteStore {
+    /// Syncs what is committed and stops the background thread.
+    fn drop(&mut self) {
+        let last = self.sync.committed.load(Ordering::Acquire);
+        let _ = self.sync.sync_to(last);
+        if let Ok(mut lazy) = self.sync.lazy.lock() {
+            lazy.1 = true;
+            self.sync.wake.notify_one();
+        }
     }
 }
 
@@ -285,16 +383,20 @@ impl Engine for SqliteStore {
     }
 
     fn write<T, F: FnOnce(&mut dyn Sql) -> Result<T>>(&self, f: F) -> Result<T> {
-        let (out, seq) = {
-            let mut conn = self.writer.lock().map_err(|_| poisoned())?;
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let out = f(&mut Lite(&tx))?;
-            tx.commit()?;
-            (out, self.committed.fetch_add(1, Ordering::AcqRel) + 1)
-        };
+        let (out, seq) = self.commit(f)?;
         // Durable before anyone is told (see the module documentation).
-        self.sync_to(seq)?;
+        self.sync.sync_to(seq)?;
         Ok(out)
+    }
+
+    fn write_lock_change<T, F: FnOnce(&mut dyn Sql) -> Result<T>>(&self, f: F) -> Result<T> {
+        let (out, seq) = self.commit(f)?;
+        self.sync.sync_later(seq);
+        Ok(out)
+    }
+
+    fn recent_bodies(&self) -> &crate::blob::RecentBodies {
+        &self.recent
     }
 }
 
@@ -369,7 +471,7 @@ mod tests {
                 let store = Arc::clone(&store);
                 std::thread::spawn(move || {
                     for i in 0..20 {
-                        let before = store.committed.load(Ordering::Acquire);
+                        let before = store.sync.committed.load(Ordering::Acquire);
                         store
                             .write(|db| {
                                 db.execute(
@@ -380,7 +482,7 @@ mod tests {
                             })
                             .unwrap();
                         // This write's commit is numbered above `before`, and synced.
-                        assert!(store.synced.load(Ordering::Acquire) > before);
+                        assert!(store.sync.synced.load(Ordering::Acquire) > before);
                     }
                 })
             })
@@ -389,9 +491,43 @@ mod tests {
             t.join().unwrap();
         }
         assert_eq!(
-            store.synced.load(Ordering::Acquire),
-            store.committed.load(Ordering::Acquire)
+            store.sync.synced.load(Ordering::Acquire),
+            store.sync.committed.load(Ordering::Acquire)
         );
+    }
+
+    /// A lock change is acknowledged before its sync; the next synced write covers it, or the
+    /// background thread syncs it; closing the store syncs everything committed.
+    #[test]
+    fn lock_changes_are_synced_by_the_next_write_or_in_the_background() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("a.db")).unwrap();
+        let insert = |db: &mut dyn Sql, name: &str| {
+            db.execute(
+                "INSERT INTO users (name, created_at, created_by) VALUES ($1, $2, $3)",
+                crate::sql::params![name, 1, "t"],
+            )?;
+            Ok(())
+        };
+        // In the background, within the delay and one sync.
+        store.write_lock_change(|db| insert(db, "a")).unwrap();
+        let seq = store.sync.committed.load(Ordering::Acquire);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while store.sync.synced.load(Ordering::Acquire) < seq {
+            assert!(std::time::Instant::now() < deadline, "never synced");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // By the next synced write: it returns with both on disk.
+        store.write_lock_change(|db| insert(db, "b")).unwrap();
+        store.write(|db| insert(db, "c")).unwrap();
+        let seq = store.sync.committed.load(Ordering::Acquire);
+        assert!(store.sync.synced.load(Ordering::Acquire) >= seq);
+        // At close.
+        store.write_lock_change(|db| insert(db, "d")).unwrap();
+        let sync = Arc::clone(&store.sync);
+        let seq = sync.committed.load(Ordering::Acquire);
+        drop(store);
+        assert!(sync.synced.load(Ordering::Acquire) >= seq);
     }
 
     #[test]

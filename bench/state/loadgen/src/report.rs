@@ -5,7 +5,10 @@
 use std::collections::BTreeMap;
 
 /// Server configurations of the latency and read runs, as (key, column title).
+/// `sqlite1before` is the `AIRLOCK_BEFORE_BIN` run of `run.sh --write`; a configuration
+/// without figures gets no column.
 const CONFIGS: &[(&str, &str)] = &[
+    ("sqlite1before", "SQLite before"),
     ("sqlite1", "SQLite x1"),
     ("pg1", "PostgreSQL x1"),
     ("pg2", "PostgreSQL x2"),
@@ -68,6 +71,12 @@ pub fn run(path: &str) -> Result<(), String> {
         }
     }
     let r = Results(map);
+    let configs: Vec<(&str, &str)> = CONFIGS
+        .iter()
+        .copied()
+        .filter(|(c, _)| r.0.keys().any(|k| k.starts_with(&format!("lat.{c}.")) || k.starts_with(&format!("reads.{c}."))))
+        .collect();
+    let configs = &configs;
     let mut out = String::new();
     let mut p = |s: String| {
         out.push_str(&s);
@@ -147,20 +156,20 @@ pub fn run(path: &str) -> Result<(), String> {
     // (b) + (d)
     p("(b)+(d) lock+write+unlock of a 1 MB state (ms; each client its own stack; x2 = two replicas, requests round-robin)".into());
     let mut head = format!("    {:<34}", "");
-    for (_, title) in CONFIGS {
+    for (_, title) in configs {
         head.push_str(&format!("{title:>16}"));
     }
     p(head);
     let row = |label: &str, key: &dyn Fn(&str) -> String, digits: usize| {
         let mut s = format!("    {label:<34}");
-        for (c, _) in CONFIGS {
+        for (c, _) in configs {
             s.push_str(&format!("{:>16}", f(r.num(&key(c)), digits)));
         }
         s
     };
     let pair_row = |label: &str, clients: u32| {
         let mut s = format!("    {label:<34}");
-        for (c, _) in CONFIGS {
+        for (c, _) in configs {
             let v = format!(
                 "{} / {}",
                 f(r.num(&format!("lat.{c}.c{clients}.p50_ms")), 1),
@@ -177,7 +186,7 @@ pub fn run(path: &str) -> Result<(), String> {
     p(row("8 clients   server CPU ms / cycle", &|c| format!("lat.{c}.c8.server_cpu_ms_per_cycle"), 2));
     for op in ["lock", "write", "unlock"] {
         let mut s = format!("    {:<34}", format!("8 clients   {op} p50 / p99"));
-        for (c, _) in CONFIGS {
+        for (c, _) in configs {
             let v = format!(
                 "{} / {}",
                 f(r.num(&format!("lat.{c}.c8.{op}_p50_ms")), 1),
@@ -189,7 +198,7 @@ pub fn run(path: &str) -> Result<(), String> {
     }
     p(row("32 clients  reads/s of 100 KB", &|c| format!("reads.{c}.reads_per_s"), 0));
     let mut s = format!("    {:<34}", "32 clients  read p50 / p99");
-    for (c, _) in CONFIGS {
+    for (c, _) in configs {
         let v = format!(
             "{} / {}",
             f(r.num(&format!("reads.{c}.p50_ms")), 2),

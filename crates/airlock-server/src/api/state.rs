@@ -260,7 +260,7 @@ pub async fn restore(
         &state,
         &p,
         stack.as_str(),
-        new_bytes,
+        airlock_store::blob::StateBody::new(new_bytes),
         WriteKindOwned::Restore {
             from_serial: old.serial,
         },
