@@ -13,12 +13,14 @@
 //! - `policies`: server Rego policy sets: admin-only changes, bounds, versions, audit.
 //! - `mcp`: the MCP endpoint: tool lists per role, transport rules, hostile arguments, audit.
 //! - `run_uploads`: hostile streamed run uploads (truncated, altered, bombs, wrong type).
-//! - `attacks_tier2`, `attacks_tier3`: adversarial reviews, one attack per test.
+//! - `attacks_tier2`, `attacks_tier3`, `attacks_tier4`: adversarial reviews, one attack per test.
 
 #[path = "http/attacks_tier2.rs"]
 mod attacks_tier2;
 #[path = "http/attacks_tier3.rs"]
 mod attacks_tier3;
+#[path = "http/attacks_tier4.rs"]
+mod attacks_tier4;
 #[path = "http/auth.rs"]
 mod auth;
 #[path = "http/console.rs"]
