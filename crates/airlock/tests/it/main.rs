@@ -3,6 +3,7 @@
 mod attacks;
 mod attacks_tier2;
 mod attacks_tier3;
+mod attacks_tier4;
 mod check;
 mod ci_affected;
 mod ci_init;

@@ -1,0 +1,82 @@
+//! Adversarial review of this session's new surfaces with the real binary and real terraform
+//! (the in-process attacks are in `airlock-server`'s `tests/http/attacks_tier4.rs`): each test
+//! is one attack; the ones that pass today pin the refusal.
+
+use base64::Engine;
+use serde_json::{json, Value};
+
+use crate::attacks::{forged_upload, upload};
+use crate::support::{run_json, team, text};
+use crate::testcloud::{apply_on, TestCloud};
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+const STACK: &str = "prod/data";
+const TF: &str = r#"
+resource "aws_instance" "bastion" {
+  ami                     = "ami-0abc1234"
+  instance_type           = "t3.micro"
+  disable_api_termination = true
+}
+"#;
+
+/// HOLDS (an agent's run upload): a NORMAL plan whose JSON `resource_drift` is forged (the
+/// real drift, a protection turned off outside Terraform, hidden; a fake drift entry added that
+/// reads like an accepted deletion) is judged as a normal plan: the server takes the mode from
+/// the binary, so the run is no refresh-only run and its summary says nothing of accepting
+/// drift; `airlock apply` then compares `resource_drift` with Terraform's own `show -json`
+/// of the approved binary and applies nothing.
+#[test]
+fn attacks_tier4_a_normal_plan_with_forged_resource_drift_is_no_drift_run_and_is_not_applied() {
+    let cloud = TestCloud::new();
+    let t = team(STACK);
+    let ws = cloud.workspace(&t.s, STACK, TF);
+    ws.tf_ok(&t.s.admin, &["init", "-input=false"]);
+    ws.tf_ok(&t.s.admin, &["apply", "-auto-approve", "-input=false"]);
+    let bastion = cloud.ids("aws_instance").pop().unwrap();
+    cloud.set("aws_instance", &bastion, "disable_api_termination", "false");
+    // Outside the checkout, so that the plan file is not one of the run's inputs.
+    ws.tf_ok(&t.s.admin, &["plan", "-out=../normal.tfplan"]);
+    let honest = forged_upload(&t, &ws, STACK, "../normal.tfplan", "../normal.tfplan");
+    let mut j: Value = serde_json::from_slice(
+        &B64.decode(honest["plan_json_b64"].as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        j["resource_drift"]
+            .as_array()
+            .is_some_and(|d| !d.is_empty()),
+        "the setup drifted: {j:#}"
+    );
+    j["resource_drift"] = json!([{
+        "address": "aws_db_instance.ghost", "mode": "managed", "type": "aws_db_instance",
+        "name": "ghost", "provider_name": "registry.terraform.io/hashicorp/aws",
+        "change": {"actions": ["delete"], "before": {"id": "db-1"}, "after": null}
+    }]);
+    let mut forged = honest.clone();
+    forged["plan_json_b64"] = json!(B64.encode(j.to_string()));
+    forged["plan_mode"] = json!("normal");
+    let (code, body) = upload(&t, &t.agent, STACK, &forged);
+    assert_eq!(code, 201, "{body}");
+    let created: Value = serde_json::from_str(&body).unwrap();
+    assert!(created["run"]["plan_mode"].is_null(), "{body}");
+    assert!(
+        !created["summary_markdown"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("accept drift"),
+        "{body}"
+    );
+    let run = created["run"]["id"].as_str().unwrap().to_owned();
+    t.s.ok(&t.approver, &["approve", &run]);
+    let serials = t.s.serials(STACK);
+    let out = apply_on(&cloud, &t, &ws.dir, &t.ci, &run);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("differs from the reviewed plan JSON in resource_drift"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(run_json(&t, &run)["run"]["status"], "failed");
+    assert_eq!(t.s.serials(STACK), serials, "nothing was applied");
+}
