@@ -80,3 +80,38 @@ fn attacks_tier4_a_normal_plan_with_forged_resource_drift_is_no_drift_run_and_is
     assert_eq!(run_json(&t, &run)["run"]["status"], "failed");
     assert_eq!(t.s.serials(STACK), serials, "nothing was applied");
 }
+
+/// HOLDS: an approved refresh-only run is applied only against the state it was planned from.
+/// Here the state moved on after the approval (an admin recorded the drift directly); CI's
+/// apply of the older refresh-only plan is refused and writes nothing, rather than recording
+/// an older view of the world over the newer state.
+#[test]
+fn attacks_tier4_a_refresh_only_plan_is_not_applied_over_a_newer_serial() {
+    let cloud = TestCloud::new();
+    let t = team(STACK);
+    let ws = cloud.workspace(&t.s, STACK, TF);
+    ws.tf_ok(&t.s.admin, &["init", "-input=false"]);
+    ws.tf_ok(&t.s.admin, &["apply", "-auto-approve", "-input=false"]);
+    let bastion = cloud.ids("aws_instance").pop().unwrap();
+    cloud.set("aws_instance", &bastion, "instance_type", "\"t3.large\"");
+    ws.tf_ok(&t.s.admin, &["plan", "-refresh-only", "-out=../ro.tfplan"]);
+    let honest = forged_upload(&t, &ws, STACK, "../ro.tfplan", "../ro.tfplan");
+    let (code, body) = upload(&t, &t.agent, STACK, &honest);
+    assert_eq!(code, 201, "{body}");
+    let created: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(created["run"]["plan_mode"], "refresh-only", "{body}");
+    let run = created["run"]["id"].as_str().unwrap().to_owned();
+    t.s.ok(&t.approver, &["approve", &run]);
+    // The state moves on after the approval.
+    cloud.set("aws_instance", &bastion, "instance_type", "\"t3.xlarge\"");
+    ws.tf_ok(
+        &t.s.admin,
+        &["apply", "-refresh-only", "-auto-approve", "-input=false"],
+    );
+    let serials = t.s.serials(STACK);
+    let out = apply_on(&cloud, &t, &ws.dir, &t.ci, &run);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(t.s.serials(STACK), serials, "nothing was applied");
+    assert_ne!(run_json(&t, &run)["run"]["status"], "applied");
+    assert!(text(&out).contains("the plan is stale"), "{}", text(&out));
+}
