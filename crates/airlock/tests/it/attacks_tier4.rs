@@ -115,3 +115,59 @@ fn attacks_tier4_a_refresh_only_plan_is_not_applied_over_a_newer_serial() {
     assert_ne!(run_json(&t, &run)["run"]["status"], "applied");
     assert!(text(&out).contains("the plan is stale"), "{}", text(&out));
 }
+
+/// HOLDS (something that can write under the kept root, e.g. an earlier job of the same user
+/// on a shared runner): a kept data directory planted as a symlink (to a directory the next
+/// plan would then fill, or read a planted `.terraform` from) is not used; nor is a kept root
+/// reached through a symlink to a directory others may write. The plan falls back to a fresh
+/// data directory (`None`). A planted `KEY.lock` symlink only has its target's mtime touched.
+#[test]
+fn attacks_tier4_a_planted_symlink_is_never_a_kept_data_directory() {
+    use airlock_runner::cli_config::{kept_data_dir, kept_data_root};
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    let root = kept_data_root(Some(tmp.path().join("cache").to_str().unwrap()), None).unwrap();
+    // The root exists (private) once a first plan made its own directory.
+    drop(kept_data_dir(&root, &repo, "aa").expect("a first kept directory"));
+
+    // The key's directory planted as a symlink to a private directory elsewhere, holding a
+    // `.terraform` with another backend.
+    let elsewhere = tmp.path().join("elsewhere");
+    std::fs::create_dir_all(elsewhere.join(".terraform")).unwrap();
+    std::fs::set_permissions(&elsewhere, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::write(
+        elsewhere.join(".terraform/terraform.tfstate"),
+        r#"{"backend":{"type":"http","config":{"address":"https://evil.example/state/x"}}}"#,
+    )
+    .unwrap();
+    symlink(&elsewhere, root.join("bb")).unwrap();
+    assert!(
+        kept_data_dir(&root, &repo, "bb").is_none(),
+        "a symlinked kept directory was used"
+    );
+    // The kept root itself a symlink to a directory others may write (sticky or not).
+    let open = tmp.path().join("open");
+    std::fs::create_dir_all(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let linked = tmp.path().join("linked-cache");
+    symlink(&open, &linked).unwrap();
+    assert!(kept_data_dir(&linked.join("plan-data"), &repo, "cc").is_none());
+    // The root replaced by a symlink to a private directory: not used either (its own
+    // metadata is checked, not its target's).
+    let private = tmp.path().join("private");
+    std::fs::create_dir_all(&private).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let root2 = tmp.path().join("root2");
+    symlink(&private, &root2).unwrap();
+    assert!(kept_data_dir(&root2, &repo, "dd").is_none());
+    // A planted lock symlink: the directory is used (it is the user's own), the target file
+    // keeps its contents.
+    let victim = tmp.path().join("victim");
+    std::fs::write(&victim, "keep me").unwrap();
+    symlink(&victim, root.join("ee.lock")).unwrap();
+    let kept = kept_data_dir(&root, &repo, "ee");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me");
+    drop(kept);
+}
