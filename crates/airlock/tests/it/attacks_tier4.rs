@@ -171,3 +171,66 @@ fn attacks_tier4_a_planted_symlink_is_never_a_kept_data_directory() {
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me");
     drop(kept);
 }
+
+/// Terraform applies `moved` blocks in a refresh-only plan too (the drift lists the object at
+/// its new address, `previous_address` the old one, action no-op): a refresh-only run can move
+/// a server-protected instance away from its protected address. HOLDS when the server sees the
+/// move (a review finding, the run's grant covering the old address) as it does in a normal
+/// plan.
+#[test]
+fn attacks_tier4_a_refresh_only_run_moving_a_protected_instance_is_reviewed() {
+    let stack = "dev/romove".to_owned();
+    let (t, ws) = crate::attacks::applied_stack(&stack);
+    t.s.ok(
+        &t.s.admin,
+        &["stack", "protect", &stack, "--address", "terraform_data.db"],
+    );
+    ws.write_main(
+        "resource \"terraform_data\" \"db2\" {\n  input = 1\n}\nresource \"terraform_data\" \"web\" {\n  input = 1\n}\nmoved {\n  from = terraform_data.db\n  to   = terraform_data.db2\n}\n",
+    );
+    ws.tf_ok(&t.s.admin, &["plan", "-refresh-only", "-out=../ro.tfplan"]);
+    let honest = forged_upload(&t, &ws, &stack, "../ro.tfplan", "../ro.tfplan");
+    let (code, body) = upload(&t, &t.agent, &stack, &honest);
+    assert_eq!(code, 201, "{body}");
+    let created: Value = serde_json::from_str(&body).unwrap();
+    let run = &created["run"];
+    assert_eq!(run["plan_mode"], "refresh-only", "{body}");
+    assert_eq!(run["status"], "needs_approval", "{body}");
+    assert_eq!(run["moved_from"], json!(["terraform_data.db"]), "{body}");
+    assert!(
+        run["report"]["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["rule"] == "server-protected" && f["address"] == "terraform_data.db"),
+        "{body}"
+    );
+    // The same upload with the move hidden from the JSON (no previous_address): the server
+    // still sees the protected object leave its address (stored state against the binary's
+    // prior state), so the run is still reviewed and its grant still names the old address.
+    let mut j: Value = serde_json::from_slice(
+        &B64.decode(honest["plan_json_b64"].as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    for d in j["resource_drift"].as_array_mut().unwrap() {
+        d.as_object_mut().unwrap().remove("previous_address");
+    }
+    let mut hidden = honest.clone();
+    hidden["plan_json_b64"] = json!(B64.encode(j.to_string()));
+    let (code, body) = upload(&t, &t.agent, &stack, &hidden);
+    if code == 201 {
+        let created: Value = serde_json::from_str(&body).unwrap();
+        let run = &created["run"];
+        assert_eq!(run["status"], "needs_approval", "{body}");
+        assert!(
+            run["destroys"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("terraform_data.db")),
+            "{body}"
+        );
+    } else {
+        assert_eq!(code, 400, "{body}");
+    }
+}
