@@ -6,7 +6,7 @@ use base64::Engine;
 use serde_json::{json, Value};
 
 use crate::attacks::{forged_upload, upload};
-use crate::support::{run_json, team, text};
+use crate::support::{offline_cli, raw, run_json, team, text, Backing, TestServer};
 use crate::testcloud::{apply_on, TestCloud};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
@@ -233,4 +233,92 @@ fn attacks_tier4_a_refresh_only_run_moving_a_protected_instance_is_reviewed() {
     } else {
         assert_eq!(code, 400, "{body}");
     }
+}
+
+/// Rewrites one JSON file of a backup and its manifest entry, as someone with write access to
+/// the backup would (only the manifest's own SHA-256, printed at export, can catch it).
+fn forge_backup_file(bk: &std::path::Path, rel: &str, edit: impl FnOnce(&mut Value)) {
+    let path = bk.join(rel);
+    let mut v: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    edit(&mut v);
+    let bytes = serde_json::to_vec_pretty(&v).unwrap();
+    std::fs::write(&path, &bytes).unwrap();
+    let sha: String = airlock_store::blob::sha256(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let mpath = bk.join("manifest.json");
+    let mut m: Value = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
+    m["files"][rel] = json!({"sha256": sha, "size": bytes.len()});
+    std::fs::write(&mpath, m.to_string()).unwrap();
+}
+
+/// HOLE (someone with write access to a backup, the threat the format-4 audit cross-check is
+/// for): the cross-check proves every drift report in the backup is one a `drift.report`
+/// event recorded, but not that every recorded report is in the backup. Leaving out the
+/// newest report (here "unknown: refresh failed"; equally a "drifted" one) makes an older
+/// "in sync" report the stack's latest after the restore, which is the forged in-sync report
+/// the cross-check claims to refuse, made by omission. `backup verify` says OK, and the import
+/// (it runs the same verification) would restore the shorter history. Expected: a `drift.report` event (of a stack in the backup)
+/// whose report is missing is a problem, like a report without its event.
+#[test]
+#[ignore = "open: backup verify/import accept a backup that omits recorded drift reports (the newest one hidden, an older in-sync one becomes latest)"]
+fn attacks_tier4_a_backup_that_omits_the_newest_drift_report_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut s = TestServer::start_on(&Backing::Dir(data.clone()), None, &[], &[]);
+    let admin = s.admin.clone();
+    s.ok(&admin, &["stack", "create", "dev/app"]);
+    let ci = s.token("ci", "ci");
+    let url = format!("{}/api/v1/stacks/dev%2Fapp/drift", s.url);
+    let plan = json!({"format_version": "1.2", "terraform_version": "1.11.4",
+                      "resource_drift": [], "output_changes": {}});
+    let (code, v) = raw(
+        "POST",
+        &url,
+        &ci,
+        json!({"serial": null, "plan_json_b64": B64.encode(plan.to_string())})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(code, 201, "{v}");
+    let (code, v) = raw(
+        "POST",
+        &url,
+        &ci,
+        json!({"serial": null, "error": "refresh failed"})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(code, 201, "{v}");
+    s.kill();
+    let bk = tmp.path().join("bk");
+    let out = offline_cli(
+        &[
+            "backup",
+            "export",
+            bk.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    forge_backup_file(&bk, "drift_reports.json", |v| {
+        let reports = v.as_array_mut().unwrap();
+        assert_eq!(reports.len(), 2, "{reports:?}");
+        reports.retain(|r| r["status"] == "in_sync");
+        assert_eq!(reports.len(), 1);
+    });
+    // The manifest's summary counts say one report too.
+    let mpath = bk.join("manifest.json");
+    let mut m: Value = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
+    m["summary"]["drift_reports"] = json!(1);
+    std::fs::write(&mpath, m.to_string()).unwrap();
+    let out = offline_cli(&["backup", "verify", bk.to_str().unwrap()], &[]);
+    assert!(
+        !out.status.success() && text(&out).contains("backup BROKEN"),
+        "a backup without the newest recorded drift report verifies: {}",
+        text(&out)
+    );
 }
