@@ -259,8 +259,9 @@ fn forge_backup_file(bk: &std::path::Path, rel: &str, edit: impl FnOnce(&mut Val
 /// newest report (here "unknown: refresh failed"; equally a "drifted" one) makes an older
 /// "in sync" report the stack's latest after the restore, which is the forged in-sync report
 /// the cross-check claims to refuse, made by omission. `backup verify` says OK, and the import
-/// (it runs the same verification) would restore the shorter history. Expected: a `drift.report` event (of a stack in the backup)
-/// whose report is missing is a problem, like a report without its event.
+/// (it runs the same verification) would restore the shorter history. Expected: a
+/// `drift.report` event (of a stack in the backup) whose report is missing is a problem, like
+/// a report without its event.
 #[test]
 #[ignore = "open: backup verify/import accept a backup that omits recorded drift reports (the newest one hidden, an older in-sync one becomes latest)"]
 fn attacks_tier4_a_backup_that_omits_the_newest_drift_report_is_refused() {
