@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Drift check overhead (issue 14): `airlock drift` (plan-phase token, fresh TF_DATA_DIR and
-# `terraform init`, `plan -refresh-only -out`, `show -json`, upload, the server's read) vs plain
+# Drift check overhead (issue 14): `airlock drift` (plan-phase token, its kept plan-phase data directory,
+# `terraform init` when needed, `plan -refresh-only -out`, `show -json`, upload, the server's read) vs plain
 # `terraform plan -refresh-only`, on a 2,000-resource stack on the local test cloud
 # (crates/airlock-testcloud), through the same airlock server. 20 objects are changed behind
 # Terraform's back first, so both find drift. Rounds alternate raw/airlock; medians are reported.
@@ -70,7 +70,8 @@ TF
 export TF_HTTP_USERNAME=airlock TF_HTTP_PASSWORD="$admin"
 (cd "$dir" && terraform init -input=false >/dev/null && terraform apply -auto-approve -input=false -parallelism=10 >/dev/null)
 # Drift: 20 objects retagged behind Terraform's back.
-for id in $("$provider" cloud --dir "$work/cloud" list aws_vpc | cut -f2 | head -20); do
+"$provider" cloud --dir "$work/cloud" list aws_vpc > "$work/vpcs.txt"
+for id in $(cut -f2 "$work/vpcs.txt" | head -20); do
     "$provider" cloud --dir "$work/cloud" set aws_vpc "$id" tags '{"Name":"changed"}' >/dev/null
 done
 

@@ -220,23 +220,12 @@ impl PlanFile {
         json_changes: &[BinaryChange],
         json_outputs: &[(String, Vec<String>)],
     ) -> Result<(), String> {
-        let ours: BTreeSet<&BinaryChange> = self.changes.iter().collect();
-        let theirs: BTreeSet<&BinaryChange> = json_changes.iter().collect();
-        let mut problems: Vec<String> = Vec::new();
-        for c in ours.difference(&theirs).take(5) {
-            problems.push(format!(
-                "the binary plan has {} {} that the JSON does not list",
-                c.actions.join("+"),
-                describe(c)
-            ));
-        }
-        for c in theirs.difference(&ours).take(5) {
-            problems.push(format!(
-                "the JSON lists {} {} that the binary plan does not have",
-                c.actions.join("+"),
-                describe(c)
-            ));
-        }
+        let mut problems = change_differences(
+            &self.changes,
+            json_changes,
+            ("the binary plan has", "that the JSON does not list"),
+            ("the JSON lists", "that the binary plan does not have"),
+        );
         let ours: BTreeSet<&(String, Vec<String>)> = self.outputs.iter().collect();
         let theirs: BTreeSet<&(String, Vec<String>)> = json_outputs.iter().collect();
         for (name, actions) in ours.symmetric_difference(&theirs).take(5) {
@@ -272,29 +261,51 @@ impl PlanFile {
     /// server judges must list every drifted instance with the binary's actions: an instance the
     /// binary drops from the state cannot be hidden from reviewers or shown as an update.
     pub fn matches_json_drift(&self, json_drift: &[BinaryChange]) -> Result<(), String> {
-        let ours: BTreeSet<&BinaryChange> = self.drift.iter().collect();
-        let theirs: BTreeSet<&BinaryChange> = json_drift.iter().collect();
-        let mut problems: Vec<String> = Vec::new();
-        for c in ours.difference(&theirs).take(5) {
-            problems.push(format!(
-                "the binary plan's drift has {} {} that the JSON's resource_drift does not list",
-                c.actions.join("+"),
-                describe(c)
-            ));
-        }
-        for c in theirs.difference(&ours).take(5) {
-            problems.push(format!(
-                "the JSON's resource_drift lists {} {} that the binary plan's drift does not have",
-                c.actions.join("+"),
-                describe(c)
-            ));
-        }
+        let problems = change_differences(
+            &self.drift,
+            json_drift,
+            (
+                "the binary plan's drift has",
+                "that the JSON's resource_drift does not list",
+            ),
+            (
+                "the JSON's resource_drift lists",
+                "that the binary plan's drift does not have",
+            ),
+        );
         if problems.is_empty() {
             Ok(())
         } else {
             Err(problems.join("; "))
         }
     }
+}
+
+/// The changes only one side has (at most 5 each way), in words: `(before, after)` frame the
+/// change for each side, e.g. ("the JSON lists", "that the binary plan does not have").
+fn change_differences(
+    ours: &[BinaryChange],
+    theirs: &[BinaryChange],
+    only_ours: (&str, &str),
+    only_theirs: (&str, &str),
+) -> Vec<String> {
+    let ours: BTreeSet<&BinaryChange> = ours.iter().collect();
+    let theirs: BTreeSet<&BinaryChange> = theirs.iter().collect();
+    let words = |(before, after): (&str, &str), c: &BinaryChange| {
+        format!("{before} {} {} {after}", c.actions.join("+"), describe(c))
+    };
+    let mut out: Vec<String> = ours
+        .difference(&theirs)
+        .take(5)
+        .map(|c| words(only_ours, c))
+        .collect();
+    out.extend(
+        theirs
+            .difference(&ours)
+            .take(5)
+            .map(|c| words(only_theirs, c)),
+    );
+    out
 }
 
 fn describe(c: &BinaryChange) -> String {
