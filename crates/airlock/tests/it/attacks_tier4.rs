@@ -254,7 +254,7 @@ fn forge_backup_file(bk: &std::path::Path, rel: &str, edit: impl FnOnce(&mut Val
     std::fs::write(&mpath, m.to_string()).unwrap();
 }
 
-/// HOLE (someone with write access to a backup, the threat the format-4 audit cross-check is
+/// FIXED (was a hole; someone with write access to a backup, the threat the format-4 audit cross-check is
 /// for): the cross-check proves every drift report in the backup is one a `drift.report`
 /// event recorded, but not that every recorded report is in the backup. Leaving out the
 /// newest report (here "unknown: refresh failed"; equally a "drifted" one) makes an older
@@ -318,7 +318,6 @@ fn set_summary_drift_reports(bk: &std::path::Path, n: usize) {
 }
 
 #[test]
-#[ignore = "open: backup verify/import accept a backup that omits recorded drift reports (the newest one hidden, an older in-sync one becomes latest)"]
 fn attacks_tier4_a_backup_that_omits_the_newest_drift_report_is_refused() {
     let (_tmp, bk) = backup_with_two_drift_reports();
     forge_backup_file(&bk, "drift_reports.json", |v| {
@@ -336,14 +335,13 @@ fn attacks_tier4_a_backup_that_omits_the_newest_drift_report_is_refused() {
     );
 }
 
-/// HOLE (write access to a backup, as above): a drift report's time must only be within 5
+/// FIXED (was a hole; write access to a backup, as above): a drift report's time must only be within 5
 /// minutes of its `drift.report` event's, and the stack's latest report is the one with the
 /// newest `created_at`. Moving the older "in sync" report 4 minutes later than the newest
 /// report (checks run minutes apart are common) makes it the latest after a restore: a
 /// forged in-sync state with no report added or dropped. Expected: the restored order is the
 /// audit order (or the time is the event's exactly).
 #[test]
-#[ignore = "open: backup verify accepts drift reports re-timed within the 5-minute tolerance, so an older in-sync report becomes the latest"]
 fn attacks_tier4_a_backup_that_reorders_drift_reports_is_refused() {
     let (_tmp, bk) = backup_with_two_drift_reports();
     forge_backup_file(&bk, "drift_reports.json", |v| {

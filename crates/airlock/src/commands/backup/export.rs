@@ -1,6 +1,6 @@
 //! `backup export`: writes every store record as files and the manifest last.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use airlock_core::audit::{AuditRecord, GENESIS};
@@ -80,8 +80,8 @@ pub(super) fn export(store: &dyn StoreImport, dir: &Path) -> anyhow::Result<Summ
     let mut summary = Summary::default();
 
     // Read before the records they name (history is append-only): a trust before the users
-    // (its tokens' user), a drift report before the stacks' versions (the serial it names).
-    // Forge trusts, removed ones too; never the issuer's signing keys.
+    // (its tokens' user). Forge trusts, removed ones too; never the issuer's signing keys.
+    // Drift reports are read after the audit (see there).
     let trusts: Vec<TrustEntry> = store
         .oidc_trusts()?
         .iter()
@@ -89,13 +89,6 @@ pub(super) fn export(store: &dyn StoreImport, dir: &Path) -> anyhow::Result<Summ
         .collect();
     summary.trusts = trusts.len() as u64;
     w.put_json("oidc_trusts.json", &trusts)?;
-    let drift: Vec<DriftReportEntry> = store
-        .all_drift_reports()?
-        .iter()
-        .map(DriftReportEntry::from_record)
-        .collect();
-    summary.drift_reports = drift.len() as u64;
-    w.put_json("drift_reports.json", &drift)?;
 
     let tokens: Vec<TokenEntry> = store
         .tokens_with_hashes()?
@@ -118,6 +111,7 @@ pub(super) fn export(store: &dyn StoreImport, dir: &Path) -> anyhow::Result<Summ
         .collect();
     w.put_json("policy_sets.json", &policy_sets)?;
 
+    let mut serials: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
     for (i, s) in store.list_stacks()?.iter().enumerate() {
         let base = format!("stacks/{:04}", i + 1);
         let mut versions = Vec::new();
@@ -147,6 +141,7 @@ pub(super) fn export(store: &dyn StoreImport, dir: &Path) -> anyhow::Result<Summ
             }
             None => None,
         };
+        serials.insert(s.name.clone(), versions.iter().map(|v| v.serial).collect());
         summary.stacks += 1;
         summary.versions += versions.len() as u64;
         summary.grants += grants.len() as u64;
@@ -210,6 +205,25 @@ pub(super) fn export(store: &dyn StoreImport, dir: &Path) -> anyhow::Result<Summ
     }
     w.put("audit.jsonl", &lines)?;
     summary.audit_events = audit.len() as u64;
+
+    // Drift reports after the audit: exactly those its `drift.report` events recorded about a
+    // state this backup holds (an exported stack; no serial, or an exported one). A report
+    // recorded while the export ran is left out by the same rule `backup verify` applies,
+    // so verify can demand every other recorded report (none left out, none re-timed).
+    let recorded: BTreeSet<&str> = audit
+        .iter()
+        .filter(|r| r.outcome == "ok" && r.action == "drift.report")
+        .filter_map(|r| r.detail.get("id").and_then(serde_json::Value::as_str))
+        .collect();
+    let drift: Vec<DriftReportEntry> = store
+        .all_drift_reports()?
+        .iter()
+        .map(DriftReportEntry::from_record)
+        .filter(|d| recorded.contains(d.id.as_str()))
+        .filter(|d| holds_state(&serials, &d.stack, d.serial))
+        .collect();
+    summary.drift_reports = drift.len() as u64;
+    w.put_json("drift_reports.json", &drift)?;
     summary.audit_head = audit
         .last()
         .map_or_else(|| GENESIS.to_owned(), |r| r.hash.clone());
@@ -228,4 +242,17 @@ pub(super) fn export(store: &dyn StoreImport, dir: &Path) -> anyhow::Result<Summ
     std::fs::rename(dir.join("manifest.json.tmp"), dir.join("manifest.json"))
         .context("renaming the manifest into place")?;
     Ok(summary)
+}
+
+/// Whether a backup with these stacks' serials holds the state a drift report of `stack`
+/// checked (`serial`, or none for a stack that had no state): the one rule export and verify
+/// share for which recorded reports a backup must contain.
+pub(super) fn holds_state(
+    serials: &BTreeMap<String, BTreeSet<u64>>,
+    stack: &str,
+    serial: Option<u64>,
+) -> bool {
+    serials
+        .get(stack)
+        .is_some_and(|held| serial.is_none_or(|s| held.contains(&s)))
 }

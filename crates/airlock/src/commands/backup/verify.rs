@@ -381,12 +381,12 @@ impl Backup {
                 ));
             }
         }
-        let stacks: std::collections::BTreeMap<&str, BTreeSet<u64>> = self
+        let stacks: std::collections::BTreeMap<String, BTreeSet<u64>> = self
             .stacks
             .iter()
             .map(|s| {
                 (
-                    s.name.as_str(),
+                    s.name.clone(),
                     s.versions.iter().map(|v| v.serial).collect(),
                 )
             })
@@ -396,7 +396,7 @@ impl Backup {
             if !ids.insert(d.id.as_str()) {
                 problems.push(format!("drift report {}: listed twice", d.id));
             }
-            let Some(serials) = stacks.get(d.stack.as_str()) else {
+            let Some(serials) = stacks.get(&d.stack) else {
                 problems.push(format!(
                     "drift report {}: names stack {:?}, which is not in the backup",
                     d.id, d.stack
@@ -443,6 +443,41 @@ impl Backup {
                 problems.push(format!(
                     "drift report {}: its report is not a JSON object",
                     d.id
+                ));
+            }
+        }
+        // The other way round (format 4, which carries drift reports): every report a
+        // drift.report event recorded about a state this backup holds is in it (export keeps
+        // exactly those), so the newest cannot be left out to make an older "in sync" one the
+        // stack's status.
+        let carries_drift = self.manifest.format == FORMAT;
+        for (id, r) in reported.iter().filter(|_| carries_drift) {
+            let serial = r.detail.get("serial").and_then(Value::as_u64);
+            let stack = r.stack.as_deref().unwrap_or_default();
+            if super::export::holds_state(&stacks, stack, serial) && !ids.contains(id.as_str()) {
+                problems.push(format!(
+                    "drift report {id} of {stack}: recorded by its drift.report audit event (seq {}), but not in the backup",
+                    r.seq
+                ));
+            }
+        }
+        // And in the order they were recorded: a stack's status is its newest report by time,
+        // so a report re-timed past a later one would change it.
+        let mut recorded: Vec<(&str, i64, i64, &str)> = self
+            .drift_reports
+            .iter()
+            .filter_map(|d| {
+                reported
+                    .get(&d.id)
+                    .map(|r| (d.stack.as_str(), r.seq, d.created_at, d.id.as_str()))
+            })
+            .collect();
+        recorded.sort();
+        for w in recorded.windows(2) {
+            if w[0].0 == w[1].0 && w[0].2 > w[1].2 {
+                problems.push(format!(
+                    "drift report {}: dated after {}, which its stack's audit chain recorded later",
+                    w[0].3, w[1].3
                 ));
             }
         }
