@@ -574,15 +574,22 @@ impl PlanPhase {
         let work = scratch.0.as_path();
         let state_url = format!("{}/state/{stack}", c.base());
         // `terraform init` runs again only when terraform says it must: the data directory is
-        // kept between plans, outside the checkout (`cli_config::kept_data_dir`).
-        let kept = cli_config::kept_data_root(
-            std::env::var("XDG_CACHE_HOME").ok().as_deref(),
-            std::env::var("HOME").ok().as_deref(),
-        )
-        .and_then(|root| {
-            let key = Sha256::digest(format!("{}\n{state_url}", dir.display()));
-            cli_config::kept_data_dir(&root, &repo.root, &hex::encode(key))
-        });
+        // kept between plans, outside the checkout (`cli_config::kept_data_dir`). Not in CI
+        // (`CI` set, as GitHub Actions and GitLab CI do): a runner's home can outlive the job and
+        // serve jobs of other trust (a pull request's, then main's), so each CI plan inits fresh.
+        let in_ci = std::env::var("CI").is_ok_and(|v| !matches!(v.as_str(), "" | "0" | "false"));
+        let kept = (!in_ci)
+            .then(|| {
+                cli_config::kept_data_root(
+                    std::env::var("XDG_CACHE_HOME").ok().as_deref(),
+                    std::env::var("HOME").ok().as_deref(),
+                )
+            })
+            .flatten()
+            .and_then(|root| {
+                let key = Sha256::digest(format!("{}\n{state_url}", dir.display()));
+                cli_config::kept_data_dir(&root, &repo.root, &hex::encode(key))
+            });
         // Terraform installs and runs providers only from where the checkout cannot put them
         // (`airlock_runner::cli_config`): the plan phase runs code an agent may have written.
         let sealed = cli_config::plan_env(

@@ -971,20 +971,26 @@ fn the_plan_phase_keeps_its_data_directory_privately_and_inits_only_when_terrafo
     let ws = Workspace::new(&t.s, "dev/keep", &data_resources(1));
     let cache = tempfile::tempdir().unwrap();
     let xdg = cache.path().display().to_string();
-    let plan_here = || {
+    let plan_in = |ci: &str| {
         let out = cli_in(
             &t.s,
             &t.agent,
             &ws.dir,
             &["plan", ".", "--stack", "dev/keep", "--format", "json"],
-            &[("XDG_CACHE_HOME", &xdg)],
+            &[("XDG_CACHE_HOME", &xdg), ("CI", ci)],
         );
         assert!(out.status.success(), "{}", text(&out));
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert!(v["run"]["id"].as_str().is_some(), "{v}");
         text(&out)
     };
+    let plan_here = || plan_in("false");
     let inits = |log: &str| log.matches("Initializing the backend").count();
+    // In CI (a runner's home may serve jobs of other trust) every plan inits in a fresh
+    // directory and nothing is kept.
+    assert_eq!(inits(&plan_in("true")), 1);
+    assert_eq!(inits(&plan_in("true")), 1, "CI plans keep nothing");
+    assert!(!cache.path().join("airlock/plan-data").exists());
     assert_eq!(inits(&plan_here()), 1, "the first plan initialises");
     let root = cache.path().join("airlock/plan-data");
     let kept: Vec<std::path::PathBuf> = std::fs::read_dir(&root)
