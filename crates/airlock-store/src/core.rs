@@ -1240,6 +1240,29 @@ fn oidc_key_from_row(r: &Row) -> Result<OidcKeyRecord> {
 
 const OIDC_TRUST_COLUMNS: &str = "id, forge, issuer, audience, repository, git_ref, environment, role, stacks, lifetime_ms, created_at, created_by, removed_at, removed_by, repository_id, owner_id";
 
+/// The trust `id`, locked for this transaction: `NotFound`, or `Conflict` once it is removed
+/// (a trust is never changed after that).
+fn active_trust_for_update(db: &mut dyn Sql, id: &str) -> Result<OidcTrustRecord> {
+    let Some(row) = db.query_opt(
+        &format!(
+            "SELECT {OIDC_TRUST_COLUMNS} FROM oidc_trusts WHERE id = $1{}",
+            db.for_update()
+        ),
+        params![id],
+    )?
+    else {
+        return Err(StoreError::NotFound(format!("trust {id}")));
+    };
+    let t = oidc_trust_from_row(&row)?;
+    match t.removed_at {
+        Some(at) => Err(StoreError::Conflict(format!(
+            "trust {id} was removed at {}",
+            rfc3339(at)
+        ))),
+        None => Ok(t),
+    }
+}
+
 fn oidc_trust_from_row(r: &Row) -> Result<OidcTrustRecord> {
     Ok(OidcTrustRecord {
         id: r.text(0)?,
@@ -1836,20 +1859,7 @@ impl<E: Engine> Store for E {
 
     fn remove_oidc_trust(&self, id: &str, by: &str, audit: NewAudit) -> Result<OidcTrustRecord> {
         self.write(|db| {
-            let Some(row) = db.query_opt(
-                &format!("SELECT {OIDC_TRUST_COLUMNS} FROM oidc_trusts WHERE id = $1"),
-                params![id],
-            )?
-            else {
-                return Err(StoreError::NotFound(format!("trust {id}")));
-            };
-            let mut t = oidc_trust_from_row(&row)?;
-            if let Some(at) = t.removed_at {
-                return Err(StoreError::Conflict(format!(
-                    "trust {id} was already removed at {}",
-                    rfc3339(at)
-                )));
-            }
+            let mut t = active_trust_for_update(db, id)?;
             let now = now_ms();
             db.execute(
                 "UPDATE oidc_trusts SET removed_at = $2, removed_by = $3 WHERE id = $1",
@@ -1873,23 +1883,7 @@ impl<E: Engine> Store for E {
         audit: NewAudit,
     ) -> Result<OidcTrustRecord> {
         self.write(|db| {
-            let Some(row) = db.query_opt(
-                &format!(
-                    "SELECT {OIDC_TRUST_COLUMNS} FROM oidc_trusts WHERE id = $1{}",
-                    db.for_update()
-                ),
-                params![id],
-            )?
-            else {
-                return Err(StoreError::NotFound(format!("trust {id}")));
-            };
-            let mut t = oidc_trust_from_row(&row)?;
-            if let Some(at) = t.removed_at {
-                return Err(StoreError::Conflict(format!(
-                    "trust {id} was removed at {}",
-                    rfc3339(at)
-                )));
-            }
+            let mut t = active_trust_for_update(db, id)?;
             if let Some(pinned) = &t.repository_id {
                 return Err(StoreError::Conflict(format!(
                     "trust {id} is already pinned to repository id {pinned}: to trust another repository, remove it and add a new trust"

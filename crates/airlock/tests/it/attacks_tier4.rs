@@ -7,7 +7,9 @@ use base64::Engine;
 use serde_json::{json, Value};
 
 use crate::attacks::{forged_upload, upload};
-use crate::support::{offline_cli, raw, run_json, team, text, Backing, TestServer};
+use crate::support::{
+    forge_backup_file, offline_cli, raw, run_json, team, text, Backing, TestServer,
+};
 use crate::testcloud::{apply_on, TestCloud};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
@@ -234,24 +236,6 @@ fn attacks_tier4_a_refresh_only_run_moving_a_protected_instance_is_reviewed() {
     } else {
         assert_eq!(code, 400, "{body}");
     }
-}
-
-/// Rewrites one JSON file of a backup and its manifest entry, as someone with write access to
-/// the backup would (only the manifest's own SHA-256, printed at export, can catch it).
-fn forge_backup_file(bk: &std::path::Path, rel: &str, edit: impl FnOnce(&mut Value)) {
-    let path = bk.join(rel);
-    let mut v: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    edit(&mut v);
-    let bytes = serde_json::to_vec_pretty(&v).unwrap();
-    std::fs::write(&path, &bytes).unwrap();
-    let sha: String = airlock_store::blob::sha256(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let mpath = bk.join("manifest.json");
-    let mut m: Value = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
-    m["files"][rel] = json!({"sha256": sha, "size": bytes.len()});
-    std::fs::write(&mpath, m.to_string()).unwrap();
 }
 
 /// FIXED (was a hole; someone with write access to a backup, the threat the format-4 audit cross-check is

@@ -654,25 +654,6 @@ fn offline(args: &[&str]) -> (bool, String) {
     (out.status.success(), text(&out))
 }
 
-/// Rewrites one JSON file of a backup and its manifest entry, as someone with write access to
-/// the backup would (the manifest's own SHA-256, printed at export, is what such an edit
-/// cannot match).
-fn forge_backup_file(bk: &std::path::Path, rel: &str, edit: impl FnOnce(&mut Value)) {
-    let path = bk.join(rel);
-    let mut v: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    edit(&mut v);
-    let bytes = serde_json::to_vec_pretty(&v).unwrap();
-    std::fs::write(&path, &bytes).unwrap();
-    let sha: String = airlock_store::blob::sha256(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let mpath = bk.join("manifest.json");
-    let mut m: Value = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
-    m["files"][rel] = json!({"sha256": sha, "size": bytes.len()});
-    std::fs::write(&mpath, m.to_string()).unwrap();
-}
-
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {

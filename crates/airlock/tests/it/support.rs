@@ -606,3 +606,22 @@ impl Drop for TestDatabase {
         );
     }
 }
+
+/// Rewrites one JSON file of a backup and its manifest entry, as someone with write access to
+/// the backup would (the manifest's own SHA-256, printed at export, is what such an edit
+/// cannot match).
+pub fn forge_backup_file(bk: &Path, rel: &str, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = bk.join(rel);
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    edit(&mut v);
+    let bytes = serde_json::to_vec_pretty(&v).unwrap();
+    std::fs::write(&path, &bytes).unwrap();
+    let sha: String = airlock_store::blob::sha256(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let mpath = bk.join("manifest.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
+    m["files"][rel] = serde_json::json!({"sha256": sha, "size": bytes.len()});
+    std::fs::write(&mpath, m.to_string()).unwrap();
+}
