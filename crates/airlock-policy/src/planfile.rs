@@ -48,6 +48,18 @@ pub struct BinaryChange {
     pub actions: Vec<String>,
 }
 
+impl BinaryChange {
+    /// What a plan JSON entry (`resource_changes` or `resource_drift`) says, in the terms the
+    /// binary plan is compared in: address, deposed key and actions.
+    pub fn of(rc: &crate::plan::ResourceChange) -> BinaryChange {
+        BinaryChange {
+            address: rc.address.clone(),
+            deposed: rc.deposed.clone(),
+            actions: rc.change.actions.clone(),
+        }
+    }
+}
+
 /// What the binary plan says an apply will do.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PlanFile {

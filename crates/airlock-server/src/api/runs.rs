@@ -284,37 +284,14 @@ fn json_outputs(plan_json: &[u8]) -> ApiResult<Vec<(String, Vec<String>)>> {
         .collect())
 }
 
-/// The plan JSON's `resource_changes`: address, deposed key and actions (values are not read).
+/// The plan JSON's `resource_changes`, read as the gate reads plans (values are not kept).
 /// Used for a refresh-only plan, whose judged entries are its `resource_drift`.
 fn json_resource_changes(plan_json: &[u8]) -> ApiResult<Vec<BinaryChange>> {
-    #[derive(Deserialize)]
-    struct Actions {
-        actions: Vec<String>,
-    }
-    #[derive(Deserialize)]
-    struct Change {
-        address: String,
-        #[serde(default)]
-        deposed: Option<String>,
-        change: Actions,
-    }
-    #[derive(Deserialize)]
-    struct Plan {
-        #[serde(default)]
-        resource_changes: Option<Vec<Change>>,
-    }
-    let p: Plan = serde_json::from_slice(plan_json).map_err(|e| bad(format!("plan JSON: {e}")))?;
-    let mut out: Vec<BinaryChange> = p
-        .resource_changes
-        .unwrap_or_default()
-        .into_iter()
-        .map(|c| BinaryChange {
-            address: c.address,
-            deposed: c.deposed,
-            actions: c.change.actions,
-        })
-        .collect();
-    out.sort();
+    let mut out = Vec::new();
+    plan::read_plan_section(plan_json, plan::Section::ResourceChanges, |rc| {
+        out.push(BinaryChange::of(&rc))
+    })
+    .map_err(|e| bad(format!("plan JSON: {e}")))?;
     Ok(out)
 }
 
@@ -351,11 +328,7 @@ struct RunObserver<'a> {
 impl Observer for RunObserver<'_> {
     fn change(&mut self, rc: &plan::ResourceChange, c: &ChangeReport) {
         let settings = &self.stack.settings;
-        self.listed.push(BinaryChange {
-            address: rc.address.clone(),
-            deposed: rc.deposed.clone(),
-            actions: rc.change.actions.clone(),
-        });
+        self.listed.push(BinaryChange::of(rc));
         self.changes_anything |= c.kind != ChangeKind::NoOp || c.moved_from.is_some() || c.import;
         if c.mode == "managed" && c.is_destructive() {
             if let Some(reason) =
