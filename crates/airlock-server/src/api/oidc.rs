@@ -519,41 +519,43 @@ pub async fn login(
     if trusts.is_empty() {
         return Err(refuse(&state, &actor, action, None, unauth, format!("forge token refused: issuer {iss:?} is not trusted (an admin adds it with `airlock trust add`)")).await);
     }
-    // The signature with the issuer's keys, then the token's times: any failure is one
+    // The signature with the issuer's keys, the token's times, the trusts' judgement, then one
+    // login per ID token (recorded only once it is signed, in time and trusted, so a refused
+    // token cannot spend a real job's jti; and before anything is minted): any failure is one
     // audited refusal.
-    let verified = async {
+    let judged = async {
         let keys = state
             .oidc
             .forge_keys(&iss, token.kid.as_deref())
             .await
-            .map_err(|e| format!("the issuer's keys could not be fetched: {e}"))?;
-        let claims = token.verify(&keys).map_err(|e| e.to_string())?;
-        jose::check_times(&claims, now_ms() / 1000, oidc::LEEWAY_S).map_err(|e| e.to_string())?;
-        Ok::<_, String>(claims)
-    }
-    .await;
-    let claims = match verified {
-        Ok(c) => c,
-        Err(e) => {
-            return Err(refuse(
-                &state,
-                &actor,
-                action,
-                None,
-                unauth,
-                format!("forge token refused: {e}"),
-            )
-            .await)
-        }
-    };
-    let grant = match oidc::judge_login(&trusts, &claims, want) {
-        Ok(g) => g,
-        Err(e) => {
+            .map_err(|e| {
+                (
+                    unauth,
+                    format!("the issuer's keys could not be fetched: {e}"),
+                )
+            })?;
+        let claims = token.verify(&keys).map_err(|e| (unauth, e.to_string()))?;
+        jose::check_times(&claims, now_ms() / 1000, oidc::LEEWAY_S)
+            .map_err(|e| (unauth, e.to_string()))?;
+        let grant = oidc::judge_login(&trusts, &claims, want).map_err(|e| {
             let kind = if e.contains("role") {
                 RefusalKind::Forbidden
             } else {
                 unauth
             };
+            (kind, e)
+        })?;
+        match use_once(&state, &iss, &claims).await {
+            Ok(Ok(())) => Ok(Ok(grant)),
+            Ok(Err(e)) => Err((unauth, e)),
+            // The store failed: an internal error, not a refusal.
+            Err(e) => Ok(Err(e)),
+        }
+    }
+    .await;
+    let grant = match judged {
+        Ok(grant) => grant?,
+        Err((kind, e)) => {
             return Err(refuse(
                 &state,
                 &actor,
@@ -562,22 +564,9 @@ pub async fn login(
                 kind,
                 format!("forge token refused: {e}"),
             )
-            .await);
+            .await)
         }
     };
-    // One login per ID token: recorded only now that it is signed, in time and trusted (a
-    // refused token cannot spend a real job's jti), and before anything is minted.
-    if let Err(e) = use_once(&state, &iss, &claims).await? {
-        return Err(refuse(
-            &state,
-            &actor,
-            action,
-            None,
-            unauth,
-            format!("forge token refused: {e}"),
-        )
-        .await);
-    }
     let g = tokens::generate();
     let expires_at = now_ms() + grant.lifetime_ms;
     let name: String = format!("ci {}", grant.subject).chars().take(100).collect();
