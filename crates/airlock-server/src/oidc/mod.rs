@@ -724,6 +724,48 @@ pub fn single_use(claims: &Map<String, Value>) -> Result<(&str, i64), String> {
     Ok((jti, exp.saturating_mul(1000)))
 }
 
+/// The key of a successful `oidc.login` audit event that names the forge ID token the login
+/// used ([`UsedForgeToken`]): the one-use records are not in backups, and `backup import`
+/// rebuilds them from these events.
+pub const LOGIN_ID_TOKEN: &str = "id_token";
+
+/// A forge ID token a login used: the row `Store::use_forge_token` inserts, and what the
+/// login's audit event names under [`LOGIN_ID_TOKEN`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsedForgeToken {
+    /// The token's `iss`.
+    pub issuer: String,
+    /// The token's `jti` (checked by [`single_use`]).
+    pub jti: String,
+    /// The token's `exp`, in ms.
+    pub exp_ms: i64,
+}
+
+impl UsedForgeToken {
+    /// As the `oidc.login` event records it.
+    pub fn to_json(&self) -> Value {
+        json!({"iss": self.issuer, "jti": self.jti, "exp_ms": self.exp_ms})
+    }
+
+    /// The token a successful `oidc.login` event names; `None` for any other record, and for
+    /// a login recorded before the events named their token.
+    pub fn of_event(r: &airlock_core::audit::AuditRecord) -> Option<UsedForgeToken> {
+        if r.action != "oidc.login" || r.outcome != "ok" {
+            return None;
+        }
+        let t = r.detail.get(LOGIN_ID_TOKEN)?;
+        let jti = t.get("jti")?.as_str()?;
+        if jti.is_empty() || jti.len() > MAX_JTI_LEN || jti.chars().any(char::is_control) {
+            return None;
+        }
+        Some(UsedForgeToken {
+            issuer: t.get("iss")?.as_str()?.to_owned(),
+            jti: jti.to_owned(),
+            exp_ms: t.get("exp_ms")?.as_i64()?,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
