@@ -770,6 +770,51 @@ impl UsedForgeToken {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_login_event_names_its_id_token_and_only_a_successful_login_counts() {
+        let used = UsedForgeToken {
+            issuer: "https://token.actions.githubusercontent.com".into(),
+            jti: "0f6e1b1c-2d3e-4f50-8a9b-0c1d2e3f4a5b".into(),
+            exp_ms: 1_800_000_000_000,
+        };
+        let event =
+            |action: &str, outcome: &str, id_token: Value| airlock_core::audit::AuditRecord {
+                seq: 1,
+                chain: Some(String::new()),
+                chain_seq: Some(1),
+                at: "2026-12-01T00:00:00Z".into(),
+                actor: "forge login".into(),
+                action: action.into(),
+                stack: None,
+                outcome: outcome.into(),
+                detail: json!({"trust": "trust_ci", LOGIN_ID_TOKEN: id_token}),
+                prev_hash: String::new(),
+                hash: String::new(),
+            };
+        let ok = |t: Value| UsedForgeToken::of_event(&event("oidc.login", "ok", t));
+        assert_eq!(ok(used.to_json()), Some(used.clone()));
+        assert_eq!(
+            UsedForgeToken::of_event(&event("oidc.login", "denied", used.to_json())),
+            None
+        );
+        assert_eq!(
+            UsedForgeToken::of_event(&event("token.create", "ok", used.to_json())),
+            None
+        );
+        // Recorded before events named the token, or hostile: nothing to mark.
+        for bad in [
+            Value::Null,
+            json!({"iss": used.issuer, "jti": used.jti}),
+            json!({"iss": used.issuer, "jti": used.jti, "exp_ms": "1800000000000"}),
+            json!({"iss": 7, "jti": used.jti, "exp_ms": 1}),
+            json!({"iss": used.issuer, "jti": "", "exp_ms": 1}),
+            json!({"iss": used.issuer, "jti": "x".repeat(MAX_JTI_LEN + 1), "exp_ms": 1}),
+            json!({"iss": used.issuer, "jti": "a\nb", "exp_ms": 1}),
+        ] {
+            assert_eq!(ok(bad.clone()), None, "{bad}");
+        }
+    }
+
     fn trust(role: &str, git_ref: Option<&str>) -> OidcTrustRecord {
         OidcTrustRecord {
             id: format!("trust_{role}"),

@@ -40,7 +40,13 @@
 //! the JWKS by issuer URL, so phase tokens keep working. Trusts and drift reports are checked
 //! like everything else a restore brings without a person looking: a trust must be one that
 //! `airlock trust add` accepts (never approver or admin), a drift report must name a stack and
-//! a serial of the backup (`verify.rs`).
+//! a serial of the backup and hash to the SHA-256 its `drift.report` audit event recorded
+//! (`verify.rs`; an event from before that hash is noted, not refused).
+//!
+//! The one-use records of forge ID tokens (`forge_token_uses`) are not in a backup: import
+//! rebuilds them from the `oidc.login` events, which name each login's token (`import.rs`), so a
+//! token used before the backup does not log in again after the restore. No format change: the
+//! events were always in the audit file.
 //!
 //! History is append-only, so an export taken while servers run is consistent per stack; the
 //! audit chain is read last and covers at least everything exported.
