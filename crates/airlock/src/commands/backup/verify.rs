@@ -333,9 +333,10 @@ impl Backup {
     /// its audit event committed with (the chain is verified separately): a trust is what its
     /// `oidc.trust_add` event (and `oidc.trust_pin`, for ids pinned later) says, and removed if
     /// an `oidc.trust_remove` event says so; a drift report is what its `drift.report` event
-    /// says, at that event's time. Adding or reviving a trust, or an "in sync" report that
-    /// hides drift, then means rewriting the audit chain, whose head the server recorded
-    /// (`backup verify --record`) and the manifest's printed SHA-256 pins.
+    /// says, at that event's time, its body hashing to the event's `report_sha256` (when the
+    /// event has one: see `notes`). Adding or reviving a trust, an "in sync" report that hides
+    /// drift, or an edited body, then means rewriting the audit chain, whose head the server
+    /// recorded (`backup verify --record`) and the manifest's printed SHA-256 pins.
     fn trust_and_drift_problems(&self) -> Vec<String> {
         use serde_json::{json, Value};
         let mut problems = Vec::new();
