@@ -109,16 +109,18 @@ pub fn run(args: CiDriftArgs) -> anyhow::Result<ExitCode> {
         _ if args.print => None,
         ctx => ctx.map(|ctx| ctx.forge),
     };
-    let version = match args.propose {
-        true => Some(flow::terraform_version(&args.terraform_bin)?),
+    // With --propose: this job's Terraform version (for the inputs' fingerprint) and its own
+    // identity (only its own earlier proposals are linked again).
+    let proposer = match args.propose {
+        true => Some((flow::terraform_version(&args.terraform_bin)?, identity(&c)?)),
         false => None,
     };
     let (mut failed, mut drifted) = (false, false);
     for t in &targets.stacks {
         let checked = (|| {
             // With --propose: the open runs accepting drift of this stack from these inputs.
-            let open = match &version {
-                Some(v) => open_drift_runs(&c, &root, t, v)?,
+            let open = match &proposer {
+                Some((version, me)) => open_drift_runs(&c, &root, t, version, me)?,
                 None => Vec::new(),
             };
             let find = |shown: &[u8]| accepting(&open, shown);
@@ -305,21 +307,35 @@ fn in_sync_comment(stack: &str, stale: &[&Value]) -> String {
     out
 }
 
-/// The open runs of `t` (waiting for approval, approved, or denied by the gate) planned from
-/// this checkout's inputs at the stack's current state that accept drift, each with its
-/// reviewed plan JSON.
+/// The identity runs name as their author (`author_user`): the token's user, else the token.
+fn identity(c: &Client) -> anyhow::Result<String> {
+    let me = c.get("/api/v1/whoami")?;
+    let user = me["user"].as_str().filter(|u| !u.is_empty());
+    user.or(me["id"].as_str())
+        .map(str::to_owned)
+        .context("the server did not say who this token is")
+}
+
+/// The open runs of `t` (waiting for approval, approved, or denied by the gate) that `me`
+/// proposed from this checkout's inputs at the stack's current state to accept drift, each with
+/// its reviewed plan JSON. Only this job's own identity: the server ties a plan JSON's drift to
+/// the binary's addresses and actions, not its values (only `airlock apply`'s own `terraform
+/// show -json` proves those), so a run another identity uploaded is never vouched for as one an
+/// earlier check proposed.
 fn open_drift_runs(
     c: &Client,
     root: &Path,
     t: &flow::Target,
     version: &str,
+    me: &str,
 ) -> anyhow::Result<Vec<(Value, Value)>> {
     let mut open = Vec::new();
     for r in flow::runs_for_checkout(c, root, t, version)?.runs {
         if !matches!(
             r["status"].as_str(),
             Some("needs_approval" | "approved" | "denied")
-        ) {
+        ) || r["author_user"] != me
+        {
             continue;
         }
         let id = query_value(r["id"].as_str().unwrap_or_default());
