@@ -771,6 +771,11 @@ pub enum BackupCommand {
     Import {
         /// Backup directory.
         dir: PathBuf,
+        /// The manifest.json SHA-256 printed by `backup export`: refuse the backup unless its
+        /// manifest is the one exported (whoever can rewrite a backup can rewrite its whole
+        /// audit chain consistently; only this hash, kept apart, tells).
+        #[arg(long, value_name = "HASH")]
+        manifest_sha256: Option<String>,
         #[command(flatten)]
         db: DatabaseArgs,
         /// Output format.

@@ -174,8 +174,16 @@ pub fn run(cmd: BackupCommand) -> anyhow::Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
-        BackupCommand::Import { dir, db, format } => {
-            let (backup, problems) = Backup::load(&dir)?;
+        BackupCommand::Import {
+            dir,
+            manifest_sha256,
+            db,
+            format,
+        } => {
+            let (backup, mut problems) = Backup::load(&dir)?;
+            if let Some(want) = manifest_sha256 {
+                problems.extend(check_manifest_hash(&dir, &want)?);
+            }
             if !problems.is_empty() {
                 bail!(
                     "refusing to import a backup that does not verify ({} problem(s)); nothing was written:\n  {}",
