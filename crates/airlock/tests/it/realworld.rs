@@ -1,0 +1,634 @@
+//! What real configurations do, through the real governed flow: `airlock plan` (agent),
+//! `airlock approve` (approver), `airlock apply` (CI), then a second change planned and applied,
+//! and the state afterwards. Outputs, variables and tfvars files, local modules, `count` and
+//! `for_each` with awkward keys, `moved`/`removed`/`import` blocks, replacements, `check`
+//! blocks, data sources, sensitive values, unicode, empty plans and destroys.
+
+use serde_json::Value;
+
+use crate::support::*;
+use crate::testcloud::{apply_on, plan_on, TestCloud};
+
+/// Approves `run` as an approver (confirming its destroys) and applies it as CI; returns the
+/// run as `run show` has it afterwards.
+fn approve_and_apply(t: &Team, ws: &Workspace, run: &str) -> Value {
+    approve(t, run);
+    let out = apply(t, ws, &t.ci, run);
+    assert!(out.status.success(), "apply {run}: {}", text(&out));
+    let v = run_json(t, run);
+    assert_eq!(v["run"]["status"], "applied", "{v}");
+    v
+}
+
+fn approve(t: &Team, run: &str) {
+    let v = run_json(t, run);
+    assert_eq!(v["run"]["status"], "needs_approval", "{v}");
+    let destroys = v["run"]["destroys"]
+        .as_array()
+        .map_or(0, Vec::len)
+        .to_string();
+    t.s.ok(
+        &t.approver,
+        &["approve", run, "--confirm-destroy", &destroys],
+    );
+}
+
+/// Plans as the agent, approves and applies: the governed flow a change takes.
+fn governed(t: &Team, ws: &Workspace, stack: &str) -> Value {
+    let run = plan(t, ws, &t.agent, stack);
+    approve_and_apply(t, ws, &run)
+}
+
+/// The stack's current state, as Terraform would read it.
+fn state(t: &Team, stack: &str) -> Value {
+    let (code, body) = raw("GET", &t.s.state_url(stack), &t.s.admin, b"");
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Every resource instance address in a state (`module.m.type.name["key"]`), sorted.
+fn addresses(state: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    for r in state["resources"].as_array().unwrap() {
+        if r["mode"] != "managed" {
+            continue;
+        }
+        let base = match r["module"].as_str() {
+            Some(m) => format!(
+                "{m}.{}.{}",
+                r["type"].as_str().unwrap(),
+                r["name"].as_str().unwrap()
+            ),
+            None => format!(
+                "{}.{}",
+                r["type"].as_str().unwrap(),
+                r["name"].as_str().unwrap()
+            ),
+        };
+        for i in r["instances"].as_array().unwrap() {
+            out.push(match &i["index_key"] {
+                Value::Null => base.clone(),
+                Value::Number(n) => format!("{base}[{n}]"),
+                Value::String(s) => format!("{base}[{}]", serde_json::to_string(s).unwrap()),
+                k => panic!("index key {k}"),
+            });
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The `output` attribute of a terraform_data instance in a state.
+fn data_output(state: &Value, module: Option<&str>, name: &str, key: Option<&Value>) -> Value {
+    let r = state["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == name && r["module"].as_str() == module)
+        .unwrap_or_else(|| panic!("{name} not in {state}"));
+    let i = r["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| key.is_none_or(|k| &i["index_key"] == k))
+        .unwrap();
+    i["attributes"]["output"]["value"].clone()
+}
+
+#[test]
+fn outputs_plain_sensitive_changed_alone_and_removed() {
+    let t = team("dev/outputs");
+    let v1 = r#"
+variable "name" {
+  default = "web"
+}
+resource "terraform_data" "a" {
+  input = var.name
+}
+output "plain" {
+  value = terraform_data.a.output
+}
+output "secret" {
+  value     = "s3cr3t-${var.name}"
+  sensitive = true
+}
+output "object" {
+  value = { name = var.name, ports = [80, 443] }
+}
+"#;
+    let ws = Workspace::new(&t.s, "dev/outputs", v1);
+    governed(&t, &ws, "dev/outputs");
+    let s = state(&t, "dev/outputs");
+    assert_eq!(s["outputs"]["plain"]["value"], "web");
+    assert_eq!(s["outputs"]["secret"]["value"], "s3cr3t-web");
+    assert_eq!(s["outputs"]["secret"]["sensitive"], true);
+    assert_eq!(s["outputs"]["object"]["value"]["ports"][1], 443);
+
+    // Only outputs change: a run to review, applied.
+    let v2 = v1
+        .replace(
+            "value = terraform_data.a.output",
+            "value = \"${terraform_data.a.output}-2\"",
+        )
+        .replace("s3cr3t-", "rotated-");
+    ws.write_main(&v2);
+    let run = plan(&t, &ws, &t.agent, "dev/outputs");
+    let shown = t.s.ok(&t.s.admin, &["run", "show", &run]);
+    assert!(
+        !shown.contains("rotated-web"),
+        "a sensitive output's value is shown: {shown}"
+    );
+    approve_and_apply(&t, &ws, &run);
+    let s = state(&t, "dev/outputs");
+    assert_eq!(s["outputs"]["plain"]["value"], "web-2");
+    assert_eq!(s["outputs"]["secret"]["value"], "rotated-web");
+
+    // Removing outputs (one sensitive) is a change too.
+    let v3 = "variable \"name\" {\n  default = \"web\"\n}\nresource \"terraform_data\" \"a\" {\n  input = var.name\n}\n";
+    ws.write_main(v3);
+    governed(&t, &ws, "dev/outputs");
+    let s = state(&t, "dev/outputs");
+    assert_eq!(s["outputs"], serde_json::json!({}), "{s}");
+    assert_eq!(data_output(&s, None, "a", None), "web");
+}
+
+#[test]
+fn variables_from_defaults_terraform_tfvars_and_auto_tfvars() {
+    let t = team("dev/vars");
+    let main_tf = r#"
+variable "env" {
+  type = string
+}
+variable "size" {
+  type    = number
+  default = 1
+}
+variable "labels" {
+  type    = map(string)
+  default = { team = "core" }
+}
+resource "terraform_data" "r" {
+  count = var.size
+  input = "${var.env}-${count.index}-${var.labels["team"]}"
+}
+"#;
+    let ws = Workspace::new(&t.s, "dev/vars", main_tf);
+    std::fs::write(ws.path("terraform.tfvars"), "env = \"dev\"\n").unwrap();
+    std::fs::write(ws.path("size.auto.tfvars"), "size = 2\n").unwrap();
+    std::fs::write(
+        ws.path("labels.auto.tfvars.json"),
+        r#"{"labels": {"team": "edge"}}"#,
+    )
+    .unwrap();
+    governed(&t, &ws, "dev/vars");
+    let s = state(&t, "dev/vars");
+    assert_eq!(
+        addresses(&s),
+        ["terraform_data.r[0]", "terraform_data.r[1]"]
+    );
+    assert_eq!(data_output(&s, None, "r", Some(&1.into())), "dev-1-edge");
+
+    // The second change comes from a tfvars file alone.
+    std::fs::write(ws.path("size.auto.tfvars"), "size = 3\n").unwrap();
+    governed(&t, &ws, "dev/vars");
+    let s = state(&t, "dev/vars");
+    assert_eq!(addresses(&s).len(), 3);
+    assert_eq!(data_output(&s, None, "r", Some(&2.into())), "dev-2-edge");
+}
+
+/// A variable file is a run input: an approved plan is not applied from a checkout whose
+/// `terraform.tfvars` or `*.auto.tfvars` differs from the reviewed one, nor from one that
+/// gained a new `*.auto.tfvars`.
+#[test]
+fn attack_an_approved_plan_is_not_applied_after_a_tfvars_change() {
+    let t = team("dev/tfvars");
+    let main_tf = "variable \"env\" {\n  type = string\n}\nvariable \"n\" {\n  default = 1\n}\nresource \"terraform_data\" \"r\" {\n  count = var.n\n  input = var.env\n}\n";
+    let ws = Workspace::new(&t.s, "dev/tfvars", main_tf);
+    std::fs::write(ws.path("terraform.tfvars"), "env = \"dev\"\n").unwrap();
+    let run = plan(&t, &ws, &t.agent, "dev/tfvars");
+    approve(&t, &run);
+    for (file, body) in [
+        ("terraform.tfvars", "env = \"prod\"\n"),
+        ("extra.auto.tfvars", "n = 5\n"),
+        ("extra.auto.tfvars.json", "{\"n\": 5}"),
+    ] {
+        let before = std::fs::read(ws.path(file)).ok();
+        std::fs::write(ws.path(file), body).unwrap();
+        let out = apply(&t, &ws, &t.ci, &run);
+        assert!(
+            !out.status.success() && text(&out).contains(file),
+            "applied with a changed {file}: {}",
+            text(&out)
+        );
+        match before {
+            Some(b) => std::fs::write(ws.path(file), b).unwrap(),
+            None => std::fs::remove_file(ws.path(file)).unwrap(),
+        }
+    }
+    assert_eq!(run_json(&t, &run)["run"]["status"], "approved");
+    approve_and_apply_approved(&t, &ws, &run);
+    assert_eq!(
+        data_output(&state(&t, "dev/tfvars"), None, "r", Some(&0.into())),
+        "dev"
+    );
+}
+
+fn approve_and_apply_approved(t: &Team, ws: &Workspace, run: &str) {
+    let out = apply(t, ws, &t.ci, run);
+    assert!(out.status.success(), "apply {run}: {}", text(&out));
+    assert_eq!(run_json(t, run)["run"]["status"], "applied");
+}
+
+#[test]
+fn nested_local_modules_for_each_keys_moved_and_removed_blocks() {
+    let t = team("dev/modules");
+    let root_v1 = r#"
+module "net" {
+  source = "./modules/net"
+  names  = ["a b", "ünï", "q\"uote", "br[0]"]
+}
+resource "terraform_data" "old" {
+  input = "o"
+}
+resource "terraform_data" "gone" {
+  input = "g"
+}
+output "leaves" {
+  value = module.net.leaves
+}
+"#;
+    let ws = Workspace::new(&t.s, "dev/modules", root_v1);
+    let net = ws.path("modules/net");
+    std::fs::create_dir_all(net.join("inner")).unwrap();
+    std::fs::write(
+        net.join("main.tf"),
+        r#"
+variable "names" {
+  type = list(string)
+}
+resource "terraform_data" "sub" {
+  for_each = toset(var.names)
+  input    = each.key
+}
+module "inner" {
+  source = "./inner"
+  n      = length(var.names)
+}
+output "leaves" {
+  value = module.inner.ids
+}
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        net.join("inner/main.tf"),
+        "variable \"n\" {\n  type = number\n}\nresource \"terraform_data\" \"leaf\" {\n  count = var.n\n  input = count.index\n}\noutput \"ids\" {\n  value = terraform_data.leaf[*].output\n}\n",
+    )
+    .unwrap();
+    governed(&t, &ws, "dev/modules");
+    let s = state(&t, "dev/modules");
+    let addrs = addresses(&s);
+    for a in [
+        r#"module.net.terraform_data.sub["a b"]"#,
+        r#"module.net.terraform_data.sub["q\"uote"]"#,
+        r#"module.net.terraform_data.sub["br[0]"]"#,
+        r#"module.net.terraform_data.sub["ünï"]"#,
+        "module.net.module.inner.terraform_data.leaf[3]",
+        "terraform_data.old",
+        "terraform_data.gone",
+    ] {
+        assert!(addrs.contains(&a.to_string()), "{a} not in {addrs:?}");
+    }
+    assert_eq!(
+        s["outputs"]["leaves"]["value"],
+        serde_json::json!([0, 1, 2, 3])
+    );
+
+    // moved (a rename), removed without destroy (forget), a key dropped and one added.
+    let root_v2 = r#"
+module "net" {
+  source = "./modules/net"
+  names  = ["ünï", "q\"uote", "br[0]", "c\\d"]
+}
+moved {
+  from = terraform_data.old
+  to   = terraform_data.renamed
+}
+resource "terraform_data" "renamed" {
+  input = "o"
+}
+removed {
+  from = terraform_data.gone
+  lifecycle {
+    destroy = false
+  }
+}
+output "leaves" {
+  value = module.net.leaves
+}
+"#;
+    ws.write_main(root_v2);
+    let run = plan(&t, &ws, &t.agent, "dev/modules");
+    let v = run_json(&t, &run);
+    // The destroyed key and the forgotten instance are both confirmed.
+    assert_eq!(v["run"]["destroys"].as_array().unwrap().len(), 2, "{v}");
+    approve_and_apply(&t, &ws, &run);
+    let addrs = addresses(&state(&t, "dev/modules"));
+    assert!(
+        addrs.contains(&"terraform_data.renamed".to_string()),
+        "{addrs:?}"
+    );
+    assert!(
+        addrs.contains(&r#"module.net.terraform_data.sub["c\\d"]"#.to_string()),
+        "{addrs:?}"
+    );
+    for gone in [
+        "terraform_data.old",
+        "terraform_data.gone",
+        r#"module.net.terraform_data.sub["a b"]"#,
+    ] {
+        assert!(
+            !addrs.contains(&gone.to_string()),
+            "{gone} still in {addrs:?}"
+        );
+    }
+}
+
+#[test]
+fn no_changes_then_a_destroy_of_the_whole_stack() {
+    let t = team("dev/empty");
+    let ws = Workspace::new(&t.s, "dev/empty", &data_resources(2));
+    governed(&t, &ws, "dev/empty");
+    let run = plan(&t, &ws, &t.agent, "dev/empty");
+    assert_eq!(run_json(&t, &run)["run"]["status"], "no_changes");
+    let out = t.s.cli(&t.approver, &["approve", &run]);
+    assert!(!out.status.success(), "{}", text(&out));
+
+    let out = cli_in(
+        &t.s,
+        &t.agent,
+        &ws.dir,
+        &[
+            "plan",
+            ".",
+            "--stack",
+            "dev/empty",
+            "--destroy",
+            "--format",
+            "json",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let run = v["run"]["id"].as_str().unwrap();
+    assert_eq!(
+        run_json(&t, run)["run"]["destroys"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    approve_and_apply(&t, &ws, run);
+    let s = state(&t, "dev/empty");
+    assert!(addresses(&s).is_empty(), "{s}");
+}
+
+#[test]
+fn sensitive_values_nonsensitive_unicode_and_check_blocks() {
+    let t = team("dev/unicode");
+    let v1 = r#"
+variable "password" {
+  type      = string
+  sensitive = true
+  default   = "hunter2-pässwörd"
+}
+resource "terraform_data" "café" {
+  input = "naïve ☃ 日本語 \u202e"
+}
+resource "terraform_data" "secret" {
+  input = var.password
+}
+resource "terraform_data" "keys" {
+  for_each = { "日本" = 1, "ключ" = 2, "emoji 🚀" = 3 }
+  input    = each.value
+}
+output "length" {
+  value = nonsensitive(length(var.password))
+}
+check "healthy" {
+  assert {
+    condition     = terraform_data.café.output != ""
+    error_message = "empty"
+  }
+}
+"#;
+    let ws = Workspace::new(&t.s, "dev/unicode", v1);
+    let run = plan(&t, &ws, &t.agent, "dev/unicode");
+    let shown = t.s.ok(&t.s.admin, &["run", "show", &run]);
+    assert!(
+        !shown.contains("hunter2"),
+        "a sensitive value is shown: {shown}"
+    );
+    approve_and_apply(&t, &ws, &run);
+    let s = state(&t, "dev/unicode");
+    let addrs = addresses(&s);
+    assert!(
+        addrs.contains(&"terraform_data.café".to_string()),
+        "{addrs:?}"
+    );
+    assert!(
+        addrs.contains(&r#"terraform_data.keys["emoji 🚀"]"#.to_string()),
+        "{addrs:?}"
+    );
+    assert_eq!(
+        data_output(&s, None, "café", None),
+        "naïve ☃ 日本語 \u{202e}"
+    );
+    assert_eq!(s["outputs"]["length"]["value"], 16);
+
+    // Second change: a key renamed, the secret changed, a failing check (a warning only).
+    let v2 = v1
+        .replace("\"ключ\" = 2", "\"ключ2\" = 2")
+        .replace("hunter2-pässwörd", "hunter3")
+        .replace("!= \"\"", "== \"\"");
+    ws.write_main(&v2);
+    let run = plan(&t, &ws, &t.agent, "dev/unicode");
+    let shown = t.s.ok(&t.s.admin, &["run", "show", &run]);
+    assert!(
+        !shown.contains("hunter3"),
+        "a sensitive value is shown: {shown}"
+    );
+    approve_and_apply(&t, &ws, &run);
+    let s = state(&t, "dev/unicode");
+    assert!(addresses(&s).contains(&r#"terraform_data.keys["ключ2"]"#.to_string()));
+    assert_eq!(s["outputs"]["length"]["value"], 7);
+    assert_eq!(data_output(&s, None, "secret", None), "hunter3");
+}
+
+#[test]
+fn replace_triggered_by_and_create_before_destroy_replacements() {
+    let t = team("dev/replace");
+    let v1 = r#"
+resource "terraform_data" "version" {
+  input = "1"
+}
+resource "terraform_data" "app" {
+  input = "app"
+  lifecycle {
+    replace_triggered_by = [terraform_data.version]
+    create_before_destroy = true
+  }
+}
+resource "terraform_data" "cbd" {
+  triggers_replace = "a"
+  lifecycle {
+    create_before_destroy = true
+  }
+}
+"#;
+    let ws = Workspace::new(&t.s, "dev/replace", v1);
+    governed(&t, &ws, "dev/replace");
+    let before = state(&t, "dev/replace");
+    let id = |s: &Value, name: &str| -> String {
+        s["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .unwrap()["instances"][0]["attributes"]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let v2 = v1
+        .replace("input = \"1\"", "input = \"2\"")
+        .replace("\"a\"", "\"b\"");
+    ws.write_main(&v2);
+    let run = plan(&t, &ws, &t.agent, "dev/replace");
+    approve_and_apply(&t, &ws, &run);
+    let after = state(&t, "dev/replace");
+    // `version` is updated in place; `app` is replaced because it changed, `cbd` because its
+    // trigger did, each created before the old one is destroyed.
+    assert_eq!(id(&before, "version"), id(&after, "version"));
+    for name in ["app", "cbd"] {
+        assert_ne!(
+            id(&before, name),
+            id(&after, name),
+            "{name} was not replaced"
+        );
+    }
+    assert_eq!(addresses(&after).len(), 3);
+}
+
+#[test]
+fn import_blocks_and_lifecycle_on_the_test_cloud() {
+    let cloud = TestCloud::new();
+    // A bucket made outside Terraform's stack (by someone's local state).
+    let local =
+        cloud.local_dir("resource \"aws_s3_bucket\" \"b\" {\n  bucket = \"legacy-assets\"\n}\n");
+    let out = cloud.tf(
+        &local,
+        &["apply", "-auto-approve", "-input=false", "-no-color"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let t = team("dev/cloud");
+    let v1 = r#"
+import {
+  to = aws_s3_bucket.assets
+  id = "legacy-assets"
+}
+resource "aws_s3_bucket" "assets" {
+  bucket = "legacy-assets"
+  tags   = { owner = "platform" }
+}
+resource "aws_db_instance" "db" {
+  identifier          = "main"
+  engine              = "postgres"
+  instance_class      = "db.t3.micro"
+  password            = "correct horse"
+  deletion_protection = true
+  lifecycle {
+    ignore_changes = [tags]
+  }
+}
+output "db_password" {
+  value     = aws_db_instance.db.password
+  sensitive = true
+}
+"#;
+    let ws = cloud.workspace(&t.s, "dev/cloud", v1);
+    let run = plan_on(&cloud, &t, &ws, &t.agent, "dev/cloud");
+    let shown = t.s.ok(&t.s.admin, &["run", "show", &run]);
+    assert!(
+        !shown.contains("correct horse"),
+        "a sensitive value is shown: {shown}"
+    );
+    approve(&t, &run);
+    let out = apply_on(&cloud, &t, &ws.dir, &t.ci, &run);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(run_json(&t, &run)["run"]["status"], "applied");
+    let s = state(&t, "dev/cloud");
+    assert_eq!(
+        addresses(&s),
+        ["aws_db_instance.db", "aws_s3_bucket.assets"]
+    );
+    assert_eq!(
+        cloud.get("aws_s3_bucket", "legacy-assets").unwrap()["tags"]["owner"],
+        "platform"
+    );
+
+    // Second change: the imported bucket's tags change, the ignored tags of the database do not
+    // make a change, the password rotates.
+    let v2 = v1
+        .replace("owner = \"platform\"", "owner = \"web\"")
+        .replace(
+            "lifecycle {\n    ignore_changes = [tags]\n  }",
+            "tags = { x = \"y\" }\n  lifecycle {\n    ignore_changes = [tags]\n  }",
+        )
+        .replace("correct horse", "battery staple");
+    ws.write_main(&format!("{}{v2}", crate::testcloud::PROVIDER_TF));
+    let run = plan_on(&cloud, &t, &ws, &t.agent, "dev/cloud");
+    approve(&t, &run);
+    let out = apply_on(&cloud, &t, &ws.dir, &t.ci, &run);
+    assert!(out.status.success(), "{}", text(&out));
+    let s = state(&t, "dev/cloud");
+    assert_eq!(s["outputs"]["db_password"]["value"], "battery staple");
+    assert_eq!(
+        cloud.get("aws_s3_bucket", "legacy-assets").unwrap()["tags"]["owner"],
+        "web"
+    );
+}
+
+/// `terraform_remote_state` reading another airlock stack through the http backend.
+#[test]
+fn a_data_source_reads_another_stacks_outputs() {
+    let t = team("dev/net");
+    t.s.ok(&t.s.admin, &["stack", "create", "dev/app"]);
+    let net = Workspace::new(
+        &t.s,
+        "dev/net",
+        "resource \"terraform_data\" \"vpc\" {\n  input = \"vpc-1\"\n}\noutput \"vpc_id\" {\n  value = terraform_data.vpc.output\n}\n",
+    );
+    governed(&t, &net, "dev/net");
+    let app_tf = format!(
+        r#"
+data "terraform_remote_state" "net" {{
+  backend = "http"
+  config = {{
+    address = "{}"
+  }}
+}}
+resource "terraform_data" "app" {{
+  input = data.terraform_remote_state.net.outputs.vpc_id
+}}
+"#,
+        t.s.state_url("dev/net")
+    );
+    let app = Workspace::new(&t.s, "dev/app", &app_tf);
+    governed(&t, &app, "dev/app");
+    assert_eq!(
+        data_output(&state(&t, "dev/app"), None, "app", None),
+        "vpc-1"
+    );
+}
