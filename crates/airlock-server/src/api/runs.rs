@@ -312,6 +312,8 @@ struct RunObserver<'a> {
     listed: Vec<BinaryChange>,
     destroys: Vec<String>,
     moved_from: Vec<String>,
+    /// (from, to) of every `moved` instance: the stored object is at `to` in the prior state.
+    moves: Vec<(String, String)>,
     server_protected: Vec<(String, String)>,
     changes_anything: bool,
     /// The stack's stored state and the binary plan's prior state, to see what changed
@@ -346,6 +348,7 @@ impl Observer for RunObserver<'_> {
                     .push((from.clone(), format!("{reason}; moved to {}", c.address)));
             }
             self.moved_from.push(from.clone());
+            self.moves.push((from.clone(), c.address.clone()));
         }
         self.changes.extend(ChangeEntry::of(c));
         self.md.change(c);
@@ -359,6 +362,17 @@ impl Observer for RunObserver<'_> {
         // know and the run's grant must cover it.
         if let Some((stored, prior)) = &self.states {
             for inst in stored.removed_in(prior) {
+                // Moved, not gone: the same object at its new address (the grant covers the
+                // old one as moved from).
+                let moved = self.moves.iter().any(|(from, to)| {
+                    *from == inst.address
+                        && prior.instances.iter().any(|p| {
+                            p.address == *to && p.deposed == inst.deposed && inst.same_object(p)
+                        })
+                });
+                if moved {
+                    continue;
+                }
                 // A refresh-only run already shows (and its grant covers) what it drops.
                 if self.refresh_only && self.destroys.contains(&inst.address) {
                     continue;
@@ -567,6 +581,7 @@ fn judge(binary: &PlanFile, plan_json: &[u8], input: JudgeInput) -> ApiResult<Ju
         listed: Vec::new(),
         destroys: Vec::new(),
         moved_from: Vec::new(),
+        moves: Vec::new(),
         server_protected: Vec::new(),
         changes_anything: false,
         states: input.current_state.clone().and_then(|stored| {
