@@ -357,7 +357,14 @@ output "leaves" {
 #[test]
 fn no_changes_then_a_destroy_of_the_whole_stack() {
     let t = team("dev/empty");
-    let ws = Workspace::new(&t.s, "dev/empty", &data_resources(2));
+    let ws = Workspace::new(
+        &t.s,
+        "dev/empty",
+        &format!(
+            "{}output \"inputs\" {{\n  value = terraform_data.r[*].output\n}}\noutput \"secret\" {{\n  value     = \"x\"\n  sensitive = true\n}}\n",
+            data_resources(2)
+        ),
+    );
     governed(&t, &ws, "dev/empty");
     let run = plan(&t, &ws, &t.agent, "dev/empty");
     assert_eq!(run_json(&t, &run)["run"]["status"], "no_changes");
@@ -392,6 +399,7 @@ fn no_changes_then_a_destroy_of_the_whole_stack() {
     approve_and_apply(&t, &ws, run);
     let s = state(&t, "dev/empty");
     assert!(addresses(&s).is_empty(), "{s}");
+    assert_eq!(s["outputs"], serde_json::json!({}), "{s}");
 }
 
 #[test]
@@ -887,4 +895,85 @@ moved {
         ["aws_db_instance.orders", "module.storage.aws_s3_bucket.b"]
     );
     assert!(cloud.get("aws_db_instance", "orders").is_some());
+}
+
+/// Instance keys Terraform quotes and escapes (newline, tab, backslash, template sequences,
+/// the empty string, a digit string), names with dashes and non-ASCII letters, and a second
+/// change that drops some of them.
+#[test]
+fn hostile_instance_keys_and_names() {
+    let t = team("dev/keys");
+    let keys = r#"["line\nbreak", "tab\there", "back\\slash", "$${not}", "%%{nor}", "", "0", "a.b", "🚀"]"#;
+    let tf = |keys: &str| {
+        format!(
+            r#"
+module "netz-ü" {{
+  source = "./m"
+  keys   = {keys}
+}}
+resource "terraform_data" "with-dash" {{
+  for_each = toset({keys})
+  input    = each.key
+}}
+output "größe" {{
+  value = length(module.netz-ü.keys)
+}}
+"#
+        )
+    };
+    let ws = Workspace::new(&t.s, "dev/keys", &tf(keys));
+    std::fs::create_dir_all(ws.path("m")).unwrap();
+    std::fs::write(
+        ws.path("m/main.tf"),
+        "variable \"keys\" {}\nresource \"terraform_data\" \"k\" {\n  for_each = toset(var.keys)\n  input    = each.key\n}\noutput \"keys\" {\n  value = keys(terraform_data.k)\n}\n",
+    )
+    .unwrap();
+    governed(&t, &ws, "dev/keys");
+    let s = state(&t, "dev/keys");
+    assert_eq!(s["outputs"]["größe"]["value"], 9);
+    let addrs = addresses(&s);
+    assert_eq!(addrs.len(), 18, "{addrs:?}");
+    assert!(
+        addrs.contains(&r#"module.netz-ü.terraform_data.k["line\nbreak"]"#.to_string()),
+        "{addrs:?}"
+    );
+    assert!(
+        addrs.contains(&r#"terraform_data.with-dash["0"]"#.to_string()),
+        "{addrs:?}"
+    );
+
+    let fewer = r#"["tab\there", "", "0"]"#;
+    ws.write_main(&tf(fewer));
+    let run = plan(&t, &ws, &t.agent, "dev/keys");
+    assert_eq!(
+        run_json(&t, &run)["run"]["destroys"]
+            .as_array()
+            .unwrap()
+            .len(),
+        12
+    );
+    approve_and_apply(&t, &ws, &run);
+    let s = state(&t, "dev/keys");
+    assert_eq!(addresses(&s).len(), 6);
+    assert_eq!(s["outputs"]["größe"]["value"], 3);
+}
+
+/// A stack whose configuration is only outputs (no resources): its first run creates state
+/// with outputs alone; the next changes one.
+#[test]
+fn a_stack_of_outputs_only() {
+    let t = team("dev/consts");
+    let ws = Workspace::new(
+        &t.s,
+        "dev/consts",
+        "output \"region\" {\n  value = \"eu-west-1\"\n}\noutput \"cidrs\" {\n  value = { a = \"10.0.0.0/16\" }\n}\n",
+    );
+    governed(&t, &ws, "dev/consts");
+    let s = state(&t, "dev/consts");
+    assert_eq!(s["outputs"]["region"]["value"], "eu-west-1");
+    ws.write_main("output \"region\" {\n  value = \"eu-central-1\"\n}\n");
+    governed(&t, &ws, "dev/consts");
+    let s = state(&t, "dev/consts");
+    assert_eq!(s["outputs"]["region"]["value"], "eu-central-1");
+    assert!(s["outputs"].get("cidrs").is_none(), "{s}");
 }
