@@ -977,3 +977,42 @@ fn a_stack_of_outputs_only() {
     assert_eq!(s["outputs"]["region"]["value"], "eu-central-1");
     assert!(s["outputs"].get("cidrs").is_none(), "{s}");
 }
+
+/// An ephemeral input variable (Terraform 1.10+) is not stored in the plan: the plan phase and
+/// the apply phase each take it from their own environment (`TF_VAR_...`), as CI sets it.
+#[test]
+fn an_ephemeral_variable_is_given_to_plan_and_apply() {
+    let t = team("dev/ephemeral");
+    let witness = t.s.dir.path().join("applied-with");
+    let ws = Workspace::new(
+        &t.s,
+        "dev/ephemeral",
+        &format!(
+            "variable \"deploy_key\" {{\n  type      = string\n  ephemeral = true\n}}\nresource \"terraform_data\" \"x\" {{\n  input = \"a\"\n  provisioner \"local-exec\" {{\n    command     = \"printf %s \\\"$KEY\\\" > {}\"\n    environment = {{ KEY = var.deploy_key }}\n  }}\n}}\n",
+            witness.display()
+        ),
+    );
+    let out = cli_in(
+        &t.s,
+        &t.agent,
+        &ws.dir,
+        &["plan", ".", "--stack", "dev/ephemeral", "--format", "json"],
+        &[("TF_VAR_deploy_key", "plan-time")],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let run = v["run"]["id"].as_str().unwrap().to_owned();
+    let json =
+        t.s.ok(&t.s.admin, &["run", "show", &run, "--format", "json"]);
+    assert!(!json.contains("plan-time"), "{json}");
+    approve(&t, &run);
+    let out = cli_in(
+        &t.s,
+        &t.ci,
+        &ws.dir,
+        &["apply", &run, "--dir", "."],
+        &[("TF_VAR_deploy_key", "apply-time")],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(std::fs::read_to_string(&witness).unwrap(), "apply-time");
+}
