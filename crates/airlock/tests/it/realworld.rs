@@ -1016,3 +1016,88 @@ fn an_ephemeral_variable_is_given_to_plan_and_apply() {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(std::fs::read_to_string(&witness).unwrap(), "apply-time");
 }
+
+/// The pull-request flow (`airlock ci plan` on the pull request, approval, `airlock ci apply`
+/// after merge, with the forge stand-in as GitHub) for a stack with a shared module outside its
+/// directory, a tfvars file and outputs; then pull requests that change only the tfvars file and
+/// only the shared module, each found by change detection, reviewed and applied.
+#[test]
+fn pull_requests_changing_tfvars_and_a_shared_module_are_reviewed_and_applied() {
+    use crate::forge::ForgeStandIn;
+    use crate::git_repo::{ci_env, git, json_of, write, Origin, FORGE_TOKEN};
+    let forge = ForgeStandIn::start(FORGE_TOKEN);
+    let events = tempfile::tempdir().unwrap();
+    let t = team("app");
+    t.s.ok(&t.s.admin, &["stack", "create", "net"]);
+    let origin = Origin::new();
+    let dev = &origin.work;
+    let app_tf = "variable \"env\" {}\nmodule \"label\" {\n  source = \"../../modules/label\"\n  name   = var.env\n}\nresource \"terraform_data\" \"svc\" {\n  input = module.label.id\n}\noutput \"id\" {\n  value = module.label.id\n}\noutput \"token\" {\n  value     = \"t-${var.env}\"\n  sensitive = true\n}\n";
+    let label = |sep: &str| {
+        format!(
+            "variable \"name\" {{}}\noutput \"id\" {{\n  value = \"acme{sep}${{var.name}}\"\n}}\n"
+        )
+    };
+    let mut n = 0;
+    // One pull request: `files` changed on a branch, `ci plan`, approval, merge, `ci apply`.
+    let mut review_and_merge = |files: &[(&str, String)]| {
+        n += 1;
+        let base = git(dev, &["rev-parse", "HEAD"]);
+        git(dev, &["checkout", "-q", "-b", &format!("pr{n}")]);
+        for (path, content) in files {
+            write(dev, path, content);
+        }
+        git(dev, &["add", "-A"]);
+        git(dev, &["commit", "-q", "-m", &format!("change {n}")]);
+        git(dev, &["push", "-q", "origin", &format!("pr{n}")]);
+        let head = git(dev, &["rev-parse", "HEAD"]);
+        let pr = origin.checkout(&format!("ci-pr{n}"), &head);
+        let env = forge.github_pr_env(events.path(), "acme/infra", n, &head, &base);
+        let out = ci_env(&t, &t.agent, &pr, &["ci", "plan", "--format", "json"], &env);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let v = json_of(&out);
+        let stacks = v["stacks"].as_array().unwrap();
+        assert_eq!(stacks.len(), 1, "only app is affected: {v:#}");
+        assert_eq!(stacks[0]["stack"], "app", "{v:#}");
+        let run = stacks[0]["run"].as_str().unwrap().to_owned();
+        approve(&t, &run);
+        git(dev, &["checkout", "-q", "main"]);
+        git(
+            dev,
+            &[
+                "merge",
+                "-q",
+                "--no-ff",
+                "-m",
+                &format!("Merge pr{n}"),
+                &format!("pr{n}"),
+            ],
+        );
+        git(dev, &["push", "-q", "origin", "main"]);
+        let merge = git(dev, &["rev-parse", "HEAD"]);
+        let main = origin.checkout(&format!("ci-main{n}"), &merge);
+        let env = forge.github_push_env(events.path(), "acme/infra", "main", "main", &base, &merge);
+        let out = ci_env(&t, &t.ci, &main, &["ci", "apply", "--format", "json"], &env);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let v = json_of(&out);
+        assert_eq!(v["stacks"][0]["run"], run.as_str(), "{v:#}");
+        assert_eq!(run_json(&t, &run)["run"]["status"], "applied");
+    };
+    review_and_merge(&[
+        ("stacks/app/main.tf", app_tf.to_owned()),
+        ("stacks/app/terraform.tfvars", "env = \"dev\"\n".to_owned()),
+        ("modules/label/main.tf", label("-")),
+    ]);
+    let s = state(&t, "app");
+    assert_eq!(s["outputs"]["id"]["value"], "acme-dev");
+    assert_eq!(s["outputs"]["token"]["value"], "t-dev");
+    review_and_merge(&[(
+        "stacks/app/terraform.tfvars",
+        "env = \"stage\"\n".to_owned(),
+    )]);
+    assert_eq!(state(&t, "app")["outputs"]["id"]["value"], "acme-stage");
+    review_and_merge(&[("modules/label/main.tf", label("_"))]);
+    let s = state(&t, "app");
+    assert_eq!(s["outputs"]["id"]["value"], "acme_stage");
+    assert_eq!(data_output(&s, None, "svc", None), "acme_stage");
+    forge.assert_no_violations();
+}
