@@ -1101,3 +1101,66 @@ fn pull_requests_changing_tfvars_and_a_shared_module_are_reviewed_and_applied() 
     assert_eq!(data_output(&s, None, "svc", None), "acme_stage");
     forge.assert_no_violations();
 }
+
+/// JSON configuration (`*.tf.json`, as generators write it) with `terraform.tfvars.json` and an
+/// override file, planned and applied from the repository root (`airlock plan DIR`, `airlock
+/// apply RUN --dir DIR`), with a file Terraform ignores (a dot file) beside them.
+#[test]
+fn json_configuration_override_files_and_planning_from_the_repository_root() {
+    let t = team("dev/json");
+    let ws = Workspace::new(&t.s, "dev/json", "");
+    std::fs::remove_file(ws.path("main.tf")).unwrap();
+    let root = ws.dir.parent().unwrap().to_path_buf();
+    std::fs::write(
+        root.join("airlock.hcl"),
+        "stack \"dev/json\" {\n  dir = \"tf\"\n}\n",
+    )
+    .unwrap();
+    let main = |n: u32| {
+        serde_json::json!({
+            "variable": {"env": {"type": "string"}},
+            "resource": {"terraform_data": {"gen": {"count": n, "input": "${var.env}-${count.index}"}}},
+            "output": {"first": {"value": "${terraform_data.gen[0].output}"}}
+        })
+        .to_string()
+    };
+    std::fs::write(ws.path("main.tf.json"), main(2)).unwrap();
+    std::fs::write(ws.path("terraform.tfvars.json"), r#"{"env": "json"}"#).unwrap();
+    std::fs::write(
+        ws.path("env_override.tf"),
+        "variable \"env\" {\n  default = \"ignored\"\n}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        ws.path(".disabled.tf"),
+        "this is not HCL and Terraform never reads it\n",
+    )
+    .unwrap();
+    let plan_root = |t: &Team| -> String {
+        let out = cli_in(
+            &t.s,
+            &t.agent,
+            &root,
+            &["plan", "tf", "--format", "json"],
+            &[],
+        );
+        assert!(out.status.success(), "{}", text(&out));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["run"]["id"].as_str().unwrap().to_owned()
+    };
+    let apply_root = |t: &Team, run: &str| {
+        approve(t, run);
+        let out = cli_in(&t.s, &t.ci, &root, &["apply", run, "--dir", "tf"], &[]);
+        assert!(out.status.success(), "{}", text(&out));
+        assert_eq!(run_json(t, run)["run"]["status"], "applied");
+    };
+    let run = plan_root(&t);
+    apply_root(&t, &run);
+    let s = state(&t, "dev/json");
+    assert_eq!(s["outputs"]["first"]["value"], "json-0");
+    assert_eq!(addresses(&s).len(), 2);
+    std::fs::write(ws.path("main.tf.json"), main(3)).unwrap();
+    let run = plan_root(&t);
+    apply_root(&t, &run);
+    assert_eq!(addresses(&state(&t, "dev/json")).len(), 3);
+}
