@@ -199,8 +199,7 @@ fn check_embedded_config(binary: &PlanFile, meta: &RunMeta) -> ApiResult<()> {
     }
     for f in &meta.inputs {
         let (dir, name) = f.path.rsplit_once('/').unwrap_or(("", &f.path));
-        let is_config = name.ends_with(".tf") || name.ends_with(".tf.json");
-        if is_config && dirs.contains(dir) && !embedded.contains(&f.path) {
+        if inputs::is_config_file(name) && dirs.contains(dir) && !embedded.contains(&f.path) {
             return Err(bad(format!(
                 "input {} is not in the binary plan's embedded configuration: the plan was not made from the listed inputs",
                 f.path

@@ -1037,7 +1037,7 @@ fn embedded_config_is_this_checkouts(plan: &PlanFile, dir: &Path) -> Result<(), 
                 .file_name()
                 .to_string_lossy()
                 .into_owned();
-            if (name.ends_with(".tf") || name.ends_with(".tf.json")) && !embedded.contains(&name) {
+            if inputs::is_config_file(&name) && !embedded.contains(&name) {
                 return Err(format!(
                     "{} is not in the plan's embedded configuration: the plan was not made from this checkout",
                     d.join(&name).display()
