@@ -1164,3 +1164,77 @@ fn json_configuration_override_files_and_planning_from_the_repository_root() {
     apply_root(&t, &run);
     assert_eq!(addresses(&state(&t, "dev/json")).len(), 3);
 }
+
+/// A create whose provisioner fails leaves a tainted instance (the run fails); the next run
+/// replaces it.
+#[test]
+fn a_failed_provisioner_taints_and_the_next_run_replaces() {
+    let t = team("dev/taint");
+    let tf = |cmd: &str| {
+        format!("resource \"terraform_data\" \"boot\" {{\n  input = \"b\"\n  provisioner \"local-exec\" {{\n    command = \"{cmd}\"\n  }}\n}}\n")
+    };
+    let ws = Workspace::new(&t.s, "dev/taint", &tf("exit 3"));
+    let run = plan(&t, &ws, &t.agent, "dev/taint");
+    approve(&t, &run);
+    let out = apply(&t, &ws, &t.ci, &run);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert_eq!(run_json(&t, &run)["run"]["status"], "failed");
+    let s = state(&t, "dev/taint");
+    assert_eq!(
+        s["resources"][0]["instances"][0]["status"], "tainted",
+        "{s}"
+    );
+
+    ws.write_main(&tf("true"));
+    let run = plan(&t, &ws, &t.agent, "dev/taint");
+    let v = run_json(&t, &run);
+    assert_eq!(
+        v["run"]["destroys"],
+        serde_json::json!(["terraform_data.boot"]),
+        "{v}"
+    );
+    approve_and_apply(&t, &ws, &run);
+    let s = state(&t, "dev/taint");
+    assert!(s["resources"][0]["instances"][0]["status"].is_null(), "{s}");
+}
+
+/// Splitting a stack: a database forgotten by one stack (`removed`, `destroy = false`) and
+/// imported by another (`import`), both governed; the object itself is untouched.
+#[test]
+fn a_protected_database_handed_from_one_stack_to_another() {
+    let cloud = TestCloud::new();
+    let t = team("dev/old");
+    t.s.ok(&t.s.admin, &["stack", "create", "dev/new"]);
+    let db = "resource \"aws_db_instance\" \"db\" {\n  identifier          = \"billing\"\n  engine              = \"postgres\"\n  instance_class      = \"db.t3.micro\"\n  deletion_protection = true\n}\n";
+    let old = cloud.workspace(
+        &t.s,
+        "dev/old",
+        &format!("{db}resource \"aws_s3_bucket\" \"logs\" {{\n  bucket = \"old-logs\"\n}}\n"),
+    );
+    let governed_on = |ws: &Workspace, stack: &str| -> Value {
+        let run = plan_on(&cloud, &t, ws, &t.agent, stack);
+        let v = run_json(&t, &run);
+        approve(&t, &run);
+        let out = apply_on(&cloud, &t, &ws.dir, &t.ci, &run);
+        assert!(out.status.success(), "{}", text(&out));
+        assert_eq!(run_json(&t, &run)["run"]["status"], "applied");
+        v
+    };
+    governed_on(&old, "dev/old");
+    let created = cloud.get("aws_db_instance", "billing").unwrap();
+
+    let forget = "removed {\n  from = aws_db_instance.db\n  lifecycle {\n    destroy = false\n  }\n}\nresource \"aws_s3_bucket\" \"logs\" {\n  bucket = \"old-logs\"\n}\n";
+    old.write_main(&format!("{}{forget}", crate::testcloud::PROVIDER_TF));
+    let v = governed_on(&old, "dev/old");
+    assert_eq!(v["run"]["decision"], "review", "{v}");
+    assert_eq!(addresses(&state(&t, "dev/old")), ["aws_s3_bucket.logs"]);
+
+    let new = cloud.workspace(
+        &t.s,
+        "dev/new",
+        &format!("import {{\n  to = aws_db_instance.db\n  id = \"billing\"\n}}\n{db}"),
+    );
+    governed_on(&new, "dev/new");
+    assert_eq!(addresses(&state(&t, "dev/new")), ["aws_db_instance.db"]);
+    assert_eq!(cloud.get("aws_db_instance", "billing").unwrap(), created);
+}
