@@ -1238,3 +1238,23 @@ fn a_protected_database_handed_from_one_stack_to_another() {
     assert_eq!(addresses(&state(&t, "dev/new")), ["aws_db_instance.db"]);
     assert_eq!(cloud.get("aws_db_instance", "billing").unwrap(), created);
 }
+
+/// Marking an existing output sensitive (same value) is a change Terraform applies (the state
+/// records the output as sensitive from then on); the run must not be `no_changes`.
+#[test]
+fn marking_an_output_sensitive_is_applied() {
+    let t = team("dev/mark");
+    let ws = Workspace::new(
+        &t.s,
+        "dev/mark",
+        "output \"dsn\" {\n  value = \"postgres://db\"\n}\n",
+    );
+    governed(&t, &ws, "dev/mark");
+    assert_eq!(
+        state(&t, "dev/mark")["outputs"]["dsn"]["sensitive"],
+        serde_json::Value::Null
+    );
+    ws.write_main("output \"dsn\" {\n  value     = \"postgres://db\"\n  sensitive = true\n}\n");
+    governed(&t, &ws, "dev/mark");
+    assert_eq!(state(&t, "dev/mark")["outputs"]["dsn"]["sensitive"], true);
+}
