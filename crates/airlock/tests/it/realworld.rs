@@ -1258,3 +1258,77 @@ fn marking_an_output_sensitive_is_applied() {
     governed(&t, &ws, "dev/mark");
     assert_eq!(state(&t, "dev/mark")["outputs"]["dsn"]["sensitive"], true);
 }
+
+/// Provider aliases: a module given an aliased provider, and a protected database moved from
+/// the default provider configuration to an aliased one (same cloud: nothing is replaced, but
+/// the state records the new provider address). The finding used to say the database was "gone
+/// or replaced outside Terraform".
+#[test]
+fn provider_aliases_and_a_protected_resource_changing_provider_configuration() {
+    let cloud = TestCloud::new();
+    let t = team("dev/alias");
+    let v1 = r#"
+provider "aws" {
+  alias = "eu"
+}
+resource "aws_db_instance" "db" {
+  identifier     = "ledger"
+  engine         = "postgres"
+  instance_class = "db.t3.micro"
+}
+module "store" {
+  source    = "./store"
+  providers = { aws = aws.eu }
+}
+"#;
+    let ws = cloud.workspace(&t.s, "dev/alias", v1);
+    std::fs::create_dir_all(ws.path("store")).unwrap();
+    std::fs::write(
+        ws.path("store/main.tf"),
+        "terraform {\n  required_providers {\n    aws = { source = \"hashicorp/aws\" }\n  }\n}\nresource \"aws_s3_bucket\" \"b\" {\n  bucket = \"ledger-exports\"\n}\n",
+    )
+    .unwrap();
+    let governed_on = |stack: &str| -> Value {
+        let run = plan_on(&cloud, &t, &ws, &t.agent, stack);
+        let v = run_json(&t, &run);
+        approve(&t, &run);
+        let out = apply_on(&cloud, &t, &ws.dir, &t.ci, &run);
+        assert!(out.status.success(), "{}", text(&out));
+        assert_eq!(run_json(&t, &run)["run"]["status"], "applied");
+        v
+    };
+    governed_on("dev/alias");
+    let s = state(&t, "dev/alias");
+    assert_eq!(
+        addresses(&s),
+        ["aws_db_instance.db", "module.store.aws_s3_bucket.b"]
+    );
+
+    let v2 = v1.replace(
+        "  instance_class = \"db.t3.micro\"\n",
+        "  instance_class = \"db.t3.micro\"\n  provider       = aws.eu\n",
+    );
+    ws.write_main(&format!("{}{v2}", crate::testcloud::PROVIDER_TF));
+    // The server cannot tell whether the object under the other provider configuration is the
+    // same one (another region or account may hold the same id): the stored object leaving is
+    // confirmed like a destroy, and the finding says why.
+    let v = governed_on("dev/alias");
+    assert_eq!(
+        v["run"]["destroys"],
+        serde_json::json!(["aws_db_instance.db"]),
+        "{v}"
+    );
+    let finding = v["run"]["report"]["findings"][0]["message"]
+        .as_str()
+        .unwrap();
+    assert!(finding.contains("changes provider configuration, from provider[\"registry.terraform.io/hashicorp/aws\"] to provider[\"registry.terraform.io/hashicorp/aws\"].eu"), "{finding}");
+    let s = state(&t, "dev/alias");
+    let db = s["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "db")
+        .unwrap();
+    assert!(db["provider"].as_str().unwrap().ends_with(".eu"), "{db}");
+    assert!(cloud.get("aws_db_instance", "ledger").is_some());
+}
