@@ -379,11 +379,22 @@ impl Observer for RunObserver<'_> {
                 if let Some(reason) =
                     firewall::protection_reason(&inst.resource_type, &inst.address, &stack.settings)
                 {
+                    // Same address under another provider configuration (`provider = aws.eu`):
+                    // the object Terraform manages from now on may be another one.
+                    let reconfigured = prior.instances.iter().find(|p| {
+                        p.address == inst.address
+                            && p.deposed == inst.deposed
+                            && p.provider != inst.provider
+                    });
+                    let message = match reconfigured {
+                        Some(p) => format!("this protected instance ({reason}) changes provider configuration, from {} to {}: the object found there may be another one; applying drops the stored object from the state", inst.provider, p.provider),
+                        None => format!("the stored object of this protected instance ({reason}) is gone or was replaced outside Terraform; applying records that it no longer exists"),
+                    };
                     found.push(Finding {
                         rule: "changed-outside-terraform".into(),
                         severity: Severity::Review,
                         address: Some(inst.address.clone()),
-                        message: format!("the stored object of this protected instance ({reason}) is gone or was replaced outside Terraform; applying records that it no longer exists"),
+                        message,
                     });
                     if !self.destroys.contains(&inst.address) {
                         self.destroys.push(inst.address.clone());
