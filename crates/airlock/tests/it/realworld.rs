@@ -659,6 +659,69 @@ resource "terraform_data" "app" {{
     // The agent's own token reads the other stack: only the plan phase is narrowed.
     let (code, _) = raw("GET", &t.s.state_url("dev/net"), &t.agent, b"");
     assert_eq!(code, 200);
+
+    // What works today: a reader token of the other stack given as a sensitive variable.
+    // Terraform reads the data source at plan time only, so the apply does not need it.
+    let reader = {
+        let out = t.s.ok(
+            &t.s.admin,
+            &[
+                "token",
+                "create",
+                "--name",
+                "net-reader",
+                "--role",
+                "reader",
+                "--stack",
+                "dev/net",
+                "--format",
+                "json",
+            ],
+        );
+        serde_json::from_str::<Value>(&out).unwrap()["secret"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    app.write_main(
+        &app_tf
+            .replace(
+                "    address = ",
+                "    username = \"airlock\"\n    password = var.net_reader\n    address = ",
+            )
+            .replace(
+                "data \"terraform_remote_state\"",
+                "variable \"net_reader\" {\n  sensitive = true\n}\ndata \"terraform_remote_state\"",
+            ),
+    );
+    let out = cli_in(
+        &t.s,
+        &t.agent,
+        &app.dir,
+        &["plan", ".", "--stack", "dev/app", "--format", "json"],
+        &[("TF_VAR_net_reader", &reader)],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let run = serde_json::from_slice::<Value>(&out.stdout).unwrap()["run"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let shown =
+        t.s.ok(&t.s.admin, &["run", "show", &run, "--format", "json"]);
+    assert!(!shown.contains(&reader), "{shown}");
+    let (code, judged) = raw(
+        "GET",
+        &format!("{}/api/v1/runs/{run}/artifacts/plan.json", t.s.url),
+        &t.agent,
+        b"",
+    );
+    assert_eq!(code, 200);
+    eprintln!("LEAK? {}", judged.contains(&reader));
+    approve_and_apply(&t, &app, &run);
+    assert_eq!(
+        data_output(&state(&t, "dev/app"), None, "app", None),
+        "vpc-1"
+    );
 }
 
 /// A monorepo: `airlock.hcl` at the repository root, the stack in a subdirectory, its modules
@@ -1331,4 +1394,58 @@ module "store" {
         .unwrap();
     assert!(db["provider"].as_str().unwrap().ends_with(".eu"), "{db}");
     assert!(cloud.get("aws_db_instance", "ledger").is_some());
+}
+
+/// A sensitive root variable (a provider credential given as `TF_VAR_...` by the person who
+/// plans) is in the plan files Terraform writes: `plan.tfplan` and the `variables` of `terraform
+/// show -json`, in clear. It never reaches the state, so a reader or an agent, who may read the
+/// stack's state and runs, must not be able to download the run's plan files and take it.
+#[test]
+fn attack_an_agent_cannot_take_a_sensitive_variable_from_a_runs_plan_files() {
+    let t = team("dev/creds");
+    let ws = Workspace::new(
+        &t.s,
+        "dev/creds",
+        "variable \"vault_token\" {\n  type      = string\n  sensitive = true\n}\nresource \"terraform_data\" \"x\" {\n  input = length(var.vault_token) > 0\n}\n",
+    );
+    let secret = "hvs.approvers-own-vault-token";
+    let out = cli_in(
+        &t.s,
+        &t.approver,
+        &ws.dir,
+        &["plan", ".", "--stack", "dev/creds", "--format", "json"],
+        &[("TF_VAR_vault_token", secret)],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let run = serde_json::from_slice::<Value>(&out.stdout).unwrap()["run"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let reader = t.s.token("auditor", "reader");
+    for token in [&t.agent, &reader] {
+        for name in ["plan.tfplan", "plan.json"] {
+            let (code, body) = raw(
+                "GET",
+                &format!("{}/api/v1/runs/{run}/artifacts/{name}", t.s.url),
+                token,
+                b"",
+            );
+            assert!(!body.contains(secret), "{name} gives the secret away");
+            assert_eq!(code, 403, "{name} is served to a reader or agent");
+        }
+        let shown = t.s.ok(token, &["run", "show", &run, "--format", "json"]);
+        assert!(!shown.contains(secret), "{shown}");
+    }
+    // Those who review and apply still have the plan: an approver's view, CI's apply.
+    let (code, _) = raw(
+        "GET",
+        &format!("{}/api/v1/runs/{run}/artifacts/plan.json", t.s.url),
+        &t.approver2,
+        b"",
+    );
+    assert_eq!(code, 200);
+    t.s.ok(&t.approver2, &["approve", &run]);
+    let out = apply(&t, &ws, &t.ci, &run);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!state(&t, "dev/creds").to_string().contains(secret));
 }
