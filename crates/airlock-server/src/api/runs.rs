@@ -1195,9 +1195,47 @@ pub async fn artifact(
     Extension(p): Extension<Principal>,
     Path((id, name)): Path<(String, String)>,
 ) -> ApiResult<Response> {
-    load_run(&state, &p, &id).await?;
+    // The plan files have routes of their own (`read-plan`); a name that reaches this one
+    // spelled otherwise (`plan%2Ejson`) is not served here.
+    if PLAN_FILES.contains(&name.as_str()) {
+        return Err(ApiError::new(
+            RefusalKind::NotFound,
+            format!("run {id} has no artifact {name} at this path"),
+        ));
+    }
+    serve_artifact(&state, &p, id, name).await
+}
+
+/// The artifacts that hold every root variable's value in clear (Terraform's plan format).
+const PLAN_FILES: [&str; 2] = ["plan.tfplan", "plan.json"];
+
+/// `GET /api/v1/runs/{id}/artifacts/plan.tfplan` (`read-plan`).
+pub async fn plan_binary(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    serve_artifact(&state, &p, id, PLAN_FILES[0].to_owned()).await
+}
+
+/// `GET /api/v1/runs/{id}/artifacts/plan.json` (`read-plan`).
+pub async fn plan_json(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    serve_artifact(&state, &p, id, PLAN_FILES[1].to_owned()).await
+}
+
+async fn serve_artifact(
+    state: &Arc<AppState>,
+    p: &Principal,
+    id: String,
+    name: String,
+) -> ApiResult<Response> {
+    load_run(state, p, &id).await?;
     let (i, n) = (id.clone(), name.clone());
-    let bytes = store_call(&state, move |st| st.run_artifact(&i, &n))
+    let bytes = store_call(state, move |st| st.run_artifact(&i, &n))
         .await?
         .ok_or_else(|| {
             ApiError::new(

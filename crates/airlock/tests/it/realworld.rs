@@ -1426,6 +1426,14 @@ fn attack_an_agent_cannot_take_a_sensitive_variable_from_a_runs_plan_files() {
             assert!(!body.contains(secret), "{name} gives the secret away");
             assert_eq!(code, 403, "{name} is served to a reader or agent");
         }
+        // Nor spelled otherwise, to reach the route of the other artifacts.
+        let (code, body) = raw(
+            "GET",
+            &format!("{}/api/v1/runs/{run}/artifacts/plan%2Ejson", t.s.url),
+            token,
+            b"",
+        );
+        assert!(!body.contains(secret) && code == 404, "{code} {body}");
         let shown = t.s.ok(token, &["run", "show", &run, "--format", "json"]);
         assert!(!shown.contains(secret), "{shown}");
     }
