@@ -408,7 +408,7 @@ fn ci_drift_proposes_one_run_per_drift_and_names_stale_ones() {
         out.contains(&format!("open run {first} accepts this drift")),
         "{out}"
     );
-    assert_eq!(refresh_only_runs(), [first.clone()]);
+    assert_eq!(refresh_only_runs(), std::slice::from_ref(&first));
     let all = issues(&f);
     assert_eq!(all.len(), 1, "{all:#?}");
     assert!(
