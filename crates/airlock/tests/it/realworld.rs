@@ -1450,3 +1450,36 @@ fn attack_an_agent_cannot_take_a_sensitive_variable_from_a_runs_plan_files() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(!state(&t, "dev/creds").to_string().contains(secret));
 }
+
+/// A NUL character in an instance key and in an output value (Terraform accepts both; a string
+/// PostgreSQL's text and jsonb cannot hold) goes through the governed flow on both engines.
+#[test]
+fn a_nul_character_in_a_key_and_an_output_on_sqlite_and_postgresql() {
+    let db = TestDatabase::new("realworld_nul");
+    for s in [
+        TestServer::start(),
+        TestServer::start_on(&Backing::Url(db.url.clone()), None, &[], &[]),
+    ] {
+        let t = team_on(s, "dev/nul");
+        let tf = |keys: &str| {
+            format!("resource \"terraform_data\" \"k\" {{\n  for_each = toset({keys})\n  input    = each.key\n}}\noutput \"o\" {{\n  value = \"x\\u0000y\"\n}}\n")
+        };
+        let ws = Workspace::new(&t.s, "dev/nul", &tf(r#"["a\u0000b", "c"]"#));
+        governed(&t, &ws, "dev/nul");
+        let s = state(&t, "dev/nul");
+        assert_eq!(s["outputs"]["o"]["value"], "x\u{0}y");
+        assert!(
+            addresses(&s).contains(&"terraform_data.k[\"a\\u0000b\"]".to_string()),
+            "{:?}",
+            addresses(&s)
+        );
+        ws.write_main(&tf(r#"["c"]"#));
+        governed(&t, &ws, "dev/nul");
+        assert_eq!(
+            addresses(&state(&t, "dev/nul")),
+            ["terraform_data.k[\"c\"]"]
+        );
+        let audit = t.s.ok(&t.s.admin, &["audit", "--verify"]);
+        assert!(!audit.is_empty());
+    }
+}
