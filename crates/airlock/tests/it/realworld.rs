@@ -1483,3 +1483,54 @@ fn a_nul_character_in_a_key_and_an_output_on_sqlite_and_postgresql() {
         assert!(!audit.is_empty());
     }
 }
+
+/// Module instances: `for_each` and `count` on module calls (`module.env["eu west"]...`,
+/// `module.shard[1]...`), a whole module instance moved to another key, one removed.
+#[test]
+fn module_for_each_count_and_moves_between_module_instances() {
+    let t = team("dev/modinst");
+    let tf = |envs: &str, shards: u32, moved: &str| {
+        format!(
+            "module \"env\" {{\n  for_each = toset({envs})\n  source   = \"./m\"\n  name     = each.key\n}}\nmodule \"shard\" {{\n  count  = {shards}\n  source = \"./m\"\n  name   = \"shard-${{count.index}}\"\n}}\n{moved}output \"names\" {{\n  value = {{ for k, m in module.env : k => m.name }}\n}}\n"
+        )
+    };
+    let ws = Workspace::new(
+        &t.s,
+        "dev/modinst",
+        &tf(r#"["eu west", "us\"east", "ap[1]"]"#, 2, ""),
+    );
+    std::fs::create_dir_all(ws.path("m")).unwrap();
+    std::fs::write(
+        ws.path("m/main.tf"),
+        "variable \"name\" {}\nresource \"terraform_data\" \"r\" {\n  for_each = toset([\"a\", \"b c\"])\n  input    = \"${var.name}/${each.key}\"\n}\noutput \"name\" {\n  value = var.name\n}\n",
+    )
+    .unwrap();
+    governed(&t, &ws, "dev/modinst");
+    let addrs = addresses(&state(&t, "dev/modinst"));
+    assert_eq!(addrs.len(), 10, "{addrs:?}");
+    assert!(
+        addrs.contains(&r#"module.env["us\"east"].terraform_data.r["b c"]"#.to_string()),
+        "{addrs:?}"
+    );
+    assert!(
+        addrs.contains(&r#"module.shard[1].terraform_data.r["a"]"#.to_string()),
+        "{addrs:?}"
+    );
+
+    // "eu west" renamed "eu-west" by a moved block; one shard less (destroyed).
+    let moved = "moved {\n  from = module.env[\"eu west\"]\n  to   = module.env[\"eu-west\"]\n}\n";
+    ws.write_main(&tf(r#"["eu-west", "us\"east", "ap[1]"]"#, 1, moved));
+    let run = plan(&t, &ws, &t.agent, "dev/modinst");
+    let v = run_json(&t, &run);
+    assert_eq!(v["run"]["moved_from"].as_array().unwrap().len(), 2, "{v}");
+    assert_eq!(v["run"]["destroys"].as_array().unwrap().len(), 2, "{v}");
+    approve_and_apply(&t, &ws, &run);
+    let s = state(&t, "dev/modinst");
+    let addrs = addresses(&s);
+    assert_eq!(addrs.len(), 8, "{addrs:?}");
+    assert!(
+        addrs.contains(&r#"module.env["eu-west"].terraform_data.r["b c"]"#.to_string()),
+        "{addrs:?}"
+    );
+    assert_eq!(s["outputs"]["names"]["value"]["eu-west"], "eu-west", "{s}");
+}
