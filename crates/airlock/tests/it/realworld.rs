@@ -1534,3 +1534,40 @@ fn module_for_each_count_and_moves_between_module_instances() {
     );
     assert_eq!(s["outputs"]["names"]["value"]["eu-west"], "eu-west", "{s}");
 }
+
+/// A repository that does not commit `.terraform.lock.hcl`: the plan's `terraform init` writes
+/// one into the planner's checkout (an input of the run); CI's fresh checkout has none. The
+/// apply refuses; "plan again" alone would loop (CI's plan writes one again), so the message
+/// says to commit the lock file. Once it is committed, the run applies.
+#[test]
+fn a_lock_file_that_is_not_committed() {
+    let cloud = TestCloud::new();
+    let t = team("dev/nolock");
+    let tf = "resource \"aws_s3_bucket\" \"b\" {\n  bucket = \"nolock\"\n}\n";
+    let ws = cloud.workspace(&t.s, "dev/nolock", tf);
+    let run = plan_on(&cloud, &t, &ws, &t.agent, "dev/nolock");
+    assert!(ws.path(".terraform.lock.hcl").is_file());
+    approve(&t, &run);
+    // CI's checkout: the committed files only.
+    let ci_dir = tempfile::tempdir().unwrap();
+    for f in ["main.tf", "backend.tf"] {
+        std::fs::copy(ws.path(f), ci_dir.path().join(f)).unwrap();
+    }
+    let out = apply_on(&cloud, &t, ci_dir.path(), &t.ci, &run);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains(".terraform.lock.hcl (removed)")
+            && text(&out).contains("commit the lock file"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(run_json(&t, &run)["run"]["status"], "approved");
+    std::fs::copy(
+        ws.path(".terraform.lock.hcl"),
+        ci_dir.path().join(".terraform.lock.hcl"),
+    )
+    .unwrap();
+    let out = apply_on(&cloud, &t, ci_dir.path(), &t.ci, &run);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(cloud.get("aws_s3_bucket", "nolock").is_some());
+}
