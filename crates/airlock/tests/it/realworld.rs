@@ -371,6 +371,13 @@ fn no_changes_then_a_destroy_of_the_whole_stack() {
     let out = t.s.cli(&t.approver, &["approve", &run]);
     assert!(!out.status.success(), "{}", text(&out));
 
+    // The stack's removal, declared in airlock.hcl (`airlock ci` plans it with -destroy; by
+    // hand, `airlock plan --destroy`).
+    std::fs::write(
+        ws.dir.parent().unwrap().join("airlock.hcl"),
+        "stack \"dev/empty\" {\n  dir     = \"tf\"\n  destroy = true\n}\n",
+    )
+    .unwrap();
     let out = cli_in(
         &t.s,
         &t.agent,
