@@ -18,6 +18,14 @@ pub const POLICY_DIR: &str = "policy/";
 /// Most files a run may list.
 pub const MAX_FILES: usize = 50_000;
 
+/// A Terraform configuration file (`*.tf`, `*.tf.json`) as Terraform picks them: it ignores
+/// names starting with `.` (`configs.IsIgnoredFile`; its `~` and `#...#` cases never end in
+/// `.tf`). The one rule for the module walker, the server's and the apply's embedded-config
+/// checks; an ignored file is still an input.
+pub fn is_config_file(name: &str) -> bool {
+    !name.starts_with('.') && (name.ends_with(".tf") || name.ends_with(".tf.json"))
+}
+
 /// One input file.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -138,6 +146,23 @@ pub fn differences(reviewed: &[InputFile], now: &[InputFile]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn config_files_are_the_ones_terraform_reads() {
+        for name in ["main.tf", "x.tf.json", "a_override.tf", "#x.tf"] {
+            assert!(is_config_file(name), "{name}");
+        }
+        for name in [
+            ".disabled.tf",
+            ".#main.tf",
+            "main.tf~",
+            "x.tfvars",
+            "tf",
+            "main.tf.bak",
+        ] {
+            assert!(!is_config_file(name), "{name}");
+        }
+    }
 
     #[test]
     fn fingerprint_and_differences() {

@@ -60,6 +60,10 @@ pub enum Permission {
     /// Upload a drift report (its "in sync" clears a stack's drift status, so agents, whose
     /// report could hide drift, may run drift checks but not record them).
     ReportDrift,
+    /// Download a run's plan files (`plan.tfplan`, its `terraform show -json`): Terraform writes
+    /// every root variable's value into them in clear, sensitive ones included (a provider
+    /// credential of whoever planned), which the state never holds.
+    ReadPlan,
 }
 
 impl Permission {
@@ -76,6 +80,7 @@ impl Permission {
             Permission::ForceUnlock => "force-unlock",
             Permission::Admin => "admin",
             Permission::ReportDrift => "report-drift",
+            Permission::ReadPlan => "read-plan",
         }
     }
 }
@@ -100,7 +105,7 @@ impl Role {
             P::Approve | P::Restore | P::ForceUnlock => matches!(self, R::Admin | R::Approver),
             P::ApplyRun => matches!(self, R::Admin | R::Ci),
             P::WriteState | P::Admin => matches!(self, R::Admin),
-            P::ReportDrift => matches!(self, R::Admin | R::Approver | R::Ci),
+            P::ReportDrift | P::ReadPlan => matches!(self, R::Admin | R::Approver | R::Ci),
         }
     }
 

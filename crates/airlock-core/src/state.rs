@@ -943,8 +943,9 @@ impl StateSummary {
 }
 
 impl Instance {
-    /// Whether `next` (at the same address) is still this remote object (see `removed_in`).
-    fn same_object(&self, next: &Instance) -> bool {
+    /// Whether `next` (at the same address, or where a `moved` block took it) is still this
+    /// remote object (see `removed_in`).
+    pub fn same_object(&self, next: &Instance) -> bool {
         let (old, new) = (&self.object, &next.object);
         self.provider == next.provider
             && (old.id.is_none() || old.id == new.id)

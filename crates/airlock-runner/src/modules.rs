@@ -227,9 +227,7 @@ fn json_module_calls(file: &str, text: &str) -> Result<Vec<ModuleCall>, ModuleEr
 }
 
 /// A Terraform configuration file, whose `module` blocks are read.
-pub fn is_config_file(name: &str) -> bool {
-    name.ends_with(".tf") || name.ends_with(".tf.json")
-}
+pub use airlock_core::inputs::is_config_file;
 
 /// A variable file (`*.tfvars`, `*.tfvars.json`).
 pub fn is_var_file(name: &str) -> bool {

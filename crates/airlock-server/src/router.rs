@@ -5,7 +5,7 @@
 use std::sync::{Arc, OnceLock};
 
 use airlock_core::Permission::{
-    self, Admin, ApplyRun, Approve, CreateRun, Lock, Read, ReportDrift, Restore,
+    self, Admin, ApplyRun, Approve, CreateRun, Lock, Read, ReadPlan, ReportDrift, Restore,
 };
 use axum::extract::DefaultBodyLimit;
 use axum::handler::Handler;
@@ -170,6 +170,9 @@ fn routes() -> Routes {
         .route(GET,     "/api/v1/runs",                                 Read,      api::runs::list)
         .route(GET,     "/api/v1/runs/{id}",                            Read,      api::runs::show)
         .route(GET,     "/api/v1/runs/{id}/artifacts/{name}",           Read,      api::runs::artifact)
+        // The plan files hold every root variable's value, sensitive ones included.
+        .route(GET,     "/api/v1/runs/{id}/artifacts/plan.tfplan",      ReadPlan,  api::runs::plan_binary)
+        .route(GET,     "/api/v1/runs/{id}/artifacts/plan.json",        ReadPlan,  api::runs::plan_json)
         .route(POST,    "/api/v1/runs/{id}/approve",                    Approve,   api::runs::approve)
         .route(POST,    "/api/v1/runs/{id}/reject",                     Approve,   api::runs::reject)
         // Whoever may plan may withdraw a run; the handler admits its author's user only.

@@ -195,12 +195,18 @@ impl Refused {
             ),
             Refused::PlanArtifactDiffers => format!("apply refused: the stored plan artifact of run {id} does not match the approved plan (SHA-256 {}); it may have been tampered with", run.plan_sha256),
             Refused::InputsDiffer { fingerprint, files } => {
+                // terraform init writes a lock file when none is committed: a fresh checkout
+                // lacks the one the planner's had, and planning again would not change that.
+                let lock = match files.iter().any(|f| f.ends_with(".terraform.lock.hcl (removed)")) {
+                    true => "; this checkout lacks the .terraform.lock.hcl the run was planned with (terraform init writes one when none is committed): commit the lock file, then apply, or plan again",
+                    false => "",
+                };
                 let files = if files.is_empty() {
                     String::new()
                 } else {
                     format!("; files that differ: {}", files.iter().take(20).cloned().collect::<Vec<_>>().join(", "))
                 };
-                format!("apply refused: this checkout's inputs (fingerprint {fingerprint}) differ from the reviewed run's ({}){files}; the merged code, airlock.hcl or policies are not what was reviewed: plan again", run.fingerprint)
+                format!("apply refused: this checkout's inputs (fingerprint {fingerprint}) differ from the reviewed run's ({}){files}{lock}; the merged code, airlock.hcl or policies are not what was reviewed: plan again", run.fingerprint)
             }
             Refused::NotTheAuthor => format!("withdraw refused: only the author of run {id} ({}) may withdraw it; an approver may reject it instead", run.author),
             Refused::NotTheApplier => format!("only the principal applying run {id} may finish it"),

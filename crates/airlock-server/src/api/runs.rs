@@ -199,8 +199,7 @@ fn check_embedded_config(binary: &PlanFile, meta: &RunMeta) -> ApiResult<()> {
     }
     for f in &meta.inputs {
         let (dir, name) = f.path.rsplit_once('/').unwrap_or(("", &f.path));
-        let is_config = name.ends_with(".tf") || name.ends_with(".tf.json");
-        if is_config && dirs.contains(dir) && !embedded.contains(&f.path) {
+        if inputs::is_config_file(name) && dirs.contains(dir) && !embedded.contains(&f.path) {
             return Err(bad(format!(
                 "input {} is not in the binary plan's embedded configuration: the plan was not made from the listed inputs",
                 f.path
@@ -312,6 +311,8 @@ struct RunObserver<'a> {
     listed: Vec<BinaryChange>,
     destroys: Vec<String>,
     moved_from: Vec<String>,
+    /// (from, to) of every `moved` instance: the stored object is at `to` in the prior state.
+    moves: Vec<(String, String)>,
     server_protected: Vec<(String, String)>,
     changes_anything: bool,
     /// The stack's stored state and the binary plan's prior state, to see what changed
@@ -346,6 +347,7 @@ impl Observer for RunObserver<'_> {
                     .push((from.clone(), format!("{reason}; moved to {}", c.address)));
             }
             self.moved_from.push(from.clone());
+            self.moves.push((from.clone(), c.address.clone()));
         }
         self.changes.extend(ChangeEntry::of(c));
         self.md.change(c);
@@ -359,6 +361,17 @@ impl Observer for RunObserver<'_> {
         // know and the run's grant must cover it.
         if let Some((stored, prior)) = &self.states {
             for inst in stored.removed_in(prior) {
+                // Moved, not gone: the same object at its new address (the grant covers the
+                // old one as moved from).
+                let moved = self.moves.iter().any(|(from, to)| {
+                    *from == inst.address
+                        && prior.instances.iter().any(|p| {
+                            p.address == *to && p.deposed == inst.deposed && inst.same_object(p)
+                        })
+                });
+                if moved {
+                    continue;
+                }
                 // A refresh-only run already shows (and its grant covers) what it drops.
                 if self.refresh_only && self.destroys.contains(&inst.address) {
                     continue;
@@ -366,11 +379,22 @@ impl Observer for RunObserver<'_> {
                 if let Some(reason) =
                     firewall::protection_reason(&inst.resource_type, &inst.address, &stack.settings)
                 {
+                    // Same address under another provider configuration (`provider = aws.eu`):
+                    // the object Terraform manages from now on may be another one.
+                    let reconfigured = prior.instances.iter().find(|p| {
+                        p.address == inst.address
+                            && p.deposed == inst.deposed
+                            && p.provider != inst.provider
+                    });
+                    let message = match reconfigured {
+                        Some(p) => format!("this protected instance ({reason}) changes provider configuration, from {} to {}: the object found there may be another one; applying drops the stored object from the state", inst.provider, p.provider),
+                        None => format!("the stored object of this protected instance ({reason}) is gone or was replaced outside Terraform; applying records that it no longer exists"),
+                    };
                     found.push(Finding {
                         rule: "changed-outside-terraform".into(),
                         severity: Severity::Review,
                         address: Some(inst.address.clone()),
-                        message: format!("the stored object of this protected instance ({reason}) is gone or was replaced outside Terraform; applying records that it no longer exists"),
+                        message,
                     });
                     if !self.destroys.contains(&inst.address) {
                         self.destroys.push(inst.address.clone());
@@ -567,6 +591,7 @@ fn judge(binary: &PlanFile, plan_json: &[u8], input: JudgeInput) -> ApiResult<Ju
         listed: Vec::new(),
         destroys: Vec::new(),
         moved_from: Vec::new(),
+        moves: Vec::new(),
         server_protected: Vec::new(),
         changes_anything: false,
         states: input.current_state.clone().and_then(|stored| {
@@ -1170,9 +1195,47 @@ pub async fn artifact(
     Extension(p): Extension<Principal>,
     Path((id, name)): Path<(String, String)>,
 ) -> ApiResult<Response> {
-    load_run(&state, &p, &id).await?;
+    // The plan files have routes of their own (`read-plan`); a name that reaches this one
+    // spelled otherwise (`plan%2Ejson`) is not served here.
+    if PLAN_FILES.contains(&name.as_str()) {
+        return Err(ApiError::new(
+            RefusalKind::NotFound,
+            format!("run {id} has no artifact {name} at this path"),
+        ));
+    }
+    serve_artifact(&state, &p, id, name).await
+}
+
+/// The artifacts that hold every root variable's value in clear (Terraform's plan format).
+const PLAN_FILES: [&str; 2] = ["plan.tfplan", "plan.json"];
+
+/// `GET /api/v1/runs/{id}/artifacts/plan.tfplan` (`read-plan`).
+pub async fn plan_binary(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    serve_artifact(&state, &p, id, PLAN_FILES[0].to_owned()).await
+}
+
+/// `GET /api/v1/runs/{id}/artifacts/plan.json` (`read-plan`).
+pub async fn plan_json(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    serve_artifact(&state, &p, id, PLAN_FILES[1].to_owned()).await
+}
+
+async fn serve_artifact(
+    state: &Arc<AppState>,
+    p: &Principal,
+    id: String,
+    name: String,
+) -> ApiResult<Response> {
+    load_run(state, p, &id).await?;
     let (i, n) = (id.clone(), name.clone());
-    let bytes = store_call(&state, move |st| st.run_artifact(&i, &n))
+    let bytes = store_call(state, move |st| st.run_artifact(&i, &n))
         .await?
         .ok_or_else(|| {
             ApiError::new(

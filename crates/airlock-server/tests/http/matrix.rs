@@ -16,7 +16,7 @@ const STATE: &str = "/state/{*stack}";
 /// docs/design.md's roles matrix, verbatim: (permission, [admin, approver, ci, agent, reader]).
 /// "apply approved run" and "write state outside a run" carry footnote 1 (per-stack settings
 /// may switch them off); the lock row carries footnote 2 (agents: planning only).
-const DESIGN_MATRIX: [(Permission, [bool; 5]); 10] = [
+const DESIGN_MATRIX: [(Permission, [bool; 5]); 11] = [
     (Permission::Read, [true, true, true, true, true]),
     (Permission::Lock, [true, true, true, true, false]),
     (Permission::CreateRun, [true, true, true, true, false]),
@@ -27,6 +27,7 @@ const DESIGN_MATRIX: [(Permission, [bool; 5]); 10] = [
     (Permission::ForceUnlock, [true, true, false, false, false]),
     (Permission::Admin, [true, false, false, false, false]),
     (Permission::ReportDrift, [true, true, true, false, false]),
+    (Permission::ReadPlan, [true, true, true, false, false]),
 ];
 
 #[test]
@@ -44,6 +45,7 @@ fn roles_carry_exactly_the_design_matrix() {
         Permission::ForceUnlock,
         Permission::Admin,
         Permission::ReportDrift,
+        Permission::ReadPlan,
     ] {
         assert!(!Role::Agent.has(p), "agents never hold {p:?}");
         assert!(!Role::Reader.has(p), "readers never hold {p:?}");
@@ -86,6 +88,11 @@ fn design_allows(method: &str, route: &str) -> Option<[bool; 5]> {
         ("GET", "/api/v1/audit" | "/api/v1/audit/verify") => ALL,
         // Governed runs: "create run (plan)", "approve / reject run", "apply approved run".
         ("POST", "/api/v1/stacks/{stack}/plan-token" | "/api/v1/stacks/{stack}/runs") => LOCKERS,
+        // A run's plan files hold its variables' values (docs/design.md footnote 4).
+        (
+            "GET",
+            "/api/v1/runs/{id}/artifacts/plan.tfplan" | "/api/v1/runs/{id}/artifacts/plan.json",
+        ) => [true, true, true, false, false],
         ("GET", r) if r.starts_with("/api/v1/runs") => ALL,
         ("POST", "/api/v1/runs/{id}/approve" | "/api/v1/runs/{id}/reject") => REVIEWERS,
         // Withdrawing one's own run needs what planning it needed (the author's user only).
@@ -135,6 +142,7 @@ fn the_route_table_matches_the_design_matrix() {
                 | Permission::ForceUnlock
                 | Permission::Admin
                 | Permission::ReportDrift
+                | Permission::ReadPlan
         ) {
             assert!(!Role::Agent.has(perm), "{method} {route}");
         }

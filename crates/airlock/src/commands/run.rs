@@ -1037,7 +1037,7 @@ fn embedded_config_is_this_checkouts(plan: &PlanFile, dir: &Path) -> Result<(), 
                 .file_name()
                 .to_string_lossy()
                 .into_owned();
-            if (name.ends_with(".tf") || name.ends_with(".tf.json")) && !embedded.contains(&name) {
+            if inputs::is_config_file(&name) && !embedded.contains(&name) {
                 return Err(format!(
                     "{} is not in the plan's embedded configuration: the plan was not made from this checkout",
                     d.join(&name).display()
@@ -1253,10 +1253,18 @@ pub fn apply_run(
             "apply",
             &mut env,
         )?;
+        let initialized = initialized_for(&data_dir(&dir, &env), &state_url);
         init(terraform_bin, &dir, &state_url, &env)?;
         // `terraform apply PLAN` runs the plan's embedded configuration and writes to the plan's
         // backend, whatever this checkout holds: both must be this checkout's and this server's.
-        if let Err(e) = embedded_plan_is_this_checkouts(&plan_bin, &dir, &state_url) {
+        let mut embedded = embedded_plan_is_this_checkouts(&plan_bin, &dir, &state_url);
+        if embedded.is_err() && initialized {
+            // A checkout initialised for the stack before may lack modules added or moved
+            // since (init was skipped): initialise it again and check once more.
+            init_now(terraform_bin, &dir, &state_url, &env)?;
+            embedded = embedded_plan_is_this_checkouts(&plan_bin, &dir, &state_url);
+        }
+        if let Err(e) = embedded {
             check = format!("{e}: not applied");
             log = check.clone().into_bytes();
             return Ok(false);

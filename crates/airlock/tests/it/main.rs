@@ -34,3 +34,5 @@ mod drift;
 mod drift_cloud;
 // drift accepted through a governed run (`airlock drift --propose`, issue 14)
 mod drift_propose;
+// real configurations through the governed flow (outputs, tfvars, modules, moved/removed/import, ...)
+mod realworld;

@@ -299,6 +299,7 @@ fn every_permission() -> Vec<Permission> {
         Permission::ForceUnlock,
         Permission::Admin,
         Permission::ReportDrift,
+        Permission::ReadPlan,
     ];
     for p in &all {
         match p {
@@ -311,7 +312,8 @@ fn every_permission() -> Vec<Permission> {
             | Permission::Restore
             | Permission::ForceUnlock
             | Permission::Admin
-            | Permission::ReportDrift => {}
+            | Permission::ReportDrift
+            | Permission::ReadPlan => {}
         }
     }
     all
