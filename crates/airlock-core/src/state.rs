@@ -1,11 +1,11 @@
 //! Reader for Terraform state format v4 (`terraform.tfstate`): validates what Terraform's own
 //! reader validates and extracts what the firewall and history need (serial, lineage, the set
-//! of resource instances, outputs). Attribute values are never kept, only fingerprints.
+//! of resource instances, outputs). Attribute values are never kept, only where they are in the
+//! body: a diff compares the bytes of two bodies there (see [`StateDiff::between`]).
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
-use std::hash::{Hash, Hasher};
 
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
@@ -72,11 +72,39 @@ pub struct Instance {
     pub provider: String,
     /// What tells this object from a replacement at the same address.
     pub object: ObjectIdentity,
-    /// Fingerprint of the object's content (attributes, private data, status).
-    pub fingerprint: u64,
-    /// Where the object's attributes and sensitive paths are in the parsed body (byte ranges,
-    /// not values: `attr_diff` reads them from the body on demand).
+    /// Where the object's attributes, sensitive paths, private data and identity are in the
+    /// parsed body (byte ranges, not values: a diff reads them from the body on demand).
     pub spans: ValueSpans,
+}
+
+impl Instance {
+    /// Whether this object's content (attributes, private data, status, identity) in `body`
+    /// is byte for byte `other`'s in `other_body` (each the body its summary was parsed from).
+    pub fn same_content(&self, body: &[u8], other: &Instance, other_body: &[u8]) -> bool {
+        let (a, b) = (&self.spans, &other.spans);
+        self.tainted == other.tainted
+            && same_bytes(body, &a.value, other_body, &b.value)
+            && same_bytes(body, &a.private, other_body, &b.private)
+            && same_bytes(body, &a.identity, other_body, &b.identity)
+    }
+}
+
+/// Whether two optional spans hold the same bytes (a span outside its body is never the same:
+/// a diff shows a change rather than hide one).
+fn same_bytes(
+    a_body: &[u8],
+    a: &Option<std::ops::Range<usize>>,
+    b_body: &[u8],
+    b: &Option<std::ops::Range<usize>>,
+) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => match (a_body.get(a.clone()), b_body.get(b.clone())) {
+            (Some(x), Some(y)) => x == y,
+            _ => false,
+        },
+        _ => false,
+    }
 }
 
 /// Byte ranges of an instance's or output's values in the body it was parsed from.
@@ -86,6 +114,10 @@ pub struct ValueSpans {
     pub value: Option<std::ops::Range<usize>>,
     /// `sensitive_attributes`.
     pub sensitive: Option<std::ops::Range<usize>>,
+    /// An instance's `private` (provider-private data).
+    pub private: Option<std::ops::Range<usize>>,
+    /// An instance's `identity` (Terraform 1.12 resource identity).
+    pub identity: Option<std::ops::Range<usize>>,
 }
 
 /// The range `raw` occupies in `body` (a `RawValue` borrowed from it).
@@ -113,8 +145,6 @@ pub struct Output {
     pub name: String,
     /// Whether Terraform marks it sensitive.
     pub sensitive: bool,
-    /// Fingerprint of the value.
-    pub fingerprint: u64,
     /// Where the value is in the parsed body.
     pub spans: ValueSpans,
 }
@@ -655,14 +685,6 @@ fn nests_deeper_than(body: &[u8], max: usize) -> bool {
     }
 }
 
-fn fingerprint(parts: &[Option<&str>]) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    for p in parts {
-        p.hash(&mut h);
-    }
-    h.finish()
-}
-
 fn valid_name(s: &str) -> bool {
     !s.is_empty() && s.len() <= 256 && !s.chars().any(|c| c.is_control() || c.is_whitespace())
 }
@@ -844,19 +866,13 @@ impl StateSummary {
                 }
                 let object = object_identity(inst)
                     .map_err(|e| err(format!("{}: {e}", truncate(&address))))?;
-                let raw_attrs = inst.attributes.or(inst.attributes_flat);
-                let attrs = raw_attrs.map(RawValue::get);
                 instances.push(Instance {
                     spans: ValueSpans {
-                        value: span_in(text, raw_attrs),
+                        value: span_in(text, inst.attributes.or(inst.attributes_flat)),
                         sensitive: span_in(text, inst.sensitive_attributes),
+                        private: span_in(text, inst.private),
+                        identity: span_in(text, inst.identity),
                     },
-                    fingerprint: fingerprint(&[
-                        attrs,
-                        inst.private.map(RawValue::get),
-                        inst.status.as_deref(),
-                        inst.identity.map(RawValue::get),
-                    ]),
                     address,
                     addr: InstanceAddr {
                         module: module.clone(),
@@ -878,10 +894,9 @@ impl StateSummary {
             .outputs
             .into_iter()
             .map(|(name, o)| Output {
-                fingerprint: fingerprint(&[o.value.map(RawValue::get)]),
                 spans: ValueSpans {
                     value: span_in(text, o.value),
-                    sensitive: None,
+                    ..ValueSpans::default()
                 },
                 name,
                 sensitive: o.sensitive,
@@ -970,27 +985,23 @@ pub struct StateDiff {
 }
 
 impl StateDiff {
-    /// Computes what changed from `old` to `new`.
-    pub fn between(old: &StateSummary, new: &StateSummary) -> StateDiff {
-        let key = |i: &Instance| match &i.deposed {
-            Some(d) => format!("{} (deposed {d})", i.address),
-            None => i.address.clone(),
-        };
-        let old_map: BTreeMap<String, u64> = old
-            .instances
-            .iter()
-            .map(|i| (key(i), i.fingerprint))
-            .collect();
-        let new_map: BTreeMap<String, u64> = new
-            .instances
-            .iter()
-            .map(|i| (key(i), i.fingerprint))
-            .collect();
+    /// Computes what changed from `old` to `new`, each a body and the summary parsed from it:
+    /// an instance or output changed when its content's bytes differ (compared in the bodies,
+    /// so no two different contents can look the same).
+    pub fn between(old: (&[u8], &StateSummary), new: (&[u8], &StateSummary)) -> StateDiff {
+        fn index(s: &StateSummary) -> BTreeMap<String, &Instance> {
+            let key = |i: &Instance| match &i.deposed {
+                Some(d) => format!("{} (deposed {d})", i.address),
+                None => i.address.clone(),
+            };
+            s.instances.iter().map(|i| (key(i), i)).collect()
+        }
+        let (old_map, new_map) = (index(old.1), index(new.1));
         let mut d = StateDiff::default();
-        for (k, fp) in &new_map {
+        for (k, i) in &new_map {
             match old_map.get(k) {
                 None => d.added.push(k.clone()),
-                Some(ofp) if ofp != fp => d.changed.push(k.clone()),
+                Some(o) if !o.same_content(old.0, i, new.0) => d.changed.push(k.clone()),
                 Some(_) => {}
             }
         }
@@ -999,20 +1010,19 @@ impl StateDiff {
             .filter(|k| !new_map.contains_key(*k))
             .cloned()
             .collect();
-        let old_out: BTreeMap<&str, u64> = old
-            .outputs
-            .iter()
-            .map(|o| (o.name.as_str(), o.fingerprint))
-            .collect();
-        let new_out: BTreeMap<&str, u64> = new
-            .outputs
-            .iter()
-            .map(|o| (o.name.as_str(), o.fingerprint))
-            .collect();
+        fn outputs(s: &StateSummary) -> BTreeMap<&str, &Output> {
+            s.outputs.iter().map(|o| (o.name.as_str(), o)).collect()
+        }
+        let (old_out, new_out) = (outputs(old.1), outputs(new.1));
         let names: BTreeSet<&str> = old_out.keys().chain(new_out.keys()).copied().collect();
         d.outputs_changed = names
             .into_iter()
-            .filter(|n| old_out.get(n) != new_out.get(n))
+            .filter(|n| match (old_out.get(n), new_out.get(n)) {
+                (Some(a), Some(b)) => {
+                    !same_bytes(old.0, &a.spans.value, new.0, &b.spans.value)
+                }
+                _ => true,
+            })
             .map(str::to_owned)
             .collect();
         d
@@ -1151,7 +1161,7 @@ mod tests {
             .map(|i| i.address.clone())
             .collect();
         assert_eq!(removed, ["module.m[0].aws_db_instance.db[\"k\"]"]);
-        let d = StateDiff::between(&old, &new);
+        let d = StateDiff::between((STATE.as_bytes(), &old), (new_text.as_bytes(), &new));
         assert_eq!(d.changed, ["terraform_data.a"]);
         assert_eq!(d.removed, ["module.m[0].aws_db_instance.db[\"k\"]"]);
         assert!(d.added.is_empty());
