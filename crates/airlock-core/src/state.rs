@@ -940,19 +940,38 @@ impl StateSummary {
     /// Limit: an object with neither an `id` attribute nor an identity cannot be told from its
     /// replacement.
     pub fn removed_in<'a>(&'a self, next: &StateSummary) -> Vec<&'a Instance> {
-        let kept: HashMap<(&InstanceAddr, Option<&str>), &Instance> = next
-            .instances
-            .iter()
-            .filter(|i| i.mode == Mode::Managed)
-            .map(|i| ((&i.addr, i.deposed.as_deref()), i))
-            .collect();
+        fn key(i: &Instance) -> (&InstanceAddr, Option<&str>) {
+            (&i.addr, i.deposed.as_deref())
+        }
+        // Most writes keep every instance in place: `next`'s object at the same position with
+        // the same key (which includes the mode) is the one the index would find (keys are
+        // unique within a state), so the index is built only for the first object that moved.
+        let next_instances = &next.instances;
+        let mut index: Option<HashMap<(&InstanceAddr, Option<&str>), &Instance>> = None;
         self.instances
             .iter()
-            .filter(|i| i.mode == Mode::Managed)
-            .filter(|i| match kept.get(&(&i.addr, i.deposed.as_deref())) {
-                None => true,
-                Some(n) => !i.same_object(n),
+            .enumerate()
+            .filter(|(_, i)| i.mode == Mode::Managed)
+            .filter(|&(k, i)| {
+                let found = match next_instances.get(k) {
+                    Some(n) if key(n) == key(i) => Some(n),
+                    _ => index
+                        .get_or_insert_with(|| {
+                            next_instances
+                                .iter()
+                                .filter(|n| n.mode == Mode::Managed)
+                                .map(|n| (key(n), n))
+                                .collect()
+                        })
+                        .get(&key(i))
+                        .copied(),
+                };
+                match found {
+                    None => true,
+                    Some(n) => !i.same_object(n),
+                }
             })
+            .map(|(_, i)| i)
             .collect()
     }
 }
@@ -1018,9 +1037,7 @@ impl StateDiff {
         d.outputs_changed = names
             .into_iter()
             .filter(|n| match (old_out.get(n), new_out.get(n)) {
-                (Some(a), Some(b)) => {
-                    !same_bytes(old.0, &a.spans.value, new.0, &b.spans.value)
-                }
+                (Some(a), Some(b)) => !same_bytes(old.0, &a.spans.value, new.0, &b.spans.value),
                 _ => true,
             })
             .map(str::to_owned)
@@ -1182,6 +1199,71 @@ mod tests {
         format!(
             r#"{{"mode":"managed","type":"aws_db_instance","name":"main","provider":"{AWS}","instances":[{instances}]}}"#
         )
+    }
+
+    /// The attack on the 64-bit fingerprints `state diff` (and the MCP diff) compared: SipHash
+    /// with fixed keys, so collisions could be searched for offline. These two attribute
+    /// objects were found by such a search (~2^33 hashes, minutes on one core) and had the same
+    /// fingerprint, so a version that changed one into the other showed no change. Contents
+    /// are now compared byte for byte in the two bodies.
+    #[test]
+    fn a_change_between_once_colliding_contents_is_seen() {
+        const A: &str = r#"{"id":"f16ee43520d7deb0"}"#;
+        const B: &str = r#"{"id":"078b0bdccb407dcd"}"#;
+        // The old fingerprint of an instance: its attributes, private data, status, identity.
+        let old_fingerprint = |attrs: &str| {
+            use std::hash::{DefaultHasher, Hash, Hasher};
+            let mut h = DefaultHasher::new();
+            for p in [Some(attrs), None, None, None] {
+                p.hash(&mut h);
+            }
+            h.finish()
+        };
+        assert_eq!(old_fingerprint(A), old_fingerprint(B), "the planted pair");
+        let version = |instance: &str| doc(&[db(instance)]);
+        let diff = |old: &str, new: &str| {
+            let (o, n) = (version(old), version(new));
+            let so = StateSummary::parse(o.as_bytes()).unwrap_or_else(|e| panic!("{o}: {e}"));
+            let sn = StateSummary::parse(n.as_bytes()).unwrap_or_else(|e| panic!("{n}: {e}"));
+            StateDiff::between((o.as_bytes(), &so), (n.as_bytes(), &sn)).changed
+        };
+        let changed = ["aws_db_instance.main"];
+        assert_eq!(
+            diff(
+                &format!(r#"{{"attributes":{A}}}"#),
+                &format!(r#"{{"attributes":{B}}}"#)
+            ),
+            changed
+        );
+        // Every part of the content counts; the same content is unchanged.
+        let base = r#"{"attributes":{"id":"a"},"private":"cA==","identity":{"id":"a"}}"#;
+        assert!(diff(base, base).is_empty());
+        for other in [
+            r#"{"attributes":{"id":"b"},"private":"cA==","identity":{"id":"a"}}"#,
+            r#"{"attributes":{"id":"a"},"private":"cQ==","identity":{"id":"a"}}"#,
+            r#"{"attributes":{"id":"a"},"identity":{"id":"a"}}"#,
+            r#"{"attributes":{"id":"a"},"private":"cA==","identity":{"id":"b"}}"#,
+            r#"{"attributes":{"id":"a"},"private":"cA==","identity":{"id":"a"},"status":"tainted"}"#,
+        ] {
+            assert_eq!(diff(base, other), changed, "{other}");
+            assert_eq!(diff(other, base), changed, "{other}");
+        }
+        // Outputs too.
+        let with_output = |v: &str| {
+            let text = format!(
+                r#"{{"version":4,"serial":1,"lineage":"x","outputs":{{"o":{{"value":{v}}}}}}}"#
+            );
+            let s = StateSummary::parse(text.as_bytes()).unwrap();
+            (text, s)
+        };
+        let ((ta, sa), (tb, sb)) = (with_output(A), with_output(B));
+        let d = StateDiff::between((ta.as_bytes(), &sa), (tb.as_bytes(), &sb));
+        assert_eq!(d.outputs_changed, ["o"]);
+        assert!(
+            StateDiff::between((ta.as_bytes(), &sa), (ta.as_bytes(), &sa))
+                .outputs_changed
+                .is_empty()
+        );
     }
 
     fn removed(old: &str, new: &str) -> Vec<String> {
@@ -1518,6 +1600,73 @@ mod tests {
         // Data sources are never removals.
         let data = doc(&[db(r#"{"attributes":{"id":"a"}}"#).replace("managed", "data")]);
         assert!(removed(&data, &doc(&[])).is_empty());
+    }
+
+    /// `removed_in` matches objects in place and falls back to an index once they move: its
+    /// answer is the index's whatever the order (reordered, inserted, dropped, a data source
+    /// taking a managed instance's position, deposed objects).
+    #[test]
+    fn removed_in_finds_objects_in_place_or_moved() {
+        let inst =
+            |k: usize, id: &str| format!(r#"{{"index_key":{k},"attributes":{{"id":"{id}"}}}}"#);
+        let state = |entries: &[(usize, &str)], data: bool| {
+            let list: Vec<String> = entries.iter().map(|&(k, id)| inst(k, id)).collect();
+            let mut resources = vec![db(&list.join(","))];
+            if data {
+                resources.insert(0, db(&inst(0, "d")).replace("managed", "data"));
+            }
+            doc(&resources)
+        };
+        let by_index = |old: &str, new: &str| -> Vec<String> {
+            let (old, new) = (
+                StateSummary::parse(old.as_bytes()).unwrap(),
+                StateSummary::parse(new.as_bytes()).unwrap(),
+            );
+            let kept: HashMap<(&InstanceAddr, Option<&str>), &Instance> = new
+                .instances
+                .iter()
+                .filter(|i| i.mode == Mode::Managed)
+                .map(|i| ((&i.addr, i.deposed.as_deref()), i))
+                .collect();
+            old.instances
+                .iter()
+                .filter(|i| i.mode == Mode::Managed)
+                .filter(|i| {
+                    kept.get(&(&i.addr, i.deposed.as_deref()))
+                        .is_none_or(|n| !i.same_object(n))
+                })
+                .map(|i| i.address.clone())
+                .collect()
+        };
+        let v1 = [(0, "a"), (1, "b"), (2, "c"), (3, "d")];
+        let cases: Vec<(Vec<(usize, &str)>, bool)> = vec![
+            (v1.to_vec(), false),
+            (vec![(0, "a"), (1, "B"), (2, "c"), (3, "d")], false),
+            (vec![(3, "d"), (2, "c"), (1, "b"), (0, "a")], false),
+            (vec![(0, "a"), (2, "c"), (3, "d")], false),
+            (
+                vec![(0, "a"), (9, "z"), (1, "b"), (2, "c"), (3, "D")],
+                false,
+            ),
+            (v1.to_vec(), true),
+            (vec![(1, "b"), (2, "c")], true),
+            (vec![], false),
+        ];
+        for (old_data, new_data) in [(false, false), (true, false), (false, true)] {
+            for (entries, data) in &cases {
+                let old = state(&v1, old_data);
+                let new = state(entries, *data || new_data);
+                assert_eq!(removed(&old, &new), by_index(&old, &new), "{new}");
+                assert_eq!(removed(&new, &old), by_index(&new, &old), "{new}");
+            }
+        }
+        assert_eq!(
+            removed(
+                &state(&v1, false),
+                &state(&[(0, "a"), (1, "B"), (3, "d")], false)
+            ),
+            ["aws_db_instance.main[1]", "aws_db_instance.main[2]"]
+        );
     }
 
     #[test]
