@@ -13,7 +13,10 @@ fuzz_target!(|data: &[u8]| {
         let _ = summary.managed_addresses();
         // A state compared with itself loses nothing.
         assert!(summary.removed_in(&summary).is_empty());
-        let _ = StateDiff::between(&summary, &summary);
+        // Nor does a diff with itself show a change.
+        let d = StateDiff::between((data, &summary), (data, &summary));
+        assert!(d.added.is_empty() && d.removed.is_empty() && d.changed.is_empty());
+        assert!(d.outputs_changed.is_empty());
         // Renderings are unambiguous: one (address, deposed) per structured identity.
         let mut rendered = HashSet::new();
         let mut structured = HashSet::new();

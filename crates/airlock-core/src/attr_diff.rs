@@ -265,7 +265,7 @@ fn key_of(i: &crate::state::Instance) -> String {
 pub fn between(old: (&[u8], &StateSummary), new: (&[u8], &StateSummary)) -> VersionDiff {
     let ob = std::str::from_utf8(old.0).unwrap_or("");
     let nb = std::str::from_utf8(new.0).unwrap_or("");
-    let d = StateDiff::between(old.1, new.1);
+    let d = StateDiff::between(old, new);
     let index = |s: &StateSummary| -> BTreeMap<String, ValueSpans> {
         s.instances
             .iter()

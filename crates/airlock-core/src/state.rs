@@ -1,11 +1,11 @@
 //! Reader for Terraform state format v4 (`terraform.tfstate`): validates what Terraform's own
 //! reader validates and extracts what the firewall and history need (serial, lineage, the set
-//! of resource instances, outputs). Attribute values are never kept, only fingerprints.
+//! of resource instances, outputs). Attribute values are never kept, only where they are in the
+//! body: a diff compares the bytes of two bodies there (see [`StateDiff::between`]).
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
-use std::hash::{Hash, Hasher};
 
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
@@ -72,11 +72,39 @@ pub struct Instance {
     pub provider: String,
     /// What tells this object from a replacement at the same address.
     pub object: ObjectIdentity,
-    /// Fingerprint of the object's content (attributes, private data, status).
-    pub fingerprint: u64,
-    /// Where the object's attributes and sensitive paths are in the parsed body (byte ranges,
-    /// not values: `attr_diff` reads them from the body on demand).
+    /// Where the object's attributes, sensitive paths, private data and identity are in the
+    /// parsed body (byte ranges, not values: a diff reads them from the body on demand).
     pub spans: ValueSpans,
+}
+
+impl Instance {
+    /// Whether this object's content (attributes, private data, status, identity) in `body`
+    /// is byte for byte `other`'s in `other_body` (each the body its summary was parsed from).
+    pub fn same_content(&self, body: &[u8], other: &Instance, other_body: &[u8]) -> bool {
+        let (a, b) = (&self.spans, &other.spans);
+        self.tainted == other.tainted
+            && same_bytes(body, &a.value, other_body, &b.value)
+            && same_bytes(body, &a.private, other_body, &b.private)
+            && same_bytes(body, &a.identity, other_body, &b.identity)
+    }
+}
+
+/// Whether two optional spans hold the same bytes (a span outside its body is never the same:
+/// a diff shows a change rather than hide one).
+fn same_bytes(
+    a_body: &[u8],
+    a: &Option<std::ops::Range<usize>>,
+    b_body: &[u8],
+    b: &Option<std::ops::Range<usize>>,
+) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => match (a_body.get(a.clone()), b_body.get(b.clone())) {
+            (Some(x), Some(y)) => x == y,
+            _ => false,
+        },
+        _ => false,
+    }
 }
 
 /// Byte ranges of an instance's or output's values in the body it was parsed from.
@@ -86,6 +114,10 @@ pub struct ValueSpans {
     pub value: Option<std::ops::Range<usize>>,
     /// `sensitive_attributes`.
     pub sensitive: Option<std::ops::Range<usize>>,
+    /// An instance's `private` (provider-private data).
+    pub private: Option<std::ops::Range<usize>>,
+    /// An instance's `identity` (Terraform 1.12 resource identity).
+    pub identity: Option<std::ops::Range<usize>>,
 }
 
 /// The range `raw` occupies in `body` (a `RawValue` borrowed from it).
@@ -113,8 +145,6 @@ pub struct Output {
     pub name: String,
     /// Whether Terraform marks it sensitive.
     pub sensitive: bool,
-    /// Fingerprint of the value.
-    pub fingerprint: u64,
     /// Where the value is in the parsed body.
     pub spans: ValueSpans,
 }
@@ -655,14 +685,6 @@ fn nests_deeper_than(body: &[u8], max: usize) -> bool {
     }
 }
 
-fn fingerprint(parts: &[Option<&str>]) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    for p in parts {
-        p.hash(&mut h);
-    }
-    h.finish()
-}
-
 fn valid_name(s: &str) -> bool {
     !s.is_empty() && s.len() <= 256 && !s.chars().any(|c| c.is_control() || c.is_whitespace())
 }
@@ -844,19 +866,13 @@ impl StateSummary {
                 }
                 let object = object_identity(inst)
                     .map_err(|e| err(format!("{}: {e}", truncate(&address))))?;
-                let raw_attrs = inst.attributes.or(inst.attributes_flat);
-                let attrs = raw_attrs.map(RawValue::get);
                 instances.push(Instance {
                     spans: ValueSpans {
-                        value: span_in(text, raw_attrs),
+                        value: span_in(text, inst.attributes.or(inst.attributes_flat)),
                         sensitive: span_in(text, inst.sensitive_attributes),
+                        private: span_in(text, inst.private),
+                        identity: span_in(text, inst.identity),
                     },
-                    fingerprint: fingerprint(&[
-                        attrs,
-                        inst.private.map(RawValue::get),
-                        inst.status.as_deref(),
-                        inst.identity.map(RawValue::get),
-                    ]),
                     address,
                     addr: InstanceAddr {
                         module: module.clone(),
@@ -878,10 +894,9 @@ impl StateSummary {
             .outputs
             .into_iter()
             .map(|(name, o)| Output {
-                fingerprint: fingerprint(&[o.value.map(RawValue::get)]),
                 spans: ValueSpans {
                     value: span_in(text, o.value),
-                    sensitive: None,
+                    ..ValueSpans::default()
                 },
                 name,
                 sensitive: o.sensitive,
@@ -925,19 +940,38 @@ impl StateSummary {
     /// Limit: an object with neither an `id` attribute nor an identity cannot be told from its
     /// replacement.
     pub fn removed_in<'a>(&'a self, next: &StateSummary) -> Vec<&'a Instance> {
-        let kept: HashMap<(&InstanceAddr, Option<&str>), &Instance> = next
-            .instances
-            .iter()
-            .filter(|i| i.mode == Mode::Managed)
-            .map(|i| ((&i.addr, i.deposed.as_deref()), i))
-            .collect();
+        fn key(i: &Instance) -> (&InstanceAddr, Option<&str>) {
+            (&i.addr, i.deposed.as_deref())
+        }
+        // Most writes keep every instance in place: `next`'s object at the same position with
+        // the same key (which includes the mode) is the one the index would find (keys are
+        // unique within a state), so the index is built only for the first object that moved.
+        let next_instances = &next.instances;
+        let mut index: Option<HashMap<(&InstanceAddr, Option<&str>), &Instance>> = None;
         self.instances
             .iter()
-            .filter(|i| i.mode == Mode::Managed)
-            .filter(|i| match kept.get(&(&i.addr, i.deposed.as_deref())) {
-                None => true,
-                Some(n) => !i.same_object(n),
+            .enumerate()
+            .filter(|(_, i)| i.mode == Mode::Managed)
+            .filter(|&(k, i)| {
+                let found = match next_instances.get(k) {
+                    Some(n) if key(n) == key(i) => Some(n),
+                    _ => index
+                        .get_or_insert_with(|| {
+                            next_instances
+                                .iter()
+                                .filter(|n| n.mode == Mode::Managed)
+                                .map(|n| (key(n), n))
+                                .collect()
+                        })
+                        .get(&key(i))
+                        .copied(),
+                };
+                match found {
+                    None => true,
+                    Some(n) => !i.same_object(n),
+                }
             })
+            .map(|(_, i)| i)
             .collect()
     }
 }
@@ -971,27 +1005,23 @@ pub struct StateDiff {
 }
 
 impl StateDiff {
-    /// Computes what changed from `old` to `new`.
-    pub fn between(old: &StateSummary, new: &StateSummary) -> StateDiff {
-        let key = |i: &Instance| match &i.deposed {
-            Some(d) => format!("{} (deposed {d})", i.address),
-            None => i.address.clone(),
-        };
-        let old_map: BTreeMap<String, u64> = old
-            .instances
-            .iter()
-            .map(|i| (key(i), i.fingerprint))
-            .collect();
-        let new_map: BTreeMap<String, u64> = new
-            .instances
-            .iter()
-            .map(|i| (key(i), i.fingerprint))
-            .collect();
+    /// Computes what changed from `old` to `new`, each a body and the summary parsed from it:
+    /// an instance or output changed when its content's bytes differ (compared in the bodies,
+    /// so no two different contents can look the same).
+    pub fn between(old: (&[u8], &StateSummary), new: (&[u8], &StateSummary)) -> StateDiff {
+        fn index(s: &StateSummary) -> BTreeMap<String, &Instance> {
+            let key = |i: &Instance| match &i.deposed {
+                Some(d) => format!("{} (deposed {d})", i.address),
+                None => i.address.clone(),
+            };
+            s.instances.iter().map(|i| (key(i), i)).collect()
+        }
+        let (old_map, new_map) = (index(old.1), index(new.1));
         let mut d = StateDiff::default();
-        for (k, fp) in &new_map {
+        for (k, i) in &new_map {
             match old_map.get(k) {
                 None => d.added.push(k.clone()),
-                Some(ofp) if ofp != fp => d.changed.push(k.clone()),
+                Some(o) if !o.same_content(old.0, i, new.0) => d.changed.push(k.clone()),
                 Some(_) => {}
             }
         }
@@ -1000,20 +1030,17 @@ impl StateDiff {
             .filter(|k| !new_map.contains_key(*k))
             .cloned()
             .collect();
-        let old_out: BTreeMap<&str, u64> = old
-            .outputs
-            .iter()
-            .map(|o| (o.name.as_str(), o.fingerprint))
-            .collect();
-        let new_out: BTreeMap<&str, u64> = new
-            .outputs
-            .iter()
-            .map(|o| (o.name.as_str(), o.fingerprint))
-            .collect();
+        fn outputs(s: &StateSummary) -> BTreeMap<&str, &Output> {
+            s.outputs.iter().map(|o| (o.name.as_str(), o)).collect()
+        }
+        let (old_out, new_out) = (outputs(old.1), outputs(new.1));
         let names: BTreeSet<&str> = old_out.keys().chain(new_out.keys()).copied().collect();
         d.outputs_changed = names
             .into_iter()
-            .filter(|n| old_out.get(n) != new_out.get(n))
+            .filter(|n| match (old_out.get(n), new_out.get(n)) {
+                (Some(a), Some(b)) => !same_bytes(old.0, &a.spans.value, new.0, &b.spans.value),
+                _ => true,
+            })
             .map(str::to_owned)
             .collect();
         d
@@ -1152,7 +1179,7 @@ mod tests {
             .map(|i| i.address.clone())
             .collect();
         assert_eq!(removed, ["module.m[0].aws_db_instance.db[\"k\"]"]);
-        let d = StateDiff::between(&old, &new);
+        let d = StateDiff::between((STATE.as_bytes(), &old), (new_text.as_bytes(), &new));
         assert_eq!(d.changed, ["terraform_data.a"]);
         assert_eq!(d.removed, ["module.m[0].aws_db_instance.db[\"k\"]"]);
         assert!(d.added.is_empty());
@@ -1173,6 +1200,71 @@ mod tests {
         format!(
             r#"{{"mode":"managed","type":"aws_db_instance","name":"main","provider":"{AWS}","instances":[{instances}]}}"#
         )
+    }
+
+    /// The attack on the 64-bit fingerprints `state diff` (and the MCP diff) compared: SipHash
+    /// with fixed keys, so collisions could be searched for offline. These two attribute
+    /// objects were found by such a search (~2^33 hashes, minutes on one core) and had the same
+    /// fingerprint, so a version that changed one into the other showed no change. Contents
+    /// are now compared byte for byte in the two bodies.
+    #[test]
+    fn a_change_between_once_colliding_contents_is_seen() {
+        const A: &str = r#"{"id":"f16ee43520d7deb0"}"#;
+        const B: &str = r#"{"id":"078b0bdccb407dcd"}"#;
+        // The old fingerprint of an instance: its attributes, private data, status, identity.
+        let old_fingerprint = |attrs: &str| {
+            use std::hash::{DefaultHasher, Hash, Hasher};
+            let mut h = DefaultHasher::new();
+            for p in [Some(attrs), None, None, None] {
+                p.hash(&mut h);
+            }
+            h.finish()
+        };
+        assert_eq!(old_fingerprint(A), old_fingerprint(B), "the planted pair");
+        let version = |instance: &str| doc(&[db(instance)]);
+        let diff = |old: &str, new: &str| {
+            let (o, n) = (version(old), version(new));
+            let so = StateSummary::parse(o.as_bytes()).unwrap_or_else(|e| panic!("{o}: {e}"));
+            let sn = StateSummary::parse(n.as_bytes()).unwrap_or_else(|e| panic!("{n}: {e}"));
+            StateDiff::between((o.as_bytes(), &so), (n.as_bytes(), &sn)).changed
+        };
+        let changed = ["aws_db_instance.main"];
+        assert_eq!(
+            diff(
+                &format!(r#"{{"attributes":{A}}}"#),
+                &format!(r#"{{"attributes":{B}}}"#)
+            ),
+            changed
+        );
+        // Every part of the content counts; the same content is unchanged.
+        let base = r#"{"attributes":{"id":"a"},"private":"cA==","identity":{"id":"a"}}"#;
+        assert!(diff(base, base).is_empty());
+        for other in [
+            r#"{"attributes":{"id":"b"},"private":"cA==","identity":{"id":"a"}}"#,
+            r#"{"attributes":{"id":"a"},"private":"cQ==","identity":{"id":"a"}}"#,
+            r#"{"attributes":{"id":"a"},"identity":{"id":"a"}}"#,
+            r#"{"attributes":{"id":"a"},"private":"cA==","identity":{"id":"b"}}"#,
+            r#"{"attributes":{"id":"a"},"private":"cA==","identity":{"id":"a"},"status":"tainted"}"#,
+        ] {
+            assert_eq!(diff(base, other), changed, "{other}");
+            assert_eq!(diff(other, base), changed, "{other}");
+        }
+        // Outputs too.
+        let with_output = |v: &str| {
+            let text = format!(
+                r#"{{"version":4,"serial":1,"lineage":"x","outputs":{{"o":{{"value":{v}}}}}}}"#
+            );
+            let s = StateSummary::parse(text.as_bytes()).unwrap();
+            (text, s)
+        };
+        let ((ta, sa), (tb, sb)) = (with_output(A), with_output(B));
+        let d = StateDiff::between((ta.as_bytes(), &sa), (tb.as_bytes(), &sb));
+        assert_eq!(d.outputs_changed, ["o"]);
+        assert!(
+            StateDiff::between((ta.as_bytes(), &sa), (ta.as_bytes(), &sa))
+                .outputs_changed
+                .is_empty()
+        );
     }
 
     fn removed(old: &str, new: &str) -> Vec<String> {
@@ -1509,6 +1601,73 @@ mod tests {
         // Data sources are never removals.
         let data = doc(&[db(r#"{"attributes":{"id":"a"}}"#).replace("managed", "data")]);
         assert!(removed(&data, &doc(&[])).is_empty());
+    }
+
+    /// `removed_in` matches objects in place and falls back to an index once they move: its
+    /// answer is the index's whatever the order (reordered, inserted, dropped, a data source
+    /// taking a managed instance's position, deposed objects).
+    #[test]
+    fn removed_in_finds_objects_in_place_or_moved() {
+        let inst =
+            |k: usize, id: &str| format!(r#"{{"index_key":{k},"attributes":{{"id":"{id}"}}}}"#);
+        let state = |entries: &[(usize, &str)], data: bool| {
+            let list: Vec<String> = entries.iter().map(|&(k, id)| inst(k, id)).collect();
+            let mut resources = vec![db(&list.join(","))];
+            if data {
+                resources.insert(0, db(&inst(0, "d")).replace("managed", "data"));
+            }
+            doc(&resources)
+        };
+        let by_index = |old: &str, new: &str| -> Vec<String> {
+            let (old, new) = (
+                StateSummary::parse(old.as_bytes()).unwrap(),
+                StateSummary::parse(new.as_bytes()).unwrap(),
+            );
+            let kept: HashMap<(&InstanceAddr, Option<&str>), &Instance> = new
+                .instances
+                .iter()
+                .filter(|i| i.mode == Mode::Managed)
+                .map(|i| ((&i.addr, i.deposed.as_deref()), i))
+                .collect();
+            old.instances
+                .iter()
+                .filter(|i| i.mode == Mode::Managed)
+                .filter(|i| {
+                    kept.get(&(&i.addr, i.deposed.as_deref()))
+                        .is_none_or(|n| !i.same_object(n))
+                })
+                .map(|i| i.address.clone())
+                .collect()
+        };
+        let v1 = [(0, "a"), (1, "b"), (2, "c"), (3, "d")];
+        let cases: Vec<(Vec<(usize, &str)>, bool)> = vec![
+            (v1.to_vec(), false),
+            (vec![(0, "a"), (1, "B"), (2, "c"), (3, "d")], false),
+            (vec![(3, "d"), (2, "c"), (1, "b"), (0, "a")], false),
+            (vec![(0, "a"), (2, "c"), (3, "d")], false),
+            (
+                vec![(0, "a"), (9, "z"), (1, "b"), (2, "c"), (3, "D")],
+                false,
+            ),
+            (v1.to_vec(), true),
+            (vec![(1, "b"), (2, "c")], true),
+            (vec![], false),
+        ];
+        for (old_data, new_data) in [(false, false), (true, false), (false, true)] {
+            for (entries, data) in &cases {
+                let old = state(&v1, old_data);
+                let new = state(entries, *data || new_data);
+                assert_eq!(removed(&old, &new), by_index(&old, &new), "{new}");
+                assert_eq!(removed(&new, &old), by_index(&new, &old), "{new}");
+            }
+        }
+        assert_eq!(
+            removed(
+                &state(&v1, false),
+                &state(&[(0, "a"), (1, "B"), (3, "d")], false)
+            ),
+            ["aws_db_instance.main[1]", "aws_db_instance.main[2]"]
+        );
     }
 
     #[test]

@@ -11,13 +11,19 @@ use std::sync::{Arc, Mutex};
 use sha2::{Digest, Sha256};
 
 /// Chunks are never smaller than this (except the last).
-const MIN_CHUNK: usize = 16 * 1024;
+const MIN_CHUNK: usize = 8 * 1024;
 /// Chunks are never larger than this.
-const MAX_CHUNK: usize = 256 * 1024;
-/// A cut happens where the rolling hash has these bits clear: average chunk ≈ 64 KiB. The high
-/// bits are used because bit k of a gear hash depends only on the last k+1 bytes: the top 16
-/// bits see a 64-byte window, the low 16 bits only 16 bytes (too little for repetitive JSON).
-const CUT_MASK: u64 = 0xFFFF << 48;
+const MAX_CHUNK: usize = 128 * 1024;
+/// A cut happens where the rolling hash has these bits clear (14 bits: one cut per 16 KiB of
+/// random bytes). The high bits are used because bit k of a gear hash depends only on the last
+/// k+1 bytes: the top bits see a 64-byte window, the low bits only a few bytes (too little for
+/// repetitive JSON). Pretty-printed JSON repeats many of its windows, so real states cut less
+/// often than random bytes: the 1 MB benchmark state averages 33 KiB per chunk (30 chunks).
+/// Every write hashes, compresses and stores the chunks it changed (the first, which holds the
+/// serial, and the ones around each change): chunks four times that size (the 16-bit mask, 16
+/// and 256 KiB bounds used before issue 17's third round) made a one-instance write store
+/// ~250 KB instead of ~65 KB.
+const CUT_MASK: u64 = 0x3FFF << 50;
 /// zstd level: the fastest of the standard levels. On ~60 KB chunks of a Terraform state,
 /// level 1 compresses about 1.8 times faster than level 3 and to the same size (153.4 vs
 /// 154.2 KB for the 1 MB benchmark state's 17 chunks; issue 17).

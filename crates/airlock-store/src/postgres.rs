@@ -51,6 +51,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         13,
         include_str!("../migrations/postgres/0013_forge_token_uses.sql"),
     ),
+    (
+        14,
+        include_str!("../migrations/postgres/0014_chunks_rowid.sql"),
+    ),
 ];
 
 /// Transaction-scoped advisory lock keys ("airlock" in ASCII, then a number). Being

@@ -62,6 +62,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         13,
         include_str!("../migrations/sqlite/0013_forge_token_uses.sql"),
     ),
+    (
+        14,
+        include_str!("../migrations/sqlite/0014_chunks_rowid.sql"),
+    ),
 ];
 // Enough idle readers for a burst of concurrent GETs without reopening connections.
 const MAX_IDLE_READERS: usize = 32;

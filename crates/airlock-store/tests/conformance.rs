@@ -162,7 +162,7 @@ fn postgres_replicas_migrate_at_once() {
         .unwrap();
     assert_eq!(
         rows.iter().map(|r| r.get::<_, i64>(0)).collect::<Vec<_>>(),
-        [1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 13]
+        [1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 13, 14]
     );
 }
 
@@ -378,4 +378,67 @@ fn postgres_migration_gives_existing_tokens_users_and_parents() {
     .unwrap();
     drop(c);
     check_legacy_tokens_migrated(&PostgresStore::open(&db.url).unwrap());
+}
+
+/// Migration 0014: a database whose chunks are in the table 0001 created (WITHOUT ROWID, data
+/// inline) keeps every chunk and every version when it moves them to a rowid table with a
+/// unique hash index, and writes (new and already stored chunks) work on the new table.
+#[test]
+fn sqlite_migration_0014_keeps_every_chunk_and_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("airlock.db");
+    let written = conformance::histories_sharing_chunks(&SqliteStore::open(&path).unwrap());
+    // Put the chunks back into the table as 0001 defines it, and forget 0014.
+    let init = include_str!("../migrations/sqlite/0001_init.sql");
+    let start = init.find("CREATE TABLE chunks (").unwrap();
+    let end = start + init[start..].find(';').unwrap() + 1;
+    let old_table = init[start..end].replace("CREATE TABLE chunks", "CREATE TABLE chunks_old");
+    assert!(old_table.contains("WITHOUT ROWID"), "{old_table}");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let chunks = |conn: &rusqlite::Connection| -> Vec<(Vec<u8>, Vec<u8>, i64)> {
+        let mut s = conn
+            .prepare("SELECT hash, data, raw_len FROM chunks ORDER BY hash")
+            .unwrap();
+        s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    let before = chunks(&conn);
+    assert!(before.len() > 10, "{} chunks", before.len());
+    conn.execute_batch(&format!(
+        "BEGIN; {old_table} INSERT INTO chunks_old SELECT hash, data, raw_len FROM chunks; \
+         DROP TABLE chunks; ALTER TABLE chunks_old RENAME TO chunks; \
+         DELETE FROM schema_migrations WHERE version = 14; COMMIT;"
+    ))
+    .unwrap();
+    let schema = |conn: &rusqlite::Connection| -> String {
+        conn.query_row(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'chunks'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    assert!(schema(&conn).contains("WITHOUT ROWID"));
+    drop(conn);
+
+    let store = SqliteStore::open(&path).unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    assert!(
+        !schema(&conn).contains("WITHOUT ROWID"),
+        "{}",
+        schema(&conn)
+    );
+    assert_eq!(chunks(&conn), before, "every chunk, byte for byte");
+    conformance::histories_read_back(&store, &written);
+    // One row per hash: the unique index refuses a second.
+    let (hash, data, raw_len) = &before[0];
+    let err = conn
+        .execute(
+            "INSERT INTO chunks (hash, data, raw_len) VALUES (?1, ?2, ?3)",
+            rusqlite::params![hash, data, raw_len],
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("UNIQUE"), "{err}");
 }

@@ -206,7 +206,7 @@ pub async fn diff(
     let (sa, sb) = (summarize(&ab)?, summarize(&bb)?);
     match q.detail.as_deref() {
         None => {
-            let d = StateDiff::between(&sa, &sb);
+            let d = StateDiff::between((&ab, &sa), (&bb, &sb));
             Ok(Json(json!({ "from": a.serial, "to": b.serial, "diff": d })))
         }
         Some("attributes") => {
