@@ -7,7 +7,10 @@ import statistics
 import sys
 from collections import defaultdict
 
-CONFIGS = ("one", "two", "one_pinned", "two_pinned")
+CONFIGS = ("one", "two", "one_budget", "two_budget", "one_pinned", "two_pinned")
+RATIOS = [("one_budget", "two_budget", "budget", "each replica held to its CPU budget (the scaling figure)"),
+          ("one", "two", "free", "each replica free to use every CPU (the machine figure)"),
+          ("one_pinned", "two_pinned", "pinned", "each replica on one CPU of its own")]
 PARTIES = [("airlock", 8), ("postgres", 9), ("loadgen", 8), ("other", 7), ("idle", 6)]
 
 
@@ -24,6 +27,10 @@ def main(path):
     print(f"replica scaling, PostgreSQL {meta.get('postgres')}, {meta.get('cpus')} CPUs, rev {meta.get('git')}, {meta.get('date')}")
     print(f"{meta.get('clients')} clients on {meta.get('clients')} stacks, lock+write+unlock of a {meta.get('state_bytes')}-byte state (3 audited transactions per cycle)")
     print(f"load average at start {meta.get('load_start')}, at end {meta.get('load_end')}")
+    if "budget_cpus" in meta:
+        print(f"budgeted configurations: each replica's cgroup has a CFS quota of {meta['budget_cpus']} CPU; PostgreSQL and the load generator none")
+    else:
+        print("no budgeted configurations (no writable cgroup v1 cpu controller); the pinned rows stand in for them")
     variants = [v for v in ("before", "after") if any(k[0] == v for k in runs)]
     summary = {}
     for v in variants:
@@ -35,7 +42,7 @@ def main(path):
         for c in CONFIGS:
             if c in b["rate"] and c in a["rate"]:
                 print(f"{c + ' cycles/s':<34} {b['rate'][c]:>9.1f} {a['rate'][c]:>9.1f} {a['rate'][c] / b['rate'][c]:>13.2f}")
-        for name in ("free", "pinned"):
+        for _, _, name, _ in RATIOS:
             if name in b["ratio"] and name in a["ratio"]:
                 print(f"{'ratio two/one, ' + name:<34} {b['ratio'][name]:>9.2f} {a['ratio'][name]:>9.2f}")
         for k in ("airlock", "postgres", "loadgen"):
@@ -51,9 +58,11 @@ def main(path):
 def report(variant, runs, meta):
     print()
     print(f"== {variant} ==")
-    header = f"{'config':<10} {'round':>5} {'cycles/s':>9} {'p50 ms':>8} {'p99 ms':>8} | CPU ms per cycle: " + " ".join(f"{k:>{w}}" for k, w in PARTIES)
+    header = (f"{'config':<10} {'round':>5} {'load':>5} {'cycles/s':>9} {'p50 ms':>8} {'p99 ms':>8} | replica CPUs a b | CPU ms per cycle: "
+              + " ".join(f"{k:>{w}}" for k, w in PARTIES))
     print(header)
     rates = defaultdict(list)
+    used = defaultdict(list)
     per_cycle = defaultdict(lambda: defaultdict(list))
     order = {c: i for i, c in enumerate(CONFIGS)}
     for (config, rnd), v in sorted(runs.items(), key=lambda kv: (int(kv[0][1][1:]), order.get(kv[0][0], 9))):
@@ -72,8 +81,12 @@ def report(variant, runs, meta):
         row = {"airlock": airlock, "postgres": pg, "loadgen": lg, "other": other, "idle": idle}
         for k, x in row.items():
             per_cycle[config][k].append(1000 * x / cycles)
-        print(f"{config:<10} {rnd[1:]:>5} {rate:>9.1f} {float(v['p50_ms']):>8.2f} {float(v['p99_ms']):>8.2f} |                   "
-              + " ".join(f"{1000 * row[k] / cycles:>{w}.2f}" for k, w in PARTIES))
+        # CPUs each replica used on average over the run (against its budget, when it had one).
+        secs = cycles / rate
+        cpus = (float(v["cpu_server_a_s"]) / secs, float(v["cpu_server_b_s"]) / secs)
+        used[config].append(cpus + tuple(int(v.get(k, "0 0").split()[1]) for k in ("throttled_a", "throttled_b")))
+        print(f"{config:<10} {rnd[1:]:>5} {float(v.get('load', 'nan')):>5.1f} {rate:>9.1f} {float(v['p50_ms']):>8.2f} {float(v['p99_ms']):>8.2f} | {cpus[0]:>7.2f} {cpus[1]:>4.2f}"
+              + " " * 19 + " ".join(f"{1000 * row[k] / cycles:>{w}.2f}" for k, w in PARTIES))
     print()
     med = {c: statistics.median(r) for c, r in rates.items()}
     cpu = {}
@@ -83,9 +96,16 @@ def report(variant, runs, meta):
             cpu[c] = pc
             print(f"{c}: median {med[c]:.1f} cycles/s ({3 * med[c]:.0f} audited transactions/s); CPU ms per cycle: "
                   f"airlock {pc['airlock']:.2f}, postgres {pc['postgres']:.2f}, loadgen {pc['loadgen']:.2f}, other processes {pc['other']:.2f}, idle {pc['idle']:.2f}")
+    for c in ("one_budget", "two_budget"):
+        if c in used and "budget_cpus" in meta:
+            a = statistics.median(u[0] for u in used[c])
+            b = statistics.median(u[1] for u in used[c])
+            ta = statistics.median(u[2] for u in used[c])
+            tb = statistics.median(u[3] for u in used[c])
+            print(f"{c}: CPUs used by replica a {a:.3f}, b {b:.3f} of a budget of {meta['budget_cpus']} each "
+                  f"(the quota stopped a for {ta} ms, b for {tb} ms of each run, medians)")
     ratio = {}
-    for one, two, name, what in [("one", "two", "free", "each replica free to use every CPU"),
-                                 ("one_pinned", "two_pinned", "pinned", "each replica on one CPU of its own")]:
+    for one, two, name, what in RATIOS:
         if one in med and two in med:
             ratio[name] = med[two] / med[one]
             print(f"ratio two/one replicas, {what}: {ratio[name]:.2f} (target >= 1.6)")

@@ -10,7 +10,9 @@
 # Environment: CARGO_TARGET_DIR (default bench/replicas/target), AIRLOCK_BIN (use this binary
 # instead of building one), AIRLOCK_BEFORE_BIN (also measure this binary, as "before", in the
 # same rounds, on a database of its own), BENCH_OUT (default bench/replicas/out/<UTC time>),
-# BENCH_STATE_BYTES (default 8000), BENCH_CLIENTS (default 8). See bench/replicas/README.md.
+# BENCH_STATE_BYTES (default 8000), BENCH_CLIENTS (default 8), BENCH_BUDGET (CPUs each replica
+# may use in the budgeted configurations, default 0.4), BENCH_SHARES (cpu.shares of the
+# benchmark's cgroup, default 65536). See bench/replicas/README.md.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -20,7 +22,7 @@ for arg in "$@"; do
     case "$arg" in
     --quick) mode=quick ;;
     -h | --help)
-        sed -n '2,13p' "$0"
+        sed -n '2,15p' "$0"
         exit 0
         ;;
     *)
@@ -77,9 +79,12 @@ results="$out/results.txt"
 log "mode $mode; logs and results in $out"
 
 pids=()
+cg=""
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    [ -n "$cg" ] && cg_remove
+    return 0
 }
 trap cleanup EXIT
 put() { echo "$1 $2" >>"$results"; }
@@ -117,6 +122,44 @@ pg_ticks() {
 machine_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8, $5 + $6 }' /proc/stat; } # busy idle
 hz="$(getconf CLK_TCK)"
 
+# CPU budgets (cgroup v1's cpu controller). Everything the run starts (servers, PostgreSQL, the
+# load generator) runs in one parent cgroup with a high cpu.shares, so that other work on a
+# shared machine takes less from the run: in cgroup v1 every process of the root group weighs
+# as much as a whole child group (BENCH_SHARES, default 65536 = 64 busy processes' worth). In the
+# budgeted configurations each replica moves into a child cgroup of its own, with a CFS quota of
+# BENCH_BUDGET CPUs and shares high enough that it always gets that much: one replica is bound
+# by its budget and two get twice as much, as replicas on machines of their own would, while
+# PostgreSQL and the load generator use what is left. Otherwise the servers are plain processes
+# of the parent, as they were of the root group before.
+cg_root=/sys/fs/cgroup/cpu
+budget="${BENCH_BUDGET:-0.4}"
+period_us=10000 # a short period spreads the quota evenly instead of in 100 ms bursts
+quota_us="$(awk -v b="$budget" -v p="$period_us" 'BEGIN { printf "%d", b * p }')"
+[ "$quota_us" -ge 1000 ] || die "BENCH_BUDGET=$budget is too small (at least 0.1 CPU)"
+if [ -f "$cg_root/cpu.cfs_quota_us" ] && mkdir "$cg_root/airlock-bench-$$" 2>/dev/null; then
+    cg="$cg_root/airlock-bench-$$"
+    echo "${BENCH_SHARES:-65536}" >"$cg/cpu.shares"
+else
+    log "cannot create a cgroup under $cg_root (root and cgroup v1's cpu controller are needed): no budgeted configurations; the pinned ones (taskset) stand in for them"
+fi
+cg_join() { echo "$2" >"$1/cgroup.procs" 2>/dev/null || true; } # cg_join DIR PID (all its threads)
+cg_remove() {                                                  # everything back to the root group
+    local d p
+    for d in "$cg"/*/ "$cg"; do
+        [ -f "$d/cgroup.procs" ] || continue
+        while read -r p; do cg_join "$cg_root" "$p"; done <"$d/cgroup.procs"
+    done
+    for d in "$cg"/*/; do rmdir "$d" 2>/dev/null || true; done
+    rmdir "$cg" 2>/dev/null || log "could not remove $cg"
+}
+cg_pg() { # PostgreSQL's processes (backends forked later inherit the postmaster's group)
+    local c
+    cg_join "$cg" "$pg_pid"
+    for c in $(pgrep -P "$pg_pid"); do cg_join "$cg" "$c"; done
+}
+# throttled DIR: how often and how long (ms) the quota stopped the group so far.
+throttled() { awk '$1 == "nr_throttled" { n = $2 } $1 == "throttled_time" { t = $2 } END { printf "%d %.0f", n, t / 1e6 }' "$1/cpu.stat"; }
+
 # Variants: the binary under test ("after"; "before" is AIRLOCK_BEFORE_BIN, when given), each
 # with two servers on a database of its own; v_*[VARIANT] hold their settings.
 variants=()
@@ -130,6 +173,17 @@ add_variant() { # add_variant NAME BIN DATABASE_URL
     [ -n "$admin_token" ] || die "no admin token printed; the database was not empty"
     start_server "$v-b" "$2" "$3"
     v_url_b[$v]="$server_url" v_pid_b[$v]="$server_pid"
+    if [ -n "$cg" ]; then
+        local g
+        for g in "$cg/$v-a" "$cg/$v-b"; do
+            mkdir "$g"
+            echo "$period_us" >"$g/cpu.cfs_period_us"
+            echo "$quota_us" >"$g/cpu.cfs_quota_us"
+            echo 65536 >"$g/cpu.shares"
+        done
+        cg_join "$cg" "${v_pid_a[$v]}"
+        cg_join "$cg" "${v_pid_b[$v]}"
+    fi
 }
 if [ -n "${AIRLOCK_BEFORE_BIN:-}" ]; then
     before_db="${AIRLOCK_TEST_DATABASE_URL%/*}/airlock_bench_before"
@@ -144,7 +198,10 @@ put meta.date "$(date -u +%Y-%m-%dT%H:%MZ)"
 put meta.git "$(cd "$root" && git rev-parse --short HEAD 2>/dev/null || echo unknown)$(cd "$root" && git diff --quiet HEAD -- crates 2>/dev/null || echo +dirty)"
 put meta.cpus "$(nproc)"
 put meta.postgres "$(psql -X -At "$AIRLOCK_TEST_DATABASE_URL" -c 'SHOW server_version' | cut -d' ' -f1)"
+[ -n "$cg" ] && cg_pg
 put meta.load_start "$(cut -d' ' -f1-3 /proc/loadavg)"
+[ -n "$cg" ] && put meta.budget_cpus "$budget"
+put meta.secs "$secs"
 put meta.clients "$clients"
 put meta.state_bytes "$bytes"
 
@@ -155,15 +212,23 @@ measure() {
     # Fresh stacks per run (untimed): each load run starts its states at serial 1.
     for i in $(seq 0 $((clients - 1))); do stacks="$stacks,$prefix-$i"; done
     "$LOADGEN_BIN" create-stacks --url "${v_url_a[$v]}" --token "${v_token[$v]}" --stacks "${stacks#,}"
+    [ -n "$cg" ] && cg_pg
+    put "$tag.load" "$(cut -d' ' -f1 /proc/loadavg)"
+    local ta0="0 0" tb0="0 0" ta1="0 0" tb1="0 0"
+    [ -n "$cg" ] && ta0="$(throttled "$cg/$v-a")" tb0="$(throttled "$cg/$v-b")"
     a0="$(ticks "$pid_a")" b0="$(ticks "$pid_b")" p0="$(pg_ticks)" m0="$(machine_ticks)"
     # `times` in the subshell reports the load generator's own CPU (its children's line).
     lg="$( (
+        [ -n "$cg" ] && cg_join "$cg" "$BASHPID"
         "$LOADGEN_BIN" latency --urls "$urls" --token "${v_token[$v]}" --stack-prefix "$prefix" \
             --clients "$clients" --state-bytes "$bytes" --warmup 3 --max-iters 100000 \
             --max-secs "$secs" --tag "$tag" >>"$results"
         times
     ) | tail -n1)"
     a1="$(ticks "$pid_a")" b1="$(ticks "$pid_b")" p1="$(pg_ticks)" m1="$(machine_ticks)"
+    [ -n "$cg" ] && ta1="$(throttled "$cg/$v-a")" tb1="$(throttled "$cg/$v-b")"
+    put "$tag.throttled_a" "$((${ta1% *} - ${ta0% *})) $((${ta1#* } - ${ta0#* }))"
+    put "$tag.throttled_b" "$((${tb1% *} - ${tb0% *})) $((${tb1#* } - ${tb0#* }))"
     put "$tag.cpu_server_a_s" "$(awk -v d=$((a1 - a0)) -v hz="$hz" 'BEGIN { printf "%.2f", d / hz }')"
     put "$tag.cpu_server_b_s" "$(awk -v d=$((b1 - b0)) -v hz="$hz" 'BEGIN { printf "%.2f", d / hz }')"
     put "$tag.cpu_postgres_s" "$(awk -v d=$((p1 - p0)) -v hz="$hz" 'BEGIN { printf "%.2f", d / hz }')"
@@ -177,6 +242,16 @@ pin() {
     taskset -a -p -c "$2" "${v_pid_a[$1]}" >/dev/null
     taskset -a -p -c "$3" "${v_pid_b[$1]}" >/dev/null
 }
+# budgeted VARIANT on|off: its replicas in their budget cgroups, or back in the parent.
+budgeted() {
+    if [ "$2" = on ]; then
+        cg_join "$cg/$1-a" "${v_pid_a[$1]}"
+        cg_join "$cg/$1-b" "${v_pid_b[$1]}"
+    else
+        cg_join "$cg" "${v_pid_a[$1]}"
+        cg_join "$cg" "${v_pid_b[$1]}"
+    fi
+}
 ncpu="$(nproc)"
 for r in $(seq 1 "$rounds"); do
     for v in "${variants[@]}"; do
@@ -187,6 +262,16 @@ for r in $(seq 1 "$rounds"); do
         measure "$v" one "$r" "${v_url_a[$v]}"
         log "round $r/$rounds $v: two replicas"
         measure "$v" two "$r" "$both"
+        # Budgeted: each replica may use BENCH_BUDGET CPUs (on any CPU), PostgreSQL and the load
+        # generator what is left: what a second replica on a machine of its own adds.
+        if [ -n "$cg" ]; then
+            budgeted "$v" on
+            log "round $r/$rounds $v: one replica, $budget CPU"
+            measure "$v" one_budget "$r" "${v_url_a[$v]}"
+            log "round $r/$rounds $v: two replicas, $budget CPU each"
+            measure "$v" two_budget "$r" "$both"
+            budgeted "$v" off
+        fi
         # Pinned: each replica gets one CPU of its own, as replicas on separate machines would
         # have a fixed budget each (PostgreSQL and the load generator still run anywhere).
         if [ "$ncpu" -ge 2 ] && command -v taskset >/dev/null 2>&1; then
