@@ -103,7 +103,7 @@ def report(variant, runs, meta):
             ta = statistics.median(u[2] for u in used[c])
             tb = statistics.median(u[3] for u in used[c])
             print(f"{c}: CPUs used by replica a {a:.3f}, b {b:.3f} of a budget of {meta['budget_cpus']} each "
-                  f"(the quota stopped a for {ta} ms, b for {tb} ms of each run, medians)")
+                  f"(time throttled by the quota, summed over CPUs, medians: a {ta} ms, b {tb} ms per run)")
     ratio = {}
     for one, two, name, what in RATIOS:
         if one in med and two in med:
