@@ -5,7 +5,10 @@
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::{pin, Pin};
 use std::sync::{Condvar, Mutex, MutexGuard};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -114,15 +117,39 @@ fn classify(e: PgError) -> DbError {
 
 // ---- connections ----
 
-/// One connection: the async client (`tokio-postgres`), the single-threaded runtime that drives
-/// its socket during each call (what the sync `postgres` client does too), and the statements
-/// prepared on it (each is prepared once per connection, which saves a round trip on every
-/// later use). Owning the async client lets a transaction's `BEGIN` travel in the same round
-/// trip as its first statement (see [`Db`]).
+/// One connection: the async client (`tokio-postgres`), its socket's I/O (`io`), the
+/// single-threaded runtime whose driver waits for that socket during each call, and the
+/// statements prepared on it (each is prepared once per connection, which saves a round trip
+/// on every later use). This is what the sync `postgres` client does; owning the async client
+/// lets a transaction's `BEGIN` travel in the same round trip as its first statement (see
+/// [`Db`]).
 struct Conn {
     rt: tokio::runtime::Runtime,
     client: tokio_postgres::Client,
+    /// Polled together with each call, on the caller's thread, as the sync client does (no
+    /// task to schedule and wake); `None` once it ended, which also closes `client`.
+    io: Option<Io>,
     statements: HashMap<String, Statement>,
+}
+
+type Io = Pin<Box<dyn Future<Output = std::result::Result<(), PgError>> + Send>>;
+
+/// Runs `call` to completion on `rt`, driving the connection's I/O meanwhile.
+fn drive<T>(rt: &tokio::runtime::Runtime, io: &mut Option<Io>, call: impl Future<Output = T>) -> T {
+    let mut call = pin!(call);
+    rt.block_on(std::future::poll_fn(|cx| {
+        // The call first, so that a request it queues is sent by the I/O poll right after.
+        if let Poll::Ready(out) = call.as_mut().poll(cx) {
+            return Poll::Ready(out);
+        }
+        if let Some(c) = io.as_mut() {
+            if c.as_mut().poll(cx).is_ready() {
+                // Ended (closed, or an error): dropping it fails the calls still waiting.
+                *io = None;
+            }
+        }
+        call.as_mut().poll(cx)
+    }))
 }
 
 impl Conn {
@@ -136,12 +163,10 @@ impl Conn {
         let (client, connection) = rt
             .block_on(config.connect(NoTls))
             .map_err(|e| describe(&e))?;
-        // Runs only while this thread is inside `rt.block_on`, i.e. during this connection's
-        // own calls, exactly when its socket has something to do.
-        rt.spawn(connection);
         Ok(Conn {
             rt,
             client,
+            io: Some(Box::pin(connection)),
             statements: HashMap::new(),
         })
     }
@@ -150,26 +175,23 @@ impl Conn {
         if let Some(s) = self.statements.get(sql) {
             return Ok(s.clone());
         }
-        let s = self.rt.block_on(self.client.prepare(sql))?;
+        let s = drive(&self.rt, &mut self.io, self.client.prepare(sql))?;
         self.statements.insert(sql.to_owned(), s.clone());
         Ok(s)
     }
 
-    fn simple(&self, sql: &str) -> std::result::Result<(), PgError> {
-        self.rt.block_on(self.client.batch_execute(sql))
+    fn simple(&mut self, sql: &str) -> std::result::Result<(), PgError> {
+        drive(&self.rt, &mut self.io, self.client.batch_execute(sql))
     }
 
     fn is_closed(&self) -> bool {
-        self.client.is_closed()
+        self.io.is_none() || self.client.is_closed()
     }
 
     /// Whether the connection still answers a no-op query within [`LIVENESS_PROBE`].
-    fn answers(&self) -> bool {
-        self.rt
-            .block_on(async {
-                tokio::time::timeout(LIVENESS_PROBE, self.client.simple_query("")).await
-            })
-            .is_ok_and(|r| r.is_ok())
+    fn answers(&mut self) -> bool {
+        let probe = tokio::time::timeout(LIVENESS_PROBE, self.client.simple_query(""));
+        drive(&self.rt, &mut self.io, probe).is_ok_and(|r| r.is_ok())
     }
 }
 
@@ -281,7 +303,7 @@ impl Pooled<'_> {
     /// After an error: whether the connection itself is gone (checked with a round trip).
     fn is_dead(&mut self) -> bool {
         self.conn
-            .as_ref()
+            .as_mut()
             .is_none_or(|c| c.is_closed() || !c.answers())
     }
 
@@ -350,7 +372,8 @@ impl Db<'_, '_> {
                 }
                 Err(e) => return Ok(Err(e)),
             };
-            let client = &conn.client;
+            let Conn { rt, client, io, .. } = conn;
+            let client = &*client;
             let call = async {
                 if rows {
                     client.query(&statement, params).await.map(Out::Rows)
@@ -359,11 +382,11 @@ impl Db<'_, '_> {
                 }
             };
             let Some(begin) = self.begin else {
-                return Ok(conn.rt.block_on(call));
+                return Ok(drive(rt, io, call));
             };
-            let (began, out) = conn
-                .rt
-                .block_on(async { tokio::join!(client.batch_execute(begin), call) });
+            let (began, out) = drive(rt, io, async {
+                tokio::join!(client.batch_execute(begin), call)
+            });
             match began {
                 Ok(()) => {
                     self.begin = None;
@@ -371,7 +394,7 @@ impl Db<'_, '_> {
                 }
                 // The connection was gone before the server answered BEGIN: whatever it ran
                 // of BEGIN and the statement was never committed.
-                Err(_) if conn.is_closed() && reconnects < MAX_CONNECTIONS => {
+                Err(_) if (io.is_none() || client.is_closed()) && reconnects < MAX_CONNECTIONS => {
                     reconnects += 1;
                     self.conn.reconnect()?;
                 }
@@ -647,7 +670,7 @@ impl PostgresStore {
         };
         let mut pooled = store.pool.get()?;
         let conn = pooled.conn()?;
-        conn.rt.block_on(migrate(&mut conn.client))?;
+        drive(&conn.rt, &mut conn.io, migrate(&mut conn.client))?;
         drop(pooled);
         Ok(store)
     }
