@@ -227,6 +227,7 @@ impl Pool {
                 return Ok(Pooled {
                     pool: self,
                     conn: Some(conn),
+                    in_transaction: false,
                 });
             }
             if st.open < self.max {
@@ -251,6 +252,7 @@ impl Pool {
         let mut pooled = Pooled {
             pool: self,
             conn: None,
+            in_transaction: false,
         };
         pooled.connect()?;
         Ok(pooled)
@@ -264,10 +266,13 @@ impl Pool {
 }
 
 /// A connection on loan; returned to the pool (or dropped if broken) when it goes out of scope.
-/// `conn` is `None` only after its slot was given up (a failed reconnect).
+/// `conn` is `None` only after its slot was given up (a failed reconnect). `in_transaction`:
+/// a transaction was begun and not yet ended; a connection dropped so (a panic in the middle
+/// of a transaction) is closed, never handed out again with that transaction open.
 struct Pooled<'p> {
     pool: &'p Pool,
     conn: Option<Conn>,
+    in_transaction: bool,
 }
 
 impl Pooled<'_> {
@@ -319,7 +324,7 @@ impl Drop for Pooled<'_> {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
             let mut st = self.pool.lock_state();
-            if conn.is_closed() {
+            if conn.is_closed() || self.in_transaction {
                 st.open -= 1;
             } else {
                 st.idle.push(conn);
@@ -333,9 +338,12 @@ impl Drop for Pooled<'_> {
 /// A connection on loan as [`Sql`], inside a transaction or not. In a transaction, `BEGIN` is
 /// not sent on its own: it waits in `begin` and goes out in the same round trip as the first
 /// statement (pipelined: the server runs them in order), which saves one round trip per
-/// transaction. `BEGIN` can fail only with its connection, before the server reads the
-/// statement behind it; then nothing of the transaction ran, and the statement is sent again,
-/// with `BEGIN`, on a new connection in the same pool slot (as a `BEGIN` sent alone would be).
+/// transaction. On a connection that is idle (the pool holds no other kind: a transaction
+/// ends with COMMIT or ROLLBACK, or its connection is dropped) `BEGIN` fails only with the
+/// connection itself; then whatever the server ran of the pair was never committed, and the
+/// statement is sent again, with `BEGIN`, on a new connection in the same pool slot, as a
+/// `BEGIN` sent alone was retried. (Were `BEGIN` to fail on a live connection, the statement
+/// behind it would have run on its own; the caller gets the error either way.)
 struct Db<'a, 'p> {
     conn: &'a mut Pooled<'p>,
     begin: Option<&'static str>,
@@ -390,6 +398,7 @@ impl Db<'_, '_> {
             match began {
                 Ok(()) => {
                     self.begin = None;
+                    self.conn.in_transaction = true;
                     return Ok(out);
                 }
                 // The connection was gone before the server answered BEGIN: whatever it ran
@@ -719,6 +728,9 @@ impl PostgresStore {
         let ended = pooled
             .conn()
             .and_then(|c| c.simple(end).map_err(StoreError::from));
+        // COMMIT and ROLLBACK end the transaction even when they fail (a lost connection is
+        // closed and not reused).
+        pooled.in_transaction = false;
         match (out, ended) {
             (Ok(v), Ok(())) => Ok(v),
             (Ok(_), Err(e)) => Err(e),
@@ -780,5 +792,57 @@ impl Engine for PostgresStore {
             db.snapshot()?;
             f(db)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn database_url() -> String {
+        std::env::var("AIRLOCK_TEST_DATABASE_URL")
+            .expect("AIRLOCK_TEST_DATABASE_URL is not set: run under scripts/with-postgres.sh")
+    }
+
+    /// A panic in the middle of a transaction (a bug in a store call, caught by the server's
+    /// task) must not hand the connection out again with that transaction open: the next
+    /// caller's pipelined BEGIN would only warn, and its COMMIT would commit the half-done work.
+    #[test]
+    fn a_transaction_cut_short_by_a_panic_is_not_left_open_in_the_pool() {
+        let url = database_url();
+        let app = format!("airlock-panic-test-{}", std::process::id());
+        let mut config: Config = url.parse().unwrap();
+        config.application_name(&app);
+        let store = PostgresStore::connect(config).unwrap();
+        let cut = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            store.write_with(|db| {
+                db.execute("SELECT pg_advisory_xact_lock(4242)", &[])?;
+                panic!("a bug in the middle of a transaction");
+                #[allow(unreachable_code)]
+                Ok(())
+            })
+        }));
+        assert!(cut.is_err());
+        let mut admin = ::postgres::Client::connect(&url, NoTls).unwrap();
+        let open: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND state LIKE 'idle in transaction%'",
+                &[&app],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            open, 0,
+            "a connection of the pool was left inside the cut transaction"
+        );
+        // The store goes on, on a fresh connection.
+        let n: Vec<Row> = store
+            .write_with(|db| db.query("SELECT pg_try_advisory_xact_lock(4242)", &[]))
+            .unwrap();
+        assert_eq!(
+            n[0].bool(0).unwrap(),
+            true,
+            "the cut transaction's lock is still held"
+        );
     }
 }
