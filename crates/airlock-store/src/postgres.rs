@@ -839,9 +839,8 @@ mod tests {
         let n: Vec<Row> = store
             .write_with(|db| db.query("SELECT pg_try_advisory_xact_lock(4242)", &[]))
             .unwrap();
-        assert_eq!(
+        assert!(
             n[0].bool(0).unwrap(),
-            true,
             "the cut transaction's lock is still held"
         );
     }
