@@ -45,11 +45,12 @@ def main(path):
         for _, _, name, _ in RATIOS:
             if name in b["ratio"] and name in a["ratio"]:
                 print(f"{'ratio two/one, ' + name:<34} {b['ratio'][name]:>9.2f} {a['ratio'][name]:>9.2f}")
-        for k in ("airlock", "postgres", "loadgen"):
-            if "one" in b["cpu"] and "one" in a["cpu"]:
-                x, y = b["cpu"]["one"][k], a["cpu"]["one"][k]
-                print(f"{'CPU ms per cycle (one), ' + k:<34} {x:>9.2f} {y:>9.2f} {y / x:>13.2f}")
-        for k in ("statements_per_cycle", "commits_per_cycle"):
+        for c in ("one", "one_budget"):
+            for k in ("airlock", "postgres", "loadgen"):
+                if c in b["cpu"] and c in a["cpu"]:
+                    x, y = b["cpu"][c][k], a["cpu"][c][k]
+                    print(f"{'CPU ms per cycle (' + c + '), ' + k:<34} {x:>9.2f} {y:>9.2f} {y / x:>13.2f}")
+        for k in ("statements_per_cycle", "round_trips_per_cycle", "commits_per_cycle"):
             x, y = meta.get(f"{k}.before"), meta.get(f"{k}.after")
             if x and y:
                 print(f"{k.replace('_', ' '):<34} {float(x):>9.1f} {float(y):>9.1f} {float(y) / float(x):>13.2f}")
@@ -111,7 +112,7 @@ def report(variant, runs, meta):
             print(f"ratio two/one replicas, {what}: {ratio[name]:.2f} (target >= 1.6)")
     if f"statements_per_cycle.{variant}" in meta:
         print(f"SQL statements per cycle (1 client, BEGIN and COMMIT included): {meta[f'statements_per_cycle.{variant}']}, "
-              f"commits {meta.get(f'commits_per_cycle.{variant}')}")
+              f"commits {meta.get(f'commits_per_cycle.{variant}')}, round trips (sends to PostgreSQL) {meta.get(f'round_trips_per_cycle.{variant}', 'not counted: no strace')}")
     print(f"audit --verify after the run: {meta.get(f'audit_verify.{variant}')}")
     return {"rate": med, "ratio": ratio, "cpu": cpu}
 

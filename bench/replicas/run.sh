@@ -290,8 +290,12 @@ put meta.load_end "$(cut -d' ' -f1-3 /proc/loadavg)"
 # SQL statements per cycle: PostgreSQL logs every statement (`log_statement = all`, only now)
 # while one client runs a fixed number of cycles on replica a; the lines are counted in the
 # cluster's log (scripts/with-postgres.sh keeps it next to the data directory). Seals the server
-# appends meanwhile (at most one a second) are counted too.
+# appends meanwhile (at most one a second) are counted too. Round trips: the sends replica a
+# makes to PostgreSQL's port meanwhile, counted by `strace` (when installed; each round trip
+# starts with one send, and statements pipelined together go out in one).
 pg_log="$(dirname "$pg_data")/server.log"
+pg_port="${AIRLOCK_TEST_DATABASE_URL##*:}"
+pg_port="${pg_port%%/*}"
 stmt_cycles=50
 for v in "${variants[@]}"; do
     if [ ! -r "$pg_log" ]; then
@@ -303,16 +307,30 @@ for v in "${variants[@]}"; do
     psql -X -q "$AIRLOCK_TEST_DATABASE_URL" -c "ALTER SYSTEM SET log_statement = 'all'" -c 'SELECT pg_reload_conf()' >/dev/null
     sleep 1
     n0="$(wc -l <"$pg_log")"
+    strace_pid=""
+    if command -v strace >/dev/null 2>&1; then
+        strace -f -qq -yy -e trace=write,writev,sendto,sendmsg -o "$out/$v-sends.strace" -p "${v_pid_a[$v]}" &
+        strace_pid=$!
+        sleep 1
+    fi
     "$LOADGEN_BIN" latency --urls "${v_url_a[$v]}" --token "${v_token[$v]}" --stack-prefix "$prefix" \
         --clients 1 --state-bytes "$bytes" --warmup 0 --max-iters "$stmt_cycles" --max-secs 60 \
         --tag "$v-statements" >"$out/$v-statements.txt"
     sleep 0.5
+    if [ -n "$strace_pid" ]; then
+        kill "$strace_pid" 2>/dev/null || true
+        wait "$strace_pid" 2>/dev/null || true
+    fi
     psql -X -q "$AIRLOCK_TEST_DATABASE_URL" -c 'ALTER SYSTEM RESET log_statement' -c 'SELECT pg_reload_conf()' >/dev/null
     tail -n +"$((n0 + 1))" "$pg_log" >"$out/$v-statements.log"
     done_cycles="$(sed -n 's/^.*statements.cycles //p' "$out/$v-statements.txt")"
     count="$(grep -cE 'LOG:  (statement|execute [^:]*): ' "$out/$v-statements.log" || true)"
     put "meta.statements_per_cycle.$v" "$(awk -v n="$count" -v c="$done_cycles" 'BEGIN { printf "%.1f", n / c }')"
     put "meta.commits_per_cycle.$v" "$(awk -v n="$(grep -c 'LOG:  statement: COMMIT' "$out/$v-statements.log" || true)" -v c="$done_cycles" 'BEGIN { printf "%.1f", n / c }')"
+    if [ -n "$strace_pid" ]; then
+        sends="$(grep -c -- "->127.0.0.1:$pg_port\]" "$out/$v-sends.strace" || true)"
+        put "meta.round_trips_per_cycle.$v" "$(awk -v n="$sends" -v c="$done_cycles" 'BEGIN { printf "%.1f", n / c }')"
+    fi
 done
 
 # The audit chains the run wrote must verify (the benchmark is not allowed to trade them away).
