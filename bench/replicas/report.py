@@ -50,6 +50,10 @@ def main(path):
                 if c in b["cpu"] and c in a["cpu"]:
                     x, y = b["cpu"][c][k], a["cpu"][c][k]
                     print(f"{'CPU ms per cycle (' + c + '), ' + k:<34} {x:>9.2f} {y:>9.2f} {y / x:>13.2f}")
+        for party in ("airlock", "postgres"):
+            x, y = meta.get(f"instructions_per_cycle.{party}.before"), meta.get(f"instructions_per_cycle.{party}.after")
+            if x and y:
+                print(f"{'M instructions per cycle, ' + party:<34} {float(x):>9.2f} {float(y):>9.2f} {float(y) / float(x):>13.2f}")
         for k in ("statements_per_cycle", "round_trips_per_cycle", "commits_per_cycle"):
             x, y = meta.get(f"{k}.before"), meta.get(f"{k}.after")
             if x and y:
@@ -113,6 +117,9 @@ def report(variant, runs, meta):
     if f"statements_per_cycle.{variant}" in meta:
         print(f"SQL statements per cycle (1 client, BEGIN and COMMIT included): {meta[f'statements_per_cycle.{variant}']}, "
               f"commits {meta.get(f'commits_per_cycle.{variant}')}, round trips (sends to PostgreSQL) {meta.get(f'round_trips_per_cycle.{variant}', 'not counted: no strace')}")
+    ins = [meta.get(f"instructions_per_cycle.{p}.{variant}") for p in ("airlock", "postgres")]
+    if all(ins):
+        print(f"instructions per cycle (1 client, perf stat, user+kernel): airlock {ins[0]} M, PostgreSQL {ins[1]} M")
     print(f"audit --verify after the run: {meta.get(f'audit_verify.{variant}')}")
     return {"rate": med, "ratio": ratio, "cpu": cpu}
 

@@ -146,13 +146,18 @@ else
 fi
 cg_join() { echo "$2" >"$1/cgroup.procs" 2>/dev/null || true; } # cg_join DIR PID (all its threads)
 cg_remove() {                                                  # everything back to the root group
-    local d p
-    for d in "$cg"/*/ "$cg"; do
-        [ -f "$d/cgroup.procs" ] || continue
-        while read -r p; do cg_join "$cg_root" "$p"; done <"$d/cgroup.procs"
+    local d p try
+    # PostgreSQL backends of the stopped servers may still be exiting: move and retry.
+    for try in $(seq 1 50); do
+        for d in "$cg"/*/ "$cg"; do
+            [ -f "$d/cgroup.procs" ] || continue
+            while read -r p; do cg_join "$cg_root" "$p"; done <"$d/cgroup.procs"
+        done
+        for d in "$cg"/*/; do [ -d "$d" ] && rmdir "$d" 2>/dev/null; done
+        rmdir "$cg" 2>/dev/null && return 0
+        sleep 0.1
     done
-    for d in "$cg"/*/; do rmdir "$d" 2>/dev/null || true; done
-    rmdir "$cg" 2>/dev/null || log "could not remove $cg"
+    log "could not remove $cg"
 }
 cg_pg() { # PostgreSQL's processes (backends forked later inherit the postmaster's group)
     local c
@@ -331,6 +336,39 @@ for v in "${variants[@]}"; do
         sends="$(grep -c -- "->127.0.0.1:$pg_port\]" "$out/$v-sends.strace" || true)"
         put "meta.round_trips_per_cycle.$v" "$(awk -v n="$sends" -v c="$done_cycles" 'BEGIN { printf "%.1f", n / c }')"
     fi
+done
+
+# Instructions per cycle (stable where CPU time is not, on a shared machine): one client runs a
+# fixed number of cycles on replica a, without statement logging or strace, while `perf stat`
+# counts the instructions (user and kernel) of replica a and of PostgreSQL's processes.
+count_cycles=300
+for v in "${variants[@]}"; do
+    command -v perf >/dev/null 2>&1 || {
+        log "perf is not installed: instructions per cycle not counted"
+        break
+    }
+    prefix="bench/$v-instructions"
+    "$LOADGEN_BIN" create-stacks --url "${v_url_a[$v]}" --token "${v_token[$v]}" --stacks "$prefix-0,$prefix-warm-0"
+    # A few uncounted cycles first (on a stack of their own), so that the pool's connection
+    # and its statements are ready.
+    "$LOADGEN_BIN" latency --urls "${v_url_a[$v]}" --token "${v_token[$v]}" --stack-prefix "$prefix-warm" \
+        --clients 1 --state-bytes "$bytes" --warmup 0 --max-iters 20 --max-secs 60 --tag warm >/dev/null
+    perf stat -x, -e instructions -p "${v_pid_a[$v]}" -o "$out/$v-instructions-airlock.txt" &
+    perf_a=$!
+    perf stat -x, -e instructions -p "$(pgrep -d, -P "$pg_pid")" -o "$out/$v-instructions-postgres.txt" &
+    perf_p=$!
+    sleep 1
+    "$LOADGEN_BIN" latency --urls "${v_url_a[$v]}" --token "${v_token[$v]}" --stack-prefix "$prefix" \
+        --clients 1 --state-bytes "$bytes" --warmup 0 --max-iters "$count_cycles" --max-secs 120 \
+        --tag "$v-instructions" >"$out/$v-instructions.txt"
+    kill -INT "$perf_a" "$perf_p" 2>/dev/null || true
+    wait "$perf_a" "$perf_p" 2>/dev/null || true
+    done_cycles="$(sed -n 's/^.*instructions.cycles //p' "$out/$v-instructions.txt")"
+    for party in airlock postgres; do
+        n="$(awk -F, '$3 ~ /^instructions/ { print $1 }' "$out/$v-instructions-$party.txt")"
+        [ -n "$n" ] && [ "$n" != "<not counted>" ] &&
+            put "meta.instructions_per_cycle.$party.$v" "$(awk -v n="$n" -v c="$done_cycles" 'BEGIN { printf "%.2f", n / c / 1e6 }')"
+    done
 done
 
 # The audit chains the run wrote must verify (the benchmark is not allowed to trade them away).
