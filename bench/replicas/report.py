@@ -50,10 +50,15 @@ def main(path):
                 if c in b["cpu"] and c in a["cpu"]:
                     x, y = b["cpu"][c][k], a["cpu"][c][k]
                     print(f"{'CPU ms per cycle (' + c + '), ' + k:<34} {x:>9.2f} {y:>9.2f} {y / x:>13.2f}")
-        for party in ("airlock", "postgres"):
-            x, y = meta.get(f"instructions_per_cycle.{party}.before"), meta.get(f"instructions_per_cycle.{party}.after")
-            if x and y:
-                print(f"{'M instructions per cycle, ' + party:<34} {float(x):>9.2f} {float(y):>9.2f} {float(y) / float(x):>13.2f}")
+    if not variants:
+        print()
+        print(f"{'before -> after (no timed rounds)':<34} {'before':>9} {'after':>9} {'after/before':>13}")
+    if len(variants) == 2 or not variants:
+        for key, what in (("cpu_ms_per_cycle_1client", "CPU ms per cycle (1 client)"), ("instructions_per_cycle", "M instructions per cycle")):
+            for party in ("airlock", "postgres"):
+                x, y = meta.get(f"{key}.{party}.before"), meta.get(f"{key}.{party}.after")
+                if x and y and float(x) > 0:
+                    print(f"{what + ', ' + party:<34} {float(x):>9.3f} {float(y):>9.3f} {float(y) / float(x):>13.2f}")
         for k in ("statements_per_cycle", "round_trips_per_cycle", "commits_per_cycle"):
             x, y = meta.get(f"{k}.before"), meta.get(f"{k}.after")
             if x and y:
@@ -117,6 +122,9 @@ def report(variant, runs, meta):
     if f"statements_per_cycle.{variant}" in meta:
         print(f"SQL statements per cycle (1 client, BEGIN and COMMIT included): {meta[f'statements_per_cycle.{variant}']}, "
               f"commits {meta.get(f'commits_per_cycle.{variant}')}, round trips (sends to PostgreSQL) {meta.get(f'round_trips_per_cycle.{variant}', 'not counted: no strace')}")
+    cpu1 = [meta.get(f"cpu_ms_per_cycle_1client.{p}.{variant}") for p in ("airlock", "postgres")]
+    if all(cpu1):
+        print(f"CPU per cycle, 1 client (perf stat task-clock): airlock {cpu1[0]} ms, PostgreSQL {cpu1[1]} ms")
     ins = [meta.get(f"instructions_per_cycle.{p}.{variant}") for p in ("airlock", "postgres")]
     if all(ins):
         print(f"instructions per cycle (1 client, perf stat, user+kernel): airlock {ins[0]} M, PostgreSQL {ins[1]} M")

@@ -6,6 +6,7 @@
 #
 #   bench/replicas/run.sh             # 5 rounds of 10 s per configuration, ~4 minutes
 #   bench/replicas/run.sh --quick     # 2 rounds of 5 s
+#   bench/replicas/run.sh --counts    # no timed rounds: statements, round trips, CPU per cycle
 #
 # Environment: CARGO_TARGET_DIR (default bench/replicas/target), AIRLOCK_BIN (use this binary
 # instead of building one), AIRLOCK_BEFORE_BIN (also measure this binary, as "before", in the
@@ -21,8 +22,9 @@ mode=full
 for arg in "$@"; do
     case "$arg" in
     --quick) mode=quick ;;
+    --counts) mode=counts ;;
     -h | --help)
-        sed -n '2,15p' "$0"
+        sed -n '2,16p' "$0"
         exit 0
         ;;
     *)
@@ -69,7 +71,11 @@ fi
 # ---------------------------------------------------------------- inner part: the run
 mode="${AIRLOCK_BENCH_MODE:-$mode}"
 : "${AIRLOCK_TEST_DATABASE_URL:?run through scripts/with-postgres.sh}"
-if [ "$mode" = quick ]; then rounds=2 secs=5; else rounds=5 secs=10; fi
+case "$mode" in
+quick) rounds=2 secs=5 ;;
+counts) rounds=0 secs=0 ;;
+*) rounds=5 secs=10 ;;
+esac
 clients="${BENCH_CLIENTS:-8}"
 bytes="${BENCH_STATE_BYTES:-8000}"
 out="${BENCH_OUT:-$here/out/$(date -u +%Y%m%dT%H%M%SZ)}"
@@ -338,9 +344,12 @@ for v in "${variants[@]}"; do
     fi
 done
 
-# Instructions per cycle (stable where CPU time is not, on a shared machine): one client runs a
-# fixed number of cycles on replica a, without statement logging or strace, while `perf stat`
-# counts the instructions (user and kernel) of replica a and of PostgreSQL's processes.
+# CPU per cycle measured apart from the load runs: one client runs a fixed number of cycles on
+# replica a, without statement logging or strace, while `perf stat` counts the CPU time
+# (`task-clock`, the scheduler's own accounting, not /proc's 10 ms ticks) and, where the
+# machine exposes the counter (not in most VMs), the instructions of replica a and of
+# PostgreSQL's processes. With one client, little else runs in the bench's processes, so this
+# is the CPU each cycle costs, less disturbed by the machine's load than the timed rounds.
 count_cycles=300
 for v in "${variants[@]}"; do
     command -v perf >/dev/null 2>&1 || {
@@ -353,9 +362,9 @@ for v in "${variants[@]}"; do
     # and its statements are ready.
     "$LOADGEN_BIN" latency --urls "${v_url_a[$v]}" --token "${v_token[$v]}" --stack-prefix "$prefix-warm" \
         --clients 1 --state-bytes "$bytes" --warmup 0 --max-iters 20 --max-secs 60 --tag warm >/dev/null
-    perf stat -x, -e instructions -p "${v_pid_a[$v]}" -o "$out/$v-instructions-airlock.txt" &
+    perf stat -x, -e task-clock,instructions -p "${v_pid_a[$v]}" -o "$out/$v-instructions-airlock.txt" &
     perf_a=$!
-    perf stat -x, -e instructions -p "$(pgrep -d, -P "$pg_pid")" -o "$out/$v-instructions-postgres.txt" &
+    perf stat -x, -e task-clock,instructions -p "$(pgrep -d, -P "$pg_pid")" -o "$out/$v-instructions-postgres.txt" &
     perf_p=$!
     sleep 1
     "$LOADGEN_BIN" latency --urls "${v_url_a[$v]}" --token "${v_token[$v]}" --stack-prefix "$prefix" \
@@ -365,9 +374,11 @@ for v in "${variants[@]}"; do
     wait "$perf_a" "$perf_p" 2>/dev/null || true
     done_cycles="$(sed -n 's/^.*instructions.cycles //p' "$out/$v-instructions.txt")"
     for party in airlock postgres; do
-        n="$(awk -F, '$3 ~ /^instructions/ { print $1 }' "$out/$v-instructions-$party.txt")"
-        [ -n "$n" ] && [ "$n" != "<not counted>" ] &&
-            put "meta.instructions_per_cycle.$party.$v" "$(awk -v n="$n" -v c="$done_cycles" 'BEGIN { printf "%.2f", n / c / 1e6 }')"
+        f="$out/$v-instructions-$party.txt"
+        ms="$(awk -F, '$3 ~ /^task-clock/ && $1 ~ /^[0-9.]+$/ { print $1 }' "$f")"
+        [ -n "$ms" ] && put "meta.cpu_ms_per_cycle_1client.$party.$v" "$(awk -v n="$ms" -v c="$done_cycles" 'BEGIN { printf "%.3f", n / c }')"
+        n="$(awk -F, '$3 ~ /^instructions/ && $1 ~ /^[0-9]+$/ { print $1 }' "$f")"
+        [ -n "$n" ] && put "meta.instructions_per_cycle.$party.$v" "$(awk -v n="$n" -v c="$done_cycles" 'BEGIN { printf "%.2f", n / c / 1e6 }')"
     done
 done
 
