@@ -5,13 +5,16 @@
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::{pin, Pin};
 use std::sync::{Condvar, Mutex, MutexGuard};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use ::postgres::error::SqlState;
-use ::postgres::types::{to_sql_checked, IsNull, ToSql, Type};
-use ::postgres::{Client, Config, GenericClient, NoTls, Statement};
 use bytes::BytesMut;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
+use tokio_postgres::{Config, Error as PgError, NoTls, Row as PgRow, Statement};
 
 use crate::blob;
 use crate::core::Engine;
@@ -79,8 +82,8 @@ pub struct PostgresStore {
     recent: blob::RecentBodies,
 }
 
-impl From<::postgres::Error> for StoreError {
-    fn from(e: ::postgres::Error) -> Self {
+impl From<PgError> for StoreError {
+    fn from(e: PgError) -> Self {
         StoreError::Backend(describe(&e))
     }
 }
@@ -88,7 +91,7 @@ impl From<::postgres::Error> for StoreError {
 /// The server's own message and SQLSTATE for database errors (the client's `Display` says only
 /// "db error"), the cause chain for the rest. The server's DETAIL is left out: it can echo key
 /// values, such as a token's secret hash.
-fn describe(e: &::postgres::Error) -> String {
+fn describe(e: &PgError) -> String {
     if let Some(db) = e.as_db_error() {
         return format!(
             "{}: {} (SQLSTATE {})",
@@ -108,7 +111,7 @@ fn describe(e: &::postgres::Error) -> String {
 
 /// Maps a unique violation to `Conflict` with `what`, anything else to `Backend`.
 /// Only a unique violation is a duplicate; a foreign-key violation names a missing parent.
-fn classify(e: ::postgres::Error) -> DbError {
+fn classify(e: PgError) -> DbError {
     match e.code() {
         Some(c) if *c == SqlState::UNIQUE_VIOLATION => DbError::Unique,
         Some(c) if *c == SqlState::FOREIGN_KEY_VIOLATION => DbError::ForeignKey,
@@ -118,11 +121,82 @@ fn classify(e: ::postgres::Error) -> DbError {
 
 // ---- connections ----
 
-/// One connection and the statements prepared on it (each is prepared once per connection,
-/// which saves a round trip on every later use).
+/// One connection: the async client (`tokio-postgres`), its socket's I/O (`io`), the
+/// single-threaded runtime whose driver waits for that socket during each call, and the
+/// statements prepared on it (each is prepared once per connection, which saves a round trip
+/// on every later use). This is what the sync `postgres` client does; owning the async client
+/// lets a transaction's `BEGIN` travel in the same round trip as its first statement (see
+/// [`Db`]).
 struct Conn {
-    client: Client,
+    rt: tokio::runtime::Runtime,
+    client: tokio_postgres::Client,
+    /// Polled together with each call, on the caller's thread, as the sync client does (no
+    /// task to schedule and wake); `None` once it ended, which also closes `client`.
+    io: Option<Io>,
     statements: HashMap<String, Statement>,
+}
+
+type Io = Pin<Box<dyn Future<Output = std::result::Result<(), PgError>> + Send>>;
+
+/// Runs `call` to completion on `rt`, driving the connection's I/O meanwhile.
+fn drive<T>(rt: &tokio::runtime::Runtime, io: &mut Option<Io>, call: impl Future<Output = T>) -> T {
+    let mut call = pin!(call);
+    rt.block_on(std::future::poll_fn(|cx| {
+        // The call first, so that a request it queues is sent by the I/O poll right after.
+        if let Poll::Ready(out) = call.as_mut().poll(cx) {
+            return Poll::Ready(out);
+        }
+        if let Some(c) = io.as_mut() {
+            if c.as_mut().poll(cx).is_ready() {
+                // Ended (closed, or an error): dropping it fails the calls still waiting.
+                *io = None;
+            }
+        }
+        call.as_mut().poll(cx)
+    }))
+}
+
+impl Conn {
+    /// Connects; the error says why, without the URL (which may hold a password).
+    fn open(config: &Config) -> std::result::Result<Conn, String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()
+            .map_err(|e| format!("cannot start the connection's I/O driver: {e}"))?;
+        let (client, connection) = rt
+            .block_on(config.connect(NoTls))
+            .map_err(|e| describe(&e))?;
+        Ok(Conn {
+            rt,
+            client,
+            io: Some(Box::pin(connection)),
+            statements: HashMap::new(),
+        })
+    }
+
+    fn statement(&mut self, sql: &str) -> std::result::Result<Statement, PgError> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = drive(&self.rt, &mut self.io, self.client.prepare(sql))?;
+        self.statements.insert(sql.to_owned(), s.clone());
+        Ok(s)
+    }
+
+    fn simple(&mut self, sql: &str) -> std::result::Result<(), PgError> {
+        drive(&self.rt, &mut self.io, self.client.batch_execute(sql))
+    }
+
+    fn is_closed(&self) -> bool {
+        self.io.is_none() || self.client.is_closed()
+    }
+
+    /// Whether the connection still answers a no-op query within [`LIVENESS_PROBE`].
+    fn answers(&mut self) -> bool {
+        let probe = tokio::time::timeout(LIVENESS_PROBE, self.client.simple_query(""));
+        drive(&self.rt, &mut self.io, probe).is_ok_and(|r| r.is_ok())
+    }
 }
 
 struct PoolState {
@@ -150,13 +224,14 @@ impl Pool {
         let mut st = self.lock_state();
         loop {
             if let Some(conn) = st.idle.pop() {
-                if conn.client.is_closed() {
+                if conn.is_closed() {
                     st.open -= 1;
                     continue;
                 }
                 return Ok(Pooled {
                     pool: self,
                     conn: Some(conn),
+                    in_transaction: false,
                 });
             }
             if st.open < self.max {
@@ -178,50 +253,73 @@ impl Pool {
                 .0;
         }
         drop(st);
-        match self.config.connect(NoTls) {
-            Ok(client) => Ok(Pooled {
-                pool: self,
-                conn: Some(Conn {
-                    client,
-                    statements: HashMap::new(),
-                }),
-            }),
-            Err(e) => {
-                self.lock_state().open -= 1;
-                self.freed.notify_one();
-                Err(StoreError::Backend(format!(
-                    "cannot connect to PostgreSQL: {}",
-                    describe(&e)
-                )))
-            }
-        }
+        let mut pooled = Pooled {
+            pool: self,
+            conn: None,
+            in_transaction: false,
+        };
+        pooled.connect()?;
+        Ok(pooled)
+    }
+
+    /// Gives up one connection slot (its connection is gone).
+    fn release_slot(&self) {
+        self.lock_state().open -= 1;
+        self.freed.notify_one();
     }
 }
 
 /// A connection on loan; returned to the pool (or dropped if broken) when it goes out of scope.
+/// `conn` is `None` only after its slot was given up (a failed reconnect). `in_transaction`:
+/// a transaction was begun and not yet ended; a connection dropped so (a panic in the middle
+/// of a transaction) is closed, never handed out again with that transaction open.
 struct Pooled<'p> {
     pool: &'p Pool,
     conn: Option<Conn>,
+    in_transaction: bool,
 }
 
 impl Pooled<'_> {
-    fn conn(&mut self) -> &mut Conn {
-        self.conn
-            .as_mut()
-            .expect("a pooled connection is present until it is dropped")
+    fn conn(&mut self) -> Result<&mut Conn> {
+        self.conn.as_mut().ok_or_else(|| {
+            StoreError::Backend("the database connection was lost and could not be reopened".into())
+        })
+    }
+
+    /// Opens a connection in this loan's slot (held by the caller); on failure the slot is
+    /// given up.
+    fn connect(&mut self) -> Result<()> {
+        match Conn::open(&self.pool.config) {
+            Ok(c) => {
+                self.conn = Some(c);
+                Ok(())
+            }
+            Err(e) => {
+                self.pool.release_slot();
+                Err(StoreError::Backend(format!(
+                    "cannot connect to PostgreSQL: {e}"
+                )))
+            }
+        }
+    }
+
+    /// Replaces a dead connection with a new one in the same slot.
+    fn reconnect(&mut self) -> Result<()> {
+        self.conn = None;
+        self.connect()
     }
 
     /// After an error: whether the connection itself is gone (checked with a round trip).
     fn is_dead(&mut self) -> bool {
-        let client = &mut self.conn().client;
-        client.is_closed() || client.is_valid(LIVENESS_PROBE).is_err()
+        self.conn
+            .as_mut()
+            .is_none_or(|c| c.is_closed() || !c.answers())
     }
 
     /// Closes a dead connection instead of returning it to the pool.
     fn discard(mut self) {
         if self.conn.take().is_some() {
-            self.pool.lock_state().open -= 1;
-            self.pool.freed.notify_one();
+            self.pool.release_slot();
         }
     }
 }
@@ -230,7 +328,7 @@ impl Drop for Pooled<'_> {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
             let mut st = self.pool.lock_state();
-            if conn.client.is_closed() {
+            if conn.is_closed() || self.in_transaction {
                 st.open -= 1;
             } else {
                 st.idle.push(conn);
@@ -241,11 +339,107 @@ impl Drop for Pooled<'_> {
     }
 }
 
-/// A client or transaction plus the connection's prepared-statement cache.
-/// A client or transaction plus the connection's prepared-statement cache, as [`Sql`].
-struct Db<'a, C: GenericClient> {
-    c: &'a mut C,
-    statements: &'a mut HashMap<String, Statement>,
+/// A connection on loan as [`Sql`], inside a transaction or not. In a transaction, `BEGIN` is
+/// not sent on its own: it waits in `begin` and goes out in the same round trip as the first
+/// statement (pipelined: the server runs them in order), which saves one round trip per
+/// transaction. On a connection that is idle (the pool holds no other kind: a transaction
+/// ends with COMMIT or ROLLBACK, or its connection is dropped) `BEGIN` fails only with the
+/// connection itself; then whatever the server ran of the pair was never committed, and the
+/// statement is sent again, with `BEGIN`, on a new connection in the same pool slot, as a
+/// `BEGIN` sent alone was retried. (Were `BEGIN` to fail on a live connection, the statement
+/// behind it would have run on its own; the caller gets the error either way.)
+struct Db<'a, 'p> {
+    conn: &'a mut Pooled<'p>,
+    begin: Option<&'static str>,
+}
+
+/// What a statement returns: its rows, or how many rows it changed.
+enum Out {
+    Rows(Vec<PgRow>),
+    Count(u64),
+}
+
+impl Db<'_, '_> {
+    /// Runs one prepared statement (prepared first if this connection has not seen `sql`),
+    /// behind the pending `BEGIN` if there is one. The outer error: no connection to run it
+    /// on; the inner one: the statement's own.
+    fn run(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        rows: bool,
+    ) -> Result<std::result::Result<Out, PgError>> {
+        let mut reconnects = 0;
+        loop {
+            let conn = self.conn.conn()?;
+            let statement = match conn.statement(sql) {
+                Ok(s) => s,
+                // Dead before the transaction began: as below.
+                Err(_)
+                    if self.begin.is_some() && conn.is_closed() && reconnects < MAX_CONNECTIONS =>
+                {
+                    reconnects += 1;
+                    self.conn.reconnect()?;
+                    continue;
+                }
+                Err(e) => return Ok(Err(e)),
+            };
+            let Conn { rt, client, io, .. } = conn;
+            let client = &*client;
+            let call = async {
+                if rows {
+                    client.query(&statement, params).await.map(Out::Rows)
+                } else {
+                    client.execute(&statement, params).await.map(Out::Count)
+                }
+            };
+            let Some(begin) = self.begin else {
+                return Ok(drive(rt, io, call));
+            };
+            let (began, out) = drive(rt, io, async {
+                tokio::join!(client.batch_execute(begin), call)
+            });
+            match began {
+                Ok(()) => {
+                    self.begin = None;
+                    self.conn.in_transaction = true;
+                    return Ok(out);
+                }
+                // The connection was gone before the server answered BEGIN: whatever it ran
+                // of BEGIN and the statement was never committed.
+                Err(_) if (io.is_none() || client.is_closed()) && reconnects < MAX_CONNECTIONS => {
+                    reconnects += 1;
+                    self.conn.reconnect()?;
+                }
+                Err(e) => return Ok(Err(e)),
+            }
+        }
+    }
+
+    fn rows(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<PgRow>> {
+        match self.run(sql, params, true)?? {
+            Out::Rows(r) => Ok(r),
+            Out::Count(_) => unreachable!("a query returns rows"),
+        }
+    }
+
+    fn count(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, DbError> {
+        match self.run(sql, params, false)?.map_err(classify)? {
+            Out::Count(n) => Ok(n),
+            Out::Rows(_) => unreachable!("an execute returns a count"),
+        }
+    }
+
+    fn row_opt(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<PgRow>> {
+        let mut rows = self.rows(sql, params)?;
+        if rows.len() > 1 {
+            return Err(StoreError::Backend(format!(
+                "expected at most one row, got {}",
+                rows.len()
+            )));
+        }
+        Ok(rows.pop())
+    }
 }
 
 impl ToSql for Value {
@@ -270,7 +464,7 @@ impl ToSql for Value {
     to_sql_checked!();
 }
 
-fn column(r: &::postgres::Row, i: usize) -> Result<Value> {
+fn column(r: &PgRow, i: usize) -> Result<Value> {
     let ty = r.columns()[i].type_();
     Ok(if *ty == Type::INT8 {
         r.try_get::<_, Option<i64>>(i)?
@@ -290,26 +484,13 @@ fn column(r: &::postgres::Row, i: usize) -> Result<Value> {
     })
 }
 
-impl<C: GenericClient> Db<'_, C> {
-    fn statement(&mut self, sql: &str) -> Result<Statement> {
-        if let Some(s) = self.statements.get(sql) {
-            return Ok(s.clone());
-        }
-        let s = self.c.prepare(sql)?;
-        self.statements.insert(sql.to_owned(), s.clone());
-        Ok(s)
-    }
-}
-
 fn refs(params: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
     params.iter().map(|p| p as &(dyn ToSql + Sync)).collect()
 }
 
-impl<C: GenericClient> Sql for Db<'_, C> {
+impl Sql for Db<'_, '_> {
     fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
-        let s = self.statement(sql)?;
-        self.c
-            .query(&s, &refs(params))?
+        self.rows(sql, &refs(params))?
             .iter()
             .map(|r| {
                 Ok(Row((0..r.len())
@@ -320,8 +501,7 @@ impl<C: GenericClient> Sql for Db<'_, C> {
     }
 
     fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, DbError> {
-        let s = self.statement(sql)?;
-        self.c.execute(&s, &refs(params)).map_err(classify)
+        self.count(sql, &refs(params))
     }
 
     fn for_update(&self) -> &'static str {
@@ -333,46 +513,55 @@ impl<C: GenericClient> Sql for Db<'_, C> {
     }
 
     fn next_audit_seq(&mut self) -> Result<i64> {
-        let s = self.statement("SELECT nextval('audit_seq')")?;
-        Ok(self.c.query_one(&s, &[])?.try_get(0)?)
+        match self.row_opt("SELECT nextval('audit_seq')", &[])? {
+            Some(r) => Ok(r.try_get(0)?),
+            None => Err(StoreError::Backend("nextval returned no row".into())),
+        }
     }
 
     /// The head row is locked before the outer query takes a position from the sequence (a
     /// materialized CTE yields its row only once it is locked), as [`Sql::next_audit_seq`]
     /// requires.
     fn lock_audit_head(&mut self, chain: &str) -> Result<Option<(i64, String, i64)>> {
-        let s = self.statement(
+        let r = self.row_opt(
             "WITH h AS MATERIALIZED (SELECT seq, hash FROM audit_heads WHERE chain = $1 FOR UPDATE) \
              SELECT seq, hash, nextval('audit_seq') FROM h",
+            &[&chain],
         )?;
-        match self.c.query_opt(&s, &[&chain])? {
+        match r {
             Some(r) => Ok(Some((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))),
             None => Ok(None),
         }
     }
 
     fn execute_then(&mut self, first: &str, then: &str, params: &[Value]) -> Result<(), DbError> {
-        let s = self.statement(&format!("WITH first AS ({first}) {then}"))?;
-        self.c.execute(&s, &refs(params)).map_err(classify)?;
+        self.count(&format!("WITH first AS ({first}) {then}"), &refs(params))?;
         Ok(())
     }
 
     fn audit_seq_at_least(&mut self, seq: i64) -> Result<()> {
-        self.c.execute(
+        self.count(
             "SELECT setval('audit_seq', GREATEST($1, (SELECT last_value FROM audit_seq)))",
             &[&seq],
         )?;
         Ok(())
     }
 
+    /// Before the first statement, the pending `BEGIN` itself becomes the snapshot's.
     fn snapshot(&mut self) -> Result<()> {
-        self.c
-            .batch_execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")?;
+        if self.begin.is_some() {
+            self.begin = Some("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY");
+            return Ok(());
+        }
+        self.count(
+            "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+            &[],
+        )?;
         Ok(())
     }
 
     fn lock_user_mints(&mut self, user: &str) -> Result<()> {
-        self.c.execute(
+        self.count(
             "SELECT pg_advisory_xact_lock($1, hashtext($2))",
             &[&USER_MINT_LOCK_CLASS, &user],
         )?;
@@ -420,8 +609,7 @@ impl<C: GenericClient> Sql for Db<'_, C> {
             return Ok(());
         }
         let data: Vec<&[u8]> = data.iter().map(|d| &d[..]).collect();
-        let insert = self.statement("INSERT INTO chunks (hash, data, raw_len) SELECT * FROM UNNEST($1::bytea[], $2::bytea[], $3::bigint[]) ON CONFLICT DO NOTHING")?;
-        self.c.execute(&insert, &[&hashes, &data, &raw_lens])?;
+        self.count("INSERT INTO chunks (hash, data, raw_len) SELECT * FROM UNNEST($1::bytea[], $2::bytea[], $3::bigint[]) ON CONFLICT DO NOTHING", &[&hashes, &data, &raw_lens])?;
         Ok(())
     }
 
@@ -433,9 +621,8 @@ impl<C: GenericClient> Sql for Db<'_, C> {
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
-        let lookup = self.statement("SELECT hash FROM chunks WHERE hash = ANY($1)")?;
         let mut present = HashSet::new();
-        for r in self.c.query(&lookup, &[&hashes])? {
+        for r in self.rows("SELECT hash FROM chunks WHERE hash = ANY($1)", &[&hashes])? {
             let h: Vec<u8> = r.try_get(0)?;
             if let Ok(h) = <[u8; 32]>::try_from(h) {
                 present.insert(h);
@@ -453,8 +640,10 @@ impl<C: GenericClient> Sql for Db<'_, C> {
             .into_iter()
             .collect();
         let mut stored = HashMap::with_capacity(wanted.len());
-        let s = self.statement("SELECT hash, data, raw_len FROM chunks WHERE hash = ANY($1)")?;
-        for r in self.c.query(&s, &[&wanted])? {
+        for r in self.rows(
+            "SELECT hash, data, raw_len FROM chunks WHERE hash = ANY($1)",
+            &[&wanted],
+        )? {
             stored.insert(r.try_get(0)?, (r.try_get(1)?, r.try_get(2)?));
         }
         Ok(stored)
@@ -466,7 +655,7 @@ impl PostgresStore {
     /// migrations.
     pub fn open(url: &str) -> Result<PostgresStore> {
         // The parser's message never repeats the URL, which may hold a password.
-        let config: Config = url.parse().map_err(|e: ::postgres::Error| {
+        let config: Config = url.parse().map_err(|e: PgError| {
             StoreError::Backend(format!("invalid PostgreSQL URL: {}", describe(&e)))
         })?;
         PostgresStore::connect(config)
@@ -492,9 +681,10 @@ impl PostgresStore {
             },
             recent: Default::default(),
         };
-        let mut conn = store.pool.get()?;
-        migrate(&mut conn.conn().client)?;
-        drop(conn);
+        let mut pooled = store.pool.get()?;
+        let conn = pooled.conn()?;
+        drive(&conn.rt, &mut conn.io, migrate(&mut conn.client))?;
+        drop(pooled);
         Ok(store)
     }
 
@@ -503,10 +693,9 @@ impl PostgresStore {
         let mut retries = 0;
         loop {
             let mut pooled = self.pool.get()?;
-            let Conn { client, statements } = pooled.conn();
             match f(&mut Db {
-                c: client,
-                statements,
+                conn: &mut pooled,
+                begin: None,
             }) {
                 // Reads are idempotent: one that failed on a connection the server dropped
                 // (restart, failover, idle timeout) is run again on another.
@@ -521,79 +710,69 @@ impl PostgresStore {
 
     /// Runs `f` in a READ COMMITTED transaction and commits if it returns `Ok`. Mutations take
     /// their row locks first (see `lock_stack`), so each statement after that sees every write
-    /// committed before the lock was granted.
-    fn write_with<T, F>(&self, mut f: F) -> Result<T>
+    /// committed before the lock was granted. A connection that died while idle is replaced
+    /// before anything of the transaction ran (see [`Db`]); once `BEGIN` succeeded, a lost
+    /// connection is an error for the caller: the server rolls the transaction back, except
+    /// when COMMIT itself was in flight, whose outcome only a re-read can tell.
+    fn write_with<T, F>(&self, f: F) -> Result<T>
     where
         F: FnOnce(&mut dyn Sql) -> Result<T>,
     {
-        let mut retries = 0;
-        loop {
-            let mut pooled = self.pool.get()?;
-            match in_transaction(pooled.conn(), f) {
-                Ok(result) => return result,
-                // A connection that died while idle fails at BEGIN, before anything of this
-                // write was sent: take another. (Once BEGIN succeeded, a lost connection is an
-                // error for the caller: the server rolls the transaction back, except when
-                // COMMIT itself was in flight, whose outcome only a re-read can tell.)
-                Err((e, unused)) => {
-                    if retries < MAX_CONNECTIONS && pooled.is_dead() {
-                        pooled.discard();
-                        retries += 1;
-                        f = unused;
-                        continue;
-                    }
-                    return Err(e.into());
-                }
+        let mut pooled = self.pool.get()?;
+        let mut db = Db {
+            conn: &mut pooled,
+            begin: Some("BEGIN"),
+        };
+        let out = f(&mut db);
+        if db.begin.is_some() {
+            // `f` sent no statement, so no transaction was begun.
+            return out;
+        }
+        let end = if out.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        let ended = pooled
+            .conn()
+            .and_then(|c| c.simple(end).map_err(StoreError::from));
+        // COMMIT and ROLLBACK end the transaction even when they fail (a lost connection is
+        // closed and not reused).
+        pooled.in_transaction = false;
+        match (out, ended) {
+            (Ok(v), Ok(())) => Ok(v),
+            (Ok(_), Err(e)) => Err(e),
+            (Err(e), Ok(())) => Err(e),
+            // A connection that could not roll back is not handed out again.
+            (Err(e), Err(_)) => {
+                pooled.discard();
+                Err(e)
             }
         }
     }
 }
 
-/// Runs `f` in a transaction on `conn`; if BEGIN fails, hands `f` back with the error.
-fn in_transaction<T, F>(
-    conn: &mut Conn,
-    f: F,
-) -> std::result::Result<Result<T>, (::postgres::Error, F)>
-where
-    F: FnOnce(&mut dyn Sql) -> Result<T>,
-{
-    let Conn { client, statements } = conn;
-    let mut tx = match client.transaction() {
-        Ok(tx) => tx,
-        Err(e) => return Err((e, f)),
-    };
-    let out = match f(&mut Db {
-        c: &mut tx,
-        statements,
-    }) {
-        Ok(out) => out,
-        Err(e) => return Ok(Err(e)),
-    };
-    Ok(tx.commit().map(|()| out).map_err(StoreError::from))
-}
-
-fn migrate(client: &mut Client) -> Result<()> {
-    let mut tx = client.transaction()?;
+async fn migrate(client: &mut tokio_postgres::Client) -> Result<()> {
+    let tx = client.transaction().await?;
     // Replicas starting together: the first applies the migrations, the others wait here and
     // then find them applied.
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
-    tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)")?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)").await?;
     for (version, sql) in MIGRATIONS {
         let done: bool = tx
             .query_one(
                 "SELECT EXISTS(SELECT 1 FROM schema_migrations WHERE version = $1)",
                 &[version],
-            )?
+            )
+            .await?
             .try_get(0)?;
         if !done {
-            tx.batch_execute(sql)?;
+            tx.batch_execute(sql).await?;
             tx.execute(
                 "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)",
                 &[version, &now_ms()],
-            )?;
+            )
+            .await?;
         }
     }
-    tx.commit()?;
+    tx.commit().await?;
     Ok(())
 }
 
@@ -617,5 +796,56 @@ impl Engine for PostgresStore {
             db.snapshot()?;
             f(db)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn database_url() -> String {
+        std::env::var("AIRLOCK_TEST_DATABASE_URL")
+            .expect("AIRLOCK_TEST_DATABASE_URL is not set: run under scripts/with-postgres.sh")
+    }
+
+    /// A panic in the middle of a transaction (a bug in a store call, caught by the server's
+    /// task) must not hand the connection out again with that transaction open: the next
+    /// caller's pipelined BEGIN would only warn, and its COMMIT would commit the half-done work.
+    #[test]
+    fn a_transaction_cut_short_by_a_panic_is_not_left_open_in_the_pool() {
+        let url = database_url();
+        let app = format!("airlock-panic-test-{}", std::process::id());
+        let mut config: Config = url.parse().unwrap();
+        config.application_name(&app);
+        let store = PostgresStore::connect(config).unwrap();
+        let cut = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            store.write_with(|db| {
+                db.execute("SELECT pg_advisory_xact_lock(4242)", &[])?;
+                panic!("a bug in the middle of a transaction");
+                #[allow(unreachable_code)]
+                Ok(())
+            })
+        }));
+        assert!(cut.is_err());
+        let mut admin = ::postgres::Client::connect(&url, NoTls).unwrap();
+        let open: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND state LIKE 'idle in transaction%'",
+                &[&app],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            open, 0,
+            "a connection of the pool was left inside the cut transaction"
+        );
+        // The store goes on, on a fresh connection.
+        let n: Vec<Row> = store
+            .write_with(|db| db.query("SELECT pg_try_advisory_xact_lock(4242)", &[]))
+            .unwrap();
+        assert!(
+            n[0].bool(0).unwrap(),
+            "the cut transaction's lock is still held"
+        );
     }
 }

@@ -240,6 +240,46 @@ fn postgres_survives_connections_dropped_by_the_server() {
     conformance::writes_and_history(store.as_ref());
 }
 
+/// As above, with a write as the first thing after the drop: a transaction sends BEGIN together
+/// with its first statement, and a connection found dead there is replaced before anything of
+/// the transaction ran, as when BEGIN went alone.
+#[test]
+fn postgres_writes_survive_connections_dropped_by_the_server() {
+    let db = TestDatabase::new("reconnect_write");
+    let store: Arc<dyn Store> = Arc::new(PostgresStore::open(&db.url).unwrap());
+    conformance::concurrent_locks_have_one_winner(&store);
+    let mut admin = db.client();
+    let killed = admin
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .unwrap()
+        .len();
+    assert!(killed >= 2, "only {killed} connections were open");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    // Writes first, each on the next dead connection from the pool, with a statement already
+    // prepared there (so the dead connection shows only at BEGIN + statement), then reads.
+    for _ in 0..=killed {
+        let released = store
+            .unlock(
+                "conf/race",
+                airlock_store::UnlockBy::Force,
+                airlock_store::NewAudit::ok(
+                    "test",
+                    "lock.force_unlock",
+                    Some("conf/race"),
+                    serde_json::json!({}),
+                ),
+            )
+            .unwrap();
+        assert_eq!(released, airlock_store::UnlockOutcome::NotLocked);
+    }
+    conformance::locks(store.as_ref());
+    conformance::writes_and_history(store.as_ref());
+    assert!(store.stack("conf/locks").unwrap().is_some());
+}
+
 // ---- migration 0003 on a store that already holds tokens ----
 
 /// Tokens as a store before users held them: the bootstrap admin, a revoked agent whose
