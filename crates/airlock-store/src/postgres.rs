@@ -353,6 +353,13 @@ struct Db<'a, 'p> {
     begin: Option<&'static str>,
 }
 
+/// Whether `sql` is a plain `SELECT` (row locks and sequence numbers aside, it changes no
+/// data): the only kind of statement sent in the same round trip as its transaction's `BEGIN`.
+fn writes_nothing(sql: &str) -> bool {
+    let head = sql.trim_start().get(..7).unwrap_or_default();
+    head.eq_ignore_ascii_case("SELECT ")
+}
+
 /// What a statement returns: its rows, or how many rows it changed.
 enum Out {
     Rows(Vec<PgRow>),
@@ -396,11 +403,20 @@ impl Db<'_, '_> {
             let Some(begin) = self.begin else {
                 return Ok(drive(rt, io, call));
             };
-            let (began, out) = drive(rt, io, async {
-                tokio::join!(client.batch_execute(begin), call)
-            });
-            match began {
-                Ok(()) => {
+            // `BEGIN` and the statement are separate protocol messages: were `BEGIN` to fail on
+            // a live connection, the statement sent with it would run outside any transaction,
+            // committed on its own. Only a statement that writes nothing travels with it; a
+            // transaction that starts with a write sends `BEGIN` alone first.
+            let ran = if writes_nothing(sql) {
+                let (began, out) = drive(rt, io, async {
+                    tokio::join!(client.batch_execute(begin), call)
+                });
+                began.map(|()| out)
+            } else {
+                drive(rt, io, client.batch_execute(begin)).map(|()| drive(rt, io, call))
+            };
+            match ran {
+                Ok(out) => {
                     self.begin = None;
                     self.conn.in_transaction = true;
                     return Ok(out);
@@ -802,6 +818,28 @@ impl Engine for PostgresStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Only a plain read rides with `BEGIN`: a write sent with it would commit on its own were
+    /// `BEGIN` to fail.
+    #[test]
+    fn only_reads_travel_with_begin() {
+        for read in [
+            "SELECT id FROM stacks WHERE name = $1 FOR UPDATE",
+            "  select 1",
+        ] {
+            assert!(writes_nothing(read), "{read}");
+        }
+        for write in [
+            "INSERT INTO tokens VALUES ($1)",
+            "UPDATE stacks SET archived_at = $1",
+            "DELETE FROM locks WHERE stack_id = $1 RETURNING info",
+            "WITH moved AS (UPDATE audit_head SET seq = seq + 1 RETURNING seq) SELECT seq FROM moved",
+            "SELECTx",
+            "",
+        ] {
+            assert!(!writes_nothing(write), "{write}");
+        }
+    }
 
     fn database_url() -> String {
         std::env::var("AIRLOCK_TEST_DATABASE_URL")
