@@ -8,11 +8,12 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use airlock_core::inputs::{self, InputFile, CONFIG_PATH};
 use airlock_policy::config::{self, Config, OidcProfile, Phase};
 use airlock_policy::planfile::{self, PlanFile};
-use airlock_runner::{cli_config, input_files, phase_env, run_streaming, run_streaming_live};
+use airlock_runner::{cli_config, input_files, phase_env, run_streaming, run_streaming_until};
 use airlock_server::run_upload;
 use anyhow::{bail, Context};
 use base64::Engine;
@@ -1179,7 +1180,7 @@ pub fn apply_run(
     let early_env = phase_env(std::env::vars(), &plan_profile, "");
     let (started, early) = std::thread::scope(|scope| {
         let early = scope.spawn(
-            || -> anyhow::Result<(Vec<u8>, Vec<u8>, Option<std::process::Output>)> {
+            || -> anyhow::Result<(Vec<u8>, Vec<u8>, Option<EarlyShow>)> {
                 let plan_bin = c.get_bytes(&format!("/api/v1/runs/{id}/artifacts/plan.tfplan"))?;
                 std::fs::write(&plan_path, &plan_bin)?;
                 let ready = hex::encode(Sha256::digest(&plan_bin)) == recorded
@@ -1200,8 +1201,12 @@ pub fn apply_run(
                     .stderr(Stdio::piped())
                     .spawn()
                 });
+                // Its output is read on a thread of its own: it is awaited only once
+                // `terraform apply` has started (below).
+                let shown = show
+                    .and_then(Result::ok)
+                    .map(|child| std::thread::spawn(move || child.wait_with_output()));
                 let judged = c.get_bytes(&format!("/api/v1/runs/{id}/artifacts/plan.json"));
-                let shown = show.and_then(|s| s.ok()?.wait_with_output().ok());
                 Ok((plan_bin, judged?, shown))
             },
         );
@@ -1226,7 +1231,8 @@ pub fn apply_run(
         .to_owned();
     // From here on, every outcome is reported to the server with the run-bound token.
     let run_client = c.with_token(token.clone());
-    let finish = |success: bool, log: &[u8], check: &str| {
+    // `check`: the check made, when the server has not recorded it through `plan-check`.
+    let finish = |success: bool, log: &[u8], check: Option<&str>| {
         run_client.send(
             "POST",
             &format!("/api/v1/runs/{id}/finish"),
@@ -1237,12 +1243,21 @@ pub fn apply_run(
     let got = hex::encode(Sha256::digest(&plan_bin));
     if got != approved {
         let msg = format!("the downloaded plan (SHA-256 {got}) is not the approved plan ({approved}); refusing to apply");
-        finish(false, msg.as_bytes(), "plan hash mismatch: not applied")?;
+        finish(
+            false,
+            msg.as_bytes(),
+            Some("plan hash mismatch: not applied"),
+        )?;
         bail!(msg);
     }
     let mut env = phase_env(std::env::vars(), &plan_profile, &token);
+    // `TF_CLI_ARGS`/`TF_CLI_ARGS_apply` could add `-lock=false`: Terraform would then not wait
+    // at the state lock for the plan check below.
+    env.retain(|(k, _)| k != "TF_CLI_ARGS" && k != "TF_CLI_ARGS_apply");
     let mut log = Vec::new();
     let mut check = String::new();
+    // Whether the server recorded the passed plan check (`finish` then does not repeat it).
+    let mut recorded_check = false;
     let outcome = (|| -> anyhow::Result<bool> {
         // The apply phase's cloud identity (bound to this run and plan), if airlock.hcl asks.
         let _identity = with_identity(
@@ -1262,24 +1277,29 @@ pub fn apply_run(
             return Ok(false);
         }
         // Terraform itself reads the binary about to be applied; it must say what was reviewed.
-        let show = match early_show.filter(|o| o.status.success()) {
-            Some(shown) => shown,
-            None => show_json(terraform_bin, &dir, &plan_path, &env)?,
+        // `terraform apply` starts meanwhile and waits at the state lock: the server grants
+        // the run-bound token's lock for applying only once this check is recorded (Terraform
+        // configures no provider and changes nothing before it holds the lock), and a failed
+        // check stops Terraform at once, then ends the run, so the lock is refused.
+        let checked = || -> anyhow::Result<Result<String, (String, Vec<u8>)>> {
+            let shown = early_show.and_then(|t| t.join().ok()?.ok());
+            let show = match shown.filter(|o| o.status.success()) {
+                Some(shown) => shown,
+                None => show_json(terraform_bin, &dir, &plan_path, &env)?,
+            };
+            if !show.status.success() {
+                let check = "terraform show -json of the approved plan failed: not applied";
+                return Ok(Err((check.into(), show.stderr)));
+            }
+            if let Some(parts) = plan_difference(&show.stdout, &judged)? {
+                let check = format!("terraform show -json of the approved plan differs from the reviewed plan JSON in {parts}: not applied");
+                return Ok(Err((check.clone(), check.into_bytes())));
+            }
+            Ok(Ok(format!(
+                "terraform show -json of the approved plan equals the reviewed plan JSON ({}), recorded before terraform took the state lock",
+                PLAN_PARTS.join(", ")
+            )))
         };
-        if !show.status.success() {
-            check = "terraform show -json of the approved plan failed: not applied".into();
-            log = show.stderr;
-            return Ok(false);
-        }
-        if let Some(parts) = plan_difference(&show.stdout, &judged)? {
-            check = format!("terraform show -json of the approved plan differs from the reviewed plan JSON in {parts}: not applied");
-            log = check.clone().into_bytes();
-            return Ok(false);
-        }
-        check = format!(
-            "terraform show -json of the approved plan equals the reviewed plan JSON ({})",
-            PLAN_PARTS.join(", ")
-        );
         let apply_args: Vec<String> = vec![
             "apply".into(),
             "-input=false".into(),
@@ -1298,18 +1318,57 @@ pub fn apply_run(
                 }
             }
         };
-        let done = run_streaming_live(
-            terraform(terraform_bin, &dir, &apply_args),
-            &env,
-            std::time::Duration::from_secs(2),
-            &mut send_part,
-        )?;
+        let stop = AtomicBool::new(false);
+        let (done, verdict) = std::thread::scope(|scope| {
+            let checker = scope.spawn(|| {
+                let verdict = checked();
+                match &verdict {
+                    Ok(Ok(passed)) => {
+                        let body = json!({"plan_sha256": approved, "check": passed});
+                        let path = format!("/api/v1/runs/{id}/plan-check");
+                        // Not recorded, the lock stays refused and Terraform stops by itself
+                        // (at its -lock-timeout). It is not killed: the answer may have been
+                        // lost after the check was recorded, and Terraform then applies.
+                        return Ok(match run_client.send("POST", &path, &body) {
+                            Ok(_) => Ok((passed.clone(), true)),
+                            Err(e) => Ok((format!("{passed}; recording it failed: {e:#}"), false)),
+                        });
+                    }
+                    // Terraform waits at the lock, which this check will never open.
+                    _ => stop.store(true, Ordering::SeqCst),
+                }
+                verdict.map(|v| v.map(|passed| (passed, false)))
+            });
+            let done = run_streaming_until(
+                terraform(terraform_bin, &dir, &apply_args),
+                &env,
+                std::time::Duration::from_secs(2),
+                &mut send_part,
+                &stop,
+            );
+            let verdict = checker
+                .join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("the plan check panicked")));
+            (done, verdict)
+        });
+        match verdict? {
+            Ok((passed, recorded)) => {
+                check = passed;
+                recorded_check = recorded;
+            }
+            Err((refused, why)) => {
+                check = refused;
+                log = why;
+                return Ok(false);
+            }
+        }
+        let done = done?;
         log = done.log;
         Ok(done.status.success())
     })();
     drop(scratch);
     let success = matches!(outcome, Ok(true));
-    let response = finish(success, &log, &check)?;
+    let response = finish(success, &log, (!recorded_check).then_some(check.as_str()))?;
     let outcome = match outcome {
         Ok(true) => ApplyOutcome::Applied,
         Ok(false) if check.ends_with("not applied") => ApplyOutcome::Refused(check),
@@ -1318,6 +1377,9 @@ pub fn apply_run(
     };
     Ok(Applied { response, outcome })
 }
+
+/// `terraform show -json` of the downloaded plan, started before the apply began: its output.
+type EarlyShow = std::thread::JoinHandle<std::io::Result<std::process::Output>>;
 
 /// Largest apply-log part sent while Terraform runs (the server's `MAX_LOG_PART`).
 const LIVE_LOG_PART: usize = 256 * 1024;

@@ -34,3 +34,5 @@ mod drift;
 mod drift_cloud;
 // drift accepted through a governed run (`airlock drift --propose`, issue 14)
 mod drift_propose;
+// the apply's plan check gates the state lock (issue 17 §3)
+mod attacks_apply_gate;
