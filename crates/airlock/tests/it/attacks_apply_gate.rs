@@ -232,3 +232,30 @@ fn a_failed_check_stops_terraform_before_it_changes_anything_even_with_lock_fals
     assert_eq!(run_json(&t, &run)["run"]["status"], "failed");
     assert_eq!(t.s.version_count("dev/gate4"), versions);
 }
+
+/// Two replicas on PostgreSQL: a check recorded through one opens the lock waiting on the other
+/// (which reads the store again), and until then that replica refuses the token's writes.
+#[test]
+fn the_gate_holds_across_two_replicas_on_postgres() {
+    let db = TestDatabase::new("apply_gate");
+    let backing = Backing::Url(db.url.clone());
+    let a = TestServer::start_on(&backing, None, &[], &[]);
+    let b = TestServer::start_on(&backing, Some(&a.admin), &[], &[]);
+    let t = team_on(a, "dev/gate5");
+    let ws = Workspace::new(&t.s, "dev/gate5", WEB_CHANGED);
+    let run = approved_run(&t, &ws, "dev/gate5");
+    let token = start_apply_unchecked(&t, &run);
+    let url = b.state_url("dev/gate5");
+    let (code, body) = raw("POST", &format!("{url}?ID=l-gate"), &token, b"{}");
+    assert_eq!(code, 403, "{body}");
+    let waiting = lock_in_background(&url, &token);
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(waiting.try_recv().is_err(), "replica b did not wait");
+    let recorded = Instant::now();
+    let (code, body) = record_plan_check(&t, &run, &token, &plan_sha(&t, &run));
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = waiting.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(recorded.elapsed() < Duration::from_secs(2));
+    raw("UNLOCK", &url, &token, APPLY_LOCK.as_bytes());
+}
