@@ -1722,8 +1722,17 @@ pub async fn finish(
     }
     let (applied, a) = (run.clone(), actor.clone());
     store_call(&state, move |st| {
-        for other in st
-            .runs(Some(&applied.stack), 500)?
+        // Only the open runs are read (by status, in SQL): not the stack's whole history.
+        let mut open = Vec::new();
+        for status in [RunStatus::NeedsApproval, RunStatus::Approved] {
+            let filter = RunFilter {
+                stack: Some(applied.stack.clone()),
+                status: Some(status),
+                ..RunFilter::default()
+            };
+            open.extend(st.runs_where(&filter, 500)?);
+        }
+        for other in open
             .into_iter()
             .filter(|r| r.status.is_open() && r.id != applied.id)
         {
