@@ -974,11 +974,10 @@ pub fn reject(args: RejectArgs) -> anyhow::Result<ExitCode> {
 /// (root module, local and remote modules, as this checkout's own `terraform init` placed them)
 /// must be byte for byte this checkout's, with no configuration file of those modules left out.
 fn embedded_plan_is_this_checkouts(
-    plan_bin: &[u8],
+    plan: &PlanFile,
     dir: &Path,
     state_url: &str,
 ) -> Result<(), String> {
-    let plan = PlanFile::parse(plan_bin).map_err(|e| e.to_string())?;
     plan.backend
         .as_ref()
         .ok_or_else(|| "the plan names no backend".to_owned())?
@@ -1076,14 +1075,27 @@ const PLAN_PARTS: &[&str] = &[
 
 /// Compares what `terraform show -json` says of the plan about to be applied with the plan JSON
 /// the server judged and the reviewers read. `None` when they agree; else the parts that differ.
+/// A part whose text is the same byte for byte (the usual case: the same Terraform printed both
+/// from the same binary) is equal without being parsed into values; any other is compared as
+/// values.
 fn plan_difference(shown: &[u8], judged: &[u8]) -> anyhow::Result<Option<String>> {
-    let shown: Value = serde_json::from_slice(shown).context("reading terraform show -json")?;
-    let judged: Value = serde_json::from_slice(judged).context("reading the judged plan JSON")?;
-    let differing: Vec<&str> = PLAN_PARTS
-        .iter()
-        .copied()
-        .filter(|k| shown.get(k) != judged.get(k))
-        .collect();
+    type Parts<'a> = std::collections::HashMap<String, &'a serde_json::value::RawValue>;
+    let shown_parts: Parts =
+        serde_json::from_slice(shown).context("reading terraform show -json")?;
+    let judged_parts: Parts =
+        serde_json::from_slice(judged).context("reading the judged plan JSON")?;
+    let value = |raw: Option<&&serde_json::value::RawValue>| -> anyhow::Result<Option<Value>> {
+        raw.map(|r| serde_json::from_str(r.get()))
+            .transpose()
+            .context("reading a plan JSON part")
+    };
+    let mut differing = Vec::new();
+    for k in PLAN_PARTS {
+        let (a, b) = (shown_parts.get(*k), judged_parts.get(*k));
+        if a.map(|r| r.get()) != b.map(|r| r.get()) && value(a)? != value(b)? {
+            differing.push(*k);
+        }
+    }
     Ok((!differing.is_empty()).then(|| differing.join(", ")))
 }
 
@@ -1180,7 +1192,7 @@ pub fn apply_run(
     let early_env = phase_env(std::env::vars(), &plan_profile, "");
     let (started, early) = std::thread::scope(|scope| {
         let early = scope.spawn(
-            || -> anyhow::Result<(Vec<u8>, Vec<u8>, Option<EarlyShow>)> {
+            || -> anyhow::Result<(Vec<u8>, Vec<u8>, Option<EarlyShow>, Result<PlanFile, String>)> {
                 let plan_bin = c.get_bytes(&format!("/api/v1/runs/{id}/artifacts/plan.tfplan"))?;
                 std::fs::write(&plan_path, &plan_bin)?;
                 let ready = hex::encode(Sha256::digest(&plan_bin)) == recorded
@@ -1207,7 +1219,9 @@ pub fn apply_run(
                     .and_then(Result::ok)
                     .map(|child| std::thread::spawn(move || child.wait_with_output()));
                 let judged = c.get_bytes(&format!("/api/v1/runs/{id}/artifacts/plan.json"));
-                Ok((plan_bin, judged?, shown))
+                // Read now, checked once the apply has started (below).
+                let parsed = PlanFile::parse(&plan_bin).map_err(|e| e.to_string());
+                Ok((plan_bin, judged?, shown, parsed))
             },
         );
         let started = c.send(
@@ -1239,7 +1253,7 @@ pub fn apply_run(
             &json!({"success": success, "log_b64": B64.encode(log), "plan_check": check}),
         )
     };
-    let (plan_bin, judged, early_show) = early?;
+    let (plan_bin, judged, early_show, parsed) = early?;
     let got = hex::encode(Sha256::digest(&plan_bin));
     if got != approved {
         let msg = format!("the downloaded plan (SHA-256 {got}) is not the approved plan ({approved}); refusing to apply");
@@ -1271,7 +1285,9 @@ pub fn apply_run(
         init(terraform_bin, &dir, &state_url, &env)?;
         // `terraform apply PLAN` runs the plan's embedded configuration and writes to the plan's
         // backend, whatever this checkout holds: both must be this checkout's and this server's.
-        if let Err(e) = embedded_plan_is_this_checkouts(&plan_bin, &dir, &state_url) {
+        if let Err(e) =
+            parsed.and_then(|plan| embedded_plan_is_this_checkouts(&plan, &dir, &state_url))
+        {
             check = format!("{e}: not applied");
             log = check.clone().into_bytes();
             return Ok(false);
@@ -1453,6 +1469,14 @@ mod tests {
             Some("resource_changes")
         );
         assert!(plan_difference(b"not json", judged).is_err());
+        // Parts are found by their decoded names, and the same value spelled otherwise is equal.
+        let escaped_destroy = br#"{"terraform_version":"1.11.4","resource\u005fchanges":[{"address":"x","change":{"actions":["delete"]}}],"output_changes":{},"prior_state":{"values":{}}}"#;
+        assert_eq!(
+            plan_difference(judged, escaped_destroy).unwrap().as_deref(),
+            Some("resource_changes")
+        );
+        let spaced = br#"{"terraform_version": "1.11.4", "resource_changes": [{"address": "x", "change": {"actions": ["update"]}}], "output_changes": {}, "prior_state": {"values": {}}}"#;
+        assert_eq!(plan_difference(spaced, judged).unwrap(), None);
         // A refresh-only plan's effect is its drift: one dropping another instance differs.
         let drops_db = br#"{"terraform_version":"1.11.4","resource_drift":[{"address":"aws_db_instance.main","change":{"actions":["delete"]}}],"output_changes":{},"prior_state":{"values":{}}}"#;
         let drops_lb = br#"{"terraform_version":"1.11.4","resource_drift":[{"address":"aws_lb.front","change":{"actions":["delete"]}}],"output_changes":{},"prior_state":{"values":{}}}"#;
