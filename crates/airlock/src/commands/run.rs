@@ -1265,9 +1265,9 @@ pub fn apply_run(
         bail!(msg);
     }
     let mut env = phase_env(std::env::vars(), &plan_profile, &token);
-    // `TF_CLI_ARGS`/`TF_CLI_ARGS_apply` could add `-lock=false`: Terraform would then not wait
-    // at the state lock for the plan check below.
-    env.retain(|(k, _)| k != "TF_CLI_ARGS" && k != "TF_CLI_ARGS_apply");
+    // Terraform waits at the state lock for the plan check below: nothing in its environment
+    // may skip the lock (`-lock=false` in `TF_CLI_ARGS`) or send it another way than LOCK.
+    env.retain(|(k, _)| !LOCK_OVERRIDES.contains(&k.as_str()));
     let mut log = Vec::new();
     let mut check = String::new();
     // Whether the server recorded the passed plan check (`finish` then does not repeat it).
@@ -1393,6 +1393,18 @@ pub fn apply_run(
     };
     Ok(Applied { response, outcome })
 }
+
+/// Variables that would let `terraform apply` skip the state lock or send it otherwise than as
+/// a LOCK to the plan's lock address (`-lock=false` in CLI arguments, the http backend's method
+/// and address overrides): removed from the apply's environment.
+const LOCK_OVERRIDES: &[&str] = &[
+    "TF_CLI_ARGS",
+    "TF_CLI_ARGS_apply",
+    "TF_HTTP_LOCK_METHOD",
+    "TF_HTTP_UNLOCK_METHOD",
+    "TF_HTTP_LOCK_ADDRESS",
+    "TF_HTTP_UNLOCK_ADDRESS",
+];
 
 /// `terraform show -json` of the downloaded plan, started before the apply began: its output.
 type EarlyShow = std::thread::JoinHandle<std::io::Result<std::process::Output>>;

@@ -189,14 +189,14 @@ fn without_a_recorded_check_terraform_changes_nothing_and_a_finish_ends_the_wait
     assert!(!ws.path("applied").exists());
 }
 
-/// `airlock apply` with `-lock=false` slipped in through Terraform's environment, and a reviewed
-/// plan JSON that is not what the binary does (swapped in the database): the check fails while
-/// Terraform waits at the lock, Terraform is stopped and nothing is applied.
+/// `airlock apply` with `-lock=false` (or a lock sent as GET) slipped in through Terraform's
+/// environment, and a reviewed plan JSON that is not what the binary does (swapped in the
+/// database): the check fails while Terraform waits at the lock, Terraform is stopped and
+/// nothing is applied.
 #[test]
 fn a_failed_check_stops_terraform_before_it_changes_anything_even_with_lock_false() {
     let (t, ws) = applied_stack("dev/gate4");
     ws.write_main(WEB_WITH_SIDE_EFFECT);
-    let run = approved_run(&t, &ws, "dev/gate4");
     let other = ws.tf_ok(&t.s.admin, &["show", "-json"]);
     let db = t.s.dir.path().join("data/airlock.db");
     let conn = rusqlite::Connection::open(&db).unwrap();
@@ -206,31 +206,33 @@ fn a_failed_check_stops_terraform_before_it_changes_anything_even_with_lock_fals
         use sha2::Digest;
         sha2::Sha256::digest(other.as_bytes()).to_vec()
     };
-    conn.execute(
-        "UPDATE run_artifacts SET data = ?1, raw_len = ?2, sha256 = ?3 WHERE run_id = ?4 AND name = 'plan.json'",
-        rusqlite::params![zstd_compress(other.as_bytes()), other.len() as i64, sha, run],
-    )
-    .unwrap();
     let versions = t.s.version_count("dev/gate4");
-    let out = cli_in(
-        &t.s,
-        &t.ci,
-        &ws.dir,
-        &["apply", &run, "--dir", "."],
+    let slipped_in: [&[(&str, &str)]; 2] = [
         &[
             ("TF_CLI_ARGS_apply", "-lock=false"),
             ("TF_CLI_ARGS", "-lock=false"),
         ],
-    );
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(
-        text(&out).contains("differs from the reviewed plan JSON"),
-        "{}",
-        text(&out)
-    );
-    assert!(!ws.path("applied").exists(), "terraform applied");
-    assert_eq!(run_json(&t, &run)["run"]["status"], "failed");
-    assert_eq!(t.s.version_count("dev/gate4"), versions);
+        // A lock sent as GET, which the state answers 200: Terraform takes it as granted.
+        &[("TF_HTTP_LOCK_METHOD", "GET")],
+    ];
+    for env in slipped_in {
+        let run = approved_run(&t, &ws, "dev/gate4");
+        conn.execute(
+            "UPDATE run_artifacts SET data = ?1, raw_len = ?2, sha256 = ?3 WHERE run_id = ?4 AND name = 'plan.json'",
+            rusqlite::params![zstd_compress(other.as_bytes()), other.len() as i64, sha, run],
+        )
+        .unwrap();
+        let out = cli_in(&t.s, &t.ci, &ws.dir, &["apply", &run, "--dir", "."], env);
+        assert_eq!(out.status.code(), Some(2), "{env:?}: {}", text(&out));
+        assert!(
+            text(&out).contains("differs from the reviewed plan JSON"),
+            "{env:?}: {}",
+            text(&out)
+        );
+        assert!(!ws.path("applied").exists(), "{env:?}: terraform applied");
+        assert_eq!(run_json(&t, &run)["run"]["status"], "failed");
+        assert_eq!(t.s.version_count("dev/gate4"), versions);
+    }
 }
 
 /// Two replicas on PostgreSQL: a check recorded through one opens the lock waiting on the other
