@@ -982,7 +982,7 @@ fn embedded_plan_is_this_checkouts(
         .as_ref()
         .ok_or_else(|| "the plan names no backend".to_owned())?
         .check_is(state_url)?;
-    embedded_config_is_this_checkouts(&plan, dir)
+    embedded_config_is_this_checkouts(plan, dir)
 }
 
 /// The configuration half of [`embedded_plan_is_this_checkouts`].
@@ -1191,39 +1191,37 @@ pub fn apply_run(
     let recorded = run["run"]["plan_sha256"].as_str().unwrap_or_default();
     let early_env = phase_env(std::env::vars(), &plan_profile, "");
     let (started, early) = std::thread::scope(|scope| {
-        let early = scope.spawn(
-            || -> anyhow::Result<(Vec<u8>, Vec<u8>, Option<EarlyShow>, Result<PlanFile, String>)> {
-                let plan_bin = c.get_bytes(&format!("/api/v1/runs/{id}/artifacts/plan.tfplan"))?;
-                std::fs::write(&plan_path, &plan_bin)?;
-                let ready = hex::encode(Sha256::digest(&plan_bin)) == recorded
-                    && initialized_for(&data_dir(&dir, &early_env), &state_url);
-                let show = ready.then(|| {
-                    terraform(
-                        terraform_bin,
-                        &dir,
-                        &[
-                            "show".into(),
-                            "-json".into(),
-                            plan_path.display().to_string(),
-                        ],
-                    )
-                    .env_clear()
-                    .envs(early_env.iter().map(|(k, v)| (k, v)))
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                });
-                // Its output is read on a thread of its own: it is awaited only once
-                // `terraform apply` has started (below).
-                let shown = show
-                    .and_then(Result::ok)
-                    .map(|child| std::thread::spawn(move || child.wait_with_output()));
-                let judged = c.get_bytes(&format!("/api/v1/runs/{id}/artifacts/plan.json"));
-                // Read now, checked once the apply has started (below).
-                let parsed = PlanFile::parse(&plan_bin).map_err(|e| e.to_string());
-                Ok((plan_bin, judged?, shown, parsed))
-            },
-        );
+        let early = scope.spawn(|| -> anyhow::Result<Fetched> {
+            let plan_bin = c.get_bytes(&format!("/api/v1/runs/{id}/artifacts/plan.tfplan"))?;
+            std::fs::write(&plan_path, &plan_bin)?;
+            let ready = hex::encode(Sha256::digest(&plan_bin)) == recorded
+                && initialized_for(&data_dir(&dir, &early_env), &state_url);
+            let show = ready.then(|| {
+                terraform(
+                    terraform_bin,
+                    &dir,
+                    &[
+                        "show".into(),
+                        "-json".into(),
+                        plan_path.display().to_string(),
+                    ],
+                )
+                .env_clear()
+                .envs(early_env.iter().map(|(k, v)| (k, v)))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+            });
+            // Its output is read on a thread of its own: it is awaited only once
+            // `terraform apply` has started (below).
+            let shown = show
+                .and_then(Result::ok)
+                .map(|child| std::thread::spawn(move || child.wait_with_output()));
+            let judged = c.get_bytes(&format!("/api/v1/runs/{id}/artifacts/plan.json"));
+            // Read now, checked once the apply has started (below).
+            let parsed = PlanFile::parse(&plan_bin).map_err(|e| e.to_string());
+            Ok((plan_bin, judged?, shown, parsed))
+        });
         let started = c.send(
             "POST",
             &format!("/api/v1/runs/{id}/apply"),
@@ -1408,6 +1406,15 @@ const LOCK_OVERRIDES: &[&str] = &[
 
 /// `terraform show -json` of the downloaded plan, started before the apply began: its output.
 type EarlyShow = std::thread::JoinHandle<std::io::Result<std::process::Output>>;
+
+/// What `airlock apply` fetches and reads while the server starts the apply: the binary plan,
+/// the reviewed plan JSON, the early `show -json` if one could start, and the parsed plan.
+type Fetched = (
+    Vec<u8>,
+    Vec<u8>,
+    Option<EarlyShow>,
+    Result<PlanFile, String>,
+);
 
 /// Largest apply-log part sent while Terraform runs (the server's `MAX_LOG_PART`).
 const LIVE_LOG_PART: usize = 256 * 1024;
