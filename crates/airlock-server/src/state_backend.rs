@@ -273,9 +273,9 @@ async fn lock(
             if !locked {
                 return Err(denied);
             }
-            // Terraform reads a 423's body as the holder's lock info and prints it.
-            let info =
-                json!({"ID": "", "Operation": info.operation, "Who": "airlock", "Info": reason});
+            // Terraform reads a 423's body as the holder's lock info and prints its ID (and
+            // retries only while that ID is not empty).
+            let info = json!({"ID": "airlock-plan-check-pending", "Operation": info.operation, "Who": "airlock", "Info": reason});
             let mut resp = locked_response(info.to_string().into_bytes());
             if let ApiError::Refused(r) = denied {
                 resp.extensions_mut().insert(crate::log::RefusalNote {
