@@ -195,6 +195,15 @@ impl PlanBackend {
                 ));
             }
         }
+        // The state lock is where the apply waits for its plan check: it must be a LOCK.
+        for (key, method) in [("lock_method", "LOCK"), ("unlock_method", "UNLOCK")] {
+            if self.get(key).is_some_and(|m| m != method) {
+                return Err(format!(
+                    "the plan's backend {key} is {:?}, not {method}: airlock's state lock takes {method} only",
+                    self.get(key).unwrap_or_default()
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -1043,6 +1052,12 @@ mod tests {
         };
         assert!(http.check_is("http://x/state/s").is_ok());
         assert!(http.check_is("http://evil/state/s").is_err());
+        let mut get_lock = http.clone();
+        get_lock.config.push(("lock_method".into(), "GET".into()));
+        assert!(get_lock.check_is("http://x/state/s").is_err());
+        let mut explicit = http.clone();
+        explicit.config.push(("lock_method".into(), "LOCK".into()));
+        assert!(explicit.check_is("http://x/state/s").is_ok());
         assert!(!plan.module_files.is_empty());
     }
 

@@ -16,7 +16,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use airlock_core::inputs::{self, InputFile};
@@ -159,10 +159,23 @@ pub fn run_streaming(cmd: Command, env: &[(String, String)]) -> io::Result<Finis
 /// `every` while it runs, e.g. to send the apply log as it grows. What it printed after the
 /// last call is only in the returned log (the caller sends that whole, and waits for nothing).
 pub fn run_streaming_live(
+    cmd: Command,
+    env: &[(String, String)],
+    every: Duration,
+    sink: &mut dyn FnMut(&[u8]),
+) -> io::Result<Finished> {
+    run_streaming_until(cmd, env, every, sink, &AtomicBool::new(false))
+}
+
+/// [`run_streaming_live`] that kills the child (SIGKILL to its process group) within 50 ms of
+/// `stop` being set by another thread: `airlock apply` stops a `terraform apply` that waits at
+/// the state lock when its plan check fails.
+pub fn run_streaming_until(
     mut cmd: Command,
     env: &[(String, String)],
     every: Duration,
     sink: &mut dyn FnMut(&[u8]),
+    stop: &AtomicBool,
 ) -> io::Result<Finished> {
     cmd.env_clear()
         .envs(env.iter().map(|(k, v)| (k, v)))
@@ -221,6 +234,11 @@ pub fn run_streaming_live(
             }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
         }
+        if stop.load(Ordering::SeqCst) {
+            if let Some(pid) = pid {
+                let _ = rustix::process::kill_process_group(pid, Signal::KILL);
+            }
+        }
         let asked = INTERRUPTS.load(Ordering::SeqCst);
         if asked > forwarded {
             forwarded = asked;
@@ -274,6 +292,29 @@ mod tests {
                 .all(|l| log.contains(l)),
             "{log}"
         );
+    }
+
+    #[test]
+    fn a_stopped_run_is_killed_with_its_process_group() {
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args(["-c", "echo started; sleep 30 & wait"]);
+        let stop = AtomicBool::new(false);
+        let start = std::time::Instant::now();
+        let done = std::thread::scope(|scope| {
+            scope.spawn(|| {
+                std::thread::sleep(Duration::from_millis(200));
+                stop.store(true, Ordering::SeqCst);
+            });
+            run_streaming_until(cmd, &[], Duration::from_secs(5), &mut |_| {}, &stop).unwrap()
+        });
+        assert!(!done.status.success());
+        // The shell and its `sleep` are gone: their output pipes closed long before 30 s.
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            start.elapsed()
+        );
+        assert_eq!(String::from_utf8_lossy(&done.log), "started\n");
     }
 
     #[test]

@@ -212,6 +212,9 @@ fn routes() -> Routes {
         .route(POST,    "/api/v1/oidc/trusts/{id}/remove",              Admin,     api::oidc::remove_trust)
         // A trust added before migration 0011 matches no job until pinned to the repository's ids.
         .route(POST,    "/api/v1/oidc/trusts/{id}/pin",                 Admin,     api::oidc::pin_trust)
+        // The applier's plan check (its run-bound token only, checked by the rule): until it is
+        // recorded, the state refuses that token's lock for applying and its writes.
+        .route(POST,    "/api/v1/runs/{id}/plan-check",                 ApplyRun,  api::runs::plan_check)
 }
 
 /// The route table, as [`build`] serves and authorizes it.

@@ -20,17 +20,19 @@ use axum::Extension;
 use base64::Engine;
 use serde_json::json;
 
+use crate::api::runs::{apply_gate, ApplyGate};
 use crate::auth::{Principal, RequestStack};
 use crate::error::{ApiError, ApiResult};
 use crate::firewall;
 use crate::stacks::{
     blocking, deny, existing_stack, existing_stack_with_lock, firewalled_write, read_body,
-    run_is_applying, WriteKindOwned,
+    WriteKindOwned,
 };
 use crate::AppState;
 
 /// May `principal` take a write lock on / write `stack`? Run-bound tokens: only while their run
-/// is applying, on its stack. Everyone else: the stack's direct-write settings.
+/// is applying, on its stack, once its plan check is recorded ([`apply_gate`]). Everyone else:
+/// the stack's direct-write settings.
 pub async fn may_write(
     state: &Arc<AppState>,
     principal: &Principal,
@@ -38,7 +40,7 @@ pub async fn may_write(
 ) -> ApiResult<bool> {
     match &principal.run_id {
         None => Ok(firewall::may_write_directly(principal, &stack.settings)),
-        Some(run_id) => run_is_applying(state, run_id, &stack.name).await,
+        Some(run_id) => Ok(apply_gate(state, run_id, &stack.name, false).await? == ApplyGate::Open),
     }
 }
 
@@ -183,7 +185,7 @@ async fn refuse_before_reading(
         let r = if principal.run_id.is_some() {
             Refusal::new(
                 RefusalKind::Forbidden,
-                "state write refused: this run-bound token may write only while its run is applying",
+                "state write refused: this run-bound token may write only while its run is applying and after its plan check is recorded",
             )
         } else {
             let allowed: Vec<&str> = stack
@@ -248,7 +250,42 @@ async fn lock(
     let body = read_body(body, MAX_LOCK_INFO_LEN).await?;
     let info = LockInfo::parse(&body)
         .map_err(|e| ApiError::new(RefusalKind::BadRequest, format!("lock refused: {e}")))?;
-    if !info.is_plan_only() && !may_write(state, principal, &record).await? {
+    if let (false, Some(run_id)) = (info.is_plan_only(), &principal.run_id) {
+        // A run-bound token locks for applying only once its applier's plan check is recorded:
+        // `airlock apply` starts Terraform while it checks, and Terraform waits here (before
+        // it configures a provider or changes anything). Not recorded in time: 423, which
+        // Terraform retries until its -lock-timeout; run not applying: 403, which stops it.
+        let why = match apply_gate(state, run_id, stack, true).await? {
+            ApplyGate::Open => None,
+            ApplyGate::Unchecked => Some((RefusalKind::Locked, format!("lock refused: run {run_id} has not recorded its plan check (`terraform show -json` of the approved plan equals the reviewed plan JSON); the run-bound token locks for applying only after it"))),
+            ApplyGate::Closed(why) => Some((RefusalKind::Forbidden, format!("lock refused: {why}; its run-bound token may lock stack {stack} for applying only while the run applies, after its plan check"))),
+        };
+        if let Some((kind, reason)) = why {
+            let locked = kind == RefusalKind::Locked;
+            let denied = deny(
+                state,
+                principal,
+                stack,
+                "lock",
+                Refusal::new(kind, reason.clone()),
+            )
+            .await;
+            if !locked {
+                return Err(denied);
+            }
+            // Terraform reads a 423's body as the holder's lock info and prints its ID (and
+            // retries only while that ID is not empty).
+            let info = json!({"ID": "airlock-plan-check-pending", "Operation": info.operation, "Who": "airlock", "Info": reason});
+            let mut resp = locked_response(info.to_string().into_bytes());
+            if let ApiError::Refused(r) = denied {
+                resp.extensions_mut().insert(crate::log::RefusalNote {
+                    code: crate::error::code_of(r.kind),
+                    reason: r.message,
+                });
+            }
+            return Ok(resp);
+        }
+    } else if !info.is_plan_only() && !may_write(state, principal, &record).await? {
         let r = Refusal::new(
             RefusalKind::Forbidden,
             format!(

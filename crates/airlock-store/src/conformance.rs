@@ -1791,6 +1791,7 @@ fn run_record(id: &str, stack: &str, created_at: i64) -> RunRecord {
         policy_changes: Vec::new(),
         checks: Vec::new(),
         plan_mode: None,
+        plan_checked_at: None,
     }
 }
 

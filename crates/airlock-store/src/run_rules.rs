@@ -122,6 +122,15 @@ pub enum Refused {
     NotTheAuthor,
     /// Only the principal applying the run may finish it.
     NotTheApplier,
+    /// Only the run's own run-bound token may record its plan check.
+    NotTheRunToken,
+    /// The plan check names another plan than the run's.
+    CheckedAnotherPlan {
+        /// The plan hash the check was made of.
+        seen: String,
+    },
+    /// The run's plan check is recorded already.
+    PlanCheckedAlready,
 }
 
 impl Refused {
@@ -135,7 +144,8 @@ impl Refused {
             | Refused::TooFewApprovals { .. }
             | Refused::RoleMayNotApply { .. }
             | Refused::NotTheAuthor
-            | Refused::NotTheApplier => RefusalKind::Forbidden,
+            | Refused::NotTheApplier
+            | Refused::NotTheRunToken => RefusalKind::Forbidden,
             Refused::ConfirmDestroy { .. } => RefusalKind::BadRequest,
             Refused::PlanHashDiffers { .. } => RefusalKind::Conflict,
             Refused::WrongStatus { .. }
@@ -143,7 +153,9 @@ impl Refused {
             | Refused::Expired
             | Refused::Stale { .. }
             | Refused::PlanArtifactDiffers
-            | Refused::InputsDiffer { .. } => RefusalKind::Conflict,
+            | Refused::InputsDiffer { .. }
+            | Refused::CheckedAnotherPlan { .. }
+            | Refused::PlanCheckedAlready => RefusalKind::Conflict,
         }
     }
 
@@ -210,6 +222,13 @@ impl Refused {
             }
             Refused::NotTheAuthor => format!("withdraw refused: only the author of run {id} ({}) may withdraw it; an approver may reject it instead", run.author),
             Refused::NotTheApplier => format!("only the principal applying run {id} may finish it"),
+            Refused::NotTheRunToken => format!("plan check refused: only run {id}'s own run-bound token (the one `airlock apply` received) may record its plan check"),
+            Refused::CheckedAnotherPlan { seen } => format!(
+                "plan check refused: it was made of plan SHA-256 {} but run {id}'s approved plan is {}",
+                printable_hash(seen),
+                run.plan_sha256
+            ),
+            Refused::PlanCheckedAlready => format!("plan check refused: run {id}'s plan check is recorded already"),
         }
     }
 
@@ -558,6 +577,7 @@ pub fn start_apply(
     new.applied_by = Some(actor.display.to_owned());
     new.apply_token = Some(apply_token.to_owned());
     new.apply_started_at = Some(now);
+    new.plan_checked_at = None;
     new.updated_at = now;
     Ok(Transition {
         run: new,
@@ -603,18 +623,64 @@ pub fn finish(
     new.finished_at = Some(now);
     new.updated_at = now;
     if let Some(check) = plan_check {
-        let check: String = check
-            .chars()
-            .filter(|c| !c.is_control())
-            .take(500)
-            .collect();
-        new.checks.push(format!("apply: {check}"));
+        new.checks
+            .push(format!("apply: {}", printable_check(check)));
     }
     Ok(Transition {
         action: format!("run.{}", new.status.as_str()),
         run: new,
         detail: json!({"run": run.id, "serial": current.map(|v| v.serial)}),
     })
+}
+
+/// `plan-check`: the run's own run-bound token records that `terraform show -json` of the
+/// approved plan, made by the applier, equals the reviewed plan JSON (`check`, in words). Until
+/// it is recorded, the state refuses that token's lock for applying and its writes: `airlock
+/// apply` starts `terraform apply` while it checks, and Terraform waits at the state lock (a
+/// failed check is reported with `finish`, which ends the run, and the lock is refused).
+pub fn plan_checked(
+    run: &RunRecord,
+    actor: &Actor<'_>,
+    plan_sha256: &str,
+    check: &str,
+    now: i64,
+) -> Result<Transition, Refused> {
+    if actor.run_id != Some(run.id.as_str()) {
+        return Err(Refused::NotTheRunToken);
+    }
+    if run.status != RunStatus::Applying {
+        return Err(Refused::WrongStatus {
+            status: run.status,
+            wanted: "applying",
+        });
+    }
+    if run.plan_checked_at.is_some() {
+        return Err(Refused::PlanCheckedAlready);
+    }
+    if !plan_sha256.eq_ignore_ascii_case(&run.plan_sha256) {
+        return Err(Refused::CheckedAnotherPlan {
+            seen: plan_sha256.to_owned(),
+        });
+    }
+    let mut new = run.clone();
+    new.plan_checked_at = Some(now);
+    new.updated_at = now;
+    new.checks
+        .push(format!("apply: {}", printable_check(check)));
+    Ok(Transition {
+        run: new,
+        action: "run.plan_check".into(),
+        detail: json!({"run": run.id, "plan_sha256": run.plan_sha256}),
+    })
+}
+
+/// A check in words as the applier sent it, fit to record: no control characters, bounded.
+fn printable_check(check: &str) -> String {
+    check
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(500)
+        .collect()
 }
 
 /// After `applied` finished, every other open run of its stack is superseded.
@@ -1558,6 +1624,72 @@ mod tests {
             assert_eq!(got.is_ok(), superseded, "{status:?}");
         }
         assert!(supersede(&applied, &applied, NOW).is_err(), "not itself");
+    }
+
+    /// Only the run's own run-bound token records the plan check, once, of the run's own plan,
+    /// while the run applies; the applier's other token and another run's token may not.
+    #[test]
+    fn plan_check_table() {
+        let mut applying = approved();
+        applying.status = RunStatus::Applying;
+        applying.applied_by = Some("pipeline (tok_ci)".into());
+        let bound = Actor {
+            run_id: Some("run_1"),
+            ..actor("tok_ci", "tok_run", Role::Ci)
+        };
+        let other_run = Actor {
+            run_id: Some("run_2"),
+            ..actor("tok_ci", "tok_run2", Role::Ci)
+        };
+        let applier = Actor {
+            display: "pipeline (tok_ci)",
+            ..actor("tok_ci", "tok_ci", Role::Ci)
+        };
+        let t = plan_checked(&applying, &bound, PLAN, "same\u{1b}[2J plan", NOW).unwrap();
+        assert_eq!(t.run.plan_checked_at, Some(NOW));
+        assert_eq!(t.run.status, RunStatus::Applying);
+        assert_eq!(t.run.checks.last().unwrap(), "apply: same[2J plan");
+        assert_eq!(t.action, "run.plan_check");
+        for who in [&other_run, &applier] {
+            assert_eq!(
+                plan_checked(&applying, who, PLAN, "", NOW).map(|t| t.run),
+                Err(Refused::NotTheRunToken)
+            );
+        }
+        assert_eq!(
+            plan_checked(&applying, &bound, "bb22", "", NOW).map(|t| t.run),
+            Err(Refused::CheckedAnotherPlan {
+                seen: "bb22".into()
+            })
+        );
+        assert_eq!(
+            plan_checked(&t.run, &bound, PLAN, "", NOW).map(|t| t.run),
+            Err(Refused::PlanCheckedAlready)
+        );
+        for status in [RunStatus::Approved, RunStatus::Failed, RunStatus::Applied] {
+            let mut r = applying.clone();
+            r.status = status;
+            assert!(
+                plan_checked(&r, &bound, PLAN, "", NOW).is_err(),
+                "{status:?}"
+            );
+        }
+        // A new apply starts unchecked.
+        let started = start_apply(
+            &approved(),
+            &stack(),
+            Some(&version(4)),
+            &actor("tok_ci", "tok_ci", Role::Ci),
+            Checkout {
+                stored_plan_sha256: Some(PLAN),
+                fingerprint: "f1",
+                inputs: &[],
+            },
+            "tok_run",
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(started.run.plan_checked_at, None);
     }
 
     #[test]

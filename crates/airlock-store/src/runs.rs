@@ -209,6 +209,12 @@ pub struct RunRecord {
     /// outside Terraform and changes no infrastructure). Read by the server from the binary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan_mode: Option<String>,
+    /// When the applier's run-bound token recorded that `terraform show -json` of the approved
+    /// plan equals the reviewed plan JSON (`POST /api/v1/runs/{id}/plan-check`). Until then the
+    /// run-bound token may neither lock the stack for applying nor write it: `terraform apply`
+    /// starts while the check runs and waits at the state lock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_checked_at: Option<i64>,
 }
 
 // Identities for runs stored before users existed: each token was its own user then, and the

@@ -1097,6 +1097,7 @@ fn create_run(
         policy_changes: judged.policy_changes,
         checks: judged.checks,
         plan_mode: judged.plan_mode,
+        plan_checked_at: None,
     };
     let audit = NewAudit::ok(
         &p.display(),
@@ -1782,8 +1783,17 @@ pub async fn finish(
     }
     let (applied, a) = (run.clone(), actor.clone());
     store_call(&state, move |st| {
-        for other in st
-            .runs(Some(&applied.stack), 500)?
+        // Only the open runs are read (by status, in SQL): not the stack's whole history.
+        let mut open = Vec::new();
+        for status in [RunStatus::NeedsApproval, RunStatus::Approved] {
+            let filter = RunFilter {
+                stack: Some(applied.stack.clone()),
+                status: Some(status),
+                ..RunFilter::default()
+            };
+            open.extend(st.runs_where(&filter, 500)?);
+        }
+        for other in open
             .into_iter()
             .filter(|r| r.status.is_open() && r.id != applied.id)
         {
@@ -1803,4 +1813,104 @@ pub async fn finish(
     })
     .await?;
     Ok(Json(json!({ "run": run })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlanCheckRequest {
+    /// SHA-256 of the binary plan the check was made of: the run's approved plan.
+    plan_sha256: String,
+    /// The check, in words (recorded with the run's checks).
+    check: String,
+}
+
+/// Wakes this process's state LOCKs that wait for a run's plan check (a wait served by another
+/// replica sees the check at its next read of the store).
+static PLAN_CHECKED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// `POST /api/v1/runs/{id}/plan-check`: the run's own run-bound token records that `terraform
+/// show -json` of the approved plan equals the reviewed plan JSON ([`run_rules::plan_checked`]).
+/// Only then does the state take that token's lock for applying (see [`apply_gate`]).
+pub async fn plan_check(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let req: PlanCheckRequest = parse_body(&body)?;
+    load_run(&state, &p, &id).await?;
+    let run = transition(&state, &p, &id, None, move |run, _, _, who, now| {
+        run_rules::plan_checked(run, who, &req.plan_sha256, &req.check, now)
+    })
+    .await?;
+    PLAN_CHECKED.notify_waiters();
+    Ok(Json(json!({
+        "run": {"id": run.id, "status": run.status, "plan_checked_at": run.plan_checked_at}
+    })))
+}
+
+/// Whether a run-bound token may lock its stack for applying, and write it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApplyGate {
+    /// Its run applies this stack and the plan check is recorded.
+    Open,
+    /// Its run applies this stack; the plan check is not recorded (yet).
+    Unchecked,
+    /// Its run is not applying this stack (finished, failed its check, another stack): why.
+    Closed(String),
+}
+
+/// How long a run-bound token's LOCK for applying waits for its run's plan check before it is
+/// answered 423 (Terraform retries a 423 until its `-lock-timeout`).
+const PLAN_CHECK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How often a waiting LOCK reads its run again (for a check recorded through another replica;
+/// one recorded through this process wakes it at once).
+const PLAN_CHECK_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// The gate on run-bound tokens' state locks for applying and writes: their run must be
+/// applying this stack and its applier's plan check recorded ([`plan_check`]), as read from
+/// the store (so every replica agrees). `wait`: a LOCK waits for the check (at most
+/// [`PLAN_CHECK_WAIT`]) while the run applies unchecked; a write never waits.
+pub async fn apply_gate(
+    state: &Arc<AppState>,
+    run_id: &str,
+    stack: &str,
+    wait: bool,
+) -> ApiResult<ApplyGate> {
+    let deadline = tokio::time::Instant::now()
+        + if wait {
+            PLAN_CHECK_WAIT
+        } else {
+            Default::default()
+        };
+    loop {
+        // Registered before the read, so a check recorded after it wakes this wait.
+        let checked = PLAN_CHECKED.notified();
+        tokio::pin!(checked);
+        checked.as_mut().enable();
+        let id = run_id.to_owned();
+        let run = store_call(state, move |st| st.run(&id)).await?;
+        let gate = match run {
+            Some(r) if r.stack == stack && r.status == RunStatus::Applying => {
+                if r.plan_checked_at.is_some() {
+                    ApplyGate::Open
+                } else {
+                    ApplyGate::Unchecked
+                }
+            }
+            Some(r) if r.stack == stack => ApplyGate::Closed(format!(
+                "run {run_id} is {}, not applying",
+                r.status.as_str()
+            )),
+            _ => ApplyGate::Closed(format!("run {run_id} is not a run of stack {stack}")),
+        };
+        let now = tokio::time::Instant::now();
+        if gate != ApplyGate::Unchecked || now >= deadline {
+            return Ok(gate);
+        }
+        tokio::select! {
+            _ = checked => {}
+            _ = tokio::time::sleep(PLAN_CHECK_POLL.min(deadline - now)) => {}
+        }
+    }
 }

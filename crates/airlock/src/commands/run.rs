@@ -8,11 +8,12 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use airlock_core::inputs::{self, InputFile, CONFIG_PATH};
 use airlock_policy::config::{self, Config, OidcProfile, Phase};
 use airlock_policy::planfile::{self, PlanFile};
-use airlock_runner::{cli_config, input_files, phase_env, run_streaming, run_streaming_live};
+use airlock_runner::{cli_config, input_files, phase_env, run_streaming, run_streaming_until};
 use airlock_server::run_upload;
 use anyhow::{bail, Context};
 use base64::Engine;
@@ -973,16 +974,15 @@ pub fn reject(args: RejectArgs) -> anyhow::Result<ExitCode> {
 /// (root module, local and remote modules, as this checkout's own `terraform init` placed them)
 /// must be byte for byte this checkout's, with no configuration file of those modules left out.
 fn embedded_plan_is_this_checkouts(
-    plan_bin: &[u8],
+    plan: &PlanFile,
     dir: &Path,
     state_url: &str,
 ) -> Result<(), String> {
-    let plan = PlanFile::parse(plan_bin).map_err(|e| e.to_string())?;
     plan.backend
         .as_ref()
         .ok_or_else(|| "the plan names no backend".to_owned())?
         .check_is(state_url)?;
-    embedded_config_is_this_checkouts(&plan, dir)
+    embedded_config_is_this_checkouts(plan, dir)
 }
 
 /// The configuration half of [`embedded_plan_is_this_checkouts`].
@@ -1075,14 +1075,27 @@ const PLAN_PARTS: &[&str] = &[
 
 /// Compares what `terraform show -json` says of the plan about to be applied with the plan JSON
 /// the server judged and the reviewers read. `None` when they agree; else the parts that differ.
+/// A part whose text is the same byte for byte (the usual case: the same Terraform printed both
+/// from the same binary) is equal without being parsed into values; any other is compared as
+/// values.
 fn plan_difference(shown: &[u8], judged: &[u8]) -> anyhow::Result<Option<String>> {
-    let shown: Value = serde_json::from_slice(shown).context("reading terraform show -json")?;
-    let judged: Value = serde_json::from_slice(judged).context("reading the judged plan JSON")?;
-    let differing: Vec<&str> = PLAN_PARTS
-        .iter()
-        .copied()
-        .filter(|k| shown.get(k) != judged.get(k))
-        .collect();
+    type Parts<'a> = std::collections::HashMap<String, &'a serde_json::value::RawValue>;
+    let shown_parts: Parts =
+        serde_json::from_slice(shown).context("reading terraform show -json")?;
+    let judged_parts: Parts =
+        serde_json::from_slice(judged).context("reading the judged plan JSON")?;
+    let value = |raw: Option<&&serde_json::value::RawValue>| -> anyhow::Result<Option<Value>> {
+        raw.map(|r| serde_json::from_str(r.get()))
+            .transpose()
+            .context("reading a plan JSON part")
+    };
+    let mut differing = Vec::new();
+    for k in PLAN_PARTS {
+        let (a, b) = (shown_parts.get(*k), judged_parts.get(*k));
+        if a.map(|r| r.get()) != b.map(|r| r.get()) && value(a)? != value(b)? {
+            differing.push(*k);
+        }
+    }
     Ok((!differing.is_empty()).then(|| differing.join(", ")))
 }
 
@@ -1178,33 +1191,37 @@ pub fn apply_run(
     let recorded = run["run"]["plan_sha256"].as_str().unwrap_or_default();
     let early_env = phase_env(std::env::vars(), &plan_profile, "");
     let (started, early) = std::thread::scope(|scope| {
-        let early = scope.spawn(
-            || -> anyhow::Result<(Vec<u8>, Vec<u8>, Option<std::process::Output>)> {
-                let plan_bin = c.get_bytes(&format!("/api/v1/runs/{id}/artifacts/plan.tfplan"))?;
-                std::fs::write(&plan_path, &plan_bin)?;
-                let ready = hex::encode(Sha256::digest(&plan_bin)) == recorded
-                    && initialized_for(&data_dir(&dir, &early_env), &state_url);
-                let show = ready.then(|| {
-                    terraform(
-                        terraform_bin,
-                        &dir,
-                        &[
-                            "show".into(),
-                            "-json".into(),
-                            plan_path.display().to_string(),
-                        ],
-                    )
-                    .env_clear()
-                    .envs(early_env.iter().map(|(k, v)| (k, v)))
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                });
-                let judged = c.get_bytes(&format!("/api/v1/runs/{id}/artifacts/plan.json"));
-                let shown = show.and_then(|s| s.ok()?.wait_with_output().ok());
-                Ok((plan_bin, judged?, shown))
-            },
-        );
+        let early = scope.spawn(|| -> anyhow::Result<Fetched> {
+            let plan_bin = c.get_bytes(&format!("/api/v1/runs/{id}/artifacts/plan.tfplan"))?;
+            std::fs::write(&plan_path, &plan_bin)?;
+            let ready = hex::encode(Sha256::digest(&plan_bin)) == recorded
+                && initialized_for(&data_dir(&dir, &early_env), &state_url);
+            let show = ready.then(|| {
+                terraform(
+                    terraform_bin,
+                    &dir,
+                    &[
+                        "show".into(),
+                        "-json".into(),
+                        plan_path.display().to_string(),
+                    ],
+                )
+                .env_clear()
+                .envs(early_env.iter().map(|(k, v)| (k, v)))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+            });
+            // Its output is read on a thread of its own: it is awaited only once
+            // `terraform apply` has started (below).
+            let shown = show
+                .and_then(Result::ok)
+                .map(|child| std::thread::spawn(move || child.wait_with_output()));
+            let judged = c.get_bytes(&format!("/api/v1/runs/{id}/artifacts/plan.json"));
+            // Read now, checked once the apply has started (below).
+            let parsed = PlanFile::parse(&plan_bin).map_err(|e| e.to_string());
+            Ok((plan_bin, judged?, shown, parsed))
+        });
         let started = c.send(
             "POST",
             &format!("/api/v1/runs/{id}/apply"),
@@ -1226,23 +1243,33 @@ pub fn apply_run(
         .to_owned();
     // From here on, every outcome is reported to the server with the run-bound token.
     let run_client = c.with_token(token.clone());
-    let finish = |success: bool, log: &[u8], check: &str| {
+    // `check`: the check made, when the server has not recorded it through `plan-check`.
+    let finish = |success: bool, log: &[u8], check: Option<&str>| {
         run_client.send(
             "POST",
             &format!("/api/v1/runs/{id}/finish"),
             &json!({"success": success, "log_b64": B64.encode(log), "plan_check": check}),
         )
     };
-    let (plan_bin, judged, early_show) = early?;
+    let (plan_bin, judged, early_show, parsed) = early?;
     let got = hex::encode(Sha256::digest(&plan_bin));
     if got != approved {
         let msg = format!("the downloaded plan (SHA-256 {got}) is not the approved plan ({approved}); refusing to apply");
-        finish(false, msg.as_bytes(), "plan hash mismatch: not applied")?;
+        finish(
+            false,
+            msg.as_bytes(),
+            Some("plan hash mismatch: not applied"),
+        )?;
         bail!(msg);
     }
     let mut env = phase_env(std::env::vars(), &plan_profile, &token);
+    // Terraform waits at the state lock for the plan check below: nothing in its environment
+    // may skip the lock (`-lock=false` in `TF_CLI_ARGS`) or send it another way than LOCK.
+    env.retain(|(k, _)| !LOCK_OVERRIDES.contains(&k.as_str()));
     let mut log = Vec::new();
     let mut check = String::new();
+    // Whether the server recorded the passed plan check (`finish` then does not repeat it).
+    let mut recorded_check = false;
     let outcome = (|| -> anyhow::Result<bool> {
         // The apply phase's cloud identity (bound to this run and plan), if airlock.hcl asks.
         let _identity = with_identity(
@@ -1257,12 +1284,18 @@ pub fn apply_run(
         init(terraform_bin, &dir, &state_url, &env)?;
         // `terraform apply PLAN` runs the plan's embedded configuration and writes to the plan's
         // backend, whatever this checkout holds: both must be this checkout's and this server's.
-        let mut embedded = embedded_plan_is_this_checkouts(&plan_bin, &dir, &state_url);
+        let embedded_check = || {
+            parsed
+                .as_ref()
+                .map_err(Clone::clone)
+                .and_then(|plan| embedded_plan_is_this_checkouts(plan, &dir, &state_url))
+        };
+        let mut embedded = embedded_check();
         if embedded.is_err() && initialized {
             // A checkout initialised for the stack before may lack modules added or moved
             // since (init was skipped): initialise it again and check once more.
             init_now(terraform_bin, &dir, &state_url, &env)?;
-            embedded = embedded_plan_is_this_checkouts(&plan_bin, &dir, &state_url);
+            embedded = embedded_check();
         }
         if let Err(e) = embedded {
             check = format!("{e}: not applied");
@@ -1270,24 +1303,29 @@ pub fn apply_run(
             return Ok(false);
         }
         // Terraform itself reads the binary about to be applied; it must say what was reviewed.
-        let show = match early_show.filter(|o| o.status.success()) {
-            Some(shown) => shown,
-            None => show_json(terraform_bin, &dir, &plan_path, &env)?,
+        // `terraform apply` starts meanwhile and waits at the state lock: the server grants
+        // the run-bound token's lock for applying only once this check is recorded (Terraform
+        // configures no provider and changes nothing before it holds the lock), and a failed
+        // check stops Terraform at once, then ends the run, so the lock is refused.
+        let checked = || -> anyhow::Result<Result<String, (String, Vec<u8>)>> {
+            let shown = early_show.and_then(|t| t.join().ok()?.ok());
+            let show = match shown.filter(|o| o.status.success()) {
+                Some(shown) => shown,
+                None => show_json(terraform_bin, &dir, &plan_path, &env)?,
+            };
+            if !show.status.success() {
+                let check = "terraform show -json of the approved plan failed: not applied";
+                return Ok(Err((check.into(), show.stderr)));
+            }
+            if let Some(parts) = plan_difference(&show.stdout, &judged)? {
+                let check = format!("terraform show -json of the approved plan differs from the reviewed plan JSON in {parts}: not applied");
+                return Ok(Err((check.clone(), check.into_bytes())));
+            }
+            Ok(Ok(format!(
+                "terraform show -json of the approved plan equals the reviewed plan JSON ({}), recorded before terraform took the state lock",
+                PLAN_PARTS.join(", ")
+            )))
         };
-        if !show.status.success() {
-            check = "terraform show -json of the approved plan failed: not applied".into();
-            log = show.stderr;
-            return Ok(false);
-        }
-        if let Some(parts) = plan_difference(&show.stdout, &judged)? {
-            check = format!("terraform show -json of the approved plan differs from the reviewed plan JSON in {parts}: not applied");
-            log = check.clone().into_bytes();
-            return Ok(false);
-        }
-        check = format!(
-            "terraform show -json of the approved plan equals the reviewed plan JSON ({})",
-            PLAN_PARTS.join(", ")
-        );
         let apply_args: Vec<String> = vec![
             "apply".into(),
             "-input=false".into(),
@@ -1306,18 +1344,57 @@ pub fn apply_run(
                 }
             }
         };
-        let done = run_streaming_live(
-            terraform(terraform_bin, &dir, &apply_args),
-            &env,
-            std::time::Duration::from_secs(2),
-            &mut send_part,
-        )?;
+        let stop = AtomicBool::new(false);
+        let (done, verdict) = std::thread::scope(|scope| {
+            let checker = scope.spawn(|| {
+                let verdict = checked();
+                match &verdict {
+                    Ok(Ok(passed)) => {
+                        let body = json!({"plan_sha256": approved, "check": passed});
+                        let path = format!("/api/v1/runs/{id}/plan-check");
+                        // Not recorded, the lock stays refused and Terraform stops by itself
+                        // (at its -lock-timeout). It is not killed: the answer may have been
+                        // lost after the check was recorded, and Terraform then applies.
+                        return Ok(match run_client.send("POST", &path, &body) {
+                            Ok(_) => Ok((passed.clone(), true)),
+                            Err(e) => Ok((format!("{passed}; recording it failed: {e:#}"), false)),
+                        });
+                    }
+                    // Terraform waits at the lock, which this check will never open.
+                    _ => stop.store(true, Ordering::SeqCst),
+                }
+                verdict.map(|v| v.map(|passed| (passed, false)))
+            });
+            let done = run_streaming_until(
+                terraform(terraform_bin, &dir, &apply_args),
+                &env,
+                std::time::Duration::from_secs(2),
+                &mut send_part,
+                &stop,
+            );
+            let verdict = checker
+                .join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("the plan check panicked")));
+            (done, verdict)
+        });
+        match verdict? {
+            Ok((passed, recorded)) => {
+                check = passed;
+                recorded_check = recorded;
+            }
+            Err((refused, why)) => {
+                check = refused;
+                log = why;
+                return Ok(false);
+            }
+        }
+        let done = done?;
         log = done.log;
         Ok(done.status.success())
     })();
     drop(scratch);
     let success = matches!(outcome, Ok(true));
-    let response = finish(success, &log, &check)?;
+    let response = finish(success, &log, (!recorded_check).then_some(check.as_str()))?;
     let outcome = match outcome {
         Ok(true) => ApplyOutcome::Applied,
         Ok(false) if check.ends_with("not applied") => ApplyOutcome::Refused(check),
@@ -1326,6 +1403,30 @@ pub fn apply_run(
     };
     Ok(Applied { response, outcome })
 }
+
+/// Variables that would let `terraform apply` skip the state lock or send it otherwise than as
+/// a LOCK to the plan's lock address (`-lock=false` in CLI arguments, the http backend's method
+/// and address overrides): removed from the apply's environment.
+const LOCK_OVERRIDES: &[&str] = &[
+    "TF_CLI_ARGS",
+    "TF_CLI_ARGS_apply",
+    "TF_HTTP_LOCK_METHOD",
+    "TF_HTTP_UNLOCK_METHOD",
+    "TF_HTTP_LOCK_ADDRESS",
+    "TF_HTTP_UNLOCK_ADDRESS",
+];
+
+/// `terraform show -json` of the downloaded plan, started before the apply began: its output.
+type EarlyShow = std::thread::JoinHandle<std::io::Result<std::process::Output>>;
+
+/// What `airlock apply` fetches and reads while the server starts the apply: the binary plan,
+/// the reviewed plan JSON, the early `show -json` if one could start, and the parsed plan.
+type Fetched = (
+    Vec<u8>,
+    Vec<u8>,
+    Option<EarlyShow>,
+    Result<PlanFile, String>,
+);
 
 /// Largest apply-log part sent while Terraform runs (the server's `MAX_LOG_PART`).
 const LIVE_LOG_PART: usize = 256 * 1024;
@@ -1399,6 +1500,14 @@ mod tests {
             Some("resource_changes")
         );
         assert!(plan_difference(b"not json", judged).is_err());
+        // Parts are found by their decoded names, and the same value spelled otherwise is equal.
+        let escaped_destroy = br#"{"terraform_version":"1.11.4","resource\u005fchanges":[{"address":"x","change":{"actions":["delete"]}}],"output_changes":{},"prior_state":{"values":{}}}"#;
+        assert_eq!(
+            plan_difference(judged, escaped_destroy).unwrap().as_deref(),
+            Some("resource_changes")
+        );
+        let spaced = br#"{"terraform_version": "1.11.4", "resource_changes": [{"address": "x", "change": {"actions": ["update"]}}], "output_changes": {}, "prior_state": {"values": {}}}"#;
+        assert_eq!(plan_difference(spaced, judged).unwrap(), None);
         // A refresh-only plan's effect is its drift: one dropping another instance differs.
         let drops_db = br#"{"terraform_version":"1.11.4","resource_drift":[{"address":"aws_db_instance.main","change":{"actions":["delete"]}}],"output_changes":{},"prior_state":{"values":{}}}"#;
         let drops_lb = br#"{"terraform_version":"1.11.4","resource_drift":[{"address":"aws_lb.front","change":{"actions":["delete"]}}],"output_changes":{},"prior_state":{"values":{}}}"#;

@@ -36,3 +36,5 @@ mod drift_cloud;
 mod drift_propose;
 // real configurations through the governed flow (outputs, tfvars, modules, moved/removed/import, ...)
 mod realworld;
+// the apply's plan check gates the state lock (issue 17 §3)
+mod attacks_apply_gate;

@@ -393,9 +393,35 @@ pub fn apply(t: &Team, ws: &Workspace, token: &str, run: &str) -> Output {
     cli_in(&t.s, token, &ws.dir, &["apply", run, "--dir", "."], &[])
 }
 
-/// Starts the apply by hand, as CI would (with the checkout's fingerprint), and returns the
-/// run-bound token.
+/// Starts the apply by hand, as CI would (with the checkout's fingerprint), records the plan
+/// check as `airlock apply` would once `terraform show -json` agreed (so the token may lock
+/// and write), and returns the run-bound token.
 pub fn start_apply(t: &Team, run: &str) -> String {
+    let token = start_apply_unchecked(t, run);
+    let (code, body) = record_plan_check(t, run, &token, &run_json(t, run)["run"]["plan_sha256"]);
+    assert_eq!(code, 200, "{body}");
+    token
+}
+
+/// `POST /api/v1/runs/RUN/plan-check` with `token`, for plan hash `sha`.
+pub fn record_plan_check(
+    t: &Team,
+    run: &str,
+    token: &str,
+    sha: &serde_json::Value,
+) -> (u16, String) {
+    let body = serde_json::json!({"plan_sha256": sha, "check": "terraform show -json agreed"});
+    raw(
+        "POST",
+        &format!("{}/api/v1/runs/{run}/plan-check", t.s.url),
+        token,
+        body.to_string().as_bytes(),
+    )
+}
+
+/// Starts the apply by hand, as CI would (with the checkout's fingerprint), and returns the
+/// run-bound token, its plan check not recorded.
+pub fn start_apply_unchecked(t: &Team, run: &str) -> String {
     let fp = run_json(t, run)["run"]["fingerprint"]
         .as_str()
         .unwrap()
