@@ -32,6 +32,7 @@ use std::time::Duration;
 use airlock_core::Role;
 use airlock_store::Store;
 
+pub use api::drift::report_sha256 as drift_report_sha256;
 pub use api::tokens::valid_glob;
 pub use auth::Principal;
 pub use log::LogLevel;

@@ -75,6 +75,133 @@ pub fn run_all<S: StoreImport + StoreStats + 'static>(engine: &Arc<S>) {
     trusts_are_pinned_once_and_imports_keep_trusts_and_drift(engine.as_ref());
     forge_token_uses(store.as_ref());
     concurrent_forge_token_uses_have_one_winner(&[store, store]);
+    drift_states_of_many_stacks(engine.as_ref());
+}
+
+/// `drift_states` (one query for all stacks) on histories with chosen times, ties included:
+/// per stack with reports, archived or not, the newest report (by time, then id) and "drifted
+/// since" (the first drifted report not followed by an in-sync one, while the newest verdict
+/// other than `unknown` is `drifted`); a stack without reports has no state.
+pub fn drift_states_of_many_stacks(s: &dyn StoreImport) {
+    let report = |stack: &str, id: &str, status: &str, at: i64| DriftReportRecord {
+        meta: DriftReportMeta {
+            id: id.into(),
+            stack: stack.into(),
+            status: status.into(),
+            serial: None,
+            drifted: u64::from(status == "drifted"),
+            findings: 0,
+            reported_by: "ci (tok-c)".into(),
+            created_at: at,
+        },
+        report: format!(r#"{{"status":"{status}"}}"#),
+    };
+    type Case = (
+        &'static str,
+        &'static [(&'static str, &'static str, i64)],
+        Option<(&'static str, Option<i64>)>,
+    );
+    let cases: [Case; 9] = [
+        ("conf/ds-none", &[], None),
+        (
+            "conf/ds-in-sync",
+            &[("drf_ds_a1", "in_sync", 100)],
+            Some(("drf_ds_a1", None)),
+        ),
+        (
+            "conf/ds-unknown-keeps",
+            &[("drf_ds_b1", "drifted", 100), ("drf_ds_b2", "unknown", 200)],
+            Some(("drf_ds_b2", Some(100))),
+        ),
+        (
+            "conf/ds-cleared-then-again",
+            &[
+                ("drf_ds_c1", "drifted", 100),
+                ("drf_ds_c2", "in_sync", 200),
+                ("drf_ds_c3", "drifted", 300),
+                ("drf_ds_c4", "drifted", 400),
+                ("drf_ds_c5", "unknown", 500),
+            ],
+            Some(("drf_ds_c5", Some(300))),
+        ),
+        (
+            "conf/ds-cleared",
+            &[
+                ("drf_ds_d1", "drifted", 100),
+                ("drf_ds_d2", "unknown", 150),
+                ("drf_ds_d3", "in_sync", 200),
+            ],
+            Some(("drf_ds_d3", None)),
+        ),
+        (
+            "conf/ds-only-unknown",
+            &[("drf_ds_e1", "unknown", 100)],
+            Some(("drf_ds_e1", None)),
+        ),
+        // Equal times: the greater id is the newer; a drifted report at the in-sync one's time
+        // counts as after it.
+        (
+            "conf/ds-tie-drifted",
+            &[("drf_ds_f1", "in_sync", 100), ("drf_ds_f2", "drifted", 100)],
+            Some(("drf_ds_f2", Some(100))),
+        ),
+        (
+            "conf/ds-tie-in-sync",
+            &[("drf_ds_g1", "drifted", 100), ("drf_ds_g2", "in_sync", 100)],
+            Some(("drf_ds_g2", None)),
+        ),
+        // Imported out of time order, and archived afterwards: still listed.
+        (
+            "conf/ds-archived",
+            &[
+                ("drf_ds_h2", "drifted", 300),
+                ("drf_ds_h1", "drifted", 200),
+                ("drf_ds_h0", "in_sync", 100),
+            ],
+            Some(("drf_ds_h2", Some(200))),
+        ),
+    ];
+    for (stack, reports, _) in &cases {
+        s.create_stack(
+            stack,
+            false,
+            StackSettings::default(),
+            audit("stack.create"),
+        )
+        .unwrap();
+        for (id, status, at) in reports.iter() {
+            s.import_drift_report(&report(stack, id, status, *at))
+                .unwrap();
+        }
+    }
+    s.archive_stack("conf/ds-archived", "admin", "gone", audit("stack.delete"))
+        .unwrap();
+    let got: Vec<(String, String, Option<i64>)> = s
+        .drift_states()
+        .unwrap()
+        .into_iter()
+        .filter(|d| d.last.stack.starts_with("conf/ds-"))
+        .map(|d| (d.last.stack, d.last.id, d.drifted_since))
+        .collect();
+    let mut want: Vec<(String, String, Option<i64>)> = cases
+        .iter()
+        .filter_map(|(stack, _, want)| {
+            want.map(|(id, since)| (stack.to_string(), id.to_owned(), since))
+        })
+        .collect();
+    want.sort();
+    assert_eq!(got, want, "drift_states");
+    // The newest report's record is the stored one.
+    let state = s
+        .drift_states()
+        .unwrap()
+        .into_iter()
+        .find(|d| d.last.stack == "conf/ds-cleared-then-again")
+        .unwrap();
+    assert_eq!(
+        state.last,
+        report("conf/ds-cleared-then-again", "drf_ds_c5", "unknown", 500).meta
+    );
 }
 
 /// Migration 0011 and backups: a trust without repository ids (added before they were pinned)

@@ -1046,6 +1046,11 @@ pub struct CiDriftArgs {
     /// Print only: open, update or close no issue (the default outside CI).
     #[arg(long)]
     pub print: bool,
+    /// For each drifted stack, also propose a run that accepts the drift (the check's own
+    /// refresh-only plan; reviewed and applied like any run, it changes no infrastructure) and
+    /// link it from the issue. An open one from the same code at the same state is linked again.
+    #[arg(long)]
+    pub propose: bool,
     /// Terraform binary.
     #[arg(long, env = "AIRLOCK_TERRAFORM_BIN", default_value = "terraform")]
     pub terraform_bin: String,

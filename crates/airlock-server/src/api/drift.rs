@@ -2,7 +2,9 @@
 //! kept Terraform from making one); the server reads it itself with `airlock_policy::drift`
 //! (it never takes a client's verdict), marks what the stack protects, and stores the report
 //! against the state serial the check refreshed. Who may record a report is the route table's
-//! `report-drift` (not agents: an "in sync" report clears the stack's drift status).
+//! `report-drift` (not agents: an "in sync" report clears the stack's drift status). The
+//! report's `drift.report` audit event carries the SHA-256 of the stored JSON
+//! ([`report_sha256`]), so a backup's report body is bound to the audit chain.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -59,7 +61,13 @@ pub fn status_json(d: Option<&DriftState>) -> Value {
     }
 }
 
-/// Every stack's drift state by name (one query per stack that has reports).
+/// The SHA-256 (hex) of a drift report's stored JSON, as its `drift.report` audit event records
+/// it (`report_sha256`): `backup verify`/`import` check a backup's report body against it.
+pub fn report_sha256(report: &str) -> String {
+    hex::encode(airlock_store::blob::sha256(report.as_bytes()))
+}
+
+/// Every stack's drift state by name (one query for all stacks).
 pub fn states_by_stack(st: &dyn Store) -> airlock_store::Result<BTreeMap<String, DriftState>> {
     Ok(st
         .drift_states()?
@@ -106,7 +114,7 @@ pub async fn report(
         &p.display(),
         "drift.report",
         Some(stack.as_str()),
-        json!({"id": id, "status": status, "serial": req.serial, "drifted": drifted, "findings": findings}),
+        json!({"id": id, "status": status, "serial": req.serial, "drifted": drifted, "findings": findings, "report_sha256": report_sha256(&text)}),
     );
     let new = NewDriftReport {
         id,

@@ -546,15 +546,15 @@ pub async fn login(
             (kind, e)
         })?;
         match use_once(&state, &iss, &claims).await {
-            Ok(Ok(())) => Ok(Ok(grant)),
+            Ok(Ok(used)) => Ok(Ok((grant, used))),
             Ok(Err(e)) => Err((unauth, e)),
             // The store failed: an internal error, not a refusal.
             Err(e) => Ok(Err(e)),
         }
     }
     .await;
-    let grant = match judged {
-        Ok(grant) => grant?,
+    let (grant, used) = match judged {
+        Ok(judged) => judged?,
         Err((kind, e)) => {
             return Err(refuse(
                 &state,
@@ -584,11 +584,14 @@ pub async fn login(
         parent_id: None,
         mint_limit: Some(LOGIN_LIMIT),
     };
+    // The event names the ID token it spent, so a restore can mark it used again.
+    let mut detail = json!({"trust": grant.trust_id, "sub": grant.subject, "role": grant.role, "token": g.id, "expires_at": expires_at});
+    detail[oidc::LOGIN_ID_TOKEN] = used.to_json();
     let audit = NewAudit::ok(
         &format!("forge login ({iss}, sub {})", grant.subject),
         action,
         None,
-        json!({"trust": grant.trust_id, "sub": grant.subject, "role": grant.role, "token": g.id, "expires_at": expires_at}),
+        detail,
     );
     store_call(&state, move |st| st.create_token(new, audit)).await?;
     Ok((
@@ -606,15 +609,20 @@ async fn use_once(
     state: &Arc<AppState>,
     iss: &str,
     claims: &serde_json::Map<String, Value>,
-) -> ApiResult<Result<(), String>> {
+) -> ApiResult<Result<oidc::UsedForgeToken, String>> {
     let (jti, exp_ms) = match oidc::single_use(claims) {
         Ok(u) => u,
         Err(e) => return Ok(Err(e)),
     };
+    let used = oidc::UsedForgeToken {
+        issuer: iss.to_owned(),
+        jti: jti.to_owned(),
+        exp_ms,
+    };
     let (i, j) = (iss.to_owned(), jti.to_owned());
     let prune_before = now_ms() - oidc::USED_TOKEN_KEPT_MS;
     match blocking(state, move |st| st.use_forge_token(&i, &j, exp_ms, prune_before)).await? {
-        Ok(()) => Ok(Ok(())),
+        Ok(()) => Ok(Ok(used)),
         Err(StoreError::Conflict(_)) => Ok(Err(format!(
             "this ID token (jti {jti:?}) was already used for a login; each login needs a fresh ID token (GitHub Actions: `airlock login --oidc` asks the runner for a new one every time; GitLab CI: one `id_tokens:` entry per login)"
         ))),

@@ -262,15 +262,13 @@ fn bad(msg: impl Into<String>) -> ApiError {
     ApiError::new(RefusalKind::BadRequest, msg)
 }
 
-/// The plan JSON's `output_changes`: name and actions (values are not read).
+/// The plan JSON's `output_changes`: name and actions (values are not read). Each entry is a
+/// change itself (`{"actions": [...], "before": ...}`), not wrapped in `change` as resource
+/// changes are.
 fn json_outputs(plan_json: &[u8]) -> ApiResult<Vec<(String, Vec<String>)>> {
     #[derive(Deserialize)]
-    struct Actions {
-        actions: Vec<String>,
-    }
-    #[derive(Deserialize)]
     struct Out {
-        change: Actions,
+        actions: Vec<String>,
     }
     #[derive(Deserialize)]
     struct Plan {
@@ -280,7 +278,7 @@ fn json_outputs(plan_json: &[u8]) -> ApiResult<Vec<(String, Vec<String>)>> {
     let p: Plan = serde_json::from_slice(plan_json).map_err(|e| bad(format!("plan JSON: {e}")))?;
     Ok(p.output_changes
         .into_iter()
-        .map(|(name, o)| (name, o.change.actions))
+        .map(|(name, o)| (name, o.actions))
         .collect())
 }
 

@@ -153,7 +153,7 @@ pub static TOOLS: &[Tool] = &[
     Tool {
         local: true,
         destructive: true,
-        ..tool!("propose_change", "Propose a change", "Runs `airlock plan` (`terraform init` and `terraform plan`) on the configuration in a directory of the agent's checkout (inside the working tree `airlock mcp` was started in), on the user's machine with the user's privileges and plan-phase credentials, and uploads the plan as a run for human review. Terraform runs the provider programs and data sources that configuration names (an `external` data source runs any command), downloading providers from the registries it names; airlock only refuses providers installed from the checkout itself (its implied local mirror directories and `.terraform`). Review the configuration before allowing this call. Returns the run id, the gate's decision, the instances it destroys, and the exact command a human must run to approve it. It never applies the plan: that needs a human's approval.",
+        ..tool!("propose_change", "Propose a change", "Runs `airlock plan` (`terraform init` and `terraform plan`) on the configuration in a directory of the agent's checkout (inside the working tree `airlock mcp` was started in), on the user's machine with the user's privileges and plan-phase credentials, and uploads the plan as a run for human review (with `refresh_only`, a run that accepts drift into the state). Terraform runs the provider programs and data sources that configuration names (an `external` data source runs any command), downloading providers from the registries it names; airlock only refuses providers installed from the checkout itself (its implied local mirror directories and `.terraform`). Review the configuration before allowing this call. Returns the run id, the gate's decision, the instances it destroys, and the exact command a human must run to approve it. It never applies the plan: that needs a human's approval.",
             [("GET", "/api/v1/stacks/{stack}"), ("POST", "/api/v1/stacks/{stack}/plan-token"), ("POST", "/api/v1/stacks/{stack}/runs")],
             (false, false, true), propose_input, propose_output)
     },
@@ -268,6 +268,7 @@ fn propose_input() -> Value {
         json!({
             "dir": {"type": "string", "description": "The root module directory, relative to the working tree `airlock mcp` was started in."},
             "stack": stack_prop(),
+            "refresh_only": {"type": "boolean", "description": "Propose accepting drift instead of a change: a refresh-only plan (`terraform plan -refresh-only`), whose run records in the state what changed outside Terraform and changes no infrastructure. It is judged like destroying what it drops from the state, and reviewed like any run. Default false."},
         }),
         &["dir", "stack"],
     )
@@ -361,7 +362,7 @@ fn audit_output() -> Value {
 
 fn propose_output() -> Value {
     out(
-        json!({"run_id": {"type": "string"}, "stack": {"type": "string"}, "status": {"type": "string"}, "decision": {"type": "string"}, "destroys": {"type": "array", "items": {"type": "string"}}, "findings": {"type": "array"}, "approve_command": {"type": ["string", "null"]}, "next": {"type": "string"}}),
+        json!({"run_id": {"type": "string"}, "stack": {"type": "string"}, "status": {"type": "string"}, "decision": {"type": "string"}, "destroys": {"type": "array", "items": {"type": "string"}}, "findings": {"type": "array"}, "approve_command": {"type": ["string", "null"]}, "next": {"type": "string"}, "plan_mode": {"type": ["string", "null"]}}),
         &[
             "run_id",
             "stack",
@@ -942,6 +943,8 @@ async fn get_audit(ctx: &mut Ctx<'_>, a: AuditArgs) -> Result<Value, String> {
 struct Propose {
     dir: String,
     stack: String,
+    #[serde(default)]
+    refresh_only: bool,
 }
 
 /// The server's half of `propose_change`: the arguments are checked (the stack exists and is in
@@ -954,7 +957,7 @@ async fn propose_change(ctx: &mut Ctx<'_>, a: Propose) -> Result<Value, String> 
         return Err("dir must be a directory path of 1-4096 characters".into());
     }
     ctx.get(&format!("/api/v1/stacks/{seg}")).await?;
-    Ok(json!({"proceed": true, "stack": a.stack, "dir": a.dir}))
+    Ok(json!({"proceed": true, "stack": a.stack, "dir": a.dir, "refresh_only": a.refresh_only}))
 }
 
 #[cfg(test)]

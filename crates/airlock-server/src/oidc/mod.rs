@@ -724,9 +724,96 @@ pub fn single_use(claims: &Map<String, Value>) -> Result<(&str, i64), String> {
     Ok((jti, exp.saturating_mul(1000)))
 }
 
+/// The key of a successful `oidc.login` audit event that names the forge ID token the login
+/// used ([`UsedForgeToken`]): the one-use records are not in backups, and `backup import`
+/// rebuilds them from these events.
+pub const LOGIN_ID_TOKEN: &str = "id_token";
+
+/// A forge ID token a login used: the row `Store::use_forge_token` inserts, and what the
+/// login's audit event names under [`LOGIN_ID_TOKEN`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsedForgeToken {
+    /// The token's `iss`.
+    pub issuer: String,
+    /// The token's `jti` (checked by [`single_use`]).
+    pub jti: String,
+    /// The token's `exp`, in ms.
+    pub exp_ms: i64,
+}
+
+impl UsedForgeToken {
+    /// As the `oidc.login` event records it.
+    pub fn to_json(&self) -> Value {
+        json!({"iss": self.issuer, "jti": self.jti, "exp_ms": self.exp_ms})
+    }
+
+    /// The token a successful `oidc.login` event names; `None` for any other record, and for
+    /// a login recorded before the events named their token.
+    pub fn of_event(r: &airlock_core::audit::AuditRecord) -> Option<UsedForgeToken> {
+        if r.action != "oidc.login" || r.outcome != "ok" {
+            return None;
+        }
+        let t = r.detail.get(LOGIN_ID_TOKEN)?;
+        let jti = t.get("jti")?.as_str()?;
+        if jti.is_empty() || jti.len() > MAX_JTI_LEN || jti.chars().any(char::is_control) {
+            return None;
+        }
+        Some(UsedForgeToken {
+            issuer: t.get("iss")?.as_str()?.to_owned(),
+            jti: jti.to_owned(),
+            exp_ms: t.get("exp_ms")?.as_i64()?,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_login_event_names_its_id_token_and_only_a_successful_login_counts() {
+        let used = UsedForgeToken {
+            issuer: "https://token.actions.githubusercontent.com".into(),
+            jti: "0f6e1b1c-2d3e-4f50-8a9b-0c1d2e3f4a5b".into(),
+            exp_ms: 1_800_000_000_000,
+        };
+        let event =
+            |action: &str, outcome: &str, id_token: Value| airlock_core::audit::AuditRecord {
+                seq: 1,
+                chain: Some(String::new()),
+                chain_seq: Some(1),
+                at: "2026-12-01T00:00:00Z".into(),
+                actor: "forge login".into(),
+                action: action.into(),
+                stack: None,
+                outcome: outcome.into(),
+                detail: json!({"trust": "trust_ci", LOGIN_ID_TOKEN: id_token}),
+                prev_hash: String::new(),
+                hash: String::new(),
+            };
+        let ok = |t: Value| UsedForgeToken::of_event(&event("oidc.login", "ok", t));
+        assert_eq!(ok(used.to_json()), Some(used.clone()));
+        assert_eq!(
+            UsedForgeToken::of_event(&event("oidc.login", "denied", used.to_json())),
+            None
+        );
+        assert_eq!(
+            UsedForgeToken::of_event(&event("token.create", "ok", used.to_json())),
+            None
+        );
+        // Recorded before events named the token, or hostile: nothing to mark.
+        for bad in [
+            Value::Null,
+            json!({"iss": used.issuer, "jti": used.jti}),
+            json!({"iss": used.issuer, "jti": used.jti, "exp_ms": "1800000000000"}),
+            json!({"iss": 7, "jti": used.jti, "exp_ms": 1}),
+            json!({"iss": used.issuer, "jti": "", "exp_ms": 1}),
+            json!({"iss": used.issuer, "jti": "x".repeat(MAX_JTI_LEN + 1), "exp_ms": 1}),
+            json!({"iss": used.issuer, "jti": "a\nb", "exp_ms": 1}),
+        ] {
+            assert_eq!(ok(bad.clone()), None, "{bad}");
+        }
+    }
 
     fn trust(role: &str, git_ref: Option<&str>) -> OidcTrustRecord {
         OidcTrustRecord {

@@ -68,25 +68,35 @@ fn lock_refused(log: &[u8]) -> bool {
     String::from_utf8_lossy(log).contains("Error acquiring the state lock")
 }
 
-/// Checks one stack: the one implementation behind `airlock drift` and `airlock ci drift`.
-pub fn check_stack(
-    c: &Client,
-    dir: &Path,
-    stack: Option<&str>,
-    terraform_bin: &str,
-) -> anyhow::Result<Checked> {
-    Ok(check(c, dir, stack, terraform_bin, false)?.0)
+/// Whether [`check`] proposes a run that accepts the drift it finds.
+pub enum Propose<'a> {
+    No,
+    Yes,
+    /// Yes, unless this finds an open run that accepts exactly the drift the check's plan shows
+    /// (given that plan's `terraform show -json`): then that run (the server's `run`).
+    UnlessOpen(&'a dyn Fn(&[u8]) -> anyhow::Result<Option<Value>>),
 }
 
-/// [`check_stack`], and with `propose`, when drift is found, the check's own refresh-only plan
-/// uploaded as a governed run that accepts it (`Err`: why the server refused it).
-fn check(
+/// What proposing came to.
+pub enum Proposal {
+    /// A run proposed now: the server's answer to the upload (`run`, `summary_markdown`, ...).
+    New(Value),
+    /// An open run already accepts exactly this drift (the run).
+    Open(Value),
+    /// The server refused the upload: why.
+    Refused(String),
+}
+
+/// Checks one stack — the one implementation behind `airlock drift` and `airlock ci drift` —
+/// and, as `propose` says, when drift is found, uploads the check's own refresh-only plan as a
+/// governed run that accepts it.
+pub fn check(
     c: &Client,
     dir: &Path,
     stack: Option<&str>,
     terraform_bin: &str,
-    propose: bool,
-) -> anyhow::Result<(Checked, Option<Result<Value, String>>)> {
+    propose: Propose<'_>,
+) -> anyhow::Result<(Checked, Option<Proposal>)> {
     let phase = PlanPhase::prepare(c, dir, stack, terraform_bin)?;
     let stack = phase.stack.clone();
     let shown = c.get(&format!(
@@ -120,6 +130,7 @@ fn check(
     ];
     let done = phase.run_plan(terraform_bin, &args)?;
     let mut body = json!({ "serial": serial });
+    let mut shown_json = Vec::new();
     let report = if !done.status.success() {
         if lock_refused(&done.log) {
             return Ok((
@@ -149,6 +160,7 @@ fn check(
                 Ok(r) => {
                     body["plan_json_b64"] =
                         json!(base64::engine::general_purpose::STANDARD.encode(&show.stdout));
+                    shown_json = show.stdout;
                     r
                 }
                 Err(e) => {
@@ -174,7 +186,15 @@ fn check(
     };
     // The same plan the check read, as a run: the server judges it from the binary and its
     // JSON like any upload, and an approver and CI's `airlock apply` do the rest.
-    let proposed = (propose && report.status == DriftStatus::Drifted).then(|| {
+    let open = match (&propose, report.status) {
+        (Propose::UnlessOpen(find), DriftStatus::Drifted) => find(&shown_json)?,
+        _ => None,
+    };
+    let wanted = !matches!(propose, Propose::No) && report.status == DriftStatus::Drifted;
+    let proposed = wanted.then(|| {
+        if let Some(run) = open {
+            return Proposal::Open(run);
+        }
         let req = PlanRequest {
             dir: &phase.dir,
             stack: Some(&stack),
@@ -183,9 +203,10 @@ fn check(
             terraform_bin,
             origin: Origin::default(),
         };
-        upload_plan(c, &phase, &plan_path, &req)
-            .map(|p| p.response)
-            .map_err(|e| format!("{e:#}"))
+        match upload_plan(c, &phase, &plan_path, &req) {
+            Ok(p) => Proposal::New(p.response),
+            Err(e) => Proposal::Refused(format!("{e:#}")),
+        }
     });
     Ok((
         Checked::Report {
@@ -276,13 +297,21 @@ pub fn report_text(stack: &str, r: &DriftReport) -> String {
 /// `airlock drift [DIR] [--stack S]`.
 pub fn run(args: DriftArgs) -> anyhow::Result<ExitCode> {
     let c = Client::new(&args.client)?;
+    let propose = match args.propose {
+        true => Propose::Yes,
+        false => Propose::No,
+    };
     let (checked, proposed) = check(
         &c,
         &args.dir,
         args.stack.as_deref(),
         &args.terraform_bin,
-        args.propose,
+        propose,
     )?;
+    let proposed = proposed.map(|p| match p {
+        Proposal::New(v) | Proposal::Open(v) => Ok(v),
+        Proposal::Refused(why) => Err(why),
+    });
     // A proposal that was asked for and refused is an error; otherwise the check's code.
     let code = match &proposed {
         Some(Err(_)) => code::UNKNOWN,

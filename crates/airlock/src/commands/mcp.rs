@@ -158,7 +158,8 @@ impl Bridge {
             args["dir"].as_str().unwrap_or_default(),
             args["stack"].as_str().unwrap_or_default(),
         );
-        Some(match self.propose(dir, stack) {
+        let refresh_only = args["refresh_only"] == true;
+        Some(match self.propose(dir, stack, refresh_only) {
             Ok(structured) => {
                 let text = serde_json::to_string_pretty(&structured).unwrap_or_default();
                 json!({"jsonrpc": "2.0", "id": id, "result": {"content": [{"type": "text", "text": text}], "structuredContent": structured, "isError": false}})
@@ -209,8 +210,9 @@ impl Bridge {
         }
     }
 
-    /// Plans `dir` for `stack` and uploads the run, as `airlock plan DIR --stack STACK` does.
-    fn propose(&self, dir: &str, stack: &str) -> anyhow::Result<Value> {
+    /// Plans `dir` for `stack` and uploads the run, as `airlock plan DIR --stack STACK
+    /// [--refresh-only]` does.
+    fn propose(&self, dir: &str, stack: &str, refresh_only: bool) -> anyhow::Result<Value> {
         let dir = inside(&self.root, dir).map_err(anyhow::Error::msg)?;
         let planned = plan_run(
             &self.client,
@@ -218,7 +220,7 @@ impl Bridge {
                 dir: &dir,
                 stack: Some(stack),
                 destroy: false,
-                refresh_only: false,
+                refresh_only,
                 terraform_bin: &self.terraform_bin,
                 origin: Origin::default(),
             },
@@ -242,7 +244,7 @@ impl Bridge {
         Ok(json!({
             "run_id": run["id"], "stack": stack, "status": run["status"], "decision": run["decision"],
             "destroys": run["destroys"], "findings": findings, "approve_command": approve,
-            "next": next,
+            "next": next, "plan_mode": run["plan_mode"],
         }))
     }
 }

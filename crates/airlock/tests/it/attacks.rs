@@ -670,3 +670,38 @@ fn planner_variables_are_shown_to_approvers() {
         "{shown}"
     );
 }
+
+/// Real configurations have outputs, and the plan JSON's `output_changes` entries are changes
+/// themselves (`{"actions": [...]}`, not wrapped in `change`). A plan with outputs is governed
+/// end to end, a plan that changes only an output has something to approve, and the reviewed
+/// JSON's output changes must be the binary's: one hidden from it is refused.
+#[test]
+fn plans_with_outputs_are_governed_and_their_output_changes_are_tied_to_the_binary() {
+    let config = |value: &str| format!("{DB_AND_WEB}output \"web\" {{\n  value = {value}\n}}\n");
+    let t = team("dev/outputs");
+    let ws = Workspace::new(&t.s, "dev/outputs", &config("terraform_data.web.output"));
+    let run = plan(&t, &ws, &t.agent, "dev/outputs");
+    assert_eq!(run_json(&t, &run)["run"]["status"], "needs_approval");
+    t.s.ok(&t.approver, &["approve", &run]);
+    let out = apply(&t, &ws, &t.ci, &run);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // Only the output changes: a run with something to approve.
+    ws.write_main(&config("\"v2\""));
+    let run = plan(&t, &ws, &t.agent, "dev/outputs");
+    assert_eq!(run_json(&t, &run)["run"]["status"], "needs_approval");
+
+    // The same plan with the output change hidden from the reviewed JSON.
+    ws.tf_ok(&t.s.admin, &["plan", "-out=out.tfplan"]);
+    let mut forged = forged_upload(&t, &ws, "dev/outputs", "out.tfplan", "out.tfplan");
+    let shown = B64
+        .decode(forged["plan_json_b64"].as_str().unwrap())
+        .unwrap();
+    let mut shown: Value = serde_json::from_slice(&shown).unwrap();
+    assert_eq!(shown["output_changes"]["web"]["actions"], json!(["update"]));
+    shown["output_changes"] = json!({});
+    forged["plan_json_b64"] = json!(B64.encode(shown.to_string()));
+    let (code, body) = upload(&t, &t.agent, "dev/outputs", &forged);
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("does not describe the binary plan"), "{body}");
+}

@@ -346,3 +346,140 @@ fn attacks_tier4_a_backup_that_reorders_drift_reports_is_refused() {
         text(&out)
     );
 }
+
+/// A backup of a server whose stack dev/db has one "drifted" report by CI: the database's
+/// deletion protection was turned off outside Terraform (a critical resource, a finding).
+fn backup_with_a_drifted_database() -> (tempfile::TempDir, std::path::PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut s = TestServer::start_on(&Backing::Dir(data.clone()), None, &[], &[]);
+    let admin = s.admin.clone();
+    s.ok(&admin, &["stack", "create", "dev/db"]);
+    let ci = s.token("ci", "ci");
+    let plan = json!({"format_version": "1.2", "terraform_version": "1.11.4",
+        "resource_drift": [{"address": "aws_db_instance.main", "mode": "managed",
+            "type": "aws_db_instance", "name": "main",
+            "provider_name": "registry.terraform.io/hashicorp/aws",
+            "change": {"actions": ["update"],
+                "before": {"id": "db-1", "deletion_protection": true},
+                "after": {"id": "db-1", "deletion_protection": false}}}],
+        "output_changes": {}});
+    let (code, v) = raw(
+        "POST",
+        &format!("{}/api/v1/stacks/dev%2Fdb/drift", s.url),
+        &ci,
+        json!({"serial": null, "plan_json_b64": B64.encode(plan.to_string())})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(code, 201, "{v}");
+    assert!(v.contains("\"drifted\""), "{v}");
+    s.kill();
+    let bk = tmp.path().join("bk");
+    let out = offline_cli(
+        &[
+            "backup",
+            "export",
+            bk.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    (tmp, bk)
+}
+
+/// FIXED (was a hole; write access to a backup): a `drift.report` event recorded the stack,
+/// status, serial, counts and time of a report but not its body, so a forger could rewrite
+/// which resource drifted and what was found (here: the production database whose deletion
+/// protection was turned off becomes a log bucket's tag, the counts kept) and a restored server
+/// would show the forged report. Expected: the event carries the SHA-256 of the stored report,
+/// and verify and import refuse a body that does not hash to it, import writing nothing.
+#[test]
+fn attacks_tier4_a_backup_with_an_edited_drift_report_body_is_refused() {
+    let (tmp, bk) = backup_with_a_drifted_database();
+    forge_backup_file(&bk, "drift_reports.json", |v| {
+        let r = &mut v.as_array_mut().unwrap()[0];
+        let body = r["report"].as_str().unwrap().to_owned();
+        assert!(body.contains("aws_db_instance.main"), "{body}");
+        let forged = body
+            .replace("aws_db_instance.main", "aws_s3_bucket.logs")
+            .replace("aws_db_instance", "aws_s3_bucket")
+            .replace("deletion_protection", "tags")
+            .replace("\"critical\":true", "\"critical\":false")
+            .replace("\"protected\":true", "\"protected\":false");
+        assert_ne!(forged, body);
+        r["report"] = json!(forged);
+    });
+    let out = offline_cli(&["backup", "verify", bk.to_str().unwrap()], &[]);
+    let why = "is not the one its drift.report audit event recorded";
+    assert!(
+        !out.status.success() && text(&out).contains("backup BROKEN") && text(&out).contains(why),
+        "a backup whose drift report body was edited verifies: {}",
+        text(&out)
+    );
+    let target = tmp.path().join("restored");
+    let out = offline_cli(
+        &[
+            "backup",
+            "import",
+            bk.to_str().unwrap(),
+            "--data-dir",
+            target.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(
+        !out.status.success() && text(&out).contains("does not verify") && text(&out).contains(why),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        !target.exists(),
+        "the refused import created {}",
+        target.display()
+    );
+}
+
+/// A backup whose `drift.report` events were written before they carried the report's
+/// SHA-256 (an older airlock; made here by rewriting the audit chain without it) was valid and
+/// stays valid: verify and import accept it and say that those reports' bodies are unverified.
+#[test]
+fn a_drift_report_recorded_before_report_hashes_is_restored_with_a_note() {
+    let (tmp, bk) = backup_with_a_drifted_database();
+    crate::support::rewrite_backup_audit(&bk, |r| {
+        if r.action == "drift.report" {
+            r.detail.as_object_mut().unwrap().remove("report_sha256");
+        }
+    });
+    let note = "1 drift report(s) were recorded before";
+    let out = offline_cli(&["backup", "verify", bk.to_str().unwrap()], &[]);
+    assert!(
+        out.status.success() && text(&out).contains("backup OK") && text(&out).contains(note),
+        "{}",
+        text(&out)
+    );
+    let out = offline_cli(
+        &["backup", "verify", bk.to_str().unwrap(), "--format", "json"],
+        &[],
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["notes"][0].as_str().unwrap().contains(note), "{v}");
+    let target = tmp.path().join("restored");
+    let out = offline_cli(
+        &[
+            "backup",
+            "import",
+            bk.to_str().unwrap(),
+            "--data-dir",
+            target.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success() && text(&out).contains(note),
+        "{}",
+        text(&out)
+    );
+}

@@ -71,7 +71,7 @@ fn ci_drift(
     cloud: &TestCloud,
     f: &ForgeStandIn,
 ) -> (Option<i32>, String) {
-    ci_drift_on(On::GitHub, t, ws, cloud, f)
+    ci_drift_on(On::GitHub, t, ws, cloud, f, &[])
 }
 
 fn ci_drift_on(
@@ -80,6 +80,7 @@ fn ci_drift_on(
     ws: &Workspace,
     cloud: &TestCloud,
     f: &ForgeStandIn,
+    extra: &[&str],
 ) -> (Option<i32>, String) {
     let root = ws.dir.parent().unwrap();
     let events = tempfile::tempdir().unwrap();
@@ -97,7 +98,8 @@ fn ci_drift_on(
     };
     env.extend(cloud.env().into_iter().map(|(k, v)| (k.to_owned(), v)));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let out = cli_in(&t.s, &t.ci, root, &["ci", "drift"], &env);
+    let args: Vec<&str> = ["ci", "drift"].iter().chain(extra).copied().collect();
+    let out = cli_in(&t.s, &t.ci, root, &args, &env);
     (out.status.code(), text(&out))
 }
 
@@ -270,7 +272,7 @@ fn on_gitlab_drift_opens_one_issue_updates_it_and_closes_it() {
         .send_json(serde_json::json!({"title": "mine", "description": pasted}))
         .unwrap();
 
-    let (code, out) = ci_drift_on(On::GitLab, &t, &ws, &cloud, &f);
+    let (code, out) = ci_drift_on(On::GitLab, &t, &ws, &cloud, &f, &[]);
     assert_eq!(code, Some(0), "{out}");
     assert!(!out.contains("GitHub only"), "{out}");
     assert_eq!(gitlab_issues().len(), 1, "no issue while in sync");
@@ -278,7 +280,7 @@ fn on_gitlab_drift_opens_one_issue_updates_it_and_closes_it() {
     cloud.set("aws_db_instance", "prod-db", "deletion_protection", "false");
     // A garbled answer to the listing: a clear error, exit 1, and no issue opened blindly.
     f.answer_next("GET", r"/projects/42/issues$", 200, &[], "<html>");
-    let (code, out) = ci_drift_on(On::GitLab, &t, &ws, &cloud, &f);
+    let (code, out) = ci_drift_on(On::GitLab, &t, &ws, &cloud, &f, &[]);
     assert_eq!(code, Some(1), "{out}");
     assert!(
         out.contains("prod/db: forge: listing the integration's open issues: the forge answered something that is not JSON"),
@@ -287,7 +289,7 @@ fn on_gitlab_drift_opens_one_issue_updates_it_and_closes_it() {
     assert_eq!(gitlab_issues().len(), 1);
     // The create takes effect but its answer is lost (a 502): looked for, found, not re-posted.
     f.fail_after_next("POST", r"/projects/42/issues$", 1, 502);
-    let (code, out) = ci_drift_on(On::GitLab, &t, &ws, &cloud, &f);
+    let (code, out) = ci_drift_on(On::GitLab, &t, &ws, &cloud, &f, &[]);
     assert_eq!(code, Some(3), "{out}");
     assert!(
         out.contains("prod/db: issue: https://gitlab.example/project-42/-/issues/2"),
@@ -295,7 +297,7 @@ fn on_gitlab_drift_opens_one_issue_updates_it_and_closes_it() {
     );
     let bastion = cloud.ids("aws_instance").pop().unwrap();
     cloud.delete("aws_instance", &bastion);
-    let (code, out) = ci_drift_on(On::GitLab, &t, &ws, &cloud, &f);
+    let (code, out) = ci_drift_on(On::GitLab, &t, &ws, &cloud, &f, &[]);
     assert_eq!(code, Some(3), "{out}");
     let all = gitlab_issues();
     assert_eq!(all.len(), 2, "opened once: {all:#?}");
@@ -314,7 +316,7 @@ fn on_gitlab_drift_opens_one_issue_updates_it_and_closes_it() {
     assert!(!body.contains("correct-horse"), "{body}");
 
     ws.tf_ok(&t.s.admin, &["apply", "-auto-approve", "-input=false"]);
-    let (code, out) = ci_drift_on(On::GitLab, &t, &ws, &cloud, &f);
+    let (code, out) = ci_drift_on(On::GitLab, &t, &ws, &cloud, &f, &[]);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("prod/db: closed: "), "{out}");
     let all = gitlab_issues();
@@ -333,5 +335,141 @@ fn on_gitlab_drift_opens_one_issue_updates_it_and_closes_it() {
             .any(|r| r.method == "PUT" && r.path.ends_with("/issues/1")),
         "no request edited the person's issue"
     );
+    f.assert_no_violations();
+}
+
+/// `airlock ci drift --propose`: the scheduled job proposes a run that accepts the drift and
+/// links it from the issue; the next job links the same run for the same drift instead of
+/// proposing again; drift that changes gets a new run and the old one is named as accepting
+/// drift the stack no longer has, as is every open one when the stack is in sync again. Nothing
+/// is applied.
+#[test]
+fn ci_drift_proposes_one_run_per_drift_and_names_stale_ones() {
+    let cloud = TestCloud::new();
+    let (t, ws) = applied(&cloud);
+    let f = ForgeStandIn::start("ghs_drift_propose");
+    let serials = t.s.serials(STACK);
+    let propose = |cloud: &TestCloud| ci_drift_on(On::GitHub, &t, &ws, cloud, &f, &["--propose"]);
+    let run_after = |out: &str, what: &str| -> String {
+        out.split(what)
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no {what:?} in {out}"))
+            .to_owned()
+    };
+    let md = |id: &str| id.replace('_', "&#95;");
+    let refresh_only_runs = || -> Vec<String> {
+        let (code, body) = raw(
+            "GET",
+            &format!(
+                "{}/api/v1/runs?stack={}",
+                t.s.url,
+                STACK.replace('/', "%2F")
+            ),
+            &t.s.admin,
+            b"",
+        );
+        assert_eq!(code, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        v["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let bastion = cloud.ids("aws_instance").pop().unwrap();
+
+    cloud.set("aws_instance", &bastion, "instance_type", "t3.large");
+    let (code, out) = propose(&cloud);
+    assert_eq!(code, Some(3), "{out}");
+    let first = run_after(&out, "proposed run ");
+    assert!(
+        out.contains(&format!(
+            "proposed run {first} accepts this drift (needs_approval"
+        )),
+        "{out}"
+    );
+    let r = &crate::support::run_json(&t, &first)["run"];
+    assert_eq!(r["plan_mode"], "refresh-only", "{r:#}");
+    let body = issues(&f)[0]["body"].as_str().unwrap().to_owned();
+    assert!(
+        body.contains(&format!(
+            "**Accept this drift**: run {} (needs&#95;approval, proposed by this check)",
+            md(&first)
+        )),
+        "{body}"
+    );
+
+    // The same drift the next time: the same run, linked again; nothing new proposed.
+    let (code, out) = propose(&cloud);
+    assert_eq!(code, Some(3), "{out}");
+    assert!(
+        out.contains(&format!("open run {first} accepts this drift")),
+        "{out}"
+    );
+    assert_eq!(refresh_only_runs(), std::slice::from_ref(&first));
+    let all = issues(&f);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert!(
+        all[0]["body"].as_str().unwrap().contains(&format!(
+            "run {} (needs&#95;approval, proposed by an earlier check",
+            md(&first)
+        )),
+        "{all:#?}"
+    );
+
+    // The drift changes: its reviewers saw other values, so a new run; the first is stale.
+    cloud.set("aws_instance", &bastion, "instance_type", "t3.xlarge");
+    let (code, out) = propose(&cloud);
+    assert_eq!(code, Some(3), "{out}");
+    let second = run_after(&out, "proposed run ");
+    assert_ne!(second, first, "{out}");
+    assert!(
+        out.contains(&format!(
+            "run {first} accepts drift the stack no longer has: reject it"
+        )),
+        "{out}"
+    );
+    let body = issues(&f)[0]["body"].as_str().unwrap().to_owned();
+    assert!(
+        body.contains(&format!("run {} (needs&#95;approval", md(&second))),
+        "{body}"
+    );
+    assert!(
+        body.contains(&format!(
+            "Run {} accepts drift this stack no longer has",
+            md(&first)
+        )),
+        "{body}"
+    );
+
+    // Put back by hand: in sync, the issue closes naming both open runs as stale, and nothing
+    // is proposed.
+    cloud.set("aws_instance", &bastion, "instance_type", "t3.micro");
+    let (code, out) = propose(&cloud);
+    assert_eq!(code, Some(0), "{out}");
+    for id in [&first, &second] {
+        assert!(
+            out.contains(&format!("run {id} accepts drift the stack no longer has")),
+            "{out}"
+        );
+    }
+    let all = issues(&f);
+    assert_eq!(
+        (all.len(), all[0]["state"].as_str()),
+        (1, Some("closed")),
+        "{all:#?}"
+    );
+    let body = all[0]["body"].as_str().unwrap();
+    assert!(body.contains("is in sync again"), "{body}");
+    for id in [&first, &second] {
+        assert!(
+            body.contains(&format!("Run {} accepts drift", md(id))),
+            "{body}"
+        );
+    }
+    assert_eq!(refresh_only_runs().len(), 2);
+    assert_eq!(t.s.serials(STACK), serials, "proposing wrote state");
     f.assert_no_violations();
 }

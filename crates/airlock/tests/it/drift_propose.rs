@@ -536,3 +536,29 @@ fn drift_values_edited_in_the_reviewed_json_are_refused_at_apply() {
     assert_eq!(t.s.serials(STACK), serials, "nothing was applied");
     assert_eq!(run_json(&t, &run)["run"]["status"], "failed");
 }
+
+/// An agent proposes accepting drift through MCP (`propose_change` with `refresh_only`): the
+/// same governed run as `airlock drift --propose`, judged from the binary (the critical
+/// database it drops from the state is denied without an `allow_destroy` declaration).
+#[test]
+fn an_agent_proposes_accepting_drift_through_mcp() {
+    let cloud = TestCloud::new();
+    let (t, ws, _) = drifted(&cloud);
+    let serials = t.s.serials(STACK);
+    let root = ws.dir.parent().unwrap();
+    let call = json!([{"tool": "propose_change", "args": {"dir": "tf", "stack": STACK, "refresh_only": true}}]);
+    let v = crate::mcp::sdk_with_env("stdio", &t.s, &t.agent, root, &call, &env(&cloud));
+    let p = &v["calls"][0];
+    assert_eq!(p["isError"], false, "{p}");
+    let p = &p["structured"];
+    assert_eq!(p["plan_mode"], "refresh-only", "{p}");
+    assert_eq!(p["decision"], "deny", "{p}");
+    assert!(p["approve_command"].is_null(), "{p}");
+    assert!(
+        p["findings"].to_string().contains("critical-destroy"),
+        "{p}"
+    );
+    let r = &run_json(&t, p["run_id"].as_str().unwrap())["run"];
+    assert_eq!(r["plan_mode"], "refresh-only", "{r:#}");
+    assert_eq!(t.s.serials(STACK), serials, "proposing wrote state");
+}

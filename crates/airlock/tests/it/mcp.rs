@@ -45,8 +45,25 @@ fn inspector() -> PathBuf {
 /// Runs `tests/mcp/client.py MODE SCENARIO` (the SDK) as `token`; `root` is where `airlock mcp`
 /// starts (its working tree).
 fn sdk(mode: &str, s: &TestServer, token: &str, root: &Path, scenario: &Value) -> Value {
+    sdk_with_env(mode, s, token, root, scenario, &[])
+}
+
+/// [`sdk`] with more environment for the client and the `airlock mcp` it starts.
+pub(crate) fn sdk_with_env(
+    mode: &str,
+    s: &TestServer,
+    token: &str,
+    root: &Path,
+    scenario: &Value,
+    envs: &[(&str, String)],
+) -> Value {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcp/client.py");
     let out = Command::new(python())
+        .envs(envs.iter().map(|(k, v)| (*k, v)))
+        .env(
+            "AIRLOCK_MCP_PASS_ENV",
+            envs.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(","),
+        )
         .arg(script)
         .arg(mode)
         .arg(scenario.to_string())

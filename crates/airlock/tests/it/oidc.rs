@@ -732,11 +732,8 @@ fn trusts_and_drift_reports_survive_a_backup_and_ci_logs_in_after_restore_with_a
     assert!(pin(&ci_trust).contains("already pinned"));
     assert!(pin(&removed).contains("was removed"));
     let login_url = format!("{}/api/v1/oidc/login", s.url);
-    let (code, v) = post(
-        &login_url,
-        "",
-        json!({"token": forge.mint(push_claims(aud), None)}),
-    );
+    let first = forge.mint(push_claims(aud), None);
+    let (code, v) = post(&login_url, "", json!({"token": first}));
     assert_eq!((code, v["role"].as_str()), (201, Some("ci")), "{v}");
     let ci = v["secret"].as_str().unwrap().to_owned();
     // Two drift reports by the CI job: in sync (no state yet), then unknown.
@@ -811,6 +808,15 @@ fn trusts_and_drift_reports_survive_a_backup_and_ci_logs_in_after_restore_with_a
     assert!(
         !new_kids.iter().any(|k| old_kids.contains(k)),
         "the restored server signs with a new key: {new_kids:?}"
+    );
+    let (code, v) = post(
+        &format!("{}/api/v1/oidc/login", pg.url),
+        "",
+        json!({"token": first}),
+    );
+    assert_eq!(
+        code, 401,
+        "the token used before the backup logs in again: {v}"
     );
     let (code, v) = post(
         &format!("{}/api/v1/oidc/login", pg.url),
@@ -992,6 +998,111 @@ fn trusts_and_drift_reports_survive_a_backup_and_ci_logs_in_after_restore_with_a
             target.display()
         );
     }
+}
+
+/// A forge ID token logs in once, and a restore does not give it a second login: its
+/// `oidc.login` audit event names the token (issuer, `jti`, expiry), and `backup import`
+/// marks every token still alive as used again (the one-use records themselves are not in
+/// backups). A backup whose login events predate that still imports, with a note.
+#[test]
+fn a_forge_token_used_before_a_backup_is_refused_after_the_restore() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let forge = issuer();
+    let aud = "https://airlock.example";
+    let public = ["--public-url", aud];
+    let mut s = TestServer::start_on(&Backing::Dir(data.clone()), None, &public, &[]);
+    let admin = s.admin.clone();
+    s.ok(
+        &admin,
+        &[
+            "trust",
+            "add",
+            "github",
+            "--repository",
+            "org/repo",
+            "--repository-id",
+            "1001",
+            "--owner-id",
+            "2002",
+            "--ref",
+            "refs/heads/main",
+            "--role",
+            "ci",
+            "--issuer",
+            &forge.url,
+            "--audience",
+            aud,
+        ],
+    );
+    let login_at = |url: &str, token: &str| {
+        post(
+            &format!("{url}/api/v1/oidc/login"),
+            "",
+            json!({"token": token}),
+        )
+    };
+    let used = forge.mint(push_claims(aud), None);
+    let (code, v) = login_at(&s.url, &used);
+    assert_eq!(code, 201, "{v}");
+    let (code, v) = login_at(&s.url, &used);
+    assert_eq!(code, 401, "{v}");
+    s.kill();
+
+    let bk = tmp.path().join("bk");
+    let (ok, out) = offline(&[
+        "backup",
+        "export",
+        bk.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+    let restored = tmp.path().join("restored");
+    let (ok, out) = offline(&[
+        "backup",
+        "import",
+        bk.to_str().unwrap(),
+        "--data-dir",
+        restored.to_str().unwrap(),
+    ]);
+    assert!(
+        ok && out.contains("1 forge ID token(s) that logged in before the backup"),
+        "{out}"
+    );
+    let r = TestServer::start_on(&Backing::Dir(restored), Some(&admin), &public, &[]);
+    let (code, v) = login_at(&r.url, &used);
+    assert_eq!(
+        code, 401,
+        "a forge token used before the backup logs in again after the restore: {v}"
+    );
+    assert!(v.to_string().contains("already used"), "{v}");
+    let (code, v) = login_at(&r.url, &forge.mint(push_claims(aud), None));
+    assert_eq!(code, 201, "a fresh token logs in after the restore: {v}");
+    drop(r);
+
+    // Login events from before they named the token: valid then, valid now, and said.
+    crate::support::rewrite_backup_audit(&bk, |r| {
+        if r.action == "oidc.login" {
+            if let Some(d) = r.detail.as_object_mut() {
+                d.remove("id_token");
+            }
+        }
+    });
+    let note = "1 forge login(s) were recorded before";
+    let (ok, out) = offline(&["backup", "verify", bk.to_str().unwrap()]);
+    assert!(
+        ok && out.contains("backup OK") && out.contains(note),
+        "{out}"
+    );
+    let (ok, out) = offline(&[
+        "backup",
+        "import",
+        bk.to_str().unwrap(),
+        "--data-dir",
+        tmp.path().join("restored-old").to_str().unwrap(),
+    ]);
+    assert!(ok && out.contains(note), "{out}");
 }
 
 /// A trust as migration 0011 leaves one added before it (no ids, on a real PostgreSQL store):

@@ -651,3 +651,59 @@ pub fn forge_backup_file(bk: &Path, rel: &str, edit: impl FnOnce(&mut serde_json
     m["files"][rel] = serde_json::json!({"sha256": sha, "size": bytes.len()});
     std::fs::write(&mpath, m.to_string()).unwrap();
 }
+
+/// Edits a backup's audit records and re-hashes the whole log (every chain's links and hashes,
+/// the seals' named heads, the manifest's entry and head), as an older airlock would have
+/// written it, or as someone who rewrites the chain would: what only the manifest's printed
+/// SHA-256 and the audit head a server recorded can tell apart.
+pub fn rewrite_backup_audit(bk: &Path, edit: impl Fn(&mut airlock_core::audit::AuditRecord)) {
+    use airlock_core::audit::{AuditRecord, GENESIS};
+    let path = bk.join("audit.jsonl");
+    let mut heads: std::collections::HashMap<String, String> = Default::default();
+    let mut by_position: std::collections::HashMap<(String, i64), String> = Default::default();
+    let mut legacy = GENESIS.to_owned();
+    let mut out = String::new();
+    for line in std::fs::read_to_string(&path).unwrap().lines() {
+        let mut r: AuditRecord = serde_json::from_str(line).unwrap();
+        edit(&mut r);
+        if let Some(heads) = r.detail.get_mut("heads").and_then(|h| h.as_object_mut()) {
+            for (chain, h) in heads.iter_mut() {
+                let at = h["chain_seq"].as_i64().unwrap();
+                h["hash"] = serde_json::json!(by_position[&(chain.clone(), at)]);
+            }
+        }
+        r.prev_hash = match (&r.chain, r.chain_seq) {
+            (Some(c), Some(_)) => heads.get(c).cloned().unwrap_or_else(|| {
+                if c.is_empty() {
+                    legacy.clone()
+                } else {
+                    GENESIS.to_owned()
+                }
+            }),
+            _ => legacy.clone(),
+        };
+        r.hash = r.expected_hash();
+        match (&r.chain, r.chain_seq) {
+            (Some(c), Some(at)) => {
+                heads.insert(c.clone(), r.hash.clone());
+                by_position.insert((c.clone(), at), r.hash.clone());
+            }
+            _ => legacy = r.hash.clone(),
+        }
+        out.push_str(&serde_json::to_string(&r).unwrap());
+        out.push('\n');
+    }
+    let head = serde_json::from_str::<AuditRecord>(out.lines().last().unwrap())
+        .unwrap()
+        .hash;
+    std::fs::write(&path, &out).unwrap();
+    let sha: String = airlock_store::blob::sha256(out.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let mpath = bk.join("manifest.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
+    m["files"]["audit.jsonl"] = serde_json::json!({"sha256": sha, "size": out.len()});
+    m["summary"]["audit_head"] = serde_json::json!(head);
+    std::fs::write(&mpath, m.to_string()).unwrap();
+}

@@ -25,11 +25,15 @@ from mcp.shared.exceptions import MCPError
 async def main(mode: str, scenario: list) -> dict:
     url, token = os.environ["AIRLOCK_URL"], os.environ["AIRLOCK_TOKEN"]
     if mode == "stdio":
+        env = {"AIRLOCK_URL": url, "AIRLOCK_TOKEN": token, "CHECKPOINT_DISABLE": "1",
+               "TF_CLI_CONFIG_FILE": "/dev/null", "PATH": os.environ["PATH"]}
+        # The test names what else `airlock mcp` gets (e.g. the local test cloud's settings).
+        for name in filter(None, os.environ.get("AIRLOCK_MCP_PASS_ENV", "").split(",")):
+            env[name] = os.environ[name]
         server = StdioServerParameters(
             command=os.environ["AIRLOCK_BIN"],
             args=["mcp"],
-            env={"AIRLOCK_URL": url, "AIRLOCK_TOKEN": token, "CHECKPOINT_DISABLE": "1",
-                 "TF_CLI_CONFIG_FILE": "/dev/null", "PATH": os.environ["PATH"]},
+            env=env,
             cwd=os.environ.get("AIRLOCK_MCP_ROOT"),
         )
     else:

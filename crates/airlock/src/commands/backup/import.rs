@@ -3,7 +3,10 @@
 use std::collections::BTreeMap;
 
 use airlock_core::audit::{verify_chain, GENESIS};
-use airlock_store::{blob, LockRecord, RunRecord, StackRecord, StoreImport, VersionMeta};
+use airlock_server::oidc;
+use airlock_store::{
+    blob, LockRecord, RunRecord, StackRecord, StoreError, StoreImport, VersionMeta,
+};
 use anyhow::{bail, Context};
 
 use super::export::all_audit;
@@ -26,8 +29,9 @@ pub(super) fn ensure_empty(store: &dyn StoreImport) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Inserts everything in the backup into `store` verbatim.
-pub(super) fn replay(store: &dyn StoreImport, b: &Backup) -> anyhow::Result<()> {
+/// Inserts everything in the backup into `store` verbatim, then marks the forge ID tokens its
+/// logins used as used (`mark_used_forge_tokens`); returns how many it marked.
+pub(super) fn replay(store: &dyn StoreImport, b: &Backup) -> anyhow::Result<usize> {
     for u in &b.users {
         store
             .import_user(&u.to_record())
@@ -98,7 +102,35 @@ pub(super) fn replay(store: &dyn StoreImport, b: &Backup) -> anyhow::Result<()> 
             .import_audit(r)
             .with_context(|| format!("importing audit event {}", r.seq))?;
     }
-    Ok(())
+    mark_used_forge_tokens(store, &b.audit)
+}
+
+/// A forge ID token logs in once (`forge_token_uses`), but those records are not in backups:
+/// they are rebuilt from the verified audit, whose `oidc.login` events name the token each login
+/// spent, so a token that logged in before the backup and could still be accepted does not log
+/// in again after the restore. Records that the server would already have pruned are skipped.
+fn mark_used_forge_tokens(
+    store: &dyn StoreImport,
+    audit: &[airlock_core::audit::AuditRecord],
+) -> anyhow::Result<usize> {
+    let prune_before = airlock_store::now_ms() - oidc::USED_TOKEN_KEPT_MS;
+    let mut marked = 0;
+    for t in audit.iter().filter_map(oidc::UsedForgeToken::of_event) {
+        if t.exp_ms < prune_before {
+            continue;
+        }
+        match store.use_forge_token(&t.issuer, &t.jti, t.exp_ms, prune_before) {
+            Ok(()) => marked += 1,
+            // Named by two events (it cannot log in twice): it is marked either way.
+            Err(StoreError::Conflict(_)) => {}
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("marking forge ID token {} of {} used", t.jti, t.issuer)
+                })
+            }
+        }
+    }
+    Ok(marked)
 }
 
 /// Differences between what `store` holds and the backup (empty: equal). Version bytes are

@@ -40,7 +40,13 @@
 //! the JWKS by issuer URL, so phase tokens keep working. Trusts and drift reports are checked
 //! like everything else a restore brings without a person looking: a trust must be one that
 //! `airlock trust add` accepts (never approver or admin), a drift report must name a stack and
-//! a serial of the backup (`verify.rs`).
+//! a serial of the backup and hash to the SHA-256 its `drift.report` audit event recorded
+//! (`verify.rs`; an event from before that hash is noted, not refused).
+//!
+//! The one-use records of forge ID tokens (`forge_token_uses`) are not in a backup: import
+//! rebuilds them from the `oidc.login` events, which name each login's token (`import.rs`), so a
+//! token used before the backup does not log in again after the restore. No format change: the
+//! events were always in the audit file.
 //!
 //! History is append-only, so an export taken while servers run is consistent per stack; the
 //! audit chain is read last and covers at least everything exported.
@@ -109,12 +115,13 @@ pub fn run(cmd: BackupCommand) -> anyhow::Result<ExitCode> {
                 problems = replay_into_scratch(&backup)?;
             }
             let ok = problems.is_empty();
+            let notes = backup.notes();
             print(
                 format,
-                &json!({"ok": ok, "summary": backup.manifest.summary, "problems": problems}),
+                &json!({"ok": ok, "summary": backup.manifest.summary, "problems": problems, "notes": notes}),
                 || {
                     let s = &backup.manifest.summary;
-                    if ok {
+                    let mut out = if ok {
                         format!(
                         "backup OK: {} stack(s), {} version(s), {} user(s), {} token(s), {} grant(s), {} lock(s), {} run(s), {} trust(s), {} drift report(s), {} audit event(s), audit head {}; every file matches the manifest, every version its SHA-256, the audit chain verifies, and a replay into a scratch SQLite store compares equal\n",
                         s.stacks, s.versions, s.users, s.tokens, s.grants, s.locks, s.runs, s.trusts, s.drift_reports, s.audit_events, s.audit_head
@@ -125,7 +132,9 @@ pub fn run(cmd: BackupCommand) -> anyhow::Result<ExitCode> {
                             out.push_str(&format!("  {p}\n"));
                         }
                         out
-                    }
+                    };
+                    out.push_str(&notes_text(&notes));
+                    out
                 },
             );
             if record {
@@ -176,7 +185,7 @@ pub fn run(cmd: BackupCommand) -> anyhow::Result<ExitCode> {
             }
             let store = open_store(&db, Missing::Create)?;
             ensure_empty(store.as_ref())?;
-            replay(store.as_ref(), &backup).context(
+            let marked = replay(store.as_ref(), &backup).context(
                 "import failed part-way; the target store is now partly filled: drop it (or use a fresh data dir) before trying again",
             )?;
             let problems = compare(store.as_ref(), &backup)?;
@@ -187,14 +196,20 @@ pub fn run(cmd: BackupCommand) -> anyhow::Result<ExitCode> {
                 );
             }
             let s = &backup.manifest.summary;
+            let notes = backup.notes();
             print(
                 format,
-                &json!({"ok": true, "engine": store.engine(), "summary": s}),
+                &json!({"ok": true, "engine": store.engine(), "summary": s, "forge_tokens_marked_used": marked, "notes": notes}),
                 || {
-                    format!(
+                    let mut out = format!(
                     "imported {} stack(s), {} version(s), {} user(s), {} token(s), {} grant(s), {} lock(s), {} run(s), {} trust(s), {} drift report(s), {} audit event(s) into the {} store; it compares equal to the backup (audit head {})\n",
                     s.stacks, s.versions, s.users, s.tokens, s.grants, s.locks, s.runs, s.trusts, s.drift_reports, s.audit_events, store.engine(), s.audit_head
-                )
+                );
+                    if marked > 0 {
+                        out.push_str(&format!("{marked} forge ID token(s) that logged in before the backup and have not expired are marked used (each logs in once, restore or not)\n"));
+                    }
+                    out.push_str(&notes_text(&notes));
+                    out
                 },
             );
             Ok(ExitCode::SUCCESS)
@@ -210,6 +225,10 @@ fn print(format: OutputFormat, value: &serde_json::Value, text: impl FnOnce() ->
         )),
         OutputFormat::Text => crate::out(&text()),
     }
+}
+
+fn notes_text(notes: &[String]) -> String {
+    notes.iter().map(|n| format!("note: {n}\n")).collect()
 }
 
 pub(super) fn hex(bytes: &[u8]) -> String {

@@ -271,6 +271,41 @@ impl Backup {
         Ok((backup, problems))
     }
 
+    /// What a valid backup leaves unverified or unrestored, because its audit events were
+    /// written by an airlock that did not record it yet: drift reports whose `drift.report`
+    /// event has no `report_sha256` (their bodies are not bound to the chain), and forge logins
+    /// whose `oidc.login` event names no ID token (`import` cannot mark those tokens used).
+    pub(super) fn notes(&self) -> Vec<String> {
+        let events = |action: &str, key: &str| {
+            self.audit
+                .iter()
+                .filter(|r| r.outcome == "ok" && r.action == action && r.detail.get(key).is_none())
+                .collect::<Vec<_>>()
+        };
+        let unhashed: BTreeSet<&str> = events("drift.report", "report_sha256")
+            .iter()
+            .filter_map(|r| r.detail.get("id").and_then(serde_json::Value::as_str))
+            .collect();
+        let unhashed = self
+            .drift_reports
+            .iter()
+            .filter(|d| unhashed.contains(d.id.as_str()))
+            .count();
+        let logins = events("oidc.login", airlock_server::oidc::LOGIN_ID_TOKEN).len();
+        let mut notes = Vec::new();
+        if unhashed > 0 {
+            notes.push(format!(
+                "{unhashed} drift report(s) were recorded before drift.report audit events carried the report's SHA-256: their stack, status, serial, counts and time are checked against the audit, their bodies (which instances drifted, the findings) are not"
+            ));
+        }
+        if logins > 0 {
+            notes.push(format!(
+                "{logins} forge login(s) were recorded before oidc.login audit events named the ID token: a restore cannot mark those tokens used, so one that has not expired yet could log in once more"
+            ));
+        }
+        notes
+    }
+
     pub(super) fn computed_summary(&self) -> Summary {
         Summary {
             stacks: self.stacks.len() as u64,
@@ -298,9 +333,10 @@ impl Backup {
     /// its audit event committed with (the chain is verified separately): a trust is what its
     /// `oidc.trust_add` event (and `oidc.trust_pin`, for ids pinned later) says, and removed if
     /// an `oidc.trust_remove` event says so; a drift report is what its `drift.report` event
-    /// says, at that event's time. Adding or reviving a trust, or an "in sync" report that
-    /// hides drift, then means rewriting the audit chain, whose head the server recorded
-    /// (`backup verify --record`) and the manifest's printed SHA-256 pins.
+    /// says, at that event's time, its body hashing to the event's `report_sha256` (when the
+    /// event has one: see `notes`). Adding or reviving a trust, an "in sync" report that hides
+    /// drift, or an edited body, then means rewriting the audit chain, whose head the server
+    /// recorded (`backup verify --record`) and the manifest's printed SHA-256 pins.
     fn trust_and_drift_problems(&self) -> Vec<String> {
         use serde_json::{json, Value};
         let mut problems = Vec::new();
@@ -429,6 +465,16 @@ impl Backup {
                             "drift report {}: differs from what its drift.report audit event says (stack, status, serial, counts or time)",
                             d.id
                         ));
+                    }
+                    // The body (which instances drifted, the findings): bound by the SHA-256
+                    // the event carries; an older event without it is noted (`notes`).
+                    match r.detail.get("report_sha256") {
+                        None => {}
+                        Some(h) if h.as_str() == Some(&airlock_server::drift_report_sha256(&d.report)) => {}
+                        Some(_) => problems.push(format!(
+                            "drift report {}: its body (the drifted instances and findings) is not the one its drift.report audit event recorded (the SHA-256 differs): the report was edited after the server stored it",
+                            d.id
+                        )),
                     }
                 }
             }
