@@ -36,3 +36,5 @@ mod drift_cloud;
 mod drift_propose;
 // the apply's plan check gates the state lock (issue 17 §3)
 mod attacks_apply_gate;
+// review 5: attacks on issue 17 work (apply gate, drift hashes, drift proposals)
+mod attacks_tier5;
