@@ -165,3 +165,95 @@ fn tf_http_lock_method_in_the_environment_skips_the_gate() {
         text(&out)
     );
 }
+
+/// Part 3: `airlock ci drift --propose` links "the open run accepting exactly this drift"
+/// instead of proposing one. The rule compares the run's reviewed plan JSON with the check's
+/// own `terraform show -json`; the server ties a JSON to its binary by addresses and actions,
+/// not values. An agent uploads a refresh-only run whose binary accepts other drift (planned
+/// while the bastion was t3.xlarge) with the JSON of the real drift (t3.large), from the
+/// checkout's own inputs at the current state.
+mod drift_decoy {
+    use serde_json::{json, Value};
+
+    use crate::attacks::{forged_upload, upload};
+    use crate::forge::ForgeStandIn;
+    use crate::support::*;
+    use crate::testcloud::TestCloud;
+
+    const STACK: &str = "prod/decoy";
+    const DB_TF: &str = "resource \"aws_instance\" \"bastion\" {\n  ami           = \"ami-0abc1234\"\n  instance_type = \"t3.micro\"\n}\n";
+
+    fn ci_drift_propose(t: &Team, ws: &Workspace, cloud: &TestCloud, f: &ForgeStandIn) -> String {
+        let root = ws.dir.parent().unwrap();
+        let events = tempfile::tempdir().unwrap();
+        let mut env = f.github_push_env(
+            events.path(),
+            "acme/infra",
+            "main",
+            "main",
+            "1111111111111111111111111111111111111111",
+            "2222222222222222222222222222222222222222",
+        );
+        env.extend(cloud.env().into_iter().map(|(k, v)| (k.to_owned(), v)));
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        text(&cli_in(
+            &t.s,
+            &t.ci,
+            root,
+            &["ci", "drift", "--propose"],
+            &env,
+        ))
+    }
+
+    #[test]
+    #[ignore = "HOLE: ci drift --propose links any open refresh-only run whose reviewed JSON matches the drift, though the server ties JSON values to nothing; the issue says an earlier check proposed it"]
+    fn ci_drift_links_an_agents_run_whose_binary_accepts_other_drift() {
+        let cloud = TestCloud::new();
+        let t = team(STACK);
+        let ws = cloud.workspace(&t.s, STACK, DB_TF);
+        let root = ws.dir.parent().unwrap().to_owned();
+        std::fs::write(
+            root.join("airlock.hcl"),
+            format!("stack \"{STACK}\" {{\n  dir = \"tf\"\n}}\n"),
+        )
+        .unwrap();
+        ws.tf_ok(&t.s.admin, &["init", "-input=false"]);
+        ws.tf_ok(&t.s.admin, &["apply", "-auto-approve", "-input=false"]);
+        let bastion = cloud.ids("aws_instance").pop().unwrap();
+        cloud.set("aws_instance", &bastion, "instance_type", "\"t3.xlarge\"");
+        ws.tf_ok(
+            &t.s.admin,
+            &["plan", "-refresh-only", "-out=../other.tfplan"],
+        );
+        cloud.set("aws_instance", &bastion, "instance_type", "\"t3.large\"");
+        ws.tf_ok(
+            &t.s.admin,
+            &["plan", "-refresh-only", "-out=../real.tfplan"],
+        );
+        let mut body = forged_upload(&t, &ws, STACK, "../other.tfplan", "../real.tfplan");
+        // The inputs `airlock plan` lists for this checkout (airlock.hcl included).
+        let files = airlock_runner::input_files(&root, &ws.dir).unwrap();
+        let version = body["terraform_version"].as_str().unwrap().to_owned();
+        body["fingerprint"] = json!(airlock_core::inputs::fingerprint(&version, &files));
+        body["inputs"] = json!(files);
+        body["planned_dir"] = json!("tf");
+        body["plan_mode"] = json!("refresh-only");
+        body["config"] = json!(std::fs::read_to_string(root.join("airlock.hcl")).unwrap());
+        let (code, answer) = upload(&t, &t.agent, STACK, &body);
+        assert_eq!(code, 201, "the server refused the decoy: {answer}");
+        let decoy: Value = serde_json::from_str(&answer).unwrap();
+        let decoy = decoy["run"]["id"].as_str().unwrap().to_owned();
+        assert_eq!(run_json(&t, &decoy)["run"]["plan_mode"], "refresh-only");
+
+        let f = ForgeStandIn::start("ghs_decoy");
+        let out = ci_drift_propose(&t, &ws, &cloud, &f);
+        let issue = f.state()["github"]["issues"][0]["body"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            !out.contains(&format!("open run {decoy}")),
+            "ci drift linked the agent's run, whose binary accepts t3.xlarge, as accepting this drift (t3.large):\n{out}\nissue:\n{issue}"
+        );
+    }
+}
