@@ -166,6 +166,83 @@ fn tf_http_lock_method_in_the_environment_skips_the_gate() {
     );
 }
 
+/// `airlock apply` killed (SIGKILL: no chance to stop its child) after `terraform apply`
+/// started and before the plan check is recorded: the orphaned Terraform keeps asking for the
+/// lock, which stays refused (423) while the run is unchecked, so it applies nothing and writes
+/// no state. (Its `terraform` records its pid so the test can end the orphan.)
+#[test]
+fn airlock_apply_killed_before_its_check_leaves_terraform_locked_out() {
+    let stack = "dev/r5kill";
+    let (t, ws) = applied_stack(stack);
+    ws.write_main(WITH_SIDE_EFFECT);
+    let run = plan(&t, &ws, &t.agent, stack);
+    t.s.ok(&t.approver, &["approve", &run]);
+    let versions = t.s.version_count(stack);
+    let pids = ws.path("../pids");
+    let tf = ws.path("../pid-terraform");
+    std::fs::write(
+        &tf,
+        format!(
+            "#!/bin/sh\necho \"$$ $1\" >> {}\nif [ \"$1\" = show ]; then sleep 30; fi\nexec {} \"$@\"\n",
+            pids.display(),
+            terraform_bin()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&tf, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut child = std::process::Command::new(AIRLOCK)
+        .args(["apply", &run, "--dir", ".", "--terraform-bin"])
+        .arg(&tf)
+        .current_dir(&ws.dir)
+        .env("AIRLOCK_URL", &t.s.url)
+        .env("AIRLOCK_TOKEN", &t.ci)
+        .env("CHECKPOINT_DISABLE", "1")
+        .env("TF_CLI_CONFIG_FILE", "/dev/null")
+        .env("XDG_CACHE_HOME", t.s.dir.path().join("cache"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until `terraform apply` has started (its pid is recorded), then a little more.
+    let started = std::time::Instant::now();
+    let apply_pid = loop {
+        let text = std::fs::read_to_string(&pids).unwrap_or_default();
+        if let Some(l) = text.lines().find(|l| l.ends_with(" apply")) {
+            break l.split(' ').next().unwrap().to_owned();
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "terraform apply never started: {text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The orphan keeps trying; for 12 s (past the server's 10 s long poll) nothing is applied.
+    std::thread::sleep(std::time::Duration::from_secs(12));
+    let orphan_alive = std::path::Path::new(&format!("/proc/{apply_pid}")).exists();
+    for l in std::fs::read_to_string(&pids).unwrap().lines() {
+        let pid = l.split(' ').next().unwrap();
+        let _ = std::process::Command::new("kill")
+            .args(["-9", pid])
+            .status();
+    }
+    assert!(
+        orphan_alive,
+        "the orphaned terraform apply was expected to still wait"
+    );
+    assert!(
+        !ws.path("applied").exists(),
+        "the orphaned terraform applied"
+    );
+    assert_eq!(t.s.version_count(stack), versions);
+    let r = &run_json(&t, &run)["run"];
+    assert_eq!(r["status"], "applying", "{r:#}");
+    assert!(r["plan_checked_at"].is_null(), "{r:#}");
+}
+
 /// Part 3: `airlock ci drift --propose` links "the open run accepting exactly this drift"
 /// instead of proposing one. The rule compares the run's reviewed plan JSON with the check's
 /// own `terraform show -json`; the server ties a JSON to its binary by addresses and actions,
