@@ -38,3 +38,5 @@ mod drift_propose;
 mod realworld;
 // the apply's plan check gates the state lock (issue 17 §3)
 mod attacks_apply_gate;
+// review 5: attacks on issue 17 work (apply gate, drift hashes, drift proposals)
+mod attacks_tier5;

@@ -1,0 +1,569 @@
+//! Review 5: attacks on this session's new work (issue 17), against the real server, real
+//! Terraform and the real CLI. Holes are committed `#[ignore = "HOLE: ..."]`; un-ignore after the fix.
+//!
+//! 1. The apply's plan check gates the state lock (`h/perf-runs3`). The gate holds only if
+//!    `terraform apply PLAN` asks this server for the lock with the LOCK method before it
+//!    changes anything. The http backend's `lock_method` is part of the backend configuration
+//!    embedded in the plan (the plan author's `terraform init -backend-config=lock_method=GET`,
+//!    nothing in the checkout) and defaults from `TF_HTTP_LOCK_METHOD`; `PlanBackend::check_is`
+//!    pins only the three addresses. With `GET`, Terraform "locks" by reading the state (200)
+//!    and applies at once: HOLES `a_plan_whose_backend_locks_with_get_applies_without_a_plan_check`
+//!    (deterministic), `airlock_apply_of_a_plan_locking_with_get_applies_before_its_failed_check`
+//!    and `tf_http_lock_method_in_the_environment_skips_the_gate` (a race the apply wins when
+//!    `terraform show` is slow: made deterministic with a `terraform` whose `show` sleeps 4 s);
+//!    with an honest JSON the apply still runs unlocked and its state write is refused (409) after
+//!    the infrastructure changed: `an_honest_check_of_a_plan_locking_with_get_still_applies_without_the_lock`.
+//!    Holds: `airlock_apply_killed_before_its_check_leaves_terraform_locked_out`.
+//! 2. Forge-token records after a restore: HOLE `forge_tokens_after_restore::*` (import cannot
+//!    be given the exported manifest hash; a rewritten `oidc.login` event un-spends its token).
+//! 3. `ci drift --propose`: HOLE `drift_decoy::*` (an agent's run with a value-forged JSON is
+//!    linked as "proposed by an earlier check ... for exactly this drift"; its apply is refused).
+//! 4. `state diff` (`h/perf-write3`): HOLE on main, fixed by that branch:
+//!    `state_diff_shows_a_change_between_colliding_contents`.
+
+use serde_json::Value;
+
+use crate::attacks::{applied_stack, forged_upload, upload};
+use crate::support::*;
+
+/// A change whose apply runs code on this machine: `applied` in the checkout says Terraform
+/// applied something.
+const WITH_SIDE_EFFECT: &str = "resource \"terraform_data\" \"db\" {\n  input = 1\n}\nresource \"terraform_data\" \"web\" {\n  input = 1\n}\nresource \"terraform_data\" \"side\" {\n  input = 1\n  provisioner \"local-exec\" {\n    command = \"touch ${path.module}/applied\"\n  }\n}\n";
+
+/// An agent's run of `stack` whose binary plan was made after `terraform init
+/// -backend-config=lock_method=GET` (the agent's own data directory: nothing in the checkout
+/// changes), uploaded as `airlock plan` would, approved. Returns the run id.
+fn run_planned_with_get_locks(t: &Team, ws: &Workspace, stack: &str) -> String {
+    ws.write_main(WITH_SIDE_EFFECT);
+    ws.tf_ok(
+        &t.s.admin,
+        &["init", "-reconfigure", "-backend-config=lock_method=GET"],
+    );
+    ws.tf_ok(&t.s.admin, &["plan", "-out=../evil.tfplan"]);
+    let body = forged_upload(t, ws, stack, "../evil.tfplan", "../evil.tfplan");
+    let (code, text) = upload(t, &t.agent, stack, &body);
+    assert_eq!(code, 201, "the server refused the plan: {text}");
+    let run: Value = serde_json::from_str(&text).unwrap();
+    let run = run["run"]["id"].as_str().unwrap().to_owned();
+    // The backend the plan carries is this stack's, with GET as its lock method.
+    let bin = std::fs::read(ws.path("../evil.tfplan")).unwrap();
+    let parsed = airlock_policy::planfile::PlanFile::parse(&bin).unwrap();
+    let backend = parsed.backend.unwrap();
+    assert_eq!(backend.get("lock_method"), Some("GET"));
+    assert!(backend.check_is(&t.s.state_url(stack)).is_ok());
+    // The checkout is put back as it was (the CI checkout knows nothing of the lock method).
+    ws.tf_ok(&t.s.admin, &["init", "-reconfigure"]);
+    t.s.ok(&t.approver, &["approve", &run]);
+    run
+}
+
+/// The reviewed plan JSON of `run` replaced with `json` (as `attacks_apply_gate` does, standing
+/// for a plan JSON that does not say what the binary does): the plan check will fail.
+fn swap_reviewed_json(t: &Team, run: &str, json: &str) {
+    let db = t.s.dir.path().join("data/airlock.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch("DROP TRIGGER IF EXISTS run_artifacts_no_update")
+        .unwrap();
+    let sha = {
+        use sha2::Digest;
+        sha2::Sha256::digest(json.as_bytes()).to_vec()
+    };
+    conn.execute(
+        "UPDATE run_artifacts SET data = ?1, raw_len = ?2, sha256 = ?3 WHERE run_id = ?4 AND name = 'plan.json'",
+        rusqlite::params![zstd_compress(json.as_bytes()), json.len() as i64, sha, run],
+    )
+    .unwrap();
+}
+
+/// A `terraform` that takes 4 s longer for `show` (a large plan, slow provider schemas): the
+/// gate must not depend on which of the check and the apply is faster.
+fn slow_show_terraform(ws: &Workspace) -> String {
+    let path = ws.path("../slow-show-terraform");
+    std::fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = show ]; then sleep 4; fi\nexec {} \"$@\"\n",
+            terraform_bin()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    path.display().to_string()
+}
+
+/// The gate's own invariant test (`attacks_apply_gate::without_a_recorded_check_...`) with a
+/// plan whose embedded backend locks with GET: the run token never records a check, yet real
+/// Terraform applies (the `local-exec` runs) before its state write is refused.
+#[test]
+#[ignore = "HOLE: the plan's embedded http backend lock_method (GET) is not checked: terraform apply skips the LOCK gate and runs before any plan check"]
+fn a_plan_whose_backend_locks_with_get_applies_without_a_plan_check() {
+    let stack = "dev/r5get";
+    let (t, ws) = applied_stack(stack);
+    let run = run_planned_with_get_locks(&t, &ws, stack);
+    let token = start_apply_unchecked(&t, &run);
+    let versions = t.s.version_count(stack);
+    std::fs::copy(ws.path("../evil.tfplan"), ws.path("approved.tfplan")).unwrap();
+    let out = ws.tf(
+        &token,
+        &[
+            "apply",
+            "-input=false",
+            "-lock-timeout=1s",
+            "approved.tfplan",
+        ],
+    );
+    let log = text(&out);
+    assert_eq!(t.s.version_count(stack), versions, "{log}");
+    assert!(
+        !ws.path("applied").exists(),
+        "terraform applied without a recorded plan check: {log}"
+    );
+}
+
+/// End to end: `airlock apply` of that run, its reviewed JSON not what the binary does and its
+/// `terraform show` slow: the check fails, but Terraform did not wait for it.
+#[test]
+#[ignore = "HOLE: airlock apply's failed plan check comes after terraform apply already ran (plan-embedded lock_method=GET)"]
+fn airlock_apply_of_a_plan_locking_with_get_applies_before_its_failed_check() {
+    let stack = "dev/r5get2";
+    let (t, ws) = applied_stack(stack);
+    let run = run_planned_with_get_locks(&t, &ws, stack);
+    let other = ws.tf_ok(&t.s.admin, &["show", "-json"]);
+    swap_reviewed_json(&t, &run, &other);
+    let tf = slow_show_terraform(&ws);
+    let out = cli_in(
+        &t.s,
+        &t.ci,
+        &ws.dir,
+        &["apply", &run, "--dir", ".", "--terraform-bin", &tf],
+        &[],
+    );
+    assert!(
+        text(&out).contains("differs from the reviewed plan JSON"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(run_json(&t, &run)["run"]["status"], "failed");
+    assert!(
+        !ws.path("applied").exists(),
+        "terraform applied before the failed check: {}",
+        text(&out)
+    );
+}
+
+/// The same plan with its honest JSON (the check passes): Terraform never holds the lock, so
+/// its state write is refused ("not locked") after it changed the infrastructure: an approved
+/// run whose reviewed plan looks ordinary changes the cloud and loses the state of the change.
+#[test]
+#[ignore = "HOLE: a plan-embedded lock_method=GET makes an approved, honestly checked apply change infrastructure without the lock and lose its state write"]
+fn an_honest_check_of_a_plan_locking_with_get_still_applies_without_the_lock() {
+    let stack = "dev/r5get3";
+    let (t, ws) = applied_stack(stack);
+    let run = run_planned_with_get_locks(&t, &ws, stack);
+    let versions = t.s.version_count(stack);
+    let out = apply(&t, &ws, &t.ci, &run);
+    assert!(
+        out.status.success() && t.s.version_count(stack) == versions + 1,
+        "applied: {}, versions {} -> {}: {}",
+        ws.path("applied").exists(),
+        versions,
+        t.s.version_count(stack),
+        text(&out)
+    );
+}
+
+/// The environment route `TF_CLI_ARGS` was closed for: `TF_HTTP_LOCK_METHOD=GET` in the CI's
+/// environment (the plan leaves `lock_method` unset, so Terraform takes the default from it).
+#[test]
+#[ignore = "HOLE: TF_HTTP_LOCK_METHOD is passed to terraform apply (only TF_CLI_ARGS* are removed): with GET it skips the LOCK gate"]
+fn tf_http_lock_method_in_the_environment_skips_the_gate() {
+    let stack = "dev/r5env";
+    let (t, ws) = applied_stack(stack);
+    ws.write_main(WITH_SIDE_EFFECT);
+    let run = plan(&t, &ws, &t.agent, stack);
+    t.s.ok(&t.approver, &["approve", &run]);
+    let other = ws.tf_ok(&t.s.admin, &["show", "-json"]);
+    swap_reviewed_json(&t, &run, &other);
+    let tf = slow_show_terraform(&ws);
+    let out = cli_in(
+        &t.s,
+        &t.ci,
+        &ws.dir,
+        &["apply", &run, "--dir", ".", "--terraform-bin", &tf],
+        &[("TF_HTTP_LOCK_METHOD", "GET")],
+    );
+    assert!(
+        text(&out).contains("differs from the reviewed plan JSON"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        !ws.path("applied").exists(),
+        "terraform applied before the failed check: {}",
+        text(&out)
+    );
+}
+
+/// `airlock apply` killed (SIGKILL: no chance to stop its child) after `terraform apply`
+/// started and before the plan check is recorded: the orphaned Terraform keeps asking for the
+/// lock, which stays refused (423) while the run is unchecked, so it applies nothing and writes
+/// no state. (Its `terraform` records its pid so the test can end the orphan.)
+#[test]
+fn airlock_apply_killed_before_its_check_leaves_terraform_locked_out() {
+    let stack = "dev/r5kill";
+    let (t, ws) = applied_stack(stack);
+    ws.write_main(WITH_SIDE_EFFECT);
+    let run = plan(&t, &ws, &t.agent, stack);
+    t.s.ok(&t.approver, &["approve", &run]);
+    let versions = t.s.version_count(stack);
+    let pids = ws.path("../pids");
+    let tf = ws.path("../pid-terraform");
+    std::fs::write(
+        &tf,
+        format!(
+            "#!/bin/sh\necho \"$$ $1\" >> {}\nif [ \"$1\" = show ]; then sleep 30; fi\nexec {} \"$@\"\n",
+            pids.display(),
+            terraform_bin()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&tf, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut child = std::process::Command::new(AIRLOCK)
+        .args(["apply", &run, "--dir", ".", "--terraform-bin"])
+        .arg(&tf)
+        .current_dir(&ws.dir)
+        .env("AIRLOCK_URL", &t.s.url)
+        .env("AIRLOCK_TOKEN", &t.ci)
+        .env("CHECKPOINT_DISABLE", "1")
+        .env("TF_CLI_CONFIG_FILE", "/dev/null")
+        .env("XDG_CACHE_HOME", t.s.dir.path().join("cache"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until `terraform apply` has started (its pid is recorded), then a little more.
+    let started = std::time::Instant::now();
+    let apply_pid = loop {
+        let text = std::fs::read_to_string(&pids).unwrap_or_default();
+        if let Some(l) = text.lines().find(|l| l.ends_with(" apply")) {
+            break l.split(' ').next().unwrap().to_owned();
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "terraform apply never started: {text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The orphan keeps trying; for 12 s (past the server's 10 s long poll) nothing is applied.
+    std::thread::sleep(std::time::Duration::from_secs(12));
+    let orphan_alive = std::path::Path::new(&format!("/proc/{apply_pid}")).exists();
+    for l in std::fs::read_to_string(&pids).unwrap().lines() {
+        let pid = l.split(' ').next().unwrap();
+        let _ = std::process::Command::new("kill")
+            .args(["-9", pid])
+            .status();
+    }
+    assert!(
+        orphan_alive,
+        "the orphaned terraform apply was expected to still wait"
+    );
+    assert!(
+        !ws.path("applied").exists(),
+        "the orphaned terraform applied"
+    );
+    assert_eq!(t.s.version_count(stack), versions);
+    let r = &run_json(&t, &run)["run"];
+    assert_eq!(r["status"], "applying", "{r:#}");
+    assert!(r["plan_checked_at"].is_null(), "{r:#}");
+}
+
+/// Part 3: `airlock ci drift --propose` links "the open run accepting exactly this drift"
+/// instead of proposing one. The rule compares the run's reviewed plan JSON with the check's
+/// own `terraform show -json`; the server ties a JSON to its binary by addresses and actions,
+/// not values. An agent uploads a refresh-only run whose binary accepts other drift (planned
+/// while the bastion was t3.xlarge) with the JSON of the real drift (t3.large), from the
+/// checkout's own inputs at the current state.
+mod drift_decoy {
+    use serde_json::{json, Value};
+
+    use crate::attacks::{forged_upload, upload};
+    use crate::forge::ForgeStandIn;
+    use crate::support::*;
+    use crate::testcloud::TestCloud;
+
+    const STACK: &str = "prod/decoy";
+    const DB_TF: &str = "resource \"aws_instance\" \"bastion\" {\n  ami           = \"ami-0abc1234\"\n  instance_type = \"t3.micro\"\n}\n";
+
+    fn ci_drift_propose(t: &Team, ws: &Workspace, cloud: &TestCloud, f: &ForgeStandIn) -> String {
+        let root = ws.dir.parent().unwrap();
+        let events = tempfile::tempdir().unwrap();
+        let mut env = f.github_push_env(
+            events.path(),
+            "acme/infra",
+            "main",
+            "main",
+            "1111111111111111111111111111111111111111",
+            "2222222222222222222222222222222222222222",
+        );
+        env.extend(cloud.env().into_iter().map(|(k, v)| (k.to_owned(), v)));
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        text(&cli_in(
+            &t.s,
+            &t.ci,
+            root,
+            &["ci", "drift", "--propose"],
+            &env,
+        ))
+    }
+
+    #[test]
+    #[ignore = "HOLE: ci drift --propose links any open refresh-only run whose reviewed JSON matches the drift, though the server ties JSON values to nothing; the issue says an earlier check proposed it"]
+    fn ci_drift_links_an_agents_run_whose_binary_accepts_other_drift() {
+        let cloud = TestCloud::new();
+        let t = team(STACK);
+        let ws = cloud.workspace(&t.s, STACK, DB_TF);
+        let root = ws.dir.parent().unwrap().to_owned();
+        std::fs::write(
+            root.join("airlock.hcl"),
+            format!("stack \"{STACK}\" {{\n  dir = \"tf\"\n}}\n"),
+        )
+        .unwrap();
+        ws.tf_ok(&t.s.admin, &["init", "-input=false"]);
+        ws.tf_ok(&t.s.admin, &["apply", "-auto-approve", "-input=false"]);
+        let bastion = cloud.ids("aws_instance").pop().unwrap();
+        cloud.set("aws_instance", &bastion, "instance_type", "\"t3.xlarge\"");
+        ws.tf_ok(
+            &t.s.admin,
+            &["plan", "-refresh-only", "-out=../other.tfplan"],
+        );
+        cloud.set("aws_instance", &bastion, "instance_type", "\"t3.large\"");
+        ws.tf_ok(
+            &t.s.admin,
+            &["plan", "-refresh-only", "-out=../real.tfplan"],
+        );
+        let mut body = forged_upload(&t, &ws, STACK, "../other.tfplan", "../real.tfplan");
+        // The inputs `airlock plan` lists for this checkout (airlock.hcl included).
+        let files = airlock_runner::input_files(&root, &ws.dir).unwrap();
+        let version = body["terraform_version"].as_str().unwrap().to_owned();
+        body["fingerprint"] = json!(airlock_core::inputs::fingerprint(&version, &files));
+        body["inputs"] = json!(files);
+        body["planned_dir"] = json!("tf");
+        body["plan_mode"] = json!("refresh-only");
+        body["config"] = json!(std::fs::read_to_string(root.join("airlock.hcl")).unwrap());
+        let (code, answer) = upload(&t, &t.agent, STACK, &body);
+        assert_eq!(code, 201, "the server refused the decoy: {answer}");
+        let decoy: Value = serde_json::from_str(&answer).unwrap();
+        let decoy = decoy["run"]["id"].as_str().unwrap().to_owned();
+        assert_eq!(run_json(&t, &decoy)["run"]["plan_mode"], "refresh-only");
+
+        let f = ForgeStandIn::start("ghs_decoy");
+        let out = ci_drift_propose(&t, &ws, &cloud, &f);
+        let issue = f.state()["github"]["issues"][0]["body"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            !out.contains(&format!("open run {decoy}")),
+            "ci drift linked the agent's run, whose binary accepts t3.xlarge, as accepting this drift (t3.large):\n{out}\nissue:\n{issue}"
+        );
+    }
+}
+
+/// Part 2: forge-token records after a restore. Whoever can write a backup rewrites the audit
+/// chain (as `support::rewrite_backup_audit` does) so that the `oidc.login` event names another
+/// `jti` than the ID token it spent. `backup verify --manifest-sha256` (the hash `export`
+/// printed) catches the rewrite; `backup import` cannot be given that hash, and restores a
+/// server on which the spent ID token logs in again.
+mod forge_tokens_after_restore {
+    use std::io::BufRead;
+    use std::process::{Child, Command, Stdio};
+
+    use serde_json::{json, Value};
+
+    use crate::support::*;
+
+    struct Issuer {
+        child: Child,
+        url: String,
+    }
+
+    impl Drop for Issuer {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn issuer() -> Issuer {
+        let python = std::env::var("AIRLOCK_TEST_PYTHON").unwrap_or_else(|_| {
+            panic!("AIRLOCK_TEST_PYTHON is not set: run `. scripts/test-deps.sh` first (scripts/test.sh does)")
+        });
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oidc/issuer.py");
+        let mut child = Command::new(python)
+            .arg(script)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = format!("http://127.0.0.1:{}", line.trim());
+        Issuer { child, url }
+    }
+
+    fn mint(forge: &Issuer, aud: &str) -> String {
+        let claims = json!({"sub": "repo:org/repo:ref:refs/heads/main", "repository": "org/repo",
+            "repository_id": "1001", "repository_owner_id": "2002",
+            "ref": "refs/heads/main", "event_name": "push", "aud": aud});
+        let v: Value = ureq::post(&format!("{}/mint", forge.url))
+            .send_json(json!({"claims": claims, "attack": null}))
+            .unwrap()
+            .into_json()
+            .unwrap();
+        v["token"].as_str().unwrap().to_owned()
+    }
+
+    fn login(url: &str, token: &str) -> (u16, String) {
+        raw(
+            "POST",
+            &format!("{url}/api/v1/oidc/login"),
+            "",
+            json!({"token": token}).to_string().as_bytes(),
+        )
+    }
+
+    fn offline(args: &[&str]) -> (bool, String) {
+        let out = offline_cli(args, &[]);
+        (out.status.success(), text(&out))
+    }
+
+    #[test]
+    #[ignore = "HOLE: backup import takes no --manifest-sha256: an audit chain rewritten to name another jti in an oidc.login event restores a server that accepts the spent ID token again"]
+    fn a_rewritten_login_event_does_not_unspend_its_id_token() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        let forge = issuer();
+        let aud = "https://airlock.example";
+        let public = ["--public-url", aud];
+        let mut s = TestServer::start_on(&Backing::Dir(data.clone()), None, &public, &[]);
+        let admin = s.admin.clone();
+        s.ok(
+            &admin,
+            &[
+                "trust",
+                "add",
+                "github",
+                "--repository",
+                "org/repo",
+                "--repository-id",
+                "1001",
+                "--owner-id",
+                "2002",
+                "--ref",
+                "refs/heads/main",
+                "--role",
+                "ci",
+                "--issuer",
+                &forge.url,
+                "--audience",
+                aud,
+            ],
+        );
+        let used = mint(&forge, aud);
+        let (code, body) = login(&s.url, &used);
+        assert_eq!(code, 201, "{body}");
+        s.kill();
+        let bk = tmp.path().join("bk");
+        let (ok, out) = offline(&[
+            "backup",
+            "export",
+            bk.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ]);
+        assert!(ok, "{out}");
+        let printed = out
+            .split("manifest.json SHA-256: ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no manifest hash in {out}"))
+            .to_owned();
+        rewrite_backup_audit(&bk, |r| {
+            if r.action == "oidc.login" {
+                r.detail["id_token"]["jti"] = json!("not-the-spent-one");
+            }
+        });
+        // The rewrite verifies on its own; the printed manifest hash tells it apart.
+        let (ok, out) = offline(&["backup", "verify", bk.to_str().unwrap()]);
+        assert!(ok, "{out}");
+        let (ok, out) = offline(&[
+            "backup",
+            "verify",
+            bk.to_str().unwrap(),
+            "--manifest-sha256",
+            &printed,
+        ]);
+        assert!(!ok, "verify with the exported manifest hash passed: {out}");
+        // The import has no way to be told; the restored server must still refuse the token.
+        let restored = tmp.path().join("restored");
+        let (ok, out) = offline(&[
+            "backup",
+            "import",
+            bk.to_str().unwrap(),
+            "--data-dir",
+            restored.to_str().unwrap(),
+        ]);
+        assert!(ok, "{out}");
+        let r = TestServer::start_on(&Backing::Dir(restored), Some(&admin), &public, &[]);
+        let (code, body) = login(&r.url, &used);
+        assert_eq!(
+            code, 401,
+            "the ID token spent before the backup logs in again after restoring the rewritten backup: {body}"
+        );
+    }
+}
+
+/// Part 4 (`h/perf-write3`): `state diff` on main compares 64-bit SipHash fingerprints with fixed
+/// keys; perf-write3's pair of attribute objects, found offline, has one fingerprint. Two
+/// versions that change one into the other, written through the real server, must show the
+/// change. Fails on main; passes once perf-write3 (byte comparison) is merged.
+#[test]
+#[ignore = "HOLE on main (fixed by h/perf-write3): state diff hides a change between two contents with the same fixed-key SipHash fingerprint"]
+fn state_diff_shows_a_change_between_colliding_contents() {
+    let s = TestServer::start();
+    let stack = "dev/r5diff";
+    s.ok(&s.admin, &["stack", "create", stack]);
+    let url = s.state_url(stack);
+    let version = |serial: u64, attrs: &str| {
+        format!(
+            r#"{{"version":4,"terraform_version":"1.11.4","serial":{serial},"lineage":"r5-lineage","outputs":{{}},"resources":[{{"mode":"managed","type":"terraform_data","name":"x","provider":"provider[\"terraform.io/builtin/terraform\"]","instances":[{{"schema_version":0,"attributes":{attrs},"sensitive_attributes":[]}}]}}]}}"#
+        )
+    };
+    let lock = r#"{"ID":"r5-diff","Operation":"OperationTypeApply","Info":"","Who":"admin","Version":"1.11.4","Created":"2026-01-01T00:00:00Z","Path":""}"#;
+    for (serial, attrs) in [
+        (1, r#"{"id":"f16ee43520d7deb0"}"#),
+        (2, r#"{"id":"078b0bdccb407dcd"}"#),
+    ] {
+        let (code, body) = raw("LOCK", &url, &s.admin, lock.as_bytes());
+        assert_eq!(code, 200, "{body}");
+        let (code, body) = raw(
+            "POST",
+            &format!("{url}?ID=r5-diff"),
+            &s.admin,
+            version(serial, attrs).as_bytes(),
+        );
+        assert_eq!(code, 200, "{body}");
+        raw("UNLOCK", &url, &s.admin, lock.as_bytes());
+    }
+    let diff = s.ok(&s.admin, &["state", "diff", stack, "1", "2"]);
+    assert!(
+        diff.contains("terraform_data.x") && !diff.contains("0 changed"),
+        "the change of terraform_data.x is hidden:\n{diff}"
+    );
+}
