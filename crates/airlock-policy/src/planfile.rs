@@ -204,6 +204,21 @@ impl PlanBackend {
                 ));
             }
         }
+        // The apply talks to the state as its run (the run-bound token in its environment),
+        // over a verified connection: a plan carrying its own credentials or turning off the
+        // certificate check would have it talk as someone else, or to someone else.
+        for key in ["username", "password"] {
+            if self.get(key).is_some_and(|v| !v.is_empty()) {
+                return Err(format!(
+                    "the plan's backend sets {key}: terraform apply would talk to the state as that identity, not as its run"
+                ));
+            }
+        }
+        if self.get("skip_cert_verification") == Some("true") {
+            return Err(
+                "the plan's backend sets skip_cert_verification = true: terraform apply would not verify the state server's certificate".into(),
+            );
+        }
         Ok(())
     }
 }
@@ -819,7 +834,8 @@ fn decode_backend(b: &[u8]) -> Result<PlanBackend, PlanFileError> {
     Ok(backend)
 }
 
-/// The string-valued attributes of a msgpack map (a cty object); other values are skipped.
+/// The string- and bool-valued attributes of a msgpack map (a cty object), bools as `true` /
+/// `false`; other values are skipped.
 fn msgpack_string_attrs(b: &[u8]) -> Result<Vec<(String, String)>, PlanFileError> {
     if b.is_empty() {
         return Ok(Vec::new());
@@ -841,7 +857,18 @@ fn msgpack_string_attrs(b: &[u8]) -> Result<Vec<(String, String)>, PlanFileError
             }
             None => {
                 m.at = save;
+                let flag = match m.b.get(save) {
+                    Some(0xc3) => Some("true"),
+                    Some(0xc2) => Some("false"),
+                    _ => None,
+                };
                 m.skip(0)?;
+                if let Some(flag) = flag {
+                    if out.iter().any(|(k, _): &(String, String)| *k == key) {
+                        return err(format!("backend attribute {key} appears twice"));
+                    }
+                    out.push((key, flag.to_owned()));
+                }
             }
         }
     }
@@ -1057,7 +1084,19 @@ mod tests {
         assert!(get_lock.check_is("http://x/state/s").is_err());
         let mut explicit = http.clone();
         explicit.config.push(("lock_method".into(), "LOCK".into()));
+        explicit
+            .config
+            .push(("skip_cert_verification".into(), "false".into()));
         assert!(explicit.check_is("http://x/state/s").is_ok());
+        for (key, value) in [
+            ("password", "tok_of_someone_else"),
+            ("username", "someone"),
+            ("skip_cert_verification", "true"),
+        ] {
+            let mut b = http.clone();
+            b.config.push((key.into(), value.into()));
+            assert!(b.check_is("http://x/state/s").is_err(), "{key}");
+        }
         assert!(!plan.module_files.is_empty());
     }
 

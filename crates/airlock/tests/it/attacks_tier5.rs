@@ -1,25 +1,25 @@
 //! Review 5: attacks on this session's new work (issue 17), against the real server, real
-//! Terraform and the real CLI. Holes are committed `#[ignore = "HOLE: ..."]`; un-ignore after the fix.
 //!
 //! 1. The apply's plan check gates the state lock (`h/perf-runs3`). The gate holds only if
 //!    `terraform apply PLAN` asks this server for the lock with the LOCK method before it
 //!    changes anything. The http backend's `lock_method` is part of the backend configuration
 //!    embedded in the plan (the plan author's `terraform init -backend-config=lock_method=GET`,
 //!    nothing in the checkout) and defaults from `TF_HTTP_LOCK_METHOD`; `PlanBackend::check_is`
-//!    pins only the three addresses. With `GET`, Terraform "locks" by reading the state (200)
-//!    and applies at once: HOLES `a_plan_whose_backend_locks_with_get_applies_without_a_plan_check`
-//!    (deterministic), `airlock_apply_of_a_plan_locking_with_get_applies_before_its_failed_check`
-//!    and `tf_http_lock_method_in_the_environment_skips_the_gate` (a race the apply wins when
-//!    `terraform show` is slow: made deterministic with a `terraform` whose `show` sleeps 4 s);
-//!    with an honest JSON the apply still runs unlocked and its state write is refused (409) after
-//!    the infrastructure changed: `an_honest_check_of_a_plan_locking_with_get_still_applies_without_the_lock`.
+//!    pinned only the three addresses. With `GET`, Terraform "locks" by reading the state (200)
+//!    and applies at once (three holes found, fixed: the lock and unlock methods, credentials and
+//!    certificate checks are pinned, `TF_HTTP_*` overrides removed from the apply's environment):
+//!    `a_plan_whose_backend_bypasses_the_lock_gate_or_the_run_identity_is_refused`,
+//!    `tf_http_lock_method_in_the_environment_skips_the_gate` (a race the apply would win when
+//!    `terraform show` is slow: made deterministic with a `terraform` whose `show` sleeps 4 s).
 //!    Holds: `airlock_apply_killed_before_its_check_leaves_terraform_locked_out`.
-//! 2. Forge-token records after a restore: HOLE `forge_tokens_after_restore::*` (import cannot
-//!    be given the exported manifest hash; a rewritten `oidc.login` event un-spends its token).
-//! 3. `ci drift --propose`: HOLE `drift_decoy::*` (an agent's run with a value-forged JSON is
-//!    linked as "proposed by an earlier check ... for exactly this drift"; its apply is refused).
-//! 4. `state diff` (`h/perf-write3`): HOLE on main, fixed by that branch:
-//!    `state_diff_shows_a_change_between_colliding_contents`.
+//! 2. Forge-token records after a restore: `forge_tokens_after_restore::*` (a rewritten
+//!    `oidc.login` event un-spends its token unless the exported manifest hash is given: import
+//!    could not take it; now it does and refuses the rewrite, writing nothing).
+//! 3. `ci drift --propose`: `drift_decoy::*` (an agent's run with a value-forged JSON was
+//!    linked as "proposed by an earlier check ... for exactly this drift"; now only the job's
+//!    own identity's runs are linked).
+//! 4. `state diff` (`h/perf-write3`): `state_diff_shows_a_change_between_colliding_contents`
+//!    (fixed by comparing content bytes, not fingerprints).
 
 use serde_json::Value;
 
@@ -30,31 +30,24 @@ use crate::support::*;
 /// applied something.
 const WITH_SIDE_EFFECT: &str = "resource \"terraform_data\" \"db\" {\n  input = 1\n}\nresource \"terraform_data\" \"web\" {\n  input = 1\n}\nresource \"terraform_data\" \"side\" {\n  input = 1\n  provisioner \"local-exec\" {\n    command = \"touch ${path.module}/applied\"\n  }\n}\n";
 
-/// An agent's run of `stack` whose binary plan was made after `terraform init
-/// -backend-config=lock_method=GET` (the agent's own data directory: nothing in the checkout
-/// changes), uploaded as `airlock plan` would, approved. Returns the run id.
-fn run_planned_with_get_locks(t: &Team, ws: &Workspace, stack: &str) -> String {
+/// The agent's upload of `stack` whose binary plan was made after `terraform init
+/// -backend-config=SETTING` (the agent's own data directory: nothing in the checkout changes),
+/// as `airlock plan` would send it: the server's answer.
+fn upload_planned_with(t: &Team, ws: &Workspace, stack: &str, setting: &str) -> (u16, String) {
     ws.write_main(WITH_SIDE_EFFECT);
     ws.tf_ok(
         &t.s.admin,
-        &["init", "-reconfigure", "-backend-config=lock_method=GET"],
+        &[
+            "init",
+            "-reconfigure",
+            &format!("-backend-config={setting}"),
+        ],
     );
     ws.tf_ok(&t.s.admin, &["plan", "-out=../evil.tfplan"]);
     let body = forged_upload(t, ws, stack, "../evil.tfplan", "../evil.tfplan");
-    let (code, text) = upload(t, &t.agent, stack, &body);
-    assert_eq!(code, 201, "the server refused the plan: {text}");
-    let run: Value = serde_json::from_str(&text).unwrap();
-    let run = run["run"]["id"].as_str().unwrap().to_owned();
-    // The backend the plan carries is this stack's, with GET as its lock method.
-    let bin = std::fs::read(ws.path("../evil.tfplan")).unwrap();
-    let parsed = airlock_policy::planfile::PlanFile::parse(&bin).unwrap();
-    let backend = parsed.backend.unwrap();
-    assert_eq!(backend.get("lock_method"), Some("GET"));
-    assert!(backend.check_is(&t.s.state_url(stack)).is_ok());
-    // The checkout is put back as it was (the CI checkout knows nothing of the lock method).
+    let answer = upload(t, &t.agent, stack, &body);
     ws.tf_ok(&t.s.admin, &["init", "-reconfigure"]);
-    t.s.ok(&t.approver, &["approve", &run]);
-    run
+    answer
 }
 
 /// The reviewed plan JSON of `run` replaced with `json` (as `attacks_apply_gate` does, standing
@@ -91,91 +84,34 @@ fn slow_show_terraform(ws: &Workspace) -> String {
     path.display().to_string()
 }
 
-/// The gate's own invariant test (`attacks_apply_gate::without_a_recorded_check_...`) with a
-/// plan whose embedded backend locks with GET: the run token never records a check, yet real
-/// Terraform applies (the `local-exec` runs) before its state write is refused.
+/// The apply's plan check gates the state LOCK, and the apply talks to the state as its run:
+/// a plan whose embedded backend locks with GET (Terraform would "lock" by reading the state
+/// and apply at once, before any check), carries its own credentials (the apply would lock as
+/// that identity), or skips certificate checks, is refused at upload; nothing is applied.
 #[test]
-#[ignore = "HOLE: the plan's embedded http backend lock_method (GET) is not checked: terraform apply skips the LOCK gate and runs before any plan check"]
-fn a_plan_whose_backend_locks_with_get_applies_without_a_plan_check() {
+fn a_plan_whose_backend_bypasses_the_lock_gate_or_the_run_identity_is_refused() {
     let stack = "dev/r5get";
     let (t, ws) = applied_stack(stack);
-    let run = run_planned_with_get_locks(&t, &ws, stack);
-    let token = start_apply_unchecked(&t, &run);
-    let versions = t.s.version_count(stack);
-    std::fs::copy(ws.path("../evil.tfplan"), ws.path("approved.tfplan")).unwrap();
-    let out = ws.tf(
-        &token,
-        &[
-            "apply",
-            "-input=false",
-            "-lock-timeout=1s",
-            "approved.tfplan",
-        ],
-    );
-    let log = text(&out);
-    assert_eq!(t.s.version_count(stack), versions, "{log}");
-    assert!(
-        !ws.path("applied").exists(),
-        "terraform applied without a recorded plan check: {log}"
-    );
-}
-
-/// End to end: `airlock apply` of that run, its reviewed JSON not what the binary does and its
-/// `terraform show` slow: the check fails, but Terraform did not wait for it.
-#[test]
-#[ignore = "HOLE: airlock apply's failed plan check comes after terraform apply already ran (plan-embedded lock_method=GET)"]
-fn airlock_apply_of_a_plan_locking_with_get_applies_before_its_failed_check() {
-    let stack = "dev/r5get2";
-    let (t, ws) = applied_stack(stack);
-    let run = run_planned_with_get_locks(&t, &ws, stack);
-    let other = ws.tf_ok(&t.s.admin, &["show", "-json"]);
-    swap_reviewed_json(&t, &run, &other);
-    let tf = slow_show_terraform(&ws);
-    let out = cli_in(
-        &t.s,
-        &t.ci,
-        &ws.dir,
-        &["apply", &run, "--dir", ".", "--terraform-bin", &tf],
-        &[],
-    );
-    assert!(
-        text(&out).contains("differs from the reviewed plan JSON"),
-        "{}",
-        text(&out)
-    );
-    assert_eq!(run_json(&t, &run)["run"]["status"], "failed");
-    assert!(
-        !ws.path("applied").exists(),
-        "terraform applied before the failed check: {}",
-        text(&out)
-    );
-}
-
-/// The same plan with its honest JSON (the check passes): Terraform never holds the lock, so
-/// its state write is refused ("not locked") after it changed the infrastructure: an approved
-/// run whose reviewed plan looks ordinary changes the cloud and loses the state of the change.
-#[test]
-#[ignore = "HOLE: a plan-embedded lock_method=GET makes an approved, honestly checked apply change infrastructure without the lock and lose its state write"]
-fn an_honest_check_of_a_plan_locking_with_get_still_applies_without_the_lock() {
-    let stack = "dev/r5get3";
-    let (t, ws) = applied_stack(stack);
-    let run = run_planned_with_get_locks(&t, &ws, stack);
-    let versions = t.s.version_count(stack);
-    let out = apply(&t, &ws, &t.ci, &run);
-    assert!(
-        out.status.success() && t.s.version_count(stack) == versions + 1,
-        "applied: {}, versions {} -> {}: {}",
-        ws.path("applied").exists(),
-        versions,
-        t.s.version_count(stack),
-        text(&out)
-    );
+    // The agent's own token embedded as the backend's password: the apply would lock as it.
+    let embedded = format!("password={}", t.agent);
+    for (setting, said) in [
+        ("lock_method=GET", "lock_method is \\\"GET\\\", not LOCK"),
+        (embedded.as_str(), "sets password"),
+        (
+            "skip_cert_verification=true",
+            "skip_cert_verification = true",
+        ),
+    ] {
+        let (code, body) = upload_planned_with(&t, &ws, stack, setting);
+        assert_eq!(code, 400, "{setting}: {body}");
+        assert!(body.contains(said), "{setting}: {body}");
+    }
+    assert!(!ws.path("applied").exists());
 }
 
 /// The environment route `TF_CLI_ARGS` was closed for: `TF_HTTP_LOCK_METHOD=GET` in the CI's
 /// environment (the plan leaves `lock_method` unset, so Terraform takes the default from it).
 #[test]
-#[ignore = "HOLE: TF_HTTP_LOCK_METHOD is passed to terraform apply (only TF_CLI_ARGS* are removed): with GET it skips the LOCK gate"]
 fn tf_http_lock_method_in_the_environment_skips_the_gate() {
     let stack = "dev/r5env";
     let (t, ws) = applied_stack(stack);
@@ -321,7 +257,6 @@ mod drift_decoy {
     }
 
     #[test]
-    #[ignore = "HOLE: ci drift --propose links any open refresh-only run whose reviewed JSON matches the drift, though the server ties JSON values to nothing; the issue says an earlier check proposed it"]
     fn ci_drift_links_an_agents_run_whose_binary_accepts_other_drift() {
         let cloud = TestCloud::new();
         let t = team(STACK);
@@ -444,7 +379,6 @@ mod forge_tokens_after_restore {
     }
 
     #[test]
-    #[ignore = "HOLE: backup import takes no --manifest-sha256: an audit chain rewritten to name another jti in an oidc.login event restores a server that accepts the spent ID token again"]
     fn a_rewritten_login_event_does_not_unspend_its_id_token() {
         let tmp = tempfile::tempdir().unwrap();
         let data = tmp.path().join("data");
@@ -510,21 +444,25 @@ mod forge_tokens_after_restore {
             &printed,
         ]);
         assert!(!ok, "verify with the exported manifest hash passed: {out}");
-        // The import has no way to be told; the restored server must still refuse the token.
+        // Import, given the hash too, refuses the rewritten backup and writes nothing.
         let restored = tmp.path().join("restored");
         let (ok, out) = offline(&[
             "backup",
             "import",
             bk.to_str().unwrap(),
+            "--manifest-sha256",
+            &printed,
             "--data-dir",
             restored.to_str().unwrap(),
         ]);
-        assert!(ok, "{out}");
-        let r = TestServer::start_on(&Backing::Dir(restored), Some(&admin), &public, &[]);
-        let (code, body) = login(&r.url, &used);
-        assert_eq!(
-            code, 401,
-            "the ID token spent before the backup logs in again after restoring the rewritten backup: {body}"
+        assert!(
+            !ok,
+            "import with the exported manifest hash took the rewrite: {out}"
+        );
+        assert!(out.contains("the manifest was replaced"), "{out}");
+        assert!(
+            !restored.join("airlock.db").exists(),
+            "the refused import wrote a store"
         );
     }
 }
@@ -534,7 +472,6 @@ mod forge_tokens_after_restore {
 /// versions that change one into the other, written through the real server, must show the
 /// change. Fails on main; passes once perf-write3 (byte comparison) is merged.
 #[test]
-#[ignore = "HOLE on main (fixed by h/perf-write3): state diff hides a change between two contents with the same fixed-key SipHash fingerprint"]
 fn state_diff_shows_a_change_between_colliding_contents() {
     let s = TestServer::start();
     let stack = "dev/r5diff";
