@@ -21,8 +21,6 @@
 //! 4. `state diff` (`h/perf-write3`): `state_diff_shows_a_change_between_colliding_contents`
 //!    (fixed by comparing content bytes, not fingerprints).
 
-use serde_json::Value;
-
 use crate::attacks::{applied_stack, forged_upload, upload};
 use crate::support::*;
 
