@@ -12,9 +12,10 @@
 //!    `tf_http_lock_method_in_the_environment_skips_the_gate` (a race the apply would win when
 //!    `terraform show` is slow: made deterministic with a `terraform` whose `show` sleeps 4 s).
 //!    Holds: `airlock_apply_killed_before_its_check_leaves_terraform_locked_out`.
-//! 2. Forge-token records after a restore: `forge_tokens_after_restore::*` (a rewritten
-//!    `oidc.login` event un-spends its token unless the exported manifest hash is given: import
-//!    could not take it; now it does and refuses the rewrite, writing nothing).
+//! 2. Forge-token records after a restore: a rewritten `oidc.login` event un-spends its token
+//!    unless the exported manifest hash is given; import could not take it, now it does and
+//!    refuses the rewrite, writing nothing (in
+//!    `it::oidc::a_forge_token_used_before_a_backup_is_refused_after_the_restore`).
 //! 3. `ci drift --propose`: `drift_decoy::*` (an agent's run with a value-forged JSON was
 //!    linked as "proposed by an earlier check ... for exactly this drift"; now only the job's
 //!    own identity's runs are linked).
@@ -302,165 +303,6 @@ mod drift_decoy {
         assert!(
             !out.contains(&format!("open run {decoy}")),
             "ci drift linked the agent's run, whose binary accepts t3.xlarge, as accepting this drift (t3.large):\n{out}\nissue:\n{issue}"
-        );
-    }
-}
-
-/// Part 2: forge-token records after a restore. Whoever can write a backup rewrites the audit
-/// chain (as `support::rewrite_backup_audit` does) so that the `oidc.login` event names another
-/// `jti` than the ID token it spent. `backup verify --manifest-sha256` (the hash `export`
-/// printed) catches the rewrite; `backup import` cannot be given that hash, and restores a
-/// server on which the spent ID token logs in again.
-mod forge_tokens_after_restore {
-    use std::io::BufRead;
-    use std::process::{Child, Command, Stdio};
-
-    use serde_json::{json, Value};
-
-    use crate::support::*;
-
-    struct Issuer {
-        child: Child,
-        url: String,
-    }
-
-    impl Drop for Issuer {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-
-    fn issuer() -> Issuer {
-        let python = std::env::var("AIRLOCK_TEST_PYTHON").unwrap_or_else(|_| {
-            panic!("AIRLOCK_TEST_PYTHON is not set: run `. scripts/test-deps.sh` first (scripts/test.sh does)")
-        });
-        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oidc/issuer.py");
-        let mut child = Command::new(python)
-            .arg(script)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = format!("http://127.0.0.1:{}", line.trim());
-        Issuer { child, url }
-    }
-
-    fn mint(forge: &Issuer, aud: &str) -> String {
-        let claims = json!({"sub": "repo:org/repo:ref:refs/heads/main", "repository": "org/repo",
-            "repository_id": "1001", "repository_owner_id": "2002",
-            "ref": "refs/heads/main", "event_name": "push", "aud": aud});
-        let v: Value = ureq::post(&format!("{}/mint", forge.url))
-            .send_json(json!({"claims": claims, "attack": null}))
-            .unwrap()
-            .into_json()
-            .unwrap();
-        v["token"].as_str().unwrap().to_owned()
-    }
-
-    fn login(url: &str, token: &str) -> (u16, String) {
-        raw(
-            "POST",
-            &format!("{url}/api/v1/oidc/login"),
-            "",
-            json!({"token": token}).to_string().as_bytes(),
-        )
-    }
-
-    fn offline(args: &[&str]) -> (bool, String) {
-        let out = offline_cli(args, &[]);
-        (out.status.success(), text(&out))
-    }
-
-    #[test]
-    fn a_rewritten_login_event_does_not_unspend_its_id_token() {
-        let tmp = tempfile::tempdir().unwrap();
-        let data = tmp.path().join("data");
-        let forge = issuer();
-        let aud = "https://airlock.example";
-        let public = ["--public-url", aud];
-        let mut s = TestServer::start_on(&Backing::Dir(data.clone()), None, &public, &[]);
-        let admin = s.admin.clone();
-        s.ok(
-            &admin,
-            &[
-                "trust",
-                "add",
-                "github",
-                "--repository",
-                "org/repo",
-                "--repository-id",
-                "1001",
-                "--owner-id",
-                "2002",
-                "--ref",
-                "refs/heads/main",
-                "--role",
-                "ci",
-                "--issuer",
-                &forge.url,
-                "--audience",
-                aud,
-            ],
-        );
-        let used = mint(&forge, aud);
-        let (code, body) = login(&s.url, &used);
-        assert_eq!(code, 201, "{body}");
-        s.kill();
-        let bk = tmp.path().join("bk");
-        let (ok, out) = offline(&[
-            "backup",
-            "export",
-            bk.to_str().unwrap(),
-            "--data-dir",
-            data.to_str().unwrap(),
-        ]);
-        assert!(ok, "{out}");
-        let printed = out
-            .split("manifest.json SHA-256: ")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .unwrap_or_else(|| panic!("no manifest hash in {out}"))
-            .to_owned();
-        rewrite_backup_audit(&bk, |r| {
-            if r.action == "oidc.login" {
-                r.detail["id_token"]["jti"] = json!("not-the-spent-one");
-            }
-        });
-        // The rewrite verifies on its own; the printed manifest hash tells it apart.
-        let (ok, out) = offline(&["backup", "verify", bk.to_str().unwrap()]);
-        assert!(ok, "{out}");
-        let (ok, out) = offline(&[
-            "backup",
-            "verify",
-            bk.to_str().unwrap(),
-            "--manifest-sha256",
-            &printed,
-        ]);
-        assert!(!ok, "verify with the exported manifest hash passed: {out}");
-        // Import, given the hash too, refuses the rewritten backup and writes nothing.
-        let restored = tmp.path().join("restored");
-        let (ok, out) = offline(&[
-            "backup",
-            "import",
-            bk.to_str().unwrap(),
-            "--manifest-sha256",
-            &printed,
-            "--data-dir",
-            restored.to_str().unwrap(),
-        ]);
-        assert!(
-            !ok,
-            "import with the exported manifest hash took the rewrite: {out}"
-        );
-        assert!(out.contains("the manifest was replaced"), "{out}");
-        assert!(
-            !restored.join("airlock.db").exists(),
-            "the refused import wrote a store"
         );
     }
 }

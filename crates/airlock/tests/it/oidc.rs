@@ -1058,6 +1058,12 @@ fn a_forge_token_used_before_a_backup_is_refused_after_the_restore() {
         data.to_str().unwrap(),
     ]);
     assert!(ok, "{out}");
+    let printed = out
+        .split("manifest.json SHA-256: ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no manifest hash in {out}"))
+        .to_owned();
     let restored = tmp.path().join("restored");
     let (ok, out) = offline(&[
         "backup",
@@ -1103,6 +1109,43 @@ fn a_forge_token_used_before_a_backup_is_refused_after_the_restore() {
         tmp.path().join("restored-old").to_str().unwrap(),
     ]);
     assert!(ok && out.contains(note), "{out}");
+
+    // Whoever can rewrite the backup can rewrite its whole audit chain consistently (here the
+    // login event names another token, un-spending the real one): only the manifest hash
+    // printed at export tells, and import given it refuses, writing nothing (review5's attack).
+    crate::support::rewrite_backup_audit(&bk, |r| {
+        if r.action == "oidc.login" {
+            r.detail["id_token"] =
+                json!({"iss": forge.url, "jti": "not-the-spent-one", "exp_ms": 0});
+        }
+    });
+    let (ok, out) = offline(&["backup", "verify", bk.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let with_hash = |verb: &str, target: &str| {
+        let target = tmp.path().join(target);
+        let mut args = vec![
+            "backup",
+            verb,
+            bk.to_str().unwrap(),
+            "--manifest-sha256",
+            &printed,
+        ];
+        if verb == "import" {
+            args.extend(["--data-dir", target.to_str().unwrap()]);
+        }
+        let (ok, out) = offline(&args);
+        assert!(
+            !ok && out.contains("the manifest was replaced"),
+            "{verb}: {out}"
+        );
+        assert!(
+            !target.exists(),
+            "the refused {verb} wrote {}",
+            target.display()
+        );
+    };
+    with_hash("verify", "unused");
+    with_hash("import", "restored-rewritten");
 }
 
 /// A trust as migration 0011 leaves one added before it (no ids, on a real PostgreSQL store):
