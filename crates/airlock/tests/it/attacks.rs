@@ -127,19 +127,7 @@ fn apply_refuses_a_binary_that_is_not_the_reviewed_json() {
     ws.tf_ok(&t.s.admin, &["plan", "-out=other.tfplan", "-refresh=false"]);
     std::fs::remove_file(ws.path("other.tfplan")).unwrap();
     let other = ws.tf_ok(&t.s.admin, &["show", "-json"]);
-    let db = t.s.dir.path().join("data/airlock.db");
-    let conn = rusqlite::Connection::open(&db).unwrap();
-    conn.execute_batch("DROP TRIGGER run_artifacts_no_update")
-        .unwrap();
-    let sha = {
-        use sha2::Digest;
-        sha2::Sha256::digest(other.as_bytes()).to_vec()
-    };
-    conn.execute(
-        "UPDATE run_artifacts SET data = ?1, raw_len = ?2, sha256 = ?3 WHERE run_id = ?4 AND name = 'plan.json'",
-        rusqlite::params![zstd_compress(other.as_bytes()), other.len() as i64, sha, run],
-    )
-    .unwrap();
+    swap_run_artifact(&t, &run, "plan.json", other.as_bytes());
     let out = apply(&t, &ws, &t.ci, &run);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(

@@ -198,14 +198,6 @@ fn a_failed_check_stops_terraform_before_it_changes_anything_even_with_lock_fals
     let (t, ws) = applied_stack("dev/gate4");
     ws.write_main(WEB_WITH_SIDE_EFFECT);
     let other = ws.tf_ok(&t.s.admin, &["show", "-json"]);
-    let db = t.s.dir.path().join("data/airlock.db");
-    let conn = rusqlite::Connection::open(&db).unwrap();
-    conn.execute_batch("DROP TRIGGER run_artifacts_no_update")
-        .unwrap();
-    let sha = {
-        use sha2::Digest;
-        sha2::Sha256::digest(other.as_bytes()).to_vec()
-    };
     let versions = t.s.version_count("dev/gate4");
     let slipped_in: [&[(&str, &str)]; 2] = [
         &[
@@ -217,11 +209,7 @@ fn a_failed_check_stops_terraform_before_it_changes_anything_even_with_lock_fals
     ];
     for env in slipped_in {
         let run = approved_run(&t, &ws, "dev/gate4");
-        conn.execute(
-            "UPDATE run_artifacts SET data = ?1, raw_len = ?2, sha256 = ?3 WHERE run_id = ?4 AND name = 'plan.json'",
-            rusqlite::params![zstd_compress(other.as_bytes()), other.len() as i64, sha, run],
-        )
-        .unwrap();
+        swap_run_artifact(&t, &run, "plan.json", other.as_bytes());
         let out = cli_in(&t.s, &t.ci, &ws.dir, &["apply", &run, "--dir", "."], env);
         assert_eq!(out.status.code(), Some(2), "{env:?}: {}", text(&out));
         assert!(

@@ -49,24 +49,6 @@ fn upload_planned_with(t: &Team, ws: &Workspace, stack: &str, setting: &str) -> 
     answer
 }
 
-/// The reviewed plan JSON of `run` replaced with `json` (as `attacks_apply_gate` does, standing
-/// for a plan JSON that does not say what the binary does): the plan check will fail.
-fn swap_reviewed_json(t: &Team, run: &str, json: &str) {
-    let db = t.s.dir.path().join("data/airlock.db");
-    let conn = rusqlite::Connection::open(&db).unwrap();
-    conn.execute_batch("DROP TRIGGER IF EXISTS run_artifacts_no_update")
-        .unwrap();
-    let sha = {
-        use sha2::Digest;
-        sha2::Sha256::digest(json.as_bytes()).to_vec()
-    };
-    conn.execute(
-        "UPDATE run_artifacts SET data = ?1, raw_len = ?2, sha256 = ?3 WHERE run_id = ?4 AND name = 'plan.json'",
-        rusqlite::params![zstd_compress(json.as_bytes()), json.len() as i64, sha, run],
-    )
-    .unwrap();
-}
-
 /// A `terraform` that takes 4 s longer for `show` (a large plan, slow provider schemas): the
 /// gate must not depend on which of the check and the apply is faster.
 fn slow_show_terraform(ws: &Workspace) -> String {
@@ -118,7 +100,7 @@ fn tf_http_lock_method_in_the_environment_skips_the_gate() {
     let run = plan(&t, &ws, &t.agent, stack);
     t.s.ok(&t.approver, &["approve", &run]);
     let other = ws.tf_ok(&t.s.admin, &["show", "-json"]);
-    swap_reviewed_json(&t, &run, &other);
+    swap_run_artifact(&t, &run, "plan.json", other.as_bytes());
     let tf = slow_show_terraform(&ws);
     let out = cli_in(
         &t.s,

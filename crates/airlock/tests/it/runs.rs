@@ -190,20 +190,7 @@ fn tampered_artifact_and_changed_checkout_are_refused() {
     );
     ws.write_main(&data_resources(2));
     // Someone with database access swaps the stored plan: the apply refuses it.
-    let db = t.s.dir.path().join("data/airlock.db");
-    let conn = rusqlite::Connection::open(&db).unwrap();
-    conn.execute_batch("DROP TRIGGER run_artifacts_no_update")
-        .unwrap();
-    let forged = b"not the reviewed plan";
-    let sha = {
-        use sha2::Digest;
-        sha2::Sha256::digest(forged).to_vec()
-    };
-    conn.execute(
-        "UPDATE run_artifacts SET data = ?1, raw_len = ?2, sha256 = ?3 WHERE run_id = ?4 AND name = 'plan.tfplan'",
-        rusqlite::params![zstd_compress(forged), forged.len() as i64, sha, run],
-    )
-    .unwrap();
+    swap_run_artifact(&t, &run, "plan.tfplan", b"not the reviewed plan");
     let out = apply(&t, &ws, &t.ci, &run);
     assert!(
         !out.status.success() && text(&out).contains("does not match the approved plan"),

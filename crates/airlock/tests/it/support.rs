@@ -707,3 +707,22 @@ pub fn rewrite_backup_audit(bk: &Path, edit: impl Fn(&mut airlock_core::audit::A
     m["summary"]["audit_head"] = serde_json::json!(head);
     std::fs::write(&mpath, m.to_string()).unwrap();
 }
+
+/// Replaces artifact `name` of run `run` in the SQLite store under `t` with `data` (its
+/// append-only trigger dropped), as only whoever can write the database could: `airlock apply`
+/// must refuse a plan or reviewed JSON that is not what was approved.
+pub fn swap_run_artifact(t: &Team, run: &str, name: &str, data: &[u8]) {
+    let db = t.s.dir.path().join("data/airlock.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch("DROP TRIGGER IF EXISTS run_artifacts_no_update")
+        .unwrap();
+    let sha = {
+        use sha2::Digest;
+        sha2::Sha256::digest(data).to_vec()
+    };
+    conn.execute(
+        "UPDATE run_artifacts SET data = ?1, raw_len = ?2, sha256 = ?3 WHERE run_id = ?4 AND name = ?5",
+        rusqlite::params![zstd_compress(data), data.len() as i64, sha, run, name],
+    )
+    .unwrap();
+}
