@@ -93,13 +93,6 @@ pub async fn existing_stack_with_lock(
     Ok((record, lock))
 }
 
-/// Whether `run_id` is a run of `stack` that is applying right now.
-pub async fn run_is_applying(state: &Arc<AppState>, run_id: &str, stack: &str) -> ApiResult<bool> {
-    let (id, s) = (run_id.to_owned(), stack.to_owned());
-    let run = blocking(state, move |st| st.run(&id)).await??;
-    Ok(run.is_some_and(|r| r.stack == s && r.status == airlock_store::RunStatus::Applying))
-}
-
 /// Audits a refusal about `stack` under `action`, and returns it as the response error.
 pub async fn deny(
     state: &Arc<AppState>,
@@ -197,14 +190,19 @@ pub async fn firewalled_write(
     reason: Option<String>,
 ) -> ApiResult<WriteResult> {
     // Callers have refused unknown stacks; the store reads the stack again in its transaction.
+    // A run-bound token writes by its run's gate alone (`api::runs::apply_gate`): the run
+    // applies this stack and its applier's plan check is recorded.
     let run_authorized = match &principal.run_id {
-        Some(run_id) => run_is_applying(state, run_id, stack).await?,
+        Some(run_id) => {
+            crate::api::runs::apply_gate(state, run_id, stack, false).await?
+                == crate::api::runs::ApplyGate::Open
+        }
         None => false,
     };
     if principal.run_id.is_some() && !run_authorized {
         let r = Refusal::new(
             RefusalKind::Forbidden,
-            "state write refused: this run-bound token may write only while its run is applying"
+            "state write refused: this run-bound token may write only while its run is applying and after its plan check is recorded"
                 .to_owned(),
         );
         return Err(deny(state, principal, stack, "state.write", r).await);
