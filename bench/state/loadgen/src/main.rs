@@ -299,7 +299,7 @@ fn latency(f: &Flags) -> Res<()> {
     }
     barrier.wait();
     let start = Instant::now();
-    let cpu_start = server_cpu_ticks(&server_pids)?;
+    let (cpu_start, faults_start) = server_cpu_ticks(&server_pids)?;
     let mut all = Vec::new();
     let mut errors = Vec::new();
     for h in handles {
@@ -310,7 +310,7 @@ fn latency(f: &Flags) -> Res<()> {
         }
     }
     let elapsed = start.elapsed();
-    let cpu_end = server_cpu_ticks(&server_pids)?;
+    let (cpu_end, faults_end) = server_cpu_ticks(&server_pids)?;
     if !errors.is_empty() {
         return Err(format!("{} client(s) failed; first: {}", errors.len(), errors[0]));
     }
@@ -319,6 +319,9 @@ fn latency(f: &Flags) -> Res<()> {
         let ms = (cpu_end - cpu_start) as f64 * 1000.0 / clock_ticks_per_sec() as f64;
         emit(&tag, "server_cpu_ms", format!("{ms:.0}"));
         emit(&tag, "server_cpu_ms_per_cycle", format!("{:.2}", ms / all.len() as f64));
+        // Page faults cost kernel time (zeroing fresh pages): a sign of buffers given back to
+        // the kernel and faulted in again on every request.
+        emit(&tag, "server_minflt_per_cycle", format!("{:.0}", (faults_end - faults_start) as f64 / all.len() as f64));
     }
     let mut total: Vec<Duration> = all.iter().map(|c| c.lock + c.write + c.unlock).collect();
     let mut lock: Vec<Duration> = all.iter().map(|c| c.lock).collect();
@@ -342,9 +345,10 @@ fn latency(f: &Flags) -> Res<()> {
     Ok(())
 }
 
-/// utime + stime of the processes (all their threads), in clock ticks, from `/proc/PID/stat`.
-fn server_cpu_ticks(pids: &[u32]) -> Res<u64> {
-    let mut sum = 0;
+/// utime + stime of the processes (all their threads), in clock ticks, and their minor page
+/// faults, from `/proc/PID/stat`.
+fn server_cpu_ticks(pids: &[u32]) -> Res<(u64, u64)> {
+    let (mut sum, mut faults) = (0, 0);
     for pid in pids {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .map_err(|e| format!("/proc/{pid}/stat: {e}"))?;
@@ -352,12 +356,15 @@ fn server_cpu_ticks(pids: &[u32]) -> Res<u64> {
         let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
         let f: Vec<&str> = rest.split_whitespace().collect();
         let t = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok());
-        match (t(11), t(12)) {
-            (Some(u), Some(s)) => sum += u + s,
+        match (t(11), t(12), t(7)) {
+            (Some(u), Some(s), Some(minflt)) => {
+                sum += u + s;
+                faults += minflt;
+            }
             _ => return Err(format!("/proc/{pid}/stat: unexpected format")),
         }
     }
-    Ok(sum)
+    Ok((sum, faults))
 }
 
 /// `getconf CLK_TCK`; 100 on every Linux configuration in practice.
@@ -507,11 +514,11 @@ fn measured<T>(tag: &str, name: &str, pid: u32, step: impl FnOnce() -> Res<T>) -
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5")
         .map_err(|e| format!("resetting the peak RSS of {pid}: {e}"))?;
     let (before, _) = rss(pid)?;
-    let cpu0 = server_cpu_ticks(&[pid])?;
+    let (cpu0, _) = server_cpu_ticks(&[pid])?;
     let t = Instant::now();
     let out = step()?;
     let wall = t.elapsed();
-    let cpu = (server_cpu_ticks(&[pid])? - cpu0) as f64 * 1000.0 / clock_ticks_per_sec() as f64;
+    let cpu = (server_cpu_ticks(&[pid])?.0 - cpu0) as f64 * 1000.0 / clock_ticks_per_sec() as f64;
     let (_, peak) = rss(pid)?;
     emit(tag, &format!("{name}.wall_ms"), format!("{:.0}", wall.as_secs_f64() * 1000.0));
     emit(tag, &format!("{name}.server_cpu_ms"), format!("{cpu:.0}"));

@@ -184,6 +184,7 @@ pub fn run(path: &str) -> Result<(), String> {
     p(row("8 clients   cycles/s", &|c| format!("lat.{c}.c8.cycles_per_s"), 0));
     p(row("1 client    server CPU ms / cycle", &|c| format!("lat.{c}.c1.server_cpu_ms_per_cycle"), 2));
     p(row("8 clients   server CPU ms / cycle", &|c| format!("lat.{c}.c8.server_cpu_ms_per_cycle"), 2));
+    p(row("1 client    page faults / cycle", &|c| format!("lat.{c}.c1.server_minflt_per_cycle"), 0));
     for op in ["lock", "write", "unlock"] {
         let mut s = format!("    {:<34}", format!("8 clients   {op} p50 / p99"));
         for (c, _) in configs {

@@ -140,6 +140,27 @@ pub fn terraform(bin: &str, dir: &Path, args: &[String]) -> Command {
     c
 }
 
+/// `terraform show -json PLAN` in `dir` with exactly `env`: the one command behind every plan
+/// JSON of a governed run (the planner's, the applier's check, drift).
+///
+/// `GOGC=400` unless `env` sets `GOGC` or `GOMEMLIMIT`: the process renders one document and
+/// exits, so Go's collector only costs CPU there (15 % of its CPU on a 500-resource plan:
+/// 171 → 146 ms, `perf stat -r 10`, issue 17), for about a fifth more memory (84 → 100 MB).
+/// Never applied to `terraform plan` or `apply`, whose memory is the user's to tune.
+pub fn show_json_command(bin: &str, dir: &Path, plan: &Path, env: &[(String, String)]) -> Command {
+    let mut c = terraform(
+        bin,
+        dir,
+        &["show".into(), "-json".into(), plan.display().to_string()],
+    );
+    c.env_clear();
+    if !env.iter().any(|(k, _)| k == "GOGC" || k == "GOMEMLIMIT") {
+        c.env("GOGC", "400");
+    }
+    c.envs(env.iter().map(|(k, v)| (k, v)));
+    c
+}
+
 /// `terraform show -json PLAN` in `dir` with exactly `env`, output captured.
 pub fn show_json(
     bin: &str,
@@ -147,15 +168,9 @@ pub fn show_json(
     plan: &Path,
     env: &[(String, String)],
 ) -> anyhow::Result<std::process::Output> {
-    terraform(
-        bin,
-        dir,
-        &["show".into(), "-json".into(), plan.display().to_string()],
-    )
-    .env_clear()
-    .envs(env.iter().map(|(k, v)| (k, v)))
-    .output()
-    .with_context(|| format!("running {bin} show -json {}", plan.display()))
+    show_json_command(bin, dir, plan, env)
+        .output()
+        .with_context(|| format!("running {bin} show -json {}", plan.display()))
 }
 
 /// Whether `dir` is already initialised with the http backend at exactly `state_url` (then a
@@ -698,21 +713,11 @@ pub fn upload_plan(
     // `terraform show -json` runs while the metadata and the binary plan are sent; its output
     // follows them in the same upload as it comes, and the server checks the binary meanwhile.
     let show_err = work.join("show.err");
-    let mut show = terraform(
-        req.terraform_bin,
-        dir,
-        &[
-            "show".into(),
-            "-json".into(),
-            plan_path.display().to_string(),
-        ],
-    )
-    .env_clear()
-    .envs(env.iter().map(|(k, v)| (k, v)))
-    .stdout(Stdio::piped())
-    .stderr(std::fs::File::create(&show_err)?)
-    .spawn()
-    .with_context(|| format!("running {} show -json", req.terraform_bin))?;
+    let mut show = show_json_command(req.terraform_bin, dir, plan_path, env)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&show_err)?)
+        .spawn()
+        .with_context(|| format!("running {} show -json", req.terraform_bin))?;
     let show_out = show.stdout.take().context("terraform show has no stdout")?;
     let plan_bin = std::fs::read(plan_path)?;
     // The version that made the plan and the state it was made against are in the plan itself
@@ -1197,20 +1202,10 @@ pub fn apply_run(
             let ready = hex::encode(Sha256::digest(&plan_bin)) == recorded
                 && initialized_for(&data_dir(&dir, &early_env), &state_url);
             let show = ready.then(|| {
-                terraform(
-                    terraform_bin,
-                    &dir,
-                    &[
-                        "show".into(),
-                        "-json".into(),
-                        plan_path.display().to_string(),
-                    ],
-                )
-                .env_clear()
-                .envs(early_env.iter().map(|(k, v)| (k, v)))
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
+                show_json_command(terraform_bin, &dir, &plan_path, &early_env)
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
             });
             // Its output is read on a thread of its own: it is awaited only once
             // `terraform apply` has started (below).
@@ -1487,6 +1482,39 @@ mod tests {
         std::fs::write(dir.join("extra.tf"), "").unwrap();
         let e = embedded_config_is_this_checkouts(&plan, dir).unwrap_err();
         assert!(e.contains("extra.tf"), "{e}");
+    }
+
+    #[test]
+    fn show_json_runs_with_a_lazier_collector_unless_the_environment_tunes_go() {
+        let gogc = |env: &[(&str, &str)]| {
+            let env: Vec<(String, String)> = env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let c = super::show_json_command(
+                "terraform",
+                std::path::Path::new("."),
+                std::path::Path::new("p"),
+                &env,
+            );
+            let found: Vec<(String, Option<String>)> = c
+                .get_envs()
+                .map(|(k, v)| {
+                    (
+                        k.to_string_lossy().into_owned(),
+                        v.map(|v| v.to_string_lossy().into_owned()),
+                    )
+                })
+                .collect();
+            found
+                .iter()
+                .rev()
+                .find(|(k, _)| k == "GOGC")
+                .and_then(|(_, v)| v.clone())
+        };
+        assert_eq!(gogc(&[("PATH", "/bin")]).as_deref(), Some("400"));
+        assert_eq!(gogc(&[("GOGC", "50")]).as_deref(), Some("50"));
+        assert_eq!(gogc(&[("GOMEMLIMIT", "1GiB")]), None);
     }
 
     #[test]
