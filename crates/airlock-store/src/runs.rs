@@ -7,6 +7,49 @@ use serde::{Deserialize, Serialize};
 
 use crate::{NewAudit, StackRecord, VersionMeta};
 
+/// A JSON document kept as its text. A run's report lists every change of its plan (a
+/// 500-resource plan's is ~300 KB): read as a `serde_json::Value` on every read of the run, it
+/// was a third of the server's CPU in a governed run (one tree of maps per read, and each apply
+/// reads its run a dozen times; issue 17). Its readers (console, MCP, CLI) parse it when they
+/// need it; the store and the API pass the text through.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RawJson(Box<serde_json::value::RawValue>);
+
+impl RawJson {
+    /// The text of `v`.
+    pub fn of(v: &serde_json::Value) -> RawJson {
+        // A Value always serializes.
+        RawJson(serde_json::value::to_raw_value(v).unwrap_or_else(|_| {
+            serde_json::value::RawValue::from_string("null".to_owned()).expect("null is JSON")
+        }))
+    }
+
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+
+    /// Parsed.
+    pub fn value(&self) -> serde_json::Value {
+        serde_json::from_str(self.0.get()).unwrap_or_default()
+    }
+}
+
+impl From<Box<serde_json::value::RawValue>> for RawJson {
+    fn from(raw: Box<serde_json::value::RawValue>) -> RawJson {
+        RawJson(raw)
+    }
+}
+
+/// The same text (the store writes what it read, so a document equals itself after a round
+/// trip).
+impl PartialEq for RawJson {
+    fn eq(&self, other: &RawJson) -> bool {
+        self.get() == other.get()
+    }
+}
+
 /// Where a run is in its lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -170,7 +213,7 @@ pub struct RunRecord {
     /// The gate's verdict: allow, review, deny.
     pub decision: String,
     /// The gate's JSON report (summary, changes, findings).
-    pub report: serde_json::Value,
+    pub report: RawJson,
     /// Managed instances the plan destroys or forgets.
     pub destroys: Vec<String>,
     /// Approvals needed.

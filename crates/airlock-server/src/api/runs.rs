@@ -243,7 +243,7 @@ fn accept_drift_note(mode: PlanMode) -> Vec<String> {
 
 struct Judged {
     verdict: Verdict,
-    report: Value,
+    report: airlock_store::RawJson,
     markdown: String,
     destroys: Vec<String>,
     moved_from: Vec<String>,
@@ -669,7 +669,8 @@ fn judge(binary: &PlanFile, plan_json: &[u8], input: JudgeInput) -> ApiResult<Ju
         ));
     }
     let report = GateReport::new(observer.changes, &decision);
-    let report = serde_json::to_value(&report)
+    let report = serde_json::value::to_raw_value(&report)
+        .map(airlock_store::RawJson::from)
         .map_err(|e| ApiError::Internal(format!("report JSON: {e}")))?;
     let required = stack
         .settings
