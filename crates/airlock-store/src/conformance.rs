@@ -571,6 +571,7 @@ fn new_token(id: &str, user: &str, parent: Option<&str>, expires_at: Option<i64>
         },
         parent_id: parent.map(str::to_owned),
         mint_limit: None,
+        read_stacks: Vec::new(),
     }
 }
 
@@ -599,6 +600,7 @@ pub fn tokens(s: &dyn Store) {
                 user: "alice".into(),
                 parent_id: None,
                 mint_limit: None,
+                read_stacks: Vec::new(),
             },
             audit("token.create"),
         )
@@ -1792,6 +1794,7 @@ fn run_record(id: &str, stack: &str, created_at: i64) -> RunRecord {
         checks: Vec::new(),
         plan_mode: None,
         plan_checked_at: None,
+        plan_read_stacks: Vec::new(),
     }
 }
 

@@ -122,6 +122,27 @@ fn resolve_stack(
     )
 }
 
+/// The stacks a plan of `stack` may read besides itself: its stack block's `depends_on` in
+/// airlock.hcl (block names are the server's stack names), then `explicit` (`--read-stack`),
+/// each once. The server refuses any its caller may not read itself.
+fn plan_read_stacks(
+    cfg: Option<&(PathBuf, String, Config)>,
+    stack: &str,
+    explicit: &[String],
+) -> Vec<String> {
+    let declared = cfg
+        .and_then(|(_, _, c)| c.stack(stack))
+        .map(|b| b.depends_on.clone())
+        .unwrap_or_default();
+    let mut out: Vec<String> = Vec::new();
+    for s in declared.into_iter().chain(explicit.iter().cloned()) {
+        if !out.contains(&s) {
+            out.push(s);
+        }
+    }
+    out
+}
+
 fn has_http_backend(dir: &Path) -> anyhow::Result<bool> {
     for e in std::fs::read_dir(dir)? {
         let p = e?.path();
@@ -432,6 +453,18 @@ pub fn run_text(v: &Value) -> String {
     {
         out.push_str(&format!("checked: {c}\n"));
     }
+    let read: Vec<&str> = run["plan_read_stacks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    if !read.is_empty() {
+        out.push_str(&format!(
+            "plan phase could read the state of: {}\n",
+            printable(&read.join(", "))
+        ));
+    }
     if let Some(next) = v.get("next").and_then(Value::as_str) {
         out.push_str(&format!("next: {next}\n"));
     }
@@ -453,6 +486,9 @@ pub struct PlanRequest<'a> {
     pub terraform_bin: &'a str,
     /// The planner's claims about where the plan comes from (display and lookup only).
     pub origin: Origin,
+    /// Other stacks the plan may read the state of (`--read-stack`), besides the stack block's
+    /// `depends_on` (`PlanPhase::prepare` adds those).
+    pub read_stacks: &'a [String],
 }
 
 /// Where a plan comes from, as the planner reports it: never trusted for anything but display
@@ -496,6 +532,7 @@ pub fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
             refresh_only: args.refresh_only,
             terraform_bin: &args.terraform_bin,
             origin: Origin::default(),
+            read_stacks: &args.read_stack,
         },
     )?;
     let (stack, v) = (&planned.stack, &planned.response);
@@ -535,6 +572,8 @@ pub struct PlanPhase {
     /// The plan phase's cloud identity token file, if airlock.hcl asks for one; removed with
     /// the phase.
     _identity: Option<super::oidc::PhaseIdentity>,
+    /// The plan-phase token's id, named in the upload so the run records what it could read.
+    plan_token_id: String,
 }
 
 impl PlanPhase {
@@ -543,6 +582,7 @@ impl PlanPhase {
         dir: &Path,
         stack: Option<&str>,
         terraform_bin: &str,
+        read_stacks: &[String],
     ) -> anyhow::Result<PlanPhase> {
         let dir = dir
             .canonicalize()
@@ -552,11 +592,16 @@ impl PlanPhase {
         if !has_http_backend(&dir)? {
             bail!("{} has no `backend \"http\"` block; add the block printed by `airlock backend-config {stack}`", dir.display());
         }
+        let read_stacks = plan_read_stacks(repo.config.as_ref(), &stack, read_stacks);
         let plan_token = c.send(
             "POST",
             &format!("/api/v1/stacks/{}/plan-token", stack_segment(&stack)),
-            &json!({}),
+            &json!({ "read_stacks": read_stacks }),
         )?;
+        let plan_token_id = plan_token["token_id"]
+            .as_str()
+            .context("the server sent no plan token id")?
+            .to_owned();
         let token = plan_token["secret"]
             .as_str()
             .context("the server sent no plan token")?;
@@ -625,6 +670,7 @@ impl PlanPhase {
             scratch,
             kept,
             _identity: identity,
+            plan_token_id,
         })
     }
 
@@ -663,7 +709,7 @@ impl PlanPhase {
 /// Plans one stack with a plan-phase token and uploads the run for the server to judge: the one
 /// implementation behind `airlock plan` and `airlock ci plan`.
 pub fn plan_run(c: &Client, req: &PlanRequest<'_>) -> anyhow::Result<Planned> {
-    let phase = PlanPhase::prepare(c, req.dir, req.stack, req.terraform_bin)?;
+    let phase = PlanPhase::prepare(c, req.dir, req.stack, req.terraform_bin, req.read_stacks)?;
     let plan_path = phase.work().join("plan.tfplan");
     let mut plan_args: Vec<String> = vec![
         "plan".into(),
@@ -748,6 +794,7 @@ pub fn upload_plan(
         "change_request_url": origin.change_request_url,
         "change_authors": origin.change_authors,
         "config": repo.config.as_ref().map(|(_, text, _)| text.clone()),
+        "plan_token": phase.plan_token_id,
         // What was asked for; the server reads the mode from the binary and refuses a mismatch.
         "plan_mode": match (req.refresh_only, req.destroy) {
             (true, _) => "refresh-only",
