@@ -110,7 +110,8 @@ pub fn judge_read_stacks(
         if r.contains(['*', '?', '[']) {
             return Err(bad(r, format!("read stack {:?} is a pattern: name each stack exactly (globs are not read stacks)", r.chars().take(80).collect::<String>())));
         }
-        let name = airlock_core::StackName::parse(r).map_err(|e| bad(r, format!("read stack: {e}")))?;
+        let name =
+            airlock_core::StackName::parse(r).map_err(|e| bad(r, format!("read stack: {e}")))?;
         if name.as_str() == planned {
             return Err(bad(r, format!("read stack {name} is the planned stack itself, which its plan phase reads anyway")));
         }
@@ -137,10 +138,11 @@ pub async fn plan_token(
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     p.may_mint()?;
+    // No body, `null` or `{}`: no read stacks.
     let req: PlanTokenRequest = if body.iter().all(u8::is_ascii_whitespace) {
         PlanTokenRequest::default()
     } else {
-        parse_body(&body)?
+        parse_body::<Option<PlanTokenRequest>>(&body)?.unwrap_or_default()
     };
     existing_stack(&state, &p, stack.as_str()).await?;
     let refused = |at: Option<String>, r: Refusal| {
@@ -156,7 +158,11 @@ pub async fn plan_token(
         let n = r.clone();
         if store_call(&state, move |st| st.stack(&n)).await?.is_none() {
             let why = format!("read stack {r} does not exist; name stacks that exist (`airlock stack list`); nothing was minted");
-            return Err(refused(Some(r.clone()), Refusal::new(RefusalKind::UnknownStack, why)).await);
+            return Err(refused(
+                Some(r.clone()),
+                Refusal::new(RefusalKind::UnknownStack, why),
+            )
+            .await);
         }
     }
     let g = tokens::generate();
@@ -1132,6 +1138,7 @@ fn create_run(
     let limit = state.config.run_upload_limit(p.role);
     let st = state.store.as_ref();
     let req = parts.meta(limit)?;
+    let plan_read_stacks = plan_read_stacks(st, p, &stack.name, req.plan_token.as_deref())?;
     if req.fingerprint.len() != 64 || !req.fingerprint.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(bad("fingerprint must be a hex SHA-256"));
     }
@@ -1157,7 +1164,6 @@ fn create_run(
     if let Some(l) = &lockfile {
         check_lockfile(&binary, l)?;
     }
-    let plan_read_stacks = plan_read_stacks(st, p, &stack.name, req.plan_token.as_deref())?;
     let judged = judge(
         &binary,
         &plan_json,

@@ -133,7 +133,7 @@ impl Browser<'_> {
 
 /// A run waiting for approval on `stack` (at serial `serial`), authored by `author_user`, with
 /// `plan` as its plan JSON. Stored directly: the console reads it through the API like any run.
-fn put_run(
+pub(crate) fn put_run(
     s: &Server,
     id: &str,
     stack: &str,
