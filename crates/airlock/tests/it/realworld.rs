@@ -615,24 +615,26 @@ output "db_password" {
     );
 }
 
-/// `terraform_remote_state` reading another airlock stack through the http backend: a common
-/// pattern that governed runs do not support yet. The plan phase's token is scoped to the
-/// planned stack (docs/design.md invariant 4), so reading the other stack's state is refused
-/// (Terraform says "invalid auth") and no run is stored. Supporting it needs a decision (say,
-/// read access to the stack block's `depends_on` stacks for the plan-phase token, when the
-/// caller may read them); this test pins today's behaviour until then.
+/// `terraform_remote_state` reading another airlock stack through the http backend, with no
+/// credential in the configuration: the plan phase's token may read the state (only) of the
+/// stacks the plan declares (`--read-stack`, or the stack block's `depends_on`), each one the
+/// planner may read itself; the run records them; CI applies the saved plan with the run-bound
+/// token alone, which cannot read the other stack (Terraform reads the data source at plan
+/// time and keeps its result in the plan). What is not declared stays refused.
 #[test]
-fn a_remote_state_data_source_of_another_stack_is_refused_to_the_plan_phase() {
+fn a_remote_state_data_source_of_another_stack_is_read_by_the_plan_phase_it_was_declared_for() {
     let t = team("dev/net");
-    t.s.ok(&t.s.admin, &["stack", "create", "dev/app"]);
-    let net = Workspace::new(
-        &t.s,
-        "dev/net",
-        "resource \"terraform_data\" \"vpc\" {\n  input = \"vpc-1\"\n}\noutput \"vpc_id\" {\n  value = terraform_data.vpc.output\n}\n",
-    );
+    for stack in ["dev/app", "prod/net"] {
+        t.s.ok(&t.s.admin, &["stack", "create", stack]);
+    }
+    let net_tf = |vpc: &str| {
+        format!("resource \"terraform_data\" \"vpc\" {{\n  input = \"{vpc}\"\n}}\noutput \"vpc_id\" {{\n  value = terraform_data.vpc.output\n}}\n")
+    };
+    let net = Workspace::new(&t.s, "dev/net", &net_tf("vpc-1"));
     governed(&t, &net, "dev/net");
-    let app_tf = format!(
-        r#"
+    let app_tf = |stack: &str| {
+        format!(
+            r#"
 data "terraform_remote_state" "net" {{
   backend = "http"
   config = {{
@@ -643,46 +645,95 @@ resource "terraform_data" "app" {{
   input = data.terraform_remote_state.net.outputs.vpc_id
 }}
 "#,
-        t.s.state_url("dev/net")
-    );
-    let app = Workspace::new(&t.s, "dev/app", &app_tf);
-    let out = cli_in(
-        &t.s,
-        &t.agent,
-        &app.dir,
-        &["plan", ".", "--stack", "dev/app", "--format", "json"],
-        &[],
-    );
+            t.s.state_url(stack)
+        )
+    };
+    let app = Workspace::new(&t.s, "dev/app", &app_tf("dev/net"));
+    let plan_app = |token: &str, extra: &[&str]| {
+        let mut args = vec!["plan", ".", "--stack", "dev/app", "--format", "json"];
+        args.extend(extra);
+        cli_in(&t.s, token, &app.dir, &args, &[])
+    };
+    let no_runs = || {
+        let runs = t.s.ok(
+            &t.s.admin,
+            &["runs", "--stack", "dev/app", "--format", "json"],
+        );
+        assert!(!runs.contains("run_"), "{runs}");
+    };
+
+    // Not declared: the plan phase is scoped to the planned stack (Terraform: "invalid auth").
+    let out = plan_app(&t.agent, &[]);
     assert!(
         !out.status.success() && text(&out).contains("invalid auth"),
         "{}",
         text(&out)
     );
-    let runs = t.s.ok(
-        &t.s.admin,
-        &["runs", "--stack", "dev/app", "--format", "json"],
-    );
-    assert!(!runs.contains("run_"), "{runs}");
-    // The agent's own token reads the other stack: only the plan phase is narrowed.
-    let (code, _) = raw("GET", &t.s.state_url("dev/net"), &t.agent, b"");
-    assert_eq!(code, 200);
+    no_runs();
 
-    // What works today: a reader token of the other stack given as a sensitive variable.
-    // Terraform reads the data source at plan time only, so the apply does not need it.
-    let reader = {
+    // Declared with --read-stack (no airlock.hcl): planned, approved, applied by CI.
+    let out = plan_app(&t.agent, &["--read-stack", "dev/net"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let run = serde_json::from_slice::<Value>(&out.stdout).unwrap()["run"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        run_json(&t, &run)["run"]["plan_read_stacks"],
+        serde_json::json!(["dev/net"])
+    );
+    let shown = t.s.ok(&t.s.admin, &["run", "show", &run]);
+    assert!(
+        shown.contains("plan phase could read the state of: dev/net"),
+        "{shown}"
+    );
+    let minted = t.s.ok(
+        &t.s.admin,
+        &["audit", "--action", "token.plan_phase", "--format", "json"],
+    );
+    let minted: Value = serde_json::from_str(&minted).unwrap();
+    assert!(
+        minted["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["stack"] == "dev/app"
+                && e["detail"]["read_stacks"] == serde_json::json!(["dev/net"])),
+        "{minted}"
+    );
+    approve_and_apply(&t, &app, &run);
+    assert_eq!(
+        data_output(&state(&t, "dev/app"), None, "app", None),
+        "vpc-1"
+    );
+
+    // Declared by airlock.hcl's depends_on: the next plan reads the new value without a flag.
+    net.write_main(&net_tf("vpc-2"));
+    governed(&t, &net, "dev/net");
+    let root = app.dir.parent().unwrap();
+    std::fs::write(
+        root.join("airlock.hcl"),
+        "stack \"dev/net\" {\n  dir = \"net\"\n}\nstack \"dev/app\" {\n  dir        = \"tf\"\n  depends_on = [\"dev/net\"]\n}\n",
+    )
+    .unwrap();
+    let run = plan(&t, &app, &t.agent, "dev/app");
+    assert_eq!(
+        run_json(&t, &run)["run"]["plan_read_stacks"],
+        serde_json::json!(["dev/net"])
+    );
+    approve_and_apply(&t, &app, &run);
+    assert_eq!(
+        data_output(&state(&t, "dev/app"), None, "app", None),
+        "vpc-2"
+    );
+
+    // A read stack the planner may not read itself: refused, naming it; nothing is minted.
+    let scoped = {
         let out = t.s.ok(
             &t.s.admin,
             &[
-                "token",
-                "create",
-                "--name",
-                "net-reader",
-                "--role",
-                "reader",
-                "--stack",
-                "dev/net",
-                "--format",
-                "json",
+                "token", "create", "--name", "dev-bot", "--role", "agent", "--stack", "dev/*",
+                "--format", "json",
             ],
         );
         serde_json::from_str::<Value>(&out).unwrap()["secret"]
@@ -690,38 +741,33 @@ resource "terraform_data" "app" {{
             .unwrap()
             .to_owned()
     };
-    app.write_main(
-        &app_tf
-            .replace(
-                "    address = ",
-                "    username = \"airlock\"\n    password = var.net_reader\n    address = ",
-            )
-            .replace(
-                "data \"terraform_remote_state\"",
-                "variable \"net_reader\" {\n  sensitive = true\n}\ndata \"terraform_remote_state\"",
-            ),
+    app.write_main(&app_tf("prod/net"));
+    let out = plan_app(&scoped, &["--read-stack", "prod/net"]);
+    assert!(
+        !out.status.success() && text(&out).contains("read stack prod/net refused"),
+        "{}",
+        text(&out)
     );
-    let out = cli_in(
-        &t.s,
-        &t.agent,
-        &app.dir,
-        &["plan", ".", "--stack", "dev/app", "--format", "json"],
-        &[("TF_VAR_net_reader", &reader)],
+    // A glob is refused too.
+    let out = plan_app(&scoped, &["--read-stack", "prod/*"]);
+    assert!(
+        !out.status.success() && text(&out).contains("pattern"),
+        "{}",
+        text(&out)
     );
-    assert!(out.status.success(), "{}", text(&out));
-    let run = serde_json::from_slice::<Value>(&out.stdout).unwrap()["run"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let shown =
-        t.s.ok(&t.s.admin, &["run", "show", &run, "--format", "json"]);
-    assert!(!shown.contains(&reader), "{shown}");
-    // (Its plan files hold the reader token: see the attack test below.)
-    approve_and_apply(&t, &app, &run);
-    assert_eq!(
-        data_output(&state(&t, "dev/app"), None, "app", None),
-        "vpc-1"
+    // The configuration reads a stack it did not declare (dev/net is declared): refused.
+    let out = plan_app(&t.agent, &[]);
+    assert!(
+        !out.status.success() && text(&out).contains("invalid auth"),
+        "{}",
+        text(&out)
     );
+    let runs: Value = serde_json::from_str(&t.s.ok(
+        &t.s.admin,
+        &["runs", "--stack", "dev/app", "--format", "json"],
+    ))
+    .unwrap();
+    assert_eq!(runs["runs"].as_array().unwrap().len(), 2, "{runs}");
 }
 
 /// A monorepo: `airlock.hcl` at the repository root, the stack in a subdirectory, its modules
