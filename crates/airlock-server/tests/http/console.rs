@@ -992,3 +992,43 @@ async fn the_live_apply_log_comes_only_from_the_applier_while_it_applies() {
     let page = b.get("/ui/runs/run_live").await.text();
     assert!(page.contains("line one &lt;script&gt;") && !page.contains("<script>alert"));
 }
+
+/// A run whose plan phase could read other stacks (`terraform_remote_state`) says which, so a
+/// reviewer knows where values of the plan may come from.
+#[tokio::test]
+async fn the_run_page_names_the_stacks_its_plan_could_read() {
+    let s = fixture().await;
+    put_run_with(
+        &s,
+        "run_reads",
+        "dev/app",
+        2,
+        "pipeline",
+        &simple_plan(),
+        &[],
+        json!({"plan_read_stacks": ["dev/net", "<b>x</b>"]}),
+    );
+    put_run(
+        &s,
+        "run_plain",
+        "dev/app",
+        2,
+        "pipeline",
+        &simple_plan(),
+        &[],
+    );
+    let a = sign_in(&s, &s.admin).await;
+    let page = a.get("/ui/runs/run_reads").await.text();
+    assert!(
+        page.contains(
+            "its plan could read the state of <a href=\"/ui/stacks/dev%2Fnet\">dev/net</a>, "
+        ),
+        "{page}"
+    );
+    assert!(
+        page.contains("&lt;b&gt;x&lt;/b&gt;") && !page.contains("<b>x"),
+        "{page}"
+    );
+    let page = a.get("/ui/runs/run_plain").await.text();
+    assert!(!page.contains("id=\"read-stacks\""), "{page}");
+}
