@@ -869,8 +869,11 @@ pub fn derived_tokens(s: &dyn Store) {
         s.create_token(other, audit("token.plan_phase")),
         Err(StoreError::Conflict(_))
     ));
-    let child = new_token("tok-dv-c", "", Some("tok-dv-p"), Some(soon + 3_600_000));
+    let mut child = new_token("tok-dv-c", "", Some("tok-dv-p"), Some(soon + 3_600_000));
+    // Its read stacks (migration 0015) are stored and read back as given, in order.
+    child.read_stacks = vec!["conf/net".into(), "conf/db".into()];
     let c = s.create_token(child, audit("token.plan_phase")).unwrap();
+    assert_eq!(c.read_stacks, ["conf/net", "conf/db"]);
     assert_eq!(
         c.user, "conf.erin",
         "a derived token carries its parent's user"
