@@ -122,25 +122,13 @@ fn resolve_stack(
     )
 }
 
-/// The stacks a plan of `stack` may read besides itself: its stack block's `depends_on` in
-/// airlock.hcl (block names are the server's stack names), then `explicit` (`--read-stack`),
-/// each once. The server refuses any its caller may not read itself.
-fn plan_read_stacks(
-    cfg: Option<&(PathBuf, String, Config)>,
-    stack: &str,
-    explicit: &[String],
-) -> Vec<String> {
-    let declared = cfg
-        .and_then(|(_, _, c)| c.stack(stack))
+/// The stacks a plan of `stack` declares it reads: its stack block's `depends_on` in
+/// airlock.hcl (block names are the server's stack names). `--read-stack` adds to them; the
+/// server refuses any the caller may not read itself.
+fn declared_read_stacks(cfg: Option<&(PathBuf, String, Config)>, stack: &str) -> Vec<String> {
+    cfg.and_then(|(_, _, c)| c.stack(stack))
         .map(|b| b.depends_on.clone())
-        .unwrap_or_default();
-    let mut out: Vec<String> = Vec::new();
-    for s in declared.into_iter().chain(explicit.iter().cloned()) {
-        if !out.contains(&s) {
-            out.push(s);
-        }
-    }
-    out
+        .unwrap_or_default()
 }
 
 fn has_http_backend(dir: &Path) -> anyhow::Result<bool> {
@@ -592,12 +580,29 @@ impl PlanPhase {
         if !has_http_backend(&dir)? {
             bail!("{} has no `backend \"http\"` block; add the block printed by `airlock backend-config {stack}`", dir.display());
         }
-        let read_stacks = plan_read_stacks(repo.config.as_ref(), &stack, read_stacks);
-        let plan_token = c.send(
-            "POST",
-            &format!("/api/v1/stacks/{}/plan-token", stack_segment(&stack)),
-            &json!({ "read_stacks": read_stacks }),
-        )?;
+        let declared = declared_read_stacks(repo.config.as_ref(), &stack);
+        let mut asked = declared.clone();
+        for s in read_stacks {
+            if !asked.contains(s) {
+                asked.push(s.clone());
+            }
+        }
+        let token_path = format!("/api/v1/stacks/{}/plan-token", stack_segment(&stack));
+        let plan_token = match c.send("POST", &token_path, &json!({ "read_stacks": asked })) {
+            Ok(t) => t,
+            // `depends_on` is also the order of stacks that read nothing of each other: a
+            // dependency this token may not read (or that the server does not have) is left
+            // out, said, and the plan goes on; a `terraform_remote_state` of it then fails
+            // with "invalid auth". What `--read-stack` names is never dropped.
+            Err(e) if !declared.is_empty() && e.downcast_ref::<ServerRefused>().is_some() => {
+                eprintln!(
+                    "warning: {stack}'s depends_on ({}) cannot all be read by this plan: {e:#}; planning without them",
+                    declared.join(", ")
+                );
+                c.send("POST", &token_path, &json!({ "read_stacks": read_stacks }))?
+            }
+            Err(e) => return Err(e),
+        };
         let plan_token_id = plan_token["token_id"]
             .as_str()
             .context("the server sent no plan token id")?

@@ -768,6 +768,27 @@ resource "terraform_data" "app" {{
     ))
     .unwrap();
     assert_eq!(runs["runs"].as_array().unwrap().len(), 2, "{runs}");
+
+    // depends_on also orders stacks that read nothing of each other: a dependency the planner
+    // may not read is left out with a warning, and a plan that does not read it goes on.
+    std::fs::write(
+        root.join("airlock.hcl"),
+        "stack \"prod/net\" {\n  dir = \"pnet\"\n}\nstack \"dev/app\" {\n  dir        = \"tf\"\n  depends_on = [\"prod/net\"]\n}\n",
+    )
+    .unwrap();
+    app.write_main("resource \"terraform_data\" \"app\" {\n  input = \"standalone\"\n}\n");
+    let out = plan_app(&scoped, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("warning: dev/app's depends_on (prod/net) cannot all be read"),
+        "{}",
+        text(&out)
+    );
+    let run = serde_json::from_slice::<Value>(&out.stdout).unwrap()["run"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(run_json(&t, &run)["run"]["plan_read_stacks"].is_null());
 }
 
 /// A monorepo: `airlock.hcl` at the repository root, the stack in a subdirectory, its modules
