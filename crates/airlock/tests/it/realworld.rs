@@ -701,10 +701,37 @@ resource "terraform_data" "app" {{
                 && e["detail"]["read_stacks"] == serde_json::json!(["dev/net"])),
         "{minted}"
     );
+    // Refusals on dev/net so far (the undeclared plan's read): the apply adds none, so
+    // Terraform applied the saved plan without reading dev/net again.
+    let net_denials = || {
+        let v: Value = serde_json::from_str(&t.s.ok(
+            &t.s.admin,
+            &[
+                "audit", "--stack", "dev/net", "--limit", "500", "--format", "json",
+            ],
+        ))
+        .unwrap();
+        v["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["outcome"] == "denied")
+            .count()
+    };
+    let denied_before = net_denials();
+    assert!(
+        denied_before >= 1,
+        "the undeclared read was refused and audited"
+    );
     approve_and_apply(&t, &app, &run);
     assert_eq!(
         data_output(&state(&t, "dev/app"), None, "app", None),
         "vpc-1"
+    );
+    assert_eq!(
+        net_denials(),
+        denied_before,
+        "the apply did not try to read dev/net"
     );
 
     // Declared by airlock.hcl's depends_on: the next plan reads the new value without a flag.
