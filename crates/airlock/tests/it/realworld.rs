@@ -899,6 +899,11 @@ fn a_failed_destroy_leaves_a_deposed_object_that_the_next_run_removes() {
     approve(&t, &run);
     let out = apply_on(&cloud, &t, &ws.dir, &t.ci, &run);
     assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("data.terraform_remote_state.net: Reading..."),
+        "refused at the deferred read: {}",
+        text(&out)
+    );
     assert_eq!(run_json(&t, &run)["run"]["status"], "failed");
     let s = state(&t, "dev/deposed");
     let instances = s["resources"][0]["instances"].as_array().unwrap();
@@ -1335,6 +1340,11 @@ fn a_failed_provisioner_taints_and_the_next_run_replaces() {
     approve(&t, &run);
     let out = apply(&t, &ws, &t.ci, &run);
     assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("data.terraform_remote_state.net: Reading..."),
+        "refused at the deferred read: {}",
+        text(&out)
+    );
     assert_eq!(run_json(&t, &run)["run"]["status"], "failed");
     let s = state(&t, "dev/taint");
     assert_eq!(
@@ -1671,4 +1681,77 @@ fn a_lock_file_that_is_not_committed() {
     let out = apply_on(&cloud, &t, ci_dir.path(), &t.ci, &run);
     assert!(out.status.success(), "{}", text(&out));
     assert!(cloud.get("aws_s3_bucket", "nolock").is_some());
+}
+
+/// The apply's run-bound token reads no other stack. A `terraform_remote_state` whose address is
+/// unknown when planning is read by Terraform only at apply time, so that apply is refused the
+/// read ("invalid auth"), fails, and the run says so; the other stack is untouched. (Why the
+/// apply token does not inherit the run's read stacks: ARCHITECTURE.md, *Read stacks*.)
+#[test]
+fn a_remote_state_read_deferred_to_the_apply_is_refused_to_the_run_token() {
+    let t = team("dev/net");
+    t.s.ok(&t.s.admin, &["stack", "create", "dev/app"]);
+    let net = Workspace::new(
+        &t.s,
+        "dev/net",
+        "resource \"terraform_data\" \"vpc\" {\n  input = \"vpc-1\"\n}\noutput \"vpc_id\" {\n  value = terraform_data.vpc.output\n}\n",
+    );
+    governed(&t, &net, "dev/net");
+    let net_history = t.s.ok(&t.s.admin, &["state", "history", "dev/net"]);
+    let app_tf = format!(
+        r#"
+resource "terraform_data" "suffix" {{
+  input = "net"
+}}
+data "terraform_remote_state" "net" {{
+  backend = "http"
+  config = {{
+    address = "{}/state/dev/${{terraform_data.suffix.output}}"
+  }}
+}}
+resource "terraform_data" "app" {{
+  input = data.terraform_remote_state.net.outputs.vpc_id
+}}
+"#,
+        t.s.url
+    );
+    let app = Workspace::new(&t.s, "dev/app", &app_tf);
+    let out = cli_in(
+        &t.s,
+        &t.agent,
+        &app.dir,
+        &[
+            "plan",
+            ".",
+            "--stack",
+            "dev/app",
+            "--read-stack",
+            "dev/net",
+            "--format",
+            "json",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let run = serde_json::from_slice::<Value>(&out.stdout).unwrap()["run"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    approve(&t, &run);
+    let out = apply(&t, &app, &t.ci, &run);
+    assert!(
+        !out.status.success() && text(&out).contains("invalid auth"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains("data.terraform_remote_state.net: Reading..."),
+        "refused at the deferred read: {}",
+        text(&out)
+    );
+    assert_eq!(run_json(&t, &run)["run"]["status"], "failed");
+    assert_eq!(
+        t.s.ok(&t.s.admin, &["state", "history", "dev/net"]),
+        net_history
+    );
 }
