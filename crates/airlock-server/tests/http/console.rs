@@ -147,7 +147,7 @@ pub(crate) fn put_run(
 
 /// [`put_run`] with `extra` fields of the run record replaced.
 #[allow(clippy::too_many_arguments)]
-fn put_run_with(
+pub(crate) fn put_run_with(
     s: &Server,
     id: &str,
     stack: &str,
