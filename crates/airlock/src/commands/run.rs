@@ -594,7 +594,11 @@ impl PlanPhase {
             // dependency this token may not read (or that the server does not have) is left
             // out, said, and the plan goes on; a `terraform_remote_state` of it then fails
             // with "invalid auth". What `--read-stack` names is never dropped.
-            Err(e) if !declared.is_empty() && e.downcast_ref::<ServerRefused>().is_some() => {
+            Err(e)
+                if !declared.is_empty()
+                    && e.downcast_ref::<ServerRefused>()
+                        .is_some_and(|r| matches!(r.status, 403 | 422)) =>
+            {
                 eprintln!(
                     "warning: {stack}'s depends_on ({}) cannot all be read by this plan: {e:#}; planning without them",
                     declared.join(", ")
