@@ -46,6 +46,7 @@ fn main() {
                 user: g.id.clone(),
                 parent_id: None,
                 mint_limit: None,
+                read_stacks: Vec::new(),
             },
             NewAudit::ok("bench", "token.create", None, serde_json::json!({})),
         )

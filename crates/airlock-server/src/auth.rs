@@ -40,7 +40,13 @@ pub struct Principal {
     pub user: String,
     /// The token that minted this one (phase tokens, which cannot mint tokens themselves).
     pub parent_id: Option<String>,
+    /// Other stacks whose state alone this token may read (exact names; plan-phase tokens for
+    /// `terraform_remote_state`): see [`Principal::scope_admits`].
+    pub read_stacks: Vec<String>,
 }
+
+/// The one request a read stack admits: Terraform's state read (`terraform_remote_state`).
+pub const READ_STACK_ROUTE: (&str, &str) = ("GET", "/state/{*stack}");
 
 impl Principal {
     /// `name (tok_…)`, as recorded in audit events and version authors.
@@ -53,6 +59,20 @@ impl Principal {
         self.stacks.is_empty() || self.stacks.iter().any(|g| glob_match(g, stack))
     }
 
+    /// Whether the token's scope admits `method` on `route` about `stack`: its stack globs
+    /// admit every route (the role decides what it may do there); a read stack admits only
+    /// [`READ_STACK_ROUTE`], so no lock, write, run, token, approval or history call reaches it.
+    pub fn scope_admits(&self, method: &str, route: &str, stack: &str) -> bool {
+        self.may_access(stack)
+            || ((method, route) == READ_STACK_ROUTE && self.read_stacks.iter().any(|s| s == stack))
+    }
+
+    /// Whether this principal may itself read `stack` now (its role's `read` and its scope):
+    /// the bound on the read stacks it may give a plan-phase token.
+    pub fn may_read(&self, stack: &str) -> bool {
+        self.role.has(airlock_core::Permission::Read) && self.may_access(stack)
+    }
+
     fn from_record(t: TokenRecord) -> Principal {
         Principal {
             token_id: t.id,
@@ -62,6 +82,7 @@ impl Principal {
             run_id: t.run_id,
             user: t.user,
             parent_id: t.parent_id,
+            read_stacks: t.read_stacks,
         }
     }
 
@@ -290,10 +311,19 @@ async fn check<'t>(
             p.name()
         )),
         _ => match &stack {
-            Some(s) if !principal.may_access(s.as_str()) => Some(format!(
-                "permission denied: token {} is scoped to stacks {:?}, which do not include {s}",
-                principal.name, principal.stacks
-            )),
+            Some(s) if !principal.scope_admits(&method, &route, s.as_str()) => {
+                Some(if principal.read_stacks.iter().any(|r| r == s.as_str()) {
+                    format!(
+                        "permission denied: token {} may only read {s}'s state (GET /state/{s}, for terraform_remote_state), not {method} {route}",
+                        principal.name
+                    )
+                } else {
+                    format!(
+                        "permission denied: token {} is scoped to stacks {:?}, which do not include {s}",
+                        principal.name, principal.stacks
+                    )
+                })
+            }
             _ => None,
         },
     };

@@ -14,6 +14,8 @@
 //! - `mcp`: the MCP endpoint: tool lists per role, transport rules, hostile arguments, audit.
 //! - `run_uploads`: hostile streamed run uploads (truncated, altered, bombs, wrong type).
 //! - `attacks_tier2`, `attacks_tier3`, `attacks_tier4`: adversarial reviews, one attack per test.
+//! - `read_stacks`: a plan-phase token's read stacks (`terraform_remote_state`): never wider than
+//!   its minter, state reads only.
 
 #[path = "http/attacks_tier2.rs"]
 mod attacks_tier2;
@@ -37,6 +39,8 @@ mod mcp;
 mod policies;
 #[path = "http/protocol.rs"]
 mod protocol;
+#[path = "http/read_stacks.rs"]
+mod read_stacks;
 #[path = "http/run_uploads.rs"]
 mod run_uploads;
 #[path = "http/serving.rs"]

@@ -571,6 +571,7 @@ fn new_token(id: &str, user: &str, parent: Option<&str>, expires_at: Option<i64>
         },
         parent_id: parent.map(str::to_owned),
         mint_limit: None,
+        read_stacks: Vec::new(),
     }
 }
 
@@ -599,6 +600,7 @@ pub fn tokens(s: &dyn Store) {
                 user: "alice".into(),
                 parent_id: None,
                 mint_limit: None,
+                read_stacks: Vec::new(),
             },
             audit("token.create"),
         )
@@ -867,8 +869,11 @@ pub fn derived_tokens(s: &dyn Store) {
         s.create_token(other, audit("token.plan_phase")),
         Err(StoreError::Conflict(_))
     ));
-    let child = new_token("tok-dv-c", "", Some("tok-dv-p"), Some(soon + 3_600_000));
+    let mut child = new_token("tok-dv-c", "", Some("tok-dv-p"), Some(soon + 3_600_000));
+    // Its read stacks (migration 0015) are stored and read back as given, in order.
+    child.read_stacks = vec!["conf/net".into(), "conf/db".into()];
     let c = s.create_token(child, audit("token.plan_phase")).unwrap();
+    assert_eq!(c.read_stacks, ["conf/net", "conf/db"]);
     assert_eq!(
         c.user, "conf.erin",
         "a derived token carries its parent's user"
@@ -1792,6 +1797,7 @@ fn run_record(id: &str, stack: &str, created_at: i64) -> RunRecord {
         checks: Vec::new(),
         plan_mode: None,
         plan_checked_at: None,
+        plan_read_stacks: Vec::new(),
     }
 }
 

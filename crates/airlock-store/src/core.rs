@@ -1142,7 +1142,7 @@ pub fn update_run(db: &mut dyn Sql, id: &str, update: &mut RunUpdate<'_>) -> Res
 // ---- tokens and users ----
 
 const TOKEN_COLS: &str =
-    "id, name, role, stacks, created_at, expires_at, revoked_at, created_by, run_id, user_name, parent_id";
+    "id, name, role, stacks, created_at, expires_at, revoked_at, created_by, run_id, user_name, parent_id, read_stacks";
 
 fn token_from_row(r: &Row) -> Result<TokenRecord> {
     Ok(TokenRecord {
@@ -1157,6 +1157,7 @@ fn token_from_row(r: &Row) -> Result<TokenRecord> {
         run_id: r.opt_text(8)?,
         user: r.text(9)?,
         parent_id: r.opt_text(10)?,
+        read_stacks: json_col(&r.text(11)?, "token read stacks")?,
     })
 }
 
@@ -1435,8 +1436,8 @@ impl<E: Engine> Store for E {
                 now,
             })?;
             db.execute(
-                "INSERT INTO tokens (id, secret_hash, name, role, stacks, created_at, expires_at, created_by, run_id, user_name, parent_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-                params![&t.id, &t.secret_hash[..], &t.name, t.role.as_str(), to_json(&t.stacks), now, t.expires_at, &t.created_by, &t.run_id, &t.user, &t.parent_id],
+                "INSERT INTO tokens (id, secret_hash, name, role, stacks, created_at, expires_at, created_by, run_id, user_name, parent_id, read_stacks) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                params![&t.id, &t.secret_hash[..], &t.name, t.role.as_str(), to_json(&t.stacks), now, t.expires_at, &t.created_by, &t.run_id, &t.user, &t.parent_id, to_json(&t.read_stacks)],
             )
             .map_err(|e| unique_is_conflict(e, || format!("token {} already exists", t.id)))?;
             append_audit(db, &audit)?;
@@ -2226,7 +2227,7 @@ impl<E: Engine> StoreImport for E {
             )?
             .iter()
             .map(|r| {
-                let hash = <[u8; 32]>::try_from(r.bytes(11)?.as_slice()).map_err(|_| {
+                let hash = <[u8; 32]>::try_from(r.bytes(12)?.as_slice()).map_err(|_| {
                     StoreError::Corrupt("a token's secret hash is not 32 bytes".into())
                 })?;
                 Ok((token_from_row(r)?, hash))
@@ -2261,8 +2262,8 @@ impl<E: Engine> StoreImport for E {
     fn import_token(&self, t: &TokenRecord, secret_hash: &[u8; 32]) -> Result<()> {
         self.write(|db| {
             db.execute(
-                "INSERT INTO tokens (id, secret_hash, name, role, stacks, created_at, expires_at, revoked_at, created_by, run_id, user_name, parent_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-                params![&t.id, &secret_hash[..], &t.name, t.role.as_str(), to_json(&t.stacks), t.created_at, t.expires_at, t.revoked_at, &t.created_by, &t.run_id, &t.user, &t.parent_id],
+                "INSERT INTO tokens (id, secret_hash, name, role, stacks, created_at, expires_at, revoked_at, created_by, run_id, user_name, parent_id, read_stacks) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                params![&t.id, &secret_hash[..], &t.name, t.role.as_str(), to_json(&t.stacks), t.created_at, t.expires_at, t.revoked_at, &t.created_by, &t.run_id, &t.user, &t.parent_id, to_json(&t.read_stacks)],
             )
             .map_err(|e| unique_is_conflict(e, || format!("token {} already exists", t.id)))?;
             Ok(())

@@ -218,6 +218,10 @@ pub struct TokenRecord {
     pub user: String,
     /// The token that minted this one (phase tokens); revoking the parent revokes it.
     pub parent_id: Option<String>,
+    /// Other stacks whose state (`GET /state/{stack}` only) the token may read: exact names,
+    /// given to a plan-phase token for `terraform_remote_state` (migration 0015).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub read_stacks: Vec<String>,
 }
 
 /// A token to create.
@@ -244,6 +248,9 @@ pub struct NewToken {
     pub user: String,
     /// Parent token (phase tokens): the derived token dies with it and expires no later.
     pub parent_id: Option<String>,
+    /// Other stacks whose state the token may read (exact names; plan-phase tokens only, each
+    /// checked against the minter by the server before it asks the store).
+    pub read_stacks: Vec<String>,
     /// Limit on tokens of this kind (derived, or parentless) per user, counted in the database
     /// so replicas agree.
     pub mint_limit: Option<MintLimit>,
@@ -557,6 +564,7 @@ impl NewToken {
             run_id: self.run_id,
             user: self.user,
             parent_id: self.parent_id,
+            read_stacks: self.read_stacks,
         }
     }
 

@@ -58,6 +58,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         14,
         include_str!("../migrations/postgres/0014_chunks_rowid.sql"),
     ),
+    (
+        15,
+        include_str!("../migrations/postgres/0015_token_read_stacks.sql"),
+    ),
 ];
 
 /// Transaction-scoped advisory lock keys ("airlock" in ASCII, then a number). Being

@@ -258,6 +258,10 @@ pub struct RunRecord {
     /// starts while the check runs and waits at the state lock.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan_checked_at: Option<i64>,
+    /// The other stacks whose state the run's plan phase could read (its plan-phase token's
+    /// read stacks, for `terraform_remote_state`), as the server recorded them from that token.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plan_read_stacks: Vec<String>,
 }
 
 // Identities for runs stored before users existed: each token was its own user then, and the

@@ -66,6 +66,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         14,
         include_str!("../migrations/sqlite/0014_chunks_rowid.sql"),
     ),
+    (
+        15,
+        include_str!("../migrations/sqlite/0015_token_read_stacks.sql"),
+    ),
 ];
 // Enough idle readers for a burst of concurrent GETs without reopening connections.
 const MAX_IDLE_READERS: usize = 32;

@@ -809,6 +809,11 @@ pub struct PlanArgs {
     /// Terraform binary (e.g. `tofu`).
     #[arg(long, env = "AIRLOCK_TERRAFORM_BIN", default_value = "terraform")]
     pub terraform_bin: String,
+    /// Another stack whose state the plan may read (`terraform_remote_state`), besides the
+    /// stack block's `depends_on` in airlock.hcl; repeatable. Exact names, each one your token
+    /// may read; the plan-phase token may read only their state, nothing else.
+    #[arg(long, value_name = "STACK")]
+    pub read_stack: Vec<String>,
     #[command(flatten)]
     pub client: ClientArgs,
 }

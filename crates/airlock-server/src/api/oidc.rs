@@ -583,6 +583,7 @@ pub async fn login(
         user: grant.trust_id.clone(),
         parent_id: None,
         mint_limit: Some(LOGIN_LIMIT),
+        read_stacks: Vec::new(),
     };
     // The event names the ID token it spent, so a restore can mark it used again.
     let mut detail = json!({"trust": grant.trust_id, "sub": grant.subject, "role": grant.role, "token": g.id, "expires_at": expires_at});

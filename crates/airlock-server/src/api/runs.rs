@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use airlock_core::inputs::{self, InputFile};
-use airlock_core::refusal::RefusalKind;
+use airlock_core::refusal::{Refusal, RefusalKind};
 use airlock_core::state::StateSummary;
 use airlock_core::Role;
 use airlock_policy::analysis::{ChangeReport, Finding, Severity, Verdict};
@@ -73,15 +73,98 @@ fn b64(s: &str, what: &str) -> ApiResult<Vec<u8>> {
         })
 }
 
+/// Most read stacks one plan-phase token may carry.
+pub const MAX_READ_STACKS: usize = 32;
+
+/// `POST /api/v1/stacks/{stack}/plan-token`'s optional body.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PlanTokenRequest {
+    /// Other stacks whose state the plan may read (`terraform_remote_state`).
+    #[serde(default)]
+    read_stacks: Vec<String>,
+}
+
+/// The read stacks a plan-phase token of `planned` may be given, judged against its minter
+/// `p` (never wider than the minter: docs/design.md invariant 4): at most [`MAX_READ_STACKS`]
+/// exact, valid stack names (no globs), not the planned stack, each one `p` may read itself.
+/// A refusal names the stack refused (none when the list is too long). Whether each exists is
+/// the store's to say (the handler asks next).
+pub fn judge_read_stacks(
+    p: &Principal,
+    planned: &str,
+    requested: &[String],
+) -> Result<Vec<String>, (Option<String>, Refusal)> {
+    let bad = |r: &str, why: String| {
+        let shown: String = r.chars().take(80).collect();
+        (Some(shown), Refusal::new(RefusalKind::BadRequest, why))
+    };
+    if requested.len() > MAX_READ_STACKS {
+        return Err((None, Refusal::new(RefusalKind::BadRequest, format!(
+            "{} read stacks asked for; a plan phase may read at most {MAX_READ_STACKS} other stacks",
+            requested.len()
+        ))));
+    }
+    let mut out: Vec<String> = Vec::new();
+    for r in requested {
+        if r.contains(['*', '?', '[']) {
+            return Err(bad(r, format!("read stack {:?} is a pattern: name each stack exactly (globs are not read stacks)", r.chars().take(80).collect::<String>())));
+        }
+        let name =
+            airlock_core::StackName::parse(r).map_err(|e| bad(r, format!("read stack: {e}")))?;
+        if name.as_str() == planned {
+            return Err(bad(r, format!("read stack {name} is the planned stack itself, which its plan phase reads anyway")));
+        }
+        if !p.may_read(name.as_str()) {
+            return Err((Some(name.to_string()), Refusal::new(RefusalKind::Forbidden, format!(
+                "read stack {name} refused: token {} may not read it itself (scoped to {:?}), and a plan-phase token is never wider than the token that mints it; nothing was minted",
+                p.name, p.stacks
+            ))));
+        }
+        if !out.iter().any(|o| o == name.as_str()) {
+            out.push(name.to_string());
+        }
+    }
+    Ok(out)
+}
+
 /// `POST /api/v1/stacks/{stack}/plan-token`: a short-lived token that can read and lock the
-/// stack for planning, and nothing else (it holds the agent role, scoped to this stack).
+/// stack for planning, and nothing else (it holds the agent role, scoped to this stack), and
+/// read the state (only) of the read stacks the body names, each one the caller may read.
 pub async fn plan_token(
     State(state): State<Arc<AppState>>,
     Extension(p): Extension<Principal>,
     Extension(RequestStack(stack)): Extension<RequestStack>,
+    body: Bytes,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     p.may_mint()?;
+    // No body, `null` or `{}`: no read stacks.
+    let req: PlanTokenRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        PlanTokenRequest::default()
+    } else {
+        parse_body::<Option<PlanTokenRequest>>(&body)?.unwrap_or_default()
+    };
     existing_stack(&state, &p, stack.as_str()).await?;
+    let refused = |at: Option<String>, r: Refusal| {
+        let (state, p) = (Arc::clone(&state), p.clone());
+        let at = at.unwrap_or_else(|| stack.to_string());
+        async move { crate::stacks::deny(&state, &p, &at, "token.plan_phase", r).await }
+    };
+    let read_stacks = match judge_read_stacks(&p, stack.as_str(), &req.read_stacks) {
+        Ok(r) => r,
+        Err((at, r)) => return Err(refused(at, r).await),
+    };
+    for r in &read_stacks {
+        let n = r.clone();
+        if store_call(&state, move |st| st.stack(&n)).await?.is_none() {
+            let why = format!("read stack {r} does not exist; name stacks that exist (`airlock stack list`); nothing was minted");
+            return Err(refused(
+                Some(r.clone()),
+                Refusal::new(RefusalKind::UnknownStack, why),
+            )
+            .await);
+        }
+    }
     let g = tokens::generate();
     // Carries the caller's user, dies with the caller's token, and expires no later (the store
     // clamps it); counted against the user's phase-token limit.
@@ -97,17 +180,20 @@ pub async fn plan_token(
         user: p.user.clone(),
         parent_id: Some(p.token_id.clone()),
         mint_limit: Some(tokens::PHASE_TOKEN_LIMIT),
+        read_stacks: read_stacks.clone(),
     };
     let audit = NewAudit::ok(
         &p.display(),
         "token.plan_phase",
         Some(stack.as_str()),
-        json!({"token": g.id, "user": p.user, "parent": p.token_id}),
+        json!({"token": g.id, "user": p.user, "parent": p.token_id, "read_stacks": read_stacks}),
     );
     let record = store_call(&state, move |st| st.create_token(token, audit)).await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "token_id": g.id, "secret": g.secret, "expires_at": record.expires_at })),
+        Json(
+            json!({ "token_id": g.id, "secret": g.secret, "expires_at": record.expires_at, "read_stacks": record.read_stacks }),
+        ),
     ))
 }
 
@@ -144,6 +230,10 @@ struct RunMeta {
     /// claim, checked against the binary plan, which alone decides how the run is judged.
     #[serde(default)]
     plan_mode: Option<String>,
+    /// The id of the plan-phase token the plan was made with (minted by the uploading token
+    /// for this stack): the run records what that token could read besides the stack.
+    #[serde(default)]
+    plan_token: Option<String>,
 }
 
 #[derive(Deserialize, serde::Serialize, Clone)]
@@ -1006,6 +1096,37 @@ impl Parts {
     }
 }
 
+/// The other stacks the run's plan phase could read, from the server's own records: the
+/// uploader's read stacks when a plan-phase token uploads itself, else those of the plan-phase
+/// token the upload names, which must be one the uploading token minted for this stack (a
+/// name that is not is refused, so no run borrows another's record).
+fn plan_read_stacks(
+    st: &dyn airlock_store::Store,
+    p: &Principal,
+    stack: &str,
+    plan_token: Option<&str>,
+) -> ApiResult<Vec<String>> {
+    let Some(id) = plan_token else {
+        return Ok(p.read_stacks.clone());
+    };
+    if id == p.token_id {
+        return Ok(p.read_stacks.clone());
+    }
+    match st.token(id)? {
+        Some(t)
+            if t.parent_id.as_deref() == Some(p.token_id.as_str())
+                && t.run_id.is_none()
+                && t.stacks == [stack] =>
+        {
+            Ok(t.read_stacks)
+        }
+        _ => Err(bad(format!(
+            "plan_token {:?} is not a plan-phase token the uploading token minted for {stack}",
+            id.chars().take(80).collect::<String>()
+        ))),
+    }
+}
+
 /// Checks, judges and stores one uploaded run; runs on a blocking thread and reads the parts as
 /// the checks need them, so a streamed upload's binary plan is checked (and the stack's policy
 /// and state looked up) while its JSON is still being made and sent.
@@ -1018,6 +1139,7 @@ fn create_run(
     let limit = state.config.run_upload_limit(p.role);
     let st = state.store.as_ref();
     let req = parts.meta(limit)?;
+    let plan_read_stacks = plan_read_stacks(st, p, &stack.name, req.plan_token.as_deref())?;
     if req.fingerprint.len() != 64 || !req.fingerprint.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(bad("fingerprint must be a hex SHA-256"));
     }
@@ -1099,12 +1221,13 @@ fn create_run(
         checks: judged.checks,
         plan_mode: judged.plan_mode,
         plan_checked_at: None,
+        plan_read_stacks,
     };
     let audit = NewAudit::ok(
         &p.display(),
         "run.create",
         Some(&stack.name),
-        json!({"run": run.id, "decision": run.decision, "destroys": run.destroys.len(), "plan_sha256": run.plan_sha256, "fingerprint": run.fingerprint, "policy_changes": run.policy_changes, "plan_mode": run.plan_mode}),
+        json!({"run": run.id, "decision": run.decision, "destroys": run.destroys.len(), "plan_sha256": run.plan_sha256, "fingerprint": run.fingerprint, "policy_changes": run.policy_changes, "plan_mode": run.plan_mode, "plan_read_stacks": run.plan_read_stacks}),
     );
     let markdown = judged.markdown;
     let policies_json = (!req.policies.is_empty())
@@ -1548,6 +1671,7 @@ pub async fn apply(
         parent_id: Some(p.token_id.clone()),
         // Not rate-limited: each needs an approved run, and failing here would strand the run.
         mint_limit: None,
+        read_stacks: Vec::new(),
     };
     // What the run's writes may drop: what the plan deletes or forgets, and where it moves
     // instances from. Used by the run-bound token only, for every write until the run finishes.

@@ -127,6 +127,7 @@ pub async fn create(
         user: user.clone(),
         parent_id: None,
         mint_limit: None,
+        read_stacks: Vec::new(),
     };
     let audit = NewAudit::ok(
         &p.display(),

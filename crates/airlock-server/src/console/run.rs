@@ -158,6 +158,27 @@ async fn render(ctx: &Ctx, id: &str, page: usize, flash: Option<(StatusCode, Str
         esc(&stack),
         esc(&status)
     );
+    // Other stacks whose state the plan phase could read (terraform_remote_state): what the
+    // reviewed values may come from besides this stack.
+    let read: Vec<String> = run["plan_read_stacks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            format!(
+                "<a href=\"/ui/stacks/{}\">{}</a>",
+                seg(&text(s)),
+                esc(&text(s))
+            )
+        })
+        .collect();
+    if !read.is_empty() {
+        let _ = write!(
+            body,
+            "<p id=\"read-stacks\">its plan could read the state of {}</p>",
+            read.join(", ")
+        );
+    }
     let accepts_drift = run["plan_mode"].as_str() == Some("refresh-only");
     if accepts_drift {
         let _ = write!(

@@ -891,12 +891,24 @@ async fn explain_run(ctx: &mut Ctx<'_>, a: RunArgs) -> Result<Value, String> {
         Some("refresh-only") => format!("it accepts drift (a refresh-only plan: its apply records in the state what changed outside Terraform and changes no infrastructure), dropping {destroyed} instance(s) deleted outside Terraform from the state,"),
         _ => format!("it destroys {destroyed} managed instance(s)"),
     };
-    let summary = format!(
+    let mut summary = format!(
         "Run {} on stack {} is {status}; the plan gate decided {decision}; {what} and has {} finding(s).",
         text("/id"),
         text("/stack"),
         findings.len()
     );
+    let read: Vec<&str> = run["plan_read_stacks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    if !read.is_empty() {
+        summary.push_str(&format!(
+            " Its plan could read the state of {} (terraform_remote_state).",
+            read.join(", ")
+        ));
+    }
     Ok(json!({
         "run_id": run["id"], "stack": run["stack"], "status": status, "decision": decision,
         "summary": summary, "destroys": destroys, "findings": findings, "needed": needed,

@@ -133,7 +133,7 @@ impl Browser<'_> {
 
 /// A run waiting for approval on `stack` (at serial `serial`), authored by `author_user`, with
 /// `plan` as its plan JSON. Stored directly: the console reads it through the API like any run.
-fn put_run(
+pub(crate) fn put_run(
     s: &Server,
     id: &str,
     stack: &str,
@@ -147,7 +147,7 @@ fn put_run(
 
 /// [`put_run`] with `extra` fields of the run record replaced.
 #[allow(clippy::too_many_arguments)]
-fn put_run_with(
+pub(crate) fn put_run_with(
     s: &Server,
     id: &str,
     stack: &str,
@@ -991,4 +991,44 @@ async fn the_live_apply_log_comes_only_from_the_applier_while_it_applies() {
     assert!(live.json()["log"].as_str().unwrap().contains("line two"));
     let page = b.get("/ui/runs/run_live").await.text();
     assert!(page.contains("line one &lt;script&gt;") && !page.contains("<script>alert"));
+}
+
+/// A run whose plan phase could read other stacks (`terraform_remote_state`) says which, so a
+/// reviewer knows where values of the plan may come from.
+#[tokio::test]
+async fn the_run_page_names_the_stacks_its_plan_could_read() {
+    let s = fixture().await;
+    put_run_with(
+        &s,
+        "run_reads",
+        "dev/app",
+        2,
+        "pipeline",
+        &simple_plan(),
+        &[],
+        json!({"plan_read_stacks": ["dev/net", "<b>x</b>"]}),
+    );
+    put_run(
+        &s,
+        "run_plain",
+        "dev/app",
+        2,
+        "pipeline",
+        &simple_plan(),
+        &[],
+    );
+    let a = sign_in(&s, &s.admin).await;
+    let page = a.get("/ui/runs/run_reads").await.text();
+    assert!(
+        page.contains(
+            "its plan could read the state of <a href=\"/ui/stacks/dev%2Fnet\">dev/net</a>, "
+        ),
+        "{page}"
+    );
+    assert!(
+        page.contains("&lt;b&gt;x&lt;/b&gt;") && !page.contains("<b>x"),
+        "{page}"
+    );
+    let page = a.get("/ui/runs/run_plain").await.text();
+    assert!(!page.contains("id=\"read-stacks\""), "{page}");
 }

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use crate::support::*;
 
-const STATE: &str = "/state/{*stack}";
+pub(crate) const STATE: &str = "/state/{*stack}";
 
 /// docs/design.md's roles matrix, verbatim: (permission, [admin, approver, ci, agent, reader]).
 /// "apply approved run" and "write state outside a run" carry footnote 1 (per-stack settings
@@ -190,7 +190,13 @@ async fn fixture() -> (Server, Vec<(Role, Tok)>) {
 }
 
 /// A concrete request for a table row, on `stack`.
-fn concrete(s: &Server, method: &str, route: &str, stack: &str, n: usize) -> (String, Vec<u8>) {
+pub(crate) fn concrete(
+    s: &Server,
+    method: &str,
+    route: &str,
+    stack: &str,
+    n: usize,
+) -> (String, Vec<u8>) {
     let encoded = stack.replace('/', "%2F");
     let mut path = route
         .replace("{*stack}", stack)

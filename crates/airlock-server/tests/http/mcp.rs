@@ -749,3 +749,31 @@ async fn hostile_arguments_are_errors_and_the_session_goes_on() {
         assert_eq!(e["stack"], "app", "{e}");
     }
 }
+
+/// `explain_run` names the other stacks whose state the run's plan could read.
+#[tokio::test]
+async fn explain_run_names_the_stacks_a_plan_could_read() {
+    let s = Server::new();
+    s.stack("dev/app", false);
+    let plan = json!({"resource_changes": []});
+    crate::console::put_run_with(
+        &s,
+        "run_reads",
+        "dev/app",
+        0,
+        "someone",
+        &plan,
+        &[],
+        json!({"plan_read_stacks": ["dev/net"]}),
+    );
+    crate::console::put_run(&s, "run_plain", "dev/app", 0, "someone", &plan, &[]);
+    let agent = s.role_token(Role::Agent);
+    let v = call(&s, &agent, "explain_run", json!({"run_id": "run_reads"})).await;
+    let summary = ok(&v)["summary"].as_str().unwrap().to_owned();
+    assert!(
+        summary.contains("Its plan could read the state of dev/net"),
+        "{summary}"
+    );
+    let v = call(&s, &agent, "explain_run", json!({"run_id": "run_plain"})).await;
+    assert!(!ok(&v)["summary"].as_str().unwrap().contains("could read"));
+}

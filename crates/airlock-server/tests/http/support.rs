@@ -155,6 +155,7 @@ impl Server {
                     user: user.map_or_else(|| g.id.clone(), str::to_owned),
                     parent_id: None,
                     mint_limit: None,
+                    read_stacks: Vec::new(),
                 },
                 NewAudit::ok("test", "token.create", None, json!({"token": g.id})),
             )

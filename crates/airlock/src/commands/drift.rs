@@ -97,7 +97,7 @@ pub fn check(
     terraform_bin: &str,
     propose: Propose<'_>,
 ) -> anyhow::Result<(Checked, Option<Proposal>)> {
-    let phase = PlanPhase::prepare(c, dir, stack, terraform_bin)?;
+    let phase = PlanPhase::prepare(c, dir, stack, terraform_bin, &[])?;
     let stack = phase.stack.clone();
     let shown = c.get(&format!(
         "/api/v1/stacks/{}?instances=false",
@@ -202,6 +202,7 @@ pub fn check(
             refresh_only: true,
             terraform_bin,
             origin: Origin::default(),
+            read_stacks: &[],
         };
         match upload_plan(c, &phase, &plan_path, &req) {
             Ok(p) => Proposal::New(p.response),

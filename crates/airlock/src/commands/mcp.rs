@@ -223,6 +223,7 @@ impl Bridge {
                 refresh_only,
                 terraform_bin: &self.terraform_bin,
                 origin: Origin::default(),
+                read_stacks: &[],
             },
         )?;
         let (v, stack) = (planned.response, planned.stack);

@@ -122,6 +122,15 @@ fn resolve_stack(
     )
 }
 
+/// The stacks a plan of `stack` declares it reads: its stack block's `depends_on` in
+/// airlock.hcl (block names are the server's stack names). `--read-stack` adds to them; the
+/// server refuses any the caller may not read itself.
+fn declared_read_stacks(cfg: Option<&(PathBuf, String, Config)>, stack: &str) -> Vec<String> {
+    cfg.and_then(|(_, _, c)| c.stack(stack))
+        .map(|b| b.depends_on.clone())
+        .unwrap_or_default()
+}
+
 fn has_http_backend(dir: &Path) -> anyhow::Result<bool> {
     for e in std::fs::read_dir(dir)? {
         let p = e?.path();
@@ -447,6 +456,18 @@ pub fn run_text(v: &Value) -> String {
     {
         out.push_str(&format!("checked: {c}\n"));
     }
+    let read: Vec<&str> = run["plan_read_stacks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    if !read.is_empty() {
+        out.push_str(&format!(
+            "plan phase could read the state of: {}\n",
+            printable(&read.join(", "))
+        ));
+    }
     if let Some(next) = v.get("next").and_then(Value::as_str) {
         out.push_str(&format!("next: {next}\n"));
     }
@@ -468,6 +489,9 @@ pub struct PlanRequest<'a> {
     pub terraform_bin: &'a str,
     /// The planner's claims about where the plan comes from (display and lookup only).
     pub origin: Origin,
+    /// Other stacks the plan may read the state of (`--read-stack`), besides the stack block's
+    /// `depends_on` (`PlanPhase::prepare` adds those).
+    pub read_stacks: &'a [String],
 }
 
 /// Where a plan comes from, as the planner reports it: never trusted for anything but display
@@ -511,6 +535,7 @@ pub fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
             refresh_only: args.refresh_only,
             terraform_bin: &args.terraform_bin,
             origin: Origin::default(),
+            read_stacks: &args.read_stack,
         },
     )?;
     let (stack, v) = (&planned.stack, &planned.response);
@@ -550,6 +575,8 @@ pub struct PlanPhase {
     /// The plan phase's cloud identity token file, if airlock.hcl asks for one; removed with
     /// the phase.
     _identity: Option<super::oidc::PhaseIdentity>,
+    /// The plan-phase token's id, named in the upload so the run records what it could read.
+    plan_token_id: String,
 }
 
 impl PlanPhase {
@@ -558,6 +585,7 @@ impl PlanPhase {
         dir: &Path,
         stack: Option<&str>,
         terraform_bin: &str,
+        read_stacks: &[String],
     ) -> anyhow::Result<PlanPhase> {
         let dir = dir
             .canonicalize()
@@ -567,11 +595,37 @@ impl PlanPhase {
         if !has_http_backend(&dir)? {
             bail!("{} has no `backend \"http\"` block; add the block printed by `airlock backend-config {stack}`", dir.display());
         }
-        let plan_token = c.send(
-            "POST",
-            &format!("/api/v1/stacks/{}/plan-token", stack_segment(&stack)),
-            &json!({}),
-        )?;
+        let declared = declared_read_stacks(repo.config.as_ref(), &stack);
+        let mut asked = declared.clone();
+        for s in read_stacks {
+            if !asked.contains(s) {
+                asked.push(s.clone());
+            }
+        }
+        let token_path = format!("/api/v1/stacks/{}/plan-token", stack_segment(&stack));
+        let plan_token = match c.send("POST", &token_path, &json!({ "read_stacks": asked })) {
+            Ok(t) => t,
+            // `depends_on` is also the order of stacks that read nothing of each other: a
+            // dependency this token may not read (or that the server does not have) is left
+            // out, said, and the plan goes on; a `terraform_remote_state` of it then fails
+            // with "invalid auth". What `--read-stack` names is never dropped.
+            Err(e)
+                if !declared.is_empty()
+                    && e.downcast_ref::<ServerRefused>()
+                        .is_some_and(|r| matches!(r.status, 403 | 422)) =>
+            {
+                eprintln!(
+                    "warning: {stack}'s depends_on ({}) cannot all be read by this plan: {e:#}; planning without them",
+                    declared.join(", ")
+                );
+                c.send("POST", &token_path, &json!({ "read_stacks": read_stacks }))?
+            }
+            Err(e) => return Err(e),
+        };
+        let plan_token_id = plan_token["token_id"]
+            .as_str()
+            .context("the server sent no plan token id")?
+            .to_owned();
         let token = plan_token["secret"]
             .as_str()
             .context("the server sent no plan token")?;
@@ -640,6 +694,7 @@ impl PlanPhase {
             scratch,
             kept,
             _identity: identity,
+            plan_token_id,
         })
     }
 
@@ -678,7 +733,7 @@ impl PlanPhase {
 /// Plans one stack with a plan-phase token and uploads the run for the server to judge: the one
 /// implementation behind `airlock plan` and `airlock ci plan`.
 pub fn plan_run(c: &Client, req: &PlanRequest<'_>) -> anyhow::Result<Planned> {
-    let phase = PlanPhase::prepare(c, req.dir, req.stack, req.terraform_bin)?;
+    let phase = PlanPhase::prepare(c, req.dir, req.stack, req.terraform_bin, req.read_stacks)?;
     let plan_path = phase.work().join("plan.tfplan");
     let mut plan_args: Vec<String> = vec![
         "plan".into(),
@@ -753,6 +808,7 @@ pub fn upload_plan(
         "change_request_url": origin.change_request_url,
         "change_authors": origin.change_authors,
         "config": repo.config.as_ref().map(|(_, text, _)| text.clone()),
+        "plan_token": phase.plan_token_id,
         // What was asked for; the server reads the mode from the binary and refuses a mismatch.
         "plan_mode": match (req.refresh_only, req.destroy) {
             (true, _) => "refresh-only",

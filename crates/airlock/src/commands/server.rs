@@ -156,6 +156,7 @@ fn bootstrap_admin(store: &dyn Store) -> anyhow::Result<()> {
         user: "admin".into(),
         parent_id: None,
         mint_limit: None,
+        read_stacks: Vec::new(),
     };
     store.create_token(token, NewAudit::ok("system", "token.create", None, serde_json::json!({"token": g.id, "name": "bootstrap-admin", "role": "admin", "bootstrap": true})))?;
     crate::out(&format!(

@@ -198,6 +198,7 @@ fn create_offline(
         user: user.clone(),
         parent_id: None,
         mint_limit: None,
+        read_stacks: Vec::new(),
     };
     let audit = NewAudit::ok(
         &actor,

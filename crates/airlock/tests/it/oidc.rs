@@ -1328,3 +1328,64 @@ fn a_forge_token_logs_in_once_across_two_replicas() {
         }
     }
 }
+
+/// A CI job's plan phase may read other stacks' state (`terraform_remote_state`) only within
+/// what its trust lets the job read: the job's login token, scoped to the trust's stacks, mints
+/// the plan-phase token, and read stacks are never wider than their minter. The plan phase's
+/// cloud identity still names the planned stack only.
+#[test]
+fn a_ci_jobs_plan_phase_reads_only_stacks_within_its_trust() {
+    let t = team_on(TestServer::start_issuer(&[]), "dev/app");
+    for stack in ["dev/net", "prod/net"] {
+        t.s.ok(&t.s.admin, &["stack", "create", stack]);
+    }
+    let forge = issuer();
+    t.s.ok(
+        &t.s.admin,
+        &[
+            "trust",
+            "add",
+            "github",
+            "--repository",
+            "org/repo",
+            "--repository-id",
+            "1001",
+            "--owner-id",
+            "2002",
+            "--ref",
+            "refs/heads/main",
+            "--role",
+            "ci",
+            "--stack",
+            "dev/*",
+            "--issuer",
+            &forge.url,
+        ],
+    );
+    let (code, v) = login(&t, &forge.mint(push_claims(&t.s.url), None), Some("ci"));
+    assert_eq!(code, 201, "{v}");
+    let job = v["secret"].as_str().unwrap().to_owned();
+    let url = format!("{}/api/v1/stacks/dev%2Fapp/plan-token", t.s.url);
+    // Beyond the trust: refused, naming the stack, nothing minted.
+    let (code, e) = post(&url, &job, json!({"read_stacks": ["prod/net"]}));
+    assert_eq!(code, 403, "{e}");
+    assert!(e.to_string().contains("read stack prod/net refused"), "{e}");
+    let refused = denied_audits(&t, "token.plan_phase");
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0]["stack"], "prod/net");
+    // Within it: the phase token reads dev/net's state, and nothing else of it.
+    let (code, v) = post(&url, &job, json!({"read_stacks": ["dev/net"]}));
+    assert_eq!(code, 201, "{v}");
+    let phase = v["secret"].as_str().unwrap().to_owned();
+    let (code, body) = raw("GET", &t.s.state_url("dev/net"), &phase, b"");
+    assert_eq!(code, 204, "{body}");
+    let (code, body) = raw("GET", &t.s.state_url("prod/net"), &phase, b"");
+    assert_eq!(code, 403, "{body}");
+    let (code, body) = raw("LOCK", &t.s.state_url("dev/net"), &phase, b"{}");
+    assert_eq!(code, 403, "{body}");
+    let (code, e) = plan_token(&t, &phase, "dev/app", "sts.amazonaws.com");
+    assert_eq!(code, 201, "{e}");
+    assert_eq!(e["sub"], "stack:dev/app:run_phase:plan");
+    let (code, e) = plan_token(&t, &phase, "dev/net", "sts.amazonaws.com");
+    assert_eq!(code, 403, "no cloud identity of a read stack: {e}");
+}

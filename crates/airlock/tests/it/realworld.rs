@@ -615,24 +615,26 @@ output "db_password" {
     );
 }
 
-/// `terraform_remote_state` reading another airlock stack through the http backend: a common
-/// pattern that governed runs do not support yet. The plan phase's token is scoped to the
-/// planned stack (docs/design.md invariant 4), so reading the other stack's state is refused
-/// (Terraform says "invalid auth") and no run is stored. Supporting it needs a decision (say,
-/// read access to the stack block's `depends_on` stacks for the plan-phase token, when the
-/// caller may read them); this test pins today's behaviour until then.
+/// `terraform_remote_state` reading another airlock stack through the http backend, with no
+/// credential in the configuration: the plan phase's token may read the state (only) of the
+/// stacks the plan declares (`--read-stack`, or the stack block's `depends_on`), each one the
+/// planner may read itself; the run records them; CI applies the saved plan with the run-bound
+/// token alone, which cannot read the other stack (Terraform reads the data source at plan
+/// time and keeps its result in the plan). What is not declared stays refused.
 #[test]
-fn a_remote_state_data_source_of_another_stack_is_refused_to_the_plan_phase() {
+fn a_remote_state_data_source_of_another_stack_is_read_by_the_plan_phase_it_was_declared_for() {
     let t = team("dev/net");
-    t.s.ok(&t.s.admin, &["stack", "create", "dev/app"]);
-    let net = Workspace::new(
-        &t.s,
-        "dev/net",
-        "resource \"terraform_data\" \"vpc\" {\n  input = \"vpc-1\"\n}\noutput \"vpc_id\" {\n  value = terraform_data.vpc.output\n}\n",
-    );
+    for stack in ["dev/app", "prod/net"] {
+        t.s.ok(&t.s.admin, &["stack", "create", stack]);
+    }
+    let net_tf = |vpc: &str| {
+        format!("resource \"terraform_data\" \"vpc\" {{\n  input = \"{vpc}\"\n}}\noutput \"vpc_id\" {{\n  value = terraform_data.vpc.output\n}}\n")
+    };
+    let net = Workspace::new(&t.s, "dev/net", &net_tf("vpc-1"));
     governed(&t, &net, "dev/net");
-    let app_tf = format!(
-        r#"
+    let app_tf = |stack: &str| {
+        format!(
+            r#"
 data "terraform_remote_state" "net" {{
   backend = "http"
   config = {{
@@ -643,46 +645,122 @@ resource "terraform_data" "app" {{
   input = data.terraform_remote_state.net.outputs.vpc_id
 }}
 "#,
-        t.s.state_url("dev/net")
-    );
-    let app = Workspace::new(&t.s, "dev/app", &app_tf);
-    let out = cli_in(
-        &t.s,
-        &t.agent,
-        &app.dir,
-        &["plan", ".", "--stack", "dev/app", "--format", "json"],
-        &[],
-    );
+            t.s.state_url(stack)
+        )
+    };
+    let app = Workspace::new(&t.s, "dev/app", &app_tf("dev/net"));
+    let plan_app = |token: &str, extra: &[&str]| {
+        let mut args = vec!["plan", ".", "--stack", "dev/app", "--format", "json"];
+        args.extend(extra);
+        cli_in(&t.s, token, &app.dir, &args, &[])
+    };
+    let no_runs = || {
+        let runs = t.s.ok(
+            &t.s.admin,
+            &["runs", "--stack", "dev/app", "--format", "json"],
+        );
+        assert!(!runs.contains("run_"), "{runs}");
+    };
+
+    // Not declared: the plan phase is scoped to the planned stack (Terraform: "invalid auth").
+    let out = plan_app(&t.agent, &[]);
     assert!(
         !out.status.success() && text(&out).contains("invalid auth"),
         "{}",
         text(&out)
     );
-    let runs = t.s.ok(
-        &t.s.admin,
-        &["runs", "--stack", "dev/app", "--format", "json"],
-    );
-    assert!(!runs.contains("run_"), "{runs}");
-    // The agent's own token reads the other stack: only the plan phase is narrowed.
-    let (code, _) = raw("GET", &t.s.state_url("dev/net"), &t.agent, b"");
-    assert_eq!(code, 200);
+    no_runs();
 
-    // What works today: a reader token of the other stack given as a sensitive variable.
-    // Terraform reads the data source at plan time only, so the apply does not need it.
-    let reader = {
+    // Declared with --read-stack (no airlock.hcl): planned, approved, applied by CI.
+    let out = plan_app(&t.agent, &["--read-stack", "dev/net"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let run = serde_json::from_slice::<Value>(&out.stdout).unwrap()["run"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        run_json(&t, &run)["run"]["plan_read_stacks"],
+        serde_json::json!(["dev/net"])
+    );
+    let shown = t.s.ok(&t.s.admin, &["run", "show", &run]);
+    assert!(
+        shown.contains("plan phase could read the state of: dev/net"),
+        "{shown}"
+    );
+    let minted = t.s.ok(
+        &t.s.admin,
+        &["audit", "--action", "token.plan_phase", "--format", "json"],
+    );
+    let minted: Value = serde_json::from_str(&minted).unwrap();
+    assert!(
+        minted["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["stack"] == "dev/app"
+                && e["detail"]["read_stacks"] == serde_json::json!(["dev/net"])),
+        "{minted}"
+    );
+    // Refusals on dev/net so far (the undeclared plan's read): the apply adds none, so
+    // Terraform applied the saved plan without reading dev/net again.
+    let net_denials = || {
+        let v: Value = serde_json::from_str(&t.s.ok(
+            &t.s.admin,
+            &[
+                "audit", "--stack", "dev/net", "--limit", "500", "--format", "json",
+            ],
+        ))
+        .unwrap();
+        v["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["outcome"] == "denied")
+            .count()
+    };
+    let denied_before = net_denials();
+    assert!(
+        denied_before >= 1,
+        "the undeclared read was refused and audited"
+    );
+    approve_and_apply(&t, &app, &run);
+    assert_eq!(
+        data_output(&state(&t, "dev/app"), None, "app", None),
+        "vpc-1"
+    );
+    assert_eq!(
+        net_denials(),
+        denied_before,
+        "the apply did not try to read dev/net"
+    );
+
+    // Declared by airlock.hcl's depends_on: the next plan reads the new value without a flag.
+    net.write_main(&net_tf("vpc-2"));
+    governed(&t, &net, "dev/net");
+    let root = app.dir.parent().unwrap();
+    std::fs::write(
+        root.join("airlock.hcl"),
+        "stack \"dev/net\" {\n  dir = \"net\"\n}\nstack \"dev/app\" {\n  dir        = \"tf\"\n  depends_on = [\"dev/net\"]\n}\n",
+    )
+    .unwrap();
+    let run = plan(&t, &app, &t.agent, "dev/app");
+    assert_eq!(
+        run_json(&t, &run)["run"]["plan_read_stacks"],
+        serde_json::json!(["dev/net"])
+    );
+    approve_and_apply(&t, &app, &run);
+    assert_eq!(
+        data_output(&state(&t, "dev/app"), None, "app", None),
+        "vpc-2"
+    );
+
+    // A read stack the planner may not read itself: refused, naming it; nothing is minted.
+    let scoped = {
         let out = t.s.ok(
             &t.s.admin,
             &[
-                "token",
-                "create",
-                "--name",
-                "net-reader",
-                "--role",
-                "reader",
-                "--stack",
-                "dev/net",
-                "--format",
-                "json",
+                "token", "create", "--name", "dev-bot", "--role", "agent", "--stack", "dev/*",
+                "--format", "json",
             ],
         );
         serde_json::from_str::<Value>(&out).unwrap()["secret"]
@@ -690,38 +768,54 @@ resource "terraform_data" "app" {{
             .unwrap()
             .to_owned()
     };
-    app.write_main(
-        &app_tf
-            .replace(
-                "    address = ",
-                "    username = \"airlock\"\n    password = var.net_reader\n    address = ",
-            )
-            .replace(
-                "data \"terraform_remote_state\"",
-                "variable \"net_reader\" {\n  sensitive = true\n}\ndata \"terraform_remote_state\"",
-            ),
+    app.write_main(&app_tf("prod/net"));
+    let out = plan_app(&scoped, &["--read-stack", "prod/net"]);
+    assert!(
+        !out.status.success() && text(&out).contains("read stack prod/net refused"),
+        "{}",
+        text(&out)
     );
-    let out = cli_in(
-        &t.s,
-        &t.agent,
-        &app.dir,
-        &["plan", ".", "--stack", "dev/app", "--format", "json"],
-        &[("TF_VAR_net_reader", &reader)],
+    // A glob is refused too.
+    let out = plan_app(&scoped, &["--read-stack", "prod/*"]);
+    assert!(
+        !out.status.success() && text(&out).contains("pattern"),
+        "{}",
+        text(&out)
     );
+    // The configuration reads a stack it did not declare (dev/net is declared): refused.
+    let out = plan_app(&t.agent, &[]);
+    assert!(
+        !out.status.success() && text(&out).contains("invalid auth"),
+        "{}",
+        text(&out)
+    );
+    let runs: Value = serde_json::from_str(&t.s.ok(
+        &t.s.admin,
+        &["runs", "--stack", "dev/app", "--format", "json"],
+    ))
+    .unwrap();
+    assert_eq!(runs["runs"].as_array().unwrap().len(), 2, "{runs}");
+
+    // depends_on also orders stacks that read nothing of each other: a dependency the planner
+    // may not read is left out with a warning, and a plan that does not read it goes on.
+    std::fs::write(
+        root.join("airlock.hcl"),
+        "stack \"prod/net\" {\n  dir = \"pnet\"\n}\nstack \"dev/app\" {\n  dir        = \"tf\"\n  depends_on = [\"prod/net\"]\n}\n",
+    )
+    .unwrap();
+    app.write_main("resource \"terraform_data\" \"app\" {\n  input = \"standalone\"\n}\n");
+    let out = plan_app(&scoped, &[]);
     assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("warning: dev/app's depends_on (prod/net) cannot all be read"),
+        "{}",
+        text(&out)
+    );
     let run = serde_json::from_slice::<Value>(&out.stdout).unwrap()["run"]["id"]
         .as_str()
         .unwrap()
         .to_owned();
-    let shown =
-        t.s.ok(&t.s.admin, &["run", "show", &run, "--format", "json"]);
-    assert!(!shown.contains(&reader), "{shown}");
-    // (Its plan files hold the reader token: see the attack test below.)
-    approve_and_apply(&t, &app, &run);
-    assert_eq!(
-        data_output(&state(&t, "dev/app"), None, "app", None),
-        "vpc-1"
-    );
+    assert!(run_json(&t, &run)["run"]["plan_read_stacks"].is_null());
 }
 
 /// A monorepo: `airlock.hcl` at the repository root, the stack in a subdirectory, its modules
@@ -1577,4 +1671,77 @@ fn a_lock_file_that_is_not_committed() {
     let out = apply_on(&cloud, &t, ci_dir.path(), &t.ci, &run);
     assert!(out.status.success(), "{}", text(&out));
     assert!(cloud.get("aws_s3_bucket", "nolock").is_some());
+}
+
+/// The apply's run-bound token reads no other stack. A `terraform_remote_state` whose address is
+/// unknown when planning is read by Terraform only at apply time, so that apply is refused the
+/// read ("invalid auth"), fails, and the run says so; the other stack is untouched. (Why the
+/// apply token does not inherit the run's read stacks: ARCHITECTURE.md, *Read stacks*.)
+#[test]
+fn a_remote_state_read_deferred_to_the_apply_is_refused_to_the_run_token() {
+    let t = team("dev/net");
+    t.s.ok(&t.s.admin, &["stack", "create", "dev/app"]);
+    let net = Workspace::new(
+        &t.s,
+        "dev/net",
+        "resource \"terraform_data\" \"vpc\" {\n  input = \"vpc-1\"\n}\noutput \"vpc_id\" {\n  value = terraform_data.vpc.output\n}\n",
+    );
+    governed(&t, &net, "dev/net");
+    let net_history = t.s.ok(&t.s.admin, &["state", "history", "dev/net"]);
+    let app_tf = format!(
+        r#"
+resource "terraform_data" "suffix" {{
+  input = "net"
+}}
+data "terraform_remote_state" "net" {{
+  backend = "http"
+  config = {{
+    address = "{}/state/dev/${{terraform_data.suffix.output}}"
+  }}
+}}
+resource "terraform_data" "app" {{
+  input = data.terraform_remote_state.net.outputs.vpc_id
+}}
+"#,
+        t.s.url
+    );
+    let app = Workspace::new(&t.s, "dev/app", &app_tf);
+    let out = cli_in(
+        &t.s,
+        &t.agent,
+        &app.dir,
+        &[
+            "plan",
+            ".",
+            "--stack",
+            "dev/app",
+            "--read-stack",
+            "dev/net",
+            "--format",
+            "json",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let run = serde_json::from_slice::<Value>(&out.stdout).unwrap()["run"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    approve(&t, &run);
+    let out = apply(&t, &app, &t.ci, &run);
+    assert!(
+        !out.status.success() && text(&out).contains("invalid auth"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains("data.terraform_remote_state.net: Reading..."),
+        "refused at the deferred read: {}",
+        text(&out)
+    );
+    assert_eq!(run_json(&t, &run)["run"]["status"], "failed");
+    assert_eq!(
+        t.s.ok(&t.s.admin, &["state", "history", "dev/net"]),
+        net_history
+    );
 }

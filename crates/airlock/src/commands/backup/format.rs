@@ -138,6 +138,10 @@ pub(super) struct TokenEntry {
     pub(super) user: String,
     #[serde(default)]
     pub(super) parent_id: Option<String>,
+    /// Other stacks whose state a plan-phase token may read; absent when none (and in backups
+    /// made before read stacks existed), so the format stays 4.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(super) read_stacks: Vec<String>,
     /// SHA-256 of the secret, as the store keeps it: enough to restore working tokens, never
     /// enough to use one.
     pub(super) secret_sha256: String,
@@ -484,6 +488,7 @@ impl TokenEntry {
             run_id: t.run_id.clone(),
             user: t.user.clone(),
             parent_id: t.parent_id.clone(),
+            read_stacks: t.read_stacks.clone(),
             secret_sha256: hex(hash),
         }
     }
@@ -508,6 +513,7 @@ impl TokenEntry {
                 run_id: self.run_id.clone(),
                 user: self.user.clone(),
                 parent_id: self.parent_id.clone(),
+                read_stacks: self.read_stacks.clone(),
             },
             hash,
         ))

@@ -143,6 +143,7 @@ impl Planner<'_> {
                 refresh_only: false,
                 terraform_bin: self.terraform_bin,
                 origin: self.origin.clone(),
+                read_stacks: &[],
             },
         );
         match planned {

@@ -93,10 +93,20 @@ fn backup_round_trips_sqlite_to_postgres_and_back_and_verify_catches_tampering()
             policies.to_str().unwrap(),
         ],
     );
-    // A governed run (record and artifacts) proposed by an agent.
+    // A governed run (record and artifacts) proposed by an agent, whose plan-phase token may
+    // read another stack's state (its read stacks travel with the token).
     let agent = s.token("bot", "agent");
     let planned = std::process::Command::new(AIRLOCK)
-        .args(["plan", ".", "--stack", "dev/app", "--format", "json"])
+        .args([
+            "plan",
+            ".",
+            "--stack",
+            "dev/app",
+            "--read-stack",
+            "prod/db",
+            "--format",
+            "json",
+        ])
         .current_dir(&ws.dir)
         .env("AIRLOCK_URL", &s.url)
         .env("AIRLOCK_TOKEN", &agent)
@@ -140,6 +150,15 @@ fn backup_round_trips_sqlite_to_postgres_and_back_and_verify_catches_tampering()
     assert!(
         !tokens.contains(&admin) && !tokens.contains(&reader),
         "a secret leaked into the backup"
+    );
+    let listed: Value = serde_json::from_str(&tokens).unwrap();
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["read_stacks"] == json!(["prod/db"])),
+        "the plan-phase token's read stacks are backed up: {tokens}"
     );
 
     let db = TestDatabase::new("backup");
