@@ -331,6 +331,26 @@ fn accept_drift_note(mode: PlanMode) -> Vec<String> {
     }
 }
 
+/// An API answer about a run: `{"run": RUN, ...rest}`, written straight from the record, so the
+/// run's report (its text, [`airlock_store::RawJson`]) is copied, not parsed into values and
+/// printed again (`json!({"run": run})` did both on every answer; issue 17).
+#[derive(serde::Serialize)]
+pub struct WithRun {
+    run: RunRecord,
+    #[serde(flatten)]
+    rest: Value,
+}
+
+impl WithRun {
+    /// `rest` is a JSON object of the other members.
+    fn new(run: &RunRecord, rest: Value) -> WithRun {
+        WithRun {
+            run: run.clone(),
+            rest,
+        }
+    }
+}
+
 struct Judged {
     verdict: Verdict,
     report: airlock_store::RawJson,
@@ -901,7 +921,7 @@ pub async fn create(
     Extension(p): Extension<Principal>,
     Extension(RequestStack(stack)): Extension<RequestStack>,
     req: Request,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<WithRun>)> {
     let media = req.headers().get(header::CONTENT_TYPE).map(|v| {
         let v = v.to_str().unwrap_or("?");
         v.split(';').next().unwrap_or(v).trim().to_ascii_lowercase()
@@ -965,9 +985,10 @@ pub async fn create(
     };
     Ok((
         StatusCode::CREATED,
-        Json(
-            json!({ "run": run, "summary_markdown": markdown, "next": run_rules::next_step(&run) }),
-        ),
+        Json(WithRun::new(
+            &run,
+            json!({ "summary_markdown": markdown, "next": run_rules::next_step(&run) }),
+        )),
     ))
 }
 
@@ -1503,7 +1524,7 @@ pub async fn show(
     State(state): State<Arc<AppState>>,
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<WithRun>> {
     let run = load_run(&state, &p, &id).await?;
     let s = run.stack.clone();
     let (stack, current) = store_call(&state, move |st| {
@@ -1516,9 +1537,10 @@ pub async fn show(
     let next = run_rules::next_step(&run);
     // What "N approvals" counts and who may never approve, as the run rules decide them.
     let (author, valid) = (run.author_identity(), run.valid_approvers());
-    Ok(Json(
-        json!({ "run": run, "current": current_ok, "stack_serial": current.map(|v| v.serial), "next": next, "author_user": author, "valid_approvers": valid }),
-    ))
+    Ok(Json(WithRun::new(
+        &run,
+        json!({ "current": current_ok, "stack_serial": current.map(|v| v.serial), "next": next, "author_user": author, "valid_approvers": valid }),
+    )))
 }
 
 #[derive(Deserialize, Default)]
@@ -1535,7 +1557,7 @@ pub async fn approve(
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
     body: Bytes,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<WithRun>> {
     let req: ApproveRequest = if body.is_empty() {
         ApproveRequest::default()
     } else {
@@ -1566,7 +1588,7 @@ pub async fn approve(
     )
     .await?;
     let next = run_rules::next_step(&run);
-    Ok(Json(json!({ "run": run, "next": next })))
+    Ok(Json(WithRun::new(&run, json!({ "next": next }))))
 }
 
 #[derive(Deserialize)]
@@ -1581,7 +1603,7 @@ pub async fn reject(
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
     body: Bytes,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<WithRun>> {
     let req: RejectRequest = parse_body(&body)?;
     super::require_reason(&req.reason, "")?;
     load_run(&state, &p, &id).await?;
@@ -1589,7 +1611,7 @@ pub async fn reject(
         run_rules::reject(run, who, &req.reason, now)
     })
     .await?;
-    Ok(Json(json!({ "run": run })))
+    Ok(Json(WithRun::new(&run, json!({}))))
 }
 
 /// `POST /api/v1/runs/{id}/withdraw`: the author's user (an agent included) withdraws its own
@@ -1598,13 +1620,13 @@ pub async fn withdraw(
     State(state): State<Arc<AppState>>,
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<WithRun>> {
     let author = author_user(&state, &load_run(&state, &p, &id).await?).await?;
     let run = transition(&state, &p, &id, Some(author), |run, _, _, who, now| {
         run_rules::withdraw(run, who, now)
     })
     .await?;
-    Ok(Json(json!({ "run": run })))
+    Ok(Json(WithRun::new(&run, json!({}))))
 }
 
 #[derive(Deserialize)]
@@ -1625,7 +1647,7 @@ pub async fn apply(
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
     body: Bytes,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<WithRun>> {
     if body.is_empty() {
         return Err(bad("apply needs the checkout's input fingerprint: {\"fingerprint\": ..., \"inputs\": [...]} (airlock apply sends it)"));
     }
@@ -1722,9 +1744,10 @@ pub async fn apply(
         Ok(())
     })
     .await?;
-    Ok(Json(
-        json!({ "run": run, "token": token.secret, "plan_sha256": run.plan_sha256 }),
-    ))
+    Ok(Json(WithRun::new(
+        &run,
+        json!({ "token": token.secret, "plan_sha256": run.plan_sha256 }),
+    )))
 }
 
 #[derive(Deserialize)]
@@ -1864,7 +1887,7 @@ pub async fn finish(
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
     body: Bytes,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<WithRun>> {
     let req: FinishRequest = parse_body(&body)?;
     let run = load_run(&state, &p, &id).await?;
     let display = p.display();
@@ -1937,7 +1960,7 @@ pub async fn finish(
         Ok(())
     })
     .await?;
-    Ok(Json(json!({ "run": run })))
+    Ok(Json(WithRun::new(&run, json!({}))))
 }
 
 #[derive(Deserialize)]
