@@ -1780,7 +1780,9 @@ fn run_record(id: &str, stack: &str, created_at: i64) -> RunRecord {
         plan_sha256: "0".repeat(64),
         config_sha256: None,
         decision: "review".into(),
-        report: RawJson::of(&json!({"summary": {"add": 1, "destroy": 1}, "findings": [{"rule": "protected", "address": "aws_db_instance.main"}]})),
+        report: RawJson::of(
+            &json!({"summary": {"add": 1, "destroy": 1}, "findings": [{"rule": "protected", "address": "aws_db_instance.main"}]}),
+        ),
         destroys: vec!["aws_db_instance.main".into()],
         required_approvals: 1,
         approvals: vec![],
