@@ -120,7 +120,12 @@ impl Conn {
         result
     }
 
-    fn exchange(&mut self, head: &[u8], body: &[u8], out: &mut Vec<u8>) -> Result<u16, RequestError> {
+    fn exchange(
+        &mut self,
+        head: &[u8],
+        body: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<u16, RequestError> {
         let stream = self.connect().map_err(RequestError::BeforeResponse)?;
         let sent = (|| {
             let w = stream.get_mut();
@@ -164,7 +169,9 @@ fn read_response(
     out: &mut Vec<u8>,
 ) -> Result<(u16, bool), RequestError> {
     let mut line = String::new();
-    let n = r.read_line(&mut line).map_err(RequestError::BeforeResponse)?;
+    let n = r
+        .read_line(&mut line)
+        .map_err(RequestError::BeforeResponse)?;
     if n == 0 {
         return Err(RequestError::BeforeResponse(io::Error::new(
             io::ErrorKind::UnexpectedEof,

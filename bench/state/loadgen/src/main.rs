@@ -21,7 +21,8 @@ use crate::state::{lock_info, StateDoc};
 
 type Res<T> = Result<T, String>;
 
-const USAGE: &str = "usage: loadgen <create-stacks|latency|reads|history|stored-bytes|report> [--flag value]...
+const USAGE: &str =
+    "usage: loadgen <create-stacks|latency|reads|history|stored-bytes|report> [--flag value]...
   create-stacks --url U --token T --stacks a,b,c
   latency  --urls U1[,U2] --token T --stack-prefix bench/lat --clients N --state-bytes B
            [--warmup 5] [--max-iters 2000] [--max-secs 15] [--server-pids P1[,P2]] [--tag T]
@@ -172,7 +173,14 @@ struct Cycle {
 }
 
 impl Writer {
-    fn new(targets: &[Target], token: &str, stack: &str, bytes: usize, seed: u64, first: usize) -> Writer {
+    fn new(
+        targets: &[Target],
+        token: &str,
+        stack: &str,
+        bytes: usize,
+        seed: u64,
+        first: usize,
+    ) -> Writer {
         let doc = StateDoc::generate(bytes, seed);
         Writer {
             conns: targets.iter().map(|t| Conn::new(t, token)).collect(),
@@ -187,7 +195,13 @@ impl Writer {
     }
 
     /// Requests rotate over the replicas like a round-robin load balancer.
-    fn send(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Res<u16> {
+    fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Res<u16> {
         let n = self.conns.len();
         let conn = &mut self.conns[self.next_conn % n];
         self.next_conn = (self.next_conn + 1) % n;
@@ -212,8 +226,10 @@ impl Writer {
         if self.cycle > 1 {
             self.doc.serial += 1;
             let n = self.doc.instance_count() as u64;
-            self.doc
-                .change_instance((self.cycle.wrapping_mul(7919) % n.max(1)) as usize, self.cycle);
+            self.doc.change_instance(
+                (self.cycle.wrapping_mul(7919) % n.max(1)) as usize,
+                self.cycle,
+            );
         }
         self.doc.render(&mut self.body);
         let md5 = content_md5(&self.body);
@@ -227,7 +243,12 @@ impl Writer {
         let write_path = format!("{}?ID={lock_id}", self.path);
         let path = self.path.clone();
         let t0 = Instant::now();
-        let s = self.send("LOCK", &path, &[("Content-Type", "application/json")], info.as_bytes())?;
+        let s = self.send(
+            "LOCK",
+            &path,
+            &[("Content-Type", "application/json")],
+            info.as_bytes(),
+        )?;
         self.expect("LOCK", s)?;
         let t1 = Instant::now();
         let body = std::mem::take(&mut self.body);
@@ -240,7 +261,12 @@ impl Writer {
         self.body = body;
         self.expect("POST", s?)?;
         let t2 = Instant::now();
-        let s = self.send("UNLOCK", &path, &[("Content-Type", "application/json")], info.as_bytes())?;
+        let s = self.send(
+            "UNLOCK",
+            &path,
+            &[("Content-Type", "application/json")],
+            info.as_bytes(),
+        )?;
         self.expect("UNLOCK", s)?;
         let t3 = Instant::now();
         Ok(Cycle {
@@ -265,7 +291,10 @@ fn latency(f: &Flags) -> Res<()> {
         None => Vec::new(),
         Some(list) => list
             .split(',')
-            .map(|p| p.parse().map_err(|_| format!("--server-pids {list}: not a pid list")))
+            .map(|p| {
+                p.parse()
+                    .map_err(|_| format!("--server-pids {list}: not a pid list"))
+            })
             .collect::<Res<_>>()?,
     };
 
@@ -300,6 +329,7 @@ fn latency(f: &Flags) -> Res<()> {
     barrier.wait();
     let start = Instant::now();
     let (cpu_start, faults_start) = server_cpu_ticks(&server_pids)?;
+    let (own_start, _) = server_cpu_ticks(&[std::process::id()])?;
     let mut all = Vec::new();
     let mut errors = Vec::new();
     for h in handles {
@@ -311,17 +341,42 @@ fn latency(f: &Flags) -> Res<()> {
     }
     let elapsed = start.elapsed();
     let (cpu_end, faults_end) = server_cpu_ticks(&server_pids)?;
+    let (own_end, _) = server_cpu_ticks(&[std::process::id()])?;
     if !errors.is_empty() {
-        return Err(format!("{} client(s) failed; first: {}", errors.len(), errors[0]));
+        return Err(format!(
+            "{} client(s) failed; first: {}",
+            errors.len(),
+            errors[0]
+        ));
     }
     if !server_pids.is_empty() && !all.is_empty() {
         // Server CPU (user + system, all threads) over the timed cycles only.
         let ms = (cpu_end - cpu_start) as f64 * 1000.0 / clock_ticks_per_sec() as f64;
         emit(&tag, "server_cpu_ms", format!("{ms:.0}"));
-        emit(&tag, "server_cpu_ms_per_cycle", format!("{:.2}", ms / all.len() as f64));
+        emit(
+            &tag,
+            "server_cpu_ms_per_cycle",
+            format!("{:.2}", ms / all.len() as f64),
+        );
         // Page faults cost kernel time (zeroing fresh pages): a sign of buffers given back to
         // the kernel and faulted in again on every request.
-        emit(&tag, "server_minflt_per_cycle", format!("{:.0}", (faults_end - faults_start) as f64 / all.len() as f64));
+        // The load generator's own CPU (it hashes and sends every body too): on a machine it
+        // shares with the server, both bound the cycles per second, and so the latency of
+        // many clients (each waits for the others' cycles: Little's law).
+        let own = (own_end - own_start) as f64 * 1000.0 / clock_ticks_per_sec() as f64;
+        emit(
+            &tag,
+            "loadgen_cpu_ms_per_cycle",
+            format!("{:.2}", own / all.len() as f64),
+        );
+        emit(
+            &tag,
+            "server_minflt_per_cycle",
+            format!(
+                "{:.0}",
+                (faults_end - faults_start) as f64 / all.len() as f64
+            ),
+        );
     }
     let mut total: Vec<Duration> = all.iter().map(|c| c.lock + c.write + c.unlock).collect();
     let mut lock: Vec<Duration> = all.iter().map(|c| c.lock).collect();
@@ -333,7 +388,11 @@ fn latency(f: &Flags) -> Res<()> {
     let mean = total.iter().sum::<Duration>() / (total.len().max(1) as u32);
     emit(&tag, "cycles", total.len());
     emit(&tag, "secs", format!("{:.2}", elapsed.as_secs_f64()));
-    emit(&tag, "cycles_per_s", format!("{:.1}", total.len() as f64 / elapsed.as_secs_f64()));
+    emit(
+        &tag,
+        "cycles_per_s",
+        format!("{:.1}", total.len() as f64 / elapsed.as_secs_f64()),
+    );
     emit(&tag, "p50_ms", ms(pct(&total, 0.50)));
     emit(&tag, "p99_ms", ms(pct(&total, 0.99)));
     emit(&tag, "max_ms", ms(pct(&total, 1.0)));
@@ -444,12 +503,20 @@ fn reads(f: &Flags) -> Res<()> {
         }
     }
     if !errors.is_empty() {
-        return Err(format!("{} client(s) failed; first: {}", errors.len(), errors[0]));
+        return Err(format!(
+            "{} client(s) failed; first: {}",
+            errors.len(),
+            errors[0]
+        ));
     }
     samples.sort_unstable();
     emit(&tag, "reads", count);
     emit(&tag, "state_bytes", expected_len);
-    emit(&tag, "reads_per_s", format!("{:.0}", count as f64 / secs as f64));
+    emit(
+        &tag,
+        "reads_per_s",
+        format!("{:.0}", count as f64 / secs as f64),
+    );
     emit(&tag, "p50_ms", ms(pct(&samples, 0.50)));
     emit(&tag, "p99_ms", ms(pct(&samples, 0.99)));
     Ok(())
@@ -471,7 +538,9 @@ fn history(f: &Flags) -> Res<()> {
     let mut writes = Vec::new();
     for _ in 0..versions {
         if Instant::now() >= deadline {
-            eprintln!("loadgen history: stopped at the {max_secs}s deadline after {written} versions");
+            eprintln!(
+                "loadgen history: stopped at the {max_secs}s deadline after {written} versions"
+            );
             break;
         }
         let c = w.cycle()?;
@@ -479,7 +548,10 @@ fn history(f: &Flags) -> Res<()> {
         written += 1;
         writes.push(c.write);
         if written % 100 == 0 {
-            eprintln!("loadgen history: {written}/{versions} versions, {:.0}s", start.elapsed().as_secs_f64());
+            eprintln!(
+                "loadgen history: {written}/{versions} versions, {:.0}s",
+                start.elapsed().as_secs_f64()
+            );
         }
     }
     writes.sort_unstable();
@@ -487,7 +559,11 @@ fn history(f: &Flags) -> Res<()> {
     emit(&tag, "instances", w.doc.instance_count());
     emit(&tag, "state_bytes", w.body.len());
     emit(&tag, "raw_bytes", raw);
-    emit(&tag, "secs", format!("{:.1}", start.elapsed().as_secs_f64()));
+    emit(
+        &tag,
+        "secs",
+        format!("{:.1}", start.elapsed().as_secs_f64()),
+    );
     emit(&tag, "write_p50_ms", ms(pct(&writes, 0.50)));
     emit(&tag, "write_p99_ms", ms(pct(&writes, 0.99)));
     Ok(())
@@ -520,9 +596,17 @@ fn measured<T>(tag: &str, name: &str, pid: u32, step: impl FnOnce() -> Res<T>) -
     let wall = t.elapsed();
     let cpu = (server_cpu_ticks(&[pid])?.0 - cpu0) as f64 * 1000.0 / clock_ticks_per_sec() as f64;
     let (_, peak) = rss(pid)?;
-    emit(tag, &format!("{name}.wall_ms"), format!("{:.0}", wall.as_secs_f64() * 1000.0));
+    emit(
+        tag,
+        &format!("{name}.wall_ms"),
+        format!("{:.0}", wall.as_secs_f64() * 1000.0),
+    );
     emit(tag, &format!("{name}.server_cpu_ms"), format!("{cpu:.0}"));
-    emit(tag, &format!("{name}.peak_rss_delta_mb"), format!("{:.1}", peak.saturating_sub(before) as f64 / 1e6));
+    emit(
+        tag,
+        &format!("{name}.peak_rss_delta_mb"),
+        format!("{:.1}", peak.saturating_sub(before) as f64 / 1e6),
+    );
     Ok(out)
 }
 
@@ -546,24 +630,43 @@ fn large(f: &Flags) -> Res<()> {
             .request("GET", path, &[], &[], out)
             .map_err(|e| format!("GET {path}: {e}"))?;
         if status != 200 {
-            return Err(format!("GET {path}: HTTP {status}: {}", String::from_utf8_lossy(&out[..out.len().min(300)])));
+            return Err(format!(
+                "GET {path}: HTTP {status}: {}",
+                String::from_utf8_lossy(&out[..out.len().min(300)])
+            ));
         }
         Ok(())
     };
-    measured(&tag, "read", pid, || get(&format!("/state/{stack}"), &mut out))?;
+    measured(&tag, "read", pid, || {
+        get(&format!("/state/{stack}"), &mut out)
+    })?;
     if out.len() != w.body.len() {
         return Err(format!("read {} bytes, wrote {}", out.len(), w.body.len()));
     }
     let api = format!("/api/v1/stacks/{}", stack.replace('/', "%2F"));
-    measured(&tag, "diff", pid, || get(&format!("{api}/diff?from=1&to=2"), &mut out))?;
+    measured(&tag, "diff", pid, || {
+        get(&format!("{api}/diff?from=1&to=2"), &mut out)
+    })?;
     emit(&tag, "diff.response_bytes", out.len());
-    measured(&tag, "diff_attributes", pid, || get(&format!("{api}/diff?from=1&to=2&detail=attributes"), &mut out))?;
+    measured(&tag, "diff_attributes", pid, || {
+        get(
+            &format!("{api}/diff?from=1&to=2&detail=attributes"),
+            &mut out,
+        )
+    })?;
     // `state show` paging: the first page, then a page at the end (the summary is cached
     // after the first).
-    measured(&tag, "show_first_page", pid, || get(&format!("{api}/versions/2?limit=100"), &mut out))?;
+    measured(&tag, "show_first_page", pid, || {
+        get(&format!("{api}/versions/2?limit=100"), &mut out)
+    })?;
     emit(&tag, "show_first_page.response_bytes", out.len());
     let last = w.doc.instance_count().saturating_sub(100);
-    measured(&tag, "show_last_page", pid, || get(&format!("{api}/versions/2?limit=100&offset={last}"), &mut out))?;
+    measured(&tag, "show_last_page", pid, || {
+        get(
+            &format!("{api}/versions/2?limit=100&offset={last}"),
+            &mut out,
+        )
+    })?;
     Ok(())
 }
 
