@@ -92,6 +92,26 @@ fn denied_audits(t: &Team, action: &str) -> Vec<Value> {
         .collect()
 }
 
+/// `airlock trust add github` for the test forge's `org/repo` (repository 1001, owner 2002),
+/// trusting `issuer`, with `extra` options (`--ref`, `--role`, `--stack`, `--audience`, ...).
+fn github_trust<'a>(issuer: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "trust",
+        "add",
+        "github",
+        "--repository",
+        "org/repo",
+        "--repository-id",
+        "1001",
+        "--owner-id",
+        "2002",
+        "--issuer",
+        issuer,
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 #[test]
 fn phase_tokens_verify_independently_and_the_apply_token_is_bound_to_its_applying_run() {
     let t = team_on(TestServer::start_issuer(&[]), "prod/app");
@@ -303,126 +323,44 @@ fn ci_logs_in_with_its_forge_token_and_every_attack_is_refused_and_audited() {
     // The ci role needs a ref; approver or admin can never be given to a job.
     assert!(t
         .s
-        .fails(
-            &t.s.admin,
-            &[
-                "trust",
-                "add",
-                "github",
-                "--repository",
-                "org/repo",
-                "--repository-id",
-                "1001",
-                "--owner-id",
-                "2002",
-                "--role",
-                "ci",
-                "--issuer",
-                &forge.url
-            ]
-        )
+        .fails(&t.s.admin, &github_trust(&forge.url, &["--role", "ci"]))
         .contains("needs --ref"));
     assert!(t
         .s
         .fails(
             &t.s.admin,
-            &[
-                "trust",
-                "add",
-                "github",
-                "--repository",
-                "org/repo",
-                "--repository-id",
-                "1001",
-                "--owner-id",
-                "2002",
-                "--ref",
-                "refs/heads/main",
-                "--role",
-                "approver",
-                "--issuer",
-                &forge.url
-            ]
+            &github_trust(
+                &forge.url,
+                &["--ref", "refs/heads/main", "--role", "approver"]
+            )
         )
         .contains("never approver"));
     assert!(t
         .s
         .fails(
             &t.s.admin,
-            &[
-                "trust",
-                "add",
-                "github",
-                "--repository",
-                "org/repo",
-                "--repository-id",
-                "1001",
-                "--owner-id",
-                "2002",
-                "--role",
-                "agent",
-                "--issuer",
-                "http://example.com"
-            ]
+            &github_trust("http://example.com", &["--role", "agent"])
         )
         .contains("https"));
     assert!(t
         .s
-        .fails(
-            &t.agent,
-            &[
-                "trust",
-                "add",
-                "github",
-                "--repository",
-                "org/repo",
-                "--repository-id",
-                "1001",
-                "--owner-id",
-                "2002",
-                "--role",
-                "agent",
-                "--issuer",
-                &forge.url
-            ]
-        )
+        .fails(&t.agent, &github_trust(&forge.url, &["--role", "agent"]))
         .contains("admin"));
-    admin(&[
-        "trust",
-        "add",
-        "github",
-        "--repository",
-        "org/repo",
-        "--repository-id",
-        "1001",
-        "--owner-id",
-        "2002",
-        "--ref",
-        "refs/heads/main",
-        "--role",
-        "ci",
-        "--stack",
-        "dev/*",
-        "--issuer",
+    admin(&github_trust(
         &forge.url,
-    ]);
-    admin(&[
-        "trust",
-        "add",
-        "github",
-        "--repository",
-        "org/repo",
-        "--repository-id",
-        "1001",
-        "--owner-id",
-        "2002",
-        "--role",
-        "agent",
-        "--stack",
-        "dev/*",
-        "--issuer",
+        &[
+            "--ref",
+            "refs/heads/main",
+            "--role",
+            "ci",
+            "--stack",
+            "dev/*",
+        ],
+    ));
+    admin(&github_trust(
         &forge.url,
-    ]);
+        &["--role", "agent", "--stack", "dev/*"],
+    ));
     admin(&[
         "trust",
         "add",
@@ -684,27 +622,19 @@ fn trusts_and_drift_reports_survive_a_backup_and_ci_logs_in_after_restore_with_a
     let admin = s.admin.clone();
     s.ok(&admin, &["stack", "create", "dev/app"]);
     let trust = |role: &str, git_ref: Option<&str>| {
-        let mut args = vec![
-            "trust",
-            "add",
-            "github",
-            "--repository",
-            "org/repo",
-            "--repository-id",
-            "1001",
-            "--owner-id",
-            "2002",
-            "--role",
-            role,
-            "--stack",
-            "dev/*",
-            "--issuer",
+        let mut args = github_trust(
             &forge.url,
-            "--audience",
-            aud,
-            "--format",
-            "json",
-        ];
+            &[
+                "--role",
+                role,
+                "--stack",
+                "dev/*",
+                "--audience",
+                aud,
+                "--format",
+                "json",
+            ],
+        );
         if let Some(r) = git_ref {
             args.extend(["--ref", r]);
         }
@@ -1015,25 +945,17 @@ fn a_forge_token_used_before_a_backup_is_refused_after_the_restore() {
     let admin = s.admin.clone();
     s.ok(
         &admin,
-        &[
-            "trust",
-            "add",
-            "github",
-            "--repository",
-            "org/repo",
-            "--repository-id",
-            "1001",
-            "--owner-id",
-            "2002",
-            "--ref",
-            "refs/heads/main",
-            "--role",
-            "ci",
-            "--issuer",
+        &github_trust(
             &forge.url,
-            "--audience",
-            aud,
-        ],
+            &[
+                "--ref",
+                "refs/heads/main",
+                "--role",
+                "ci",
+                "--audience",
+                aud,
+            ],
+        ),
     );
     let login_at = |url: &str, token: &str| {
         post(
@@ -1161,25 +1083,17 @@ fn a_trust_from_before_pinning_refuses_logins_until_an_admin_pins_it() {
     let admin = s.admin.clone();
     s.ok(
         &admin,
-        &[
-            "trust",
-            "add",
-            "github",
-            "--repository",
-            "org/repo",
-            "--repository-id",
-            "1001",
-            "--owner-id",
-            "2002",
-            "--ref",
-            "refs/heads/main",
-            "--role",
-            "ci",
-            "--issuer",
+        &github_trust(
             &forge.url,
-            "--audience",
-            aud,
-        ],
+            &[
+                "--ref",
+                "refs/heads/main",
+                "--role",
+                "ci",
+                "--audience",
+                aud,
+            ],
+        ),
     );
     s.kill();
     db.sql("UPDATE oidc_trusts SET repository_id = NULL, owner_id = NULL");
@@ -1276,23 +1190,7 @@ fn a_forge_token_logs_in_once_across_two_replicas() {
     let forge = issuer();
     a.ok(
         &a.admin,
-        &[
-            "trust",
-            "add",
-            "github",
-            "--repository",
-            "org/repo",
-            "--repository-id",
-            "1001",
-            "--owner-id",
-            "2002",
-            "--ref",
-            "refs/heads/main",
-            "--role",
-            "ci",
-            "--issuer",
-            &forge.url,
-        ],
+        &github_trust(&forge.url, &["--ref", "refs/heads/main", "--role", "ci"]),
     );
     let login_at = |s: &TestServer, token: &str| {
         post(
@@ -1342,25 +1240,17 @@ fn a_ci_jobs_plan_phase_reads_only_stacks_within_its_trust() {
     let forge = issuer();
     t.s.ok(
         &t.s.admin,
-        &[
-            "trust",
-            "add",
-            "github",
-            "--repository",
-            "org/repo",
-            "--repository-id",
-            "1001",
-            "--owner-id",
-            "2002",
-            "--ref",
-            "refs/heads/main",
-            "--role",
-            "ci",
-            "--stack",
-            "dev/*",
-            "--issuer",
+        &github_trust(
             &forge.url,
-        ],
+            &[
+                "--ref",
+                "refs/heads/main",
+                "--role",
+                "ci",
+                "--stack",
+                "dev/*",
+            ],
+        ),
     );
     let (code, v) = login(&t, &forge.mint(push_claims(&t.s.url), None), Some("ci"));
     assert_eq!(code, 201, "{v}");
