@@ -14,6 +14,7 @@
 //! - `mcp`: the MCP endpoint: tool lists per role, transport rules, hostile arguments, audit.
 //! - `run_uploads`: hostile streamed run uploads (truncated, altered, bombs, wrong type).
 //! - `attacks_tier2`, `attacks_tier3`, `attacks_tier4`: adversarial reviews, one attack per test.
+//! - `state_reuse`: a state write reads only the resource elements that changed.
 
 #[path = "http/attacks_tier2.rs"]
 mod attacks_tier2;
@@ -41,5 +42,7 @@ mod protocol;
 mod run_uploads;
 #[path = "http/serving.rs"]
 mod serving;
+#[path = "http/state_reuse.rs"]
+mod state_reuse;
 #[path = "http/support.rs"]
 mod support;
