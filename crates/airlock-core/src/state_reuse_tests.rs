@@ -527,6 +527,8 @@ pub(super) fn corpus() -> Vec<Case> {
         ("unterminated-string", "{\"version\":4,\"lineage\":\"l".into()),
         ("control-in-key", small.replace("\"lineage\"", "\"line\u{1}age\"")),
         ("deep-output", format!("{{\"version\":4,\"serial\":1,\"lineage\":\"l\",\"outputs\":{{\"o\":{{\"value\":{}{}}}}}}}", "[".repeat(MAX_NESTING), "]".repeat(MAX_NESTING))),
+        ("deep-index-key-120", small.replace("{\"attributes\"", &format!("{{\"index_key\":{}{},\"attributes\"", "[".repeat(120), "]".repeat(120)))),
+        ("deep-index-key-126", small.replace("{\"attributes\"", &format!("{{\"index_key\":{}{},\"attributes\"", "[".repeat(126), "]".repeat(126)))),
         ("deep-output-ok", format!("{{\"version\":4,\"serial\":1,\"lineage\":\"l\",\"outputs\":{{\"o\":{{\"value\":{}{}}}}}}}", "[".repeat(100), "]".repeat(100))),
         ("deep-check-results", format!("{{\"version\":4,\"serial\":1,\"lineage\":\"l\",\"check_results\":{}{}}}", "[".repeat(MAX_NESTING), "]".repeat(MAX_NESTING))),
         ("deep-unclosed", format!("{{\"version\":4,\"serial\":1,\"lineage\":\"l\",\"check_results\":{}", "[".repeat(MAX_NESTING + 5))),
@@ -552,6 +554,13 @@ fn outcome(body: &[u8]) -> String {
     format!("{kind} {}", hex::encode(digest(&[shown.as_bytes()])))
 }
 
+/// Cases main's reader refused with another message. serde_json stops recursing 128 levels
+/// below where it starts: main's one parse started at the top, the walk starts each value
+/// where it is, so an `index_key` nested ~124 levels deep (serde's `Value`, the one recursive
+/// type the reader uses) was "recursion limit exceeded" and is now "index_key must be an
+/// integer (at most 2^53) or a string". Both refuse it.
+const DIFFERENT_REFUSALS: &[&str] = &["small/deep-index-key-126"];
+
 #[test]
 fn the_reader_reads_every_case_as_main_did() {
     let cases = corpus();
@@ -574,6 +583,16 @@ fn the_reader_reads_every_case_as_main_did() {
         "the corpus changed: regenerate with main's reader"
     );
     for (g, w) in got.iter().zip(&want) {
+        if let Some(name) = DIFFERENT_REFUSALS
+            .iter()
+            .find(|n| g.starts_with(&format!("{n} ")))
+        {
+            // Refused by both, with another message.
+            assert_eq!(g.split(' ').nth(1), Some("err"), "{name}");
+            assert_eq!(w.split(' ').nth(1), Some("err"), "{name}");
+            assert_ne!(g, w, "{name} is no longer different: take it off the list");
+            continue;
+        }
         assert_eq!(g, w);
     }
     // The corpus has both outcomes in numbers.
