@@ -175,8 +175,8 @@ struct ResourceElement {
     bytes: std::ops::Range<usize>,
     /// Its instance objects in `StateSummary::instances`.
     instances: std::ops::Range<usize>,
-    /// The resource it holds.
-    key: ResourceKey,
+    /// The resource it holds (shared with the reads that reuse the element).
+    key: std::sync::Arc<ResourceKey>,
 }
 
 /// What Terraform keys a resource by: module path, mode, type, name.
@@ -1059,9 +1059,9 @@ fn resource_base(key: &ResourceKey) -> String {
 fn read_resource(
     r: ResourceV4<'_>,
     text: &str,
-    seen_resources: &mut HashSet<ResourceKey>,
+    seen_resources: &mut HashSet<std::sync::Arc<ResourceKey>>,
     instances: &mut Vec<Instance>,
-) -> Result<ResourceKey, StateError> {
+) -> Result<std::sync::Arc<ResourceKey>, StateError> {
     let err = |m: String| StateError(m);
     let resource_type = r.resource_type.unwrap_or_default();
     let name = r.name.unwrap_or_default();
@@ -1086,12 +1086,12 @@ fn read_resource(
         "" => Vec::new(),
         m => address::parse_module_path(m).map_err(err)?,
     };
-    let key = ResourceKey {
+    let key = std::sync::Arc::new(ResourceKey {
         module,
         mode,
         resource_type,
         name,
-    };
+    });
     let base = resource_base(&key);
     if !matches!(r.each.as_deref(), None | Some("" | "list" | "map")) {
         return Err(err(format!(
@@ -1101,7 +1101,7 @@ fn read_resource(
     }
     let provider = r.provider.unwrap_or_default();
     address::validate_provider(&provider).map_err(|e| err(format!("{}: {e}", truncate(&base))))?;
-    if !seen_resources.insert(key.clone()) {
+    if !seen_resources.insert(std::sync::Arc::clone(&key)) {
         return Err(err(format!(
             "{}: the resource appears more than once",
             truncate(&base)
@@ -1224,7 +1224,8 @@ fn read(body: &[u8], prev: Previous<'_>) -> Result<(StateSummary, usize), StateE
 
     let mut instances = Vec::new();
     let mut elements = Vec::with_capacity(file.resources.len());
-    let mut resources_seen: HashSet<ResourceKey> = HashSet::new();
+    let mut resources_seen: HashSet<std::sync::Arc<ResourceKey>> =
+        HashSet::with_capacity(file.resources.len());
     let mut reused = 0;
     for element in file.resources {
         let first = instances.len();
@@ -1244,7 +1245,7 @@ fn read(body: &[u8], prev: Previous<'_>) -> Result<(StateSummary, usize), StateE
                 };
                 // Every check of the resource held in the previous body, which had these
                 // bytes; only the one that spans elements is made again.
-                if !resources_seen.insert(e.key.clone()) {
+                if !resources_seen.insert(std::sync::Arc::clone(&e.key)) {
                     return Err(err(format!(
                         "{}: the resource appears more than once",
                         truncate(&resource_base(&e.key))
@@ -1261,7 +1262,7 @@ fn read(body: &[u8], prev: Previous<'_>) -> Result<(StateSummary, usize), StateE
                     ..i.clone()
                 }));
                 reused += 1;
-                (bytes, e.key.clone())
+                (bytes, std::sync::Arc::clone(&e.key))
             }
         };
         elements.push(ResourceElement {

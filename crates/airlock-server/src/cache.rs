@@ -124,14 +124,17 @@ impl Caches {
     /// Keeps `parsed` as `stack`'s last written state, replacing the one before (oldest
     /// stacks' dropped first when the total would pass [`RECENT_STATES_BYTES`]).
     pub fn put_recent_state(&self, stack: &str, parsed: Arc<ParsedState>) {
+        let weight = parsed.approx_bytes();
+        // States dropped here are freed after the lock is released (a large one takes a while).
+        let mut dropped = Vec::new();
         let Ok(mut c) = self.states.lock() else {
             return;
         };
-        if let Some((_, w)) = c.map.remove(stack) {
+        if let Some((old, w)) = c.map.remove(stack) {
             c.weight -= w;
             c.order.retain(|s| s != stack);
+            dropped.push(old);
         }
-        let weight = parsed.approx_bytes();
         if weight > RECENT_STATES_BYTES / 2 {
             return;
         }
@@ -139,13 +142,16 @@ impl Caches {
             let Some(oldest) = c.order.pop_front() else {
                 break;
             };
-            if let Some((_, w)) = c.map.remove(&oldest) {
+            if let Some((old, w)) = c.map.remove(&oldest) {
                 c.weight -= w;
+                dropped.push(old);
             }
         }
         c.weight += weight;
         c.order.push_back(stack.to_owned());
         c.map.insert(stack.to_owned(), (parsed, weight));
+        drop(c);
+        drop(dropped);
     }
 
     /// A recent lookup of the token with this secret hash.
