@@ -1300,7 +1300,7 @@ fn read(body: &[u8], prev: Previous<'_>) -> Result<(StateSummary, usize), StateE
 /// from (not from a database, not from another body).
 #[derive(Debug)]
 pub struct ParsedState {
-    body: Vec<u8>,
+    body: std::sync::Arc<Vec<u8>>,
     summary: std::sync::Arc<StateSummary>,
     reused: usize,
 }
@@ -1309,7 +1309,12 @@ impl ParsedState {
     /// Reads `body` like [`StateSummary::parse`], reusing what was read from `previous` for
     /// the elements of the `resources` array it shares byte for byte (typically all but the
     /// few a write changed). The result is exactly `StateSummary::parse(&body)`'s.
-    pub fn parse(body: Vec<u8>, previous: Option<&ParsedState>) -> Result<ParsedState, StateError> {
+    /// The body is shared, not copied (a server holds it for the store as well).
+    pub fn parse(
+        body: impl Into<std::sync::Arc<Vec<u8>>>,
+        previous: Option<&ParsedState>,
+    ) -> Result<ParsedState, StateError> {
+        let body = body.into();
         let prev = previous.map(|p| (p.body.as_slice(), p.summary.as_ref()));
         let (summary, reused) = read(&body, prev)?;
         Ok(ParsedState {

@@ -212,7 +212,7 @@ pub async fn firewalled_write(
     // ones read back from the database (see `ParsedState`). A miss costs a full read.
     let previous = state.cache.recent_state(stack);
     let parsed = Arc::new(
-        ParsedState::parse(body.bytes().to_vec(), previous.as_deref()).map_err(|e| {
+        ParsedState::parse(body.shared(), previous.as_deref()).map_err(|e| {
             ApiError::new(RefusalKind::BadRequest, format!("state write refused: {e}"))
         })?,
     );
