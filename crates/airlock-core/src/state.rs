@@ -862,8 +862,10 @@ fn read_top<'a>(text: &'a str, prev: Previous<'_>) -> Result<FileV4<'a>, String>
                 i = read_resources(text, i, prev, &mut out.resources)?;
             } else {
                 let (end, depth) = value_extent(b, i).ok_or_else(|| syntax(i))?;
-                // The value sits inside the top-level object: one level more.
-                if depth >= MAX_NESTING {
+                // The value sits inside the top-level object: one level more. Too deep stops
+                // the walk before serde sees the value; `refuse`'s whole-body scan then finds
+                // the same depth and says so.
+                if depth > MAX_NESTING - 1 {
                     return Err(syntax(i));
                 }
                 let at = i..end;
@@ -1011,6 +1013,7 @@ fn read_resources<'a>(
                 // Elements sit inside the top-level object and this array: two levels more.
                 // (A reused element nests exactly as deep as it did in the previous body, at
                 // the same place, where the reader checked it: so it needs no check here.)
+                // Too deep: `refuse` reports it, as above.
                 if depth > MAX_NESTING - 2 {
                     return Err(syntax(i));
                 }
