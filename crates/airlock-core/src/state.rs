@@ -1301,11 +1301,20 @@ fn read(body: &[u8], prev: Previous<'_>) -> Result<(StateSummary, usize), StateE
 /// A state body and the summary this reader read from it, owned together: the only way to
 /// give a read a previous body, so a summary can never be paired with bytes it was not read
 /// from (not from a database, not from another body).
-#[derive(Debug)]
 pub struct ParsedState {
     body: std::sync::Arc<Vec<u8>>,
     summary: std::sync::Arc<StateSummary>,
     reused: usize,
+}
+
+impl fmt::Debug for ParsedState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ParsedState")
+            .field("body_len", &self.body.len())
+            .field("instances", &self.summary.instances.len())
+            .field("reused_elements", &self.reused)
+            .finish()
+    }
 }
 
 impl ParsedState {
