@@ -164,6 +164,28 @@ pub struct StateSummary {
     pub instances: Vec<Instance>,
     /// Root outputs, by name.
     pub outputs: Vec<Output>,
+    /// The elements of the `resources` array: what a later read may reuse.
+    elements: Vec<ResourceElement>,
+}
+
+/// One element of the top-level `resources` array as read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ResourceElement {
+    /// The element's bytes in the body (a JSON object, `{` to `}`).
+    bytes: std::ops::Range<usize>,
+    /// Its instance objects in `StateSummary::instances`.
+    instances: std::ops::Range<usize>,
+    /// The resource it holds (shared with the reads that reuse the element).
+    key: std::sync::Arc<ResourceKey>,
+}
+
+/// What Terraform keys a resource by: module path, mode, type, name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ResourceKey {
+    module: Vec<ModuleStep>,
+    mode: Mode,
+    resource_type: String,
+    name: String,
 }
 
 #[derive(Deserialize)]
@@ -308,6 +330,8 @@ macro_rules! strict_object {
     };
 }
 
+/// The state's top level, read by [`read_top`] (not by serde: the `resources` array is walked
+/// element by element so that elements of a previous body can be reused).
 #[derive(Default)]
 struct FileV4<'a> {
     version: Option<u64>,
@@ -315,31 +339,16 @@ struct FileV4<'a> {
     serial: Option<u64>,
     lineage: Option<String>,
     outputs: Vec<(String, OutputV4<'a>)>,
-    resources: Vec<ResourceV4<'a>>,
+    resources: Vec<Element<'a>>,
 }
 
-strict_object!(FileV4, TOP_KEYS, "the state", |map, out, i| {
-    match i {
-        0 => out.version = map.next_value()?,
-        1 => out.terraform_version = map.next_value()?,
-        2 => out.serial = map.next_value()?,
-        3 => out.lineage = map.next_value()?,
-        4 => {
-            out.outputs = map
-                .next_value::<Option<Outputs<'de>>>()?
-                .map(|o| o.0)
-                .unwrap_or_default()
-        }
-        5 => {
-            out.resources = map
-                .next_value::<Option<Vec<ResourceV4<'de>>>>()?
-                .unwrap_or_default()
-        }
-        _ => {
-            map.next_value::<Option<&'de RawValue>>()?;
-        }
-    }
-});
+/// One element of the top-level `resources` array and where it is in the body.
+enum Element<'a> {
+    /// Deserialized from its bytes.
+    Parsed(std::ops::Range<usize>, ResourceV4<'a>),
+    /// Byte for byte the previous body's element (by index in its summary's `elements`).
+    Reused(std::ops::Range<usize>, usize),
+}
 
 /// Root outputs in file order; a name twice is refused (Go's map would keep the last).
 struct Outputs<'a>(Vec<(String, OutputV4<'a>)>);
@@ -506,8 +515,14 @@ fn top_level_id(obj: &str) -> Result<Option<&str>, String> {
     }
 }
 
+/// JSON's whitespace (RFC 8259 and Go's `encoding/json`): space, tab, line feed, carriage
+/// return. Not form feed or vertical tab, which `u8::is_ascii_whitespace` would accept.
+fn is_json_ws(c: &u8) -> bool {
+    matches!(c, b' ' | b'\t' | b'\n' | b'\r')
+}
+
 fn skip_ws(b: &[u8], mut i: usize) -> usize {
-    while b.get(i).is_some_and(u8::is_ascii_whitespace) {
+    while b.get(i).is_some_and(is_json_ws) {
         i += 1;
     }
     i
@@ -556,11 +571,18 @@ fn next_structural(b: &[u8], mut i: usize) -> usize {
 
 /// The index after the JSON value that starts at `i` (nested values stepped over, strings
 /// jumped with `memchr`).
-fn value_end(b: &[u8], mut i: usize) -> Option<usize> {
+fn value_end(b: &[u8], i: usize) -> Option<usize> {
+    value_extent(b, i).map(|(end, _)| end)
+}
+
+/// The index after the JSON value that starts at `i`, and how deep its brackets nest (1 for
+/// `[]` or `{}`, 0 for a string, number or literal). Exact for valid JSON; for invalid JSON the
+/// end may be anywhere, so a caller checks the value it bounds with a full parser.
+fn value_extent(b: &[u8], mut i: usize) -> Option<(usize, usize)> {
     match *b.get(i)? {
-        b'"' => string_end(b, i),
+        b'"' => string_end(b, i).map(|end| (end, 0)),
         b'{' | b'[' => {
-            let mut depth = 0usize;
+            let (mut depth, mut deepest) = (0usize, 0usize);
             loop {
                 i = next_structural(b, i);
                 match *b.get(i)? {
@@ -568,11 +590,14 @@ fn value_end(b: &[u8], mut i: usize) -> Option<usize> {
                         i = string_end(b, i)?;
                         continue;
                     }
-                    b'{' | b'[' => depth += 1,
+                    b'{' | b'[' => {
+                        depth += 1;
+                        deepest = deepest.max(depth);
+                    }
                     b'}' | b']' => {
                         depth -= 1;
                         if depth == 0 {
-                            return Some(i + 1);
+                            return Some((i + 1, deepest));
                         }
                     }
                     _ => {}
@@ -583,11 +608,11 @@ fn value_end(b: &[u8], mut i: usize) -> Option<usize> {
         _ => {
             while b
                 .get(i)
-                .is_some_and(|c| !matches!(c, b',' | b'}' | b']') && !c.is_ascii_whitespace())
+                .is_some_and(|c| !matches!(c, b',' | b'}' | b']') && !is_json_ws(c))
             {
                 i += 1;
             }
-            Some(i)
+            Some((i, 0))
         }
     }
 }
@@ -716,200 +741,640 @@ fn check_version_and_serial(text: &str) -> Result<(), StateError> {
     Ok(())
 }
 
+/// What a read may reuse from the body before: its bytes and the summary read from them
+/// (only ever a pair this reader made, see [`ParsedState`]).
+type Previous<'p> = Option<(&'p [u8], &'p StateSummary)>;
+
+/// Why a body is refused, the checks in the order the reader has always made them: empty,
+/// UTF-8, nesting, then (one pass) version and serial, then the first problem in the body.
+/// Called with `problem`, the first problem the walk met: a full pass over the body is only
+/// ever made on this path, once the body is refused.
+fn refuse(body: &[u8], text: &str, problem: String) -> StateError {
+    if nests_deeper_than(body, MAX_NESTING) {
+        return StateError(format!(
+            "JSON nests deeper than {MAX_NESTING} levels, which Terraform cannot read back"
+        ));
+    }
+    if let Err(e) = check_version_and_serial(text) {
+        return e;
+    }
+    StateError(problem)
+}
+
+/// The message of a walk's syntax error at byte `i`: [`refuse`] replaces it with serde's own
+/// account of the body (`not a JSON object: ...`), so this one is shown only if serde read the
+/// body as JSON, which would be a bug of the walk.
+fn syntax_error(b: &[u8], i: usize) -> String {
+    let (line, column) = position(b, i);
+    format!("not a JSON object: unexpected input at line {line} column {column}")
+}
+
+/// Line and column of byte `i`, counted as serde_json counts them (column = bytes since the
+/// line's start).
+fn position(b: &[u8], i: usize) -> (usize, usize) {
+    let before = b.get(..i).unwrap_or(b);
+    let line_start = memchr::memrchr(b'\n', before).map_or(0, |n| n + 1);
+    let lines = before.get(..line_start).unwrap_or_default();
+    (
+        1 + memchr::memchr_iter(b'\n', lines).count(),
+        before.len() - line_start,
+    )
+}
+
+/// Deserializes the value at `at` in `text` with the state's serde types, borrowing from
+/// `text` (so spans stay offsets in the whole body). An error is told at its place in the
+/// whole body, as a parse of the whole body would tell it.
+fn value<'a, T: Deserialize<'a>>(text: &'a str, at: std::ops::Range<usize>) -> Result<T, String> {
+    let start = at.start;
+    serde_json::from_str(&text[at]).map_err(|e| {
+        let shown = e.to_string();
+        if e.line() == 0 {
+            return shown;
+        }
+        let code = shown
+            .strip_suffix(&format!(" at line {} column {}", e.line(), e.column()))
+            .unwrap_or(&shown);
+        let (line, column) = position(text.as_bytes(), start);
+        let (line, column) = if e.line() == 1 {
+            (line, column + e.column())
+        } else {
+            (line + e.line() - 1, e.column())
+        };
+        format!("{code} at line {line} column {column}")
+    })
+}
+
+/// Refuses anything but a JSON object at the top, with serde's words for what it is.
+struct AnObject;
+
+impl<'de> Deserialize<'de> for AnObject {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = AnObject;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("the state (a JSON object)")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<AnObject, A::Error> {
+                Ok(AnObject)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// Reads the top level of a state: a strict walk of the object (JSON whitespace only, one
+/// comma between members, nothing after the object), each key checked by `known_key`, each
+/// value but the `resources` array deserialized from its bytes by the serde types, and the
+/// `resources` array element by element (see [`read_resources`]). Stops at the first problem,
+/// in document order; [`refuse`] turns it into the reader's message.
+fn read_top<'a>(text: &'a str, prev: Previous<'_>) -> Result<FileV4<'a>, String> {
+    let b = text.as_bytes();
+    let syntax = |i: usize| syntax_error(b, i);
+    let mut out = FileV4::default();
+    let mut i = skip_ws(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return Err(match serde_json::from_str::<AnObject>(text) {
+            Err(e) => e.to_string(),
+            Ok(_) => syntax(i),
+        });
+    }
+    i = skip_ws(b, i + 1);
+    let mut seen = 0u64;
+    if b.get(i) != Some(&b'}') {
+        loop {
+            if b.get(i) != Some(&b'"') {
+                return Err(syntax(i));
+            }
+            let key_end = string_end(b, i).ok_or_else(|| syntax(i))?;
+            let key: Key<'_> = serde_json::from_str(&text[i..key_end]).map_err(|_| syntax(i))?;
+            let which = known_key::<serde_json::Error>(&key.0, TOP_KEYS, &mut seen, "the state")
+                .map_err(|e| {
+                    let (line, column) = position(b, key_end);
+                    format!("{e} at line {line} column {column}")
+                })?;
+            i = skip_ws(b, key_end);
+            if b.get(i) != Some(&b':') {
+                return Err(syntax(i));
+            }
+            i = skip_ws(b, i + 1);
+            if which == 5 && b.get(i) == Some(&b'[') {
+                i = read_resources(text, i, prev, &mut out.resources)?;
+            } else {
+                let (end, depth) = value_extent(b, i).ok_or_else(|| syntax(i))?;
+                // The value sits inside the top-level object: one level more. Too deep stops
+                // the walk before serde sees the value; `refuse`'s whole-body scan then finds
+                // the same depth and says so.
+                if depth > MAX_NESTING - 1 {
+                    return Err(syntax(i));
+                }
+                let at = i..end;
+                match which {
+                    0 => out.version = value(text, at)?,
+                    1 => out.terraform_version = value(text, at)?,
+                    2 => out.serial = value(text, at)?,
+                    3 => out.lineage = value(text, at)?,
+                    4 => {
+                        out.outputs = value::<Option<Outputs<'a>>>(text, at)?
+                            .map(|o| o.0)
+                            .unwrap_or_default()
+                    }
+                    // Not an array (walked above): `null` (no resources), or serde's refusal.
+                    5 => {
+                        if value::<Option<Vec<ResourceV4<'a>>>>(text, at)?.is_some() {
+                            return Err(syntax(i));
+                        }
+                    }
+                    _ => {
+                        value::<Option<&'a RawValue>>(text, at)?;
+                    }
+                }
+                i = end;
+            }
+            i = skip_ws(b, i);
+            match b.get(i) {
+                Some(b',') => i = skip_ws(b, i + 1),
+                Some(b'}') => break,
+                _ => return Err(syntax(i)),
+            }
+        }
+    }
+    let end = skip_ws(b, i + 1);
+    if end != b.len() {
+        return Err(syntax(end));
+    }
+    Ok(out)
+}
+
+/// Bytes of an element's start that index it for [`read_resources`]' second look: enough
+/// that the elements of a real state (whose mode, type and name come first) rarely share them.
+const ELEMENT_PREFIX: usize = 256;
+/// Previous elements with the same start compared at most per element: bodies crafted with
+/// many elements sharing their first bytes cost at most this many extra comparisons of each
+/// element (an unbounded search would be quadratic). A miss only costs a parse.
+const MAX_CANDIDATES: usize = 4;
+
+/// Which element of the previous body, if any, is byte for byte the one at `i` of `b`.
+struct Matcher<'p> {
+    old_body: &'p [u8],
+    old: &'p [ResourceElement],
+    /// The previous element after the last one found.
+    next: usize,
+    /// Elements that followed none found (after two, the index is built).
+    misses: usize,
+    /// Previous elements by their first [`ELEMENT_PREFIX`] bytes.
+    index: Option<HashMap<&'p [u8], Vec<usize>>>,
+}
+
+impl<'p> Matcher<'p> {
+    fn new(prev: Previous<'p>) -> Option<Matcher<'p>> {
+        let (old_body, summary) = prev?;
+        Some(Matcher {
+            old_body,
+            old: &summary.elements,
+            next: 0,
+            misses: 0,
+            index: None,
+        })
+    }
+
+    /// The previous element equal to the bytes at `b[i..]`, and its length.
+    fn find(&mut self, b: &[u8], i: usize) -> Option<(usize, usize)> {
+        let (old_body, old) = (self.old_body, self.old);
+        let same = |k: usize| {
+            let e = old.get(k)?;
+            let len = e.bytes.len();
+            (b.get(i..i + len)? == old_body.get(e.bytes.clone())?).then_some((k, len))
+        };
+        // Most writes keep elements in order: the next one, or the one after it (one
+        // element inserted, removed or changed before).
+        let found = same(self.next).or_else(|| same(self.next + 1)).or_else(|| {
+            // Elements moved further: look them up by their first bytes.
+            self.misses += 1;
+            if self.misses < 2 {
+                return None;
+            }
+            let index = self.index.get_or_insert_with(|| {
+                let mut index: HashMap<&[u8], Vec<usize>> = HashMap::new();
+                for (k, e) in old.iter().enumerate() {
+                    let start = e.bytes.start;
+                    if let Some(prefix) = old_body.get(start..start + ELEMENT_PREFIX) {
+                        if e.bytes.len() >= ELEMENT_PREFIX {
+                            index.entry(prefix).or_default().push(k);
+                        }
+                    }
+                }
+                index
+            });
+            let prefix = b.get(i..i + ELEMENT_PREFIX)?;
+            index
+                .get(prefix)?
+                .iter()
+                .take(MAX_CANDIDATES)
+                .find_map(|&k| same(k))
+        });
+        if let Some((k, _)) = found {
+            self.next = k + 1;
+        }
+        found
+    }
+}
+
+/// Reads the top-level `resources` array that opens at `i`; returns the index after it.
+///
+/// At each element, the previous body's elements it most likely is ([`Matcher`]) are compared
+/// byte for byte with the body there. An element whose bytes are equal is that element: a
+/// JSON object's extent is fixed by its own bytes once it starts at a value position (its
+/// brackets and strings close where they closed in the previous body), and what it holds
+/// depends only on those bytes, so its resource and instances are the previous ones, their
+/// spans moved by the difference of the offsets. Any other element is deserialized from its
+/// bytes (serde checks them whole).
+fn read_resources<'a>(
+    text: &'a str,
+    mut i: usize,
+    prev: Previous<'_>,
+    out: &mut Vec<Element<'a>>,
+) -> Result<usize, String> {
+    let b = text.as_bytes();
+    let syntax = |i: usize| syntax_error(b, i);
+    let mut matcher = Matcher::new(prev);
+    i = skip_ws(b, i + 1);
+    if b.get(i) == Some(&b']') {
+        return Ok(i + 1);
+    }
+    loop {
+        let end = match matcher.as_mut().and_then(|m| m.find(b, i)) {
+            Some((k, len)) => {
+                out.push(Element::Reused(i..i + len, k));
+                i + len
+            }
+            None => {
+                let (end, depth) = value_extent(b, i).ok_or_else(|| syntax(i))?;
+                // Elements sit inside the top-level object and this array: two levels more.
+                // (A reused element nests exactly as deep as it did in the previous body, at
+                // the same place, where the reader checked it: so it needs no check here.)
+                // Too deep: `refuse` reports it, as above.
+                if depth > MAX_NESTING - 2 {
+                    return Err(syntax(i));
+                }
+                out.push(Element::Parsed(i..end, value(text, i..end)?));
+                end
+            }
+        };
+        i = skip_ws(b, end);
+        match b.get(i) {
+            Some(b',') => i = skip_ws(b, i + 1),
+            Some(b']') => return Ok(i + 1),
+            _ => return Err(syntax(i)),
+        }
+    }
+}
+
+/// A span moved from one body to another, where the bytes around it start at `to` instead of
+/// `from`.
+fn moved(
+    span: &Option<std::ops::Range<usize>>,
+    from: usize,
+    to: usize,
+) -> Option<std::ops::Range<usize>> {
+    span.as_ref()
+        .map(|r| r.start - from + to..r.end - from + to)
+}
+
+/// The address prefix of a resource's instances (`module.m[0].data.t.n`).
+fn resource_base(key: &ResourceKey) -> String {
+    let mut base = address::render_module_path(&key.module);
+    if !base.is_empty() {
+        base.push('.');
+    }
+    if key.mode == Mode::Data {
+        base.push_str("data.");
+    }
+    base.push_str(&key.resource_type);
+    base.push('.');
+    base.push_str(&key.name);
+    base
+}
+
+/// Checks one deserialized resource and appends its instances; returns what identifies it.
+/// `seen` holds the resources before it: Terraform merges two entries for one resource and
+/// keeps the last one's provider, so a second is refused.
+fn read_resource(
+    r: ResourceV4<'_>,
+    text: &str,
+    seen_resources: &mut HashSet<std::sync::Arc<ResourceKey>>,
+    instances: &mut Vec<Instance>,
+) -> Result<std::sync::Arc<ResourceKey>, StateError> {
+    let err = |m: String| StateError(m);
+    let resource_type = r.resource_type.unwrap_or_default();
+    let name = r.name.unwrap_or_default();
+    let mode = match r.mode.as_deref().unwrap_or_default() {
+        "managed" => Mode::Managed,
+        "data" => Mode::Data,
+        other => {
+            return Err(err(format!(
+                "resource mode {:?} is neither managed nor data",
+                truncate(other)
+            )))
+        }
+    };
+    if !address::is_identifier(&resource_type) || !address::is_identifier(&name) {
+        return Err(err(format!(
+            "resource type {:?} or name {:?} is not an identifier (a letter or _, then letters, digits, _ or -)",
+            truncate(&resource_type),
+            truncate(&name)
+        )));
+    }
+    let module = match r.module.as_deref().unwrap_or_default() {
+        "" => Vec::new(),
+        m => address::parse_module_path(m).map_err(err)?,
+    };
+    let key = std::sync::Arc::new(ResourceKey {
+        module,
+        mode,
+        resource_type,
+        name,
+    });
+    let base = resource_base(&key);
+    if !matches!(r.each.as_deref(), None | Some("" | "list" | "map")) {
+        return Err(err(format!(
+            "{}: \"each\" must be \"list\" or \"map\"",
+            truncate(&base)
+        )));
+    }
+    let provider = r.provider.unwrap_or_default();
+    address::validate_provider(&provider).map_err(|e| err(format!("{}: {e}", truncate(&base))))?;
+    if !seen_resources.insert(std::sync::Arc::clone(&key)) {
+        return Err(err(format!(
+            "{}: the resource appears more than once",
+            truncate(&base)
+        )));
+    }
+    let mut seen: HashSet<(Option<InstanceKey>, Option<&str>)> = HashSet::new();
+    for inst in &r.instances {
+        let index = match &inst.index_key {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::Number(n))
+                if n.as_u64().is_some_and(|n| n <= address::MAX_INT_KEY) =>
+            {
+                n.as_u64().map(InstanceKey::Int)
+            }
+            Some(serde_json::Value::String(s)) => Some(InstanceKey::Str(s.clone())),
+            Some(_) => {
+                return Err(err(format!(
+                    "{}: index_key must be an integer (at most 2^53) or a string",
+                    truncate(&base)
+                )))
+            }
+        };
+        let mut address = base.clone();
+        if let Some(k) = &index {
+            k.render_into(&mut address);
+        }
+        let tainted = match inst.status.as_deref() {
+            None | Some("") => false,
+            Some("tainted") => true,
+            Some(other) => {
+                return Err(err(format!(
+                    "{}: unknown status {:?}",
+                    truncate(&address),
+                    truncate(other)
+                )))
+            }
+        };
+        let deposed = inst.deposed.clone().filter(|d| !d.is_empty());
+        if let Some(d) = &deposed {
+            if d.len() != 8 || !d.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(err(format!(
+                    "{}: deposed key must be 8 hexadecimal digits",
+                    truncate(&address)
+                )));
+            }
+        }
+        if !seen.insert((
+            index.clone(),
+            inst.deposed.as_deref().filter(|d| !d.is_empty()),
+        )) {
+            return Err(err(format!(
+                "{}: instance appears multiple times",
+                truncate(&address)
+            )));
+        }
+        let object =
+            object_identity(inst).map_err(|e| err(format!("{}: {e}", truncate(&address))))?;
+        instances.push(Instance {
+            spans: ValueSpans {
+                value: span_in(text, inst.attributes.or(inst.attributes_flat)),
+                sensitive: span_in(text, inst.sensitive_attributes),
+                private: span_in(text, inst.private),
+                identity: span_in(text, inst.identity),
+            },
+            address,
+            addr: InstanceAddr {
+                module: key.module.clone(),
+                mode,
+                resource_type: key.resource_type.clone(),
+                name: key.name.clone(),
+                key: index,
+            },
+            resource_type: key.resource_type.clone(),
+            mode,
+            deposed,
+            tainted,
+            provider: provider.clone(),
+            object,
+        });
+    }
+    Ok(key)
+}
+
+/// Reads a state body, reusing what `prev` read from the elements of its `resources` array
+/// that are byte for byte in `body` (see [`read_resources`]). The one reader: every rule is
+/// checked here whether elements are reused or not, and the result is the same.
+fn read(body: &[u8], prev: Previous<'_>) -> Result<(StateSummary, usize), StateError> {
+    let err = |m: String| StateError(m);
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(err("the body is empty".into()));
+    }
+    let text = std::str::from_utf8(body).map_err(|e| err(format!("not UTF-8: {e}")))?;
+    // Nesting is checked by the walk on what it parses (values and changed elements, each at
+    // its depth in the body); `refuse` checks the whole body first, as it always did.
+    let file = read_top(text, prev).map_err(|problem| refuse(body, text, problem))?;
+    let (Some(version @ 4), Some(serial)) = (file.version, file.serial) else {
+        check_version_and_serial(text)?;
+        return Err(err(
+            "the \"version\" and \"serial\" fields are required".into()
+        ));
+    };
+    let lineage = file.lineage.unwrap_or_default();
+    if lineage.is_empty() || lineage.len() > MAX_LINEAGE_LEN || !valid_name(&lineage) {
+        return Err(err(
+            "lineage must be a non-empty string without spaces (a UUID)".into(),
+        ));
+    }
+    let terraform_version = file.terraform_version.unwrap_or_default();
+    if !terraform_version.is_empty()
+        && !terraform_version
+            .split(['.', '-', '+'])
+            .next()
+            .is_some_and(|major| !major.is_empty() && major.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(err(format!(
+            "terraform_version {:?} is not a version",
+            truncate(&terraform_version)
+        )));
+    }
+
+    let mut instances = Vec::new();
+    let mut elements = Vec::with_capacity(file.resources.len());
+    let mut resources_seen: HashSet<std::sync::Arc<ResourceKey>> =
+        HashSet::with_capacity(file.resources.len());
+    let mut reused = 0;
+    for element in file.resources {
+        let first = instances.len();
+        let (bytes, key) = match element {
+            Element::Parsed(bytes, r) => {
+                let key = read_resource(r, text, &mut resources_seen, &mut instances)?;
+                (bytes, key)
+            }
+            Element::Reused(bytes, k) => {
+                // `read_resources` only reuses an element of `prev`.
+                let found = prev.and_then(|(_, s)| {
+                    let e = s.elements.get(k)?;
+                    Some((e, s.instances.get(e.instances.clone())?))
+                });
+                let Some((e, old_instances)) = found else {
+                    return Err(err("internal error: a reused element vanished".into()));
+                };
+                // Every check of the resource held in the previous body, which had these
+                // bytes; only the one that spans elements is made again.
+                if !resources_seen.insert(std::sync::Arc::clone(&e.key)) {
+                    return Err(err(format!(
+                        "{}: the resource appears more than once",
+                        truncate(&resource_base(&e.key))
+                    )));
+                }
+                let (from, to) = (e.bytes.start, bytes.start);
+                instances.extend(old_instances.iter().map(|i| Instance {
+                    spans: ValueSpans {
+                        value: moved(&i.spans.value, from, to),
+                        sensitive: moved(&i.spans.sensitive, from, to),
+                        private: moved(&i.spans.private, from, to),
+                        identity: moved(&i.spans.identity, from, to),
+                    },
+                    ..i.clone()
+                }));
+                reused += 1;
+                (bytes, std::sync::Arc::clone(&e.key))
+            }
+        };
+        elements.push(ResourceElement {
+            bytes,
+            instances: first..instances.len(),
+            key,
+        });
+    }
+    let outputs = file
+        .outputs
+        .into_iter()
+        .map(|(name, o)| Output {
+            spans: ValueSpans {
+                value: span_in(text, o.value),
+                ..ValueSpans::default()
+            },
+            name,
+            sensitive: o.sensitive,
+        })
+        .collect();
+    let summary = StateSummary {
+        version,
+        terraform_version,
+        serial,
+        lineage,
+        instances,
+        outputs,
+        elements,
+    };
+    Ok((summary, reused))
+}
+
+/// A state body and the summary this reader read from it, owned together: the only way to
+/// give a read a previous body, so a summary can never be paired with bytes it was not read
+/// from (not from a database, not from another body).
+pub struct ParsedState {
+    body: std::sync::Arc<Vec<u8>>,
+    summary: std::sync::Arc<StateSummary>,
+    reused: usize,
+}
+
+impl fmt::Debug for ParsedState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ParsedState")
+            .field("body_len", &self.body.len())
+            .field("instances", &self.summary.instances.len())
+            .field("reused_elements", &self.reused)
+            .finish()
+    }
+}
+
+impl ParsedState {
+    /// Reads `body` like [`StateSummary::parse`], reusing what was read from `previous` for
+    /// the elements of the `resources` array it shares byte for byte (typically all but the
+    /// few a write changed). The result is exactly `StateSummary::parse(&body)`'s.
+    /// The body is shared, not copied (a server holds it for the store as well).
+    pub fn parse(
+        body: impl Into<std::sync::Arc<Vec<u8>>>,
+        previous: Option<&ParsedState>,
+    ) -> Result<ParsedState, StateError> {
+        let body = body.into();
+        let prev = previous.map(|p| (p.body.as_slice(), p.summary.as_ref()));
+        let (summary, reused) = read(&body, prev)?;
+        Ok(ParsedState {
+            body,
+            summary: std::sync::Arc::new(summary),
+            reused,
+        })
+    }
+
+    /// The body.
+    pub fn body(&self) -> &[u8] {
+        &self.body
+    }
+
+    /// The summary read from it.
+    pub fn summary(&self) -> &std::sync::Arc<StateSummary> {
+        &self.summary
+    }
+
+    /// How many resource elements were taken from the previous body rather than parsed.
+    pub fn reused_elements(&self) -> usize {
+        self.reused
+    }
+
+    /// Roughly the memory this holds (the body, and the summary's instances with their
+    /// strings), for caches that bound what they keep.
+    pub fn approx_bytes(&self) -> usize {
+        let instances: usize = self
+            .summary
+            .instances
+            .iter()
+            .map(|i| {
+                std::mem::size_of::<Instance>()
+                    + i.address.len()
+                    + 2 * i.resource_type.len()
+                    + i.addr.name.len()
+                    + i.provider.len()
+                    + i.addr.module.len() * 64
+            })
+            .sum();
+        self.body.len() + instances + self.summary.elements.len() * 128
+    }
+}
+
 impl StateSummary {
     /// Parses and validates a state v4 document.
     pub fn parse(body: &[u8]) -> Result<StateSummary, StateError> {
-        let err = |m: String| StateError(m);
-        if body.iter().all(u8::is_ascii_whitespace) {
-            return Err(err("the body is empty".into()));
-        }
-        let text = std::str::from_utf8(body).map_err(|e| err(format!("not UTF-8: {e}")))?;
-        if nests_deeper_than(body, MAX_NESTING) {
-            return Err(err(format!(
-                "JSON nests deeper than {MAX_NESTING} levels, which Terraform cannot read back"
-            )));
-        }
-        // One pass when the body is good; on error, the version and serial explain it first.
-        let file: FileV4<'_> = match serde_json::from_str(text) {
-            Ok(file) => file,
-            Err(e) => {
-                check_version_and_serial(text)?;
-                return Err(err(e.to_string()));
-            }
-        };
-        let (Some(version @ 4), Some(serial)) = (file.version, file.serial) else {
-            check_version_and_serial(text)?;
-            return Err(err(
-                "the \"version\" and \"serial\" fields are required".into()
-            ));
-        };
-        let lineage = file.lineage.unwrap_or_default();
-        if lineage.is_empty() || lineage.len() > MAX_LINEAGE_LEN || !valid_name(&lineage) {
-            return Err(err(
-                "lineage must be a non-empty string without spaces (a UUID)".into(),
-            ));
-        }
-        let terraform_version = file.terraform_version.unwrap_or_default();
-        if !terraform_version.is_empty()
-            && !terraform_version
-                .split(['.', '-', '+'])
-                .next()
-                .is_some_and(|major| !major.is_empty() && major.bytes().all(|b| b.is_ascii_digit()))
-        {
-            return Err(err(format!(
-                "terraform_version {:?} is not a version",
-                truncate(&terraform_version)
-            )));
-        }
-
-        let mut instances = Vec::new();
-        let mut resources_seen: HashSet<(Vec<ModuleStep>, Mode, String, String)> = HashSet::new();
-        for r in file.resources {
-            let resource_type = r.resource_type.unwrap_or_default();
-            let name = r.name.unwrap_or_default();
-            let mode = match r.mode.as_deref().unwrap_or_default() {
-                "managed" => Mode::Managed,
-                "data" => Mode::Data,
-                other => {
-                    return Err(err(format!(
-                        "resource mode {:?} is neither managed nor data",
-                        truncate(other)
-                    )))
-                }
-            };
-            if !address::is_identifier(&resource_type) || !address::is_identifier(&name) {
-                return Err(err(format!(
-                    "resource type {:?} or name {:?} is not an identifier (a letter or _, then letters, digits, _ or -)",
-                    truncate(&resource_type),
-                    truncate(&name)
-                )));
-            }
-            let module = match r.module.as_deref().unwrap_or_default() {
-                "" => Vec::new(),
-                m => address::parse_module_path(m).map_err(err)?,
-            };
-            let mut base = address::render_module_path(&module);
-            if !base.is_empty() {
-                base.push('.');
-            }
-            if mode == Mode::Data {
-                base.push_str("data.");
-            }
-            base.push_str(&resource_type);
-            base.push('.');
-            base.push_str(&name);
-            if !matches!(r.each.as_deref(), None | Some("" | "list" | "map")) {
-                return Err(err(format!(
-                    "{}: \"each\" must be \"list\" or \"map\"",
-                    truncate(&base)
-                )));
-            }
-            let provider = r.provider.unwrap_or_default();
-            address::validate_provider(&provider)
-                .map_err(|e| err(format!("{}: {e}", truncate(&base))))?;
-            // Terraform merges two entries for one resource and keeps the last one's provider.
-            if !resources_seen.insert((module.clone(), mode, resource_type.clone(), name.clone())) {
-                return Err(err(format!(
-                    "{}: the resource appears more than once",
-                    truncate(&base)
-                )));
-            }
-            let mut seen: HashSet<(Option<InstanceKey>, Option<&str>)> = HashSet::new();
-            for inst in &r.instances {
-                let key = match &inst.index_key {
-                    None | Some(serde_json::Value::Null) => None,
-                    Some(serde_json::Value::Number(n))
-                        if n.as_u64().is_some_and(|n| n <= address::MAX_INT_KEY) =>
-                    {
-                        n.as_u64().map(InstanceKey::Int)
-                    }
-                    Some(serde_json::Value::String(s)) => Some(InstanceKey::Str(s.clone())),
-                    Some(_) => {
-                        return Err(err(format!(
-                            "{}: index_key must be an integer (at most 2^53) or a string",
-                            truncate(&base)
-                        )))
-                    }
-                };
-                let mut address = base.clone();
-                if let Some(k) = &key {
-                    k.render_into(&mut address);
-                }
-                let tainted = match inst.status.as_deref() {
-                    None | Some("") => false,
-                    Some("tainted") => true,
-                    Some(other) => {
-                        return Err(err(format!(
-                            "{}: unknown status {:?}",
-                            truncate(&address),
-                            truncate(other)
-                        )))
-                    }
-                };
-                let deposed = inst.deposed.clone().filter(|d| !d.is_empty());
-                if let Some(d) = &deposed {
-                    if d.len() != 8 || !d.bytes().all(|b| b.is_ascii_hexdigit()) {
-                        return Err(err(format!(
-                            "{}: deposed key must be 8 hexadecimal digits",
-                            truncate(&address)
-                        )));
-                    }
-                }
-                if !seen.insert((
-                    key.clone(),
-                    inst.deposed.as_deref().filter(|d| !d.is_empty()),
-                )) {
-                    return Err(err(format!(
-                        "{}: instance appears multiple times",
-                        truncate(&address)
-                    )));
-                }
-                let object = object_identity(inst)
-                    .map_err(|e| err(format!("{}: {e}", truncate(&address))))?;
-                instances.push(Instance {
-                    spans: ValueSpans {
-                        value: span_in(text, inst.attributes.or(inst.attributes_flat)),
-                        sensitive: span_in(text, inst.sensitive_attributes),
-                        private: span_in(text, inst.private),
-                        identity: span_in(text, inst.identity),
-                    },
-                    address,
-                    addr: InstanceAddr {
-                        module: module.clone(),
-                        mode,
-                        resource_type: resource_type.clone(),
-                        name: name.clone(),
-                        key,
-                    },
-                    resource_type: resource_type.clone(),
-                    mode,
-                    deposed,
-                    tainted,
-                    provider: provider.clone(),
-                    object,
-                });
-            }
-        }
-        let outputs = file
-            .outputs
-            .into_iter()
-            .map(|(name, o)| Output {
-                spans: ValueSpans {
-                    value: span_in(text, o.value),
-                    ..ValueSpans::default()
-                },
-                name,
-                sensitive: o.sensitive,
-            })
-            .collect();
-        Ok(StateSummary {
-            version,
-            terraform_version,
-            serial,
-            lineage,
-            instances,
-            outputs,
-        })
+        read(body, None).map(|(summary, _)| summary)
     }
 
     /// Addresses of current (non-deposed) managed instances.
@@ -1720,3 +2185,7 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "state_reuse_tests.rs"]
+mod reuse_tests;

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use airlock_core::lockinfo::LockInfo;
-use airlock_core::state::StateSummary;
+use airlock_core::state::{ParsedState, StateSummary};
 use airlock_policy::analysis::Analyzer;
 use airlock_policy::config::{self, Config};
 use airlock_policy::plan;
@@ -89,14 +89,33 @@ fn each_mutation(target: &str, mut check: impl FnMut(&[u8])) {
 
 #[test]
 fn state_reader() {
+    // Each body is also read reusing the last state read before it (a seed or a mutation of
+    // one, so most resource elements are shared): the result is the one of reading it alone.
+    let mut prev: Option<ParsedState> = None;
+    let mut reused = 0;
     each_mutation("state_reader", |b| {
-        if let Ok(s) = StateSummary::parse(b) {
+        let alone = StateSummary::parse(b);
+        let with = ParsedState::parse(b.to_vec(), prev.as_ref());
+        match (&alone, &with) {
+            (Ok(a), Ok(w)) => assert_eq!(a, w.summary().as_ref(), "{}", String::from_utf8_lossy(b)),
+            (Err(a), Err(w)) => assert_eq!(a, w, "{}", String::from_utf8_lossy(b)),
+            _ => panic!(
+                "alone {alone:?}, reusing {with:?}: {}",
+                String::from_utf8_lossy(b)
+            ),
+        }
+        if let Ok(s) = alone {
             assert!(
                 s.removed_in(&s).is_empty(),
                 "a state loses nothing against itself"
             );
         }
+        if let Ok(w) = with {
+            reused += w.reused_elements();
+            prev = Some(w);
+        }
     });
+    assert!(reused > 100, "reuse was exercised: {reused} elements");
 }
 
 #[test]

@@ -5,7 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use airlock_core::state::StateSummary;
+use airlock_core::state::{ParsedState, StateSummary};
 use airlock_store::TokenRecord;
 use axum::body::Bytes;
 
@@ -54,6 +54,23 @@ pub struct Caches {
     bytes: Mutex<Fifo<Bytes>>,
     summaries: Mutex<Fifo<Arc<StateSummary>>>,
     tokens: Mutex<HashMap<[u8; 32], (Instant, TokenRecord)>>,
+    states: Mutex<RecentStates>,
+}
+
+/// Memory the last written states of stacks may hold in all (bodies and summaries, see
+/// [`ParsedState::approx_bytes`]); a state above half of it is not kept. A 100 MB state of
+/// ~1 KB instances holds ~140 MB.
+const RECENT_STATES_BYTES: usize = 384 << 20;
+
+/// The state each stack was last written with through this process, read by this process:
+/// the next write of the stack reads its body reusing what did not change. Keyed by stack, not
+/// by version: a reuse is exact against any body its summary was read from, so a version
+/// written since by another replica only makes the reuse find less.
+#[derive(Default)]
+struct RecentStates {
+    map: HashMap<String, (Arc<ParsedState>, usize)>,
+    order: VecDeque<String>,
+    weight: usize,
 }
 
 /// How long a token lookup is reused. Revocations on this replica clear the cache at once;
@@ -68,6 +85,7 @@ impl Default for Caches {
             bytes: Mutex::new(Fifo::new(256 << 20)),
             summaries: Mutex::new(Fifo::new(4096)),
             tokens: Mutex::new(HashMap::new()),
+            states: Mutex::new(RecentStates::default()),
         }
     }
 }
@@ -96,6 +114,44 @@ impl Caches {
         if let Ok(mut c) = self.summaries.lock() {
             c.put(sha.to_owned(), summary, 1);
         }
+    }
+
+    /// The state `stack` was last written with through this process, if still kept.
+    pub fn recent_state(&self, stack: &str) -> Option<Arc<ParsedState>> {
+        Some(Arc::clone(&self.states.lock().ok()?.map.get(stack)?.0))
+    }
+
+    /// Keeps `parsed` as `stack`'s last written state, replacing the one before (oldest
+    /// stacks' dropped first when the total would pass [`RECENT_STATES_BYTES`]).
+    pub fn put_recent_state(&self, stack: &str, parsed: Arc<ParsedState>) {
+        let weight = parsed.approx_bytes();
+        // States dropped here are freed after the lock is released (a large one takes a while).
+        let mut dropped = Vec::new();
+        let Ok(mut c) = self.states.lock() else {
+            return;
+        };
+        if let Some((old, w)) = c.map.remove(stack) {
+            c.weight -= w;
+            c.order.retain(|s| s != stack);
+            dropped.push(old);
+        }
+        if weight > RECENT_STATES_BYTES / 2 {
+            return;
+        }
+        while c.weight + weight > RECENT_STATES_BYTES {
+            let Some(oldest) = c.order.pop_front() else {
+                break;
+            };
+            if let Some((old, w)) = c.map.remove(&oldest) {
+                c.weight -= w;
+                dropped.push(old);
+            }
+        }
+        c.weight += weight;
+        c.order.push_back(stack.to_owned());
+        c.map.insert(stack.to_owned(), (parsed, weight));
+        drop(c);
+        drop(dropped);
     }
 
     /// A recent lookup of the token with this secret hash.

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use airlock_core::refusal::{Refusal, RefusalKind};
-use airlock_core::state::StateSummary;
+use airlock_core::state::{ParsedState, StateSummary};
 use airlock_store::{
     LockRecord, NewAudit, StackRecord, StackSettings, Store, WriteAttempt, WriteResult,
 };
@@ -207,9 +207,18 @@ pub async fn firewalled_write(
         );
         return Err(deny(state, principal, stack, "state.write", r).await);
     }
-    let summary = Arc::new(StateSummary::parse(body.bytes()).map_err(|e| {
-        ApiError::new(RefusalKind::BadRequest, format!("state write refused: {e}"))
-    })?);
+    // Read reusing what the stack's last write through this process read, for the resource
+    // elements it shares byte for byte: a body and summary this process holds together, never
+    // ones read back from the database (see `ParsedState`). A miss costs a full read.
+    let previous = state.cache.recent_state(stack);
+    let parsed = Arc::new(
+        ParsedState::parse(body.shared(), previous.as_deref()).map_err(|e| {
+            ApiError::new(RefusalKind::BadRequest, format!("state write refused: {e}"))
+        })?,
+    );
+    drop(previous);
+    state.metrics.elements_reused(parsed.reused_elements());
+    let summary = Arc::clone(parsed.summary());
     let size = body.bytes().len();
     let attempt = WriteAttempt {
         serial: summary.serial,
@@ -266,6 +275,7 @@ pub async fn firewalled_write(
         WriteResult::Stored(v) => {
             state.metrics.write();
             state.cache.put_summary(&v.sha256, summary);
+            state.cache.put_recent_state(stack, parsed);
         }
         WriteResult::Refused(r) => {
             state.metrics.write_refused();

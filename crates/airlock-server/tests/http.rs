@@ -16,6 +16,7 @@
 //! - `attacks_tier2`, `attacks_tier3`, `attacks_tier4`: adversarial reviews, one attack per test.
 //! - `read_stacks`: a plan-phase token's read stacks (`terraform_remote_state`): never wider than
 //!   its minter, state reads only.
+//! - `state_reuse`: a state write reads only the resource elements that changed.
 
 #[path = "http/attacks_tier2.rs"]
 mod attacks_tier2;
@@ -45,5 +46,7 @@ mod read_stacks;
 mod run_uploads;
 #[path = "http/serving.rs"]
 mod serving;
+#[path = "http/state_reuse.rs"]
+mod state_reuse;
 #[path = "http/support.rs"]
 mod support;

@@ -90,10 +90,12 @@ pub fn parse_chunk_list(list: &[u8]) -> Vec<[u8; 32]> {
 
 /// A state body with its SHA-256, computed once: the version's hash (and, through
 /// [`StateBody::with_md5`], the `Content-MD5` check's digest in the same pass). The fields are
-/// private, so the hash always belongs to these bytes.
+/// private, so the hash always belongs to these bytes. The bytes are shared, never changed:
+/// the server's state reader keeps them (`airlock_core::state::ParsedState`) and this store's
+/// [`Recent`] too, without copies.
 #[derive(Clone)]
 pub struct StateBody {
-    bytes: Vec<u8>,
+    bytes: Arc<Vec<u8>>,
     sha256: [u8; 32],
 }
 
@@ -111,7 +113,7 @@ impl StateBody {
     pub fn new(bytes: Vec<u8>) -> StateBody {
         StateBody {
             sha256: sha256(&bytes),
-            bytes,
+            bytes: Arc::new(bytes),
         }
     }
 
@@ -136,7 +138,7 @@ impl StateBody {
         sha.update(tail);
         let body = StateBody {
             sha256: sha.finalize().into(),
-            bytes,
+            bytes: Arc::new(bytes),
         };
         (body, md5.finalize().into())
     }
@@ -151,8 +153,18 @@ impl StateBody {
         &self.sha256
     }
 
-    /// The bytes, giving up the hash.
+    /// The bytes, shared (not copied).
+    pub fn shared(&self) -> Arc<Vec<u8>> {
+        Arc::clone(&self.bytes)
+    }
+
+    /// The bytes, giving up the hash (copied only if they are shared).
     pub fn into_bytes(self) -> Vec<u8> {
+        Arc::try_unwrap(self.bytes).unwrap_or_else(|shared| shared.as_ref().clone())
+    }
+
+    /// The bytes, shared, giving up the hash.
+    pub fn into_shared(self) -> Arc<Vec<u8>> {
         self.bytes
     }
 }
@@ -192,7 +204,7 @@ const MAX_CANDIDATES: usize = 4;
 /// Equal bytes have equal SHA-256 hashes. Nothing here is trusted from a database: the bytes
 /// and hashes are the ones this process computed.
 pub struct Recent {
-    body: Vec<u8>,
+    body: Arc<Vec<u8>>,
     /// (start, end, SHA-256) of each chunk of `body`.
     chunks: Vec<(usize, usize, [u8; 32])>,
     /// Chunks by their first [`PREFIX`] bytes.
@@ -201,7 +213,8 @@ pub struct Recent {
 
 impl Recent {
     /// Remembers `body`, cut into `chunks` (their hashes, in order, as [`split`] made them).
-    pub fn new(body: Vec<u8>, hashes: &[(usize, [u8; 32])]) -> Recent {
+    pub fn new(body: impl Into<Arc<Vec<u8>>>, hashes: &[(usize, [u8; 32])]) -> Recent {
+        let body = body.into();
         let mut chunks = Vec::with_capacity(hashes.len());
         let mut by_prefix: HashMap<[u8; PREFIX], Vec<usize>> = HashMap::new();
         let mut start = 0;

@@ -2077,7 +2077,7 @@ impl<E: Engine> Store for E {
         if let WriteResult::Stored(_) = result {
             let table = p.chunk_table();
             drop(p);
-            let body = attempt.body.into_bytes();
+            let body = attempt.body.into_shared();
             self.recent_bodies()
                 .remember(stack, blob::Recent::new(body, &table));
         }

@@ -25,7 +25,7 @@ pub struct Tok {
 
 /// One server, in process.
 pub struct Server {
-    _dir: tempfile::TempDir,
+    _dir: Arc<tempfile::TempDir>,
     pub store: Arc<dyn Store>,
     app: Router,
     /// An unscoped admin token.
@@ -99,7 +99,7 @@ impl Server {
             Arc::new(SqliteStore::open(&dir.path().join("airlock.db")).expect("open sqlite"));
         let app = router::build(AppState::new(Arc::clone(&store), config));
         let mut s = Server {
-            _dir: dir,
+            _dir: Arc::new(dir),
             store,
             app,
             admin: Tok {
@@ -109,6 +109,20 @@ impl Server {
         };
         s.admin = s.token("root", Role::Admin, &[], None);
         s
+    }
+
+    /// Another server process on the same database (its own caches, the same tokens): what a
+    /// second replica or a restarted server is.
+    pub fn replica(&self) -> Server {
+        Server {
+            _dir: Arc::clone(&self._dir),
+            store: Arc::clone(&self.store),
+            app: router::build(AppState::new(
+                Arc::clone(&self.store),
+                ServerConfig::default(),
+            )),
+            admin: self.admin.clone(),
+        }
     }
 
     /// Mints a token directly through the store; it is its own identity (user = its id).
