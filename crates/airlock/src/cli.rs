@@ -1043,6 +1043,10 @@ pub struct DriftArgs {
     /// Terraform binary (e.g. `tofu`).
     #[arg(long, env = "AIRLOCK_TERRAFORM_BIN", default_value = "terraform")]
     pub terraform_bin: String,
+    /// Another stack whose state the check's plan may read (`terraform_remote_state`), besides
+    /// the stack block's `depends_on` in airlock.hcl; repeatable, as for `airlock plan`.
+    #[arg(long, value_name = "STACK")]
+    pub read_stack: Vec<String>,
     #[command(flatten)]
     pub client: ClientArgs,
 }

@@ -95,9 +95,10 @@ pub fn check(
     dir: &Path,
     stack: Option<&str>,
     terraform_bin: &str,
+    read_stacks: &[String],
     propose: Propose<'_>,
 ) -> anyhow::Result<(Checked, Option<Proposal>)> {
-    let phase = PlanPhase::prepare(c, dir, stack, terraform_bin, &[])?;
+    let phase = PlanPhase::prepare(c, dir, stack, terraform_bin, read_stacks)?;
     let stack = phase.stack.clone();
     let shown = c.get(&format!(
         "/api/v1/stacks/{}?instances=false",
@@ -202,7 +203,7 @@ pub fn check(
             refresh_only: true,
             terraform_bin,
             origin: Origin::default(),
-            read_stacks: &[],
+            read_stacks,
         };
         match upload_plan(c, &phase, &plan_path, &req) {
             Ok(p) => Proposal::New(p.response),
@@ -307,6 +308,7 @@ pub fn run(args: DriftArgs) -> anyhow::Result<ExitCode> {
         &args.dir,
         args.stack.as_deref(),
         &args.terraform_bin,
+        &args.read_stack,
         propose,
     )?;
     let proposed = proposed.map(|p| match p {

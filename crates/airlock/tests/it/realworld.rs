@@ -615,6 +615,70 @@ output "db_password" {
     );
 }
 
+/// A drift check of a stack that reads another's outputs: its plan phase reads the stacks named
+/// with `--read-stack` (or the stack block's `depends_on`), as `airlock plan`'s does; without
+/// them the check cannot refresh and says so (unknown, Terraform's "invalid auth").
+#[test]
+fn a_drift_check_reads_the_stacks_it_names() {
+    let t = team("dev/net");
+    t.s.ok(&t.s.admin, &["stack", "create", "dev/app"]);
+    let net = Workspace::new(
+        &t.s,
+        "dev/net",
+        "resource \"terraform_data\" \"vpc\" {\n  input = \"vpc-1\"\n}\noutput \"vpc_id\" {\n  value = terraform_data.vpc.output\n}\n",
+    );
+    governed(&t, &net, "dev/net");
+    let app = Workspace::new(
+        &t.s,
+        "dev/app",
+        &format!(
+            "data \"terraform_remote_state\" \"net\" {{\n  backend = \"http\"\n  config = {{\n    address = \"{}\"\n  }}\n}}\nresource \"terraform_data\" \"app\" {{\n  input = data.terraform_remote_state.net.outputs.vpc_id\n}}\n",
+            t.s.state_url("dev/net")
+        ),
+    );
+    let out = cli_in(
+        &t.s,
+        &t.agent,
+        &app.dir,
+        &[
+            "plan",
+            ".",
+            "--stack",
+            "dev/app",
+            "--read-stack",
+            "dev/net",
+            "--format",
+            "json",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let run = serde_json::from_slice::<Value>(&out.stdout).unwrap()["run"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    approve_and_apply(&t, &app, &run);
+    let drift = |extra: &[&str]| {
+        let mut args = vec!["drift", ".", "--stack", "dev/app", "--format", "json"];
+        args.extend(extra);
+        let out = cli_in(&t.s, &t.ci, &app.dir, &args, &[]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        (out.status.code(), v, text(&out))
+    };
+    let (code, v, out) = drift(&[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert_eq!(v["report"]["status"], "unknown", "{out}");
+    assert!(
+        v["report"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("invalid auth")),
+        "{out}"
+    );
+    let (code, v, out) = drift(&["--read-stack", "dev/net"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(v["report"]["status"], "in_sync", "{out}");
+}
+
 /// `terraform_remote_state` reading another airlock stack through the http backend, with no
 /// credential in the configuration: the plan phase's token may read the state (only) of the
 /// stacks the plan declares (`--read-stack`, or the stack block's `depends_on`), each one the

@@ -129,7 +129,8 @@ pub fn run(args: CiDriftArgs) -> anyhow::Result<ExitCode> {
                 false => Propose::No,
             };
             let dir = root.join(&t.dir);
-            let (checked, proposal) = check(&c, &dir, Some(&t.name), &args.terraform_bin, propose)?;
+            let (checked, proposal) =
+                check(&c, &dir, Some(&t.name), &args.terraform_bin, &[], propose)?;
             anyhow::Ok((checked, proposal, open))
         })();
         let (checked, proposal, open) = match checked {
