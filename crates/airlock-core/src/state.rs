@@ -1354,20 +1354,38 @@ impl ParsedState {
     /// Roughly the memory this holds (the body, and the summary's instances with their
     /// strings), for caches that bound what they keep.
     pub fn approx_bytes(&self) -> usize {
+        fn key(k: &Option<InstanceKey>) -> usize {
+            match k {
+                Some(InstanceKey::Str(s)) => s.capacity(),
+                _ => 0,
+            }
+        }
+        // Every heap block an instance owns, by capacity: a client chooses the keys and module
+        // paths, and each instance holds its own copies of them (in `address` and in `addr`).
         let instances: usize = self
             .summary
             .instances
             .iter()
             .map(|i| {
-                std::mem::size_of::<Instance>()
-                    + i.address.len()
-                    + 2 * i.resource_type.len()
-                    + i.addr.name.len()
-                    + i.provider.len()
-                    + i.addr.module.len() * 64
+                i.address.capacity()
+                    + i.resource_type.capacity()
+                    + i.provider.capacity()
+                    + i.deposed.as_ref().map_or(0, String::capacity)
+                    + i.addr.resource_type.capacity()
+                    + i.addr.name.capacity()
+                    + key(&i.addr.key)
+                    + i.addr.module.capacity() * std::mem::size_of::<ModuleStep>()
+                    + i.addr
+                        .module
+                        .iter()
+                        .map(|m| m.name.capacity() + key(&m.key))
+                        .sum::<usize>()
             })
             .sum();
-        self.body.len() + instances + self.summary.elements.len() * 128
+        self.body.len()
+            + self.summary.instances.capacity() * std::mem::size_of::<Instance>()
+            + instances
+            + self.summary.elements.len() * 128
     }
 }
 
