@@ -118,3 +118,80 @@ fn approx_bytes_is_not_below_what_a_crafted_state_holds() {
     }
     assert!(short.is_empty(), "approx_bytes under-counts: {short:#?}");
 }
+
+/// A body read reusing a previous one reads exactly as it reads alone (same summary, or both
+/// refused), on the shapes an attacker would try against the reuse: a previous element
+/// repeated, elements reordered past the in-order look with long shared starts (the prefix
+/// index and its candidate bound), a previous element's bytes inside a string of another
+/// element, at a non-element position (inside `outputs`) and moved by a shorter or longer
+/// preamble (spans), and a body the previous one was refused for.
+#[test]
+fn a_read_reusing_a_previous_body_reads_as_alone_on_hostile_shapes() {
+    let pad = "p".repeat(300);
+    let el = |name: &str, id: &str| {
+        format!(
+            r#"{{"mode":"managed","type":"terraform_data","name":"x{pad}","module":"module.{name}","provider":"provider[\"terraform.io/builtin/terraform\"]","instances":[{{"attributes":{{"id":"{id}","input":{{"value":"{id}"}}}}}}]}}"#
+        )
+    };
+    let els: Vec<String> = (0..12)
+        .map(|k| el(&format!("m{k}"), &format!("id{k}")))
+        .collect();
+    let doc = |pre: &str, resources: &[String], outputs: &str| {
+        format!(
+            r#"{{"version":4,{pre}"serial":1,"lineage":"l","outputs":{{{outputs}}},"resources":[{}]}}"#,
+            resources.join(",")
+        )
+        .into_bytes()
+    };
+    let old = doc("", &els, "");
+    let mut reversed = els.clone();
+    reversed.reverse();
+    let mut swapped = els.clone();
+    swapped.swap(0, 11);
+    swapped[5] = el("m5", "changed");
+    let escaped = serde_json::to_string(&els[3]).unwrap();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("repeated", doc("", &[els[0].clone(), els[0].clone()], "")),
+        ("reversed", doc("", &reversed, "")),
+        ("swapped and one changed", doc("", &swapped, "")),
+        (
+            "shifted by a preamble",
+            doc(r#""terraform_version":"1.11.4","#, &els, ""),
+        ),
+        (
+            "inside a string",
+            doc(
+                "",
+                &[format!(
+                    r#"{{"mode":"managed","type":"terraform_data","name":"s","provider":"provider[\"terraform.io/builtin/terraform\"]","instances":[{{"attributes":{{"id":{escaped}}}}}]}}"#
+                )],
+                "",
+            ),
+        ),
+        (
+            "in outputs",
+            doc("", &els[..2], &format!(r#""o":{{"value":{}}}"#, els[4])),
+        ),
+        ("truncated", doc("", &els, "")[..old.len() - 40].to_vec()),
+        (
+            "one duplicated at the end",
+            doc("", &[els.clone(), vec![els[2].clone()]].concat(), ""),
+        ),
+    ];
+    let prev = ParsedState::parse(old, None).expect("the previous body reads");
+    for (what, body) in cases {
+        let alone = airlock_core::state::StateSummary::parse(&body);
+        let reusing = ParsedState::parse(body, Some(&prev));
+        match (&alone, &reusing) {
+            (Ok(a), Ok(r)) => assert_eq!(a, r.summary().as_ref(), "{what}"),
+            (Err(_), Err(_)) => {}
+            _ => panic!("{what}: alone {alone:?}, reusing {reusing:?}"),
+        }
+        if let Ok(r) = reusing {
+            println!("{what}: {} element(s) reused", r.reused_elements());
+            // Read again reusing this one (a chain of reuses).
+            let again = ParsedState::parse(r.body().to_vec(), Some(&r)).unwrap();
+            assert_eq!(again.summary(), r.summary(), "{what} (chained)");
+        }
+    }
+}
