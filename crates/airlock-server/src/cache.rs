@@ -179,3 +179,41 @@ impl Caches {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small body whose summary is large: one resource under a module path with a long key,
+    /// on many instances (each holds the path twice). ~35 KB of body, ~10 MB of summary.
+    fn crafted_summary() -> Arc<StateSummary> {
+        let instances: Vec<String> = (0..1000)
+            .map(|i| format!(r#"{{"index_key":{i},"attributes":{{}}}}"#))
+            .collect();
+        let body = format!(
+            r#"{{"version":4,"serial":1,"lineage":"l","resources":[{{"module":"module.m[\"{}\"]","mode":"managed","type":"terraform_data","name":"r","provider":"provider[\"terraform.io/builtin/terraform\"]","instances":[{}]}}]}}"#,
+            "x".repeat(4000),
+            instances.join(",")
+        );
+        Arc::new(StateSummary::parse(body.as_bytes()).expect("a valid state"))
+    }
+
+    #[test]
+    fn the_summary_cache_is_bounded_by_what_summaries_hold_not_by_their_count() {
+        // Any reader makes the server cache the summary of each version it shows; a writer
+        // chooses how much a summary holds per body byte. 200 such versions hold ~2 GB.
+        let caches = Caches::default();
+        let summary = crafted_summary();
+        // The address of each instance, a lower bound of what it holds.
+        let held: usize = summary.instances.iter().map(|i| i.address.len()).sum();
+        assert!(held > 3 << 20, "the crafted summary holds {held} B");
+        for n in 0..200 {
+            caches.put_summary(&format!("{n:064x}"), Arc::clone(&summary));
+        }
+        assert!(
+            caches.summary(&format!("{:064x}", 0)).is_none(),
+            "200 summaries of {held} B each are all kept"
+        );
+        assert!(caches.summary(&format!("{:064x}", 199)).is_some());
+    }
+}
