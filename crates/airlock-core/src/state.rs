@@ -1354,6 +1354,20 @@ impl ParsedState {
     /// Roughly the memory this holds (the body, and the summary's instances with their
     /// strings), for caches that bound what they keep.
     pub fn approx_bytes(&self) -> usize {
+        self.body.len() + self.summary.approx_bytes()
+    }
+}
+
+impl StateSummary {
+    /// Parses and validates a state v4 document.
+    pub fn parse(body: &[u8]) -> Result<StateSummary, StateError> {
+        read(body, None).map(|(summary, _)| summary)
+    }
+
+    /// Roughly the memory this holds (its instances with every string and module path they
+    /// own, by capacity), for caches that bound what they keep: a client chooses keys and
+    /// module paths, so a small body can hold a large summary.
+    pub fn approx_bytes(&self) -> usize {
         fn key(k: &Option<InstanceKey>) -> usize {
             match k {
                 Some(InstanceKey::Str(s)) => s.capacity(),
@@ -1363,7 +1377,6 @@ impl ParsedState {
         // Every heap block an instance owns, by capacity: a client chooses the keys and module
         // paths, and each instance holds its own copies of them (in `address` and in `addr`).
         let instances: usize = self
-            .summary
             .instances
             .iter()
             .map(|i| {
@@ -1382,17 +1395,9 @@ impl ParsedState {
                         .sum::<usize>()
             })
             .sum();
-        self.body.len()
-            + self.summary.instances.capacity() * std::mem::size_of::<Instance>()
+        self.instances.capacity() * std::mem::size_of::<Instance>()
             + instances
-            + self.summary.elements.len() * 128
-    }
-}
-
-impl StateSummary {
-    /// Parses and validates a state v4 document.
-    pub fn parse(body: &[u8]) -> Result<StateSummary, StateError> {
-        read(body, None).map(|(summary, _)| summary)
+            + self.elements.len() * 128
     }
 
     /// Addresses of current (non-deposed) managed instances.

@@ -57,6 +57,10 @@ pub struct Caches {
     states: Mutex<RecentStates>,
 }
 
+/// Memory the cached summaries of versions may hold in all ([`StateSummary::approx_bytes`]);
+/// a summary above a quarter of it is not kept (a ~100 MB state's, ~140 MB, is).
+const SUMMARIES_BYTES: usize = 1 << 30;
+
 /// Memory the last written states of stacks may hold in all (bodies and summaries, see
 /// [`ParsedState::approx_bytes`]); a state above half of it is not kept. A 100 MB state of
 /// ~1 KB instances holds ~140 MB.
@@ -83,7 +87,7 @@ impl Default for Caches {
     fn default() -> Self {
         Caches {
             bytes: Mutex::new(Fifo::new(256 << 20)),
-            summaries: Mutex::new(Fifo::new(4096)),
+            summaries: Mutex::new(Fifo::new(SUMMARIES_BYTES)),
             tokens: Mutex::new(HashMap::new()),
             states: Mutex::new(RecentStates::default()),
         }
@@ -112,7 +116,8 @@ impl Caches {
     /// Remembers a version's summary.
     pub fn put_summary(&self, sha: &str, summary: Arc<StateSummary>) {
         if let Ok(mut c) = self.summaries.lock() {
-            c.put(sha.to_owned(), summary, 1);
+            let weight = sha.len() + summary.approx_bytes();
+            c.put(sha.to_owned(), summary, weight);
         }
     }
 
