@@ -1354,20 +1354,7 @@ impl ParsedState {
     /// Roughly the memory this holds (the body, and the summary's instances with their
     /// strings), for caches that bound what they keep.
     pub fn approx_bytes(&self) -> usize {
-        let instances: usize = self
-            .summary
-            .instances
-            .iter()
-            .map(|i| {
-                std::mem::size_of::<Instance>()
-                    + i.address.len()
-                    + 2 * i.resource_type.len()
-                    + i.addr.name.len()
-                    + i.provider.len()
-                    + i.addr.module.len() * 64
-            })
-            .sum();
-        self.body.len() + instances + self.summary.elements.len() * 128
+        self.body.len() + self.summary.approx_bytes()
     }
 }
 
@@ -1375,6 +1362,42 @@ impl StateSummary {
     /// Parses and validates a state v4 document.
     pub fn parse(body: &[u8]) -> Result<StateSummary, StateError> {
         read(body, None).map(|(summary, _)| summary)
+    }
+
+    /// Roughly the memory this holds (its instances with every string and module path they
+    /// own, by capacity), for caches that bound what they keep: a client chooses keys and
+    /// module paths, so a small body can hold a large summary.
+    pub fn approx_bytes(&self) -> usize {
+        fn key(k: &Option<InstanceKey>) -> usize {
+            match k {
+                Some(InstanceKey::Str(s)) => s.capacity(),
+                _ => 0,
+            }
+        }
+        // Every heap block an instance owns, by capacity: a client chooses the keys and module
+        // paths, and each instance holds its own copies of them (in `address` and in `addr`).
+        let instances: usize = self
+            .instances
+            .iter()
+            .map(|i| {
+                i.address.capacity()
+                    + i.resource_type.capacity()
+                    + i.provider.capacity()
+                    + i.deposed.as_ref().map_or(0, String::capacity)
+                    + i.addr.resource_type.capacity()
+                    + i.addr.name.capacity()
+                    + key(&i.addr.key)
+                    + i.addr.module.capacity() * std::mem::size_of::<ModuleStep>()
+                    + i.addr
+                        .module
+                        .iter()
+                        .map(|m| m.name.capacity() + key(&m.key))
+                        .sum::<usize>()
+            })
+            .sum();
+        self.instances.capacity() * std::mem::size_of::<Instance>()
+            + instances
+            + self.elements.len() * 128
     }
 
     /// Addresses of current (non-deposed) managed instances.

@@ -57,6 +57,10 @@ pub struct Caches {
     states: Mutex<RecentStates>,
 }
 
+/// Memory the cached summaries of versions may hold in all ([`StateSummary::approx_bytes`]);
+/// a summary above a quarter of it is not kept (a ~100 MB state's, ~140 MB, is).
+const SUMMARIES_BYTES: usize = 1 << 30;
+
 /// Memory the last written states of stacks may hold in all (bodies and summaries, see
 /// [`ParsedState::approx_bytes`]); a state above half of it is not kept. A 100 MB state of
 /// ~1 KB instances holds ~140 MB.
@@ -83,7 +87,7 @@ impl Default for Caches {
     fn default() -> Self {
         Caches {
             bytes: Mutex::new(Fifo::new(256 << 20)),
-            summaries: Mutex::new(Fifo::new(4096)),
+            summaries: Mutex::new(Fifo::new(SUMMARIES_BYTES)),
             tokens: Mutex::new(HashMap::new()),
             states: Mutex::new(RecentStates::default()),
         }
@@ -112,7 +116,8 @@ impl Caches {
     /// Remembers a version's summary.
     pub fn put_summary(&self, sha: &str, summary: Arc<StateSummary>) {
         if let Ok(mut c) = self.summaries.lock() {
-            c.put(sha.to_owned(), summary, 1);
+            let weight = sha.len() + summary.approx_bytes();
+            c.put(sha.to_owned(), summary, weight);
         }
     }
 
@@ -177,5 +182,43 @@ impl Caches {
         if let Ok(mut c) = self.tokens.lock() {
             c.clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small body whose summary is large: one resource under a module path with a long key,
+    /// on many instances (each holds the path twice). ~35 KB of body, ~10 MB of summary.
+    fn crafted_summary() -> Arc<StateSummary> {
+        let instances: Vec<String> = (0..1000)
+            .map(|i| format!(r#"{{"index_key":{i},"attributes":{{}}}}"#))
+            .collect();
+        let body = format!(
+            r#"{{"version":4,"serial":1,"lineage":"l","resources":[{{"module":"module.m[\"{}\"]","mode":"managed","type":"terraform_data","name":"r","provider":"provider[\"terraform.io/builtin/terraform\"]","instances":[{}]}}]}}"#,
+            "x".repeat(4000),
+            instances.join(",")
+        );
+        Arc::new(StateSummary::parse(body.as_bytes()).expect("a valid state"))
+    }
+
+    #[test]
+    fn the_summary_cache_is_bounded_by_what_summaries_hold_not_by_their_count() {
+        // Any reader makes the server cache the summary of each version it shows; a writer
+        // chooses how much a summary holds per body byte. 200 such versions hold ~2 GB.
+        let caches = Caches::default();
+        let summary = crafted_summary();
+        // The address of each instance, a lower bound of what it holds.
+        let held: usize = summary.instances.iter().map(|i| i.address.len()).sum();
+        assert!(held > 3 << 20, "the crafted summary holds {held} B");
+        for n in 0..200 {
+            caches.put_summary(&format!("{n:064x}"), Arc::clone(&summary));
+        }
+        assert!(
+            caches.summary(&format!("{:064x}", 0)).is_none(),
+            "200 summaries of {held} B each are all kept"
+        );
+        assert!(caches.summary(&format!("{:064x}", 199)).is_some());
     }
 }

@@ -75,7 +75,7 @@ async fn tool_names(s: &Server, tok: &Tok, bridge: bool) -> Vec<String> {
         .collect()
 }
 
-async fn call(s: &Server, tok: &Tok, name: &str, args: Value) -> Value {
+pub(crate) async fn call(s: &Server, tok: &Tok, name: &str, args: Value) -> Value {
     rpc(
         s,
         tok,
@@ -94,7 +94,7 @@ fn ok(v: &Value) -> &Value {
 
 /// The text of an `isError` result.
 #[track_caller]
-fn tool_error(v: &Value) -> String {
+pub(crate) fn tool_error(v: &Value) -> String {
     assert_eq!(v["result"]["isError"], true, "{v}");
     v["result"]["content"][0]["text"]
         .as_str()

@@ -346,3 +346,58 @@ async fn a_run_records_only_its_own_plan_tokens_read_stacks() {
         .unwrap()
         .is_empty());
 }
+
+/// The read stack's one request in other spellings: percent-encoded, doubled or trailing
+/// slashes, dot segments, another case, `HEAD`, a query string, and the MCP tools that read
+/// state history. Each is refused, or is that same read of the current state and nothing more.
+#[tokio::test]
+async fn a_read_stack_is_not_reached_by_another_spelling_of_its_path() {
+    let s = fixture().await;
+    let agent = s.token("bot", Role::Agent, &["dev/*"], None);
+    let r = ask(&s, &agent, json!(["dev/net"])).await;
+    r.expect(201);
+    let phase = tok(&r);
+    let basic = || Auth::Basic("airlock", &phase.secret);
+    for path in [
+        "/state/dev%2Fnet",
+        "/state/dev%2fnet",
+        "/state/dev/net/",
+        "/state//dev/net",
+        "/state/dev/./net",
+        "/state/dev/../dev/net",
+        "/state/Dev/net",
+        "/state/dev/net%00",
+    ] {
+        let r = s.call("GET", path, basic(), Body::empty()).await;
+        assert!(
+            r.status == 400 || r.status == 403 || r.status == 404,
+            "GET {path}: {r:?}"
+        );
+    }
+    let r = s
+        .call("HEAD", "/state/dev/net", basic(), Body::empty())
+        .await;
+    assert_ne!(r.status, 200, "HEAD: {r:?}");
+    // A query string changes nothing: the current state, as the plain read.
+    for path in ["/state/dev/net?ID=x", "/state/dev/net?serial=0&version=1"] {
+        let r = s.call("GET", path, basic(), Body::empty()).await;
+        r.expect(200);
+        assert_eq!(r.body, plain(1), "GET {path}");
+    }
+    // MCP tools that read dev/net's history or versions go through their own routes.
+    for (tool, args) in [
+        ("state_history", json!({"stack": "dev/net"})),
+        ("state_resources", json!({"stack": "dev/net", "version": 1})),
+        (
+            "state_diff",
+            json!({"stack": "dev/net", "from": 0, "to": 1}),
+        ),
+        ("get_stack", json!({"stack": "dev/net"})),
+    ] {
+        let v = crate::mcp::call(&s, &phase, tool, args).await;
+        let why = crate::mcp::tool_error(&v);
+        assert!(why.contains("permission denied"), "{tool}: {why}");
+    }
+    assert_eq!(s.versions("dev/net"), [1]);
+    assert!(s.store.current_lock("dev/net").unwrap().is_none());
+}
