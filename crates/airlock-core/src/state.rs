@@ -78,6 +78,31 @@ pub struct Instance {
 }
 
 impl Instance {
+    /// The heap blocks this instance owns, by capacity: a client chooses the keys and module
+    /// paths, and each instance holds its own copies of them (in `address` and in `addr`).
+    pub fn heap_bytes(&self) -> usize {
+        fn key(k: &Option<InstanceKey>) -> usize {
+            match k {
+                Some(InstanceKey::Str(s)) => s.capacity(),
+                _ => 0,
+            }
+        }
+        self.address.capacity()
+            + self.resource_type.capacity()
+            + self.provider.capacity()
+            + self.deposed.as_ref().map_or(0, String::capacity)
+            + self.addr.resource_type.capacity()
+            + self.addr.name.capacity()
+            + key(&self.addr.key)
+            + self.addr.module.capacity() * std::mem::size_of::<ModuleStep>()
+            + self
+                .addr
+                .module
+                .iter()
+                .map(|m| m.name.capacity() + key(&m.key))
+                .sum::<usize>()
+    }
+
     /// Whether this object's content (attributes, private data, status, identity) in `body`
     /// is byte for byte `other`'s in `other_body` (each the body its summary was parsed from).
     pub fn same_content(&self, body: &[u8], other: &Instance, other_body: &[u8]) -> bool {
@@ -1064,6 +1089,7 @@ fn read_resource(
     text: &str,
     seen_resources: &mut HashSet<std::sync::Arc<ResourceKey>>,
     instances: &mut Vec<Instance>,
+    budget: &mut Budget,
 ) -> Result<std::sync::Arc<ResourceKey>, StateError> {
     let err = |m: String| StateError(m);
     let resource_type = r.resource_type.unwrap_or_default();
@@ -1184,8 +1210,48 @@ fn read_resource(
             provider: provider.clone(),
             object,
         });
+        if let Some(last) = instances.last() {
+            budget.take(last)?;
+        }
     }
     Ok(key)
+}
+
+/// Memory a state's summary may take beyond its body's size: every state of a sane size.
+const SUMMARY_BASE_BYTES: usize = 64 * 1024 * 1024;
+/// And per byte of the body: ordinary states take ~1-7 (their instances' addresses, types and
+/// providers); a client who repeats a long module path or key over many near-empty instances
+/// makes each body byte hold hundreds (a 177 KB body held 49 MB).
+const SUMMARY_BYTES_PER_BODY_BYTE: usize = 16;
+
+/// What is left of the memory a summary may take ([`SUMMARY_BASE_BYTES`] and
+/// [`SUMMARY_BYTES_PER_BODY_BYTE`]), taken instance by instance as the reader builds them, so
+/// a crafted state is refused before it has allocated more than that.
+struct Budget {
+    left: usize,
+    body_len: usize,
+}
+
+impl Budget {
+    fn new(body_len: usize) -> Budget {
+        Budget {
+            left: SUMMARY_BASE_BYTES
+                .saturating_add(body_len.saturating_mul(SUMMARY_BYTES_PER_BODY_BYTE)),
+            body_len,
+        }
+    }
+
+    fn take(&mut self, inst: &Instance) -> Result<(), StateError> {
+        let cost = std::mem::size_of::<Instance>() + inst.heap_bytes();
+        self.left = self.left.checked_sub(cost).ok_or_else(|| {
+            StateError(format!(
+                "the state's instances would take more than {} MB of memory to read for its {} KB: a module path, key or provider repeated over many near-empty instances; refused",
+                (SUMMARY_BASE_BYTES + self.body_len * SUMMARY_BYTES_PER_BODY_BYTE) / 1_000_000,
+                self.body_len / 1000
+            ))
+        })?;
+        Ok(())
+    }
 }
 
 /// Reads a state body, reusing what `prev` read from the elements of its `resources` array
@@ -1230,11 +1296,12 @@ fn read(body: &[u8], prev: Previous<'_>) -> Result<(StateSummary, usize), StateE
     let mut resources_seen: HashSet<std::sync::Arc<ResourceKey>> =
         HashSet::with_capacity(file.resources.len());
     let mut reused = 0;
+    let mut budget = Budget::new(body.len());
     for element in file.resources {
         let first = instances.len();
         let (bytes, key) = match element {
             Element::Parsed(bytes, r) => {
-                let key = read_resource(r, text, &mut resources_seen, &mut instances)?;
+                let key = read_resource(r, text, &mut resources_seen, &mut instances, &mut budget)?;
                 (bytes, key)
             }
             Element::Reused(bytes, k) => {
@@ -1255,15 +1322,18 @@ fn read(body: &[u8], prev: Previous<'_>) -> Result<(StateSummary, usize), StateE
                     )));
                 }
                 let (from, to) = (e.bytes.start, bytes.start);
-                instances.extend(old_instances.iter().map(|i| Instance {
-                    spans: ValueSpans {
-                        value: moved(&i.spans.value, from, to),
-                        sensitive: moved(&i.spans.sensitive, from, to),
-                        private: moved(&i.spans.private, from, to),
-                        identity: moved(&i.spans.identity, from, to),
-                    },
-                    ..i.clone()
-                }));
+                for i in old_instances {
+                    budget.take(i)?;
+                    instances.push(Instance {
+                        spans: ValueSpans {
+                            value: moved(&i.spans.value, from, to),
+                            sensitive: moved(&i.spans.sensitive, from, to),
+                            private: moved(&i.spans.private, from, to),
+                            identity: moved(&i.spans.identity, from, to),
+                        },
+                        ..i.clone()
+                    });
+                }
                 reused += 1;
                 (bytes, std::sync::Arc::clone(&e.key))
             }
@@ -1368,35 +1438,12 @@ impl StateSummary {
     /// own, by capacity), for caches that bound what they keep: a client chooses keys and
     /// module paths, so a small body can hold a large summary.
     pub fn approx_bytes(&self) -> usize {
-        fn key(k: &Option<InstanceKey>) -> usize {
-            match k {
-                Some(InstanceKey::Str(s)) => s.capacity(),
-                _ => 0,
-            }
-        }
-        // Every heap block an instance owns, by capacity: a client chooses the keys and module
-        // paths, and each instance holds its own copies of them (in `address` and in `addr`).
-        let instances: usize = self
-            .instances
-            .iter()
-            .map(|i| {
-                i.address.capacity()
-                    + i.resource_type.capacity()
-                    + i.provider.capacity()
-                    + i.deposed.as_ref().map_or(0, String::capacity)
-                    + i.addr.resource_type.capacity()
-                    + i.addr.name.capacity()
-                    + key(&i.addr.key)
-                    + i.addr.module.capacity() * std::mem::size_of::<ModuleStep>()
-                    + i.addr
-                        .module
-                        .iter()
-                        .map(|m| m.name.capacity() + key(&m.key))
-                        .sum::<usize>()
-            })
-            .sum();
         self.instances.capacity() * std::mem::size_of::<Instance>()
-            + instances
+            + self
+                .instances
+                .iter()
+                .map(Instance::heap_bytes)
+                .sum::<usize>()
             + self.elements.len() * 128
     }
 

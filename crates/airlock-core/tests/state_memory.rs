@@ -195,3 +195,38 @@ fn a_read_reusing_a_previous_body_reads_as_alone_on_hostile_shapes() {
         }
     }
 }
+
+/// A state whose instances would take far more memory than its body (a long module path over
+/// many near-empty instances: every instance holds its own copies) is refused as it is read,
+/// before the summary holds more than the reader's budget (64 MiB and 16 bytes per body byte),
+/// whether its elements are parsed or reused from a previous body that had room for them.
+#[test]
+fn a_state_whose_instances_would_take_far_more_memory_than_its_body_is_refused() {
+    let module = format!(r#"module.m[\"{}\"]"#, "x".repeat(3000));
+    let heavy = resource(
+        &module,
+        "r",
+        &(0..30_000)
+            .map(|i| format!(r#"{{"index_key":{i},"attributes":{{}}}}"#))
+            .collect::<Vec<_>>(),
+    );
+    let body = state(std::slice::from_ref(&heavy));
+    for refused in [
+        airlock_core::state::StateSummary::parse(&body).map(|_| ()),
+        ParsedState::parse(Arc::new(body.clone()), None).map(|_| ()),
+    ] {
+        let e = refused.expect_err("a 1 MB body holding ~300 MB of instances");
+        assert!(e.to_string().contains("memory"), "{e}");
+    }
+    // The same element in a body with room for it (a large output) reads; the body without
+    // that room, reusing it, is refused like the body read alone.
+    let padded = format!(
+        r#"{{"version":4,"terraform_version":"1.11.4","serial":1,"lineage":"l","outputs":{{"pad":{{"value":"{}","type":"string"}}}},"resources":[{heavy}]}}"#,
+        "p".repeat(20_000_000)
+    )
+    .into_bytes();
+    let previous = ParsedState::parse(Arc::new(padded), None).expect("room for it");
+    let reusing = ParsedState::parse(Arc::new(body), Some(&previous)).map(|p| p.reused_elements());
+    let e = reusing.expect_err("refused while reusing");
+    assert!(e.to_string().contains("memory"), "{e}");
+}
