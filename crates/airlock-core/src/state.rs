@@ -1222,7 +1222,7 @@ const SUMMARY_BASE_BYTES: usize = 64 * 1024 * 1024;
 /// And per byte of the body: ordinary states take ~1-7 (their instances' addresses, types and
 /// providers); a client who repeats a long module path or key over many near-empty instances
 /// makes each body byte hold hundreds (a 177 KB body held 49 MB).
-const SUMMARY_BYTES_PER_BODY_BYTE: usize = 16;
+const SUMMARY_BYTES_PER_BODY_BYTE: usize = 8;
 
 /// What is left of the memory a summary may take ([`SUMMARY_BASE_BYTES`] and
 /// [`SUMMARY_BYTES_PER_BODY_BYTE`]), taken instance by instance as the reader builds them, so

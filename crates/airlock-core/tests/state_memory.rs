@@ -198,7 +198,7 @@ fn a_read_reusing_a_previous_body_reads_as_alone_on_hostile_shapes() {
 
 /// A state whose instances would take far more memory than its body (a long module path over
 /// many near-empty instances: every instance holds its own copies) is refused as it is read,
-/// before the summary holds more than the reader's budget (64 MiB and 16 bytes per body byte),
+/// before the summary holds more than the reader's budget (64 MiB and 8 bytes per body byte),
 /// whether its elements are parsed or reused from a previous body that had room for them.
 #[test]
 fn a_state_whose_instances_would_take_far_more_memory_than_its_body_is_refused() {
@@ -222,7 +222,7 @@ fn a_state_whose_instances_would_take_far_more_memory_than_its_body_is_refused()
     // that room, reusing it, is refused like the body read alone.
     let padded = format!(
         r#"{{"version":4,"terraform_version":"1.11.4","serial":1,"lineage":"l","outputs":{{"pad":{{"value":"{}","type":"string"}}}},"resources":[{heavy}]}}"#,
-        "p".repeat(20_000_000)
+        "p".repeat(40_000_000)
     )
     .into_bytes();
     let previous = ParsedState::parse(Arc::new(padded), None).expect("room for it");
