@@ -615,6 +615,31 @@ output "db_password" {
     );
 }
 
+/// The agent plans `dev/app` in `app` with `--read-stack dev/net`; the run's id.
+fn plan_reading_net(t: &Team, app: &Workspace) -> String {
+    let out = cli_in(
+        &t.s,
+        &t.agent,
+        &app.dir,
+        &[
+            "plan",
+            ".",
+            "--stack",
+            "dev/app",
+            "--read-stack",
+            "dev/net",
+            "--format",
+            "json",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    serde_json::from_slice::<Value>(&out.stdout).unwrap()["run"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 /// A drift check of a stack that reads another's outputs: its plan phase reads the stacks named
 /// with `--read-stack` (or the stack block's `depends_on`), as `airlock plan`'s does; without
 /// them the check cannot refresh and says so (unknown, Terraform's "invalid auth").
@@ -636,27 +661,7 @@ fn a_drift_check_reads_the_stacks_it_names() {
             t.s.state_url("dev/net")
         ),
     );
-    let out = cli_in(
-        &t.s,
-        &t.agent,
-        &app.dir,
-        &[
-            "plan",
-            ".",
-            "--stack",
-            "dev/app",
-            "--read-stack",
-            "dev/net",
-            "--format",
-            "json",
-        ],
-        &[],
-    );
-    assert!(out.status.success(), "{}", text(&out));
-    let run = serde_json::from_slice::<Value>(&out.stdout).unwrap()["run"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let run = plan_reading_net(&t, &app);
     approve_and_apply(&t, &app, &run);
     let drift = |extra: &[&str]| {
         let mut args = vec!["drift", ".", "--stack", "dev/app", "--format", "json"];
@@ -1770,27 +1775,7 @@ resource "terraform_data" "app" {{
         t.s.url
     );
     let app = Workspace::new(&t.s, "dev/app", &app_tf);
-    let out = cli_in(
-        &t.s,
-        &t.agent,
-        &app.dir,
-        &[
-            "plan",
-            ".",
-            "--stack",
-            "dev/app",
-            "--read-stack",
-            "dev/net",
-            "--format",
-            "json",
-        ],
-        &[],
-    );
-    assert!(out.status.success(), "{}", text(&out));
-    let run = serde_json::from_slice::<Value>(&out.stdout).unwrap()["run"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let run = plan_reading_net(&t, &app);
     approve(&t, &run);
     let out = apply(&t, &app, &t.ci, &run);
     assert!(
