@@ -621,6 +621,27 @@ fn planner_variables(plan_json: &[u8]) -> ApiResult<Vec<Finding>> {
     Ok(out)
 }
 
+/// Room a plan's prior state has beyond twice the stack's state.
+const PRIOR_STATE_SLACK: usize = 16 * 1024 * 1024;
+
+/// A plan's prior state is the stack's current state as the plan's refresh saw it (the binary
+/// was made against its lineage and serial, `check_binary`), so it is about as large; the
+/// server reads it as a state to judge the plan. A planner, an agent included, chooses its
+/// bytes, and a plan member inflates to 256 MiB from a small upload: one far larger than the
+/// stack's state (twice it, and 16 MiB) is refused before it is read.
+fn prior_state_in_proportion(binary: &PlanFile, current: Option<&VersionMeta>) -> ApiResult<()> {
+    let stored = current.map_or(0, |v| usize::try_from(v.size).unwrap_or(usize::MAX));
+    let limit = stored.saturating_mul(2).saturating_add(PRIOR_STATE_SLACK);
+    if binary.prior_state.len() > limit {
+        return Err(bad(format!(
+            "the binary plan's prior state is {} KB, the stack's state {} KB: a plan's refresh does not grow a state that much (at most twice it and 16 MB here); plan again against the current state",
+            binary.prior_state.len() / 1000,
+            stored / 1000
+        )));
+    }
+    Ok(())
+}
+
 /// The checks on the binary plan alone, made as soon as it has arrived (before its JSON): it
 /// parses, its plan did not error, it was made against the planned lineage and serial by the
 /// claimed Terraform version, from the listed inputs, for this stack's backend.
@@ -1171,8 +1192,10 @@ fn create_run(
     }
     let binary = check_binary(&plan_bin, &req, &stack)?;
     let previous = previous_policy(st, &stack.name)?;
+    let current = st.current_version(&stack.name)?;
+    prior_state_in_proportion(&binary, current.as_ref())?;
     // The stack's current state, through the server's summary cache (versions are immutable).
-    let current_state = st.current_version(&stack.name)?.and_then(|v| {
+    let current_state = current.and_then(|v| {
         crate::stacks::summary_for(state, &v.sha256, &|| {
             st.version_bytes(&stack.name, v.serial)
         })

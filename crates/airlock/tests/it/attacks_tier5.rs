@@ -21,6 +21,9 @@
 //!    own identity's runs are linked).
 //! 4. `state diff` (`h/perf-write3`): `state_diff_shows_a_change_between_colliding_contents`
 //!    (fixed by comparing content bytes, not fingerprints).
+//! 5. Review 6: a plan's prior state, which the server reads as a state, is the planner's to
+//!    choose and inflates to 256 MiB from a small upload:
+//!    `a_plan_whose_prior_state_is_far_larger_than_the_stacks_is_refused_before_it_is_read`.
 
 use crate::attacks::{applied_stack, forged_upload, upload};
 use crate::support::*;
@@ -325,4 +328,52 @@ fn state_diff_shows_a_change_between_colliding_contents() {
         diff.contains("terraform_data.x") && !diff.contains("0 changed"),
         "the change of terraform_data.x is hidden:\n{diff}"
     );
+}
+
+/// An agent's plan file whose prior state was rewritten to be far larger than the stack's state
+/// (here a 20 MB output; a crafted one makes the reader build hundreds of bytes per byte, and a
+/// plan member inflates to 256 MiB from a small upload) is refused at upload, before the server
+/// reads the prior state as a state; no run is stored.
+#[test]
+fn a_plan_whose_prior_state_is_far_larger_than_the_stacks_is_refused_before_it_is_read() {
+    let stack = "dev/prior";
+    let (t, ws) = applied_stack(stack);
+    ws.write_main(crate::attacks::WEB_CHANGED);
+    ws.tf_ok(&t.s.admin, &["plan", "-out=../honest.tfplan"]);
+    let rewrite = ws.path("../rewrite.py");
+    std::fs::write(
+        &rewrite,
+        "import json, sys, zipfile\n\
+         src, dst = sys.argv[1], sys.argv[2]\n\
+         with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, 'w', zipfile.ZIP_DEFLATED) as zout:\n\
+         \x20   for item in zin.infolist():\n\
+         \x20       data = zin.read(item.filename)\n\
+         \x20       if item.filename == 'tfstate':\n\
+         \x20           st = json.loads(data)\n\
+         \x20           st.setdefault('outputs', {})['pad'] = {'value': 'p' * 20000000, 'type': 'string'}\n\
+         \x20           data = json.dumps(st).encode()\n\
+         \x20       zout.writestr(item.filename, data)\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new("python3")
+        .arg(&rewrite)
+        .arg(ws.path("../honest.tfplan"))
+        .arg(ws.path("../padded.tfplan"))
+        .output()
+        .expect("python3 (installed with the test dependencies)");
+    assert!(out.status.success(), "{}", text(&out));
+    let body = forged_upload(&t, &ws, stack, "../padded.tfplan", "../padded.tfplan");
+    let (code, answer) = upload(&t, &t.agent, stack, &body);
+    assert_eq!(code, 400, "{answer}");
+    assert!(
+        answer.contains("prior state") && answer.contains("does not grow a state"),
+        "{answer}"
+    );
+    let runs =
+        t.s.ok(&t.s.admin, &["runs", "--stack", stack, "--format", "json"]);
+    assert!(!runs.contains("run_"), "{runs}");
+    // The same plan as Terraform wrote it is taken.
+    let body = forged_upload(&t, &ws, stack, "../honest.tfplan", "../honest.tfplan");
+    let (code, answer) = upload(&t, &t.agent, stack, &body);
+    assert_eq!(code, 201, "{answer}");
 }
