@@ -216,14 +216,9 @@ fn postgres_bad_url_is_a_clear_error_without_the_password() {
     assert!(!err.contains("s3cret"), "{err}");
 }
 
-#[test]
-fn postgres_survives_connections_dropped_by_the_server() {
-    let db = TestDatabase::new("reconnect");
-    let store: Arc<dyn Store> = Arc::new(PostgresStore::open(&db.url).unwrap());
-    conformance::stacks(store.as_ref());
-    // Fill the pool with idle connections, then have the server end every one of them, as a
-    // restart or failover would.
-    conformance::concurrent_locks_have_one_winner(&store);
+/// Ends every other connection to `db`'s database from the server side, as a restart or
+/// failover would (the store's pool held at least two); how many it ended.
+fn end_every_connection(db: &TestDatabase) -> usize {
     let mut admin = db.client();
     let killed = admin
         .query(
@@ -234,6 +229,18 @@ fn postgres_survives_connections_dropped_by_the_server() {
         .len();
     assert!(killed >= 2, "only {killed} connections were open");
     std::thread::sleep(std::time::Duration::from_millis(200));
+    killed
+}
+
+#[test]
+fn postgres_survives_connections_dropped_by_the_server() {
+    let db = TestDatabase::new("reconnect");
+    let store: Arc<dyn Store> = Arc::new(PostgresStore::open(&db.url).unwrap());
+    conformance::stacks(store.as_ref());
+    // Fill the pool with idle connections, then have the server end every one of them, as a
+    // restart or failover would.
+    conformance::concurrent_locks_have_one_winner(&store);
+    end_every_connection(&db);
     // Reads and writes go on, on fresh connections.
     assert!(store.stack("conf/stacks").unwrap().is_some());
     conformance::locks(store.as_ref());
@@ -248,16 +255,7 @@ fn postgres_writes_survive_connections_dropped_by_the_server() {
     let db = TestDatabase::new("reconnect_write");
     let store: Arc<dyn Store> = Arc::new(PostgresStore::open(&db.url).unwrap());
     conformance::concurrent_locks_have_one_winner(&store);
-    let mut admin = db.client();
-    let killed = admin
-        .query(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
-            &[],
-        )
-        .unwrap()
-        .len();
-    assert!(killed >= 2, "only {killed} connections were open");
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    let killed = end_every_connection(&db);
     // Writes first, each on the next dead connection from the pool, with a statement already
     // prepared there (so the dead connection shows only at BEGIN + statement), then reads.
     for _ in 0..=killed {

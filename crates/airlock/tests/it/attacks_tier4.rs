@@ -238,6 +238,28 @@ fn attacks_tier4_a_refresh_only_run_moving_a_protected_instance_is_reviewed() {
     }
 }
 
+/// Stops `s` and exports its data directory `data` (offline) to `tmp/bk`.
+fn exported(
+    mut s: TestServer,
+    tmp: tempfile::TempDir,
+    data: &std::path::Path,
+) -> (tempfile::TempDir, std::path::PathBuf) {
+    s.kill();
+    let bk = tmp.path().join("bk");
+    let out = offline_cli(
+        &[
+            "backup",
+            "export",
+            bk.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    (tmp, bk)
+}
+
 /// FIXED (was a hole; someone with write access to a backup, the threat the format-4 audit cross-check is
 /// for): the cross-check proves every drift report in the backup is one a `drift.report`
 /// event recorded, but not that every recorded report is in the backup. Leaving out the
@@ -252,7 +274,7 @@ fn attacks_tier4_a_refresh_only_run_moving_a_protected_instance_is_reviewed() {
 fn backup_with_two_drift_reports() -> (tempfile::TempDir, std::path::PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let mut s = TestServer::start_on(&Backing::Dir(data.clone()), None, &[], &[]);
+    let s = TestServer::start_on(&Backing::Dir(data.clone()), None, &[], &[]);
     let admin = s.admin.clone();
     s.ok(&admin, &["stack", "create", "dev/app"]);
     let ci = s.token("ci", "ci");
@@ -277,20 +299,7 @@ fn backup_with_two_drift_reports() -> (tempfile::TempDir, std::path::PathBuf) {
             .as_bytes(),
     );
     assert_eq!(code, 201, "{v}");
-    s.kill();
-    let bk = tmp.path().join("bk");
-    let out = offline_cli(
-        &[
-            "backup",
-            "export",
-            bk.to_str().unwrap(),
-            "--data-dir",
-            data.to_str().unwrap(),
-        ],
-        &[],
-    );
-    assert!(out.status.success(), "{}", text(&out));
-    (tmp, bk)
+    exported(s, tmp, &data)
 }
 
 /// Sets the manifest's summary count of drift reports, as a forger rewriting it would.
@@ -352,7 +361,7 @@ fn attacks_tier4_a_backup_that_reorders_drift_reports_is_refused() {
 fn backup_with_a_drifted_database() -> (tempfile::TempDir, std::path::PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let mut s = TestServer::start_on(&Backing::Dir(data.clone()), None, &[], &[]);
+    let s = TestServer::start_on(&Backing::Dir(data.clone()), None, &[], &[]);
     let admin = s.admin.clone();
     s.ok(&admin, &["stack", "create", "dev/db"]);
     let ci = s.token("ci", "ci");
@@ -374,20 +383,7 @@ fn backup_with_a_drifted_database() -> (tempfile::TempDir, std::path::PathBuf) {
     );
     assert_eq!(code, 201, "{v}");
     assert!(v.contains("\"drifted\""), "{v}");
-    s.kill();
-    let bk = tmp.path().join("bk");
-    let out = offline_cli(
-        &[
-            "backup",
-            "export",
-            bk.to_str().unwrap(),
-            "--data-dir",
-            data.to_str().unwrap(),
-        ],
-        &[],
-    );
-    assert!(out.status.success(), "{}", text(&out));
-    (tmp, bk)
+    exported(s, tmp, &data)
 }
 
 /// FIXED (was a hole; write access to a backup): a `drift.report` event recorded the stack,
