@@ -1258,6 +1258,30 @@ mod tests {
         r
     }
 
+    /// `approved()` applying, started by CI's `pipeline (tok_ci)`.
+    fn applying() -> RunRecord {
+        let mut r = approved();
+        r.status = RunStatus::Applying;
+        r.applied_by = Some("pipeline (tok_ci)".into());
+        r
+    }
+
+    /// The run-bound token of run_1, minted by CI's token.
+    fn bound() -> Actor<'static> {
+        Actor {
+            run_id: Some("run_1"),
+            ..actor("tok_ci", "tok_run", Role::Ci)
+        }
+    }
+
+    /// CI's own token, which started the apply.
+    fn applier() -> Actor<'static> {
+        Actor {
+            display: "pipeline (tok_ci)",
+            ..actor("tok_ci", "tok_ci", Role::Ci)
+        }
+    }
+
     #[test]
     fn apply_table() {
         let ci = actor("tok_ci", "tok_ci", Role::Ci);
@@ -1564,17 +1588,8 @@ mod tests {
 
     #[test]
     fn finish_and_supersede_table() {
-        let mut applying = approved();
-        applying.status = RunStatus::Applying;
-        applying.applied_by = Some("pipeline (tok_ci)".into());
-        let bound = Actor {
-            run_id: Some("run_1"),
-            ..actor("tok_ci", "tok_run", Role::Ci)
-        };
-        let applier = Actor {
-            display: "pipeline (tok_ci)",
-            ..actor("tok_ci", "tok_ci", Role::Ci)
-        };
+        let (applying, bound) = (applying(), bound());
+        let applier = applier();
         let other = actor("tok_ci2", "tok_ci2", Role::Ci);
         let v = version(5);
         assert_eq!(
@@ -1630,21 +1645,12 @@ mod tests {
     /// while the run applies; the applier's other token and another run's token may not.
     #[test]
     fn plan_check_table() {
-        let mut applying = approved();
-        applying.status = RunStatus::Applying;
-        applying.applied_by = Some("pipeline (tok_ci)".into());
-        let bound = Actor {
-            run_id: Some("run_1"),
-            ..actor("tok_ci", "tok_run", Role::Ci)
-        };
+        let (applying, bound) = (applying(), bound());
         let other_run = Actor {
             run_id: Some("run_2"),
             ..actor("tok_ci", "tok_run2", Role::Ci)
         };
-        let applier = Actor {
-            display: "pipeline (tok_ci)",
-            ..actor("tok_ci", "tok_ci", Role::Ci)
-        };
+        let applier = applier();
         let t = plan_checked(&applying, &bound, PLAN, "same\u{1b}[2J plan", NOW).unwrap();
         assert_eq!(t.run.plan_checked_at, Some(NOW));
         assert_eq!(t.run.status, RunStatus::Applying);
