@@ -7,7 +7,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 
-use serde::de::{self, MapAccess, Visitor};
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
@@ -363,7 +363,7 @@ struct FileV4<'a> {
     terraform_version: Option<String>,
     serial: Option<u64>,
     lineage: Option<String>,
-    outputs: Vec<(String, OutputV4<'a>)>,
+    outputs: Outputs<'a>,
     resources: Vec<Element<'a>>,
 }
 
@@ -376,33 +376,58 @@ enum Element<'a> {
 }
 
 /// Root outputs in file order; a name twice is refused (Go's map would keep the last).
-struct Outputs<'a>(Vec<(String, OutputV4<'a>)>);
+/// `charged` is what reading them took from the reader's [`Budget`], given back once the
+/// summary's outputs are built from them.
+#[derive(Default)]
+struct Outputs<'a> {
+    list: Vec<(String, OutputV4<'a>)>,
+    charged: usize,
+}
 
-impl<'de> Deserialize<'de> for Outputs<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Outputs<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("outputs (a JSON object)")
+/// Reads `outputs` (or `null`: none), taking each output from the budget as it is read.
+struct OutputsSeed<'b>(&'b mut Budget);
+
+impl<'de> DeserializeSeed<'de> for OutputsSeed<'_> {
+    type Value = Outputs<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Outputs<'de>, D::Error> {
+        d.deserialize_option(self)
+    }
+}
+
+impl<'de> Visitor<'de> for OutputsSeed<'_> {
+    type Value = Outputs<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("outputs (a JSON object)")
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Outputs<'de>, E> {
+        Ok(Outputs::default())
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Outputs<'de>, E> {
+        Ok(Outputs::default())
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Outputs<'de>, D::Error> {
+        d.deserialize_map(self)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Outputs<'de>, A::Error> {
+        let mut out = Outputs::default();
+        let mut names = HashSet::new();
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            let name = key.0.into_owned();
+            // The entry and its name twice (the list and the set), with room for both to grow.
+            let cost = 2
+                * (std::mem::size_of::<(String, OutputV4<'de>)>() + std::mem::size_of::<String>())
+                + 2 * name.capacity();
+            self.0.take_bytes(cost).map_err(de::Error::custom)?;
+            out.charged += cost;
+            if !names.insert(name.clone()) {
+                return Err(de::Error::custom(format!(
+                    "output {:?} appears twice: Terraform would read only the last one",
+                    truncate(&name)
+                )));
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Outputs<'de>, A::Error> {
-                let mut out: Vec<(String, OutputV4<'de>)> = Vec::new();
-                let mut names = HashSet::new();
-                while let Some(key) = map.next_key::<Key<'de>>()? {
-                    let name = key.0.into_owned();
-                    if !names.insert(name.clone()) {
-                        return Err(de::Error::custom(format!(
-                            "output {:?} appears twice: Terraform would read only the last one",
-                            truncate(&name)
-                        )));
-                    }
-                    out.push((name, map.next_value()?));
-                }
-                Ok(Outputs(out))
-            }
+            out.list.push((name, map.next_value()?));
         }
-        d.deserialize_map(V)
+        Ok(out)
     }
 }
 
@@ -434,27 +459,92 @@ struct ResourceV4<'a> {
     each: Option<String>,
     provider: Option<String>,
     instances: Vec<InstanceV4<'a>>,
+    /// What reading its instances took from the reader's [`Budget`], given back once the
+    /// summary's instances are built from them.
+    charged: usize,
 }
 
-strict_object!(ResourceV4, RESOURCE_KEYS, "a resource", |map, out, i| {
-    match i {
-        0 => out.module = map.next_value()?,
-        1 => out.mode = map.next_value()?,
-        2 => out.resource_type = map.next_value()?,
-        3 => out.name = map.next_value()?,
-        4 => out.each = map.next_value()?,
-        5 => out.provider = map.next_value()?,
-        _ => {
-            out.instances = map
-                .next_value::<Option<Vec<InstanceV4<'de>>>>()?
-                .unwrap_or_default()
-        }
+/// Reads one element of `resources` (see `strict_object!`, which this is with a budget: the
+/// instances are taken from it one by one as they are read, so a resource of millions of
+/// near-empty instances is refused before they are all held).
+struct ResourceSeed<'b>(&'b mut Budget);
+
+impl<'de> DeserializeSeed<'de> for ResourceSeed<'_> {
+    type Value = ResourceV4<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<ResourceV4<'de>, D::Error> {
+        d.deserialize_map(self)
     }
-});
+}
+
+impl<'de> Visitor<'de> for ResourceSeed<'_> {
+    type Value = ResourceV4<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a resource (a JSON object)")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ResourceV4<'de>, A::Error> {
+        let mut out = ResourceV4::default();
+        let mut seen = 0u64;
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            match known_key(&key.0, RESOURCE_KEYS, &mut seen, "a resource")? {
+                0 => out.module = map.next_value()?,
+                1 => out.mode = map.next_value()?,
+                2 => out.resource_type = map.next_value()?,
+                3 => out.name = map.next_value()?,
+                4 => out.each = map.next_value()?,
+                5 => out.provider = map.next_value()?,
+                _ => {
+                    let (instances, charged) = map.next_value_seed(InstancesSeed(&mut *self.0))?;
+                    out.instances = instances;
+                    out.charged += charged;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Reads a resource's `instances` (or `null`: none), taking each from the budget as it is
+/// read; the value is the instances and what they took.
+struct InstancesSeed<'b>(&'b mut Budget);
+
+impl<'de> DeserializeSeed<'de> for InstancesSeed<'_> {
+    type Value = (Vec<InstanceV4<'de>>, usize);
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_option(self)
+    }
+}
+
+impl<'de> Visitor<'de> for InstancesSeed<'_> {
+    type Value = (Vec<InstanceV4<'de>>, usize);
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a sequence")
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok((Vec::new(), 0))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok((Vec::new(), 0))
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let (mut instances, mut charged) = (Vec::new(), 0);
+        while let Some(inst) = seq.next_element::<InstanceV4<'de>>()? {
+            let cost = inst.transient_bytes();
+            self.0.take_bytes(cost).map_err(de::Error::custom)?;
+            charged += cost;
+            instances.push(inst);
+        }
+        Ok((instances, charged))
+    }
+}
 
 #[derive(Default)]
 struct InstanceV4<'a> {
-    index_key: Option<serde_json::Value>,
+    /// Raw, read in [`read_resource`]: a key that is neither a number nor a string (a huge
+    /// array, say) is refused without ever being built.
+    index_key: Option<&'a RawValue>,
     status: Option<String>,
     deposed: Option<String>,
     attributes: Option<&'a RawValue>,
@@ -491,6 +581,20 @@ strict_object!(
         }
     }
 );
+
+impl InstanceV4<'_> {
+    /// Memory one instance takes while its resource is read, before its summary is built:
+    /// itself in the resource's list and its key in the duplicate check (each with room for
+    /// the collection to grow), and the strings it owns.
+    fn transient_bytes(&self) -> usize {
+        let key = self.index_key.map_or(0, |k| k.get().len());
+        2 * (std::mem::size_of::<Self>()
+            + std::mem::size_of::<(Option<InstanceKey>, Option<&str>)>())
+            + key
+            + self.status.as_ref().map_or(0, String::capacity)
+            + self.deposed.as_ref().map_or(0, String::capacity)
+    }
+}
 
 /// The raw text of the top-level `id` member of `obj`, a JSON object the state reader has
 /// already validated (serde_json checked it when it captured the raw value): one scan of the
@@ -810,8 +914,19 @@ fn position(b: &[u8], i: usize) -> (usize, usize) {
 /// `text` (so spans stay offsets in the whole body). An error is told at its place in the
 /// whole body, as a parse of the whole body would tell it.
 fn value<'a, T: Deserialize<'a>>(text: &'a str, at: std::ops::Range<usize>) -> Result<T, String> {
+    value_seed(text, at, std::marker::PhantomData::<T>)
+}
+
+/// [`value`] read by a seed (one that takes from the reader's [`Budget`]).
+fn value_seed<'a, S: DeserializeSeed<'a>>(
+    text: &'a str,
+    at: std::ops::Range<usize>,
+    seed: S,
+) -> Result<S::Value, String> {
     let start = at.start;
-    serde_json::from_str(&text[at]).map_err(|e| {
+    let mut de = serde_json::Deserializer::from_str(&text[at]);
+    let read = seed.deserialize(&mut de).and_then(|v| de.end().map(|()| v));
+    read.map_err(|e| {
         let shown = e.to_string();
         if e.line() == 0 {
             return shown;
@@ -853,7 +968,11 @@ impl<'de> Deserialize<'de> for AnObject {
 /// value but the `resources` array deserialized from its bytes by the serde types, and the
 /// `resources` array element by element (see [`read_resources`]). Stops at the first problem,
 /// in document order; [`refuse`] turns it into the reader's message.
-fn read_top<'a>(text: &'a str, prev: Previous<'_>) -> Result<FileV4<'a>, String> {
+fn read_top<'a>(
+    text: &'a str,
+    prev: Previous<'_>,
+    budget: &mut Budget,
+) -> Result<FileV4<'a>, String> {
     let b = text.as_bytes();
     let syntax = |i: usize| syntax_error(b, i);
     let mut out = FileV4::default();
@@ -884,7 +1003,7 @@ fn read_top<'a>(text: &'a str, prev: Previous<'_>) -> Result<FileV4<'a>, String>
             }
             i = skip_ws(b, i + 1);
             if which == 5 && b.get(i) == Some(&b'[') {
-                i = read_resources(text, i, prev, &mut out.resources)?;
+                i = read_resources(text, i, prev, &mut out.resources, budget)?;
             } else {
                 let (end, depth) = value_extent(b, i).ok_or_else(|| syntax(i))?;
                 // The value sits inside the top-level object: one level more. Too deep stops
@@ -899,14 +1018,10 @@ fn read_top<'a>(text: &'a str, prev: Previous<'_>) -> Result<FileV4<'a>, String>
                     1 => out.terraform_version = value(text, at)?,
                     2 => out.serial = value(text, at)?,
                     3 => out.lineage = value(text, at)?,
-                    4 => {
-                        out.outputs = value::<Option<Outputs<'a>>>(text, at)?
-                            .map(|o| o.0)
-                            .unwrap_or_default()
-                    }
+                    4 => out.outputs = value_seed(text, at, OutputsSeed(&mut *budget))?,
                     // Not an array (walked above): `null` (no resources), or serde's refusal.
                     5 => {
-                        if value::<Option<Vec<ResourceV4<'a>>>>(text, at)?.is_some() {
+                        if value::<Option<Vec<de::IgnoredAny>>>(text, at)?.is_some() {
                             return Err(syntax(i));
                         }
                     }
@@ -1019,6 +1134,7 @@ fn read_resources<'a>(
     mut i: usize,
     prev: Previous<'_>,
     out: &mut Vec<Element<'a>>,
+    budget: &mut Budget,
 ) -> Result<usize, String> {
     let b = text.as_bytes();
     let syntax = |i: usize| syntax_error(b, i);
@@ -1042,7 +1158,8 @@ fn read_resources<'a>(
                 if depth > MAX_NESTING - 2 {
                     return Err(syntax(i));
                 }
-                out.push(Element::Parsed(i..end, value(text, i..end)?));
+                let resource = value_seed(text, i..end, ResourceSeed(&mut *budget))?;
+                out.push(Element::Parsed(i..end, resource));
                 end
             }
         };
@@ -1138,20 +1255,23 @@ fn read_resource(
     }
     let mut seen: HashSet<(Option<InstanceKey>, Option<&str>)> = HashSet::new();
     for inst in &r.instances {
-        let index = match &inst.index_key {
-            None | Some(serde_json::Value::Null) => None,
-            Some(serde_json::Value::Number(n))
-                if n.as_u64().is_some_and(|n| n <= address::MAX_INT_KEY) =>
+        let index = match inst.index_key.map(RawValue::get) {
+            None | Some("null") => None,
+            Some(raw) if raw.starts_with('"') => Some(InstanceKey::Str(
+                serde_json::from_str(raw).map_err(|e| err(format!("index_key: {e}")))?,
+            )),
+            Some(raw) => match serde_json::from_str::<serde_json::Number>(raw)
+                .ok()
+                .and_then(|n| n.as_u64())
             {
-                n.as_u64().map(InstanceKey::Int)
-            }
-            Some(serde_json::Value::String(s)) => Some(InstanceKey::Str(s.clone())),
-            Some(_) => {
-                return Err(err(format!(
-                    "{}: index_key must be an integer (at most 2^53) or a string",
-                    truncate(&base)
-                )))
-            }
+                Some(n) if n <= address::MAX_INT_KEY => Some(InstanceKey::Int(n)),
+                _ => {
+                    return Err(err(format!(
+                        "{}: index_key must be an integer (at most 2^53) or a string",
+                        truncate(&base)
+                    )))
+                }
+            },
         };
         let mut address = base.clone();
         if let Some(k) = &index {
@@ -1242,15 +1362,24 @@ impl Budget {
     }
 
     fn take(&mut self, inst: &Instance) -> Result<(), StateError> {
-        let cost = std::mem::size_of::<Instance>() + inst.heap_bytes();
+        self.take_bytes(std::mem::size_of::<Instance>() + inst.heap_bytes())
+            .map_err(StateError)
+    }
+
+    fn take_bytes(&mut self, cost: usize) -> Result<(), String> {
         self.left = self.left.checked_sub(cost).ok_or_else(|| {
-            StateError(format!(
-                "the state's instances would take more than {} MB of memory to read for its {} KB: a module path, key or provider repeated over many near-empty instances; refused",
+            format!(
+                "the state would take more than {} MB of memory to read for its {} KB: a module path, key or provider repeated over many near-empty instances or outputs; refused",
                 (SUMMARY_BASE_BYTES + self.body_len * SUMMARY_BYTES_PER_BODY_BYTE) / 1_000_000,
                 self.body_len / 1000
-            ))
+            )
         })?;
         Ok(())
+    }
+
+    /// Gives back what was taken for something the reader no longer holds.
+    fn give(&mut self, cost: usize) {
+        self.left = self.left.saturating_add(cost);
     }
 }
 
@@ -1265,7 +1394,8 @@ fn read(body: &[u8], prev: Previous<'_>) -> Result<(StateSummary, usize), StateE
     let text = std::str::from_utf8(body).map_err(|e| err(format!("not UTF-8: {e}")))?;
     // Nesting is checked by the walk on what it parses (values and changed elements, each at
     // its depth in the body); `refuse` checks the whole body first, as it always did.
-    let file = read_top(text, prev).map_err(|problem| refuse(body, text, problem))?;
+    let mut budget = Budget::new(body.len());
+    let file = read_top(text, prev, &mut budget).map_err(|problem| refuse(body, text, problem))?;
     let (Some(version @ 4), Some(serial)) = (file.version, file.serial) else {
         check_version_and_serial(text)?;
         return Err(err(
@@ -1296,12 +1426,13 @@ fn read(body: &[u8], prev: Previous<'_>) -> Result<(StateSummary, usize), StateE
     let mut resources_seen: HashSet<std::sync::Arc<ResourceKey>> =
         HashSet::with_capacity(file.resources.len());
     let mut reused = 0;
-    let mut budget = Budget::new(body.len());
     for element in file.resources {
         let first = instances.len();
         let (bytes, key) = match element {
             Element::Parsed(bytes, r) => {
+                let charged = r.charged;
                 let key = read_resource(r, text, &mut resources_seen, &mut instances, &mut budget)?;
+                budget.give(charged);
                 (bytes, key)
             }
             Element::Reused(bytes, k) => {
@@ -1344,8 +1475,12 @@ fn read(body: &[u8], prev: Previous<'_>) -> Result<(StateSummary, usize), StateE
             key,
         });
     }
-    let outputs = file
-        .outputs
+    // The summary's outputs are built beside the list read (their names move, not copied).
+    let (list, charged) = (file.outputs.list, file.outputs.charged);
+    budget
+        .take_bytes(list.len() * std::mem::size_of::<Output>())
+        .map_err(StateError)?;
+    let outputs: Vec<Output> = list
         .into_iter()
         .map(|(name, o)| Output {
             spans: ValueSpans {
@@ -1356,6 +1491,7 @@ fn read(body: &[u8], prev: Previous<'_>) -> Result<(StateSummary, usize), StateE
             sensitive: o.sensitive,
         })
         .collect();
+    budget.give(charged);
     let summary = StateSummary {
         version,
         terraform_version,
