@@ -3,7 +3,8 @@
 //! test process asks for. A crafted body must be refused before the reader has held more than
 //! its budget (64 MiB plus 8 bytes per body byte), whatever shape makes each body byte cost
 //! the most: near-empty instances (each read into a record of ~160 bytes before it is
-//! checked), many short outputs, many small resources.
+//! checked), a huge index key, many short outputs, many small resources; while a compact
+//! state of ordinary instances still reads.
 //!
 //! One test in this binary: the counter is process-wide.
 
@@ -59,6 +60,19 @@ fn reading_a_crafted_state_never_holds_more_than_the_readers_budget() {
             ),
         ),
         (
+            "an index key that is a huge array",
+            state(
+                "",
+                &resource(
+                    "r",
+                    &format!(
+                        r#"{{"index_key":[{}]}}"#,
+                        repeated(8 * mb / 2, |_| "1".into())
+                    ),
+                ),
+            ),
+        ),
+        (
             "many short outputs",
             state(&repeated(8 * mb / 13, |i| format!(r#""{i:x}":{{}}"#)), ""),
         ),
@@ -70,6 +84,31 @@ fn reading_a_crafted_state_never_holds_more_than_the_readers_budget() {
             ),
         ),
     ];
+    // What Terraform writes, compacted (no indentation): read, not refused.
+    let ordinary = state(
+        r#""o":{"value":"x","type":"string"}"#,
+        &repeated(20, |r| {
+            resource(
+                &format!("r{r}"),
+                &repeated(10_000, |i| {
+                    format!(
+                        r#"{{"index_key":{i},"schema_version":0,"attributes":{{"id":"{r}-{i}","input":null}},"sensitive_attributes":[]}}"#
+                    )
+                }),
+            )
+        }),
+    );
+    let (peak, read) = peak_while_reading(&ordinary);
+    println!(
+        "compact ordinary instances: body {} KB, peak {} MB",
+        ordinary.len() / 1000,
+        peak / 1_000_000
+    );
+    assert_eq!(
+        read.expect("an ordinary state reads").instances.len(),
+        200_000
+    );
+
     let mut over = Vec::new();
     for (what, body) in cases {
         let budget = BUDGET_BASE + BUDGET_PER_BODY_BYTE * body.len();
