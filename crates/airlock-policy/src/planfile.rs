@@ -8,8 +8,12 @@
 //! every output change, the planning mode, whether planning errored, and the lineage and serial
 //! of the prior state. Attribute values are never decoded.
 //!
-//! **Invariant:** no I/O, bounded memory (members are inflated with a size limit), never panics
-//! on input. The server judges a run's plan JSON only after [`PlanFile::matches_json`] says the
+//! **Invariant:** no I/O, never panics on input, bounded memory: the members it reads may
+//! inflate to at most the caller's `max_inflated` in all (checked on their declared sizes before
+//! any is inflated, and no member inflates past its declared size: a zip member inflates up to
+//! ~1000x, so a small upload could otherwise make the server hold gigabytes), and what it
+//! decodes from them is bounded in proportion (changes by a budget, the module manifest by a
+//! count of records and keys). The server judges a run's plan JSON only after [`PlanFile::matches_json`] says the
 //! JSON lists exactly the changes of the binary it stores.
 
 use std::collections::BTreeSet;
@@ -17,6 +21,17 @@ use std::fmt;
 
 /// Largest inflated `tfplan` or `tfstate` member accepted.
 pub const MAX_MEMBER_BYTES: usize = 256 * 1024 * 1024;
+/// What [`PlanFile::parse`] lets the members it reads inflate to in all (the server passes the
+/// uploader's own limit to [`PlanFile::parse_within`]).
+pub const MAX_INFLATED_BYTES: usize = 1024 * 1024 * 1024;
+/// Memory the decoded changes may take beyond [`CHANGE_BYTES_PER_PLAN_BYTE`] per `tfplan` byte.
+const CHANGES_BASE_BYTES: usize = 64 * 1024 * 1024;
+/// A real change takes a few hundred bytes of `tfplan` (address, provider, values) and ~150
+/// decoded; a crafted one takes 5 bytes (a one-letter address and nothing else).
+const CHANGE_BYTES_PER_PLAN_BYTE: usize = 2;
+/// Most modules `tfconfig/modules.json` may list (module calls of a configuration, not
+/// instances: real ones have tens to hundreds).
+const MAX_MODULES: usize = 10_000;
 
 /// The plan file format versions this reader understands (Terraform 1.x writes 3).
 const PLAN_FORMAT_VERSION: u64 = 3;
@@ -224,9 +239,26 @@ impl PlanBackend {
 }
 
 impl PlanFile {
-    /// Reads a plan file.
+    /// Reads a plan file, letting the members it reads inflate to [`MAX_INFLATED_BYTES`].
     pub fn parse(bytes: &[u8]) -> Result<PlanFile, PlanFileError> {
+        PlanFile::parse_within(bytes, MAX_INFLATED_BYTES)
+    }
+
+    /// Reads a plan file whose members it reads inflate to at most `max_inflated` bytes in all
+    /// (by their declared sizes, checked before any is inflated).
+    pub fn parse_within(bytes: &[u8], max_inflated: usize) -> Result<PlanFile, PlanFileError> {
         let members = zip_members(bytes)?;
+        let inflated = members
+            .iter()
+            .filter(|m| m.is_read())
+            .fold(0usize, |sum, m| sum.saturating_add(m.uncompressed));
+        if inflated > max_inflated {
+            return err(format!(
+                "its members inflate to {} MB, more than the {} MB accepted for this upload",
+                inflated / 1_000_000,
+                max_inflated / 1_000_000
+            ));
+        }
         let Some(tfplan) = members.iter().find(|m| m.name == "tfplan") else {
             return err("the archive has no tfplan member: not a Terraform plan file");
         };
@@ -365,14 +397,10 @@ struct ManifestModule {
 
 fn read_manifest(body: &[u8]) -> Result<Vec<ManifestModule>, PlanFileError> {
     let bad = |m: String| PlanFileError(format!("tfconfig/modules.json: {m}"));
-    let records: Vec<Vec<(String, serde_json::Value)>> =
-        serde_json::from_slice::<Vec<OrderedObject>>(body)
-            .map_err(|e| bad(e.to_string()))?
-            .into_iter()
-            .map(|o| o.0)
-            .collect();
-    let mut out = Vec::with_capacity(records.len());
-    for fields in records {
+    let records = serde_json::from_slice::<Records>(body).map_err(|e| bad(e.to_string()))?;
+    let mut out = Vec::with_capacity(records.0.len());
+    let mut keys = std::collections::BTreeSet::new();
+    for fields in records.0 {
         let mut seen = std::collections::BTreeSet::new();
         let (mut key, mut source, mut dir) = (None, String::new(), None);
         for (k, v) in fields {
@@ -383,9 +411,9 @@ fn read_manifest(body: &[u8]) -> Result<Vec<ManifestModule>, PlanFileError> {
                 return Err(bad(format!("key {k:?} appears twice")));
             }
             let text = match v {
-                serde_json::Value::String(t) => t,
-                _ if k == "Version" => continue,
-                _ => return Err(bad(format!("{k} is not a string"))),
+                ManifestValue::Text(t) => t,
+                ManifestValue::Other if k == "Version" => continue,
+                ManifestValue::Other => return Err(bad(format!("{k} is not a string"))),
             };
             match k.as_str() {
                 "Key" => key = Some(text),
@@ -397,7 +425,7 @@ fn read_manifest(body: &[u8]) -> Result<Vec<ManifestModule>, PlanFileError> {
         let (Some(key), Some(dir)) = (key, dir) else {
             return Err(bad("a module record lacks Key or Dir".into()));
         };
-        if out.iter().any(|m: &ManifestModule| m.key == key) {
+        if !keys.insert(key.clone()) {
             return Err(bad(format!("module {key:?} is listed twice")));
         }
         out.push(ManifestModule { key, source, dir });
@@ -405,29 +433,122 @@ fn read_manifest(body: &[u8]) -> Result<Vec<ManifestModule>, PlanFileError> {
     Ok(out)
 }
 
-/// A JSON object with its keys in order, duplicates kept.
-struct OrderedObject(Vec<(String, serde_json::Value)>);
+/// The records of `tfconfig/modules.json`, each a JSON object with its keys in order and
+/// duplicates kept (so they can be refused), at most [`MAX_MODULES`] records of at most five
+/// keys (one more than Terraform writes, to name the unexpected one): a crafted manifest of
+/// millions of records or keys is refused as it is read, not after.
+struct Records(Vec<Vec<(String, ManifestValue)>>);
 
-impl<'de> serde::Deserialize<'de> for OrderedObject {
+/// A manifest value: a string, or anything else, skipped without being built (`Version` may
+/// be anything; any other key must be a string).
+enum ManifestValue {
+    Text(String),
+    Other,
+}
+
+impl<'de> serde::Deserialize<'de> for Records {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> serde::de::Visitor<'de> for V {
-            type Value = OrderedObject;
+            type Value = Records;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of module records")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut s: A,
+            ) -> Result<Records, A::Error> {
+                let mut out = Vec::new();
+                while let Some(Record(r)) = s.next_element()? {
+                    if out.len() == MAX_MODULES {
+                        return Err(serde::de::Error::custom(format!(
+                            "more than {MAX_MODULES} module records"
+                        )));
+                    }
+                    out.push(r);
+                }
+                Ok(Records(out))
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
+struct Record(Vec<(String, ManifestValue)>);
+
+impl<'de> serde::Deserialize<'de> for Record {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Record;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Record, A::Error> {
+                let mut out = Vec::new();
+                while let Some(k) = m.next_key::<String>()? {
+                    if out.len() == 5 {
+                        return Err(serde::de::Error::custom(
+                            "a module record with more than five keys",
+                        ));
+                    }
+                    out.push((k, m.next_value()?));
+                }
+                Ok(Record(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ManifestValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = ManifestValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ManifestValue, E> {
+                Ok(ManifestValue::Text(v.to_owned()))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<ManifestValue, E> {
+                Ok(ManifestValue::Text(v))
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<ManifestValue, E> {
+                Ok(ManifestValue::Other)
+            }
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<ManifestValue, E> {
+                Ok(ManifestValue::Other)
+            }
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<ManifestValue, E> {
+                Ok(ManifestValue::Other)
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<ManifestValue, E> {
+                Ok(ManifestValue::Other)
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<ManifestValue, E> {
+                Ok(ManifestValue::Other)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut s: A,
+            ) -> Result<ManifestValue, A::Error> {
+                while s.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(ManifestValue::Other)
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(
                 self,
                 mut m: A,
-            ) -> Result<OrderedObject, A::Error> {
-                let mut out = Vec::new();
-                while let Some((k, v)) = m.next_entry::<String, serde_json::Value>()? {
-                    out.push((k, v));
-                }
-                Ok(OrderedObject(out))
+            ) -> Result<ManifestValue, A::Error> {
+                while m
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(ManifestValue::Other)
             }
         }
-        d.deserialize_map(V)
+        d.deserialize_any(V)
     }
 }
 
@@ -439,6 +560,8 @@ fn read_config(bytes: &[u8], members: &[Member], plan: &mut PlanFile) -> Result<
         return err("the plan holds no configuration snapshot (tfconfig/modules.json)");
     };
     let modules = read_manifest(&manifest.inflate(bytes)?)?;
+    let by_key: std::collections::BTreeMap<&str, &ManifestModule> =
+        modules.iter().map(|m| (m.key.as_str(), m)).collect();
     for m in members {
         if m.name == ".terraform.lock.hcl" {
             plan.config_files.push((m.name.clone(), m.inflate(bytes)?));
@@ -456,7 +579,7 @@ fn read_config(bytes: &[u8], members: &[Member], plan: &mut PlanFile) -> Result<
         if file.is_empty() || file.contains('/') {
             return err(format!("unexpected configuration member {}", m.name));
         }
-        let Some(module) = modules.iter().find(|x| x.key == key) else {
+        let Some(module) = by_key.get(key) else {
             return err(format!(
                 "{} belongs to no module of tfconfig/modules.json",
                 m.name
@@ -584,6 +707,14 @@ fn zip_members(b: &[u8]) -> Result<Vec<Member>, PlanFileError> {
 }
 
 impl Member {
+    /// Whether [`PlanFile::parse_within`] inflates this member (and counts it in its limit).
+    fn is_read(&self) -> bool {
+        matches!(
+            self.name.as_str(),
+            "tfplan" | "tfstate" | "tfconfig/modules.json" | ".terraform.lock.hcl"
+        ) || self.name.starts_with("tfconfig/m-")
+    }
+
     fn inflate(&self, b: &[u8]) -> Result<Vec<u8>, PlanFileError> {
         let at = self.local_offset;
         if u32_at(b, at)? != LOCAL_SIG {
@@ -598,9 +729,17 @@ impl Member {
         }
         let out = match self.method {
             0 => data.to_vec(),
-            8 => miniz_oxide::inflate::decompress_to_vec_with_limit(data, MAX_MEMBER_BYTES)
+            // Never past the declared size: the limit the caller checked is on declared sizes.
+            8 => miniz_oxide::inflate::decompress_to_vec_with_limit(data, self.uncompressed)
                 .map_err(|e| {
-                    PlanFileError(format!("zip member {} does not inflate: {e:?}", self.name))
+                    // The status only: the error also carries what was inflated so far.
+                    PlanFileError(match e.status {
+                        miniz_oxide::inflate::TINFLStatus::HasMoreOutput => format!(
+                            "zip member {} inflates past its declared {} bytes",
+                            self.name, self.uncompressed
+                        ),
+                        status => format!("zip member {} does not inflate: {status:?}", self.name),
+                    })
                 })?,
             m => {
                 return err(format!(
@@ -741,16 +880,47 @@ fn decode_plan(b: &[u8]) -> Result<PlanFile, PlanFileError> {
     let mut plan = PlanFile::default();
     let mut version = None;
     let mut backend = Vec::new();
+    let mut left =
+        CHANGES_BASE_BYTES.saturating_add(b.len().saturating_mul(CHANGE_BYTES_PER_PLAN_BYTE));
+    let mut take = |strings: usize, actions: &[String]| {
+        // The entry (with room for its list to grow), its strings and its action list.
+        let cost = 2 * std::mem::size_of::<BinaryChange>()
+            + strings
+            + std::mem::size_of_val(actions)
+            + actions.iter().map(String::len).sum::<usize>();
+        left = left.checked_sub(cost).ok_or_else(|| {
+            PlanFileError(format!(
+                "its {} KB tfplan describes more changes than a plan of that size holds (millions of near-empty ones); refused",
+                b.len() / 1000
+            ))
+        })?;
+        Ok::<(), PlanFileError>(())
+    };
     let mut r = Reader::new(b);
     while let Some((n, f)) = r.next()? {
         match n {
             1 => version = Some(varint(n, f)?),
-            3 => plan.changes.push(decode_resource_change(bytes(n, f)?)?),
-            4 => plan.outputs.push(decode_output_change(bytes(n, f)?)?),
+            3 | 18 => {
+                let c = decode_resource_change(bytes(n, f)?)?;
+                take(
+                    c.address.len() + c.deposed.as_ref().map_or(0, String::len),
+                    &c.actions,
+                )?;
+                if n == 3 {
+                    &mut plan.changes
+                } else {
+                    &mut plan.drift
+                }
+                .push(c);
+            }
+            4 => {
+                let o = decode_output_change(bytes(n, f)?)?;
+                take(o.0.len(), &o.1)?;
+                plan.outputs.push(o);
+            }
             13 => backend.extend_from_slice(bytes(n, f)?),
             14 => plan.terraform_version = text(bytes(n, f)?, "terraform_version")?,
             17 => plan.mode = PlanMode::from_code(varint(n, f)?)?,
-            18 => plan.drift.push(decode_resource_change(bytes(n, f)?)?),
             20 => plan.errored = varint(n, f)? != 0,
             // Deferred changes (27) are applied in a later plan; everything else is context.
             _ => {}

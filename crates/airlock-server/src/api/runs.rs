@@ -645,8 +645,15 @@ fn prior_state_in_proportion(binary: &PlanFile, current: Option<&VersionMeta>) -
 /// The checks on the binary plan alone, made as soon as it has arrived (before its JSON): it
 /// parses, its plan did not error, it was made against the planned lineage and serial by the
 /// claimed Terraform version, from the listed inputs, for this stack's backend.
-fn check_binary(plan_bin: &[u8], meta: &RunMeta, stack: &StackRecord) -> ApiResult<PlanFile> {
-    let binary = PlanFile::parse(plan_bin).map_err(|e| bad(e.to_string()))?;
+/// Reads and checks the uploaded binary plan. Its zip members may inflate to `limit` in all:
+/// the uploader's own limit for the whole upload, which a zip inside it would otherwise escape.
+fn check_binary(
+    plan_bin: &[u8],
+    limit: usize,
+    meta: &RunMeta,
+    stack: &StackRecord,
+) -> ApiResult<PlanFile> {
+    let binary = PlanFile::parse_within(plan_bin, limit).map_err(|e| bad(e.to_string()))?;
     if binary.errored {
         return Err(bad("the binary plan is from a plan that errored; it cannot be applied: fix the error and plan again"));
     }
@@ -1190,7 +1197,7 @@ fn create_run(
     if plan_bin.is_empty() {
         return Err(bad("the binary plan and its JSON are both required"));
     }
-    let binary = check_binary(&plan_bin, &req, &stack)?;
+    let binary = check_binary(&plan_bin, limit, &req, &stack)?;
     let previous = previous_policy(st, &stack.name)?;
     let current = st.current_version(&stack.name)?;
     prior_state_in_proportion(&binary, current.as_ref())?;

@@ -149,3 +149,63 @@ async fn a_decompression_bomb_is_refused_as_too_large() {
     assert_eq!(r.status.as_u16(), 413, "{r:?}");
     no_runs(&s).await;
 }
+
+/// A zip with one member, `tfplan`, whose central directory declares it inflates to
+/// `declared` bytes (its data is ten bytes: the declared sizes are checked before any member
+/// is inflated).
+fn zip_declaring(declared: u32) -> Vec<u8> {
+    let name = b"tfplan";
+    let data = [0u8; 10];
+    let mut z = Vec::new();
+    z.extend_from_slice(&0x0403_4b50u32.to_le_bytes());
+    z.extend_from_slice(&[20, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    z.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    z.extend_from_slice(&declared.to_le_bytes());
+    z.extend_from_slice(&(name.len() as u16).to_le_bytes());
+    z.extend_from_slice(&0u16.to_le_bytes());
+    z.extend_from_slice(name);
+    z.extend_from_slice(&data);
+    let central = z.len() as u32;
+    z.extend_from_slice(&0x0201_4b50u32.to_le_bytes());
+    z.extend_from_slice(&[20, 0, 20, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    z.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    z.extend_from_slice(&declared.to_le_bytes());
+    z.extend_from_slice(&(name.len() as u16).to_le_bytes());
+    z.extend_from_slice(&[0; 12]);
+    z.extend_from_slice(&0u32.to_le_bytes());
+    z.extend_from_slice(name);
+    let size = z.len() as u32 - central;
+    z.extend_from_slice(&0x0605_4b50u32.to_le_bytes());
+    z.extend_from_slice(&[0, 0, 0, 0, 1, 0, 1, 0]);
+    z.extend_from_slice(&size.to_le_bytes());
+    z.extend_from_slice(&central.to_le_bytes());
+    z.extend_from_slice(&0u16.to_le_bytes());
+    z
+}
+
+#[tokio::test]
+async fn a_plan_file_whose_members_inflate_past_the_uploaders_limit_is_refused_before_inflating() {
+    // A zip member inflates ~1000x: a plan file well under the upload limit could make the
+    // server hold gigabytes (a configuration snapshot of 250 members of 256 MiB each).
+    let s = Server::with_config(ServerConfig {
+        max_agent_run_upload_bytes: 2 * 1024 * 1024,
+        ..ServerConfig::default()
+    });
+    s.stack(STACK, false);
+    let agent = s.role_token(Role::Agent);
+    let plan = zip_declaring(3 * 1024 * 1024);
+    let body = stream(&[
+        (run_upload::META, &meta()),
+        (run_upload::PLAN, &plan),
+        (run_upload::PLAN_JSON, b"{}"),
+    ]);
+    let r = upload(&s, &agent, CONTENT_TYPE, body).await;
+    assert_eq!(r.status.as_u16(), 400, "{r:?}");
+    assert!(
+        r.message()
+            .contains("inflate to 3 MB, more than the 2 MB accepted"),
+        "{}",
+        r.message()
+    );
+    no_runs(&s).await;
+}
