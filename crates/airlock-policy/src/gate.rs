@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::analysis::{Analyzer, ChangeReport, Decision, Finding, Severity};
 use crate::config::{Config, StackConfig};
 use crate::plan::{self, PlanError, PlanInfo, ResourceChange};
-use crate::rego::{RegoError, RegoPolicies};
+use crate::rego::{RegoError, RegoPolicies, RegoRunner};
 
 /// Version of the JSON report schema (`docs/check-json-schema.md`).
 pub const SCHEMA_VERSION: u32 = 1;
@@ -44,6 +44,8 @@ pub struct GateInput<'c> {
     pub stack: Option<&'c StackConfig>,
     /// The repository's Rego policies, `(file name, source)`; empty for none.
     pub rego: &'c [(String, String)],
+    /// Where the repository's Rego runs: it is the planner's text (see [`crate::rego`]).
+    pub rego_runner: &'c dyn RegoRunner,
     /// The server's policy sets whose glob matches the stack.
     pub server_sets: &'c [ServerPolicySet],
     /// The plan is a refresh-only plan (as its binary says): its `resource_drift` is what an
@@ -131,14 +133,8 @@ pub fn judge(
     input: &GateInput<'_>,
     observer: &mut dyn Observer,
 ) -> Result<Decision, GateError> {
-    // Load every policy before reading the plan: a policy that does not parse is an error
-    // whatever the plan.
-    let mut repo = match input.rego {
-        [] => None,
-        files => {
-            Some(RegoPolicies::load(files).map_err(|error| GateError::Rego { set: None, error })?)
-        }
-    };
+    // Load every server set before reading the plan: a set that does not parse is an error
+    // whatever the plan. The repository's policies load where they run (`input.rego_runner`).
     let mut server = Vec::new();
     for set in input.server_sets {
         check_set_size(&set.files)?;
@@ -160,7 +156,7 @@ pub fn judge(
         let report = analyzer.change(&rc);
         observer.change(&rc, &report);
     };
-    let needs_text = repo.is_some() || !server.is_empty();
+    let needs_text = !input.rego.is_empty() || !server.is_empty();
     let mut owned = Vec::new();
     let (info, text): (PlanInfo, Option<String>) = match source {
         PlanSource::Stream(reader) if !needs_text => (
@@ -189,9 +185,10 @@ pub fn judge(
         analyzer.add_finding(f);
     }
     if let Some(text) = &text {
-        if let Some(repo) = &mut repo {
-            let found = repo
-                .evaluate(text)
+        if !input.rego.is_empty() {
+            let found = input
+                .rego_runner
+                .run(input.rego, text)
                 .map_err(|error| GateError::Rego { set: None, error })?;
             for f in found {
                 analyzer.add_finding(f);
@@ -425,6 +422,7 @@ deny contains msg if {
             config,
             stack: None,
             rego,
+            rego_runner: &crate::rego::InProcess,
             server_sets: sets,
             refresh_only: false,
         };
@@ -474,6 +472,7 @@ deny contains msg if {
                 config: &Config::default(),
                 stack: None,
                 rego: &[],
+                rego_runner: &crate::rego::InProcess,
                 server_sets: &[set("package main\n deny {{{")],
                 refresh_only: false,
             },
@@ -509,6 +508,7 @@ deny contains msg if {
                 config,
                 stack: None,
                 rego: &[],
+                rego_runner: &crate::rego::InProcess,
                 server_sets: &[],
                 refresh_only,
             };
@@ -569,6 +569,7 @@ deny contains msg if {
             config: &Config::default(),
             stack: None,
             rego: &[],
+            rego_runner: &crate::rego::InProcess,
             server_sets: &[],
             refresh_only: false,
         };

@@ -3,6 +3,14 @@
 //! `deny` finding, `warn` (and `warn_*`) a `review` finding; each rule yields strings or
 //! objects with a `msg` (optionally `address`/`resource`). The input is the whole plan JSON,
 //! so this path holds the plan in memory; the built-in rules do not.
+//!
+//! The repository's Rego is the planner's text (an agent's, say), and regorus aborts the whole
+//! process on some of it (`numbers.range(0, 1e12)` asks for terabytes at once; an allocation
+//! failure is not recoverable in Rust). So where it runs is the caller's choice
+//! ([`RegoRunner`]): [`InProcess`] on the planner's own machine (`airlock check`), in a child
+//! process with bounded memory and CPU on the server (`airlock __rego-eval`, which speaks
+//! [`write_job`] / [`read_job`] on its stdin and [`write_outcome`] / [`read_outcome`] on its
+//! stdout).
 
 use std::fmt;
 
@@ -164,11 +172,176 @@ fn finding_address(o: &serde_json::Map<String, Value>) -> Option<String> {
         .map(str::to_string)
 }
 
+/// Memory a child evaluator may map (`RLIMIT_AS`): what the server lends one repository's Rego.
+pub const SANDBOX_MEMORY_BYTES: u64 = 4 * 1024 * 1024 * 1024;
+/// CPU seconds a child evaluator may use (`RLIMIT_CPU`).
+pub const SANDBOX_CPU_SECONDS: u64 = 60;
+/// The hidden `airlock` subcommand that evaluates one job.
+pub const SANDBOX_COMMAND: &str = "__rego-eval";
+
+/// Runs the repository's Rego policies on a plan's JSON text.
+pub trait RegoRunner: Sync {
+    /// Loads `files` (`(name, source)` pairs) and evaluates them on `plan_text`.
+    fn run(&self, files: &[(String, String)], plan_text: &str) -> Result<Vec<Finding>, RegoError>;
+}
+
+/// Runs Rego in this process: for text its own user wrote (`airlock check`).
+pub struct InProcess;
+
+impl RegoRunner for InProcess {
+    fn run(&self, files: &[(String, String)], plan_text: &str) -> Result<Vec<Finding>, RegoError> {
+        RegoPolicies::load(files)?.evaluate(plan_text)
+    }
+}
+
+/// The job a child evaluator reads on its stdin: the policies as one line of JSON, then the
+/// plan's text to the end.
+pub fn write_job(
+    out: &mut dyn std::io::Write,
+    files: &[(String, String)],
+    plan_text: &str,
+) -> std::io::Result<()> {
+    let head = serde_json::to_string(files).map_err(std::io::Error::other)?;
+    out.write_all(head.as_bytes())?;
+    out.write_all(b"\n")?;
+    out.write_all(plan_text.as_bytes())
+}
+
+/// `(file name, source)` pairs of Rego.
+pub type PolicyFiles = Vec<(String, String)>;
+
+/// Splits a job written by [`write_job`] into its policies and plan text.
+pub fn read_job(job: &[u8]) -> Result<(PolicyFiles, &str), String> {
+    let (head, text) = job
+        .iter()
+        .position(|&b| b == b'\n')
+        .and_then(|at| Some((job.get(..at)?, job.get(at + 1..)?)))
+        .ok_or("the job has no policy line")?;
+    let files = serde_json::from_slice(head).map_err(|e| format!("the policy line: {e}"))?;
+    let text = std::str::from_utf8(text).map_err(|e| format!("the plan text: {e}"))?;
+    Ok((files, text))
+}
+
+/// What a child evaluator prints: its findings, or why the policies did not load or run.
+pub fn write_outcome(outcome: &Result<Vec<Finding>, RegoError>) -> String {
+    let v = match outcome {
+        Ok(findings) => serde_json::json!({"findings": findings.iter().map(|f| serde_json::json!({
+            "rule": f.rule,
+            "severity": f.severity.as_str(),
+            "address": f.address,
+            "message": f.message,
+        })).collect::<Vec<_>>()}),
+        Err(RegoError::Parse { file, message }) => {
+            serde_json::json!({"parse_error": {"file": file, "message": message}})
+        }
+        Err(RegoError::NoPolicies) => serde_json::json!({"no_policies": true}),
+        Err(RegoError::Eval(m)) => serde_json::json!({"eval_error": m}),
+    };
+    v.to_string()
+}
+
+/// Reads what [`write_outcome`] printed.
+pub fn read_outcome(printed: &[u8]) -> Result<Result<Vec<Finding>, RegoError>, String> {
+    #[derive(serde::Deserialize)]
+    struct Printed {
+        findings: Option<Vec<PrintedFinding>>,
+        parse_error: Option<PrintedParse>,
+        no_policies: Option<bool>,
+        eval_error: Option<String>,
+    }
+    #[derive(serde::Deserialize)]
+    struct PrintedFinding {
+        rule: String,
+        severity: String,
+        address: Option<String>,
+        message: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct PrintedParse {
+        file: String,
+        message: String,
+    }
+    let p: Printed = serde_json::from_slice(printed).map_err(|e| e.to_string())?;
+    if let Some(e) = p.parse_error {
+        return Ok(Err(RegoError::Parse {
+            file: e.file,
+            message: e.message,
+        }));
+    }
+    if p.no_policies == Some(true) {
+        return Ok(Err(RegoError::NoPolicies));
+    }
+    if let Some(m) = p.eval_error {
+        return Ok(Err(RegoError::Eval(m)));
+    }
+    let findings = p.findings.ok_or("no findings and no error")?;
+    findings
+        .into_iter()
+        .map(|f| {
+            let severity = match f.severity.as_str() {
+                "info" => Severity::Info,
+                "review" => Severity::Review,
+                "deny" => Severity::Deny,
+                other => return Err(format!("unknown severity {other:?}")),
+            };
+            Ok(Finding {
+                rule: f.rule,
+                severity,
+                address: f.address,
+                message: f.message,
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()
+        .map(Ok)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const PLAN: &str = r#"{"resource_changes":[{"address":"aws_s3_bucket.logs","type":"aws_s3_bucket","change":{"actions":["delete"]}},{"address":"terraform_data.a","type":"terraform_data","change":{"actions":["create"]}}]}"#;
+
+    /// What a child evaluator reads and prints reads back as what it ran on and found.
+    #[test]
+    fn the_sandbox_protocol_round_trips() {
+        let files = vec![(
+            "p.rego".to_owned(),
+            "package main\n# a \"quote\"\n".to_owned(),
+        )];
+        let mut job = Vec::new();
+        write_job(&mut job, &files, PLAN).unwrap();
+        let (read, text) = read_job(&job).unwrap();
+        assert_eq!((read, text), (files, PLAN));
+        assert!(read_job(b"no newline").is_err());
+        let findings = vec![Finding {
+            rule: "rego:main.deny".into(),
+            severity: Severity::Deny,
+            address: Some("aws_s3_bucket.logs".into()),
+            message: "no".into(),
+        }];
+        for outcome in [
+            Ok(findings),
+            Ok(Vec::new()),
+            Err(RegoError::Parse {
+                file: "p.rego".into(),
+                message: "bad".into(),
+            }),
+            Err(RegoError::NoPolicies),
+            Err(RegoError::Eval("boom".into())),
+        ] {
+            let printed = write_outcome(&outcome);
+            assert_eq!(
+                read_outcome(printed.as_bytes()).unwrap(),
+                outcome,
+                "{printed}"
+            );
+        }
+        assert!(read_outcome(b"{}").is_err());
+        assert!(read_outcome(
+            br#"{"findings":[{"rule":"r","severity":"fatal","address":null,"message":"m"}]}"#
+        )
+        .is_err());
+    }
 
     #[test]
     fn v1_rules_with_strings_and_objects() {

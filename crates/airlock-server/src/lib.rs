@@ -18,6 +18,7 @@ mod log;
 pub mod mcp;
 mod metrics;
 pub mod oidc;
+mod rego_sandbox;
 pub mod router;
 pub mod run_upload;
 mod serve;
@@ -65,6 +66,10 @@ pub struct ServerConfig {
     pub log_level: LogLevel,
     /// Mark console cookies `Secure` (the server, or the proxy in front of it, serves TLS).
     pub secure_cookies: bool,
+    /// The `airlock` executable whose `__rego-eval` runs a repository's Rego (the planner's
+    /// text) in a child process with bounded memory and CPU (`rego_sandbox`); `None` runs it in
+    /// this process, where a hostile policy can abort the server (tests, embedders).
+    pub rego_evaluator: Option<std::path::PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -81,6 +86,7 @@ impl Default for ServerConfig {
             public_url: None,
             log_level: LogLevel::Warn,
             secure_cookies: false,
+            rego_evaluator: None,
         }
     }
 }

@@ -92,6 +92,10 @@ pub enum Command {
     /// Walk through an incident on a local test cloud, with and without airlock.
     #[command(subcommand)]
     Demo(DemoCommand),
+    /// (internal) Evaluate one job of a repository's Rego, read from stdin, within bounded
+    /// memory and CPU: the server runs every upload's repository policies this way.
+    #[command(name = "__rego-eval", hide = true)]
+    RegoEval,
 }
 
 #[derive(Debug, Subcommand)]

@@ -119,6 +119,7 @@ fn main() -> ExitCode {
             without_airlock,
             keep,
         }) => commands::demo::incident(without_airlock, keep),
+        cli::Command::RegoEval => commands::policy::rego_eval(),
     };
     match result {
         Ok(code) => code,

@@ -254,6 +254,8 @@ struct JudgeInput {
     current_state: Option<Arc<StateSummary>>,
     /// The server's policy sets whose glob matches the stack.
     server_sets: Vec<ServerPolicySet>,
+    /// Where the repository's Rego runs (`ServerConfig::rego_evaluator`).
+    rego_evaluator: Option<std::path::PathBuf>,
 }
 
 /// The configuration embedded in the binary plan (what `terraform apply PLAN` runs, whatever
@@ -749,10 +751,18 @@ fn judge(binary: &PlanFile, plan_json: &[u8], input: JudgeInput) -> ApiResult<Ju
             .collect(),
         refresh_only: binary.mode == PlanMode::RefreshOnly,
     };
+    let sandboxed = input
+        .rego_evaluator
+        .clone()
+        .map(|exe| crate::rego_sandbox::Sandboxed { exe });
     let gate_input = GateInput {
         config: &cfg,
         stack: stack_cfg,
         rego: &rego,
+        rego_runner: match &sandboxed {
+            Some(s) => s,
+            None => &airlock_policy::rego::InProcess,
+        },
         server_sets: &input.server_sets,
         refresh_only: binary.mode == PlanMode::RefreshOnly,
     };
@@ -1226,6 +1236,7 @@ fn create_run(
             stack: stack.clone(),
             current_state,
             server_sets,
+            rego_evaluator: state.config.rego_evaluator.clone(),
         },
     )?;
     let now = now_ms();

@@ -741,6 +741,7 @@ async fn check_plan(a: CheckPlan) -> Result<Value, String> {
             config: &config,
             stack: a.stack.as_deref().and_then(|s| config.stack(s)),
             rego: &[],
+            rego_runner: &airlock_policy::rego::InProcess,
             server_sets: &[],
             refresh_only: false,
         };

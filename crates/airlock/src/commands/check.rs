@@ -35,6 +35,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         config: &config,
         stack,
         rego: &rego,
+        rego_runner: &airlock_policy::rego::InProcess,
         server_sets: &[],
         refresh_only: refresh_only(&args.plan)?,
     };

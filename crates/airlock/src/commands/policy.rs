@@ -134,3 +134,31 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// `airlock __rego-eval`: evaluates the job on stdin (`airlock_policy::rego::read_job`) and prints
+/// its outcome, after limiting this process to the sandbox's memory and CPU: the server runs a
+/// repository's Rego (the planner's text) only this way (`airlock-server`'s `rego_sandbox`).
+pub fn rego_eval() -> anyhow::Result<ExitCode> {
+    use std::io::{Read, Write};
+
+    use airlock_policy::rego::{self, RegoError, RegoRunner};
+    use rustix::process::{setrlimit, Resource, Rlimit};
+    for (resource, limit) in [
+        (Resource::As, rego::SANDBOX_MEMORY_BYTES),
+        (Resource::Cpu, rego::SANDBOX_CPU_SECONDS),
+    ] {
+        let limit = Rlimit {
+            current: Some(limit),
+            maximum: Some(limit),
+        };
+        setrlimit(resource, limit).context("limiting the Rego evaluator")?;
+    }
+    let mut job = Vec::new();
+    std::io::stdin().read_to_end(&mut job)?;
+    let outcome = match rego::read_job(&job) {
+        Ok((files, text)) => rego::InProcess.run(&files, text),
+        Err(e) => Err(RegoError::Eval(format!("the job does not read: {e}"))),
+    };
+    std::io::stdout().write_all(rego::write_outcome(&outcome).as_bytes())?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -88,6 +88,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
             LogLevelArg::Warn => LogLevel::Warn,
             LogLevelArg::Info => LogLevel::Info,
         },
+        rego_evaluator: Some(std::env::current_exe()?),
     };
     let addr = listener.local_addr()?;
     let scheme = if tls.is_some() { "https" } else { "http" };

@@ -24,6 +24,10 @@
 //! 5. Review 6: a plan's prior state, which the server reads as a state, is the planner's to
 //!    choose and inflates to 256 MiB from a small upload:
 //!    `a_plan_whose_prior_state_is_far_larger_than_the_stacks_is_refused_before_it_is_read`.
+//! 6. The repository's Rego is the planner's text and the server evaluated it in its own
+//!    process, where regorus aborts on an allocation it cannot make (`numbers.range(0, 1e12)`):
+//!    one agent upload stopped the server.
+//!    `a_repository_policy_that_would_abort_the_server_stops_only_its_evaluator`.
 
 use crate::attacks::{applied_stack, forged_upload, upload};
 use crate::support::*;
@@ -376,4 +380,47 @@ fn a_plan_whose_prior_state_is_far_larger_than_the_stacks_is_refused_before_it_i
     let body = forged_upload(&t, &ws, stack, "../honest.tfplan", "../honest.tfplan");
     let (code, answer) = upload(&t, &t.agent, stack, &body);
     assert_eq!(code, 201, "{answer}");
+}
+
+/// A planner's repository Rego that asks for terabytes at once (regorus aborts the process it
+/// runs in when an allocation fails, so it took the whole server down with it) is run by a
+/// child evaluator with bounded memory: the plan is refused with why, no run is stored, and the
+/// server goes on serving; the same checkout with a sane policy plans.
+#[test]
+fn a_repository_policy_that_would_abort_the_server_stops_only_its_evaluator() {
+    let stack = "dev/rego-bomb";
+    let (t, ws) = applied_stack(stack);
+    ws.write_main(crate::attacks::WEB_CHANGED);
+    std::fs::create_dir_all(ws.path("policy")).unwrap();
+    std::fs::write(
+        ws.path("policy/bomb.rego"),
+        "package main\n\ndeny contains msg if {\n  xs := numbers.range(0, 1000000000000)\n  count(xs) > 0\n  msg := \"never\"\n}\n",
+    )
+    .unwrap();
+    let out = cli_in(
+        &t.s,
+        &t.agent,
+        &ws.dir,
+        &["plan", ".", "--stack", stack],
+        &[],
+    );
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("was stopped before the repository's Rego finished"),
+        "{}",
+        text(&out)
+    );
+    let runs =
+        t.s.ok(&t.s.admin, &["runs", "--stack", stack, "--format", "json"]);
+    assert!(!runs.contains("run_"), "{runs}");
+    // The server is still up, and the same checkout with a sane policy plans.
+    std::fs::write(
+        ws.path("policy/bomb.rego"),
+        "package main\n\nwarn contains msg if {\n  some rc in input.resource_changes\n  rc.address == \"terraform_data.web\"\n  msg := \"web changes\"\n}\n",
+    )
+    .unwrap();
+    let run = plan(&t, &ws, &t.agent, stack);
+    let shown =
+        t.s.ok(&t.s.admin, &["run", "show", &run, "--format", "json"]);
+    assert!(shown.contains("web changes"), "{shown}");
 }
