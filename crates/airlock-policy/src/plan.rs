@@ -33,8 +33,6 @@ pub struct ResourceChange {
     pub resource_type: String,
     /// Resource name.
     pub name: String,
-    /// `count` or `for_each` key (cty JSON), if any.
-    pub index: Option<Value>,
     /// Provider, e.g. `registry.terraform.io/hashicorp/aws`.
     pub provider_name: String,
     /// Deposed key, for a deposed object.
@@ -49,7 +47,8 @@ pub struct ResourceChange {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct Change {
-    /// Terraform's action list, e.g. `["delete","create"]`.
+    /// Terraform's action list, e.g. `["delete","create"]` (at most [`MAX_ACTIONS`]).
+    #[serde(deserialize_with = "actions")]
     pub actions: Vec<String>,
     /// The prior object (`null` for create).
     pub before: Option<Box<RawValue>>,
@@ -61,10 +60,310 @@ pub struct Change {
     pub before_sensitive: Option<Box<RawValue>>,
     /// Which planned attributes are sensitive.
     pub after_sensitive: Option<Box<RawValue>>,
-    /// Attribute paths that force replacement.
+    /// Attribute paths that force replacement (at most [`MAX_REPLACE_PATHS`] of
+    /// [`MAX_PATH_STEPS`] steps; a step that is neither a string nor a number reads as `null`).
+    #[serde(deserialize_with = "replace_paths")]
     pub replace_paths: Option<Vec<Vec<Value>>>,
     /// Present when the resource is being imported.
     pub importing: Option<Box<RawValue>>,
+}
+
+/// Most actions a change may list (Terraform's have one or two).
+pub const MAX_ACTIONS: usize = 4;
+/// Most replace paths a change may list, and steps a path may have.
+pub const MAX_REPLACE_PATHS: usize = 1_000;
+/// See [`MAX_REPLACE_PATHS`].
+pub const MAX_PATH_STEPS: usize = 100;
+/// Most root outputs or variables a plan may list (real configurations have tens to hundreds).
+pub const MAX_ROOT_NAMES: usize = 10_000;
+
+/// The values of a plan JSON are the planner's, and a JSON tree takes 16-30 bytes of memory per
+/// byte of text: the lists the readers keep are read with a bound, as they come, never built
+/// first and counted after.
+fn bounded_list<'de, D, T>(d: D, max: usize, what: &'static str) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct V<T> {
+        max: usize,
+        what: &'static str,
+        _t: std::marker::PhantomData<T>,
+    }
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for V<T> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "a list of at most {} {}", self.max, self.what)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut s: A) -> Result<Vec<T>, A::Error> {
+            let mut out = Vec::new();
+            while let Some(x) = s.next_element()? {
+                if out.len() == self.max {
+                    return Err(serde::de::Error::custom(format!(
+                        "more than {} {}",
+                        self.max, self.what
+                    )));
+                }
+                out.push(x);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_seq(V {
+        max,
+        what,
+        _t: std::marker::PhantomData,
+    })
+}
+
+fn actions<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    bounded_list(d, MAX_ACTIONS, "actions")
+}
+
+/// A replace path's step: a string or a number; anything else is skipped unbuilt.
+struct Step(Value);
+
+impl<'de> Deserialize<'de> for Step {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Step;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a path step")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Step, E> {
+                Ok(Step(Value::String(v.to_owned())))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Step, E> {
+                Ok(Step(Value::from(v)))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Step, E> {
+                Ok(Step(Value::from(v)))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Step, E> {
+                Ok(Step(Value::from(v)))
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Step, E> {
+                Ok(Step(Value::Null))
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Step, E> {
+                Ok(Step(Value::Null))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut s: A) -> Result<Step, A::Error> {
+                while s.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Step(Value::Null))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Step, A::Error> {
+                while m
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(Step(Value::Null))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// One replace path, at most [`MAX_PATH_STEPS`] steps.
+struct Path(Vec<Value>);
+
+impl<'de> Deserialize<'de> for Path {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let steps: Vec<Step> = bounded_list(d, MAX_PATH_STEPS, "steps in a replace path")?;
+        Ok(Path(steps.into_iter().map(|s| s.0).collect()))
+    }
+}
+
+fn replace_paths<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Vec<Vec<Value>>>, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = Option<Vec<Vec<Value>>>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("replace paths")
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            let paths: Vec<Path> = bounded_list(d, MAX_REPLACE_PATHS, "replace paths")?;
+            Ok(Some(paths.into_iter().map(|p| p.0).collect()))
+        }
+    }
+    d.deserialize_option(V)
+}
+
+/// `output_changes` of a plan JSON: each root output's name and actions, in name order (values
+/// are not read). Each entry is a change itself (`{"actions": [...], "before": ...}`), not
+/// wrapped in `change` as resource changes are. At most [`MAX_ROOT_NAMES`].
+pub fn output_changes(plan_json: &[u8]) -> Result<Vec<(String, Vec<String>)>, String> {
+    #[derive(Deserialize)]
+    struct Out {
+        #[serde(deserialize_with = "actions")]
+        actions: Vec<String>,
+    }
+    #[derive(Deserialize)]
+    struct Plan {
+        #[serde(default)]
+        output_changes: Names<Out>,
+    }
+    let p: Plan = serde_json::from_slice(plan_json).map_err(|e| e.to_string())?;
+    Ok(p.output_changes
+        .0
+        .into_iter()
+        .map(|(n, o)| (n, o.actions))
+        .collect())
+}
+
+/// A root variable of a plan JSON: its planned value and, from the configuration, its default
+/// and whether it is sensitive. Values stay raw text.
+#[derive(Debug)]
+pub struct RootVariable {
+    /// The variable's name.
+    pub name: String,
+    /// The planned value.
+    pub value: Box<RawValue>,
+    /// The configuration's default, if it declares one.
+    pub default: Option<Box<RawValue>>,
+    /// Declared `sensitive`.
+    pub sensitive: bool,
+}
+
+/// Values larger than this are never the default (compared as text, not as JSON).
+const MAX_COMPARED_VALUE: usize = 64 * 1024;
+
+impl RootVariable {
+    /// The planned value as compact JSON, as an approver reads it (Go's `\u003e` escapes
+    /// undone), on one line, at most `max` characters; one over 64 KiB is shown as sent.
+    pub fn shown(&self, max: usize) -> String {
+        let raw = self.value.get();
+        let text = match raw.len() <= MAX_COMPARED_VALUE {
+            true => serde_json::from_str::<Value>(raw)
+                .map_or_else(|_| raw.to_owned(), |v| v.to_string()),
+            false => raw.chars().take(max).collect(),
+        };
+        text.chars().filter(|c| !c.is_control()).take(max).collect()
+    }
+
+    /// Whether the planned value is the declared default (the same JSON value; one over
+    /// 64 KiB is compared as text, so a large default written differently counts as set).
+    pub fn is_default(&self) -> bool {
+        let Some(default) = &self.default else {
+            return false;
+        };
+        let (a, b) = (self.value.get(), default.get());
+        if a.len() > MAX_COMPARED_VALUE || b.len() > MAX_COMPARED_VALUE {
+            return a == b;
+        }
+        match (
+            serde_json::from_str::<Value>(a),
+            serde_json::from_str::<Value>(b),
+        ) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+/// The root variables of a plan JSON (`variables`, with `configuration.root_module.variables`
+/// for defaults and sensitivity), in name order; at most [`MAX_ROOT_NAMES`] of each.
+pub fn root_variables(plan_json: &[u8]) -> Result<Vec<RootVariable>, String> {
+    #[derive(Deserialize)]
+    struct Planned {
+        #[serde(default)]
+        value: Option<Box<RawValue>>,
+    }
+    #[derive(Deserialize)]
+    struct Declared {
+        #[serde(default)]
+        default: Option<Box<RawValue>>,
+        #[serde(default)]
+        sensitive: bool,
+    }
+    #[derive(Deserialize, Default)]
+    struct Root {
+        #[serde(default)]
+        variables: Names<Declared>,
+    }
+    #[derive(Deserialize, Default)]
+    struct Configuration {
+        #[serde(default)]
+        root_module: Root,
+    }
+    #[derive(Deserialize)]
+    struct Plan {
+        #[serde(default)]
+        variables: Names<Planned>,
+        #[serde(default)]
+        configuration: Configuration,
+    }
+    let plan: Plan = serde_json::from_slice(plan_json).map_err(|e| e.to_string())?;
+    let mut declared: std::collections::BTreeMap<String, Declared> = plan
+        .configuration
+        .root_module
+        .variables
+        .0
+        .into_iter()
+        .collect();
+    Ok(plan
+        .variables
+        .0
+        .into_iter()
+        .map(|(name, planned)| {
+            let d = declared.remove(&name);
+            RootVariable {
+                value: planned
+                    .value
+                    .unwrap_or_else(|| RawValue::from_string("null".into()).unwrap_or_default()),
+                default: d.as_ref().and_then(|d| d.default.clone()),
+                sensitive: d.is_some_and(|d| d.sensitive),
+                name,
+            }
+        })
+        .collect())
+}
+
+/// A JSON object read as name-value pairs sorted by name, at most [`MAX_ROOT_NAMES`] entries
+/// (a name twice keeps the last, as Go's map and serde's would).
+struct Names<T>(Vec<(String, T)>);
+
+impl<T> Default for Names<T> {
+    fn default() -> Self {
+        Names(Vec::new())
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Names<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for V<T> {
+            type Value = Names<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "an object of at most {MAX_ROOT_NAMES} names")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<Names<T>, A::Error> {
+                let mut out = std::collections::BTreeMap::new();
+                while let Some((k, v)) = m.next_entry::<String, T>()? {
+                    out.insert(k, v);
+                    if out.len() > MAX_ROOT_NAMES {
+                        return Err(serde::de::Error::custom(format!(
+                            "more than {MAX_ROOT_NAMES} names"
+                        )));
+                    }
+                }
+                Ok(Names(out.into_iter().collect()))
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
 }
 
 /// How a resource change is classified.
@@ -1114,7 +1413,11 @@ mod tests {
         );
         // Kept raw (not recursed into) until a rule needs it: no stack overflow either way.
         let _ = read(deep_change.as_bytes());
+        // The index is not read (nothing judges it; a planner could make it a tree of any
+        // size): a number out of any float's range there reads.
         let huge = r#"{"planned_values":{},"resource_changes":[{"address":"a","index":1e999999}]}"#;
+        assert!(read(huge.as_bytes()).is_ok());
+        let huge = r#"{"planned_values":{},"resource_changes":[{"address":"a","action_reason":1e999999}]}"#;
         assert!(matches!(
             read(huge.as_bytes()).unwrap_err(),
             PlanError::Syntax { .. }

@@ -373,24 +373,9 @@ fn bad(msg: impl Into<String>) -> ApiError {
     ApiError::new(RefusalKind::BadRequest, msg)
 }
 
-/// The plan JSON's `output_changes`: name and actions (values are not read). Each entry is a
-/// change itself (`{"actions": [...], "before": ...}`), not wrapped in `change` as resource
-/// changes are.
+/// The plan JSON's `output_changes`: name and actions (`plan::output_changes`).
 fn json_outputs(plan_json: &[u8]) -> ApiResult<Vec<(String, Vec<String>)>> {
-    #[derive(Deserialize)]
-    struct Out {
-        actions: Vec<String>,
-    }
-    #[derive(Deserialize)]
-    struct Plan {
-        #[serde(default)]
-        output_changes: std::collections::BTreeMap<String, Out>,
-    }
-    let p: Plan = serde_json::from_slice(plan_json).map_err(|e| bad(format!("plan JSON: {e}")))?;
-    Ok(p.output_changes
-        .into_iter()
-        .map(|(name, o)| (name, o.actions))
-        .collect())
+    plan::output_changes(plan_json).map_err(|e| bad(format!("plan JSON: {e}")))
 }
 
 /// The plan JSON's `resource_changes`, read as the gate reads plans (values are not kept).
@@ -566,61 +551,27 @@ fn check_backend(binary: &PlanFile, stack: &str) -> ApiResult<()> {
 /// settings, provisioner commands) without showing in the resource changes. Approvers see each
 /// one, with its value unless the variable is sensitive.
 fn planner_variables(plan_json: &[u8]) -> ApiResult<Vec<Finding>> {
-    #[derive(Deserialize)]
-    struct Planned {
-        #[serde(default)]
-        value: Value,
-    }
-    #[derive(Deserialize)]
-    struct Declared {
-        #[serde(default)]
-        default: Option<Value>,
-        #[serde(default)]
-        sensitive: bool,
-    }
-    #[derive(Deserialize, Default)]
-    struct Root {
-        #[serde(default)]
-        variables: std::collections::BTreeMap<String, Declared>,
-    }
-    #[derive(Deserialize, Default)]
-    struct Configuration {
-        #[serde(default)]
-        root_module: Root,
-    }
-    #[derive(Deserialize)]
-    struct Plan {
-        #[serde(default)]
-        variables: std::collections::BTreeMap<String, Planned>,
-        #[serde(default)]
-        configuration: Configuration,
-    }
-    let plan: Plan =
-        serde_json::from_slice(plan_json).map_err(|e| bad(format!("plan JSON: {e}")))?;
-    let declared = &plan.configuration.root_module.variables;
-    let mut out = Vec::new();
-    for (name, planned) in &plan.variables {
-        let d = declared.get(name);
-        if d.and_then(|d| d.default.as_ref()) == Some(&planned.value) {
-            continue;
-        }
-        let shown = if d.is_some_and(|d| d.sensitive) {
-            "(sensitive)".to_owned()
-        } else {
-            let v = planned.value.to_string();
-            let v: String = v.chars().filter(|c| !c.is_control()).take(200).collect();
-            v
-        };
-        out.push(Finding {
-            rule: "planner-variable".into(),
-            severity: Severity::Review,
-            address: None,
-            message: format!(
-                "variable {name} = {shown} comes from the planner (-var, TF_VAR_ or a var file), not the code's default: check it is what the reviewed files say"
-            ),
-        });
-    }
-    Ok(out)
+    let variables = plan::root_variables(plan_json).map_err(|e| bad(format!("plan JSON: {e}")))?;
+    Ok(variables
+        .iter()
+        .filter(|v| !v.is_default())
+        .map(|v| {
+            let shown = if v.sensitive {
+                "(sensitive)".to_owned()
+            } else {
+                v.shown(200)
+            };
+            Finding {
+                rule: "planner-variable".into(),
+                severity: Severity::Review,
+                address: None,
+                message: format!(
+                    "variable {} = {shown} comes from the planner (-var, TF_VAR_ or a var file), not the code's default: check it is what the reviewed files say",
+                    v.name
+                ),
+            }
+        })
+        .collect())
 }
 
 /// Room a plan's prior state has beyond twice the stack's state.
