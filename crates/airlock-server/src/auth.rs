@@ -43,6 +43,8 @@ pub struct Principal {
     /// Other stacks whose state alone this token may read (exact names; plan-phase tokens for
     /// `terraform_remote_state`): see [`Principal::scope_admits`].
     pub read_stacks: Vec<String>,
+    /// When the token expires (ms since the epoch), if it does: what it mints ends no later.
+    pub expires_at: Option<i64>,
 }
 
 /// The one request a read stack admits: Terraform's state read (`terraform_remote_state`).
@@ -83,6 +85,7 @@ impl Principal {
             user: t.user,
             parent_id: t.parent_id,
             read_stacks: t.read_stacks,
+            expires_at: t.expires_at,
         }
     }
 

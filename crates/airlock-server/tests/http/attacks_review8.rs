@@ -64,3 +64,61 @@ async fn a_stack_scoped_admin_cannot_give_forge_logins() {
         Some("bob")
     );
 }
+
+/// A plan-phase identity token (a JWT a cloud exchanges for credentials) is a token minted from
+/// a token, and nothing revokes it: it may not outlive the token that asked for it. The attack:
+/// an agent token that expires in two minutes (or a plan-phase token near its end) asks for one
+/// and gets the full hour, so its cloud role stays reachable long after airlock refuses the
+/// token. Expected: `exp` no later than the token's expiry; under a minute left, refused.
+#[tokio::test]
+async fn an_identity_token_expires_no_later_than_the_token_that_asked_for_it() {
+    let s = Server::with_config(airlock_server::ServerConfig {
+        public_url: Some("https://airlock.example".into()),
+        ..airlock_server::ServerConfig::default()
+    });
+    s.stack("dev/app", false);
+    let body = json!({"audience": "sts.amazonaws.com"});
+    let uri = "/api/v1/stacks/dev%2Fapp/identity-token";
+    let ends = airlock_store::now_ms() + 120_000;
+    let agent = s.token("short-lived", Role::Agent, &["dev/*"], Some(ends));
+    let r = s.api("POST", uri, &agent, body.clone()).await;
+    r.expect(201);
+    let exp_ms = r.json()["expires_at"].as_i64().expect("expires_at");
+    assert!(
+        exp_ms <= ends,
+        "the identity token expires at {exp_ms}, {} s after the token that asked for it",
+        (exp_ms - ends) / 1000
+    );
+    // Its plan-phase token ends with it too (clamped at mint), and so does what that asks for.
+    let r = s
+        .api(
+            "POST",
+            "/api/v1/stacks/dev%2Fapp/plan-token",
+            &agent,
+            json!(null),
+        )
+        .await;
+    r.expect(201);
+    let phase = Tok {
+        id: r.json()["token_id"].as_str().unwrap().to_owned(),
+        secret: r.json()["secret"].as_str().unwrap().to_owned(),
+    };
+    let r = s.api("POST", uri, &phase, body.clone()).await;
+    r.expect(201);
+    assert!(r.json()["expires_at"].as_i64().unwrap() <= ends);
+    // Under a minute left: no identity token (the shortest one lives a minute).
+    let dying = s.token(
+        "dying",
+        Role::Agent,
+        &["dev/*"],
+        Some(airlock_store::now_ms() + 30_000),
+    );
+    let r = s.api("POST", uri, &dying, body.clone()).await;
+    r.expect(403);
+    assert!(r.message().contains("expires"), "{}", r.message());
+    // A token without an expiry still gets the hour it asks for.
+    let lasting = s.token("lasting", Role::Agent, &["dev/*"], None);
+    let r = s.api("POST", uri, &lasting, body).await;
+    r.expect(201);
+    assert!(r.json()["expires_at"].as_i64().unwrap() > airlock_store::now_ms() + 3_000_000);
+}
