@@ -366,7 +366,7 @@ pub async fn add_trust(
         Some(l) => parse_duration_ms(l).map_err(bad)?,
     };
     let trust = OidcTrustRecord {
-        id: tokens::random_id("trust_"),
+        id: tokens::random_id(airlock_store::TRUST_ID_PREFIX),
         issuer: req.issuer.unwrap_or_else(|| default_issuer.to_owned()),
         forge: req.forge,
         audience,

@@ -122,3 +122,42 @@ async fn an_identity_token_expires_no_later_than_the_token_that_asked_for_it() {
     r.expect(201);
     assert!(r.json()["expires_at"].as_i64().unwrap() > airlock_store::now_ms() + 3_000_000);
 }
+
+/// A CI job's login token belongs to its trust (user = the trust's id, a user the trust
+/// creates), so the trust's logins are counted, and end, by that user: the one-hour login
+/// limit counts its parentless tokens, removing the trust revokes them. The attack: an admin
+/// of `dev/*` only mints tokens for the user of a prod trust (its id is printed by every
+/// `airlock oidc login`): they count against the prod trust's login limit (a thousand of them
+/// and prod CI cannot log in for an hour), and carry the prod pipeline's identity.
+/// Expected: `trust_` names, like `tok_` ones, are no user's to give or take.
+#[tokio::test]
+async fn a_user_cannot_take_the_name_of_a_trust() {
+    let s = Server::new();
+    let r = s
+        .api(
+            "POST",
+            "/api/v1/oidc/trusts",
+            &s.admin,
+            json!({"forge": "github", "repository": "org/infra", "repository_id": "1001", "owner_id": "2002",
+                   "git_ref": "refs/heads/main", "role": "ci", "stacks": ["prod/*"], "audience": "https://airlock.example"}),
+        )
+        .await;
+    r.expect(201);
+    let trust = r.json()["trust"]["id"].as_str().unwrap().to_owned();
+    let dev_admin = s.token("dev-admin", Role::Admin, &["dev/*"], None);
+    let r = s
+        .api(
+            "POST",
+            "/api/v1/tokens",
+            &dev_admin,
+            json!({"name": "decoy", "role": "reader", "stacks": ["dev/*"], "user": trust}),
+        )
+        .await;
+    r.expect(400);
+    assert!(r.message().contains("trust"), "{}", r.message());
+    for name in [trust.as_str(), "trust_0123456789abcdef"] {
+        s.api("POST", "/api/v1/users", &dev_admin, json!({ "name": name }))
+            .await
+            .expect(400);
+    }
+}
