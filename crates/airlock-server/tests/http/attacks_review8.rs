@@ -161,3 +161,77 @@ async fn a_user_cannot_take_the_name_of_a_trust() {
             .expect(400);
     }
 }
+
+/// What a browser sends on a cross-site `<form method="post" enctype="text/plain">` to the API
+/// after its user once typed the token into the Basic-auth prompt a 401 raised (the browser
+/// keeps it for the origin and sends it again by itself): the cached credential, the attacker's
+/// `Origin` (or `null`) and `Sec-Fetch-Site: cross-site`, a body the form's one field spells as
+/// JSON (`name` + `=` + `value`), or none at all (an approval needs no body).
+fn cross_site_form(
+    uri: &str,
+    secret: &str,
+    origin: Option<&str>,
+    fetch_site: Option<&str>,
+    body: &str,
+) -> axum::http::Request<axum::body::Body> {
+    let mut b = request("POST", uri, Auth::Basic("airlock", secret))
+        .header(axum::http::header::CONTENT_TYPE, "text/plain")
+        .header(axum::http::header::HOST, "airlock.example");
+    if let Some(o) = origin {
+        b = b.header(axum::http::header::ORIGIN, o);
+    }
+    if let Some(site) = fetch_site {
+        b = b
+            .header("sec-fetch-site", site)
+            .header("sec-fetch-mode", "navigate");
+    }
+    b.body(axum::body::Body::from(body.to_owned())).unwrap()
+}
+
+/// The console refuses cross-site POSTs (CSRF token, `Origin`, `Sec-Fetch-Site`); the JSON API
+/// behind it took them: a page on any site made a signed-in approver's browser create a removal
+/// grant for a protected database (or approve a run: an empty body). Expected: a request a
+/// browser marks as coming from another site changes nothing, whatever credential it carries;
+/// requests without those headers (Terraform, the CLI, curl) and same-origin ones work.
+#[tokio::test]
+async fn a_cross_site_browser_post_to_the_api_changes_nothing() {
+    let s = Server::new();
+    s.stack("prod/db", true);
+    let approver = s.role_token(Role::Approver);
+    let uri = "/api/v1/stacks/prod%2Fdb/grants";
+    // The form's field: name `{"addresses":["aws_db_instance.main"],"ttl":"1h","reason":"x`,
+    // value `"}`; the browser joins them with `=`.
+    let body = r#"{"addresses":["aws_db_instance.main"],"ttl":"1h","reason":"x="}"#;
+    for (origin, site) in [
+        (Some("https://evil.example"), Some("cross-site")),
+        (Some("null"), Some("cross-site")),
+        (Some("https://evil.airlock.example"), Some("same-site")),
+        // A browser without Fetch Metadata still names the page's origin.
+        (Some("https://evil.example"), None),
+        (Some("null"), None),
+        (None, Some("cross-site")),
+    ] {
+        let r = s
+            .send(cross_site_form(uri, &approver.secret, origin, site, body))
+            .await;
+        assert_eq!(
+            r.status, 403,
+            "a cross-site POST (Origin {origin:?}, Sec-Fetch-Site {site:?}) was taken: {r:?}"
+        );
+        assert!(r.message().contains("cross-site"), "{}", r.message());
+    }
+    let grants = s.store.grants("prod/db").unwrap();
+    assert!(grants.is_empty(), "a cross-site form made {grants:?}");
+    // The same request from this origin's own page, or typed (no Origin), and from clients
+    // that are not browsers, is taken.
+    for (origin, site) in [
+        (Some("https://airlock.example"), Some("same-origin")),
+        (None, Some("none")),
+        (None, None),
+    ] {
+        s.send(cross_site_form(uri, &approver.secret, origin, site, body))
+            .await
+            .expect(201);
+    }
+    assert_eq!(s.store.grants("prod/db").unwrap().len(), 3);
+}
