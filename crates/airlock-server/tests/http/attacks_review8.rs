@@ -235,3 +235,48 @@ async fn a_cross_site_browser_post_to_the_api_changes_nothing() {
     }
     assert_eq!(s.store.grants("prod/db").unwrap().len(), 3);
 }
+
+/// Console sessions: a token holds at most 16 (its 17th sign-in ends its oldest), and a server
+/// with 10,000 refuses new sign-ins rather than end anyone's. The cap was per token, but one
+/// user has as many tokens as it mints: an agent mints 60 plan-phase tokens an hour (one user),
+/// a trust's pull-request jobs log in 1,000 times an hour (one user, the trust), and each signs
+/// in 16 times, kept alive by a request now and then: 625 tokens fill the server, and from then
+/// on no approver can sign in (503). Expected: one user holds at most 16 sessions, whatever its
+/// tokens; a new sign-in ends that user's own least recently used one.
+#[tokio::test]
+async fn one_user_holds_at_most_sixteen_console_sessions_whatever_its_tokens() {
+    let s = Server::new();
+    s.stack("dev/app", false);
+    let agent = s.token("bot", Role::Agent, &[], None);
+    let mut browsers = Vec::new();
+    for _ in 0..3 {
+        let r = s
+            .api(
+                "POST",
+                "/api/v1/stacks/dev%2Fapp/plan-token",
+                &agent,
+                json!(null),
+            )
+            .await;
+        r.expect(201);
+        let secret = r.json()["secret"].as_str().unwrap().to_owned();
+        for _ in 0..16 {
+            let b = crate::console::try_sign_in(&s, &secret)
+                .await
+                .unwrap_or_else(|r| panic!("sign-in: {r:?}"));
+            browsers.push(b);
+        }
+    }
+    let mut live = 0;
+    for b in &browsers {
+        if b.get("/ui/").await.status == 200 {
+            live += 1;
+        }
+    }
+    assert!(
+        live <= 16,
+        "one user (an agent and its plan-phase tokens) holds {live} console sessions"
+    );
+    // The newest ones are the ones kept.
+    assert_eq!(browsers.last().unwrap().get("/ui/").await.status, 200);
+}
