@@ -191,10 +191,11 @@ fn host_of(v: &str) -> &str {
 
 /// Why a request is a browser's from another site, if it is (cross-site request forgery): a
 /// `Sec-Fetch-Site` other than `same-origin` or `none` (typed or bookmarked), or an `Origin`
-/// that is neither this host nor `public_url`'s (`null` only alongside a same-origin `Sec-Fetch-Site`: under
-/// `Referrer-Policy: no-referrer` browsers send `Origin: null` on every POST). Terraform, the
-/// CLI and other clients that are not browsers send neither header. A browser that once took
-/// a token at a Basic-auth prompt sends it again by itself, with any site's form.
+/// that is neither this host nor `public_url`'s (`null` only alongside a same-origin
+/// `Sec-Fetch-Site`: under `Referrer-Policy: no-referrer` browsers send `Origin: null` on every
+/// POST). Terraform, the CLI and other clients that are not browsers send neither header. A
+/// browser that once took a token at a Basic-auth prompt sends it again by itself, with any
+/// site's form.
 pub fn cross_site(
     headers: &axum::http::HeaderMap,
     public_url: Option<&str>,
