@@ -1,6 +1,6 @@
 //! Adversarial review "review8": the state firewall, tokens minted from tokens and the consoles,
-//! attacked with a valid low-privilege credential. Each test is one attack; a test marked
-//! `#[ignore = "lead fixes"]` is a hole in code this review does not touch.
+//! attacked with a valid low-privilege credential (a stack-scoped admin is one too: its scope is
+//! its privilege). Each test is one attack that succeeded on main and is refused since.
 
 use airlock_core::Role;
 use serde_json::json;
