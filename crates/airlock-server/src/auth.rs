@@ -13,6 +13,7 @@ use airlock_core::{Role, StackName};
 use airlock_store::{now_ms, NewAudit, TokenRecord};
 use axum::extract::{MatchedPath, RawPathParams, Request, State};
 use axum::http::header::AUTHORIZATION;
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, RequestExt};
@@ -43,6 +44,8 @@ pub struct Principal {
     /// Other stacks whose state alone this token may read (exact names; plan-phase tokens for
     /// `terraform_remote_state`): see [`Principal::scope_admits`].
     pub read_stacks: Vec<String>,
+    /// When the token expires (ms since the epoch), if it does: what it mints ends no later.
+    pub expires_at: Option<i64>,
 }
 
 /// The one request a read stack admits: Terraform's state read (`terraform_remote_state`).
@@ -83,6 +86,7 @@ impl Principal {
             user: t.user,
             parent_id: t.parent_id,
             read_stacks: t.read_stacks,
+            expires_at: t.expires_at,
         }
     }
 
@@ -176,6 +180,43 @@ async fn audit_denial(
         store.append_audit(NewAudit::denied(&actor, "denied", stack.as_deref(), detail))
     })
     .await;
+}
+
+/// The host part of an origin or host header value (`https://a.b:8443` → `a.b:8443`).
+fn host_of(v: &str) -> &str {
+    v.split_once("://")
+        .map_or(v, |(_, rest)| rest)
+        .trim_end_matches('/')
+}
+
+/// Why a request is a browser's from another site, if it is (cross-site request forgery): a
+/// `Sec-Fetch-Site` other than `same-origin` or `none` (typed or bookmarked), or an `Origin`
+/// that is neither this host nor `public_url`'s (`null` only alongside a same-origin
+/// `Sec-Fetch-Site`: under `Referrer-Policy: no-referrer` browsers send `Origin: null` on every
+/// POST). Terraform, the CLI and other clients that are not browsers send neither header. A
+/// browser that once took a token at a Basic-auth prompt sends it again by itself, with any
+/// site's form.
+pub fn cross_site(
+    headers: &axum::http::HeaderMap,
+    public_url: Option<&str>,
+) -> Option<&'static str> {
+    let site = headers.get("sec-fetch-site").map(|v| v.as_bytes());
+    if site.is_some_and(|s| s != b"same-origin" && s != b"none") {
+        return Some("cross-site request refused (Sec-Fetch-Site is not same-origin)");
+    }
+    if let Some(origin) = headers.get(axum::http::header::ORIGIN) {
+        let host = headers
+            .get(axum::http::header::HOST)
+            .and_then(|h| h.to_str().ok());
+        let origin = origin.to_str().unwrap_or("");
+        let null_ok = origin == "null" && site == Some(b"same-origin");
+        let own = host == Some(host_of(origin))
+            || public_url.is_some_and(|u| crate::mcp::origin_of(u) == origin);
+        if !null_ok && !own {
+            return Some("cross-site request refused (Origin is not this server)");
+        }
+    }
+    None
 }
 
 /// Looks the secret up and checks expiry and revocation.
@@ -294,6 +335,20 @@ async fn check<'t>(
         .ok()
         .and_then(|s| s.as_ref())
         .map(|s| s.to_string());
+    // A browser's request from another site changes nothing, whatever credential it carries
+    // (reads are answered: another site's page cannot read them without CORS, which is off).
+    if !matches!(req.method(), &Method::GET | &Method::HEAD) {
+        if let Some(why) = cross_site(req.headers(), state.config.public_url.as_deref()) {
+            audit_denial(
+                state,
+                "cross-site".into(),
+                caller.stack.clone(),
+                serde_json::json!({"method": method, "route": route, "status": 403, "reason": why}),
+            )
+            .await;
+            return Err(ApiError::new(RefusalKind::Forbidden, why));
+        }
+    }
     let principal =
         authenticate_header(state, req.headers(), &method, &route, caller.stack.clone()).await?;
     caller.actor = Some(principal.display());

@@ -13,11 +13,14 @@
 //! - `policies`: server Rego policy sets: admin-only changes, bounds, versions, audit.
 //! - `mcp`: the MCP endpoint: tool lists per role, transport rules, hostile arguments, audit.
 //! - `run_uploads`: hostile streamed run uploads (truncated, altered, bombs, wrong type).
-//! - `attacks_tier2`, `attacks_tier3`, `attacks_tier4`: adversarial reviews, one attack per test.
+//! - `attacks_tier2`, `attacks_tier3`, `attacks_tier4`, `attacks_review8`: adversarial reviews,
+//!   one attack per test.
 //! - `read_stacks`: a plan-phase token's read stacks (`terraform_remote_state`): never wider than
 //!   its minter, state reads only.
 //! - `state_reuse`: a state write reads only the resource elements that changed.
 
+#[path = "http/attacks_review8.rs"]
+mod attacks_review8;
 #[path = "http/attacks_tier2.rs"]
 mod attacks_tier2;
 #[path = "http/attacks_tier3.rs"]

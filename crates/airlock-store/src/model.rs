@@ -324,9 +324,12 @@ pub fn valid_forge_login(login: &str) -> Result<String, String> {
 /// Prefix of token ids, and so of the implicit user of a token created without one; no
 /// explicit user may take a name with it.
 pub const TOKEN_ID_PREFIX: &str = "tok_";
+/// The prefix of an OIDC trust's id, the user of the tokens its logins get.
+pub const TRUST_ID_PREFIX: &str = "trust_";
 
 /// Checks a user name: 1-64 characters of `a-z A-Z 0-9 . _ - @`, not starting with `tok_`
-/// (reserved for tokens that are their own identity). Printable by construction.
+/// (reserved for tokens that are their own identity) or `trust_` (OIDC trusts). Printable by
+/// construction.
 pub fn valid_user_name(name: &str) -> Result<(), String> {
     if name.is_empty()
         || name.len() > 64
@@ -341,6 +344,13 @@ pub fn valid_user_name(name: &str) -> Result<(), String> {
     if name.starts_with(TOKEN_ID_PREFIX) {
         return Err(format!(
             "invalid user name {name:?}: names starting with {TOKEN_ID_PREFIX} are reserved for token ids"
+        ));
+    }
+    // A CI job's login tokens belong to their trust (user = the trust's id): a user of that
+    // name would share the trust's login limit and identity.
+    if name.starts_with(TRUST_ID_PREFIX) {
+        return Err(format!(
+            "invalid user name {name:?}: names starting with {TRUST_ID_PREFIX} are reserved for OIDC trusts"
         ));
     }
     Ok(())

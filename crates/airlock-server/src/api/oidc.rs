@@ -135,6 +135,30 @@ async fn issue(
         )
         .await);
     }
+    // Nothing revokes an identity token once signed: it ends no later than the token that
+    // asked for it, and one with under a minute left (the shortest identity token) gets none.
+    let now = now_ms();
+    let ttl = match p.expires_at {
+        None => ttl,
+        Some(ends) => {
+            let left = ends.div_euclid(1000) - now.div_euclid(1000);
+            if left < 60 {
+                return Err(refuse(
+                    state,
+                    &p.display(),
+                    &action,
+                    Some(stack),
+                    RefusalKind::Forbidden,
+                    format!(
+                        "token {} expires in under a minute; an identity token lives at least a minute and never longer than the token that asks for it",
+                        p.name
+                    ),
+                )
+                .await);
+            }
+            ttl.min(left)
+        }
+    };
     let jti = tokens::random_id("jti_");
     let claims = PhaseToken {
         issuer: &iss,
@@ -145,7 +169,7 @@ async fn issue(
         run_id: run.map(|r| r.0),
         plan_sha256: run.map(|r| r.1),
         ttl_s: ttl,
-        now_s: now_ms() / 1000,
+        now_s: now.div_euclid(1000),
         jti: &jti,
     }
     .claims();
@@ -342,7 +366,7 @@ pub async fn add_trust(
         Some(l) => parse_duration_ms(l).map_err(bad)?,
     };
     let trust = OidcTrustRecord {
-        id: tokens::random_id("trust_"),
+        id: tokens::random_id(airlock_store::TRUST_ID_PREFIX),
         issuer: req.issuer.unwrap_or_else(|| default_issuer.to_owned()),
         forge: req.forge,
         audience,

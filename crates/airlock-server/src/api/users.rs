@@ -49,6 +49,23 @@ fn forge_logins(logins: &[String]) -> ApiResult<Vec<String>> {
     Ok(out)
 }
 
+/// A forge login decides approvals on every stack (its user may not approve a run of a change
+/// it wrote; a login of no user blocks every approval) and is never taken back, so only an
+/// admin token for all stacks gives one: a stack-scoped admin could otherwise give a prod
+/// approver's login to a decoy user and let him approve his own change.
+fn may_give_forge_logins(p: &Principal) -> ApiResult<()> {
+    if p.stacks.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        RefusalKind::Forbidden,
+        format!(
+            "token {} is scoped to stacks {:?}; forge logins decide approvals on all stacks, so only an admin token for all stacks may give them",
+            p.name, p.stacks
+        ),
+    ))
+}
+
 /// `POST /api/v1/users`.
 pub async fn create(
     State(state): State<Arc<AppState>>,
@@ -59,6 +76,9 @@ pub async fn create(
     let req: CreateUser = parse_body(&body)?;
     valid_user_name(&req.name).map_err(|e| ApiError::new(RefusalKind::BadRequest, e))?;
     let logins = forge_logins(&req.forge_logins)?;
+    if !logins.is_empty() {
+        may_give_forge_logins(&p)?;
+    }
     let audit = NewAudit::ok(
         &p.display(),
         "user.create",
@@ -96,6 +116,7 @@ pub async fn add_forge_login(
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
     p.may_mint()?;
+    may_give_forge_logins(&p)?;
     let req: AddForgeLogin = parse_body(&body)?;
     valid_user_name(&name).map_err(|e| ApiError::new(RefusalKind::BadRequest, e))?;
     let login =

@@ -216,32 +216,24 @@ pub fn html_response(status: StatusCode, body: String) -> Response {
         .into_response()
 }
 
-/// The host part of an origin or host header value (`https://a.b:8443` → `a.b:8443`).
-fn host_of(v: &str) -> &str {
-    v.split_once("://")
-        .map_or(v, |(_, rest)| rest)
-        .trim_end_matches('/')
-}
-
-/// Refuses a cross-site POST: `Sec-Fetch-Site` must be `same-origin` when a browser sends it,
-/// `Origin` must name this host when sent (a `null` Origin only alongside a same-origin
-/// `Sec-Fetch-Site`: under `Referrer-Policy: no-referrer` browsers send `Origin: null` on every
-/// POST), and the form's CSRF token must be `expected`.
-pub fn check_post(headers: &HeaderMap, expected: &str, given: Option<&str>) -> Result<(), String> {
-    let same_origin = match headers.get("sec-fetch-site") {
-        Some(site) if site.as_bytes() == b"same-origin" => true,
-        Some(_) => {
-            return Err("cross-site request refused (Sec-Fetch-Site is not same-origin)".into())
-        }
-        None => false,
-    };
-    if let Some(origin) = headers.get(header::ORIGIN) {
-        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-        let origin = origin.to_str().unwrap_or("");
-        let null_ok = origin == "null" && same_origin;
-        if !null_ok && host != Some(host_of(origin)) {
-            return Err("cross-site request refused (Origin is not this server)".into());
-        }
+/// Refuses a cross-site POST: `Sec-Fetch-Site` must be `same-origin` when a browser sends it
+/// (not even `none`: a form is never typed), `Origin` must name this host when sent
+/// ([`crate::auth::cross_site`], which the API applies too), and the form's CSRF token must be
+/// `expected`.
+pub fn check_post(
+    state: &AppState,
+    headers: &HeaderMap,
+    expected: &str,
+    given: Option<&str>,
+) -> Result<(), String> {
+    if let Some(why) = crate::auth::cross_site(headers, state.config.public_url.as_deref()) {
+        return Err(why.into());
+    }
+    if headers
+        .get("sec-fetch-site")
+        .is_some_and(|site| site.as_bytes() != b"same-origin")
+    {
+        return Err("cross-site request refused (Sec-Fetch-Site is not same-origin)".into());
     }
     match given {
         Some(g) if !expected.is_empty() && session::same_secret(expected, g) => Ok(()),
@@ -336,7 +328,7 @@ async fn login(
     Form(f): Form<LoginForm>,
 ) -> Response {
     let expected = session::cookie(&headers, session::LOGIN_COOKIE).unwrap_or("");
-    if let Err(why) = check_post(&headers, expected, f.login_csrf.as_deref()) {
+    if let Err(why) = check_post(&state, &headers, expected, f.login_csrf.as_deref()) {
         return refused_post(StatusCode::FORBIDDEN, &why, None);
     }
     let token = f.token.trim();
@@ -403,7 +395,7 @@ pub struct CsrfForm {
 
 /// `POST /ui/logout`.
 async fn logout(ctx: Ctx, headers: HeaderMap, Form(f): Form<CsrfForm>) -> Response {
-    if let Err(why) = check_post(&headers, ctx.csrf(), f.csrf.as_deref()) {
+    if let Err(why) = check_post(&ctx.state, &headers, ctx.csrf(), f.csrf.as_deref()) {
         return refused_post(StatusCode::FORBIDDEN, &why, Some(&ctx));
     }
     ctx.state.console.end(&ctx.sid);

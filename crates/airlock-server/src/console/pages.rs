@@ -506,7 +506,7 @@ pub async fn restore(
     Path(raw): Path<String>,
     Form(f): Form<RestoreForm>,
 ) -> Response {
-    if let Err(why) = check_post(&headers, ctx.csrf(), f.csrf.as_deref()) {
+    if let Err(why) = check_post(&ctx.state, &headers, ctx.csrf(), f.csrf.as_deref()) {
         return refused_post(StatusCode::FORBIDDEN, &why, Some(&ctx));
     }
     let name = match stack_of(&raw) {
@@ -543,7 +543,7 @@ pub async fn force_unlock(
     Path(raw): Path<String>,
     Form(f): Form<UnlockForm>,
 ) -> Response {
-    if let Err(why) = check_post(&headers, ctx.csrf(), f.csrf.as_deref()) {
+    if let Err(why) = check_post(&ctx.state, &headers, ctx.csrf(), f.csrf.as_deref()) {
         return refused_post(StatusCode::FORBIDDEN, &why, Some(&ctx));
     }
     let name = match stack_of(&raw) {

@@ -601,7 +601,7 @@ pub async fn approve(
     Path(id): Path<String>,
     Form(f): Form<ApproveForm>,
 ) -> Response {
-    if let Err(why) = check_post(&headers, ctx.csrf(), f.csrf.as_deref()) {
+    if let Err(why) = check_post(&ctx.state, &headers, ctx.csrf(), f.csrf.as_deref()) {
         return refused_post(StatusCode::FORBIDDEN, &why, Some(&ctx));
     }
     if f.plan_sha256.len() != 64 || !f.plan_sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -643,7 +643,7 @@ pub async fn reject(
     Path(id): Path<String>,
     Form(f): Form<RejectForm>,
 ) -> Response {
-    if let Err(why) = check_post(&headers, ctx.csrf(), f.csrf.as_deref()) {
+    if let Err(why) = check_post(&ctx.state, &headers, ctx.csrf(), f.csrf.as_deref()) {
         return refused_post(StatusCode::FORBIDDEN, &why, Some(&ctx));
     }
     let uri = format!("/api/v1/runs/{}/reject", seg(&id));

@@ -27,9 +27,11 @@ pub const ABSOLUTE: Duration = Duration::from_secs(12 * 60 * 60);
 /// Most live sessions kept; past it, a new sign-in is refused (another user's session is never
 /// dropped to make room).
 pub const MAX_SESSIONS: usize = 10_000;
-/// Most live sessions of one token; a new sign-in past it ends that token's least recently used
-/// session (so one token, an agent's say, can never sign anyone else out).
-pub const MAX_SESSIONS_PER_TOKEN: usize = 16;
+/// Most live sessions of one user, whatever its tokens (an agent mints plan-phase tokens, a
+/// trust's jobs log in, all one user); a new sign-in past it ends that user's least recently
+/// used session (so one user, an agent's say, can never sign anyone else out, nor fill the
+/// process with [`MAX_SESSIONS`] of its own).
+pub const MAX_SESSIONS_PER_USER: usize = 16;
 
 /// A sign-in refused because the process holds [`MAX_SESSIONS`] live sessions.
 #[derive(Debug, PartialEq, Eq)]
@@ -102,9 +104,9 @@ pub fn same_secret(a: &str, b: &str) -> bool {
 }
 
 impl Sessions {
-    /// Starts a session for `token`; returns its id (the cookie value). The token's least
-    /// recently used session ends if it already has [`MAX_SESSIONS_PER_TOKEN`]; with
-    /// [`MAX_SESSIONS`] live sessions of other tokens, the sign-in is refused.
+    /// Starts a session for `token`; returns its id (the cookie value). The least recently used
+    /// session of the token's user ends if the user already has [`MAX_SESSIONS_PER_USER`];
+    /// with [`MAX_SESSIONS`] live sessions of other users, the sign-in is refused.
     pub fn start(&self, token: String, who: Who) -> Result<String, Full> {
         let id = secret();
         let now = Instant::now();
@@ -112,10 +114,10 @@ impl Sessions {
         map.retain(|_, s| live(s, now));
         let mine: Vec<([u8; 32], Instant)> = map
             .iter()
-            .filter(|(_, s)| s.token == token)
+            .filter(|(_, s)| s.who.user == who.user)
             .map(|(k, s)| (*k, s.last_seen))
             .collect();
-        if mine.len() >= MAX_SESSIONS_PER_TOKEN {
+        if mine.len() >= MAX_SESSIONS_PER_USER {
             if let Some((oldest, _)) = mine.iter().min_by_key(|(_, seen)| *seen) {
                 map.remove(oldest);
             }
@@ -245,14 +247,15 @@ mod tests {
     }
 
     #[test]
-    fn a_token_past_its_cap_ends_only_its_own_oldest_session() {
+    fn a_user_past_its_cap_ends_only_its_own_oldest_session() {
         let s = Sessions::default();
         let other = s.start("tok-b".into(), who("b")).unwrap();
         let first = s.start("tok-a".into(), who("a")).unwrap();
         let mut mine = vec![first.clone()];
-        for _ in 1..MAX_SESSIONS_PER_TOKEN {
+        // Another token of the same user counts with the first.
+        for i in 1..MAX_SESSIONS_PER_USER {
             std::thread::sleep(Duration::from_millis(1));
-            mine.push(s.start("tok-a".into(), who("a")).unwrap());
+            mine.push(s.start(format!("tok-a{}", i % 2), who("a")).unwrap());
         }
         assert!(mine.iter().all(|id| s.get(id).is_some()));
         // `first` is now the most recently used: the next sign-in ends the second one.
@@ -262,12 +265,12 @@ mod tests {
         let newest = s.start("tok-a".into(), who("a")).unwrap();
         assert!(
             s.get(&mine[1]).is_none(),
-            "the least recently used session of tok-a"
+            "the least recently used session of user a"
         );
         assert!(s.get(&first).is_some() && s.get(&newest).is_some());
         assert!(
             s.get(&other).is_some(),
-            "another token's session is never ended"
+            "another user's session is never ended"
         );
     }
 
@@ -279,7 +282,7 @@ mod tests {
         };
         let first = s.start("tok-0".into(), who("0")).unwrap();
         for i in 1..50 {
-            s.start(format!("tok-{i}"), who("x")).unwrap();
+            s.start(format!("tok-{i}"), who(&format!("u{i}"))).unwrap();
         }
         assert_eq!(s.start("tok-new".into(), who("n")), Err(Full));
         assert!(

@@ -269,7 +269,7 @@ fn origin_allowed(state: &AppState, headers: &HeaderMap) -> Result<(), String> {
 }
 
 /// `scheme://host[:port]` of a URL.
-fn origin_of(url: &str) -> String {
+pub(crate) fn origin_of(url: &str) -> String {
     let url = url.trim_end_matches('/');
     match url.find("://") {
         Some(i) => {

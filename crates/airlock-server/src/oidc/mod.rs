@@ -432,7 +432,7 @@ fn plain(v: &str, max: usize) -> bool {
 /// ref, the ci, agent or reader role (ci only with a ref: approving and administering stay
 /// with people), valid stack globs, a lifetime of 1 minute to 6 hours.
 pub fn check_trust(t: &OidcTrustRecord) -> Result<(), String> {
-    if !t.id.starts_with("trust_") || !plain(&t.id, 100) {
+    if !t.id.starts_with(airlock_store::TRUST_ID_PREFIX) || !plain(&t.id, 100) {
         return Err(format!("trust id {:?} is not trust_…", t.id));
     }
     if default_issuer(&t.forge).is_none() {

@@ -17,7 +17,7 @@ const HOST: &str = "airlock.test";
 const PLAN: &str = "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90";
 
 /// A browser with one session: its cookie and the CSRF token the pages carry.
-struct Browser<'a> {
+pub(crate) struct Browser<'a> {
     s: &'a Server,
     cookie: String,
     csrf: String,
@@ -81,7 +81,7 @@ async fn sign_in<'a>(s: &'a Server, token: &Tok) -> Browser<'a> {
         .unwrap_or_else(|r| panic!("sign-in failed: {r:?}"))
 }
 
-async fn try_sign_in<'a>(s: &'a Server, secret: &str) -> Result<Browser<'a>, Resp> {
+pub(crate) async fn try_sign_in<'a>(s: &'a Server, secret: &str) -> Result<Browser<'a>, Resp> {
     let page = s.call("GET", "/ui/login", Auth::None, Body::empty()).await;
     page.expect(200);
     let login = set_cookie(&page, "airlock_login").expect("login cookie");
@@ -111,7 +111,7 @@ async fn try_sign_in<'a>(s: &'a Server, secret: &str) -> Result<Browser<'a>, Res
 }
 
 impl Browser<'_> {
-    async fn get(&self, uri: &str) -> Resp {
+    pub(crate) async fn get(&self, uri: &str) -> Resp {
         self.s
             .send(
                 request("GET", uri, Auth::None)
