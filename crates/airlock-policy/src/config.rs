@@ -263,8 +263,24 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// Largest `airlock.hcl` read. The HCL parser's tree takes ~125 bytes of memory per byte of a
+/// list (`a = [1,1,...]`: 8 MB held 1 GB) and the server parses the planner's file, so the text
+/// is bounded first: 1 MiB is a few thousand stack blocks.
+pub const MAX_CONFIG_BYTES: usize = 1024 * 1024;
+
 /// Parses `airlock.hcl` source; `file` names it in errors.
 pub fn parse(source: &str, file: &str) -> Result<Config, ConfigError> {
+    if source.len() > MAX_CONFIG_BYTES {
+        return Err(ConfigError {
+            file: file.to_string(),
+            line: None,
+            message: format!(
+                "{} KiB, more than the {} KiB an airlock.hcl may hold",
+                source.len() / 1024,
+                MAX_CONFIG_BYTES / 1024
+            ),
+        });
+    }
     let body = hcl_edit::parser::parse_body(source).map_err(|e| ConfigError {
         file: file.to_string(),
         line: Some(e.location().line()),
@@ -854,6 +870,15 @@ fn valid_stack_name(name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_file_over_the_size_bound_is_refused_before_it_is_parsed() {
+        let big = format!("a = [{}1]\n", "1,".repeat(MAX_CONFIG_BYTES / 2));
+        let e = parse(&big, "airlock.hcl").unwrap_err().to_string();
+        assert!(e.contains("more than the 1024 KiB"), "{e}");
+        let fits = format!("# {}\n", "x".repeat(MAX_CONFIG_BYTES - 10));
+        assert!(parse(&fits, "airlock.hcl").is_ok());
+    }
+
     use super::*;
 
     const SAMPLE: &str = r#"
