@@ -756,7 +756,7 @@ fn check_hostile_inputs_are_clear_errors() {
         ("notjson", b"hello world\n".to_vec(), "no JSON object"),
         ("array", b"[1,2]".to_vec(), "no JSON object"),
         ("wrongtype", br#"{"planned_values":{},"resource_changes":[{"address":"a","change":{"actions":"delete"}}]}"#.to_vec(), "invalid type"),
-        ("hugenumber", br#"{"planned_values":{},"resource_changes":[{"address":"a","index":1e999999}]}"#.to_vec(), "number out of range"),
+        ("hugenumber", br#"{"planned_values":{},"resource_changes":[{"address":"a","action_reason":1e999999}]}"#.to_vec(), "number out of range"),
         ("deep", deep.into_bytes(), "nesting is too deep"),
         ("zip", b"PK\x03\x04garbage".to_vec(), "terraform"),
     ];
