@@ -1,0 +1,88 @@
+//! Review 7: a fresh attack on the promises governed runs make (the applied plan is the reviewed
+//! plan; agents never control execution), holding a low-privilege credential.
+
+use base64::Engine as _;
+use sha2::{Digest, Sha256};
+
+use crate::support::*;
+use crate::testcloud::{TestCloud, VERSION};
+
+/// Terraform's `h1:` hash of a provider package directory holding one file `name`
+/// (`golang.org/x/mod/sumdb/dirhash.Hash1`).
+fn h1(name: &str, content: &[u8]) -> String {
+    let line = format!("{}  {name}\n", hex::encode(Sha256::digest(content)));
+    format!(
+        "h1:{}",
+        base64::engine::general_purpose::STANDARD.encode(Sha256::digest(line.as_bytes()))
+    )
+}
+
+/// `.terraform/` is not a run input (terraform writes it), so nobody reviews it, and CI's
+/// checkout holds whatever the change committed there. An agent commits a provider package in
+/// the stack's `.terraform/providers` (a script that records the apply's credentials, then runs
+/// the real provider) and lists its hash in `.terraform.lock.hcl` beside the real one: its plan
+/// installs the real provider (the plan phase's own data directory and CLI configuration), but
+/// `terraform init` in the applying checkout keeps the package it finds there ("Using
+/// previously-installed"), as it matches a hash of the lock file. The apply must never run a
+/// provider program the checkout supplies.
+#[test]
+fn a_provider_committed_in_the_checkouts_terraform_directory_never_runs_in_the_apply() {
+    let cloud = TestCloud::new();
+    let t = team("dev/app");
+    let ws = cloud.workspace(
+        &t.s,
+        "dev/app",
+        "resource \"terraform_data\" \"x\" {\n  input = \"a\"\n}\n",
+    );
+    let env = cloud.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let marker = ws.dir.parent().unwrap().join("PWNED");
+    let file = format!("terraform-provider-aws_v{VERSION}");
+    let evil = format!(
+        "#!/bin/sh\necho \"run token: $TF_HTTP_PASSWORD\" > '{}'\nexec '{}' \"$@\"\n",
+        marker.display(),
+        cloud.provider.display()
+    );
+    let pkg = ws.dir.join(format!(
+        ".terraform/providers/registry.terraform.io/hashicorp/aws/{VERSION}/linux_amd64"
+    ));
+    std::fs::create_dir_all(&pkg).unwrap();
+    std::fs::write(pkg.join(&file), &evil).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(pkg.join(&file), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let real = std::fs::read(&cloud.provider).unwrap();
+    // As terraform writes it (hashes sorted), so the plan's init leaves it as it is.
+    let mut hashes = [h1(&file, evil.as_bytes()), h1(&file, &real)];
+    hashes.sort();
+    std::fs::write(
+        ws.path(".terraform.lock.hcl"),
+        format!(
+            "# This file is maintained automatically by \"terraform init\".\n# Manual edits may be lost in future updates.\n\nprovider \"registry.terraform.io/hashicorp/aws\" {{\n  version = \"{VERSION}\"\n  hashes = [\n    \"{}\",\n    \"{}\",\n  ]\n}}\n",
+            hashes[0], hashes[1],
+        ),
+    )
+    .unwrap();
+
+    let out = cli_in(
+        &t.s,
+        &t.agent,
+        &ws.dir,
+        &["plan", ".", "--stack", "dev/app", "--format", "json"],
+        &env,
+    );
+    assert!(out.status.success(), "plan: {}", text(&out));
+    assert!(!exists(&marker), "the plan phase ran the checkout's provider");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let run = v["run"]["id"].as_str().unwrap().to_owned();
+    t.s.ok(&t.approver, &["approve", &run]);
+
+    let out = cli_in(&t.s, &t.ci, &ws.dir, &["apply", &run, "--dir", "."], &env);
+    assert!(
+        !exists(&marker),
+        "the apply ran a provider program from the checkout's .terraform, which no one reviewed: {}\n{}",
+        std::fs::read_to_string(&marker).unwrap_or_default(),
+        text(&out)
+    );
+    assert!(out.status.success(), "apply: {}", text(&out));
+    assert_eq!(run_json(&t, &run)["run"]["status"], "applied");
+}
