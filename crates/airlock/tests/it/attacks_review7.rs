@@ -71,7 +71,10 @@ fn a_provider_committed_in_the_checkouts_terraform_directory_never_runs_in_the_a
         &env,
     );
     assert!(out.status.success(), "plan: {}", text(&out));
-    assert!(!exists(&marker), "the plan phase ran the checkout's provider");
+    assert!(
+        !exists(&marker),
+        "the plan phase ran the checkout's provider"
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let run = v["run"]["id"].as_str().unwrap().to_owned();
     t.s.ok(&t.approver, &["approve", &run]);
