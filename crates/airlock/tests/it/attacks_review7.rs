@@ -89,3 +89,39 @@ fn a_provider_committed_in_the_checkouts_terraform_directory_never_runs_in_the_a
     assert!(out.status.success(), "apply: {}", text(&out));
     assert_eq!(run_json(&t, &run)["run"]["status"], "applied");
 }
+
+/// An approver's token is stolen and approves an agent's run; the theft is found and an admin
+/// revokes the token. The approval was made with a credential airlock no longer trusts: it must
+/// not carry the run to an apply (CI applies approved runs on its own, `airlock ci apply`).
+#[test]
+fn an_approval_made_with_a_since_revoked_token_does_not_start_an_apply() {
+    let t = team("dev/app");
+    let ws = Workspace::new(&t.s, "dev/app", &data_resources(1));
+    let run = plan(&t, &ws, &t.agent, "dev/app");
+    t.s.ok(&t.approver2, &["approve", &run]);
+    let r = run_json(&t, &run);
+    assert_eq!(r["run"]["status"], "approved", "{r:#}");
+    let stolen = r["run"]["approvals"][0]["by_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    t.s.ok(&t.s.admin, &["token", "revoke", &stolen]);
+
+    let fp = r["run"]["fingerprint"].as_str().unwrap();
+    let (code, body) = raw(
+        "POST",
+        &format!("{}/api/v1/runs/{run}/apply", t.s.url),
+        &t.ci,
+        format!(r#"{{"fingerprint":"{fp}"}}"#).as_bytes(),
+    );
+    assert_eq!(
+        code, 403,
+        "an approval by a revoked token started the apply: {body}"
+    );
+    assert!(body.contains("revoked"), "{body}");
+    // Another approver's approval is one that counts: the run applies.
+    t.s.ok(&t.approver, &["approve", &run]);
+    let out = apply(&t, &ws, &t.ci, &run);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(run_json(&t, &run)["run"]["status"], "applied");
+}
