@@ -102,6 +102,14 @@ pub enum Refused {
         /// Distinct users other than the author who approved this plan.
         valid: usize,
     },
+    /// Approvals made with tokens revoked since leave too few; the run waits for approval
+    /// again.
+    ApprovalsRevoked {
+        /// The approvals that no longer count (approver token name and id).
+        revoked: Vec<String>,
+        /// Valid approvals without them.
+        valid: usize,
+    },
     /// The stack takes applies from other roles only.
     RoleMayNotApply {
         /// The caller's role.
@@ -142,6 +150,7 @@ impl Refused {
             | Refused::ApproverWroteTheChange { .. }
             | Refused::UnknownChangeAuthor { .. }
             | Refused::TooFewApprovals { .. }
+            | Refused::ApprovalsRevoked { .. }
             | Refused::RoleMayNotApply { .. }
             | Refused::NotTheAuthor
             | Refused::NotTheApplier
@@ -199,6 +208,11 @@ impl Refused {
                 "apply refused: run {id} has {valid} valid approval(s) of its plan by distinct users other than its author; {} required",
                 run.required_approvals
             ),
+            Refused::ApprovalsRevoked { revoked, valid } => format!(
+                "apply refused: run {id} was approved by {}, whose token has been revoked since; {valid} valid approval(s) remain, {} required: the run waits for approval again (another approver must approve it)",
+                revoked.join(", "),
+                run.required_approvals
+            ),
             Refused::RoleMayNotApply { role, allowed } => format!(
                 "apply refused: stack {} takes applies from {} tokens only, not from {} {role} token",
                 run.stack,
@@ -233,11 +247,13 @@ impl Refused {
     }
 
     /// The status the run moves to although the request is refused: a run found expired or
-    /// stale is marked so, whoever asked.
+    /// stale is marked so, whoever asked, and an approved run whose approvals were revoked
+    /// waits for approval again.
     pub fn records(&self) -> Option<RunStatus> {
         match self {
             Refused::Expired => Some(RunStatus::Expired),
             Refused::Stale { .. } => Some(RunStatus::Superseded),
+            Refused::ApprovalsRevoked { .. } => Some(RunStatus::NeedsApproval),
             _ => None,
         }
     }
@@ -524,6 +540,10 @@ pub struct Checkout<'a> {
     pub fingerprint: &'a str,
     /// The checkout's input files (to name the ones that differ).
     pub inputs: &'a [InputFile],
+    /// Ids of the tokens of the run's approvals that have been revoked since: an approval made
+    /// with a credential airlock no longer trusts (a stolen approver token, found) does not
+    /// count.
+    pub revoked_approvals: &'a [String],
 }
 
 /// `apply`: the start of an apply (invariant 3, see the module docs). `apply_token` is the id
@@ -556,6 +576,18 @@ pub fn start_apply(
     }
     if valid < run.required_approvals as usize {
         return Err(Refused::TooFewApprovals { valid });
+    }
+    let trusted = run.valid_approvers_except(checkout.revoked_approvals).len();
+    if trusted < run.required_approvals as usize {
+        return Err(Refused::ApprovalsRevoked {
+            revoked: run
+                .approvals
+                .iter()
+                .filter(|a| checkout.revoked_approvals.contains(&a.by_token))
+                .map(|a| a.by.clone())
+                .collect(),
+            valid: trusted,
+        });
     }
     check_fresh(run, stack, current, now)?;
     if checkout.stored_plan_sha256 != Some(run.plan_sha256.as_str()) {
@@ -1289,7 +1321,9 @@ mod tests {
             stored_plan_sha256: Some(PLAN),
             fingerprint: "F1",
             inputs: &[],
+            revoked_approvals: &[],
         };
+        let alice_revoked = ["tok_alice".to_owned()];
         let with = |f: &dyn Fn(&mut RunRecord)| {
             let mut r = approved();
             f(&mut r);
@@ -1391,6 +1425,29 @@ mod tests {
                 }),
             ),
             (
+                "an approval by a token revoked since",
+                approved(),
+                ci,
+                Checkout {
+                    revoked_approvals: &alice_revoked,
+                    ..good
+                },
+                Err(Refused::ApprovalsRevoked {
+                    revoked: vec!["alice (tok_alice)".into()],
+                    valid: 0,
+                }),
+            ),
+            (
+                "another approval by a token still valid is enough",
+                with(&|r| r.approvals.push(approval("bob", "tok_bob", PLAN))),
+                ci,
+                Checkout {
+                    revoked_approvals: &alice_revoked,
+                    ..good
+                },
+                Ok(RunStatus::Applying),
+            ),
+            (
                 "tampered artifact",
                 approved(),
                 ci,
@@ -1448,6 +1505,7 @@ mod tests {
             stored_plan_sha256: Some(PLAN),
             fingerprint: "f2",
             inputs: &sent,
+            revoked_approvals: &[],
         };
         let ci = actor("tok_ci", "tok_ci", Role::Ci);
         let got = start_apply(&r, &stack(), Some(&version(4)), &ci, checkout, "t", NOW);
@@ -1469,6 +1527,7 @@ mod tests {
             stored_plan_sha256: Some(PLAN),
             fingerprint: "f1",
             inputs: &[],
+            revoked_approvals: &[],
         };
         let verdict = start_apply(&r, &stack(), Some(&version(4)), &ci, checkout, "t", NOW);
         let refused = decided(verdict, &r, &ci, NOW).unwrap_err();
@@ -1690,6 +1749,7 @@ mod tests {
                 stored_plan_sha256: Some(PLAN),
                 fingerprint: "f1",
                 inputs: &[],
+                revoked_approvals: &[],
             },
             "tok_run",
             NOW,

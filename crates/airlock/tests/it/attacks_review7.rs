@@ -119,6 +119,7 @@ fn an_approval_made_with_a_since_revoked_token_does_not_start_an_apply() {
         "an approval by a revoked token started the apply: {body}"
     );
     assert!(body.contains("revoked"), "{body}");
+    assert_eq!(run_json(&t, &run)["run"]["status"], "needs_approval");
     // Another approver's approval is one that counts: the run applies.
     t.s.ok(&t.approver, &["approve", &run]);
     let out = apply(&t, &ws, &t.ci, &run);
