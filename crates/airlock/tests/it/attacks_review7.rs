@@ -126,3 +126,42 @@ fn an_approval_made_with_a_since_revoked_token_does_not_start_an_apply() {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(run_json(&t, &run)["run"]["status"], "applied");
 }
+
+/// An agent's run is approved by one approver on a stack that needs one; an admin then raises
+/// the stack's required approvals to two (the stack became critical). The approved run, still
+/// at the stack's serial, must not apply with one approval: the author picks when it plans,
+/// not how many approvals its run needs.
+#[test]
+fn raising_a_stacks_required_approvals_holds_back_a_run_approved_under_the_old_rule() {
+    let t = team("dev/app");
+    let ws = Workspace::new(&t.s, "dev/app", &data_resources(1));
+    let run = plan(&t, &ws, &t.agent, "dev/app");
+    t.s.ok(&t.approver, &["approve", &run]);
+    assert_eq!(run_json(&t, &run)["run"]["status"], "approved");
+    t.s.ok(
+        &t.s.admin,
+        &["stack", "settings", "dev/app", "--required-approvals", "2"],
+    );
+
+    let fp = run_json(&t, &run)["run"]["fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (code, body) = raw(
+        "POST",
+        &format!("{}/api/v1/runs/{run}/apply", t.s.url),
+        &t.ci,
+        format!(r#"{{"fingerprint":"{fp}"}}"#).as_bytes(),
+    );
+    assert_eq!(
+        code, 403,
+        "a run approved once applied on a stack that now requires two approvals: {body}"
+    );
+    assert!(body.contains("requires 2"), "{body}");
+    assert_eq!(run_json(&t, &run)["run"]["status"], "needs_approval");
+    // A second approver: the run applies.
+    t.s.ok(&t.approver2, &["approve", &run]);
+    let out = apply(&t, &ws, &t.ci, &run);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(run_json(&t, &run)["run"]["status"], "applied");
+}
