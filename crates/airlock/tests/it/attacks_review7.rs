@@ -165,3 +165,46 @@ fn raising_a_stacks_required_approvals_holds_back_a_run_approved_under_the_old_r
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(run_json(&t, &run)["run"]["status"], "applied");
 }
+
+/// The repository's Rego (`policy/**.rego`) is a run input an agent writes, and the server
+/// evaluates it in its own process when it judges the run. A policy that asks regorus for a
+/// range of 10^14 numbers made it allocate them at once: the allocation fails and the server
+/// process aborts; one that loops over 10^9 pairs kept a server thread busy for minutes. Both
+/// must be a clear refusal of the upload, and the server must keep serving.
+#[test]
+fn hostile_repository_rego_is_refused_and_the_server_keeps_serving() {
+    let t = team("dev/app");
+    let ws = Workspace::new(&t.s, "dev/app", &data_resources(1));
+    std::fs::create_dir_all(ws.path("policy")).unwrap();
+    for (name, rule) in [
+        (
+            "alloc.rego",
+            "count(numbers.range(1, 100000000000000)) > 0",
+        ),
+        (
+            "spin.rego",
+            "some i in numbers.range(1, 90000)\n  some j in numbers.range(1, 90000)\n  i == j + 100000",
+        ),
+    ] {
+        std::fs::write(
+            ws.path(&format!("policy/{name}")),
+            format!("package main\n\ndeny contains msg if {{\n  {rule}\n  msg := \"never\"\n}}\n"),
+        )
+        .unwrap();
+        let out = cli_in(
+            &t.s,
+            &t.agent,
+            &ws.dir,
+            &["plan", ".", "--stack", "dev/app"],
+            &[],
+        );
+        assert!(!out.status.success(), "{name}: {}", text(&out));
+        assert!(
+            t.s.cli(&t.s.admin, &["whoami"]).status.success(),
+            "{name}: the server no longer answers after judging it: {}",
+            text(&out)
+        );
+        assert!(text(&out).contains("Rego"), "{name}: {}", text(&out));
+        std::fs::remove_file(ws.path(&format!("policy/{name}"))).unwrap();
+    }
+}
