@@ -208,3 +208,54 @@ fn hostile_repository_rego_is_refused_and_the_server_keeps_serving() {
         std::fs::remove_file(ws.path(&format!("policy/{name}"))).unwrap();
     }
 }
+
+/// An agent's run destroys an instance nobody protects, and is approved. An admin then protects
+/// that type on the stack (`airlock stack protect`). The run's approvers never saw the removal
+/// as one of a protected instance, and the run's grant would let its apply remove it anyway:
+/// the apply must be refused until a new plan is judged under the new protection.
+#[test]
+fn protection_added_after_approval_holds_back_the_runs_removal() {
+    let t = team("dev/app");
+    let ws = Workspace::new(&t.s, "dev/app", &data_resources(1));
+    let run = plan(&t, &ws, &t.agent, "dev/app");
+    t.s.ok(&t.approver, &["approve", &run]);
+    let out = apply(&t, &ws, &t.ci, &run);
+    assert!(out.status.success(), "{}", text(&out));
+
+    ws.write_main(&data_resources(0));
+    let run = plan(&t, &ws, &t.agent, "dev/app");
+    t.s.ok(&t.approver, &["approve", &run, "--confirm-destroy", "1"]);
+    assert_eq!(run_json(&t, &run)["run"]["status"], "approved");
+    t.s.ok(
+        &t.s.admin,
+        &["stack", "protect", "dev/app", "--type", "terraform_data"],
+    );
+    let fp = run_json(&t, &run)["run"]["fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (code, body) = raw(
+        "POST",
+        &format!("{}/api/v1/runs/{run}/apply", t.s.url),
+        &t.ci,
+        format!(r#"{{"fingerprint":"{fp}"}}"#).as_bytes(),
+    );
+    assert_eq!(
+        code, 409,
+        "a removal judged unprotected started after the stack protected it: {body}"
+    );
+    assert!(body.contains("terraform_data.r[0]"), "{body}");
+    assert_eq!(run_json(&t, &run)["run"]["status"], "superseded");
+    // Planned again, the removal is judged protected and shown so; approved, it applies.
+    let run = plan(&t, &ws, &t.agent, "dev/app");
+    let r = run_json(&t, &run);
+    assert!(
+        r["run"]["report"]["findings"]
+            .to_string()
+            .contains("server-protected"),
+        "{r:#}"
+    );
+    t.s.ok(&t.approver, &["approve", &run, "--confirm-destroy", "1"]);
+    let out = apply(&t, &ws, &t.ci, &run);
+    assert!(out.status.success(), "{}", text(&out));
+}
