@@ -13,6 +13,8 @@
 //! stdout).
 
 use std::fmt;
+use std::num::NonZeroU32;
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -54,6 +56,88 @@ impl fmt::Display for RegoError {
 
 impl std::error::Error for RegoError {}
 
+/// How long one evaluation may run. Policies are often an agent's (a run's `policy/**.rego`) and
+/// the server evaluates them in its own process: real policies take milliseconds, a hostile
+/// one loops over billions of pairs (Rego has no recursion, but nested iteration is enough).
+pub const TIME_LIMIT: Duration = Duration::from_secs(5);
+
+/// Most elements `numbers.range` and `numbers.range_step` may build. regorus allocates a range
+/// at once, before any of its limits is checked, so `numbers.range(1, 1e14)` would abort the
+/// process on the failed allocation: the engine uses [`bounded_range`] instead.
+pub const MAX_RANGE: u64 = 100_000;
+
+/// A range longer than [`MAX_RANGE`].
+#[derive(Debug)]
+struct RangeTooLong(u64);
+
+impl fmt::Display for RangeTooLong {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "numbers.range: a range of {} numbers is over this server's limit of {MAX_RANGE}",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for RangeTooLong {}
+
+/// The engine's bounds: [`TIME_LIMIT`], and the range builtins replaced by extensions (which
+/// regorus looks up first) that refuse ranges over [`MAX_RANGE`].
+fn bound(engine: &mut regorus::Engine) -> Result<(), RegoError> {
+    engine.set_execution_timer_config(regorus::utils::limits::ExecutionTimerConfig {
+        limit: TIME_LIMIT,
+        check_interval: NonZeroU32::MIN,
+    });
+    let failed = |e: &dyn fmt::Display| RegoError::Eval(format!("bounding the Rego engine: {e}"));
+    engine
+        .add_extension(
+            "numbers.range".into(),
+            2,
+            Box::new(|args: Vec<regorus::Value>| Ok(bounded_range(&args, false)?)),
+        )
+        .map_err(|e| failed(&e))?;
+    engine
+        .add_extension(
+            "numbers.range_step".into(),
+            3,
+            Box::new(|args: Vec<regorus::Value>| Ok(bounded_range(&args, true)?)),
+        )
+        .map_err(|e| failed(&e))
+}
+
+/// `numbers.range(from, to)` or (`stepped`) `numbers.range_step(from, to, step)` of `args` as
+/// OPA defines them (every integer from `from` to `to`, both included, either way; a step must
+/// be positive), undefined for operands that are not integers, refused over [`MAX_RANGE`].
+fn bounded_range(args: &[regorus::Value], stepped: bool) -> Result<regorus::Value, RangeTooLong> {
+    let int = |i: usize| args.get(i).and_then(|v| v.as_i64().ok());
+    let (Some(a), Some(b)) = (int(0), int(1)) else {
+        return Ok(regorus::Value::Undefined);
+    };
+    let step = match (stepped, int(2)) {
+        (false, _) => 1,
+        (true, Some(s)) if s > 0 => s.unsigned_abs(),
+        (true, _) => return Ok(regorus::Value::Undefined),
+    };
+    let count = a.abs_diff(b) / step + 1;
+    if count > MAX_RANGE {
+        return Err(RangeTooLong(count));
+    }
+    let values = (0..count)
+        .map(|i| {
+            let offset = i128::from(i) * i128::from(step);
+            let v = if a <= b {
+                i128::from(a) + offset
+            } else {
+                i128::from(a) - offset
+            };
+            // Between a and b: an i64.
+            regorus::Value::from(v as i64)
+        })
+        .collect::<Vec<_>>();
+    Ok(regorus::Value::from(values))
+}
+
 impl RegoPolicies {
     /// Loads `(file name, source)` pairs. Rego v1 syntax is tried first, then v0 (the syntax
     /// of older conftest policies).
@@ -70,6 +154,7 @@ impl RegoPolicies {
     fn load_as(files: &[(String, String)], v0: bool) -> Result<Self, RegoError> {
         let mut engine = regorus::Engine::new();
         engine.set_rego_v0(v0);
+        bound(&mut engine)?;
         for (name, source) in files {
             engine
                 .add_policy(name.clone(), source.clone())
@@ -399,6 +484,35 @@ violation[msg] {
         let policy = "package main\n\ndeny contains \"x\" if { false }\n";
         let mut p = RegoPolicies::load(&[("p.rego".into(), policy.into())]).unwrap();
         assert!(p.evaluate(PLAN).unwrap().is_empty());
+    }
+
+    #[test]
+    fn ranges_are_opas_and_bounded() {
+        let policy = "package main\n\nwarn contains sprintf(\"%v %v %v %v %v\", [numbers.range(1, 3), numbers.range(3, 1), numbers.range_step(0, 10, 4), numbers.range_step(10, 0, 4), numbers.range(2, 2)]) if { true }\n";
+        let mut p = RegoPolicies::load(&[("p.rego".into(), policy.into())]).unwrap();
+        let f = p.evaluate(PLAN).unwrap();
+        assert_eq!(f[0].message, "[1, 2, 3] [3, 2, 1] [0, 4, 8] [10, 6, 2] [2]");
+        for rule in [
+            "count(numbers.range(1, 100000000000000)) > 0",
+            "count(numbers.range(-9223372036854775807, 9223372036854775807)) > 0",
+            "count(numbers.range_step(1, 100000000000000, 2)) > 0",
+        ] {
+            let policy = format!("package main\n\ndeny contains \"x\" if {{\n  {rule}\n}}\n");
+            let mut p = RegoPolicies::load(&[("p.rego".into(), policy)]).unwrap();
+            let e = p.evaluate(PLAN).unwrap_err();
+            assert!(
+                e.to_string().contains("over this server's limit"),
+                "{rule}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_evaluation_that_runs_too_long_is_an_error() {
+        let policy = "package main\n\ndeny contains \"x\" if {\n  some i in numbers.range(1, 90000)\n  some j in numbers.range(1, 90000)\n  i == j + 100000\n}\n";
+        let mut p = RegoPolicies::load(&[("p.rego".into(), policy.into())]).unwrap();
+        let e = p.evaluate(PLAN).unwrap_err();
+        assert!(matches!(e, RegoError::Eval(_)), "{e}");
     }
 
     #[test]

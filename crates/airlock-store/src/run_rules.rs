@@ -102,6 +102,16 @@ pub enum Refused {
         /// Distinct users other than the author who approved this plan.
         valid: usize,
     },
+    /// An approved run has too few approvals now: some were made with tokens revoked since,
+    /// or the stack's settings were raised since; the run waits for approval again.
+    NoLongerApproved {
+        /// The approvals that no longer count (approver token name and id).
+        revoked: Vec<String>,
+        /// Valid approvals without them.
+        valid: usize,
+        /// Approvals the run needs now ([`required_approvals`]).
+        required: usize,
+    },
     /// The stack takes applies from other roles only.
     RoleMayNotApply {
         /// The caller's role.
@@ -142,6 +152,7 @@ impl Refused {
             | Refused::ApproverWroteTheChange { .. }
             | Refused::UnknownChangeAuthor { .. }
             | Refused::TooFewApprovals { .. }
+            | Refused::NoLongerApproved { .. }
             | Refused::RoleMayNotApply { .. }
             | Refused::NotTheAuthor
             | Refused::NotTheApplier
@@ -199,6 +210,19 @@ impl Refused {
                 "apply refused: run {id} has {valid} valid approval(s) of its plan by distinct users other than its author; {} required",
                 run.required_approvals
             ),
+            Refused::NoLongerApproved {
+                revoked,
+                valid,
+                required,
+            } => format!(
+                "apply refused: run {id} has {valid} valid approval(s) now{} and stack {} requires {required}: the run waits for approval again (another approver must approve it)",
+                if revoked.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (those of {} were made with a token revoked since)", revoked.join(", "))
+                },
+                run.stack
+            ),
             Refused::RoleMayNotApply { role, allowed } => format!(
                 "apply refused: stack {} takes applies from {} tokens only, not from {} {role} token",
                 run.stack,
@@ -233,11 +257,13 @@ impl Refused {
     }
 
     /// The status the run moves to although the request is refused: a run found expired or
-    /// stale is marked so, whoever asked.
+    /// stale is marked so, whoever asked, and an approved run whose approvals were revoked
+    /// waits for approval again.
     pub fn records(&self) -> Option<RunStatus> {
         match self {
             Refused::Expired => Some(RunStatus::Expired),
             Refused::Stale { .. } => Some(RunStatus::Superseded),
+            Refused::NoLongerApproved { .. } => Some(RunStatus::NeedsApproval),
             _ => None,
         }
     }
@@ -454,7 +480,7 @@ pub fn approve(
         at: now,
         plan_sha256: run.plan_sha256.clone(),
     });
-    if new.valid_approvers().len() >= new.required_approvals as usize {
+    if new.valid_approvers().len() >= required_approvals(&new, stack) {
         new.status = RunStatus::Approved;
     }
     new.updated_at = now;
@@ -515,6 +541,13 @@ pub fn withdraw(run: &RunRecord, actor: &Actor<'_>, now: i64) -> Result<Transiti
     Ok(t)
 }
 
+/// Approvals a run needs now: those it was judged to need, or the stack's own setting if an
+/// admin raised it since (a run approved under the old rule waits for more).
+pub fn required_approvals(run: &RunRecord, stack: &StackRecord) -> usize {
+    run.required_approvals
+        .max(stack.settings.required_approvals) as usize
+}
+
 /// What the applying checkout says about itself.
 #[derive(Debug, Clone, Copy)]
 pub struct Checkout<'a> {
@@ -524,6 +557,10 @@ pub struct Checkout<'a> {
     pub fingerprint: &'a str,
     /// The checkout's input files (to name the ones that differ).
     pub inputs: &'a [InputFile],
+    /// Ids of the tokens of the run's approvals that have been revoked since: an approval made
+    /// with a credential airlock no longer trusts (a stolen approver token, found) does not
+    /// count.
+    pub revoked_approvals: &'a [String],
 }
 
 /// `apply`: the start of an apply (invariant 3, see the module docs). `apply_token` is the id
@@ -556,6 +593,20 @@ pub fn start_apply(
     }
     if valid < run.required_approvals as usize {
         return Err(Refused::TooFewApprovals { valid });
+    }
+    let trusted = run.valid_approvers_except(checkout.revoked_approvals).len();
+    let required = required_approvals(run, stack);
+    if trusted < required {
+        return Err(Refused::NoLongerApproved {
+            revoked: run
+                .approvals
+                .iter()
+                .filter(|a| checkout.revoked_approvals.contains(&a.by_token))
+                .map(|a| a.by.clone())
+                .collect(),
+            valid: trusted,
+            required,
+        });
     }
     check_fresh(run, stack, current, now)?;
     if checkout.stored_plan_sha256 != Some(run.plan_sha256.as_str()) {
@@ -1283,13 +1334,77 @@ mod tests {
     }
 
     #[test]
+    fn a_stack_setting_raised_after_approval_holds_the_run_back() {
+        let mut raised = stack();
+        raised.settings.required_approvals = 2;
+        let ci = actor("tok_ci", "tok_ci", Role::Ci);
+        let checkout = Checkout {
+            stored_plan_sha256: Some(PLAN),
+            fingerprint: "f1",
+            inputs: &[],
+            revoked_approvals: &[],
+        };
+        let refused = Refused::NoLongerApproved {
+            revoked: vec![],
+            valid: 1,
+            required: 2,
+        };
+        let got = start_apply(
+            &approved(),
+            &raised,
+            Some(&version(4)),
+            &ci,
+            checkout,
+            "t",
+            NOW,
+        );
+        assert_eq!(got.map(|t| t.run.status), Err(refused.clone()));
+        assert_eq!(refused.records(), Some(RunStatus::NeedsApproval));
+        // Waiting again, one more approval is what the raised setting asks.
+        let mut waiting = approved();
+        waiting.status = RunStatus::NeedsApproval;
+        let bob = actor("bob", "tok_bob", Role::Approver);
+        let approve_as = |r: &RunRecord, a: &Actor<'_>| {
+            approve(r, &raised, Some(&version(4)), a, &[], None, None, NOW).map(|t| t.run)
+        };
+        let carol = actor("carol", "tok_carol", Role::Approver);
+        let mut fresh = run();
+        fresh = approve_as(&fresh, &bob).unwrap();
+        assert_eq!(fresh.status, RunStatus::NeedsApproval, "one of two");
+        assert_eq!(
+            approve_as(&fresh, &carol).unwrap().status,
+            RunStatus::Approved
+        );
+        let approved_again = approve_as(&waiting, &bob).unwrap();
+        assert_eq!(approved_again.status, RunStatus::Approved);
+        let checkout = Checkout {
+            stored_plan_sha256: Some(PLAN),
+            fingerprint: "f1",
+            inputs: &[],
+            revoked_approvals: &[],
+        };
+        let got = start_apply(
+            &approved_again,
+            &raised,
+            Some(&version(4)),
+            &ci,
+            checkout,
+            "t",
+            NOW,
+        );
+        assert_eq!(got.map(|t| t.run.status), Ok(RunStatus::Applying));
+    }
+
+    #[test]
     fn apply_table() {
         let ci = actor("tok_ci", "tok_ci", Role::Ci);
         let good = Checkout {
             stored_plan_sha256: Some(PLAN),
             fingerprint: "F1",
             inputs: &[],
+            revoked_approvals: &[],
         };
+        let alice_revoked = ["tok_alice".to_owned()];
         let with = |f: &dyn Fn(&mut RunRecord)| {
             let mut r = approved();
             f(&mut r);
@@ -1391,6 +1506,30 @@ mod tests {
                 }),
             ),
             (
+                "an approval by a token revoked since",
+                approved(),
+                ci,
+                Checkout {
+                    revoked_approvals: &alice_revoked,
+                    ..good
+                },
+                Err(Refused::NoLongerApproved {
+                    revoked: vec!["alice (tok_alice)".into()],
+                    valid: 0,
+                    required: 1,
+                }),
+            ),
+            (
+                "another approval by a token still valid is enough",
+                with(&|r| r.approvals.push(approval("bob", "tok_bob", PLAN))),
+                ci,
+                Checkout {
+                    revoked_approvals: &alice_revoked,
+                    ..good
+                },
+                Ok(RunStatus::Applying),
+            ),
+            (
                 "tampered artifact",
                 approved(),
                 ci,
@@ -1448,6 +1587,7 @@ mod tests {
             stored_plan_sha256: Some(PLAN),
             fingerprint: "f2",
             inputs: &sent,
+            revoked_approvals: &[],
         };
         let ci = actor("tok_ci", "tok_ci", Role::Ci);
         let got = start_apply(&r, &stack(), Some(&version(4)), &ci, checkout, "t", NOW);
@@ -1469,6 +1609,7 @@ mod tests {
             stored_plan_sha256: Some(PLAN),
             fingerprint: "f1",
             inputs: &[],
+            revoked_approvals: &[],
         };
         let verdict = start_apply(&r, &stack(), Some(&version(4)), &ci, checkout, "t", NOW);
         let refused = decided(verdict, &r, &ci, NOW).unwrap_err();
@@ -1690,6 +1831,7 @@ mod tests {
                 stored_plan_sha256: Some(PLAN),
                 fingerprint: "f1",
                 inputs: &[],
+                revoked_approvals: &[],
             },
             "tok_run",
             NOW,

@@ -301,10 +301,17 @@ impl RunRecord {
     /// Distinct users other than the author who approved exactly this run's plan: what
     /// "N approvals" counts.
     pub fn valid_approvers(&self) -> Vec<&str> {
+        self.valid_approvers_except(&[])
+    }
+
+    /// [`RunRecord::valid_approvers`] without the approvals made with the tokens `revoked`
+    /// (ids of tokens revoked since they approved).
+    pub fn valid_approvers_except(&self, revoked: &[String]) -> Vec<&str> {
         let mut users: Vec<&str> = self
             .approvals
             .iter()
             .filter(|a| a.plan_sha256 == self.plan_sha256 && a.user() != self.author_identity())
+            .filter(|a| !revoked.contains(&a.by_token))
             .map(Approval::user)
             .collect();
         users.sort_unstable();

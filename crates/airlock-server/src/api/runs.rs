@@ -1653,6 +1653,18 @@ pub async fn apply(
         .ok()
         .flatten()
         .map(|b| hex::encode(airlock_store::blob::sha256(&b)));
+    // Approvals made with tokens revoked since do not count (`run_rules::start_apply`).
+    let approvers: Vec<String> = run.approvals.iter().map(|a| a.by_token.clone()).collect();
+    let revoked: Vec<String> = store_call(&state, move |st| {
+        let mut revoked = Vec::new();
+        for t in approvers {
+            if st.token(&t)?.is_none_or(|r| r.revoked_at.is_some()) {
+                revoked.push(t);
+            }
+        }
+        Ok(revoked)
+    })
+    .await?;
     let token = tokens::generate();
     let token_id = token.id.clone();
     let author = author_user(&state, &run).await?;
@@ -1666,6 +1678,7 @@ pub async fn apply(
                 stored_plan_sha256: stored.as_deref(),
                 fingerprint: &req.fingerprint,
                 inputs: &req.inputs,
+                revoked_approvals: &revoked,
             };
             run_rules::start_apply(run, stack, current, who, checkout, &token_id, now)
         },

@@ -221,7 +221,7 @@ pub fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
 /// Variables that carry cloud credentials. A phase with an OIDC profile inherits none of them:
 /// its SDKs must use the phase's token, not a static key or a role from the caller's shell (the
 /// AWS SDK, for one, prefers static keys to a web identity).
-const CLOUD_CREDENTIAL_VARS: &[&str] = &[
+pub(crate) const CLOUD_CREDENTIAL_VARS: &[&str] = &[
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",

@@ -556,6 +556,49 @@ pub fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// The stack directory's kept terraform data directory, locked for this phase, so that `terraform
+/// init` runs again only when terraform says it must: it is kept between the plans (and
+/// applies) of the directory, outside the checkout (`cli_config::kept_data_dir`). Not in CI
+/// (`CI` set, as GitHub Actions and GitLab CI do): a runner's home can outlive the job and
+/// serve jobs of other trust (a pull request's, then main's), so each CI phase inits fresh.
+fn kept_data_dir(dir: &Path, root: &Path, state_url: &str) -> Option<cli_config::KeptDataDir> {
+    let in_ci = std::env::var("CI").is_ok_and(|v| !matches!(v.as_str(), "" | "0" | "false"));
+    (!in_ci)
+        .then(|| {
+            cli_config::kept_data_root(
+                std::env::var("XDG_CACHE_HOME").ok().as_deref(),
+                std::env::var("HOME").ok().as_deref(),
+            )
+        })
+        .flatten()
+        .and_then(|kept_root| {
+            let key = Sha256::digest(format!("{}\n{state_url}", dir.display()));
+            cli_config::kept_data_dir(&kept_root, root, &hex::encode(key))
+        })
+}
+
+/// The variables with which terraform installs and runs providers only from where the checkout
+/// cannot put them (`airlock_runner::cli_config`), for both phases: the plan phase runs code an
+/// agent may have written, and the apply phase runs the reviewed plan, whose provider packages
+/// must not come from the checkout's `.terraform` or `terraform.d/plugins` (no run input says
+/// what they are). They replace [`cli_config::PLAN_ENV_VARS`] in the phase's environment.
+fn sealed_env(
+    root: &Path,
+    work: &Path,
+    kept: Option<&cli_config::KeptDataDir>,
+) -> anyhow::Result<Vec<(String, String)>> {
+    cli_config::plan_env(
+        root,
+        work,
+        std::env::var(cli_config::OPERATOR_CONFIG_VAR)
+            .ok()
+            .as_deref(),
+        std::env::var("TF_PLUGIN_CACHE_DIR").ok().as_deref(),
+        kept,
+    )
+    .map_err(anyhow::Error::msg)
+}
+
 /// A stack's plan phase, ready for `terraform plan`: the stack resolved, a plan-phase token
 /// minted (agent role, scoped to the stack, the caller's user), terraform's environment without
 /// the apply profile, the caller's credentials or a provider the checkout supplies
@@ -643,35 +686,8 @@ impl PlanPhase {
         let scratch = Scratch(tempfile_dir()?);
         let work = scratch.0.as_path();
         let state_url = format!("{}/state/{stack}", c.base());
-        // `terraform init` runs again only when terraform says it must: the data directory is
-        // kept between plans, outside the checkout (`cli_config::kept_data_dir`). Not in CI
-        // (`CI` set, as GitHub Actions and GitLab CI do): a runner's home can outlive the job and
-        // serve jobs of other trust (a pull request's, then main's), so each CI plan inits fresh.
-        let in_ci = std::env::var("CI").is_ok_and(|v| !matches!(v.as_str(), "" | "0" | "false"));
-        let kept = (!in_ci)
-            .then(|| {
-                cli_config::kept_data_root(
-                    std::env::var("XDG_CACHE_HOME").ok().as_deref(),
-                    std::env::var("HOME").ok().as_deref(),
-                )
-            })
-            .flatten()
-            .and_then(|root| {
-                let key = Sha256::digest(format!("{}\n{state_url}", dir.display()));
-                cli_config::kept_data_dir(&root, &repo.root, &hex::encode(key))
-            });
-        // Terraform installs and runs providers only from where the checkout cannot put them
-        // (`airlock_runner::cli_config`): the plan phase runs code an agent may have written.
-        let sealed = cli_config::plan_env(
-            &repo.root,
-            work,
-            std::env::var(cli_config::OPERATOR_CONFIG_VAR)
-                .ok()
-                .as_deref(),
-            std::env::var("TF_PLUGIN_CACHE_DIR").ok().as_deref(),
-            kept.as_ref(),
-        )
-        .map_err(anyhow::Error::msg)?;
+        let kept = kept_data_dir(&dir, &repo.root, &state_url);
+        let sealed = sealed_env(&repo.root, work, kept.as_ref())?;
         let mut env = phase_env(std::env::vars(), &apply_profile, token);
         env.retain(|(k, _)| !cli_config::PLAN_ENV_VARS.contains(&k.as_str()));
         env.extend(sealed);
@@ -1034,20 +1050,26 @@ pub fn reject(args: RejectArgs) -> anyhow::Result<ExitCode> {
 /// checkout: its backend must be this server's stack, and every embedded configuration file
 /// (root module, local and remote modules, as this checkout's own `terraform init` placed them)
 /// must be byte for byte this checkout's, with no configuration file of those modules left out.
+/// `data`: terraform's data directory, where its `terraform init` installed the modules.
 fn embedded_plan_is_this_checkouts(
     plan: &PlanFile,
     dir: &Path,
+    data: &Path,
     state_url: &str,
 ) -> Result<(), String> {
     plan.backend
         .as_ref()
         .ok_or_else(|| "the plan names no backend".to_owned())?
         .check_is(state_url)?;
-    embedded_config_is_this_checkouts(plan, dir)
+    embedded_config_is_this_checkouts(plan, dir, data)
 }
 
 /// The configuration half of [`embedded_plan_is_this_checkouts`].
-fn embedded_config_is_this_checkouts(plan: &PlanFile, dir: &Path) -> Result<(), String> {
+fn embedded_config_is_this_checkouts(
+    plan: &PlanFile,
+    dir: &Path,
+    data: &Path,
+) -> Result<(), String> {
     #[derive(serde::Deserialize)]
     struct Module {
         #[serde(rename = "Key")]
@@ -1061,10 +1083,10 @@ fn embedded_config_is_this_checkouts(plan: &PlanFile, dir: &Path) -> Result<(), 
         modules: Vec<Module>,
     }
     // What this checkout's own `terraform init` installed (absent: no module calls).
-    let manifest: Vec<Module> = match std::fs::read(dir.join(".terraform/modules/modules.json")) {
+    let manifest: Vec<Module> = match std::fs::read(data.join("modules/modules.json")) {
         Ok(b) => {
             serde_json::from_slice::<Installed>(&b)
-                .map_err(|e| format!(".terraform/modules/modules.json: {e}"))?
+                .map_err(|e| format!("{}/modules/modules.json: {e}", data.display()))?
                 .modules
         }
         Err(_) => Vec::new(),
@@ -1244,13 +1266,24 @@ pub fn apply_run(
     let state_url = format!("{}/state/{stack}", c.base());
     let scratch = Scratch(tempfile_dir()?);
     let plan_path = scratch.0.join("plan.tfplan");
+    // Providers are installed and run as in the plan phase, never from the checkout.
+    let kept = kept_data_dir(&dir, &repo.root, &state_url);
+    let sealed = sealed_env(&repo.root, &scratch.0, kept.as_ref())?;
+    let seal = |mut env: Vec<(String, String)>| {
+        env.retain(|(k, _)| !cli_config::PLAN_ENV_VARS.contains(&k.as_str()));
+        env.extend(sealed.iter().cloned());
+        env
+    };
     // While the server starts the apply, the run's plan and its reviewed JSON are fetched and,
     // in a checkout already initialised for this stack, `terraform show -json` reads the plan
     // (with no credential: reading a saved plan needs none). Nothing is trusted before the
     // checks below: the downloaded bytes must be the approved plan, and a failed early show is
     // made again with the run's token.
     let recorded = run["run"]["plan_sha256"].as_str().unwrap_or_default();
-    let early_env = phase_env(std::env::vars(), &plan_profile, "");
+    let mut early_env = seal(phase_env(std::env::vars(), &plan_profile, ""));
+    // Nor any cloud credential: it configures no provider, and an apply with an OIDC profile
+    // never passes inherited ones to terraform.
+    early_env.retain(|(k, _)| !super::oidc::CLOUD_CREDENTIAL_VARS.contains(&k.as_str()));
     let (started, early) = std::thread::scope(|scope| {
         let early = scope.spawn(|| -> anyhow::Result<Fetched> {
             let plan_bin = c.get_bytes(&format!("/api/v1/runs/{id}/artifacts/plan.tfplan"))?;
@@ -1313,7 +1346,7 @@ pub fn apply_run(
         )?;
         bail!(msg);
     }
-    let mut env = phase_env(std::env::vars(), &plan_profile, &token);
+    let mut env = seal(phase_env(std::env::vars(), &plan_profile, &token));
     // Terraform waits at the state lock for the plan check below: nothing in its environment
     // may skip the lock (`-lock=false` in `TF_CLI_ARGS`) or send it another way than LOCK.
     env.retain(|(k, _)| !LOCK_OVERRIDES.contains(&k.as_str()));
@@ -1336,10 +1369,9 @@ pub fn apply_run(
         // `terraform apply PLAN` runs the plan's embedded configuration and writes to the plan's
         // backend, whatever this checkout holds: both must be this checkout's and this server's.
         let embedded_check = || {
-            parsed
-                .as_ref()
-                .map_err(Clone::clone)
-                .and_then(|plan| embedded_plan_is_this_checkouts(plan, &dir, &state_url))
+            parsed.as_ref().map_err(Clone::clone).and_then(|plan| {
+                embedded_plan_is_this_checkouts(plan, &dir, &data_dir(&dir, &env), &state_url)
+            })
         };
         let mut embedded = embedded_check();
         if embedded.is_err() && initialized {
@@ -1444,6 +1476,7 @@ pub fn apply_run(
         Ok(done.status.success())
     })();
     drop(scratch);
+    drop(kept);
     let success = matches!(outcome, Ok(true));
     let response = finish(success, &log, (!recorded_check).then_some(check.as_str()))?;
     let outcome = match outcome {
@@ -1520,14 +1553,17 @@ mod tests {
         tf(&["init", "-input=false"]);
         tf(&["plan", "-input=false", "-out=p.tfplan"]);
         let plan = PlanFile::parse(&std::fs::read(dir.join("p.tfplan")).unwrap()).unwrap();
-        assert_eq!(embedded_config_is_this_checkouts(&plan, dir), Ok(()));
+        assert_eq!(
+            embedded_config_is_this_checkouts(&plan, dir, &dir.join(".terraform")),
+            Ok(())
+        );
         // A module file changed after planning.
         std::fs::write(
             dir.join("m/main.tf"),
             "resource \"terraform_data\" \"y\" {}\n",
         )
         .unwrap();
-        let e = embedded_config_is_this_checkouts(&plan, dir).unwrap_err();
+        let e = embedded_config_is_this_checkouts(&plan, dir, &dir.join(".terraform")).unwrap_err();
         assert!(e.contains("m/main.tf"), "{e}");
         // A file the plan does not embed.
         std::fs::write(
@@ -1536,7 +1572,7 @@ mod tests {
         )
         .unwrap();
         std::fs::write(dir.join("extra.tf"), "").unwrap();
-        let e = embedded_config_is_this_checkouts(&plan, dir).unwrap_err();
+        let e = embedded_config_is_this_checkouts(&plan, dir, &dir.join(".terraform")).unwrap_err();
         assert!(e.contains("extra.tf"), "{e}");
     }
 

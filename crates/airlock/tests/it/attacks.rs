@@ -680,6 +680,7 @@ fn plans_with_outputs_are_governed_and_their_output_changes_are_tied_to_the_bina
     assert_eq!(run_json(&t, &run)["run"]["status"], "needs_approval");
 
     // The same plan with the output change hidden from the reviewed JSON.
+    ws.tf_ok(&t.s.admin, &["init", "-input=false"]);
     ws.tf_ok(&t.s.admin, &["plan", "-out=out.tfplan"]);
     let mut forged = forged_upload(&t, &ws, "dev/outputs", "out.tfplan", "out.tfplan");
     let shown = B64

@@ -40,3 +40,5 @@ mod realworld;
 mod attacks_apply_gate;
 // review 5: attacks on issue 17 work (apply gate, drift hashes, drift proposals)
 mod attacks_tier5;
+// review 7: the promises governed runs make, attacked with low-privilege credentials
+mod attacks_review7;

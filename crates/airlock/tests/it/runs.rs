@@ -330,7 +330,10 @@ credentials "apply" {
         applied.contains("AWS_ROLE_ARN=arn:aws:iam::1:role/app-apply"),
         "{applied}"
     );
-    assert!(!applied.contains("app-plan") && !applied.contains("AKIASTATICKEY"));
+    assert!(
+        !applied.contains("app-plan") && !applied.contains("AKIASTATICKEY"),
+        "{applied}"
+    );
     assert!(applied.contains("TOKEN_MODES=600 700"), "{applied}");
     let gcp = env_value(&applied, "GOOGLE_APPLICATION_CREDENTIALS");
     assert!(gcp.ends_with("gcp-external-account.json"), "{gcp}");
