@@ -88,7 +88,11 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
             LogLevelArg::Warn => LogLevel::Warn,
             LogLevelArg::Info => LogLevel::Info,
         },
-        rego_evaluator: Some(std::env::current_exe()?),
+        // This very binary, even once a package upgrade has replaced the file on disk.
+        rego_evaluator: Some(match std::path::Path::new("/proc/self/exe") {
+            p if p.exists() => p.to_path_buf(),
+            _ => std::env::current_exe()?,
+        }),
     };
     let addr = listener.local_addr()?;
     let scheme = if tls.is_some() { "https" } else { "http" };
