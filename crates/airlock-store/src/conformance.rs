@@ -63,6 +63,7 @@ pub fn run_all<S: StoreImport + StoreStats + 'static>(engine: &Arc<S>) {
     grants(store.as_ref());
     big_history_dedups(engine.as_ref());
     runs(store.as_ref());
+    runs_planned_since(store.as_ref());
     run_grants_end_with_the_apply(store.as_ref());
     concurrent_locks_have_one_winner(store);
     concurrent_writes_are_serialized(store);
@@ -1809,6 +1810,40 @@ fn audit_len<S: Store + ?Sized>(s: &S) -> usize {
 
 // The closures return `RunUpdate`'s result, whose refusal carries a whole record.
 #[allow(clippy::result_large_err)]
+/// `runs_planned_since` counts one user's runs created at or after a time (the server's bound on
+/// an agent's runs per hour), whatever their stack or status.
+pub fn runs_planned_since(s: &dyn Store) {
+    for stack in ["conf/rate-a", "conf/rate-b"] {
+        s.create_stack(
+            stack,
+            false,
+            StackSettings::default(),
+            audit("stack.create"),
+        )
+        .unwrap();
+    }
+    let mut other = run_record("run-rate-other", "conf/rate-a", 5_000);
+    other.author_user = "someone-else".into();
+    s.create_run(&other, &[], audit("run.create")).unwrap();
+    for (i, (stack, at)) in [
+        ("conf/rate-a", 1_000),
+        ("conf/rate-b", 5_000),
+        ("conf/rate-a", 9_000),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut run = run_record(&format!("run-rate-{i}"), stack, at);
+        run.author_user = "rate-agent".into();
+        s.create_run(&run, &[], audit("run.create")).unwrap();
+    }
+    assert_eq!(s.runs_planned_since("rate-agent", 5_000).unwrap(), 2);
+    assert_eq!(s.runs_planned_since("rate-agent", 0).unwrap(), 3);
+    assert_eq!(s.runs_planned_since("rate-agent", 9_001).unwrap(), 0);
+    assert_eq!(s.runs_planned_since("someone-else", 0).unwrap(), 1);
+    assert_eq!(s.runs_planned_since("nobody", 0).unwrap(), 0);
+}
+
 pub fn runs(s: &dyn Store) {
     let stack = "conf/runs";
     s.create_stack(

@@ -979,13 +979,14 @@ pub fn insert_run(
         lock_stack(db, &run.stack)?
     };
     db.execute(
-        "INSERT INTO runs (id, stack_id, status, created_at, record) VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO runs (id, stack_id, status, created_at, record, author_user) VALUES ($1, $2, $3, $4, $5, $6)",
         params![
             &run.id,
             stack_id,
             run.status.as_str(),
             run.created_at,
-            record
+            record,
+            &run.author_user
         ],
     )
     .map_err(|e| unique_is_conflict(e, || format!("run {} already exists", run.id)))?;
@@ -2151,6 +2152,16 @@ impl<E: Engine> Store for E {
 
     fn run_artifact_names(&self, id: &str) -> Result<Vec<String>> {
         self.read(|db| run_artifact_names(db, id))
+    }
+
+    fn runs_planned_since(&self, user: &str, since_ms: i64) -> Result<u64> {
+        self.read(|db| {
+            count(
+                db,
+                "SELECT COUNT(*) FROM runs WHERE author_user = $1 AND created_at >= $2",
+                params![user, since_ms],
+            )
+        })
     }
 
     fn put_run_artifact(&self, id: &str, name: &str, bytes: &[u8]) -> Result<()> {

@@ -229,6 +229,9 @@ pub trait Store: Send + Sync {
     fn put_run_artifact(&self, id: &str, name: &str, bytes: &[u8]) -> Result<()>;
     /// Names of a run's artifacts, sorted.
     fn run_artifact_names(&self, id: &str) -> Result<Vec<String>>;
+    /// How many runs `user` planned at or after `since_ms` (runs stored before migration 0016
+    /// are not counted).
+    fn runs_planned_since(&self, user: &str, since_ms: i64) -> Result<u64>;
     /// Judges and records a transition atomically (the run and its stack are locked).
     fn update_run(&self, id: &str, update: &mut RunUpdate<'_>) -> Result<RunTransition>;
 

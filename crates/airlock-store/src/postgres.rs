@@ -62,6 +62,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         15,
         include_str!("../migrations/postgres/0015_token_read_stacks.sql"),
     ),
+    (
+        16,
+        include_str!("../migrations/postgres/0016_runs_author_user.sql"),
+    ),
 ];
 
 /// Transaction-scoped advisory lock keys ("airlock" in ASCII, then a number). Being

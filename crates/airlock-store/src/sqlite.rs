@@ -70,6 +70,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         15,
         include_str!("../migrations/sqlite/0015_token_read_stacks.sql"),
     ),
+    (
+        16,
+        include_str!("../migrations/sqlite/0016_runs_author_user.sql"),
+    ),
 ];
 // Enough idle readers for a burst of concurrent GETs without reopening connections.
 const MAX_IDLE_READERS: usize = 32;

@@ -902,6 +902,35 @@ fn previous_policy(
     Ok(Some((config, policies)))
 }
 
+/// Runs an agent's user may plan in an hour. A run's artifacts are kept for good (they are what
+/// was reviewed), so an agent uploading without bound would fill the server's disk; 60 an hour
+/// is the plan-phase token limit (`tokens::PHASE_TOKEN_LIMIT`), which `airlock plan` already
+/// meets, applied to uploads made with any of the user's agent tokens.
+pub const AGENT_RUNS_PER_HOUR: u64 = 60;
+
+/// Refuses an agent's upload once its user planned [`AGENT_RUNS_PER_HOUR`] runs in the last
+/// hour, before the body is read. Counted from the store, so every replica sees the same runs;
+/// uploads in flight at once may pass together (at most as many as are in flight).
+async fn agent_within_run_rate(state: &Arc<AppState>, p: &Principal, stack: &str) -> ApiResult<()> {
+    if p.role != Role::Agent {
+        return Ok(());
+    }
+    let (user, since) = (p.user.clone(), now_ms() - 3_600_000);
+    let planned =
+        crate::stacks::blocking(state, move |st| st.runs_planned_since(&user, since)).await??;
+    if planned < AGENT_RUNS_PER_HOUR {
+        return Ok(());
+    }
+    let r = Refusal::new(
+        RefusalKind::TooManyRequests,
+        format!(
+            "{} planned {planned} runs in the last hour: an agent's user plans at most {AGENT_RUNS_PER_HOUR} an hour (a run's artifacts are kept for good); try again later, or have a person plan",
+            p.user
+        ),
+    );
+    Err(crate::stacks::deny(state, p, stack, "run.create", r).await)
+}
+
 /// `POST /api/v1/stacks/{stack}/runs`: uploads a planned run, as a [`run_upload`] stream
 /// (`airlock plan`: raw, compressed, checked as it arrives) or as one JSON object with the
 /// artifacts in base64. Both go through the same checks, in [`create_run`].
@@ -916,6 +945,7 @@ pub async fn create(
         v.split(';').next().unwrap_or(v).trim().to_ascii_lowercase()
     });
     let record = existing_stack(&state, &p, stack.as_str()).await?;
+    agent_within_run_rate(&state, &p, stack.as_str()).await?;
     let (run, markdown) = match media.as_deref() {
         Some(run_upload::CONTENT_TYPE) => {
             let limit = state.config.run_upload_limit(p.role);

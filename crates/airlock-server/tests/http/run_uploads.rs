@@ -209,3 +209,48 @@ async fn a_plan_file_whose_members_inflate_past_the_uploaders_limit_is_refused_b
     );
     no_runs(&s).await;
 }
+
+#[tokio::test]
+async fn an_agents_user_plans_at_most_sixty_runs_an_hour() {
+    use airlock_store::{NewAudit, RunRecord};
+    const AGENT_RUNS_PER_HOUR: u64 = 60;
+    let s = Server::new();
+    s.stack(STACK, false);
+    let agent = s.role_token(Role::Agent);
+    let now = airlock_store::now_ms();
+    // The runs its user planned in the last hour (one of them just over an hour ago).
+    for i in 0..=AGENT_RUNS_PER_HOUR {
+        let created = if i == 0 { now - 3_700_000 } else { now - 1000 };
+        let run: RunRecord = serde_json::from_value(json!({
+            "id": format!("run_{i:016x}"), "stack": STACK, "status": "needs_approval",
+            "author": agent.id, "author_token": agent.id, "author_user": agent.id,
+            "author_role": "agent", "created_at": created, "updated_at": created,
+            "expires_at": now + 3_600_000, "fingerprint": "f", "terraform_version": "1.11.4",
+            "planned_lineage": null, "planned_serial": null, "git_head": null, "git_base": null,
+            "plan_sha256": "p", "config_sha256": null, "decision": "review", "report": {},
+            "destroys": [], "required_approvals": 1, "approvals": [], "rejection": null,
+            "applied_by": null, "apply_token": null, "apply_started_at": null,
+            "finished_at": null, "note": null
+        }))
+        .unwrap();
+        s.store
+            .create_run(
+                &run,
+                &[],
+                NewAudit::ok("test", "run.create", Some(STACK), json!({})),
+            )
+            .unwrap();
+    }
+    let r = upload(&s, &agent, CONTENT_TYPE, b"anything".to_vec()).await;
+    assert_eq!(r.status.as_u16(), 429, "{r:?}");
+    assert!(
+        r.message().contains("planned 60 runs in the last hour"),
+        "{}",
+        r.message()
+    );
+    // Another agent's user, and a person, are not held back (their garbage is refused as such).
+    for token in [s.role_token(Role::Agent), s.role_token(Role::Approver)] {
+        let r = upload(&s, &token, CONTENT_TYPE, b"anything".to_vec()).await;
+        assert_eq!(r.status.as_u16(), 400, "{r:?}");
+    }
+}
