@@ -1796,6 +1796,7 @@ fn run_record(id: &str, stack: &str, created_at: i64) -> RunRecord {
         inputs: Vec::new(),
         planned_dir: None,
         moved_from: Vec::new(),
+        unprotected_removals: None,
         policy_changes: Vec::new(),
         checks: Vec::new(),
         plan_mode: None,

@@ -141,6 +141,12 @@ pub enum Refused {
     },
     /// The run's plan check is recorded already.
     PlanCheckedAlready,
+    /// The stack protects, since the run was judged, instances the run removes; the run
+    /// becomes `superseded`.
+    ProtectedSince {
+        /// The removed addresses protected now.
+        addresses: Vec<String>,
+    },
 }
 
 impl Refused {
@@ -166,7 +172,8 @@ impl Refused {
             | Refused::PlanArtifactDiffers
             | Refused::InputsDiffer { .. }
             | Refused::CheckedAnotherPlan { .. }
-            | Refused::PlanCheckedAlready => RefusalKind::Conflict,
+            | Refused::PlanCheckedAlready
+            | Refused::ProtectedSince { .. } => RefusalKind::Conflict,
         }
     }
 
@@ -253,6 +260,11 @@ impl Refused {
                 run.plan_sha256
             ),
             Refused::PlanCheckedAlready => format!("plan check refused: run {id}'s plan check is recorded already"),
+            Refused::ProtectedSince { addresses } => format!(
+                "apply refused: run {id} removes {}, which stack {} protects since the run was judged, so its approvers did not see the removal as one of a protected instance: plan again for a new review",
+                addresses.iter().take(20).cloned().collect::<Vec<_>>().join(", "),
+                run.stack
+            ),
         }
     }
 
@@ -262,7 +274,7 @@ impl Refused {
     pub fn records(&self) -> Option<RunStatus> {
         match self {
             Refused::Expired => Some(RunStatus::Expired),
-            Refused::Stale { .. } => Some(RunStatus::Superseded),
+            Refused::Stale { .. } | Refused::ProtectedSince { .. } => Some(RunStatus::Superseded),
             Refused::NoLongerApproved { .. } => Some(RunStatus::NeedsApproval),
             _ => None,
         }
@@ -561,6 +573,9 @@ pub struct Checkout<'a> {
     /// with a credential airlock no longer trusts (a stolen approver token, found) does not
     /// count.
     pub revoked_approvals: &'a [String],
+    /// Addresses the run removes that the stack did not protect when the run was judged and
+    /// protects now (from `RunRecord::unprotected_removals`).
+    pub protected_since: &'a [String],
 }
 
 /// `apply`: the start of an apply (invariant 3, see the module docs). `apply_token` is the id
@@ -609,6 +624,11 @@ pub fn start_apply(
         });
     }
     check_fresh(run, stack, current, now)?;
+    if !checkout.protected_since.is_empty() {
+        return Err(Refused::ProtectedSince {
+            addresses: checkout.protected_since.to_vec(),
+        });
+    }
     if checkout.stored_plan_sha256 != Some(run.plan_sha256.as_str()) {
         return Err(Refused::PlanArtifactDiffers);
     }
@@ -1343,6 +1363,7 @@ mod tests {
             fingerprint: "f1",
             inputs: &[],
             revoked_approvals: &[],
+            protected_since: &[],
         };
         let refused = Refused::NoLongerApproved {
             revoked: vec![],
@@ -1382,6 +1403,7 @@ mod tests {
             fingerprint: "f1",
             inputs: &[],
             revoked_approvals: &[],
+            protected_since: &[],
         };
         let got = start_apply(
             &approved_again,
@@ -1403,8 +1425,10 @@ mod tests {
             fingerprint: "F1",
             inputs: &[],
             revoked_approvals: &[],
+            protected_since: &[],
         };
         let alice_revoked = ["tok_alice".to_owned()];
+        let db = ["aws_db_instance.main".to_owned()];
         let with = |f: &dyn Fn(&mut RunRecord)| {
             let mut r = approved();
             f(&mut r);
@@ -1530,6 +1554,18 @@ mod tests {
                 Ok(RunStatus::Applying),
             ),
             (
+                "a removal the stack protects since the run was judged",
+                approved(),
+                ci,
+                Checkout {
+                    protected_since: &db,
+                    ..good
+                },
+                Err(Refused::ProtectedSince {
+                    addresses: db.to_vec(),
+                }),
+            ),
+            (
                 "tampered artifact",
                 approved(),
                 ci,
@@ -1588,6 +1624,7 @@ mod tests {
             fingerprint: "f2",
             inputs: &sent,
             revoked_approvals: &[],
+            protected_since: &[],
         };
         let ci = actor("tok_ci", "tok_ci", Role::Ci);
         let got = start_apply(&r, &stack(), Some(&version(4)), &ci, checkout, "t", NOW);
@@ -1610,6 +1647,7 @@ mod tests {
             fingerprint: "f1",
             inputs: &[],
             revoked_approvals: &[],
+            protected_since: &[],
         };
         let verdict = start_apply(&r, &stack(), Some(&version(4)), &ci, checkout, "t", NOW);
         let refused = decided(verdict, &r, &ci, NOW).unwrap_err();
@@ -1832,6 +1870,7 @@ mod tests {
                 fingerprint: "f1",
                 inputs: &[],
                 revoked_approvals: &[],
+                protected_since: &[],
             },
             "tok_run",
             NOW,

@@ -241,6 +241,11 @@ pub struct RunRecord {
     /// Addresses the plan moves instances away from (`moved` blocks): the run's writes may drop them.
     #[serde(default)]
     pub moved_from: Vec<String>,
+    /// (resource type, address) of the removals (destroys, moves away) that the server did not
+    /// protect when it judged the run: one protected since holds the apply back (the approvers
+    /// never saw it as protected). `None` in runs stored before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unprotected_removals: Option<Vec<(String, String)>>,
     /// How the reviewed change loosens the policy it is judged by (shown to approvers first).
     #[serde(default)]
     pub policy_changes: Vec<String>,

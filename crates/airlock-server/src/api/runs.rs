@@ -359,6 +359,7 @@ struct Judged {
     markdown: String,
     destroys: Vec<String>,
     moved_from: Vec<String>,
+    unprotected_removals: Vec<(String, String)>,
     policy_changes: Vec<String>,
     required_approvals: u32,
     checks: Vec<String>,
@@ -411,6 +412,8 @@ struct RunObserver<'a> {
     /// (from, to) of every `moved` instance: the stored object is at `to` in the prior state.
     moves: Vec<(String, String)>,
     server_protected: Vec<(String, String)>,
+    /// (type, address) of removals the server does not protect (`RunRecord::unprotected_removals`).
+    unprotected: Vec<(String, String)>,
     changes_anything: bool,
     /// The stack's stored state and the binary plan's prior state, to see what changed
     /// outside Terraform.
@@ -427,10 +430,11 @@ impl Observer for RunObserver<'_> {
         self.listed.push(BinaryChange::of(rc));
         self.changes_anything |= c.kind != ChangeKind::NoOp || c.moved_from.is_some() || c.import;
         if c.mode == "managed" && c.is_destructive() {
-            if let Some(reason) =
-                firewall::protection_reason(&c.resource_type, &c.address, settings)
-            {
-                self.server_protected.push((c.address.clone(), reason));
+            match firewall::protection_reason(&c.resource_type, &c.address, settings) {
+                Some(reason) => self.server_protected.push((c.address.clone(), reason)),
+                None => self
+                    .unprotected
+                    .push((c.resource_type.clone(), c.address.clone())),
             }
             // A deposed object's delete destroys a real object too (left over from a failed
             // create_before_destroy): the run's grant must cover its address.
@@ -439,9 +443,13 @@ impl Observer for RunObserver<'_> {
             }
         }
         if let Some(from) = &c.moved_from {
-            if let Some(reason) = firewall::protection_reason(&c.resource_type, from, settings) {
-                self.server_protected
-                    .push((from.clone(), format!("{reason}; moved to {}", c.address)));
+            match firewall::protection_reason(&c.resource_type, from, settings) {
+                Some(reason) => self
+                    .server_protected
+                    .push((from.clone(), format!("{reason}; moved to {}", c.address))),
+                None => self
+                    .unprotected
+                    .push((c.resource_type.clone(), from.clone())),
             }
             self.moved_from.push(from.clone());
             self.moves.push((from.clone(), c.address.clone()));
@@ -684,6 +692,7 @@ fn judge(binary: &PlanFile, plan_json: &[u8], input: JudgeInput) -> ApiResult<Ju
         moved_from: Vec::new(),
         moves: Vec::new(),
         server_protected: Vec::new(),
+        unprotected: Vec::new(),
         changes_anything: false,
         states: input.current_state.clone().and_then(|stored| {
             StateSummary::parse(&binary.prior_state)
@@ -787,6 +796,7 @@ fn judge(binary: &PlanFile, plan_json: &[u8], input: JudgeInput) -> ApiResult<Ju
         report,
         destroys: observer.destroys,
         moved_from: observer.moved_from,
+        unprotected_removals: observer.unprotected,
         policy_changes,
         required_approvals: required,
         checks,
@@ -1260,6 +1270,7 @@ fn create_run(
         inputs: req.inputs,
         planned_dir: req.planned_dir,
         moved_from: judged.moved_from,
+        unprotected_removals: Some(judged.unprotected_removals),
         policy_changes: judged.policy_changes,
         checks: judged.checks,
         plan_mode: judged.plan_mode,
@@ -1704,11 +1715,22 @@ pub async fn apply(
         &id,
         Some(author),
         move |run, stack, current, who, now| {
+            // Removals judged unprotected that the stack protects now.
+            let protected_since: Vec<String> = run
+                .unprotected_removals
+                .iter()
+                .flatten()
+                .filter(|(ty, address)| {
+                    firewall::protection_reason(ty, address, &stack.settings).is_some()
+                })
+                .map(|(_, address)| address.clone())
+                .collect();
             let checkout = Checkout {
                 stored_plan_sha256: stored.as_deref(),
                 fingerprint: &req.fingerprint,
                 inputs: &req.inputs,
                 revoked_approvals: &revoked,
+                protected_since: &protected_since,
             };
             run_rules::start_apply(run, stack, current, who, checkout, &token_id, now)
         },
