@@ -56,9 +56,10 @@ impl fmt::Display for RegoError {
 
 impl std::error::Error for RegoError {}
 
-/// How long one evaluation may run. Policies are often an agent's (a run's `policy/**.rego`) and
-/// the server evaluates them in its own process: real policies take milliseconds, a hostile
-/// one loops over billions of pairs (Rego has no recursion, but nested iteration is enough).
+/// How long one evaluation may run. Policies are often an agent's (a run's `policy/**.rego`,
+/// which the server evaluates in its `__rego-eval` child): real policies take milliseconds, a
+/// hostile one loops over billions of pairs (Rego has no recursion, but nested iteration is
+/// enough).
 pub const TIME_LIMIT: Duration = Duration::from_secs(5);
 
 /// Most elements `numbers.range` and `numbers.range_step` may build. regorus allocates a range
