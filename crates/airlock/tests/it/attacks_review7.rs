@@ -107,24 +107,20 @@ fn an_approval_made_with_a_since_revoked_token_does_not_start_an_apply() {
         .to_owned();
     t.s.ok(&t.s.admin, &["token", "revoke", &stolen]);
 
-    let fp = r["run"]["fingerprint"].as_str().unwrap();
-    let (code, body) = raw(
-        "POST",
-        &format!("{}/api/v1/runs/{run}/apply", t.s.url),
-        &t.ci,
-        format!(r#"{{"fingerprint":"{fp}"}}"#).as_bytes(),
-    );
-    assert_eq!(
-        code, 403,
-        "an approval by a revoked token started the apply: {body}"
-    );
-    assert!(body.contains("revoked"), "{body}");
-    assert_eq!(run_json(&t, &run)["run"]["status"], "needs_approval");
-    // Another approver's approval is one that counts: the run applies.
-    t.s.ok(&t.approver, &["approve", &run]);
-    let out = apply(&t, &ws, &t.ci, &run);
+    held_back_until_approved(&t, &ws, &run, "revoked", &t.approver);
+}
+
+/// CI's start of `run`'s apply is refused (403, saying `why`) and the run waits for approval
+/// again; once `approver` approves, it applies.
+fn held_back_until_approved(t: &Team, ws: &Workspace, run: &str, why: &str, approver: &str) {
+    let (code, body) = start_apply_answer(t, run);
+    assert_eq!(code, 403, "the apply started: {body}");
+    assert!(body.contains(why), "{body}");
+    assert_eq!(run_json(t, run)["run"]["status"], "needs_approval");
+    t.s.ok(approver, &["approve", run]);
+    let out = apply(t, ws, &t.ci, run);
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(run_json(&t, &run)["run"]["status"], "applied");
+    assert_eq!(run_json(t, run)["run"]["status"], "applied");
 }
 
 /// An agent's run is approved by one approver on a stack that needs one; an admin then raises
@@ -142,28 +138,7 @@ fn raising_a_stacks_required_approvals_holds_back_a_run_approved_under_the_old_r
         &t.s.admin,
         &["stack", "settings", "dev/app", "--required-approvals", "2"],
     );
-
-    let fp = run_json(&t, &run)["run"]["fingerprint"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let (code, body) = raw(
-        "POST",
-        &format!("{}/api/v1/runs/{run}/apply", t.s.url),
-        &t.ci,
-        format!(r#"{{"fingerprint":"{fp}"}}"#).as_bytes(),
-    );
-    assert_eq!(
-        code, 403,
-        "a run approved once applied on a stack that now requires two approvals: {body}"
-    );
-    assert!(body.contains("requires 2"), "{body}");
-    assert_eq!(run_json(&t, &run)["run"]["status"], "needs_approval");
-    // A second approver: the run applies.
-    t.s.ok(&t.approver2, &["approve", &run]);
-    let out = apply(&t, &ws, &t.ci, &run);
-    assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(run_json(&t, &run)["run"]["status"], "applied");
+    held_back_until_approved(&t, &ws, &run, "requires 2", &t.approver2);
 }
 
 /// The repository's Rego (`policy/**.rego`) is a run input an agent writes, and the server

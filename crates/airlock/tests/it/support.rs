@@ -419,19 +419,25 @@ pub fn record_plan_check(
     )
 }
 
-/// Starts the apply by hand, as CI would (with the checkout's fingerprint), and returns the
-/// run-bound token, its plan check not recorded.
-pub fn start_apply_unchecked(t: &Team, run: &str) -> String {
+/// Asks to start the apply by hand, as CI would (with the checkout's fingerprint): the server's
+/// answer.
+pub fn start_apply_answer(t: &Team, run: &str) -> (u16, String) {
     let fp = run_json(t, run)["run"]["fingerprint"]
         .as_str()
         .unwrap()
         .to_owned();
-    let (code, body) = raw(
+    raw(
         "POST",
         &format!("{}/api/v1/runs/{run}/apply", t.s.url),
         &t.ci,
         format!(r#"{{"fingerprint":"{fp}"}}"#).as_bytes(),
-    );
+    )
+}
+
+/// Starts the apply by hand, as CI would (with the checkout's fingerprint), and returns the
+/// run-bound token, its plan check not recorded.
+pub fn start_apply_unchecked(t: &Team, run: &str) -> String {
+    let (code, body) = start_apply_answer(t, run);
     assert_eq!(code, 200, "{body}");
     serde_json::from_str::<serde_json::Value>(&body).unwrap()["token"]
         .as_str()
