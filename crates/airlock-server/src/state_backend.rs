@@ -44,6 +44,27 @@ pub async fn may_write(
     }
 }
 
+/// Whether `holder` is a plan's lock (`OperationTypePlan`) taken by a token that may never
+/// write the stack (not run-bound, and its role not granted direct writes there; a token since
+/// deleted counts as such).
+fn is_plan_of_a_non_writer(
+    st: &dyn airlock_store::Store,
+    holder: &LockRecord,
+    settings: &airlock_store::StackSettings,
+) -> airlock_store::Result<bool> {
+    if holder.operation != "OperationTypePlan" {
+        return Ok(false);
+    }
+    Ok(match st.token(&holder.owner_token)? {
+        None => true,
+        Some(t) => {
+            t.run_id.is_none()
+                && !(t.role.may_be_granted_direct_writes()
+                    && settings.direct_writes.contains(&t.role))
+        }
+    })
+}
+
 /// The single handler behind `/state/{*stack}`; the method picks the operation.
 pub async fn handle(
     State(state): State<Arc<AppState>>,
@@ -311,7 +332,27 @@ async fn lock(
         principal.display(),
         json!({"lock_id": info.id, "operation": info.operation, "who": info.who}),
     );
+    // An approved run's apply goes before a plan of a token that can never write this stack
+    // (an agent's, a reader's): such a lock protects no write, and held without end (an agent
+    // that never unlocks) it would make every approved run fail at its lock timeout. The plan
+    // it served is stale once the apply writes, which the serial checks refuse later anyway.
+    let applying = principal.run_id.is_some() && !info.is_plan_only();
+    let settings = record.settings.clone();
     let outcome = blocking(state, move |st| {
+        let first = st.lock(&s, new.clone(), NewAudit::ok(&actor, "lock", Some(&s), detail.clone()))?;
+        let LockOutcome::Held(holder) = &first else {
+            return Ok(first);
+        };
+        if !applying || !is_plan_of_a_non_writer(st, holder, &settings)? {
+            return Ok(first);
+        }
+        let preempt = NewAudit::ok(
+            &actor,
+            "lock.preempt",
+            Some(&s),
+            json!({"preempted_lock": holder.id, "holder": holder.owner, "operation": holder.operation}),
+        );
+        st.unlock(&s, UnlockBy::Id(holder.id.clone()), preempt)?;
         st.lock(&s, new, NewAudit::ok(&actor, "lock", Some(&s), detail))
     })
     .await??;

@@ -234,3 +234,30 @@ fn protection_added_after_approval_holds_back_the_runs_removal() {
     let out = apply(&t, &ws, &t.ci, &run);
     assert!(out.status.success(), "{}", text(&out));
 }
+
+/// An agent takes a plan's lock on a stack and never releases it (it may: any token may lock
+/// to plan). An approved run's apply must not wait it out and fail (then be re-planned and
+/// re-approved, for as long as the agent likes): a plan lock of a token that can never write
+/// the stack is taken over by the apply, audited.
+#[test]
+fn an_agents_plan_lock_held_forever_does_not_fail_an_approved_apply() {
+    let t = team("dev/app");
+    let ws = Workspace::new(&t.s, "dev/app", &data_resources(1));
+    let run = plan(&t, &ws, &t.agent, "dev/app");
+    t.s.ok(&t.approver, &["approve", &run]);
+    let url = t.s.state_url("dev/app");
+    let plan_lock = r#"{"ID":"l-agent-plan","Operation":"OperationTypePlan","Info":"","Who":"agent","Version":"1.11.4","Created":"2026-01-01T00:00:00Z","Path":""}"#;
+    let (code, body) = raw("LOCK", &url, &t.agent, plan_lock.as_bytes());
+    assert_eq!(code, 200, "{body}");
+    let out = apply(&t, &ws, &t.ci, &run);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(run_json(&t, &run)["run"]["status"], "applied");
+    let audit = t.s.ok(
+        &t.s.admin,
+        &["audit", "--stack", "dev/app", "--format", "json"],
+    );
+    assert!(
+        audit.contains("lock.preempt") && audit.contains("l-agent-plan"),
+        "{audit}"
+    );
+}
