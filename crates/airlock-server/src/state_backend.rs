@@ -52,7 +52,7 @@ fn is_plan_of_a_non_writer(
     holder: &LockRecord,
     settings: &airlock_store::StackSettings,
 ) -> airlock_store::Result<bool> {
-    if holder.operation != "OperationTypePlan" {
+    if holder.operation != airlock_core::lockinfo::OPERATION_PLAN {
         return Ok(false);
     }
     Ok(match st.token(&holder.owner_token)? {

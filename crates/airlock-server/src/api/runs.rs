@@ -604,10 +604,10 @@ fn prior_state_in_proportion(binary: &PlanFile, current: Option<&VersionMeta>) -
 }
 
 /// The checks on the binary plan alone, made as soon as it has arrived (before its JSON): it
-/// parses, its plan did not error, it was made against the planned lineage and serial by the
-/// claimed Terraform version, from the listed inputs, for this stack's backend.
-/// Reads and checks the uploaded binary plan. Its zip members may inflate to `limit` in all:
-/// the uploader's own limit for the whole upload, which a zip inside it would otherwise escape.
+/// parses (its zip members inflating to at most `limit` in all: the uploader's own limit for
+/// the whole upload, which a zip inside it would otherwise escape), its plan did not error, it
+/// was made against the planned lineage and serial by the claimed Terraform version, from the
+/// listed inputs, for this stack's backend.
 fn check_binary(
     plan_bin: &[u8],
     limit: usize,
