@@ -345,11 +345,8 @@ pub struct WithRun {
 
 impl WithRun {
     /// `rest` is a JSON object of the other members.
-    fn new(run: &RunRecord, rest: Value) -> WithRun {
-        WithRun {
-            run: run.clone(),
-            rest,
-        }
+    fn new(run: RunRecord, rest: Value) -> WithRun {
+        WithRun { run, rest }
     }
 }
 
@@ -1014,10 +1011,10 @@ pub async fn create(
     };
     Ok((
         StatusCode::CREATED,
-        Json(WithRun::new(
-            &run,
-            json!({ "summary_markdown": markdown, "next": run_rules::next_step(&run) }),
-        )),
+        Json({
+            let rest = json!({ "summary_markdown": markdown, "next": run_rules::next_step(&run) });
+            WithRun::new(run, rest)
+        }),
     ))
 }
 
@@ -1570,10 +1567,8 @@ pub async fn show(
     let next = run_rules::next_step(&run);
     // What "N approvals" counts and who may never approve, as the run rules decide them.
     let (author, valid) = (run.author_identity(), run.valid_approvers());
-    Ok(Json(WithRun::new(
-        &run,
-        json!({ "current": current_ok, "stack_serial": current.map(|v| v.serial), "next": next, "author_user": author, "valid_approvers": valid }),
-    )))
+    let rest = json!({ "current": current_ok, "stack_serial": current.map(|v| v.serial), "next": next, "author_user": author, "valid_approvers": valid });
+    Ok(Json(WithRun::new(run, rest)))
 }
 
 #[derive(Deserialize, Default)]
@@ -1621,7 +1616,7 @@ pub async fn approve(
     )
     .await?;
     let next = run_rules::next_step(&run);
-    Ok(Json(WithRun::new(&run, json!({ "next": next }))))
+    Ok(Json(WithRun::new(run, json!({ "next": next }))))
 }
 
 #[derive(Deserialize)]
@@ -1644,7 +1639,7 @@ pub async fn reject(
         run_rules::reject(run, who, &req.reason, now)
     })
     .await?;
-    Ok(Json(WithRun::new(&run, json!({}))))
+    Ok(Json(WithRun::new(run, json!({}))))
 }
 
 /// `POST /api/v1/runs/{id}/withdraw`: the author's user (an agent included) withdraws its own
@@ -1659,7 +1654,7 @@ pub async fn withdraw(
         run_rules::withdraw(run, who, now)
     })
     .await?;
-    Ok(Json(WithRun::new(&run, json!({}))))
+    Ok(Json(WithRun::new(run, json!({}))))
 }
 
 #[derive(Deserialize)]
@@ -1801,10 +1796,8 @@ pub async fn apply(
         Ok(())
     })
     .await?;
-    Ok(Json(WithRun::new(
-        &run,
-        json!({ "token": token.secret, "plan_sha256": run.plan_sha256 }),
-    )))
+    let rest = json!({ "token": token.secret, "plan_sha256": run.plan_sha256 });
+    Ok(Json(WithRun::new(run, rest)))
 }
 
 #[derive(Deserialize)]
@@ -2017,7 +2010,7 @@ pub async fn finish(
         Ok(())
     })
     .await?;
-    Ok(Json(WithRun::new(&run, json!({}))))
+    Ok(Json(WithRun::new(run, json!({}))))
 }
 
 #[derive(Deserialize)]
