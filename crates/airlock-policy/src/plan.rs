@@ -80,7 +80,11 @@ pub const MAX_ROOT_NAMES: usize = 10_000;
 /// The values of a plan JSON are the planner's, and a JSON tree takes 16-30 bytes of memory per
 /// byte of text: the lists the readers keep are read with a bound, as they come, never built
 /// first and counted after.
-fn bounded_list<'de, D, T>(d: D, max: usize, what: &'static str) -> Result<Vec<T>, D::Error>
+pub(crate) fn bounded_list<'de, D, T>(
+    d: D,
+    max: usize,
+    what: &'static str,
+) -> Result<Vec<T>, D::Error>
 where
     D: serde::Deserializer<'de>,
     T: Deserialize<'de>,
@@ -120,45 +124,46 @@ fn actions<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Err
     bounded_list(d, MAX_ACTIONS, "actions")
 }
 
-/// A replace path's step: a string or a number; anything else is skipped unbuilt.
-struct Step(Value);
+/// A string or a number of a planner's JSON (a replace path's step, a module manifest's
+/// field); anything else reads as `null`, skipped unbuilt (a tree takes 16-30 bytes per byte).
+pub(crate) struct Scalar(pub(crate) Value);
 
-impl<'de> Deserialize<'de> for Step {
+impl<'de> Deserialize<'de> for Scalar {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> serde::de::Visitor<'de> for V {
-            type Value = Step;
+            type Value = Scalar;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a path step")
+                f.write_str("a string or a number")
             }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Step, E> {
-                Ok(Step(Value::String(v.to_owned())))
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Scalar, E> {
+                Ok(Scalar(Value::String(v.to_owned())))
             }
-            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Step, E> {
-                Ok(Step(Value::from(v)))
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Scalar, E> {
+                Ok(Scalar(Value::from(v)))
             }
-            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Step, E> {
-                Ok(Step(Value::from(v)))
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Scalar, E> {
+                Ok(Scalar(Value::from(v)))
             }
-            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Step, E> {
-                Ok(Step(Value::from(v)))
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Scalar, E> {
+                Ok(Scalar(Value::from(v)))
             }
-            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Step, E> {
-                Ok(Step(Value::Null))
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Scalar, E> {
+                Ok(Scalar(Value::Null))
             }
-            fn visit_unit<E: serde::de::Error>(self) -> Result<Step, E> {
-                Ok(Step(Value::Null))
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Scalar, E> {
+                Ok(Scalar(Value::Null))
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut s: A) -> Result<Step, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut s: A) -> Result<Scalar, A::Error> {
                 while s.next_element::<serde::de::IgnoredAny>()?.is_some() {}
-                Ok(Step(Value::Null))
+                Ok(Scalar(Value::Null))
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Step, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Scalar, A::Error> {
                 while m
                     .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
                     .is_some()
                 {}
-                Ok(Step(Value::Null))
+                Ok(Scalar(Value::Null))
             }
         }
         d.deserialize_any(V)
@@ -170,7 +175,7 @@ struct Path(Vec<Value>);
 
 impl<'de> Deserialize<'de> for Path {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let steps: Vec<Step> = bounded_list(d, MAX_PATH_STEPS, "steps in a replace path")?;
+        let steps: Vec<Scalar> = bounded_list(d, MAX_PATH_STEPS, "steps in a replace path")?;
         Ok(Path(steps.into_iter().map(|s| s.0).collect()))
     }
 }

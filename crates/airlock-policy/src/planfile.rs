@@ -19,6 +19,8 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
+use crate::plan::{bounded_list, Scalar};
+
 /// Largest inflated `tfplan` or `tfstate` member accepted.
 pub const MAX_MEMBER_BYTES: usize = 256 * 1024 * 1024;
 /// What [`PlanFile::parse`] lets the members it reads inflate to in all (the server passes the
@@ -411,9 +413,9 @@ fn read_manifest(body: &[u8]) -> Result<Vec<ManifestModule>, PlanFileError> {
                 return Err(bad(format!("key {k:?} appears twice")));
             }
             let text = match v {
-                ManifestValue::Text(t) => t,
-                ManifestValue::Other if k == "Version" => continue,
-                ManifestValue::Other => return Err(bad(format!("{k} is not a string"))),
+                Scalar(serde_json::Value::String(t)) => t,
+                _ if k == "Version" => continue,
+                _ => return Err(bad(format!("{k} is not a string"))),
             };
             match k.as_str() {
                 "Key" => key = Some(text),
@@ -435,46 +437,19 @@ fn read_manifest(body: &[u8]) -> Result<Vec<ManifestModule>, PlanFileError> {
 
 /// The records of `tfconfig/modules.json`, each a JSON object with its keys in order and
 /// duplicates kept (so they can be refused), at most [`MAX_MODULES`] records of at most five
-/// keys (one more than Terraform writes, to name the unexpected one): a crafted manifest of
-/// millions of records or keys is refused as it is read, not after.
-struct Records(Vec<Vec<(String, ManifestValue)>>);
-
-/// A manifest value: a string, or anything else, skipped without being built (`Version` may
-/// be anything; any other key must be a string).
-enum ManifestValue {
-    Text(String),
-    Other,
-}
+/// keys (one more than Terraform writes, to name the unexpected one), values read as
+/// [`Scalar`]s: a crafted manifest of millions of records or keys, or of huge values, is
+/// refused or skipped as it is read, not built first.
+struct Records(Vec<Vec<(String, Scalar)>>);
 
 impl<'de> serde::Deserialize<'de> for Records {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = Records;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a list of module records")
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut s: A,
-            ) -> Result<Records, A::Error> {
-                let mut out = Vec::new();
-                while let Some(Record(r)) = s.next_element()? {
-                    if out.len() == MAX_MODULES {
-                        return Err(serde::de::Error::custom(format!(
-                            "more than {MAX_MODULES} module records"
-                        )));
-                    }
-                    out.push(r);
-                }
-                Ok(Records(out))
-            }
-        }
-        d.deserialize_seq(V)
+        let records: Vec<Record> = bounded_list(d, MAX_MODULES, "module records")?;
+        Ok(Records(records.into_iter().map(|r| r.0).collect()))
     }
 }
 
-struct Record(Vec<(String, ManifestValue)>);
+struct Record(Vec<(String, Scalar)>);
 
 impl<'de> serde::Deserialize<'de> for Record {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -498,57 +473,6 @@ impl<'de> serde::Deserialize<'de> for Record {
             }
         }
         d.deserialize_map(V)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for ManifestValue {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = ManifestValue;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON value")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ManifestValue, E> {
-                Ok(ManifestValue::Text(v.to_owned()))
-            }
-            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<ManifestValue, E> {
-                Ok(ManifestValue::Text(v))
-            }
-            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<ManifestValue, E> {
-                Ok(ManifestValue::Other)
-            }
-            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<ManifestValue, E> {
-                Ok(ManifestValue::Other)
-            }
-            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<ManifestValue, E> {
-                Ok(ManifestValue::Other)
-            }
-            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<ManifestValue, E> {
-                Ok(ManifestValue::Other)
-            }
-            fn visit_unit<E: serde::de::Error>(self) -> Result<ManifestValue, E> {
-                Ok(ManifestValue::Other)
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut s: A,
-            ) -> Result<ManifestValue, A::Error> {
-                while s.next_element::<serde::de::IgnoredAny>()?.is_some() {}
-                Ok(ManifestValue::Other)
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut m: A,
-            ) -> Result<ManifestValue, A::Error> {
-                while m
-                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
-                    .is_some()
-                {}
-                Ok(ManifestValue::Other)
-            }
-        }
-        d.deserialize_any(V)
     }
 }
 
