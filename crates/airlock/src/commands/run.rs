@@ -581,7 +581,8 @@ fn kept_data_dir(dir: &Path, root: &Path, state_url: &str) -> Option<cli_config:
 /// cannot put them (`airlock_runner::cli_config`), for both phases: the plan phase runs code an
 /// agent may have written, and the apply phase runs the reviewed plan, whose provider packages
 /// must not come from the checkout's `.terraform` or `terraform.d/plugins` (no run input says
-/// what they are). They replace [`cli_config::PLAN_ENV_VARS`] in the phase's environment.
+/// what they are). They replace [`cli_config::PLAN_ENV_VARS`] in the phase's environment
+/// ([`sealed`]).
 fn sealed_env(
     root: &Path,
     work: &Path,
@@ -597,6 +598,13 @@ fn sealed_env(
         kept,
     )
     .map_err(anyhow::Error::msg)
+}
+
+/// `env` with `sealed` (from [`sealed_env`]) in place of its own [`cli_config::PLAN_ENV_VARS`].
+fn sealed(mut env: Vec<(String, String)>, sealed: &[(String, String)]) -> Vec<(String, String)> {
+    env.retain(|(k, _)| !cli_config::PLAN_ENV_VARS.contains(&k.as_str()));
+    env.extend(sealed.iter().cloned());
+    env
 }
 
 /// A stack's plan phase, ready for `terraform plan`: the stack resolved, a plan-phase token
@@ -687,10 +695,10 @@ impl PlanPhase {
         let work = scratch.0.as_path();
         let state_url = format!("{}/state/{stack}", c.base());
         let kept = kept_data_dir(&dir, &repo.root, &state_url);
-        let sealed = sealed_env(&repo.root, work, kept.as_ref())?;
-        let mut env = phase_env(std::env::vars(), &apply_profile, token);
-        env.retain(|(k, _)| !cli_config::PLAN_ENV_VARS.contains(&k.as_str()));
-        env.extend(sealed);
+        let mut env = sealed(
+            phase_env(std::env::vars(), &apply_profile, token),
+            &sealed_env(&repo.root, work, kept.as_ref())?,
+        );
         // The plan phase's cloud identity, if airlock.hcl asks for one.
         let identity = with_identity(
             &c.with_token(token.to_owned()),
@@ -1268,12 +1276,8 @@ pub fn apply_run(
     let plan_path = scratch.0.join("plan.tfplan");
     // Providers are installed and run as in the plan phase, never from the checkout.
     let kept = kept_data_dir(&dir, &repo.root, &state_url);
-    let sealed = sealed_env(&repo.root, &scratch.0, kept.as_ref())?;
-    let seal = |mut env: Vec<(String, String)>| {
-        env.retain(|(k, _)| !cli_config::PLAN_ENV_VARS.contains(&k.as_str()));
-        env.extend(sealed.iter().cloned());
-        env
-    };
+    let sealed_vars = sealed_env(&repo.root, &scratch.0, kept.as_ref())?;
+    let seal = |env| sealed(env, &sealed_vars);
     // While the server starts the apply, the run's plan and its reviewed JSON are fetched and,
     // in a checkout already initialised for this stack, `terraform show -json` reads the plan
     // (with no credential: reading a saved plan needs none). Nothing is trusted before the
