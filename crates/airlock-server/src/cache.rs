@@ -67,12 +67,15 @@ const SUMMARIES_BYTES: usize = 1 << 30;
 const RECENT_STATES_BYTES: usize = 384 << 20;
 
 /// The state each stack was last written with through this process, read by this process:
-/// the next write of the stack reads its body reusing what did not change. Keyed by stack, not
-/// by version: a reuse is exact against any body its summary was read from, so a version
-/// written since by another replica only makes the reuse find less.
+/// the next write of the stack reads its body reusing what did not change, and its summary is
+/// the stack's current one while no other version is written (the firewall's and the run
+/// checks' "current state"). Keyed by stack, not by version: a reuse is exact against any body
+/// its summary was read from, so a version written since by another replica only makes the
+/// reuse find less (and the summary is looked up by the version's hash).
 #[derive(Default)]
 struct RecentStates {
-    map: HashMap<String, (Arc<ParsedState>, usize)>,
+    /// Stack → (its version's SHA-256 in hex, the state, its weight).
+    map: HashMap<String, (String, Arc<ParsedState>, usize)>,
     order: VecDeque<String>,
     weight: usize,
 }
@@ -123,19 +126,30 @@ impl Caches {
 
     /// The state `stack` was last written with through this process, if still kept.
     pub fn recent_state(&self, stack: &str) -> Option<Arc<ParsedState>> {
-        Some(Arc::clone(&self.states.lock().ok()?.map.get(stack)?.0))
+        Some(Arc::clone(&self.states.lock().ok()?.map.get(stack)?.1))
     }
 
-    /// Keeps `parsed` as `stack`'s last written state, replacing the one before (oldest
-    /// stacks' dropped first when the total would pass [`RECENT_STATES_BYTES`]).
-    pub fn put_recent_state(&self, stack: &str, parsed: Arc<ParsedState>) {
+    /// The summary of `stack`'s version with this SHA-256, if it is the state last written
+    /// through this process (a stack's current version, in the common case).
+    pub fn recent_summary(&self, stack: &str, sha: &str) -> Option<Arc<StateSummary>> {
+        let c = self.states.lock().ok()?;
+        let (kept, parsed, _) = c.map.get(stack)?;
+        (kept == sha).then(|| Arc::clone(parsed.summary()))
+    }
+
+    /// Keeps `parsed` as `stack`'s last written state, the version with SHA-256 `sha`,
+    /// replacing the one before (oldest stacks' dropped first when the total would pass
+    /// [`RECENT_STATES_BYTES`]). The version's summary is not put in the summary cache too: a
+    /// written version's summary is wanted while it is current, and is here until then
+    /// (keeping every written version's there filled it with superseded ones, 1 GiB of them).
+    pub fn put_recent_state(&self, stack: &str, sha: &str, parsed: Arc<ParsedState>) {
         let weight = parsed.approx_bytes();
         // States dropped here are freed after the lock is released (a large one takes a while).
         let mut dropped = Vec::new();
         let Ok(mut c) = self.states.lock() else {
             return;
         };
-        if let Some((old, w)) = c.map.remove(stack) {
+        if let Some((_, old, w)) = c.map.remove(stack) {
             c.weight -= w;
             c.order.retain(|s| s != stack);
             dropped.push(old);
@@ -147,14 +161,15 @@ impl Caches {
             let Some(oldest) = c.order.pop_front() else {
                 break;
             };
-            if let Some((old, w)) = c.map.remove(&oldest) {
+            if let Some((_, old, w)) = c.map.remove(&oldest) {
                 c.weight -= w;
                 dropped.push(old);
             }
         }
         c.weight += weight;
         c.order.push_back(stack.to_owned());
-        c.map.insert(stack.to_owned(), (parsed, weight));
+        c.map
+            .insert(stack.to_owned(), (sha.to_owned(), parsed, weight));
         drop(c);
         drop(dropped);
     }
@@ -220,5 +235,24 @@ mod tests {
             "200 summaries of {held} B each are all kept"
         );
         assert!(caches.summary(&format!("{:064x}", 199)).is_some());
+    }
+
+    #[test]
+    fn a_written_versions_summary_is_found_while_it_is_the_stacks_last_write_and_held_once() {
+        let caches = Caches::default();
+        let state = |serial: u64| {
+            let body = format!(r#"{{"version":4,"serial":{serial},"lineage":"l","resources":[]}}"#);
+            Arc::new(ParsedState::parse(body.into_bytes(), None).expect("a valid state"))
+        };
+        caches.put_recent_state("prod/db", "sha-1", state(1));
+        caches.put_recent_state("prod/db", "sha-2", state(2));
+        let found = caches
+            .recent_summary("prod/db", "sha-2")
+            .expect("the last write's summary");
+        assert_eq!(found.serial, 2);
+        // A superseded version's is not kept, in either place, nor another stack's by its hash.
+        assert!(caches.recent_summary("prod/db", "sha-1").is_none());
+        assert!(caches.summary("sha-1").is_none() && caches.summary("sha-2").is_none());
+        assert!(caches.recent_summary("dev/db", "sha-2").is_none());
     }
 }

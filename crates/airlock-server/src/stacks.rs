@@ -155,12 +155,17 @@ pub async fn read_body(body: Body, limit: usize) -> ApiResult<Vec<u8>> {
     Ok(out)
 }
 
-/// Parses (or fetches from cache) the summary of the version with this hash.
+/// The summary of `stack`'s version with this hash: the one last written through this process,
+/// or the summary cache's, or parsed from `load` (and cached).
 pub(crate) fn summary_for(
     state: &AppState,
+    stack: &str,
     sha: &str,
     load: &dyn Fn() -> Result<Vec<u8>, airlock_store::StoreError>,
 ) -> Result<Arc<StateSummary>, Refusal> {
+    if let Some(s) = state.cache.recent_summary(stack, sha) {
+        return Ok(s);
+    }
     if let Some(s) = state.cache.summary(sha) {
         return Ok(s);
     }
@@ -244,7 +249,7 @@ pub async fn firewalled_write(
     );
     let result = blocking(state, move |store| {
         let current = |ctx: &airlock_store::WriteContext<'_>| match ctx.current {
-            Some(v) => summary_for(&st, &v.sha256, ctx.load_current),
+            Some(v) => summary_for(&st, &s, &v.sha256, ctx.load_current),
             None => Err(Refusal::new(RefusalKind::Conflict, "no current version")),
         };
         // The body's SHA-256 is the store's, computed once with its chunks.
@@ -274,8 +279,7 @@ pub async fn firewalled_write(
     match &result {
         WriteResult::Stored(v) => {
             state.metrics.write();
-            state.cache.put_summary(&v.sha256, summary);
-            state.cache.put_recent_state(stack, parsed);
+            state.cache.put_recent_state(stack, &v.sha256, parsed);
         }
         WriteResult::Refused(r) => {
             state.metrics.write_refused();

@@ -66,9 +66,22 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
     Sha256::digest(data).into()
 }
 
-/// Compresses a chunk for storage.
+/// Compresses a chunk for storage, with this thread's compression context (making one per
+/// chunk allocated and cleared zstd's tables every time).
 pub fn compress(raw: &[u8]) -> Vec<u8> {
-    zstd::bulk::compress(raw, ZSTD_LEVEL).unwrap_or_else(|_| raw.to_vec())
+    thread_local! {
+        static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    COMPRESSOR
+        .with(|c| {
+            let mut c = c.try_borrow_mut().ok()?;
+            if c.is_none() {
+                *c = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
+            }
+            c.as_mut()?.compress(raw).ok()
+        })
+        .unwrap_or_else(|| raw.to_vec())
 }
 
 /// Decompresses a stored chunk of known raw length.

@@ -220,8 +220,9 @@ impl Writer {
         ))
     }
 
-    /// Prepares the next version (untimed): serial + 1, one instance rewritten.
-    fn prepare(&mut self) -> (String, String) {
+    /// Prepares the next version (untimed): serial + 1, one instance rewritten, rendered with
+    /// its `Content-MD5` and lock ID.
+    fn prepare(&mut self) -> Prepared {
         self.cycle += 1;
         if self.cycle > 1 {
             self.doc.serial += 1;
@@ -231,16 +232,27 @@ impl Writer {
                 self.cycle,
             );
         }
-        self.doc.render(&mut self.body);
-        let md5 = content_md5(&self.body);
-        let lock_id = format!("{}-{:08}", &self.doc.lineage()[..23], self.cycle);
-        (md5, lock_id)
+        let mut body = std::mem::take(&mut self.body);
+        self.doc.render(&mut body);
+        Prepared {
+            md5: content_md5(&body),
+            lock_id: format!("{}-{:08}", &self.doc.lineage()[..23], self.cycle),
+            body,
+        }
     }
 
+    /// Prepares and sends the next version.
     fn cycle(&mut self) -> Res<Cycle> {
-        let (md5, lock_id) = self.prepare();
-        let info = lock_info(&lock_id, &self.who);
-        let write_path = format!("{}?ID={lock_id}", self.path);
+        let p = self.prepare();
+        let timed = self.send_cycle(&p);
+        self.body = p.body;
+        timed
+    }
+
+    /// LOCK, POST?ID=, UNLOCK of a prepared version, timed.
+    fn send_cycle(&mut self, p: &Prepared) -> Res<Cycle> {
+        let info = lock_info(&p.lock_id, &self.who);
+        let write_path = format!("{}?ID={}", self.path, p.lock_id);
         let path = self.path.clone();
         let t0 = Instant::now();
         let s = self.send(
@@ -251,15 +263,13 @@ impl Writer {
         )?;
         self.expect("LOCK", s)?;
         let t1 = Instant::now();
-        let body = std::mem::take(&mut self.body);
         let s = self.send(
             "POST",
             &write_path,
-            &[("Content-Type", "application/json"), ("Content-MD5", &md5)],
-            &body,
-        );
-        self.body = body;
-        self.expect("POST", s?)?;
+            &[("Content-Type", "application/json"), ("Content-MD5", &p.md5)],
+            &p.body,
+        )?;
+        self.expect("POST", s)?;
         let t2 = Instant::now();
         let s = self.send(
             "UNLOCK",
@@ -277,6 +287,13 @@ impl Writer {
     }
 }
 
+/// A version ready to send: its body, `Content-MD5` and lock ID.
+struct Prepared {
+    body: Vec<u8>,
+    md5: String,
+    lock_id: String,
+}
+
 fn latency(f: &Flags) -> Res<()> {
     let targets = f.targets()?;
     let token = f.str("token")?.to_owned();
@@ -286,6 +303,11 @@ fn latency(f: &Flags) -> Res<()> {
     let warmup = f.num("warmup", Some(5))?;
     let max_iters = f.num("max-iters", Some(2000))?;
     let max_secs = f.num("max-secs", Some(15))?;
+    // With --prepare-mib M, each client renders and hashes its timed versions before the timed
+    // cycles start, within M MiB for all clients (the timed cycles are then as many as fit), so
+    // that on a machine the load generator shares with the server its timed CPU is sending
+    // only; without, each version is prepared just before its cycle (as Terraform does).
+    let prepare_bytes = f.num("prepare-mib", Some(0))? as usize * (1 << 20);
     let tag = f.tag();
     let server_pids: Vec<u32> = match f.0.get("server-pids") {
         None => Vec::new(),
@@ -313,10 +335,25 @@ fn latency(f: &Flags) -> Res<()> {
                     break;
                 }
             }
+            let prepared: Vec<Prepared> = if warm.is_ok() && prepare_bytes > 0 {
+                let fit = prepare_bytes / clients / bytes.max(1);
+                (0..fit.min(max_iters as usize)).map(|_| w.prepare()).collect()
+            } else {
+                Vec::new()
+            };
             barrier.wait();
             warm?;
             let deadline = Instant::now() + Duration::from_secs(max_secs);
             let mut samples = Vec::with_capacity(max_iters as usize);
+            if prepare_bytes > 0 {
+                for p in &prepared {
+                    if Instant::now() >= deadline {
+                        break;
+                    }
+                    samples.push(w.send_cycle(p)?);
+                }
+                return Ok(samples);
+            }
             for _ in 0..max_iters {
                 if Instant::now() >= deadline {
                     break;

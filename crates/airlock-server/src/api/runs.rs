@@ -1201,7 +1201,7 @@ fn create_run(
     prior_state_in_proportion(&binary, current.as_ref())?;
     // The stack's current state, through the server's summary cache (versions are immutable).
     let current_state = current.and_then(|v| {
-        crate::stacks::summary_for(state, &v.sha256, &|| {
+        crate::stacks::summary_for(state, &stack.name, &v.sha256, &|| {
             st.version_bytes(&stack.name, v.serial)
         })
         .ok()

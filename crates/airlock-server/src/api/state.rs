@@ -106,7 +106,7 @@ pub async fn show(
             meta.serial,
         );
         tokio::task::spawn_blocking(move || {
-            summary_for(&st, &sha, &|| st.store.version_bytes(&s, serial))
+            summary_for(&st, &s, &sha, &|| st.store.version_bytes(&s, serial))
         })
         .await
         .map_err(|e| ApiError::Internal(format!("store task failed: {e}")))??
