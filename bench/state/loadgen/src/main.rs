@@ -4,6 +4,7 @@
 //! one results file; `report` turns that file into the table. Every loop is bounded by a count
 //! and a deadline, and only loopback `http://` targets are accepted.
 
+mod floor;
 mod http;
 mod report;
 mod state;
@@ -19,7 +20,7 @@ use md5::{Digest, Md5};
 use crate::http::{Conn, Target};
 use crate::state::{lock_info, StateDoc};
 
-type Res<T> = Result<T, String>;
+pub(crate) type Res<T> = Result<T, String>;
 
 const USAGE: &str =
     "usage: loadgen <create-stacks|latency|reads|history|stored-bytes|report> [--flag value]...
@@ -32,6 +33,7 @@ const USAGE: &str =
   large    --url U --token T --stack S --state-bytes B --server-pid P [--tag T]
            (issue 17 §4: write, read, diff and page a big state; server CPU and peak RSS per step)
   fsync    --dir D [--count 200] [--tag T]   (append 4 KiB + fdatasync, as a WAL commit does)
+  floor-server --listen 127.0.0.1:0 --dir D   (the least a state server does per cycle: see floor.rs)
   report   RESULTS_FILE";
 
 fn main() -> ExitCode {
@@ -53,6 +55,7 @@ fn main() -> ExitCode {
             "stored-bytes" => stored_bytes(&f),
             "large" => large(&f),
             "fsync" => fsync_probe(&f),
+            "floor-server" => floor::serve(&f),
             other => Err(format!("unknown subcommand {other}\n{USAGE}")),
         }),
     };
@@ -65,7 +68,7 @@ fn main() -> ExitCode {
     }
 }
 
-struct Flags(HashMap<String, String>);
+pub(crate) struct Flags(HashMap<String, String>);
 
 impl Flags {
     fn parse(args: &[String]) -> Res<Flags> {
@@ -81,7 +84,7 @@ impl Flags {
         Ok(Flags(map))
     }
 
-    fn str(&self, k: &str) -> Res<&str> {
+    pub(crate) fn str(&self, k: &str) -> Res<&str> {
         self.0
             .get(k)
             .map(String::as_str)
@@ -266,7 +269,10 @@ impl Writer {
         let s = self.send(
             "POST",
             &write_path,
-            &[("Content-Type", "application/json"), ("Content-MD5", &p.md5)],
+            &[
+                ("Content-Type", "application/json"),
+                ("Content-MD5", &p.md5),
+            ],
             &p.body,
         )?;
         self.expect("POST", s)?;
@@ -337,7 +343,9 @@ fn latency(f: &Flags) -> Res<()> {
             }
             let prepared: Vec<Prepared> = if warm.is_ok() && prepare_bytes > 0 {
                 let fit = prepare_bytes / clients / bytes.max(1);
-                (0..fit.min(max_iters as usize)).map(|_| w.prepare()).collect()
+                (0..fit.min(max_iters as usize))
+                    .map(|_| w.prepare())
+                    .collect()
             } else {
                 Vec::new()
             };
