@@ -33,9 +33,13 @@ pub fn create_private_dir_all(dir: &Path) -> io::Result<()> {
     }
 }
 
-/// Creates one directory, mode 0700; fails if it exists.
+/// Creates one directory, mode 0700 from its creation on; fails if it exists (so a path
+/// someone else made first, in a shared temporary directory, is never used).
 pub fn create_private_dir(dir: &Path) -> io::Result<()> {
-    std::fs::create_dir(dir)?;
+    let mut builder = std::fs::DirBuilder::new();
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)?;
     set_mode(dir, 0o700)
 }
 

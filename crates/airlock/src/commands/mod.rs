@@ -24,7 +24,8 @@ pub mod demo;
 /// cancelled, an MCP client ending its server) are handed to the running terraform as one
 /// interrupt each, and airlock waits for it to cancel, so that it releases its state lock and
 /// airlock reports the run's end (`airlock_runner::interrupt`). With no terraform running,
-/// airlock exits at once with 128 + the signal's number, as it would without a handler.
+/// airlock removes its scratch directories (plan files) and exits at once with 128 + the
+/// signal's number, as it would without a handler.
 pub fn forward_interrupts() {
     std::thread::spawn(|| {
         use tokio::signal::unix::{signal, SignalKind};
@@ -47,6 +48,7 @@ pub fn forward_interrupts() {
                     _ = term.recv() => 143,
                 };
                 if !airlock_runner::interrupt() {
+                    run::remove_scratch_dirs();
                     std::process::exit(code);
                 }
             }

@@ -289,13 +289,8 @@ pub fn phase_identity(
         .as_str()
         .context("the server sent no identity token")?;
     let dir = std::env::temp_dir().join(airlock_server::tokens::random_id("airlock-oidc-"));
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&dir)
-            .with_context(|| format!("creating {}", dir.display()))?;
-    }
+    airlock_store::private::create_private_dir(&dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
     // Removed on every error from here on.
     let mut identity = PhaseIdentity {
         dir: dir.clone(),

@@ -691,7 +691,7 @@ impl PlanPhase {
                 held.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
             );
         }
-        let scratch = Scratch(tempfile_dir()?);
+        let scratch = Scratch::new()?;
         let work = scratch.0.as_path();
         let state_url = format!("{}/state/{stack}", c.base());
         let kept = kept_data_dir(&dir, &repo.root, &state_url);
@@ -922,21 +922,44 @@ pub fn checkout_fingerprint(
     Ok((inputs::fingerprint(terraform_version, &files), files))
 }
 
-/// A scratch directory, removed when dropped.
+/// A private scratch directory for plan files, removed when dropped, or by
+/// [`remove_scratch_dirs`] when a signal ends airlock while no terraform runs (no drop then).
+/// It is outside the checkout (so it never changes the fingerprint), mode 0700 and new: a plan
+/// file holds the values of sensitive variables and attributes in clear, and the temporary
+/// directory is shared with the machine's other users.
 struct Scratch(PathBuf);
+
+/// The scratch directories that exist.
+static SCRATCH_DIRS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+impl Scratch {
+    fn new() -> anyhow::Result<Scratch> {
+        let dir = std::env::temp_dir().join(airlock_server::tokens::random_id("airlock-run-"));
+        airlock_store::private::create_private_dir(&dir)
+            .with_context(|| format!("creating the scratch directory {}", dir.display()))?;
+        if let Ok(mut dirs) = SCRATCH_DIRS.lock() {
+            dirs.push(dir.clone());
+        }
+        Ok(Scratch(dir))
+    }
+}
 
 impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+        if let Ok(mut dirs) = SCRATCH_DIRS.lock() {
+            dirs.retain(|d| d != &self.0);
+        }
     }
 }
 
-/// A private scratch directory for plan files, outside the checkout (so it never changes the
-/// fingerprint).
-fn tempfile_dir() -> anyhow::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(airlock_server::tokens::random_id("airlock-run-"));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
+/// Removes the scratch directories that exist (airlock is about to exit on a signal).
+pub fn remove_scratch_dirs() {
+    if let Ok(dirs) = SCRATCH_DIRS.lock() {
+        for d in dirs.iter() {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
 }
 
 /// Percent-encodes a query-string value.
@@ -1272,7 +1295,7 @@ pub fn apply_run(
         input_files(&repo.root, &dir).context("listing the checkout's input files")?;
     let fp = inputs::fingerprint(&version, &files);
     let state_url = format!("{}/state/{stack}", c.base());
-    let scratch = Scratch(tempfile_dir()?);
+    let scratch = Scratch::new()?;
     let plan_path = scratch.0.join("plan.tfplan");
     // Providers are installed and run as in the plan phase, never from the checkout.
     let kept = kept_data_dir(&dir, &repo.root, &state_url);
@@ -1522,6 +1545,29 @@ const LIVE_LOG_PART: usize = 256 * 1024;
 #[cfg(test)]
 mod tests {
     use super::{embedded_config_is_this_checkouts, plan_difference, PlanFile};
+
+    #[test]
+    fn the_scratch_directory_for_plan_files_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let scratch = super::Scratch::new().expect("a scratch directory");
+        let mode = std::fs::metadata(&scratch.0)
+            .expect("it exists")
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o777,
+            0o700,
+            "other users of the machine can list or read it"
+        );
+        let dir = scratch.0.clone();
+        drop(scratch);
+        assert!(!dir.exists(), "removed when dropped");
+        // A signal that ends airlock while no terraform runs drops nothing: the plan files go.
+        let scratch = super::Scratch::new().expect("a scratch directory");
+        std::fs::write(scratch.0.join("plan.tfplan"), b"plan").expect("written");
+        super::remove_scratch_dirs();
+        assert!(!scratch.0.exists(), "left behind on a signal");
+    }
 
     /// `airlock apply` refuses a binary plan whose embedded configuration (root module, local
     /// modules, lock file) is not this checkout's, whatever the server accepted.
