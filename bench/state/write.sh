@@ -35,6 +35,7 @@ variants=(floor)
 start() { # start NAME COMMAND...
     local name="$1"
     shift
+    rm -rf "${out:?}/$name"
     mkdir -p "$out/$name"
     "$@" >"$out/$name.log" 2>&1 &
     PID[$name]=$!
@@ -47,7 +48,7 @@ start() { # start NAME COMMAND...
     [ -n "${URL[$name]}" ] || { echo "write.sh: $name did not start; see $out/$name.log" >&2; exit 1; }
     TOKEN[$name]="$(sed -n 's/^admin token: //p' "$out/$name.log" | head -n1)"
 }
-airlock() { env -u AIRLOCK_DATABASE_URL -u AIRLOCK_DATA_DIR "$1" server --listen 127.0.0.1:0 --data-dir "$2"; }
+airlock() { exec env -u AIRLOCK_DATABASE_URL -u AIRLOCK_DATA_DIR "$1" server --listen 127.0.0.1:0 --data-dir "$2"; }
 start floor "$lg" floor-server --listen 127.0.0.1:0 --dir "$out/floor"
 if [ -n "${AIRLOCK_BEFORE_BIN:-}" ]; then
     start before airlock "$AIRLOCK_BEFORE_BIN" "$out/before"
