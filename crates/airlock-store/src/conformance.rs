@@ -59,6 +59,7 @@ pub fn run_all<S: StoreImport + StoreStats + 'static>(engine: &Arc<S>) {
     revocation_cascades(store.as_ref());
     mint_limit(store.as_ref());
     locks(store.as_ref());
+    releases_are_their_holders(store.as_ref());
     writes_and_history(store.as_ref());
     grants(store.as_ref());
     big_history_dedups(engine.as_ref());
@@ -1041,6 +1042,14 @@ fn new_lock(id: &str) -> NewLock {
     }
 }
 
+/// `new_lock(id)`'s release by its holder.
+fn by_holder(id: &str) -> UnlockBy {
+    UnlockBy::Holder {
+        lock_id: id.into(),
+        owner_token: "t".into(),
+    }
+}
+
 pub fn locks(s: &dyn Store) {
     s.create_stack(
         "conf/locks",
@@ -1064,7 +1073,7 @@ pub fn locks(s: &dyn Store) {
     // read together agree with `current_lock`.
     let events = s.audit_count(&AuditFilter::default()).unwrap();
     match s
-        .unlock("conf/locks", UnlockBy::Id("b".into()), audit("unlock"))
+        .unlock("conf/locks", by_holder("b"), audit("unlock"))
         .unwrap()
     {
         UnlockOutcome::Mismatch(h) => assert_eq!(h.id, "a"),
@@ -1075,7 +1084,7 @@ pub fn locks(s: &dyn Store) {
     assert_eq!(stack.name, "conf/locks");
     assert_eq!(held.map(|h| h.id).as_deref(), Some("a"));
     match s
-        .unlock("conf/locks", UnlockBy::Id("a".into()), audit("unlock"))
+        .unlock("conf/locks", by_holder("a"), audit("unlock"))
         .unwrap()
     {
         UnlockOutcome::Released(h) => {
@@ -1093,7 +1102,7 @@ pub fn locks(s: &dyn Store) {
         .is_none());
     assert!(s.stack_with_lock("conf/none").unwrap().is_none());
     assert_eq!(
-        s.unlock("conf/locks", UnlockBy::Id("a".into()), audit("unlock"))
+        s.unlock("conf/locks", by_holder("a"), audit("unlock"))
             .unwrap(),
         UnlockOutcome::NotLocked
     );
@@ -1113,6 +1122,78 @@ pub fn locks(s: &dyn Store) {
         s.lock("conf/none", new_lock("x"), audit("lock")),
         Err(StoreError::NotFound(_))
     ));
+}
+
+/// A release names whose lock it is, and the transaction that deletes checks it: A's release
+/// of lock ID X that arrives after X was released and taken again by B (IDs are the clients'
+/// choice) releases nothing. A release by ID of a token with the force-unlock permission
+/// releases whoever's lock it is, audited as a force-unlock only when it is another's.
+pub fn releases_are_their_holders(s: &dyn Store) {
+    let stack = "conf/holders";
+    s.create_stack(stack, false, StackSettings::default(), audit("x"))
+        .unwrap();
+    let lock_of = |token: &str| NewLock {
+        owner_token: token.into(),
+        owner: format!("owner of {token}"),
+        ..new_lock("X")
+    };
+    let release = |token: &str| UnlockBy::Holder {
+        lock_id: "X".into(),
+        owner_token: token.into(),
+    };
+    s.lock(stack, lock_of("tok-a"), audit("lock")).unwrap();
+    assert!(matches!(
+        s.unlock(stack, release("tok-a"), audit("unlock")).unwrap(),
+        UnlockOutcome::Released(h) if h.owner_token == "tok-a"
+    ));
+    s.lock(stack, lock_of("tok-b"), audit("lock")).unwrap();
+    let events = audit_len(s);
+    // A's stale release: B's lock stays, nothing is recorded.
+    match s.unlock(stack, release("tok-a"), audit("unlock")).unwrap() {
+        UnlockOutcome::Mismatch(h) => {
+            assert_eq!((h.id.as_str(), h.owner_token.as_str()), ("X", "tok-b"))
+        }
+        other => panic!("a stale release of another token's lock: {other:?}"),
+    }
+    assert_eq!(s.current_lock(stack).unwrap().unwrap().owner_token, "tok-b");
+    assert_eq!(audit_len(s), events);
+    // By ID, with the force-unlock permission: B's own lock is a plain unlock...
+    let by_id = |token: &str| UnlockBy::Id {
+        lock_id: "X".into(),
+        token: token.into(),
+    };
+    let unlock = NewAudit::ok("b", "unlock", Some(stack), json!({}));
+    assert!(matches!(
+        s.unlock(stack, by_id("tok-b"), unlock).unwrap(),
+        UnlockOutcome::Released(h) if h.owner_token == "tok-b"
+    ));
+    // ...another's is a force-unlock naming the lock and its holder; another ID is a mismatch.
+    s.lock(stack, lock_of("tok-b"), audit("lock")).unwrap();
+    assert!(matches!(
+        s.unlock(stack, UnlockBy::Id { lock_id: "Y".into(), token: "tok-a".into() }, audit("unlock")).unwrap(),
+        UnlockOutcome::Mismatch(h) if h.id == "X"
+    ));
+    let unlock = NewAudit::ok("a", "unlock", Some(stack), json!({}));
+    assert!(matches!(
+        s.unlock(stack, by_id("tok-a"), unlock).unwrap(),
+        UnlockOutcome::Released(h) if h.owner_token == "tok-b"
+    ));
+    let page = s.audit_search(&AuditFilter::default(), 2).unwrap();
+    let actions: Vec<_> = page
+        .iter()
+        .map(|e| (e.actor.as_str(), e.action.as_str()))
+        .collect();
+    assert_eq!(actions, [("a", "lock.force_unlock"), ("test", "lock")]);
+    assert_eq!(
+        page[0].detail,
+        json!({"lock_id": "X", "holder": "owner of tok-b"})
+    );
+    assert_eq!(page[0].stack.as_deref(), Some(stack));
+    assert!(s.current_lock(stack).unwrap().is_none());
+    assert_eq!(
+        s.unlock(stack, release("tok-a"), audit("unlock")).unwrap(),
+        UnlockOutcome::NotLocked
+    );
 }
 
 pub fn writes_and_history(s: &dyn Store) {
@@ -2366,8 +2447,7 @@ pub fn replicas_share_everything(a: &dyn Store, b: &dyn Store) {
         matches!(b.lock(stack, new_lock("rb"), audit("lock")).unwrap(), LockOutcome::Held(h) if h.id == "ra")
     );
     assert!(matches!(
-        b.unlock(stack, UnlockBy::Id("ra".into()), audit("unlock"))
-            .unwrap(),
+        b.unlock(stack, by_holder("ra"), audit("unlock")).unwrap(),
         UnlockOutcome::Released(_)
     ));
     assert!(a.current_lock(stack).unwrap().is_none());
@@ -2424,7 +2504,7 @@ pub fn replicas_race_for_locks(a: &Arc<dyn Store>, b: &Arc<dyn Store>) {
         let loser = [b, a][round % 2];
         assert!(matches!(
             loser
-                .unlock(stack, UnlockBy::Id(winners[0].clone()), audit("unlock"))
+                .unlock(stack, by_holder(&winners[0]), audit("unlock"))
                 .unwrap(),
             UnlockOutcome::Released(_)
         ));
@@ -2491,7 +2571,7 @@ pub fn replicas_locked_writes_are_linear(a: &Arc<dyn Store>, b: &Arc<dyn Store>)
                     );
                     assert!(matches!(
                         pick(3)
-                            .unlock(stack, UnlockBy::Id(id), audit("unlock"))
+                            .unlock(stack, by_holder(&id), audit("unlock"))
                             .unwrap(),
                         UnlockOutcome::Released(_)
                     ));

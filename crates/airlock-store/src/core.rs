@@ -2006,11 +2006,17 @@ impl<E: Engine> Store for E {
     fn unlock(&self, stack: &str, by: UnlockBy, audit: NewAudit) -> Result<UnlockOutcome> {
         self.write_lock_change(|db| {
             let (id, _) = lock_stack(db, stack)?;
-            // Delete what `by` releases and read the holder only if nothing was.
+            // Delete what `by` releases and read the holder only if nothing was. The holder's
+            // token is matched here, in the transaction that deletes: checked before it, a lock
+            // released and taken again under the same ID meanwhile would go with it.
             let released = match &by {
-                UnlockBy::Id(want) => db.query_opt(
+                UnlockBy::Holder { lock_id, owner_token } => db.query_opt(
+                    &format!("DELETE FROM locks WHERE stack_id = $1 AND lock_id = $2 AND owner_token = $3 RETURNING {LOCK_COLS}"),
+                    params![id, lock_id, owner_token],
+                )?,
+                UnlockBy::Id { lock_id, .. } => db.query_opt(
                     &format!("DELETE FROM locks WHERE stack_id = $1 AND lock_id = $2 RETURNING {LOCK_COLS}"),
-                    params![id, want],
+                    params![id, lock_id],
                 )?,
                 UnlockBy::Force => db.query_opt(
                     &format!("DELETE FROM locks WHERE stack_id = $1 RETURNING {LOCK_COLS}"),
@@ -2024,6 +2030,10 @@ impl<E: Engine> Store for E {
                 });
             };
             let held = lock_from_row(&released, 0)?;
+            let audit = match &by {
+                UnlockBy::Id { token, .. } if held.owner_token != *token => audit.forced(&held),
+                _ => audit,
+            };
             append_stack_audit(db, stack, &audit)?;
             Ok(UnlockOutcome::Released(held))
         })
