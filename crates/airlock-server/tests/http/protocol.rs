@@ -330,6 +330,66 @@ async fn unknown_stack_is_422_on_every_state_method_never_404() {
     assert!(s.store.stack("prod/typo").unwrap().is_none());
 }
 
+/// An UNLOCK of an unknown stack is refused as unknown whatever its body (a lock's, empty from
+/// a token without the force-unlock permission, malformed); with `--auto-create-stacks` the
+/// stack is created first, and then the body is judged.
+#[tokio::test]
+async fn an_unlock_of_an_unknown_stack_is_refused_as_unknown_before_its_body() {
+    let agent_body = |s: &Server| {
+        (
+            s.role_token(Role::Agent),
+            lock_info("x", "OperationTypePlan"),
+        )
+    };
+    let s = Server::new();
+    let (agent, info) = agent_body(&s);
+    for (who, body) in [
+        (&agent, info.as_bytes()),
+        (&s.admin, info.as_bytes()),
+        (&agent, b"".as_slice()),
+        (&agent, b"{not json".as_slice()),
+    ] {
+        let r = s.tf("UNLOCK", "/state/prod/typo", who, body).await;
+        r.expect(422);
+        assert!(
+            r.message().starts_with("stack prod/typo does not exist"),
+            "{}",
+            r.message()
+        );
+    }
+    assert!(s.store.stack("prod/typo").unwrap().is_none());
+
+    let s = Server::with_config(ServerConfig {
+        auto_create_stacks: true,
+        ..ServerConfig::default()
+    });
+    let (agent, info) = agent_body(&s);
+    for (stack, body, status, message) in [
+        ("sandbox/a", info.as_bytes(), 200, ""),
+        (
+            "sandbox/b",
+            b"".as_slice(),
+            403,
+            "force-unlock refused: agent tokens do not have the force-unlock permission",
+        ),
+        (
+            "sandbox/c",
+            b"{not json".as_slice(),
+            400,
+            "unlock refused: ",
+        ),
+    ] {
+        let r = s
+            .tf("UNLOCK", &format!("/state/{stack}"), &agent, body)
+            .await;
+        r.expect(status);
+        if status != 200 {
+            assert!(r.message().starts_with(message), "{}", r.message());
+        }
+        assert!(s.store.stack(stack).unwrap().is_some(), "{stack}");
+    }
+}
+
 #[tokio::test]
 async fn auto_create_stacks_creates_on_first_use() {
     let s = Server::with_config(ServerConfig {
