@@ -352,7 +352,13 @@ async fn lock(
             Some(&s),
             json!({"preempted_lock": holder.id, "holder": holder.owner, "operation": holder.operation}),
         );
-        st.unlock(&s, UnlockBy::Id(holder.id.clone()), preempt)?;
+        // Only that holder's lock: if it was released meanwhile (and its ID taken again), the
+        // lock below is refused as any other.
+        let by = UnlockBy::Holder {
+            lock_id: holder.id.clone(),
+            owner_token: holder.owner_token.clone(),
+        };
+        st.unlock(&s, by, preempt)?;
         st.lock(&s, new, NewAudit::ok(&actor, "lock", Some(&s), detail))
     })
     .await??;
@@ -399,47 +405,102 @@ async fn unlock(
     stack: &str,
     body: Body,
 ) -> ApiResult<Response> {
-    // The body (a small lock info) is read first, so the lock is read, with the stack, as late
-    // as before; it is parsed only once the stack is known to exist.
     let body = read_body(body, MAX_LOCK_INFO_LEN).await?;
-    let (_, held) = existing_stack_with_lock(state, principal, stack).await?;
+    // A refusal of the body is told only once the stack is known to exist (an unknown stack's
+    // refusal, or its creation with `--auto-create-stacks`, comes first).
+    let by = match unlock_by(principal, &body) {
+        Ok(by) => by,
+        Err((r, audited)) => {
+            existing_stack(state, principal, stack).await?;
+            return Err(match audited {
+                Some(action) => deny(state, principal, stack, action, r).await,
+                None => ApiError::Refused(r),
+            });
+        }
+    };
+    // One store call when the stack exists: the release, whose transaction checks the holder.
+    let outcome = match release(state, principal, stack, &by).await? {
+        Some(outcome) => outcome,
+        None => {
+            // Unknown: refused, or auto-created (by this request or, racing it, by another
+            // that may have locked it since).
+            existing_stack(state, principal, stack).await?;
+            release(state, principal, stack, &by)
+                .await?
+                .ok_or_else(|| ApiError::Internal("stack vanished".into()))?
+        }
+    };
+    match outcome {
+        UnlockOutcome::Released(_) | UnlockOutcome::NotLocked => Ok(StatusCode::OK.into_response()),
+        // The ID named is another token's lock, and this token may not force it.
+        UnlockOutcome::Mismatch(holder) => match &by {
+            // The ID named is another token's lock, and this token may not force it.
+            UnlockBy::Holder { lock_id, .. } if *lock_id == holder.id => {
+                let r = Refusal::new(RefusalKind::Forbidden, format!("unlock refused: the lock on {stack} belongs to {}; only its holder, an approver or an admin may release it", holder.owner));
+                Err(deny(state, principal, stack, "unlock", r).await)
+            }
+            _ => Ok(locked_response(holder.info)),
+        },
+    }
+}
+
+/// What an UNLOCK body asks, for `principal`: its own lock's release by ID ([`UnlockBy::Holder`]);
+/// with the force-unlock permission, the release of whoever's lock has that ID
+/// ([`UnlockBy::Id`]), or of any lock with an empty body (Terraform's force-unlock,
+/// hashicorp/terraform#28421). A refusal comes with the action it is audited under, if it is.
+fn unlock_by(
+    principal: &Principal,
+    body: &[u8],
+) -> Result<UnlockBy, (Refusal, Option<&'static str>)> {
     let may_force = principal.role.has(Permission::ForceUnlock);
-    // Releasing another holder's lock is a force-unlock, whether by ID or with an empty body.
-    let mut forced = false;
-    let by = if body.iter().all(u8::is_ascii_whitespace) {
-        // Terraform's force-unlock sends an empty body (hashicorp/terraform#28421).
+    if body.iter().all(u8::is_ascii_whitespace) {
         if !may_force {
             let r = Refusal::new(
                 RefusalKind::Forbidden,
                 format!("force-unlock refused: {} tokens do not have the force-unlock permission (admins and approvers do)", principal.role),
             );
-            return Err(deny(state, principal, stack, "lock.force_unlock", r).await);
+            return Err((r, Some("lock.force_unlock")));
         }
-        UnlockBy::Force
+        return Ok(UnlockBy::Force);
+    }
+    let info = LockInfo::parse(body).map_err(|e| {
+        (
+            Refusal::new(RefusalKind::BadRequest, format!("unlock refused: {e}")),
+            None,
+        )
+    })?;
+    let (lock_id, token) = (info.id, principal.token_id.clone());
+    Ok(if may_force {
+        UnlockBy::Id { lock_id, token }
     } else {
-        let info = LockInfo::parse(&body)
-            .map_err(|e| ApiError::new(RefusalKind::BadRequest, format!("unlock refused: {e}")))?;
-        if let Some(held) = held {
-            if held.id == info.id && held.owner_token != principal.token_id && !may_force {
-                let r = Refusal::new(RefusalKind::Forbidden, format!("unlock refused: the lock on {stack} belongs to {}; only its holder, an approver or an admin may release it", held.owner));
-                return Err(deny(state, principal, stack, "unlock", r).await);
-            }
-            forced = held.id == info.id && held.owner_token != principal.token_id;
+        UnlockBy::Holder {
+            lock_id,
+            owner_token: token,
         }
-        UnlockBy::Id(info.id)
-    };
-    let action = if by == UnlockBy::Force || forced {
+    })
+}
+
+/// Releases `stack`'s lock as `by` says, audited `unlock` (or `lock.force_unlock`: an empty
+/// body, or the store's when the ID is another holder's); `None` if there is no such stack.
+async fn release(
+    state: &Arc<AppState>,
+    principal: &Principal,
+    stack: &str,
+    by: &UnlockBy,
+) -> ApiResult<Option<UnlockOutcome>> {
+    let action = if *by == UnlockBy::Force {
         "lock.force_unlock"
     } else {
         "unlock"
     };
-    let (s, actor) = (stack.to_owned(), principal.display());
-    let outcome = blocking(state, move |st| {
+    let (s, actor, by) = (stack.to_owned(), principal.display(), by.clone());
+    match blocking(state, move |st| {
         st.unlock(&s, by, NewAudit::ok(&actor, action, Some(&s), json!({})))
     })
-    .await??;
-    match outcome {
-        UnlockOutcome::Released(_) | UnlockOutcome::NotLocked => Ok(StatusCode::OK.into_response()),
-        UnlockOutcome::Mismatch(holder) => Ok(locked_response(holder.info)),
+    .await?
+    {
+        Ok(outcome) => Ok(Some(outcome)),
+        Err(airlock_store::StoreError::NotFound(_)) => Ok(None),
+        Err(e) => Err(e.into()),
     }
 }

@@ -18,6 +18,7 @@
 //! - `read_stacks`: a plan-phase token's read stacks (`terraform_remote_state`): never wider than
 //!   its minter, state reads only.
 //! - `state_reuse`: a state write reads only the resource elements that changed.
+//! - `revoked_approvals`: an approval revoked while the apply starts never counts after it.
 
 #[path = "http/attacks_review8.rs"]
 mod attacks_review8;
@@ -45,6 +46,8 @@ mod policies;
 mod protocol;
 #[path = "http/read_stacks.rs"]
 mod read_stacks;
+#[path = "http/revoked_approvals.rs"]
+mod revoked_approvals;
 #[path = "http/run_uploads.rs"]
 mod run_uploads;
 #[path = "http/serving.rs"]

@@ -59,15 +59,18 @@ pub fn run_all<S: StoreImport + StoreStats + 'static>(engine: &Arc<S>) {
     revocation_cascades(store.as_ref());
     mint_limit(store.as_ref());
     locks(store.as_ref());
+    releases_are_their_holders(store.as_ref());
     writes_and_history(store.as_ref());
     grants(store.as_ref());
     big_history_dedups(engine.as_ref());
     runs(store.as_ref());
+    transitions_see_revoked_approvals(store.as_ref());
     runs_planned_since(store.as_ref());
     run_grants_end_with_the_apply(store.as_ref());
     concurrent_locks_have_one_winner(store);
     concurrent_writes_are_serialized(store);
     concurrent_run_transitions_have_one_winner(store);
+    revocations_and_transitions_are_ordered(store);
     audit_search_filters_newest_first(store.as_ref());
     audit_chain_verifies(store.as_ref());
     import_only_extends_the_chain(engine.as_ref());
@@ -1041,6 +1044,14 @@ fn new_lock(id: &str) -> NewLock {
     }
 }
 
+/// `new_lock(id)`'s release by its holder.
+fn by_holder(id: &str) -> UnlockBy {
+    UnlockBy::Holder {
+        lock_id: id.into(),
+        owner_token: "t".into(),
+    }
+}
+
 pub fn locks(s: &dyn Store) {
     s.create_stack(
         "conf/locks",
@@ -1064,7 +1075,7 @@ pub fn locks(s: &dyn Store) {
     // read together agree with `current_lock`.
     let events = s.audit_count(&AuditFilter::default()).unwrap();
     match s
-        .unlock("conf/locks", UnlockBy::Id("b".into()), audit("unlock"))
+        .unlock("conf/locks", by_holder("b"), audit("unlock"))
         .unwrap()
     {
         UnlockOutcome::Mismatch(h) => assert_eq!(h.id, "a"),
@@ -1075,7 +1086,7 @@ pub fn locks(s: &dyn Store) {
     assert_eq!(stack.name, "conf/locks");
     assert_eq!(held.map(|h| h.id).as_deref(), Some("a"));
     match s
-        .unlock("conf/locks", UnlockBy::Id("a".into()), audit("unlock"))
+        .unlock("conf/locks", by_holder("a"), audit("unlock"))
         .unwrap()
     {
         UnlockOutcome::Released(h) => {
@@ -1093,7 +1104,7 @@ pub fn locks(s: &dyn Store) {
         .is_none());
     assert!(s.stack_with_lock("conf/none").unwrap().is_none());
     assert_eq!(
-        s.unlock("conf/locks", UnlockBy::Id("a".into()), audit("unlock"))
+        s.unlock("conf/locks", by_holder("a"), audit("unlock"))
             .unwrap(),
         UnlockOutcome::NotLocked
     );
@@ -1113,6 +1124,78 @@ pub fn locks(s: &dyn Store) {
         s.lock("conf/none", new_lock("x"), audit("lock")),
         Err(StoreError::NotFound(_))
     ));
+}
+
+/// A release names whose lock it is, and the transaction that deletes checks it: A's release
+/// of lock ID X that arrives after X was released and taken again by B (IDs are the clients'
+/// choice) releases nothing. A release by ID of a token with the force-unlock permission
+/// releases whoever's lock it is, audited as a force-unlock only when it is another's.
+pub fn releases_are_their_holders(s: &dyn Store) {
+    let stack = "conf/holders";
+    s.create_stack(stack, false, StackSettings::default(), audit("x"))
+        .unwrap();
+    let lock_of = |token: &str| NewLock {
+        owner_token: token.into(),
+        owner: format!("owner of {token}"),
+        ..new_lock("X")
+    };
+    let release = |token: &str| UnlockBy::Holder {
+        lock_id: "X".into(),
+        owner_token: token.into(),
+    };
+    s.lock(stack, lock_of("tok-a"), audit("lock")).unwrap();
+    assert!(matches!(
+        s.unlock(stack, release("tok-a"), audit("unlock")).unwrap(),
+        UnlockOutcome::Released(h) if h.owner_token == "tok-a"
+    ));
+    s.lock(stack, lock_of("tok-b"), audit("lock")).unwrap();
+    let events = audit_len(s);
+    // A's stale release: B's lock stays, nothing is recorded.
+    match s.unlock(stack, release("tok-a"), audit("unlock")).unwrap() {
+        UnlockOutcome::Mismatch(h) => {
+            assert_eq!((h.id.as_str(), h.owner_token.as_str()), ("X", "tok-b"))
+        }
+        other => panic!("a stale release of another token's lock: {other:?}"),
+    }
+    assert_eq!(s.current_lock(stack).unwrap().unwrap().owner_token, "tok-b");
+    assert_eq!(audit_len(s), events);
+    // By ID, with the force-unlock permission: B's own lock is a plain unlock...
+    let by_id = |token: &str| UnlockBy::Id {
+        lock_id: "X".into(),
+        token: token.into(),
+    };
+    let unlock = NewAudit::ok("b", "unlock", Some(stack), json!({}));
+    assert!(matches!(
+        s.unlock(stack, by_id("tok-b"), unlock).unwrap(),
+        UnlockOutcome::Released(h) if h.owner_token == "tok-b"
+    ));
+    // ...another's is a force-unlock naming the lock and its holder; another ID is a mismatch.
+    s.lock(stack, lock_of("tok-b"), audit("lock")).unwrap();
+    assert!(matches!(
+        s.unlock(stack, UnlockBy::Id { lock_id: "Y".into(), token: "tok-a".into() }, audit("unlock")).unwrap(),
+        UnlockOutcome::Mismatch(h) if h.id == "X"
+    ));
+    let unlock = NewAudit::ok("a", "unlock", Some(stack), json!({}));
+    assert!(matches!(
+        s.unlock(stack, by_id("tok-a"), unlock).unwrap(),
+        UnlockOutcome::Released(h) if h.owner_token == "tok-b"
+    ));
+    let page = s.audit_search(&AuditFilter::default(), 2).unwrap();
+    let actions: Vec<_> = page
+        .iter()
+        .map(|e| (e.actor.as_str(), e.action.as_str()))
+        .collect();
+    assert_eq!(actions, [("a", "lock.force_unlock"), ("test", "lock")]);
+    assert_eq!(
+        page[0].detail,
+        json!({"lock_id": "X", "holder": "owner of tok-b"})
+    );
+    assert_eq!(page[0].stack.as_deref(), Some(stack));
+    assert!(s.current_lock(stack).unwrap().is_none());
+    assert_eq!(
+        s.unlock(stack, release("tok-a"), audit("unlock")).unwrap(),
+        UnlockOutcome::NotLocked
+    );
 }
 
 pub fn writes_and_history(s: &dyn Store) {
@@ -1306,7 +1389,7 @@ pub fn archived_stacks(s: &dyn StoreImport) {
     assert!(matches!(delete(), Err(StoreError::Conflict(m)) if m.contains("applying")));
     s.update_run(
         "run-archived-1",
-        &mut |r: &RunRecord, _: &StackRecord, _: Option<&VersionMeta>| {
+        &mut |r: &RunRecord, _: &StackRecord, _: Option<&VersionMeta>, _: &[String]| {
             let mut done = r.clone();
             done.status = RunStatus::Failed;
             Ok((done, audit("run.finish")))
@@ -1371,7 +1454,7 @@ pub fn archived_stacks(s: &dyn StoreImport) {
     let transition = s
         .update_run(
             "run-archived-2",
-            &mut |r: &RunRecord, _: &StackRecord, _: Option<&VersionMeta>| {
+            &mut |r: &RunRecord, _: &StackRecord, _: Option<&VersionMeta>, _: &[String]| {
                 Ok((r.clone(), audit("run.approve")))
             },
         )
@@ -1506,7 +1589,7 @@ pub fn run_grants_end_with_the_apply(s: &dyn Store) {
         ids
     };
     assert_eq!(open(s), ["g-direct", "g-other", "g-run"]);
-    s.update_run("run_grants1", &mut |r, _, _| {
+    s.update_run("run_grants1", &mut |r, _, _, _| {
         let mut new = r.clone();
         new.status = RunStatus::Failed;
         Ok((new, audit("run.failed")))
@@ -1845,6 +1928,51 @@ pub fn runs_planned_since(s: &dyn Store) {
     assert_eq!(s.runs_planned_since("nobody", 0).unwrap(), 0);
 }
 
+/// A transition is given the approvals whose tokens are revoked or gone as of its own
+/// transaction (what `run_rules::start_apply` does not count), in token id order.
+pub fn transitions_see_revoked_approvals(s: &dyn Store) {
+    let stack = "conf/revoked-approvals";
+    s.create_stack(stack, false, StackSettings::default(), audit("x"))
+        .unwrap();
+    for id in ["tok-rv-b", "tok-rv-a", "tok-rv-kept"] {
+        s.create_token(new_token(id, "", None, None), audit("token.create"))
+            .unwrap();
+    }
+    let mut run = run_record("run_revoked_approvals", stack, now_ms());
+    run.approvals = [
+        "tok-rv-b",
+        "tok-rv-gone",
+        "tok-rv-kept",
+        "tok-rv-a",
+        "tok-rv-b",
+    ]
+    .iter()
+    .map(|t| Approval {
+        by: format!("approver ({t})"),
+        by_token: (*t).into(),
+        by_user: (*t).into(),
+        at: now_ms(),
+        plan_sha256: run.plan_sha256.clone(),
+    })
+    .collect();
+    s.create_run(&run, &[], audit("run.create")).unwrap();
+    let seen = |s: &dyn Store| {
+        let mut seen = None;
+        let t = s
+            .update_run(&run.id, &mut |_, _, _, revoked: &[String]| {
+                seen = Some(revoked.to_vec());
+                Err(Refusal::new(RefusalKind::Conflict, "look only").into())
+            })
+            .unwrap();
+        assert!(t.is_err());
+        seen.unwrap()
+    };
+    assert_eq!(seen(s), ["tok-rv-gone"]);
+    s.revoke_token("tok-rv-b", audit("token.revoke")).unwrap();
+    s.revoke_token("tok-rv-a", audit("token.revoke")).unwrap();
+    assert_eq!(seen(s), ["tok-rv-a", "tok-rv-b", "tok-rv-gone"]);
+}
+
 pub fn runs(s: &dyn Store) {
     let stack = "conf/runs";
     s.create_stack(
@@ -2094,7 +2222,7 @@ pub fn runs(s: &dyn Store) {
     let t = s
         .update_run(
             "run_conf1",
-            &mut |r: &RunRecord, st: &StackRecord, current: Option<&VersionMeta>| {
+            &mut |r: &RunRecord, st: &StackRecord, current: Option<&VersionMeta>, _: &[String]| {
                 seen = Some((r.status, st.name.clone(), current.map(|v| v.serial)));
                 let mut new = r.clone();
                 new.status = RunStatus::Approved;
@@ -2144,7 +2272,7 @@ pub fn runs(s: &dyn Store) {
     let t = s
         .update_run(
             "run_conf1",
-            &mut |_: &RunRecord, _: &StackRecord, _: Option<&VersionMeta>| {
+            &mut |_: &RunRecord, _: &StackRecord, _: Option<&VersionMeta>, _: &[String]| {
                 Err(Refusal::new(RefusalKind::Forbidden, "approver is the author").into())
             },
         )
@@ -2157,7 +2285,7 @@ pub fn runs(s: &dyn Store) {
     let t = s
         .update_run(
             "run_conf1",
-            &mut |r: &RunRecord, _: &StackRecord, _: Option<&VersionMeta>| {
+            &mut |r: &RunRecord, _: &StackRecord, _: Option<&VersionMeta>, _: &[String]| {
                 let mut new = r.clone();
                 new.status = RunStatus::Superseded;
                 new.note = Some("the stack changed after planning".into());
@@ -2200,7 +2328,7 @@ pub fn runs(s: &dyn Store) {
     let mut called = false;
     let r = s.update_run(
         "run_none",
-        &mut |r: &RunRecord, _: &StackRecord, _: Option<&VersionMeta>| {
+        &mut |r: &RunRecord, _: &StackRecord, _: Option<&VersionMeta>, _: &[String]| {
             called = true;
             Ok((r.clone(), audit("x")))
         },
@@ -2244,7 +2372,10 @@ fn race_for_run(stores: &[&Arc<dyn Store>], stack: &str, rounds: usize, threads:
                     let t = s
                         .update_run(
                             &id,
-                            &mut |r: &RunRecord, _: &StackRecord, _: Option<&VersionMeta>| {
+                            &mut |r: &RunRecord,
+                                  _: &StackRecord,
+                                  _: Option<&VersionMeta>,
+                                  _: &[String]| {
                                 if r.status != RunStatus::NeedsApproval {
                                     return Err(Refusal::new(
                                         RefusalKind::Conflict,
@@ -2330,6 +2461,72 @@ pub fn concurrent_run_transitions_have_one_winner(s: &Arc<dyn Store>) {
     race_for_run(&[s], "conf/run-race", 5, 8);
 }
 
+/// An approver's token revoked while a transition counts its approval: either the transition
+/// sees the revocation, or the revocation is recorded after the transition (the transition
+/// locks the approvals' token rows), never a transition that counted a token revoked before it.
+pub fn revocations_and_transitions_are_ordered(s: &Arc<dyn Store>) {
+    let stack = "conf/revoke-race";
+    s.create_stack(stack, false, StackSettings::default(), audit("x"))
+        .unwrap();
+    for round in 0..40 {
+        let (token, id) = (format!("tok-rr-{round}"), format!("run_rr_{round}"));
+        s.create_token(new_token(&token, "", None, None), audit("token.create"))
+            .unwrap();
+        let mut run = run_record(&id, stack, now_ms());
+        run.approvals = vec![Approval {
+            by: token.clone(),
+            by_token: token.clone(),
+            by_user: token.clone(),
+            at: now_ms(),
+            plan_sha256: run.plan_sha256.clone(),
+        }];
+        s.create_run(&run, &[], audit("run.create")).unwrap();
+        let start = Arc::new(std::sync::Barrier::new(2));
+        let revoker = {
+            let (s, start, token) = (Arc::clone(s), Arc::clone(&start), token.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                let audit = NewAudit::ok("test", "token.revoke", None, json!({"token": token}));
+                s.revoke_token(&token, audit).unwrap();
+            })
+        };
+        start.wait();
+        let moved = s
+            .update_run(&id, &mut |r, _, _, revoked| {
+                if !revoked.is_empty() {
+                    return Err(Refusal::new(RefusalKind::Conflict, "revoked").into());
+                }
+                let mut new = r.clone();
+                new.status = RunStatus::Rejected;
+                Ok((
+                    new,
+                    NewAudit::ok("test", "run.counted", Some(stack), json!({"run": id})),
+                ))
+            })
+            .unwrap();
+        revoker.join().unwrap();
+        if moved.is_err() {
+            continue;
+        }
+        let events = s.audit_events(0, u32::MAX).unwrap();
+        let seq_of = |action: &str, key: &str, value: &str| {
+            events
+                .iter()
+                .find(|e| e.action == action && e.detail[key] == value)
+                .map(|e| e.seq)
+                .unwrap()
+        };
+        let (counted, revoked) = (
+            seq_of("run.counted", "run", &id),
+            seq_of("token.revoke", "token", &token),
+        );
+        assert!(
+            counted < revoked,
+            "round {round}: the transition counted an approval (seq {counted}) whose token was revoked before it (seq {revoked})"
+        );
+    }
+}
+
 // ---- two stores on one database (replicas) ----
 
 /// Runs every two-replica check. `a` and `b` are separate store instances (as two server
@@ -2366,8 +2563,7 @@ pub fn replicas_share_everything(a: &dyn Store, b: &dyn Store) {
         matches!(b.lock(stack, new_lock("rb"), audit("lock")).unwrap(), LockOutcome::Held(h) if h.id == "ra")
     );
     assert!(matches!(
-        b.unlock(stack, UnlockBy::Id("ra".into()), audit("unlock"))
-            .unwrap(),
+        b.unlock(stack, by_holder("ra"), audit("unlock")).unwrap(),
         UnlockOutcome::Released(_)
     ));
     assert!(a.current_lock(stack).unwrap().is_none());
@@ -2424,7 +2620,7 @@ pub fn replicas_race_for_locks(a: &Arc<dyn Store>, b: &Arc<dyn Store>) {
         let loser = [b, a][round % 2];
         assert!(matches!(
             loser
-                .unlock(stack, UnlockBy::Id(winners[0].clone()), audit("unlock"))
+                .unlock(stack, by_holder(&winners[0]), audit("unlock"))
                 .unwrap(),
             UnlockOutcome::Released(_)
         ));
@@ -2491,7 +2687,7 @@ pub fn replicas_locked_writes_are_linear(a: &Arc<dyn Store>, b: &Arc<dyn Store>)
                     );
                     assert!(matches!(
                         pick(3)
-                            .unlock(stack, UnlockBy::Id(id), audit("unlock"))
+                            .unlock(stack, by_holder(&id), audit("unlock"))
                             .unwrap(),
                         UnlockOutcome::Released(_)
                     ));

@@ -1118,7 +1118,8 @@ pub fn update_run(db: &mut dyn Sql, id: &str, update: &mut RunUpdate<'_>) -> Res
     }
     let run = run_of(db, id, true)?.ok_or_else(not_found)?;
     let current = current_version_of(db, stack_id, &stack.name)?;
-    let (record, result) = match update(&run, &stack, current.as_ref()) {
+    let revoked = revoked_approvals(db, &run)?;
+    let (record, result) = match update(&run, &stack, current.as_ref(), &revoked) {
         Ok((new, audit)) => (Some((new.clone(), audit)), Ok(new)),
         Err(RunRefusal { refusal, record }) => (record.map(|b| *b), Err(refusal)),
     };
@@ -1138,6 +1139,35 @@ pub fn update_run(db: &mut dyn Sql, id: &str, update: &mut RunUpdate<'_>) -> Res
         }
     }
     Ok(result)
+}
+
+/// Ids of the tokens of `run`'s approvals that are revoked or gone, read in the transaction
+/// that judges the run, their rows locked (PostgreSQL; in id order, after the run's row): a
+/// revocation commits before the transition and is seen, or waits for it to commit. Looked up
+/// before the transaction, a revocation committed in between let an apply start on an
+/// approval that no longer counted.
+fn revoked_approvals(db: &mut dyn Sql, run: &RunRecord) -> Result<Vec<String>> {
+    let mut ids: Vec<&str> = run.approvals.iter().map(|a| a.by_token.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut revoked = Vec::new();
+    for id in ids {
+        let row = db.query_opt(
+            &format!(
+                "SELECT revoked_at FROM tokens WHERE id = $1{}",
+                db.for_update()
+            ),
+            params![id],
+        )?;
+        let gone = match row {
+            None => true,
+            Some(r) => r.opt_i64(0)?.is_some(),
+        };
+        if gone {
+            revoked.push(id.to_owned());
+        }
+    }
+    Ok(revoked)
 }
 
 // ---- tokens and users ----
@@ -2006,11 +2036,17 @@ impl<E: Engine> Store for E {
     fn unlock(&self, stack: &str, by: UnlockBy, audit: NewAudit) -> Result<UnlockOutcome> {
         self.write_lock_change(|db| {
             let (id, _) = lock_stack(db, stack)?;
-            // Delete what `by` releases and read the holder only if nothing was.
+            // Delete what `by` releases and read the holder only if nothing was. The holder's
+            // token is matched here, in the transaction that deletes: checked before it, a lock
+            // released and taken again under the same ID meanwhile would go with it.
             let released = match &by {
-                UnlockBy::Id(want) => db.query_opt(
+                UnlockBy::Holder { lock_id, owner_token } => db.query_opt(
+                    &format!("DELETE FROM locks WHERE stack_id = $1 AND lock_id = $2 AND owner_token = $3 RETURNING {LOCK_COLS}"),
+                    params![id, lock_id, owner_token],
+                )?,
+                UnlockBy::Id { lock_id, .. } => db.query_opt(
                     &format!("DELETE FROM locks WHERE stack_id = $1 AND lock_id = $2 RETURNING {LOCK_COLS}"),
-                    params![id, want],
+                    params![id, lock_id],
                 )?,
                 UnlockBy::Force => db.query_opt(
                     &format!("DELETE FROM locks WHERE stack_id = $1 RETURNING {LOCK_COLS}"),
@@ -2024,6 +2060,10 @@ impl<E: Engine> Store for E {
                 });
             };
             let held = lock_from_row(&released, 0)?;
+            let audit = match &by {
+                UnlockBy::Id { token, .. } if held.owner_token != *token => audit.forced(&held),
+                _ => audit,
+            };
             append_stack_audit(db, stack, &audit)?;
             Ok(UnlockOutcome::Released(held))
         })

@@ -137,7 +137,9 @@ pub trait Store: Send + Sync {
     // --- locks ---
     /// Takes the stack's lock if it is free; `Conflict` if the stack is archived.
     fn lock(&self, stack: &str, lock: NewLock, audit: NewAudit) -> Result<LockOutcome>;
-    /// Releases the stack's lock. The audit event is recorded only when a lock is released.
+    /// Releases the stack's lock as `by` says (whose lock is checked in this transaction).
+    /// The audit event is recorded only when a lock is released. `NotFound` if there is no
+    /// such stack.
     fn unlock(&self, stack: &str, by: UnlockBy, audit: NewAudit) -> Result<UnlockOutcome>;
     /// The stack's lock, if held.
     fn current_lock(&self, stack: &str) -> Result<Option<LockRecord>>;

@@ -172,11 +172,26 @@ pub enum LockOutcome {
     Held(LockRecord),
 }
 
-/// How an unlock identifies the lock.
+/// How an unlock identifies the lock, and whose release it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UnlockBy {
-    /// The holder releases its lock by ID.
-    Id(String),
+    /// Its holder releases lock `lock_id`: released only while token `owner_token` holds it
+    /// (`Mismatch` with the holder otherwise: another lock, or this ID held by another token).
+    Holder {
+        /// The lock's ID (Terraform's lock info `ID`).
+        lock_id: String,
+        /// The releasing token, which must be the holder's.
+        owner_token: String,
+    },
+    /// Token `token`, which has the force-unlock permission, releases lock `lock_id` whoever
+    /// holds it: its own lock is released as by [`UnlockBy::Holder`], under the audit event
+    /// given; another holder's is a force-unlock, audited [`NewAudit::forced`].
+    Id {
+        /// The lock's ID.
+        lock_id: String,
+        /// The releasing token.
+        token: String,
+    },
     /// Unconditional release (force-unlock).
     Force,
 }
@@ -450,6 +465,18 @@ impl NewAudit {
             "token.revoke_cascade",
             None,
             serde_json::json!({"parent": parent, "tokens": revoked}),
+        )
+    }
+
+    /// The `lock.force_unlock` event a store records instead of this one when an
+    /// [`UnlockBy::Id`] release finds `held`, another token's lock: same actor and stack,
+    /// naming the lock released and its holder.
+    pub fn forced(&self, held: &LockRecord) -> NewAudit {
+        NewAudit::ok(
+            &self.actor,
+            "lock.force_unlock",
+            self.stack.as_deref(),
+            serde_json::json!({"lock_id": held.id, "holder": held.owner}),
         )
     }
 

@@ -325,14 +325,16 @@ impl RunRecord {
     }
 }
 
-/// A transition, judged inside the store's transaction: given the run, its stack and the
-/// stack's current version, return the new record and its audit event, or a refusal (which the
+/// A transition, judged inside the store's transaction: given the run, its stack, the stack's
+/// current version and the ids of the tokens of the run's approvals that are revoked (or gone)
+/// as of this transaction, return the new record and its audit event, or a refusal (which the
 /// store may still record when the refusal says the run must change status, see
 /// [`RunTransition`]).
 pub type RunUpdate<'a> = dyn FnMut(
         &RunRecord,
         &StackRecord,
         Option<&VersionMeta>,
+        &[String],
     ) -> Result<(RunRecord, NewAudit), RunRefusal>
     + 'a;
 

@@ -1328,6 +1328,7 @@ where
             &RunRecord,
             &StackRecord,
             Option<&VersionMeta>,
+            &[String],
             &Actor<'_>,
             i64,
         ) -> Result<Transition, Refused>
@@ -1338,13 +1339,18 @@ where
     let result = store_call(state, move |st| {
         let display = principal.display();
         let who = actor(&principal, &display);
-        st.update_run(&id, &mut |run, stack, current| {
+        st.update_run(&id, &mut |run, stack, current, revoked| {
             let run = &match &author_user {
                 Some(user) => run.with_author_user(user),
                 None => run.clone(),
             };
             let now = now_ms();
-            run_rules::decided(rule(run, stack, current, &who, now), run, &who, now)
+            run_rules::decided(
+                rule(run, stack, current, revoked, &who, now),
+                run,
+                &who,
+                now,
+            )
         })
     })
     .await?;
@@ -1601,7 +1607,7 @@ pub async fn approve(
         &p,
         &id,
         Some(author),
-        move |run, stack, current, who, now| {
+        move |run, stack, current, _, who, now| {
             run_rules::approve(
                 run,
                 stack,
@@ -1635,7 +1641,7 @@ pub async fn reject(
     let req: RejectRequest = parse_body(&body)?;
     super::require_reason(&req.reason, "")?;
     load_run(&state, &p, &id).await?;
-    let run = transition(&state, &p, &id, None, move |run, _, _, who, now| {
+    let run = transition(&state, &p, &id, None, move |run, _, _, _, who, now| {
         run_rules::reject(run, who, &req.reason, now)
     })
     .await?;
@@ -1650,7 +1656,7 @@ pub async fn withdraw(
     Path(id): Path<String>,
 ) -> ApiResult<Json<WithRun>> {
     let author = author_user(&state, &load_run(&state, &p, &id).await?).await?;
-    let run = transition(&state, &p, &id, Some(author), |run, _, _, who, now| {
+    let run = transition(&state, &p, &id, Some(author), |run, _, _, _, who, now| {
         run_rules::withdraw(run, who, now)
     })
     .await?;
@@ -1689,18 +1695,6 @@ pub async fn apply(
         .ok()
         .flatten()
         .map(|b| hex::encode(airlock_store::blob::sha256(&b)));
-    // Approvals made with tokens revoked since do not count (`run_rules::start_apply`).
-    let approvers: Vec<String> = run.approvals.iter().map(|a| a.by_token.clone()).collect();
-    let revoked: Vec<String> = store_call(&state, move |st| {
-        let mut revoked = Vec::new();
-        for t in approvers {
-            if st.token(&t)?.is_none_or(|r| r.revoked_at.is_some()) {
-                revoked.push(t);
-            }
-        }
-        Ok(revoked)
-    })
-    .await?;
     let token = tokens::generate();
     let token_id = token.id.clone();
     let author = author_user(&state, &run).await?;
@@ -1709,7 +1703,9 @@ pub async fn apply(
         &p,
         &id,
         Some(author),
-        move |run, stack, current, who, now| {
+        // Approvals made with tokens revoked since do not count (`run_rules::start_apply`):
+        // `revoked` is read in the transaction that starts the apply.
+        move |run, stack, current, revoked, who, now| {
             // Removals judged unprotected that the stack protects now.
             let protected_since: Vec<String> = run
                 .unprotected_removals
@@ -1724,7 +1720,7 @@ pub async fn apply(
                 stored_plan_sha256: stored.as_deref(),
                 fingerprint: &req.fingerprint,
                 inputs: &req.inputs,
-                revoked_approvals: &revoked,
+                revoked_approvals: revoked,
                 protected_since: &protected_since,
             };
             run_rules::start_apply(run, stack, current, who, checkout, &token_id, now)
@@ -1954,16 +1950,22 @@ pub async fn finish(
         })
         .await;
     }
-    let run = transition(&state, &p, &id, None, move |run, _, current, who, now| {
-        run_rules::finish(
-            run,
-            current,
-            who,
-            req.success,
-            req.plan_check.as_deref(),
-            now,
-        )
-    })
+    let run = transition(
+        &state,
+        &p,
+        &id,
+        None,
+        move |run, _, current, _, who, now| {
+            run_rules::finish(
+                run,
+                current,
+                who,
+                req.success,
+                req.plan_check.as_deref(),
+                now,
+            )
+        },
+    )
     .await?;
     let actor = display;
     if let Some(t) = run.apply_token.clone() {
@@ -1995,7 +1997,7 @@ pub async fn finish(
             .into_iter()
             .filter(|r| r.status.is_open() && r.id != applied.id)
         {
-            let _ = st.update_run(&other.id, &mut |r, _, _| {
+            let _ = st.update_run(&other.id, &mut |r, _, _, _| {
                 let who = Actor {
                     token_id: "",
                     user: "",
@@ -2037,7 +2039,7 @@ pub async fn plan_check(
 ) -> ApiResult<Json<Value>> {
     let req: PlanCheckRequest = parse_body(&body)?;
     load_run(&state, &p, &id).await?;
-    let run = transition(&state, &p, &id, None, move |run, _, _, who, now| {
+    let run = transition(&state, &p, &id, None, move |run, _, _, _, who, now| {
         run_rules::plan_checked(run, who, &req.plan_sha256, &req.check, now)
     })
     .await?;

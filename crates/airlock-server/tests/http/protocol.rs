@@ -184,6 +184,113 @@ async fn empty_unlock_is_a_force_unlock_for_approvers_and_admins_only() {
     assert_eq!(forced, 2);
 }
 
+/// An UNLOCK releases only its sender's lock, checked in the transaction that deletes: an
+/// agent's UNLOCK of lock ID X racing a CI token's LOCK with the same ID (lock IDs are chosen by
+/// clients) never releases CI's lock. The holder was once read in one store call and the lock
+/// deleted by ID in a second one, so a lock taken between the two was released by a token
+/// without the force-unlock permission.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unlock_racing_anothers_lock_with_the_same_id_never_releases_it() {
+    let s = Server::new();
+    s.stack("dev/app", false);
+    let ci = s.role_token(Role::Ci);
+    let agent = s.role_token(Role::Agent);
+    for round in 0..300 {
+        let id = format!("race-{round}");
+        let (attack, lock) = tokio::join!(
+            s.unlock("dev/app", &agent, &id, "OperationTypePlan"),
+            s.lock("dev/app", &ci, &id, "OperationTypeApply"),
+        );
+        lock.expect(200);
+        // Nothing of the agent's to release (200), or CI's lock (403).
+        assert!(
+            [200, 403].contains(&attack.status.as_u16()),
+            "round {round}: {attack:?}"
+        );
+        let held = s.store.current_lock("dev/app").unwrap();
+        assert_eq!(
+            held.map(|h| h.owner_token),
+            Some(ci.id.clone()),
+            "round {round}: the agent's UNLOCK ({attack:?}) released CI's lock"
+        );
+        s.unlock("dev/app", &ci, &id, "OperationTypeApply")
+            .await
+            .expect(200);
+    }
+    let agents_releases = s
+        .audit()
+        .await
+        .into_iter()
+        .filter(|e| e["outcome"] == "ok" && e["action"].as_str().unwrap_or("").contains("unlock"))
+        .filter(|e| e["actor"].as_str().unwrap_or("").contains(&agent.id))
+        .count();
+    assert_eq!(agents_releases, 0);
+}
+
+/// An UNLOCK by ID is audited as what it released: an approver's own lock as `unlock`, CI's
+/// lock as `lock.force_unlock` naming the lock and its holder. CI's late UNLOCK of its lock ID,
+/// taken again by the approver meanwhile, is refused and releases nothing.
+#[tokio::test]
+async fn an_unlock_by_id_is_audited_as_what_it_released() {
+    let s = Server::new();
+    s.stack("dev/app", false);
+    let ci = s.role_token(Role::Ci);
+    let approver = s.role_token(Role::Approver);
+    let releases = |events: Vec<serde_json::Value>| -> Vec<(String, serde_json::Value)> {
+        events
+            .into_iter()
+            .filter(|e| e["outcome"] == "ok")
+            .filter(|e| {
+                ["unlock", "lock.force_unlock"].contains(&e["action"].as_str().unwrap_or(""))
+            })
+            .map(|e| {
+                (
+                    e["action"].as_str().unwrap_or("").to_owned(),
+                    e["detail"].clone(),
+                )
+            })
+            .collect()
+    };
+    s.lock("dev/app", &approver, "mine", "OperationTypeApply")
+        .await
+        .expect(200);
+    s.unlock("dev/app", &approver, "mine", "OperationTypeApply")
+        .await
+        .expect(200);
+    s.lock("dev/app", &ci, "X", "OperationTypeApply")
+        .await
+        .expect(200);
+    s.unlock("dev/app", &approver, "X", "OperationTypeApply")
+        .await
+        .expect(200);
+    assert_eq!(
+        releases(s.audit().await),
+        [
+            ("unlock".to_owned(), serde_json::json!({})),
+            (
+                "lock.force_unlock".to_owned(),
+                serde_json::json!({"lock_id": "X", "holder": format!("tester@host via ci ({})", ci.id)})
+            ),
+        ]
+    );
+    s.lock("dev/app", &approver, "X", "OperationTypeApply")
+        .await
+        .expect(200);
+    let late = s.unlock("dev/app", &ci, "X", "OperationTypeApply").await;
+    late.expect(403);
+    assert!(
+        late.message().contains(&format!(
+            "belongs to tester@host via approver ({})",
+            approver.id
+        )),
+        "{}",
+        late.message()
+    );
+    let held = s.store.current_lock("dev/app").unwrap().expect("held");
+    assert_eq!(held.owner_token, approver.id);
+    assert_eq!(releases(s.audit().await).len(), 2);
+}
+
 #[tokio::test]
 async fn chunked_empty_force_unlock_is_accepted() {
     let s = Server::new();
@@ -221,6 +328,66 @@ async fn unknown_stack_is_422_on_every_state_method_never_404() {
         assert!(r.message().contains("does not exist"), "{}", r.message());
     }
     assert!(s.store.stack("prod/typo").unwrap().is_none());
+}
+
+/// An UNLOCK of an unknown stack is refused as unknown whatever its body (a lock's, empty from
+/// a token without the force-unlock permission, malformed); with `--auto-create-stacks` the
+/// stack is created first, and then the body is judged.
+#[tokio::test]
+async fn an_unlock_of_an_unknown_stack_is_refused_as_unknown_before_its_body() {
+    let agent_body = |s: &Server| {
+        (
+            s.role_token(Role::Agent),
+            lock_info("x", "OperationTypePlan"),
+        )
+    };
+    let s = Server::new();
+    let (agent, info) = agent_body(&s);
+    for (who, body) in [
+        (&agent, info.as_bytes()),
+        (&s.admin, info.as_bytes()),
+        (&agent, b"".as_slice()),
+        (&agent, b"{not json".as_slice()),
+    ] {
+        let r = s.tf("UNLOCK", "/state/prod/typo", who, body).await;
+        r.expect(422);
+        assert!(
+            r.message().starts_with("stack prod/typo does not exist"),
+            "{}",
+            r.message()
+        );
+    }
+    assert!(s.store.stack("prod/typo").unwrap().is_none());
+
+    let s = Server::with_config(ServerConfig {
+        auto_create_stacks: true,
+        ..ServerConfig::default()
+    });
+    let (agent, info) = agent_body(&s);
+    for (stack, body, status, message) in [
+        ("sandbox/a", info.as_bytes(), 200, ""),
+        (
+            "sandbox/b",
+            b"".as_slice(),
+            403,
+            "force-unlock refused: agent tokens do not have the force-unlock permission",
+        ),
+        (
+            "sandbox/c",
+            b"{not json".as_slice(),
+            400,
+            "unlock refused: ",
+        ),
+    ] {
+        let r = s
+            .tf("UNLOCK", &format!("/state/{stack}"), &agent, body)
+            .await;
+        r.expect(status);
+        if status != 200 {
+            assert!(r.message().starts_with(message), "{}", r.message());
+        }
+        assert!(s.store.stack(stack).unwrap().is_some(), "{stack}");
+    }
 }
 
 #[tokio::test]
