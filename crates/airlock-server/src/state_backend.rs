@@ -432,7 +432,6 @@ async fn unlock(
     };
     match outcome {
         UnlockOutcome::Released(_) | UnlockOutcome::NotLocked => Ok(StatusCode::OK.into_response()),
-        // The ID named is another token's lock, and this token may not force it.
         UnlockOutcome::Mismatch(holder) => match &by {
             // The ID named is another token's lock, and this token may not force it.
             UnlockBy::Holder { lock_id, .. } if *lock_id == holder.id => {
