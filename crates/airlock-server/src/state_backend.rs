@@ -267,11 +267,22 @@ async fn lock(
     stack: &str,
     body: Body,
 ) -> ApiResult<Response> {
-    let record = existing_stack(state, principal, stack).await?;
-    let body = read_body(body, MAX_LOCK_INFO_LEN).await?;
-    let info = LockInfo::parse(&body)
-        .map_err(|e| ApiError::new(RefusalKind::BadRequest, format!("lock refused: {e}")))?;
-    if let (false, Some(run_id)) = (info.is_plan_only(), &principal.run_id) {
+    // A refusal of the body is told only once the stack is known to exist (an unknown stack's
+    // refusal, or its creation with `--auto-create-stacks`, comes first).
+    let read = read_body(body, MAX_LOCK_INFO_LEN).await.and_then(|body| {
+        LockInfo::parse(&body)
+            .map(|info| (info, body))
+            .map_err(|e| ApiError::new(RefusalKind::BadRequest, format!("lock refused: {e}")))
+    });
+    let (info, body) = match read {
+        Ok(read) => read,
+        Err(e) => {
+            existing_stack(state, principal, stack).await?;
+            return Err(e);
+        }
+    };
+    let outcome = if let (false, Some(run_id)) = (info.is_plan_only(), &principal.run_id) {
+        let record = existing_stack(state, principal, stack).await?;
         // A run-bound token locks for applying only once its applier's plan check is recorded:
         // `airlock apply` starts Terraform while it checks, and Terraform waits here (before
         // it configures a provider or changes anything). Not recorded in time: 423, which
@@ -306,62 +317,19 @@ async fn lock(
             }
             return Ok(resp);
         }
-    } else if !info.is_plan_only() && !may_write(state, principal, &record).await? {
-        let r = Refusal::new(
-            RefusalKind::Forbidden,
-            format!(
-                "lock refused: a {} token may lock stack {stack} only for planning (OperationTypePlan), and this lock is for {:?}. This token cannot change this stack's state: propose the change with `airlock plan` for human review instead",
-                principal.role, info.operation
-            ),
-        );
-        return Err(deny(state, principal, stack, "lock", r).await);
-    }
-    let new = NewLock {
-        id: info.id.clone(),
-        info: body,
-        operation: info.operation.clone(),
-        owner_token: principal.token_id.clone(),
-        owner: if info.who.is_empty() {
-            principal.display()
-        } else {
-            format!("{} via {}", info.who, principal.display())
-        },
-    };
-    let (s, actor, detail) = (
-        stack.to_owned(),
-        principal.display(),
-        json!({"lock_id": info.id, "operation": info.operation, "who": info.who}),
-    );
-    // An approved run's apply goes before a plan of a token that can never write this stack
-    // (an agent's, a reader's): such a lock protects no write, and held without end (an agent
-    // that never unlocks) it would make every approved run fail at its lock timeout. The plan
-    // it served is stale once the apply writes, which the serial checks refuse later anyway.
-    let applying = principal.run_id.is_some() && !info.is_plan_only();
-    let settings = record.settings.clone();
-    let outcome = blocking(state, move |st| {
-        let first = st.lock(&s, new.clone(), NewAudit::ok(&actor, "lock", Some(&s), detail.clone()))?;
-        let LockOutcome::Held(holder) = &first else {
-            return Ok(first);
-        };
-        if !applying || !is_plan_of_a_non_writer(st, holder, &settings)? {
-            return Ok(first);
+        take_for_applying(state, principal, &record, info, body).await?
+    } else {
+        // One store call when the stack exists: its settings and the lock.
+        match take(state, principal, stack, &info, &body).await? {
+            Some(outcome) => outcome,
+            None => {
+                existing_stack(state, principal, stack).await?;
+                take(state, principal, stack, &info, &body)
+                    .await?
+                    .ok_or_else(|| ApiError::Internal("stack vanished".into()))?
+            }
         }
-        let preempt = NewAudit::ok(
-            &actor,
-            "lock.preempt",
-            Some(&s),
-            json!({"preempted_lock": holder.id, "holder": holder.owner, "operation": holder.operation}),
-        );
-        // Only that holder's lock: if it was released meanwhile (and its ID taken again), the
-        // lock below is refused as any other.
-        let by = UnlockBy::Holder {
-            lock_id: holder.id.clone(),
-            owner_token: holder.owner_token.clone(),
-        };
-        st.unlock(&s, by, preempt)?;
-        st.lock(&s, new, NewAudit::ok(&actor, "lock", Some(&s), detail))
-    })
-    .await??;
+    };
     match outcome {
         LockOutcome::Acquired => {
             state.metrics.lock();
@@ -397,6 +365,104 @@ async fn lock(
             Ok(resp)
         }
     }
+}
+
+/// The lock `info` (sent as `body`) asks `principal` to take, and its audit's detail.
+fn new_lock(principal: &Principal, info: &LockInfo, body: Vec<u8>) -> (NewLock, serde_json::Value) {
+    let new = NewLock {
+        id: info.id.clone(),
+        info: body,
+        operation: info.operation.clone(),
+        owner_token: principal.token_id.clone(),
+        owner: if info.who.is_empty() {
+            principal.display()
+        } else {
+            format!("{} via {}", info.who, principal.display())
+        },
+    };
+    let detail = json!({"lock_id": info.id, "operation": info.operation, "who": info.who});
+    (new, detail)
+}
+
+/// Takes the lock for a token that is not applying a run (a plan's lock, or a direct writer's),
+/// in one store call with the read of the stack's settings; `None` if there is no such stack.
+/// A lock for writing needs the stack's direct-write grant for the token's role.
+async fn take(
+    state: &Arc<AppState>,
+    principal: &Principal,
+    stack: &str,
+    info: &LockInfo,
+    body: &[u8],
+) -> ApiResult<Option<LockOutcome>> {
+    let (new, detail) = new_lock(principal, info, body.to_vec());
+    let (s, p, plan_only) = (stack.to_owned(), principal.clone(), info.is_plan_only());
+    let taken = blocking(state, move |st| {
+        let Some(record) = st.stack(&s)? else {
+            return Ok(None);
+        };
+        if !plan_only && !firewall::may_write_directly(&p, &record.settings) {
+            return Ok(Some(None));
+        }
+        let audit = NewAudit::ok(&p.display(), "lock", Some(&s), detail);
+        st.lock(&s, new, audit).map(|outcome| Some(Some(outcome)))
+    })
+    .await??;
+    match taken {
+        None => Ok(None),
+        Some(Some(outcome)) => Ok(Some(outcome)),
+        Some(None) => {
+            let r = Refusal::new(
+                RefusalKind::Forbidden,
+                format!(
+                    "lock refused: a {} token may lock stack {stack} only for planning (OperationTypePlan), and this lock is for {:?}. This token cannot change this stack's state: propose the change with `airlock plan` for human review instead",
+                    principal.role, info.operation
+                ),
+            );
+            Err(deny(state, principal, stack, "lock", r).await)
+        }
+    }
+}
+
+/// Takes the lock for a run-bound token applying its run (its gate is open).
+async fn take_for_applying(
+    state: &Arc<AppState>,
+    principal: &Principal,
+    record: &StackRecord,
+    info: LockInfo,
+    body: Vec<u8>,
+) -> ApiResult<LockOutcome> {
+    let (new, detail) = new_lock(principal, &info, body);
+    let (s, actor) = (record.name.clone(), principal.display());
+    // An approved run's apply goes before a plan of a token that can never write this stack
+    // (an agent's, a reader's): such a lock protects no write, and held without end (an agent
+    // that never unlocks) it would make every approved run fail at its lock timeout. The plan
+    // it served is stale once the apply writes, which the serial checks refuse later anyway.
+    let settings = record.settings.clone();
+    blocking(state, move |st| {
+        let first = st.lock(&s, new.clone(), NewAudit::ok(&actor, "lock", Some(&s), detail.clone()))?;
+        let LockOutcome::Held(holder) = &first else {
+            return Ok(first);
+        };
+        if !is_plan_of_a_non_writer(st, holder, &settings)? {
+            return Ok(first);
+        }
+        let preempt = NewAudit::ok(
+            &actor,
+            "lock.preempt",
+            Some(&s),
+            json!({"preempted_lock": holder.id, "holder": holder.owner, "operation": holder.operation}),
+        );
+        // Only that holder's lock: if it was released meanwhile (and its ID taken again), the
+        // lock below is refused as any other.
+        let by = UnlockBy::Holder {
+            lock_id: holder.id.clone(),
+            owner_token: holder.owner_token.clone(),
+        };
+        st.unlock(&s, by, preempt)?;
+        st.lock(&s, new, NewAudit::ok(&actor, "lock", Some(&s), detail))
+    })
+    .await?
+    .map_err(Into::into)
 }
 
 async fn unlock(
