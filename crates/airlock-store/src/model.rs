@@ -368,6 +368,95 @@ pub struct MintContext<'a> {
     pub recent_minted: u64,
     /// The transaction's time.
     pub now: i64,
+    /// The person a parentless token is minted for (none for a derived token, or a token that
+    /// is its own identity): judged by [`Person::may_receive`].
+    pub person: Option<&'a Person>,
+}
+
+/// What the store knows of a user a parentless token is minted for, read in the minting
+/// transaction under the user's mint lock (so two mints for one user are judged one after
+/// the other, on every engine and replica).
+#[derive(Debug, Clone)]
+pub struct Person {
+    /// The user's name.
+    pub name: String,
+    /// The admin token that mints, named by the new token's `created_by` ([`minter_id`]):
+    /// none for the operator (`airlock token create` offline, the bootstrap) and forge logins.
+    pub minter: Option<TokenRecord>,
+    /// Every parentless token the user was ever given (live, revoked or expired), each with the
+    /// token that minted it, when a token did. Derived tokens lie within their parent's scope.
+    pub tokens: Vec<(TokenRecord, Option<TokenRecord>)>,
+    /// How many forge logins the user has.
+    pub forge_logins: u64,
+}
+
+/// The token that minted a token, from its `created_by` as the server records a caller
+/// (`NAME (tok_…)`: the id is last, whatever the name holds). None for the operator's
+/// `offline (…)`, the bootstrap's `system` and a forge login's `oidc login via …`.
+pub fn minter_id(created_by: &str) -> Option<&str> {
+    let (_, id) = created_by.strip_suffix(')')?.rsplit_once(" (")?;
+    (id.starts_with(TOKEN_ID_PREFIX) && !id.contains([' ', '(', ')'])).then_some(id)
+}
+
+impl Person {
+    /// The rule for minting a token for a person, the one home of it: an admin token scoped to
+    /// stacks S mints only for its own user, or for a user all of whose tokens ever lie within
+    /// S, who has no forge login and is no forge trust's pipeline identity; and no token
+    /// beyond the scope of an admin scoped to S is minted for a user who holds a live token
+    /// that admin minted (whoever holds it could act, and spend the person's per-user limits,
+    /// as a person with wider rights): it is revoked first. `stacks` is the new token's scope
+    /// (empty: all stacks, as for a forge login, which decides approvals everywhere).
+    pub fn may_receive(&self, stacks: &[String], now: i64) -> Result<(), crate::StoreError> {
+        use airlock_core::glob::within_scope;
+        let forbidden = |m: String| Err(crate::StoreError::Forbidden(m));
+        if let Some(m) = self
+            .minter
+            .as_ref()
+            .filter(|m| !m.stacks.is_empty() && m.user != self.name)
+        {
+            let beyond = self
+                .tokens
+                .iter()
+                .find(|(t, _)| !within_scope(&m.stacks, &t.stacks));
+            let why = if let Some((t, _)) = beyond {
+                Some(format!("was given token {} for {}", t.id, scope_text(&t.stacks)))
+            } else if self.forge_logins > 0 {
+                Some("has forge logins, which decide approvals on all stacks".to_owned())
+            } else if self.name.starts_with(TRUST_ID_PREFIX) {
+                Some("is a forge trust's pipeline identity".to_owned())
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return forbidden(format!(
+                    "token {} ({}) is an admin scoped to stacks {:?}: it mints only for its own user and for users whose every token lies within that scope; user {} {why}, so only an admin token for all stacks may mint for {}",
+                    m.name, m.id, m.stacks, self.name, self.name
+                ));
+            }
+        }
+        let live = |t: &TokenRecord| t.revoked_at.is_none() && t.expires_at.is_none_or(|e| e > now);
+        if let Some((t, m)) = self.tokens.iter().find_map(|(t, m)| {
+            m.as_ref()
+                .filter(|m| live(t) && !m.stacks.is_empty() && !within_scope(&m.stacks, stacks))
+                .map(|m| (t, m))
+        }) {
+            return forbidden(format!(
+                "user {} holds live token {} ({}), minted by {} ({}), an admin scoped to stacks {:?}; whoever holds it could act, and spend {}'s per-user limits, as a person with rights beyond that scope: revoke it first (`airlock token revoke {}`), then give {} {}",
+                self.name, t.id, scope_text(&t.stacks), m.name, m.id, m.stacks, self.name, t.id, self.name,
+                if stacks.is_empty() { "rights on all stacks".to_owned() } else { format!("a token for {stacks:?}") }
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `stacks ["dev/*"]`, or `all stacks` for an empty scope.
+fn scope_text(stacks: &[String]) -> String {
+    if stacks.is_empty() {
+        "all stacks".to_owned()
+    } else {
+        format!("stacks {stacks:?}")
+    }
 }
 
 /// A removal grant: permission for one state write to drop specific instances.
@@ -586,7 +675,14 @@ impl NewToken {
     pub fn judge(mut self, ctx: MintContext<'_>) -> Result<NewToken, crate::StoreError> {
         use crate::StoreError;
         let Some(parent_id) = self.parent_id.clone() else {
-            if self.user == self.id || ctx.user_exists {
+            if self.user == self.id {
+                return self.within_mint_limit(&ctx);
+            }
+            if ctx.user_exists {
+                let person = ctx.person.ok_or_else(|| {
+                    StoreError::Backend(format!("user {} was not read before minting", self.user))
+                })?;
+                person.may_receive(&self.stacks, ctx.now)?;
                 return self.within_mint_limit(&ctx);
             }
             return Err(StoreError::NotFound(format!(
