@@ -18,9 +18,7 @@ pub fn within_scope(scope: &[String], requested: &[String]) -> bool {
     !requested.is_empty()
         && requested.iter().all(|g| {
             scope.iter().any(|c| {
-                c == g
-                    || (glob_match(c, g)
-                        && (!c.contains('?') || !g.contains(['*', '?'])))
+                c == g || (glob_match(c, g) && (!c.contains('?') || !g.contains(['*', '?'])))
             })
         })
 }

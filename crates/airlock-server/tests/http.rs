@@ -18,6 +18,8 @@
 //! - `read_stacks`: a plan-phase token's read stacks (`terraform_remote_state`): never wider than
 //!   its minter, state reads only.
 //! - `state_reuse`: a state write reads only the resource elements that changed.
+//! - `scoped_mint`: a stack-scoped admin mints only for people wholly within its scope, and a
+//!   person holding its tokens is not given rights beyond that scope until they are revoked.
 
 #[path = "http/attacks_review8.rs"]
 mod attacks_review8;
@@ -47,6 +49,8 @@ mod protocol;
 mod read_stacks;
 #[path = "http/run_uploads.rs"]
 mod run_uploads;
+#[path = "http/scoped_mint.rs"]
+mod scoped_mint;
 #[path = "http/serving.rs"]
 mod serving;
 #[path = "http/state_reuse.rs"]

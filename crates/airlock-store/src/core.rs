@@ -1394,8 +1394,12 @@ pub trait Engine: Send + Sync {
     fn read_snapshot<T, F: FnOnce(&mut dyn Sql) -> Result<T>>(&self, f: F) -> Result<T>;
 }
 
+/// Longest chain of minters read for one token (each was created before what it minted, so
+/// chains end; this bounds a corrupt one).
+const MAX_MINTER_CHAIN: usize = 32;
+
 /// What minting for `user` is judged on ([`Person::may_receive`]): its parentless tokens,
-/// each with the token that minted it, the minting token `minter` and its forge logins.
+/// each with its chain of minters, the minting token `minter` and its forge logins.
 fn person(db: &mut dyn Sql, user: &str, minter: Option<&str>) -> Result<Person> {
     let tokens = db
         .query(
@@ -1405,13 +1409,23 @@ fn person(db: &mut dyn Sql, user: &str, minter: Option<&str>) -> Result<Person> 
         .iter()
         .map(token_from_row)
         .collect::<Result<Vec<_>>>()?;
-    let mut with_minters = Vec::with_capacity(tokens.len());
+    let mut with_chains = Vec::with_capacity(tokens.len());
     for t in tokens {
-        let m = match minter_id(&t.created_by) {
-            Some(id) => token_by_id(db, id, false)?,
-            None => None,
-        };
-        with_minters.push((t, m));
+        let mut chain: Vec<TokenRecord> = Vec::new();
+        let mut next = minter_id(&t.created_by).map(str::to_owned);
+        while let Some(id) = next.take() {
+            if chain.len() == MAX_MINTER_CHAIN {
+                return Err(StoreError::Corrupt(format!(
+                    "token {}: its minters go on past {MAX_MINTER_CHAIN}",
+                    t.id
+                )));
+            }
+            if let Some(m) = token_by_id(db, &id, false)? {
+                next = minter_id(&m.created_by).map(str::to_owned);
+                chain.push(m);
+            }
+        }
+        with_chains.push((t, chain));
     }
     Ok(Person {
         name: user.to_owned(),
@@ -1419,7 +1433,7 @@ fn person(db: &mut dyn Sql, user: &str, minter: Option<&str>) -> Result<Person> 
             Some(id) => token_by_id(db, id, false)?,
             None => None,
         },
-        tokens: with_minters,
+        tokens: with_chains,
         forge_logins: count(
             db,
             "SELECT COUNT(*) FROM forge_logins WHERE user_name = $1",

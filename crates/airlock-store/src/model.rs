@@ -383,9 +383,10 @@ pub struct Person {
     /// The admin token that mints, named by the new token's `created_by` ([`minter_id`]):
     /// none for the operator (`airlock token create` offline, the bootstrap) and forge logins.
     pub minter: Option<TokenRecord>,
-    /// Every parentless token the user was ever given (live, revoked or expired), each with the
-    /// token that minted it, when a token did. Derived tokens lie within their parent's scope.
-    pub tokens: Vec<(TokenRecord, Option<TokenRecord>)>,
+    /// Every parentless token the user was ever given (live, revoked or expired), each with
+    /// the tokens that minted it: its minter, the minter's minter, and so on (whoever holds one
+    /// of them may have been handed its secret). Derived tokens lie within their parent's scope.
+    pub tokens: Vec<(TokenRecord, Vec<TokenRecord>)>,
     /// How many forge logins the user has.
     pub forge_logins: u64,
 }
@@ -399,33 +400,36 @@ pub fn minter_id(created_by: &str) -> Option<&str> {
 }
 
 impl Person {
-    /// The rule for minting a token for a person, the one home of it: an admin token scoped to
-    /// stacks S mints only for its own user, or for a user all of whose tokens ever lie within
-    /// S, who has no forge login and is no forge trust's pipeline identity; and no token
-    /// beyond the scope of an admin scoped to S is minted for a user who holds a live token
-    /// that admin minted (whoever holds it could act, and spend the person's per-user limits,
-    /// as a person with wider rights): it is revoked first. `stacks` is the new token's scope
-    /// (empty: all stacks, as for a forge login, which decides approvals everywhere).
+    /// The rule for minting a token for a person, its one home:
+    /// 1. an admin token scoped to stacks S mints only for its own user, or for a user all of
+    ///    whose tokens ever (revoked and expired ones too) lie within S and who has no forge
+    ///    login;
+    /// 2. no token beyond S is minted for a user holding a live token that another user's
+    ///    admin token scoped to S minted (directly, or through tokens it minted): whoever holds
+    ///    that admin token could act as, and spend the per-user limits of, a person with rights
+    ///    beyond S. It is revoked first.
+    ///
+    /// `stacks` is the new token's scope (empty: all stacks, as for a forge login, which
+    /// decides approvals everywhere).
     pub fn may_receive(&self, stacks: &[String], now: i64) -> Result<(), crate::StoreError> {
         use airlock_core::glob::within_scope;
         let forbidden = |m: String| Err(crate::StoreError::Forbidden(m));
-        if let Some(m) = self
-            .minter
-            .as_ref()
-            .filter(|m| !m.stacks.is_empty() && m.user != self.name)
-        {
+        let scoped_other = |m: &&TokenRecord| !m.stacks.is_empty() && m.user != self.name;
+        if let Some(m) = self.minter.as_ref().filter(scoped_other) {
             let beyond = self
                 .tokens
                 .iter()
                 .find(|(t, _)| !within_scope(&m.stacks, &t.stacks));
-            let why = if let Some((t, _)) = beyond {
-                Some(format!("was given token {} for {}", t.id, scope_text(&t.stacks)))
-            } else if self.forge_logins > 0 {
-                Some("has forge logins, which decide approvals on all stacks".to_owned())
-            } else if self.name.starts_with(TRUST_ID_PREFIX) {
-                Some("is a forge trust's pipeline identity".to_owned())
-            } else {
-                None
+            let why = match beyond {
+                Some((t, _)) => Some(format!(
+                    "was given token {} for {}",
+                    t.id,
+                    scope_text(&t.stacks)
+                )),
+                None if self.forge_logins > 0 => {
+                    Some("has forge logins, which decide approvals on all stacks".to_owned())
+                }
+                None => None,
             };
             if let Some(why) = why {
                 return forbidden(format!(
@@ -435,15 +439,26 @@ impl Person {
             }
         }
         let live = |t: &TokenRecord| t.revoked_at.is_none() && t.expires_at.is_none_or(|e| e > now);
-        if let Some((t, m)) = self.tokens.iter().find_map(|(t, m)| {
-            m.as_ref()
-                .filter(|m| live(t) && !m.stacks.is_empty() && !within_scope(&m.stacks, stacks))
-                .map(|m| (t, m))
-        }) {
+        let held = self
+            .tokens
+            .iter()
+            .filter(|(t, _)| live(t))
+            .find_map(|(t, chain)| {
+                chain
+                    .iter()
+                    .filter(scoped_other)
+                    .find(|m| !within_scope(&m.stacks, stacks))
+                    .map(|m| (t, m))
+            });
+        if let Some((t, m)) = held {
+            let wanted = if stacks.is_empty() {
+                "rights on all stacks".to_owned()
+            } else {
+                format!("a token for stacks {stacks:?}")
+            };
             return forbidden(format!(
-                "user {} holds live token {} ({}), minted by {} ({}), an admin scoped to stacks {:?}; whoever holds it could act, and spend {}'s per-user limits, as a person with rights beyond that scope: revoke it first (`airlock token revoke {}`), then give {} {}",
-                self.name, t.id, scope_text(&t.stacks), m.name, m.id, m.stacks, self.name, t.id, self.name,
-                if stacks.is_empty() { "rights on all stacks".to_owned() } else { format!("a token for {stacks:?}") }
+                "user {} holds live token {} ({}), minted through {} ({}), user {}'s admin token scoped to stacks {:?}; whoever holds that could act as, and spend the per-user limits of, {} with rights beyond that scope: revoke {} first (`airlock token revoke {}`), then give {} {wanted}",
+                self.name, t.id, scope_text(&t.stacks), m.name, m.id, m.user, m.stacks, self.name, t.id, t.id, self.name
             ));
         }
         Ok(())
