@@ -1480,7 +1480,7 @@ impl<E: Engine> Store for E {
                 count(db, "SELECT COUNT(*) FROM users WHERE name = $1", params![&user])? > 0;
             // A person's tokens are judged under the user's mint lock (taken once).
             let person = match (&parent, user_exists) {
-                (None, true) => {
+                (None, true) if is_person(&user) => {
                     if t.mint_limit.is_none() {
                         db.lock_user_mints(&user)?;
                     }

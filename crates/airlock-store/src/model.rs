@@ -391,6 +391,13 @@ pub struct Person {
     pub forge_logins: u64,
 }
 
+/// Whether a user is a person tokens are minted for by name ([`Person::may_receive`] judges
+/// those): every user but a forge trust's pipeline identity, whose tokens only its trust's
+/// logins mint ([`valid_user_name`] keeps its prefix out of every name a token names).
+pub fn is_person(user: &str) -> bool {
+    !user.starts_with(TRUST_ID_PREFIX)
+}
+
 /// The token that minted a token, from its `created_by` as the server records a caller
 /// (`NAME (tok_…)`: the id is last, whatever the name holds). None for the operator's
 /// `offline (…)`, the bootstrap's `system` and a forge login's `oidc login via …`.
@@ -694,10 +701,15 @@ impl NewToken {
                 return self.within_mint_limit(&ctx);
             }
             if ctx.user_exists {
-                let person = ctx.person.ok_or_else(|| {
-                    StoreError::Backend(format!("user {} was not read before minting", self.user))
-                })?;
-                person.may_receive(&self.stacks, ctx.now)?;
+                if is_person(&self.user) {
+                    let person = ctx.person.ok_or_else(|| {
+                        StoreError::Backend(format!(
+                            "user {} was not read before minting",
+                            self.user
+                        ))
+                    })?;
+                    person.may_receive(&self.stacks, ctx.now)?;
+                }
                 return self.within_mint_limit(&ctx);
             }
             return Err(StoreError::NotFound(format!(

@@ -1,7 +1,8 @@
 //! Token management (admin only): create (secret shown once), list, revoke.
 //!
 //! **Invariant:** a stack-scoped admin sees and revokes only tokens whose scope lies within
-//! its own ([`within_scope`]; a token for all stacks is outside every scoped admin's scope).
+//! its own ([`within_scope`]; a token for all stacks is outside every scoped admin's scope),
+//! and mints only for people wholly within it (the store judges that: [`judged`]).
 //! Every human token belongs to a user, so approvals count people, not tokens.
 
 use std::sync::Arc;
