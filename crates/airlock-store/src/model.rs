@@ -692,8 +692,9 @@ impl NewToken {
     /// The one home of the ownership and derivation rules, run by every engine inside the
     /// transaction that stores the token. A derived token must have a live parent that is not
     /// itself derived, belongs to the parent's user, expires no later than the parent, and
-    /// counts against the user's mint limit. Any other token belongs to an existing user or is
-    /// its own identity (user = its id).
+    /// counts against the user's mint limit. Any other token belongs to an existing user (a
+    /// person's is judged by [`Person::may_receive`]: who may mint for whom) or is its own
+    /// identity (user = its id).
     pub fn judge(mut self, ctx: MintContext<'_>) -> Result<NewToken, crate::StoreError> {
         use crate::StoreError;
         let Some(parent_id) = self.parent_id.clone() else {
