@@ -1409,6 +1409,8 @@ fn person(db: &mut dyn Sql, user: &str, minter: Option<&str>) -> Result<Person> 
         .iter()
         .map(token_from_row)
         .collect::<Result<Vec<_>>>()?;
+    // A user's tokens share a few minters: each is read once.
+    let mut minters: std::collections::HashMap<String, Option<TokenRecord>> = Default::default();
     let mut with_chains = Vec::with_capacity(tokens.len());
     for t in tokens {
         let mut chain: Vec<TokenRecord> = Vec::new();
@@ -1420,7 +1422,15 @@ fn person(db: &mut dyn Sql, user: &str, minter: Option<&str>) -> Result<Person> 
                     t.id
                 )));
             }
-            if let Some(m) = token_by_id(db, &id, false)? {
+            let m = match minters.get(&id) {
+                Some(m) => m.clone(),
+                None => {
+                    let m = token_by_id(db, &id, false)?;
+                    minters.insert(id, m.clone());
+                    m
+                }
+            };
+            if let Some(m) = m {
                 next = minter_id(&m.created_by).map(str::to_owned);
                 chain.push(m);
             }
