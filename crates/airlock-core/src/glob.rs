@@ -8,6 +8,21 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
     matches(pattern, text, Some('?'))
 }
 
+/// Does every stack `requested` covers fall inside `scope`? An empty list means all stacks.
+/// Conservative: a requested glob must be one of the scope's globs, or be matched as text by a
+/// scope glob without `?` (a `*` there covers whatever the requested glob's wildcards can).
+pub fn within_scope(scope: &[String], requested: &[String]) -> bool {
+    if scope.is_empty() {
+        return true;
+    }
+    !requested.is_empty()
+        && requested.iter().all(|g| {
+            scope.iter().any(|c| {
+                c == g || (glob_match(c, g) && (!c.contains('?') || !g.contains(['*', '?'])))
+            })
+        })
+}
+
 /// Whether `pattern` (an address, optionally with `*` globs; `?` is literal, as it may appear in
 /// a `for_each` key) covers `address`. A pattern without an index also covers every instance:
 /// `aws_s3_bucket.b` covers `aws_s3_bucket.b["x"]`, and a module address covers everything

@@ -40,6 +40,7 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound(m) => ApiError::new(RefusalKind::NotFound, m),
             StoreError::Conflict(m) => ApiError::new(RefusalKind::Conflict, m),
             StoreError::LimitReached(m) => ApiError::new(RefusalKind::TooManyRequests, m),
+            StoreError::Forbidden(m) => ApiError::new(RefusalKind::Forbidden, m),
             other => ApiError::Internal(other.to_string()),
         }
     }

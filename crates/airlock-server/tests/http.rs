@@ -19,6 +19,8 @@
 //!   its minter, state reads only.
 //! - `state_reuse`: a state write reads only the resource elements that changed.
 //! - `revoked_approvals`: an approval revoked while the apply starts never counts after it.
+//! - `scoped_mint`: a stack-scoped admin mints only for people wholly within its scope, and a
+//!   person holding its tokens is not given rights beyond that scope until they are revoked.
 
 #[path = "http/attacks_review8.rs"]
 mod attacks_review8;
@@ -50,6 +52,8 @@ mod read_stacks;
 mod revoked_approvals;
 #[path = "http/run_uploads.rs"]
 mod run_uploads;
+#[path = "http/scoped_mint.rs"]
+mod scoped_mint;
 #[path = "http/serving.rs"]
 mod serving;
 #[path = "http/state_reuse.rs"]

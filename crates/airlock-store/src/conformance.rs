@@ -80,6 +80,7 @@ pub fn run_all<S: StoreImport + StoreStats + 'static>(engine: &Arc<S>) {
     forge_token_uses(store.as_ref());
     concurrent_forge_token_uses_have_one_winner(&[store, store]);
     drift_states_of_many_stacks(engine.as_ref());
+    minting_for_a_person(store);
 }
 
 /// `drift_states` (one query for all stacks) on histories with chosen times, ties included:
@@ -3090,4 +3091,104 @@ pub fn histories_read_back(s: &dyn Store, written: &[(String, u64, Vec<u8>)]) {
         .unwrap();
     assert!(matches!(r, WriteResult::Stored(_)));
     assert_eq!(s.version_bytes(stack, serial + 1).unwrap(), next);
+}
+
+/// [`Person::may_receive`], judged inside the minting transaction: a stack-scoped admin mints
+/// only for users wholly within its scope (or itself); a user holding a token it minted is
+/// not given a token beyond its scope, nor a forge login; and a scoped admin's mint racing a
+/// wider one for the same user never lets both through.
+pub fn minting_for_a_person(store: &Arc<dyn Store>) {
+    let s = store.as_ref();
+    let user = |name: &str| {
+        s.create_user(
+            NewUser {
+                name: name.into(),
+                created_by: "test".into(),
+                forge_logins: Vec::new(),
+            },
+            audit("user.create"),
+        )
+        .unwrap();
+    };
+    // `by` mints (its created_by names it, as the server's does); None: the operator.
+    let mint = |id: &str, user: &str, stacks: &[&str], by: Option<&str>| {
+        let mut t = new_token(id, user, None, None);
+        t.stacks = stacks.iter().map(|g| (*g).to_owned()).collect();
+        t.created_by = by.map_or_else(
+            || "offline (uid 0 on host)".into(),
+            |b| format!("minter ({b})"),
+        );
+        s.create_token(t, audit("token.create"))
+    };
+    user("pm-dave");
+    mint("tok_pm_root", "pm-dave", &[], None).unwrap();
+    mint("tok_pm_dev", "pm-dave", &["pmdev/*"], Some("tok_pm_root")).unwrap();
+    // Beyond the scoped admin: a user once given a wider token (revoked now), or a forge login.
+    user("pm-alice");
+    mint("tok_pm_a1", "pm-alice", &["pmprod/*"], Some("tok_pm_root")).unwrap();
+    s.revoke_token("tok_pm_a1", audit("token.revoke")).unwrap();
+    let r = mint("tok_pm_a2", "pm-alice", &["pmdev/*"], Some("tok_pm_dev"));
+    assert!(
+        matches!(&r, Err(StoreError::Forbidden(m)) if m.contains("only an admin token for all stacks")),
+        "{r:?}"
+    );
+    assert!(s.token("tok_pm_a2").unwrap().is_none());
+    user("pm-bob");
+    s.add_forge_login("pm-bob", "github:pm-bob", audit("user.forge_login"))
+        .unwrap();
+    let r = mint("tok_pm_b1", "pm-bob", &["pmdev/*"], Some("tok_pm_dev"));
+    assert!(
+        matches!(&r, Err(StoreError::Forbidden(m)) if m.contains("forge logins")),
+        "{r:?}"
+    );
+    // Within it: a new user, and the admin's own user (a prod person too).
+    user("pm-erin");
+    mint("tok_pm_e1", "pm-erin", &["pmdev/app"], Some("tok_pm_dev")).unwrap();
+    mint("tok_pm_d1", "pm-dave", &["pmprod/*"], None).unwrap();
+    mint("tok_pm_d2", "pm-dave", &["pmdev/*"], Some("tok_pm_dev")).unwrap();
+    // Erin holds the scoped admin's token: nothing beyond its scope until it is revoked,
+    // whoever mints (the operator too).
+    for stacks in [&["pmprod/*"][..], &[]] {
+        let r = mint("tok_pm_e2", "pm-erin", stacks, None);
+        assert!(
+            matches!(&r, Err(StoreError::Forbidden(m)) if m.contains("revoke tok_pm_e1 first")),
+            "{r:?}"
+        );
+    }
+    let r = s.add_forge_login("pm-erin", "github:pm-erin", audit("user.forge_login"));
+    assert!(matches!(r, Err(StoreError::Forbidden(_))), "{r:?}");
+    mint("tok_pm_e3", "pm-erin", &["pmdev/web"], Some("tok_pm_root")).unwrap();
+    s.revoke_token("tok_pm_e1", audit("token.revoke")).unwrap();
+    mint("tok_pm_e2", "pm-erin", &["pmprod/*"], Some("tok_pm_root")).unwrap();
+    s.add_forge_login("pm-erin", "github:pm-erin", audit("user.forge_login"))
+        .unwrap();
+    // A race: the scoped admin's mint and a wider one for one user; one wins, never both.
+    for round in 0..8 {
+        let name = format!("pm-race-{round}");
+        user(&name);
+        let start = Arc::new(std::sync::Barrier::new(2));
+        let threads: Vec<_> = [("pmdev/*", "tok_pm_dev"), ("pmprod/*", "tok_pm_root")]
+            .into_iter()
+            .enumerate()
+            .map(|(i, (stacks, by))| {
+                let (s, start, name) = (Arc::clone(store), Arc::clone(&start), name.clone());
+                std::thread::spawn(move || {
+                    let mut t = new_token(&format!("tok_pm_r{round}_{i}"), &name, None, None);
+                    t.stacks = vec![stacks.to_owned()];
+                    t.created_by = format!("minter ({by})");
+                    start.wait();
+                    s.create_token(t, audit("token.create"))
+                })
+            })
+            .collect();
+        let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let won = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(won, 1, "round {round}: {results:?}");
+        assert!(
+            results
+                .iter()
+                .all(|r| r.is_ok() || matches!(r, Err(StoreError::Forbidden(_)))),
+            "round {round}: {results:?}"
+        );
+    }
 }

@@ -1424,6 +1424,64 @@ pub trait Engine: Send + Sync {
     fn read_snapshot<T, F: FnOnce(&mut dyn Sql) -> Result<T>>(&self, f: F) -> Result<T>;
 }
 
+/// Longest chain of minters read for one token (each was created before what it minted, so
+/// chains end; this bounds a corrupt one).
+const MAX_MINTER_CHAIN: usize = 32;
+
+/// What minting for `user` is judged on ([`Person::may_receive`]): its parentless tokens,
+/// each with its chain of minters, the minting token `minter` and its forge logins.
+fn person(db: &mut dyn Sql, user: &str, minter: Option<&str>) -> Result<Person> {
+    let tokens = db
+        .query(
+            &format!("SELECT {TOKEN_COLS} FROM tokens WHERE user_name = $1 AND parent_id IS NULL ORDER BY created_at, id"),
+            params![user],
+        )?
+        .iter()
+        .map(token_from_row)
+        .collect::<Result<Vec<_>>>()?;
+    // A user's tokens share a few minters: each is read once.
+    let mut minters: std::collections::HashMap<String, Option<TokenRecord>> = Default::default();
+    let mut with_chains = Vec::with_capacity(tokens.len());
+    for t in tokens {
+        let mut chain: Vec<TokenRecord> = Vec::new();
+        let mut next = minter_id(&t.created_by).map(str::to_owned);
+        while let Some(id) = next.take() {
+            if chain.len() == MAX_MINTER_CHAIN {
+                return Err(StoreError::Corrupt(format!(
+                    "token {}: its minters go on past {MAX_MINTER_CHAIN}",
+                    t.id
+                )));
+            }
+            let m = match minters.get(&id) {
+                Some(m) => m.clone(),
+                None => {
+                    let m = token_by_id(db, &id, false)?;
+                    minters.insert(id, m.clone());
+                    m
+                }
+            };
+            if let Some(m) = m {
+                next = minter_id(&m.created_by).map(str::to_owned);
+                chain.push(m);
+            }
+        }
+        with_chains.push((t, chain));
+    }
+    Ok(Person {
+        name: user.to_owned(),
+        minter: match minter {
+            Some(id) => token_by_id(db, id, false)?,
+            None => None,
+        },
+        tokens: with_chains,
+        forge_logins: count(
+            db,
+            "SELECT COUNT(*) FROM forge_logins WHERE user_name = $1",
+            params![user],
+        )?,
+    })
+}
+
 impl<E: Engine> Store for E {
     fn engine(&self) -> &'static str {
         E::NAME
@@ -1460,11 +1518,22 @@ impl<E: Engine> Store for E {
             };
             let user_exists =
                 count(db, "SELECT COUNT(*) FROM users WHERE name = $1", params![&user])? > 0;
+            // A person's tokens are judged under the user's mint lock (taken once).
+            let person = match (&parent, user_exists) {
+                (None, true) if is_person(&user) => {
+                    if t.mint_limit.is_none() {
+                        db.lock_user_mints(&user)?;
+                    }
+                    Some(person(db, &user, minter_id(&t.created_by))?)
+                }
+                _ => None,
+            };
             let t = t.judge(MintContext {
                 parent: parent.as_ref(),
                 user_exists,
                 recent_minted,
                 now,
+                person: person.as_ref(),
             })?;
             db.execute(
                 "INSERT INTO tokens (id, secret_hash, name, role, stacks, created_at, expires_at, created_by, run_id, user_name, parent_id, read_stacks) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
@@ -1578,6 +1647,10 @@ impl<E: Engine> Store for E {
             if record.forge_logins.contains(&login) {
                 return Ok(record);
             }
+            // A forge login decides approvals on all stacks: judged like a token for all
+            // stacks, under the user's mint lock.
+            db.lock_user_mints(user)?;
+            person(db, user, None)?.may_receive(&[], now_ms())?;
             insert_forge_login(db, user, &login, now_ms(), &audit.actor)?;
             append_audit(db, &audit)?;
             user_row(db, user)?.ok_or_else(|| StoreError::NotFound(format!("user {user}")))

@@ -43,6 +43,9 @@ pub enum StoreError {
     LimitReached(String),
     /// The database failed.
     Backend(String),
+    /// The caller may not do this (e.g. a stack-scoped admin minting for a person beyond its
+    /// scope); the message says why and who may.
+    Forbidden(String),
 }
 
 impl fmt::Display for StoreError {
@@ -53,6 +56,7 @@ impl fmt::Display for StoreError {
             StoreError::Corrupt(m) => write!(f, "stored data is corrupt: {m}"),
             StoreError::LimitReached(m) => write!(f, "limit reached: {m}"),
             StoreError::Backend(m) => write!(f, "database error: {m}"),
+            StoreError::Forbidden(m) => write!(f, "forbidden: {m}"),
         }
     }
 }

@@ -383,6 +383,117 @@ pub struct MintContext<'a> {
     pub recent_minted: u64,
     /// The transaction's time.
     pub now: i64,
+    /// The person a parentless token is minted for (none for a derived token, or a token that
+    /// is its own identity): judged by [`Person::may_receive`].
+    pub person: Option<&'a Person>,
+}
+
+/// What the store knows of a user a parentless token is minted for, read in the minting
+/// transaction under the user's mint lock (so two mints for one user are judged one after
+/// the other, on every engine and replica).
+#[derive(Debug, Clone)]
+pub struct Person {
+    /// The user's name.
+    pub name: String,
+    /// The admin token that mints, named by the new token's `created_by` ([`minter_id`]):
+    /// none for the operator (`airlock token create` offline, the bootstrap) and forge logins.
+    pub minter: Option<TokenRecord>,
+    /// Every parentless token the user was ever given (live, revoked or expired), each with
+    /// the tokens that minted it: its minter, the minter's minter, and so on (whoever holds one
+    /// of them may have been handed its secret). Derived tokens lie within their parent's scope.
+    pub tokens: Vec<(TokenRecord, Vec<TokenRecord>)>,
+    /// How many forge logins the user has.
+    pub forge_logins: u64,
+}
+
+/// Whether a user is a person tokens are minted for by name ([`Person::may_receive`] judges
+/// those): every user but a forge trust's pipeline identity, whose tokens only its trust's
+/// logins mint ([`valid_user_name`] keeps its prefix out of every name a token names).
+pub fn is_person(user: &str) -> bool {
+    !user.starts_with(TRUST_ID_PREFIX)
+}
+
+/// The token that minted a token, from its `created_by` as the server records a caller
+/// (`NAME (tok_…)`: the id is last, whatever the name holds). None for the operator's
+/// `offline (…)`, the bootstrap's `system` and a forge login's `oidc login via …`.
+pub fn minter_id(created_by: &str) -> Option<&str> {
+    let (_, id) = created_by.strip_suffix(')')?.rsplit_once(" (")?;
+    (id.starts_with(TOKEN_ID_PREFIX) && !id.contains([' ', '(', ')'])).then_some(id)
+}
+
+impl Person {
+    /// The rule for minting a token for a person, its one home:
+    /// 1. an admin token scoped to stacks S mints only for its own user, or for a user all of
+    ///    whose tokens ever (revoked and expired ones too) lie within S and who has no forge
+    ///    login;
+    /// 2. no token beyond S is minted for a user holding a live token that another user's
+    ///    admin token scoped to S minted (directly, or through tokens it minted): whoever holds
+    ///    that admin token could act as, and spend the per-user limits of, a person with rights
+    ///    beyond S. It is revoked first.
+    ///
+    /// `stacks` is the new token's scope (empty: all stacks, as for a forge login, which
+    /// decides approvals everywhere).
+    pub fn may_receive(&self, stacks: &[String], now: i64) -> Result<(), crate::StoreError> {
+        use airlock_core::glob::within_scope;
+        let forbidden = |m: String| Err(crate::StoreError::Forbidden(m));
+        let scoped_other = |m: &&TokenRecord| !m.stacks.is_empty() && m.user != self.name;
+        if let Some(m) = self.minter.as_ref().filter(scoped_other) {
+            let beyond = self
+                .tokens
+                .iter()
+                .find(|(t, _)| !within_scope(&m.stacks, &t.stacks));
+            let why = match beyond {
+                Some((t, _)) => Some(format!(
+                    "was given token {} for {}",
+                    t.id,
+                    scope_text(&t.stacks)
+                )),
+                None if self.forge_logins > 0 => {
+                    Some("has forge logins, which decide approvals on all stacks".to_owned())
+                }
+                None => None,
+            };
+            if let Some(why) = why {
+                return forbidden(format!(
+                    "token {} ({}) is an admin scoped to stacks {:?}: it mints only for its own user and for users whose every token lies within that scope; user {} {why}, so only an admin token for all stacks may mint for {}",
+                    m.name, m.id, m.stacks, self.name, self.name
+                ));
+            }
+        }
+        let live = |t: &TokenRecord| t.revoked_at.is_none() && t.expires_at.is_none_or(|e| e > now);
+        let held = self
+            .tokens
+            .iter()
+            .filter(|(t, _)| live(t))
+            .find_map(|(t, chain)| {
+                chain
+                    .iter()
+                    .filter(scoped_other)
+                    .find(|m| !within_scope(&m.stacks, stacks))
+                    .map(|m| (t, m))
+            });
+        if let Some((t, m)) = held {
+            let wanted = if stacks.is_empty() {
+                "rights on all stacks".to_owned()
+            } else {
+                format!("a token for stacks {stacks:?}")
+            };
+            return forbidden(format!(
+                "user {} holds live token {} ({}), minted through {} ({}), user {}'s admin token scoped to stacks {:?}; whoever holds that could act as, and spend the per-user limits of, {} with rights beyond that scope: revoke {} first (`airlock token revoke {}`), then give {} {wanted}",
+                self.name, t.id, scope_text(&t.stacks), m.name, m.id, m.user, m.stacks, self.name, t.id, t.id, self.name
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `stacks ["dev/*"]`, or `all stacks` for an empty scope.
+fn scope_text(stacks: &[String]) -> String {
+    if stacks.is_empty() {
+        "all stacks".to_owned()
+    } else {
+        format!("stacks {stacks:?}")
+    }
 }
 
 /// A removal grant: permission for one state write to drop specific instances.
@@ -608,12 +719,25 @@ impl NewToken {
     /// The one home of the ownership and derivation rules, run by every engine inside the
     /// transaction that stores the token. A derived token must have a live parent that is not
     /// itself derived, belongs to the parent's user, expires no later than the parent, and
-    /// counts against the user's mint limit. Any other token belongs to an existing user or is
-    /// its own identity (user = its id).
+    /// counts against the user's mint limit. Any other token belongs to an existing user (a
+    /// person's is judged by [`Person::may_receive`]: who may mint for whom) or is its own
+    /// identity (user = its id).
     pub fn judge(mut self, ctx: MintContext<'_>) -> Result<NewToken, crate::StoreError> {
         use crate::StoreError;
         let Some(parent_id) = self.parent_id.clone() else {
-            if self.user == self.id || ctx.user_exists {
+            if self.user == self.id {
+                return self.within_mint_limit(&ctx);
+            }
+            if ctx.user_exists {
+                if is_person(&self.user) {
+                    let person = ctx.person.ok_or_else(|| {
+                        StoreError::Backend(format!(
+                            "user {} was not read before minting",
+                            self.user
+                        ))
+                    })?;
+                    person.may_receive(&self.stacks, ctx.now)?;
+                }
                 return self.within_mint_limit(&ctx);
             }
             return Err(StoreError::NotFound(format!(

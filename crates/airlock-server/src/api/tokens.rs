@@ -1,7 +1,8 @@
 //! Token management (admin only): create (secret shown once), list, revoke.
 //!
 //! **Invariant:** a stack-scoped admin sees and revokes only tokens whose scope lies within
-//! its own ([`within_scope`]; a token for all stacks is outside every scoped admin's scope).
+//! its own ([`within_scope`]; a token for all stacks is outside every scoped admin's scope),
+//! and mints only for people wholly within it (the store judges that: [`judged`]).
 //! Every human token belongs to a user, so approvals count people, not tokens.
 
 use std::sync::Arc;
@@ -43,22 +44,9 @@ pub fn valid_glob(g: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-/*?".contains(&b))
 }
 
-/// Does every stack `requested` covers fall inside `scope`? An empty list means all stacks.
-/// Conservative: a requested glob must be one of the scope's globs, or be matched as text by a
-/// scope glob without `?` (a `*` there covers whatever the requested glob's wildcards can).
-pub fn within_scope(scope: &[String], requested: &[String]) -> bool {
-    if scope.is_empty() {
-        return true;
-    }
-    !requested.is_empty()
-        && requested.iter().all(|g| {
-            scope.iter().any(|c| {
-                c == g
-                    || (airlock_core::glob::glob_match(c, g)
-                        && (!c.contains('?') || !g.contains(['*', '?'])))
-            })
-        })
-}
+/// Does every stack `requested` covers fall inside `scope`? (The one rule, in `airlock_core`:
+/// the store judges minting for a person with it too.)
+pub use airlock_core::glob::within_scope;
 
 /// `POST /api/v1/tokens`.
 pub async fn create(
@@ -135,11 +123,38 @@ pub async fn create(
         None,
         json!({"token": generated.id, "name": name, "role": role, "stacks": req.stacks, "expires_at": expires_at, "user": user, "by_user": p.user}),
     );
-    let record = store_call(&state, move |st| st.create_token(new, audit)).await?;
+    let detail = json!({"token": generated.id, "role": role, "stacks": req.stacks, "user": user});
+    let record = judged(&state, &p, "token.create", detail, move |st| {
+        st.create_token(new, audit)
+    })
+    .await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({ "token": record, "secret": generated.secret })),
     ))
+}
+
+/// A store call that may be refused for whom it gives rights to ([`airlock_store::Person`]:
+/// minting for a person, giving a person a forge login): such a refusal (403) is audited as a
+/// denied `action` by `p`, with `detail` and the reason, like the router's refusals.
+pub async fn judged<T: Send + 'static>(
+    state: &Arc<AppState>,
+    p: &Principal,
+    action: &str,
+    mut detail: Value,
+    f: impl FnOnce(&dyn airlock_store::Store) -> airlock_store::Result<T> + Send + 'static,
+) -> ApiResult<T> {
+    let result = store_call(state, f).await;
+    if let Err(ApiError::Refused(r)) = &result {
+        if r.kind == RefusalKind::Forbidden {
+            detail["reason"] = json!(r.message);
+            detail["status"] = json!(403);
+            let denied = NewAudit::denied(&p.display(), action, None, detail);
+            // The refusal stands whether or not its audit event could be written.
+            let _ = store_call(state, move |st| st.append_audit(denied)).await;
+        }
+    }
+    result
 }
 
 /// `GET /api/v1/tokens` (hashes never leave the store): only tokens within the caller's scope.

@@ -127,6 +127,10 @@ pub async fn add_forge_login(
         None,
         json!({"user": name, "forge_login": login, "by_user": p.user}),
     );
-    let user = store_call(&state, move |st| st.add_forge_login(&name, &login, audit)).await?;
+    let detail = json!({"user": name, "forge_login": login});
+    let user = super::tokens::judged(&state, &p, "user.forge_login", detail, move |st| {
+        st.add_forge_login(&name, &login, audit)
+    })
+    .await?;
     Ok(Json(json!({ "user": user })))
 }
