@@ -66,6 +66,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         16,
         include_str!("../migrations/postgres/0016_runs_author_user.sql"),
     ),
+    (
+        17,
+        include_str!("../migrations/postgres/0017_tokens_of_persons.sql"),
+    ),
 ];
 
 /// Transaction-scoped advisory lock keys ("airlock" in ASCII, then a number). Being

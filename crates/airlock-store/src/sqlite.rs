@@ -74,6 +74,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         16,
         include_str!("../migrations/sqlite/0016_runs_author_user.sql"),
     ),
+    (
+        17,
+        include_str!("../migrations/sqlite/0017_tokens_of_persons.sql"),
+    ),
 ];
 // Enough idle readers for a burst of concurrent GETs without reopening connections.
 const MAX_IDLE_READERS: usize = 32;

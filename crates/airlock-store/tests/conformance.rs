@@ -162,7 +162,7 @@ fn postgres_replicas_migrate_at_once() {
         .unwrap();
     assert_eq!(
         rows.iter().map(|r| r.get::<_, i64>(0)).collect::<Vec<_>>(),
-        [1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 13, 14, 15, 16]
+        [1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 13, 14, 15, 16, 17]
     );
 }
 
