@@ -289,6 +289,22 @@ pub async fn post(
     req: Request,
 ) -> Response {
     let (parts, body) = req.into_parts();
+    // The message is read before any refusal (at most `MAX_MESSAGE`): a refusal sent while part of the
+    // body is still on its way closes the connection, and a client that sends its next request
+    // on it (the SDK's fallback from `server/discover` to `initialize` does) sees the server
+    // hang up without an answer.
+    let bytes = match crate::stacks::read_body(body, MAX_MESSAGE).await {
+        Ok(b) => b,
+        Err(e) => {
+            let status = if e.is_too_large() {
+                StatusCode::PAYLOAD_TOO_LARGE
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            let message = format!("message refused: at most {MAX_MESSAGE} bytes per message");
+            return json_response(status, &error(Value::Null, INVALID_REQUEST, message));
+        }
+    };
     if let Err(why) = origin_allowed(&state, &parts.headers) {
         return json_response(
             StatusCode::FORBIDDEN,
@@ -323,18 +339,6 @@ pub async fn post(
             ),
         );
     }
-    let bytes = match crate::stacks::read_body(body, MAX_MESSAGE).await {
-        Ok(b) => b,
-        Err(e) => {
-            let status = if e.is_too_large() {
-                StatusCode::PAYLOAD_TOO_LARGE
-            } else {
-                StatusCode::BAD_REQUEST
-            };
-            let message = format!("message refused: at most {MAX_MESSAGE} bytes per message");
-            return json_response(status, &error(Value::Null, INVALID_REQUEST, message));
-        }
-    };
     let msg: Value = match serde_json::from_slice(&bytes) {
         Ok(v) => v,
         Err(e) => {

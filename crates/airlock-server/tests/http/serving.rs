@@ -359,3 +359,44 @@ async fn lock_info_with_control_characters_is_refused_and_verbatim_otherwise() {
     r.expect(423);
     assert_eq!(r.body, fine.as_bytes());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mcp_message_refused_for_its_headers_leaves_the_connection_usable() {
+    // The MCP Python SDK opens with `server/discover` under a protocol version this server does
+    // not speak, and sends `initialize` on the same connection when refused. A refusal sent
+    // before the message's body had arrived closed the connection under the client (the
+    // suite's SDK test failed so under load: "server disconnected without sending a response").
+    let l = live(ServerConfig::default()).await;
+    let agent = l.s.role_token(Role::Agent);
+    let message = br#"{"jsonrpc":"2.0","id":1,"method":"server/discover"}"#;
+    let head = format!(
+        "POST /mcp HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMCP-Protocol-Version: 2099-01-01\r\nContent-Length: {}",
+        agent.secret,
+        message.len()
+    );
+    // The header first, the body a moment later (as a loaded client's second write).
+    let mut tcp = send_partial(l.addr, &head, b"").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tcp.write_all(message).await.unwrap();
+    let r = read_response(&mut tcp, Duration::from_secs(5))
+        .await
+        .expect("an answer to the refused message");
+    assert_eq!(r.status, 400, "{r:?}");
+    let ping = br#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#;
+    let next = format!(
+        "POST /mcp HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nAccept: application/json\r\nContent-Length: {}\r\n\r\n",
+        agent.secret,
+        ping.len()
+    );
+    // The next request on the same connection is answered.
+    let sent = async {
+        tcp.write_all(next.as_bytes()).await?;
+        tcp.write_all(ping).await
+    };
+    let answer = match sent.await {
+        Ok(()) => read_response(&mut tcp, Duration::from_secs(5)).await,
+        Err(_) => None,
+    };
+    let answer = answer.expect("the connection was closed under the client");
+    assert_eq!(answer.status, 200, "{answer:?}");
+}
