@@ -75,22 +75,38 @@ pub async fn existing_stack(
     }
 }
 
+/// Runs `op`, store work on `stack` that answers `None` when there is no such stack; then the
+/// stack is refused as unknown or created (`--auto-create-stacks`, by this request or, racing
+/// it, by another) by [`existing_stack`], and `op` runs once more. An existing stack, the
+/// common case, costs `op` alone.
+pub async fn on_existing_stack<T, Fut>(
+    state: &Arc<AppState>,
+    principal: &Principal,
+    stack: &str,
+    op: impl Fn() -> Fut,
+) -> ApiResult<T>
+where
+    Fut: std::future::Future<Output = ApiResult<Option<T>>>,
+{
+    if let Some(done) = op().await? {
+        return Ok(done);
+    }
+    existing_stack(state, principal, stack).await?;
+    op().await?
+        .ok_or_else(|| ApiError::Internal("stack vanished".into()))
+}
+
 /// [`existing_stack`] and the stack's current lock, read together (one store call).
 pub async fn existing_stack_with_lock(
     state: &Arc<AppState>,
     principal: &Principal,
     name: &str,
 ) -> ApiResult<(StackRecord, Option<LockRecord>)> {
-    let n = name.to_owned();
-    if let Some(found) = blocking(state, move |st| st.stack_with_lock(&n)).await?? {
-        return Ok(found);
-    }
-    // Unknown: refused, or auto-created (by this request or, racing it, by another that may
-    // have locked it since).
-    let record = existing_stack(state, principal, name).await?;
-    let n = name.to_owned();
-    let lock = blocking(state, move |st| st.current_lock(&n)).await??;
-    Ok((record, lock))
+    on_existing_stack(state, principal, name, || {
+        let n = name.to_owned();
+        async move { Ok(blocking(state, move |st| st.stack_with_lock(&n)).await??) }
+    })
+    .await
 }
 
 /// Audits a refusal about `stack` under `action`, and returns it as the response error.

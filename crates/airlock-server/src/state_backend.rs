@@ -25,8 +25,8 @@ use crate::auth::{Principal, RequestStack};
 use crate::error::{ApiError, ApiResult};
 use crate::firewall;
 use crate::stacks::{
-    blocking, deny, existing_stack, existing_stack_with_lock, firewalled_write, read_body,
-    WriteKindOwned,
+    blocking, deny, existing_stack, existing_stack_with_lock, firewalled_write, on_existing_stack,
+    read_body, WriteKindOwned,
 };
 use crate::AppState;
 
@@ -320,15 +320,11 @@ async fn lock(
         take_for_applying(state, principal, &record, info, body).await?
     } else {
         // One store call when the stack exists: its settings and the lock.
-        match take(state, principal, stack, &info, &body).await? {
-            Some(outcome) => outcome,
-            None => {
-                existing_stack(state, principal, stack).await?;
-                take(state, principal, stack, &info, &body)
-                    .await?
-                    .ok_or_else(|| ApiError::Internal("stack vanished".into()))?
-            }
-        }
+        let (info, body) = (&info, &body);
+        on_existing_stack(state, principal, stack, || {
+            take(state, principal, stack, info, body)
+        })
+        .await?
     };
     match outcome {
         LockOutcome::Acquired => {
@@ -485,17 +481,10 @@ async fn unlock(
         }
     };
     // One store call when the stack exists: the release, whose transaction checks the holder.
-    let outcome = match release(state, principal, stack, &by).await? {
-        Some(outcome) => outcome,
-        None => {
-            // Unknown: refused, or auto-created (by this request or, racing it, by another
-            // that may have locked it since).
-            existing_stack(state, principal, stack).await?;
-            release(state, principal, stack, &by)
-                .await?
-                .ok_or_else(|| ApiError::Internal("stack vanished".into()))?
-        }
-    };
+    let outcome = on_existing_stack(state, principal, stack, || {
+        release(state, principal, stack, &by)
+    })
+    .await?;
     match outcome {
         UnlockOutcome::Released(_) | UnlockOutcome::NotLocked => Ok(StatusCode::OK.into_response()),
         UnlockOutcome::Mismatch(holder) => match &by {

@@ -289,10 +289,10 @@ pub async fn post(
     req: Request,
 ) -> Response {
     let (parts, body) = req.into_parts();
-    // The message is read before any refusal (at most `MAX_MESSAGE`): a refusal sent while part of the
-    // body is still on its way closes the connection, and a client that sends its next request
-    // on it (the SDK's fallback from `server/discover` to `initialize` does) sees the server
-    // hang up without an answer.
+    // The message (at most `MAX_MESSAGE`) is read before any refusal: a refusal sent while part
+    // of the body is still on its way closes the connection, and a client that sends its next
+    // request on it (the SDK's fallback from `server/discover` to `initialize` does) sees the
+    // server hang up without an answer.
     let bytes = match crate::stacks::read_body(body, MAX_MESSAGE).await {
         Ok(b) => b,
         Err(e) => {
