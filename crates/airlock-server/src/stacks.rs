@@ -29,6 +29,22 @@ pub async fn blocking<T: Send + 'static>(
         .map_err(|e| ApiError::Internal(format!("store task failed: {e}")))
 }
 
+/// Runs a short store call (a few rows read, at most one lock change, nothing durable) in
+/// place when the store can finish it without waiting, else like [`blocking`]: on SQLite, a
+/// lock + write + unlock cycle makes three of its four store calls without handing them to
+/// another thread (`airlock_store::in_place`). `f` may run twice: in place until a step of it
+/// would wait, then again from the start off the runtime, so it may only read before its one
+/// store change.
+pub async fn short<T: Send + 'static>(
+    state: &Arc<AppState>,
+    f: impl Fn(&dyn Store) -> T + Send + 'static,
+) -> ApiResult<T> {
+    if let Some(out) = airlock_store::in_place::run(|| f(state.store.as_ref())) {
+        return Ok(out);
+    }
+    blocking(state, f).await
+}
+
 /// Loads the stack, creating it when the server runs with `--auto-create-stacks`.
 pub async fn existing_stack(
     state: &Arc<AppState>,
@@ -104,7 +120,7 @@ pub async fn existing_stack_with_lock(
 ) -> ApiResult<(StackRecord, Option<LockRecord>)> {
     on_existing_stack(state, principal, name, || {
         let n = name.to_owned();
-        async move { Ok(blocking(state, move |st| st.stack_with_lock(&n)).await??) }
+        async move { Ok(short(state, move |st| st.stack_with_lock(&n)).await??) }
     })
     .await
 }

@@ -26,7 +26,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::firewall;
 use crate::stacks::{
     blocking, deny, existing_stack, existing_stack_with_lock, firewalled_write, on_existing_stack,
-    read_body, WriteKindOwned,
+    read_body, short, WriteKindOwned,
 };
 use crate::AppState;
 
@@ -392,15 +392,16 @@ async fn take(
 ) -> ApiResult<Option<LockOutcome>> {
     let (new, detail) = new_lock(principal, info, body.to_vec());
     let (s, p, plan_only) = (stack.to_owned(), principal.clone(), info.is_plan_only());
-    let taken = blocking(state, move |st| {
+    let taken = short(state, move |st| {
         let Some(record) = st.stack(&s)? else {
             return Ok(None);
         };
         if !plan_only && !firewall::may_write_directly(&p, &record.settings) {
             return Ok(Some(None));
         }
-        let audit = NewAudit::ok(&p.display(), "lock", Some(&s), detail);
-        st.lock(&s, new, audit).map(|outcome| Some(Some(outcome)))
+        let audit = NewAudit::ok(&p.display(), "lock", Some(&s), detail.clone());
+        st.lock(&s, new.clone(), audit)
+            .map(|outcome| Some(Some(outcome)))
     })
     .await??;
     match taken {
@@ -548,8 +549,12 @@ async fn release(
         "unlock"
     };
     let (s, actor, by) = (stack.to_owned(), principal.display(), by.clone());
-    match blocking(state, move |st| {
-        st.unlock(&s, by, NewAudit::ok(&actor, action, Some(&s), json!({})))
+    match short(state, move |st| {
+        st.unlock(
+            &s,
+            by.clone(),
+            NewAudit::ok(&actor, action, Some(&s), json!({})),
+        )
     })
     .await?
     {

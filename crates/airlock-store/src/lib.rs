@@ -12,6 +12,7 @@
 pub mod blob;
 pub mod conformance;
 mod core;
+pub mod in_place;
 mod model;
 mod postgres;
 pub mod private;

@@ -812,14 +812,17 @@ impl Engine for PostgresStore {
     }
 
     fn read<T, F: FnMut(&mut dyn Sql) -> Result<T>>(&self, f: F) -> Result<T> {
+        crate::in_place::refuse_if_active("a round trip to PostgreSQL")?;
         self.read_with(f)
     }
 
     fn write<T, F: FnOnce(&mut dyn Sql) -> Result<T>>(&self, f: F) -> Result<T> {
+        crate::in_place::refuse_if_active("a round trip to PostgreSQL")?;
         self.write_with(f)
     }
 
     fn read_snapshot<T, F: FnOnce(&mut dyn Sql) -> Result<T>>(&self, f: F) -> Result<T> {
+        crate::in_place::refuse_if_active("a round trip to PostgreSQL")?;
         self.write_with(|db| {
             db.snapshot()?;
             f(db)
@@ -856,6 +859,23 @@ mod tests {
     fn database_url() -> String {
         std::env::var("AIRLOCK_TEST_DATABASE_URL")
             .expect("AIRLOCK_TEST_DATABASE_URL is not set: run under scripts/with-postgres.sh")
+    }
+
+    /// In place (`crate::in_place`), every call is refused before it reaches the database: each
+    /// is a round trip, which a caller's thread must not wait for.
+    #[test]
+    fn calls_in_place_are_refused_before_a_round_trip() {
+        let store = PostgresStore::connect(database_url().parse().unwrap()).unwrap();
+        assert!(crate::in_place::run(|| store.read(|db| db.query("SELECT 1", &[]))).is_none());
+        assert!(crate::in_place::run(|| store.write(|db| db.query("SELECT 1", &[]))).is_none());
+        assert!(crate::in_place::run(|| {
+            store.write_lock_change(|db| db.query("SELECT 1", &[]))
+        })
+        .is_none());
+        assert!(
+            crate::in_place::run(|| store.read_snapshot(|db| db.query("SELECT 1", &[]))).is_none()
+        );
+        assert_eq!(store.read(|db| db.query("SELECT 1", &[])).unwrap().len(), 1);
     }
 
     /// A panic in the middle of a transaction (a bug in a store call, caught by the server's

@@ -262,9 +262,22 @@ impl SqliteStore {
         })
     }
 
-    /// Commits `f`'s transaction; returns its result and the commit's number.
+    /// Commits `f`'s transaction; returns its result and the commit's number. In place (see
+    /// [`crate::in_place`]), only when the writer is free.
     fn commit<T, F: FnOnce(&mut dyn Sql) -> Result<T>>(&self, f: F) -> Result<(T, u64)> {
-        let mut conn = self.writer.lock().map_err(|_| poisoned())?;
+        let mut conn = if crate::in_place::active() {
+            let conn = match self.writer.try_lock() {
+                Ok(c) => c,
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    return Err(crate::in_place::refuse("waiting for the writer"))
+                }
+                Err(std::sync::TryLockError::Poisoned(_)) => return Err(poisoned()),
+            };
+            crate::in_place::committing("a lock change")?;
+            conn
+        } else {
+            self.writer.lock().map_err(|_| poisoned())?
+        };
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let out = f(&mut Lite(&tx))?;
         tx.commit()?;
@@ -365,6 +378,7 @@ impl Engine for SqliteStore {
     const NAME: &'static str = "sqlite";
 
     fn read<T, F: FnMut(&mut dyn Sql) -> Result<T>>(&self, mut f: F) -> Result<T> {
+        crate::in_place::check()?; // WAL readers never wait for the writer
         let conn = match self.readers.lock().map_err(|_| poisoned())?.pop() {
             Some(c) => c,
             None => open_conn(&self.path)?,
@@ -378,6 +392,7 @@ impl Engine for SqliteStore {
     }
 
     fn read_snapshot<T, F: FnOnce(&mut dyn Sql) -> Result<T>>(&self, f: F) -> Result<T> {
+        crate::in_place::check()?;
         let conn = match self.readers.lock().map_err(|_| poisoned())?.pop() {
             Some(c) => c,
             None => open_conn(&self.path)?,
@@ -399,6 +414,7 @@ impl Engine for SqliteStore {
     }
 
     fn write<T, F: FnOnce(&mut dyn Sql) -> Result<T>>(&self, f: F) -> Result<T> {
+        crate::in_place::refuse_if_active("a durable write (it waits for its sync)")?;
         let (out, seq) = self.commit(f)?;
         // Durable before anyone is told (see the module documentation).
         self.sync.sync_to(seq)?;
@@ -544,6 +560,73 @@ mod tests {
         let seq = sync.committed.load(Ordering::Acquire);
         drop(store);
         assert!(sync.synced.load(Ordering::Acquire) >= seq);
+    }
+
+    /// In place (`crate::in_place`), reads and a lock change run while the writer is free; a
+    /// lock change never waits for a busy writer, and a durable write never runs: the call
+    /// is refused, having changed nothing, for the caller to run off its thread.
+    #[test]
+    fn calls_in_place_never_wait_for_the_writer_or_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("a.db")).unwrap());
+        let insert = |db: &mut dyn Sql, name: &str| {
+            db.execute(
+                "INSERT INTO users (name, created_at, created_by) VALUES ($1, $2, $3)",
+                crate::sql::params![name, 1, "t"],
+            )?;
+            Ok(())
+        };
+        let users = |store: &SqliteStore| {
+            store
+                .read(|db| db.query("SELECT name FROM users ORDER BY name", &[]))
+                .unwrap()
+                .iter()
+                .map(|r| r.text(0).unwrap())
+                .collect::<Vec<_>>()
+        };
+        // Free writer: a read and one lock change run in place.
+        let ran = crate::in_place::run(|| {
+            let before = store.read(|db| db.query("SELECT 1", &[])).map(|r| r.len());
+            (
+                before.unwrap(),
+                store.write_lock_change(|db| insert(db, "a")),
+            )
+        });
+        assert!(matches!(ran, Some((1, Ok(())))), "{ran:?}");
+        // A durable write is refused before it starts.
+        let ran = crate::in_place::run(|| store.write(|db| insert(db, "b")));
+        assert!(ran.is_none());
+        // A busy writer: the lock change is refused at once, not waited for.
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let holder = {
+            let store = Arc::clone(&store);
+            std::thread::spawn(move || {
+                store
+                    .write(|db| {
+                        insert(db, "c")?;
+                        held_tx.send(()).unwrap();
+                        release_rx.recv().unwrap();
+                        Ok(())
+                    })
+                    .unwrap()
+            })
+        };
+        held_rx.recv().unwrap();
+        let (ran_tx, ran_rx) = std::sync::mpsc::channel();
+        let attempt = {
+            let store = Arc::clone(&store);
+            std::thread::spawn(move || {
+                let ran = crate::in_place::run(|| store.write_lock_change(|db| insert(db, "d")));
+                ran_tx.send(ran.is_none()).unwrap();
+            })
+        };
+        let refused = ran_rx.recv_timeout(Duration::from_secs(10));
+        release_tx.send(()).unwrap();
+        attempt.join().unwrap();
+        assert_eq!(refused, Ok(true), "the lock change waited for the writer");
+        holder.join().unwrap();
+        assert_eq!(users(&store), ["a", "c"], "a refused call changed nothing");
     }
 
     #[test]

@@ -1,5 +1,9 @@
 //! The airlock binary: CLI entry point, and the one place exit codes are decided ([`exit`]).
 
+/// jemalloc, not glibc's malloc: see `tikv-jemallocator` in Cargo.toml.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 mod cli;
 mod commands;
 
