@@ -118,9 +118,13 @@ for n in $sizes; do
     for v in $variants; do setup "$v" "$n"; round "$v" "$n" 0 >/dev/null; done # warm-up: creates the resources
 done
 declare -A WALL CPU
+read -r -a vs <<< "$variants"
 for i in $(seq 1 "$rounds"); do
+    # Each round starts with another variant: on a machine whose speed drifts within a round,
+    # a fixed order would always charge the drift to the same one.
+    order=("${vs[@]:i % ${#vs[@]}}" "${vs[@]:0:i % ${#vs[@]}}")
     for n in $sizes; do
-        for v in $variants; do
+        for v in "${order[@]}"; do
             read -r w c <<< "$(round "$v" "$n" "$i")"
             WALL[$v$n]="${WALL[$v$n]:-} $w"; CPU[$v$n]="${CPU[$v$n]:-} $c"
             echo "round $i, $n resources, $v: wall ${w}s, CPU ${c}s" >&2

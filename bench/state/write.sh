@@ -59,8 +59,11 @@ variants+=(after)
 
 echo "write.sh: $rounds rounds of ${secs} s per variant and client count; load $(cut -d' ' -f1-3 /proc/loadavg); results in $out" >&2
 for r in $(seq 1 "$rounds"); do
+    # Each round starts with another variant (a drift of the machine's speed within a round
+    # is not charged to the same one every time).
+    order=("${variants[@]:r % ${#variants[@]}}" "${variants[@]:0:r % ${#variants[@]}}")
     for clients in 1 8; do
-        for v in "${variants[@]}"; do
+        for v in "${order[@]}"; do
             prefix="bench/w$r-c$clients"
             stacks="$(seq -s, -f "$prefix-%g" 0 $((clients - 1)))"
             "$lg" create-stacks --url "${URL[$v]}" --token "${TOKEN[$v]}" --stacks "$stacks" >/dev/null

@@ -136,31 +136,42 @@ async fn read(state: &Arc<AppState>, principal: &Principal, stack: &str) -> ApiR
         .into_response())
 }
 
-/// Hashes the body once: its SHA-256 (the version's hash) and, when Terraform sent
-/// `Content-MD5`, its MD5 in the same pass, checked against the header.
-fn hash_and_check_md5(headers: &HeaderMap, body: Vec<u8>) -> ApiResult<StateBody> {
-    let Some(v) = headers.get("content-md5") else {
-        return Ok(StateBody::new(body));
-    };
-    let sent = v
-        .to_str()
-        .ok()
-        .and_then(|s| {
-            base64::engine::general_purpose::STANDARD
-                .decode(s.trim())
+/// What makes a Terraform write's [`StateBody`], for [`firewalled_write`] to run off the
+/// runtime: one pass over the bytes for their SHA-256 (the version's hash) and, when Terraform
+/// sent `Content-MD5`, their MD5, checked against the header. The header itself is checked
+/// here, before any byte is hashed.
+fn hash_and_check_md5(
+    headers: &HeaderMap,
+    body: Vec<u8>,
+) -> ApiResult<impl FnOnce() -> ApiResult<StateBody> + Send + 'static> {
+    let sent = match headers.get("content-md5") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
                 .ok()
-        })
-        .ok_or_else(|| {
-            ApiError::new(
-                RefusalKind::BadRequest,
-                "Content-MD5 header is not valid base64",
-            )
-        })?;
-    let (body, md5) = StateBody::with_md5(body);
-    if sent[..] != md5[..] {
-        return Err(ApiError::new(RefusalKind::BadRequest, "Content-MD5 does not match the body: the request was corrupted in transit; nothing was stored"));
-    }
-    Ok(body)
+                .and_then(|s| {
+                    base64::engine::general_purpose::STANDARD
+                        .decode(s.trim())
+                        .ok()
+                })
+                .ok_or_else(|| {
+                    ApiError::new(
+                        RefusalKind::BadRequest,
+                        "Content-MD5 header is not valid base64",
+                    )
+                })?,
+        ),
+    };
+    Ok(move || {
+        let Some(sent) = sent else {
+            return Ok(StateBody::new(body));
+        };
+        let (body, md5) = StateBody::with_md5(body);
+        if sent[..] != md5[..] {
+            return Err(ApiError::new(RefusalKind::BadRequest, "Content-MD5 does not match the body: the request was corrupted in transit; nothing was stored"));
+        }
+        Ok(body)
+    })
 }
 
 async fn write(

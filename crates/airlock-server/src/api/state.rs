@@ -260,7 +260,7 @@ pub async fn restore(
         &state,
         &p,
         stack.as_str(),
-        airlock_store::blob::StateBody::new(new_bytes),
+        move || Ok(airlock_store::blob::StateBody::new(new_bytes)),
         WriteKindOwned::Restore {
             from_serial: old.serial,
         },
