@@ -493,6 +493,15 @@ mod tests {
             .unwrap();
     }
 
+    /// Inserts a user row: a commit that changes something.
+    fn insert_user(db: &mut dyn Sql, name: &str) -> Result<()> {
+        db.execute(
+            "INSERT INTO users (name, created_at, created_by) VALUES ($1, $2, $3)",
+            crate::sql::params![name, 1, "t"],
+        )?;
+        Ok(())
+    }
+
     /// `write` returns only once its commit is synced (group commit: see the module docs).
     #[test]
     fn writes_return_synced() {
@@ -505,13 +514,7 @@ mod tests {
                     for i in 0..20 {
                         let before = store.sync.committed.load(Ordering::Acquire);
                         store
-                            .write(|db| {
-                                db.execute(
-                                    "INSERT INTO users (name, created_at, created_by) VALUES ($1, $2, $3)",
-                                    crate::sql::params![format!("u{t}-{i}"), 1, "t"],
-                                )?;
-                                Ok(())
-                            })
+                            .write(|db| insert_user(db, &format!("u{t}-{i}")))
                             .unwrap();
                         // This write's commit is numbered above `before`, and synced.
                         assert!(store.sync.synced.load(Ordering::Acquire) > before);
@@ -534,15 +537,8 @@ mod tests {
     fn lock_changes_are_synced_by_the_next_write_or_in_the_background() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("a.db")).unwrap();
-        let insert = |db: &mut dyn Sql, name: &str| {
-            db.execute(
-                "INSERT INTO users (name, created_at, created_by) VALUES ($1, $2, $3)",
-                crate::sql::params![name, 1, "t"],
-            )?;
-            Ok(())
-        };
         // In the background, within the delay and one sync.
-        store.write_lock_change(|db| insert(db, "a")).unwrap();
+        store.write_lock_change(|db| insert_user(db, "a")).unwrap();
         let seq = store.sync.committed.load(Ordering::Acquire);
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while store.sync.synced.load(Ordering::Acquire) < seq {
@@ -550,12 +546,12 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         // By the next synced write: it returns with both on disk.
-        store.write_lock_change(|db| insert(db, "b")).unwrap();
-        store.write(|db| insert(db, "c")).unwrap();
+        store.write_lock_change(|db| insert_user(db, "b")).unwrap();
+        store.write(|db| insert_user(db, "c")).unwrap();
         let seq = store.sync.committed.load(Ordering::Acquire);
         assert!(store.sync.synced.load(Ordering::Acquire) >= seq);
         // At close.
-        store.write_lock_change(|db| insert(db, "d")).unwrap();
+        store.write_lock_change(|db| insert_user(db, "d")).unwrap();
         let sync = Arc::clone(&store.sync);
         let seq = sync.committed.load(Ordering::Acquire);
         drop(store);
@@ -569,13 +565,6 @@ mod tests {
     fn calls_in_place_never_wait_for_the_writer_or_the_disk() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteStore::open(&dir.path().join("a.db")).unwrap());
-        let insert = |db: &mut dyn Sql, name: &str| {
-            db.execute(
-                "INSERT INTO users (name, created_at, created_by) VALUES ($1, $2, $3)",
-                crate::sql::params![name, 1, "t"],
-            )?;
-            Ok(())
-        };
         let users = |store: &SqliteStore| {
             store
                 .read(|db| db.query("SELECT name FROM users ORDER BY name", &[]))
@@ -589,12 +578,12 @@ mod tests {
             let before = store.read(|db| db.query("SELECT 1", &[])).map(|r| r.len());
             (
                 before.unwrap(),
-                store.write_lock_change(|db| insert(db, "a")),
+                store.write_lock_change(|db| insert_user(db, "a")),
             )
         });
         assert!(matches!(ran, Some((1, Ok(())))), "{ran:?}");
         // A durable write is refused before it starts.
-        let ran = crate::in_place::run(|| store.write(|db| insert(db, "b")));
+        let ran = crate::in_place::run(|| store.write(|db| insert_user(db, "b")));
         assert!(ran.is_none());
         // A busy writer: the lock change is refused at once, not waited for.
         let (held_tx, held_rx) = std::sync::mpsc::channel();
@@ -604,7 +593,7 @@ mod tests {
             std::thread::spawn(move || {
                 store
                     .write(|db| {
-                        insert(db, "c")?;
+                        insert_user(db, "c")?;
                         held_tx.send(()).unwrap();
                         release_rx.recv().unwrap();
                         Ok(())
@@ -617,7 +606,8 @@ mod tests {
         let attempt = {
             let store = Arc::clone(&store);
             std::thread::spawn(move || {
-                let ran = crate::in_place::run(|| store.write_lock_change(|db| insert(db, "d")));
+                let ran =
+                    crate::in_place::run(|| store.write_lock_change(|db| insert_user(db, "d")));
                 ran_tx.send(ran.is_none()).unwrap();
             })
         };
