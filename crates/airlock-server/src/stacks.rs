@@ -40,10 +40,16 @@ pub async fn short<T: Send + 'static>(
     state: &Arc<AppState>,
     f: impl Fn(&dyn Store) -> T + Send + 'static,
 ) -> ApiResult<T> {
-    if let Some(out) = airlock_store::in_place::run(|| f(state.store.as_ref())) {
-        return Ok(out);
+    // A panic in place is answered as one in the pool is (a 500), not by dropping the client's
+    // connection with the request's task.
+    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        airlock_store::in_place::run(|| f(state.store.as_ref()))
+    }))
+    .map_err(|_| ApiError::Internal("store task failed: a store call panicked".into()))?;
+    match ran {
+        Some(out) => Ok(out),
+        None => blocking(state, f).await,
     }
-    blocking(state, f).await
 }
 
 /// Loads the stack, creating it when the server runs with `--auto-create-stacks`.

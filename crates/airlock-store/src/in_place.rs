@@ -6,9 +6,13 @@
 //! a short call itself (issue 17: taking a lock, releasing it, reading a stack with its lock).
 //! [`run`] runs such a call directly, and the engines refuse, in place, any step that could
 //! wait:
-//! - SQLite: reads run (WAL readers never wait for the writer); a lock change commits only if
-//!   the writer is free (`try_lock`) and does not wait for its sync (it never does); a durable
-//!   write (which waits for its `fdatasync`) is refused.
+//! - SQLite: reads run on an idle reader connection (WAL readers never wait for the writer;
+//!   opening a new connection is refused); a lock change commits only if the writer is free
+//!   (`try_lock`), does not wait for its sync (it never does), and never runs SQLite's
+//!   automatic checkpoint (the writer's WAL hook leaves it to the next commit made off the
+//!   runtime, and no lock change runs in place while one is due); a durable write (which waits
+//!   for its `fdatasync`) is refused; and where SQLite would wait for a lock another
+//!   connection or process holds, its busy handler refuses instead of sleeping.
 //! - PostgreSQL: every call is refused (each is a round trip to the database).
 //!
 //! The first refused step ends the run: it and every later engine call in it return an error,

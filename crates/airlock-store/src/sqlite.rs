@@ -132,11 +132,62 @@ fn classify(e: rusqlite::Error) -> DbError {
 
 fn open_conn(path: &Path) -> Result<Connection> {
     let conn = Connection::open(path)?;
-    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.busy_handler(Some(busy))?;
     conn.execute_batch(
         "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;",
     )?;
     Ok(conn)
+}
+
+/// Waits for a database lock another connection or process holds (`airlock backup import`, a
+/// `sqlite3` shell, a checkpoint), backing off as SQLite's `busy_timeout` does, ~10 s in all. In
+/// a call run in place, never: the call is refused (`crate::in_place`) and run off the runtime.
+fn busy(count: std::ffi::c_int) -> bool {
+    const DELAYS_MS: [u64; 12] = [1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50, 100];
+    const TOTAL_MS: u64 = 10_000;
+    if crate::in_place::active() {
+        let _ = crate::in_place::refuse("waiting for a database lock");
+        return false;
+    }
+    let n = usize::try_from(count).unwrap_or(0);
+    let delay = DELAYS_MS.get(n).copied().unwrap_or(100);
+    let spent: u64 =
+        DELAYS_MS.iter().take(n).sum::<u64>() + 100 * (n.saturating_sub(DELAYS_MS.len()) as u64);
+    if spent + delay > TOTAL_MS {
+        return false;
+    }
+    std::thread::sleep(Duration::from_millis(delay));
+    true
+}
+
+/// SQLite's automatic checkpoint size (its default), in WAL pages.
+const CHECKPOINT_PAGES: std::ffi::c_int = 1000;
+
+/// Set when a commit run in place reached [`CHECKPOINT_PAGES`] and left its checkpoint to the
+/// next commit made off the runtime; until then no lock change runs in place. Shared by the
+/// stores of a process (one, but for tests): a stray flag costs one call run in the pool.
+static CHECKPOINT_DUE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The writer's WAL hook, in place of SQLite's own automatic checkpoint (a passive checkpoint
+/// once the WAL holds [`CHECKPOINT_PAGES`], after the commit, on the committing thread), except
+/// in a call run in place: a checkpoint writes the database file and syncs it, which a
+/// runtime thread must not wait for.
+fn checkpoint_hook(wal: &rusqlite::hooks::Wal, pages: std::ffi::c_int) -> rusqlite::Result<()> {
+    if crate::in_place::active() {
+        if pages >= CHECKPOINT_PAGES {
+            CHECKPOINT_DUE.store(true, Ordering::Release);
+        }
+        return Ok(());
+    }
+    // Cleared by any commit off the runtime: it checkpoints now if the WAL is still long (and
+    // if another connection has checkpointed meanwhile, nothing is due).
+    CHECKPOINT_DUE.store(false, Ordering::Release);
+    if pages >= CHECKPOINT_PAGES {
+        // As SQLite's own hook: the commit has happened whatever the checkpoint does, and one
+        // that cannot finish now (readers) is tried again at the next commit.
+        let _ = wal.checkpoint();
+    }
+    Ok(())
 }
 
 /// SQL is written with `$N` placeholders; SQLite's own spelling is `?N`.
@@ -235,6 +286,7 @@ impl SqliteStore {
         crate::private::private_database(path)
             .map_err(|e| StoreError::Backend(format!("making {} private: {e}", path.display())))?;
         let mut writer = open_conn(path)?;
+        writer.wal_hook(Some(checkpoint_hook));
         migrate(&mut writer)?;
         let mut wal_path = path.to_owned().into_os_string();
         wal_path.push("-wal");
@@ -262,10 +314,20 @@ impl SqliteStore {
         })
     }
 
+    /// An idle reader connection, or a new one (not in place: opening one reads the schema).
+    fn reader(&self) -> Result<Connection> {
+        if let Some(c) = self.readers.lock().map_err(|_| poisoned())?.pop() {
+            return Ok(c);
+        }
+        crate::in_place::refuse_if_active("opening a database connection")?;
+        open_conn(&self.path)
+    }
+
     /// Commits `f`'s transaction; returns its result and the commit's number. In place (see
     /// [`crate::in_place`]), only when the writer is free.
     fn commit<T, F: FnOnce(&mut dyn Sql) -> Result<T>>(&self, f: F) -> Result<(T, u64)> {
-        let mut conn = if crate::in_place::active() {
+        let in_place = crate::in_place::active();
+        let mut conn = if in_place {
             let conn = match self.writer.try_lock() {
                 Ok(c) => c,
                 Err(std::sync::TryLockError::WouldBlock) => {
@@ -273,12 +335,18 @@ impl SqliteStore {
                 }
                 Err(std::sync::TryLockError::Poisoned(_)) => return Err(poisoned()),
             };
-            crate::in_place::committing("a lock change")?;
+            if CHECKPOINT_DUE.load(Ordering::Acquire) {
+                return Err(crate::in_place::refuse("a checkpoint that is due"));
+            }
             conn
         } else {
             self.writer.lock().map_err(|_| poisoned())?
         };
+        // In place, another process's write lock is refused by `busy`, before any change.
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if in_place {
+            crate::in_place::committing("a lock change")?;
+        }
         let out = f(&mut Lite(&tx))?;
         tx.commit()?;
         Ok((out, self.sync.committed.fetch_add(1, Ordering::AcqRel) + 1))
@@ -379,10 +447,7 @@ impl Engine for SqliteStore {
 
     fn read<T, F: FnMut(&mut dyn Sql) -> Result<T>>(&self, mut f: F) -> Result<T> {
         crate::in_place::check()?; // WAL readers never wait for the writer
-        let conn = match self.readers.lock().map_err(|_| poisoned())?.pop() {
-            Some(c) => c,
-            None => open_conn(&self.path)?,
-        };
+        let conn = self.reader()?;
         let out = f(&mut Lite(&conn));
         let mut pool = self.readers.lock().map_err(|_| poisoned())?;
         if pool.len() < MAX_IDLE_READERS {
@@ -393,10 +458,7 @@ impl Engine for SqliteStore {
 
     fn read_snapshot<T, F: FnOnce(&mut dyn Sql) -> Result<T>>(&self, f: F) -> Result<T> {
         crate::in_place::check()?;
-        let conn = match self.readers.lock().map_err(|_| poisoned())?.pop() {
-            Some(c) => c,
-            None => open_conn(&self.path)?,
-        };
+        let conn = self.reader()?;
         // A deferred transaction that only reads: in WAL mode, one snapshot, writers go on.
         let out = match conn.unchecked_transaction() {
             Ok(tx) => {
@@ -573,7 +635,11 @@ mod tests {
                 .map(|r| r.text(0).unwrap())
                 .collect::<Vec<_>>()
         };
-        // Free writer: a read and one lock change run in place.
+        // No idle reader yet: opening one (file, pragmas, schema) is not done in place.
+        let ran = crate::in_place::run(|| store.read(|db| db.query("SELECT 1", &[])));
+        assert!(ran.is_none());
+        store.read(|db| db.query("SELECT 1", &[])).unwrap();
+        // Free writer, an idle reader: a read and one lock change run in place.
         let ran = crate::in_place::run(|| {
             let before = store.read(|db| db.query("SELECT 1", &[])).map(|r| r.len());
             (
@@ -617,6 +683,87 @@ mod tests {
         assert_eq!(refused, Ok(true), "the lock change waited for the writer");
         holder.join().unwrap();
         assert_eq!(users(&store), ["a", "c"], "a refused call changed nothing");
+    }
+
+    /// In place, another process's (here another connection's) write lock is not waited for:
+    /// the call is refused at once; off the runtime it is waited for, as with `busy_timeout`.
+    #[test]
+    fn calls_in_place_never_wait_for_another_connections_write_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        let store = Arc::new(SqliteStore::open(&path).unwrap());
+        let other = Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let ran = crate::in_place::run(|| store.write_lock_change(|db| insert_user(db, "a")));
+        assert!(ran.is_none(), "{ran:?}");
+        let waiting = {
+            let store = Arc::clone(&store);
+            std::thread::spawn(move || store.write_lock_change(|db| insert_user(db, "b")))
+        };
+        std::thread::sleep(Duration::from_millis(200));
+        other.execute_batch("COMMIT").unwrap();
+        waiting.join().unwrap().unwrap();
+        let names = store
+            .read(|db| db.query("SELECT name FROM users", &[]))
+            .unwrap();
+        assert_eq!(names.len(), 1, "the refused call changed nothing");
+    }
+
+    /// A commit run in place never runs SQLite's automatic checkpoint (it writes the database
+    /// file and syncs it): it leaves it due, the next lock change in place is refused, and the
+    /// next commit off the runtime checkpoints.
+    #[test]
+    fn calls_in_place_never_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        let store = SqliteStore::open(&path).unwrap();
+        let wal_frames = || {
+            let len = std::fs::metadata(dir.path().join("a.db-wal")).map_or(0, |m| m.len());
+            len.saturating_sub(32) / (4096 + 24)
+        };
+        store
+            .write(|db| {
+                db.execute("CREATE TABLE filler (b BLOB)", &[])?;
+                Ok(())
+            })
+            .unwrap();
+        // Fill the WAL to just under the checkpoint size with commits off the runtime.
+        while wal_frames() < (CHECKPOINT_PAGES as u64) - 20 {
+            store
+                .write(|db| {
+                    db.execute("INSERT INTO filler (b) VALUES (zeroblob(8 * 4096))", &[])?;
+                    Ok(())
+                })
+                .unwrap();
+        }
+        let db_size = || std::fs::metadata(&path).unwrap().len();
+        let before = db_size();
+        let mut refused = false;
+        for i in 0..200 {
+            match crate::in_place::run(|| {
+                store.write_lock_change(|db| insert_user(db, &format!("u{i}")))
+            }) {
+                Some(r) => r.unwrap(),
+                None => {
+                    refused = true;
+                    break;
+                }
+            }
+            assert_eq!(db_size(), before, "a call in place checkpointed");
+        }
+        assert!(
+            refused,
+            "no lock change in place was refused while a checkpoint was due"
+        );
+        store
+            .write_lock_change(|db| insert_user(db, "off"))
+            .unwrap();
+        assert!(
+            db_size() > before,
+            "the commit off the runtime did not checkpoint"
+        );
+        let ran = crate::in_place::run(|| store.write_lock_change(|db| insert_user(db, "again")));
+        assert!(matches!(ran, Some(Ok(()))), "{ran:?}");
     }
 
     #[test]
