@@ -144,24 +144,23 @@ fn hash_and_check_md5(
     headers: &HeaderMap,
     body: Vec<u8>,
 ) -> ApiResult<impl FnOnce() -> ApiResult<StateBody> + Send + 'static> {
-    let sent = match headers.get("content-md5") {
-        None => None,
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .and_then(|s| {
-                    base64::engine::general_purpose::STANDARD
-                        .decode(s.trim())
-                        .ok()
-                })
-                .ok_or_else(|| {
-                    ApiError::new(
-                        RefusalKind::BadRequest,
-                        "Content-MD5 header is not valid base64",
-                    )
-                })?,
-        ),
+    let decode = |v: &axum::http::HeaderValue| {
+        let s = v.to_str().ok()?;
+        base64::engine::general_purpose::STANDARD
+            .decode(s.trim())
+            .ok()
     };
+    let sent = headers
+        .get("content-md5")
+        .map(|v| {
+            decode(v).ok_or_else(|| {
+                ApiError::new(
+                    RefusalKind::BadRequest,
+                    "Content-MD5 header is not valid base64",
+                )
+            })
+        })
+        .transpose()?;
     Ok(move || {
         let Some(sent) = sent else {
             return Ok(StateBody::new(body));

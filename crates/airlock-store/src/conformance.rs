@@ -37,6 +37,23 @@ fn attempt(body: Vec<u8>, serial: u64) -> WriteAttempt {
     }
 }
 
+/// Racing calls of one round: exactly one succeeded, and every other was refused as `refused`
+/// says.
+fn one_won<T: std::fmt::Debug>(
+    round: usize,
+    results: &[Result<T>],
+    refused: impl Fn(&StoreError) -> bool,
+) {
+    let won = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(won, 1, "round {round}: {results:?}");
+    assert!(
+        results
+            .iter()
+            .all(|r| r.as_ref().err().is_none_or(&refused)),
+        "round {round}: {results:?}"
+    );
+}
+
 fn store_it(_: &WriteContext<'_>) -> Result<WriteDecision, Refusal> {
     Ok(WriteDecision::Store {
         consume_grants: vec![],
@@ -3018,14 +3035,7 @@ pub fn concurrent_forge_token_uses_have_one_winner(stores: &[&Arc<dyn Store>]) {
             })
             .collect();
         let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
-        let won = results.iter().filter(|r| r.is_ok()).count();
-        assert_eq!(won, 1, "round {round}: {results:?}");
-        assert!(
-            results
-                .iter()
-                .all(|r| matches!(r, Ok(()) | Err(StoreError::Conflict(_)))),
-            "round {round}: {results:?}"
-        );
+        one_won(round, &results, |e| matches!(e, StoreError::Conflict(_)));
     }
 }
 
@@ -3182,13 +3192,6 @@ pub fn minting_for_a_person(store: &Arc<dyn Store>) {
             })
             .collect();
         let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
-        let won = results.iter().filter(|r| r.is_ok()).count();
-        assert_eq!(won, 1, "round {round}: {results:?}");
-        assert!(
-            results
-                .iter()
-                .all(|r| r.is_ok() || matches!(r, Err(StoreError::Forbidden(_)))),
-            "round {round}: {results:?}"
-        );
+        one_won(round, &results, |e| matches!(e, StoreError::Forbidden(_)));
     }
 }

@@ -315,7 +315,10 @@ impl SqliteStore {
     }
 
     /// An idle reader connection, or a new one (not in place: opening one reads the schema).
+    /// In place, a read runs (WAL readers never wait for the writer) unless an earlier step of
+    /// the call was refused.
     fn reader(&self) -> Result<Connection> {
+        crate::in_place::check()?;
         if let Some(c) = self.readers.lock().map_err(|_| poisoned())?.pop() {
             return Ok(c);
         }
@@ -446,7 +449,6 @@ impl Engine for SqliteStore {
     const NAME: &'static str = "sqlite";
 
     fn read<T, F: FnMut(&mut dyn Sql) -> Result<T>>(&self, mut f: F) -> Result<T> {
-        crate::in_place::check()?; // WAL readers never wait for the writer
         let conn = self.reader()?;
         let out = f(&mut Lite(&conn));
         let mut pool = self.readers.lock().map_err(|_| poisoned())?;
@@ -457,7 +459,6 @@ impl Engine for SqliteStore {
     }
 
     fn read_snapshot<T, F: FnOnce(&mut dyn Sql) -> Result<T>>(&self, f: F) -> Result<T> {
-        crate::in_place::check()?;
         let conn = self.reader()?;
         // A deferred transaction that only reads: in WAL mode, one snapshot, writers go on.
         let out = match conn.unchecked_transaction() {
