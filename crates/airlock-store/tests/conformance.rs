@@ -522,7 +522,18 @@ fn migrations_before_0019(engine: &str) -> String {
 /// - erin's expired token from `tok_dev` is not live (nothing to revoke);
 /// - `tok_l1` and `tok_l2` name each other as minters (a corrupt database).
 fn pre_rule_tokens_sql(hash: impl Fn(u8) -> String) -> String {
-    let rows: [(&str, &str, &str, &str, &str, &str, &str, &str); 12] = [
+    // id, user, name, role, stacks, created_by, parent_id, expires_at
+    type Row<'a> = (
+        &'a str,
+        &'a str,
+        &'a str,
+        &'a str,
+        &'a str,
+        &'a str,
+        &'a str,
+        &'a str,
+    );
+    let rows: [Row; 12] = [
         (
             "tok_root", "admin", "root", "admin", "[]", "system", "NULL", "NULL",
         ),
