@@ -1556,18 +1556,7 @@ fn revoke_unsafe_mints_of(db: &mut dyn Sql, user: &str) -> Result<Vec<TokenRecor
             }
             Err(e) => return Err(e),
         };
-        let refused = person
-            .tokens
-            .iter()
-            .filter(|(t, _)| live(t))
-            .find_map(|(t, chain)| {
-                let judged = Person {
-                    minter: chain.first().cloned(),
-                    ..person.clone()
-                };
-                judged.refusal(&t.stacks, now).map(|r| (t.clone(), r))
-            });
-        let Some((judged, refusal)) = refused else {
+        let Some((judged, refusal)) = first_refused(&person, now) else {
             return Ok(revoked);
         };
         let target = refusal.held.clone().unwrap_or_else(|| judged.id.clone());
@@ -1583,6 +1572,23 @@ fn revoke_unsafe_mints_of(db: &mut dyn Sql, user: &str) -> Result<Vec<TokenRecor
         let detail = json!({"through": refusal.through, "judged": judged.id});
         revoked.push(revoke_unsafe(db, t, now, &reason, detail)?);
     }
+}
+
+/// The first of `person`'s live parentless tokens (oldest first) that the scoped-mint rule
+/// refuses when judged as if minted now by its own minter, with the refusal.
+fn first_refused(person: &Person, now: i64) -> Option<(TokenRecord, MintRefusal)> {
+    let live = |t: &TokenRecord| t.revoked_at.is_none() && t.expires_at.is_none_or(|e| e > now);
+    person
+        .tokens
+        .iter()
+        .filter(|(t, _)| live(t))
+        .find_map(|(t, chain)| {
+            let judged = Person {
+                minter: chain.first().cloned(),
+                ..person.clone()
+            };
+            judged.refusal(&t.stacks, now).map(|r| (t.clone(), r))
+        })
 }
 
 /// Revokes `t` (and its descendants) for `reason`, audited as `token.revoke_unsafe_mint`
@@ -1742,7 +1748,16 @@ impl<E: Engine> Store for E {
         })?;
         let mut revoked = Vec::new();
         for user in users.iter().filter(|u| is_person(u)) {
-            revoked.extend(self.write(|db| revoke_unsafe_mints_of(db, user))?);
+            // Judged first on a reader: a write transaction (and, on SQLite, its sync) only
+            // for the rare user with something to revoke; judged again under the locks there.
+            let suspect = self.read(|db| match person(db, user, None) {
+                Ok(p) => Ok(first_refused(&p, now_ms()).is_some()),
+                Err(StoreError::Corrupt(_)) => Ok(true),
+                Err(e) => Err(e),
+            })?;
+            if suspect {
+                revoked.extend(self.write(|db| revoke_unsafe_mints_of(db, user))?);
+            }
         }
         Ok(revoked)
     }

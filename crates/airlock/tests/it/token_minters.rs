@@ -126,17 +126,18 @@ fn a_token_name_or_a_request_body_cannot_choose_the_minter() {
     assert!(tokens(&s).iter().all(|t| t["name"] != "alice-dev2"));
 }
 
-/// The migrations before 0019, as the server that ran them applied them.
-fn sqlite_before_0019() -> String {
-    let dir =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../airlock-store/migrations/sqlite");
+/// The migrations before 0019 of `engine`, as the server that ran them applied them.
+fn migrations_before_0019(engine: &str) -> String {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../airlock-store/migrations")
+        .join(engine);
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
     files.sort();
     let mut sql = String::from(
-        "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL);\n",
+        "CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL);\n",
     );
     for f in files {
         let version: i64 = f.file_name().unwrap().to_str().unwrap()[..4]
@@ -152,6 +153,51 @@ fn sqlite_before_0019() -> String {
     sql
 }
 
+/// The tokens of a server from before the scoped-mint rule (id, user, name, role, stacks,
+/// created_by), as it stored them: the minter only in `created_by`.
+type TokenRow = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+);
+const PRE_RULE: [TokenRow; 4] = [
+    (
+        "tok_root",
+        "admin",
+        "bootstrap-admin",
+        "admin",
+        "[]",
+        "system",
+    ),
+    (
+        "tok_carol",
+        "carol",
+        "carol-dev",
+        "admin",
+        r#"["dev/*"]"#,
+        "bootstrap-admin (tok_root)",
+    ),
+    (
+        "tok_alice",
+        "alice",
+        "alice-prod",
+        "approver",
+        r#"["prod/*"]"#,
+        "bootstrap-admin (tok_root)",
+    ),
+    (
+        "tok_imp",
+        "alice",
+        "alice-dev",
+        "approver",
+        r#"["dev/*"]"#,
+        "carol-dev (tok_carol)",
+    ),
+];
+
 /// A database as a server from before the scoped-mint rule left it: the root admin, carol's
 /// admin token scoped to `dev/*`, alice a prod approver, and `tok_imp`, a `dev/*` approver
 /// token carol's scoped admin minted in alice's name (allowed then): whoever holds carol's
@@ -164,42 +210,9 @@ fn a_token_minted_before_the_scoped_mint_rule_for_a_wider_person_is_revoked_at_s
     let data = tmp.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
     let conn = rusqlite::Connection::open(data.join("airlock.db")).unwrap();
-    conn.execute_batch(&sqlite_before_0019()).unwrap();
+    conn.execute_batch(&migrations_before_0019("sqlite"))
+        .unwrap();
     let secrets: Vec<_> = (0..4).map(|_| airlock_server::tokens::generate()).collect();
-    let rows = [
-        (
-            "tok_root",
-            "admin",
-            "bootstrap-admin",
-            "admin",
-            "[]",
-            "system",
-        ),
-        (
-            "tok_carol",
-            "carol",
-            "carol-dev",
-            "admin",
-            r#"["dev/*"]"#,
-            "bootstrap-admin (tok_root)",
-        ),
-        (
-            "tok_alice",
-            "alice",
-            "alice-prod",
-            "approver",
-            r#"["prod/*"]"#,
-            "bootstrap-admin (tok_root)",
-        ),
-        (
-            "tok_imp",
-            "alice",
-            "alice-dev",
-            "approver",
-            r#"["dev/*"]"#,
-            "carol-dev (tok_carol)",
-        ),
-    ];
     for u in ["admin", "carol", "alice"] {
         conn.execute(
             "INSERT INTO users (name, created_at, created_by) VALUES (?1, 1, 'system')",
@@ -207,7 +220,7 @@ fn a_token_minted_before_the_scoped_mint_rule_for_a_wider_person_is_revoked_at_s
         )
         .unwrap();
     }
-    for (i, (id, user, name, role, stacks, by)) in rows.iter().enumerate() {
+    for (i, (id, user, name, role, stacks, by)) in PRE_RULE.iter().enumerate() {
         conn.execute(
             "INSERT INTO tokens (id, secret_hash, name, role, stacks, created_at, created_by, user_name, read_stacks) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, '[]')",
             rusqlite::params![id, &secrets[i].hash[..], name, role, stacks, 1000 + i as i64, by, user],
@@ -425,4 +438,59 @@ fn an_edited_backup_cannot_hide_who_minted_a_token() {
         ],
     );
     assert!(out.contains(&format!("revoke {erin_id} first")), "{out}");
+}
+
+/// The same database on PostgreSQL, and two replicas upgrading it at once: the token is
+/// revoked once, by one of them (one warning line between the two, one audit event).
+#[test]
+fn two_replicas_starting_at_once_revoke_a_pre_rule_token_once() {
+    let db = TestDatabase::new("preminters");
+    let secrets: Vec<_> = (0..4).map(|_| airlock_server::tokens::generate()).collect();
+    let mut sql = migrations_before_0019("postgres");
+    for u in ["admin", "carol", "alice"] {
+        sql.push_str(&format!(
+            "INSERT INTO users (name, created_at, created_by) VALUES ('{u}', 1, 'system');\n"
+        ));
+    }
+    for (i, (id, user, name, role, stacks, by)) in PRE_RULE.iter().enumerate() {
+        let hash: String = secrets[i].hash.iter().map(|b| format!("{b:02x}")).collect();
+        sql.push_str(&format!(
+            "INSERT INTO tokens (id, secret_hash, name, role, stacks, created_at, created_by, user_name, read_stacks) VALUES ('{id}', '\\x{hash}'::bytea, '{name}', '{role}', '{stacks}', {}, '{by}', '{user}', '[]');\n",
+            1000 + i
+        ));
+    }
+    db.sql(&sql);
+    let admin = secrets[0].secret.clone();
+    let replicas: Vec<_> = (0..2)
+        .map(|_| {
+            let (url, admin) = (db.url.clone(), admin.clone());
+            std::thread::spawn(move || {
+                TestServer::start_on(&Backing::Url(url), Some(&admin), &[], &[])
+            })
+        })
+        .collect();
+    let replicas: Vec<TestServer> = replicas.into_iter().map(|r| r.join().unwrap()).collect();
+    let warnings: Vec<&String> = replicas
+        .iter()
+        .flat_map(|s| &s.started)
+        .filter(|l| l.starts_with("warning: revoked token"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("tok_imp"), "{}", warnings[0]);
+    for s in &replicas {
+        let events: Value = serde_json::from_str(&s.ok(
+            &admin,
+            &[
+                "audit",
+                "--action",
+                "token.revoke_unsafe_mint",
+                "--format",
+                "json",
+            ],
+        ))
+        .unwrap();
+        assert_eq!(events["events"].as_array().unwrap().len(), 1);
+        s.fails(&secrets[3].secret, &["stack", "list"]);
+        s.ok(&secrets[2].secret, &["stack", "list"]);
+    }
 }
