@@ -47,6 +47,7 @@ fn main() {
                 parent_id: None,
                 mint_limit: None,
                 read_stacks: Vec::new(),
+                minted_by: None,
             },
             NewAudit::ok("bench", "token.create", None, serde_json::json!({})),
         )

@@ -33,6 +33,7 @@ fn token(id: &str, user: &str, created_by: &str) -> NewToken {
         parent_id: None,
         mint_limit: None,
         read_stacks: Vec::new(),
+        minted_by: airlock_store::minter_id(created_by).map(str::to_owned),
     }
 }
 

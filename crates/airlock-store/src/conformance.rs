@@ -98,6 +98,9 @@ pub fn run_all<S: StoreImport + StoreStats + 'static>(engine: &Arc<S>) {
     concurrent_forge_token_uses_have_one_winner(&[store, store]);
     drift_states_of_many_stacks(engine.as_ref());
     minting_for_a_person(store);
+    minters_are_a_column(store.as_ref());
+    // Every token above was minted under the rule: re-judging revokes none.
+    assert_eq!(store.revoke_unsafe_mints().unwrap(), []);
 }
 
 /// `drift_states` (one query for all stacks) on histories with chosen times, ties included:
@@ -594,6 +597,7 @@ fn new_token(id: &str, user: &str, parent: Option<&str>, expires_at: Option<i64>
         parent_id: parent.map(str::to_owned),
         mint_limit: None,
         read_stacks: Vec::new(),
+        minted_by: None,
     }
 }
 
@@ -623,6 +627,7 @@ pub fn tokens(s: &dyn Store) {
                 parent_id: None,
                 mint_limit: None,
                 read_stacks: Vec::new(),
+                minted_by: None,
             },
             audit("token.create"),
         )
@@ -3120,7 +3125,8 @@ pub fn minting_for_a_person(store: &Arc<dyn Store>) {
         )
         .unwrap();
     };
-    // `by` mints (its created_by names it, as the server's does); None: the operator.
+    // `by` mints (its minted_by names it, and its created_by, as the server's do); None: the
+    // operator.
     let mint = |id: &str, user: &str, stacks: &[&str], by: Option<&str>| {
         let mut t = new_token(id, user, None, None);
         t.stacks = stacks.iter().map(|g| (*g).to_owned()).collect();
@@ -3128,6 +3134,7 @@ pub fn minting_for_a_person(store: &Arc<dyn Store>) {
             || "offline (uid 0 on host)".into(),
             |b| format!("minter ({b})"),
         );
+        t.minted_by = by.map(str::to_owned);
         s.create_token(t, audit("token.create"))
     };
     user("pm-dave");
@@ -3186,6 +3193,7 @@ pub fn minting_for_a_person(store: &Arc<dyn Store>) {
                     let mut t = new_token(&format!("tok_pm_r{round}_{i}"), &name, None, None);
                     t.stacks = vec![stacks.to_owned()];
                     t.created_by = format!("minter ({by})");
+                    t.minted_by = Some(by.to_owned());
                     start.wait();
                     s.create_token(t, audit("token.create"))
                 })
@@ -3194,4 +3202,79 @@ pub fn minting_for_a_person(store: &Arc<dyn Store>) {
         let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
         one_won(round, &results, |e| matches!(e, StoreError::Forbidden(_)));
     }
+}
+
+/// The minter is `minted_by`, never the text of `created_by`: a display text naming a wider
+/// token (a token name holding ` (tok_…)`, or an edited row) changes nothing, a minter that is
+/// no token is refused, and the record carries the column.
+pub fn minters_are_a_column(s: &dyn Store) {
+    for name in ["mc-root", "mc-carol", "mc-alice"] {
+        s.create_user(
+            NewUser {
+                name: name.into(),
+                created_by: "test".into(),
+                forge_logins: Vec::new(),
+            },
+            audit("user.create"),
+        )
+        .unwrap();
+    }
+    let mint = |id: &str, user: &str, stacks: &[&str], created_by: &str, by: Option<&str>| {
+        let mut t = new_token(id, user, None, None);
+        t.stacks = stacks.iter().map(|g| (*g).to_owned()).collect();
+        t.created_by = created_by.into();
+        t.minted_by = by.map(str::to_owned);
+        s.create_token(t, audit("token.create"))
+    };
+    let root = mint("tok_mc_root", "mc-root", &[], "system", None).unwrap();
+    assert_eq!(root.minted_by, None);
+    let dev = mint(
+        "tok_mc_dev",
+        "mc-carol",
+        &["mcdev/*"],
+        "root (tok_mc_root)",
+        Some("tok_mc_root"),
+    )
+    .unwrap();
+    assert_eq!(dev.minted_by.as_deref(), Some("tok_mc_root"));
+    assert_eq!(s.token("tok_mc_dev").unwrap().unwrap(), dev);
+    mint(
+        "tok_mc_a1",
+        "mc-alice",
+        &["mcprod/*"],
+        "root (tok_mc_root)",
+        Some("tok_mc_root"),
+    )
+    .unwrap();
+    // The scoped admin mints for alice, a prod person, while the text names the root token
+    // (as a token named `x (tok_mc_root)` would, were the name last): refused by the column.
+    let r = mint(
+        "tok_mc_a2",
+        "mc-alice",
+        &["mcdev/*"],
+        "x (tok_mc_dev) (tok_mc_root)",
+        Some("tok_mc_dev"),
+    );
+    assert!(
+        matches!(&r, Err(StoreError::Forbidden(m)) if m.contains("tok_mc_dev")),
+        "{r:?}"
+    );
+    // A minter that is no token is refused, nothing stored.
+    let r = mint(
+        "tok_mc_a3",
+        "mc-alice",
+        &["mcprod/*"],
+        "x (tok_mc_none)",
+        Some("tok_mc_none"),
+    );
+    assert!(
+        matches!(&r, Err(StoreError::NotFound(m)) if m.contains("tok_mc_none")),
+        "{r:?}"
+    );
+    assert!(s.token("tok_mc_a3").unwrap().is_none());
+    assert!(s
+        .list_tokens()
+        .unwrap()
+        .iter()
+        .any(|t| t.id == "tok_mc_dev" && t.minted_by.as_deref() == Some("tok_mc_root")));
 }

@@ -13,6 +13,7 @@ use airlock_core::time::rfc3339;
 use crate::blob;
 use crate::sql::{params, unique_is_conflict, DbError, Row, Sql};
 use crate::*;
+use serde_json::json;
 
 pub fn json_col<T: serde::de::DeserializeOwned>(s: &str, what: &str) -> Result<T> {
     serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
@@ -1173,7 +1174,26 @@ fn revoked_approvals(db: &mut dyn Sql, run: &RunRecord) -> Result<Vec<String>> {
 // ---- tokens and users ----
 
 const TOKEN_COLS: &str =
-    "id, name, role, stacks, created_at, expires_at, revoked_at, created_by, run_id, user_name, parent_id, read_stacks";
+    "id, name, role, stacks, created_at, expires_at, revoked_at, created_by, run_id, user_name, parent_id, read_stacks, minted_by, revoked_reason";
+
+/// The migration that made a token's minter a column (`tokens.minted_by`); the engines fill it
+/// for existing rows in its transaction with [`minted_by_backfill`].
+pub(crate) const MINTERS_MIGRATION: i64 = 19;
+
+/// Migration 0019's fill, given every token's `(id, created_by)`: `(id, minter)` for each token
+/// whose `created_by` names its minter as the server wrote it ([`minter_id`], the only reader
+/// of that text) and that minter exists (a missing one ended the chain when it was read from
+/// the text too).
+pub(crate) fn minted_by_backfill(tokens: &[(String, String)]) -> Vec<(String, String)> {
+    let ids: std::collections::HashSet<&str> = tokens.iter().map(|(id, _)| id.as_str()).collect();
+    tokens
+        .iter()
+        .filter_map(|(id, created_by)| {
+            let m = minter_id(created_by).filter(|m| ids.contains(m) && *m != id)?;
+            Some((id.clone(), m.to_owned()))
+        })
+        .collect()
+}
 
 fn token_from_row(r: &Row) -> Result<TokenRecord> {
     Ok(TokenRecord {
@@ -1189,6 +1209,8 @@ fn token_from_row(r: &Row) -> Result<TokenRecord> {
         user: r.text(9)?,
         parent_id: r.opt_text(10)?,
         read_stacks: json_col(&r.text(11)?, "token read stacks")?,
+        minted_by: r.opt_text(12)?,
+        revoked_reason: r.opt_text(13)?,
     })
 }
 
@@ -1431,40 +1453,12 @@ const MAX_MINTER_CHAIN: usize = 32;
 /// What minting for `user` is judged on ([`Person::may_receive`]): its parentless tokens,
 /// each with its chain of minters, the minting token `minter` and its forge logins.
 fn person(db: &mut dyn Sql, user: &str, minter: Option<&str>) -> Result<Person> {
-    let tokens = db
-        .query(
-            &format!("SELECT {TOKEN_COLS} FROM tokens WHERE user_name = $1 AND parent_id IS NULL ORDER BY created_at, id"),
-            params![user],
-        )?
-        .iter()
-        .map(token_from_row)
-        .collect::<Result<Vec<_>>>()?;
+    let tokens = parentless_tokens(db, user)?;
     // A user's tokens share a few minters: each is read once.
-    let mut minters: std::collections::HashMap<String, Option<TokenRecord>> = Default::default();
+    let mut minters = Default::default();
     let mut with_chains = Vec::with_capacity(tokens.len());
     for t in tokens {
-        let mut chain: Vec<TokenRecord> = Vec::new();
-        let mut next = minter_id(&t.created_by).map(str::to_owned);
-        while let Some(id) = next.take() {
-            if chain.len() == MAX_MINTER_CHAIN {
-                return Err(StoreError::Corrupt(format!(
-                    "token {}: its minters go on past {MAX_MINTER_CHAIN}",
-                    t.id
-                )));
-            }
-            let m = match minters.get(&id) {
-                Some(m) => m.clone(),
-                None => {
-                    let m = token_by_id(db, &id, false)?;
-                    minters.insert(id, m.clone());
-                    m
-                }
-            };
-            if let Some(m) = m {
-                next = minter_id(&m.created_by).map(str::to_owned);
-                chain.push(m);
-            }
-        }
+        let chain = minter_chain(db, &t, &mut minters)?;
         with_chains.push((t, chain));
     }
     Ok(Person {
@@ -1480,6 +1474,150 @@ fn person(db: &mut dyn Sql, user: &str, minter: Option<&str>) -> Result<Person> 
             params![user],
         )?,
     })
+}
+
+/// Every parentless token `user` was ever given (`tokens_of_persons`).
+fn parentless_tokens(db: &mut dyn Sql, user: &str) -> Result<Vec<TokenRecord>> {
+    db.query(
+        &format!("SELECT {TOKEN_COLS} FROM tokens WHERE user_name = $1 AND parent_id IS NULL ORDER BY created_at, id"),
+        params![user],
+    )?
+    .iter()
+    .map(token_from_row)
+    .collect()
+}
+
+/// The tokens that minted `t`: its `minted_by`, that token's, and so on; `Corrupt` past
+/// [`MAX_MINTER_CHAIN`] (a loop in a corrupt database). `minters` caches the tokens read.
+fn minter_chain(
+    db: &mut dyn Sql,
+    t: &TokenRecord,
+    minters: &mut std::collections::HashMap<String, Option<TokenRecord>>,
+) -> Result<Vec<TokenRecord>> {
+    let mut chain: Vec<TokenRecord> = Vec::new();
+    let mut next = t.minted_by.clone();
+    while let Some(id) = next.take() {
+        if chain.len() == MAX_MINTER_CHAIN {
+            return Err(StoreError::Corrupt(format!(
+                "token {}: its minters go on past {MAX_MINTER_CHAIN}",
+                t.id
+            )));
+        }
+        let m = match minters.get(&id) {
+            Some(m) => m.clone(),
+            None => {
+                let m = token_by_id(db, &id, false)?;
+                minters.insert(id, m.clone());
+                m
+            }
+        };
+        if let Some(m) = m {
+            next = m.minted_by.clone();
+            chain.push(m);
+        }
+    }
+    Ok(chain)
+}
+
+/// Who revokes what the scoped-mint rule refuses ([`Store::revoke_unsafe_mints`]).
+const UNSAFE_MINT_ACTOR: &str = "system (scoped-mint rule)";
+
+/// [`Store::revoke_unsafe_mints`] for one user, in one transaction: judges each live
+/// parentless token as if it were minted now, by its own minter, and revokes what the rule
+/// refuses (rule 1: the token; rule 2: the held token it names), until every live one passes.
+fn revoke_unsafe_mints_of(db: &mut dyn Sql, user: &str) -> Result<Vec<TokenRecord>> {
+    // Lock order as a mint's: token rows (a derived mint locks its parent), then the mint lock.
+    db.query(
+        &format!(
+            "SELECT id FROM tokens WHERE user_name = $1 AND parent_id IS NULL AND revoked_at IS NULL ORDER BY id{}",
+            db.for_update()
+        ),
+        params![user],
+    )?;
+    db.lock_user_mints(user)?;
+    let now = now_ms();
+    let live = |t: &TokenRecord| t.revoked_at.is_none() && t.expires_at.is_none_or(|e| e > now);
+    let mut revoked = Vec::new();
+    loop {
+        let person = match person(db, user, None) {
+            Ok(p) => p,
+            // A chain of minters that loops or runs past the bound (a corrupt database) cannot
+            // be judged: the live tokens with such a chain are revoked, and mints for the user
+            // stay refused with the error until the database is mended.
+            Err(StoreError::Corrupt(_)) => {
+                let mut minters = Default::default();
+                for t in parentless_tokens(db, user)?.into_iter().filter(|t| live(t)) {
+                    if let Err(StoreError::Corrupt(why)) = minter_chain(db, &t, &mut minters) {
+                        let reason = format!("its chain of minters cannot be judged: {why}");
+                        revoked.push(revoke_unsafe(db, &t, now, &reason, json!({}))?);
+                    }
+                }
+                return Ok(revoked);
+            }
+            Err(e) => return Err(e),
+        };
+        let Some((judged, refusal)) = first_refused(&person, now) else {
+            return Ok(revoked);
+        };
+        let target = refusal.held.clone().unwrap_or_else(|| judged.id.clone());
+        let (t, _) = person
+            .tokens
+            .iter()
+            .find(|(t, _)| t.id == target)
+            .ok_or_else(|| StoreError::Backend(format!("token {target} is not user {user}'s")))?;
+        let reason = format!(
+            "minted before the scoped-mint rule, which refuses it now (judging {}): {}",
+            judged.id, refusal.message
+        );
+        let detail = json!({"through": refusal.through, "judged": judged.id});
+        revoked.push(revoke_unsafe(db, t, now, &reason, detail)?);
+    }
+}
+
+/// The first of `person`'s live parentless tokens (oldest first) that the scoped-mint rule
+/// refuses when judged as if minted now by its own minter, with the refusal.
+fn first_refused(person: &Person, now: i64) -> Option<(TokenRecord, MintRefusal)> {
+    let live = |t: &TokenRecord| t.revoked_at.is_none() && t.expires_at.is_none_or(|e| e > now);
+    person
+        .tokens
+        .iter()
+        .filter(|(t, _)| live(t))
+        .find_map(|(t, chain)| {
+            let judged = Person {
+                minter: chain.first().cloned(),
+                ..person.clone()
+            };
+            judged.refusal(&t.stacks, now).map(|r| (t.clone(), r))
+        })
+}
+
+/// Revokes `t` (and its descendants) for `reason`, audited as `token.revoke_unsafe_mint`
+/// naming the token, its user and its minter, with `detail` added.
+fn revoke_unsafe(
+    db: &mut dyn Sql,
+    t: &TokenRecord,
+    now: i64,
+    reason: &str,
+    mut detail: serde_json::Value,
+) -> Result<TokenRecord> {
+    let n = db.execute(
+        "UPDATE tokens SET revoked_at = $2, revoked_reason = $3 WHERE id = $1 AND revoked_at IS NULL",
+        params![&t.id, now, reason],
+    )?;
+    if n != 1 {
+        return Err(StoreError::Backend(format!(
+            "token {} was revoked while its user's tokens were locked",
+            t.id
+        )));
+    }
+    detail["token"] = json!(t.id);
+    detail["user"] = json!(t.user);
+    detail["minted_by"] = json!(t.minted_by);
+    detail["reason"] = json!(reason);
+    let audit = NewAudit::ok(UNSAFE_MINT_ACTOR, "token.revoke_unsafe_mint", None, detail);
+    append_audit(db, &audit)?;
+    revoke_tree(db, "parent_id", &t.id, now, &audit)?;
+    token_by_id(db, &t.id, false)?.ok_or_else(|| StoreError::NotFound(format!("token {}", t.id)))
 }
 
 impl<E: Engine> Store for E {
@@ -1516,6 +1654,15 @@ impl<E: Engine> Store for E {
                 }
                 None => 0,
             };
+            // The minter is the caller's token, set by the server (never the client); a
+            // token that names a minter that does not exist would judge as the operator's.
+            if let Some(m) = t.minted_by.as_deref() {
+                if token_by_id(db, m, false)?.is_none() {
+                    return Err(StoreError::NotFound(format!(
+                        "minting token {m} (a token's minter must be a stored token)"
+                    )));
+                }
+            }
             let user_exists =
                 count(db, "SELECT COUNT(*) FROM users WHERE name = $1", params![&user])? > 0;
             // A person's tokens are judged under the user's mint lock (taken once).
@@ -1524,7 +1671,7 @@ impl<E: Engine> Store for E {
                     if t.mint_limit.is_none() {
                         db.lock_user_mints(&user)?;
                     }
-                    Some(person(db, &user, minter_id(&t.created_by))?)
+                    Some(person(db, &user, t.minted_by.as_deref())?)
                 }
                 _ => None,
             };
@@ -1536,8 +1683,8 @@ impl<E: Engine> Store for E {
                 person: person.as_ref(),
             })?;
             db.execute(
-                "INSERT INTO tokens (id, secret_hash, name, role, stacks, created_at, expires_at, created_by, run_id, user_name, parent_id, read_stacks) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-                params![&t.id, &t.secret_hash[..], &t.name, t.role.as_str(), to_json(&t.stacks), now, t.expires_at, &t.created_by, &t.run_id, &t.user, &t.parent_id, to_json(&t.read_stacks)],
+                "INSERT INTO tokens (id, secret_hash, name, role, stacks, created_at, expires_at, created_by, run_id, user_name, parent_id, read_stacks, minted_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                params![&t.id, &t.secret_hash[..], &t.name, t.role.as_str(), to_json(&t.stacks), now, t.expires_at, &t.created_by, &t.run_id, &t.user, &t.parent_id, to_json(&t.read_stacks), &t.minted_by],
             )
             .map_err(|e| unique_is_conflict(e, || format!("token {} already exists", t.id)))?;
             append_audit(db, &audit)?;
@@ -1587,6 +1734,32 @@ impl<E: Engine> Store for E {
             revoke_tree(db, "parent_id", id, now, &audit)?;
             Ok(t)
         })
+    }
+
+    fn revoke_unsafe_mints(&self) -> Result<Vec<TokenRecord>> {
+        let users = self.read(|db| {
+            db.query(
+                "SELECT DISTINCT user_name FROM tokens WHERE parent_id IS NULL AND revoked_at IS NULL AND user_name IN (SELECT name FROM users) ORDER BY user_name",
+                &[],
+            )?
+            .iter()
+            .map(|r| r.text(0))
+            .collect::<Result<Vec<String>>>()
+        })?;
+        let mut revoked = Vec::new();
+        for user in users.iter().filter(|u| is_person(u)) {
+            // Judged first on a reader: a write transaction (and, on SQLite, its sync) only
+            // for the rare user with something to revoke; judged again under the locks there.
+            let suspect = self.read(|db| match person(db, user, None) {
+                Ok(p) => Ok(first_refused(&p, now_ms()).is_some()),
+                Err(StoreError::Corrupt(_)) => Ok(true),
+                Err(e) => Err(e),
+            })?;
+            if suspect {
+                revoked.extend(self.write(|db| revoke_unsafe_mints_of(db, user))?);
+            }
+        }
+        Ok(revoked)
     }
 
     // --- users ---
@@ -2351,7 +2524,7 @@ impl<E: Engine> StoreImport for E {
             )?
             .iter()
             .map(|r| {
-                let hash = <[u8; 32]>::try_from(r.bytes(12)?.as_slice()).map_err(|_| {
+                let hash = <[u8; 32]>::try_from(r.bytes(14)?.as_slice()).map_err(|_| {
                     StoreError::Corrupt("a token's secret hash is not 32 bytes".into())
                 })?;
                 Ok((token_from_row(r)?, hash))
@@ -2386,10 +2559,18 @@ impl<E: Engine> StoreImport for E {
     fn import_token(&self, t: &TokenRecord, secret_hash: &[u8; 32]) -> Result<()> {
         self.write(|db| {
             db.execute(
-                "INSERT INTO tokens (id, secret_hash, name, role, stacks, created_at, expires_at, revoked_at, created_by, run_id, user_name, parent_id, read_stacks) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-                params![&t.id, &secret_hash[..], &t.name, t.role.as_str(), to_json(&t.stacks), t.created_at, t.expires_at, t.revoked_at, &t.created_by, &t.run_id, &t.user, &t.parent_id, to_json(&t.read_stacks)],
+                "INSERT INTO tokens (id, secret_hash, name, role, stacks, created_at, expires_at, revoked_at, created_by, run_id, user_name, parent_id, read_stacks, minted_by, revoked_reason) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+                params![&t.id, &secret_hash[..], &t.name, t.role.as_str(), to_json(&t.stacks), t.created_at, t.expires_at, t.revoked_at, &t.created_by, &t.run_id, &t.user, &t.parent_id, to_json(&t.read_stacks), &t.minted_by, &t.revoked_reason],
             )
-            .map_err(|e| unique_is_conflict(e, || format!("token {} already exists", t.id)))?;
+            .map_err(|e| match e {
+                // The foreign key: a minter is imported before what it minted.
+                DbError::ForeignKey => StoreError::NotFound(format!(
+                    "token {}: its minting token {} is not stored (import minters first)",
+                    t.id,
+                    t.minted_by.as_deref().unwrap_or_default()
+                )),
+                e => unique_is_conflict(e, || format!("token {} already exists", t.id)),
+            })?;
             Ok(())
         })
     }

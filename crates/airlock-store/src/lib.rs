@@ -92,6 +92,15 @@ pub trait Store: Send + Sync {
     /// not); `NotFound` if there is none. Records `audit` when the token itself is revoked now,
     /// and a `token.revoke_cascade` event naming the descendants revoked with it, if any.
     fn revoke_token(&self, id: &str, audit: NewAudit) -> Result<TokenRecord>;
+    /// Judges every live parentless token of every person again with [`Person::may_receive`]
+    /// (as [`Person::refusal`]) and revokes each token the rule refuses: tokens a scoped admin
+    /// minted before the rule existed, for people with rights beyond its scope. Each is
+    /// revoked with its reason (`revoked_reason`), its descendants with it, and a
+    /// `token.revoke_unsafe_mint` event naming the token, its user, its minter and why. One
+    /// transaction per user, under the user's mint lock and its tokens' row locks, so replicas
+    /// running it at once revoke each token once. Idempotent: tokens minted under the rule are
+    /// never refused by it, so the server runs it at every start. Returns what it revoked.
+    fn revoke_unsafe_mints(&self) -> Result<Vec<TokenRecord>>;
 
     // --- users ---
     /// Creates a user; `Conflict` if the name is taken.

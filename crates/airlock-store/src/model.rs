@@ -237,6 +237,14 @@ pub struct TokenRecord {
     /// given to a plan-phase token for `terraform_remote_state` (migration 0015).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub read_stacks: Vec<String>,
+    /// The token whose caller minted this one (`tokens.minted_by`, migration 0019): set by the
+    /// server from the authenticated caller, never from a request's body; none for the
+    /// operator's offline `airlock token create`, the bootstrap token and forge logins.
+    pub minted_by: Option<String>,
+    /// Why the server revoked this token itself ([`crate::Store::revoke_unsafe_mints`]); none
+    /// when it is live or an admin revoked it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_reason: Option<String>,
 }
 
 /// A token to create.
@@ -266,6 +274,9 @@ pub struct NewToken {
     /// Other stacks whose state the token may read (exact names; plan-phase tokens only, each
     /// checked against the minter by the server before it asks the store).
     pub read_stacks: Vec<String>,
+    /// The authenticated caller's token (the server's mints), none for the operator, the
+    /// bootstrap and forge logins; the store refuses one that names no stored token.
+    pub minted_by: Option<String>,
     /// Limit on tokens of this kind (derived, or parentless) per user, counted in the database
     /// so replicas agree.
     pub mint_limit: Option<MintLimit>,
@@ -395,8 +406,8 @@ pub struct MintContext<'a> {
 pub struct Person {
     /// The user's name.
     pub name: String,
-    /// The admin token that mints, named by the new token's `created_by` ([`minter_id`]):
-    /// none for the operator (`airlock token create` offline, the bootstrap) and forge logins.
+    /// The admin token that mints (the new token's `minted_by`): none for the operator
+    /// (`airlock token create` offline, the bootstrap) and forge logins.
     pub minter: Option<TokenRecord>,
     /// Every parentless token the user was ever given (live, revoked or expired), each with
     /// the tokens that minted it: its minter, the minter's minter, and so on (whoever holds one
@@ -415,7 +426,9 @@ pub fn is_person(user: &str) -> bool {
 
 /// The token that minted a token, from its `created_by` as the server records a caller
 /// (`NAME (tok_…)`: the id is last, whatever the name holds). None for the operator's
-/// `offline (…)`, the bootstrap's `system` and a forge login's `oidc login via …`.
+/// `offline (…)`, the bootstrap's `system` and a forge login's `oidc login via …`. Since
+/// migration 0019 the minter is the column `minted_by`; this reads only old data: the
+/// migration's fill and backups made before the column (and checks newer ones against it).
 pub fn minter_id(created_by: &str) -> Option<&str> {
     let (_, id) = created_by.strip_suffix(')')?.rsplit_once(" (")?;
     (id.starts_with(TOKEN_ID_PREFIX) && !id.contains([' ', '(', ')'])).then_some(id)
@@ -434,8 +447,24 @@ impl Person {
     /// `stacks` is the new token's scope (empty: all stacks, as for a forge login, which
     /// decides approvals everywhere).
     pub fn may_receive(&self, stacks: &[String], now: i64) -> Result<(), crate::StoreError> {
+        match self.refusal(stacks, now) {
+            Some(r) => Err(crate::StoreError::Forbidden(r.message)),
+            None => Ok(()),
+        }
+    }
+
+    /// [`Person::may_receive`]'s verdict as data: which token the rule objects to, so the
+    /// server can revoke what was minted before the rule existed
+    /// ([`crate::Store::revoke_unsafe_mints`]).
+    pub fn refusal(&self, stacks: &[String], now: i64) -> Option<MintRefusal> {
         use airlock_core::glob::within_scope;
-        let forbidden = |m: String| Err(crate::StoreError::Forbidden(m));
+        let forbidden = |message: String, held: Option<&TokenRecord>, through: &TokenRecord| {
+            Some(MintRefusal {
+                held: held.map(|t| t.id.clone()),
+                through: through.id.clone(),
+                message,
+            })
+        };
         let scoped_other = |m: &&TokenRecord| !m.stacks.is_empty() && m.user != self.name;
         if let Some(m) = self.minter.as_ref().filter(scoped_other) {
             let beyond = self
@@ -457,7 +486,7 @@ impl Person {
                 return forbidden(format!(
                     "token {} ({}) is an admin scoped to stacks {:?}: it mints only for its own user and for users whose every token lies within that scope; user {} {why}, so only an admin token for all stacks may mint for {}",
                     m.name, m.id, m.stacks, self.name, self.name
-                ));
+                ), None, m);
             }
         }
         let live = |t: &TokenRecord| t.revoked_at.is_none() && t.expires_at.is_none_or(|e| e > now);
@@ -481,10 +510,23 @@ impl Person {
             return forbidden(format!(
                 "user {} holds live token {} ({}), minted through {} ({}), user {}'s admin token scoped to stacks {:?}; whoever holds that could act as, and spend the per-user limits of, {} with rights beyond that scope: revoke {} first (`airlock token revoke {}`), then give {} {wanted}",
                 self.name, t.id, scope_text(&t.stacks), m.name, m.id, m.user, m.stacks, self.name, t.id, t.id, self.name
-            ));
+            ), Some(t), m);
         }
-        Ok(())
+        None
     }
+}
+
+/// Why [`Person::refusal`] refuses a token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MintRefusal {
+    /// Rule 2: the live token the user holds that must be revoked first. None for rule 1: the
+    /// token being judged is the one refused.
+    pub held: Option<String>,
+    /// The scoped admin token (another user's) the refusal is about: the minter (rule 1), or
+    /// the one in the held token's chain of minters (rule 2).
+    pub through: String,
+    /// The refusal, for the caller (a 403's message; a revocation's reason).
+    pub message: String,
 }
 
 /// `stacks ["dev/*"]`, or `all stacks` for an empty scope.
@@ -713,6 +755,8 @@ impl NewToken {
             user: self.user,
             parent_id: self.parent_id,
             read_stacks: self.read_stacks,
+            minted_by: self.minted_by,
+            revoked_reason: None,
         }
     }
 

@@ -70,6 +70,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         17,
         include_str!("../migrations/postgres/0017_tokens_of_persons.sql"),
     ),
+    (
+        19,
+        include_str!("../migrations/postgres/0019_token_minters.sql"),
+    ),
 ];
 
 /// Transaction-scoped advisory lock keys ("airlock" in ASCII, then a number). Being
@@ -793,6 +797,9 @@ async fn migrate(client: &mut tokio_postgres::Client) -> Result<()> {
             .try_get(0)?;
         if !done {
             tx.batch_execute(sql).await?;
+            if *version == crate::core::MINTERS_MIGRATION {
+                fill_minters(&tx).await?;
+            }
             tx.execute(
                 "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)",
                 &[version, &now_ms()],
@@ -801,6 +808,24 @@ async fn migrate(client: &mut tokio_postgres::Client) -> Result<()> {
         }
     }
     tx.commit().await?;
+    Ok(())
+}
+
+/// Migration 0019's fill of `tokens.minted_by` (see `core::minted_by_backfill`).
+async fn fill_minters(tx: &tokio_postgres::Transaction<'_>) -> Result<()> {
+    let tokens = tx
+        .query("SELECT id, created_by FROM tokens", &[])
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect::<std::result::Result<Vec<(String, String)>, PgError>>()?;
+    for (id, minter) in crate::core::minted_by_backfill(&tokens) {
+        tx.execute(
+            "UPDATE tokens SET minted_by = $2 WHERE id = $1",
+            &[&id, &minter],
+        )
+        .await?;
+    }
     Ok(())
 }
 

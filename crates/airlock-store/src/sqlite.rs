@@ -78,6 +78,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         17,
         include_str!("../migrations/sqlite/0017_tokens_of_persons.sql"),
     ),
+    (
+        19,
+        include_str!("../migrations/sqlite/0019_token_minters.sql"),
+    ),
 ];
 // Enough idle readers for a burst of concurrent GETs without reopening connections.
 const MAX_IDLE_READERS: usize = 32;
@@ -510,12 +514,30 @@ fn migrate(conn: &mut Connection) -> Result<()> {
         )?;
         if !done {
             tx.execute_batch(sql)?;
+            if *version == crate::core::MINTERS_MIGRATION {
+                fill_minters(&tx)?;
+            }
             tx.execute(
                 "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
                 rusqlite::params![version, now_ms()],
             )?;
         }
         tx.commit()?;
+    }
+    Ok(())
+}
+
+/// Migration 0019's fill of `tokens.minted_by` (see `core::minted_by_backfill`).
+fn fill_minters(tx: &Connection) -> Result<()> {
+    let tokens = tx
+        .prepare("SELECT id, created_by FROM tokens")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<Vec<(String, String)>>>()?;
+    for (id, minter) in crate::core::minted_by_backfill(&tokens) {
+        tx.execute(
+            "UPDATE tokens SET minted_by = ?2 WHERE id = ?1",
+            rusqlite::params![id, minter],
+        )?;
     }
     Ok(())
 }

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use airlock_store::{conformance, SqliteStore, Store};
+use airlock_store::{conformance, NewToken, SqliteStore, Store, TokenRecord};
 
 #[test]
 fn sqlite_conforms() {
@@ -162,7 +162,7 @@ fn postgres_replicas_migrate_at_once() {
         .unwrap();
     assert_eq!(
         rows.iter().map(|r| r.get::<_, i64>(0)).collect::<Vec<_>>(),
-        [1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 13, 14, 15, 16, 17]
+        [1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 13, 14, 15, 16, 17, 19]
     );
 }
 
@@ -479,4 +479,357 @@ fn sqlite_migration_0014_keeps_every_chunk_and_version() {
         )
         .unwrap_err();
     assert!(err.to_string().contains("UNIQUE"), "{err}");
+}
+
+// ---- migration 0019 (token minters) and the re-judging of tokens minted before the rule ----
+
+/// Every migration before 0019, as the server that ran them applied them (the files in order).
+fn migrations_before_0019(engine: &str) -> String {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("migrations")
+        .join(engine);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let mut sql = String::from(
+        "CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL);\n",
+    );
+    for f in files {
+        let name = f.file_name().unwrap().to_str().unwrap().to_owned();
+        let version: i64 = name[..4].parse().unwrap();
+        if version < 19 {
+            sql.push_str(&std::fs::read_to_string(&f).unwrap());
+            sql.push_str(&format!(
+                "\nINSERT INTO schema_migrations VALUES ({version}, 0);\n"
+            ));
+        }
+    }
+    sql
+}
+
+/// Users and tokens as a server before the scoped-mint rule (and before `minted_by`) stored
+/// them: the minter only in `created_by`'s trailing `(tok_…)`.
+/// - carol's `tok_dev` is an admin scoped to `dev/*`; before the rule it minted `tok_imp`, a
+///   `dev/*` approver token in the name of alice, a prod approver (`tok_alice`): whoever holds
+///   `tok_dev` can approve as alice, a second approver (rule 1: revoked; its phase token too);
+/// - bob's token is named `x (tok_root)`: its minter is still `tok_dev`, not `tok_root`, and
+///   bob is wholly within `dev/*` (kept);
+/// - dave was given `tok_dave_adm` (`dev/*`) by `tok_dev` and minted himself `tok_dave_dev2`
+///   with it, then got `tok_dave_prod` from the root (rule 1 revokes `tok_dave_adm`, rule 2
+///   `tok_dave_dev2`, the token to revoke, not dave's prod token);
+/// - erin's expired token from `tok_dev` is not live (nothing to revoke);
+/// - `tok_l1` and `tok_l2` name each other as minters (a corrupt database).
+fn pre_rule_tokens_sql(hash: impl Fn(u8) -> String) -> String {
+    // id, user, name, role, stacks, created_by, parent_id, expires_at
+    type Row<'a> = (
+        &'a str,
+        &'a str,
+        &'a str,
+        &'a str,
+        &'a str,
+        &'a str,
+        &'a str,
+        &'a str,
+    );
+    let rows: [Row; 12] = [
+        (
+            "tok_root", "admin", "root", "admin", "[]", "system", "NULL", "NULL",
+        ),
+        (
+            "tok_dev",
+            "carol",
+            "carol-dev",
+            "admin",
+            r#"["dev/*"]"#,
+            "root (tok_root)",
+            "NULL",
+            "NULL",
+        ),
+        (
+            "tok_alice",
+            "alice",
+            "alice",
+            "approver",
+            r#"["prod/*"]"#,
+            "root (tok_root)",
+            "NULL",
+            "NULL",
+        ),
+        (
+            "tok_imp",
+            "alice",
+            "alice-dev",
+            "approver",
+            r#"["dev/*"]"#,
+            "carol-dev (tok_dev)",
+            "NULL",
+            "NULL",
+        ),
+        (
+            "tok_imp_plan",
+            "alice",
+            "plan for alice-dev",
+            "agent",
+            r#"["dev/a"]"#,
+            "alice-dev (tok_imp)",
+            "'tok_imp'",
+            "NULL",
+        ),
+        (
+            "tok_bob",
+            "bob",
+            "x (tok_root)",
+            "approver",
+            r#"["dev/app"]"#,
+            "x (tok_root) (tok_dev)",
+            "NULL",
+            "NULL",
+        ),
+        (
+            "tok_dave_adm",
+            "dave",
+            "dave-adm",
+            "admin",
+            r#"["dev/*"]"#,
+            "carol-dev (tok_dev)",
+            "NULL",
+            "NULL",
+        ),
+        (
+            "tok_dave_dev2",
+            "dave",
+            "dave-x",
+            "approver",
+            r#"["dev/x"]"#,
+            "dave-adm (tok_dave_adm)",
+            "NULL",
+            "NULL",
+        ),
+        (
+            "tok_dave_prod",
+            "dave",
+            "dave-prod",
+            "approver",
+            r#"["prod/*"]"#,
+            "root (tok_root)",
+            "NULL",
+            "NULL",
+        ),
+        (
+            "tok_erin",
+            "erin",
+            "erin",
+            "approver",
+            r#"["dev/*"]"#,
+            "carol-dev (tok_dev)",
+            "NULL",
+            "1",
+        ),
+        (
+            "tok_l1",
+            "looper",
+            "l1",
+            "approver",
+            r#"["dev/*"]"#,
+            "l2 (tok_l2)",
+            "NULL",
+            "NULL",
+        ),
+        (
+            "tok_l2",
+            "looper",
+            "l2",
+            "approver",
+            r#"["dev/*"]"#,
+            "l1 (tok_l1)",
+            "NULL",
+            "NULL",
+        ),
+    ];
+    let mut sql = String::from(
+        "INSERT INTO users (name, created_at, created_by) VALUES ('admin', 1, 'system'), ('carol', 1, 'root (tok_root)'), ('alice', 1, 'root (tok_root)'), ('bob', 1, 'carol-dev (tok_dev)'), ('dave', 1, 'carol-dev (tok_dev)'), ('erin', 1, 'carol-dev (tok_dev)'), ('looper', 1, 'x');\n",
+    );
+    for (i, (id, user, name, role, stacks, by, parent, expires)) in rows.iter().enumerate() {
+        sql.push_str(&format!(
+            "INSERT INTO tokens (id, secret_hash, name, role, stacks, created_at, expires_at, created_by, user_name, parent_id, read_stacks) VALUES ('{id}', {}, '{name}', '{role}', '{stacks}', {}, {expires}, '{by}', '{user}', {parent}, '[]');\n",
+            hash(i as u8 + 1),
+            10 + i
+        ));
+    }
+    sql
+}
+
+const UNSAFE: &[&str] = &[
+    "tok_dave_adm",
+    "tok_dave_dev2",
+    "tok_imp",
+    "tok_l1",
+    "tok_l2",
+];
+
+fn unsafe_mint_events(s: &dyn Store) -> Vec<airlock_core::audit::AuditRecord> {
+    s.audit_events(0, 10_000)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.action == "token.revoke_unsafe_mint")
+        .collect()
+}
+
+/// After migration 0019: every minter is the column, read as `minter_id` read the text
+/// (whatever the token's name holds); re-judging revokes exactly the tokens the rule refuses,
+/// each once, with its reason and an audit event, and nothing the second time.
+fn check_minters_and_rejudging(s: &dyn Store, revoked: &[TokenRecord]) {
+    let t = |id: &str| s.token(id).unwrap().unwrap();
+    for (id, minter) in [
+        ("tok_root", None),
+        ("tok_dev", Some("tok_root")),
+        ("tok_imp", Some("tok_dev")),
+        ("tok_imp_plan", Some("tok_imp")),
+        ("tok_bob", Some("tok_dev")),
+        ("tok_dave_dev2", Some("tok_dave_adm")),
+        ("tok_l1", Some("tok_l2")),
+    ] {
+        assert_eq!(t(id).minted_by.as_deref(), minter, "{id}");
+    }
+    let mut ids: Vec<&str> = revoked.iter().map(|r| r.id.as_str()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, UNSAFE, "{revoked:#?}");
+    for id in UNSAFE {
+        let r = t(id);
+        assert!(r.revoked_at.is_some(), "{id}");
+        assert!(
+            r.revoked_reason
+                .as_deref()
+                .is_some_and(|m| m.contains("scoped-mint rule")
+                    || m.contains("chain of minters cannot be judged")),
+            "{id}: {:?}",
+            r.revoked_reason
+        );
+    }
+    assert!(
+        t("tok_imp_plan").revoked_at.is_some(),
+        "dies with its parent"
+    );
+    for id in [
+        "tok_root",
+        "tok_dev",
+        "tok_alice",
+        "tok_bob",
+        "tok_dave_prod",
+    ] {
+        assert_eq!(t(id).revoked_at, None, "{id} stays");
+    }
+    let events = unsafe_mint_events(s);
+    assert_eq!(events.len(), UNSAFE.len(), "{events:#?}");
+    let imp = events
+        .iter()
+        .find(|e| e.detail["token"] == "tok_imp")
+        .unwrap();
+    assert_eq!(imp.detail["user"], "alice");
+    assert_eq!(imp.detail["minted_by"], "tok_dev");
+    assert_eq!(imp.detail["through"], "tok_dev");
+    assert!(imp.detail["reason"].as_str().unwrap().contains("tok_alice"));
+    // Once is enough: the rule now holds for every live token.
+    assert_eq!(s.revoke_unsafe_mints().unwrap(), []);
+    assert_eq!(unsafe_mint_events(s).len(), UNSAFE.len());
+    // A mint for the looping user stays refused, bounded, naming the corruption.
+    let r = s.create_token(
+        NewToken {
+            id: "tok_l3".into(),
+            secret_hash: [0xee; 32],
+            name: "l3".into(),
+            role: airlock_core::Role::Approver,
+            stacks: vec!["dev/*".into()],
+            expires_at: None,
+            created_by: "root (tok_root)".into(),
+            run_id: None,
+            user: "looper".into(),
+            parent_id: None,
+            mint_limit: None,
+            read_stacks: Vec::new(),
+            minted_by: Some("tok_root".into()),
+        },
+        airlock_store::NewAudit::ok("t", "token.create", None, serde_json::json!({})),
+    );
+    assert!(
+        matches!(&r, Err(airlock_store::StoreError::Corrupt(m)) if m.contains("go on past 32")),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn sqlite_migration_0019_fills_minters_and_tokens_minted_before_the_rule_are_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("airlock.db");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(&migrations_before_0019("sqlite"))
+        .unwrap();
+    conn.execute_batch(&pre_rule_tokens_sql(|i| {
+        format!("X'{}'", format!("{i:02x}").repeat(32))
+    }))
+    .unwrap();
+    drop(conn);
+    let store = SqliteStore::open(&path).unwrap();
+    let revoked = store.revoke_unsafe_mints().unwrap();
+    check_minters_and_rejudging(&store, &revoked);
+    // Reopening runs the fill no more; a minter, once set, is fixed in the schema.
+    drop(store);
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.revoke_unsafe_mints().unwrap(), []);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let err = conn
+        .execute(
+            "UPDATE tokens SET minted_by = 'tok_root' WHERE id = 'tok_imp'",
+            [],
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("immutable"), "{err}");
+    let err = conn
+        .execute(
+            "UPDATE tokens SET minted_by = NULL WHERE id = 'tok_imp'",
+            [],
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("immutable"), "{err}");
+}
+
+#[test]
+fn postgres_migration_0019_fills_minters_and_two_replicas_revoke_each_pre_rule_token_once() {
+    let db = TestDatabase::new("minters");
+    let mut c = db.client();
+    c.batch_execute(&migrations_before_0019("postgres"))
+        .unwrap();
+    c.batch_execute(&pre_rule_tokens_sql(|i| {
+        format!("'\\x{}'::bytea", format!("{i:02x}").repeat(32))
+    }))
+    .unwrap();
+    // Two replicas start at once: each migrates (one fills) and re-judges.
+    let start = Arc::new(std::sync::Barrier::new(2));
+    let replicas: Vec<_> = (0..2)
+        .map(|_| {
+            let (url, start) = (db.url.clone(), Arc::clone(&start));
+            std::thread::spawn(move || {
+                let store = PostgresStore::open(&url).unwrap();
+                start.wait();
+                store.revoke_unsafe_mints().unwrap()
+            })
+        })
+        .collect();
+    let revoked: Vec<TokenRecord> = replicas
+        .into_iter()
+        .flat_map(|r| r.join().unwrap())
+        .collect();
+    let store = PostgresStore::open(&db.url).unwrap();
+    check_minters_and_rejudging(&store, &revoked);
+    let err = c
+        .execute(
+            "UPDATE tokens SET minted_by = 'tok_root' WHERE id = 'tok_imp'",
+            &[],
+        )
+        .unwrap_err();
+    assert!(format!("{err:?}").contains("immutable"), "{err:?}");
 }

@@ -608,6 +608,8 @@ pub async fn login(
         parent_id: None,
         mint_limit: Some(LOGIN_LIMIT),
         read_stacks: Vec::new(),
+        // A forge login: no token minted it.
+        minted_by: None,
     };
     // The event names the ID token it spent, so a restore can mark it used again.
     let mut detail = json!({"trust": grant.trust_id, "sub": grant.subject, "role": grant.role, "token": g.id, "expires_at": expires_at});

@@ -181,6 +181,7 @@ pub async fn plan_token(
         parent_id: Some(p.token_id.clone()),
         mint_limit: Some(tokens::PHASE_TOKEN_LIMIT),
         read_stacks: read_stacks.clone(),
+        minted_by: Some(p.token_id.clone()),
     };
     let audit = NewAudit::ok(
         &p.display(),
@@ -1742,6 +1743,7 @@ pub async fn apply(
         // Not rate-limited: each needs an approved run, and failing here would strand the run.
         mint_limit: None,
         read_stacks: Vec::new(),
+        minted_by: Some(p.token_id.clone()),
     };
     // What the run's writes may drop: what the plan deletes or forgets, and where it moves
     // instances from. Used by the run-bound token only, for every write until the run finishes.

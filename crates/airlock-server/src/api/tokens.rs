@@ -116,6 +116,8 @@ pub async fn create(
         parent_id: None,
         mint_limit: None,
         read_stacks: Vec::new(),
+        // The authenticated caller, never the body (`CreateToken` refuses unknown fields).
+        minted_by: Some(p.token_id.clone()),
     };
     let audit = NewAudit::ok(
         &p.display(),

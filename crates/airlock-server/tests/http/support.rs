@@ -170,6 +170,7 @@ impl Server {
                     parent_id: None,
                     mint_limit: None,
                     read_stacks: Vec::new(),
+                    minted_by: None,
                 },
                 NewAudit::ok("test", "token.create", None, json!({"token": g.id})),
             )

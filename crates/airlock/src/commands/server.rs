@@ -43,6 +43,21 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         database_url: args.database_url.clone(),
     })?;
     bootstrap_admin(store.as_ref())?;
+    // Tokens a scoped admin minted, before the scoped-mint rule, for people beyond its scope
+    // still impersonate them: judged again at every start (idempotent), revoked, and named.
+    let revoked = store
+        .revoke_unsafe_mints()
+        .context("judging tokens minted before the scoped-mint rule")?;
+    for t in &revoked {
+        crate::out(&format!(
+            "warning: revoked token {} ({:?}, user {}, minted by {}): {}\n",
+            t.id,
+            t.name,
+            t.user,
+            t.minted_by.as_deref().unwrap_or("the operator"),
+            t.revoked_reason.as_deref().unwrap_or_default()
+        ));
+    }
     // With --public-url the server is an OIDC issuer: its first key is made now (kept in the
     // store; a restored backup carries none, so a restored server makes a new one here).
     if let Some(url) = &public_url {
@@ -162,6 +177,7 @@ fn bootstrap_admin(store: &dyn Store) -> anyhow::Result<()> {
         parent_id: None,
         mint_limit: None,
         read_stacks: Vec::new(),
+        minted_by: None,
     };
     store.create_token(token, NewAudit::ok("system", "token.create", None, serde_json::json!({"token": g.id, "name": "bootstrap-admin", "role": "admin", "bootstrap": true})))?;
     crate::out(&format!(

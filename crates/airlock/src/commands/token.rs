@@ -76,10 +76,21 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
                         ]
                     })
                     .collect();
-                table(
+                let mut out = table(
                     &["ID", "NAME", "USER", "ROLE", "STACKS", "EXPIRES", "STATUS"],
                     rows,
-                )
+                );
+                // Why the server revoked a token itself (the scoped-mint rule, at start).
+                for t in v["tokens"].as_array().into_iter().flatten() {
+                    if t["revoked_reason"].is_string() {
+                        out.push_str(&format!(
+                            "{} was revoked by the server: {}\n",
+                            s(t, "/id"),
+                            s(t, "/revoked_reason")
+                        ));
+                    }
+                }
+                out
             });
         }
         TokenCommand::Revoke { id, client } => {
@@ -199,6 +210,8 @@ fn create_offline(
         parent_id: None,
         mint_limit: None,
         read_stacks: Vec::new(),
+        // The operator: no token minted it.
+        minted_by: None,
     };
     let audit = NewAudit::ok(
         &actor,

@@ -24,6 +24,7 @@ mod runs;
 mod stack_undo;
 mod state_server;
 mod support;
+mod token_minters;
 mod ux;
 // The local test cloud (crates/airlock-testcloud): harness, provider, incident replay.
 mod cloud_provider;

@@ -22,6 +22,9 @@ pub struct TestServer {
     pub url: String,
     pub admin: String,
     pub dir: tempfile::TempDir,
+    /// What the server printed before it listened (one line each: the bootstrap token,
+    /// warnings).
+    pub started: Vec<String>,
     child: Child,
     _stdout: BufReader<std::process::ChildStdout>,
 }
@@ -70,11 +73,13 @@ impl TestServer {
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let (mut url, mut admin) = (None, None);
         let mut line = String::new();
+        let mut started = Vec::new();
         while url.is_none() {
             line.clear();
             if stdout.read_line(&mut line).unwrap() == 0 {
                 panic!("airlock server exited before listening");
             }
+            started.push(line.trim_end().to_owned());
             if let Some(t) = line.strip_prefix("admin token: ") {
                 admin = Some(t.trim().to_owned());
             }
@@ -86,6 +91,7 @@ impl TestServer {
             url: url.unwrap(),
             admin: admin.expect("bootstrap admin token printed"),
             dir,
+            started,
             child,
             _stdout: stdout,
         }
@@ -498,12 +504,14 @@ impl TestServer {
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let (mut url, mut printed_admin) = (None, None);
         let mut line = String::new();
+        let mut started = Vec::new();
         while url.is_none() {
             line.clear();
             if stdout.read_line(&mut line).unwrap() == 0 {
                 let _ = child.wait();
                 panic!("airlock server on {backing:?} exited before listening");
             }
+            started.push(line.trim_end().to_owned());
             if let Some(t) = line.strip_prefix("admin token: ") {
                 printed_admin = Some(t.trim().to_owned());
             }
@@ -522,6 +530,7 @@ impl TestServer {
             url: url.unwrap(),
             admin,
             dir,
+            started,
             child,
             _stdout: stdout,
         }

@@ -142,9 +142,132 @@ pub(super) struct TokenEntry {
     /// made before read stacks existed), so the format stays 4.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(super) read_stacks: Vec<String>,
+    /// The token that minted it (`tokens.minted_by`), written by every export (`null`: none).
+    /// Absent (outer `None`) in backups made before the column: `Backup::load` derives it
+    /// from `created_by` as migration 0019 does, and refuses one that disagrees with it.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub(super) minted_by: Option<Option<String>>,
+    /// Why the server revoked it itself (`Store::revoke_unsafe_mints`); absent when none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) revoked_reason: Option<String>,
     /// SHA-256 of the secret, as the store keeps it: enough to restore working tokens, never
     /// enough to use one.
     pub(super) secret_sha256: String,
+}
+
+/// A field that is present, `null` or not (absent is `None` through `#[serde(default)]`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+/// The minters of a backup's tokens, checked and filled in: a token's `minted_by` is the token
+/// its `created_by` names as the server wrote it (`airlock_store::minter_id`, migration
+/// 0019's rule), derived when absent (older backups), and that token is in the backup; no
+/// chain of minters loops; and the audit event that created it (`token.create`,
+/// `token.plan_phase`), whose actor is the caller as the server wrote it, names that minter
+/// too, so rewriting both `created_by` and `minted_by` means rewriting the audit chain.
+/// Returns the problems (an edited backup must not hide who minted a token).
+pub(super) fn resolve_minters(
+    tokens: &mut [TokenEntry],
+    audit: &[airlock_core::audit::AuditRecord],
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut created_by_event: BTreeMap<&str, &str> = BTreeMap::new();
+    for e in audit {
+        if e.outcome == "ok" && matches!(e.action.as_str(), "token.create" | "token.plan_phase") {
+            if let Some(id) = e.detail["token"].as_str() {
+                created_by_event.insert(id, e.actor.as_str());
+            }
+        }
+    }
+    for t in tokens.iter() {
+        if let Some(actor) = created_by_event.get(t.id.as_str()) {
+            let (by_event, by_record) = (
+                airlock_store::minter_id(actor),
+                airlock_store::minter_id(&t.created_by),
+            );
+            if by_event != by_record {
+                problems.push(format!(
+                    "token {}: its created_by {:?} names minter {} but the audit event that created it was made by {actor:?}; a backup cannot change who minted a token",
+                    t.id,
+                    t.created_by,
+                    by_record.unwrap_or("none"),
+                ));
+            }
+        }
+    }
+    let ids: BTreeSet<String> = tokens.iter().map(|t| t.id.clone()).collect();
+    for t in tokens.iter_mut() {
+        let named = airlock_store::minter_id(&t.created_by).map(str::to_owned);
+        if let Some(given) = &t.minted_by {
+            if *given != named {
+                problems.push(format!(
+                    "token {}: minted_by {} disagrees with its created_by {:?}, which names {}; a backup cannot change who minted a token",
+                    t.id,
+                    given.as_deref().unwrap_or("null"),
+                    t.created_by,
+                    named.as_deref().unwrap_or("no token")
+                ));
+            }
+        }
+        if let Some(m) = &named {
+            if !ids.contains(m) || *m == t.id {
+                problems.push(format!(
+                    "token {}: its minter {m} (named by its created_by) is not another token of tokens.json",
+                    t.id
+                ));
+            }
+        }
+        t.minted_by = Some(named);
+    }
+    let minter: BTreeMap<String, String> = tokens
+        .iter()
+        .filter_map(|t| Some((t.id.clone(), t.minted_by.clone().flatten()?)))
+        .collect();
+    for t in tokens.iter() {
+        let mut cursor = minter.get(&t.id);
+        let mut steps = 0;
+        while let Some(m) = cursor {
+            steps += 1;
+            if steps > minter.len() {
+                problems.push(format!("token {}: its chain of minters loops", t.id));
+                break;
+            }
+            cursor = minter.get(m);
+        }
+    }
+    problems
+}
+
+/// The tokens in an order the store can insert them: each minter before what it minted (the
+/// `minted_by` foreign key), otherwise as given.
+pub(super) fn minters_first(tokens: &[TokenEntry]) -> Vec<&TokenEntry> {
+    let by_id: BTreeMap<&str, &TokenEntry> = tokens.iter().map(|t| (t.id.as_str(), t)).collect();
+    let mut placed = BTreeSet::new();
+    let mut out = Vec::with_capacity(tokens.len());
+    for t in tokens {
+        // The chain above `t`, nearest first, up to what is placed (bounded: loops are refused
+        // by `resolve_minters`, and this stops at any token seen twice).
+        let mut chain = vec![t];
+        let mut cursor = t.minted_by.clone().flatten();
+        while let Some(m) = cursor.as_deref().and_then(|m| by_id.get(m)) {
+            if placed.contains(m.id.as_str()) || chain.iter().any(|c| c.id == m.id) {
+                break;
+            }
+            chain.push(m);
+            cursor = m.minted_by.clone().flatten();
+        }
+        for c in chain.into_iter().rev() {
+            if placed.insert(c.id.as_str()) {
+                out.push(c);
+            }
+        }
+    }
+    out
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -489,6 +612,8 @@ impl TokenEntry {
             user: t.user.clone(),
             parent_id: t.parent_id.clone(),
             read_stacks: t.read_stacks.clone(),
+            minted_by: Some(t.minted_by.clone()),
+            revoked_reason: t.revoked_reason.clone(),
             secret_sha256: hex(hash),
         }
     }
@@ -514,6 +639,8 @@ impl TokenEntry {
                 user: self.user.clone(),
                 parent_id: self.parent_id.clone(),
                 read_stacks: self.read_stacks.clone(),
+                minted_by: self.minted_by.clone().flatten(),
+                revoked_reason: self.revoked_reason.clone(),
             },
             hash,
         ))

@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 
 use super::export::all_audit;
 use super::format::{
-    DriftReportEntry, GrantEntry, PolicySetEntry, TokenEntry, TrustEntry, UserEntry,
+    minters_first, DriftReportEntry, GrantEntry, PolicySetEntry, TokenEntry, TrustEntry, UserEntry,
 };
 use super::hex;
 use super::verify::Backup;
@@ -47,7 +47,7 @@ pub(super) fn replay(store: &dyn StoreImport, b: &Backup) -> anyhow::Result<usiz
             .import_policy_set(&p.to_record())
             .with_context(|| format!("importing policy set {}", p.id))?;
     }
-    for t in &b.tokens {
+    for t in minters_first(&b.tokens) {
         let (record, hash) = t.to_record()?;
         store
             .import_token(&record, &hash)

@@ -10,8 +10,8 @@ use airlock_store::{blob, private, SqliteStore, StoreImport};
 use anyhow::{bail, Context};
 
 use super::format::{
-    upgrade_v1_tokens, DriftReportEntry, Manifest, PolicySetEntry, RunFile, StackFile, Summary,
-    TokenEntry, TrustEntry, UserEntry,
+    resolve_minters, upgrade_v1_tokens, DriftReportEntry, Manifest, PolicySetEntry, RunFile,
+    StackFile, Summary, TokenEntry, TrustEntry, UserEntry,
 };
 use super::import::{compare, replay};
 use super::{hex, FORMAT, FORMAT_V1, FORMAT_V2, FORMAT_V3};
@@ -268,6 +268,8 @@ impl Backup {
         if v1 {
             backup.users = upgrade_v1_tokens(&mut backup.tokens);
         }
+        // 7. Every token's minter is the one its created_by names, and in the backup.
+        problems.extend(resolve_minters(&mut backup.tokens, &backup.audit));
         Ok((backup, problems))
     }
 

@@ -151,6 +151,22 @@ fn backup_round_trips_sqlite_to_postgres_and_back_and_verify_catches_tampering()
         !tokens.contains(&admin) && !tokens.contains(&reader),
         "a secret leaked into the backup"
     );
+    // Each token's minter travels with it (the admin minted `auditor`): through PostgreSQL and
+    // back, byte for byte, below.
+    let auditor_entry: Value = serde_json::from_str::<Value>(&tokens)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "auditor")
+        .unwrap()
+        .clone();
+    assert!(
+        auditor_entry["minted_by"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("tok_")),
+        "{auditor_entry}"
+    );
     let listed: Value = serde_json::from_str(&tokens).unwrap();
     assert!(
         listed
