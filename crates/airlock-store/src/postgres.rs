@@ -70,6 +70,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         17,
         include_str!("../migrations/postgres/0017_tokens_of_persons.sql"),
     ),
+    (
+        18,
+        include_str!("../migrations/postgres/0018_run_artifact_retention.sql"),
+    ),
 ];
 
 /// Transaction-scoped advisory lock keys ("airlock" in ASCII, then a number). Being

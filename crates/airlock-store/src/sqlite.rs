@@ -78,6 +78,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         17,
         include_str!("../migrations/sqlite/0017_tokens_of_persons.sql"),
     ),
+    (
+        18,
+        include_str!("../migrations/sqlite/0018_run_artifact_retention.sql"),
+    ),
 ];
 // Enough idle readers for a burst of concurrent GETs without reopening connections.
 const MAX_IDLE_READERS: usize = 32;
