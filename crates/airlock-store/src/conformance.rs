@@ -3428,7 +3428,14 @@ pub fn plan_retention(s: &dyn StoreImport) {
         name: "plan.json".into(),
         ..tombstone.clone()
     };
-    let refused: [(&str, RunStatus, Vec<(&str, &[u8])>, Vec<ArtifactInfo>); 4] = [
+    // (run, status, artifacts with bytes, tombstones)
+    type Import<'a> = (
+        &'a str,
+        RunStatus,
+        Vec<(&'a str, &'a [u8])>,
+        Vec<ArtifactInfo>,
+    );
+    let refused: [Import<'_>; 4] = [
         (
             "run_ret_bad1",
             RunStatus::Approved,

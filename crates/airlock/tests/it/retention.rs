@@ -270,7 +270,9 @@ fn tombstones_survive_backups_and_an_older_backup_is_purged_on_import() {
 
     // Attacks on the backup, each on its own copy: verify refuses, import refuses.
     let file = "runs/0001/artifacts/99.bin";
-    let attacks: [(&str, &str, Box<dyn Fn(&Path)>); 4] = [
+    // (what, what verify says, the forgery)
+    type Attack<'a> = (&'a str, &'a str, Box<dyn Fn(&Path) + 'a>);
+    let attacks: [Attack<'_>; 4] = [
         (
             "bytes re-attached to the tombstone",
             "carries bytes",
