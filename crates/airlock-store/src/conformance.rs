@@ -3387,6 +3387,12 @@ pub fn plan_retention(s: &dyn StoreImport) {
     }
     new_run("run_ret_done", RunStatus::NeedsApproval);
     move_run(s, "run_ret_done", RunStatus::Rejected);
+    // No bytes come back under the purged name.
+    assert!(matches!(
+        s.put_run_artifact("run_ret_done", PLAN_ARTIFACT, &plan),
+        Err(StoreError::Conflict(_))
+    ));
+    purged("run_ret_done");
     walk_verified(s);
 
     // Import: a tombstone stays one; a terminal run's bytes (an older backup) are purged.
