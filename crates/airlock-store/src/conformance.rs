@@ -1859,7 +1859,7 @@ pub fn import_only_extends_the_chain(s: &dyn StoreImport) {
 
 // ---- governed runs ----
 
-fn run_record(id: &str, stack: &str, created_at: i64) -> RunRecord {
+pub(crate) fn run_record(id: &str, stack: &str, created_at: i64) -> RunRecord {
     RunRecord {
         id: id.into(),
         stack: stack.into(),

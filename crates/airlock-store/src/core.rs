@@ -1091,10 +1091,14 @@ fn purge_plan(db: &mut dyn Sql, id: &str, now: i64) -> Result<Option<serde_json:
         return Ok(None);
     };
     let (sha, len) = (row.bytes(0)?, row.i64(1)?);
-    db.execute(
+    // The freed pages are zeroed (SQLite), not left holding the plan until reused.
+    db.erase_freed(true)?;
+    let purged = db.execute(
         "UPDATE run_artifacts SET data = $3, purged_at = $4 WHERE run_id = $1 AND name = $2 AND purged_at IS NULL",
         params![id, PLAN_ARTIFACT, Vec::<u8>::new(), now],
-    )?;
+    );
+    db.erase_freed(false)?;
+    purged?;
     Ok(Some(purged_detail(&sha, len)))
 }
 

@@ -32,9 +32,12 @@ WHEN NEW.purged_at IS NOT NULL AND NOT (
 )
 BEGIN SELECT RAISE(ABORT, 'run artifacts are immutable: only a terminal run''s binary plan may be a tombstone'); END;
 
--- The binary plans of runs that are terminal already.
+-- The binary plans of runs that are terminal already, their freed pages zeroed (as
+-- `core::purge_plan` does with `Sql::erase_freed`).
+PRAGMA secure_delete = ON;
 UPDATE run_artifacts SET data = X'', purged_at = CAST(strftime('%s', 'now') AS INTEGER) * 1000
 WHERE name = 'plan.tfplan' AND purged_at IS NULL AND run_id IN (
     SELECT id FROM runs WHERE status IN
         ('applied', 'failed', 'rejected', 'superseded', 'expired', 'denied', 'no_changes', 'withdrawn')
 );
+PRAGMA secure_delete = OFF;
