@@ -27,6 +27,8 @@ pub enum RefusalKind {
     MethodNotAllowed,
     /// A rate limit is reached, e.g. phase tokens minted per user (429).
     TooManyRequests,
+    /// It existed and was removed for good: a terminal run's purged binary plan (410).
+    Gone,
 }
 
 /// A refused request.

@@ -41,6 +41,7 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict(m) => ApiError::new(RefusalKind::Conflict, m),
             StoreError::LimitReached(m) => ApiError::new(RefusalKind::TooManyRequests, m),
             StoreError::Forbidden(m) => ApiError::new(RefusalKind::Forbidden, m),
+            StoreError::Purged(m) => ApiError::new(RefusalKind::Gone, m),
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -58,6 +59,7 @@ pub fn status_of(kind: RefusalKind) -> StatusCode {
         RefusalKind::UnknownStack => StatusCode::UNPROCESSABLE_ENTITY,
         RefusalKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         RefusalKind::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+        RefusalKind::Gone => StatusCode::GONE,
     }
 }
 
@@ -73,6 +75,7 @@ pub(crate) fn code_of(kind: RefusalKind) -> &'static str {
         RefusalKind::UnknownStack => "unknown_stack",
         RefusalKind::MethodNotAllowed => "method_not_allowed",
         RefusalKind::TooManyRequests => "too_many_requests",
+        RefusalKind::Gone => "gone",
     }
 }
 

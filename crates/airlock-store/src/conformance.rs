@@ -84,6 +84,7 @@ pub fn run_all<S: StoreImport + StoreStats + 'static>(engine: &Arc<S>) {
     transitions_see_revoked_approvals(store.as_ref());
     runs_planned_since(store.as_ref());
     run_grants_end_with_the_apply(store.as_ref());
+    plan_retention(engine.as_ref());
     concurrent_locks_have_one_winner(store);
     concurrent_writes_are_serialized(store);
     concurrent_run_transitions_have_one_winner(store);
@@ -1863,7 +1864,7 @@ pub fn import_only_extends_the_chain(s: &dyn StoreImport) {
 
 // ---- governed runs ----
 
-fn run_record(id: &str, stack: &str, created_at: i64) -> RunRecord {
+pub(crate) fn run_record(id: &str, stack: &str, created_at: i64) -> RunRecord {
     RunRecord {
         id: id.into(),
         stack: stack.into(),
@@ -3201,6 +3202,280 @@ pub fn minting_for_a_person(store: &Arc<dyn Store>) {
             .collect();
         let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
         one_won(round, &results, |e| matches!(e, StoreError::Forbidden(_)));
+    }
+}
+
+/// The last audit event of `action` that names `run` in its detail.
+fn run_event(s: &dyn Store, action: &str, run: &str) -> Option<serde_json::Value> {
+    s.audit_events(0, u32::MAX)
+        .unwrap()
+        .into_iter()
+        .rev()
+        .find(|e| e.action == action && e.detail["run"] == run)
+        .map(|e| e.detail)
+}
+
+/// Moves `id` to `status` (a transition as a rule would record it).
+fn move_run(s: &dyn Store, id: &str, status: RunStatus) -> RunRecord {
+    s.update_run(id, &mut |r: &RunRecord,
+                           _: &StackRecord,
+                           _: Option<&VersionMeta>,
+                           _: &[String]| {
+        let mut new = r.clone();
+        new.status = status;
+        Ok((
+            new,
+            NewAudit::ok(
+                "test",
+                &format!("run.{}", status.as_str()),
+                Some(&r.stack),
+                json!({"run": r.id}),
+            ),
+        ))
+    })
+    .unwrap()
+    .unwrap()
+}
+
+/// Run artifact retention: a run's binary plan (`PLAN_ARTIFACT`) is purged in the transaction
+/// that makes the run terminal, whichever terminal status, and in no other; a tombstone keeps
+/// its name, SHA-256 and length and the purge time; reading it says `Purged` (not `None`, not
+/// `Corrupt`); every other artifact is kept; the transition's audit event records the purge and
+/// the chain still verifies. A run created terminal (denied, no changes) stores a tombstone
+/// only. An import stores a terminal run's binary plan as a tombstone whether it comes as one
+/// or with its bytes, and refuses a tombstone of anything else, or a binary plan that is not
+/// the run's. Leaves `run_ret_open` (needs approval, plan kept) and `run_ret_done` (rejected,
+/// plan purged) for the schema tests' raw SQL.
+pub fn plan_retention(s: &dyn StoreImport) {
+    let stack = "conf/retention";
+    s.create_stack(
+        stack,
+        false,
+        StackSettings::default(),
+        audit("stack.create"),
+    )
+    .unwrap();
+    s.write_state(stack, attempt(state(1, "lin", 1), 1), &mut store_it)
+        .unwrap();
+    let plan: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
+    let plan_sha = hex::encode(crate::blob::sha256(&plan));
+    let plan_json = br#"{"format_version":"1.2"}"#.to_vec();
+    let base = now_ms();
+    let new_run = |id: &str, status: RunStatus| {
+        let mut r = run_record(id, stack, base);
+        r.status = status;
+        r.plan_sha256 = plan_sha.clone();
+        s.create_run(
+            &r,
+            &[(PLAN_ARTIFACT, &plan), ("plan.json", &plan_json)],
+            NewAudit::ok("agent", "run.create", Some(stack), json!({"run": id})),
+        )
+        .unwrap();
+        r
+    };
+    let purged = |id: &str| -> ArtifactInfo {
+        let infos = s.run_artifact_infos(id).unwrap();
+        let t = infos
+            .iter()
+            .find(|a| a.name == PLAN_ARTIFACT)
+            .unwrap()
+            .clone();
+        assert_eq!(
+            (t.sha256.as_str(), t.len),
+            (plan_sha.as_str(), plan.len() as u64),
+            "{id}: the tombstone keeps hash and length"
+        );
+        assert!(t.purged_at.is_some(), "{id}: purged");
+        match s.run_artifact(id, PLAN_ARTIFACT) {
+            Err(StoreError::Purged(m)) => {
+                assert!(
+                    m.contains(id) && m.contains(PLAN_ARTIFACT) && m.contains("purged at"),
+                    "{m}"
+                )
+            }
+            other => panic!("{id}: the purged plan reads as {other:?}"),
+        }
+        assert_eq!(
+            s.run_artifact(id, "plan.json").unwrap(),
+            Some(plan_json.clone()),
+            "{id}: the plan JSON is kept"
+        );
+        t
+    };
+    let kept = |id: &str| {
+        assert_eq!(
+            s.run_artifact(id, PLAN_ARTIFACT).unwrap(),
+            Some(plan.clone()),
+            "{id}: kept"
+        );
+        assert!(s
+            .run_artifact_infos(id)
+            .unwrap()
+            .iter()
+            .all(|a| a.purged_at.is_none()));
+    };
+
+    // Open and applying runs keep their plan; every terminal status purges it, once, with the
+    // transition, and its audit event says so.
+    new_run("run_ret_open", RunStatus::NeedsApproval);
+    kept("run_ret_open");
+    for (i, end) in [
+        RunStatus::Applied,
+        RunStatus::Failed,
+        RunStatus::Rejected,
+        RunStatus::Superseded,
+        RunStatus::Expired,
+        RunStatus::Withdrawn,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let id = format!("run_ret_{i}");
+        new_run(&id, RunStatus::NeedsApproval);
+        if end == RunStatus::Applied || end == RunStatus::Failed {
+            move_run(s, &id, RunStatus::Approved);
+            kept(&id);
+            move_run(s, &id, RunStatus::Applying);
+            kept(&id);
+        }
+        move_run(s, &id, end);
+        let t = purged(&id);
+        let detail = run_event(s, &format!("run.{}", end.as_str()), &id).unwrap();
+        assert_eq!(
+            detail["plan_purged"],
+            json!({"artifact": PLAN_ARTIFACT, "sha256": plan_sha, "bytes": plan.len()}),
+            "{id}"
+        );
+        // A later write of the run (none is allowed by the rules, but the store must not
+        // purge twice or re-date the tombstone) leaves it as it is.
+        move_run(s, &id, end);
+        assert_eq!(purged(&id), t);
+        assert!(
+            run_event(s, &format!("run.{}", end.as_str()), &id).unwrap()["plan_purged"].is_null()
+        );
+    }
+    // A refusal that records a status: superseded purges, back to needs_approval does not.
+    new_run("run_ret_stale", RunStatus::Approved);
+    new_run("run_ret_revoked", RunStatus::Approved);
+    for (id, status) in [
+        ("run_ret_stale", RunStatus::Superseded),
+        ("run_ret_revoked", RunStatus::NeedsApproval),
+    ] {
+        let t = s
+            .update_run(id, &mut |r: &RunRecord,
+                                  _: &StackRecord,
+                                  _: Option<&VersionMeta>,
+                                  _: &[String]| {
+                let mut new = r.clone();
+                new.status = status;
+                Err(RunRefusal {
+                    refusal: Refusal::new(RefusalKind::Conflict, "no"),
+                    record: Some(Box::new((
+                        new,
+                        NewAudit::ok("t", "run.x", Some(stack), json!({"run": id})),
+                    ))),
+                })
+            })
+            .unwrap();
+        assert!(t.is_err());
+    }
+    purged("run_ret_stale");
+    kept("run_ret_revoked");
+    // Created terminal: the plan was judged but is stored as a tombstone only.
+    for (id, status) in [
+        ("run_ret_denied", RunStatus::Denied),
+        ("run_ret_none", RunStatus::NoChanges),
+    ] {
+        new_run(id, status);
+        purged(id);
+        assert_eq!(
+            run_event(s, "run.create", id).unwrap()["plan_purged"]["sha256"],
+            json!(plan_sha)
+        );
+    }
+    new_run("run_ret_done", RunStatus::NeedsApproval);
+    move_run(s, "run_ret_done", RunStatus::Rejected);
+    // No bytes come back under the purged name.
+    assert!(matches!(
+        s.put_run_artifact("run_ret_done", PLAN_ARTIFACT, &plan),
+        Err(StoreError::Conflict(_))
+    ));
+    purged("run_ret_done");
+    walk_verified(s);
+
+    // Import: a tombstone stays one; a terminal run's bytes (an older backup) are purged.
+    let imported = |id: &str, status: RunStatus| {
+        let mut r = run_record(id, stack, base);
+        r.status = status;
+        r.plan_sha256 = plan_sha.clone();
+        r
+    };
+    let tombstone = purged("run_ret_done");
+    s.import_run(
+        &imported("run_ret_imp1", RunStatus::Applied),
+        &[("plan.json", &plan_json)],
+        std::slice::from_ref(&tombstone),
+    )
+    .unwrap();
+    assert_eq!(purged("run_ret_imp1"), tombstone, "imported as it was");
+    s.import_run(
+        &imported("run_ret_imp2", RunStatus::Failed),
+        &[(PLAN_ARTIFACT, &plan), ("plan.json", &plan_json)],
+        &[],
+    )
+    .unwrap();
+    purged("run_ret_imp2");
+    s.import_run(
+        &imported("run_ret_imp3", RunStatus::Approved),
+        &[(PLAN_ARTIFACT, &plan), ("plan.json", &plan_json)],
+        &[],
+    )
+    .unwrap();
+    kept("run_ret_imp3");
+    // Attacks: a tombstone for an open run (its apply would fail), a tombstone of the plan
+    // JSON (what was reviewed), a tombstone or bytes whose hash is not the run's plan.
+    let other = ArtifactInfo {
+        sha256: "ab".repeat(32),
+        ..tombstone.clone()
+    };
+    let json_tombstone = ArtifactInfo {
+        name: "plan.json".into(),
+        ..tombstone.clone()
+    };
+    // (run, status, artifacts with bytes, tombstones)
+    type Import<'a> = (
+        &'a str,
+        RunStatus,
+        Vec<(&'a str, &'a [u8])>,
+        Vec<ArtifactInfo>,
+    );
+    let refused: [Import<'_>; 4] = [
+        (
+            "run_ret_bad1",
+            RunStatus::Approved,
+            vec![],
+            vec![tombstone.clone()],
+        ),
+        (
+            "run_ret_bad2",
+            RunStatus::Applied,
+            vec![(PLAN_ARTIFACT, &plan)],
+            vec![json_tombstone],
+        ),
+        ("run_ret_bad3", RunStatus::Applied, vec![], vec![other]),
+        (
+            "run_ret_bad4",
+            RunStatus::Applied,
+            vec![(PLAN_ARTIFACT, b"other bytes")],
+            vec![],
+        ),
+    ];
+    for (id, status, artifacts, tombstones) in refused {
+        let err = s
+            .import_run(&imported(id, status), &artifacts, &tombstones)
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt(_)), "{id}: {err}");
+        assert!(s.run(id).unwrap().is_none(), "{id}: nothing stored");
     }
 }
 

@@ -965,14 +965,46 @@ pub fn prepare_artifacts<'n>(artifacts: &[(&'n str, &[u8])]) -> PreparedArtifact
 }
 
 /// Inserts a run and its artifacts; `audit` is `None` for a backup import, whose history is
-/// the imported audit chain.
+/// the imported audit chain. A terminal run's binary plan ([`PLAN_ARTIFACT`]) is stored as a
+/// tombstone (a run created `denied` or `no_changes`, or imported terminal with its bytes from
+/// an older backup); `tombstones` are the imported ones of purged artifacts.
 pub fn insert_run(
     db: &mut dyn Sql,
     run: &RunRecord,
     artifacts: &PreparedArtifacts<'_>,
+    tombstones: &[ArtifactInfo],
     audit: Option<&NewAudit>,
 ) -> Result<()> {
     let record = serde_json::to_string(run).map_err(|e| StoreError::Backend(e.to_string()))?;
+    let imported = audit.is_none();
+    // Checked before anything is written: only a terminal run's binary plan is a tombstone,
+    // and the binary plan is the run's (an import never attaches other bytes to a run).
+    for t in tombstones {
+        if t.name != PLAN_ARTIFACT || !run.status.is_terminal() || t.purged_at.is_none() {
+            return Err(StoreError::Corrupt(format!(
+                "run {} ({}): only a terminal run's binary plan ({PLAN_ARTIFACT}) can be a tombstone, not {}",
+                run.id,
+                run.status.as_str(),
+                t.name
+            )));
+        }
+    }
+    let planned = artifacts
+        .iter()
+        .map(|(n, sha, _, _)| (*n, hex::encode(sha)))
+        .chain(
+            tombstones
+                .iter()
+                .map(|t| (t.name.as_str(), t.sha256.clone())),
+        );
+    for (name, sha) in planned {
+        if imported && name == PLAN_ARTIFACT && sha != run.plan_sha256 {
+            return Err(StoreError::Corrupt(format!(
+                "run {}: its binary plan's SHA-256 {sha} is not the run's plan {}",
+                run.id, run.plan_sha256
+            )));
+        }
+    }
     // A backup import (no audit of its own) restores runs of archived stacks too.
     let (stack_id, _) = if audit.is_some() {
         lock_live_stack(db, &run.stack)?
@@ -991,17 +1023,84 @@ pub fn insert_run(
         ],
     )
     .map_err(|e| unique_is_conflict(e, || format!("run {} already exists", run.id)))?;
+    let now = now_ms();
+    let mut purged = None;
     for (name, sha, len, data) in artifacts {
-        db.execute(
-            "INSERT INTO run_artifacts (run_id, name, sha256, raw_len, data) VALUES ($1, $2, $3, $4, $5)",
-            params![&run.id, *name, &sha[..], *len, data.clone()],
-        )
-        .map_err(|e| unique_is_conflict(e, || format!("run {} has two artifacts named {name}", run.id)))?;
+        let purge = *name == PLAN_ARTIFACT && run.status.is_terminal();
+        let (data, purged_at) = if purge {
+            purged = Some(purged_detail(sha, *len));
+            (Vec::new(), Some(now))
+        } else {
+            (data.clone(), None)
+        };
+        insert_artifact(db, &run.id, name, sha, *len, data, purged_at)?;
+    }
+    for t in tombstones {
+        let sha = <[u8; 32]>::try_from(hex::decode(&t.sha256).unwrap_or_default().as_slice())
+            .map_err(|_| {
+                StoreError::Corrupt(format!("run {} artifact {}: not a SHA-256", run.id, t.name))
+            })?;
+        let len = i64::try_from(t.len).map_err(|_| {
+            StoreError::Corrupt(format!(
+                "run {} artifact {}: length out of range",
+                run.id, t.name
+            ))
+        })?;
+        insert_artifact(db, &run.id, &t.name, &sha, len, Vec::new(), t.purged_at)?;
     }
     if let Some(audit) = audit {
-        append_audit(db, audit)?;
+        let mut audit = audit.clone();
+        if let (Some(p), Some(detail)) = (purged, audit.detail.as_object_mut()) {
+            detail.insert("plan_purged".into(), p);
+        }
+        append_audit(db, &audit)?;
     }
     Ok(())
+}
+
+fn insert_artifact(
+    db: &mut dyn Sql,
+    run: &str,
+    name: &str,
+    sha: &[u8; 32],
+    len: i64,
+    data: Vec<u8>,
+    purged_at: Option<i64>,
+) -> Result<()> {
+    db.execute(
+        "INSERT INTO run_artifacts (run_id, name, sha256, raw_len, data, purged_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        params![run, name, &sha[..], len, data, purged_at],
+    )
+    .map_err(|e| unique_is_conflict(e, || format!("run {run} has two artifacts named {name}")))?;
+    Ok(())
+}
+
+/// What a run's audit event says of its purged binary plan.
+fn purged_detail(sha: &[u8], len: i64) -> serde_json::Value {
+    serde_json::json!({"artifact": PLAN_ARTIFACT, "sha256": hex::encode(sha), "bytes": len})
+}
+
+/// Purges run `id`'s binary plan, in the transaction that has just made the run terminal: its
+/// bytes go, its tombstone (name, hash, length, purge time) stays; the schema's triggers allow
+/// this change and no other. `None` if there was nothing left to purge.
+fn purge_plan(db: &mut dyn Sql, id: &str, now: i64) -> Result<Option<serde_json::Value>> {
+    let Some(row) = db.query_opt(
+        "SELECT sha256, raw_len FROM run_artifacts WHERE run_id = $1 AND name = $2 AND purged_at IS NULL",
+        params![id, PLAN_ARTIFACT],
+    )?
+    else {
+        return Ok(None);
+    };
+    let (sha, len) = (row.bytes(0)?, row.i64(1)?);
+    // The freed pages are zeroed (SQLite), not left holding the plan until reused.
+    db.erase_freed(true)?;
+    let purged = db.execute(
+        "UPDATE run_artifacts SET data = $3, purged_at = $4 WHERE run_id = $1 AND name = $2 AND purged_at IS NULL",
+        params![id, PLAN_ARTIFACT, Vec::<u8>::new(), now],
+    );
+    db.erase_freed(false)?;
+    purged?;
+    Ok(Some(purged_detail(&sha, len)))
 }
 
 pub fn put_run_artifact(db: &mut dyn Sql, id: &str, name: &str, bytes: &[u8]) -> Result<()> {
@@ -1074,13 +1173,20 @@ pub fn runs_where(db: &mut dyn Sql, f: &RunFilter, limit: u32) -> Result<Vec<Run
 
 pub fn run_artifact(db: &mut dyn Sql, id: &str, name: &str) -> Result<Option<Vec<u8>>> {
     let Some(row) = db.query_opt(
-        "SELECT sha256, raw_len, data FROM run_artifacts WHERE run_id = $1 AND name = $2",
+        "SELECT sha256, raw_len, data, purged_at FROM run_artifacts WHERE run_id = $1 AND name = $2",
         params![id, name],
     )?
     else {
         return Ok(None);
     };
     let (sha, raw_len, data) = (row.bytes(0)?, row.i64(1)?, row.bytes(2)?);
+    if let Some(at) = row.opt_i64(3)? {
+        return Err(StoreError::Purged(format!(
+            "run {id}'s artifact {name} was purged at {} (SHA-256 {}, {raw_len} bytes): the run is terminal, so its binary plan can never be applied and its bytes, which hold the prior state and every planned value, are not kept; its plan JSON and logs are (airlock run show {id})",
+            airlock_core::time::rfc3339(at),
+            hex::encode(&sha)
+        )));
+    }
     let raw = blob::decompress(&data, raw_len.max(0) as usize)
         .map_err(|e| StoreError::Corrupt(format!("run {id} artifact {name}: {e}")))?;
     if blob::sha256(&raw)[..] != sha[..] {
@@ -1098,6 +1204,23 @@ pub fn run_artifact_names(db: &mut dyn Sql, id: &str) -> Result<Vec<String>> {
     )?
     .iter()
     .map(|r| r.text(0))
+    .collect()
+}
+
+pub fn run_artifact_infos(db: &mut dyn Sql, id: &str) -> Result<Vec<ArtifactInfo>> {
+    db.query(
+        "SELECT name, sha256, raw_len, purged_at FROM run_artifacts WHERE run_id = $1 ORDER BY name",
+        params![id],
+    )?
+    .iter()
+    .map(|r| {
+        Ok(ArtifactInfo {
+            name: r.text(0)?,
+            sha256: hex::encode(r.bytes(1)?),
+            len: u64::try_from(r.i64(2)?).unwrap_or(0),
+            purged_at: r.opt_i64(3)?,
+        })
+    })
     .collect()
 }
 
@@ -1124,12 +1247,21 @@ pub fn update_run(db: &mut dyn Sql, id: &str, update: &mut RunUpdate<'_>) -> Res
         Ok((new, audit)) => (Some((new.clone(), audit)), Ok(new)),
         Err(RunRefusal { refusal, record }) => (record.map(|b| *b), Err(refusal)),
     };
-    if let Some((new, audit)) = record {
+    if let Some((new, mut audit)) = record {
         let json = serde_json::to_string(&new).map_err(|e| StoreError::Backend(e.to_string()))?;
         db.execute(
             "UPDATE runs SET status = $2, record = $3 WHERE id = $1",
             params![id, new.status.as_str(), json],
         )?;
+        // A terminal run's binary plan can never be applied again: purged with the
+        // transition that ends the run, and recorded in its audit event.
+        if new.status.is_terminal() {
+            if let Some(purged) = purge_plan(db, id, now_ms())? {
+                if let Some(detail) = audit.detail.as_object_mut() {
+                    detail.insert("plan_purged".into(), purged);
+                }
+            }
+        }
         append_audit(db, &audit)?;
         if run.status == RunStatus::Applying && new.status != RunStatus::Applying {
             // A run's removal grant ends with its apply.
@@ -2421,7 +2553,7 @@ impl<E: Engine> Store for E {
         audit: NewAudit,
     ) -> Result<()> {
         let artifacts = prepare_artifacts(artifacts);
-        self.write(|db| insert_run(db, run, &artifacts, Some(&audit)))
+        self.write(|db| insert_run(db, run, &artifacts, &[], Some(&audit)))
     }
 
     fn run(&self, id: &str) -> Result<Option<RunRecord>> {
@@ -2438,6 +2570,10 @@ impl<E: Engine> Store for E {
 
     fn run_artifact_names(&self, id: &str) -> Result<Vec<String>> {
         self.read(|db| run_artifact_names(db, id))
+    }
+
+    fn run_artifact_infos(&self, id: &str) -> Result<Vec<ArtifactInfo>> {
+        self.read(|db| run_artifact_infos(db, id))
     }
 
     fn runs_planned_since(&self, user: &str, since_ms: i64) -> Result<u64> {
@@ -2702,9 +2838,14 @@ impl<E: Engine> StoreImport for E {
         self.write(|db| import_audit(db, record))
     }
 
-    fn import_run(&self, run: &RunRecord, artifacts: &[(&str, &[u8])]) -> Result<()> {
+    fn import_run(
+        &self,
+        run: &RunRecord,
+        artifacts: &[(&str, &[u8])],
+        tombstones: &[ArtifactInfo],
+    ) -> Result<()> {
         let artifacts = prepare_artifacts(artifacts);
-        self.write(|db| insert_run(db, run, &artifacts, None))
+        self.write(|db| insert_run(db, run, &artifacts, tombstones, None))
     }
 }
 

@@ -47,6 +47,10 @@ pub enum StoreError {
     /// The caller may not do this (e.g. a stack-scoped admin minting for a person beyond its
     /// scope); the message says why and who may.
     Forbidden(String),
+    /// The artifact's bytes were purged (a terminal run's binary plan): it existed, its
+    /// tombstone keeps its hash and length, and it will never be served again. The message
+    /// names the run, the artifact and when.
+    Purged(String),
 }
 
 impl fmt::Display for StoreError {
@@ -58,6 +62,7 @@ impl fmt::Display for StoreError {
             StoreError::LimitReached(m) => write!(f, "limit reached: {m}"),
             StoreError::Backend(m) => write!(f, "database error: {m}"),
             StoreError::Forbidden(m) => write!(f, "forbidden: {m}"),
+            StoreError::Purged(m) => write!(f, "purged: {m}"),
         }
     }
 }
@@ -238,17 +243,26 @@ pub trait Store: Send + Sync {
     }
     /// Runs matching `filter`, newest first, at most `limit`.
     fn runs_where(&self, filter: &RunFilter, limit: u32) -> Result<Vec<RunRecord>>;
-    /// One artifact of a run, verified against its SHA-256.
+    /// One artifact of a run, verified against its SHA-256: `None` if the run has no artifact
+    /// of that name, `Purged` if it had one whose bytes were purged (a terminal run's binary
+    /// plan, [`PLAN_ARTIFACT`]; its tombstone is in [`Store::run_artifact_infos`]), `Corrupt`
+    /// if the bytes do not match.
     fn run_artifact(&self, id: &str, name: &str) -> Result<Option<Vec<u8>>>;
     /// Adds an artifact to a run (e.g. the apply log); artifacts are never replaced: `Conflict`
     /// if the run has one of that name, `NotFound` if there is no such run.
     fn put_run_artifact(&self, id: &str, name: &str, bytes: &[u8]) -> Result<()>;
-    /// Names of a run's artifacts, sorted.
+    /// Names of a run's artifacts, sorted (purged ones included).
     fn run_artifact_names(&self, id: &str) -> Result<Vec<String>>;
+    /// A run's artifacts without their bytes, sorted by name: tombstones of purged ones
+    /// (`purged_at` set) included.
+    fn run_artifact_infos(&self, id: &str) -> Result<Vec<ArtifactInfo>>;
     /// How many runs `user` planned at or after `since_ms` (runs stored before migration 0016
     /// are not counted).
     fn runs_planned_since(&self, user: &str, since_ms: i64) -> Result<u64>;
-    /// Judges and records a transition atomically (the run and its stack are locked).
+    /// Judges and records a transition atomically (the run and its stack are locked). A
+    /// transition to a terminal status ([`RunStatus::is_terminal`]) purges the run's binary
+    /// plan in the same transaction and says so in the transition's audit detail
+    /// (`plan_purged`).
     fn update_run(&self, id: &str, update: &mut RunUpdate<'_>) -> Result<RunTransition>;
 
     // --- server policy sets ---
@@ -351,8 +365,17 @@ pub trait StoreImport: Store {
     /// `seq` follows the last one and its `prev_hash` is the last one's hash; `Corrupt` unless
     /// its content hashes to its `hash`.
     fn import_audit(&self, record: &AuditRecord) -> Result<()>;
-    /// Inserts a run and its artifacts verbatim (status, approvals, times included).
-    fn import_run(&self, run: &RunRecord, artifacts: &[(&str, &[u8])]) -> Result<()>;
+    /// Inserts a run and its artifacts verbatim (status, approvals, times included), and the
+    /// tombstones of its purged ones. A terminal run's binary plan is stored as a tombstone
+    /// whether it comes as one or with its bytes (an older backup: purged now); `Corrupt` for
+    /// a tombstone of anything else (another artifact, an open run's plan), or a binary plan
+    /// whose hash is not the run's `plan_sha256`.
+    fn import_run(
+        &self,
+        run: &RunRecord,
+        artifacts: &[(&str, &[u8])],
+        tombstones: &[ArtifactInfo],
+    ) -> Result<()>;
     /// Inserts a trust verbatim (removal and pinned ids included); `NotFound` unless its user
     /// (named by its id) exists, `Conflict` if it exists.
     fn import_oidc_trust(&self, trust: &OidcTrustRecord) -> Result<()>;

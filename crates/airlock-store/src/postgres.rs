@@ -71,6 +71,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         include_str!("../migrations/postgres/0017_tokens_of_persons.sql"),
     ),
     (
+        18,
+        include_str!("../migrations/postgres/0018_run_artifact_retention.sql"),
+    ),
+    (
         19,
         include_str!("../migrations/postgres/0019_token_minters.sql"),
     ),

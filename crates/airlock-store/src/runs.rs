@@ -1,6 +1,8 @@
 //! Governed runs as the store keeps them: the record is JSON (so adding a field needs no
 //! migration); status, stack and time are also columns for listing. Artifacts (binary plan,
-//! plan JSON, lock file, apply log) are immutable, zstd-compressed, addressed by run and name.
+//! plan JSON, lock file, apply log) are immutable, zstd-compressed, addressed by run and name;
+//! the one exception is the binary plan of a terminal run, purged to a tombstone (see
+//! [`PLAN_ARTIFACT`]).
 
 use airlock_core::refusal::Refusal;
 use serde::{Deserialize, Serialize};
@@ -125,6 +127,46 @@ impl RunStatus {
     pub fn is_open(self) -> bool {
         matches!(self, RunStatus::NeedsApproval | RunStatus::Approved)
     }
+
+    /// Whether nothing more can happen to the run: no rule moves it out of this status
+    /// (`run_rules`: only an open run is approved, rejected, withdrawn, superseded or started,
+    /// and only an applying one finishes; a failed run is planned again, never re-applied).
+    /// Its binary plan is purged when it gets here. `Unknown` (a newer version's status) is
+    /// not terminal: this version never acts on it.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            RunStatus::Applied
+                | RunStatus::Failed
+                | RunStatus::Rejected
+                | RunStatus::Superseded
+                | RunStatus::Expired
+                | RunStatus::Denied
+                | RunStatus::NoChanges
+                | RunStatus::Withdrawn
+        )
+    }
+}
+
+/// The binary plan's artifact name (`terraform plan -out`: a zip holding the whole prior state
+/// and every planned value, sensitive ones included). It is what an apply downloads, and the
+/// one artifact that is not kept for good: in the transaction that makes a run terminal, its
+/// bytes are purged and a tombstone (name, SHA-256, length, purge time) stays, so what was
+/// applied remains identifiable by hash. The database's triggers allow that change and no other
+/// (migration 0018).
+pub const PLAN_ARTIFACT: &str = "plan.tfplan";
+
+/// What is stored of one artifact, without its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArtifactInfo {
+    /// Name (`plan.tfplan`, `plan.json`, `apply.log`, ...).
+    pub name: String,
+    /// SHA-256 of its bytes (lowercase hex); a tombstone keeps it.
+    pub sha256: String,
+    /// Length of its bytes; a tombstone keeps it.
+    pub len: u64,
+    /// When its bytes were purged (ms); `None` while they are kept.
+    pub purged_at: Option<i64>,
 }
 
 /// One approval.

@@ -188,6 +188,12 @@ pub trait Sql {
     /// Serializes one user's token mints until commit, so a mint limit counted in the
     /// database holds across replicas (a no-op on SQLite's single writer).
     fn lock_user_mints(&mut self, user: &str) -> Result<()>;
+    /// While `on`, content this connection deletes or frees is overwritten with zeros where
+    /// the engine can (SQLite's `secure_delete`), so a purged binary plan does not stay in the
+    /// database file's free pages; PostgreSQL leaves dead rows to VACUUM (a no-op there).
+    fn erase_freed(&mut self, _on: bool) -> Result<()> {
+        Ok(())
+    }
 
     /// Locks audit chain `chain`'s head row until commit and returns its (position, hash) and
     /// the next global audit position ([`Sql::next_audit_seq`], taken after the lock); `None`

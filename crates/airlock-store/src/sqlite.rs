@@ -79,6 +79,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         include_str!("../migrations/sqlite/0017_tokens_of_persons.sql"),
     ),
     (
+        18,
+        include_str!("../migrations/sqlite/0018_run_artifact_retention.sql"),
+    ),
+    (
         19,
         include_str!("../migrations/sqlite/0019_token_minters.sql"),
     ),
@@ -258,6 +262,11 @@ impl Sql for Lite<'_> {
 
     fn for_update(&self) -> &'static str {
         ""
+    }
+
+    fn erase_freed(&mut self, on: bool) -> Result<()> {
+        self.0.pragma_update(None, "secure_delete", on)?;
+        Ok(())
     }
 
     fn contains(&self, column: &str, param: &str) -> String {
@@ -792,5 +801,63 @@ mod tests {
     #[test]
     fn placeholders_are_rewritten() {
         assert_eq!(placeholders("a = $1 AND b = $12"), "a = ?1 AND b = ?12");
+    }
+
+    /// A purged binary plan leaves no copy in the database file: the pages it freed are zeroed
+    /// (`secure_delete` for the purge), not kept in the free list until reused.
+    #[test]
+    fn a_purged_plan_leaves_no_copy_in_the_database_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        let store = SqliteStore::open(&path).unwrap();
+        let audit =
+            |a: &str| NewAudit::ok("t", a, Some("t/purge"), serde_json::json!({"run": "run_p"}));
+        store
+            .create_stack(
+                "t/purge",
+                false,
+                StackSettings::default(),
+                audit("stack.create"),
+            )
+            .unwrap();
+        // Incompressible (xorshift), so zstd keeps it as it is and its bytes can be found.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let plan: Vec<u8> = (0..200_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let run = crate::conformance::run_record("run_p", "t/purge", now_ms());
+        store
+            .create_run(&run, &[(PLAN_ARTIFACT, &plan)], audit("run.create"))
+            .unwrap();
+        let marker = &plan[150_000..150_064];
+        let in_file = || {
+            let conn = Connection::open(&path).unwrap();
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                .unwrap();
+            let bytes = std::fs::read(&path).unwrap();
+            bytes.windows(marker.len()).any(|w| w == marker)
+        };
+        assert!(in_file(), "the plan is in the file before the purge");
+        store
+            .update_run(
+                "run_p",
+                &mut |r: &RunRecord, _: &StackRecord, _: Option<&VersionMeta>, _: &[String]| {
+                    let mut new = r.clone();
+                    new.status = RunStatus::Rejected;
+                    Ok((new, audit("run.reject")))
+                },
+            )
+            .unwrap()
+            .unwrap();
+        assert!(matches!(
+            store.run_artifact("run_p", PLAN_ARTIFACT),
+            Err(StoreError::Purged(_))
+        ));
+        assert!(!in_file(), "no byte of the purged plan is left in the file");
     }
 }

@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use airlock_store::{conformance, NewToken, SqliteStore, Store, TokenRecord};
+use airlock_store::{
+    conformance, NewToken, SqliteStore, Store, StoreError, TokenRecord, PLAN_ARTIFACT,
+};
 
 #[test]
 fn sqlite_conforms() {
@@ -15,7 +17,9 @@ fn sqlite_conforms() {
 fn sqlite_history_is_immutable_in_the_schema() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("airlock.db");
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).unwrap());
+    let engine = SqliteStore::open(&path).unwrap();
+    conformance::plan_retention(&engine);
+    let store: Arc<dyn Store> = Arc::new(engine);
     conformance::writes_and_history(store.as_ref());
     conformance::runs(store.as_ref());
     let conn = rusqlite::Connection::open(&path).unwrap();
@@ -26,10 +30,66 @@ fn sqlite_history_is_immutable_in_the_schema() {
         "UPDATE audit SET actor = 'x'",
         "DELETE FROM run_artifacts",
         "UPDATE run_artifacts SET data = x'00'",
-    ] {
+    ]
+    .into_iter()
+    .chain(PURGE_ATTACKS)
+    {
         let err = conn.execute(sql, []).unwrap_err().to_string();
         assert!(err.contains("immutable"), "{sql}: {err}");
     }
+    purge_is_the_one_change(&*store, |sql| {
+        conn.execute_batch(sql).map_err(|e| e.to_string())
+    });
+}
+
+/// Raw SQL against a store's database after `conformance::plan_retention` (`run_ret_open`
+/// needs approval and keeps its plan, `run_ret_done` is rejected and its plan purged): every
+/// change to an artifact row but the purge of a terminal run's binary plan is refused by the
+/// schema, whoever connects.
+const PURGE_ATTACKS: [&str; 9] = [
+    // A purge forced on a run that may still be applied (its apply would break).
+    "UPDATE run_artifacts SET data = x'', purged_at = 1 WHERE run_id = 'run_ret_open' AND name = 'plan.tfplan'",
+    // The plan JSON (what was reviewed) of a terminal run.
+    "UPDATE run_artifacts SET data = x'', purged_at = 1 WHERE run_id = 'run_ret_done' AND name = 'plan.json'",
+    // A tombstone re-dated, given bytes back, its hash or length rewritten, renamed, moved.
+    "UPDATE run_artifacts SET purged_at = 2 WHERE run_id = 'run_ret_done' AND name = 'plan.tfplan'",
+    "UPDATE run_artifacts SET data = x'00', purged_at = NULL WHERE run_id = 'run_ret_done' AND name = 'plan.tfplan'",
+    "UPDATE run_artifacts SET sha256 = x'00' WHERE run_id = 'run_ret_done' AND name = 'plan.tfplan'",
+    "UPDATE run_artifacts SET raw_len = 1 WHERE run_id = 'run_ret_done' AND name = 'plan.tfplan'",
+    "UPDATE run_artifacts SET name = 'plan.old' WHERE run_id = 'run_ret_done' AND name = 'plan.tfplan'",
+    "UPDATE run_artifacts SET run_id = 'run_ret_open' WHERE run_id = 'run_ret_done' AND name = 'plan.json'",
+    // A tombstone inserted for an open run's artifact.
+    "INSERT INTO run_artifacts (run_id, name, sha256, raw_len, data, purged_at) VALUES ('run_ret_open', 'apply.log', x'00', 1, x'', 1)",
+];
+
+/// The purge itself, by raw SQL, on a run made terminal behind the store's back: refused when it
+/// also rewrites the hash or the length (in the same statement), allowed exactly as the store
+/// makes it; the store then reads the plan as purged.
+fn purge_is_the_one_change(store: &dyn Store, mut exec: impl FnMut(&str) -> Result<(), String>) {
+    exec("UPDATE runs SET status = 'applied' WHERE id = 'run_ret_open'").unwrap();
+    let target = "WHERE run_id = 'run_ret_open' AND name = 'plan.tfplan'";
+    for change in [
+        "data = x'', purged_at = 1, sha256 = x'00'",
+        "data = x'', purged_at = 1, raw_len = 0",
+        "data = x'', purged_at = 1, name = 'plan.gone'",
+        "data = x'01', purged_at = 1",
+        "data = x'', purged_at = NULL",
+    ] {
+        let err = exec(&format!("UPDATE run_artifacts SET {change} {target}")).unwrap_err();
+        assert!(err.contains("immutable"), "{change}: {err}");
+    }
+    assert!(store
+        .run_artifact("run_ret_open", PLAN_ARTIFACT)
+        .unwrap()
+        .is_some());
+    exec(&format!(
+        "UPDATE run_artifacts SET data = x'', purged_at = 1 {target}"
+    ))
+    .unwrap();
+    assert!(matches!(
+        store.run_artifact("run_ret_open", PLAN_ARTIFACT),
+        Err(StoreError::Purged(_))
+    ));
 }
 
 // ---- PostgreSQL ----
@@ -162,17 +222,31 @@ fn postgres_replicas_migrate_at_once() {
         .unwrap();
     assert_eq!(
         rows.iter().map(|r| r.get::<_, i64>(0)).collect::<Vec<_>>(),
-        [1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 13, 14, 15, 16, 17, 19]
+        [1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 13, 14, 15, 16, 17, 18, 19]
     );
 }
 
 #[test]
 fn postgres_history_is_immutable_in_the_schema() {
     let db = TestDatabase::new("immutable");
-    let store: Arc<dyn Store> = Arc::new(PostgresStore::open(&db.url).unwrap());
+    let engine = PostgresStore::open(&db.url).unwrap();
+    conformance::plan_retention(&engine);
+    let store: Arc<dyn Store> = Arc::new(engine);
     conformance::writes_and_history(store.as_ref());
     conformance::runs(store.as_ref());
     let mut conn = db.client();
+    let mut exec = |sql: &str| {
+        // PostgreSQL spells a blob literal '\x..'::bytea.
+        let sql = sql
+            .replace("x''", "'\\x'::bytea")
+            .replace("x'00'", "'\\x00'::bytea")
+            .replace("x'01'", "'\\x01'::bytea");
+        conn.batch_execute(&sql).map_err(|err| {
+            err.as_db_error()
+                .map(|e| e.message().to_owned())
+                .unwrap_or_else(|| err.to_string())
+        })
+    };
     for sql in [
         "DELETE FROM versions",
         "UPDATE versions SET serial = 99",
@@ -181,17 +255,17 @@ fn postgres_history_is_immutable_in_the_schema() {
         "UPDATE audit SET actor = 'x'",
         "TRUNCATE audit",
         "DELETE FROM run_artifacts",
-        "UPDATE run_artifacts SET data = '\\x00'",
+        "UPDATE run_artifacts SET data = x'00'",
         "TRUNCATE run_artifacts",
         "TRUNCATE runs CASCADE",
-    ] {
-        let err = conn.batch_execute(sql).unwrap_err();
-        let msg = err
-            .as_db_error()
-            .map(|e| e.message().to_owned())
-            .unwrap_or_else(|| err.to_string());
+    ]
+    .into_iter()
+    .chain(PURGE_ATTACKS)
+    {
+        let msg = exec(sql).unwrap_err();
         assert!(msg.contains("immutable"), "{sql}: {msg}");
     }
+    purge_is_the_one_change(&*store, exec);
     assert_eq!(store.versions("conf/writes").unwrap().len(), 2);
     assert!(store
         .run_artifact("run_conf1", "plan.bin")
@@ -479,6 +553,159 @@ fn sqlite_migration_0014_keeps_every_chunk_and_version() {
         )
         .unwrap_err();
     assert!(err.to_string().contains("UNIQUE"), "{err}");
+}
+
+/// The migrations before 0018 (run artifact retention), each engine's, in order.
+macro_rules! migrations_before_0018 {
+    ($engine:literal) => {
+        [
+            include_str!(concat!("../migrations/", $engine, "/0001_init.sql")),
+            include_str!(concat!("../migrations/", $engine, "/0002_runs.sql")),
+            include_str!(concat!("../migrations/", $engine, "/0003_users.sql")),
+            include_str!(concat!(
+                "../migrations/",
+                $engine,
+                "/0004_archived_stacks.sql"
+            )),
+            include_str!(concat!("../migrations/", $engine, "/0005_policy_sets.sql")),
+            include_str!(concat!("../migrations/", $engine, "/0006_forge_logins.sql")),
+            include_str!(concat!(
+                "../migrations/",
+                $engine,
+                "/0007_drift_reports.sql"
+            )),
+            include_str!(concat!("../migrations/", $engine, "/0008_oidc.sql")),
+            include_str!(concat!("../migrations/", $engine, "/0010_audit_chains.sql")),
+            include_str!(concat!("../migrations/", $engine, "/0011_trust_ids.sql")),
+            include_str!(concat!(
+                "../migrations/",
+                $engine,
+                "/0013_forge_token_uses.sql"
+            )),
+            include_str!(concat!("../migrations/", $engine, "/0014_chunks_rowid.sql")),
+            include_str!(concat!(
+                "../migrations/",
+                $engine,
+                "/0015_token_read_stacks.sql"
+            )),
+            include_str!(concat!(
+                "../migrations/",
+                $engine,
+                "/0016_runs_author_user.sql"
+            )),
+            include_str!(concat!(
+                "../migrations/",
+                $engine,
+                "/0017_tokens_of_persons.sql"
+            )),
+        ]
+    };
+}
+
+/// A database at migration 0017 with one run in each status, each with a binary plan, its
+/// JSON and a log (`X'..'` literals; PostgreSQL's are rewritten by the caller).
+fn runs_before_0018() -> String {
+    use sha2::Digest as _;
+    let mut sql = String::from(
+        "INSERT INTO stacks (name, production, created_at, settings) VALUES ('old/app', FALSE, 1, '{}');\n\
+         INSERT INTO schema_migrations VALUES (1, 0), (2, 0), (3, 0), (4, 0), (5, 0), (6, 0), (7, 0), (8, 0), (10, 0), (11, 0), (13, 0), (14, 0), (15, 0), (16, 0), (17, 0);\n",
+    );
+    for status in airlock_store::RunStatus::ALL {
+        let id = format!("run_old_{}", status.as_str());
+        sql += &format!(
+            "INSERT INTO runs (id, stack_id, status, created_at, record) SELECT '{id}', id, '{}', 1, '{{}}' FROM stacks WHERE name = 'old/app';\n",
+            status.as_str()
+        );
+        for (name, bytes) in [
+            ("plan.tfplan", "plan"),
+            ("plan.json", "json"),
+            ("apply.log", "log"),
+        ] {
+            let data = zstd::encode_all(bytes.as_bytes(), 1).unwrap();
+            let sha = sha2::Sha256::digest(bytes.as_bytes());
+            sql += &format!(
+                "INSERT INTO run_artifacts (run_id, name, sha256, raw_len, data) VALUES ('{id}', '{name}', X'{}', {}, X'{}');\n",
+                hex(&sha),
+                bytes.len(),
+                hex(&data)
+            );
+        }
+    }
+    sql
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// After migration 0018: the binary plans of the runs that were terminal are tombstones (hash
+/// and length kept), every other artifact and every open run's plan is byte for byte there.
+fn check_0018_purged_terminal_plans(store: &dyn Store) {
+    use sha2::Digest as _;
+    for status in airlock_store::RunStatus::ALL {
+        let id = format!("run_old_{}", status.as_str());
+        let infos = store.run_artifact_infos(&id).unwrap();
+        assert_eq!(infos.len(), 3, "{id}");
+        let plan = infos.iter().find(|a| a.name == PLAN_ARTIFACT).unwrap();
+        assert_eq!(plan.sha256, hex(&sha2::Sha256::digest(b"plan")), "{id}");
+        assert_eq!(plan.len, 4, "{id}");
+        if status.is_terminal() {
+            assert!(plan.purged_at.is_some(), "{id}");
+            assert!(matches!(
+                store.run_artifact(&id, PLAN_ARTIFACT),
+                Err(StoreError::Purged(_))
+            ));
+        } else {
+            assert_eq!(plan.purged_at, None, "{id}");
+            assert_eq!(
+                store.run_artifact(&id, PLAN_ARTIFACT).unwrap().unwrap(),
+                b"plan"
+            );
+        }
+        assert_eq!(
+            store.run_artifact(&id, "plan.json").unwrap().unwrap(),
+            b"json"
+        );
+        assert_eq!(
+            store.run_artifact(&id, "apply.log").unwrap().unwrap(),
+            b"log"
+        );
+    }
+}
+
+#[test]
+fn sqlite_migration_0018_purges_the_plans_of_terminal_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("airlock.db");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL);")
+        .unwrap();
+    for sql in migrations_before_0018!("sqlite") {
+        conn.execute_batch(sql).unwrap();
+    }
+    conn.execute_batch(&runs_before_0018()).unwrap();
+    drop(conn);
+    check_0018_purged_terminal_plans(&SqliteStore::open(&path).unwrap());
+}
+
+#[test]
+fn postgres_migration_0018_purges_the_plans_of_terminal_runs() {
+    let db = TestDatabase::new("retention");
+    let mut c = db.client();
+    c.batch_execute(
+        "CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL);",
+    )
+    .unwrap();
+    for sql in migrations_before_0018!("postgres") {
+        c.batch_execute(sql).unwrap();
+    }
+    // PostgreSQL's blob literal is '\x..'.
+    let sql = runs_before_0018()
+        .replace(" X'", " '\\x")
+        .replace(", X'", ", '\\x");
+    c.batch_execute(&sql).unwrap();
+    drop(c);
+    check_0018_purged_terminal_plans(&PostgresStore::open(&db.url).unwrap());
 }
 
 // ---- migration 0019 (token minters) and the re-judging of tokens minted before the rule ----

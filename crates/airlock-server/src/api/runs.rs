@@ -46,8 +46,8 @@ const PHASE_TOKEN_TTL_MS: i64 = 3_600_000;
 /// Bounds on the repository policies one run makes the server evaluate.
 const MAX_POLICY_FILES: usize = 200;
 const MAX_POLICY_BYTES: usize = 1024 * 1024;
-/// Artifact names.
-pub const PLAN_ARTIFACT: &str = "plan.tfplan";
+/// Artifact names. The binary plan's is the store's: the store purges it when a run ends.
+pub use airlock_store::PLAN_ARTIFACT;
 pub const PLAN_JSON_ARTIFACT: &str = "plan.json";
 const CONFIG_ARTIFACT: &str = "airlock.hcl";
 const POLICIES_ARTIFACT: &str = "policies.json";
@@ -910,8 +910,8 @@ fn previous_policy(
     Ok(Some((config, policies)))
 }
 
-/// Runs an agent's user may plan in an hour. A run's artifacts are kept for good (they are what
-/// was reviewed), so an agent uploading without bound would fill the server's disk; 60 an hour
+/// Runs an agent's user may plan in an hour. A run's plan JSON, logs and policies are kept for
+/// good (they are what was reviewed; only the binary plan is purged, once the run ends), so an agent uploading without bound would fill the server's disk; 60 an hour
 /// is the plan-phase token limit (`tokens::PHASE_TOKEN_LIMIT`), which `airlock plan` already
 /// meets, applied to uploads made with any of the user's agent tokens.
 pub const AGENT_RUNS_PER_HOUR: u64 = 60;
@@ -932,7 +932,7 @@ async fn agent_within_run_rate(state: &Arc<AppState>, p: &Principal, stack: &str
     let r = Refusal::new(
         RefusalKind::TooManyRequests,
         format!(
-            "{} planned {planned} runs in the last hour: an agent's user plans at most {AGENT_RUNS_PER_HOUR} an hour (a run's artifacts are kept for good); try again later, or have a person plan",
+            "{} planned {planned} runs in the last hour: an agent's user plans at most {AGENT_RUNS_PER_HOUR} an hour (what a run reviewed is kept for good); try again later, or have a person plan",
             p.user
         ),
     );
@@ -1390,7 +1390,7 @@ pub async fn artifact(
 }
 
 /// The artifacts that hold every root variable's value in clear (Terraform's plan format).
-const PLAN_FILES: [&str; 2] = ["plan.tfplan", "plan.json"];
+const PLAN_FILES: [&str; 2] = [PLAN_ARTIFACT, PLAN_JSON_ARTIFACT];
 
 /// `GET /api/v1/runs/{id}/artifacts/plan.tfplan` (`read-plan`).
 pub async fn plan_binary(
@@ -1563,9 +1563,13 @@ pub async fn show(
     Path(id): Path<String>,
 ) -> ApiResult<Json<WithRun>> {
     let run = load_run(&state, &p, &id).await?;
-    let s = run.stack.clone();
-    let (stack, current) = store_call(&state, move |st| {
-        Ok((st.stack(&s)?, st.current_version(&s)?))
+    let (s, i) = (run.stack.clone(), id.clone());
+    let (stack, current, artifacts) = store_call(&state, move |st| {
+        Ok((
+            st.stack(&s)?,
+            st.current_version(&s)?,
+            st.run_artifact_infos(&i)?,
+        ))
     })
     .await?;
     let current_ok = stack
@@ -1574,7 +1578,11 @@ pub async fn show(
     let next = run_rules::next_step(&run);
     // What "N approvals" counts and who may never approve, as the run rules decide them.
     let (author, valid) = (run.author_identity(), run.valid_approvers());
-    let rest = json!({ "current": current_ok, "stack_serial": current.map(|v| v.serial), "next": next, "author_user": author, "valid_approvers": valid });
+    // The binary plan as stored: its tombstone once the run ended (`purged_at`).
+    let plan_file = artifacts.iter().find(|a| a.name == PLAN_ARTIFACT).map(
+        |a| json!({"name": a.name, "sha256": a.sha256, "bytes": a.len, "purged_at": a.purged_at}),
+    );
+    let rest = json!({ "current": current_ok, "stack_serial": current.map(|v| v.serial), "next": next, "author_user": author, "valid_approvers": valid, "plan_file": plan_file });
     Ok(Json(WithRun::new(run, rest)))
 }
 

@@ -111,6 +111,18 @@ pub struct RunQuery {
     done: Option<String>,
 }
 
+/// The binary plan as stored, in words: kept, or purged (when, and what stays of it).
+fn plan_file(f: &Value) -> String {
+    match (f["purged_at"].is_i64(), f["bytes"].as_u64()) {
+        (true, Some(bytes)) => format!(
+            "purged at {} ({bytes} bytes): the run has ended, so the plan file (the prior state and every planned value) is not kept; its hash above, this page's plan JSON and the logs are",
+            at(&f["purged_at"])
+        ),
+        (false, Some(bytes)) => format!("kept ({bytes} bytes) until the run ends"),
+        _ => "none stored".into(),
+    }
+}
+
 /// `GET /ui/runs/{id}`.
 pub async fn page(ctx: Ctx, Path(id): Path<String>, Query(q): Query<RunQuery>) -> Response {
     let flash = match q.done.as_deref() {
@@ -330,7 +342,7 @@ async fn render(ctx: &Ctx, id: &str, page: usize, flash: Option<(StatusCode, Str
 <tr><th>author</th><td id=\"author\">{} ({})</td></tr>{writers}<tr><th>commit</th><td class=\"mono\">{} (as the planner reported it)</td></tr>\
 <tr><th>base commit</th><td class=\"mono\">{}</td></tr><tr><th>inputs fingerprint</th><td class=\"mono\">{}</td></tr>\
 <tr><th>Terraform</th><td>{}</td></tr><tr><th>planned serial</th><td>{}</td></tr><tr><th>still current</th><td id=\"current\">{}</td></tr>\
-<tr><th>plan SHA-256</th><td class=\"mono\">{}</td></tr><tr><th>created</th><td>{}</td></tr><tr><th>expires</th><td>{}</td></tr>\
+<tr><th>plan SHA-256</th><td class=\"mono\">{}</td></tr><tr><th>plan file</th><td id=\"plan-file\">{}</td></tr><tr><th>created</th><td>{}</td></tr><tr><th>expires</th><td>{}</td></tr>\
 <tr><th>approvals</th><td>{} valid of {} required</td></tr><tr><th>note</th><td>{}</td></tr></table>",
         esc(&text(&run["author"])),
         esc(&text(&run["author_role"])),
@@ -341,6 +353,7 @@ async fn render(ctx: &Ctx, id: &str, page: usize, flash: Option<(StatusCode, Str
         esc(&text(&run["planned_serial"])),
         esc(&current),
         esc(&text(&run["plan_sha256"])),
+        esc(&plan_file(&shown["plan_file"])),
         esc(&at(&run["created_at"])),
         esc(&at(&run["expires_at"])),
         shown["valid_approvers"].as_array().map_or(0, Vec::len),

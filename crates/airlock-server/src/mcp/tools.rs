@@ -332,7 +332,7 @@ fn check_plan_output() -> Value {
 
 fn get_run_output() -> Value {
     out(
-        json!({"run": {"type": "object"}, "current": {"type": "boolean"}, "next": {"type": "string"}}),
+        json!({"run": {"type": "object"}, "current": {"type": "boolean"}, "next": {"type": "string"}, "plan_file": {"type": ["object", "null"], "description": "the binary plan as stored: name, sha256, bytes, and purged_at (ms) once the run has ended and its bytes were purged"}}),
         &["run"],
     )
 }

@@ -1032,3 +1032,82 @@ async fn the_run_page_names_the_stacks_its_plan_could_read() {
     let page = a.get("/ui/runs/run_plain").await.text();
     assert!(!page.contains("id=\"read-stacks\""), "{page}");
 }
+
+/// A terminal run's binary plan is purged with the transition that ends the run: the API answers
+/// 410 Gone (naming the run, the artifact and when) to everyone, admins included, while the plan
+/// JSON is still served; the run shows its tombstone (`plan_file`) and the console page says
+/// "purged". An open run's plan is served as before.
+#[tokio::test]
+async fn a_terminal_runs_binary_plan_is_gone_and_the_console_says_so() {
+    let s = fixture().await;
+    let cur = *s.versions("dev/app").last().unwrap();
+    let binary = b"PK\x03\x04 a plan with a sensitive value".to_vec();
+    for id in ["run_kept", "run_gone"] {
+        put_run(&s, id, "dev/app", cur, "tok_author", &simple_plan(), &[]);
+        s.store
+            .put_run_artifact(id, airlock_store::PLAN_ARTIFACT, &binary)
+            .unwrap();
+    }
+    s.store
+        .update_run(
+            "run_gone",
+            &mut |r: &RunRecord,
+                  _: &airlock_store::StackRecord,
+                  _: Option<&airlock_store::VersionMeta>,
+                  _: &[String]| {
+                let mut new = r.clone();
+                new.status = airlock_store::RunStatus::Rejected;
+                Ok((
+                    new,
+                    NewAudit::ok("t", "run.reject", Some("dev/app"), json!({"run": r.id})),
+                ))
+            },
+        )
+        .unwrap()
+        .unwrap();
+    let approver = s.role_token(Role::Approver);
+    async fn get(s: &Server, id: &str, what: &str, tok: &Tok) -> Resp {
+        let uri = format!("/api/v1/runs/{id}{what}");
+        s.call("GET", &uri, Auth::Bearer(&tok.secret), Body::empty())
+            .await
+    }
+    let kept = get(&s, "run_kept", "/artifacts/plan.tfplan", &s.admin).await;
+    assert_eq!(
+        (kept.status.as_u16(), kept.body.clone()),
+        (200, binary.clone())
+    );
+    for tok in [&s.admin, &approver, &s.role_token(Role::Ci)] {
+        let gone = get(&s, "run_gone", "/artifacts/plan.tfplan", tok).await;
+        assert_eq!(gone.status.as_u16(), 410, "{}", gone.text());
+        let v = gone.json();
+        assert_eq!(v["error"]["code"], "gone");
+        let m = v["error"]["message"].as_str().unwrap();
+        assert!(
+            m.contains("run_gone") && m.contains("plan.tfplan") && m.contains("purged at"),
+            "{m}"
+        );
+        assert!(!gone.text().contains("sensitive"), "no byte of it");
+    }
+    let json_file = get(&s, "run_gone", "/artifacts/plan.json", &s.admin).await;
+    assert_eq!(
+        json_file.status.as_u16(),
+        200,
+        "the reviewed plan JSON stays"
+    );
+    let shown = get(&s, "run_gone", "", &approver).await.json();
+    assert!(shown["plan_file"]["purged_at"].is_i64(), "{shown}");
+    assert_eq!(
+        shown["plan_file"]["sha256"],
+        airlock_store::blob::sha256(&binary)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    assert!(get(&s, "run_kept", "", &approver).await.json()["plan_file"]["purged_at"].is_null());
+    let b = sign_in(&s, &approver).await;
+    let page = b.get("/ui/runs/run_gone").await;
+    assert_eq!(page.status.as_u16(), 200);
+    assert!(page.text().contains("purged at"), "{}", page.text());
+    let page = b.get("/ui/runs/run_kept").await;
+    assert!(page.text().contains("kept ("), "{}", page.text());
+}

@@ -340,6 +340,14 @@ pub fn run_text(v: &Value) -> String {
             "STALE: the stack changed since the plan; it cannot be applied\n"
         });
     }
+    if v["plan_file"]["purged_at"].is_i64() {
+        out.push_str(&format!(
+            "binary plan: purged at {} (SHA-256 {}, {} bytes): the run has ended, so its plan file, which holds the prior state and every planned value, is not kept; its plan JSON and logs are\n",
+            time(v, "/plan_file/purged_at"),
+            s(v, "/plan_file/sha256"),
+            s(v, "/plan_file/bytes"),
+        ));
+    }
     let policy: Vec<&str> = run["policy_changes"]
         .as_array()
         .into_iter()

@@ -20,6 +20,7 @@ mod oidc;
 mod policies;
 mod readme;
 mod reliability;
+mod retention;
 mod runs;
 mod stack_undo;
 mod state_server;

@@ -729,7 +729,7 @@ pub fn rewrite_backup_audit(bk: &Path, edit: impl Fn(&mut airlock_core::audit::A
 pub fn swap_run_artifact(t: &Team, run: &str, name: &str, data: &[u8]) {
     let db = t.s.dir.path().join("data/airlock.db");
     let conn = rusqlite::Connection::open(&db).unwrap();
-    conn.execute_batch("DROP TRIGGER IF EXISTS run_artifacts_no_update")
+    conn.execute_batch("DROP TRIGGER IF EXISTS run_artifacts_no_update; DROP TRIGGER IF EXISTS run_artifacts_only_purge")
         .unwrap();
     let sha = {
         use sha2::Digest;

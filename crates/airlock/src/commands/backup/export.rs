@@ -167,21 +167,55 @@ pub(super) fn export(store: &dyn StoreImport, dir: &Path) -> anyhow::Result<Summ
     // Governed runs, oldest first (a run names its stack, so stacks come first on import).
     let mut runs = store.runs(None, u32::MAX)?;
     runs.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
-    for (i, run) in runs.into_iter().enumerate() {
+    for (i, mut run) in runs.into_iter().enumerate() {
         let base = format!("runs/{:04}", i + 1);
         let mut artifacts = Vec::new();
-        for (j, name) in store.run_artifact_names(&run.id)?.into_iter().enumerate() {
-            let bytes = store
-                .run_artifact(&run.id, &name)?
-                .with_context(|| format!("run {} artifact {name} vanished", run.id))?;
+        for (j, mut info) in store.run_artifact_infos(&run.id)?.into_iter().enumerate() {
+            let bytes = match info.purged_at {
+                Some(_) => None,
+                None => match store.run_artifact(&run.id, &info.name) {
+                    // Purged since it was listed (the run ended meanwhile): its tombstone now.
+                    Err(airlock_store::StoreError::Purged(_)) => {
+                        info = store
+                            .run_artifact_infos(&run.id)?
+                            .into_iter()
+                            .find(|i| i.name == info.name)
+                            .with_context(|| {
+                                format!("run {} artifact {} vanished", run.id, info.name)
+                            })?;
+                        None
+                    }
+                    read => Some(read?.with_context(|| {
+                        format!("run {} artifact {} vanished", run.id, info.name)
+                    })?),
+                },
+            };
+            let Some(bytes) = bytes else {
+                artifacts.push(ArtifactEntry {
+                    name: info.name,
+                    file: String::new(),
+                    sha256: info.sha256,
+                    size: info.len,
+                    purged_at: info.purged_at,
+                });
+                continue;
+            };
             let file = format!("{base}/artifacts/{:02}.bin", j + 1);
             w.put(&file, &bytes)?;
             artifacts.push(ArtifactEntry {
-                name,
+                name: info.name,
                 file,
                 sha256: hex(&blob::sha256(&bytes)),
                 size: bytes.len() as u64,
+                purged_at: None,
             });
+        }
+        if artifacts.iter().any(|a| a.purged_at.is_some()) && !run.status.is_terminal() {
+            // The run ended (and its plan was purged, in one transaction) after the listing:
+            // its record as of the purge, so the backup never shows an open run's tombstone.
+            run = store
+                .run(&run.id)?
+                .with_context(|| format!("run {} vanished", run.id))?;
         }
         w.put_json(
             &format!("{base}/run.json"),

@@ -117,9 +117,27 @@ pub(super) struct RunFile {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) struct ArtifactEntry {
     pub(super) name: String,
+    /// The file holding its bytes; none for a tombstone.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub(super) file: String,
     pub(super) sha256: String,
     pub(super) size: u64,
+    /// When its bytes were purged (a terminal run's binary plan; format 5): a tombstone, which
+    /// carries no bytes, only the name, hash and size it had.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) purged_at: Option<i64>,
+}
+
+impl ArtifactEntry {
+    /// The tombstone as the store keeps it (`None` if this entry carries bytes).
+    pub(super) fn tombstone(&self) -> Option<airlock_store::ArtifactInfo> {
+        self.purged_at.map(|at| airlock_store::ArtifactInfo {
+            name: self.name.clone(),
+            sha256: self.sha256.clone(),
+            len: self.size,
+            purged_at: Some(at),
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,7 +5,7 @@
 //! server runs, and a backup that restores working tokens needs their secret hashes, which the
 //! API never serves. Verify needs neither a server nor a database.
 //!
-//! A backup directory (format `airlock-backup/4`) holds plain files:
+//! A backup directory (format `airlock-backup/5`) holds plain files:
 //!
 //! ```text
 //! manifest.json                        format, time, source engine, counts, audit head, and
@@ -21,8 +21,9 @@
 //! stacks/NNNN/stack.json               the stack, its version metadata, grants and lock
 //! stacks/NNNN/versions/SERIAL.tfstate  each version's exact bytes
 //! stacks/NNNN/lock-info.json           the held lock's info body, verbatim (if locked)
-//! runs/NNNN/run.json                   a governed run's record and its artifact list
-//! runs/NNNN/artifacts/NN.bin           each artifact's exact bytes (plan, plan JSON, logs)
+//! runs/NNNN/run.json                   a governed run's record and its artifact list, with
+//!                                      the tombstone of a purged binary plan (format 5)
+//! runs/NNNN/artifacts/NN.bin           each kept artifact's exact bytes (plan, plan JSON, logs)
 //! ```
 //!
 //! Format 1 (before users) is still read: its tokens get users and parents exactly as the
@@ -33,6 +34,13 @@
 //! the chains broken. Format 3 (before trusts and drift reports) is still read: it restores
 //! none. Format 4 was made a new version because an older airlock would find two files it does
 //! not list and refuse the backup, rather than silently restore without them.
+//! Format 5 lists a terminal run's purged binary plan as a tombstone (name, SHA-256, size, purge
+//! time; no file), which an older airlock would read as an artifact whose file is missing: a new
+//! version, so that it says "unsupported format" instead. Verify accepts a tombstone only of a
+//! terminal run's binary plan, hashing to the run's plan, and refuses the bytes of a terminal
+//! run's binary plan in format 5 (export never writes them). Format 4 (no tombstones) is still
+//! read: a terminal run's binary plan in it is imported as a tombstone, its bytes purged
+//! (`Backup::notes` counts them), so a restore never brings back a plan the server purged.
 //!
 //! The OIDC issuer's private signing keys are never in a backup (a backup is a copy of the
 //! data, kept elsewhere; a key there would sign for the clouds that trust the issuer): a
@@ -63,7 +71,9 @@ use serde_json::json;
 use super::migrate::{open_store, Missing};
 use crate::cli::{BackupCommand, OutputFormat};
 
-pub(super) const FORMAT: &str = "airlock-backup/4";
+pub(super) const FORMAT: &str = "airlock-backup/5";
+/// The format before run artifact tombstones; read, never written.
+pub(super) const FORMAT_V4: &str = "airlock-backup/4";
 /// The format before forge trusts and drift reports; read, never written.
 pub(super) const FORMAT_V3: &str = "airlock-backup/3";
 /// The format before audit chains per stack (one chain); read, never written.

@@ -6,15 +6,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use airlock_core::audit::{verify_chain, AuditRecord, GENESIS};
-use airlock_store::{blob, private, SqliteStore, StoreImport};
+use airlock_store::{blob, private, RunRecord, SqliteStore, StoreImport, PLAN_ARTIFACT};
 use anyhow::{bail, Context};
 
 use super::format::{
-    resolve_minters, upgrade_v1_tokens, DriftReportEntry, Manifest, PolicySetEntry, RunFile,
-    StackFile, Summary, TokenEntry, TrustEntry, UserEntry,
+    resolve_minters, upgrade_v1_tokens, ArtifactEntry, DriftReportEntry, Manifest, PolicySetEntry,
+    RunFile, StackFile, Summary, TokenEntry, TrustEntry, UserEntry,
 };
 use super::import::{compare, replay};
-use super::{hex, FORMAT, FORMAT_V1, FORMAT_V2, FORMAT_V3};
+use super::{hex, FORMAT, FORMAT_V1, FORMAT_V2, FORMAT_V3, FORMAT_V4};
 
 /// A backup read back and checked against itself. Version bytes stay on disk.
 pub(super) struct Backup {
@@ -51,10 +51,10 @@ impl Backup {
             .context("manifest.json is not a valid airlock backup manifest")?;
         let v1 = manifest.format == FORMAT_V1;
         let one_chain = v1 || manifest.format == FORMAT_V2;
-        let v4 = manifest.format == FORMAT;
+        let v4 = manifest.format == FORMAT || manifest.format == FORMAT_V4;
         if !v4 && manifest.format != FORMAT_V3 && !one_chain {
             bail!(
-                "unsupported backup format {:?} (this airlock reads {FORMAT}, {FORMAT_V3}, {FORMAT_V2} and {FORMAT_V1})",
+                "unsupported backup format {:?} (this airlock reads {FORMAT}, {FORMAT_V4}, {FORMAT_V3}, {FORMAT_V2} and {FORMAT_V1})",
                 manifest.format
             );
         }
@@ -218,6 +218,14 @@ impl Backup {
 
         for r in &backup.runs {
             for a in &r.artifacts {
+                if let Some(problem) = backup.retention_problem(&r.record, a) {
+                    problems.push(problem);
+                    continue;
+                }
+                if a.purged_at.is_some() {
+                    // A tombstone: no bytes to check (`retention_problem` checked the rest).
+                    continue;
+                }
                 if !backup.manifest.files.contains_key(&a.file) {
                     problems.push(format!(
                         "run {}: artifact {} is not listed in the manifest",
@@ -277,6 +285,62 @@ impl Backup {
     /// written by an airlock that did not record it yet: drift reports whose `drift.report`
     /// event has no `report_sha256` (their bodies are not bound to the chain), and forge logins
     /// whose `oidc.login` event names no ID token (`import` cannot mark those tokens used).
+    /// What is wrong with `a`, an artifact of `run`, as run artifact retention sees it: a
+    /// tombstone only in format 5, only of a terminal run's binary plan, and without a file; a
+    /// binary plan (bytes or tombstone) only the run's own (its `plan_sha256`); and in format
+    /// 5, never the bytes of a terminal run's binary plan (the server purged them; a backup
+    /// cannot bring them back).
+    fn retention_problem(&self, run: &RunRecord, a: &ArtifactEntry) -> Option<String> {
+        let (id, status) = (&run.id, run.status.as_str());
+        let tombstone = a.purged_at.is_some();
+        if tombstone && self.manifest.format != FORMAT {
+            return Some(format!(
+                "run {id} artifact {}: a tombstone in a {} backup (tombstones came with {FORMAT})",
+                a.name, self.manifest.format
+            ));
+        }
+        if tombstone && (a.name != PLAN_ARTIFACT || !run.status.is_terminal()) {
+            return Some(format!(
+                "run {id} artifact {}: a tombstone of the {status} run's {}, but only a terminal run's binary plan ({PLAN_ARTIFACT}) is ever purged",
+                a.name, a.name
+            ));
+        }
+        if tombstone && !a.file.is_empty() {
+            return Some(format!(
+                "run {id} artifact {}: a tombstone that names a file ({})",
+                a.name, a.file
+            ));
+        }
+        if a.name == PLAN_ARTIFACT && a.sha256 != run.plan_sha256 {
+            return Some(format!(
+                "run {id} artifact {}: SHA-256 {} is not the run's plan {}",
+                a.name, a.sha256, run.plan_sha256
+            ));
+        }
+        if !tombstone
+            && a.name == PLAN_ARTIFACT
+            && run.status.is_terminal()
+            && self.manifest.format == FORMAT
+        {
+            return Some(format!(
+                "run {id} artifact {}: the {status} run's binary plan carries bytes, but a terminal run's binary plan is purged and {FORMAT} lists it as a tombstone",
+                a.name
+            ));
+        }
+        None
+    }
+
+    /// Binary plans of terminal runs that this (older) backup carries with their bytes: the
+    /// import stores them as tombstones.
+    pub(super) fn plans_purged_on_import(&self) -> usize {
+        self.runs
+            .iter()
+            .filter(|r| r.record.status.is_terminal())
+            .flat_map(|r| &r.artifacts)
+            .filter(|a| a.name == PLAN_ARTIFACT && a.purged_at.is_none())
+            .count()
+    }
+
     pub(super) fn notes(&self) -> Vec<String> {
         let events = |action: &str, key: &str| {
             self.audit
@@ -298,6 +362,12 @@ impl Backup {
         if unhashed > 0 {
             notes.push(format!(
                 "{unhashed} drift report(s) were recorded before drift.report audit events carried the report's SHA-256: their stack, status, serial, counts and time are checked against the audit, their bodies (which instances drifted, the findings) are not"
+            ));
+        }
+        let purged = self.plans_purged_on_import();
+        if purged > 0 {
+            notes.push(format!(
+                "{purged} terminal run(s) carry their binary plan ({PLAN_ARTIFACT}): it can never be applied again, so an import keeps its name, SHA-256 and size as a tombstone and purges its bytes"
             ));
         }
         if logins > 0 {
@@ -498,7 +568,7 @@ impl Backup {
         // drift.report event recorded about a state this backup holds is in it (export keeps
         // exactly those), so the newest cannot be left out to make an older "in sync" one the
         // stack's status.
-        let carries_drift = self.manifest.format == FORMAT;
+        let carries_drift = self.manifest.format == FORMAT || self.manifest.format == FORMAT_V4;
         for (id, r) in reported.iter().filter(|_| carries_drift) {
             let serial = r.detail.get("serial").and_then(Value::as_u64);
             let stack = r.stack.as_deref().unwrap_or_default();
