@@ -1869,6 +1869,36 @@ impl<E: Engine> Store for E {
     }
 
     fn revoke_unsafe_mints(&self) -> Result<Vec<TokenRecord>> {
+        // A server older than migration 0019 still running beside this one (a rolling
+        // upgrade) mints with the minter named only in `created_by`: such tokens get their
+        // `minted_by` as the migration gave the others, before anyone is judged.
+        let unfilled = self.read(|db| {
+            let rows = db.query(
+                "SELECT id, created_by FROM tokens WHERE minted_by IS NULL AND created_by LIKE '% (tok%)'",
+                &[],
+            )?;
+            let mut fill = Vec::new();
+            for r in &rows {
+                let (id, created_by) = (r.text(0)?, r.text(1)?);
+                if let Some(m) = minter_id(&created_by).filter(|m| *m != id) {
+                    if token_by_id(db, m, false)?.is_some() {
+                        fill.push((id, m.to_owned()));
+                    }
+                }
+            }
+            Ok(fill)
+        })?;
+        if !unfilled.is_empty() {
+            self.write(|db| {
+                for (id, minter) in &unfilled {
+                    db.execute(
+                        "UPDATE tokens SET minted_by = $2 WHERE id = $1 AND minted_by IS NULL",
+                        params![id, minter],
+                    )?;
+                }
+                Ok(())
+            })?;
+        }
         let users = self.read(|db| {
             db.query(
                 "SELECT DISTINCT user_name FROM tokens WHERE parent_id IS NULL AND revoked_at IS NULL AND user_name IN (SELECT name FROM users) ORDER BY user_name",

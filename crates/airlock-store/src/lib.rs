@@ -104,7 +104,10 @@ pub trait Store: Send + Sync {
     /// `token.revoke_unsafe_mint` event naming the token, its user, its minter and why. One
     /// transaction per user, under the user's mint lock and its tokens' row locks, so replicas
     /// running it at once revoke each token once. Idempotent: tokens minted under the rule are
-    /// never refused by it, so the server runs it at every start. Returns what it revoked.
+    /// never refused by it, so the server runs it at every start. Before judging, tokens that a
+    /// server older than migration 0019 minted beside this one (a rolling upgrade: no
+    /// `minted_by`, the minter named in `created_by`) get their minter as the migration gave
+    /// the others. Returns what it revoked.
     fn revoke_unsafe_mints(&self) -> Result<Vec<TokenRecord>>;
 
     // --- users ---

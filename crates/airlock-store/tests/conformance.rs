@@ -986,6 +986,26 @@ fn check_minters_and_rejudging(s: &dyn Store, revoked: &[TokenRecord]) {
     );
 }
 
+/// A server older than migration 0019 running beside a newer one (a rolling upgrade) writes
+/// tokens without `minted_by`, their minter only in `created_by`: the next start fills it as
+/// the migration did, and judges them by it (without the fill, each would count as the
+/// operator's and `tok_imp` would stay live).
+#[test]
+fn sqlite_tokens_an_older_server_mints_after_migration_0019_are_judged_by_their_minter() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("airlock.db");
+    drop(SqliteStore::open(&path).unwrap());
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(&pre_rule_tokens_sql(|i| {
+        format!("X'{}'", format!("{i:02x}").repeat(32))
+    }))
+    .unwrap();
+    drop(conn);
+    let store = SqliteStore::open(&path).unwrap();
+    let revoked = store.revoke_unsafe_mints().unwrap();
+    check_minters_and_rejudging(&store, &revoked);
+}
+
 #[test]
 fn sqlite_migration_0019_fills_minters_and_tokens_minted_before_the_rule_are_revoked() {
     let dir = tempfile::tempdir().unwrap();
