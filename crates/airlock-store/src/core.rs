@@ -1126,7 +1126,9 @@ pub fn run_of(db: &mut dyn Sql, id: &str, for_update: bool) -> Result<Option<Run
     .transpose()
 }
 
-/// Runs scanned at most by one filtered listing (author and commit are matched on the record).
+/// Runs scanned at most by one listing filtered on the records ([`RunFilter::on_records`]);
+/// a listing filtered in SQL only (stack, status, or nothing: a backup's export) returns every
+/// run up to its limit.
 const MAX_RUNS_SCANNED: i64 = 20_000;
 
 /// Runs matching `f`, newest first, at most `limit`: stack and status in SQL, the rest on the
@@ -1152,7 +1154,12 @@ pub fn runs_where(db: &mut dyn Sql, f: &RunFilter, limit: u32) -> Result<Vec<Run
     );
     let mut out = Vec::new();
     let mut offset = 0;
-    while out.len() < limit as usize && offset < MAX_RUNS_SCANNED {
+    let max_scanned = if f.on_records() {
+        MAX_RUNS_SCANNED
+    } else {
+        i64::MAX
+    };
+    while out.len() < limit as usize && offset < max_scanned {
         let mut p = ps.clone();
         p.push(page.into());
         p.push(offset.into());

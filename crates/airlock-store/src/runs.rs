@@ -420,6 +420,15 @@ pub struct RunFilter {
 }
 
 impl RunFilter {
+    /// Whether a condition is matched on the records rather than in SQL (author, commit,
+    /// change request, fingerprint): a listing then scans records that may not match.
+    pub fn on_records(&self) -> bool {
+        self.author.is_some()
+            || self.commit.is_some()
+            || self.change_request.is_some()
+            || self.fingerprint.is_some()
+    }
+
     /// Whether `run` passes the author and commit filters (the store filters stack and status
     /// in SQL). The author is the run's user, its token id, or its token name (`author` is
     /// "name (id)").

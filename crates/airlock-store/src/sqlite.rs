@@ -803,6 +803,49 @@ mod tests {
         assert_eq!(placeholders("a = $1 AND b = $12"), "a = ?1 AND b = ?12");
     }
 
+    /// Listing every run (what a backup's export does) returns every run, past the bound on
+    /// runs scanned for a listing filtered on the records (a backup of a busy server kept only
+    /// the newest 20,000 runs, silently).
+    #[test]
+    fn listing_every_run_returns_runs_past_the_scan_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("a.db")).unwrap();
+        let audit = NewAudit::ok("t", "stack.create", Some("t/many"), serde_json::json!({}));
+        store
+            .create_stack("t/many", false, StackSettings::default(), audit)
+            .unwrap();
+        let n = 20_005;
+        store
+            .write(|db| {
+                for i in 0..n {
+                    let run = crate::conformance::run_record(&format!("run_{i:05}"), "t/many", i);
+                    db.execute(
+                        "INSERT INTO runs (id, stack_id, status, created_at, record, author_user) VALUES ($1, (SELECT id FROM stacks WHERE name = 't/many'), $2, $3, $4, $5)",
+                        crate::sql::params![&run.id, run.status.as_str(), i, serde_json::to_string(&run).unwrap(), &run.author_user],
+                    )?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        let all = store.runs(None, u32::MAX).unwrap();
+        assert_eq!(all.len(), n as usize);
+        assert_eq!(
+            all.last().unwrap().id,
+            "run_00000",
+            "the oldest is there too"
+        );
+        assert_eq!(
+            store.runs(Some("t/many"), u32::MAX).unwrap().len(),
+            n as usize
+        );
+        // A listing filtered on the records stays bounded.
+        let by_author = RunFilter {
+            author: Some("nobody".into()),
+            ..RunFilter::default()
+        };
+        assert!(store.runs_where(&by_author, u32::MAX).unwrap().is_empty());
+    }
+
     /// A purged binary plan leaves no copy in the database file: the pages it freed are zeroed
     /// (`secure_delete` for the purge), not kept in the free list until reused.
     #[test]
