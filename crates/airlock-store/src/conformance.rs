@@ -100,6 +100,7 @@ pub fn run_all<S: StoreImport + StoreStats + 'static>(engine: &Arc<S>) {
     drift_states_of_many_stacks(engine.as_ref());
     minting_for_a_person(store);
     minters_are_a_column(store.as_ref());
+    minter_chains_are_bounded_at_mint(store.as_ref());
     // Every token above was minted under the rule: re-judging revokes none.
     assert_eq!(store.revoke_unsafe_mints().unwrap(), []);
 }
@@ -3552,4 +3553,59 @@ pub fn minters_are_a_column(s: &dyn Store) {
         .unwrap()
         .iter()
         .any(|t| t.id == "tok_mc_dev" && t.minted_by.as_deref() == Some("tok_mc_root")));
+}
+
+/// No token is minted beyond the chain of minters a judgement reads: a scoped admin minting
+/// itself tokens in a row, then one for another user, is refused at the first mint past the
+/// bound, and the other user still receives tokens from anyone the rule allows (before, the
+/// long chain made every later mint for that user fail as corrupt).
+pub fn minter_chains_are_bounded_at_mint(s: &dyn Store) {
+    for name in ["ch-root", "ch-alice", "ch-bob"] {
+        s.create_user(
+            NewUser {
+                name: name.into(),
+                created_by: "test".into(),
+                forge_logins: Vec::new(),
+            },
+            audit("user.create"),
+        )
+        .unwrap();
+    }
+    let mint = |id: &str, user: &str, stacks: &[&str], by: Option<&str>| {
+        let mut t = new_token(id, user, None, None);
+        t.stacks = stacks.iter().map(|g| (*g).to_owned()).collect();
+        t.created_by = by.map_or("system".to_owned(), |b| format!("x ({b})"));
+        t.minted_by = by.map(str::to_owned);
+        s.create_token(t, audit("token.create"))
+    };
+    mint("tok_ch_root", "ch-root", &[], None).unwrap();
+    let mut by = "tok_ch_root".to_owned();
+    // Alice's scoped admin tokens, each minted by the one before: the k-th lies k mints from
+    // the operator, so the one at the bound still mints nothing more.
+    let mut refused = None;
+    for k in 1..=crate::core::MAX_MINTER_CHAIN + 1 {
+        let id = format!("tok_ch_a{k:02}");
+        match mint(&id, "ch-alice", &["chdev/*"], Some(&by)) {
+            Ok(_) => by = id,
+            Err(e) => {
+                refused = Some((k, e));
+                break;
+            }
+        }
+    }
+    let (k, e) = refused.expect("a chain past the bound is refused");
+    assert_eq!(
+        k,
+        crate::core::MAX_MINTER_CHAIN + 1,
+        "refused at the first mint past the bound"
+    );
+    assert!(
+        matches!(&e, StoreError::Forbidden(m) if m.contains("closer to the operator")),
+        "{e:?}"
+    );
+    // The last token alice holds cannot mint for bob past the bound either ...
+    let r = mint("tok_ch_bob1", "ch-bob", &["chdev/*"], Some(&by));
+    assert!(matches!(&r, Err(StoreError::Forbidden(_))), "{r:?}");
+    // ... and bob still receives tokens.
+    mint("tok_ch_bob2", "ch-bob", &["chdev/*"], Some("tok_ch_root")).unwrap();
 }

@@ -1587,7 +1587,7 @@ pub trait Engine: Send + Sync {
 
 /// Longest chain of minters read for one token (each was created before what it minted, so
 /// chains end; this bounds a corrupt one).
-const MAX_MINTER_CHAIN: usize = 32;
+pub(crate) const MAX_MINTER_CHAIN: usize = 32;
 
 /// What minting for `user` is judged on ([`Person::may_receive`]): its parentless tokens,
 /// each with its chain of minters, the minting token `minter` and its forge logins.
@@ -1795,10 +1795,20 @@ impl<E: Engine> Store for E {
             };
             // The minter is the caller's token, set by the server (never the client); a
             // token that names a minter that does not exist would judge as the operator's.
+            // Judging a person reads each of its tokens' minters up to [`MAX_MINTER_CHAIN`]
+            // and finds a longer chain corrupt, so no token is minted beyond it: otherwise a
+            // scoped admin minting itself 31 tokens in a row, and then one for another user,
+            // would make every later mint for that user fail.
             if let Some(m) = t.minted_by.as_deref() {
-                if token_by_id(db, m, false)?.is_none() {
+                let Some(minter) = token_by_id(db, m, false)? else {
                     return Err(StoreError::NotFound(format!(
                         "minting token {m} (a token's minter must be a stored token)"
+                    )));
+                };
+                let above = minter_chain(db, &minter, &mut Default::default())?.len();
+                if above + 1 > MAX_MINTER_CHAIN {
+                    return Err(StoreError::Forbidden(format!(
+                        "token {m} was minted through {above} tokens; a token may lie at most {MAX_MINTER_CHAIN} mints from the operator, so it mints no more: mint from a token closer to the operator"
                     )));
                 }
             }
