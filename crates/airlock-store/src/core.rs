@@ -1189,7 +1189,7 @@ pub fn run_artifact(db: &mut dyn Sql, id: &str, name: &str) -> Result<Option<Vec
     let (sha, raw_len, data) = (row.bytes(0)?, row.i64(1)?, row.bytes(2)?);
     if let Some(at) = row.opt_i64(3)? {
         return Err(StoreError::Purged(format!(
-            "run {id}'s artifact {name} was purged at {} (SHA-256 {}, {raw_len} bytes): the run is terminal, so its binary plan can never be applied and its bytes, which hold the prior state and every planned value, are not kept; its plan JSON and logs are (airlock run show {id})",
+            "run {id}'s artifact {name} was purged at {} (SHA-256 {}, {raw_len} bytes): the run is terminal, so its binary plan can never be applied and is not kept; its plan JSON (which holds the planned values too, sensitive ones in clear, as Terraform writes it) and logs are (airlock run show {id})",
             airlock_core::time::rfc3339(at),
             hex::encode(&sha)
         )));

@@ -115,7 +115,7 @@ pub struct RunQuery {
 fn plan_file(f: &Value) -> String {
     match (f["purged_at"].is_i64(), f["bytes"].as_u64()) {
         (true, Some(bytes)) => format!(
-            "purged at {} ({bytes} bytes): the run has ended, so the plan file (the prior state and every planned value) is not kept; its hash above, this page's plan JSON and the logs are",
+            "purged at {} ({bytes} bytes): the run has ended, so the plan file, which could still be applied, is not kept; its hash above, this page's plan JSON (the planned values too, sensitive ones in clear for read-plan holders) and the logs are",
             at(&f["purged_at"])
         ),
         (false, Some(bytes)) => format!("kept ({bytes} bytes) until the run ends"),

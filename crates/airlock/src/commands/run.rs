@@ -342,7 +342,7 @@ pub fn run_text(v: &Value) -> String {
     }
     if v["plan_file"]["purged_at"].is_i64() {
         out.push_str(&format!(
-            "binary plan: purged at {} (SHA-256 {}, {} bytes): the run has ended, so its plan file, which holds the prior state and every planned value, is not kept; its plan JSON and logs are\n",
+            "binary plan: purged at {} (SHA-256 {}, {} bytes): the run has ended, so its plan file can never be applied and is not kept; its plan JSON (the planned values too, sensitive ones in clear) and logs are\n",
             time(v, "/plan_file/purged_at"),
             s(v, "/plan_file/sha256"),
             s(v, "/plan_file/bytes"),
