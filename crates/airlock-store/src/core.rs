@@ -2623,6 +2623,54 @@ impl<E: Engine> Store for E {
         self.read(|db| run_artifact_infos(db, id))
     }
 
+    fn purge_plans_of_ended_runs(&self) -> Result<Vec<String>> {
+        // Plans not purged are those of open runs, and these leftovers: few rows.
+        let candidates = self.read(|db| {
+            db.query(
+                "SELECT r.id, r.status FROM runs r JOIN run_artifacts a ON a.run_id = r.id WHERE a.name = $1 AND a.purged_at IS NULL",
+                params![PLAN_ARTIFACT],
+            )?
+            .iter()
+            .map(|r| Ok((r.text(0)?, r.text(1)?)))
+            .collect::<Result<Vec<(String, String)>>>()
+        })?;
+        let mut purged = Vec::new();
+        for (id, status) in candidates {
+            if !RunStatus::parse(&status).is_some_and(RunStatus::is_terminal) {
+                continue;
+            }
+            let done = self.write(|db| {
+                // Judged again on the locked row: the record is what ended the run.
+                let Some(run) = run_of(db, &id, true)? else {
+                    return Ok(false);
+                };
+                if !run.status.is_terminal() {
+                    return Ok(false);
+                }
+                let Some(detail) = purge_plan(db, &id, now_ms())? else {
+                    return Ok(false);
+                };
+                let audit = NewAudit::ok(
+                    "system (run retention)",
+                    "run.plan_purged",
+                    Some(&run.stack),
+                    json!({
+                        "run": id,
+                        "status": run.status.as_str(),
+                        "plan_purged": detail,
+                        "why": "the run ended on a server older than migration 0018, which kept its binary plan",
+                    }),
+                );
+                append_audit(db, &audit)?;
+                Ok(true)
+            })?;
+            if done {
+                purged.push(id);
+            }
+        }
+        Ok(purged)
+    }
+
     fn runs_planned_since(&self, user: &str, since_ms: i64) -> Result<u64> {
         self.read(|db| {
             count(

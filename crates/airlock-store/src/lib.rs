@@ -259,6 +259,11 @@ pub trait Store: Send + Sync {
     /// A run's artifacts without their bytes, sorted by name: tombstones of purged ones
     /// (`purged_at` set) included.
     fn run_artifact_infos(&self, id: &str) -> Result<Vec<ArtifactInfo>>;
+    /// Purges the binary plan of every terminal run that still holds one, each in its own
+    /// transaction with a `run.plan_purged` audit event: runs a server older than migration
+    /// 0018 ended beside this one (a rolling upgrade), which purged nothing. The server runs it
+    /// at every start. Returns the runs purged.
+    fn purge_plans_of_ended_runs(&self) -> Result<Vec<String>>;
     /// How many runs `user` planned at or after `since_ms` (runs stored before migration 0016
     /// are not counted).
     fn runs_planned_since(&self, user: &str, since_ms: i64) -> Result<u64>;

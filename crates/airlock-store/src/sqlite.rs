@@ -903,4 +903,63 @@ mod tests {
         ));
         assert!(!in_file(), "no byte of the purged plan is left in the file");
     }
+
+    /// A run that a server older than migration 0018 ended (its status written, its binary
+    /// plan kept) loses its plan at the next start, audited, and only a terminal run does.
+    #[test]
+    fn plans_of_runs_an_older_server_ended_are_purged_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("a.db")).unwrap();
+        let audit = |a: &str| NewAudit::ok("t", a, Some("t/old"), serde_json::json!({}));
+        store
+            .create_stack(
+                "t/old",
+                false,
+                StackSettings::default(),
+                audit("stack.create"),
+            )
+            .unwrap();
+        for id in ["run_ended", "run_open"] {
+            let run = crate::conformance::run_record(id, "t/old", now_ms());
+            store
+                .create_run(&run, &[(PLAN_ARTIFACT, b"plan")], audit("run.create"))
+                .unwrap();
+        }
+        // What an older server's rejection wrote: the status, nothing purged.
+        store
+            .write(|db| {
+                db.execute(
+                    "UPDATE runs SET status = 'rejected', record = json_set(record, '$.status', 'rejected') WHERE id = 'run_ended'",
+                    &[],
+                )?;
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(
+            store
+                .run_artifact("run_ended", PLAN_ARTIFACT)
+                .unwrap()
+                .as_deref(),
+            Some(&b"plan"[..])
+        );
+        assert_eq!(store.purge_plans_of_ended_runs().unwrap(), ["run_ended"]);
+        assert!(matches!(
+            store.run_artifact("run_ended", PLAN_ARTIFACT),
+            Err(StoreError::Purged(_))
+        ));
+        assert!(store
+            .run_artifact("run_open", PLAN_ARTIFACT)
+            .unwrap()
+            .is_some());
+        let events = store.audit_events(0, u32::MAX).unwrap();
+        let e = events
+            .iter()
+            .find(|e| e.action == "run.plan_purged")
+            .unwrap();
+        assert_eq!(e.detail["run"], "run_ended");
+        assert_eq!(
+            store.purge_plans_of_ended_runs().unwrap(),
+            Vec::<String>::new()
+        );
+    }
 }

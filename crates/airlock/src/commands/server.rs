@@ -58,6 +58,17 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
             t.revoked_reason.as_deref().unwrap_or_default()
         ));
     }
+    // Runs that a server older than migration 0018 ended kept their binary plans.
+    let purged = store
+        .purge_plans_of_ended_runs()
+        .context("purging the binary plans of ended runs")?;
+    if !purged.is_empty() {
+        crate::out(&format!(
+            "note: purged the binary plans of {} run(s) an older server ended: {}\n",
+            purged.len(),
+            purged.join(", ")
+        ));
+    }
     // With --public-url the server is an OIDC issuer: its first key is made now (kept in the
     // store; a restored backup carries none, so a restored server makes a new one here).
     if let Some(url) = &public_url {

@@ -378,3 +378,46 @@ fn tombstones_survive_backups_and_an_older_backup_is_purged_on_import() {
     let verified = restored.ok(&admin, &["audit", "--verify"]);
     assert!(verified.contains("audit chain intact"), "{verified}");
 }
+
+/// A run that a server older than migration 0018 ended (in a rolling upgrade: its status
+/// written, its binary plan kept) is exported as a tombstone, so the backup verifies; the next
+/// start of this server purges the bytes, audited.
+#[test]
+fn a_run_an_older_server_ended_is_backed_up_as_a_tombstone_and_purged_at_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let backing = Backing::Dir(data.clone());
+    let mut t = team_on(TestServer::start_on(&backing, None, &[], &[]), "dev/old");
+    let ws = Workspace::new(&t.s, "dev/old", &data_resources(1));
+    let run = plan(&t, &ws, &t.agent, "dev/old");
+    let admin = t.s.admin.clone();
+    let (_, binary) = download(&t.s, &admin, &run, "plan.tfplan");
+    t.s.kill();
+    let conn = rusqlite::Connection::open(data.join("airlock.db")).unwrap();
+    conn.execute(
+        "UPDATE runs SET status = 'rejected', record = json_set(record, '$.status', 'rejected') WHERE id = ?1",
+        [&run],
+    )
+    .unwrap();
+    drop(conn);
+
+    let bk = tmp.path().join("backup");
+    let (ok, out) = backup_cli(&["backup", "export", path(&bk), "--data-dir", path(&data)]);
+    assert!(ok, "{out}");
+    let (ok, out) = backup_cli(&["backup", "verify", path(&bk)]);
+    assert!(ok && out.contains("backup OK"), "{out}");
+    let tombstone = entry(&bk, "runs/0001/run.json", "plan.tfplan");
+    assert!(
+        tombstone["purged_at"].is_i64() && tombstone.get("file").is_none(),
+        "{tombstone}"
+    );
+    assert_eq!(tombstone["sha256"], sha256_hex(&binary));
+
+    let s = TestServer::start_on(&backing, Some(&admin), &[], &[]);
+    let (code, _) = download(&s, &admin, &run, "plan.tfplan");
+    assert_eq!(code, 410, "purged at start");
+    assert_eq!(
+        audit_event(&s, "run.plan_purged", &run)["detail"]["status"],
+        "rejected"
+    );
+}
