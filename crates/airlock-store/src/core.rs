@@ -1716,18 +1716,29 @@ fn revoke_unsafe_mints_of(db: &mut dyn Sql, user: &str) -> Result<Vec<TokenRecor
 /// The first of `person`'s live parentless tokens (oldest first) that the scoped-mint rule
 /// refuses when judged as if minted now by its own minter, with the refusal.
 fn first_refused(person: &Person, now: i64) -> Option<(TokenRecord, MintRefusal)> {
-    let live = |t: &TokenRecord| t.revoked_at.is_none() && t.expires_at.is_none_or(|e| e > now);
-    person
+    // Both of the rule's refusals involve a token that another user's scoped admin minted,
+    // directly or not: without one among the user's tokens' minters, none is refused (and a
+    // user with many tokens is not judged once per token).
+    let scoped_other = |m: &TokenRecord| !m.stacks.is_empty() && m.user != person.name;
+    if !person
         .tokens
         .iter()
-        .filter(|(t, _)| live(t))
-        .find_map(|(t, chain)| {
-            let judged = Person {
-                minter: chain.first().cloned(),
-                ..person.clone()
-            };
-            judged.refusal(&t.stacks, now).map(|r| (t.clone(), r))
-        })
+        .any(|(_, chain)| chain.iter().any(scoped_other))
+    {
+        return None;
+    }
+    let live = |t: &TokenRecord| t.revoked_at.is_none() && t.expires_at.is_none_or(|e| e > now);
+    let mut judged = Person {
+        minter: None,
+        ..person.clone()
+    };
+    for (t, chain) in person.tokens.iter().filter(|(t, _)| live(t)) {
+        judged.minter = chain.first().cloned();
+        if let Some(r) = judged.refusal(&t.stacks, now) {
+            return Some((t.clone(), r));
+        }
+    }
+    None
 }
 
 /// Revokes `t` (and its descendants) for `reason`, audited as `token.revoke_unsafe_mint`
