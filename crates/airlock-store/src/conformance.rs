@@ -1424,7 +1424,7 @@ pub fn archived_stacks(s: &dyn StoreImport) {
     .unwrap();
     s.create_run(
         &run_record("run-archived-2", stack, 2),
-        &[],
+        &[(PLAN_ARTIFACT, b"open plan")],
         audit("run.create"),
     )
     .unwrap();
@@ -1432,7 +1432,19 @@ pub fn archived_stacks(s: &dyn StoreImport) {
     let before = audit_len(s);
     let archived = delete().unwrap();
     assert_eq!(archived.archived.as_ref().unwrap().reason, "decommissioned");
-    assert_eq!(audit_len(s), before + 1, "the deletion is audited");
+    assert_eq!(
+        audit_len(s),
+        before + 2,
+        "the open run's closing and the deletion are audited"
+    );
+    // The open run can never be applied: closed with the deletion, its binary plan purged.
+    let closed = s.run("run-archived-2").unwrap().unwrap();
+    assert_eq!(closed.status, RunStatus::Superseded);
+    assert!(closed.note.as_deref().unwrap().contains("was deleted"));
+    assert!(matches!(
+        s.run_artifact("run-archived-2", PLAN_ARTIFACT),
+        Err(StoreError::Purged(_))
+    ));
     assert_eq!(s.stack(stack).unwrap().unwrap(), archived);
     assert!(s.list_stacks().unwrap().contains(&archived));
     // History stays readable.
@@ -1490,7 +1502,7 @@ pub fn archived_stacks(s: &dyn StoreImport) {
         s.create_stack(stack, false, StackSettings::default(), audit("stack.create")),
         Err(StoreError::Conflict(m)) if m.contains("deleted")
     ));
-    assert_eq!(audit_len(s), before + 1, "refusals change nothing");
+    assert_eq!(audit_len(s), before + 2, "refusals change nothing");
     assert_eq!(s.versions(stack).unwrap().len(), 1);
 }
 

@@ -2433,6 +2433,27 @@ impl<E: Engine> Store for E {
                     r.text(0)?
                 )));
             }
+            // Its open runs can never be applied and no transition is recorded on a deleted
+            // stack: closed (superseded, their binary plans purged) in this transaction.
+            let open = db
+                .query(
+                    "SELECT id FROM runs WHERE stack_id = $1 AND status IN ($2, $3) ORDER BY created_at, id",
+                    params![id, RunStatus::NeedsApproval.as_str(), RunStatus::Approved.as_str()],
+                )?
+                .iter()
+                .map(|r| r.text(0))
+                .collect::<Result<Vec<String>>>()?;
+            let now = now_ms();
+            for run_id in &open {
+                let _ = update_run(
+                    db,
+                    run_id,
+                    &mut |run: &RunRecord, _: &StackRecord, _: Option<&VersionMeta>, _: &[String]| {
+                        let t = crate::run_rules::stack_deleted(run, now);
+                        Ok((t.run, NewAudit::ok(by, &t.action, Some(name), t.detail)))
+                    },
+                )?;
+            }
             let archive = Archive { at: now_ms(), by: by.to_owned(), reason: reason.to_owned() };
             db.execute(
                 "UPDATE stacks SET archived_at = $2, archived_by = $3, archive_reason = $4 WHERE id = $1",

@@ -773,6 +773,17 @@ pub fn supersede(run: &RunRecord, applied: &RunRecord, now: i64) -> Result<Trans
     ))
 }
 
+/// Closes an open run of a stack being deleted (archived): nothing can apply it any more, and
+/// no transition is recorded on a deleted stack, so it is closed now (its plan purged with it).
+pub fn stack_deleted(run: &RunRecord, now: i64) -> Transition {
+    closed(
+        run,
+        RunStatus::Superseded,
+        format!("stack {} was deleted; its open runs were closed", run.stack),
+        now,
+    )
+}
+
 /// A user as people know it: the user's name, or the token's name when the token is its own
 /// user (`tok_…`) or the run predates users.
 fn person(user: &str, display: &str) -> String {
