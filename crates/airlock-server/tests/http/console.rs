@@ -1086,7 +1086,10 @@ async fn a_terminal_runs_binary_plan_is_gone_and_the_console_says_so() {
             m.contains("run_gone") && m.contains("plan.tfplan") && m.contains("purged at"),
             "{m}"
         );
-        assert!(!gone.text().contains("hunter2-in-the-plan"), "no byte of it");
+        assert!(
+            !gone.text().contains("hunter2-in-the-plan"),
+            "no byte of it"
+        );
     }
     let json_file = get(&s, "run_gone", "/artifacts/plan.json", &s.admin).await;
     assert_eq!(
