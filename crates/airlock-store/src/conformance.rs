@@ -3621,3 +3621,32 @@ pub fn minter_chains_are_bounded_at_mint(s: &dyn Store) {
     // ... and bob still receives tokens.
     mint("tok_ch_bob2", "ch-bob", &["chdev/*"], Some("tok_ch_root")).unwrap();
 }
+
+/// Every migration of `engine` (`sqlite` or `postgres`) before `version`, each recorded in
+/// `schema_migrations`, in order: the database a server that ran them left, for the tests of a
+/// later migration (run it with `execute_batch`).
+pub fn migrations_before(engine: &str, version: i64) -> String {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("migrations")
+        .join(engine);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let mut sql = String::from(
+        "CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL);\n",
+    );
+    for f in files {
+        let v: i64 = f.file_name().unwrap().to_str().unwrap()[..4]
+            .parse()
+            .unwrap();
+        if v < version {
+            sql.push_str(&std::fs::read_to_string(&f).unwrap());
+            sql.push_str(&format!(
+                "\nINSERT INTO schema_migrations VALUES ({v}, 0);\n"
+            ));
+        }
+    }
+    sql
+}

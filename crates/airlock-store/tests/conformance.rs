@@ -555,60 +555,12 @@ fn sqlite_migration_0014_keeps_every_chunk_and_version() {
     assert!(err.to_string().contains("UNIQUE"), "{err}");
 }
 
-/// The migrations before 0018 (run artifact retention), each engine's, in order.
-macro_rules! migrations_before_0018 {
-    ($engine:literal) => {
-        [
-            include_str!(concat!("../migrations/", $engine, "/0001_init.sql")),
-            include_str!(concat!("../migrations/", $engine, "/0002_runs.sql")),
-            include_str!(concat!("../migrations/", $engine, "/0003_users.sql")),
-            include_str!(concat!(
-                "../migrations/",
-                $engine,
-                "/0004_archived_stacks.sql"
-            )),
-            include_str!(concat!("../migrations/", $engine, "/0005_policy_sets.sql")),
-            include_str!(concat!("../migrations/", $engine, "/0006_forge_logins.sql")),
-            include_str!(concat!(
-                "../migrations/",
-                $engine,
-                "/0007_drift_reports.sql"
-            )),
-            include_str!(concat!("../migrations/", $engine, "/0008_oidc.sql")),
-            include_str!(concat!("../migrations/", $engine, "/0010_audit_chains.sql")),
-            include_str!(concat!("../migrations/", $engine, "/0011_trust_ids.sql")),
-            include_str!(concat!(
-                "../migrations/",
-                $engine,
-                "/0013_forge_token_uses.sql"
-            )),
-            include_str!(concat!("../migrations/", $engine, "/0014_chunks_rowid.sql")),
-            include_str!(concat!(
-                "../migrations/",
-                $engine,
-                "/0015_token_read_stacks.sql"
-            )),
-            include_str!(concat!(
-                "../migrations/",
-                $engine,
-                "/0016_runs_author_user.sql"
-            )),
-            include_str!(concat!(
-                "../migrations/",
-                $engine,
-                "/0017_tokens_of_persons.sql"
-            )),
-        ]
-    };
-}
-
 /// A database at migration 0017 with one run in each status, each with a binary plan, its
 /// JSON and a log (`X'..'` literals; PostgreSQL's are rewritten by the caller).
 fn runs_before_0018() -> String {
     use sha2::Digest as _;
     let mut sql = String::from(
-        "INSERT INTO stacks (name, production, created_at, settings) VALUES ('old/app', FALSE, 1, '{}');\n\
-         INSERT INTO schema_migrations VALUES (1, 0), (2, 0), (3, 0), (4, 0), (5, 0), (6, 0), (7, 0), (8, 0), (10, 0), (11, 0), (13, 0), (14, 0), (15, 0), (16, 0), (17, 0);\n",
+        "INSERT INTO stacks (name, production, created_at, settings) VALUES ('old/app', FALSE, 1, '{}');\n",
     );
     for status in airlock_store::RunStatus::ALL {
         let id = format!("run_old_{}", status.as_str());
@@ -678,11 +630,8 @@ fn sqlite_migration_0018_purges_the_plans_of_terminal_runs() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("airlock.db");
     let conn = rusqlite::Connection::open(&path).unwrap();
-    conn.execute_batch("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL);")
+    conn.execute_batch(&conformance::migrations_before("sqlite", 18))
         .unwrap();
-    for sql in migrations_before_0018!("sqlite") {
-        conn.execute_batch(sql).unwrap();
-    }
     conn.execute_batch(&runs_before_0018()).unwrap();
     drop(conn);
     check_0018_purged_terminal_plans(&SqliteStore::open(&path).unwrap());
@@ -692,13 +641,8 @@ fn sqlite_migration_0018_purges_the_plans_of_terminal_runs() {
 fn postgres_migration_0018_purges_the_plans_of_terminal_runs() {
     let db = TestDatabase::new("retention");
     let mut c = db.client();
-    c.batch_execute(
-        "CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL);",
-    )
-    .unwrap();
-    for sql in migrations_before_0018!("postgres") {
-        c.batch_execute(sql).unwrap();
-    }
+    c.batch_execute(&conformance::migrations_before("postgres", 18))
+        .unwrap();
     // PostgreSQL's blob literal is '\x..'.
     let sql = runs_before_0018()
         .replace(" X'", " '\\x")
@@ -709,32 +653,6 @@ fn postgres_migration_0018_purges_the_plans_of_terminal_runs() {
 }
 
 // ---- migration 0019 (token minters) and the re-judging of tokens minted before the rule ----
-
-/// Every migration before 0019, as the server that ran them applied them (the files in order).
-fn migrations_before_0019(engine: &str) -> String {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("migrations")
-        .join(engine);
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    let mut sql = String::from(
-        "CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL);\n",
-    );
-    for f in files {
-        let name = f.file_name().unwrap().to_str().unwrap().to_owned();
-        let version: i64 = name[..4].parse().unwrap();
-        if version < 19 {
-            sql.push_str(&std::fs::read_to_string(&f).unwrap());
-            sql.push_str(&format!(
-                "\nINSERT INTO schema_migrations VALUES ({version}, 0);\n"
-            ));
-        }
-    }
-    sql
-}
 
 /// Users and tokens as a server before the scoped-mint rule (and before `minted_by`) stored
 /// them: the minter only in `created_by`'s trailing `(tok_…)`.
@@ -1011,7 +929,7 @@ fn sqlite_migration_0019_fills_minters_and_tokens_minted_before_the_rule_are_rev
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("airlock.db");
     let conn = rusqlite::Connection::open(&path).unwrap();
-    conn.execute_batch(&migrations_before_0019("sqlite"))
+    conn.execute_batch(&conformance::migrations_before("sqlite", 19))
         .unwrap();
     conn.execute_batch(&pre_rule_tokens_sql(|i| {
         format!("X'{}'", format!("{i:02x}").repeat(32))
@@ -1048,7 +966,7 @@ fn sqlite_migration_0019_fills_minters_and_tokens_minted_before_the_rule_are_rev
 fn postgres_migration_0019_fills_minters_and_two_replicas_revoke_each_pre_rule_token_once() {
     let db = TestDatabase::new("minters");
     let mut c = db.client();
-    c.batch_execute(&migrations_before_0019("postgres"))
+    c.batch_execute(&conformance::migrations_before("postgres", 19))
         .unwrap();
     c.batch_execute(&pre_rule_tokens_sql(|i| {
         format!("'\\x{}'::bytea", format!("{i:02x}").repeat(32))

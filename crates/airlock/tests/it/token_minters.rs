@@ -126,33 +126,6 @@ fn a_token_name_or_a_request_body_cannot_choose_the_minter() {
     assert!(tokens(&s).iter().all(|t| t["name"] != "alice-dev2"));
 }
 
-/// The migrations before 0019 of `engine`, as the server that ran them applied them.
-fn migrations_before_0019(engine: &str) -> String {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../airlock-store/migrations")
-        .join(engine);
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    let mut sql = String::from(
-        "CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL);\n",
-    );
-    for f in files {
-        let version: i64 = f.file_name().unwrap().to_str().unwrap()[..4]
-            .parse()
-            .unwrap();
-        if version < 19 {
-            sql.push_str(&std::fs::read_to_string(&f).unwrap());
-            sql.push_str(&format!(
-                "\nINSERT INTO schema_migrations VALUES ({version}, 0);\n"
-            ));
-        }
-    }
-    sql
-}
-
 /// The tokens of a server from before the scoped-mint rule (id, user, name, role, stacks,
 /// created_by), as it stored them: the minter only in `created_by`.
 type TokenRow = (
@@ -210,7 +183,7 @@ fn a_token_minted_before_the_scoped_mint_rule_for_a_wider_person_is_revoked_at_s
     let data = tmp.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
     let conn = rusqlite::Connection::open(data.join("airlock.db")).unwrap();
-    conn.execute_batch(&migrations_before_0019("sqlite"))
+    conn.execute_batch(&airlock_store::conformance::migrations_before("sqlite", 19))
         .unwrap();
     let secrets: Vec<_> = (0..4).map(|_| airlock_server::tokens::generate()).collect();
     for u in ["admin", "carol", "alice"] {
@@ -446,7 +419,7 @@ fn an_edited_backup_cannot_hide_who_minted_a_token() {
 fn two_replicas_starting_at_once_revoke_a_pre_rule_token_once() {
     let db = TestDatabase::new("preminters");
     let secrets: Vec<_> = (0..4).map(|_| airlock_server::tokens::generate()).collect();
-    let mut sql = migrations_before_0019("postgres");
+    let mut sql = airlock_store::conformance::migrations_before("postgres", 19);
     for u in ["admin", "carol", "alice"] {
         sql.push_str(&format!(
             "INSERT INTO users (name, created_at, created_by) VALUES ('{u}', 1, 'system');\n"
