@@ -587,23 +587,6 @@ fn jwks_kids(url: &str) -> Vec<String> {
         .collect()
 }
 
-fn offline(args: &[&str]) -> (bool, String) {
-    let out = offline_cli(args, &[]);
-    (out.status.success(), text(&out))
-}
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to.join(e.file_name()));
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
-}
-
 /// Trusts (removed ones too) and drift reports survive a backup from SQLite to PostgreSQL and
 /// back, lossless; the signing key does not travel (no file but the audit names its kid), so
 /// the restored server signs with a new key, and a CI job logs in through the restored trust.
@@ -689,7 +672,7 @@ fn trusts_and_drift_reports_survive_a_backup_and_ci_logs_in_after_restore_with_a
     s.kill();
 
     let bk = tmp.path().join("bk");
-    let (ok, out) = offline(&[
+    let (ok, out) = backup_cli(&[
         "backup",
         "export",
         bk.to_str().unwrap(),
@@ -708,12 +691,12 @@ fn trusts_and_drift_reports_survive_a_backup_and_ci_logs_in_after_restore_with_a
             );
         }
     }
-    let (ok, out) = offline(&["backup", "verify", bk.to_str().unwrap()]);
+    let (ok, out) = backup_cli(&["backup", "verify", bk.to_str().unwrap()]);
     assert!(ok && out.contains("backup OK"), "{out}");
 
     // Into PostgreSQL: the trusts, the drift history and a login with a new key.
     let db = TestDatabase::new("trust_backup");
-    let (ok, out) = offline(&[
+    let (ok, out) = backup_cli(&[
         "backup",
         "import",
         bk.to_str().unwrap(),
@@ -770,7 +753,7 @@ fn trusts_and_drift_reports_survive_a_backup_and_ci_logs_in_after_restore_with_a
 
     // Back out of PostgreSQL and into SQLite: lossless both ways.
     let bk2 = tmp.path().join("bk2");
-    let (ok, out) = offline(&[
+    let (ok, out) = backup_cli(&[
         "backup",
         "export",
         bk2.to_str().unwrap(),
@@ -778,7 +761,7 @@ fn trusts_and_drift_reports_survive_a_backup_and_ci_logs_in_after_restore_with_a
         &db.url,
     ]);
     assert!(ok, "{out}");
-    let (ok, out) = offline(&[
+    let (ok, out) = backup_cli(&[
         "backup",
         "import",
         bk2.to_str().unwrap(),
@@ -834,7 +817,7 @@ fn trusts_and_drift_reports_survive_a_backup_and_ci_logs_in_after_restore_with_a
     }
     std::fs::write(&mpath, m.to_string()).unwrap();
     let data3 = tmp.path().join("data3");
-    let (ok, out) = offline(&[
+    let (ok, out) = backup_cli(&[
         "backup",
         "import",
         v3.to_str().unwrap(),
@@ -905,13 +888,13 @@ fn trusts_and_drift_reports_survive_a_backup_and_ci_logs_in_after_restore_with_a
         let bad = tmp.path().join(format!("bad-{name}"));
         copy_dir(&bk, &bad);
         forge_backup_file(&bad, rel, edit);
-        let (ok, out) = offline(&["backup", "verify", bad.to_str().unwrap()]);
+        let (ok, out) = backup_cli(&["backup", "verify", bad.to_str().unwrap()]);
         assert!(
             !ok && out.contains("backup BROKEN") && out.contains(why),
             "{name}: {out}"
         );
         let target = tmp.path().join(format!("restored-{name}"));
-        let (ok, out) = offline(&[
+        let (ok, out) = backup_cli(&[
             "backup",
             "import",
             bad.to_str().unwrap(),
@@ -972,7 +955,7 @@ fn a_forge_token_used_before_a_backup_is_refused_after_the_restore() {
     s.kill();
 
     let bk = tmp.path().join("bk");
-    let (ok, out) = offline(&[
+    let (ok, out) = backup_cli(&[
         "backup",
         "export",
         bk.to_str().unwrap(),
@@ -987,7 +970,7 @@ fn a_forge_token_used_before_a_backup_is_refused_after_the_restore() {
         .unwrap_or_else(|| panic!("no manifest hash in {out}"))
         .to_owned();
     let restored = tmp.path().join("restored");
-    let (ok, out) = offline(&[
+    let (ok, out) = backup_cli(&[
         "backup",
         "import",
         bk.to_str().unwrap(),
@@ -1018,12 +1001,12 @@ fn a_forge_token_used_before_a_backup_is_refused_after_the_restore() {
         }
     });
     let note = "1 forge login(s) were recorded before";
-    let (ok, out) = offline(&["backup", "verify", bk.to_str().unwrap()]);
+    let (ok, out) = backup_cli(&["backup", "verify", bk.to_str().unwrap()]);
     assert!(
         ok && out.contains("backup OK") && out.contains(note),
         "{out}"
     );
-    let (ok, out) = offline(&[
+    let (ok, out) = backup_cli(&[
         "backup",
         "import",
         bk.to_str().unwrap(),
@@ -1041,7 +1024,7 @@ fn a_forge_token_used_before_a_backup_is_refused_after_the_restore() {
                 json!({"iss": forge.url, "jti": "not-the-spent-one", "exp_ms": 0});
         }
     });
-    let (ok, out) = offline(&["backup", "verify", bk.to_str().unwrap()]);
+    let (ok, out) = backup_cli(&["backup", "verify", bk.to_str().unwrap()]);
     assert!(ok, "{out}");
     let with_hash = |verb: &str, target: &str| {
         let target = tmp.path().join(target);
@@ -1055,7 +1038,7 @@ fn a_forge_token_used_before_a_backup_is_refused_after_the_restore() {
         if verb == "import" {
             args.extend(["--data-dir", target.to_str().unwrap()]);
         }
-        let (ok, out) = offline(&args);
+        let (ok, out) = backup_cli(&args);
         assert!(
             !ok && out.contains("the manifest was replaced"),
             "{verb}: {out}"

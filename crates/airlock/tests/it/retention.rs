@@ -160,23 +160,6 @@ fn a_terminal_runs_binary_plan_is_purged_and_nobody_downloads_it_again() {
     assert!(verified.contains("audit chain intact"), "{verified}");
 }
 
-/// An offline command (`backup`, `migrate`): (success, stdout then stderr).
-fn backup_cli(args: &[&str]) -> (bool, String) {
-    let out = offline_cli(args, &[]);
-    (out.status.success(), text(&out))
-}
-
-fn path(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn sha256_hex(b: &[u8]) -> String {
-    airlock_store::blob::sha256(b)
-        .iter()
-        .map(|x| format!("{x:02x}"))
-        .collect()
-}
-
 /// The artifact entry `name` of the run file `rel` of backup `bk`.
 fn entry(bk: &Path, rel: &str, name: &str) -> Value {
     let v: Value = serde_json::from_slice(&std::fs::read(bk.join(rel)).unwrap()).unwrap();
@@ -199,27 +182,6 @@ fn forge_entry(bk: &Path, rel: &str, name: &str, edit: impl Fn(&mut Value)) {
             }
         }
     });
-}
-
-/// Adds a file to backup `bk` and lists it in its manifest.
-fn add_file(bk: &Path, rel: &str, bytes: &[u8]) {
-    std::fs::write(bk.join(rel), bytes).unwrap();
-    let mpath = bk.join("manifest.json");
-    let mut m: Value = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
-    m["files"][rel] = json!({"sha256": sha256_hex(bytes), "size": bytes.len()});
-    std::fs::write(&mpath, m.to_string()).unwrap();
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to.join(e.file_name()));
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
 }
 
 /// Backups carry a purged plan as a tombstone (name, SHA-256, size, purge time; no bytes), from
@@ -249,9 +211,15 @@ fn tombstones_survive_backups_and_an_older_backup_is_purged_on_import() {
     t.s.kill();
 
     let bk = tmp.path().join("backup");
-    let (ok, out) = backup_cli(&["backup", "export", path(&bk), "--data-dir", path(&data)]);
+    let (ok, out) = backup_cli(&[
+        "backup",
+        "export",
+        dir_arg(&bk),
+        "--data-dir",
+        dir_arg(&data),
+    ]);
     assert!(ok, "{out}");
-    let (ok, out) = backup_cli(&["backup", "verify", path(&bk)]);
+    let (ok, out) = backup_cli(&["backup", "verify", dir_arg(&bk)]);
     assert!(ok && out.contains("backup OK"), "{out}");
     let manifest: Value =
         serde_json::from_slice(&std::fs::read(bk.join("manifest.json")).unwrap()).unwrap();
@@ -277,7 +245,7 @@ fn tombstones_survive_backups_and_an_older_backup_is_purged_on_import() {
             "bytes re-attached to the tombstone",
             "carries bytes",
             Box::new(|b: &Path| {
-                add_file(b, file, &binary);
+                put_backup_file(b, file, &binary);
                 forge_entry(b, applied_rel, "plan.tfplan", |a| {
                     a["file"] = json!(file);
                     a.as_object_mut().unwrap().remove("purged_at");
@@ -318,10 +286,16 @@ fn tombstones_survive_backups_and_an_older_backup_is_purged_on_import() {
         let copy = tmp.path().join(format!("forged{i}"));
         copy_dir(&bk, &copy);
         forge(&copy);
-        let (ok, out) = backup_cli(&["backup", "verify", path(&copy)]);
+        let (ok, out) = backup_cli(&["backup", "verify", dir_arg(&copy)]);
         assert!(!ok && out.contains(says), "{what}: {out}");
         let into = tmp.path().join(format!("forged-data{i}"));
-        let (ok, out) = backup_cli(&["backup", "import", path(&copy), "--data-dir", path(&into)]);
+        let (ok, out) = backup_cli(&[
+            "backup",
+            "import",
+            dir_arg(&copy),
+            "--data-dir",
+            dir_arg(&into),
+        ]);
         assert!(!ok && out.contains("does not verify"), "{what}: {out}");
     }
 
@@ -329,11 +303,11 @@ fn tombstones_survive_backups_and_an_older_backup_is_purged_on_import() {
     let db = TestDatabase::new("retention");
     let (ok, out) = backup_cli(&["migrate", "--database-url", &db.url]);
     assert!(ok, "{out}");
-    let (ok, out) = backup_cli(&["backup", "import", path(&bk), "--database-url", &db.url]);
+    let (ok, out) = backup_cli(&["backup", "import", dir_arg(&bk), "--database-url", &db.url]);
     assert!(ok, "{out}");
     // Straight back out, before a server adds audit events (a refused download is one).
     let bk2 = tmp.path().join("backup2");
-    let (ok, out) = backup_cli(&["backup", "export", path(&bk2), "--database-url", &db.url]);
+    let (ok, out) = backup_cli(&["backup", "export", dir_arg(&bk2), "--database-url", &db.url]);
     assert!(ok, "{out}");
     let pg = TestServer::start_on(&Backing::Url(db.url.clone()), Some(&admin), &[], &[]);
     assert_purged(&pg, &applied, &[&admin], &[]);
@@ -343,7 +317,13 @@ fn tombstones_survive_backups_and_an_older_backup_is_purged_on_import() {
     );
     drop(pg);
     let data2 = tmp.path().join("data2");
-    let (ok, out) = backup_cli(&["backup", "import", path(&bk2), "--data-dir", path(&data2)]);
+    let (ok, out) = backup_cli(&[
+        "backup",
+        "import",
+        dir_arg(&bk2),
+        "--data-dir",
+        dir_arg(&data2),
+    ]);
     assert!(ok, "{out}");
     let m2: Value =
         serde_json::from_slice(&std::fs::read(bk2.join("manifest.json")).unwrap()).unwrap();
@@ -354,7 +334,7 @@ fn tombstones_survive_backups_and_an_older_backup_is_purged_on_import() {
     // verified with a note, imported with the plan purged (its hash and size kept).
     let old = tmp.path().join("backup-v4");
     copy_dir(&bk, &old);
-    add_file(&old, file, &binary);
+    put_backup_file(&old, file, &binary);
     forge_entry(&old, applied_rel, "plan.tfplan", |a| {
         a["file"] = json!(file);
         a.as_object_mut().unwrap().remove("purged_at");
@@ -363,10 +343,16 @@ fn tombstones_survive_backups_and_an_older_backup_is_purged_on_import() {
     let mut m: Value = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
     m["format"] = json!("airlock-backup/4");
     std::fs::write(&mpath, m.to_string()).unwrap();
-    let (ok, out) = backup_cli(&["backup", "verify", path(&old)]);
+    let (ok, out) = backup_cli(&["backup", "verify", dir_arg(&old)]);
     assert!(ok && out.contains("carry their binary plan"), "{out}");
     let data3 = tmp.path().join("data3");
-    let (ok, out) = backup_cli(&["backup", "import", path(&old), "--data-dir", path(&data3)]);
+    let (ok, out) = backup_cli(&[
+        "backup",
+        "import",
+        dir_arg(&old),
+        "--data-dir",
+        dir_arg(&data3),
+    ]);
     assert!(ok && out.contains("carry their binary plan"), "{out}");
     let restored = TestServer::start_on(&Backing::Dir(data3), Some(&admin), &[], &[]);
     assert_purged(&restored, &applied, &[&admin], &[]);
@@ -402,9 +388,15 @@ fn a_run_an_older_server_ended_is_backed_up_as_a_tombstone_and_purged_at_start()
     drop(conn);
 
     let bk = tmp.path().join("backup");
-    let (ok, out) = backup_cli(&["backup", "export", path(&bk), "--data-dir", path(&data)]);
+    let (ok, out) = backup_cli(&[
+        "backup",
+        "export",
+        dir_arg(&bk),
+        "--data-dir",
+        dir_arg(&data),
+    ]);
     assert!(ok, "{out}");
-    let (ok, out) = backup_cli(&["backup", "verify", path(&bk)]);
+    let (ok, out) = backup_cli(&["backup", "verify", dir_arg(&bk)]);
     assert!(ok && out.contains("backup OK"), "{out}");
     let tombstone = entry(&bk, "runs/0001/run.json", "plan.tfplan");
     assert!(

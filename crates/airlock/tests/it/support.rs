@@ -648,23 +648,55 @@ impl Drop for TestDatabase {
     }
 }
 
-/// Rewrites one JSON file of a backup and its manifest entry, as someone with write access to
-/// the backup would (the manifest's own SHA-256, printed at export, is what such an edit
-/// cannot match).
-pub fn forge_backup_file(bk: &Path, rel: &str, edit: impl FnOnce(&mut serde_json::Value)) {
-    let path = bk.join(rel);
-    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    edit(&mut v);
-    let bytes = serde_json::to_vec_pretty(&v).unwrap();
-    std::fs::write(&path, &bytes).unwrap();
-    let sha: String = airlock_store::blob::sha256(&bytes)
+/// An offline command (`backup`, `migrate`): (success, stdout then stderr).
+pub fn backup_cli(args: &[&str]) -> (bool, String) {
+    let out = offline_cli(args, &[]);
+    (out.status.success(), text(&out))
+}
+
+/// A path as a command-line argument.
+pub fn dir_arg(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Lowercase hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    airlock_store::blob::sha256(bytes)
         .iter()
         .map(|b| format!("{b:02x}"))
-        .collect();
+        .collect()
+}
+
+/// Copies directory `from` (a backup, a data directory) to `to`, recursively.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// Writes file `rel` of backup `bk` and its manifest entry, as someone with write access to the
+/// backup would (the manifest's own SHA-256, printed at export, is what such an edit cannot
+/// match).
+pub fn put_backup_file(bk: &Path, rel: &str, bytes: &[u8]) {
+    std::fs::write(bk.join(rel), bytes).unwrap();
     let mpath = bk.join("manifest.json");
     let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
-    m["files"][rel] = serde_json::json!({"sha256": sha, "size": bytes.len()});
+    m["files"][rel] = serde_json::json!({"sha256": sha256_hex(bytes), "size": bytes.len()});
     std::fs::write(&mpath, m.to_string()).unwrap();
+}
+
+/// Rewrites one JSON file of a backup and its manifest entry ([`put_backup_file`]).
+pub fn forge_backup_file(bk: &Path, rel: &str, edit: impl FnOnce(&mut serde_json::Value)) {
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bk.join(rel)).unwrap()).unwrap();
+    edit(&mut v);
+    put_backup_file(bk, rel, &serde_json::to_vec_pretty(&v).unwrap());
 }
 
 /// Edits a backup's audit records and re-hashes the whole log (every chain's links and hashes,

@@ -12,7 +12,6 @@ mod hostile_http;
 mod private_files;
 mod replicas;
 
-use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -20,13 +19,6 @@ use serde_json::{json, Value};
 use crate::support::*;
 
 // ---- small helpers ----
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    airlock_store::blob::sha256(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 /// A small deterministic PRNG (xorshift64*), seeded from the clock and printed, so a failing
 /// run can be reproduced with AIRLOCK_TEST_SEED.
@@ -147,14 +139,4 @@ fn assert_verified(s: &TestServer) {
     assert!(verify.contains(" 0 failure(s)"), "{verify}");
     let audit = s.ok(&s.admin, &["audit", "--verify"]);
     assert!(audit.contains("audit chain intact"), "{audit}");
-}
-
-/// An offline command (`backup`, `migrate`): (success, stdout then stderr).
-fn backup_cli(args: &[&str]) -> (bool, String) {
-    let out = offline_cli(args, &[]);
-    (out.status.success(), text(&out))
-}
-
-fn dir_arg(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
