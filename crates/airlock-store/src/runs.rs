@@ -128,6 +128,12 @@ impl RunStatus {
         matches!(self, RunStatus::NeedsApproval | RunStatus::Approved)
     }
 
+    /// Whether a run in this status keeps no bytes of its artifact `name`: the binary plan
+    /// ([`PLAN_ARTIFACT`]) of a terminal run, the one artifact ever purged.
+    pub fn purges(self, name: &str) -> bool {
+        name == PLAN_ARTIFACT && self.is_terminal()
+    }
+
     /// Whether nothing more can happen to the run: no rule moves it out of this status
     /// (`run_rules`: only an open run is approved, rejected, withdrawn, superseded or started,
     /// and only an applying one finishes; a failed run is planned again, never re-applied).

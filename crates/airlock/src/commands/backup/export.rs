@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use airlock_core::audit::{AuditRecord, GENESIS};
-use airlock_store::{blob, now_ms, private, StoreImport, PLAN_ARTIFACT};
+use airlock_store::{blob, now_ms, private, StoreImport};
 use anyhow::{bail, Context};
 use serde::Serialize;
 
@@ -173,7 +173,7 @@ pub(super) fn export(store: &dyn StoreImport, dir: &Path) -> anyhow::Result<Summ
         for (j, mut info) in store.run_artifact_infos(&run.id)?.into_iter().enumerate() {
             // A terminal run's binary plan is a tombstone even if an older server ended the
             // run and kept the bytes (the next start purges them; verify refuses them).
-            if info.purged_at.is_none() && info.name == PLAN_ARTIFACT && run.status.is_terminal() {
+            if info.purged_at.is_none() && run.status.purges(&info.name) {
                 info.purged_at = Some(now_ms());
             }
             let bytes = match info.purged_at {

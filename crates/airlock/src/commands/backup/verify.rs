@@ -299,7 +299,7 @@ impl Backup {
                 a.name, self.manifest.format
             ));
         }
-        if tombstone && (a.name != PLAN_ARTIFACT || !run.status.is_terminal()) {
+        if tombstone && !run.status.purges(&a.name) {
             return Some(format!(
                 "run {id} artifact {}: a tombstone of the {status} run's {}, but only a terminal run's binary plan ({PLAN_ARTIFACT}) is ever purged",
                 a.name, a.name
@@ -317,11 +317,7 @@ impl Backup {
                 a.name, a.sha256, run.plan_sha256
             ));
         }
-        if !tombstone
-            && a.name == PLAN_ARTIFACT
-            && run.status.is_terminal()
-            && self.manifest.format == FORMAT
-        {
+        if !tombstone && run.status.purges(&a.name) && self.manifest.format == FORMAT {
             return Some(format!(
                 "run {id} artifact {}: the {status} run's binary plan carries bytes, but a terminal run's binary plan is purged and {FORMAT} lists it as a tombstone",
                 a.name
@@ -335,9 +331,8 @@ impl Backup {
     pub(super) fn plans_purged_on_import(&self) -> usize {
         self.runs
             .iter()
-            .filter(|r| r.record.status.is_terminal())
-            .flat_map(|r| &r.artifacts)
-            .filter(|a| a.name == PLAN_ARTIFACT && a.purged_at.is_none())
+            .flat_map(|r| r.artifacts.iter().map(move |a| (r.record.status, a)))
+            .filter(|(status, a)| status.purges(&a.name) && a.purged_at.is_none())
             .count()
     }
 
