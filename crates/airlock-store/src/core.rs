@@ -980,7 +980,7 @@ pub fn insert_run(
     // Checked before anything is written: only a terminal run's binary plan is a tombstone,
     // and the binary plan is the run's (an import never attaches other bytes to a run).
     for t in tombstones {
-        if t.name != PLAN_ARTIFACT || !run.status.is_terminal() || t.purged_at.is_none() {
+        if !run.status.purges(&t.name) || t.purged_at.is_none() {
             return Err(StoreError::Corrupt(format!(
                 "run {} ({}): only a terminal run's binary plan ({PLAN_ARTIFACT}) can be a tombstone, not {}",
                 run.id,
@@ -1026,7 +1026,7 @@ pub fn insert_run(
     let now = now_ms();
     let mut purged = None;
     for (name, sha, len, data) in artifacts {
-        let purge = *name == PLAN_ARTIFACT && run.status.is_terminal();
+        let purge = run.status.purges(name);
         let (data, purged_at) = if purge {
             purged = Some(purged_detail(sha, *len));
             (Vec::new(), Some(now))
@@ -1319,16 +1319,29 @@ const TOKEN_COLS: &str =
 /// for existing rows in its transaction with [`minted_by_backfill`].
 pub(crate) const MINTERS_MIGRATION: i64 = 19;
 
+/// The minter a token's `created_by` names as the server wrote it ([`minter_id`], the only
+/// reader of that text), if it is another token and `exists` (a missing one ended the chain
+/// when it was read from the text too): how tokens written before `minted_by`, or by a server
+/// older than it, get their minter.
+pub(crate) fn minter_named<'a>(
+    id: &str,
+    created_by: &'a str,
+    exists: impl FnOnce(&str) -> Result<bool>,
+) -> Result<Option<&'a str>> {
+    match minter_id(created_by).filter(|m| *m != id) {
+        Some(m) if exists(m)? => Ok(Some(m)),
+        _ => Ok(None),
+    }
+}
+
 /// Migration 0019's fill, given every token's `(id, created_by)`: `(id, minter)` for each token
-/// whose `created_by` names its minter as the server wrote it ([`minter_id`], the only reader
-/// of that text) and that minter exists (a missing one ended the chain when it was read from
-/// the text too).
+/// whose `created_by` names its minter ([`minter_named`]).
 pub(crate) fn minted_by_backfill(tokens: &[(String, String)]) -> Vec<(String, String)> {
     let ids: std::collections::HashSet<&str> = tokens.iter().map(|(id, _)| id.as_str()).collect();
     tokens
         .iter()
         .filter_map(|(id, created_by)| {
-            let m = minter_id(created_by).filter(|m| ids.contains(m) && *m != id)?;
+            let m = minter_named(id, created_by, |m| Ok(ids.contains(m))).ok()??;
             Some((id.clone(), m.to_owned()))
         })
         .collect()
@@ -1908,10 +1921,9 @@ impl<E: Engine> Store for E {
             let mut fill = Vec::new();
             for r in &rows {
                 let (id, created_by) = (r.text(0)?, r.text(1)?);
-                if let Some(m) = minter_id(&created_by).filter(|m| *m != id) {
-                    if token_by_id(db, m, false)?.is_some() {
-                        fill.push((id, m.to_owned()));
-                    }
+                let exists = |m: &str| Ok(token_by_id(db, m, false)?.is_some());
+                if let Some(m) = minter_named(&id, &created_by, exists)? {
+                    fill.push((id.clone(), m.to_owned()));
                 }
             }
             Ok(fill)
