@@ -1732,11 +1732,10 @@ fn first_refused(person: &Person, now: i64) -> Option<(TokenRecord, MintRefusal)
     // Both of the rule's refusals involve a token that another user's scoped admin minted,
     // directly or not: without one among the user's tokens' minters, none is refused (and a
     // user with many tokens is not judged once per token).
-    let scoped_other = |m: &TokenRecord| !m.stacks.is_empty() && m.user != person.name;
     if !person
         .tokens
         .iter()
-        .any(|(_, chain)| chain.iter().any(scoped_other))
+        .any(|(_, chain)| chain.iter().any(|m| person.is_scoped_other(m)))
     {
         return None;
     }

@@ -453,6 +453,12 @@ impl Person {
         }
     }
 
+    /// Whether `m` is an admin token scoped to stacks that belongs to another user: the only
+    /// kind of minter the rule restricts.
+    pub fn is_scoped_other(&self, m: &TokenRecord) -> bool {
+        !m.stacks.is_empty() && m.user != self.name
+    }
+
     /// [`Person::may_receive`]'s verdict as data: which token the rule objects to, so the
     /// server can revoke what was minted before the rule existed
     /// ([`crate::Store::revoke_unsafe_mints`]).
@@ -465,7 +471,7 @@ impl Person {
                 message,
             })
         };
-        let scoped_other = |m: &&TokenRecord| !m.stacks.is_empty() && m.user != self.name;
+        let scoped_other = |m: &&TokenRecord| self.is_scoped_other(m);
         if let Some(m) = self.minter.as_ref().filter(scoped_other) {
             let beyond = self
                 .tokens
