@@ -42,6 +42,7 @@ impl From<StoreError> for ApiError {
             StoreError::LimitReached(m) => ApiError::new(RefusalKind::TooManyRequests, m),
             StoreError::Forbidden(m) => ApiError::new(RefusalKind::Forbidden, m),
             StoreError::Purged(m) => ApiError::new(RefusalKind::Gone, m),
+            StoreError::Invalid(m) => ApiError::new(RefusalKind::BadRequest, m),
             other => ApiError::Internal(other.to_string()),
         }
     }

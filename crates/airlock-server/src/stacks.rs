@@ -264,7 +264,13 @@ pub async fn firewalled_write(
         let previous = st.cache.recent_state(&s);
         let parsed = Arc::new(
             ParsedState::parse(body.shared(), previous.as_deref()).map_err(|e| {
-                ApiError::new(RefusalKind::BadRequest, format!("state write refused: {e}"))
+                // Bytes damaged in transit read as a broken state: say what happened.
+                match body.check_content_md5() {
+                    Err(corrupted) => ApiError::new(RefusalKind::BadRequest, corrupted),
+                    Ok(()) => {
+                        ApiError::new(RefusalKind::BadRequest, format!("state write refused: {e}"))
+                    }
+                }
             })?,
         );
         drop(previous);

@@ -137,40 +137,33 @@ async fn read(state: &Arc<AppState>, principal: &Principal, stack: &str) -> ApiR
 }
 
 /// What makes a Terraform write's [`StateBody`], for [`firewalled_write`] to run off the
-/// runtime: one pass over the bytes for their SHA-256 (the version's hash) and, when Terraform
-/// sent `Content-MD5`, their MD5, checked against the header. The header itself is checked
-/// here, before any byte is hashed.
+/// runtime: its SHA-256 (the version's hash) and, when Terraform sent `Content-MD5`, its MD5,
+/// computed in one pass on a thread of their own while the state is read, chunked and
+/// compressed (`StateBody::hashing`); the store checks the MD5 against the header before its
+/// transaction. The header itself is checked here, before any byte is hashed.
 fn hash_and_check_md5(
     headers: &HeaderMap,
     body: Vec<u8>,
 ) -> ApiResult<impl FnOnce() -> ApiResult<StateBody> + Send + 'static> {
-    let decode = |v: &axum::http::HeaderValue| {
-        let s = v.to_str().ok()?;
-        base64::engine::general_purpose::STANDARD
-            .decode(s.trim())
-            .ok()
-    };
     let sent = headers
         .get("content-md5")
         .map(|v| {
-            decode(v).ok_or_else(|| {
-                ApiError::new(
-                    RefusalKind::BadRequest,
-                    "Content-MD5 header is not valid base64",
-                )
-            })
+            let digest = v.to_str().ok().and_then(|s| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(s.trim())
+                    .ok()
+            });
+            digest
+                .and_then(|d| <[u8; 16]>::try_from(d).ok())
+                .ok_or_else(|| {
+                    ApiError::new(
+                        RefusalKind::BadRequest,
+                        "Content-MD5 header is not the base64 of an MD5 digest (16 bytes)",
+                    )
+                })
         })
         .transpose()?;
-    Ok(move || {
-        let Some(sent) = sent else {
-            return Ok(StateBody::new(body));
-        };
-        let (body, md5) = StateBody::with_md5(body);
-        if sent[..] != md5[..] {
-            return Err(ApiError::new(RefusalKind::BadRequest, "Content-MD5 does not match the body: the request was corrupted in transit; nothing was stored"));
-        }
-        Ok(body)
-    })
+    Ok(move || Ok(StateBody::hashing(body, sent)))
 }
 
 async fn write(

@@ -206,27 +206,38 @@ pub struct Prepared<'b> {
     compressed: Vec<Option<Vec<u8>>>,
     /// Chunk `i` was stored already (chunks are never deleted).
     present: Vec<bool>,
-    sha: [u8; 32],
+    sha: Sha<'b>,
     size: i64,
+}
+
+/// A prepared body's SHA-256: known, or its [`blob::StateBody`]'s, which may still be being
+/// computed on its own thread while the body is chunked and compressed.
+enum Sha<'b> {
+    Known([u8; 32]),
+    Of(&'b blob::StateBody),
 }
 
 /// Chunks and hashes `body`; nothing is compressed yet (see [`Prepared::compress_missing`]).
 pub fn prepare(body: &[u8]) -> Prepared<'_> {
-    prepared(blob::split(body), blob::sha256(body), body.len())
+    prepared(
+        blob::split(body),
+        Sha::Known(blob::sha256(body)),
+        body.len(),
+    )
 }
 
-/// [`prepare`] for a body already hashed, taking the chunks it shares with `recent` (the
+/// [`prepare`] for a [`blob::StateBody`] (whose hashing may still run), taking the chunks it shares with `recent` (the
 /// stack's last body written through this store, see [`blob::Recent`]) from there: those are
 /// stored already (that write stored them, and chunks are never deleted).
 pub fn prepare_body<'b>(body: &'b blob::StateBody, recent: Option<&blob::Recent>) -> Prepared<'b> {
     let bytes = body.bytes();
     let (chunks, reused) = blob::split_reusing(bytes, recent);
-    let mut p = prepared(chunks, *body.sha256(), bytes.len());
+    let mut p = prepared(chunks, Sha::Of(body), bytes.len());
     p.present = reused;
     p
 }
 
-fn prepared(chunks: Vec<blob::Chunk<'_>>, sha: [u8; 32], size: usize) -> Prepared<'_> {
+fn prepared<'b>(chunks: Vec<blob::Chunk<'b>>, sha: Sha<'b>, size: usize) -> Prepared<'b> {
     Prepared {
         compressed: chunks.iter().map(|_| None).collect(),
         present: vec![false; chunks.len()],
@@ -242,6 +253,14 @@ fn prepared(chunks: Vec<blob::Chunk<'_>>, sha: [u8; 32], size: usize) -> Prepare
 const PRECOMPRESS_BYTES: usize = 4 * 1024 * 1024;
 
 impl Prepared<'_> {
+    /// The body's SHA-256 (waiting for its hashing thread, see [`blob::StateBody::hashing`]).
+    fn sha(&self) -> &[u8; 32] {
+        match &self.sha {
+            Sha::Known(sha) => sha,
+            Sha::Of(body) => body.sha256(),
+        }
+    }
+
     /// Compresses the chunks `db` does not hold yet, up to [`PRECOMPRESS_BYTES`] of them.
     /// Chunks are never deleted, so what is stored now is stored at commit; `put_chunks`
     /// compresses any other missing one anyway.
@@ -308,7 +327,7 @@ fn insert_version(
     db.put_chunks(&chunks, &compressed)?;
     db.execute(
         "INSERT INTO versions (stack_id, serial, lineage, sha256, size, chunks, author, lock_id, run_id, reason, restored_from, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-        params![stack_id, v.serial, v.lineage, &p.sha[..], p.size, blob::chunk_list(&p.chunks), v.author, v.lock_id, v.run_id, v.reason, v.restored_from, v.created_at],
+        params![stack_id, v.serial, v.lineage, &p.sha()[..], p.size, blob::chunk_list(&p.chunks), v.author, v.lock_id, v.run_id, v.reason, v.restored_from, v.created_at],
     )
     .map_err(|e| unique_is_conflict(e, duplicate))?;
     Ok(())
@@ -354,7 +373,7 @@ pub fn write_state(
             current: current.as_ref(),
             grants: &grants,
             load_current: &load_current,
-            sha256: &p.sha,
+            sha256: p.sha(),
         };
         check(&ctx)
     };
@@ -393,9 +412,11 @@ pub fn write_state(
         )?;
     }
     append_stack_audit(db, stack, &audit)?;
-    Ok(WriteResult::Stored(
-        attempt.version_meta(stack, &p.sha, now),
-    ))
+    Ok(WriteResult::Stored(attempt.version_meta(
+        stack,
+        p.sha(),
+        now,
+    )))
 }
 
 /// Inserts one exported version verbatim, after checking its bytes against its metadata.
@@ -421,7 +442,7 @@ pub fn import_version(db: &mut dyn Sql, meta: &VersionMeta, p: &Prepared<'_>) ->
 
 /// `Corrupt` unless `bytes` match the SHA-256 and size recorded in `meta`.
 pub fn check_import_bytes(meta: &VersionMeta, p: &Prepared<'_>) -> Result<()> {
-    if hex::encode(p.sha) != meta.sha256 || p.size as u64 != meta.size {
+    if hex::encode(p.sha()) != meta.sha256 || p.size as u64 != meta.size {
         return Err(StoreError::Corrupt(format!(
             "stack {} serial {}: the bytes do not match the recorded SHA-256 and size",
             meta.stack, meta.serial
@@ -2582,6 +2603,13 @@ impl<E: Engine> Store for E {
         let mut p = prepare_body(&attempt.body, recent.as_deref());
         drop(recent);
         self.read(|db| p.compress_missing(db))?;
+        // The body's hashes ran meanwhile (`blob::StateBody::hashing`); they are waited for
+        // here, not under the writer lock, and a body that is not what its client sent is
+        // written nowhere.
+        attempt
+            .body
+            .check_content_md5()
+            .map_err(StoreError::Invalid)?;
         let result = self.write(|db| write_state(db, stack, &attempt, &p, check))?;
         if let WriteResult::Stored(_) = result {
             let table = p.chunk_table();

@@ -51,6 +51,9 @@ pub enum StoreError {
     /// tombstone keeps its hash and length, and it will never be served again. The message
     /// names the run, the artifact and when.
     Purged(String),
+    /// The input is not what its sender sent or meant (a state body whose MD5 is not its
+    /// `Content-MD5`); nothing was stored.
+    Invalid(String),
 }
 
 impl fmt::Display for StoreError {
@@ -63,6 +66,7 @@ impl fmt::Display for StoreError {
             StoreError::Backend(m) => write!(f, "database error: {m}"),
             StoreError::Forbidden(m) => write!(f, "forbidden: {m}"),
             StoreError::Purged(m) => write!(f, "purged: {m}"),
+            StoreError::Invalid(m) => write!(f, "invalid: {m}"),
         }
     }
 }

@@ -2,7 +2,7 @@
 //! unlock cycle, to measure airlock's write path against (issue 17 §1 asks for the floor and what
 //! limits it). Each request is read whole from a kept-alive connection and answered `200`; a state
 //! write is hashed as airlock hashes it (SHA-256, the version's hash, and MD5 for `Content-MD5`,
-//! in one pass: `StateBody::with_md5`), its MD5 checked, and made durable as a WAL commit is
+//! in one pass: `blob::sha256_and_md5`), its MD5 checked, and made durable as a WAL commit is
 //! (16 KiB appended, one `fdatasync`). No parsing, database, firewall, audit or async runtime:
 //! a thread per connection, blocking reads. Loopback only, like the rest of the load generator.
 
@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 
-use airlock_store::blob::StateBody;
+use airlock_store::blob::sha256_and_md5;
 use base64::Engine;
 
 use crate::{Flags, Res};
@@ -94,12 +94,12 @@ fn write(
     md5: Option<&str>,
     log: &Mutex<std::fs::File>,
 ) -> std::io::Result<&'static str> {
-    let (body, digest) = StateBody::with_md5(body);
+    let (_sha256, digest) = sha256_and_md5(&body);
     let sent = md5.and_then(|m| base64::engine::general_purpose::STANDARD.decode(m).ok());
     if sent.as_deref() != Some(&digest[..]) {
         return Ok("400 Bad Request");
     }
-    let bytes = body.bytes();
+    let bytes = &body[..];
     let mut log = log
         .lock()
         .map_err(|_| std::io::Error::other("log lock poisoned"))?;

@@ -27,6 +27,7 @@ const USAGE: &str =
   create-stacks --url U --token T --stacks a,b,c
   latency  --urls U1[,U2] --token T --stack-prefix bench/lat --clients N --state-bytes B
            [--warmup 5] [--max-iters 2000] [--max-secs 15] [--server-pids P1[,P2]] [--tag T]
+           [--cycles-out FILE]   (one line per timed cycle: write sent at (unix µs), write µs, cycle µs)
   reads    --urls U1[,U2] --token T --stack S --state-bytes B --clients N [--secs 10] [--tag T]
   history  --url U --token T --stack S --state-bytes B --versions N [--max-secs 600] [--tag T]
   stored-bytes --db PATH [--tag T]
@@ -170,6 +171,8 @@ struct Writer {
 
 /// Times of one lock+write+unlock cycle.
 struct Cycle {
+    /// When the write was sent (wall clock, to match against a trace of the server).
+    write_at: std::time::SystemTime,
     lock: Duration,
     write: Duration,
     unlock: Duration,
@@ -266,6 +269,7 @@ impl Writer {
         )?;
         self.expect("LOCK", s)?;
         let t1 = Instant::now();
+        let write_at = std::time::SystemTime::now();
         let s = self.send(
             "POST",
             &write_path,
@@ -286,6 +290,7 @@ impl Writer {
         self.expect("UNLOCK", s)?;
         let t3 = Instant::now();
         Ok(Cycle {
+            write_at,
             lock: t1 - t0,
             write: t2 - t1,
             unlock: t3 - t2,
@@ -427,6 +432,22 @@ fn latency(f: &Flags) -> Res<()> {
     let mut lock: Vec<Duration> = all.iter().map(|c| c.lock).collect();
     let mut write: Vec<Duration> = all.iter().map(|c| c.write).collect();
     let mut unlock: Vec<Duration> = all.iter().map(|c| c.unlock).collect();
+    if let Some(path) = f.0.get("cycles-out") {
+        let mut text = String::new();
+        for c in &all {
+            let at = c
+                .write_at
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            text.push_str(&format!(
+                "{} {} {}\n",
+                at.as_micros(),
+                c.write.as_micros(),
+                (c.lock + c.write + c.unlock).as_micros()
+            ));
+        }
+        std::fs::write(path, text).map_err(|e| format!("writing {path}: {e}"))?;
+    }
     for v in [&mut total, &mut lock, &mut write, &mut unlock] {
         v.sort_unstable();
     }
