@@ -171,8 +171,13 @@ pub async fn serve(
     ));
     let tls = tls.map(|t| t.0);
     let sealer = tokio::spawn(seal_audit_every(Arc::clone(&state), SEAL_INTERVAL));
+    let sweeper = tokio::spawn(expire_runs_every(
+        Arc::clone(&state),
+        Duration::from_millis(airlock_store::run_rules::EXPIRY_SWEEP_MS as u64),
+    ));
     let served = serve::run(listener, app, tls, limits, shutdown).await;
     sealer.abort();
+    sweeper.abort();
     // A last seal, so a clean stop leaves every stack chain sealed.
     seal_audit_once(&state).await;
     served
@@ -203,6 +208,36 @@ async fn seal_audit_once(state: &Arc<AppState>) {
                 "level=warn msg=\"sealing the audit chains failed\" error={}",
                 log::quote(&e.to_string())
             ));
+        }
+    }
+}
+
+/// Closes the open runs past their expiry (`Store::expire_overdue_runs`) at start and every
+/// `every`: replicas doing it at once close each run once (each is judged on its locked row).
+async fn expire_runs_every(state: Arc<AppState>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let store = Arc::clone(&state.store);
+        let now = airlock_store::now_ms();
+        let outcome = tokio::task::spawn_blocking(move || store.expire_overdue_runs(now)).await;
+        // A failed sweep is retried at the next tick; a request acting on an overdue run
+        // closes it meanwhile.
+        match outcome {
+            Ok(Ok(closed)) if !closed.is_empty() && state.config.log_level >= LogLevel::Info => {
+                log::emit(&format!(
+                    "level=info msg=\"closed runs past their expiry\" runs={}",
+                    log::quote(&closed.join(","))
+                ));
+            }
+            Ok(Err(e)) if state.config.log_level >= LogLevel::Warn => {
+                log::emit(&format!(
+                    "level=warn msg=\"closing runs past their expiry failed\" error={}",
+                    log::quote(&e.to_string())
+                ));
+            }
+            _ => {}
         }
     }
 }

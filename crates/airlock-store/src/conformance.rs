@@ -103,6 +103,114 @@ pub fn run_all<S: StoreImport + StoreStats + 'static>(engine: &Arc<S>) {
     minter_chains_are_bounded_at_mint(store.as_ref());
     // Every token above was minted under the rule: re-judging revokes none.
     assert_eq!(store.revoke_unsafe_mints().unwrap(), []);
+    // Last: it closes every overdue run the tests above left open.
+    overdue_runs_expire(engine.as_ref());
+}
+
+/// The expiry sweep closes the open runs past their expiry, as approve and apply would find
+/// them (`expired`, plan purged, audited as the system), and nothing else: not an open run
+/// before its expiry, not an applying one, not a closed one; a second sweep closes nothing.
+pub fn overdue_runs_expire(s: &dyn StoreImport) {
+    use crate::run_rules::RUN_TTL_MS;
+    let stack = "conf/expiry";
+    s.create_stack(
+        stack,
+        false,
+        StackSettings::default(),
+        audit("stack.create"),
+    )
+    .unwrap();
+    s.write_state(stack, attempt(state(1, "lin", 1), 1), &mut store_it)
+        .unwrap();
+    let plan = b"binary plan".to_vec();
+    let now = now_ms();
+    let old = now - RUN_TTL_MS - 60_000;
+    let new_run = |id: &str, status: RunStatus, created_at: i64, expires_at: i64| {
+        let mut r = run_record(id, stack, created_at);
+        r.status = status;
+        r.expires_at = expires_at;
+        r.plan_sha256 = hex::encode(crate::blob::sha256(&plan));
+        s.create_run(
+            &r,
+            &[(PLAN_ARTIFACT, &plan)],
+            NewAudit::ok("agent", "run.create", Some(stack), json!({"run": id})),
+        )
+        .unwrap();
+    };
+    new_run(
+        "run_exp_waiting",
+        RunStatus::NeedsApproval,
+        old,
+        old + RUN_TTL_MS,
+    );
+    new_run(
+        "run_exp_approved",
+        RunStatus::Approved,
+        old + 1,
+        old + 1 + RUN_TTL_MS,
+    );
+    new_run(
+        "run_exp_young",
+        RunStatus::NeedsApproval,
+        now,
+        now + RUN_TTL_MS,
+    );
+    new_run(
+        "run_exp_applying",
+        RunStatus::Applying,
+        old,
+        old + RUN_TTL_MS,
+    );
+    new_run("run_exp_later", RunStatus::NeedsApproval, old, now + 60_000);
+    let before = s.audit_events(0, 100_000).unwrap().len();
+    let closed = s.expire_overdue_runs(now).unwrap();
+    for id in ["run_exp_waiting", "run_exp_approved"] {
+        assert!(
+            closed.iter().any(|c| c == id),
+            "{id} not closed: {closed:?}"
+        );
+        let run = s.run(id).unwrap().unwrap();
+        assert_eq!(run.status, RunStatus::Expired, "{id}");
+        assert!(
+            run.note.as_deref().unwrap_or_default().contains("expired"),
+            "{id}: {:?}",
+            run.note
+        );
+        assert!(
+            matches!(
+                s.run_artifact(id, PLAN_ARTIFACT),
+                Err(StoreError::Purged(_))
+            ),
+            "{id}: its plan is purged"
+        );
+    }
+    for (id, status) in [
+        ("run_exp_young", RunStatus::NeedsApproval),
+        ("run_exp_applying", RunStatus::Applying),
+        ("run_exp_later", RunStatus::NeedsApproval),
+    ] {
+        assert!(!closed.iter().any(|c| c == id), "{id} closed");
+        assert_eq!(s.run(id).unwrap().unwrap().status, status, "{id}");
+        assert_eq!(
+            s.run_artifact(id, PLAN_ARTIFACT).unwrap(),
+            Some(plan.clone()),
+            "{id}"
+        );
+    }
+    let events = s.audit_events(0, 100_000).unwrap();
+    let expired: Vec<_> = events[before..]
+        .iter()
+        .filter(|e| e.action == "run.expired" && e.detail["run"] == "run_exp_waiting")
+        .collect();
+    assert_eq!(expired.len(), 1, "{:?}", &events[before..]);
+    assert_eq!(expired[0].actor, "system (run expiry)");
+    assert!(
+        expired[0].detail["plan_purged"].is_object(),
+        "{:?}",
+        expired[0].detail
+    );
+    verify_chain(&events).unwrap();
+    assert_eq!(s.expire_overdue_runs(now).unwrap(), Vec::<String>::new());
 }
 
 /// `drift_states` (one query for all stacks) on histories with chosen times, ties included:

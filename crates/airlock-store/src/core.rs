@@ -2694,6 +2694,48 @@ impl<E: Engine> Store for E {
         self.read(|db| run_artifact_infos(db, id))
     }
 
+    fn expire_overdue_runs(&self, now: i64) -> Result<Vec<String>> {
+        use crate::run_rules::{decided, is_overdue, Refused, EXPIRY_SWEEPER, RUN_TTL_MS};
+        // A run expires RUN_TTL_MS after it is created (`api::runs`): older open runs are the
+        // candidates, read without their records; the locked record decides.
+        let candidates = self.read(|db| {
+            db.query(
+                &format!(
+                    "SELECT id FROM runs WHERE status IN ('{}', '{}') AND created_at < $1 ORDER BY created_at LIMIT {}",
+                    RunStatus::NeedsApproval.as_str(),
+                    RunStatus::Approved.as_str(),
+                    crate::run_rules::SWEPT_RUNS
+                ),
+                params![now - RUN_TTL_MS],
+            )?
+            .iter()
+            .map(|r| r.text(0))
+            .collect::<Result<Vec<String>>>()
+        })?;
+        let mut closed = Vec::new();
+        for id in candidates {
+            let mut expired = false;
+            let outcome = self.update_run(&id, &mut |run, _, _, _| {
+                if !is_overdue(run, now) {
+                    // Approved, applied or closed meanwhile, or an expiry this sweep is early for.
+                    return Err(airlock_core::refusal::Refusal::new(
+                        airlock_core::refusal::RefusalKind::Conflict,
+                        "not overdue",
+                    )
+                    .into());
+                }
+                expired = true;
+                decided(Err(Refused::Expired), run, &EXPIRY_SWEEPER, now)
+            });
+            match outcome {
+                Ok(_) if expired => closed.push(id),
+                Ok(_) | Err(StoreError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(closed)
+    }
+
     fn purge_plans_of_ended_runs(&self) -> Result<Vec<String>> {
         // Plans not purged are those of open runs, and these leftovers: few rows.
         let candidates = self.read(|db| {

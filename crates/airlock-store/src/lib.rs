@@ -268,6 +268,13 @@ pub trait Store: Send + Sync {
     /// 0018 ended beside this one (a rolling upgrade), which purged nothing. The server runs it
     /// at every start. Returns the runs purged.
     fn purge_plans_of_ended_runs(&self) -> Result<Vec<String>>;
+    /// Closes every open run past its expiry as a request acting on it would find it
+    /// (`expired`, which purges its binary plan), each in its own transaction, audited as the
+    /// system's `run.expired`: a run nobody touches again would otherwise keep its plan, and
+    /// show as open, for good. At most [`run_rules::SWEPT_RUNS`] a call, oldest first. The
+    /// server runs it at start and every [`run_rules::EXPIRY_SWEEP_MS`]. Returns the runs
+    /// closed.
+    fn expire_overdue_runs(&self, now: i64) -> Result<Vec<String>>;
     /// How many runs `user` planned at or after `since_ms` (runs stored before migration 0016
     /// are not counted).
     fn runs_planned_since(&self, user: &str, since_ms: i64) -> Result<u64>;

@@ -22,6 +22,29 @@ use crate::{
 /// How long a planned run stays applicable.
 pub const RUN_TTL_MS: i64 = 7 * 86_400_000;
 
+/// How often a server closes the open runs past their expiry that nobody touched
+/// ([`Store::expire_overdue_runs`](crate::Store::expire_overdue_runs)); any request acting on
+/// such a run closes it at once anyway.
+pub const EXPIRY_SWEEP_MS: i64 = 10 * 60_000;
+
+/// The most runs one sweep closes (the next sweep takes the rest).
+pub const SWEPT_RUNS: u32 = 1000;
+
+/// Whether `run` is still open but past its expiry: what approve and apply refuse (and record
+/// as `expired`), and what the sweep closes.
+pub fn is_overdue(run: &RunRecord, now: i64) -> bool {
+    run.status.is_open() && now > run.expires_at
+}
+
+/// Who closes overdue runs in the audit log.
+pub const EXPIRY_SWEEPER: Actor<'static> = Actor {
+    token_id: "",
+    user: "",
+    display: "system (run expiry)",
+    role: Role::Admin,
+    run_id: None,
+};
+
 /// Who asks for a transition.
 #[derive(Debug, Clone, Copy)]
 pub struct Actor<'a> {
@@ -381,7 +404,7 @@ pub fn check_fresh(
     current: Option<&VersionMeta>,
     now: i64,
 ) -> Result<(), Refused> {
-    if now > run.expires_at {
+    if is_overdue(run, now) {
         return Err(Refused::Expired);
     }
     if !is_current(run, stack, current) {

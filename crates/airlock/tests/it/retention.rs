@@ -413,3 +413,53 @@ fn a_run_an_older_server_ended_is_backed_up_as_a_tombstone_and_purged_at_start()
         "rejected"
     );
 }
+
+/// A run nobody approves, applies or withdraws before its expiry is closed by the server's
+/// sweep (at start, then every ten minutes), not only when a request next touches it: it is
+/// `expired`, its binary plan purged (410), audited as the system's `run.expired`. A run before
+/// its expiry is left alone.
+#[test]
+fn a_run_nobody_touches_after_its_expiry_is_closed_and_its_plan_purged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let backing = Backing::Dir(data.clone());
+    let mut t = team_on(TestServer::start_on(&backing, None, &[], &[]), "dev/stale");
+    let ws = Workspace::new(&t.s, "dev/stale", &data_resources(1));
+    let old = plan(&t, &ws, &t.agent, "dev/stale");
+    let young = plan(&t, &ws, &t.agent, "dev/stale");
+    let admin = t.s.admin.clone();
+    t.s.kill();
+    // Eight days pass for the first run (the TTL is seven).
+    let conn = rusqlite::Connection::open(data.join("airlock.db")).unwrap();
+    let week = 8 * 86_400_000i64;
+    conn.execute(
+        "UPDATE runs SET created_at = created_at - ?2, record = json_set(json_set(record, '$.created_at', json_extract(record, '$.created_at') - ?2), '$.expires_at', json_extract(record, '$.expires_at') - ?2) WHERE id = ?1",
+        rusqlite::params![&old, week],
+    )
+    .unwrap();
+    drop(conn);
+
+    let s = TestServer::start_on(&backing, Some(&admin), &[], &[]);
+    let status = |run: &str| -> String {
+        let v: Value =
+            serde_json::from_str(&s.ok(&admin, &["run", "show", run, "--format", "json"])).unwrap();
+        v["run"]["status"].as_str().unwrap_or_default().to_owned()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while status(&old) != "expired" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the overdue run was not closed: {}",
+            status(&old)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let (code, _) = download(&s, &admin, &old, "plan.tfplan");
+    assert_eq!(code, 410, "purged with the expiry");
+    let event = audit_event(&s, "run.expired", &old);
+    assert_eq!(event["actor"], "system (run expiry)", "{event}");
+    assert!(event["detail"]["plan_purged"].is_object(), "{event}");
+    assert_eq!(status(&young), "needs_approval");
+    let (code, _) = download(&s, &admin, &young, "plan.tfplan");
+    assert_eq!(code, 200, "a run before its expiry keeps its plan");
+}
