@@ -118,12 +118,15 @@ pub struct StateBody {
     digests: Arc<Digests>,
 }
 
+/// A body's SHA-256, and its MD5 when its client sent a `Content-MD5`.
+type BodyDigests = ([u8; 32], Option<[u8; 16]>);
+
 /// A body's digests: known, or being computed on their own thread.
 struct Digests {
     /// The `Content-MD5` the client sent, to check the bytes against.
     sent_md5: Option<[u8; 16]>,
-    done: std::sync::OnceLock<([u8; 32], Option<[u8; 16]>)>,
-    running: Mutex<Option<std::sync::mpsc::Receiver<([u8; 32], Option<[u8; 16]>)>>>,
+    done: std::sync::OnceLock<BodyDigests>,
+    running: Mutex<Option<std::sync::mpsc::Receiver<BodyDigests>>>,
 }
 
 /// Threads kept for hashing state bodies beside the request that brought them
@@ -147,7 +150,7 @@ struct HashQueue {
 struct HashJob {
     bytes: Arc<Vec<u8>>,
     md5: bool,
-    done: std::sync::mpsc::SyncSender<([u8; 32], Option<[u8; 16]>)>,
+    done: std::sync::mpsc::SyncSender<BodyDigests>,
 }
 
 impl Hashers {
@@ -179,7 +182,7 @@ impl Hashers {
     fn hand_over(
         bytes: &Arc<Vec<u8>>,
         md5: bool,
-    ) -> Option<std::sync::mpsc::Receiver<([u8; 32], Option<[u8; 16]>)>> {
+    ) -> Option<std::sync::mpsc::Receiver<BodyDigests>> {
         let hashers = Self::get();
         let mut queue = hashers.queue.lock().ok()?;
         if queue.idle <= queue.jobs.len() {
@@ -255,7 +258,7 @@ pub fn sha256_and_md5(bytes: &[u8]) -> ([u8; 32], [u8; 16]) {
 }
 
 /// SHA-256 of `bytes`, and their MD5 when `md5`.
-fn digests(bytes: &[u8], md5: bool) -> ([u8; 32], Option<[u8; 16]>) {
+fn digests(bytes: &[u8], md5: bool) -> BodyDigests {
     if !md5 {
         return (sha256(bytes), None);
     }
@@ -296,7 +299,7 @@ impl StateBody {
 
     /// The digests: waiting for the hashing thread that has them, or computed here (no thread
     /// took them, or it died).
-    fn digests(&self) -> &([u8; 32], Option<[u8; 16]>) {
+    fn digests(&self) -> &BodyDigests {
         self.digests.done.get_or_init(|| {
             let running = self.digests.running.lock().ok().and_then(|mut r| r.take());
             running
