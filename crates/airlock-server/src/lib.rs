@@ -171,13 +171,17 @@ pub async fn serve(
     ));
     let tls = tls.map(|t| t.0);
     let sealer = tokio::spawn(seal_audit_every(Arc::clone(&state), SEAL_INTERVAL));
+    let sweeping = Arc::new(tokio::sync::Mutex::new(()));
     let sweeper = tokio::spawn(expire_runs_every(
         Arc::clone(&state),
         Duration::from_millis(airlock_store::run_rules::EXPIRY_SWEEP_MS as u64),
+        Arc::clone(&sweeping),
     ));
     let served = serve::run(listener, app, tls, limits, shutdown).await;
     sealer.abort();
     sweeper.abort();
+    // A sweep already running finishes first, so the last seal covers what it recorded.
+    let _done = sweeping.lock().await;
     // A last seal, so a clean stop leaves every stack chain sealed.
     seal_audit_once(&state).await;
     served
@@ -214,24 +218,45 @@ async fn seal_audit_once(state: &Arc<AppState>) {
 
 /// Closes the open runs past their expiry (`Store::expire_overdue_runs`) at start and every
 /// `every`: replicas doing it at once close each run once (each is judged on its locked row).
-async fn expire_runs_every(state: Arc<AppState>, every: Duration) {
+/// `sweeping` is held while a sweep runs.
+async fn expire_runs_every(
+    state: Arc<AppState>,
+    every: Duration,
+    sweeping: Arc<tokio::sync::Mutex<()>>,
+) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        let held = Arc::clone(&sweeping).lock_owned().await;
         let store = Arc::clone(&state.store);
         let now = airlock_store::now_ms();
-        let outcome = tokio::task::spawn_blocking(move || store.expire_overdue_runs(now)).await;
+        let outcome = tokio::task::spawn_blocking(move || {
+            let swept = store.expire_overdue_runs(now, airlock_store::run_rules::SWEPT_RUNS);
+            drop(held);
+            swept
+        })
+        .await;
         // A failed sweep is retried at the next tick; a request acting on an overdue run
         // closes it meanwhile.
+        let level = state.config.log_level;
         match outcome {
-            Ok(Ok(closed)) if !closed.is_empty() && state.config.log_level >= LogLevel::Info => {
-                log::emit(&format!(
-                    "level=info msg=\"closed runs past their expiry\" runs={}",
-                    log::quote(&closed.join(","))
-                ));
+            Ok(Ok(swept)) => {
+                if !swept.closed.is_empty() && level >= LogLevel::Info {
+                    log::emit(&format!(
+                        "level=info msg=\"closed runs past their expiry\" runs={}",
+                        log::quote(&swept.closed.join(","))
+                    ));
+                }
+                for (run, error) in swept.failed.iter().filter(|_| level >= LogLevel::Warn) {
+                    log::emit(&format!(
+                        "level=warn msg=\"closing a run past its expiry failed\" run={} error={}",
+                        log::quote(run),
+                        log::quote(error)
+                    ));
+                }
             }
-            Ok(Err(e)) if state.config.log_level >= LogLevel::Warn => {
+            Ok(Err(e)) if level >= LogLevel::Warn => {
                 log::emit(&format!(
                     "level=warn msg=\"closing runs past their expiry failed\" error={}",
                     log::quote(&e.to_string())

@@ -161,9 +161,24 @@ pub fn overdue_runs_expire(s: &dyn StoreImport) {
         old,
         old + RUN_TTL_MS,
     );
-    new_run("run_exp_later", RunStatus::NeedsApproval, old, now + 60_000);
+    // Candidates that cannot be closed come first (oldest), read a page of one at a time:
+    // they do not hold the overdue runs back.
+    new_run(
+        "run_exp_later",
+        RunStatus::NeedsApproval,
+        old - 2,
+        now + 60_000,
+    );
+    new_run(
+        "run_exp_later2",
+        RunStatus::NeedsApproval,
+        old - 1,
+        now + 60_000,
+    );
     let before = s.audit_events(0, 100_000).unwrap().len();
-    let closed = s.expire_overdue_runs(now).unwrap();
+    let swept = s.expire_overdue_runs(now, 1).unwrap();
+    assert_eq!(swept.failed, Vec::<(String, String)>::new());
+    let closed = swept.closed;
     for id in ["run_exp_waiting", "run_exp_approved"] {
         assert!(
             closed.iter().any(|c| c == id),
@@ -188,6 +203,7 @@ pub fn overdue_runs_expire(s: &dyn StoreImport) {
         ("run_exp_young", RunStatus::NeedsApproval),
         ("run_exp_applying", RunStatus::Applying),
         ("run_exp_later", RunStatus::NeedsApproval),
+        ("run_exp_later2", RunStatus::NeedsApproval),
     ] {
         assert!(!closed.iter().any(|c| c == id), "{id} closed");
         assert_eq!(s.run(id).unwrap().unwrap().status, status, "{id}");
@@ -210,7 +226,11 @@ pub fn overdue_runs_expire(s: &dyn StoreImport) {
         expired[0].detail
     );
     verify_chain(&events).unwrap();
-    assert_eq!(s.expire_overdue_runs(now).unwrap(), Vec::<String>::new());
+    assert_eq!(
+        s.expire_overdue_runs(now, crate::run_rules::SWEPT_RUNS)
+            .unwrap(),
+        Swept::default()
+    );
 }
 
 /// `drift_states` (one query for all stacks) on histories with chosen times, ties included:

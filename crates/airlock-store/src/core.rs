@@ -2595,7 +2595,6 @@ impl<E: Engine> Store for E {
         attempt: WriteAttempt,
         check: &mut WriteCheck<'_>,
     ) -> Result<WriteResult> {
-        check_attempt(&attempt)?;
         // Chunk, hash and compress the new chunks before any lock is taken: it is the
         // expensive part. Chunks unchanged since this stack's last write through this process
         // are found by comparing bytes.
@@ -2610,6 +2609,7 @@ impl<E: Engine> Store for E {
             .body
             .check_content_md5()
             .map_err(StoreError::Invalid)?;
+        check_attempt(&attempt)?;
         let result = self.write(|db| write_state(db, stack, &attempt, &p, check))?;
         if let WriteResult::Stored(_) = result {
             let table = p.chunk_table();
@@ -2694,46 +2694,58 @@ impl<E: Engine> Store for E {
         self.read(|db| run_artifact_infos(db, id))
     }
 
-    fn expire_overdue_runs(&self, now: i64) -> Result<Vec<String>> {
+    fn expire_overdue_runs(&self, now: i64, page: u32) -> Result<Swept> {
         use crate::run_rules::{decided, is_overdue, Refused, EXPIRY_SWEEPER, RUN_TTL_MS};
-        // A run expires RUN_TTL_MS after it is created (`api::runs`): older open runs are the
-        // candidates, read without their records; the locked record decides.
-        let candidates = self.read(|db| {
-            db.query(
-                &format!(
-                    "SELECT id FROM runs WHERE status IN ('{}', '{}') AND created_at < $1 ORDER BY created_at LIMIT {}",
-                    RunStatus::NeedsApproval.as_str(),
-                    RunStatus::Approved.as_str(),
-                    crate::run_rules::SWEPT_RUNS
-                ),
-                params![now - RUN_TTL_MS],
-            )?
-            .iter()
-            .map(|r| r.text(0))
-            .collect::<Result<Vec<String>>>()
-        })?;
-        let mut closed = Vec::new();
-        for id in candidates {
-            let mut expired = false;
-            let outcome = self.update_run(&id, &mut |run, _, _, _| {
-                if !is_overdue(run, now) {
-                    // Approved, applied or closed meanwhile, or an expiry this sweep is early for.
-                    return Err(airlock_core::refusal::Refusal::new(
-                        airlock_core::refusal::RefusalKind::Conflict,
-                        "not overdue",
-                    )
-                    .into());
+        // A run expires RUN_TTL_MS after it is created (`api::runs`): older open runs of live
+        // stacks (a deleted stack's runs were closed with it, and none can be recorded on it)
+        // are the candidates, read without their records, a page at a time in (created_at, id)
+        // order, so runs that cannot be closed never hold the others back; the locked record
+        // decides.
+        let sql = format!(
+            "SELECT r.id, r.created_at FROM runs r JOIN stacks s ON s.id = r.stack_id \
+             WHERE r.status IN ('{}', '{}') AND s.archived_at IS NULL AND r.created_at < $1 \
+             AND (r.created_at > $2 OR (r.created_at = $2 AND r.id > $3)) \
+             ORDER BY r.created_at, r.id LIMIT {}",
+            RunStatus::NeedsApproval.as_str(),
+            RunStatus::Approved.as_str(),
+            page.max(1)
+        );
+        let mut swept = Swept::default();
+        let mut after = (i64::MIN, String::new());
+        loop {
+            let candidates = self.read(|db| {
+                db.query(&sql, params![now - RUN_TTL_MS, after.0, &after.1])?
+                    .iter()
+                    .map(|r| Ok((r.text(0)?, r.i64(1)?)))
+                    .collect::<Result<Vec<(String, i64)>>>()
+            })?;
+            let Some(last) = candidates.last() else {
+                return Ok(swept);
+            };
+            after = (last.1, last.0.clone());
+            for (id, _) in candidates {
+                let mut expired = false;
+                let outcome = self.update_run(&id, &mut |run, _, _, _| {
+                    if !is_overdue(run, now) {
+                        // Approved, applied or closed meanwhile, or an expiry later than usual.
+                        return Err(airlock_core::refusal::Refusal::new(
+                            airlock_core::refusal::RefusalKind::Conflict,
+                            "not overdue",
+                        )
+                        .into());
+                    }
+                    expired = true;
+                    decided(Err(Refused::Expired), run, &EXPIRY_SWEEPER, now)
+                });
+                match outcome {
+                    Ok(_) if expired => swept.closed.push(id),
+                    Ok(_) | Err(StoreError::NotFound(_)) => {}
+                    // One run that cannot be closed (a record that does not decode) is
+                    // reported, and the others are closed all the same.
+                    Err(e) => swept.failed.push((id, e.to_string())),
                 }
-                expired = true;
-                decided(Err(Refused::Expired), run, &EXPIRY_SWEEPER, now)
-            });
-            match outcome {
-                Ok(_) if expired => closed.push(id),
-                Ok(_) | Err(StoreError::NotFound(_)) => {}
-                Err(e) => return Err(e),
             }
         }
-        Ok(closed)
     }
 
     fn purge_plans_of_ended_runs(&self) -> Result<Vec<String>> {

@@ -271,10 +271,11 @@ pub trait Store: Send + Sync {
     /// Closes every open run past its expiry as a request acting on it would find it
     /// (`expired`, which purges its binary plan), each in its own transaction, audited as the
     /// system's `run.expired`: a run nobody touches again would otherwise keep its plan, and
-    /// show as open, for good. At most [`run_rules::SWEPT_RUNS`] a call, oldest first. The
-    /// server runs it at start and every [`run_rules::EXPIRY_SWEEP_MS`]. Returns the runs
-    /// closed.
-    fn expire_overdue_runs(&self, now: i64) -> Result<Vec<String>>;
+    /// show as open, for good. Candidates are read `page` at a time (the server passes
+    /// [`run_rules::SWEPT_RUNS`]), oldest first; a run that cannot be closed is reported in
+    /// [`Swept::failed`] and does not stop the others. The server runs it at start and every
+    /// [`run_rules::EXPIRY_SWEEP_MS`].
+    fn expire_overdue_runs(&self, now: i64, page: u32) -> Result<Swept>;
     /// How many runs `user` planned at or after `since_ms` (runs stored before migration 0016
     /// are not counted).
     fn runs_planned_since(&self, user: &str, since_ms: i64) -> Result<u64>;

@@ -27,7 +27,7 @@ pub const RUN_TTL_MS: i64 = 7 * 86_400_000;
 /// such a run closes it at once anyway.
 pub const EXPIRY_SWEEP_MS: i64 = 10 * 60_000;
 
-/// The most runs one sweep closes (the next sweep takes the rest).
+/// How many candidate runs an expiry sweep reads at a time.
 pub const SWEPT_RUNS: u32 = 1000;
 
 /// Whether `run` is still open but past its expiry: what approve and apply refuse (and record

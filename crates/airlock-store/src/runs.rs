@@ -154,6 +154,15 @@ impl RunStatus {
     }
 }
 
+/// What an expiry sweep did ([`crate::Store::expire_overdue_runs`]).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Swept {
+    /// The runs it closed as `expired`, oldest first.
+    pub closed: Vec<String>,
+    /// The runs it could not close, with the error.
+    pub failed: Vec<(String, String)>,
+}
+
 /// The binary plan's artifact name (`terraform plan -out`: a zip holding the whole prior state
 /// and every planned value, sensitive ones included). It is what an apply downloads, and the
 /// one artifact that is not kept for good: in the transaction that makes a run terminal, its
