@@ -230,7 +230,8 @@ impl std::fmt::Debug for StateBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StateBody")
             .field("len", &self.bytes.len())
-            .field("sha256", &hex::encode(self.sha256()))
+            // Not waited for: a body may be printed while its hashing thread runs.
+            .field("sha256", &self.digests.done.get().map(|d| hex::encode(d.0)))
             .finish()
     }
 }
