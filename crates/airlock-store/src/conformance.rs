@@ -107,12 +107,8 @@ pub fn run_all<S: StoreImport + StoreStats + 'static>(engine: &Arc<S>) {
     overdue_runs_expire(engine.as_ref());
 }
 
-/// The expiry sweep closes the open runs past their expiry, as approve and apply would find
-/// them (`expired`, plan purged, audited as the system), and nothing else: not an open run
-/// before its expiry, not an applying one, not a closed one; a second sweep closes nothing.
-pub fn overdue_runs_expire(s: &dyn StoreImport) {
-    use crate::run_rules::RUN_TTL_MS;
-    let stack = "conf/expiry";
+/// Creates `stack` and writes its serial 1 (lineage `lin`), where runs are planned.
+fn stack_at_serial_1(s: &dyn StoreImport, stack: &str) {
     s.create_stack(
         stack,
         false,
@@ -122,6 +118,15 @@ pub fn overdue_runs_expire(s: &dyn StoreImport) {
     .unwrap();
     s.write_state(stack, attempt(state(1, "lin", 1), 1), &mut store_it)
         .unwrap();
+}
+
+/// The expiry sweep closes the open runs past their expiry, as approve and apply would find
+/// them (`expired`, plan purged, audited as the system), and nothing else: not an open run
+/// before its expiry, not an applying one, not a closed one; a second sweep closes nothing.
+pub fn overdue_runs_expire(s: &dyn StoreImport) {
+    use crate::run_rules::RUN_TTL_MS;
+    let stack = "conf/expiry";
+    stack_at_serial_1(s, stack);
     let plan = b"binary plan".to_vec();
     let now = now_ms();
     let old = now - RUN_TTL_MS - 60_000;
@@ -3389,15 +3394,7 @@ fn move_run(s: &dyn Store, id: &str, status: RunStatus) -> RunRecord {
 /// plan purged) for the schema tests' raw SQL.
 pub fn plan_retention(s: &dyn StoreImport) {
     let stack = "conf/retention";
-    s.create_stack(
-        stack,
-        false,
-        StackSettings::default(),
-        audit("stack.create"),
-    )
-    .unwrap();
-    s.write_state(stack, attempt(state(1, "lin", 1), 1), &mut store_it)
-        .unwrap();
+    stack_at_serial_1(s, stack);
     let plan: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
     let plan_sha = hex::encode(crate::blob::sha256(&plan));
     let plan_json = br#"{"format_version":"1.2"}"#.to_vec();

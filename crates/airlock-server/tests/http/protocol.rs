@@ -514,43 +514,28 @@ async fn wrong_or_invalid_content_md5_is_400() {
         assert_eq!(r.status, 400, "Content-MD5 {md5:?}: {r:?}");
         assert!(r.message().contains("Content-MD5"), "{}", r.message());
     }
-    // Bytes damaged in transit that no longer read as a state: the answer says what happened
-    // (the MD5 is checked on its own thread while the state is read).
-    let mut damaged = body.clone();
-    damaged.truncate(damaged.len() / 2);
-    let req = request(
-        "POST",
-        &format!("/state/dev/app?ID={id}"),
-        Auth::Basic("u", &s.admin.secret),
-    )
-    .header("Content-MD5", md5_b64(&body))
-    .body(Body::from(damaged))
-    .unwrap();
-    let r = s.send(req).await;
-    assert_eq!(r.status, 400, "{r:?}");
-    assert!(
-        r.message().contains("Content-MD5 does not match the body"),
-        "{}",
-        r.message()
-    );
-    // Damage that leaves a state the store would refuse for itself (a serial past i64): the
-    // MD5 is checked first.
-    let huge = plain(1u64 << 63);
-    let req = request(
-        "POST",
-        &format!("/state/dev/app?ID={id}"),
-        Auth::Basic("u", &s.admin.secret),
-    )
-    .header("Content-MD5", md5_b64(&body))
-    .body(Body::from(huge))
-    .unwrap();
-    let r = s.send(req).await;
-    assert_eq!(r.status, 400, "{r:?}");
-    assert!(
-        r.message().contains("Content-MD5 does not match the body"),
-        "{}",
-        r.message()
-    );
+    // Bytes damaged in transit: the answer says what happened, whether they no longer read as
+    // a state or read as one the store would refuse for itself (a serial past i64). The MD5 is
+    // checked on its own thread while the state is read, and before the store's own checks.
+    let mut halved = body.clone();
+    halved.truncate(halved.len() / 2);
+    for damaged in [halved, plain(1u64 << 63)] {
+        let req = request(
+            "POST",
+            &format!("/state/dev/app?ID={id}"),
+            Auth::Basic("u", &s.admin.secret),
+        )
+        .header("Content-MD5", md5_b64(&body))
+        .body(Body::from(damaged))
+        .unwrap();
+        let r = s.send(req).await;
+        assert_eq!(r.status, 400, "{r:?}");
+        assert!(
+            r.message().contains("Content-MD5 does not match the body"),
+            "{}",
+            r.message()
+        );
+    }
     assert!(s.versions("dev/app").is_empty());
     // Without Content-MD5 (OpenTofu with an empty body, curl) the write is fine.
     s.call(
