@@ -9,16 +9,8 @@
 #   bench/state/tail.sh [SECS=20] [CLIENTS=1]
 # AIRLOCK_BIN: the server (default: a release build of this tree).
 set -euo pipefail
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-root="$(cd "$here/../.." && pwd)"
 secs="${1:-20}" clients="${2:-1}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$here/target}"
-if [ -z "${AIRLOCK_BIN:-}" ]; then
-    (cd "$root" && cargo build --release --quiet -p airlock)
-    AIRLOCK_BIN="$CARGO_TARGET_DIR/release/airlock"
-fi
-(cd "$here/loadgen" && cargo build --release --quiet)
-lg="$CARGO_TARGET_DIR/release/airlock-bench-loadgen"
+. "$(dirname "${BASH_SOURCE[0]}")/builds.sh"
 out="${BENCH_OUT:-$here/out/tail-$(date -u +%Y%m%dT%H%M%SZ)}"
 mkdir -p "$out/data"
 env -u AIRLOCK_DATABASE_URL -u AIRLOCK_DATA_DIR \

@@ -15,16 +15,8 @@
 #
 #   bench/state/write.sh [ROUNDS=5] [SECS=4]
 set -euo pipefail
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-root="$(cd "$here/../.." && pwd)"
 rounds="${1:-5}" secs="${2:-4}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$here/target}"
-if [ -z "${AIRLOCK_BIN:-}" ]; then
-    (cd "$root" && cargo build --release --quiet -p airlock)
-    AIRLOCK_BIN="$CARGO_TARGET_DIR/release/airlock"
-fi
-(cd "$here/loadgen" && cargo build --release --quiet)
-lg="$CARGO_TARGET_DIR/release/airlock-bench-loadgen"
+. "$(dirname "${BASH_SOURCE[0]}")/builds.sh"
 out="${BENCH_OUT:-$here/out/write-$(date -u +%Y%m%dT%H%M%SZ)}"
 mkdir -p "$out"
 pids=()
