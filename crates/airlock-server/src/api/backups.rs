@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use airlock_core::audit::{AuditRecord, GENESIS};
+use airlock_core::audit::{AuditRecord, GENESIS, SEAL_ACTION};
 use airlock_core::refusal::RefusalKind;
 use airlock_core::time::{parse_rfc3339_ms, rfc3339};
 use airlock_store::{AuditFilter, NewAudit};
@@ -110,11 +110,17 @@ pub async fn record(
     // events this server has up to the head, which is what a backup ending there holds.
     let (events, count) = store_call(&state, move |st| {
         let events = st.audit_events(after, 2)?;
-        let filter = AuditFilter {
+        // Every event, seals included (a backup holds them; a filter without an action leaves
+        // them out, as listings do): the other events, then the seals.
+        let others = AuditFilter {
             before: Some(head_seq.saturating_add(1)),
             ..AuditFilter::default()
         };
-        Ok((events, st.audit_count(&filter)?))
+        let seals = AuditFilter {
+            action: Some(SEAL_ACTION.to_owned()),
+            ..others.clone()
+        };
+        Ok((events, st.audit_count(&others)? + st.audit_count(&seals)?))
     })
     .await?;
     let mut events = events.into_iter();

@@ -490,7 +490,7 @@ fn backup_in_format_2_with_one_audit_chain_still_imports_and_the_chains_continue
 /// On PostgreSQL the audit's global positions may have gaps (a rolled-back transaction's
 /// number), so a backup's event count is not its head's position: the verification of a real
 /// backup of such a server is still recorded (the head's position is sent, the server checks
-/// the count up to it), and a count that does not fit the head is refused.
+/// the count up to it, seals included), and a count that does not fit the head is refused.
 #[test]
 fn a_backup_of_a_postgres_server_with_audit_gaps_records_its_verification() {
     let db = TestDatabase::new("verifygap");
@@ -500,6 +500,21 @@ fn a_backup_of_a_postgres_server_with_audit_gaps_records_its_verification() {
     // What a rolled-back append leaves: a position taken from the sequence and never used.
     db.sql("SELECT nextval('audit_seq')");
     s.ok(&admin, &["stack", "create", "dev/b"]);
+    // A running server seals its stack chains every second: a backup holds those seals, and
+    // the count the server checks must count them too (it once left them out, as listings do).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let sealed: Value = serde_json::from_str(&s.ok(
+            &admin,
+            &["audit", "--action", "audit.seal", "--format", "json"],
+        ))
+        .unwrap();
+        if !sealed["events"].as_array().unwrap().is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no seal: {sealed}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     let tmp = tempfile::tempdir().unwrap();
     let bk = tmp.path().join("bk");
     let (ok, out) = backup_cli(&["backup", "export", dir_arg(&bk), "--database-url", &db.url]);
