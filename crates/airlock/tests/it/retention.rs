@@ -463,3 +463,83 @@ fn a_run_nobody_touches_after_its_expiry_is_closed_and_its_plan_purged() {
     let (code, _) = download(&s, &admin, &young, "plan.tfplan");
     assert_eq!(code, 200, "a run before its expiry keeps its plan");
 }
+
+/// ATTACK (whoever can write a backup): an approval added to a run record of the backup, so that
+/// the restored run is applied unreviewed (an apply counts the record's approvals). Verify, and
+/// so import, refuse an approval that is not a `run.approve` event of that run by that approver:
+/// one copied from another run, and one approval doubled. The genuine backup verifies.
+#[test]
+fn an_approval_a_backup_adds_to_a_run_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut t = team_on(
+        TestServer::start_on(&Backing::Dir(data.clone()), None, &[], &[]),
+        "dev/appr",
+    );
+    let ws = Workspace::new(&t.s, "dev/appr", &data_resources(1));
+    let approved = plan(&t, &ws, &t.agent, "dev/appr");
+    t.s.ok(&t.approver, &["approve", &approved]);
+    let waiting = plan(&t, &ws, &t.agent, "dev/appr");
+    t.s.kill();
+    let bk = tmp.path().join("backup");
+    let (ok, out) = backup_cli(&[
+        "backup",
+        "export",
+        dir_arg(&bk),
+        "--data-dir",
+        dir_arg(&data),
+    ]);
+    assert!(ok, "{out}");
+    let (ok, out) = backup_cli(&["backup", "verify", dir_arg(&bk)]);
+    assert!(ok && out.contains("backup OK"), "{out}");
+    let (approved_rel, waiting_rel) = ("runs/0001/run.json", "runs/0002/run.json");
+    let run = |rel: &str| -> Value {
+        serde_json::from_slice(&std::fs::read(bk.join(rel)).unwrap()).unwrap()
+    };
+    assert_eq!(run(approved_rel)["record"]["id"], approved.as_str());
+    assert_eq!(run(waiting_rel)["record"]["id"], waiting.as_str());
+    let approval = run(approved_rel)["record"]["approvals"][0].clone();
+    assert!(approval["by"].is_string(), "{approval}");
+    let plan_of_waiting = run(waiting_rel)["record"]["plan_sha256"].clone();
+    let forgeries: [(&str, &str, Box<dyn Fn(&mut Value)>); 2] = [
+        (
+            "the approver's approval copied to the waiting run",
+            waiting_rel,
+            Box::new(|v: &mut Value| {
+                let mut a = approval.clone();
+                a["plan_sha256"] = plan_of_waiting.clone();
+                v["record"]["approvals"] = json!([a]);
+                v["record"]["status"] = json!("approved");
+            }),
+        ),
+        (
+            "the approval doubled",
+            approved_rel,
+            Box::new(|v: &mut Value| {
+                v["record"]["approvals"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(approval.clone());
+            }),
+        ),
+    ];
+    for (i, (what, rel, edit)) in forgeries.iter().enumerate() {
+        let copy = tmp.path().join(format!("forged{i}"));
+        copy_dir(&bk, &copy);
+        forge_backup_file(&copy, rel, |v| edit(v));
+        let (ok, out) = backup_cli(&["backup", "verify", dir_arg(&copy)]);
+        assert!(
+            !ok && out.contains("is not a run.approve event of the audit chain"),
+            "{what}: {out}"
+        );
+        let into = tmp.path().join(format!("forged-data{i}"));
+        let (ok, out) = backup_cli(&[
+            "backup",
+            "import",
+            dir_arg(&copy),
+            "--data-dir",
+            dir_arg(&into),
+        ]);
+        assert!(!ok && out.contains("does not verify"), "{what}: {out}");
+    }
+}

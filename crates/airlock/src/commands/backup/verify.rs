@@ -278,6 +278,8 @@ impl Backup {
         }
         // 7. Every token's minter is the one its created_by names, and in the backup.
         problems.extend(resolve_minters(&mut backup.tokens, &backup.audit));
+        // 8. Every approval a run carries is an audited act.
+        problems.extend(unaudited_approvals(&backup.runs, &backup.audit));
         Ok((backup, problems))
     }
 
@@ -664,4 +666,43 @@ pub(super) fn replay_into_scratch(b: &Backup) -> anyhow::Result<Vec<String>> {
     let problems = compare(store.as_ref(), b)?;
     drop(store);
     Ok(problems)
+}
+
+/// Step 8: every approval a run's record carries is a `run.approve` event of that run by that
+/// approver (for that plan, where the event names it; older ones did not), one event per
+/// approval. The server writes both in one transaction, so an approval added to a backup's run
+/// record without the act (the one edit that would let a restored run be applied unreviewed:
+/// the apply counts the record's approvals) means rewriting the audit chain too.
+fn unaudited_approvals(runs: &[RunFile], audit: &[AuditRecord]) -> Vec<String> {
+    let mut events: std::collections::HashMap<(&str, &str), Vec<Option<&str>>> = Default::default();
+    for e in audit
+        .iter()
+        .filter(|e| e.action == "run.approve" && e.outcome == "ok")
+    {
+        if let Some(run) = e.detail["run"].as_str() {
+            events
+                .entry((run, e.actor.as_str()))
+                .or_default()
+                .push(e.detail["plan_sha256"].as_str());
+        }
+    }
+    let mut problems = Vec::new();
+    for r in runs {
+        for a in &r.record.approvals {
+            let approved = events.get_mut(&(r.record.id.as_str(), a.by.as_str()));
+            let found = approved.and_then(|plans| {
+                let at = plans
+                    .iter()
+                    .position(|p| p.is_none_or(|p| p == a.plan_sha256))?;
+                Some(plans.swap_remove(at))
+            });
+            if found.is_none() {
+                problems.push(format!(
+                    "run {}: its approval by {} (plan {}) is not a run.approve event of the audit chain",
+                    r.record.id, a.by, a.plan_sha256
+                ));
+            }
+        }
+    }
+    problems
 }
