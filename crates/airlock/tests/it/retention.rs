@@ -501,7 +501,9 @@ fn an_approval_a_backup_adds_to_a_run_is_refused() {
     let approval = run(approved_rel)["record"]["approvals"][0].clone();
     assert!(approval["by"].is_string(), "{approval}");
     let plan_of_waiting = run(waiting_rel)["record"]["plan_sha256"].clone();
-    let forgeries: [(&str, &str, Box<dyn Fn(&mut Value)>); 2] = [
+    // (what, which run file, the edit)
+    type Forgery<'a> = (&'a str, &'a str, Box<dyn Fn(&mut Value) + 'a>);
+    let forgeries: [Forgery<'_>; 2] = [
         (
             "the approver's approval copied to the waiting run",
             waiting_rel,
