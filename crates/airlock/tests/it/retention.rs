@@ -160,6 +160,23 @@ fn a_terminal_runs_binary_plan_is_purged_and_nobody_downloads_it_again() {
     assert!(verified.contains("audit chain intact"), "{verified}");
 }
 
+/// Exports the server data in `data` to the backup `bk`, which verifies.
+fn export_verified(data: &Path, bk: &Path) {
+    let (ok, out) = backup_cli(&["backup", "export", dir_arg(bk), "--data-dir", dir_arg(data)]);
+    assert!(ok, "{out}");
+    let (ok, out) = backup_cli(&["backup", "verify", dir_arg(bk)]);
+    assert!(ok && out.contains("backup OK"), "{out}");
+}
+
+/// The forged backup `bk` (`what`) does not verify, saying `says`, and is not imported into
+/// `into`.
+fn refused(bk: &Path, into: &Path, says: &str, what: &str) {
+    let (ok, out) = backup_cli(&["backup", "verify", dir_arg(bk)]);
+    assert!(!ok && out.contains(says), "{what}: {out}");
+    let (ok, out) = backup_cli(&["backup", "import", dir_arg(bk), "--data-dir", dir_arg(into)]);
+    assert!(!ok && out.contains("does not verify"), "{what}: {out}");
+}
+
 /// The artifact entry `name` of the run file `rel` of backup `bk`.
 fn entry(bk: &Path, rel: &str, name: &str) -> Value {
     let v: Value = serde_json::from_slice(&std::fs::read(bk.join(rel)).unwrap()).unwrap();
@@ -211,16 +228,7 @@ fn tombstones_survive_backups_and_an_older_backup_is_purged_on_import() {
     t.s.kill();
 
     let bk = tmp.path().join("backup");
-    let (ok, out) = backup_cli(&[
-        "backup",
-        "export",
-        dir_arg(&bk),
-        "--data-dir",
-        dir_arg(&data),
-    ]);
-    assert!(ok, "{out}");
-    let (ok, out) = backup_cli(&["backup", "verify", dir_arg(&bk)]);
-    assert!(ok && out.contains("backup OK"), "{out}");
+    export_verified(&data, &bk);
     let manifest: Value =
         serde_json::from_slice(&std::fs::read(bk.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["format"], "airlock-backup/5");
@@ -286,17 +294,12 @@ fn tombstones_survive_backups_and_an_older_backup_is_purged_on_import() {
         let copy = tmp.path().join(format!("forged{i}"));
         copy_dir(&bk, &copy);
         forge(&copy);
-        let (ok, out) = backup_cli(&["backup", "verify", dir_arg(&copy)]);
-        assert!(!ok && out.contains(says), "{what}: {out}");
-        let into = tmp.path().join(format!("forged-data{i}"));
-        let (ok, out) = backup_cli(&[
-            "backup",
-            "import",
-            dir_arg(&copy),
-            "--data-dir",
-            dir_arg(&into),
-        ]);
-        assert!(!ok && out.contains("does not verify"), "{what}: {out}");
+        refused(
+            &copy,
+            &tmp.path().join(format!("forged-data{i}")),
+            says,
+            what,
+        );
     }
 
     // SQLite -> PostgreSQL -> SQLite: the tombstone comes back exactly.
@@ -388,16 +391,7 @@ fn a_run_an_older_server_ended_is_backed_up_as_a_tombstone_and_purged_at_start()
     drop(conn);
 
     let bk = tmp.path().join("backup");
-    let (ok, out) = backup_cli(&[
-        "backup",
-        "export",
-        dir_arg(&bk),
-        "--data-dir",
-        dir_arg(&data),
-    ]);
-    assert!(ok, "{out}");
-    let (ok, out) = backup_cli(&["backup", "verify", dir_arg(&bk)]);
-    assert!(ok && out.contains("backup OK"), "{out}");
+    export_verified(&data, &bk);
     let tombstone = entry(&bk, "runs/0001/run.json", "plan.tfplan");
     assert!(
         tombstone["purged_at"].is_i64() && tombstone.get("file").is_none(),
@@ -482,16 +476,7 @@ fn an_approval_a_backup_adds_to_a_run_is_refused() {
     let waiting = plan(&t, &ws, &t.agent, "dev/appr");
     t.s.kill();
     let bk = tmp.path().join("backup");
-    let (ok, out) = backup_cli(&[
-        "backup",
-        "export",
-        dir_arg(&bk),
-        "--data-dir",
-        dir_arg(&data),
-    ]);
-    assert!(ok, "{out}");
-    let (ok, out) = backup_cli(&["backup", "verify", dir_arg(&bk)]);
-    assert!(ok && out.contains("backup OK"), "{out}");
+    export_verified(&data, &bk);
     let (approved_rel, waiting_rel) = ("runs/0001/run.json", "runs/0002/run.json");
     let run = |rel: &str| -> Value {
         serde_json::from_slice(&std::fs::read(bk.join(rel)).unwrap()).unwrap()
@@ -529,19 +514,12 @@ fn an_approval_a_backup_adds_to_a_run_is_refused() {
         let copy = tmp.path().join(format!("forged{i}"));
         copy_dir(&bk, &copy);
         forge_backup_file(&copy, rel, |v| edit(v));
-        let (ok, out) = backup_cli(&["backup", "verify", dir_arg(&copy)]);
-        assert!(
-            !ok && out.contains("is not a run.approve event of the audit chain"),
-            "{what}: {out}"
-        );
         let into = tmp.path().join(format!("forged-data{i}"));
-        let (ok, out) = backup_cli(&[
-            "backup",
-            "import",
-            dir_arg(&copy),
-            "--data-dir",
-            dir_arg(&into),
-        ]);
-        assert!(!ok && out.contains("does not verify"), "{what}: {out}");
+        refused(
+            &copy,
+            &into,
+            "is not a run.approve event of the audit chain",
+            what,
+        );
     }
 }
