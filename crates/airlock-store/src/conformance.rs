@@ -107,6 +107,19 @@ pub fn run_all<S: StoreImport + StoreStats + 'static>(engine: &Arc<S>) {
     overdue_runs_expire(engine.as_ref());
 }
 
+/// Creates the user `name` (no forge logins).
+fn new_user(s: &dyn Store, name: &str) {
+    s.create_user(
+        NewUser {
+            name: name.into(),
+            created_by: "test".into(),
+            forge_logins: Vec::new(),
+        },
+        audit("user.create"),
+    )
+    .unwrap();
+}
+
 /// Creates `stack` and writes its serial 1 (lineage `lin`), where runs are planned.
 fn stack_at_serial_1(s: &dyn StoreImport, stack: &str) {
     s.create_stack(
@@ -738,15 +751,7 @@ fn new_token(id: &str, user: &str, parent: Option<&str>, expires_at: Option<i64>
 
 pub fn tokens(s: &dyn Store) {
     let hash = [7u8; 32];
-    s.create_user(
-        NewUser {
-            name: "alice".into(),
-            created_by: "test".into(),
-            forge_logins: Vec::new(),
-        },
-        audit("user.create"),
-    )
-    .unwrap();
+    new_user(s, "alice");
     let t = s
         .create_token(
             NewToken {
@@ -1159,15 +1164,7 @@ pub fn mint_limit(s: &dyn Store) {
     assert!(s.token("tok-ml-3").unwrap().is_none());
     // Parentless tokens of one user (a trust's forge logins) are counted apart from the
     // derived ones: the 3 phase tokens above do not use up the logins, the parent does.
-    s.create_user(
-        NewUser {
-            name: "ml-user".into(),
-            created_by: "test".into(),
-            forge_logins: Vec::new(),
-        },
-        audit("user.create"),
-    )
-    .unwrap();
+    new_user(s, "ml-user");
     s.create_token(
         new_token("tok-ml-u", "ml-user", None, None),
         audit("token.create"),
@@ -3261,17 +3258,6 @@ pub fn histories_read_back(s: &dyn Store, written: &[(String, u64, Vec<u8>)]) {
 /// wider one for the same user never lets both through.
 pub fn minting_for_a_person(store: &Arc<dyn Store>) {
     let s = store.as_ref();
-    let user = |name: &str| {
-        s.create_user(
-            NewUser {
-                name: name.into(),
-                created_by: "test".into(),
-                forge_logins: Vec::new(),
-            },
-            audit("user.create"),
-        )
-        .unwrap();
-    };
     // `by` mints (its minted_by names it, and its created_by, as the server's do); None: the
     // operator.
     let mint = |id: &str, user: &str, stacks: &[&str], by: Option<&str>| {
@@ -3284,11 +3270,11 @@ pub fn minting_for_a_person(store: &Arc<dyn Store>) {
         t.minted_by = by.map(str::to_owned);
         s.create_token(t, audit("token.create"))
     };
-    user("pm-dave");
+    new_user(s, "pm-dave");
     mint("tok_pm_root", "pm-dave", &[], None).unwrap();
     mint("tok_pm_dev", "pm-dave", &["pmdev/*"], Some("tok_pm_root")).unwrap();
     // Beyond the scoped admin: a user once given a wider token (revoked now), or a forge login.
-    user("pm-alice");
+    new_user(s, "pm-alice");
     mint("tok_pm_a1", "pm-alice", &["pmprod/*"], Some("tok_pm_root")).unwrap();
     s.revoke_token("tok_pm_a1", audit("token.revoke")).unwrap();
     let r = mint("tok_pm_a2", "pm-alice", &["pmdev/*"], Some("tok_pm_dev"));
@@ -3297,7 +3283,7 @@ pub fn minting_for_a_person(store: &Arc<dyn Store>) {
         "{r:?}"
     );
     assert!(s.token("tok_pm_a2").unwrap().is_none());
-    user("pm-bob");
+    new_user(s, "pm-bob");
     s.add_forge_login("pm-bob", "github:pm-bob", audit("user.forge_login"))
         .unwrap();
     let r = mint("tok_pm_b1", "pm-bob", &["pmdev/*"], Some("tok_pm_dev"));
@@ -3306,7 +3292,7 @@ pub fn minting_for_a_person(store: &Arc<dyn Store>) {
         "{r:?}"
     );
     // Within it: a new user, and the admin's own user (a prod person too).
-    user("pm-erin");
+    new_user(s, "pm-erin");
     mint("tok_pm_e1", "pm-erin", &["pmdev/app"], Some("tok_pm_dev")).unwrap();
     mint("tok_pm_d1", "pm-dave", &["pmprod/*"], None).unwrap();
     mint("tok_pm_d2", "pm-dave", &["pmdev/*"], Some("tok_pm_dev")).unwrap();
@@ -3329,7 +3315,7 @@ pub fn minting_for_a_person(store: &Arc<dyn Store>) {
     // A race: the scoped admin's mint and a wider one for one user; one wins, never both.
     for round in 0..8 {
         let name = format!("pm-race-{round}");
-        user(&name);
+        new_user(s, &name);
         let start = Arc::new(std::sync::Barrier::new(2));
         let threads: Vec<_> = [("pmdev/*", "tok_pm_dev"), ("pmprod/*", "tok_pm_root")]
             .into_iter()
@@ -3622,15 +3608,7 @@ pub fn plan_retention(s: &dyn StoreImport) {
 /// no token is refused, and the record carries the column.
 pub fn minters_are_a_column(s: &dyn Store) {
     for name in ["mc-root", "mc-carol", "mc-alice"] {
-        s.create_user(
-            NewUser {
-                name: name.into(),
-                created_by: "test".into(),
-                forge_logins: Vec::new(),
-            },
-            audit("user.create"),
-        )
-        .unwrap();
+        new_user(s, name);
     }
     let mint = |id: &str, user: &str, stacks: &[&str], created_by: &str, by: Option<&str>| {
         let mut t = new_token(id, user, None, None);
@@ -3698,15 +3676,7 @@ pub fn minters_are_a_column(s: &dyn Store) {
 /// long chain made every later mint for that user fail as corrupt).
 pub fn minter_chains_are_bounded_at_mint(s: &dyn Store) {
     for name in ["ch-root", "ch-alice", "ch-bob"] {
-        s.create_user(
-            NewUser {
-                name: name.into(),
-                created_by: "test".into(),
-                forge_logins: Vec::new(),
-            },
-            audit("user.create"),
-        )
-        .unwrap();
+        new_user(s, name);
     }
     let mint = |id: &str, user: &str, stacks: &[&str], by: Option<&str>| {
         let mut t = new_token(id, user, None, None);

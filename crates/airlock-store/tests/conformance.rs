@@ -654,6 +654,11 @@ fn postgres_migration_0018_purges_the_plans_of_terminal_runs() {
 
 // ---- migration 0019 (token minters) and the re-judging of tokens minted before the rule ----
 
+/// [`pre_rule_tokens_sql`] with SQLite's blob literals for the hashes.
+fn sqlite_pre_rule_tokens_sql() -> String {
+    pre_rule_tokens_sql(|i| format!("X'{}'", format!("{i:02x}").repeat(32)))
+}
+
 /// Users and tokens as a server before the scoped-mint rule (and before `minted_by`) stored
 /// them: the minter only in `created_by`'s trailing `(tok_…)`.
 /// - carol's `tok_dev` is an admin scoped to `dev/*`; before the rule it minted `tok_imp`, a
@@ -914,10 +919,7 @@ fn sqlite_tokens_an_older_server_mints_after_migration_0019_are_judged_by_their_
     let path = dir.path().join("airlock.db");
     drop(SqliteStore::open(&path).unwrap());
     let conn = rusqlite::Connection::open(&path).unwrap();
-    conn.execute_batch(&pre_rule_tokens_sql(|i| {
-        format!("X'{}'", format!("{i:02x}").repeat(32))
-    }))
-    .unwrap();
+    conn.execute_batch(&sqlite_pre_rule_tokens_sql()).unwrap();
     drop(conn);
     let store = SqliteStore::open(&path).unwrap();
     let revoked = store.revoke_unsafe_mints().unwrap();
@@ -931,10 +933,7 @@ fn sqlite_migration_0019_fills_minters_and_tokens_minted_before_the_rule_are_rev
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.execute_batch(&conformance::migrations_before("sqlite", 19))
         .unwrap();
-    conn.execute_batch(&pre_rule_tokens_sql(|i| {
-        format!("X'{}'", format!("{i:02x}").repeat(32))
-    }))
-    .unwrap();
+    conn.execute_batch(&sqlite_pre_rule_tokens_sql()).unwrap();
     drop(conn);
     let store = SqliteStore::open(&path).unwrap();
     let revoked = store.revoke_unsafe_mints().unwrap();

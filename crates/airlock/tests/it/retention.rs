@@ -49,15 +49,11 @@ fn assert_purged(s: &TestServer, run: &str, readers: &[&str], others: &[&str]) {
 
 /// The last audit event of `action` about `run`, as the admin reads it.
 fn audit_event(s: &TestServer, action: &str, run: &str) -> Value {
-    let audit: Value =
-        serde_json::from_str(&s.ok(&s.admin, &["audit", "--format", "json", "--limit", "1000"]))
-            .unwrap();
-    audit["events"]
-        .as_array()
-        .unwrap()
+    let events = s.audit_of(&s.admin, action);
+    events
         .iter()
-        .find(|e| e["action"] == action && e["detail"]["run"] == run)
-        .unwrap_or_else(|| panic!("no {action} of {run}: {audit}"))
+        .find(|e| e["detail"]["run"] == run)
+        .unwrap_or_else(|| panic!("no {action} of {run}: {events:?}"))
         .clone()
 }
 

@@ -120,6 +120,14 @@ impl TestServer {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// The audit events of `action` as `token` reads them (`airlock audit --action ACTION
+    /// --format json`), newest first.
+    pub fn audit_of(&self, token: &str, action: &str) -> Vec<serde_json::Value> {
+        let out = self.ok(token, &["audit", "--action", action, "--format", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["events"].as_array().unwrap().clone()
+    }
+
     /// Creates a token and returns its secret.
     /// A token named `name`; admin and approver tokens belong to the user `name` (created
     /// here if it does not exist yet), others are their own identity.

@@ -230,18 +230,7 @@ fn a_token_minted_before_the_scoped_mint_rule_for_a_wider_person_is_revoked_at_s
     let out = s.fails(&imp, &["stack", "list"]);
     assert!(out.contains("revoked") || out.contains("401"), "{out}");
     s.ok(&alice, &["stack", "list"]);
-    let events: Value = serde_json::from_str(&s.ok(
-        &admin,
-        &[
-            "audit",
-            "--action",
-            "token.revoke_unsafe_mint",
-            "--format",
-            "json",
-        ],
-    ))
-    .unwrap();
-    let events = events["events"].as_array().unwrap();
+    let events = s.audit_of(&admin, "token.revoke_unsafe_mint");
     assert_eq!(events.len(), 1, "{events:?}");
     let d = &events[0]["detail"];
     assert_eq!(
@@ -260,18 +249,8 @@ fn a_token_minted_before_the_scoped_mint_rule_for_a_wider_person_is_revoked_at_s
         "{:?}",
         s.started
     );
-    let events: Value = serde_json::from_str(&s.ok(
-        &admin,
-        &[
-            "audit",
-            "--action",
-            "token.revoke_unsafe_mint",
-            "--format",
-            "json",
-        ],
-    ))
-    .unwrap();
-    assert_eq!(events["events"].as_array().unwrap().len(), 1);
+    let events = s.audit_of(&admin, "token.revoke_unsafe_mint");
+    assert_eq!(events.len(), 1);
 }
 
 /// A backup carries each token's minter; one edited to drop it reads as an older backup
@@ -451,18 +430,8 @@ fn two_replicas_starting_at_once_revoke_a_pre_rule_token_once() {
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(warnings[0].contains("tok_imp"), "{}", warnings[0]);
     for s in &replicas {
-        let events: Value = serde_json::from_str(&s.ok(
-            &admin,
-            &[
-                "audit",
-                "--action",
-                "token.revoke_unsafe_mint",
-                "--format",
-                "json",
-            ],
-        ))
-        .unwrap();
-        assert_eq!(events["events"].as_array().unwrap().len(), 1);
+        let events = s.audit_of(&admin, "token.revoke_unsafe_mint");
+        assert_eq!(events.len(), 1);
         s.fails(&secrets[3].secret, &["stack", "list"]);
         s.ok(&secrets[2].secret, &["stack", "list"]);
     }
