@@ -248,7 +248,12 @@ async fn expire_runs_every(
                         log::quote(&swept.closed.join(","))
                     ));
                 }
-                for (run, error) in swept.failed.iter().filter(|_| level >= LogLevel::Warn) {
+                let failed = if level >= LogLevel::Warn {
+                    &swept.failed[..]
+                } else {
+                    &[]
+                };
+                for (run, error) in failed {
                     log::emit(&format!(
                         "level=warn msg=\"closing a run past its expiry failed\" run={} error={}",
                         log::quote(run),
