@@ -70,6 +70,10 @@ pub struct ServerConfig {
     /// text) in a child process with bounded memory and CPU (`rego_sandbox`); `None` runs it in
     /// this process, where a hostile policy can abort the server (tests, embedders).
     pub rego_evaluator: Option<std::path::PathBuf>,
+    /// How long an applying run outlives its applier's last report (`airlock apply` reports
+    /// every tenth of it): then the run is closed as abandoned, and its run-bound token and
+    /// removal grant have expired (`run_rules::keep_alive`).
+    pub apply_idle_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -87,11 +91,21 @@ impl Default for ServerConfig {
             log_level: LogLevel::Warn,
             secure_cookies: false,
             rego_evaluator: None,
+            apply_idle_timeout: Duration::from_millis(
+                airlock_store::run_rules::APPLY_IDLE_MS as u64,
+            ),
         }
     }
 }
 
 impl ServerConfig {
+    /// [`ServerConfig::apply_idle_timeout`] in milliseconds, at least 1.
+    pub fn apply_idle_ms(&self) -> i64 {
+        i64::try_from(self.apply_idle_timeout.as_millis())
+            .unwrap_or(i64::MAX)
+            .max(1)
+    }
+
     /// Largest run upload (or apply log) a token of `role` may send, in bytes.
     pub fn run_upload_limit(&self, role: Role) -> usize {
         match role {
@@ -172,9 +186,11 @@ pub async fn serve(
     let tls = tls.map(|t| t.0);
     let sealer = tokio::spawn(seal_audit_every(Arc::clone(&state), SEAL_INTERVAL));
     let sweeping = Arc::new(tokio::sync::Mutex::new(()));
+    // Often enough that an abandoned apply is closed within its idle time again.
+    let sweep_ms = airlock_store::run_rules::EXPIRY_SWEEP_MS.min(c.apply_idle_ms());
     let sweeper = tokio::spawn(expire_runs_every(
         Arc::clone(&state),
-        Duration::from_millis(airlock_store::run_rules::EXPIRY_SWEEP_MS as u64),
+        Duration::from_millis(sweep_ms as u64),
         Arc::clone(&sweeping),
     ));
     let served = serve::run(listener, app, tls, limits, shutdown).await;
@@ -216,8 +232,8 @@ async fn seal_audit_once(state: &Arc<AppState>) {
     }
 }
 
-/// Closes the open runs past their expiry (`Store::expire_overdue_runs`) at start and every
-/// `every`: replicas doing it at once close each run once (each is judged on its locked row).
+/// Closes the open runs past their expiry and the abandoned applies (`Store::expire_overdue_runs`)
+/// at start and every `every`: replicas doing it at once close each run once (each is judged on its locked row).
 /// `sweeping` is held while a sweep runs.
 async fn expire_runs_every(
     state: Arc<AppState>,
@@ -244,7 +260,7 @@ async fn expire_runs_every(
             Ok(Ok(swept)) => {
                 if !swept.closed.is_empty() && level >= LogLevel::Info {
                     log::emit(&format!(
-                        "level=info msg=\"closed runs past their expiry\" runs={}",
+                        "level=info msg=\"closed runs past their expiry or abandoned\" runs={}",
                         log::quote(&swept.closed.join(","))
                     ));
                 }

@@ -181,6 +181,7 @@ fn routes() -> Routes {
         .upload(POST,   "/api/v1/runs/{id}/finish",                     ApplyRun,  api::runs::finish)
         // The apply log while Terraform runs (the applier only, checked by the handler).
         .upload(POST,   "/api/v1/runs/{id}/log",                        ApplyRun,  api::runs::log_part)
+        .route(POST,    "/api/v1/runs/{id}/heartbeat",                  ApplyRun,  api::runs::heartbeat)
         .route(GET,     "/api/v1/runs/{id}/log",                        Read,      api::runs::log)
         .route(GET,     "/api/v1/audit",                                Read,      api::audit::list)
         .route(GET,     "/api/v1/audit/verify",                         Read,      api::audit::verify)

@@ -103,6 +103,7 @@ pub fn run_all<S: StoreImport + StoreStats + 'static>(engine: &Arc<S>) {
     minter_chains_are_bounded_at_mint(store.as_ref());
     // Every token above was minted under the rule: re-judging revokes none.
     assert_eq!(store.revoke_unsafe_mints().unwrap(), []);
+    abandoned_applies_fail_and_reported_ones_live(engine.as_ref());
     // Last: it closes every overdue run the tests above left open.
     overdue_runs_expire(engine.as_ref());
 }
@@ -249,6 +250,133 @@ pub fn overdue_runs_expire(s: &dyn StoreImport) {
             .unwrap(),
         Swept::default()
     );
+}
+
+/// An applying run lives while its applier reports: a report moves its deadline, and in the
+/// same transaction its run-bound token's expiry (never past that of the token that minted it)
+/// and its removal grant's. Past its deadline the sweep closes it as `failed` (plan purged,
+/// grant consumed, audited as the system); a run still within its deadline is left alone.
+pub fn abandoned_applies_fail_and_reported_ones_live(s: &dyn StoreImport) {
+    use crate::run_rules::{decided, keep_alive, Actor, EXPIRY_SWEEPER};
+    let stack = "conf/abandon";
+    stack_at_serial_1(s, stack);
+    let plan = b"binary plan".to_vec();
+    let now = now_ms();
+    let minter_expiry = now + 300_000;
+    s.create_token(
+        new_token("tok_abandon_ci", "", None, Some(minter_expiry)),
+        audit("token.create"),
+    )
+    .unwrap();
+    let applying = |id: &str, alive_until: i64| {
+        let mut r = run_record(id, stack, now - 1_000);
+        r.status = RunStatus::Applying;
+        r.apply_started_at = Some(now - 1_000);
+        r.apply_alive_until = Some(alive_until);
+        r.apply_token = Some(format!("tok_{id}"));
+        r.plan_sha256 = hex::encode(crate::blob::sha256(&plan));
+        s.create_run(&r, &[(PLAN_ARTIFACT, &plan)], audit("run.create"))
+            .unwrap();
+        s.create_token(
+            NewToken {
+                run_id: Some(id.into()),
+                ..new_token(
+                    &format!("tok_{id}"),
+                    "",
+                    Some("tok_abandon_ci"),
+                    Some(now + 1),
+                )
+            },
+            audit("token.run_bound"),
+        )
+        .unwrap();
+        s.create_grant(
+            stack,
+            NewGrant {
+                id: format!("g_{id}"),
+                addresses: vec!["x".into()],
+                reason: "r".into(),
+                created_by: "a".into(),
+                expires_at: now + 60_000,
+                run_id: Some(id.into()),
+            },
+            audit("grant.create"),
+        )
+        .unwrap();
+    };
+    applying("run_ab_dead", now - 1);
+    applying("run_ab_live", now + 1);
+    // The live run's applier reports: its deadline moves on by the idle time, the grant's with
+    // it, the token's only as far as its minter's.
+    let idle = 600_000;
+    let token_id = "tok_run_ab_live".to_owned();
+    let bound = Actor {
+        token_id: &token_id,
+        user: "tok_abandon_ci",
+        display: "apply (tok_run_ab_live)",
+        role: Role::Ci,
+        run_id: Some("run_ab_live"),
+    };
+    let renewed = s
+        .update_run("run_ab_live", &mut |run, _, _, _| {
+            decided(keep_alive(run, &bound, idle, now), run, &bound, now)
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(renewed.apply_alive_until, Some(now + idle));
+    let token = s.token("tok_run_ab_live").unwrap().unwrap();
+    assert_eq!(token.expires_at, Some(minter_expiry));
+    let grant = |id: &str| {
+        s.grants(stack)
+            .unwrap()
+            .into_iter()
+            .find(|g| g.id == id)
+            .unwrap()
+    };
+    assert_eq!(grant("g_run_ab_live").expires_at, now + idle);
+    // The sweep closes the run whose applier went silent, and only it.
+    let before = s.audit_events(0, 100_000).unwrap().len();
+    let swept = s.expire_overdue_runs(now, 1).unwrap();
+    assert_eq!(swept.failed, Vec::<(String, String)>::new());
+    assert!(swept.closed.iter().any(|c| c == "run_ab_dead"), "{swept:?}");
+    assert!(
+        !swept.closed.iter().any(|c| c == "run_ab_live"),
+        "{swept:?}"
+    );
+    let dead = s.run("run_ab_dead").unwrap().unwrap();
+    assert_eq!(dead.status, RunStatus::Failed);
+    assert_eq!(dead.finished_at, Some(now));
+    assert!(
+        dead.note
+            .as_deref()
+            .unwrap_or_default()
+            .contains("abandoned"),
+        "{:?}",
+        dead.note
+    );
+    assert!(matches!(
+        s.run_artifact("run_ab_dead", PLAN_ARTIFACT),
+        Err(StoreError::Purged(_))
+    ));
+    assert!(
+        grant("g_run_ab_dead").consumed_at.is_some(),
+        "its grant ends"
+    );
+    let events = s.audit_events(0, 100_000).unwrap();
+    let failed: Vec<_> = events[before..]
+        .iter()
+        .filter(|e| e.action == "run.failed" && e.detail["run"] == "run_ab_dead")
+        .collect();
+    assert_eq!(failed.len(), 1, "{:?}", &events[before..]);
+    assert_eq!(failed[0].actor, EXPIRY_SWEEPER.display);
+    assert_eq!(
+        s.run("run_ab_live").unwrap().unwrap().status,
+        RunStatus::Applying
+    );
+    // Silent past its new deadline, the live run is abandoned too.
+    let later = s.expire_overdue_runs(now + idle + 1, 1).unwrap();
+    assert!(later.closed.iter().any(|c| c == "run_ab_live"), "{later:?}");
+    verify_chain(&s.audit_events(0, 100_000).unwrap()).unwrap();
 }
 
 /// `drift_states` (one query for all stacks) on histories with chosen times, ties included:
@@ -2041,6 +2169,7 @@ pub(crate) fn run_record(id: &str, stack: &str, created_at: i64) -> RunRecord {
         applied_by: None,
         apply_token: None,
         apply_started_at: None,
+        apply_alive_until: None,
         finished_at: None,
         note: None,
         inputs: Vec::new(),

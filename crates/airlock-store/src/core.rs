@@ -1291,6 +1291,11 @@ pub fn update_run(db: &mut dyn Sql, id: &str, update: &mut RunUpdate<'_>) -> Res
             }
         }
         append_audit(db, &audit)?;
+        if new.status == RunStatus::Applying && new.apply_alive_until != run.apply_alive_until {
+            if let (Some(token), Some(until)) = (&new.apply_token, new.apply_alive_until) {
+                keep_run_token_until(db, id, token, until)?;
+            }
+        }
         if run.status == RunStatus::Applying && new.status != RunStatus::Applying {
             // A run's removal grant ends with its apply.
             db.execute(
@@ -1300,6 +1305,32 @@ pub fn update_run(db: &mut dyn Sql, id: &str, update: &mut RunUpdate<'_>) -> Res
         }
     }
     Ok(result)
+}
+
+/// An applying run's deadline moved to `until` (`run_rules::keep_alive`): its run-bound token
+/// and removal grant expire then, the token no later than the token that minted it (as when it
+/// was minted). Set with the record, so the run and its credentials never disagree on whether
+/// the apply may go on. (At the start of an apply the token does not exist yet: the handler
+/// mints it, and the grant, with the run's deadline.)
+fn keep_run_token_until(db: &mut dyn Sql, run: &str, token: &str, until: i64) -> Result<()> {
+    let parent_expiry = db
+        .query_opt(
+            "SELECT p.expires_at FROM tokens t JOIN tokens p ON p.id = t.parent_id WHERE t.id = $1",
+            params![token],
+        )?
+        .map(|r| r.opt_i64(0))
+        .transpose()?
+        .flatten();
+    let token_until = parent_expiry.map_or(until, |p| p.min(until));
+    db.execute(
+        "UPDATE tokens SET expires_at = $3 WHERE id = $1 AND run_id = $2",
+        params![token, run, token_until],
+    )?;
+    db.execute(
+        "UPDATE grants SET expires_at = $2 WHERE run_id = $1 AND consumed_at IS NULL",
+        params![run, until],
+    )?;
+    Ok(())
 }
 
 /// Ids of the tokens of `run`'s approvals that are revoked or gone, read in the transaction
@@ -2695,19 +2726,23 @@ impl<E: Engine> Store for E {
     }
 
     fn expire_overdue_runs(&self, now: i64, page: u32) -> Result<Swept> {
-        use crate::run_rules::{decided, is_overdue, Refused, EXPIRY_SWEEPER, RUN_TTL_MS};
+        use crate::run_rules::{
+            decided, is_abandoned, is_overdue, Refused, EXPIRY_SWEEPER, RUN_TTL_MS,
+        };
         // A run expires RUN_TTL_MS after it is created (`api::runs`): older open runs of live
         // stacks (a deleted stack's runs were closed with it, and none can be recorded on it)
-        // are the candidates, read without their records, a page at a time in (created_at, id)
-        // order, so runs that cannot be closed never hold the others back; the locked record
-        // decides.
+        // are the candidates, with the applying runs (few: one at most per stack, as a rule),
+        // read without their records, a page at a time in (created_at, id) order, so runs that
+        // cannot be closed never hold the others back; the locked record decides.
         let sql = format!(
             "SELECT r.id, r.created_at FROM runs r JOIN stacks s ON s.id = r.stack_id \
-             WHERE r.status IN ('{}', '{}') AND s.archived_at IS NULL AND r.created_at < $1 \
+             WHERE s.archived_at IS NULL \
+             AND ((r.status IN ('{}', '{}') AND r.created_at < $1) OR r.status = '{}') \
              AND (r.created_at > $2 OR (r.created_at = $2 AND r.id > $3)) \
              ORDER BY r.created_at, r.id LIMIT {}",
             RunStatus::NeedsApproval.as_str(),
             RunStatus::Approved.as_str(),
+            RunStatus::Applying.as_str(),
             page.max(1)
         );
         let mut swept = Swept::default();
@@ -2724,21 +2759,26 @@ impl<E: Engine> Store for E {
             };
             after = (last.1, last.0.clone());
             for (id, _) in candidates {
-                let mut expired = false;
+                let mut closed = false;
                 let outcome = self.update_run(&id, &mut |run, _, _, _| {
-                    if !is_overdue(run, now) {
-                        // Approved, applied or closed meanwhile, or an expiry later than usual.
+                    let why = if is_overdue(run, now) {
+                        Refused::Expired
+                    } else if is_abandoned(run, now) {
+                        Refused::Abandoned
+                    } else {
+                        // Approved, applied or closed meanwhile, an expiry later than usual,
+                        // or an apply whose applier reports.
                         return Err(airlock_core::refusal::Refusal::new(
                             airlock_core::refusal::RefusalKind::Conflict,
                             "not overdue",
                         )
                         .into());
-                    }
-                    expired = true;
-                    decided(Err(Refused::Expired), run, &EXPIRY_SWEEPER, now)
+                    };
+                    closed = true;
+                    decided(Err(why), run, &EXPIRY_SWEEPER, now)
                 });
                 match outcome {
-                    Ok(_) if expired => swept.closed.push(id),
+                    Ok(_) if closed => swept.closed.push(id),
                     Ok(_) | Err(StoreError::NotFound(_)) => {}
                     // One run that cannot be closed (a record that does not decode) is
                     // reported, and the others are closed all the same.

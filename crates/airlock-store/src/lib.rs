@@ -271,7 +271,9 @@ pub trait Store: Send + Sync {
     /// Closes every open run past its expiry as a request acting on it would find it
     /// (`expired`, which purges its binary plan), each in its own transaction, audited as the
     /// system's `run.expired`: a run nobody touches again would otherwise keep its plan, and
-    /// show as open, for good. Candidates are read `page` at a time (the server passes
+    /// show as open, for good. It closes the applying runs abandoned by their applier
+    /// ([`run_rules::is_abandoned`]) likewise, as `failed` (audited as `run.failed`, with the
+    /// note saying so). Candidates are read `page` at a time (the server passes
     /// [`run_rules::SWEPT_RUNS`]), oldest first; a run that cannot be closed is reported in
     /// [`Swept::failed`] and does not stop the others. The server runs it at start and every
     /// [`run_rules::EXPIRY_SWEEP_MS`].

@@ -36,6 +36,87 @@ pub fn is_overdue(run: &RunRecord, now: i64) -> bool {
     run.status.is_open() && now > run.expires_at
 }
 
+/// How long an applying run outlives its applier's last report, unless the server is told
+/// otherwise (`airlock server --apply-idle-timeout-secs`): then the run is abandoned
+/// ([`is_abandoned`]), and its run-bound token and removal grant have expired with it.
+pub const APPLY_IDLE_MS: i64 = 30 * 60_000;
+
+/// The longest an apply may take: an applying run is never kept alive past this after its start,
+/// so a run-bound token lives at most this long, whoever reports for it.
+pub const MAX_APPLY_MS: i64 = 24 * 3_600_000;
+
+/// How long run-bound tokens lived before applies reported (records without
+/// `apply_alive_until`): their run counts as abandoned once that has passed.
+const APPLY_TOKEN_MS_BEFORE_HEARTBEATS: i64 = 3_600_000;
+
+/// When an applying run is abandoned unless its applier reports before.
+pub fn alive_until(run: &RunRecord) -> Option<i64> {
+    run.apply_alive_until.or(run
+        .apply_started_at
+        .map(|t| t.saturating_add(APPLY_TOKEN_MS_BEFORE_HEARTBEATS)))
+}
+
+/// Whether `run` applies but its applier has not reported in time: it may have died with
+/// Terraform midway, and its run-bound token has expired, so the run can change nothing more.
+/// The sweep closes it as `failed` ([`Refused::Abandoned`]).
+pub fn is_abandoned(run: &RunRecord, now: i64) -> bool {
+    run.status == RunStatus::Applying && alive_until(run).is_some_and(|t| now > t)
+}
+
+/// The deadline a report at `now` gives an applying run: `idle_ms` on, but never past
+/// [`MAX_APPLY_MS`] after its start, and never earlier than the one it has.
+pub fn renewed_alive_until(run: &RunRecord, idle_ms: i64, now: i64) -> i64 {
+    let cap = run
+        .apply_started_at
+        .unwrap_or(now)
+        .saturating_add(MAX_APPLY_MS);
+    let current = alive_until(run).unwrap_or(i64::MIN);
+    now.saturating_add(idle_ms).min(cap).max(current)
+}
+
+/// Whether a report at `now` should move the run's deadline on (and to when): once a third of
+/// the idle time has passed since it was last moved, or to the cap. Reports in between change
+/// nothing, so an applier may report often and the run's record and audit log grow only every
+/// `idle_ms / 3`.
+pub fn renewal_due(run: &RunRecord, idle_ms: i64, now: i64) -> Option<i64> {
+    let current = alive_until(run)?;
+    let renewed = renewed_alive_until(run, idle_ms, now);
+    let cap = run.apply_started_at?.saturating_add(MAX_APPLY_MS);
+    (renewed > current && (renewed - current >= idle_ms / 3 || renewed == cap)).then_some(renewed)
+}
+
+/// `heartbeat`: the run's own run-bound token reports that its apply goes on; the run's
+/// deadline (and so its token's and grant's expiry, which the store sets with the record) moves
+/// to [`renewed_alive_until`].
+pub fn keep_alive(
+    run: &RunRecord,
+    actor: &Actor<'_>,
+    idle_ms: i64,
+    now: i64,
+) -> Result<Transition, Refused> {
+    if actor.run_id != Some(run.id.as_str()) {
+        return Err(Refused::NotTheRunToken);
+    }
+    if run.status != RunStatus::Applying {
+        return Err(Refused::WrongStatus {
+            status: run.status,
+            wanted: "applying",
+        });
+    }
+    if is_abandoned(run, now) {
+        return Err(Refused::Abandoned);
+    }
+    let until = renewed_alive_until(run, idle_ms, now);
+    let mut new = run.clone();
+    new.apply_alive_until = Some(until);
+    new.updated_at = now;
+    Ok(Transition {
+        run: new,
+        action: "run.apply_alive".into(),
+        detail: json!({"run": run.id, "alive_until": until, "apply_token": run.apply_token}),
+    })
+}
+
 /// Who closes overdue runs in the audit log.
 pub const EXPIRY_SWEEPER: Actor<'static> = Actor {
     token_id: "",
@@ -170,6 +251,9 @@ pub enum Refused {
         /// The removed addresses protected now.
         addresses: Vec<String>,
     },
+    /// The run applies but its applier did not report in time ([`is_abandoned`]); the run
+    /// becomes `failed`.
+    Abandoned,
 }
 
 impl Refused {
@@ -196,7 +280,8 @@ impl Refused {
             | Refused::InputsDiffer { .. }
             | Refused::CheckedAnotherPlan { .. }
             | Refused::PlanCheckedAlready
-            | Refused::ProtectedSince { .. } => RefusalKind::Conflict,
+            | Refused::ProtectedSince { .. }
+            | Refused::Abandoned => RefusalKind::Conflict,
         }
     }
 
@@ -288,6 +373,10 @@ impl Refused {
                 addresses.iter().take(20).cloned().collect::<Vec<_>>().join(", "),
                 run.stack
             ),
+            Refused::Abandoned => format!(
+                "run {id} was abandoned: its applier (`airlock apply`) did not report by {}, so its run-bound token has expired; Terraform may have stopped midway and changed resources that the stack's state does not record, and its state lock may still be held: read the run's log and check the resources, then plan again (`terraform force-unlock LOCK_ID` if the stack stays locked)",
+                alive_until(run).map_or_else(|| "its deadline".to_owned(), rfc3339)
+            ),
         }
     }
 
@@ -299,6 +388,7 @@ impl Refused {
             Refused::Expired => Some(RunStatus::Expired),
             Refused::Stale { .. } | Refused::ProtectedSince { .. } => Some(RunStatus::Superseded),
             Refused::NoLongerApproved { .. } => Some(RunStatus::NeedsApproval),
+            Refused::Abandoned => Some(RunStatus::Failed),
             _ => None,
         }
     }
@@ -366,6 +456,9 @@ fn closed(run: &RunRecord, status: RunStatus, note: String, now: i64) -> Transit
     let mut new = run.clone();
     new.status = status;
     new.updated_at = now;
+    if status == RunStatus::Failed {
+        new.finished_at = Some(now);
+    }
     new.note = Some(note.clone());
     Transition {
         run: new,
@@ -601,15 +694,23 @@ pub struct Checkout<'a> {
     pub protected_since: &'a [String],
 }
 
-/// `apply`: the start of an apply (invariant 3, see the module docs). `apply_token` is the id
-/// of the run-bound token the handler issues when this succeeds.
+/// What a started apply is given.
+#[derive(Debug, Clone, Copy)]
+pub struct ApplyToken<'a> {
+    /// The id of the run-bound token the handler mints when the start succeeds.
+    pub id: &'a str,
+    /// How long the run outlives its applier's last report ([`keep_alive`]).
+    pub idle_ms: i64,
+}
+
+/// `apply`: the start of an apply (invariant 3, see the module docs).
 pub fn start_apply(
     run: &RunRecord,
     stack: &StackRecord,
     current: Option<&VersionMeta>,
     actor: &Actor<'_>,
     checkout: Checkout<'_>,
-    apply_token: &str,
+    token: ApplyToken<'_>,
     now: i64,
 ) -> Result<Transition, Refused> {
     if !stack.settings.apply_from.contains(&actor.role) {
@@ -669,14 +770,15 @@ pub fn start_apply(
     let mut new = run.clone();
     new.status = RunStatus::Applying;
     new.applied_by = Some(actor.display.to_owned());
-    new.apply_token = Some(apply_token.to_owned());
+    new.apply_token = Some(token.id.to_owned());
     new.apply_started_at = Some(now);
+    new.apply_alive_until = Some(now.saturating_add(token.idle_ms.min(MAX_APPLY_MS)));
     new.plan_checked_at = None;
     new.updated_at = now;
     Ok(Transition {
         run: new,
         action: "run.apply_start".into(),
-        detail: json!({"run": run.id, "plan_sha256": run.plan_sha256, "apply_token": apply_token}),
+        detail: json!({"run": run.id, "plan_sha256": run.plan_sha256, "apply_token": token.id}),
     })
 }
 
@@ -1388,6 +1490,74 @@ mod tests {
     }
 
     #[test]
+    fn an_apply_lives_while_its_applier_reports_and_no_longer() {
+        const IDLE: i64 = 30_000;
+        let mut r = applying();
+        r.apply_started_at = Some(NOW);
+        r.apply_alive_until = Some(NOW + IDLE);
+        // Only the run's own run-bound token reports, and only while the run applies.
+        assert_eq!(
+            keep_alive(&r, &applier(), IDLE, NOW + 1).map(|t| t.run),
+            Err(Refused::NotTheRunToken)
+        );
+        let done = RunRecord {
+            status: RunStatus::Applied,
+            ..r.clone()
+        };
+        assert!(matches!(
+            keep_alive(&done, &bound(), IDLE, NOW + 1),
+            Err(Refused::WrongStatus { .. })
+        ));
+        // A report moves the deadline on by the idle time; reports within a third of it
+        // are not due (they would write nothing new).
+        assert_eq!(renewal_due(&r, IDLE, NOW + IDLE / 3 - 1), None);
+        assert_eq!(
+            renewal_due(&r, IDLE, NOW + IDLE / 3),
+            Some(NOW + IDLE / 3 + IDLE)
+        );
+        let t = keep_alive(&r, &bound(), IDLE, NOW + 20_000).unwrap();
+        assert_eq!(t.run.apply_alive_until, Some(NOW + 20_000 + IDLE));
+        assert_eq!(t.run.status, RunStatus::Applying);
+        assert_eq!(t.action, "run.apply_alive");
+        // Never past MAX_APPLY_MS after the start, whoever reports: then the run is abandoned.
+        let late = NOW + MAX_APPLY_MS - 1_000;
+        r.apply_alive_until = Some(late);
+        assert_eq!(renewal_due(&r, IDLE, late - 500), Some(NOW + MAX_APPLY_MS));
+        r.apply_alive_until = Some(NOW + MAX_APPLY_MS);
+        assert_eq!(renewal_due(&r, IDLE, late), None);
+        assert!(!is_abandoned(&r, NOW + MAX_APPLY_MS));
+        assert!(is_abandoned(&r, NOW + MAX_APPLY_MS + 1));
+        assert_eq!(
+            keep_alive(&r, &bound(), IDLE, NOW + MAX_APPLY_MS + 1).map(|t| t.run),
+            Err(Refused::Abandoned)
+        );
+        // Abandoned, the run fails (its plan is purged with the record) and says what to do.
+        let refused = decided(
+            Err(Refused::Abandoned),
+            &r,
+            &EXPIRY_SWEEPER,
+            NOW + MAX_APPLY_MS + 1,
+        )
+        .unwrap_err();
+        let (recorded, audit) = *refused.record.unwrap();
+        assert_eq!(recorded.status, RunStatus::Failed);
+        assert_eq!(recorded.finished_at, Some(NOW + MAX_APPLY_MS + 1));
+        assert_eq!(audit.action, "run.failed");
+        assert!(
+            refused.refusal.message.contains("was abandoned")
+                && refused.refusal.message.contains("force-unlock"),
+            "{}",
+            refused.refusal.message
+        );
+        // A run applying since before heartbeats lived as long as its token then did.
+        r.apply_alive_until = None;
+        assert_eq!(alive_until(&r), Some(NOW + 3_600_000));
+        assert!(is_abandoned(&r, NOW + 3_600_001));
+        // Nothing but an applying run is abandoned.
+        assert!(!is_abandoned(&done, NOW + MAX_APPLY_MS * 2));
+    }
+
+    #[test]
     fn a_stack_setting_raised_after_approval_holds_the_run_back() {
         let mut raised = stack();
         raised.settings.required_approvals = 2;
@@ -1410,7 +1580,10 @@ mod tests {
             Some(&version(4)),
             &ci,
             checkout,
-            "t",
+            ApplyToken {
+                id: "t",
+                idle_ms: APPLY_IDLE_MS,
+            },
             NOW,
         );
         assert_eq!(got.map(|t| t.run.status), Err(refused.clone()));
@@ -1445,7 +1618,10 @@ mod tests {
             Some(&version(4)),
             &ci,
             checkout,
-            "t",
+            ApplyToken {
+                id: "t",
+                idle_ms: APPLY_IDLE_MS,
+            },
             NOW,
         );
         assert_eq!(got.map(|t| t.run.status), Ok(RunStatus::Applying));
@@ -1640,7 +1816,10 @@ mod tests {
                 Some(&version(4)),
                 &a,
                 checkout,
-                "tok_run",
+                ApplyToken {
+                    id: "tok_run",
+                    idle_ms: APPLY_IDLE_MS,
+                },
                 NOW,
             )
             .map(|t| t.run.status);
@@ -1661,7 +1840,18 @@ mod tests {
             protected_since: &[],
         };
         let ci = actor("tok_ci", "tok_ci", Role::Ci);
-        let got = start_apply(&r, &stack(), Some(&version(4)), &ci, checkout, "t", NOW);
+        let got = start_apply(
+            &r,
+            &stack(),
+            Some(&version(4)),
+            &ci,
+            checkout,
+            ApplyToken {
+                id: "t",
+                idle_ms: APPLY_IDLE_MS,
+            },
+            NOW,
+        );
         assert_eq!(
             got,
             Err(Refused::InputsDiffer {
@@ -1683,7 +1873,18 @@ mod tests {
             revoked_approvals: &[],
             protected_since: &[],
         };
-        let verdict = start_apply(&r, &stack(), Some(&version(4)), &ci, checkout, "t", NOW);
+        let verdict = start_apply(
+            &r,
+            &stack(),
+            Some(&version(4)),
+            &ci,
+            checkout,
+            ApplyToken {
+                id: "t",
+                idle_ms: APPLY_IDLE_MS,
+            },
+            NOW,
+        );
         let refused = decided(verdict, &r, &ci, NOW).unwrap_err();
         let (recorded, audit) = *refused.record.unwrap();
         assert_eq!(recorded.status, RunStatus::Superseded);
@@ -1906,7 +2107,10 @@ mod tests {
                 revoked_approvals: &[],
                 protected_since: &[],
             },
-            "tok_run",
+            ApplyToken {
+                id: "tok_run",
+                idle_ms: APPLY_IDLE_MS,
+            },
             NOW,
         )
         .unwrap();

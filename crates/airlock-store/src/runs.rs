@@ -157,7 +157,8 @@ impl RunStatus {
 /// What an expiry sweep did ([`crate::Store::expire_overdue_runs`]).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Swept {
-    /// The runs it closed as `expired`, oldest first.
+    /// The runs it closed (as `expired`, or as `failed` when abandoned while applying), oldest
+    /// first.
     pub closed: Vec<String>,
     /// The runs it could not close, with the error.
     pub failed: Vec<(String, String)>,
@@ -285,6 +286,12 @@ pub struct RunRecord {
     pub apply_token: Option<String>,
     /// When the apply started.
     pub apply_started_at: Option<i64>,
+    /// While the run applies: when it is abandoned unless its applier reports before (each
+    /// `POST /api/v1/runs/{id}/heartbeat` moves it on; see [`crate::run_rules::keep_alive`]).
+    /// Its run-bound token and removal grant expire then too. `None` in records from before
+    /// heartbeats ([`crate::run_rules::alive_until`] reads those).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apply_alive_until: Option<i64>,
     /// When the apply ended.
     pub finished_at: Option<i64>,
     /// Why it was superseded, failed or expired.

@@ -344,6 +344,12 @@ pub struct ServerArgs {
     /// request; `error` only internal errors.
     #[arg(long, env = "AIRLOCK_LOG", value_enum, default_value_t = LogLevelArg::Warn)]
     pub log_level: LogLevelArg,
+    /// Seconds an applying run outlives the last report of its `airlock apply` (which reports
+    /// every tenth of it): then the run is closed as abandoned (`failed`), and its run-bound
+    /// token and removal grant have expired. An apply that reports goes on for up to 24 hours.
+    #[arg(long, env = "AIRLOCK_APPLY_IDLE_TIMEOUT_SECS", default_value_t = 1800,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub apply_idle_timeout_secs: u64,
 }
 
 /// `airlock server --log-level`.

@@ -1263,6 +1263,7 @@ fn create_run(
         applied_by: None,
         apply_token: None,
         apply_started_at: None,
+        apply_alive_until: None,
         finished_at: None,
         note: None,
         inputs: req.inputs,
@@ -1707,6 +1708,7 @@ pub async fn apply(
     let token = tokens::generate();
     let token_id = token.id.clone();
     let author = author_user(&state, &run).await?;
+    let idle_ms = state.config.apply_idle_ms();
     let run = transition(
         &state,
         &p,
@@ -1732,11 +1734,16 @@ pub async fn apply(
                 revoked_approvals: revoked,
                 protected_since: &protected_since,
             };
-            run_rules::start_apply(run, stack, current, who, checkout, &token_id, now)
+            let token = run_rules::ApplyToken {
+                id: &token_id,
+                idle_ms,
+            };
+            run_rules::start_apply(run, stack, current, who, checkout, token, now)
         },
     )
     .await?;
-    let expires_at = now_ms() + PHASE_TOKEN_TTL_MS;
+    // The token and grant last as long as the run's applier reports (`heartbeat`).
+    let expires_at = run_rules::alive_until(&run).unwrap_or_else(|| now_ms() + idle_ms);
     let new_token = NewToken {
         id: token.id.clone(),
         secret_hash: token.hash,
@@ -1802,8 +1809,56 @@ pub async fn apply(
         Ok(())
     })
     .await?;
-    let rest = json!({ "token": token.secret, "plan_sha256": run.plan_sha256 });
+    let rest = json!({
+        "token": token.secret,
+        "plan_sha256": run.plan_sha256,
+        "heartbeat_ms": heartbeat_ms(idle_ms),
+    });
     Ok(Json(WithRun::new(run, rest)))
+}
+
+/// How often an applier reports (`heartbeat`): ten times in the idle time, so that a few lost
+/// reports never end an apply.
+fn heartbeat_ms(idle_ms: i64) -> i64 {
+    (idle_ms / 10).max(1)
+}
+
+/// `POST /api/v1/runs/{id}/heartbeat` (`apply-run`, the run's own run-bound token): the apply
+/// goes on. The run's deadline, and with it the expiry of its run-bound token and removal
+/// grant, moves on by the server's apply idle time when a third of it has passed
+/// (`run_rules::renewal_due`; reports in between write nothing), never past
+/// `run_rules::MAX_APPLY_MS` after the start. A run not reported for past its deadline is
+/// abandoned: the sweep closes it as `failed`.
+pub async fn heartbeat(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let idle_ms = state.config.apply_idle_ms();
+    let run = load_run(&state, &p, &id).await?;
+    let due = {
+        let display = p.display();
+        let who = actor(&p, &display);
+        // Judged on the record as read, so that reports that move nothing write nothing; the
+        // renewal itself is judged again on the locked record.
+        run_rules::keep_alive(&run, &who, idle_ms, now_ms())
+            .map_err(|r| ApiError::new(r.kind(), r.message(&run, &who)))?;
+        run_rules::renewal_due(&run, idle_ms, now_ms())
+    };
+    let run = match due {
+        Some(_) => {
+            transition(&state, &p, &id, None, move |run, _, _, _, who, now| {
+                run_rules::keep_alive(run, who, idle_ms, now)
+            })
+            .await?
+        }
+        None => run,
+    };
+    Ok(Json(json!({
+        "run": run.id,
+        "alive_until": run_rules::alive_until(&run),
+        "heartbeat_ms": heartbeat_ms(idle_ms),
+    })))
 }
 
 #[derive(Deserialize)]

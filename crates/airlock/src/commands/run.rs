@@ -9,6 +9,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use airlock_core::inputs::{self, InputFile, CONFIG_PATH};
 use airlock_policy::config::{self, Config, OidcProfile, Phase};
@@ -1360,8 +1362,12 @@ pub fn apply_run(
         .as_str()
         .context("the server sent no plan hash")?
         .to_owned();
-    // From here on, every outcome is reported to the server with the run-bound token.
+    // From here on, every outcome is reported to the server with the run-bound token, and the
+    // apply reports that it goes on until it has finished.
     let run_client = c.with_token(token.clone());
+    let _heartbeat = started["heartbeat_ms"]
+        .as_u64()
+        .map(|ms| Heartbeat::start(c.with_token(token.clone()), id, Duration::from_millis(ms)));
     // `check`: the check made, when the server has not recorded it through `plan-check`.
     let finish = |success: bool, log: &[u8], check: Option<&str>| {
         run_client.send(
@@ -1486,7 +1492,7 @@ pub fn apply_run(
             let done = run_streaming_until(
                 terraform(terraform_bin, &dir, &apply_args),
                 &env,
-                std::time::Duration::from_secs(2),
+                Duration::from_secs(2),
                 &mut send_part,
                 &stop,
             );
@@ -1521,6 +1527,38 @@ pub fn apply_run(
         Err(e) => return Err(e),
     };
     Ok(Applied { response, outcome })
+}
+
+/// Reports to the server every `every` that the apply of a run goes on (`POST
+/// /api/v1/runs/{id}/heartbeat`, with its run-bound token) until dropped: the server keeps an
+/// applying run, its run-bound token and its removal grant alive only while its applier
+/// reports, so a run whose `airlock apply` died is closed as abandoned, and a long apply
+/// outlives its token's first expiry.
+struct Heartbeat(Arc<AtomicBool>);
+
+impl Heartbeat {
+    fn start(client: Client, id: &str, every: Duration) -> Heartbeat {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (stopped, path) = (Arc::clone(&stop), format!("/api/v1/runs/{id}/heartbeat"));
+        std::thread::spawn(move || {
+            let mut last = Instant::now();
+            while !stopped.load(Ordering::SeqCst) {
+                std::thread::sleep(every.min(Duration::from_millis(100)));
+                if last.elapsed() >= every && !stopped.load(Ordering::SeqCst) {
+                    // A lost report is made up by the next: the server waits for ten.
+                    let _ = client.send("POST", &path, &json!({}));
+                    last = Instant::now();
+                }
+            }
+        });
+        Heartbeat(stop)
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
 }
 
 /// Variables that would let `terraform apply` skip the state lock or send it otherwise than as
