@@ -1365,7 +1365,7 @@ pub fn apply_run(
     // From here on, every outcome is reported to the server with the run-bound token, and the
     // apply reports that it goes on until it has finished.
     let run_client = c.with_token(token.clone());
-    let _heartbeat = started["heartbeat_ms"]
+    let _heartbeat = started["no_heartbeat_ms"]
         .as_u64()
         .map(|ms| Heartbeat::start(c.with_token(token.clone()), id, Duration::from_millis(ms)));
     // `check`: the check made, when the server has not recorded it through `plan-check`.

@@ -44,3 +44,5 @@ mod attacks_apply_gate;
 mod attacks_tier5;
 // review 7: the promises governed runs make, attacked with low-privilege credentials
 mod attacks_review7;
+// an applying run lives while its applier reports; a lost applier's run is closed
+mod apply_liveness;

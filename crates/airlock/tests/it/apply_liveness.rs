@@ -1,0 +1,144 @@
+//! An applying run lives while its `airlock apply` reports (`POST /api/v1/runs/{id}/heartbeat`):
+//! an apply longer than its run-bound token's first lifetime still writes its state, and a run
+//! whose applier died is closed as abandoned, its token and plan gone. Real server, real
+//! Terraform; the server's apply idle time is set to seconds so that both happen in a test.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::*;
+
+/// One `terraform_data` whose creation takes `secs` seconds (a `local-exec` provisioner).
+fn slow_resource(secs: u32) -> String {
+    format!(
+        "resource \"terraform_data\" \"slow\" {{\n  input = \"v1\"\n  provisioner \"local-exec\" {{\n    command = \"sleep {secs}\"\n  }}\n}}\n"
+    )
+}
+
+/// A team on a server whose applying runs outlive their applier's last report by `idle` seconds,
+/// and an approved run of `main_tf` on `stack`.
+fn approved_run(idle: &str, stack: &str, main_tf: &str) -> (Team, Workspace, String) {
+    let t = team_on(
+        TestServer::start_with(&["--apply-idle-timeout-secs", idle]),
+        stack,
+    );
+    let ws = Workspace::new(&t.s, stack, main_tf);
+    let run = plan(&t, &ws, &t.agent, stack);
+    t.s.ok(&t.approver, &["approve", &run]);
+    (t, ws, run)
+}
+
+/// Waits (up to 60 s) until `done` holds for run `run`'s record, and returns it.
+fn wait_for_run(t: &Team, run: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = run_json(t, run);
+        if done(&v["run"]) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Before heartbeats, a run-bound token expired a fixed time after the start: an apply running
+/// longer (a database or cluster can take an hour) had its state write refused, and the
+/// resources it created were recorded nowhere. Here the token's first lifetime is 3 s and
+/// Terraform takes 10 s: the applier's reports keep the run and its token alive, the state is
+/// written, and the renewals are audited.
+#[test]
+fn an_apply_longer_than_its_tokens_first_lifetime_writes_its_state() {
+    let stack = "dev/long";
+    let (t, ws, run) = approved_run("3", stack, &slow_resource(10));
+    let out = apply(&t, &ws, &t.ci, &run);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(run_json(&t, &run)["run"]["status"], "applied");
+    assert!(
+        !t.s.serials(stack).is_empty(),
+        "the apply's state is written"
+    );
+    let renewals = t.s.audit_of(&t.s.admin, "run.apply_alive");
+    assert!(
+        renewals.len() >= 2,
+        "the deadline moved on while Terraform ran: {renewals:?}"
+    );
+    for r in &renewals {
+        assert_eq!(r["detail"]["run"], run.as_str(), "{r}");
+    }
+}
+
+/// The applier dies midway (its `airlock apply` and Terraform are killed, as when a CI runner
+/// is lost). Its run-bound token expires with the run's deadline, and the sweep closes the run
+/// as failed, saying it was abandoned and what to check; its binary plan is purged. Reports for
+/// it from any token but its own run-bound one are refused.
+#[test]
+fn an_apply_whose_applier_died_is_closed_as_abandoned() {
+    let stack = "dev/lost";
+    let (t, ws, run) = approved_run("2", stack, &slow_resource(20));
+    let mut applier = Command::new(env!("CARGO_BIN_EXE_airlock"))
+        .args(["apply", &run, "--dir", "."])
+        .current_dir(&ws.dir)
+        .env("AIRLOCK_URL", &t.s.url)
+        .env("AIRLOCK_TOKEN", &t.ci)
+        .env("CHECKPOINT_DISABLE", "1")
+        .env("TF_CLI_CONFIG_FILE", "/dev/null")
+        .env("XDG_CACHE_HOME", t.s.dir.path().join("cache"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Terraform holds the lock and runs the provisioner: the plan check is recorded.
+    wait_for_run(&t, &run, "the apply did not get going", |r| {
+        r["status"] == "applying" && !r["plan_checked_at"].is_null()
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    // The runner is lost: Terraform (its own process group) and airlock apply die at once.
+    let _ = Command::new("pkill")
+        .args(["-KILL", "-P", &applier.id().to_string(), "terraform"])
+        .status();
+    applier.kill().unwrap();
+    applier.wait().unwrap();
+
+    let v = wait_for_run(&t, &run, "the abandoned run was not closed", |r| {
+        r["status"] == "failed"
+    });
+    let note = v["run"]["note"].as_str().unwrap_or_default();
+    assert!(
+        note.contains("was abandoned") && note.contains("did not report by"),
+        "{note}"
+    );
+    let failed = t.s.audit_of(&t.s.admin, "run.failed");
+    let event = failed
+        .iter()
+        .find(|e| e["detail"]["run"] == run.as_str())
+        .unwrap_or_else(|| panic!("no run.failed event: {failed:?}"));
+    assert_eq!(event["actor"], "system (run expiry)", "{event}");
+    assert!(event["detail"]["plan_purged"].is_object(), "{event}");
+    let (code, _) = raw(
+        "GET",
+        &format!("{}/api/v1/runs/{run}/artifacts/plan.tfplan", t.s.url),
+        &t.s.admin,
+        b"",
+    );
+    assert_eq!(code, 410, "its plan is purged");
+    // Only the run's own run-bound token reports for it: not the token that started the apply,
+    // nor an agent.
+    let heartbeat = |token: &str| {
+        raw(
+            "POST",
+            &format!("{}/api/v1/runs/{run}/heartbeat", t.s.url),
+            token,
+            b"{}",
+        )
+    };
+    let (code, body) = heartbeat(&t.ci);
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("run-bound token"), "{body}");
+    let (code, body) = heartbeat(&t.agent);
+    assert_eq!(code, 403, "{body}");
+    // Nothing was written for the lost apply.
+    assert_eq!(t.s.serials(stack), Vec::<u64>::new());
+}
