@@ -268,7 +268,12 @@ pub fn abandoned_applies_fail_and_reported_ones_live(s: &dyn StoreImport) {
         audit("token.create"),
     )
     .unwrap();
-    let applying = |id: &str, alive_until: i64| {
+    s.create_token(
+        new_token("tok_abandon_root", "", None, None),
+        audit("token.create"),
+    )
+    .unwrap();
+    let applying = |id: &str, alive_until: i64, minter: &str| {
         let mut r = run_record(id, stack, now - 1_000);
         r.status = RunStatus::Applying;
         r.apply_started_at = Some(now - 1_000);
@@ -280,12 +285,7 @@ pub fn abandoned_applies_fail_and_reported_ones_live(s: &dyn StoreImport) {
         s.create_token(
             NewToken {
                 run_id: Some(id.into()),
-                ..new_token(
-                    &format!("tok_{id}"),
-                    "",
-                    Some("tok_abandon_ci"),
-                    Some(now + 1),
-                )
+                ..new_token(&format!("tok_{id}"), "", Some(minter), Some(alive_until))
             },
             audit("token.run_bound"),
         )
@@ -297,35 +297,58 @@ pub fn abandoned_applies_fail_and_reported_ones_live(s: &dyn StoreImport) {
                 addresses: vec!["x".into()],
                 reason: "r".into(),
                 created_by: "a".into(),
-                expires_at: now + 60_000,
+                expires_at: alive_until,
                 run_id: Some(id.into()),
             },
             audit("grant.create"),
         )
         .unwrap();
     };
-    applying("run_ab_dead", now - 1);
-    applying("run_ab_live", now + 1);
-    // The live run's applier reports: its deadline moves on by the idle time, the grant's with
-    // it, the token's only as far as its minter's.
+    applying("run_ab_dead", now + 1, "tok_abandon_ci");
+    applying("run_ab_live", now + 1, "tok_abandon_ci");
+    applying("run_ab_root", now + 1, "tok_abandon_root");
+    applying("run_ab_revoked", now + 1, "tok_abandon_root");
+    s.revoke_token("tok_run_ab_revoked", audit("token.revoke"))
+        .unwrap();
+    // The store sets the run-bound token's expiry to the run's new deadline, never past its
+    // minter's, with the transition that moves it (`keep_run_token_until`); a revoked token
+    // stays revoked.
     let idle = 600_000;
-    let token_id = "tok_run_ab_live".to_owned();
-    let bound = Actor {
-        token_id: &token_id,
-        user: "tok_abandon_ci",
-        display: "apply (tok_run_ab_live)",
-        role: Role::Ci,
-        run_id: Some("run_ab_live"),
-    };
-    let renewed = s
-        .update_run("run_ab_live", &mut |run, _, _, _| {
-            decided(keep_alive(run, &bound, idle, now), run, &bound, now)
+    let renew = |run_id: &str| {
+        let token_id = format!("tok_{run_id}");
+        let bound = Actor {
+            token_id: &token_id,
+            user: "u",
+            display: "apply",
+            role: Role::Ci,
+            run_id: Some(run_id),
+        };
+        s.update_run(run_id, &mut |run, _, _, _| {
+            let t = keep_alive(run, &bound, idle, None, now).map(Option::unwrap);
+            decided(t, run, &bound, now)
         })
         .unwrap()
-        .unwrap();
-    assert_eq!(renewed.apply_alive_until, Some(now + idle));
-    let token = s.token("tok_run_ab_live").unwrap().unwrap();
-    assert_eq!(token.expires_at, Some(minter_expiry));
+        .unwrap()
+        .apply_alive_until
+    };
+    let token = |id: &str| s.token(id).unwrap().unwrap();
+    // (The handler passes the minter's expiry as the limit; the store clamps all the same.)
+    assert_eq!(renew("run_ab_live"), Some(now + idle));
+    assert_eq!(token("tok_run_ab_live").expires_at, Some(minter_expiry));
+    assert_eq!(renew("run_ab_root"), Some(now + idle));
+    assert_eq!(token("tok_run_ab_root").expires_at, Some(now + idle));
+    assert_eq!(renew("run_ab_revoked"), Some(now + idle));
+    assert!(token("tok_run_ab_revoked").revoked_at.is_some());
+    // The dead run's applier stopped reporting: its deadline has passed (set back here), and its
+    // token and grant expired with it.
+    s.update_run("run_ab_dead", &mut |run, _, _, _| {
+        let mut r = run.clone();
+        r.apply_alive_until = Some(now - 1);
+        Ok((r, audit("test.age")))
+    })
+    .unwrap()
+    .unwrap();
+    assert_eq!(token("tok_run_ab_dead").expires_at, Some(now - 1));
     let grant = |id: &str| {
         s.grants(stack)
             .unwrap()
@@ -334,6 +357,7 @@ pub fn abandoned_applies_fail_and_reported_ones_live(s: &dyn StoreImport) {
             .unwrap()
     };
     assert_eq!(grant("g_run_ab_live").expires_at, now + idle);
+    assert_eq!(grant("g_run_ab_dead").expires_at, now - 1);
     // The sweep closes the run whose applier went silent, and only it.
     let before = s.audit_events(0, 100_000).unwrap().len();
     let swept = s.expire_overdue_runs(now, 1).unwrap();
@@ -376,6 +400,9 @@ pub fn abandoned_applies_fail_and_reported_ones_live(s: &dyn StoreImport) {
     // Silent past its new deadline, the live run is abandoned too.
     let later = s.expire_overdue_runs(now + idle + 1, 1).unwrap();
     assert!(later.closed.iter().any(|c| c == "run_ab_live"), "{later:?}");
+    // Its run-bound token ends with its apply, not at the deadline it had.
+    let ended = token("tok_run_ab_live").expires_at.unwrap();
+    assert!(ended <= now_ms(), "{ended}");
     verify_chain(&s.audit_events(0, 100_000).unwrap()).unwrap();
 }
 

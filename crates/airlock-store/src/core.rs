@@ -1297,10 +1297,16 @@ pub fn update_run(db: &mut dyn Sql, id: &str, update: &mut RunUpdate<'_>) -> Res
             }
         }
         if run.status == RunStatus::Applying && new.status != RunStatus::Applying {
-            // A run's removal grant ends with its apply.
+            // A run's removal grant ends with its apply, and its run-bound token (`finish`
+            // also revokes it, audited, once this has committed).
+            let now = now_ms();
             db.execute(
                 "UPDATE grants SET consumed_at = $2 WHERE run_id = $1 AND consumed_at IS NULL",
-                params![id, now_ms()],
+                params![id, now],
+            )?;
+            db.execute(
+                "UPDATE tokens SET expires_at = $2 WHERE run_id = $1 AND (expires_at IS NULL OR expires_at > $2)",
+                params![id, now],
             )?;
         }
     }
@@ -2759,6 +2765,11 @@ impl<E: Engine> Store for E {
             };
             after = (last.1, last.0.clone());
             for (id, _) in candidates {
+                // Read first without a lock: most applying runs are alive, and are left so.
+                match self.run(&id) {
+                    Ok(Some(run)) if !is_overdue(&run, now) && !is_abandoned(&run, now) => continue,
+                    _ => {}
+                }
                 let mut closed = false;
                 let outcome = self.update_run(&id, &mut |run, _, _, _| {
                     let why = if is_overdue(run, now) {

@@ -39,7 +39,7 @@ pub fn is_overdue(run: &RunRecord, now: i64) -> bool {
 /// How long an applying run outlives its applier's last report, unless the server is told
 /// otherwise (`airlock server --apply-idle-timeout-secs`): then the run is abandoned
 /// ([`is_abandoned`]), and its run-bound token and removal grant have expired with it.
-pub const APPLY_IDLE_MS: i64 = 30 * 60_000;
+pub const APPLY_IDLE_MS: i64 = 60 * 60_000;
 
 /// The longest an apply may take: an applying run is never kept alive past this after its start,
 /// so a run-bound token lives at most this long, whoever reports for it.
@@ -63,38 +63,30 @@ pub fn is_abandoned(run: &RunRecord, now: i64) -> bool {
     run.status == RunStatus::Applying && alive_until(run).is_some_and(|t| now > t)
 }
 
-/// The deadline a report at `now` gives an applying run: `idle_ms` on, but never past
-/// [`MAX_APPLY_MS`] after its start, and never earlier than the one it has.
-pub fn renewed_alive_until(run: &RunRecord, idle_ms: i64, now: i64) -> i64 {
+/// The latest deadline an applying run may have: [`MAX_APPLY_MS`] after its start, and never
+/// past `limit` (the expiry of the token that started the apply, which its run-bound token
+/// cannot outlive).
+fn deadline_cap(run: &RunRecord, limit: Option<i64>, now: i64) -> i64 {
     let cap = run
         .apply_started_at
         .unwrap_or(now)
         .saturating_add(MAX_APPLY_MS);
-    let current = alive_until(run).unwrap_or(i64::MIN);
-    now.saturating_add(idle_ms).min(cap).max(current)
+    limit.map_or(cap, |l| l.min(cap))
 }
 
-/// Whether a report at `now` should move the run's deadline on (and to when): once a third of
-/// the idle time has passed since it was last moved, or to the cap. Reports in between change
-/// nothing, so an applier may report often and the run's record and audit log grow only every
-/// `idle_ms / 3`.
-pub fn renewal_due(run: &RunRecord, idle_ms: i64, now: i64) -> Option<i64> {
-    let current = alive_until(run)?;
-    let renewed = renewed_alive_until(run, idle_ms, now);
-    let cap = run.apply_started_at?.saturating_add(MAX_APPLY_MS);
-    (renewed > current && (renewed - current >= idle_ms / 3 || renewed == cap)).then_some(renewed)
-}
-
-/// `heartbeat`: the run's own run-bound token reports that its apply goes on; the run's
-/// deadline (and so its token's and grant's expiry, which the store sets with the record) moves
-/// to [`renewed_alive_until`].
+/// `heartbeat`: the run's own run-bound token reports, at `now`, that its apply goes on. Once a
+/// third of the idle time has passed since the run's deadline last moved, it moves to `idle_ms`
+/// on (its token's and grant's expiry with it: the store sets them with the record), never past
+/// [`deadline_cap`]; `None` when no move is due, so an applier may report often and the run's
+/// record and audit log grow only every `idle_ms / 3`.
 pub fn keep_alive(
     run: &RunRecord,
     actor: &Actor<'_>,
     idle_ms: i64,
+    limit: Option<i64>,
     now: i64,
-) -> Result<Transition, Refused> {
-    if actor.run_id != Some(run.id.as_str()) {
+) -> Result<Option<Transition>, Refused> {
+    if actor.run_id != Some(run.id.as_str()) || run.apply_token.as_deref() != Some(actor.token_id) {
         return Err(Refused::NotTheRunToken);
     }
     if run.status != RunStatus::Applying {
@@ -106,15 +98,20 @@ pub fn keep_alive(
     if is_abandoned(run, now) {
         return Err(Refused::Abandoned);
     }
-    let until = renewed_alive_until(run, idle_ms, now);
+    let current = alive_until(run).unwrap_or(now);
+    let cap = deadline_cap(run, limit, now);
+    let until = now.saturating_add(idle_ms).min(cap);
+    if until <= current || (until - current < idle_ms / 3 && until < cap) {
+        return Ok(None);
+    }
     let mut new = run.clone();
     new.apply_alive_until = Some(until);
     new.updated_at = now;
-    Ok(Transition {
+    Ok(Some(Transition {
         run: new,
         action: "run.apply_alive".into(),
         detail: json!({"run": run.id, "alive_until": until, "apply_token": run.apply_token}),
-    })
+    }))
 }
 
 /// Who closes overdue runs in the audit log.
@@ -701,6 +698,9 @@ pub struct ApplyToken<'a> {
     pub id: &'a str,
     /// How long the run outlives its applier's last report ([`keep_alive`]).
     pub idle_ms: i64,
+    /// When the token that starts the apply expires: the run-bound token it mints, and so the
+    /// run's deadline, never outlives it.
+    pub limit: Option<i64>,
 }
 
 /// `apply`: the start of an apply (invariant 3, see the module docs).
@@ -772,7 +772,11 @@ pub fn start_apply(
     new.applied_by = Some(actor.display.to_owned());
     new.apply_token = Some(token.id.to_owned());
     new.apply_started_at = Some(now);
-    new.apply_alive_until = Some(now.saturating_add(token.idle_ms.min(MAX_APPLY_MS)));
+    new.apply_alive_until = Some(now.saturating_add(token.idle_ms).min(deadline_cap(
+        &new,
+        token.limit,
+        now,
+    )));
     new.plan_checked_at = None;
     new.updated_at = now;
     Ok(Transition {
@@ -1495,40 +1499,66 @@ mod tests {
         let mut r = applying();
         r.apply_started_at = Some(NOW);
         r.apply_alive_until = Some(NOW + IDLE);
-        // Only the run's own run-bound token reports, and only while the run applies.
-        assert_eq!(
-            keep_alive(&r, &applier(), IDLE, NOW + 1).map(|t| t.run),
-            Err(Refused::NotTheRunToken)
-        );
+        r.apply_token = Some("tok_run".into());
+        let alive = |r: &RunRecord, limit: Option<i64>, at: i64| {
+            keep_alive(r, &bound(), IDLE, limit, at).map(|t| t.map(|t| t.run.apply_alive_until))
+        };
+        // Only the run's own run-bound token reports: not the token that started the apply,
+        // nor another run's run-bound token, nor a token bound to this run that is not the one
+        // its apply was given.
+        let other_run = Actor {
+            run_id: Some("run_2"),
+            ..bound()
+        };
+        let not_its_token = Actor {
+            token_id: "tok_other",
+            ..bound()
+        };
+        for who in [applier(), other_run, not_its_token] {
+            assert_eq!(
+                keep_alive(&r, &who, IDLE, None, NOW + 1).map(|t| t.is_some()),
+                Err(Refused::NotTheRunToken)
+            );
+        }
         let done = RunRecord {
             status: RunStatus::Applied,
             ..r.clone()
         };
         assert!(matches!(
-            keep_alive(&done, &bound(), IDLE, NOW + 1),
+            alive(&done, None, NOW + 1),
             Err(Refused::WrongStatus { .. })
         ));
-        // A report moves the deadline on by the idle time; reports within a third of it
-        // are not due (they would write nothing new).
-        assert_eq!(renewal_due(&r, IDLE, NOW + IDLE / 3 - 1), None);
+        // A report moves the deadline on by the idle time once a third of it has passed since it
+        // last moved; earlier reports change nothing (they write nothing).
+        assert_eq!(alive(&r, None, NOW + IDLE / 3 - 1), Ok(None));
         assert_eq!(
-            renewal_due(&r, IDLE, NOW + IDLE / 3),
-            Some(NOW + IDLE / 3 + IDLE)
+            alive(&r, None, NOW + IDLE / 3),
+            Ok(Some(Some(NOW + IDLE / 3 + IDLE)))
         );
-        let t = keep_alive(&r, &bound(), IDLE, NOW + 20_000).unwrap();
-        assert_eq!(t.run.apply_alive_until, Some(NOW + 20_000 + IDLE));
+        let t = keep_alive(&r, &bound(), IDLE, None, NOW + 20_000)
+            .unwrap()
+            .unwrap();
         assert_eq!(t.run.status, RunStatus::Applying);
         assert_eq!(t.action, "run.apply_alive");
-        // Never past MAX_APPLY_MS after the start, whoever reports: then the run is abandoned.
+        // Never past the expiry of the token that started the apply ...
+        assert_eq!(
+            alive(&r, Some(NOW + IDLE + 12_000), NOW + 20_000),
+            Ok(Some(Some(NOW + IDLE + 12_000)))
+        );
+        assert_eq!(alive(&r, Some(NOW + IDLE), NOW + 20_000), Ok(None));
+        // ... nor MAX_APPLY_MS after the start, whoever reports: then the run is abandoned.
         let late = NOW + MAX_APPLY_MS - 1_000;
         r.apply_alive_until = Some(late);
-        assert_eq!(renewal_due(&r, IDLE, late - 500), Some(NOW + MAX_APPLY_MS));
+        assert_eq!(
+            alive(&r, None, late - 500),
+            Ok(Some(Some(NOW + MAX_APPLY_MS)))
+        );
         r.apply_alive_until = Some(NOW + MAX_APPLY_MS);
-        assert_eq!(renewal_due(&r, IDLE, late), None);
+        assert_eq!(alive(&r, None, late), Ok(None));
         assert!(!is_abandoned(&r, NOW + MAX_APPLY_MS));
         assert!(is_abandoned(&r, NOW + MAX_APPLY_MS + 1));
         assert_eq!(
-            keep_alive(&r, &bound(), IDLE, NOW + MAX_APPLY_MS + 1).map(|t| t.run),
+            alive(&r, None, NOW + MAX_APPLY_MS + 1),
             Err(Refused::Abandoned)
         );
         // Abandoned, the run fails (its plan is purged with the record) and says what to do.
@@ -1555,6 +1585,34 @@ mod tests {
         assert!(is_abandoned(&r, NOW + 3_600_001));
         // Nothing but an applying run is abandoned.
         assert!(!is_abandoned(&done, NOW + MAX_APPLY_MS * 2));
+        // The start's deadline is the idle time on, within the starting token's life.
+        let start = |limit| {
+            let checkout = Checkout {
+                stored_plan_sha256: Some(PLAN),
+                fingerprint: "f1",
+                inputs: &[],
+                revoked_approvals: &[],
+                protected_since: &[],
+            };
+            let token = ApplyToken {
+                id: "tok_run",
+                idle_ms: IDLE,
+                limit,
+            };
+            let ci = actor("tok_ci", "tok_ci", Role::Ci);
+            let t = start_apply(
+                &approved(),
+                &stack(),
+                Some(&version(4)),
+                &ci,
+                checkout,
+                token,
+                NOW,
+            );
+            t.unwrap().run.apply_alive_until
+        };
+        assert_eq!(start(None), Some(NOW + IDLE));
+        assert_eq!(start(Some(NOW + 5_000)), Some(NOW + 5_000));
     }
 
     #[test]
@@ -1583,6 +1641,7 @@ mod tests {
             ApplyToken {
                 id: "t",
                 idle_ms: APPLY_IDLE_MS,
+                limit: None,
             },
             NOW,
         );
@@ -1621,6 +1680,7 @@ mod tests {
             ApplyToken {
                 id: "t",
                 idle_ms: APPLY_IDLE_MS,
+                limit: None,
             },
             NOW,
         );
@@ -1819,6 +1879,7 @@ mod tests {
                 ApplyToken {
                     id: "tok_run",
                     idle_ms: APPLY_IDLE_MS,
+                    limit: None,
                 },
                 NOW,
             )
@@ -1849,6 +1910,7 @@ mod tests {
             ApplyToken {
                 id: "t",
                 idle_ms: APPLY_IDLE_MS,
+                limit: None,
             },
             NOW,
         );
@@ -1882,6 +1944,7 @@ mod tests {
             ApplyToken {
                 id: "t",
                 idle_ms: APPLY_IDLE_MS,
+                limit: None,
             },
             NOW,
         );
@@ -2110,6 +2173,7 @@ mod tests {
             ApplyToken {
                 id: "tok_run",
                 idle_ms: APPLY_IDLE_MS,
+                limit: None,
             },
             NOW,
         )

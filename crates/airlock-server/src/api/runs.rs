@@ -1709,6 +1709,8 @@ pub async fn apply(
     let token_id = token.id.clone();
     let author = author_user(&state, &run).await?;
     let idle_ms = state.config.apply_idle_ms();
+    // The run-bound token is minted from the caller's and cannot outlive it.
+    let limit = p.expires_at;
     let run = transition(
         &state,
         &p,
@@ -1737,6 +1739,7 @@ pub async fn apply(
             let token = run_rules::ApplyToken {
                 id: &token_id,
                 idle_ms,
+                limit,
             };
             run_rules::start_apply(run, stack, current, who, checkout, token, now)
         },
@@ -1835,25 +1838,40 @@ pub async fn heartbeat(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let idle_ms = state.config.apply_idle_ms();
-    let run = load_run(&state, &p, &id).await?;
-    let due = {
-        let display = p.display();
-        let who = actor(&p, &display);
-        // Judged on the record as read, so that reports that move nothing write nothing; the
-        // renewal itself is judged again on the locked record.
-        run_rules::keep_alive(&run, &who, idle_ms, now_ms())
-            .map_err(|r| ApiError::new(r.kind(), r.message(&run, &who)))?;
-        run_rules::renewal_due(&run, idle_ms, now_ms())
-    };
-    let run = match due {
-        Some(_) => {
-            transition(&state, &p, &id, None, move |run, _, _, _, who, now| {
-                run_rules::keep_alive(run, who, idle_ms, now)
-            })
+    load_run(&state, &p, &id).await?;
+    // The run's deadline never passes the expiry of the token that started the apply (the
+    // run-bound token's minter), which the run-bound token cannot outlive.
+    let minter = p.parent_id.clone();
+    let limit = match minter {
+        Some(m) => store_call(&state, move |st| st.token(&m))
             .await?
-        }
-        None => run,
+            .and_then(|t| t.expires_at),
+        None => None,
     };
+    let (principal, i) = (p.clone(), id.clone());
+    let run = store_call(&state, move |st| {
+        let display = principal.display();
+        let who = actor(&principal, &display);
+        let mut not_due = None;
+        let outcome = st.update_run(&i, &mut |run, _, _, _| {
+            let now = now_ms();
+            match run_rules::keep_alive(run, &who, idle_ms, limit, now) {
+                Ok(Some(t)) => run_rules::decided(Ok(t), run, &who, now),
+                // Nothing to move: nothing is written.
+                Ok(None) => {
+                    not_due = Some(run.clone());
+                    Err(Refusal::new(RefusalKind::Conflict, "no renewal due").into())
+                }
+                Err(r) => run_rules::decided(Err(r), run, &who, now),
+            }
+        })?;
+        Ok(match (outcome, not_due) {
+            (Err(_), Some(run)) => Ok(run),
+            (outcome, _) => outcome,
+        })
+    })
+    .await?
+    .map_err(ApiError::Refused)?;
     Ok(Json(json!({
         "run": run.id,
         "alive_until": run_rules::alive_until(&run),

@@ -1365,7 +1365,7 @@ pub fn apply_run(
     // From here on, every outcome is reported to the server with the run-bound token, and the
     // apply reports that it goes on until it has finished.
     let run_client = c.with_token(token.clone());
-    let _heartbeat = started["no_heartbeat_ms"]
+    let _heartbeat = started["heartbeat_ms"]
         .as_u64()
         .map(|ms| Heartbeat::start(c.with_token(token.clone()), id, Duration::from_millis(ms)));
     // `check`: the check made, when the server has not recorded it through `plan-check`.
@@ -1542,11 +1542,19 @@ impl Heartbeat {
         let (stopped, path) = (Arc::clone(&stop), format!("/api/v1/runs/{id}/heartbeat"));
         std::thread::spawn(move || {
             let mut last = Instant::now();
+            let mut warned = false;
             while !stopped.load(Ordering::SeqCst) {
                 std::thread::sleep(every.min(Duration::from_millis(100)));
                 if last.elapsed() >= every && !stopped.load(Ordering::SeqCst) {
-                    // A lost report is made up by the next: the server waits for ten.
-                    let _ = client.send("POST", &path, &json!({}));
+                    // A lost report is made up by the next: the server waits for ten. A refused
+                    // one (the run abandoned, its token expired) is said once, loudly: the
+                    // state write at the end of this apply will be refused too.
+                    let refused = (client.send("POST", &path, &json!({})).err())
+                        .and_then(|e| e.downcast::<ServerRefused>().ok());
+                    if let (Some(refused), false) = (refused, warned) {
+                        eprintln!("warning: the server refused this apply's report ({refused}): Terraform's state write at the end will be refused too; keep Terraform's errored.tfstate if it writes one, and see `airlock run show`");
+                        warned = true;
+                    }
                     last = Instant::now();
                 }
             }
