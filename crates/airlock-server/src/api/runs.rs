@@ -1829,9 +1829,10 @@ fn heartbeat_ms(idle_ms: i64) -> i64 {
 /// `POST /api/v1/runs/{id}/heartbeat` (`apply-run`, the run's own run-bound token): the apply
 /// goes on. The run's deadline, and with it the expiry of its run-bound token and removal
 /// grant, moves on by the server's apply idle time when a third of it has passed
-/// (`run_rules::renewal_due`; reports in between write nothing), never past
-/// `run_rules::MAX_APPLY_MS` after the start. A run not reported for past its deadline is
-/// abandoned: the sweep closes it as `failed`.
+/// (`run_rules::keep_alive`; reports in between write nothing), never past
+/// `run_rules::MAX_APPLY_MS` after the start nor the expiry of the token that started the
+/// apply. A run not reported for past its deadline is abandoned: the sweep closes it as
+/// `failed`.
 pub async fn heartbeat(
     State(state): State<Arc<AppState>>,
     Extension(p): Extension<Principal>,
