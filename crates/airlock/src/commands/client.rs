@@ -176,7 +176,19 @@ impl Client {
         body: &[u8],
         limit: u64,
     ) -> anyhow::Result<(u16, Vec<u8>)> {
-        let mut req = self.request("POST", path)?;
+        self.send_raw("POST", path, headers, body, limit)
+    }
+
+    /// [`Client::post_raw`] with any method (Terraform's state protocol: `LOCK`, `UNLOCK`).
+    pub fn send_raw(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        limit: u64,
+    ) -> anyhow::Result<(u16, Vec<u8>)> {
+        let mut req = self.request(method, path)?;
         for (k, v) in headers {
             req = req.set(k, v);
         }

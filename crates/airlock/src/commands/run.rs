@@ -1468,6 +1468,8 @@ pub fn apply_run(
                 }
             }
         };
+        let errored = dir.join(ERRORED_STATE);
+        let errored_before = std::fs::read(&errored).ok();
         let stop = AtomicBool::new(false);
         let (done, verdict) = std::thread::scope(|scope| {
             let checker = scope.spawn(|| {
@@ -1514,6 +1516,16 @@ pub fn apply_run(
         }
         let done = done?;
         log = done.log;
+        if !done.status.success() {
+            // Terraform applied changes but could not save the state (the server unreachable
+            // at the end, say): the state it left is saved now, or the user told how to.
+            let left = std::fs::read(&errored).ok();
+            if let Some(body) = left.filter(|b| Some(b) != errored_before.as_ref()) {
+                let note = save_errored_state(&run_client, &stack, &errored, &body, SAVE_RETRY);
+                eprintln!("{note}");
+                log.extend_from_slice(format!("\n{note}\n").as_bytes());
+            }
+        }
         Ok(done.status.success())
     })();
     drop(scratch);
@@ -1527,6 +1539,185 @@ pub fn apply_run(
         Err(e) => return Err(e),
     };
     Ok(Applied { response, outcome })
+}
+
+/// What Terraform writes in its working directory when it applied changes but could not save
+/// the state to the backend.
+const ERRORED_STATE: &str = "errored.tfstate";
+
+/// How long `airlock apply` keeps trying to save a state Terraform could not save.
+const SAVE_RETRY: Duration = Duration::from_secs(300);
+
+/// Why one attempt to save Terraform's errored state failed.
+enum SaveFailed {
+    /// The server could not be reached or failed (5xx): worth another try.
+    Again(String),
+    /// The server refused (it will again).
+    Refused(String),
+}
+
+/// Saves `body`, the state Terraform left in `path` because it could not save it, to `stack`
+/// through the state protocol with the run-bound token (so under the same lock rules and
+/// firewall as Terraform's own write), trying again until `within` has passed while the server
+/// cannot be reached. Returns what happened, in words for the log: saved, or how to recover by
+/// hand.
+fn save_errored_state(
+    client: &Client,
+    stack: &str,
+    path: &Path,
+    body: &[u8],
+    within: Duration,
+) -> String {
+    let deadline = Instant::now() + within;
+    let mut wait = Duration::from_secs(1);
+    let mut attempts = 0;
+    let why = loop {
+        attempts += 1;
+        match save_state_once(client, stack, body) {
+            Ok(()) => {
+                return format!("airlock: Terraform applied changes but could not save the state; airlock saved the state it left ({}) to stack {stack} (attempt {attempts}) and released the lock", path.display());
+            }
+            Err(SaveFailed::Again(why)) if Instant::now() + wait < deadline => {
+                eprintln!(
+                    "airlock: saving {} failed ({why}); trying again in {} s",
+                    path.display(),
+                    wait.as_secs()
+                );
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(Duration::from_secs(15));
+            }
+            Err(SaveFailed::Again(why) | SaveFailed::Refused(why)) => break why,
+        }
+    };
+    format!("airlock: WARNING: Terraform applied changes that stack {stack}'s state does not record, and saving the state it left failed ({why}). Keep {} (a CI job's workspace is deleted when the job ends) and push it once the server takes it: `terraform state push {ERRORED_STATE}` (after `terraform force-unlock LOCK_ID` if the stack stays locked)", path.display())
+}
+
+/// One attempt of [`save_errored_state`]: the lock (a new one, or Terraform's own when it is
+/// still held, which the server lets only its owner write with), the stack's current state, the
+/// write, the unlock.
+fn save_state_once(client: &Client, stack: &str, body: &[u8]) -> Result<(), SaveFailed> {
+    const ANSWER: u64 = 256 * 1024 * 1024;
+    let state = format!("/state/{stack}");
+    let send = |method: &str, path: &str, body: &[u8]| {
+        let (code, answer) = client
+            .send_raw(
+                method,
+                path,
+                &[("Content-Type", "application/json")],
+                body,
+                ANSWER,
+            )
+            .map_err(|e| SaveFailed::Again(format!("{e:#}")))?;
+        let said = || {
+            let text = String::from_utf8_lossy(answer.get(..300).unwrap_or(&answer));
+            format!("{method} answered {code}: {}", printable(&text))
+        };
+        match code {
+            200..=299 | 404 | 423 => Ok((code, answer)),
+            500..=599 => Err(SaveFailed::Again(said())),
+            _ => Err(SaveFailed::Refused(said())),
+        }
+    };
+    let id = airlock_server::tokens::random_id("airlock-save-");
+    let info = json!({
+        "ID": id,
+        "Operation": "OperationTypeApply",
+        "Info": "airlock apply: saving the state Terraform could not",
+        "Who": "airlock apply",
+        "Version": "",
+        "Created": airlock_core::time::rfc3339(airlock_store::now_ms()),
+        "Path": "",
+    });
+    let (code, answer) = send("LOCK", &state, info.to_string().as_bytes())?;
+    let held = match code {
+        // Terraform's lock, when it could not release it either.
+        423 => serde_json::from_slice::<Value>(&answer)
+            .ok()
+            .and_then(|v| v["ID"].as_str().map(str::to_owned))
+            .ok_or_else(|| {
+                SaveFailed::Refused("the stack is locked by a lock without an ID".into())
+            })?,
+        404 => return Err(SaveFailed::Refused(format!("stack {stack} does not exist"))),
+        _ => id,
+    };
+    let written = (|| {
+        let (code, current) = send("GET", &state, b"")?;
+        let current = (code == 200 && !current.is_empty()).then_some(current);
+        let body = errored_state_to_write(body, current.as_deref())?;
+        match send("POST", &format!("{state}?ID={held}"), &body)? {
+            (423 | 404, answer) => Err(SaveFailed::Refused(
+                printable(&String::from_utf8_lossy(&answer)).into_owned(),
+            )),
+            _ => Ok(()),
+        }
+    })();
+    // Released when it is this apply's (taken here, or Terraform's that took the write),
+    // whether or not the write was taken: a retry locks again. Another's lock is left alone.
+    if code != 423 || written.is_ok() {
+        let _ = send("UNLOCK", &state, json!({"ID": held}).to_string().as_bytes());
+    }
+    written
+}
+
+/// The state Terraform left (`errored`) as it is written over the stack's `current` one, as
+/// `terraform state push` does: Terraform keeps the lineage and serial it last read (none, for
+/// a stack without state), so the write takes the next serial, and a new lineage on an empty
+/// stack. Refused when the stack's state is not the one the apply started from (another
+/// lineage, a newer serial, or a state where the apply found none): a person compares first.
+fn errored_state_to_write(errored: &[u8], current: Option<&[u8]>) -> Result<Vec<u8>, SaveFailed> {
+    let refused = |why: String| SaveFailed::Refused(why);
+    let mut state: Value = serde_json::from_slice(errored)
+        .map_err(|e| refused(format!("{ERRORED_STATE} is not a state file: {e}")))?;
+    let now: Option<Value> = current
+        .map(serde_json::from_slice)
+        .transpose()
+        .map_err(|e| refused(format!("the stack's state is not JSON: {e}")))?;
+    let field = |v: &Value, name: &str| v[name].clone();
+    let (lineage, serial) = (
+        field(&state, "lineage"),
+        field(&state, "serial").as_u64().unwrap_or(0),
+    );
+    let lineage = lineage.as_str().unwrap_or_default();
+    let (lineage, serial) = match (lineage, &now) {
+        ("", None) => {
+            let (a, b) = (
+                airlock_server::tokens::random_id(""),
+                airlock_server::tokens::random_id(""),
+            );
+            let hex = format!("{a}{b}");
+            let uuid = format!(
+                "{}-{}-{}-{}-{}",
+                &hex[..8],
+                &hex[8..12],
+                &hex[12..16],
+                &hex[16..20],
+                &hex[20..32]
+            );
+            (uuid, serial.max(1))
+        }
+        ("", Some(_)) => {
+            return Err(refused(
+                "the stack has a state now, and the apply started from none".into(),
+            ))
+        }
+        (l, None) => (l.to_owned(), serial.max(1)),
+        (l, Some(now)) => {
+            let (their_lineage, their_serial) = (
+                field(now, "lineage"),
+                field(now, "serial").as_u64().unwrap_or(0),
+            );
+            if their_lineage.as_str() != Some(l) {
+                return Err(refused(format!("the stack's state has another lineage ({their_lineage}) than the apply's ({l})")));
+            }
+            if their_serial > serial {
+                return Err(refused(format!("the stack's state moved on (serial {their_serial}) since the apply read it (serial {serial})")));
+            }
+            (l.to_owned(), serial.max(their_serial + 1))
+        }
+    };
+    state["lineage"] = Value::from(lineage);
+    state["serial"] = Value::from(serial);
+    serde_json::to_vec_pretty(&state).map_err(|e| refused(e.to_string()))
 }
 
 /// Reports to the server every `every` that the apply of a run goes on (`POST
@@ -1598,7 +1789,11 @@ const LIVE_LOG_PART: usize = 256 * 1024;
 
 #[cfg(test)]
 mod tests {
-    use super::{embedded_config_is_this_checkouts, plan_difference, PlanFile};
+    use super::{
+        embedded_config_is_this_checkouts, errored_state_to_write, plan_difference, PlanFile,
+        SaveFailed,
+    };
+    use serde_json::{json, Value};
 
     #[test]
     fn the_scratch_directory_for_plan_files_is_private() {
@@ -1711,6 +1906,45 @@ mod tests {
         assert_eq!(gogc(&[("PATH", "/bin")]).as_deref(), Some("400"));
         assert_eq!(gogc(&[("GOGC", "50")]).as_deref(), Some("50"));
         assert_eq!(gogc(&[("GOMEMLIMIT", "1GiB")]), None);
+    }
+
+    #[test]
+    fn an_errored_state_is_written_as_terraform_state_push_would() {
+        let errored = |lineage: &str, serial: u64| {
+            json!({"version": 4, "lineage": lineage, "serial": serial, "resources": [{"name": "slow"}]})
+                .to_string()
+        };
+        let stack = |lineage: &str, serial: u64| {
+            json!({"version": 4, "lineage": lineage, "serial": serial, "resources": []}).to_string()
+        };
+        let written = |e: &str, c: Option<&str>| {
+            errored_state_to_write(e.as_bytes(), c.map(str::as_bytes))
+                .map(|b| serde_json::from_slice::<Value>(&b).unwrap())
+                .map_err(|f| match f {
+                    SaveFailed::Refused(why) | SaveFailed::Again(why) => why,
+                })
+        };
+        // The stack's first state: Terraform had no lineage yet; a new one, serial 1.
+        let first = written(&errored("", 0), None).unwrap();
+        assert_eq!(first["lineage"].as_str().unwrap().len(), 36, "{first}");
+        assert_eq!(first["serial"], 1);
+        assert_eq!(first["resources"][0]["name"], "slow");
+        // Over the state the apply read: the next serial, the same lineage.
+        let next = written(&errored("lin", 4), Some(&stack("lin", 4))).unwrap();
+        assert_eq!(
+            (next["lineage"].as_str(), next["serial"].as_u64()),
+            (Some("lin"), Some(5))
+        );
+        // Over any other state: refused, a person compares first.
+        for (e, c, says) in [
+            (errored("lin", 4), stack("lin", 5), "moved on"),
+            (errored("lin", 4), stack("other", 4), "another lineage"),
+            (errored("", 0), stack("lin", 1), "has a state now"),
+            ("not json".to_owned(), stack("lin", 1), "not a state file"),
+        ] {
+            let why = written(&e, Some(&c)).unwrap_err();
+            assert!(why.contains(says), "{why}");
+        }
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! an apply longer than its run-bound token's first lifetime still writes its state, and a run
 //! whose applier died is closed as abandoned, its token and plan gone. Real server, real
 //! Terraform; the server's apply idle time is set to seconds so that both happen in a test.
+//! And a state Terraform applied but could not save (the server gone at the end) is saved by
+//! `airlock apply` once the server is back, not lost with the CI job's workspace.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -15,6 +17,36 @@ fn slow_resource(secs: u32) -> String {
     format!(
         "resource \"terraform_data\" \"slow\" {{\n  input = \"v1\"\n  provisioner \"local-exec\" {{\n    command = \"sleep {secs}\"\n  }}\n}}\n"
     )
+}
+
+/// `airlock apply RUN` in the workspace, in the background, its stderr into `stderr`.
+fn spawn_apply(t: &Team, ws: &Workspace, run: &str, stderr: Stdio) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_airlock"))
+        .args(["apply", run, "--dir", "."])
+        .current_dir(&ws.dir)
+        .env("AIRLOCK_URL", &t.s.url)
+        .env("AIRLOCK_TOKEN", &t.ci)
+        .env("CHECKPOINT_DISABLE", "1")
+        .env("TF_CLI_CONFIG_FILE", "/dev/null")
+        .env("XDG_CACHE_HOME", t.s.dir.path().join("cache"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap()
+}
+
+/// Waits (up to 60 s) until Terraform holds the lock for run `run` and applies: the run applies
+/// and its plan check is recorded.
+fn wait_until_applying(t: &Team, run: &str) {
+    wait_for_run(t, run, "the apply did not get going", |r| {
+        r["status"] == "applying" && !r["plan_checked_at"].is_null()
+    });
+}
+
+/// `stack show STACK --format json`, as the admin.
+fn stack_show(s: &TestServer, stack: &str) -> Value {
+    serde_json::from_str(&s.ok(&s.admin, &["stack", "show", stack, "--format", "json"])).unwrap()
 }
 
 /// A team on a server whose applying runs outlive their applier's last report by `idle` seconds,
@@ -77,23 +109,8 @@ fn an_apply_longer_than_its_tokens_first_lifetime_writes_its_state() {
 fn an_apply_whose_applier_died_is_closed_as_abandoned() {
     let stack = "dev/lost";
     let (t, ws, run) = approved_run("2", stack, &slow_resource(20));
-    let mut applier = Command::new(env!("CARGO_BIN_EXE_airlock"))
-        .args(["apply", &run, "--dir", "."])
-        .current_dir(&ws.dir)
-        .env("AIRLOCK_URL", &t.s.url)
-        .env("AIRLOCK_TOKEN", &t.ci)
-        .env("CHECKPOINT_DISABLE", "1")
-        .env("TF_CLI_CONFIG_FILE", "/dev/null")
-        .env("XDG_CACHE_HOME", t.s.dir.path().join("cache"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // Terraform holds the lock and runs the provisioner: the plan check is recorded.
-    wait_for_run(&t, &run, "the apply did not get going", |r| {
-        r["status"] == "applying" && !r["plan_checked_at"].is_null()
-    });
+    let mut applier = spawn_apply(&t, &ws, &run, Stdio::null());
+    wait_until_applying(&t, &run);
     std::thread::sleep(Duration::from_millis(500));
     // The runner is lost: Terraform (its own process group) and airlock apply die at once.
     let _ = Command::new("pkill")
@@ -141,4 +158,81 @@ fn an_apply_whose_applier_died_is_closed_as_abandoned() {
     assert_eq!(code, 403, "{body}");
     // Nothing was written for the lost apply.
     assert_eq!(t.s.serials(stack), Vec::<u64>::new());
+}
+
+/// The server goes away while Terraform applies (a restart, a network cut) and stays away past
+/// Terraform's own retries: Terraform applied the change but could not save the state, and
+/// left it in errored.tfstate, which a CI job's workspace loses when the job ends. `airlock
+/// apply` saves it once the server is back (with the run-bound token, under Terraform's lock,
+/// through the firewall) and releases the lock; the log says so.
+#[test]
+fn a_state_terraform_could_not_save_is_saved_once_the_server_is_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let backing = Backing::Dir(tmp.path().join("data"));
+    let stack = "dev/blip";
+    let mut t = team_on(TestServer::start_on(&backing, None, &[], &[]), stack);
+    let (admin, addr) = (t.s.admin.clone(), t.s.addr());
+    let ws = Workspace::new(&t.s, stack, &slow_resource(3));
+    let run = plan(&t, &ws, &t.agent, stack);
+    t.s.ok(&t.approver, &["approve", &run]);
+    let log = tmp.path().join("apply.log");
+    let mut applier = spawn_apply(&t, &ws, &run, std::fs::File::create(&log).unwrap().into());
+    wait_until_applying(&t, &run);
+    // Terraform holds the lock (it took it after the plan check), and runs the provisioner.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while stack_show(&t.s, stack)["lock"].is_null() {
+        assert!(
+            Instant::now() < deadline,
+            "Terraform did not lock the stack"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    t.s.kill();
+    let errored = ws.dir.join("errored.tfstate");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !errored.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "Terraform left no errored.tfstate"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    t.s = TestServer::start_on(&backing, Some(&admin), &["--listen", &addr], &[]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = applier.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "airlock apply did not end");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let printed = std::fs::read_to_string(&log).unwrap();
+    assert!(!status.success(), "Terraform failed: {printed}");
+    assert!(
+        printed.contains("airlock saved the state it left"),
+        "{printed}"
+    );
+    // The stack records what Terraform created, and is not locked.
+    let (code, state) = raw("GET", &t.s.state_url(stack), &t.s.admin, b"");
+    assert_eq!(code, 200, "{state}");
+    assert!(
+        state.contains("terraform_data") && state.contains("slow"),
+        "{state}"
+    );
+    let shown = stack_show(&t.s, stack);
+    assert!(shown["lock"].is_null(), "{shown}");
+    // The run failed (Terraform did), its log says what airlock did.
+    let v = run_json(&t, &run);
+    assert_eq!(v["run"]["status"], "failed", "{v}");
+    let (code, run_log) = raw(
+        "GET",
+        &format!("{}/api/v1/runs/{run}/log", t.s.url),
+        &admin,
+        b"",
+    );
+    assert_eq!(code, 200);
+    assert!(
+        run_log.contains("airlock saved the state it left"),
+        "{run_log}"
+    );
 }

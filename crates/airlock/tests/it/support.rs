@@ -487,7 +487,7 @@ pub enum Backing {
 impl TestServer {
     /// Starts a server on `backing`. Pass `admin` when the store was bootstrapped already (a
     /// second replica, a restart): the server then prints no token. `env` is added to the
-    /// server's environment.
+    /// server's environment. It listens on a free port unless `extra` has `--listen`.
     pub fn start_on(
         backing: &Backing,
         admin: Option<&str>,
@@ -496,7 +496,10 @@ impl TestServer {
     ) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let mut cmd = Command::new(AIRLOCK);
-        cmd.args(["server", "--listen", "127.0.0.1:0"]);
+        cmd.arg("server");
+        if !extra.contains(&"--listen") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
         match backing {
             Backing::Dir(d) => cmd.arg("--data-dir").arg(d),
             Backing::Url(u) => cmd.args(["--database-url", u]),
