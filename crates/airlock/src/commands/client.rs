@@ -176,10 +176,11 @@ impl Client {
         body: &[u8],
         limit: u64,
     ) -> anyhow::Result<(u16, Vec<u8>)> {
-        self.send_raw("POST", path, headers, body, limit)
+        self.send_raw("POST", path, headers, body, limit, None)
     }
 
-    /// [`Client::post_raw`] with any method (Terraform's state protocol: `LOCK`, `UNLOCK`).
+    /// [`Client::post_raw`] with any method (Terraform's state protocol: `LOCK`, `UNLOCK`) and,
+    /// when given, a timeout for the whole request shorter than the client's.
     pub fn send_raw(
         &self,
         method: &str,
@@ -187,8 +188,12 @@ impl Client {
         headers: &[(&str, &str)],
         body: &[u8],
         limit: u64,
+        timeout: Option<std::time::Duration>,
     ) -> anyhow::Result<(u16, Vec<u8>)> {
         let mut req = self.request(method, path)?;
+        if let Some(t) = timeout {
+            req = req.timeout(t);
+        }
         for (k, v) in headers {
             req = req.set(k, v);
         }

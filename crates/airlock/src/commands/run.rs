@@ -1469,7 +1469,7 @@ pub fn apply_run(
             }
         };
         let errored = dir.join(ERRORED_STATE);
-        let errored_before = std::fs::read(&errored).ok();
+        let errored_before = read_errored_state(&errored);
         let stop = AtomicBool::new(false);
         let (done, verdict) = std::thread::scope(|scope| {
             let checker = scope.spawn(|| {
@@ -1519,9 +1519,14 @@ pub fn apply_run(
         if !done.status.success() {
             // Terraform applied changes but could not save the state (the server unreachable
             // at the end, say): the state it left is saved now, or the user told how to.
-            let left = std::fs::read(&errored).ok();
+            let left = read_errored_state(&errored);
             if let Some(body) = left.filter(|b| Some(b) != errored_before.as_ref()) {
-                let note = save_errored_state(&run_client, &stack, &errored, &body, SAVE_RETRY);
+                let started_from = StartedFrom {
+                    run: id,
+                    lineage: run["run"]["planned_lineage"].as_str(),
+                    serial: run["run"]["planned_serial"].as_u64(),
+                };
+                let note = save_errored_state(&run_client, &stack, started_from, &errored, &body);
                 eprintln!("{note}");
                 log.extend_from_slice(format!("\n{note}\n").as_bytes());
             }
@@ -1545,37 +1550,63 @@ pub fn apply_run(
 /// the state to the backend.
 const ERRORED_STATE: &str = "errored.tfstate";
 
-/// How long `airlock apply` keeps trying to save a state Terraform could not save.
+/// How long `airlock apply` keeps trying to save a state Terraform could not save, and how long
+/// one request of it may take.
 const SAVE_RETRY: Duration = Duration::from_secs(300);
+const SAVE_REQUEST: Duration = Duration::from_secs(30);
+
+/// The largest `errored.tfstate` read (the server's default largest state is 256 MiB).
+const MAX_ERRORED_STATE: u64 = 1024 * 1024 * 1024;
+
+/// The bytes of `path` if it is a regular file (not a link or a pipe a provisioner left) of at
+/// most [`MAX_ERRORED_STATE`] bytes.
+fn read_errored_state(path: &Path) -> Option<Vec<u8>> {
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    (meta.is_file() && meta.len() <= MAX_ERRORED_STATE)
+        .then(|| std::fs::read(path).ok())
+        .flatten()
+}
+
+/// The state an apply started from: the run's planned lineage and serial (`airlock apply`
+/// starts only a run whose stack is still there), and the run whose own writes may follow it.
+#[derive(Debug, Clone, Copy)]
+struct StartedFrom<'a> {
+    run: &'a str,
+    lineage: Option<&'a str>,
+    serial: Option<u64>,
+}
 
 /// Why one attempt to save Terraform's errored state failed.
 enum SaveFailed {
     /// The server could not be reached or failed (5xx): worth another try.
     Again(String),
-    /// The server refused (it will again).
+    /// The server, or the check of what the stack holds now, refused: it will again.
     Refused(String),
 }
 
 /// Saves `body`, the state Terraform left in `path` because it could not save it, to `stack`
 /// through the state protocol with the run-bound token (so under the same lock rules and
-/// firewall as Terraform's own write), trying again until `within` has passed while the server
-/// cannot be reached. Returns what happened, in words for the log: saved, or how to recover by
-/// hand.
+/// firewall as Terraform's own write), trying again for [`SAVE_RETRY`] while the server cannot
+/// be reached. Returns what happened, in words for the log: saved, or how to recover by hand.
 fn save_errored_state(
     client: &Client,
     stack: &str,
+    from: StartedFrom<'_>,
     path: &Path,
     body: &[u8],
-    within: Duration,
 ) -> String {
-    let deadline = Instant::now() + within;
+    let deadline = Instant::now() + SAVE_RETRY;
     let mut wait = Duration::from_secs(1);
     let mut attempts = 0;
-    let why = loop {
+    let sha = hex::encode(Sha256::digest(body));
+    let failed = loop {
         attempts += 1;
-        match save_state_once(client, stack, body) {
-            Ok(()) => {
-                return format!("airlock: Terraform applied changes but could not save the state; airlock saved the state it left ({}) to stack {stack} (attempt {attempts}) and released the lock", path.display());
+        match save_state_once(client, stack, from, body) {
+            Ok(unlocked) => {
+                return format!("airlock: Terraform applied changes but could not save the state; airlock saved the state it left ({}, SHA-256 {sha}) to stack {stack} (attempt {attempts}){}", path.display(), match unlocked {
+                    true => " and released the lock".to_owned(),
+                    false => format!("; releasing the lock failed: `terraform force-unlock` it once nothing else runs on {stack}"),
+                });
             }
             Err(SaveFailed::Again(why)) if Instant::now() + wait < deadline => {
                 eprintln!(
@@ -1586,17 +1617,29 @@ fn save_errored_state(
                 std::thread::sleep(wait);
                 wait = (wait * 2).min(Duration::from_secs(15));
             }
-            Err(SaveFailed::Again(why) | SaveFailed::Refused(why)) => break why,
+            Err(e) => break e,
         }
     };
-    format!("airlock: WARNING: Terraform applied changes that stack {stack}'s state does not record, and saving the state it left failed ({why}). Keep {} (a CI job's workspace is deleted when the job ends) and push it once the server takes it: `terraform state push {ERRORED_STATE}` (after `terraform force-unlock LOCK_ID` if the stack stays locked)", path.display())
+    let kept = format!(
+        "Keep {} (SHA-256 {sha}; a CI job's workspace is deleted when the job ends)",
+        path.display()
+    );
+    match failed {
+        SaveFailed::Again(why) => format!("airlock: WARNING: Terraform applied changes that stack {stack}'s state does not record, and the server could not be reached to save the state it left ({why}). {kept} and push it once the server is back: `terraform state push {ERRORED_STATE}` (after `terraform force-unlock LOCK_ID` if the stack stays locked)"),
+        SaveFailed::Refused(why) => format!("airlock: WARNING: Terraform applied changes that stack {stack}'s state does not record, and saving the state it left was refused: {why}. {kept}; do not push it before someone has compared it with the stack's state (`airlock state diff`) and understood the refusal"),
+    }
 }
 
-/// One attempt of [`save_errored_state`]: the lock (a new one, or Terraform's own when it is
-/// still held, which the server lets only its owner write with), the stack's current state, the
-/// write, the unlock.
-fn save_state_once(client: &Client, stack: &str, body: &[u8]) -> Result<(), SaveFailed> {
-    const ANSWER: u64 = 256 * 1024 * 1024;
+/// One attempt of [`save_errored_state`]: the lock (a new one, or the one already held when it
+/// is this run token's: Terraform's, or an earlier attempt's, which the server lets only its
+/// owner write with), the stack's versions, the write, the unlock. `Ok(unlocked)`.
+fn save_state_once(
+    client: &Client,
+    stack: &str,
+    from: StartedFrom<'_>,
+    body: &[u8],
+) -> Result<bool, SaveFailed> {
+    const ANSWER: u64 = 16 * 1024 * 1024;
     let state = format!("/state/{stack}");
     let send = |method: &str, path: &str, body: &[u8]| {
         let (code, answer) = client
@@ -1606,6 +1649,7 @@ fn save_state_once(client: &Client, stack: &str, body: &[u8]) -> Result<(), Save
                 &[("Content-Type", "application/json")],
                 body,
                 ANSWER,
+                Some(SAVE_REQUEST),
             )
             .map_err(|e| SaveFailed::Again(format!("{e:#}")))?;
         let said = || {
@@ -1613,7 +1657,8 @@ fn save_state_once(client: &Client, stack: &str, body: &[u8]) -> Result<(), Save
             format!("{method} answered {code}: {}", printable(&text))
         };
         match code {
-            200..=299 | 404 | 423 => Ok((code, answer)),
+            200..=299 => Ok((code, answer)),
+            423 if method == "LOCK" => Ok((code, answer)),
             500..=599 => Err(SaveFailed::Again(said())),
             _ => Err(SaveFailed::Refused(said())),
         }
@@ -1629,95 +1674,102 @@ fn save_state_once(client: &Client, stack: &str, body: &[u8]) -> Result<(), Save
         "Path": "",
     });
     let (code, answer) = send("LOCK", &state, info.to_string().as_bytes())?;
-    let held = match code {
-        // Terraform's lock, when it could not release it either.
-        423 => serde_json::from_slice::<Value>(&answer)
+    let held = if code == 423 {
+        serde_json::from_slice::<Value>(&answer)
             .ok()
             .and_then(|v| v["ID"].as_str().map(str::to_owned))
             .ok_or_else(|| {
                 SaveFailed::Refused("the stack is locked by a lock without an ID".into())
-            })?,
-        404 => return Err(SaveFailed::Refused(format!("stack {stack} does not exist"))),
-        _ => id,
+            })?
+    } else {
+        id
     };
     let written = (|| {
-        let (code, current) = send("GET", &state, b"")?;
-        let current = (code == 200 && !current.is_empty()).then_some(current);
-        let body = errored_state_to_write(body, current.as_deref())?;
-        match send("POST", &format!("{state}?ID={held}"), &body)? {
-            (423 | 404, answer) => Err(SaveFailed::Refused(
-                printable(&String::from_utf8_lossy(&answer)).into_owned(),
-            )),
-            _ => Ok(()),
-        }
+        let path = format!("/api/v1/stacks/{}/versions", stack_segment(stack));
+        let (_, versions) = send("GET", &path, b"")?;
+        let versions: Value = serde_json::from_slice(&versions)
+            .map_err(|e| SaveFailed::Again(format!("the stack's versions: {e}")))?;
+        let body = errored_state_to_write(body, from, &versions)?;
+        send("POST", &format!("{state}?ID={held}"), &body).map(|_| ())
     })();
-    // Released when it is this apply's (taken here, or Terraform's that took the write),
-    // whether or not the write was taken: a retry locks again. Another's lock is left alone.
-    if code != 423 || written.is_ok() {
-        let _ = send("UNLOCK", &state, json!({"ID": held}).to_string().as_bytes());
-    }
-    written
+    // A lock this attempt took is released whatever happened; one it found (Terraform's, or an
+    // earlier attempt's) once the write is taken, which proves it is this run's.
+    let unlocked = if code != 423 || written.is_ok() {
+        send("UNLOCK", &state, json!({"ID": held}).to_string().as_bytes()).is_ok()
+    } else {
+        false
+    };
+    written.map(|()| unlocked)
 }
 
-/// The state Terraform left (`errored`) as it is written over the stack's `current` one, as
-/// `terraform state push` does: Terraform keeps the lineage and serial it last read (none, for
-/// a stack without state), so the write takes the next serial, and a new lineage on an empty
-/// stack. Refused when the stack's state is not the one the apply started from (another
-/// lineage, a newer serial, or a state where the apply found none): a person compares first.
-fn errored_state_to_write(errored: &[u8], current: Option<&[u8]>) -> Result<Vec<u8>, SaveFailed> {
+/// The state Terraform left (`errored`) as it is written over the stack now, given its
+/// `versions` (`GET /api/v1/stacks/{stack}/versions`), as `terraform state push` would and
+/// more strictly: every version since the one the apply started from must be this run's own
+/// (Terraform's snapshots during the apply, an earlier attempt whose answer was lost), else a
+/// person compares first. The write takes the next serial (Terraform counts its failed writes
+/// in the serial it exports), the started-from lineage (one derived from the run id for a stack
+/// the apply found empty, so that a retry writes the same), and keeps every other byte.
+fn errored_state_to_write(
+    errored: &[u8],
+    from: StartedFrom<'_>,
+    versions: &Value,
+) -> Result<Vec<u8>, SaveFailed> {
+    use serde_json::value::RawValue;
     let refused = |why: String| SaveFailed::Refused(why);
-    let mut state: Value = serde_json::from_slice(errored)
-        .map_err(|e| refused(format!("{ERRORED_STATE} is not a state file: {e}")))?;
-    let now: Option<Value> = current
-        .map(serde_json::from_slice)
-        .transpose()
-        .map_err(|e| refused(format!("the stack's state is not JSON: {e}")))?;
-    let field = |v: &Value, name: &str| v[name].clone();
-    let (lineage, serial) = (
-        field(&state, "lineage"),
-        field(&state, "serial").as_u64().unwrap_or(0),
-    );
-    let lineage = lineage.as_str().unwrap_or_default();
-    let (lineage, serial) = match (lineage, &now) {
-        ("", None) => {
-            let (a, b) = (
-                airlock_server::tokens::random_id(""),
-                airlock_server::tokens::random_id(""),
-            );
-            let hex = format!("{a}{b}");
-            let uuid = format!(
+    // Parsed only at the top: every other value is written back byte for byte.
+    let mut top: std::collections::BTreeMap<String, Box<RawValue>> =
+        serde_json::from_slice(errored)
+            .map_err(|e| refused(format!("{ERRORED_STATE} is not a state file: {e}")))?;
+    let field = |name: &str| {
+        top.get(name)
+            .and_then(|r| serde_json::from_str::<Value>(r.get()).ok())
+    };
+    let their_lineage = field("lineage")
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let their_serial = field("serial").and_then(|v| v.as_u64()).unwrap_or(0);
+    let mut newest: Option<(u64, String)> = None;
+    for v in versions["versions"].as_array().into_iter().flatten() {
+        let serial = v["serial"].as_u64().unwrap_or(0);
+        if from.serial.is_some_and(|s| serial <= s) {
+            continue;
+        }
+        if v["run_id"].as_str() != Some(from.run) {
+            return Err(refused(format!("the stack's serial {serial} was written by {} since this apply started (at {}), not by run {}", v["author"].as_str().unwrap_or("?"), from.serial.map_or("no state".to_owned(), |s| format!("serial {s}")), from.run)));
+        }
+        if newest.as_ref().is_none_or(|(n, _)| serial > *n) {
+            newest = Some((serial, v["lineage"].as_str().unwrap_or_default().to_owned()));
+        }
+    }
+    let lineage = match (from.lineage, &newest) {
+        (Some(l), _) => l.to_owned(),
+        (None, Some((_, l))) => l.clone(),
+        (None, None) => {
+            let h = hex::encode(Sha256::digest(format!(
+                "airlock lineage of run {}",
+                from.run
+            )));
+            format!(
                 "{}-{}-{}-{}-{}",
-                &hex[..8],
-                &hex[8..12],
-                &hex[12..16],
-                &hex[16..20],
-                &hex[20..32]
-            );
-            (uuid, serial.max(1))
-        }
-        ("", Some(_)) => {
-            return Err(refused(
-                "the stack has a state now, and the apply started from none".into(),
-            ))
-        }
-        (l, None) => (l.to_owned(), serial.max(1)),
-        (l, Some(now)) => {
-            let (their_lineage, their_serial) = (
-                field(now, "lineage"),
-                field(now, "serial").as_u64().unwrap_or(0),
-            );
-            if their_lineage.as_str() != Some(l) {
-                return Err(refused(format!("the stack's state has another lineage ({their_lineage}) than the apply's ({l})")));
-            }
-            if their_serial > serial {
-                return Err(refused(format!("the stack's state moved on (serial {their_serial}) since the apply read it (serial {serial})")));
-            }
-            (l.to_owned(), serial.max(their_serial + 1))
+                &h[..8],
+                &h[8..12],
+                &h[12..16],
+                &h[16..20],
+                &h[20..32]
+            )
         }
     };
-    state["lineage"] = Value::from(lineage);
-    state["serial"] = Value::from(serial);
-    serde_json::to_vec_pretty(&state).map_err(|e| refused(e.to_string()))
+    if !their_lineage.is_empty() && their_lineage != lineage {
+        return Err(refused(format!(
+            "{ERRORED_STATE} has lineage {their_lineage}, the stack {lineage}"
+        )));
+    }
+    let now = newest.map(|(s, _)| s).or(from.serial).unwrap_or(0);
+    let serial = their_serial.max(now + 1);
+    let raw = |json: String| RawValue::from_string(json).map_err(|e| refused(e.to_string()));
+    top.insert("lineage".into(), raw(Value::from(lineage).to_string())?);
+    top.insert("serial".into(), raw(serial.to_string())?);
+    serde_json::to_vec(&top).map_err(|e| refused(e.to_string()))
 }
 
 /// Reports to the server every `every` that the apply of a run goes on (`POST
@@ -1791,7 +1843,7 @@ const LIVE_LOG_PART: usize = 256 * 1024;
 mod tests {
     use super::{
         embedded_config_is_this_checkouts, errored_state_to_write, plan_difference, PlanFile,
-        SaveFailed,
+        SaveFailed, StartedFrom,
     };
     use serde_json::{json, Value};
 
@@ -1910,39 +1962,81 @@ mod tests {
 
     #[test]
     fn an_errored_state_is_written_as_terraform_state_push_would() {
+        // What Terraform leaves: the lineage it read and its serial counting failed writes; a
+        // number too long for a float is kept as written.
         let errored = |lineage: &str, serial: u64| {
-            json!({"version": 4, "lineage": lineage, "serial": serial, "resources": [{"name": "slow"}]})
-                .to_string()
+            format!(
+                r#"{{"version": 4, "lineage": "{lineage}", "serial": {serial}, "resources": [{{"n": 123456789012345678901234567890}}]}}"#
+            )
         };
-        let stack = |lineage: &str, serial: u64| {
-            json!({"version": 4, "lineage": lineage, "serial": serial, "resources": []}).to_string()
+        let version = |serial: u64, run: &str| json!({"serial": serial, "lineage": "lin", "run_id": run, "author": format!("apply {run}")});
+        let versions = |v: Vec<Value>| json!({ "versions": v });
+        let from = |lineage: Option<&'static str>, serial: Option<u64>| StartedFrom {
+            run: "run_a",
+            lineage,
+            serial,
         };
-        let written = |e: &str, c: Option<&str>| {
-            errored_state_to_write(e.as_bytes(), c.map(str::as_bytes))
-                .map(|b| serde_json::from_slice::<Value>(&b).unwrap())
+        let written = |e: &str, from: StartedFrom<'_>, v: &Value| {
+            errored_state_to_write(e.as_bytes(), from, v)
+                .map(|b| {
+                    let text = String::from_utf8(b).unwrap();
+                    assert!(text.contains("123456789012345678901234567890"), "{text}");
+                    serde_json::from_str::<Value>(&text).unwrap()
+                })
                 .map_err(|f| match f {
                     SaveFailed::Refused(why) | SaveFailed::Again(why) => why,
                 })
         };
-        // The stack's first state: Terraform had no lineage yet; a new one, serial 1.
-        let first = written(&errored("", 0), None).unwrap();
+        // The stack's first state: Terraform had no lineage yet; one derived from the run (a
+        // retry writes the same), serial 1.
+        let first = written(&errored("", 0), from(None, None), &versions(vec![])).unwrap();
         assert_eq!(first["lineage"].as_str().unwrap().len(), 36, "{first}");
         assert_eq!(first["serial"], 1);
-        assert_eq!(first["resources"][0]["name"], "slow");
-        // Over the state the apply read: the next serial, the same lineage.
-        let next = written(&errored("lin", 4), Some(&stack("lin", 4))).unwrap();
+        let again = vec![json!({"serial": 1, "lineage": first["lineage"], "run_id": "run_a"})];
+        let retried = written(&errored("", 0), from(None, None), &versions(again)).unwrap();
+        assert_eq!(
+            (&retried["lineage"], &retried["serial"]),
+            (&first["lineage"], &json!(2))
+        );
+        // Started from serial 4: Terraform's failed write counted 5; taken as 5.
+        let before = vec![version(3, "run_x"), version(4, "run_y")];
+        let next = written(
+            &errored("lin", 5),
+            from(Some("lin"), Some(4)),
+            &versions(before.clone()),
+        )
+        .unwrap();
         assert_eq!(
             (next["lineage"].as_str(), next["serial"].as_u64()),
             (Some("lin"), Some(5))
         );
-        // Over any other state: refused, a person compares first.
-        for (e, c, says) in [
-            (errored("lin", 4), stack("lin", 5), "moved on"),
-            (errored("lin", 4), stack("other", 4), "another lineage"),
-            (errored("", 0), stack("lin", 1), "has a state now"),
-            ("not json".to_owned(), stack("lin", 1), "not a state file"),
+        // The run's own writes since (Terraform's snapshots, a save whose answer was lost) are
+        // followed; another's are not: a person compares first.
+        let mut own = before.clone();
+        own.push(version(5, "run_a"));
+        let next = written(
+            &errored("lin", 5),
+            from(Some("lin"), Some(4)),
+            &versions(own),
+        )
+        .unwrap();
+        assert_eq!(next["serial"], 6);
+        let mut theirs = before.clone();
+        theirs.push(version(5, "run_b"));
+        for (e, v, says) in [
+            (
+                errored("lin", 5),
+                versions(theirs),
+                "written by apply run_b since this apply started",
+            ),
+            (
+                errored("other", 5),
+                versions(before.clone()),
+                "has lineage other",
+            ),
+            ("not json".to_owned(), versions(before), "not a state file"),
         ] {
-            let why = written(&e, Some(&c)).unwrap_err();
+            let why = written(&e, from(Some("lin"), Some(4)), &v).unwrap_err();
             assert!(why.contains(says), "{why}");
         }
     }

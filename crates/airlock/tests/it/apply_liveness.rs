@@ -160,24 +160,20 @@ fn an_apply_whose_applier_died_is_closed_as_abandoned() {
     assert_eq!(t.s.serials(stack), Vec::<u64>::new());
 }
 
-/// The server goes away while Terraform applies (a restart, a network cut) and stays away past
-/// Terraform's own retries: Terraform applied the change but could not save the state, and
-/// left it in errored.tfstate, which a CI job's workspace loses when the job ends. `airlock
-/// apply` saves it once the server is back (with the run-bound token, under Terraform's lock,
-/// through the firewall) and releases the lock; the log says so.
-#[test]
-fn a_state_terraform_could_not_save_is_saved_once_the_server_is_back() {
-    let tmp = tempfile::tempdir().unwrap();
-    let backing = Backing::Dir(tmp.path().join("data"));
-    let stack = "dev/blip";
-    let mut t = team_on(TestServer::start_on(&backing, None, &[], &[]), stack);
+/// Applies `run` while the server goes away (killed once Terraform holds the lock) and stays
+/// away past Terraform's own retries (until Terraform has written errored.tfstate), then comes
+/// back on the same address and store. Returns how `airlock apply` ended and what it printed.
+fn apply_while_the_server_restarts(
+    t: &mut Team,
+    ws: &Workspace,
+    run: &str,
+    stack: &str,
+    backing: &Backing,
+) -> (std::process::ExitStatus, String) {
     let (admin, addr) = (t.s.admin.clone(), t.s.addr());
-    let ws = Workspace::new(&t.s, stack, &slow_resource(3));
-    let run = plan(&t, &ws, &t.agent, stack);
-    t.s.ok(&t.approver, &["approve", &run]);
-    let log = tmp.path().join("apply.log");
-    let mut applier = spawn_apply(&t, &ws, &run, std::fs::File::create(&log).unwrap().into());
-    wait_until_applying(&t, &run);
+    let log = ws.dir.join("../apply.log");
+    let mut applier = spawn_apply(t, ws, run, std::fs::File::create(&log).unwrap().into());
+    wait_until_applying(t, run);
     // Terraform holds the lock (it took it after the plan check), and runs the provisioner.
     let deadline = Instant::now() + Duration::from_secs(60);
     while stack_show(&t.s, stack)["lock"].is_null() {
@@ -197,7 +193,7 @@ fn a_state_terraform_could_not_save_is_saved_once_the_server_is_back() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    t.s = TestServer::start_on(&backing, Some(&admin), &["--listen", &addr], &[]);
+    t.s = TestServer::start_on(backing, Some(&admin), &["--listen", &addr], &[]);
     let deadline = Instant::now() + Duration::from_secs(120);
     let status = loop {
         if let Some(status) = applier.try_wait().unwrap() {
@@ -206,28 +202,35 @@ fn a_state_terraform_could_not_save_is_saved_once_the_server_is_back() {
         assert!(Instant::now() < deadline, "airlock apply did not end");
         std::thread::sleep(Duration::from_millis(100));
     };
-    let printed = std::fs::read_to_string(&log).unwrap();
-    assert!(!status.success(), "Terraform failed: {printed}");
+    (status, std::fs::read_to_string(&log).unwrap())
+}
+
+/// What the state, the lock, the run and its log say after `airlock apply` saved the state
+/// Terraform could not: the stack records `resource`, is not locked, and the run failed (as
+/// Terraform did) with a log that says what airlock did.
+fn assert_saved(t: &Team, run: &str, stack: &str, resource: &str, printed: &str) -> Value {
     assert!(
         printed.contains("airlock saved the state it left"),
         "{printed}"
     );
-    // The stack records what Terraform created, and is not locked.
     let (code, state) = raw("GET", &t.s.state_url(stack), &t.s.admin, b"");
     assert_eq!(code, 200, "{state}");
-    assert!(
-        state.contains("terraform_data") && state.contains("slow"),
-        "{state}"
-    );
+    let state: Value = serde_json::from_str(&state).unwrap();
+    let names: Vec<&str> = state["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    assert!(names.contains(&resource), "{state}");
     let shown = stack_show(&t.s, stack);
     assert!(shown["lock"].is_null(), "{shown}");
-    // The run failed (Terraform did), its log says what airlock did.
-    let v = run_json(&t, &run);
+    let v = run_json(t, run);
     assert_eq!(v["run"]["status"], "failed", "{v}");
     let (code, run_log) = raw(
         "GET",
         &format!("{}/api/v1/runs/{run}/log", t.s.url),
-        &admin,
+        &t.s.admin,
         b"",
     );
     assert_eq!(code, 200);
@@ -235,4 +238,90 @@ fn a_state_terraform_could_not_save_is_saved_once_the_server_is_back() {
         run_log.contains("airlock saved the state it left"),
         "{run_log}"
     );
+    state
+}
+
+/// The server goes away while Terraform applies (a restart, a network cut) and stays away past
+/// Terraform's own retries: Terraform applied the change but could not save the state, and
+/// left it in errored.tfstate, which a CI job's workspace loses when the job ends. `airlock
+/// apply` saves it once the server is back (with the run-bound token, under Terraform's lock,
+/// through the firewall) and releases the lock. Here the stack had no state: Terraform's has no
+/// lineage yet, and the saved one gets one.
+#[test]
+fn a_state_terraform_could_not_save_is_saved_once_the_server_is_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let backing = Backing::Dir(tmp.path().join("data"));
+    let stack = "dev/blip";
+    let mut t = team_on(TestServer::start_on(&backing, None, &[], &[]), stack);
+    let ws = Workspace::new(&t.s, stack, &slow_resource(3));
+    let run = plan(&t, &ws, &t.agent, stack);
+    t.s.ok(&t.approver, &["approve", &run]);
+    let (status, printed) = apply_while_the_server_restarts(&mut t, &ws, &run, stack, &backing);
+    assert!(!status.success(), "Terraform failed: {printed}");
+    let state = assert_saved(&t, &run, stack, "slow", &printed);
+    assert_eq!(state["lineage"].as_str().map(str::len), Some(36), "{state}");
+}
+
+/// The same on a stack with a state: the saved state follows it (same lineage, the next serial),
+/// and Terraform reads it as its own: a new plan of the same code changes nothing.
+#[test]
+fn a_state_terraform_could_not_save_over_an_existing_one_follows_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let backing = Backing::Dir(tmp.path().join("data"));
+    let stack = "dev/blip2";
+    let mut t = team_on(TestServer::start_on(&backing, None, &[], &[]), stack);
+    let base = "resource \"terraform_data\" \"base\" {\n  input = \"a\"\n}\n";
+    let ws = Workspace::new(&t.s, stack, base);
+    let first = plan(&t, &ws, &t.agent, stack);
+    t.s.ok(&t.approver, &["approve", &first]);
+    let out = apply(&t, &ws, &t.ci, &first);
+    assert!(out.status.success(), "{}", text(&out));
+    let before: Value =
+        serde_json::from_str(&raw("GET", &t.s.state_url(stack), &t.s.admin, b"").1).unwrap();
+    ws.write_main(&format!("{base}{}", slow_resource(3)));
+    let run = plan(&t, &ws, &t.agent, stack);
+    t.s.ok(&t.approver, &["approve", &run]);
+    let (status, printed) = apply_while_the_server_restarts(&mut t, &ws, &run, stack, &backing);
+    assert!(!status.success(), "Terraform failed: {printed}");
+    let state = assert_saved(&t, &run, stack, "slow", &printed);
+    assert_eq!(state["lineage"], before["lineage"]);
+    assert_eq!(
+        state["serial"].as_u64(),
+        before["serial"].as_u64().map(|s| s + 1)
+    );
+    let again = plan(&t, &ws, &t.agent, stack);
+    assert_eq!(run_json(&t, &again)["run"]["status"], "no_changes");
+}
+
+/// A run whose Terraform fails for another reason (a provisioner that fails) leaves the
+/// errored.tfstate that was in the checkout before (planned with it: it is an input) alone:
+/// nothing is saved from it.
+#[test]
+fn an_errored_state_older_than_the_apply_is_not_saved() {
+    let stack = "dev/old-errored";
+    let failing = "resource \"terraform_data\" \"x\" {\n  provisioner \"local-exec\" {\n    command = \"exit 3\"\n  }\n}\n";
+    let t = team(stack);
+    let ws = Workspace::new(&t.s, stack, failing);
+    let planted =
+        r#"{"version": 4, "lineage": "", "serial": 0, "resources": [{"name": "planted"}]}"#;
+    std::fs::write(ws.dir.join("errored.tfstate"), planted).unwrap();
+    let run = plan(&t, &ws, &t.agent, stack);
+    t.s.ok(&t.approver, &["approve", &run]);
+    let out = apply(&t, &ws, &t.ci, &run);
+    let printed = text(&out);
+    assert!(!out.status.success(), "{printed}");
+    assert!(
+        printed.contains("exit status 3"),
+        "Terraform ran and failed: {printed}"
+    );
+    assert!(
+        !printed.contains("airlock saved") && !printed.contains("airlock: WARNING"),
+        "{printed}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(ws.dir.join("errored.tfstate")).unwrap(),
+        planted
+    );
+    let (_, state) = raw("GET", &t.s.state_url(stack), &t.s.admin, b"");
+    assert!(!state.contains("planted"), "{state}");
 }
