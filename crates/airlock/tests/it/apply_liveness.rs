@@ -325,3 +325,26 @@ fn an_errored_state_older_than_the_apply_is_not_saved() {
     let (_, state) = raw("GET", &t.s.state_url(stack), &t.s.admin, b"");
     assert!(!state.contains("planted"), "{state}");
 }
+
+/// Reports sent at once, when a move of the deadline is due, move it once: the run's record and
+/// the audit log grow once per third of the idle time however often a token holder reports.
+#[test]
+fn reports_sent_at_once_move_the_deadline_once() {
+    let stack = "dev/burst";
+    let (t, _ws, run) = approved_run("3", stack, &slow_resource(1));
+    let token = start_apply(&t, &run);
+    // A third of the idle time on, a move is due.
+    std::thread::sleep(Duration::from_millis(1_200));
+    let url = format!("{}/api/v1/runs/{run}/heartbeat", t.s.url);
+    let answers: Vec<(u16, String)> = std::thread::scope(|scope| {
+        let sent: Vec<_> = (0..8)
+            .map(|_| scope.spawn(|| raw("POST", &url, &token, b"{}")))
+            .collect();
+        sent.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (code, body) in &answers {
+        assert_eq!(*code, 200, "{body}");
+    }
+    let moved = t.s.audit_of(&t.s.admin, "run.apply_alive");
+    assert_eq!(moved.len(), 1, "{moved:?}");
+}
