@@ -1469,6 +1469,15 @@ mod tests {
         r
     }
 
+    /// What a start gives the apply in most tests: run-bound token `id`, the default idle time.
+    fn given(id: &str) -> ApplyToken<'_> {
+        ApplyToken {
+            id,
+            idle_ms: APPLY_IDLE_MS,
+            limit: None,
+        }
+    }
+
     /// `approved()` applying, started by CI's `pipeline (tok_ci)`.
     fn applying() -> RunRecord {
         let mut r = approved();
@@ -1638,11 +1647,7 @@ mod tests {
             Some(&version(4)),
             &ci,
             checkout,
-            ApplyToken {
-                id: "t",
-                idle_ms: APPLY_IDLE_MS,
-                limit: None,
-            },
+            given("t"),
             NOW,
         );
         assert_eq!(got.map(|t| t.run.status), Err(refused.clone()));
@@ -1677,11 +1682,7 @@ mod tests {
             Some(&version(4)),
             &ci,
             checkout,
-            ApplyToken {
-                id: "t",
-                idle_ms: APPLY_IDLE_MS,
-                limit: None,
-            },
+            given("t"),
             NOW,
         );
         assert_eq!(got.map(|t| t.run.status), Ok(RunStatus::Applying));
@@ -1876,11 +1877,7 @@ mod tests {
                 Some(&version(4)),
                 &a,
                 checkout,
-                ApplyToken {
-                    id: "tok_run",
-                    idle_ms: APPLY_IDLE_MS,
-                    limit: None,
-                },
+                given("tok_run"),
                 NOW,
             )
             .map(|t| t.run.status);
@@ -1907,11 +1904,7 @@ mod tests {
             Some(&version(4)),
             &ci,
             checkout,
-            ApplyToken {
-                id: "t",
-                idle_ms: APPLY_IDLE_MS,
-                limit: None,
-            },
+            given("t"),
             NOW,
         );
         assert_eq!(
@@ -1941,11 +1934,7 @@ mod tests {
             Some(&version(4)),
             &ci,
             checkout,
-            ApplyToken {
-                id: "t",
-                idle_ms: APPLY_IDLE_MS,
-                limit: None,
-            },
+            given("t"),
             NOW,
         );
         let refused = decided(verdict, &r, &ci, NOW).unwrap_err();
@@ -2170,11 +2159,7 @@ mod tests {
                 revoked_approvals: &[],
                 protected_since: &[],
             },
-            ApplyToken {
-                id: "tok_run",
-                idle_ms: APPLY_IDLE_MS,
-                limit: None,
-            },
+            given("tok_run"),
             NOW,
         )
         .unwrap();

@@ -21,15 +21,7 @@ fn slow_resource(secs: u32) -> String {
 
 /// `airlock apply RUN` in the workspace, in the background, its stderr into `stderr`.
 fn spawn_apply(t: &Team, ws: &Workspace, run: &str, stderr: Stdio) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_airlock"))
-        .args(["apply", run, "--dir", "."])
-        .current_dir(&ws.dir)
-        .env("AIRLOCK_URL", &t.s.url)
-        .env("AIRLOCK_TOKEN", &t.ci)
-        .env("CHECKPOINT_DISABLE", "1")
-        .env("TF_CLI_CONFIG_FILE", "/dev/null")
-        .env("XDG_CACHE_HOME", t.s.dir.path().join("cache"))
-        .stdin(Stdio::null())
+    cli_command(&t.s, &t.ci, &ws.dir, &["apply", run, "--dir", "."])
         .stdout(Stdio::null())
         .stderr(stderr)
         .spawn()

@@ -153,20 +153,17 @@ fn airlock_apply_killed_before_its_check_leaves_terraform_locked_out() {
     )
     .unwrap();
     std::fs::set_permissions(&tf, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let mut child = std::process::Command::new(AIRLOCK)
-        .args(["apply", &run, "--dir", ".", "--terraform-bin"])
-        .arg(&tf)
-        .current_dir(&ws.dir)
-        .env("AIRLOCK_URL", &t.s.url)
-        .env("AIRLOCK_TOKEN", &t.ci)
-        .env("CHECKPOINT_DISABLE", "1")
-        .env("TF_CLI_CONFIG_FILE", "/dev/null")
-        .env("XDG_CACHE_HOME", t.s.dir.path().join("cache"))
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = cli_command(
+        &t.s,
+        &t.ci,
+        &ws.dir,
+        &["apply", &run, "--dir", ".", "--terraform-bin"],
+    )
+    .arg(&tf)
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
     // Wait until `terraform apply` has started (its pid is recorded), then a little more.
     let started = std::time::Instant::now();
     let apply_pid = loop {

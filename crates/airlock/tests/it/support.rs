@@ -361,6 +361,22 @@ pub fn team_on(s: TestServer, stack: &str) -> Team {
     }
 }
 
+/// The CLI as `token` against `s`, in `dir` (Terraform's checkpoint and CLI config off), its
+/// stdin closed: to run, or to start in the background.
+pub fn cli_command(s: &TestServer, token: &str, dir: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(AIRLOCK);
+    cmd.args(args)
+        .current_dir(dir)
+        .env("AIRLOCK_URL", &s.url)
+        .env("AIRLOCK_TOKEN", token)
+        .env("CHECKPOINT_DISABLE", "1")
+        .env("TF_CLI_CONFIG_FILE", "/dev/null")
+        // The plan phase's kept data directories go with the test's server, not to ~/.cache.
+        .env("XDG_CACHE_HOME", s.dir.path().join("cache"))
+        .stdin(Stdio::null());
+    cmd
+}
+
 /// Runs the CLI in `dir` with extra environment (Terraform's checkpoint and CLI config off).
 pub fn cli_in(
     s: &TestServer,
@@ -369,17 +385,8 @@ pub fn cli_in(
     args: &[&str],
     env: &[(&str, &str)],
 ) -> Output {
-    Command::new(AIRLOCK)
-        .args(args)
-        .current_dir(dir)
-        .env("AIRLOCK_URL", &s.url)
-        .env("AIRLOCK_TOKEN", token)
-        .env("CHECKPOINT_DISABLE", "1")
-        .env("TF_CLI_CONFIG_FILE", "/dev/null")
-        // The plan phase's kept data directories go with the test's server, not to ~/.cache.
-        .env("XDG_CACHE_HOME", s.dir.path().join("cache"))
+    cli_command(s, token, dir, args)
         .envs(env.iter().copied())
-        .stdin(Stdio::null())
         .output()
         .unwrap()
 }
