@@ -973,7 +973,10 @@ pub fn next_step(run: &RunRecord) -> String {
             format!("needs {n} from {who} other than {}: airlock approve {}{confirm}", words(&excluded), run.id)
         }
         RunStatus::Approved => format!("approved: a CI pipeline applies it with `airlock apply {}`", run.id),
-        RunStatus::Applying => "an apply is in progress".into(),
+        RunStatus::Applying => match alive_until(run) {
+            Some(t) => format!("an apply is in progress; if its applier stops reporting, the run is closed as abandoned after {}", rfc3339(t)),
+            None => "an apply is in progress".into(),
+        },
         RunStatus::NoChanges => "no changes: the stack already matches the code; there is nothing to approve or apply".into(),
         other => format!("{}: nothing more can happen to this run", other.as_str()),
     }

@@ -342,6 +342,14 @@ pub fn run_text(v: &Value) -> String {
             "STALE: the stack changed since the plan; it cannot be applied\n"
         });
     }
+    if run["status"] == "applying" && run["apply_alive_until"].is_i64() {
+        out.push_str(&format!(
+            "applying since {} ({}); its `airlock apply` reports while it runs, and the run is closed as abandoned if it has not by {}\n",
+            time(run, "/apply_started_at"),
+            s(run, "/applied_by"),
+            time(run, "/apply_alive_until"),
+        ));
+    }
     if v["plan_file"]["purged_at"].is_i64() {
         out.push_str(&format!(
             "binary plan: purged at {} (SHA-256 {}, {} bytes): the run has ended, so its plan file can never be applied and is not kept; its plan JSON (the planned values too, sensitive ones in clear) and logs are\n",

@@ -339,4 +339,12 @@ fn reports_sent_at_once_move_the_deadline_once() {
     }
     let moved = t.s.audit_of(&t.s.admin, "run.apply_alive");
     assert_eq!(moved.len(), 1, "{moved:?}");
+    // `airlock run show` says until when the run waits for its applier.
+    let shown = t.s.ok(&t.s.admin, &["run", "show", &run]);
+    assert!(
+        shown.contains("the run is closed as abandoned if it has not by")
+            && shown
+                .contains("if its applier stops reporting, the run is closed as abandoned after"),
+        "{shown}"
+    );
 }
