@@ -233,7 +233,7 @@ pub enum Refused {
     NotTheAuthor,
     /// Only the principal applying the run may finish it.
     NotTheApplier,
-    /// Only the run's own run-bound token may record its plan check.
+    /// Only the run's own run-bound token may record its plan check or report for its apply.
     NotTheRunToken,
     /// The plan check names another plan than the run's.
     CheckedAnotherPlan {
@@ -358,7 +358,7 @@ impl Refused {
             }
             Refused::NotTheAuthor => format!("withdraw refused: only the author of run {id} ({}) may withdraw it; an approver may reject it instead", run.author),
             Refused::NotTheApplier => format!("only the principal applying run {id} may finish it"),
-            Refused::NotTheRunToken => format!("plan check refused: only run {id}'s own run-bound token (the one `airlock apply` received) may record its plan check"),
+            Refused::NotTheRunToken => format!("refused: only run {id}'s own run-bound token (the one `airlock apply` received when the apply started) may record its plan check or report for its apply"),
             Refused::CheckedAnotherPlan { seen } => format!(
                 "plan check refused: it was made of plan SHA-256 {} but run {id}'s approved plan is {}",
                 printable_hash(seen),
@@ -371,8 +371,8 @@ impl Refused {
                 run.stack
             ),
             Refused::Abandoned => format!(
-                "run {id} was abandoned: its applier (`airlock apply`) did not report by {}, so its run-bound token has expired; Terraform may have stopped midway and changed resources that the stack's state does not record, and its state lock may still be held: read the run's log and check the resources, then plan again (`terraform force-unlock LOCK_ID` if the stack stays locked)",
-                alive_until(run).map_or_else(|| "its deadline".to_owned(), rfc3339)
+                "run {id} was abandoned: its deadline ({}) passed, because its applier (`airlock apply`) stopped reporting or the apply reached the longest it may take (24 hours after its start, and never past the expiry of the token that started it), so its run-bound token has expired; Terraform may have stopped midway and changed resources that the stack's state does not record, and its state lock may still be held: read the run's log and check the resources, then plan again (`terraform force-unlock LOCK_ID` if the stack stays locked)",
+                alive_until(run).map_or_else(|| "unknown".to_owned(), rfc3339)
             ),
         }
     }

@@ -347,7 +347,8 @@ pub struct ServerArgs {
     /// Seconds an applying run outlives the last report of its `airlock apply` (which reports
     /// every tenth of it): then the run is closed as abandoned (`failed`), and its run-bound
     /// token and removal grant have expired. An apply that reports goes on for up to 24 hours.
-    /// The apply-phase cloud identity token lives no longer than this.
+    /// The apply-phase cloud identity token (OIDC) lives no longer than this, and is refused
+    /// below 60 seconds.
     #[arg(long, env = "AIRLOCK_APPLY_IDLE_TIMEOUT_SECS", default_value_t = 3600,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub apply_idle_timeout_secs: u64,

@@ -41,7 +41,8 @@ use crate::error::{ApiError, ApiResult};
 use crate::stacks::existing_stack;
 use crate::{firewall, run_upload, tokens, AppState};
 
-/// Lifetime of plan-phase and run-bound apply tokens.
+/// Lifetime of plan-phase tokens (a run-bound apply token lives as long as its run's applier
+/// reports: `run_rules::keep_alive`).
 const PHASE_TOKEN_TTL_MS: i64 = 3_600_000;
 /// Bounds on the repository policies one run makes the server evaluate.
 const MAX_POLICY_FILES: usize = 200;
@@ -1850,7 +1851,9 @@ pub async fn heartbeat(
         None => None,
     };
     // Judged first on the record as read, so that the many reports that move nothing take no
-    // write transaction; a due one is judged again on the locked record.
+    // write transaction; a due one is judged again on the locked record, where a report that
+    // finds nothing due any more (another moved the deadline meanwhile) writes nothing: the
+    // closure refuses (the transaction rolls back) and `not_due` turns that into the answer.
     let display = p.display();
     let who = actor(&p, &display);
     let answer = |run: &RunRecord| {

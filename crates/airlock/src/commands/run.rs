@@ -342,14 +342,6 @@ pub fn run_text(v: &Value) -> String {
             "STALE: the stack changed since the plan; it cannot be applied\n"
         });
     }
-    if run["status"] == "applying" && run["apply_alive_until"].is_i64() {
-        out.push_str(&format!(
-            "applying since {} ({}); its `airlock apply` reports while it runs, and the run is closed as abandoned if it has not by {}\n",
-            time(run, "/apply_started_at"),
-            s(run, "/applied_by"),
-            time(run, "/apply_alive_until"),
-        ));
-    }
     if v["plan_file"]["purged_at"].is_i64() {
         out.push_str(&format!(
             "binary plan: purged at {} (SHA-256 {}, {} bytes): the run has ended, so its plan file can never be applied and is not kept; its plan JSON (the planned values too, sensitive ones in clear) and logs are\n",
@@ -1373,7 +1365,7 @@ pub fn apply_run(
     // From here on, every outcome is reported to the server with the run-bound token, and the
     // apply reports that it goes on until it has finished.
     let run_client = c.with_token(token.clone());
-    let _heartbeat = started["heartbeat_ms"]
+    let heartbeat = started["heartbeat_ms"]
         .as_u64()
         .map(|ms| Heartbeat::start(c.with_token(token.clone()), id, Duration::from_millis(ms)));
     // `check`: the check made, when the server has not recorded it through `plan-check`.
@@ -1544,6 +1536,8 @@ pub fn apply_run(
     drop(scratch);
     drop(kept);
     let success = matches!(outcome, Ok(true));
+    // The apply is over: no report may cross `finish` (and warn of a refusal after it).
+    drop(heartbeat);
     let response = finish(success, &log, (!recorded_check).then_some(check.as_str()))?;
     let outcome = match outcome {
         Ok(true) => ApplyOutcome::Applied,
@@ -1695,10 +1689,11 @@ fn save_state_once(
     let written = (|| {
         let path = format!("/api/v1/stacks/{}/versions", stack_segment(stack));
         let (_, versions) = send("GET", &path, b"")?;
-        let versions: Value = serde_json::from_slice(&versions)
-            .map_err(|e| SaveFailed::Again(format!("the stack's versions: {e}")))?;
+        let versions: Value = serde_json::from_slice(&versions).map_err(|e| {
+            SaveFailed::Refused(format!("the stack's versions could not be read: {e}"))
+        })?;
         let body = errored_state_to_write(body, from, &versions)?;
-        send("POST", &format!("{state}?ID={held}"), &body).map(|_| ())
+        send("POST", &format!("{state}?ID={}", query_value(&held)), &body).map(|_| ())
     })();
     // A lock this attempt took is released whatever happened; one it found (Terraform's, or an
     // earlier attempt's) once the write is taken, which proves it is this run's.
@@ -1714,9 +1709,10 @@ fn save_state_once(
 /// `versions` (`GET /api/v1/stacks/{stack}/versions`), as `terraform state push` would and
 /// more strictly: every version since the one the apply started from must be this run's own
 /// (Terraform's snapshots during the apply, an earlier attempt whose answer was lost), else a
-/// person compares first. The write takes the next serial (Terraform counts its failed writes
-/// in the serial it exports), the started-from lineage (one derived from the run id for a stack
-/// the apply found empty, so that a retry writes the same), and keeps every other byte.
+/// person compares first. The write takes the next serial, or Terraform's when higher (it
+/// counts its failed writes in the serial it exports), the started-from lineage (for a stack
+/// the apply found empty: Terraform's, or when it had none yet one derived from the run id, so
+/// that a retry writes the same), and keeps every other top-level value as read.
 fn errored_state_to_write(
     errored: &[u8],
     from: StartedFrom<'_>,
@@ -1752,6 +1748,7 @@ fn errored_state_to_write(
     let lineage = match (from.lineage, &newest) {
         (Some(l), _) => l.to_owned(),
         (None, Some((_, l))) => l.clone(),
+        (None, None) if !their_lineage.is_empty() => their_lineage.clone(),
         (None, None) => {
             let h = hex::encode(Sha256::digest(format!(
                 "airlock lineage of run {}",
@@ -1796,17 +1793,29 @@ impl Heartbeat {
             let mut warned = false;
             while !stopped.load(Ordering::SeqCst) {
                 std::thread::sleep(every.min(Duration::from_millis(100)));
-                if last.elapsed() >= every && !stopped.load(Ordering::SeqCst) {
-                    // A lost report is made up by the next: the server waits for ten. A refused
-                    // one (the run abandoned, its token expired) is said once, loudly: the
-                    // state write at the end of this apply will be refused too.
-                    let refused = (client.send("POST", &path, &json!({})).err())
-                        .and_then(|e| e.downcast::<ServerRefused>().ok());
-                    if let (Some(refused), false) = (refused, warned) {
-                        eprintln!("warning: the server refused this apply's report ({refused}): Terraform's state write at the end will be refused too; keep Terraform's errored.tfstate if it writes one, and see `airlock run show`");
-                        warned = true;
-                    }
-                    last = Instant::now();
+                if last.elapsed() < every || stopped.load(Ordering::SeqCst) {
+                    continue;
+                }
+                last = Instant::now();
+                // A lost or failed report is made up by the next (the deadline moves once a
+                // third of the idle time has passed, and reports come ten times in it).
+                let timeout = Some(every.clamp(Duration::from_secs(1), Duration::from_secs(30)));
+                let sent = client.send_raw("POST", &path, &[], b"{}", 64 * 1024, timeout);
+                let Ok((code, answer)) = sent else { continue };
+                if warned || stopped.load(Ordering::SeqCst) {
+                    continue;
+                }
+                // Said once, loudly: the state write at the end of this apply will be refused.
+                let deadline = serde_json::from_slice::<Value>(&answer)
+                    .ok()
+                    .and_then(|v| v["alive_until"].as_i64());
+                let left = deadline.map(|d| d - airlock_store::now_ms());
+                if matches!(code, 401 | 403 | 409 | 410) {
+                    eprintln!("warning: the server refused this apply's report ({code}: {}): Terraform's state write at the end will be refused too; keep Terraform's errored.tfstate if it writes one, and see `airlock run show`", printable(&String::from_utf8_lossy(answer.get(..300).unwrap_or(&answer))));
+                    warned = true;
+                } else if left.is_some_and(|l| l < 3 * every.as_millis() as i64) {
+                    eprintln!("warning: this apply's run is closed at {} however it reports: the apply reaches the longest it may take (24 hours, and never past the expiry of the token that started it); Terraform's state writes after that will be refused", airlock_core::time::rfc3339(deadline.unwrap_or_default()));
+                    warned = true;
                 }
             }
         });
@@ -2000,6 +2009,22 @@ mod tests {
         let first = written(&errored("", 0), from(None, None), &versions(vec![])).unwrap();
         assert_eq!(first["lineage"].as_str().unwrap().len(), 36, "{first}");
         assert_eq!(first["serial"], 1);
+        let derived = written(&errored("", 0), from(None, None), &versions(vec![])).unwrap();
+        assert_eq!(
+            derived["lineage"], first["lineage"],
+            "a retry derives the same"
+        );
+        // Terraform's own, when it chose one (its read worked, its write did not).
+        let chosen = written(
+            &errored("tf-lineage", 1),
+            from(None, None),
+            &versions(vec![]),
+        )
+        .unwrap();
+        assert_eq!(
+            (chosen["lineage"].as_str(), chosen["serial"].as_u64()),
+            (Some("tf-lineage"), Some(1))
+        );
         let again = vec![json!({"serial": 1, "lineage": first["lineage"], "run_id": "run_a"})];
         let retried = written(&errored("", 0), from(None, None), &versions(again)).unwrap();
         assert_eq!(
