@@ -1739,7 +1739,11 @@ fn errored_state_to_write(
             continue;
         }
         if v["run_id"].as_str() != Some(from.run) {
-            return Err(refused(format!("the stack's serial {serial} was written by {} since this apply started (at {}), not by run {}", v["author"].as_str().unwrap_or("?"), from.serial.map_or("no state".to_owned(), |s| format!("serial {s}")), from.run)));
+            let author = printable(v["author"].as_str().unwrap_or("?")).into_owned();
+            let start = from
+                .serial
+                .map_or("no state".to_owned(), |s| format!("serial {s}"));
+            return Err(refused(format!("the stack's serial {serial} was written by {author} since this apply started (at {start}), not by run {}", from.run)));
         }
         if newest.as_ref().is_none_or(|(n, _)| serial > *n) {
             newest = Some((serial, v["lineage"].as_str().unwrap_or_default().to_owned()));
