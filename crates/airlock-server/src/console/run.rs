@@ -336,6 +336,14 @@ async fn render(ctx: &Ctx, id: &str, page: usize, flash: Option<(StatusCode, Str
             esc(&writers.join(", "))
         )
     };
+    // An applying run waits for reports from its applier until its deadline.
+    let alive = match (status.as_str(), run["apply_alive_until"].is_i64()) {
+        ("applying", true) => format!(
+            "<tr><th>applier reports until</th><td id=\"alive-until\">{} (the run is closed as abandoned if its applier stops reporting by then)</td></tr>",
+            esc(&at(&run["apply_alive_until"]))
+        ),
+        _ => String::new(),
+    };
     let _ = write!(
         body,
         "<section id=\"metadata\"><h2>Plan</h2><table class=\"meta\">\
@@ -343,7 +351,7 @@ async fn render(ctx: &Ctx, id: &str, page: usize, flash: Option<(StatusCode, Str
 <tr><th>base commit</th><td class=\"mono\">{}</td></tr><tr><th>inputs fingerprint</th><td class=\"mono\">{}</td></tr>\
 <tr><th>Terraform</th><td>{}</td></tr><tr><th>planned serial</th><td>{}</td></tr><tr><th>still current</th><td id=\"current\">{}</td></tr>\
 <tr><th>plan SHA-256</th><td class=\"mono\">{}</td></tr><tr><th>plan file</th><td id=\"plan-file\">{}</td></tr><tr><th>created</th><td>{}</td></tr><tr><th>expires</th><td>{}</td></tr>\
-<tr><th>approvals</th><td>{} valid of {} required</td></tr><tr><th>note</th><td>{}</td></tr></table>",
+<tr><th>approvals</th><td>{} valid of {} required</td></tr>{alive}<tr><th>note</th><td>{}</td></tr></table>",
         esc(&text(&run["author"])),
         esc(&text(&run["author_role"])),
         esc(&text(&run["git_head"])),

@@ -925,7 +925,7 @@ async fn the_live_apply_log_comes_only_from_the_applier_while_it_applies() {
         "tok_author",
         &simple_plan(),
         &[],
-        json!({"status": "applying", "applied_by": display}),
+        json!({"status": "applying", "applied_by": display, "apply_alive_until": 1_900_000_000_000i64}),
     );
     put_run(
         &s,
@@ -991,6 +991,11 @@ async fn the_live_apply_log_comes_only_from_the_applier_while_it_applies() {
     assert!(live.json()["log"].as_str().unwrap().contains("line two"));
     let page = b.get("/ui/runs/run_live").await.text();
     assert!(page.contains("line one &lt;script&gt;") && !page.contains("<script>alert"));
+    // Until when it waits for its applier.
+    assert!(
+        page.contains("id=\"alive-until\">2030-03-17T17:46:40.000Z (the run is closed as abandoned"),
+        "{page}"
+    );
 }
 
 /// A run whose plan phase could read other stacks (`terraform_remote_state`) says which, so a
