@@ -89,12 +89,7 @@ pub fn keep_alive(
     if actor.run_id != Some(run.id.as_str()) || run.apply_token.as_deref() != Some(actor.token_id) {
         return Err(Refused::NotTheRunToken);
     }
-    if run.status != RunStatus::Applying {
-        return Err(Refused::WrongStatus {
-            status: run.status,
-            wanted: "applying",
-        });
-    }
+    require(run, run.status == RunStatus::Applying, "applying")?;
     if is_abandoned(run, now) {
         return Err(Refused::Abandoned);
     }
@@ -420,6 +415,19 @@ fn article(word: &str) -> &'static str {
     }
 }
 
+/// Refuses a run that is not in a status the transition starts from (`ok` false); `wanted` says
+/// which, in words.
+fn require(run: &RunRecord, ok: bool, wanted: &'static str) -> Result<(), Refused> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Refused::WrongStatus {
+            status: run.status,
+            wanted,
+        })
+    }
+}
+
 /// Translates a verdict into what `Store::update_run` records: the new run and its audit event,
 /// or the refusal (with the expired/superseded record it still writes).
 pub fn decided(
@@ -561,12 +569,11 @@ pub fn approve(
     if run.status == RunStatus::Denied || run.decision == "deny" {
         return Err(Refused::Denied);
     }
-    if run.status != RunStatus::NeedsApproval {
-        return Err(Refused::WrongStatus {
-            status: run.status,
-            wanted: "waiting for approval",
-        });
-    }
+    require(
+        run,
+        run.status == RunStatus::NeedsApproval,
+        "waiting for approval",
+    )?;
     // Identities, not tokens: the author's user (whichever token, phase tokens included,
     // planned it) cannot approve, and each user approves once.
     if is_author(run, actor) {
@@ -624,12 +631,11 @@ pub fn reject(
     reason: &str,
     now: i64,
 ) -> Result<Transition, Refused> {
-    if !run.status.is_open() {
-        return Err(Refused::WrongStatus {
-            status: run.status,
-            wanted: "open (it can no longer be rejected)",
-        });
-    }
+    require(
+        run,
+        run.status.is_open(),
+        "open (it can no longer be rejected)",
+    )?;
     let mut new = run.clone();
     new.status = RunStatus::Rejected;
     new.updated_at = now;
@@ -650,12 +656,11 @@ pub fn withdraw(run: &RunRecord, actor: &Actor<'_>, now: i64) -> Result<Transiti
     if !is_author(run, actor) {
         return Err(Refused::NotTheAuthor);
     }
-    if !run.status.is_open() {
-        return Err(Refused::WrongStatus {
-            status: run.status,
-            wanted: "open (it can no longer be withdrawn)",
-        });
-    }
+    require(
+        run,
+        run.status.is_open(),
+        "open (it can no longer be withdrawn)",
+    )?;
     let mut t = closed(
         run,
         RunStatus::Withdrawn,
@@ -808,12 +813,7 @@ pub fn finish(
     now: i64,
 ) -> Result<Transition, Refused> {
     may_finish(run, actor)?;
-    if run.status != RunStatus::Applying {
-        return Err(Refused::WrongStatus {
-            status: run.status,
-            wanted: "applying",
-        });
-    }
+    require(run, run.status == RunStatus::Applying, "applying")?;
     let mut new = run.clone();
     new.status = if success {
         RunStatus::Applied
@@ -848,12 +848,7 @@ pub fn plan_checked(
     if actor.run_id != Some(run.id.as_str()) {
         return Err(Refused::NotTheRunToken);
     }
-    if run.status != RunStatus::Applying {
-        return Err(Refused::WrongStatus {
-            status: run.status,
-            wanted: "applying",
-        });
-    }
+    require(run, run.status == RunStatus::Applying, "applying")?;
     if run.plan_checked_at.is_some() {
         return Err(Refused::PlanCheckedAlready);
     }
@@ -885,12 +880,7 @@ fn printable_check(check: &str) -> String {
 
 /// After `applied` finished, every other open run of its stack is superseded.
 pub fn supersede(run: &RunRecord, applied: &RunRecord, now: i64) -> Result<Transition, Refused> {
-    if !run.status.is_open() || run.id == applied.id {
-        return Err(Refused::WrongStatus {
-            status: run.status,
-            wanted: "open",
-        });
-    }
+    require(run, run.status.is_open() && run.id != applied.id, "open")?;
     Ok(closed(
         run,
         RunStatus::Superseded,

@@ -993,7 +993,9 @@ async fn the_live_apply_log_comes_only_from_the_applier_while_it_applies() {
     assert!(page.contains("line one &lt;script&gt;") && !page.contains("<script>alert"));
     // Until when it waits for its applier.
     assert!(
-        page.contains("id=\"alive-until\">2030-03-17T17:46:40.000Z (the run is closed as abandoned"),
+        page.contains(
+            "id=\"alive-until\">2030-03-17T17:46:40.000Z (the run is closed as abandoned"
+        ),
         "{page}"
     );
 }
