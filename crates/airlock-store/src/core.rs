@@ -1327,7 +1327,7 @@ fn keep_run_token_until(db: &mut dyn Sql, run: &str, token: &str, until: i64) ->
         .map(|r| r.opt_i64(0))
         .transpose()?
         .flatten();
-    let token_until = parent_expiry.map_or(until, |p| p.min(until));
+    let token_until = crate::model::no_later_than_minter(Some(until), parent_expiry);
     db.execute(
         "UPDATE tokens SET expires_at = $3 WHERE id = $1 AND run_id = $2",
         params![token, run, token_until],

@@ -815,10 +815,7 @@ impl NewToken {
             )));
         }
         self.user = parent.user.clone();
-        self.expires_at = match (self.expires_at, parent.expires_at) {
-            (Some(own), Some(p)) => Some(own.min(p)),
-            (own, p) => own.or(p),
-        };
+        self.expires_at = no_later_than_minter(self.expires_at, parent.expires_at);
         self.within_mint_limit(&ctx)
     }
 
@@ -1072,4 +1069,14 @@ pub struct OidcTrustRecord {
     pub removed_at: Option<i64>,
     /// Who removed it.
     pub removed_by: Option<String>,
+}
+
+/// The expiry of a token minted from a token that expires at `minter`: never later (a minted
+/// token dies with its minter), at mint and whenever its expiry moves (an apply's run-bound
+/// token, `core::keep_run_token_until`).
+pub(crate) fn no_later_than_minter(own: Option<i64>, minter: Option<i64>) -> Option<i64> {
+    match (own, minter) {
+        (Some(own), Some(m)) => Some(own.min(m)),
+        (own, m) => own.or(m),
+    }
 }
