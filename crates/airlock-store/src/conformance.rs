@@ -237,19 +237,13 @@ pub fn overdue_runs_expire(s: &dyn StoreImport) {
             "{id}"
         );
     }
-    let events = s.audit_events(0, 100_000).unwrap();
-    let expired: Vec<_> = events[before..]
-        .iter()
-        .filter(|e| e.action == "run.expired" && e.detail["run"] == "run_exp_waiting")
-        .collect();
-    assert_eq!(expired.len(), 1, "{:?}", &events[before..]);
-    assert_eq!(expired[0].actor, "system (run expiry)");
+    let expired = swept_event(s, before, "run.expired", "run_exp_waiting");
     assert!(
-        expired[0].detail["plan_purged"].is_object(),
+        expired.detail["plan_purged"].is_object(),
         "{:?}",
-        expired[0].detail
+        expired.detail
     );
-    verify_chain(&events).unwrap();
+    verify_chain(&s.audit_events(0, 100_000).unwrap()).unwrap();
     assert_eq!(
         s.expire_overdue_runs(now, crate::run_rules::SWEPT_RUNS)
             .unwrap(),
@@ -257,12 +251,25 @@ pub fn overdue_runs_expire(s: &dyn StoreImport) {
     );
 }
 
+/// The one `action` event of run `run` among the audit events after the first `before`, and
+/// the sweep recorded it.
+fn swept_event(s: &dyn StoreImport, before: usize, action: &str, run: &str) -> AuditRecord {
+    let events = s.audit_events(0, 100_000).unwrap();
+    let found: Vec<&AuditRecord> = events[before..]
+        .iter()
+        .filter(|e| e.action == action && e.detail["run"] == run)
+        .collect();
+    assert_eq!(found.len(), 1, "{:?}", &events[before..]);
+    assert_eq!(found[0].actor, crate::run_rules::EXPIRY_SWEEPER.display);
+    found[0].clone()
+}
+
 /// An applying run lives while its applier reports: a report moves its deadline, and in the
 /// same transaction its run-bound token's expiry (never past that of the token that minted it)
 /// and its removal grant's. Past its deadline the sweep closes it as `failed` (plan purged,
 /// grant consumed, audited as the system); a run still within its deadline is left alone.
 pub fn abandoned_applies_fail_and_reported_ones_live(s: &dyn StoreImport) {
-    use crate::run_rules::{decided, keep_alive, Actor, EXPIRY_SWEEPER};
+    use crate::run_rules::{decided, keep_alive, Actor};
     let stack = "conf/abandon";
     stack_at_serial_1(s, stack);
     let plan = b"binary plan".to_vec();
@@ -385,13 +392,7 @@ pub fn abandoned_applies_fail_and_reported_ones_live(s: &dyn StoreImport) {
         grant("g_run_ab_dead").consumed_at.is_some(),
         "its grant ends"
     );
-    let events = s.audit_events(0, 100_000).unwrap();
-    let failed: Vec<_> = events[before..]
-        .iter()
-        .filter(|e| e.action == "run.failed" && e.detail["run"] == "run_ab_dead")
-        .collect();
-    assert_eq!(failed.len(), 1, "{:?}", &events[before..]);
-    assert_eq!(failed[0].actor, EXPIRY_SWEEPER.display);
+    swept_event(s, before, "run.failed", "run_ab_dead");
     assert_eq!(
         s.run("run_ab_live").unwrap().unwrap().status,
         RunStatus::Applying

@@ -1462,6 +1462,18 @@ mod tests {
         r
     }
 
+    /// The checkout of most apply tests: the approved plan stored, the reviewed fingerprint
+    /// (`f1`), nothing revoked or protected since.
+    fn reviewed() -> Checkout<'static> {
+        Checkout {
+            stored_plan_sha256: Some(PLAN),
+            fingerprint: "f1",
+            inputs: &[],
+            revoked_approvals: &[],
+            protected_since: &[],
+        }
+    }
+
     /// What a start gives the apply in most tests: run-bound token `id`, the default idle time.
     fn given(id: &str) -> ApplyToken<'_> {
         ApplyToken {
@@ -1589,13 +1601,7 @@ mod tests {
         assert!(!is_abandoned(&done, NOW + MAX_APPLY_MS * 2));
         // The start's deadline is the idle time on, within the starting token's life.
         let start = |limit| {
-            let checkout = Checkout {
-                stored_plan_sha256: Some(PLAN),
-                fingerprint: "f1",
-                inputs: &[],
-                revoked_approvals: &[],
-                protected_since: &[],
-            };
+            let checkout = reviewed();
             let token = ApplyToken {
                 id: "tok_run",
                 idle_ms: IDLE,
@@ -1622,13 +1628,7 @@ mod tests {
         let mut raised = stack();
         raised.settings.required_approvals = 2;
         let ci = actor("tok_ci", "tok_ci", Role::Ci);
-        let checkout = Checkout {
-            stored_plan_sha256: Some(PLAN),
-            fingerprint: "f1",
-            inputs: &[],
-            revoked_approvals: &[],
-            protected_since: &[],
-        };
+        let checkout = reviewed();
         let refused = Refused::NoLongerApproved {
             revoked: vec![],
             valid: 1,
@@ -1662,13 +1662,7 @@ mod tests {
         );
         let approved_again = approve_as(&waiting, &bob).unwrap();
         assert_eq!(approved_again.status, RunStatus::Approved);
-        let checkout = Checkout {
-            stored_plan_sha256: Some(PLAN),
-            fingerprint: "f1",
-            inputs: &[],
-            revoked_approvals: &[],
-            protected_since: &[],
-        };
+        let checkout = reviewed();
         let got = start_apply(
             &approved_again,
             &raised,
@@ -1884,11 +1878,9 @@ mod tests {
         r.inputs = vec![InputFile::of("main.tf", b"a"), InputFile::of("x.tf", b"x")];
         let sent = [InputFile::of("main.tf", b"b"), InputFile::of("x.tf", b"x")];
         let checkout = Checkout {
-            stored_plan_sha256: Some(PLAN),
             fingerprint: "f2",
             inputs: &sent,
-            revoked_approvals: &[],
-            protected_since: &[],
+            ..reviewed()
         };
         let ci = actor("tok_ci", "tok_ci", Role::Ci);
         let got = start_apply(
@@ -1914,13 +1906,7 @@ mod tests {
         let mut r = approved();
         r.planned_serial = Some(2);
         let ci = actor("tok_ci", "tok_ci", Role::Ci);
-        let checkout = Checkout {
-            stored_plan_sha256: Some(PLAN),
-            fingerprint: "f1",
-            inputs: &[],
-            revoked_approvals: &[],
-            protected_since: &[],
-        };
+        let checkout = reviewed();
         let verdict = start_apply(
             &r,
             &stack(),
@@ -2145,13 +2131,7 @@ mod tests {
             &stack(),
             Some(&version(4)),
             &actor("tok_ci", "tok_ci", Role::Ci),
-            Checkout {
-                stored_plan_sha256: Some(PLAN),
-                fingerprint: "f1",
-                inputs: &[],
-                revoked_approvals: &[],
-                protected_since: &[],
-            },
+            reviewed(),
             given("tok_run"),
             NOW,
         )

@@ -49,9 +49,22 @@ fn approved_run(idle: &str, stack: &str, main_tf: &str) -> (Team, Workspace, Str
         stack,
     );
     let ws = Workspace::new(&t.s, stack, main_tf);
-    let run = plan(&t, &ws, &t.agent, stack);
-    t.s.ok(&t.approver, &["approve", &run]);
+    let run = plan_approved(&t, &ws, stack);
     (t, ws, run)
+}
+
+/// The agent plans the workspace on `stack` and an approver approves it: the run's id.
+fn plan_approved(t: &Team, ws: &Workspace, stack: &str) -> String {
+    let run = plan(t, ws, &t.agent, stack);
+    t.s.ok(&t.approver, &["approve", &run]);
+    run
+}
+
+/// A team on a fresh server whose store (in a directory of `tmp`) a restart can reuse.
+fn restartable_team(tmp: &tempfile::TempDir, stack: &str) -> (Backing, Team) {
+    let backing = Backing::Dir(tmp.path().join("data"));
+    let t = team_on(TestServer::start_on(&backing, None, &[], &[]), stack);
+    (backing, t)
 }
 
 /// Waits (up to 60 s) until `done` holds for run `run`'s record, and returns it.
@@ -242,12 +255,10 @@ fn assert_saved(t: &Team, run: &str, stack: &str, resource: &str, printed: &str)
 #[test]
 fn a_state_terraform_could_not_save_is_saved_once_the_server_is_back() {
     let tmp = tempfile::tempdir().unwrap();
-    let backing = Backing::Dir(tmp.path().join("data"));
     let stack = "dev/blip";
-    let mut t = team_on(TestServer::start_on(&backing, None, &[], &[]), stack);
+    let (backing, mut t) = restartable_team(&tmp, stack);
     let ws = Workspace::new(&t.s, stack, &slow_resource(3));
-    let run = plan(&t, &ws, &t.agent, stack);
-    t.s.ok(&t.approver, &["approve", &run]);
+    let run = plan_approved(&t, &ws, stack);
     let (status, printed) = apply_while_the_server_restarts(&mut t, &ws, &run, stack, &backing);
     assert!(!status.success(), "Terraform failed: {printed}");
     let state = assert_saved(&t, &run, stack, "slow", &printed);
@@ -259,20 +270,17 @@ fn a_state_terraform_could_not_save_is_saved_once_the_server_is_back() {
 #[test]
 fn a_state_terraform_could_not_save_over_an_existing_one_follows_it() {
     let tmp = tempfile::tempdir().unwrap();
-    let backing = Backing::Dir(tmp.path().join("data"));
     let stack = "dev/blip2";
-    let mut t = team_on(TestServer::start_on(&backing, None, &[], &[]), stack);
+    let (backing, mut t) = restartable_team(&tmp, stack);
     let base = "resource \"terraform_data\" \"base\" {\n  input = \"a\"\n}\n";
     let ws = Workspace::new(&t.s, stack, base);
-    let first = plan(&t, &ws, &t.agent, stack);
-    t.s.ok(&t.approver, &["approve", &first]);
+    let first = plan_approved(&t, &ws, stack);
     let out = apply(&t, &ws, &t.ci, &first);
     assert!(out.status.success(), "{}", text(&out));
     let before: Value =
         serde_json::from_str(&raw("GET", &t.s.state_url(stack), &t.s.admin, b"").1).unwrap();
     ws.write_main(&format!("{base}{}", slow_resource(3)));
-    let run = plan(&t, &ws, &t.agent, stack);
-    t.s.ok(&t.approver, &["approve", &run]);
+    let run = plan_approved(&t, &ws, stack);
     let (status, printed) = apply_while_the_server_restarts(&mut t, &ws, &run, stack, &backing);
     assert!(!status.success(), "Terraform failed: {printed}");
     let state = assert_saved(&t, &run, stack, "slow", &printed);
@@ -297,8 +305,7 @@ fn an_errored_state_older_than_the_apply_is_not_saved() {
     let planted =
         r#"{"version": 4, "lineage": "", "serial": 0, "resources": [{"name": "planted"}]}"#;
     std::fs::write(ws.dir.join("errored.tfstate"), planted).unwrap();
-    let run = plan(&t, &ws, &t.agent, stack);
-    t.s.ok(&t.approver, &["approve", &run]);
+    let run = plan_approved(&t, &ws, stack);
     let out = apply(&t, &ws, &t.ci, &run);
     let printed = text(&out);
     assert!(!out.status.success(), "{printed}");
