@@ -74,6 +74,10 @@ pub struct ServerConfig {
     /// every tenth of it): then the run is closed as abandoned, and its run-bound token and
     /// removal grant have expired (`run_rules::keep_alive`).
     pub apply_idle_timeout: Duration,
+    /// How long a plan-phase token outlives its planner's last report (`airlock plan` reports
+    /// every tenth of it, with the token that minted it): its first lifetime, and what each
+    /// report renews, up to a day (`tokens::keep_plan_alive`).
+    pub plan_idle_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -94,16 +98,25 @@ impl Default for ServerConfig {
             apply_idle_timeout: Duration::from_millis(
                 airlock_store::run_rules::APPLY_IDLE_MS as u64,
             ),
+            plan_idle_timeout: Duration::from_secs(3600),
         }
     }
+}
+
+/// `d` in milliseconds, at least 1.
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX).max(1)
 }
 
 impl ServerConfig {
     /// [`ServerConfig::apply_idle_timeout`] in milliseconds, at least 1.
     pub fn apply_idle_ms(&self) -> i64 {
-        i64::try_from(self.apply_idle_timeout.as_millis())
-            .unwrap_or(i64::MAX)
-            .max(1)
+        millis(self.apply_idle_timeout)
+    }
+
+    /// [`ServerConfig::plan_idle_timeout`] in milliseconds, at least 1.
+    pub fn plan_idle_ms(&self) -> i64 {
+        millis(self.plan_idle_timeout)
     }
 
     /// Largest run upload (or apply log) a token of `role` may send, in bytes.

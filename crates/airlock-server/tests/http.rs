@@ -10,6 +10,7 @@
 //! - `identity`: users own tokens; phase tokens die with their parent; scoped admins stay inside.
 //! - `console`: the web console at `/ui/`: every console route × role, headers, sessions, CSRF,
 //!   hostile text.
+//! - `plan_reports`: a plan-phase token lives while its minter reports, and only its minter.
 //! - `policies`: server Rego policy sets: admin-only changes, bounds, versions, audit.
 //! - `mcp`: the MCP endpoint: tool lists per role, transport rules, hostile arguments, audit.
 //! - `run_uploads`: hostile streamed run uploads (truncated, altered, bombs, wrong type).
@@ -42,6 +43,8 @@ mod identity;
 mod matrix;
 #[path = "http/mcp.rs"]
 mod mcp;
+#[path = "http/plan_reports.rs"]
+mod plan_reports;
 #[path = "http/policies.rs"]
 mod policies;
 #[path = "http/protocol.rs"]

@@ -104,6 +104,7 @@ pub fn run_all<S: StoreImport + StoreStats + 'static>(engine: &Arc<S>) {
     // Every token above was minted under the rule: re-judging revokes none.
     assert_eq!(store.revoke_unsafe_mints().unwrap(), []);
     abandoned_applies_fail_and_reported_ones_live(engine.as_ref());
+    plan_tokens_live_while_their_minter_reports(store.as_ref());
     // Last: it closes every overdue run the tests above left open.
     overdue_runs_expire(engine.as_ref());
 }
@@ -874,6 +875,69 @@ pub fn stacks(s: &dyn Store) {
         s.current_version("conf/none"),
         Err(StoreError::NotFound(_))
     ));
+}
+
+/// A plan-phase token's expiry moves while its minter reports: only from the expiry the report
+/// was judged with (so reports sent at once move it once), never past its minter's, and never
+/// for a revoked token or another minter; each move is audited in its transaction.
+pub fn plan_tokens_live_while_their_minter_reports(s: &dyn Store) {
+    let now = now_ms();
+    let minter_expiry = now + 300_000;
+    for (id, parent, expires_at) in [
+        ("tok_pl_ci", None, Some(minter_expiry)),
+        ("tok_pl_root", None, None),
+        ("tok_pl_plan", Some("tok_pl_ci"), Some(now + 10_000)),
+        ("tok_pl_plan2", Some("tok_pl_root"), Some(now + 10_000)),
+    ] {
+        s.create_token(new_token(id, "", parent, expires_at), audit("token.create"))
+            .unwrap();
+    }
+    let moved = |id: &str, minter: &str, from: i64, until: i64| {
+        let note = NewAudit::ok("ci", "token.plan_alive", None, json!({"token": id}));
+        s.keep_phase_token_until(id, minter, Some(from), until, note)
+            .unwrap()
+            .map(|t| t.expires_at)
+    };
+    let events = || {
+        s.audit_events(0, 100_000)
+            .unwrap()
+            .iter()
+            .filter(|e| e.action == "token.plan_alive")
+            .count()
+    };
+    let before = events();
+    // Clamped to the minter's expiry; a minter that never expires leaves it as asked.
+    let later = now + 600_000;
+    assert_eq!(
+        moved("tok_pl_plan", "tok_pl_ci", now + 10_000, later),
+        Some(Some(minter_expiry))
+    );
+    assert_eq!(
+        moved("tok_pl_plan2", "tok_pl_root", now + 10_000, later),
+        Some(Some(later))
+    );
+    // Judged on an expiry that has moved since (another report did it), or for another minter:
+    // nothing is written.
+    assert_eq!(
+        moved("tok_pl_plan", "tok_pl_ci", now + 10_000, later + 1),
+        None
+    );
+    assert_eq!(moved("tok_pl_plan2", "tok_pl_ci", later, later + 1), None);
+    assert_eq!(
+        moved("tok_pl_ci", "tok_pl_root", minter_expiry, later),
+        None
+    );
+    // A revoked token stays as it was.
+    s.revoke_token("tok_pl_plan2", audit("token.revoke"))
+        .unwrap();
+    assert_eq!(moved("tok_pl_plan2", "tok_pl_root", later, later + 1), None);
+    let t = s.token("tok_pl_plan2").unwrap().unwrap();
+    assert_eq!((t.expires_at, t.revoked_at.is_some()), (Some(later), true));
+    assert_eq!(
+        s.token("tok_pl_plan").unwrap().unwrap().expires_at,
+        Some(minter_expiry)
+    );
+    assert_eq!(events(), before + 2);
 }
 
 /// A token with a fresh random-ish hash: `user` empty means "its own identity".

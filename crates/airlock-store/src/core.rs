@@ -1949,6 +1949,37 @@ impl<E: Engine> Store for E {
         })
     }
 
+    fn keep_phase_token_until(
+        &self,
+        id: &str,
+        minter: &str,
+        from: Option<i64>,
+        until: i64,
+        audit: NewAudit,
+    ) -> Result<Option<TokenRecord>> {
+        self.write(|db| {
+            // The token's row first: a revocation (which locks it too) commits before this
+            // and is seen, or waits for it.
+            let still = token_by_id(db, id, true)?.filter(|t| {
+                t.parent_id.as_deref() == Some(minter)
+                    && t.run_id.is_none()
+                    && t.revoked_at.is_none()
+                    && t.expires_at == from
+            });
+            if still.is_none() {
+                return Ok(None);
+            }
+            let minter_expiry = token_by_id(db, minter, false)?.and_then(|m| m.expires_at);
+            let to = crate::model::no_later_than_minter(Some(until), minter_expiry);
+            db.execute(
+                "UPDATE tokens SET expires_at = $2 WHERE id = $1",
+                params![id, to],
+            )?;
+            append_audit(db, &audit)?;
+            token_by_id(db, id, false)
+        })
+    }
+
     fn revoke_token(&self, id: &str, audit: NewAudit) -> Result<TokenRecord> {
         self.write(|db| {
             let now = now_ms();

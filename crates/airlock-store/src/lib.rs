@@ -101,6 +101,18 @@ pub trait Store: Send + Sync {
     /// not); `NotFound` if there is none. Records `audit` when the token itself is revoked now,
     /// and a `token.revoke_cascade` event naming the descendants revoked with it, if any.
     fn revoke_token(&self, id: &str, audit: NewAudit) -> Result<TokenRecord>;
+    /// Moves the expiry of the plan-phase token `id` (minted by `minter`, bound to no run) from
+    /// `from`, the expiry it was judged with, to `until`, never past its minter's, and records
+    /// `audit`, in one transaction. `None`, with nothing written, when the token is no longer
+    /// that: revoked, or its expiry moved meanwhile (another report of the same plan did it).
+    fn keep_phase_token_until(
+        &self,
+        id: &str,
+        minter: &str,
+        from: Option<i64>,
+        until: i64,
+        audit: NewAudit,
+    ) -> Result<Option<TokenRecord>>;
     /// Judges every live parentless token of every person again with [`Person::may_receive`]
     /// (as [`Person::refusal`]) and revokes each token the rule refuses: tokens a scoped admin
     /// minted before the rule existed, for people with rights beyond its scope. Each is

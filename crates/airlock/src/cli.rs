@@ -352,6 +352,13 @@ pub struct ServerArgs {
     #[arg(long, env = "AIRLOCK_APPLY_IDLE_TIMEOUT_SECS", default_value_t = 3600,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub apply_idle_timeout_secs: u64,
+    /// Seconds a plan-phase token outlives the last report of its `airlock plan` (which reports
+    /// every tenth of it, with the token that minted it): its first lifetime, renewed by each
+    /// report for up to 24 hours, so a long plan still releases its lock. A dead planner's token
+    /// expires within this time; an approved apply takes over the lock its plan left.
+    #[arg(long, env = "AIRLOCK_PLAN_IDLE_TIMEOUT_SECS", default_value_t = 3600,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub plan_idle_timeout_secs: u64,
 }
 
 /// `airlock server --log-level`.

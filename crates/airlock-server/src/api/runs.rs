@@ -22,7 +22,8 @@ use airlock_policy::planfile::{lock_file_locks_providers, BinaryChange, PlanFile
 use airlock_policy::{config, plan, report};
 use airlock_store::run_rules::{self, Actor, Checkout, Refused, Transition};
 use airlock_store::{
-    now_ms, NewAudit, NewGrant, NewToken, RunFilter, RunRecord, RunStatus, StackRecord, VersionMeta,
+    now_ms, NewAudit, NewGrant, NewToken, RunFilter, RunRecord, RunStatus, StackRecord,
+    TokenRecord, VersionMeta,
 };
 use axum::body::{Body, Bytes};
 use axum::extract::Request;
@@ -41,9 +42,6 @@ use crate::error::{ApiError, ApiResult};
 use crate::stacks::existing_stack;
 use crate::{firewall, run_upload, tokens, AppState};
 
-/// Lifetime of plan-phase tokens (a run-bound apply token lives as long as its run's applier
-/// reports: `run_rules::keep_alive`).
-const PHASE_TOKEN_TTL_MS: i64 = 3_600_000;
 /// Bounds on the repository policies one run makes the server evaluate.
 const MAX_POLICY_FILES: usize = 200;
 const MAX_POLICY_BYTES: usize = 1024 * 1024;
@@ -175,7 +173,8 @@ pub async fn plan_token(
         name: format!("plan for {}", p.name),
         role: Role::Agent,
         stacks: vec![stack.to_string()],
-        expires_at: Some(now_ms() + PHASE_TOKEN_TTL_MS),
+        // Renewed while the planner reports (`plan_heartbeat`).
+        expires_at: Some(now_ms() + state.config.plan_idle_ms()),
         created_by: p.display(),
         run_id: None,
         user: p.user.clone(),
@@ -194,7 +193,7 @@ pub async fn plan_token(
     Ok((
         StatusCode::CREATED,
         Json(
-            json!({ "token_id": g.id, "secret": g.secret, "expires_at": record.expires_at, "read_stacks": record.read_stacks }),
+            json!({ "token_id": g.id, "secret": g.secret, "expires_at": record.expires_at, "read_stacks": record.read_stacks, "heartbeat_ms": heartbeat_ms(state.config.plan_idle_ms()) }),
         ),
     ))
 }
@@ -1162,13 +1161,7 @@ fn plan_read_stacks(
         return Ok(p.read_stacks.clone());
     }
     match st.token(id)? {
-        Some(t)
-            if t.parent_id.as_deref() == Some(p.token_id.as_str())
-                && t.run_id.is_none()
-                && t.stacks == [stack] =>
-        {
-            Ok(t.read_stacks)
-        }
+        Some(t) if tokens::is_plan_token_of(&t, &p.token_id, stack) => Ok(t.read_stacks),
         _ => Err(bad(format!(
             "plan_token {:?} is not a plan-phase token the uploading token minted for {stack}",
             id.chars().take(80).collect::<String>()
@@ -1825,6 +1818,83 @@ pub async fn apply(
 /// reports never end an apply.
 fn heartbeat_ms(idle_ms: i64) -> i64 {
     (idle_ms / 10).max(1)
+}
+
+/// `POST /api/v1/stacks/{stack}/plan-token/{id}/heartbeat` (the token that minted plan-phase
+/// token `id`): the plan goes on. The token's expiry moves on by the server's plan idle time
+/// when a third of it has passed (`tokens::keep_plan_alive`; reports in between write
+/// nothing), never past a day after its mint nor its minter's expiry, so a plan longer than the
+/// token's first lifetime still releases its lock. Terraform holds the plan-phase token, not
+/// its minter, so nothing the plan runs can keep it alive.
+pub async fn plan_heartbeat(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Extension(RequestStack(stack)): Extension<RequestStack>,
+    Path((_, id)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let idle_ms = state.config.plan_idle_ms();
+    let i = id.clone();
+    let not_found = || {
+        ApiError::new(
+            RefusalKind::NotFound,
+            format!(
+                "no plan-phase token {:?}",
+                id.chars().take(80).collect::<String>()
+            ),
+        )
+    };
+    let read = store_call(&state, move |st| st.token(&i))
+        .await?
+        .ok_or_else(not_found)?;
+    let answer = |t: &TokenRecord| {
+        Json(json!({
+            "token": t.id,
+            "alive_until": t.expires_at,
+            "heartbeat_ms": heartbeat_ms(idle_ms),
+        }))
+    };
+    // The caller is the minter: its own expiry caps the plan token's.
+    let bounds = (idle_ms, p.expires_at);
+    let judged = tokens::keep_plan_alive(&read, &p.token_id, stack.as_str(), bounds, now_ms());
+    let until = match judged {
+        Ok(None) => return Ok(answer(&read)),
+        Ok(Some(until)) => until,
+        Err(r) => {
+            return Err(
+                crate::stacks::deny(&state, &p, stack.as_str(), "token.plan_alive", r).await,
+            )
+        }
+    };
+    let audit = NewAudit::ok(
+        &p.display(),
+        "token.plan_alive",
+        Some(stack.as_str()),
+        json!({"token": read.id, "alive_until": until}),
+    );
+    let (i, minter, from) = (read.id.clone(), p.token_id.clone(), read.expires_at);
+    let moved = store_call(&state, move |st| {
+        st.keep_phase_token_until(&i, &minter, from, until, audit)
+    })
+    .await?;
+    match moved {
+        Some(t) => Ok(answer(&t)),
+        // Moved by another report meanwhile, or revoked: judged again as it is now.
+        None => {
+            let i = read.id.clone();
+            let now = store_call(&state, move |st| st.token(&i))
+                .await?
+                .ok_or_else(not_found)?;
+            match tokens::keep_plan_alive(&now, &p.token_id, stack.as_str(), bounds, now_ms()) {
+                Ok(_) => Ok(answer(&now)),
+                Err(r) => {
+                    Err(
+                        crate::stacks::deny(&state, &p, stack.as_str(), "token.plan_alive", r)
+                            .await,
+                    )
+                }
+            }
+        }
+    }
 }
 
 /// `POST /api/v1/runs/{id}/heartbeat` (`apply-run`, the run's own run-bound token): the apply

@@ -43,6 +43,7 @@ impl fmt::Display for ServerRefused {
 
 impl std::error::Error for ServerRefused {}
 
+#[derive(Clone)]
 pub struct Client {
     base: String,
     token: Option<String>,

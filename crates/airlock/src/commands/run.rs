@@ -638,6 +638,9 @@ pub struct PlanPhase {
     _identity: Option<super::oidc::PhaseIdentity>,
     /// The plan-phase token's id, named in the upload so the run records what it could read.
     plan_token_id: String,
+    /// Keeps the plan-phase token alive while the phase lasts (reports with the caller's
+    /// token, which minted it); stopped when the phase is dropped.
+    _reports: Option<Heartbeat>,
 }
 
 impl PlanPhase {
@@ -690,6 +693,15 @@ impl PlanPhase {
         let token = plan_token["secret"]
             .as_str()
             .context("the server sent no plan token")?;
+        // Reports start at once: `terraform init` may take long too.
+        let reports = plan_token["heartbeat_ms"].as_u64().map(|ms| {
+            let path = format!(
+                "/api/v1/stacks/{}/plan-token/{}/heartbeat",
+                stack_segment(&stack),
+                stack_segment(&plan_token_id)
+            );
+            Heartbeat::start(c.clone(), path, Duration::from_millis(ms), Reported::Plan)
+        });
         let apply_profile = repo.profile(Phase::Apply);
         let held: Vec<&String> = apply_profile
             .iter()
@@ -729,6 +741,7 @@ impl PlanPhase {
             kept,
             _identity: identity,
             plan_token_id,
+            _reports: reports,
         })
     }
 
@@ -1365,9 +1378,13 @@ pub fn apply_run(
     // From here on, every outcome is reported to the server with the run-bound token, and the
     // apply reports that it goes on until it has finished.
     let run_client = c.with_token(token.clone());
-    let heartbeat = started["heartbeat_ms"]
-        .as_u64()
-        .map(|ms| Heartbeat::start(c.with_token(token.clone()), id, Duration::from_millis(ms)));
+    let heartbeat = started["heartbeat_ms"].as_u64().map(|ms| {
+        let (client, path) = (
+            c.with_token(token.clone()),
+            format!("/api/v1/runs/{id}/heartbeat"),
+        );
+        Heartbeat::start(client, path, Duration::from_millis(ms), Reported::Apply)
+    });
     // `check`: the check made, when the server has not recorded it through `plan-check`.
     let finish = |success: bool, log: &[u8], check: Option<&str>| {
         run_client.send(
@@ -1781,17 +1798,47 @@ fn errored_state_to_write(
     serde_json::to_vec(&top).map_err(|e| refused(e.to_string()))
 }
 
-/// Reports to the server every `every` that the apply of a run goes on (`POST
-/// /api/v1/runs/{id}/heartbeat`, with its run-bound token) until dropped: the server keeps an
-/// applying run, its run-bound token and its removal grant alive only while its applier
-/// reports, so a run whose `airlock apply` died is closed as abandoned, and a long apply
-/// outlives its token's first expiry.
+/// Reports to the server every `every` that a phase goes on (`POST path`) until dropped: the
+/// server keeps the phase's token alive only while its client reports, so a long plan or apply
+/// outlives its token's first expiry, and a run whose `airlock apply` died is closed as
+/// abandoned.
 struct Heartbeat(Arc<AtomicBool>);
 
+/// Which phase a [`Heartbeat`] reports for: what its warnings say.
+#[derive(Clone, Copy)]
+enum Reported {
+    /// `POST /api/v1/runs/{id}/heartbeat`, with the run-bound token.
+    Apply,
+    /// `POST /api/v1/stacks/{stack}/plan-token/{id}/heartbeat`, with the token that minted the
+    /// plan-phase token.
+    Plan,
+}
+
+impl Reported {
+    fn refused(self, code: u16, answer: &[u8]) -> String {
+        let why = printable(&String::from_utf8_lossy(
+            answer.get(..300).unwrap_or(answer),
+        ))
+        .into_owned();
+        match self {
+            Reported::Apply => format!("warning: the server refused this apply's report ({code}: {why}): Terraform's state write at the end will be refused too; keep Terraform's errored.tfstate if it writes one, and see `airlock run show`"),
+            Reported::Plan => format!("warning: the server refused this plan's report ({code}: {why}): if the plan outlives its token, Terraform's release of the state lock at its end is refused (an approved apply takes such a lock over)"),
+        }
+    }
+
+    fn capped(self, deadline: i64) -> String {
+        let at = airlock_core::time::rfc3339(deadline);
+        match self {
+            Reported::Apply => format!("warning: this apply's run is closed at {at} however it reports: the apply reaches the longest it may take (24 hours, and never past the expiry of the token that started it); Terraform's state writes after that will be refused"),
+            Reported::Plan => format!("warning: this plan's token expires at {at} however it reports (24 hours after it was minted, and never past the expiry of the token that minted it); Terraform's requests after that will be refused"),
+        }
+    }
+}
+
 impl Heartbeat {
-    fn start(client: Client, id: &str, every: Duration) -> Heartbeat {
+    fn start(client: Client, path: String, every: Duration, what: Reported) -> Heartbeat {
         let stop = Arc::new(AtomicBool::new(false));
-        let (stopped, path) = (Arc::clone(&stop), format!("/api/v1/runs/{id}/heartbeat"));
+        let stopped = Arc::clone(&stop);
         std::thread::spawn(move || {
             let mut last = Instant::now();
             let mut warned = false;
@@ -1809,16 +1856,16 @@ impl Heartbeat {
                 if warned || stopped.load(Ordering::SeqCst) {
                     continue;
                 }
-                // Said once, loudly: the state write at the end of this apply will be refused.
+                // Said once, loudly.
                 let deadline = serde_json::from_slice::<Value>(&answer)
                     .ok()
                     .and_then(|v| v["alive_until"].as_i64());
                 let left = deadline.map(|d| d - airlock_store::now_ms());
                 if matches!(code, 401 | 403 | 409 | 410) {
-                    eprintln!("warning: the server refused this apply's report ({code}: {}): Terraform's state write at the end will be refused too; keep Terraform's errored.tfstate if it writes one, and see `airlock run show`", printable(&String::from_utf8_lossy(answer.get(..300).unwrap_or(&answer))));
+                    eprintln!("{}", what.refused(code, &answer));
                     warned = true;
                 } else if left.is_some_and(|l| l < 3 * every.as_millis() as i64) {
-                    eprintln!("warning: this apply's run is closed at {} however it reports: the apply reaches the longest it may take (24 hours, and never past the expiry of the token that started it); Terraform's state writes after that will be refused", airlock_core::time::rfc3339(deadline.unwrap_or_default()));
+                    eprintln!("{}", what.capped(deadline.unwrap_or_default()));
                     warned = true;
                 }
             }

@@ -102,6 +102,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         body_read_timeout: secs(args.body_read_timeout_secs),
         request_timeout: secs(args.request_timeout_secs),
         apply_idle_timeout: secs(args.apply_idle_timeout_secs),
+        plan_idle_timeout: secs(args.plan_idle_timeout_secs),
         max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
         auto_create_stacks: args.auto_create_stacks,
         secure_cookies: tls.is_some()

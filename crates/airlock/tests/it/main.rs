@@ -46,3 +46,5 @@ mod attacks_tier5;
 mod attacks_review7;
 // an applying run lives while its applier reports; a lost applier's run is closed
 mod apply_liveness;
+// a plan-phase token lives while its planner reports
+mod plan_liveness;

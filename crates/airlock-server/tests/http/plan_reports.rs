@@ -1,0 +1,165 @@
+//! A plan-phase token lives while the token that minted it reports that the plan goes on
+//! (`POST /api/v1/stacks/{stack}/plan-token/{id}/heartbeat`): a plan longer than the token's
+//! first lifetime still releases its lock, and nothing the plan runs (which holds the
+//! plan-phase token, not its minter) can keep it alive.
+
+use std::time::Duration;
+
+use airlock_core::Role;
+use airlock_server::ServerConfig;
+use airlock_store::now_ms;
+use serde_json::Value;
+
+use crate::support::*;
+
+const PLAN_TOKEN: &str = "/api/v1/stacks/dev%2Fapp/plan-token";
+
+fn report_path(stack: &str, id: &str) -> String {
+    format!(
+        "/api/v1/stacks/{}/plan-token/{id}/heartbeat",
+        stack.replace('/', "%2F")
+    )
+}
+
+/// A server whose plan-phase tokens first live `idle_ms`.
+fn server(idle_ms: u64) -> Server {
+    let s = Server::with_config(ServerConfig {
+        plan_idle_timeout: Duration::from_millis(idle_ms),
+        ..ServerConfig::default()
+    });
+    s.stack("dev/app", false);
+    s.stack("dev/other", false);
+    s
+}
+
+async fn mint(s: &Server, by: &Tok) -> (Tok, Value) {
+    let r = s.api("POST", PLAN_TOKEN, by, Value::Null).await;
+    r.expect(201);
+    let v = r.json();
+    let t = Tok {
+        id: v["token_id"].as_str().expect("token_id").to_owned(),
+        secret: v["secret"].as_str().expect("secret").to_owned(),
+    };
+    (t, v)
+}
+
+async fn alive_events(s: &Server, token: &str) -> usize {
+    s.audit()
+        .await
+        .iter()
+        .filter(|e| e["action"] == "token.plan_alive" && e["detail"]["token"] == token)
+        .count()
+}
+
+#[tokio::test]
+async fn a_plans_token_outlives_its_first_lifetime_only_while_its_minter_reports() {
+    let s = server(3_000);
+    let ci = s.token("ci", Role::Ci, &[], None);
+    let (plan, minted) = mint(&s, &ci).await;
+    let first = minted["expires_at"].as_i64().expect("expires_at");
+    assert!((first - now_ms() - 3_000).abs() < 1_000, "{minted}");
+    assert_eq!(minted["heartbeat_ms"], 300);
+    let path = report_path("dev/app", &plan.id);
+    // A report before a third of the idle time has passed moves nothing and writes nothing.
+    let r = s.api("POST", &path, &ci, Value::Null).await;
+    r.expect(200);
+    assert_eq!(r.json()["alive_until"], first);
+    assert_eq!(alive_events(&s, &plan.id).await, 0);
+    // Reported every second, the token outlives its first expiry by far.
+    let mut last = first;
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        let r = s.api("POST", &path, &ci, Value::Null).await;
+        r.expect(200);
+        let until = r.json()["alive_until"].as_i64().expect("alive_until");
+        assert!(until > last, "{until} after {last}");
+        last = until;
+    }
+    assert!(now_ms() > first + 1_000);
+    s.get_state("dev/app", &plan).await.expect(204);
+    // Eight reports at once: one moves the expiry, the others find nothing due.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let before = alive_events(&s, &plan.id).await;
+    let one = || s.api("POST", &path, &ci, Value::Null);
+    let all = tokio::join!(one(), one(), one(), one(), one(), one(), one(), one());
+    let answers = [all.0, all.1, all.2, all.3, all.4, all.5, all.6, all.7];
+    let untils: Vec<i64> = answers
+        .iter()
+        .map(|r| {
+            r.expect(200);
+            r.json()["alive_until"].as_i64().expect("alive_until")
+        })
+        .collect();
+    assert_eq!(alive_events(&s, &plan.id).await, before + 1);
+    assert!(untils.iter().all(|u| *u == untils[0]), "{untils:?}");
+    // Not reported for longer than the idle time, it has expired, and no report revives it.
+    tokio::time::sleep(Duration::from_millis(3_200)).await;
+    s.get_state("dev/app", &plan).await.expect(401);
+    let r = s.api("POST", &path, &ci, Value::Null).await;
+    r.expect(410);
+    assert!(r.message().contains("expired"), "{}", r.message());
+}
+
+#[tokio::test]
+async fn only_the_minter_reports_for_a_plans_token_and_never_past_its_own_expiry() {
+    let s = server(3_000);
+    let ci = s.token("ci", Role::Ci, &[], Some(now_ms() + 4_000));
+    let other_ci = s.token("other-ci", Role::Ci, &[], None);
+    let agent = s.token("bot", Role::Agent, &[], None);
+    let (plan, _) = mint(&s, &ci).await;
+    let path = report_path("dev/app", &plan.id);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    // The attacks: the plan-phase token itself (Terraform, the providers and the checkout's
+    // code hold it) keeps itself alive; another CI token or an agent keeps it alive; the
+    // minter names it under another stack.
+    for (who, at) in [
+        (&plan, &path),
+        (&other_ci, &path),
+        (&agent, &path),
+        (&ci, &report_path("dev/other", &plan.id)),
+    ] {
+        let r = s.api("POST", at, who, Value::Null).await;
+        r.expect(403);
+        assert!(
+            r.message().contains("only the token that minted"),
+            "{}",
+            r.message()
+        );
+    }
+    assert_eq!(alive_events(&s, &plan.id).await, 0);
+    let r = s
+        .api(
+            "POST",
+            &report_path("dev/app", "tok_0000000000000000"),
+            &ci,
+            Value::Null,
+        )
+        .await;
+    r.expect(404);
+    // The minter's report moves the expiry, but not past the minter's own.
+    let r = s.api("POST", &path, &ci, Value::Null).await;
+    r.expect(200);
+    let minter = s.store.token(&ci.id).unwrap().unwrap().expires_at;
+    assert_eq!(r.json()["alive_until"].as_i64(), minter);
+    // A revoked plan-phase token stays revoked.
+    let (revoked, _) = mint(&s, &ci).await;
+    s.api(
+        "DELETE",
+        &format!("/api/v1/tokens/{}", revoked.id),
+        &s.admin,
+        Value::Null,
+    )
+    .await
+    .expect(200);
+    let r = s
+        .api(
+            "POST",
+            &report_path("dev/app", &revoked.id),
+            &ci,
+            Value::Null,
+        )
+        .await;
+    r.expect(410);
+    assert!(r.message().contains("revoked"), "{}", r.message());
+    s.get_state("dev/app", &revoked).await.expect(401);
+}

@@ -1,0 +1,55 @@
+//! A plan-phase token lives while its `airlock plan` reports (with the token that minted it):
+//! a plan longer than the token's first lifetime (one queued behind a long apply's lock, a big
+//! stack's refresh) still takes and releases the stack's lock. Real server, real Terraform; the
+//! server's plan idle time is set to seconds so that this happens in a test.
+
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+const HELD: &str = r#"{"ID":"held-by-an-apply","Operation":"OperationTypeApply","Info":"","Who":"ci@runner","Version":"1.11.4","Created":"2026-01-01T00:00:00Z","Path":""}"#;
+
+/// Before reports, a plan-phase token expired a fixed hour after its mint: a plan that waited
+/// longer for the lock (Terraform retries it for `-lock-timeout`) or planned longer failed on
+/// its next state request, and left its lock behind. Here the token's first lifetime is 3 s and
+/// the stack stays locked by another holder for 8 s: the plan waits, gets the lock, plans,
+/// releases it and is uploaded.
+#[test]
+fn a_plan_waiting_longer_than_its_tokens_first_lifetime_still_plans_and_unlocks() {
+    let stack = "dev/queued";
+    let t = team_on(
+        TestServer::start_with(&["--plan-idle-timeout-secs", "3"]),
+        stack,
+    );
+    let ws = Workspace::new(
+        &t.s,
+        stack,
+        "resource \"terraform_data\" \"a\" {\n  input = \"v1\"\n}\n",
+    );
+    let url = t.s.state_url(stack);
+    let (code, body) = raw("LOCK", &url, &t.s.admin, HELD.as_bytes());
+    assert_eq!(code, 200, "{body}");
+    let (u, admin) = (url.clone(), t.s.admin.clone());
+    let holder = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(8));
+        raw("UNLOCK", &u, &admin, HELD.as_bytes())
+    });
+    let started = Instant::now();
+    let run = plan(&t, &ws, &t.agent, stack);
+    assert!(started.elapsed() > Duration::from_secs(8));
+    assert_eq!(holder.join().unwrap().0, 200);
+    let shown = t.s.ok(&t.s.admin, &["run", "show", &run]);
+    assert!(shown.contains("needs_approval"), "{shown}");
+    let stack_json: serde_json::Value =
+        serde_json::from_str(&t.s.ok(&t.s.admin, &["stack", "show", stack, "--format", "json"]))
+            .unwrap();
+    assert!(
+        stack_json["lock"].is_null(),
+        "the plan released its lock: {stack_json}"
+    );
+    let renewals = t.s.audit_of(&t.s.admin, "token.plan_alive");
+    assert!(
+        renewals.len() >= 2,
+        "the token lived on while Terraform waited: {renewals:?}"
+    );
+}
