@@ -167,6 +167,7 @@ fn routes() -> Routes {
         .route(POST,    "/api/v1/verify",                               Read,      api::state::verify)
         .route(POST,    "/api/v1/stacks/{stack}/plan-token",            CreateRun, api::runs::plan_token)
         .route(POST,    "/api/v1/stacks/{stack}/plan-token/{id}/heartbeat", CreateRun, api::runs::plan_heartbeat)
+        .route(DELETE,  "/api/v1/stacks/{stack}/plan-token/{id}",       CreateRun, api::runs::end_plan_token)
         .upload(POST,   "/api/v1/stacks/{stack}/runs",                  CreateRun, api::runs::create)
         .route(GET,     "/api/v1/runs",                                 Read,      api::runs::list)
         .route(GET,     "/api/v1/runs/{id}",                            Read,      api::runs::show)

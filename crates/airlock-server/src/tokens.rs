@@ -23,6 +23,18 @@ pub fn is_plan_token_of(t: &TokenRecord, minter: &str, stack: &str) -> bool {
     t.parent_id.as_deref() == Some(minter) && t.run_id.is_none() && t.stacks == [stack]
 }
 
+/// Refuses unless `t` is a plan-phase token `minter` minted for `stack`: only that token
+/// reports for it or ends it.
+pub fn minted_plan_token(t: &TokenRecord, minter: &str, stack: &str) -> Result<(), Refusal> {
+    if is_plan_token_of(t, minter, stack) {
+        return Ok(());
+    }
+    Err(Refusal::new(
+        RefusalKind::Forbidden,
+        format!("token {} is not a plan-phase token this token minted for {stack}: only the token that minted a plan's token reports for it or ends it", t.id),
+    ))
+}
+
 /// The token `minter` reports at `now` that the plan its plan-phase token `t` serves on `stack`
 /// goes on: the expiry `t` moves to, `idle_ms` on, once a third of `idle_ms` has passed since
 /// it last moved (`None`: no move due, so a planner may report often and the store and audit
@@ -37,12 +49,7 @@ pub fn keep_plan_alive(
     (idle_ms, limit): (i64, Option<i64>),
     now: i64,
 ) -> Result<Option<i64>, Refusal> {
-    if !is_plan_token_of(t, minter, stack) {
-        return Err(Refusal::new(
-            RefusalKind::Forbidden,
-            format!("token {} is not a plan-phase token this token minted for {stack}: only the token that minted a plan's token reports for it", t.id),
-        ));
-    }
+    minted_plan_token(t, minter, stack)?;
     if t.revoked_at.is_some() {
         return Err(Refusal::new(
             RefusalKind::Gone,

@@ -1897,6 +1897,42 @@ pub async fn plan_heartbeat(
     }
 }
 
+/// `DELETE /api/v1/stacks/{stack}/plan-token/{id}` (the token that minted plan-phase token
+/// `id`): the plan is over, so its token is revoked now instead of living out its idle time:
+/// what Terraform, the providers and the checkout's code held during the plan dies with it.
+/// Ending a token already revoked changes nothing.
+pub async fn end_plan_token(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Extension(RequestStack(stack)): Extension<RequestStack>,
+    Path((_, id)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let i = id.clone();
+    let Some(read) = store_call(&state, move |st| st.token(&i)).await? else {
+        return Err(ApiError::new(
+            RefusalKind::NotFound,
+            format!(
+                "no plan-phase token {:?}",
+                id.chars().take(80).collect::<String>()
+            ),
+        ));
+    };
+    if let Err(r) = tokens::minted_plan_token(&read, &p.token_id, stack.as_str()) {
+        return Err(crate::stacks::deny(&state, &p, stack.as_str(), "token.plan_end", r).await);
+    }
+    if read.revoked_at.is_none() {
+        let audit = NewAudit::ok(
+            &p.display(),
+            "token.plan_end",
+            Some(stack.as_str()),
+            json!({"token": read.id}),
+        );
+        store_call(&state, move |st| st.revoke_token(&read.id, audit)).await?;
+        state.cache.forget_tokens();
+    }
+    Ok(Json(json!({"token": id, "revoked": true})))
+}
+
 /// `POST /api/v1/runs/{id}/heartbeat` (`apply-run`, the run's own run-bound token): the apply
 /// goes on. The run's deadline, and with it the expiry of its run-bound token and removal
 /// grant, moves on by the server's apply idle time when a third of it has passed

@@ -1,7 +1,8 @@
 //! A plan-phase token lives while the token that minted it reports that the plan goes on
 //! (`POST /api/v1/stacks/{stack}/plan-token/{id}/heartbeat`): a plan longer than the token's
 //! first lifetime still releases its lock, and nothing the plan runs (which holds the
-//! plan-phase token, not its minter) can keep it alive.
+//! plan-phase token, not its minter) can keep it alive. The minter ends it when the plan is
+//! over (`DELETE /api/v1/stacks/{stack}/plan-token/{id}`).
 
 use std::time::Duration;
 
@@ -43,11 +44,11 @@ async fn mint(s: &Server, by: &Tok) -> (Tok, Value) {
     (t, v)
 }
 
-async fn alive_events(s: &Server, token: &str) -> usize {
+async fn events(s: &Server, action: &str, token: &str) -> usize {
     s.audit()
         .await
         .iter()
-        .filter(|e| e["action"] == "token.plan_alive" && e["detail"]["token"] == token)
+        .filter(|e| e["action"] == action && e["detail"]["token"] == token)
         .count()
 }
 
@@ -64,7 +65,7 @@ async fn a_plans_token_outlives_its_first_lifetime_only_while_its_minter_reports
     let r = s.api("POST", &path, &ci, Value::Null).await;
     r.expect(200);
     assert_eq!(r.json()["alive_until"], first);
-    assert_eq!(alive_events(&s, &plan.id).await, 0);
+    assert_eq!(events(&s, "token.plan_alive", &plan.id).await, 0);
     // Reported every second, the token outlives its first expiry by far.
     let mut last = first;
     for _ in 0..5 {
@@ -79,7 +80,7 @@ async fn a_plans_token_outlives_its_first_lifetime_only_while_its_minter_reports
     s.get_state("dev/app", &plan).await.expect(204);
     // Eight reports at once: one moves the expiry, the others find nothing due.
     tokio::time::sleep(Duration::from_millis(1_100)).await;
-    let before = alive_events(&s, &plan.id).await;
+    let before = events(&s, "token.plan_alive", &plan.id).await;
     let one = || s.api("POST", &path, &ci, Value::Null);
     let all = tokio::join!(one(), one(), one(), one(), one(), one(), one(), one());
     let answers = [all.0, all.1, all.2, all.3, all.4, all.5, all.6, all.7];
@@ -90,7 +91,7 @@ async fn a_plans_token_outlives_its_first_lifetime_only_while_its_minter_reports
             r.json()["alive_until"].as_i64().expect("alive_until")
         })
         .collect();
-    assert_eq!(alive_events(&s, &plan.id).await, before + 1);
+    assert_eq!(events(&s, "token.plan_alive", &plan.id).await, before + 1);
     assert!(untils.iter().all(|u| *u == untils[0]), "{untils:?}");
     // Not reported for longer than the idle time, it has expired, and no report revives it.
     tokio::time::sleep(Duration::from_millis(3_200)).await;
@@ -126,7 +127,7 @@ async fn only_the_minter_reports_for_a_plans_token_and_never_past_its_own_expiry
             r.message()
         );
     }
-    assert_eq!(alive_events(&s, &plan.id).await, 0);
+    assert_eq!(events(&s, "token.plan_alive", &plan.id).await, 0);
     let r = s
         .api(
             "POST",
@@ -162,4 +163,45 @@ async fn only_the_minter_reports_for_a_plans_token_and_never_past_its_own_expiry
     r.expect(410);
     assert!(r.message().contains("revoked"), "{}", r.message());
     s.get_state("dev/app", &revoked).await.expect(401);
+}
+
+#[tokio::test]
+async fn only_the_minter_ends_a_plans_token_and_once_ended_it_reads_nothing() {
+    let s = server(60_000);
+    let ci = s.token("ci", Role::Ci, &[], None);
+    let other_ci = s.token("other-ci", Role::Ci, &[], None);
+    let (plan, _) = mint(&s, &ci).await;
+    let path = format!("{PLAN_TOKEN}/{}", plan.id);
+    // The attacks: another CI token ends a plan it did not start (its lock would then never
+    // be released); the plan token ends itself; the minter names it under another stack.
+    let elsewhere = format!("/api/v1/stacks/dev%2Fother/plan-token/{}", plan.id);
+    for (who, at) in [(&other_ci, &path), (&plan, &path), (&ci, &elsewhere)] {
+        let r = s.api("DELETE", at, who, Value::Null).await;
+        r.expect(403);
+        assert!(
+            r.message().contains("only the token that minted"),
+            "{}",
+            r.message()
+        );
+    }
+    s.get_state("dev/app", &plan).await.expect(204);
+    s.api(
+        "DELETE",
+        &format!("{PLAN_TOKEN}/tok_0000000000000000"),
+        &ci,
+        Value::Null,
+    )
+    .await
+    .expect(404);
+    s.api("DELETE", &path, &ci, Value::Null).await.expect(200);
+    let r = s.get_state("dev/app", &plan).await;
+    r.expect(401);
+    assert!(r.message().contains("revoked"), "{}", r.message());
+    assert_eq!(events(&s, "token.plan_end", &plan.id).await, 1);
+    // Ending it again changes nothing; no report brings it back.
+    s.api("DELETE", &path, &ci, Value::Null).await.expect(200);
+    assert_eq!(events(&s, "token.plan_end", &plan.id).await, 1);
+    s.api("POST", &format!("{path}/heartbeat"), &ci, Value::Null)
+        .await
+        .expect(410);
 }

@@ -640,7 +640,33 @@ pub struct PlanPhase {
     plan_token_id: String,
     /// Keeps the plan-phase token alive while the phase lasts (reports with the caller's
     /// token, which minted it); stopped when the phase is dropped.
-    _reports: Option<Heartbeat>,
+    reports: Option<Heartbeat>,
+    /// The caller's client and the plan-phase token's path, to end the token when the phase
+    /// is dropped (a server that takes reports ends tokens too).
+    end: Option<(Client, String)>,
+}
+
+impl Drop for PlanPhase {
+    /// The plan is over: its reports stop and its token is revoked, so what Terraform and the
+    /// checkout's code held dies with the plan. Best effort and bounded: a token left behind
+    /// (the server unreachable, this process killed) expires within the server's plan idle
+    /// time.
+    fn drop(&mut self) {
+        drop(self.reports.take());
+        if let Some((client, path)) = self.end.take() {
+            let ended = client.send_raw(
+                "DELETE",
+                &path,
+                &[],
+                b"",
+                64 * 1024,
+                Some(Duration::from_secs(5)),
+            );
+            if !matches!(ended, Ok((200, _))) {
+                eprintln!("airlock: could not end this plan's token ({path}); it expires unless reported for");
+            }
+        }
+    }
 }
 
 impl PlanPhase {
@@ -694,14 +720,17 @@ impl PlanPhase {
             .as_str()
             .context("the server sent no plan token")?;
         // Reports start at once: `terraform init` may take long too.
+        let token_path = format!("{token_path}/{}", stack_segment(&plan_token_id));
         let reports = plan_token["heartbeat_ms"].as_u64().map(|ms| {
-            let path = format!(
-                "/api/v1/stacks/{}/plan-token/{}/heartbeat",
-                stack_segment(&stack),
-                stack_segment(&plan_token_id)
-            );
-            Heartbeat::start(c.clone(), path, Duration::from_millis(ms), Reported::Plan)
+            let every = Duration::from_millis(ms);
+            Heartbeat::start(
+                c.clone(),
+                format!("{token_path}/heartbeat"),
+                every,
+                Reported::Plan,
+            )
         });
+        let end = reports.is_some().then(|| (c.clone(), token_path));
         let apply_profile = repo.profile(Phase::Apply);
         let held: Vec<&String> = apply_profile
             .iter()
@@ -741,7 +770,8 @@ impl PlanPhase {
             kept,
             _identity: identity,
             plan_token_id,
-            _reports: reports,
+            reports,
+            end,
         })
     }
 

@@ -1,7 +1,8 @@
 //! A plan-phase token lives while its `airlock plan` reports (with the token that minted it):
 //! a plan longer than the token's first lifetime (one queued behind a long apply's lock, a big
-//! stack's refresh) still takes and releases the stack's lock. Real server, real Terraform; the
-//! server's plan idle time is set to seconds so that this happens in a test.
+//! stack's refresh) still takes and releases the stack's lock, and the token is ended when the
+//! plan is over. Real server, real Terraform; the server's plan idle time is set to seconds so
+//! that this happens in a test.
 
 use std::time::{Duration, Instant};
 
@@ -52,4 +53,17 @@ fn a_plan_waiting_longer_than_its_tokens_first_lifetime_still_plans_and_unlocks(
         renewals.len() >= 2,
         "the token lived on while Terraform waited: {renewals:?}"
     );
+    // The plan over, its token is ended rather than left to expire.
+    let ended = t.s.audit_of(&t.s.admin, "token.plan_end");
+    assert_eq!(ended.len(), 1, "{ended:?}");
+    assert_eq!(ended[0]["detail"]["token"], renewals[0]["detail"]["token"]);
+    let tokens: serde_json::Value =
+        serde_json::from_str(&t.s.ok(&t.s.admin, &["token", "list", "--format", "json"])).unwrap();
+    let plan_token = tokens["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == ended[0]["detail"]["token"])
+        .unwrap_or_else(|| panic!("{tokens}"));
+    assert!(!plan_token["revoked_at"].is_null(), "{plan_token}");
 }
