@@ -222,7 +222,13 @@ pub fn cross_site(
 /// Looks the secret up and checks expiry and revocation.
 pub async fn authenticate(state: &Arc<AppState>, secret: String) -> Result<Principal, ApiError> {
     let hash = tokens::hash_secret(&secret);
-    let record = match state.cache.token(&hash) {
+    // A cached record that says the token has expired is looked up again: its expiry may have
+    // moved since (a phase's reports renew it).
+    let cached = state
+        .cache
+        .token(&hash)
+        .filter(|t| t.expires_at.is_none_or(|e| e > now_ms()));
+    let record = match cached {
         Some(t) => Some(t),
         None => {
             let store = Arc::clone(&state.store);

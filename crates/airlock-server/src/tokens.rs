@@ -40,8 +40,8 @@ pub fn minted_plan_token(t: &TokenRecord, minter: &str, stack: &str) -> Result<(
 /// it last moved (`None`: no move due, so a planner may report often and the store and audit
 /// log grow only every `idle_ms / 3`); never past [`MAX_PLAN_MS`] after its mint nor past
 /// `limit`, the minter's own expiry (which the store enforces too). Only the minter reports:
-/// Terraform, the providers and whatever the checkout runs during the plan hold the
-/// plan-phase token itself, which therefore cannot keep itself alive.
+/// Terraform's environment (the providers, whatever the checkout runs during the plan) holds
+/// the plan-phase token itself, which therefore cannot keep itself alive.
 pub fn keep_plan_alive(
     t: &TokenRecord,
     minter: &str,

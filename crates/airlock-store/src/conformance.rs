@@ -888,6 +888,7 @@ pub fn plan_tokens_live_while_their_minter_reports(s: &dyn Store) {
         ("tok_pl_root", None, None),
         ("tok_pl_plan", Some("tok_pl_ci"), Some(now + 10_000)),
         ("tok_pl_plan2", Some("tok_pl_root"), Some(now + 10_000)),
+        ("tok_pl_gone", Some("tok_pl_root"), Some(now - 1)),
     ] {
         s.create_token(new_token(id, "", parent, expires_at), audit("token.create"))
             .unwrap();
@@ -927,7 +928,8 @@ pub fn plan_tokens_live_while_their_minter_reports(s: &dyn Store) {
         moved("tok_pl_ci", "tok_pl_root", minter_expiry, later),
         None
     );
-    // A revoked token stays as it was.
+    // An expired or revoked token stays as it was, whatever it was judged with.
+    assert_eq!(moved("tok_pl_gone", "tok_pl_root", now - 1, later), None);
     s.revoke_token("tok_pl_plan2", audit("token.revoke"))
         .unwrap();
     assert_eq!(moved("tok_pl_plan2", "tok_pl_root", later, later + 1), None);

@@ -1959,12 +1959,15 @@ impl<E: Engine> Store for E {
     ) -> Result<Option<TokenRecord>> {
         self.write(|db| {
             // The token's row first: a revocation (which locks it too) commits before this
-            // and is seen, or waits for it.
+            // and is seen, or waits for it. A token that expired since it was judged stays
+            // expired.
+            let now = now_ms();
             let still = token_by_id(db, id, true)?.filter(|t| {
                 t.parent_id.as_deref() == Some(minter)
                     && t.run_id.is_none()
                     && t.revoked_at.is_none()
                     && t.expires_at == from
+                    && t.expires_at.is_some_and(|e| e > now)
             });
             if still.is_none() {
                 return Ok(None);

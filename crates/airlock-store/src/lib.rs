@@ -104,7 +104,8 @@ pub trait Store: Send + Sync {
     /// Moves the expiry of the plan-phase token `id` (minted by `minter`, bound to no run) from
     /// `from`, the expiry it was judged with, to `until`, never past its minter's, and records
     /// `audit`, in one transaction. `None`, with nothing written, when the token is no longer
-    /// that: revoked, or its expiry moved meanwhile (another report of the same plan did it).
+    /// that: revoked, expired, or its expiry moved meanwhile (another report of the same plan
+    /// did it).
     fn keep_phase_token_until(
         &self,
         id: &str,

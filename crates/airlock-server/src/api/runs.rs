@@ -1824,8 +1824,8 @@ fn heartbeat_ms(idle_ms: i64) -> i64 {
 /// token `id`): the plan goes on. The token's expiry moves on by the server's plan idle time
 /// when a third of it has passed (`tokens::keep_plan_alive`; reports in between write
 /// nothing), never past a day after its mint nor its minter's expiry, so a plan longer than the
-/// token's first lifetime still releases its lock. Terraform holds the plan-phase token, not
-/// its minter, so nothing the plan runs can keep it alive.
+/// token's first lifetime still releases its lock. Terraform's environment holds the
+/// plan-phase token, not its minter, so a plan token taken from it cannot keep itself alive.
 pub async fn plan_heartbeat(
     State(state): State<Arc<AppState>>,
     Extension(p): Extension<Principal>,

@@ -88,6 +88,9 @@ fn design_allows(method: &str, route: &str) -> Option<[bool; 5]> {
         ("GET", "/api/v1/audit" | "/api/v1/audit/verify") => ALL,
         // Governed runs: "create run (plan)", "approve / reject run", "apply approved run".
         ("POST", "/api/v1/stacks/{stack}/plan-token" | "/api/v1/stacks/{stack}/runs") => LOCKERS,
+        // Reporting for and ending a plan-phase token: the token that minted it (the handler).
+        ("POST", "/api/v1/stacks/{stack}/plan-token/{id}/heartbeat") => LOCKERS,
+        ("DELETE", "/api/v1/stacks/{stack}/plan-token/{id}") => LOCKERS,
         // A run's plan files hold its variables' values (docs/design.md footnote 4).
         (
             "GET",
@@ -277,7 +280,7 @@ fn expected_ok(method: &str, route: &str, role: Role) -> Option<u16> {
         ("POST", "/api/v1/users/{name}/forge-logins") => 404,
         ("POST", "/api/v1/policies/{id}/remove") | ("GET", "/api/v1/policies/{id}") => 404,
         // Run routes get placeholder ids and bodies: only authorization is checked for them.
-        (_, r) if r.contains("/runs") || r.ends_with("/plan-token") => return None,
+        (_, r) if r.contains("/runs") || r.contains("/plan-token") => return None,
         (m, r) if design_allows(m, r).is_some() => 200,
         _ => return None,
     })

@@ -170,12 +170,18 @@ async fn only_the_minter_ends_a_plans_token_and_once_ended_it_reads_nothing() {
     let s = server(60_000);
     let ci = s.token("ci", Role::Ci, &[], None);
     let other_ci = s.token("other-ci", Role::Ci, &[], None);
+    let agent = s.token("bot", Role::Agent, &[], None);
     let (plan, _) = mint(&s, &ci).await;
     let path = format!("{PLAN_TOKEN}/{}", plan.id);
     // The attacks: another CI token ends a plan it did not start (its lock would then never
     // be released); the plan token ends itself; the minter names it under another stack.
     let elsewhere = format!("/api/v1/stacks/dev%2Fother/plan-token/{}", plan.id);
-    for (who, at) in [(&other_ci, &path), (&plan, &path), (&ci, &elsewhere)] {
+    for (who, at) in [
+        (&other_ci, &path),
+        (&agent, &path),
+        (&plan, &path),
+        (&ci, &elsewhere),
+    ] {
         let r = s.api("DELETE", at, who, Value::Null).await;
         r.expect(403);
         assert!(

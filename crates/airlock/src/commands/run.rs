@@ -638,19 +638,24 @@ pub struct PlanPhase {
     _identity: Option<super::oidc::PhaseIdentity>,
     /// The plan-phase token's id, named in the upload so the run records what it could read.
     plan_token_id: String,
-    /// Keeps the plan-phase token alive while the phase lasts (reports with the caller's
-    /// token, which minted it); stopped when the phase is dropped.
+    /// The plan-phase token, reported for while the phase lasts and ended with it.
+    _token: PlanToken,
+}
+
+/// A plan-phase token from its mint to the end of its phase: reported for (with the caller's
+/// token, which minted it) so that a long plan keeps it, and ended when dropped, however the
+/// phase ends (uploaded, failed, or failed to start).
+struct PlanToken {
     reports: Option<Heartbeat>,
-    /// The caller's client and the plan-phase token's path, to end the token when the phase
-    /// is dropped (a server that takes reports ends tokens too).
+    /// The caller's client and the token's path (a server that takes reports ends tokens too).
     end: Option<(Client, String)>,
 }
 
-impl Drop for PlanPhase {
-    /// The plan is over: its reports stop and its token is revoked, so what Terraform and the
-    /// checkout's code held dies with the plan. Best effort and bounded: a token left behind
-    /// (the server unreachable, this process killed) expires within the server's plan idle
-    /// time.
+impl Drop for PlanToken {
+    /// The plan is over: its reports stop (none still in flight) and its token is revoked, so
+    /// what Terraform and the checkout's code held dies with the plan. Best effort and
+    /// bounded: a token left behind (the server unreachable, this process killed) expires
+    /// within the server's plan idle time.
     fn drop(&mut self) {
         drop(self.reports.take());
         if let Some((client, path)) = self.end.take() {
@@ -731,6 +736,7 @@ impl PlanPhase {
             )
         });
         let end = reports.is_some().then(|| (c.clone(), token_path));
+        let plan_token_guard = PlanToken { reports, end };
         let apply_profile = repo.profile(Phase::Apply);
         let held: Vec<&String> = apply_profile
             .iter()
@@ -770,8 +776,7 @@ impl PlanPhase {
             kept,
             _identity: identity,
             plan_token_id,
-            reports,
-            end,
+            _token: plan_token_guard,
         })
     }
 
@@ -1832,7 +1837,12 @@ fn errored_state_to_write(
 /// server keeps the phase's token alive only while its client reports, so a long plan or apply
 /// outlives its token's first expiry, and a run whose `airlock apply` died is closed as
 /// abandoned.
-struct Heartbeat(Arc<AtomicBool>);
+struct Heartbeat {
+    stop: Arc<AtomicBool>,
+    /// The reporting thread, joined on drop: no report is still in flight once the phase has
+    /// ended (each request is bounded: at most 30 s).
+    thread: Option<std::thread::JoinHandle<()>>,
+}
 
 /// Which phase a [`Heartbeat`] reports for: what its warnings say.
 #[derive(Clone, Copy)]
@@ -1869,7 +1879,7 @@ impl Heartbeat {
     fn start(client: Client, path: String, every: Duration, what: Reported) -> Heartbeat {
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = Arc::clone(&stop);
-        std::thread::spawn(move || {
+        let thread = std::thread::spawn(move || {
             let mut last = Instant::now();
             let mut warned = false;
             while !stopped.load(Ordering::SeqCst) {
@@ -1883,30 +1893,38 @@ impl Heartbeat {
                 let timeout = Some(every.clamp(Duration::from_secs(1), Duration::from_secs(30)));
                 let sent = client.send_raw("POST", &path, &[], b"{}", 64 * 1024, timeout);
                 let Ok((code, answer)) = sent else { continue };
-                if warned || stopped.load(Ordering::SeqCst) {
-                    continue;
+                if stopped.load(Ordering::SeqCst) {
+                    break;
                 }
-                // Said once, loudly.
+                // A refusal is final (the token is gone, or the phase is over): said once,
+                // loudly, and no more reports are sent.
+                if matches!(code, 401 | 403 | 409 | 410) {
+                    eprintln!("{}", what.refused(code, &answer));
+                    break;
+                }
                 let deadline = serde_json::from_slice::<Value>(&answer)
                     .ok()
                     .and_then(|v| v["alive_until"].as_i64());
                 let left = deadline.map(|d| d - airlock_store::now_ms());
-                if matches!(code, 401 | 403 | 409 | 410) {
-                    eprintln!("{}", what.refused(code, &answer));
-                    warned = true;
-                } else if left.is_some_and(|l| l < 3 * every.as_millis() as i64) {
+                if !warned && left.is_some_and(|l| l < 3 * every.as_millis() as i64) {
                     eprintln!("{}", what.capped(deadline.unwrap_or_default()));
                     warned = true;
                 }
             }
         });
-        Heartbeat(stop)
+        Heartbeat {
+            stop,
+            thread: Some(thread),
+        }
     }
 }
 
 impl Drop for Heartbeat {
     fn drop(&mut self) {
-        self.0.store(true, Ordering::SeqCst);
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 

@@ -48,7 +48,11 @@ fn a_plan_waiting_longer_than_its_tokens_first_lifetime_still_plans_and_unlocks(
         stack_json["lock"].is_null(),
         "the plan released its lock: {stack_json}"
     );
-    let renewals = t.s.audit_of(&t.s.admin, "token.plan_alive");
+    let renewals: Vec<_> =
+        t.s.audit_of(&t.s.admin, "token.plan_alive")
+            .into_iter()
+            .filter(|e| e["outcome"] == "ok")
+            .collect();
     assert!(
         renewals.len() >= 2,
         "the token lived on while Terraform waited: {renewals:?}"
@@ -66,4 +70,30 @@ fn a_plan_waiting_longer_than_its_tokens_first_lifetime_still_plans_and_unlocks(
         .find(|k| k["id"] == ended[0]["detail"]["token"])
         .unwrap_or_else(|| panic!("{tokens}"));
     assert!(!plan_token["revoked_at"].is_null(), "{plan_token}");
+}
+
+/// A plan that fails before Terraform plans (here `terraform init` cannot install a provider)
+/// still ends the plan-phase token it was given: nothing holds a live token once
+/// `airlock plan` has returned.
+#[test]
+fn a_plan_that_fails_to_start_ends_its_token() {
+    let stack = "dev/broken";
+    let t = team_on(TestServer::start(), stack);
+    let ws = Workspace::new(
+        &t.s,
+        stack,
+        "terraform {\n  required_providers {\n    nope = { source = \"example.invalid/x/nope\" }\n  }\n}\n",
+    );
+    let out = cli_in(
+        &t.s,
+        &t.agent,
+        &ws.dir,
+        &["plan", ".", "--stack", stack],
+        &[],
+    );
+    assert!(!out.status.success(), "{}", text(&out));
+    let minted = t.s.audit_of(&t.s.admin, "token.plan_phase");
+    let ended = t.s.audit_of(&t.s.admin, "token.plan_end");
+    assert_eq!((minted.len(), ended.len()), (1, 1), "{minted:?} {ended:?}");
+    assert_eq!(ended[0]["detail"]["token"], minted[0]["detail"]["token"]);
 }

@@ -350,14 +350,32 @@ credentials "apply" {
     assert_ne!(apply_file, plan_file);
     assert!(!std::path::Path::new(&apply_file).exists());
     assert!(!std::path::Path::new(&gcp).exists());
-    // The plan process's backend token is a plan-phase token: it cannot write.
+    // The plan process's backend token was a plan-phase token (agent role: it cannot write),
+    // and it ended with the plan.
     let plan_pw = planned
         .lines()
         .find_map(|l| l.strip_prefix("TF_HTTP_PASSWORD="))
         .unwrap()
         .to_owned();
-    let who = t.s.ok(&plan_pw, &["whoami"]);
-    assert!(who.contains("role agent"), "{who}");
+    let out = t.s.cli(&plan_pw, &["whoami"]);
+    let said = text(&out);
+    assert!(
+        !out.status.success() && said.contains("has been revoked"),
+        "{said}"
+    );
+    let id = said
+        .split(['(', ')'])
+        .find(|w| w.starts_with("tok_"))
+        .unwrap_or_else(|| panic!("{said}"));
+    let tokens: serde_json::Value =
+        serde_json::from_str(&t.s.ok(&t.s.admin, &["token", "list", "--format", "json"])).unwrap();
+    let plan_token = tokens["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == id)
+        .unwrap_or_else(|| panic!("{tokens}"));
+    assert_eq!(plan_token["role"], "agent", "{plan_token}");
 }
 
 /// The last value of `NAME=` in an environment record.
