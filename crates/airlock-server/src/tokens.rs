@@ -1,17 +1,36 @@
 //! Token secrets: 256 random bits shown once; the store keeps only their SHA-256.
 
 use airlock_core::refusal::{Refusal, RefusalKind};
+use airlock_core::Role;
 use airlock_store::{MintLimit, TokenRecord};
 use sha2::{Digest, Sha256};
 
-/// Plan-phase tokens one user may mint per hour, across all replicas (counted in the
-/// database). A plan takes one: 60 an hour is far more than a team's real rate, and keeps a
-/// runaway or hostile agent from minting without bound. Run-bound apply tokens are not
-/// limited: each needs an approved run.
+/// Plan-phase tokens one user may mint per hour when an agent's token mints them, across all
+/// replicas (counted in the database, over every phase token of the user). A plan takes one:
+/// 60 an hour is as many runs as an agent's user may upload (`AGENT_RUNS_PER_HOUR`), and keeps a
+/// runaway or hostile agent from minting without bound. Run-bound apply tokens are not limited:
+/// each needs an approved run.
 pub const PHASE_TOKEN_LIMIT: MintLimit = MintLimit {
     max: 60,
     window_ms: 3_600_000,
 };
+
+/// The same when a token of any other role mints (a pipeline, a person): a monorepo's CI plans
+/// every affected stack of every change, and a scheduled `airlock ci drift` every stack, under
+/// one identity (a forge trust's logins all share its user), so 60 an hour failed real
+/// pipelines. 1,000 an hour, as many logins as a trust may make, still bounds a runaway loop.
+pub const PIPELINE_PHASE_TOKEN_LIMIT: MintLimit = MintLimit {
+    max: 1_000,
+    window_ms: 3_600_000,
+};
+
+/// The plan-phase token limit for a minter of `role`.
+pub fn phase_token_limit(role: Role) -> MintLimit {
+    match role {
+        Role::Agent => PHASE_TOKEN_LIMIT,
+        _ => PIPELINE_PHASE_TOKEN_LIMIT,
+    }
+}
 
 /// Longest a plan-phase token lives, however long its planner reports: a day after its mint,
 /// the longest an apply goes on too (`run_rules::MAX_APPLY_MS`).
@@ -119,7 +138,6 @@ pub fn hash_secret(secret: &str) -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use airlock_core::Role;
 
     const NOW: i64 = 1_800_000_000_000;
     const IDLE: i64 = 3_600_000;

@@ -179,7 +179,7 @@ pub async fn plan_token(
         run_id: None,
         user: p.user.clone(),
         parent_id: Some(p.token_id.clone()),
-        mint_limit: Some(tokens::PHASE_TOKEN_LIMIT),
+        mint_limit: Some(tokens::phase_token_limit(p.role)),
         read_stacks: read_stacks.clone(),
         minted_by: Some(p.token_id.clone()),
     };
@@ -912,7 +912,7 @@ fn previous_policy(
 
 /// Runs an agent's user may plan in an hour. A run's plan JSON, logs and policies are kept for
 /// good (they are what was reviewed; only the binary plan is purged, once the run ends), so an agent uploading without bound would fill the server's disk; 60 an hour
-/// is the plan-phase token limit (`tokens::PHASE_TOKEN_LIMIT`), which `airlock plan` already
+/// is the agents' plan-phase token limit (`tokens::PHASE_TOKEN_LIMIT`), which `airlock plan` already
 /// meets, applied to uploads made with any of the user's agent tokens.
 pub const AGENT_RUNS_PER_HOUR: u64 = 60;
 

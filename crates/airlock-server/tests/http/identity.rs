@@ -104,6 +104,24 @@ async fn phase_tokens_are_rate_limited_per_user_not_per_token() {
         .expect(201);
 }
 
+/// A pipeline plans every affected stack of a change and checks every stack for drift under
+/// one identity: its limit is not an agent's 60 an hour (a monorepo's CI failed at the 61st
+/// stack), but it is still a limit.
+#[tokio::test]
+async fn a_pipelines_plan_tokens_have_a_limit_of_their_own() {
+    let s = Server::new();
+    s.stack("dev/app", false);
+    let ci = s.token("pipeline", Role::Ci, &[], None);
+    for _ in 0..airlock_server::tokens::PIPELINE_PHASE_TOKEN_LIMIT.max {
+        s.api("POST", PLAN_TOKEN, &ci, Value::Null)
+            .await
+            .expect(201);
+    }
+    let r = s.api("POST", PLAN_TOKEN, &ci, Value::Null).await;
+    r.expect(429);
+    assert!(r.message().contains("1000 phase tokens"), "{}", r.message());
+}
+
 #[tokio::test]
 async fn a_scoped_admin_sees_and_revokes_only_tokens_within_its_scope() {
     let s = Server::new();
