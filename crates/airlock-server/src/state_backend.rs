@@ -65,6 +65,63 @@ fn is_plan_of_a_non_writer(
     })
 }
 
+/// Whether `holder` is a plan's lock (`OperationTypePlan`) whose token is revoked, expired or
+/// gone at `now`: no one can release it but a force-unlock, and it protects nothing (a plan
+/// writes no state). Such is the lock of a planner that died holding it (a killed CI job: its
+/// plan-phase token expires within the plan idle time, or was ended).
+fn is_dead_plan(
+    st: &dyn airlock_store::Store,
+    holder: &LockRecord,
+    now: i64,
+) -> airlock_store::Result<bool> {
+    if holder.operation != airlock_core::lockinfo::OPERATION_PLAN {
+        return Ok(false);
+    }
+    Ok(match st.token(&holder.owner_token)? {
+        None => true,
+        Some(t) => t.revoked_at.is_some() || t.expires_at.is_some_and(|e| e <= now),
+    })
+}
+
+/// Takes the lock `new` on `stack`, taking over the lock held instead when `protects_nothing`
+/// says so of it: that lock only, by its ID and holder's token (if it was released meanwhile
+/// and its ID taken again, the lock below is refused as any other), audited `lock.preempt`.
+fn lock_over(
+    st: &dyn airlock_store::Store,
+    stack: &str,
+    new: NewLock,
+    (actor, detail): (&str, &serde_json::Value),
+    protects_nothing: impl FnOnce(&LockRecord) -> airlock_store::Result<bool>,
+) -> airlock_store::Result<LockOutcome> {
+    let first = st.lock(
+        stack,
+        new.clone(),
+        NewAudit::ok(actor, "lock", Some(stack), detail.clone()),
+    )?;
+    let LockOutcome::Held(holder) = &first else {
+        return Ok(first);
+    };
+    if !protects_nothing(holder)? {
+        return Ok(first);
+    }
+    let preempt = NewAudit::ok(
+        actor,
+        "lock.preempt",
+        Some(stack),
+        json!({"preempted_lock": holder.id, "holder": holder.owner, "operation": holder.operation}),
+    );
+    let by = UnlockBy::Holder {
+        lock_id: holder.id.clone(),
+        owner_token: holder.owner_token.clone(),
+    };
+    st.unlock(stack, by, preempt)?;
+    st.lock(
+        stack,
+        new,
+        NewAudit::ok(actor, "lock", Some(stack), detail.clone()),
+    )
+}
+
 /// The single handler behind `/state/{*stack}`; the method picks the operation.
 pub async fn handle(
     State(state): State<Arc<AppState>>,
@@ -407,6 +464,23 @@ async fn take(
             .map(|outcome| Some(Some(outcome)))
     })
     .await??;
+    // A dead planner's lock is taken over: otherwise every plan and direct write of the stack
+    // waited for a person to force-unlock it. Off the runtime: it changes the lock thrice.
+    let taken = match taken {
+        Some(Some(LockOutcome::Held(holder)))
+            if holder.operation == airlock_core::lockinfo::OPERATION_PLAN =>
+        {
+            let (s, actor) = (stack.to_owned(), principal.display());
+            let (new, detail) = new_lock(principal, info, body.to_vec());
+            let outcome = blocking(state, move |st| {
+                let dead_plan = |h: &LockRecord| is_dead_plan(st, h, airlock_store::now_ms());
+                lock_over(st, &s, new, (&actor, &detail), dead_plan)
+            })
+            .await??;
+            Some(Some(outcome))
+        }
+        other => other,
+    };
     match taken {
         None => Ok(None),
         Some(Some(outcome)) => Ok(Some(outcome)),
@@ -437,29 +511,14 @@ async fn take_for_applying(
     // (an agent's, a reader's): such a lock protects no write, and held without end (an agent
     // that never unlocks) it would make every approved run fail at its lock timeout. The plan
     // it served is stale once the apply writes, which the serial checks refuse later anyway.
+    // A dead planner's lock goes too, whoever planned.
     let settings = record.settings.clone();
     blocking(state, move |st| {
-        let first = st.lock(&s, new.clone(), NewAudit::ok(&actor, "lock", Some(&s), detail.clone()))?;
-        let LockOutcome::Held(holder) = &first else {
-            return Ok(first);
+        let plan_lock = |holder: &LockRecord| {
+            Ok(is_plan_of_a_non_writer(st, holder, &settings)?
+                || is_dead_plan(st, holder, airlock_store::now_ms())?)
         };
-        if !is_plan_of_a_non_writer(st, holder, &settings)? {
-            return Ok(first);
-        }
-        let preempt = NewAudit::ok(
-            &actor,
-            "lock.preempt",
-            Some(&s),
-            json!({"preempted_lock": holder.id, "holder": holder.owner, "operation": holder.operation}),
-        );
-        // Only that holder's lock: if it was released meanwhile (and its ID taken again), the
-        // lock below is refused as any other.
-        let by = UnlockBy::Holder {
-            lock_id: holder.id.clone(),
-            owner_token: holder.owner_token.clone(),
-        };
-        st.unlock(&s, by, preempt)?;
-        st.lock(&s, new, NewAudit::ok(&actor, "lock", Some(&s), detail))
+        lock_over(st, &s, new, (&actor, &detail), plan_lock)
     })
     .await?
     .map_err(Into::into)

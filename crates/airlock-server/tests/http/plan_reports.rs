@@ -52,6 +52,14 @@ async fn events(s: &Server, action: &str, token: &str) -> usize {
         .count()
 }
 
+async fn actions(s: &Server, action: &str) -> usize {
+    s.audit()
+        .await
+        .iter()
+        .filter(|e| e["action"] == action)
+        .count()
+}
+
 #[tokio::test]
 async fn a_plans_token_outlives_its_first_lifetime_only_while_its_minter_reports() {
     let s = server(3_000);
@@ -210,4 +218,75 @@ async fn only_the_minter_ends_a_plans_token_and_once_ended_it_reads_nothing() {
     s.api("POST", &format!("{path}/heartbeat"), &ci, Value::Null)
         .await
         .expect(410);
+}
+
+/// A planner that died holding its lock (a killed CI job) leaves a plan lock whose token ends
+/// or expires: no one could release it but a person with force-unlock, and every plan of the
+/// stack failed at its lock timeout meanwhile. The next lock takes it over; a live planner's
+/// lock, and any other operation's lock whose token is dead (a half-done apply), stay.
+#[tokio::test]
+async fn a_dead_planners_lock_is_taken_over_and_no_other_lock_is() {
+    let s = server(60_000);
+    let ci = s.token("ci", Role::Ci, &[], None);
+    let agent = s.token("bot", Role::Agent, &[], None);
+    // A live planner's lock is not taken over.
+    let (live, _) = mint(&s, &ci).await;
+    s.lock("dev/app", &live, "live-plan", "OperationTypePlan")
+        .await
+        .expect(200);
+    s.lock("dev/app", &agent, "next-plan", "OperationTypePlan")
+        .await
+        .expect(423);
+    // Its planner died; the token was ended (or has expired): the next plan takes the lock.
+    s.api(
+        "DELETE",
+        &format!("{PLAN_TOKEN}/{}", live.id),
+        &ci,
+        Value::Null,
+    )
+    .await
+    .expect(200);
+    s.lock("dev/app", &agent, "next-plan", "OperationTypePlan")
+        .await
+        .expect(200);
+    assert_eq!(actions(&s, "lock.preempt").await, 1);
+    s.unlock("dev/app", &agent, "next-plan", "OperationTypePlan")
+        .await
+        .expect(200);
+    // An expired planner's lock goes too.
+    let short = Server::with_config(ServerConfig {
+        plan_idle_timeout: Duration::from_millis(1_500),
+        ..ServerConfig::default()
+    });
+    short.stack("dev/app", false);
+    let short_ci = short.token("ci", Role::Ci, &[], None);
+    let short_agent = short.token("bot", Role::Agent, &[], None);
+    let (expiring, _) = mint(&short, &short_ci).await;
+    short
+        .lock("dev/app", &expiring, "old-plan", "OperationTypePlan")
+        .await
+        .expect(200);
+    tokio::time::sleep(Duration::from_millis(1_600)).await;
+    short
+        .lock("dev/app", &short_agent, "new-plan", "OperationTypePlan")
+        .await
+        .expect(200);
+    assert_eq!(actions(&short, "lock.preempt").await, 1);
+    // A dead token's lock for anything but a plan stays for a person to look at.
+    let writer = s.token("writer", Role::Admin, &[], None);
+    s.lock("dev/app", &writer, "half-done", "OperationTypeApply")
+        .await
+        .expect(200);
+    s.api(
+        "DELETE",
+        &format!("/api/v1/tokens/{}", writer.id),
+        &s.admin,
+        Value::Null,
+    )
+    .await
+    .expect(200);
+    s.lock("dev/app", &agent, "after-apply", "OperationTypePlan")
+        .await
+        .expect(423);
+    assert_eq!(actions(&s, "lock.preempt").await, 1);
 }

@@ -97,3 +97,39 @@ fn a_plan_that_fails_to_start_ends_its_token() {
     assert_eq!((minted.len(), ended.len()), (1, 1), "{minted:?} {ended:?}");
     assert_eq!(ended[0]["detail"]["token"], minted[0]["detail"]["token"]);
 }
+
+/// A CI job killed while Terraform planned (a lost runner) leaves the stack locked by its plan,
+/// with a plan-phase token nobody reports for. Before, every later plan failed at its lock
+/// timeout until a person force-unlocked the stack. Once that token has expired (here after
+/// 2 s), the next `airlock plan` takes the lock over, audited, and plans.
+#[test]
+fn a_plan_lock_left_by_a_killed_job_is_taken_over_once_its_token_has_expired() {
+    let stack = "dev/orphan";
+    let t = team_on(
+        TestServer::start_with(&["--plan-idle-timeout-secs", "2"]),
+        stack,
+    );
+    let ws = Workspace::new(
+        &t.s,
+        stack,
+        "resource \"terraform_data\" \"a\" {\n  input = \"v1\"\n}\n",
+    );
+    // What the killed job's `airlock plan` and Terraform did before they died.
+    let mint = format!("{}/api/v1/stacks/dev%2Forphan/plan-token", t.s.url);
+    let (code, body) = raw("POST", &mint, &t.ci, b"{}");
+    assert_eq!(code, 201, "{body}");
+    let secret = serde_json::from_str::<serde_json::Value>(&body).unwrap()["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let orphan = r#"{"ID":"orphan","Operation":"OperationTypePlan","Info":"","Who":"ci@lost-runner","Version":"1.11.4","Created":"2026-01-01T00:00:00Z","Path":""}"#;
+    let (code, body) = raw("LOCK", &t.s.state_url(stack), &secret, orphan.as_bytes());
+    assert_eq!(code, 200, "{body}");
+    std::thread::sleep(Duration::from_millis(2_500));
+    let run = plan(&t, &ws, &t.agent, stack);
+    let shown = t.s.ok(&t.s.admin, &["run", "show", &run]);
+    assert!(shown.contains("needs_approval"), "{shown}");
+    let preempted = t.s.audit_of(&t.s.admin, "lock.preempt");
+    assert_eq!(preempted.len(), 1, "{preempted:?}");
+    assert_eq!(preempted[0]["detail"]["preempted_lock"], "orphan");
+}
