@@ -100,6 +100,18 @@ pub fn may_write_directly(principal: &Principal, settings: &StackSettings) -> bo
         && settings.direct_writes.contains(&principal.role)
 }
 
+/// A write under a plan's lock (`OperationTypePlan`) is refused: Terraform never writes state
+/// under one, and a plan's lock whose token has died is taken over by the next locker
+/// (`state_backend::is_dead_plan`), so it cannot be what protects a write.
+pub fn refuse_under_plan_lock(lock: &airlock_store::LockRecord, stack: &str) -> Option<Refusal> {
+    (lock.operation == airlock_core::lockinfo::OPERATION_PLAN).then(|| {
+        refuse(
+            RefusalKind::Conflict,
+            format!("state write refused: lock {} on {stack} was taken for a plan (OperationTypePlan), which writes no state; lock for the operation that writes", lock.id),
+        )
+    })
+}
+
 fn refuse(kind: RefusalKind, message: String) -> Refusal {
     Refusal::new(kind, format!("state write refused: {message}"))
 }
@@ -137,7 +149,11 @@ pub fn check_write(
                 ));
             };
             match lock_id {
-                Some(id) if id == lock.id && lock.owner_token == c.principal.token_id => {}
+                Some(id) if id == lock.id && lock.owner_token == c.principal.token_id => {
+                    if let Some(r) = refuse_under_plan_lock(lock, stack) {
+                        return Err(r);
+                    }
+                }
                 Some(id) if id == lock.id => {
                     return Err(refuse(
                         RefusalKind::Locked,

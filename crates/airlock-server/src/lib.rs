@@ -78,6 +78,11 @@ pub struct ServerConfig {
     /// every tenth of it, with the token that minted it): its first lifetime, and what each
     /// report renews, up to a day (`tokens::keep_plan_alive`).
     pub plan_idle_timeout: Duration,
+    /// Runs an agent's user may plan an hour, on every replica (uploads refused with 429 past
+    /// it: what a run reviewed is kept for good), and plan-phase tokens it may mint
+    /// (`tokens::phase_token_limit`). Pull-request jobs logged in through an `agent` trust are
+    /// such a user: a monorepo whose changes plan many stacks raises it.
+    pub agent_runs_per_hour: u64,
 }
 
 impl Default for ServerConfig {
@@ -99,6 +104,7 @@ impl Default for ServerConfig {
                 airlock_store::run_rules::APPLY_IDLE_MS as u64,
             ),
             plan_idle_timeout: Duration::from_secs(3600),
+            agent_runs_per_hour: 60,
         }
     }
 }

@@ -66,9 +66,10 @@ fn is_plan_of_a_non_writer(
 }
 
 /// Whether `holder` is a plan's lock (`OperationTypePlan`) whose token is revoked, expired or
-/// gone at `now`: no one can release it but a force-unlock, and it protects nothing (a plan
-/// writes no state). Such is the lock of a planner that died holding it (a killed CI job: its
-/// plan-phase token expires within the plan idle time, or was ended).
+/// gone at `now`: no one can release it but a force-unlock, and it protects nothing (no state
+/// is written under a plan's lock: `firewall::check_write`). Such is the lock of a planner
+/// that died holding it (a killed CI job: its plan-phase token expires within the plan idle
+/// time, or was ended).
 fn is_dead_plan(
     st: &dyn airlock_store::Store,
     holder: &LockRecord,
@@ -83,44 +84,35 @@ fn is_dead_plan(
     })
 }
 
-/// Takes the lock `new` on `stack`, taking over the lock held instead when `protects_nothing`
-/// says so of it: that lock only, by its ID and holder's token (if it was released meanwhile
-/// and its ID taken again, the lock below is refused as any other), audited `lock.preempt`.
+/// Takes the lock `new` on `stack` in place of `holder`, a lock that protects nothing (`why`),
+/// in one store transaction: that lock only, by its ID and holder's token (if it was released
+/// meanwhile, or another took it over first, the lock is taken or refused as any other),
+/// audited `lock.preempt` with the reason and whose lock it was.
 fn lock_over(
     st: &dyn airlock_store::Store,
     stack: &str,
+    holder: &LockRecord,
     new: NewLock,
-    (actor, detail): (&str, &serde_json::Value),
-    protects_nothing: impl FnOnce(&LockRecord) -> airlock_store::Result<bool>,
+    (actor, detail, why): (&str, &serde_json::Value, &str),
 ) -> airlock_store::Result<LockOutcome> {
-    let first = st.lock(
-        stack,
-        new.clone(),
-        NewAudit::ok(actor, "lock", Some(stack), detail.clone()),
-    )?;
-    let LockOutcome::Held(holder) = &first else {
-        return Ok(first);
-    };
-    if !protects_nothing(holder)? {
-        return Ok(first);
-    }
     let preempt = NewAudit::ok(
         actor,
         "lock.preempt",
         Some(stack),
-        json!({"preempted_lock": holder.id, "holder": holder.owner, "operation": holder.operation}),
+        json!({"preempted_lock": holder.id, "holder": holder.owner, "holder_token": holder.owner_token, "operation": holder.operation, "reason": why}),
     );
-    let by = UnlockBy::Holder {
-        lock_id: holder.id.clone(),
-        owner_token: holder.owner_token.clone(),
-    };
-    st.unlock(stack, by, preempt)?;
-    st.lock(
+    let audit = NewAudit::ok(actor, "lock", Some(stack), detail.clone());
+    st.lock_in_place_of(
         stack,
+        (&holder.id, &holder.owner_token),
         new,
-        NewAudit::ok(actor, "lock", Some(stack), detail.clone()),
+        preempt,
+        audit,
     )
 }
+
+/// Why a dead planner's lock is taken over (the audit's `reason`).
+const DEAD_PLAN: &str = "a plan's lock whose token is revoked, expired or gone";
 
 /// The single handler behind `/state/{*stack}`; the method picks the operation.
 pub async fn handle(
@@ -292,7 +284,10 @@ async fn refuse_before_reading(
             format!("state write refused: stack {name} is not locked; writes must hold the lock (configure lock_address and unlock_address: `airlock backend-config {name}` prints them)"),
         ),
         Some(l) if lock_id == Some(l.id.as_str()) && l.owner_token == principal.token_id => {
-            return Ok(())
+            match firewall::refuse_under_plan_lock(&l, &name) {
+                None => return Ok(()),
+                Some(r) => r,
+            }
         }
         Some(l) if lock_id == Some(l.id.as_str()) => Refusal::new(
             RefusalKind::Locked,
@@ -395,8 +390,14 @@ async fn lock(
             state.metrics.lock_conflict();
             // Terraform prints the holder's lock info from the body; the audit and the server
             // log say who holds it too.
+            // A plan's lock goes by itself once its token has ended.
+            let plan = if holder.operation == airlock_core::lockinfo::OPERATION_PLAN {
+                " (a plan's lock: the next lock takes it over once its token expires or is revoked)"
+            } else {
+                ""
+            };
             let reason = format!(
-                "lock refused: stack {stack} is locked by {} (lock {}, {}, since {}); wait for it, or `terraform force-unlock {}` if its holder is gone",
+                "lock refused: stack {stack} is locked by {} (lock {}, {}, since {}); wait for it, or `terraform force-unlock {}` if its holder is gone{plan}",
                 holder.owner,
                 holder.id,
                 holder.operation,
@@ -460,26 +461,29 @@ async fn take(
             return Ok(Some(None));
         }
         let audit = NewAudit::ok(&p.display(), "lock", Some(&s), detail.clone());
-        st.lock(&s, new.clone(), audit)
-            .map(|outcome| Some(Some(outcome)))
+        let outcome = st.lock(&s, new.clone(), audit)?;
+        let dead = match &outcome {
+            LockOutcome::Held(holder) => is_dead_plan(st, holder, airlock_store::now_ms())?,
+            _ => false,
+        };
+        Ok::<_, airlock_store::StoreError>(Some(Some((outcome, dead))))
     })
     .await??;
     // A dead planner's lock is taken over: otherwise every plan and direct write of the stack
-    // waited for a person to force-unlock it. Off the runtime: it changes the lock thrice.
+    // waited for a person to force-unlock it. Off the runtime: a second store call.
     let taken = match taken {
-        Some(Some(LockOutcome::Held(holder)))
-            if holder.operation == airlock_core::lockinfo::OPERATION_PLAN =>
-        {
+        Some(Some((LockOutcome::Held(holder), true))) => {
             let (s, actor) = (stack.to_owned(), principal.display());
             let (new, detail) = new_lock(principal, info, body.to_vec());
             let outcome = blocking(state, move |st| {
-                let dead_plan = |h: &LockRecord| is_dead_plan(st, h, airlock_store::now_ms());
-                lock_over(st, &s, new, (&actor, &detail), dead_plan)
+                lock_over(st, &s, &holder, new, (&actor, &detail, DEAD_PLAN))
             })
             .await??;
             Some(Some(outcome))
         }
-        other => other,
+        Some(Some((outcome, _))) => Some(Some(outcome)),
+        Some(None) => Some(None),
+        None => None,
     };
     match taken {
         None => Ok(None),
@@ -514,11 +518,22 @@ async fn take_for_applying(
     // A dead planner's lock goes too, whoever planned.
     let settings = record.settings.clone();
     blocking(state, move |st| {
-        let plan_lock = |holder: &LockRecord| {
-            Ok(is_plan_of_a_non_writer(st, holder, &settings)?
-                || is_dead_plan(st, holder, airlock_store::now_ms())?)
+        let first = st.lock(
+            &s,
+            new.clone(),
+            NewAudit::ok(&actor, "lock", Some(&s), detail.clone()),
+        )?;
+        let LockOutcome::Held(holder) = &first else {
+            return Ok(first);
         };
-        lock_over(st, &s, new, (&actor, &detail), plan_lock)
+        let why = if is_plan_of_a_non_writer(st, holder, &settings)? {
+            "an approved run's apply goes before a plan of a token that may never write this stack"
+        } else if is_dead_plan(st, holder, airlock_store::now_ms())? {
+            DEAD_PLAN
+        } else {
+            return Ok(first);
+        };
+        lock_over(st, &s, holder, new, (&actor, &detail, why))
     })
     .await?
     .map_err(Into::into)

@@ -5,30 +5,28 @@ use airlock_core::Role;
 use airlock_store::{MintLimit, TokenRecord};
 use sha2::{Digest, Sha256};
 
-/// Plan-phase tokens one user may mint per hour when an agent's token mints them, across all
-/// replicas (counted in the database, over every phase token of the user). A plan takes one:
-/// 60 an hour is as many runs as an agent's user may upload (`AGENT_RUNS_PER_HOUR`), and keeps a
-/// runaway or hostile agent from minting without bound. Run-bound apply tokens are not limited:
-/// each needs an approved run.
-pub const PHASE_TOKEN_LIMIT: MintLimit = MintLimit {
-    max: 60,
-    window_ms: 3_600_000,
-};
-
-/// The same when a token of any other role mints (a pipeline, a person): a monorepo's CI plans
-/// every affected stack of every change, and a scheduled `airlock ci drift` every stack, under
-/// one identity (a forge trust's logins all share its user), so 60 an hour failed real
-/// pipelines. 1,000 an hour, as many logins as a trust may make, still bounds a runaway loop.
-pub const PIPELINE_PHASE_TOKEN_LIMIT: MintLimit = MintLimit {
+/// Tokens of one kind a pipeline identity may be given per hour, across all replicas (counted
+/// in the database): a forge trust's logins (all of a trust's logins share its user), and the
+/// plan-phase tokens of a user minting with a token of any role but agent. A monorepo's CI
+/// plans every affected stack of every change, and a scheduled `airlock ci drift` every stack,
+/// under one identity; 1,000 an hour still bounds a runaway loop.
+pub const PIPELINE_LIMIT: MintLimit = MintLimit {
     max: 1_000,
     window_ms: 3_600_000,
 };
 
-/// The plan-phase token limit for a minter of `role`.
-pub fn phase_token_limit(role: Role) -> MintLimit {
+/// The plan-phase token limit for a user minting with a token of `role`: an agent's user
+/// `agent_per_hour` (the server's `--agent-runs-per-hour`, 60 by default: as many runs as it may
+/// upload, so a runaway or hostile agent mints no more than it could use), any other
+/// [`PIPELINE_LIMIT`]. Counted over all of the user's phase tokens, whichever role minted them.
+/// Run-bound apply tokens are not limited: each needs an approved run.
+pub fn phase_token_limit(role: Role, agent_per_hour: u64) -> MintLimit {
     match role {
-        Role::Agent => PHASE_TOKEN_LIMIT,
-        _ => PIPELINE_PHASE_TOKEN_LIMIT,
+        Role::Agent => MintLimit {
+            max: agent_per_hour,
+            window_ms: 3_600_000,
+        },
+        Role::Admin | Role::Approver | Role::Ci | Role::Reader => PIPELINE_LIMIT,
     }
 }
 

@@ -2572,24 +2572,28 @@ impl<E: Engine> Store for E {
     fn lock(&self, stack: &str, lock: NewLock, audit: NewAudit) -> Result<LockOutcome> {
         self.write_lock_change(|db| {
             let (id, _) = lock_live_stack(db, stack)?;
-            let record = LockRecord {
-                id: lock.id,
-                info: lock.info,
-                operation: lock.operation,
-                owner_token: lock.owner_token,
-                owner: lock.owner,
-                created_at: now_ms(),
-            };
-            // Insert first, read the holder only if there is one: with the stack's row held,
-            // the one row this insert can conflict with is a lock already held.
-            if !insert_lock_if_free(db, id, &record)? {
-                let held = lock_of(db, id)?.ok_or_else(|| {
-                    StoreError::Backend(format!("stack {stack}: lock conflict without a lock"))
-                })?;
-                return Ok(LockOutcome::Held(held));
+            take_lock(db, stack, id, lock, &audit)
+        })
+    }
+
+    fn lock_in_place_of(
+        &self,
+        stack: &str,
+        (lock_id, owner_token): (&str, &str),
+        lock: NewLock,
+        preempt: NewAudit,
+        audit: NewAudit,
+    ) -> Result<LockOutcome> {
+        self.write_lock_change(|db| {
+            let (id, _) = lock_live_stack(db, stack)?;
+            let released = db.execute(
+                "DELETE FROM locks WHERE stack_id = $1 AND lock_id = $2 AND owner_token = $3",
+                params![id, lock_id, owner_token],
+            )?;
+            if released == 1 {
+                append_stack_audit(db, stack, &preempt)?;
             }
-            append_stack_audit(db, stack, &audit)?;
-            Ok(LockOutcome::Acquired)
+            take_lock(db, stack, id, lock, &audit)
         })
     }
 
@@ -2926,6 +2930,35 @@ impl<E: Engine> Store for E {
             Ok(())
         })
     }
+}
+
+/// Takes `lock` on the locked stack row `id` if no lock is held (then records `audit`), else
+/// answers the holder: the one step behind [`Store::lock`] and [`Store::lock_in_place_of`].
+fn take_lock(
+    db: &mut dyn Sql,
+    stack: &str,
+    id: i64,
+    lock: NewLock,
+    audit: &NewAudit,
+) -> Result<LockOutcome> {
+    let record = LockRecord {
+        id: lock.id,
+        info: lock.info,
+        operation: lock.operation,
+        owner_token: lock.owner_token,
+        owner: lock.owner,
+        created_at: now_ms(),
+    };
+    // Insert first, read the holder only if there is one: with the stack's row held, the one
+    // row this insert can conflict with is a lock already held.
+    if !insert_lock_if_free(db, id, &record)? {
+        let held = lock_of(db, id)?.ok_or_else(|| {
+            StoreError::Backend(format!("stack {stack}: lock conflict without a lock"))
+        })?;
+        return Ok(LockOutcome::Held(held));
+    }
+    append_stack_audit(db, stack, audit)?;
+    Ok(LockOutcome::Acquired)
 }
 
 fn insert_stack(db: &mut dyn Sql, s: &StackRecord) -> Result<()> {

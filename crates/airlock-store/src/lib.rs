@@ -176,6 +176,18 @@ pub trait Store: Send + Sync {
     // --- locks ---
     /// Takes the stack's lock if it is free; `Conflict` if the stack is archived.
     fn lock(&self, stack: &str, lock: NewLock, audit: NewAudit) -> Result<LockOutcome>;
+    /// Takes the stack's lock in place of the one `holder` (its lock ID and owner token) holds,
+    /// in one transaction: that lock is released only if it is still that holder's (recorded
+    /// with `preempt`), then `lock` is taken as [`Store::lock`] takes it (`Held` when another
+    /// lock is there by then, as when two take the same lock over at once: one wins).
+    fn lock_in_place_of(
+        &self,
+        stack: &str,
+        holder: (&str, &str),
+        lock: NewLock,
+        preempt: NewAudit,
+        audit: NewAudit,
+    ) -> Result<LockOutcome>;
     /// Releases the stack's lock as `by` says (whose lock is checked in this transaction).
     /// The audit event is recorded only when a lock is released. `NotFound` if there is no
     /// such stack.

@@ -359,6 +359,13 @@ pub struct ServerArgs {
     #[arg(long, env = "AIRLOCK_PLAN_IDLE_TIMEOUT_SECS", default_value_t = 3600,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub plan_idle_timeout_secs: u64,
+    /// Runs an agent-role user may plan an hour (every replica; uploads past it get 429, since
+    /// what a run reviewed is kept for good), and plan-phase tokens it may mint. Pull-request
+    /// jobs logged in through an `agent` trust share their trust's user: raise this when a
+    /// change plans many stacks. Other roles' plan-phase tokens: 1,000 an hour.
+    #[arg(long, env = "AIRLOCK_AGENT_RUNS_PER_HOUR", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub agent_runs_per_hour: u64,
 }
 
 /// `airlock server --log-level`.

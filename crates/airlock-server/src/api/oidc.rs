@@ -28,10 +28,7 @@ use crate::{tokens, AppState};
 
 /// Airlock tokens one trust may issue per hour (counted in the database, like phase tokens): a
 /// busy repository's jobs, with a bound on a leaked or replayed forge token's use.
-const LOGIN_LIMIT: MintLimit = MintLimit {
-    max: 1000,
-    window_ms: 3_600_000,
-};
+const LOGIN_LIMIT: MintLimit = crate::tokens::PIPELINE_LIMIT;
 
 fn issuer(state: &AppState) -> ApiResult<String> {
     state

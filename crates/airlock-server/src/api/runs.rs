@@ -179,7 +179,10 @@ pub async fn plan_token(
         run_id: None,
         user: p.user.clone(),
         parent_id: Some(p.token_id.clone()),
-        mint_limit: Some(tokens::phase_token_limit(p.role)),
+        mint_limit: Some(tokens::phase_token_limit(
+            p.role,
+            state.config.agent_runs_per_hour,
+        )),
         read_stacks: read_stacks.clone(),
         minted_by: Some(p.token_id.clone()),
     };
@@ -910,14 +913,10 @@ fn previous_policy(
     Ok(Some((config, policies)))
 }
 
-/// Runs an agent's user may plan in an hour. A run's plan JSON, logs and policies are kept for
-/// good (they are what was reviewed; only the binary plan is purged, once the run ends), so an agent uploading without bound would fill the server's disk; 60 an hour
-/// is the agents' plan-phase token limit (`tokens::PHASE_TOKEN_LIMIT`), which `airlock plan` already
-/// meets, applied to uploads made with any of the user's agent tokens.
-pub const AGENT_RUNS_PER_HOUR: u64 = 60;
-
-/// Refuses an agent's upload once its user planned [`AGENT_RUNS_PER_HOUR`] runs in the last
-/// hour, before the body is read. Counted from the store, so every replica sees the same runs;
+/// Refuses an agent's upload once its user planned the server's `agent_runs_per_hour` runs in
+/// the last hour, before the body is read. A run's plan JSON, logs and policies are kept for
+/// good (they are what was reviewed; only the binary plan is purged, once the run ends), so an
+/// agent uploading without bound would fill the server's disk. Counted from the store, so every replica sees the same runs;
 /// uploads in flight at once may pass together (at most as many as are in flight).
 async fn agent_within_run_rate(state: &Arc<AppState>, p: &Principal, stack: &str) -> ApiResult<()> {
     if p.role != Role::Agent {
@@ -926,13 +925,14 @@ async fn agent_within_run_rate(state: &Arc<AppState>, p: &Principal, stack: &str
     let (user, since) = (p.user.clone(), now_ms() - 3_600_000);
     let planned =
         crate::stacks::blocking(state, move |st| st.runs_planned_since(&user, since)).await??;
-    if planned < AGENT_RUNS_PER_HOUR {
+    let most = state.config.agent_runs_per_hour;
+    if planned < most {
         return Ok(());
     }
     let r = Refusal::new(
         RefusalKind::TooManyRequests,
         format!(
-            "{} planned {planned} runs in the last hour: an agent's user plans at most {AGENT_RUNS_PER_HOUR} an hour (what a run reviewed is kept for good); try again later, or have a person plan",
+            "{} planned {planned} runs in the last hour: an agent's user plans at most {most} an hour (what a run reviewed is kept for good; the server's --agent-runs-per-hour); try again later, or have a person plan",
             p.user
         ),
     );

@@ -106,13 +106,17 @@ async fn phase_tokens_are_rate_limited_per_user_not_per_token() {
 
 /// A pipeline plans every affected stack of a change and checks every stack for drift under
 /// one identity: its limit is not an agent's 60 an hour (a monorepo's CI failed at the 61st
-/// stack), but it is still a limit.
+/// stack), but it is still a limit. An agent's is the operator's to set (pull-request jobs log
+/// in as agents).
 #[tokio::test]
 async fn a_pipelines_plan_tokens_have_a_limit_of_their_own() {
-    let s = Server::new();
+    let s = Server::with_config(airlock_server::ServerConfig {
+        agent_runs_per_hour: 5,
+        ..airlock_server::ServerConfig::default()
+    });
     s.stack("dev/app", false);
     let ci = s.token("pipeline", Role::Ci, &[], None);
-    for _ in 0..airlock_server::tokens::PIPELINE_PHASE_TOKEN_LIMIT.max {
+    for _ in 0..airlock_server::tokens::PIPELINE_LIMIT.max {
         s.api("POST", PLAN_TOKEN, &ci, Value::Null)
             .await
             .expect(201);
@@ -120,6 +124,15 @@ async fn a_pipelines_plan_tokens_have_a_limit_of_their_own() {
     let r = s.api("POST", PLAN_TOKEN, &ci, Value::Null).await;
     r.expect(429);
     assert!(r.message().contains("1000 phase tokens"), "{}", r.message());
+    let agent = s.token("bot", Role::Agent, &[], None);
+    for _ in 0..5 {
+        s.api("POST", PLAN_TOKEN, &agent, Value::Null)
+            .await
+            .expect(201);
+    }
+    let r = s.api("POST", PLAN_TOKEN, &agent, Value::Null).await;
+    r.expect(429);
+    assert!(r.message().contains("5 phase tokens"), "{}", r.message());
 }
 
 #[tokio::test]

@@ -250,6 +250,23 @@ async fn a_dead_planners_lock_is_taken_over_and_no_other_lock_is() {
         .await
         .expect(200);
     assert_eq!(actions(&s, "lock.preempt").await, 1);
+    let held = s.store.current_lock("dev/app").unwrap().expect("locked");
+    assert_eq!(
+        (held.id.as_str(), held.owner_token.as_str()),
+        ("next-plan", agent.id.as_str())
+    );
+    let preempt = s
+        .audit()
+        .await
+        .into_iter()
+        .find(|e| e["action"] == "lock.preempt")
+        .unwrap();
+    assert_eq!(preempt["detail"]["preempted_lock"], "live-plan");
+    assert_eq!(preempt["detail"]["holder_token"], live.id.as_str());
+    assert!(
+        preempt["actor"].as_str().unwrap().contains(&agent.id),
+        "{preempt}"
+    );
     s.unlock("dev/app", &agent, "next-plan", "OperationTypePlan")
         .await
         .expect(200);
@@ -289,4 +306,25 @@ async fn a_dead_planners_lock_is_taken_over_and_no_other_lock_is() {
         .await
         .expect(423);
     assert_eq!(actions(&s, "lock.preempt").await, 1);
+}
+
+/// Terraform never writes state under a plan's lock, and such a lock is taken over once its
+/// token dies: a write under one (a client that locks "for planning" and writes) is refused.
+#[tokio::test]
+async fn no_state_is_written_under_a_plans_lock() {
+    let s = server(60_000);
+    let writer = s.token("writer", Role::Admin, &[], None);
+    s.lock("dev/app", &writer, "a-plan", "OperationTypePlan")
+        .await
+        .expect(200);
+    let r = s.write("dev/app", &writer, Some("a-plan"), &plain(1)).await;
+    r.expect(409);
+    assert!(r.message().contains("taken for a plan"), "{}", r.message());
+    assert!(s.versions("dev/app").is_empty());
+    s.unlock("dev/app", &writer, "a-plan", "OperationTypePlan")
+        .await
+        .expect(200);
+    s.locked_write("dev/app", &writer, &plain(1))
+        .await
+        .expect(200);
 }

@@ -103,6 +103,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         request_timeout: secs(args.request_timeout_secs),
         apply_idle_timeout: secs(args.apply_idle_timeout_secs),
         plan_idle_timeout: secs(args.plan_idle_timeout_secs),
+        agent_runs_per_hour: args.agent_runs_per_hour,
         max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
         auto_create_stacks: args.auto_create_stacks,
         secure_cookies: tls.is_some()

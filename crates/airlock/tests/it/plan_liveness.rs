@@ -133,3 +133,45 @@ fn a_plan_lock_left_by_a_killed_job_is_taken_over_once_its_token_has_expired() {
     assert_eq!(preempted.len(), 1, "{preempted:?}");
     assert_eq!(preempted[0]["detail"]["preempted_lock"], "orphan");
 }
+
+/// A pipeline that may write the stack (ci, on a stack that is not production) died while
+/// planning: its plan lock is not one of a token that may never write, but its token is dead
+/// (revoked here), so an approved run's apply takes the lock over rather than failing at its
+/// lock timeout, and says why.
+#[test]
+fn an_approved_apply_takes_over_the_plan_lock_of_a_dead_writer() {
+    let stack = "dev/lostci";
+    let t = team_on(TestServer::start(), stack);
+    let ws = Workspace::new(
+        &t.s,
+        stack,
+        "resource \"terraform_data\" \"a\" {\n  input = \"v1\"\n}\n",
+    );
+    let run = plan(&t, &ws, &t.agent, stack);
+    t.s.ok(&t.approver, &["approve", &run]);
+    let lost = t.s.token("lost-pipeline", "ci");
+    let who: serde_json::Value =
+        serde_json::from_str(&t.s.ok(&lost, &["whoami", "--format", "json"])).unwrap();
+    let url = t.s.state_url(stack);
+    let plan_lock = r#"{"ID":"lost-plan","Operation":"OperationTypePlan","Info":"","Who":"ci@lost","Version":"1.11.4","Created":"2026-01-01T00:00:00Z","Path":""}"#;
+    assert_eq!(raw("LOCK", &url, &lost, plan_lock.as_bytes()).0, 200);
+    let run_token = start_apply(&t, &run);
+    let apply_lock = r#"{"ID":"the-apply","Operation":"OperationTypeApply","Info":"","Who":"ci","Version":"1.11.4","Created":"2026-01-01T00:00:00Z","Path":""}"#;
+    // While the pipeline's token lives, its plan lock protects its own writes to come.
+    assert_eq!(raw("LOCK", &url, &run_token, apply_lock.as_bytes()).0, 423);
+    t.s.ok(
+        &t.s.admin,
+        &["token", "revoke", who["id"].as_str().unwrap()],
+    );
+    let (code, body) = raw("LOCK", &url, &run_token, apply_lock.as_bytes());
+    assert_eq!(code, 200, "{body}");
+    let preempted = t.s.audit_of(&t.s.admin, "lock.preempt");
+    assert_eq!(preempted.len(), 1, "{preempted:?}");
+    assert_eq!(preempted[0]["detail"]["preempted_lock"], "lost-plan");
+    assert!(
+        preempted[0]["detail"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("revoked, expired or gone")),
+        "{preempted:?}"
+    );
+}

@@ -519,3 +519,77 @@ fn an_approval_a_backup_adds_to_a_run_is_refused() {
         );
     }
 }
+
+/// What the gate judged of a run, and who planned it, are bound to its `run.create` event: a
+/// backup that turns a judged run into another (its decision, what it destroys, the inputs it
+/// was planned from) or gives it another author (who could then approve it) does not verify.
+#[test]
+fn a_backup_cannot_change_what_a_run_is_or_who_planned_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut t = team_on(
+        TestServer::start_on(&Backing::Dir(data.clone()), None, &[], &[]),
+        "dev/judged",
+    );
+    let ws = Workspace::new(&t.s, "dev/judged", &data_resources(1));
+    let waiting = plan(&t, &ws, &t.agent, "dev/judged");
+    let approved = plan(&t, &ws, &t.agent, "dev/judged");
+    t.s.ok(&t.approver, &["approve", &approved]);
+    t.s.kill();
+    let bk = tmp.path().join("backup");
+    export_verified(&data, &bk);
+    let rel = "runs/0001/run.json";
+    let run: Value = serde_json::from_slice(&std::fs::read(bk.join(rel)).unwrap()).unwrap();
+    assert_eq!(run["record"]["id"], waiting.as_str());
+    let approver: Value =
+        serde_json::from_slice(&std::fs::read(bk.join("runs/0002/run.json")).unwrap()).unwrap();
+    let approver_user = approver["record"]["approvals"][0]["by"].clone();
+    let decision = run["record"]["decision"].as_str().unwrap().to_owned();
+    type Forgery<'a> = (&'a str, &'a str, Box<dyn Fn(&mut Value) + 'a>);
+    let forgeries: [Forgery<'_>; 4] = [
+        (
+            "the gate's decision changed",
+            "decision",
+            Box::new(|v: &mut Value| {
+                let other = if decision == "deny" {
+                    "needs_approval"
+                } else {
+                    "deny"
+                };
+                v["record"]["decision"] = json!(other);
+            }),
+        ),
+        (
+            "an instance it destroys added (or hidden)",
+            "destroys",
+            Box::new(|v: &mut Value| {
+                v["record"]["destroys"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(json!("aws_db_instance.prod"));
+            }),
+        ),
+        (
+            "the inputs it was planned from changed",
+            "fingerprint",
+            Box::new(|v: &mut Value| v["record"]["fingerprint"] = json!("0".repeat(64))),
+        ),
+        (
+            "the approver made its author's user, so its real author may approve it",
+            "author token or user",
+            Box::new(|v: &mut Value| v["record"]["author_user"] = approver_user.clone()),
+        ),
+    ];
+    for (i, (what, field, edit)) in forgeries.iter().enumerate() {
+        let copy = tmp.path().join(format!("forged{i}"));
+        copy_dir(&bk, &copy);
+        forge_backup_file(&copy, rel, |v| edit(v));
+        let into = tmp.path().join(format!("forged-data{i}"));
+        refused(
+            &copy,
+            &into,
+            &format!("its {field} differ from its run.create event"),
+            what,
+        );
+    }
+}

@@ -280,6 +280,8 @@ impl Backup {
         problems.extend(resolve_minters(&mut backup.tokens, &backup.audit));
         // 8. Every approval a run carries is an audited act.
         problems.extend(unaudited_approvals(&backup.runs, &backup.audit));
+        // 9. Every run is what its run.create event says was planned, judged and by whom.
+        problems.extend(unaudited_runs(&backup.runs, &backup.tokens, &backup.audit));
         Ok((backup, problems))
     }
 
@@ -666,6 +668,105 @@ pub(super) fn replay_into_scratch(b: &Backup) -> anyhow::Result<Vec<String>> {
     let problems = compare(store.as_ref(), b)?;
     drop(store);
     Ok(problems)
+}
+
+/// The runs whose record says otherwise than the `run.create` event that created it: its
+/// author (the event's actor, that token, and the user the backup gives that token: the one
+/// who may not approve it), stack, gate decision, binary plan, inputs, number of
+/// destroyed instances, planning mode or policy changes. The server writes the record and the
+/// event in one transaction, so a backup that turns a denied run into one awaiting approval,
+/// swaps its plan for one the gate never judged, hides what it destroys or names another author
+/// rewrites the audit chain too (what only its anchors catch). Fields an older server did not
+/// put in the event are not compared; a run needs exactly one such event.
+fn unaudited_runs(runs: &[RunFile], tokens: &[TokenEntry], audit: &[AuditRecord]) -> Vec<String> {
+    let mut created: std::collections::HashMap<&str, Vec<&AuditRecord>> = Default::default();
+    for e in audit
+        .iter()
+        .filter(|e| e.action == "run.create" && e.outcome == "ok")
+    {
+        if let Some(run) = e.detail["run"].as_str() {
+            created.entry(run).or_default().push(e);
+        }
+    }
+    let mut problems = Vec::new();
+    for RunFile { record: r, .. } in runs {
+        let events = created.get(r.id.as_str()).map_or(&[][..], Vec::as_slice);
+        let [e] = events else {
+            problems.push(format!(
+                "run {}: the audit chain holds {} run.create events of it, not one",
+                r.id,
+                events.len()
+            ));
+            continue;
+        };
+        let d = &e.detail;
+        // (what, what the event recorded, what the record says); absent from the event: skipped.
+        let fields = [
+            (
+                "author",
+                Some(serde_json::json!(e.actor)),
+                serde_json::json!(r.author),
+            ),
+            (
+                "stack",
+                Some(serde_json::json!(e.stack)),
+                serde_json::json!(Some(&r.stack)),
+            ),
+            (
+                "decision",
+                d.get("decision").cloned(),
+                serde_json::json!(r.decision),
+            ),
+            (
+                "plan_sha256",
+                d.get("plan_sha256").cloned(),
+                serde_json::json!(r.plan_sha256),
+            ),
+            (
+                "fingerprint",
+                d.get("fingerprint").cloned(),
+                serde_json::json!(r.fingerprint),
+            ),
+            (
+                "destroys",
+                d.get("destroys").cloned(),
+                serde_json::json!(r.destroys.len()),
+            ),
+            (
+                "plan_mode",
+                d.get("plan_mode").cloned(),
+                serde_json::json!(r.plan_mode),
+            ),
+            (
+                "policy_changes",
+                d.get("policy_changes").cloned(),
+                serde_json::json!(r.policy_changes),
+            ),
+        ];
+        let mut differing: Vec<&str> = fields
+            .iter()
+            .filter(|(_, event, record)| event.as_ref().is_some_and(|v| v != record))
+            .map(|(what, _, _)| *what)
+            .collect();
+        // Runs stored before users existed name no author user (it is their token's).
+        let token_user = tokens
+            .iter()
+            .find(|t| t.id == r.author_token)
+            .map(|t| &t.user);
+        let other_user =
+            !r.author_user.is_empty() && token_user.is_some_and(|u| *u != r.author_user);
+        if !e.actor.ends_with(&format!(" ({})", r.author_token)) || other_user {
+            differing.push("author token or user");
+        }
+        if !differing.is_empty() {
+            problems.push(format!(
+                "run {}: its {} differ from its run.create event in the audit chain",
+                r.id,
+                differing.join(", ")
+            ));
+        }
+    }
+    problems
 }
 
 /// Step 8: every approval a run's record carries is a `run.approve` event of that run by that
