@@ -61,14 +61,8 @@ fn a_plan_waiting_longer_than_its_tokens_first_lifetime_still_plans_and_unlocks(
     let ended = t.s.audit_of(&t.s.admin, "token.plan_end");
     assert_eq!(ended.len(), 1, "{ended:?}");
     assert_eq!(ended[0]["detail"]["token"], renewals[0]["detail"]["token"]);
-    let tokens: serde_json::Value =
-        serde_json::from_str(&t.s.ok(&t.s.admin, &["token", "list", "--format", "json"])).unwrap();
-    let plan_token = tokens["tokens"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["id"] == ended[0]["detail"]["token"])
-        .unwrap_or_else(|| panic!("{tokens}"));
+    let plan_token =
+        t.s.token_where("id", ended[0]["detail"]["token"].as_str().unwrap());
     assert!(!plan_token["revoked_at"].is_null(), "{plan_token}");
 }
 

@@ -164,6 +164,22 @@ fn export_verified(data: &Path, bk: &Path) {
     assert!(ok && out.contains("backup OK"), "{out}");
 }
 
+/// A team on `stack` on a server whose store is the directory `data` of `tmp` (exported once
+/// the server is killed), and a workspace of `n` `terraform_data` on the stack.
+fn team_on_disk(
+    tmp: &tempfile::TempDir,
+    stack: &str,
+    n: usize,
+) -> (std::path::PathBuf, Team, Workspace) {
+    let data = tmp.path().join("data");
+    let t = team_on(
+        TestServer::start_on(&Backing::Dir(data.clone()), None, &[], &[]),
+        stack,
+    );
+    let ws = Workspace::new(&t.s, stack, &data_resources(n));
+    (data, t, ws)
+}
+
 /// The forged backup `bk` (`what`) does not verify, saying `says`, and is not imported into
 /// `into`.
 fn refused(bk: &Path, into: &Path, says: &str, what: &str) {
@@ -205,13 +221,8 @@ fn forge_entry(bk: &Path, rel: &str, name: &str, edit: impl Fn(&mut Value)) {
 #[test]
 fn tombstones_survive_backups_and_an_older_backup_is_purged_on_import() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    let mut t = team_on(
-        TestServer::start_on(&Backing::Dir(data.clone()), None, &[], &[]),
-        "dev/bk",
-    );
+    let (data, mut t, ws) = team_on_disk(&tmp, "dev/bk", 2);
     let admin = t.s.admin.clone();
-    let ws = Workspace::new(&t.s, "dev/bk", &data_resources(2));
     let applied = plan(&t, &ws, &t.agent, "dev/bk");
     t.s.ok(&t.approver, &["approve", &applied]);
     let (_, binary) = download(&t.s, &admin, &applied, "plan.tfplan");
@@ -370,10 +381,8 @@ fn tombstones_survive_backups_and_an_older_backup_is_purged_on_import() {
 #[test]
 fn a_run_an_older_server_ended_is_backed_up_as_a_tombstone_and_purged_at_start() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
+    let (data, mut t, ws) = team_on_disk(&tmp, "dev/old", 1);
     let backing = Backing::Dir(data.clone());
-    let mut t = team_on(TestServer::start_on(&backing, None, &[], &[]), "dev/old");
-    let ws = Workspace::new(&t.s, "dev/old", &data_resources(1));
     let run = plan(&t, &ws, &t.agent, "dev/old");
     let admin = t.s.admin.clone();
     let (_, binary) = download(&t.s, &admin, &run, "plan.tfplan");
@@ -411,10 +420,8 @@ fn a_run_an_older_server_ended_is_backed_up_as_a_tombstone_and_purged_at_start()
 #[test]
 fn a_run_nobody_touches_after_its_expiry_is_closed_and_its_plan_purged() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
+    let (data, mut t, ws) = team_on_disk(&tmp, "dev/stale", 1);
     let backing = Backing::Dir(data.clone());
-    let mut t = team_on(TestServer::start_on(&backing, None, &[], &[]), "dev/stale");
-    let ws = Workspace::new(&t.s, "dev/stale", &data_resources(1));
     let old = plan(&t, &ws, &t.agent, "dev/stale");
     let young = plan(&t, &ws, &t.agent, "dev/stale");
     let admin = t.s.admin.clone();
@@ -461,12 +468,7 @@ fn a_run_nobody_touches_after_its_expiry_is_closed_and_its_plan_purged() {
 #[test]
 fn an_approval_a_backup_adds_to_a_run_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    let mut t = team_on(
-        TestServer::start_on(&Backing::Dir(data.clone()), None, &[], &[]),
-        "dev/appr",
-    );
-    let ws = Workspace::new(&t.s, "dev/appr", &data_resources(1));
+    let (data, mut t, ws) = team_on_disk(&tmp, "dev/appr", 1);
     let approved = plan(&t, &ws, &t.agent, "dev/appr");
     t.s.ok(&t.approver, &["approve", &approved]);
     let waiting = plan(&t, &ws, &t.agent, "dev/appr");
@@ -526,12 +528,7 @@ fn an_approval_a_backup_adds_to_a_run_is_refused() {
 #[test]
 fn a_backup_cannot_change_what_a_run_is_or_who_planned_it() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    let mut t = team_on(
-        TestServer::start_on(&Backing::Dir(data.clone()), None, &[], &[]),
-        "dev/judged",
-    );
-    let ws = Workspace::new(&t.s, "dev/judged", &data_resources(1));
+    let (data, mut t, ws) = team_on_disk(&tmp, "dev/judged", 1);
     let waiting = plan(&t, &ws, &t.agent, "dev/judged");
     let approved = plan(&t, &ws, &t.agent, "dev/judged");
     t.s.ok(&t.approver, &["approve", &approved]);

@@ -35,11 +35,8 @@ fn agent_plans_approver_approves_ci_applies() {
         "the state version carries the run id"
     );
     // The run-bound token is revoked once the apply ends.
-    let tokens = t.s.ok(&t.s.admin, &["token", "list", "--format", "json"]);
-    let tokens: serde_json::Value = serde_json::from_str(&tokens).unwrap();
-    let bound: Vec<_> = tokens["tokens"]
-        .as_array()
-        .unwrap()
+    let tokens = t.s.tokens();
+    let bound: Vec<_> = tokens
         .iter()
         .filter(|x| x["run_id"] == run.as_str())
         .collect();
@@ -367,14 +364,7 @@ credentials "apply" {
         .split(['(', ')'])
         .find(|w| w.starts_with("tok_"))
         .unwrap_or_else(|| panic!("{said}"));
-    let tokens: serde_json::Value =
-        serde_json::from_str(&t.s.ok(&t.s.admin, &["token", "list", "--format", "json"])).unwrap();
-    let plan_token = tokens["tokens"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["id"] == id)
-        .unwrap_or_else(|| panic!("{tokens}"));
+    let plan_token = t.s.token_where("id", id);
     assert_eq!(plan_token["role"], "agent", "{plan_token}");
 }
 

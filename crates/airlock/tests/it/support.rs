@@ -120,6 +120,23 @@ impl TestServer {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// Every token, as the admin lists them (`airlock token list --format json`).
+    pub fn tokens(&self) -> Vec<serde_json::Value> {
+        let out = self.ok(&self.admin, &["token", "list", "--format", "json"]);
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["tokens"]
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    /// The token whose `field` is `value` (its id, its name), as the admin lists it.
+    pub fn token_where(&self, field: &str, value: &str) -> serde_json::Value {
+        self.tokens()
+            .into_iter()
+            .find(|t| t[field] == value)
+            .unwrap_or_else(|| panic!("no token whose {field} is {value}"))
+    }
+
     /// The audit events of `action` as `token` reads them (`airlock audit --action ACTION
     /// --format json`), newest first.
     pub fn audit_of(&self, token: &str, action: &str) -> Vec<serde_json::Value> {

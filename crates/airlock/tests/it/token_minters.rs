@@ -7,19 +7,8 @@ use serde_json::{json, Value};
 
 use crate::support::*;
 
-fn tokens(s: &TestServer) -> Vec<Value> {
-    let out = s.ok(&s.admin, &["token", "list", "--format", "json"]);
-    serde_json::from_str::<Value>(&out).unwrap()["tokens"]
-        .as_array()
-        .unwrap()
-        .clone()
-}
-
 fn token_named(s: &TestServer, name: &str) -> Value {
-    tokens(s)
-        .into_iter()
-        .find(|t| t["name"] == name)
-        .unwrap_or_else(|| panic!("no token {name}"))
+    s.token_where("name", name)
 }
 
 /// `token create --format json` as `by`: (id, secret).
@@ -123,7 +112,7 @@ fn a_token_name_or_a_request_body_cannot_choose_the_minter() {
         assert_eq!(status, 400, "{field}: {answer}");
         assert!(answer.contains(field), "{answer}");
     }
-    assert!(tokens(&s).iter().all(|t| t["name"] != "alice-dev2"));
+    assert!(s.tokens().iter().all(|t| t["name"] != "alice-dev2"));
 }
 
 /// The tokens of a server from before the scoped-mint rule (id, user, name, role, stacks,

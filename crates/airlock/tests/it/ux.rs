@@ -233,15 +233,7 @@ fn json_output_has_rfc3339_times_and_all_stacks_as_a_star() {
             "token", "create", "--name", "ci", "--role", "ci", "--ttl", "1h",
         ],
     );
-    let v: Value =
-        serde_json::from_str(&server.ok(&server.admin, &["token", "list", "--format", "json"]))
-            .unwrap();
-    let ci = v["tokens"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["name"] == "ci")
-        .unwrap();
+    let ci = server.token_where("name", "ci");
     let ms = ci["expires_at"].as_i64().unwrap();
     assert_eq!(ci["expires_at_rfc3339"], airlock_core_rfc3339(ms));
     assert_eq!(ci["stacks"], serde_json::json!(["*"]));
