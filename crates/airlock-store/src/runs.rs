@@ -348,6 +348,29 @@ impl Approval {
 }
 
 impl RunRecord {
+    /// The detail of the `run.create` event that records this run, written with it in one
+    /// transaction: what the gate judged, of which plan and inputs, for whom, and what it needs.
+    /// `airlock backup verify` derives it again from a backup's record and compares every key
+    /// the event holds (an older server's events hold fewer), so a backup cannot change what a
+    /// run is or who planned it without rewriting the audit chain. `destroys_sha256` binds the
+    /// destroyed addresses without copying a long list into the log.
+    pub fn created_detail(&self) -> serde_json::Value {
+        let destroys = serde_json::to_vec(&self.destroys).unwrap_or_default();
+        serde_json::json!({
+            "run": self.id,
+            "decision": self.decision,
+            "destroys": self.destroys.len(),
+            "destroys_sha256": hex::encode(crate::blob::sha256(&destroys)),
+            "plan_sha256": self.plan_sha256,
+            "fingerprint": self.fingerprint,
+            "policy_changes": self.policy_changes,
+            "plan_mode": self.plan_mode,
+            "plan_read_stacks": self.plan_read_stacks,
+            "user": self.author_user,
+            "required_approvals": self.required_approvals,
+        })
+    }
+
     /// The user who planned the run.
     pub fn author_identity(&self) -> &str {
         if self.author_user.is_empty() {

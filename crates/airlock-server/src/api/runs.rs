@@ -1274,7 +1274,7 @@ fn create_run(
         &p.display(),
         "run.create",
         Some(&stack.name),
-        json!({"run": run.id, "decision": run.decision, "destroys": run.destroys.len(), "plan_sha256": run.plan_sha256, "fingerprint": run.fingerprint, "policy_changes": run.policy_changes, "plan_mode": run.plan_mode, "plan_read_stacks": run.plan_read_stacks}),
+        run.created_detail(),
     );
     let markdown = judged.markdown;
     let policies_json = (!req.policies.is_empty())

@@ -524,7 +524,9 @@ fn an_approval_a_backup_adds_to_a_run_is_refused() {
 
 /// What the gate judged of a run, and who planned it, are bound to its `run.create` event: a
 /// backup that turns a judged run into another (its decision, what it destroys, the inputs it
-/// was planned from) or gives it another author (who could then approve it) does not verify.
+/// was planned from, the approvals it needs) or gives it another author (who could then approve
+/// it) does not verify. A backup whose events come from an older server (fewer keys, runs from
+/// before users) still verifies.
 #[test]
 fn a_backup_cannot_change_what_a_run_is_or_who_planned_it() {
     let tmp = tempfile::tempdir().unwrap();
@@ -536,23 +538,20 @@ fn a_backup_cannot_change_what_a_run_is_or_who_planned_it() {
     let bk = tmp.path().join("backup");
     export_verified(&data, &bk);
     let rel = "runs/0001/run.json";
-    let run: Value = serde_json::from_slice(&std::fs::read(bk.join(rel)).unwrap()).unwrap();
-    assert_eq!(run["record"]["id"], waiting.as_str());
-    let approver: Value =
-        serde_json::from_slice(&std::fs::read(bk.join("runs/0002/run.json")).unwrap()).unwrap();
-    let approver_user = approver["record"]["approvals"][0]["by"].clone();
-    let decision = run["record"]["decision"].as_str().unwrap().to_owned();
+    let read = |rel: &str| -> Value {
+        serde_json::from_slice(&std::fs::read(bk.join(rel)).unwrap()).unwrap()
+    };
+    assert_eq!(read(rel)["record"]["id"], waiting.as_str());
+    let approver_user = read("runs/0002/run.json")["record"]["approvals"][0]["by_user"].clone();
+    assert!(approver_user.is_string(), "{approver_user}");
+    let decision = read(rel)["record"]["decision"].as_str().unwrap().to_owned();
     type Forgery<'a> = (&'a str, &'a str, Box<dyn Fn(&mut Value) + 'a>);
-    let forgeries: [Forgery<'_>; 4] = [
+    let forgeries: [Forgery<'_>; 6] = [
         (
             "the gate's decision changed",
             "decision",
             Box::new(|v: &mut Value| {
-                let other = if decision == "deny" {
-                    "needs_approval"
-                } else {
-                    "deny"
-                };
+                let other = if decision == "deny" { "review" } else { "deny" };
                 v["record"]["decision"] = json!(other);
             }),
         ),
@@ -572,21 +571,45 @@ fn a_backup_cannot_change_what_a_run_is_or_who_planned_it() {
             Box::new(|v: &mut Value| v["record"]["fingerprint"] = json!("0".repeat(64))),
         ),
         (
-            "the approver made its author's user, so its real author may approve it",
-            "author token or user",
+            "the approvals it needs lowered",
+            "required_approvals",
+            Box::new(|v: &mut Value| v["record"]["required_approvals"] = json!(0)),
+        ),
+        (
+            "the approver made its author's user, so that its real author may approve it",
+            "user",
             Box::new(|v: &mut Value| v["record"]["author_user"] = approver_user.clone()),
         ),
+        (
+            "its author user emptied, so that the one of its token counts",
+            "user",
+            Box::new(|v: &mut Value| v["record"]["author_user"] = json!("")),
+        ),
     ];
-    for (i, (what, field, edit)) in forgeries.iter().enumerate() {
+    for (i, (what, key, edit)) in forgeries.iter().enumerate() {
         let copy = tmp.path().join(format!("forged{i}"));
         copy_dir(&bk, &copy);
         forge_backup_file(&copy, rel, |v| edit(v));
         let into = tmp.path().join(format!("forged-data{i}"));
-        refused(
-            &copy,
-            &into,
-            &format!("its {field} differ from its run.create event"),
-            what,
-        );
+        refused(&copy, &into, key, what);
+        refused(&copy, &into, "differ from its run.create event", what);
     }
+    // An older server's backup: its run.create events hold only the first keys, and its runs
+    // name no author user. It verifies and imports.
+    let old = tmp.path().join("older");
+    copy_dir(&bk, &old);
+    rewrite_backup_audit(&old, |r| {
+        if r.action == "run.create" {
+            let keep = ["run", "decision", "destroys", "plan_sha256", "fingerprint"];
+            r.detail
+                .as_object_mut()
+                .unwrap()
+                .retain(|k, _| keep.contains(&k.as_str()));
+        }
+    });
+    for rel in [rel, "runs/0002/run.json"] {
+        forge_backup_file(&old, rel, |v| v["record"]["author_user"] = json!(""));
+    }
+    let (ok, out) = backup_cli(&["backup", "verify", dir_arg(&old)]);
+    assert!(ok && out.contains("backup OK"), "{out}");
 }

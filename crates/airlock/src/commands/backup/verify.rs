@@ -671,13 +671,15 @@ pub(super) fn replay_into_scratch(b: &Backup) -> anyhow::Result<Vec<String>> {
 }
 
 /// The runs whose record says otherwise than the `run.create` event that created it: its
-/// author (the event's actor, that token, and the user the backup gives that token: the one
-/// who may not approve it), stack, gate decision, binary plan, inputs, number of
-/// destroyed instances, planning mode or policy changes. The server writes the record and the
-/// event in one transaction, so a backup that turns a denied run into one awaiting approval,
-/// swaps its plan for one the gate never judged, hides what it destroys or names another author
-/// rewrites the audit chain too (what only its anchors catch). Fields an older server did not
-/// put in the event are not compared; a run needs exactly one such event.
+/// author (the event's actor and its token; the backup's user of that token), its stack, and
+/// every key of the event's detail, derived again from the record
+/// ([`RunRecord::created_detail`]: the gate's decision, the plan, the inputs, what it destroys,
+/// the planning mode, policy changes, read stacks, author user and approvals needed). The server
+/// writes the record and the event in one transaction, so a backup that turns a denied run into
+/// one awaiting approval, swaps its plan for one the gate never judged, hides what it destroys,
+/// lowers the approvals it needs or names another author rewrites the audit chain too (what
+/// only its anchors catch). Keys an older server did not put in the event are not compared; a
+/// run needs exactly one such event.
 fn unaudited_runs(runs: &[RunFile], tokens: &[TokenEntry], audit: &[AuditRecord]) -> Vec<String> {
     let mut created: std::collections::HashMap<&str, Vec<&AuditRecord>> = Default::default();
     for e in audit
@@ -699,55 +701,18 @@ fn unaudited_runs(runs: &[RunFile], tokens: &[TokenEntry], audit: &[AuditRecord]
             ));
             continue;
         };
-        let d = &e.detail;
-        // (what, what the event recorded, what the record says); absent from the event: skipped.
-        let fields = [
-            (
-                "author",
-                Some(serde_json::json!(e.actor)),
-                serde_json::json!(r.author),
-            ),
-            (
-                "stack",
-                Some(serde_json::json!(e.stack)),
-                serde_json::json!(Some(&r.stack)),
-            ),
-            (
-                "decision",
-                d.get("decision").cloned(),
-                serde_json::json!(r.decision),
-            ),
-            (
-                "plan_sha256",
-                d.get("plan_sha256").cloned(),
-                serde_json::json!(r.plan_sha256),
-            ),
-            (
-                "fingerprint",
-                d.get("fingerprint").cloned(),
-                serde_json::json!(r.fingerprint),
-            ),
-            (
-                "destroys",
-                d.get("destroys").cloned(),
-                serde_json::json!(r.destroys.len()),
-            ),
-            (
-                "plan_mode",
-                d.get("plan_mode").cloned(),
-                serde_json::json!(r.plan_mode),
-            ),
-            (
-                "policy_changes",
-                d.get("policy_changes").cloned(),
-                serde_json::json!(r.policy_changes),
-            ),
-        ];
-        let mut differing: Vec<&str> = fields
-            .iter()
-            .filter(|(_, event, record)| event.as_ref().is_some_and(|v| v != record))
-            .map(|(what, _, _)| *what)
+        let derived = r.created_detail();
+        let mut differing: Vec<String> = e
+            .detail
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(k, v)| derived.get(k.as_str()).is_some_and(|d| d != *v))
+            .map(|(k, _)| k.clone())
             .collect();
+        if e.stack.as_deref() != Some(r.stack.as_str()) {
+            differing.push("stack".into());
+        }
         // Runs stored before users existed name no author user (it is their token's).
         let token_user = tokens
             .iter()
@@ -755,8 +720,11 @@ fn unaudited_runs(runs: &[RunFile], tokens: &[TokenEntry], audit: &[AuditRecord]
             .map(|t| &t.user);
         let other_user =
             !r.author_user.is_empty() && token_user.is_some_and(|u| *u != r.author_user);
-        if !e.actor.ends_with(&format!(" ({})", r.author_token)) || other_user {
-            differing.push("author token or user");
+        if e.actor != r.author
+            || !e.actor.ends_with(&format!(" ({})", r.author_token))
+            || other_user
+        {
+            differing.push("author".into());
         }
         if !differing.is_empty() {
             problems.push(format!(
