@@ -616,7 +616,8 @@ pub fn approve(
         new.status = RunStatus::Approved;
     }
     new.updated_at = now;
-    let detail = json!({"run": run.id, "plan_sha256": run.plan_sha256, "approvals": new.approvals.len(), "required": new.required_approvals});
+    // The approver's user too: a backup's approval then names the user the server counted.
+    let detail = json!({"run": run.id, "plan_sha256": run.plan_sha256, "user": actor.user, "approvals": new.approvals.len(), "required": new.required_approvals});
     Ok(Transition {
         run: new,
         action: "run.approve".into(),

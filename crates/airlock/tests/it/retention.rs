@@ -463,8 +463,9 @@ fn a_run_nobody_touches_after_its_expiry_is_closed_and_its_plan_purged() {
 
 /// ATTACK (whoever can write a backup): an approval added to a run record of the backup, so that
 /// the restored run is applied unreviewed (an apply counts the record's approvals). Verify, and
-/// so import, refuse an approval that is not a `run.approve` event of that run by that approver:
-/// one copied from another run, and one approval doubled. The genuine backup verifies.
+/// so import, refuse an approval that is not a `run.approve` event of that run by that approver
+/// and user: one whose user was changed, one copied from another run, and one approval
+/// doubled. The genuine backup verifies.
 #[test]
 fn an_approval_a_backup_adds_to_a_run_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
@@ -486,7 +487,14 @@ fn an_approval_a_backup_adds_to_a_run_is_refused() {
     let plan_of_waiting = run(waiting_rel)["record"]["plan_sha256"].clone();
     // (what, which run file, the edit)
     type Forgery<'a> = (&'a str, &'a str, Box<dyn Fn(&mut Value) + 'a>);
-    let forgeries: [Forgery<'_>; 2] = [
+    let forgeries: [Forgery<'_>; 3] = [
+        (
+            "the approval's user changed (one person would count as two)",
+            approved_rel,
+            Box::new(|v: &mut Value| {
+                v["record"]["approvals"][0]["by_user"] = json!("someone-else");
+            }),
+        ),
         (
             "the approver's approval copied to the waiting run",
             waiting_rel,

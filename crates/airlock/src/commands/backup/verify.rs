@@ -743,7 +743,10 @@ fn unaudited_runs(runs: &[RunFile], tokens: &[TokenEntry], audit: &[AuditRecord]
 /// record without the act (the one edit that would let a restored run be applied unreviewed:
 /// the apply counts the record's approvals) means rewriting the audit chain too.
 fn unaudited_approvals(runs: &[RunFile], audit: &[AuditRecord]) -> Vec<String> {
-    let mut events: std::collections::HashMap<(&str, &str), Vec<Option<&str>>> = Default::default();
+    // Per (run, approver): each event's plan and user, where it names them (older servers'
+    // events name no user, the first ones no plan).
+    type Named<'a> = (Option<&'a str>, Option<&'a str>);
+    let mut events: std::collections::HashMap<(&str, &str), Vec<Named<'_>>> = Default::default();
     for e in audit
         .iter()
         .filter(|e| e.action == "run.approve" && e.outcome == "ok")
@@ -752,23 +755,23 @@ fn unaudited_approvals(runs: &[RunFile], audit: &[AuditRecord]) -> Vec<String> {
             events
                 .entry((run, e.actor.as_str()))
                 .or_default()
-                .push(e.detail["plan_sha256"].as_str());
+                .push((e.detail["plan_sha256"].as_str(), e.detail["user"].as_str()));
         }
     }
     let mut problems = Vec::new();
     for r in runs {
         for a in &r.record.approvals {
             let approved = events.get_mut(&(r.record.id.as_str(), a.by.as_str()));
-            let found = approved.and_then(|plans| {
-                let at = plans
-                    .iter()
-                    .position(|p| p.is_none_or(|p| p == a.plan_sha256))?;
-                Some(plans.swap_remove(at))
+            let found = approved.and_then(|named| {
+                let at = named.iter().position(|(plan, user)| {
+                    plan.is_none_or(|p| p == a.plan_sha256) && user.is_none_or(|u| u == a.by_user)
+                })?;
+                Some(named.swap_remove(at))
             });
             if found.is_none() {
                 problems.push(format!(
-                    "run {}: its approval by {} (plan {}) is not a run.approve event of the audit chain",
-                    r.record.id, a.by, a.plan_sha256
+                    "run {}: its approval by {} (user {}, plan {}) is not a run.approve event of the audit chain",
+                    r.record.id, a.by, a.by_user, a.plan_sha256
                 ));
             }
         }
