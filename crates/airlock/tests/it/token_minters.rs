@@ -244,7 +244,8 @@ fn a_token_minted_before_the_scoped_mint_rule_for_a_wider_person_is_revoked_at_s
 
 /// A backup carries each token's minter; one edited to drop it reads as an older backup
 /// (derived from `created_by`, as migration 0019 derives it), and one edited to change it, to
-/// rewrite `created_by` with it, or to leave the minter out is refused by verify and import.
+/// rewrite `created_by` with it, to leave the minter out, or to give the token another user is
+/// refused by verify and import.
 #[test]
 fn an_edited_backup_cannot_hide_who_minted_a_token() {
     let tmp = tempfile::tempdir().unwrap();
@@ -331,6 +332,13 @@ fn an_edited_backup_cannot_hide_who_minted_a_token() {
         t["created_by"] = json!("offline (uid 0 on host)");
     });
     refused("both rewritten", "audit event that created it");
+    // Erin's approver token given to carol: carol's own approval and erin's token's would count
+    // as two people's.
+    edit_erin(&|t| t["user"] = json!("carol"));
+    refused(
+        "token moved to another user",
+        "a backup cannot change whose a token is",
+    );
     forge_backup_file(&bk, "tokens.json", |v| {
         v.as_array_mut()
             .unwrap()

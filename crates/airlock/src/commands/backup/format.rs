@@ -195,14 +195,27 @@ pub(super) fn resolve_minters(
 ) -> Vec<String> {
     let mut problems = Vec::new();
     let mut created_by_event: BTreeMap<&str, &str> = BTreeMap::new();
+    // The user each creating event gave its token (events from before users name none).
+    let mut user_by_event: BTreeMap<&str, &str> = BTreeMap::new();
     for e in audit {
         if e.outcome == "ok" && matches!(e.action.as_str(), "token.create" | "token.plan_phase") {
             if let Some(id) = e.detail["token"].as_str() {
                 created_by_event.insert(id, e.actor.as_str());
+                if let Some(user) = e.detail["user"].as_str() {
+                    user_by_event.insert(id, user);
+                }
             }
         }
     }
     for t in tokens.iter() {
+        // Whose a token is decides whose its approvals and plans are: a backup that moved an
+        // approver's second token to another user would let one person count as two.
+        if let Some(user) = user_by_event.get(t.id.as_str()).filter(|u| **u != t.user) {
+            problems.push(format!(
+                "token {}: its user {:?} is not {user:?}, the user the audit event that created it gave it; a backup cannot change whose a token is",
+                t.id, t.user
+            ));
+        }
         if let Some(actor) = created_by_event.get(t.id.as_str()) {
             let (by_event, by_record) = (
                 airlock_store::minter_id(actor),
