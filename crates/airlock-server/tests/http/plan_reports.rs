@@ -328,3 +328,30 @@ async fn no_state_is_written_under_a_plans_lock() {
         .await
         .expect(200);
 }
+
+/// The minter is revoked while its plan runs (an admin cuts off a pipeline): the plan-phase
+/// token goes with it, and no report, by anyone, brings either back. A token scoped to another
+/// stack cannot reach this stack's report route at all.
+#[tokio::test]
+async fn a_revoked_minters_plan_token_is_gone_and_other_stacks_tokens_never_reach_it() {
+    let s = server(3_000);
+    let ci = s.token("ci", Role::Ci, &[], None);
+    let (plan, _) = mint(&s, &ci).await;
+    let path = report_path("dev/app", &plan.id);
+    let elsewhere = s.token("other-ci", Role::Ci, &["dev/other"], None);
+    let r = s.api("POST", &path, &elsewhere, Value::Null).await;
+    r.expect(403);
+    s.api(
+        "DELETE",
+        &format!("/api/v1/tokens/{}", ci.id),
+        &s.admin,
+        Value::Null,
+    )
+    .await
+    .expect(200);
+    s.get_state("dev/app", &plan).await.expect(401);
+    s.api("POST", &path, &ci, Value::Null).await.expect(401);
+    let r = s.api("POST", &path, &plan, Value::Null).await;
+    r.expect(401);
+    assert_eq!(events(&s, "token.plan_alive", &plan.id).await, 0);
+}
