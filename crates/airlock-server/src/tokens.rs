@@ -84,11 +84,9 @@ pub fn keep_plan_alive(
     }
     let cap = t.created_at.saturating_add(MAX_PLAN_MS);
     let cap = limit.map_or(cap, |l| l.min(cap));
-    let until = now.saturating_add(idle_ms).min(cap);
-    if until <= current || (until - current < idle_ms / 3 && until < cap) {
-        return Ok(None);
-    }
-    Ok(Some(until))
+    Ok(airlock_store::run_rules::renewed(
+        current, idle_ms, cap, now,
+    ))
 }
 
 /// Prefix that makes airlock secrets recognisable to secret scanners.

@@ -94,11 +94,9 @@ pub fn keep_alive(
         return Err(Refused::Abandoned);
     }
     let current = alive_until(run).unwrap_or(now);
-    let cap = deadline_cap(run, limit, now);
-    let until = now.saturating_add(idle_ms).min(cap);
-    if until <= current || (until - current < idle_ms / 3 && until < cap) {
+    let Some(until) = renewed(current, idle_ms, deadline_cap(run, limit, now), now) else {
         return Ok(None);
-    }
+    };
     let mut new = run.clone();
     new.apply_alive_until = Some(until);
     new.updated_at = now;
@@ -107,6 +105,17 @@ pub fn keep_alive(
         action: "run.apply_alive".into(),
         detail: json!({"run": run.id, "alive_until": until, "apply_token": run.apply_token}),
     }))
+}
+
+/// The one renewal rule of a phase whose client reports (an apply's deadline, a plan-phase
+/// token's expiry): at `now`, a deadline at `current` moves to `idle_ms` on, never past `cap`,
+/// once a third of `idle_ms` has passed since it last moved or when that reaches the cap;
+/// `None` when no move is due, so a client may report often and the store and audit log grow
+/// only every `idle_ms / 3`.
+pub fn renewed(current: i64, idle_ms: i64, cap: i64, now: i64) -> Option<i64> {
+    let until = now.saturating_add(idle_ms).min(cap);
+    let due = until > current && (until - current >= idle_ms / 3 || until >= cap);
+    due.then_some(until)
 }
 
 /// Who closes overdue runs in the audit log.
