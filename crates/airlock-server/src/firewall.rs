@@ -107,7 +107,7 @@ pub fn refuse_under_plan_lock(lock: &airlock_store::LockRecord, stack: &str) -> 
     (lock.operation == airlock_core::lockinfo::OPERATION_PLAN).then(|| {
         refuse(
             RefusalKind::Conflict,
-            format!("state write refused: lock {} on {stack} was taken for a plan (OperationTypePlan), which writes no state; lock for the operation that writes", lock.id),
+            format!("lock {} on {stack} was taken for a plan (OperationTypePlan), which writes no state; lock for the operation that writes", lock.id),
         )
     })
 }

@@ -1820,6 +1820,20 @@ fn heartbeat_ms(idle_ms: i64) -> i64 {
     (idle_ms / 10).max(1)
 }
 
+/// Token `id`'s record, for the plan-phase token routes (which judge whose it is); 404 if none.
+async fn plan_token_record(state: &Arc<AppState>, id: &str) -> ApiResult<TokenRecord> {
+    let i = id.to_owned();
+    store_call(state, move |st| st.token(&i))
+        .await?
+        .ok_or_else(|| {
+            let shown: String = id.chars().take(80).collect();
+            ApiError::new(
+                RefusalKind::NotFound,
+                format!("no plan-phase token {shown:?}"),
+            )
+        })
+}
+
 /// `POST /api/v1/stacks/{stack}/plan-token/{id}/heartbeat` (the token that minted plan-phase
 /// token `id`): the plan goes on. The token's expiry moves on by the server's plan idle time
 /// when a third of it has passed (`tokens::keep_plan_alive`; reports in between write
@@ -1833,19 +1847,7 @@ pub async fn plan_heartbeat(
     Path((_, id)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     let idle_ms = state.config.plan_idle_ms();
-    let i = id.clone();
-    let not_found = || {
-        ApiError::new(
-            RefusalKind::NotFound,
-            format!(
-                "no plan-phase token {:?}",
-                id.chars().take(80).collect::<String>()
-            ),
-        )
-    };
-    let read = store_call(&state, move |st| st.token(&i))
-        .await?
-        .ok_or_else(not_found)?;
+    let read = plan_token_record(&state, &id).await?;
     let answer = |t: &TokenRecord| {
         Json(json!({
             "token": t.id,
@@ -1855,15 +1857,12 @@ pub async fn plan_heartbeat(
     };
     // The caller is the minter: its own expiry caps the plan token's.
     let bounds = (idle_ms, p.expires_at);
+    let refused = |r| crate::stacks::deny(&state, &p, stack.as_str(), "token.plan_alive", r);
     let judged = tokens::keep_plan_alive(&read, &p.token_id, stack.as_str(), bounds, now_ms());
     let until = match judged {
         Ok(None) => return Ok(answer(&read)),
         Ok(Some(until)) => until,
-        Err(r) => {
-            return Err(
-                crate::stacks::deny(&state, &p, stack.as_str(), "token.plan_alive", r).await,
-            )
-        }
+        Err(r) => return Err(refused(r).await),
     };
     let audit = NewAudit::ok(
         &p.display(),
@@ -1880,18 +1879,10 @@ pub async fn plan_heartbeat(
         Some(t) => Ok(answer(&t)),
         // Moved by another report meanwhile, or revoked: judged again as it is now.
         None => {
-            let i = read.id.clone();
-            let now = store_call(&state, move |st| st.token(&i))
-                .await?
-                .ok_or_else(not_found)?;
+            let now = plan_token_record(&state, &id).await?;
             match tokens::keep_plan_alive(&now, &p.token_id, stack.as_str(), bounds, now_ms()) {
                 Ok(_) => Ok(answer(&now)),
-                Err(r) => {
-                    Err(
-                        crate::stacks::deny(&state, &p, stack.as_str(), "token.plan_alive", r)
-                            .await,
-                    )
-                }
+                Err(r) => Err(refused(r).await),
             }
         }
     }
@@ -1907,16 +1898,7 @@ pub async fn end_plan_token(
     Extension(RequestStack(stack)): Extension<RequestStack>,
     Path((_, id)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    let i = id.clone();
-    let Some(read) = store_call(&state, move |st| st.token(&i)).await? else {
-        return Err(ApiError::new(
-            RefusalKind::NotFound,
-            format!(
-                "no plan-phase token {:?}",
-                id.chars().take(80).collect::<String>()
-            ),
-        ));
-    };
+    let read = plan_token_record(&state, &id).await?;
     if let Err(r) = tokens::minted_plan_token(&read, &p.token_id, stack.as_str()) {
         return Err(crate::stacks::deny(&state, &p, stack.as_str(), "token.plan_end", r).await);
     }
