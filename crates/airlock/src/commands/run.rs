@@ -638,17 +638,21 @@ pub struct PlanPhase {
     _identity: Option<super::oidc::PhaseIdentity>,
     /// The plan-phase token's id, named in the upload so the run records what it could read.
     plan_token_id: String,
-    /// The plan-phase token, reported for while the phase lasts and ended with it.
-    _token: PlanToken,
+    /// The plan-phase token, reported for while the phase lasts and ended with it (none from a
+    /// server that takes no reports).
+    _token: Option<PlanToken>,
 }
 
 /// A plan-phase token from its mint to the end of its phase: reported for (with the caller's
 /// token, which minted it) so that a long plan keeps it, and ended when dropped, however the
 /// phase ends (uploaded, failed, or failed to start).
 struct PlanToken {
+    /// Always there while the token lives: an `Option` so that `drop` stops the reports before
+    /// it ends the token.
     reports: Option<Heartbeat>,
-    /// The caller's client and the token's path (a server that takes reports ends tokens too).
-    end: Option<(Client, String)>,
+    /// The caller's client, and the token's path.
+    client: Client,
+    path: String,
 }
 
 impl Drop for PlanToken {
@@ -658,18 +662,19 @@ impl Drop for PlanToken {
     /// within the server's plan idle time.
     fn drop(&mut self) {
         drop(self.reports.take());
-        if let Some((client, path)) = self.end.take() {
-            let ended = client.send_raw(
-                "DELETE",
-                &path,
-                &[],
-                b"",
-                64 * 1024,
-                Some(Duration::from_secs(5)),
+        let path = &self.path;
+        let ended = self.client.send_raw(
+            "DELETE",
+            path,
+            &[],
+            b"",
+            64 * 1024,
+            Some(Duration::from_secs(5)),
+        );
+        if !matches!(ended, Ok((200, _))) {
+            eprintln!(
+                "airlock: could not end this plan's token ({path}); it expires unless reported for"
             );
-            if !matches!(ended, Ok((200, _))) {
-                eprintln!("airlock: could not end this plan's token ({path}); it expires unless reported for");
-            }
         }
     }
 }
@@ -725,18 +730,22 @@ impl PlanPhase {
             .as_str()
             .context("the server sent no plan token")?;
         // Reports start at once: `terraform init` may take long too.
-        let token_path = format!("{token_path}/{}", stack_segment(&plan_token_id));
-        let reports = plan_token["heartbeat_ms"].as_u64().map(|ms| {
+        // A server that takes reports ends tokens too.
+        let path = format!("{token_path}/{}", stack_segment(&plan_token_id));
+        let plan_token_guard = plan_token["heartbeat_ms"].as_u64().map(|ms| {
             let every = Duration::from_millis(ms);
-            Heartbeat::start(
+            let reports = Heartbeat::start(
                 c.clone(),
-                format!("{token_path}/heartbeat"),
+                format!("{path}/heartbeat"),
                 every,
                 Reported::Plan,
-            )
+            );
+            PlanToken {
+                reports: Some(reports),
+                client: c.clone(),
+                path,
+            }
         });
-        let end = reports.is_some().then(|| (c.clone(), token_path));
-        let plan_token_guard = PlanToken { reports, end };
         let apply_profile = repo.profile(Phase::Apply);
         let held: Vec<&String> = apply_profile
             .iter()

@@ -690,6 +690,10 @@ fn unaudited_runs(runs: &[RunFile], tokens: &[TokenEntry], audit: &[AuditRecord]
             created.entry(run).or_default().push(e);
         }
     }
+    let user_of: std::collections::HashMap<&str, &str> = tokens
+        .iter()
+        .map(|t| (t.id.as_str(), t.user.as_str()))
+        .collect();
     let mut problems = Vec::new();
     for RunFile { record: r, .. } in runs {
         let events = created.get(r.id.as_str()).map_or(&[][..], Vec::as_slice);
@@ -714,12 +718,10 @@ fn unaudited_runs(runs: &[RunFile], tokens: &[TokenEntry], audit: &[AuditRecord]
             differing.push("stack".into());
         }
         // Runs stored before users existed name no author user (it is their token's).
-        let token_user = tokens
-            .iter()
-            .find(|t| t.id == r.author_token)
-            .map(|t| &t.user);
-        let other_user =
-            !r.author_user.is_empty() && token_user.is_some_and(|u| *u != r.author_user);
+        let other_user = !r.author_user.is_empty()
+            && user_of
+                .get(r.author_token.as_str())
+                .is_some_and(|u| *u != r.author_user);
         if e.actor != r.author
             || !e.actor.ends_with(&format!(" ({})", r.author_token))
             || other_user
