@@ -8,6 +8,13 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 
+/// A team on `stack` of server `s`, and a workspace of one `terraform_data` on it.
+fn team_with_a_resource(s: TestServer, stack: &str) -> (Team, Workspace) {
+    let t = team_on(s, stack);
+    let ws = Workspace::new(&t.s, stack, &data_resources(1));
+    (t, ws)
+}
+
 const HELD: &str = r#"{"ID":"held-by-an-apply","Operation":"OperationTypeApply","Info":"","Who":"ci@runner","Version":"1.11.4","Created":"2026-01-01T00:00:00Z","Path":""}"#;
 
 /// Before reports, a plan-phase token expired a fixed hour after its mint: a plan that waited
@@ -18,14 +25,9 @@ const HELD: &str = r#"{"ID":"held-by-an-apply","Operation":"OperationTypeApply",
 #[test]
 fn a_plan_waiting_longer_than_its_tokens_first_lifetime_still_plans_and_unlocks() {
     let stack = "dev/queued";
-    let t = team_on(
+    let (t, ws) = team_with_a_resource(
         TestServer::start_with(&["--plan-idle-timeout-secs", "3"]),
         stack,
-    );
-    let ws = Workspace::new(
-        &t.s,
-        stack,
-        "resource \"terraform_data\" \"a\" {\n  input = \"v1\"\n}\n",
     );
     let url = t.s.state_url(stack);
     let (code, body) = raw("LOCK", &url, &t.s.admin, HELD.as_bytes());
@@ -99,14 +101,9 @@ fn a_plan_that_fails_to_start_ends_its_token() {
 #[test]
 fn a_plan_lock_left_by_a_killed_job_is_taken_over_once_its_token_has_expired() {
     let stack = "dev/orphan";
-    let t = team_on(
+    let (t, ws) = team_with_a_resource(
         TestServer::start_with(&["--plan-idle-timeout-secs", "2"]),
         stack,
-    );
-    let ws = Workspace::new(
-        &t.s,
-        stack,
-        "resource \"terraform_data\" \"a\" {\n  input = \"v1\"\n}\n",
     );
     // What the killed job's `airlock plan` and Terraform did before they died.
     let mint = format!("{}/api/v1/stacks/dev%2Forphan/plan-token", t.s.url);
@@ -135,12 +132,7 @@ fn a_plan_lock_left_by_a_killed_job_is_taken_over_once_its_token_has_expired() {
 #[test]
 fn an_approved_apply_takes_over_the_plan_lock_of_a_dead_writer() {
     let stack = "dev/lostci";
-    let t = team_on(TestServer::start(), stack);
-    let ws = Workspace::new(
-        &t.s,
-        stack,
-        "resource \"terraform_data\" \"a\" {\n  input = \"v1\"\n}\n",
-    );
+    let (t, ws) = team_with_a_resource(TestServer::start(), stack);
     let run = plan(&t, &ws, &t.agent, stack);
     t.s.ok(&t.approver, &["approve", &run]);
     let lost = t.s.token("lost-pipeline", "ci");
