@@ -225,6 +225,130 @@ pub fn output_changes(plan_json: &[u8]) -> Result<Vec<(String, Vec<String>)>, St
         .collect())
 }
 
+/// The managed objects of a plan JSON's `prior_state` (the state the binary plan was made
+/// from, as Terraform renders it), by address and deposed key, their `values` kept as raw
+/// text borrowed from the plan.
+#[derive(Debug)]
+pub struct PriorObjects<'a>(
+    std::collections::HashMap<(String, Option<String>), Option<&'a RawValue>>,
+);
+
+/// Values longer than this are compared as text only (a JSON tree of a value costs 16-30
+/// bytes of memory per byte of its text).
+const MAX_PARSED_VALUE: usize = 4 << 20;
+
+/// Reads `prior_state.values` of a plan JSON: every managed resource instance of every module.
+/// An instance listed twice is an error (Terraform lists each once).
+pub fn prior_objects(plan_json: &[u8]) -> Result<PriorObjects<'_>, String> {
+    #[derive(Deserialize)]
+    struct Plan<'a> {
+        #[serde(borrow, default)]
+        prior_state: Option<State<'a>>,
+    }
+    #[derive(Deserialize)]
+    struct State<'a> {
+        #[serde(borrow, default)]
+        values: Option<Values<'a>>,
+    }
+    #[derive(Deserialize)]
+    struct Values<'a> {
+        #[serde(borrow, default)]
+        root_module: Option<Module<'a>>,
+    }
+    #[derive(Deserialize)]
+    struct Module<'a> {
+        #[serde(borrow, default)]
+        resources: Vec<Resource<'a>>,
+        #[serde(borrow, default)]
+        child_modules: Vec<Module<'a>>,
+    }
+    #[derive(Deserialize)]
+    struct Resource<'a> {
+        address: String,
+        mode: String,
+        #[serde(default)]
+        deposed_key: Option<String>,
+        #[serde(borrow)]
+        values: Option<&'a RawValue>,
+    }
+    let plan: Plan = serde_json::from_slice(plan_json).map_err(|e| e.to_string())?;
+    let mut out = std::collections::HashMap::new();
+    let mut modules: Vec<Module> = plan
+        .prior_state
+        .and_then(|s| s.values)
+        .and_then(|v| v.root_module)
+        .into_iter()
+        .collect();
+    while let Some(m) = modules.pop() {
+        for r in m.resources.into_iter().filter(|r| r.mode == "managed") {
+            let key = (r.address, r.deposed_key.filter(|d| !d.is_empty()));
+            if out.insert(key.clone(), r.values).is_some() {
+                return Err(format!(
+                    "prior_state lists {}{} twice",
+                    key.0,
+                    key.1.map(|d| format!(" (deposed {d})")).unwrap_or_default()
+                ));
+            }
+        }
+        modules.extend(m.child_modules);
+    }
+    Ok(PriorObjects(out))
+}
+
+impl PriorObjects<'_> {
+    /// The address and deposed key of every object.
+    pub fn keys(&self) -> impl Iterator<Item = &(String, Option<String>)> {
+        self.0.keys()
+    }
+
+    /// A managed change starts from the plan's prior state: its `before` is the prior state's
+    /// object at its address (Terraform plans every change from it, and applies a delete with
+    /// the change's `before`, not with the state). A binary plan whose changes start from other
+    /// objects renders as such a JSON, so this ties what reviewers read as "before" (and what
+    /// the gate compares with "after") to the state the apply starts from. Changes that start
+    /// from nothing (create, read) have no `before`.
+    pub fn check_before(&self, rc: &ResourceChange) -> Result<(), String> {
+        let Some(before) = rc.change.before.as_deref().filter(|b| b.get() != "null") else {
+            return Ok(());
+        };
+        if !rc.is_managed() {
+            return Ok(());
+        }
+        let deposed = rc.deposed.as_deref().filter(|d| !d.is_empty());
+        let what = match deposed {
+            Some(d) => format!("{} (deposed {d})", rc.address),
+            None => rc.address.clone(),
+        };
+        let Some(prior) = self
+            .0
+            .get(&(rc.address.clone(), deposed.map(str::to_owned)))
+        else {
+            return Err(format!(
+                "the change of {what} starts from an object the plan's prior state does not have"
+            ));
+        };
+        if prior.is_some_and(|prior| same_json(before, prior)) {
+            return Ok(());
+        }
+        Err(format!(
+            "the change of {what} starts from another object than the plan's prior state has there (its \"before\" differs)"
+        ))
+    }
+}
+
+/// The same JSON value: the same text, or (each at most [`MAX_PARSED_VALUE`]) the same value
+/// spelled otherwise.
+fn same_json(a: &RawValue, b: &RawValue) -> bool {
+    let (a, b) = (a.get(), b.get());
+    a == b
+        || (a.len() <= MAX_PARSED_VALUE
+            && b.len() <= MAX_PARSED_VALUE
+            && matches!(
+                (serde_json::from_str::<Value>(a), serde_json::from_str::<Value>(b)),
+                (Ok(x), Ok(y)) if x == y
+            ))
+}
+
 /// A root variable of a plan JSON: its planned value and, from the configuration, its default
 /// and whether it is sensitive. Values stay raw text.
 #[derive(Debug)]
@@ -1318,6 +1442,64 @@ mod tests {
         let mut out = Vec::new();
         let info = read_plan(bytes, |rc| out.push(rc))?;
         Ok((info, out))
+    }
+
+    #[test]
+    fn every_change_starts_from_the_plans_prior_state() {
+        let plan = br#"{"prior_state":{"values":{"root_module":{
+            "resources":[
+              {"address":"t.a","mode":"managed","values":{"id":"1","input":"x"}},
+              {"address":"t.a","mode":"managed","deposed_key":"d1","values":{"id":"0"}},
+              {"address":"data.t.d","mode":"data","values":{"id":"9"}}],
+            "child_modules":[{"resources":[
+              {"address":"module.m[0].t.b","mode":"managed","values":{"id":"2"}}]}]}}},
+          "resource_changes":[]}"#;
+        let prior = prior_objects(plan).unwrap();
+        let change = |address: &str, deposed: Option<&str>, mode: &str, before: &str| {
+            let mut rc = ResourceChange {
+                address: address.into(),
+                mode: mode.into(),
+                deposed: deposed.map(str::to_owned),
+                ..Default::default()
+            };
+            rc.change.before = Some(RawValue::from_string(before.into()).unwrap());
+            prior.check_before(&rc)
+        };
+        assert!(change("t.a", None, "managed", r#"{"id":"1","input":"x"}"#).is_ok());
+        // The same value spelled otherwise.
+        assert!(change(
+            "t.a",
+            None,
+            "managed",
+            r#"{ "input": "\u0078", "id": "1" }"#
+        )
+        .is_ok());
+        assert!(change("t.a", Some("d1"), "managed", r#"{"id":"0"}"#).is_ok());
+        assert!(change("module.m[0].t.b", None, "managed", r#"{"id":"2"}"#).is_ok());
+        // Nothing to start from: a create.
+        assert!(change("t.new", None, "managed", "null").is_ok());
+        // Data sources are read, not applied from their prior value.
+        assert!(change("data.t.d", None, "data", r#"{"id":"other"}"#).is_ok());
+        let e = change("t.a", None, "managed", r#"{"id":"2","input":"x"}"#).unwrap_err();
+        assert!(e.contains("starts from another object"), "{e}");
+        let e = change("t.a", Some("d2"), "managed", r#"{"id":"0"}"#).unwrap_err();
+        assert!(
+            e.contains("t.a (deposed d2)") && e.contains("does not have"),
+            "{e}"
+        );
+        let e = change("t.ghost", None, "managed", r#"{"id":"1"}"#).unwrap_err();
+        assert!(e.contains("does not have"), "{e}");
+        let mut keys: Vec<_> = prior.keys().cloned().collect();
+        keys.sort();
+        assert_eq!(keys.len(), 3, "{keys:?}");
+        // An instance listed twice, or a prior state listed twice, is not Terraform's.
+        let twice = br#"{"prior_state":{"values":{"root_module":{"resources":[
+            {"address":"t.a","mode":"managed","values":{}},
+            {"address":"t.a","mode":"managed","values":{}}]}}}}"#;
+        assert!(prior_objects(twice).unwrap_err().contains("twice"));
+        let part_twice = br#"{"prior_state":{},"prior_state":{}}"#;
+        assert!(prior_objects(part_twice).is_err());
+        assert!(prior_objects(b"{}").unwrap().keys().next().is_none());
     }
 
     const SMALL: &str = r#"{"format_version":"1.2","terraform_version":"1.11.4",

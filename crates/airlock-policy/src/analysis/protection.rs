@@ -183,8 +183,26 @@ pub(crate) fn protection_findings(
             kind,
             ChangeKind::Update | ChangeKind::ReplaceDestroyFirst | ChangeKind::ReplaceCreateFirst
         ) || done.contains(&p.attribute)
-            || marked(&v.after_unknown, p)
         {
+            continue;
+        }
+        // Unknown until apply: the value Terraform sets then is not in the plan (and a plan
+        // file can mark any value unknown), so a protection that is on may be turned off
+        // without any reviewer reading it.
+        if marked(&v.after_unknown, p) {
+            if was_on {
+                done.push(p.attribute);
+                out.push(Finding {
+                    rule: rules::PROTECTION_WEAKENED.into(),
+                    severity: Severity::Review,
+                    address: Some(rc.address.clone()),
+                    message: format!(
+                        "protection may be weakened: {} is known only after apply, while its prior state has {}; review what sets it",
+                        p.attribute,
+                        shown(p, was, sens_before)
+                    ),
+                });
+            }
             continue;
         }
         let now = lookup(after, p);

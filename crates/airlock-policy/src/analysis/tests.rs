@@ -327,6 +327,19 @@ fn weakened_protections_need_review() {
     );
     unknown.change.after_unknown =
         Some(serde_json::value::to_raw_value(&json!({"deletion_protection": true})).unwrap());
+    // Known only after apply: reviewers cannot read what the apply sets (and a plan file can
+    // mark any value unknown), so it is a finding, not silence.
+    let d = run(&Config::default(), &[unknown.clone()]);
+    assert_eq!(d.verdict, Verdict::Review);
+    assert_eq!(d.findings[0].rule, rules::PROTECTION_WEAKENED);
+    assert!(
+        d.findings[0].message.contains("known only after apply"),
+        "{:?}",
+        d.findings
+    );
+    // A protection already off before has nothing left to weaken.
+    unknown.change.before =
+        Some(serde_json::value::to_raw_value(&json!({"deletion_protection": false})).unwrap());
     assert_eq!(run(&Config::default(), &[unknown]).verdict, Verdict::Allow);
 }
 

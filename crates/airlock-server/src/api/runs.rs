@@ -423,12 +423,27 @@ struct RunObserver<'a> {
     before: Vec<Finding>,
     /// The plan is refresh-only: the changes seen are its drift, which the apply records.
     refresh_only: bool,
+    /// The plan JSON's prior state (none for a refresh-only plan, whose judged entries are
+    /// drift, starting from the stored objects): every change must start from it.
+    prior_objects: Option<plan::PriorObjects<'a>>,
+    /// Addresses the plan imports: their objects are in its prior state, not in the stored one.
+    imported: Vec<String>,
+    /// The first reason the plan JSON is not a plan Terraform makes (the upload is refused).
+    untied: Option<String>,
 }
 
 impl Observer for RunObserver<'_> {
     fn change(&mut self, rc: &plan::ResourceChange, c: &ChangeReport) {
         let settings = &self.stack.settings;
         self.listed.push(BinaryChange::of(rc));
+        if let Some(prior) = &self.prior_objects {
+            if let Err(e) = prior.check_before(rc) {
+                self.untied.get_or_insert(e);
+            }
+        }
+        if c.import {
+            self.imported.push(c.address.clone());
+        }
         self.changes_anything |= c.kind != ChangeKind::NoOp || c.moved_from.is_some() || c.import;
         if c.mode == "managed" && c.is_destructive() {
             match firewall::protection_reason(&c.resource_type, &c.address, settings) {
@@ -462,9 +477,9 @@ impl Observer for RunObserver<'_> {
     fn findings(&mut self) -> Vec<Finding> {
         let stack = self.stack;
         let mut found = std::mem::take(&mut self.before);
-        // A protected object that the refresh found replaced or re-identified outside
-        // Terraform: the apply's state write will drop the stored object, so reviewers must
-        // know and the run's grant must cover it.
+        // A stored object that the refresh found gone, replaced or re-identified outside
+        // Terraform (or that a forged prior state swapped): the apply's state write will drop
+        // it, so reviewers must know, and for a protected one the run's grant must cover it.
         if let Some((stored, prior)) = &self.states {
             for inst in stored.removed_in(prior) {
                 // Moved, not gone: the same object at its new address (the grant covers the
@@ -482,30 +497,58 @@ impl Observer for RunObserver<'_> {
                 if self.refresh_only && self.destroys.contains(&inst.address) {
                     continue;
                 }
-                if let Some(reason) =
-                    firewall::protection_reason(&inst.resource_type, &inst.address, &stack.settings)
-                {
-                    // Same address under another provider configuration (`provider = aws.eu`):
-                    // the object Terraform manages from now on may be another one.
-                    let reconfigured = prior.instances.iter().find(|p| {
-                        p.address == inst.address
-                            && p.deposed == inst.deposed
-                            && p.provider != inst.provider
-                    });
-                    let message = match reconfigured {
-                        Some(p) => format!("this protected instance ({reason}) changes provider configuration, from {} to {}: the object found there may be another one; applying drops the stored object from the state", inst.provider, p.provider),
-                        None => format!("the stored object of this protected instance ({reason}) is gone or was replaced outside Terraform; applying records that it no longer exists"),
-                    };
-                    found.push(Finding {
-                        rule: "changed-outside-terraform".into(),
-                        severity: Severity::Review,
-                        address: Some(inst.address.clone()),
-                        message,
-                    });
-                    if !self.destroys.contains(&inst.address) {
-                        self.destroys.push(inst.address.clone());
-                    }
+                let reason = firewall::protection_reason(
+                    &inst.resource_type,
+                    &inst.address,
+                    &stack.settings,
+                );
+                let what = match &reason {
+                    Some(reason) => format!("protected instance ({reason})"),
+                    None => "instance".to_owned(),
+                };
+                // Same address under another provider configuration (`provider = aws.eu`): the
+                // object Terraform manages from now on may be another one.
+                let reconfigured = prior.instances.iter().find(|p| {
+                    p.address == inst.address
+                        && p.deposed == inst.deposed
+                        && p.provider != inst.provider
+                });
+                let message = match reconfigured {
+                    Some(p) => format!("this {what} changes provider configuration, from {} to {}: the object found there may be another one; applying drops the stored object from the state", inst.provider, p.provider),
+                    None => format!("the stored object of this {what} is gone or was replaced outside Terraform (the plan starts from another object there, or none); applying records that it no longer exists"),
+                };
+                found.push(Finding {
+                    rule: "changed-outside-terraform".into(),
+                    severity: Severity::Review,
+                    address: Some(inst.address.clone()),
+                    message,
+                });
+                // Dropping a protected object from the state needs this run's grant.
+                if reason.is_some() && !self.destroys.contains(&inst.address) {
+                    self.destroys.push(inst.address.clone());
                 }
+            }
+        }
+        // Every object the plan starts from is a stored one, one it imports, or one a `moved`
+        // block takes from a stored address: the prior state is the stack's state refreshed,
+        // never more.
+        if let Some(objects) = &self.prior_objects {
+            let kept: std::collections::HashSet<(&str, Option<&str>)> = self
+                .states
+                .iter()
+                .flat_map(|(stored, _)| &stored.instances)
+                .filter(|i| i.mode == airlock_core::state::Mode::Managed)
+                .map(|i| (i.address.as_str(), i.deposed.as_deref()))
+                .collect();
+            let extra = objects.keys().find(|(address, deposed)| {
+                !kept.contains(&(address.as_str(), deposed.as_deref()))
+                    && !(deposed.is_none() && self.imported.contains(address))
+                    && !self.moves.iter().any(|(from, to)| {
+                        to == address && kept.contains(&(from.as_str(), deposed.as_deref()))
+                    })
+            });
+            if let Some((address, _)) = extra {
+                self.untied.get_or_insert(format!("the plan's prior state has {address}, which the stack's state does not (the plan neither imports it nor moves it there)"));
             }
         }
         for (address, reason) in std::mem::take(&mut self.server_protected) {
@@ -684,6 +727,26 @@ fn judge(binary: &PlanFile, plan_json: &[u8], input: JudgeInput) -> ApiResult<Ju
         .iter()
         .map(|p| (p.path.clone(), p.text.clone()))
         .collect();
+    // The stored state and the plan's prior state, to see what changed outside Terraform. A
+    // prior state the server cannot read is refused, not left unchecked (Terraform's reader is
+    // more lenient: an unknown key must not switch the comparison off).
+    let states = match &input.current_state {
+        Some(stored) => Some((
+            Arc::clone(stored),
+            StateSummary::parse(&binary.prior_state).map_err(|e| {
+                bad(format!(
+                    "the binary plan's prior state does not read as a state: {e}"
+                ))
+            })?,
+        )),
+        None => None,
+    };
+    let prior_objects = match binary.mode {
+        PlanMode::RefreshOnly => None,
+        PlanMode::Normal | PlanMode::Destroy => {
+            Some(plan::prior_objects(plan_json).map_err(|e| bad(format!("plan JSON: {e}")))?)
+        }
+    };
     let mut observer = RunObserver {
         stack,
         changes: Vec::new(),
@@ -695,11 +758,7 @@ fn judge(binary: &PlanFile, plan_json: &[u8], input: JudgeInput) -> ApiResult<Ju
         server_protected: Vec::new(),
         unprotected: Vec::new(),
         changes_anything: false,
-        states: input.current_state.clone().and_then(|stored| {
-            StateSummary::parse(&binary.prior_state)
-                .ok()
-                .map(|prior| (stored, prior))
-        }),
+        states,
         before: policy_changes
             .iter()
             .map(|change| Finding {
@@ -711,6 +770,9 @@ fn judge(binary: &PlanFile, plan_json: &[u8], input: JudgeInput) -> ApiResult<Ju
             .chain(variable_findings)
             .collect(),
         refresh_only: binary.mode == PlanMode::RefreshOnly,
+        prior_objects,
+        imported: Vec::new(),
+        untied: None,
     };
     let sandboxed = input
         .rego_evaluator
@@ -733,6 +795,11 @@ fn judge(binary: &PlanFile, plan_json: &[u8], input: JudgeInput) -> ApiResult<Ju
             e => bad(e.to_string()),
         },
     )?;
+    if let Some(e) = observer.untied {
+        return Err(bad(format!(
+            "the plan JSON is not a plan Terraform makes: {e}; plan again"
+        )));
+    }
     let mut listed = observer.listed;
     listed.sort();
     let outputs = json_outputs(plan_json)?;

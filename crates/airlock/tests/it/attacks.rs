@@ -694,3 +694,113 @@ fn plans_with_outputs_are_governed_and_their_output_changes_are_tied_to_the_bina
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("does not describe the binary plan"), "{body}");
 }
+
+/// Review (session 14): Terraform plans every change from the plan's prior state, but applies a
+/// delete with the change's own `before` (the provider is told to delete that object), and the
+/// server tied only addresses and actions of the binary's changes to the JSON. An agent whose
+/// plan deletes `web` rewrote the binary's `before` to carry `db`'s id: reviewers read "delete
+/// web", and the apply deleted `db`'s object. Each forgery below is refused, or shown.
+#[test]
+fn a_plan_whose_changes_do_not_start_from_its_prior_state_is_refused() {
+    let (t, ws) = applied_stack("dev/before");
+    let state: Value = serde_json::from_str(&ws.tf_ok(&t.s.admin, &["show", "-json"])).unwrap();
+    let id = |name: &str| -> String {
+        let resources = state["values"]["root_module"]["resources"]
+            .as_array()
+            .unwrap();
+        let r = resources.iter().find(|r| r["name"] == name).unwrap();
+        r["values"]["id"].as_str().unwrap().to_owned()
+    };
+    let (db, web) = (id("db"), id("web"));
+    assert_eq!(db.len(), web.len(), "ids are UUIDs: {db} {web}");
+    ws.write_main("resource \"terraform_data\" \"db\" {\n  input = 1\n}\n");
+    ws.tf_ok(&t.s.admin, &["plan", "-out=honest.tfplan"]);
+    // Rewrites the plan file's members: `tfplan` (the changes), `tfstate` (the prior state).
+    let script = r#"
+import json, sys, zipfile
+src, dst, what, old, new = sys.argv[1:6]
+zin = zipfile.ZipFile(src)
+zout = zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED)
+for item in zin.infolist():
+    data = zin.read(item.filename)
+    if item.filename == "tfplan" and what in ("changes", "both"):
+        assert old.encode() in data
+        data = data.replace(old.encode(), new.encode())
+    if item.filename == "tfstate" and what in ("state", "both"):
+        assert old.encode() in data
+        data = data.replace(old.encode(), new.encode())
+    if item.filename == "tfstate" and what == "unknown-key":
+        state = json.loads(data)
+        state["bogus"] = 1
+        data = json.dumps(state).encode()
+    if item.filename == "tfstate" and what == "ghost":
+        state = json.loads(data)
+        ghost = json.loads(json.dumps([r for r in state["resources"] if r["name"] == "db"][0]))
+        ghost["name"] = "ghost"
+        state["resources"].append(ghost)
+        data = json.dumps(state).encode()
+    zout.writestr(item, data)
+zout.close()
+"#;
+    let forge = |what: &str| -> Value {
+        let out = std::process::Command::new("python3")
+            .args(["-c", script])
+            .arg(ws.path("honest.tfplan"))
+            .arg(ws.path(&format!("{what}.tfplan")))
+            .args([what, &web, &db])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let file = format!("{what}.tfplan");
+        forged_upload(&t, &ws, "dev/before", &file, &file)
+    };
+    // The delete of `web` carries `db`'s id; the prior state is untouched.
+    let (code, body) = upload(&t, &t.agent, "dev/before", &forge("changes"));
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body.contains("terraform_data.web starts from another object than the plan's prior state"),
+        "{body}"
+    );
+    // A prior state the server cannot read (Terraform's reader ignores the unknown key) no
+    // longer switches off the comparison with the stored state: refused.
+    let (code, body) = upload(&t, &t.agent, "dev/before", &forge("unknown-key"));
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("prior state does not read"), "{body}");
+    // An object the stack's state does not have, in the prior state.
+    let (code, body) = upload(&t, &t.agent, "dev/before", &forge("ghost"));
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body.contains("prior state has terraform_data.ghost, which the stack's state does not"),
+        "{body}"
+    );
+    // Both forged alike: the JSON is consistent, but the object the plan starts from at `web`
+    // is not the stored one. Reviewers are told, though `web` is not protected.
+    let (code, body) = upload(&t, &t.agent, "dev/before", &forge("both"));
+    assert_eq!(code, 201, "{body}");
+    let run: Value = serde_json::from_str(&body).unwrap();
+    let findings = run["run"]["report"]["findings"].as_array().unwrap().clone();
+    assert!(
+        findings
+            .iter()
+            .any(|f| f["rule"] == "changed-outside-terraform"
+                && f["address"] == "terraform_data.web"),
+        "{findings:?}"
+    );
+    // The honest plan is accepted, with no such finding.
+    let honest = forged_upload(&t, &ws, "dev/before", "honest.tfplan", "honest.tfplan");
+    let (code, body) = upload(&t, &t.agent, "dev/before", &honest);
+    assert_eq!(code, 201, "{body}");
+    let run: Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        !run["run"]["report"]["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["rule"] == "changed-outside-terraform"),
+        "{body}"
+    );
+}
