@@ -540,13 +540,16 @@ impl Observer for RunObserver<'_> {
                 .filter(|i| i.mode == airlock_core::state::Mode::Managed)
                 .map(|i| (i.address.as_str(), i.deposed.as_deref()))
                 .collect();
-            let extra = objects.keys().find(|(address, deposed)| {
-                !kept.contains(&(address.as_str(), deposed.as_deref()))
-                    && !(deposed.is_none() && self.imported.contains(address))
-                    && !self.moves.iter().any(|(from, to)| {
-                        to == address && kept.contains(&(from.as_str(), deposed.as_deref()))
-                    })
-            });
+            let accounted_for = |(address, deposed): &(String, Option<String>)| {
+                let deposed = deposed.as_deref();
+                kept.contains(&(address.as_str(), deposed))
+                    || (deposed.is_none() && self.imported.contains(address))
+                    || self
+                        .moves
+                        .iter()
+                        .any(|(from, to)| to == address && kept.contains(&(from.as_str(), deposed)))
+            };
+            let extra = objects.keys().find(|k| !accounted_for(k));
             if let Some((address, _)) = extra {
                 self.untied.get_or_insert(format!("the plan's prior state has {address}, which the stack's state does not (the plan neither imports it nor moves it there)"));
             }
