@@ -29,6 +29,10 @@
 //!    a `sprintf` width of 1e12):
 //!    one agent upload stopped the server.
 //!    `a_repository_policy_that_would_abort_the_server_stops_only_its_evaluator`.
+//! 7. Review (session 14): server policy sets ran in the server's own process on the planner's
+//!    plan text, where the engine holds ~27 times the text: a 20 MiB key of `[{},{},…]` (a few
+//!    KB compressed) made the server hold 590 MB, per set, per upload. They now run in the
+//!    child evaluator too: `a_server_policy_set_never_holds_an_uploads_plan_in_the_server`.
 
 use crate::attacks::{applied_stack, forged_upload, upload};
 use crate::support::*;
@@ -422,4 +426,59 @@ fn a_repository_policy_that_would_abort_the_server_stops_only_its_evaluator() {
     let shown =
         t.s.ok(&t.s.admin, &["run", "show", &run, "--format", "json"]);
     assert!(shown.contains("web changes"), "{shown}");
+}
+
+/// The server's resident memory and its peak since the last reset, in KiB; the reset.
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| -> u64 {
+        let line = status.lines().find(|l| l.starts_with(name)).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+#[test]
+fn a_server_policy_set_never_holds_an_uploads_plan_in_the_server() {
+    let stack = "dev/set-bomb";
+    let (t, ws) = applied_stack(stack);
+    let set = ws.path("set");
+    std::fs::create_dir_all(&set).unwrap();
+    std::fs::write(
+        set.join("web.rego"),
+        "package main\n\nwarn contains msg if {\n  some rc in input.resource_changes\n  rc.address == \"terraform_data.web\"\n  msg := \"web changes\"\n}\n",
+    )
+    .unwrap();
+    t.s.ok(
+        &t.s.admin,
+        &["policy", "add", "--stack", "dev/*", set.to_str().unwrap()],
+    );
+    ws.write_main(crate::attacks::WEB_CHANGED);
+    ws.tf_ok(&t.s.admin, &["plan", "-out=web.tfplan"]);
+    let mut body = forged_upload(&t, &ws, stack, "web.tfplan", "web.tfplan");
+    // 12 MiB of empty objects under a key Terraform does not write.
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut plan: serde_json::Value = serde_json::from_slice(
+        &base64::Engine::decode(&b64, body["plan_json_b64"].as_str().unwrap()).unwrap(),
+    )
+    .unwrap();
+    plan["zjunk"] = serde_json::Value::Array(vec![serde_json::json!({}); 4 << 20]);
+    body["plan_json_b64"] = base64::Engine::encode(&b64, plan.to_string()).into();
+    let pid = t.s.pid();
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
+    let (before, _) = rss_kib(pid);
+    let (code, answer) = upload(&t, &t.agent, stack, &body);
+    let (_, peak) = rss_kib(pid);
+    assert_eq!(code, 201, "{answer}");
+    assert!(
+        answer.contains("web changes"),
+        "the set judged the plan: {answer}"
+    );
+    // The upload itself (12 MiB, base64 in a JSON body here) and its reading are held; an
+    // engine over it (~27 times) is not.
+    let grown_mib = peak.saturating_sub(before) / 1024;
+    assert!(
+        grown_mib < 150,
+        "the server grew by {grown_mib} MiB for a 12 MiB plan"
+    );
 }

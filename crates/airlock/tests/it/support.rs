@@ -34,6 +34,11 @@ impl TestServer {
         Self::start_with(&[])
     }
 
+    /// The server process's id (to read its memory from `/proc`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn start_with(extra: &[&str]) -> TestServer {
         Self::start_logging(extra, Stdio::inherit())
     }
