@@ -406,6 +406,61 @@ fn a_reviewed_merge_request_is_applied_after_merge_and_a_merge_with_other_change
 /// that claims the pull request's head commit (an uncommitted edit keeps `HEAD`), even once
 /// approved by mistake, never turns the pull request's status green and is never applied for
 /// the merged code.
+/// Review (session 14): the inputs do not fix a plan (variables given on the command line,
+/// data sources, the planner's environment are the planner's), and `ci plan` reused the newest
+/// run for the checkout's inputs whoever planned it: another agent planned the pull request's
+/// own checkout its own way, and its run was reported (and approved) as the pull request's
+/// plan. Now a job reports only runs its own identity planned.
+#[test]
+fn another_identitys_run_for_the_same_inputs_is_never_shown_as_the_pull_requests_plan() {
+    crate::support::terraform_bin();
+    let t = team("app");
+    let origin = Origin::new();
+    let head = origin.push_change(
+        "pr",
+        "stacks/app/main.tf",
+        &resources(&["base", "added"]),
+        "app: add a resource",
+    );
+    let mallory = t.s.token("mallory", "agent");
+    let theirs = origin.checkout("mallory", &head);
+    let run_of = |out: &std::process::Output| -> String {
+        assert_eq!(out.status.code(), Some(0), "{}", text(out));
+        json_of(out)["stacks"][0]["run"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let planned = |token: &str, dir: &std::path::Path, extra: &[&str]| {
+        let mut args = vec!["ci", "plan", "--stack", "app", "--format", "json"];
+        args.extend(extra);
+        run_of(&ci(&t, token, dir, &args))
+    };
+    // Mallory plans the pull request's exact checkout first: the same fingerprint.
+    let forged = planned(&mallory, &theirs, &[]);
+    let pr = origin.checkout("ci-pr", &head);
+    let honest = planned(&t.agent, &pr, &[]);
+    assert_ne!(honest, forged, "the pull request's job planned its own run");
+    assert_eq!(
+        run_status(&t, &honest)["run"]["fingerprint"],
+        run_status(&t, &forged)["run"]["fingerprint"]
+    );
+    // A newer run of Mallory's for the same inputs, approved: still not the pull request's.
+    let out = crate::support::cli_in(
+        &t.s,
+        &mallory,
+        &theirs.join("stacks/app"),
+        &["plan", ".", "--stack", "app", "--format", "json"],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let newer = json_of(&out)["run"]["id"].as_str().unwrap().to_owned();
+    t.s.ok(&t.approver, &["approve", &newer]);
+    assert_eq!(planned(&t.agent, &pr, &["--refresh"]), honest);
+    // A re-run of the pull request's job reuses its own run.
+    assert_eq!(planned(&t.agent, &pr, &[]), honest);
+}
+
 #[test]
 fn a_run_claiming_the_pull_requests_commit_counts_only_if_its_inputs_are_the_checkouts() {
     crate::support::terraform_bin();

@@ -112,7 +112,10 @@ pub fn run(args: CiDriftArgs) -> anyhow::Result<ExitCode> {
     // With --propose: this job's Terraform version (for the inputs' fingerprint) and its own
     // identity (only its own earlier proposals are linked again).
     let proposer = match args.propose {
-        true => Some((flow::terraform_version(&args.terraform_bin)?, identity(&c)?)),
+        true => Some((
+            flow::terraform_version(&args.terraform_bin)?,
+            flow::identity(&c)?,
+        )),
         false => None,
     };
     let (mut failed, mut drifted) = (false, false);
@@ -306,15 +309,6 @@ fn in_sync_comment(stack: &str, stale: &[&Value]) -> String {
         out.push_str(&stale_markdown(run));
     }
     out
-}
-
-/// The identity runs name as their author (`author_user`): the token's user, else the token.
-fn identity(c: &Client) -> anyhow::Result<String> {
-    let me = c.get("/api/v1/whoami")?;
-    let user = me["user"].as_str().filter(|u| !u.is_empty());
-    user.or(me["id"].as_str())
-        .map(str::to_owned)
-        .context("the server did not say who this token is")
 }
 
 /// The open runs of `t` (waiting for approval, approved, or denied by the gate) that `me`

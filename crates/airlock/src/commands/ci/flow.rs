@@ -367,6 +367,15 @@ pub fn terraform_version(terraform_bin: &str) -> anyhow::Result<String> {
         .with_context(|| format!("{terraform_bin} version -json names no terraform_version"))
 }
 
+/// The identity runs name as their author (`author_user`): the token's user, else the token.
+pub fn identity(c: &Client) -> anyhow::Result<String> {
+    let me = c.get("/api/v1/whoami")?;
+    let user = me["user"].as_str().filter(|u| !u.is_empty());
+    user.or(me["id"].as_str())
+        .map(str::to_owned)
+        .context("the server did not say who this token is")
+}
+
 /// The checkout's inputs for one stack, and the stack's runs (newest first) with exactly their
 /// fingerprint under this job's Terraform version: the only runs a job may report or apply as
 /// this checkout's, whatever commit or change request their planner claims.

@@ -46,6 +46,7 @@ pub fn run(args: CiPlanArgs) -> anyhow::Result<ExitCode> {
             change_request_url: sink.job.change_url.clone(),
             change_authors: sink.job.change_authors.clone(),
         },
+        me: flow::identity(&c)?,
     };
     let results: Vec<StackResult> = targets
         .stacks
@@ -109,6 +110,8 @@ struct Planner<'a> {
     version: &'a str,
     /// The planner's claims recorded with each run.
     origin: Origin,
+    /// This job's identity (`flow::identity`): only its own runs stand for this checkout's plan.
+    me: String,
 }
 
 impl Planner<'_> {
@@ -184,11 +187,19 @@ impl Planner<'_> {
         }
     }
 
-    /// The newest run of the stack for exactly the checkout's inputs (whatever commit or pull
-    /// request its planner claims), as `GET /api/v1/runs/{id}` shows it (`run`, `current`).
+    /// The newest run of the stack for exactly the checkout's inputs that this job's identity
+    /// planned (whatever commit or pull request it claims), as `GET /api/v1/runs/{id}` shows it
+    /// (`run`, `current`). Another identity's run for the same inputs is never shown as this
+    /// checkout's plan: the inputs do not fix a plan (variables given on the command line,
+    /// data sources, the planner's environment are the planner's), so an agent could plan the
+    /// pull request's checkout its own way and have its plan stand in for the pull request's.
     fn existing_run(&self, t: &Target) -> anyhow::Result<Option<Value>> {
         let found = flow::runs_for_checkout(self.c, self.root, t, self.version)?;
-        match found.runs.first().and_then(|r| r["id"].as_str()) {
+        let mine = found
+            .runs
+            .iter()
+            .find(|r| r["author_user"].as_str() == Some(self.me.as_str()));
+        match mine.and_then(|r| r["id"].as_str()) {
             Some(id) => Ok(Some(self.c.get(&format!("/api/v1/runs/{id}"))?)),
             None => Ok(None),
         }
