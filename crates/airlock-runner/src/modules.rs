@@ -429,15 +429,7 @@ impl<'t, T: Tree> Walker<'t, T> {
                         out.push(path);
                         out.push(target);
                     }
-                    Kind::Other => {
-                        return Err(error(
-                            &path,
-                            None,
-                            "neither a file nor a directory (a git submodule, a FIFO, a socket \
-                             or a device), so it cannot be a reviewed input although Terraform \
-                             may read it; vendor its files into the repository or remove it",
-                        ))
-                    }
+                    Kind::Other => return Err(neither_file_nor_directory(&path)),
                 }
                 if out.len() > MAX_STACK_FILES {
                     return Err(error(
@@ -454,6 +446,32 @@ impl<'t, T: Tree> Walker<'t, T> {
         out.sort();
         out.dedup();
         Ok(out)
+    }
+
+    /// The input files at `path` (relative to the root) by the rules of [`Walker::stack`]'s
+    /// directories, module calls not read: a file itself, a symbolic link to a file with its
+    /// target, or every file under a directory; `Ok(None)` when nothing is there. For what a run
+    /// lists besides its stack: `airlock.hcl` and `policy/`.
+    pub fn files_at(&mut self, path: &str) -> Result<Option<Vec<String>>, ModuleError> {
+        let path = inputs::join(".", path);
+        let (parent, name) = path.rsplit_once('/').unwrap_or((".", &path));
+        let kind = self
+            .tree
+            .entries(parent)?
+            .and_then(|e| e.into_iter().find(|(n, _)| n == name).map(|(_, k)| k));
+        match kind {
+            None => Ok(None),
+            Some(Kind::File) => Ok(Some(vec![path])),
+            Some(Kind::Symlink) => {
+                let target = self.follow(&path)?;
+                Ok(Some(vec![path, target]))
+            }
+            Some(Kind::Dir) => {
+                let entries = self.tree.entries(&path)?.unwrap_or_default();
+                self.files_under(&path, entries).map(Some)
+            }
+            Some(Kind::Other) => Err(neither_file_nor_directory(&path)),
+        }
     }
 
     /// The file the symbolic link `link` points to, which must be a regular file inside the
@@ -663,6 +681,28 @@ impl<'t, T: Tree> Walker<'t, T> {
     }
 }
 
+/// Why a submodule, FIFO, socket or device under an input directory is refused.
+fn neither_file_nor_directory(path: &str) -> ModuleError {
+    error(
+        path,
+        None,
+        "neither a file nor a directory (a git submodule, a FIFO, a socket or a device), so it \
+         cannot be a reviewed input although Terraform may read it; vendor its files into the \
+         repository or remove it",
+    )
+}
+
+/// At most `limit` bytes of the file at `path`, counted as they are read: a length from
+/// metadata is not trusted (procfs files and devices say 0).
+pub(crate) fn read_at_most(path: &std::path::Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    std::fs::File::open(path)?
+        .take(limit)
+        .read_to_end(&mut out)?;
+    Ok(out)
+}
+
 /// The checkout on disk under `root`.
 pub struct FsTree<'a> {
     /// Repository root.
@@ -698,7 +738,8 @@ impl Tree for FsTree<'_> {
     }
 
     fn read(&mut self, path: &str) -> Result<Vec<u8>, ModuleError> {
-        std::fs::read(self.root.join(path))
+        // One byte past the limit, so `module_calls` refuses the file as too large.
+        read_at_most(&self.root.join(path), MAX_TF_FILE as u64 + 1)
             .map_err(|e| error(path, None, format!("cannot read: {e}")))
     }
 
