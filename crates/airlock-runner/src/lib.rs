@@ -5,7 +5,8 @@
 //!   applied after merge only if the merged content, `airlock.hcl` and policies included, is the same.
 //! - [`phase_env`]: the child environment of one phase. **Invariant (docs/design.md 4):** the plan
 //!   process never sees the apply profile's variables nor an apply token, and the apply process
-//!   never sees the plan profile's variables; neither sees the caller's own airlock token.
+//!   never sees the plan profile's variables; neither sees the caller's own airlock token nor
+//!   the CI job's forge tokens and ID-token variables.
 //! - [`run_streaming`]: runs a command, echoing its output live and keeping a copy for the log.
 
 #![deny(clippy::print_stdout, clippy::print_stderr)]
@@ -19,6 +20,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use airlock_core::glob::glob_match;
 use airlock_core::inputs::{self, InputFile};
 use rustix::process::{kill_process, Pid, Signal};
 
@@ -37,8 +39,26 @@ pub enum Phase {
     Apply,
 }
 
-/// Variables that carry airlock or backend credentials; never inherited by a child.
-const CREDENTIAL_VARS: &[&str] = &["AIRLOCK_TOKEN", "TF_HTTP_PASSWORD", "TF_HTTP_USERNAME"];
+/// Variables that carry a credential a child (terraform, its providers and provisioners) must
+/// not inherit, as `airlock_core::glob::glob_match` patterns: airlock's and the backend's (the
+/// child gets its phase's token instead), and the CI job's, which the CLI reads for `airlock ci`
+/// (`commands/ci/forge.rs`) and `airlock login --oidc` (`commands/oidc.rs`): the forge API tokens
+/// (`GITHUB_TOKEN`, GitLab's `CI_JOB_TOKEN` and `AIRLOCK_GITLAB_TOKEN`) and what yields a job ID
+/// token (GitHub's `ACTIONS_ID_TOKEN_REQUEST_*`; GitLab's `id_tokens:` named `AIRLOCK_ID_TOKEN…`
+/// as the README has them, and its older `CI_JOB_JWT*`). With an ID token, code in a plan or
+/// apply could log in with the job's trust, a broader role than its run's token.
+const CREDENTIAL_VARS: &[&str] = &[
+    "AIRLOCK_TOKEN",
+    "TF_HTTP_PASSWORD",
+    "TF_HTTP_USERNAME",
+    "GITHUB_TOKEN",
+    "ACTIONS_ID_TOKEN_REQUEST_URL",
+    "ACTIONS_ID_TOKEN_REQUEST_TOKEN",
+    "CI_JOB_TOKEN",
+    "AIRLOCK_GITLAB_TOKEN",
+    "AIRLOCK_ID_TOKEN*",
+    "CI_JOB_JWT*",
+];
 
 /// Builds a child environment: everything in `base` except credential variables and the other
 /// phase's profile, plus the backend credentials of this phase.
@@ -50,7 +70,8 @@ pub fn phase_env(
     let mut env: Vec<(String, String)> = base
         .into_iter()
         .filter(|(k, _)| {
-            !CREDENTIAL_VARS.contains(&k.as_str()) && !other_profile.iter().any(|o| o == k)
+            !CREDENTIAL_VARS.iter().any(|c| glob_match(c, k))
+                && !other_profile.iter().any(|o| o == k)
         })
         .collect();
     env.push(("TF_HTTP_USERNAME".into(), "airlock".into()));
@@ -499,6 +520,42 @@ mod tests {
             e.starts_with("policy/z.rego: neither a file nor a directory"),
             "{e}"
         );
+    }
+
+    /// A provider or provisioner in the apply could otherwise mint a fresh forge ID token, log
+    /// in with a broader role than the run-bound token, or act on the forge as the job.
+    #[test]
+    fn phase_env_drops_the_jobs_forge_credentials() {
+        let dropped = [
+            "GITHUB_TOKEN",
+            "ACTIONS_ID_TOKEN_REQUEST_URL",
+            "ACTIONS_ID_TOKEN_REQUEST_TOKEN",
+            "AIRLOCK_GITLAB_TOKEN",
+            "CI_JOB_TOKEN",
+            "CI_JOB_JWT",
+            "CI_JOB_JWT_V2",
+            "AIRLOCK_ID_TOKEN",
+            "AIRLOCK_ID_TOKEN_2",
+        ];
+        let kept = [
+            "GITHUB_REPOSITORY",
+            "CI_PROJECT_ID",
+            "AIRLOCK_URL",
+            "AIRLOCK_TESTCLOUD_DIR",
+            "TF_VAR_region",
+        ];
+        let base = dropped
+            .iter()
+            .chain(&kept)
+            .map(|k| (k.to_string(), "value".to_owned()));
+        let env = phase_env(base, &[], "run-token");
+        let names: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+        for k in dropped {
+            assert!(!names.contains(&k), "{k} reaches terraform: {names:?}");
+        }
+        for k in kept {
+            assert!(names.contains(&k), "{k} is dropped: {names:?}");
+        }
     }
 
     #[test]
