@@ -1,5 +1,6 @@
 //! The one reader of a stack's module graph: `module` blocks parsed with a real HCL parser
-//! (`.tf`) or JSON (`.tf.json`), local sources (`./`, `../`) followed transitively, over any
+//! (`.tf`) or JSON (`.tf.json`), local sources (`./`, `../`, and `.\`, `..\` as Terraform reads
+//! them) followed transitively, over any
 //! [`Tree`] (the checkout on disk for fingerprints, a git commit for change detection), so the
 //! fingerprint's input files and `airlock ci affected` follow the same graph.
 //!
@@ -40,10 +41,25 @@ pub struct ModuleCall {
 }
 
 impl ModuleCall {
-    /// Whether the source is a local path (`./x`, `../x`), the only kind followed.
-    pub fn is_local(&self) -> bool {
-        self.source.starts_with("./") || self.source.starts_with("../")
+    /// The local path the source names ([`local_path`]).
+    pub fn local_path(&self) -> Option<String> {
+        local_path(&self.source)
     }
+
+    /// Whether the source is a local path ([`local_path`]), the only kind followed.
+    pub fn is_local(&self) -> bool {
+        self.local_path().is_some()
+    }
+}
+
+/// The local path a module `source` names, `/`-separated, or `None` for any other source. As
+/// in Terraform (`addrs.ParseModuleSource`) a local source starts with `./`, `../`, `.\` or
+/// `..\`, and every `\` in it is a `/`.
+pub fn local_path(source: &str) -> Option<String> {
+    ["./", "../", ".\\", "..\\"]
+        .iter()
+        .any(|p| source.starts_with(p))
+        .then(|| source.replace('\\', "/"))
 }
 
 /// Why a stack's module graph could not be read. Displays as `file:line: message`.
@@ -363,8 +379,8 @@ impl<'t, T: Tree> Walker<'t, T> {
                     p
                 }
             };
-            for call in parsed.iter().filter(|c| c.is_local()) {
-                let target = inputs::join(dir, &call.source);
+            for (call, local) in parsed.iter().filter_map(|c| Some((c, c.local_path()?))) {
+                let target = inputs::join(dir, &local);
                 if target == ".." || target.starts_with("../") {
                     return Err(error(
                         &path,
@@ -1004,6 +1020,52 @@ EOT
             ]
         );
         assert!(walk(&mut t, "stacks/nope").unwrap().is_none());
+    }
+
+    /// Terraform takes `.\` and `..\` as local sources and reads every `\` as `/`
+    /// (`addrs.ParseModuleSource`), so such a module is an input like any other.
+    #[test]
+    fn backslash_local_sources_are_followed_as_terraform_normalizes_them() {
+        let mut t = mem(&[
+            (
+                "stacks/app/main.tf",
+                r#"module "net" { source = "..\\..\\modules\\net" }"#,
+            ),
+            (
+                "stacks/app/more.tf.json",
+                r#"{"module": {"x": {"source": ".\\x"}}}"#,
+            ),
+            ("stacks/app/x/main.tf", ""),
+            (
+                "modules/net/main.tf",
+                r#"module "sub" { source = ".\\sub/deeper" }"#,
+            ),
+            ("modules/net/sub/deeper/main.tf", ""),
+        ]);
+        let files = walk(&mut t, "stacks/app").unwrap().unwrap();
+        let got: Vec<(&str, Vec<&str>)> = files
+            .iter()
+            .map(|(p, v)| (p.as_str(), v.iter().map(String::as_str).collect()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("modules/net/main.tf", vec!["modules/net"]),
+                (
+                    "modules/net/sub/deeper/main.tf",
+                    vec!["modules/net", "modules/net/sub/deeper"]
+                ),
+                ("stacks/app/main.tf", vec![]),
+                ("stacks/app/more.tf.json", vec![]),
+                ("stacks/app/x/main.tf", vec!["stacks/app/x"]),
+            ]
+        );
+        let e = walk(
+            &mut mem(&[("s/main.tf", r#"module "up" { source = "..\\..\\out" }"#)]),
+            "s",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("leaves the repository root"), "{e}");
     }
 
     #[test]
