@@ -221,6 +221,79 @@ pub fn parse_module_path(s: &str) -> Result<Vec<ModuleStep>, String> {
     }
 }
 
+/// A resource instance's address: `module.a["k"].data.aws_vpc.main[0]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceAddress {
+    /// The module instance path (empty for the root module).
+    pub module: Vec<ModuleStep>,
+    /// A data resource (`data.` before the type).
+    pub data: bool,
+    /// The resource type.
+    pub resource_type: String,
+    /// The resource name.
+    pub name: String,
+    /// The instance key, for resources with count or for_each.
+    pub key: Option<InstanceKey>,
+}
+
+impl InstanceAddress {
+    /// The address as Terraform renders it.
+    pub fn render(&self) -> String {
+        let mut out = render_resource(&self.module, self.data, &self.resource_type, &self.name);
+        if let Some(k) = &self.key {
+            k.render_into(&mut out);
+        }
+        out
+    }
+}
+
+/// Renders a resource's address without an instance key (`module.m[0].data.t.n`).
+pub fn render_resource(
+    module: &[ModuleStep],
+    data: bool,
+    resource_type: &str,
+    name: &str,
+) -> String {
+    let mut out = render_module_path(module);
+    if !out.is_empty() {
+        out.push('.');
+    }
+    if data {
+        out.push_str("data.");
+    }
+    out.push_str(resource_type);
+    out.push('.');
+    out.push_str(name);
+    out
+}
+
+/// Parses a resource instance address in the canonical form Terraform renders (state, plan JSON),
+/// keys and all; `None` for anything else (a module path alone, a non-canonical spelling).
+pub fn parse_instance_address(s: &str) -> Option<InstanceAddress> {
+    if s.len() > 4 * MAX_LEN {
+        return None;
+    }
+    let (module, rest) = parse_module_prefix(s, true)?;
+    let (data, rest) = match rest.strip_prefix("data.") {
+        Some(r) => (true, r),
+        None => (false, rest),
+    };
+    let (resource_type, rest) = split_identifier(rest)?;
+    let (name, rest) = split_identifier(rest.strip_prefix('.')?)?;
+    let (key, rest) = match rest {
+        "" => (None, rest),
+        _ => parse_key(rest).map(|(k, r)| (Some(k), r))?,
+    };
+    let address = InstanceAddress {
+        module,
+        data,
+        resource_type: resource_type.to_owned(),
+        name: name.to_owned(),
+        key,
+    };
+    (rest.is_empty() && address.render() == s).then_some(address)
+}
+
 /// Whether `s` is a provider part (namespace or type): letters, digits, `-` and `_`, starting
 /// and ending with a letter or digit, at most 64 characters.
 fn is_provider_part(s: &str) -> bool {
@@ -357,6 +430,49 @@ mod tests {
             "module.a[\"k\"",
         ] {
             assert!(parse_module_path(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn instance_addresses_round_trip_and_only_canonically() {
+        for ok in [
+            "t.n",
+            "t.n[0]",
+            "data.t.n[\"a[b\"]",
+            "module.a[0].t.n",
+            "module.a[\"x.y\"].module.b.data.t.n[\"]\"]",
+        ] {
+            let a = parse_instance_address(ok).unwrap_or_else(|| panic!("{ok}"));
+            assert_eq!(a.render(), ok);
+        }
+        let a = parse_instance_address("module.a[\"k\"].data.t.n[2]").unwrap();
+        assert_eq!(
+            a,
+            InstanceAddress {
+                module: vec![ModuleStep {
+                    name: "a".into(),
+                    key: Some(InstanceKey::Str("k".into()))
+                }],
+                data: true,
+                resource_type: "t".into(),
+                name: "n".into(),
+                key: Some(InstanceKey::Int(2)),
+            }
+        );
+        for bad in [
+            "",
+            "t",
+            "t.",
+            "module.a",
+            "module.a[0]",
+            "t.n.x",
+            "t.n[01]",
+            "t.n[\"a\"]x",
+            "t.n[\"\\u0041\"]",
+            "module.a[k].t.n",
+            "t.n[\"a\"",
+        ] {
+            assert!(parse_instance_address(bad).is_none(), "{bad}");
         }
     }
 

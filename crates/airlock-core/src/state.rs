@@ -1185,17 +1185,12 @@ fn moved(
 
 /// The address prefix of a resource's instances (`module.m[0].data.t.n`).
 fn resource_base(key: &ResourceKey) -> String {
-    let mut base = address::render_module_path(&key.module);
-    if !base.is_empty() {
-        base.push('.');
-    }
-    if key.mode == Mode::Data {
-        base.push_str("data.");
-    }
-    base.push_str(&key.resource_type);
-    base.push('.');
-    base.push_str(&key.name);
-    base
+    address::render_resource(
+        &key.module,
+        key.mode == Mode::Data,
+        &key.resource_type,
+        &key.name,
+    )
 }
 
 /// Checks one deserialized resource and appends its instances; returns what identifies it.

@@ -159,10 +159,7 @@ impl RegoPolicies {
         for (name, source) in files {
             engine
                 .add_policy(name.clone(), source.clone())
-                .map_err(|e| RegoError::Parse {
-                    file: name.clone(),
-                    message: e.to_string(),
-                })?;
+                .map_err(|e| parse_error(name, &e))?;
         }
         Ok(RegoPolicies {
             engine,
@@ -277,6 +274,35 @@ pub struct InProcess;
 impl RegoRunner for InProcess {
     fn run(&self, files: &[(String, String)], plan_text: &str) -> Result<Vec<Finding>, RegoError> {
         RegoPolicies::load(files)?.evaluate(plan_text)
+    }
+}
+
+/// A policy that does not parse, said as `file:line:col: the parser's message`, never with the
+/// source text regorus quotes: a policy's text is the planner's, and a `policy/x.rego` linked to
+/// `/proc/self/environ` once had the server answer (and log) the planner's environment. A
+/// message not in regorus's shape is not shown at all.
+fn parse_error(file: &str, e: &dyn fmt::Display) -> RegoError {
+    let text = e.to_string();
+    // regorus: "\n--> FILE:LINE:COL\n  |\nN | SOURCE LINE\n  | ^\nerror: MESSAGE".
+    let at = text
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("--> "))
+        .and_then(|at| {
+            let mut parts = at.rsplitn(3, ':');
+            let (col, line) = (parts.next()?, parts.next()?);
+            let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+            (digits(line) && digits(col)).then(|| format!("{file}:{line}:{col}"))
+        });
+    let what = text.lines().find_map(|l| l.strip_prefix("error: "));
+    let message = match (at, what) {
+        (Some(at), Some(what)) => format!("{at}: {}", one_line(what)),
+        _ => format!(
+            "{file}: not valid Rego (the parser's message quotes the file, so it is not shown)"
+        ),
+    };
+    RegoError::Parse {
+        file: file.to_owned(),
+        message,
     }
 }
 
@@ -427,6 +453,37 @@ mod tests {
             br#"{"findings":[{"rule":"r","severity":"fatal","address":null,"message":"m"}]}"#
         )
         .is_err());
+    }
+
+    /// A policy's text is the planner's: a parse error says where and why, never what the
+    /// file holds (a policy linked to `/proc/self/environ` once had the server echo the
+    /// planner's environment in its answer and its log).
+    #[test]
+    fn a_parse_error_carries_no_source_text() {
+        for source in [
+            "AIRLOCK_TOKEN=airlock_secret\0HOME=/root\0",
+            "package main\n\ndeny contains msg if { msg := airlock_secret airlock_secret }\n",
+            "package main\nx := \"airlock_secret\n",
+        ] {
+            let e = RegoPolicies::load(&[("policy/x.rego".into(), source.into())])
+                .err()
+                .unwrap_or_else(|| panic!("{source:?} parses"));
+            let RegoError::Parse { file, message } = &e else {
+                panic!("{e:?}");
+            };
+            assert_eq!(file, "policy/x.rego");
+            let shown = e.to_string();
+            assert!(
+                !shown.contains("airlock_secret") && !shown.contains('\n'),
+                "{shown}"
+            );
+            assert!(message.starts_with("policy/x.rego:"), "{message}");
+        }
+        let e = RegoPolicies::load(&[("policy/x.rego".into(), "SECRET=1".into())]).err();
+        assert_eq!(
+            e.map(|e| e.to_string()).as_deref(),
+            Some("Rego policy policy/x.rego does not parse: policy/x.rego:1:1: expecting `package` Missing package declaration.")
+        );
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //!   applied after merge only if the merged content, `airlock.hcl` and policies included, is the same.
 //! - [`phase_env`]: the child environment of one phase. **Invariant (docs/design.md 4):** the plan
 //!   process never sees the apply profile's variables nor an apply token, and the apply process
-//!   never sees the plan profile's variables; neither sees the caller's own airlock token.
+//!   never sees the plan profile's variables; neither sees the caller's own airlock token nor
+//!   the CI job's forge tokens and ID-token variables.
 //! - [`run_streaming`]: runs a command, echoing its output live and keeping a copy for the log.
 
 #![deny(clippy::print_stdout, clippy::print_stderr)]
@@ -14,11 +15,12 @@
 use std::collections::{BTreeSet, HashMap};
 use std::io::{self, Read, Write};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use airlock_core::glob::glob_match;
 use airlock_core::inputs::{self, InputFile};
 use rustix::process::{kill_process, Pid, Signal};
 
@@ -37,8 +39,26 @@ pub enum Phase {
     Apply,
 }
 
-/// Variables that carry airlock or backend credentials; never inherited by a child.
-const CREDENTIAL_VARS: &[&str] = &["AIRLOCK_TOKEN", "TF_HTTP_PASSWORD", "TF_HTTP_USERNAME"];
+/// Variables that carry a credential a child (terraform, its providers and provisioners) must
+/// not inherit, as `airlock_core::glob::glob_match` patterns: airlock's and the backend's (the
+/// child gets its phase's token instead), and the CI job's, which the CLI reads for `airlock ci`
+/// (`commands/ci/forge.rs`) and `airlock login --oidc` (`commands/oidc.rs`): the forge API tokens
+/// (`GITHUB_TOKEN`, GitLab's `CI_JOB_TOKEN` and `AIRLOCK_GITLAB_TOKEN`) and what yields a job ID
+/// token (GitHub's `ACTIONS_ID_TOKEN_REQUEST_*`; GitLab's `id_tokens:` named `AIRLOCK_ID_TOKEN…`
+/// as the README has them, and its older `CI_JOB_JWT*`). With an ID token, code in a plan or
+/// apply could log in with the job's trust, a broader role than its run's token.
+const CREDENTIAL_VARS: &[&str] = &[
+    "AIRLOCK_TOKEN",
+    "TF_HTTP_PASSWORD",
+    "TF_HTTP_USERNAME",
+    "GITHUB_TOKEN",
+    "ACTIONS_ID_TOKEN_REQUEST_URL",
+    "ACTIONS_ID_TOKEN_REQUEST_TOKEN",
+    "CI_JOB_TOKEN",
+    "AIRLOCK_GITLAB_TOKEN",
+    "AIRLOCK_ID_TOKEN*",
+    "CI_JOB_JWT*",
+];
 
 /// Builds a child environment: everything in `base` except credential variables and the other
 /// phase's profile, plus the backend credentials of this phase.
@@ -50,7 +70,8 @@ pub fn phase_env(
     let mut env: Vec<(String, String)> = base
         .into_iter()
         .filter(|(k, _)| {
-            !CREDENTIAL_VARS.contains(&k.as_str()) && !other_profile.iter().any(|o| o == k)
+            !CREDENTIAL_VARS.iter().any(|c| glob_match(c, k))
+                && !other_profile.iter().any(|o| o == k)
         })
         .collect();
     env.push(("TF_HTTP_USERNAME".into(), "airlock".into()));
@@ -67,8 +88,10 @@ pub const MAX_INPUT_BYTES: u64 = 1 << 30;
 /// `airlock.hcl`, or `dir` itself when there is none): every file under the stack's directory
 /// and under the local module directories it calls (transitively, read by [`modules`]: what
 /// `file()` and `templatefile()` read too, not `.terraform/`), plus `airlock.hcl` and every
-/// `policy/**.rego` of the root. Paths are relative to `root`, sorted. Independent of git and
-/// of file times. At most [`MAX_INPUT_BYTES`] are hashed.
+/// `policy/**.rego` of the root, all listed by the same [`modules::Walker`] rules (a symbolic
+/// link only to a file inside the root; a FIFO, device or socket refused). Paths are relative to
+/// `root`, sorted. Independent of git and of file times. At most [`MAX_INPUT_BYTES`] are read
+/// and hashed, counted as read.
 pub fn input_files(root: &Path, dir: &Path) -> io::Result<Vec<InputFile>> {
     let start = dir.strip_prefix(root).map_err(|_| {
         io::Error::other(format!(
@@ -80,46 +103,46 @@ pub fn input_files(root: &Path, dir: &Path) -> io::Result<Vec<InputFile>> {
     let start = start.to_string_lossy().replace('\\', "/");
     let mut tree = modules::FsTree { root };
     let mut cache = HashMap::new();
-    let stack = modules::Walker::new(&mut tree, &mut cache)
+    let mut walker = modules::Walker::new(&mut tree, &mut cache);
+    let stack = walker
         .stack(&start)
         .map_err(io::Error::other)?
         .ok_or_else(|| io::Error::other(format!("{} is not a directory", dir.display())))?;
-    let mut files: BTreeSet<PathBuf> = stack.into_keys().map(PathBuf::from).collect();
-    if root.join(inputs::CONFIG_PATH).is_file() {
-        files.insert(PathBuf::from(inputs::CONFIG_PATH));
-    }
-    let policy_root = root.join(inputs::POLICY_DIR);
-    let mut pending = vec![policy_root.clone()];
-    while let Some(d) = pending.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries {
-            let e = e?;
-            if e.file_type()?.is_dir() {
-                pending.push(e.path());
-            } else if let Ok(rel) = e.path().strip_prefix(root) {
-                files.insert(rel.to_path_buf());
-            }
-        }
-    }
+    let mut files: BTreeSet<String> = stack.into_keys().collect();
+    // Of what the walker finds there, `airlock.hcl` itself and the policies (a link to a file
+    // elsewhere in the root is hashed through the link).
+    let config = walker
+        .files_at(inputs::CONFIG_PATH)
+        .map_err(io::Error::other)?;
+    files.extend(
+        config
+            .into_iter()
+            .flatten()
+            .filter(|p| p == inputs::CONFIG_PATH),
+    );
+    let policies = walker
+        .files_at(inputs::POLICY_DIR)
+        .map_err(io::Error::other)?;
+    files.extend(
+        policies
+            .into_iter()
+            .flatten()
+            .filter(|p| inputs::is_policy_path(p)),
+    );
     let mut out = Vec::with_capacity(files.len());
-    let mut total: u64 = 0;
-    for rel in &files {
-        let path = rel.to_string_lossy().replace('\\', "/");
-        if path.starts_with(inputs::POLICY_DIR) && !inputs::is_policy_path(&path) {
-            continue;
-        }
-        total = total.saturating_add(std::fs::metadata(root.join(rel))?.len());
-        if total > MAX_INPUT_BYTES {
-            return Err(io::Error::other(format!(
+    let mut left = MAX_INPUT_BYTES;
+    for path in &files {
+        let content = modules::read_at_most(&root.join(path), left.saturating_add(1))
+            .map_err(|e| io::Error::other(format!("{path}: {e}")))?;
+        left = left.checked_sub(content.len() as u64).ok_or_else(|| {
+            io::Error::other(format!(
                 "the stack's input files (every file under its directory and its modules' \
                  directories) hold more than {} MiB, reached at {path}; move what the \
                  configuration does not read out of those directories",
                 MAX_INPUT_BYTES >> 20
-            )));
-        }
-        out.push(InputFile::of(&path, &std::fs::read(root.join(rel))?));
+            ))
+        })?;
+        out.push(InputFile::of(path, &content));
     }
     out.sort();
     Ok(out)
@@ -407,6 +430,132 @@ mod tests {
             e.starts_with("stacks/app/passwd.txt: a symbolic link to \"/etc/passwd\""),
             "{e}"
         );
+    }
+
+    /// A repository with a stack `stacks/app` and a `policy/` directory.
+    fn repo_with_policies() -> tempfile::TempDir {
+        let tmp = tempfile::tempdir().unwrap();
+        let stack = tmp.path().join("stacks/app");
+        std::fs::create_dir_all(&stack).unwrap();
+        std::fs::write(stack.join("main.tf"), "").unwrap();
+        std::fs::create_dir_all(tmp.path().join("policy")).unwrap();
+        std::fs::write(tmp.path().join("policy/deny.rego"), "package main").unwrap();
+        tmp
+    }
+
+    fn inputs_of(repo: &Path) -> io::Result<Vec<String>> {
+        input_files(repo, &repo.join("stacks/app"))
+            .map(|files| files.into_iter().map(|f| f.path).collect())
+    }
+
+    /// `policy/x.rego -> /proc/self/environ` would send the planner's environment, its airlock
+    /// token included, to the server as policy text.
+    #[test]
+    fn a_policy_link_out_of_the_root_is_refused_naming_it() {
+        let tmp = repo_with_policies();
+        let repo = tmp.path();
+        std::os::unix::fs::symlink("/proc/self/environ", repo.join("policy/x.rego")).unwrap();
+        let e = inputs_of(repo).unwrap_err().to_string();
+        assert!(
+            e.starts_with(
+                "policy/x.rego: a symbolic link to \"/proc/self/environ\", an absolute path"
+            ),
+            "{e}"
+        );
+        std::fs::remove_file(repo.join("policy/x.rego")).unwrap();
+        std::os::unix::fs::symlink("../../etc/passwd", repo.join("policy/up.rego")).unwrap();
+        let e = inputs_of(repo).unwrap_err().to_string();
+        assert!(
+            e.starts_with("policy/up.rego: a symbolic link to \"../../etc/passwd\", which leaves"),
+            "{e}"
+        );
+        std::fs::remove_file(repo.join("policy/up.rego")).unwrap();
+        // The policy directory itself is not a link either.
+        std::fs::rename(repo.join("policy"), repo.join("real")).unwrap();
+        std::os::unix::fs::symlink("real", repo.join("policy")).unwrap();
+        let e = inputs_of(repo).unwrap_err().to_string();
+        assert!(e.starts_with("policy: a symbolic link"), "{e}");
+        std::fs::remove_file(repo.join("policy")).unwrap();
+        std::fs::rename(repo.join("real"), repo.join("policy")).unwrap();
+        // A link to a file inside the root is read through, as in the stack's directories.
+        std::fs::create_dir_all(repo.join("shared")).unwrap();
+        std::fs::write(repo.join("shared/common.rego"), "package main\n").unwrap();
+        std::os::unix::fs::symlink("../shared/common.rego", repo.join("policy/common.rego"))
+            .unwrap();
+        assert_eq!(
+            inputs_of(repo).unwrap(),
+            [
+                "policy/common.rego",
+                "policy/deny.rego",
+                "stacks/app/main.tf"
+            ]
+        );
+    }
+
+    /// `/dev/zero` has no length to trust: reading it would take all memory.
+    #[test]
+    fn a_policy_link_to_a_device_is_refused_without_reading_it() {
+        let tmp = repo_with_policies();
+        let repo = tmp.path();
+        std::os::unix::fs::symlink("/dev/zero", repo.join("policy/y.rego")).unwrap();
+        let e = inputs_of(repo).unwrap_err().to_string();
+        assert!(
+            e.starts_with("policy/y.rego: a symbolic link to \"/dev/zero\""),
+            "{e}"
+        );
+    }
+
+    /// Opening a FIFO for reading waits for a writer: `airlock plan` would hang.
+    #[test]
+    fn a_policy_fifo_is_refused_without_opening_it() {
+        let tmp = repo_with_policies();
+        let repo = tmp.path();
+        let made = Command::new("mkfifo")
+            .arg(repo.join("policy/z.rego"))
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let e = inputs_of(repo).unwrap_err().to_string();
+        assert!(
+            e.starts_with("policy/z.rego: neither a file nor a directory"),
+            "{e}"
+        );
+    }
+
+    /// A provider or provisioner in the apply could otherwise mint a fresh forge ID token, log
+    /// in with a broader role than the run-bound token, or act on the forge as the job.
+    #[test]
+    fn phase_env_drops_the_jobs_forge_credentials() {
+        let dropped = [
+            "GITHUB_TOKEN",
+            "ACTIONS_ID_TOKEN_REQUEST_URL",
+            "ACTIONS_ID_TOKEN_REQUEST_TOKEN",
+            "AIRLOCK_GITLAB_TOKEN",
+            "CI_JOB_TOKEN",
+            "CI_JOB_JWT",
+            "CI_JOB_JWT_V2",
+            "AIRLOCK_ID_TOKEN",
+            "AIRLOCK_ID_TOKEN_2",
+        ];
+        let kept = [
+            "GITHUB_REPOSITORY",
+            "CI_PROJECT_ID",
+            "AIRLOCK_URL",
+            "AIRLOCK_TESTCLOUD_DIR",
+            "TF_VAR_region",
+        ];
+        let base = dropped
+            .iter()
+            .chain(&kept)
+            .map(|k| (k.to_string(), "value".to_owned()));
+        let env = phase_env(base, &[], "run-token");
+        let names: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+        for k in dropped {
+            assert!(!names.contains(&k), "{k} reaches terraform: {names:?}");
+        }
+        for k in kept {
+            assert!(names.contains(&k), "{k} is dropped: {names:?}");
+        }
     }
 
     #[test]

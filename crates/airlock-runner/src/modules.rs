@@ -1,5 +1,6 @@
 //! The one reader of a stack's module graph: `module` blocks parsed with a real HCL parser
-//! (`.tf`) or JSON (`.tf.json`), local sources (`./`, `../`) followed transitively, over any
+//! (`.tf`) or JSON (`.tf.json`), local sources (`./`, `../`, and `.\`, `..\` as Terraform reads
+//! them) followed transitively, over any
 //! [`Tree`] (the checkout on disk for fingerprints, a git commit for change detection), so the
 //! fingerprint's input files and `airlock ci affected` follow the same graph.
 //!
@@ -40,10 +41,25 @@ pub struct ModuleCall {
 }
 
 impl ModuleCall {
-    /// Whether the source is a local path (`./x`, `../x`), the only kind followed.
-    pub fn is_local(&self) -> bool {
-        self.source.starts_with("./") || self.source.starts_with("../")
+    /// The local path the source names ([`local_path`]).
+    pub fn local_path(&self) -> Option<String> {
+        local_path(&self.source)
     }
+
+    /// Whether the source is a local path ([`local_path`]), the only kind followed.
+    pub fn is_local(&self) -> bool {
+        self.local_path().is_some()
+    }
+}
+
+/// The local path a module `source` names, `/`-separated, or `None` for any other source. As
+/// in Terraform (`addrs.ParseModuleSource`) a local source starts with `./`, `../`, `.\` or
+/// `..\`, and every `\` in it is a `/`.
+pub fn local_path(source: &str) -> Option<String> {
+    ["./", "../", ".\\", "..\\"]
+        .iter()
+        .any(|p| source.starts_with(p))
+        .then(|| source.replace('\\', "/"))
 }
 
 /// Why a stack's module graph could not be read. Displays as `file:line: message`.
@@ -363,8 +379,8 @@ impl<'t, T: Tree> Walker<'t, T> {
                     p
                 }
             };
-            for call in parsed.iter().filter(|c| c.is_local()) {
-                let target = inputs::join(dir, &call.source);
+            for (call, local) in parsed.iter().filter_map(|c| Some((c, c.local_path()?))) {
+                let target = inputs::join(dir, &local);
                 if target == ".." || target.starts_with("../") {
                     return Err(error(
                         &path,
@@ -429,15 +445,7 @@ impl<'t, T: Tree> Walker<'t, T> {
                         out.push(path);
                         out.push(target);
                     }
-                    Kind::Other => {
-                        return Err(error(
-                            &path,
-                            None,
-                            "neither a file nor a directory (a git submodule, a FIFO, a socket \
-                             or a device), so it cannot be a reviewed input although Terraform \
-                             may read it; vendor its files into the repository or remove it",
-                        ))
-                    }
+                    Kind::Other => return Err(neither_file_nor_directory(&path)),
                 }
                 if out.len() > MAX_STACK_FILES {
                     return Err(error(
@@ -454,6 +462,32 @@ impl<'t, T: Tree> Walker<'t, T> {
         out.sort();
         out.dedup();
         Ok(out)
+    }
+
+    /// The input files at `path` (relative to the root) by the rules of [`Walker::stack`]'s
+    /// directories, module calls not read: a file itself, a symbolic link to a file with its
+    /// target, or every file under a directory; `Ok(None)` when nothing is there. For what a run
+    /// lists besides its stack: `airlock.hcl` and `policy/`.
+    pub fn files_at(&mut self, path: &str) -> Result<Option<Vec<String>>, ModuleError> {
+        let path = inputs::join(".", path);
+        let (parent, name) = path.rsplit_once('/').unwrap_or((".", &path));
+        let kind = self
+            .tree
+            .entries(parent)?
+            .and_then(|e| e.into_iter().find(|(n, _)| n == name).map(|(_, k)| k));
+        match kind {
+            None => Ok(None),
+            Some(Kind::File) => Ok(Some(vec![path])),
+            Some(Kind::Symlink) => {
+                let target = self.follow(&path)?;
+                Ok(Some(vec![path, target]))
+            }
+            Some(Kind::Dir) => {
+                let entries = self.tree.entries(&path)?.unwrap_or_default();
+                self.files_under(&path, entries).map(Some)
+            }
+            Some(Kind::Other) => Err(neither_file_nor_directory(&path)),
+        }
     }
 
     /// The file the symbolic link `link` points to, which must be a regular file inside the
@@ -663,6 +697,28 @@ impl<'t, T: Tree> Walker<'t, T> {
     }
 }
 
+/// Why a submodule, FIFO, socket or device under an input directory is refused.
+fn neither_file_nor_directory(path: &str) -> ModuleError {
+    error(
+        path,
+        None,
+        "neither a file nor a directory (a git submodule, a FIFO, a socket or a device), so it \
+         cannot be a reviewed input although Terraform may read it; vendor its files into the \
+         repository or remove it",
+    )
+}
+
+/// At most `limit` bytes of the file at `path`, counted as they are read: a length from
+/// metadata is not trusted (procfs files and devices say 0).
+pub(crate) fn read_at_most(path: &std::path::Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    std::fs::File::open(path)?
+        .take(limit)
+        .read_to_end(&mut out)?;
+    Ok(out)
+}
+
 /// The checkout on disk under `root`.
 pub struct FsTree<'a> {
     /// Repository root.
@@ -698,7 +754,8 @@ impl Tree for FsTree<'_> {
     }
 
     fn read(&mut self, path: &str) -> Result<Vec<u8>, ModuleError> {
-        std::fs::read(self.root.join(path))
+        // One byte past the limit, so `module_calls` refuses the file as too large.
+        read_at_most(&self.root.join(path), MAX_TF_FILE as u64 + 1)
             .map_err(|e| error(path, None, format!("cannot read: {e}")))
     }
 
@@ -963,6 +1020,52 @@ EOT
             ]
         );
         assert!(walk(&mut t, "stacks/nope").unwrap().is_none());
+    }
+
+    /// Terraform takes `.\` and `..\` as local sources and reads every `\` as `/`
+    /// (`addrs.ParseModuleSource`), so such a module is an input like any other.
+    #[test]
+    fn backslash_local_sources_are_followed_as_terraform_normalizes_them() {
+        let mut t = mem(&[
+            (
+                "stacks/app/main.tf",
+                r#"module "net" { source = "..\\..\\modules\\net" }"#,
+            ),
+            (
+                "stacks/app/more.tf.json",
+                r#"{"module": {"x": {"source": ".\\x"}}}"#,
+            ),
+            ("stacks/app/x/main.tf", ""),
+            (
+                "modules/net/main.tf",
+                r#"module "sub" { source = ".\\sub/deeper" }"#,
+            ),
+            ("modules/net/sub/deeper/main.tf", ""),
+        ]);
+        let files = walk(&mut t, "stacks/app").unwrap().unwrap();
+        let got: Vec<(&str, Vec<&str>)> = files
+            .iter()
+            .map(|(p, v)| (p.as_str(), v.iter().map(String::as_str).collect()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("modules/net/main.tf", vec!["modules/net"]),
+                (
+                    "modules/net/sub/deeper/main.tf",
+                    vec!["modules/net", "modules/net/sub/deeper"]
+                ),
+                ("stacks/app/main.tf", vec![]),
+                ("stacks/app/more.tf.json", vec![]),
+                ("stacks/app/x/main.tf", vec!["stacks/app/x"]),
+            ]
+        );
+        let e = walk(
+            &mut mem(&[("s/main.tf", r#"module "up" { source = "..\\..\\out" }"#)]),
+            "s",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("leaves the repository root"), "{e}");
     }
 
     #[test]

@@ -203,6 +203,44 @@ fn protect_rules_make_resources_critical() {
 }
 
 #[test]
+fn a_protected_module_covers_its_keyed_instances() {
+    let c = config::parse(
+        "protect {\n addresses = [\"module.db\", \"terraform_data.logs\"]\n}\n",
+        "airlock.hcl",
+    )
+    .unwrap();
+    for address in [
+        "module.db[0].terraform_data.counted",
+        "module.db[\"eu\"].module.inner[2].terraform_data.x",
+        "terraform_data.logs[\"a[b\"]",
+    ] {
+        let d = run(
+            &c,
+            &[rc(
+                address,
+                "terraform_data",
+                &["delete"],
+                json!({}),
+                Value::Null,
+            )],
+        );
+        assert_eq!(d.verdict, Verdict::Deny, "{address}");
+        assert_eq!(rules_of(&d), [rules::CRITICAL_DESTROY], "{address}");
+    }
+    let d = run(
+        &c,
+        &[rc(
+            "module.dbx[0].terraform_data.counted",
+            "terraform_data",
+            &["delete"],
+            json!({}),
+            Value::Null,
+        )],
+    );
+    assert_eq!(d.verdict, Verdict::Allow);
+}
+
+#[test]
 fn weakened_protections_need_review() {
     let cases = [
         (

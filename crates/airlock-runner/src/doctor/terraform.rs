@@ -79,11 +79,8 @@ impl<'r> Dir<'r> {
 
 /// A local module call's target directory, if `source` is local.
 fn local_target(dir: &str, source: &str) -> Option<String> {
-    if !(source.starts_with("./") || source.starts_with("../")) {
-        return None;
-    }
     // Terragrunt and go-getter's `//` subdirectory syntax: `../modules//vpc`.
-    let source = source.replace("//", "/");
+    let source = crate::modules::local_path(source)?.replace("//", "/");
     let t = inputs::join(dir, &source);
     (t != ".." && !t.starts_with("../")).then_some(t)
 }

@@ -313,6 +313,86 @@ async fn stack_protection_by_type_and_by_address_glob() {
     .expect(200);
 }
 
+/// A state of `terraform_data` resources, each (module path, name, instance keys); no keys is
+/// one unkeyed instance.
+fn keyed_state(serial: u64, resources: &[(&str, &str, &[&str])]) -> Vec<u8> {
+    let resources: Vec<Value> = resources
+        .iter()
+        .map(|(module, name, keys)| {
+            let instances: Vec<Value> = if keys.is_empty() {
+                vec![json!({"schema_version": 0, "attributes": {"id": name}})]
+            } else {
+                keys.iter()
+                    .map(|k| json!({"index_key": k, "schema_version": 0, "attributes": {"id": k}}))
+                    .collect()
+            };
+            let mut r = json!({"mode": "managed", "type": "terraform_data", "name": name,
+                "provider": "provider[\"terraform.io/builtin/terraform\"]",
+                "instances": instances});
+            if !module.is_empty() {
+                r["module"] = json!(module);
+            }
+            r
+        })
+        .collect();
+    let doc = json!({
+        "version": 4, "terraform_version": "1.11.4", "serial": serial, "lineage": LINEAGE,
+        "outputs": {}, "resources": resources
+    });
+    serde_json::to_vec_pretty(&doc).unwrap()
+}
+
+#[tokio::test]
+async fn a_protected_module_covers_its_count_and_for_each_instances_and_keys_hold_any_text() {
+    let s = Server::new();
+    s.stack("dev/app", false);
+    let ci = s.role_token(Role::Ci);
+    let all: [(&str, &str, &[&str]); 4] = [
+        ("module.db[0]", "counted", &[]),
+        ("module.db[\"eu\"].module.inner[1]", "deep", &[]),
+        ("", "logs", &["a[b", "plain"]),
+        ("module.dbx[0]", "other", &[]),
+    ];
+    s.locked_write("dev/app", &ci, &keyed_state(1, &all))
+        .await
+        .expect(200);
+    s.api(
+        "POST",
+        "/api/v1/stacks/dev%2Fapp/protect",
+        &s.admin,
+        json!({"addresses": ["module.db", "terraform_data.logs"]}),
+    )
+    .await
+    .expect(200);
+    for (dropped, kept) in [
+        (
+            "module.db[0].terraform_data.counted",
+            keyed_state(2, &[all[1], all[2], all[3]]),
+        ),
+        (
+            "module.db[\"eu\"].module.inner[1].terraform_data.deep",
+            keyed_state(2, &[all[0], all[2], all[3]]),
+        ),
+        (
+            "terraform_data.logs[\"a[b\"]",
+            keyed_state(2, &[all[0], all[1], ("", "logs", &["plain"]), all[3]]),
+        ),
+    ] {
+        let r = s.locked_write("dev/app", &ci, &kept).await;
+        r.expect(403);
+        assert!(
+            r.message().contains(dropped) && r.message().contains("removal grant"),
+            "{dropped}: {}",
+            r.message()
+        );
+    }
+    assert_eq!(s.versions("dev/app"), [1]);
+    // What the patterns do not name goes without a grant.
+    s.locked_write("dev/app", &ci, &keyed_state(2, &all[..3]))
+        .await
+        .expect(200);
+}
+
 #[tokio::test]
 async fn agents_and_readers_cannot_lock_for_anything_but_planning() {
     let s = Server::new();

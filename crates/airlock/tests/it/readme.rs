@@ -410,6 +410,26 @@ fn every_airlock_hcl_example_is_what_the_parser_does() {
         "module.legacy.module.inner.aws_s3_bucket.b[0]"
     ));
     assert!(address_matches(
+        "aws_db_instance.main",
+        "aws_db_instance.main[\"a[b\"]"
+    ));
+    assert!(address_matches(
+        "module.legacy",
+        "module.legacy[0].aws_db_instance.old"
+    ));
+    assert!(address_matches(
+        "module.legacy",
+        "module.legacy[\"eu\"].module.inner.aws_s3_bucket.b[0]"
+    ));
+    assert!(!address_matches(
+        "module.legacy[\"eu\"]",
+        "module.legacy[\"us\"].aws_db_instance.old"
+    ));
+    assert!(address_matches(
+        "module.legacy.module.inner",
+        "module.legacy[\"eu\"].module.inner[1].aws_s3_bucket.b[0]"
+    ));
+    assert!(address_matches(
         "module.sandbox_*",
         "module.sandbox_a.aws_instance.x"
     ));
