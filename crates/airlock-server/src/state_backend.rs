@@ -65,22 +65,31 @@ fn is_plan_of_a_non_writer(
     })
 }
 
-/// Whether `holder` is a plan's lock (`OperationTypePlan`) whose token is revoked, expired or
-/// gone at `now`: no one can release it but a force-unlock, and it protects nothing (no state
-/// is written under a plan's lock: `firewall::check_write`). Such is the lock of a planner
-/// that died holding it (a killed CI job: its plan-phase token expires within the plan idle
-/// time, or was ended).
+/// Whether `holder` is a plan's lock (`OperationTypePlan`) that no live planner holds at `now`:
+/// its token is revoked, expired or gone, or it is not a plan-phase token (whose planner keeps
+/// it alive by reporting: `tokens::keep_plan_alive`) and the lock is older than the plan idle
+/// time `idle_ms`. No one can release it but a force-unlock, and it protects nothing (no state
+/// is written under a plan's lock: `firewall::check_write`). Such is the lock of a planner that
+/// died holding it (a killed CI job: its plan-phase token expires within the plan idle time, or
+/// was ended), or of a long-lived token that locked and never unlocked (an agent's raw LOCK:
+/// held without end, it blocked every plan, direct write and restore of the stack).
 fn is_dead_plan(
     st: &dyn airlock_store::Store,
     holder: &LockRecord,
     now: i64,
+    idle_ms: i64,
 ) -> airlock_store::Result<bool> {
     if holder.operation != airlock_core::lockinfo::OPERATION_PLAN {
         return Ok(false);
     }
     Ok(match st.token(&holder.owner_token)? {
         None => true,
-        Some(t) => t.revoked_at.is_some() || t.expires_at.is_some_and(|e| e <= now),
+        Some(t) => {
+            let reported = t.parent_id.is_some() && t.run_id.is_none();
+            t.revoked_at.is_some()
+                || t.expires_at.is_some_and(|e| e <= now)
+                || (!reported && holder.created_at.saturating_add(idle_ms) <= now)
+        }
     })
 }
 
@@ -112,7 +121,7 @@ fn lock_over(
 }
 
 /// Why a dead planner's lock is taken over (the audit's `reason`).
-const DEAD_PLAN: &str = "a plan's lock whose token is revoked, expired or gone";
+const DEAD_PLAN: &str = "a plan's lock whose token is revoked, expired or gone, or held past the plan idle time by a token no planner reports for";
 
 /// The single handler behind `/state/{*stack}`; the method picks the operation.
 pub async fn handle(
@@ -390,9 +399,9 @@ async fn lock(
             state.metrics.lock_conflict();
             // Terraform prints the holder's lock info from the body; the audit and the server
             // log say who holds it too.
-            // A plan's lock goes by itself once its token has ended.
+            // A plan's lock goes by itself once its token has ended, or its idle time passed.
             let plan = if holder.operation == airlock_core::lockinfo::OPERATION_PLAN {
-                " (a plan's lock: the next lock takes it over once its token expires or is revoked)"
+                " (a plan's lock: the next lock takes it over once its token expires or is revoked, or, for a token no planner reports for, once it is older than the plan idle time)"
             } else {
                 ""
             };
@@ -453,6 +462,7 @@ async fn take(
 ) -> ApiResult<Option<LockOutcome>> {
     let (new, detail) = new_lock(principal, info, body.to_vec());
     let (s, p, plan_only) = (stack.to_owned(), principal.clone(), info.is_plan_only());
+    let idle_ms = state.config.plan_idle_ms();
     let taken = short(state, move |st| {
         let Some(record) = st.stack(&s)? else {
             return Ok(None);
@@ -463,7 +473,9 @@ async fn take(
         let audit = NewAudit::ok(&p.display(), "lock", Some(&s), detail.clone());
         let outcome = st.lock(&s, new.clone(), audit)?;
         let dead = match &outcome {
-            LockOutcome::Held(holder) => is_dead_plan(st, holder, airlock_store::now_ms())?,
+            LockOutcome::Held(holder) => {
+                is_dead_plan(st, holder, airlock_store::now_ms(), idle_ms)?
+            }
             _ => false,
         };
         Ok::<_, airlock_store::StoreError>(Some(Some((outcome, dead))))
@@ -517,6 +529,7 @@ async fn take_for_applying(
     // it served is stale once the apply writes, which the serial checks refuse later anyway.
     // A dead planner's lock goes too, whoever planned.
     let settings = record.settings.clone();
+    let idle_ms = state.config.plan_idle_ms();
     blocking(state, move |st| {
         let first = st.lock(
             &s,
@@ -528,7 +541,7 @@ async fn take_for_applying(
         };
         let why = if is_plan_of_a_non_writer(st, holder, &settings)? {
             "an approved run's apply goes before a plan of a token that may never write this stack"
-        } else if is_dead_plan(st, holder, airlock_store::now_ms())? {
+        } else if is_dead_plan(st, holder, airlock_store::now_ms(), idle_ms)? {
             DEAD_PLAN
         } else {
             return Ok(first);

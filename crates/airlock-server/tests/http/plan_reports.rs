@@ -355,3 +355,84 @@ async fn a_revoked_minters_plan_token_is_gone_and_other_stacks_tokens_never_reac
     r.expect(401);
     assert_eq!(events(&s, "token.plan_alive", &plan.id).await, 0);
 }
+
+/// Review (session 14): an agent LOCKed "for planning" with its own long-lived token and never
+/// unlocked. Only a run's apply went before it: every plan, direct write and restore of the
+/// stack waited for a person to force-unlock it (and the agent could lock again at once). A
+/// plan's lock held by a token no planner reports for now lasts the plan idle time; a
+/// plan-phase token's lock lives as long as its planner reports.
+#[tokio::test]
+async fn a_plan_lock_held_past_the_idle_time_by_a_long_lived_token_is_taken_over() {
+    let s = server(1_500);
+    let ci = s.token("ci", Role::Ci, &[], None);
+    let agent = s.token("bot", Role::Agent, &[], None);
+    s.lock("dev/app", &agent, "squat", "OperationTypePlan")
+        .await
+        .expect(200);
+    // Within the idle time it holds: the admin's write waits, told when it goes.
+    let r = s
+        .lock("dev/app", &s.admin, "admin-write", "OperationTypeApply")
+        .await;
+    r.expect(423);
+    assert!(
+        s.audit().await.iter().any(|e| e["action"] == "lock"
+            && e.to_string()
+                .contains("once it is older than the plan idle time")),
+        "the refusal says when the lock goes"
+    );
+    // A planner that reports keeps its plan token's lock past the idle time.
+    let r = s
+        .api(
+            "POST",
+            "/api/v1/stacks/dev%2Fother/plan-token",
+            &ci,
+            Value::Null,
+        )
+        .await;
+    r.expect(201);
+    let plan = Tok {
+        id: r.json()["token_id"].as_str().unwrap().to_owned(),
+        secret: r.json()["secret"].as_str().unwrap().to_owned(),
+    };
+    s.lock("dev/other", &plan, "reported", "OperationTypePlan")
+        .await
+        .expect(200);
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        s.api(
+            "POST",
+            &report_path("dev/other", &plan.id),
+            &ci,
+            Value::Null,
+        )
+        .await
+        .expect(200);
+    }
+    // 1.8 s on: the agent's lock is taken over, audited; the reported one is not.
+    s.lock("dev/app", &s.admin, "admin-write", "OperationTypeApply")
+        .await
+        .expect(200);
+    let held = s.store.current_lock("dev/app").unwrap().expect("locked");
+    assert_eq!(held.id, "admin-write");
+    let preempt = s
+        .audit()
+        .await
+        .into_iter()
+        .find(|e| e["action"] == "lock.preempt")
+        .unwrap();
+    assert_eq!(preempt["detail"]["holder_token"], agent.id.as_str());
+    assert!(
+        preempt["detail"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("plan idle time"),
+        "{preempt}"
+    );
+    s.lock("dev/other", &s.admin, "admin-other", "OperationTypeApply")
+        .await
+        .expect(423);
+    assert_eq!(
+        s.store.current_lock("dev/other").unwrap().unwrap().id,
+        "reported"
+    );
+}
