@@ -195,17 +195,15 @@ pub async fn read_body(body: Body, limit: usize) -> ApiResult<Vec<u8>> {
 }
 
 /// The summary of `stack`'s version with this hash: the one last written through this process,
-/// or the summary cache's, or parsed from `load` (and cached).
+/// or the summary cache's, or parsed from `load` (and cached). Parses a whole state: call it off
+/// the async runtime.
 pub(crate) fn summary_for(
     state: &AppState,
     stack: &str,
     sha: &str,
     load: &dyn Fn() -> Result<Vec<u8>, airlock_store::StoreError>,
 ) -> Result<Arc<StateSummary>, Refusal> {
-    if let Some(s) = state.cache.recent_summary(stack, sha) {
-        return Ok(s);
-    }
-    if let Some(s) = state.cache.summary(sha) {
+    if let Some(s) = cached_summary(state, stack, sha) {
         return Ok(s);
     }
     let bytes = load().map_err(|e| {
@@ -214,10 +212,30 @@ pub(crate) fn summary_for(
             format!("could not read the current version: {e}"),
         )
     })?;
-    let summary = StateSummary::parse(&bytes).map(Arc::new).map_err(|e| {
+    summary_of(state, stack, sha, &bytes)
+}
+
+fn cached_summary(state: &AppState, stack: &str, sha: &str) -> Option<Arc<StateSummary>> {
+    state
+        .cache
+        .recent_summary(stack, sha)
+        .or_else(|| state.cache.summary(sha))
+}
+
+/// [`summary_for`] of a version whose bytes are loaded already.
+pub(crate) fn summary_of(
+    state: &AppState,
+    stack: &str,
+    sha: &str,
+    bytes: &[u8],
+) -> Result<Arc<StateSummary>, Refusal> {
+    if let Some(s) = cached_summary(state, stack, sha) {
+        return Ok(s);
+    }
+    let summary = StateSummary::parse(bytes).map(Arc::new).map_err(|e| {
         Refusal::new(
             RefusalKind::Conflict,
-            format!("the stored current version is unreadable: {e}"),
+            format!("the stored version is unreadable: {e}"),
         )
     })?;
     state.cache.put_summary(sha, Arc::clone(&summary));

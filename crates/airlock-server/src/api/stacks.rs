@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use airlock_core::refusal::RefusalKind;
-use airlock_core::state::StateSummary;
 use airlock_core::time::parse_duration_ms;
 use airlock_core::{Role, StackName};
 use airlock_store::{now_ms, NewAudit, NewGrant, StackSettings};
@@ -106,20 +105,35 @@ pub async fn show(
     let record = existing_stack(&state, &p, stack.as_str()).await?;
     let s = stack.to_string();
     let read_state = q.instances != Some(false);
-    let (lock, current, bytes, drift) = store_call(&state, move |st| {
+    let (lock, current, drift) = store_call(&state, move |st| {
         let drift = super::drift::states_by_stack(st)?.remove(&s);
         let lock = st.current_lock(&s)?;
         let current = st.current_version(&s)?;
-        let bytes = match &current {
-            Some(v) if read_state => Some(st.version_bytes(&s, v.serial)?),
-            _ => None,
-        };
-        Ok((lock, current, bytes, drift))
+        Ok((lock, current, drift))
     })
     .await?;
+    // The current version's summary (the one its write left in the cache, as a rule), read
+    // off the async runtime when it must be parsed.
+    let summary = match &current {
+        Some(v) if read_state => {
+            let (st, s, sha, serial) = (
+                Arc::clone(&state),
+                stack.to_string(),
+                v.sha256.clone(),
+                v.serial,
+            );
+            tokio::task::spawn_blocking(move || {
+                crate::stacks::summary_for(&st, &s, &sha, &|| st.store.version_bytes(&s, serial))
+                    .ok()
+            })
+            .await
+            .map_err(|e| ApiError::Internal(format!("store task failed: {e}")))?
+        }
+        _ => None,
+    };
     let mut instances = 0usize;
     let mut protected = Vec::new();
-    if let Some(summary) = bytes.as_deref().and_then(|b| StateSummary::parse(b).ok()) {
+    if let Some(summary) = summary {
         for i in summary
             .instances
             .iter()

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use airlock_core::refusal::RefusalKind;
-use airlock_core::state::{Mode, StateDiff, StateSummary};
+use airlock_core::state::{Mode, StateDiff};
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::header;
@@ -78,11 +78,6 @@ async fn load_meta(
         })
     })
     .await
-}
-
-fn summarize(bytes: &[u8]) -> ApiResult<StateSummary> {
-    StateSummary::parse(bytes)
-        .map_err(|e| ApiError::Internal(format!("stored version unreadable: {e}")))
 }
 
 /// `GET /api/v1/stacks/{stack}/versions/{serial}?type=T&module=M&offset=N&limit=N`: metadata,
@@ -201,25 +196,38 @@ pub async fn diff(
     Extension(RequestStack(stack)): Extension<RequestStack>,
     Query(q): Query<DiffQuery>,
 ) -> ApiResult<Json<Value>> {
-    let (a, ab) = load(&state, &p, stack.as_str(), &q.from).await?;
-    let (b, bb) = load(&state, &p, stack.as_str(), &q.to).await?;
-    let (sa, sb) = (summarize(&ab)?, summarize(&bb)?);
-    match q.detail.as_deref() {
-        None => {
-            let d = StateDiff::between((&ab, &sa), (&bb, &sb));
-            Ok(Json(json!({ "from": a.serial, "to": b.serial, "diff": d })))
-        }
-        Some("attributes") => {
-            let d = airlock_core::attr_diff::between((&ab, &sa), (&bb, &sb));
-            Ok(Json(
-                json!({ "from": a.serial, "to": b.serial, "from_version": a, "to_version": b, "attributes": d }),
+    let attributes = match q.detail.as_deref() {
+        None => false,
+        Some("attributes") => true,
+        Some(_) => {
+            return Err(ApiError::new(
+                RefusalKind::BadRequest,
+                "detail must be `attributes` (or left out)",
             ))
         }
-        Some(_) => Err(ApiError::new(
-            RefusalKind::BadRequest,
-            "detail must be `attributes` (or left out)",
-        )),
-    }
+    };
+    let (a, ab) = load(&state, &p, stack.as_str(), &q.from).await?;
+    let (b, bb) = load(&state, &p, stack.as_str(), &q.to).await?;
+    // Two whole states read and compared: off the async runtime (a reader's diffs of large
+    // states stalled every other request), their summaries from the cache when it has them.
+    let (st, s) = (Arc::clone(&state), stack.to_string());
+    let answer = tokio::task::spawn_blocking(move || -> ApiResult<Value> {
+        let sa = crate::stacks::summary_of(&st, &s, &a.sha256, &ab)?;
+        let sb = crate::stacks::summary_of(&st, &s, &b.sha256, &bb)?;
+        Ok(match attributes {
+            false => {
+                let d = StateDiff::between((&ab, &sa), (&bb, &sb));
+                json!({ "from": a.serial, "to": b.serial, "diff": d })
+            }
+            true => {
+                let d = airlock_core::attr_diff::between((&ab, &sa), (&bb, &sb));
+                json!({ "from": a.serial, "to": b.serial, "from_version": a, "to_version": b, "attributes": d })
+            }
+        })
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("diff task failed: {e}")))??;
+    Ok(Json(answer))
 }
 
 #[derive(Deserialize)]
