@@ -231,12 +231,15 @@ pub async fn authenticate(state: &Arc<AppState>, secret: String) -> Result<Princ
     let record = match cached {
         Some(t) => Some(t),
         None => {
+            // Read before the store: a revocation that commits while the store is read clears
+            // the cache after this, and the record read before it is then not cached.
+            let generation = state.cache.token_generation();
             let store = Arc::clone(&state.store);
             let found = tokio::task::spawn_blocking(move || store.token_by_hash(&hash))
                 .await
                 .map_err(|e| ApiError::Internal(e.to_string()))??;
             if let Some(t) = found.as_ref().filter(|t| t.revoked_at.is_none()) {
-                state.cache.put_token(hash, t.clone());
+                state.cache.put_token(hash, t.clone(), generation);
             }
             found
         }
