@@ -182,41 +182,49 @@ async fn audit_denial(
     .await;
 }
 
-/// The host part of an origin or host header value (`https://a.b:8443` → `a.b:8443`).
-fn host_of(v: &str) -> &str {
-    v.split_once("://")
-        .map_or(v, |(_, rest)| rest)
-        .trim_end_matches('/')
-}
-
 /// Why a request is a browser's from another site, if it is (cross-site request forgery): a
 /// `Sec-Fetch-Site` other than `same-origin` or `none` (typed or bookmarked), or an `Origin`
-/// that is neither this host nor `public_url`'s (`null` only alongside a same-origin
+/// that is not this server's own ([`own_origin`]; `null` only alongside a same-origin
 /// `Sec-Fetch-Site`: under `Referrer-Policy: no-referrer` browsers send `Origin: null` on every
 /// POST). Terraform, the CLI and other clients that are not browsers send neither header. A
 /// browser that once took a token at a Basic-auth prompt sends it again by itself, with any
 /// site's form.
 pub fn cross_site(
     headers: &axum::http::HeaderMap,
-    public_url: Option<&str>,
+    config: &crate::ServerConfig,
 ) -> Option<&'static str> {
     let site = headers.get("sec-fetch-site").map(|v| v.as_bytes());
     if site.is_some_and(|s| s != b"same-origin" && s != b"none") {
         return Some("cross-site request refused (Sec-Fetch-Site is not same-origin)");
     }
     if let Some(origin) = headers.get(axum::http::header::ORIGIN) {
-        let host = headers
-            .get(axum::http::header::HOST)
-            .and_then(|h| h.to_str().ok());
         let origin = origin.to_str().unwrap_or("");
         let null_ok = origin == "null" && site == Some(b"same-origin");
-        let own = host == Some(host_of(origin))
-            || public_url.is_some_and(|u| crate::mcp::origin_of(u) == origin);
-        if !null_ok && !own {
+        if !null_ok && !own_origin(origin, headers, config) {
             return Some("cross-site request refused (Origin is not this server)");
         }
     }
     None
+}
+
+/// Whether `origin` (`scheme://host[:port]`) is this server's: `--public-url`'s, or the `Host`
+/// the request was sent to under the scheme browsers reach this server by
+/// ([`crate::ServerConfig::scheme`]). Scheme, host and port all count: a page served over
+/// plain HTTP on the same host is another origin (a network attacker writes it).
+fn own_origin(origin: &str, headers: &axum::http::HeaderMap, config: &crate::ServerConfig) -> bool {
+    let public = config.public_url.as_deref().map(crate::mcp::origin_of);
+    if public.is_some_and(|p| p.eq_ignore_ascii_case(origin)) {
+        return true;
+    }
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok());
+    match (origin.split_once("://"), host) {
+        (Some((scheme, rest)), Some(host)) => {
+            scheme.eq_ignore_ascii_case(config.scheme()) && rest.eq_ignore_ascii_case(host)
+        }
+        _ => false,
+    }
 }
 
 /// Looks the secret up and checks expiry and revocation.
@@ -347,7 +355,7 @@ async fn check<'t>(
     // A browser's request from another site changes nothing, whatever credential it carries
     // (reads are answered: another site's page cannot read them without CORS, which is off).
     if !matches!(req.method(), &Method::GET | &Method::HEAD) {
-        if let Some(why) = cross_site(req.headers(), state.config.public_url.as_deref()) {
+        if let Some(why) = cross_site(req.headers(), &state.config) {
             audit_denial(
                 state,
                 "cross-site".into(),

@@ -64,7 +64,8 @@ pub struct ServerConfig {
     pub public_url: Option<String>,
     /// What the server logs on stderr (refusals by default).
     pub log_level: LogLevel,
-    /// Mark console cookies `Secure` (the server, or the proxy in front of it, serves TLS).
+    /// Mark console cookies `Secure` (the server, or the proxy in front of it, serves TLS): also
+    /// the scheme browsers reach the server by ([`ServerConfig::scheme`]).
     pub secure_cookies: bool,
     /// The `airlock` executable whose `__rego-eval` runs a repository's Rego (the planner's
     /// text) in a child process with bounded memory and CPU (`rego_sandbox`); `None` runs it in
@@ -123,6 +124,17 @@ impl ServerConfig {
     /// [`ServerConfig::plan_idle_timeout`] in milliseconds, at least 1.
     pub fn plan_idle_ms(&self) -> i64 {
         millis(self.plan_idle_timeout)
+    }
+
+    /// The scheme browsers reach this server by, for its own origin (`auth::cross_site`):
+    /// `https` when it serves TLS or sits behind a TLS proxy named by an `https://` public URL
+    /// (when its cookies are `Secure`), `http` otherwise.
+    pub fn scheme(&self) -> &'static str {
+        if self.secure_cookies {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     /// Largest run upload (or apply log) a token of `role` may send, in bytes.

@@ -226,7 +226,7 @@ pub fn check_post(
     expected: &str,
     given: Option<&str>,
 ) -> Result<(), String> {
-    if let Some(why) = crate::auth::cross_site(headers, state.config.public_url.as_deref()) {
+    if let Some(why) = crate::auth::cross_site(headers, &state.config) {
         return Err(why.into());
     }
     if headers
