@@ -327,7 +327,10 @@ pub async fn authorize(
         }
     };
     let mut resp = match checked {
-        Ok(req) => next.run(req).await,
+        Ok(req) => {
+            crate::serve::admitted(req.extensions());
+            next.run(req).await
+        }
         Err(resp) => resp,
     };
     resp.extensions_mut().insert(caller);

@@ -56,7 +56,8 @@ pub struct ServerConfig {
     /// How long one request may take, from its header to its response.
     pub request_timeout: Duration,
     /// Most connections open at once; past it, the connection that has waited longest for a
-    /// request header is closed to make room.
+    /// request header (or for the body of a request not yet authenticated) is closed to make
+    /// room.
     pub max_connections: usize,
     /// Create unknown stacks on first use (sandboxes only).
     pub auto_create_stacks: bool,

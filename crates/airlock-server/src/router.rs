@@ -264,7 +264,11 @@ fn app() -> Router<Arc<AppState>> {
                 get(api::oidc::discovery),
             )
             .route("/.well-known/jwks.json", get(api::oidc::jwks))
-            .route("/api/v1/oidc/login", axum::routing::post(api::oidc::login))
+            .route(
+                "/api/v1/oidc/login",
+                axum::routing::post(api::oidc::login)
+                    .layer(DefaultBodyLimit::max(api::oidc::MAX_LOGIN_BODY)),
+            )
             .fallback(api::not_found)
             .layer(axum::middleware::from_fn(crate::log::log_requests))
     })

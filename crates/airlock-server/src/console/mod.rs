@@ -114,7 +114,11 @@ where
         let found = session::cookie(&parts.headers, session::COOKIE)
             .and_then(|sid| state.console.get(sid).map(|s| (sid.to_owned(), s)));
         match found {
-            Some((sid, s)) => Ok(Ctx { state, sid, s }),
+            Some((sid, s)) => {
+                // A signed-in browser's request keeps its connection (see `serve.rs`).
+                crate::serve::admitted(&parts.extensions);
+                Ok(Ctx { state, sid, s })
+            }
             None => {
                 let next = parts
                     .uri
