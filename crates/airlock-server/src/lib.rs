@@ -8,6 +8,7 @@
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
 mod api;
+mod audit_budget;
 mod auth;
 mod cache;
 pub mod console;
@@ -155,6 +156,7 @@ pub struct AppState {
     pub config: ServerConfig,
     cache: cache::Caches,
     metrics: metrics::Metrics,
+    audit_budget: audit_budget::AuditBudget,
     /// The web console's sessions (in this process's memory).
     pub console: console::session::Sessions,
     /// The OIDC issuer's key cache and the trusted forges' keys.
@@ -169,6 +171,7 @@ impl AppState {
             config,
             cache: cache::Caches::default(),
             metrics: metrics::Metrics::default(),
+            audit_budget: audit_budget::AuditBudget::default(),
             console: console::session::Sessions::default(),
             oidc: oidc::Oidc::default(),
         })
@@ -230,7 +233,9 @@ pub async fn serve(
     sweeper.abort();
     // A sweep already running finishes first, so the last seal covers what it recorded.
     let _done = sweeping.lock().await;
-    // A last seal, so a clean stop leaves every stack chain sealed.
+    // A last seal, so a clean stop leaves every stack chain sealed (and the count of refusals
+    // the audit budget left out recorded).
+    audit_budget::record_left_out(&state, true).await;
     seal_audit_once(&state).await;
     served
 }
@@ -246,6 +251,8 @@ async fn seal_audit_every(state: Arc<AppState>, every: std::time::Duration) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        // Refusals the audit budget left out are on record within a second of a flood's end.
+        audit_budget::record_left_out(&state, false).await;
         seal_audit_once(&state).await;
     }
 }

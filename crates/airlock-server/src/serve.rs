@@ -1,6 +1,7 @@
 //! The accept loop behind [`crate::serve`], for plain HTTP/1.1 and TLS alike: one task per
 //! connection, and the limits that keep the server answering when clients are slow or hostile.
 //!
+//! - A request line and header are at most [`MAX_HEADER_BYTES`].
 //! - A connection must deliver a complete request header within `header_read_timeout` (idle
 //!   keep-alive connections included; for TLS, the handshake too), and a request body may not
 //!   stall for longer than `body_read_timeout`; the whole request is bounded by the request
@@ -33,6 +34,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tower::ServiceExt;
+
+/// The largest request line and header a connection reads (hyper's buffer; ~400 KB by
+/// default): past it, hyper answers 431 and closes. Terraform, the CLI and browsers send a few
+/// hundred bytes; a method or path as long as the buffer is an attacker's.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
 
 /// How patient the server is with one connection, and how many it keeps.
 #[derive(Debug, Clone, Copy)]
@@ -230,7 +236,8 @@ impl Served {
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout);
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(MAX_HEADER_BYTES);
         let served = builder.serve_connection(
             hyper_util::rt::TokioIo::new(io),
             hyper_util::service::TowerToHyperService::new(service),

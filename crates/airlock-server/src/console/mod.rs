@@ -353,7 +353,11 @@ async fn login(
             "<div class=\"banner error\" id=\"error\">Sign-in refused: {}</div>",
             esc(&msg)
         );
-        return login_page(&state, reply.status, &note, f.next.as_deref());
+        let mut page = login_page(&state, reply.status, &note, f.next.as_deref());
+        if reply.left_out {
+            page.extensions_mut().insert(crate::log::LeftOut);
+        }
+        return page;
     }
     let me = reply.json();
     let role = me["role"]
