@@ -9,8 +9,9 @@
 //! - At most `max_connections` connections are open at once. When that many are, a new
 //!   connection evicts the one that has waited longest for a request header: a slowloris holds
 //!   only such connections, while a real client sends its header at once, so `/healthz` and
-//!   Terraform keep being served. A request counts as still waiting until it is authenticated
-//!   ([`admitted`]: `auth::authorize`, the console's session) or its body has arrived: the
+//!   Terraform keep being served. A request counts as still waiting (the newest, from its
+//!   header on) until it is authenticated ([`admitted`]: `auth::authorize`, the console's
+//!   session) or its body has arrived: the
 //!   forge login and the console's sign-in read a body before any credential is checked, and
 //!   a client trickling such a body a byte at a time would otherwise hold its slot until the
 //!   request timeout. Only when every open connection is inside an admitted request is the new
@@ -205,8 +206,9 @@ impl Served {
         let evict = Arc::clone(&conn);
         let service = tower::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
             // A complete header arrived. The connection stays a candidate for eviction until the
-            // request is admitted (authenticated, or its body arrived), and then until its
-            // response has been sent.
+            // request is admitted (authenticated, or its body arrived), the newest one meanwhile,
+            // and then until its response has been sent.
+            registry.waiting(&conn);
             let admission = Admission {
                 registry: Arc::clone(&registry),
                 conn: Arc::clone(&conn),
