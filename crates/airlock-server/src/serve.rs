@@ -11,11 +11,11 @@
 //!   only such connections, while a real client sends its header at once, so `/healthz` and
 //!   Terraform keep being served. A request counts as still waiting (the newest, from its
 //!   header on) until it is authenticated ([`admitted`]: `auth::authorize`, the console's
-//!   session) or its body has arrived: the
-//!   forge login and the console's sign-in read a body before any credential is checked, and
-//!   a client trickling such a body a byte at a time would otherwise hold its slot until the
-//!   request timeout. Only when every open connection is inside an admitted request is the new
-//!   one refused (plain HTTP: a 503 written before closing).
+//!   session) or its body has arrived: the forge login and the console's sign-in read a body
+//!   before any credential is checked, and a client trickling such a body a byte at a time
+//!   would otherwise hold its slot until the request timeout. Only when every open connection
+//!   is inside an admitted request is the new one refused (plain HTTP: a 503 written before
+//!   closing).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
