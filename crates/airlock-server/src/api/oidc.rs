@@ -501,9 +501,10 @@ fn claimed(v: Option<&Value>) -> String {
     s.chars().filter(|c| !c.is_control()).take(200).collect()
 }
 
-/// Largest forge login body: a token of at most [`jose::MAX_TOKEN_BYTES`] and the role, as
-/// JSON. Read before any credential is checked, so kept small.
-pub const MAX_LOGIN_BODY: usize = jose::MAX_TOKEN_BYTES + 1024;
+/// Largest forge login body (413 past it): read before any credential is checked, so kept
+/// small; twice [`jose::MAX_TOKEN_BYTES`], so a token somewhat over that is still refused by
+/// `jose::decode` saying why.
+pub const MAX_LOGIN_BODY: usize = 2 * jose::MAX_TOKEN_BYTES;
 
 /// `POST /api/v1/oidc/login` (no airlock token: the forge's ID token is the credential).
 pub async fn login(
