@@ -169,6 +169,55 @@ async fn stack_of(req: &mut Request, route: &str) -> Result<Option<StackName>, A
         .map_err(|e| ApiError::new(RefusalKind::BadRequest, e.to_string()))
 }
 
+/// A refusal made before any handler runs, and whether the audit budget left it out of the
+/// audit (then it is not logged one by one either: [`crate::log::LeftOut`]).
+pub(crate) struct Denial {
+    error: ApiError,
+    left_out: bool,
+}
+
+impl From<ApiError> for Denial {
+    fn from(error: ApiError) -> Self {
+        Denial {
+            error,
+            left_out: false,
+        }
+    }
+}
+
+impl IntoResponse for Denial {
+    fn into_response(self) -> Response {
+        let mut resp = self.error.into_response();
+        if self.left_out {
+            resp.extensions_mut().insert(crate::log::LeftOut);
+        }
+        resp
+    }
+}
+
+impl Denial {
+    /// The refusal of a request without a valid credential (`actor`: `unauthenticated`,
+    /// `cross-site`, a forge login), audited as a denied `action` within the audit budget
+    /// ([`crate::audit_budget`]).
+    pub(crate) async fn without_credential(
+        state: &Arc<AppState>,
+        actor: &str,
+        action: &str,
+        stack: Option<&str>,
+        detail: serde_json::Value,
+        error: ApiError,
+    ) -> Denial {
+        let event = NewAudit::denied(actor, action, stack, detail);
+        let audited = crate::audit_budget::audit_refusal(state, event).await;
+        Denial {
+            error,
+            left_out: !audited,
+        }
+    }
+}
+
+/// Audits the refusal of a valid token's request, one by one (no budget: only its holder makes
+/// them, and they name who did).
 async fn audit_denial(
     state: &Arc<AppState>,
     actor: String,
@@ -182,41 +231,49 @@ async fn audit_denial(
     .await;
 }
 
-/// The host part of an origin or host header value (`https://a.b:8443` → `a.b:8443`).
-fn host_of(v: &str) -> &str {
-    v.split_once("://")
-        .map_or(v, |(_, rest)| rest)
-        .trim_end_matches('/')
-}
-
 /// Why a request is a browser's from another site, if it is (cross-site request forgery): a
 /// `Sec-Fetch-Site` other than `same-origin` or `none` (typed or bookmarked), or an `Origin`
-/// that is neither this host nor `public_url`'s (`null` only alongside a same-origin
+/// that is not this server's own ([`own_origin`]; `null` only alongside a same-origin
 /// `Sec-Fetch-Site`: under `Referrer-Policy: no-referrer` browsers send `Origin: null` on every
 /// POST). Terraform, the CLI and other clients that are not browsers send neither header. A
 /// browser that once took a token at a Basic-auth prompt sends it again by itself, with any
 /// site's form.
 pub fn cross_site(
     headers: &axum::http::HeaderMap,
-    public_url: Option<&str>,
+    config: &crate::ServerConfig,
 ) -> Option<&'static str> {
     let site = headers.get("sec-fetch-site").map(|v| v.as_bytes());
     if site.is_some_and(|s| s != b"same-origin" && s != b"none") {
         return Some("cross-site request refused (Sec-Fetch-Site is not same-origin)");
     }
     if let Some(origin) = headers.get(axum::http::header::ORIGIN) {
-        let host = headers
-            .get(axum::http::header::HOST)
-            .and_then(|h| h.to_str().ok());
         let origin = origin.to_str().unwrap_or("");
         let null_ok = origin == "null" && site == Some(b"same-origin");
-        let own = host == Some(host_of(origin))
-            || public_url.is_some_and(|u| crate::mcp::origin_of(u) == origin);
-        if !null_ok && !own {
+        if !null_ok && !own_origin(origin, headers, config) {
             return Some("cross-site request refused (Origin is not this server)");
         }
     }
     None
+}
+
+/// Whether `origin` (`scheme://host[:port]`) is this server's: `--public-url`'s, or the `Host`
+/// the request was sent to under the scheme browsers reach this server by
+/// ([`crate::ServerConfig::scheme`]). Scheme, host and port all count: a page served over
+/// plain HTTP on the same host is another origin (a network attacker writes it).
+fn own_origin(origin: &str, headers: &axum::http::HeaderMap, config: &crate::ServerConfig) -> bool {
+    let public = config.public_url.as_deref().map(crate::mcp::origin_of);
+    if public.is_some_and(|p| p.eq_ignore_ascii_case(origin)) {
+        return true;
+    }
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok());
+    match (origin.split_once("://"), host) {
+        (Some((scheme, rest)), Some(host)) => {
+            scheme.eq_ignore_ascii_case(config.scheme()) && rest.eq_ignore_ascii_case(host)
+        }
+        _ => false,
+    }
 }
 
 /// Looks the secret up and checks expiry and revocation.
@@ -231,12 +288,15 @@ pub async fn authenticate(state: &Arc<AppState>, secret: String) -> Result<Princ
     let record = match cached {
         Some(t) => Some(t),
         None => {
+            // Read before the store: a revocation that commits while the store is read clears
+            // the cache after this, and the record read before it is then not cached.
+            let generation = state.cache.token_generation();
             let store = Arc::clone(&state.store);
             let found = tokio::task::spawn_blocking(move || store.token_by_hash(&hash))
                 .await
                 .map_err(|e| ApiError::Internal(e.to_string()))??;
             if let Some(t) = found.as_ref().filter(|t| t.revoked_at.is_none()) {
-                state.cache.put_token(hash, t.clone());
+                state.cache.put_token(hash, t.clone(), generation);
             }
             found
         }
@@ -265,41 +325,50 @@ pub async fn authenticate(state: &Arc<AppState>, secret: String) -> Result<Princ
     Ok(Principal::from_record(t))
 }
 
-/// Authenticates a request's `Authorization` header; a refusal is audited with its reason. For
-/// [`authorize`], and for the routes outside the table that read an optional token (`/metrics`).
-pub async fn authenticate_header(
+/// Authenticates a request's `Authorization` header; a refusal is audited with its reason,
+/// within the audit budget. For [`authorize`], and for the routes outside the table that read
+/// an optional token (`/metrics`). `method` and `route` are the route table's (bounded text).
+pub(crate) async fn authenticate_header(
     state: &Arc<AppState>,
     headers: &axum::http::HeaderMap,
     method: &str,
     route: &str,
     stack: Option<String>,
-) -> Result<Principal, ApiError> {
+) -> Result<Principal, Denial> {
     let result = match credential_of(headers) {
         Ok(Some(secret)) => authenticate(state, secret).await,
         Ok(None) => Err(ApiError::new(RefusalKind::Unauthenticated, "authentication required: send the token as Bearer, or as the Basic-auth password (TF_HTTP_PASSWORD)")),
         Err(e) => Err(e),
     };
-    if let Err(e) = &result {
-        let reason = match e {
-            ApiError::Refused(r) => r.message.clone(),
-            ApiError::Internal(_) => "the token could not be checked".into(),
-        };
-        audit_denial(
-            state,
-            "unauthenticated".into(),
-            stack,
-            serde_json::json!({"method": method, "route": route, "status": 401, "reason": reason}),
-        )
-        .await;
+    match result {
+        Ok(p) => Ok(p),
+        Err(e) => {
+            let reason = match &e {
+                ApiError::Refused(r) => r.message.clone(),
+                ApiError::Internal(_) => "the token could not be checked".into(),
+            };
+            let detail = serde_json::json!({"method": method, "route": route, "status": 401, "reason": reason});
+            Err(Denial::without_credential(
+                state,
+                "unauthenticated",
+                "denied",
+                stack.as_deref(),
+                detail,
+                e,
+            )
+            .await)
+        }
     }
-    result
 }
 
 /// Middleware: authenticate, find the route's row in the table, check role and stack scope; then
 /// bound a run upload's body by the caller's role.
 ///
-/// Unknown, expired and revoked tokens (and requests without one) get 401; a valid token that
-/// lacks the permission or the stack gets 403. Every refusal is audited with its reason.
+/// A method the route table does not list for the route is refused first (405), before anyone
+/// is authenticated, and audited nowhere: the method is the client's text. Unknown, expired and
+/// revoked tokens (and requests without one) get 401, a browser's request from another site
+/// 403, each audited within the audit budget ([`crate::audit_budget`]); a valid token that
+/// lacks the permission or the stack gets 403, always audited with its reason.
 pub async fn authorize(
     State(routes): State<Arc<RouteTable>>,
     Extension(state): Extension<Arc<AppState>>,
@@ -316,7 +385,10 @@ pub async fn authorize(
         }
     };
     let mut resp = match checked {
-        Ok(req) => next.run(req).await,
+        Ok(req) => {
+            crate::serve::admitted(req.extensions());
+            next.run(req).await
+        }
         Err(resp) => resp,
     };
     resp.extensions_mut().insert(caller);
@@ -328,13 +400,25 @@ async fn check<'t>(
     routes: &'t RouteTable,
     req: &mut Request,
     caller: &mut Caller,
-) -> Result<(&'t Route, Role), ApiError> {
+) -> Result<(&'t Route, Role), Denial> {
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_owned())
         .unwrap_or_default();
-    let method = req.method().as_str().to_owned();
+    let Some(row) = routes.find(req.method().as_str(), &route) else {
+        return Err(ApiError::new(
+            RefusalKind::MethodNotAllowed,
+            format!(
+                "{} is not supported on {route} (it takes {})",
+                crate::log::bounded(req.method().as_str(), crate::log::MAX_METHOD),
+                routes.methods_of(&route).join(", ")
+            ),
+        )
+        .into());
+    };
+    // From here on the method is one of the table's.
+    let method = row.method.as_str().to_owned();
     let stack = stack_of(req, &route).await;
     caller.stack = stack
         .as_ref()
@@ -344,27 +428,24 @@ async fn check<'t>(
     // A browser's request from another site changes nothing, whatever credential it carries
     // (reads are answered: another site's page cannot read them without CORS, which is off).
     if !matches!(req.method(), &Method::GET | &Method::HEAD) {
-        if let Some(why) = cross_site(req.headers(), state.config.public_url.as_deref()) {
-            audit_denial(
+        if let Some(why) = cross_site(req.headers(), &state.config) {
+            let detail =
+                serde_json::json!({"method": method, "route": route, "status": 403, "reason": why});
+            return Err(Denial::without_credential(
                 state,
-                "cross-site".into(),
-                caller.stack.clone(),
-                serde_json::json!({"method": method, "route": route, "status": 403, "reason": why}),
+                "cross-site",
+                "denied",
+                caller.stack.as_deref(),
+                detail,
+                ApiError::new(RefusalKind::Forbidden, why),
             )
-            .await;
-            return Err(ApiError::new(RefusalKind::Forbidden, why));
+            .await);
         }
     }
     let principal =
         authenticate_header(state, req.headers(), &method, &route, caller.stack.clone()).await?;
     caller.actor = Some(principal.display());
     let stack = stack?;
-    let Some(row) = routes.find(&method, &route) else {
-        return Err(ApiError::new(
-            RefusalKind::MethodNotAllowed,
-            format!("{method} is not supported on {route}"),
-        ));
-    };
     let refusal = match row.permission {
         p if !principal.role.has(p) => Some(format!(
             "permission denied: {} tokens do not have the {} permission needed for {method} {route}",
@@ -396,7 +477,7 @@ async fn check<'t>(
             serde_json::json!({"method": method, "route": route, "status": 403, "reason": message}),
         )
         .await;
-        return Err(ApiError::new(RefusalKind::Forbidden, message));
+        return Err(ApiError::new(RefusalKind::Forbidden, message).into());
     }
     if let Some(s) = stack {
         req.extensions_mut().insert(RequestStack(s));

@@ -53,8 +53,15 @@ impl<V: Clone> Fifo<V> {
 pub struct Caches {
     bytes: Mutex<Fifo<Bytes>>,
     summaries: Mutex<Fifo<Arc<StateSummary>>>,
-    tokens: Mutex<HashMap<[u8; 32], (Instant, TokenRecord)>>,
+    tokens: Mutex<TokenCache>,
     states: Mutex<RecentStates>,
+}
+
+/// Recent token lookups, and how many times they were all forgotten (a revocation).
+#[derive(Default)]
+struct TokenCache {
+    map: HashMap<[u8; 32], (Instant, TokenRecord)>,
+    generation: u64,
 }
 
 /// Memory the cached summaries of versions may hold in all ([`StateSummary::approx_bytes`]);
@@ -91,7 +98,7 @@ impl Default for Caches {
         Caches {
             bytes: Mutex::new(Fifo::new(256 << 20)),
             summaries: Mutex::new(Fifo::new(SUMMARIES_BYTES)),
-            tokens: Mutex::new(HashMap::new()),
+            tokens: Mutex::new(TokenCache::default()),
             states: Mutex::new(RecentStates::default()),
         }
     }
@@ -177,25 +184,38 @@ impl Caches {
     /// A recent lookup of the token with this secret hash.
     pub fn token(&self, hash: &[u8; 32]) -> Option<TokenRecord> {
         let c = self.tokens.lock().ok()?;
-        c.get(hash)
+        c.map
+            .get(hash)
             .filter(|(at, _)| at.elapsed() < TOKEN_CACHE_TTL)
             .map(|(_, t)| t.clone())
     }
 
-    /// Remembers a successful lookup.
-    pub fn put_token(&self, hash: [u8; 32], token: TokenRecord) {
+    /// The token cache's generation: read it before looking a token up in the store, and hand
+    /// it to [`Caches::put_token`].
+    pub fn token_generation(&self) -> u64 {
+        self.tokens.lock().map_or(0, |c| c.generation)
+    }
+
+    /// Remembers a successful lookup made after [`Caches::token_generation`] said `generation`,
+    /// unless the cache was forgotten since: the record may have been read before a revocation
+    /// that committed meanwhile, and caching it would make the revoked token work again.
+    pub fn put_token(&self, hash: [u8; 32], token: TokenRecord, generation: u64) {
         if let Ok(mut c) = self.tokens.lock() {
-            if c.len() >= TOKEN_CACHE_MAX {
-                c.clear();
+            if c.generation != generation {
+                return;
             }
-            c.insert(hash, (Instant::now(), token));
+            if c.map.len() >= TOKEN_CACHE_MAX {
+                c.map.clear();
+            }
+            c.map.insert(hash, (Instant::now(), token));
         }
     }
 
     /// Forgets every cached token (after a revocation).
     pub fn forget_tokens(&self) {
         if let Ok(mut c) = self.tokens.lock() {
-            c.clear();
+            c.map.clear();
+            c.generation += 1;
         }
     }
 }
@@ -235,6 +255,44 @@ mod tests {
             "200 summaries of {held} B each are all kept"
         );
         assert!(caches.summary(&format!("{:064x}", 199)).is_some());
+    }
+
+    /// A lookup that read the token from the store before a revocation committed, and caches
+    /// it after the revocation cleared the cache, would serve the revoked token as valid for
+    /// up to [`TOKEN_CACHE_TTL`] on the revoking server.
+    #[test]
+    fn a_lookup_that_read_the_token_before_a_revocation_does_not_cache_it() {
+        let caches = Caches::default();
+        let hash = [7u8; 32];
+        let record = TokenRecord {
+            id: "tok_1".into(),
+            name: "ci".into(),
+            role: airlock_core::Role::Ci,
+            stacks: Vec::new(),
+            created_at: 0,
+            expires_at: None,
+            revoked_at: None,
+            created_by: "test".into(),
+            run_id: None,
+            user: "tok_1".into(),
+            parent_id: None,
+            read_stacks: Vec::new(),
+            minted_by: None,
+            revoked_reason: None,
+        };
+        // authenticate: the generation, then the store's (unrevoked) record ...
+        let seen = caches.token_generation();
+        // ... meanwhile the revocation commits and clears the cache ...
+        caches.forget_tokens();
+        // ... then the lookup caches what it read.
+        caches.put_token(hash, record.clone(), seen);
+        assert!(
+            caches.token(&hash).is_none(),
+            "a token read before its revocation was cached after it"
+        );
+        // A lookup that began after the revocation is cached as usual.
+        caches.put_token(hash, record, caches.token_generation());
+        assert!(caches.token(&hash).is_some());
     }
 
     #[test]

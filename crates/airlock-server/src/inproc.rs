@@ -38,6 +38,9 @@ pub struct Reply {
     pub status: StatusCode,
     /// The body, as sent.
     pub body: Bytes,
+    /// The refusal was left out of the audit by its budget (`audit_budget`): a page that shows
+    /// it is not logged one by one either.
+    pub left_out: bool,
 }
 
 impl Reply {
@@ -77,8 +80,13 @@ pub async fn call(
         .await
         .map_err(|e| format!("in-process request failed: {e}"))?;
     let status = resp.status();
+    let left_out = resp.extensions().get::<crate::log::LeftOut>().is_some();
     let body = axum::body::to_bytes(resp.into_body(), MAX_RESPONSE)
         .await
         .map_err(|e| format!("in-process response unreadable: {e}"))?;
-    Ok(Reply { status, body })
+    Ok(Reply {
+        status,
+        body,
+        left_out,
+    })
 }

@@ -8,6 +8,7 @@
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
 mod api;
+mod audit_budget;
 mod auth;
 mod cache;
 pub mod console;
@@ -56,7 +57,8 @@ pub struct ServerConfig {
     /// How long one request may take, from its header to its response.
     pub request_timeout: Duration,
     /// Most connections open at once; past it, the connection that has waited longest for a
-    /// request header is closed to make room.
+    /// request header (or for the body of a request not yet authenticated) is closed to make
+    /// room.
     pub max_connections: usize,
     /// Create unknown stacks on first use (sandboxes only).
     pub auto_create_stacks: bool,
@@ -64,7 +66,8 @@ pub struct ServerConfig {
     pub public_url: Option<String>,
     /// What the server logs on stderr (refusals by default).
     pub log_level: LogLevel,
-    /// Mark console cookies `Secure` (the server, or the proxy in front of it, serves TLS).
+    /// Mark console cookies `Secure` (the server, or the proxy in front of it, serves TLS): also
+    /// the scheme browsers reach the server by ([`ServerConfig::scheme`]).
     pub secure_cookies: bool,
     /// The `airlock` executable whose `__rego-eval` runs a repository's Rego (the planner's
     /// text) in a child process with bounded memory and CPU (`rego_sandbox`); `None` runs it in
@@ -125,6 +128,17 @@ impl ServerConfig {
         millis(self.plan_idle_timeout)
     }
 
+    /// The scheme browsers reach this server by, for its own origin (`auth::cross_site`):
+    /// `https` when it serves TLS or sits behind a TLS proxy named by an `https://` public URL
+    /// (when its cookies are `Secure`), `http` otherwise.
+    pub fn scheme(&self) -> &'static str {
+        if self.secure_cookies {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     /// Largest run upload (or apply log) a token of `role` may send, in bytes.
     pub fn run_upload_limit(&self, role: Role) -> usize {
         match role {
@@ -142,6 +156,7 @@ pub struct AppState {
     pub config: ServerConfig,
     cache: cache::Caches,
     metrics: metrics::Metrics,
+    audit_budget: audit_budget::AuditBudget,
     /// The web console's sessions (in this process's memory).
     pub console: console::session::Sessions,
     /// The OIDC issuer's key cache and the trusted forges' keys.
@@ -156,6 +171,7 @@ impl AppState {
             config,
             cache: cache::Caches::default(),
             metrics: metrics::Metrics::default(),
+            audit_budget: audit_budget::AuditBudget::default(),
             console: console::session::Sessions::default(),
             oidc: oidc::Oidc::default(),
         })
@@ -217,7 +233,9 @@ pub async fn serve(
     sweeper.abort();
     // A sweep already running finishes first, so the last seal covers what it recorded.
     let _done = sweeping.lock().await;
-    // A last seal, so a clean stop leaves every stack chain sealed.
+    // A last seal, so a clean stop leaves every stack chain sealed (and the count of refusals
+    // the audit budget left out recorded).
+    audit_budget::record_left_out(&state, true).await;
     seal_audit_once(&state).await;
     served
 }
@@ -233,6 +251,8 @@ async fn seal_audit_every(state: Arc<AppState>, every: std::time::Duration) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        // Refusals the audit budget left out are on record within a second of a flood's end.
+        audit_budget::record_left_out(&state, false).await;
         seal_audit_once(&state).await;
     }
 }

@@ -34,6 +34,17 @@ pub(crate) struct RefusalNote {
     pub reason: String,
 }
 
+/// A refusal the audit budget left out of the audit (`audit_budget`): it is not logged one
+/// by one either (the budget logs how many, at most once a second).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LeftOut;
+
+/// The longest method a log line or a refusal shows (the route table's longest is 6 bytes; a
+/// client may send a method as long as its request header).
+pub(crate) const MAX_METHOD: usize = 16;
+/// The longest path a log line shows.
+const MAX_PATH: usize = 1024;
+
 /// Who made the request and about which stack, attached to the response by the
 /// authorization middleware (as far as it got).
 #[derive(Debug, Clone, Default)]
@@ -56,6 +67,9 @@ pub(crate) async fn log_requests(
     let path = req.uri().path().to_owned();
     let started = Instant::now();
     let resp = next.run(req).await;
+    if resp.extensions().get::<LeftOut>().is_some() {
+        return resp;
+    }
     let status = resp.status();
     let note = resp.extensions().get::<RefusalNote>();
     let refused = status.is_client_error() || note.is_some();
@@ -73,8 +87,8 @@ pub(crate) async fn log_requests(
         if refused { "warn" } else { "info" },
         if refused { "refused" } else { "request" },
         status.as_u16(),
-        quote(&method),
-        quote(&path),
+        quote(&bounded(&method, MAX_METHOD)),
+        quote(&bounded(&path, MAX_PATH)),
     );
     if let Some(stack) = &caller.stack {
         line.push_str(&format!(" stack={}", quote(stack)));
@@ -96,6 +110,19 @@ pub(crate) fn emit(line: &str) {
     eprintln!("{line}");
 }
 
+/// `v` cut to at most `max` bytes (at a character boundary), saying how long it was: the
+/// client's text (a method, a path) shown without letting it choose how much is kept.
+pub(crate) fn bounded(v: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if v.len() <= max {
+        return v.into();
+    }
+    let mut end = max;
+    while !v.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…({} bytes)", &v[..end], v.len()).into()
+}
+
 /// A logfmt value: bare when it is plain, otherwise quoted with every quote, backslash and
 /// control character escaped.
 pub(crate) fn quote(v: &str) -> String {
@@ -111,7 +138,16 @@ pub(crate) fn quote(v: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::quote;
+    use super::{bounded, quote};
+
+    #[test]
+    fn client_text_is_shown_bounded() {
+        assert_eq!(bounded("LOCK", 16), "LOCK");
+        let huge = "A".repeat(300_000);
+        let shown = bounded(&huge, 16);
+        assert_eq!(shown, format!("{}…(300000 bytes)", "A".repeat(16)));
+        assert_eq!(bounded("ééé", 3), "é…(6 bytes)");
+    }
 
     #[test]
     fn quoting_cannot_forge_a_line_or_a_key() {

@@ -10,6 +10,7 @@ pub struct Metrics {
     locks: AtomicU64,
     lock_conflicts: AtomicU64,
     denied: AtomicU64,
+    unaudited_refusals: AtomicU64,
     elements_reused: AtomicU64,
 }
 
@@ -31,6 +32,9 @@ impl Metrics {
     }
     pub fn denied(&self) {
         self.denied.fetch_add(1, Relaxed);
+    }
+    pub fn unaudited_refusal(&self) {
+        self.unaudited_refusals.fetch_add(1, Relaxed);
     }
     pub fn elements_reused(&self, n: usize) {
         self.elements_reused
@@ -64,6 +68,11 @@ impl Metrics {
                 "airlock_requests_denied_total",
                 "Requests refused by authentication or authorization.",
                 &self.denied,
+            ),
+            (
+                "airlock_unaudited_refusals_total",
+                "Refusals of requests without a valid credential left out of the audit past its budget (each counted in an audit.unaudited_refusals event).",
+                &self.unaudited_refusals,
             ),
             (
                 "airlock_state_elements_reused_total",

@@ -47,6 +47,15 @@ impl RouteTable {
             .find(|r| r.method.as_str() == method && r.path == path)
     }
 
+    /// The methods the table allows on the matched path `path`.
+    pub fn methods_of(&self, path: &str) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|r| r.path == path)
+            .map(|r| r.method.as_str())
+            .collect()
+    }
+
     /// The permission `method` on `path` needs, if the pair is allowed at all.
     pub fn permission_for(&self, method: &str, path: &str) -> Option<Permission> {
         self.find(method, path).map(|r| r.permission)
@@ -264,7 +273,11 @@ fn app() -> Router<Arc<AppState>> {
                 get(api::oidc::discovery),
             )
             .route("/.well-known/jwks.json", get(api::oidc::jwks))
-            .route("/api/v1/oidc/login", axum::routing::post(api::oidc::login))
+            .route(
+                "/api/v1/oidc/login",
+                axum::routing::post(api::oidc::login)
+                    .layer(DefaultBodyLimit::max(api::oidc::MAX_LOGIN_BODY)),
+            )
             .fallback(api::not_found)
             .layer(axum::middleware::from_fn(crate::log::log_requests))
     })

@@ -1,6 +1,7 @@
 //! The accept loop behind [`crate::serve`], for plain HTTP/1.1 and TLS alike: one task per
 //! connection, and the limits that keep the server answering when clients are slow or hostile.
 //!
+//! - A request line and header are at most [`MAX_HEADER_BYTES`].
 //! - A connection must deliver a complete request header within `header_read_timeout` (idle
 //!   keep-alive connections included; for TLS, the handshake too), and a request body may not
 //!   stall for longer than `body_read_timeout`; the whole request is bounded by the request
@@ -8,8 +9,13 @@
 //! - At most `max_connections` connections are open at once. When that many are, a new
 //!   connection evicts the one that has waited longest for a request header: a slowloris holds
 //!   only such connections, while a real client sends its header at once, so `/healthz` and
-//!   Terraform keep being served. Only when every open connection is inside a request is the
-//!   new one refused (plain HTTP: a 503 written before closing).
+//!   Terraform keep being served. A request counts as still waiting (the newest, from its
+//!   header on) until it is authenticated ([`admitted`]: `auth::authorize`, the console's
+//!   session) or its body has arrived: the forge login and the console's sign-in read a body
+//!   before any credential is checked, and a client trickling such a body a byte at a time
+//!   would otherwise hold its slot until the request timeout. Only when every open connection
+//!   is inside an admitted request is the new one refused (plain HTTP: a 503 written before
+//!   closing).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -29,6 +35,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tower::ServiceExt;
+
+/// The largest request line and header a connection reads (hyper's buffer; ~400 KB by
+/// default): past it, hyper answers 431 and closes. Terraform, the CLI and browsers send a few
+/// hundred bytes; a method or path as long as the buffer is an attacker's.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
 
 /// How patient the server is with one connection, and how many it keeps.
 #[derive(Debug, Clone, Copy)]
@@ -194,15 +205,23 @@ impl Served {
         } = self;
         let evict = Arc::clone(&conn);
         let service = tower::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-            // A complete header arrived: this connection is no longer a candidate for eviction
-            // until its response has been sent.
-            registry.in_request(&conn);
+            // A complete header arrived. The connection stays a candidate for eviction until the
+            // request is admitted (authenticated, or its body arrived), the newest one meanwhile,
+            // and then until its response has been sent.
+            registry.waiting(&conn);
+            let admission = Admission {
+                registry: Arc::clone(&registry),
+                conn: Arc::clone(&conn),
+            };
             let back_to_waiting = Rearm {
                 registry: Arc::clone(&registry),
                 conn: Arc::clone(&conn),
             };
-            let mut req = req.map(|b| Body::new(StallTimeout::new(b, limits.body_read_timeout)));
+            let arrived = admission.clone();
+            let mut req =
+                req.map(|b| Body::new(StallTimeout::new(b, limits.body_read_timeout, arrived)));
             req.extensions_mut().insert(ConnectInfo(peer));
+            req.extensions_mut().insert(admission);
             let app = app.clone();
             async move {
                 let resp = app.oneshot(req).await.unwrap_or_else(|e| match e {});
@@ -219,7 +238,8 @@ impl Served {
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout);
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(MAX_HEADER_BYTES);
         let served = builder.serve_connection(
             hyper_util::rt::TokioIo::new(io),
             hyper_util::service::TowerToHyperService::new(service),
@@ -329,6 +349,28 @@ impl Drop for Open {
     }
 }
 
+/// A request's way out of its connection's waiting queue, in the request's extensions.
+#[derive(Clone)]
+pub(crate) struct Admission {
+    registry: Arc<Registry>,
+    conn: Arc<Conn>,
+}
+
+impl Admission {
+    fn admit(&self) {
+        self.registry.in_request(&self.conn);
+    }
+}
+
+/// The request whose extensions these are is authenticated: its connection is no longer
+/// evicted to make room for a new one, until its response has been sent. Nothing for a request
+/// that did not come through [`run`] (`inproc::call`, in-process tests).
+pub(crate) fn admitted(extensions: &axum::http::Extensions) {
+    if let Some(a) = extensions.get::<Admission>() {
+        a.admit();
+    }
+}
+
 /// Puts a connection back in the waiting queue when its response has been sent.
 struct Rearm {
     registry: Arc<Registry>,
@@ -343,19 +385,21 @@ impl Drop for Rearm {
 
 /// A request body that fails when the client sends nothing for `limit` while the server is
 /// reading it (the clock starts at the first read, so a handler that checks permissions before
-/// reading is not penalised).
+/// reading is not penalised), and admits its request once it has arrived whole.
 struct StallTimeout<B> {
     inner: B,
     limit: Duration,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    arrived: Admission,
 }
 
 impl<B> StallTimeout<B> {
-    fn new(inner: B, limit: Duration) -> Self {
+    fn new(inner: B, limit: Duration, arrived: Admission) -> Self {
         StallTimeout {
             inner,
             limit,
             timer: None,
+            arrived,
         }
     }
 }
@@ -395,6 +439,9 @@ where
                 match this.timer.as_mut() {
                     Some(t) => t.as_mut().reset(deadline),
                     None => this.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                }
+                if frame.is_none() || this.inner.is_end_stream() {
+                    this.arrived.admit();
                 }
                 Poll::Ready(frame.map(|r| r.map_err(Into::into)))
             }

@@ -5,8 +5,9 @@
 //! - `auth`: Bearer, Basic, and every way a credential can be bad;
 //! - `firewall`: invariant 2, the lock rules by operation, grants and protection;
 //! - `matrix`: every route × every role against docs/design.md's matrix, default deny, token scope;
-//! - `serving`: the real listener over TCP: slow clients, the connection cap, bodies read only
-//!   after authorization and within the caller's role's limit, lock info with control characters.
+//! - `serving`: the real listener over TCP: slow clients, the connection cap, login bodies
+//!   trickled in, huge methods, bodies read only after authorization and within the caller's
+//!   role's limit, lock info with control characters.
 //! - `identity`: users own tokens; phase tokens die with their parent; scoped admins stay inside.
 //! - `console`: the web console at `/ui/`: every console route × role, headers, sessions, CSRF,
 //!   hostile text.

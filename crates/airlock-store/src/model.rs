@@ -1072,9 +1072,10 @@ pub struct OidcTrustRecord {
 }
 
 /// The expiry of a token minted from a token that expires at `minter`: never later (a minted
-/// token dies with its minter), at mint and whenever its expiry moves (an apply's run-bound
-/// token, `core::keep_run_token_until`).
-pub(crate) fn no_later_than_minter(own: Option<i64>, minter: Option<i64>) -> Option<i64> {
+/// token dies with its minter), at mint (derived tokens in [`NewToken::judge`], tokens minted
+/// through the API by the server's `POST /api/v1/tokens`) and whenever its expiry moves (an
+/// apply's run-bound token, `core::keep_run_token_until`).
+pub fn no_later_than_minter(own: Option<i64>, minter: Option<i64>) -> Option<i64> {
     match (own, minter) {
         (Some(own), Some(m)) => Some(own.min(m)),
         (own, m) => own.or(m),

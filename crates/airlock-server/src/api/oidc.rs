@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 
 use super::tokens::within_scope;
 use super::{parse_body, store_call};
-use crate::auth::{Principal, RequestStack};
+use crate::auth::{Denial, Principal, RequestStack};
 use crate::error::{ApiError, ApiResult};
 use crate::oidc::{self, jose, PhaseToken};
 use crate::stacks::{blocking, existing_stack};
@@ -501,22 +501,25 @@ fn claimed(v: Option<&Value>) -> String {
     s.chars().filter(|c| !c.is_control()).take(200).collect()
 }
 
+/// Largest forge login body (413 past it): read before any credential is checked, so kept
+/// small; twice [`jose::MAX_TOKEN_BYTES`], so a token somewhat over that is still refused by
+/// `jose::decode` saying why.
+pub const MAX_LOGIN_BODY: usize = 2 * jose::MAX_TOKEN_BYTES;
+
 /// `POST /api/v1/oidc/login` (no airlock token: the forge's ID token is the credential).
 pub async fn login(
     State(state): State<Arc<AppState>>,
     body: Bytes,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> Result<(StatusCode, Json<Value>), Denial> {
     let req: Login = parse_body(&body)?;
     let unauth = RefusalKind::Unauthenticated;
     let action = "oidc.login";
     let token = match jose::decode(req.token.trim()) {
         Ok(t) => t,
         Err(e) => {
-            return Err(refuse(
+            return Err(refuse_login(
                 &state,
                 "forge login",
-                action,
-                None,
                 unauth,
                 format!("forge token refused: {e}"),
             )
@@ -530,7 +533,7 @@ pub async fn login(
     let actor = format!("forge login (claimed iss {iss}, sub {sub})");
     let want = match req.role.as_deref().map(str::parse::<Role>).transpose() {
         Ok(w) => w,
-        Err(e) => return Err(bad(e)),
+        Err(e) => return Err(bad(e).into()),
     };
     let trusts: Vec<OidcTrustRecord> = store_call(&state, |st| st.oidc_trusts())
         .await?
@@ -538,7 +541,7 @@ pub async fn login(
         .filter(|t| t.removed_at.is_none() && t.issuer == iss)
         .collect();
     if trusts.is_empty() {
-        return Err(refuse(&state, &actor, action, None, unauth, format!("forge token refused: issuer {iss:?} is not trusted (an admin adds it with `airlock trust add`)")).await);
+        return Err(refuse_login(&state, &actor, unauth, format!("forge token refused: issuer {iss:?} is not trusted (an admin adds it with `airlock trust add`)")).await);
     }
     // The signature with the issuer's keys, the token's times, the trusts' judgement, then one
     // login per ID token (recorded only once it is signed, in time and trusted, so a refused
@@ -575,17 +578,11 @@ pub async fn login(
     }
     .await;
     let (grant, used) = match judged {
-        Ok(judged) => judged?,
+        Ok(judged) => judged.map_err(Denial::from)?,
         Err((kind, e)) => {
-            return Err(refuse(
-                &state,
-                &actor,
-                action,
-                None,
-                kind,
-                format!("forge token refused: {e}"),
+            return Err(
+                refuse_login(&state, &actor, kind, format!("forge token refused: {e}")).await,
             )
-            .await)
         }
     };
     let g = tokens::generate();
@@ -624,6 +621,21 @@ pub async fn login(
             json!({"token_id": g.id, "secret": g.secret, "role": grant.role, "stacks": grant.stacks, "expires_at": expires_at, "trust": grant.trust_id}),
         ),
     ))
+}
+
+/// A forge login's refusal, audited as a denied `oidc.login`. Its request carries no valid
+/// credential (anyone can send one, with any claims), so the event is within the audit budget
+/// and its reason, which may quote the token, is cut to 1 KiB.
+async fn refuse_login(
+    state: &Arc<AppState>,
+    actor: &str,
+    kind: RefusalKind,
+    message: String,
+) -> Denial {
+    let status = crate::error::status_of(kind).as_u16();
+    let detail = json!({"reason": crate::log::bounded(&message, 1024), "status": status});
+    let error = ApiError::new(kind, message);
+    Denial::without_credential(state, actor, "oidc.login", None, detail, error).await
 }
 
 /// Records a verified forge token's `(iss, jti)` as used, in the store, so it logs in once

@@ -3,14 +3,15 @@
 //! **Invariant:** a stack-scoped admin sees and revokes only tokens whose scope lies within
 //! its own ([`within_scope`]; a token for all stacks is outside every scoped admin's scope),
 //! and mints only for people wholly within it (the store judges that: [`judged`]).
-//! Every human token belongs to a user, so approvals count people, not tokens.
+//! Every human token belongs to a user, so approvals count people, not tokens. A minted token
+//! expires no later than the token that minted it ([`no_later_than_minter`]).
 
 use std::sync::Arc;
 
 use airlock_core::refusal::RefusalKind;
 use airlock_core::time::parse_duration_ms;
 use airlock_core::Role;
-use airlock_store::{now_ms, valid_user_name, NewAudit, NewToken};
+use airlock_store::{no_later_than_minter, now_ms, valid_user_name, NewAudit, NewToken};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -82,13 +83,24 @@ pub async fn create(
             ),
         ));
     }
-    let expires_at = req
+    let asked = req
         .ttl
         .as_deref()
         .map(parse_duration_ms)
         .transpose()
         .map_err(|e| ApiError::new(RefusalKind::BadRequest, e))?
         .map(|d| now_ms() + d);
+    // A minted token dies with its minter, as phase tokens do: a longer life (or none) asked
+    // of a time-limited token is clamped to its own expiry, and the answer says so.
+    let expires_at = no_later_than_minter(asked, p.expires_at);
+    let note = match p.expires_at {
+        Some(ends) if expires_at != asked => Some(format!(
+            "the token expires no later than the token that minted it ({}, at {}): a token never outlives its minter; mint from a token without an expiry for a longer life",
+            p.name,
+            airlock_core::time::rfc3339(ends)
+        )),
+        _ => None,
+    };
     let generated = tokens::generate();
     let user = match (req.user, role) {
         (Some(u), _) => {
@@ -130,10 +142,11 @@ pub async fn create(
         st.create_token(new, audit)
     })
     .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ "token": record, "secret": generated.secret })),
-    ))
+    let mut created = json!({ "token": record, "secret": generated.secret });
+    if let Some(note) = note {
+        created["note"] = json!(note);
+    }
+    Ok((StatusCode::CREATED, Json(created)))
 }
 
 /// A store call that may be refused for whom it gives rights to ([`airlock_store::Person`]:

@@ -114,7 +114,11 @@ where
         let found = session::cookie(&parts.headers, session::COOKIE)
             .and_then(|sid| state.console.get(sid).map(|s| (sid.to_owned(), s)));
         match found {
-            Some((sid, s)) => Ok(Ctx { state, sid, s }),
+            Some((sid, s)) => {
+                // A signed-in browser's request keeps its connection (see `serve.rs`).
+                crate::serve::admitted(&parts.extensions);
+                Ok(Ctx { state, sid, s })
+            }
             None => {
                 let next = parts
                     .uri
@@ -226,7 +230,7 @@ pub fn check_post(
     expected: &str,
     given: Option<&str>,
 ) -> Result<(), String> {
-    if let Some(why) = crate::auth::cross_site(headers, state.config.public_url.as_deref()) {
+    if let Some(why) = crate::auth::cross_site(headers, &state.config) {
         return Err(why.into());
     }
     if headers
@@ -349,7 +353,11 @@ async fn login(
             "<div class=\"banner error\" id=\"error\">Sign-in refused: {}</div>",
             esc(&msg)
         );
-        return login_page(&state, reply.status, &note, f.next.as_deref());
+        let mut page = login_page(&state, reply.status, &note, f.next.as_deref());
+        if reply.left_out {
+            page.extensions_mut().insert(crate::log::LeftOut);
+        }
+        return page;
     }
     let me = reply.json();
     let role = me["role"]

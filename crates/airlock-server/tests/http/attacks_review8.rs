@@ -225,7 +225,7 @@ async fn a_cross_site_browser_post_to_the_api_changes_nothing() {
     // The same request from this origin's own page, or typed (no Origin), and from clients
     // that are not browsers, is taken.
     for (origin, site) in [
-        (Some("https://airlock.example"), Some("same-origin")),
+        (Some("http://airlock.example"), Some("same-origin")),
         (None, Some("none")),
         (None, None),
     ] {
@@ -234,6 +234,71 @@ async fn a_cross_site_browser_post_to_the_api_changes_nothing() {
             .expect(201);
     }
     assert_eq!(s.store.grants("prod/db").unwrap().len(), 3);
+}
+
+/// `auth::cross_site` compared only the host of `Origin` with `Host`: a page served over the
+/// other scheme on the same host (`http://` beside an `https://` server, where a network
+/// attacker writes the page) passed as this server's own, in a browser without Fetch Metadata.
+/// Expected: an `Origin` is this server's only with its scheme, host and port: `--public-url`'s,
+/// or the `Host` under the scheme the server is reached by (https with TLS or an https public
+/// URL, http otherwise).
+#[tokio::test]
+async fn an_origin_of_another_scheme_or_port_on_the_same_host_is_cross_site() {
+    let uri = "/api/v1/stacks/prod%2Fdb/grants";
+    let body = r#"{"addresses":["aws_db_instance.main"],"ttl":"1h","reason":"x"}"#;
+    let plain = Server::new();
+    let tls = Server::with_config(airlock_server::ServerConfig {
+        secure_cookies: true,
+        ..airlock_server::ServerConfig::default()
+    });
+    let public = Server::with_config(airlock_server::ServerConfig {
+        public_url: Some("https://airlock.example/".into()),
+        secure_cookies: true,
+        ..airlock_server::ServerConfig::default()
+    });
+    let refused_plain = ["https://airlock.example", "http://airlock.example:8080"];
+    let refused_tls = ["http://airlock.example", "https://airlock.example:8443"];
+    for (name, s, refused, taken) in [
+        (
+            "plain HTTP",
+            &plain,
+            refused_plain,
+            "http://airlock.example",
+        ),
+        ("TLS", &tls, refused_tls, "https://airlock.example"),
+        (
+            "public URL",
+            &public,
+            refused_tls,
+            "https://airlock.example",
+        ),
+    ] {
+        s.stack("prod/db", true);
+        let approver = s.role_token(Role::Approver);
+        for origin in refused {
+            let r = s
+                .send(cross_site_form(
+                    uri,
+                    &approver.secret,
+                    Some(origin),
+                    None,
+                    body,
+                ))
+                .await;
+            assert_eq!(r.status, 403, "{name}: Origin {origin} was taken: {r:?}");
+            assert!(r.message().contains("cross-site"), "{}", r.message());
+        }
+        assert!(s.store.grants("prod/db").unwrap().is_empty(), "{name}");
+        s.send(cross_site_form(
+            uri,
+            &approver.secret,
+            Some(taken),
+            None,
+            body,
+        ))
+        .await
+        .expect(201);
+    }
 }
 
 /// Console sessions: a token holds at most 16 (its 17th sign-in ends its oldest), and a server

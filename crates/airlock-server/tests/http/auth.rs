@@ -237,3 +237,93 @@ async fn secrets_never_appear_in_token_listings_audit_or_error_bodies() {
 fn hex_encode(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+/// Anyone can make the server refuse a request without a valid token, and each refusal was an
+/// audit record, kept for good (~360 bytes each, at 2-3,500 a second). Expected: those refusals
+/// (no token, an unknown one, a cross-site browser request) are audited within a budget (a
+/// burst, then a few a second); past it they are counted (`/metrics`) and left out, and one
+/// `audit.unaudited_refusals` event says how many when audit resumes. A valid token's refusals
+/// (403) are audited one by one whatever the budget.
+#[tokio::test]
+async fn refusals_without_a_valid_token_are_audited_within_a_budget() {
+    let s = Server::new();
+    s.stack("dev/app", false);
+    let reader = s.role_token(Role::Reader);
+    let before = s.store.audit_events(0, 100_000).unwrap().len();
+    let started = std::time::Instant::now();
+    let sent = 5_000;
+    for i in 0..sent {
+        let r = match i % 3 {
+            0 => {
+                s.call("GET", "/state/dev/app", Auth::None, Body::empty())
+                    .await
+            }
+            1 => {
+                s.call(
+                    "LOCK",
+                    "/state/dev/app",
+                    Auth::Bearer("airlock_guessed"),
+                    Body::empty(),
+                )
+                .await
+            }
+            _ => {
+                s.send(
+                    request("POST", "/state/dev/app", Auth::None)
+                        .header("sec-fetch-site", "cross-site")
+                        .body(Body::empty())
+                        .unwrap(),
+                )
+                .await
+            }
+        };
+        assert!(matches!(r.status.as_u16(), 401 | 403), "{r:?}");
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    // A valid token's refusals are audited one by one, budget spent or not.
+    for _ in 0..50 {
+        s.lock("dev/app", &reader, "x", "OperationTypeApply")
+            .await
+            .expect(403);
+    }
+    // Audit resumes: the next refusal records how many were left out before it.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    s.call("GET", "/state/dev/app", Auth::None, Body::empty())
+        .await
+        .expect(401);
+    let events = s.store.audit_events(0, 100_000).unwrap();
+    let new = &events[before..];
+    let anonymous = new
+        .iter()
+        .filter(|e| {
+            e.action == "denied" && (e.actor == "unauthenticated" || e.actor == "cross-site")
+        })
+        .count();
+    let by_reader = new
+        .iter()
+        .filter(|e| e.action == "denied" && e.actor.contains(&reader.id))
+        .count();
+    let left_out: u64 = new
+        .iter()
+        .filter(|e| e.action == "audit.unaudited_refusals")
+        .map(|e| e.detail["refusals"].as_u64().expect("a count"))
+        .sum();
+    assert_eq!(by_reader, 50, "a valid token's refusals were left out");
+    assert!(
+        (anonymous as f64) < 100.0 + 20.0 * (elapsed + 1.0),
+        "{anonymous} of {sent} refusals without a valid token audited in {elapsed:.1} s"
+    );
+    assert_eq!(
+        anonymous as u64 + left_out,
+        sent + 1,
+        "every refusal is audited or counted in an audit.unaudited_refusals event"
+    );
+    let metrics = s.call("GET", "/metrics", Auth::None, Body::empty()).await;
+    assert!(
+        metrics
+            .text()
+            .contains(&format!("airlock_unaudited_refusals_total {left_out}\n")),
+        "{}",
+        metrics.text()
+    );
+}

@@ -65,7 +65,7 @@ async fn post_as(s: &Server, uri: &str, cookie: &str, body: String) -> Resp {
     s.send(
         request("POST", uri, Auth::None)
             .header(header::HOST, HOST)
-            .header(header::ORIGIN, format!("http://{HOST}"))
+            .header(header::ORIGIN, format!("{}://{HOST}", s.scheme))
             .header("sec-fetch-site", "same-origin")
             .header(header::COOKIE, cookie)
             .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")

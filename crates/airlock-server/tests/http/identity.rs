@@ -80,6 +80,72 @@ async fn a_phase_token_expires_no_later_than_its_parent() {
     assert_eq!(listed.parent_id.as_deref(), Some(agent.id.as_str()));
 }
 
+/// A time-limited admin token minted tokens with no expiry (or a later one): `expires_at` came
+/// from the request alone, so a token given for an afternoon left behind tokens that live
+/// forever. Expected: every token a token mints expires no later than its minter (as phase
+/// tokens do), the answer says so when it clamped, and the audit records the clamped expiry.
+#[tokio::test]
+async fn a_time_limited_admin_mints_no_token_that_outlives_it() {
+    let s = Server::new();
+    s.user("alice");
+    let ends = now_ms() + 2 * 3_600_000;
+    let admin = s.token_of(Some("alice"), "afternoon", Role::Admin, &[], Some(ends));
+    for (ttl, expected) in [(None, Some(ends)), (Some("30d"), Some(ends))] {
+        let r = s
+            .api(
+                "POST",
+                "/api/v1/tokens",
+                &admin,
+                json!({"name": "forever", "role": "ci", "ttl": ttl}),
+            )
+            .await;
+        r.expect(201);
+        let v = r.json();
+        assert_eq!(
+            v["token"]["expires_at"].as_i64(),
+            expected,
+            "ttl {ttl:?}: {v}"
+        );
+        let minted = v["token"]["id"].as_str().unwrap();
+        assert_eq!(s.store.token(minted).unwrap().unwrap().expires_at, expected);
+        let note = v["note"].as_str().unwrap_or_else(|| panic!("no note: {v}"));
+        assert!(note.contains("expires no later than"), "{note}");
+        let created: Vec<Value> = s
+            .audit()
+            .await
+            .into_iter()
+            .filter(|e| e["action"] == "token.create" && e["detail"]["token"] == minted)
+            .collect();
+        assert_eq!(created.len(), 1, "{created:?}");
+        assert_eq!(created[0]["detail"]["expires_at"].as_i64(), expected);
+    }
+    // Within the minter's life: as asked, without a note.
+    let r = s
+        .api(
+            "POST",
+            "/api/v1/tokens",
+            &admin,
+            json!({"name": "short", "role": "ci", "ttl": "1h"}),
+        )
+        .await;
+    r.expect(201);
+    let v = r.json();
+    let at = v["token"]["expires_at"].as_i64().unwrap();
+    assert!(at < ends && at > now_ms() + 3_500_000, "{v}");
+    assert!(v["note"].is_null(), "{v}");
+    // A token without an expiry mints without one.
+    let r = s
+        .api(
+            "POST",
+            "/api/v1/tokens",
+            &s.admin,
+            json!({"name": "service", "role": "ci"}),
+        )
+        .await;
+    r.expect(201);
+    assert!(r.json()["token"]["expires_at"].is_null(), "{:?}", r);
+}
+
 #[tokio::test]
 async fn phase_tokens_are_rate_limited_per_user_not_per_token() {
     let s = Server::new();

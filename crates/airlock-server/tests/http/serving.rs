@@ -204,6 +204,66 @@ async fn the_connection_cap_keeps_only_the_newest_waiting_connections() {
     );
 }
 
+/// The forge login and the console's sign-in read their body before any credential is
+/// checked, and a connection left the eviction queue once its request header was complete: 8
+/// connections sending such a body a byte a second (each byte restarts the stall timer) held
+/// all 8 slots until the request timeout, and every other client, `/healthz` included, got 503.
+/// Expected: a request not yet authenticated keeps its connection evictable until its body has
+/// arrived, so a new client takes the slot of the one that has waited longest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trickled_login_bodies_cannot_take_every_connection() {
+    let l = live(ServerConfig {
+        max_connections: 8,
+        body_read_timeout: Duration::from_secs(5),
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut tricklers = Vec::new();
+    for i in 0..8 {
+        let (path, kind) = if i % 2 == 0 {
+            ("/api/v1/oidc/login", "application/json")
+        } else {
+            ("/ui/login", "application/x-www-form-urlencoded")
+        };
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: {kind}\r\nContent-Length: 10000"
+        );
+        tricklers.push(send_partial(l.addr, &head, b"{").await);
+    }
+    // A byte a second each: never a stalled body.
+    let trickle = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            for t in &mut tricklers {
+                let _ = t.write_all(b" ").await;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..3 {
+        let started = Instant::now();
+        let status = healthz(l.addr).await;
+        assert_eq!(
+            status,
+            Some(200),
+            "/healthz while 8 login bodies trickle in on a server of 8 connections"
+        );
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+    // A login that sends its body at once is answered meanwhile (refused: no such trust).
+    let body = br#"{"token":"not-a-jwt"}"#;
+    let head = format!(
+        "POST /api/v1/oidc/login HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}",
+        body.len()
+    );
+    let mut tcp = send_partial(l.addr, &head, body).await;
+    let r = read_response(&mut tcp, Duration::from_secs(2))
+        .await
+        .expect("a login with its whole body is answered");
+    assert_eq!(r.status, 401, "{r:?}");
+    trickle.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_body_fails_the_request() {
     let l = live(ServerConfig {
@@ -224,6 +284,72 @@ async fn a_stalled_body_fails_the_request() {
     assert!(
         r.message().contains("no request body data for 1 s"),
         "{r:?}"
+    );
+}
+
+/// Every audit record's detail, serialized: what an attacker made the server keep for good
+/// (the server's own seals left out: one may fall anywhere in the test).
+fn audit_details(s: &Server) -> Vec<String> {
+    s.store
+        .audit_events(0, 100_000)
+        .unwrap()
+        .iter()
+        .filter(|e| e.action != airlock_core::audit::SEAL_ACTION)
+        .map(|e| e.detail.to_string())
+        .collect()
+}
+
+/// Sends `head` and reads the answer while the server may close under the request (`None`:
+/// closed without one).
+async fn answer_to(addr: SocketAddr, head: String) -> Option<u16> {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let _ = tcp.write_all(head.as_bytes()).await;
+    read_response(&mut tcp, Duration::from_secs(5))
+        .await
+        .map(|r| r.status)
+}
+
+/// A request with no credential and a custom method of 300 KB (hyper reads a request line as
+/// long as its ~400 KB header buffer) was authenticated, refused 401, and its method copied
+/// into the audit record, kept for good, and into the log line: 200 such requests added 57 MB
+/// to the data directory. Expected: a method the route table does not list is answered 405
+/// before authentication and recorded nowhere, and a request line or header over 64 KiB is
+/// refused by the connection itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_method_without_a_token_is_refused_and_never_recorded() {
+    let l = live(ServerConfig::default()).await;
+    l.s.stack("dev/app", false);
+    let before = audit_details(&l.s).len();
+    let huge = "A".repeat(200_000);
+    let status = answer_to(
+        l.addr,
+        format!("{huge} /state/dev/app HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    assert!(
+        status.is_none_or(|s| (400..500).contains(&s) && s != 401),
+        "a 200 KB method got {status:?}"
+    );
+    // Under the header limit: the route table answers before anyone is authenticated.
+    let long = "A".repeat(30_000);
+    for method in [long.as_str(), "PROPFIND", "DELETE"] {
+        let status = answer_to(
+            l.addr,
+            format!("{method} /state/dev/app HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        assert_eq!(status, Some(405), "{} bytes of method", method.len());
+    }
+    let details = audit_details(&l.s);
+    assert!(
+        details.iter().all(|d| d.len() < 1024),
+        "audit details of {:?} bytes",
+        details.iter().map(String::len).max()
+    );
+    assert_eq!(
+        details.len(),
+        before,
+        "refusals of unknown methods were audited"
     );
 }
 

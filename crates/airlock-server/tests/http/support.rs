@@ -30,6 +30,8 @@ pub struct Server {
     app: Router,
     /// An unscoped admin token.
     pub admin: Tok,
+    /// The scheme browsers reach the server by (`ServerConfig::scheme`), for their `Origin`.
+    pub scheme: &'static str,
 }
 
 /// A response, fully read.
@@ -97,6 +99,7 @@ impl Server {
         let dir = tempfile::tempdir().expect("temp dir");
         let store: Arc<dyn Store> =
             Arc::new(SqliteStore::open(&dir.path().join("airlock.db")).expect("open sqlite"));
+        let scheme = config.scheme();
         let app = router::build(AppState::new(Arc::clone(&store), config));
         let mut s = Server {
             _dir: Arc::new(dir),
@@ -106,6 +109,7 @@ impl Server {
                 id: String::new(),
                 secret: String::new(),
             },
+            scheme,
         };
         s.admin = s.token("root", Role::Admin, &[], None);
         s
@@ -122,6 +126,7 @@ impl Server {
                 ServerConfig::default(),
             )),
             admin: self.admin.clone(),
+            scheme: ServerConfig::default().scheme(),
         }
     }
 

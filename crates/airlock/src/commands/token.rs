@@ -110,7 +110,7 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
 
 fn print_created(format: OutputFormat, v: &Value) {
     print_as(format, v, |v| {
-        format!(
+        let mut out = format!(
             "created token {} ({}, user {}, role {}, expires {})\nsecret (shown once): {}\n",
             s(v, "/token/name"),
             s(v, "/token/id"),
@@ -118,7 +118,12 @@ fn print_created(format: OutputFormat, v: &Value) {
             s(v, "/token/role"),
             time(v, "/token/expires_at"),
             s(v, "/secret")
-        )
+        );
+        // The server clamped the expiry to the minting token's.
+        if v["note"].is_string() {
+            out.push_str(&format!("note: {}\n", s(v, "/note")));
+        }
+        out
     });
 }
 
