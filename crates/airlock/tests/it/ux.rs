@@ -509,7 +509,9 @@ fn public_url_marks_cookies_secure_and_is_the_only_browser_origin_for_mcp() {
     let agent = ureq::AgentBuilder::new().redirects(0).build();
     let login = agent
         .post(&format!("{}/ui/login", s.url))
-        .set("Origin", &s.url)
+        // With --public-url, the browser's origin is that URL's (the whole origin is compared:
+        // scheme, host and port), not the address the server listens on.
+        .set("Origin", "https://airlock.example.test")
         .set("Sec-Fetch-Site", "same-origin")
         .set("Cookie", "airlock_login=x")
         .send_form(&[
@@ -528,6 +530,17 @@ fn public_url_marks_cookies_secure_and_is_the_only_browser_origin_for_mcp() {
         .find(|c| c.starts_with("airlock_session="))
         .unwrap_or_else(|| panic!("no session cookie: {} {cookies:?}", resp.status()));
     assert!(session.contains("; Secure"), "{session}");
+    // The address the server listens on is not a browser origin of it once a public URL is set.
+    let direct = agent
+        .post(&format!("{}/ui/login", s.url))
+        .set("Origin", &s.url)
+        .set("Sec-Fetch-Site", "same-origin")
+        .set("Cookie", "airlock_login=x")
+        .send_form(&[("token", s.admin.as_str()), ("login_csrf", "x")]);
+    assert!(
+        matches!(direct, Err(ureq::Error::Status(403, _))),
+        "{direct:?}"
+    );
 
     let ping = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
     let mcp = |origin: &str| {
