@@ -758,24 +758,23 @@ zout.close()
         let file = format!("{what}.tfplan");
         forged_upload(&t, &ws, "dev/before", &file, &file)
     };
+    let refused = |what: &str, says: &str| {
+        let (code, body) = upload(&t, &t.agent, "dev/before", &forge(what));
+        assert_eq!(code, 400, "{what}: {body}");
+        assert!(body.contains(says), "{what}: {body}");
+    };
     // The delete of `web` carries `db`'s id; the prior state is untouched.
-    let (code, body) = upload(&t, &t.agent, "dev/before", &forge("changes"));
-    assert_eq!(code, 400, "{body}");
-    assert!(
-        body.contains("terraform_data.web starts from another object than the plan's prior state"),
-        "{body}"
+    refused(
+        "changes",
+        "terraform_data.web starts from another object than the plan's prior state",
     );
     // A prior state the server cannot read (Terraform's reader ignores the unknown key) no
-    // longer switches off the comparison with the stored state: refused.
-    let (code, body) = upload(&t, &t.agent, "dev/before", &forge("unknown-key"));
-    assert_eq!(code, 400, "{body}");
-    assert!(body.contains("prior state does not read"), "{body}");
+    // longer switches off the comparison with the stored state.
+    refused("unknown-key", "prior state does not read");
     // An object the stack's state does not have, in the prior state.
-    let (code, body) = upload(&t, &t.agent, "dev/before", &forge("ghost"));
-    assert_eq!(code, 400, "{body}");
-    assert!(
-        body.contains("prior state has terraform_data.ghost, which the stack's state does not"),
-        "{body}"
+    refused(
+        "ghost",
+        "prior state has terraform_data.ghost, which the stack's state does not",
     );
     // Both forged alike: the JSON is consistent, but the object the plan starts from at `web`
     // is not the stored one. Reviewers are told, though `web` is not protected.
