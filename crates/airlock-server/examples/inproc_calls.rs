@@ -48,6 +48,7 @@ fn main() {
                 mint_limit: None,
                 read_stacks: Vec::new(),
                 minted_by: None,
+                job_ref: None,
             },
             NewAudit::ok("bench", "token.create", None, serde_json::json!({})),
         )

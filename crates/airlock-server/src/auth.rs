@@ -46,6 +46,8 @@ pub struct Principal {
     pub read_stacks: Vec<String>,
     /// When the token expires (ms since the epoch), if it does: what it mints ends no later.
     pub expires_at: Option<i64>,
+    /// The verified git ref of the forge login the token comes from (`TokenRecord::job_ref`).
+    pub job_ref: Option<String>,
 }
 
 /// The one request a read stack admits: Terraform's state read (`terraform_remote_state`).
@@ -87,6 +89,7 @@ impl Principal {
             parent_id: t.parent_id,
             read_stacks: t.read_stacks,
             expires_at: t.expires_at,
+            job_ref: t.job_ref,
         }
     }
 

@@ -278,6 +278,7 @@ mod tests {
             parent_id: None,
             read_stacks: Vec::new(),
             minted_by: None,
+            job_ref: None,
             revoked_reason: None,
         };
         // authenticate: the generation, then the store's (unrevoked) record ...

@@ -154,6 +154,7 @@ mod tests {
             parent_id: Some("tok_ci".into()),
             read_stacks: Vec::new(),
             minted_by: Some("tok_ci".into()),
+            job_ref: None,
             revoked_reason: None,
         }
     }

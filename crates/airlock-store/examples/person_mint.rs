@@ -34,6 +34,7 @@ fn token(id: &str, user: &str, created_by: &str) -> NewToken {
         mint_limit: None,
         read_stacks: Vec::new(),
         minted_by: airlock_store::minter_id(created_by).map(str::to_owned),
+        job_ref: None,
     }
 }
 

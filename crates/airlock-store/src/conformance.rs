@@ -331,6 +331,7 @@ pub fn abandoned_applies_fail_and_reported_ones_live(s: &dyn StoreImport) {
             display: "apply",
             role: Role::Ci,
             run_id: Some(run_id),
+            job_ref: None,
         };
         s.update_run(run_id, &mut |run, _, _, _| {
             let t = keep_alive(run, &bound, idle, None, now).map(Option::unwrap);
@@ -967,6 +968,7 @@ fn new_token(id: &str, user: &str, parent: Option<&str>, expires_at: Option<i64>
         mint_limit: None,
         read_stacks: Vec::new(),
         minted_by: None,
+        job_ref: None,
     }
 }
 
@@ -989,6 +991,7 @@ pub fn tokens(s: &dyn Store) {
                 mint_limit: None,
                 read_stacks: Vec::new(),
                 minted_by: None,
+                job_ref: None,
             },
             audit("token.create"),
         )
@@ -2237,6 +2240,7 @@ pub(crate) fn run_record(id: &str, stack: &str, created_at: i64) -> RunRecord {
         author_token: "tok-agent".into(),
         author_user: "tok-agent".into(),
         author_role: "agent".into(),
+        author_ref: None,
         created_at,
         updated_at: created_at,
         expires_at: created_at + 3_600_000,

@@ -1371,7 +1371,9 @@ fn revoked_approvals(db: &mut dyn Sql, run: &RunRecord) -> Result<Vec<String>> {
 // ---- tokens and users ----
 
 const TOKEN_COLS: &str =
-    "id, name, role, stacks, created_at, expires_at, revoked_at, created_by, run_id, user_name, parent_id, read_stacks, minted_by, revoked_reason";
+    "id, name, role, stacks, created_at, expires_at, revoked_at, created_by, run_id, user_name, parent_id, read_stacks, minted_by, revoked_reason, job_ref";
+/// How many columns [`TOKEN_COLS`] names ([`token_from_row`] reads them in order).
+const TOKEN_COL_COUNT: usize = 15;
 
 /// The migration that made a token's minter a column (`tokens.minted_by`); the engines fill it
 /// for existing rows in its transaction with [`minted_by_backfill`].
@@ -1421,6 +1423,7 @@ fn token_from_row(r: &Row) -> Result<TokenRecord> {
         read_stacks: json_col(&r.text(11)?, "token read stacks")?,
         minted_by: r.opt_text(12)?,
         revoked_reason: r.opt_text(13)?,
+        job_ref: r.opt_text(14)?,
     })
 }
 
@@ -1913,8 +1916,8 @@ impl<E: Engine> Store for E {
                 person: person.as_ref(),
             })?;
             db.execute(
-                "INSERT INTO tokens (id, secret_hash, name, role, stacks, created_at, expires_at, created_by, run_id, user_name, parent_id, read_stacks, minted_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-                params![&t.id, &t.secret_hash[..], &t.name, t.role.as_str(), to_json(&t.stacks), now, t.expires_at, &t.created_by, &t.run_id, &t.user, &t.parent_id, to_json(&t.read_stacks), &t.minted_by],
+                "INSERT INTO tokens (id, secret_hash, name, role, stacks, created_at, expires_at, created_by, run_id, user_name, parent_id, read_stacks, minted_by, job_ref) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                params![&t.id, &t.secret_hash[..], &t.name, t.role.as_str(), to_json(&t.stacks), now, t.expires_at, &t.created_by, &t.run_id, &t.user, &t.parent_id, to_json(&t.read_stacks), &t.minted_by, &t.job_ref],
             )
             .map_err(|e| unique_is_conflict(e, || format!("token {} already exists", t.id)))?;
             append_audit(db, &audit)?;
@@ -2998,9 +3001,11 @@ impl<E: Engine> StoreImport for E {
             )?
             .iter()
             .map(|r| {
-                let hash = <[u8; 32]>::try_from(r.bytes(14)?.as_slice()).map_err(|_| {
-                    StoreError::Corrupt("a token's secret hash is not 32 bytes".into())
-                })?;
+                // `secret_hash` follows the token's columns.
+                let hash =
+                    <[u8; 32]>::try_from(r.bytes(TOKEN_COL_COUNT)?.as_slice()).map_err(|_| {
+                        StoreError::Corrupt("a token's secret hash is not 32 bytes".into())
+                    })?;
                 Ok((token_from_row(r)?, hash))
             })
             .collect()
@@ -3033,8 +3038,8 @@ impl<E: Engine> StoreImport for E {
     fn import_token(&self, t: &TokenRecord, secret_hash: &[u8; 32]) -> Result<()> {
         self.write(|db| {
             db.execute(
-                "INSERT INTO tokens (id, secret_hash, name, role, stacks, created_at, expires_at, revoked_at, created_by, run_id, user_name, parent_id, read_stacks, minted_by, revoked_reason) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
-                params![&t.id, &secret_hash[..], &t.name, t.role.as_str(), to_json(&t.stacks), t.created_at, t.expires_at, t.revoked_at, &t.created_by, &t.run_id, &t.user, &t.parent_id, to_json(&t.read_stacks), &t.minted_by, &t.revoked_reason],
+                "INSERT INTO tokens (id, secret_hash, name, role, stacks, created_at, expires_at, revoked_at, created_by, run_id, user_name, parent_id, read_stacks, minted_by, revoked_reason, job_ref) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+                params![&t.id, &secret_hash[..], &t.name, t.role.as_str(), to_json(&t.stacks), t.created_at, t.expires_at, t.revoked_at, &t.created_by, &t.run_id, &t.user, &t.parent_id, to_json(&t.read_stacks), &t.minted_by, &t.revoked_reason, &t.job_ref],
             )
             .map_err(|e| match e {
                 // The foreign key: a minter is imported before what it minted.
@@ -3212,6 +3217,11 @@ mod tests {
 
     /// A write compresses only the chunks the database does not hold yet: after one version
     /// of a 0.8 MB body, the next (one value changed) compresses at most two of its chunks.
+    #[test]
+    fn the_token_column_count_is_the_columns() {
+        assert_eq!(super::TOKEN_COLS.split(',').count(), super::TOKEN_COL_COUNT);
+    }
+
     #[test]
     fn only_new_chunks_are_compressed() {
         let dir = tempfile::tempdir().unwrap();

@@ -245,6 +245,11 @@ pub struct TokenRecord {
     /// when it is live or an admin revoked it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked_reason: Option<String>,
+    /// The git ref of the job a forge login was made for, verified with its ID token
+    /// (`tokens.job_ref`, migration 0020), inherited by the tokens minted from it; none for
+    /// every other token. A trust's jobs share its user: the ref tells their runs apart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_ref: Option<String>,
 }
 
 /// A token to create.
@@ -277,6 +282,8 @@ pub struct NewToken {
     /// The authenticated caller's token (the server's mints), none for the operator, the
     /// bootstrap and forge logins; the store refuses one that names no stored token.
     pub minted_by: Option<String>,
+    /// See [`TokenRecord::job_ref`]: a forge login's verified ref, or its minter's.
+    pub job_ref: Option<String>,
     /// Limit on tokens of this kind (derived, or parentless) per user, counted in the database
     /// so replicas agree.
     pub mint_limit: Option<MintLimit>,
@@ -763,6 +770,7 @@ impl NewToken {
             read_stacks: self.read_stacks,
             minted_by: self.minted_by,
             revoked_reason: None,
+            job_ref: self.job_ref,
         }
     }
 
@@ -815,6 +823,8 @@ impl NewToken {
             )));
         }
         self.user = parent.user.clone();
+        // A phase token is its minter's job's, whatever the request said.
+        self.job_ref = parent.job_ref.clone();
         self.expires_at = no_later_than_minter(self.expires_at, parent.expires_at);
         self.within_mint_limit(&ctx)
     }

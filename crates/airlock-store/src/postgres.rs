@@ -78,6 +78,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         19,
         include_str!("../migrations/postgres/0019_token_minters.sql"),
     ),
+    (20, include_str!("../migrations/postgres/0020_job_refs.sql")),
 ];
 
 /// Transaction-scoped advisory lock keys ("airlock" in ASCII, then a number). Being

@@ -125,6 +125,7 @@ pub const EXPIRY_SWEEPER: Actor<'static> = Actor {
     display: "system (run expiry)",
     role: Role::Admin,
     run_id: None,
+    job_ref: None,
 };
 
 /// Who asks for a transition.
@@ -140,6 +141,8 @@ pub struct Actor<'a> {
     pub role: Role,
     /// The run the token is bound to, if it is a run-bound apply token.
     pub run_id: Option<&'a str>,
+    /// The verified git ref of the forge login the token comes from (`TokenRecord::job_ref`).
+    pub job_ref: Option<&'a str>,
 }
 
 /// An accepted transition: the new record and the audit event that says what happened.
@@ -526,6 +529,14 @@ fn is_author(run: &RunRecord, actor: &Actor<'_>) -> bool {
     run.author_token == actor.token_id || run.author_identity() == actor.user
 }
 
+/// The author's user, and, for a run a forge login's job planned, a job of the same verified
+/// ref: every job a trust logs in shares the trust's user, so another pull request's job must
+/// not close this one's run.
+fn is_authors_job(run: &RunRecord, actor: &Actor<'_>) -> bool {
+    is_author(run, actor)
+        && (run.author_ref.is_none() || run.author_ref.as_deref() == actor.job_ref)
+}
+
 /// A forge login the planner claims wrote or pushed the run's change request
 /// (`RunRecord::change_authors`), and the user it belongs to when the approval is asked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -661,9 +672,10 @@ pub fn reject(
     })
 }
 
-/// `withdraw`: the author's user (any of its tokens, an agent's included), while the run is open.
+/// `withdraw`: the author's user (any of its tokens, an agent's included; for a forge job's run,
+/// a job of the same ref), while the run is open.
 pub fn withdraw(run: &RunRecord, actor: &Actor<'_>, now: i64) -> Result<Transition, Refused> {
-    if !is_author(run, actor) {
+    if !is_authors_job(run, actor) {
         return Err(Refused::NotTheAuthor);
     }
     require(
@@ -1039,6 +1051,7 @@ mod tests {
             display: token,
             role,
             run_id: None,
+            job_ref: None,
         }
     }
 
@@ -1505,6 +1518,7 @@ mod tests {
     fn bound() -> Actor<'static> {
         Actor {
             run_id: Some("run_1"),
+            job_ref: None,
             ..actor("tok_ci", "tok_run", Role::Ci)
         }
     }
@@ -1532,6 +1546,7 @@ mod tests {
         // its apply was given.
         let other_run = Actor {
             run_id: Some("run_2"),
+            job_ref: None,
             ..bound()
         };
         let not_its_token = Actor {
@@ -2103,6 +2118,7 @@ mod tests {
         let (applying, bound) = (applying(), bound());
         let other_run = Actor {
             run_id: Some("run_2"),
+            job_ref: None,
             ..actor("tok_ci", "tok_run2", Role::Ci)
         };
         let applier = applier();

@@ -230,6 +230,10 @@ pub struct RunRecord {
     /// allowed to approve. Empty in runs stored before users existed (see [`RunRecord::author_identity`]).
     #[serde(default)]
     pub author_user: String,
+    /// The verified git ref of the forge login whose job planned it (`TokenRecord::job_ref`
+    /// of the author token); none for any other planner and in runs stored before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author_ref: Option<String>,
     /// Author's role name (agent, ci, ...).
     pub author_role: String,
     /// Created.
@@ -368,6 +372,7 @@ impl RunRecord {
             "plan_read_stacks": self.plan_read_stacks,
             "user": self.author_user,
             "required_approvals": self.required_approvals,
+            "author_ref": self.author_ref,
         })
     }
 

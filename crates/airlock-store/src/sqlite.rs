@@ -86,6 +86,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         19,
         include_str!("../migrations/sqlite/0019_token_minters.sql"),
     ),
+    (20, include_str!("../migrations/sqlite/0020_job_refs.sql")),
 ];
 // Enough idle readers for a burst of concurrent GETs without reopening connections.
 const MAX_IDLE_READERS: usize = 32;

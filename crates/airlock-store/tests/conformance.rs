@@ -222,7 +222,7 @@ fn postgres_replicas_migrate_at_once() {
         .unwrap();
     assert_eq!(
         rows.iter().map(|r| r.get::<_, i64>(0)).collect::<Vec<_>>(),
-        [1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 13, 14, 15, 16, 17, 18, 19]
+        [1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20]
     );
 }
 
@@ -900,6 +900,7 @@ fn check_minters_and_rejudging(s: &dyn Store, revoked: &[TokenRecord]) {
             mint_limit: None,
             read_stacks: Vec::new(),
             minted_by: Some("tok_root".into()),
+            job_ref: None,
         },
         airlock_store::NewAudit::ok("t", "token.create", None, serde_json::json!({})),
     );

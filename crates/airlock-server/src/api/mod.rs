@@ -28,7 +28,7 @@ use crate::AppState;
 /// `GET /api/v1/whoami`.
 pub async fn whoami(Extension(p): Extension<Principal>) -> Json<Value> {
     Json(
-        json!({ "id": p.token_id, "name": p.name, "role": p.role, "kind": p.role.kind(), "stacks": p.stacks, "run_id": p.run_id, "user": p.user, "parent": p.parent_id, "read_stacks": p.read_stacks }),
+        json!({ "id": p.token_id, "name": p.name, "role": p.role, "kind": p.role.kind(), "stacks": p.stacks, "run_id": p.run_id, "user": p.user, "parent": p.parent_id, "read_stacks": p.read_stacks, "job_ref": p.job_ref }),
     )
 }
 

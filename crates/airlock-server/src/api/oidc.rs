@@ -604,9 +604,10 @@ pub async fn login(
         read_stacks: Vec::new(),
         // A forge login: no token minted it.
         minted_by: None,
+        job_ref: grant.git_ref.clone(),
     };
     // The event names the ID token it spent, so a restore can mark it used again.
-    let mut detail = json!({"trust": grant.trust_id, "sub": grant.subject, "role": grant.role, "token": g.id, "expires_at": expires_at});
+    let mut detail = json!({"trust": grant.trust_id, "sub": grant.subject, "ref": grant.git_ref, "role": grant.role, "token": g.id, "expires_at": expires_at});
     detail[oidc::LOGIN_ID_TOKEN] = used.to_json();
     let audit = NewAudit::ok(
         &format!("forge login ({iss}, sub {})", grant.subject),

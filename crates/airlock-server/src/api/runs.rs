@@ -185,6 +185,7 @@ pub async fn plan_token(
         )),
         read_stacks: read_stacks.clone(),
         minted_by: Some(p.token_id.clone()),
+        job_ref: None,
     };
     let audit = NewAudit::ok(
         &p.display(),
@@ -1300,6 +1301,7 @@ fn create_run(
         author: p.display(),
         author_token: p.token_id.clone(),
         author_user: p.user.clone(),
+        author_ref: p.job_ref.clone(),
         author_role: p.role.as_str().into(),
         created_at: now,
         updated_at: now,
@@ -1377,6 +1379,7 @@ fn actor<'a>(p: &'a Principal, display: &'a str) -> Actor<'a> {
         display,
         role: p.role,
         run_id: p.run_id.as_deref(),
+        job_ref: p.job_ref.as_deref(),
     }
 }
 
@@ -1826,6 +1829,7 @@ pub async fn apply(
         mint_limit: None,
         read_stacks: Vec::new(),
         minted_by: Some(p.token_id.clone()),
+        job_ref: None,
     };
     // What the run's writes may drop: what the plan deletes or forgets, and where it moves
     // instances from. Used by the run-bound token only, for every write until the run finishes.
@@ -2261,6 +2265,7 @@ pub async fn finish(
                     display: &a,
                     role: Role::Ci,
                     run_id: None,
+                    job_ref: None,
                 };
                 let now = now_ms();
                 run_rules::decided(run_rules::supersede(r, &applied, now), r, &who, now)

@@ -130,6 +130,7 @@ pub async fn create(
         read_stacks: Vec::new(),
         // The authenticated caller, never the body (`CreateToken` refuses unknown fields).
         minted_by: Some(p.token_id.clone()),
+        job_ref: None,
     };
     let audit = NewAudit::ok(
         &p.display(),

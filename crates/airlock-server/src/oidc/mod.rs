@@ -394,6 +394,8 @@ pub struct LoginGrant {
     pub lifetime_ms: i64,
     /// The job's `sub`, for the audit and the token's name.
     pub subject: String,
+    /// The job's full git ref, read the forge's way (see [`job`]): the token's `job_ref`.
+    pub git_ref: Option<String>,
 }
 
 fn claim<'a>(c: &'a Map<String, Value>, k: &str) -> Option<&'a str> {
@@ -694,6 +696,7 @@ pub fn judge_login(
         stacks: t.stacks.clone(),
         lifetime_ms: t.lifetime_ms.clamp(60_000, MAX_LOGIN_LIFETIME_MS),
         subject: sub.to_owned(),
+        git_ref: job(&t.forge, claims).git_ref,
     })
 }
 

@@ -176,6 +176,7 @@ impl Server {
                     mint_limit: None,
                     read_stacks: Vec::new(),
                     minted_by: None,
+                    job_ref: None,
                 },
                 NewAudit::ok("test", "token.create", None, json!({"token": g.id})),
             )

@@ -192,6 +192,7 @@ fn bootstrap_admin(store: &dyn Store) -> anyhow::Result<()> {
         mint_limit: None,
         read_stacks: Vec::new(),
         minted_by: None,
+        job_ref: None,
     };
     store.create_token(token, NewAudit::ok("system", "token.create", None, serde_json::json!({"token": g.id, "name": "bootstrap-admin", "role": "admin", "bootstrap": true})))?;
     crate::out(&format!(

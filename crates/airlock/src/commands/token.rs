@@ -217,6 +217,7 @@ fn create_offline(
         read_stacks: Vec::new(),
         // The operator: no token minted it.
         minted_by: None,
+        job_ref: None,
     };
     let audit = NewAudit::ok(
         &actor,

@@ -1262,3 +1262,64 @@ fn a_ci_jobs_plan_phase_reads_only_stacks_within_its_trust() {
     let (code, e) = plan_token(&t, &phase, "dev/net", "sts.amazonaws.com");
     assert_eq!(code, 403, "no cloud identity of a read stack: {e}");
 }
+
+/// Review (session 14): every job a trust logs in has the trust's user, and a run's author's
+/// user could withdraw it, so one pull request's job (or code its plan runs) withdrew another
+/// pull request's approved run. A login's token now carries its job's verified ref
+/// (`job_ref`), and so do the runs it plans (`author_ref`): only a job of the same ref
+/// withdraws them, and `airlock ci plan` reports only its own job's runs.
+#[test]
+fn one_pull_requests_job_cannot_withdraw_anothers_run() {
+    let stack = "dev/app";
+    let t = team_on(TestServer::start_issuer(&[]), stack);
+    let forge = issuer();
+    t.s.ok(
+        &t.s.admin,
+        &github_trust(&forge.url, &["--role", "agent", "--stack", "dev/*"]),
+    );
+    let job = |n: u32| -> String {
+        let claims = json!({"sub": "repo:org/repo:pull_request", "repository": "org/repo",
+            "repository_id": "1001", "repository_owner_id": "2002",
+            "ref": format!("refs/pull/{n}/merge"), "event_name": "pull_request", "aud": t.s.url});
+        let (code, v) = login(&t, &forge.mint(claims, None), Some("agent"));
+        assert_eq!(code, 201, "{v}");
+        v["secret"].as_str().unwrap().to_owned()
+    };
+    let (first, second) = (job(1), job(2));
+    let me: Value = serde_json::from_str(&t.s.ok(&first, &["whoami", "--format", "json"])).unwrap();
+    assert_eq!(me["job_ref"], "refs/pull/1/merge", "{me}");
+    // Its phase tokens are its job's.
+    let (code, v) = post(
+        &format!("{}/api/v1/stacks/dev%2Fapp/plan-token", t.s.url),
+        &first,
+        json!({}),
+    );
+    assert_eq!(code, 201, "{v}");
+    let phase = v["secret"].as_str().unwrap();
+    let me: Value = serde_json::from_str(&t.s.ok(phase, &["whoami", "--format", "json"])).unwrap();
+    assert_eq!(me["job_ref"], "refs/pull/1/merge", "{me}");
+    let ws = Workspace::new(
+        &t.s,
+        stack,
+        "resource \"terraform_data\" \"x\" {\n  input = 1\n}\n",
+    );
+    let run = plan(&t, &ws, &first, stack);
+    let shown = run_json(&t, &run);
+    assert_eq!(shown["run"]["author_ref"], "refs/pull/1/merge", "{shown}");
+    t.s.ok(&t.approver, &["approve", &run]);
+    let withdraw = |token: &str| {
+        raw(
+            "POST",
+            &format!("{}/api/v1/runs/{run}/withdraw", t.s.url),
+            token,
+            b"{}",
+        )
+    };
+    let (code, body) = withdraw(&second);
+    assert_eq!(code, 403, "{body}");
+    assert_eq!(run_json(&t, &run)["run"]["status"], "approved");
+    // A later job of the same pull request is its author.
+    let (code, body) = withdraw(&job(1));
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(run_json(&t, &run)["run"]["status"], "withdrawn");
+}

@@ -172,6 +172,10 @@ pub(super) struct TokenEntry {
     /// Why the server revoked it itself (`Store::revoke_unsafe_mints`); absent when none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) revoked_reason: Option<String>,
+    /// The verified git ref of the forge login's job (`TokenRecord::job_ref`); absent when none
+    /// (and in backups older than migration 0020).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) job_ref: Option<String>,
     /// SHA-256 of the secret, as the store keeps it: enough to restore working tokens, never
     /// enough to use one.
     pub(super) secret_sha256: String,
@@ -207,7 +211,33 @@ pub(super) fn resolve_minters(
             }
         }
     }
+    // The verified ref each forge login gave its token (logins from before refs name none).
+    let ref_by_event: BTreeMap<&str, Option<&str>> = audit
+        .iter()
+        .filter(|e| e.outcome == "ok" && e.action == "oidc.login")
+        .filter_map(|e| {
+            let id = e.detail["token"].as_str()?;
+            let r = e.detail.as_object()?.get("ref")?;
+            Some((id, r.as_str()))
+        })
+        .collect();
+    let job_refs: BTreeMap<&str, Option<&str>> = tokens
+        .iter()
+        .map(|t| (t.id.as_str(), t.job_ref.as_deref()))
+        .collect();
     for t in tokens.iter() {
+        // A forge job's ref decides which pull request's job a token is (who may withdraw a
+        // run, which runs a job reports as its own): it is the login's, or the minter's.
+        let want = match &t.parent_id {
+            Some(parent) => job_refs.get(parent.as_str()).copied(),
+            None => ref_by_event.get(t.id.as_str()).copied(),
+        };
+        if let Some(want) = want.filter(|w| *w != t.job_ref.as_deref()) {
+            problems.push(format!(
+                "token {}: its job_ref {:?} is not {want:?}, the ref its forge login (or its minter) gave it; a backup cannot change which job a token is",
+                t.id, t.job_ref
+            ));
+        }
         // Whose a token is decides whose its approvals and plans are: a backup that moved an
         // approver's second token to another user would let one person count as two.
         if let Some(user) = user_by_event.get(t.id.as_str()).filter(|u| **u != t.user) {
@@ -645,6 +675,7 @@ impl TokenEntry {
             read_stacks: t.read_stacks.clone(),
             minted_by: Some(t.minted_by.clone()),
             revoked_reason: t.revoked_reason.clone(),
+            job_ref: t.job_ref.clone(),
             secret_sha256: hex(hash),
         }
     }
@@ -671,6 +702,7 @@ impl TokenEntry {
                 parent_id: self.parent_id.clone(),
                 read_stacks: self.read_stacks.clone(),
                 minted_by: self.minted_by.clone().flatten(),
+                job_ref: self.job_ref.clone(),
                 revoked_reason: self.revoked_reason.clone(),
             },
             hash,

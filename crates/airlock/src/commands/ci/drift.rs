@@ -322,14 +322,14 @@ fn open_drift_runs(
     root: &Path,
     t: &flow::Target,
     version: &str,
-    me: &str,
+    me: &flow::Identity,
 ) -> anyhow::Result<Vec<(Value, Value)>> {
     let mut open = Vec::new();
     for r in flow::runs_for_checkout(c, root, t, version)?.runs {
         if !matches!(
             r["status"].as_str(),
             Some("needs_approval" | "approved" | "denied")
-        ) || r["author_user"] != me
+        ) || !me.planned(&r)
         {
             continue;
         }

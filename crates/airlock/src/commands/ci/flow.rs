@@ -367,13 +367,34 @@ pub fn terraform_version(terraform_bin: &str) -> anyhow::Result<String> {
         .with_context(|| format!("{terraform_bin} version -json names no terraform_version"))
 }
 
-/// The identity runs name as their author (`author_user`): the token's user, else the token.
-pub fn identity(c: &Client) -> anyhow::Result<String> {
+/// Who this job is, as runs name their author: the token's user (else the token), and, for a
+/// forge login, the verified git ref of its job (`author_ref`): every job a trust logs in shares
+/// the trust's user, so the ref tells one pull request's jobs from another's.
+pub struct Identity {
+    pub user: String,
+    pub job_ref: Option<String>,
+}
+
+impl Identity {
+    /// Whether this identity planned `run` (a `GET /api/v1/runs` entry or a run record).
+    pub fn planned(&self, run: &Value) -> bool {
+        run["author_user"].as_str() == Some(self.user.as_str())
+            && run["author_ref"].as_str() == self.job_ref.as_deref()
+    }
+}
+
+/// This token's [`Identity`].
+pub fn identity(c: &Client) -> anyhow::Result<Identity> {
     let me = c.get("/api/v1/whoami")?;
     let user = me["user"].as_str().filter(|u| !u.is_empty());
-    user.or(me["id"].as_str())
+    let user = user
+        .or(me["id"].as_str())
         .map(str::to_owned)
-        .context("the server did not say who this token is")
+        .context("the server did not say who this token is")?;
+    Ok(Identity {
+        user,
+        job_ref: me["job_ref"].as_str().map(str::to_owned),
+    })
 }
 
 /// The checkout's inputs for one stack, and the stack's runs (newest first) with exactly their
@@ -405,7 +426,24 @@ pub fn runs_for_checkout(
 
 #[cfg(test)]
 mod tests {
-    use super::run_url;
+    use super::{run_url, Identity};
+
+    #[test]
+    fn a_job_planned_only_runs_of_its_user_and_its_ref() {
+        let job = |job_ref: Option<&str>| Identity {
+            user: "trust_1".into(),
+            job_ref: job_ref.map(str::to_owned),
+        };
+        let pr1 = serde_json::json!({"author_user": "trust_1", "author_ref": "refs/pull/1/merge"});
+        assert!(job(Some("refs/pull/1/merge")).planned(&pr1));
+        assert!(!job(Some("refs/pull/2/merge")).planned(&pr1));
+        assert!(!job(None).planned(&pr1));
+        let agent = serde_json::json!({"author_user": "trust_1"});
+        assert!(job(None).planned(&agent));
+        assert!(!job(Some("refs/pull/1/merge")).planned(&agent));
+        let other = serde_json::json!({"author_user": "mallory"});
+        assert!(!job(None).planned(&other));
+    }
 
     #[test]
     fn run_urls_are_built_only_from_run_ids_and_http_servers() {

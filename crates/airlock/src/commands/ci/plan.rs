@@ -111,7 +111,7 @@ struct Planner<'a> {
     /// The planner's claims recorded with each run.
     origin: Origin,
     /// This job's identity (`flow::identity`): only its own runs stand for this checkout's plan.
-    me: String,
+    me: flow::Identity,
 }
 
 impl Planner<'_> {
@@ -195,10 +195,7 @@ impl Planner<'_> {
     /// pull request's checkout its own way and have its plan stand in for the pull request's.
     fn existing_run(&self, t: &Target) -> anyhow::Result<Option<Value>> {
         let found = flow::runs_for_checkout(self.c, self.root, t, self.version)?;
-        let mine = found
-            .runs
-            .iter()
-            .find(|r| r["author_user"].as_str() == Some(self.me.as_str()));
+        let mine = found.runs.iter().find(|r| self.me.planned(r));
         match mine.and_then(|r| r["id"].as_str()) {
             Some(id) => Ok(Some(self.c.get(&format!("/api/v1/runs/{id}"))?)),
             None => Ok(None),
@@ -225,6 +222,7 @@ fn withdraw_older(c: &Client, stack: &str, n: u64, new: &Value) {
         let older = r["id"] != new["id"]
             && r["fingerprint"] != new["fingerprint"]
             && r["author_user"] == new["author_user"]
+            && r["author_ref"] == new["author_ref"]
             && matches!(r["status"].as_str(), Some("needs_approval" | "approved"));
         if !older {
             continue;
