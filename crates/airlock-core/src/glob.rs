@@ -90,11 +90,20 @@ impl Subject {
             }
             s.text.push('.');
         }
+        // With `in_modules`, a match may end at every `.` outside keys, as it could before
+        // addresses were parsed (`module.a.aws_s3_bucket` covers the module's buckets).
         if a.data {
-            s.text.extend("data.".chars());
+            s.text.extend("data".chars());
+            if in_modules {
+                s.ends.push(s.text.len());
+            }
+            s.text.push('.');
         }
-        s.text
-            .extend(a.resource_type.chars().chain(['.']).chain(a.name.chars()));
+        s.text.extend(a.resource_type.chars());
+        if in_modules {
+            s.ends.push(s.text.len());
+        }
+        s.text.extend(['.'].into_iter().chain(a.name.chars()));
         if let Some(k) = &a.key {
             s.ends.push(s.text.len());
             key.clear();
@@ -212,6 +221,19 @@ mod tests {
         assert!(!glob_match("a*b*c", "aXXbYY"));
         assert!(glob_match("", ""));
         assert!(!glob_match("", "a"));
+        // A module pattern may end at any `.` outside keys (a type within a module).
+        assert!(address_matches(
+            "module.a.aws_s3_bucket",
+            "module.a.aws_s3_bucket.logs"
+        ));
+        assert!(address_matches(
+            "module.a.aws_s3_bucket",
+            "module.a[\"x\"].aws_s3_bucket.logs[0]"
+        ));
+        assert!(!address_matches(
+            "module.a.aws_s3_bucket",
+            "module.a.aws_s3_bucket_policy.logs"
+        ));
         // In address patterns `?` is literal (it is legal in for_each keys).
         assert!(address_matches("x.y[\"a?\"]", "x.y[\"a?\"]"));
         assert!(!address_matches("x.y[\"a?\"]", "x.y[\"ab\"]"));

@@ -308,9 +308,6 @@ impl PriorObjects<'_> {
     /// the gate compares with "after") to the state the apply starts from. Changes that start
     /// from nothing (create, read) have no `before`.
     pub fn check_before(&self, rc: &ResourceChange) -> Result<(), String> {
-        let Some(before) = rc.change.before.as_deref().filter(|b| b.get() != "null") else {
-            return Ok(());
-        };
         if !rc.is_managed() {
             return Ok(());
         }
@@ -318,6 +315,17 @@ impl PriorObjects<'_> {
         let what = match deposed {
             Some(d) => format!("{} (deposed {d})", rc.address),
             None => rc.address.clone(),
+        };
+        let Some(before) = rc.change.before.as_deref().filter(|b| b.get() != "null") else {
+            // Only a create starts from nothing: an update or delete from no object reaches
+            // the provider as a create, and the rules that read the prior value see none.
+            return match rc.change.actions.as_slice() {
+                [a] if a == "create" => Ok(()),
+                _ => Err(format!(
+                    "the {} of {what} starts from no object",
+                    rc.change.actions.join("+")
+                )),
+            };
         };
         let Some(prior) = self
             .0
@@ -327,7 +335,10 @@ impl PriorObjects<'_> {
                 "the change of {what} starts from an object the plan's prior state does not have"
             ));
         };
-        if prior.is_some_and(|prior| same_json(before, prior)) {
+        // Terraform leaves out the `values` of an object without attributes (its `before` is
+        // `{}`).
+        let empty = RawValue::from_string("{}".to_owned()).map_err(|e| e.to_string())?;
+        if same_json(before, prior.unwrap_or(&empty)) {
             return Ok(());
         }
         Err(format!(
@@ -1444,13 +1455,30 @@ mod tests {
         Ok((info, out))
     }
 
+    fn change_with(
+        prior: &PriorObjects<'_>,
+        address: &str,
+        actions: &[&str],
+        before: &str,
+    ) -> Result<(), String> {
+        let mut rc = ResourceChange {
+            address: address.into(),
+            mode: "managed".into(),
+            ..Default::default()
+        };
+        rc.change.actions = actions.iter().map(|a| a.to_string()).collect();
+        rc.change.before = Some(RawValue::from_string(before.into()).unwrap());
+        prior.check_before(&rc)
+    }
+
     #[test]
     fn every_change_starts_from_the_plans_prior_state() {
         let plan = br#"{"prior_state":{"values":{"root_module":{
             "resources":[
               {"address":"t.a","mode":"managed","values":{"id":"1","input":"x"}},
               {"address":"t.a","mode":"managed","deposed_key":"d1","values":{"id":"0"}},
-              {"address":"data.t.d","mode":"data","values":{"id":"9"}}],
+              {"address":"data.t.d","mode":"data","values":{"id":"9"}},
+              {"address":"t.empty","mode":"managed"}],
             "child_modules":[{"resources":[
               {"address":"module.m[0].t.b","mode":"managed","values":{"id":"2"}}]}]}}},
           "resource_changes":[]}"#;
@@ -1476,8 +1504,11 @@ mod tests {
         .is_ok());
         assert!(change("t.a", Some("d1"), "managed", r#"{"id":"0"}"#).is_ok());
         assert!(change("module.m[0].t.b", None, "managed", r#"{"id":"2"}"#).is_ok());
-        // Nothing to start from: a create.
-        assert!(change("t.new", None, "managed", "null").is_ok());
+        // Nothing to start from: a create; anything else from nothing is not Terraform's.
+        assert!(change_with(&prior, "t.new", &["create"], "null").is_ok());
+        let e = change_with(&prior, "t.a", &["delete"], "null").unwrap_err();
+        assert!(e.contains("the delete of t.a starts from no object"), "{e}");
+        assert!(change_with(&prior, "t.empty", &["update"], "{}").is_ok());
         // Data sources are read, not applied from their prior value.
         assert!(change("data.t.d", None, "data", r#"{"id":"other"}"#).is_ok());
         let e = change("t.a", None, "managed", r#"{"id":"2","input":"x"}"#).unwrap_err();
@@ -1491,7 +1522,7 @@ mod tests {
         assert!(e.contains("does not have"), "{e}");
         let mut keys: Vec<_> = prior.keys().cloned().collect();
         keys.sort();
-        assert_eq!(keys.len(), 3, "{keys:?}");
+        assert_eq!(keys.len(), 4, "{keys:?}");
         // An instance listed twice, or a prior state listed twice, is not Terraform's.
         let twice = br#"{"prior_state":{"values":{"root_module":{"resources":[
             {"address":"t.a","mode":"managed","values":{}},

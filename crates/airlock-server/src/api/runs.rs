@@ -424,8 +424,8 @@ struct RunObserver<'a> {
     before: Vec<Finding>,
     /// The plan is refresh-only: the changes seen are its drift, which the apply records.
     refresh_only: bool,
-    /// The plan JSON's prior state (none for a refresh-only plan, whose judged entries are
-    /// drift, starting from the stored objects): every change must start from it.
+    /// The plan JSON's prior state: every change must start from it (but a refresh-only
+    /// plan's drift entries, which start from the stored objects).
     prior_objects: Option<plan::PriorObjects<'a>>,
     /// Addresses the plan imports: their objects are in its prior state, not in the stored one.
     imported: Vec<String>,
@@ -433,11 +433,100 @@ struct RunObserver<'a> {
     untied: Option<String>,
 }
 
+impl RunObserver<'_> {
+    /// The plan's prior state is the stack's state refreshed, never more: every object in it is
+    /// a stored one at its address, one the plan imports, or a stored one at a new address (a
+    /// `moved` block: declared in this plan, or applied already by a destroy plan's refresh; by
+    /// its identity, it is no longer at its old address); otherwise the refusal (second). And no
+    /// object is in two places: a prior object at X that is the object still stored at Y is a
+    /// finding (what the plan does to X it does to Y's object), with Y's protection named.
+    fn prior_is_the_stored_state(
+        &self,
+        stored: &StateSummary,
+        prior: &StateSummary,
+    ) -> (Vec<Finding>, Option<String>) {
+        use airlock_core::state::{Instance, Mode};
+        use std::collections::{HashMap, HashSet};
+        type ObjectKey<'i> = (&'i str, &'i str, Option<[u8; 32]>, Option<[u8; 32]>);
+        fn object(i: &Instance) -> Option<ObjectKey<'_>> {
+            let o = &i.object;
+            (o.id.is_some() || o.identity.is_some()).then_some((
+                i.provider.as_str(),
+                i.resource_type.as_str(),
+                o.id,
+                o.identity,
+            ))
+        }
+        fn managed(s: &StateSummary) -> Vec<&Instance> {
+            s.instances
+                .iter()
+                .filter(|i| i.mode == Mode::Managed)
+                .collect()
+        }
+        fn key(i: &Instance) -> (&str, Option<&str>) {
+            (i.address.as_str(), i.deposed.as_deref())
+        }
+        let (stored, prior) = (managed(stored), managed(prior));
+        let stored_keys: HashSet<_> = stored.iter().map(|i| key(i)).collect();
+        let prior_keys: HashSet<_> = prior.iter().map(|i| key(i)).collect();
+        let mut by_object: HashMap<ObjectKey<'_>, Vec<&Instance>> = HashMap::new();
+        for i in &stored {
+            if let Some(k) = object(i) {
+                by_object.entry(k).or_default().push(i);
+            }
+        }
+        let mut found = Vec::new();
+        let mut untied = None;
+        for p in &prior {
+            let elsewhere: Vec<&Instance> = object(p)
+                .and_then(|k| by_object.get(&k))
+                .into_iter()
+                .flatten()
+                .copied()
+                .filter(|s| s.address != p.address)
+                .collect();
+            // The object still at its stored address too.
+            let twin = elsewhere.iter().find(|y| prior_keys.contains(&key(y)));
+            let at_home = stored_keys.contains(&key(p));
+            let imported = p.deposed.is_none() && self.imported.contains(&p.address);
+            let moved_here = (!elsewhere.is_empty() && twin.is_none())
+                || self.moves.iter().any(|(from, to)| {
+                    *to == p.address && stored_keys.contains(&(from.as_str(), p.deposed.as_deref()))
+                });
+            if !at_home && !imported && !moved_here {
+                untied.get_or_insert(format!(
+                    "the plan's prior state has {}, which the stack's state does not (the plan neither imports it nor moves it there)",
+                    p.address
+                ));
+                continue;
+            }
+            if let Some(y) = twin {
+                let protected =
+                    firewall::protection_reason(&y.resource_type, &y.address, &self.stack.settings)
+                        .map(|r| format!(", which the server protects ({r})"))
+                        .unwrap_or_default();
+                found.push(Finding {
+                    rule: "same-object-twice".into(),
+                    severity: Severity::Review,
+                    address: Some(p.address.clone()),
+                    message: format!(
+                        "the plan's object at this address is the object stored at {}{protected}: what the plan does here it does to that object",
+                        y.address
+                    ),
+                });
+            }
+        }
+        (found, untied)
+    }
+}
+
 impl Observer for RunObserver<'_> {
     fn change(&mut self, rc: &plan::ResourceChange, c: &ChangeReport) {
         let settings = &self.stack.settings;
         self.listed.push(BinaryChange::of(rc));
-        if let Some(prior) = &self.prior_objects {
+        // A refresh-only plan's judged entries are its drift: they start from the stored
+        // objects, not from the prior (refreshed) state.
+        if let Some(prior) = self.prior_objects.as_ref().filter(|_| !self.refresh_only) {
             if let Err(e) = prior.check_before(rc) {
                 self.untied.get_or_insert(e);
             }
@@ -530,29 +619,24 @@ impl Observer for RunObserver<'_> {
                 }
             }
         }
-        // Every object the plan starts from is a stored one, one it imports, or one a `moved`
-        // block takes from a stored address: the prior state is the stack's state refreshed,
-        // never more.
-        if let Some(objects) = &self.prior_objects {
-            let kept: std::collections::HashSet<(&str, Option<&str>)> = self
-                .states
-                .iter()
-                .flat_map(|(stored, _)| &stored.instances)
-                .filter(|i| i.mode == airlock_core::state::Mode::Managed)
-                .map(|i| (i.address.as_str(), i.deposed.as_deref()))
-                .collect();
-            let accounted_for = |(address, deposed): &(String, Option<String>)| {
-                let deposed = deposed.as_deref();
-                kept.contains(&(address.as_str(), deposed))
-                    || (deposed.is_none() && self.imported.contains(address))
-                    || self
-                        .moves
-                        .iter()
-                        .any(|(from, to)| to == address && kept.contains(&(from.as_str(), deposed)))
-            };
-            let extra = objects.keys().find(|k| !accounted_for(k));
-            if let Some((address, _)) = extra {
-                self.untied.get_or_insert(format!("the plan's prior state has {address}, which the stack's state does not (the plan neither imports it nor moves it there)"));
+        match &self.states {
+            Some((stored, prior)) => {
+                let (more, untied) = self.prior_is_the_stored_state(stored, prior);
+                found.extend(more);
+                if let Some(e) = untied {
+                    self.untied.get_or_insert(e);
+                }
+            }
+            // An empty stack: the plan starts from no object but those it imports.
+            None => {
+                let extra = self.prior_objects.as_ref().and_then(|objects| {
+                    objects.keys().find(|(address, deposed)| {
+                        deposed.is_some() || !self.imported.contains(address)
+                    })
+                });
+                if let Some((address, _)) = extra {
+                    self.untied.get_or_insert(format!("the plan's prior state has {address}, but the stack has no state (and the plan does not import it)"));
+                }
             }
         }
         for (address, reason) in std::mem::take(&mut self.server_protected) {
@@ -745,12 +829,8 @@ fn judge(binary: &PlanFile, plan_json: &[u8], input: JudgeInput) -> ApiResult<Ju
         )),
         None => None,
     };
-    let prior_objects = match binary.mode {
-        PlanMode::RefreshOnly => None,
-        PlanMode::Normal | PlanMode::Destroy => {
-            Some(plan::prior_objects(plan_json).map_err(|e| bad(format!("plan JSON: {e}")))?)
-        }
-    };
+    let prior_objects =
+        Some(plan::prior_objects(plan_json).map_err(|e| bad(format!("plan JSON: {e}")))?);
     let mut observer = RunObserver {
         stack,
         changes: Vec::new(),

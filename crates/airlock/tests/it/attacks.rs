@@ -742,10 +742,20 @@ for item in zin.infolist():
     zout.writestr(item, data)
 zout.close()
 "#;
-    let forge = |what: &str| -> Value {
+    t.s.ok(
+        &t.s.admin,
+        &[
+            "stack",
+            "protect",
+            "dev/before",
+            "--address",
+            "terraform_data.db",
+        ],
+    );
+    let forge_from = |source: &str, what: &str| -> Value {
         let out = std::process::Command::new("python3")
             .args(["-c", script])
-            .arg(ws.path("honest.tfplan"))
+            .arg(ws.path(&format!("{source}.tfplan")))
             .arg(ws.path(&format!("{what}.tfplan")))
             .args([what, &web, &db])
             .output()
@@ -758,6 +768,7 @@ zout.close()
         let file = format!("{what}.tfplan");
         forged_upload(&t, &ws, "dev/before", &file, &file)
     };
+    let forge = |what: &str| forge_from("honest", what);
     let refused = |what: &str, says: &str| {
         let (code, body) = upload(&t, &t.agent, "dev/before", &forge(what));
         assert_eq!(code, 400, "{what}: {body}");
@@ -789,6 +800,27 @@ zout.close()
                 && f["address"] == "terraform_data.web"),
         "{findings:?}"
     );
+    // And what it does at `web` it does to `db`'s protected object, which is still at `db`.
+    assert!(
+        findings.iter().any(|f| f["rule"] == "same-object-twice"
+            && f["address"] == "terraform_data.web"
+            && f["message"]
+                .as_str()
+                .unwrap()
+                .contains("stored at terraform_data.db, which the server protects")),
+        "{findings:?}"
+    );
+    // A refresh-only plan (accepting drift writes its prior state) adds no object either.
+    ws.tf_ok(
+        &t.s.admin,
+        &["plan", "-refresh-only", "-out=refresh.tfplan"],
+    );
+    let (code, body) = upload(&t, &t.agent, "dev/before", &forge_from("refresh", "ghost"));
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body.contains("prior state has terraform_data.ghost, which the stack's state does not"),
+        "{body}"
+    );
     // The honest plan is accepted, with no such finding.
     let honest = forged_upload(&t, &ws, "dev/before", "honest.tfplan", "honest.tfplan");
     let (code, body) = upload(&t, &t.agent, "dev/before", &honest);
@@ -802,4 +834,23 @@ zout.close()
             .any(|f| f["rule"] == "changed-outside-terraform"),
         "{body}"
     );
+}
+
+/// The prior-state check on genuine plans: a destroy plan whose configuration moves an object
+/// (Terraform's refresh before the destroy applies the move, so the deletes name no previous
+/// address) and a plan that imports an object are accepted.
+#[test]
+fn destroy_plans_with_a_pending_move_and_imports_start_from_their_prior_state() {
+    let (t, ws) = applied_stack("dev/genuine");
+    ws.write_main("resource \"terraform_data\" \"db2\" {\n  input = 1\n}\nresource \"terraform_data\" \"web\" {\n  input = 1\n}\nmoved {\n  from = terraform_data.db\n  to   = terraform_data.db2\n}\n");
+    ws.tf_ok(&t.s.admin, &["plan", "-destroy", "-out=destroy.tfplan"]);
+    let body = forged_upload(&t, &ws, "dev/genuine", "destroy.tfplan", "destroy.tfplan");
+    let (code, answer) = upload(&t, &t.agent, "dev/genuine", &body);
+    assert_eq!(code, 201, "{answer}");
+    ws.write_main("resource \"terraform_data\" \"db\" {\n  input = 1\n}\nresource \"terraform_data\" \"web\" {\n  input = 1\n}\nresource \"terraform_data\" \"found\" {\n}\nimport {\n  to = terraform_data.found\n  id = \"0f8fad5b-d9cb-469f-a165-70867728950e\"\n}\n");
+    ws.tf_ok(&t.s.admin, &["plan", "-out=import.tfplan"]);
+    let body = forged_upload(&t, &ws, "dev/genuine", "import.tfplan", "import.tfplan");
+    let (code, answer) = upload(&t, &t.agent, "dev/genuine", &body);
+    assert_eq!(code, 201, "{answer}");
+    assert!(!answer.contains("same-object-twice"), "{answer}");
 }
