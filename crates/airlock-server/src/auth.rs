@@ -279,8 +279,15 @@ fn own_origin(origin: &str, headers: &axum::http::HeaderMap, config: &crate::Ser
     }
 }
 
+/// The refusal of a credential, and the stored token it names when it names one (revoked or
+/// expired): `name (id)`.
+type Unauthenticated = (ApiError, Option<String>);
+
 /// Looks the secret up and checks expiry and revocation.
-pub async fn authenticate(state: &Arc<AppState>, secret: String) -> Result<Principal, ApiError> {
+pub async fn authenticate(
+    state: &Arc<AppState>,
+    secret: String,
+) -> Result<Principal, Unauthenticated> {
     let hash = tokens::hash_secret(&secret);
     // A cached record that says the token has expired is looked up again: its expiry may have
     // moved since (a phase's reports renew it).
@@ -297,7 +304,8 @@ pub async fn authenticate(state: &Arc<AppState>, secret: String) -> Result<Princ
             let store = Arc::clone(&state.store);
             let found = tokio::task::spawn_blocking(move || store.token_by_hash(&hash))
                 .await
-                .map_err(|e| ApiError::Internal(e.to_string()))??;
+                .map_err(|e| (ApiError::Internal(e.to_string()), None))?
+                .map_err(|e| (ApiError::from(e), None))?;
             if let Some(t) = found.as_ref().filter(|t| t.revoked_at.is_none()) {
                 state.cache.put_token(hash, t.clone(), generation);
             }
@@ -305,24 +313,34 @@ pub async fn authenticate(state: &Arc<AppState>, secret: String) -> Result<Princ
         }
     };
     let Some(t) = record else {
-        return Err(ApiError::new(
-            RefusalKind::Unauthenticated,
-            "unknown token: check AIRLOCK_TOKEN / TF_HTTP_PASSWORD",
+        return Err((
+            ApiError::new(
+                RefusalKind::Unauthenticated,
+                "unknown token: check AIRLOCK_TOKEN / TF_HTTP_PASSWORD",
+            ),
+            None,
         ));
     };
+    let known = || Some(format!("{} ({})", t.name, t.id));
     if t.revoked_at.is_some() {
-        return Err(ApiError::new(
-            RefusalKind::Unauthenticated,
-            format!("token {} ({}) has been revoked", t.name, t.id),
+        return Err((
+            ApiError::new(
+                RefusalKind::Unauthenticated,
+                format!("token {} ({}) has been revoked", t.name, t.id),
+            ),
+            known(),
         ));
     }
     if t.expires_at.is_some_and(|e| e <= now_ms()) {
-        return Err(ApiError::new(
-            RefusalKind::Unauthenticated,
-            format!(
-                "token {} ({}) has expired; ask an admin for a new one",
-                t.name, t.id
+        return Err((
+            ApiError::new(
+                RefusalKind::Unauthenticated,
+                format!(
+                    "token {} ({}) has expired; ask an admin for a new one",
+                    t.name, t.id
+                ),
             ),
+            known(),
         ));
     }
     Ok(Principal::from_record(t))
@@ -340,17 +358,27 @@ pub(crate) async fn authenticate_header(
 ) -> Result<Principal, Denial> {
     let result = match credential_of(headers) {
         Ok(Some(secret)) => authenticate(state, secret).await,
-        Ok(None) => Err(ApiError::new(RefusalKind::Unauthenticated, "authentication required: send the token as Bearer, or as the Basic-auth password (TF_HTTP_PASSWORD)")),
-        Err(e) => Err(e),
+        Ok(None) => Err((ApiError::new(RefusalKind::Unauthenticated, "authentication required: send the token as Bearer, or as the Basic-auth password (TF_HTTP_PASSWORD)"), None)),
+        Err(e) => Err((e, None)),
     };
     match result {
         Ok(p) => Ok(p),
-        Err(e) => {
+        Err((e, known)) => {
             let reason = match &e {
                 ApiError::Refused(r) => r.message.clone(),
                 ApiError::Internal(_) => "the token could not be checked".into(),
             };
             let detail = serde_json::json!({"method": method, "route": route, "status": 401, "reason": reason});
+            // A stored token's use after its revocation or expiry (a leaked token, say) names
+            // it: audited one by one, like a valid token's refusals, never within the budget
+            // that anyone's guesses can spend.
+            if let Some(token) = known {
+                audit_denial(state, token, stack, detail).await;
+                return Err(Denial {
+                    error: e,
+                    left_out: false,
+                });
+            }
             Err(Denial::without_credential(
                 state,
                 "unauthenticated",

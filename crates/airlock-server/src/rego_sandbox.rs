@@ -63,7 +63,7 @@ impl RegoRunner for Sandboxed {
                 .find(|l| !l.trim().is_empty())
                 .unwrap_or("");
             return Err(failed(format!(
-                "was stopped before the repository's Rego finished ({status}{}): a policy may use at most {} GiB of memory and {SANDBOX_CPU_SECONDS} s of CPU (an unbounded numbers.range or sprintf width, say); fix it and plan again",
+                "was stopped before the Rego finished ({status}{}): a policy may use at most {} GiB of memory and {SANDBOX_CPU_SECONDS} s of CPU on a plan (an unbounded numbers.range or sprintf width, say, or a plan too large for the policy); fix the policy, or plan a smaller change",
                 if last.is_empty() { String::new() } else { format!(": {}", last.chars().take(200).collect::<String>()) },
                 SANDBOX_MEMORY_BYTES >> 30
             )));

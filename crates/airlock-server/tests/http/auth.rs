@@ -286,6 +286,26 @@ async fn refusals_without_a_valid_token_are_audited_within_a_budget() {
             .await
             .expect(403);
     }
+    // So is a stored token's use after its revocation (a leaked token, say): it names the token.
+    let leaked = s.role_token(Role::Ci);
+    s.api(
+        "DELETE",
+        &format!("/api/v1/tokens/{}", leaked.id),
+        &s.admin,
+        json!(null),
+    )
+    .await
+    .expect(200);
+    for _ in 0..20 {
+        s.call(
+            "GET",
+            "/state/dev/app",
+            Auth::Bearer(&leaked.secret),
+            Body::empty(),
+        )
+        .await
+        .expect(401);
+    }
     // Audit resumes: the next refusal records how many were left out before it.
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     s.call("GET", "/state/dev/app", Auth::None, Body::empty())
@@ -309,6 +329,11 @@ async fn refusals_without_a_valid_token_are_audited_within_a_budget() {
         .map(|e| e.detail["refusals"].as_u64().expect("a count"))
         .sum();
     assert_eq!(by_reader, 50, "a valid token's refusals were left out");
+    let by_leaked = new
+        .iter()
+        .filter(|e| e.action == "denied" && e.actor.contains(&leaked.id))
+        .count();
+    assert_eq!(by_leaked, 20, "a revoked token's uses were left out");
     assert!(
         (anonymous as f64) < 100.0 + 20.0 * (elapsed + 1.0),
         "{anonymous} of {sent} refusals without a valid token audited in {elapsed:.1} s"

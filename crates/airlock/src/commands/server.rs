@@ -234,5 +234,23 @@ fn public_url(url: &str) -> anyhow::Result<String> {
             "--public-url {url:?} is not a base URL: give the scheme and host people use, e.g. https://airlock.example.com"
         );
     }
+    // Browsers leave a scheme's default port out of `Origin`: a URL that names it would never
+    // be this server's origin, and every browser's POST would be refused as cross-site.
+    let authority = rest
+        .unwrap_or_default()
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    let default = if url.starts_with("https://") {
+        ":443"
+    } else {
+        ":80"
+    };
+    if authority.ends_with(default) {
+        anyhow::bail!(
+            "--public-url {url:?} names its scheme's default port {}: leave it out (browsers never send it in Origin, so the console would refuse every form as cross-site)",
+            &default[1..]
+        );
+    }
     Ok(url.to_owned())
 }

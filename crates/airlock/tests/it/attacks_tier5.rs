@@ -409,7 +409,7 @@ fn a_repository_policy_that_would_abort_the_server_stops_only_its_evaluator() {
     );
     assert!(!out.status.success(), "{}", text(&out));
     assert!(
-        text(&out).contains("was stopped before the repository's Rego finished"),
+        text(&out).contains("was stopped before the Rego finished"),
         "{}",
         text(&out)
     );

@@ -560,11 +560,14 @@ fn public_url_marks_cookies_secure_and_is_the_only_browser_origin_for_mcp() {
     assert_eq!(mcp("https://airlock.example.test"), 200);
     assert_eq!(mcp("https://evil.example.test"), 403);
 
-    for bad in [
-        "ftp://airlock.example.test",
-        "https://",
-        "https://a.test/?x=1",
-        "airlock.test",
+    for (bad, why) in [
+        ("ftp://airlock.example.test", "is not a base URL"),
+        ("https://", "is not a base URL"),
+        ("https://a.test/?x=1", "is not a base URL"),
+        ("airlock.test", "is not a base URL"),
+        // Browsers never send a default port in Origin.
+        ("https://a.test:443/", "default port 443"),
+        ("http://a.test:80", "default port 80"),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let out = Command::new(crate::support::AIRLOCK)
@@ -581,7 +584,7 @@ fn public_url_marks_cookies_secure_and_is_the_only_browser_origin_for_mcp() {
             .unwrap();
         assert!(!out.status.success(), "{bad} was accepted");
         assert!(
-            text(&out.stderr).contains("is not a base URL"),
+            text(&out.stderr).contains(why),
             "{bad}: {}",
             text(&out.stderr)
         );
