@@ -1346,12 +1346,15 @@ fn create_run(
     let current = st.current_version(&stack.name)?;
     prior_state_in_proportion(&binary, current.as_ref())?;
     // The stack's current state, through the server's summary cache (versions are immutable).
-    let current_state = current.and_then(|v| {
-        crate::stacks::summary_for(state, &stack.name, &v.sha256, &|| {
-            st.version_bytes(&stack.name, v.serial)
+    // The stack's state the plan must start from: one that cannot be read is an error, never
+    // a stack without state (the plan's prior state is checked against it).
+    let current_state = current
+        .map(|v| {
+            crate::stacks::summary_for(state, &stack.name, &v.sha256, &|| {
+                st.version_bytes(&stack.name, v.serial)
+            })
         })
-        .ok()
-    });
+        .transpose()?;
     let server_sets = super::policies::for_stack(st, &stack.name)?;
     let (lockfile, plan_json) = parts.rest(limit)?;
     if plan_json.is_empty() {
