@@ -8,8 +8,10 @@
 //! (`airlock_unaudited_refusals_total`) and left out of the audit and of the per-request log
 //! (the log says how many at most once a second), and one [`ACTION`] event records how many
 //! were left out, from when to when, as soon as the budget allows a record again (or at the
-//! next audit seal, or when the server stops). The refusals of valid tokens (403) are audited
-//! one by one, without a budget: only a token's holder makes them, and they name who did.
+//! next audit seal, or when the server stops). Forge logins refused after their ID token's
+//! signature verified are within a budget of their own ([`Kind::SignedLogin`]). The refusals of
+//! valid tokens (403), and a stored token's use after its revocation or expiry, are audited one
+//! by one, without a budget: only a token's holder makes them, and they name who did.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -68,9 +70,46 @@ pub(crate) struct LeftOut {
     pub last_ms: i64,
 }
 
+/// Which budget a refusal is within: refusals of requests without a valid credential, or
+/// forge logins refused although their ID token's signature verified (one signed token can be
+/// replayed without end, so they have a budget too, but their own: anyone's guesses cannot
+/// spend it and hide a real job's refused login).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    WithoutCredential,
+    SignedLogin,
+}
+
+impl Kind {
+    const ALL: [Kind; 2] = [Kind::WithoutCredential, Kind::SignedLogin];
+
+    fn refusals(self) -> &'static str {
+        match self {
+            Kind::WithoutCredential => "refusals of requests without a valid credential",
+            Kind::SignedLogin => "refusals of forge logins whose ID token was signed",
+        }
+    }
+}
+
+/// The budgets, one per [`Kind`], per server process.
+#[derive(Default)]
+pub(crate) struct AuditBudgets {
+    without_credential: AuditBudget,
+    signed_logins: AuditBudget,
+}
+
+impl AuditBudgets {
+    fn of(&self, kind: Kind) -> &AuditBudget {
+        match kind {
+            Kind::WithoutCredential => &self.without_credential,
+            Kind::SignedLogin => &self.signed_logins,
+        }
+    }
+}
+
 impl LeftOut {
     /// The audit event that records them.
-    fn event(&self) -> NewAudit {
+    fn event(&self, kind: Kind) -> NewAudit {
         NewAudit::ok(
             ACTOR,
             ACTION,
@@ -79,7 +118,7 @@ impl LeftOut {
                 "refusals": self.refusals,
                 "from": airlock_core::time::rfc3339(self.first_ms),
                 "to": airlock_core::time::rfc3339(self.last_ms),
-                "why": format!("refusals of requests without a valid credential past the audit budget ({BURST} at once, then {PER_SECOND} a second) are counted, not audited one by one"),
+                "why": format!("{} past the audit budget ({BURST} at once, then {PER_SECOND} a second) are counted, not audited one by one", kind.refusals()),
             }),
         )
     }
@@ -146,14 +185,14 @@ impl AuditBudget {
 /// Audits `event`, the refusal of a request without a valid credential, within the budget.
 /// False when it was left out (counted, and logged in a line a second at most): then its
 /// response is not logged one by one either ([`crate::log::LeftOut`]).
-pub(crate) async fn audit_refusal(state: &Arc<AppState>, event: NewAudit) -> bool {
-    match state.audit_budget.admit(now_ms()) {
+pub(crate) async fn audit_refusal(state: &Arc<AppState>, kind: Kind, event: NewAudit) -> bool {
+    match state.audit_budgets.of(kind).admit(now_ms()) {
         Verdict::Audit { left_out } => {
             let store = Arc::clone(&state.store);
             // The refusal stands whether or not its audit event could be written.
             let _ = tokio::task::spawn_blocking(move || {
                 if let Some(l) = left_out {
-                    store.append_audit(l.event())?;
+                    store.append_audit(l.event(kind))?;
                 }
                 store.append_audit(event)
             })
@@ -164,8 +203,9 @@ pub(crate) async fn audit_refusal(state: &Arc<AppState>, event: NewAudit) -> boo
             state.metrics.unaudited_refusal();
             if let Some(n) = log.filter(|_| state.config.log_level >= LogLevel::Warn) {
                 log::emit(&format!(
-                    "{} level=warn event=unaudited_refusals refusals={n} msg=\"refusals of requests without a valid credential are past the audit budget: counted (airlock_unaudited_refusals_total), and recorded as one {ACTION} event once the budget allows\"",
+                    "{} level=warn event=unaudited_refusals refusals={n} msg=\"{} are past the audit budget: counted (airlock_unaudited_refusals_total), and recorded as one {ACTION} event once the budget allows\"",
                     airlock_core::time::rfc3339(now_ms()),
+                    kind.refusals(),
                 ));
             }
             false
@@ -176,9 +216,11 @@ pub(crate) async fn audit_refusal(state: &Arc<AppState>, event: NewAudit) -> boo
 /// Records the refusals left out so far, if the budget allows a record (every audit seal), or
 /// whatever it says when the server is `stopping`.
 pub(crate) async fn record_left_out(state: &Arc<AppState>, stopping: bool) {
-    if let Some(l) = state.audit_budget.left_out(now_ms(), stopping) {
-        let store = Arc::clone(&state.store);
-        let _ = tokio::task::spawn_blocking(move || store.append_audit(l.event())).await;
+    for kind in Kind::ALL {
+        if let Some(l) = state.audit_budgets.of(kind).left_out(now_ms(), stopping) {
+            let store = Arc::clone(&state.store);
+            let _ = tokio::task::spawn_blocking(move || store.append_audit(l.event(kind))).await;
+        }
     }
 }
 
@@ -188,6 +230,25 @@ mod tests {
 
     fn audited(v: &Verdict) -> bool {
         matches!(v, Verdict::Audit { .. })
+    }
+
+    #[test]
+    fn anyones_guesses_do_not_spend_the_signed_logins_budget() {
+        let budgets = AuditBudgets::default();
+        let t0 = 1_000_000;
+        let anonymous = budgets.of(Kind::WithoutCredential);
+        for _ in 0..1000 {
+            anonymous.admit(t0);
+        }
+        assert!(!audited(&anonymous.admit(t0)));
+        let signed = budgets.of(Kind::SignedLogin);
+        assert!((0..100).all(|_| audited(&signed.admit(t0))));
+        assert!(!audited(&signed.admit(t0)));
+        let left = anonymous.left_out(t0, true).expect("counted");
+        assert!(left.event(Kind::WithoutCredential).detail["why"]
+            .as_str()
+            .unwrap()
+            .starts_with("refusals of requests without a valid credential"));
     }
 
     #[test]

@@ -210,8 +210,24 @@ impl Denial {
         detail: serde_json::Value,
         error: ApiError,
     ) -> Denial {
+        Self::within_budget(
+            state,
+            crate::audit_budget::Kind::WithoutCredential,
+            (actor, action, stack, detail),
+            error,
+        )
+        .await
+    }
+
+    /// A refusal audited as a denied `action` within the audit budget of its `kind`.
+    pub(crate) async fn within_budget(
+        state: &Arc<AppState>,
+        kind: crate::audit_budget::Kind,
+        (actor, action, stack, detail): (&str, &str, Option<&str>, serde_json::Value),
+        error: ApiError,
+    ) -> Denial {
         let event = NewAudit::denied(actor, action, stack, detail);
-        let audited = crate::audit_budget::audit_refusal(state, event).await;
+        let audited = crate::audit_budget::audit_refusal(state, kind, event).await;
         Denial {
             error,
             left_out: !audited,

@@ -156,7 +156,7 @@ pub struct AppState {
     pub config: ServerConfig,
     cache: cache::Caches,
     metrics: metrics::Metrics,
-    audit_budget: audit_budget::AuditBudget,
+    audit_budgets: audit_budget::AuditBudgets,
     /// The web console's sessions (in this process's memory).
     pub console: console::session::Sessions,
     /// The OIDC issuer's key cache and the trusted forges' keys.
@@ -171,7 +171,7 @@ impl AppState {
             config,
             cache: cache::Caches::default(),
             metrics: metrics::Metrics::default(),
-            audit_budget: audit_budget::AuditBudget::default(),
+            audit_budgets: audit_budget::AuditBudgets::default(),
             console: console::session::Sessions::default(),
             oidc: oidc::Oidc::default(),
         })

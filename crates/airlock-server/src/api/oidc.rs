@@ -20,6 +20,7 @@ use serde_json::{json, Value};
 
 use super::tokens::within_scope;
 use super::{parse_body, store_call};
+use crate::audit_budget::Kind as Budget;
 use crate::auth::{Denial, Principal, RequestStack};
 use crate::error::{ApiError, ApiResult};
 use crate::oidc::{self, jose, PhaseToken};
@@ -520,8 +521,11 @@ pub async fn login(
             return Err(refuse_login(
                 &state,
                 "forge login",
-                unauth,
-                format!("forge token refused: {e}"),
+                (
+                    unauth,
+                    format!("forge token refused: {e}"),
+                    Budget::WithoutCredential,
+                ),
             )
             .await)
         }
@@ -541,7 +545,7 @@ pub async fn login(
         .filter(|t| t.removed_at.is_none() && t.issuer == iss)
         .collect();
     if trusts.is_empty() {
-        return Err(refuse_login(&state, &actor, unauth, format!("forge token refused: issuer {iss:?} is not trusted (an admin adds it with `airlock trust add`)")).await);
+        return Err(refuse_login(&state, &actor, (unauth, format!("forge token refused: issuer {iss:?} is not trusted (an admin adds it with `airlock trust add`)"), Budget::WithoutCredential)).await);
     }
     // The signature with the issuer's keys, the token's times, the trusts' judgement, then one
     // login per ID token (recorded only once it is signed, in time and trusted, so a refused
@@ -556,22 +560,26 @@ pub async fn login(
                 (
                     unauth,
                     format!("the issuer's keys could not be fetched: {e}"),
+                    Budget::WithoutCredential,
                 )
             })?;
-        let claims = token.verify(&keys).map_err(|e| (unauth, e.to_string()))?;
+        let claims = token
+            .verify(&keys)
+            .map_err(|e| (unauth, e.to_string(), Budget::WithoutCredential))?;
+        // Signed by the issuer from here on.
         jose::check_times(&claims, now_ms() / 1000, oidc::LEEWAY_S)
-            .map_err(|e| (unauth, e.to_string()))?;
+            .map_err(|e| (unauth, e.to_string(), Budget::SignedLogin))?;
         let grant = oidc::judge_login(&trusts, &claims, want).map_err(|e| {
             let kind = if e.contains("role") {
                 RefusalKind::Forbidden
             } else {
                 unauth
             };
-            (kind, e)
+            (kind, e, Budget::SignedLogin)
         })?;
         match use_once(&state, &iss, &claims).await {
             Ok(Ok(used)) => Ok(Ok((grant, used))),
-            Ok(Err(e)) => Err((unauth, e)),
+            Ok(Err(e)) => Err((unauth, e, Budget::SignedLogin)),
             // The store failed: an internal error, not a refusal.
             Err(e) => Ok(Err(e)),
         }
@@ -579,10 +587,13 @@ pub async fn login(
     .await;
     let (grant, used) = match judged {
         Ok(judged) => judged.map_err(Denial::from)?,
-        Err((kind, e)) => {
-            return Err(
-                refuse_login(&state, &actor, kind, format!("forge token refused: {e}")).await,
+        Err((kind, e, budget)) => {
+            return Err(refuse_login(
+                &state,
+                &actor,
+                (kind, format!("forge token refused: {e}"), budget),
             )
+            .await)
         }
     };
     let g = tokens::generate();
@@ -625,18 +636,19 @@ pub async fn login(
 }
 
 /// A forge login's refusal, audited as a denied `oidc.login`. Its request carries no valid
-/// credential (anyone can send one, with any claims), so the event is within the audit budget
-/// and its reason, which may quote the token, is cut to 1 KiB.
+/// airlock credential (anyone can send one, with any claims), so the event is within an audit
+/// budget, and its reason, which may quote the token, is cut to 1 KiB. `budget`: the
+/// anonymous one before the ID token's signature verified, the signed logins' one after (a
+/// real job's refused login, or a replayed token, is not hidden by anyone's guesses).
 async fn refuse_login(
     state: &Arc<AppState>,
     actor: &str,
-    kind: RefusalKind,
-    message: String,
+    (kind, message, budget): (RefusalKind, String, Budget),
 ) -> Denial {
     let status = crate::error::status_of(kind).as_u16();
     let detail = json!({"reason": crate::log::bounded(&message, 1024), "status": status});
     let error = ApiError::new(kind, message);
-    Denial::without_credential(state, actor, "oidc.login", None, detail, error).await
+    Denial::within_budget(state, budget, (actor, "oidc.login", None, detail), error).await
 }
 
 /// Records a verified forge token's `(iss, jti)` as used, in the store, so it logs in once
