@@ -86,6 +86,11 @@ pub struct ServerConfig {
     /// (`tokens::phase_token_limit`). Pull-request jobs logged in through an `agent` trust are
     /// such a user: a monorepo whose changes plan many stacks raises it.
     pub agent_runs_per_hour: u64,
+    /// MiB of stored state bodies the state diff reads at once, all requests together (each
+    /// diff holds both versions and their summaries): past it, diffs wait their turn, so many
+    /// at once of a large state do not run the server out of memory. A diff larger than the
+    /// whole budget runs alone.
+    pub state_read_budget_mib: u32,
 }
 
 impl Default for ServerConfig {
@@ -108,6 +113,7 @@ impl Default for ServerConfig {
             ),
             plan_idle_timeout: Duration::from_secs(3600),
             agent_runs_per_hour: 60,
+            state_read_budget_mib: 1024,
         }
     }
 }
@@ -157,6 +163,8 @@ pub struct AppState {
     cache: cache::Caches,
     metrics: metrics::Metrics,
     audit_budgets: audit_budget::AuditBudgets,
+    /// The budget of [`ServerConfig::state_read_budget_mib`], one permit a MiB.
+    state_reads: tokio::sync::Semaphore,
     /// The web console's sessions (in this process's memory).
     pub console: console::session::Sessions,
     /// The OIDC issuer's key cache and the trusted forges' keys.
@@ -168,6 +176,7 @@ impl AppState {
     pub fn new(store: Arc<dyn Store>, config: ServerConfig) -> Arc<AppState> {
         Arc::new(AppState {
             store,
+            state_reads: tokio::sync::Semaphore::new(config.state_read_budget_mib.max(1) as usize),
             config,
             cache: cache::Caches::default(),
             metrics: metrics::Metrics::default(),

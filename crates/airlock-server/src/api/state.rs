@@ -206,8 +206,26 @@ pub async fn diff(
             ))
         }
     };
-    let (a, ab) = load(&state, &p, stack.as_str(), &q.from).await?;
-    let (b, bb) = load(&state, &p, stack.as_str(), &q.to).await?;
+    existing_stack(&state, &p, stack.as_str()).await?;
+    let (a, b) = (
+        load_meta(&state, stack.as_str(), &q.from).await?,
+        load_meta(&state, stack.as_str(), &q.to).await?,
+    );
+    // Both bodies, and what reading them holds (their summaries, the diff): twice their size,
+    // within the server's budget of state reads.
+    let mib = |v: &airlock_store::VersionMeta| u64::try_from(v.size).unwrap_or(0).div_ceil(1 << 20);
+    let want = (2 * (mib(&a) + mib(&b))).max(1);
+    let budget = u64::from(state.config.state_read_budget_mib.max(1));
+    let _reading = state
+        .state_reads
+        .acquire_many(u32::try_from(want.min(budget)).unwrap_or(u32::MAX))
+        .await
+        .map_err(|e| ApiError::Internal(format!("state read budget: {e}")))?;
+    let (s, (sa, sb)) = (stack.to_string(), (a.serial, b.serial));
+    let (ab, bb) = store_call(&state, move |st| {
+        Ok((st.version_bytes(&s, sa)?, st.version_bytes(&s, sb)?))
+    })
+    .await?;
     // Two whole states read and compared: off the async runtime (a reader's diffs of large
     // states stalled every other request), their summaries from the cache when it has them.
     let (st, s) = (Arc::clone(&state), stack.to_string());

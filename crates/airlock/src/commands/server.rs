@@ -104,6 +104,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         apply_idle_timeout: secs(args.apply_idle_timeout_secs),
         plan_idle_timeout: secs(args.plan_idle_timeout_secs),
         agent_runs_per_hour: args.agent_runs_per_hour,
+        state_read_budget_mib: args.state_read_budget_mib,
         max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
         auto_create_stacks: args.auto_create_stacks,
         secure_cookies: tls.is_some()

@@ -482,3 +482,69 @@ fn a_server_policy_set_never_holds_an_uploads_plan_in_the_server() {
         "the server grew by {grown_mib} MiB for a 12 MiB plan"
     );
 }
+
+/// A state v4 document of about `mib` MiB: terraform_data instances with a padded input.
+fn state_of_mib(mib: usize, serial: u64) -> String {
+    let pad = "x".repeat(900);
+    let resources: Vec<String> = (0..mib * 1024)
+        .map(|i| {
+            format!(
+                r#"{{"mode":"managed","type":"terraform_data","name":"r{i}","provider":"provider[\"terraform.io/builtin/terraform\"]","instances":[{{"schema_version":0,"attributes":{{"id":"id-{i}","input":"{pad}{serial}","output":null,"triggers_replace":null}},"sensitive_attributes":[]}}]}}"#
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"version":4,"terraform_version":"1.11.4","serial":{serial},"lineage":"00000000-0000-0000-0000-00000000000a","outputs":{{}},"resources":[{}]}}"#,
+        resources.join(",")
+    )
+}
+
+/// Review (session 14): a reader's diffs of a large state, many at once, each held both
+/// versions and their summaries: 16 diffs of a 24 MB state took a server from 220 MB to 985
+/// MB. The diffs now read within the server's budget of state reads (`--state-read-budget-mib`),
+/// and wait their turn past it. Measured as the server's peak memory under 8 diffs at once,
+/// against a server whose budget holds them all, in one run.
+#[test]
+fn many_diffs_of_a_large_state_wait_for_the_read_budget() {
+    let grown = |budget: &str| -> u64 {
+        let s = TestServer::start_with(&["--state-read-budget-mib", budget]);
+        let t = team_on(s, "dev/large");
+        let url = t.s.state_url("dev/large");
+        let lock = r#"{"ID":"l-1","Operation":"OperationTypeApply","Info":"","Who":"t","Version":"1.11.4","Created":"2026-01-01T00:00:00Z","Path":""}"#;
+        for serial in [1, 2] {
+            let (code, msg) = raw("LOCK", &url, &t.s.admin, lock.as_bytes());
+            assert_eq!(code, 200, "{msg}");
+            let body = state_of_mib(16, serial);
+            let (code, msg) = raw(
+                "POST",
+                &format!("{url}?ID=l-1"),
+                &t.s.admin,
+                body.as_bytes(),
+            );
+            assert_eq!(code, 200, "{msg}");
+            raw("UNLOCK", &url, &t.s.admin, lock.as_bytes());
+        }
+        let reader = t.s.token("reader", "reader");
+        let pid = t.s.pid();
+        std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
+        let (before, _) = rss_kib(pid);
+        let diff = format!("{}/api/v1/stacks/dev%2Flarge/diff?from=1&to=2", t.s.url);
+        std::thread::scope(|scope| {
+            for _ in 0..8 {
+                scope.spawn(|| {
+                    let (code, body) = raw("GET", &diff, &reader, b"");
+                    assert_eq!(code, 200, "{}", &body[..body.len().min(300)]);
+                });
+            }
+        });
+        let (_, peak) = rss_kib(pid);
+        peak.saturating_sub(before) / 1024
+    };
+    let unbounded = grown("4096");
+    let bounded = grown("64");
+    eprintln!("8 diffs of a 16 MiB state: +{bounded} MiB within a 64 MiB budget, +{unbounded} MiB within 4 GiB");
+    assert!(
+        bounded * 2 < unbounded,
+        "8 diffs of a 16 MiB state: the server grew by {bounded} MiB within a 64 MiB read budget, by {unbounded} MiB within 4 GiB"
+    );
+}
