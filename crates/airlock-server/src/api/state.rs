@@ -213,7 +213,7 @@ pub async fn diff(
     );
     // Both bodies, and what reading them holds (their summaries, the diff): twice their size,
     // within the server's budget of state reads.
-    let mib = |v: &airlock_store::VersionMeta| u64::try_from(v.size).unwrap_or(0).div_ceil(1 << 20);
+    let mib = |v: &airlock_store::VersionMeta| v.size.div_ceil(1 << 20);
     let want = (2 * (mib(&a) + mib(&b))).max(1);
     let budget = u64::from(state.config.state_read_budget_mib.max(1));
     let _reading = state
