@@ -86,10 +86,10 @@ pub struct ServerConfig {
     /// (`tokens::phase_token_limit`). Pull-request jobs logged in through an `agent` trust are
     /// such a user: a monorepo whose changes plan many stacks raises it.
     pub agent_runs_per_hour: u64,
-    /// MiB of stored state bodies the state diff reads at once, all requests together (each
-    /// diff holds both versions and their summaries): past it, diffs wait their turn, so many
-    /// at once of a large state do not run the server out of memory. A diff larger than the
-    /// whole budget runs alone.
+    /// MiB of stored state bodies the JSON API reads whole at once, all requests together
+    /// (`stacks::within_read_budget`: a diff holds both versions and their summaries): past it,
+    /// reads wait their turn, so many at once of a large state do not run the server out of
+    /// memory. A read larger than the whole budget runs alone.
     pub state_read_budget_mib: u32,
 }
 

@@ -215,6 +215,29 @@ pub(crate) fn summary_for(
     summary_of(state, stack, sha, &bytes)
 }
 
+/// Waits until `bytes` of stored states, and what reading them holds (twice their size in
+/// all), fit the server's budget of state reads (`--state-read-budget-mib`; a read larger than
+/// the budget takes all of it, and runs alone); the permit is held while they are read. For
+/// the JSON API's whole-state reads: many at once of a large state do not run the server out
+/// of memory, they wait their turn.
+pub(crate) async fn within_read_budget(
+    state: &AppState,
+    bytes: u64,
+) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+    let budget = u64::from(state.config.state_read_budget_mib.max(1));
+    let want = (2 * bytes.div_ceil(1 << 20)).clamp(1, budget);
+    state
+        .state_reads
+        .acquire_many(u32::try_from(want).unwrap_or(u32::MAX))
+        .await
+        .map_err(|e| ApiError::Internal(format!("state read budget: {e}")))
+}
+
+/// Whether the summary of `stack`'s version with this hash is cached (reading it holds no body).
+pub(crate) fn is_summarized(state: &AppState, stack: &str, sha: &str) -> bool {
+    cached_summary(state, stack, sha).is_some()
+}
+
 fn cached_summary(state: &AppState, stack: &str, sha: &str) -> Option<Arc<StateSummary>> {
     state
         .cache

@@ -366,8 +366,9 @@ pub struct ServerArgs {
     #[arg(long, env = "AIRLOCK_AGENT_RUNS_PER_HOUR", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub agent_runs_per_hour: u64,
-    /// MiB of stored states the state diff reads at once, all requests together; past it,
-    /// diffs wait their turn (a diff larger than the budget runs alone).
+    /// MiB of stored states the JSON API reads whole at once (diffs, and shows of versions not
+    /// in the cache), all requests together; past it, reads wait their turn (a read larger than
+    /// the budget runs alone).
     #[arg(long, env = "AIRLOCK_STATE_READ_BUDGET_MIB", default_value_t = 1024,
           value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
     pub state_read_budget_mib: u32,

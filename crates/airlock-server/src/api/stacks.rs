@@ -114,6 +114,14 @@ pub async fn show(
     .await?;
     // The current version's summary (the one its write left in the cache, as a rule), read
     // off the async runtime when it must be parsed.
+    let _reading = match &current {
+        Some(v)
+            if read_state && !crate::stacks::is_summarized(&state, stack.as_str(), &v.sha256) =>
+        {
+            Some(crate::stacks::within_read_budget(&state, v.size).await?)
+        }
+        _ => None,
+    };
     let summary = match &current {
         Some(v) if read_state => {
             let (st, s, sha, serial) = (

@@ -92,7 +92,12 @@ pub async fn show(
 ) -> ApiResult<Json<Value>> {
     let record = existing_stack(&state, &p, stack.as_str()).await?;
     let meta = load_meta(&state, stack.as_str(), &version).await?;
-    // Versions are immutable: their parsed summary is cached by content hash.
+    // Versions are immutable: their parsed summary is cached by content hash; one that is not
+    // is read within the server's budget of state reads.
+    let _reading = match crate::stacks::is_summarized(&state, stack.as_str(), &meta.sha256) {
+        true => None,
+        false => Some(crate::stacks::within_read_budget(&state, meta.size).await?),
+    };
     let summary = {
         let (st, sha, s, serial) = (
             Arc::clone(&state),
@@ -211,16 +216,8 @@ pub async fn diff(
         load_meta(&state, stack.as_str(), &q.from).await?,
         load_meta(&state, stack.as_str(), &q.to).await?,
     );
-    // Both bodies, and what reading them holds (their summaries, the diff): twice their size,
-    // within the server's budget of state reads.
-    let mib = |v: &airlock_store::VersionMeta| v.size.div_ceil(1 << 20);
-    let want = (2 * (mib(&a) + mib(&b))).max(1);
-    let budget = u64::from(state.config.state_read_budget_mib.max(1));
-    let _reading = state
-        .state_reads
-        .acquire_many(u32::try_from(want.min(budget)).unwrap_or(u32::MAX))
-        .await
-        .map_err(|e| ApiError::Internal(format!("state read budget: {e}")))?;
+    // Both bodies are held while they are compared.
+    let _reading = crate::stacks::within_read_budget(&state, a.size + b.size).await?;
     let (s, (sa, sb)) = (stack.to_string(), (a.serial, b.serial));
     let (ab, bb) = store_call(&state, move |st| {
         Ok((st.version_bytes(&s, sa)?, st.version_bytes(&s, sb)?))
