@@ -233,9 +233,29 @@ pub(crate) async fn within_read_budget(
         .map_err(|e| ApiError::Internal(format!("state read budget: {e}")))
 }
 
-/// Whether the summary of `stack`'s version with this hash is cached (reading it holds no body).
-pub(crate) fn is_summarized(state: &AppState, stack: &str, sha: &str) -> bool {
-    cached_summary(state, stack, sha).is_some()
+/// The summary of `stack`'s stored version `v` for the JSON API: the cache's, or read and parsed
+/// off the async runtime within the server's budget of state reads ([`within_read_budget`]).
+pub(crate) async fn version_summary(
+    state: &Arc<AppState>,
+    stack: &str,
+    v: &airlock_store::VersionMeta,
+) -> Result<Arc<StateSummary>, ApiError> {
+    if let Some(s) = cached_summary(state, stack, &v.sha256) {
+        return Ok(s);
+    }
+    let _reading = within_read_budget(state, v.size).await?;
+    let (st, s, sha, serial) = (
+        Arc::clone(state),
+        stack.to_owned(),
+        v.sha256.clone(),
+        v.serial,
+    );
+    tokio::task::spawn_blocking(move || {
+        summary_for(&st, &s, &sha, &|| st.store.version_bytes(&s, serial))
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("store task failed: {e}")))?
+    .map_err(ApiError::from)
 }
 
 fn cached_summary(state: &AppState, stack: &str, sha: &str) -> Option<Arc<StateSummary>> {

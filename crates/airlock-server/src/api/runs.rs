@@ -426,7 +426,7 @@ struct RunObserver<'a> {
     refresh_only: bool,
     /// The plan JSON's prior state: every change must start from it (but a refresh-only
     /// plan's drift entries, which start from the stored objects).
-    prior_objects: Option<plan::PriorObjects<'a>>,
+    prior_objects: plan::PriorObjects<'a>,
     /// Addresses the plan imports: their objects are in its prior state, not in the stored one.
     imported: Vec<String>,
     /// The first reason the plan JSON is not a plan Terraform makes (the upload is refused).
@@ -526,8 +526,8 @@ impl Observer for RunObserver<'_> {
         self.listed.push(BinaryChange::of(rc));
         // A refresh-only plan's judged entries are its drift: they start from the stored
         // objects, not from the prior (refreshed) state.
-        if let Some(prior) = self.prior_objects.as_ref().filter(|_| !self.refresh_only) {
-            if let Err(e) = prior.check_before(rc) {
+        if !self.refresh_only {
+            if let Err(e) = self.prior_objects.check_before(rc) {
                 self.untied.get_or_insert(e);
             }
         }
@@ -629,10 +629,8 @@ impl Observer for RunObserver<'_> {
             }
             // An empty stack: the plan starts from no object but those it imports.
             None => {
-                let extra = self.prior_objects.as_ref().and_then(|objects| {
-                    objects.keys().find(|(address, deposed)| {
-                        deposed.is_some() || !self.imported.contains(address)
-                    })
+                let extra = self.prior_objects.keys().find(|(address, deposed)| {
+                    deposed.is_some() || !self.imported.contains(address)
                 });
                 if let Some((address, _)) = extra {
                     self.untied.get_or_insert(format!("the plan's prior state has {address}, but the stack has no state (and the plan does not import it)"));
@@ -830,7 +828,7 @@ fn judge(binary: &PlanFile, plan_json: &[u8], input: JudgeInput) -> ApiResult<Ju
         None => None,
     };
     let prior_objects =
-        Some(plan::prior_objects(plan_json).map_err(|e| bad(format!("plan JSON: {e}")))?);
+        plan::prior_objects(plan_json).map_err(|e| bad(format!("plan JSON: {e}")))?;
     let mut observer = RunObserver {
         stack,
         changes: Vec::new(),
@@ -1345,9 +1343,9 @@ fn create_run(
     let previous = previous_policy(st, &stack.name)?;
     let current = st.current_version(&stack.name)?;
     prior_state_in_proportion(&binary, current.as_ref())?;
-    // The stack's current state, through the server's summary cache (versions are immutable).
-    // The stack's state the plan must start from: one that cannot be read is an error, never
-    // a stack without state (the plan's prior state is checked against it).
+    // The stack's current state, through the server's summary cache (versions are immutable):
+    // one that cannot be read is an error, never a stack without state (the plan's prior state
+    // is checked against it).
     let current_state = current
         .map(|v| {
             crate::stacks::summary_for(state, &stack.name, &v.sha256, &|| {

@@ -112,31 +112,12 @@ pub async fn show(
         Ok((lock, current, drift))
     })
     .await?;
-    // The current version's summary (the one its write left in the cache, as a rule), read
-    // off the async runtime when it must be parsed.
-    let _reading = match &current {
-        Some(v)
-            if read_state && !crate::stacks::is_summarized(&state, stack.as_str(), &v.sha256) =>
-        {
-            Some(crate::stacks::within_read_budget(&state, v.size).await?)
-        }
-        _ => None,
-    };
+    // The current version's summary (the one its write left in the cache, as a rule); one that
+    // does not read shows no instances.
     let summary = match &current {
-        Some(v) if read_state => {
-            let (st, s, sha, serial) = (
-                Arc::clone(&state),
-                stack.to_string(),
-                v.sha256.clone(),
-                v.serial,
-            );
-            tokio::task::spawn_blocking(move || {
-                crate::stacks::summary_for(&st, &s, &sha, &|| st.store.version_bytes(&s, serial))
-                    .ok()
-            })
+        Some(v) if read_state => crate::stacks::version_summary(&state, stack.as_str(), v)
             .await
-            .map_err(|e| ApiError::Internal(format!("store task failed: {e}")))?
-        }
+            .ok(),
         _ => None,
     };
     let mut instances = 0usize;

@@ -16,7 +16,7 @@ use super::{parse_body, store_call};
 use crate::auth::{Principal, RequestStack};
 use crate::error::{ApiError, ApiResult};
 use crate::firewall::protection_reason;
-use crate::stacks::{existing_stack, firewalled_write, summary_for, WriteKindOwned};
+use crate::stacks::{existing_stack, firewalled_write, WriteKindOwned};
 use crate::AppState;
 
 /// `GET /api/v1/stacks/{stack}/versions`.
@@ -92,25 +92,8 @@ pub async fn show(
 ) -> ApiResult<Json<Value>> {
     let record = existing_stack(&state, &p, stack.as_str()).await?;
     let meta = load_meta(&state, stack.as_str(), &version).await?;
-    // Versions are immutable: their parsed summary is cached by content hash; one that is not
-    // is read within the server's budget of state reads.
-    let _reading = match crate::stacks::is_summarized(&state, stack.as_str(), &meta.sha256) {
-        true => None,
-        false => Some(crate::stacks::within_read_budget(&state, meta.size).await?),
-    };
-    let summary = {
-        let (st, sha, s, serial) = (
-            Arc::clone(&state),
-            meta.sha256.clone(),
-            stack.to_string(),
-            meta.serial,
-        );
-        tokio::task::spawn_blocking(move || {
-            summary_for(&st, &s, &sha, &|| st.store.version_bytes(&s, serial))
-        })
-        .await
-        .map_err(|e| ApiError::Internal(format!("store task failed: {e}")))??
-    };
+    // Versions are immutable: their parsed summary is cached by content hash.
+    let summary = crate::stacks::version_summary(&state, stack.as_str(), &meta).await?;
     let matching = summary
         .instances
         .iter()
