@@ -826,6 +826,14 @@ mod tests {
         Walker::new(t, &mut cache).stack(dir)
     }
 
+    /// Each file of a walk with the module directories it is in, as borrowed text.
+    fn listed(files: &StackFiles) -> Vec<(&str, Vec<&str>)> {
+        files
+            .iter()
+            .map(|(p, v)| (p.as_str(), v.iter().map(String::as_str).collect()))
+            .collect()
+    }
+
     #[test]
     fn reads_module_blocks_not_lines() {
         let tf = r#"
@@ -995,10 +1003,7 @@ EOT
             ("modules/tags/main.tf.json", "{}"),
         ]);
         let files = walk(&mut t, "stacks/app").unwrap().unwrap();
-        let got: Vec<(&str, Vec<&str>)> = files
-            .iter()
-            .map(|(p, v)| (p.as_str(), v.iter().map(String::as_str).collect()))
-            .collect();
+        let got = listed(&files);
         assert_eq!(
             got,
             [
@@ -1043,10 +1048,7 @@ EOT
             ("modules/net/sub/deeper/main.tf", ""),
         ]);
         let files = walk(&mut t, "stacks/app").unwrap().unwrap();
-        let got: Vec<(&str, Vec<&str>)> = files
-            .iter()
-            .map(|(p, v)| (p.as_str(), v.iter().map(String::as_str).collect()))
-            .collect();
+        let got = listed(&files);
         assert_eq!(
             got,
             [

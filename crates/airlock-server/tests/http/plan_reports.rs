@@ -34,7 +34,12 @@ fn server(idle_ms: u64) -> Server {
 }
 
 async fn mint(s: &Server, by: &Tok) -> (Tok, Value) {
-    let r = s.api("POST", PLAN_TOKEN, by, Value::Null).await;
+    mint_at(s, by, PLAN_TOKEN).await
+}
+
+/// A plan-phase token minted at `path` (a stack's plan-token route).
+async fn mint_at(s: &Server, by: &Tok, path: &str) -> (Tok, Value) {
+    let r = s.api("POST", path, by, Value::Null).await;
     r.expect(201);
     let v = r.json();
     let t = Tok {
@@ -381,19 +386,7 @@ async fn a_plan_lock_held_past_the_idle_time_by_a_long_lived_token_is_taken_over
         "the refusal says when the lock goes"
     );
     // A planner that reports keeps its plan token's lock past the idle time.
-    let r = s
-        .api(
-            "POST",
-            "/api/v1/stacks/dev%2Fother/plan-token",
-            &ci,
-            Value::Null,
-        )
-        .await;
-    r.expect(201);
-    let plan = Tok {
-        id: r.json()["token_id"].as_str().unwrap().to_owned(),
-        secret: r.json()["secret"].as_str().unwrap().to_owned(),
-    };
+    let (plan, _) = mint_at(&s, &ci, "/api/v1/stacks/dev%2Fother/plan-token").await;
     s.lock("dev/other", &plan, "reported", "OperationTypePlan")
         .await
         .expect(200);
